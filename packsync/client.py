@@ -1,0 +1,277 @@
+"""The Genviral Partner API client: envelopes in, typed values or classified errors out.
+
+This is the one place where httpx's exceptions and the API's error answers become packsync's
+(``errors.py``). Every request takes one of ``concurrency`` slots; transient failures (429,
+5xx, timeouts, dropped connections) are retried with exponential backoff and full jitter,
+honouring ``Retry-After``, within a per-request and a per-run budget. A request that may have
+been carried out by the server (a 500, a connection dropped after sending) is retried here only
+when repeating it is harmless; otherwise the error goes up marked ``ambiguous`` so the caller
+can look at the remote state before trying again.
+
+Storage PUTs go through a second httpx client that carries no Authorization header: a presigned
+URL is its own credential and storage rejects a second one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from packsync import __version__
+from packsync.errors import ApiError, AuthError, NotFound, PermanentError, TransientError, UploadRejected
+from packsync.model import Metadata, RemoteImage, RemotePack
+
+_AUTH_MESSAGES = {
+    401: "the Genviral API refused the key: it is invalid or revoked (401 invalid_token)",
+    402: "the Genviral account needs an active Creator, Professional or Business plan "
+         "for the Partner API (402 subscription_required)",
+    403: "the key's plan tier may not use the Partner API (403 tier_not_allowed)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard to try: per request, and in total for one run."""
+
+    attempts: int = 6
+    base_s: float = 0.5
+    cap_s: float = 30.0
+    run_budget: int = 500
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.cap_s * 4)
+        return random.uniform(0, min(self.cap_s, self.base_s * 2 ** attempt))
+
+
+@dataclass(frozen=True, slots=True)
+class PackSummary:
+    pack_id: str
+    name: str
+    image_count: int
+    is_public: bool
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadTicket:
+    """The answer to ``POST /files``: where to PUT the bytes, and the URL they will have."""
+
+    upload_url: str
+    url: str
+    content_type: str
+    expires_at: float
+
+
+class _Ambiguous(TransientError):
+    """A transient failure after which the server may or may not have done the work."""
+
+
+def ambiguous(error: BaseException) -> bool:
+    """True when a failed request may nevertheless have taken effect on the server."""
+    return isinstance(error, _Ambiguous)
+
+
+def _excerpt(response: httpx.Response) -> str:
+    body = re.sub(r"\s+", " ", response.text[:200]).strip()
+    return body[:120] or "(empty body)"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _metadata(raw: Any) -> Metadata:
+    if not isinstance(raw, dict):
+        return Metadata()
+    keywords = raw.get("keywords") or []
+    return Metadata(str(raw.get("status") or "pending"), raw.get("description"),
+                    tuple(str(k) for k in keywords), raw.get("error"))
+
+
+class GenviralClient:
+    """An async client for the parts of the Partner API packsync uses."""
+
+    def __init__(self, base_url: str, token: str, *, concurrency: int = 4, retry: RetryPolicy = RetryPolicy(),
+                 timeout: float = 30.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        timeouts = httpx.Timeout(timeout, connect=10.0, write=max(timeout, 120.0))
+        agent = {"User-Agent": f"packsync/{__version__}"}
+        self._api = httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", transport=transport, limits=limits,
+                                      timeout=timeouts, headers={**agent, "Authorization": f"Bearer {token}"})
+        self._storage = httpx.AsyncClient(transport=transport, limits=limits, timeout=timeouts, headers=agent)
+        self._slots = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
+        self.retry = retry
+        self.retries_left = retry.run_budget
+        self.calls: Counter[str] = Counter()
+
+    async def __aenter__(self) -> GenviralClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._api.aclose()
+        await self._storage.aclose()
+
+    # -- transport ---------------------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, *, what: str, safe_to_repeat: bool,
+                       storage: bool = False, **kwargs: Any) -> Any:
+        """Send one request with retries; return the envelope's ``data`` (or None for storage)."""
+        attempt = 0
+        while True:
+            try:
+                async with self._slots:
+                    self.calls[f"{method} {what}"] += 1
+                    client = self._storage if storage else self._api
+                    try:
+                        response = await client.request(method, path if storage else path.lstrip("/"), **kwargs)
+                    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                        raise TransientError(f"{method} {what}: cannot connect ({type(exc).__name__})") from None
+                    except httpx.TransportError as exc:
+                        raise _Ambiguous(f"{method} {what}: connection failed ({type(exc).__name__})") from None
+                return self._storage_answer(response, what) if storage else self._api_answer(response, method, what)
+            except TransientError as error:
+                attempt += 1
+                if (ambiguous(error) and not safe_to_repeat) or attempt >= self.retry.attempts \
+                        or self.retries_left <= 0:
+                    raise
+                self.retries_left -= 1
+                await asyncio.sleep(self.retry.delay(attempt, error.retry_after))
+
+    def _api_answer(self, response: httpx.Response, method: str, what: str) -> Any:
+        status = response.status_code
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            message = f"{method} {what}: HTTP {status}, not a JSON answer: {_excerpt(response)}"
+            if status == 429:
+                raise TransientError(message, status=status, retry_after=_retry_after(response))
+            if status >= 500 or status < 400:
+                raise _Ambiguous(message, status=status)
+            raise PermanentError(message, status=status)
+        code = body.get("error_code")
+        if status in _AUTH_MESSAGES:
+            raise AuthError(_AUTH_MESSAGES[status], status=status, error_code=code)
+        if status == 429:
+            raise TransientError(f"{method} {what}: rate limited (429)", status=status, error_code=code,
+                                 retry_after=_retry_after(response))
+        if status >= 500:
+            raise _Ambiguous(f"{method} {what}: server error {status} {code or ''}".rstrip(), status=status,
+                             error_code=code)
+        if status == 404:
+            raise NotFound(f"{method} {what}: not found or outside the key's scope ({code or 404})",
+                           status=status, error_code=code)
+        if status >= 400 or body.get("ok") is not True:
+            detail = body.get("message") or ""
+            issues = body.get("issues")
+            if isinstance(issues, dict):
+                fields = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in (issues.get("fieldErrors") or {}).items())
+                forms = "; ".join(map(str, issues.get("formErrors") or []))
+                detail = "; ".join(part for part in (detail, forms, fields) if part)
+            raise PermanentError(f"{method} {what}: {status} {code or ''} {detail}".replace("  ", " ").strip(),
+                                 status=status, error_code=code)
+        if not isinstance(body.get("data"), dict):
+            raise _Ambiguous(f"{method} {what}: HTTP {status}, answer has no data: {_excerpt(response)}",
+                             status=status)
+        return body["data"]
+
+    @staticmethod
+    def _storage_answer(response: httpx.Response, what: str) -> None:
+        status = response.status_code
+        if status < 300:
+            return None
+        match = re.search(r"<Code>([^<]+)</Code>", response.text)
+        code = match.group(1) if match else None
+        message = f"PUT {what}: storage answered {status} {code or _excerpt(response)}"
+        if status == 429:
+            raise TransientError(message, status=status, error_code=code, retry_after=_retry_after(response))
+        if status >= 500:
+            raise TransientError(message, status=status, error_code=code)
+        if status in (400, 403):
+            raise UploadRejected(message, status=status, error_code=code)
+        raise PermanentError(message, status=status, error_code=code)
+
+    # -- packs -------------------------------------------------------------------------------------
+
+    async def list_packs(self, search: str | None = None, include_public: bool = False) -> list[PackSummary]:
+        """Every pack the key sees (optionally only names containing ``search``), all pages."""
+        packs: list[PackSummary] = []
+        while True:
+            params: dict[str, Any] = {"limit": 100, "offset": len(packs),
+                                      "include_public": "true" if include_public else "false"}
+            if search:
+                params["search"] = search
+            data = await self._request("GET", "/packs", what="/packs", safe_to_repeat=True, params=params)
+            page = data.get("packs") or []
+            packs += [PackSummary(str(p["id"]), str(p.get("name", "")), int(p.get("image_count") or 0),
+                                  bool(p.get("is_public")), str(p.get("created_at", ""))) for p in page]
+            if not page or len(packs) >= int(data.get("total") or 0):
+                return packs
+
+    async def get_pack(self, pack_id: str) -> RemotePack:
+        data = await self._request("GET", f"/packs/{pack_id}", what="/packs/{id}", safe_to_repeat=True)
+        images = tuple(RemoteImage(str(i["id"]), str(i.get("url", "")), _metadata(i.get("metadata")))
+                       for i in data.get("images") or [])
+        return RemotePack(str(data["id"]), str(data.get("name", "")), images)
+
+    async def create_pack(self, name: str) -> str:
+        """Create a private pack; returns its id. Not repeated on ambiguous failures."""
+        data = await self._request("POST", "/packs", what="/packs", safe_to_repeat=False,
+                                   json={"name": name, "is_public": False})
+        return str(data["id"])
+
+    # -- images ------------------------------------------------------------------------------------
+
+    async def create_upload(self, content_type: str, filename: str, size: int) -> UploadTicket:
+        """Ask for a presigned upload URL. Harmless to repeat: an unused URL just expires."""
+        data = await self._request("POST", "/files", what="/files", safe_to_repeat=True,
+                                   json={"contentType": content_type, "filename": filename, "size": size})
+        try:
+            expires_in = float(data.get("expiresIn") or 600)
+            return UploadTicket(str(data["uploadUrl"]), str(data["url"]), content_type, time.time() + expires_in)
+        except (KeyError, ValueError) as exc:
+            raise PermanentError(f"POST /files: answer lacks {exc}") from None
+
+    async def put_bytes(self, upload_url: str, data: bytes, content_type: str) -> None:
+        """PUT the bytes to storage, with exactly the signed Content-Type and no Authorization."""
+        await self._request("PUT", upload_url, what="upload URL", safe_to_repeat=True, storage=True,
+                            content=data, headers={"Content-Type": content_type})
+
+    async def add_image(self, pack_id: str, url: str, file_name: str) -> str:
+        """Add an uploaded URL to a pack; returns the image id. Not repeated on ambiguous failures."""
+        data = await self._request("POST", f"/packs/{pack_id}/images", what="/packs/{id}/images",
+                                   safe_to_repeat=False, json={"image_url": url, "file_name": file_name})
+        return str(data["id"])
+
+    async def delete_image(self, pack_id: str, image_id: str) -> None:
+        """Delete an image; one that is already gone counts as deleted."""
+        try:
+            await self._request("DELETE", f"/packs/{pack_id}/images/{image_id}",
+                                what="/packs/{id}/images/{image_id}", safe_to_repeat=True)
+        except NotFound as exc:
+            if exc.error_code != "image_not_found":
+                raise
+
+
+__all__ = ["ApiError", "GenviralClient", "PackSummary", "RetryPolicy", "UploadTicket", "ambiguous"]

@@ -1,0 +1,236 @@
+"""The TOML config: where it is, what it may say, and the API token it points to.
+
+Validation is pydantic's (it comes with sqlmodel): every model forbids unknown keys, and every
+error is reported as one sentence naming the key, e.g. ``mappings[1].pack_id: ...``.
+The token itself is never in the config; the config only says where to find it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from packsync.errors import ConfigError
+
+DEFAULT_BASE_URL = "https://www.genviral.io/api/partner/v1"
+DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif", "*.heic", "*.heif"]
+DEFAULT_EXCLUDE = [".*", "*~", "*.tmp", "*.part"]
+CONFIG_ENV = "PACKSYNC_CONFIG"
+
+
+def default_config_path() -> Path:
+    return platformdirs.user_config_path("packsync") / "config.toml"
+
+
+def default_state_path() -> Path:
+    return platformdirs.user_state_path("packsync") / "state.db"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GenviralConfig(_Strict):
+    base_url: str = DEFAULT_BASE_URL
+    token_env: str = "GENVIRAL_TOKEN"
+    token_file: Path | None = None
+    concurrency: Annotated[int, Field(ge=1, le=10)] = 4
+
+    @field_validator("base_url")
+    @classmethod
+    def _https_or_loopback(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme == "https" and parts.hostname:
+            return value.rstrip("/")
+        if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+            return value.rstrip("/")
+        raise ValueError("must be an https:// URL (plain http is allowed only on a loopback address)")
+
+
+class StateConfig(_Strict):
+    path: Path | None = None
+
+
+class DaemonConfig(_Strict):
+    debounce_s: Annotated[float, Field(ge=0, le=3600)] = 2.0
+    rescan_interval_s: Annotated[float, Field(ge=10)] = 3600.0
+
+
+class MappingConfig(_Strict):
+    path: Path
+    pack: Annotated[str, Field(min_length=1, max_length=120)] | None = None
+    pack_id: Annotated[str, Field(min_length=1)] | None = None
+    include: list[str] = Field(default_factory=lambda: list(DEFAULT_INCLUDE))
+    exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+    delete: bool = True
+    prune_foreign: bool = False
+    max_delete: int | str = "50%"
+    max_file_mb: Annotated[float, Field(gt=0)] = 50.0
+    follow_symlinks: bool = False
+    polling: bool = False
+
+    @model_validator(mode="after")
+    def _one_pack(self) -> MappingConfig:
+        if (self.pack is None) == (self.pack_id is None):
+            raise ValueError("give exactly one of pack or pack_id")
+        return self
+
+    @field_validator("max_delete")
+    @classmethod
+    def _count_or_percent(cls, value: int | str) -> int | str:
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError("must be a count >= 0 or a percentage like \"50%\"")
+            return value
+        number = value.removesuffix("%")
+        if value.endswith("%") and number.replace(".", "", 1).isdigit() and float(number) <= 100:
+            return value
+        raise ValueError("must be a count >= 0 or a percentage like \"50%\"")
+
+    @property
+    def label(self) -> str:
+        """How messages name this mapping."""
+        return str(self.path)
+
+    def delete_limit(self, managed: int) -> int:
+        """The most deletes one run may make in this mapping, given how many images it manages."""
+        if isinstance(self.max_delete, int):
+            return self.max_delete
+        return int(managed * float(self.max_delete.removesuffix("%")) / 100)
+
+
+class Config(_Strict):
+    genviral: GenviralConfig = GenviralConfig()
+    state: StateConfig = StateConfig()
+    daemon: DaemonConfig = DaemonConfig()
+    mappings: list[MappingConfig] = Field(default_factory=list)
+    _source: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> Path | None:
+        """The file this config was read from, if any."""
+        return self._source
+
+    @property
+    def state_path(self) -> Path:
+        return self.state.path or default_state_path()
+
+    def token(self) -> str:
+        """Read the API token from its file or environment variable; never from the config itself."""
+        return read_token(self.genviral)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _key_of(loc: tuple[Any, ...]) -> str:
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key or "config"
+
+
+def _resolve(path: Path, base: Path) -> Path:
+    path = path.expanduser()
+    return (path if path.is_absolute() else base / path).resolve()
+
+
+def find_config_path(explicit: Path | None) -> Path:
+    """The config path: ``--config``, else ``$PACKSYNC_CONFIG``, else the user config dir."""
+    if explicit is not None:
+        return explicit
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return default_config_path()
+
+
+def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
+    """Validate a config mapping; relative paths are taken relative to the config file's folder."""
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = _key_of(first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        raise ConfigError(f"{_where(source)}{key}: {message}.") from None
+    base = source.parent if source else Path.cwd()
+    mappings = [m.model_copy(update={"path": _resolve(m.path, base)}) for m in config.mappings]
+    state = config.state
+    if state.path is not None:
+        state = StateConfig(path=_resolve(state.path, base))
+    genviral = config.genviral
+    if genviral.token_file is not None:
+        genviral = genviral.model_copy(update={"token_file": _resolve(genviral.token_file, base)})
+    config = config.model_copy(update={"mappings": mappings, "state": state, "genviral": genviral})
+    config._source = source
+    _check_mappings(config)
+    return config
+
+
+def _where(source: Path | None) -> str:
+    return f"{source}: " if source else ""
+
+
+def _check_mappings(config: Config) -> None:
+    where = _where(config.source)
+    for i, mapping in enumerate(config.mappings):
+        for j, other in enumerate(config.mappings[:i]):
+            if mapping.path == other.path or mapping.path.is_relative_to(other.path) \
+                    or other.path.is_relative_to(mapping.path):
+                raise ConfigError(f"{where}mappings[{i}].path: overlaps mappings[{j}].path ({other.path}).")
+            same_id = mapping.pack_id is not None and mapping.pack_id == other.pack_id
+            same_name = mapping.pack is not None and mapping.pack == other.pack
+            if same_id or same_name:
+                key = "pack_id" if same_id else "pack"
+                raise ConfigError(f"{where}mappings[{i}].{key}: mappings[{j}] already syncs into that pack.")
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the config file at ``path``."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no config file here (see config.example.toml).") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror}).") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}).") from None
+    return parse_config(data, source=path)
+
+
+def read_token(genviral: GenviralConfig) -> str:
+    if genviral.token_file is not None:
+        path = genviral.token_file
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise ConfigError(f"genviral.token_file: cannot read {path} ({exc.strerror}).") from None
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            from packsync.logs import get_logger
+
+            get_logger().warning("token file is readable by other users; chmod 600 it", path=str(path))
+        if not token:
+            raise ConfigError(f"genviral.token_file: {path} is empty.")
+        return token
+    token = os.environ.get(genviral.token_env, "").strip()
+    if not token:
+        raise ConfigError(f"genviral.token_env: the environment variable {genviral.token_env} is not set.")
+    return token

@@ -1,0 +1,107 @@
+"""``packsync demo``: a complete sync with zero set-up, against the built-in sandbox.
+
+It makes sample images in a temporary folder, starts the sandbox in-process, writes a real
+config file, syncs, changes the folder (a rename, a delete, a new file) and syncs again, then
+shows the status table with the AI descriptions the sandbox generated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from packsync.config import load_config
+from packsync.errors import ExitCode
+from packsync.media import png_bytes
+from packsync.progress import Progress
+from packsync.report import print_run, print_status, status_data
+from packsync.sandbox import Sandbox
+from packsync.state import Store
+from packsync.sync import SyncOptions
+
+DEMO_TOKEN = "gva_sandbox_demo.secret"
+
+SAMPLES = {
+    "brand/logo.png": (64, 64, (220, 30, 40)),
+    "brand/logos/mark-blue.png": (48, 48, (30, 60, 210)),
+    "brand/backgrounds/sunset.png": (120, 60, (250, 140, 20)),
+    "brand/backgrounds/forest.png": (120, 60, (20, 150, 50)),
+    "brand/old/logo copy.png": (64, 64, (220, 30, 40)),
+    "products/mug.png": (80, 100, (245, 245, 245)),
+    "products/t-shirt.png": (90, 90, (120, 40, 160)),
+}
+
+CONFIG = """\
+# Written by `packsync demo`: the same file a user writes (see config.example.toml).
+[genviral]
+base_url = "{base_url}"
+
+[state]
+path = "state.db"
+
+[[mappings]]
+path = "brand"
+pack = "Brand Assets"
+
+[[mappings]]
+path = "products"
+pack_id = "{products_pack}"
+"""
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(f"\n== {text}\n")
+    sys.stdout.flush()
+
+
+def run_demo(keep: Path | None = None) -> ExitCode:
+    folder = keep or Path(tempfile.mkdtemp(prefix="packsync-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _demo(folder)
+    finally:
+        if keep is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _demo(folder: Path) -> ExitCode:
+    from packsync.cli import sync_with
+
+    for rel, (width, height, rgb) in SAMPLES.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_bytes(width, height, rgb))
+
+    with Sandbox(enrich_delays=(0.5, 1.0)) as sandbox:
+        products = sandbox.create_pack("Product Shots", scope="demo")
+        sandbox.add_image(products, "https://cdn.example.com/web-app-upload.jpg", "added in the web app.jpg")
+        config_path = folder / "config.toml"
+        config_path.write_text(CONFIG.format(base_url=sandbox.base_url, products_pack=products), encoding="utf-8")
+        config = load_config(config_path)
+        options = SyncOptions(wait=True, wait_timeout_s=30)
+
+        _say(f"Sandbox at {sandbox.base_url}; sample images and config in {folder}")
+        _say("First sync: 7 files (one a duplicate) into two packs; the web app's image stays")
+        report = asyncio.run(sync_with(config, DEMO_TOKEN, options, Progress()))
+        print_run(report, sys.stdout)
+
+        (folder / "brand/logos/mark-blue.png").rename(folder / "brand/mark-blue-renamed.png")
+        (folder / "brand/backgrounds/forest.png").unlink()
+        (folder / "products/cap.png").write_bytes(png_bytes(70, 40, (240, 220, 30)))
+        sandbox.reset_calls()
+        _say("Second sync after a rename (free), a delete and a new file")
+        report = asyncio.run(sync_with(config, DEMO_TOKEN, options, Progress()))
+        print_run(report, sys.stdout)
+        calls = ", ".join(f"{method} {route} ×{count}" for (method, route), count in sorted(sandbox.calls.items()))
+        sys.stdout.write(f"API calls: {calls}\n")
+
+        _say("packsync status --files")
+        store = Store(config.state_path)
+        try:
+            print_status(status_data(config, store, files=True), sys.stdout)
+        finally:
+            store.close()
+    return report.exit_code

@@ -1,0 +1,133 @@
+"""What a file's bytes are: its SHA-256, its real image type, and whether it is whole.
+
+The content type is sniffed from the bytes, never trusted from the name: a text file called
+``photo.jpg`` is reported, not uploaded. Hashing and checking happen in one pass over the file,
+so a file is read at most once per change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The image types the Genviral API accepts, with the extension its CDN URLs get.
+SUPPORTED = {
+    "image/jpeg": "jpg",
+    "image/png": "png",
+    "image/gif": "gif",
+    "image/webp": "webp",
+    "image/heic": "heic",
+    "image/heif": "heif",
+}
+
+_CHUNK = 1 << 20
+_TAIL = 64 * 1024
+_HEIC_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis"}
+_HEIF_BRANDS = {b"mif1", b"msf1", b"heif"}
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """The outcome of reading one file: its identity and, if it cannot be synced, why not."""
+
+    sha256: str
+    size: int
+    content_type: str | None
+    problem: str | None = None
+
+
+def sniff(head: bytes) -> str | None:
+    """The supported image type that ``head`` (the first bytes of a file) starts like, or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head[4:8] == b"ftyp":
+        brands = {head[i:i + 4] for i in range(8, min(len(head), 32), 4)}
+        if brands & _HEIC_BRANDS:
+            return "image/heic"
+        if brands & _HEIF_BRANDS:
+            return "image/heif"
+    return None
+
+
+def _unsupported_name(head: bytes) -> str | None:
+    """A name for well-known image formats the API does not take, for a clearer message."""
+    if head.startswith(b"BM"):
+        return "BMP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if head[4:8] == b"ftyp" and b"avif" in head[8:32]:
+        return "AVIF"
+    text = head.lstrip()[:256].lower()
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in head.lower()):
+        return "SVG"
+    return None
+
+
+def _truncation(content_type: str, size: int, head: bytes, tail: bytes) -> str | None:
+    """Why a file of a known type looks cut short, or None when its ending is where it should be."""
+    if content_type == "image/jpeg" and b"\xff\xd9" not in tail:
+        return "truncated or corrupt JPEG (no end-of-image marker)"
+    if content_type == "image/png" and b"IEND" not in tail:
+        return "truncated or corrupt PNG (no IEND chunk)"
+    if content_type == "image/gif" and not tail.rstrip(b"\x00").endswith(b";"):
+        return "truncated or corrupt GIF (no trailer)"
+    if content_type == "image/webp" and len(head) >= 8 and struct.unpack("<I", head[4:8])[0] + 8 > size:
+        return "truncated or corrupt WebP (shorter than its RIFF header says)"
+    return None
+
+
+def judge(size: int, head: bytes, tail: bytes) -> tuple[str | None, str | None]:
+    """(content type, problem) for a file of ``size`` bytes starting with ``head``, ending with ``tail``."""
+    if size == 0:
+        return None, "empty file"
+    content_type = sniff(head)
+    if content_type is None:
+        name = _unsupported_name(head)
+        if name:
+            return None, f"{name} images are not accepted by Genviral (use JPEG, PNG, GIF, WebP or HEIC)"
+        return None, "not an image (its bytes match no supported image format)"
+    return content_type, _truncation(content_type, size, head, tail)
+
+
+def digest_file(path: Path | str) -> Digest:
+    """Hash and check the file at ``path`` in one read. Raises OSError if it cannot be read."""
+    sha = hashlib.sha256()
+    head = b""
+    tail = b""
+    size = 0
+    with open(path, "rb", buffering=0) as handle:
+        buffer = bytearray(_CHUNK)
+        view = memoryview(buffer)
+        while True:
+            count = handle.readinto(buffer)
+            if not count:
+                break
+            chunk = view[:count]
+            sha.update(chunk)
+            if size == 0:
+                head = bytes(chunk[:64])
+            tail = (tail + bytes(chunk[-_TAIL:]))[-_TAIL:]
+            size += count
+    content_type, problem = judge(size, head, tail)
+    return Digest(sha.hexdigest(), size, content_type, problem)
+
+
+def png_bytes(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A valid, solid-colour 8-bit RGB PNG: sample content for the demo, tests and benchmarks."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(rgb) * width
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b""))

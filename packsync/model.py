@@ -1,0 +1,127 @@
+"""The plain values that flow between the scanner, the state, the API client and the planner.
+
+Nothing here does I/O or imports a library: the planner is built from these alone, so it can be
+tested (and reasoned about) without a network, a database or a file system.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+METADATA_SETTLED = frozenset({"completed", "failed"})
+
+
+@dataclass(frozen=True, slots=True)
+class CachedFile:
+    """What the state remembers of one file: the stat key its hash is valid for, and the verdict."""
+
+    dev: int
+    inode: int
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    content_type: str | None
+    problem: str | None
+
+    def matches(self, dev: int, inode: int, size: int, mtime_ns: int) -> bool:
+        return (self.dev, self.inode, self.size, self.mtime_ns) == (dev, inode, size, mtime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """A syncable image found by a scan, known by its content."""
+
+    rel_path: str
+    sha256: str
+    size: int
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A file (or folder) the scan did not sync, and why, in words for the user.
+
+    A ``notice`` is a deliberate skip (a symlink that is not followed): it is reported but does
+    not make the run fail.
+    """
+
+    rel_path: str
+    reason: str
+    notice: bool = False
+
+
+@dataclass(slots=True)
+class Scan:
+    """Everything one scan of one mapped folder found.
+
+    ``files`` are the good images. ``problems`` are the files that were skipped. ``keep`` are the
+    contents that must not be deleted remotely although no good file holds them now: files that
+    could not be read this time, and everything below folders that could not be listed. A scan
+    never lets a read error look like a deletion.
+    """
+
+    root: Path
+    files: list[LocalFile] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    keep: set[str] = field(default_factory=set)
+    cache: dict[str, CachedFile] = field(default_factory=dict)
+    hashed_bytes: int = 0
+    hashed_files: int = 0
+
+    @property
+    def clean(self) -> bool:
+        """True when every entry below the root was seen and judged."""
+        return not self.keep
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    """An upload of some content to Genviral's storage, possibly half done."""
+
+    sha256: str
+    content_type: str
+    url: str | None = None
+    upload_url: str | None = None
+    expires_at: float | None = None
+    uploaded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    """An image's AI enrichment as the API reports it."""
+
+    status: str = "pending"
+    description: str | None = None
+    keywords: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.status in METADATA_SETTLED
+
+
+@dataclass(frozen=True, slots=True)
+class ManagedImage:
+    """An image packsync added to a pack (and so may delete), as the state recorded it."""
+
+    pack_id: str
+    image_id: str
+    sha256: str
+    url: str
+    file_name: str
+    metadata: Metadata = Metadata()
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteImage:
+    image_id: str
+    url: str
+    metadata: Metadata = Metadata()
+
+
+@dataclass(frozen=True, slots=True)
+class RemotePack:
+    pack_id: str
+    name: str
+    images: tuple[RemoteImage, ...] = ()

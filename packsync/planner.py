@@ -1,0 +1,226 @@
+"""The planner: what to do to make one pack mirror one folder. Pure: no I/O, no clock.
+
+Inputs are three views of the same mapping: what the folder holds now (a ``Scan``), what packsync
+recorded of its own work (``ManagedImage`` rows), and what the pack really holds (``RemotePack``).
+The output is a ``MappingPlan``: small action values that the executor carries out, or that
+``run --dry-run`` prints. The rules, in order:
+
+1. An image in the pack whose URL is one of packsync's own uploads but which the state does not
+   record (a run died between the API's answer and the commit) is *adopted*, never added again.
+2. A recorded image that is gone from the pack is *forgotten* (and added again if still wanted).
+3. Each distinct content in the folder needs exactly one image: missing ones are *added*, extra
+   copies are *deleted* as duplicates, the oldest one stays.
+4. Images of contents no longer in the folder are *deleted* when the mapping deletes — but never
+   contents the scan could not positively see gone (``Scan.keep``).
+5. Images packsync did not add are the user's: deleted only with ``prune_foreign``.
+6. Safety: deletes are withheld (and the mapping reported) when the folder looks empty while the
+   pack holds its images, or when they exceed ``max_delete``; ``--force`` overrides both.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from packsync.model import Blob, LocalFile, ManagedImage, RemoteImage, RemotePack, Scan
+
+MAX_FILE_NAME = 255
+
+
+@dataclass(frozen=True, slots=True)
+class AddImage:
+    """Upload (if needed) the content of ``path`` and add it to the pack."""
+
+    sha256: str
+    file_name: str
+    path: Path
+    content_type: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdoptImage:
+    """Record an image that is already in the pack and is packsync's own upload."""
+
+    image: ManagedImage
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetImage:
+    """Drop the record of an image that is no longer in the pack."""
+
+    image: ManagedImage
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteImage:
+    """Delete an image from the pack; ``reason`` says why in a few words."""
+
+    image_id: str
+    url: str
+    reason: str
+    sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MappingOptions:
+    delete: bool = True
+    prune_foreign: bool = False
+    max_delete: int | str = "50%"
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MappingInput:
+    """Everything the planner needs to know about one mapping."""
+
+    label: str
+    pack_name: str
+    scan: Scan
+    managed: Sequence[ManagedImage]
+    remote: RemotePack | None
+    known_urls: Mapping[str, str]
+    options: MappingOptions = MappingOptions()
+
+
+@dataclass(slots=True)
+class MappingPlan:
+    label: str
+    pack_name: str
+    pack_id: str | None
+    adds: list[AddImage] = field(default_factory=list)
+    adopts: list[AdoptImage] = field(default_factory=list)
+    forgets: list[ForgetImage] = field(default_factory=list)
+    deletes: list[DeleteImage] = field(default_factory=list)
+    withheld: list[DeleteImage] = field(default_factory=list)
+    safety: str | None = None
+
+    @property
+    def create_pack(self) -> bool:
+        return self.pack_id is None
+
+    @property
+    def mutations(self) -> int:
+        return len(self.adds) + len(self.deletes) + int(self.create_pack)
+
+
+@dataclass(slots=True)
+class Plan:
+    mappings: list[MappingPlan]
+    uploads: list[AddImage]
+
+    @property
+    def mutations(self) -> int:
+        return len(self.uploads) + sum(m.mutations for m in self.mappings)
+
+
+def file_name_for(rel_path: str) -> str:
+    """The image's display name: the file's name, printable, within the API's 255 characters."""
+    name = PurePosixPath(rel_path).name
+    name = "".join(" " if unicodedata.category(c).startswith("C") else c for c in name).strip() or "image"
+    if len(name) <= MAX_FILE_NAME:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if dot and 0 < len(ext) <= 10:
+        return stem[: MAX_FILE_NAME - len(ext) - 1] + "." + ext
+    return name[:MAX_FILE_NAME]
+
+
+def delete_limit(max_delete: int | str, managed: int) -> int:
+    """How many deletes one run may make in a pack where packsync manages ``managed`` images.
+
+    A percentage always allows at least one delete, so that removing one file from a small folder
+    does not need ``--force``; an explicit count is taken as it is (0 means never without --force).
+    """
+    if isinstance(max_delete, int):
+        return max_delete
+    return max(1, math.floor(managed * float(max_delete.removesuffix("%")) / 100))
+
+
+def plan_mapping(source: MappingInput) -> MappingPlan:
+    """Decide the actions that make ``source.remote`` mirror ``source.scan``."""
+    remote = source.remote
+    plan = MappingPlan(source.label, source.pack_name, remote.pack_id if remote else None)
+    wanted: dict[str, LocalFile] = {}
+    for local in sorted(source.scan.files, key=lambda f: f.rel_path):
+        wanted.setdefault(local.sha256, local)
+
+    remote_images = remote.images if remote else ()
+    present = {image.image_id for image in remote_images}
+    recorded = {image.image_id: image for image in source.managed}
+    for image in source.managed:
+        if image.image_id not in present:
+            plan.forgets.append(ForgetImage(image))
+
+    # Live managed images in the pack's own order (oldest first), adopting our unrecorded uploads.
+    live: list[ManagedImage] = []
+    foreign: list[RemoteImage] = []
+    for image in remote_images:
+        if image.image_id in recorded:
+            live.append(recorded[image.image_id])
+        elif image.url in source.known_urls:
+            sha256 = source.known_urls[image.url]
+            name = wanted[sha256].rel_path if sha256 in wanted else image.url
+            adopted = ManagedImage(remote.pack_id, image.image_id, sha256, image.url,
+                                   file_name_for(name), image.metadata)
+            plan.adopts.append(AdoptImage(adopted))
+            live.append(adopted)
+        else:
+            foreign.append(image)
+
+    kept: set[str] = set()
+    deletes: list[DeleteImage] = []
+    for image in live:
+        if image.sha256 in kept:
+            deletes.append(DeleteImage(image.image_id, image.url, "duplicate", image.sha256))
+        elif image.sha256 in wanted or image.sha256 in source.scan.keep or not source.options.delete:
+            kept.add(image.sha256)
+        else:
+            deletes.append(DeleteImage(image.image_id, image.url, "file removed", image.sha256))
+    if source.options.prune_foreign:
+        deletes += [DeleteImage(image.image_id, image.url, "not in the folder (prune_foreign)")
+                    for image in foreign]
+
+    for sha256, local in wanted.items():
+        if sha256 not in kept:
+            plan.adds.append(AddImage(sha256, file_name_for(local.rel_path), source.scan.root / local.rel_path,
+                                      local.content_type, local.size))
+
+    plan.safety = _safety(source, deletes, managed=len(live))
+    if plan.safety:
+        plan.withheld = deletes
+    else:
+        plan.deletes = deletes
+    return plan
+
+
+def _safety(source: MappingInput, deletes: list[DeleteImage], managed: int) -> str | None:
+    """Why these deletes must not run without ``--force``, or None when they may."""
+    if not deletes or source.options.force:
+        return None
+    removals = [d for d in deletes if d.reason != "duplicate"]
+    if not removals:
+        return None
+    if not source.scan.files and not source.scan.problems:
+        return (f"{source.scan.root} is empty but {managed} images in the pack came from it; "
+                "refusing to delete them (is a disk unmounted?). Re-run with --force if you emptied it")
+    limit = delete_limit(source.options.max_delete, managed)
+    if len(removals) > limit:
+        return (f"{len(removals)} deletes exceed max_delete ({source.options.max_delete}, {limit} of {managed} "
+                "images); re-run with --force to allow them, or --dry-run to list them")
+    return None
+
+
+def plan_sync(sources: Sequence[MappingInput], blobs: Mapping[str, Blob]) -> Plan:
+    """Plan every mapping; each distinct content that is not yet in storage is uploaded once."""
+    mappings = [plan_mapping(source) for source in sources]
+    uploads: dict[str, AddImage] = {}
+    for mapping in mappings:
+        for add in mapping.adds:
+            blob = blobs.get(add.sha256)
+            if not (blob and blob.uploaded and blob.url):
+                uploads.setdefault(add.sha256, add)
+    return Plan(mappings, list(uploads.values()))

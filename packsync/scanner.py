@@ -1,0 +1,191 @@
+"""The scanner: walk one mapped folder and say what images it holds, by content.
+
+It asks one question of the past — "what did this file look like last time?" — through the
+``previous`` mapping of cached stat keys, so an unchanged tree is stat-ed but never read. It
+knows nothing of the database or the API. A file is hashed, then stat-ed again: a file that
+changed while it was read is reported and retried later, never synced half-written.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from packsync.media import digest_file
+from packsync.model import CachedFile, LocalFile, Problem, Scan
+
+
+class FolderUnavailable(Exception):
+    """The mapped folder itself is missing, not a folder, or unreadable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Which names a mapping syncs. Patterns are shell globs, matched case-insensitively."""
+
+    include: Sequence[str]
+    exclude: Sequence[str]
+    max_file_bytes: int
+    follow_symlinks: bool = False
+
+    def excluded(self, name: str) -> bool:
+        lower = name.lower()
+        return any(fnmatchcase(lower, pattern.lower()) for pattern in self.exclude)
+
+    def included(self, name: str) -> bool:
+        lower = name.lower()
+        return any(fnmatchcase(lower, pattern.lower()) for pattern in self.include)
+
+
+def scan_folder(root: Path, previous: Mapping[str, CachedFile], filters: Filters,
+                on_file: Callable[[int], None] | None = None) -> Scan:
+    """Scan ``root`` recursively. ``on_file(bytes_read)`` is called after each file is judged."""
+    try:
+        if not stat.S_ISDIR(os.stat(root).st_mode):
+            raise FolderUnavailable(f"{root} is not a folder")
+        os.listdir(root)
+    except OSError as exc:
+        raise FolderUnavailable(f"{root} cannot be read ({exc.strerror})") from None
+    return _Walk(root, previous, filters, on_file).run()
+
+
+class _Walk:
+    def __init__(self, root: Path, previous: Mapping[str, CachedFile], filters: Filters,
+                 on_file: Callable[[int], None] | None) -> None:
+        self.root = root
+        self.previous = previous
+        self.filters = filters
+        self.on_file = on_file or (lambda _n: None)
+        self.scan = Scan(root=root)
+        self.seen_dirs: set[tuple[int, int]] = set()
+
+    def run(self) -> Scan:
+        root_stat = os.stat(self.root)
+        self.seen_dirs.add((root_stat.st_dev, root_stat.st_ino))
+        pending = [(str(self.root), "")]
+        while pending:
+            path, prefix = pending.pop()
+            try:
+                with os.scandir(path) as entries:
+                    for entry in entries:
+                        self._entry(entry, prefix, pending)
+            except OSError as exc:
+                self._unreadable(prefix, f"cannot list this folder ({exc.strerror})")
+        return self.scan
+
+    def _entry(self, entry: os.DirEntry[str], prefix: str, pending: list[tuple[str, str]]) -> None:
+        name = entry.name
+        if self.filters.excluded(name):
+            return
+        rel = f"{prefix}{name}"
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            self._problem(rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
+                          "its name is not valid UTF-8; rename it")
+            return
+        try:
+            is_link = entry.is_symlink()
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError as exc:
+            self._problem(rel, f"cannot read ({exc.strerror})")
+            return
+        if is_link:
+            self._symlink(entry, rel, pending)
+        elif is_dir:
+            pending.append((entry.path, rel + "/"))
+        elif entry.is_file(follow_symlinks=False) and self.filters.included(name):
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                self._problem(rel, f"cannot read ({exc.strerror})")
+                return
+            self._file(entry.path, rel, st)
+
+    def _symlink(self, entry: os.DirEntry[str], rel: str, pending: list[tuple[str, str]]) -> None:
+        if not self.filters.follow_symlinks:
+            if self.filters.included(entry.name) or entry.is_dir():
+                self._problem(rel, "symbolic link, not followed (set follow_symlinks = true)", notice=True)
+            return
+        try:
+            target = Path(entry.path).resolve(strict=True)
+        except FileNotFoundError:
+            self._problem(rel, "dangling symbolic link")
+            return
+        except (RuntimeError, OSError) as exc:
+            loop = isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP
+            self._problem(rel, "symbolic link loop" if loop else f"cannot follow link ({exc})")
+            return
+        if not target.is_relative_to(self.root.resolve()):
+            self._problem(rel, "symbolic link points outside the mapped folder; not followed")
+            return
+        st = target.stat()
+        if stat.S_ISDIR(st.st_mode):
+            if (st.st_dev, st.st_ino) in self.seen_dirs:
+                self._problem(rel, "symbolic link loop")
+                return
+            self.seen_dirs.add((st.st_dev, st.st_ino))
+            pending.append((entry.path, rel + "/"))
+        elif stat.S_ISREG(st.st_mode) and self.filters.included(entry.name):
+            self._file(str(target), rel, st)
+
+    def _file(self, path: str, rel: str, st: os.stat_result) -> None:
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self.previous.get(rel)
+        if cached is None or not cached.matches(*key):
+            cached = self._read(path, rel, st)
+            if cached is None:
+                return
+        self.scan.cache[rel] = cached
+        if cached.problem:
+            self._problem(rel, cached.problem, protect=False)
+        else:
+            assert cached.sha256 is not None and cached.content_type is not None
+            self.scan.files.append(LocalFile(rel, cached.sha256, cached.size, cached.content_type))
+
+    def _read(self, path: str, rel: str, st: os.stat_result) -> CachedFile | None:
+        """Hash and judge a new or changed file; None when it could not be judged this time."""
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if st.st_size > self.filters.max_file_bytes:
+            limit = self.filters.max_file_bytes / 1e6
+            return CachedFile(*key, None, None, f"larger than max_file_mb ({st.st_size / 1e6:.1f} MB > {limit:g} MB)")
+        try:
+            digest = digest_file(path)
+            after = os.stat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._problem(rel, f"cannot read ({exc.strerror})")
+            return None
+        self.scan.hashed_files += 1
+        self.scan.hashed_bytes += digest.size
+        self.on_file(digest.size)
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or digest.size != st.st_size:
+            self._problem(rel, "changed while it was being read; it will be synced once it is quiet")
+            return None
+        return CachedFile(*key, digest.sha256, digest.content_type, digest.problem)
+
+    def _problem(self, rel: str, reason: str, *, notice: bool = False, protect: bool = True) -> None:
+        """Report ``rel``; unless told otherwise, keep whatever content it held before."""
+        self.scan.problems.append(Problem(rel, reason, notice))
+        cached = self.previous.get(rel)
+        if protect and cached is not None and cached.sha256 and not cached.problem:
+            self.scan.keep.add(cached.sha256)
+            self.scan.cache[rel] = cached
+
+    def _unreadable(self, prefix: str, reason: str) -> None:
+        if not prefix:
+            raise FolderUnavailable(f"{self.root} cannot be read ({reason})")
+        self.scan.problems.append(Problem(prefix.rstrip("/") + "/", reason))
+        for rel, cached in self.previous.items():
+            if rel.startswith(prefix):
+                self.scan.cache[rel] = cached
+                if cached.sha256 and not cached.problem:
+                    self.scan.keep.add(cached.sha256)

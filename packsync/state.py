@@ -1,0 +1,285 @@
+"""The state database: what packsync knows of files, uploads and the images it added.
+
+One SQLite file (WAL mode, private to the user) with four tables:
+
+- ``files``    — per mapped folder and relative path: the stat key and the content hash, so an
+                 unchanged tree is never read again; a bad file's verdict is cached the same way.
+- ``blobs``    — per content hash: the upload's CDN URL, its presigned URL while the PUT is not
+                 confirmed, and whether it is. The same bytes are uploaded once, for every pack.
+- ``images``   — per pack image packsync added: its content, URL, name and AI metadata. Only
+                 these images are packsync's to delete.
+- ``mappings`` — per mapped folder: the pack it syncs to and how the last sync went.
+
+Every step is committed as soon as the API confirms it, so a killed run loses at most the step in
+flight — and the planner recognises that step's result by its URL on the next run.
+SQLite errors are translated into ``StateError`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
+
+from packsync.errors import StateError
+from packsync.model import Blob, CachedFile, ManagedImage, Metadata, RemoteImage
+
+SCHEMA_VERSION = 1
+APP_ID = "packsync"
+
+
+class MetaRow(SQLModel, table=True):
+    __tablename__ = "meta"
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class FileRow(SQLModel, table=True):
+    __tablename__ = "files"
+    root: str = Field(primary_key=True)
+    rel_path: str = Field(primary_key=True)
+    dev: int
+    inode: int
+    size: int
+    mtime_ns: int
+    sha256: str | None = None
+    content_type: str | None = None
+    problem: str | None = None
+
+
+class BlobRow(SQLModel, table=True):
+    __tablename__ = "blobs"
+    sha256: str = Field(primary_key=True)
+    content_type: str
+    url: str | None = Field(default=None, index=True)
+    upload_url: str | None = None
+    expires_at: float | None = None
+    uploaded: bool = False
+
+
+class ImageRow(SQLModel, table=True):
+    __tablename__ = "images"
+    pack_id: str = Field(primary_key=True)
+    image_id: str = Field(primary_key=True)
+    sha256: str = Field(index=True)
+    url: str
+    file_name: str
+    meta_status: str = "pending"
+    description: str | None = None
+    keywords: str = "[]"
+    meta_error: str | None = None
+    added_at: float = Field(default_factory=time.time)
+
+
+class MappingRow(SQLModel, table=True):
+    __tablename__ = "mappings"
+    root: str = Field(primary_key=True)
+    pack_id: str | None = None
+    pack_name: str | None = None
+    synced_at: float | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MappingRecord:
+    root: str
+    pack_id: str | None
+    pack_name: str | None
+    synced_at: float | None
+    last_error: str | None
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` (and its folder) readable by the user only, if it does not exist yet."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+
+
+def _check_header(path: Path) -> None:
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(16)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StateError(f"cannot open the state database {path} ({exc.strerror}).") from None
+    if head and head != b"SQLite format 3\x00":
+        raise StateError(f"{path} is not a SQLite database; packsync will not overwrite it. "
+                         "Move it away, or set [state] path to another file.")
+
+
+def _image(row: ImageRow) -> ManagedImage:
+    metadata = Metadata(row.meta_status, row.description, tuple(json.loads(row.keywords)), row.meta_error)
+    return ManagedImage(row.pack_id, row.image_id, row.sha256, row.url, row.file_name, metadata)
+
+
+def _blob(row: BlobRow) -> Blob:
+    return Blob(row.sha256, row.content_type, row.url, row.upload_url, row.expires_at, row.uploaded)
+
+
+class Store:
+    """The state database, used from one thread at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        _check_header(path)
+        _private_file(path)
+        self.engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
+        event.listen(self.engine, "connect", self._pragmas)
+        try:
+            self._migrate()
+        except DatabaseError as exc:
+            self.engine.dispose()
+            if isinstance(exc, OperationalError) and "locked" in str(exc):
+                raise StateError(f"the state database {path} is locked by another program.") from None
+            raise StateError(f"the state database {path} is corrupt ({exc.orig}); packsync will not replace "
+                             "it. Move it away to start over.") from None
+        self.session = Session(self.engine, expire_on_commit=False)
+
+    @staticmethod
+    def _pragmas(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.close()
+
+    def _migrate(self) -> None:
+        with self.engine.begin() as connection:
+            tables = {row[0] for row in connection.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))}
+            if tables and "meta" not in tables:
+                raise StateError(f"{self.path} is a SQLite database of another program; packsync will not touch it. "
+                                 "Set [state] path to another file.")
+            if "meta" in tables:
+                meta = dict(connection.execute(text("SELECT key, value FROM meta")).all())
+                if meta.get("app") != APP_ID:
+                    raise StateError(f"{self.path} is a SQLite database of another program; packsync will not "
+                                     "touch it. Set [state] path to another file.")
+                version = int(meta.get("schema", "0"))
+                if version > SCHEMA_VERSION:
+                    raise StateError(f"{self.path} was written by a newer packsync (schema {version}); "
+                                     "upgrade packsync to use it.")
+                # Forward migrations go here, one step per version: `if version < 2: ...`.
+        SQLModel.metadata.create_all(self.engine)
+        with Session(self.engine) as session:
+            session.merge(MetaRow(key="app", value=APP_ID))
+            session.merge(MetaRow(key="schema", value=str(SCHEMA_VERSION)))
+            session.commit()
+
+    def close(self) -> None:
+        self.session.close()
+        self.engine.dispose()
+
+    def commit(self) -> None:
+        self.session.commit()
+
+    # -- files -------------------------------------------------------------------------------------
+
+    def file_cache(self, root: Path) -> dict[str, CachedFile]:
+        """What the last scan of ``root`` saw, by relative path."""
+        rows = self.session.exec(
+            select(FileRow.rel_path, FileRow.dev, FileRow.inode, FileRow.size, FileRow.mtime_ns,
+                   FileRow.sha256, FileRow.content_type, FileRow.problem).where(FileRow.root == str(root)))
+        return {rel: CachedFile(*rest) for rel, *rest in rows}
+
+    def save_file_cache(self, root: Path, previous: Mapping[str, CachedFile], current: Mapping[str, CachedFile]) -> None:
+        """Store what a scan saw, writing only the rows that changed."""
+        key = str(root)
+        gone = [rel for rel in previous if rel not in current]
+        for start in range(0, len(gone), 500):
+            self.session.exec(delete(FileRow).where(FileRow.root == key,
+                                                    col(FileRow.rel_path).in_(gone[start:start + 500])))
+        for rel, cached in current.items():
+            if previous.get(rel) != cached:
+                self.session.merge(FileRow(root=key, rel_path=rel, dev=cached.dev, inode=cached.inode,
+                                           size=cached.size, mtime_ns=cached.mtime_ns, sha256=cached.sha256,
+                                           content_type=cached.content_type, problem=cached.problem))
+        self.session.commit()
+
+    def count_files(self, root: Path) -> int:
+        return len(self.session.exec(select(FileRow.rel_path).where(FileRow.root == str(root))).all())
+
+    def file_rows(self, root: Path) -> list[FileRow]:
+        return list(self.session.exec(select(FileRow).where(FileRow.root == str(root)).order_by(FileRow.rel_path)))
+
+    # -- blobs -------------------------------------------------------------------------------------
+
+    def blobs(self) -> dict[str, Blob]:
+        return {row.sha256: _blob(row) for row in self.session.exec(select(BlobRow))}
+
+    def blob(self, sha256: str) -> Blob | None:
+        row = self.session.get(BlobRow, sha256)
+        return _blob(row) if row else None
+
+    def save_blob(self, blob: Blob) -> None:
+        self.session.merge(BlobRow(sha256=blob.sha256, content_type=blob.content_type, url=blob.url,
+                                   upload_url=blob.upload_url, expires_at=blob.expires_at, uploaded=blob.uploaded))
+        self.session.commit()
+
+    def known_urls(self) -> dict[str, str]:
+        """Every CDN URL packsync ever uploaded to, with its content hash."""
+        rows = self.session.exec(select(BlobRow.url, BlobRow.sha256).where(col(BlobRow.url).is_not(None)))
+        return {url: sha for url, sha in rows if url}
+
+    # -- images ------------------------------------------------------------------------------------
+
+    def managed(self, pack_id: str) -> list[ManagedImage]:
+        rows = self.session.exec(select(ImageRow).where(ImageRow.pack_id == pack_id))
+        return [_image(row) for row in rows]
+
+    def all_managed(self) -> list[ManagedImage]:
+        return [_image(row) for row in self.session.exec(select(ImageRow))]
+
+    def record_image(self, image: ManagedImage) -> None:
+        meta = image.metadata
+        self.session.merge(ImageRow(pack_id=image.pack_id, image_id=image.image_id, sha256=image.sha256,
+                                    url=image.url, file_name=image.file_name, meta_status=meta.status,
+                                    description=meta.description, keywords=json.dumps(list(meta.keywords)),
+                                    meta_error=meta.error))
+        self.session.commit()
+
+    def forget_images(self, pack_id: str, image_ids: Iterable[str] | None = None) -> None:
+        """Drop image records of ``pack_id``: the given ones, or all of them."""
+        statement = delete(ImageRow).where(ImageRow.pack_id == pack_id)
+        if image_ids is not None:
+            statement = statement.where(col(ImageRow.image_id).in_(list(image_ids)))
+        self.session.exec(statement)
+        self.session.commit()
+
+    def refresh_metadata(self, pack_id: str, remote: Iterable[RemoteImage]) -> int:
+        """Copy the pack's current AI metadata into the records of packsync's images; returns how many changed."""
+        by_id = {image.image_id: image.metadata for image in remote}
+        changed = 0
+        for row in self.session.exec(select(ImageRow).where(ImageRow.pack_id == pack_id)):
+            meta = by_id.get(row.image_id)
+            if meta is None or (row.meta_status, row.description, row.meta_error, row.keywords) == \
+                    (meta.status, meta.description, meta.error, json.dumps(list(meta.keywords))):
+                continue
+            row.meta_status, row.description, row.meta_error = meta.status, meta.description, meta.error
+            row.keywords = json.dumps(list(meta.keywords))
+            self.session.add(row)
+            changed += 1
+        if changed:
+            self.session.commit()
+        return changed
+
+    # -- mappings ----------------------------------------------------------------------------------
+
+    def mapping(self, root: Path) -> MappingRecord | None:
+        row = self.session.get(MappingRow, str(root))
+        return MappingRecord(row.root, row.pack_id, row.pack_name, row.synced_at, row.last_error) if row else None
+
+    def save_mapping(self, root: Path, **fields: Any) -> None:
+        row = self.session.get(MappingRow, str(root)) or MappingRow(root=str(root))
+        for name, value in fields.items():
+            setattr(row, name, value)
+        self.session.add(row)
+        self.session.commit()

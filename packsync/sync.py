@@ -1,0 +1,230 @@
+"""One sync: scan → plan → execute → wait for metadata. The pipeline ``run`` and the daemon share.
+
+For each mapping it reads the pack once (remote truth), scans the folder against the hash cache
+(local truth), asks the pure planner what to do, and hands the plan to the executor. Scanning runs
+in a worker thread while the packs are being fetched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packsync.client import GenviralClient
+from packsync.config import Config, MappingConfig
+from packsync.errors import ConfigError, ExitCode, NotFound, PermanentError, TransientError
+from packsync.executor import Executor, MappingOutcome
+from packsync.logs import get_logger
+from packsync.model import CachedFile, RemotePack, Scan
+from packsync.planner import MappingInput, MappingOptions, MappingPlan, Plan, plan_sync
+from packsync.progress import Progress
+from packsync.scanner import Filters, FolderUnavailable, scan_folder
+from packsync.state import Store
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOptions:
+    dry_run: bool = False
+    wait: bool = True
+    wait_timeout_s: float = 600.0
+    force: bool = False
+    poll_start_s: float = 1.0
+    poll_cap_s: float = 30.0
+
+
+@dataclass(slots=True)
+class MappingReport:
+    """How one mapping went: what the scan found, what was planned, what was done."""
+
+    config: MappingConfig
+    pack_name: str
+    pack_id: str | None = None
+    scan: Scan | None = None
+    plan: MappingPlan | None = None
+    outcome: MappingOutcome | None = None
+    error: str | None = None
+    safety: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        problems = self.scan.problems if self.scan else []
+        failures = self.outcome.failures if self.outcome else []
+        return bool(self.error or failures or any(not p.notice for p in problems)
+                    or (self.outcome and self.outcome.error))
+
+
+@dataclass(slots=True)
+class SyncReport:
+    mappings: list[MappingReport] = field(default_factory=list)
+    plan: Plan | None = None
+    metadata_pending: int = 0
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if any(m.safety for m in self.mappings):
+            return ExitCode.SAFETY
+        if any(m.failed for m in self.mappings):
+            return ExitCode.SOME_FAILED
+        return ExitCode.OK
+
+
+def pack_label(mapping: MappingConfig) -> str:
+    return mapping.pack if mapping.pack is not None else f"pack {mapping.pack_id}"
+
+
+class Syncer:
+    """Runs the sync pipeline for a config, with one API client and one state store."""
+
+    def __init__(self, config: Config, store: Store, api: GenviralClient, progress: Progress | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.api = api
+        self.progress = progress or Progress(enabled=False)
+        self.log = get_logger()
+
+    async def sync(self, options: SyncOptions = SyncOptions(), only: set[Path] | None = None) -> SyncReport:
+        """Sync every mapping (or those whose folder is in ``only``) once."""
+        mappings = [m for m in self.config.mappings if only is None or m.path in only]
+        reports = [MappingReport(m, pack_label(m)) for m in mappings]
+        self._check_folders(reports)
+        live = [r for r in reports if not (r.error or r.safety)]
+        previous = [self.store.file_cache(r.config.path) for r in live]
+        remotes, scans = await asyncio.gather(
+            asyncio.gather(*(self._resolve_pack(r) for r in live)),
+            asyncio.to_thread(self._scan_all, live, previous),
+        )
+        inputs = []
+        for report, remote, scan, cache in zip(live, remotes, scans, previous, strict=True):
+            report.scan = scan
+            if scan is None:
+                continue
+            self.store.save_file_cache(report.config.path, cache, scan.cache)
+            if report.error:
+                continue
+            if remote is not None:
+                self.store.refresh_metadata(remote.pack_id, remote.images)
+            inputs.append((report, self._input(report, remote, scan, options)))
+        plan = plan_sync([source for _, source in inputs], self.store.blobs())
+        result = SyncReport(reports, plan)
+        for (report, _), mapping_plan in zip(inputs, plan.mappings, strict=True):
+            report.plan = mapping_plan
+            report.safety = mapping_plan.safety
+        if options.dry_run:
+            return result
+        roots = {report.config.label: report.config.path for report, _ in inputs}
+        outcomes = await Executor(self.api, self.store, self.progress).run(plan, roots)
+        for (report, _), outcome in zip(inputs, outcomes, strict=True):
+            report.outcome, report.pack_id = outcome, outcome.pack_id
+        if options.wait:
+            pack_ids = [r.pack_id for r in reports if r.pack_id and not (r.outcome and r.outcome.error)]
+            result.metadata_pending = await self.wait_for_metadata(pack_ids, options)
+        for report in reports:
+            error = report.error or (report.outcome.error if report.outcome else None) or report.safety
+            self.store.save_mapping(report.config.path, synced_at=time.time(), last_error=error)
+        return result
+
+    def _check_folders(self, reports: list[MappingReport]) -> None:
+        """A missing folder is a config error — unless packsync synced it before (an unmounted disk?)."""
+        for report in reports:
+            root = report.config.path
+            if root.is_dir():
+                continue
+            if self.store.count_files(root) or self._known_pack(report):
+                report.safety = (f"{root} is missing or not a folder, but packsync synced files from it; "
+                                 "nothing is deleted (is a disk unmounted?)")
+                self.log.error("mapped folder missing; no deletes", path=str(root))
+            else:
+                index = self.config.mappings.index(report.config)
+                raise ConfigError(f"mappings[{index}].path: the folder {root} does not exist.")
+
+    def _known_pack(self, report: MappingReport) -> bool:
+        record = self.store.mapping(report.config.path)
+        return bool(record and record.pack_id and self.store.managed(record.pack_id))
+
+    async def _resolve_pack(self, report: MappingReport) -> RemotePack | None:
+        """Read the mapping's pack (None: it must be created); a mapping error leaves ``report.error``."""
+        mapping = report.config
+        record = self.store.mapping(mapping.path)
+        try:
+            if mapping.pack_id is not None:
+                try:
+                    remote = await self.api.get_pack(mapping.pack_id)
+                except NotFound:
+                    report.error = f"pack_id {mapping.pack_id} not found, or outside the key's scope"
+                    return None
+            else:
+                remote = await self._pack_by_name(mapping, record.pack_id if record and
+                                                  record.pack_name == mapping.pack else None)
+        except (TransientError, PermanentError) as exc:
+            report.error = f"cannot read the pack: {exc}"
+            return None
+        if remote is not None:
+            report.pack_id = remote.pack_id
+            report.pack_name = remote.name or report.pack_name
+            if not record or record.pack_id != remote.pack_id:
+                self.store.save_mapping(mapping.path, pack_id=remote.pack_id, pack_name=mapping.pack or remote.name)
+        return remote
+
+    async def _pack_by_name(self, mapping: MappingConfig, remembered: str | None) -> RemotePack | None:
+        name = mapping.pack or ""
+        if remembered:
+            try:
+                return await self.api.get_pack(remembered)
+            except NotFound:
+                self.log.warning("pack is gone; it will be created again", pack=name, pack_id=remembered)
+                self.store.forget_images(remembered)
+                return None
+        candidates = [p for p in await self.api.list_packs(search=name) if p.name == name and not p.is_public]
+        if not candidates:
+            return None
+        if len(candidates) > 1:
+            self.log.warning("several packs have this name; using the oldest", pack=name, count=len(candidates))
+        return await self.api.get_pack(sorted(candidates, key=lambda p: p.created_at)[0].pack_id)
+
+    def _scan_all(self, reports: list[MappingReport], caches: list[dict[str, CachedFile]]) -> list[Scan | None]:
+        """Scan each mapping's folder (in a worker thread: touches no state, only the given caches)."""
+        scans: list[Scan | None] = []
+        for report, previous in zip(reports, caches, strict=True):
+            mapping = report.config
+            filters = Filters(mapping.include, mapping.exclude, int(mapping.max_file_mb * 1_000_000),
+                              mapping.follow_symlinks)
+            try:
+                scans.append(scan_folder(mapping.path, previous, filters,
+                                         on_file=lambda _n: self.progress.advance("hashed")))
+            except FolderUnavailable as exc:
+                report.safety = f"{exc}; nothing is deleted"
+                scans.append(None)
+        return scans
+
+    def _input(self, report: MappingReport, remote: RemotePack | None, scan: Scan, options: SyncOptions) -> MappingInput:
+        mapping = report.config
+        managed = self.store.managed(remote.pack_id) if remote else []
+        return MappingInput(
+            label=mapping.label, pack_name=mapping.pack or (remote.name if remote else ""), scan=scan,
+            managed=managed, remote=remote, known_urls=self.store.known_urls(),
+            options=MappingOptions(mapping.delete, mapping.prune_foreign, mapping.max_delete, options.force))
+
+    async def wait_for_metadata(self, pack_ids: list[str], options: SyncOptions) -> int:
+        """Poll each pack (one GET per pack per round) until packsync's images settle; returns how many did not."""
+        deadline = time.monotonic() + options.wait_timeout_s
+        delay = options.poll_start_s
+        while True:
+            pending = {p: sum(not i.metadata.settled for i in self.store.managed(p)) for p in pack_ids}
+            pending = {p: n for p, n in pending.items() if n}
+            left = deadline - time.monotonic()
+            if not pending or left <= 0:
+                return sum(pending.values())
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, options.poll_cap_s)
+            packs = await asyncio.gather(*(self.api.get_pack(p) for p in pending), return_exceptions=True)
+            for pack_id, pack in zip(pending, packs, strict=True):
+                if isinstance(pack, BaseException):
+                    if not isinstance(pack, (TransientError, PermanentError, NotFound)):
+                        raise pack
+                    self.log.warning("metadata poll failed", pack_id=pack_id, error=str(pack))
+                    continue
+                self.store.refresh_metadata(pack_id, pack.images)
+            settled = sum(i.metadata.settled for p in pack_ids for i in self.store.managed(p))
+            self.progress.counts["metadata"] = settled

@@ -1,0 +1,469 @@
+"""Tests for packsync.sandbox: the local Genviral Partner API, exercised over real HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+try:
+    import packsync  # noqa: F401
+except ModuleNotFoundError:  # not installed: run from the source tree
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from packsync.sandbox import Account, Faults, Sandbox  # noqa: E402
+
+T = TypeVar("T")
+
+TOKEN = "gva_live_ws1.secret"
+OTHER = "gva_live_ws2.secret"
+ACCOUNTS = {
+    TOKEN: Account(scope="ws-1"),
+    OTHER: Account(scope="ws-2"),
+    "gva_live_revoked.secret": Account(scope="ws-1", status=401),
+    "gva_live_unpaid.secret": Account(scope="ws-1", status=402),
+    "gva_live_scheduler.secret": Account(scope="ws-1", status=403),
+}
+
+PLAIN = httpx.Client(timeout=5)  # no Authorization header: storage and CDN calls
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_plain_client() -> Iterator[None]:
+    yield
+    PLAIN.close()
+
+
+def make_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A valid 8-bit RGB PNG of one colour, rows alternating Sub/Up filters."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = b""
+    for y in range(height):
+        if y % 2 == 0:  # Sub: first pixel raw, then zero deltas
+            raw += b"\x01" + bytes(rgb) + b"\x00" * 3 * (width - 1)
+        else:  # Up: identical to the row above
+            raw += b"\x02" + b"\x00" * 3 * width
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float = 5.0) -> T:
+    """Poll ``probe`` until it returns something truthy, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def sb() -> Iterator[Sandbox]:
+    with Sandbox(accounts=ACCOUNTS, enrich_delays=(0.05, 0.05)) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def api(sb: Sandbox) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=sb.base_url, headers={"Authorization": f"Bearer {TOKEN}"},
+                      timeout=5) as client:
+        yield client
+
+
+def upload(api: httpx.Client, data: bytes, content_type: str = "image/png") -> str:
+    """POST /files then PUT the bytes; returns the CDN url."""
+    ticket = api.post("/files", json={"contentType": content_type, "filename": "a"}).json()["data"]
+    put = PLAIN.put(ticket["uploadUrl"], content=data, headers={"Content-Type": content_type})
+    assert put.status_code == 200, put.text
+    return str(ticket["url"])
+
+
+def image_status(sb: Sandbox, pack_id: str, image_id: str) -> dict[str, Any] | None:
+    pack = sb.pack(pack_id)
+    assert pack is not None
+    meta = next(i["metadata"] for i in pack["images"] if i["id"] == image_id)
+    return meta if meta["status"] in ("completed", "failed") else None
+
+
+# --------------------------------------------------------------------------- envelope/auth
+def test_envelope_success_and_failure_shapes(sb: Sandbox, api: httpx.Client) -> None:
+    r = api.get("/packs")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert body["ok"] is True and body["code"] == 200 and isinstance(body["message"], str)
+    assert body["data"] == {"packs": [], "total": 0, "limit": 20, "offset": 0}
+    r = api.get("/packs/nope")
+    assert r.status_code == 404
+    assert r.json() == {"ok": False, "code": 404, "message": r.json()["message"], "error_code": "not_found"}
+    assert "data" not in r.json()
+    r = api.get("/nothing-here")
+    assert r.status_code == 404 and r.json()["error_code"] == "not_found"
+    r = api.put("/packs")
+    assert r.status_code == 405 and r.json()["ok"] is False and r.json()["code"] == 405
+
+
+@pytest.mark.parametrize("token, status, code", [
+    (None, 401, "invalid_token"),
+    ("gva_live_unknown.secret", 401, "invalid_token"),
+    ("gva_live_revoked.secret", 401, "invalid_token"),
+    ("gva_live_unpaid.secret", 402, "subscription_required"),
+    ("gva_live_scheduler.secret", 403, "tier_not_allowed"),
+])
+def test_auth_failures(sb: Sandbox, token: str | None, status: int, code: str) -> None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    for method, path in (("GET", "/packs"), ("POST", "/packs")):
+        r = PLAIN.request(method, sb.base_url + path, headers=headers, json={"name": "x"})
+        assert (r.status_code, r.json()["code"], r.json()["error_code"]) == (status, status, code)
+    assert sb.packs() == []
+
+
+# --------------------------------------------------------------------------------- packs
+def test_list_packs_pagination_search_and_public(sb: Sandbox, api: httpx.Client) -> None:
+    ids = [api.post("/packs", json={"name": f"Trip {i}"}).json()["data"]["id"] for i in range(5)]
+    api.post("/packs", json={"name": "Cats"})
+    public = sb.create_pack("Public trip", scope="ws-2", is_public=True)
+    sb.create_pack("Private trip", scope="ws-2")
+    page = api.get("/packs", params={"limit": 2, "offset": 1, "search": "TRIP"}).json()["data"]
+    assert page["total"] == 6 and page["limit"] == 2 and page["offset"] == 1
+    assert [p["id"] for p in page["packs"]] == ids[1:3]
+    assert set(page["packs"][0]) == {"id", "name", "image_count", "preview_image_url", "is_public", "created_at"}
+    everything = api.get("/packs", params={"limit": 100}).json()["data"]
+    assert [p["id"] for p in everything["packs"]][-1] == public and everything["total"] == 7
+    own = api.get("/packs", params={"include_public": "false", "limit": 100}).json()["data"]
+    assert own["total"] == 6 and public not in [p["id"] for p in own["packs"]]
+    for bad in ({"limit": 0}, {"limit": 101}, {"limit": "x"}):
+        r = api.get("/packs", params=bad)
+        assert r.status_code == 400 and r.json()["error_code"] == "invalid_limit"
+    assert api.get("/packs", params={"offset": -1}).status_code == 400
+
+
+def test_scope_public_readable_but_not_mutable(sb: Sandbox, api: httpx.Client) -> None:
+    public = sb.create_pack("Theirs", scope="ws-2", is_public=True)
+    private = sb.create_pack("Secret", scope="ws-2")
+    image = sb.add_image(public, "https://example.com/a.jpg")
+    r = api.get(f"/packs/{public}", params={"include_public": "false"})
+    assert r.status_code == 200 and r.json()["data"]["images"][0]["id"] == image
+    assert api.get(f"/packs/{private}").status_code == 404
+    attempts = [
+        api.patch(f"/packs/{public}", json={"name": "Mine"}),
+        api.delete(f"/packs/{public}"),
+        api.post(f"/packs/{public}/images", json={"image_url": "https://example.com/b.jpg"}),
+        api.delete(f"/packs/{public}/images/{image}"),
+        api.patch(f"/packs/{private}", json={"name": "Mine"}),
+    ]
+    assert [(r.status_code, r.json()["error_code"]) for r in attempts] == [(404, "not_found")] * 5
+    pack = sb.pack(public)
+    assert pack is not None and pack["name"] == "Theirs" and pack["image_count"] == 1
+
+
+def test_create_patch_delete_validation(sb: Sandbox, api: httpx.Client) -> None:
+    cases = [
+        ({}, "name", "Required"),
+        ({"name": ""}, "name", "String must contain at least 1 character(s)"),
+        ({"name": "x" * 121}, "name", "String must contain at most 120 character(s)"),
+        ({"name": "ok", "is_public": "yes"}, "is_public", "Expected boolean, received string"),
+        ({"name": 5}, "name", "Expected string, received number"),
+    ]
+    for body, field, message in cases:
+        r = api.post("/packs", json=body)
+        assert r.status_code == 422, body
+        assert r.json()["error_code"] == "invalid_payload"
+        assert r.json()["issues"]["fieldErrors"][field] == [message]
+    r = api.post("/packs", json={"name": "ok", "x": 1})
+    assert r.status_code == 422
+    assert r.json()["issues"] == {"formErrors": ["Unrecognized key(s) in object: 'x'"], "fieldErrors": {}}
+    r = api.post("/packs", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error_code"] == "invalid_json"
+    assert sb.packs() == []
+
+    created = api.post("/packs", json={"name": "x" * 120, "is_public": True})
+    assert created.status_code == 201 and created.json()["data"]["is_public"] is True
+    pid = created.json()["data"]["id"]
+    assert api.patch(f"/packs/{pid}", json={}).status_code == 422
+    r = api.patch(f"/packs/{pid}", json={"name": "Renamed"})
+    assert r.status_code == 200 and r.json()["data"]["name"] == "Renamed"
+    assert r.json()["data"]["is_public"] is True
+    r = api.delete(f"/packs/{pid}")
+    assert r.json()["data"] == {"id": pid, "deleted": True}
+    assert api.get(f"/packs/{pid}").status_code == 404
+    assert api.delete(f"/packs/{pid}").status_code == 404
+
+
+def test_image_add_and_delete(sb: Sandbox, api: httpx.Client) -> None:
+    pid = sb.create_pack("P")
+    first = api.post(f"/packs/{pid}/images", json={"image_url": "https://cdn.x/y/photo.JPEG?v=1"})
+    assert first.status_code == 201
+    data = first.json()["data"]
+    assert data["file_name"] == "image" and data["content_type"] == "image/jpeg"
+    again = api.post(f"/packs/{pid}/images",
+                     json={"image_url": "https://cdn.x/y/photo.JPEG?v=1", "file_name": "b"})
+    assert again.json()["data"]["id"] != data["id"]
+    other = api.post(f"/packs/{pid}/images", json={"image_url": "https://cdn.x/raw"}).json()["data"]
+    assert other["content_type"] is None
+    bad = api.post(f"/packs/{pid}/images", json={"image_url": "ftp://x/a.png"})
+    assert bad.status_code == 422 and "image_url" in bad.json()["issues"]["fieldErrors"]
+    pack = api.get(f"/packs/{pid}").json()["data"]
+    assert [i["id"] for i in pack["images"]] == [data["id"], again.json()["data"]["id"], other["id"]]
+    assert pack["image_count"] == 3
+    assert pack["images"][0]["metadata"] == {"status": "pending", "description": None, "keywords": [],
+                                             "model": "gpt-4.1-nano", "generated_at": None, "error": None}
+    r = api.delete(f"/packs/{pid}/images/{data['id']}")
+    assert r.status_code == 200 and r.json()["data"] == {"id": data["id"], "deleted": True}
+    r = api.delete(f"/packs/{pid}/images/{data['id']}")
+    assert r.status_code == 404 and r.json()["error_code"] == "image_not_found"
+    listed = api.get("/packs").json()["data"]["packs"][0]
+    assert listed["image_count"] == 2 and listed["preview_image_url"] == "https://cdn.x/y/photo.JPEG?v=1"
+
+
+# ------------------------------------------------------------------------ files/storage
+def test_full_upload_flow(sb: Sandbox, api: httpx.Client) -> None:
+    png = make_png(4, 3, (250, 20, 20))
+    r = api.post("/files", json={"contentType": "image/png", "filename": "a.png", "size": len(png)})
+    assert r.status_code == 201
+    ticket = r.json()["data"]
+    assert ticket["contentType"] == "image/png" and ticket["expiresIn"] == 600
+    assert ticket["uploadUrl"].startswith(f"http://127.0.0.1:{sb.port}/storage/")
+    assert ticket["url"].startswith(f"http://127.0.0.1:{sb.port}/cdn/") and ticket["url"].endswith(".png")
+    assert PLAIN.get(ticket["url"]).status_code == 404
+    put = PLAIN.put(ticket["uploadUrl"], content=png, headers={"Content-Type": "image/png"})
+    assert put.status_code == 200 and put.content == b""
+    assert put.headers["etag"] == f'"{hashlib.md5(png).hexdigest()}"'
+    pid = sb.create_pack("P")
+    added = api.post(f"/packs/{pid}/images", json={"image_url": ticket["url"], "file_name": "a.png"})
+    assert added.status_code == 201 and added.json()["data"]["content_type"] == "image/png"
+    cdn = PLAIN.get(ticket["url"])
+    assert cdn.status_code == 200 and cdn.content == png and cdn.headers["content-type"] == "image/png"
+    overwrite = PLAIN.put(ticket["uploadUrl"], content=png + b"x", headers={"Content-Type": "image/png"})
+    assert overwrite.status_code == 200 and PLAIN.get(ticket["url"]).content == png + b"x"
+
+
+def test_files_rejects_non_image_types(api: httpx.Client) -> None:
+    r = api.post("/files", json={"contentType": "text/plain"})
+    assert r.status_code == 422 and "contentType" in r.json()["issues"]["fieldErrors"]
+    r = api.post("/files", json={})
+    assert r.json()["issues"]["fieldErrors"]["contentType"] == ["Required"]
+
+
+def test_storage_rejections(sb: Sandbox, api: httpx.Client) -> None:
+    ticket = api.post("/files", json={"contentType": "image/jpeg"}).json()["data"]
+    url = ticket["uploadUrl"]
+
+    def put(target: str, **headers: str) -> httpx.Response:
+        return PLAIN.put(target, content=b"\xff\xd8\xff\xe0", headers={"Content-Type": "image/jpeg", **headers})
+
+    r = put(url, Authorization=f"Bearer {TOKEN}")
+    assert r.status_code == 400 and r.headers["content-type"] == "application/xml"
+    assert r.text.startswith("<?xml") and "<Code>InvalidArgument</Code>" in r.text
+    r = PLAIN.put(url, content=b"x", headers={"Content-Type": "image/png"})
+    assert r.status_code == 403 and "<Code>SignatureDoesNotMatch</Code>" in r.text
+    sig_at = url.index("signature=") + len("signature=")
+    tampered = url[:sig_at] + ("0" if url[sig_at] != "0" else "1") + url[sig_at + 1:]
+    r = put(tampered)
+    assert r.status_code == 403 and "<Code>SignatureDoesNotMatch</Code>" in r.text
+    assert PLAIN.get(ticket["url"]).status_code == 404
+    assert put(url).status_code == 200
+
+
+def test_storage_rejects_expired_url(tmp_path: Path) -> None:
+    with Sandbox(accounts=ACCOUNTS, upload_ttl_s=0.01) as sb, \
+            httpx.Client(base_url=sb.base_url, headers={"Authorization": f"Bearer {TOKEN}"}) as api:
+        ticket = api.post("/files", json={"contentType": "image/png"}).json()["data"]
+        assert ticket["expiresIn"] == 1
+        expires = int(ticket["uploadUrl"].split("expires=")[1].split("&")[0])
+        wait_for(lambda: time.time() >= expires, timeout=3)
+        r = PLAIN.put(ticket["uploadUrl"], content=b"x", headers={"Content-Type": "image/png"})
+        assert r.status_code == 403 and "<Code>AccessDenied</Code>" in r.text
+        assert "Request has expired" in r.text
+        cdn = PLAIN.get(ticket["url"])
+        assert cdn.status_code == 404 and "<Code>NoSuchKey</Code>" in cdn.text
+
+
+# --------------------------------------------------------------------------- enrichment
+def test_enrichment_completes_for_real_png(sb: Sandbox, api: httpx.Client) -> None:
+    url = upload(api, make_png(64, 48, (240, 10, 10)))
+    pid = sb.create_pack("P")
+    iid = api.post(f"/packs/{pid}/images", json={"image_url": url}).json()["data"]["id"]
+    first = api.get(f"/packs/{pid}").json()["data"]["images"][0]["metadata"]
+    assert first["status"] in ("pending", "processing")
+    meta = wait_for(lambda: image_status(sb, pid, iid))
+    assert meta["status"] == "completed" and meta["error"] is None
+    assert meta["description"] == "A 64×48 red PNG image."
+    assert meta["keywords"] == ["png", "red", "landscape", "64x48"]
+    assert meta["generated_at"].endswith("Z") and len(meta["generated_at"]) == 24
+    again = api.get(f"/packs/{pid}").json()["data"]["images"][0]["metadata"]
+    assert again == meta
+
+
+def test_enrichment_fails_for_text_and_foreign_urls(sb: Sandbox, api: httpx.Client) -> None:
+    url = upload(api, b"just some text, not an image", "image/jpeg")
+    pid = sb.create_pack("P")
+    text_id = api.post(f"/packs/{pid}/images", json={"image_url": url}).json()["data"]["id"]
+    foreign_id = sb.add_image(pid, "https://elsewhere.example/p.png")
+    text_meta = wait_for(lambda: image_status(sb, pid, text_id))
+    assert text_meta["status"] == "failed" and text_meta["error"] == "image bytes are not a supported image"
+    foreign_meta = wait_for(lambda: image_status(sb, pid, foreign_id))
+    assert foreign_meta["status"] == "failed" and foreign_meta["error"] == "image URL could not be fetched"
+    assert text_meta["description"] is None and text_meta["keywords"] == []
+
+
+# ------------------------------------------------------------------------------- faults
+def test_fault_429_with_and_without_retry_after(sb: Sandbox, api: httpx.Client) -> None:
+    sb.inject("429", "GET", "/packs")
+    sb.inject("429-bare", "GET", "/packs")
+    r = api.get("/packs")
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    assert r.json()["error_code"] == "rate_limited"
+    r = api.get("/packs")
+    assert r.status_code == 429 and "retry-after" not in r.headers
+    assert api.get("/packs").status_code == 200
+
+
+def test_fault_reset_drops_connection(sb: Sandbox, api: httpx.Client) -> None:
+    sb.inject("reset", "POST", "/packs")
+    with pytest.raises(httpx.TransportError):
+        api.post("/packs", json={"name": "a"})
+    assert sb.packs() == []
+    sb.inject("reset-after", "POST", "/packs")
+    with pytest.raises(httpx.TransportError):
+        api.post("/packs", json={"name": "b"})
+    assert [p["name"] for p in sb.packs()] == ["b"]
+    assert api.get("/packs").status_code == 200
+
+
+def test_fault_500_after_did_the_work(sb: Sandbox, api: httpx.Client) -> None:
+    pid = sb.create_pack("P")
+    sb.inject("500-after", route="/packs/{id}/images")
+    r = api.post(f"/packs/{pid}/images", json={"image_url": "https://x/a.png"})
+    assert r.status_code == 500 and r.json()["ok"] is False
+    pack = sb.pack(pid)
+    assert pack is not None and pack["image_count"] == 1
+    sb.inject("500", route="/packs/{id}/images")
+    assert api.post(f"/packs/{pid}/images", json={"image_url": "https://x/b.png"}).status_code == 500
+    pack = sb.pack(pid)
+    assert pack is not None and pack["image_count"] == 1
+
+
+def test_fault_gateway_and_garbage_answers(sb: Sandbox, api: httpx.Client) -> None:
+    sb.inject("502", count=2)
+    for _ in range(2):
+        r = api.get("/packs")
+        assert r.status_code == 502 and r.headers["content-type"].startswith("text/html")
+        assert r.text == "<html><body><h1>502 Bad Gateway</h1></body></html>"
+    for kind in ("503", "504"):
+        sb.inject(kind)
+        r = api.get("/packs")
+        assert r.status_code == int(kind) and r.json()["code"] == int(kind)
+    sb.inject("not-json", "GET")
+    r = api.get("/packs")
+    assert r.status_code == 200 and r.text == "<html>oops</html>"
+    with pytest.raises(json.JSONDecodeError):
+        r.json()
+    assert api.get("/packs").json()["ok"] is True
+
+
+def test_fault_expire_and_route_matching(sb: Sandbox, api: httpx.Client) -> None:
+    sb.inject("expire")  # only storage PUTs qualify, so API calls pass untouched
+    ticket = api.post("/files", json={"contentType": "image/png"}).json()["data"]
+    r = PLAIN.put(ticket["uploadUrl"], content=b"x", headers={"Content-Type": "image/png"})
+    assert r.status_code == 403 and "Request has expired" in r.text
+    assert PLAIN.put(ticket["uploadUrl"], content=b"x", headers={"Content-Type": "image/png"}).status_code == 200
+    sb.inject("500", "DELETE", "/packs/{id}")
+    assert api.get("/packs").status_code == 200
+    assert api.post("/packs", json={"name": "a"}).status_code == 201
+
+
+def test_random_faults_and_latency() -> None:
+    faults = Faults(latency_s=0.05, rate=1.0, kinds=("503",), seed=7)
+    with Sandbox(accounts=ACCOUNTS, faults=faults) as sb:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        start = time.monotonic()
+        assert [PLAIN.get(sb.base_url + "/packs", headers=headers).status_code for _ in range(3)] == [503] * 3
+        assert time.monotonic() - start >= 0.15
+        pid = sb.create_pack("P")
+        sb.add_image(pid, "https://x/a.png")
+        ticket_url = f"{sb.origin}/cdn/{'0' * 32}.png"
+        assert PLAIN.get(ticket_url).status_code == 404  # CDN never gets random faults
+        faults.rate = 0.0
+        assert PLAIN.get(sb.base_url + "/packs", headers=headers).status_code == 200
+
+
+# ----------------------------------------------------------------------- calls/lifecycle
+def test_calls_counting(sb: Sandbox, api: httpx.Client) -> None:
+    pid = api.post("/packs", json={"name": "a"}).json()["data"]["id"]
+    api.get(f"/packs/{pid}")
+    sb.inject("429")
+    api.get(f"/packs/{pid}")
+    url = upload(api, make_png(2, 2, (0, 0, 255)))
+    iid = api.post(f"/packs/{pid}/images", json={"image_url": url}).json()["data"]["id"]
+    api.delete(f"/packs/{pid}/images/{iid}")
+    PLAIN.get(url)
+    assert sb.calls == {
+        ("POST", "/packs"): 1, ("GET", "/packs/{id}"): 2, ("POST", "/files"): 1, ("PUT", "storage"): 1,
+        ("POST", "/packs/{id}/images"): 1, ("DELETE", "/packs/{id}/images/{image_id}"): 1, ("GET", "cdn"): 1,
+    }
+    assert sb.mutating_calls() == 5
+    sb.reset_calls()
+    assert sb.calls == {} and sb.mutating_calls() == 0
+
+
+def test_keep_alive_has_no_delayed_ack_stalls(api: httpx.Client) -> None:
+    api.get("/packs")
+    start = time.monotonic()
+    for i in range(20):
+        assert api.post("/packs", json={"name": f"p{i}"}).status_code == 201
+    assert time.monotonic() - start < 0.6
+
+
+def test_helpers_and_stop(sb: Sandbox) -> None:
+    pid = sb.create_pack("Seeded", scope="ws-9")
+    iid = sb.add_image(pid, "https://x/a.gif", file_name="a.gif")
+    pack = sb.pack(pid)
+    assert pack is not None and [i["id"] for i in pack["images"]] == [iid]
+    sb.remove_image(pid, iid)
+    assert sb.pack(pid)["image_count"] == 0  # type: ignore[index]
+    with pytest.raises(KeyError):
+        sb.remove_image(pid, iid)
+    sb.delete_pack(pid)
+    assert sb.pack(pid) is None and sb.packs() == []
+    base = sb.base_url
+    sb.stop()
+    with pytest.raises(httpx.ConnectError):
+        PLAIN.get(base + "/packs", headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+def test_state_persists_across_instances(tmp_path: Path) -> None:
+    state = tmp_path / "state" / "sandbox.json"
+    png = make_png(8, 8, (20, 200, 40))
+    with Sandbox(accounts=ACCOUNTS, state_path=state, enrich_delays=(0.0, 0.0)) as first, \
+            httpx.Client(base_url=first.base_url, headers={"Authorization": f"Bearer {TOKEN}"}) as api:
+        pid = api.post("/packs", json={"name": "Kept", "is_public": True}).json()["data"]["id"]
+        url = upload(api, png)
+        iid = api.post(f"/packs/{pid}/images", json={"image_url": url}).json()["data"]["id"]
+        before = first.pack(pid)
+        first_port = first.port
+    assert state.exists() and [p.name for p in state.parent.iterdir()] == ["sandbox.json"]
+    with Sandbox(accounts=ACCOUNTS, state_path=state) as second:
+        after = second.pack(pid)
+        assert after == before and after is not None
+        assert after["images"][0]["id"] == iid
+        assert after["images"][0]["metadata"]["keywords"][:2] == ["png", "green"]
+        moved = url.replace(f":{first_port}/", f":{second.port}/")
+        assert PLAIN.get(moved).content == png
+        second.delete_pack(pid)
+    with Sandbox(accounts=ACCOUNTS, state_path=state) as third:
+        assert third.packs() == []
