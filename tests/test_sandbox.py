@@ -15,12 +15,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-try:
-    import packsync  # noqa: F401
-except ModuleNotFoundError:  # not installed: run from the source tree
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from packsync.sandbox import Account, Faults, Sandbox  # noqa: E402
+from packsync.sandbox import Account, Faults, Sandbox
 
 T = TypeVar("T")
 

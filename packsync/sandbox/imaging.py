@@ -243,6 +243,5 @@ def describe(facts: ImageFacts) -> tuple[str, list[str]]:
     for filler in ("image", "picture"):
         if len(keywords) < 3:
             keywords.append(filler)
-    article = "An" if not words and label[0] in "AEIOU" else "A"
-    description = " ".join([article, *words, label, "image."])
+    description = " ".join(["A", *words, label, "image."])
     return description, keywords[:6]

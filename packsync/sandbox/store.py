@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -109,7 +110,7 @@ class Store:
         self,
         state_path: Path | None = None,
         enrich_delays: tuple[float, float] = (0.2, 0.3),
-        clock: Any = time.time,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.lock = threading.RLock()
         self._packs: dict[str, _Pack] = {}
@@ -119,6 +120,7 @@ class Store:
         self._state_path = Path(state_path) if state_path is not None else None
         self._delays = (float(enrich_delays[0]), float(enrich_delays[1]))
         self._clock = clock
+        self._dirty = False  # enrichment decided during a read, not yet saved
         if self._state_path is not None and self._state_path.exists():
             self._load(self._state_path)
 
@@ -137,7 +139,7 @@ class Store:
             return {"status": status, "description": None, "keywords": [], "model": ENRICH_MODEL,
                     "generated_at": None, "error": None}
         img.final = self._decide(img, img.added_at + pending + processing)
-        self._save()
+        self._dirty = True
         return self._metadata(img)
 
     def _decide(self, img: _Image, when: float) -> dict[str, Any]:
@@ -193,11 +195,15 @@ class Store:
             p = self._packs.get(pack_id)
             if p is None or not (scope is None or p.scope == scope or p.is_public):
                 return None
-            return self._detail(p)
+            detail = self._detail(p)
+            self._save_if_dirty()
+            return detail
 
     def all_packs(self) -> list[dict[str, Any]]:
         with self.lock:
-            return [self._detail(p) for p in sorted(self._packs.values(), key=lambda p: p.seq)]
+            details = [self._detail(p) for p in sorted(self._packs.values(), key=lambda p: p.seq)]
+            self._save_if_dirty()
+            return details
 
     def create_pack(self, scope: str, name: str, is_public: bool) -> dict[str, Any]:
         with self.lock:
@@ -279,7 +285,12 @@ class Store:
             return blob
 
     # ------------------------------------------------------------ persistence
+    def _save_if_dirty(self) -> None:
+        if self._dirty:
+            self._save()
+
     def _save(self) -> None:
+        self._dirty = False
         if self._state_path is None:
             return
         state = {

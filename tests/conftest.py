@@ -1,0 +1,142 @@
+"""Shared fixtures: a real sandbox on loopback, real folders, a real state file, the real CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from packsync.cli import sync_with
+from packsync.config import Config, parse_config
+from packsync.media import png_bytes
+from packsync.progress import Progress
+from packsync.sandbox import Account, Sandbox
+from packsync.sync import SyncOptions, SyncReport
+
+TOKEN = "gva_live_testkey.s3cr3t-token-value"
+_colours = itertools.count(1)
+
+
+def image(width: int = 8, height: int = 8, seed: int | None = None) -> bytes:
+    """A small valid PNG; each call without ``seed`` gives different bytes."""
+    n = next(_colours) if seed is None else seed
+    return png_bytes(width, height, ((n * 37) % 256, (n * 91) % 256, (n * 53 + n // 256) % 256))
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``condition`` until it is truthy; fail the test when the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox(accounts={TOKEN: Account(scope="ws-1")}, enrich_delays=(0.05, 0.05)) as sb:
+        yield sb
+
+
+class Env:
+    """One test's world: a sandbox, a home folder with mapped folders, a config file and a state DB."""
+
+    def __init__(self, root: Path, sandbox: Sandbox) -> None:
+        self.root = root
+        self.sandbox = sandbox
+        self.mappings: list[dict[str, Any]] = []
+        self.genviral: dict[str, Any] = {"base_url": sandbox.base_url}
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / "state" / "state.db"
+
+    def folder(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def map(self, folder: str, **options: Any) -> Path:
+        path = self.folder(folder)
+        self.mappings.append({"path": str(path), **options})
+        self.write_config()
+        return path
+
+    def data(self) -> dict[str, Any]:
+        return {"genviral": self.genviral, "state": {"path": str(self.state_path)}, "mappings": self.mappings}
+
+    def config(self) -> Config:
+        return parse_config(self.data(), source=self.config_path)
+
+    def write_config(self) -> None:
+        def value(v: Any) -> str:
+            if isinstance(v, bool):
+                return "true" if v else "false"
+            if isinstance(v, (int, float)):
+                return str(v)
+            if isinstance(v, list):
+                return "[" + ", ".join(value(x) for x in v) + "]"
+            return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        lines = ["[genviral]"] + [f"{k} = {value(v)}" for k, v in self.genviral.items()]
+        lines += ["[state]", f"path = {value(str(self.state_path))}"]
+        for mapping in self.mappings:
+            lines.append("[[mappings]]")
+            lines += [f"{k} = {value(v)}" for k, v in mapping.items()]
+        self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def sync(self, token: str = TOKEN, **options: Any) -> SyncReport:
+        """One in-process sync, exactly as `packsync run` does it."""
+        options.setdefault("wait", False)
+        options.setdefault("poll_start_s", 0.05)
+        return asyncio.run(sync_with(self.config(), token, SyncOptions(**options), Progress(enabled=False)))
+
+    def cli(self, *args: str, token: str | None = TOKEN, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run the real `packsync` command in a child process."""
+        env = {k: v for k, v in os.environ.items() if k != "GENVIRAL_TOKEN"}
+        if token is not None:
+            env["GENVIRAL_TOKEN"] = token
+        return subprocess.run([sys.executable, "-m", "packsync", "-c", str(self.config_path), *args],
+                              capture_output=True, text=True, env=env, timeout=timeout)
+
+    def pack(self, pack_id: str) -> dict[str, Any]:
+        pack = self.sandbox.pack(pack_id)
+        assert pack is not None, f"pack {pack_id} does not exist"
+        return pack
+
+    def pack_named(self, name: str) -> dict[str, Any]:
+        matches = [p for p in self.sandbox.packs() if p["name"] == name]
+        assert len(matches) == 1, f"expected one pack named {name!r}, found {len(matches)}"
+        return matches[0]
+
+    def cdn_bytes(self, pack_id: str) -> list[bytes]:
+        """The bytes behind every image URL of the pack, in pack order."""
+        import httpx
+
+        return [httpx.get(image["url"]).content for image in self.pack(pack_id)["images"]]
+
+
+@pytest.fixture
+def env(tmp_path: Path, sandbox: Sandbox) -> Env:
+    return Env(tmp_path, sandbox)
