@@ -97,6 +97,17 @@ def run(ctx: click.Context, dry_run: bool, no_wait: bool, wait_timeout: float, f
 
 
 @main.command()
+@click.option("--polling", is_flag=True, help="Poll every folder instead of using inotify (network shares).")
+@click.pass_context
+@_reports_errors
+def daemon(ctx: click.Context, polling: bool) -> None:
+    """Watch the mapped folders and keep their packs in sync until stopped (SIGHUP reloads)."""
+    from packsync.daemon import run_daemon
+
+    sys.exit(int(run_daemon(find_config_path(ctx.obj["config_path"]), polling=polling)))
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the stable JSON document (see README).")
 @click.option("--files", is_flag=True, help="List every file with its image id and AI metadata.")
 @click.pass_context
@@ -106,7 +117,8 @@ def status(ctx: click.Context, as_json: bool, files: bool) -> None:
     config = _config(ctx)
     store = Store(config.state_path)
     try:
-        print_status(status_data(config, store, files=files), sys.stdout, as_json=as_json)
+        holder = StateLock(config.state_path).holder()
+        print_status(status_data(config, store, files=files, lock_holder=holder), sys.stdout, as_json=as_json)
     finally:
         store.close()
 

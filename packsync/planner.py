@@ -205,13 +205,17 @@ def _safety(source: MappingInput, deletes: list[DeleteImage], managed: int) -> s
     if not removals:
         return None
     if not source.scan.files and not source.scan.problems:
-        return (f"{source.scan.root} is empty but {managed} images in the pack came from it; "
+        return (f"{source.scan.root} is empty but {_images(managed)} in the pack came from it; "
                 "refusing to delete them (is a disk unmounted?). Re-run with --force if you emptied it")
     limit = delete_limit(source.options.max_delete, managed)
     if len(removals) > limit:
-        return (f"{len(removals)} deletes exceed max_delete ({source.options.max_delete}, {limit} of {managed} "
-                "images); re-run with --force to allow them, or --dry-run to list them")
+        return (f"{len(removals)} deletes exceed max_delete ({source.options.max_delete}: {limit} of "
+                f"{_images(managed)}); re-run with --force to allow them, or --dry-run to list them")
     return None
+
+
+def _images(count: int) -> str:
+    return f"{count} image" + ("" if count == 1 else "s")
 
 
 def plan_sync(sources: Sequence[MappingInput], blobs: Mapping[str, Blob]) -> Plan:

@@ -82,8 +82,18 @@ def print_run(report: SyncReport, out: TextIO) -> None:
                   "`packsync status` shows them as they complete\n")
 
 
-def status_data(config: Config, store: Store, files: bool = False) -> dict[str, Any]:
-    """The ``status --json`` document."""
+def _daemon(store: Store, holder: int | None) -> dict[str, Any] | None:
+    row = store.daemon()
+    if row is None:
+        return None
+    running = holder is not None and holder == row.pid
+    return {"running": running, "pid": row.pid if running else None, "state": row.state if running else "stopped",
+            "since": _when(row.started_at), "last_full_scan": _when(row.last_full_scan),
+            "queue": row.queue if running else 0, "last_error": row.last_error, "updated": _when(row.updated_at)}
+
+
+def status_data(config: Config, store: Store, files: bool = False, lock_holder: int | None = None) -> dict[str, Any]:
+    """The ``status --json`` document; ``lock_holder`` is the pid holding the state lock, if any."""
     mappings = []
     for mapping in config.mappings:
         record = store.mapping(mapping.path)
@@ -121,7 +131,8 @@ def status_data(config: Config, store: Store, files: bool = False) -> dict[str, 
         if files:
             entry["file_list"] = detail
         mappings.append(entry)
-    return {"version": STATUS_VERSION, "state": str(store.path), "mappings": mappings}
+    return {"version": STATUS_VERSION, "state": str(store.path), "daemon": _daemon(store, lock_holder),
+            "mappings": mappings}
 
 
 def print_status(data: dict[str, Any], out: TextIO, as_json: bool = False) -> None:
@@ -129,6 +140,13 @@ def print_status(data: dict[str, Any], out: TextIO, as_json: bool = False) -> No
         json.dump(data, out, indent=2, ensure_ascii=False)
         out.write("\n")
         return
+    daemon = data.get("daemon")
+    if daemon and daemon["running"]:
+        out.write(f"daemon: {daemon['state']} (pid {daemon['pid']}) since {daemon['since']} · "
+                  f"last full scan {daemon['last_full_scan'] or 'not yet'} · {daemon['queue']} changes queued"
+                  + (f" · last error: {daemon['last_error']}" if daemon["last_error"] else "") + "\n")
+    elif daemon:
+        out.write(f"daemon: not running (last seen {daemon['updated']})\n")
     for mapping in data["mappings"]:
         pack = mapping["pack_name"] or mapping["pack_id"] or "?"
         out.write(_header(mapping["path"], pack, mapping["pack_id"]) + "\n")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -43,21 +43,26 @@ class Filters:
 
 
 def scan_folder(root: Path, previous: Mapping[str, CachedFile], filters: Filters,
-                on_file: Callable[[int], None] | None = None) -> Scan:
-    """Scan ``root`` recursively. ``on_file(bytes_read)`` is called after each file is judged."""
+                on_file: Callable[[int], None] | None = None, busy: Collection[str] = ()) -> Scan:
+    """Scan ``root`` recursively. ``on_file(bytes_read)`` is called after each file is judged.
+
+    ``busy`` names files (relative paths) still being written: they are not read now, and
+    whatever content they held before is kept.
+    """
     try:
         if not stat.S_ISDIR(os.stat(root).st_mode):
             raise FolderUnavailable(f"{root} is not a folder")
         os.listdir(root)
     except OSError as exc:
         raise FolderUnavailable(f"{root} cannot be read ({exc.strerror})") from None
-    return _Walk(root, previous, filters, on_file).run()
+    return _Walk(root, previous, filters, on_file, busy).run()
 
 
 class _Walk:
     def __init__(self, root: Path, previous: Mapping[str, CachedFile], filters: Filters,
-                 on_file: Callable[[int], None] | None) -> None:
+                 on_file: Callable[[int], None] | None, busy: Collection[str]) -> None:
         self.root = root
+        self.busy = busy
         self.previous = previous
         self.filters = filters
         self.on_file = on_file or (lambda _n: None)
@@ -139,6 +144,11 @@ class _Walk:
     def _file(self, path: str, rel: str, st: os.stat_result) -> None:
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         cached = self.previous.get(rel)
+        if rel in self.busy:
+            if cached is not None and cached.sha256 and not cached.problem:
+                self.scan.keep.add(cached.sha256)
+                self.scan.cache[rel] = cached
+            return
         if cached is None or not cached.matches(*key):
             cached = self._read(path, rel, st)
             if cached is None:

@@ -1,6 +1,6 @@
 """The state database: what packsync knows of files, uploads and the images it added.
 
-One SQLite file (WAL mode, private to the user) with four tables:
+One SQLite file (WAL mode, private to the user) with these tables:
 
 - ``files``    — per mapped folder and relative path: the stat key and the content hash, so an
                  unchanged tree is never read again; a bad file's verdict is cached the same way.
@@ -9,6 +9,7 @@ One SQLite file (WAL mode, private to the user) with four tables:
 - ``images``   — per pack image packsync added: its content, URL, name and AI metadata. Only
                  these images are packsync's to delete.
 - ``mappings`` — per mapped folder: the pack it syncs to and how the last sync went.
+- ``daemon``   — one row: what the running daemon is doing, for ``packsync status``.
 
 Every step is committed as soon as the API confirms it, so a killed run loses at most the step in
 flight — and the planner recognises that step's result by its URL on the next run.
@@ -86,6 +87,20 @@ class MappingRow(SQLModel, table=True):
     pack_name: str | None = None
     synced_at: float | None = None
     last_error: str | None = None
+
+
+class DaemonRow(SQLModel, table=True):
+    """What a running daemon is doing, for `packsync status` (one row)."""
+
+    __tablename__ = "daemon"
+    id: int = Field(default=1, primary_key=True)
+    pid: int | None = None
+    started_at: float | None = None
+    last_full_scan: float | None = None
+    queue: int = 0
+    state: str = "stopped"
+    last_error: str | None = None
+    updated_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,5 +296,18 @@ class Store:
         row = self.session.get(MappingRow, str(root)) or MappingRow(root=str(root))
         for name, value in fields.items():
             setattr(row, name, value)
+        self.session.add(row)
+        self.session.commit()
+
+    # -- daemon ------------------------------------------------------------------------------------
+
+    def daemon(self) -> DaemonRow | None:
+        return self.session.get(DaemonRow, 1)
+
+    def save_daemon(self, **fields: Any) -> None:
+        row = self.session.get(DaemonRow, 1) or DaemonRow()
+        for name, value in fields.items():
+            setattr(row, name, value)
+        row.updated_at = time.time()
         self.session.add(row)
         self.session.commit()

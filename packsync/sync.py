@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from packsync.client import GenviralClient
 from packsync.config import Config, MappingConfig
-from packsync.errors import ConfigError, ExitCode, NotFound, PermanentError, TransientError
+from packsync.errors import ApiError, AuthError, ConfigError, ExitCode, NotFound, PermanentError, TransientError
 from packsync.executor import Executor, MappingOutcome
 from packsync.logs import get_logger
 from packsync.model import CachedFile, RemotePack, Scan
@@ -70,6 +71,11 @@ class SyncReport:
         return ExitCode.OK
 
 
+def mapping_filters(mapping: MappingConfig) -> Filters:
+    """The scanner's (and the watcher's) view of which files a mapping syncs."""
+    return Filters(mapping.include, mapping.exclude, int(mapping.max_file_mb * 1_000_000), mapping.follow_symlinks)
+
+
 def pack_label(mapping: MappingConfig) -> str:
     return mapping.pack if mapping.pack is not None else f"pack {mapping.pack_id}"
 
@@ -84,8 +90,12 @@ class Syncer:
         self.progress = progress or Progress(enabled=False)
         self.log = get_logger()
 
-    async def sync(self, options: SyncOptions = SyncOptions(), only: set[Path] | None = None) -> SyncReport:
-        """Sync every mapping (or those whose folder is in ``only``) once."""
+    async def sync(self, options: SyncOptions = SyncOptions(), only: Collection[Path] | None = None,
+                   busy: Mapping[Path, Collection[str]] | None = None) -> SyncReport:
+        """Sync every mapping (or those whose folder is in ``only``) once.
+
+        ``busy`` names, per folder, files still being written: their new content waits for a later sync.
+        """
         mappings = [m for m in self.config.mappings if only is None or m.path in only]
         reports = [MappingReport(m, pack_label(m)) for m in mappings]
         self._check_folders(reports)
@@ -93,7 +103,7 @@ class Syncer:
         previous = [self.store.file_cache(r.config.path) for r in live]
         remotes, scans = await asyncio.gather(
             asyncio.gather(*(self._resolve_pack(r) for r in live)),
-            asyncio.to_thread(self._scan_all, live, previous),
+            asyncio.to_thread(self._scan_all, live, previous, busy or {}),
         )
         inputs = []
         for report, remote, scan, cache in zip(live, remotes, scans, previous, strict=True):
@@ -183,16 +193,16 @@ class Syncer:
             self.log.warning("several packs have this name; using the oldest", pack=name, count=len(candidates))
         return await self.api.get_pack(sorted(candidates, key=lambda p: p.created_at)[0].pack_id)
 
-    def _scan_all(self, reports: list[MappingReport], caches: list[dict[str, CachedFile]]) -> list[Scan | None]:
+    def _scan_all(self, reports: list[MappingReport], caches: list[dict[str, CachedFile]],
+                  busy: Mapping[Path, Collection[str]]) -> list[Scan | None]:
         """Scan each mapping's folder (in a worker thread: touches no state, only the given caches)."""
         scans: list[Scan | None] = []
         for report, previous in zip(reports, caches, strict=True):
             mapping = report.config
-            filters = Filters(mapping.include, mapping.exclude, int(mapping.max_file_mb * 1_000_000),
-                              mapping.follow_symlinks)
             try:
-                scans.append(scan_folder(mapping.path, previous, filters,
-                                         on_file=lambda _n: self.progress.advance("hashed")))
+                scans.append(scan_folder(mapping.path, previous, mapping_filters(mapping),
+                                         on_file=lambda _n: self.progress.advance("hashed"),
+                                         busy=busy.get(mapping.path, ())))
             except FolderUnavailable as exc:
                 report.safety = f"{exc}; nothing is deleted"
                 scans.append(None)
@@ -206,25 +216,40 @@ class Syncer:
             managed=managed, remote=remote, known_urls=self.store.known_urls(),
             options=MappingOptions(mapping.delete, mapping.prune_foreign, mapping.max_delete, options.force))
 
+    def metadata_pending(self, pack_ids: Collection[str]) -> dict[str, int]:
+        """Per pack, how many of packsync's images have AI metadata still pending."""
+        counts = {p: sum(not i.metadata.settled for i in self.store.managed(p)) for p in pack_ids}
+        return {p: n for p, n in counts.items() if n}
+
+    def mapped_pack_ids(self) -> list[str]:
+        ids = []
+        for mapping in self.config.mappings:
+            record = self.store.mapping(mapping.path)
+            if record and record.pack_id:
+                ids.append(record.pack_id)
+        return ids
+
+    async def poll_metadata(self, pack_ids: Collection[str]) -> None:
+        """One polling round: one GET per pack, copying the metadata of packsync's images."""
+        packs = await asyncio.gather(*(self.api.get_pack(p) for p in pack_ids), return_exceptions=True)
+        for pack_id, pack in zip(pack_ids, packs, strict=True):
+            if isinstance(pack, BaseException):
+                if isinstance(pack, AuthError) or not isinstance(pack, ApiError):
+                    raise pack
+                self.log.warning("metadata poll failed", pack_id=pack_id, error=str(pack))
+                continue
+            self.store.refresh_metadata(pack_id, pack.images)
+
     async def wait_for_metadata(self, pack_ids: list[str], options: SyncOptions) -> int:
-        """Poll each pack (one GET per pack per round) until packsync's images settle; returns how many did not."""
+        """Poll until packsync's images in these packs settle, backing off; returns how many did not."""
         deadline = time.monotonic() + options.wait_timeout_s
         delay = options.poll_start_s
         while True:
-            pending = {p: sum(not i.metadata.settled for i in self.store.managed(p)) for p in pack_ids}
-            pending = {p: n for p, n in pending.items() if n}
+            pending = self.metadata_pending(pack_ids)
             left = deadline - time.monotonic()
             if not pending or left <= 0:
                 return sum(pending.values())
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, options.poll_cap_s)
-            packs = await asyncio.gather(*(self.api.get_pack(p) for p in pending), return_exceptions=True)
-            for pack_id, pack in zip(pending, packs, strict=True):
-                if isinstance(pack, BaseException):
-                    if not isinstance(pack, (TransientError, PermanentError, NotFound)):
-                        raise pack
-                    self.log.warning("metadata poll failed", pack_id=pack_id, error=str(pack))
-                    continue
-                self.store.refresh_metadata(pack_id, pack.images)
-            settled = sum(i.metadata.settled for p in pack_ids for i in self.store.managed(p))
-            self.progress.counts["metadata"] = settled
+            await self.poll_metadata(list(pending))
+            self.progress.counts["metadata"] = sum(i.metadata.settled for p in pack_ids for i in self.store.managed(p))

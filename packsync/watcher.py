@@ -1,0 +1,131 @@
+"""Watch mapped folders with watchdog and hand every relevant change to a callback.
+
+Events are hints, never truth: the daemon only uses them to decide *when* to scan. So this module
+stays small — one observer per mapped folder, inotify where it works and polling where asked (or
+where inotify has run out of watches), and a health check that tells the daemon when an observer
+died so it can restart it and rescan. Events for files that the mapping does not sync, and the
+open/close-without-write events that packsync's own reads cause, are dropped here.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from packsync.logs import get_logger
+from packsync.scanner import Filters
+
+#: (mapped folder, changed path, the writer closed it) — called from watchdog's threads.
+ChangeCallback = Callable[[Path, Path, bool], None]
+
+_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileDeletedEvent, FileMovedEvent, FileClosedEvent,
+           DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
+
+INOTIFY_HINT = ("raise the limit with `sudo sysctl fs.inotify.max_user_watches=524288` "
+                "(persist it in /etc/sysctl.d/), then restart packsync")
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, root: Path, filters: Filters, on_change: ChangeCallback) -> None:
+        self.root = root
+        self.filters = filters
+        self.on_change = on_change
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        paths = [event.src_path, getattr(event, "dest_path", "")]
+        for raw in paths:
+            if not raw:
+                continue
+            path = Path(raw if isinstance(raw, str) else raw.decode(errors="surrogateescape"))
+            if self._relevant(path, event.is_directory):
+                self.on_change(self.root, path, isinstance(event, FileClosedEvent))
+
+    def _relevant(self, path: Path, is_directory: bool) -> bool:
+        try:
+            parts = path.relative_to(self.root).parts
+        except ValueError:
+            return False
+        if any(self.filters.excluded(part) for part in parts):
+            return False
+        return is_directory or self.filters.included(path.name)
+
+
+class Watcher:
+    """One observer per mapped folder; ``check()`` finds the ones that died."""
+
+    def __init__(self, on_change: ChangeCallback, polling_interval_s: float = 2.0) -> None:
+        self.on_change = on_change
+        self.polling_interval_s = polling_interval_s
+        self.observers: dict[Path, BaseObserver] = {}
+        self.modes: dict[Path, str] = {}
+        self._filters: dict[Path, Filters] = {}
+        self._warned = False
+        self.log = get_logger()
+
+    def watch(self, root: Path, filters: Filters, polling: bool = False) -> str:
+        """Start watching ``root`` recursively; returns the mode used: "inotify" or "polling"."""
+        self.unwatch(root)
+        self._filters[root] = filters
+        if not polling:
+            try:
+                return self._start(root, Observer(), "inotify")
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EMFILE):
+                    raise
+                if not self._warned:
+                    self._warned = True
+                    self.log.warning(f"inotify limit reached ({exc.strerror}); polling instead. {INOTIFY_HINT}",
+                                     path=str(root))
+        return self._start(root, PollingObserver(timeout=self.polling_interval_s), "polling")
+
+    def _start(self, root: Path, observer: BaseObserver, mode: str) -> str:
+        observer.schedule(_Handler(root, self._filters[root], self.on_change), str(root), recursive=True,
+                          event_filter=_EVENTS)
+        try:
+            observer.start()
+        except BaseException:
+            observer.stop()
+            raise
+        self.observers[root] = observer
+        self.modes[root] = mode
+        return mode
+
+    def unwatch(self, root: Path) -> None:
+        observer = self.observers.pop(root, None)
+        self.modes.pop(root, None)
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)
+
+    def check(self) -> list[Path]:
+        """Folders whose observer (or one of its emitters) is no longer running."""
+        dead = []
+        for root, observer in self.observers.items():
+            if not observer.is_alive() or not all(e.is_alive() for e in observer.emitters):
+                dead.append(root)
+        return dead
+
+    def restart(self, root: Path) -> str:
+        """Restart a dead observer (polling if inotify fails again)."""
+        return self.watch(root, self._filters[root], polling=self.modes.get(root) == "polling")
+
+    def stop(self) -> None:
+        for root in list(self.observers):
+            self.unwatch(root)

@@ -1,0 +1,352 @@
+"""The config file: defaults, one-sentence errors that name the key, paths, and where the token comes from."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Env
+from structlog.testing import capture_logs
+
+from packsync.config import (
+    CONFIG_ENV,
+    DEFAULT_BASE_URL,
+    DEFAULT_EXCLUDE,
+    DEFAULT_INCLUDE,
+    GenviralConfig,
+    find_config_path,
+    load_config,
+    parse_config,
+    read_token,
+)
+from packsync.errors import ConfigError, ExitCode
+
+
+def config_error(data: dict[str, Any], source: Path | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, source)
+    return str(caught.value)
+
+
+def one_mapping(**options: Any) -> dict[str, Any]:
+    return {"mappings": [{"path": "/photos", "pack": "Brand", **options}]}
+
+
+def test_an_empty_config_takes_every_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+    config = parse_config({})
+
+    assert config.genviral.base_url == DEFAULT_BASE_URL
+    assert (config.genviral.token_env, config.genviral.token_file, config.genviral.concurrency) == \
+        ("GENVIRAL_TOKEN", None, 4)
+    assert (config.daemon.debounce_s, config.daemon.rescan_interval_s) == (2.0, 3600.0)
+    assert config.mappings == []
+    assert config.state_path == tmp_path / "state" / "packsync" / "state.db"
+
+
+def test_a_mapping_takes_every_default() -> None:
+    (mapping,) = parse_config(one_mapping()).mappings
+
+    assert (mapping.pack, mapping.pack_id) == ("Brand", None)
+    assert (mapping.include, mapping.exclude) == (DEFAULT_INCLUDE, DEFAULT_EXCLUDE)
+    assert (mapping.delete, mapping.prune_foreign, mapping.max_delete) == (True, False, "50%")
+    assert (mapping.max_file_mb, mapping.follow_symlinks, mapping.polling) == (50.0, False, False)
+
+
+def test_base_url_loses_its_trailing_slash() -> None:
+    config = parse_config({"genviral": {"base_url": "https://api.example.com/v1/"}})
+
+    assert config.genviral.base_url == "https://api.example.com/v1"
+
+
+ERRORS = [
+    pytest.param({"colour": "red"}, "colour: unknown key.", id="unknown top-level key"),
+    pytest.param({"genviral": {"token": "gva_live_x"}}, "genviral.token: unknown key.",
+                 id="the token itself is not a key"),
+    pytest.param(one_mapping(colour="red"), "mappings[0].colour: unknown key.", id="unknown mapping key"),
+    pytest.param({"genviral": {"concurrency": "four"}}, "genviral.concurrency: ", id="wrong type"),
+    pytest.param(one_mapping(include="*.png"), "mappings[0].include: ", id="a string where a list belongs"),
+    pytest.param({"mappings": {"path": "/photos"}}, "mappings: ", id="a table where a list belongs"),
+    pytest.param({"state": {"path": 3}}, "state.path: ", id="a number where a path belongs"),
+    pytest.param({"mappings": [{"pack": "Brand"}]}, "mappings[0].path: ", id="missing path"),
+    pytest.param(one_mapping(pack_id="123"), "mappings[0]: give exactly one of pack or pack_id.",
+                 id="both pack and pack_id"),
+    pytest.param({"mappings": [{"path": "/photos"}]}, "mappings[0]: give exactly one of pack or pack_id.",
+                 id="neither pack nor pack_id"),
+    pytest.param(one_mapping(pack=""), "mappings[0].pack: ", id="empty pack name"),
+    pytest.param({"genviral": {"concurrency": 0}}, "genviral.concurrency: ", id="concurrency 0"),
+    pytest.param({"genviral": {"concurrency": 11}}, "genviral.concurrency: ", id="concurrency 11"),
+    pytest.param({"genviral": {"base_url": "http://api.example.com/v1"}}, "genviral.base_url: must be an https://",
+                 id="plain http off loopback"),
+    pytest.param({"genviral": {"base_url": "http://localhost.example.com/v1"}}, "genviral.base_url: ",
+                 id="plain http to a name that only starts like localhost"),
+    pytest.param({"genviral": {"base_url": "ftp://127.0.0.1/v1"}}, "genviral.base_url: ", id="not http at all"),
+    pytest.param({"genviral": {"base_url": "api.example.com"}}, "genviral.base_url: ", id="no scheme"),
+    pytest.param({"daemon": {"rescan_interval_s": 1}}, "daemon.rescan_interval_s: ", id="rescan too often"),
+    pytest.param(one_mapping(max_file_mb=0), "mappings[0].max_file_mb: ", id="max_file_mb 0"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), ERRORS)
+def test_every_error_is_one_sentence_naming_its_key(data: dict[str, Any], message: str) -> None:
+    error = config_error(data)
+
+    assert error.startswith(message)
+    assert error.endswith(".") and "\n" not in error
+
+
+def test_errors_name_the_config_file_first(tmp_path: Path) -> None:
+    source = tmp_path / "config.toml"
+
+    assert config_error({"colour": "red"}, source) == f"{source}: colour: unknown key."
+
+
+@pytest.mark.parametrize("base_url", [
+    "https://api.example.com/v1",
+    "http://127.0.0.1:8765/api/partner/v1",
+    "http://127.5.5.5/v1",
+    "http://localhost:8000/v1",
+    "http://[::1]:8000/v1",
+])
+def test_base_url_is_https_or_plain_http_on_loopback(base_url: str) -> None:
+    assert parse_config({"genviral": {"base_url": base_url}}).genviral.base_url == base_url
+
+
+@pytest.mark.parametrize("concurrency", [1, 10])
+def test_concurrency_may_be_from_1_to_10(concurrency: int) -> None:
+    assert parse_config({"genviral": {"concurrency": concurrency}}).genviral.concurrency == concurrency
+
+
+@pytest.mark.parametrize("max_delete", [0, 7, "0%", "50%", "12.5%", "100%"])
+def test_max_delete_is_a_count_or_a_percentage(max_delete: int | str) -> None:
+    (mapping,) = parse_config(one_mapping(max_delete=max_delete)).mappings
+
+    assert mapping.max_delete == max_delete
+
+
+@pytest.mark.parametrize("max_delete", [-1, "50", "150%", "%", "abc%", "50 %", "-5%", 2.5, True, [1]])
+def test_max_delete_rejects_anything_else_naming_the_key(max_delete: Any) -> None:
+    error = config_error(one_mapping(max_delete=max_delete))
+
+    assert error.startswith("mappings[0].max_delete: ")
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("photos", "photos"),
+    ("photos", "photos/brand"),
+    ("photos/brand", "photos"),
+    ("photos", "./photos/../photos"),
+])
+def test_overlapping_mappings_are_refused(tmp_path: Path, first: str, second: str) -> None:
+    data = {"mappings": [{"path": first, "pack": "one"}, {"path": second, "pack": "two"}]}
+
+    error = config_error(data, tmp_path / "config.toml")
+
+    assert f"mappings[1].path: overlaps mappings[0].path ({tmp_path / first.split('/')[0]}" in error
+
+
+def test_sibling_folders_with_a_common_name_prefix_do_not_overlap(tmp_path: Path) -> None:
+    data = {"mappings": [{"path": "photos", "pack": "one"}, {"path": "photos-old", "pack": "two"}]}
+
+    assert len(parse_config(data, tmp_path / "config.toml").mappings) == 2
+
+
+@pytest.mark.parametrize(("key", "value"), [("pack", "Brand"), ("pack_id", "1234")])
+def test_two_mappings_into_one_pack_are_refused(key: str, value: str) -> None:
+    data = {"mappings": [{"path": "/a", key: value}, {"path": "/b", key: value}]}
+
+    assert config_error(data) == f"mappings[1].{key}: mappings[0] already syncs into that pack."
+
+
+def test_relative_paths_are_relative_to_the_config_files_folder(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir("/")
+    source = tmp_path / "etc" / "config.toml"
+    data = {"genviral": {"token_file": "secret/token"}, "state": {"path": "../state.db"},
+            "mappings": [{"path": "photos", "pack": "p"}, {"path": str(tmp_path / "abs"), "pack": "q"}]}
+
+    config = parse_config(data, source)
+
+    assert [m.path for m in config.mappings] == [tmp_path / "etc" / "photos", tmp_path / "abs"]
+    assert config.state_path == tmp_path / "state.db"
+    assert config.genviral.token_file == tmp_path / "etc" / "secret" / "token"
+    assert config.source == source
+
+
+def test_without_a_file_relative_paths_are_relative_to_the_working_folder(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    (mapping,) = parse_config({"mappings": [{"path": "photos", "pack": "p"}]}).mappings
+
+    assert mapping.path == tmp_path / "photos"
+
+
+def test_a_tilde_is_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    (mapping,) = parse_config({"mappings": [{"path": "~/Pictures", "pack": "p"}]}, Path("/etc/packsync.toml")).mappings
+
+    assert mapping.path == tmp_path / "Pictures"
+
+
+def test_load_config_reads_toml(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[genviral]\nconcurrency = 7\n\n[[mappings]]\npath = "photos"\npack_id = "42"\n', encoding="utf-8")
+
+    config = load_config(path)
+
+    assert config.genviral.concurrency == 7
+    assert [(m.path, m.pack_id) for m in config.mappings] == [(tmp_path / "photos", "42")]
+    assert config.source == path
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[genviral\nconcurrency = 4\n", "not valid TOML"),
+    ("concurrency = = 4\n", "not valid TOML"),
+    ("[genviral]\ncolour = 'red'\n", "genviral.colour: unknown key."),
+])
+def test_load_config_errors_name_the_file(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+
+    assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value)
+
+
+def test_load_config_of_a_missing_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no config file here"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_load_config_of_a_folder_says_it_cannot_be_read(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(tmp_path)
+
+
+def test_config_errors_exit_with_the_usage_code() -> None:
+    assert ConfigError("x").exit_code == ExitCode.USAGE
+
+
+def test_config_path_given_on_the_command_line_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CONFIG_ENV, "/from/env.toml")
+
+    assert find_config_path(Path("/from/flag.toml")) == Path("/from/flag.toml")
+
+
+def test_config_path_from_the_environment_comes_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CONFIG_ENV, "/from/env.toml")
+
+    assert find_config_path(None) == Path("/from/env.toml")
+
+
+@pytest.mark.parametrize("variable", [None, ""])
+def test_config_path_defaults_to_the_user_config_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                         variable: str | None) -> None:
+    if variable is None:
+        monkeypatch.delenv(CONFIG_ENV, raising=False)
+    else:
+        monkeypatch.setenv(CONFIG_ENV, variable)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+
+    assert find_config_path(None) == tmp_path / "packsync" / "config.toml"
+
+
+def test_token_comes_from_the_named_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_GENVIRAL_KEY", "  gva_live_abc.def\n")
+
+    assert read_token(GenviralConfig(token_env="MY_GENVIRAL_KEY")) == "gva_live_abc.def"
+
+
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_a_missing_or_empty_token_variable_is_a_config_error(monkeypatch: pytest.MonkeyPatch,
+                                                              value: str | None) -> None:
+    if value is None:
+        monkeypatch.delenv("MY_GENVIRAL_KEY", raising=False)
+    else:
+        monkeypatch.setenv("MY_GENVIRAL_KEY", value)
+
+    with pytest.raises(ConfigError) as caught:
+        read_token(GenviralConfig(token_env="MY_GENVIRAL_KEY"))
+
+    assert str(caught.value).startswith("genviral.token_env: ") and "MY_GENVIRAL_KEY" in str(caught.value)
+
+
+def private_file(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+def test_token_file_wins_over_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENVIRAL_TOKEN", "from-env")
+    token_file = private_file(tmp_path / "token", "from-file\n")
+    config = parse_config({"genviral": {"token_file": "token"}}, tmp_path / "config.toml")
+
+    with capture_logs() as logs:
+        token = config.token()
+
+    assert token == "from-file"
+    assert logs == [], f"{token_file} is private: no warning expected"
+
+
+@pytest.mark.parametrize(("text", "message"), [("", "is empty"), ("\n  \n", "is empty")])
+def test_an_empty_token_file_is_a_config_error(tmp_path: Path, text: str, message: str) -> None:
+    path = private_file(tmp_path / "token", text)
+
+    with pytest.raises(ConfigError) as caught:
+        read_token(GenviralConfig(token_file=path))
+
+    assert str(caught.value).startswith("genviral.token_file: ") and message in str(caught.value)
+
+
+def test_a_missing_token_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        read_token(GenviralConfig(token_file=tmp_path / "missing"))
+
+    assert str(caught.value).startswith("genviral.token_file: cannot read ")
+
+
+def test_a_token_file_others_can_read_is_used_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("gva_live_abc.def\n", encoding="utf-8")
+    os.chmod(path, 0o644)
+
+    with capture_logs() as logs:
+        token = read_token(GenviralConfig(token_file=path))
+
+    assert token == "gva_live_abc.def"
+    assert [(e["log_level"], e["path"]) for e in logs] == [("warning", str(path))]
+    assert "gva_live_abc.def" not in repr(logs)
+
+
+@pytest.mark.parametrize(("option", "value", "key"), [
+    ("colour", "red", "mappings[0].colour"),
+    ("max_delete", "lots", "mappings[0].max_delete"),
+    ("pack_id", "also-given", "mappings[0]"),
+])
+def test_cli_run_with_a_bad_config_exits_2_with_one_line_naming_the_key(env: Env, option: str, value: str,
+                                                                         key: str) -> None:
+    env.map("brand", pack="Brand", **{option: value})
+
+    result = env.cli("run")
+
+    assert result.returncode == ExitCode.USAGE
+    assert f"{key}: " in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert env.sandbox.calls == {}
+
+
+def test_cli_run_with_invalid_toml_exits_2_without_a_traceback(env: Env) -> None:
+    env.config_path.write_text("[genviral\n", encoding="utf-8")
+
+    result = env.cli("run")
+
+    assert result.returncode == ExitCode.USAGE
+    assert "not valid TOML" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
