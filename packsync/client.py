@@ -27,6 +27,7 @@ import httpx
 
 from packsync import __version__
 from packsync.errors import ApiError, AuthError, NotFound, PermanentError, TransientError, UploadRejected
+from packsync.logs import get_logger
 from packsync.model import Metadata, RemoteImage, RemotePack
 
 _AUTH_MESSAGES = {
@@ -120,6 +121,7 @@ class GenviralClient:
         self.retry = retry
         self.retries_left = retry.run_budget
         self.calls: Counter[str] = Counter()
+        self.log = get_logger()
 
     async def __aenter__(self) -> GenviralClient:
         return self
@@ -155,7 +157,10 @@ class GenviralClient:
                         or self.retries_left <= 0:
                     raise
                 self.retries_left -= 1
-                await asyncio.sleep(self.retry.delay(attempt, error.retry_after))
+                delay = self.retry.delay(attempt, error.retry_after)
+                self.log.debug("retrying", request=f"{method} {what}", attempt=attempt, delay_s=round(delay, 2),
+                               error=str(error))
+                await asyncio.sleep(delay)
 
     def _api_answer(self, response: httpx.Response, method: str, what: str) -> Any:
         status = response.status_code

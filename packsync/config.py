@@ -83,28 +83,21 @@ class MappingConfig(_Strict):
             raise ValueError("give exactly one of pack or pack_id")
         return self
 
-    @field_validator("max_delete")
+    @field_validator("max_delete", mode="before")
     @classmethod
-    def _count_or_percent(cls, value: int | str) -> int | str:
-        if isinstance(value, int):
-            if value < 0:
-                raise ValueError("must be a count >= 0 or a percentage like \"50%\"")
+    def _count_or_percent(cls, value: object) -> int | str:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
-        number = value.removesuffix("%")
-        if value.endswith("%") and number.replace(".", "", 1).isdigit() and float(number) <= 100:
-            return value
+        if isinstance(value, str):
+            number = value.removesuffix("%")
+            if value.endswith("%") and number.replace(".", "", 1).isdigit() and float(number) <= 100:
+                return value
         raise ValueError("must be a count >= 0 or a percentage like \"50%\"")
 
     @property
     def label(self) -> str:
         """How messages name this mapping."""
         return str(self.path)
-
-    def delete_limit(self, managed: int) -> int:
-        """The most deletes one run may make in this mapping, given how many images it manages."""
-        if isinstance(self.max_delete, int):
-            return self.max_delete
-        return int(managed * float(self.max_delete.removesuffix("%")) / 100)
 
 
 class Config(_Strict):

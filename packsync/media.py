@@ -27,6 +27,7 @@ _CHUNK = 1 << 20
 _TAIL = 64 * 1024
 _HEIC_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis"}
 _HEIF_BRANDS = {b"mif1", b"msf1", b"heif"}
+_AVIF_BRANDS = {b"avif", b"avis"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,8 @@ def sniff(head: bytes) -> str | None:
         return "image/webp"
     if head[4:8] == b"ftyp":
         brands = {head[i:i + 4] for i in range(8, min(len(head), 32), 4)}
+        if brands & _AVIF_BRANDS:  # AVIF files also list the generic HEIF brand mif1
+            return None
         if brands & _HEIC_BRANDS:
             return "image/heic"
         if brands & _HEIF_BRANDS:

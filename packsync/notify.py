@@ -20,8 +20,8 @@ def notify(*fields: str) -> bool:
         address = "\0" + address[1:]  # an abstract socket
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(address)
-            sock.sendall("\n".join(fields).encode())
+            # Never block the daemon's loop on a service manager that is not reading.
+            sock.sendto("\n".join(fields).encode(), socket.MSG_DONTWAIT, address)
     except OSError:
         return False
     return True

@@ -209,8 +209,9 @@ def _safety(source: MappingInput, deletes: list[DeleteImage], managed: int) -> s
                 "refusing to delete them (is a disk unmounted?). Re-run with --force if you emptied it")
     limit = delete_limit(source.options.max_delete, managed)
     if len(removals) > limit:
-        return (f"{len(removals)} deletes exceed max_delete ({source.options.max_delete}: {limit} of "
-                f"{_images(managed)}); re-run with --force to allow them, or --dry-run to list them")
+        return (f"this run would delete {_images(len(removals))}, more than max_delete allows "
+                f"({source.options.max_delete}: {limit} of {_images(managed)}); re-run with --force to allow it, "
+                "or with --dry-run to list them")
     return None
 
 

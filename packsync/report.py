@@ -101,20 +101,30 @@ def status_data(config: Config, store: Store, files: bool = False, lock_holder: 
         images = store.managed(pack_id) if pack_id else []
         by_sha = {image.sha256: image for image in images}
         rows = store.file_rows(mapping.path)
+        problems = {problem.rel_path: problem for problem in store.problems(mapping.path)}
         counts: Counter[str] = Counter()
         detail = []
         for row in rows:
+            if row.rel_path in problems:
+                continue
             image = by_sha.get(row.sha256 or "")
-            state = "failed" if row.problem else ("synced" if image else "pending")
+            state = "synced" if image else "pending"
             counts[state] += 1
             if files:
                 meta = image.metadata if image else None
                 detail.append({
-                    "path": row.rel_path, "sha256": row.sha256, "state": state, "problem": row.problem,
+                    "path": row.rel_path, "sha256": row.sha256, "state": state, "problem": None,
                     "image_id": image.image_id if image else None,
                     "metadata": {"status": meta.status, "description": meta.description,
                                  "keywords": list(meta.keywords), "error": meta.error} if meta else None,
                 })
+        for problem in problems.values():
+            state = "skipped" if problem.notice else "failed"
+            counts[state] += 1
+            if files:
+                detail.append({"path": problem.rel_path, "sha256": None, "state": state, "problem": problem.reason,
+                               "image_id": None, "metadata": None})
+        detail.sort(key=lambda item: item["path"])
         metadata: Counter[str] = Counter()
         for image in images:
             metadata[image.metadata.status if image.metadata.settled else "pending"] += 1
@@ -123,7 +133,8 @@ def status_data(config: Config, store: Store, files: bool = False, lock_holder: 
             "pack_name": mapping.pack or (record.pack_name if record else None),
             "last_sync": _when(record.synced_at if record else None),
             "last_error": record.last_error if record else None,
-            "files": len(rows), "synced": counts["synced"], "pending": counts["pending"], "failed": counts["failed"],
+            "files": sum(counts.values()), "synced": counts["synced"], "pending": counts["pending"],
+            "failed": counts["failed"], "skipped": counts["skipped"],
             "images": len(images),
             "metadata": {"completed": metadata["completed"], "pending": metadata["pending"],
                          "failed": metadata["failed"]},

@@ -89,22 +89,24 @@ class _Walk:
             return
         rel = f"{prefix}{name}"
         try:
-            rel.encode("utf-8")
-        except UnicodeEncodeError:
-            self._problem(rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
-                          "its name is not valid UTF-8; rename it")
-            return
-        try:
             is_link = entry.is_symlink()
             is_dir = entry.is_dir(follow_symlinks=False)
         except OSError as exc:
             self._problem(rel, f"cannot read ({exc.strerror})")
             return
+        if not (is_dir or is_link or self.filters.included(name)):
+            return
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            self._problem(rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
+                          "its name is not valid UTF-8; rename it")
+            return
         if is_link:
             self._symlink(entry, rel, pending)
         elif is_dir:
             pending.append((entry.path, rel + "/"))
-        elif entry.is_file(follow_symlinks=False) and self.filters.included(name):
+        elif entry.is_file(follow_symlinks=False):
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
@@ -113,6 +115,8 @@ class _Walk:
                 self._problem(rel, f"cannot read ({exc.strerror})")
                 return
             self._file(entry.path, rel, st)
+        else:
+            self._problem(rel, "not a regular file (a pipe, socket or device); skipped")
 
     def _symlink(self, entry: os.DirEntry[str], rel: str, pending: list[tuple[str, str]]) -> None:
         if not self.filters.follow_symlinks:

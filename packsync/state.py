@@ -4,6 +4,7 @@ One SQLite file (WAL mode, private to the user) with these tables:
 
 - ``files``    — per mapped folder and relative path: the stat key and the content hash, so an
                  unchanged tree is never read again; a bad file's verdict is cached the same way.
+- ``problems`` — per mapped folder: the files its last scan skipped, with the reason.
 - ``blobs``    — per content hash: the upload's CDN URL, its presigned URL while the PUT is not
                  confirmed, and whether it is. The same bytes are uploaded once, for every pack.
 - ``images``   — per pack image packsync added: its content, URL, name and AI metadata. Only
@@ -31,7 +32,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
 
 from packsync.errors import StateError
-from packsync.model import Blob, CachedFile, ManagedImage, Metadata, RemoteImage
+from packsync.model import Blob, CachedFile, ManagedImage, Metadata, Problem, RemoteImage
 
 SCHEMA_VERSION = 1
 APP_ID = "packsync"
@@ -54,6 +55,16 @@ class FileRow(SQLModel, table=True):
     sha256: str | None = None
     content_type: str | None = None
     problem: str | None = None
+
+
+class ProblemRow(SQLModel, table=True):
+    """A file the last scan of its folder did not sync, and why."""
+
+    __tablename__ = "problems"
+    root: str = Field(primary_key=True)
+    rel_path: str = Field(primary_key=True)
+    reason: str
+    notice: bool = False
 
 
 class BlobRow(SQLModel, table=True):
@@ -218,6 +229,19 @@ class Store:
                                            size=cached.size, mtime_ns=cached.mtime_ns, sha256=cached.sha256,
                                            content_type=cached.content_type, problem=cached.problem))
         self.session.commit()
+
+    def save_problems(self, root: Path, problems: Iterable[Problem]) -> None:
+        """Replace what the last scan of ``root`` reported."""
+        key = str(root)
+        self.session.exec(delete(ProblemRow).where(ProblemRow.root == key))
+        for problem in problems:
+            self.session.merge(ProblemRow(root=key, rel_path=problem.rel_path, reason=problem.reason,
+                                          notice=problem.notice))
+        self.session.commit()
+
+    def problems(self, root: Path) -> list[Problem]:
+        rows = self.session.exec(select(ProblemRow).where(ProblemRow.root == str(root)).order_by(ProblemRow.rel_path))
+        return [Problem(row.rel_path, row.reason, row.notice) for row in rows]
 
     def count_files(self, root: Path) -> int:
         return len(self.session.exec(select(FileRow.rel_path).where(FileRow.root == str(root))).all())

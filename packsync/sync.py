@@ -111,6 +111,7 @@ class Syncer:
             if scan is None:
                 continue
             self.store.save_file_cache(report.config.path, cache, scan.cache)
+            self.store.save_problems(report.config.path, scan.problems)
             if report.error:
                 continue
             if remote is not None:

@@ -63,6 +63,7 @@ class Env:
         self.sandbox = sandbox
         self.mappings: list[dict[str, Any]] = []
         self.genviral: dict[str, Any] = {"base_url": sandbox.base_url}
+        self.daemon: dict[str, Any] = {}
 
     @property
     def config_path(self) -> Path:
@@ -84,7 +85,8 @@ class Env:
         return path
 
     def data(self) -> dict[str, Any]:
-        return {"genviral": self.genviral, "state": {"path": str(self.state_path)}, "mappings": self.mappings}
+        return {"genviral": self.genviral, "state": {"path": str(self.state_path)}, "daemon": self.daemon,
+                "mappings": self.mappings}
 
     def config(self) -> Config:
         return parse_config(self.data(), source=self.config_path)
@@ -101,6 +103,7 @@ class Env:
 
         lines = ["[genviral]"] + [f"{k} = {value(v)}" for k, v in self.genviral.items()]
         lines += ["[state]", f"path = {value(str(self.state_path))}"]
+        lines += ["[daemon]"] + [f"{k} = {value(v)}" for k, v in self.daemon.items()]
         for mapping in self.mappings:
             lines.append("[[mappings]]")
             lines += [f"{k} = {value(v)}" for k, v in mapping.items()]

@@ -127,11 +127,16 @@ def test_max_delete_is_a_count_or_a_percentage(max_delete: int | str) -> None:
     assert mapping.max_delete == max_delete
 
 
-@pytest.mark.parametrize("max_delete", [-1, "50", "150%", "%", "abc%", "50 %", "-5%", 2.5, True, [1]])
+@pytest.mark.parametrize("max_delete", [-1, "50", "150%", "%", "abc%", "50 %", "-5%", 2.5, [1]], ids=repr)
 def test_max_delete_rejects_anything_else_naming_the_key(max_delete: Any) -> None:
     error = config_error(one_mapping(max_delete=max_delete))
 
     assert error.startswith("mappings[0].max_delete: ")
+
+
+def test_max_delete_true_is_not_a_count() -> None:
+    """TOML ``max_delete = true`` is a mistake to report, not a limit of one delete."""
+    assert config_error(one_mapping(max_delete=True)).startswith("mappings[0].max_delete: ")
 
 
 @pytest.mark.parametrize(("first", "second"), [

@@ -217,19 +217,19 @@ SAFETY = [
     pytest.param(
         World(folder={"a.png": "A"}, recorded={f"i{n}": c for n, c in enumerate("ABCD")}, pack=["i0", "i1", "i2", "i3"],
               options=MappingOptions(max_delete=2)),
-        "3 deletes exceed max_delete (2", id="more deletes than a max_delete count"),
+        "would delete 3 images, more than max_delete allows (2:", id="more deletes than a max_delete count"),
     pytest.param(
         World(folder={"a.png": "A"}, recorded={"i1": "A", "i2": "B"}, pack=["i1", "i2"],
               options=MappingOptions(max_delete=0)),
-        "exceed max_delete (0", id="max_delete 0 withholds every delete"),
+        "would delete 1 image, more than max_delete allows (0:", id="max_delete 0 withholds every delete"),
     pytest.param(
         World(folder={c: c for c in "ABCD"}, recorded={f"i{n}": c for n, c in enumerate("ABCDEFGHIJ")},
               pack=[f"i{n}" for n in range(10)], options=MappingOptions(max_delete="50%")),
-        "6 deletes exceed max_delete (50%, 5 of 10", id="more deletes than a max_delete percentage"),
+        "would delete 6 images, more than max_delete allows (50%:", id="more deletes than a max_delete percentage"),
     pytest.param(
         World(folder={"a.png": "A"}, recorded={"i1": "A"}, pack=["i1", "web1", "web2"],
               options=MappingOptions(prune_foreign=True, max_delete=1)),
-        "2 deletes exceed", id="pruned foreign images count towards max_delete"),
+        "would delete 2 images", id="pruned foreign images count towards max_delete"),
 ]
 
 

@@ -329,7 +329,7 @@ def test_token_never_reaches_output_state_or_logs(env: Env) -> None:
     write(folder / "bad.jpg", b"garbage")
 
     outputs = [env.cli("-v", "run"), env.cli("-v", "status", "--json", "--files"), env.cli("-v", "packs")]
-    env.sandbox.inject("500", route="/packs/{id}", count=10)
+    env.sandbox.inject("500", route="/packs/{id}", count=2)
     outputs.append(env.cli("-v", "run"))
 
     for result in outputs:

@@ -1,0 +1,293 @@
+"""`packsync daemon` as a real process: real folders watched, the sandbox over HTTP, a test NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import TOKEN, Env, image, wait_until, write
+
+from packsync.errors import ExitCode
+from packsync.media import png_bytes
+
+
+class DaemonProcess:
+    """A running `packsync daemon` with its own notify socket, as systemd would start it."""
+
+    def __init__(self, env: Env, *args: str) -> None:
+        self.env = env
+        self.socket_path = env.root / "notify.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.socket_path))
+        self.sock.settimeout(0.1)
+        self.messages: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        child_env = {k: v for k, v in os.environ.items() if k != "GENVIRAL_TOKEN"}
+        child_env.update(GENVIRAL_TOKEN=TOKEN, NOTIFY_SOCKET=str(self.socket_path), WATCHDOG_USEC="2000000",
+                         PYTHONUNBUFFERED="1")
+        self.log = (env.root / "daemon.log").open("w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "packsync", "-c", str(env.config_path), "daemon", *args],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=child_env)
+
+    def _read(self) -> None:
+        """Drain the socket continuously, as systemd does."""
+        while self.sock.fileno() != -1:
+            try:
+                self.messages += self.sock.recv(4096).decode().split("\n")
+            except (TimeoutError, BlockingIOError):
+                continue
+            except OSError:
+                return
+
+    def received(self, prefix: str) -> bool:
+        """Whether a notify message starting with ``prefix`` has arrived."""
+        return any(m.startswith(prefix) for m in list(self.messages))
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        wait_until(lambda: self.received("READY=1") or self.proc.poll() is not None, timeout=timeout)
+        assert self.proc.poll() is None, self.output()
+
+    def output(self) -> str:
+        self.log.flush()
+        return (self.env.root / "daemon.log").read_text()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=10)
+            time.sleep(0.05)  # let the reader thread take the last datagrams off the socket
+            return code
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+    def close(self) -> None:
+        self.stop()
+        self.sock.close()
+        self.log.close()
+
+
+@pytest.fixture
+def daemon_env(env: Env) -> Env:
+    env.genviral["concurrency"] = 8
+    env.daemon.update(debounce_s=0.3, rescan_interval_s=3600)
+    return env
+
+
+@pytest.fixture
+def start(daemon_env: Env) -> Iterator[object]:
+    started: list[DaemonProcess] = []
+
+    def launch(*args: str) -> DaemonProcess:
+        daemon_env.write_config()
+        daemon = DaemonProcess(daemon_env, *args)
+        started.append(daemon)
+        daemon.wait_ready()
+        return daemon
+
+    yield launch
+    for daemon in started:
+        daemon.close()
+
+
+def images(env: Env, pack_id: str) -> list[dict]:  # type: ignore[type-arg]
+    return env.pack(pack_id)["images"]
+
+
+def test_ready_and_watchdog_reach_systemd_and_sigterm_exits_0_quickly(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"))
+    daemon = start()
+
+    wait_until(lambda: daemon.received("WATCHDOG=1"), timeout=5)
+    assert daemon.received("STATUS=")
+    began = time.monotonic()
+    code = daemon.stop()
+
+    assert code == 0, daemon.output()
+    assert time.monotonic() - began < 10
+    assert daemon.received("STOPPING=1")
+
+
+def test_dropped_file_appears_in_its_pack_and_deleted_file_disappears(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    write(folder / "existing.png", image())
+    start()
+    assert len(images(daemon_env, pack_id)) == 1
+
+    dropped = write(folder / "new.png", image())
+    wait_until(lambda: len(images(daemon_env, pack_id)) == 2, timeout=10)
+    assert dropped.read_bytes() in daemon_env.cdn_bytes(pack_id)
+
+    dropped.unlink()
+    wait_until(lambda: len(images(daemon_env, pack_id)) == 1, timeout=10)
+    assert daemon_env.cdn_bytes(pack_id) == [(folder / "existing.png").read_bytes()]
+
+
+def test_file_written_slowly_is_uploaded_once_in_its_final_form(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    start()
+    data = png_bytes(300, 300, (10, 200, 30))
+    chunks = [data[i:i + len(data) // 8 + 1] for i in range(0, len(data), len(data) // 8 + 1)]
+
+    with (folder / "slow.png").open("wb") as handle:
+        for chunk in chunks:  # about 3 s in all, each pause longer than the debounce
+            handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+            time.sleep(0.4)
+
+    wait_until(lambda: len(images(daemon_env, pack_id)) == 1, timeout=10)
+    assert daemon_env.cdn_bytes(pack_id) == [data]
+    assert daemon_env.sandbox.calls[("PUT", "storage")] == 1
+
+
+def test_burst_of_500_files_is_one_plan_with_bounded_api_calls(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    write(folder / "seed.png", image())
+    start()
+    daemon_env.sandbox.reset_calls()
+    staging = daemon_env.folder("staging")
+    for i in range(500):
+        write(staging / f"{i:03}.png", png_bytes(4, 4, (i % 256, i // 256, 7)))
+
+    for path in sorted(staging.iterdir()):
+        path.rename(folder / path.name)
+
+    wait_until(lambda: len(images(daemon_env, pack_id)) == 501, timeout=60)
+    calls = daemon_env.sandbox.calls
+    assert calls[("POST", "/files")] == calls[("PUT", "storage")] == calls[("POST", "/packs/{id}/images")] == 500
+    # One pack read per sync round, plus metadata polls: a handful, not one per file.
+    assert calls[("GET", "/packs/{id}")] <= 20, calls
+
+
+def test_new_subfolder_filled_at_once_is_fully_synced(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    write(folder / "seed.png", image())
+    start()
+
+    outside = daemon_env.folder("prepared")
+    for i in range(10):
+        write(outside / "nested" / f"{i}.png", image())
+    outside.rename(folder / "moved-in")                      # a whole tree moved in
+    for i in range(10):
+        write(folder / "made-here" / "deep" / f"{i}.png", image())  # created and filled at once
+
+    wait_until(lambda: len(images(daemon_env, pack_id)) == 21, timeout=15)
+
+
+def test_sighup_picks_up_a_new_mapping(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    first = daemon_env.sandbox.create_pack("first")
+    write(daemon_env.map("one", pack_id=first) / "a.png", image())
+    daemon = start()
+    second = daemon_env.sandbox.create_pack("second")
+    later = write(daemon_env.map("two", pack_id=second) / "b.png", image())
+    daemon.proc.send_signal(signal.SIGHUP)
+
+    wait_until(lambda: len(images(daemon_env, second)) == 1, timeout=15)
+    assert daemon_env.cdn_bytes(second) == [later.read_bytes()]
+    fresh = write(daemon_env.root / "two" / "c.png", image())  # and the new folder is watched
+    wait_until(lambda: len(images(daemon_env, second)) == 2, timeout=10)
+    assert fresh.read_bytes() in daemon_env.cdn_bytes(second)
+
+
+def test_second_instance_is_refused_with_the_running_pid(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"))
+    daemon = start()
+
+    second = daemon_env.cli("daemon", timeout=30)
+    one_shot = daemon_env.cli("run", timeout=30)
+
+    assert second.returncode == one_shot.returncode == ExitCode.USAGE
+    assert f"pid {daemon.proc.pid}" in second.stderr and f"pid {daemon.proc.pid}" in one_shot.stderr
+
+
+def test_status_shows_the_running_daemon(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"))
+    daemon = start()
+
+    doc = json.loads(daemon_env.cli("status", "--json", token=None).stdout)
+
+    assert doc["daemon"]["running"] is True
+    assert doc["daemon"]["pid"] == daemon.proc.pid
+    assert doc["daemon"]["last_full_scan"] is not None
+    daemon.stop()
+    after = json.loads(daemon_env.cli("status", "--json", token=None).stdout)
+    assert after["daemon"]["running"] is False
+
+
+def test_polling_mode_sees_changes(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id, polling=True)
+    write(folder / "seed.png", image())
+    start()
+
+    write(folder / "polled.png", image())
+
+    wait_until(lambda: len(images(daemon_env, pack_id)) == 2, timeout=15)
+
+
+def test_revoked_key_pauses_instead_of_dying(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    from packsync.sandbox import Account
+
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    write(folder / "seed.png", image())
+    daemon = start()
+    daemon_env.sandbox.accounts[TOKEN] = Account(scope="ws-1", status=401)
+
+    write(folder / "while-revoked.png", image())
+
+    def paused() -> bool:
+        doc = json.loads(daemon_env.cli("status", "--json", token=None).stdout)
+        return doc["daemon"]["state"] == "paused"
+
+    wait_until(paused, timeout=15, interval=0.3)
+    assert daemon.proc.poll() is None
+    assert "invalid or revoked" in daemon.output()
+    assert len(images(daemon_env, pack_id)) == 1
+
+    daemon_env.sandbox.accounts[TOKEN] = Account(scope="ws-1")   # the user renews the key...
+    daemon.proc.send_signal(signal.SIGHUP)                       # ...and tells the daemon
+    wait_until(lambda: len(images(daemon_env, pack_id)) == 2, timeout=15)
+
+
+def test_unit_files_declare_notify_watchdog_and_hardening() -> None:
+    units = Path(__file__).resolve().parents[1] / "systemd"
+    user = (units / "packsync.service").read_text()
+    system = (units / "packsync@.service").read_text()
+    for unit in (user, system):
+        for line in ("Type=notify", "Restart=on-failure", "Environment=PYTHONUNBUFFERED=1", "WatchdogSec=",
+                     "ExecReload=/bin/kill -HUP $MAINPID", "NoNewPrivileges=yes"):
+            assert line in unit
+        assert "\nMemoryDenyWriteExecute" not in unit
+    for line in ("ProtectSystem=strict", "ReadWritePaths=/var/lib/packsync/%i", "ReadOnlyPaths=", "User=packsync"):
+        assert line in system
+
+
+@pytest.mark.skipif(not Path("/usr/bin/systemd-analyze").exists(), reason="systemd-analyze is not installed")
+def test_unit_files_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    units = Path(__file__).resolve().parents[1] / "systemd"
+    executable = Path(sys.executable).with_name("packsync")
+    for name, target in (("packsync.service", "packsync.service"), ("packsync@.service", "packsync@check.service")):
+        text = (units / name).read_text()
+        text = text.replace("%h/.local/bin/packsync", str(executable)).replace("/usr/local/bin/packsync", str(executable))
+        (tmp_path / target).write_text(text)
+        result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / target)], capture_output=True,
+                                text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)})
+        assert result.returncode == 0 and not result.stderr.strip(), result.stderr
