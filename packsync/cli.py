@@ -25,7 +25,7 @@ from packsync.logs import configure, redact, register_secret
 from packsync.progress import Progress
 from packsync.report import print_packs, print_plan, print_run, print_status, status_data
 from packsync.state import Store
-from packsync.sync import SyncOptions, SyncReport, Syncer
+from packsync.sync import Syncer, SyncOptions, SyncReport
 
 
 def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -144,7 +144,8 @@ def packs(ctx: click.Context, public: bool) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option("--state", "state_path", type=click.Path(path_type=Path), help="Keep the sandbox's data in this file.")
 @click.option("--latency-ms", type=click.FloatRange(min=0), default=0.0, help="Delay added to every request.")
-@click.option("--fault-rate", type=click.FloatRange(0, 1), default=0.0, help="Share of requests answered with 429/500/reset.")
+@click.option("--fault-rate", type=click.FloatRange(0, 1), default=0.0,
+              help="Share of requests answered with 429/500/reset.")
 @click.option("--upload-ttl", type=click.FloatRange(min=1), default=600.0, help="Seconds an upload URL stays valid.")
 @_reports_errors
 def sandbox(port: int, state_path: Path | None, latency_ms: float, fault_rate: float, upload_ttl: float) -> None:

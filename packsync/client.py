@@ -191,7 +191,8 @@ class GenviralClient:
             detail = body.get("message") or ""
             issues = body.get("issues")
             if isinstance(issues, dict):
-                fields = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in (issues.get("fieldErrors") or {}).items())
+                field_errors = issues.get("fieldErrors") or {}
+                fields = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in field_errors.items())
                 forms = "; ".join(map(str, issues.get("formErrors") or []))
                 detail = "; ".join(part for part in (detail, forms, fields) if part)
             raise PermanentError(f"{method} {what}: {status} {code or ''} {detail}".replace("  ", " ").strip(),

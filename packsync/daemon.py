@@ -95,7 +95,10 @@ class Daemon:
         self.store = Store(self.config.state_path)
         self.api = self._client(self.config, self.token)
         self.syncer = Syncer(self.config, self.store, self.api)
-        self.watcher = Watcher(lambda root, path, closed: loop.call_soon_threadsafe(self._changed, root, path, closed))
+        def on_change(root: Path, path: Path, closed: bool) -> None:
+            loop.call_soon_threadsafe(self._changed, root, path, closed)
+
+        self.watcher = Watcher(on_change)
         self.store.save_daemon(pid=os.getpid(), started_at=time.time(), state="starting", queue=0, last_error=None)
         metadata = asyncio.create_task(self._metadata_loop())
         try:

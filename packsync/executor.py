@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from packsync.client import GenviralClient, ambiguous
-from packsync.errors import ApiError, AuthError, NotFound, PermanentError, TransientError, UploadRejected
+from packsync.errors import AuthError, NotFound, PermanentError, TransientError, UploadRejected
 from packsync.logs import get_logger
 from packsync.model import Blob, ManagedImage
 from packsync.planner import AddImage, DeleteImage, MappingPlan, Plan

@@ -29,7 +29,7 @@ def redact(text: str) -> str:
     return text
 
 
-def _scrub(_logger: Any, _method: str, rendered: str) -> str:
+def _scrub(_logger: Any, _method: str, rendered: Any) -> Any:
     return redact(rendered)
 
 

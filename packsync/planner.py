@@ -148,28 +148,26 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
     for local in sorted(source.scan.files, key=lambda f: f.rel_path):
         wanted.setdefault(local.sha256, local)
 
+    pack_id = remote.pack_id if remote else ""
     remote_images = remote.images if remote else ()
     present = {image.image_id for image in remote_images}
     recorded = {image.image_id: image for image in source.managed}
-    for image in source.managed:
-        if image.image_id not in present:
-            plan.forgets.append(ForgetImage(image))
+    plan.forgets = [ForgetImage(image) for image in source.managed if image.image_id not in present]
 
     # Live managed images in the pack's own order (oldest first), adopting our unrecorded uploads.
     live: list[ManagedImage] = []
     foreign: list[RemoteImage] = []
-    for image in remote_images:
-        if image.image_id in recorded:
-            live.append(recorded[image.image_id])
-        elif image.url in source.known_urls:
-            sha256 = source.known_urls[image.url]
-            name = wanted[sha256].rel_path if sha256 in wanted else image.url
-            adopted = ManagedImage(remote.pack_id, image.image_id, sha256, image.url,
-                                   file_name_for(name), image.metadata)
+    for seen in remote_images:
+        if seen.image_id in recorded:
+            live.append(recorded[seen.image_id])
+        elif seen.url in source.known_urls:
+            sha256 = source.known_urls[seen.url]
+            name = wanted[sha256].rel_path if sha256 in wanted else seen.url
+            adopted = ManagedImage(pack_id, seen.image_id, sha256, seen.url, file_name_for(name), seen.metadata)
             plan.adopts.append(AdoptImage(adopted))
             live.append(adopted)
         else:
-            foreign.append(image)
+            foreign.append(seen)
 
     kept: set[str] = set()
     deletes: list[DeleteImage] = []

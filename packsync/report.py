@@ -53,7 +53,8 @@ def print_plan(report: SyncReport, out: TextIO) -> None:
         total = report.plan.mutations
         out.write(f"dry run: {len(report.plan.uploads)} uploads, "
                   f"{sum(len(m.adds) for m in report.plan.mappings)} adds, "
-                  f"{sum(len(m.deletes) for m in report.plan.mappings)} deletes ({total} API writes); nothing changed\n")
+                  f"{sum(len(m.deletes) for m in report.plan.mappings)} deletes "
+                  f"({total} API writes); nothing changed\n")
 
 
 def _problems(problems: list[Any], out: TextIO) -> None:
@@ -124,7 +125,7 @@ def status_data(config: Config, store: Store, files: bool = False, lock_holder: 
             if files:
                 detail.append({"path": problem.rel_path, "sha256": None, "state": state, "problem": problem.reason,
                                "image_id": None, "metadata": None})
-        detail.sort(key=lambda item: item["path"])
+        detail.sort(key=lambda item: str(item["path"]))
         metadata: Counter[str] = Counter()
         for image in images:
             metadata[image.metadata.status if image.metadata.settled else "pending"] += 1

@@ -216,7 +216,8 @@ class Store:
                    FileRow.sha256, FileRow.content_type, FileRow.problem).where(FileRow.root == str(root)))
         return {rel: CachedFile(*rest) for rel, *rest in rows}
 
-    def save_file_cache(self, root: Path, previous: Mapping[str, CachedFile], current: Mapping[str, CachedFile]) -> None:
+    def save_file_cache(self, root: Path, previous: Mapping[str, CachedFile],
+                        current: Mapping[str, CachedFile]) -> None:
         """Store what a scan saw, writing only the rows that changed."""
         key = str(root)
         gone = [rel for rel in previous if rel not in current]

@@ -158,6 +158,7 @@ class Syncer:
         """Read the mapping's pack (None: it must be created); a mapping error leaves ``report.error``."""
         mapping = report.config
         record = self.store.mapping(mapping.path)
+        remote: RemotePack | None
         try:
             if mapping.pack_id is not None:
                 try:
@@ -209,7 +210,8 @@ class Syncer:
                 scans.append(None)
         return scans
 
-    def _input(self, report: MappingReport, remote: RemotePack | None, scan: Scan, options: SyncOptions) -> MappingInput:
+    def _input(self, report: MappingReport, remote: RemotePack | None, scan: Scan,
+               options: SyncOptions) -> MappingInput:
         mapping = report.config
         managed = self.store.managed(remote.pack_id) if remote else []
         return MappingInput(

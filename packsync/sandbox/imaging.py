@@ -166,7 +166,7 @@ def _png_average_rgb(data: bytes) -> tuple[int, int, int] | None:
             for i in range(bpp, stride):
                 row[i] = (row[i] + row[i - bpp]) & 0xFF
         elif ftype == 2:
-            row = bytearray((r + p) & 0xFF for r, p in zip(row, prev))
+            row = bytearray((r + p) & 0xFF for r, p in zip(row, prev, strict=False))
         elif ftype == 3:
             for i in range(stride):
                 left = row[i - bpp] if i >= bpp else 0
@@ -185,7 +185,7 @@ def _png_average_rgb(data: bytes) -> tuple[int, int, int] | None:
         else:  # weight RGBA pixels by their alpha so transparent areas do not count
             alpha = row[3::4]
             for ch in range(3):
-                totals[ch] += sum(c * a for c, a in zip(row[ch::4], alpha))
+                totals[ch] += sum(c * a for c, a in zip(row[ch::4], alpha, strict=False))
             weight += sum(alpha)
         prev = row
     if weight == 0:
@@ -195,7 +195,7 @@ def _png_average_rgb(data: bytes) -> tuple[int, int, int] | None:
 
 def _colour_name(rgb: tuple[int, int, int]) -> str:
     def dist(ref: tuple[int, int, int]) -> int:
-        return sum((a - b) ** 2 for a, b in zip(rgb, ref))
+        return sum((a - b) ** 2 for a, b in zip(rgb, ref, strict=False))
 
     return min(PALETTE, key=lambda item: dist(item[1]))[0]
 
