@@ -320,7 +320,7 @@ class Daemon:
         """Poll packs whose images still wait for AI metadata: one GET per pack per round, backing off."""
         delay = METADATA_START_S
         while True:
-            pending = self.syncer.metadata_pending(self.syncer.mapped_pack_ids())
+            pending = self.store.metadata_pending(self.syncer.mapped_pack_ids())
             if not pending:
                 await self.metadata_wake.wait()
                 self.metadata_wake.clear()

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from packsync.model import Blob, LocalFile, ManagedImage, RemoteImage, RemotePack, Scan
+from packsync.model import Blob, LocalFile, ManagedImage, Metadata, RemoteImage, RemotePack, Scan
 
 MAX_FILE_NAME = 255
 
@@ -82,7 +82,7 @@ class MappingInput:
     scan: Scan
     managed: Sequence[ManagedImage]
     remote: RemotePack | None
-    known_urls: Mapping[str, str]
+    known_urls: Mapping[str, str]   # packsync's own upload URLs among the pack's unrecorded images
     options: MappingOptions = MappingOptions()
 
 
@@ -96,6 +96,7 @@ class MappingPlan:
     forgets: list[ForgetImage] = field(default_factory=list)
     deletes: list[DeleteImage] = field(default_factory=list)
     withheld: list[DeleteImage] = field(default_factory=list)
+    metadata: dict[str, Metadata] = field(default_factory=dict)
     safety: str | None = None
 
     @property
@@ -129,6 +130,13 @@ def file_name_for(rel_path: str) -> str:
     return name[:MAX_FILE_NAME]
 
 
+def metadata_updates(managed: Iterable[ManagedImage], remote: Iterable[RemoteImage]) -> dict[str, Metadata]:
+    """The recorded images whose AI metadata the pack now reports differently, with the new metadata."""
+    current = {image.image_id: image.metadata for image in remote}
+    return {image.image_id: current[image.image_id] for image in managed
+            if image.image_id in current and current[image.image_id] != image.metadata}
+
+
 def delete_limit(max_delete: int | str, managed: int) -> int:
     """How many deletes one run may make in a pack where packsync manages ``managed`` images.
 
@@ -153,6 +161,7 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
     present = {image.image_id for image in remote_images}
     recorded = {image.image_id: image for image in source.managed}
     plan.forgets = [ForgetImage(image) for image in source.managed if image.image_id not in present]
+    plan.metadata = metadata_updates(source.managed, remote_images)
 
     # Live managed images in the pack's own order (oldest first), adopting our unrecorded uploads.
     live: list[ManagedImage] = []
@@ -219,7 +228,11 @@ def _images(count: int) -> str:
 
 def plan_sync(sources: Sequence[MappingInput], blobs: Mapping[str, Blob]) -> Plan:
     """Plan every mapping; each distinct content that is not yet in storage is uploaded once."""
-    mappings = [plan_mapping(source) for source in sources]
+    return plan_uploads([plan_mapping(source) for source in sources], blobs)
+
+
+def plan_uploads(mappings: list[MappingPlan], blobs: Mapping[str, Blob]) -> Plan:
+    """Complete mapping plans with the uploads they need; ``blobs`` covers at least their adds' contents."""
     uploads: dict[str, AddImage] = {}
     for mapping in mappings:
         for add in mapping.adds:

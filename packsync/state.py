@@ -22,17 +22,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, func, text, update
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
 
 from packsync.errors import StateError
-from packsync.model import Blob, CachedFile, ManagedImage, Metadata, Problem, RemoteImage
+from packsync.model import METADATA_SETTLED, Blob, CachedFile, ManagedImage, Metadata, Problem
 
 SCHEMA_VERSION = 1
 APP_ID = "packsync"
@@ -252,8 +252,14 @@ class Store:
 
     # -- blobs -------------------------------------------------------------------------------------
 
-    def blobs(self) -> dict[str, Blob]:
-        return {row.sha256: _blob(row) for row in self.session.exec(select(BlobRow))}
+    def blobs(self, shas: Collection[str]) -> dict[str, Blob]:
+        """The uploads of these contents, where there are any."""
+        found: dict[str, Blob] = {}
+        keys = list(shas)
+        for start in range(0, len(keys), 500):
+            rows = self.session.exec(select(BlobRow).where(col(BlobRow.sha256).in_(keys[start:start + 500])))
+            found.update((row.sha256, _blob(row)) for row in rows)
+        return found
 
     def blob(self, sha256: str) -> Blob | None:
         row = self.session.get(BlobRow, sha256)
@@ -264,10 +270,15 @@ class Store:
                                    upload_url=blob.upload_url, expires_at=blob.expires_at, uploaded=blob.uploaded))
         self.session.commit()
 
-    def known_urls(self) -> dict[str, str]:
-        """Every CDN URL packsync ever uploaded to, with its content hash."""
-        rows = self.session.exec(select(BlobRow.url, BlobRow.sha256).where(col(BlobRow.url).is_not(None)))
-        return {url: sha for url, sha in rows if url}
+    def known_urls(self, urls: Collection[str]) -> dict[str, str]:
+        """Those of ``urls`` that are packsync's own uploads, with their content hash."""
+        found: dict[str, str] = {}
+        keys = list(urls)
+        for start in range(0, len(keys), 500):
+            rows = self.session.exec(select(BlobRow.url, BlobRow.sha256).where(
+                col(BlobRow.url).in_(keys[start:start + 500])))
+            found.update((url, sha) for url, sha in rows if url)
+        return found
 
     # -- images ------------------------------------------------------------------------------------
 
@@ -294,22 +305,22 @@ class Store:
         self.session.exec(statement)
         self.session.commit()
 
-    def refresh_metadata(self, pack_id: str, remote: Iterable[RemoteImage]) -> int:
-        """Copy the pack's current AI metadata into the records of packsync's images; returns how many changed."""
-        by_id = {image.image_id: image.metadata for image in remote}
-        changed = 0
-        for row in self.session.exec(select(ImageRow).where(ImageRow.pack_id == pack_id)):
-            meta = by_id.get(row.image_id)
-            if meta is None or (row.meta_status, row.description, row.meta_error, row.keywords) == \
-                    (meta.status, meta.description, meta.error, json.dumps(list(meta.keywords))):
-                continue
-            row.meta_status, row.description, row.meta_error = meta.status, meta.description, meta.error
-            row.keywords = json.dumps(list(meta.keywords))
-            self.session.add(row)
-            changed += 1
-        if changed:
+    def update_metadata(self, pack_id: str, updates: Mapping[str, Metadata]) -> None:
+        """Store new AI metadata for some of packsync's images in a pack."""
+        for image_id, meta in updates.items():
+            self.session.exec(update(ImageRow).where(ImageRow.pack_id == pack_id, ImageRow.image_id == image_id)
+                              .values(meta_status=meta.status, description=meta.description,
+                                      keywords=json.dumps(list(meta.keywords)), meta_error=meta.error))
+        if updates:
             self.session.commit()
-        return changed
+
+    def metadata_pending(self, pack_ids: Collection[str]) -> dict[str, int]:
+        """Per pack, how many of packsync's images wait for AI metadata (packs with none are left out)."""
+        rows = self.session.exec(
+            select(ImageRow.pack_id, func.count()).where(col(ImageRow.pack_id).in_(list(pack_ids)),
+                                                          col(ImageRow.meta_status).not_in(METADATA_SETTLED))
+            .group_by(ImageRow.pack_id))
+        return {pack_id: count for pack_id, count in rows}
 
     # -- mappings ----------------------------------------------------------------------------------
 

@@ -19,7 +19,15 @@ from packsync.errors import ApiError, AuthError, ConfigError, ExitCode, NotFound
 from packsync.executor import Executor, MappingOutcome
 from packsync.logs import get_logger
 from packsync.model import CachedFile, RemotePack, Scan
-from packsync.planner import MappingInput, MappingOptions, MappingPlan, Plan, plan_sync
+from packsync.planner import (
+    MappingInput,
+    MappingOptions,
+    MappingPlan,
+    Plan,
+    metadata_updates,
+    plan_mapping,
+    plan_uploads,
+)
 from packsync.progress import Progress
 from packsync.scanner import Filters, FolderUnavailable, scan_folder
 from packsync.state import Store
@@ -114,14 +122,15 @@ class Syncer:
             self.store.save_problems(report.config.path, scan.problems)
             if report.error:
                 continue
-            if remote is not None:
-                self.store.refresh_metadata(remote.pack_id, remote.images)
             inputs.append((report, self._input(report, remote, scan, options)))
-        plan = plan_sync([source for _, source in inputs], self.store.blobs())
+        plans = [plan_mapping(source) for _, source in inputs]
+        plan = plan_uploads(plans, self.store.blobs({add.sha256 for p in plans for add in p.adds}))
         result = SyncReport(reports, plan)
         for (report, _), mapping_plan in zip(inputs, plan.mappings, strict=True):
             report.plan = mapping_plan
             report.safety = mapping_plan.safety
+            if mapping_plan.pack_id:  # what the pack read says of the AI metadata, dry run or not
+                self.store.update_metadata(mapping_plan.pack_id, mapping_plan.metadata)
         if options.dry_run:
             return result
         roots = {report.config.label: report.config.path for report, _ in inputs}
@@ -214,15 +223,12 @@ class Syncer:
                options: SyncOptions) -> MappingInput:
         mapping = report.config
         managed = self.store.managed(remote.pack_id) if remote else []
+        recorded = {image.image_id for image in managed}
+        unrecorded = {image.url for image in remote.images if image.image_id not in recorded} if remote else set()
         return MappingInput(
             label=mapping.label, pack_name=mapping.pack or (remote.name if remote else ""), scan=scan,
-            managed=managed, remote=remote, known_urls=self.store.known_urls(),
+            managed=managed, remote=remote, known_urls=self.store.known_urls(unrecorded),
             options=MappingOptions(mapping.delete, mapping.prune_foreign, mapping.max_delete, options.force))
-
-    def metadata_pending(self, pack_ids: Collection[str]) -> dict[str, int]:
-        """Per pack, how many of packsync's images have AI metadata still pending."""
-        counts = {p: sum(not i.metadata.settled for i in self.store.managed(p)) for p in pack_ids}
-        return {p: n for p, n in counts.items() if n}
 
     def mapped_pack_ids(self) -> list[str]:
         ids = []
@@ -241,18 +247,17 @@ class Syncer:
                     raise pack
                 self.log.warning("metadata poll failed", pack_id=pack_id, error=str(pack))
                 continue
-            self.store.refresh_metadata(pack_id, pack.images)
+            self.store.update_metadata(pack_id, metadata_updates(self.store.managed(pack_id), pack.images))
 
     async def wait_for_metadata(self, pack_ids: list[str], options: SyncOptions) -> int:
         """Poll until packsync's images in these packs settle, backing off; returns how many did not."""
         deadline = time.monotonic() + options.wait_timeout_s
         delay = options.poll_start_s
         while True:
-            pending = self.metadata_pending(pack_ids)
+            pending = self.store.metadata_pending(pack_ids)
             left = deadline - time.monotonic()
             if not pending or left <= 0:
                 return sum(pending.values())
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, options.poll_cap_s)
             await self.poll_metadata(list(pending))
-            self.progress.counts["metadata"] = sum(i.metadata.settled for p in pack_ids for i in self.store.managed(p))
