@@ -9,11 +9,12 @@ changed while it was read is reported and retried later, never synced half-writt
 from __future__ import annotations
 
 import errno
+import fnmatch
 import os
+import re
 import stat
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from packsync.media import digest_file
@@ -24,7 +25,14 @@ class FolderUnavailable(Exception):
     """The mapped folder itself is missing, not a folder, or unreadable."""
 
 
-@dataclass(frozen=True, slots=True)
+def _matcher(patterns: Sequence[str]) -> Callable[[str], object]:
+    """One compiled, case-insensitive regular expression for a list of shell globs."""
+    if not patterns:
+        return lambda _name: None
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns), re.IGNORECASE | re.DOTALL).match
+
+
+@dataclass(frozen=True)
 class Filters:
     """Which names a mapping syncs. Patterns are shell globs, matched case-insensitively."""
 
@@ -32,14 +40,19 @@ class Filters:
     exclude: Sequence[str]
     max_file_bytes: int
     follow_symlinks: bool = False
+    _included: Callable[[str], object] = field(init=False, repr=False, compare=False)
+    _excluded: Callable[[str], object] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Frozen, so the compiled matchers are set the way dataclasses set fields.
+        object.__setattr__(self, "_included", _matcher(self.include))
+        object.__setattr__(self, "_excluded", _matcher(self.exclude))
 
     def excluded(self, name: str) -> bool:
-        lower = name.lower()
-        return any(fnmatchcase(lower, pattern.lower()) for pattern in self.exclude)
+        return self._excluded(name) is not None
 
     def included(self, name: str) -> bool:
-        lower = name.lower()
-        return any(fnmatchcase(lower, pattern.lower()) for pattern in self.include)
+        return self._included(name) is not None
 
 
 def scan_folder(root: Path, previous: Mapping[str, CachedFile], filters: Filters,
