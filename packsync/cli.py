@@ -36,8 +36,7 @@ def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except PacksyncError as exc:
-            message = redact(str(exc))
-            click.echo(f"packsync: {message[0].upper() + message[1:] if message else 'failed'}", err=True)
+            click.echo(f"packsync: {redact(str(exc)) or 'failed'}", err=True)
             sys.exit(int(exc.exit_code))
         except KeyboardInterrupt:
             click.echo("packsync: interrupted", err=True)

@@ -46,6 +46,9 @@ class RetryPolicy:
     base_s: float = 0.5
     cap_s: float = 30.0
     run_budget: int = 500
+    #: Failed attempts in a row at one route (429 aside) after which the route is given up for the run:
+    #: an outage then ends the run in seconds, whatever the folder's size.
+    breaker: int = 10
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -120,8 +123,21 @@ class GenviralClient:
         self.concurrency = concurrency
         self.retry = retry
         self.retries_left = retry.run_budget
+        self._failing: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
         self.log = get_logger()
+
+    def start_run(self, planned_calls: int = 0) -> None:
+        """A new run (or daemon round): a fresh retry budget, sized to the calls planned, and no broken routes."""
+        self.retries_left = self.retry.run_budget + planned_calls // 2
+        self._failing.clear()
+
+    def take_retry(self) -> bool:
+        """Spend one retry of the run's budget; False when it is spent."""
+        if self.retries_left <= 0:
+            return False
+        self.retries_left -= 1
+        return True
 
     async def __aenter__(self) -> GenviralClient:
         return self
@@ -139,10 +155,14 @@ class GenviralClient:
                        storage: bool = False, **kwargs: Any) -> Any:
         """Send one request with retries; return the envelope's ``data`` (or None for storage)."""
         attempt = 0
+        route = f"{method} {what}"
         while True:
+            if self._failing[route] >= self.retry.breaker:
+                raise TransientError(f"{route}: not sent; the last {self._failing[route]} attempts all failed, "
+                                     "so this run gives up on it")
             try:
                 async with self._slots:
-                    self.calls[f"{method} {what}"] += 1
+                    self.calls[route] += 1
                     client = self._storage if storage else self._api
                     try:
                         response = await client.request(method, path if storage else path.lstrip("/"), **kwargs)
@@ -150,13 +170,17 @@ class GenviralClient:
                         raise TransientError(f"{method} {what}: cannot connect ({type(exc).__name__})") from None
                     except httpx.TransportError as exc:
                         raise _Ambiguous(f"{method} {what}: connection failed ({type(exc).__name__})") from None
-                return self._storage_answer(response, what) if storage else self._api_answer(response, method, what)
+                answer = self._storage_answer(response, what) if storage \
+                    else self._api_answer(response, method, what)
+                self._failing[route] = 0
+                return answer
             except TransientError as error:
                 attempt += 1
+                if error.status != 429:
+                    self._failing[route] += 1
                 if (ambiguous(error) and not safe_to_repeat) or attempt >= self.retry.attempts \
-                        or self.retries_left <= 0:
+                        or not self.take_retry():
                     raise
-                self.retries_left -= 1
                 delay = self.retry.delay(attempt, error.retry_after)
                 self.log.debug("retrying", request=f"{method} {what}", attempt=attempt, delay_s=round(delay, 2),
                                error=str(error))
@@ -207,9 +231,11 @@ class GenviralClient:
         status = response.status_code
         if status < 300:
             return None
-        match = re.search(r"<Code>([^<]+)</Code>", response.text)
-        code = match.group(1) if match else None
-        message = f"PUT {what}: storage answered {status} {code or _excerpt(response)}"
+        code_match = re.search(r"<Code>([^<]+)</Code>", response.text)
+        text_match = re.search(r"<Message>([^<]+)</Message>", response.text)
+        code = code_match.group(1) if code_match else None
+        detail = f"{code}: {text_match.group(1)}" if code and text_match else (code or _excerpt(response))
+        message = f"PUT {what}: storage answered {status} {detail}"
         if status == 429:
             raise TransientError(message, status=status, error_code=code, retry_after=_retry_after(response))
         if status >= 500:

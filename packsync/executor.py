@@ -145,6 +145,7 @@ class Executor:
         blob = self.store.blob(add.sha256)
         if blob and blob.uploaded and blob.url:
             return blob.url
+        rejected: UploadRejected | None = None
         for _attempt in range(3):
             if not (blob and blob.url and blob.upload_url and (blob.expires_at or 0) - EXPIRY_MARGIN_S > time.time()):
                 ticket = await self.api.create_upload(add.content_type, add.file_name, add.size)
@@ -154,6 +155,7 @@ class Executor:
             try:
                 await self.api.put_bytes(blob.upload_url or "", data, blob.content_type)
             except UploadRejected as exc:
+                rejected = exc
                 self.log.info("upload URL rejected; asking for a new one", path=str(add.path), error=str(exc))
                 blob = replace(blob, upload_url=None, expires_at=None)
                 self.store.save_blob(blob)
@@ -162,7 +164,7 @@ class Executor:
             self.store.save_blob(blob)
             self.progress.advance("uploaded")
             return blob.url or ""
-        raise PermanentError("storage rejected three fresh upload URLs in a row")
+        raise PermanentError(f"storage rejected three fresh upload URLs in a row; the last said: {rejected}")
 
     async def _add(self, pack_id: str, url: str, file_name: str) -> str:
         """Add ``url`` to the pack exactly once, even when an answer is lost on the way back."""
@@ -172,7 +174,7 @@ class Executor:
                 return await self.api.add_image(pack_id, url, file_name)
             except TransientError as exc:
                 attempt += 1
-                if not ambiguous(exc) or attempt >= self.api.retry.attempts:
+                if not ambiguous(exc) or attempt >= self.api.retry.attempts or not self.api.take_retry():
                     raise
                 pack = await self.api.get_pack(pack_id)
                 for image in pack.images:

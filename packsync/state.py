@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Collection, Iterable, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, func, text, update
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy import event, func, update
+from sqlalchemy.exc import DatabaseError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
 
 from packsync.errors import StateError
@@ -157,18 +159,50 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         _check_header(path)
+        version = self._inspect()
         _private_file(path)
         self.engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
         event.listen(self.engine, "connect", self._pragmas)
         try:
-            self._migrate()
+            self._set_up(version)
         except DatabaseError as exc:
             self.engine.dispose()
-            if isinstance(exc, OperationalError) and "locked" in str(exc):
-                raise StateError(f"the state database {path} is locked by another program.") from None
-            raise StateError(f"the state database {path} is corrupt ({exc.orig}); packsync will not replace "
-                             "it. Move it away to start over.") from None
+            raise self._unusable(exc) from None
         self.session = Session(self.engine, expire_on_commit=False)
+
+    def _unusable(self, exc: Exception) -> StateError:
+        if "locked" in str(exc):
+            return StateError(f"the state database {self.path} is locked by another program.")
+        return StateError(f"the state database {self.path} is corrupt ({exc}); packsync will not replace it. "
+                          "Move it away to start over.")
+
+    def _inspect(self) -> int | None:
+        """The schema version of an existing state file (None: new or unfinished), read-only.
+
+        Nothing is written before the file is known to be packsync's: not even the switch to WAL.
+        """
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return None
+        try:
+            with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as connection:
+                tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                meta = dict(connection.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
+        except sqlite3.DatabaseError as exc:
+            raise self._unusable(exc) from None
+        foreign = StateError(f"{self.path} is a SQLite database of another program; packsync will not touch it. "
+                             "Set [state] path to another file.")
+        if not meta:
+            # A first run killed while creating the tables leaves only packsync's own, unfinished.
+            if tables <= set(SQLModel.metadata.tables):
+                return None
+            raise foreign
+        if meta.get("app") != APP_ID:
+            raise foreign
+        version = int(meta.get("schema", "0"))
+        if version > SCHEMA_VERSION:
+            raise StateError(f"{self.path} was written by a newer packsync (schema {version}); "
+                             "upgrade packsync to use it.")
+        return version
 
     @staticmethod
     def _pragmas(connection: Any, _record: Any) -> None:
@@ -178,27 +212,15 @@ class Store:
         cursor.execute("PRAGMA busy_timeout=5000")
         cursor.close()
 
-    def _migrate(self) -> None:
-        with self.engine.begin() as connection:
-            tables = {row[0] for row in connection.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))}
-            if tables and "meta" not in tables:
-                raise StateError(f"{self.path} is a SQLite database of another program; packsync will not touch it. "
-                                 "Set [state] path to another file.")
-            if "meta" in tables:
-                meta = dict(connection.execute(text("SELECT key, value FROM meta")).all())
-                if meta.get("app") != APP_ID:
-                    raise StateError(f"{self.path} is a SQLite database of another program; packsync will not "
-                                     "touch it. Set [state] path to another file.")
-                version = int(meta.get("schema", "0"))
-                if version > SCHEMA_VERSION:
-                    raise StateError(f"{self.path} was written by a newer packsync (schema {version}); "
-                                     "upgrade packsync to use it.")
-                # Forward migrations go here, one step per version: `if version < 2: ...`.
+    def _set_up(self, version: int | None) -> None:
+        """Create what is missing and migrate forward, one step per schema version."""
+        # Forward migrations go here: `if version is not None and version < 2: ...`.
         SQLModel.metadata.create_all(self.engine)
-        with Session(self.engine) as session:
-            session.merge(MetaRow(key="app", value=APP_ID))
-            session.merge(MetaRow(key="schema", value=str(SCHEMA_VERSION)))
-            session.commit()
+        if version != SCHEMA_VERSION:
+            with Session(self.engine) as session:
+                session.merge(MetaRow(key="app", value=APP_ID))
+                session.merge(MetaRow(key="schema", value=str(SCHEMA_VERSION)))
+                session.commit()
 
     def close(self) -> None:
         self.session.close()

@@ -104,6 +104,7 @@ class Syncer:
 
         ``busy`` names, per folder, files still being written: their new content waits for a later sync.
         """
+        self.api.start_run()
         mappings = [m for m in self.config.mappings if only is None or m.path in only]
         reports = [MappingReport(m, pack_label(m)) for m in mappings]
         self._check_folders(reports)
@@ -133,6 +134,7 @@ class Syncer:
                 self.store.update_metadata(mapping_plan.pack_id, mapping_plan.metadata)
         if options.dry_run:
             return result
+        self.api.start_run(planned_calls=plan.mutations)
         roots = {report.config.label: report.config.path for report, _ in inputs}
         outcomes = await Executor(self.api, self.store, self.progress).run(plan, roots)
         for (report, _), outcome in zip(inputs, outcomes, strict=True):
