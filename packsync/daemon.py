@@ -20,6 +20,7 @@ import asyncio
 import os
 import random
 import signal
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ RETRY_START_S = 5.0
 RETRY_CAP_S = 300.0
 AUTH_RETRY_S = 900.0
 STOP_GRACE_S = 5.0
+WATCHER_STOP_S = 2.0
 METADATA_START_S = 1.0
 METADATA_CAP_S = 30.0
 
@@ -116,7 +118,10 @@ class Daemon:
         finally:
             notify("STOPPING=1")
             metadata.cancel()
-            self.watcher.stop()
+            # watchdog's threads are daemon threads: never let a slow one hold up the exit.
+            stopper = threading.Thread(target=self.watcher.stop, name="watcher-stop", daemon=True)
+            stopper.start()
+            stopper.join(WATCHER_STOP_S)
             await asyncio.gather(metadata, return_exceptions=True)
             await self.api.aclose()
             self.store.save_daemon(pid=None, state="stopped", queue=len(self.changes))
