@@ -48,7 +48,7 @@ def print_plan(report: SyncReport, out: TextIO) -> None:
                 out.write(f"  safety     {plan.safety}\n")
             if not (plan.adds or plan.deletes or plan.withheld):
                 out.write("  nothing to do\n")
-        _problems(mapping.scan.problems if mapping.scan else [], out)
+        _problems(mapping.problems, out)
     if report.plan:
         total = report.plan.mutations
         out.write(f"dry run: {len(report.plan.uploads)} uploads, "
@@ -77,7 +77,7 @@ def print_run(report: SyncReport, out: TextIO) -> None:
         for error in (mapping.error, outcome.error if outcome else None, mapping.safety):
             if error:
                 out.write(f"  error      {error}\n")
-        _problems(mapping.scan.problems if mapping.scan else [], out)
+        _problems(mapping.problems, out)
     if report.metadata_pending:
         out.write(f"metadata: {report.metadata_pending} images still pending; "
                   "`packsync status` shows them as they complete\n")

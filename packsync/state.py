@@ -144,9 +144,10 @@ def _check_header(path: Path) -> None:
                          "Move it away, or set [state] path to another file.")
 
 
-def _image(row: ImageRow) -> ManagedImage:
-    metadata = Metadata(row.meta_status, row.description, tuple(json.loads(row.keywords)), row.meta_error)
-    return ManagedImage(row.pack_id, row.image_id, row.sha256, row.url, row.file_name, metadata)
+def _image(pack_id: str, image_id: str, sha256: str, url: str, file_name: str, status: str,
+           description: str | None, keywords: str, error: str | None) -> ManagedImage:
+    words = tuple(json.loads(keywords)) if keywords != "[]" else ()
+    return ManagedImage(pack_id, image_id, sha256, url, file_name, Metadata(status, description, words, error))
 
 
 def _blob(row: BlobRow) -> Blob:
@@ -231,11 +232,19 @@ class Store:
 
     # -- files -------------------------------------------------------------------------------------
 
+    def _rows(self, sql: str, *params: Any) -> list[Any]:
+        """Plain rows through the session's own connection, for the reads that return a whole folder or
+        pack (100,000 rows): ORM objects would cost several times the time and memory."""
+        cursor = self.session.connection().connection.cursor()
+        try:
+            return list(cursor.execute(sql, params).fetchall())
+        finally:
+            cursor.close()
+
     def file_cache(self, root: Path) -> dict[str, CachedFile]:
         """What the last scan of ``root`` saw, by relative path."""
-        rows = self.session.exec(
-            select(FileRow.rel_path, FileRow.dev, FileRow.inode, FileRow.size, FileRow.mtime_ns,
-                   FileRow.sha256, FileRow.content_type, FileRow.problem).where(FileRow.root == str(root)))
+        rows = self._rows("SELECT rel_path, dev, inode, size, mtime_ns, sha256, content_type, problem "
+                          "FROM files WHERE root = ?", str(root))
         return {rel: CachedFile(*rest) for rel, *rest in rows}
 
     def save_file_cache(self, root: Path, previous: Mapping[str, CachedFile],
@@ -305,11 +314,10 @@ class Store:
     # -- images ------------------------------------------------------------------------------------
 
     def managed(self, pack_id: str) -> list[ManagedImage]:
-        rows = self.session.exec(select(ImageRow).where(ImageRow.pack_id == pack_id))
-        return [_image(row) for row in rows]
-
-    def all_managed(self) -> list[ManagedImage]:
-        return [_image(row) for row in self.session.exec(select(ImageRow))]
+        """The images packsync added to this pack (plain values, not ORM rows: packs can be large)."""
+        rows = self._rows("SELECT pack_id, image_id, sha256, url, file_name, meta_status, description, keywords, "
+                          "meta_error FROM images WHERE pack_id = ?", pack_id)
+        return [_image(*row) for row in rows]
 
     def record_image(self, image: ManagedImage) -> None:
         meta = image.metadata

@@ -18,7 +18,7 @@ from packsync.config import Config, MappingConfig
 from packsync.errors import ApiError, AuthError, ConfigError, ExitCode, NotFound, PermanentError, TransientError
 from packsync.executor import Executor, MappingOutcome
 from packsync.logs import get_logger
-from packsync.model import CachedFile, RemotePack, Scan
+from packsync.model import CachedFile, Problem, RemotePack, Scan
 from packsync.planner import (
     MappingInput,
     MappingOptions,
@@ -31,6 +31,10 @@ from packsync.planner import (
 from packsync.progress import Progress
 from packsync.scanner import Filters, FolderUnavailable, scan_folder
 from packsync.state import Store
+
+#: Mappings planned at once: enough to overlap pack reads with scans, few enough that only a few
+#: folders' file lists and packs are in memory together.
+MAPPINGS_AT_ONCE = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +54,8 @@ class MappingReport:
     config: MappingConfig
     pack_name: str
     pack_id: str | None = None
-    scan: Scan | None = None
+    problems: list[Problem] = field(default_factory=list)
+    hashed_files: int = 0
     plan: MappingPlan | None = None
     outcome: MappingOutcome | None = None
     error: str | None = None
@@ -58,9 +63,8 @@ class MappingReport:
 
     @property
     def failed(self) -> bool:
-        problems = self.scan.problems if self.scan else []
         failures = self.outcome.failures if self.outcome else []
-        return bool(self.error or failures or any(not p.notice for p in problems)
+        return bool(self.error or failures or any(not p.notice for p in self.problems)
                     or (self.outcome and self.outcome.error))
 
 
@@ -108,36 +112,20 @@ class Syncer:
         mappings = [m for m in self.config.mappings if only is None or m.path in only]
         reports = [MappingReport(m, pack_label(m)) for m in mappings]
         self._check_folders(reports)
+        slots = asyncio.Semaphore(MAPPINGS_AT_ONCE)
         live = [r for r in reports if not (r.error or r.safety)]
-        previous = [self.store.file_cache(r.config.path) for r in live]
-        remotes, scans = await asyncio.gather(
-            asyncio.gather(*(self._resolve_pack(r) for r in live)),
-            asyncio.to_thread(self._scan_all, live, previous, busy or {}),
-        )
-        inputs = []
-        for report, remote, scan, cache in zip(live, remotes, scans, previous, strict=True):
-            report.scan = scan
-            if scan is None:
-                continue
-            self.store.save_file_cache(report.config.path, cache, scan.cache)
-            self.store.save_problems(report.config.path, scan.problems)
-            if report.error:
-                continue
-            inputs.append((report, self._input(report, remote, scan, options)))
-        plans = [plan_mapping(source) for _, source in inputs]
+        await asyncio.gather(*(self._plan(report, options, (busy or {}).get(report.config.path, ()), slots)
+                               for report in live))
+        planned = [r for r in live if r.plan is not None]
+        plans = [r.plan for r in planned if r.plan is not None]
         plan = plan_uploads(plans, self.store.blobs({add.sha256 for p in plans for add in p.adds}))
         result = SyncReport(reports, plan)
-        for (report, _), mapping_plan in zip(inputs, plan.mappings, strict=True):
-            report.plan = mapping_plan
-            report.safety = mapping_plan.safety
-            if mapping_plan.pack_id:  # what the pack read says of the AI metadata, dry run or not
-                self.store.update_metadata(mapping_plan.pack_id, mapping_plan.metadata)
         if options.dry_run:
             return result
         self.api.start_run(planned_calls=plan.mutations)
-        roots = {report.config.label: report.config.path for report, _ in inputs}
+        roots = {report.config.label: report.config.path for report in planned}
         outcomes = await Executor(self.api, self.store, self.progress).run(plan, roots)
-        for (report, _), outcome in zip(inputs, outcomes, strict=True):
+        for report, outcome in zip(planned, outcomes, strict=True):
             report.outcome, report.pack_id = outcome, outcome.pack_id
         if options.wait:
             pack_ids = [r.pack_id for r in reports if r.pack_id and not (r.outcome and r.outcome.error)]
@@ -146,6 +134,36 @@ class Syncer:
             error = report.error or (report.outcome.error if report.outcome else None) or report.safety
             self.store.save_mapping(report.config.path, synced_at=time.time(), last_error=error)
         return result
+
+    async def _plan(self, report: MappingReport, options: SyncOptions, busy: Collection[str],
+                    slots: asyncio.Semaphore) -> None:
+        """Read the pack while scanning the folder, then plan; a few mappings at a time, to bound memory."""
+        mapping = report.config
+        async with slots:
+            previous = self.store.file_cache(mapping.path)
+            remote, scan = await asyncio.gather(
+                self._resolve_pack(report),
+                asyncio.to_thread(self._scan, report, previous, busy))
+            if scan is None:
+                return
+            self.store.save_file_cache(mapping.path, previous, scan.cache)
+            self.store.save_problems(mapping.path, scan.problems)
+            report.problems, report.hashed_files = scan.problems, scan.hashed_files
+            if report.error:
+                return
+            report.plan = plan_mapping(self._input(report, remote, scan, options))
+            report.safety = report.plan.safety
+            if report.plan.pack_id:  # what the pack read says of the AI metadata, dry run or not
+                self.store.update_metadata(report.plan.pack_id, report.plan.metadata)
+
+    def _scan(self, report: MappingReport, previous: dict[str, CachedFile], busy: Collection[str]) -> Scan | None:
+        """Scan one folder (in a worker thread: it touches no state, only the given cache)."""
+        try:
+            return scan_folder(report.config.path, previous, mapping_filters(report.config),
+                               on_file=lambda _n: self.progress.advance("hashed"), busy=busy)
+        except FolderUnavailable as exc:
+            report.safety = f"{exc}; nothing is deleted"
+            return None
 
     def _check_folders(self, reports: list[MappingReport]) -> None:
         """A missing folder is a config error — unless packsync synced it before (an unmounted disk?)."""
@@ -205,21 +223,6 @@ class Syncer:
         if len(candidates) > 1:
             self.log.warning("several packs have this name; using the oldest", pack=name, count=len(candidates))
         return await self.api.get_pack(sorted(candidates, key=lambda p: p.created_at)[0].pack_id)
-
-    def _scan_all(self, reports: list[MappingReport], caches: list[dict[str, CachedFile]],
-                  busy: Mapping[Path, Collection[str]]) -> list[Scan | None]:
-        """Scan each mapping's folder (in a worker thread: touches no state, only the given caches)."""
-        scans: list[Scan | None] = []
-        for report, previous in zip(reports, caches, strict=True):
-            mapping = report.config
-            try:
-                scans.append(scan_folder(mapping.path, previous, mapping_filters(mapping),
-                                         on_file=lambda _n: self.progress.advance("hashed"),
-                                         busy=busy.get(mapping.path, ())))
-            except FolderUnavailable as exc:
-                report.safety = f"{exc}; nothing is deleted"
-                scans.append(None)
-        return scans
 
     def _input(self, report: MappingReport, remote: RemotePack | None, scan: Scan,
                options: SyncOptions) -> MappingInput:

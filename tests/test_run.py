@@ -188,8 +188,8 @@ def test_unchanged_files_are_not_read_again(env: Env) -> None:
     first = env.sync()
     second = env.sync()
 
-    assert first.mappings[0].scan is not None and first.mappings[0].scan.hashed_files == 4
-    assert second.mappings[0].scan is not None and second.mappings[0].scan.hashed_files == 0
+    assert first.mappings[0].hashed_files == 4
+    assert second.mappings[0].hashed_files == 0
 
 
 def test_pack_deleted_remotely_is_recreated_when_mapped_by_name(env: Env) -> None:

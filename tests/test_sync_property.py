@@ -92,7 +92,7 @@ class History:
     def sync_and_check(self) -> None:
         report = self.env.sync(force=True)
 
-        assert report.exit_code == ExitCode.OK, [(m.error, m.safety, m.scan and m.scan.problems)
+        assert report.exit_code == ExitCode.OK, [(m.error, m.safety, m.problems)
                                                  for m in report.mappings]
         in_pack = self.env.cdn_bytes(self.pack_id)
         assert len(in_pack) == len(set(in_pack)), "the pack holds duplicates"
