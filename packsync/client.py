@@ -103,9 +103,9 @@ def _retry_after(response: httpx.Response) -> float | None:
 def _metadata(raw: Any) -> Metadata:
     if not isinstance(raw, dict):
         return Metadata()
-    keywords = raw.get("keywords") or []
-    return Metadata(str(raw.get("status") or "pending"), raw.get("description"),
-                    tuple(str(k) for k in keywords), raw.get("error"))
+    keywords = raw.get("keywords") or ()
+    return Metadata(str(raw.get("status") or "pending"), raw.get("description"), tuple(map(str, keywords)),
+                    raw.get("error"))
 
 
 class GenviralClient:

@@ -17,6 +17,7 @@ STOPPING=1 through ``notify.py``.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import random
 import signal
@@ -44,6 +45,7 @@ RETRY_CAP_S = 300.0
 AUTH_RETRY_S = 900.0
 STOP_GRACE_S = 5.0
 WATCHER_STOP_S = 2.0
+STOP_DEADLINE_S = 8.0
 METADATA_START_S = 1.0
 METADATA_CAP_S = 30.0
 
@@ -137,6 +139,18 @@ class Daemon:
         self.log.info("stopping")
         self.stopping.set()
         self.wake.set()
+        deadline = threading.Timer(STOP_DEADLINE_S, self._exit_now)
+        deadline.daemon = True
+        deadline.start()
+
+    def _exit_now(self) -> None:
+        """The promise is an exit within 10 s of SIGTERM: past the deadline, show where it hangs and go.
+
+        Leaving mid-step is safe: every step is committed once confirmed, and the next start resumes.
+        """
+        self.log.error("shutdown is taking too long; exiting now", deadline_s=STOP_DEADLINE_S)
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(0)
 
     def _request_reload(self) -> None:
         self.reload_requested = True

@@ -131,10 +131,20 @@ def file_name_for(rel_path: str) -> str:
 
 
 def metadata_updates(managed: Iterable[ManagedImage], remote: Iterable[RemoteImage]) -> dict[str, Metadata]:
-    """The recorded images whose AI metadata the pack now reports differently, with the new metadata."""
+    """The recorded images whose AI metadata the pack now reports differently, with the new metadata.
+
+    Settled metadata (completed or failed) is final, so for a settled record only a change of status
+    counts: the records need not carry their descriptions to be compared.
+    """
     current = {image.image_id: image.metadata for image in remote}
-    return {image.image_id: current[image.image_id] for image in managed
-            if image.image_id in current and current[image.image_id] != image.metadata}
+    updates = {}
+    for image in managed:
+        new = current.get(image.image_id)
+        if new is None or new == image.metadata:
+            continue
+        if not image.metadata.settled or new.status != image.metadata.status:
+            updates[image.image_id] = new
+    return updates
 
 
 def delete_limit(max_delete: int | str, managed: int) -> int:

@@ -313,11 +313,21 @@ class Store:
 
     # -- images ------------------------------------------------------------------------------------
 
-    def managed(self, pack_id: str) -> list[ManagedImage]:
-        """The images packsync added to this pack (plain values, not ORM rows: packs can be large)."""
-        rows = self._rows("SELECT pack_id, image_id, sha256, url, file_name, meta_status, description, keywords, "
-                          "meta_error FROM images WHERE pack_id = ?", pack_id)
+    def managed(self, pack_id: str, details: bool = True) -> list[ManagedImage]:
+        """The images packsync added to this pack (plain values, not ORM rows: packs can be large).
+
+        Without ``details``, settled metadata comes as its status alone: syncing needs no more, since
+        settled metadata does not change, and a large pack's descriptions are most of its weight.
+        """
+        full = "? OR meta_status NOT IN ('completed', 'failed')"
+        rows = self._rows("SELECT pack_id, image_id, sha256, url, file_name, meta_status, "
+                          f"CASE WHEN {full} THEN description END, CASE WHEN {full} THEN keywords ELSE '[]' END, "
+                          f"CASE WHEN {full} THEN meta_error END FROM images WHERE pack_id = ?",
+                          details, details, details, pack_id)
         return [_image(*row) for row in rows]
+
+    def count_images(self, pack_id: str) -> int:
+        return int(self._rows("SELECT count(*) FROM images WHERE pack_id = ?", pack_id)[0][0])
 
     def record_image(self, image: ManagedImage) -> None:
         meta = image.metadata

@@ -181,7 +181,7 @@ class Syncer:
 
     def _known_pack(self, report: MappingReport) -> bool:
         record = self.store.mapping(report.config.path)
-        return bool(record and record.pack_id and self.store.managed(record.pack_id))
+        return bool(record and record.pack_id and self.store.count_images(record.pack_id))
 
     async def _resolve_pack(self, report: MappingReport) -> RemotePack | None:
         """Read the mapping's pack (None: it must be created); a mapping error leaves ``report.error``."""
@@ -227,7 +227,7 @@ class Syncer:
     def _input(self, report: MappingReport, remote: RemotePack | None, scan: Scan,
                options: SyncOptions) -> MappingInput:
         mapping = report.config
-        managed = self.store.managed(remote.pack_id) if remote else []
+        managed = self.store.managed(remote.pack_id, details=False) if remote else []
         recorded = {image.image_id for image in managed}
         unrecorded = {image.url for image in remote.images if image.image_id not in recorded} if remote else set()
         return MappingInput(
@@ -252,7 +252,8 @@ class Syncer:
                     raise pack
                 self.log.warning("metadata poll failed", pack_id=pack_id, error=str(pack))
                 continue
-            self.store.update_metadata(pack_id, metadata_updates(self.store.managed(pack_id), pack.images))
+            known = self.store.managed(pack_id, details=False)
+            self.store.update_metadata(pack_id, metadata_updates(known, pack.images))
 
     async def wait_for_metadata(self, pack_ids: list[str], options: SyncOptions) -> int:
         """Poll until packsync's images in these packs settle, backing off; returns how many did not."""
