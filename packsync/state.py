@@ -241,6 +241,15 @@ class Store:
         finally:
             cursor.close()
 
+    def _write(self, sql: str, *params: Any) -> None:
+        """One statement, committed: for the steps recorded once per file as the API confirms them."""
+        cursor = self.session.connection().connection.cursor()
+        try:
+            cursor.execute(sql, params)
+        finally:
+            cursor.close()
+        self.session.commit()
+
     def file_cache(self, root: Path) -> dict[str, CachedFile]:
         """What the last scan of ``root`` saw, by relative path."""
         rows = self._rows("SELECT rel_path, dev, inode, size, mtime_ns, sha256, content_type, problem "
@@ -293,13 +302,15 @@ class Store:
         return found
 
     def blob(self, sha256: str) -> Blob | None:
-        row = self.session.get(BlobRow, sha256)
-        return _blob(row) if row else None
+        rows = self._rows("SELECT sha256, content_type, url, upload_url, expires_at, uploaded FROM blobs "
+                          "WHERE sha256 = ?", sha256)
+        return Blob(*rows[0][:5], bool(rows[0][5])) if rows else None
 
     def save_blob(self, blob: Blob) -> None:
-        self.session.merge(BlobRow(sha256=blob.sha256, content_type=blob.content_type, url=blob.url,
-                                   upload_url=blob.upload_url, expires_at=blob.expires_at, uploaded=blob.uploaded))
-        self.session.commit()
+        """Record an upload step; committed at once (several per file: plain SQL, not the ORM)."""
+        self._write("INSERT OR REPLACE INTO blobs (sha256, content_type, url, upload_url, expires_at, uploaded) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", blob.sha256, blob.content_type, blob.url, blob.upload_url,
+                    blob.expires_at, blob.uploaded)
 
     def known_urls(self, urls: Collection[str]) -> dict[str, str]:
         """Those of ``urls`` that are packsync's own uploads, with their content hash."""
@@ -330,12 +341,12 @@ class Store:
         return int(self._rows("SELECT count(*) FROM images WHERE pack_id = ?", pack_id)[0][0])
 
     def record_image(self, image: ManagedImage) -> None:
+        """Record an image packsync added (or adopted); committed at once."""
         meta = image.metadata
-        self.session.merge(ImageRow(pack_id=image.pack_id, image_id=image.image_id, sha256=image.sha256,
-                                    url=image.url, file_name=image.file_name, meta_status=meta.status,
-                                    description=meta.description, keywords=json.dumps(list(meta.keywords)),
-                                    meta_error=meta.error))
-        self.session.commit()
+        self._write("INSERT OR REPLACE INTO images (pack_id, image_id, sha256, url, file_name, meta_status, "
+                    "description, keywords, meta_error, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    image.pack_id, image.image_id, image.sha256, image.url, image.file_name, meta.status,
+                    meta.description, json.dumps(list(meta.keywords)), meta.error, time.time())
 
     def forget_images(self, pack_id: str, image_ids: Iterable[str] | None = None) -> None:
         """Drop image records of ``pack_id``: the given ones, or all of them."""
