@@ -286,7 +286,8 @@ def test_unit_files_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     executable = Path(sys.executable).with_name("packsync")
     for name, target in (("packsync.service", "packsync.service"), ("packsync@.service", "packsync@check.service")):
         text = (units / name).read_text()
-        text = text.replace("%h/.local/bin/packsync", str(executable)).replace("/usr/local/bin/packsync", str(executable))
+        for path in ("%h/.local/bin/packsync", "/usr/local/bin/packsync"):
+            text = text.replace(path, str(executable))
         (tmp_path / target).write_text(text)
         result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / target)], capture_output=True,
                                 text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)})

@@ -5,15 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+from conftest import wait_until
 
 from packsync.sandbox import Account, Faults, Sandbox
 
@@ -53,18 +53,6 @@ def make_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
             + chunk(b"IEND", b""))
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float = 5.0) -> T:
-    """Poll ``probe`` until it returns something truthy, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -280,7 +268,7 @@ def test_storage_rejects_expired_url(tmp_path: Path) -> None:
         ticket = api.post("/files", json={"contentType": "image/png"}).json()["data"]
         assert ticket["expiresIn"] == 1
         expires = int(ticket["uploadUrl"].split("expires=")[1].split("&")[0])
-        wait_for(lambda: time.time() >= expires, timeout=3)
+        wait_until(lambda: time.time() >= expires, timeout=3)
         r = PLAIN.put(ticket["uploadUrl"], content=b"x", headers={"Content-Type": "image/png"})
         assert r.status_code == 403 and "<Code>AccessDenied</Code>" in r.text
         assert "Request has expired" in r.text
@@ -295,7 +283,7 @@ def test_enrichment_completes_for_real_png(sb: Sandbox, api: httpx.Client) -> No
     iid = api.post(f"/packs/{pid}/images", json={"image_url": url}).json()["data"]["id"]
     first = api.get(f"/packs/{pid}").json()["data"]["images"][0]["metadata"]
     assert first["status"] in ("pending", "processing")
-    meta = wait_for(lambda: image_status(sb, pid, iid))
+    meta = wait_until(lambda: image_status(sb, pid, iid))
     assert meta["status"] == "completed" and meta["error"] is None
     assert meta["description"] == "A 64×48 red PNG image."
     assert meta["keywords"] == ["png", "red", "landscape", "64x48"]
@@ -309,9 +297,9 @@ def test_enrichment_fails_for_text_and_foreign_urls(sb: Sandbox, api: httpx.Clie
     pid = sb.create_pack("P")
     text_id = api.post(f"/packs/{pid}/images", json={"image_url": url}).json()["data"]["id"]
     foreign_id = sb.add_image(pid, "https://elsewhere.example/p.png")
-    text_meta = wait_for(lambda: image_status(sb, pid, text_id))
+    text_meta = wait_until(lambda: image_status(sb, pid, text_id))
     assert text_meta["status"] == "failed" and text_meta["error"] == "image bytes are not a supported image"
-    foreign_meta = wait_for(lambda: image_status(sb, pid, foreign_id))
+    foreign_meta = wait_until(lambda: image_status(sb, pid, foreign_id))
     assert foreign_meta["status"] == "failed" and foreign_meta["error"] == "image URL could not be fetched"
     assert text_meta["description"] is None and text_meta["keywords"] == []
 
