@@ -23,7 +23,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,9 +243,13 @@ class Store:
 
     def _write(self, sql: str, *params: Any) -> None:
         """One statement, committed: for the steps recorded once per file as the API confirms them."""
+        self._write_many(sql, [params])
+
+    def _write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One statement for each row, committed together."""
         cursor = self.session.connection().connection.cursor()
         try:
-            cursor.execute(sql, params)
+            cursor.executemany(sql, rows)
         finally:
             cursor.close()
         self.session.commit()
@@ -260,16 +264,12 @@ class Store:
                         current: Mapping[str, CachedFile]) -> None:
         """Store what a scan saw, writing only the rows that changed."""
         key = str(root)
-        gone = [rel for rel in previous if rel not in current]
-        for start in range(0, len(gone), 500):
-            self.session.exec(delete(FileRow).where(FileRow.root == key,
-                                                    col(FileRow.rel_path).in_(gone[start:start + 500])))
-        for rel, cached in current.items():
-            if previous.get(rel) != cached:
-                self.session.merge(FileRow(root=key, rel_path=rel, dev=cached.dev, inode=cached.inode,
-                                           size=cached.size, mtime_ns=cached.mtime_ns, sha256=cached.sha256,
-                                           content_type=cached.content_type, problem=cached.problem))
-        self.session.commit()
+        self._write_many("DELETE FROM files WHERE root = ? AND rel_path = ?",
+                         [(key, rel) for rel in previous if rel not in current])
+        self._write_many("INSERT OR REPLACE INTO files (root, rel_path, dev, inode, size, mtime_ns, sha256, "
+                         "content_type, problem) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         [(key, rel, c.dev, c.inode, c.size, c.mtime_ns, c.sha256, c.content_type, c.problem)
+                          for rel, c in current.items() if previous.get(rel) != c])
 
     def save_problems(self, root: Path, problems: Iterable[Problem]) -> None:
         """Replace what the last scan of ``root`` reported."""
@@ -304,7 +304,10 @@ class Store:
     def blob(self, sha256: str) -> Blob | None:
         rows = self._rows("SELECT sha256, content_type, url, upload_url, expires_at, uploaded FROM blobs "
                           "WHERE sha256 = ?", sha256)
-        return Blob(*rows[0][:5], bool(rows[0][5])) if rows else None
+        if not rows:
+            return None
+        sha, content_type, url, upload_url, expires_at, uploaded = rows[0]
+        return Blob(sha, content_type, url, upload_url, expires_at, bool(uploaded))
 
     def save_blob(self, blob: Blob) -> None:
         """Record an upload step; committed at once (several per file: plain SQL, not the ORM)."""
