@@ -8,6 +8,7 @@ sandbox's arrival time of each request (see ``RecordingSandbox``).
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from functools import partial
 from pathlib import Path
@@ -18,21 +19,33 @@ from harness import (
     PACKS_GET,
     STORAGE_PUT,
     Context,
-    DaemonProcess,
     RecordingSandbox,
     Row,
     Setup,
     calls_dict,
     percentile,
+    start_daemon,
     status_json,
-    wait_until,
     write_images,
 )
+
+from packsync.testing import DaemonProcess, wait_until
 
 LATENCY_S = 0.040
 DEBOUNCE_S = 1.0
 CONCURRENCY = 8
 SLACK_S = 0.5
+
+
+def _stop(daemon: DaemonProcess) -> int | None:
+    """Stop the daemon; its exit code, or None when it had to be killed."""
+    try:
+        return daemon.stop(timeout=15)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        daemon.sock.close()
+        daemon.log.close()
 
 
 def _start(work: Path, sandbox: RecordingSandbox, name: str) -> tuple[Path, str, Path, DaemonProcess]:
@@ -41,7 +54,7 @@ def _start(work: Path, sandbox: RecordingSandbox, name: str) -> tuple[Path, str,
     write_images(folder, [1], prefix="seed")  # a folder that already holds a synced image
     config = Setup(work, sandbox.base_url, concurrency=CONCURRENCY, mappings=[(folder, pack_id)],
                    daemon={"debounce_s": DEBOUNCE_S, "rescan_interval_s": 3600}).write()
-    daemon = DaemonProcess(config, work)
+    daemon = start_daemon(config, work)
     daemon.wait_ready()
     wait_until(partial(_holds, sandbox, pack_id, 1), timeout=30, what="seed image in the pack")
     _wait_quiet(sandbox, 2.0, timeout=60)  # the start-up sync and its metadata polls are over
@@ -81,7 +94,7 @@ def run_drops(ctx: Context) -> list[Row]:
                 wait_until(partial(_holds, sandbox, pack_id, i + 2), timeout=30, what="image in the pack")
                 time.sleep(0.2)
         finally:
-            code = daemon.close()
+            code = _stop(daemon)
     p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
     limit = DEBOUNCE_S + SLACK_S
     return [Row(
@@ -120,7 +133,7 @@ def run_burst(ctx: Context) -> list[Row]:
             settled_s = time.monotonic() - started
             _wait_quiet(sandbox, 3.0, timeout=120)
         finally:
-            code = daemon.close()
+            code = _stop(daemon)
         calls = sandbox.calls
         last_add = max(sandbox.arrivals_of(*ADD_IMAGE))
         gets = sandbox.arrivals_of(*PACKS_GET)

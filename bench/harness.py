@@ -13,8 +13,6 @@ import ctypes
 import json
 import math
 import os
-import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -30,6 +28,7 @@ from typing import Any
 
 from packsync.media import png_bytes
 from packsync.sandbox import Account, Faults, Sandbox
+from packsync.testing import DaemonProcess
 
 TOKEN = "gva_bench_key.not-a-real-secret"
 SCOPE = "ws-bench"
@@ -307,58 +306,10 @@ class FileOpenCounter:
 
 # -- the daemon -------------------------------------------------------------------------------------
 
-class DaemonProcess:
-    """A running ``packsync daemon`` with its own notify socket, as systemd starts it."""
-
-    def __init__(self, config: Path, workdir: Path, watchdog_usec: int = 120_000_000) -> None:
-        self.socket_path = workdir / "notify.sock"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(self.socket_path))
-        self.sock.settimeout(0.1)
-        self.messages: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        env = child_env(NOTIFY_SOCKET=str(self.socket_path), WATCHDOG_USEC=str(watchdog_usec),
-                        PYTHONUNBUFFERED="1")
-        self.log_path = workdir / "daemon.log"
-        self.log = self.log_path.open("w")
-        self.proc = subprocess.Popen(packsync_argv(config, "daemon"), stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=env, cwd=workdir)
-
-    def _read(self) -> None:
-        while self.sock.fileno() != -1:
-            try:
-                self.messages += self.sock.recv(4096).decode().split("\n")
-            except (TimeoutError, BlockingIOError):
-                continue
-            except OSError:
-                return
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(m.startswith("READY=1") for m in list(self.messages)):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"packsync daemon exited with {self.proc.returncode}:\n{self.output()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"packsync daemon not ready within {timeout} s:\n{self.output()[-2000:]}")
-            time.sleep(0.02)
-
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def close(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None
-        finally:
-            self.sock.close()
-            self.log.close()
+def start_daemon(config: Path, workdir: Path, watchdog_usec: int = 120_000_000) -> DaemonProcess:
+    """A real ``packsync daemon`` on ``config``, with a notify socket of its own (``packsync.testing``)."""
+    return DaemonProcess(packsync_argv(config, "daemon"), child_env(WATCHDOG_USEC=str(watchdog_usec)), workdir,
+                         cwd=workdir)
 
 
 def status_json(config: Path, cwd: Path) -> dict[str, Any]:
@@ -368,17 +319,6 @@ def status_json(config: Path, cwd: Path) -> dict[str, Any]:
         raise RuntimeError(f"packsync status failed: {done.tail()}")
     document: dict[str, Any] = json.loads(done.stdout)
     return document
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0.005, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met within {timeout} s")
-        time.sleep(interval)
 
 
 # -- numbers ----------------------------------------------------------------------------------------

@@ -5,78 +5,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TOKEN, Env, image, wait_until, write
+from conftest import TOKEN, Env, image, write
 
 from packsync.errors import ExitCode
 from packsync.media import png_bytes
-
-
-class DaemonProcess:
-    """A running `packsync daemon` with its own notify socket, as systemd would start it."""
-
-    def __init__(self, env: Env, *args: str) -> None:
-        self.env = env
-        self.socket_path = env.root / "notify.sock"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(self.socket_path))
-        self.sock.settimeout(0.1)
-        self.messages: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        child_env = {k: v for k, v in os.environ.items() if k != "GENVIRAL_TOKEN"}
-        child_env.update(GENVIRAL_TOKEN=TOKEN, NOTIFY_SOCKET=str(self.socket_path), WATCHDOG_USEC="2000000",
-                         PYTHONUNBUFFERED="1")
-        self.log = (env.root / "daemon.log").open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "packsync", "-c", str(env.config_path), "daemon", *args],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=child_env)
-
-    def _read(self) -> None:
-        """Drain the socket continuously, as systemd does."""
-        while self.sock.fileno() != -1:
-            try:
-                self.messages += self.sock.recv(4096).decode().split("\n")
-            except (TimeoutError, BlockingIOError):
-                continue
-            except OSError:
-                return
-
-    def received(self, prefix: str) -> bool:
-        """Whether a notify message starting with ``prefix`` has arrived."""
-        return any(m.startswith(prefix) for m in list(self.messages))
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        wait_until(lambda: self.received("READY=1") or self.proc.poll() is not None, timeout=timeout)
-        assert self.proc.poll() is None, self.output()
-
-    def output(self) -> str:
-        self.log.flush()
-        return (self.env.root / "daemon.log").read_text()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=10)
-            time.sleep(0.05)  # let the reader thread take the last datagrams off the socket
-            return code
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-
-    def close(self) -> None:
-        self.stop()
-        self.sock.close()
-        self.log.close()
+from packsync.testing import DaemonProcess, wait_until
 
 
 @pytest.fixture
@@ -92,7 +32,10 @@ def start(daemon_env: Env) -> Iterator[object]:
 
     def launch(*args: str) -> DaemonProcess:
         daemon_env.write_config()
-        daemon = DaemonProcess(daemon_env, *args)
+        env = {k: v for k, v in os.environ.items() if k != "GENVIRAL_TOKEN"}
+        env.update(GENVIRAL_TOKEN=TOKEN, WATCHDOG_USEC="2000000")
+        argv = [sys.executable, "-m", "packsync", "-c", str(daemon_env.config_path), "daemon", *args]
+        daemon = DaemonProcess(argv, env, daemon_env.root)
         started.append(daemon)
         daemon.wait_ready()
         return daemon

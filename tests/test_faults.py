@@ -21,11 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TOKEN, Env, image, wait_until, write
+from conftest import TOKEN, Env, image, write
 
 from packsync.client import GenviralClient, RetryPolicy
 from packsync.errors import ApiError, ExitCode, TransientError
 from packsync.sandbox import Account, Faults, Sandbox
+from packsync.testing import wait_until
 
 ADD = ("POST", "/packs/{id}/images")
 DELETE = ("DELETE", "/packs/{id}/images/{image_id}")

@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TOKEN, Env, image, wait_until, write
+from conftest import TOKEN, Env, image, write
 
 from packsync.errors import ExitCode
+from packsync.testing import wait_until
 
 DELETE = ("DELETE", "/packs/{id}/images/{image_id}")
 

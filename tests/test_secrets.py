@@ -14,9 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import TOKEN, Env, image, wait_until, write
+from conftest import TOKEN, Env, image, write
 
 from packsync.errors import ExitCode
+from packsync.testing import wait_until
 
 
 def all_files_below(folder: Path) -> list[Path]:
