@@ -68,6 +68,7 @@ async def sync_with(config: Config, token: str, options: SyncOptions, progress: 
         async with GenviralClient(config.genviral.base_url, token, concurrency=config.genviral.concurrency) as api:
             return await Syncer(config, store, api, progress).sync(options)
     finally:
+        progress.close()
         store.close()
 
 
@@ -87,10 +88,7 @@ def run(ctx: click.Context, dry_run: bool, no_wait: bool, wait_timeout: float, f
     options = SyncOptions(dry_run=dry_run, wait=not no_wait, wait_timeout_s=wait_timeout, force=force)
     progress = Progress()
     with StateLock(config.state_path):
-        try:
-            report = asyncio.run(sync_with(config, token, options, progress))
-        finally:
-            progress.close()
+        report = asyncio.run(sync_with(config, token, options, progress))
     (print_plan if dry_run else print_run)(report, sys.stdout)
     sys.exit(int(report.exit_code))
 

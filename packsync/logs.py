@@ -33,6 +33,11 @@ def _scrub(_logger: Any, _method: str, rendered: Any) -> Any:
     return redact(rendered)
 
 
+def _clear_line(_logger: Any, _method: str, rendered: Any) -> Any:
+    """On a terminal, start each event on a cleared line: the progress display may be on it."""
+    return "\r\x1b[2K" + rendered
+
+
 def configure(verbose: bool = False, *, tty: bool | None = None) -> None:
     """Set up structlog for a command: debug events only with ``-v``; console or JSON renderer."""
     tty = sys.stderr.isatty() if tty is None else tty
@@ -45,6 +50,7 @@ def configure(verbose: bool = False, *, tty: bool | None = None) -> None:
             structlog.processors.format_exc_info if not tty else structlog.dev.set_exc_info,
             renderer,
             _scrub,
+            *([_clear_line] if tty else []),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if verbose else logging.INFO),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
