@@ -116,9 +116,12 @@ class GenviralClient:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         timeouts = httpx.Timeout(timeout, connect=10.0, write=max(timeout, 120.0))
         agent = {"User-Agent": f"packsync/{__version__}"}
+        tls = httpx.create_ssl_context()  # one for both clients: building one costs tens of ms
         self._api = httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", transport=transport, limits=limits,
-                                      timeout=timeouts, headers={**agent, "Authorization": f"Bearer {token}"})
-        self._storage = httpx.AsyncClient(transport=transport, limits=limits, timeout=timeouts, headers=agent)
+                                      timeout=timeouts, headers={**agent, "Authorization": f"Bearer {token}"},
+                                      verify=tls)
+        self._storage = httpx.AsyncClient(transport=transport, limits=limits, timeout=timeouts, headers=agent,
+                                          verify=tls)
         self._slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
         self.retry = retry
@@ -160,12 +163,14 @@ class GenviralClient:
             if self._failing[route] >= self.retry.breaker:
                 raise TransientError(f"{route}: not sent; the last {self._failing[route]} attempts all failed, "
                                      "so this run gives up on it")
+            client = self._storage if storage else self._api
+            # Built before taking a slot: a slot stands for a request on the wire, not one being prepared.
+            request = client.build_request(method, path if storage else path.lstrip("/"), **kwargs)
             try:
                 async with self._slots:
                     self.calls[route] += 1
-                    client = self._storage if storage else self._api
                     try:
-                        response = await client.request(method, path if storage else path.lstrip("/"), **kwargs)
+                        response = await client.send(request)
                     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                         raise TransientError(f"{method} {what}: cannot connect ({type(exc).__name__})") from None
                     except httpx.TransportError as exc:
