@@ -38,8 +38,9 @@ ChangeCallback = Callable[[Path, Path, bool], None]
 _EVENTS = [FileCreatedEvent, FileModifiedEvent, FileDeletedEvent, FileMovedEvent, FileClosedEvent,
            DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
 
-INOTIFY_HINT = ("raise the limit with `sudo sysctl fs.inotify.max_user_watches=524288` "
-                "(persist it in /etc/sysctl.d/), then restart packsync")
+#: The sysctl to raise for each way inotify runs out, as the message names it.
+INOTIFY_LIMITS = {errno.ENOSPC: "fs.inotify.max_user_watches=524288",
+                  errno.EMFILE: "fs.inotify.max_user_instances=1024"}
 
 
 class _Handler(FileSystemEventHandler):
@@ -87,12 +88,13 @@ class Watcher:
             try:
                 return self._start(root, Observer(), "inotify")
             except OSError as exc:
-                if exc.errno not in (errno.ENOSPC, errno.EMFILE):
+                if exc.errno not in INOTIFY_LIMITS:
                     raise
                 if not self._warned:
                     self._warned = True
-                    self.log.warning(f"inotify limit reached ({exc.strerror}); polling instead. {INOTIFY_HINT}",
-                                     path=str(root))
+                    self.log.warning(f"inotify limit reached ({exc.strerror}); polling instead. Raise it with "
+                                     f"`sudo sysctl {INOTIFY_LIMITS[exc.errno]}` (persist it in /etc/sysctl.d/), "
+                                     "then restart packsync", path=str(root))
         return self._start(root, PollingObserver(timeout=self.polling_interval_s), "polling")
 
     def _start(self, root: Path, observer: BaseObserver, mode: str) -> str:

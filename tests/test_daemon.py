@@ -235,3 +235,34 @@ def test_unit_files_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / target)], capture_output=True,
                                 text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)})
         assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_out_of_inotify_instances_says_so_once_and_polls_instead(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    """With every inotify instance of the user taken, the daemon names the sysctl and polls."""
+    import ctypes
+    import errno
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    held: list[int] = []
+    try:
+        while len(held) < 4096:
+            fd = libc.inotify_init()
+            if fd < 0:
+                assert ctypes.get_errno() == errno.EMFILE
+                break
+            held.append(fd)
+        else:
+            pytest.skip("could not exhaust inotify instances")
+        pack_id = daemon_env.sandbox.create_pack("p")
+        folder = daemon_env.map("pics", pack_id=pack_id)
+        write(folder / "seed.png", image())
+        daemon = start()
+
+        write(folder / "polled.png", image())
+        wait_until(lambda: len(images(daemon_env, pack_id)) == 2, timeout=20)
+    finally:
+        for fd in held:
+            os.close(fd)
+    log = daemon.output()
+    assert log.count("inotify limit reached") == 1
+    assert "sudo sysctl fs.inotify.max_user_instances=" in log and '"polling"' in log
