@@ -19,7 +19,7 @@ import click
 from packsync import __version__
 from packsync.client import GenviralClient
 from packsync.config import Config, find_config_path, load_config
-from packsync.errors import ExitCode, PacksyncError
+from packsync.errors import PacksyncError
 from packsync.lock import StateLock
 from packsync.logs import configure, redact, register_secret
 from packsync.progress import Progress
@@ -166,5 +166,3 @@ def demo(keep: Path | None) -> None:
 if __name__ == "__main__":
     main()
 
-
-__all__ = ["ExitCode", "main", "sync_with"]

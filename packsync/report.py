@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 from packsync.config import Config
 from packsync.state import Store
-from packsync.sync import SyncReport, pack_label
+from packsync.sync import SyncReport
 
 STATUS_VERSION = 1
 
@@ -190,5 +190,3 @@ def print_packs(packs: list[Any], out: TextIO) -> None:
         out.write(f"{pack.pack_id:<36}  {pack.name:<{width}}  {pack.image_count}"
                   + ("  (public)" if pack.is_public else "") + "\n")
 
-
-__all__ = ["pack_label", "print_packs", "print_plan", "print_run", "print_status", "status_data"]
