@@ -56,6 +56,7 @@ class _Change:
     last_event: float
     closed: bool
     stat: tuple[int, int] | None
+    first_event: float
 
 
 def _stat_key(path: Path) -> tuple[int, int] | None:
@@ -170,7 +171,7 @@ class Daemon:
         change = self.changes.get(path)
         now = time.monotonic()
         if change is None:
-            self.changes[path] = _Change(root, now, closed, _stat_key(path))
+            self.changes[path] = _Change(root, now, closed, _stat_key(path), now)
         else:
             change.last_event, change.closed, change.stat = now, closed, _stat_key(path)
         self.wake.set()
@@ -194,13 +195,16 @@ class Daemon:
         roots: set[Path] = set()
         busy: dict[Path, set[str]] = {}
         for root, entries in by_root.items():
-            oldest = min(change.last_event for _, change, _ in entries)
-            if all(quiet for *_, quiet in entries) or now - oldest >= MAX_BATCH_WAIT_S:
+            # A file that never stops changing must not hold back the rest of its folder for ever.
+            waiting = now - min(change.first_event for _, change, _ in entries)
+            if all(quiet for *_, quiet in entries) or waiting >= MAX_BATCH_WAIT_S:
                 roots.add(root)
                 busy[root] = {str(p.relative_to(root)) for p, _, quiet in entries if not quiet}
-                for path, _, quiet in entries:
+                for path, change, quiet in entries:
                     if quiet:
                         del self.changes[path]
+                    else:
+                        change.first_event = now  # still busy: wait a full batch again
         return roots, busy
 
     def _next_deadline(self, now: float) -> float:
