@@ -274,7 +274,7 @@ class Store:
     def save_problems(self, root: Path, problems: Iterable[Problem]) -> None:
         """Replace what the last scan of ``root`` reported."""
         key = str(root)
-        self.session.exec(delete(ProblemRow).where(ProblemRow.root == key))
+        self.session.exec(delete(ProblemRow).where(col(ProblemRow.root) == key))
         for problem in problems:
             self.session.merge(ProblemRow(root=key, rel_path=problem.rel_path, reason=problem.reason,
                                           notice=problem.notice))
@@ -353,7 +353,7 @@ class Store:
 
     def forget_images(self, pack_id: str, image_ids: Iterable[str] | None = None) -> None:
         """Drop image records of ``pack_id``: the given ones, or all of them."""
-        statement = delete(ImageRow).where(ImageRow.pack_id == pack_id)
+        statement = delete(ImageRow).where(col(ImageRow.pack_id) == pack_id)
         if image_ids is not None:
             statement = statement.where(col(ImageRow.image_id).in_(list(image_ids)))
         self.session.exec(statement)
@@ -362,7 +362,8 @@ class Store:
     def update_metadata(self, pack_id: str, updates: Mapping[str, Metadata]) -> None:
         """Store new AI metadata for some of packsync's images in a pack."""
         for image_id, meta in updates.items():
-            self.session.exec(update(ImageRow).where(ImageRow.pack_id == pack_id, ImageRow.image_id == image_id)
+            self.session.exec(update(ImageRow).where(col(ImageRow.pack_id) == pack_id,
+                                                     col(ImageRow.image_id) == image_id)
                               .values(meta_status=meta.status, description=meta.description,
                                       keywords=json.dumps(list(meta.keywords)), meta_error=meta.error))
         if updates:
