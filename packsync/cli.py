@@ -83,6 +83,7 @@ async def sync_with(config: Config, token: str, options: SyncOptions, progress: 
 def run(ctx: click.Context, dry_run: bool, no_wait: bool, wait_timeout: float, force: bool) -> None:
     """Sync every mapped folder into its pack once."""
     config = _config(ctx)
+    config.require_mappings()
     token = config.token()
     register_secret(token)
     options = SyncOptions(dry_run=dry_run, wait=not no_wait, wait_timeout_s=wait_timeout, force=force)

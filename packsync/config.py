@@ -120,6 +120,12 @@ class Config(_Strict):
         """Read the API token from its file or environment variable; never from the config itself."""
         return read_token(self.genviral)
 
+    def require_mappings(self) -> None:
+        """Syncing needs at least one folder: say so instead of silently doing nothing."""
+        if not self.mappings:
+            raise ConfigError(f"{_where(self.source)}mappings: no [[mappings]] table, so there is nothing to sync "
+                              "(see config.example.toml).")
+
 
 def _is_loopback(host: str) -> bool:
     if host == "localhost":

@@ -400,6 +400,7 @@ def run_daemon(config_path: Path, polling: bool = False) -> ExitCode:
     from packsync.lock import StateLock
 
     config = load_config(config_path)
+    config.require_mappings()
     token = config.token()
     register_secret(token)
     with StateLock(config.state_path):

@@ -355,3 +355,13 @@ def test_cli_run_with_invalid_toml_exits_2_without_a_traceback(env: Env) -> None
     assert result.returncode == ExitCode.USAGE
     assert "not valid TOML" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_run_without_any_mapping_says_there_is_nothing_to_sync(env: Env) -> None:
+    env.write_config()
+
+    result = env.cli("run")
+
+    assert result.returncode == ExitCode.USAGE
+    assert "mappings" in result.stderr and "nothing to sync" in result.stderr
+    assert env.sandbox.calls == {}
