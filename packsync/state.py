@@ -144,10 +144,17 @@ def _check_header(path: Path) -> None:
                          "Move it away, or set [state] path to another file.")
 
 
+#: Settled metadata read without its details is the same value for every image: share it.
+_BARE = {status: Metadata(status) for status in METADATA_SETTLED}
+
+
 def _image(pack_id: str, image_id: str, sha256: str, url: str, file_name: str, status: str,
            description: str | None, keywords: str, error: str | None) -> ManagedImage:
-    words = tuple(json.loads(keywords)) if keywords != "[]" else ()
-    return ManagedImage(pack_id, image_id, sha256, url, file_name, Metadata(status, description, words, error))
+    if description is None and error is None and keywords == "[]":
+        metadata = _BARE.get(status) or Metadata(status)
+    else:
+        metadata = Metadata(status, description, tuple(json.loads(keywords)), error)
+    return ManagedImage(pack_id, image_id, sha256, url, file_name, metadata)
 
 
 def _blob(row: BlobRow) -> Blob:
@@ -269,7 +276,7 @@ class Store:
         self._write_many("INSERT OR REPLACE INTO files (root, rel_path, dev, inode, size, mtime_ns, sha256, "
                          "content_type, problem) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          [(key, rel, c.dev, c.inode, c.size, c.mtime_ns, c.sha256, c.content_type, c.problem)
-                          for rel, c in current.items() if previous.get(rel) != c])
+                          for rel, c in current.items() if previous.get(rel) is not c and previous.get(rel) != c])
 
     def save_problems(self, root: Path, problems: Iterable[Problem]) -> None:
         """Replace what the last scan of ``root`` reported."""
