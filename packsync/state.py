@@ -157,10 +157,6 @@ def _image(pack_id: str, image_id: str, sha256: str, url: str, file_name: str, s
     return ManagedImage(pack_id, image_id, sha256, url, file_name, metadata)
 
 
-def _blob(row: BlobRow) -> Blob:
-    return Blob(row.sha256, row.content_type, row.url, row.upload_url, row.expires_at, row.uploaded)
-
-
 class Store:
     """The state database, used from one thread at a time."""
 
@@ -292,7 +288,7 @@ class Store:
         return [Problem(row.rel_path, row.reason, row.notice) for row in rows]
 
     def count_files(self, root: Path) -> int:
-        return len(self.session.exec(select(FileRow.rel_path).where(FileRow.root == str(root))).all())
+        return int(self._rows("SELECT count(*) FROM files WHERE root = ?", str(root))[0][0])
 
     def file_rows(self, root: Path) -> list[FileRow]:
         return list(self.session.exec(select(FileRow).where(FileRow.root == str(root)).order_by(FileRow.rel_path)))
@@ -304,17 +300,15 @@ class Store:
         found: dict[str, Blob] = {}
         keys = list(shas)
         for start in range(0, len(keys), 500):
-            rows = self.session.exec(select(BlobRow).where(col(BlobRow.sha256).in_(keys[start:start + 500])))
-            found.update((row.sha256, _blob(row)) for row in rows)
+            batch = keys[start:start + 500]
+            rows = self._rows("SELECT sha256, content_type, url, upload_url, expires_at, uploaded FROM blobs "
+                              f"WHERE sha256 IN ({', '.join('?' * len(batch))})", *batch)
+            found.update((sha, Blob(sha, kind, url, upload_url, expires, bool(done)))
+                         for sha, kind, url, upload_url, expires, done in rows)
         return found
 
     def blob(self, sha256: str) -> Blob | None:
-        rows = self._rows("SELECT sha256, content_type, url, upload_url, expires_at, uploaded FROM blobs "
-                          "WHERE sha256 = ?", sha256)
-        if not rows:
-            return None
-        sha, content_type, url, upload_url, expires_at, uploaded = rows[0]
-        return Blob(sha, content_type, url, upload_url, expires_at, bool(uploaded))
+        return self.blobs([sha256]).get(sha256)
 
     def save_blob(self, blob: Blob) -> None:
         """Record an upload step; committed at once (several per file: plain SQL, not the ORM)."""
