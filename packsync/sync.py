@@ -259,8 +259,11 @@ class Syncer:
         """Poll until packsync's images in these packs settle, backing off; returns how many did not."""
         deadline = time.monotonic() + options.wait_timeout_s
         delay = options.poll_start_s
+        self.progress.total("metadata", sum(map(self.store.count_images, pack_ids)))
         while True:
             pending = self.store.metadata_pending(pack_ids)
+            self.progress.advance("metadata", self.progress.totals["metadata"] - sum(pending.values())
+                                  - self.progress.counts["metadata"])
             left = deadline - time.monotonic()
             if not pending or left <= 0:
                 return sum(pending.values())
