@@ -86,6 +86,7 @@ class Daemon:
         self._next_full_scan = 0.0
         self._last_full_scan: float | None = None
         self._last_ping = 0.0
+        self._published: tuple[object, ...] = ()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -332,6 +333,10 @@ class Daemon:
     def _publish(self, state: str | None = None) -> None:
         """Tell `packsync status` and systemd what the daemon is doing."""
         state = state or ("paused" if self.paused_until else ("running" if self.ready else "starting"))
+        news = (state, len(self.changes), self.last_error, self._last_full_scan, len(self.config.mappings))
+        if news == self._published:  # the idle loop calls this often: write only what changed
+            return
+        self._published = news
         self.store.save_daemon(state=state, queue=len(self.changes), last_error=self.last_error,
                                last_full_scan=self._last_full_scan)
         notify(f"STATUS={state}: {len(self.config.mappings)} folders watched, {len(self.changes)} changes queued"
