@@ -29,7 +29,7 @@ from harness import (
     write_images,
 )
 
-from packsync.testing import DaemonProcess, wait_until
+from helpers import DaemonProcess, wait_until
 
 LATENCY_S = 0.040
 DEBOUNCE_S = 1.0

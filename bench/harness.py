@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packsync.media import png_bytes
+from packsync.sandbox.imaging import solid_png
 from packsync.sandbox import Account, Faults, Sandbox
-from packsync.testing import DaemonProcess
+from helpers import DaemonProcess
 
 TOKEN = "gva_bench_key.not-a-real-secret"
 SCOPE = "ws-bench"
@@ -236,7 +236,7 @@ class Setup:
 
 def image_bytes(index: int, side: int = 8) -> bytes:
     """A small valid PNG whose colour (and so content) is unique to ``index`` (< 2**24)."""
-    return png_bytes(side, side, (index & 255, (index >> 8) & 255, (index >> 16) & 255))
+    return solid_png(side, side, (index & 255, (index >> 8) & 255, (index >> 16) & 255))
 
 
 def write_images(folder: Path, indices: Iterable[int], side: int = 8, prefix: str = "img") -> list[Path]:
@@ -307,7 +307,7 @@ class FileOpenCounter:
 # -- the daemon -------------------------------------------------------------------------------------
 
 def start_daemon(config: Path, workdir: Path, watchdog_usec: int = 120_000_000) -> DaemonProcess:
-    """A real ``packsync daemon`` on ``config``, with a notify socket of its own (``packsync.testing``)."""
+    """A real ``packsync daemon`` on ``config``, with a notify socket of its own (``tests/helpers.py``)."""
     return DaemonProcess(packsync_argv(config, "daemon"), child_env(WATCHDOG_USEC=str(watchdog_usec)), workdir,
                          cwd=workdir)
 

@@ -1,6 +1,6 @@
 """Hashing one changed 1 GiB file: packsync's own code path against ``sha256sum``.
 
-``packsync.media.digest_file`` (the scanner's one read per changed file: SHA-256 plus the head and
+``packsync.sources.media.digest_file`` (the scanner's one read per changed file: SHA-256 plus the head and
 tail checks) is timed inside a Python process around the call; ``sha256sum`` is timed as a whole
 process. Both read the same file from a warm page cache; best of 3 each.
 """
@@ -19,7 +19,7 @@ REPEATS = 3
 #: Times digest_file on the file given, REPEATS times, in a fresh interpreter.
 DIGEST = """
 import json, sys, time
-from packsync.media import digest_file
+from packsync.sources.media import digest_file
 times, digest = [], None
 for _ in range(int(sys.argv[2])):
     start = time.perf_counter()
@@ -63,7 +63,7 @@ def run(ctx: Context) -> list[Row]:
     same = ours["sha256"] == reference and ours["size"] == size
     return [Row(
         "hashing", f"one changed {size / 2**30:g} GiB file",
-        "hashing throughput of packsync.media.digest_file ÷ sha256sum on the same file (warm cache, best of 3)",
+        "hashing throughput of packsync.sources.media.digest_file ÷ sha256sum on the same file (warm cache, best of 3)",
         ratio, "≥ 0.9", same and ratio >= 0.9,
         f"digest_file {size / best_ours / 1e6:.0f} MB/s ({best_ours:.2f} s); sha256sum {size / best_theirs / 1e6:.0f} "
         f"MB/s ({best_theirs:.2f} s, whole process)" + ("" if same else "; DIGESTS DIFFER"),

@@ -27,6 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers: helpers.py
 
 import daemon_scenarios  # noqa: E402
 import first_sync  # noqa: E402

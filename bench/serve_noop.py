@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers: helpers.py
 
 from harness import TOKEN, RecordingSandbox, Setup, calls_dict  # noqa: E402
 from noop_rerun import _folders  # noqa: E402

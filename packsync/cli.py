@@ -1,7 +1,10 @@
-"""The ``packsync`` command line: parse, load the config, run one command, map errors to exit codes.
+"""The ``packsync`` command line: arguments in, one command run, exit code out.
 
-Every user-caused error ends in one sentence on stderr and a distinct exit code (see ``errors.py``
-and the README); bugs still show a traceback.
+Parsing and exit codes only: what a command does lives in the application service (``app.py``),
+the daemon and the views. Every user-caused error ends in one sentence on stderr and a distinct
+exit code (see ``errors.py`` and the README); bugs still show a traceback. The global options
+``-c/--config`` and ``-v/--verbose`` work before or after the command name. The parts a command
+needs are imported when it runs, so ``--help`` and ``--version`` stay quick.
 """
 
 from __future__ import annotations
@@ -17,135 +20,147 @@ from typing import Any
 import click
 
 from packsync import __version__
-from packsync.client import GenviralClient
 from packsync.config import Config, find_config_path, load_config
 from packsync.errors import PacksyncError
-from packsync.lock import StateLock
 from packsync.logs import configure, redact, register_secret
-from packsync.progress import Progress
-from packsync.report import print_packs, print_plan, print_run, print_status, status_data
-from packsync.state import Store
-from packsync.sync import Syncer, SyncOptions, SyncReport
 
 
-def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a PacksyncError into its one-sentence message and exit code."""
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Keep a global option wherever it was given; ``ctx.meta`` is shared by the group and its command."""
+    if value:
+        ctx.meta[f"packsync.{param.name}"] = value
+    return value
 
-    @wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except PacksyncError as exc:
-            click.echo(f"packsync: {redact(str(exc)) or 'failed'}", err=True)
-            sys.exit(int(exc.exit_code))
-        except KeyboardInterrupt:
-            click.echo("packsync: interrupted", err=True)
-            sys.exit(130)
 
-    return wrapper
+def _global_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_remember,
+                           help="Log debug events too, and the libraries' own records.")(command)
+    return click.option("-c", "--config", type=click.Path(path_type=Path), expose_value=False, callback=_remember,
+                        help="Config file (default: $PACKSYNC_CONFIG, then the user config dir).")(command)
+
+
+def _command(group: click.Group, **settings: Any) -> Callable[[Callable[..., Any]], click.Command]:
+    """A subcommand with the global options, logging set up, and errors turned into their sentence and exit code."""
+
+    def decorate(function: Callable[..., Any]) -> click.Command:
+        @wraps(function)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            configure(bool(click.get_current_context().meta.get("packsync.verbose")))
+            try:
+                return function(*args, **kwargs)
+            except PacksyncError as exc:
+                click.echo(f"packsync: {redact(str(exc)) or 'failed'}", err=True)
+                sys.exit(int(exc.exit_code))
+            except KeyboardInterrupt:
+                click.echo("packsync: interrupted", err=True)
+                sys.exit(130)
+
+        return group.command(**settings)(_global_options(run))
+
+    return decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-c", "--config", "config_path", type=click.Path(path_type=Path),
-              help="Config file (default: $PACKSYNC_CONFIG, then the user config dir).")
-@click.option("-v", "--verbose", is_flag=True, help="Log debug events too.")
+@_global_options
 @click.version_option(__version__, prog_name="packsync")
-@click.pass_context
-def main(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
+def main() -> None:
     """Keep Genviral image packs an exact mirror of local folders."""
-    configure(verbose)
-    ctx.obj = {"config_path": config_path}
 
 
-def _config(ctx: click.Context) -> Config:
-    return load_config(find_config_path(ctx.obj["config_path"]))
+def _config_path() -> Path:
+    return find_config_path(click.get_current_context().meta.get("packsync.config"))
 
 
-async def sync_with(config: Config, token: str, options: SyncOptions, progress: Progress) -> SyncReport:
-    """Open the state and the API client, and sync once."""
-    store = Store(config.state_path)
-    try:
-        async with GenviralClient(config.genviral.base_url, token, concurrency=config.genviral.concurrency) as api:
-            return await Syncer(config, store, api, progress).sync(options)
-    finally:
-        progress.close()
-        store.close()
+def _config() -> Config:
+    return load_config(_config_path())
 
 
-@main.command()
+def _token(config: Config) -> str:
+    token = config.token()
+    register_secret(token)
+    return token
+
+
+@_command(main)
 @click.option("--dry-run", is_flag=True, help="Print the plan (uploads, adds, deletes) and change nothing.")
 @click.option("--no-wait", is_flag=True, help="Do not wait for the images' AI metadata.")
 @click.option("--wait-timeout", type=click.FloatRange(min=0), default=600.0, show_default=True, metavar="S",
               help="Wait at most S seconds for the AI metadata.")
 @click.option("--force", is_flag=True, help="Allow deletes that a safety check withheld.")
-@click.pass_context
-@_reports_errors
-def run(ctx: click.Context, dry_run: bool, no_wait: bool, wait_timeout: float, force: bool) -> None:
+def run(dry_run: bool, no_wait: bool, wait_timeout: float, force: bool) -> None:
     """Sync every mapped folder into its pack once."""
-    config = _config(ctx)
+    from packsync.app import sync_once
+    from packsync.engine.sync import SyncOptions
+    from packsync.state.lock import StateLock
+    from packsync.views.progress import Progress
+    from packsync.views.text import print_plan, print_run
+
+    config = _config()
     config.require_mappings()
-    token = config.token()
-    register_secret(token)
+    token = _token(config)
     options = SyncOptions(dry_run=dry_run, wait=not no_wait, wait_timeout_s=wait_timeout, force=force)
-    progress = Progress()
     with StateLock(config.state_path):
-        report = asyncio.run(sync_with(config, token, options, progress))
+        report = asyncio.run(sync_once(config, token, options, Progress()))
     (print_plan if dry_run else print_run)(report, sys.stdout)
     sys.exit(int(report.exit_code))
 
 
-@main.command()
+@_command(main)
 @click.option("--polling", is_flag=True, help="Poll every folder instead of using inotify (network shares).")
-@click.pass_context
-@_reports_errors
-def daemon(ctx: click.Context, polling: bool) -> None:
+def daemon(polling: bool) -> None:
     """Watch the mapped folders and keep their packs in sync until stopped (SIGHUP reloads)."""
-    from packsync.daemon import run_daemon
+    from packsync.daemon.service import run_daemon
 
-    sys.exit(int(run_daemon(find_config_path(ctx.obj["config_path"]), polling=polling)))
+    sys.exit(int(run_daemon(_config_path(), polling=polling)))
 
 
-@main.command()
+@_command(main)
 @click.option("--json", "as_json", is_flag=True, help="Print the stable JSON document (see README).")
 @click.option("--files", is_flag=True, help="List every file with its image id and AI metadata.")
-@click.pass_context
-@_reports_errors
-def status(ctx: click.Context, as_json: bool, files: bool) -> None:
-    """Show each mapping's files, images and metadata, from the state (no API call)."""
-    config = _config(ctx)
-    store = Store(config.state_path)
+def status(as_json: bool, files: bool) -> None:
+    """Show each mapping's files, images and metadata, from the state (no API call, writes nothing)."""
+    from packsync.state.lock import StateLock
+    from packsync.state.store import Store
+    from packsync.views.json import status_document, write_json
+    from packsync.views.status import read_status
+    from packsync.views.text import print_status
+
+    config = _config()
+    store = Store(config.state_path, readonly=True)
     try:
-        holder = StateLock(config.state_path).holder()
-        print_status(status_data(config, store, files=files, lock_holder=holder), sys.stdout, as_json=as_json)
+        model = read_status(config, store, files=files, lock_holder=StateLock(config.state_path).holder())
     finally:
         store.close()
+    if as_json:
+        write_json(status_document(model), sys.stdout)
+    else:
+        print_status(model, sys.stdout)
 
 
-@main.command()
+@_command(main)
 @click.option("--public", is_flag=True, help="Include public packs of other accounts.")
-@click.pass_context
-@_reports_errors
-def packs(ctx: click.Context, public: bool) -> None:
+def packs(public: bool) -> None:
     """List the key's packs (id, name, image count)."""
-    config = _config(ctx)
-    token = config.token()
-    register_secret(token)
+    from packsync.app import client_for
+    from packsync.views.text import print_packs
 
-    async def fetch() -> list[Any]:
-        async with GenviralClient(config.genviral.base_url, token, concurrency=config.genviral.concurrency) as api:
+    config = _config()
+    token = _token(config)
+
+    async def fetch() -> Any:
+        async with client_for(config, token) as api:
             return await api.list_packs(include_public=public)
 
     print_packs(asyncio.run(fetch()), sys.stdout)
 
 
-@main.command()
+@_command(main)
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option("--state", "state_path", type=click.Path(path_type=Path), help="Keep the sandbox's data in this file.")
 @click.option("--latency-ms", type=click.FloatRange(min=0), default=0.0, help="Delay added to every request.")
 @click.option("--fault-rate", type=click.FloatRange(0, 1), default=0.0,
               help="Share of requests answered with 429/500/reset.")
 @click.option("--upload-ttl", type=click.FloatRange(min=1), default=600.0, help="Seconds an upload URL stays valid.")
-@_reports_errors
 def sandbox(port: int, state_path: Path | None, latency_ms: float, fault_rate: float, upload_ttl: float) -> None:
     """Serve a local Genviral Partner API on 127.0.0.1 (accepts $GENVIRAL_TOKEN, or a demo token)."""
     from packsync.sandbox import main_serve
@@ -154,9 +169,8 @@ def sandbox(port: int, state_path: Path | None, latency_ms: float, fault_rate: f
                latency_ms=latency_ms, fault_rate=fault_rate, upload_ttl_s=upload_ttl)
 
 
-@main.command()
+@_command(main)
 @click.option("--keep", type=click.Path(path_type=Path), help="Make the demo in this folder and keep it.")
-@_reports_errors
 def demo(keep: Path | None) -> None:
     """Sync sample images into the built-in sandbox and show the result. Needs no set-up."""
     from packsync.demo import run_demo
@@ -166,4 +180,3 @@ def demo(keep: Path | None) -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -24,6 +24,8 @@ DEFAULT_BASE_URL = "https://www.genviral.io/api/partner/v1"
 DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif", "*.heic", "*.heif"]
 DEFAULT_EXCLUDE = [".*", "*~", "*.tmp", "*.part"]
 CONFIG_ENV = "PACKSYNC_CONFIG"
+#: Where the token is looked for when the config names no variable, in this order.
+TOKEN_ENVS = ("GENVIRAL_TOKEN", "GENVIRAL_API_KEY")
 
 
 def default_config_path() -> Path:
@@ -40,7 +42,8 @@ class _Strict(BaseModel):
 
 class GenviralConfig(_Strict):
     base_url: str = DEFAULT_BASE_URL
-    token_env: str = "GENVIRAL_TOKEN"
+    #: None: $GENVIRAL_TOKEN, else $GENVIRAL_API_KEY (the variable Genviral's own command-line client reads).
+    token_env: str | None = None
     token_file: Path | None = None
     concurrency: Annotated[int, Field(ge=1, le=10)] = 4
 
@@ -96,8 +99,13 @@ class MappingConfig(_Strict):
 
     @property
     def label(self) -> str:
-        """How messages name this mapping."""
+        """How messages, the state and the views name this mapping's source."""
         return str(self.path)
+
+    @property
+    def pack_label(self) -> str:
+        """How messages name this mapping's pack before it has been read."""
+        return self.pack if self.pack is not None else f"pack {self.pack_id}"
 
 
 class Config(_Strict):
@@ -215,6 +223,9 @@ def load_config(path: Path) -> Config:
 
 
 def read_token(genviral: GenviralConfig) -> str:
+    """The API token, from ``token_file`` or the environment; never from the config itself."""
+    from packsync.logs import get_logger
+
     if genviral.token_file is not None:
         path = genviral.token_file
         try:
@@ -223,13 +234,16 @@ def read_token(genviral: GenviralConfig) -> str:
         except OSError as exc:
             raise ConfigError(f"genviral.token_file: cannot read {path} ({exc.strerror}).") from None
         if mode & (stat.S_IRGRP | stat.S_IROTH):
-            from packsync.logs import get_logger
-
             get_logger().warning("token file is readable by other users; chmod 600 it", path=str(path))
         if not token:
             raise ConfigError(f"genviral.token_file: {path} is empty.")
         return token
-    token = os.environ.get(genviral.token_env, "").strip()
-    if not token:
+    names = (genviral.token_env,) if genviral.token_env else TOKEN_ENVS
+    for name in names:
+        token = os.environ.get(name, "").strip()
+        if token:
+            get_logger().debug("token read from the environment", variable=name)
+            return token
+    if genviral.token_env:
         raise ConfigError(f"genviral.token_env: the environment variable {genviral.token_env} is not set.")
-    return token
+    raise ConfigError(f"genviral.token_env: neither {' nor '.join(names)} is set in the environment.")

@@ -13,14 +13,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from packsync.app import sync_once
 from packsync.config import load_config
+from packsync.engine.sync import SyncOptions
 from packsync.errors import ExitCode
-from packsync.media import png_bytes
-from packsync.progress import Progress
-from packsync.report import print_run, print_status, status_data
 from packsync.sandbox import Sandbox
-from packsync.state import Store
-from packsync.sync import SyncOptions
+from packsync.sandbox.imaging import solid_png
+from packsync.state.store import Store
+from packsync.views.progress import Progress
+from packsync.views.status import read_status
+from packsync.views.text import print_run, print_status
 
 DEMO_TOKEN = "gva_sandbox_demo.secret"
 
@@ -68,12 +70,10 @@ def run_demo(keep: Path | None = None) -> ExitCode:
 
 
 def _demo(folder: Path) -> ExitCode:
-    from packsync.cli import sync_with
-
     for rel, (width, height, rgb) in SAMPLES.items():
         path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(png_bytes(width, height, rgb))
+        path.write_bytes(solid_png(width, height, rgb))
 
     with Sandbox(enrich_delays=(0.5, 1.0)) as sandbox:
         products = sandbox.create_pack("Product Shots", scope="demo")
@@ -85,23 +85,23 @@ def _demo(folder: Path) -> ExitCode:
 
         _say(f"Sandbox at {sandbox.base_url}; sample images and config in {folder}")
         _say("First sync: 7 files (one a duplicate) into two packs; the web app's image stays")
-        report = asyncio.run(sync_with(config, DEMO_TOKEN, options, Progress()))
+        report = asyncio.run(sync_once(config, DEMO_TOKEN, options, Progress()))
         print_run(report, sys.stdout)
 
         (folder / "brand/logos/mark-blue.png").rename(folder / "brand/mark-blue-renamed.png")
         (folder / "brand/backgrounds/forest.png").unlink()
-        (folder / "products/cap.png").write_bytes(png_bytes(70, 40, (240, 220, 30)))
+        (folder / "products/cap.png").write_bytes(solid_png(70, 40, (240, 220, 30)))
         sandbox.reset_calls()
         _say("Second sync after a rename (free), a delete and a new file")
-        report = asyncio.run(sync_with(config, DEMO_TOKEN, options, Progress()))
+        report = asyncio.run(sync_once(config, DEMO_TOKEN, options, Progress()))
         print_run(report, sys.stdout)
         calls = ", ".join(f"{method} {route} ×{count}" for (method, route), count in sorted(sandbox.calls.items()))
         sys.stdout.write(f"API calls: {calls}\n")
 
         _say("packsync status --files")
-        store = Store(config.state_path)
+        store = Store(config.state_path, readonly=True)
         try:
-            print_status(status_data(config, store, files=True), sys.stdout)
+            print_status(read_status(config, store, files=True), sys.stdout)
         finally:
             store.close()
     return report.exit_code

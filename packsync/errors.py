@@ -1,21 +1,28 @@
-"""The exceptions packsync raises, and the exit code each one ends a command with.
+"""Every exception packsync raises, and the exit code each one ends a command with.
 
 Errors are classified by what the caller should do about them, not by where they came from::
 
     PacksyncError                 exit 1 unless a subclass says otherwise
     ├── ConfigError               exit 2  the config (or the command line) is wrong; names the key
     ├── LockedError               exit 2  another packsync holds the state lock
-    ├── StateError                exit 2  the state database is corrupt, foreign or too new
-    ├── SafetyStop                exit 4  syncing this mapping would delete what it should not
+    ├── StateError                exit 2  the state database is corrupt, foreign, too new or not writable
+    │   └── StateUnavailable      exit 2  locked by another program, disk full, I/O error: may pass, so
+    │                                     the daemon waits and tries again
+    ├── SourceError                       a source of content could not be read
+    │   ├── SourceUnavailable             the whole source (a mapped folder) is missing or unreadable
+    │   └── ItemChanged                   one item's bytes are no longer those that were listed
     └── ApiError                          the Genviral API (or its storage) answered with an error
         ├── AuthError             exit 3  401/402/403: the key itself is refused; stop everything
         ├── TransientError                429, 5xx, timeouts, dropped connections: retry with backoff
-        ├── UploadRejected                storage refused a presigned PUT (expired, signature): ask for a new URL
+        │   └── AmbiguousError            …after which the server may have done the work: look first
+        ├── UploadRejected                storage refused a presigned PUT (expired, signature): ask again
         ├── NotFound                      404: the pack or image is gone or out of the key's scope
-        └── PermanentError                other 4xx, malformed answers: give up on this item
+        └── PermanentError                other 4xx: give up on this item
+            └── MalformedAnswer           an answer that is not what the API documents
 
-Lower-layer exceptions (httpx, sqlite) are translated into these in exactly one place each:
-``client.py`` for HTTP and ``state.py`` for the database.
+Lower-layer exceptions are translated into these in exactly one place each: httpx's in
+``remote/genviral.py``, malformed JSON answers in ``remote/answers.py``, SQLite's in
+``state/store.py``, the file system's in ``sources/folder.py``.
 """
 
 from __future__ import annotations
@@ -51,8 +58,20 @@ class StateError(PacksyncError):
     exit_code = ExitCode.USAGE
 
 
-class SafetyStop(PacksyncError):
-    exit_code = ExitCode.SAFETY
+class StateUnavailable(StateError):
+    """The state cannot be used right now (locked by another program, disk full): it may pass."""
+
+
+class SourceError(PacksyncError):
+    pass
+
+
+class SourceUnavailable(SourceError):
+    """The source itself (a mapped folder) is missing, not a folder, or unreadable."""
+
+
+class ItemChanged(SourceError):
+    """An item's bytes are no longer those its listing hashed."""
 
 
 class ApiError(PacksyncError):
@@ -77,6 +96,10 @@ class TransientError(ApiError):
         self.retry_after = retry_after
 
 
+class AmbiguousError(TransientError):
+    """A transient failure after which the server may or may not have done the work."""
+
+
 class UploadRejected(ApiError):
     pass
 
@@ -87,3 +110,7 @@ class NotFound(ApiError):
 
 class PermanentError(ApiError):
     pass
+
+
+class MalformedAnswer(PermanentError):
+    """The API answered, but not with what its documentation promises (a missing id, a wrong type)."""

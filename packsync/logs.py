@@ -1,8 +1,11 @@
-"""Logging: structlog to stderr, readable on a terminal and JSON lines anywhere else.
+"""Logging: one pipeline to stderr, readable on a terminal and JSON lines anywhere else.
 
-Events are short lower-case sentences with key/value context, one summary event per unit of
-work. A last processor scrubs registered secrets from every rendered line, so a token can never
-reach a log even if some code path were careless enough to pass it in.
+packsync's own events (structlog) and the records of libraries that log through the standard
+``logging`` module (httpx, watchdog) meet in one handler whose ``ProcessorFormatter`` renders them
+alike. Events are short lower-case sentences with key/value context, one summary event per unit of
+work; context that holds for a while (the mapping) is bound to the logger, not repeated. A last
+processor scrubs registered secrets from every rendered line, so a token can never reach a log even
+if some code path — or some library — were careless enough to pass it in.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import sys
 from typing import Any
 
 import structlog
+from structlog.typing import FilteringBoundLogger, Processor
 
 _secrets: set[str] = set()
 
@@ -39,26 +43,40 @@ def _clear_line(_logger: Any, _method: str, rendered: Any) -> Any:
 
 
 def configure(verbose: bool = False, *, tty: bool | None = None) -> None:
-    """Set up structlog for a command: debug events only with ``-v``; console or JSON renderer."""
+    """Set up logging for a command: debug events only with ``-v``; console or JSON rendering."""
     tty = sys.stderr.isatty() if tty is None else tty
-    renderer: Any = structlog.dev.ConsoleRenderer(colors=True) if tty else structlog.processors.JSONRenderer()
-    structlog.configure(
+    level = logging.DEBUG if verbose else logging.INFO
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Processor = structlog.dev.ConsoleRenderer(colors=True) if tty else structlog.processors.JSONRenderer()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info if not tty else structlog.dev.set_exc_info,
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *([] if tty else [structlog.processors.format_exc_info]),
             renderer,
             _scrub,
             *([_clear_line] if tty else []),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if verbose else logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        ]))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    # httpx logs every request at INFO: only with -v. httpcore's DEBUG is a transport trace: never.
+    logging.getLogger("httpx").setLevel(level if verbose else logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.INFO)
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
-    # httpx logs every request at INFO through the standard library; only show it with -v.
-    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
-def get_logger(**context: Any) -> Any:
-    return structlog.get_logger("packsync", **context)
+def get_logger(**context: Any) -> FilteringBoundLogger:
+    """packsync's logger, with ``context`` bound to every event it logs."""
+    logger: FilteringBoundLogger = structlog.get_logger("packsync", **context)
+    return logger

@@ -1,4 +1,4 @@
-"""The plain values that flow between the scanner, the state, the API client and the planner.
+"""The plain values that flow between the sources, the state, the API client and the planner.
 
 Nothing here does I/O or imports a library: the planner is built from these alone, so it can be
 tested (and reasoned about) without a network, a database or a file system.
@@ -7,7 +7,6 @@ tested (and reasoned about) without a network, a database or a file system.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 METADATA_SETTLED = frozenset({"completed", "failed"})
 
@@ -29,10 +28,14 @@ class CachedFile:
 
 
 @dataclass(frozen=True, slots=True)
-class LocalFile:
-    """A syncable image found by a scan, known by its content."""
+class ContentItem:
+    """A syncable image a source holds, known by its content (SHA-256 of its bytes).
 
-    rel_path: str
+    ``key`` is how its source names it: a path relative to a mapped folder. Several items may hold
+    the same content; the pack then holds that content once.
+    """
+
+    key: str
     sha256: str
     size: int
     content_type: str
@@ -40,7 +43,7 @@ class LocalFile:
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """A file (or folder) the scan did not sync, and why, in words for the user.
+    """An item (a file, a folder) the scan did not sync, and why, in words for the user.
 
     A ``notice`` is a deliberate skip (a symlink that is not followed): it is reported but does
     not make the run fail.
@@ -53,26 +56,22 @@ class Problem:
 
 @dataclass(slots=True)
 class Scan:
-    """Everything one scan of one mapped folder found.
+    """Everything one scan of one source found.
 
-    ``files`` are the good images. ``problems`` are the files that were skipped. ``keep`` are the
-    contents that must not be deleted remotely although no good file holds them now: files that
+    ``items`` are the good images. ``problems`` are the items that were skipped. ``keep`` are the
+    contents that must not be deleted remotely although no good item holds them now: files that
     could not be read this time, and everything below folders that could not be listed. A scan
-    never lets a read error look like a deletion.
+    never lets a read error look like a deletion. ``cache`` is what each item looked like, to be
+    remembered for the next scan.
     """
 
-    root: Path
-    files: list[LocalFile] = field(default_factory=list)
+    source: str
+    items: list[ContentItem] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     keep: set[str] = field(default_factory=set)
     cache: dict[str, CachedFile] = field(default_factory=dict)
     hashed_bytes: int = 0
     hashed_files: int = 0
-
-    @property
-    def clean(self) -> bool:
-        """True when every entry below the root was seen and judged."""
-        return not self.keep
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +124,24 @@ class RemotePack:
     pack_id: str
     name: str
     images: tuple[RemoteImage, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PackSummary:
+    """A pack as ``GET /packs`` lists it."""
+
+    pack_id: str
+    name: str
+    image_count: int
+    is_public: bool
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadTicket:
+    """The answer to ``POST /files``: where to PUT the bytes, and the URL they will have."""
+
+    upload_url: str
+    url: str
+    content_type: str
+    expires_at: float

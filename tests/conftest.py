@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from packsync.cli import sync_with
+from packsync.app import sync_once
 from packsync.config import Config, parse_config
-from packsync.media import png_bytes
-from packsync.progress import Progress
+from packsync.sandbox.imaging import solid_png
+from packsync.views.progress import Progress
 from packsync.sandbox import Account, Sandbox
-from packsync.sync import SyncOptions, SyncReport
+from packsync.engine.sync import SyncOptions, SyncReport
 
 TOKEN = "gva_live_testkey.s3cr3t-token-value"
 _colours = itertools.count(1)
@@ -27,7 +27,7 @@ _colours = itertools.count(1)
 def image(width: int = 8, height: int = 8, seed: int | None = None) -> bytes:
     """A small valid PNG; each call without ``seed`` gives different bytes."""
     n = next(_colours) if seed is None else seed
-    return png_bytes(width, height, ((n * 37) % 256, (n * 91) % 256, (n * 53 + n // 256) % 256))
+    return solid_png(width, height, ((n * 37) % 256, (n * 91) % 256, (n * 53 + n // 256) % 256))
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -100,7 +100,7 @@ class Env:
         """One in-process sync, exactly as `packsync run` does it."""
         options.setdefault("wait", False)
         options.setdefault("poll_start_s", 0.05)
-        return asyncio.run(sync_with(self.config(), token, SyncOptions(**options), Progress(enabled=False)))
+        return asyncio.run(sync_once(self.config(), token, SyncOptions(**options), Progress(enabled=False)))
 
     def cli(self, *args: str, token: str | None = TOKEN, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run the real `packsync` command in a child process."""

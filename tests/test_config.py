@@ -41,7 +41,7 @@ def test_an_empty_config_takes_every_default(monkeypatch: pytest.MonkeyPatch, tm
 
     assert config.genviral.base_url == DEFAULT_BASE_URL
     assert (config.genviral.token_env, config.genviral.token_file, config.genviral.concurrency) == \
-        ("GENVIRAL_TOKEN", None, 4)
+        (None, None, 4), "no variable named: $GENVIRAL_TOKEN, then $GENVIRAL_API_KEY"
     assert (config.daemon.debounce_s, config.daemon.rescan_interval_s) == (2.0, 3600.0)
     assert config.mappings == []
     assert config.state_path == tmp_path / "state" / "packsync" / "state.db"
@@ -280,6 +280,37 @@ def test_a_missing_or_empty_token_variable_is_a_config_error(monkeypatch: pytest
         read_token(GenviralConfig(token_env="MY_GENVIRAL_KEY"))
 
     assert str(caught.value).startswith("genviral.token_env: ") and "MY_GENVIRAL_KEY" in str(caught.value)
+
+
+@pytest.mark.parametrize(("environment", "expected"), [
+    ({"GENVIRAL_API_KEY": "gva_live_cli.key"}, "gva_live_cli.key"),
+    ({"GENVIRAL_TOKEN": "gva_live_tok.en", "GENVIRAL_API_KEY": "gva_live_cli.key"}, "gva_live_tok.en"),
+    ({"GENVIRAL_TOKEN": " ", "GENVIRAL_API_KEY": "gva_live_cli.key"}, "gva_live_cli.key"),
+], ids=["only Genviral's CLI variable", "GENVIRAL_TOKEN first", "an empty GENVIRAL_TOKEN is not a token"])
+def test_without_token_env_the_key_of_genviral_s_own_cli_is_used(monkeypatch: pytest.MonkeyPatch,
+                                                                  environment: dict[str, str], expected: str) -> None:
+    for name in ("GENVIRAL_TOKEN", "GENVIRAL_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+    assert read_token(GenviralConfig()) == expected
+
+
+def test_without_token_env_or_any_variable_the_error_names_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("GENVIRAL_TOKEN", "GENVIRAL_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+    with pytest.raises(ConfigError, match="^genviral.token_env: neither GENVIRAL_TOKEN nor GENVIRAL_API_KEY is set"):
+        read_token(GenviralConfig())
+
+
+def test_a_named_token_env_is_the_only_variable_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MY_GENVIRAL_KEY", raising=False)
+    monkeypatch.setenv("GENVIRAL_API_KEY", "gva_live_cli.key")
+
+    with pytest.raises(ConfigError, match="MY_GENVIRAL_KEY is not set"):
+        read_token(GenviralConfig(token_env="MY_GENVIRAL_KEY"))
 
 
 def private_file(path: Path, text: str) -> Path:

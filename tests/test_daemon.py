@@ -15,8 +15,8 @@ import pytest
 from conftest import TOKEN, Env, image, write
 
 from packsync.errors import ExitCode
-from packsync.media import png_bytes
-from packsync.testing import DaemonProcess, wait_until
+from packsync.sandbox.imaging import solid_png
+from helpers import DaemonProcess, wait_until
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_file_written_slowly_is_uploaded_once_in_its_final_form(daemon_env: Env,
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     start()
-    data = png_bytes(300, 300, (10, 200, 30))
+    data = solid_png(300, 300, (10, 200, 30))
     chunks = [data[i:i + len(data) // 8 + 1] for i in range(0, len(data), len(data) // 8 + 1)]
 
     with (folder / "slow.png").open("wb") as handle:
@@ -106,7 +106,7 @@ def test_burst_of_500_files_is_one_plan_with_bounded_api_calls(daemon_env: Env, 
     daemon_env.sandbox.reset_calls()
     staging = daemon_env.folder("staging")
     for i in range(500):
-        write(staging / f"{i:03}.png", png_bytes(4, 4, (i % 256, i // 256, 7)))
+        write(staging / f"{i:03}.png", solid_png(4, 4, (i % 256, i // 256, 7)))
 
     for path in sorted(staging.iterdir()):
         path.rename(folder / path.name)

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 from conftest import TOKEN, Env, image, write
 
-from packsync.client import GenviralClient, RetryPolicy
+from packsync.remote.genviral import GenviralClient, RetryPolicy
 from packsync.errors import ApiError, ExitCode, TransientError
 from packsync.sandbox import Account, Faults, Sandbox
-from packsync.testing import wait_until
+from helpers import wait_until
 
 ADD = ("POST", "/packs/{id}/images")
 DELETE = ("DELETE", "/packs/{id}/images/{image_id}")

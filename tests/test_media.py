@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from packsync.media import SUPPORTED, digest_file, judge, png_bytes, sniff
+from packsync.sandbox.imaging import solid_png
+from packsync.sources.media import SUPPORTED, digest_file, judge, sniff
 
-PNG = png_bytes(4, 3, (200, 10, 10))
+PNG = solid_png(4, 3, (200, 10, 10))
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(200) + b"\xff\xd9"
 GIF = b"GIF89a" + bytes(40) + b";"
 WEBP = b"RIFF" + struct.pack("<I", 4 + 30) + b"WEBP" + bytes(30)
@@ -150,8 +151,8 @@ def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     return chunks
 
 
-def test_png_bytes_is_a_valid_solid_png_that_judge_accepts() -> None:
-    data = png_bytes(5, 3, (1, 2, 3))
+def test_solid_png_is_a_valid_solid_png_that_judge_accepts() -> None:
+    data = solid_png(5, 3, (1, 2, 3))
 
     chunks = png_chunks(data)
 
@@ -161,7 +162,7 @@ def test_png_bytes_is_a_valid_solid_png_that_judge_accepts() -> None:
     assert judged(data) == ("image/png", None)
 
 
-def test_png_bytes_differ_by_colour_and_size() -> None:
-    samples = {png_bytes(4, 4, (0, 0, 0)), png_bytes(4, 4, (0, 0, 1)), png_bytes(5, 4, (0, 0, 0))}
+def test_solid_png_differ_by_colour_and_size() -> None:
+    samples = {solid_png(4, 4, (0, 0, 0)), solid_png(4, 4, (0, 0, 1)), solid_png(5, 4, (0, 0, 0))}
 
     assert len(samples) == 3

@@ -15,15 +15,16 @@ from typing import Any
 
 import pytest
 
-from packsync.model import Blob, LocalFile, ManagedImage, Problem, RemoteImage, RemotePack, Scan
-from packsync.planner import (
+from packsync.model import Blob, ContentItem, ManagedImage, Problem, RemoteImage, RemotePack, Scan
+from packsync.engine.planner import (
     MappingInput,
     MappingOptions,
     MappingPlan,
     delete_limit,
     file_name_for,
+    Plan,
     plan_mapping,
-    plan_sync,
+    plan_uploads,
 )
 
 ROOT = Path("/photos")
@@ -59,8 +60,8 @@ class World:
     options: MappingOptions = MappingOptions()
 
     def source(self) -> MappingInput:
-        scan = Scan(root=ROOT,
-                    files=[LocalFile(rel, sha(c), 100, "image/png") for rel, c in self.folder.items()],
+        scan = Scan(source=str(ROOT),
+                    items=[ContentItem(rel, sha(c), 100, "image/png") for rel, c in self.folder.items()],
                     problems=[Problem(rel, "not an image") for rel in self.problems],
                     keep={sha(c) for c in self.keep})
         managed = [ManagedImage(PACK, image_id, sha(c), url(c), f"{c}.png") for image_id, c in self.recorded.items()]
@@ -198,8 +199,8 @@ def test_an_add_names_its_file_and_carries_what_the_upload_needs() -> None:
     (add,) = plan_mapping(world.source()).adds
 
     # Of several files with the same bytes, the first by path gives the image its name.
-    assert (add.file_name, add.path) == ("apple.png", ROOT / "copy/apple.png")
-    assert (add.sha256, add.content_type, add.size) == (sha("A"), "image/png", 100)
+    assert (add.file_name, add.item.key, add.mapping) == ("apple.png", "copy/apple.png", "photos")
+    assert (add.sha256, add.item.content_type, add.item.size) == (sha("A"), "image/png", 100)
 
 
 def test_an_adopted_image_is_recorded_under_its_file_name_and_content() -> None:
@@ -332,6 +333,11 @@ def test_file_name_for(rel_path: str, name: str) -> None:
     assert len(name) <= 255
 
 
+def plan_sync(sources: list[MappingInput], blobs: dict[str, Blob]) -> Plan:
+    """What the sync pipeline does: plan each mapping, then the uploads they need."""
+    return plan_uploads([plan_mapping(source) for source in sources], blobs)
+
+
 def mapping(label: str, folder: dict[str, str]) -> MappingInput:
     source = World(folder=folder, pack=[]).source()
     return MappingInput(label, label, source.scan, [], RemotePack(f"pack-{label}", label), {})
@@ -340,7 +346,7 @@ def mapping(label: str, folder: dict[str, str]) -> MappingInput:
 def test_same_content_in_two_mappings_is_uploaded_once_and_added_to_both() -> None:
     plan = plan_sync([mapping("one", {"a.png": "A", "b.png": "B"}), mapping("two", {"x.png": "A"})], blobs={})
 
-    assert sorted(CONTENT_OF[u.sha256] for u in plan.uploads) == ["A", "B"]
+    assert sorted(CONTENT_OF[u.add.sha256] for u in plan.uploads) == ["A", "B"]
     assert [len(m.adds) for m in plan.mappings] == [2, 1]
     assert plan.mutations == 2 + 3
 
@@ -350,7 +356,8 @@ def test_content_already_in_storage_is_added_without_an_upload() -> None:
 
     plan = plan_sync([mapping("one", {"a.png": "A", "b.png": "B"})], blobs)
 
-    assert [CONTENT_OF[u.sha256] for u in plan.uploads] == ["B"]
+    assert [CONTENT_OF[u.add.sha256] for u in plan.uploads] == ["B"]
+    assert plan.urls == {sha("A"): url("A")}, "the executor is told the URL instead of looking it up"
     assert len(plan.mappings[0].adds) == 2
 
 
@@ -361,7 +368,8 @@ def test_content_already_in_storage_is_added_without_an_upload() -> None:
 def test_content_half_uploaded_is_uploaded(blob: Blob) -> None:
     plan = plan_sync([mapping("one", {"a.png": "A"})], {sha("A"): blob})
 
-    assert [CONTENT_OF[u.sha256] for u in plan.uploads] == ["A"]
+    assert [CONTENT_OF[u.add.sha256] for u in plan.uploads] == ["A"]
+    assert plan.uploads[0].resume == blob and plan.urls == {}, "the upload resumes what the state recorded"
 
 
 def test_plan_sync_keeps_the_mappings_in_order() -> None:
@@ -372,7 +380,7 @@ def test_plan_sync_keeps_the_mappings_in_order() -> None:
 
 def test_planner_imports_no_network_database_or_watcher_library() -> None:
     """The planner is pure: importing it pulls in none of the I/O libraries."""
-    code = ("import sys, packsync.planner\n"
+    code = ("import sys, packsync.engine.planner\n"
             "heavy = ('httpx', 'sqlmodel', 'sqlalchemy', 'watchdog')\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n")
 

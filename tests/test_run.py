@@ -259,7 +259,7 @@ def test_cli_no_wait_leaves_metadata_pending_and_a_later_run_picks_it_up(env: En
     first = json.loads(env.cli("status", "--json").stdout)["mappings"][0]["metadata"]
     assert first["pending"] == 1
 
-    from packsync.testing import wait_until
+    from helpers import wait_until
     wait_until(lambda: env.pack(pack_id)["images"][0]["metadata"]["status"] == "completed")
     assert env.cli("run", "--no-wait").returncode == 0
     second = json.loads(env.cli("status", "--json").stdout)["mappings"][0]["metadata"]

@@ -21,7 +21,7 @@ import pytest
 from conftest import TOKEN, Env, image, write
 
 from packsync.errors import ExitCode
-from packsync.testing import wait_until
+from helpers import wait_until
 
 DELETE = ("DELETE", "/packs/{id}/images/{image_id}")
 
@@ -310,7 +310,7 @@ def test_second_run_while_another_holds_the_lock_exits_2_naming_its_pid(env: Env
     """Only one packsync per state: a second `run` is refused with the holder's pid, touching nothing."""
     pack_id = env.sandbox.create_pack("p")
     write(env.map("brand", pack_id=pack_id) / "a.png", image())
-    holder_code = ("import sys; from pathlib import Path; from packsync.lock import StateLock; "
+    holder_code = ("import sys; from pathlib import Path; from packsync.state.lock import StateLock; "
                    "StateLock(Path(sys.argv[1])).acquire(); print('held', flush=True); sys.stdin.read()")
     holder = subprocess.Popen([sys.executable, "-c", holder_code, str(env.state_path)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from packsync.sandbox import Account, Faults, Sandbox
-from packsync.testing import wait_until
+from helpers import wait_until
 
 T = TypeVar("T")
 

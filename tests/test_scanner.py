@@ -15,7 +15,8 @@ from conftest import image, write
 
 from packsync.config import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 from packsync.model import CachedFile, Scan
-from packsync.scanner import Filters, FolderUnavailable, scan_folder
+from packsync.errors import SourceUnavailable
+from packsync.sources.folder import Filters, scan_folder
 
 FILTERS = Filters(DEFAULT_INCLUDE, DEFAULT_EXCLUDE, max_file_bytes=10_000_000)
 FOLLOW = replace(FILTERS, follow_symlinks=True)
@@ -23,7 +24,7 @@ FOLLOW = replace(FILTERS, follow_symlinks=True)
 
 def synced(scan: Scan) -> dict[str, str]:
     """rel_path -> sha256 of the good files."""
-    return {f.rel_path: f.sha256 for f in scan.files}
+    return {f.key: f.sha256 for f in scan.items}
 
 
 def problems(scan: Scan) -> dict[str, str]:
@@ -46,9 +47,9 @@ def test_nested_folders_are_walked_and_files_known_by_content(tmp_path: Path) ->
     scan = scan_folder(tmp_path, {}, FILTERS)
 
     assert synced(scan) == {rel: sha(content) for rel, content in data.items()}
-    assert {f.rel_path: (f.size, f.content_type) for f in scan.files} == \
+    assert {f.key: (f.size, f.content_type) for f in scan.items} == \
         {rel: (len(content), "image/png") for rel, content in data.items()}
-    assert scan.problems == [] and scan.clean
+    assert scan.problems == [] and not scan.keep
     assert (scan.hashed_files, scan.hashed_bytes) == (3, sum(map(len, data.values())))
 
 
@@ -57,14 +58,14 @@ def test_an_empty_folder_has_nothing_and_is_clean(tmp_path: Path) -> None:
 
     scan = scan_folder(tmp_path / "empty", {}, FILTERS)
 
-    assert (scan.files, scan.problems, scan.clean) == ([], [], True)
+    assert (scan.items, scan.problems, not scan.keep) == ([], [], True)
 
 
 def test_the_type_comes_from_the_bytes_not_the_name(tmp_path: Path) -> None:
     jpeg = b"\xff\xd8\xff\xe0" + bytes(100) + b"\xff\xd9"
     write(tmp_path / "really-a-jpeg.png", jpeg)
 
-    (local,) = scan_folder(tmp_path, {}, FILTERS).files
+    (local,) = scan_folder(tmp_path, {}, FILTERS).items
 
     assert local.content_type == "image/jpeg"
 
@@ -87,7 +88,7 @@ def test_include_and_exclude_are_case_insensitive_globs(tmp_path: Path, name: st
 
     scan = scan_folder(tmp_path, {}, Filters(include, exclude, max_file_bytes=10_000_000))
 
-    assert [f.rel_path for f in scan.files] == ([name] if is_synced else [])
+    assert [f.key for f in scan.items] == ([name] if is_synced else [])
     assert scan.problems == []
 
 
@@ -124,7 +125,7 @@ def test_a_name_that_is_not_utf8_is_reported_legibly(tmp_path: Path) -> None:
 
     scan = scan_folder(tmp_path, {}, FILTERS)
 
-    assert scan.files == []
+    assert scan.items == []
     assert problems(scan) == {"caf\\xe9.png": "its name is not valid UTF-8; rename it"}
     (problem,) = scan.problems
     assert not problem.notice
@@ -138,7 +139,7 @@ def test_a_folder_whose_name_is_not_utf8_is_reported_and_not_entered(tmp_path: P
 
     scan = scan_folder(tmp_path, {}, FILTERS)
 
-    assert scan.files == []
+    assert scan.items == []
     assert list(problems(scan)) == ["\\xff\\xfe"]
 
 
@@ -151,7 +152,7 @@ def test_a_file_the_mapping_does_not_include_is_ignored_whatever_its_name(tmp_pa
 
     scan = scan_folder(tmp_path, {}, FILTERS)
 
-    assert scan.files == [] and scan.problems == []
+    assert scan.items == [] and scan.problems == []
 
 
 # -- bad files ------------------------------------------------------------------------------------
@@ -177,10 +178,10 @@ def test_bad_files_are_reported_with_a_reason(tmp_path: Path, name: str, data: b
 
     scan = scan_folder(tmp_path, {}, filters)
 
-    assert scan.files == []
+    assert scan.items == []
     assert list(problems(scan)) == [f"sub/{name}"] and reason in problems(scan)[f"sub/{name}"]
     assert not scan.problems[0].notice
-    assert scan.clean, "a file positively seen bad is not a read error"
+    assert not scan.keep, "a file positively seen bad is not a read error"
 
 
 def test_a_file_over_the_size_limit_is_reported_without_being_read(tmp_path: Path) -> None:
@@ -202,8 +203,8 @@ def test_a_good_file_that_turned_bad_no_longer_holds_its_old_content(tmp_path: P
 
     scan = scan_folder(tmp_path, first.cache, FILTERS)
 
-    assert scan.files == [] and "truncated" in problems(scan)["a.png"]
-    assert scan.keep == set() and scan.clean
+    assert scan.items == [] and "truncated" in problems(scan)["a.png"]
+    assert scan.keep == set() and not scan.keep
 
 
 # -- the hash cache -------------------------------------------------------------------------------
@@ -261,7 +262,7 @@ def test_a_changed_stat_key_makes_the_file_read_again(tmp_path: Path, change: st
 
     assert (scan.hashed_files, reads) == (1, [len(data)])
     assert sha(data) in synced(scan).values()
-    assert len(scan.files) == 2
+    assert len(scan.items) == 2
 
 
 def test_a_bad_files_verdict_is_cached_too(tmp_path: Path) -> None:
@@ -295,7 +296,7 @@ def test_a_busy_file_is_not_read_and_keeps_its_old_content(tmp_path: Path) -> No
 
     scan = scan_folder(tmp_path, first.cache, FILTERS, busy={"growing.png", "new-and-busy.png"})
 
-    assert (scan.files, scan.problems, scan.hashed_files) == ([], [], 0)
+    assert (scan.items, scan.problems, scan.hashed_files) == ([], [], 0)
     assert scan.keep == {first.cache["growing.png"].sha256}
     assert scan.cache == {"growing.png": first.cache["growing.png"]}
 
@@ -378,7 +379,7 @@ def test_a_changed_file_that_cannot_be_read_is_reported_and_its_old_content_kept
 
     assert list(synced(scan)) == ["open.png"]
     assert problems(scan) == {"locked.png": "cannot read (Permission denied)"}
-    assert scan.keep == {first.cache["locked.png"].sha256} and not scan.clean
+    assert scan.keep == {first.cache["locked.png"].sha256} and bool(scan.keep)
     assert scan.cache["locked.png"] == first.cache["locked.png"], "the old verdict stays cached"
 
 
@@ -388,7 +389,7 @@ def test_an_unreadable_file_never_seen_before_has_nothing_to_keep(tmp_path: Path
 
     scan = scan_folder(tmp_path, {}, FILTERS)
 
-    assert scan.files == [] and list(problems(scan)) == ["locked.png"]
+    assert scan.items == [] and list(problems(scan)) == ["locked.png"]
     assert scan.keep == set() and "locked.png" not in scan.cache
 
 
@@ -415,7 +416,7 @@ def test_an_unreadable_root_is_unavailable(tmp_path: Path, make_unreadable: Call
     write(root / "a.png", image())
     make_unreadable(root)
 
-    with pytest.raises(FolderUnavailable, match="cannot be read"):
+    with pytest.raises(SourceUnavailable, match="cannot be read"):
         scan_folder(root, {}, FILTERS)
 
 
@@ -423,7 +424,7 @@ def test_an_unreadable_root_is_unavailable(tmp_path: Path, make_unreadable: Call
 def test_a_missing_root_or_a_file_as_root_is_unavailable(tmp_path: Path, root: str) -> None:
     write(tmp_path / "a-file.png", image())
 
-    with pytest.raises(FolderUnavailable, match=str(tmp_path / root)):
+    with pytest.raises(SourceUnavailable, match=str(tmp_path / root)):
         scan_folder(tmp_path / root, {}, FILTERS)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from conftest import TOKEN, Env, image, write
 
 from packsync.errors import ExitCode
-from packsync.testing import wait_until
+from helpers import wait_until
 
 
 def all_files_below(folder: Path) -> list[Path]:

@@ -4,6 +4,7 @@ Owns everything the sandbox knows about image bytes: recognising a format from i
 signature, reading the pixel size from the header (PNG IHDR, GIF logical screen, JPEG
 SOF marker, WebP VP8/VP8L/VP8X, HEIF ``ispe``), naming the average colour of small
 8-bit RGB/RGBA PNGs, and turning that into a deterministic description and keywords.
+It also makes sample images (``solid_png``) for the demo, the tests and the benchmarks.
 Pure functions only: no I/O, no clock, no shared state.
 """
 
@@ -13,7 +14,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-__all__ = ["ImageFacts", "sniff_format", "inspect", "describe"]
+__all__ = ["ImageFacts", "sniff_format", "inspect", "describe", "solid_png"]
 
 FORMAT_LABELS: dict[str, str] = {
     "jpeg": "JPEG",
@@ -249,3 +250,15 @@ def describe(facts: ImageFacts) -> tuple[str, list[str]]:
             keywords.append(filler)
     description = " ".join(["A", *words, label, "image."])
     return description, keywords[:6]
+
+
+def solid_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A valid, solid-colour 8-bit RGB PNG: sample content whose colour the enrichment names."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(rgb) * width
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b""))

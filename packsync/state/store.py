@@ -12,28 +12,36 @@ One SQLite file (WAL mode, private to the user) with these tables:
 - ``mappings`` — per mapped folder: the pack it syncs to and how the last sync went.
 - ``daemon``   — one row: what the running daemon is doing, for ``packsync status``.
 
-Every step is committed as soon as the API confirms it, so a killed run loses at most the step in
-flight — and the planner recognises that step's result by its URL on the next run.
-SQLite errors are translated into ``StateError`` here and nowhere else.
+Folders and other sources are keyed by their label (a folder's path). Every step is committed as
+soon as the API confirms it, so a killed run loses at most the step in flight — and the planner
+recognises that step's result by its URL on the next run.
+
+SQLite errors, at opening or at any later moment, are translated here and nowhere else: into
+``StateUnavailable`` when they may pass (locked by another program, disk full, an I/O error) and
+``StateError`` otherwise, each in one sentence naming the file. A ``readonly`` store (``--dry-run``,
+``status``) never writes: not the file, and not a missing file into existence.
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, func, update
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
 
-from packsync.errors import StateError
+from packsync.errors import StateError, StateUnavailable
 from packsync.model import METADATA_SETTLED, Blob, CachedFile, ManagedImage, Metadata, Problem
 
 SCHEMA_VERSION = 1
@@ -138,7 +146,7 @@ def _check_header(path: Path) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise StateError(f"cannot open the state database {path} ({exc.strerror}).") from None
+        raise unusable(path, exc) from None
     if head and head != b"SQLite format 3\x00":
         raise StateError(f"{path} is not a SQLite database; packsync will not overwrite it. "
                          "Move it away, or set [state] path to another file.")
@@ -157,28 +165,69 @@ def _image(pack_id: str, image_id: str, sha256: str, url: str, file_name: str, s
     return ManagedImage(pack_id, image_id, sha256, url, file_name, metadata)
 
 
+T = TypeVar("T")
+
+
+def unusable(path: Path, exc: BaseException) -> StateError:
+    """The one sentence for an error of the database at ``path`` (SQLite's, or the file system's)."""
+    text = str(exc).lower()
+    code = getattr(exc, "errno", None) or getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    if "locked" in text or "busy" in text:
+        return StateUnavailable(f"the state database {path} is locked by another program "
+                                "(a backup tool, or a sqlite3 shell holding a transaction?).")
+    if "full" in text or code == errno.ENOSPC:
+        return StateUnavailable(f"no space left on the device of {path}.")
+    if "readonly" in text or "read-only" in text or "permission" in text or code in (errno.EACCES, errno.EPERM,
+                                                                                     errno.EROFS):
+        return StateError(f"cannot write the state database {path}: permission denied (check the owner and "
+                          "mode of the file and of its folder).")
+    if "disk i/o" in text or code == errno.EIO:
+        return StateUnavailable(f"the state database {path} could not be read or written (I/O error).")
+    if isinstance(exc, OSError):
+        return StateError(f"cannot use the state database {path} ({exc.strerror or exc}).")
+    return StateError(f"the state database {path} is corrupt ({exc}); packsync will not replace it. "
+                      "Move it away to start over.")
+
+
+def _translating(method: Callable[..., T]) -> Callable[..., T]:
+    """SQLite's and the file system's errors, raised at any moment, as packsync's own."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.Error, SQLAlchemyError, OSError) as exc:
+            self.rollback()
+            raise unusable(self.path, exc) from None
+
+    return wrapper
+
+
 class Store:
     """The state database, used from one thread at a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
-        _check_header(path)
-        version = self._inspect()
-        _private_file(path)
-        self.engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
-        event.listen(self.engine, "connect", self._pragmas)
+        self.readonly = readonly
         try:
-            self._set_up(version)
-        except DatabaseError as exc:
-            self.engine.dispose()
-            raise self._unusable(exc) from None
+            _check_header(path)
+            version = self._inspect()
+            if readonly and version is None and not path.exists():
+                # Nothing to read yet: an empty in-memory state, so that a dry run creates no file.
+                self.engine = create_engine("sqlite://", poolclass=StaticPool,
+                                            connect_args={"check_same_thread": False})
+                SQLModel.metadata.create_all(self.engine)
+            elif readonly:
+                self.engine = create_engine("sqlite://", poolclass=StaticPool, creator=lambda: sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, check_same_thread=False))
+            else:
+                _private_file(path)
+                self.engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
+                event.listen(self.engine, "connect", self._pragmas)
+                self._set_up(version)
+        except (sqlite3.Error, SQLAlchemyError, OSError) as exc:
+            raise unusable(path, exc) from None
         self.session = Session(self.engine, expire_on_commit=False)
-
-    def _unusable(self, exc: Exception) -> StateError:
-        if "locked" in str(exc):
-            return StateError(f"the state database {self.path} is locked by another program.")
-        return StateError(f"the state database {self.path} is corrupt ({exc}); packsync will not replace it. "
-                          "Move it away to start over.")
 
     def _inspect(self) -> int | None:
         """The schema version of an existing state file (None: new or unfinished), read-only.
@@ -192,7 +241,7 @@ class Store:
                 tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
                 meta = dict(connection.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
         except sqlite3.DatabaseError as exc:
-            raise self._unusable(exc) from None
+            raise unusable(self.path, exc) from None
         foreign = StateError(f"{self.path} is a SQLite database of another program; packsync will not touch it. "
                              "Set [state] path to another file.")
         if not meta:
@@ -230,8 +279,12 @@ class Store:
         self.session.close()
         self.engine.dispose()
 
-    def commit(self) -> None:
-        self.session.commit()
+    def rollback(self) -> None:
+        """Drop a transaction an error left open, so that the store can be used again."""
+        try:
+            self.session.rollback()
+        except (sqlite3.Error, SQLAlchemyError):
+            pass
 
     # -- files -------------------------------------------------------------------------------------
 
@@ -257,16 +310,16 @@ class Store:
             cursor.close()
         self.session.commit()
 
-    def file_cache(self, root: Path) -> dict[str, CachedFile]:
-        """What the last scan of ``root`` saw, by relative path."""
+    def file_cache(self, source: str) -> dict[str, CachedFile]:
+        """What the last scan of ``source`` saw, by item key."""
         rows = self._rows("SELECT rel_path, dev, inode, size, mtime_ns, sha256, content_type, problem "
-                          "FROM files WHERE root = ?", str(root))
+                          "FROM files WHERE root = ?", source)
         return {rel: CachedFile(*rest) for rel, *rest in rows}
 
-    def save_file_cache(self, root: Path, previous: Mapping[str, CachedFile],
+    def save_file_cache(self, source: str, previous: Mapping[str, CachedFile],
                         current: Mapping[str, CachedFile]) -> None:
         """Store what a scan saw, writing only the rows that changed."""
-        key = str(root)
+        key = source
         self._write_many("DELETE FROM files WHERE root = ? AND rel_path = ?",
                          [(key, rel) for rel in previous if rel not in current])
         self._write_many("INSERT OR REPLACE INTO files (root, rel_path, dev, inode, size, mtime_ns, sha256, "
@@ -274,24 +327,24 @@ class Store:
                          [(key, rel, c.dev, c.inode, c.size, c.mtime_ns, c.sha256, c.content_type, c.problem)
                           for rel, c in current.items() if previous.get(rel) is not c and previous.get(rel) != c])
 
-    def save_problems(self, root: Path, problems: Iterable[Problem]) -> None:
-        """Replace what the last scan of ``root`` reported."""
-        key = str(root)
+    def save_problems(self, source: str, problems: Iterable[Problem]) -> None:
+        """Replace what the last scan of ``source`` reported."""
+        key = source
         self.session.exec(delete(ProblemRow).where(col(ProblemRow.root) == key))
         for problem in problems:
             self.session.merge(ProblemRow(root=key, rel_path=problem.rel_path, reason=problem.reason,
                                           notice=problem.notice))
         self.session.commit()
 
-    def problems(self, root: Path) -> list[Problem]:
-        rows = self.session.exec(select(ProblemRow).where(ProblemRow.root == str(root)).order_by(ProblemRow.rel_path))
+    def problems(self, source: str) -> list[Problem]:
+        rows = self.session.exec(select(ProblemRow).where(ProblemRow.root == source).order_by(ProblemRow.rel_path))
         return [Problem(row.rel_path, row.reason, row.notice) for row in rows]
 
-    def count_files(self, root: Path) -> int:
-        return int(self._rows("SELECT count(*) FROM files WHERE root = ?", str(root))[0][0])
+    def count_files(self, source: str) -> int:
+        return int(self._rows("SELECT count(*) FROM files WHERE root = ?", source)[0][0])
 
-    def file_rows(self, root: Path) -> list[FileRow]:
-        return list(self.session.exec(select(FileRow).where(FileRow.root == str(root)).order_by(FileRow.rel_path)))
+    def file_rows(self, source: str) -> list[FileRow]:
+        return list(self.session.exec(select(FileRow).where(FileRow.root == source).order_by(FileRow.rel_path)))
 
     # -- blobs -------------------------------------------------------------------------------------
 
@@ -380,12 +433,12 @@ class Store:
 
     # -- mappings ----------------------------------------------------------------------------------
 
-    def mapping(self, root: Path) -> MappingRecord | None:
-        row = self.session.get(MappingRow, str(root))
+    def mapping(self, source: str) -> MappingRecord | None:
+        row = self.session.get(MappingRow, source)
         return MappingRecord(row.root, row.pack_id, row.pack_name, row.synced_at, row.last_error) if row else None
 
-    def save_mapping(self, root: Path, **fields: Any) -> None:
-        row = self.session.get(MappingRow, str(root)) or MappingRow(root=str(root))
+    def save_mapping(self, source: str, **fields: Any) -> None:
+        row = self.session.get(MappingRow, source) or MappingRow(root=source)
         for name, value in fields.items():
             setattr(row, name, value)
         self.session.add(row)
@@ -403,3 +456,9 @@ class Store:
         row.updated_at = time.time()
         self.session.add(row)
         self.session.commit()
+
+
+# Every public method, whatever moment SQLite fails at, reports it in packsync's terms.
+for _name, _method in list(vars(Store).items()):
+    if callable(_method) and not _name.startswith("_") and _name not in ("close", "rollback"):
+        setattr(Store, _name, _translating(_method))

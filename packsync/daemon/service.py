@@ -1,17 +1,17 @@
 """The daemon: a thin loop that decides *when* to run the same scan → plan → execute pipeline.
 
-Watchdog events are hints: a changed path is only noted, with the time and its size/mtime. Once a
-mapping's changed paths have all been quiet for ``debounce_s`` (a writer's close ends the wait
-early, after a short grace), the mapping is synced with the one pipeline ``run`` uses; paths still
-being written are left for the next round (``busy``), so a file is never uploaded half-done. A
-periodic full rescan, with jitter, is the truth that catches whatever the watcher missed, and an
-observer that died is restarted and its folder rescanned.
+Watchdog events are hints, fed to the change aggregator (``aggregator.py``), which says when a
+folder's changes have settled and which files are still being written (``busy``: left for the
+next round, so a file is never uploaded half-done). A periodic full rescan, with jitter, is the
+truth that catches whatever the watcher missed, and an observer that died is restarted and its
+folder rescanned.
 
-Remote trouble never kills the daemon: a failing mapping is retried with capped backoff, and a
-refused key pauses syncing (one clear error, a rare retry, or at once after SIGHUP). SIGTERM and
-SIGINT finish or abandon the sync in flight within seconds and exit 0; SIGHUP reloads the config.
-systemd hears READY=1, STATUS=, WATCHDOG=1 (from this loop, so a hung loop is noticed) and
-STOPPING=1 through ``notify.py``.
+Remote trouble never kills the daemon: a failing mapping is retried with the shared backoff, and a
+refused key pauses syncing (one clear error, a rare retry, or at once after SIGHUP). Background
+loops (metadata polling) are supervised: an unexpected error is logged and the loop restarted with
+backoff. SIGTERM and SIGINT finish or abandon the sync in flight within seconds and exit 0; SIGHUP
+reloads the config. systemd hears READY=1, STATUS=, WATCHDOG=1 (from this loop, so a hung loop is
+noticed) and STOPPING=1 through ``notify.py``.
 """
 
 from __future__ import annotations
@@ -23,48 +23,44 @@ import random
 import signal
 import threading
 import time
-from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from packsync.client import GenviralClient
-from packsync.config import Config, load_config, read_token
+from packsync.app import App, client_for, folder_filters
+from packsync.config import Config, MappingConfig, load_config, read_token
+from packsync.daemon.aggregator import Aggregator
+from packsync.daemon.notify import notify, watchdog_interval
+from packsync.daemon.watcher import Watcher
+from packsync.engine.sync import SyncOptions, SyncReport
 from packsync.errors import AuthError, ExitCode, PacksyncError
 from packsync.logs import get_logger, register_secret
-from packsync.notify import notify, watchdog_interval
-from packsync.state import Store
-from packsync.sync import Syncer, SyncOptions, SyncReport, mapping_filters
-from packsync.watcher import Watcher
+from packsync.remote.retry import Backoff, Retrying
+from packsync.state.lock import StateLock
+from packsync.state.store import Store
 
-#: After a writer closes a file, wait this long for it to be reopened before calling it quiet.
-CLOSE_GRACE_S = 0.25
-#: A folder that never stops changing is still synced this often (its busy files excepted).
-MAX_BATCH_WAIT_S = 30.0
-RETRY_START_S = 5.0
-RETRY_CAP_S = 300.0
+#: A failing mapping is retried after 5 s, doubling up to 5 min, ±20 % so that mappings drift apart.
+MAPPING_RETRY = Backoff(5.0, 300.0, 0.2)
+#: A background loop that crashed is restarted after 1 s, doubling up to 1 min.
+LOOP_RESTART = Backoff(1.0, 60.0, 0.2)
 AUTH_RETRY_S = 900.0
 STOP_GRACE_S = 5.0
 WATCHER_STOP_S = 2.0
 STOP_DEADLINE_S = 8.0
-METADATA_START_S = 1.0
-METADATA_CAP_S = 30.0
+METADATA_POLL = Backoff(1.0, 30.0)
 
 
 @dataclass(slots=True)
-class _Change:
-    root: Path
-    last_event: float
-    closed: bool
-    stat: tuple[int, int] | None
-    first_event: float
+class Folder:
+    """What the daemon keeps for one mapped folder."""
 
+    mapping: MappingConfig
+    retry: Retrying = field(default_factory=lambda: Retrying(MAPPING_RETRY))
+    retry_at: float | None = None
 
-def _stat_key(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
+    @property
+    def root(self) -> Path:
+        return self.mapping.path
 
 
 class Daemon:
@@ -74,9 +70,8 @@ class Daemon:
         self.token = token
         self.polling = polling
         self.log = get_logger()
-        self.changes: dict[Path, _Change] = {}
-        self.retry_at: dict[Path, float] = {}
-        self.retry_delay: dict[Path, float] = {}
+        self.folders = {m.label: Folder(m) for m in config.mappings}
+        self.changes = Aggregator(config.daemon.debounce_s)
         self.paused_until: float | None = None
         self.last_error: str | None = None
         self.ready = False
@@ -99,24 +94,24 @@ class Daemon:
             loop.add_signal_handler(signum, self._stop)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         self.store = Store(self.config.state_path)
-        self.api = self._client(self.config, self.token)
-        self.syncer = Syncer(self.config, self.store, self.api)
+        self.app = App.wire(self.config, self.store, client_for(self.config, self.token))
+
         def on_change(root: Path, path: Path, closed: bool) -> None:
             loop.call_soon_threadsafe(self._changed, root, path, closed)
 
         self.watcher = Watcher(on_change)
         self.store.save_daemon(pid=os.getpid(), started_at=time.time(), state="starting", queue=0, last_error=None)
-        metadata = asyncio.create_task(self._metadata_loop())
+        metadata = asyncio.create_task(self._supervised("metadata polling", self._metadata_loop))
         try:
-            for mapping in self.config.mappings:
-                self._watch(mapping.path)
+            for folder in self.folders.values():
+                self._watch(folder)
             notify("STATUS=first full scan and sync")
             await self._sync(None, {}, full=True)
             if not self.stopping.is_set():
                 self.ready = True
                 notify("READY=1")
                 self._publish()
-                self.log.info("daemon ready", folders=len(self.config.mappings),
+                self.log.info("daemon ready", folders=len(self.folders),
                               watchers=dict(sorted((str(k), v) for k, v in self.watcher.modes.items())))
             await self._loop()
         finally:
@@ -127,15 +122,11 @@ class Daemon:
             stopper.start()
             stopper.join(WATCHER_STOP_S)
             await asyncio.gather(metadata, return_exceptions=True)
-            await self.api.aclose()
+            await self.app.api.aclose()
             self.store.save_daemon(pid=None, state="stopped", queue=len(self.changes))
             self.store.close()
             self.log.info("daemon stopped")
         return ExitCode.OK
-
-    @staticmethod
-    def _client(config: Config, token: str) -> GenviralClient:
-        return GenviralClient(config.genviral.base_url, token, concurrency=config.genviral.concurrency)
 
     def _stop(self) -> None:
         self.log.info("stopping")
@@ -158,59 +149,42 @@ class Daemon:
         self.reload_requested = True
         self.wake.set()
 
-    def _watch(self, root: Path) -> None:
-        mapping = next(m for m in self.config.mappings if m.path == root)
+    def _watch(self, folder: Folder) -> None:
         try:
-            self.watcher.watch(root, mapping_filters(mapping), polling=self.polling or mapping.polling)
+            self.watcher.watch(folder.root, folder_filters(folder.mapping),
+                               polling=self.polling or folder.mapping.polling)
         except OSError as exc:
-            self.log.error("cannot watch folder; relying on rescans", path=str(root), error=exc.strerror)
+            self.log.error("cannot watch folder; relying on rescans", path=str(folder.root), error=exc.strerror)
+
+    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a background loop for ever: an unexpected error is logged and the loop restarted, backing off."""
+        restarts = Retrying(LOOP_RESTART)
+        while True:
+            started = time.monotonic()
+            try:
+                await loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a supervisor: whatever it was, log it and go on
+                if time.monotonic() - started > LOOP_RESTART.cap_s:
+                    restarts.reset()
+                delay = restarts.next_delay()
+                self.log.error(f"{name} failed; restarting it", error=f"{type(exc).__name__}: {exc}",
+                               retry_in_s=round(delay, 1), exc_info=exc)
+                await asyncio.sleep(delay)
 
     # -- events ------------------------------------------------------------------------------------
 
     def _changed(self, root: Path, path: Path, closed: bool) -> None:
         """A watcher saw ``path`` change (runs on the event loop, called from watchdog's threads)."""
-        change = self.changes.get(path)
-        now = time.monotonic()
-        if change is None:
-            self.changes[path] = _Change(root, now, closed, _stat_key(path), now)
-        else:
-            change.last_event, change.closed, change.stat = now, closed, _stat_key(path)
+        self.changes.changed(root, path, closed, time.monotonic())
         self.wake.set()
 
-    def _quiet_for(self, change: _Change) -> float:
-        debounce = self.config.daemon.debounce_s
-        return min(debounce, CLOSE_GRACE_S) if change.closed else debounce
-
-    def _due(self, now: float) -> tuple[set[Path], dict[Path, set[str]]]:
-        """Folders whose changes have settled, and per folder the files still being written."""
-        by_root: dict[Path, list[tuple[Path, _Change, bool]]] = defaultdict(list)
-        for path, change in self.changes.items():
-            quiet = False
-            if now - change.last_event >= self._quiet_for(change):
-                stat = _stat_key(path)
-                if stat == change.stat:
-                    quiet = True
-                else:  # still changing although no event said so (a polled share, mmap writes)
-                    change.stat, change.last_event, change.closed = stat, now, False
-            by_root[change.root].append((path, change, quiet))
-        roots: set[Path] = set()
-        busy: dict[Path, set[str]] = {}
-        for root, entries in by_root.items():
-            # A file that never stops changing must not hold back the rest of its folder for ever.
-            waiting = now - min(change.first_event for _, change, _ in entries)
-            if all(quiet for *_, quiet in entries) or waiting >= MAX_BATCH_WAIT_S:
-                roots.add(root)
-                busy[root] = {str(p.relative_to(root)) for p, _, quiet in entries if not quiet}
-                for path, change, quiet in entries:
-                    if quiet:
-                        del self.changes[path]
-                    else:
-                        change.first_event = now  # still busy: wait a full batch again
-        return roots, busy
-
     def _next_deadline(self, now: float) -> float:
-        deadlines = [self._next_full_scan, now + self.tick_s, *self.retry_at.values()]
-        deadlines += [c.last_event + self._quiet_for(c) for c in self.changes.values()]
+        deadlines = [self._next_full_scan, now + self.tick_s]
+        deadlines += [f.retry_at for f in self.folders.values() if f.retry_at is not None]
+        if (change := self.changes.next_deadline()) is not None:
+            deadlines.append(change)
         if self.paused_until:
             deadlines.append(self.paused_until)
         return max(0.0, min(deadlines) - now)
@@ -224,21 +198,25 @@ class Daemon:
                 await self._reload()
             for root in self.watcher.check():
                 self.log.warning("folder watcher stopped; restarting it and rescanning", path=str(root))
-                self._watch(root)
-                self.retry_at[root] = 0.0
+                folder = self.folders[str(root)]
+                self._watch(folder)
+                folder.retry_at = 0.0
             now = time.monotonic()
             if self.paused_until and now < self.paused_until:
                 await self._sleep(self.paused_until - now)
                 continue
             self.paused_until = None
-            roots, busy = self._due(now)
+            due = self.changes.due(now)
+            busy = {str(root): paths for root, paths in due.items()}
             full = now >= self._next_full_scan
             if full:
-                for root in {m.path for m in self.config.mappings} - set(self.watcher.observers):
-                    self._watch(root)
-            roots |= {root for root, at in self.retry_at.items() if at <= now}
-            if full or roots:
-                await self._sync(None if full else roots, busy, full=full)
+                for folder in self.folders.values():
+                    if folder.root not in self.watcher.observers:
+                        self._watch(folder)
+            labels = set(busy) | {label for label, f in self.folders.items()
+                                  if f.retry_at is not None and f.retry_at <= now}
+            if full or labels:
+                await self._sync(None if full else labels, busy, full=full)
             else:
                 self._publish()
                 await self._sleep(self._next_deadline(now))
@@ -256,14 +234,14 @@ class Daemon:
             notify("WATCHDOG=1")
             self._last_ping = now
 
-    async def _sync(self, roots: set[Path] | None, busy: dict[Path, set[str]], *, full: bool) -> None:
-        """Run the pipeline for ``roots`` (None: every mapping) as a task, staying responsive."""
-        targets = roots if roots is not None else {m.path for m in self.config.mappings}
-        for root in targets:
-            self.retry_at.pop(root, None)
+    async def _sync(self, labels: set[str] | None, busy: dict[str, set[str]], *, full: bool) -> None:
+        """Run the pipeline for ``labels`` (None: every mapping) as a task, staying responsive."""
+        targets = [f for label, f in self.folders.items() if labels is None or label in labels]
+        for folder in targets:
+            folder.retry_at = None
         if full:
             self._next_full_scan = time.monotonic() + self.config.daemon.rescan_interval_s * random.uniform(0.9, 1.1)
-        task = asyncio.create_task(self.syncer.sync(SyncOptions(wait=False), only=roots, busy=busy))
+        task = asyncio.create_task(self.app.syncer.sync(SyncOptions(wait=False), only=labels, busy=busy))
         while not task.done():
             await asyncio.wait({task}, timeout=self.tick_s)
             self._ping()
@@ -285,47 +263,42 @@ class Daemon:
                 raise  # a config error at start: say so and exit, rather than retry forever
             self.last_error = str(exc)
             self.log.error("sync failed; will retry", error=str(exc))
-            self._retry(targets)
+            for folder in targets:
+                self._retry(folder)
             return
         if full:
             self._last_full_scan = time.time()
         self._after(report)
 
-    def _pause(self, roots: set[Path], reason: str) -> None:
+    def _pause(self, folders: list[Folder], reason: str) -> None:
         self.paused_until = time.monotonic() + AUTH_RETRY_S
         self.last_error = reason
         self.log.error(f"{reason}; syncing paused, retrying in {AUTH_RETRY_S / 60:.0f} min or on SIGHUP")
-        for root in roots:
-            self.retry_at[root] = 0.0
+        for folder in folders:
+            folder.retry_at = 0.0
         self._publish(state="paused")
 
-    def _retry(self, roots: set[Path]) -> None:
-        for root in roots:
-            delay = min(self.retry_delay.get(root, RETRY_START_S / 2) * 2, RETRY_CAP_S)
-            self.retry_delay[root] = delay
-            self.retry_at[root] = time.monotonic() + delay * random.uniform(0.8, 1.2)
+    def _retry(self, folder: Folder) -> None:
+        folder.retry_at = time.monotonic() + folder.retry.next_delay()
 
     def _after(self, report: SyncReport) -> None:
-        failing: set[Path] = set()
         added = 0
         for mapping in report.mappings:
-            outcome = mapping.outcome
-            error = mapping.error or (outcome.error if outcome else None)
-            if outcome and outcome.failures and not error:
-                error = f"{outcome.failures[0][0]}: {outcome.failures[0][1]}"
-            if error:
-                failing.add(mapping.config.path)
-                self.last_error = error
-            else:
-                self.retry_delay.pop(mapping.config.path, None)
+            folder = self.folders[mapping.label]
+            log = self.log.bind(path=mapping.label)
+            if mapping.last_error:
+                self.last_error = mapping.last_error
             if mapping.safety:
-                self.last_error = mapping.safety
-                self.log.error("safety stop: deletes withheld", path=str(mapping.config.path), reason=mapping.safety)
+                # Not retried: nothing changes until the folder does (or a person says --force).
+                log.error("safety stop: deletes withheld", reason=mapping.safety)
+            elif mapping.last_error:
+                self._retry(folder)
+            else:
+                folder.retry.reset()
+            outcome = mapping.outcome
             added += outcome.added if outcome else 0
             if outcome and (outcome.added or outcome.deleted or outcome.failures):
-                self.log.info("synced", path=str(mapping.config.path), added=outcome.added,
-                              deleted=outcome.deleted, failed=len(outcome.failures))
-        self._retry(failing)
+                log.info("synced", added=outcome.added, deleted=outcome.deleted, failed=len(outcome.failures))
         if added:
             self.metadata_wake.set()
         self._publish()
@@ -333,37 +306,37 @@ class Daemon:
     def _publish(self, state: str | None = None) -> None:
         """Tell `packsync status` and systemd what the daemon is doing."""
         state = state or ("paused" if self.paused_until else ("running" if self.ready else "starting"))
-        news = (state, len(self.changes), self.last_error, self._last_full_scan, len(self.config.mappings))
+        news = (state, len(self.changes), self.last_error, self._last_full_scan, len(self.folders))
         if news == self._published:  # the idle loop calls this often: write only what changed
             return
         self._published = news
         self.store.save_daemon(state=state, queue=len(self.changes), last_error=self.last_error,
                                last_full_scan=self._last_full_scan)
-        notify(f"STATUS={state}: {len(self.config.mappings)} folders watched, {len(self.changes)} changes queued"
+        notify(f"STATUS={state}: {len(self.folders)} folders watched, {len(self.changes)} changes queued"
                + (f", last error: {self.last_error}" if self.last_error else ""))
 
     # -- metadata ----------------------------------------------------------------------------------
 
     async def _metadata_loop(self) -> None:
         """Poll packs whose images still wait for AI metadata: one GET per pack per round, backing off."""
-        delay = METADATA_START_S
+        rounds = Retrying(METADATA_POLL)
         while True:
-            pending = self.store.metadata_pending(self.syncer.mapped_pack_ids())
+            pending = self.app.metadata.pending(self.app.syncer.mapped_pack_ids())
             if not pending:
                 await self.metadata_wake.wait()
                 self.metadata_wake.clear()
-                delay = METADATA_START_S
+                rounds.reset()
                 continue
             try:
-                await asyncio.wait_for(self.metadata_wake.wait(), timeout=delay)
+                await asyncio.wait_for(self.metadata_wake.wait(), timeout=rounds.next_delay())
                 self.metadata_wake.clear()
-                delay = METADATA_START_S
+                rounds.reset()
             except TimeoutError:
-                delay = min(delay * 2, METADATA_CAP_S)
+                pass
             if self.paused_until:
                 continue
             try:
-                await self.syncer.poll_metadata(list(pending))
+                await self.app.metadata.poll(list(pending))
             except AuthError as exc:
                 self.log.warning("metadata poll refused", error=str(exc))
 
@@ -379,22 +352,23 @@ class Daemon:
             self.log.error("config reload failed; keeping the running config", error=str(exc))
             return
         register_secret(token)
-        old = {m.path: m for m in self.config.mappings}
-        new = {m.path: m for m in config.mappings}
-        for root in old.keys() - new.keys():
-            self.watcher.unwatch(root)
-            self.retry_at.pop(root, None)
-            for path in [p for p, c in self.changes.items() if c.root == root]:
-                del self.changes[path]
+        old, new = self.folders, {m.label: m for m in config.mappings}
+        for label in old.keys() - new.keys():
+            self.watcher.unwatch(old[label].root)
+            self.changes.forget(old[label].root)
+        api = self.app.api
         if config.genviral != self.config.genviral or token != self.token:
-            await self.api.aclose()
-            self.api = self._client(config, token)
+            await api.aclose()
+            api = client_for(config, token)
         self.config, self.token = config, token
-        self.syncer = Syncer(config, self.store, self.api)
-        for root, mapping in new.items():
-            if old.get(root) != mapping:
-                self._watch(root)
-                self.retry_at[root] = 0.0
+        self.app = App.wire(config, self.store, api)
+        self.changes.debounce_s = config.daemon.debounce_s
+        self.folders = {}
+        for label, mapping in new.items():
+            kept = old.get(label)
+            self.folders[label] = kept if kept and kept.mapping == mapping else Folder(mapping, retry_at=0.0)
+            if self.folders[label] is not kept:
+                self._watch(self.folders[label])
         self.paused_until = None
         self.log.info("config reloaded", folders=len(new), added=len(new.keys() - old.keys()),
                       removed=len(old.keys() - new.keys()))
@@ -402,8 +376,6 @@ class Daemon:
 
 def run_daemon(config_path: Path, polling: bool = False) -> ExitCode:
     """``packsync daemon``: hold the state lock and run until SIGTERM/SIGINT."""
-    from packsync.lock import StateLock
-
     config = load_config(config_path)
     config.require_mappings()
     token = config.token()

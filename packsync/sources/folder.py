@@ -1,4 +1,4 @@
-"""The scanner: walk one mapped folder and say what images it holds, by content.
+"""A local folder as a source: walk it and say what images it holds, by content.
 
 It asks one question of the past — "what did this file look like last time?" — through the
 ``previous`` mapping of cached stat keys, so an unchanged tree is stat-ed but never read. It
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import hashlib
 import os
 import re
 import stat
@@ -17,12 +18,9 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packsync.media import digest_file
-from packsync.model import CachedFile, LocalFile, Problem, Scan
-
-
-class FolderUnavailable(Exception):
-    """The mapped folder itself is missing, not a folder, or unreadable."""
+from packsync.errors import ItemChanged, SourceUnavailable
+from packsync.model import CachedFile, ContentItem, Problem, Scan
+from packsync.sources.media import digest_file
 
 
 def _matcher(patterns: Sequence[str]) -> Callable[[str], object]:
@@ -55,6 +53,34 @@ class Filters:
         return self._included(name) is not None
 
 
+class FolderSource:
+    """A mapped folder, mirrored recursively (the ``Source`` interface)."""
+
+    def __init__(self, root: Path, filters: Filters) -> None:
+        self.root = root
+        self.filters = filters
+
+    @property
+    def label(self) -> str:
+        return str(self.root)
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
+             on_item: Callable[[int], None] | None = None) -> Scan:
+        return scan_folder(self.root, previous, self.filters, on_item, busy)
+
+    def read(self, item: ContentItem) -> bytes:
+        try:
+            data = (self.root / item.key).read_bytes()
+        except OSError as exc:
+            raise ItemChanged(f"cannot read it any more ({exc.strerror})") from None
+        if hashlib.sha256(data).hexdigest() != item.sha256:
+            raise ItemChanged("changed since it was scanned; it will be synced on the next run")
+        return data
+
+
 def scan_folder(root: Path, previous: Mapping[str, CachedFile], filters: Filters,
                 on_file: Callable[[int], None] | None = None, busy: Collection[str] = ()) -> Scan:
     """Scan ``root`` recursively. ``on_file(bytes_read)`` is called after each file is judged.
@@ -64,10 +90,10 @@ def scan_folder(root: Path, previous: Mapping[str, CachedFile], filters: Filters
     """
     try:
         if not stat.S_ISDIR(os.stat(root).st_mode):
-            raise FolderUnavailable(f"{root} is not a folder")
+            raise SourceUnavailable(f"{root} is not a folder")
         os.listdir(root)
     except OSError as exc:
-        raise FolderUnavailable(f"{root} cannot be read ({exc.strerror})") from None
+        raise SourceUnavailable(f"{root} cannot be read ({exc.strerror})") from None
     return _Walk(root, previous, filters, on_file, busy).run()
 
 
@@ -79,7 +105,7 @@ class _Walk:
         self.previous = previous
         self.filters = filters
         self.on_file = on_file or (lambda _n: None)
-        self.scan = Scan(root=root)
+        self.scan = Scan(source=str(root))
         self.seen_dirs: set[tuple[int, int]] = set()
 
     def run(self) -> Scan:
@@ -175,7 +201,7 @@ class _Walk:
             self._problem(rel, cached.problem, protect=False)
         else:
             assert cached.sha256 is not None and cached.content_type is not None
-            self.scan.files.append(LocalFile(rel, cached.sha256, cached.size, cached.content_type))
+            self.scan.items.append(ContentItem(rel, cached.sha256, cached.size, cached.content_type))
 
     def _read(self, path: str, rel: str, st: os.stat_result) -> CachedFile | None:
         """Hash and judge a new or changed file; None when it could not be judged this time."""
@@ -209,7 +235,7 @@ class _Walk:
 
     def _unreadable(self, prefix: str, reason: str) -> None:
         if not prefix:
-            raise FolderUnavailable(f"{self.root} cannot be read ({reason})")
+            raise SourceUnavailable(f"{self.root} cannot be read ({reason})")
         self.scan.problems.append(Problem(prefix.rstrip("/") + "/", reason))
         for rel, cached in self.previous.items():
             if rel.startswith(prefix):

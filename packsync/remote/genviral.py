@@ -1,12 +1,12 @@
 """The Genviral Partner API client: envelopes in, typed values or classified errors out.
 
 This is the one place where httpx's exceptions and the API's error answers become packsync's
-(``errors.py``). Every request takes one of ``concurrency`` slots; transient failures (429,
-5xx, timeouts, dropped connections) are retried with exponential backoff and full jitter,
-honouring ``Retry-After``, within a per-request and a per-run budget. A request that may have
-been carried out by the server (a 500, a connection dropped after sending) is retried here only
-when repeating it is harmless; otherwise the error goes up marked ``ambiguous`` so the caller
-can look at the remote state before trying again.
+(``errors.py``); the ``data`` of a successful answer is checked by ``answers.py``. Every request
+takes one of ``concurrency`` slots; transient failures (429, 5xx, timeouts, dropped connections)
+are retried with the shared backoff (``retry.py``), honouring ``Retry-After``, within a per-request
+and a per-run budget. A request that may have been carried out by the server (a 500, a connection
+dropped after sending) is retried here only when repeating it is harmless; otherwise the
+``AmbiguousError`` goes up so the caller can look at the remote state before trying again.
 
 Storage PUTs go through a second httpx client that carries no Authorization header: a presigned
 URL is its own credential and storage rejects a second one.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import random
 import re
 import time
 from collections import Counter
@@ -26,9 +25,18 @@ from typing import Any
 import httpx
 
 from packsync import __version__
-from packsync.errors import ApiError, AuthError, NotFound, PermanentError, TransientError, UploadRejected
+from packsync.errors import (
+    AmbiguousError,
+    AuthError,
+    NotFound,
+    PermanentError,
+    TransientError,
+    UploadRejected,
+)
 from packsync.logs import get_logger
-from packsync.model import Metadata, RemoteImage, RemotePack
+from packsync.model import PackSummary, RemotePack, UploadTicket
+from packsync.remote import answers
+from packsync.remote.retry import Backoff
 
 _AUTH_MESSAGES = {
     401: "the Genviral API refused the key: it is invalid or revoked (401 invalid_token)",
@@ -36,6 +44,7 @@ _AUTH_MESSAGES = {
          "for the Partner API (402 subscription_required)",
     403: "the key's plan tier may not use the Partner API (403 tier_not_allowed)",
 }
+PAGE_SIZE = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,45 +52,11 @@ class RetryPolicy:
     """How hard to try: per request, and in total for one run."""
 
     attempts: int = 6
-    base_s: float = 0.5
-    cap_s: float = 30.0
+    backoff: Backoff = Backoff(1.0, 30.0, "full")
     run_budget: int = 500
     #: Failed attempts in a row at one route (429 aside) after which the route is given up for the run:
     #: an outage then ends the run in seconds, whatever the folder's size.
     breaker: int = 10
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.cap_s * 4)
-        return random.uniform(0, min(self.cap_s, self.base_s * 2 ** attempt))
-
-
-@dataclass(frozen=True, slots=True)
-class PackSummary:
-    pack_id: str
-    name: str
-    image_count: int
-    is_public: bool
-    created_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class UploadTicket:
-    """The answer to ``POST /files``: where to PUT the bytes, and the URL they will have."""
-
-    upload_url: str
-    url: str
-    content_type: str
-    expires_at: float
-
-
-class _Ambiguous(TransientError):
-    """A transient failure after which the server may or may not have done the work."""
-
-
-def ambiguous(error: BaseException) -> bool:
-    """True when a failed request may nevertheless have taken effect on the server."""
-    return isinstance(error, _Ambiguous)
 
 
 def _excerpt(response: httpx.Response) -> str:
@@ -90,22 +65,18 @@ def _excerpt(response: httpx.Response) -> str:
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
+    """The server's ``Retry-After`` in seconds (a number or an HTTP date); None when absent or unreadable."""
+    value = response.headers.get("Retry-After", "").strip()
     if not value:
         return None
     try:
         return float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
-
-
-def _metadata(raw: Any) -> Metadata:
-    if not isinstance(raw, dict):
-        return Metadata()
-    # Built once per image of every pack read (100,000 at a time): kept to the bare minimum.
-    return Metadata(raw.get("status") or "pending", raw.get("description"), tuple(raw.get("keywords") or ()),
-                    raw.get("error"))
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 class GenviralClient:
@@ -174,7 +145,7 @@ class GenviralClient:
                     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                         raise TransientError(f"{method} {what}: cannot connect ({type(exc).__name__})") from None
                     except httpx.TransportError as exc:
-                        raise _Ambiguous(f"{method} {what}: connection failed ({type(exc).__name__})") from None
+                        raise AmbiguousError(f"{method} {what}: connection failed ({type(exc).__name__})") from None
                 answer = self._storage_answer(response, what) if storage \
                     else self._api_answer(response, method, what)
                 self._failing[route] = 0
@@ -183,10 +154,10 @@ class GenviralClient:
                 attempt += 1
                 if error.status != 429:
                     self._failing[route] += 1
-                if (ambiguous(error) and not safe_to_repeat) or attempt >= self.retry.attempts \
+                if (isinstance(error, AmbiguousError) and not safe_to_repeat) or attempt >= self.retry.attempts \
                         or not self.take_retry():
                     raise
-                delay = self.retry.delay(attempt, error.retry_after)
+                delay = self.retry.backoff.delay(attempt, error.retry_after)
                 self.log.debug("retrying", request=f"{method} {what}", attempt=attempt, delay_s=round(delay, 2),
                                error=str(error))
                 await asyncio.sleep(delay)
@@ -202,7 +173,7 @@ class GenviralClient:
             if status == 429:
                 raise TransientError(message, status=status, retry_after=_retry_after(response))
             if status >= 500 or status < 400:
-                raise _Ambiguous(message, status=status)
+                raise AmbiguousError(message, status=status)
             raise PermanentError(message, status=status)
         code = body.get("error_code")
         if status in _AUTH_MESSAGES:
@@ -211,7 +182,7 @@ class GenviralClient:
             raise TransientError(f"{method} {what}: rate limited (429)", status=status, error_code=code,
                                  retry_after=_retry_after(response))
         if status >= 500:
-            raise _Ambiguous(f"{method} {what}: server error {status} {code or ''}".rstrip(), status=status,
+            raise AmbiguousError(f"{method} {what}: server error {status} {code or ''}".rstrip(), status=status,
                              error_code=code)
         if status == 404:
             raise NotFound(f"{method} {what}: not found or outside the key's scope ({code or 404})",
@@ -227,7 +198,7 @@ class GenviralClient:
             raise PermanentError(f"{method} {what}: {status} {code or ''} {detail}".replace("  ", " ").strip(),
                                  status=status, error_code=code)
         if not isinstance(body.get("data"), dict):
-            raise _Ambiguous(f"{method} {what}: HTTP {status}, answer has no data: {_excerpt(response)}",
+            raise AmbiguousError(f"{method} {what}: HTTP {status}, answer has no data: {_excerpt(response)}",
                              status=status)
         return body["data"]
 
@@ -252,31 +223,35 @@ class GenviralClient:
     # -- packs -------------------------------------------------------------------------------------
 
     async def list_packs(self, search: str | None = None, include_public: bool = False) -> list[PackSummary]:
-        """Every pack the key sees (optionally only names containing ``search``), all pages."""
-        packs: list[PackSummary] = []
-        while True:
-            params: dict[str, Any] = {"limit": 100, "offset": len(packs),
+        """Every pack the key sees (optionally only names containing ``search``), all pages.
+
+        A server that ignores ``offset`` or reports an absurd ``total`` cannot make this loop for ever:
+        it stops at a page that brings no new pack, and after as many pages as the first ``total`` allows.
+        """
+        packs: dict[str, PackSummary] = {}
+        pages = None
+        while pages is None or pages > 0:
+            params: dict[str, Any] = {"limit": PAGE_SIZE, "offset": len(packs),
                                       "include_public": "true" if include_public else "false"}
             if search:
                 params["search"] = search
-            data = await self._request("GET", "/packs", what="/packs", safe_to_repeat=True, params=params)
-            page = data.get("packs") or []
-            packs += [PackSummary(str(p["id"]), str(p.get("name", "")), int(p.get("image_count") or 0),
-                                  bool(p.get("is_public")), str(p.get("created_at", ""))) for p in page]
-            if not page or len(packs) >= int(data.get("total") or 0):
-                return packs
+            page, total = answers.pack_page(await self._request("GET", "/packs", what="/packs", safe_to_repeat=True,
+                                                                params=params))
+            pages = (-(-total // PAGE_SIZE) if pages is None else pages) - 1
+            new = {p.pack_id: p for p in page if p.pack_id not in packs}
+            packs.update(new)
+            if not new or len(packs) >= total:
+                break
+        return list(packs.values())
 
     async def get_pack(self, pack_id: str) -> RemotePack:
-        data = await self._request("GET", f"/packs/{pack_id}", what="/packs/{id}", safe_to_repeat=True)
-        images = tuple(RemoteImage(str(i["id"]), str(i.get("url", "")), _metadata(i.get("metadata")))
-                       for i in data.get("images") or [])
-        return RemotePack(str(data["id"]), str(data.get("name", "")), images)
+        return answers.pack(await self._request("GET", f"/packs/{pack_id}", what="/packs/{id}", safe_to_repeat=True))
 
     async def create_pack(self, name: str) -> str:
         """Create a private pack; returns its id. Not repeated on ambiguous failures."""
         data = await self._request("POST", "/packs", what="/packs", safe_to_repeat=False,
                                    json={"name": name, "is_public": False})
-        return str(data["id"])
+        return answers.created_id(data, "POST /packs")
 
     # -- images ------------------------------------------------------------------------------------
 
@@ -284,11 +259,7 @@ class GenviralClient:
         """Ask for a presigned upload URL. Harmless to repeat: an unused URL just expires."""
         data = await self._request("POST", "/files", what="/files", safe_to_repeat=True,
                                    json={"contentType": content_type, "filename": filename, "size": size})
-        try:
-            expires_in = float(data.get("expiresIn") or 600)
-            return UploadTicket(str(data["uploadUrl"]), str(data["url"]), content_type, time.time() + expires_in)
-        except (KeyError, ValueError) as exc:
-            raise PermanentError(f"POST /files: answer lacks {exc}") from None
+        return answers.upload_ticket(data, content_type)
 
     async def put_bytes(self, upload_url: str, data: bytes, content_type: str) -> None:
         """PUT the bytes to storage, with exactly the signed Content-Type and no Authorization."""
@@ -299,7 +270,7 @@ class GenviralClient:
         """Add an uploaded URL to a pack; returns the image id. Not repeated on ambiguous failures."""
         data = await self._request("POST", f"/packs/{pack_id}/images", what="/packs/{id}/images",
                                    safe_to_repeat=False, json={"image_url": url, "file_name": file_name})
-        return str(data["id"])
+        return answers.created_id(data, "POST /packs/{id}/images")
 
     async def delete_image(self, pack_id: str, image_id: str) -> None:
         """Delete an image; one that is already gone counts as deleted."""
@@ -310,5 +281,3 @@ class GenviralClient:
             if exc.error_code != "image_not_found":
                 raise
 
-
-__all__ = ["ApiError", "GenviralClient", "PackSummary", "RetryPolicy", "UploadTicket", "ambiguous"]

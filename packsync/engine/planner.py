@@ -1,6 +1,7 @@
-"""The planner: what to do to make one pack mirror one folder. Pure: no I/O, no clock.
+"""The planner: what to do to make one pack mirror one source. Pure: no I/O, no clock.
 
-Inputs are three views of the same mapping: what the folder holds now (a ``Scan``), what packsync
+Inputs are three views of the same mapping: what the source holds now (a ``Scan`` of content
+items, whatever kind of source listed them), what packsync
 recorded of its own work (``ManagedImage`` rows), and what the pack really holds (``RemotePack``).
 The output is a ``MappingPlan``: small action values that the executor carries out, or that
 ``run --dry-run`` prints. The rules, in order:
@@ -8,12 +9,12 @@ The output is a ``MappingPlan``: small action values that the executor carries o
 1. An image in the pack whose URL is one of packsync's own uploads but which the state does not
    record (a run died between the API's answer and the commit) is *adopted*, never added again.
 2. A recorded image that is gone from the pack is *forgotten* (and added again if still wanted).
-3. Each distinct content in the folder needs exactly one image: missing ones are *added*, extra
+3. Each distinct content in the source needs exactly one image: missing ones are *added*, extra
    copies are *deleted* as duplicates, the oldest one stays.
-4. Images of contents no longer in the folder are *deleted* when the mapping deletes — but never
+4. Images of contents no longer in the source are *deleted* when the mapping deletes — but never
    contents the scan could not positively see gone (``Scan.keep``).
 5. Images packsync did not add are the user's: deleted only with ``prune_foreign``.
-6. Safety: deletes are withheld (and the mapping reported) when the folder looks empty while the
+6. Safety: deletes are withheld (and the mapping reported) when the source looks empty while the
    pack holds its images, or when they exceed ``max_delete``; ``--force`` overrides both.
 """
 
@@ -23,22 +24,32 @@ import math
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
-from packsync.model import Blob, LocalFile, ManagedImage, Metadata, RemoteImage, RemotePack, Scan
+from packsync.model import Blob, ContentItem, ManagedImage, Metadata, RemoteImage, RemotePack, Scan
 
 MAX_FILE_NAME = 255
 
 
 @dataclass(frozen=True, slots=True)
 class AddImage:
-    """Upload (if needed) the content of ``path`` and add it to the pack."""
+    """Add the content of ``item`` (of the mapping labelled ``mapping``) to the pack, as ``file_name``."""
 
-    sha256: str
+    mapping: str
+    item: ContentItem
     file_name: str
-    path: Path
-    content_type: str
-    size: int
+
+    @property
+    def sha256(self) -> str:
+        return self.item.sha256
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """Put some content in Genviral's storage, resuming ``resume`` (a URL obtained, not yet used)."""
+
+    add: AddImage
+    resume: Blob | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +121,12 @@ class MappingPlan:
 
 @dataclass(slots=True)
 class Plan:
+    """Every mapping's actions, the uploads they need (one per content), and the URLs of contents
+    already in storage."""
+
     mappings: list[MappingPlan]
-    uploads: list[AddImage]
+    uploads: list[Upload]
+    urls: dict[str, str] = field(default_factory=dict)
 
     @property
     def mutations(self) -> int:
@@ -162,9 +177,9 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
     """Decide the actions that make ``source.remote`` mirror ``source.scan``."""
     remote = source.remote
     plan = MappingPlan(source.label, source.pack_name, remote.pack_id if remote else None)
-    wanted: dict[str, LocalFile] = {}
-    for local in sorted(source.scan.files, key=lambda f: f.rel_path):
-        wanted.setdefault(local.sha256, local)
+    wanted: dict[str, ContentItem] = {}
+    for item in sorted(source.scan.items, key=lambda i: i.key):
+        wanted.setdefault(item.sha256, item)
 
     pack_id = remote.pack_id if remote else ""
     remote_images = remote.images if remote else ()
@@ -181,7 +196,7 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
             live.append(recorded[seen.image_id])
         elif seen.url in source.known_urls:
             sha256 = source.known_urls[seen.url]
-            name = wanted[sha256].rel_path if sha256 in wanted else seen.url
+            name = wanted[sha256].key if sha256 in wanted else seen.url
             adopted = ManagedImage(pack_id, seen.image_id, sha256, seen.url, file_name_for(name), seen.metadata)
             plan.adopts.append(AdoptImage(adopted))
             live.append(adopted)
@@ -201,10 +216,9 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
         deletes += [DeleteImage(image.image_id, image.url, "not in the folder (prune_foreign)")
                     for image in foreign]
 
-    for sha256, local in wanted.items():
+    for sha256, item in wanted.items():
         if sha256 not in kept:
-            plan.adds.append(AddImage(sha256, file_name_for(local.rel_path), source.scan.root / local.rel_path,
-                                      local.content_type, local.size))
+            plan.adds.append(AddImage(source.label, item, file_name_for(item.key)))
 
     plan.safety = _safety(source, deletes, managed=len(live))
     if plan.safety:
@@ -221,8 +235,8 @@ def _safety(source: MappingInput, deletes: list[DeleteImage], managed: int) -> s
     removals = [d for d in deletes if d.reason != "duplicate"]
     if not removals:
         return None
-    if not source.scan.files and not source.scan.problems:
-        return (f"{source.scan.root} is empty but {_images(managed)} in the pack came from it; "
+    if not source.scan.items and not source.scan.problems:
+        return (f"{source.scan.source} is empty but {_images(managed)} in the pack came from it; "
                 "refusing to delete them (is a disk unmounted?). Re-run with --force if you emptied it")
     limit = delete_limit(source.options.max_delete, managed)
     if len(removals) > limit:
@@ -236,17 +250,15 @@ def _images(count: int) -> str:
     return f"{count} image" + ("" if count == 1 else "s")
 
 
-def plan_sync(sources: Sequence[MappingInput], blobs: Mapping[str, Blob]) -> Plan:
-    """Plan every mapping; each distinct content that is not yet in storage is uploaded once."""
-    return plan_uploads([plan_mapping(source) for source in sources], blobs)
-
-
 def plan_uploads(mappings: list[MappingPlan], blobs: Mapping[str, Blob]) -> Plan:
     """Complete mapping plans with the uploads they need; ``blobs`` covers at least their adds' contents."""
-    uploads: dict[str, AddImage] = {}
+    uploads: dict[str, Upload] = {}
+    urls: dict[str, str] = {}
     for mapping in mappings:
         for add in mapping.adds:
             blob = blobs.get(add.sha256)
-            if not (blob and blob.uploaded and blob.url):
-                uploads.setdefault(add.sha256, add)
-    return Plan(mappings, list(uploads.values()))
+            if blob and blob.uploaded and blob.url:
+                urls[add.sha256] = blob.url
+            elif add.sha256 not in uploads:
+                uploads[add.sha256] = Upload(add, blob)
+    return Plan(mappings, list(uploads.values()), urls)

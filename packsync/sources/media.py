@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,15 +121,3 @@ def digest_file(path: Path | str) -> Digest:
             size += count
     content_type, problem = judge(size, head, tail)
     return Digest(sha.hexdigest(), size, content_type, problem)
-
-
-def png_bytes(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
-    """A valid, solid-colour 8-bit RGB PNG: sample content for the demo, tests and benchmarks."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    row = b"\x00" + bytes(rgb) * width
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b""))

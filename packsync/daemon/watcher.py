@@ -30,7 +30,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from packsync.logs import get_logger
-from packsync.scanner import Filters
+from packsync.sources.folder import Filters
 
 #: (mapped folder, changed path, the writer closed it) — called from watchdog's threads.
 ChangeCallback = Callable[[Path, Path, bool], None]
@@ -76,17 +76,15 @@ class Watcher:
         self.polling_interval_s = polling_interval_s
         self.observers: dict[Path, BaseObserver] = {}
         self.modes: dict[Path, str] = {}
-        self._filters: dict[Path, Filters] = {}
         self._warned = False
         self.log = get_logger()
 
     def watch(self, root: Path, filters: Filters, polling: bool = False) -> str:
         """Start watching ``root`` recursively; returns the mode used: "inotify" or "polling"."""
         self.unwatch(root)
-        self._filters[root] = filters
         if not polling:
             try:
-                return self._start(root, Observer(), "inotify")
+                return self._start(root, filters, Observer(), "inotify")
             except OSError as exc:
                 if exc.errno not in INOTIFY_LIMITS:
                     raise
@@ -95,10 +93,10 @@ class Watcher:
                     self.log.warning(f"inotify limit reached ({exc.strerror}); polling instead. Raise it with "
                                      f"`sudo sysctl {INOTIFY_LIMITS[exc.errno]}` (persist it in /etc/sysctl.d/), "
                                      "then restart packsync", path=str(root))
-        return self._start(root, PollingObserver(timeout=self.polling_interval_s), "polling")
+        return self._start(root, filters, PollingObserver(timeout=self.polling_interval_s), "polling")
 
-    def _start(self, root: Path, observer: BaseObserver, mode: str) -> str:
-        observer.schedule(_Handler(root, self._filters[root], self.on_change), str(root), recursive=True,
+    def _start(self, root: Path, filters: Filters, observer: BaseObserver, mode: str) -> str:
+        observer.schedule(_Handler(root, filters, self.on_change), str(root), recursive=True,
                           event_filter=_EVENTS)
         try:
             observer.start()
@@ -123,10 +121,6 @@ class Watcher:
             if not observer.is_alive() or not all(e.is_alive() for e in observer.emitters):
                 dead.append(root)
         return dead
-
-    def restart(self, root: Path) -> str:
-        """Restart a dead observer (polling if inotify fails again)."""
-        return self.watch(root, self._filters[root], polling=self.modes.get(root) == "polling")
 
     def stop(self) -> None:
         for root in list(self.observers):

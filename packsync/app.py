@@ -1,0 +1,76 @@
+"""The application service: everything a command needs, built from a config in one place.
+
+The CLI, the daemon, the demo, the tests and the benchmarks all open packsync through here: the
+state (read-only for a dry run), the API client, one source per mapping, the pack resolver, the
+metadata poller and the syncer that ties them together. Nothing else wires these parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from packsync.config import Config, MappingConfig
+from packsync.engine.metadata import MetadataPoller
+from packsync.engine.packs import PackResolver
+from packsync.engine.sync import Syncer, SyncOptions, SyncReport
+from packsync.remote.genviral import GenviralClient
+from packsync.sources.base import Source
+from packsync.sources.folder import Filters, FolderSource
+from packsync.state.store import Store
+from packsync.views.progress import Progress
+
+
+def folder_filters(mapping: MappingConfig) -> Filters:
+    """Which files a mapping syncs: the scanner's view, and the watcher's."""
+    return Filters(mapping.include, mapping.exclude, int(mapping.max_file_mb * 1_000_000), mapping.follow_symlinks)
+
+
+def source_for(mapping: MappingConfig) -> Source:
+    return FolderSource(mapping.path, folder_filters(mapping))
+
+
+def client_for(config: Config, token: str) -> GenviralClient:
+    return GenviralClient(config.genviral.base_url, token, concurrency=config.genviral.concurrency)
+
+
+@dataclass(slots=True)
+class App:
+    """One config's working parts. ``store`` and ``api`` are owned by whoever opened them."""
+
+    config: Config
+    store: Store
+    api: GenviralClient
+    packs: PackResolver
+    metadata: MetadataPoller
+    syncer: Syncer
+
+    @classmethod
+    def wire(cls, config: Config, store: Store, api: GenviralClient, progress: Progress | None = None) -> App:
+        """Build the engine around an open state and client."""
+        progress = progress or Progress(enabled=False)
+        packs = PackResolver(api, store, remember=not store.readonly)
+        metadata = MetadataPoller(api, store, progress)
+        sources = {mapping.label: source_for(mapping) for mapping in config.mappings}
+        return cls(config, store, api, packs, metadata, Syncer(config, store, api, sources, packs, metadata, progress))
+
+
+@asynccontextmanager
+async def open_app(config: Config, token: str, *, readonly: bool = False,
+                   progress: Progress | None = None) -> AsyncIterator[App]:
+    """Open the state and the API client for ``config``, and close both afterwards."""
+    store = Store(config.state_path, readonly=readonly)
+    try:
+        async with client_for(config, token) as api:
+            yield App.wire(config, store, api, progress)
+    finally:
+        if progress:
+            progress.close()
+        store.close()
+
+
+async def sync_once(config: Config, token: str, options: SyncOptions, progress: Progress | None = None) -> SyncReport:
+    """``packsync run``: open everything, sync once, close everything."""
+    async with open_app(config, token, readonly=options.dry_run, progress=progress) as app:
+        return await app.syncer.sync(options)

@@ -1,0 +1,95 @@
+"""The pack resolver: which Genviral pack a mapping syncs into — found by id or name, created, remembered.
+
+A mapping names its pack by id (``pack_id``, which must exist) or by name (``pack``: the one the
+state remembers for that name, else the oldest of the key's own packs with exactly that name, else
+a new one). What was found is remembered per mapping in the state, so later runs read the pack by
+id. Every other module asks here; none looks the pack up on its own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from packsync.config import MappingConfig
+from packsync.errors import AmbiguousError, NotFound
+from packsync.logs import get_logger
+from packsync.model import RemotePack
+from packsync.state.store import Store
+
+if TYPE_CHECKING:  # the views read ``recorded_pack_id`` without loading an HTTP client
+    from packsync.remote.genviral import GenviralClient
+
+
+def recorded_pack_id(store: Store, mapping: MappingConfig) -> str | None:
+    """The pack id ``mapping`` syncs into as far as the state knows — only while the config still
+    names that pack (a renamed ``pack`` is another pack)."""
+    if mapping.pack_id is not None:
+        return mapping.pack_id
+    record = store.mapping(mapping.label)
+    return record.pack_id if record and record.pack_id and record.pack_name == mapping.pack else None
+
+
+class PackResolver:
+    def __init__(self, api: GenviralClient, store: Store, *, remember: bool = True) -> None:
+        self.api = api
+        self.store = store
+        self.remember = remember
+        self.log = get_logger()
+
+    def recorded(self, mapping: MappingConfig) -> str | None:
+        return recorded_pack_id(self.store, mapping)
+
+    async def read(self, mapping: MappingConfig) -> RemotePack | None:
+        """The mapping's pack as the API shows it now; None when it is to be created.
+
+        Raises ``NotFound`` for a ``pack_id`` that is not there, and the client's errors otherwise.
+        """
+        remote: RemotePack | None
+        if mapping.pack_id is not None:
+            try:
+                remote = await self.api.get_pack(mapping.pack_id)
+            except NotFound as exc:
+                raise NotFound(f"pack_id {mapping.pack_id} not found, or outside the key's scope",
+                               status=exc.status, error_code=exc.error_code) from None
+        else:
+            remote = await self._by_name(mapping)
+        if remote is not None:
+            self._remember(mapping.label, remote.pack_id, mapping.pack or remote.name)
+        return remote
+
+    async def _by_name(self, mapping: MappingConfig) -> RemotePack | None:
+        name = mapping.pack or ""
+        remembered = self.recorded(mapping)
+        if remembered:
+            try:
+                return await self.api.get_pack(remembered)
+            except NotFound:
+                self.log.warning("pack is gone; it will be created again", pack=name, pack_id=remembered)
+                if self.remember:
+                    self.store.forget_images(remembered)
+                return None
+        found = await self._oldest_named(name)
+        return await self.api.get_pack(found) if found else None
+
+    async def _oldest_named(self, name: str) -> str | None:
+        candidates = [p for p in await self.api.list_packs(search=name) if p.name == name and not p.is_public]
+        if len(candidates) > 1:
+            self.log.warning("several packs have this name; using the oldest", pack=name, count=len(candidates))
+        return min(candidates, key=lambda p: p.created_at).pack_id if candidates else None
+
+    async def create(self, label: str, name: str) -> str:
+        """Create the pack of the mapping labelled ``label``, exactly once even when the answer is lost,
+        and remember it."""
+        try:
+            pack_id = await self.api.create_pack(name)
+        except AmbiguousError:
+            # The server may have created it before failing: look before creating another.
+            pack_id = await self._oldest_named(name) or await self.api.create_pack(name)
+        self._remember(label, pack_id, name)
+        self.log.info("pack created", pack=name, pack_id=pack_id)
+        return pack_id
+
+    def _remember(self, label: str, pack_id: str, name: str) -> None:
+        record = self.store.mapping(label)
+        if self.remember and not (record and record.pack_id == pack_id and record.pack_name == name):
+            self.store.save_mapping(label, pack_id=pack_id, pack_name=name)

@@ -1,0 +1,214 @@
+"""One sync: scan → plan → execute → wait for metadata. The pipeline ``run`` and the daemon share.
+
+For each mapping it reads the pack once (remote truth, through the pack resolver), scans the source
+against its cache (local truth), asks the pure planner what to do, and hands the plan to the
+executor. Scanning runs in a worker thread while the packs are being fetched. A dry run plans and
+stops there, writing nothing to the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from packsync.config import Config, MappingConfig
+from packsync.engine.executor import Executor, MappingOutcome
+from packsync.engine.metadata import MetadataPoller
+from packsync.engine.packs import PackResolver
+from packsync.engine.planner import MappingInput, MappingOptions, MappingPlan, Plan, plan_mapping, plan_uploads
+from packsync.errors import ConfigError, ExitCode, NotFound, PermanentError, SourceUnavailable, TransientError
+from packsync.logs import get_logger
+from packsync.model import CachedFile, Problem, RemotePack, Scan
+from packsync.remote.genviral import GenviralClient
+from packsync.remote.retry import Backoff
+from packsync.sources.base import Source
+from packsync.state.store import Store
+from packsync.views.progress import Progress
+
+#: Mappings planned at once: enough to overlap pack reads with scans, few enough that only a few
+#: sources' listings and packs are in memory together.
+MAPPINGS_AT_ONCE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOptions:
+    dry_run: bool = False
+    wait: bool = True
+    wait_timeout_s: float = 600.0
+    force: bool = False
+    poll_start_s: float = 1.0
+    poll_cap_s: float = 30.0
+
+
+@dataclass(slots=True)
+class MappingReport:
+    """How one mapping went: what the scan found, what was planned, what was done."""
+
+    config: MappingConfig
+    pack_name: str
+    pack_id: str | None = None
+    problems: list[Problem] = field(default_factory=list)
+    hashed_files: int = 0
+    plan: MappingPlan | None = None
+    outcome: MappingOutcome | None = None
+    error: str | None = None
+    safety: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.config.label
+
+    @property
+    def fatal(self) -> str | None:
+        """Why the mapping as a whole did not sync (or not fully), if it did not."""
+        return self.error or (self.outcome.error if self.outcome else None) or self.safety
+
+    @property
+    def last_error(self) -> str | None:
+        """The one sentence ``status`` and the daemon show for this mapping: the fatal error, else the
+        first item that failed."""
+        if self.fatal or not (self.outcome and self.outcome.failures):
+            return self.fatal
+        (where, why), more = self.outcome.failures[0], len(self.outcome.failures) - 1
+        return f"{where}: {why}" + (f" (and {more} more failed)" if more else "")
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.last_error or any(not p.notice for p in self.problems))
+
+
+@dataclass(slots=True)
+class SyncReport:
+    mappings: list[MappingReport] = field(default_factory=list)
+    plan: Plan | None = None
+    metadata_pending: int = 0
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if any(m.safety for m in self.mappings):
+            return ExitCode.SAFETY
+        if any(m.failed for m in self.mappings):
+            return ExitCode.SOME_FAILED
+        return ExitCode.OK
+
+
+class Syncer:
+    """Runs the sync pipeline for a config, with one API client, one state store and its sources."""
+
+    def __init__(self, config: Config, store: Store, api: GenviralClient, sources: Mapping[str, Source],
+                 packs: PackResolver, metadata: MetadataPoller, progress: Progress | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.api = api
+        self.sources = sources
+        self.packs = packs
+        self.metadata = metadata
+        self.progress = progress or Progress(enabled=False)
+        self.log = get_logger()
+
+    async def sync(self, options: SyncOptions = SyncOptions(), only: Collection[str] | None = None,
+                   busy: Mapping[str, Collection[str]] | None = None) -> SyncReport:
+        """Sync every mapping (or those whose label is in ``only``) once.
+
+        ``busy`` names, per mapping label, items still being written: their new content waits for a later sync.
+        """
+        self.api.start_run()
+        mappings = [m for m in self.config.mappings if only is None or m.label in only]
+        reports = [MappingReport(m, m.pack_label) for m in mappings]
+        self._check_sources(reports)
+        slots = asyncio.Semaphore(MAPPINGS_AT_ONCE)
+        live = [r for r in reports if not (r.error or r.safety)]
+        await asyncio.gather(*(self._plan(report, options, (busy or {}).get(report.label, ()), slots)
+                               for report in live))
+        planned = [r for r in live if r.plan is not None]
+        plans = [r.plan for r in planned if r.plan is not None]
+        plan = plan_uploads(plans, self.store.blobs({add.sha256 for p in plans for add in p.adds}))
+        result = SyncReport(reports, plan)
+        if options.dry_run:
+            return result
+        self.api.start_run(planned_calls=plan.mutations)
+        outcomes = await Executor(self.api, self.store, self.packs, self.sources, self.progress).run(plan)
+        for report, outcome in zip(planned, outcomes, strict=True):
+            report.outcome, report.pack_id = outcome, outcome.pack_id
+        if options.wait:
+            pack_ids = [r.pack_id for r in reports if r.pack_id and not (r.outcome and r.outcome.error)]
+            result.metadata_pending = await self.metadata.wait(pack_ids, options.wait_timeout_s,
+                                                               Backoff(options.poll_start_s, options.poll_cap_s))
+        for report in reports:
+            self.store.save_mapping(report.label, synced_at=time.time(), last_error=report.last_error)
+        return result
+
+    async def _plan(self, report: MappingReport, options: SyncOptions, busy: Collection[str],
+                    slots: asyncio.Semaphore) -> None:
+        """Read the pack while scanning the source, then plan; a few mappings at a time, to bound memory."""
+        async with slots:
+            previous = self.store.file_cache(report.label)
+            remote, scan = await asyncio.gather(
+                self._read_pack(report),
+                asyncio.to_thread(self._scan, report, previous, busy))
+            if scan is None:
+                return
+            if not options.dry_run:
+                self.store.save_file_cache(report.label, previous, scan.cache)
+                self.store.save_problems(report.label, scan.problems)
+            report.problems, report.hashed_files = scan.problems, scan.hashed_files
+            if report.error:
+                return
+            report.plan = plan_mapping(self._input(report, remote, scan, options))
+            report.safety = report.plan.safety
+            if report.plan.pack_id and not options.dry_run:  # what the pack read says of the AI metadata
+                self.store.update_metadata(report.plan.pack_id, report.plan.metadata)
+
+    def _scan(self, report: MappingReport, previous: dict[str, CachedFile], busy: Collection[str]) -> Scan | None:
+        """Scan one source (in a worker thread: it touches no state, only the given cache)."""
+        try:
+            return self.sources[report.label].scan(previous, busy, lambda _n: self.progress.advance("hashed"))
+        except SourceUnavailable as exc:
+            report.safety = f"{exc}; nothing is deleted"
+            return None
+
+    def _check_sources(self, reports: list[MappingReport]) -> None:
+        """A missing source is a config error — unless packsync synced it before (an unmounted disk?)."""
+        for report in reports:
+            if self.sources[report.label].exists():
+                continue
+            pack_id = self.packs.recorded(report.config)
+            if self.store.count_files(report.label) or (pack_id and self.store.count_images(pack_id)):
+                report.safety = (f"{report.label} is missing or not a folder, but packsync synced files from it; "
+                                 "nothing is deleted (is a disk unmounted?)")
+                self.log.error("mapped folder missing; no deletes", path=report.label)
+            else:
+                index = self.config.mappings.index(report.config)
+                raise ConfigError(f"mappings[{index}].path: the folder {report.label} does not exist.")
+
+    async def _read_pack(self, report: MappingReport) -> RemotePack | None:
+        """Read the mapping's pack (None: it must be created); a mapping error leaves ``report.error``."""
+        try:
+            remote = await self.packs.read(report.config)
+        except NotFound as exc:
+            report.error = str(exc)
+            return None
+        except (TransientError, PermanentError) as exc:
+            report.error = f"cannot read the pack: {exc}"
+            return None
+        if remote is not None:
+            report.pack_id = remote.pack_id
+            report.pack_name = remote.name or report.pack_name
+        return remote
+
+    def _input(self, report: MappingReport, remote: RemotePack | None, scan: Scan,
+               options: SyncOptions) -> MappingInput:
+        mapping = report.config
+        managed = self.store.managed(remote.pack_id, details=False) if remote else []
+        recorded = {image.image_id for image in managed}
+        unrecorded = {image.url for image in remote.images if image.image_id not in recorded} if remote else set()
+        return MappingInput(
+            label=mapping.label, pack_name=mapping.pack or (remote.name if remote else ""), scan=scan,
+            managed=managed, remote=remote, known_urls=self.store.known_urls(unrecorded),
+            options=MappingOptions(mapping.delete, mapping.prune_foreign, mapping.max_delete, options.force))
+
+    def mapped_pack_ids(self) -> list[str]:
+        """The packs the config maps today (as the state remembers them)."""
+        return [pack_id for mapping in self.config.mappings if (pack_id := self.packs.recorded(mapping))]

@@ -1,0 +1,118 @@
+"""The API's answers, checked: JSON ``data`` objects in, typed values or ``MalformedAnswer`` out.
+
+This is the one place that trusts nothing of an answer's shape. What packsync acts on must be
+exactly as documented — an id that is missing or null, a pack whose ``images`` is not a list of
+objects, an upload whose URLs are not absolute http(s) URLs — and is otherwise an error for that
+call, in one sentence. What is only shown to people is taken leniently: AI metadata of the wrong
+type counts as absent (the API documents that it may be absent on old images).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from packsync.errors import MalformedAnswer
+from packsync.model import METADATA_SETTLED, Metadata, PackSummary, RemoteImage, RemotePack, UploadTicket
+
+_STATUSES = METADATA_SETTLED | {"pending", "processing"}
+#: Absent metadata is the same value for thousands of images: share it.
+_PENDING = Metadata()
+
+
+def _id(value: Any, what: str) -> str:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise MalformedAnswer(f"{what}: the answer has no valid id ({_shown(value)})")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise MalformedAnswer(f"{what}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, what: str, key: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise MalformedAnswer(f"{what}: {key} is {type(value).__name__}, not a list")
+    return value
+
+
+def http_url(value: Any, what: str) -> str:
+    """``value`` if it is an absolute http(s) URL, else ``MalformedAnswer``."""
+    if isinstance(value, str):
+        parts = urlsplit(value)
+        if parts.scheme in ("http", "https") and parts.hostname:
+            return value
+    raise MalformedAnswer(f"{what}: {_shown(value)} is not an absolute http(s) URL")
+
+
+def metadata(raw: Any) -> Metadata:
+    """An image's AI metadata; fields of the wrong type count as absent."""
+    if not isinstance(raw, dict):
+        return _PENDING
+    status = raw.get("status")
+    description = raw.get("description")
+    keywords = raw.get("keywords")
+    error = raw.get("error")
+    return Metadata(status if status in _STATUSES else "pending",
+                    description if isinstance(description, str) else None,
+                    tuple(k for k in keywords if isinstance(k, str)) if isinstance(keywords, list) else (),
+                    error if isinstance(error, str) else None)
+
+
+def pack(data: Any, what: str = "GET /packs/{id}") -> RemotePack:
+    """A pack with its images (``GET /packs/{id}``)."""
+    data = _object(data, what)
+    images = []
+    # Run once per image of every pack read (100,000 at a time): kept to the bare minimum.
+    for raw in _list(data.get("images"), what, "images"):
+        if not isinstance(raw, dict):
+            raise MalformedAnswer(f"{what}: an entry of images is {type(raw).__name__}, not an object")
+        url = raw.get("url")
+        images.append(RemoteImage(_id(raw.get("id"), f"{what}: an image"), url if isinstance(url, str) else "",
+                                  metadata(raw.get("metadata"))))
+    name = data.get("name")
+    return RemotePack(_id(data.get("id"), what), name if isinstance(name, str) else "", tuple(images))
+
+
+def pack_page(data: Any, what: str = "GET /packs") -> tuple[list[PackSummary], int]:
+    """One page of ``GET /packs``: its packs and the ``total`` the server reports."""
+    data = _object(data, what)
+    packs = []
+    for raw in _list(data.get("packs"), what, "packs"):
+        raw = _object(raw, f"{what}: a pack")
+        name, count, created = raw.get("name"), raw.get("image_count"), raw.get("created_at")
+        packs.append(PackSummary(_id(raw.get("id"), f"{what}: a pack"), name if isinstance(name, str) else "",
+                                 count if isinstance(count, int) and not isinstance(count, bool) else 0,
+                                 raw.get("is_public") is True, created if isinstance(created, str) else ""))
+    total = data.get("total")
+    return packs, total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else len(packs)
+
+
+def created_id(data: Any, what: str) -> str:
+    """The id of what a POST created (a pack, an image)."""
+    return _id(_object(data, what).get("id"), what)
+
+
+def upload_ticket(data: Any, content_type: str) -> UploadTicket:
+    """The answer to ``POST /files``: where to PUT the bytes and the URL they will have."""
+    what = "POST /files"
+    data = _object(data, what)
+    expires_in = data.get("expiresIn", 600)
+    if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) or not 0 < expires_in < math.inf:
+        raise MalformedAnswer(f"{what}: expiresIn is {_shown(expires_in)}, not a positive number of seconds")
+    upload_url = http_url(data.get("uploadUrl"), f"{what}: uploadUrl")
+    return UploadTicket(upload_url, http_url(data.get("url"), f"{what}: url"), content_type,
+                        time.time() + float(expires_in))

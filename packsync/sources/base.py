@@ -1,0 +1,31 @@
+"""The interface every source of content implements; the engine knows sources only through it.
+
+Like a backend behind rclone's ``fs.Fs``: a source lists what it holds — items known by their
+content — and opens an item's bytes. It asks one question of the past ("what did this item look
+like last time?") through the ``previous`` cache it is given, and knows nothing of the state
+database or the API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from typing import Protocol
+
+from packsync.model import CachedFile, ContentItem, Scan
+
+
+class Source(Protocol):
+    @property
+    def label(self) -> str:
+        """How messages, the state and ``status`` name this source (a folder's path)."""
+
+    def exists(self) -> bool:
+        """Whether the source is there at all (a folder on an unmounted disk is not)."""
+
+    def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
+             on_item: Callable[[int], None] | None = None) -> Scan:
+        """Everything the source holds now. ``busy`` items are being written: their last content is
+        kept. ``on_item(bytes_read)`` follows each item judged. Raises ``SourceUnavailable``."""
+
+    def read(self, item: ContentItem) -> bytes:
+        """The item's bytes, provided they still hash to ``item.sha256``; else ``ItemChanged``."""

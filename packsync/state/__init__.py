@@ -1,0 +1,1 @@
+"""What packsync remembers: the SQLite state (``store``) and the lock that keeps it to one writer (``lock``)."""

@@ -1,0 +1,60 @@
+"""The stable JSON documents: ``status --json`` (``"version": 1``, documented in the README).
+
+New keys may be added; existing ones keep their meaning.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from packsync.model import Metadata
+from packsync.views.status import DaemonStatus, FileStatus, MappingStatus, Status
+
+STATUS_VERSION = 1
+
+
+def when(timestamp: float | None) -> str | None:
+    """A timestamp as ISO 8601 UTC, to the second."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def status_document(status: Status) -> dict[str, Any]:
+    return {"version": STATUS_VERSION, "state": status.state_path, "state_exists": status.state_exists,
+            "daemon": _daemon(status.daemon) if status.daemon else None,
+            "mappings": [_mapping(m) for m in status.mappings]}
+
+
+def _daemon(daemon: DaemonStatus) -> dict[str, Any]:
+    return {"running": daemon.running, "pid": daemon.pid, "state": daemon.state, "since": when(daemon.since),
+            "last_full_scan": when(daemon.last_full_scan), "queue": daemon.queue, "last_error": daemon.last_error,
+            "updated": when(daemon.updated)}
+
+
+def _mapping(mapping: MappingStatus) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "path": mapping.path, "pack_id": mapping.pack_id, "pack_name": mapping.pack_name,
+        "last_sync": when(mapping.last_sync), "last_error": mapping.last_error,
+        "files": mapping.file_count, **mapping.counts, "images": mapping.images, "metadata": mapping.metadata,
+    }
+    if mapping.files is not None:
+        entry["file_list"] = [_file(f) for f in mapping.files]
+    return entry
+
+
+def _file(item: FileStatus) -> dict[str, Any]:
+    return {"path": item.path, "sha256": item.sha256, "state": item.state, "problem": item.problem,
+            "image_id": item.image_id, "metadata": _metadata(item.metadata) if item.metadata else None}
+
+
+def _metadata(meta: Metadata) -> dict[str, Any]:
+    return {"status": meta.status, "description": meta.description, "keywords": list(meta.keywords),
+            "error": meta.error}
+
+
+def write_json(document: dict[str, Any], out: TextIO) -> None:
+    json.dump(document, out, indent=2, ensure_ascii=False)
+    out.write("\n")

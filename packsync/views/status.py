@@ -1,0 +1,114 @@
+"""The status read model: what ``packsync status`` (and any other view) shows, as typed values.
+
+Built from the config and the state alone — no token, no API call — by ``read_status``; rendered
+by ``views/text.py`` and ``views/json.py``. A view never queries the database its own way.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from packsync.config import Config, MappingConfig
+from packsync.engine.packs import recorded_pack_id
+from packsync.model import Metadata
+from packsync.state.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class FileStatus:
+    """One item of a source: ``state`` is synced, pending, failed (with ``problem``) or skipped."""
+
+    path: str
+    sha256: str | None
+    state: str
+    problem: str | None = None
+    image_id: str | None = None
+    metadata: Metadata | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MappingStatus:
+    path: str
+    pack_id: str | None
+    pack_name: str | None
+    last_sync: float | None
+    last_error: str | None
+    counts: dict[str, int]          # files by state: synced, pending, failed, skipped
+    images: int
+    metadata: dict[str, int]        # images by metadata status: completed, pending, failed
+    files: list[FileStatus] | None  # with ``files=True`` only
+
+    @property
+    def file_count(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonStatus:
+    running: bool
+    pid: int | None
+    state: str
+    since: float | None
+    last_full_scan: float | None
+    queue: int
+    last_error: str | None
+    updated: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    state_path: str
+    state_exists: bool
+    daemon: DaemonStatus | None
+    mappings: list[MappingStatus]
+
+
+FILE_STATES = ("synced", "pending", "failed", "skipped")
+METADATA_STATES = ("completed", "pending", "failed")
+
+
+def read_status(config: Config, store: Store, *, files: bool = False, lock_holder: int | None = None) -> Status:
+    """The status of every mapping; ``lock_holder`` is the pid holding the state lock, if any."""
+    return Status(str(store.path), store.path.exists(), _daemon(store, lock_holder),
+                  [_mapping(mapping, store, files) for mapping in config.mappings])
+
+
+def _daemon(store: Store, holder: int | None) -> DaemonStatus | None:
+    row = store.daemon()
+    if row is None:
+        return None
+    running = holder is not None and holder == row.pid
+    return DaemonStatus(running, row.pid if running else None, row.state if running else "stopped", row.started_at,
+                        row.last_full_scan, row.queue if running else 0, row.last_error, row.updated_at)
+
+
+def _mapping(mapping: MappingConfig, store: Store, files: bool) -> MappingStatus:
+    record = store.mapping(mapping.label)
+    pack_id = recorded_pack_id(store, mapping)
+    images = store.managed(pack_id) if pack_id else []
+    by_sha = {image.sha256: image for image in images}
+    problems = {problem.rel_path: problem for problem in store.problems(mapping.label)}
+    counts: Counter[str] = Counter({state: 0 for state in FILE_STATES})
+    detail: list[FileStatus] = []
+    for row in store.file_rows(mapping.label):
+        if row.rel_path in problems:
+            continue
+        image = by_sha.get(row.sha256 or "")
+        state = "synced" if image else "pending"
+        counts[state] += 1
+        if files:
+            detail.append(FileStatus(row.rel_path, row.sha256, state, None, image.image_id if image else None,
+                                     image.metadata if image else None))
+    for problem in problems.values():
+        state = "skipped" if problem.notice else "failed"
+        counts[state] += 1
+        if files:
+            detail.append(FileStatus(problem.rel_path, None, state, problem.reason))
+    metadata: Counter[str] = Counter({state: 0 for state in METADATA_STATES})
+    for image in images:
+        metadata[image.metadata.status if image.metadata.settled else "pending"] += 1
+    return MappingStatus(
+        mapping.label, pack_id, mapping.pack or (record.pack_name if record else None),
+        record.synced_at if record else None, record.last_error if record else None,
+        dict(counts), len(images), dict(metadata), sorted(detail, key=lambda f: f.path) if files else None)

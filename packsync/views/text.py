@@ -1,0 +1,113 @@
+"""What packsync prints on stdout for people: plans, run summaries, ``status`` and pack lists.
+
+Renderers only: they take the values the engine and the status read model produce and print them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TextIO
+
+from packsync.engine.sync import SyncReport
+from packsync.model import PackSummary, Problem
+from packsync.views.json import when
+from packsync.views.status import Status
+
+
+def _header(path: object, pack: str, pack_id: str | None) -> str:
+    return f"{path} → {pack}" + (f" ({pack_id})" if pack_id else " (new pack)")
+
+
+def print_plan(report: SyncReport, out: TextIO) -> None:
+    """The ``--dry-run`` listing: every upload, add and delete, per mapping. Changes nothing."""
+    uploads = {upload.add.sha256 for upload in report.plan.uploads} if report.plan else set()
+    for mapping in report.mappings:
+        out.write(_header(mapping.label, mapping.pack_name, mapping.pack_id) + "\n")
+        if mapping.error or (mapping.safety and not mapping.plan):
+            out.write(f"  error    {mapping.error or mapping.safety}\n")
+        plan = mapping.plan
+        if plan:
+            for add in plan.adds:
+                verb = "upload+add" if add.sha256 in uploads else "add"
+                out.write(f"  {verb:<10} {add.file_name}\n")
+            for delete in plan.deletes:
+                out.write(f"  {'delete':<10} image {delete.image_id} ({delete.reason})\n")
+            for delete in plan.withheld:
+                out.write(f"  {'withheld':<10} delete of image {delete.image_id} ({delete.reason})\n")
+            if plan.safety:
+                out.write(f"  safety     {plan.safety}\n")
+            if not (plan.adds or plan.deletes or plan.withheld):
+                out.write("  nothing to do\n")
+        _problems(mapping.problems, out)
+    if report.plan:
+        total = report.plan.mutations
+        out.write(f"dry run: {len(report.plan.uploads)} uploads, "
+                  f"{sum(len(m.adds) for m in report.plan.mappings)} adds, "
+                  f"{sum(len(m.deletes) for m in report.plan.mappings)} deletes "
+                  f"({total} API writes); nothing changed\n")
+
+
+def _problems(problems: Iterable[Problem], out: TextIO) -> None:
+    for problem in problems:
+        out.write(f"  {'notice' if problem.notice else 'skipped':<10} {problem.rel_path}: {problem.reason}\n")
+
+
+def print_run(report: SyncReport, out: TextIO) -> None:
+    """The summary after ``run``: counts per mapping, then each failure by name."""
+    for mapping in report.mappings:
+        outcome = mapping.outcome
+        out.write(_header(mapping.label, mapping.pack_name, mapping.pack_id) + "\n")
+        if outcome:
+            failed = len(outcome.failures)
+            out.write(f"  {outcome.added} added, {outcome.deleted} deleted, {failed} failed"
+                      + (f", {outcome.adopted} recovered" if outcome.adopted else "")
+                      + (f", {outcome.deletes_skipped} deletes postponed" if outcome.deletes_skipped else "") + "\n")
+            for where, why in outcome.failures:
+                out.write(f"  failed     {where}: {why}\n")
+        if mapping.fatal:
+            out.write(f"  error      {mapping.fatal}\n")
+        _problems(mapping.problems, out)
+    if report.metadata_pending:
+        out.write(f"metadata: {report.metadata_pending} images still pending; "
+                  "`packsync status` shows them as they complete\n")
+
+
+def print_status(status: Status, out: TextIO) -> None:
+    if not status.state_exists:
+        out.write(f"no state yet at {status.state_path}: nothing has been synced (`packsync run` starts)\n")
+    daemon = status.daemon
+    if daemon and daemon.running:
+        out.write(f"daemon: {daemon.state} (pid {daemon.pid}) since {when(daemon.since)} · "
+                  f"last full scan {when(daemon.last_full_scan) or 'not yet'} · {daemon.queue} changes queued"
+                  + (f" · last error: {daemon.last_error}" if daemon.last_error else "") + "\n")
+    elif daemon:
+        out.write(f"daemon: not running (last seen {when(daemon.updated)})\n")
+    for mapping in status.mappings:
+        out.write(_header(mapping.path, mapping.pack_name or mapping.pack_id or "?", mapping.pack_id) + "\n")
+        counts, meta = mapping.counts, mapping.metadata
+        out.write(f"  files {mapping.file_count} · synced {counts['synced']} · pending {counts['pending']} · "
+                  f"failed {counts['failed']} · metadata {meta['completed']} completed, {meta['pending']} pending, "
+                  f"{meta['failed']} failed\n")
+        out.write(f"  last sync {when(mapping.last_sync) or 'never'}"
+                  + (f" · last error: {mapping.last_error}" if mapping.last_error else "") + "\n")
+        for item in mapping.files or []:
+            file_meta = item.metadata
+            line = f"    {item.path}  [{item.state}" + (f", metadata {file_meta.status}]" if file_meta else "]")
+            if item.problem:
+                line += f"  {item.problem}"
+            if file_meta and file_meta.description:
+                line += f"\n      {file_meta.description}"
+            if file_meta and file_meta.keywords:
+                line += f"\n      keywords: {', '.join(file_meta.keywords)}"
+            if file_meta and file_meta.error:
+                line += f"\n      metadata error: {file_meta.error}"
+            out.write(line + "\n")
+
+
+def print_packs(packs: list[PackSummary], out: TextIO) -> None:
+    width = max((len(p.name) for p in packs), default=4)
+    out.write(f"{'id':<36}  {'name':<{width}}  images\n")
+    for pack in packs:
+        out.write(f"{pack.pack_id:<36}  {pack.name:<{width}}  {pack.image_count}"
+                  + ("  (public)" if pack.is_public else "") + "\n")
+
