@@ -28,7 +28,6 @@ from harness import (
     status_json,
     write_images,
 )
-
 from helpers import DaemonProcess, wait_until
 
 LATENCY_S = 0.040

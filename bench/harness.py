@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packsync.sandbox.imaging import solid_png
-from packsync.sandbox import Account, Faults, Sandbox
 from helpers import DaemonProcess
+
+from packsync.sandbox import Account, Faults, Sandbox
+from packsync.sandbox.imaging import solid_png
 
 TOKEN = "gva_bench_key.not-a-real-secret"
 SCOPE = "ws-bench"

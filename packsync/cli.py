@@ -13,6 +13,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,8 @@ def run(dry_run: bool, no_wait: bool, wait_timeout: float, force: bool) -> None:
     config.require_mappings()
     token = _token(config)
     options = SyncOptions(dry_run=dry_run, wait=not no_wait, wait_timeout_s=wait_timeout, force=force)
-    with StateLock(config.state_path):
+    # A dry run only reads the state (a consistent snapshot, even while the daemon writes): no lock.
+    with nullcontext() if dry_run else StateLock(config.state_path):
         report = asyncio.run(sync_once(config, token, options, Progress()))
     (print_plan if dry_run else print_run)(report, sys.stdout)
     sys.exit(int(report.exit_code))

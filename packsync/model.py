@@ -70,7 +70,6 @@ class Scan:
     problems: list[Problem] = field(default_factory=list)
     keep: set[str] = field(default_factory=set)
     cache: dict[str, CachedFile] = field(default_factory=dict)
-    hashed_bytes: int = 0
     hashed_files: int = 0
 
 

@@ -15,10 +15,10 @@ import pytest
 
 from packsync.app import sync_once
 from packsync.config import Config, parse_config
+from packsync.engine.sync import SyncOptions, SyncReport
+from packsync.sandbox import Account, Sandbox
 from packsync.sandbox.imaging import solid_png
 from packsync.views.progress import Progress
-from packsync.sandbox import Account, Sandbox
-from packsync.engine.sync import SyncOptions, SyncReport
 
 TOKEN = "gva_live_testkey.s3cr3t-token-value"
 _colours = itertools.count(1)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 from conftest import TOKEN, Env, image, write
+from helpers import DaemonProcess, wait_until
 
 from packsync.errors import ExitCode
 from packsync.sandbox.imaging import solid_png
-from helpers import DaemonProcess, wait_until
 
 
 @pytest.fixture

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 from conftest import TOKEN, Env, image, write
-
-from packsync.remote.genviral import GenviralClient, RetryPolicy
-from packsync.errors import ApiError, ExitCode, TransientError
-from packsync.sandbox import Account, Faults, Sandbox
 from helpers import wait_until
+
+from packsync.errors import ApiError, ExitCode, TransientError
+from packsync.remote.genviral import GenviralClient, RetryPolicy
+from packsync.sandbox import Account, Faults, Sandbox
 
 ADD = ("POST", "/packs/{id}/images")
 DELETE = ("DELETE", "/packs/{id}/images/{image_id}")

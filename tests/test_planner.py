@@ -15,17 +15,17 @@ from typing import Any
 
 import pytest
 
-from packsync.model import Blob, ContentItem, ManagedImage, Problem, RemoteImage, RemotePack, Scan
 from packsync.engine.planner import (
     MappingInput,
     MappingOptions,
     MappingPlan,
+    Plan,
     delete_limit,
     file_name_for,
-    Plan,
     plan_mapping,
     plan_uploads,
 )
+from packsync.model import Blob, ContentItem, ManagedImage, Problem, RemoteImage, RemotePack, Scan
 
 ROOT = Path("/photos")
 PACK = "pack-1"

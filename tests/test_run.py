@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from conftest import TOKEN, Env, image, write
+from helpers import wait_until
 
 from packsync.errors import ExitCode
 from packsync.sandbox import Account, Sandbox
@@ -259,7 +261,6 @@ def test_cli_no_wait_leaves_metadata_pending_and_a_later_run_picks_it_up(env: En
     first = json.loads(env.cli("status", "--json").stdout)["mappings"][0]["metadata"]
     assert first["pending"] == 1
 
-    from helpers import wait_until
     wait_until(lambda: env.pack(pack_id)["images"][0]["metadata"]["status"] == "completed")
     assert env.cli("run", "--no-wait").returncode == 0
     second = json.loads(env.cli("status", "--json").stdout)["mappings"][0]["metadata"]
@@ -350,3 +351,85 @@ def test_demo_runs_with_zero_set_up(tmp_path) -> None:  # type: ignore[no-untype
     assert result.stdout.count("metadata 3 completed, 0 pending") == 2
     assert "A 64×64 red PNG image." in result.stdout
     shutil.rmtree(tmp_path / "demo")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()} if folder.exists() else {}
+
+
+def test_dry_run_leaves_the_state_database_byte_for_byte_as_it_was(env: Env) -> None:
+    """Everything that would be written — hashes of new and changed files, problems, metadata that
+    completed, records of images deleted out of band — is only planned."""
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("brand", pack_id=pack_id)
+    write(folder / "a.png", image())
+    write(folder / "b.png", image())
+    assert env.cli("run", "--no-wait").returncode == 0
+    wait_until(lambda: all(i["metadata"]["status"] == "completed" for i in env.pack(pack_id)["images"]))
+    env.sandbox.remove_image(pack_id, env.pack(pack_id)["images"][0]["id"])
+    write(folder / "a.png", image())
+    write(folder / "c.png", image())
+    write(folder / "bad.png", b"not an image")
+    (folder / "b.png").unlink()
+    before = _files(env.state_path.parent)
+    env.sandbox.reset_calls()
+
+    result = env.cli("run", "--dry-run")
+
+    assert result.returncode == 1, result.stderr  # bad.png is named
+    assert "upload+add c.png" in result.stdout and "bad.png" in result.stdout
+    after = _files(env.state_path.parent)
+    assert after[env.state_path.name] == before[env.state_path.name]
+    assert {name: data for name, data in after.items() if name not in before} in ({}, {
+        f"{env.state_path.name}-wal": b"", f"{env.state_path.name}-shm": after.get(f"{env.state_path.name}-shm")}), \
+        "at most SQLite's own empty side files for a reader"
+    assert env.sandbox.mutating_calls() == 0
+
+
+def test_dry_run_without_a_state_creates_none(env: Env) -> None:
+    write(env.map("brand", pack="New") / "a.png", image())
+
+    result = env.cli("run", "--dry-run")
+
+    assert result.returncode == 0, result.stderr
+    assert "upload+add a.png" in result.stdout
+    assert not env.state_path.parent.exists()
+
+
+def test_dry_run_works_while_another_packsync_holds_the_lock(env: Env) -> None:
+    from packsync.state.lock import StateLock
+
+    write(env.map("brand", pack="New") / "a.png", image())
+    with StateLock(env.state_path):
+        assert env.cli("run", "--dry-run").returncode == 0
+        assert env.cli("run").returncode == ExitCode.USAGE
+
+
+def test_status_without_a_state_creates_nothing_and_says_so(env: Env) -> None:
+    env.map("brand", pack="p")
+
+    text = env.cli("status", token=None)
+    document = env.cli("status", "--json", token=None)
+
+    assert text.returncode == document.returncode == 0, text.stderr + document.stderr
+    assert "no state yet" in text.stdout
+    assert json.loads(document.stdout)["state_exists"] is False
+    assert not env.state_path.parent.exists()
+
+
+def test_status_shows_the_last_error_of_a_mapping_whose_files_failed(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("brand", pack_id=pack_id)
+    write(folder / "b.png", image())
+    env.sandbox.inject("expire", method="PUT", route="storage", count=50)
+
+    assert env.cli("run", "--no-wait").returncode == ExitCode.SOME_FAILED
+    text = env.cli("status", token=None).stdout
+    mapping = json.loads(env.cli("status", "--json", token=None).stdout)["mappings"][0]
+
+    assert mapping["last_error"] and "b.png" in mapping["last_error"] and "403" in mapping["last_error"]
+    assert f"last error: {mapping['last_error']}" in text
+
+    env.sandbox.clear_faults()
+    assert env.cli("run", "--no-wait").returncode == 0
+    assert json.loads(env.cli("status", "--json", token=None).stdout)["mappings"][0]["last_error"] is None

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 from conftest import TOKEN, Env, image, write
+from helpers import wait_until
 
 from packsync.errors import ExitCode
-from helpers import wait_until
 
 DELETE = ("DELETE", "/packs/{id}/images/{image_id}")
 

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from helpers import wait_until
 
 from packsync.sandbox import Account, Faults, Sandbox
-from helpers import wait_until
 
 T = TypeVar("T")
 

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 from conftest import TOKEN, Env, image, write
+from helpers import wait_until
 
 from packsync.errors import ExitCode
-from helpers import wait_until
 
 
 def all_files_below(folder: Path) -> list[Path]:

@@ -57,7 +57,6 @@ class MappingOutcome:
     added: int = 0
     adopted: int = 0
     deleted: int = 0
-    forgotten: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
     deletes_skipped: int = 0
@@ -109,7 +108,7 @@ class Executor:
             log.info("image gone from the pack; will add again if still wanted", image_id=forget.image.image_id)
         for adopt in mapping.adopts:
             self.store.record_image(adopt.image)
-        outcome.forgotten, outcome.adopted = len(mapping.forgets), len(mapping.adopts)
+        outcome.adopted = len(mapping.adopts)
 
     # -- adds --------------------------------------------------------------------------------------
 

@@ -218,7 +218,6 @@ class _Walk:
             self._problem(rel, f"cannot read ({exc.strerror})")
             return None
         self.scan.hashed_files += 1
-        self.scan.hashed_bytes += digest.size
         self.on_file(digest.size)
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or digest.size != st.st_size:
             self._problem(rel, "changed while it was being read; it will be synced once it is quiet")

@@ -170,22 +170,24 @@ T = TypeVar("T")
 
 def unusable(path: Path, exc: BaseException) -> StateError:
     """The one sentence for an error of the database at ``path`` (SQLite's, or the file system's)."""
-    text = str(exc).lower()
-    code = getattr(exc, "errno", None) or getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
-    if "locked" in text or "busy" in text:
+    origin = getattr(exc, "orig", None) or exc
+    name = getattr(origin, "sqlite_errorname", "") or ""
+    code = origin.errno if isinstance(origin, OSError) else None
+    text = str(origin).lower()
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
         return StateUnavailable(f"the state database {path} is locked by another program "
                                 "(a backup tool, or a sqlite3 shell holding a transaction?).")
-    if "full" in text or code == errno.ENOSPC:
+    if name == "SQLITE_FULL" or code == errno.ENOSPC:
         return StateUnavailable(f"no space left on the device of {path}.")
-    if "readonly" in text or "read-only" in text or "permission" in text or code in (errno.EACCES, errno.EPERM,
-                                                                                     errno.EROFS):
+    if name.startswith(("SQLITE_READONLY", "SQLITE_PERM", "SQLITE_CANTOPEN")) \
+            or code in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StateError(f"cannot write the state database {path}: permission denied (check the owner and "
                           "mode of the file and of its folder).")
-    if "disk i/o" in text or code == errno.EIO:
+    if name.startswith("SQLITE_IOERR") or code == errno.EIO:
         return StateUnavailable(f"the state database {path} could not be read or written (I/O error).")
-    if isinstance(exc, OSError):
-        return StateError(f"cannot use the state database {path} ({exc.strerror or exc}).")
-    return StateError(f"the state database {path} is corrupt ({exc}); packsync will not replace it. "
+    if isinstance(origin, OSError):
+        return StateError(f"cannot use the state database {path} ({origin.strerror or origin}).")
+    return StateError(f"the state database {path} is corrupt ({origin}); packsync will not replace it. "
                       "Move it away to start over.")
 
 
@@ -212,8 +214,9 @@ class Store:
         try:
             _check_header(path)
             version = self._inspect()
-            if readonly and version is None and not path.exists():
-                # Nothing to read yet: an empty in-memory state, so that a dry run creates no file.
+            if readonly and version is None:
+                # Nothing to read yet (no file, or one a first run left unfinished): an empty state in
+                # memory, so that a dry run or `status` creates nothing.
                 self.engine = create_engine("sqlite://", poolclass=StaticPool,
                                             connect_args={"check_same_thread": False})
                 SQLModel.metadata.create_all(self.engine)
@@ -359,9 +362,6 @@ class Store:
             found.update((sha, Blob(sha, kind, url, upload_url, expires, bool(done)))
                          for sha, kind, url, upload_url, expires, done in rows)
         return found
-
-    def blob(self, sha256: str) -> Blob | None:
-        return self.blobs([sha256]).get(sha256)
 
     def save_blob(self, blob: Blob) -> None:
         """Record an upload step; committed at once (several per file: plain SQL, not the ORM)."""

@@ -29,9 +29,10 @@ def status_document(status: Status) -> dict[str, Any]:
 
 
 def _daemon(daemon: DaemonStatus) -> dict[str, Any]:
-    return {"running": daemon.running, "pid": daemon.pid, "state": daemon.state, "since": when(daemon.since),
-            "last_full_scan": when(daemon.last_full_scan), "queue": daemon.queue, "last_error": daemon.last_error,
-            "updated": when(daemon.updated)}
+    record = daemon.record
+    return {"running": daemon.running, "pid": daemon.pid, "state": daemon.state, "since": when(record.started_at),
+            "last_full_scan": when(record.last_full_scan), "queue": daemon.queue, "last_error": record.last_error,
+            "updated": when(record.updated_at)}
 
 
 def _mapping(mapping: MappingStatus) -> dict[str, Any]:

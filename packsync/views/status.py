@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from packsync.config import Config, MappingConfig
 from packsync.engine.packs import recorded_pack_id
 from packsync.model import Metadata
-from packsync.state.store import Store
+from packsync.state.store import DaemonRow, MappingRecord, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +29,12 @@ class FileStatus:
 
 @dataclass(frozen=True, slots=True)
 class MappingStatus:
+    """One mapping: its pack as the config and the state know it, and how its last sync went (``record``)."""
+
     path: str
     pack_id: str | None
     pack_name: str | None
-    last_sync: float | None
-    last_error: str | None
+    record: MappingRecord | None
     counts: dict[str, int]          # files by state: synced, pending, failed, skipped
     images: int
     metadata: dict[str, int]        # images by metadata status: completed, pending, failed
@@ -43,17 +44,33 @@ class MappingStatus:
     def file_count(self) -> int:
         return sum(self.counts.values())
 
+    @property
+    def last_sync(self) -> float | None:
+        return self.record.synced_at if self.record else None
+
+    @property
+    def last_error(self) -> str | None:
+        return self.record.last_error if self.record else None
+
 
 @dataclass(frozen=True, slots=True)
 class DaemonStatus:
+    """What the daemon last published (``record``), and whether it is the process running now."""
+
     running: bool
-    pid: int | None
-    state: str
-    since: float | None
-    last_full_scan: float | None
-    queue: int
-    last_error: str | None
-    updated: float | None
+    record: DaemonRow
+
+    @property
+    def pid(self) -> int | None:
+        return self.record.pid if self.running else None
+
+    @property
+    def state(self) -> str:
+        return self.record.state if self.running else "stopped"
+
+    @property
+    def queue(self) -> int:
+        return self.record.queue if self.running else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +93,7 @@ def read_status(config: Config, store: Store, *, files: bool = False, lock_holde
 
 def _daemon(store: Store, holder: int | None) -> DaemonStatus | None:
     row = store.daemon()
-    if row is None:
-        return None
-    running = holder is not None and holder == row.pid
-    return DaemonStatus(running, row.pid if running else None, row.state if running else "stopped", row.started_at,
-                        row.last_full_scan, row.queue if running else 0, row.last_error, row.updated_at)
+    return None if row is None else DaemonStatus(holder is not None and holder == row.pid, row)
 
 
 def _mapping(mapping: MappingConfig, store: Store, files: bool) -> MappingStatus:
@@ -108,7 +121,6 @@ def _mapping(mapping: MappingConfig, store: Store, files: bool) -> MappingStatus
     metadata: Counter[str] = Counter({state: 0 for state in METADATA_STATES})
     for image in images:
         metadata[image.metadata.status if image.metadata.settled else "pending"] += 1
-    return MappingStatus(
-        mapping.label, pack_id, mapping.pack or (record.pack_name if record else None),
-        record.synced_at if record else None, record.last_error if record else None,
-        dict(counts), len(images), dict(metadata), sorted(detail, key=lambda f: f.path) if files else None)
+    return MappingStatus(mapping.label, pack_id, mapping.pack or (record.pack_name if record else None), record,
+                         dict(counts), len(images), dict(metadata),
+                         sorted(detail, key=lambda f: f.path) if files else None)

@@ -77,11 +77,12 @@ def print_status(status: Status, out: TextIO) -> None:
         out.write(f"no state yet at {status.state_path}: nothing has been synced (`packsync run` starts)\n")
     daemon = status.daemon
     if daemon and daemon.running:
-        out.write(f"daemon: {daemon.state} (pid {daemon.pid}) since {when(daemon.since)} · "
-                  f"last full scan {when(daemon.last_full_scan) or 'not yet'} · {daemon.queue} changes queued"
-                  + (f" · last error: {daemon.last_error}" if daemon.last_error else "") + "\n")
+        record = daemon.record
+        out.write(f"daemon: {daemon.state} (pid {daemon.pid}) since {when(record.started_at)} · "
+                  f"last full scan {when(record.last_full_scan) or 'not yet'} · {daemon.queue} changes queued"
+                  + (f" · last error: {record.last_error}" if record.last_error else "") + "\n")
     elif daemon:
-        out.write(f"daemon: not running (last seen {when(daemon.updated)})\n")
+        out.write(f"daemon: not running (last seen {when(daemon.record.updated_at)})\n")
     for mapping in status.mappings:
         out.write(_header(mapping.path, mapping.pack_name or mapping.pack_id or "?", mapping.pack_id) + "\n")
         counts, meta = mapping.counts, mapping.metadata

@@ -1,0 +1,125 @@
+"""The package's shape: no import cycles, one error tree, no test code in the wheel."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import pkgutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import packsync
+
+PACKAGE = Path(packsync.__file__).parent
+PROJECT = PACKAGE.parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PROJECT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """The packsync modules ``path`` imports, anywhere in it (imports only for type checking aside)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in modules)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            for alias in node.names:
+                target = f"{base}.{alias.name}"
+                found.add(target if target in modules else base)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")))
+    return {module for module in found if module in modules and module != name}
+
+
+def _graph() -> dict[str, set[str]]:
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {_module_name(path) for path in paths}
+    return {_module_name(path): _imports(path, modules) for path in paths}
+
+
+def test_the_package_has_no_import_cycles() -> None:
+    graph = _graph()
+    assert "packsync.engine.sync" in graph and "packsync.engine.planner" in graph["packsync.engine.sync"], \
+        "the walk finds the imports"
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def walk(module: str) -> None:
+        if module in visiting:
+            cycle = visiting[visiting.index(module):] + [module]
+            pytest.fail("import cycle: " + " → ".join(cycle))
+        if module in done:
+            return
+        visiting.append(module)
+        for imported in sorted(graph[module]):
+            walk(imported)
+        visiting.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        walk(module)
+
+
+@pytest.mark.parametrize(("layer", "forbidden"), [
+    ("packsync.engine.planner", {"packsync.remote", "packsync.state", "packsync.sources", "packsync.daemon"}),
+    ("packsync.sources", {"packsync.remote", "packsync.state", "packsync.engine", "packsync.daemon"}),
+    ("packsync.remote", {"packsync.state", "packsync.engine", "packsync.sources", "packsync.daemon"}),
+    ("packsync.state", {"packsync.remote", "packsync.engine", "packsync.sources", "packsync.daemon"}),
+    ("packsync.views", {"packsync.daemon", "packsync.app"}),
+    ("packsync.engine", {"packsync.daemon", "packsync.app", "packsync.cli"}),
+])
+def test_layers_depend_only_downwards(layer: str, forbidden: set[str]) -> None:
+    graph = _graph()
+    offenders = {(module, imported) for module, imports in graph.items() if module.startswith(layer)
+                 for imported in imports if any(imported.startswith(f) for f in forbidden)}
+    assert offenders == set()
+
+
+def test_every_exception_packsync_raises_is_in_the_errors_module() -> None:
+    """One error tree: an exception class defined anywhere else would escape the documented exit codes.
+    The sandbox is the vendor's server, not packsync, and is left out."""
+    strays = []
+    for info in pkgutil.walk_packages(packsync.__path__, "packsync."):
+        if info.name.startswith("packsync.sandbox") or info.name == "packsync.__main__":
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == info.name \
+                    and info.name != "packsync.errors":
+                strays.append(f"{info.name}.{name}")
+    assert strays == []
+
+
+def test_the_wheel_holds_no_test_code(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                             "-w", str(tmp_path), str(PROJECT)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (wheel,) = tmp_path.glob("packsync-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "packsync/engine/planner.py" in names
+    assert [n for n in names if "test" in n.lower() or n.startswith(("tests/", "bench/"))] == []

@@ -1,0 +1,106 @@
+"""The command line as people type it: global options anywhere, the token's variables, one log pipeline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import TOKEN, Env, image, write
+
+from packsync.logs import configure, get_logger, register_secret
+
+
+def packsync(env: Env, *args: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    """``packsync ARGS`` with exactly these token variables (no -c added: the test places it)."""
+    base = {k: v for k, v in os.environ.items() if k not in ("GENVIRAL_TOKEN", "GENVIRAL_API_KEY")}
+    return subprocess.run([sys.executable, "-m", "packsync", *args], capture_output=True, text=True,
+                          env={**base, **variables}, timeout=120)
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--config", "{config}", "--no-wait"],
+    ["run", "--no-wait", "-c", "{config}"],
+    ["-c", "{config}", "run", "--no-wait"],
+    ["run", "-v", "--no-wait", "--config={config}"],
+], ids=["--config after the command", "-c at the end", "before the command", "with -v after the command"])
+def test_global_options_work_before_or_after_the_command(env: Env, args: list[str]) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+
+    result = packsync(env, *[a.format(config=env.config_path) for a in args], GENVIRAL_TOKEN=TOKEN)
+
+    assert result.returncode == 0, result.stderr
+    assert "1 added" in result.stdout
+    assert env.pack(pack_id)["image_count"] == 1
+
+
+def test_verbose_after_the_command_shows_debug_events(env: Env) -> None:
+    write(env.map("brand", pack="p") / "a.png", image())
+
+    quiet = packsync(env, "run", "--dry-run", "-c", str(env.config_path), GENVIRAL_TOKEN=TOKEN)
+    verbose = packsync(env, "run", "--dry-run", "-c", str(env.config_path), "--verbose", GENVIRAL_TOKEN=TOKEN)
+
+    assert quiet.returncode == verbose.returncode == 0, verbose.stderr
+    levels = [json.loads(line)["level"] for line in verbose.stderr.splitlines() if line.startswith("{")]
+    assert "debug" in levels
+    assert '"debug"' not in quiet.stderr
+
+
+def test_the_key_of_genviral_s_own_cli_is_read_and_named_at_verbose(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+
+    result = packsync(env, "run", "-v", "--no-wait", "-c", str(env.config_path), GENVIRAL_API_KEY=TOKEN)
+
+    assert result.returncode == 0, result.stderr
+    assert env.pack(pack_id)["image_count"] == 1
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert {"event": "token read from the environment", "variable": "GENVIRAL_API_KEY"}.items() <= \
+        next(e for e in events if e["event"] == "token read from the environment").items()
+    assert TOKEN not in result.stderr + result.stdout
+
+
+def test_without_any_token_variable_the_error_names_both(env: Env) -> None:
+    env.map("brand", pack="p")
+
+    result = packsync(env, "run", "-c", str(env.config_path))
+
+    assert result.returncode == 2
+    assert "neither GENVIRAL_TOKEN nor GENVIRAL_API_KEY" in result.stderr
+
+
+def test_library_records_go_through_the_same_renderer_and_only_at_verbose(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+
+    quiet = packsync(env, "run", "--no-wait", "-c", str(env.config_path), GENVIRAL_TOKEN=TOKEN)
+    verbose = packsync(env, "run", "--no-wait", "-v", "-c", str(env.config_path), GENVIRAL_TOKEN=TOKEN)
+
+    assert quiet.returncode == verbose.returncode == 0
+    assert "HTTP Request" not in quiet.stderr
+    httpx_events = [json.loads(line) for line in verbose.stderr.splitlines()
+                    if line.startswith("{") and "HTTP Request" in line]
+    assert httpx_events, verbose.stderr[-2000:]
+    assert all(e["logger"] == "httpx" and e["level"] == "info" and "timestamp" in e for e in httpx_events)
+    assert all(line.startswith("{") for line in verbose.stderr.splitlines()), "every line is one JSON event"
+
+
+def test_a_library_record_holding_the_token_is_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    secret = "gva_live_abc.library-echo-secret"
+    register_secret(secret)
+    configure(verbose=True, tty=False)
+    try:
+        logging.getLogger("some.library").warning("echoing Authorization: Bearer %s", secret)
+        get_logger(mapping="/photos").info("packsync's own event", header=f"Bearer {secret}")
+    finally:
+        logging.getLogger().handlers.clear()
+
+    err = capsys.readouterr().err
+    assert secret not in err
+    lines = [json.loads(line) for line in err.splitlines()]
+    assert [line["event"] for line in lines] == ["echoing Authorization: Bearer ***", "packsync's own event"]
+    assert lines[1]["mapping"] == "/photos", "context bound to the logger is in its events"

@@ -1,0 +1,66 @@
+"""The pack resolver: which pack a mapping syncs into, as the state remembers it and the API shows it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from conftest import TOKEN, Env, image, write
+
+from packsync.app import client_for, open_app
+from packsync.config import Config
+
+
+def packs_polled(config: Config) -> list[str]:
+    """The packs the daemon's metadata polling would read for ``config``."""
+
+    async def read() -> list[str]:
+        async with open_app(config, TOKEN) as app:
+            return app.syncer.mapped_pack_ids()
+
+    return asyncio.run(read())
+
+
+def test_a_renamed_pack_in_the_config_is_no_longer_the_mapping_s_pack(env: Env) -> None:
+    """The state remembers "Old" for the folder; once the config says "New", nothing — metadata
+    polling, status — may still treat "Old" as the mapping's pack."""
+    write(env.map("brand", pack="Old") / "a.png", image())
+    env.sync()
+    old_id = env.pack_named("Old")["id"]
+    assert packs_polled(env.config()) == [old_id]
+
+    env.mappings[0]["pack"] = "New"
+    env.write_config()
+
+    assert packs_polled(env.config()) == []
+    status = json.loads(env.cli("status", "--json", token=None).stdout)["mappings"][0]
+    assert (status["pack_id"], status["pack_name"], status["images"]) == (None, "New", 0)
+
+    env.sync()
+    new_id = env.pack_named("New")["id"]
+    assert packs_polled(env.config()) == [new_id] and new_id != old_id
+
+
+def test_a_pack_created_after_a_lost_answer_is_created_once(env: Env) -> None:
+    """``POST /packs`` answered 500 after the pack was made: the resolver finds it instead of making another."""
+    write(env.map("brand", pack="Fresh") / "a.png", image())
+    env.sandbox.inject("500-after", method="POST", route="/packs")
+
+    report = env.sync()
+
+    assert report.exit_code == 0
+    assert env.pack_named("Fresh")["image_count"] == 1
+
+
+def test_list_packs_reads_every_page(env: Env) -> None:
+    for i in range(230):
+        env.sandbox.create_pack(f"pack {i:03}")
+
+    async def read() -> list[str]:
+        async with client_for(env.config(), TOKEN) as api:
+            return [p.name for p in await api.list_packs()]
+
+    names = asyncio.run(read())
+
+    assert sorted(names) == [f"pack {i:03}" for i in range(230)]
+    assert env.sandbox.calls[("GET", "/packs")] == 3
