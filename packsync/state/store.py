@@ -240,9 +240,16 @@ class Store:
         if not self.path.exists() or self.path.stat().st_size == 0:
             return None
         try:
-            with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as connection:
-                tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-                meta = dict(connection.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
+            try:
+                tables, meta = self._read_meta()
+            except sqlite3.OperationalError as exc:
+                if not (exc.sqlite_errorname or "").startswith("SQLITE_READONLY_"):
+                    raise
+                # A process killed mid-transaction left a journal that only a writer can roll back
+                # (SQLite's own crash recovery: it restores the last committed state), then read again.
+                with closing(sqlite3.connect(self.path)) as connection:
+                    connection.execute("SELECT count(*) FROM sqlite_master").fetchall()
+                tables, meta = self._read_meta()
         except sqlite3.DatabaseError as exc:
             raise unusable(self.path, exc) from None
         foreign = StateError(f"{self.path} is a SQLite database of another program; packsync will not touch it. "
@@ -259,6 +266,12 @@ class Store:
             raise StateError(f"{self.path} was written by a newer packsync (schema {version}); "
                              "upgrade packsync to use it.")
         return version
+
+    def _read_meta(self) -> tuple[set[str], dict[str, str]]:
+        with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            meta = dict(connection.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
+        return tables, meta
 
     @staticmethod
     def _pragmas(connection: Any, _record: Any) -> None:
