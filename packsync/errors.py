@@ -28,6 +28,9 @@ Lower-layer exceptions are translated into these in exactly one place each: http
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 
 class ExitCode(IntEnum):
@@ -114,3 +117,10 @@ class PermanentError(ApiError):
 
 class MalformedAnswer(PermanentError):
     """The API answered, but not with what its documentation promises (a missing id, a wrong type)."""
+
+
+def first_error(group: BaseExceptionGroup[E]) -> E:
+    """The first leaf of a (possibly nested) exception group: concurrent work that failed for one
+    reason (a refused key, an unusable state) is reported in one sentence, not as a group."""
+    first = group.exceptions[0]
+    return first_error(first) if isinstance(first, BaseExceptionGroup) else first

@@ -11,7 +11,9 @@ if some code path — or some library — were careless enough to pass it in.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import unicodedata
 from typing import Any
 
 import structlog
@@ -31,6 +33,22 @@ def redact(text: str) -> str:
     for secret in _secrets:
         text = text.replace(secret, "***")
     return text
+
+
+_BEARER = re.compile(r"(?i)\b(bearer|token|authorization)([\"']?\s*[:=]?\s*[\"']?\s*)(?:bearer\s+)?[\w.~+/=-]{8,}")
+
+
+def untrusted(text: str, limit: int = 300) -> str:
+    """Text that came from the network (an error answer, a proxy's page), safe to store and print.
+
+    Registered secrets and anything shaped like a credential (``Bearer …``, ``token=…``) are
+    redacted — a proxy or a debug page may echo the Authorization header — control characters
+    (terminal escapes, forged line breaks) become spaces, and the length is capped.
+    """
+    text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}***", redact(text))
+    text = "".join(" " if unicodedata.category(c).startswith("C") else c for c in text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _scrub(_logger: Any, _method: str, rendered: Any) -> Any:

@@ -33,7 +33,7 @@ from packsync.daemon.aggregator import Aggregator
 from packsync.daemon.notify import notify, watchdog_interval
 from packsync.daemon.watcher import Watcher
 from packsync.engine.sync import SyncOptions, SyncReport
-from packsync.errors import AuthError, ExitCode, PacksyncError
+from packsync.errors import AuthError, ExitCode, PacksyncError, StateUnavailable
 from packsync.logs import get_logger, register_secret
 from packsync.remote.retry import Backoff, Retrying
 from packsync.state.lock import StateLock
@@ -57,6 +57,7 @@ class Folder:
     mapping: MappingConfig
     retry: Retrying = field(default_factory=lambda: Retrying(MAPPING_RETRY))
     retry_at: float | None = None
+    error: str | None = None
 
     @property
     def root(self) -> Path:
@@ -73,7 +74,9 @@ class Daemon:
         self.folders = {m.label: Folder(m) for m in config.mappings}
         self.changes = Aggregator(config.daemon.debounce_s)
         self.paused_until: float | None = None
-        self.last_error: str | None = None
+        self.paused_reason: str | None = None
+        self.sync_error: str | None = None
+        self.state_trouble: str | None = None
         self.ready = False
         self.reload_requested = False
         self.watchdog_s = watchdog_interval()
@@ -100,7 +103,7 @@ class Daemon:
             loop.call_soon_threadsafe(self._changed, root, path, closed)
 
         self.watcher = Watcher(on_change)
-        self.store.save_daemon(pid=os.getpid(), started_at=time.time(), state="starting", queue=0, last_error=None)
+        self._save_daemon(pid=os.getpid(), started_at=time.time(), state="starting", queue=0, last_error=None)
         metadata = asyncio.create_task(self._supervised("metadata polling", self._metadata_loop))
         try:
             for folder in self.folders.values():
@@ -123,7 +126,7 @@ class Daemon:
             stopper.join(WATCHER_STOP_S)
             await asyncio.gather(metadata, return_exceptions=True)
             await self.app.api.aclose()
-            self.store.save_daemon(pid=None, state="stopped", queue=len(self.changes))
+            self._save_daemon(pid=None, state="stopped", queue=len(self.changes))
             self.store.close()
             self.log.info("daemon stopped")
         return ExitCode.OK
@@ -258,21 +261,54 @@ class Daemon:
         except AuthError as exc:
             self._pause(targets, str(exc))
             return
+        except StateUnavailable as exc:
+            self._state_unusable(exc)
+            for folder in targets:
+                self._retry(folder)
+            return
         except PacksyncError as exc:
             if not self.ready and exc.exit_code == ExitCode.USAGE:
                 raise  # a config error at start: say so and exit, rather than retry forever
-            self.last_error = str(exc)
+            self.sync_error = str(exc)
             self.log.error("sync failed; will retry", error=str(exc))
             for folder in targets:
                 self._retry(folder)
             return
+        self._state_usable()
+        self.sync_error = self.paused_reason = None
         if full:
             self._last_full_scan = time.time()
         self._after(report)
 
+    def _state_unusable(self, exc: StateUnavailable) -> None:
+        """The state is locked or its disk full: say so once, and keep trying (nothing is lost meanwhile)."""
+        if self.state_trouble != str(exc):
+            self.log.error(f"{exc} Waiting for it; changes are synced once it is usable again")
+        self.state_trouble = str(exc)
+
+    def _state_usable(self) -> None:
+        if self.state_trouble:
+            self.log.info("the state database is usable again")
+        self.state_trouble = None
+
+    def _save_daemon(self, **fields: object) -> bool:
+        """Publish to the state for `packsync status`: best effort, never a reason to stop."""
+        try:
+            self.store.save_daemon(**fields)
+        except StateUnavailable as exc:
+            self._state_unusable(exc)
+            return False
+        return True
+
+    @property
+    def last_error(self) -> str | None:
+        """What is wrong now, for `packsync status` and systemd; None once everything recovered."""
+        folder_error = next((f.error for f in self.folders.values() if f.error), None)
+        return self.paused_reason or self.state_trouble or self.sync_error or folder_error
+
     def _pause(self, folders: list[Folder], reason: str) -> None:
         self.paused_until = time.monotonic() + AUTH_RETRY_S
-        self.last_error = reason
+        self.paused_reason = reason
         self.log.error(f"{reason}; syncing paused, retrying in {AUTH_RETRY_S / 60:.0f} min or on SIGHUP")
         for folder in folders:
             folder.retry_at = 0.0
@@ -286,8 +322,7 @@ class Daemon:
         for mapping in report.mappings:
             folder = self.folders[mapping.label]
             log = self.log.bind(path=mapping.label)
-            if mapping.last_error:
-                self.last_error = mapping.last_error
+            folder.error = mapping.last_error
             if mapping.safety:
                 # Not retried: nothing changes until the folder does (or a person says --force).
                 log.error("safety stop: deletes withheld", reason=mapping.safety)
@@ -309,9 +344,10 @@ class Daemon:
         news = (state, len(self.changes), self.last_error, self._last_full_scan, len(self.folders))
         if news == self._published:  # the idle loop calls this often: write only what changed
             return
+        if not self._save_daemon(state=state, queue=len(self.changes), last_error=self.last_error,
+                                 last_full_scan=self._last_full_scan):
+            return
         self._published = news
-        self.store.save_daemon(state=state, queue=len(self.changes), last_error=self.last_error,
-                               last_full_scan=self._last_full_scan)
         notify(f"STATUS={state}: {len(self.folders)} folders watched, {len(self.changes)} changes queued"
                + (f", last error: {self.last_error}" if self.last_error else ""))
 
@@ -339,6 +375,8 @@ class Daemon:
                 await self.app.metadata.poll(list(pending))
             except AuthError as exc:
                 self.log.warning("metadata poll refused", error=str(exc))
+            except StateUnavailable as exc:
+                self._state_unusable(exc)
 
     # -- reload ------------------------------------------------------------------------------------
 

@@ -28,8 +28,10 @@ from packsync.errors import (
     ItemChanged,
     NotFound,
     PermanentError,
+    StateError,
     TransientError,
     UploadRejected,
+    first_error,
 )
 from packsync.logs import get_logger
 from packsync.model import Blob, ManagedImage
@@ -39,7 +41,6 @@ from packsync.state.store import Store
 from packsync.views.progress import Progress
 
 T = TypeVar("T")
-T_exc = TypeVar("T_exc", bound=BaseException)
 
 #: A presigned URL is not used when it expires within this many seconds: a PUT of a large file
 #: must not start on a URL that dies half-way.
@@ -90,8 +91,14 @@ class Executor:
                         group.create_task(self._adds(mapping, outcome, url_of))
             for mapping, outcome in zip(plan.mappings, outcomes, strict=True):
                 await self._deletes(mapping, outcome)
-        except* AuthError as group_error:
-            raise _first(group_error) from None
+        except* (AuthError, StateError) as group_error:
+            raise first_error(group_error) from None
+        finally:
+            # Uploads are shared between packs and shielded: when the run stops early, end them here
+            # rather than leave them failing later with nobody to hear it.
+            for task in self._uploads.values():
+                task.cancel()
+            await asyncio.gather(*self._uploads.values(), return_exceptions=True)
         return outcomes
 
     async def _prepare(self, mapping: MappingPlan, outcome: MappingOutcome) -> None:
@@ -223,12 +230,6 @@ class Executor:
 
 async def _ready(value: T) -> T:
     return value
-
-
-def _first(group: BaseExceptionGroup[T_exc]) -> T_exc:
-    """The first leaf exception of a (possibly nested) exception group."""
-    first = group.exceptions[0]
-    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 async def _bounded(items: Iterable[T], work: Callable[[T], Awaitable[None]], limit: int) -> None:

@@ -18,7 +18,16 @@ from packsync.engine.executor import Executor, MappingOutcome
 from packsync.engine.metadata import MetadataPoller
 from packsync.engine.packs import PackResolver
 from packsync.engine.planner import MappingInput, MappingOptions, MappingPlan, Plan, plan_mapping, plan_uploads
-from packsync.errors import ConfigError, ExitCode, NotFound, PermanentError, SourceUnavailable, TransientError
+from packsync.errors import (
+    ConfigError,
+    ExitCode,
+    NotFound,
+    PacksyncError,
+    PermanentError,
+    SourceUnavailable,
+    TransientError,
+    first_error,
+)
 from packsync.logs import get_logger
 from packsync.model import CachedFile, Problem, RemotePack, Scan
 from packsync.remote.genviral import GenviralClient
@@ -120,8 +129,12 @@ class Syncer:
         self._check_sources(reports)
         slots = asyncio.Semaphore(MAPPINGS_AT_ONCE)
         live = [r for r in reports if not (r.error or r.safety)]
-        await asyncio.gather(*(self._plan(report, options, (busy or {}).get(report.label, ()), slots)
-                               for report in live))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for report in live:
+                    group.create_task(self._plan(report, options, (busy or {}).get(report.label, ()), slots))
+        except* PacksyncError as errors:
+            raise first_error(errors) from None
         planned = [r for r in live if r.plan is not None]
         plans = [r.plan for r in planned if r.plan is not None]
         plan = plan_uploads(plans, self.store.blobs({add.sha256 for p in plans for add in p.adds}))

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from packsync.errors import MalformedAnswer
+from packsync.logs import untrusted
 from packsync.model import METADATA_SETTLED, Metadata, PackSummary, RemoteImage, RemotePack, UploadTicket
 
 _STATUSES = METADATA_SETTLED | {"pending", "processing"}
@@ -31,8 +32,7 @@ def _id(value: Any, what: str) -> str:
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return untrusted(repr(value)[:200], limit=40)
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:

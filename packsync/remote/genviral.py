@@ -33,7 +33,7 @@ from packsync.errors import (
     TransientError,
     UploadRejected,
 )
-from packsync.logs import get_logger
+from packsync.logs import get_logger, untrusted
 from packsync.model import PackSummary, RemotePack, UploadTicket
 from packsync.remote import answers
 from packsync.remote.retry import Backoff
@@ -60,8 +60,7 @@ class RetryPolicy:
 
 
 def _excerpt(response: httpx.Response) -> str:
-    body = re.sub(r"\s+", " ", response.text[:200]).strip()
-    return body[:120] or "(empty body)"
+    return untrusted(response.text[:2000], limit=120) or "(empty body)"
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -175,7 +174,8 @@ class GenviralClient:
             if status >= 500 or status < 400:
                 raise AmbiguousError(message, status=status)
             raise PermanentError(message, status=status)
-        code = body.get("error_code")
+        raw_code = body.get("error_code")
+        code = untrusted(raw_code, limit=60) if isinstance(raw_code, str) else None
         if status in _AUTH_MESSAGES:
             raise AuthError(_AUTH_MESSAGES[status], status=status, error_code=code)
         if status == 429:
@@ -188,15 +188,17 @@ class GenviralClient:
             raise NotFound(f"{method} {what}: not found or outside the key's scope ({code or 404})",
                            status=status, error_code=code)
         if status >= 400 or body.get("ok") is not True:
-            detail = body.get("message") or ""
+            detail = str(body.get("message") or "")
             issues = body.get("issues")
             if isinstance(issues, dict):
-                field_errors = issues.get("fieldErrors") or {}
-                fields = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in field_errors.items())
-                forms = "; ".join(map(str, issues.get("formErrors") or []))
+                field_errors = issues.get("fieldErrors")
+                fields = "; ".join(f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}"
+                                   for k, v in field_errors.items()) if isinstance(field_errors, dict) else ""
+                form_errors = issues.get("formErrors")
+                forms = "; ".join(map(str, form_errors)) if isinstance(form_errors, list) else ""
                 detail = "; ".join(part for part in (detail, forms, fields) if part)
-            raise PermanentError(f"{method} {what}: {status} {code or ''} {detail}".replace("  ", " ").strip(),
-                                 status=status, error_code=code)
+            raise PermanentError(f"{method} {what}: {status} {code or ''} {untrusted(detail)}".replace("  ", " ")
+                                 .strip(), status=status, error_code=code)
         if not isinstance(body.get("data"), dict):
             raise AmbiguousError(f"{method} {what}: HTTP {status}, answer has no data: {_excerpt(response)}",
                              status=status)
@@ -207,10 +209,10 @@ class GenviralClient:
         status = response.status_code
         if status < 300:
             return None
-        code_match = re.search(r"<Code>([^<]+)</Code>", response.text)
-        text_match = re.search(r"<Message>([^<]+)</Message>", response.text)
-        code = code_match.group(1) if code_match else None
-        detail = f"{code}: {text_match.group(1)}" if code and text_match else (code or _excerpt(response))
+        code_match = re.search(r"<Code>([^<]{1,200})</Code>", response.text)
+        text_match = re.search(r"<Message>([^<]{1,2000})</Message>", response.text)
+        code = untrusted(code_match.group(1), limit=60) if code_match else None
+        detail = f"{code}: {untrusted(text_match.group(1))}" if code and text_match else (code or _excerpt(response))
         message = f"PUT {what}: storage answered {status} {detail}"
         if status == 429:
             raise TransientError(message, status=status, error_code=code, retry_after=_retry_after(response))

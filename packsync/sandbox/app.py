@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from .faults import FaultPlan, Faults
-from .server import API_PREFIX, SandboxServer
+from .server import API_PREFIX, Reply, SandboxServer
 from .store import Account, Store
 
 __all__ = ["Sandbox", "DEMO_TOKEN", "MUTATING_METHODS"]
@@ -43,6 +43,7 @@ class Sandbox:
         self.store = Store(Path(state_path) if state_path is not None else None, enrich_delays)
         self._calls: Counter[tuple[str, str]] = Counter()
         self._calls_lock = threading.Lock()
+        self._rewrites: list[list[Any]] = []
         self._server: SandboxServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -117,8 +118,29 @@ class Sandbox:
         self.plan.inject(kind, method, route, count)
 
     def clear_faults(self) -> None:
-        """Forget scripted faults that have not fired yet."""
+        """Forget scripted faults and rewrites that have not fired yet."""
         self.plan.clear()
+        with self._calls_lock:
+            self._rewrites.clear()
+
+    def rewrite(self, method: str, route: str, change: Callable[[Reply], Reply], count: int = 1 << 30) -> None:
+        """Pass the next ``count`` answers to (method, route template) through ``change``: a server
+        that answers what its documentation does not promise, for hostile tests. The work is done."""
+        with self._calls_lock:
+            self._rewrites.append([method.upper(), route, change, count])
+
+    def rewritten(self, method: str, route: str, reply: Reply) -> Reply:
+        with self._calls_lock:
+            for entry in self._rewrites:
+                if entry[0] == method and entry[1] == route:
+                    entry[3] -= 1
+                    if entry[3] == 0:
+                        self._rewrites.remove(entry)
+                    change: Callable[[Reply], Reply] = entry[2]
+                    break
+            else:
+                return reply
+        return change(reply)
 
     # ----------------------------------------------------------------- calls
     def _count(self, method: str, route: str) -> None:

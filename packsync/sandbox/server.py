@@ -248,7 +248,7 @@ class Handler(BaseHTTPRequestHandler):
         elif fault == "500-after":
             self._send(fault_reply("500", route))
         else:
-            self._send(reply)
+            self._send(sb.rewritten(method, route, reply))
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
 

@@ -278,7 +278,7 @@ class Store:
         cursor = connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA busy_timeout=2000")
         cursor.close()
 
     def _set_up(self, version: int | None) -> None:

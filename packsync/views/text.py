@@ -1,10 +1,14 @@
 """What packsync prints on stdout for people: plans, run summaries, ``status`` and pack lists.
 
 Renderers only: they take the values the engine and the status read model produce and print them.
+Every name and message is shown through ``printable``: a file named ``"a\n  failed …"`` must not
+forge a line, and an escape sequence in a name or a description must not drive the terminal
+(``--json`` keeps them exact).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 from typing import TextIO
 
@@ -14,8 +18,14 @@ from packsync.views.json import when
 from packsync.views.status import Status
 
 
+def printable(text: object) -> str:
+    """``text`` with control and format characters shown as escapes (``\\n``, ``\\x1b``), nothing else changed."""
+    return "".join(c if not unicodedata.category(c).startswith("C") else
+                   c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
 def _header(path: object, pack: str, pack_id: str | None) -> str:
-    return f"{path} → {pack}" + (f" ({pack_id})" if pack_id else " (new pack)")
+    return f"{printable(path)} → {printable(pack)}" + (f" ({printable(pack_id)})" if pack_id else " (new pack)")
 
 
 def print_plan(report: SyncReport, out: TextIO) -> None:
@@ -24,18 +34,18 @@ def print_plan(report: SyncReport, out: TextIO) -> None:
     for mapping in report.mappings:
         out.write(_header(mapping.label, mapping.pack_name, mapping.pack_id) + "\n")
         if mapping.error or (mapping.safety and not mapping.plan):
-            out.write(f"  error    {mapping.error or mapping.safety}\n")
+            out.write(f"  error    {printable(mapping.error or mapping.safety)}\n")
         plan = mapping.plan
         if plan:
             for add in plan.adds:
                 verb = "upload+add" if add.sha256 in uploads else "add"
-                out.write(f"  {verb:<10} {add.file_name}\n")
+                out.write(f"  {verb:<10} {printable(add.item.key)}\n")
             for delete in plan.deletes:
-                out.write(f"  {'delete':<10} image {delete.image_id} ({delete.reason})\n")
+                out.write(f"  {'delete':<10} image {printable(delete.image_id)} ({delete.reason})\n")
             for delete in plan.withheld:
-                out.write(f"  {'withheld':<10} delete of image {delete.image_id} ({delete.reason})\n")
+                out.write(f"  {'withheld':<10} delete of image {printable(delete.image_id)} ({delete.reason})\n")
             if plan.safety:
-                out.write(f"  safety     {plan.safety}\n")
+                out.write(f"  safety     {printable(plan.safety)}\n")
             if not (plan.adds or plan.deletes or plan.withheld):
                 out.write("  nothing to do\n")
         _problems(mapping.problems, out)
@@ -49,7 +59,8 @@ def print_plan(report: SyncReport, out: TextIO) -> None:
 
 def _problems(problems: Iterable[Problem], out: TextIO) -> None:
     for problem in problems:
-        out.write(f"  {'notice' if problem.notice else 'skipped':<10} {problem.rel_path}: {problem.reason}\n")
+        out.write(f"  {'notice' if problem.notice else 'skipped':<10} {printable(problem.rel_path)}: "
+                  f"{printable(problem.reason)}\n")
 
 
 def print_run(report: SyncReport, out: TextIO) -> None:
@@ -63,9 +74,9 @@ def print_run(report: SyncReport, out: TextIO) -> None:
                       + (f", {outcome.adopted} recovered" if outcome.adopted else "")
                       + (f", {outcome.deletes_skipped} deletes postponed" if outcome.deletes_skipped else "") + "\n")
             for where, why in outcome.failures:
-                out.write(f"  failed     {where}: {why}\n")
+                out.write(f"  failed     {printable(where)}: {printable(why)}\n")
         if mapping.fatal:
-            out.write(f"  error      {mapping.fatal}\n")
+            out.write(f"  error      {printable(mapping.fatal)}\n")
         _problems(mapping.problems, out)
     if report.metadata_pending:
         out.write(f"metadata: {report.metadata_pending} images still pending; "
@@ -80,7 +91,7 @@ def print_status(status: Status, out: TextIO) -> None:
         record = daemon.record
         out.write(f"daemon: {daemon.state} (pid {daemon.pid}) since {when(record.started_at)} · "
                   f"last full scan {when(record.last_full_scan) or 'not yet'} · {daemon.queue} changes queued"
-                  + (f" · last error: {record.last_error}" if record.last_error else "") + "\n")
+                  + (f" · last error: {printable(record.last_error)}" if record.last_error else "") + "\n")
     elif daemon:
         out.write(f"daemon: not running (last seen {when(daemon.record.updated_at)})\n")
     for mapping in status.mappings:
@@ -90,25 +101,27 @@ def print_status(status: Status, out: TextIO) -> None:
                   f"failed {counts['failed']} · metadata {meta['completed']} completed, {meta['pending']} pending, "
                   f"{meta['failed']} failed\n")
         out.write(f"  last sync {when(mapping.last_sync) or 'never'}"
-                  + (f" · last error: {mapping.last_error}" if mapping.last_error else "") + "\n")
+                  + (f" · last error: {printable(mapping.last_error)}" if mapping.last_error else "") + "\n")
         for item in mapping.files or []:
             file_meta = item.metadata
-            line = f"    {item.path}  [{item.state}" + (f", metadata {file_meta.status}]" if file_meta else "]")
+            line = f"    {printable(item.path)}  [{item.state}"
+            line += f", metadata {file_meta.status}]" if file_meta else "]"
             if item.problem:
-                line += f"  {item.problem}"
+                line += f"  {printable(item.problem)}"
             if file_meta and file_meta.description:
-                line += f"\n      {file_meta.description}"
+                line += f"\n      {printable(file_meta.description)}"
             if file_meta and file_meta.keywords:
-                line += f"\n      keywords: {', '.join(file_meta.keywords)}"
+                line += f"\n      keywords: {printable(', '.join(file_meta.keywords))}"
             if file_meta and file_meta.error:
-                line += f"\n      metadata error: {file_meta.error}"
+                line += f"\n      metadata error: {printable(file_meta.error)}"
             out.write(line + "\n")
 
 
 def print_packs(packs: list[PackSummary], out: TextIO) -> None:
-    width = max((len(p.name) for p in packs), default=4)
+    names = [printable(p.name) for p in packs]
+    width = max(map(len, names), default=4)
     out.write(f"{'id':<36}  {'name':<{width}}  images\n")
-    for pack in packs:
-        out.write(f"{pack.pack_id:<36}  {pack.name:<{width}}  {pack.image_count}"
+    for pack, name in zip(packs, names, strict=True):
+        out.write(f"{printable(pack.pack_id):<36}  {name:<{width}}  {pack.image_count}"
                   + ("  (public)" if pack.is_public else "") + "\n")
 
