@@ -119,7 +119,8 @@ def daemon(polling: bool) -> None:
 @_command(main)
 @click.option("--json", "as_json", is_flag=True, help="Print the stable JSON document (see README).")
 @click.option("--files", is_flag=True, help="List every file with its image id and AI metadata.")
-def status(as_json: bool, files: bool) -> None:
+@click.option("--problems", is_flag=True, help="List every file that was skipped, with the reason.")
+def status(as_json: bool, files: bool, problems: bool) -> None:
     """Show each mapping's files, images and metadata, from the state (no API call, writes nothing)."""
     from packsync.state.lock import StateLock
     from packsync.state.store import Store
@@ -130,7 +131,8 @@ def status(as_json: bool, files: bool) -> None:
     config = _config()
     store = Store(config.state_path, readonly=True)
     try:
-        model = read_status(config, store, files=files, lock_holder=StateLock(config.state_path).holder())
+        model = read_status(config, store, files=files, problems=problems,
+                            lock_holder=StateLock(config.state_path).holder())
     finally:
         store.close()
     if as_json:

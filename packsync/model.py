@@ -101,13 +101,18 @@ class Metadata:
 
 @dataclass(frozen=True, slots=True)
 class ManagedImage:
-    """An image packsync added to a pack (and so may delete), as the state recorded it."""
+    """An image packsync added to a pack (and so may delete), as the state recorded it.
+
+    ``owner`` is the label of the mapping that added it: only that mapping deletes it, so mappings
+    that share a pack (from two configs sharing one state) never delete each other's images.
+    """
 
     pack_id: str
     image_id: str
     sha256: str
     url: str
     file_name: str
+    owner: str
     metadata: Metadata = Metadata()
 
 

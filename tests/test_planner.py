@@ -55,6 +55,7 @@ class World:
     recorded: dict[str, str] = field(default_factory=dict)
     pack: list[str] | None = field(default_factory=list)
     ours: dict[str, str] = field(default_factory=dict)
+    theirs: dict[str, str] = field(default_factory=dict)
     keep: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
     options: MappingOptions = MappingOptions()
@@ -64,13 +65,15 @@ class World:
                     items=[ContentItem(rel, sha(c), 100, "image/png") for rel, c in self.folder.items()],
                     problems=[Problem(rel, "not an image") for rel in self.problems],
                     keep={sha(c) for c in self.keep})
-        managed = [ManagedImage(PACK, image_id, sha(c), url(c), f"{c}.png") for image_id, c in self.recorded.items()]
+        managed = [ManagedImage(PACK, image_id, sha(c), url(c), f"{c}.png", "photos")
+                   for image_id, c in self.recorded.items()]
         remote = None if self.pack is None else RemotePack(PACK, "Pack", tuple(self._remote(i) for i in self.pack))
         known = {url(c): sha(c) for c in {*self.recorded.values(), *self.ours.values()}}
-        return MappingInput("photos", "Pack", scan, managed, remote, known, self.options)
+        return MappingInput("photos", "Pack", scan, managed, remote, known, self.options,
+                            others={image_id: sha(c) for image_id, c in self.theirs.items()})
 
     def _remote(self, image_id: str) -> RemoteImage:
-        content = self.recorded.get(image_id) or self.ours.get(image_id)
+        content = self.recorded.get(image_id) or self.ours.get(image_id) or self.theirs.get(image_id)
         return RemoteImage(image_id, url(content) if content else f"https://web.example.com/{image_id}.jpg")
 
 
@@ -87,6 +90,13 @@ def summary(plan: MappingPlan) -> dict[str, Any]:
 
 
 RULES = [
+    pytest.param(
+        World(folder={"a.png": "A"}, theirs={"t1": "A", "t2": "B"}, pack=["t1", "t2"],
+              options=MappingOptions(prune_foreign=True)),
+        {}, id="another mapping's images in the pack are neither deleted nor pruned, and their content is there"),
+    pytest.param(
+        World(folder={"a.png": "A"}, recorded={"i1": "A"}, theirs={"t1": "A"}, pack=["t1", "i1"]),
+        {"delete": [("i1", "duplicate")]}, id="our copy of a content another mapping holds is a duplicate"),
     pytest.param(
         World(folder={"a.png": "A", "b.png": "B"}, recorded={"i1": "A", "i2": "B"}, pack=["i1", "i2"]),
         {}, id="a folder already mirrored needs nothing"),
@@ -208,7 +218,7 @@ def test_an_adopted_image_is_recorded_under_its_file_name_and_content() -> None:
 
     (adopt,) = plan_mapping(world.source()).adopts
 
-    assert adopt.image == ManagedImage(PACK, "i9", sha("A"), url("A"), "logo.png")
+    assert adopt.image == ManagedImage(PACK, "i9", sha("A"), url("A"), "logo.png", "photos")
 
 
 SAFETY = [
@@ -226,11 +236,17 @@ SAFETY = [
     pytest.param(
         World(folder={c: c for c in "ABCD"}, recorded={f"i{n}": c for n, c in enumerate("ABCDEFGHIJ")},
               pack=[f"i{n}" for n in range(10)], options=MappingOptions(max_delete="50%")),
-        "would delete 6 images, more than max_delete allows (50%:", id="more deletes than a max_delete percentage"),
+        "would delete 6 images, more than max_delete allows (50% of the 10 images",
+        id="more deletes than a max_delete percentage"),
     pytest.param(
         World(folder={"a.png": "A"}, recorded={"i1": "A"}, pack=["i1", "web1", "web2"],
               options=MappingOptions(prune_foreign=True, max_delete=1)),
         "would delete 2 images", id="pruned foreign images count towards max_delete"),
+    pytest.param(
+        World(folder={"a.png": "A"}, pack=["web1", "web2", "web3", "web4"],
+              options=MappingOptions(prune_foreign=True, max_delete="50%")),
+        "would delete 4 images, more than max_delete allows (50% of the 4 images it may delete here: at most 2)",
+        id="a share of max_delete is a share of the images that may be deleted, foreign ones included"),
 ]
 
 

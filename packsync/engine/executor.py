@@ -127,6 +127,7 @@ class Executor:
         async def one(add: AddImage) -> None:
             if outcome.error:
                 return
+            url = None
             try:
                 url = await url_of(add)
                 image_id = await self._add(pack_id, url, add.file_name)
@@ -136,11 +137,14 @@ class Executor:
                     log.error("pack unavailable; mapping stopped", error=str(exc))
                 return
             except (TransientError, PermanentError, UploadRejected, ItemChanged) as exc:
+                if url is not None and isinstance(exc, PermanentError) and exc.status in (400, 422):
+                    # The API refuses the uploaded URL: upload the content afresh next time, never reuse it.
+                    self.store.forget_blob(add.sha256)
                 where = f"{mapping.label}/{add.item.key}"
                 outcome.failures.append((where, str(exc)))
                 log.warning("item failed", item=where, error=str(exc))
                 return
-            self.store.record_image(ManagedImage(pack_id, image_id, add.sha256, url, add.file_name))
+            self.store.record_image(ManagedImage(pack_id, image_id, add.sha256, url, add.file_name, mapping.label))
             outcome.added += 1
             self.progress.advance("added")
             log.debug("image added", file=add.file_name, image_id=image_id)

@@ -4,14 +4,19 @@ A mapping names its pack by id (``pack_id``, which must exist) or by name (``pac
 state remembers for that name, else the oldest of the key's own packs with exactly that name, else
 a new one). What was found is remembered per mapping in the state, so later runs read the pack by
 id. Every other module asks here; none looks the pack up on its own.
+
+A 404 for a remembered pack may be a glitch: it is believed only after a second look by id, after
+a pause, and a look by name. Only then is the pack taken as gone (deleted in the web app?) and a
+new one created; the records of the old one are dropped once the new one exists, never before.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from packsync.config import MappingConfig
-from packsync.errors import AmbiguousError, NotFound
+from packsync.errors import AmbiguousError, MalformedAnswer, NotFound
 from packsync.logs import get_logger
 from packsync.model import RemotePack
 from packsync.state.store import Store
@@ -35,6 +40,10 @@ class PackResolver:
         self.store = store
         self.remember = remember
         self.log = get_logger()
+        #: Per mapping label, the remembered pack found gone this run (its records go once a new one exists).
+        self.gone: dict[str, str] = {}
+        #: Per mapping label, what the user should hear about its pack this run.
+        self.notices: dict[str, str] = {}
 
     def recorded(self, mapping: MappingConfig) -> str | None:
         return recorded_pack_id(self.store, mapping)
@@ -64,11 +73,17 @@ class PackResolver:
             try:
                 return await self.api.get_pack(remembered)
             except NotFound:
-                self.log.warning("pack is gone; it will be created again", pack=name, pack_id=remembered)
-                if self.remember:
-                    self.store.forget_images(remembered)
-                return None
+                await asyncio.sleep(self.api.retry.backoff.delay(1))
+            try:
+                return await self.api.get_pack(remembered)
+            except NotFound:
+                self.gone[mapping.label] = remembered
         found = await self._oldest_named(name)
+        if remembered and not found:
+            self.notices[mapping.label] = (f"the pack {name!r} ({remembered}) is gone (deleted in the web app?); "
+                                           "a new one is created")
+            self.log.warning("the pack is gone (deleted in the web app?); it will be created again", pack=name,
+                             pack_id=remembered)
         return await self.api.get_pack(found) if found else None
 
     async def _oldest_named(self, name: str) -> str | None:
@@ -82,14 +97,22 @@ class PackResolver:
         and remember it."""
         try:
             pack_id = await self.api.create_pack(name)
-        except AmbiguousError:
-            # The server may have created it before failing: look before creating another.
-            pack_id = await self._oldest_named(name) or await self.api.create_pack(name)
+        except (AmbiguousError, MalformedAnswer) as exc:
+            # The server may have created it before failing, or created it and answered badly: look
+            # before creating another.
+            found = await self._oldest_named(name)
+            if found is None and isinstance(exc, MalformedAnswer):
+                raise
+            pack_id = found or await self.api.create_pack(name)
         self._remember(label, pack_id, name)
         self.log.info("pack created", pack=name, pack_id=pack_id)
         return pack_id
 
     def _remember(self, label: str, pack_id: str, name: str) -> None:
         record = self.store.mapping(label)
-        if self.remember and not (record and record.pack_id == pack_id and record.pack_name == name):
-            self.store.save_mapping(label, pack_id=pack_id, pack_name=name)
+        if not self.remember or (record and record.pack_id == pack_id and record.pack_name == name):
+            return
+        self.store.save_mapping(label, pack_id=pack_id, pack_name=name)
+        gone = self.gone.pop(label, None)
+        if gone and gone != pack_id:
+            self.store.forget_images(gone, owner=label)

@@ -13,7 +13,8 @@ The output is a ``MappingPlan``: small action values that the executor carries o
    copies are *deleted* as duplicates, the oldest one stays.
 4. Images of contents no longer in the source are *deleted* when the mapping deletes — but never
    contents the scan could not positively see gone (``Scan.keep``).
-5. Images packsync did not add are the user's: deleted only with ``prune_foreign``.
+5. Images packsync did not add are the user's: deleted only with ``prune_foreign``. Images another
+   mapping owns in the same pack are neither: that mapping's to delete; their content is present.
 6. Safety: deletes are withheld (and the mapping reported) when the source looks empty while the
    pack holds its images, or when they exceed ``max_delete``; ``--force`` overrides both.
 """
@@ -95,6 +96,7 @@ class MappingInput:
     remote: RemotePack | None
     known_urls: Mapping[str, str]   # packsync's own upload URLs among the pack's unrecorded images
     options: MappingOptions = MappingOptions()
+    others: Mapping[str, str] = field(default_factory=dict)  # other mappings' images here: id -> content
 
 
 @dataclass(slots=True)
@@ -191,19 +193,22 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
     # Live managed images in the pack's own order (oldest first), adopting our unrecorded uploads.
     live: list[ManagedImage] = []
     foreign: list[RemoteImage] = []
+    kept: set[str] = set()
     for seen in remote_images:
         if seen.image_id in recorded:
             live.append(recorded[seen.image_id])
+        elif seen.image_id in source.others:
+            kept.add(source.others[seen.image_id])
         elif seen.url in source.known_urls:
             sha256 = source.known_urls[seen.url]
             name = wanted[sha256].key if sha256 in wanted else seen.url
-            adopted = ManagedImage(pack_id, seen.image_id, sha256, seen.url, file_name_for(name), seen.metadata)
+            adopted = ManagedImage(pack_id, seen.image_id, sha256, seen.url, file_name_for(name), source.label,
+                                   seen.metadata)
             plan.adopts.append(AdoptImage(adopted))
             live.append(adopted)
         else:
             foreign.append(seen)
 
-    kept: set[str] = set()
     deletes: list[DeleteImage] = []
     for image in live:
         if image.sha256 in kept:
@@ -220,7 +225,8 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
         if sha256 not in kept:
             plan.adds.append(AddImage(source.label, item, file_name_for(item.key)))
 
-    plan.safety = _safety(source, deletes, managed=len(live))
+    plan.safety = _safety(source, deletes, managed=len(live),
+                          deletable=len(live) + (len(foreign) if source.options.prune_foreign else 0))
     if plan.safety:
         plan.withheld = deletes
     else:
@@ -228,8 +234,12 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
     return plan
 
 
-def _safety(source: MappingInput, deletes: list[DeleteImage], managed: int) -> str | None:
-    """Why these deletes must not run without ``--force``, or None when they may."""
+def _safety(source: MappingInput, deletes: list[DeleteImage], managed: int, deletable: int) -> str | None:
+    """Why these deletes must not run without ``--force``, or None when they may.
+
+    ``managed`` images in the pack came from this mapping; ``deletable`` counts those and, with
+    ``prune_foreign``, the foreign ones: a ``max_delete`` share is a share of what may be deleted.
+    """
     if not deletes or source.options.force:
         return None
     removals = [d for d in deletes if d.reason != "duplicate"]
@@ -238,11 +248,13 @@ def _safety(source: MappingInput, deletes: list[DeleteImage], managed: int) -> s
     if not source.scan.items and not source.scan.problems:
         return (f"{source.scan.source} is empty but {_images(managed)} in the pack came from it; "
                 "refusing to delete them (is a disk unmounted?). Re-run with --force if you emptied it")
-    limit = delete_limit(source.options.max_delete, managed)
+    limit = delete_limit(source.options.max_delete, deletable)
     if len(removals) > limit:
-        return (f"this run would delete {_images(len(removals))}, more than max_delete allows "
-                f"({source.options.max_delete}: {limit} of {_images(managed)}); re-run with --force to allow it, "
-                "or with --dry-run to list them")
+        share = source.options.max_delete
+        allowed = f"{share}: at most {limit}" if isinstance(share, int) else \
+            f"{share} of the {_images(deletable)} it may delete here: at most {limit}"
+        return (f"this run would delete {_images(len(removals))}, more than max_delete allows ({allowed}); "
+                "re-run with --force to allow it, or with --dry-run to list them")
     return None
 
 

@@ -64,6 +64,7 @@ class MappingReport:
     outcome: MappingOutcome | None = None
     error: str | None = None
     safety: str | None = None
+    notice: str | None = None
 
     @property
     def label(self) -> str:
@@ -188,7 +189,7 @@ class Syncer:
             if self.sources[report.label].exists():
                 continue
             pack_id = self.packs.recorded(report.config)
-            if self.store.count_files(report.label) or (pack_id and self.store.count_images(pack_id)):
+            if self.store.count_files(report.label) or (pack_id and self.store.count_images(pack_id, report.label)):
                 report.safety = (f"{report.label} is missing or not a folder, but packsync synced files from it; "
                                  "nothing is deleted (is a disk unmounted?)")
                 self.log.error("mapped folder missing; no deletes", path=report.label)
@@ -206,6 +207,7 @@ class Syncer:
         except (TransientError, PermanentError) as exc:
             report.error = f"cannot read the pack: {exc}"
             return None
+        report.notice = self.packs.notices.get(report.label)
         if remote is not None:
             report.pack_id = remote.pack_id
             report.pack_name = remote.name or report.pack_name
@@ -214,13 +216,15 @@ class Syncer:
     def _input(self, report: MappingReport, remote: RemotePack | None, scan: Scan,
                options: SyncOptions) -> MappingInput:
         mapping = report.config
-        managed = self.store.managed(remote.pack_id, details=False) if remote else []
-        recorded = {image.image_id for image in managed}
+        managed = self.store.managed(remote.pack_id, mapping.label, details=False) if remote else []
+        others = self.store.others(remote.pack_id, mapping.label) if remote else {}
+        recorded = {image.image_id for image in managed} | others.keys()
         unrecorded = {image.url for image in remote.images if image.image_id not in recorded} if remote else set()
         return MappingInput(
             label=mapping.label, pack_name=mapping.pack or (remote.name if remote else ""), scan=scan,
             managed=managed, remote=remote, known_urls=self.store.known_urls(unrecorded),
-            options=MappingOptions(mapping.delete, mapping.prune_foreign, mapping.max_delete, options.force))
+            options=MappingOptions(mapping.delete, mapping.prune_foreign, mapping.max_delete, options.force),
+            others=others)
 
     def mapped_pack_ids(self) -> list[str]:
         """The packs the config maps today (as the state remembers them)."""

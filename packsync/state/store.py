@@ -7,8 +7,8 @@ One SQLite file (WAL mode, private to the user) with these tables:
 - ``problems`` — per mapped folder: the files its last scan skipped, with the reason.
 - ``blobs``    — per content hash: the upload's CDN URL, its presigned URL while the PUT is not
                  confirmed, and whether it is. The same bytes are uploaded once, for every pack.
-- ``images``   — per pack image packsync added: its content, URL, name and AI metadata. Only
-                 these images are packsync's to delete.
+- ``images``   — per pack image packsync added: its content, URL, name, AI metadata and the
+                 mapping that owns it. Only these images are packsync's to delete, each by its owner.
 - ``mappings`` — per mapped folder: the pack it syncs to and how the last sync went.
 - ``daemon``   — one row: what the running daemon is doing, for ``packsync status``.
 
@@ -44,7 +44,7 @@ from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, selec
 from packsync.errors import StateError, StateUnavailable
 from packsync.model import METADATA_SETTLED, Blob, CachedFile, ManagedImage, Metadata, Problem
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APP_ID = "packsync"
 
 
@@ -99,6 +99,7 @@ class ImageRow(SQLModel, table=True):
     keywords: str = "[]"
     meta_error: str | None = None
     added_at: float = Field(default_factory=time.time)
+    owner: str = ""
 
 
 class MappingRow(SQLModel, table=True):
@@ -156,13 +157,13 @@ def _check_header(path: Path) -> None:
 _BARE = {status: Metadata(status) for status in METADATA_SETTLED}
 
 
-def _image(pack_id: str, image_id: str, sha256: str, url: str, file_name: str, status: str,
+def _image(pack_id: str, image_id: str, sha256: str, url: str, file_name: str, owner: str, status: str,
            description: str | None, keywords: str, error: str | None) -> ManagedImage:
     if description is None and error is None and keywords == "[]":
         metadata = _BARE.get(status) or Metadata(status)
     else:
         metadata = Metadata(status, description, tuple(json.loads(keywords)), error)
-    return ManagedImage(pack_id, image_id, sha256, url, file_name, metadata)
+    return ManagedImage(pack_id, image_id, sha256, url, file_name, owner, metadata)
 
 
 T = TypeVar("T")
@@ -283,7 +284,13 @@ class Store:
 
     def _set_up(self, version: int | None) -> None:
         """Create what is missing and migrate forward, one step per schema version."""
-        # Forward migrations go here: `if version is not None and version < 2: ...`.
+        if version is not None and version < 2:
+            # Images get an owner: the mapping that synced into their pack (the only one, before 2).
+            with self.engine.begin() as connection:
+                connection.exec_driver_sql("ALTER TABLE images ADD COLUMN owner VARCHAR NOT NULL DEFAULT ''")
+                connection.exec_driver_sql(
+                    "UPDATE images SET owner = coalesce((SELECT root FROM mappings WHERE mappings.pack_id = "
+                    "images.pack_id ORDER BY root LIMIT 1), '')")
         SQLModel.metadata.create_all(self.engine)
         if version != SCHEMA_VERSION:
             with Session(self.engine) as session:
@@ -344,17 +351,21 @@ class Store:
                           for rel, c in current.items() if previous.get(rel) is not c and previous.get(rel) != c])
 
     def save_problems(self, source: str, problems: Iterable[Problem]) -> None:
-        """Replace what the last scan of ``source`` reported."""
-        key = source
-        self.session.exec(delete(ProblemRow).where(col(ProblemRow.root) == key))
-        for problem in problems:
-            self.session.merge(ProblemRow(root=key, rel_path=problem.rel_path, reason=problem.reason,
-                                          notice=problem.notice))
-        self.session.commit()
+        """Make what the last scan of ``source`` reported the problems on record, writing only what changed
+        (a folder of 50,000 bad files rescanned unchanged writes nothing)."""
+        old = set(self.problems(source))
+        new = set(problems)
+        if old == new:
+            return
+        kept = {problem.rel_path for problem in new}
+        self._write_many("DELETE FROM problems WHERE root = ? AND rel_path = ?",
+                         [(source, problem.rel_path) for problem in old if problem.rel_path not in kept])
+        self._write_many("INSERT OR REPLACE INTO problems (root, rel_path, reason, notice) VALUES (?, ?, ?, ?)",
+                         [(source, p.rel_path, p.reason, p.notice) for p in new - old])
 
     def problems(self, source: str) -> list[Problem]:
-        rows = self.session.exec(select(ProblemRow).where(ProblemRow.root == source).order_by(ProblemRow.rel_path))
-        return [Problem(row.rel_path, row.reason, row.notice) for row in rows]
+        rows = self._rows("SELECT rel_path, reason, notice FROM problems WHERE root = ? ORDER BY rel_path", source)
+        return [Problem(rel_path, reason, bool(notice)) for rel_path, reason, notice in rows]
 
     def count_files(self, source: str) -> int:
         return int(self._rows("SELECT count(*) FROM files WHERE root = ?", source)[0][0])
@@ -382,6 +393,10 @@ class Store:
                     "VALUES (?, ?, ?, ?, ?, ?)", blob.sha256, blob.content_type, blob.url, blob.upload_url,
                     blob.expires_at, blob.uploaded)
 
+    def forget_blob(self, sha256: str) -> None:
+        """Forget an upload whose URL the API refused: the content is uploaded afresh next time."""
+        self._write("DELETE FROM blobs WHERE sha256 = ?", sha256)
+
     def known_urls(self, urls: Collection[str]) -> dict[str, str]:
         """Those of ``urls`` that are packsync's own uploads, with their content hash."""
         found: dict[str, str] = {}
@@ -394,35 +409,44 @@ class Store:
 
     # -- images ------------------------------------------------------------------------------------
 
-    def managed(self, pack_id: str, details: bool = True) -> list[ManagedImage]:
-        """The images packsync added to this pack (plain values, not ORM rows: packs can be large).
+    def managed(self, pack_id: str, owner: str | None = None, details: bool = True) -> list[ManagedImage]:
+        """The images packsync added to this pack — all, or ``owner``'s — as plain values, not ORM
+        rows: packs can be large.
 
         Without ``details``, settled metadata comes as its status alone: syncing needs no more, since
         settled metadata does not change, and a large pack's descriptions are most of its weight.
         """
         full = "? OR meta_status NOT IN ('completed', 'failed')"
-        rows = self._rows("SELECT pack_id, image_id, sha256, url, file_name, meta_status, "
+        rows = self._rows("SELECT pack_id, image_id, sha256, url, file_name, owner, meta_status, "
                           f"CASE WHEN {full} THEN description END, CASE WHEN {full} THEN keywords ELSE '[]' END, "
-                          f"CASE WHEN {full} THEN meta_error END FROM images WHERE pack_id = ?",
-                          details, details, details, pack_id)
+                          f"CASE WHEN {full} THEN meta_error END FROM images WHERE pack_id = ? "
+                          "AND (? IS NULL OR owner = ?)", details, details, details, pack_id, owner, owner)
         return [_image(*row) for row in rows]
 
-    def count_images(self, pack_id: str) -> int:
-        return int(self._rows("SELECT count(*) FROM images WHERE pack_id = ?", pack_id)[0][0])
+    def others(self, pack_id: str, owner: str) -> dict[str, str]:
+        """The images other mappings own in this pack: image id → content."""
+        return dict(self._rows("SELECT image_id, sha256 FROM images WHERE pack_id = ? AND owner != ?",
+                               pack_id, owner))
+
+    def count_images(self, pack_id: str, owner: str | None = None) -> int:
+        return int(self._rows("SELECT count(*) FROM images WHERE pack_id = ? AND (? IS NULL OR owner = ?)",
+                              pack_id, owner, owner)[0][0])
 
     def record_image(self, image: ManagedImage) -> None:
         """Record an image packsync added (or adopted); committed at once."""
         meta = image.metadata
-        self._write("INSERT OR REPLACE INTO images (pack_id, image_id, sha256, url, file_name, meta_status, "
-                    "description, keywords, meta_error, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    image.pack_id, image.image_id, image.sha256, image.url, image.file_name, meta.status,
-                    meta.description, json.dumps(list(meta.keywords)), meta.error, time.time())
+        self._write("INSERT OR REPLACE INTO images (pack_id, image_id, sha256, url, file_name, owner, meta_status, "
+                    "description, keywords, meta_error, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    image.pack_id, image.image_id, image.sha256, image.url, image.file_name, image.owner,
+                    meta.status, meta.description, json.dumps(list(meta.keywords)), meta.error, time.time())
 
-    def forget_images(self, pack_id: str, image_ids: Iterable[str] | None = None) -> None:
-        """Drop image records of ``pack_id``: the given ones, or all of them."""
+    def forget_images(self, pack_id: str, image_ids: Iterable[str] | None = None, *, owner: str | None = None) -> None:
+        """Drop image records of ``pack_id``: the given ones, or all of them (of ``owner``, if given)."""
         statement = delete(ImageRow).where(col(ImageRow.pack_id) == pack_id)
         if image_ids is not None:
             statement = statement.where(col(ImageRow.image_id).in_(list(image_ids)))
+        if owner is not None:
+            statement = statement.where(col(ImageRow.owner) == owner)
         self.session.exec(statement)
         self.session.commit()
 

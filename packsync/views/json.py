@@ -43,6 +43,9 @@ def _mapping(mapping: MappingStatus) -> dict[str, Any]:
     }
     if mapping.files is not None:
         entry["file_list"] = [_file(f) for f in mapping.files]
+    if mapping.problems is not None:
+        entry["problem_list"] = [{"path": p.rel_path, "reason": p.reason, "notice": p.notice}
+                                 for p in mapping.problems]
     return entry
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from packsync.config import Config, MappingConfig
 from packsync.engine.packs import recorded_pack_id
-from packsync.model import Metadata
+from packsync.model import Metadata, Problem
 from packsync.state.store import DaemonRow, MappingRecord, Store
 
 
@@ -39,6 +39,7 @@ class MappingStatus:
     images: int
     metadata: dict[str, int]        # images by metadata status: completed, pending, failed
     files: list[FileStatus] | None  # with ``files=True`` only
+    problems: list[Problem] | None  # with ``problems=True`` only
 
     @property
     def file_count(self) -> int:
@@ -85,10 +86,11 @@ FILE_STATES = ("synced", "pending", "failed", "skipped")
 METADATA_STATES = ("completed", "pending", "failed")
 
 
-def read_status(config: Config, store: Store, *, files: bool = False, lock_holder: int | None = None) -> Status:
+def read_status(config: Config, store: Store, *, files: bool = False, problems: bool = False,
+                lock_holder: int | None = None) -> Status:
     """The status of every mapping; ``lock_holder`` is the pid holding the state lock, if any."""
     return Status(str(store.path), store.path.exists(), _daemon(store, lock_holder),
-                  [_mapping(mapping, store, files) for mapping in config.mappings])
+                  [_mapping(mapping, store, files, problems) for mapping in config.mappings])
 
 
 def _daemon(store: Store, holder: int | None) -> DaemonStatus | None:
@@ -96,10 +98,10 @@ def _daemon(store: Store, holder: int | None) -> DaemonStatus | None:
     return None if row is None else DaemonStatus(holder is not None and holder == row.pid, row)
 
 
-def _mapping(mapping: MappingConfig, store: Store, files: bool) -> MappingStatus:
+def _mapping(mapping: MappingConfig, store: Store, files: bool, with_problems: bool) -> MappingStatus:
     record = store.mapping(mapping.label)
     pack_id = recorded_pack_id(store, mapping)
-    images = store.managed(pack_id) if pack_id else []
+    images = store.managed(pack_id, mapping.label) if pack_id else []
     by_sha = {image.sha256: image for image in images}
     problems = {problem.rel_path: problem for problem in store.problems(mapping.label)}
     counts: Counter[str] = Counter({state: 0 for state in FILE_STATES})
@@ -123,4 +125,5 @@ def _mapping(mapping: MappingConfig, store: Store, files: bool) -> MappingStatus
         metadata[image.metadata.status if image.metadata.settled else "pending"] += 1
     return MappingStatus(mapping.label, pack_id, mapping.pack or (record.pack_name if record else None), record,
                          dict(counts), len(images), dict(metadata),
-                         sorted(detail, key=lambda f: f.path) if files else None)
+                         sorted(detail, key=lambda f: f.path) if files else None,
+                         list(problems.values()) if with_problems else None)

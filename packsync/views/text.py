@@ -17,6 +17,9 @@ from packsync.model import PackSummary, Problem
 from packsync.views.json import when
 from packsync.views.status import Status
 
+#: Skipped files listed per reason before the rest are counted.
+PROBLEMS_SHOWN = 5
+
 
 def printable(text: object) -> str:
     """``text`` with control and format characters shown as escapes (``\\n``, ``\\x1b``), nothing else changed."""
@@ -33,6 +36,8 @@ def print_plan(report: SyncReport, out: TextIO) -> None:
     uploads = {upload.add.sha256 for upload in report.plan.uploads} if report.plan else set()
     for mapping in report.mappings:
         out.write(_header(mapping.label, mapping.pack_name, mapping.pack_id) + "\n")
+        if mapping.notice:
+            out.write(f"  notice     {printable(mapping.notice)}\n")
         if mapping.error or (mapping.safety and not mapping.plan):
             out.write(f"  error    {printable(mapping.error or mapping.safety)}\n")
         plan = mapping.plan
@@ -58,9 +63,16 @@ def print_plan(report: SyncReport, out: TextIO) -> None:
 
 
 def _problems(problems: Iterable[Problem], out: TextIO) -> None:
+    """The skipped files, a few per reason: 50,000 empty files make six lines, not 50,000."""
+    by_reason: dict[tuple[str, bool], list[str]] = {}
     for problem in problems:
-        out.write(f"  {'notice' if problem.notice else 'skipped':<10} {printable(problem.rel_path)}: "
-                  f"{printable(problem.reason)}\n")
+        by_reason.setdefault((problem.reason, problem.notice), []).append(problem.rel_path)
+    for (reason, notice), paths in by_reason.items():
+        for path in paths[:PROBLEMS_SHOWN]:
+            out.write(f"  {'notice' if notice else 'skipped':<10} {printable(path)}: {printable(reason)}\n")
+        if len(paths) > PROBLEMS_SHOWN:
+            out.write(f"  {'':<10} … and {len(paths) - PROBLEMS_SHOWN} more: {printable(reason)} "
+                      "(`packsync status --problems` lists them)\n")
 
 
 def print_run(report: SyncReport, out: TextIO) -> None:
@@ -68,6 +80,8 @@ def print_run(report: SyncReport, out: TextIO) -> None:
     for mapping in report.mappings:
         outcome = mapping.outcome
         out.write(_header(mapping.label, mapping.pack_name, mapping.pack_id) + "\n")
+        if mapping.notice:
+            out.write(f"  notice     {printable(mapping.notice)}\n")
         if outcome:
             failed = len(outcome.failures)
             out.write(f"  {outcome.added} added, {outcome.deleted} deleted, {failed} failed"
@@ -115,6 +129,9 @@ def print_status(status: Status, out: TextIO) -> None:
             if file_meta and file_meta.error:
                 line += f"\n      metadata error: {printable(file_meta.error)}"
             out.write(line + "\n")
+        for problem in mapping.problems or []:
+            out.write(f"    {'notice' if problem.notice else 'skipped':<8} {printable(problem.rel_path)}: "
+                      f"{printable(problem.reason)}\n")
 
 
 def print_packs(packs: list[PackSummary], out: TextIO) -> None:
