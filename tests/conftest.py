@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import DaemonProcess
 
 from packsync.app import sync_once
 from packsync.config import Config, parse_config
@@ -130,3 +131,29 @@ class Env:
 @pytest.fixture
 def env(tmp_path: Path, sandbox: Sandbox) -> Env:
     return Env(tmp_path, sandbox)
+
+
+@pytest.fixture
+def daemon_env(env: Env) -> Env:
+    env.genviral["concurrency"] = 8
+    env.daemon.update(debounce_s=0.3, rescan_interval_s=3600)
+    return env
+
+
+@pytest.fixture
+def start(daemon_env: Env) -> Iterator[object]:
+    started: list[DaemonProcess] = []
+
+    def launch(*args: str) -> DaemonProcess:
+        daemon_env.write_config()
+        env = {k: v for k, v in os.environ.items() if k != "GENVIRAL_TOKEN"}
+        env.update(GENVIRAL_TOKEN=TOKEN, WATCHDOG_USEC="2000000")
+        argv = [sys.executable, "-m", "packsync", "-c", str(daemon_env.config_path), "daemon", *args]
+        daemon = DaemonProcess(argv, env, daemon_env.root)
+        started.append(daemon)
+        daemon.wait_ready()
+        return daemon
+
+    yield launch
+    for daemon in started:
+        daemon.close()

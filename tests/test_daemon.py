@@ -8,41 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import TOKEN, Env, image, write
-from helpers import DaemonProcess, wait_until
+from helpers import wait_until
 
 from packsync.errors import ExitCode
 from packsync.sandbox.imaging import solid_png
-
-
-@pytest.fixture
-def daemon_env(env: Env) -> Env:
-    env.genviral["concurrency"] = 8
-    env.daemon.update(debounce_s=0.3, rescan_interval_s=3600)
-    return env
-
-
-@pytest.fixture
-def start(daemon_env: Env) -> Iterator[object]:
-    started: list[DaemonProcess] = []
-
-    def launch(*args: str) -> DaemonProcess:
-        daemon_env.write_config()
-        env = {k: v for k, v in os.environ.items() if k != "GENVIRAL_TOKEN"}
-        env.update(GENVIRAL_TOKEN=TOKEN, WATCHDOG_USEC="2000000")
-        argv = [sys.executable, "-m", "packsync", "-c", str(daemon_env.config_path), "daemon", *args]
-        daemon = DaemonProcess(argv, env, daemon_env.root)
-        started.append(daemon)
-        daemon.wait_ready()
-        return daemon
-
-    yield launch
-    for daemon in started:
-        daemon.close()
 
 
 def images(env: Env, pack_id: str) -> list[dict]:  # type: ignore[type-arg]

@@ -16,7 +16,7 @@ __all__ = ["Faults", "FaultPlan", "FAULT_KINDS", "AFTER_KINDS"]
 
 FAULT_KINDS = frozenset({
     "429", "429-bare", "500", "502", "503", "504", "reset",
-    "500-after", "reset-after", "expire", "not-json",
+    "500-after", "reset-after", "expire", "not-json", "422",
 })
 AFTER_KINDS = frozenset({"500-after", "reset-after"})
 

@@ -113,6 +113,9 @@ def fault_reply(kind: str, route: str) -> Reply:
         return Reply(200, b"<html>oops</html>", "text/html")
     if kind == "expire":
         return xml_error(403, "AccessDenied", "Request has expired")
+    if kind == "422":
+        return fail(422, "invalid_payload", "Invalid payload", {"formErrors": [], "fieldErrors": {
+            "image_url": ["The URL is not allowed"]}})
     if kind in ("429", "429-bare"):
         headers = {"Retry-After": "1"} if kind == "429" else {}
         if s3:

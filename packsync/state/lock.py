@@ -7,12 +7,14 @@ the lock when its holder dies, however it dies: there is no stale lock to clean 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
 from types import TracebackType
 
 from packsync.errors import LockedError
+from packsync.state.store import unusable
 
 
 class StateLock:
@@ -21,8 +23,11 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> StateLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise unusable(self.path, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -30,22 +35,26 @@ class StateLock:
             os.close(fd)
             raise LockedError(f"another packsync (pid {holder}) is using {self.path.with_suffix('')}; "
                               "wait for it to finish or stop it first.") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # the pid is only for the message a second instance prints; the lock itself is held
         self._fd = fd
         return self
 
     def release(self) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
 
     def holder(self) -> int | None:
         """The pid holding the lock right now, or None when nobody does."""
         try:
-            fd = os.open(self.path, os.O_RDWR)
-        except FileNotFoundError:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -178,7 +178,7 @@ def unusable(path: Path, exc: BaseException) -> StateError:
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
         return StateUnavailable(f"the state database {path} is locked by another program "
                                 "(a backup tool, or a sqlite3 shell holding a transaction?).")
-    if name == "SQLITE_FULL" or code == errno.ENOSPC:
+    if name == "SQLITE_FULL" or code == errno.ENOSPC or (name.startswith("SQLITE_IOERR") and _disk_full(path)):
         return StateUnavailable(f"no space left on the device of {path}.")
     if name.startswith(("SQLITE_READONLY", "SQLITE_PERM", "SQLITE_CANTOPEN")) \
             or code in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -190,6 +190,28 @@ def unusable(path: Path, exc: BaseException) -> StateError:
         return StateError(f"cannot use the state database {path} ({origin.strerror or origin}).")
     return StateError(f"the state database {path} is corrupt ({origin}); packsync will not replace it. "
                       "Move it away to start over.")
+
+
+def _readonly_uri(path: Path) -> str:
+    """How to open ``path`` only to read it.
+
+    In a folder nobody can write to (a read-only mount, another user's folder), SQLite cannot make
+    the shared-memory file a reader of a WAL database needs; there, with no write-ahead log left
+    over, no writer can exist either, so the file is opened as immutable.
+    """
+    wal = path.with_name(path.name + "-wal")
+    immutable = not os.access(path.parent, os.W_OK) and not wal.exists()
+    return f"file:{path}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the file system holding ``path`` has (next to) no space left: SQLite reports a write that
+    failed for want of space as an I/O error."""
+    try:
+        stats = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 64 * 1024
 
 
 def _translating(method: Callable[..., T]) -> Callable[..., T]:
@@ -223,7 +245,7 @@ class Store:
                 SQLModel.metadata.create_all(self.engine)
             elif readonly:
                 self.engine = create_engine("sqlite://", poolclass=StaticPool, creator=lambda: sqlite3.connect(
-                    f"file:{path}?mode=ro", uri=True, check_same_thread=False))
+                    _readonly_uri(path), uri=True, check_same_thread=False))
             else:
                 _private_file(path)
                 self.engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
@@ -269,7 +291,7 @@ class Store:
         return version
 
     def _read_meta(self) -> tuple[set[str], dict[str, str]]:
-        with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as connection:
+        with closing(sqlite3.connect(_readonly_uri(self.path), uri=True)) as connection:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             meta = dict(connection.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
         return tables, meta

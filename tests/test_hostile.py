@@ -1,0 +1,596 @@
+"""Hostile conditions: none may crash, stall, leak or duplicate.
+
+Each test drives packsync as a user would (the CLI or a real daemon, a real SQLite file, the sandbox
+over HTTP). Answers the API never documents are made with the sandbox's ``rewrite`` mode: the
+server does the work, then answers as a buggy proxy or a broken deployment would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TOKEN, Env, image, write
+from helpers import wait_until
+
+from packsync.errors import ExitCode
+from packsync.sandbox.server import Reply, fail
+
+ADD = ("POST", "/packs/{id}/images")
+PACK = ("GET", "/packs/{id}")
+
+
+def data(change: Callable[[dict[str, Any]], Any]) -> Callable[[Reply], Reply]:
+    """A rewrite of a successful answer's ``data`` (``change`` edits it in place)."""
+
+    def rewrite(reply: Reply) -> Reply:
+        envelope = json.loads(reply.body)
+        change(envelope["data"])
+        return Reply(reply.status, json.dumps(envelope).encode(), reply.content_type, reply.headers)
+
+    return rewrite
+
+
+def answer(status: int, body: bytes, content_type: str = "application/json",
+           headers: dict[str, str] | None = None) -> Callable[[Reply], Reply]:
+    return lambda _reply: Reply(status, body, content_type, headers or {})
+
+
+def clean(result: subprocess.CompletedProcess[str]) -> None:
+    """One sentence, never a traceback or an unretrieved task."""
+    for text in (result.stdout, result.stderr):
+        assert "Traceback" not in text and "Task exception was never retrieved" not in text, text[-3000:]
+        assert "ExceptionGroup" not in text, text[-3000:]
+
+
+def synced_pack(env: Env, files: int = 2, **mapping: Any) -> tuple[str, Path]:
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("brand", pack_id=pack_id, **mapping)
+    for i in range(files):
+        write(folder / f"{i}.png", image())
+    assert env.cli("run", "--no-wait").returncode == 0
+    env.sandbox.reset_calls()
+    return pack_id, folder
+
+
+# -- 1. a transient 404 ------------------------------------------------------------------------------
+
+
+def test_a_single_404_for_a_remembered_pack_makes_no_second_pack(env: Env) -> None:
+    write(env.map("brand", pack="Brand") / "a.png", image())
+    assert env.cli("run", "--no-wait").returncode == 0
+    pack_id = env.pack_named("Brand")["id"]
+    env.sandbox.reset_calls()
+    env.sandbox.rewrite(*PACK, answer(404, fail(404, "not_found", "Pack not found").body), count=1)
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert env.pack_named("Brand")["id"] == pack_id and env.pack(pack_id)["image_count"] == 1
+    assert env.sandbox.mutating_calls() == 0
+
+
+def test_a_404_under_dry_run_forgets_nothing(env: Env) -> None:
+    write(env.map("brand", pack="Brand") / "a.png", image())
+    assert env.cli("run", "--no-wait").returncode == 0
+    before = env.state_path.read_bytes()
+    env.sandbox.rewrite(*PACK, answer(404, fail(404, "not_found", "Pack not found").body), count=2)
+    env.sandbox.rewrite("GET", "/packs", data(lambda d: d.update(packs=[], total=0)), count=1)
+
+    result = env.cli("run", "--dry-run")
+
+    assert result.returncode == 0, result.stderr
+    assert "is gone (deleted in the web app?)" in result.stdout and "(new pack)" in result.stdout
+    assert env.state_path.read_bytes() == before
+    env.sandbox.reset_calls()
+    assert env.cli("run", "--no-wait").returncode == 0
+    assert env.sandbox.mutating_calls() == 0, "the records survived: nothing is added again"
+
+
+def test_a_pack_deleted_in_the_web_app_is_said_and_created_again(env: Env) -> None:
+    folder = env.map("brand", pack="Brand")
+    write(folder / "a.png", image())
+    assert env.cli("run", "--no-wait").returncode == 0
+    old = env.pack_named("Brand")["id"]
+    env.sandbox.delete_pack(old)
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == 0, result.stderr
+    assert "is gone (deleted in the web app?)" in result.stdout
+    new = env.pack_named("Brand")
+    assert new["id"] != old and new["image_count"] == 1
+    status = json.loads(env.cli("status", "--json", token=None).stdout)["mappings"][0]
+    assert (status["pack_id"], status["images"], status["synced"]) == (new["id"], 1, 1)
+
+
+# -- 2. mappings that share a pack ---------------------------------------------------------------------
+
+
+def second_config(env: Env, folder: Path, **mapping: Any) -> Path:
+    """Another config over the same state file, with one mapping."""
+    path = env.root / "other.toml"
+    lines = [f'[genviral]\nbase_url = "{env.sandbox.base_url}"', f'[state]\npath = "{env.state_path}"',
+             f'[[mappings]]\npath = "{folder}"'] + [f"{k} = {json.dumps(v)}" for k, v in mapping.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def run_with(env: Env, config: Path) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "GENVIRAL_TOKEN": TOKEN}
+    return subprocess.run([sys.executable, "-m", "packsync", "run", "--no-wait", "-c", str(config)],
+                          capture_output=True, text=True, env=environment, timeout=120)
+
+
+def test_two_configs_sharing_a_state_and_a_pack_keep_each_other_s_images(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("shared")
+    one = env.map("one", pack_id=pack_id)
+    two = env.folder("two")
+    for i in range(4):
+        write(one / f"{i}.png", image())
+        write(two / f"{i}.png", image())
+    other = second_config(env, two, pack_id=pack_id)
+
+    for _ in range(3):
+        assert run_with(env, env.config_path).returncode == 0
+        assert run_with(env, other).returncode == 0
+
+    assert env.sandbox.calls[ADD] == 8
+    assert env.sandbox.calls[("DELETE", "/packs/{id}/images/{image_id}")] == 0
+    assert env.pack(pack_id)["image_count"] == 8
+
+    (two / "0.png").unlink()
+    assert run_with(env, other).returncode == 0
+    assert run_with(env, env.config_path).returncode == 0
+    assert env.pack(pack_id)["image_count"] == 7, "each mapping still deletes its own"
+
+
+def test_nested_folders_in_two_configs_into_one_pack_settle_without_churn(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("shared")
+    outer = env.map("photos", pack_id=pack_id)
+    write(outer / "top.png", image())
+    write(outer / "sub/inner.png", image())
+    inner = second_config(env, outer / "sub", pack_id=pack_id)
+
+    for _ in range(3):
+        assert run_with(env, env.config_path).returncode == 0
+        assert run_with(env, inner).returncode == 0
+
+    assert env.sandbox.calls[ADD] == 2 and env.pack(pack_id)["image_count"] == 2
+
+
+# -- 3. upload answers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("field", "value"), [("url", None), ("url", "/relative/a.png"),
+                                              ("uploadUrl", "javascript:alert(1)"), ("uploadUrl", None)])
+def test_an_upload_answer_with_an_invalid_url_fails_that_file_and_is_never_recorded(
+        env: Env, field: str, value: Any) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+    env.sandbox.rewrite("POST", "/files", data(lambda d: d.update({field: value})), count=1)
+
+    first = env.cli("run", "--no-wait")
+    second = env.cli("run", "--no-wait")
+
+    clean(first)
+    assert first.returncode == ExitCode.SOME_FAILED and "a.png" in first.stdout
+    assert "not an absolute http(s) URL" in first.stdout
+    assert second.returncode == 0, second.stdout
+    assert env.pack(pack_id)["image_count"] == 1
+    assert env.sandbox.calls[ADD] == 1, "no add-image with a bad URL was ever sent"
+
+
+def test_an_uploaded_url_the_api_refuses_is_uploaded_afresh(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+    env.sandbox.inject("422", *ADD)
+
+    first = env.cli("run", "--no-wait")
+    env.sandbox.reset_calls()
+    second = env.cli("run", "--no-wait")
+
+    assert first.returncode == ExitCode.SOME_FAILED and "image_url" in first.stdout
+    assert second.returncode == 0, second.stdout
+    assert env.sandbox.calls[("POST", "/files")] == 1 and env.sandbox.calls[ADD] == 1
+    assert env.pack(pack_id)["image_count"] == 1
+
+
+# -- 4, 5, 6. a locked, full or read-only state ---------------------------------------------------------
+
+
+def test_a_state_locked_by_another_program_ends_run_in_one_sentence(env: Env) -> None:
+    pack_id, folder = synced_pack(env)
+    write(folder / "new.png", image())
+    holder = sqlite3.connect(env.state_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        result = env.cli("run", "--no-wait")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    clean(result)
+    assert result.returncode == ExitCode.USAGE
+    assert f"the state database {env.state_path} is locked by another program" in result.stderr
+    assert env.cli("run", "--no-wait").returncode == 0
+
+
+def test_the_daemon_waits_out_a_locked_state_and_syncs_what_came_meanwhile(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    write(folder / "a.png", image())
+    daemon = start()
+    holder = sqlite3.connect(daemon_env.state_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        write(folder / "b.png", image())
+        wait_until(lambda: "locked by another program" in daemon.output(), timeout=30, what="the lock is reported")
+        wait_until(lambda: daemon.proc.poll() is None and "locked" in daemon.output(), timeout=1)
+        assert daemon.proc.poll() is None, daemon.output()[-2000:]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 2, timeout=60, what="b.png synced")
+    assert daemon.proc.poll() is None
+    assert daemon.output().count("locked by another program") == 1, "said once, not on every retry"
+    assert "usable again" in daemon.output()
+    assert daemon.stop() == 0
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Path]:
+    """A 2 MB tmpfs of its own (root only): a disk that can really fill up."""
+    mount = Path(tempfile.mkdtemp(prefix="packsync-disk-"))
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        mount.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        mount.rmdir()
+
+
+def fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with filler.open("wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_ends_run_in_one_sentence_and_loses_nothing(env: Env, small_disk: Path) -> None:
+    env.state_path.parent.symlink_to(small_disk)
+    pack_id, folder = synced_pack(env)
+    for i in range(20):
+        write(folder / f"more-{i}.png", image(64, 64))
+    filler = fill(small_disk)
+
+    result = env.cli("run", "--no-wait")
+
+    clean(result)
+    assert result.returncode == ExitCode.USAGE
+    assert f"no space left on the device of {env.state_path.resolve()}" in result.stderr
+    filler.unlink()
+    assert env.cli("run", "--no-wait").returncode == 0
+    assert env.pack(pack_id)["image_count"] == 22
+    assert env.cli("run", "--no-wait").stdout.count("0 added, 0 deleted, 0 failed") == 1
+
+
+def test_the_daemon_survives_a_full_disk_and_resumes_when_space_is_back(daemon_env: Env, start,  # type: ignore[no-untyped-def]
+                                                                        small_disk: Path) -> None:
+    daemon_env.state_path.parent.parent.mkdir(parents=True, exist_ok=True)
+    daemon_env.state_path.parent.symlink_to(small_disk)
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    write(folder / "a.png", image())
+    daemon = start()
+    filler = fill(small_disk)
+    for i in range(20):
+        write(folder / f"b-{i}.png", image(64, 64))
+
+    wait_until(lambda: "no space left" in daemon.output(), timeout=30, what="the full disk is reported")
+    assert daemon.proc.poll() is None, daemon.output()[-2000:]
+    filler.unlink()
+
+    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 21, timeout=90, what="all synced after")
+    assert daemon.proc.poll() is None and daemon.stop() == 0
+
+
+def test_a_read_only_state_is_a_permission_sentence_not_corruption(env: Env, small_disk: Path) -> None:
+    env.state_path.parent.parent.mkdir(parents=True, exist_ok=True)
+    env.state_path.parent.symlink_to(small_disk)
+    _pack_id, folder = synced_pack(env)
+    write(folder / "new.png", image())
+    assert subprocess.run(["mount", "-o", "remount,ro", str(small_disk)]).returncode == 0
+
+    result = env.cli("run", "--no-wait")
+
+    clean(result)
+    assert result.returncode == ExitCode.USAGE
+    assert str(env.state_path.resolve()) in result.stderr and "permission denied" in result.stderr
+    assert "corrupt" not in result.stderr and "move it away" not in result.stderr.lower()
+    assert env.cli("status", token=None).returncode == 0, "a read-only state can still be looked at"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv to "
+                    "run packsync as another user")
+def test_a_state_file_of_mode_444_is_a_permission_sentence(tmp_path: Path, env: Env) -> None:
+    _pack_id, folder = synced_pack(env)
+    write(folder / "new.png", image())
+    shared = Path(tempfile.mkdtemp(prefix="packsync-perm-"))
+    try:
+        shared.chmod(0o777)
+        state = shared / "state.db"
+        shutil.copy(env.state_path, state)
+        state.chmod(0o444)
+        config = shared / "config.toml"
+        config.write_text(env.config_path.read_text().replace(str(env.state_path), str(state)))
+        folder_root = env.root
+        for path in [folder_root, *folder_root.parents]:
+            if path == Path("/"):
+                break
+            path.chmod(path.stat().st_mode | 0o005)
+        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                                 "-m", "packsync", "run", "--no-wait", "-c", str(config)],
+                                capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "GENVIRAL_TOKEN": TOKEN, "HOME": str(shared)})
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+    clean(result)
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert str(state) in result.stderr and "permission denied" in result.stderr
+
+
+# -- 7, 8, 9. malformed answers ------------------------------------------------------------------------
+
+
+def _no_id(d: dict[str, Any]) -> None:
+    d.pop("id")
+
+
+def _image_without_id(d: dict[str, Any]) -> None:
+    d["images"].append({"url": "https://cdn.example.com/x.png"})
+
+
+MALFORMED = [
+    pytest.param(PACK, data(_no_id), "no valid id", id="a pack without id"),
+    pytest.param(PACK, data(lambda d: d.update(id=None)), "no valid id", id="a pack with a null id"),
+    pytest.param(PACK, data(_image_without_id), "no valid id", id="an image without id"),
+    pytest.param(PACK, data(lambda d: d.update(images="lots")), "images is str, not a list", id="images a string"),
+    pytest.param(PACK, data(lambda d: d.update(images=[None, None])), "not an object", id="images a list of nulls"),
+]
+
+
+@pytest.mark.parametrize(("route", "rewrite", "said"), MALFORMED)
+def test_a_malformed_pack_answer_is_an_error_for_that_mapping_only(env: Env, route: tuple[str, str],
+                                                                   rewrite: Callable[[Reply], Reply],
+                                                                   said: str) -> None:
+    broken, healthy = env.sandbox.create_pack("broken"), env.sandbox.create_pack("healthy")
+    write(env.map("a", pack_id=broken) / "a.png", image())
+    assert env.cli("run", "--no-wait").returncode == 0
+    write(env.map("b", pack_id=healthy) / "b.png", image())
+    env.sandbox.rewrite(*route, lambda reply: rewrite(reply) if broken in json.dumps(
+        json.loads(reply.body).get("data") or {}) else reply)
+
+    result = env.cli("run", "--no-wait")
+
+    clean(result)
+    assert result.returncode == ExitCode.SOME_FAILED
+    assert said in result.stdout, result.stdout
+    assert env.pack(healthy)["image_count"] == 1, "the other mapping synced"
+    assert env.pack(broken)["image_count"] == 1, "nothing was added or deleted blindly"
+
+
+def test_a_created_pack_answered_with_a_null_id_is_found_not_made_again(env: Env) -> None:
+    write(env.map("brand", pack="Fresh") / "a.png", image())
+    env.sandbox.rewrite("POST", "/packs", data(lambda d: d.update(id=None)), count=1)
+
+    result = env.cli("run", "--no-wait")
+
+    clean(result)
+    assert result.returncode == 0, result.stdout
+    assert env.pack_named("Fresh")["image_count"] == 1, "one pack, not a stray empty one beside it"
+
+
+def test_an_added_image_answered_without_id_is_adopted_next_run_not_added_again(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+    env.sandbox.rewrite(*ADD, data(lambda d: d.update(id=None)), count=1)
+
+    first = env.cli("run", "--no-wait")
+    second = env.cli("run", "--no-wait")
+
+    clean(first)
+    assert first.returncode == ExitCode.SOME_FAILED and "no valid id" in first.stdout
+    assert second.returncode == 0
+    assert env.pack(pack_id)["image_count"] == 1 and env.sandbox.calls[ADD] == 1
+
+
+def test_keywords_of_the_wrong_type_count_as_none(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+
+    def numbers(d: dict[str, Any]) -> None:
+        for item in d["images"]:
+            item["metadata"] = {"status": "completed", "description": 42, "keywords": 7}
+
+    env.sandbox.rewrite(*PACK, data(numbers))
+    result = env.cli("run", "--wait-timeout", "5")
+
+    clean(result)
+    assert result.returncode == 0, result.stdout
+    meta = json.loads(env.cli("status", "--json", "--files", token=None).stdout)["mappings"][0]["file_list"][0]
+    assert meta["metadata"] == {"status": "completed", "description": None, "keywords": [], "error": None}
+
+
+def test_a_retry_after_that_is_not_a_number_or_a_date_is_just_a_retry(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+    limited = fail(429, "rate_limited", "Too many requests").body
+    env.sandbox.rewrite(*PACK, answer(429, limited, headers={"Retry-After": "soon"}), count=1)
+
+    result = env.cli("run", "--no-wait")
+
+    clean(result)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert env.sandbox.calls[PACK] == 2 and env.pack(pack_id)["image_count"] == 1
+
+
+def test_daemon_metadata_polling_survives_a_malformed_pack_and_says_so(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    daemon = start()
+    write(folder / "a.png", image())
+    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 1, timeout=30, what="a.png added")
+    daemon_env.sandbox.rewrite(*PACK, data(_image_without_id), count=2)
+
+    def completed() -> bool:
+        status = json.loads(daemon_env.cli("status", "--json", token=None).stdout)
+        return status["mappings"][0]["metadata"]["completed"] == 1
+
+    wait_until(completed, timeout=90, what="metadata completed after the malformed answers stopped")
+    assert "no valid id" in daemon.output(), "the malformed answer was logged, not swallowed"
+    assert daemon.stop() == 0
+
+
+def test_pagination_that_never_ends_is_cut_short(env: Env) -> None:
+    for i in range(150):
+        env.sandbox.create_pack(f"pack {i}")
+    env.map("brand", pack="p")
+
+    def ignore_offset(reply: Reply) -> Reply:
+        envelope = json.loads(reply.body)
+        envelope["data"]["total"] = 10**9
+        return Reply(reply.status, json.dumps(envelope).encode(), reply.content_type, reply.headers)
+
+    env.sandbox.rewrite("GET", "/packs", ignore_offset)
+
+    result = env.cli("packs", timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert env.sandbox.calls[("GET", "/packs")] <= 3
+    assert result.stdout.count("pack ") == 150
+
+
+# -- 10, 11. secrets and terminal safety ---------------------------------------------------------------
+
+
+ECHOES = [
+    pytest.param(PACK, answer(400, json.dumps({"ok": False, "code": 400, "error_code": "bad_request",
+                                                "message": f"bad header Authorization: Bearer {TOKEN}"}).encode()),
+                 id="an API error message"),
+    pytest.param(PACK, answer(400, f"<html><pre>Authorization: Bearer {TOKEN}</pre></html>".encode(), "text/html"),
+                 id="a proxy's HTML page"),
+    pytest.param(("PUT", "storage"), answer(400, (f"<Error><Code>InvalidArgument</Code><Message>Only one auth "
+                                                  f"mechanism allowed; got Bearer {TOKEN}</Message></Error>").encode(),
+                                            "application/xml"), id="a storage error"),
+]
+
+
+@pytest.mark.parametrize(("route", "rewrite"), ECHOES)
+def test_a_server_echoing_the_token_gets_it_nowhere(env: Env, route: tuple[str, str],
+                                                    rewrite: Callable[[Reply], Reply]) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+    env.sandbox.rewrite(*route, rewrite)
+
+    outputs = [env.cli("run", "--no-wait"), env.cli("-v", "run", "--no-wait"),
+               env.cli("status", "--json", "--files", token=None), env.cli("status", token=None)]
+
+    assert outputs[0].returncode == ExitCode.SOME_FAILED
+    assert "Bearer ***" in outputs[0].stdout, outputs[0].stdout
+    for result in outputs:
+        assert TOKEN not in result.stdout + result.stderr
+    for path in env.state_path.parent.iterdir():
+        assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_names_with_control_characters_cannot_forge_lines_or_drive_the_terminal(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("brand", pack_id=pack_id)
+    forged = "a\n  failed     everything.png: forged.png"
+    escape = "b\x1b[2J\x1b[31m.png"
+    write(folder / forged, b"not an image")
+    write(folder / escape, image())
+
+    run = env.cli("run", "--no-wait")
+    files = env.cli("status", "--files", token=None)
+    document = json.loads(env.cli("status", "--json", "--files", token=None).stdout)
+
+    for text in (run.stdout, files.stdout):
+        assert "\x1b" not in text
+        assert not any(line.lstrip().startswith("failed     everything.png") for line in text.splitlines())
+    assert "a\\n  failed" in run.stdout and "b\\x1b[2J" in files.stdout
+    assert {row["path"] for row in document["mappings"][0]["file_list"]} == {forged, escape}, "exact in JSON"
+
+
+# -- 12, 13. the cost of bad input; small ones ---------------------------------------------------------
+
+
+def test_many_bad_files_are_counted_not_listed_and_not_saved_again(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("brand", pack_id=pack_id)
+    write(folder / "good.png", image())
+    for i in range(2000):
+        write(folder / f"empty-{i:04}.png", b"")
+
+    first = env.cli("run", "--no-wait")
+    problems = json.loads(env.cli("status", "--json", "--problems", token=None).stdout)["mappings"][0]
+
+    assert first.returncode == ExitCode.SOME_FAILED
+    assert len(first.stdout.splitlines()) < 12, first.stdout
+    assert "… and 1995 more: empty file (`packsync status --problems` lists them)" in first.stdout
+    assert len(problems["problem_list"]) == 2000 and problems["failed"] == 2000
+    assert "empty-0000.png: empty file" in env.cli("status", "--problems", token=None).stdout
+
+
+def test_problems_unchanged_since_the_last_scan_are_not_written_again(tmp_path: Path) -> None:
+    from packsync.model import Problem
+    from packsync.state.store import Store
+
+    store = Store(tmp_path / "state.db")
+    problems = [Problem(f"empty-{i}.png", "empty file") for i in range(500)]
+    store.save_problems("/photos", problems)
+    wal = tmp_path / "state.db-wal"
+    store.session.connection().exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert wal.stat().st_size == 0
+
+    store.save_problems("/photos", reversed(problems))
+    assert wal.stat().st_size == 0, "the same problems were written again"
+    store.save_problems("/photos", problems[1:] + [Problem("new.png", "not an image")])
+    assert {p.rel_path for p in store.problems("/photos")} == {p.rel_path for p in problems[1:]} | {"new.png"}
+    store.close()
+
+
+def test_the_daemon_s_last_error_clears_once_it_recovers(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    daemon = start()
+    daemon_env.sandbox.inject("expire", method="PUT", route="storage", count=3)
+    write(folder / "a.png", image())
+
+    def daemon_error() -> Any:
+        return json.loads(daemon_env.cli("status", "--json", token=None).stdout)["daemon"]["last_error"]
+
+    wait_until(lambda: daemon_error() is not None, timeout=30, what="the failure is reported")
+    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 1, timeout=60, what="the retry syncs it")
+    wait_until(lambda: daemon_error() is None, timeout=30, what="the error is cleared")
+    assert daemon.stop() == 0
