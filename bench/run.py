@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers: helpers.py
 
+import bad_input  # noqa: E402
 import daemon_scenarios  # noqa: E402
 import first_sync  # noqa: E402
 import hashing  # noqa: E402
@@ -44,6 +45,7 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "daemon-drop": daemon_scenarios.run_drops,
     "daemon-burst": daemon_scenarios.run_burst,
     "metadata": metadata_polling.run,
+    "bad-input": bad_input.run,
 }
 
 
