@@ -594,3 +594,17 @@ def test_the_daemon_s_last_error_clears_once_it_recovers(daemon_env: Env, start)
     wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 1, timeout=60, what="the retry syncs it")
     wait_until(lambda: daemon_error() is None, timeout=30, what="the error is cleared")
     assert daemon.stop() == 0
+
+
+def test_one_pack_named_by_name_and_by_id_in_one_config_settles_on_one_copy(env: Env) -> None:
+    """Two mappings of one config reach one pack (by name and by id) and both add the same content in
+    the same run; afterwards the newer copy goes and nothing churns."""
+    pack_id = env.sandbox.create_pack("Shared")
+    write(env.map("one", pack="Shared") / "same.png", image(seed=7))
+    write(env.map("two", pack_id=pack_id) / "same.png", image(seed=7))
+
+    codes = [env.cli("run", "--no-wait").returncode for _ in range(4)]
+
+    assert codes == [0, 0, 0, 0]
+    assert env.pack(pack_id)["image_count"] == 1
+    assert env.sandbox.calls[ADD] <= 2 and env.sandbox.calls[("DELETE", "/packs/{id}/images/{image_id}")] <= 1

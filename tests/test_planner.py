@@ -96,7 +96,10 @@ RULES = [
         {}, id="another mapping's images in the pack are neither deleted nor pruned, and their content is there"),
     pytest.param(
         World(folder={"a.png": "A"}, recorded={"i1": "A"}, theirs={"t1": "A"}, pack=["t1", "i1"]),
-        {"delete": [("i1", "duplicate")]}, id="our copy of a content another mapping holds is a duplicate"),
+        {"delete": [("i1", "duplicate")]}, id="our copy of a content another mapping holds first is a duplicate"),
+    pytest.param(
+        World(folder={"a.png": "A"}, recorded={"i1": "A"}, theirs={"t1": "A"}, pack=["i1", "t1"]),
+        {}, id="our copy that is older than another mapping's stays: that mapping deletes its own"),
     pytest.param(
         World(folder={"a.png": "A", "b.png": "B"}, recorded={"i1": "A", "i2": "B"}, pack=["i1", "i2"]),
         {}, id="a folder already mirrored needs nothing"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -351,3 +352,47 @@ def test_lock_of_a_killed_run_does_not_block_the_next(env: Env) -> None:
 
     assert result.returncode == ExitCode.OK, result.stderr
     assert sorted(env.cdn_bytes(pack_id)) == sorted(p.read_bytes() for p in folder.glob("*.png"))
+
+
+def _as_schema_1(state: Path) -> None:
+    """Turn a state into what packsync wrote before images had an owner (schema 1)."""
+    with sqlite3.connect(state) as db:
+        db.execute("ALTER TABLE images DROP COLUMN owner")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+
+
+def test_a_state_of_schema_1_is_read_as_migrated_and_migrated_on_the_next_run(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("brand", pack_id=pack_id)
+    write(folder / "a.png", image())
+    write(folder / "b.png", image())
+    assert env.cli("run", "--no-wait").returncode == 0
+    _as_schema_1(env.state_path)
+    before = env.state_path.read_bytes()
+
+    status = json.loads(env.cli("status", "--json", token=None).stdout)["mappings"][0]
+    dry = env.cli("run", "--dry-run")
+
+    assert (status["images"], status["synced"]) == (2, 2)
+    assert dry.returncode == 0 and "nothing to do" in dry.stdout
+    assert env.state_path.read_bytes() == before, "reading an older state does not upgrade it"
+    env.sandbox.reset_calls()
+    assert env.cli("run", "--no-wait").returncode == 0
+    assert env.sandbox.mutating_calls() == 0
+    with sqlite3.connect(env.state_path) as db:
+        assert db.execute("SELECT DISTINCT owner FROM images").fetchall() == [(str(folder),)]
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+
+
+def test_a_migration_cut_short_is_finished_by_the_next_run(env: Env) -> None:
+    """The column was added but the schema version not yet written (a kill, a full disk)."""
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+    assert env.cli("run", "--no-wait").returncode == 0
+    with sqlite3.connect(env.state_path) as db:
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == 0, result.stderr
+    assert "0 added, 0 deleted, 0 failed" in result.stdout

@@ -17,6 +17,7 @@ noticed) and STOPPING=1 through ``notify.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import os
 import random
@@ -32,9 +33,11 @@ from packsync.config import Config, MappingConfig, load_config, read_token
 from packsync.daemon.aggregator import Aggregator
 from packsync.daemon.notify import notify, watchdog_interval
 from packsync.daemon.watcher import Watcher
+from packsync.engine.metadata import POLL_BACKOFF
 from packsync.engine.sync import SyncOptions, SyncReport
 from packsync.errors import AuthError, ExitCode, PacksyncError, StateUnavailable
 from packsync.logs import get_logger, register_secret
+from packsync.remote.genviral import GenviralClient
 from packsync.remote.retry import Backoff, Retrying
 from packsync.state.lock import StateLock
 from packsync.state.store import Store
@@ -47,7 +50,8 @@ AUTH_RETRY_S = 900.0
 STOP_GRACE_S = 5.0
 WATCHER_STOP_S = 2.0
 STOP_DEADLINE_S = 8.0
-METADATA_POLL = Backoff(1.0, 30.0)
+#: How long a client replaced on SIGHUP stays open for a metadata poll that may still be using it.
+RETIRE_CLIENT_S = 60.0
 
 
 @dataclass(slots=True)
@@ -85,6 +89,7 @@ class Daemon:
         self._last_full_scan: float | None = None
         self._last_ping = 0.0
         self._published: tuple[object, ...] = ()
+        self._retiring: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -96,7 +101,10 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
-        self.store = Store(self.config.state_path)
+        store = await self._open_store()
+        if store is None:
+            return ExitCode.OK
+        self.store = store
         self.app = App.wire(self.config, self.store, client_for(self.config, self.token))
 
         def on_change(root: Path, path: Path, closed: bool) -> None:
@@ -124,12 +132,30 @@ class Daemon:
             stopper = threading.Thread(target=self.watcher.stop, name="watcher-stop", daemon=True)
             stopper.start()
             stopper.join(WATCHER_STOP_S)
-            await asyncio.gather(metadata, return_exceptions=True)
+            for task in self._retiring:
+                task.cancel()
+            await asyncio.gather(metadata, *self._retiring, return_exceptions=True)
             await self.app.api.aclose()
             self._save_daemon(pid=None, state="stopped", queue=len(self.changes))
             self.store.close()
             self.log.info("daemon stopped")
         return ExitCode.OK
+
+    async def _open_store(self) -> Store | None:
+        """The state, once it can be opened: a locked state or a full disk at start is waited out too.
+        None when a stop came first."""
+        retrying = Retrying(MAPPING_RETRY)
+        while not self.stopping.is_set():
+            try:
+                store = Store(self.config.state_path)
+            except StateUnavailable as exc:
+                self._state_unusable(exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), timeout=retrying.next_delay())
+                continue
+            self._state_usable()
+            return store
+        return None
 
     def _stop(self) -> None:
         self.log.info("stopping")
@@ -355,10 +381,14 @@ class Daemon:
 
     async def _metadata_loop(self) -> None:
         """Poll packs whose images still wait for AI metadata: one GET per pack per round, backing off."""
-        rounds = Retrying(METADATA_POLL)
+        rounds = Retrying(POLL_BACKOFF)
         while True:
-            pending = self.app.metadata.pending(self.app.syncer.mapped_pack_ids())
-            if not pending:
+            try:
+                pending = self.store.metadata_pending(self.app.syncer.mapped_pack_ids())
+            except StateUnavailable as exc:
+                self._state_unusable(exc)
+                pending = None
+            if pending == {}:  # nothing waits: sleep until a sync adds images
                 await self.metadata_wake.wait()
                 self.metadata_wake.clear()
                 rounds.reset()
@@ -369,7 +399,7 @@ class Daemon:
                 rounds.reset()
             except TimeoutError:
                 pass
-            if self.paused_until:
+            if self.paused_until or not pending:
                 continue
             try:
                 await self.app.metadata.poll(list(pending))
@@ -379,6 +409,10 @@ class Daemon:
                 self._state_unusable(exc)
 
     # -- reload ------------------------------------------------------------------------------------
+
+    async def _close_later(self, api: GenviralClient) -> None:
+        await asyncio.sleep(RETIRE_CLIENT_S)
+        await api.aclose()
 
     async def _reload(self) -> None:
         """SIGHUP: read the config (and token) again; start and stop watchers for what changed."""
@@ -396,7 +430,8 @@ class Daemon:
             self.changes.forget(old[label].root)
         api = self.app.api
         if config.genviral != self.config.genviral or token != self.token:
-            await api.aclose()
+            # A metadata poll may still be using the old client: close it once that round is surely over.
+            self._retiring.add(asyncio.create_task(self._close_later(api)))
             api = client_for(config, token)
         self.config, self.token = config, token
         self.app = App.wire(config, self.store, api)

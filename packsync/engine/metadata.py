@@ -31,10 +31,6 @@ class MetadataPoller:
         self.progress = progress or Progress(enabled=False)
         self.log = get_logger()
 
-    def pending(self, pack_ids: Collection[str]) -> dict[str, int]:
-        """Per pack, how many of packsync's images still wait for metadata (packs with none left out)."""
-        return self.store.metadata_pending(pack_ids)
-
     async def poll(self, pack_ids: Collection[str]) -> None:
         """One round: one GET per pack, copying the metadata of packsync's images that changed."""
         packs = await asyncio.gather(*(self.api.get_pack(p) for p in pack_ids), return_exceptions=True)
@@ -54,7 +50,7 @@ class MetadataPoller:
         self.progress.total("metadata", total)
         attempt = 0
         while True:
-            pending = self.pending(pack_ids)
+            pending = self.store.metadata_pending(pack_ids)
             settled = total - sum(pending.values())
             self.progress.advance("metadata", settled - self.progress.counts["metadata"])
             left = deadline - time.monotonic()

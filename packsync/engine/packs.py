@@ -21,6 +21,9 @@ from packsync.logs import get_logger
 from packsync.model import RemotePack
 from packsync.state.store import Store
 
+#: How long to wait before looking again at a pack that answered 404.
+CONFIRM_PAUSE_S = 1.0
+
 if TYPE_CHECKING:  # the views read ``recorded_pack_id`` without loading an HTTP client
     from packsync.remote.genviral import GenviralClient
 
@@ -45,9 +48,6 @@ class PackResolver:
         #: Per mapping label, what the user should hear about its pack this run.
         self.notices: dict[str, str] = {}
 
-    def recorded(self, mapping: MappingConfig) -> str | None:
-        return recorded_pack_id(self.store, mapping)
-
     async def read(self, mapping: MappingConfig) -> RemotePack | None:
         """The mapping's pack as the API shows it now; None when it is to be created.
 
@@ -68,12 +68,12 @@ class PackResolver:
 
     async def _by_name(self, mapping: MappingConfig) -> RemotePack | None:
         name = mapping.pack or ""
-        remembered = self.recorded(mapping)
+        remembered = recorded_pack_id(self.store, mapping)
         if remembered:
             try:
                 return await self.api.get_pack(remembered)
             except NotFound:
-                await asyncio.sleep(self.api.retry.backoff.delay(1))
+                await asyncio.sleep(CONFIRM_PAUSE_S)
             try:
                 return await self.api.get_pack(remembered)
             except NotFound:

@@ -190,27 +190,27 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
     plan.forgets = [ForgetImage(image) for image in source.managed if image.image_id not in present]
     plan.metadata = metadata_updates(source.managed, remote_images)
 
-    # Live managed images in the pack's own order (oldest first), adopting our unrecorded uploads.
+    # One pass in the pack's own order (oldest first): the oldest image of a content stays, whoever owns
+    # it, so two mappings sharing a pack agree on which copy is the duplicate.
     live: list[ManagedImage] = []
     foreign: list[RemoteImage] = []
     kept: set[str] = set()
+    deletes: list[DeleteImage] = []
     for seen in remote_images:
-        if seen.image_id in recorded:
-            live.append(recorded[seen.image_id])
-        elif seen.image_id in source.others:
+        if seen.image_id in source.others:
             kept.add(source.others[seen.image_id])
-        elif seen.url in source.known_urls:
+            continue
+        image = recorded.get(seen.image_id)
+        if image is None and seen.url in source.known_urls:  # our upload, added but never recorded
             sha256 = source.known_urls[seen.url]
             name = wanted[sha256].key if sha256 in wanted else seen.url
-            adopted = ManagedImage(pack_id, seen.image_id, sha256, seen.url, file_name_for(name), source.label,
-                                   seen.metadata)
-            plan.adopts.append(AdoptImage(adopted))
-            live.append(adopted)
-        else:
+            image = ManagedImage(pack_id, seen.image_id, sha256, seen.url, file_name_for(name), source.label,
+                                 seen.metadata)
+            plan.adopts.append(AdoptImage(image))
+        if image is None:
             foreign.append(seen)
-
-    deletes: list[DeleteImage] = []
-    for image in live:
+            continue
+        live.append(image)
         if image.sha256 in kept:
             deletes.append(DeleteImage(image.image_id, image.url, "duplicate", image.sha256))
         elif image.sha256 in wanted or image.sha256 in source.scan.keep or not source.options.delete:

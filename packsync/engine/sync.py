@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from packsync.config import Config, MappingConfig
 from packsync.engine.executor import Executor, MappingOutcome
-from packsync.engine.metadata import MetadataPoller
-from packsync.engine.packs import PackResolver
+from packsync.engine.metadata import POLL_BACKOFF, MetadataPoller
+from packsync.engine.packs import PackResolver, recorded_pack_id
 from packsync.engine.planner import MappingInput, MappingOptions, MappingPlan, Plan, plan_mapping, plan_uploads
 from packsync.errors import (
     ConfigError,
@@ -47,8 +47,8 @@ class SyncOptions:
     wait: bool = True
     wait_timeout_s: float = 600.0
     force: bool = False
-    poll_start_s: float = 1.0
-    poll_cap_s: float = 30.0
+    poll_start_s: float = POLL_BACKOFF.start_s
+    poll_cap_s: float = POLL_BACKOFF.cap_s
 
 
 @dataclass(slots=True)
@@ -188,7 +188,7 @@ class Syncer:
         for report in reports:
             if self.sources[report.label].exists():
                 continue
-            pack_id = self.packs.recorded(report.config)
+            pack_id = recorded_pack_id(self.store, report.config)
             if self.store.count_files(report.label) or (pack_id and self.store.count_images(pack_id, report.label)):
                 report.safety = (f"{report.label} is missing or not a folder, but packsync synced files from it; "
                                  "nothing is deleted (is a disk unmounted?)")
@@ -228,4 +228,4 @@ class Syncer:
 
     def mapped_pack_ids(self) -> list[str]:
         """The packs the config maps today (as the state remembers them)."""
-        return [pack_id for mapping in self.config.mappings if (pack_id := self.packs.recorded(mapping))]
+        return [pack_id for mapping in self.config.mappings if (pack_id := recorded_pack_id(self.store, mapping))]

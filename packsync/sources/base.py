@@ -15,10 +15,6 @@ from packsync.model import CachedFile, ContentItem, Scan
 
 
 class Source(Protocol):
-    @property
-    def label(self) -> str:
-        """How messages, the state and ``status`` name this source (a folder's path)."""
-
     def exists(self) -> bool:
         """Whether the source is there at all (a folder on an unmounted disk is not)."""
 

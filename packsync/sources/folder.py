@@ -60,10 +60,6 @@ class FolderSource:
         self.root = root
         self.filters = filters
 
-    @property
-    def label(self) -> str:
-        return str(self.root)
-
     def exists(self) -> bool:
         return self.root.is_dir()
 
@@ -141,11 +137,16 @@ class _Walk:
             self._problem(rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
                           "its name is not valid UTF-8; rename it")
             return
+        try:
+            is_file = not (is_link or is_dir) and entry.is_file(follow_symlinks=False)
+        except OSError as exc:  # no file type in the listing, and the lstat failed
+            self._problem(rel, f"cannot read ({exc.strerror})")
+            return
         if is_link:
             self._symlink(entry, rel, pending)
         elif is_dir:
             pending.append((entry.path, rel + "/"))
-        elif entry.is_file(follow_symlinks=False):
+        elif is_file:
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
@@ -159,7 +160,7 @@ class _Walk:
 
     def _symlink(self, entry: os.DirEntry[str], rel: str, pending: list[tuple[str, str]]) -> None:
         if not self.filters.follow_symlinks:
-            if self.filters.included(entry.name) or entry.is_dir():
+            if self.filters.included(entry.name) or _points_to_a_folder(entry):
                 self._problem(rel, "symbolic link, not followed (set follow_symlinks = true)", notice=True)
             return
         try:
@@ -174,7 +175,11 @@ class _Walk:
         if not target.is_relative_to(self.root.resolve()):
             self._problem(rel, "symbolic link points outside the mapped folder; not followed")
             return
-        st = target.stat()
+        try:
+            st = target.stat()
+        except OSError as exc:  # gone or changed since it was resolved
+            self._problem(rel, f"cannot read ({exc.strerror})")
+            return
         if stat.S_ISDIR(st.st_mode):
             if (st.st_dev, st.st_ino) in self.seen_dirs:
                 self._problem(rel, "symbolic link loop")
@@ -241,3 +246,10 @@ class _Walk:
                 self.scan.cache[rel] = cached
                 if cached.sha256 and not cached.problem:
                     self.scan.keep.add(cached.sha256)
+
+
+def _points_to_a_folder(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False

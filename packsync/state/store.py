@@ -19,7 +19,8 @@ recognises that step's result by its URL on the next run.
 SQLite errors, at opening or at any later moment, are translated here and nowhere else: into
 ``StateUnavailable`` when they may pass (locked by another program, disk full, an I/O error) and
 ``StateError`` otherwise, each in one sentence naming the file. A ``readonly`` store (``--dry-run``,
-``status``) never writes: not the file, and not a missing file into existence.
+``status``) never writes: not the file, and not a missing file into existence — the one exception
+being SQLite's own crash recovery, which rolls back a transaction a killed process left half done.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from sqlalchemy import event, func, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -192,6 +194,15 @@ def unusable(path: Path, exc: BaseException) -> StateError:
                       "Move it away to start over.")
 
 
+#: Who owns an image recorded before schema 2 (which had one mapping per pack and state): the mapping
+#: into its pack whose folder holds its content, else the first mapping into its pack, else '' — an
+#: image any mapping into that pack may manage.
+_OWNER_BEFORE_2 = (
+    "coalesce((SELECT m.root FROM mappings m JOIN files f ON f.root = m.root AND f.sha256 = images.sha256 "
+    "WHERE m.pack_id = images.pack_id ORDER BY m.root LIMIT 1), "
+    "(SELECT root FROM mappings m WHERE m.pack_id = images.pack_id ORDER BY m.root LIMIT 1), '')")
+
+
 def _readonly_uri(path: Path) -> str:
     """How to open ``path`` only to read it.
 
@@ -201,7 +212,7 @@ def _readonly_uri(path: Path) -> str:
     """
     wal = path.with_name(path.name + "-wal")
     immutable = not os.access(path.parent, os.W_OK) and not wal.exists()
-    return f"file:{path}?mode=ro" + ("&immutable=1" if immutable else "")
+    return f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
 
 
 def _disk_full(path: Path) -> bool:
@@ -246,6 +257,10 @@ class Store:
             elif readonly:
                 self.engine = create_engine("sqlite://", poolclass=StaticPool, creator=lambda: sqlite3.connect(
                     _readonly_uri(path), uri=True, check_same_thread=False))
+                if version is not None and version < 2:  # an older file, read as if migrated; not written
+                    with self.engine.begin() as connection:
+                        connection.exec_driver_sql("CREATE TEMP VIEW images AS SELECT *, "
+                                                   f"{_OWNER_BEFORE_2} AS owner FROM main.images AS images")
             else:
                 _private_file(path)
                 self.engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
@@ -306,19 +321,25 @@ class Store:
 
     def _set_up(self, version: int | None) -> None:
         """Create what is missing and migrate forward, one step per schema version."""
-        if version is not None and version < 2:
-            # Images get an owner: the mapping that synced into their pack (the only one, before 2).
-            with self.engine.begin() as connection:
-                connection.exec_driver_sql("ALTER TABLE images ADD COLUMN owner VARCHAR NOT NULL DEFAULT ''")
-                connection.exec_driver_sql(
-                    "UPDATE images SET owner = coalesce((SELECT root FROM mappings WHERE mappings.pack_id = "
-                    "images.pack_id ORDER BY root LIMIT 1), '')")
+        if version != SCHEMA_VERSION:
+            self._migrate()
         SQLModel.metadata.create_all(self.engine)
         if version != SCHEMA_VERSION:
             with Session(self.engine) as session:
                 session.merge(MetaRow(key="app", value=APP_ID))
                 session.merge(MetaRow(key="schema", value=str(SCHEMA_VERSION)))
                 session.commit()
+
+    def _migrate(self) -> None:
+        """Schema 1 → 2, in one transaction, and harmless to repeat: a run killed half-way, or a first
+        run killed before it wrote its schema version, leaves a file this finishes."""
+        with closing(sqlite3.connect(self.path, isolation_level=None)) as db:
+            db.execute("BEGIN IMMEDIATE")
+            columns = {row[1] for row in db.execute("PRAGMA table_info(images)")}
+            if columns and "owner" not in columns:
+                db.execute("ALTER TABLE images ADD COLUMN owner VARCHAR NOT NULL DEFAULT ''")
+                db.execute(f"UPDATE images SET owner = {_OWNER_BEFORE_2}")
+            db.execute("COMMIT")
 
     def close(self) -> None:
         self.session.close()
@@ -442,16 +463,16 @@ class Store:
         rows = self._rows("SELECT pack_id, image_id, sha256, url, file_name, owner, meta_status, "
                           f"CASE WHEN {full} THEN description END, CASE WHEN {full} THEN keywords ELSE '[]' END, "
                           f"CASE WHEN {full} THEN meta_error END FROM images WHERE pack_id = ? "
-                          "AND (? IS NULL OR owner = ?)", details, details, details, pack_id, owner, owner)
+                          "AND (? IS NULL OR owner IN (?, ''))", details, details, details, pack_id, owner, owner)
         return [_image(*row) for row in rows]
 
     def others(self, pack_id: str, owner: str) -> dict[str, str]:
         """The images other mappings own in this pack: image id → content."""
-        return dict(self._rows("SELECT image_id, sha256 FROM images WHERE pack_id = ? AND owner != ?",
+        return dict(self._rows("SELECT image_id, sha256 FROM images WHERE pack_id = ? AND owner NOT IN (?, '')",
                                pack_id, owner))
 
     def count_images(self, pack_id: str, owner: str | None = None) -> int:
-        return int(self._rows("SELECT count(*) FROM images WHERE pack_id = ? AND (? IS NULL OR owner = ?)",
+        return int(self._rows("SELECT count(*) FROM images WHERE pack_id = ? AND (? IS NULL OR owner IN (?, ''))",
                               pack_id, owner, owner)[0][0])
 
     def record_image(self, image: ManagedImage) -> None:

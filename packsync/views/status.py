@@ -103,6 +103,7 @@ def _mapping(mapping: MappingConfig, store: Store, files: bool, with_problems: b
     pack_id = recorded_pack_id(store, mapping)
     images = store.managed(pack_id, mapping.label) if pack_id else []
     by_sha = {image.sha256: image for image in images}
+    shared = set(store.others(pack_id, mapping.label).values()) if pack_id else set()  # held by another mapping
     problems = {problem.rel_path: problem for problem in store.problems(mapping.label)}
     counts: Counter[str] = Counter({state: 0 for state in FILE_STATES})
     detail: list[FileStatus] = []
@@ -110,7 +111,7 @@ def _mapping(mapping: MappingConfig, store: Store, files: bool, with_problems: b
         if row.rel_path in problems:
             continue
         image = by_sha.get(row.sha256 or "")
-        state = "synced" if image else "pending"
+        state = "synced" if image or row.sha256 in shared else "pending"
         counts[state] += 1
         if files:
             detail.append(FileStatus(row.rel_path, row.sha256, state, None, image.image_id if image else None,
