@@ -60,29 +60,33 @@ def http_url(value: Any, what: str) -> str:
 
 def metadata(raw: Any) -> Metadata:
     """An image's AI metadata; fields of the wrong type count as absent."""
-    if not isinstance(raw, dict):
+    if raw.__class__ is not dict:
         return _PENDING
-    status = raw.get("status")
-    description = raw.get("description")
-    keywords = raw.get("keywords")
-    error = raw.get("error")
+    status, description, keywords, error = raw.get("status"), raw.get("description"), raw.get("keywords"), \
+        raw.get("error")
+    if keywords.__class__ is list:
+        keywords = tuple(keywords)
+        if not all(k.__class__ is str for k in keywords):
+            keywords = tuple(k for k in keywords if k.__class__ is str)
+    else:
+        keywords = ()
     return Metadata(status if status in _STATUSES else "pending",
-                    description if isinstance(description, str) else None,
-                    tuple(k for k in keywords if isinstance(k, str)) if isinstance(keywords, list) else (),
-                    error if isinstance(error, str) else None)
+                    description if description.__class__ is str else None, keywords,
+                    error if error.__class__ is str else None)
 
 
 def pack(data: Any, what: str = "GET /packs/{id}") -> RemotePack:
     """A pack with its images (``GET /packs/{id}``)."""
     data = _object(data, what)
     images = []
-    # Run once per image of every pack read (100,000 at a time): kept to the bare minimum.
+    # Run once per image of every pack read (100,000 at a time): the usual case is checked inline.
     for raw in _list(data.get("images"), what, "images"):
-        if not isinstance(raw, dict):
+        if raw.__class__ is not dict:
             raise MalformedAnswer(f"{what}: an entry of images is {type(raw).__name__}, not an object")
-        url = raw.get("url")
-        images.append(RemoteImage(_id(raw.get("id"), f"{what}: an image"), url if isinstance(url, str) else "",
-                                  metadata(raw.get("metadata"))))
+        image_id, url = raw.get("id"), raw.get("url")
+        if image_id.__class__ is not str or not image_id:
+            image_id = _id(image_id, f"{what}: an image")
+        images.append(RemoteImage(image_id, url if url.__class__ is str else "", metadata(raw.get("metadata"))))
     name = data.get("name")
     return RemotePack(_id(data.get("id"), what), name if isinstance(name, str) else "", tuple(images))
 
