@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers: helpers.py
 
+import adoption  # noqa: E402
 import bad_input  # noqa: E402
 import daemon_scenarios  # noqa: E402
 import first_sync  # noqa: E402
@@ -46,6 +47,7 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "daemon-burst": daemon_scenarios.run_burst,
     "metadata": metadata_polling.run,
     "bad-input": bad_input.run,
+    "adoption": adoption.run,
 }
 
 

@@ -75,6 +75,7 @@ class MappingConfig(_Strict):
     exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     delete: bool = True
     prune_foreign: bool = False
+    adopt: bool = True
     max_delete: int | str = "50%"
     max_file_mb: Annotated[float, Field(gt=0)] = 50.0
     follow_symlinks: bool = False

@@ -77,7 +77,7 @@ def _demo(folder: Path) -> ExitCode:
 
     with Sandbox(enrich_delays=(0.5, 1.0)) as sandbox:
         products = sandbox.create_pack("Product Shots", scope="demo")
-        sandbox.add_image(products, "https://cdn.example.com/web-app-upload.jpg", "added in the web app.jpg")
+        sandbox.add_uploaded(products, solid_png(40, 40, (130, 50, 170)), "added in the web app.png")
         config_path = folder / "config.toml"
         config_path.write_text(CONFIG.format(base_url=sandbox.base_url, products_pack=products), encoding="utf-8")
         config = load_config(config_path)

@@ -131,6 +131,21 @@ class RemotePack:
 
 
 @dataclass(frozen=True, slots=True)
+class UrlContent:
+    """What the bytes at an image's URL are, once downloaded: its content, or why it is not known.
+
+    ``final`` is False for a failure that may pass (a timeout, a 503): it is tried again next run.
+    """
+
+    url: str
+    sha256: str | None
+    size: int = 0
+    content_type: str | None = None
+    problem: str | None = None
+    final: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class PackSummary:
     """A pack as ``GET /packs`` lists it."""
 

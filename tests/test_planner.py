@@ -56,6 +56,7 @@ class World:
     pack: list[str] | None = field(default_factory=list)
     ours: dict[str, str] = field(default_factory=dict)
     theirs: dict[str, str] = field(default_factory=dict)
+    downloaded: dict[str, str] = field(default_factory=dict)  # foreign image id -> the content its URL serves
     keep: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
     options: MappingOptions = MappingOptions()
@@ -70,7 +71,8 @@ class World:
         remote = None if self.pack is None else RemotePack(PACK, "Pack", tuple(self._remote(i) for i in self.pack))
         known = {url(c): sha(c) for c in {*self.recorded.values(), *self.ours.values()}}
         return MappingInput("photos", "Pack", scan, managed, remote, known, self.options,
-                            others={image_id: sha(c) for image_id, c in self.theirs.items()})
+                            others={image_id: sha(c) for image_id, c in self.theirs.items()},
+                            contents={self._remote(i).url: sha(c) for i, c in self.downloaded.items()})
 
     def _remote(self, image_id: str) -> RemoteImage:
         content = self.recorded.get(image_id) or self.ours.get(image_id) or self.theirs.get(image_id)
@@ -85,11 +87,25 @@ def summary(plan: MappingPlan) -> dict[str, Any]:
         "forget": sorted(f.image.image_id for f in plan.forgets),
         "delete": sorted((d.image_id, d.reason) for d in plan.deletes),
         "withheld": sorted((d.image_id, d.reason) for d in plan.withheld),
+        "duplicate": sorted(image.image_id for image in plan.duplicates),
     }
     return {key: value for key, value in result.items() if value}
 
 
 RULES = [
+    pytest.param(
+        World(folder={"a.png": "A"}, pack=["w1"], downloaded={"w1": "A"}),
+        {"adopt": ["w1"]}, id="a foreign image holding a file's bytes is adopted, not added again"),
+    pytest.param(
+        World(folder={"a.png": "A"}, pack=["w1", "w2"], downloaded={"w1": "A", "w2": "A"},
+              options=MappingOptions(prune_foreign=False)),
+        {"adopt": ["w1"], "duplicate": ["w2"]}, id="of two foreign copies the oldest is adopted, the other reported"),
+    pytest.param(
+        World(folder={"a.png": "A"}, recorded={"i1": "A"}, pack=["i1", "w1"], downloaded={"w1": "A"}),
+        {"duplicate": ["w1"]}, id="a foreign copy newer than our image is a duplicate, left alone"),
+    pytest.param(
+        World(folder={"a.png": "A"}, pack=["w1"], downloaded={"w1": "B"}),
+        {"add": ["A"]}, id="a foreign image holding other bytes stays foreign"),
     pytest.param(
         World(folder={"a.png": "A"}, theirs={"t1": "A", "t2": "B"}, pack=["t1", "t2"],
               options=MappingOptions(prune_foreign=True)),

@@ -56,7 +56,8 @@ class MappingOutcome:
     label: str
     pack_id: str | None
     added: int = 0
-    adopted: int = 0
+    adopted: int = 0     # images already in the pack holding a file's bytes, now packsync's
+    recovered: int = 0   # packsync's own uploads a killed run added without recording them
     deleted: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
@@ -113,9 +114,9 @@ class Executor:
         for forget in mapping.forgets:
             self.store.forget_images(forget.image.pack_id, [forget.image.image_id])
             log.info("image gone from the pack; will add again if still wanted", image_id=forget.image.image_id)
-        for adopt in mapping.adopts:
-            self.store.record_image(adopt.image)
-        outcome.adopted = len(mapping.adopts)
+        self.store.record_images(adopt.image for adopt in mapping.adopts)
+        outcome.recovered = sum(adopt.recovered for adopt in mapping.adopts)
+        outcome.adopted = len(mapping.adopts) - outcome.recovered
 
     # -- adds --------------------------------------------------------------------------------------
 
@@ -144,7 +145,7 @@ class Executor:
                 outcome.failures.append((where, str(exc)))
                 log.warning("item failed", item=where, error=str(exc))
                 return
-            self.store.record_image(ManagedImage(pack_id, image_id, add.sha256, url, add.file_name, mapping.label))
+            self.store.record_images([ManagedImage(pack_id, image_id, add.sha256, url, add.file_name, mapping.label)])
             outcome.added += 1
             self.progress.advance("added")
             log.debug("image added", file=add.file_name, image_id=image_id)

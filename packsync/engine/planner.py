@@ -8,6 +8,9 @@ The output is a ``MappingPlan``: small action values that the executor carries o
 
 1. An image in the pack whose URL is one of packsync's own uploads but which the state does not
    record (a run died between the API's answer and the commit) is *adopted*, never added again.
+   So is an image added some other way (the web app, another machine, a lost state) whose bytes —
+   downloaded once — are a content the source holds: the oldest such image is adopted, and further
+   copies are reported as duplicates and left alone (they are not packsync's).
 2. A recorded image that is gone from the pack is *forgotten* (and added again if still wanted).
 3. Each distinct content in the source needs exactly one image: missing ones are *added*, extra
    copies are *deleted* as duplicates, the oldest one stays.
@@ -55,9 +58,11 @@ class Upload:
 
 @dataclass(frozen=True, slots=True)
 class AdoptImage:
-    """Record an image that is already in the pack and is packsync's own upload."""
+    """Record an image already in the pack as packsync's: its own upload (``recovered``), or an image
+    holding the same bytes as an item of the source."""
 
     image: ManagedImage
+    recovered: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +102,7 @@ class MappingInput:
     known_urls: Mapping[str, str]   # packsync's own upload URLs among the pack's unrecorded images
     options: MappingOptions = MappingOptions()
     others: Mapping[str, str] = field(default_factory=dict)  # other mappings' images here: id -> content
+    contents: Mapping[str, str] = field(default_factory=dict)  # downloaded unrecorded images: url -> content
 
 
 @dataclass(slots=True)
@@ -109,6 +115,7 @@ class MappingPlan:
     forgets: list[ForgetImage] = field(default_factory=list)
     deletes: list[DeleteImage] = field(default_factory=list)
     withheld: list[DeleteImage] = field(default_factory=list)
+    duplicates: list[RemoteImage] = field(default_factory=list)  # foreign copies of a content already here
     metadata: dict[str, Metadata] = field(default_factory=dict)
     safety: str | None = None
 
@@ -207,6 +214,16 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
             image = ManagedImage(pack_id, seen.image_id, sha256, seen.url, file_name_for(name), source.label,
                                  seen.metadata)
             plan.adopts.append(AdoptImage(image))
+        if image is None and seen.url in source.contents:  # not ours, but the bytes of an item we hold
+            sha256 = source.contents[seen.url]
+            if sha256 in kept or sha256 not in wanted:
+                if sha256 in kept:
+                    plan.duplicates.append(seen)
+                foreign.append(seen)
+                continue
+            image = ManagedImage(pack_id, seen.image_id, sha256, seen.url, file_name_for(wanted[sha256].key),
+                                 source.label, seen.metadata)
+            plan.adopts.append(AdoptImage(image, recovered=False))
         if image is None:
             foreign.append(seen)
             continue

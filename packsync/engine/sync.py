@@ -14,6 +14,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from packsync.config import Config, MappingConfig
+from packsync.engine.download import content_of
 from packsync.engine.executor import Executor, MappingOutcome
 from packsync.engine.metadata import POLL_BACKOFF, MetadataPoller
 from packsync.engine.packs import PackResolver, recorded_pack_id
@@ -29,7 +30,7 @@ from packsync.errors import (
     first_error,
 )
 from packsync.logs import get_logger
-from packsync.model import CachedFile, Problem, RemotePack, Scan
+from packsync.model import CachedFile, Problem, RemotePack, Scan, UrlContent
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.retry import Backoff
 from packsync.sources.base import Source
@@ -65,6 +66,7 @@ class MappingReport:
     error: str | None = None
     safety: str | None = None
     notice: str | None = None
+    undownloadable: list[tuple[str, str]] = field(default_factory=list)  # (image id, why), this run
 
     @property
     def label(self) -> str:
@@ -170,7 +172,7 @@ class Syncer:
             report.problems, report.hashed_files = scan.problems, scan.hashed_files
             if report.error:
                 return
-            report.plan = plan_mapping(self._input(report, remote, scan, options))
+            report.plan = plan_mapping(await self._input(report, remote, scan, options))
             report.safety = report.plan.safety
             if report.plan.pack_id and not options.dry_run:  # what the pack read says of the AI metadata
                 self.store.update_metadata(report.plan.pack_id, report.plan.metadata)
@@ -213,18 +215,43 @@ class Syncer:
             report.pack_name = remote.name or report.pack_name
         return remote
 
-    def _input(self, report: MappingReport, remote: RemotePack | None, scan: Scan,
-               options: SyncOptions) -> MappingInput:
+    async def _input(self, report: MappingReport, remote: RemotePack | None, scan: Scan,
+                     options: SyncOptions) -> MappingInput:
         mapping = report.config
         managed = self.store.managed(remote.pack_id, mapping.label, details=False) if remote else []
         others = self.store.others(remote.pack_id, mapping.label) if remote else {}
         recorded = {image.image_id for image in managed} | others.keys()
         unrecorded = {image.url for image in remote.images if image.image_id not in recorded} if remote else set()
+        known_urls = self.store.known_urls(unrecorded)
+        present = {image.sha256 for image in managed} | set(others.values()) | set(known_urls.values())
+        missing = {item.sha256 for item in scan.items} - present
+        contents = {}
+        if mapping.adopt and remote and missing:  # only when a file may be in the pack already
+            contents = await self._contents(report, remote, unrecorded - known_urls.keys(), mapping, options)
         return MappingInput(
             label=mapping.label, pack_name=mapping.pack or (remote.name if remote else ""), scan=scan,
-            managed=managed, remote=remote, known_urls=self.store.known_urls(unrecorded),
+            managed=managed, remote=remote, known_urls=known_urls,
             options=MappingOptions(mapping.delete, mapping.prune_foreign, mapping.max_delete, options.force),
-            others=others)
+            others=others, contents=contents)
+
+    async def _contents(self, report: MappingReport, remote: RemotePack, urls: set[str], mapping: MappingConfig,
+                        options: SyncOptions) -> dict[str, str]:
+        """The content behind each of these URLs: remembered, or downloaded once now."""
+        known = self.store.url_contents(urls)
+        new = sorted(urls - known.keys())
+        self.progress.total("downloaded", self.progress.totals.get("downloaded", 0) + len(new))
+
+        async def one(url: str) -> UrlContent:
+            content = await content_of(self.api, url, int(mapping.max_file_mb * 1_000_000))
+            self.progress.advance("downloaded")
+            return content
+
+        fetched = await asyncio.gather(*map(one, new))
+        if not options.dry_run:
+            self.store.save_url_contents(c for c in fetched if c.final)
+        by_url = {image.url: image.image_id for image in remote.images}
+        report.undownloadable = [(by_url[c.url], c.problem) for c in fetched if c.problem]
+        return {url: c.sha256 for url, c in (*known.items(), *((c.url, c) for c in fetched)) if c.sha256}
 
     def mapped_pack_ids(self) -> list[str]:
         """The packs the config maps today (as the state remembers them)."""

@@ -19,8 +19,9 @@ import email.utils
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -45,6 +46,13 @@ _AUTH_MESSAGES = {
     403: "the key's plan tier may not use the Partner API (403 tier_not_allowed)",
 }
 PAGE_SIZE = 100
+
+
+class Sink(Protocol):
+    def update(self, chunk: bytes) -> None: ...
+
+
+S = TypeVar("S", bound=Sink)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +281,49 @@ class GenviralClient:
         data = await self._request("POST", f"/packs/{pack_id}/images", what="/packs/{id}/images",
                                    safe_to_repeat=False, json={"image_url": url, "file_name": file_name})
         return answers.created_id(data, "POST /packs/{id}/images")
+
+    # -- downloads ---------------------------------------------------------------------------------
+
+    async def download(self, url: str, max_bytes: int, sink: Callable[[], S]) -> S:
+        """Stream the bytes at ``url`` into a fresh ``sink()`` (one per attempt) and return it.
+
+        Image URLs are public storage or CDN addresses: the request carries no Authorization, so the
+        key never goes to a host that is not the API. A refusal (4xx) or a body over ``max_bytes`` is a
+        ``PermanentError``; 429, 5xx, timeouts and dropped connections are retried like any request.
+        """
+        attempt = 0
+        while True:
+            try:
+                async with self._slots:
+                    self.calls["GET download"] += 1
+                    return await self._stream(url, max_bytes, sink())
+            except TransientError as error:
+                attempt += 1
+                if attempt >= self.retry.attempts or not self.take_retry():
+                    raise
+                await asyncio.sleep(self.retry.backoff.delay(attempt, error.retry_after))
+
+    async def _stream(self, url: str, max_bytes: int, into: S) -> S:
+        try:
+            async with self._storage.stream("GET", url) as response:
+                status = response.status_code
+                if status == 429 or status >= 500:
+                    raise TransientError(f"download: HTTP {status}", status=status,
+                                         retry_after=_retry_after(response))
+                if status >= 300:
+                    raise PermanentError(f"download: HTTP {status}", status=status)
+                declared = response.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > max_bytes:
+                    raise PermanentError(f"larger than {max_bytes / 1e6:g} MB ({int(declared) / 1e6:.1f} MB)")
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise PermanentError(f"larger than {max_bytes / 1e6:g} MB")
+                    into.update(chunk)
+        except httpx.TransportError as exc:
+            raise TransientError(f"download: connection failed ({type(exc).__name__})") from None
+        return into
 
     async def delete_image(self, pack_id: str, image_id: str) -> None:
         """Delete an image; one that is already gone counts as deleted."""

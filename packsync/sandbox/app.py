@@ -8,6 +8,7 @@ to reach into the store without HTTP, faults or latency.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from .faults import FaultPlan, Faults
 from .server import API_PREFIX, Reply, SandboxServer
 from .store import Account, Store
+from .validation import IMAGE_CONTENT_TYPES
 
 __all__ = ["Sandbox", "DEMO_TOKEN", "MUTATING_METHODS"]
 
@@ -170,6 +172,17 @@ class Sandbox:
         if image is None:
             raise KeyError(pack_id)
         return str(image["id"])
+
+    def upload(self, data: bytes, content_type: str = "image/png") -> str:
+        """Put bytes in storage as the web app's uploader does; returns their CDN URL."""
+        key = uuid.uuid4().hex
+        self.store.put_blob(key, content_type, data)
+        return f"{self.origin}/cdn/{key}.{IMAGE_CONTENT_TYPES[content_type]}"
+
+    def add_uploaded(self, pack_id: str, data: bytes, file_name: str = "image.png",
+                     content_type: str = "image/png") -> str:
+        """An image added in the web app: its bytes uploaded, then added to the pack. Returns its id."""
+        return self.add_image(pack_id, self.upload(data, content_type), file_name)
 
     def remove_image(self, pack_id: str, image_id: str) -> None:
         if self.store.delete_image(None, pack_id, image_id) != "deleted":

@@ -100,24 +100,33 @@ def judge(size: int, head: bytes, tail: bytes) -> tuple[str | None, str | None]:
     return content_type, _truncation(content_type, size, head, tail)
 
 
+class Digester:
+    """Hash and check bytes as they stream past (a file read, a download), keeping only head and tail."""
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+        self.head = b""
+        self.tail = b""
+        self.size = 0
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        self.sha.update(chunk)
+        if not self.head:
+            self.head = bytes(chunk[:64])
+        self.tail = (self.tail + bytes(chunk[-_TAIL:]))[-_TAIL:]
+        self.size += len(chunk)
+
+    def digest(self) -> Digest:
+        content_type, problem = judge(self.size, self.head, self.tail)
+        return Digest(self.sha.hexdigest(), self.size, content_type, problem)
+
+
 def digest_file(path: Path | str) -> Digest:
     """Hash and check the file at ``path`` in one read. Raises OSError if it cannot be read."""
-    sha = hashlib.sha256()
-    head = b""
-    tail = b""
-    size = 0
+    digester = Digester()
     with open(path, "rb", buffering=0) as handle:
         buffer = bytearray(_CHUNK)
         view = memoryview(buffer)
-        while True:
-            count = handle.readinto(buffer)
-            if not count:
-                break
-            chunk = view[:count]
-            sha.update(chunk)
-            if size == 0:
-                head = bytes(chunk[:64])
-            tail = (tail + bytes(chunk[-_TAIL:]))[-_TAIL:]
-            size += count
-    content_type, problem = judge(size, head, tail)
-    return Digest(sha.hexdigest(), size, content_type, problem)
+        while count := handle.readinto(buffer):
+            digester.update(view[:count])
+    return digester.digest()

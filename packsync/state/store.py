@@ -9,6 +9,8 @@ One SQLite file (WAL mode, private to the user) with these tables:
                  confirmed, and whether it is. The same bytes are uploaded once, for every pack.
 - ``images``   — per pack image packsync added: its content, URL, name, AI metadata and the
                  mapping that owns it. Only these images are packsync's to delete, each by its owner.
+- ``url_contents`` — per image URL packsync downloaded: the content it serves (or why not known),
+                 so no URL is downloaded twice.
 - ``mappings`` — per mapped folder: the pack it syncs to and how the last sync went.
 - ``daemon``   — one row: what the running daemon is doing, for ``packsync status``.
 
@@ -44,7 +46,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
 
 from packsync.errors import StateError, StateUnavailable
-from packsync.model import METADATA_SETTLED, Blob, CachedFile, ManagedImage, Metadata, Problem
+from packsync.model import METADATA_SETTLED, Blob, CachedFile, ManagedImage, Metadata, Problem, UrlContent
 
 SCHEMA_VERSION = 2
 APP_ID = "packsync"
@@ -102,6 +104,17 @@ class ImageRow(SQLModel, table=True):
     meta_error: str | None = None
     added_at: float = Field(default_factory=time.time)
     owner: str = ""
+
+
+class UrlContentRow(SQLModel, table=True):
+    """What the bytes at an image URL packsync downloaded are (or why they could not be known)."""
+
+    __tablename__ = "url_contents"
+    url: str = Field(primary_key=True)
+    sha256: str | None = Field(default=None, index=True)
+    size: int = 0
+    content_type: str | None = None
+    problem: str | None = None
 
 
 class MappingRow(SQLModel, table=True):
@@ -440,6 +453,22 @@ class Store:
         """Forget an upload whose URL the API refused: the content is uploaded afresh next time."""
         self._write("DELETE FROM blobs WHERE sha256 = ?", sha256)
 
+    def url_contents(self, urls: Collection[str]) -> dict[str, UrlContent]:
+        """What packsync learnt of these URLs' bytes by downloading them, where it did."""
+        found: dict[str, UrlContent] = {}
+        keys = list(urls)
+        for start in range(0, len(keys), 500):
+            batch = keys[start:start + 500]
+            rows = self._rows("SELECT url, sha256, size, content_type, problem FROM url_contents "
+                              f"WHERE url IN ({', '.join('?' * len(batch))})", *batch)
+            found.update((row[0], UrlContent(*row)) for row in rows)
+        return found
+
+    def save_url_contents(self, contents: Iterable[UrlContent]) -> None:
+        self._write_many("INSERT OR REPLACE INTO url_contents (url, sha256, size, content_type, problem) "
+                         "VALUES (?, ?, ?, ?, ?)", [(c.url, c.sha256, c.size, c.content_type, c.problem)
+                                                    for c in contents])
+
     def known_urls(self, urls: Collection[str]) -> dict[str, str]:
         """Those of ``urls`` that are packsync's own uploads, with their content hash."""
         found: dict[str, str] = {}
@@ -475,13 +504,15 @@ class Store:
         return int(self._rows("SELECT count(*) FROM images WHERE pack_id = ? AND (? IS NULL OR owner IN (?, ''))",
                               pack_id, owner, owner)[0][0])
 
-    def record_image(self, image: ManagedImage) -> None:
-        """Record an image packsync added (or adopted); committed at once."""
-        meta = image.metadata
-        self._write("INSERT OR REPLACE INTO images (pack_id, image_id, sha256, url, file_name, owner, meta_status, "
-                    "description, keywords, meta_error, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    image.pack_id, image.image_id, image.sha256, image.url, image.file_name, image.owner,
-                    meta.status, meta.description, json.dumps(list(meta.keywords)), meta.error, time.time())
+    def record_images(self, images: Iterable[ManagedImage]) -> None:
+        """Record images packsync added (or adopted); committed at once, together."""
+        now = time.time()
+        self._write_many("INSERT OR REPLACE INTO images (pack_id, image_id, sha256, url, file_name, owner, "
+                         "meta_status, description, keywords, meta_error, added_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         [(i.pack_id, i.image_id, i.sha256, i.url, i.file_name, i.owner, i.metadata.status,
+                           i.metadata.description, json.dumps(list(i.metadata.keywords)), i.metadata.error, now)
+                          for i in images])
 
     def forget_images(self, pack_id: str, image_ids: Iterable[str] | None = None, *, owner: str | None = None) -> None:
         """Drop image records of ``pack_id``: the given ones, or all of them (of ``owner``, if given)."""

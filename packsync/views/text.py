@@ -12,7 +12,7 @@ import unicodedata
 from collections.abc import Iterable
 from typing import TextIO
 
-from packsync.engine.sync import SyncReport
+from packsync.engine.sync import MappingReport, SyncReport
 from packsync.model import PackSummary, Problem
 from packsync.views.json import when
 from packsync.views.status import Status
@@ -45,14 +45,19 @@ def print_plan(report: SyncReport, out: TextIO) -> None:
             for add in plan.adds:
                 verb = "upload+add" if add.sha256 in uploads else "add"
                 out.write(f"  {verb:<10} {printable(add.item.key)}\n")
+            for adopt in plan.adopts:
+                if not adopt.recovered:
+                    out.write(f"  {'adopt':<10} image {printable(adopt.image.image_id)} as "
+                              f"{printable(adopt.image.file_name)} (same bytes)\n")
             for delete in plan.deletes:
                 out.write(f"  {'delete':<10} image {printable(delete.image_id)} ({delete.reason})\n")
             for delete in plan.withheld:
                 out.write(f"  {'withheld':<10} delete of image {printable(delete.image_id)} ({delete.reason})\n")
             if plan.safety:
                 out.write(f"  safety     {printable(plan.safety)}\n")
-            if not (plan.adds or plan.deletes or plan.withheld):
+            if not (plan.adds or plan.deletes or plan.withheld or plan.adopts):
                 out.write("  nothing to do\n")
+        _foreign(mapping, out)
         _problems(mapping.problems, out)
     if report.plan:
         total = report.plan.mutations
@@ -60,6 +65,15 @@ def print_plan(report: SyncReport, out: TextIO) -> None:
                   f"{sum(len(m.adds) for m in report.plan.mappings)} adds, "
                   f"{sum(len(m.deletes) for m in report.plan.mappings)} deletes "
                   f"({total} API writes); nothing changed\n")
+
+
+def _foreign(mapping: MappingReport, out: TextIO) -> None:
+    """Images in the pack that are not packsync's and are worth a word: copies, and unreadable ones."""
+    for image in mapping.plan.duplicates if mapping.plan else []:
+        out.write(f"  {'duplicate':<10} image {printable(image.image_id)}: the same bytes as another image "
+                  "in the pack; not packsync's, left alone\n")
+    for image_id, why in mapping.undownloadable:
+        out.write(f"  {'foreign':<10} image {printable(image_id)}: {printable(why)}; left alone\n")
 
 
 def _problems(problems: Iterable[Problem], out: TextIO) -> None:
@@ -85,12 +99,14 @@ def print_run(report: SyncReport, out: TextIO) -> None:
         if outcome:
             failed = len(outcome.failures)
             out.write(f"  {outcome.added} added, {outcome.deleted} deleted, {failed} failed"
-                      + (f", {outcome.adopted} recovered" if outcome.adopted else "")
+                      + (f", {outcome.adopted} adopted" if outcome.adopted else "")
+                      + (f", {outcome.recovered} recovered" if outcome.recovered else "")
                       + (f", {outcome.deletes_skipped} deletes postponed" if outcome.deletes_skipped else "") + "\n")
             for where, why in outcome.failures:
                 out.write(f"  failed     {printable(where)}: {printable(why)}\n")
         if mapping.fatal:
             out.write(f"  error      {printable(mapping.fatal)}\n")
+        _foreign(mapping, out)
         _problems(mapping.problems, out)
     if report.metadata_pending:
         out.write(f"metadata: {report.metadata_pending} images still pending; "
