@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from packsync.config import Config, MappingConfig
 from packsync.engine.metadata import MetadataPoller
 from packsync.engine.packs import PackResolver
+from packsync.engine.pull import Puller, PullReport
 from packsync.engine.sync import Syncer, SyncOptions, SyncReport
 from packsync.remote.genviral import GenviralClient
 from packsync.sources.base import Source
@@ -68,6 +70,13 @@ async def open_app(config: Config, token: str, *, readonly: bool = False,
         if progress:
             progress.close()
         store.close()
+
+
+async def pull_once(config: Config, token: str, pack: str, folder: Path, *, delete: bool, dry_run: bool,
+                    progress: Progress | None = None) -> PullReport:
+    """``packsync pull``: open everything, pull one pack into ``folder``, close everything."""
+    async with open_app(config, token, readonly=dry_run, progress=progress) as app:
+        return await Puller(app.api, app.store, progress).pull(pack, folder, delete=delete, dry_run=dry_run)
 
 
 async def sync_once(config: Config, token: str, options: SyncOptions, progress: Progress | None = None) -> SyncReport:

@@ -22,7 +22,7 @@ import click
 
 from packsync import __version__
 from packsync.config import Config, find_config_path, load_config
-from packsync.errors import PacksyncError
+from packsync.errors import ConfigError, PacksyncError
 from packsync.logs import configure, redact, register_secret
 
 
@@ -105,6 +105,35 @@ def run(dry_run: bool, no_wait: bool, wait_timeout: float, force: bool) -> None:
         report = asyncio.run(sync_once(config, token, options, Progress()))
     (print_plan if dry_run else print_run)(report, sys.stdout)
     sys.exit(int(report.exit_code))
+
+
+@_command(main)
+@click.argument("source", metavar="genviral:PACK")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--delete", is_flag=True, help="Also delete files pulled earlier whose images left the pack.")
+@click.option("--dry-run", is_flag=True, help="Print what would be downloaded and deleted; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")
+def pull(source: str, folder: Path, delete: bool, dry_run: bool, as_json: bool) -> None:
+    """Download a pack's images into FOLDER (created if missing); PACK is an id or an exact name."""
+    from packsync.app import pull_once
+    from packsync.state.lock import StateLock
+    from packsync.views.json import pull_document, write_json
+    from packsync.views.progress import Progress
+    from packsync.views.text import print_pull
+
+    system, _, pack = source.partition(":")
+    if system != "genviral" or not pack:
+        raise ConfigError(f"{source}: give the pack as genviral:PACK (an id or an exact name).")
+    config = _config()
+    token = _token(config)
+    with nullcontext() if dry_run else StateLock(config.state_path):
+        report = asyncio.run(pull_once(config, token, pack, folder, delete=delete, dry_run=dry_run,
+                                       progress=Progress()))
+    if as_json:
+        write_json(pull_document(report, dry_run), sys.stdout)
+    else:
+        print_pull(report, dry_run, sys.stdout)
+    sys.exit(1 if report.failures else 0)
 
 
 @_command(main)

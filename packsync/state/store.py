@@ -11,6 +11,7 @@ One SQLite file (WAL mode, private to the user) with these tables:
                  mapping that owns it. Only these images are packsync's to delete, each by its owner.
 - ``url_contents`` — per image URL packsync downloaded: the content it serves (or why not known),
                  so no URL is downloaded twice.
+- ``pulled``   — per folder ``packsync pull`` wrote to: each file it wrote and the image it came from.
 - ``mappings`` — per mapped folder: the pack it syncs to and how the last sync went.
 - ``daemon``   — one row: what the running daemon is doing, for ``packsync status``.
 
@@ -115,6 +116,26 @@ class UrlContentRow(SQLModel, table=True):
     size: int = 0
     content_type: str | None = None
     problem: str | None = None
+
+
+class PulledRow(SQLModel, table=True):
+    """A file ``packsync pull`` wrote into a folder, and the image it came from."""
+
+    __tablename__ = "pulled"
+    folder: str = Field(primary_key=True)
+    image_id: str = Field(primary_key=True)
+    name: str
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class PulledFile:
+    folder: str
+    name: str
+    image_id: str
+    url: str
+    sha256: str
 
 
 class MappingRow(SQLModel, table=True):
@@ -468,6 +489,17 @@ class Store:
         self._write_many("INSERT OR REPLACE INTO url_contents (url, sha256, size, content_type, problem) "
                          "VALUES (?, ?, ?, ?, ?)", [(c.url, c.sha256, c.size, c.content_type, c.problem)
                                                     for c in contents])
+
+    def pulled(self, folder: str) -> list[PulledFile]:
+        rows = self._rows("SELECT folder, name, image_id, url, sha256 FROM pulled WHERE folder = ?", folder)
+        return [PulledFile(*row) for row in rows]
+
+    def record_pulled(self, pulled: PulledFile) -> None:
+        self._write("INSERT OR REPLACE INTO pulled (folder, image_id, name, url, sha256) VALUES (?, ?, ?, ?, ?)",
+                    pulled.folder, pulled.image_id, pulled.name, pulled.url, pulled.sha256)
+
+    def forget_pulled(self, pulled: PulledFile) -> None:
+        self._write("DELETE FROM pulled WHERE folder = ? AND image_id = ?", pulled.folder, pulled.image_id)
 
     def known_urls(self, urls: Collection[str]) -> dict[str, str]:
         """Those of ``urls`` that are packsync's own uploads, with their content hash."""

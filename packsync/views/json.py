@@ -9,6 +9,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from packsync.engine.pull import PullReport
 from packsync.model import Metadata
 from packsync.views.status import DaemonStatus, FileStatus, MappingStatus, Status
 
@@ -57,6 +58,15 @@ def _file(item: FileStatus) -> dict[str, Any]:
 def _metadata(meta: Metadata) -> dict[str, Any]:
     return {"status": meta.status, "description": meta.description, "keywords": list(meta.keywords),
             "error": meta.error}
+
+
+def pull_document(report: PullReport, dry_run: bool) -> dict[str, Any]:
+    """The ``pull --json`` summary."""
+    return {"pack_id": report.pack.pack_id, "pack_name": report.pack.name, "folder": str(report.folder),
+            "dry_run": dry_run, "downloaded": report.downloaded, "already_here": report.kept,
+            "deleted": report.deleted, "failed": [{"image_id": i, "reason": r} for i, r in report.failures],
+            **({"would_download": [i.image_id for i in report.downloads],
+                "would_delete": [r.name for r in report.deletes]} if dry_run else {})}
 
 
 def write_json(document: dict[str, Any], out: TextIO) -> None:

@@ -12,6 +12,7 @@ import unicodedata
 from collections.abc import Iterable
 from typing import TextIO
 
+from packsync.engine.pull import PullReport
 from packsync.engine.sync import MappingReport, SyncReport
 from packsync.model import PackSummary, Problem
 from packsync.views.json import when
@@ -148,6 +149,23 @@ def print_status(status: Status, out: TextIO) -> None:
         for problem in mapping.problems or []:
             out.write(f"    {'notice' if problem.notice else 'skipped':<8} {printable(problem.rel_path)}: "
                       f"{printable(problem.reason)}\n")
+
+
+def print_pull(report: PullReport, dry_run: bool, out: TextIO) -> None:
+    out.write(f"genviral:{printable(report.pack.name)} ({printable(report.pack.pack_id)}) → "
+              f"{printable(report.folder)}\n")
+    if dry_run:
+        for image in report.downloads:
+            out.write(f"  {'download':<10} image {printable(image.image_id)}\n")
+        for record in report.deletes:
+            out.write(f"  {'delete':<10} {printable(record.name)}\n")
+        out.write(f"dry run: {len(report.downloads)} downloads, {len(report.deletes)} deletes, {report.kept} "
+                  "already here; nothing changed\n")
+        return
+    out.write(f"  {len(report.downloaded)} downloaded, {report.kept} already here, {len(report.deleted)} deleted, "
+              f"{len(report.failures)} failed\n")
+    for image_id, why in report.failures:
+        out.write(f"  {'failed':<10} image {printable(image_id)}: {printable(why)}\n")
 
 
 def print_packs(packs: list[PackSummary], out: TextIO) -> None:

@@ -1,0 +1,197 @@
+"""``packsync pull genviral:PACK DIR``: a pack's images into a folder, exact, atomic, resumable, contained."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TOKEN, Env, image, write
+from helpers import wait_until
+
+from packsync.engine.pull import TEMP_PREFIX, fallback_name, name_from_url
+from packsync.errors import ExitCode
+
+CDN = ("GET", "cdn")
+
+
+def pull(env: Env, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return env.cli("pull", *args, timeout=timeout)
+
+
+def filled_pack(env: Env, count: int, name: str = "Brand") -> tuple[str, dict[str, bytes]]:
+    """A pack filled in the web app; returns its id and each image's bytes by id."""
+    pack_id = env.sandbox.create_pack(name)
+    contents = {}
+    for i in range(count):
+        data = image(12, 12)
+        contents[env.sandbox.add_uploaded(pack_id, data, f"{i}.png")] = data
+    return pack_id, contents
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_pull_writes_each_image_once_and_a_second_pull_downloads_nothing(env: Env) -> None:
+    pack_id, contents = filled_pack(env, 5)
+    env.write_config()
+    out = env.root / "out"
+
+    first = pull(env, "genviral:Brand", str(out))
+    env.sandbox.reset_calls()
+    second = pull(env, f"genviral:{pack_id}", str(out), "--json")
+
+    assert first.returncode == 0, first.stderr
+    assert "5 downloaded, 0 already here" in first.stdout
+    assert sorted(files(out).values()) == sorted(contents.values())
+    assert second.returncode == 0
+    assert json.loads(second.stdout)["already_here"] == 5
+    assert env.sandbox.calls == {("GET", "/packs/{id}"): 1}, "one pack read, no download"
+
+
+def test_mapping_a_pulled_folder_to_its_pack_uploads_and_adds_nothing(env: Env) -> None:
+    pack_id, _ = filled_pack(env, 4)
+    out = env.map("out", pack_id=pack_id)
+    assert pull(env, f"genviral:{pack_id}", str(out)).returncode == 0
+    env.sandbox.reset_calls()
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == 0, result.stdout
+    assert "4 adopted" in result.stdout
+    assert env.sandbox.mutating_calls() == 0 and env.sandbox.calls[CDN] == 0
+
+
+def test_a_killed_pull_leaves_no_partial_file_and_the_next_finishes_it(env: Env) -> None:
+    _, contents = filled_pack(env, 24)
+    env.write_config()
+    out = env.root / "out"
+    env.sandbox.faults.latency_s = 0.15
+    process = subprocess.Popen([sys.executable, "-m", "packsync", "-c", str(env.config_path), "pull", "genviral:Brand",
+                                str(out)], env={**os.environ, "GENVIRAL_TOKEN": TOKEN},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: out.exists() and len([p for p in out.iterdir() if not p.name.startswith(".")]) >= 3,
+                   timeout=60, what="a few files pulled")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    complete = set(contents.values())
+    assert all(data in complete for name, data in files(out).items() if not name.startswith(TEMP_PREFIX)), \
+        "a file under its final name is whole"
+    assert len(files(out)) < 24
+
+    env.sandbox.faults.latency_s = 0.0
+    again = pull(env, "genviral:Brand", str(out))
+
+    assert again.returncode == 0, again.stderr
+    assert sorted(files(out).values()) == sorted(contents.values()), "exact bytes, each once, no leftovers"
+
+
+def test_delete_removes_only_what_pull_wrote_and_nobody_changed(env: Env) -> None:
+    pack_id, contents = filled_pack(env, 3)
+    env.write_config()
+    out = env.root / "out"
+    assert pull(env, "genviral:Brand", str(out)).returncode == 0
+    names = {data: name for name, data in files(out).items()}
+    gone, changed, kept = list(contents)
+    write(out / "mine.png", image())
+    env.sandbox.remove_image(pack_id, gone)
+    env.sandbox.remove_image(pack_id, changed)
+    (out / names[contents[changed]]).write_bytes(image())
+
+    without = pull(env, "genviral:Brand", str(out))
+    assert without.returncode == 0 and names[contents[gone]] in files(out), "no --delete, nothing deleted"
+    result = pull(env, "genviral:Brand", str(out), "--delete")
+
+    assert result.returncode == 0, result.stderr
+    remaining = files(out)
+    assert names[contents[gone]] not in remaining
+    assert names[contents[changed]] in remaining, "changed since pulled: the user's now"
+    assert remaining[names[contents[kept]]] == contents[kept] and "mine.png" in remaining
+
+
+def test_a_name_taken_by_another_file_gets_a_suffix_never_an_overwrite(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("Brand")
+    data = image()
+    url = env.sandbox.upload(data)
+    env.sandbox.add_image(pack_id, url, "a.png")
+    env.write_config()
+    out = env.root / "out"
+    taken = write(out / name_from_url(url), b"the user's own file")  # type: ignore[operator]
+
+    assert pull(env, "genviral:Brand", str(out)).returncode == 0
+
+    assert taken.read_bytes() == b"the user's own file"
+    assert sorted(files(out).values()) == sorted([b"the user's own file", data])
+
+
+def test_hostile_urls_stay_inside_the_folder_and_are_reported(env: Env) -> None:
+    pack_id, contents = filled_pack(env, 1)
+    origin = env.sandbox.origin
+    hostile = [f"{origin}/cdn/%2e%2e%2f%2e%2e%2fescape.png", f"{origin}/cdn/{'a' * 400}.png",
+               f"{origin}/cdn/x%00.png", "file:///etc/passwd", f"{origin}/cdn/..%2Fx.jpg"]
+    for url in hostile:
+        env.sandbox.add_image(pack_id, url, "x.png")
+    env.write_config()
+    out = env.root / "box" / "out"
+    around = sorted(os.listdir(env.root))
+
+    result = pull(env, "genviral:Brand", str(out))
+
+    assert result.returncode == ExitCode.SOME_FAILED
+    assert result.stdout.count("failed     image") == len(hostile)
+    assert sorted(os.listdir(env.root)) == sorted({*around, "box", "state"}) and os.listdir(env.root / "box") == ["out"]
+    assert list(files(out).values()) == list(contents.values())
+
+
+def test_dry_run_changes_nothing(env: Env) -> None:
+    filled_pack(env, 2)
+    env.write_config()
+    out = env.root / "out"
+
+    result = pull(env, "genviral:Brand", str(out), "--dry-run")
+
+    assert result.returncode == 0 and result.stdout.count("download   image") == 2
+    assert not out.exists() and not env.state_path.parent.exists()
+
+
+def test_a_pack_name_finds_the_key_s_own_pack_before_a_public_one(env: Env) -> None:
+    public = env.sandbox.create_pack("Shared", scope="ws-2", is_public=True)
+    env.sandbox.add_uploaded(public, image(), "theirs.png")
+    own, contents = filled_pack(env, 1, name="Shared")
+    env.write_config()
+
+    assert pull(env, "genviral:Shared", str(env.root / "out")).returncode == 0
+    assert list(files(env.root / "out").values()) == list(contents.values())
+
+    missing = pull(env, "genviral:No Such Pack", str(env.root / "none"))
+    assert missing.returncode == ExitCode.SOME_FAILED and "no pack has the id or the name" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("https://cdn.example.com/u/photo.jpg", "photo.jpg"),
+    ("https://cdn.example.com/u/My%20Photo%20(2).PNG", "My Photo (2).PNG"),
+    ("https://cdn.example.com/u/..%2Fx.jpg", None),
+    ("https://cdn.example.com/u/%2e%2e", None),
+    ("https://cdn.example.com/u/.hidden.png", None),
+    ("https://cdn.example.com/u/x%00.png", None),
+    ("https://cdn.example.com/u/a%0Ab.png", None),
+    ("https://cdn.example.com/u/" + "a" * 300 + ".png", None),
+    ("https://cdn.example.com/u/notes.txt", None),
+    ("https://cdn.example.com/", None),
+])
+def test_a_url_names_a_file_only_when_the_name_is_safe(url: str, expected: str | None) -> None:
+    assert name_from_url(url) == expected
+
+
+def test_the_fallback_name_is_the_image_id_made_safe() -> None:
+    assert fallback_name("0b1c-22", "image/webp") == "0b1c-22.webp"
+    unsafe = fallback_name("../../etc/passwd", "image/png")
+    assert "/" not in unsafe and unsafe.endswith(".png") and not unsafe.startswith(".")
