@@ -36,6 +36,7 @@ import first_sync  # noqa: E402
 import hashing  # noqa: E402
 import metadata_polling  # noqa: E402
 import noop_rerun  # noqa: E402
+import pull  # noqa: E402
 from harness import Context, Row  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
@@ -48,6 +49,7 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "metadata": metadata_polling.run,
     "bad-input": bad_input.run,
     "adoption": adoption.run,
+    "pull": pull.run,
 }
 
 

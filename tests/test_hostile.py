@@ -608,3 +608,14 @@ def test_one_pack_named_by_name_and_by_id_in_one_config_settles_on_one_copy(env:
     assert codes == [0, 0, 0, 0]
     assert env.pack(pack_id)["image_count"] == 1
     assert env.sandbox.calls[ADD] <= 2 and env.sandbox.calls[("DELETE", "/packs/{id}/images/{image_id}")] <= 1
+
+
+@pytest.mark.parametrize("pack_id", ["../files", "x/../../files", "..", "a?b=c"])
+def test_an_id_is_one_path_segment_never_another_endpoint(env: Env, pack_id: str) -> None:
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+
+    result = env.cli("run", "--no-wait")
+
+    clean(result)
+    assert result.returncode == ExitCode.SOME_FAILED and "not found" in result.stdout
+    assert set(env.sandbox.calls) == {PACK}, "only GET /packs/{id} was asked, with the id as one segment"

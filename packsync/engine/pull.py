@@ -32,6 +32,7 @@ TEMP_PREFIX = ".packsync-pull-"
 _EXTENSIONS = {"jpg", "jpeg", "png", "gif", "webp", "heic", "heif"}
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,150}")
 MAX_PULL_BYTES = 200_000_000
+_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
 def name_from_url(url: str) -> str | None:
@@ -77,10 +78,11 @@ class PullReport:
 
 async def find_pack(api: GenviralClient, wanted: str) -> RemotePack:
     """A pack by id, else by exact name: the key's own packs first (the oldest), then public ones."""
-    try:
-        return await api.get_pack(wanted)
-    except NotFound:
-        pass
+    if _ID.fullmatch(wanted):
+        try:
+            return await api.get_pack(wanted)
+        except NotFound:
+            pass
     for public in (False, True):
         named = [p for p in await api.list_packs(search=wanted, include_public=public) if p.name == wanted]
         if named:
@@ -100,6 +102,12 @@ class _FileSink:
     def update(self, chunk: bytes) -> None:
         self.handle.write(chunk)
         self.digester.update(chunk)
+
+    def finish(self) -> None:
+        """On disk for good before it gets its name (run in a worker thread: fsync takes a while)."""
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
 
 
 class Puller:
@@ -129,12 +137,14 @@ class Puller:
         for leftover in folder.glob(TEMP_PREFIX + "*"):
             leftover.unlink(missing_ok=True)
         taken = {p.name.lower() for p in folder.iterdir()}
+        # Names some image already has: a file there with the same bytes is that image's, not a lost one.
+        claimed = {r.name.lower() for r in records.values()}
         self.progress.total("downloaded", len(report.downloads))
         lock = asyncio.Lock()
 
         async def one(image: RemoteImage) -> None:
             try:
-                name = await self._download(image, folder, taken, lock)
+                name = await self._download(image, folder, taken, claimed, lock)
             except (PermanentError, TransientError, OSError) as exc:
                 report.failures.append((image.image_id, untrusted(str(exc), 200)))
                 return
@@ -142,36 +152,37 @@ class Puller:
             self.progress.advance("downloaded")
 
         await asyncio.gather(*map(one, report.downloads))
+        _fsync_dir(folder)  # the renames, durable once for all (a lost one is only downloaded again)
         for record in report.deletes:
             if self._remove(folder, record):
                 report.deleted.append(record.name)
         return report
 
-    async def _download(self, image: RemoteImage, folder: Path, taken: set[str], lock: asyncio.Lock) -> str:
+    async def _download(self, image: RemoteImage, folder: Path, taken: set[str], claimed: set[str],
+                        lock: asyncio.Lock) -> str:
         parts = urlsplit(image.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise PermanentError("its URL is not an http(s) address")
         temp = folder / f"{TEMP_PREFIX}{os.urandom(6).hex()}.part"
         try:
             sink = await self.api.download(image.url, MAX_PULL_BYTES, lambda: _FileSink(temp))
-            sink.handle.flush()
-            os.fsync(sink.handle.fileno())
-            sink.handle.close()
+            await asyncio.to_thread(sink.finish)
             digest = sink.digester.digest()
             if digest.content_type is None or digest.problem:
                 raise PermanentError(digest.problem or "not an image")
             async with lock:  # choosing a name and taking it is one step
                 name = name_from_url(image.url) or fallback_name(image.image_id, digest.content_type)
                 target = folder / name
-                if name.lower() in taken and target.is_file() and _sha256(target) == digest.sha256:
+                if name.lower() in taken and name.lower() not in claimed and target.is_file() \
+                        and _sha256(target) == digest.sha256:
                     temp.unlink()  # a killed pull renamed it but never recorded it: it is this image
                 else:
                     name = _suffixed(name, image.image_id, taken)
                     os.replace(temp, folder / name)
                 taken.add(name.lower())
+                claimed.add(name.lower())
         finally:
             temp.unlink(missing_ok=True)
-        _fsync_dir(folder)
         self.store.record_pulled(PulledFile(str(folder), name, image.image_id, image.url, digest.sha256))
         self.store.save_url_contents([UrlContent(image.url, digest.sha256, digest.size, digest.content_type)])
         return name

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -69,6 +70,12 @@ class RetryPolicy:
 
 def _excerpt(response: httpx.Response) -> str:
     return untrusted(response.text[:2000], limit=120) or "(empty body)"
+
+
+def _segment(value: str) -> str:
+    """An id as one path segment: ids come from the config and the API, so ``/``, ``..`` or ``?`` in
+    one must not reach another endpoint."""
+    return quote(value, safe="") if value not in (".", "..") else quote(value.replace(".", "%2E"), safe="%")
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -255,7 +262,8 @@ class GenviralClient:
         return list(packs.values())
 
     async def get_pack(self, pack_id: str) -> RemotePack:
-        return answers.pack(await self._request("GET", f"/packs/{pack_id}", what="/packs/{id}", safe_to_repeat=True))
+        data = await self._request("GET", f"/packs/{_segment(pack_id)}", what="/packs/{id}", safe_to_repeat=True)
+        return answers.pack(data)
 
     async def create_pack(self, name: str) -> str:
         """Create a private pack; returns its id. Not repeated on ambiguous failures."""
@@ -278,7 +286,7 @@ class GenviralClient:
 
     async def add_image(self, pack_id: str, url: str, file_name: str) -> str:
         """Add an uploaded URL to a pack; returns the image id. Not repeated on ambiguous failures."""
-        data = await self._request("POST", f"/packs/{pack_id}/images", what="/packs/{id}/images",
+        data = await self._request("POST", f"/packs/{_segment(pack_id)}/images", what="/packs/{id}/images",
                                    safe_to_repeat=False, json={"image_url": url, "file_name": file_name})
         return answers.created_id(data, "POST /packs/{id}/images")
 
@@ -328,7 +336,7 @@ class GenviralClient:
     async def delete_image(self, pack_id: str, image_id: str) -> None:
         """Delete an image; one that is already gone counts as deleted."""
         try:
-            await self._request("DELETE", f"/packs/{pack_id}/images/{image_id}",
+            await self._request("DELETE", f"/packs/{_segment(pack_id)}/images/{_segment(image_id)}",
                                 what="/packs/{id}/images/{image_id}", safe_to_repeat=True)
         except NotFound as exc:
             if exc.error_code != "image_not_found":
