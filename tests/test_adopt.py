@@ -128,3 +128,37 @@ def test_a_normal_run_downloads_nothing(env: Env) -> None:
     assert env.cli("run", "--no-wait").returncode == 0
 
     assert env.sandbox.calls[CDN] == 1, "the web app's image was read once, on the first run only"
+
+
+def test_an_image_deleted_and_uploaded_again_in_the_web_app_is_adopted_not_duplicated(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    data = write(env.map("brand", pack_id=pack_id) / "a.png", image()).read_bytes()
+    assert env.cli("run", "--no-wait").returncode == 0
+    env.sandbox.remove_image(pack_id, env.pack(pack_id)["images"][0]["id"])
+    again = env.sandbox.add_uploaded(pack_id, data, "a.png")
+    env.sandbox.reset_calls()
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == 0 and "1 adopted" in result.stdout, result.stdout
+    assert [i["id"] for i in env.pack(pack_id)["images"]] == [again]
+    assert env.sandbox.mutating_calls() == 0
+
+
+def test_a_foreign_copy_older_than_packsync_s_image_is_not_adopted_over_it(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    data = image()
+    copy = env.sandbox.add_uploaded(pack_id, data, "copy.png")
+    folder = env.map("brand", pack_id=pack_id, adopt=False)
+    write(folder / "a.png", data)
+    assert env.cli("run", "--no-wait").returncode == 0  # packsync's own image of a.png, newer than the copy
+    ours = next(i["id"] for i in env.pack(pack_id)["images"] if i["id"] != copy)
+    env.mappings[0]["adopt"] = True
+    env.write_config()
+    write(folder / "c.png", image())  # something missing: the pack's unrecorded images are read
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == 0 and "1 added, 0 deleted" in result.stdout, result.stdout
+    assert f"duplicate  image {copy}" in result.stdout
+    assert {ours, copy} <= {i["id"] for i in env.pack(pack_id)["images"]}, "packsync's image and its metadata stay"

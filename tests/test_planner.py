@@ -104,6 +104,9 @@ RULES = [
         World(folder={"a.png": "A"}, recorded={"i1": "A"}, pack=["i1", "w1"], downloaded={"w1": "A"}),
         {"duplicate": ["w1"]}, id="a foreign copy newer than our image is a duplicate, left alone"),
     pytest.param(
+        World(folder={"a.png": "A"}, recorded={"i1": "A"}, pack=["w1", "i1"], downloaded={"w1": "A"}),
+        {"duplicate": ["w1"]}, id="a foreign copy older than our image is a duplicate too: ours stays"),
+    pytest.param(
         World(folder={"a.png": "A"}, pack=["w1"], downloaded={"w1": "B"}),
         {"add": ["A"]}, id="a foreign image holding other bytes stays foreign"),
     pytest.param(

@@ -195,3 +195,63 @@ def test_the_fallback_name_is_the_image_id_made_safe() -> None:
     assert fallback_name("0b1c-22", "image/webp") == "0b1c-22.webp"
     unsafe = fallback_name("../../etc/passwd", "image/png")
     assert "/" not in unsafe and unsafe.endswith(".png") and not unsafe.startswith(".")
+
+
+def test_pulling_another_pack_into_the_folder_deletes_none_of_the_first_s_files(env: Env) -> None:
+    _, first = filled_pack(env, 2, name="First")
+    filled_pack(env, 1, name="Second")
+    env.write_config()
+    out = env.root / "out"
+    assert pull(env, "genviral:First", str(out)).returncode == 0
+
+    result = pull(env, "genviral:Second", str(out), "--delete")
+
+    assert result.returncode == 0 and "0 deleted" in result.stdout
+    assert set(first.values()) <= set(files(out).values())
+
+
+def test_a_user_s_own_copy_under_the_same_name_is_never_taken_for_a_pulled_file(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("Brand")
+    data = image()
+    url = env.sandbox.upload(data)
+    image_id = env.sandbox.add_image(pack_id, url, "a.png")
+    env.write_config()
+    out = env.root / "out"
+    original = write(out / name_from_url(url), data)  # type: ignore[operator]
+
+    assert pull(env, "genviral:Brand", str(out)).returncode == 0
+    env.sandbox.remove_image(pack_id, image_id)
+    assert pull(env, "genviral:Brand", str(out), "--delete").returncode == 0
+
+    assert original.read_bytes() == data, "the user's file was never pull's to delete"
+    assert list(files(out)) == [original.name]
+
+
+def test_a_state_from_before_pull_existed_is_read_and_written_without_complaint(env: Env) -> None:
+    import sqlite3
+
+    filled_pack(env, 1)
+    write(env.map("brand", pack="Brand") / "a.png", image())
+    assert env.cli("run", "--no-wait").returncode == 0
+    with sqlite3.connect(env.state_path) as db:
+        db.execute("DROP TABLE pulled")
+        db.execute("DROP TABLE url_contents")
+
+    dry_pull = pull(env, "genviral:Brand", str(env.root / "out"), "--dry-run")
+    dry_run = env.cli("run", "--dry-run")
+    real = pull(env, "genviral:Brand", str(env.root / "out"))
+
+    assert dry_pull.returncode == 0 and "corrupt" not in dry_pull.stderr, dry_pull.stderr
+    assert dry_run.returncode == 0, dry_run.stderr
+    assert real.returncode == 0 and "2 downloaded" in real.stdout, real.stderr  # the web app's and a.png
+
+
+def test_a_folder_that_is_a_file_is_one_sentence(env: Env) -> None:
+    filled_pack(env, 1)
+    env.write_config()
+    blocker = write(env.root / "blocker", b"a file")
+
+    result = pull(env, "genviral:Brand", str(blocker / "out"))
+
+    assert result.returncode != 0 and "cannot be used as the pull's folder" in result.stderr
+    assert "Traceback" not in result.stderr

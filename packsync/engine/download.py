@@ -17,11 +17,20 @@ from packsync.remote.genviral import GenviralClient
 from packsync.sources.media import Digester
 
 
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not one to download (only absolute http(s) URLs are), or None."""
+    try:
+        parts = urlsplit(url)
+        fine = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        fine = False
+    return None if fine else "its URL is not an http(s) address"
+
+
 async def content_of(api: GenviralClient, url: str, max_bytes: int) -> UrlContent:
     """Download ``url`` once and say what it holds."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return UrlContent(url, None, problem="its URL is not an http(s) address")
+    if problem := url_problem(url):
+        return UrlContent(url, None, problem=problem)
     try:
         digest = (await api.download(url, max_bytes, Digester)).digest()
     except PermanentError as exc:

@@ -203,6 +203,9 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
     foreign: list[RemoteImage] = []
     kept: set[str] = set()
     deletes: list[DeleteImage] = []
+    # Contents some image in the pack already holds as packsync's: a foreign copy of one is not adopted.
+    held = {recorded[i.image_id].sha256 if i.image_id in recorded else source.others.get(i.image_id)
+            or source.known_urls.get(i.url) for i in remote_images}
     for seen in remote_images:
         if seen.image_id in source.others:
             kept.add(source.others[seen.image_id])
@@ -216,8 +219,8 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
             plan.adopts.append(AdoptImage(image))
         if image is None and seen.url in source.contents:  # not ours, but the bytes of an item we hold
             sha256 = source.contents[seen.url]
-            if sha256 in kept or sha256 not in wanted:
-                if sha256 in kept:
+            if sha256 in kept or sha256 in held or sha256 not in wanted:
+                if sha256 in kept or sha256 in held:
                     plan.duplicates.append(seen)
                 foreign.append(seen)
                 continue

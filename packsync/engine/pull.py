@@ -16,20 +16,21 @@ import asyncio
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
-from packsync.errors import NotFound, PermanentError, TransientError
+from packsync.engine.download import url_problem
+from packsync.errors import NotFound, PermanentError, SourceUnavailable, TransientError
 from packsync.logs import get_logger, untrusted
 from packsync.model import PackSummary, RemoteImage, RemotePack, UrlContent
 from packsync.remote.genviral import GenviralClient
-from packsync.sources.media import SUPPORTED, Digester
+from packsync.sources.media import SUPPORTED, Digester, digest_file
 from packsync.state.store import PulledFile, Store
 from packsync.views.progress import Progress
 
 TEMP_PREFIX = ".packsync-pull-"
-_EXTENSIONS = {"jpg", "jpeg", "png", "gif", "webp", "heic", "heif"}
+_EXTENSIONS = {*SUPPORTED.values(), "jpeg"}
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,150}")
 MAX_PULL_BYTES = 200_000_000
 _ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
@@ -44,11 +45,11 @@ def name_from_url(url: str) -> str | None:
     return segment
 
 
-def fallback_name(image_id: str, content_type: str | None) -> str:
+def fallback_name(image_id: str, content_type: str) -> str:
     """``<image id>.<ext>``, the id made safe (ids are the API's, so untrusted too)."""
     safe_id = image_id if _SAFE.fullmatch(image_id) and "." not in image_id else \
         hashlib.sha256(image_id.encode()).hexdigest()[:16]
-    return f"{safe_id}.{SUPPORTED.get(content_type or '', 'img')}"
+    return f"{safe_id}.{SUPPORTED[content_type]}"
 
 
 def _suffixed(name: str, image_id: str, taken: set[str]) -> str:
@@ -121,7 +122,7 @@ class Puller:
         pack = await find_pack(self.api, wanted)
         folder = folder.expanduser().resolve()
         report = PullReport(pack, folder)
-        records = {r.image_id: r for r in self.store.pulled(str(folder))}
+        records = {r.image_id: r for r in self.store.pulled(str(folder), pack.pack_id)}
         present = {image.image_id for image in pack.images}
         for image in pack.images:
             record = records.get(image.image_id)
@@ -132,19 +133,15 @@ class Puller:
         if delete:
             report.deletes = [r for r in records.values() if r.image_id not in present]
         if dry_run:
+            report.deletes = [r for r in report.deletes if _unchanged(folder / r.name, r.sha256)]
             return report
-        folder.mkdir(parents=True, exist_ok=True)
-        for leftover in folder.glob(TEMP_PREFIX + "*"):
-            leftover.unlink(missing_ok=True)
-        taken = {p.name.lower() for p in folder.iterdir()}
-        # Names some image already has: a file there with the same bytes is that image's, not a lost one.
-        claimed = {r.name.lower() for r in records.values()}
+        taken = _prepare(folder)
         self.progress.total("downloaded", len(report.downloads))
         lock = asyncio.Lock()
 
         async def one(image: RemoteImage) -> None:
             try:
-                name = await self._download(image, folder, taken, claimed, lock)
+                name = await self._download(image, pack.pack_id, folder, taken, lock)
             except (PermanentError, TransientError, OSError) as exc:
                 report.failures.append((image.image_id, untrusted(str(exc), 200)))
                 return
@@ -152,63 +149,99 @@ class Puller:
             self.progress.advance("downloaded")
 
         await asyncio.gather(*map(one, report.downloads))
-        _fsync_dir(folder)  # the renames, durable once for all (a lost one is only downloaded again)
+        _fsync_dir(folder)  # the new names, durable once for all (a lost one is only downloaded again)
         for record in report.deletes:
             if self._remove(folder, record):
                 report.deleted.append(record.name)
         return report
 
-    async def _download(self, image: RemoteImage, folder: Path, taken: set[str], claimed: set[str],
+    async def _download(self, image: RemoteImage, pack_id: str, folder: Path, taken: set[str],
                         lock: asyncio.Lock) -> str:
-        parts = urlsplit(image.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise PermanentError("its URL is not an http(s) address")
+        if problem := url_problem(image.url):
+            raise PermanentError(problem)
         temp = folder / f"{TEMP_PREFIX}{os.urandom(6).hex()}.part"
+        sinks: list[_FileSink] = []
+
+        def sink() -> _FileSink:  # a fresh file for each attempt
+            sinks.append(_FileSink(temp))
+            return sinks[-1]
+
         try:
-            sink = await self.api.download(image.url, MAX_PULL_BYTES, lambda: _FileSink(temp))
-            await asyncio.to_thread(sink.finish)
-            digest = sink.digester.digest()
+            written = await self.api.download(image.url, MAX_PULL_BYTES, sink)
+            await asyncio.to_thread(written.finish)
+            digest = written.digester.digest()
             if digest.content_type is None or digest.problem:
                 raise PermanentError(digest.problem or "not an image")
             async with lock:  # choosing a name and taking it is one step
-                name = name_from_url(image.url) or fallback_name(image.image_id, digest.content_type)
-                target = folder / name
-                if name.lower() in taken and name.lower() not in claimed and target.is_file() \
-                        and _sha256(target) == digest.sha256:
-                    temp.unlink()  # a killed pull renamed it but never recorded it: it is this image
-                else:
-                    name = _suffixed(name, image.image_id, taken)
-                    os.replace(temp, folder / name)
-                taken.add(name.lower())
-                claimed.add(name.lower())
+                name = self._place(temp, folder, taken, PulledFile(
+                    str(folder), pack_id, name_from_url(image.url) or fallback_name(image.image_id,
+                                                                                   digest.content_type),
+                    image.image_id, image.url, digest.sha256))
         finally:
+            for opened in sinks:
+                opened.handle.close()
             temp.unlink(missing_ok=True)
-        self.store.record_pulled(PulledFile(str(folder), name, image.image_id, image.url, digest.sha256))
         self.store.save_url_contents([UrlContent(image.url, digest.sha256, digest.size, digest.content_type)])
         return name
 
+    def _place(self, temp: Path, folder: Path, taken: set[str], record: PulledFile) -> str:
+        """Give the downloaded file a name no other file has, never replacing one (a link fails on an
+        existing name, where a rename would overwrite it). It is recorded first: a pull killed in between
+        leaves a record without its file, and the next pull downloads it again."""
+        while True:
+            name = _suffixed(record.name, record.image_id, taken)
+            taken.add(name.lower())
+            self.store.record_pulled(replace(record, name=name))
+            try:
+                os.link(temp, folder / name)
+            except FileExistsError:
+                continue
+            return name
+
     def _remove(self, folder: Path, record: PulledFile) -> bool:
-        """Delete a file this pull made, unless someone changed it since (then it is theirs now)."""
+        """Delete a file this pull made, unless someone changed it since (then it is theirs now);
+        True when it was deleted."""
         path = folder / record.name
         try:
-            if path.is_file() and _sha256(path) == record.sha256:
+            deleted = _unchanged(path, record.sha256)
+            if deleted:
                 path.unlink()
         except OSError as exc:
             self.log.warning("cannot delete a pulled file", path=str(path), error=exc.strerror)
             return False
         self.store.forget_pulled(record)
-        return True
+        return deleted
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+def _unchanged(path: Path, sha256: str) -> bool:
+    """Whether ``path`` is still a file holding exactly ``sha256``."""
+    try:
+        return path.is_file() and digest_file(path).sha256 == sha256
+    except OSError:
+        return False
+
+
+def _prepare(folder: Path) -> set[str]:
+    """Create the folder if needed, drop what a killed pull left, and return the names taken in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for leftover in folder.glob(TEMP_PREFIX + "*"):
+            if leftover.is_file():
+                leftover.unlink()
+        return {p.name.lower() for p in folder.iterdir()}
+    except OSError as exc:
+        raise SourceUnavailable(f"{folder} cannot be used as the pull's folder ({exc.strerror})") from None
 
 
 def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a folder; the files themselves are
     finally:
         os.close(fd)
 

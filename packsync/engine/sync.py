@@ -223,7 +223,9 @@ class Syncer:
         recorded = {image.image_id for image in managed} | others.keys()
         unrecorded = {image.url for image in remote.images if image.image_id not in recorded} if remote else set()
         known_urls = self.store.known_urls(unrecorded)
-        present = {image.sha256 for image in managed} | set(others.values()) | set(known_urls.values())
+        in_pack = {image.image_id for image in remote.images} if remote else set()
+        present = {image.sha256 for image in managed if image.image_id in in_pack} | set(known_urls.values()) \
+            | {sha256 for image_id, sha256 in others.items() if image_id in in_pack}
         missing = {item.sha256 for item in scan.items} - present
         contents = {}
         if mapping.adopt and remote and missing:  # only when a file may be in the pack already

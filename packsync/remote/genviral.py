@@ -313,7 +313,7 @@ class GenviralClient:
 
     async def _stream(self, url: str, max_bytes: int, into: S) -> S:
         try:
-            async with self._storage.stream("GET", url) as response:
+            async with self._storage.stream("GET", url, follow_redirects=True) as response:
                 status = response.status_code
                 if status == 429 or status >= 500:
                     raise TransientError(f"download: HTTP {status}", status=status,
@@ -331,6 +331,8 @@ class GenviralClient:
                     into.update(chunk)
         except httpx.TransportError as exc:
             raise TransientError(f"download: connection failed ({type(exc).__name__})") from None
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+            raise PermanentError(f"download: {type(exc).__name__}") from None
         return into
 
     async def delete_image(self, pack_id: str, image_id: str) -> None:

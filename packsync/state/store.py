@@ -44,6 +44,7 @@ from urllib.parse import quote
 from sqlalchemy import event, func, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.schema import CreateTable
 from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
 
 from packsync.errors import StateError, StateUnavailable
@@ -123,6 +124,7 @@ class PulledRow(SQLModel, table=True):
 
     __tablename__ = "pulled"
     folder: str = Field(primary_key=True)
+    pack_id: str = Field(primary_key=True)
     image_id: str = Field(primary_key=True)
     name: str
     url: str
@@ -132,6 +134,7 @@ class PulledRow(SQLModel, table=True):
 @dataclass(frozen=True, slots=True)
 class PulledFile:
     folder: str
+    pack_id: str
     name: str
     image_id: str
     url: str
@@ -291,10 +294,7 @@ class Store:
             elif readonly:
                 self.engine = create_engine("sqlite://", poolclass=StaticPool, creator=lambda: sqlite3.connect(
                     _readonly_uri(path), uri=True, check_same_thread=False))
-                if version is not None and version < 2:  # an older file, read as if migrated; not written
-                    with self.engine.begin() as connection:
-                        connection.exec_driver_sql("CREATE TEMP VIEW images AS SELECT *, "
-                                                   f"{_OWNER_BEFORE_2} AS owner FROM main.images AS images")
+                self._read_as_current(version)
             else:
                 _private_file(path)
                 self.engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
@@ -363,6 +363,20 @@ class Store:
                 session.merge(MetaRow(key="app", value=APP_ID))
                 session.merge(MetaRow(key="schema", value=str(SCHEMA_VERSION)))
                 session.commit()
+
+    def _read_as_current(self, version: int | None) -> None:
+        """Let a read-only store read an older file as if it were migrated, writing nothing: tables
+        added since are empty temporary tables, and images get their owner through a view."""
+        with self.engine.begin() as connection:
+            tables = {row[0] for row in connection.exec_driver_sql(
+                "SELECT name FROM main.sqlite_master WHERE type = 'table'")}
+            for table in SQLModel.metadata.sorted_tables:
+                if table.name not in tables:
+                    ddl = str(CreateTable(table).compile(self.engine))
+                    connection.exec_driver_sql(ddl.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+            if version is not None and version < 2:
+                connection.exec_driver_sql("CREATE TEMP VIEW images AS SELECT *, "
+                                           f"{_OWNER_BEFORE_2} AS owner FROM main.images AS images")
 
     def _migrate(self) -> None:
         """Schema 1 → 2, in one transaction, and harmless to repeat: a run killed half-way, or a first
@@ -490,16 +504,20 @@ class Store:
                          "VALUES (?, ?, ?, ?, ?)", [(c.url, c.sha256, c.size, c.content_type, c.problem)
                                                     for c in contents])
 
-    def pulled(self, folder: str) -> list[PulledFile]:
-        rows = self._rows("SELECT folder, name, image_id, url, sha256 FROM pulled WHERE folder = ?", folder)
+    def pulled(self, folder: str, pack_id: str | None = None) -> list[PulledFile]:
+        """The files pull wrote into ``folder`` (from ``pack_id``, or from any pack)."""
+        rows = self._rows("SELECT folder, pack_id, name, image_id, url, sha256 FROM pulled WHERE folder = ? "
+                          "AND (? IS NULL OR pack_id = ?)", folder, pack_id, pack_id)
         return [PulledFile(*row) for row in rows]
 
     def record_pulled(self, pulled: PulledFile) -> None:
-        self._write("INSERT OR REPLACE INTO pulled (folder, image_id, name, url, sha256) VALUES (?, ?, ?, ?, ?)",
-                    pulled.folder, pulled.image_id, pulled.name, pulled.url, pulled.sha256)
+        self._write("INSERT OR REPLACE INTO pulled (folder, pack_id, image_id, name, url, sha256) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", pulled.folder, pulled.pack_id, pulled.image_id, pulled.name,
+                    pulled.url, pulled.sha256)
 
     def forget_pulled(self, pulled: PulledFile) -> None:
-        self._write("DELETE FROM pulled WHERE folder = ? AND image_id = ?", pulled.folder, pulled.image_id)
+        self._write("DELETE FROM pulled WHERE folder = ? AND pack_id = ? AND image_id = ?", pulled.folder,
+                    pulled.pack_id, pulled.image_id)
 
     def known_urls(self, urls: Collection[str]) -> dict[str, str]:
         """Those of ``urls`` that are packsync's own uploads, with their content hash."""

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from packsync.engine.pull import PullReport
 from packsync.model import Metadata
 from packsync.views.status import DaemonStatus, FileStatus, MappingStatus, Status
+
+if TYPE_CHECKING:  # `status --json` does not load the HTTP client
+    from packsync.engine.pull import PullReport
 
 STATUS_VERSION = 1
 
