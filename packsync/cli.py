@@ -109,11 +109,11 @@ def run(dry_run: bool, no_wait: bool, wait_timeout: float, force: bool) -> None:
 
 @_command(main)
 @click.argument("source", metavar="genviral:PACK")
-@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("folder")
 @click.option("--delete", is_flag=True, help="Also delete files pulled earlier whose images left the pack.")
 @click.option("--dry-run", is_flag=True, help="Print what would be downloaded and deleted; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")
-def pull(source: str, folder: Path, delete: bool, dry_run: bool, as_json: bool) -> None:
+def pull(source: str, folder: str, delete: bool, dry_run: bool, as_json: bool) -> None:
     """Download a pack's images into FOLDER (created if missing); PACK is an id or an exact name."""
     from packsync.app import pull_once
     from packsync.state.lock import StateLock
@@ -124,10 +124,12 @@ def pull(source: str, folder: Path, delete: bool, dry_run: bool, as_json: bool) 
     system, _, pack = source.partition(":")
     if system != "genviral" or not pack:
         raise ConfigError(f"{source}: give the pack as genviral:PACK (an id or an exact name).")
+    if not folder.strip():
+        raise ConfigError("FOLDER: name the folder to pull into (it is created if missing).")
     config = _config()
     token = _token(config)
     with nullcontext() if dry_run else StateLock(config.state_path):
-        report = asyncio.run(pull_once(config, token, pack, folder, delete=delete, dry_run=dry_run,
+        report = asyncio.run(pull_once(config, token, pack, Path(folder), delete=delete, dry_run=dry_run,
                                        progress=Progress()))
     if as_json:
         write_json(pull_document(report, dry_run), sys.stdout)

@@ -162,3 +162,22 @@ def test_a_foreign_copy_older_than_packsync_s_image_is_not_adopted_over_it(env: 
     assert result.returncode == 0 and "1 added, 0 deleted" in result.stdout, result.stdout
     assert f"duplicate  image {copy}" in result.stdout
     assert {ours, copy} <= {i["id"] for i in env.pack(pack_id)["images"]}, "packsync's image and its metadata stay"
+
+
+def test_while_an_image_cannot_be_read_for_now_its_content_is_not_uploaded_again(env: Env) -> None:
+    from packsync.sandbox.server import Reply
+
+    pack_id = env.sandbox.create_pack("p")
+    data = write(env.map("brand", pack_id=pack_id) / "z.png", image()).read_bytes()
+    web = env.sandbox.add_uploaded(pack_id, data, "web-z.png")
+    env.sandbox.rewrite("GET", "cdn", lambda _reply: Reply(503, b"busy", "text/plain"))
+
+    held = env.cli("run", "--no-wait")
+    env.sandbox.clear_faults()
+    later = env.cli("run", "--no-wait")
+
+    assert held.returncode == ExitCode.SOME_FAILED, held.stdout
+    assert "cannot download it now" in held.stdout and "1 files are not added" in held.stdout
+    assert env.sandbox.calls[ADD] == 0
+    assert later.returncode == 0 and "1 adopted" in later.stdout
+    assert [i["id"] for i in env.pack(pack_id)["images"]] == [web], "one image, not a duplicate"

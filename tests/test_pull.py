@@ -255,3 +255,36 @@ def test_a_folder_that_is_a_file_is_one_sentence(env: Env) -> None:
 
     assert result.returncode != 0 and "cannot be used as the pull's folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_symlink_loop_for_a_folder_is_one_sentence(env: Env) -> None:
+    filled_pack(env, 1)
+    env.write_config()
+    loop = env.root / "loop"
+    loop.symlink_to(loop)
+
+    result = pull(env, "genviral:Brand", str(loop))
+
+    assert result.returncode != 0 and "cannot be used as the pull's folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_only_pull_s_own_leftovers_are_cleaned_up(env: Env) -> None:
+    _, contents = filled_pack(env, 1)
+    env.write_config()
+    out = env.root / "out"
+    mine = write(out / f"{TEMP_PREFIX}notes.txt", b"the user's")
+    leftover = write(out / f"{TEMP_PREFIX}0123456789ab.part", b"half an image")
+
+    assert pull(env, "genviral:Brand", str(out)).returncode == 0
+
+    assert mine.read_bytes() == b"the user's" and not leftover.exists()
+
+
+def test_an_empty_folder_argument_is_a_usage_error(env: Env) -> None:
+    filled_pack(env, 1)
+    env.write_config()
+
+    result = pull(env, "genviral:Brand", "")
+
+    assert result.returncode == ExitCode.USAGE and "FOLDER" in result.stderr

@@ -103,6 +103,7 @@ class MappingInput:
     options: MappingOptions = MappingOptions()
     others: Mapping[str, str] = field(default_factory=dict)  # other mappings' images here: id -> content
     contents: Mapping[str, str] = field(default_factory=dict)  # downloaded unrecorded images: url -> content
+    unknown: int = 0  # unrecorded images whose content could not be learnt this time (it may pass)
 
 
 @dataclass(slots=True)
@@ -116,6 +117,7 @@ class MappingPlan:
     deletes: list[DeleteImage] = field(default_factory=list)
     withheld: list[DeleteImage] = field(default_factory=list)
     duplicates: list[RemoteImage] = field(default_factory=list)  # foreign copies of a content already here
+    waiting: list[AddImage] = field(default_factory=list)  # adds held back until unknown images are read
     metadata: dict[str, Metadata] = field(default_factory=dict)
     safety: str | None = None
 
@@ -244,6 +246,8 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
     for sha256, item in wanted.items():
         if sha256 not in kept:
             plan.adds.append(AddImage(source.label, item, file_name_for(item.key)))
+    if source.unknown:  # any of those images may hold what would be added: adding waits for their bytes
+        plan.waiting, plan.adds = plan.adds, []
 
     plan.safety = _safety(source, deletes, managed=len(live),
                           deletable=len(live) + (len(foreign) if source.options.prune_foreign else 0))

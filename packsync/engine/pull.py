@@ -34,6 +34,7 @@ _EXTENSIONS = {*SUPPORTED.values(), "jpeg"}
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,150}")
 MAX_PULL_BYTES = 200_000_000
 _ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
+_TEMP = re.compile(re.escape(TEMP_PREFIX) + r"[0-9a-f]{12}\.part")
 
 
 def name_from_url(url: str) -> str | None:
@@ -120,7 +121,10 @@ class Puller:
 
     async def pull(self, wanted: str, folder: Path, *, delete: bool = False, dry_run: bool = False) -> PullReport:
         pack = await find_pack(self.api, wanted)
-        folder = folder.expanduser().resolve()
+        try:
+            folder = folder.expanduser().resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop
+            raise SourceUnavailable(f"{folder} cannot be used as the pull's folder ({exc})") from None
         report = PullReport(pack, folder)
         records = {r.image_id: r for r in self.store.pulled(str(folder), pack.pack_id)}
         present = {image.image_id for image in pack.images}
@@ -225,8 +229,8 @@ def _prepare(folder: Path) -> set[str]:
     """Create the folder if needed, drop what a killed pull left, and return the names taken in it."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        for leftover in folder.glob(TEMP_PREFIX + "*"):
-            if leftover.is_file():
+        for leftover in folder.glob(TEMP_PREFIX + "*.part"):
+            if _TEMP.fullmatch(leftover.name) and leftover.is_file():  # exactly pull's own, nobody else's
                 leftover.unlink()
         return {p.name.lower() for p in folder.iterdir()}
     except OSError as exc:

@@ -88,7 +88,8 @@ class MappingReport:
 
     @property
     def failed(self) -> bool:
-        return bool(self.last_error or any(not p.notice for p in self.problems))
+        waiting = bool(self.plan and self.plan.waiting)
+        return bool(self.last_error or waiting or any(not p.notice for p in self.problems))
 
 
 @dataclass(slots=True)
@@ -227,18 +228,21 @@ class Syncer:
         present = {image.sha256 for image in managed if image.image_id in in_pack} | set(known_urls.values()) \
             | {sha256 for image_id, sha256 in others.items() if image_id in in_pack}
         missing = {item.sha256 for item in scan.items} - present
-        contents = {}
+        contents: dict[str, str] = {}
+        unknown = 0
         if mapping.adopt and remote and missing:  # only when a file may be in the pack already
-            contents = await self._contents(report, remote, unrecorded - known_urls.keys(), mapping, options)
+            contents, unknown = await self._contents(report, remote, unrecorded - known_urls.keys(), mapping,
+                                                     options)
         return MappingInput(
             label=mapping.label, pack_name=mapping.pack or (remote.name if remote else ""), scan=scan,
             managed=managed, remote=remote, known_urls=known_urls,
             options=MappingOptions(mapping.delete, mapping.prune_foreign, mapping.max_delete, options.force),
-            others=others, contents=contents)
+            others=others, contents=contents, unknown=unknown)
 
     async def _contents(self, report: MappingReport, remote: RemotePack, urls: set[str], mapping: MappingConfig,
-                        options: SyncOptions) -> dict[str, str]:
-        """The content behind each of these URLs: remembered, or downloaded once now."""
+                        options: SyncOptions) -> tuple[dict[str, str], int]:
+        """The content behind each of these URLs — remembered, or downloaded once now — and how many
+        could not be read this time but may be later."""
         known = self.store.url_contents(urls)
         new = sorted(urls - known.keys())
         self.progress.total("downloaded", self.progress.totals.get("downloaded", 0) + len(new))
@@ -253,7 +257,8 @@ class Syncer:
             self.store.save_url_contents(c for c in fetched if c.final)
         by_url = {image.url: image.image_id for image in remote.images}
         report.undownloadable = [(by_url[c.url], c.problem) for c in fetched if c.problem]
-        return {url: c.sha256 for url, c in (*known.items(), *((c.url, c) for c in fetched)) if c.sha256}
+        contents = {url: c.sha256 for url, c in (*known.items(), *((c.url, c) for c in fetched)) if c.sha256}
+        return contents, sum(not c.final for c in fetched)
 
     def mapped_pack_ids(self) -> list[str]:
         """The packs the config maps today (as the state remembers them)."""

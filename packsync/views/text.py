@@ -75,6 +75,9 @@ def _foreign(mapping: MappingReport, out: TextIO) -> None:
                   "in the pack; not packsync's, left alone\n")
     for image_id, why in mapping.undownloadable:
         out.write(f"  {'foreign':<10} image {printable(image_id)}: {printable(why)}; left alone\n")
+    if mapping.plan and mapping.plan.waiting:
+        out.write(f"  {'waiting':<10} {len(mapping.plan.waiting)} files are not added until the images above "
+                  "can be read: one may already hold them\n")
 
 
 def _problems(problems: Iterable[Problem], out: TextIO) -> None:
