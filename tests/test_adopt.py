@@ -181,3 +181,16 @@ def test_while_an_image_cannot_be_read_for_now_its_content_is_not_uploaded_again
     assert env.sandbox.calls[ADD] == 0
     assert later.returncode == 0 and "1 adopted" in later.stdout
     assert [i["id"] for i in env.pack(pack_id)["images"]] == [web], "one image, not a duplicate"
+
+
+def test_an_image_on_a_host_that_cannot_be_reached_does_not_hold_back_new_files(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    dead = env.sandbox.add_image(pack_id, "http://127.0.0.1:9/gone.png", "gone.png")  # nothing listens on port 9
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+
+    first = env.cli("run", "--no-wait")
+    second = env.cli("run", "--no-wait")
+
+    assert first.returncode == 0 and "1 added" in first.stdout, first.stdout
+    assert f"image {dead}: cannot download it (download: cannot reach its host" in first.stdout
+    assert second.returncode == 0 and "0 added, 0 deleted, 0 failed" in second.stdout

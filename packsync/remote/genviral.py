@@ -329,6 +329,10 @@ class GenviralClient:
                     if size > max_bytes:
                         raise PermanentError(f"larger than {max_bytes / 1e6:g} MB")
                     into.update(chunk)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # No such host, or nothing listening: an image URL on a dead host stays dead. (Waiting for it
+            # would hold back the mapping's new files for ever.)
+            raise PermanentError(f"download: cannot reach its host ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
             raise TransientError(f"download: connection failed ({type(exc).__name__})") from None
         except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
