@@ -172,7 +172,8 @@ def test_nested_folders_in_two_configs_into_one_pack_settle_without_churn(env: E
 
 
 @pytest.mark.parametrize(("field", "value"), [("url", None), ("url", "/relative/a.png"),
-                                              ("uploadUrl", "javascript:alert(1)"), ("uploadUrl", None)])
+                                              ("uploadUrl", "javascript:alert(1)"), ("uploadUrl", None),
+                                              ("uploadUrl", "http://[bad/upload")])
 def test_an_upload_answer_with_an_invalid_url_fails_that_file_and_is_never_recorded(
         env: Env, field: str, value: Any) -> None:
     pack_id = env.sandbox.create_pack("p")

@@ -8,23 +8,17 @@ image, or one over the size limit, is a problem for that image, never an error f
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from packsync.errors import PermanentError, TransientError
 from packsync.logs import untrusted
 from packsync.model import UrlContent
+from packsync.remote.answers import is_http_url
 from packsync.remote.genviral import GenviralClient
 from packsync.sources.media import Digester
 
 
 def url_problem(url: str) -> str | None:
     """Why ``url`` is not one to download (only absolute http(s) URLs are), or None."""
-    try:
-        parts = urlsplit(url)
-        fine = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        fine = False
-    return None if fine else "its URL is not an http(s) address"
+    return None if is_http_url(url) else "its URL is not an http(s) address"
 
 
 async def content_of(api: GenviralClient, url: str, max_bytes: int) -> UrlContent:

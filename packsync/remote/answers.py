@@ -49,12 +49,19 @@ def _list(value: Any, what: str, key: str) -> list[Any]:
     return value
 
 
+def is_http_url(value: Any) -> bool:
+    """Whether ``value`` is an absolute http(s) URL (a malformed one, like ``http://[x``, is not)."""
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+        return parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        return False
+
+
 def http_url(value: Any, what: str) -> str:
     """``value`` if it is an absolute http(s) URL, else ``MalformedAnswer``."""
-    if isinstance(value, str):
-        parts = urlsplit(value)
-        if parts.scheme in ("http", "https") and parts.hostname:
-            return value
+    if is_http_url(value):
+        return str(value)
     raise MalformedAnswer(f"{what}: {_shown(value)} is not an absolute http(s) URL")
 
 
