@@ -571,7 +571,7 @@ def test_problems_unchanged_since_the_last_scan_are_not_written_again(tmp_path: 
     problems = [Problem(f"empty-{i}.png", "empty file") for i in range(500)]
     store.save_problems("/photos", problems)
     wal = tmp_path / "state.db-wal"
-    store.session.connection().exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert wal.stat().st_size == 0
 
     store.save_problems("/photos", reversed(problems))

@@ -34,18 +34,12 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from contextlib import closing
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
-
-from sqlalchemy import event, func, update
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import StaticPool
-from sqlalchemy.schema import CreateTable
-from sqlmodel import Field, Session, SQLModel, col, create_engine, delete, select
 
 from packsync.errors import StateError, StateUnavailable
 from packsync.model import METADATA_SETTLED, Blob, CachedFile, ManagedImage, Metadata, Problem, UrlContent
@@ -53,82 +47,34 @@ from packsync.model import METADATA_SETTLED, Blob, CachedFile, ManagedImage, Met
 SCHEMA_VERSION = 2
 APP_ID = "packsync"
 
-
-class MetaRow(SQLModel, table=True):
-    __tablename__ = "meta"
-    key: str = Field(primary_key=True)
-    value: str
-
-
-class FileRow(SQLModel, table=True):
-    __tablename__ = "files"
-    root: str = Field(primary_key=True)
-    rel_path: str = Field(primary_key=True)
-    dev: int
-    inode: int
-    size: int
-    mtime_ns: int
-    sha256: str | None = None
-    content_type: str | None = None
-    problem: str | None = None
-
-
-class ProblemRow(SQLModel, table=True):
-    """A file the last scan of its folder did not sync, and why."""
-
-    __tablename__ = "problems"
-    root: str = Field(primary_key=True)
-    rel_path: str = Field(primary_key=True)
-    reason: str
-    notice: bool = False
-
-
-class BlobRow(SQLModel, table=True):
-    __tablename__ = "blobs"
-    sha256: str = Field(primary_key=True)
-    content_type: str
-    url: str | None = Field(default=None, index=True)
-    upload_url: str | None = None
-    expires_at: float | None = None
-    uploaded: bool = False
-
-
-class ImageRow(SQLModel, table=True):
-    __tablename__ = "images"
-    pack_id: str = Field(primary_key=True)
-    image_id: str = Field(primary_key=True)
-    sha256: str = Field(index=True)
-    url: str
-    file_name: str
-    meta_status: str = "pending"
-    description: str | None = None
-    keywords: str = "[]"
-    meta_error: str | None = None
-    added_at: float = Field(default_factory=time.time)
-    owner: str = ""
-
-
-class UrlContentRow(SQLModel, table=True):
-    """What the bytes at an image URL packsync downloaded are (or why they could not be known)."""
-
-    __tablename__ = "url_contents"
-    url: str = Field(primary_key=True)
-    sha256: str | None = Field(default=None, index=True)
-    size: int = 0
-    content_type: str | None = None
-    problem: str | None = None
-
-
-class PulledRow(SQLModel, table=True):
-    """A file ``packsync pull`` wrote into a folder, and the image it came from."""
-
-    __tablename__ = "pulled"
-    folder: str = Field(primary_key=True)
-    pack_id: str = Field(primary_key=True)
-    image_id: str = Field(primary_key=True)
-    name: str
-    url: str
-    sha256: str
+#: The tables, as SQLite keeps them. Every column without a value is written by packsync explicitly:
+#: the files earlier versions made have no DEFAULT clauses.
+TABLES = {
+    "meta": """(key VARCHAR NOT NULL PRIMARY KEY, value VARCHAR NOT NULL)""",
+    "files": """(root VARCHAR NOT NULL, rel_path VARCHAR NOT NULL, dev INTEGER NOT NULL, inode INTEGER NOT NULL,
+        size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 VARCHAR, content_type VARCHAR, problem VARCHAR,
+        PRIMARY KEY (root, rel_path))""",
+    "problems": """(root VARCHAR NOT NULL, rel_path VARCHAR NOT NULL, reason VARCHAR NOT NULL,
+        notice BOOLEAN NOT NULL, PRIMARY KEY (root, rel_path))""",
+    "blobs": """(sha256 VARCHAR NOT NULL PRIMARY KEY, content_type VARCHAR NOT NULL, url VARCHAR, upload_url VARCHAR,
+        expires_at FLOAT, uploaded BOOLEAN NOT NULL)""",
+    "images": """(pack_id VARCHAR NOT NULL, image_id VARCHAR NOT NULL, sha256 VARCHAR NOT NULL, url VARCHAR NOT NULL,
+        file_name VARCHAR NOT NULL, meta_status VARCHAR NOT NULL, description VARCHAR, keywords VARCHAR NOT NULL,
+        meta_error VARCHAR, added_at FLOAT NOT NULL, owner VARCHAR NOT NULL, PRIMARY KEY (pack_id, image_id))""",
+    "url_contents": """(url VARCHAR NOT NULL PRIMARY KEY, sha256 VARCHAR, size INTEGER NOT NULL,
+        content_type VARCHAR, problem VARCHAR)""",
+    "pulled": """(folder VARCHAR NOT NULL, pack_id VARCHAR NOT NULL, image_id VARCHAR NOT NULL, name VARCHAR NOT NULL,
+        url VARCHAR NOT NULL, sha256 VARCHAR NOT NULL, PRIMARY KEY (folder, pack_id, image_id))""",
+    "mappings": """(root VARCHAR NOT NULL PRIMARY KEY, pack_id VARCHAR, pack_name VARCHAR, synced_at FLOAT,
+        last_error VARCHAR)""",
+    "daemon": """(id INTEGER NOT NULL PRIMARY KEY, pid INTEGER, started_at FLOAT, last_full_scan FLOAT,
+        queue INTEGER NOT NULL, state VARCHAR NOT NULL, last_error VARCHAR, updated_at FLOAT)""",
+}
+INDEXES = {
+    "ix_blobs_url": "blobs (url)",
+    "ix_images_sha256": "images (sha256)",
+    "ix_url_contents_sha256": "url_contents (sha256)",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,20 +87,19 @@ class PulledFile:
     sha256: str
 
 
-class MappingRow(SQLModel, table=True):
-    __tablename__ = "mappings"
-    root: str = Field(primary_key=True)
+@dataclass(frozen=True, slots=True)
+class MappingRecord:
+    root: str
     pack_id: str | None = None
     pack_name: str | None = None
     synced_at: float | None = None
     last_error: str | None = None
 
 
-class DaemonRow(SQLModel, table=True):
+@dataclass(frozen=True, slots=True)
+class DaemonRecord:
     """What a running daemon is doing, for `packsync status` (one row)."""
 
-    __tablename__ = "daemon"
-    id: int = Field(default=1, primary_key=True)
     pid: int | None = None
     started_at: float | None = None
     last_full_scan: float | None = None
@@ -162,15 +107,6 @@ class DaemonRow(SQLModel, table=True):
     state: str = "stopped"
     last_error: str | None = None
     updated_at: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MappingRecord:
-    root: str
-    pack_id: str | None
-    pack_name: str | None
-    synced_at: float | None
-    last_error: str | None
 
 
 def _private_file(path: Path) -> None:
@@ -210,7 +146,7 @@ T = TypeVar("T")
 
 def unusable(path: Path, exc: BaseException) -> StateError:
     """The one sentence for an error of the database at ``path`` (SQLite's, or the file system's)."""
-    origin = getattr(exc, "orig", None) or exc
+    origin = exc
     name = getattr(origin, "sqlite_errorname", "") or ""
     code = origin.errno if isinstance(origin, OSError) else None
     text = str(origin).lower()
@@ -269,11 +205,34 @@ def _translating(method: Callable[..., T]) -> Callable[..., T]:
     def wrapper(self: Store, *args: Any, **kwargs: Any) -> T:
         try:
             return method(self, *args, **kwargs)
-        except (sqlite3.Error, SQLAlchemyError, OSError) as exc:
+        except (sqlite3.Error, OSError) as exc:
             self.rollback()
             raise unusable(self.path, exc) from None
 
     return wrapper
+
+
+def _tables(db: sqlite3.Connection, schema: str = "main") -> set[str]:
+    return {row[0] for row in db.execute(f"SELECT name FROM {schema}.sqlite_master WHERE type = 'table'")}
+
+
+def _create(db: sqlite3.Connection, names: Iterable[str], *, temp: bool = False) -> None:
+    """Create these tables (with their indexes; a temporary one, empty for good, needs none)."""
+    for name in names:
+        db.execute(f"CREATE {'TEMP ' if temp else ''}TABLE IF NOT EXISTS {name} {TABLES[name]}")
+        if not temp:
+            for index, target in INDEXES.items():
+                if target.split()[0] == name:
+                    db.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {target}")
+
+
+def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode: packsync says where each transaction begins (``_transaction``)."""
+    return sqlite3.connect(target, uri=uri, check_same_thread=False, isolation_level=None)
+
+
+#: The statuses of settled metadata, as an SQL list.
+_SETTLED_SQL = ", ".join(f"'{status}'" for status in METADATA_SETTLED)
 
 
 class Store:
@@ -284,33 +243,31 @@ class Store:
         self.readonly = readonly
         try:
             _check_header(path)
-            version = self._inspect()
+            version, tables = self._inspect()
             if readonly and version is None:
                 # Nothing to read yet (no file, or one a first run left unfinished): an empty state in
                 # memory, so that a dry run or `status` creates nothing.
-                self.engine = create_engine("sqlite://", poolclass=StaticPool,
-                                            connect_args={"check_same_thread": False})
-                SQLModel.metadata.create_all(self.engine)
+                self.db = _connect(":memory:")
+                _create(self.db, TABLES)
             elif readonly:
-                self.engine = create_engine("sqlite://", poolclass=StaticPool, creator=lambda: sqlite3.connect(
-                    _readonly_uri(path), uri=True, check_same_thread=False))
-                self._read_as_current(version)
+                self.db = _connect(_readonly_uri(path), uri=True)
+                self._read_as_current(version, tables)
             else:
                 _private_file(path)
-                self.engine = create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
-                event.listen(self.engine, "connect", self._pragmas)
-                self._set_up(version)
-        except (sqlite3.Error, SQLAlchemyError, OSError) as exc:
+                self.db = _connect(str(path))
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.execute("PRAGMA busy_timeout=2000")
+                self._set_up(version, tables)
+        except (sqlite3.Error, OSError) as exc:
             raise unusable(path, exc) from None
-        self.session = Session(self.engine, expire_on_commit=False)
 
-    def _inspect(self) -> int | None:
-        """The schema version of an existing state file (None: new or unfinished), read-only.
-
-        Nothing is written before the file is known to be packsync's: not even the switch to WAL.
+    def _inspect(self) -> tuple[int | None, set[str]]:
+        """The schema version of an existing state file (None: new or unfinished) and its tables, read
+        only: nothing is written before the file is known to be packsync's, not even the switch to WAL.
         """
         if not self.path.exists() or self.path.stat().st_size == 0:
-            return None
+            return None, set()
         try:
             try:
                 tables, meta = self._read_meta()
@@ -328,8 +285,8 @@ class Store:
                              "Set [state] path to another file.")
         if not meta:
             # A first run killed while creating the tables leaves only packsync's own, unfinished.
-            if tables <= set(SQLModel.metadata.tables):
-                return None
+            if tables <= TABLES.keys():
+                return None, tables
             raise foreign
         if meta.get("app") != APP_ID:
             raise foreign
@@ -337,92 +294,83 @@ class Store:
         if version > SCHEMA_VERSION:
             raise StateError(f"{self.path} was written by a newer packsync (schema {version}); "
                              "upgrade packsync to use it.")
-        return version
+        return version, tables
 
     def _read_meta(self) -> tuple[set[str], dict[str, str]]:
         with closing(sqlite3.connect(_readonly_uri(self.path), uri=True)) as connection:
-            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = _tables(connection)
             meta = dict(connection.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
         return tables, meta
 
-    @staticmethod
-    def _pragmas(connection: Any, _record: Any) -> None:
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=2000")
-        cursor.close()
-
-    def _set_up(self, version: int | None) -> None:
-        """Create what is missing and migrate forward, one step per schema version."""
-        if version != SCHEMA_VERSION:
-            self._migrate()
-        SQLModel.metadata.create_all(self.engine)
-        if version != SCHEMA_VERSION:
-            with Session(self.engine) as session:
-                session.merge(MetaRow(key="app", value=APP_ID))
-                session.merge(MetaRow(key="schema", value=str(SCHEMA_VERSION)))
-                session.commit()
-
-    def _read_as_current(self, version: int | None) -> None:
-        """Let a read-only store read an older file as if it were migrated, writing nothing: tables
-        added since are empty temporary tables, and images get their owner through a view."""
-        with self.engine.begin() as connection:
-            tables = {row[0] for row in connection.exec_driver_sql(
-                "SELECT name FROM main.sqlite_master WHERE type = 'table'")}
-            for table in SQLModel.metadata.sorted_tables:
-                if table.name not in tables:
-                    ddl = str(CreateTable(table).compile(self.engine))
-                    connection.exec_driver_sql(ddl.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
-            if version is not None and version < 2:
-                connection.exec_driver_sql("CREATE TEMP VIEW images AS SELECT *, "
-                                           f"{_OWNER_BEFORE_2} AS owner FROM main.images AS images")
-
-    def _migrate(self) -> None:
-        """Schema 1 → 2, in one transaction, and harmless to repeat: a run killed half-way, or a first
-        run killed before it wrote its schema version, leaves a file this finishes."""
-        with closing(sqlite3.connect(self.path, isolation_level=None)) as db:
-            db.execute("BEGIN IMMEDIATE")
+    def _set_up(self, version: int | None, tables: set[str]) -> None:
+        """Create what is missing and migrate forward, in one transaction: a run killed half-way, or a
+        first run killed before it wrote its schema version, leaves a file the next run finishes."""
+        if version == SCHEMA_VERSION and tables >= TABLES.keys():
+            return
+        with self._transaction() as db:
             columns = {row[1] for row in db.execute("PRAGMA table_info(images)")}
-            if columns and "owner" not in columns:
+            if columns and "owner" not in columns:  # schema 1 → 2
                 db.execute("ALTER TABLE images ADD COLUMN owner VARCHAR NOT NULL DEFAULT ''")
                 db.execute(f"UPDATE images SET owner = {_OWNER_BEFORE_2}")
-            db.execute("COMMIT")
+            _create(db, TABLES.keys() - _tables(db))
+            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                           [("app", APP_ID), ("schema", str(SCHEMA_VERSION))])
+
+    def _read_as_current(self, version: int | None, tables: set[str]) -> None:
+        """Let a read-only store read an older file as if it were migrated, writing nothing: tables
+        added since are empty temporary tables, and images get their owner through a view."""
+        _create(self.db, TABLES.keys() - tables, temp=True)
+        if version is not None and version < 2:
+            self.db.execute("CREATE TEMP VIEW images AS SELECT *, "
+                            f"{_OWNER_BEFORE_2} AS owner FROM main.images AS images")
 
     def close(self) -> None:
-        self.session.close()
-        self.engine.dispose()
+        self.db.close()
 
     def rollback(self) -> None:
         """Drop a transaction an error left open, so that the store can be used again."""
         try:
-            self.session.rollback()
-        except (sqlite3.Error, SQLAlchemyError):
+            if self.db.in_transaction:
+                self.db.rollback()
+        except sqlite3.Error:
             pass
 
-    # -- files -------------------------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """Statements committed together, or not at all. IMMEDIATE: the write lock is taken (or waited
+        for, up to the busy timeout) at the start, never half-way."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.rollback()
+            raise
+        self.db.execute("COMMIT")
+
+    # -- plain SQL ---------------------------------------------------------------------------------
 
     def _rows(self, sql: str, *params: Any) -> list[Any]:
-        """Plain rows through the session's own connection, for the reads that return a whole folder or
-        pack (100,000 rows): ORM objects would cost several times the time and memory."""
-        cursor = self.session.connection().connection.cursor()
-        try:
-            return list(cursor.execute(sql, params).fetchall())
-        finally:
-            cursor.close()
+        return self.db.execute(sql, params).fetchall()
+
+    def _rows_in(self, sql: str, keys: Collection[str], *params: Any) -> list[Any]:
+        """``sql`` for every key in its ``IN (?)``, 500 at a time (SQLite limits the parameters)."""
+        items = list(keys)
+        rows: list[Any] = []
+        for start in range(0, len(items), 500):
+            batch = items[start:start + 500]
+            rows += self._rows(sql.replace("IN (?)", f"IN ({', '.join('?' * len(batch))})"), *params, *batch)
+        return rows
 
     def _write(self, sql: str, *params: Any) -> None:
         """One statement, committed: for the steps recorded once per file as the API confirms them."""
         self._write_many(sql, [params])
 
-    def _write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    def _write_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """One statement for each row, committed together."""
-        cursor = self.session.connection().connection.cursor()
-        try:
-            cursor.executemany(sql, rows)
-        finally:
-            cursor.close()
-        self.session.commit()
+        with self._transaction() as db:
+            db.executemany(sql, rows)
+
+    # -- files -------------------------------------------------------------------------------------
 
     def file_cache(self, source: str) -> dict[str, CachedFile]:
         """What the last scan of ``source`` saw, by item key."""
@@ -433,13 +381,13 @@ class Store:
     def save_file_cache(self, source: str, previous: Mapping[str, CachedFile],
                         current: Mapping[str, CachedFile]) -> None:
         """Store what a scan saw, writing only the rows that changed."""
-        key = source
-        self._write_many("DELETE FROM files WHERE root = ? AND rel_path = ?",
-                         [(key, rel) for rel in previous if rel not in current])
-        self._write_many("INSERT OR REPLACE INTO files (root, rel_path, dev, inode, size, mtime_ns, sha256, "
-                         "content_type, problem) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         [(key, rel, c.dev, c.inode, c.size, c.mtime_ns, c.sha256, c.content_type, c.problem)
-                          for rel, c in current.items() if previous.get(rel) is not c and previous.get(rel) != c])
+        with self._transaction() as db:
+            db.executemany("DELETE FROM files WHERE root = ? AND rel_path = ?",
+                           [(source, rel) for rel in previous if rel not in current])
+            db.executemany("INSERT OR REPLACE INTO files (root, rel_path, dev, inode, size, mtime_ns, sha256, "
+                           "content_type, problem) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(source, rel, c.dev, c.inode, c.size, c.mtime_ns, c.sha256, c.content_type, c.problem)
+                            for rel, c in current.items() if previous.get(rel) is not c and previous.get(rel) != c])
 
     def save_problems(self, source: str, problems: Iterable[Problem]) -> None:
         """Make what the last scan of ``source`` reported the problems on record, writing only what changed
@@ -449,10 +397,11 @@ class Store:
         if old == new:
             return
         kept = {problem.rel_path for problem in new}
-        self._write_many("DELETE FROM problems WHERE root = ? AND rel_path = ?",
-                         [(source, problem.rel_path) for problem in old if problem.rel_path not in kept])
-        self._write_many("INSERT OR REPLACE INTO problems (root, rel_path, reason, notice) VALUES (?, ?, ?, ?)",
-                         [(source, p.rel_path, p.reason, p.notice) for p in new - old])
+        with self._transaction() as db:
+            db.executemany("DELETE FROM problems WHERE root = ? AND rel_path = ?",
+                           [(source, problem.rel_path) for problem in old if problem.rel_path not in kept])
+            db.executemany("INSERT OR REPLACE INTO problems (root, rel_path, reason, notice) VALUES (?, ?, ?, ?)",
+                           [(source, p.rel_path, p.reason, p.notice) for p in new - old])
 
     def problems(self, source: str) -> list[Problem]:
         rows = self._rows("SELECT rel_path, reason, notice FROM problems WHERE root = ? ORDER BY rel_path", source)
@@ -461,25 +410,17 @@ class Store:
     def count_files(self, source: str) -> int:
         return int(self._rows("SELECT count(*) FROM files WHERE root = ?", source)[0][0])
 
-    def file_rows(self, source: str) -> list[FileRow]:
-        return list(self.session.exec(select(FileRow).where(FileRow.root == source).order_by(FileRow.rel_path)))
-
     # -- blobs -------------------------------------------------------------------------------------
 
     def blobs(self, shas: Collection[str]) -> dict[str, Blob]:
         """The uploads of these contents, where there are any."""
-        found: dict[str, Blob] = {}
-        keys = list(shas)
-        for start in range(0, len(keys), 500):
-            batch = keys[start:start + 500]
-            rows = self._rows("SELECT sha256, content_type, url, upload_url, expires_at, uploaded FROM blobs "
-                              f"WHERE sha256 IN ({', '.join('?' * len(batch))})", *batch)
-            found.update((sha, Blob(sha, kind, url, upload_url, expires, bool(done)))
-                         for sha, kind, url, upload_url, expires, done in rows)
-        return found
+        rows = self._rows_in("SELECT sha256, content_type, url, upload_url, expires_at, uploaded FROM blobs "
+                             "WHERE sha256 IN (?)", shas)
+        return {sha: Blob(sha, kind, url, upload_url, expires, bool(done))
+                for sha, kind, url, upload_url, expires, done in rows}
 
     def save_blob(self, blob: Blob) -> None:
-        """Record an upload step; committed at once (several per file: plain SQL, not the ORM)."""
+        """Record an upload step; committed at once."""
         self._write("INSERT OR REPLACE INTO blobs (sha256, content_type, url, upload_url, expires_at, uploaded) "
                     "VALUES (?, ?, ?, ?, ?, ?)", blob.sha256, blob.content_type, blob.url, blob.upload_url,
                     blob.expires_at, blob.uploaded)
@@ -488,16 +429,17 @@ class Store:
         """Forget an upload whose URL the API refused: the content is uploaded afresh next time."""
         self._write("DELETE FROM blobs WHERE sha256 = ?", sha256)
 
+    def known_urls(self, urls: Collection[str]) -> dict[str, str]:
+        """Those of ``urls`` that are packsync's own uploads, with their content hash."""
+        return dict(self._rows_in("SELECT url, sha256 FROM blobs WHERE url IN (?)", urls))
+
+    # -- downloads ---------------------------------------------------------------------------------
+
     def url_contents(self, urls: Collection[str]) -> dict[str, UrlContent]:
         """What packsync learnt of these URLs' bytes by downloading them, where it did."""
-        found: dict[str, UrlContent] = {}
-        keys = list(urls)
-        for start in range(0, len(keys), 500):
-            batch = keys[start:start + 500]
-            rows = self._rows("SELECT url, sha256, size, content_type, problem FROM url_contents "
-                              f"WHERE url IN ({', '.join('?' * len(batch))})", *batch)
-            found.update((row[0], UrlContent(*row)) for row in rows)
-        return found
+        rows = self._rows_in("SELECT url, sha256, size, content_type, problem FROM url_contents WHERE url IN (?)",
+                             urls)
+        return {row[0]: UrlContent(*row) for row in rows}
 
     def save_url_contents(self, contents: Iterable[UrlContent]) -> None:
         self._write_many("INSERT OR REPLACE INTO url_contents (url, sha256, size, content_type, problem) "
@@ -511,34 +453,25 @@ class Store:
         return [PulledFile(*row) for row in rows]
 
     def record_pulled(self, pulled: PulledFile) -> None:
-        self._write("INSERT OR REPLACE INTO pulled (folder, pack_id, image_id, name, url, sha256) "
-                    "VALUES (?, ?, ?, ?, ?, ?)", pulled.folder, pulled.pack_id, pulled.image_id, pulled.name,
-                    pulled.url, pulled.sha256)
+        """Record a file pull is about to give its name, with what the download learnt of its URL."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO pulled (folder, pack_id, image_id, name, url, sha256) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (pulled.folder, pulled.pack_id, pulled.image_id, pulled.name,
+                                                    pulled.url, pulled.sha256))
 
     def forget_pulled(self, pulled: PulledFile) -> None:
         self._write("DELETE FROM pulled WHERE folder = ? AND pack_id = ? AND image_id = ?", pulled.folder,
                     pulled.pack_id, pulled.image_id)
 
-    def known_urls(self, urls: Collection[str]) -> dict[str, str]:
-        """Those of ``urls`` that are packsync's own uploads, with their content hash."""
-        found: dict[str, str] = {}
-        keys = list(urls)
-        for start in range(0, len(keys), 500):
-            rows = self.session.exec(select(BlobRow.url, BlobRow.sha256).where(
-                col(BlobRow.url).in_(keys[start:start + 500])))
-            found.update((url, sha) for url, sha in rows if url)
-        return found
-
     # -- images ------------------------------------------------------------------------------------
 
     def managed(self, pack_id: str, owner: str | None = None, details: bool = True) -> list[ManagedImage]:
-        """The images packsync added to this pack — all, or ``owner``'s — as plain values, not ORM
-        rows: packs can be large.
+        """The images packsync added to this pack — all, or ``owner``'s — as plain values: packs can be large.
 
         Without ``details``, settled metadata comes as its status alone: syncing needs no more, since
         settled metadata does not change, and a large pack's descriptions are most of its weight.
         """
-        full = "? OR meta_status NOT IN ('completed', 'failed')"
+        full = f"? OR meta_status NOT IN ({_SETTLED_SQL})"
         rows = self._rows("SELECT pack_id, image_id, sha256, url, file_name, owner, meta_status, "
                           f"CASE WHEN {full} THEN description END, CASE WHEN {full} THEN keywords ELSE '[]' END, "
                           f"CASE WHEN {full} THEN meta_error END FROM images WHERE pack_id = ? "
@@ -566,57 +499,48 @@ class Store:
 
     def forget_images(self, pack_id: str, image_ids: Iterable[str] | None = None, *, owner: str | None = None) -> None:
         """Drop image records of ``pack_id``: the given ones, or all of them (of ``owner``, if given)."""
-        statement = delete(ImageRow).where(col(ImageRow.pack_id) == pack_id)
-        if image_ids is not None:
-            statement = statement.where(col(ImageRow.image_id).in_(list(image_ids)))
-        if owner is not None:
-            statement = statement.where(col(ImageRow.owner) == owner)
-        self.session.exec(statement)
-        self.session.commit()
+        where = "pack_id = ? AND (? IS NULL OR owner = ?)"
+        if image_ids is None:
+            self._write(f"DELETE FROM images WHERE {where}", pack_id, owner, owner)
+        else:
+            self._write_many(f"DELETE FROM images WHERE {where} AND image_id = ?",
+                             [(pack_id, owner, owner, image_id) for image_id in image_ids])
 
     def update_metadata(self, pack_id: str, updates: Mapping[str, Metadata]) -> None:
         """Store new AI metadata for some of packsync's images in a pack."""
-        for image_id, meta in updates.items():
-            self.session.exec(update(ImageRow).where(col(ImageRow.pack_id) == pack_id,
-                                                     col(ImageRow.image_id) == image_id)
-                              .values(meta_status=meta.status, description=meta.description,
-                                      keywords=json.dumps(list(meta.keywords)), meta_error=meta.error))
-        if updates:
-            self.session.commit()
+        self._write_many("UPDATE images SET meta_status = ?, description = ?, keywords = ?, meta_error = ? "
+                         "WHERE pack_id = ? AND image_id = ?",
+                         [(meta.status, meta.description, json.dumps(list(meta.keywords)), meta.error, pack_id,
+                           image_id) for image_id, meta in updates.items()])
 
     def metadata_pending(self, pack_ids: Collection[str]) -> dict[str, int]:
         """Per pack, how many of packsync's images wait for AI metadata (packs with none are left out)."""
-        rows = self.session.exec(
-            select(ImageRow.pack_id, func.count()).where(col(ImageRow.pack_id).in_(list(pack_ids)),
-                                                          col(ImageRow.meta_status).not_in(METADATA_SETTLED))
-            .group_by(ImageRow.pack_id))
-        return {pack_id: count for pack_id, count in rows}
+        return dict(self._rows_in(f"SELECT pack_id, count(*) FROM images WHERE meta_status NOT IN ({_SETTLED_SQL}) "
+                                  "AND pack_id IN (?) GROUP BY pack_id", pack_ids))
 
     # -- mappings ----------------------------------------------------------------------------------
 
     def mapping(self, source: str) -> MappingRecord | None:
-        row = self.session.get(MappingRow, source)
-        return MappingRecord(row.root, row.pack_id, row.pack_name, row.synced_at, row.last_error) if row else None
+        rows = self._rows("SELECT root, pack_id, pack_name, synced_at, last_error FROM mappings WHERE root = ?",
+                          source)
+        return MappingRecord(*rows[0]) if rows else None
 
-    def save_mapping(self, source: str, **fields: Any) -> None:
-        row = self.session.get(MappingRow, source) or MappingRow(root=source)
-        for name, value in fields.items():
-            setattr(row, name, value)
-        self.session.add(row)
-        self.session.commit()
+    def save_mapping(self, source: str, **changes: Any) -> None:
+        record = replace(self.mapping(source) or MappingRecord(source), **changes)
+        self._write("INSERT OR REPLACE INTO mappings (root, pack_id, pack_name, synced_at, last_error) "
+                    "VALUES (?, ?, ?, ?, ?)", *astuple(record))
 
     # -- daemon ------------------------------------------------------------------------------------
 
-    def daemon(self) -> DaemonRow | None:
-        return self.session.get(DaemonRow, 1)
+    def daemon(self) -> DaemonRecord | None:
+        rows = self._rows("SELECT pid, started_at, last_full_scan, queue, state, last_error, updated_at "
+                          "FROM daemon WHERE id = 1")
+        return DaemonRecord(*rows[0]) if rows else None
 
-    def save_daemon(self, **fields: Any) -> None:
-        row = self.session.get(DaemonRow, 1) or DaemonRow()
-        for name, value in fields.items():
-            setattr(row, name, value)
-        row.updated_at = time.time()
-        self.session.add(row)
-        self.session.commit()
+    def save_daemon(self, **changes: Any) -> None:
+        record = replace(self.daemon() or DaemonRecord(), **changes, updated_at=time.time())
+        self._write("INSERT OR REPLACE INTO daemon (id, pid, started_at, last_full_scan, queue, state, last_error, "
+                    "updated_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?)", *astuple(record))
 
 
 # Every public method, whatever moment SQLite fails at, reports it in packsync's terms.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from packsync.config import Config, MappingConfig
 from packsync.engine.packs import recorded_pack_id
 from packsync.model import Metadata, Problem
-from packsync.state.store import DaemonRow, MappingRecord, Store
+from packsync.state.store import DaemonRecord, MappingRecord, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,7 @@ class DaemonStatus:
     """What the daemon last published (``record``), and whether it is the process running now."""
 
     running: bool
-    record: DaemonRow
+    record: DaemonRecord
 
     @property
     def pid(self) -> int | None:
@@ -107,14 +107,14 @@ def _mapping(mapping: MappingConfig, store: Store, files: bool, with_problems: b
     problems = {problem.rel_path: problem for problem in store.problems(mapping.label)}
     counts: Counter[str] = Counter({state: 0 for state in FILE_STATES})
     detail: list[FileStatus] = []
-    for row in store.file_rows(mapping.label):
-        if row.rel_path in problems:
+    for rel_path, cached in store.file_cache(mapping.label).items():
+        if rel_path in problems:
             continue
-        image = by_sha.get(row.sha256 or "")
-        state = "synced" if image or row.sha256 in shared else "pending"
+        image = by_sha.get(cached.sha256 or "")
+        state = "synced" if image or cached.sha256 in shared else "pending"
         counts[state] += 1
         if files:
-            detail.append(FileStatus(row.rel_path, row.sha256, state, None, image.image_id if image else None,
+            detail.append(FileStatus(rel_path, cached.sha256, state, None, image.image_id if image else None,
                                      image.metadata if image else None))
     for problem in problems.values():
         state = "skipped" if problem.notice else "failed"
