@@ -1,6 +1,6 @@
 """The TOML config: where it is, what it may say, and the API token it points to.
 
-Validation is pydantic's (it comes with sqlmodel): every model forbids unknown keys, and every
+Validation is msgspec's (typed structs, quick to import): every table forbids unknown keys, and every
 error is reported as one sentence naming the key, e.g. ``mappings[1].pack_id: ...``.
 The token itself is never in the config; the config only says where to find it.
 """
@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import stat
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+import msgspec
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from msgspec import Meta, Struct, field
 
 from packsync.errors import ConfigError
 
@@ -36,67 +38,54 @@ def default_state_path() -> Path:
     return platformdirs.user_state_path("packsync") / "state.db"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A config table: unknown keys are errors, and nothing changes it once read (each subclass says
+    ``frozen`` again for type checkers)."""
 
 
-class GenviralConfig(_Strict):
+class GenviralConfig(_Strict, frozen=True):
     base_url: str = DEFAULT_BASE_URL
     #: None: $GENVIRAL_TOKEN, else $GENVIRAL_API_KEY (the variable Genviral's own command-line client reads).
     token_env: str | None = None
     token_file: Path | None = None
-    concurrency: Annotated[int, Field(ge=1, le=10)] = 4
+    concurrency: Annotated[int, Meta(ge=1, le=10)] = 4
 
-    @field_validator("base_url")
-    @classmethod
-    def _https_or_loopback(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme == "https" and parts.hostname:
-            return value.rstrip("/")
-        if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
-            return value.rstrip("/")
-        raise ValueError("must be an https:// URL (plain http is allowed only on a loopback address)")
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.base_url)
+        loopback = parts.scheme == "http" and _is_loopback(parts.hostname or "")
+        if not (parts.hostname and (parts.scheme == "https" or loopback)):
+            raise ValueError("base_url: must be an https:// URL (plain http is allowed only on a loopback address)")
+        msgspec.structs.force_setattr(self, "base_url", self.base_url.rstrip("/"))
 
 
-class StateConfig(_Strict):
+class StateConfig(_Strict, frozen=True):
     path: Path | None = None
 
 
-class DaemonConfig(_Strict):
-    debounce_s: Annotated[float, Field(ge=0, le=3600)] = 2.0
-    rescan_interval_s: Annotated[float, Field(ge=10)] = 3600.0
+class DaemonConfig(_Strict, frozen=True):
+    debounce_s: Annotated[float, Meta(ge=0, le=3600)] = 2.0
+    rescan_interval_s: Annotated[float, Meta(ge=10)] = 3600.0
 
 
-class MappingConfig(_Strict):
+class MappingConfig(_Strict, frozen=True):
     path: Path
-    pack: Annotated[str, Field(min_length=1, max_length=120)] | None = None
-    pack_id: Annotated[str, Field(min_length=1)] | None = None
-    include: list[str] = Field(default_factory=lambda: list(DEFAULT_INCLUDE))
-    exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+    pack: Annotated[str, Meta(min_length=1, max_length=120)] | None = None
+    pack_id: Annotated[str, Meta(min_length=1)] | None = None
+    include: list[str] = field(default_factory=lambda: list(DEFAULT_INCLUDE))
+    exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     delete: bool = True
     prune_foreign: bool = False
     adopt: bool = True
     max_delete: int | str = "50%"
-    max_file_mb: Annotated[float, Field(gt=0)] = 50.0
+    max_file_mb: Annotated[float, Meta(gt=0)] = 50.0
     follow_symlinks: bool = False
     polling: bool = False
 
-    @model_validator(mode="after")
-    def _one_pack(self) -> MappingConfig:
+    def __post_init__(self) -> None:
         if (self.pack is None) == (self.pack_id is None):
             raise ValueError("give exactly one of pack or pack_id")
-        return self
-
-    @field_validator("max_delete", mode="before")
-    @classmethod
-    def _count_or_percent(cls, value: object) -> int | str:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-        if isinstance(value, str):
-            number = value.removesuffix("%")
-            if value.endswith("%") and number.replace(".", "", 1).isdigit() and float(number) <= 100:
-                return value
-        raise ValueError("must be a count >= 0 or a percentage like \"50%\"")
+        if not _count_or_percent(self.max_delete):
+            raise ValueError("max_delete: must be a count >= 0 or a percentage like \"50%\"")
 
     @property
     def label(self) -> str:
@@ -109,17 +98,25 @@ class MappingConfig(_Strict):
         return self.pack if self.pack is not None else f"pack {self.pack_id}"
 
 
-class Config(_Strict):
-    genviral: GenviralConfig = GenviralConfig()
-    state: StateConfig = StateConfig()
-    daemon: DaemonConfig = DaemonConfig()
-    mappings: list[MappingConfig] = Field(default_factory=list)
-    _source: Path | None = PrivateAttr(default=None)
+def _count_or_percent(value: int | str) -> bool:
+    if isinstance(value, int):
+        return value >= 0
+    number = value.removesuffix("%")
+    return value.endswith("%") and number.replace(".", "", 1).isdigit() and float(number) <= 100
 
-    @property
-    def source(self) -> Path | None:
-        """The file this config was read from, if any."""
-        return self._source
+
+class _ConfigFile(_Strict, frozen=True):
+    """What a config file may say."""
+
+    genviral: GenviralConfig = field(default_factory=GenviralConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    mappings: list[MappingConfig] = field(default_factory=list)
+
+
+class Config(_ConfigFile, frozen=True):
+    #: The file this config was read from, if any.
+    source: Path | None = None
 
     @property
     def state_path(self) -> Path:
@@ -145,11 +142,34 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _key_of(loc: tuple[Any, ...]) -> str:
-    key = ""
-    for part in loc:
-        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
-    return key or "config"
+#: msgspec's names of TOML's kinds of value, in the words of a config file.
+_KINDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false", "array": "a list",
+          "object": "a table", "int | str": "an integer or a string", "null": "nothing"}
+_ERROR = re.compile(r"(?P<message>.*?)(?: - at `\$(?P<where>[^`]*)`)?", re.DOTALL)
+
+
+def _sentence(error: msgspec.ValidationError) -> str:
+    """msgspec's error as ``key: message``, e.g. ``mappings[0].colour: unknown key``."""
+    found = _ERROR.fullmatch(str(error))
+    assert found is not None  # the pattern matches any text
+    key, message = (found["where"] or "").lstrip("."), found["message"]
+    if unknown := re.fullmatch(r"Object contains unknown field `(.*)`", message):
+        key, message = f"{key}.{unknown[1]}".lstrip("."), "unknown key"
+    elif missing := re.fullmatch(r"Object missing required field `(.*)`", message):
+        key, message = f"{key}.{missing[1]}".lstrip("."), "required"
+    elif own := re.fullmatch(r"(\w+): (.*)", message):  # a check of one key, made with the whole table
+        key, message = f"{key}.{own[1]}".lstrip("."), own[2]
+    message = re.sub(r"`([^`]*)`", lambda kind: _KINDS.get(kind[1], kind[1]), message)
+    return f"{key or 'config'}: {message[:1].lower()}{message[1:]}"
+
+
+def _path(kind: type, value: Any) -> Any:
+    """msgspec's hook for the types it does not know: here, paths (strings in TOML)."""
+    if kind is Path:
+        if isinstance(value, str):
+            return Path(value)
+        raise ValueError(f"Expected a path, got `{type(value).__name__}`")
+    raise NotImplementedError(kind)
 
 
 def _resolve(path: Path, base: Path) -> Path:
@@ -169,24 +189,17 @@ def find_config_path(explicit: Path | None) -> Path:
 def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     """Validate a config mapping; relative paths are taken relative to the config file's folder."""
     try:
-        config = Config.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = _key_of(first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown key"
-        raise ConfigError(f"{_where(source)}{key}: {message}.") from None
+        read = msgspec.convert(data, _ConfigFile, dec_hook=_path)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{_where(source)}{_sentence(exc)}.") from None
     base = source.parent if source else Path.cwd()
-    mappings = [m.model_copy(update={"path": _resolve(m.path, base)}) for m in config.mappings]
-    state = config.state
-    if state.path is not None:
-        state = StateConfig(path=_resolve(state.path, base))
-    genviral = config.genviral
-    if genviral.token_file is not None:
-        genviral = genviral.model_copy(update={"token_file": _resolve(genviral.token_file, base)})
-    config = config.model_copy(update={"mappings": mappings, "state": state, "genviral": genviral})
-    config._source = source
+    state, genviral = read.state, read.genviral
+    config = Config(
+        source=source, daemon=read.daemon,
+        mappings=[msgspec.structs.replace(m, path=_resolve(m.path, base)) for m in read.mappings],
+        state=state if state.path is None else msgspec.structs.replace(state, path=_resolve(state.path, base)),
+        genviral=genviral if genviral.token_file is None else
+        msgspec.structs.replace(genviral, token_file=_resolve(genviral.token_file, base)))
     _check_mappings(config)
     return config
 

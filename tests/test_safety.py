@@ -396,3 +396,42 @@ def test_a_migration_cut_short_is_finished_by_the_next_run(env: Env) -> None:
 
     assert result.returncode == 0, result.stderr
     assert "0 added, 0 deleted, 0 failed" in result.stdout
+
+
+def _as_made_by_sqlmodel(state: Path) -> None:
+    """Rebuild a state file, rows and all, on the exact schema packsync's sqlmodel version created."""
+    schema = (Path(__file__).parent / "data" / "state-schema-2-sqlmodel.sql").read_text(encoding="utf-8")
+    rebuilt = state.with_name("rebuilt.db")
+    with sqlite3.connect(state) as old, sqlite3.connect(rebuilt) as new:
+        new.executescript(schema)
+        for (table,) in old.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            cursor = old.execute(f"SELECT * FROM {table}")
+            columns = [column[0] for column in cursor.description]
+            new.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                            cursor.fetchall())
+    for leftover in state.parent.glob(state.name + "-*"):
+        leftover.unlink()
+    os.replace(rebuilt, state)
+
+
+def test_a_state_made_by_the_sqlmodel_version_is_used_as_it_is(env: Env) -> None:
+    """Its tables have no DEFAULT clauses (sqlmodel filled defaults in Python): every write must still work."""
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("brand", pack_id=pack_id)
+    write(folder / "a.png", image())
+    write(folder / "b.png", image())
+    assert env.cli("run", "--no-wait").returncode == 0
+    _as_made_by_sqlmodel(env.state_path)
+    env.sandbox.reset_calls()
+
+    assert env.cli("run", "--no-wait").returncode == 0
+    assert env.sandbox.mutating_calls() == 0
+    write(folder / "c.png", image())
+    (folder / "a.png").unlink()
+    result = env.cli("run", "--no-wait")
+    status = json.loads(env.cli("status", "--json", token=None).stdout)["mappings"][0]
+
+    assert result.returncode == 0, result.stderr
+    assert "1 added, 1 deleted, 0 failed" in result.stdout
+    assert sorted(env.cdn_bytes(pack_id)) == sorted(p.read_bytes() for p in folder.glob("*.png"))
+    assert (status["images"], status["synced"]) == (2, 2)

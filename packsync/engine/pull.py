@@ -18,6 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from packsync.engine.download import url_problem
@@ -33,6 +34,8 @@ TEMP_PREFIX = ".packsync-pull-"
 _EXTENSIONS = {*SUPPORTED.values(), "jpeg"}
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,150}")
 MAX_PULL_BYTES = 200_000_000
+#: A download held in memory up to this size goes to disk in one write, off the event loop.
+SPOOL_BYTES = 1 << 20
 _ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _TEMP = re.compile(re.escape(TEMP_PREFIX) + r"[0-9a-f]{12}\.part")
 
@@ -94,22 +97,38 @@ async def find_pack(api: GenviralClient, wanted: str) -> RemotePack:
 
 
 class _FileSink:
-    """Bytes written to a temporary file while they are hashed and checked."""
+    """Bytes hashed as they come, held in memory up to ``SPOOL_BYTES`` and written to a temporary file
+    past that: most images reach the disk only in ``finish``, off the event loop."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.handle = path.open("wb")
+        self.handle: BinaryIO | None = None
+        self.held = bytearray()
         self.digester = Digester()
 
     def update(self, chunk: bytes) -> None:
-        self.handle.write(chunk)
         self.digester.update(chunk)
+        self.held += chunk
+        if len(self.held) > SPOOL_BYTES:
+            self._spill()
+
+    def _spill(self) -> None:
+        if self.handle is None:
+            self.handle = self.path.open("wb")
+        self.handle.write(self.held)
+        self.held.clear()
 
     def finish(self) -> None:
-        """On disk for good before it gets its name (run in a worker thread: fsync takes a while)."""
+        """On disk for good before it gets its name (run in a worker thread: opening and fsync take a while)."""
+        self._spill()
+        assert self.handle is not None
         self.handle.flush()
         os.fsync(self.handle.fileno())
         self.handle.close()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
 
 
 class Puller:
@@ -180,22 +199,22 @@ class Puller:
                 name = self._place(temp, folder, taken, PulledFile(
                     str(folder), pack_id, name_from_url(image.url) or fallback_name(image.image_id,
                                                                                    digest.content_type),
-                    image.image_id, image.url, digest.sha256))
+                    image.image_id, image.url, digest.sha256),
+                    UrlContent(image.url, digest.sha256, digest.size, digest.content_type))
         finally:
             for opened in sinks:
-                opened.handle.close()
+                opened.close()
             temp.unlink(missing_ok=True)
-        self.store.save_url_contents([UrlContent(image.url, digest.sha256, digest.size, digest.content_type)])
         return name
 
-    def _place(self, temp: Path, folder: Path, taken: set[str], record: PulledFile) -> str:
+    def _place(self, temp: Path, folder: Path, taken: set[str], record: PulledFile, content: UrlContent) -> str:
         """Give the downloaded file a name no other file has, never replacing one (a link fails on an
         existing name, where a rename would overwrite it). It is recorded first: a pull killed in between
         leaves a record without its file, and the next pull downloads it again."""
         while True:
             name = _suffixed(record.name, record.image_id, taken)
             taken.add(name.lower())
-            self.store.record_pulled(replace(record, name=name))
+            self.store.record_pulled(replace(record, name=name), content)
             try:
                 os.link(temp, folder / name)
             except FileExistsError:

@@ -231,6 +231,14 @@ def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
     return sqlite3.connect(target, uri=uri, check_same_thread=False, isolation_level=None)
 
 
+_SAVE_URL_CONTENT = ("INSERT OR REPLACE INTO url_contents (url, sha256, size, content_type, problem) "
+                     "VALUES (?, ?, ?, ?, ?)")
+
+
+def _url_content_row(content: UrlContent) -> tuple[Any, ...]:
+    return content.url, content.sha256, content.size, content.content_type, content.problem
+
+
 #: The statuses of settled metadata, as an SQL list.
 _SETTLED_SQL = ", ".join(f"'{status}'" for status in METADATA_SETTLED)
 
@@ -442,9 +450,7 @@ class Store:
         return {row[0]: UrlContent(*row) for row in rows}
 
     def save_url_contents(self, contents: Iterable[UrlContent]) -> None:
-        self._write_many("INSERT OR REPLACE INTO url_contents (url, sha256, size, content_type, problem) "
-                         "VALUES (?, ?, ?, ?, ?)", [(c.url, c.sha256, c.size, c.content_type, c.problem)
-                                                    for c in contents])
+        self._write_many(_SAVE_URL_CONTENT, map(_url_content_row, contents))
 
     def pulled(self, folder: str, pack_id: str | None = None) -> list[PulledFile]:
         """The files pull wrote into ``folder`` (from ``pack_id``, or from any pack)."""
@@ -452,9 +458,10 @@ class Store:
                           "AND (? IS NULL OR pack_id = ?)", folder, pack_id, pack_id)
         return [PulledFile(*row) for row in rows]
 
-    def record_pulled(self, pulled: PulledFile) -> None:
+    def record_pulled(self, pulled: PulledFile, content: UrlContent) -> None:
         """Record a file pull is about to give its name, with what the download learnt of its URL."""
         with self._transaction() as db:
+            db.execute(_SAVE_URL_CONTENT, _url_content_row(content))
             db.execute("INSERT OR REPLACE INTO pulled (folder, pack_id, image_id, name, url, sha256) "
                        "VALUES (?, ?, ?, ?, ?, ?)", (pulled.folder, pulled.pack_id, pulled.image_id, pulled.name,
                                                     pulled.url, pulled.sha256))
