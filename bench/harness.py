@@ -89,6 +89,15 @@ class RecordingSandbox(Sandbox):
     def new_pack(self, name: str) -> str:
         return self.create_pack(name, scope=SCOPE)
 
+    def settle(self, pack_id: str, timeout: float = 60.0) -> None:
+        """Wait until the sandbox has decided every image's AI metadata, which it does lazily at the
+        first read after the enrichment delay: that work is the sandbox's, not a measured run's."""
+        deadline = time.monotonic() + timeout
+        while any(image["metadata"]["status"] not in ("completed", "failed") for image in self.pack(pack_id)["images"]):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the sandbox did not settle pack {pack_id} within {timeout} s")
+            time.sleep(0.05)
+
     def image_count(self, pack_id: str) -> int:
         pack = self.pack(pack_id)
         return len(pack["images"]) if pack else 0
@@ -196,6 +205,38 @@ def run_child(argv: Sequence[str], cwd: Path, env: dict[str, str] | None = None,
         err.seek(0)
         return Finished(list(argv), proc.returncode, wall, usage.ru_utime + usage.ru_stime, rss.stop(),
                         out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+
+
+_BARE_CLIENT = """
+import asyncio, json, sys, httpx
+urls, concurrency = json.load(open(sys.argv[1])), int(sys.argv[2])
+async def main():
+    slots = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits) as client:
+        async def one(url):
+            async with slots, client.stream("GET", url) as response:
+                async for _ in response.aiter_bytes():
+                    pass
+        await asyncio.gather(*map(one, urls))
+asyncio.run(main())
+"""
+
+
+def bare_downloads(urls: Sequence[str], concurrency: int, cwd: Path) -> Finished:
+    """The floor of a download scenario, measured like packsync: a separate Python process that only
+    imports httpx and streams ``urls`` through as many connections, writing nothing anywhere."""
+    script, listed = cwd / "bare_client.py", cwd / "bare_urls.json"
+    script.write_text(_BARE_CLIENT, encoding="utf-8")
+    listed.write_text(json.dumps(list(urls)), encoding="utf-8")
+    return run_child([sys.executable, str(script), str(listed), str(concurrency)], cwd=cwd)
+
+
+def floor_note(floor: Finished, bound_s: float) -> str:
+    if floor.returncode != 0:
+        return f"the bare client failed: {floor.tail(3)}"
+    return (f"a bare httpx client making only the same downloads: {floor.wall_s:.2f} s, "
+            f"{bound_s / floor.wall_s:.2f} of the bound")
 
 
 def packsync_argv(config: Path, *args: str) -> list[str]:

@@ -181,6 +181,10 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
 
+    def parse_request(self) -> bool:
+        self.arrived = time.monotonic()  # the request line is in: the call has reached the server
+        return super().parse_request()
+
     # ------------------------------------------------------------- plumbing
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -232,8 +236,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         route, params = resolved
         sb._count(method, route)
-        if sb.faults.latency_s > 0:
-            time.sleep(sb.faults.latency_s)
+        if sb.faults.latency_s > 0:  # counted from the call's arrival: the sandbox's own parsing is not latency
+            time.sleep(max(0.0, sb.faults.latency_s - (time.monotonic() - self.arrived)))
         fault = sb.plan.draw(method, route)
         if fault == "reset":
             self._drop()
