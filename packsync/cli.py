@@ -197,11 +197,16 @@ def packs(public: bool) -> None:
               help="Share of requests answered with 429/500/reset.")
 @click.option("--upload-ttl", type=click.FloatRange(min=1), default=600.0, help="Seconds an upload URL stays valid.")
 def sandbox(port: int, state_path: Path | None, latency_ms: float, fault_rate: float, upload_ttl: float) -> None:
-    """Serve a local Genviral Partner API on 127.0.0.1 (accepts $GENVIRAL_TOKEN, or a demo token)."""
+    """Serve a local Genviral Partner API on 127.0.0.1 (accepts $GENVIRAL_TOKEN, or a demo token).
+
+    The same port also serves a local Astria API under /astria (base_url http://127.0.0.1:PORT/astria;
+    accepts $ASTRIA_API_KEY, or a demo key) with a demo pack, whose images are at extension-less URLs.
+    """
     from packsync.sandbox import main_serve
 
     main_serve(port=port, token=os.environ.get("GENVIRAL_TOKEN") or None, state_path=state_path,
-               latency_ms=latency_ms, fault_rate=fault_rate, upload_ttl_s=upload_ttl)
+               latency_ms=latency_ms, fault_rate=fault_rate, upload_ttl_s=upload_ttl,
+               astria_token=os.environ.get("ASTRIA_API_KEY") or None)
 
 
 @_command(main)

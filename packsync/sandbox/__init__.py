@@ -11,16 +11,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from .app import DEMO_TOKEN, Sandbox
+from .astria import ASTRIA_DEMO_TOKEN
 from .faults import Faults
+from .imaging import solid_png
 from .store import Account
 
-__all__ = ["Sandbox", "Account", "Faults", "DEMO_TOKEN", "main_serve"]
+__all__ = ["Sandbox", "Account", "Faults", "DEMO_TOKEN", "ASTRIA_DEMO_TOKEN", "main_serve", "seed_astria_demo"]
+
+#: The demo Astria pack: a title and, per class, the colours of its example images.
+ASTRIA_DEMO = ("Corporate Headshots", {"woman": [(200, 40, 40), (40, 160, 60), (30, 60, 200)],
+                                       "man": [(230, 200, 30), (120, 40, 160)]})
+
+
+def seed_astria_demo(sandbox: Sandbox) -> int:
+    """Add the demo Astria pack (public, owned by the demo key); returns its id."""
+    title, classes = ASTRIA_DEMO
+    pack_id = sandbox.astria.add_pack(title, public=True)
+    for cls, colours in classes.items():
+        for colour in colours:
+            sandbox.astria.add_image(pack_id, cls, solid_png(64, 64, colour))
+    return pack_id
 
 
 def main_serve(port: int, token: str | None, state_path: Path | None, latency_ms: float,
-               fault_rate: float, upload_ttl_s: float) -> None:
+               fault_rate: float, upload_ttl_s: float, astria_token: str | None = None) -> None:
     """Serve a sandbox in the foreground until interrupted (the ``packsync sandbox`` command)."""
     token = token or DEMO_TOKEN
+    astria_token = astria_token or ASTRIA_DEMO_TOKEN
     sandbox = Sandbox(
         accounts={token: Account(scope="demo")},
         state_path=state_path,
@@ -28,8 +45,11 @@ def main_serve(port: int, token: str | None, state_path: Path | None, latency_ms
         faults=Faults(latency_s=latency_ms / 1000.0, rate=fault_rate),
     )
     sandbox.start(port)
+    sandbox.astria.users = {astria_token: 1}
+    astria_pack = seed_astria_demo(sandbox)
     try:
         print(f"sandbox listening on {sandbox.base_url} (token: {token})", flush=True)
+        print(f"Astria sandbox on {sandbox.astria_url} (key: {astria_token}; demo pack {astria_pack})", flush=True)
         sandbox.serve_forever(port)
     except KeyboardInterrupt:
         pass

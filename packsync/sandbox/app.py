@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from .astria import ASTRIA_PREFIX, AstriaStore
 from .faults import FaultPlan, Faults
 from .server import API_PREFIX, Reply, SandboxServer
 from .store import Account, Store
@@ -43,6 +44,7 @@ class Sandbox:
         self.faults = faults if faults is not None else Faults()
         self.plan = FaultPlan(self.faults)
         self.store = Store(Path(state_path) if state_path is not None else None, enrich_delays)
+        self.astria = AstriaStore(lambda: self.origin)
         self._calls: Counter[tuple[str, str]] = Counter()
         self._calls_lock = threading.Lock()
         self._rewrites: list[list[Any]] = []
@@ -112,6 +114,11 @@ class Sandbox:
     @property
     def base_url(self) -> str:
         return self.origin + API_PREFIX
+
+    @property
+    def astria_url(self) -> str:
+        """The base URL of the sandbox's Astria API."""
+        return self.origin + ASTRIA_PREFIX
 
     # ----------------------------------------------------------------- faults
     def inject(self, kind: str, method: str | None = None, route: str | None = None,

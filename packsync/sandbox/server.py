@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape
 
+from .astria import ASTRIA_PREFIX, IMAGE_PREFIX
+from .astria import answer as astria_answer
 from .faults import AFTER_KINDS
 from .store import CDN_PATH_RE
 from .validation import (
@@ -46,6 +48,10 @@ ROUTE_METHODS: dict[str, tuple[str, ...]] = {
     "/files": ("POST",),
     "storage": ("PUT",),
     "cdn": ("GET", "HEAD"),
+    "astria:/packs": ("GET",),
+    "astria:/gallery/packs": ("GET",),
+    "astria:/p/{id}": ("GET",),
+    "astria-img": ("GET", "HEAD"),
 }
 ACCOUNT_ERRORS = {
     401: ("invalid_token", "API key revoked"),
@@ -101,12 +107,20 @@ def resolve(path: str) -> tuple[str, dict[str, str]] | None:
         return "storage", {"key": path[9:]}
     if path.startswith("/cdn/") and len(path) > 5 and "/" not in path[5:]:
         return "cdn", {}
+    if path.startswith(IMAGE_PREFIX) and len(path) > len(IMAGE_PREFIX) and "/" not in path[len(IMAGE_PREFIX):]:
+        return "astria-img", {"key": path[len(IMAGE_PREFIX):]}
+    if path.startswith(ASTRIA_PREFIX + "/"):
+        parts = path[len(ASTRIA_PREFIX):].rstrip("/").split("/")[1:]
+        if parts in (["packs"], ["gallery", "packs"]):
+            return "astria:/" + "/".join(parts), {}
+        if len(parts) == 2 and parts[0] == "p" and parts[1]:
+            return "astria:/p/{id}", {"id": parts[1]}
     return None
 
 
 def fault_reply(kind: str, route: str) -> Reply:
     """The answer for a fault kind that answers (everything but resets)."""
-    s3 = route in ("storage", "cdn")
+    s3 = route in ("storage", "cdn", "astria-img")
     if kind == "502":
         return Reply(502, BAD_GATEWAY_HTML, "text/html")
     if kind == "not-json":
@@ -265,7 +279,7 @@ class Handler(BaseHTTPRequestHandler):
         allowed = ROUTE_METHODS[route]
         if method not in allowed:
             headers = {"Allow": ", ".join(allowed)}
-            if route in ("storage", "cdn"):
+            if route in ("storage", "cdn", "astria-img"):
                 return xml_error(405, "MethodNotAllowed",
                                  "The specified method is not allowed against this resource.", headers)
             return fail(405, "method_not_allowed", f"Method {method} not allowed", headers=headers)
@@ -273,6 +287,15 @@ class Handler(BaseHTTPRequestHandler):
             return self._storage_put(params["key"], query, body, fault == "expire")
         if route == "cdn":
             return self._cdn_get()
+        if route == "astria-img":
+            found = self.server.sandbox.astria.image(params["key"])
+            if found is None:
+                return xml_error(404, "NoSuchKey", "The specified key does not exist.")
+            return Reply(200, found[1], found[0])
+        if route.startswith("astria:"):
+            status, body = astria_answer(self.server.sandbox.astria, route, params,
+                                         self.headers.get("Authorization", ""))
+            return Reply(status, body)
         return self._api(method, route, params, query, body)
 
     def _storage_put(self, key: str, query: str, body: bytes, force_expired: bool) -> Reply:
