@@ -17,7 +17,10 @@ from packsync.engine.metadata import MetadataPoller
 from packsync.engine.packs import PackResolver
 from packsync.engine.pull import Puller, PullReport
 from packsync.engine.sync import Syncer, SyncOptions, SyncReport
+from packsync.logs import register_secret
+from packsync.remote.astria import AstriaClient
 from packsync.remote.genviral import GenviralClient
+from packsync.sources.astria import AstriaSource
 from packsync.sources.base import Source
 from packsync.sources.folder import Filters, FolderSource
 from packsync.state.store import Store
@@ -29,12 +32,24 @@ def folder_filters(mapping: MappingConfig) -> Filters:
     return Filters(mapping.include, mapping.exclude, int(mapping.max_file_mb * 1_000_000), mapping.follow_symlinks)
 
 
-def source_for(mapping: MappingConfig) -> Source:
-    return FolderSource(mapping.path, folder_filters(mapping))
+def source_for(mapping: MappingConfig, astria: AstriaClient | None) -> Source:
+    if mapping.astria_pack is None:
+        return FolderSource(mapping.folder, folder_filters(mapping))
+    assert astria is not None, "an Astria mapping needs the Astria client"
+    return AstriaSource(astria, mapping.astria_pack, mapping.classes, int(mapping.max_file_mb * 1_000_000))
 
 
 def client_for(config: Config, token: str) -> GenviralClient:
     return GenviralClient(config.genviral.base_url, token, concurrency=config.genviral.concurrency)
+
+
+def astria_for(config: Config, api: GenviralClient) -> AstriaClient | None:
+    """The Astria client, when a mapping needs one; its key is read (and kept out of every output) here."""
+    token = config.astria_token()
+    if token is None:
+        return None
+    register_secret(token)
+    return AstriaClient(config.astria.base_url, token, api)
 
 
 @dataclass(slots=True)
@@ -54,7 +69,8 @@ class App:
         progress = progress or Progress(enabled=False)
         packs = PackResolver(api, store, remember=not store.readonly)
         metadata = MetadataPoller(api, store, progress)
-        sources = {mapping.label: source_for(mapping) for mapping in config.mappings}
+        astria = astria_for(config, api)
+        sources = {mapping.label: source_for(mapping, astria) for mapping in config.mappings}
         return cls(config, store, api, packs, metadata, Syncer(config, store, api, sources, packs, metadata, progress))
 
 
@@ -65,7 +81,12 @@ async def open_app(config: Config, token: str, *, readonly: bool = False,
     store = Store(config.state_path, readonly=readonly)
     try:
         async with client_for(config, token) as api:
-            yield App.wire(config, store, api, progress)
+            app = App.wire(config, store, api, progress)
+            try:
+                yield app
+            finally:
+                for source in app.syncer.sources.values():
+                    source.close()
     finally:
         if progress:
             progress.close()

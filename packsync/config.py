@@ -13,7 +13,7 @@ import re
 import stat
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -28,6 +28,10 @@ DEFAULT_EXCLUDE = [".*", "*~", "*.tmp", "*.part"]
 CONFIG_ENV = "PACKSYNC_CONFIG"
 #: Where the token is looked for when the config names no variable, in this order.
 TOKEN_ENVS = ("GENVIRAL_TOKEN", "GENVIRAL_API_KEY")
+DEFAULT_ASTRIA_URL = "https://api.astria.ai"
+ASTRIA_TOKEN_ENV = "ASTRIA_API_KEY"
+#: Mapping keys that describe a folder, and so mean nothing for an Astria pack.
+FOLDER_ONLY = ("include", "exclude", "follow_symlinks", "polling")
 
 
 def default_config_path() -> Path:
@@ -43,12 +47,12 @@ class _Strict(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     ``frozen`` again for type checkers)."""
 
 
-class GenviralConfig(_Strict, frozen=True):
-    base_url: str = DEFAULT_BASE_URL
-    #: None: $GENVIRAL_TOKEN, else $GENVIRAL_API_KEY (the variable Genviral's own command-line client reads).
+class _ApiConfig(_Strict, frozen=True):
+    """Where an API is and where its token is found: the token itself is never in the config."""
+
+    base_url: str
     token_env: str | None = None
     token_file: Path | None = None
-    concurrency: Annotated[int, Meta(ge=1, le=10)] = 4
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
@@ -56,6 +60,20 @@ class GenviralConfig(_Strict, frozen=True):
         if not (parts.hostname and (parts.scheme == "https" or loopback)):
             raise ValueError("base_url: must be an https:// URL (plain http is allowed only on a loopback address)")
         msgspec.structs.force_setattr(self, "base_url", self.base_url.rstrip("/"))
+
+
+class GenviralConfig(_ApiConfig, frozen=True):
+    base_url: str = DEFAULT_BASE_URL
+    #: None: $GENVIRAL_TOKEN, else $GENVIRAL_API_KEY (the variable Genviral's own command-line client reads).
+    token_env: str | None = None
+    concurrency: Annotated[int, Meta(ge=1, le=10)] = 4
+
+
+class AstriaConfig(_ApiConfig, frozen=True):
+    base_url: str = DEFAULT_ASTRIA_URL
+    #: None: $ASTRIA_API_KEY.
+    token_env: str | None = None
+    poll_interval_s: Annotated[float, Meta(ge=10)] = 3600.0
 
 
 class StateConfig(_Strict, frozen=True):
@@ -68,7 +86,11 @@ class DaemonConfig(_Strict, frozen=True):
 
 
 class MappingConfig(_Strict, frozen=True):
-    path: Path
+    """One source mirrored into one pack: a folder (``path``) or an Astria pack (``astria_pack``)."""
+
+    path: Path | None = None
+    astria_pack: Annotated[int, Meta(ge=1)] | None = None
+    classes: list[str] | None = None
     pack: Annotated[str, Meta(min_length=1, max_length=120)] | None = None
     pack_id: Annotated[str, Meta(min_length=1)] | None = None
     include: list[str] = field(default_factory=lambda: list(DEFAULT_INCLUDE))
@@ -82,6 +104,12 @@ class MappingConfig(_Strict, frozen=True):
     polling: bool = False
 
     def __post_init__(self) -> None:
+        if self.path is None and self.astria_pack is None:
+            raise ValueError("path: required (or astria_pack, for an Astria pack)")
+        if self.path is not None and self.astria_pack is not None:
+            raise ValueError("astria_pack: give path or astria_pack, not both")
+        if self.classes is not None and self.astria_pack is None:
+            raise ValueError("classes: applies to an Astria pack only")
         if (self.pack is None) == (self.pack_id is None):
             raise ValueError("give exactly one of pack or pack_id")
         if not _count_or_percent(self.max_delete):
@@ -90,7 +118,13 @@ class MappingConfig(_Strict, frozen=True):
     @property
     def label(self) -> str:
         """How messages, the state and the views name this mapping's source."""
-        return str(self.path)
+        return str(self.path) if self.path is not None else f"astria:{self.astria_pack}"
+
+    @property
+    def folder(self) -> Path:
+        """The mapped folder (of a mapping whose source is one)."""
+        assert self.path is not None, "not a folder mapping"
+        return self.path
 
     @property
     def pack_label(self) -> str:
@@ -109,6 +143,7 @@ class _ConfigFile(_Strict, frozen=True):
     """What a config file may say."""
 
     genviral: GenviralConfig = field(default_factory=GenviralConfig)
+    astria: AstriaConfig = field(default_factory=AstriaConfig)
     state: StateConfig = field(default_factory=StateConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     mappings: list[MappingConfig] = field(default_factory=list)
@@ -125,6 +160,12 @@ class Config(_ConfigFile, frozen=True):
     def token(self) -> str:
         """Read the API token from its file or environment variable; never from the config itself."""
         return read_token(self.genviral)
+
+    def astria_token(self) -> str | None:
+        """The Astria key, when a mapping needs one (None otherwise)."""
+        if not any(mapping.astria_pack for mapping in self.mappings):
+            return None
+        return read_token(self.astria, "astria", (ASTRIA_TOKEN_ENV,))
 
     def require_mappings(self) -> None:
         """Syncing needs at least one folder: say so instead of silently doing nothing."""
@@ -188,20 +229,39 @@ def find_config_path(explicit: Path | None) -> Path:
 
 def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     """Validate a config mapping; relative paths are taken relative to the config file's folder."""
+    _check_astria_keys(data, source)
     try:
         read = msgspec.convert(data, _ConfigFile, dec_hook=_path)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{_where(source)}{_sentence(exc)}.") from None
     base = source.parent if source else Path.cwd()
-    state, genviral = read.state, read.genviral
+    state = read.state
     config = Config(
         source=source, daemon=read.daemon,
-        mappings=[msgspec.structs.replace(m, path=_resolve(m.path, base)) for m in read.mappings],
+        mappings=[m if m.path is None else msgspec.structs.replace(m, path=_resolve(m.path, base))
+                  for m in read.mappings],
         state=state if state.path is None else msgspec.structs.replace(state, path=_resolve(state.path, base)),
-        genviral=genviral if genviral.token_file is None else
-        msgspec.structs.replace(genviral, token_file=_resolve(genviral.token_file, base)))
+        genviral=_resolve_token_file(read.genviral, base), astria=_resolve_token_file(read.astria, base))
     _check_mappings(config)
     return config
+
+
+A = TypeVar("A", bound=_ApiConfig)
+
+
+def _resolve_token_file(api: A, base: Path) -> A:
+    return api if api.token_file is None else msgspec.structs.replace(api, token_file=_resolve(api.token_file, base))
+
+
+def _check_astria_keys(data: dict[str, Any], source: Path | None) -> None:
+    """The keys that describe a folder are refused on a mapping whose source is an Astria pack."""
+    mappings = data.get("mappings")
+    for index, mapping in enumerate(mappings if isinstance(mappings, list) else []):
+        if isinstance(mapping, dict) and "astria_pack" in mapping:
+            for key in FOLDER_ONLY:
+                if key in mapping:
+                    raise ConfigError(f"{_where(source)}mappings[{index}].{key}: applies to folders only, "
+                                      "not to an Astria pack.")
 
 
 def _where(source: Path | None) -> str:
@@ -212,9 +272,12 @@ def _check_mappings(config: Config) -> None:
     where = _where(config.source)
     for i, mapping in enumerate(config.mappings):
         for j, other in enumerate(config.mappings[:i]):
-            if mapping.path == other.path or mapping.path.is_relative_to(other.path) \
-                    or other.path.is_relative_to(mapping.path):
+            if mapping.path is not None and other.path is not None and (
+                    mapping.path == other.path or mapping.path.is_relative_to(other.path)
+                    or other.path.is_relative_to(mapping.path)):
                 raise ConfigError(f"{where}mappings[{i}].path: overlaps mappings[{j}].path ({other.path}).")
+            if mapping.astria_pack is not None and mapping.astria_pack == other.astria_pack:
+                raise ConfigError(f"{where}mappings[{i}].astria_pack: mappings[{j}] already mirrors that pack.")
             same_id = mapping.pack_id is not None and mapping.pack_id == other.pack_id
             same_name = mapping.pack is not None and mapping.pack == other.pack
             if same_id or same_name:
@@ -236,28 +299,29 @@ def load_config(path: Path) -> Config:
     return parse_config(data, source=path)
 
 
-def read_token(genviral: GenviralConfig) -> str:
-    """The API token, from ``token_file`` or the environment; never from the config itself."""
+def read_token(api: _ApiConfig, table: str = "genviral", defaults: tuple[str, ...] = TOKEN_ENVS) -> str:
+    """An API token, from ``token_file`` or the environment; never from the config itself."""
     from packsync.logs import get_logger
 
-    if genviral.token_file is not None:
-        path = genviral.token_file
+    if api.token_file is not None:
+        path = api.token_file
         try:
             token = path.read_text(encoding="utf-8").strip()
             mode = path.stat().st_mode
         except OSError as exc:
-            raise ConfigError(f"genviral.token_file: cannot read {path} ({exc.strerror}).") from None
+            raise ConfigError(f"{table}.token_file: cannot read {path} ({exc.strerror}).") from None
         if mode & (stat.S_IRGRP | stat.S_IROTH):
             get_logger().warning("token file is readable by other users; chmod 600 it", path=str(path))
         if not token:
-            raise ConfigError(f"genviral.token_file: {path} is empty.")
+            raise ConfigError(f"{table}.token_file: {path} is empty.")
         return token
-    names = (genviral.token_env,) if genviral.token_env else TOKEN_ENVS
+    names = (api.token_env,) if api.token_env else defaults
     for name in names:
         token = os.environ.get(name, "").strip()
         if token:
             get_logger().debug("token read from the environment", variable=name)
             return token
-    if genviral.token_env:
-        raise ConfigError(f"genviral.token_env: the environment variable {genviral.token_env} is not set.")
-    raise ConfigError(f"genviral.token_env: neither {' nor '.join(names)} is set in the environment.")
+    if api.token_env:
+        raise ConfigError(f"{table}.token_env: the environment variable {api.token_env} is not set.")
+    raise ConfigError(f"{table}.token_env: neither {' nor '.join(names)} is set in the environment."
+                      if len(names) > 1 else f"{table}.token_env: {names[0]} is not set in the environment.")

@@ -31,14 +31,16 @@ class CachedFile:
 class ContentItem:
     """A syncable image a source holds, known by its content (SHA-256 of its bytes).
 
-    ``key`` is how its source names it: a path relative to a mapped folder. Several items may hold
-    the same content; the pack then holds that content once.
+    ``key`` is how its source names it: a path relative to a mapped folder, an Astria image's URL.
+    Several items may hold the same content; the pack then holds that content once.
     """
 
     key: str
     sha256: str
     size: int
     content_type: str
+    #: Its name in a pack, when that is not the key's last segment (an Astria image's key is its URL).
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,3 +166,30 @@ class UploadTicket:
     url: str
     content_type: str
     expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AstriaImage:
+    """One example image of an Astria pack: ``index`` counts from 1 within its prompt."""
+
+    url: str
+    cls: str
+    prompt_id: int
+    index: int
+
+    @property
+    def stem(self) -> str:
+        """``<class>-<prompt id>-<n>``: the image's name, before an extension from its bytes."""
+        return f"{self.cls}-{self.prompt_id}-{self.index}"
+
+
+@dataclass(frozen=True, slots=True)
+class AstriaPack:
+    """An Astria pack as ``GET /p/{id}`` describes it; ``problems`` are entries it listed but that are
+    not images (a missing field, a URL that is not http(s)), each as (where, why)."""
+
+    pack_id: int
+    title: str
+    classes: tuple[str, ...]
+    images: tuple[AstriaImage, ...]
+    problems: tuple[tuple[str, str], ...] = ()

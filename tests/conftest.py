@@ -22,6 +22,7 @@ from packsync.sandbox.imaging import solid_png
 from packsync.views.progress import Progress
 
 TOKEN = "gva_live_testkey.s3cr3t-token-value"
+ASTRIA_TOKEN = "sd_testkey.astria-s3cr3t-value"
 _colours = itertools.count(1)
 
 
@@ -40,6 +41,7 @@ def write(path: Path, data: bytes) -> Path:
 @pytest.fixture
 def sandbox() -> Iterator[Sandbox]:
     with Sandbox(accounts={TOKEN: Account(scope="ws-1")}, enrich_delays=(0.05, 0.05)) as sb:
+        sb.astria.users = {ASTRIA_TOKEN: 1}
         yield sb
 
 
@@ -51,6 +53,7 @@ class Env:
         self.sandbox = sandbox
         self.mappings: list[dict[str, Any]] = []
         self.genviral: dict[str, Any] = {"base_url": sandbox.base_url}
+        self.astria: dict[str, Any] = {"base_url": sandbox.astria_url}
         self.daemon: dict[str, Any] = {}
 
     @property
@@ -72,9 +75,20 @@ class Env:
         self.write_config()
         return path
 
+    def map_astria(self, astria_pack: int, **options: Any) -> str:
+        """Mirror an Astria pack (the key in a private token file); returns the mapping's label."""
+        token_file = self.root / "astria.key"
+        if not token_file.exists():
+            token_file.write_text(ASTRIA_TOKEN, encoding="utf-8")
+            token_file.chmod(0o600)
+        self.astria.setdefault("token_file", str(token_file))
+        self.mappings.append({"astria_pack": astria_pack, **options})
+        self.write_config()
+        return f"astria:{astria_pack}"
+
     def data(self) -> dict[str, Any]:
-        return {"genviral": self.genviral, "state": {"path": str(self.state_path)}, "daemon": self.daemon,
-                "mappings": self.mappings}
+        return {"genviral": self.genviral, "astria": self.astria, "state": {"path": str(self.state_path)},
+                "daemon": self.daemon, "mappings": self.mappings}
 
     def config(self) -> Config:
         return parse_config(self.data(), source=self.config_path)
@@ -90,6 +104,7 @@ class Env:
             return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
         lines = ["[genviral]"] + [f"{k} = {value(v)}" for k, v in self.genviral.items()]
+        lines += ["[astria]"] + [f"{k} = {value(v)}" for k, v in self.astria.items()]
         lines += ["[state]", f"path = {value(str(self.state_path))}"]
         lines += ["[daemon]"] + [f"{k} = {value(v)}" for k, v in self.daemon.items()]
         for mapping in self.mappings:

@@ -64,7 +64,8 @@ class Folder:
     error: str | None = None
 
     @property
-    def root(self) -> Path:
+    def root(self) -> Path | None:
+        """The folder watched (None: an Astria pack, read every ``[astria] poll_interval_s``)."""
         return self.mapping.path
 
 
@@ -179,6 +180,8 @@ class Daemon:
         self.wake.set()
 
     def _watch(self, folder: Folder) -> None:
+        if folder.root is None:
+            return
         try:
             self.watcher.watch(folder.root, folder_filters(folder.mapping),
                                polling=self.polling or folder.mapping.polling)
@@ -240,7 +243,7 @@ class Daemon:
             full = now >= self._next_full_scan
             if full:
                 for folder in self.folders.values():
-                    if folder.root not in self.watcher.observers:
+                    if folder.root is not None and folder.root not in self.watcher.observers:
                         self._watch(folder)
             labels = set(busy) | {label for label, f in self.folders.items()
                                   if f.retry_at is not None and f.retry_at <= now}
@@ -356,6 +359,8 @@ class Daemon:
                 self._retry(folder)
             else:
                 folder.retry.reset()
+            if folder.root is None and folder.retry_at is None:  # an Astria pack: read again in a while
+                folder.retry_at = time.monotonic() + self.config.astria.poll_interval_s
             outcome = mapping.outcome
             added += outcome.added if outcome else 0
             if outcome and (outcome.added or outcome.deleted or outcome.failures):
@@ -426,8 +431,9 @@ class Daemon:
         register_secret(token)
         old, new = self.folders, {m.label: m for m in config.mappings}
         for label in old.keys() - new.keys():
-            self.watcher.unwatch(old[label].root)
-            self.changes.forget(old[label].root)
+            if (root := old[label].root) is not None:
+                self.watcher.unwatch(root)
+                self.changes.forget(root)
         api = self.app.api
         if config.genviral != self.config.genviral or token != self.token:
             # A metadata poll may still be using the old client: close it once that round is surely over.
@@ -442,6 +448,8 @@ class Daemon:
             self.folders[label] = kept if kept and kept.mapping == mapping else Folder(mapping, retry_at=0.0)
             if self.folders[label] is not kept:
                 self._watch(self.folders[label])
+            elif kept.root is None:
+                kept.retry_at = 0.0  # SIGHUP reads every Astria pack again
         self.paused_until = None
         self.log.info("config reloaded", folders=len(new), added=len(new.keys() - old.keys()),
                       removed=len(old.keys() - new.keys()))

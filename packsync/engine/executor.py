@@ -45,8 +45,6 @@ T = TypeVar("T")
 #: A presigned URL is not used when it expires within this many seconds: a PUT of a large file
 #: must not start on a URL that dies half-way.
 EXPIRY_MARGIN_S = 30.0
-#: Small items are read in the event loop: a thread hand-off costs more than the read.
-INLINE_READ_BYTES = 256 * 1024
 #: Fresh upload URLs storage may refuse in a row before the item is given up for this run.
 UPLOAD_TRIES = 3
 
@@ -169,8 +167,7 @@ class Executor:
                 ticket = await self.api.create_upload(add.item.content_type, add.file_name, add.item.size)
                 blob = Blob(add.sha256, ticket.content_type, ticket.url, ticket.upload_url, ticket.expires_at)
                 self.store.save_blob(blob)
-            data = source.read(add.item) if add.item.size < INLINE_READ_BYTES \
-                else await asyncio.to_thread(source.read, add.item)
+            data = await source.read(add.item)
             try:
                 await self.api.put_bytes(blob.upload_url or "", data, blob.content_type)
             except UploadRejected as exc:

@@ -156,6 +156,10 @@ def file_name_for(rel_path: str) -> str:
     return name[:MAX_FILE_NAME]
 
 
+def _name(item: ContentItem) -> str:
+    return item.name or item.key
+
+
 def metadata_updates(managed: Iterable[ManagedImage], remote: Iterable[RemoteImage]) -> dict[str, Metadata]:
     """The recorded images whose AI metadata the pack now reports differently, with the new metadata.
 
@@ -215,7 +219,7 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
         image = recorded.get(seen.image_id)
         if image is None and seen.url in source.known_urls:  # our upload, added but never recorded
             sha256 = source.known_urls[seen.url]
-            name = wanted[sha256].key if sha256 in wanted else seen.url
+            name = _name(wanted[sha256]) if sha256 in wanted else seen.url
             image = ManagedImage(pack_id, seen.image_id, sha256, seen.url, file_name_for(name), source.label,
                                  seen.metadata)
             plan.adopts.append(AdoptImage(image))
@@ -226,7 +230,7 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
                     plan.duplicates.append(seen)
                 foreign.append(seen)
                 continue
-            image = ManagedImage(pack_id, seen.image_id, sha256, seen.url, file_name_for(wanted[sha256].key),
+            image = ManagedImage(pack_id, seen.image_id, sha256, seen.url, file_name_for(_name(wanted[sha256])),
                                  source.label, seen.metadata)
             plan.adopts.append(AdoptImage(image, recovered=False))
         if image is None:
@@ -245,7 +249,7 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
 
     for sha256, item in wanted.items():
         if sha256 not in kept:
-            plan.adds.append(AddImage(source.label, item, file_name_for(item.key)))
+            plan.adds.append(AddImage(source.label, item, file_name_for(_name(item))))
     if source.unknown:  # any of those images may hold what would be added: adding waits for their bytes
         plan.waiting, plan.adds = plan.adds, []
 

@@ -162,9 +162,7 @@ class Syncer:
         """Read the pack while scanning the source, then plan; a few mappings at a time, to bound memory."""
         async with slots:
             previous = self.store.file_cache(report.label)
-            remote, scan = await asyncio.gather(
-                self._read_pack(report),
-                asyncio.to_thread(self._scan, report, previous, busy))
+            remote, scan = await asyncio.gather(self._read_pack(report), self._scan(report, previous, busy))
             if scan is None:
                 return
             if not options.dry_run:
@@ -178,10 +176,11 @@ class Syncer:
             if report.plan.pack_id and not options.dry_run:  # what the pack read says of the AI metadata
                 self.store.update_metadata(report.plan.pack_id, report.plan.metadata)
 
-    def _scan(self, report: MappingReport, previous: dict[str, CachedFile], busy: Collection[str]) -> Scan | None:
-        """Scan one source (in a worker thread: it touches no state, only the given cache)."""
+    async def _scan(self, report: MappingReport, previous: dict[str, CachedFile],
+                    busy: Collection[str]) -> Scan | None:
+        """Scan one source (it touches no state, only the given cache)."""
         try:
-            return self.sources[report.label].scan(previous, busy, lambda _n: self.progress.advance("hashed"))
+            return await self.sources[report.label].scan(previous, busy, lambda _n: self.progress.advance("hashed"))
         except SourceUnavailable as exc:
             report.safety = f"{exc}; nothing is deleted"
             return None

@@ -100,13 +100,12 @@ class GenviralClient:
                  timeout: float = 30.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         timeouts = httpx.Timeout(timeout, connect=10.0, write=max(timeout, 120.0))
-        agent = {"User-Agent": f"packsync/{__version__}"}
-        tls = httpx.create_ssl_context()  # one for both clients: building one costs tens of ms
-        self._api = httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", transport=transport, limits=limits,
-                                      timeout=timeouts, headers={**agent, "Authorization": f"Bearer {token}"},
-                                      verify=tls)
-        self._storage = httpx.AsyncClient(transport=transport, limits=limits, timeout=timeouts, headers=agent,
-                                          verify=tls)
+        tls = httpx.create_ssl_context()  # one for every client: building one costs tens of ms
+        self._settings: dict[str, Any] = {"transport": transport, "limits": limits, "timeout": timeouts,
+                                          "verify": tls}
+        self._siblings: list[httpx.AsyncClient] = []
+        self._api = self.sibling(base_url, token)
+        self._storage = httpx.AsyncClient(headers={"User-Agent": f"packsync/{__version__}"}, **self._settings)
         self._slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
         self.retry = retry
@@ -133,22 +132,35 @@ class GenviralClient:
     async def __aexit__(self, *_exc: object) -> None:
         await self.aclose()
 
+    def sibling(self, base_url: str, token: str) -> httpx.AsyncClient:
+        """An httpx client for an API at ``base_url`` with a Bearer ``token``, set up like this one's and
+        closed with it."""
+        client = httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", headers={
+            "User-Agent": f"packsync/{__version__}", "Authorization": f"Bearer {token}"}, **self._settings)
+        self._siblings.append(client)
+        return client
+
     async def aclose(self) -> None:
-        await self._api.aclose()
-        await self._storage.aclose()
+        for client in (self._storage, *self._siblings):
+            await client.aclose()
 
     # -- transport ---------------------------------------------------------------------------------
 
     async def _request(self, method: str, path: str, *, what: str, safe_to_repeat: bool,
-                       storage: bool = False, **kwargs: Any) -> Any:
-        """Send one request with retries; return the envelope's ``data`` (or None for storage)."""
+                       storage: bool = False, other: tuple[httpx.AsyncClient, Callable[[httpx.Response], Any]]
+                       | None = None, **kwargs: Any) -> Any:
+        """Send one request with retries; return the envelope's ``data`` (or None for storage).
+
+        ``other`` is another API's client and the reading of its answers (Astria's): its requests share
+        this client's slots, retry policy and budget.
+        """
         attempt = 0
         route = f"{method} {what}"
         while True:
             if self._failing[route] >= self.retry.breaker:
                 raise TransientError(f"{route}: not sent; the last {self._failing[route]} attempts all failed, "
                                      "so this run gives up on it")
-            client = self._storage if storage else self._api
+            client = other[0] if other else self._storage if storage else self._api
             # Built before taking a slot: a slot stands for a request on the wire, not one being prepared.
             request = client.build_request(method, path if storage else path.lstrip("/"), **kwargs)
             try:
@@ -160,7 +172,7 @@ class GenviralClient:
                         raise TransientError(f"{method} {what}: cannot connect ({type(exc).__name__})") from None
                     except httpx.TransportError as exc:
                         raise AmbiguousError(f"{method} {what}: connection failed ({type(exc).__name__})") from None
-                answer = self._storage_answer(response, what) if storage \
+                answer = other[1](response) if other else self._storage_answer(response, what) if storage \
                     else self._api_answer(response, method, what)
                 self._failing[route] = 0
                 return answer

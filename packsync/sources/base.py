@@ -15,13 +15,18 @@ from packsync.model import CachedFile, ContentItem, Scan
 
 
 class Source(Protocol):
+    label: str
+
     def exists(self) -> bool:
         """Whether the source is there at all (a folder on an unmounted disk is not)."""
 
-    def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
+    async def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
              on_item: Callable[[int], None] | None = None) -> Scan:
         """Everything the source holds now. ``busy`` items are being written: their last content is
         kept. ``on_item(bytes_read)`` follows each item judged. Raises ``SourceUnavailable``."""
 
-    def read(self, item: ContentItem) -> bytes:
+    async def read(self, item: ContentItem) -> bytes:
         """The item's bytes, provided they still hash to ``item.sha256``; else ``ItemChanged``."""
+
+    def close(self) -> None:
+        """Let go of what the source holds between runs (temporary files)."""

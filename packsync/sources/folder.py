@@ -8,6 +8,7 @@ changed while it was read is reported and retried later, never synced half-writt
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fnmatch
 import hashlib
@@ -21,6 +22,9 @@ from pathlib import Path
 from packsync.errors import ItemChanged, SourceUnavailable
 from packsync.model import CachedFile, ContentItem, Problem, Scan
 from packsync.sources.media import digest_file
+
+#: Small files are read on the event loop: a thread hand-off costs more than the read.
+INLINE_READ_BYTES = 256 * 1024
 
 
 def _matcher(patterns: Sequence[str]) -> Callable[[str], object]:
@@ -59,15 +63,24 @@ class FolderSource:
     def __init__(self, root: Path, filters: Filters) -> None:
         self.root = root
         self.filters = filters
+        self.label = str(root)
 
     def exists(self) -> bool:
         return self.root.is_dir()
 
-    def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
-             on_item: Callable[[int], None] | None = None) -> Scan:
-        return scan_folder(self.root, previous, self.filters, on_item, busy)
+    async def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
+                   on_item: Callable[[int], None] | None = None) -> Scan:
+        """The walk, in a worker thread (it stats and reads files; the event loop goes on)."""
+        return await asyncio.to_thread(scan_folder, self.root, previous, self.filters, on_item, busy)
 
-    def read(self, item: ContentItem) -> bytes:
+    async def read(self, item: ContentItem) -> bytes:
+        """The file's bytes: read on the event loop when small, in a worker thread otherwise."""
+        return self._read(item) if item.size < INLINE_READ_BYTES else await asyncio.to_thread(self._read, item)
+
+    def close(self) -> None:
+        pass
+
+    def _read(self, item: ContentItem) -> bytes:
         try:
             data = (self.root / item.key).read_bytes()
         except OSError as exc:

@@ -1,0 +1,127 @@
+"""The Astria API client (read only): packs in, typed values or classified errors out.
+
+Astria answers plain JSON without an envelope. Its requests share the Genviral client's slots, retry
+policy and run budget (``GenviralClient._request``), and its images are downloaded through the same
+unauthenticated storage client: image URLs are public, and the key goes to Astria's API only.
+Everything an answer says is checked here; an entry that is not an image is a problem of that entry,
+never an error of the pack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from packsync.errors import AuthError, NotFound, PermanentError, TransientError
+from packsync.logs import untrusted
+from packsync.model import AstriaImage, AstriaPack
+from packsync.remote.answers import is_http_url
+from packsync.remote.genviral import GenviralClient, S, _retry_after, _segment
+
+_AUTH = "the Astria API refused the key: it is invalid or revoked ({status})"
+
+
+@dataclass(frozen=True, slots=True)
+class AstriaPackSummary:
+    pack_id: int
+    title: str
+    classes: tuple[str, ...]
+
+
+def _answer(response: httpx.Response, what: str) -> Any:
+    status = response.status_code
+    if status in (401, 403):
+        raise AuthError(_AUTH.format(status=status), status=status)
+    if status == 429:
+        raise TransientError(f"Astria {what}: rate limited (429)", status=status, retry_after=_retry_after(response))
+    if status >= 500:  # reads only: repeating one is always harmless, a 504 included
+        raise TransientError(f"Astria {what}: server error {status}", status=status)
+    if status == 404:
+        raise NotFound(f"Astria {what}: not found, or not visible to the key (404)", status=status)
+    if status >= 300:
+        raise PermanentError(f"Astria {what}: HTTP {status}: {untrusted(response.text[:400], 120)}", status=status)
+    try:
+        return response.json()
+    except ValueError:
+        raise PermanentError(f"Astria {what}: HTTP {status}, not a JSON answer") from None
+
+
+def _title(raw: dict[str, Any], pack_id: int) -> str:
+    title = raw.get("title")
+    return untrusted(title, 120) if isinstance(title, str) and title.strip() else f"pack {pack_id}"
+
+
+def pack_of(data: Any, pack_id: int) -> AstriaPack:
+    """``GET /p/{id}``'s answer, checked entry by entry."""
+    if not isinstance(data, dict) or not isinstance(data.get("prompts_per_class"), dict):
+        raise PermanentError(f"Astria GET /p/{pack_id}: the answer lists no prompts_per_class")
+    images: list[AstriaImage] = []
+    problems: list[tuple[str, str]] = []
+    for cls, prompts in data["prompts_per_class"].items():
+        name = untrusted(str(cls), 60)
+        if not isinstance(prompts, list):
+            problems.append((name, "its prompts are not a list"))
+            continue
+        for number, prompt in enumerate(prompts, 1):
+            prompt_id = prompt.get("id") if isinstance(prompt, dict) else None
+            urls = prompt.get("images") if isinstance(prompt, dict) else None
+            if not isinstance(prompt_id, int) or isinstance(prompt_id, bool) or not isinstance(urls, list):
+                problems.append((f"{name}/prompt {number}", "not a prompt with an id and a list of images"))
+                continue
+            for index, url in enumerate(urls, 1):
+                if is_http_url(url):
+                    images.append(AstriaImage(url, name, prompt_id, index))
+                else:
+                    problems.append((f"{name}-{prompt_id}-{index}", "its URL is not an http(s) address"))
+    return AstriaPack(pack_id, _title(data, pack_id), tuple(untrusted(str(c), 60) for c in data["prompts_per_class"]),
+                      tuple(images), tuple(problems))
+
+
+class AstriaClient:
+    """Astria's packs, read with ``http``'s slots and retries."""
+
+    def __init__(self, base_url: str, token: str, http: GenviralClient) -> None:
+        self.http = http
+        self._client = http.sibling(base_url, token)
+
+    async def _get(self, path: str, what: str, **params: str) -> Any:
+        return await self.http._request("GET", path, what=f"astria {what}", safe_to_repeat=True,
+                                        other=(self._client, functools.partial(_answer, what=what)), params=params)
+
+    async def pack(self, pack_id: int) -> AstriaPack:
+        return pack_of(await self._get(f"/p/{_segment(str(pack_id))}", "GET /p/{id}"), pack_id)
+
+    async def packs(self, *, gallery: bool = False) -> list[AstriaPackSummary]:
+        """The key's packs (or the public gallery's), with their classes."""
+        path = "/gallery/packs" if gallery else "/packs"
+        data = await self._get(path, f"GET {path}")
+        if not isinstance(data, list):
+            raise PermanentError(f"Astria GET {path}: the answer is not a list of packs")
+        found = []
+        for raw in data:
+            pack_id = raw.get("id") if isinstance(raw, dict) else None
+            if isinstance(pack_id, int) and not isinstance(pack_id, bool):
+                costs = raw.get("cost_mc_hash")
+                classes = tuple(untrusted(str(c), 60) for c in costs) if isinstance(costs, dict) else ()
+                found.append(AstriaPackSummary(pack_id, _title(raw, pack_id), classes))
+        return found
+
+    async def details(self, summaries: list[AstriaPackSummary]) -> list[AstriaPack | None]:
+        """Each pack's detail (None for one that cannot be read now), fetched concurrently."""
+
+        async def one(summary: AstriaPackSummary) -> AstriaPack | None:
+            try:
+                return await self.pack(summary.pack_id)
+            except (NotFound, PermanentError, TransientError):
+                return None
+
+        return list(await asyncio.gather(*map(one, summaries)))
+
+    async def download(self, url: str, max_bytes: int, sink: Callable[[], S]) -> S:
+        """An image's bytes, without the key (image URLs are public storage)."""
+        return await self.http.download(url, max_bytes, sink)

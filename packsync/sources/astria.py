@@ -1,0 +1,124 @@
+"""An Astria pack as a source: its example images, known by their URLs, mirrored like a folder's files.
+
+Astria's image URLs are public storage addresses whose bytes do not change, so an image's URL is its
+identity: each new URL is downloaded once (without the key), sniffed, hashed and held in a private
+spool folder until it is uploaded; a URL seen before costs nothing. A download that fails is a
+problem of that image, tried again next run. The pack read itself failing is the source being
+unavailable: nothing is deleted because of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+
+from packsync.errors import ItemChanged, NotFound, PermanentError, SourceUnavailable, TransientError
+from packsync.logs import untrusted
+from packsync.model import AstriaImage, CachedFile, ContentItem, Problem, Scan
+from packsync.remote.astria import AstriaClient
+from packsync.sources.media import SUPPORTED, Digester
+
+
+class _Held:
+    """A download's bytes, hashed and sniffed as they come."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.digester = Digester()
+
+    def update(self, chunk: bytes) -> None:
+        self.data += chunk
+        self.digester.update(chunk)
+
+
+class AstriaSource:
+    """One Astria pack (``classes`` of it, or all), mirrored (the ``Source`` interface)."""
+
+    def __init__(self, client: AstriaClient, pack_id: int, classes: Sequence[str] | None, max_bytes: int) -> None:
+        self.client = client
+        self.pack_id = pack_id
+        self.classes = set(classes) if classes is not None else None
+        self.max_bytes = max_bytes
+        self.label = f"astria:{pack_id}"
+        self.title: str | None = None
+        self._spool: Path | None = None
+
+    def exists(self) -> bool:
+        return True  # known only by reading it: a pack that is gone is a scan's SourceUnavailable
+
+    async def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
+                   on_item: Callable[[int], None] | None = None) -> Scan:
+        try:
+            pack = await self.client.pack(self.pack_id)
+        except NotFound:
+            raise SourceUnavailable(f"{self.label}: Astria has no pack {self.pack_id} the key can see") from None
+        except (PermanentError, TransientError) as exc:
+            raise SourceUnavailable(f"{self.label}: cannot read the Astria pack ({exc})") from None
+        self.title = pack.title
+        wanted = [image for image in pack.images if self.classes is None or image.cls in self.classes]
+        firsts: dict[str, AstriaImage] = {}
+        for image in wanted:
+            firsts.setdefault(image.url, image)  # the same URL under several prompts is one image
+        scan = Scan(self.label, problems=[Problem(where, why) for where, why in pack.problems
+                                          if self.classes is None or where.split("-")[0].split("/")[0] in self.classes])
+        self._clear_spool()
+        new = [image for url, image in firsts.items() if url not in previous or previous[url].sha256 is None]
+        fetched = dict(zip((image.url for image in new), await asyncio.gather(*map(self._fetch, new)), strict=True))
+        for url, image in firsts.items():
+            got = fetched.get(url)
+            if isinstance(got, str):
+                scan.problems.append(Problem(url, f"{image.stem}: {got}"))
+                continue
+            cached = got or previous[url]
+            assert cached.sha256 is not None and cached.content_type is not None
+            scan.cache[url] = cached
+            scan.items.append(ContentItem(url, cached.sha256, cached.size, cached.content_type,
+                                          f"{image.stem}.{SUPPORTED[cached.content_type]}"))
+            if got is not None and on_item:
+                on_item(cached.size)
+        scan.hashed_files = sum(1 for got in fetched.values() if isinstance(got, CachedFile))
+        return scan
+
+    async def _fetch(self, image: AstriaImage) -> CachedFile | str:
+        """Download a new image into the spool: what it is, or why it cannot be synced (this run)."""
+        try:
+            held = await self.client.download(image.url, self.max_bytes, _Held)
+        except (PermanentError, TransientError) as exc:
+            return f"cannot download it ({untrusted(str(exc), 120)}); tried again next run"
+        digest = held.digester.digest()
+        if digest.content_type is None or digest.problem:
+            return digest.problem or "not an image"
+        await asyncio.to_thread(self._spooled(digest.sha256).write_bytes, held.data)
+        return CachedFile(0, 0, digest.size, 0, digest.sha256, digest.content_type, None)
+
+    def _spooled(self, sha256: str) -> Path:
+        if self._spool is None:
+            self._spool = Path(tempfile.mkdtemp(prefix="packsync-astria-"))
+        return self._spool / sha256
+
+    def _clear_spool(self) -> None:
+        """Drop what the last scan held: its uploads are over (a sync runs after the one before it)."""
+        if self._spool is not None:
+            shutil.rmtree(self._spool, ignore_errors=True)
+            self._spool = None
+
+    async def read(self, item: ContentItem) -> bytes:
+        """The bytes from the spool, or downloaded again (an image hashed by an earlier run)."""
+        path = self._spooled(item.sha256)
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except OSError:
+            try:
+                data = bytes((await self.client.download(item.key, self.max_bytes, _Held)).data)
+            except (PermanentError, TransientError) as exc:
+                raise ItemChanged(f"cannot download it again ({untrusted(str(exc), 120)})") from None
+        if hashlib.sha256(data).hexdigest() != item.sha256:
+            raise ItemChanged("its URL now serves other bytes; it will be synced on the next run")
+        return data
+
+    def close(self) -> None:
+        self._clear_spool()
