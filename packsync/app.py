@@ -7,12 +7,12 @@ metadata poller and the syncer that ties them together. Nothing else wires these
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from packsync.config import Config, MappingConfig
+from packsync.config import ASTRIA_TOKEN_ENV, Config, MappingConfig, read_token
 from packsync.engine.metadata import MetadataPoller
 from packsync.engine.packs import PackResolver
 from packsync.engine.pull import Puller, PullReport
@@ -43,13 +43,18 @@ def client_for(config: Config, token: str) -> GenviralClient:
     return GenviralClient(config.genviral.base_url, token, concurrency=config.genviral.concurrency)
 
 
-def astria_for(config: Config, api: GenviralClient) -> AstriaClient | None:
-    """The Astria client, when a mapping needs one; its key is read (and kept out of every output) here."""
-    token = config.astria_token()
-    if token is None:
-        return None
+def read_astria_token(config: Config) -> str:
+    """The Astria key, kept out of every output from here on."""
+    token = read_token(config.astria, "astria", (ASTRIA_TOKEN_ENV,))
     register_secret(token)
-    return AstriaClient(config.astria.base_url, token, api)
+    return token
+
+
+def astria_for(config: Config, api: GenviralClient) -> AstriaClient | None:
+    """The Astria client, when a mapping needs one."""
+    if not any(mapping.astria_pack for mapping in config.mappings):
+        return None
+    return AstriaClient(config.astria.base_url, read_astria_token(config), api)
 
 
 @dataclass(slots=True)
@@ -94,10 +99,16 @@ async def open_app(config: Config, token: str, *, readonly: bool = False,
 
 
 async def pull_once(config: Config, token: str, pack: str, folder: Path, *, delete: bool, dry_run: bool,
-                    progress: Progress | None = None) -> PullReport:
-    """``packsync pull``: open everything, pull one pack into ``folder``, close everything."""
+                    progress: Progress | None = None, classes: Collection[str] | None = None) -> PullReport:
+    """``packsync pull``: open everything, pull one pack (``genviral:…`` or ``astria:…``) into ``folder``,
+    close everything."""
+    system, _, wanted = pack.partition(":")
     async with open_app(config, token, readonly=dry_run, progress=progress) as app:
-        return await Puller(app.api, app.store, progress).pull(pack, folder, delete=delete, dry_run=dry_run)
+        puller = Puller(app.api, app.store, progress)
+        if system == "astria":
+            astria = AstriaClient(config.astria.base_url, read_astria_token(config), app.api)
+            return await puller.pull_astria(astria, int(wanted), classes, folder, delete=delete, dry_run=dry_run)
+        return await puller.pull(wanted, folder, delete=delete, dry_run=dry_run)
 
 
 async def sync_once(config: Config, token: str, options: SyncOptions, progress: Progress | None = None) -> SyncReport:

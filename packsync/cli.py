@@ -108,13 +108,18 @@ def run(dry_run: bool, no_wait: bool, wait_timeout: float, force: bool) -> None:
 
 
 @_command(main)
-@click.argument("source", metavar="genviral:PACK")
+@click.argument("source", metavar="genviral:PACK|astria:ID")
 @click.argument("folder")
 @click.option("--delete", is_flag=True, help="Also delete files pulled earlier whose images left the pack.")
 @click.option("--dry-run", is_flag=True, help="Print what would be downloaded and deleted; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")
-def pull(source: str, folder: str, delete: bool, dry_run: bool, as_json: bool) -> None:
-    """Download a pack's images into FOLDER (created if missing); PACK is an id or an exact name."""
+@click.option("--classes", metavar="A,B", help="astria: only these classes (default: all).")
+def pull(source: str, folder: str, delete: bool, dry_run: bool, as_json: bool, classes: str | None) -> None:
+    """Download a pack's images into FOLDER (created if missing).
+
+    A Genviral PACK is an id or an exact name. An Astria pack (by its number) is written one sub-folder
+    per class: FOLDER/<class>/<prompt id>-<n>.<ext>.
+    """
     from packsync.app import pull_once
     from packsync.state.lock import StateLock
     from packsync.views.json import pull_document, write_json
@@ -122,15 +127,17 @@ def pull(source: str, folder: str, delete: bool, dry_run: bool, as_json: bool) -
     from packsync.views.text import print_pull
 
     system, _, pack = source.partition(":")
-    if system != "genviral" or not pack:
-        raise ConfigError(f"{source}: give the pack as genviral:PACK (an id or an exact name).")
+    if not (system == "genviral" and pack or system == "astria" and pack.isdigit()):
+        raise ConfigError(f"{source}: give the pack as genviral:PACK (an id or an exact name) or astria:ID.")
+    if classes is not None and system != "astria":
+        raise ConfigError("--classes: applies to astria: packs only.")
     if not folder.strip():
         raise ConfigError("FOLDER: name the folder to pull into (it is created if missing).")
     config = _config()
     token = _token(config)
     with nullcontext() if dry_run else StateLock(config.state_path):
-        report = asyncio.run(pull_once(config, token, pack, Path(folder), delete=delete, dry_run=dry_run,
-                                       progress=Progress()))
+        report = asyncio.run(pull_once(config, token, source, Path(folder), delete=delete, dry_run=dry_run,
+                                       progress=Progress(), classes=classes.split(",") if classes else None))
     if as_json:
         write_json(pull_document(report, dry_run), sys.stdout)
     else:

@@ -161,12 +161,6 @@ class Config(_ConfigFile, frozen=True):
         """Read the API token from its file or environment variable; never from the config itself."""
         return read_token(self.genviral)
 
-    def astria_token(self) -> str | None:
-        """The Astria key, when a mapping needs one (None otherwise)."""
-        if not any(mapping.astria_pack for mapping in self.mappings):
-            return None
-        return read_token(self.astria, "astria", (ASTRIA_TOKEN_ENV,))
-
     def require_mappings(self) -> None:
         """Syncing needs at least one folder: say so instead of silently doing nothing."""
         if not self.mappings:

@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import os
 import re
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -25,6 +26,7 @@ from packsync.engine.download import url_problem
 from packsync.errors import NotFound, PermanentError, SourceUnavailable, TransientError
 from packsync.logs import get_logger, untrusted
 from packsync.model import PackSummary, RemoteImage, RemotePack, UrlContent
+from packsync.remote.astria import AstriaClient
 from packsync.remote.genviral import GenviralClient
 from packsync.sources.media import SUPPORTED, Digester, digest_file
 from packsync.state.store import PulledFile, Store
@@ -47,6 +49,16 @@ def name_from_url(url: str) -> str | None:
     if not (dot and stem and ext.lower() in _EXTENSIONS and _SAFE.fullmatch(segment)):
         return None
     return segment
+
+
+def genviral_name(image: RemoteImage, content_type: str) -> str:
+    """A Genviral image's file: its URL's name when that is safe, else ``<image id>.<ext>``."""
+    return name_from_url(image.url) or fallback_name(image.image_id, content_type)
+
+
+def _safe_part(text: str) -> str:
+    """``text`` as one safe path segment (an Astria class name is the API's, so untrusted)."""
+    return text if _SAFE.fullmatch(text) and text not in (".", "..") else hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def fallback_name(image_id: str, content_type: str) -> str:
@@ -139,7 +151,25 @@ class Puller:
         self.log = get_logger()
 
     async def pull(self, wanted: str, folder: Path, *, delete: bool = False, dry_run: bool = False) -> PullReport:
+        """Pull the Genviral pack ``wanted`` (an id, or an exact name)."""
         pack = await find_pack(self.api, wanted)
+        return await self._pull(pack, genviral_name, folder, delete=delete, dry_run=dry_run)
+
+    async def pull_astria(self, astria: AstriaClient, pack_id: int, classes: Collection[str] | None, folder: Path,
+                          *, delete: bool = False, dry_run: bool = False) -> PullReport:
+        """Pull an Astria pack (``classes`` of it, or all): one sub-folder per class."""
+        found = await astria.pack(pack_id)
+        chosen = {image.url: image for image in reversed(found.images) if classes is None or image.cls in classes}
+        pack = RemotePack(f"astria:{pack_id}", found.title, tuple(RemoteImage(url, url) for url in reversed(chosen)))
+
+        def name(image: RemoteImage, content_type: str) -> str:
+            source = chosen[image.url]
+            return f"{_safe_part(source.cls)}/{source.prompt_id}-{source.index}.{SUPPORTED[content_type]}"
+
+        return await self._pull(pack, name, folder, delete=delete, dry_run=dry_run)
+
+    async def _pull(self, pack: RemotePack, name_of: Callable[[RemoteImage, str], str], folder: Path, *,
+                    delete: bool, dry_run: bool) -> PullReport:
         try:
             folder = folder.expanduser().resolve()
         except (OSError, RuntimeError) as exc:  # a symlink loop
@@ -164,7 +194,7 @@ class Puller:
 
         async def one(image: RemoteImage) -> None:
             try:
-                name = await self._download(image, pack.pack_id, folder, taken, lock)
+                name = await self._download(image, pack.pack_id, folder, taken, lock, name_of)
             except (PermanentError, TransientError, OSError) as exc:
                 report.failures.append((image.image_id, untrusted(str(exc), 200)))
                 return
@@ -179,7 +209,7 @@ class Puller:
         return report
 
     async def _download(self, image: RemoteImage, pack_id: str, folder: Path, taken: set[str],
-                        lock: asyncio.Lock) -> str:
+                        lock: asyncio.Lock, name_of: Callable[[RemoteImage, str], str]) -> str:
         if problem := url_problem(image.url):
             raise PermanentError(problem)
         temp = folder / f"{TEMP_PREFIX}{os.urandom(6).hex()}.part"
@@ -197,9 +227,8 @@ class Puller:
                 raise PermanentError(digest.problem or "not an image")
             async with lock:  # choosing a name and taking it is one step
                 name = self._place(temp, folder, taken, PulledFile(
-                    str(folder), pack_id, name_from_url(image.url) or fallback_name(image.image_id,
-                                                                                   digest.content_type),
-                    image.image_id, image.url, digest.sha256),
+                    str(folder), pack_id, name_of(image, digest.content_type), image.image_id, image.url,
+                    digest.sha256),
                     UrlContent(image.url, digest.sha256, digest.size, digest.content_type))
         finally:
             for opened in sinks:
@@ -211,6 +240,7 @@ class Puller:
         """Give the downloaded file a name no other file has, never replacing one (a link fails on an
         existing name, where a rename would overwrite it). It is recorded first: a pull killed in between
         leaves a record without its file, and the next pull downloads it again."""
+        (folder / record.name).parent.mkdir(exist_ok=True)  # an Astria class's sub-folder
         while True:
             name = _suffixed(record.name, record.image_id, taken)
             taken.add(name.lower())

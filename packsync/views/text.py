@@ -155,8 +155,10 @@ def print_status(status: Status, out: TextIO) -> None:
 
 
 def print_pull(report: PullReport, dry_run: bool, out: TextIO) -> None:
-    out.write(f"genviral:{printable(report.pack.name)} ({printable(report.pack.pack_id)}) → "
-              f"{printable(report.folder)}\n")
+    pack = report.pack
+    source = f"{pack.pack_id} ({printable(pack.name)})" if pack.pack_id.startswith("astria:") \
+        else f"genviral:{printable(pack.name)} ({printable(pack.pack_id)})"
+    out.write(f"{source} → {printable(report.folder)}\n")
     if dry_run:
         for image in report.downloads:
             out.write(f"  {'download':<10} image {printable(image.image_id)}\n")

@@ -1,0 +1,203 @@
+"""Astria packs as a source: mirrored into Genviral packs over HTTP against the sandbox's two APIs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ASTRIA_TOKEN, TOKEN, Env, image, write
+from test_bad_input import stored_file_names
+
+from packsync.errors import ExitCode
+from packsync.sandbox.server import Reply
+
+
+def astria_pack(env: Env, images: dict[str, int], title: str = "Corporate Headshots") -> tuple[int, list[str]]:
+    """An Astria pack with ``images[class]`` images per class, each in its own prompt; returns its id
+    and the image URLs in order."""
+    pack_id = env.sandbox.astria.add_pack(title)
+    urls = [env.sandbox.astria.add_image(pack_id, cls, image(seed=1000 * n + i))
+            for n, (cls, count) in enumerate(images.items()) for i in range(count)]
+    return pack_id, urls
+
+
+def genviral_bytes(env: Env, pack_name: str) -> list[bytes]:
+    return sorted(env.cdn_bytes(env.pack_named(pack_name)["id"]))
+
+
+def astria_bytes(env: Env, urls: list[str]) -> list[bytes]:
+    import httpx
+
+    return sorted(httpx.get(url).content for url in urls)
+
+
+def test_an_astria_pack_is_mirrored_once_and_a_second_run_reads_it_once(env: Env) -> None:
+    pack_id, urls = astria_pack(env, {"woman": 3, "man": 2})
+    env.map_astria(pack_id, pack="Headshots")
+
+    first = env.cli("run", "--no-wait")
+    calls = env.sandbox.calls
+
+    assert first.returncode == ExitCode.OK, first.stderr
+    assert calls[("GET", "astria-img")] == 5 and calls[("POST", "/files")] == 5
+    assert genviral_bytes(env, "Headshots") == astria_bytes(env, urls)
+    genviral_id = env.pack_named("Headshots")["id"]
+    prompts = env.sandbox.astria.get_pack(1, pack_id)["prompts_per_class"]
+    assert sorted(stored_file_names(env.sandbox, genviral_id)) == sorted(
+        f"{cls}-{prompt['id']}-1.png" for cls, listed in prompts.items() for prompt in listed)
+    env.sandbox.reset_calls()
+    second = env.cli("run", "--no-wait")
+    assert second.returncode == ExitCode.OK and "0 added, 0 deleted, 0 failed" in second.stdout
+    assert env.sandbox.calls == {("GET", "astria:/p/{id}"): 1, ("GET", "/packs/{id}"): 1}
+
+
+def test_the_mirror_follows_images_added_and_removed_upstream(env: Env) -> None:
+    pack_id, urls = astria_pack(env, {"woman": 3})
+    env.map_astria(pack_id, pack="Headshots")
+    assert env.cli("run", "--no-wait").returncode == 0
+
+    env.sandbox.astria.remove_image(pack_id, urls[0])
+    urls = urls[1:] + [env.sandbox.astria.add_image(pack_id, "woman", image(seed=77))]
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert "1 added, 1 deleted, 0 failed" in result.stdout
+    assert genviral_bytes(env, "Headshots") == astria_bytes(env, urls)
+
+
+def test_classes_choose_which_images_are_mirrored(env: Env) -> None:
+    pack_id, urls = astria_pack(env, {"woman": 2, "man": 3})
+    env.map_astria(pack_id, pack="Women", classes=["woman"])
+
+    assert env.cli("run", "--no-wait").returncode == 0
+    assert env.sandbox.calls[("GET", "astria-img")] == 2, "images of other classes are not even downloaded"
+    assert genviral_bytes(env, "Women") == astria_bytes(env, urls[:2])
+
+
+def test_the_same_bytes_in_astria_and_in_a_folder_are_uploaded_once(env: Env) -> None:
+    pack_id = env.sandbox.astria.add_pack("Shared")
+    shared = image(seed=5)
+    env.sandbox.astria.add_image(pack_id, "woman", shared)
+    env.sandbox.astria.add_image(pack_id, "man", shared)  # the same bytes under a second URL
+    write(env.map("brand", pack="Brand") / "a.png", shared)
+    env.map_astria(pack_id, pack="Mirror")
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert env.sandbox.calls[("POST", "/files")] == 1 and env.sandbox.calls[("PUT", "storage")] == 1
+    assert genviral_bytes(env, "Brand") == genviral_bytes(env, "Mirror") == [shared]
+
+
+@pytest.mark.parametrize("gone", ["emptied", "deleted"])
+def test_an_emptied_or_vanished_astria_pack_deletes_nothing(env: Env, gone: str) -> None:
+    pack_id, urls = astria_pack(env, {"woman": 3})
+    env.map_astria(pack_id, pack="Headshots")
+    assert env.cli("run", "--no-wait").returncode == 0
+    (env.sandbox.astria.clear if gone == "emptied" else env.sandbox.astria.delete_pack)(pack_id)
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == ExitCode.SAFETY, result.stdout + result.stderr
+    assert f"astria:{pack_id}" in result.stdout + result.stderr
+    assert len(env.pack_named("Headshots")["images"]) == 3
+    assert env.sandbox.calls[("DELETE", "/packs/{id}/images/{image_id}")] == 0
+
+
+def test_a_refused_astria_key_is_exit_3_naming_astria(env: Env) -> None:
+    pack_id, _ = astria_pack(env, {"woman": 1})
+    env.map_astria(pack_id, pack="Headshots")
+    env.sandbox.astria.users = {}
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == ExitCode.AUTH
+    assert "Astria" in result.stderr and "Genviral" not in result.stderr
+    assert env.sandbox.calls[("POST", "/files")] == 0
+
+
+def test_a_config_with_astria_mappings_and_no_key_is_exit_2_naming_the_variable(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    pack_id, _ = astria_pack(env, {"woman": 1})
+    env.map_astria(pack_id, pack="Headshots")
+    del env.astria["token_file"]
+    env.write_config()
+    monkeypatch.delenv("ASTRIA_API_KEY", raising=False)
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == ExitCode.USAGE
+    assert "ASTRIA_API_KEY" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert env.sandbox.calls == {}
+
+
+@pytest.mark.parametrize("key", ["include", "exclude", "follow_symlinks", "polling"])
+def test_folder_keys_on_an_astria_mapping_are_refused_by_name(env: Env, key: str) -> None:
+    env.map_astria(260, pack="Headshots", **{key: ["*.png"] if key in ("include", "exclude") else True})
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == ExitCode.USAGE
+    assert f"mappings[0].{key}: applies to folders only" in result.stderr
+
+
+def _hostile(reply: Reply) -> Reply:
+    pack = json.loads(reply.body)
+    prompts = pack["prompts_per_class"]
+    prompts["woman"].append({"id": 1, "images": ["javascript:alert(1)", "file:///etc/passwd", 42]})
+    prompts["woman"].append({"images": ["http://127.0.0.1:1/no-id"]})
+    prompts["woman"].append("not a prompt")
+    prompts["robot"] = "not a list"
+    return Reply(reply.status, json.dumps(pack).encode())
+
+
+def test_hostile_entries_are_reported_one_by_one_and_the_rest_is_mirrored(env: Env) -> None:
+    pack_id, urls = astria_pack(env, {"woman": 3})
+    env.sandbox.rewrite("GET", "astria:/p/{id}", _hostile)
+    env.sandbox.rewrite("GET", "astria-img", lambda reply: Reply(200, reply.body, "image/png", {
+        "Content-Length": "5000000000"}), count=1)  # one download claims 5 GB
+    env.map_astria(pack_id, pack="Headshots")
+
+    result = env.cli("run", "--no-wait")
+    status = json.loads(env.cli("status", "--json", "--problems", token=None).stdout)["mappings"][0]
+
+    assert result.returncode == ExitCode.SOME_FAILED, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    reasons = [problem["reason"] for problem in status["problem_list"]]
+    assert sum("not an http(s) address" in reason for reason in reasons) == 3
+    assert sum("not a prompt" in reason for reason in reasons) == 2
+    assert sum("not a list" in reason for reason in reasons) == 1
+    assert sum("larger than" in reason for reason in reasons) == 1
+    mirrored = genviral_bytes(env, "Headshots")
+    assert len(mirrored) == 2 and set(mirrored) < set(astria_bytes(env, urls))
+
+
+def test_pull_astria_writes_class_folders_with_exact_bytes_and_resumes(env: Env) -> None:
+    pack_id, urls = astria_pack(env, {"woman": 2, "man": 1})
+    env.map_astria(pack_id, pack="unused")
+    out = env.root / "out"
+
+    first = env.cli("pull", f"astria:{pack_id}", str(out))
+    again = env.cli("pull", f"astria:{pack_id}", str(out))
+
+    assert first.returncode == ExitCode.OK, first.stderr
+    assert env.sandbox.calls[("GET", "astria-img")] == 3, "the second pull downloads nothing"
+    prompts = env.sandbox.astria.get_pack(1, pack_id)["prompts_per_class"]
+    expected = {f"{cls}/{prompt['id']}-1.png" for cls, listed in prompts.items() for prompt in listed}
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == expected
+    assert sorted(p.read_bytes() for p in out.rglob("*.png")) == astria_bytes(env, urls)
+    assert again.returncode == ExitCode.OK
+
+
+def test_the_astria_key_is_never_printed(env: Env, tmp_path: Path) -> None:
+    pack_id, _ = astria_pack(env, {"woman": 1})
+    env.map_astria(pack_id, pack="Headshots")
+    env.sandbox.rewrite("GET", "astria:/p/{id}", lambda reply: Reply(500, json.dumps(
+        {"error": f"bad key {ASTRIA_TOKEN}"}).encode()))
+
+    outputs = [env.cli("-v", "run", "--no-wait"), env.cli("status", token=None), env.cli("-v", "astria", "packs")]
+
+    for result in outputs:
+        assert ASTRIA_TOKEN not in result.stdout + result.stderr
+        assert TOKEN not in result.stdout + result.stderr
