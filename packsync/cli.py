@@ -196,6 +196,39 @@ def packs(public: bool) -> None:
     print_packs(asyncio.run(fetch()), sys.stdout)
 
 
+@main.group()
+def astria() -> None:
+    """Astria packs (read only): list them; mirror one with an astria_pack mapping, or pull it."""
+
+
+@_command(astria, name="packs")
+@click.option("--gallery", is_flag=True, help="The public gallery's packs instead of the key's own.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def astria_packs(gallery: bool, as_json: bool) -> None:
+    """List Astria packs: id, title, classes, image count."""
+    from packsync.app import read_astria_token
+    from packsync.remote.astria import AstriaClient
+    from packsync.remote.genviral import GenviralClient
+    from packsync.views.json import astria_packs_document, write_json
+    from packsync.views.text import print_astria_packs
+
+    config = _config()
+    token = read_astria_token(config)
+
+    async def fetch() -> Any:
+        # The Genviral client lends only its slots, retries and storage client here: it sends nothing.
+        async with GenviralClient(config.genviral.base_url, "", concurrency=config.genviral.concurrency) as http:
+            client = AstriaClient(config.astria.base_url, token, http)
+            summaries = await client.packs(gallery=gallery)
+            return summaries, await client.details(summaries)
+
+    summaries, details = asyncio.run(fetch())
+    if as_json:
+        write_json(astria_packs_document(summaries, details), sys.stdout)
+    else:
+        print_astria_packs(summaries, details, sys.stdout)
+
+
 @_command(main)
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option("--state", "state_path", type=click.Path(path_type=Path), help="Keep the sandbox's data in this file.")

@@ -193,3 +193,12 @@ class AstriaPack:
     classes: tuple[str, ...]
     images: tuple[AstriaImage, ...]
     problems: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AstriaPackSummary:
+    """An Astria pack as ``GET /packs`` lists it."""
+
+    pack_id: int
+    title: str
+    classes: tuple[str, ...]

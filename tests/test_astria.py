@@ -50,6 +50,9 @@ def test_an_astria_pack_is_mirrored_once_and_a_second_run_reads_it_once(env: Env
     second = env.cli("run", "--no-wait")
     assert second.returncode == ExitCode.OK and "0 added, 0 deleted, 0 failed" in second.stdout
     assert env.sandbox.calls == {("GET", "astria:/p/{id}"): 1, ("GET", "/packs/{id}"): 1}
+    status = env.cli("status", token=None)
+    assert f"astria:{pack_id} (Corporate Headshots) → Headshots" in status.stdout
+    assert "files 5 · synced 5" in status.stdout
 
 
 def test_the_mirror_follows_images_added_and_removed_upstream(env: Env) -> None:
@@ -201,3 +204,16 @@ def test_the_astria_key_is_never_printed(env: Env, tmp_path: Path) -> None:
     for result in outputs:
         assert ASTRIA_TOKEN not in result.stdout + result.stderr
         assert TOKEN not in result.stdout + result.stderr
+
+
+def test_astria_packs_lists_id_title_classes_and_image_count(env: Env) -> None:
+    mine, _ = astria_pack(env, {"woman": 2, "man": 1}, title="Mine")
+    public = env.sandbox.astria.add_pack("Gallery pick", user_id=2, public=True)
+    env.sandbox.astria.add_image(public, "dog", image(seed=3))
+    env.map_astria(mine, pack="unused")
+
+    own = json.loads(env.cli("astria", "packs", "--json").stdout)["packs"]
+    gallery = env.cli("astria", "packs", "--gallery")
+
+    assert own == [{"id": mine, "title": "Mine", "classes": ["woman", "man"], "images": 3}]
+    assert gallery.returncode == 0 and f"{public}  Gallery pick" in gallery.stdout and "dog" in gallery.stdout

@@ -23,6 +23,7 @@ from conftest import TOKEN, Env, image, write
 from helpers import wait_until
 
 from packsync.errors import ExitCode
+from packsync.state.store import SCHEMA_VERSION
 
 DELETE = ("DELETE", "/packs/{id}/images/{image_id}")
 
@@ -381,7 +382,7 @@ def test_a_state_of_schema_1_is_read_as_migrated_and_migrated_on_the_next_run(en
     assert env.sandbox.mutating_calls() == 0
     with sqlite3.connect(env.state_path) as db:
         assert db.execute("SELECT DISTINCT owner FROM images").fetchall() == [(str(folder),)]
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (str(SCHEMA_VERSION),)
 
 
 def test_a_migration_cut_short_is_finished_by_the_next_run(env: Env) -> None:
@@ -405,10 +406,10 @@ def _as_made_by_sqlmodel(state: Path) -> None:
     with sqlite3.connect(state) as old, sqlite3.connect(rebuilt) as new:
         new.executescript(schema)
         for (table,) in old.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
-            cursor = old.execute(f"SELECT * FROM {table}")
-            columns = [column[0] for column in cursor.description]
+            columns = [row[1] for row in new.execute(f"PRAGMA table_info({table})")]  # those it had then
             new.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                            cursor.fetchall())
+                            old.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall())
+        new.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
     for leftover in state.parent.glob(state.name + "-*"):
         leftover.unlink()
     os.replace(rebuilt, state)
@@ -422,6 +423,9 @@ def test_a_state_made_by_the_sqlmodel_version_is_used_as_it_is(env: Env) -> None
     write(folder / "b.png", image())
     assert env.cli("run", "--no-wait").returncode == 0
     _as_made_by_sqlmodel(env.state_path)
+    before = env.state_path.read_bytes()
+    assert "synced 2" in env.cli("status", token=None).stdout
+    assert env.state_path.read_bytes() == before, "reading an older state does not upgrade it"
     env.sandbox.reset_calls()
 
     assert env.cli("run", "--no-wait").returncode == 0

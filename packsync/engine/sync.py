@@ -154,7 +154,8 @@ class Syncer:
             result.metadata_pending = await self.metadata.wait(pack_ids, options.wait_timeout_s,
                                                                Backoff(options.poll_start_s, options.poll_cap_s))
         for report in reports:
-            self.store.save_mapping(report.label, synced_at=time.time(), last_error=report.last_error)
+            self.store.save_mapping(report.label, synced_at=time.time(), last_error=report.last_error,
+                                    source_name=self.sources[report.label].name)
         return result
 
     async def _plan(self, report: MappingReport, options: SyncOptions, busy: Collection[str],

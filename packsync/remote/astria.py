@@ -12,25 +12,17 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from packsync.errors import AuthError, NotFound, PermanentError, TransientError
 from packsync.logs import untrusted
-from packsync.model import AstriaImage, AstriaPack
+from packsync.model import AstriaImage, AstriaPack, AstriaPackSummary
 from packsync.remote.answers import is_http_url
 from packsync.remote.genviral import GenviralClient, S, _retry_after, _segment
 
 _AUTH = "the Astria API refused the key: it is invalid or revoked ({status})"
-
-
-@dataclass(frozen=True, slots=True)
-class AstriaPackSummary:
-    pack_id: int
-    title: str
-    classes: tuple[str, ...]
 
 
 def _answer(response: httpx.Response, what: str) -> Any:

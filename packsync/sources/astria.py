@@ -44,7 +44,7 @@ class AstriaSource:
         self.classes = set(classes) if classes is not None else None
         self.max_bytes = max_bytes
         self.label = f"astria:{pack_id}"
-        self.title: str | None = None
+        self.name: str | None = None
         self._spool: Path | None = None
 
     def exists(self) -> bool:
@@ -58,7 +58,7 @@ class AstriaSource:
             raise SourceUnavailable(f"{self.label}: Astria has no pack {self.pack_id} the key can see") from None
         except (PermanentError, TransientError) as exc:
             raise SourceUnavailable(f"{self.label}: cannot read the Astria pack ({exc})") from None
-        self.title = pack.title
+        self.name = pack.title
         wanted = [image for image in pack.images if self.classes is None or image.cls in self.classes]
         firsts: dict[str, AstriaImage] = {}
         for image in wanted:

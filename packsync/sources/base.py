@@ -16,6 +16,8 @@ from packsync.model import CachedFile, ContentItem, Scan
 
 class Source(Protocol):
     label: str
+    #: What the source calls itself, once scanned, when that says more than its label (a pack's title).
+    name: str | None
 
     def exists(self) -> bool:
         """Whether the source is there at all (a folder on an unmounted disk is not)."""

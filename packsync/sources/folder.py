@@ -64,6 +64,7 @@ class FolderSource:
         self.root = root
         self.filters = filters
         self.label = str(root)
+        self.name: str | None = None
 
     def exists(self) -> bool:
         return self.root.is_dir()

@@ -12,7 +12,8 @@ One SQLite file (WAL mode, private to the user) with these tables:
 - ``url_contents`` — per image URL packsync downloaded: the content it serves (or why not known),
                  so no URL is downloaded twice.
 - ``pulled``   — per folder ``packsync pull`` wrote to: each file it wrote and the image it came from.
-- ``mappings`` — per mapped folder: the pack it syncs to and how the last sync went.
+- ``mappings`` — per mapped source: the pack it syncs to, the source's own name (an Astria pack's
+                 title) and how the last sync went.
 - ``daemon``   — one row: what the running daemon is doing, for ``packsync status``.
 
 Folders and other sources are keyed by their label (a folder's path). Every step is committed as
@@ -44,7 +45,7 @@ from urllib.parse import quote
 from packsync.errors import StateError, StateUnavailable
 from packsync.model import METADATA_SETTLED, Blob, CachedFile, ManagedImage, Metadata, Problem, UrlContent
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APP_ID = "packsync"
 
 #: The tables, as SQLite keeps them. Every column without a value is written by packsync explicitly:
@@ -66,7 +67,7 @@ TABLES = {
     "pulled": """(folder VARCHAR NOT NULL, pack_id VARCHAR NOT NULL, image_id VARCHAR NOT NULL, name VARCHAR NOT NULL,
         url VARCHAR NOT NULL, sha256 VARCHAR NOT NULL, PRIMARY KEY (folder, pack_id, image_id))""",
     "mappings": """(root VARCHAR NOT NULL PRIMARY KEY, pack_id VARCHAR, pack_name VARCHAR, synced_at FLOAT,
-        last_error VARCHAR)""",
+        last_error VARCHAR, source_name VARCHAR)""",
     "daemon": """(id INTEGER NOT NULL PRIMARY KEY, pid INTEGER, started_at FLOAT, last_full_scan FLOAT,
         queue INTEGER NOT NULL, state VARCHAR NOT NULL, last_error VARCHAR, updated_at FLOAT)""",
 }
@@ -89,11 +90,15 @@ class PulledFile:
 
 @dataclass(frozen=True, slots=True)
 class MappingRecord:
+    """What the state remembers of a mapping; ``source_name`` is what its source calls itself (an Astria
+    pack's title)."""
+
     root: str
     pack_id: str | None = None
     pack_name: str | None = None
     synced_at: float | None = None
     last_error: str | None = None
+    source_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +325,9 @@ class Store:
             if columns and "owner" not in columns:  # schema 1 → 2
                 db.execute("ALTER TABLE images ADD COLUMN owner VARCHAR NOT NULL DEFAULT ''")
                 db.execute(f"UPDATE images SET owner = {_OWNER_BEFORE_2}")
+            columns = {row[1] for row in db.execute("PRAGMA table_info(mappings)")}
+            if columns and "source_name" not in columns:  # schema 2 → 3
+                db.execute("ALTER TABLE mappings ADD COLUMN source_name VARCHAR")
             _create(db, TABLES.keys() - _tables(db))
             db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                            [("app", APP_ID), ("schema", str(SCHEMA_VERSION))])
@@ -331,6 +339,8 @@ class Store:
         if version is not None and version < 2:
             self.db.execute("CREATE TEMP VIEW images AS SELECT *, "
                             f"{_OWNER_BEFORE_2} AS owner FROM main.images AS images")
+        if version is not None and version < 3 and "mappings" in tables:
+            self.db.execute("CREATE TEMP VIEW mappings AS SELECT *, NULL AS source_name FROM main.mappings")
 
     def close(self) -> None:
         self.db.close()
@@ -528,14 +538,14 @@ class Store:
     # -- mappings ----------------------------------------------------------------------------------
 
     def mapping(self, source: str) -> MappingRecord | None:
-        rows = self._rows("SELECT root, pack_id, pack_name, synced_at, last_error FROM mappings WHERE root = ?",
-                          source)
+        rows = self._rows("SELECT root, pack_id, pack_name, synced_at, last_error, source_name FROM mappings "
+                          "WHERE root = ?", source)
         return MappingRecord(*rows[0]) if rows else None
 
     def save_mapping(self, source: str, **changes: Any) -> None:
         record = replace(self.mapping(source) or MappingRecord(source), **changes)
-        self._write("INSERT OR REPLACE INTO mappings (root, pack_id, pack_name, synced_at, last_error) "
-                    "VALUES (?, ?, ?, ?, ?)", *astuple(record))
+        self._write("INSERT OR REPLACE INTO mappings (root, pack_id, pack_name, synced_at, last_error, source_name) "
+                    "VALUES (?, ?, ?, ?, ?, ?)", *astuple(record))
 
     # -- daemon ------------------------------------------------------------------------------------
 

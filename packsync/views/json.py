@@ -9,7 +9,7 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
-from packsync.model import Metadata
+from packsync.model import AstriaPack, AstriaPackSummary, Metadata
 from packsync.views.status import DaemonStatus, FileStatus, MappingStatus, Status
 
 if TYPE_CHECKING:  # `status --json` does not load the HTTP client
@@ -40,7 +40,7 @@ def _daemon(daemon: DaemonStatus) -> dict[str, Any]:
 
 def _mapping(mapping: MappingStatus) -> dict[str, Any]:
     entry: dict[str, Any] = {
-        "path": mapping.path, "pack_id": mapping.pack_id, "pack_name": mapping.pack_name,
+        "path": mapping.path, "source": mapping.source, "pack_id": mapping.pack_id, "pack_name": mapping.pack_name,
         "last_sync": when(mapping.last_sync), "last_error": mapping.last_error,
         "files": mapping.file_count, **mapping.counts, "images": mapping.images, "metadata": mapping.metadata,
     }
@@ -69,6 +69,13 @@ def pull_document(report: PullReport, dry_run: bool) -> dict[str, Any]:
             "deleted": report.deleted, "failed": [{"image_id": i, "reason": r} for i, r in report.failures],
             **({"would_download": [i.image_id for i in report.downloads],
                 "would_delete": [r.name for r in report.deletes]} if dry_run else {})}
+
+
+def astria_packs_document(packs: list[AstriaPackSummary], details: list[AstriaPack | None]) -> dict[str, Any]:
+    return {"packs": [{"id": pack.pack_id, "title": pack.title,
+                       "classes": list(detail.classes if detail else pack.classes),
+                       "images": len(detail.images) if detail else None} for pack, detail in zip(packs, details,
+                                                                                                  strict=True)]}
 
 
 def write_json(document: dict[str, Any], out: TextIO) -> None:

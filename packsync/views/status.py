@@ -42,6 +42,12 @@ class MappingStatus:
     problems: list[Problem] | None  # with ``problems=True`` only
 
     @property
+    def source(self) -> str:
+        """The source as people read it: a folder's path, or ``astria:260 (Corporate Headshots)``."""
+        name = self.record.source_name if self.record else None
+        return f"{self.path} ({name})" if name else self.path
+
+    @property
     def file_count(self) -> int:
         return sum(self.counts.values())
 

@@ -14,7 +14,7 @@ from typing import TextIO
 
 from packsync.engine.pull import PullReport
 from packsync.engine.sync import MappingReport, SyncReport
-from packsync.model import PackSummary, Problem
+from packsync.model import AstriaPack, AstriaPackSummary, PackSummary, Problem
 from packsync.views.json import when
 from packsync.views.status import Status
 
@@ -129,7 +129,7 @@ def print_status(status: Status, out: TextIO) -> None:
     elif daemon:
         out.write(f"daemon: not running (last seen {when(daemon.record.updated_at)})\n")
     for mapping in status.mappings:
-        out.write(_header(mapping.path, mapping.pack_name or mapping.pack_id or "?", mapping.pack_id) + "\n")
+        out.write(_header(mapping.source, mapping.pack_name or mapping.pack_id or "?", mapping.pack_id) + "\n")
         counts, meta = mapping.counts, mapping.metadata
         out.write(f"  files {mapping.file_count} · synced {counts['synced']} · pending {counts['pending']} · "
                   f"failed {counts['failed']} · metadata {meta['completed']} completed, {meta['pending']} pending, "
@@ -181,3 +181,13 @@ def print_packs(packs: list[PackSummary], out: TextIO) -> None:
         out.write(f"{printable(pack.pack_id):<36}  {name:<{width}}  {pack.image_count}"
                   + ("  (public)" if pack.is_public else "") + "\n")
 
+
+
+def print_astria_packs(packs: list[AstriaPackSummary], details: list[AstriaPack | None], out: TextIO) -> None:
+    titles = [printable(p.title) for p in packs]
+    width = max(map(len, titles), default=5)
+    out.write(f"{'id':>8}  {'title':<{width}}  {'classes':<20}  images\n")
+    for pack, title, detail in zip(packs, titles, details, strict=True):
+        classes = ",".join(printable(c) for c in (detail.classes if detail else pack.classes))
+        out.write(f"{pack.pack_id:>8}  {title:<{width}}  {classes:<20}  "
+                  f"{len(detail.images) if detail else '?'}\n")
