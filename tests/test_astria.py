@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
 from conftest import ASTRIA_TOKEN, TOKEN, Env, image, write
+from helpers import wait_until
 from test_bad_input import stored_file_names
 
 from packsync.errors import ExitCode
@@ -217,3 +219,33 @@ def test_astria_packs_lists_id_title_classes_and_image_count(env: Env) -> None:
 
     assert own == [{"id": mine, "title": "Mine", "classes": ["woman", "man"], "images": 3}]
     assert gallery.returncode == 0 and f"{public}  Gallery pick" in gallery.stdout and "dog" in gallery.stdout
+
+
+def images_of(env: Env, name: str) -> int:
+    return len(env.pack_named(name)["images"]) if any(p["name"] == name for p in env.sandbox.packs()) else 0
+
+
+def test_the_daemon_reads_astria_packs_again_on_sighup(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    pack_id, _ = astria_pack(daemon_env, {"woman": 2})
+    daemon_env.map_astria(pack_id, pack="Headshots")
+    daemon = start()
+    wait_until(lambda: images_of(daemon_env, "Headshots") == 2, timeout=15)
+
+    daemon_env.sandbox.astria.add_image(pack_id, "man", image(seed=42))
+    daemon.proc.send_signal(signal.SIGHUP)
+
+    wait_until(lambda: images_of(daemon_env, "Headshots") == 3, timeout=15)
+
+
+def test_the_daemon_reads_astria_packs_again_every_poll_interval(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    pack_id, urls = astria_pack(daemon_env, {"woman": 2})
+    daemon_env.astria["poll_interval_s"] = 10  # the shortest allowed
+    daemon_env.map_astria(pack_id, pack="Headshots")
+    start()
+    wait_until(lambda: images_of(daemon_env, "Headshots") == 2, timeout=15)
+    reads = daemon_env.sandbox.calls[("GET", "astria:/p/{id}")]
+
+    daemon_env.sandbox.astria.remove_image(pack_id, urls[0])
+
+    wait_until(lambda: images_of(daemon_env, "Headshots") == 1, timeout=30)
+    assert daemon_env.sandbox.calls[("GET", "astria:/p/{id}")] == reads + 1
