@@ -1,7 +1,8 @@
 """``packsync demo``: a complete sync with zero set-up, against the built-in sandbox.
 
 It makes sample images in a temporary folder, starts the sandbox in-process, writes a real
-config file, syncs, changes the folder (a rename, a delete, a new file) and syncs again, then
+config file, syncs, changes the folder (a rename, a delete, a new file) and syncs again, mirrors
+the sandbox's demo Astria pack into a Genviral pack and follows an image removed from it, then
 shows the status table with the AI descriptions the sandbox generated.
 """
 
@@ -17,7 +18,7 @@ from packsync.app import sync_once
 from packsync.config import load_config
 from packsync.engine.sync import SyncOptions
 from packsync.errors import ExitCode
-from packsync.sandbox import Sandbox
+from packsync.sandbox import ASTRIA_DEMO_TOKEN, Sandbox, seed_astria_demo
 from packsync.sandbox.imaging import solid_png
 from packsync.state.store import Store
 from packsync.views.progress import Progress
@@ -51,6 +52,16 @@ pack = "Brand Assets"
 [[mappings]]
 path = "products"
 pack_id = "{products_pack}"
+"""
+
+ASTRIA_CONFIG = """
+[astria]
+base_url = "{astria_url}"
+token_file = "astria.key"
+
+[[mappings]]
+astria_pack = {astria_pack}
+pack = "Headshots"
 """
 
 
@@ -97,6 +108,23 @@ def _demo(folder: Path) -> ExitCode:
         print_run(report, sys.stdout)
         calls = ", ".join(f"{method} {route} ×{count}" for (method, route), count in sorted(sandbox.calls.items()))
         sys.stdout.write(f"API calls: {calls}\n")
+
+        astria_pack = seed_astria_demo(sandbox)
+        key = folder / "astria.key"
+        key.write_text(ASTRIA_DEMO_TOKEN, encoding="utf-8")
+        key.chmod(0o600)
+        with config_path.open("a", encoding="utf-8") as handle:
+            handle.write(ASTRIA_CONFIG.format(astria_url=sandbox.astria_url, astria_pack=astria_pack))
+        config = load_config(config_path)
+        _say(f"An Astria pack as a source: astria:{astria_pack} mirrored into the Genviral pack 'Headshots'")
+        report = asyncio.run(sync_once(config, DEMO_TOKEN, options, Progress()))
+        print_run(report, sys.stdout)
+        first = sandbox.astria.get_pack(1, astria_pack)
+        assert first is not None
+        sandbox.astria.remove_image(astria_pack, first["prompts_per_class"]["man"][0]["images"][0])
+        _say("An image removed from the Astria pack: the mirror follows")
+        report = asyncio.run(sync_once(config, DEMO_TOKEN, options, Progress()))
+        print_run(report, sys.stdout)
 
         _say("packsync status --files")
         store = Store(config.state_path, readonly=True)

@@ -350,6 +350,8 @@ def test_demo_runs_with_zero_set_up(tmp_path) -> None:  # type: ignore[no-untype
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("metadata 3 completed, 0 pending") == 2
     assert "A 64×64 red PNG image." in result.stdout
+    assert "astria:260 (Corporate Headshots) → Headshots" in result.stdout
+    assert "files 4 · synced 4" in result.stdout and "woman-18154000-1.png  [synced" in result.stdout
     shutil.rmtree(tmp_path / "demo")
 
 

@@ -119,8 +119,9 @@ def _mapping(mapping: MappingConfig, store: Store, files: bool, with_problems: b
         image = by_sha.get(cached.sha256 or "")
         state = "synced" if image or cached.sha256 in shared else "pending"
         counts[state] += 1
-        if files:
-            detail.append(FileStatus(rel_path, cached.sha256, state, None, image.image_id if image else None,
+        if files:  # an Astria image (its key is its URL) by the name it was added with
+            shown = image.file_name if image and mapping.astria_pack is not None else rel_path
+            detail.append(FileStatus(shown, cached.sha256, state, None, image.image_id if image else None,
                                      image.metadata if image else None))
     for problem in problems.values():
         state = "skipped" if problem.notice else "failed"
