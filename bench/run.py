@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers: helpers.py
 
 import adoption  # noqa: E402
+import astria_mirror  # noqa: E402
 import bad_input  # noqa: E402
 import daemon_scenarios  # noqa: E402
 import first_sync  # noqa: E402
@@ -50,6 +51,7 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "bad-input": bad_input.run,
     "adoption": adoption.run,
     "pull": pull.run,
+    "astria": astria_mirror.run,
 }
 
 

@@ -1,0 +1,65 @@
+"""Mirroring an Astria pack of 500 images into an empty Genviral pack, 40 ms added to every call.
+
+Each image costs 4 calls: its download from Astria's storage, then POST /files, the PUT and the
+add-image. The run's time (whole ``packsync run --no-wait`` process) is compared with the
+concurrency bound of those calls (N·4·40 ms ÷ concurrency).
+"""
+
+from __future__ import annotations
+
+import json
+
+from harness import (
+    ADD_IMAGE,
+    CREATE_UPLOAD,
+    STORAGE_PUT,
+    Context,
+    RecordingSandbox,
+    Row,
+    Setup,
+    calls_dict,
+    image_bytes,
+    packsync_argv,
+    run_child,
+)
+
+LATENCY_S = 0.040
+CONCURRENCY = 8
+KEY = "sd_bench_key.not-a-real-secret"
+
+
+def run(ctx: Context) -> list[Row]:
+    images = 50 if ctx.smoke else 500
+    work = ctx.workdir / "astria"
+    bound_s = images * 4 * LATENCY_S / CONCURRENCY
+    with RecordingSandbox() as sandbox:
+        sandbox.astria.users = {KEY: 1}
+        astria_pack = sandbox.astria.add_pack("Bench")
+        for index in range(images):
+            sandbox.astria.add_image(astria_pack, ("woman", "man")[index % 2], image_bytes(index + 1, side=16))
+        pack_id = sandbox.new_pack("mirror")
+        config = Setup(work, sandbox.base_url, concurrency=CONCURRENCY).write()
+        key = work / "astria.key"
+        key.write_text(KEY, encoding="utf-8")
+        key.chmod(0o600)
+        with config.open("a", encoding="utf-8") as handle:
+            handle.write(f"[astria]\nbase_url = {json.dumps(sandbox.astria_url)}\ntoken_file = {json.dumps(str(key))}\n"
+                         f"[[mappings]]\nastria_pack = {astria_pack}\npack_id = {json.dumps(pack_id)}\n")
+        sandbox.faults.latency_s = LATENCY_S
+        sandbox.reset_calls()
+        ctx.log(f"astria: mirroring {images} images, {LATENCY_S * 1000:.0f} ms per call, concurrency {CONCURRENCY}")
+        done = run_child(packsync_argv(config, "run", "--no-wait"), cwd=work, timeout=600)
+        calls = calls_dict(sandbox.calls)
+        mirrored = sandbox.image_count(pack_id)
+    per_image = {name: calls.get(name, 0) for name in ("GET astria-img", *(f"{m} {r}" for m, r in
+                                                                          (CREATE_UPLOAD, STORAGE_PUT, ADD_IMAGE)))}
+    ratio = bound_s / done.wall_s
+    exact = done.returncode == 0 and mirrored == images and set(per_image.values()) == {images}
+    return [Row(
+        "astria-mirror", f"an Astria pack of {images:,} images mirrored into an empty Genviral pack, "
+        f"+{LATENCY_S * 1000:.0f} ms per call, concurrency = {CONCURRENCY}",
+        "images/s ÷ concurrency bound (N·4·40 ms ÷ 8: a download and 3 Genviral calls per image); "
+        "whole-process wall time", ratio, "≥ 0.85", exact and ratio >= 0.85,
+        f"{mirrored:,} images in {done.wall_s:.2f} s (bound {bound_s:.2f} s); calls per kind {per_image}; "
+        f"packsync CPU {done.cpu_s:.1f} s",
+        {"calls": calls, "wall_s": done.wall_s, "cpu_s": done.cpu_s, "output_tail": done.tail()})]
