@@ -87,6 +87,20 @@ ERRORS = [
     pytest.param({"genviral": {"base_url": "api.example.com"}}, "genviral.base_url: ", id="no scheme"),
     pytest.param({"daemon": {"rescan_interval_s": 1}}, "daemon.rescan_interval_s: ", id="rescan too often"),
     pytest.param(one_mapping(max_file_mb=0), "mappings[0].max_file_mb: ", id="max_file_mb 0"),
+    pytest.param({"astria": {"base_url": "http://api.astria.ai"}}, "astria.base_url: must be an https://",
+                 id="astria over plain http off loopback"),
+    pytest.param({"astria": {"poll_interval_s": 1}}, "astria.poll_interval_s: ", id="astria polled too often"),
+    pytest.param(one_mapping(astria_pack=260), "mappings[0].astria_pack: give path or astria_pack, not both",
+                 id="a folder and an Astria pack"),
+    pytest.param(one_mapping(classes=["woman"]), "mappings[0].classes: applies to an Astria pack only",
+                 id="classes on a folder"),
+    pytest.param({"mappings": [{"astria_pack": 0, "pack": "p"}]}, "mappings[0].astria_pack: ", id="astria_pack 0"),
+    pytest.param({"mappings": [{"astria_pack": "260", "pack": "p"}]}, "mappings[0].astria_pack: ",
+                 id="astria_pack as a string"),
+    pytest.param({"mappings": [{"astria_pack": 260, "pack": "p", "include": ["*.png"]}]},
+                 "mappings[0].include: applies to folders only", id="a folder key on an Astria mapping"),
+    pytest.param({"mappings": [{"astria_pack": 260, "pack": "a"}, {"astria_pack": 260, "pack": "b"}]},
+                 "mappings[1].astria_pack: mappings[0] already mirrors that pack", id="one Astria pack twice"),
 ]
 
 
@@ -396,3 +410,11 @@ def test_run_without_any_mapping_says_there_is_nothing_to_sync(env: Env) -> None
     assert result.returncode == ExitCode.USAGE
     assert "mappings" in result.stderr and "nothing to sync" in result.stderr
     assert env.sandbox.calls == {}
+
+
+def test_the_example_config_is_valid() -> None:
+    config = load_config(Path(__file__).parent.parent / "config.example.toml")
+
+    assert [m.label for m in config.mappings] == [str(Path("~/Pictures/brand").expanduser()),
+                                                    str(Path("~/Pictures/products").expanduser())]
+    assert config.astria.poll_interval_s == 3600
