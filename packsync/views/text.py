@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from packsync.engine.pull import PullReport
-from packsync.engine.sync import MappingReport, SyncReport
 from packsync.model import AstriaPack, AstriaPackSummary, PackSummary, Problem
 from packsync.views.json import when
 from packsync.views.status import Status
+
+if TYPE_CHECKING:  # only named: importing them would bring in the HTTP client, which `status` never needs
+    from packsync.engine.pull import PullReport
+    from packsync.engine.sync import MappingReport, SyncReport
 
 #: Skipped files listed per reason before the rest are counted.
 PROBLEMS_SHOWN = 5

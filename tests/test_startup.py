@@ -1,0 +1,48 @@
+"""Commands start instantly: what each one imports, checked in a fresh interpreter (not timed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import Env, image, write
+
+#: The libraries too heavy for a command that does not talk to the API or watch folders.
+HEAVY = ("httpx", "httpcore", "anyio", "sqlalchemy", "sqlmodel", "pydantic", "watchdog")
+
+PROBE = """
+import json, runpy, sys
+sys.argv = ["packsync", *json.loads(sys.argv[1])]
+try:
+    runpy.run_module("packsync", run_name="__main__")
+except SystemExit:
+    pass
+sys.stderr.write("\\nIMPORTED " + json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
+"""
+
+
+def imported(*args: str) -> set[str]:
+    result = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args)], capture_output=True, text=True,
+                            timeout=60)
+    marker = result.stderr.rpartition("IMPORTED ")[2]
+    return set(json.loads(marker))
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["run", "--help"], ["pull", "--help"],
+                                  ["daemon", "--help"], ["status", "--help"], ["astria", "packs", "--help"]],
+                         ids=" ".join)
+def test_help_and_version_import_no_heavy_library(args: list[str]) -> None:
+    assert imported(*args) & set(HEAVY) == set()
+
+
+def test_status_imports_neither_the_http_client_nor_the_watcher(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+    assert env.cli("run", "--no-wait").returncode == 0
+
+    modules = imported("-c", str(env.config_path), "status", "--files")
+
+    assert "sqlite3" in modules, "the probe ran the real status command"
+    assert modules & {"httpx", "httpcore", "anyio", "watchdog"} == set()
