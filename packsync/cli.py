@@ -9,21 +9,21 @@ needs are imported when it runs, so ``--help`` and ``--version`` stay quick.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from packsync import __version__
-from packsync.config import Config, find_config_path, load_config
 from packsync.errors import ConfigError, PacksyncError
-from packsync.logs import configure, redact, register_secret
+
+if TYPE_CHECKING:
+    from packsync.config import Config
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -46,6 +46,8 @@ def _command(group: click.Group, **settings: Any) -> Callable[[Callable[..., Any
     def decorate(function: Callable[..., Any]) -> click.Command:
         @wraps(function)
         def run(*args: Any, **kwargs: Any) -> Any:
+            from packsync.logs import configure, redact
+
             configure(bool(click.get_current_context().meta.get("packsync.verbose")))
             try:
                 return function(*args, **kwargs)
@@ -69,14 +71,20 @@ def main() -> None:
 
 
 def _config_path() -> Path:
+    from packsync.config import find_config_path
+
     return find_config_path(click.get_current_context().meta.get("packsync.config"))
 
 
 def _config() -> Config:
+    from packsync.config import load_config
+
     return load_config(_config_path())
 
 
 def _token(config: Config) -> str:
+    from packsync.logs import register_secret
+
     token = config.token()
     register_secret(token)
     return token
@@ -90,6 +98,8 @@ def _token(config: Config) -> str:
 @click.option("--force", is_flag=True, help="Allow deletes that a safety check withheld.")
 def run(dry_run: bool, no_wait: bool, wait_timeout: float, force: bool) -> None:
     """Sync every mapped folder into its pack once."""
+    import asyncio
+
     from packsync.app import sync_once
     from packsync.engine.sync import SyncOptions
     from packsync.state.lock import StateLock
@@ -120,6 +130,8 @@ def pull(source: str, folder: str, delete: bool, dry_run: bool, as_json: bool, c
     A Genviral PACK is an id or an exact name. An Astria pack (by its number) is written one sub-folder
     per class: FOLDER/<class>/<prompt id>-<n>.<ext>.
     """
+    import asyncio
+
     from packsync.app import pull_once
     from packsync.state.lock import StateLock
     from packsync.views.json import pull_document, write_json
@@ -183,6 +195,8 @@ def status(as_json: bool, files: bool, problems: bool) -> None:
 @click.option("--public", is_flag=True, help="Include public packs of other accounts.")
 def packs(public: bool) -> None:
     """List the key's packs (id, name, image count)."""
+    import asyncio
+
     from packsync.app import client_for
     from packsync.views.text import print_packs
 
@@ -206,6 +220,8 @@ def astria() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def astria_packs(gallery: bool, as_json: bool) -> None:
     """List Astria packs: id, title, classes, image count."""
+    import asyncio
+
     from packsync.app import read_astria_token
     from packsync.remote.astria import AstriaClient
     from packsync.remote.genviral import GenviralClient
