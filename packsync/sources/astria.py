@@ -15,11 +15,11 @@ import shutil
 import tempfile
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from packsync.errors import ItemChanged, NotFound, PermanentError, SourceUnavailable, TransientError
 from packsync.logs import untrusted
-from packsync.model import AstriaImage, CachedFile, ContentItem, Problem, Scan
-from packsync.remote.astria import AstriaClient
+from packsync.model import AstriaImage, AstriaPack, CachedFile, ContentItem, Problem, Scan
 from packsync.sources.media import SUPPORTED, Digester
 
 
@@ -35,10 +35,18 @@ class _Held:
         self.digester.update(chunk)
 
 
+class AstriaReader(Protocol):
+    """What the source needs of Astria (``remote/astria.py``'s client is one)."""
+
+    async def pack(self, pack_id: int) -> AstriaPack: ...
+
+    async def download(self, url: str, max_bytes: int, sink: Callable[[], _Held]) -> _Held: ...
+
+
 class AstriaSource:
     """One Astria pack (``classes`` of it, or all), mirrored (the ``Source`` interface)."""
 
-    def __init__(self, client: AstriaClient, pack_id: int, classes: Sequence[str] | None, max_bytes: int) -> None:
+    def __init__(self, client: AstriaReader, pack_id: int, classes: Sequence[str] | None, max_bytes: int) -> None:
         self.client = client
         self.pack_id = pack_id
         self.classes = set(classes) if classes is not None else None
