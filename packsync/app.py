@@ -32,11 +32,14 @@ def folder_filters(mapping: MappingConfig) -> Filters:
     return Filters(mapping.include, mapping.exclude, int(mapping.max_file_mb * 1_000_000), mapping.follow_symlinks)
 
 
-def source_for(mapping: MappingConfig, astria: AstriaClient | None) -> Source:
+def source_for(mapping: MappingConfig, astria: AstriaClient | None, spool: Path | None) -> Source:
+    """A mapping's source; an Astria pack's keeps the images it downloaded in ``spool`` until they are
+    uploaded (None: nothing is kept, as in a dry run)."""
     if mapping.astria_pack is None:
         return FolderSource(mapping.folder, folder_filters(mapping))
     assert astria is not None, "an Astria mapping needs the Astria client"
-    return AstriaSource(astria, mapping.astria_pack, mapping.classes, int(mapping.max_file_mb * 1_000_000))
+    return AstriaSource(astria, mapping.astria_pack, mapping.classes, int(mapping.max_file_mb * 1_000_000),
+                        spool / f"astria-{mapping.astria_pack}" if spool else None)
 
 
 def client_for(config: Config, token: str) -> GenviralClient:
@@ -75,23 +78,34 @@ class App:
         packs = PackResolver(api, store, remember=not store.readonly)
         metadata = MetadataPoller(api, store, progress)
         astria = astria_for(config, api)
-        sources = {mapping.label: source_for(mapping, astria) for mapping in config.mappings}
+        spool = None if store.readonly else config.state_path.parent / "spool"
+        sources = {mapping.label: source_for(mapping, astria, spool) for mapping in config.mappings}
         return cls(config, store, api, packs, metadata, Syncer(config, store, api, sources, packs, metadata, progress))
+
+    def close_sources(self) -> None:
+        for source in self.syncer.sources.values():
+            source.close()
 
 
 @asynccontextmanager
 async def open_app(config: Config, token: str, *, readonly: bool = False,
                    progress: Progress | None = None) -> AsyncIterator[App]:
     """Open the state and the API client for ``config``, and close both afterwards."""
+    async with _opened(config, token, readonly, progress) as (store, api):
+        app = App.wire(config, store, api, progress)
+        try:
+            yield app
+        finally:
+            app.close_sources()
+
+
+@asynccontextmanager
+async def _opened(config: Config, token: str, readonly: bool,
+                  progress: Progress | None) -> AsyncIterator[tuple[Store, GenviralClient]]:
     store = Store(config.state_path, readonly=readonly)
     try:
         async with client_for(config, token) as api:
-            app = App.wire(config, store, api, progress)
-            try:
-                yield app
-            finally:
-                for source in app.syncer.sources.values():
-                    source.close()
+            yield store, api
     finally:
         if progress:
             progress.close()
@@ -103,10 +117,10 @@ async def pull_once(config: Config, token: str, pack: str, folder: Path, *, dele
     """``packsync pull``: open everything, pull one pack (``genviral:…`` or ``astria:…``) into ``folder``,
     close everything."""
     system, _, wanted = pack.partition(":")
-    async with open_app(config, token, readonly=dry_run, progress=progress) as app:
-        puller = Puller(app.api, app.store, progress)
+    async with _opened(config, token, dry_run, progress) as (store, api):
+        puller = Puller(api, store, progress)
         if system == "astria":
-            astria = AstriaClient(config.astria.base_url, read_astria_token(config), app.api)
+            astria = AstriaClient(config.astria.base_url, read_astria_token(config), api)
             return await puller.pull_astria(astria, int(wanted), classes, folder, delete=delete, dry_run=dry_run)
         return await puller.pull(wanted, folder, delete=delete, dry_run=dry_run)
 

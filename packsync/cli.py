@@ -139,7 +139,7 @@ def pull(source: str, folder: str, delete: bool, dry_run: bool, as_json: bool, c
     from packsync.views.text import print_pull
 
     system, _, pack = source.partition(":")
-    if not (system == "genviral" and pack or system == "astria" and pack.isdigit()):
+    if not (system == "genviral" and pack or system == "astria" and pack.isascii() and pack.isdigit()):
         raise ConfigError(f"{source}: give the pack as genviral:PACK (an id or an exact name) or astria:ID.")
     if classes is not None and system != "astria":
         raise ConfigError("--classes: applies to astria: packs only.")

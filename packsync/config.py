@@ -90,7 +90,7 @@ class MappingConfig(_Strict, frozen=True):
 
     path: Path | None = None
     astria_pack: Annotated[int, Meta(ge=1)] | None = None
-    classes: list[str] | None = None
+    classes: Annotated[list[str], Meta(min_length=1)] | None = None
     pack: Annotated[str, Meta(min_length=1, max_length=120)] | None = None
     pack_id: Annotated[str, Meta(min_length=1)] | None = None
     include: list[str] = field(default_factory=lambda: list(DEFAULT_INCLUDE))
@@ -179,7 +179,8 @@ def _is_loopback(host: str) -> bool:
 
 #: msgspec's names of TOML's kinds of value, in the words of a config file.
 _KINDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false", "array": "a list",
-          "object": "a table", "int | str": "an integer or a string", "null": "nothing"}
+          "object": "a table", "int | str": "an integer or a string", "null": "nothing", "int | null": "an integer",
+          "str | null": "a string", "float | null": "a number", "array | null": "a list"}
 _ERROR = re.compile(r"(?P<message>.*?)(?: - at `\$(?P<where>[^`]*)`)?", re.DOTALL)
 
 

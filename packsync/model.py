@@ -6,6 +6,7 @@ tested (and reasoned about) without a network, a database or a file system.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 METADATA_SETTLED = frozenset({"completed", "failed"})
@@ -186,13 +187,22 @@ class AstriaImage:
 @dataclass(frozen=True, slots=True)
 class AstriaPack:
     """An Astria pack as ``GET /p/{id}`` describes it; ``problems`` are entries it listed but that are
-    not images (a missing field, a URL that is not http(s)), each as (where, why)."""
+    not images (a missing field, a URL that is not http(s)), each as (class, where, why)."""
 
     pack_id: int
     title: str
     classes: tuple[str, ...]
     images: tuple[AstriaImage, ...]
-    problems: tuple[tuple[str, str], ...] = ()
+    problems: tuple[tuple[str, str, str], ...] = ()
+
+    def chosen(self, classes: Collection[str] | None) -> dict[str, AstriaImage]:
+        """The images of ``classes`` (None: all), one per URL: the same URL under several prompts is
+        one image, named after its first."""
+        found: dict[str, AstriaImage] = {}
+        for image in self.images:
+            if classes is None or image.cls in classes:
+                found.setdefault(image.url, image)
+        return found
 
 
 @dataclass(frozen=True, slots=True)

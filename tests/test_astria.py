@@ -118,7 +118,8 @@ def test_a_refused_astria_key_is_exit_3_naming_astria(env: Env) -> None:
     result = env.cli("run", "--no-wait")
 
     assert result.returncode == ExitCode.AUTH
-    assert "Astria" in result.stderr and "Genviral" not in result.stderr
+    said = result.stdout + result.stderr
+    assert "the Astria API refused the key" in said and "Genviral" not in said
     assert env.sandbox.calls[("POST", "/files")] == 0
 
 
@@ -249,3 +250,98 @@ def test_the_daemon_reads_astria_packs_again_every_poll_interval(daemon_env: Env
 
     wait_until(lambda: images_of(daemon_env, "Headshots") == 1, timeout=30)
     assert daemon_env.sandbox.calls[("GET", "astria:/p/{id}")] == reads + 1
+
+
+def test_a_refused_astria_key_fails_that_mapping_only(env: Env) -> None:
+    pack_id, _ = astria_pack(env, {"woman": 1})
+    env.map_astria(pack_id, pack="Headshots")
+    photo = write(env.map("brand", pack="Brand") / "a.png", image())
+    env.sandbox.astria.users = {}
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == ExitCode.AUTH, result.stdout + result.stderr
+    assert genviral_bytes(env, "Brand") == [photo.read_bytes()], "the folder is synced all the same"
+    assert "Astria" in result.stdout + result.stderr
+
+
+def test_downloads_are_held_beside_the_state_only_until_uploaded(env: Env) -> None:
+    pack_id, urls = astria_pack(env, {"woman": 3})
+    env.map_astria(pack_id, pack="Headshots")
+    spool = env.state_path.parent / "spool"
+
+    assert env.cli("run", "--no-wait").returncode == 0
+    assert genviral_bytes(env, "Headshots") == astria_bytes(env, urls)
+    assert not spool.exists() or not any(spool.rglob("*")), "nothing is left in the spool"
+
+
+def test_a_spool_that_cannot_be_written_is_a_problem_per_image(env: Env) -> None:
+    pack_id, _ = astria_pack(env, {"woman": 2})
+    env.map_astria(pack_id, pack="Headshots")
+    env.state_path.parent.mkdir(parents=True)
+    (env.state_path.parent / "spool").write_text("a file where the spool folder goes")
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == ExitCode.SOME_FAILED, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "cannot keep it until it is uploaded" in env.cli("status", "--problems", token=None).stdout
+
+
+def test_a_class_the_pack_does_not_have_is_reported(env: Env) -> None:
+    pack_id, urls = astria_pack(env, {"woman": 1})
+    env.map_astria(pack_id, pack="Headshots", classes=["woman", "wmoan"])
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == ExitCode.SOME_FAILED
+    assert "has no class 'wmoan'" in env.cli("status", "--problems", token=None).stdout
+    assert genviral_bytes(env, "Headshots") == astria_bytes(env, urls)
+
+
+def test_pulling_a_genviral_pack_needs_no_astria_key(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    genviral = env.sandbox.create_pack("Plain")
+    env.sandbox.add_uploaded(genviral, image(seed=1))
+    env.map_astria(260, pack="Headshots")
+    del env.astria["token_file"]
+    env.write_config()
+    monkeypatch.delenv("ASTRIA_API_KEY", raising=False)
+
+    result = env.cli("pull", f"genviral:{genviral}", str(env.root / "out"))
+
+    assert result.returncode == ExitCode.OK, result.stderr
+
+
+def test_the_title_survives_a_run_that_could_not_read_the_pack(env: Env) -> None:
+    pack_id, _ = astria_pack(env, {"woman": 1})
+    env.map_astria(pack_id, pack="Headshots")
+    assert env.cli("run", "--no-wait").returncode == 0
+    env.sandbox.inject("500", "GET", "astria:/p/{id}", count=100)
+
+    assert env.cli("run", "--no-wait").returncode == ExitCode.SAFETY
+    assert f"astria:{pack_id} (Corporate Headshots)" in env.cli("status", token=None).stdout
+
+
+@pytest.mark.parametrize("pack", ["astria:²", "astria:-1", "astria:", "astria:12a"])
+def test_a_bad_astria_pack_number_is_a_usage_error(env: Env, pack: str) -> None:
+    result = env.cli("pull", pack, str(env.root / "out"))
+
+    assert result.returncode == ExitCode.USAGE
+    assert "Traceback" not in result.stderr and "astria:ID" in result.stderr
+
+
+def test_sighup_with_an_astria_mapping_and_no_key_keeps_the_daemon_running(  # type: ignore[no-untyped-def]
+        daemon_env: Env, start, monkeypatch: pytest.MonkeyPatch) -> None:
+    pack_id = daemon_env.sandbox.create_pack("Brand")
+    folder = daemon_env.map("brand", pack_id=pack_id)
+    daemon = start()
+    monkeypatch.delenv("ASTRIA_API_KEY", raising=False)
+    daemon_env.mappings.append({"astria_pack": 260, "pack": "Headshots"})  # and no key anywhere
+    daemon_env.write_config()
+
+    daemon.proc.send_signal(signal.SIGHUP)
+    photo = write(folder / "after.png", image())
+
+    wait_until(lambda: len(daemon_env.pack(pack_id)["images"]) == 1, timeout=15)
+    assert daemon.proc.poll() is None
+    assert daemon_env.cdn_bytes(pack_id) == [photo.read_bytes()]

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packsync.app import App, client_for, folder_filters
+from packsync.app import App, client_for, folder_filters, read_astria_token
 from packsync.config import Config, MappingConfig, load_config, read_token
 from packsync.daemon.aggregator import Aggregator
 from packsync.daemon.notify import notify, watchdog_interval
@@ -129,6 +129,7 @@ class Daemon:
         finally:
             notify("STOPPING=1")
             metadata.cancel()
+            self.app.close_sources()
             # watchdog's threads are daemon threads: never let a slow one hold up the exit.
             stopper = threading.Thread(target=self.watcher.stop, name="watcher-stop", daemon=True)
             stopper.start()
@@ -425,6 +426,8 @@ class Daemon:
         try:
             config = load_config(self.config_path)
             token = read_token(config.genviral)
+            if any(mapping.astria_pack for mapping in config.mappings):
+                read_astria_token(config)  # a missing Astria key is found here, not half-way through the reload
         except PacksyncError as exc:
             self.log.error("config reload failed; keeping the running config", error=str(exc))
             return
@@ -440,6 +443,7 @@ class Daemon:
             self._retiring.add(asyncio.create_task(self._close_later(api)))
             api = client_for(config, token)
         self.config, self.token = config, token
+        self.app.close_sources()
         self.app = App.wire(config, self.store, api)
         self.changes.debounce_s = config.daemon.debounce_s
         self.folders = {}

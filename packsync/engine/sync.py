@@ -20,6 +20,7 @@ from packsync.engine.metadata import POLL_BACKOFF, MetadataPoller
 from packsync.engine.packs import PackResolver, recorded_pack_id
 from packsync.engine.planner import MappingInput, MappingOptions, MappingPlan, Plan, plan_mapping, plan_uploads
 from packsync.errors import (
+    AuthError,
     ConfigError,
     ExitCode,
     NotFound,
@@ -67,6 +68,7 @@ class MappingReport:
     safety: str | None = None
     notice: str | None = None
     undownloadable: list[tuple[str, str]] = field(default_factory=list)  # (image id, why), this run
+    refused: bool = False  # the source refused the key (an Astria pack's): ``error`` says which
 
     @property
     def label(self) -> str:
@@ -102,6 +104,8 @@ class SyncReport:
     def exit_code(self) -> ExitCode:
         if any(m.safety for m in self.mappings):
             return ExitCode.SAFETY
+        if any(m.refused for m in self.mappings):
+            return ExitCode.AUTH
         if any(m.failed for m in self.mappings):
             return ExitCode.SOME_FAILED
         return ExitCode.OK
@@ -146,7 +150,11 @@ class Syncer:
         if options.dry_run:
             return result
         self.api.start_run(planned_calls=plan.mutations)
-        outcomes = await Executor(self.api, self.store, self.packs, self.sources, self.progress).run(plan)
+        try:
+            outcomes = await Executor(self.api, self.store, self.packs, self.sources, self.progress).run(plan)
+        finally:
+            for source in self.sources.values():
+                source.close()  # what a source held for the uploads (an Astria pack's downloads)
         for report, outcome in zip(planned, outcomes, strict=True):
             report.outcome, report.pack_id = outcome, outcome.pack_id
         if options.wait:
@@ -154,8 +162,9 @@ class Syncer:
             result.metadata_pending = await self.metadata.wait(pack_ids, options.wait_timeout_s,
                                                                Backoff(options.poll_start_s, options.poll_cap_s))
         for report in reports:
+            name = self.sources[report.label].name  # None when the source could not be read: keep the last
             self.store.save_mapping(report.label, synced_at=time.time(), last_error=report.last_error,
-                                    source_name=self.sources[report.label].name)
+                                    **({"source_name": name} if name else {}))
         return result
 
     async def _plan(self, report: MappingReport, options: SyncOptions, busy: Collection[str],
@@ -184,7 +193,9 @@ class Syncer:
             return await self.sources[report.label].scan(previous, busy, lambda _n: self.progress.advance("hashed"))
         except SourceUnavailable as exc:
             report.safety = f"{exc}; nothing is deleted"
-            return None
+        except AuthError as exc:  # the source's own key (Genviral's goes up from the pack read)
+            report.error, report.refused = str(exc), True
+        return None
 
     def _check_sources(self, reports: list[MappingReport]) -> None:
         """A missing source is a config error — unless packsync synced it before (an unmounted disk?)."""

@@ -53,25 +53,24 @@ def pack_of(data: Any, pack_id: int) -> AstriaPack:
     if not isinstance(data, dict) or not isinstance(data.get("prompts_per_class"), dict):
         raise PermanentError(f"Astria GET /p/{pack_id}: the answer lists no prompts_per_class")
     images: list[AstriaImage] = []
-    problems: list[tuple[str, str]] = []
-    for cls, prompts in data["prompts_per_class"].items():
-        name = untrusted(str(cls), 60)
+    problems: list[tuple[str, str, str]] = []
+    classes = [untrusted(str(cls), 60) for cls in data["prompts_per_class"]]
+    for name, prompts in zip(classes, data["prompts_per_class"].values(), strict=True):
         if not isinstance(prompts, list):
-            problems.append((name, "its prompts are not a list"))
+            problems.append((name, name, "its prompts are not a list"))
             continue
         for number, prompt in enumerate(prompts, 1):
             prompt_id = prompt.get("id") if isinstance(prompt, dict) else None
             urls = prompt.get("images") if isinstance(prompt, dict) else None
             if not isinstance(prompt_id, int) or isinstance(prompt_id, bool) or not isinstance(urls, list):
-                problems.append((f"{name}/prompt {number}", "not a prompt with an id and a list of images"))
+                problems.append((name, f"{name}/prompt {number}", "not a prompt with an id and a list of images"))
                 continue
             for index, url in enumerate(urls, 1):
                 if is_http_url(url):
                     images.append(AstriaImage(url, name, prompt_id, index))
                 else:
-                    problems.append((f"{name}-{prompt_id}-{index}", "its URL is not an http(s) address"))
-    return AstriaPack(pack_id, _title(data, pack_id), tuple(untrusted(str(c), 60) for c in data["prompts_per_class"]),
-                      tuple(images), tuple(problems))
+                    problems.append((name, f"{name}-{prompt_id}-{index}", "its URL is not an http(s) address"))
+    return AstriaPack(pack_id, _title(data, pack_id), tuple(classes), tuple(images), tuple(problems))
 
 
 class AstriaClient:

@@ -103,7 +103,7 @@ class GenviralClient:
         tls = httpx.create_ssl_context()  # one for every client: building one costs tens of ms
         self._settings: dict[str, Any] = {"transport": transport, "limits": limits, "timeout": timeouts,
                                           "verify": tls}
-        self._siblings: list[httpx.AsyncClient] = []
+        self._siblings: dict[tuple[str, str], httpx.AsyncClient] = {}
         self._api = self.sibling(base_url, token)
         self._storage = httpx.AsyncClient(headers={"User-Agent": f"packsync/{__version__}"}, **self._settings)
         self._slots = asyncio.Semaphore(concurrency)
@@ -134,14 +134,15 @@ class GenviralClient:
 
     def sibling(self, base_url: str, token: str) -> httpx.AsyncClient:
         """An httpx client for an API at ``base_url`` with a Bearer ``token``, set up like this one's and
-        closed with it."""
-        client = httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", headers={
-            "User-Agent": f"packsync/{__version__}", "Authorization": f"Bearer {token}"}, **self._settings)
-        self._siblings.append(client)
-        return client
+        closed with it (one per API and token, however often it is asked for)."""
+        key = (base_url.rstrip("/") + "/", token)
+        if key not in self._siblings:
+            self._siblings[key] = httpx.AsyncClient(base_url=key[0], headers={
+                "User-Agent": f"packsync/{__version__}", "Authorization": f"Bearer {token}"}, **self._settings)
+        return self._siblings[key]
 
     async def aclose(self) -> None:
-        for client in (self._storage, *self._siblings):
+        for client in (self._storage, *self._siblings.values()):
             await client.aclose()
 
     # -- transport ---------------------------------------------------------------------------------

@@ -48,8 +48,11 @@ def main_serve(port: int, token: str | None, state_path: Path | None, latency_ms
     sandbox.astria.users = {astria_token: 1}
     astria_pack = seed_astria_demo(sandbox)
     try:
-        print(f"sandbox listening on {sandbox.base_url} (token: {token})", flush=True)
-        print(f"Astria sandbox on {sandbox.astria_url} (key: {astria_token}; demo pack {astria_pack})", flush=True)
+        # A key from the environment may be a real one: it is named, never printed.
+        shown = "$GENVIRAL_TOKEN" if token != DEMO_TOKEN else token
+        astria_shown = "$ASTRIA_API_KEY" if astria_token != ASTRIA_DEMO_TOKEN else astria_token
+        print(f"sandbox listening on {sandbox.base_url} (token: {shown})", flush=True)
+        print(f"Astria sandbox on {sandbox.astria_url} (key: {astria_shown}; demo pack {astria_pack})", flush=True)
         sandbox.serve_forever(port)
     except KeyboardInterrupt:
         pass

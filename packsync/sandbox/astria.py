@@ -150,7 +150,8 @@ def answer(store: AstriaStore, route: str, params: dict[str, str], authorization
         return 200, json.dumps(store.list_packs(user_id, gallery=False)).encode()
     if route == "astria:/gallery/packs":
         return 200, json.dumps(store.list_packs(None, gallery=True)).encode()
-    pack = store.get_pack(user_id, int(params["id"])) if params["id"].isdigit() else None
+    pack_id = params["id"]
+    pack = store.get_pack(user_id, int(pack_id)) if pack_id.isascii() and pack_id.isdigit() else None
     if pack is None:
         return 404, json.dumps({"error": "Not found"}).encode()
     return 200, json.dumps(pack).encode()

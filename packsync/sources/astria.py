@@ -12,12 +12,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import shutil
-import tempfile
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from packsync.errors import ItemChanged, NotFound, PermanentError, SourceUnavailable, TransientError
+from packsync.errors import (
+    ApiError,
+    AuthError,
+    ItemChanged,
+    NotFound,
+    PermanentError,
+    SourceUnavailable,
+    TransientError,
+)
 from packsync.logs import untrusted
 from packsync.model import AstriaImage, AstriaPack, CachedFile, ContentItem, Problem, Scan
 from packsync.sources.media import SUPPORTED, Digester
@@ -46,14 +53,15 @@ class AstriaReader(Protocol):
 class AstriaSource:
     """One Astria pack (``classes`` of it, or all), mirrored (the ``Source`` interface)."""
 
-    def __init__(self, client: AstriaReader, pack_id: int, classes: Sequence[str] | None, max_bytes: int) -> None:
+    def __init__(self, client: AstriaReader, pack_id: int, classes: Sequence[str] | None, max_bytes: int,
+                 spool: Path | None) -> None:
         self.client = client
         self.pack_id = pack_id
         self.classes = set(classes) if classes is not None else None
         self.max_bytes = max_bytes
         self.label = f"astria:{pack_id}"
         self.name: str | None = None
-        self._spool: Path | None = None
+        self.spool = spool
 
     def exists(self) -> bool:
         return True  # known only by reading it: a pack that is gone is a scan's SourceUnavailable
@@ -64,16 +72,17 @@ class AstriaSource:
             pack = await self.client.pack(self.pack_id)
         except NotFound:
             raise SourceUnavailable(f"{self.label}: Astria has no pack {self.pack_id} the key can see") from None
-        except (PermanentError, TransientError) as exc:
+        except AuthError:
+            raise
+        except ApiError as exc:
             raise SourceUnavailable(f"{self.label}: cannot read the Astria pack ({exc})") from None
         self.name = pack.title
-        wanted = [image for image in pack.images if self.classes is None or image.cls in self.classes]
-        firsts: dict[str, AstriaImage] = {}
-        for image in wanted:
-            firsts.setdefault(image.url, image)  # the same URL under several prompts is one image
-        scan = Scan(self.label, problems=[Problem(where, why) for where, why in pack.problems
-                                          if self.classes is None or where.split("-")[0].split("/")[0] in self.classes])
-        self._clear_spool()
+        firsts = pack.chosen(self.classes)
+        scan = Scan(self.label, problems=[Problem(where, why) for cls, where, why in pack.problems
+                                          if self.classes is None or cls in self.classes])
+        scan.problems += [Problem(f"class {cls}", f"{self.label} has no class {cls!r}")
+                          for cls in sorted(self.classes or ()) if cls not in pack.classes]
+        self.close()
         new = [image for url, image in firsts.items() if url not in previous or previous[url].sha256 is None]
         fetched = dict(zip((image.url for image in new), await asyncio.gather(*map(self._fetch, new)), strict=True))
         for url, image in firsts.items():
@@ -100,25 +109,24 @@ class AstriaSource:
         digest = held.digester.digest()
         if digest.content_type is None or digest.problem:
             return digest.problem or "not an image"
-        await asyncio.to_thread(self._spooled(digest.sha256).write_bytes, held.data)
+        if self.spool is not None:
+            try:
+                await asyncio.to_thread(self._keep, digest.sha256, bytes(held.data))
+            except OSError as exc:
+                return f"cannot keep it until it is uploaded ({exc.strerror}); tried again next run"
         return CachedFile(0, 0, digest.size, 0, digest.sha256, digest.content_type, None)
 
-    def _spooled(self, sha256: str) -> Path:
-        if self._spool is None:
-            self._spool = Path(tempfile.mkdtemp(prefix="packsync-astria-"))
-        return self._spool / sha256
-
-    def _clear_spool(self) -> None:
-        """Drop what the last scan held: its uploads are over (a sync runs after the one before it)."""
-        if self._spool is not None:
-            shutil.rmtree(self._spool, ignore_errors=True)
-            self._spool = None
+    def _keep(self, sha256: str, data: bytes) -> None:
+        assert self.spool is not None
+        self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.spool / sha256).write_bytes(data)
 
     async def read(self, item: ContentItem) -> bytes:
         """The bytes from the spool, or downloaded again (an image hashed by an earlier run)."""
-        path = self._spooled(item.sha256)
         try:
-            data = await asyncio.to_thread(path.read_bytes)
+            if self.spool is None:
+                raise FileNotFoundError
+            data = await asyncio.to_thread((self.spool / item.sha256).read_bytes)
         except OSError:
             try:
                 data = bytes((await self.client.download(item.key, self.max_bytes, _Held)).data)
@@ -129,4 +137,7 @@ class AstriaSource:
         return data
 
     def close(self) -> None:
-        self._clear_spool()
+        """Drop the spool: what it held is uploaded (or will be downloaded again). Also done before each
+        scan, so what a killed run left is dropped too."""
+        if self.spool is not None:
+            shutil.rmtree(self.spool, ignore_errors=True)
