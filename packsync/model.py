@@ -1,13 +1,17 @@
 """The plain values that flow between the sources, the state, the API client and the planner.
 
-Nothing here does I/O or imports a library: the planner is built from these alone, so it can be
-tested (and reasoned about) without a network, a database or a file system.
+Nothing here does I/O: the planner is built from these alone, so it can be tested (and reasoned
+about) without a network, a database or a file system. The values a pack's answer holds by the
+thousand (``RemotePack``, ``RemoteImage``, ``Metadata``) are msgspec structs that the API client
+decodes straight from the answer's JSON; the rest are dataclasses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+
+import msgspec
 
 METADATA_SETTLED = frozenset({"completed", "failed"})
 
@@ -88,9 +92,8 @@ class Blob:
     uploaded: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Metadata:
-    """An image's AI enrichment as the API reports it."""
+class Metadata(msgspec.Struct, frozen=True):
+    """An image's AI enrichment as the API reports it (other fields of the answer are ignored)."""
 
     status: str = "pending"
     description: str | None = None
@@ -119,17 +122,17 @@ class ManagedImage:
     metadata: Metadata = Metadata()
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteImage:
-    image_id: str
+class RemoteImage(msgspec.Struct, frozen=True):
+    """An image of a pack, as ``GET /packs/{id}`` lists it."""
+
+    image_id: str = msgspec.field(name="id")
     url: str
     metadata: Metadata = Metadata()
 
 
-@dataclass(frozen=True, slots=True)
-class RemotePack:
-    pack_id: str
-    name: str
+class RemotePack(msgspec.Struct, frozen=True):
+    pack_id: str = msgspec.field(name="id")
+    name: str = ""
     images: tuple[RemoteImage, ...] = ()
 
 

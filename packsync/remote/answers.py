@@ -5,6 +5,10 @@ exactly as documented — an id that is missing or null, a pack whose ``images``
 objects, an upload whose URLs are not absolute http(s) URLs — and is otherwise an error for that
 call, in one sentence. What is only shown to people is taken leniently: AI metadata of the wrong
 type counts as absent (the API documents that it may be absent on old images).
+
+A pack's answer (tens of MB for a large pack) is first decoded straight into typed structs by
+msgspec, in one pass; only an answer that is not exactly as documented goes the slower way through
+``json`` and the checks below, which decide what it means.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import math
 import time
 from typing import Any
 from urllib.parse import urlsplit
+
+import msgspec
 
 from packsync.errors import MalformedAnswer
 from packsync.logs import untrusted
@@ -80,6 +86,28 @@ def metadata(raw: Any) -> Metadata:
     return Metadata(status if status in _STATUSES else "pending",
                     description if description.__class__ is str else None, keywords,
                     error if error.__class__ is str else None)
+
+
+class _PackAnswer(msgspec.Struct):
+    ok: bool
+    data: RemotePack
+
+
+_PACK_DECODER = msgspec.json.Decoder(_PackAnswer)
+
+
+def pack_answer(body: bytes) -> RemotePack | None:
+    """A successful ``GET /packs/{id}`` answer exactly as documented, decoded in one pass; None for
+    anything else (then ``pack`` on the parsed JSON decides)."""
+    try:
+        answer = _PACK_DECODER.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    pack = answer.data
+    if not (answer.ok and pack.pack_id and all(image.image_id and image.metadata.status in _STATUSES
+                                               for image in pack.images)):
+        return None
+    return pack
 
 
 def pack(data: Any, what: str = "GET /packs/{id}") -> RemotePack:

@@ -275,8 +275,13 @@ class GenviralClient:
         return list(packs.values())
 
     async def get_pack(self, pack_id: str) -> RemotePack:
-        data = await self._request("GET", f"/packs/{_segment(pack_id)}", what="/packs/{id}", safe_to_repeat=True)
-        return answers.pack(data)
+        def read(response: httpx.Response) -> RemotePack:
+            quick = answers.pack_answer(response.content) if response.status_code == 200 else None
+            return quick or answers.pack(self._api_answer(response, "GET", "/packs/{id}"))
+
+        pack: RemotePack = await self._request("GET", f"/packs/{_segment(pack_id)}", what="/packs/{id}",
+                                               safe_to_repeat=True, other=(self._api, read))
+        return pack
 
     async def create_pack(self, name: str) -> str:
         """Create a private pack; returns its id. Not repeated on ambiguous failures."""
