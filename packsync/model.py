@@ -2,8 +2,9 @@
 
 Nothing here does I/O: the planner is built from these alone, so it can be tested (and reasoned
 about) without a network, a database or a file system. The values a pack's answer holds by the
-thousand (``RemotePack``, ``RemoteImage``, ``Metadata``) are msgspec structs that the API client
-decodes straight from the answer's JSON; the rest are dataclasses.
+thousand are msgspec structs (built several times faster than frozen dataclasses): ``RemotePack``,
+``RemoteImage`` and ``Metadata`` the API client decodes straight from a pack's JSON, and the values
+there is one of per file or per image; the rest are dataclasses.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import msgspec
 METADATA_SETTLED = frozenset({"completed", "failed"})
 
 
-@dataclass(frozen=True, slots=True)
-class CachedFile:
+class CachedFile(msgspec.Struct, frozen=True):
     """What the state remembers of one file: the stat key its hash is valid for, and the verdict."""
 
     dev: int
@@ -32,8 +32,7 @@ class CachedFile:
         return (self.dev, self.inode, self.size, self.mtime_ns) == (dev, inode, size, mtime_ns)
 
 
-@dataclass(frozen=True, slots=True)
-class ContentItem:
+class ContentItem(msgspec.Struct, frozen=True):
     """A syncable image a source holds, known by its content (SHA-256 of its bytes).
 
     ``key`` is how its source names it: a path relative to a mapped folder, an Astria image's URL.
@@ -48,8 +47,7 @@ class ContentItem:
     name: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
+class Problem(msgspec.Struct, frozen=True):
     """An item (a file, a folder) the scan did not sync, and why, in words for the user.
 
     A ``notice`` is a deliberate skip (a symlink that is not followed): it is reported but does
@@ -105,8 +103,7 @@ class Metadata(msgspec.Struct, frozen=True):
         return self.status in METADATA_SETTLED
 
 
-@dataclass(frozen=True, slots=True)
-class ManagedImage:
+class ManagedImage(msgspec.Struct, frozen=True):
     """An image packsync added to a pack (and so may delete), as the state recorded it.
 
     ``owner`` is the label of the mapping that added it: only that mapping deletes it, so mappings
