@@ -20,7 +20,7 @@ from packsync.errors import AuthError, NotFound, PermanentError, TransientError
 from packsync.logs import untrusted
 from packsync.model import AstriaImage, AstriaPack, AstriaPackSummary
 from packsync.remote.answers import is_http_url
-from packsync.remote.genviral import GenviralClient, S, _retry_after, _segment
+from packsync.remote.genviral import GenviralClient, S, path_segment, retry_after_of
 
 _AUTH = "the Astria API refused the key: it is invalid or revoked ({status})"
 
@@ -30,7 +30,7 @@ def _answer(response: httpx.Response, what: str) -> Any:
     if status in (401, 403):
         raise AuthError(_AUTH.format(status=status), status=status)
     if status == 429:
-        raise TransientError(f"Astria {what}: rate limited (429)", status=status, retry_after=_retry_after(response))
+        raise TransientError(f"Astria {what}: rate limited (429)", status=status, retry_after=retry_after_of(response))
     if status >= 500:  # reads only: repeating one is always harmless, a 504 included
         raise TransientError(f"Astria {what}: server error {status}", status=status)
     if status == 404:
@@ -41,6 +41,11 @@ def _answer(response: httpx.Response, what: str) -> Any:
         return response.json()
     except ValueError:
         raise PermanentError(f"Astria {what}: HTTP {status}, not a JSON answer") from None
+
+
+def _shown(value: object) -> str:
+    """A class name or title from Astria, as packsync shows and stores it."""
+    return untrusted(str(value), 60)
 
 
 def _title(raw: dict[str, Any], pack_id: int) -> str:
@@ -54,7 +59,7 @@ def pack_of(data: Any, pack_id: int) -> AstriaPack:
         raise PermanentError(f"Astria GET /p/{pack_id}: the answer lists no prompts_per_class")
     images: list[AstriaImage] = []
     problems: list[tuple[str, str, str]] = []
-    classes = [untrusted(str(cls), 60) for cls in data["prompts_per_class"]]
+    classes = [_shown(cls) for cls in data["prompts_per_class"]]
     for name, prompts in zip(classes, data["prompts_per_class"].values(), strict=True):
         if not isinstance(prompts, list):
             problems.append((name, name, "its prompts are not a list"))
@@ -81,11 +86,11 @@ class AstriaClient:
         self._client = http.sibling(base_url, token)
 
     async def _get(self, path: str, what: str, **params: str) -> Any:
-        return await self.http._request("GET", path, what=f"astria {what}", safe_to_repeat=True,
-                                        other=(self._client, functools.partial(_answer, what=what)), params=params)
+        return await self.http.read_other(self._client, path, f"astria {what}", functools.partial(_answer, what=what),
+                                          **params)
 
     async def pack(self, pack_id: int) -> AstriaPack:
-        return pack_of(await self._get(f"/p/{_segment(str(pack_id))}", "GET /p/{id}"), pack_id)
+        return pack_of(await self._get(f"/p/{path_segment(str(pack_id))}", "GET /p/{id}"), pack_id)
 
     async def packs(self, *, gallery: bool = False) -> list[AstriaPackSummary]:
         """The key's packs (or the public gallery's), with their classes."""
@@ -98,7 +103,7 @@ class AstriaClient:
             pack_id = raw.get("id") if isinstance(raw, dict) else None
             if isinstance(pack_id, int) and not isinstance(pack_id, bool):
                 costs = raw.get("cost_mc_hash")
-                classes = tuple(untrusted(str(c), 60) for c in costs) if isinstance(costs, dict) else ()
+                classes = tuple(map(_shown, costs)) if isinstance(costs, dict) else ()
                 found.append(AstriaPackSummary(pack_id, _title(raw, pack_id), classes))
         return found
 

@@ -72,13 +72,13 @@ def _excerpt(response: httpx.Response) -> str:
     return untrusted(response.text[:2000], limit=120) or "(empty body)"
 
 
-def _segment(value: str) -> str:
+def path_segment(value: str) -> str:
     """An id as one path segment: ids come from the config and the API, so ``/``, ``..`` or ``?`` in
     one must not reach another endpoint."""
     return quote(value, safe="") if value not in (".", "..") else quote(value.replace(".", "%2E"), safe="%")
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after_of(response: httpx.Response) -> float | None:
     """The server's ``Retry-After`` in seconds (a number or an HTTP date); None when absent or unreadable."""
     value = response.headers.get("Retry-After", "").strip()
     if not value:
@@ -131,6 +131,12 @@ class GenviralClient:
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.aclose()
+
+    async def read_other(self, client: httpx.AsyncClient, path: str, what: str,
+                         reader: Callable[[httpx.Response], Any], **params: str) -> Any:
+        """A GET to another API's ``client`` (Astria's), read by ``reader``, with this client's slots,
+        retry policy and budget: reads are always safe to repeat."""
+        return await self._request("GET", path, what=what, safe_to_repeat=True, other=(client, reader), params=params)
 
     def sibling(self, base_url: str, token: str) -> httpx.AsyncClient:
         """An httpx client for an API at ``base_url`` with a Bearer ``token``, set up like this one's and
@@ -198,7 +204,7 @@ class GenviralClient:
         if not isinstance(body, dict):
             message = f"{method} {what}: HTTP {status}, not a JSON answer: {_excerpt(response)}"
             if status == 429:
-                raise TransientError(message, status=status, retry_after=_retry_after(response))
+                raise TransientError(message, status=status, retry_after=retry_after_of(response))
             if status >= 500 or status < 400:
                 raise AmbiguousError(message, status=status)
             raise PermanentError(message, status=status)
@@ -208,7 +214,7 @@ class GenviralClient:
             raise AuthError(_AUTH_MESSAGES[status], status=status, error_code=code)
         if status == 429:
             raise TransientError(f"{method} {what}: rate limited (429)", status=status, error_code=code,
-                                 retry_after=_retry_after(response))
+                                 retry_after=retry_after_of(response))
         if status >= 500:
             raise AmbiguousError(f"{method} {what}: server error {status} {code or ''}".rstrip(), status=status,
                              error_code=code)
@@ -243,7 +249,7 @@ class GenviralClient:
         detail = f"{code}: {untrusted(text_match.group(1))}" if code and text_match else (code or _excerpt(response))
         message = f"PUT {what}: storage answered {status} {detail}"
         if status == 429:
-            raise TransientError(message, status=status, error_code=code, retry_after=_retry_after(response))
+            raise TransientError(message, status=status, error_code=code, retry_after=retry_after_of(response))
         if status >= 500:
             raise TransientError(message, status=status, error_code=code)
         if status in (400, 403):
@@ -279,7 +285,7 @@ class GenviralClient:
             quick = answers.pack_answer(response.content) if response.status_code == 200 else None
             return quick or answers.pack(self._api_answer(response, "GET", "/packs/{id}"))
 
-        pack: RemotePack = await self._request("GET", f"/packs/{_segment(pack_id)}", what="/packs/{id}",
+        pack: RemotePack = await self._request("GET", f"/packs/{path_segment(pack_id)}", what="/packs/{id}",
                                                safe_to_repeat=True, other=(self._api, read))
         return pack
 
@@ -304,7 +310,7 @@ class GenviralClient:
 
     async def add_image(self, pack_id: str, url: str, file_name: str) -> str:
         """Add an uploaded URL to a pack; returns the image id. Not repeated on ambiguous failures."""
-        data = await self._request("POST", f"/packs/{_segment(pack_id)}/images", what="/packs/{id}/images",
+        data = await self._request("POST", f"/packs/{path_segment(pack_id)}/images", what="/packs/{id}/images",
                                    safe_to_repeat=False, json={"image_url": url, "file_name": file_name})
         return answers.created_id(data, "POST /packs/{id}/images")
 
@@ -335,7 +341,7 @@ class GenviralClient:
                 status = response.status_code
                 if status == 429 or status >= 500:
                     raise TransientError(f"download: HTTP {status}", status=status,
-                                         retry_after=_retry_after(response))
+                                         retry_after=retry_after_of(response))
                 if status >= 300:
                     raise PermanentError(f"download: HTTP {status}", status=status)
                 declared = response.headers.get("Content-Length", "")
@@ -360,7 +366,7 @@ class GenviralClient:
     async def delete_image(self, pack_id: str, image_id: str) -> None:
         """Delete an image; one that is already gone counts as deleted."""
         try:
-            await self._request("DELETE", f"/packs/{_segment(pack_id)}/images/{_segment(image_id)}",
+            await self._request("DELETE", f"/packs/{path_segment(pack_id)}/images/{path_segment(image_id)}",
                                 what="/packs/{id}/images/{image_id}", safe_to_repeat=True)
         except NotFound as exc:
             if exc.error_code != "image_not_found":

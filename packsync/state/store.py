@@ -273,6 +273,8 @@ class Store:
                 self.db.execute("PRAGMA busy_timeout=2000")
                 self._set_up(version, tables)
         except (sqlite3.Error, OSError) as exc:
+            if hasattr(self, "db"):
+                self.db.close()
             raise unusable(path, exc) from None
 
     def _inspect(self) -> tuple[int | None, set[str]]:
