@@ -99,6 +99,10 @@ class TransientError(ApiError):
         self.retry_after = retry_after
 
 
+class Stalled(TransientError):
+    """A download that trickles in too slowly to finish: given up for this run, tried again next run."""
+
+
 class AmbiguousError(TransientError):
     """A transient failure after which the server may or may not have done the work."""
 

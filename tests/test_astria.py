@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -345,3 +349,95 @@ def test_sighup_with_an_astria_mapping_and_no_key_keeps_the_daemon_running(  # t
     wait_until(lambda: len(daemon_env.pack(pack_id)["images"]) == 1, timeout=15)
     assert daemon.proc.poll() is None
     assert daemon_env.cdn_bytes(pack_id) == [photo.read_bytes()]
+
+
+def _class_not_a_list(reply: Reply) -> Reply:
+    pack = json.loads(reply.body)
+    pack["prompts_per_class"]["man"] = "oops"
+    return Reply(reply.status, json.dumps(pack).encode())
+
+
+def test_a_class_that_cannot_be_read_deletes_none_of_its_images(env: Env) -> None:
+    pack_id, urls = astria_pack(env, {"woman": 2, "man": 3})
+    env.map_astria(pack_id, pack="Headshots")
+    assert env.cli("run", "--no-wait").returncode == 0
+    env.sandbox.rewrite("GET", "astria:/p/{id}", _class_not_a_list, count=1)
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == ExitCode.SOME_FAILED, result.stdout + result.stderr
+    assert "0 added, 0 deleted" in result.stdout and "its prompts are not a list" in result.stdout
+    assert genviral_bytes(env, "Headshots") == astria_bytes(env, urls)
+
+
+def listing(*urls: str) -> Callable[[Reply], Reply]:
+    """A rewrite of the pack's answer: one prompt of class woman, listing ``urls``."""
+    def change(reply: Reply) -> Reply:
+        pack = {**json.loads(reply.body), "prompts_per_class": {"woman": [{"id": 7, "images": list(urls)}]}}
+        return Reply(200, json.dumps(pack).encode())
+
+    return change
+
+
+def test_a_key_inside_an_image_url_is_neither_printed_nor_stored(env: Env) -> None:
+    pack_id, urls = astria_pack(env, {"woman": 1})
+    env.map_astria(pack_id, pack="Headshots")
+    leaky = f"http://127.0.0.1:1/{ASTRIA_TOKEN}"
+    env.sandbox.rewrite("GET", "astria:/p/{id}", listing(urls[0], leaky))
+
+    outputs = [env.cli("-v", "run", "--no-wait"), env.cli("status", "--files", "--problems", token=None),
+               env.cli("-v", "pull", f"astria:{pack_id}", str(env.root / "out"))]
+
+    assert "its URL holds an API key" in outputs[1].stdout
+    for result in outputs:
+        assert ASTRIA_TOKEN not in result.stdout + result.stderr
+    for path in env.state_path.parent.rglob("*"):
+        assert not path.is_file() or ASTRIA_TOKEN.encode() not in path.read_bytes(), path
+
+
+@pytest.fixture
+def trickle() -> Iterator[str]:
+    """A server on loopback that answers every request with a 100,000-byte image, one byte at a time,
+    twice a second (so no read ever times out); yields its URL."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n\x89")
+            while not stop.wait(0.5):
+                try:
+                    conn.sendall(b"P")
+                except OSError:
+                    return
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/slow"
+    stop.set()
+    server.join(5)
+    listener.close()
+
+
+def test_an_image_that_trickles_in_is_given_up_and_the_run_ends(env: Env, trickle: str) -> None:
+    pack_id, urls = astria_pack(env, {"woman": 1})
+    env.map_astria(pack_id, pack="Headshots")
+    env.sandbox.rewrite("GET", "astria:/p/{id}", listing(urls[0], trickle))
+    started = time.monotonic()
+
+    result = env.cli("run", "--no-wait", timeout=90)
+
+    assert time.monotonic() - started < 60, "given up after the 30 s grace, not retried"
+    assert result.returncode == ExitCode.SOME_FAILED, result.stdout + result.stderr
+    assert "too slow to finish" in result.stdout
+    assert genviral_bytes(env, "Headshots") == astria_bytes(env, urls[:1])

@@ -275,7 +275,7 @@ def _safety(source: MappingInput, deletes: list[DeleteImage], managed: int, dele
         return None
     if not source.scan.items and not source.scan.problems:
         return (f"{source.scan.source} is empty but {_images(managed)} in the pack came from it; "
-                "refusing to delete them (is a disk unmounted?). Re-run with --force if you emptied it")
+                "refusing to delete them (an unmounted disk? an emptied pack?). Re-run with --force if you emptied it")
     limit = delete_limit(source.options.max_delete, deletable)
     if len(removals) > limit:
         share = source.options.max_delete

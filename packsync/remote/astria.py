@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from packsync.errors import AuthError, NotFound, PermanentError, TransientError
-from packsync.logs import untrusted
+from packsync.logs import redact, untrusted
 from packsync.model import AstriaImage, AstriaPack, AstriaPackSummary
 from packsync.remote.answers import is_http_url
 from packsync.remote.genviral import GenviralClient, S, path_segment, retry_after_of
@@ -48,6 +48,15 @@ def _shown(value: object) -> str:
     return untrusted(str(value), 60)
 
 
+def _prompt_id(value: object) -> int | None:
+    """A prompt's id: a number (the docs), or a string of digits (said leniently); else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20:
+        return int(value)
+    return None
+
+
 def _title(raw: dict[str, Any], pack_id: int) -> str:
     title = raw.get("title")
     return untrusted(title, 120) if isinstance(title, str) and title.strip() else f"pack {pack_id}"
@@ -65,16 +74,18 @@ def pack_of(data: Any, pack_id: int) -> AstriaPack:
             problems.append((name, name, "its prompts are not a list"))
             continue
         for number, prompt in enumerate(prompts, 1):
-            prompt_id = prompt.get("id") if isinstance(prompt, dict) else None
+            prompt_id = _prompt_id(prompt.get("id")) if isinstance(prompt, dict) else None
             urls = prompt.get("images") if isinstance(prompt, dict) else None
-            if not isinstance(prompt_id, int) or isinstance(prompt_id, bool) or not isinstance(urls, list):
+            if prompt_id is None or not isinstance(urls, list):
                 problems.append((name, f"{name}/prompt {number}", "not a prompt with an id and a list of images"))
                 continue
             for index, url in enumerate(urls, 1):
-                if is_http_url(url):
-                    images.append(AstriaImage(url, name, prompt_id, index))
-                else:
+                if not is_http_url(url):
                     problems.append((name, f"{name}-{prompt_id}-{index}", "its URL is not an http(s) address"))
+                elif redact(url) != url:  # a key in a URL would be printed and stored with it
+                    problems.append((name, f"{name}-{prompt_id}-{index}", "its URL holds an API key; not used"))
+                else:
+                    images.append(AstriaImage(url, name, prompt_id, index))
     return AstriaPack(pack_id, _title(data, pack_id), tuple(classes), tuple(images), tuple(problems))
 
 

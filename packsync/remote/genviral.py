@@ -32,6 +32,7 @@ from packsync.errors import (
     AuthError,
     NotFound,
     PermanentError,
+    Stalled,
     TransientError,
     UploadRejected,
 )
@@ -47,6 +48,13 @@ _AUTH_MESSAGES = {
     403: "the key's plan tier may not use the Partner API (403 tier_not_allowed)",
 }
 PAGE_SIZE = 100
+#: A download still below STALL_RATE bytes/s on average after STALL_GRACE_S is given up for the run:
+#: a server that sends a byte every few seconds never trips the read timeout.
+STALL_GRACE_S = 30.0
+STALL_RATE = 16 * 1024
+#: Retries of one download stop this long after its first try (a host that never answers costs a
+#: minute of one slot, not the read timeout times every attempt).
+DOWNLOAD_DEADLINE_S = 60.0
 
 
 class Sink(Protocol):
@@ -321,9 +329,10 @@ class GenviralClient:
 
         Image URLs are public storage or CDN addresses: the request carries no Authorization, so the
         key never goes to a host that is not the API. A refusal (4xx) or a body over ``max_bytes`` is a
-        ``PermanentError``; 429, 5xx, timeouts and dropped connections are retried like any request.
+        ``PermanentError``; 429, 5xx, timeouts and dropped connections are retried like any request,
+        within ``DOWNLOAD_DEADLINE_S`` from the first try; a trickle (``Stalled``) is not retried.
         """
-        attempt = 0
+        attempt, deadline = 0, time.monotonic() + DOWNLOAD_DEADLINE_S
         while True:
             try:
                 async with self._slots:
@@ -331,9 +340,11 @@ class GenviralClient:
                     return await self._stream(url, max_bytes, sink())
             except TransientError as error:
                 attempt += 1
-                if attempt >= self.retry.attempts or not self.take_retry():
+                delay = self.retry.backoff.delay(attempt, error.retry_after)
+                if isinstance(error, Stalled) or attempt >= self.retry.attempts or time.monotonic() + delay > deadline \
+                        or not self.take_retry():
                     raise
-                await asyncio.sleep(self.retry.backoff.delay(attempt, error.retry_after))
+                await asyncio.sleep(delay)
 
     async def _stream(self, url: str, max_bytes: int, into: S) -> S:
         try:
@@ -347,12 +358,15 @@ class GenviralClient:
                 declared = response.headers.get("Content-Length", "")
                 if declared.isdigit() and int(declared) > max_bytes:
                     raise PermanentError(f"larger than {max_bytes / 1e6:g} MB ({int(declared) / 1e6:.1f} MB)")
-                size = 0
+                size, started = 0, time.monotonic()
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > max_bytes:
                         raise PermanentError(f"larger than {max_bytes / 1e6:g} MB")
                     into.update(chunk)
+                    elapsed = time.monotonic() - started
+                    if elapsed > STALL_GRACE_S and size < elapsed * STALL_RATE:  # the read timeout resets per byte
+                        raise Stalled(f"download: {size:,} bytes in {elapsed:.0f} s, too slow to finish")
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             # No such host, or nothing listening: an image URL on a dead host stays dead. (Waiting for it
             # would hold back the mapping's new files for ever.)

@@ -82,6 +82,8 @@ class AstriaSource:
                                           if self.classes is None or cls in self.classes])
         scan.problems += [Problem(f"class {cls}", f"{self.label} has no class {cls!r}")
                           for cls in sorted(self.classes or ()) if cls not in pack.classes]
+        if scan.problems:  # an entry it could not read may be one it listed before: nothing synced from it goes
+            scan.keep |= {cached.sha256 for url, cached in previous.items() if cached.sha256 and url not in firsts}
         self.close()
         new = [image for url, image in firsts.items() if url not in previous or previous[url].sha256 is None]
         fetched = dict(zip((image.url for image in new), await asyncio.gather(*map(self._fetch, new)), strict=True))
