@@ -192,6 +192,32 @@ def status(as_json: bool, files: bool, problems: bool) -> None:
 
 
 @_command(main)
+@click.argument("words", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, help="At most this many.")
+def search(words: tuple[str, ...], as_json: bool, limit: int) -> None:
+    """Find images by their AI description, keywords or name; print the local files that hold them.
+
+    Every word must match (as the start of a word). Reads only the state: no token, no API call.
+    """
+    from packsync.state.store import Store
+    from packsync.views.json import search_document, write_json
+    from packsync.views.search import search as find
+    from packsync.views.text import print_search
+
+    config = _config()
+    store = Store(config.state_path, readonly=True)
+    try:
+        hits = find(store, words, limit)
+    finally:
+        store.close()
+    if as_json:
+        write_json(search_document(list(words), hits), sys.stdout)
+    else:
+        print_search(hits, sys.stdout)
+
+
+@_command(main)
 @click.option("--public", is_flag=True, help="Include public packs of other accounts.")
 def packs(public: bool) -> None:
     """List the key's packs (id, name, image count)."""

@@ -15,6 +15,8 @@ One SQLite file (WAL mode, private to the user) with these tables:
 - ``mappings`` — per mapped source: the pack it syncs to, the source's own name (an Astria pack's
                  title) and how the last sync went.
 - ``daemon``   — one row: what the running daemon is doing, for ``packsync status``.
+- ``image_text`` — a full-text index (FTS5) of the images' names, descriptions and keywords, kept by
+                 triggers on ``images``, for ``packsync search``.
 
 Folders and other sources are keyed by their label (a folder's path). Every step is committed as
 soon as the API confirms it, so a killed run loses at most the step in flight — and the planner
@@ -45,7 +47,7 @@ from urllib.parse import quote
 from packsync.errors import StateError, StateUnavailable
 from packsync.model import METADATA_SETTLED, Blob, CachedFile, ManagedImage, Metadata, Problem, UrlContent
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 APP_ID = "packsync"
 
 #: The tables, as SQLite keeps them. Every column without a value is written by packsync explicitly:
@@ -71,6 +73,22 @@ TABLES = {
     "daemon": """(id INTEGER NOT NULL PRIMARY KEY, pid INTEGER, started_at FLOAT, last_full_scan FLOAT,
         queue INTEGER NOT NULL, state VARCHAR NOT NULL, last_error VARCHAR, updated_at FLOAT)""",
 }
+#: A full-text index over the images' names, AI descriptions and keywords (SQLite's FTS5), kept by
+#: triggers as ``images`` changes: it holds no copy of the text, only the index.
+SEARCH = [
+    "CREATE VIRTUAL TABLE image_text USING fts5(file_name, description, keywords, content='images', "
+    "content_rowid='rowid')",
+    "CREATE TRIGGER image_text_insert AFTER INSERT ON images BEGIN INSERT INTO image_text(rowid, file_name, "
+    "description, keywords) VALUES (new.rowid, new.file_name, new.description, new.keywords); END",
+    "CREATE TRIGGER image_text_delete AFTER DELETE ON images BEGIN INSERT INTO image_text(image_text, rowid, "
+    "file_name, description, keywords) VALUES ('delete', old.rowid, old.file_name, old.description, old.keywords); "
+    "END",
+    "CREATE TRIGGER image_text_update AFTER UPDATE ON images BEGIN INSERT INTO image_text(image_text, rowid, "
+    "file_name, description, keywords) VALUES ('delete', old.rowid, old.file_name, old.description, old.keywords); "
+    "INSERT INTO image_text(rowid, file_name, description, keywords) VALUES (new.rowid, new.file_name, "
+    "new.description, new.keywords); END",
+]
+
 INDEXES = {
     "ix_blobs_url": "blobs (url)",
     "ix_images_sha256": "images (sha256)",
@@ -320,7 +338,7 @@ class Store:
     def _set_up(self, version: int | None, tables: set[str]) -> None:
         """Create what is missing and migrate forward, in one transaction: a run killed half-way, or a
         first run killed before it wrote its schema version, leaves a file the next run finishes."""
-        if version == SCHEMA_VERSION and tables >= TABLES.keys():
+        if version == SCHEMA_VERSION and tables >= {*TABLES, "image_text"}:
             return
         with self._transaction() as db:
             columns = {row[1] for row in db.execute("PRAGMA table_info(images)")}
@@ -331,6 +349,10 @@ class Store:
             if columns and "source_name" not in columns:  # schema 2 → 3
                 db.execute("ALTER TABLE mappings ADD COLUMN source_name VARCHAR")
             _create(db, TABLES.keys() - _tables(db))
+            if "image_text" not in _tables(db):  # schema 3 → 4: the search index, of every image recorded
+                for statement in SEARCH:
+                    db.execute(statement)
+                db.execute("INSERT INTO image_text(image_text) VALUES ('rebuild')")
             db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                            [("app", APP_ID), ("schema", str(SCHEMA_VERSION))])
 
@@ -427,6 +449,11 @@ class Store:
         rows = self._rows("SELECT rel_path, reason, notice FROM problems WHERE root = ? ORDER BY rel_path", source)
         return [Problem(rel_path, reason, bool(notice)) for rel_path, reason, notice in rows]
 
+    def paths_of(self, source: str, sha256: str) -> list[str]:
+        """The items of ``source`` whose content is ``sha256`` (its files that hold it), by key."""
+        return [row[0] for row in self._rows("SELECT rel_path FROM files WHERE root = ? AND sha256 = ? AND problem "
+                                             "IS NULL ORDER BY rel_path", source, sha256)]
+
     def count_files(self, source: str) -> int:
         return int(self._rows("SELECT count(*) FROM files WHERE root = ?", source)[0][0])
 
@@ -509,9 +536,15 @@ class Store:
     def record_images(self, images: Iterable[ManagedImage]) -> None:
         """Record images packsync added (or adopted); committed at once, together."""
         now = time.time()
-        self._write_many("INSERT OR REPLACE INTO images (pack_id, image_id, sha256, url, file_name, owner, "
+        # An upsert, not INSERT OR REPLACE: a replaced row would leave the search index (kept by triggers)
+        # holding the old text.
+        self._write_many("INSERT INTO images (pack_id, image_id, sha256, url, file_name, owner, "
                          "meta_status, description, keywords, meta_error, added_at) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (pack_id, image_id) DO UPDATE SET "
+                         "sha256 = excluded.sha256, url = excluded.url, file_name = excluded.file_name, "
+                         "owner = excluded.owner, meta_status = excluded.meta_status, "
+                         "description = excluded.description, keywords = excluded.keywords, "
+                         "meta_error = excluded.meta_error, added_at = excluded.added_at",
                          [(i.pack_id, i.image_id, i.sha256, i.url, i.file_name, i.owner, i.metadata.status,
                            i.metadata.description, json.dumps(list(i.metadata.keywords)), i.metadata.error, now)
                           for i in images])
@@ -536,6 +569,23 @@ class Store:
         """Per pack, how many of packsync's images wait for AI metadata (packs with none are left out)."""
         return dict(self._rows_in(f"SELECT pack_id, count(*) FROM images WHERE meta_status NOT IN ({_SETTLED_SQL}) "
                                   "AND pack_id IN (?) GROUP BY pack_id", pack_ids))
+
+    def search(self, words: Sequence[str], limit: int = 50) -> list[tuple[ManagedImage, str]]:
+        """packsync's images whose name, description or keywords hold every word (as a word's start),
+        best match first, each with the mapping that owns it."""
+        terms = " AND ".join('"' + word.replace('"', '""') + '"*' for word in words if word.strip())
+        if not terms:
+            return []
+        if "image_text" not in _tables(self.db) | _tables(self.db, "temp"):
+            # A state from before the index, read only: the index is built in memory, for this store.
+            self.db.execute("CREATE VIRTUAL TABLE temp.image_text USING fts5(file_name, description, keywords)")
+            self.db.execute("INSERT INTO temp.image_text(rowid, file_name, description, keywords) "
+                            "SELECT rowid, file_name, description, keywords FROM images")
+        rows = self._rows(
+            "SELECT i.pack_id, i.image_id, i.sha256, i.url, i.file_name, i.owner, i.meta_status, i.description, "
+            "i.keywords, i.meta_error FROM image_text JOIN images i ON i.rowid = image_text.rowid "
+            "WHERE image_text MATCH ? ORDER BY bm25(image_text) LIMIT ?", terms, limit)
+        return [(_image(*row), row[5]) for row in rows]
 
     # -- mappings ----------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from packsync.views.status import DaemonStatus, FileStatus, MappingStatus, Statu
 
 if TYPE_CHECKING:  # `status --json` does not load the HTTP client
     from packsync.engine.pull import PullReport
+    from packsync.views.search import SearchHit
 
 STATUS_VERSION = 1
 
@@ -76,6 +77,14 @@ def astria_packs_document(packs: list[AstriaPackSummary], details: list[AstriaPa
                        "classes": list(detail.classes if detail else pack.classes),
                        "images": len(detail.images) if detail else None} for pack, detail in zip(packs, details,
                                                                                                   strict=True)]}
+
+
+def search_document(words: list[str], hits: list[SearchHit]) -> dict[str, Any]:
+    return {"query": " ".join(words), "results": [
+        {"paths": list(hit.paths), "mapping": hit.mapping, "pack_id": hit.image.pack_id,
+         "image_id": hit.image.image_id, "file_name": hit.image.file_name,
+         "metadata_status": hit.image.metadata.status, "description": hit.image.metadata.description,
+         "keywords": list(hit.image.metadata.keywords)} for hit in hits]}
 
 
 def write_json(document: dict[str, Any], out: TextIO) -> None:

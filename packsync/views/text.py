@@ -19,6 +19,7 @@ from packsync.views.status import Status
 if TYPE_CHECKING:  # only named: importing them would bring in the HTTP client, which `status` never needs
     from packsync.engine.pull import PullReport
     from packsync.engine.sync import MappingReport, SyncReport
+    from packsync.views.search import SearchHit
 
 #: Skipped files listed per reason before the rest are counted.
 PROBLEMS_SHOWN = 5
@@ -193,3 +194,16 @@ def print_astria_packs(packs: list[AstriaPackSummary], details: list[AstriaPack 
         classes = ",".join(printable(c) for c in (detail.classes if detail else pack.classes))
         out.write(f"{pack.pack_id:>8}  {title:<{width}}  {classes:<20}  "
                   f"{len(detail.images) if detail else '?'}\n")
+
+
+def print_search(hits: list[SearchHit], out: TextIO) -> None:
+    if not hits:
+        out.write("no image's name, description or keywords match\n")
+    for hit in hits:
+        meta = hit.image.metadata
+        for path in hit.paths:
+            out.write(f"{printable(path)}\n")
+        if meta.description:
+            out.write(f"  {printable(meta.description)}\n")
+        if meta.keywords:
+            out.write(f"  keywords: {printable(', '.join(meta.keywords))}\n")

@@ -1,0 +1,29 @@
+"""Search over the AI descriptions: packsync's images whose name, description or keywords match, with
+the local files that hold them (the read model ``packsync search`` renders)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from packsync.model import ManagedImage
+from packsync.state.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    image: ManagedImage
+    mapping: str                 # the owning mapping's label ('' for an image from before owners)
+    paths: tuple[str, ...]       # local files with its content; an Astria image's is its name
+
+
+def search(store: Store, words: Sequence[str], limit: int = 50) -> list[SearchHit]:
+    hits = []
+    for image, owner in store.search(words, limit):
+        if owner and not owner.startswith("astria:"):
+            paths = tuple(str(Path(owner) / rel) for rel in store.paths_of(owner, image.sha256))
+        else:
+            paths = ()
+        hits.append(SearchHit(image, owner, paths or (f"{owner} {image.file_name}".strip(),)))
+    return hits

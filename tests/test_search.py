@@ -1,0 +1,76 @@
+"""`packsync search`: the AI descriptions, keywords and names of the synced images, searched locally."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from conftest import Env, write
+
+from packsync.errors import ExitCode
+from packsync.sandbox.imaging import solid_png
+
+
+def synced(env: Env) -> dict[str, str]:
+    """Three coloured images synced with their AI metadata; returns name → local path."""
+    pack_id = env.sandbox.create_pack("Brand")
+    folder = env.map("brand", pack_id=pack_id)
+    files = {name: write(folder / name, solid_png(32, 32, rgb)) for name, rgb in
+             [("logo.png", (220, 30, 40)), ("sea.png", (30, 60, 210)), ("nested/leaf.png", (20, 150, 50))]}
+    assert env.cli("run", "--wait-timeout", "30").returncode == 0
+    return {name: str(path) for name, path in files.items()}
+
+
+def test_search_finds_images_by_description_and_prints_their_files(env: Env) -> None:
+    files = synced(env)
+
+    red = env.cli("search", "red", token=None)
+    both = json.loads(env.cli("search", "png", "squ", "--json", token=None).stdout)
+
+    assert red.returncode == ExitCode.OK, red.stderr
+    assert red.stdout.splitlines()[0] == files["logo.png"]
+    assert "A 32×32 red PNG image." in red.stdout and files["sea.png"] not in red.stdout
+    assert sorted(p for hit in both["results"] for p in hit["paths"]) == sorted(files.values())
+    assert {hit["metadata_status"] for hit in both["results"]} == {"completed"}
+
+
+def test_the_index_follows_new_descriptions_and_deleted_files(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("Brand")
+    folder = env.map("brand", pack_id=pack_id)
+    write(folder / "first.png", solid_png(32, 32, (220, 30, 40)))
+    write(folder / "kept.png", solid_png(32, 32, (30, 60, 210)))
+    assert env.cli("run", "--no-wait").returncode == 0
+    assert env.cli("search", "red", token=None).stdout.startswith("no image"), "no description yet"
+
+    assert env.cli("run", "--wait-timeout", "30").returncode == 0   # the description arrives
+    assert str(folder / "first.png") in env.cli("search", "red", token=None).stdout
+    (folder / "first.png").unlink()
+    assert env.cli("run", "--no-wait").returncode == 0
+
+    assert env.cli("search", "red", token=None).stdout.startswith("no image")
+
+
+def test_any_query_text_is_taken_as_words(env: Env) -> None:
+    synced(env)
+
+    for query in ['"', "red OR", "NEAR(", "*", "a'b", "col:umn", "--"]:
+        result = env.cli("search", "--", query, token=None)
+        assert result.returncode == ExitCode.OK, (query, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_a_state_from_before_the_index_is_searched_without_being_changed(env: Env) -> None:
+    files = synced(env)
+    with sqlite3.connect(env.state_path) as db:
+        for name in ("image_text_insert", "image_text_delete", "image_text_update"):
+            db.execute(f"DROP TRIGGER {name}")
+        db.execute("DROP TABLE image_text")
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    before = env.state_path.read_bytes()
+
+    result = env.cli("search", "blue", token=None)
+
+    assert result.stdout.splitlines()[0] == files["sea.png"]
+    assert env.state_path.read_bytes() == before
+    assert env.cli("run", "--no-wait").returncode == 0  # migrates, and indexes what was recorded
+    assert env.cli("search", "green", token=None).stdout.splitlines()[0] == files["nested/leaf.png"]
