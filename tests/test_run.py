@@ -435,3 +435,22 @@ def test_status_shows_the_last_error_of_a_mapping_whose_files_failed(env: Env) -
     env.sandbox.clear_faults()
     assert env.cli("run", "--no-wait").returncode == 0
     assert json.loads(env.cli("status", "--json", token=None).stdout)["mappings"][0]["last_error"] is None
+
+
+def test_run_json_is_one_summary_object(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("brand", pack_id=pack_id)
+    write(folder / "a.png", image())
+    write(folder / "b.png", image())
+    write(folder / "empty.png", b"")
+
+    result = env.cli("run", "--no-wait", "--json")
+    refused = env.cli("run", "--dry-run", "--json")
+
+    assert result.returncode == ExitCode.SOME_FAILED
+    summary = json.loads(result.stdout)
+    (mapping,) = summary["mappings"]
+    assert summary["exit_code"] == ExitCode.SOME_FAILED
+    assert (mapping["source"], mapping["pack_id"], mapping["added"], mapping["deleted"]) == (str(folder), pack_id, 2, 0)
+    assert [p["path"] for p in mapping["skipped"]] == ["empty.png"] and mapping["error"] is None
+    assert refused.returncode == ExitCode.USAGE and "--json" in refused.stderr

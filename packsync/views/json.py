@@ -14,6 +14,7 @@ from packsync.views.status import DaemonStatus, FileStatus, MappingStatus, Statu
 
 if TYPE_CHECKING:  # `status --json` does not load the HTTP client
     from packsync.engine.pull import PullReport
+    from packsync.engine.sync import SyncReport
     from packsync.views.search import SearchHit
 
 STATUS_VERSION = 1
@@ -77,6 +78,23 @@ def astria_packs_document(packs: list[AstriaPackSummary], details: list[AstriaPa
                        "classes": list(detail.classes if detail else pack.classes),
                        "images": len(detail.images) if detail else None} for pack, detail in zip(packs, details,
                                                                                                   strict=True)]}
+
+
+def run_document(report: SyncReport) -> dict[str, Any]:
+    """``run --json``: one summary object, per mapping what was done and what failed, and why."""
+    mappings = []
+    for mapping in report.mappings:
+        outcome = mapping.outcome
+        mappings.append({
+            "source": mapping.label, "pack_id": mapping.pack_id, "pack_name": mapping.pack_name,
+            "added": outcome.added if outcome else 0, "deleted": outcome.deleted if outcome else 0,
+            "adopted": outcome.adopted if outcome else 0, "recovered": outcome.recovered if outcome else 0,
+            "failed": [{"item": where, "reason": why} for where, why in (outcome.failures if outcome else [])],
+            "skipped": [{"path": p.rel_path, "reason": p.reason, "notice": p.notice} for p in mapping.problems],
+            "error": mapping.fatal, "safety_stop": mapping.safety,
+            "withheld_deletes": len(mapping.plan.withheld) if mapping.plan else 0,
+        })
+    return {"exit_code": int(report.exit_code), "metadata_pending": report.metadata_pending, "mappings": mappings}
 
 
 def search_document(words: list[str], hits: list[SearchHit]) -> dict[str, Any]:
