@@ -150,6 +150,10 @@ class Syncer:
         if options.dry_run:
             return result
         self.api.start_run(planned_calls=plan.mutations)
+        for kind, count in (("uploaded", len(plan.uploads)), ("added", sum(len(p.adds) for p in plans)),
+                            ("deleted", sum(len(p.deletes) for p in plans))):
+            if count:
+                self.progress.total(kind, count)
         try:
             outcomes = await Executor(self.api, self.store, self.packs, self.sources, self.progress).run(plan)
         finally:

@@ -1,4 +1,5 @@
-"""A one-line progress display on a terminal: files hashed, uploaded, added, metadata settled.
+"""A one-line progress display on a terminal, like ``rclone -P``: per phase (hashing, downloading,
+uploading, adding, deleting, waiting for metadata) done/total, percent, rate and time left.
 
 It writes to stderr and only when stderr is a terminal; anywhere else (systemd, CI, a pipe) it
 is silent and the structured logs tell the story.
@@ -11,7 +12,13 @@ import time
 from collections import Counter
 from typing import TextIO
 
-_ORDER = ("hashed", "uploaded", "added", "deleted", "metadata")
+_ORDER = ("hashed", "downloaded", "uploaded", "added", "deleted", "metadata")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02}m" if hours else f"{minutes}m{secs:02}s" if minutes else f"{secs}s"
 
 
 class Progress:
@@ -20,6 +27,8 @@ class Progress:
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.counts: Counter[str] = Counter()
         self.totals: dict[str, int] = {}
+        self.started: dict[str, float] = {}
+        self.current: str | None = None
         self.interval_s = interval_s
         self._shown_at = 0.0
         self._dirty = False
@@ -28,19 +37,36 @@ class Progress:
         self.totals[kind] = count
 
     def advance(self, kind: str, count: int = 1) -> None:
-        self.counts[kind] += count
         now = time.monotonic()
+        self.started.setdefault(kind, now)
+        self.counts[kind] += count
+        self.current = kind
         if self.enabled and now - self._shown_at >= self.interval_s:
             self._shown_at = now
-            self._show()
+            self._show(now)
 
-    def _show(self) -> None:
+    def line(self, now: float) -> str:
+        """The line as shown: the phase in progress in full, the others as done/total."""
         parts = []
         for kind in _ORDER:
-            if kind in self.counts or kind in self.totals:
-                total = self.totals.get(kind)
-                parts.append(f"{kind} {self.counts[kind]}" + (f"/{total}" if total is not None else ""))
-        self.stream.write("\r\x1b[2K" + " · ".join(parts))
+            if kind not in self.counts and kind not in self.totals:
+                continue
+            done, total = self.counts[kind], self.totals.get(kind)
+            part = f"{kind} {done}" + (f"/{total}" if total is not None else "")
+            if kind == self.current:
+                elapsed = now - self.started.get(kind, now)
+                rate = done / elapsed if elapsed >= 0.5 else None
+                if total:
+                    part += f" ({100 * done // total}%)"
+                if rate:
+                    part += f" {rate:.1f}/s" if rate < 10 else f" {rate:.0f}/s"
+                    if total and done < total:
+                        part += f", {_duration((total - done) / rate)} left"
+            parts.append(part)
+        return " · ".join(parts)
+
+    def _show(self, now: float) -> None:
+        self.stream.write("\r\x1b[2K" + self.line(now))
         self.stream.flush()
         self._dirty = True
 
