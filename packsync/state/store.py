@@ -408,9 +408,12 @@ class Store:
         self._write_many(sql, [params])
 
     def _write_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        """One statement for each row, committed together."""
-        with self._transaction() as db:
-            db.executemany(sql, rows)
+        """One statement for each row, committed together (nothing at all, not even the write lock,
+        for no rows)."""
+        rows = list(rows)
+        if rows:
+            with self._transaction() as db:
+                db.executemany(sql, rows)
 
     # -- files -------------------------------------------------------------------------------------
 
