@@ -407,6 +407,8 @@ def _as_made_by_sqlmodel(state: Path) -> None:
         new.executescript(schema)
         for (table,) in old.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
             columns = [row[1] for row in new.execute(f"PRAGMA table_info({table})")]  # those it had then
+            if not columns:  # a table (or index) from after that version
+                continue
             new.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                             old.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall())
         new.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
