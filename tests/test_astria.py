@@ -441,3 +441,22 @@ def test_an_image_that_trickles_in_is_given_up_and_the_run_ends(env: Env, trickl
     assert result.returncode == ExitCode.SOME_FAILED, result.stdout + result.stderr
     assert "too slow to finish" in result.stdout
     assert genviral_bytes(env, "Headshots") == astria_bytes(env, urls[:1])
+
+
+def test_full_rescans_leave_astria_packs_to_their_poll_interval(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    pack_id, _ = astria_pack(daemon_env, {"woman": 1})
+    daemon_env.daemon["rescan_interval_s"] = 10  # the shortest allowed; polls stay hourly
+    daemon_env.map_astria(pack_id, pack="Headshots")
+    daemon_env.map("brand", pack="Brand")
+    start()
+    wait_until(lambda: images_of(daemon_env, "Headshots") == 1, timeout=15)
+
+    def full_scan() -> str | None:  # an ISO time
+        daemon = json.loads(daemon_env.cli("status", "--json", token=None).stdout)["daemon"]
+        return daemon and daemon["last_full_scan"]
+
+    first = wait_until(full_scan, timeout=15)
+    reads = daemon_env.sandbox.calls[("GET", "astria:/p/{id}")]
+    wait_until(lambda: (full_scan() or "") > first, timeout=30, interval=0.5)  # a periodic full rescan ran
+
+    assert daemon_env.sandbox.calls[("GET", "astria:/p/{id}")] == reads

@@ -248,8 +248,10 @@ class Daemon:
                         self._watch(folder)
             labels = set(busy) | {label for label, f in self.folders.items()
                                   if f.retry_at is not None and f.retry_at <= now}
+            if full:  # every folder; an Astria pack only when its poll interval is up
+                labels |= {label for label, f in self.folders.items() if f.root is not None}
             if full or labels:
-                await self._sync(None if full else labels, busy, full=full)
+                await self._sync(labels, busy, full=full)
             else:
                 self._publish()
                 await self._sleep(self._next_deadline(now))
