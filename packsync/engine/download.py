@@ -9,18 +9,11 @@ image, or one over the size limit, is a problem for that image, never an error f
 from __future__ import annotations
 
 from packsync.errors import PermanentError, TransientError
-from packsync.logs import redact, untrusted
+from packsync.logs import untrusted
 from packsync.model import UrlContent
-from packsync.remote.answers import is_http_url
+from packsync.remote.answers import url_problem
 from packsync.remote.genviral import GenviralClient
 from packsync.sources.media import Digester
-
-
-def url_problem(url: str) -> str | None:
-    """Why ``url`` is not one to download (only absolute http(s) URLs without a key in them are), or None."""
-    if not is_http_url(url):
-        return "its URL is not an http(s) address"
-    return "its URL holds an API key; not used" if redact(url) != url else None
 
 
 async def content_of(api: GenviralClient, url: str, max_bytes: int) -> UrlContent:

@@ -22,10 +22,10 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from packsync.engine.download import url_problem
 from packsync.errors import NotFound, PermanentError, SourceUnavailable, TransientError
 from packsync.logs import get_logger, untrusted
 from packsync.model import PackSummary, RemoteImage, RemotePack, UrlContent
+from packsync.remote.answers import url_problem
 from packsync.remote.astria import AstriaClient
 from packsync.remote.genviral import GenviralClient
 from packsync.sources.media import SUPPORTED, Digester, digest_file
@@ -159,8 +159,8 @@ class Puller:
                           *, delete: bool = False, dry_run: bool = False) -> PullReport:
         """Pull an Astria pack (``classes`` of it, or all): one sub-folder per class."""
         found = await astria.pack(pack_id)
-        chosen = {image.url: image for image in reversed(found.images) if classes is None or image.cls in classes}
-        pack = RemotePack(f"astria:{pack_id}", found.title, tuple(RemoteImage(url, url) for url in reversed(chosen)))
+        chosen = found.chosen(classes)
+        pack = RemotePack(f"astria:{pack_id}", found.title, tuple(RemoteImage(url, url) for url in chosen))
 
         def name(image: RemoteImage, content_type: str) -> str:
             source = chosen[image.url]

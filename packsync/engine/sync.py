@@ -30,8 +30,9 @@ from packsync.errors import (
     TransientError,
     first_error,
 )
-from packsync.logs import get_logger, redact
+from packsync.logs import get_logger
 from packsync.model import CachedFile, Problem, RemotePack, Scan, UrlContent
+from packsync.remote.answers import url_problem
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.retry import Backoff
 from packsync.sources.base import Source
@@ -269,7 +270,8 @@ class Syncer:
 
         fetched = await asyncio.gather(*map(one, new))
         if not options.dry_run:
-            self.store.save_url_contents(c for c in fetched if c.final and redact(c.url) == c.url)  # no key stored
+            # What a download taught, not what the URL check said without one (a key in a URL is never stored).
+            self.store.save_url_contents(c for c in fetched if c.final and url_problem(c.url) is None)
         by_url = {image.url: image.image_id for image in remote.images}
         report.undownloadable = [(by_url[c.url], c.problem) for c in fetched if c.problem]
         contents = {url: c.sha256 for url, c in (*known.items(), *((c.url, c) for c in fetched)) if c.sha256}

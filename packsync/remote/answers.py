@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from packsync.errors import MalformedAnswer
-from packsync.logs import untrusted
+from packsync.logs import redact, untrusted
 from packsync.model import METADATA_SETTLED, Metadata, PackSummary, RemoteImage, RemotePack, UploadTicket
 
 _STATUSES = METADATA_SETTLED | {"pending", "processing"}
@@ -62,6 +62,14 @@ def is_http_url(value: Any) -> bool:
         return parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname)
     except ValueError:
         return False
+
+
+def url_problem(url: Any) -> str | None:
+    """Why an image's ``url`` is not one to download (only absolute http(s) URLs without a key in them
+    are), or None. A key in a URL would be printed and stored with it."""
+    if not is_http_url(url):
+        return "its URL is not an http(s) address"
+    return "its URL holds an API key; not used" if redact(url) != url else None
 
 
 def http_url(value: Any, what: str) -> str:

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 
 from packsync.errors import AuthError, NotFound, PermanentError, TransientError
-from packsync.logs import redact, untrusted
+from packsync.logs import untrusted
 from packsync.model import AstriaImage, AstriaPack, AstriaPackSummary
-from packsync.remote.answers import is_http_url
+from packsync.remote.answers import url_problem
 from packsync.remote.genviral import GenviralClient, S, path_segment, retry_after_of
 
 _AUTH = "the Astria API refused the key: it is invalid or revoked ({status})"
@@ -80,10 +80,8 @@ def pack_of(data: Any, pack_id: int) -> AstriaPack:
                 problems.append((name, f"{name}/prompt {number}", "not a prompt with an id and a list of images"))
                 continue
             for index, url in enumerate(urls, 1):
-                if not is_http_url(url):
-                    problems.append((name, f"{name}-{prompt_id}-{index}", "its URL is not an http(s) address"))
-                elif redact(url) != url:  # a key in a URL would be printed and stored with it
-                    problems.append((name, f"{name}-{prompt_id}-{index}", "its URL holds an API key; not used"))
+                if problem := url_problem(url):
+                    problems.append((name, f"{name}-{prompt_id}-{index}", problem))
                 else:
                     images.append(AstriaImage(url, name, prompt_id, index))
     return AstriaPack(pack_id, _title(data, pack_id), tuple(classes), tuple(images), tuple(problems))
