@@ -9,6 +9,7 @@ stops there, writing nothing to the state.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from packsync.views.progress import Progress
 #: Mappings planned at once: enough to overlap pack reads with scans, few enough that only a few
 #: sources' listings and packs are in memory together.
 MAPPINGS_AT_ONCE = 3
+#: How many of a safety stop's withheld deletes the state keeps by name, for the views.
+WITHHELD_SHOWN = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +170,23 @@ class Syncer:
             result.metadata_pending = await self.metadata.wait(pack_ids, options.wait_timeout_s,
                                                                Backoff(options.poll_start_s, options.poll_cap_s))
         for report in reports:
-            name = self.sources[report.label].name  # None when the source could not be read: keep the last
-            self.store.save_mapping(report.label, synced_at=time.time(), last_error=report.last_error,
-                                    **({"source_name": name} if name else {}))
+            self._remember(report)
         return result
+
+    def _remember(self, report: MappingReport) -> None:
+        """What the views show of this mapping's sync: when, how it ended, and a safety stop's withheld deletes."""
+        now = time.time()
+        name = self.sources[report.label].name  # None when the source could not be read: keep the last
+        withheld = report.plan.withheld if report.plan and report.safety else []
+        if withheld and report.plan and report.plan.pack_id:
+            names = {image.image_id: image.file_name
+                     for image in self.store.managed(report.plan.pack_id, details=False)}
+            withheld_names = json.dumps([names.get(d.image_id, d.image_id) for d in withheld[:WITHHELD_SHOWN]])
+        else:
+            withheld_names = None
+        self.store.save_mapping(report.label, synced_at=now, last_error=report.last_error, safety=report.safety,
+                                withheld=withheld_names, **({"source_name": name} if name else {}),
+                                **({} if report.last_error else {"ok_at": now}))
 
     async def _plan(self, report: MappingReport, options: SyncOptions, busy: Collection[str],
                     slots: asyncio.Semaphore) -> None:

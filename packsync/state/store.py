@@ -39,7 +39,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import astuple, dataclass, replace
+from dataclasses import astuple, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -47,7 +47,7 @@ from urllib.parse import quote
 from packsync.errors import StateError, StateUnavailable
 from packsync.model import METADATA_SETTLED, Blob, CachedFile, ManagedImage, Metadata, Problem, UrlContent
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 APP_ID = "packsync"
 
 #: The tables, as SQLite keeps them. Every column without a value is written by packsync explicitly:
@@ -69,7 +69,7 @@ TABLES = {
     "pulled": """(folder VARCHAR NOT NULL, pack_id VARCHAR NOT NULL, image_id VARCHAR NOT NULL, name VARCHAR NOT NULL,
         url VARCHAR NOT NULL, sha256 VARCHAR NOT NULL, PRIMARY KEY (folder, pack_id, image_id))""",
     "mappings": """(root VARCHAR NOT NULL PRIMARY KEY, pack_id VARCHAR, pack_name VARCHAR, synced_at FLOAT,
-        last_error VARCHAR, source_name VARCHAR)""",
+        last_error VARCHAR, source_name VARCHAR, ok_at FLOAT, safety VARCHAR, withheld VARCHAR)""",
     "daemon": """(id INTEGER NOT NULL PRIMARY KEY, pid INTEGER, started_at FLOAT, last_full_scan FLOAT,
         queue INTEGER NOT NULL, state VARCHAR NOT NULL, last_error VARCHAR, updated_at FLOAT)""",
 }
@@ -108,8 +108,9 @@ class PulledFile:
 
 @dataclass(frozen=True, slots=True)
 class MappingRecord:
-    """What the state remembers of a mapping; ``source_name`` is what its source calls itself (an Astria
-    pack's title)."""
+    """What the state remembers of a mapping: ``source_name`` is what its source calls itself (an Astria
+    pack's title); ``ok_at`` when a sync last ended without error; ``safety`` the safety stop holding
+    its deletes back, if any, and ``withheld`` what ``--force`` would delete (JSON: a list of names)."""
 
     root: str
     pack_id: str | None = None
@@ -117,6 +118,17 @@ class MappingRecord:
     synced_at: float | None = None
     last_error: str | None = None
     source_name: str | None = None
+    ok_at: float | None = None
+    safety: str | None = None
+    withheld: str | None = None
+
+    @property
+    def withheld_names(self) -> list[str]:
+        try:
+            names = json.loads(self.withheld or "[]")
+        except ValueError:
+            return []
+        return [str(name) for name in names] if isinstance(names, list) else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +205,10 @@ def unusable(path: Path, exc: BaseException) -> StateError:
 #: Who owns an image recorded before schema 2 (which had one mapping per pack and state): the mapping
 #: into its pack whose folder holds its content, else the first mapping into its pack, else '' — an
 #: image any mapping into that pack may manage.
+_MAPPING_COLUMNS = [f.name for f in fields(MappingRecord)]
+_MAPPING_FIELDS = ", ".join(_MAPPING_COLUMNS)
+_MAPPING_COLUMNS_5 = ("ok_at FLOAT", "safety VARCHAR", "withheld VARCHAR")
+
 _OWNER_BEFORE_2 = (
     "coalesce((SELECT m.root FROM mappings m JOIN files f ON f.root = m.root AND f.sha256 = images.sha256 "
     "WHERE m.pack_id = images.pack_id ORDER BY m.root LIMIT 1), "
@@ -348,6 +364,9 @@ class Store:
             columns = {row[1] for row in db.execute("PRAGMA table_info(mappings)")}
             if columns and "source_name" not in columns:  # schema 2 → 3
                 db.execute("ALTER TABLE mappings ADD COLUMN source_name VARCHAR")
+            for column in _MAPPING_COLUMNS_5:  # schema 4 → 5
+                if columns and column.split()[0] not in columns:
+                    db.execute(f"ALTER TABLE mappings ADD COLUMN {column}")
             _create(db, TABLES.keys() - _tables(db))
             if "image_text" not in _tables(db):  # schema 3 → 4: the search index, of every image recorded
                 for statement in SEARCH:
@@ -363,8 +382,10 @@ class Store:
         if version is not None and version < 2:
             self.db.execute("CREATE TEMP VIEW images AS SELECT *, "
                             f"{_OWNER_BEFORE_2} AS owner FROM main.images AS images")
-        if version is not None and version < 3 and "mappings" in tables:
-            self.db.execute("CREATE TEMP VIEW mappings AS SELECT *, NULL AS source_name FROM main.mappings")
+        if version is not None and version < 5 and "mappings" in tables:
+            since = ("NULL AS source_name, " if version < 3 else "") + ", ".join(
+                f"NULL AS {column.split()[0]}" for column in _MAPPING_COLUMNS_5)
+            self.db.execute(f"CREATE TEMP VIEW mappings AS SELECT *, {since} FROM main.mappings")
 
     def close(self) -> None:
         self.db.close()
@@ -593,14 +614,13 @@ class Store:
     # -- mappings ----------------------------------------------------------------------------------
 
     def mapping(self, source: str) -> MappingRecord | None:
-        rows = self._rows("SELECT root, pack_id, pack_name, synced_at, last_error, source_name FROM mappings "
-                          "WHERE root = ?", source)
+        rows = self._rows(f"SELECT {_MAPPING_FIELDS} FROM mappings WHERE root = ?", source)
         return MappingRecord(*rows[0]) if rows else None
 
     def save_mapping(self, source: str, **changes: Any) -> None:
         record = replace(self.mapping(source) or MappingRecord(source), **changes)
-        self._write("INSERT OR REPLACE INTO mappings (root, pack_id, pack_name, synced_at, last_error, source_name) "
-                    "VALUES (?, ?, ?, ?, ?, ?)", *astuple(record))
+        marks = ", ".join("?" * len(_MAPPING_COLUMNS))
+        self._write(f"INSERT OR REPLACE INTO mappings ({_MAPPING_FIELDS}) VALUES ({marks})", *astuple(record))
 
     # -- daemon ------------------------------------------------------------------------------------
 
