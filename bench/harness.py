@@ -269,6 +269,7 @@ class Setup:
                  "[state]", f"path = {q(state)}"]
         if self.daemon:
             lines += ["[daemon]"] + [f"{k} = {v}" for k, v in self.daemon.items()]
+        lines += ["[http]", 'listen = "127.0.0.1:0"']  # the page on, as shipped, on any free port
         for path, pack_id in self.mappings:
             lines += ["[[mappings]]", f"path = {q(path)}", f"pack_id = {q(pack_id)}"]
         self.root.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from packsync.engine.pull import Puller, PullReport
 from packsync.engine.sync import Syncer, SyncOptions, SyncReport
 from packsync.logs import register_secret
 from packsync.remote.astria import AstriaClient
-from packsync.remote.genviral import GenviralClient
+from packsync.remote.genviral import GenviralClient, Observer
 from packsync.sources.astria import AstriaSource
 from packsync.sources.base import Source
 from packsync.sources.folder import Filters, FolderSource
@@ -42,8 +42,9 @@ def source_for(mapping: MappingConfig, astria: AstriaClient | None, spool: Path 
                         spool / f"astria-{mapping.astria_pack}" if spool else None)
 
 
-def client_for(config: Config, token: str) -> GenviralClient:
-    return GenviralClient(config.genviral.base_url, token, concurrency=config.genviral.concurrency)
+def client_for(config: Config, token: str, observer: Observer | None = None) -> GenviralClient:
+    return GenviralClient(config.genviral.base_url, token, concurrency=config.genviral.concurrency,
+                          observer=observer)
 
 
 def read_astria_token(config: Config) -> str:

@@ -200,6 +200,28 @@ def status(as_json: bool, files: bool, problems: bool) -> None:
 
 
 @_command(main)
+@click.option("--listen", metavar="HOST:PORT", help="Where to serve (default: [http] listen, else 127.0.0.1:8780).")
+def ui(listen: str | None) -> None:
+    """Serve the web page from the state alone, until Ctrl-C: for people who sync with `run` from cron.
+
+    Read-only: no sync actions (the daemon serves the same page with them). No token, no API call.
+    """
+    import asyncio
+
+    import msgspec
+
+    from packsync.config import DEFAULT_LISTEN, HttpConfig
+    from packsync.web.server import serve_until_stopped
+
+    config = _config()
+    try:
+        http = HttpConfig(listen=listen or config.http.listen or DEFAULT_LISTEN, password_env=config.http.password_env)
+    except ValueError as exc:
+        raise ConfigError(f"--listen: {str(exc).partition(': ')[2]}.") from None
+    asyncio.run(serve_until_stopped(msgspec.structs.replace(config, http=http)))
+
+
+@_command(main)
 @click.argument("words", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, help="At most this many.")

@@ -30,6 +30,7 @@ CONFIG_ENV = "PACKSYNC_CONFIG"
 TOKEN_ENVS = ("GENVIRAL_TOKEN", "GENVIRAL_API_KEY")
 DEFAULT_ASTRIA_URL = "https://api.astria.ai"
 ASTRIA_TOKEN_ENV = "ASTRIA_API_KEY"
+DEFAULT_LISTEN = "127.0.0.1:8780"
 #: Mapping keys that describe a folder, and so mean nothing for an Astria pack.
 FOLDER_ONLY = ("include", "exclude", "follow_symlinks", "polling")
 
@@ -83,6 +84,34 @@ class StateConfig(_Strict, frozen=True):
 class DaemonConfig(_Strict, frozen=True):
     debounce_s: Annotated[float, Meta(ge=0, le=3600)] = 2.0
     rescan_interval_s: Annotated[float, Meta(ge=10)] = 3600.0
+
+
+class HttpConfig(_Strict, frozen=True):
+    """The daemon's local HTTP surface (health, metrics, the page): ``listen = ""`` turns it off."""
+
+    listen: str = DEFAULT_LISTEN
+    #: Required when ``listen`` is not a loopback address: the variable holding the basic-auth password.
+    password_env: Annotated[str, Meta(min_length=1)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            host, _port = parse_listen(self.listen, "listen")
+            if not _is_loopback(host) and self.password_env is None:
+                raise ValueError(f"password_env: required to listen on {host}, which is not a loopback address "
+                                 "(the page and its actions would be open to the network)")
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return parse_listen(self.listen, "listen") if self.listen else None
+
+
+def parse_listen(value: str, key: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8780`` for IPv6) as a host and a port, or a ValueError naming ``key``."""
+    host, colon, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{key}: expected HOST:PORT, like 127.0.0.1:8780, not {value!r}")
+    return host, int(port)
 
 
 class MappingConfig(_Strict, frozen=True):
@@ -146,6 +175,7 @@ class _ConfigFile(_Strict, frozen=True):
     astria: AstriaConfig = field(default_factory=AstriaConfig)
     state: StateConfig = field(default_factory=StateConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     mappings: list[MappingConfig] = field(default_factory=list)
 
 
@@ -232,7 +262,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     base = source.parent if source else Path.cwd()
     state = read.state
     config = Config(
-        source=source, daemon=read.daemon,
+        source=source, daemon=read.daemon, http=read.http,
         mappings=[m if m.path is None else msgspec.structs.replace(m, path=_resolve(m.path, base))
                   for m in read.mappings],
         state=state if state.path is None else msgspec.structs.replace(state, path=_resolve(state.path, base)),
@@ -320,3 +350,17 @@ def read_token(api: _ApiConfig, table: str = "genviral", defaults: tuple[str, ..
         raise ConfigError(f"{table}.token_env: the environment variable {api.token_env} is not set.")
     raise ConfigError(f"{table}.token_env: neither {' nor '.join(names)} is set in the environment."
                       if len(names) > 1 else f"{table}.token_env: {names[0]} is not set in the environment.")
+
+
+def read_password(config: Config) -> str | None:
+    """The web page's basic-auth password, from ``[http] password_env`` (None: no password asked for)."""
+    name = config.http.password_env
+    if name is None:
+        return None
+    password = os.environ.get(name, "")
+    if not password:
+        raise ConfigError(f"{_where(config.source)}http.password_env: the environment variable {name} is not set.")
+    from packsync.logs import register_secret
+
+    register_secret(password)
+    return password

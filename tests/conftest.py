@@ -55,6 +55,7 @@ class Env:
         self.genviral: dict[str, Any] = {"base_url": sandbox.base_url}
         self.astria: dict[str, Any] = {"base_url": sandbox.astria_url}
         self.daemon: dict[str, Any] = {}
+        self.http: dict[str, Any] = {"listen": "127.0.0.1:0"}  # any free port: tests never take the default
 
     @property
     def config_path(self) -> Path:
@@ -88,7 +89,7 @@ class Env:
 
     def data(self) -> dict[str, Any]:
         return {"genviral": self.genviral, "astria": self.astria, "state": {"path": str(self.state_path)},
-                "daemon": self.daemon, "mappings": self.mappings}
+                "daemon": self.daemon, "http": self.http, "mappings": self.mappings}
 
     def config(self) -> Config:
         return parse_config(self.data(), source=self.config_path)
@@ -107,6 +108,7 @@ class Env:
         lines += ["[astria]"] + [f"{k} = {value(v)}" for k, v in self.astria.items()]
         lines += ["[state]", f"path = {value(str(self.state_path))}"]
         lines += ["[daemon]"] + [f"{k} = {value(v)}" for k, v in self.daemon.items()]
+        lines += ["[http]"] + [f"{k} = {value(v)}" for k, v in self.http.items()]
         for mapping in self.mappings:
             lines.append("[[mappings]]")
             lines += [f"{k} = {value(v)}" for k, v in mapping.items()]

@@ -91,7 +91,8 @@ def test_the_package_has_no_import_cycles() -> None:
     ("packsync.remote", {"packsync.state", "packsync.engine", "packsync.sources", "packsync.daemon"}),
     ("packsync.state", {"packsync.remote", "packsync.engine", "packsync.sources", "packsync.daemon"}),
     ("packsync.views", {"packsync.daemon", "packsync.app"}),
-    ("packsync.engine", {"packsync.daemon", "packsync.app", "packsync.cli"}),
+    ("packsync.engine", {"packsync.daemon", "packsync.app", "packsync.cli", "packsync.web"}),
+    ("packsync.web", {"packsync.daemon", "packsync.app", "packsync.cli", "packsync.remote"}),
 ])
 def test_layers_depend_only_downwards(layer: str, forbidden: set[str]) -> None:
     graph = _graph()
@@ -122,4 +123,6 @@ def test_the_wheel_holds_no_test_code(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("packsync-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "packsync/engine/planner.py" in names
+    assert {"packsync/web/templates/page.html", "packsync/web/static/app.js", "packsync/web/static/style.css"} \
+        <= set(names), "the page's templates and assets ship in the wheel"
     assert [n for n in names if "test" in n.lower() or n.startswith(("tests/", "bench/"))] == []

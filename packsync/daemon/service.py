@@ -27,12 +27,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packsync.app import App, client_for, folder_filters, read_astria_token
-from packsync.config import Config, MappingConfig, load_config, read_token
+from packsync.config import Config, MappingConfig, load_config, read_password, read_token
 from packsync.daemon.aggregator import Aggregator
 from packsync.daemon.notify import notify, watchdog_interval
 from packsync.daemon.watcher import Watcher
+from packsync.daemon.web import Web
 from packsync.engine.metadata import POLL_BACKOFF
 from packsync.engine.sync import SyncOptions, SyncReport
 from packsync.errors import AuthError, ExitCode, PacksyncError, StateUnavailable
@@ -41,6 +43,10 @@ from packsync.remote.genviral import GenviralClient
 from packsync.remote.retry import Backoff, Retrying
 from packsync.state.lock import StateLock
 from packsync.state.store import Store
+from packsync.web.health import LiveState
+
+if TYPE_CHECKING:
+    from packsync.web.metrics import Metrics
 
 #: A failing mapping is retried after 5 s, doubling up to 5 min, ±20 % so that mappings drift apart.
 MAPPING_RETRY = Backoff(5.0, 300.0, 0.2)
@@ -91,6 +97,8 @@ class Daemon:
         self._last_ping = 0.0
         self._published: tuple[object, ...] = ()
         self._retiring: set[asyncio.Task[None]] = set()
+        self._last_tick = time.monotonic()
+        self.web: Web | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -106,7 +114,8 @@ class Daemon:
         if store is None:
             return ExitCode.OK
         self.store = store
-        self.app = App.wire(self.config, self.store, client_for(self.config, self.token))
+        self.web = await Web.start(self.config, self) if self.config.http.address else None
+        self.app = App.wire(self.config, self.store, client_for(self.config, self.token, self._observer))
 
         def on_change(root: Path, path: Path, closed: bool) -> None:
             loop.call_soon_threadsafe(self._changed, root, path, closed)
@@ -138,6 +147,8 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(metadata, *self._retiring, return_exceptions=True)
             await self.app.api.aclose()
+            if self.web:
+                await self.web.close()
             self._save_daemon(pid=None, state="stopped", queue=len(self.changes))
             self.store.close()
             self.log.info("daemon stopped")
@@ -264,7 +275,7 @@ class Daemon:
         self.wake.clear()
 
     def _ping(self) -> None:
-        now = time.monotonic()
+        now = self._last_tick = time.monotonic()
         if self.watchdog_s and now - self._last_ping >= self.watchdog_s / 2:
             notify("WATCHDOG=1")
             self._last_ping = now
@@ -276,6 +287,7 @@ class Daemon:
             folder.retry_at = None
         if full:
             self._next_full_scan = time.monotonic() + self.config.daemon.rescan_interval_s * random.uniform(0.9, 1.1)
+        started = time.monotonic()
         task = asyncio.create_task(self.app.syncer.sync(SyncOptions(wait=False), only=labels, busy=busy))
         while not task.done():
             await asyncio.wait({task}, timeout=self.tick_s)
@@ -310,6 +322,9 @@ class Daemon:
         self.sync_error = self.paused_reason = None
         if full:
             self._last_full_scan = time.time()
+        if self.web:
+            self.web.metrics.synced([m.config.pack_label for m in report.mappings], time.monotonic() - started,
+                                    [m.config.pack_label for m in report.mappings if m.safety])
         self._after(report)
 
     def _state_unusable(self, exc: StateUnavailable) -> None:
@@ -385,6 +400,39 @@ class Daemon:
         notify(f"STATUS={state}: {len(self.folders)} folders watched, {len(self.changes)} changes queued"
                + (f", last error: {self.last_error}" if self.last_error else ""))
 
+    # -- what the web surface sees and asks (web/health.py's Live) ---------------------------------
+
+    @property
+    def _observer(self) -> Metrics | None:
+        return self.web.metrics if self.web else None
+
+    def live(self) -> LiveState:
+        now = time.monotonic()
+        return LiveState(
+            state="paused" if self.paused_until else "running" if self.ready else "starting",
+            queue=len(self.changes), since_tick_s=now - self._last_tick, paused_reason=self.paused_reason,
+            state_trouble=self.state_trouble, last_full_scan=self._last_full_scan,
+            retrying={label: f.error for label, f in self.folders.items() if f.error and f.retry_at is not None})
+
+    def sync_now(self, label: str | None) -> None:
+        """Sync one mapping (None: all) as soon as the loop comes round; a pause for a refused key ends too."""
+        for key, folder in self.folders.items():
+            if label is None or key == label:
+                folder.retry_at = 0.0
+        self.paused_until = None
+        self.wake.set()
+
+    def retry_failed(self) -> None:
+        """Judge the skipped files again (someone fixed them) and retry every mapping now."""
+        for label, folder in self.folders.items():
+            try:
+                if folder.root is not None:
+                    self.store.forget_verdicts(label)
+            except StateUnavailable as exc:
+                self._state_unusable(exc)
+            folder.retry.reset()
+        self.sync_now(None)
+
     # -- metadata ----------------------------------------------------------------------------------
 
     async def _metadata_loop(self) -> None:
@@ -443,7 +491,7 @@ class Daemon:
         if config.genviral != self.config.genviral or token != self.token:
             # A metadata poll may still be using the old client: close it once that round is surely over.
             self._retiring.add(asyncio.create_task(self._close_later(api)))
-            api = client_for(config, token)
+            api = client_for(config, token, self._observer)
         self.config, self.token = config, token
         self.app.close_sources()
         self.app = App.wire(config, self.store, api)
@@ -457,6 +505,8 @@ class Daemon:
             elif kept.root is None:
                 kept.retry_at = 0.0  # SIGHUP reads every Astria pack again
         self.paused_until = None
+        if self.web:
+            self.web.reconfigure(config)
         self.log.info("config reloaded", folders=len(new), added=len(new.keys() - old.keys()),
                       removed=len(old.keys() - new.keys()))
 
@@ -467,5 +517,6 @@ def run_daemon(config_path: Path, polling: bool = False) -> ExitCode:
     config.require_mappings()
     token = config.token()
     register_secret(token)
+    read_password(config)  # a missing page password is a config error at start, not a surprise later
     with StateLock(config.state_path):
         return asyncio.run(Daemon(config_path, config, token, polling=polling).run())

@@ -61,6 +61,13 @@ class Sink(Protocol):
     def update(self, chunk: bytes) -> None: ...
 
 
+class Observer(Protocol):
+    """Told of every request the client makes (the daemon's metrics): its route (a template, never an id
+    or a URL), its HTTP status (0: no answer), how long it took, and the bytes of a body it sent."""
+
+    def request(self, route: str, status: int, seconds: float, sent: int) -> None: ...
+
+
 S = TypeVar("S", bound=Sink)
 
 
@@ -105,7 +112,8 @@ class GenviralClient:
     """An async client for the parts of the Partner API packsync uses."""
 
     def __init__(self, base_url: str, token: str, *, concurrency: int = 4, retry: RetryPolicy = RetryPolicy(),
-                 timeout: float = 30.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 timeout: float = 30.0, transport: httpx.AsyncBaseTransport | None = None,
+                 observer: Observer | None = None) -> None:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         timeouts = httpx.Timeout(timeout, connect=10.0, write=max(timeout, 120.0))
         tls = httpx.create_ssl_context()  # one for every client: building one costs tens of ms
@@ -120,6 +128,7 @@ class GenviralClient:
         self.retries_left = retry.run_budget
         self._failing: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
+        self.observer = observer
         self.log = get_logger()
 
     def start_run(self, planned_calls: int = 0) -> None:
@@ -181,12 +190,16 @@ class GenviralClient:
             try:
                 async with self._slots:
                     self.calls[route] += 1
+                    started, status = time.monotonic(), 0
                     try:
                         response = await client.send(request)
+                        status = response.status_code
                     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                         raise TransientError(f"{method} {what}: cannot connect ({type(exc).__name__})") from None
                     except httpx.TransportError as exc:
                         raise AmbiguousError(f"{method} {what}: connection failed ({type(exc).__name__})") from None
+                    finally:
+                        self._observe(route, status, started, len(request.content) if 0 < status < 300 else 0)
                 answer = other[1](response) if other else self._storage_answer(response, what) if storage \
                     else self._api_answer(response, method, what)
                 self._failing[route] = 0
@@ -346,7 +359,12 @@ class GenviralClient:
                     raise
                 await asyncio.sleep(delay)
 
+    def _observe(self, route: str, status: int, started: float, sent: int) -> None:
+        if self.observer:
+            self.observer.request(route, status, time.monotonic() - started, sent)
+
     async def _stream(self, url: str, max_bytes: int, into: S) -> S:
+        started, status = time.monotonic(), 0
         try:
             async with self._storage.stream("GET", url, follow_redirects=True) as response:
                 status = response.status_code
@@ -375,6 +393,8 @@ class GenviralClient:
             raise TransientError(f"download: connection failed ({type(exc).__name__})") from None
         except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
             raise PermanentError(f"download: {type(exc).__name__}") from None
+        finally:
+            self._observe("GET download", status, started, 0)
         return into
 
     async def delete_image(self, pack_id: str, image_id: str) -> None:

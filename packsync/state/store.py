@@ -469,6 +469,10 @@ class Store:
             db.executemany("INSERT OR REPLACE INTO problems (root, rel_path, reason, notice) VALUES (?, ?, ?, ?)",
                            [(source, p.rel_path, p.reason, p.notice) for p in new - old])
 
+    def forget_verdicts(self, source: str) -> None:
+        """Let the next scan of ``source`` judge again the files it skipped as bad (someone fixed them)."""
+        self._write("DELETE FROM files WHERE root = ? AND problem IS NOT NULL", source)
+
     def problems(self, source: str) -> list[Problem]:
         rows = self._rows("SELECT rel_path, reason, notice FROM problems WHERE root = ? ORDER BY rel_path", source)
         return [Problem(rel_path, reason, bool(notice)) for rel_path, reason, notice in rows]
@@ -556,6 +560,18 @@ class Store:
     def count_images(self, pack_id: str, owner: str | None = None) -> int:
         return int(self._rows("SELECT count(*) FROM images WHERE pack_id = ? AND (? IS NULL OR owner IN (?, ''))",
                               pack_id, owner, owner)[0][0])
+
+    def metadata_counts(self, pack_id: str, owner: str | None = None) -> dict[str, int]:
+        """packsync's images in a pack by metadata status, counted by SQLite (the metrics' cheap read)."""
+        return dict(self._rows("SELECT meta_status, count(*) FROM images WHERE pack_id = ? AND "
+                               "(? IS NULL OR owner IN (?, '')) GROUP BY meta_status", pack_id, owner, owner))
+
+    def file_counts(self, source: str, pack_id: str | None) -> tuple[int, int]:
+        """(items, items whose content is in the pack) of ``source``, problems aside, counted by SQLite."""
+        row = self._rows("SELECT count(*), coalesce(sum(EXISTS (SELECT 1 FROM images i WHERE i.pack_id = ? AND "
+                         "i.sha256 = f.sha256)), 0) FROM files f WHERE f.root = ? AND NOT EXISTS (SELECT 1 FROM "
+                         "problems p WHERE p.root = f.root AND p.rel_path = f.rel_path)", pack_id, source)[0]
+        return int(row[0]), int(row[1])
 
     def record_images(self, images: Iterable[ManagedImage]) -> None:
         """Record images packsync added (or adopted); committed at once, together."""

@@ -1,0 +1,59 @@
+"""The daemon's web surface, started beside its loop: health, metrics and the page (``packsync.web``).
+
+aiohttp, Jinja2 and prometheus_client are imported only here, when serving, so ``run`` and ``status``
+never pay for them. A port already taken is logged once and the daemon syncs on without the page:
+the page is never a reason for the mirror to stop.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from packsync.config import Config, read_password
+from packsync.logs import get_logger
+from packsync.state.store import Store
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from packsync.web.health import Live
+    from packsync.web.metrics import Metrics
+    from packsync.web.server import Site
+
+
+class Web:
+    def __init__(self, site: Site, runner: web.AppRunner) -> None:
+        self.site, self.runner = site, runner
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.site.metrics
+
+    @classmethod
+    async def start(cls, config: Config, live: Live | None) -> Web | None:
+        """Serve ``config``'s ``[http] listen`` address; None when it cannot be (logged)."""
+        from packsync.web.metrics import Metrics
+        from packsync.web.server import Site, page_url, serve
+
+        assert config.http.address is not None, "[http] listen is off"
+        host, port = config.http.address
+        store = Store(config.state_path, readonly=True)  # a connection of its own: pages never wait on a sync
+        site = Site(config, store, Metrics(config, store, live), live, read_password(config))
+        log = get_logger()
+        try:
+            runner = await serve(site, host, port)
+        except OSError as exc:
+            store.close()
+            log.error("cannot serve the web page and metrics; syncing without them", listen=config.http.listen,
+                      error=exc.strerror or str(exc))
+            return None
+        log.info("web page, health and metrics served", url=page_url(host, runner.addresses[0][1]))
+        return cls(site, runner)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: the pages and metrics show its mappings (the listen address stays)."""
+        self.site.config = self.site.metrics.state.config = config
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+        self.site.store.close()

@@ -1,0 +1,129 @@
+"""Prometheus metrics (``prometheus_client``): what the daemon counts as it works, and what the state
+holds, read at each scrape.
+
+Label values are bounded: a mapping is named by its pack (never a path), an API call by its route
+template (never an id or a URL), a problem by a reason from a fixed list. No token reaches a metric:
+none is ever passed in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
+from prometheus_client import Counter as PromCounter
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from packsync.engine.packs import recorded_pack_id
+from packsync.model import METADATA_SETTLED
+
+if TYPE_CHECKING:
+    from packsync.config import Config
+    from packsync.state.store import Store
+    from packsync.web.health import Live
+
+#: A problem's reason as a metric label: the first pattern that matches its text, else "other".
+REASONS = [
+    ("unreadable", re.compile(r"cannot (be )?read|permission", re.I)),
+    ("symlink", re.compile(r"symbolic link", re.I)),
+    ("not a file", re.compile(r"not a regular file", re.I)),
+    ("corrupt", re.compile(r"truncated|corrupt", re.I)),
+    ("unsupported type", re.compile(r"not accepted|not an image|unknown image type|not a supported", re.I)),
+    ("too large", re.compile(r"larger than|too large", re.I)),
+    ("empty", re.compile(r"empty", re.I)),
+    ("changing", re.compile(r"changed while", re.I)),
+    ("download failed", re.compile(r"download|HTTP \d", re.I)),
+]
+SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+SYNC_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # a ``_created`` series beside every counter is noise here
+
+
+def reason_label(reason: str) -> str:
+    return next((label for label, pattern in REASONS if pattern.search(reason)), "other")
+
+
+class Metrics:
+    """The daemon's counters (an ``Observer`` of the API client) and the state's gauges, in one registry."""
+
+    def __init__(self, config: Config, store: Store, live: Live | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = PromCounter("packsync_api_requests", "API and storage requests made, by route and "
+                                    "HTTP status (0: no answer)", ["route", "code"], registry=self.registry)
+        self.latency = Histogram("packsync_api_request_seconds", "API and storage request latency, by route",
+                                 ["route"], buckets=SECONDS_BUCKETS, registry=self.registry)
+        self.uploaded = PromCounter("packsync_uploaded_bytes", "Bytes sent to the API and storage in answered "
+                                    "requests", registry=self.registry)
+        self.sync_seconds = Histogram("packsync_sync_seconds", "Duration of the syncs that included a mapping, "
+                                      "by its pack", ["pack"], buckets=SYNC_BUCKETS, registry=self.registry)
+        self.safety_stops = PromCounter("packsync_safety_stops", "Syncs that withheld deletes (a safety stop), "
+                                        "by pack", ["pack"], registry=self.registry)
+        self.state = StateCollector(config, store, live)
+        self.registry.register(self.state)
+
+    def request(self, route: str, status: int, seconds: float, sent: int) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+        if sent:
+            self.uploaded.inc(sent)
+
+    def synced(self, packs: Iterable[str], seconds: float, stopped: Iterable[str]) -> None:
+        for pack in packs:
+            self.sync_seconds.labels(pack).observe(seconds)
+        for pack in stopped:
+            self.safety_stops.labels(pack).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class StateCollector(Collector):
+    """Gauges read from the state at each scrape, with counts SQLite makes (no per-file Python value)."""
+
+    def __init__(self, config: Config, store: Store, live: Live | None) -> None:
+        self.config, self.store, self.live = config, store, live
+
+    def describe(self) -> list[Metric]:
+        return []  # the metrics depend on the state: nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        files = GaugeMetricFamily("packsync_files", "Items of a mapping's source, by state", labels=["pack", "state"])
+        images = GaugeMetricFamily("packsync_images", "packsync's images in a mapping's pack, by AI metadata "
+                                   "status", labels=["pack", "metadata"])
+        problems = GaugeMetricFamily("packsync_problems", "Items skipped, by reason", labels=["pack", "reason"])
+        success = GaugeMetricFamily("packsync_last_success_timestamp_seconds", "When a mapping last synced "
+                                    "without error (Unix time)", labels=["pack"])
+        stopped = GaugeMetricFamily("packsync_safety_stop", "1 while a mapping's deletes wait for --force",
+                                    labels=["pack"])
+        store = self.store
+        for mapping in self.config.mappings:
+            pack, label = mapping.pack_label, mapping.label
+            pack_id = recorded_pack_id(store, mapping)
+            record = store.mapping(label)
+            listed = store.problems(label)
+            total, synced = store.file_counts(label, pack_id)
+            notices = sum(problem.notice for problem in listed)
+            for state, count in (("synced", synced), ("pending", total - synced),
+                                 ("failed", len(listed) - notices), ("skipped", notices)):
+                files.add_metric([pack, state], count)
+            by_status: Counter[str] = Counter({"completed": 0, "pending": 0, "failed": 0})
+            for status, count in (store.metadata_counts(pack_id, label) if pack_id else {}).items():
+                by_status[status if status in METADATA_SETTLED else "pending"] += count
+            for status, count in by_status.items():
+                images.add_metric([pack, status], count)
+            for reason, count in Counter(reason_label(p.reason) for p in listed if not p.notice).items():
+                problems.add_metric([pack, reason], count)
+            if record and record.ok_at:
+                success.add_metric([pack], record.ok_at)
+            stopped.add_metric([pack], 1 if record and record.safety else 0)
+        yield from (files, images, problems, success, stopped)
+        if self.live is not None:
+            yield GaugeMetricFamily("packsync_queued_paths", "Changed paths waiting for their folder to settle",
+                                    value=self.live.live().queue)

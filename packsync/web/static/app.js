@@ -1,0 +1,51 @@
+// packsync's page: keeps the view current without a reload, and searches as you type.
+// Everything shown comes from the server as escaped HTML; this script adds no markup of its own.
+"use strict";
+(() => {
+  const view = document.getElementById("view");
+  const box = document.getElementById("q");
+  if (!view || !box) return;
+  let etag = view.dataset.etag || "";
+  let busy = false;
+  let timer = 0;
+
+  async function refresh(force) {
+    if (busy && !force) return;
+    busy = true;
+    try {
+      const query = box.value.trim();
+      const headers = force ? {} : { "If-None-Match": etag };
+      const answer = await fetch("/view?q=" + encodeURIComponent(query), { headers, credentials: "same-origin" });
+      if (answer.status === 200) {
+        view.innerHTML = await answer.text();
+        etag = answer.headers.get("ETag") || "";
+        view.dataset.etag = etag;
+        showTimes();
+      }
+    } catch (_error) {
+      // the daemon restarting: the next round tries again
+    } finally {
+      busy = false;
+    }
+  }
+
+  function showTimes() {
+    for (const node of view.querySelectorAll("time[data-ts]")) {
+      const when = new Date(Number(node.dataset.ts) * 1000);
+      node.textContent = when.toLocaleString();
+      node.dateTime = when.toISOString();
+    }
+  }
+
+  box.addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      const query = box.value.trim();
+      history.replaceState(null, "", query ? "/?q=" + encodeURIComponent(query) : "/");
+      refresh(true);
+    }, 200);
+  });
+  box.form.addEventListener("submit", (event) => { event.preventDefault(); refresh(true); });
+  showTimes();
+  setInterval(() => { if (!document.hidden) refresh(false); }, 2000);
+})();
