@@ -189,25 +189,27 @@ async def action(request: web.Request) -> web.Response:
 
 # -- middleware -------------------------------------------------------------------------------------
 
-def allowed_hosts(host: str, port: int) -> set[str] | None:
-    """The ``Host`` values this listen address answers to (None: any, for a wildcard address, which
-    needs a password anyway)."""
+def host_allowed(listen_host: str, request: web.Request) -> bool:
+    """Whether the request's ``Host`` names this server: its listen address or localhost, with the port
+    the connection came in on (a wildcard listen address answers any name: it needs a password anyway)."""
     try:
-        if ipaddress.ip_address(host).is_unspecified:
-            return None
+        if ipaddress.ip_address(listen_host).is_unspecified:
+            return True
     except ValueError:
         pass
-    shown = f"[{host}]" if ":" in host else host
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    port = sockname[1] if sockname else None
+    shown = f"[{listen_host}]" if ":" in listen_host else listen_host
     names = {shown, "localhost", "127.0.0.1", "[::1]"}
-    return names | {f"{name}:{port}" for name in names}
+    return request.host.lower() in names | {f"{name}:{port}" for name in names}
 
 
-def middlewares(site: Site, hosts: set[str] | None) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
+def middlewares(site: Site, listen_host: str) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
     log = get_logger()
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if hosts is not None and request.host.lower() not in hosts:
+        if not host_allowed(listen_host, request):
             return web.Response(status=421, text="misdirected request: this server answers only as "
                                                  "localhost or its listen address")
         if site.password is not None and request.path != "/healthz" and not _authorized(request, site.password):
@@ -240,8 +242,8 @@ def _authorized(request: web.Request, password: str) -> bool:
     return hmac.compare_digest(given.encode(), password.encode())
 
 
-def make_app(site: Site, host: str, port: int) -> web.Application:
-    app = web.Application(middlewares=middlewares(site, allowed_hosts(host, port)), client_max_size=64 * 1024)
+def make_app(site: Site, host: str) -> web.Application:
+    app = web.Application(middlewares=middlewares(site, host), client_max_size=64 * 1024)
     app[SITE] = site
     app.router.add_get("/", page)
     app.router.add_get("/view", view)
@@ -260,7 +262,7 @@ def page_url(host: str, port: int) -> str:
 async def serve(site: Site, host: str, port: int) -> web.AppRunner:
     """Start serving ``site`` on ``host:port`` in the running loop (port 0: any free one, which
     ``runner.addresses`` tells); OSError when the port is taken."""
-    runner = web.AppRunner(make_app(site, host, port), access_log=None, handle_signals=False)
+    runner = web.AppRunner(make_app(site, host), access_log=None, handle_signals=False)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_address=True).start()

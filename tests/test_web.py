@@ -1,0 +1,267 @@
+"""The web surface over real HTTP: a running `packsync daemon` (or `packsync ui`) against the sandbox.
+
+Health states and codes, metrics read back with prometheus_client's own parser, the page's actions
+with and without their CSRF token, the Host check, basic auth off loopback, thumbnails that cannot be
+turned into a path, and untrusted text escaped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+import pytest
+from conftest import TOKEN, Env, image, write
+from helpers import DaemonProcess, wait_until
+from prometheus_client.parser import text_string_to_metric_families
+
+from packsync.sandbox import Account
+from packsync.sandbox.server import Reply
+
+
+def page_url(daemon: DaemonProcess) -> str:
+    """The address the daemon says it serves (the tests' configs ask for any free port)."""
+    found = wait_until(lambda: re.search(r'"url": "(http://127\.0\.0\.1:\d+/)"', daemon.output()), timeout=10,
+                       what="the daemon's page address in its log")
+    return str(found.group(1))
+
+
+def samples(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of ``/metrics``, parsed by prometheus_client: (name, sorted labels) -> value."""
+    answer = httpx.get(base + "metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(answer.text) for s in family.samples}
+
+
+def sample(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, "the page carries a CSRF token in its forms"
+    return match.group(1)
+
+
+@pytest.fixture
+def served(daemon_env: Env, start: Any) -> tuple[Env, DaemonProcess, str, str]:
+    """A daemon syncing one folder with three images, its page address and its pack id."""
+    pack_id = daemon_env.sandbox.create_pack("Brand")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    for n in range(3):
+        write(folder / f"photo{n}.png", image(16, 16))
+    daemon = start()
+    return daemon_env, daemon, page_url(daemon), pack_id
+
+
+def test_healthz_is_ok_with_each_mapping_and_cheap(served: tuple[Env, DaemonProcess, str, str]) -> None:
+    env, _daemon, base, _pack_id = served
+    before = env.sandbox.calls.total()
+
+    answer = httpx.get(base + "healthz")
+
+    assert answer.status_code == 200
+    document = answer.json()
+    assert document["status"] == "ok"
+    assert document["daemon"]["state"] == "running"
+    (mapping,) = document["mappings"]
+    assert mapping["source"] == str(env.root / "pics") and mapping["status"] == "ok"
+    assert mapping["last_success"] is not None
+    assert env.sandbox.calls.total() == before, "health makes no API call"
+
+
+def test_a_refused_key_makes_health_failing_503(served: tuple[Env, DaemonProcess, str, str]) -> None:
+    env, _daemon, base, pack_id = served
+    env.sandbox.accounts[TOKEN] = Account(scope="ws-1", status=401)
+    write(env.root / "pics" / "while-revoked.png", image())
+
+    def failing() -> dict[str, Any] | None:
+        answer = httpx.get(base + "healthz")
+        return answer.json() if answer.status_code == 503 else None
+
+    document = wait_until(failing, timeout=15, interval=0.2, what="healthz 503")
+    assert document["status"] == "failing"
+    assert any("invalid or revoked" in reason for reason in document["reasons"])
+
+
+def test_a_safety_stop_is_failing_and_the_page_lists_what_force_would_delete(
+        served: tuple[Env, DaemonProcess, str, str]) -> None:
+    env, _daemon, base, pack_id = served
+    for path in (env.root / "pics").iterdir():
+        path.unlink()  # the folder looks emptied: deletes are withheld
+
+    document = wait_until(lambda: httpx.get(base + "healthz").json() if httpx.get(base + "healthz").status_code
+                          == 503 else None, timeout=15, interval=0.2, what="healthz 503")
+    assert document["mappings"][0]["safety_stop"]
+    assert len(env.pack(pack_id)["images"]) == 3, "nothing deleted"
+    html = httpx.get(base).text
+    assert "Safety stop" in html and "--force would delete 3 images" in html
+    assert all(f"photo{n}.png" in html for n in range(3))
+
+
+def test_metrics_parse_and_move_when_a_file_is_dropped(served: tuple[Env, DaemonProcess, str, str]) -> None:
+    env, _daemon, base, pack_id = served
+    first = samples(base)
+    assert sample(first, "packsync_files", pack=f"pack {pack_id}", state="synced") == 3
+    adds = sample(first, "packsync_api_requests_total", route="POST /packs/{id}/images", code="201")
+    assert adds == 3
+    uploaded = sample(first, "packsync_uploaded_bytes_total")
+    assert uploaded > 0
+    assert sample(first, "packsync_sync_seconds_count", pack=f"pack {pack_id}") >= 1
+    assert sample(first, "packsync_last_success_timestamp_seconds", pack=f"pack {pack_id}") > 0
+
+    write(env.root / "pics" / "dropped.png", image(16, 16))
+    wait_until(lambda: len(env.pack(pack_id)["images"]) == 4, timeout=10)
+
+    after = wait_until(lambda: (s := samples(base)) and sample(s, "packsync_files", pack=f"pack {pack_id}",
+                                                                 state="synced") == 4 and s, timeout=10)
+    assert sample(after, "packsync_api_requests_total", route="POST /packs/{id}/images", code="201") == adds + 1
+    assert sample(after, "packsync_uploaded_bytes_total") > uploaded
+    assert sample(after, "packsync_queued_paths") == 0
+    labels = {value for (_name, pairs) in after for _key, value in pairs}
+    assert not any("/" in value and value.startswith(str(env.root)) for value in labels), "no path as a label"
+    assert TOKEN not in httpx.get(base + "metrics").text
+
+
+def test_actions_need_the_csrf_token_and_this_origin(served: tuple[Env, DaemonProcess, str, str]) -> None:
+    env, _daemon, base, pack_id = served
+    reads = lambda: env.sandbox.calls[("GET", "/packs/{id}")]  # noqa: E731
+    token = csrf_of(httpx.get(base).text)
+    before = reads()
+
+    assert httpx.post(base + "actions/sync", data={"mapping": "0"}).status_code == 403
+    assert httpx.post(base + "actions/sync", data={"mapping": "0", "csrf": "forged"}).status_code == 403
+    assert httpx.post(base + "actions/sync", data={"mapping": "0", "csrf": token},
+                      headers={"Origin": "http://evil.example"}).status_code == 403
+    assert reads() == before, "a refused action syncs nothing"
+
+    answer = httpx.post(base + "actions/sync", data={"mapping": "0", "csrf": token})
+    assert answer.status_code == 303 and answer.headers["location"] == "/"
+    wait_until(lambda: reads() > before, timeout=10, what="the sync the button asked for")
+
+    assert httpx.post(base + "actions/retry", data={"csrf": token}).status_code == 303
+
+
+def test_a_foreign_host_is_refused(served: tuple[Env, DaemonProcess, str, str]) -> None:
+    _env, _daemon, base, _pack_id = served
+    for path in ("", "healthz", "metrics"):
+        answer = httpx.get(base + path, headers={"Host": "attacker.example:8780"})
+        assert answer.status_code == 421
+    port = base.rsplit(":", 1)[1].strip("/")
+    assert httpx.get(base, headers={"Host": f"localhost:{port}"}).status_code == 200
+
+
+def test_thumbnails_only_for_files_the_state_knows(served: tuple[Env, DaemonProcess, str, str]) -> None:
+    env, _daemon, base, _pack_id = served
+    html = httpx.get(base).text
+    thumbs = re.findall(r'src="(/thumb/\d+/[0-9a-f]{64})"', html)
+    assert len(thumbs) == 3
+    served_bytes = {httpx.get(base + t.lstrip("/")).content for t in thumbs}
+    assert served_bytes == {p.read_bytes() for p in (env.root / "pics").iterdir()}
+
+    for path in ("thumb/0/" + "0" * 64, "thumb/9/" + thumbs[0][-64:], "thumb/0/..%2F..%2Fconfig.toml",
+                 "thumb/0/../../config.toml", "thumb/-1/" + thumbs[0][-64:], "static/..%2F..%2Fconfig.py"):
+        assert httpx.get(base + path).status_code == 404, path
+
+
+def test_untrusted_descriptions_are_text_and_the_page_forbids_inline_script(
+        daemon_env: Env, start: Any) -> None:
+    hostile = '<script>document.title="owned"</script><img src=x onerror="alert(1)">'
+
+    def poison(reply: Reply) -> Reply:
+        document = json.loads(reply.body)
+        for item in document["data"]["images"]:
+            item["metadata"].update(status="completed", description=hostile, keywords=["<b>bold</b>"])
+        return Reply(reply.status, json.dumps(document).encode(), reply.content_type, reply.headers)
+
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    write(folder / "a.png", image())
+    daemon_env.sandbox.rewrite("GET", "/packs/{id}", poison)
+    base = page_url(start())
+
+    answer = wait_until(lambda: (a := httpx.get(base)) and "&lt;script&gt;" in a.text and a, timeout=15)
+    assert "<script>document" not in answer.text and "<img src=x" not in answer.text
+    assert "&lt;b&gt;bold&lt;/b&gt;" in answer.text
+    assert "script-src 'self'" in answer.headers["content-security-policy"]
+    assert "'unsafe-inline'" not in answer.headers["content-security-policy"]
+
+
+def test_a_taken_port_is_logged_and_the_daemon_syncs_on(daemon_env: Env, start: Any) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        daemon_env.http["listen"] = f"127.0.0.1:{taken.getsockname()[1]}"
+        pack_id = daemon_env.sandbox.create_pack("p")
+        folder = daemon_env.map("pics", pack_id=pack_id)
+        daemon = start()
+        write(folder / "new.png", image())
+        wait_until(lambda: len(daemon_env.pack(pack_id)["images"]) == 1, timeout=10)
+    assert daemon.output().count("cannot serve the web page") == 1
+    assert daemon.proc.poll() is None
+
+
+def test_off_loopback_the_page_needs_the_password(daemon_env: Env, start: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    daemon_env.http.update(listen="0.0.0.0:0", password_env="PACKSYNC_TEST_PASSWORD")
+    monkeypatch.setenv("PACKSYNC_TEST_PASSWORD", "correct horse")
+    daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"))
+    daemon = start()
+    port = re.search(r'"url": "http://0\.0\.0\.0:(\d+)/"', daemon.output())
+    assert port, daemon.output()
+    base = f"http://127.0.0.1:{port.group(1)}/"
+
+    assert httpx.get(base).status_code == 401
+    assert httpx.get(base, auth=("anyone", "wrong")).status_code == 401
+    assert httpx.get(base + "metrics").status_code == 401
+    assert httpx.get(base, auth=("anyone", "correct horse")).status_code == 200
+    assert httpx.get(base + "healthz").status_code == 200, "health stays open to monitors"
+    assert "correct horse" not in daemon.output()
+
+
+def test_off_loopback_without_a_password_is_refused_at_load(env: Env) -> None:
+    env.http["listen"] = "0.0.0.0:8780"
+    env.map("pics", pack_id="p1")
+    done = env.cli("daemon")
+    assert done.returncode == 2
+    assert "http.password_env: required to listen on 0.0.0.0" in done.stderr
+
+
+def test_ui_serves_the_state_alone_read_only(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("pics", pack_id=pack_id)
+    write(folder / "a.png", image())
+    env.sync()
+    before = env.sandbox.calls.total()
+    proc = subprocess.Popen([sys.executable, "-m", "packsync", "-c", str(env.config_path), "ui", "--listen",
+                             "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={"PATH": "/usr/bin:/bin"})
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+        assert match, line
+        base = match.group(1)
+        html = httpx.get(base).text
+        assert "a.png" in html and "read-only" in html
+        assert 'action="/actions' not in html, "no sync buttons without a daemon"
+        assert httpx.get(base + "healthz").json()["status"] == "ok"
+        assert httpx.post(base + "actions/sync", data={"csrf": "x"}).status_code == 403
+        assert env.sandbox.calls.total() == before, "no API call, no token needed"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_ui_names_a_bad_listen_address(env: Env) -> None:
+    env.map("pics", pack_id="p1")
+    done = env.cli("ui", "--listen", "nowhere")
+    assert done.returncode == 2
+    assert "--listen: expected HOST:PORT" in done.stderr
