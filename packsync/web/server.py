@@ -60,6 +60,7 @@ class Site:
     def __post_init__(self) -> None:
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined)
+        self.templates.filters["basename"] = lambda source: Path(source).name or source
 
     # -- read models -------------------------------------------------------------------------------
 
