@@ -390,6 +390,8 @@ class Daemon:
     def _publish(self, state: str | None = None) -> None:
         """Tell `packsync status` and systemd what the daemon is doing."""
         state = state or ("paused" if self.paused_until else ("running" if self.ready else "starting"))
+        if self.web:
+            self.web.metrics.queued.set(len(self.changes))
         news = (state, len(self.changes), self.last_error, self._last_full_scan, len(self.folders))
         if news == self._published:  # the idle loop calls this often: write only what changed
             return

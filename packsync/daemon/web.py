@@ -38,7 +38,7 @@ class Web:
         assert config.http.address is not None, "[http] listen is off"
         host, port = config.http.address
         store = Store(config.state_path, readonly=True)  # a connection of its own: pages never wait on a sync
-        site = Site(config, store, Metrics(config, store, live), live, read_password(config))
+        site = Site(config, store, Metrics(config, store), live, read_password(config))
         log = get_logger()
         try:
             runner = await serve(site, host, port)

@@ -92,6 +92,7 @@ SEARCH = [
 INDEXES = {
     "ix_blobs_url": "blobs (url)",
     "ix_images_sha256": "images (sha256)",
+    "ix_images_pack_sha256": "images (pack_id, sha256)",
     "ix_url_contents_sha256": "url_contents (sha256)",
 }
 
@@ -368,6 +369,8 @@ class Store:
                 if columns and column.split()[0] not in columns:
                     db.execute(f"ALTER TABLE mappings ADD COLUMN {column}")
             _create(db, TABLES.keys() - _tables(db))
+            for index, target in INDEXES.items():  # schema 4 → 5: images by pack and content
+                db.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {target}")
             if "image_text" not in _tables(db):  # schema 3 → 4: the search index, of every image recorded
                 for statement in SEARCH:
                     db.execute(statement)
@@ -560,6 +563,19 @@ class Store:
     def count_images(self, pack_id: str, owner: str | None = None) -> int:
         return int(self._rows("SELECT count(*) FROM images WHERE pack_id = ? AND (? IS NULL OR owner IN (?, ''))",
                               pack_id, owner, owner)[0][0])
+
+    def images_with(self, pack_id: str, shas: Collection[str]) -> list[ManagedImage]:
+        """The images of a pack (any owner's) that hold these contents."""
+        return [_image(*row) for row in self._rows_in(
+            "SELECT pack_id, image_id, sha256, url, file_name, owner, meta_status, description, keywords, meta_error "
+            "FROM images WHERE pack_id = ? AND sha256 IN (?)", shas, pack_id)]
+
+    def file_page(self, source: str, limit: int | None = None) -> list[tuple[str, str | None]]:
+        """(item key, content) of ``source``'s items that are not problems, by key, the first ``limit``."""
+        return [(row[0], row[1]) for row in self._rows(
+            "SELECT rel_path, sha256 FROM files f WHERE root = ? AND NOT EXISTS (SELECT 1 FROM problems p WHERE "
+            "p.root = f.root AND p.rel_path = f.rel_path) ORDER BY rel_path LIMIT ?", source, -1 if limit is None
+            else limit)]
 
     def metadata_counts(self, pack_id: str, owner: str | None = None) -> dict[str, int]:
         """packsync's images in a pack by metadata status, counted by SQLite (the metrics' cheap read)."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from packsync.config import Config, MappingConfig
 from packsync.engine.packs import recorded_pack_id
-from packsync.model import Metadata, Problem
+from packsync.model import METADATA_SETTLED, ManagedImage, Metadata, Problem
 from packsync.state.store import DaemonRecord, MappingRecord, Store
 
 
@@ -93,10 +93,14 @@ METADATA_STATES = ("completed", "pending", "failed")
 
 
 def read_status(config: Config, store: Store, *, files: bool = False, problems: bool = False,
-                lock_holder: int | None = None) -> Status:
-    """The status of every mapping; ``lock_holder`` is the pid holding the state lock, if any."""
+                lock_holder: int | None = None, files_limit: int | None = None) -> Status:
+    """The status of every mapping; ``lock_holder`` is the pid holding the state lock, if any.
+
+    Counts are SQLite's (a status of 100,000 files builds no value per file); ``files`` lists the items,
+    by key, the first ``files_limit`` of each mapping (None: all), then its problems.
+    """
     return Status(str(store.path), store.path.exists(), _daemon(store, lock_holder),
-                  [_mapping(mapping, store, files, problems) for mapping in config.mappings])
+                  [_mapping(mapping, store, files, problems, files_limit) for mapping in config.mappings])
 
 
 def _daemon(store: Store, holder: int | None) -> DaemonStatus | None:
@@ -104,34 +108,39 @@ def _daemon(store: Store, holder: int | None) -> DaemonStatus | None:
     return None if row is None else DaemonStatus(holder is not None and holder == row.pid, row)
 
 
-def _mapping(mapping: MappingConfig, store: Store, files: bool, with_problems: bool) -> MappingStatus:
-    record = store.mapping(mapping.label)
+def _mapping(mapping: MappingConfig, store: Store, files: bool, with_problems: bool,
+             limit: int | None) -> MappingStatus:
+    label = mapping.label
+    record = store.mapping(label)
     pack_id = recorded_pack_id(store, mapping)
-    images = store.managed(pack_id, mapping.label) if pack_id else []
-    by_sha = {image.sha256: image for image in images}
-    shared = set(store.others(pack_id, mapping.label).values()) if pack_id else set()  # held by another mapping
-    problems = {problem.rel_path: problem for problem in store.problems(mapping.label)}
-    counts: Counter[str] = Counter({state: 0 for state in FILE_STATES})
-    detail: list[FileStatus] = []
-    for rel_path, cached in store.file_cache(mapping.label).items():
-        if rel_path in problems:
-            continue
-        image = by_sha.get(cached.sha256 or "")
-        state = "synced" if image or cached.sha256 in shared else "pending"
-        counts[state] += 1
-        if files:  # an Astria image (its key is its URL) by the name it was added with
-            shown = image.file_name if image and mapping.astria_pack is not None else rel_path
-            detail.append(FileStatus(shown, cached.sha256, state, None, image.image_id if image else None,
-                                     image.metadata if image else None))
-    for problem in problems.values():
-        state = "skipped" if problem.notice else "failed"
-        counts[state] += 1
-        if files:
-            detail.append(FileStatus(problem.rel_path, None, state, problem.reason))
+    listed = store.problems(label)
+    total, synced = store.file_counts(label, pack_id)
+    notices = sum(problem.notice for problem in listed)
+    counts = {"synced": synced, "pending": total - synced, "failed": len(listed) - notices, "skipped": notices}
     metadata: Counter[str] = Counter({state: 0 for state in METADATA_STATES})
-    for image in images:
-        metadata[image.metadata.status if image.metadata.settled else "pending"] += 1
-    return MappingStatus(mapping.label, pack_id, mapping.pack or (record.pack_name if record else None), record,
-                         dict(counts), len(images), dict(metadata),
-                         sorted(detail, key=lambda f: f.path) if files else None,
-                         list(problems.values()) if with_problems else None)
+    for status, count in (store.metadata_counts(pack_id, label) if pack_id else {}).items():
+        metadata[status if status in METADATA_SETTLED else "pending"] += count
+    return MappingStatus(label, pack_id, mapping.pack or (record.pack_name if record else None), record, counts,
+                         sum(metadata.values()), dict(metadata),
+                         _files(mapping, store, pack_id, listed, limit) if files else None,
+                         listed if with_problems else None)
+
+
+def _files(mapping: MappingConfig, store: Store, pack_id: str | None, problems: list[Problem],
+           limit: int | None) -> list[FileStatus]:
+    """The items of a mapping with their images (a content another mapping holds is synced, without
+    this mapping's image), then its problems."""
+    page = store.file_page(mapping.label, limit)
+    held: dict[str, ManagedImage | None] = {}
+    for image in store.images_with(pack_id, {sha for _key, sha in page if sha}) if pack_id else []:
+        if image.owner in (mapping.label, "") or image.sha256 not in held:
+            held[image.sha256] = image if image.owner in (mapping.label, "") else None
+    detail = []
+    for key, sha in page:
+        own = held.get(sha or "")
+        # an Astria image (its key is its URL) is shown by the name it was added with
+        shown = own.file_name if own and mapping.astria_pack is not None else key
+        detail.append(FileStatus(shown, sha, "synced" if (sha or "") in held else "pending", None,
+                                 own.image_id if own else None, own.metadata if own else None))
+    detail += [FileStatus(p.rel_path, None, "skipped" if p.notice else "failed", p.reason) for p in problems]
+    return sorted(detail, key=lambda f: f.path)

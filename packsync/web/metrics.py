@@ -13,19 +13,17 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from packsync.engine.packs import recorded_pack_id
-from packsync.model import METADATA_SETTLED
+from packsync.views.status import read_status
 
 if TYPE_CHECKING:
     from packsync.config import Config
     from packsync.state.store import Store
-    from packsync.web.health import Live
 
 #: A problem's reason as a metric label: the first pattern that matches its text, else "other".
 REASONS = [
@@ -53,7 +51,7 @@ def reason_label(reason: str) -> str:
 class Metrics:
     """The daemon's counters (an ``Observer`` of the API client) and the state's gauges, in one registry."""
 
-    def __init__(self, config: Config, store: Store, live: Live | None = None) -> None:
+    def __init__(self, config: Config, store: Store) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = PromCounter("packsync_api_requests", "API and storage requests made, by route and "
                                     "HTTP status (0: no answer)", ["route", "code"], registry=self.registry)
@@ -65,7 +63,9 @@ class Metrics:
                                       "by its pack", ["pack"], buckets=SYNC_BUCKETS, registry=self.registry)
         self.safety_stops = PromCounter("packsync_safety_stops", "Syncs that withheld deletes (a safety stop), "
                                         "by pack", ["pack"], registry=self.registry)
-        self.state = StateCollector(config, store, live)
+        self.queued = Gauge("packsync_queued_paths", "Changed paths waiting for their folder to settle",
+                            registry=self.registry)
+        self.state = StateCollector(config, store)
         self.registry.register(self.state)
 
     def request(self, route: str, status: int, seconds: float, sent: int) -> None:
@@ -85,10 +85,10 @@ class Metrics:
 
 
 class StateCollector(Collector):
-    """Gauges read from the state at each scrape, with counts SQLite makes (no per-file Python value)."""
+    """Gauges read from the state at each scrape: the status read model's counts, which SQLite makes."""
 
-    def __init__(self, config: Config, store: Store, live: Live | None) -> None:
-        self.config, self.store, self.live = config, store, live
+    def __init__(self, config: Config, store: Store) -> None:
+        self.config, self.store = config, store
 
     def describe(self) -> list[Metric]:
         return []  # the metrics depend on the state: nothing to check at registration
@@ -102,28 +102,18 @@ class StateCollector(Collector):
                                     "without error (Unix time)", labels=["pack"])
         stopped = GaugeMetricFamily("packsync_safety_stop", "1 while a mapping's deletes wait for --force",
                                     labels=["pack"])
-        store = self.store
-        for mapping in self.config.mappings:
-            pack, label = mapping.pack_label, mapping.label
-            pack_id = recorded_pack_id(store, mapping)
-            record = store.mapping(label)
-            listed = store.problems(label)
-            total, synced = store.file_counts(label, pack_id)
-            notices = sum(problem.notice for problem in listed)
-            for state, count in (("synced", synced), ("pending", total - synced),
-                                 ("failed", len(listed) - notices), ("skipped", notices)):
+        status = read_status(self.config, self.store, problems=True)
+        for config, mapping in zip(self.config.mappings, status.mappings, strict=True):
+            pack = config.pack_label
+            for state, count in mapping.counts.items():
                 files.add_metric([pack, state], count)
-            by_status: Counter[str] = Counter({"completed": 0, "pending": 0, "failed": 0})
-            for status, count in (store.metadata_counts(pack_id, label) if pack_id else {}).items():
-                by_status[status if status in METADATA_SETTLED else "pending"] += count
-            for status, count in by_status.items():
-                images.add_metric([pack, status], count)
-            for reason, count in Counter(reason_label(p.reason) for p in listed if not p.notice).items():
+            for status_name, count in mapping.metadata.items():
+                images.add_metric([pack, status_name], count)
+            reasons = Counter(reason_label(p.reason) for p in mapping.problems or () if not p.notice)
+            for reason, count in reasons.items():
                 problems.add_metric([pack, reason], count)
+            record = mapping.record
             if record and record.ok_at:
                 success.add_metric([pack], record.ok_at)
             stopped.add_metric([pack], 1 if record and record.safety else 0)
         yield from (files, images, problems, success, stopped)
-        if self.live is not None:
-            yield GaugeMetricFamily("packsync_queued_paths", "Changed paths waiting for their folder to settle",
-                                    value=self.live.live().queue)

@@ -13,16 +13,18 @@ asked for by mapping and content hash and served only for a file the state knows
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
 import ipaddress
 import secrets
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jinja2
 from aiohttp import web
@@ -34,7 +36,7 @@ from packsync.logs import get_logger
 from packsync.state.store import Store
 from packsync.views.search import search
 from packsync.views.status import FileStatus, MappingStatus, read_status
-from packsync.web.health import Live, MappingHealth, health, http_status
+from packsync.web.health import Live, LiveState, MappingHealth, health, http_status
 from packsync.web.metrics import Metrics
 
 HERE = Path(__file__).parent
@@ -44,6 +46,7 @@ SEARCH_LIMIT = 200
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -58,14 +61,34 @@ class Site:
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     def __post_init__(self) -> None:
+        self.lock = threading.Lock()
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined)
         self.templates.filters["basename"] = lambda source: Path(source).name or source
 
+    async def read(self, reading: Callable[..., T], *args: Any) -> T:
+        """Run ``reading`` off the event loop (a big state takes a while to read and render, and the
+        daemon's loop syncs meanwhile), one at a time on this site's connection."""
+        def locked() -> T:
+            with self.lock:
+                return reading(*args)
+
+        return await asyncio.to_thread(locked)
+
+    def now(self) -> LiveState | None:
+        """What the daemon knows now (read on the event loop, before a reading goes to its thread)."""
+        return self.live.live() if self.live else None
+
+    def render(self, template: str, query: str, live: LiveState | None) -> tuple[str, str]:
+        """(HTML, ETag) of the whole page or of its changing part (``view.html``)."""
+        etag = self.version(query, live)
+        html = self.templates.get_template(template).render(version=__version__, etag=etag,
+                                                            **self.view(query, live))
+        return html, etag
+
     # -- read models -------------------------------------------------------------------------------
 
-    def health(self) -> dict[str, Any]:
-        live = self.live.live() if self.live else None
+    def health(self, live: LiveState | None) -> dict[str, Any]:
         mappings = []
         for mapping in self.config.mappings:
             record = self.store.mapping(mapping.label)
@@ -73,14 +96,13 @@ class Site:
             mappings.append(MappingHealth(mapping.label, mapping.pack_label, record, error))
         return health(mappings, live, self.store.daemon())
 
-    def view(self, query: str) -> dict[str, Any]:
-        status = read_status(self.config, self.store, files=True, problems=True)
+    def view(self, query: str, live: LiveState | None) -> dict[str, Any]:
         words = query.split()
-        hits = search(self.store, words, SEARCH_LIMIT) if words else None
+        hits = search(self.store, words, SEARCH_LIMIT) if words else None  # shown instead of the galleries
+        status = read_status(self.config, self.store, files=not words, problems=True, files_limit=GALLERY_LIMIT)
         return {"status": status, "query": query, "hits": hits, "limit": GALLERY_LIMIT, "csrf": self.csrf,
-                "actions": self.live is not None, "health": self.health(), "thumb": self.thumb_url,
-                "indexes": {m.label: i for i, m in enumerate(self.config.mappings)},
-                "live": self.live.live() if self.live else None}
+                "actions": self.live is not None, "health": self.health(live), "thumb": self.thumb_url,
+                "indexes": {m.label: i for i, m in enumerate(self.config.mappings)}, "live": live}
 
     def thumb_url(self, mapping: MappingStatus | str, file: FileStatus | None = None,
                   sha256: str | None = None) -> str | None:
@@ -92,12 +114,11 @@ class Site:
             return None
         return f"/thumb/{index}/{sha}"
 
-    def version(self, query: str) -> str:
+    def version(self, query: str, live: LiveState | None) -> str:
         """An ETag for the view: it changes whenever the state does (a commit by any connection) or the
         daemon's live state does."""
         data_version = self.store.db.execute("PRAGMA data_version").fetchone()[0]
-        live = repr(self.live.live()) if self.live else ""
-        digest = hashlib.sha256(f"{data_version}\0{live}\0{query}\0{self.store.daemon()}".encode()).hexdigest()
+        digest = hashlib.sha256(f"{data_version}\0{live!r}\0{query}\0{self.store.daemon()}".encode()).hexdigest()
         return f'"{digest[:32]}"'
 
     def file_of(self, index: int, sha256: str) -> Path | None:
@@ -121,20 +142,20 @@ SITE = web.AppKey("site", Site)
 
 
 async def healthz(request: web.Request) -> web.Response:
-    document = request.app[SITE].health()
+    site = request.app[SITE]
+    document = await site.read(site.health, site.now())
     return web.json_response(document, status=http_status(document))
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[SITE].metrics.exposition()
+    site = request.app[SITE]
+    body = await site.read(site.metrics.exposition)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 async def page(request: web.Request) -> web.Response:
     site = request.app[SITE]
-    query = request.query.get("q", "")[:200]
-    html = site.templates.get_template("page.html").render(version=__version__, etag=site.version(query),
-                                                            **site.view(query))
+    html, _etag = await site.read(site.render, "page.html", request.query.get("q", "")[:200], site.now())
     return web.Response(text=html, content_type="text/html")
 
 
@@ -142,10 +163,11 @@ async def view(request: web.Request) -> web.Response:
     """The page's changing part, for the page's script: 304 while nothing changed."""
     site = request.app[SITE]
     query = request.query.get("q", "")[:200]
-    etag = site.version(query)
+    live = site.now()
+    etag = await site.read(site.version, query, live)
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers={"ETag": etag})
-    html = site.templates.get_template("view.html").render(**site.view(query))
+    html, etag = await site.read(site.render, "view.html", query, live)
     return web.Response(text=html, content_type="text/html", headers={"ETag": etag})
 
 
@@ -154,7 +176,7 @@ async def thumb(request: web.Request) -> web.StreamResponse:
     index, sha = request.match_info["index"], request.match_info["sha"]
     if not index.isdigit() or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise web.HTTPNotFound()
-    path = site.file_of(int(index), sha)
+    path = await site.read(site.file_of, int(index), sha)
     if path is None:
         raise web.HTTPNotFound()
     return web.FileResponse(path, headers={"Cache-Control": "private, max-age=3600",
