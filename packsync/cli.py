@@ -120,8 +120,10 @@ def run(dry_run: bool, no_wait: bool, wait_timeout: float, force: bool, as_json:
         from packsync.views.json import run_document, write_json
 
         write_json(run_document(report), sys.stdout)
+    elif dry_run:
+        print_plan(report, sys.stdout, verbose=bool(click.get_current_context().meta.get("packsync.verbose")))
     else:
-        (print_plan if dry_run else print_run)(report, sys.stdout)
+        print_run(report, sys.stdout)
     sys.exit(int(report.exit_code))
 
 

@@ -24,7 +24,9 @@ from packsync.errors import ConfigError
 
 DEFAULT_BASE_URL = "https://www.genviral.io/api/partner/v1"
 DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif", "*.heic", "*.heif"]
-DEFAULT_EXCLUDE = [".*", "*~", "*.tmp", "*.part"]
+#: Hidden files, editors' and downloads' leftovers, and what NAS boxes, Windows and macOS leave behind.
+DEFAULT_EXCLUDE = [".*", "*~", "*.tmp", "*.part", "@eaDir/", "\\#recycle/", ".thumbnails/", "Thumbs.db", ".DS_Store",
+                   "._*", "desktop.ini"]
 CONFIG_ENV = "PACKSYNC_CONFIG"
 #: Where the token is looked for when the config names no variable, in this order.
 TOKEN_ENVS = ("GENVIRAL_TOKEN", "GENVIRAL_API_KEY")

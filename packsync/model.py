@@ -67,7 +67,8 @@ class Scan:
     contents that must not be deleted remotely although no good item holds them now: files that
     could not be read this time, and everything below folders that could not be listed. A scan
     never lets a read error look like a deletion. ``cache`` is what each item looked like, to be
-    remembered for the next scan.
+    remembered for the next scan. ``excluded`` are the paths an exclude pattern left out (a folder's
+    with a trailing ``/``, its contents not walked), with that pattern.
     """
 
     source: str
@@ -76,6 +77,7 @@ class Scan:
     keep: set[str] = field(default_factory=set)
     cache: dict[str, CachedFile] = field(default_factory=dict)
     hashed_files: int = 0
+    excluded: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

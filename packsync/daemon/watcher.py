@@ -31,6 +31,7 @@ from watchdog.observers.polling import PollingObserver
 
 from packsync.logs import get_logger
 from packsync.sources.folder import Filters
+from packsync.sources.patterns import IGNORE_FILE
 
 #: (mapped folder, changed path, the writer closed it) — called from watchdog's threads.
 ChangeCallback = Callable[[Path, Path, bool], None]
@@ -63,9 +64,9 @@ class _Handler(FileSystemEventHandler):
             parts = path.relative_to(self.root).parts
         except ValueError:
             return False
-        if any(self.filters.excluded(part) for part in parts):
-            return False
-        return is_directory or self.filters.included(path.name)
+        if parts == (IGNORE_FILE,):
+            return True  # the folder's own patterns changed: rescan it with them
+        return bool(parts) and not self.filters.ignores(parts, is_directory)
 
 
 class Watcher:

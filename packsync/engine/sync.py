@@ -72,6 +72,7 @@ class MappingReport:
     safety: str | None = None
     notice: str | None = None
     undownloadable: list[tuple[str, str]] = field(default_factory=list)  # (image id, why), this run
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (path, the exclude pattern), from the scan
     refused: bool = False  # the source refused the key (an Astria pack's): ``error`` says which
 
     @property
@@ -199,7 +200,7 @@ class Syncer:
             if not options.dry_run:
                 self.store.save_file_cache(report.label, previous, scan.cache)
                 self.store.save_problems(report.label, scan.problems)
-            report.problems, report.hashed_files = scan.problems, scan.hashed_files
+            report.problems, report.hashed_files, report.excluded = scan.problems, scan.hashed_files, scan.excluded
             if report.error:
                 return
             report.plan = plan_mapping(await self._input(report, remote, scan, options))

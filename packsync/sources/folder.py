@@ -10,51 +10,67 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fnmatch
 import hashlib
 import os
-import re
 import stat
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from packsync.errors import ItemChanged, SourceUnavailable
 from packsync.model import CachedFile, ContentItem, Problem, Scan
 from packsync.sources.media import digest_file
+from packsync.sources.patterns import IGNORE_FILE, Patterns
 
 #: Small files are read on the event loop: a thread hand-off costs more than the read.
 INLINE_READ_BYTES = 256 * 1024
 
 
-def _matcher(patterns: Sequence[str]) -> Callable[[str], object]:
-    """One compiled, case-insensitive regular expression for a list of shell globs."""
-    if not patterns:
-        return lambda _name: None
-    return re.compile("|".join(fnmatch.translate(p) for p in patterns), re.IGNORECASE | re.DOTALL).match
-
-
 @dataclass(frozen=True)
 class Filters:
-    """Which names a mapping syncs. Patterns are shell globs, matched case-insensitively."""
+    """Which items a mapping syncs: gitignore-style ``include`` and ``exclude`` patterns (``patterns.py``),
+    plus the mapped folder's own ``.packsyncignore`` lines once ``reading`` has read them."""
 
     include: Sequence[str]
     exclude: Sequence[str]
     max_file_bytes: int
     follow_symlinks: bool = False
-    _included: Callable[[str], object] = field(init=False, repr=False, compare=False)
-    _excluded: Callable[[str], object] = field(init=False, repr=False, compare=False)
+    ignore_file: Sequence[str] = ()
+    _included: Patterns = field(init=False, repr=False, compare=False)
+    _excluded: Patterns = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Frozen, so the compiled matchers are set the way dataclasses set fields.
-        object.__setattr__(self, "_included", _matcher(self.include))
-        object.__setattr__(self, "_excluded", _matcher(self.exclude))
+        # Frozen, so the compiled patterns are set the way dataclasses set fields.
+        object.__setattr__(self, "_included", Patterns(self.include))
+        object.__setattr__(self, "_excluded", Patterns([*self.exclude, *self.ignore_file]))
 
-    def excluded(self, name: str) -> bool:
-        return self._excluded(name) is not None
+    def reading(self, root: Path) -> Filters:
+        """These filters with ``root``'s ``.packsyncignore`` (read now: it may have changed since)."""
+        try:
+            lines = (root / IGNORE_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            lines = []
+        return self if list(self.ignore_file) == lines else replace(self, ignore_file=lines)
 
-    def included(self, name: str) -> bool:
-        return self._included(name) is not None
+    def excluded(self, rel: str, name: str, folder: bool) -> bool:
+        return self._excluded.matches(rel, name, folder)
+
+    def excluded_by(self, rel: str, name: str, folder: bool) -> str | None:
+        """The exclude pattern that excludes ``rel`` (for ``run --dry-run -v``)."""
+        return self._excluded.deciding(rel, name, folder)
+
+    def included(self, rel: str, name: str) -> bool:
+        """Whether a file is one the mapping syncs (folders are always walked, unless excluded)."""
+        return self._included.matches(rel, name, False)
+
+    def ignores(self, parts: Sequence[str], folder: bool) -> bool:
+        """Whether a path below the mapped folder (its ``parts``) is outside the mapping: excluded itself,
+        under an excluded folder, or a file no include pattern takes (the watcher's question)."""
+        for depth in range(1, len(parts) + 1):
+            is_folder = folder or depth < len(parts)
+            if self.excluded("/".join(parts[:depth]), parts[depth - 1], is_folder):
+                return True
+        return not folder and not self.included("/".join(parts), parts[-1])
 
 
 class FolderSource:
@@ -113,7 +129,7 @@ class _Walk:
         self.root = root
         self.busy = busy
         self.previous = previous
-        self.filters = filters
+        self.filters = filters.reading(root)
         self.on_file = on_file or (lambda _n: None)
         self.scan = Scan(source=str(root))
         self.seen_dirs: set[tuple[int, int]] = set()
@@ -134,8 +150,6 @@ class _Walk:
 
     def _entry(self, entry: os.DirEntry[str], prefix: str, pending: list[tuple[str, str]]) -> None:
         name = entry.name
-        if self.filters.excluded(name):
-            return
         rel = f"{prefix}{name}"
         try:
             is_link = entry.is_symlink()
@@ -143,7 +157,11 @@ class _Walk:
         except OSError as exc:
             self._problem(rel, f"cannot read ({exc.strerror})")
             return
-        if not (is_dir or is_link or self.filters.included(name)):
+        if self.filters.excluded(rel, name, is_dir):
+            shown = rel + "/" if is_dir else rel
+            self.scan.excluded.append((shown, self.filters.excluded_by(rel, name, is_dir) or ""))
+            return
+        if not (is_dir or is_link or self.filters.included(rel, name)):
             return
         try:
             rel.encode("utf-8")
@@ -174,7 +192,7 @@ class _Walk:
 
     def _symlink(self, entry: os.DirEntry[str], rel: str, pending: list[tuple[str, str]]) -> None:
         if not self.filters.follow_symlinks:
-            if self.filters.included(entry.name) or _points_to_a_folder(entry):
+            if self.filters.included(rel, entry.name) or _points_to_a_folder(entry):
                 self._problem(rel, "symbolic link, not followed (set follow_symlinks = true)", notice=True)
             return
         try:
@@ -200,7 +218,7 @@ class _Walk:
                 return
             self.seen_dirs.add((st.st_dev, st.st_ino))
             pending.append((entry.path, rel + "/"))
-        elif stat.S_ISREG(st.st_mode) and self.filters.included(entry.name):
+        elif stat.S_ISREG(st.st_mode) and self.filters.included(rel, entry.name):
             self._file(str(target), rel, st)
 
     def _file(self, path: str, rel: str, st: os.stat_result) -> None:

@@ -35,8 +35,9 @@ def _header(path: object, pack: str, pack_id: str | None) -> str:
     return f"{printable(path)} → {printable(pack)}" + (f" ({printable(pack_id)})" if pack_id else " (new pack)")
 
 
-def print_plan(report: SyncReport, out: TextIO) -> None:
-    """The ``--dry-run`` listing: every upload, add and delete, per mapping. Changes nothing."""
+def print_plan(report: SyncReport, out: TextIO, verbose: bool = False) -> None:
+    """The ``--dry-run`` listing: every upload, add and delete, per mapping (``verbose``: and what the
+    exclude patterns left out, and by which pattern). Changes nothing."""
     uploads = {upload.add.sha256 for upload in report.plan.uploads} if report.plan else set()
     for mapping in report.mappings:
         out.write(_header(mapping.label, mapping.pack_name, mapping.pack_id) + "\n")
@@ -63,6 +64,8 @@ def print_plan(report: SyncReport, out: TextIO) -> None:
                 out.write("  nothing to do\n")
         _foreign(mapping, out)
         _problems(mapping.problems, out)
+        for path, pattern in mapping.excluded if verbose else ():
+            out.write(f"  {'excluded':<10} {printable(path)} (by {printable(pattern)})\n")
     if report.plan:
         total = report.plan.mutations
         out.write(f"dry run: {len(report.plan.uploads)} uploads, "

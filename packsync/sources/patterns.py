@@ -1,0 +1,77 @@
+"""gitignore-style patterns for a mapping's ``include`` and ``exclude`` and its ``.packsyncignore``.
+
+The semantics are gitignore's, through ``pathspec``: ``**``, a leading ``/`` anchors to the mapped
+folder, a trailing ``/`` matches folders only, ``!`` re-includes, the last matching pattern decides, and
+a pattern without a slash matches a name at any depth. Matching ignores case, as packsync always has.
+
+Most lists are names only (``*.jpg``, ``.*``, ``@eaDir/``): those are matched against each name the
+walk meets with one compiled regular expression, a few times quicker than matching paths pattern by
+pattern, which matters at 100,000 files. Only a list with a path pattern or a negation goes through
+pathspec (imported then, not before).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+#: The file in a mapped folder whose lines are more exclude patterns (same syntax).
+IGNORE_FILE = ".packsyncignore"
+
+
+def _significant(line: str) -> str | None:
+    """The pattern a gitignore line holds (None: blank or a comment). Trailing spaces are dropped
+    unless escaped."""
+    stripped = line.rstrip("\n").rstrip() if not line.rstrip("\n").endswith("\\ ") else line.rstrip("\n")
+    return None if not stripped or stripped.startswith("#") else stripped
+
+
+def _name_only(pattern: str) -> str | None:
+    """A pattern that names a file or folder at any depth, as a plain glob (a trailing ``/`` kept to say
+    "folders only"); None for a negation or a pattern with a path in it."""
+    if pattern.startswith("!"):
+        return None
+    body = pattern[1:] if pattern.startswith(("\\#", "\\!")) else pattern
+    return body if "/" not in body.rstrip("/") and not body.startswith("/") else None
+
+
+def _names(globs: Sequence[str]) -> Callable[[str], Any]:
+    if not globs:
+        return lambda _name: None
+    return re.compile("|".join(fnmatch.translate(glob) for glob in globs), re.IGNORECASE | re.DOTALL).match
+
+
+class Patterns:
+    """A list of gitignore patterns, compiled once: ``matches`` says whether the last pattern that
+    matches a path includes it (for an exclude list: excludes it); ``deciding`` names that pattern."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        self.patterns = [p for p in map(_significant, lines) if p is not None]
+        names = [_name_only(p) for p in self.patterns]
+        self._singles: list[tuple[str, Patterns]] | None = None
+        self.simple = all(name is not None for name in names)
+        if self.simple:
+            globs = [name for name in names if name is not None]
+            self._files = _names([g for g in globs if not g.endswith("/")])
+            self._folders = _names([g.rstrip("/") for g in globs])
+        else:
+            import pathspec  # only for lists that need paths or negations (it takes 0.2 s to import)
+
+            self._spec = pathspec.GitIgnoreSpec.from_lines([p.lower() for p in self.patterns])
+
+    def matches(self, rel: str, name: str, folder: bool) -> bool:
+        """Whether the pattern list selects ``rel`` (the path below the mapped folder; ``name`` its last part)."""
+        if self.simple:
+            return (self._folders if folder else self._files)(name) is not None
+        return bool(self._spec.match_file(rel.lower() + "/" if folder else rel.lower()))
+
+    def deciding(self, rel: str, name: str, folder: bool) -> str | None:
+        """The pattern that decided ``matches`` for ``rel`` (None: no pattern matched)."""
+        if self.simple:
+            if self._singles is None:
+                self._singles = [(pattern, Patterns([pattern])) for pattern in reversed(self.patterns)]
+            return next((pattern for pattern, single in self._singles if single.matches(rel, name, folder)), None)
+        index = self._spec.check_file(rel.lower() + "/" if folder else rel.lower()).index
+        return self.patterns[index] if index is not None else None
