@@ -99,6 +99,7 @@ class Metadata(msgspec.Struct, frozen=True):
     description: str | None = None
     keywords: tuple[str, ...] = ()
     error: str | None = None
+    model: str | None = None
 
     @property
     def settled(self) -> bool:

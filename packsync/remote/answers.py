@@ -83,8 +83,8 @@ def metadata(raw: Any) -> Metadata:
     """An image's AI metadata; fields of the wrong type count as absent."""
     if raw.__class__ is not dict:
         return _PENDING
-    status, description, keywords, error = raw.get("status"), raw.get("description"), raw.get("keywords"), \
-        raw.get("error")
+    status, description, keywords, error, model = raw.get("status"), raw.get("description"), \
+        raw.get("keywords"), raw.get("error"), raw.get("model")
     if keywords.__class__ is list:
         keywords = tuple(keywords)
         if not all(k.__class__ is str for k in keywords):
@@ -93,7 +93,7 @@ def metadata(raw: Any) -> Metadata:
         keywords = ()
     return Metadata(status if status in _STATUSES else "pending",
                     description if description.__class__ is str else None, keywords,
-                    error if error.__class__ is str else None)
+                    error if error.__class__ is str else None, model if model.__class__ is str else None)
 
 
 class _PackAnswer(msgspec.Struct):

@@ -63,7 +63,8 @@ TABLES = {
         expires_at FLOAT, uploaded BOOLEAN NOT NULL)""",
     "images": """(pack_id VARCHAR NOT NULL, image_id VARCHAR NOT NULL, sha256 VARCHAR NOT NULL, url VARCHAR NOT NULL,
         file_name VARCHAR NOT NULL, meta_status VARCHAR NOT NULL, description VARCHAR, keywords VARCHAR NOT NULL,
-        meta_error VARCHAR, added_at FLOAT NOT NULL, owner VARCHAR NOT NULL, PRIMARY KEY (pack_id, image_id))""",
+        meta_error VARCHAR, added_at FLOAT NOT NULL, owner VARCHAR NOT NULL, meta_model VARCHAR,
+        PRIMARY KEY (pack_id, image_id))""",
     "url_contents": """(url VARCHAR NOT NULL PRIMARY KEY, sha256 VARCHAR, size INTEGER NOT NULL,
         content_type VARCHAR, problem VARCHAR)""",
     "pulled": """(folder VARCHAR NOT NULL, pack_id VARCHAR NOT NULL, image_id VARCHAR NOT NULL, name VARCHAR NOT NULL,
@@ -169,11 +170,11 @@ _BARE = {status: Metadata(status) for status in METADATA_SETTLED}
 
 
 def _image(pack_id: str, image_id: str, sha256: str, url: str, file_name: str, owner: str, status: str,
-           description: str | None, keywords: str, error: str | None) -> ManagedImage:
-    if description is None and error is None and keywords == "[]":
+           description: str | None, keywords: str, error: str | None, model: str | None) -> ManagedImage:
+    if description is None and error is None and keywords == "[]" and model is None:
         metadata = _BARE.get(status) or Metadata(status)
     else:
-        metadata = Metadata(status, description, tuple(json.loads(keywords)), error)
+        metadata = Metadata(status, description, tuple(json.loads(keywords)), error, model)
     return ManagedImage(pack_id, image_id, sha256, url, file_name, owner, metadata)
 
 
@@ -209,6 +210,8 @@ def unusable(path: Path, exc: BaseException) -> StateError:
 _MAPPING_COLUMNS = [f.name for f in fields(MappingRecord)]
 _MAPPING_FIELDS = ", ".join(_MAPPING_COLUMNS)
 _MAPPING_COLUMNS_5 = ("ok_at FLOAT", "safety VARCHAR", "withheld VARCHAR")
+_IMAGE_FIELDS = "pack_id, image_id, sha256, url, file_name, owner, meta_status, description, keywords, meta_error, " \
+    "meta_model"
 
 _OWNER_BEFORE_2 = (
     "coalesce((SELECT m.root FROM mappings m JOIN files f ON f.root = m.root AND f.sha256 = images.sha256 "
@@ -362,6 +365,8 @@ class Store:
             if columns and "owner" not in columns:  # schema 1 → 2
                 db.execute("ALTER TABLE images ADD COLUMN owner VARCHAR NOT NULL DEFAULT ''")
                 db.execute(f"UPDATE images SET owner = {_OWNER_BEFORE_2}")
+            if columns and "meta_model" not in columns:  # schema 4 → 5
+                db.execute("ALTER TABLE images ADD COLUMN meta_model VARCHAR")
             columns = {row[1] for row in db.execute("PRAGMA table_info(mappings)")}
             if columns and "source_name" not in columns:  # schema 2 → 3
                 db.execute("ALTER TABLE mappings ADD COLUMN source_name VARCHAR")
@@ -382,9 +387,12 @@ class Store:
         """Let a read-only store read an older file as if it were migrated, writing nothing: tables
         added since are empty temporary tables, and images get their owner through a view."""
         _create(self.db, TABLES.keys() - tables, temp=True)
-        if version is not None and version < 2:
-            self.db.execute("CREATE TEMP VIEW images AS SELECT *, "
-                            f"{_OWNER_BEFORE_2} AS owner FROM main.images AS images")
+        columns = {row[1] for row in self.db.execute("PRAGMA main.table_info(images)")}
+        if columns and not columns >= {"owner", "meta_model"}:  # a view keeps the rowid, for the search index
+            added = [] if "owner" in columns else [f"{_OWNER_BEFORE_2} AS owner"]
+            added += [] if "meta_model" in columns else ["NULL AS meta_model"]
+            self.db.execute(f"CREATE TEMP VIEW images AS SELECT rowid AS rowid, *, {', '.join(added)} "
+                            "FROM main.images AS images")
         if version is not None and version < 5 and "mappings" in tables:
             since = ("NULL AS source_name, " if version < 3 else "") + ", ".join(
                 f"NULL AS {column.split()[0]}" for column in _MAPPING_COLUMNS_5)
@@ -551,8 +559,9 @@ class Store:
         full = f"? OR meta_status NOT IN ({_SETTLED_SQL})"
         rows = self._rows("SELECT pack_id, image_id, sha256, url, file_name, owner, meta_status, "
                           f"CASE WHEN {full} THEN description END, CASE WHEN {full} THEN keywords ELSE '[]' END, "
-                          f"CASE WHEN {full} THEN meta_error END FROM images WHERE pack_id = ? "
-                          "AND (? IS NULL OR owner IN (?, ''))", details, details, details, pack_id, owner, owner)
+                          f"CASE WHEN {full} THEN meta_error END, CASE WHEN {full} THEN meta_model END FROM images "
+                          "WHERE pack_id = ? AND (? IS NULL OR owner IN (?, ''))", details, details, details, details,
+                          pack_id, owner, owner)
         return [_image(*row) for row in rows]
 
     def others(self, pack_id: str, owner: str) -> dict[str, str]:
@@ -567,8 +576,7 @@ class Store:
     def images_with(self, pack_id: str, shas: Collection[str]) -> list[ManagedImage]:
         """The images of a pack (any owner's) that hold these contents."""
         return [_image(*row) for row in self._rows_in(
-            "SELECT pack_id, image_id, sha256, url, file_name, owner, meta_status, description, keywords, meta_error "
-            "FROM images WHERE pack_id = ? AND sha256 IN (?)", shas, pack_id)]
+            f"SELECT {_IMAGE_FIELDS} FROM images WHERE pack_id = ? AND sha256 IN (?)", shas, pack_id)]
 
     def file_page(self, source: str, limit: int | None = None) -> list[tuple[str, str | None]]:
         """(item key, content) of ``source``'s items that are not problems, by key, the first ``limit``."""
@@ -594,16 +602,16 @@ class Store:
         now = time.time()
         # An upsert, not INSERT OR REPLACE: a replaced row would leave the search index (kept by triggers)
         # holding the old text.
-        self._write_many("INSERT INTO images (pack_id, image_id, sha256, url, file_name, owner, "
-                         "meta_status, description, keywords, meta_error, added_at) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (pack_id, image_id) DO UPDATE SET "
+        self._write_many(f"INSERT INTO images ({_IMAGE_FIELDS}, added_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (pack_id, image_id) DO UPDATE SET "
                          "sha256 = excluded.sha256, url = excluded.url, file_name = excluded.file_name, "
                          "owner = excluded.owner, meta_status = excluded.meta_status, "
                          "description = excluded.description, keywords = excluded.keywords, "
-                         "meta_error = excluded.meta_error, added_at = excluded.added_at",
+                         "meta_error = excluded.meta_error, meta_model = excluded.meta_model, "
+                         "added_at = excluded.added_at",
                          [(i.pack_id, i.image_id, i.sha256, i.url, i.file_name, i.owner, i.metadata.status,
-                           i.metadata.description, json.dumps(list(i.metadata.keywords)), i.metadata.error, now)
-                          for i in images])
+                           i.metadata.description, json.dumps(list(i.metadata.keywords)), i.metadata.error,
+                           i.metadata.model, now) for i in images])
 
     def forget_images(self, pack_id: str, image_ids: Iterable[str] | None = None, *, owner: str | None = None) -> None:
         """Drop image records of ``pack_id``: the given ones, or all of them (of ``owner``, if given)."""
@@ -616,10 +624,10 @@ class Store:
 
     def update_metadata(self, pack_id: str, updates: Mapping[str, Metadata]) -> None:
         """Store new AI metadata for some of packsync's images in a pack."""
-        self._write_many("UPDATE images SET meta_status = ?, description = ?, keywords = ?, meta_error = ? "
-                         "WHERE pack_id = ? AND image_id = ?",
-                         [(meta.status, meta.description, json.dumps(list(meta.keywords)), meta.error, pack_id,
-                           image_id) for image_id, meta in updates.items()])
+        self._write_many("UPDATE images SET meta_status = ?, description = ?, keywords = ?, meta_error = ?, "
+                         "meta_model = ? WHERE pack_id = ? AND image_id = ?",
+                         [(meta.status, meta.description, json.dumps(list(meta.keywords)), meta.error, meta.model,
+                           pack_id, image_id) for image_id, meta in updates.items()])
 
     def metadata_pending(self, pack_ids: Collection[str]) -> dict[str, int]:
         """Per pack, how many of packsync's images wait for AI metadata (packs with none are left out)."""
@@ -639,7 +647,7 @@ class Store:
                             "SELECT rowid, file_name, description, keywords FROM images")
         rows = self._rows(
             "SELECT i.pack_id, i.image_id, i.sha256, i.url, i.file_name, i.owner, i.meta_status, i.description, "
-            "i.keywords, i.meta_error FROM image_text JOIN images i ON i.rowid = image_text.rowid "
+            "i.keywords, i.meta_error, i.meta_model FROM image_text JOIN images i ON i.rowid = image_text.rowid "
             "WHERE image_text MATCH ? ORDER BY bm25(image_text) LIMIT ?", terms, limit)
         return [(_image(*row), row[5]) for row in rows]
 
