@@ -114,7 +114,8 @@ async def _opened(config: Config, token: str, readonly: bool,
 
 
 async def pull_once(config: Config, token: str, pack: str, folder: Path, *, delete: bool, dry_run: bool,
-                    progress: Progress | None = None, classes: Collection[str] | None = None) -> PullReport:
+                    progress: Progress | None = None, classes: Collection[str] | None = None,
+                    sidecars: str = "none") -> PullReport:
     """``packsync pull``: open everything, pull one pack (``genviral:…`` or ``astria:…``) into ``folder``,
     close everything."""
     system, _, wanted = pack.partition(":")
@@ -123,7 +124,7 @@ async def pull_once(config: Config, token: str, pack: str, folder: Path, *, dele
         if system == "astria":
             astria = AstriaClient(config.astria.base_url, read_astria_token(config), api)
             return await puller.pull_astria(astria, int(wanted), classes, folder, delete=delete, dry_run=dry_run)
-        return await puller.pull(wanted, folder, delete=delete, dry_run=dry_run)
+        return await puller.pull(wanted, folder, delete=delete, dry_run=dry_run, sidecars=sidecars)
 
 
 async def sync_once(config: Config, token: str, options: SyncOptions, progress: Progress | None = None) -> SyncReport:

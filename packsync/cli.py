@@ -134,7 +134,10 @@ def run(dry_run: bool, no_wait: bool, wait_timeout: float, force: bool, as_json:
 @click.option("--dry-run", is_flag=True, help="Print what would be downloaded and deleted; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")
 @click.option("--classes", metavar="A,B", help="astria: only these classes (default: all).")
-def pull(source: str, folder: str, delete: bool, dry_run: bool, as_json: bool, classes: str | None) -> None:
+@click.option("--sidecars", type=click.Choice(["none", "xmp"]), default="none", show_default=True,
+              help="genviral: write each image's AI description and keywords into NAME.xmp beside it.")
+def pull(source: str, folder: str, delete: bool, dry_run: bool, as_json: bool, classes: str | None,
+         sidecars: str) -> None:
     """Download a pack's images into FOLDER (created if missing).
 
     A Genviral PACK is an id or an exact name. An Astria pack (by its number) is written one sub-folder
@@ -153,13 +156,16 @@ def pull(source: str, folder: str, delete: bool, dry_run: bool, as_json: bool, c
         raise ConfigError(f"{source}: give the pack as genviral:PACK (an id or an exact name) or astria:ID.")
     if classes is not None and system != "astria":
         raise ConfigError("--classes: applies to astria: packs only.")
+    if sidecars != "none" and system != "genviral":
+        raise ConfigError("--sidecars: applies to genviral: packs only (Astria's images have no AI description).")
     if not folder.strip():
         raise ConfigError("FOLDER: name the folder to pull into (it is created if missing).")
     config = _config()
     token = _token(config)
     with nullcontext() if dry_run else StateLock(config.state_path):
         report = asyncio.run(pull_once(config, token, source, Path(folder), delete=delete, dry_run=dry_run,
-                                       progress=Progress(), classes=classes.split(",") if classes else None))
+                                       progress=Progress(), classes=classes.split(",") if classes else None,
+                                       sidecars=sidecars))
     if as_json:
         write_json(pull_document(report, dry_run), sys.stdout)
     else:

@@ -13,7 +13,7 @@ import re
 import stat
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -34,7 +34,7 @@ DEFAULT_ASTRIA_URL = "https://api.astria.ai"
 ASTRIA_TOKEN_ENV = "ASTRIA_API_KEY"
 DEFAULT_LISTEN = "127.0.0.1:8780"
 #: Mapping keys that describe a folder, and so mean nothing for an Astria pack.
-FOLDER_ONLY = ("include", "exclude", "follow_symlinks", "polling")
+FOLDER_ONLY = ("include", "exclude", "follow_symlinks", "polling", "sidecars", "sidecar_name")
 
 
 def default_config_path() -> Path:
@@ -133,6 +133,10 @@ class MappingConfig(_Strict, frozen=True):
     max_file_mb: Annotated[float, Meta(gt=0)] = 50.0
     follow_symlinks: bool = False
     polling: bool = False
+    #: "xmp": write each image's AI description and keywords into an XMP sidecar next to its file.
+    sidecars: Literal["none", "xmp"] = "none"
+    #: "full": IMG_0001.jpg.xmp (darktable, Immich); "stem": IMG_0001.xmp (Lightroom, digiKam's option).
+    sidecar_name: Literal["full", "stem"] = "full"
 
     def __post_init__(self) -> None:
         if self.path is None and self.astria_pack is None:

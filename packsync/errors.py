@@ -10,7 +10,8 @@ Errors are classified by what the caller should do about them, not by where they
     │                                     the daemon waits and tries again
     ├── SourceError                       a source of content could not be read
     │   ├── SourceUnavailable             the whole source (a mapped folder) is missing or unreadable
-    │   └── ItemChanged                   one item's bytes are no longer those that were listed
+    │   ├── ItemChanged                   one item's bytes are no longer those that were listed
+    │   └── XmpError                      a sidecar that is not an XMP packet packsync can read: left alone
     └── ApiError                          the Genviral API (or its storage) answered with an error
         ├── AuthError             exit 3  401/402/403: the key itself is refused; stop everything
         ├── TransientError                429, 5xx, timeouts, dropped connections: retry with backoff
@@ -75,6 +76,10 @@ class SourceUnavailable(SourceError):
 
 class ItemChanged(SourceError):
     """An item's bytes are no longer those its listing hashed."""
+
+
+class XmpError(SourceError):
+    """A sidecar packsync cannot read as an XMP packet: it is left as it is, and reported."""
 
 
 class ApiError(PacksyncError):

@@ -461,6 +461,7 @@ class Daemon:
                 continue
             try:
                 await self.app.metadata.poll(list(pending))
+                await self.app.syncer.write_sidecars()
             except AuthError as exc:
                 self.log.warning("metadata poll refused", error=str(exc))
             except StateUnavailable as exc:

@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
+from packsync.engine.sidecars import SidecarReport, write_beside
 from packsync.errors import NotFound, PermanentError, SourceUnavailable, TransientError
 from packsync.logs import get_logger, untrusted
 from packsync.model import PackSummary, RemoteImage, RemotePack, UrlContent
@@ -31,6 +32,7 @@ from packsync.remote.genviral import GenviralClient
 from packsync.sources.media import SUPPORTED, Digester, digest_file
 from packsync.state.store import PulledFile, Store
 from packsync.views.progress import Progress
+from packsync.xmp import Fields
 
 TEMP_PREFIX = ".packsync-pull-"
 _EXTENSIONS = {*SUPPORTED.values(), "jpeg"}
@@ -91,6 +93,7 @@ class PullReport:
     deleted: list[str] = field(default_factory=list)
     kept: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    sidecars: SidecarReport | None = None
 
 
 async def find_pack(api: GenviralClient, wanted: str) -> RemotePack:
@@ -150,10 +153,19 @@ class Puller:
         self.progress = progress or Progress(enabled=False)
         self.log = get_logger()
 
-    async def pull(self, wanted: str, folder: Path, *, delete: bool = False, dry_run: bool = False) -> PullReport:
-        """Pull the Genviral pack ``wanted`` (an id, or an exact name)."""
+    async def pull(self, wanted: str, folder: Path, *, delete: bool = False, dry_run: bool = False,
+                   sidecars: str = "none") -> PullReport:
+        """Pull the Genviral pack ``wanted`` (an id, or an exact name); ``sidecars = "xmp"``: with each
+        file's AI description and keywords in an XMP sidecar beside it."""
         pack = await find_pack(self.api, wanted)
-        return await self._pull(pack, genviral_name, folder, delete=delete, dry_run=dry_run)
+        report = await self._pull(pack, genviral_name, folder, delete=delete, dry_run=dry_run)
+        if sidecars == "xmp" and not dry_run:
+            names = {r.image_id: r.name for r in self.store.pulled(str(report.folder), pack.pack_id)}
+            report.sidecars = await write_beside(report.folder, "full", {
+                names[image.image_id]: Fields(image.image_id, image.metadata.description, image.metadata.keywords,
+                                              image.metadata.model)
+                for image in pack.images if image.metadata.status == "completed" and image.image_id in names})
+        return report
 
     async def pull_astria(self, astria: AstriaClient, pack_id: int, classes: Collection[str] | None, folder: Path,
                           *, delete: bool = False, dry_run: bool = False) -> PullReport:

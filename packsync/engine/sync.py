@@ -20,6 +20,7 @@ from packsync.engine.executor import Executor, MappingOutcome
 from packsync.engine.metadata import POLL_BACKOFF, MetadataPoller
 from packsync.engine.packs import PackResolver, recorded_pack_id
 from packsync.engine.planner import MappingInput, MappingOptions, MappingPlan, Plan, plan_mapping, plan_uploads
+from packsync.engine.sidecars import SidecarReport, write_sidecars
 from packsync.errors import (
     AuthError,
     ConfigError,
@@ -73,6 +74,7 @@ class MappingReport:
     notice: str | None = None
     undownloadable: list[tuple[str, str]] = field(default_factory=list)  # (image id, why), this run
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (path, the exclude pattern), from the scan
+    sidecars: SidecarReport | None = None
     refused: bool = False  # the source refused the key (an Astria pack's): ``error`` says which
 
     @property
@@ -171,8 +173,18 @@ class Syncer:
             result.metadata_pending = await self.metadata.wait(pack_ids, options.wait_timeout_s,
                                                                Backoff(options.poll_start_s, options.poll_cap_s))
         for report in reports:
+            if report.config.sidecars == "xmp" and report.config.path is not None and not report.error:
+                report.sidecars = await write_sidecars(report.config, self.store)
             self._remember(report)
         return result
+
+    async def write_sidecars(self) -> None:
+        """Every folder mapping's sidecars, brought up to date (the daemon, once new metadata is in)."""
+        for mapping in self.config.mappings:
+            if mapping.sidecars == "xmp" and mapping.path is not None:
+                report = await write_sidecars(mapping, self.store)
+                for problem in report.problems:
+                    self.log.warning(problem.reason, path=str(mapping.folder / problem.rel_path))
 
     def _remember(self, report: MappingReport) -> None:
         """What the views show of this mapping's sync: when, how it ended, and a safety stop's withheld deletes."""

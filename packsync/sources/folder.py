@@ -22,6 +22,8 @@ from packsync.model import CachedFile, ContentItem, Problem, Scan
 from packsync.sources.media import digest_file
 from packsync.sources.patterns import IGNORE_FILE, Patterns
 
+#: Sidecars (``engine/sidecars.py`` writes them; so do other programs) and packsync's files in the making.
+SIDECAR_SUFFIXES = (".xmp", ".packsync-tmp")
 #: Small files are read on the event loop: a thread hand-off costs more than the read.
 INLINE_READ_BYTES = 256 * 1024
 
@@ -60,8 +62,9 @@ class Filters:
         return self._excluded.deciding(rel, name, folder)
 
     def included(self, rel: str, name: str) -> bool:
-        """Whether a file is one the mapping syncs (folders are always walked, unless excluded)."""
-        return self._included.matches(rel, name, False)
+        """Whether a file is one the mapping syncs (folders are always walked, unless excluded); never a
+        sidecar, or one being written, whatever the patterns say."""
+        return self._included.matches(rel, name, False) and not name.lower().endswith(SIDECAR_SUFFIXES)
 
     def ignores(self, parts: Sequence[str], folder: bool) -> bool:
         """Whether a path below the mapped folder (its ``parts``) is outside the mapping: excluded itself,

@@ -69,6 +69,8 @@ TABLES = {
         content_type VARCHAR, problem VARCHAR)""",
     "pulled": """(folder VARCHAR NOT NULL, pack_id VARCHAR NOT NULL, image_id VARCHAR NOT NULL, name VARCHAR NOT NULL,
         url VARCHAR NOT NULL, sha256 VARCHAR NOT NULL, PRIMARY KEY (folder, pack_id, image_id))""",
+    "sidecars": """(root VARCHAR NOT NULL, rel_path VARCHAR NOT NULL, digest VARCHAR NOT NULL, size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL, PRIMARY KEY (root, rel_path))""",
     "mappings": """(root VARCHAR NOT NULL PRIMARY KEY, pack_id VARCHAR, pack_name VARCHAR, synced_at FLOAT,
         last_error VARCHAR, source_name VARCHAR, ok_at FLOAT, safety VARCHAR, withheld VARCHAR)""",
     "daemon": """(id INTEGER NOT NULL PRIMARY KEY, pid INTEGER, started_at FLOAT, last_full_scan FLOAT,
@@ -106,6 +108,15 @@ class PulledFile:
     image_id: str
     url: str
     sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarRecord:
+    """A sidecar as packsync last wrote it: what it said (``digest``), and the file's size and mtime then."""
+
+    digest: str
+    size: int
+    mtime_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,6 +490,18 @@ class Store:
                            [(source, problem.rel_path) for problem in old if problem.rel_path not in kept])
             db.executemany("INSERT OR REPLACE INTO problems (root, rel_path, reason, notice) VALUES (?, ?, ?, ?)",
                            [(source, p.rel_path, p.reason, p.notice) for p in new - old])
+
+    def sidecars(self, source: str) -> dict[str, SidecarRecord]:
+        """The sidecars packsync wrote next to ``source``'s files, by the file's key."""
+        rows = self._rows("SELECT rel_path, digest, size, mtime_ns FROM sidecars WHERE root = ?", source)
+        return {rel: SidecarRecord(*rest) for rel, *rest in rows}
+
+    def save_sidecars(self, source: str, written: Mapping[str, SidecarRecord], gone: Iterable[str]) -> None:
+        """Remember the sidecars just written, and forget those removed or given up."""
+        with self._transaction() as db:
+            db.executemany("DELETE FROM sidecars WHERE root = ? AND rel_path = ?", [(source, rel) for rel in gone])
+            db.executemany("INSERT OR REPLACE INTO sidecars (root, rel_path, digest, size, mtime_ns) VALUES "
+                           "(?, ?, ?, ?, ?)", [(source, rel, *astuple(record)) for rel, record in written.items()])
 
     def forget_verdicts(self, source: str) -> None:
         """Let the next scan of ``source`` judge again the files it skipped as bad (someone fixed them)."""

@@ -69,6 +69,7 @@ def pull_document(report: PullReport, dry_run: bool) -> dict[str, Any]:
     return {"pack_id": report.pack.pack_id, "pack_name": report.pack.name, "folder": str(report.folder),
             "dry_run": dry_run, "downloaded": report.downloaded, "already_here": report.kept,
             "deleted": report.deleted, "failed": [{"image_id": i, "reason": r} for i, r in report.failures],
+            "sidecars_written": report.sidecars.written if report.sidecars else 0,
             **({"would_download": [i.image_id for i in report.downloads],
                 "would_delete": [r.name for r in report.deletes]} if dry_run else {})}
 
@@ -93,6 +94,9 @@ def run_document(report: SyncReport) -> dict[str, Any]:
             "skipped": [{"path": p.rel_path, "reason": p.reason, "notice": p.notice} for p in mapping.problems],
             "error": mapping.fatal, "safety_stop": mapping.safety,
             "withheld_deletes": len(mapping.plan.withheld) if mapping.plan else 0,
+            "sidecars": None if mapping.sidecars is None else {
+                "written": mapping.sidecars.written, "removed": mapping.sidecars.removed,
+                "problems": [{"path": p.rel_path, "reason": p.reason} for p in mapping.sidecars.problems]},
         })
     return {"exit_code": int(report.exit_code), "metadata_pending": report.metadata_pending, "mappings": mappings}
 

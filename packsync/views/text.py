@@ -116,8 +116,10 @@ def print_run(report: SyncReport, out: TextIO) -> None:
                 out.write(f"  failed     {printable(where)}: {printable(why)}\n")
         if mapping.fatal:
             out.write(f"  error      {printable(mapping.fatal)}\n")
+        if mapping.sidecars and (mapping.sidecars.written or mapping.sidecars.removed):
+            out.write(f"  sidecars   {mapping.sidecars.written} written, {mapping.sidecars.removed} removed\n")
         _foreign(mapping, out)
-        _problems(mapping.problems, out)
+        _problems(mapping.problems + (mapping.sidecars.problems if mapping.sidecars else []), out)
     if report.metadata_pending:
         out.write(f"metadata: {report.metadata_pending} images still pending; "
                   "`packsync status` shows them as they complete\n")
@@ -177,6 +179,9 @@ def print_pull(report: PullReport, dry_run: bool, out: TextIO) -> None:
               f"{len(report.failures)} failed\n")
     for image_id, why in report.failures:
         out.write(f"  {'failed':<10} image {printable(image_id)}: {printable(why)}\n")
+    if report.sidecars:
+        out.write(f"  sidecars   {report.sidecars.written} written\n")
+        _problems(report.sidecars.problems, out)
 
 
 def print_packs(packs: list[PackSummary], out: TextIO) -> None:

@@ -1,0 +1,164 @@
+"""XMP sidecars next to a folder mapping's files (``sidecars = "xmp"``; the packet itself is ``xmp.py``).
+
+A file gets a sidecar once its image's AI metadata is ``completed``. It is written again only when what
+it would say changed, or when someone else changed the file since (then merged again: packsync
+replaces its own fields only). When the image file is gone, its sidecar goes too, if packsync alone
+wrote it. A sidecar packsync cannot read is left as it is and reported. Writes are atomic (a temporary
+file beside it, fsync'ed, renamed over it).
+
+What to do is decided on the event loop against the state; the file work runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packsync.config import MappingConfig
+from packsync.engine.packs import recorded_pack_id
+from packsync.errors import XmpError
+from packsync.model import ManagedImage, Problem
+from packsync.state.store import SidecarRecord, Store
+from packsync.xmp import MAX_BYTES, Fields, render, without_ours
+
+
+@dataclass
+class SidecarReport:
+    written: int = 0
+    removed: int = 0
+    problems: list[Problem] = field(default_factory=list)  # a sidecar left alone, and why
+
+
+def sidecar_path(file: Path, naming: str) -> Path:
+    """``IMG_0001.jpg.xmp`` (``full``) or ``IMG_0001.xmp`` (``stem``)."""
+    return file.with_name(file.name + ".xmp") if naming == "full" else file.with_suffix(".xmp")
+
+
+def fields_of(image: ManagedImage) -> Fields:
+    meta = image.metadata
+    return Fields(image.image_id, meta.description, meta.keywords, meta.model)
+
+
+def digest(fields: Fields) -> str:
+    text = json.dumps([fields.image_id, fields.description, list(fields.keywords), fields.model])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+async def write_beside(root: Path, naming: str, wanted: dict[str, Fields]) -> SidecarReport:
+    """Sidecars for files below ``root`` that packsync keeps no record of (``packsync pull``'s): each is
+    merged again, and written only when that changes it."""
+    work = _Work(root, naming, wanted, {})
+    await asyncio.to_thread(work.run)
+    return work.report
+
+
+async def write_sidecars(mapping: MappingConfig, store: Store) -> SidecarReport:
+    """Bring the sidecars of ``mapping``'s files up to date with the AI metadata in the state."""
+    label = mapping.label
+    pack_id = recorded_pack_id(store, mapping)
+    files = store.file_page(label)
+    described = {image.sha256: image for image in (store.images_with(pack_id, {sha for _, sha in files if sha})
+                                                   if pack_id else [])
+                 if image.owner in (label, "") and image.metadata.status == "completed"}
+    wanted = {rel: fields_of(described[sha]) for rel, sha in files if sha in described}
+    recorded = store.sidecars(label)
+    work = _Work(mapping.folder, mapping.sidecar_name, wanted, recorded)
+    await asyncio.to_thread(work.run)
+    store.save_sidecars(label, work.written, work.forgotten)
+    return work.report
+
+
+@dataclass
+class _Work:
+    """The file side of one pass: what was written (to record) and forgotten (to drop from the state)."""
+
+    root: Path
+    naming: str
+    wanted: dict[str, Fields]
+    recorded: dict[str, SidecarRecord]
+    written: dict[str, SidecarRecord] = field(default_factory=dict)
+    forgotten: list[str] = field(default_factory=list)
+    report: SidecarReport = field(default_factory=SidecarReport)
+
+    def run(self) -> None:
+        holders: dict[Path, str] = {}
+        for rel, fields in sorted(self.wanted.items()):
+            path = sidecar_path(self.root / rel, self.naming)
+            if path in holders:  # IMG_1.jpg and IMG_1.png with sidecar_name = "stem"
+                self._problem(path, f"not written for {rel}: it belongs to {holders[path]}")
+                continue
+            holders[path] = rel
+            self._write(rel, fields)
+        for rel in self.recorded.keys() - self.wanted.keys():
+            self._remove(rel)
+
+    def _write(self, rel: str, fields: Fields) -> None:
+        path = sidecar_path(self.root / rel, self.naming)
+        said = digest(fields)
+        try:
+            st: os.stat_result | None = path.stat()
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            self._problem(path, f"cannot read it ({exc.strerror})")
+            return
+        record = self.recorded.get(rel)
+        if record and st and (record.digest, record.size, record.mtime_ns) == (said, st.st_size, st.st_mtime_ns):
+            return  # as packsync left it, and nothing new to say
+        try:
+            existing = _read(path, st)
+            data = render(fields, existing)
+            if data != existing:
+                _atomic_write(path, data)
+                self.report.written += 1
+            st = path.stat()
+        except XmpError as exc:
+            self._problem(path, f"not changed: {exc}")
+            return
+        except OSError as exc:
+            self._problem(path, f"cannot write it ({exc.strerror})")
+            return
+        self.written[rel] = SidecarRecord(said, st.st_size, st.st_mtime_ns)
+
+    def _remove(self, rel: str) -> None:
+        """The file has no completed metadata now: if the file itself is gone, so goes its sidecar (if
+        packsync alone wrote it; one with someone else's fields is left as it is)."""
+        if os.path.lexists(self.root / rel):
+            return  # still there (its content changed, say): the sidecar is brought up to date later
+        self.forgotten.append(rel)
+        path = sidecar_path(self.root / rel, self.naming)
+        try:
+            if without_ours(_read(path, path.stat()) or b"") is None:
+                path.unlink()
+                self.report.removed += 1
+        except FileNotFoundError:
+            pass
+        except (XmpError, OSError):
+            pass  # not packsync's alone, or not readable now: left as it is
+
+    def _problem(self, path: Path, reason: str) -> None:
+        self.report.problems.append(Problem(str(path.relative_to(self.root)), f"sidecar {reason}"))
+
+
+def _read(path: Path, st: os.stat_result | None) -> bytes | None:
+    if st is None:
+        return None
+    if st.st_size > MAX_BYTES:
+        raise XmpError(f"larger than {MAX_BYTES // (1024 * 1024)} MB")
+    return path.read_bytes()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    temp = path.with_name(f".{path.name}.packsync-tmp")
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)

@@ -1,0 +1,213 @@
+"""XMP sidecars: Genviral's AI description and keywords next to each file, read back by a real exiftool
+(Debian's ``libimage-exiftool-perl``); merged into sidecars other programs wrote, never destroying
+them; written again only when needed; removed with their file when packsync alone wrote them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Env, image, write
+from helpers import wait_until
+
+from packsync.daemon.watcher import Watcher
+from packsync.sandbox.imaging import solid_png
+from packsync.sources.folder import Filters
+from packsync.xmp import Fields, read_fields, render, without_ours
+
+EXIFTOOL = shutil.which("exiftool")
+needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool is not installed: apt-get install "
+                                    "libimage-exiftool-perl (the sidecars are then checked by a real reader)")
+
+USER_SIDECAR = b"""<?xpacket begin="\xef\xbb\xbf" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"
+    xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:darktable="http://darktable.sf.net/"
+    xmp:Rating="4" darktable:xmp_version="5">
+   <dc:subject><rdf:Bag><rdf:li>holiday</rdf:li><rdf:li>Greece</rdf:li></rdf:Bag></dc:subject>
+   <dc:description><rdf:Alt><rdf:li xml:lang="de-DE">Ein Foto</rdf:li></rdf:Alt></dc:description>
+   <darktable:history><rdf:Seq><rdf:li darktable:operation="exposure" darktable:enabled="1"/></rdf:Seq>
+   </darktable:history>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+<?xpacket end="w"?>
+"""
+
+
+def exif(path: Path) -> dict[str, Any]:
+    """Every tag exiftool reads from ``path``, by group:name."""
+    assert EXIFTOOL is not None
+    done = subprocess.run([EXIFTOOL, "-j", "-G1", "-struct", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    document: dict[str, Any] = json.loads(done.stdout)[0]
+    return document
+
+
+def as_list(value: Any) -> list[str]:
+    return value if isinstance(value, list) else [value]
+
+
+def mapped(env: Env, **options: Any) -> tuple[Path, str]:
+    pack_id = env.sandbox.create_pack("p")
+    return env.map("pics", pack_id=pack_id, sidecars="xmp", **options), pack_id
+
+
+@needs_exiftool
+def test_the_sidecar_carries_the_description_and_keywords_for_exiftool(env: Env) -> None:
+    folder, pack_id = mapped(env)
+    write(folder / "IMG_0001.png", solid_png(40, 30, (220, 30, 40)))
+
+    report = env.sync(wait=True)
+
+    assert report.mappings[0].sidecars and report.mappings[0].sidecars.written == 1
+    tags = exif(folder / "IMG_0001.png.xmp")
+    (image_id,) = [i["id"] for i in env.pack(pack_id)["images"]]
+    assert tags["XMP-dc:Description"] == "A 40×30 red PNG image."
+    assert set(as_list(tags["XMP-dc:Subject"])) == {"png", "red", "landscape", "40x30"}
+    assert tags["XMP-packsync:ImageId"] == image_id
+    assert tags["XMP-packsync:AiModel"]
+
+
+@needs_exiftool
+def test_a_sidecar_another_program_wrote_keeps_everything_but_packsyncs_fields(env: Env) -> None:
+    folder, _pack_id = mapped(env)
+    write(folder / "IMG_0002.png", solid_png(30, 30, (30, 60, 210)))
+    (folder / "IMG_0002.png.xmp").write_bytes(USER_SIDECAR)
+
+    env.sync(wait=True)
+
+    tags = exif(folder / "IMG_0002.png.xmp")
+    assert {"holiday", "Greece", "blue", "square"} <= set(as_list(tags["XMP-dc:Subject"]))
+    assert tags["XMP-xmp:Rating"] == 4
+    assert tags["XMP-darktable:Xmp_version"] == 5
+    assert tags["XMP-darktable:History"]
+    text = (folder / "IMG_0002.png.xmp").read_text(encoding="utf-8")
+    assert 'xml:lang="de-DE">Ein Foto<' in text, "other languages of the description are kept"
+    assert tags["XMP-dc:Description"] == "A 30×30 blue PNG image."
+
+    (folder / "IMG_0002.png").unlink()
+    env.sync(wait=True)
+    kept = exif(folder / "IMG_0002.png.xmp")  # not packsync's alone: it stays, as it was
+    assert {"holiday", "Greece"} <= set(as_list(kept["XMP-dc:Subject"]))
+
+
+def test_a_sidecar_packsync_cannot_read_is_left_alone_and_reported(env: Env) -> None:
+    folder, _pack_id = mapped(env)
+    write(folder / "a.png", image())
+    corrupt = b"<x:xmpmeta><rdf:RDF>not closed"
+    (folder / "a.png.xmp").write_bytes(corrupt)
+
+    done = env.cli("run")
+
+    assert done.returncode == 0, done.stderr
+    assert (folder / "a.png.xmp").read_bytes() == corrupt
+    assert "a.png.xmp: sidecar not changed: not well-formed XML" in done.stdout
+
+
+def test_written_once_then_only_when_what_it_says_changes_and_removed_with_its_file(env: Env) -> None:
+    folder, _pack_id = mapped(env)
+    photo = write(folder / "a.png", image())
+    env.sync(wait=True)
+    sidecar = folder / "a.png.xmp"
+    first = sidecar.stat().st_mtime_ns
+
+    again = env.sync(wait=True)
+
+    assert again.mappings[0].sidecars and again.mappings[0].sidecars.written == 0
+    assert sidecar.stat().st_mtime_ns == first
+    description, keywords = read_fields(sidecar.read_bytes())
+    assert description and keywords
+
+    photo.rename(folder / "b.png")  # a rename: the sidecar follows the name
+    env.sync(wait=True)
+    assert not sidecar.exists() and (folder / "b.png.xmp").exists()
+
+    (folder / "b.png").unlink()
+    gone = env.sync(wait=True)
+    assert not (folder / "b.png.xmp").exists()
+    assert gone.mappings[0].sidecars and gone.mappings[0].sidecars.removed == 1
+    assert sorted(p.name for p in folder.iterdir()) == []
+
+
+def test_stem_names_and_a_stem_two_files_share(env: Env) -> None:
+    folder, _pack_id = mapped(env, sidecar_name="stem")
+    write(folder / "IMG_1.png", image())
+    write(folder / "IMG_2.png", image())
+    write(folder / "IMG_2.jpg", solid_png(9, 9, (1, 2, 3)))  # PNG bytes under a .jpg name: still an image
+
+    report = env.sync(wait=True)
+
+    assert (folder / "IMG_1.xmp").exists() and not (folder / "IMG_1.png.xmp").exists()
+    sidecars = report.mappings[0].sidecars
+    assert sidecars and [p.rel_path for p in sidecars.problems] == ["IMG_2.xmp"]
+    assert "belongs to IMG_2.jpg" in sidecars.problems[0].reason
+
+
+def test_sidecars_are_never_synced_nor_reported_as_bad_files(env: Env) -> None:
+    folder, pack_id = mapped(env, include=["*"])
+    write(folder / "a.png", image())
+    env.sync(wait=True)
+    assert (folder / "a.png.xmp").exists()
+
+    report = env.sync(wait=True)
+
+    assert report.mappings[0].problems == []
+    assert len(env.pack(pack_id)["images"]) == 1
+
+
+def test_writing_a_sidecar_is_no_event_for_the_watcher(tmp_path: Path) -> None:
+    seen: list[str] = []
+    watcher = Watcher(lambda _root, path, _closed: seen.append(path.name))
+    watcher.watch(tmp_path, Filters(["*.png"], [".*"], max_file_bytes=10_000_000))
+    try:
+        (tmp_path / "a.png.xmp").write_bytes(render(Fields("i", "d", ("k",), None)))
+        (tmp_path / ".a.png.xmp.packsync-tmp").write_bytes(b"x")
+        write(tmp_path / "b.png", image())  # events come in order: once this one is in, the others were not
+        wait_until(lambda: "b.png" in seen, timeout=10)
+    finally:
+        watcher.stop()
+    assert set(seen) == {"b.png"}
+
+
+def test_a_daemon_writes_sidecars_as_metadata_arrives(daemon_env: Env, start: Any) -> None:
+    folder, _pack_id = mapped(daemon_env)
+    start()
+    write(folder / "new.png", image())
+
+    wait_until(lambda: (folder / "new.png.xmp").exists(), timeout=20, what="the sidecar")
+    description, _keywords = read_fields((folder / "new.png.xmp").read_bytes())
+    assert description and description.startswith("A 8×8")
+
+
+@needs_exiftool
+def test_pull_writes_the_same_sidecars(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("Brand")
+    env.sandbox.add_uploaded(pack_id, solid_png(20, 10, (20, 150, 50)), "leaf.png")
+    wait_until(lambda: env.pack(pack_id)["images"][0]["metadata"]["status"] == "completed", timeout=10)
+    target = env.root / "pulled"
+    env.write_config()
+
+    done = env.cli("pull", f"genviral:{pack_id}", str(target), "--sidecars", "xmp")
+
+    assert done.returncode == 0, done.stderr
+    (picture,) = [p for p in target.iterdir() if p.suffix == ".png"]
+    tags = exif(picture.with_name(picture.name + ".xmp"))
+    assert tags["XMP-dc:Description"] == "A 20×10 green PNG image."
+    assert "2 written" not in done.stdout and "sidecars   1 written" in done.stdout
+    again = env.cli("pull", f"genviral:{pack_id}", str(target), "--sidecars", "xmp")
+    assert "sidecars   0 written" in again.stdout
+
+
+def test_without_ours_keeps_a_file_with_anything_else_in_it() -> None:
+    ours = render(Fields("i", "d", ("k",), "m"))
+    assert without_ours(ours) is None
+    merged = render(Fields("i", "d", ("k",), "m"), USER_SIDECAR)
+    rest = without_ours(merged)
+    assert rest is not None
+    assert read_fields(rest) == (None, ["holiday", "Greece"])
