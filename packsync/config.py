@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -229,6 +230,10 @@ def _sentence(error: msgspec.ValidationError) -> str:
         key, message = f"{key}.{unknown[1]}".lstrip("."), "unknown key"
     elif missing := re.fullmatch(r"Object missing required field `(.*)`", message):
         key, message = f"{key}.{missing[1]}".lstrip("."), "required"
+    elif enum := re.fullmatch(r"Invalid enum value (.*)", message):
+        choices = next((typing.get_args(f.type) for f in msgspec.structs.fields(MappingConfig)
+                        if f.name == key.rpartition(".")[2]), ())
+        message = f"{enum[1]} is not one of " + ", ".join(map(repr, choices)) if choices else f"{enum[1]} not allowed"
     elif own := re.fullmatch(r"(\w+): (.*)", message):  # a check of one key, made with the whole table
         key, message = f"{key}.{own[1]}".lstrip("."), own[2]
     message = re.sub(r"`([^`]*)`", lambda kind: _KINDS.get(kind[1], kind[1]), message)

@@ -418,3 +418,22 @@ def test_the_example_config_is_valid() -> None:
     assert [m.label for m in config.mappings] == [str(Path("~/Pictures/brand").expanduser()),
                                                     str(Path("~/Pictures/products").expanduser())]
     assert config.astria.poll_interval_s == 3600
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"sidecars": "yes"}, "mappings[0].sidecars: 'yes' is not one of 'none', 'xmp'."),
+    ({"sidecar_name": "base"}, "mappings[0].sidecar_name: 'base' is not one of 'full', 'stem'."),
+])
+def test_a_choice_outside_its_list_names_the_choices(options: dict[str, Any], message: str) -> None:
+    assert config_error(one_mapping(**options)) == message
+
+
+@pytest.mark.parametrize(("http", "message"), [
+    ({"listen": "0.0.0.0:8780"}, "http.password_env: required to listen on 0.0.0.0, which is not a loopback "
+                                 "address (the page and its actions would be open to the network)."),
+    ({"listen": "8780"}, "http.listen: expected HOST:PORT, like 127.0.0.1:8780, not '8780'."),
+    ({"listen": "[::1]:99999"}, "http.listen: expected HOST:PORT, like 127.0.0.1:8780, not '[::1]:99999'."),
+    ({"port": 1}, "http.port: unknown key."),
+])
+def test_a_bad_http_table_is_named(http: dict[str, Any], message: str) -> None:
+    assert config_error({"http": http}) == message
