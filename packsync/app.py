@@ -22,21 +22,16 @@ from packsync.remote.astria import AstriaClient
 from packsync.remote.genviral import GenviralClient, Observer
 from packsync.sources.astria import AstriaSource
 from packsync.sources.base import Source
-from packsync.sources.folder import Filters, FolderSource
+from packsync.sources.folder import FolderSource, filters_for
 from packsync.state.store import Store
 from packsync.views.progress import Progress
-
-
-def folder_filters(mapping: MappingConfig) -> Filters:
-    """Which files a mapping syncs: the scanner's view, and the watcher's."""
-    return Filters(mapping.include, mapping.exclude, int(mapping.max_file_mb * 1_000_000), mapping.follow_symlinks)
 
 
 def source_for(mapping: MappingConfig, astria: AstriaClient | None, spool: Path | None) -> Source:
     """A mapping's source; an Astria pack's keeps the images it downloaded in ``spool`` until they are
     uploaded (None: nothing is kept, as in a dry run)."""
     if mapping.astria_pack is None:
-        return FolderSource(mapping.folder, folder_filters(mapping))
+        return FolderSource(mapping.folder, filters_for(mapping))
     assert astria is not None, "an Astria mapping needs the Astria client"
     return AstriaSource(astria, mapping.astria_pack, mapping.classes, int(mapping.max_file_mb * 1_000_000),
                         spool / f"astria-{mapping.astria_pack}" if spool else None)
@@ -80,8 +75,9 @@ class App:
         metadata = MetadataPoller(api, store, progress)
         astria = astria_for(config, api)
         spool = None if store.readonly else config.state_path.parent / "spool"
-        sources = {mapping.label: source_for(mapping, astria, spool) for mapping in config.mappings}
-        return cls(config, store, api, packs, metadata, Syncer(config, store, api, sources, packs, metadata, progress))
+        syncer = Syncer(config, store, api, lambda mapping: source_for(mapping, astria, spool), packs, metadata,
+                        progress)
+        return cls(config, store, api, packs, metadata, syncer)
 
     def close_sources(self) -> None:
         for source in self.syncer.sources.values():

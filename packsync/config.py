@@ -35,7 +35,8 @@ DEFAULT_ASTRIA_URL = "https://api.astria.ai"
 ASTRIA_TOKEN_ENV = "ASTRIA_API_KEY"
 DEFAULT_LISTEN = "127.0.0.1:8780"
 #: Mapping keys that describe a folder, and so mean nothing for an Astria pack.
-FOLDER_ONLY = ("include", "exclude", "follow_symlinks", "polling", "sidecars", "sidecar_name")
+FOLDER_ONLY = ("include", "exclude", "follow_symlinks", "polling", "sidecars", "sidecar_name", "packs_from",
+               "pack_prefix")
 
 
 def default_config_path() -> Path:
@@ -138,6 +139,9 @@ class MappingConfig(_Strict, frozen=True):
     sidecars: Literal["none", "xmp"] = "none"
     #: "full": IMG_0001.jpg.xmp (darktable, Immich); "stem": IMG_0001.xmp (Lightroom, digiKam's option).
     sidecar_name: Literal["full", "stem"] = "full"
+    #: "subfolders": each direct subfolder of ``path`` into a pack of its own, named after it (``pack_prefix`` first).
+    packs_from: Literal["folder", "subfolders"] = "folder"
+    pack_prefix: Annotated[str, Meta(max_length=60)] = ""
 
     def __post_init__(self) -> None:
         if self.path is None and self.astria_pack is None:
@@ -146,7 +150,12 @@ class MappingConfig(_Strict, frozen=True):
             raise ValueError("astria_pack: give path or astria_pack, not both")
         if self.classes is not None and self.astria_pack is None:
             raise ValueError("classes: applies to an Astria pack only")
-        if (self.pack is None) == (self.pack_id is None):
+        if self.packs_from == "subfolders":
+            if self.pack is not None or self.pack_id is not None:
+                raise ValueError("packs_from: each subfolder's pack is named after it: give no pack or pack_id")
+        elif self.pack_prefix:
+            raise ValueError('pack_prefix: applies to packs_from = "subfolders" only')
+        elif (self.pack is None) == (self.pack_id is None):
             raise ValueError("give exactly one of pack or pack_id")
         if not _count_or_percent(self.max_delete):
             raise ValueError("max_delete: must be a count >= 0 or a percentage like \"50%\"")
@@ -165,6 +174,8 @@ class MappingConfig(_Strict, frozen=True):
     @property
     def pack_label(self) -> str:
         """How messages name this mapping's pack before it has been read."""
+        if self.packs_from == "subfolders":
+            return f"{self.pack_prefix}<subfolder>"
         return self.pack if self.pack is not None else f"pack {self.pack_id}"
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from packsync.app import App, client_for, folder_filters, read_astria_token
+from packsync.app import App, client_for, read_astria_token
 from packsync.config import Config, MappingConfig, load_config, read_password, read_token
 from packsync.daemon.aggregator import Aggregator
 from packsync.daemon.notify import notify, watchdog_interval
@@ -41,6 +41,7 @@ from packsync.errors import AuthError, ExitCode, PacksyncError, StateUnavailable
 from packsync.logs import get_logger, register_secret
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.retry import Backoff, Retrying
+from packsync.sources.folder import filters_for
 from packsync.state.lock import StateLock
 from packsync.state.store import Store
 from packsync.web.health import LiveState
@@ -195,7 +196,7 @@ class Daemon:
         if folder.root is None:
             return
         try:
-            self.watcher.watch(folder.root, folder_filters(folder.mapping),
+            self.watcher.watch(folder.root, filters_for(folder.mapping),
                                polling=self.polling or folder.mapping.polling)
         except OSError as exc:
             self.log.error("cannot watch folder; relying on rescans", path=str(folder.root), error=exc.strerror)
@@ -364,25 +365,39 @@ class Daemon:
     def _retry(self, folder: Folder) -> None:
         folder.retry_at = time.monotonic() + folder.retry.next_delay()
 
+    def _folder_of(self, label: str) -> Folder | None:
+        """The daemon's folder a mapping belongs to: its own, or the folder whose subfolders are packs."""
+        return self.folders.get(label) or next(
+            (f for f in self.folders.values() if f.mapping.packs_from == "subfolders" and f.root == Path(label).parent),
+            None)
+
     def _after(self, report: SyncReport) -> None:
         added = 0
+        errors: dict[str, str | None] = {}   # per daemon folder: the first error of its mappings
+        failing: dict[str, bool] = {}        # ...and whether one failed otherwise than by a safety stop
         for mapping in report.mappings:
-            folder = self.folders[mapping.label]
-            log = self.log.bind(path=mapping.label)
-            folder.error = mapping.last_error
+            folder = self._folder_of(mapping.label)
+            if folder is None:
+                continue
+            label, log = folder.mapping.label, self.log.bind(path=mapping.label)
+            errors[label] = errors.get(label) or mapping.last_error
+            failing[label] = failing.get(label, False) or bool(mapping.last_error and not mapping.safety)
             if mapping.safety:
                 # Not retried: nothing changes until the folder does (or a person says --force).
                 log.error("safety stop: deletes withheld", reason=mapping.safety)
-            elif mapping.last_error:
-                self._retry(folder)
-            else:
-                folder.retry.reset()
-            if folder.root is None and folder.retry_at is None:  # an Astria pack: read again in a while
-                folder.retry_at = time.monotonic() + self.config.astria.poll_interval_s
             outcome = mapping.outcome
             added += outcome.added if outcome else 0
             if outcome and (outcome.added or outcome.deleted or outcome.failures):
                 log.info("synced", added=outcome.added, deleted=outcome.deleted, failed=len(outcome.failures))
+        for label, error in errors.items():
+            folder = self.folders[label]
+            folder.error = error
+            if failing[label]:
+                self._retry(folder)
+            elif not error:
+                folder.retry.reset()
+            if folder.root is None and folder.retry_at is None:  # an Astria pack: read again in a while
+                folder.retry_at = time.monotonic() + self.config.astria.poll_interval_s
         if added:
             self.metadata_wake.set()
         self._publish()
@@ -418,8 +433,9 @@ class Daemon:
 
     def sync_now(self, label: str | None) -> None:
         """Sync one mapping (None: all) as soon as the loop comes round; a pause for a refused key ends too."""
-        for key, folder in self.folders.items():
-            if label is None or key == label:
+        chosen = self._folder_of(label) if label is not None else None
+        for folder in self.folders.values():
+            if label is None or folder is chosen:
                 folder.retry_at = 0.0
         self.paused_until = None
         self.wake.set()

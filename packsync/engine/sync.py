@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from packsync.config import Config, MappingConfig
@@ -21,7 +22,9 @@ from packsync.engine.metadata import POLL_BACKOFF, MetadataPoller
 from packsync.engine.packs import PackResolver, recorded_pack_id
 from packsync.engine.planner import MappingInput, MappingOptions, MappingPlan, Plan, plan_mapping, plan_uploads
 from packsync.engine.sidecars import SidecarReport, write_sidecars
+from packsync.engine.subfolders import concrete, derived, gone, parent_of, renamed, subfolders
 from packsync.errors import (
+    ApiError,
     AuthError,
     ConfigError,
     ExitCode,
@@ -38,6 +41,7 @@ from packsync.remote.answers import url_problem
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.retry import Backoff
 from packsync.sources.base import Source
+from packsync.sources.folder import GoneFolder
 from packsync.state.store import Store
 from packsync.views.progress import Progress
 
@@ -106,6 +110,10 @@ class SyncReport:
     mappings: list[MappingReport] = field(default_factory=list)
     plan: Plan | None = None
     metadata_pending: int = 0
+    #: Per ``packs_from = "subfolders"`` folder: the files directly in it (skipped), and its subfolders
+    #: renamed this run (old path, new path; in a dry run: found, and left for the real run).
+    loose: dict[str, list[Problem]] = field(default_factory=dict)
+    renamed: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -121,12 +129,14 @@ class SyncReport:
 class Syncer:
     """Runs the sync pipeline for a config, with one API client, one state store and its sources."""
 
-    def __init__(self, config: Config, store: Store, api: GenviralClient, sources: Mapping[str, Source],
-                 packs: PackResolver, metadata: MetadataPoller, progress: Progress | None = None) -> None:
+    def __init__(self, config: Config, store: Store, api: GenviralClient,
+                 source_for: Callable[[MappingConfig], Source], packs: PackResolver, metadata: MetadataPoller,
+                 progress: Progress | None = None) -> None:
         self.config = config
         self.store = store
         self.api = api
-        self.sources = sources
+        self.source_for = source_for
+        self.sources: dict[str, Source] = {}
         self.packs = packs
         self.metadata = metadata
         self.progress = progress or Progress(enabled=False)
@@ -139,7 +149,16 @@ class Syncer:
         ``busy`` names, per mapping label, items still being written: their new content waits for a later sync.
         """
         self.api.start_run()
-        mappings = [m for m in self.config.mappings if only is None or m.label in only]
+        result = SyncReport()
+        mappings = await self._expand(result, options.dry_run)
+        mappings = [m for m in mappings if only is None or m.label in only or self._group(m) in only]
+        for mapping in mappings:
+            if mapping.label not in self.sources:
+                gone_now = self._group(mapping) != mapping.label and mapping.folder.parent.is_dir() \
+                    and not os.path.lexists(mapping.folder)
+                self.sources[mapping.label] = GoneFolder(mapping.label) if gone_now else self.source_for(mapping)
+        if busy:
+            busy = {m.label: _below(busy.get(self._group(m), ()), m, self._group(m)) for m in mappings}
         reports = [MappingReport(m, m.pack_label) for m in mappings]
         self._check_sources(reports)
         slots = asyncio.Semaphore(MAPPINGS_AT_ONCE)
@@ -153,7 +172,7 @@ class Syncer:
         planned = [r for r in live if r.plan is not None]
         plans = [r.plan for r in planned if r.plan is not None]
         plan = plan_uploads(plans, self.store.blobs({add.sha256 for p in plans for add in p.adds}))
-        result = SyncReport(reports, plan)
+        result.mappings, result.plan = reports, plan
         if options.dry_run:
             return result
         self.api.start_run(planned_calls=plan.mutations)
@@ -180,7 +199,7 @@ class Syncer:
 
     async def write_sidecars(self) -> None:
         """Every folder mapping's sidecars, brought up to date (the daemon, once new metadata is in)."""
-        for mapping in self.config.mappings:
+        for mapping in concrete(self.config, self.store):
             if mapping.sidecars == "xmp" and mapping.path is not None:
                 report = await write_sidecars(mapping, self.store)
                 for problem in report.problems:
@@ -242,7 +261,7 @@ class Syncer:
                                  "nothing is deleted (is a disk unmounted?)")
                 self.log.error("mapped folder missing; no deletes", path=report.label)
             else:
-                index = self.config.mappings.index(report.config)
+                index = next(i for i, m in enumerate(self.config.mappings) if m.label == self._group(report.config))
                 raise ConfigError(f"mappings[{index}].path: the folder {report.label} does not exist.")
 
     async def _read_pack(self, report: MappingReport) -> RemotePack | None:
@@ -308,4 +327,65 @@ class Syncer:
 
     def mapped_pack_ids(self) -> list[str]:
         """The packs the config maps today (as the state remembers them)."""
-        return [pack_id for mapping in self.config.mappings if (pack_id := recorded_pack_id(self.store, mapping))]
+        return [pack_id for mapping in concrete(self.config, self.store)
+                if (pack_id := recorded_pack_id(self.store, mapping))]
+
+    def _group(self, mapping: MappingConfig) -> str:
+        """The label of the config's mapping ``mapping`` comes from (itself, unless derived from a subfolder)."""
+        parent = parent_of(self.config, mapping.label) if mapping.packs_from == "folder" else None
+        return parent.label if parent else mapping.label
+
+    async def _expand(self, result: SyncReport, dry_run: bool) -> list[MappingConfig]:
+        """The mappings to sync: the config's, a ``packs_from = "subfolders"`` one as one per subfolder.
+        A renamed subfolder's records move to its new name and its pack is renamed (not in a dry run,
+        which leaves both names out of its plan)."""
+        mappings: list[MappingConfig] = []
+        for index, mapping in enumerate(self.config.mappings):
+            if mapping.packs_from != "subfolders":
+                mappings.append(mapping)
+                continue
+            folders, result.loose[mapping.label] = subfolders(mapping)
+            present = [derived(mapping, path) for path in folders]
+            old = gone(mapping, self.store, {m.label for m in present})
+            if not mapping.folder.is_dir():
+                if not old:
+                    raise ConfigError(f"mappings[{index}].path: the folder {mapping.label} does not exist.")
+                mappings += old  # missing: each a safety stop, never an emptied folder
+                continue
+            new = [m for m in present if self.store.mapping(m.label) is None]
+            moves = renamed({m.label: self.store.file_cache(m.label) for m in old}, [m.folder for m in new]) \
+                if old and new else {}
+            skipped: set[str] = set()
+            for label, path in moves.items():
+                done = not dry_run and await self._rename(label, derived(mapping, path))
+                if done or dry_run:
+                    result.renamed.append((label, str(path)))
+                if not done:
+                    skipped |= {label, str(path)}
+            mappings += [m for m in present if m.label not in skipped]
+            mappings += [m for m in old if m.label not in moves]
+        return mappings
+
+    async def _rename(self, old: str, new: MappingConfig) -> bool:
+        """Move ``old``'s records to ``new`` and rename its pack; False when the pack could not be renamed
+        (both are left for the next run: nothing is uploaded twice meanwhile)."""
+        record = self.store.mapping(old)
+        assert record is not None and record.pack_id is not None and new.pack is not None
+        try:
+            await self.api.rename_pack(record.pack_id, new.pack)
+        except ApiError as exc:
+            self.log.error("cannot rename the pack of a renamed subfolder; trying again next run", old=old,
+                           new=new.label, error=str(exc))
+            return False
+        self.store.move_source(old, new.label)
+        self.store.save_mapping(new.label, pack_id=record.pack_id, pack_name=new.pack)
+        self.log.info("subfolder renamed: its pack follows", old=old, new=new.label, pack=new.pack)
+        return True
+
+
+def _below(paths: Collection[str], mapping: MappingConfig, group: str) -> set[str]:
+    """Busy paths relative to ``group``'s folder, as paths relative to ``mapping``'s (a subfolder of it)."""
+    if group == mapping.label:
+        return set(paths)
+    prefix = mapping.folder.name + "/"
+    return {path[len(prefix):] for path in paths if path.startswith(prefix)}

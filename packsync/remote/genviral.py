@@ -316,6 +316,11 @@ class GenviralClient:
                                    json={"name": name, "is_public": False})
         return answers.created_id(data, "POST /packs")
 
+    async def rename_pack(self, pack_id: str, name: str) -> None:
+        """Give a pack a new name (``PATCH``; harmless to repeat)."""
+        await self._request("PATCH", f"/packs/{path_segment(pack_id)}", what="/packs/{id}", safe_to_repeat=True,
+                            json={"name": name})
+
     # -- images ------------------------------------------------------------------------------------
 
     async def create_upload(self, content_type: str, filename: str, size: int) -> UploadTicket:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from packsync.config import MappingConfig
 from packsync.errors import ItemChanged, SourceUnavailable
 from packsync.model import CachedFile, ContentItem, Problem, Scan
 from packsync.sources.media import digest_file
@@ -76,6 +77,11 @@ class Filters:
         return not folder and not self.included("/".join(parts), parts[-1])
 
 
+def filters_for(mapping: MappingConfig) -> Filters:
+    """Which files a mapping syncs: the scanner's view, and the watcher's."""
+    return Filters(mapping.include, mapping.exclude, int(mapping.max_file_mb * 1_000_000), mapping.follow_symlinks)
+
+
 class FolderSource:
     """A mapped folder, mirrored recursively (the ``Source`` interface)."""
 
@@ -108,6 +114,28 @@ class FolderSource:
         if hashlib.sha256(data).hexdigest() != item.sha256:
             raise ItemChanged("changed since it was scanned; it will be synced on the next run")
         return data
+
+
+class GoneFolder:
+    """A subfolder packsync synced (as a pack of its own) that is not there any more: an empty source,
+    so that its pack is handled as an emptied folder's (a safety stop unless ``--force``)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.name: str | None = None
+
+    def exists(self) -> bool:
+        return True
+
+    async def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
+                   on_item: Callable[[int], None] | None = None) -> Scan:
+        return Scan(source=self.label)
+
+    async def read(self, item: ContentItem) -> bytes:
+        raise ItemChanged("its folder is gone")
+
+    def close(self) -> None:
+        pass
 
 
 def scan_folder(root: Path, previous: Mapping[str, CachedFile], filters: Filters,

@@ -680,6 +680,20 @@ class Store:
         rows = self._rows(f"SELECT {_MAPPING_FIELDS} FROM mappings WHERE root = ?", source)
         return MappingRecord(*rows[0]) if rows else None
 
+    def mappings_under(self, folder: str) -> list[MappingRecord]:
+        """The records of mappings whose source is a folder inside ``folder``."""
+        prefix = folder.rstrip("/") + "/"
+        rows = self._rows(f"SELECT {_MAPPING_FIELDS} FROM mappings WHERE substr(root, 1, ?) = ?", len(prefix), prefix)
+        return [MappingRecord(*row) for row in rows]
+
+    def move_source(self, old: str, new: str) -> None:
+        """A source that was renamed (a subfolder): everything recorded of it is the new name's now."""
+        with self._transaction() as db:
+            for table in ("files", "problems", "sidecars", "mappings"):
+                db.execute(f"DELETE FROM {table} WHERE root = ?", (new,))
+                db.execute(f"UPDATE {table} SET root = ? WHERE root = ?", (new, old))
+            db.execute("UPDATE images SET owner = ? WHERE owner = ?", (new, old))
+
     def save_mapping(self, source: str, **changes: Any) -> None:
         record = replace(self.mapping(source) or MappingRecord(source), **changes)
         marks = ", ".join("?" * len(_MAPPING_COLUMNS))

@@ -98,7 +98,10 @@ def run_document(report: SyncReport) -> dict[str, Any]:
                 "written": mapping.sidecars.written, "removed": mapping.sidecars.removed,
                 "problems": [{"path": p.rel_path, "reason": p.reason} for p in mapping.sidecars.problems]},
         })
-    return {"exit_code": int(report.exit_code), "metadata_pending": report.metadata_pending, "mappings": mappings}
+    return {"exit_code": int(report.exit_code), "metadata_pending": report.metadata_pending, "mappings": mappings,
+            "renamed_subfolders": [{"from": old, "to": new} for old, new in report.renamed],
+            "loose_files": [{"folder": folder, "path": p.rel_path, "reason": p.reason}
+                            for folder, loose in report.loose.items() for p in loose]}
 
 
 def search_document(words: list[str], hits: list[SearchHit]) -> dict[str, Any]:

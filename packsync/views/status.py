@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from packsync.config import Config, MappingConfig
 from packsync.engine.packs import recorded_pack_id
+from packsync.engine.subfolders import concrete
 from packsync.model import METADATA_SETTLED, ManagedImage, Metadata, Problem
 from packsync.state.store import DaemonRecord, MappingRecord, Store
 
@@ -40,6 +41,7 @@ class MappingStatus:
     metadata: dict[str, int]        # images by metadata status: completed, pending, failed
     files: list[FileStatus] | None  # with ``files=True`` only
     problems: list[Problem] | None  # with ``problems=True`` only
+    pack_label: str = ""            # the pack as the config names it (a stable name for metrics)
 
     @property
     def source(self) -> str:
@@ -100,7 +102,7 @@ def read_status(config: Config, store: Store, *, files: bool = False, problems: 
     by key, the first ``files_limit`` of each mapping (None: all), then its problems.
     """
     return Status(str(store.path), store.path.exists(), _daemon(store, lock_holder),
-                  [_mapping(mapping, store, files, problems, files_limit) for mapping in config.mappings])
+                  [_mapping(mapping, store, files, problems, files_limit) for mapping in concrete(config, store)])
 
 
 def _daemon(store: Store, holder: int | None) -> DaemonStatus | None:
@@ -123,7 +125,7 @@ def _mapping(mapping: MappingConfig, store: Store, files: bool, with_problems: b
     return MappingStatus(label, pack_id, mapping.pack or (record.pack_name if record else None), record, counts,
                          sum(metadata.values()), dict(metadata),
                          _files(mapping, store, pack_id, listed, limit) if files else None,
-                         listed if with_problems else None)
+                         listed if with_problems else None, mapping.pack_label)
 
 
 def _files(mapping: MappingConfig, store: Store, pack_id: str | None, problems: list[Problem],

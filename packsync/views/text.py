@@ -66,12 +66,24 @@ def print_plan(report: SyncReport, out: TextIO, verbose: bool = False) -> None:
         _problems(mapping.problems, out)
         for path, pattern in mapping.excluded if verbose else ():
             out.write(f"  {'excluded':<10} {printable(path)} (by {printable(pattern)})\n")
+    _subfolders(report, out, dry_run=True)
     if report.plan:
         total = report.plan.mutations
         out.write(f"dry run: {len(report.plan.uploads)} uploads, "
                   f"{sum(len(m.adds) for m in report.plan.mappings)} adds, "
                   f"{sum(len(m.deletes) for m in report.plan.mappings)} deletes "
                   f"({total} API writes); nothing changed\n")
+
+
+def _subfolders(report: SyncReport, out: TextIO, *, dry_run: bool) -> None:
+    """What a ``packs_from = "subfolders"`` folder said beside its packs: renames, and loose files."""
+    for old, new in report.renamed:
+        verb = "would rename" if dry_run else "renamed"
+        out.write(f"{printable(old)} → {printable(new)}: subfolder renamed; {verb} its pack, nothing uploaded\n")
+    for folder, loose in report.loose.items():
+        if loose:
+            out.write(f"{printable(folder)} (a pack per subfolder)\n")
+            _problems(loose, out)
 
 
 def _foreign(mapping: MappingReport, out: TextIO) -> None:
@@ -120,6 +132,7 @@ def print_run(report: SyncReport, out: TextIO) -> None:
             out.write(f"  sidecars   {mapping.sidecars.written} written, {mapping.sidecars.removed} removed\n")
         _foreign(mapping, out)
         _problems(mapping.problems + (mapping.sidecars.problems if mapping.sidecars else []), out)
+    _subfolders(report, out, dry_run=False)
     if report.metadata_pending:
         out.write(f"metadata: {report.metadata_pending} images still pending; "
                   "`packsync status` shows them as they complete\n")

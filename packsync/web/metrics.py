@@ -102,9 +102,8 @@ class StateCollector(Collector):
                                     "without error (Unix time)", labels=["pack"])
         stopped = GaugeMetricFamily("packsync_safety_stop", "1 while a mapping's deletes wait for --force",
                                     labels=["pack"])
-        status = read_status(self.config, self.store, problems=True)
-        for config, mapping in zip(self.config.mappings, status.mappings, strict=True):
-            pack = config.pack_label
+        for mapping in read_status(self.config, self.store, problems=True).mappings:
+            pack = mapping.pack_label
             for state, count in mapping.counts.items():
                 files.add_metric([pack, state], count)
             for status_name, count in mapping.metadata.items():

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from packsync import __version__
 from packsync.config import Config, MappingConfig
+from packsync.engine.subfolders import concrete
 from packsync.errors import ConfigError
 from packsync.logs import get_logger
 from packsync.state.store import Store
@@ -88,9 +89,13 @@ class Site:
 
     # -- read models -------------------------------------------------------------------------------
 
+    def mappings(self) -> list[MappingConfig]:
+        """The mappings as synced (one per subfolder of a ``packs_from = "subfolders"`` one)."""
+        return concrete(self.config, self.store)
+
     def health(self, live: LiveState | None) -> dict[str, Any]:
         mappings = []
-        for mapping in self.config.mappings:
+        for mapping in self.mappings():
             record = self.store.mapping(mapping.label)
             error = (live.retrying.get(mapping.label) if live else None) or (record.last_error if record else None)
             mappings.append(MappingHealth(mapping.label, mapping.pack_label, record, error))
@@ -100,19 +105,20 @@ class Site:
         words = query.split()
         hits = search(self.store, words, SEARCH_LIMIT) if words else None  # shown instead of the galleries
         status = read_status(self.config, self.store, files=not words, problems=True, files_limit=GALLERY_LIMIT)
-        return {"status": status, "query": query, "hits": hits, "limit": GALLERY_LIMIT, "csrf": self.csrf,
-                "actions": self.live is not None, "health": self.health(live), "thumb": self.thumb_url,
-                "indexes": {m.label: i for i, m in enumerate(self.config.mappings)}, "live": live}
+        mappings = self.mappings()
+        indexes = {m.label: i for i, m in enumerate(mappings)}
+        folders = {m.label for m in mappings if m.path is not None}
 
-    def thumb_url(self, mapping: MappingStatus | str, file: FileStatus | None = None,
+        def thumb(mapping: MappingStatus | str, file: FileStatus | None = None,
                   sha256: str | None = None) -> str | None:
-        """Where the page asks for a file's thumbnail (None: no local file, as for an Astria image)."""
-        label = mapping if isinstance(mapping, str) else mapping.path
-        index = next((i for i, m in enumerate(self.config.mappings) if m.label == label), None)
-        sha = sha256 or (file.sha256 if file else None)
-        if index is None or not sha or self.config.mappings[index].path is None:
-            return None
-        return f"/thumb/{index}/{sha}"
+            """Where the page asks for a file's thumbnail (None: no local file, as for an Astria image)."""
+            label = mapping if isinstance(mapping, str) else mapping.path
+            sha = sha256 or (file.sha256 if file else None)
+            return f"/thumb/{indexes[label]}/{sha}" if label in folders and sha else None
+
+        return {"status": status, "query": query, "hits": hits, "limit": GALLERY_LIMIT, "csrf": self.csrf,
+                "actions": self.live is not None, "health": self.health(live), "thumb": thumb, "indexes": indexes,
+                "live": live}
 
     def version(self, query: str, live: LiveState | None) -> str:
         """An ETag for the view: it changes whenever the state does (a commit by any connection) or the
@@ -123,9 +129,10 @@ class Site:
 
     def file_of(self, index: int, sha256: str) -> Path | None:
         """The local file holding content ``sha256`` in mapping ``index``, if the state knows one there."""
-        if not 0 <= index < len(self.config.mappings):
+        mappings = self.mappings()
+        if not 0 <= index < len(mappings):
             return None
-        mapping: MappingConfig = self.config.mappings[index]
+        mapping: MappingConfig = mappings[index]
         if mapping.path is None:
             return None
         root = mapping.path.resolve()
@@ -198,8 +205,9 @@ async def action(request: web.Request) -> web.Response:
     if name == "sync":
         index = form.get("mapping")
         label = None
-        if isinstance(index, str) and index.isdigit() and int(index) < len(site.config.mappings):
-            label = site.config.mappings[int(index)].label
+        mappings = await site.read(site.mappings)
+        if isinstance(index, str) and index.isdigit() and int(index) < len(mappings):
+            label = mappings[int(index)].label
         elif index not in (None, "all"):
             raise web.HTTPBadRequest(text="no such mapping")
         site.live.sync_now(label)

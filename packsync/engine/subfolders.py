@@ -1,0 +1,122 @@
+"""A pack per subfolder (``packs_from = "subfolders"``): the mappings such a mapping stands for.
+
+Each direct subfolder of its ``path`` is a mapping of its own into the pack named after it (with
+``pack_prefix``); everything else — dedupe, adoption, safety stops, status, the daemon — works per
+derived mapping unchanged. Files directly in the folder are reported and skipped. A subfolder that
+packsync synced and that is gone stays a mapping whose source is empty, so it is handled like an
+emptied folder: a safety stop unless ``--force``; the pack itself is never deleted. A subfolder that
+is gone while a new one holds the same files (moved: the same inodes, sizes and times; or copied: the
+same bytes) is a rename: its records move to the new name and its pack is renamed (``PATCH``), so
+nothing is uploaded again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+import msgspec
+
+from packsync.config import Config, MappingConfig
+from packsync.model import CachedFile, Problem
+from packsync.sources.folder import filters_for
+from packsync.sources.media import digest_file
+from packsync.state.store import Store
+
+#: Genviral's longest pack name.
+MAX_PACK_NAME = 120
+LOOSE = "directly in a folder whose subfolders are packs: put it in a subfolder to sync it"
+
+
+def parent_of(config: Config, label: str) -> MappingConfig | None:
+    """The ``packs_from = "subfolders"`` mapping a derived mapping's label belongs to, if any."""
+    parent = Path(label).parent
+    return next((m for m in config.mappings if m.packs_from == "subfolders" and m.path == parent), None)
+
+
+def derived(mapping: MappingConfig, subfolder: Path, pack: str | None = None) -> MappingConfig:
+    return msgspec.structs.replace(mapping, path=subfolder, packs_from="folder", pack_prefix="", pack_id=None,
+                                   pack=pack or (mapping.pack_prefix + subfolder.name)[:MAX_PACK_NAME])
+
+
+def concrete(config: Config, store: Store) -> list[MappingConfig]:
+    """Every mapping as it is synced: a ``packs_from = "subfolders"`` one as one per subfolder (the
+    existing ones, then those synced before and gone), the others as they are."""
+    mappings: list[MappingConfig] = []
+    for mapping in config.mappings:
+        if mapping.packs_from != "subfolders":
+            mappings.append(mapping)
+            continue
+        present = [derived(mapping, path) for path in subfolders(mapping)[0]]
+        mappings += present + gone(mapping, store, {m.label for m in present})
+    return mappings
+
+
+def subfolders(mapping: MappingConfig) -> tuple[list[Path], list[Problem]]:
+    """The direct subfolders the patterns let in, and the files directly in the folder (skipped)."""
+    root = mapping.folder
+    filters = filters_for(mapping).reading(root)
+    folders, loose = [], []
+    try:
+        with os.scandir(root) as entries:
+            for entry in entries:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if filters.excluded(entry.name, entry.name, is_dir):
+                    continue
+                if is_dir:
+                    folders.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False) and filters.included(entry.name, entry.name):
+                    loose.append(Problem(entry.name, LOOSE))
+    except OSError:
+        return [], []  # the sync says the folder is missing or unreadable
+    return sorted(folders), sorted(loose, key=lambda p: p.rel_path)
+
+
+def gone(mapping: MappingConfig, store: Store, present: Collection[str]) -> list[MappingConfig]:
+    """The subfolders packsync synced into a pack that are not there any more (and still have images
+    or files on record): each an emptied source, by the pack name it had."""
+    root = mapping.folder
+    found = []
+    for record in store.mappings_under(str(root)):
+        if record.root in present or not record.pack_id or Path(record.root).parent != root:
+            continue
+        if store.count_files(record.root) or store.count_images(record.pack_id, record.root):
+            found.append(derived(mapping, Path(record.root), record.pack_name))
+    return found
+
+
+def renamed(gone: Mapping[str, Mapping[str, CachedFile]], new: Collection[Path]) -> dict[str, Path]:
+    """Which gone subfolder (its label → what its last scan saw) each new subfolder is: the same files
+    under the same relative paths, moved (same device, inode, size and mtime) or copied (same bytes)."""
+    found: dict[str, Path] = {}
+    for label, cache in gone.items():
+        files = {rel: c for rel, c in cache.items() if c.sha256 and not c.problem}
+        for candidate in new:
+            if candidate not in found.values() and files and _same(candidate, files):
+                found[label] = candidate
+                break
+    return found
+
+
+def _same(folder: Path, files: Mapping[str, CachedFile]) -> bool:
+    here: dict[str, os.stat_result] = {}
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in names:
+            path = Path(dirpath) / name
+            rel = path.relative_to(folder).as_posix()
+            if rel in files:
+                try:
+                    here[rel] = path.stat()
+                except OSError:
+                    return False
+    if here.keys() != files.keys():
+        return False
+    if all(c.matches(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) for rel, st in here.items()
+           for c in (files[rel],)):
+        return True
+    try:
+        return all(st.st_size == files[rel].size and digest_file(folder / rel).sha256 == files[rel].sha256
+                   for rel, st in here.items())
+    except OSError:
+        return False

@@ -1,0 +1,151 @@
+"""A pack per subfolder (``packs_from = "subfolders"``) against the sandbox: packs created per subfolder,
+files directly in the folder reported, a renamed subfolder keeping (and renaming) its pack with nothing
+uploaded again, a removed one stopping for --force, and a missing folder never looking emptied."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Env, image, write
+
+from packsync.errors import ExitCode
+
+MUTATIONS = (("POST", "/files"), ("PUT", "storage"), ("POST", "/packs/{id}/images"),
+             ("DELETE", "/packs/{id}/images/{image_id}"), ("POST", "/packs"))
+
+
+def packs(env: Env) -> dict[str, int]:
+    """Pack name → image count, for the sandbox's packs."""
+    return {p["name"]: len(env.pack(p["id"])["images"]) for p in env.sandbox.packs()}
+
+
+def mutations(env: Env) -> dict[str, int]:
+    calls = env.sandbox.calls
+    return {f"{m} {r}": calls[(m, r)] for m, r in MUTATIONS if calls[(m, r)]}
+
+
+@pytest.fixture
+def brand(env: Env) -> Path:
+    root = env.map("brand", packs_from="subfolders", pack_prefix="Brand – ")
+    write(root / "Logos" / "a.png", image())
+    write(root / "Logos" / "b.png", image())
+    write(root / "Backgrounds" / "sea.png", image())
+    write(root / "loose.png", image())
+    return root
+
+
+def test_each_subfolder_syncs_into_a_pack_of_its_own(env: Env, brand: Path) -> None:
+    done = env.cli("run", "--no-wait")
+
+    assert done.returncode == 0, done.stderr
+    assert packs(env) == {"Brand – Logos": 2, "Brand – Backgrounds": 1}
+    assert "loose.png: directly in a folder whose subfolders are packs" in done.stdout
+    status = json.loads(env.cli("status", "--json", token=None).stdout)
+    assert sorted((m["path"], m["pack_name"], m["synced"]) for m in status["mappings"]) == [
+        (str(brand / "Backgrounds"), "Brand – Backgrounds", 1), (str(brand / "Logos"), "Brand – Logos", 2)]
+
+    write(brand / "Logos" / "c.png", image())
+    write(brand / "Products" / "mug.png", image())
+    assert env.sync().exit_code == ExitCode.OK
+    assert packs(env) == {"Brand – Logos": 3, "Brand – Backgrounds": 1, "Brand – Products": 1}
+
+
+def test_a_renamed_subfolder_keeps_its_pack_renames_it_and_uploads_nothing(env: Env, brand: Path) -> None:
+    env.sync()
+    (logos_id,) = [p["id"] for p in env.sandbox.packs() if p["name"] == "Brand – Logos"]
+    env.sandbox.reset_calls()
+
+    (brand / "Logos").rename(brand / "Logotypes")
+    done = env.cli("run", "--no-wait")
+
+    assert done.returncode == 0, done.stderr
+    assert "Logos → " in done.stdout and "subfolder renamed" in done.stdout
+    assert env.pack(logos_id)["name"] == "Brand – Logotypes"
+    assert packs(env) == {"Brand – Logotypes": 2, "Brand – Backgrounds": 1}
+    assert env.sandbox.calls[("PATCH", "/packs/{id}")] == 1
+    assert mutations(env) == {}, "nothing uploaded, added or deleted"
+    assert env.sync().exit_code == ExitCode.OK and env.sandbox.calls[("PATCH", "/packs/{id}")] == 1
+
+
+def test_a_copied_then_removed_subfolder_is_a_rename_by_content(env: Env, brand: Path) -> None:
+    env.sync()
+    target = brand / "Logo files"
+    target.mkdir()
+    for path in (brand / "Logos").iterdir():
+        (target / path.name).write_bytes(path.read_bytes())  # new inodes, the same bytes
+        path.unlink()
+    (brand / "Logos").rmdir()
+    env.sandbox.reset_calls()
+
+    assert env.sync().exit_code == ExitCode.OK
+    assert packs(env) == {"Brand – Logo files": 2, "Brand – Backgrounds": 1}
+    assert mutations(env) == {}
+
+
+def test_a_dry_run_sees_the_rename_and_changes_nothing(env: Env, brand: Path) -> None:
+    env.sync()
+    (brand / "Logos").rename(brand / "Marks")
+    env.sandbox.reset_calls()
+
+    done = env.cli("run", "--dry-run")
+
+    assert done.returncode == 0, done.stderr
+    assert "would rename its pack, nothing uploaded" in done.stdout
+    assert "Brand – Marks" not in done.stdout, "no new pack planned for it"
+    assert env.sandbox.calls[("PATCH", "/packs/{id}")] == 0 and mutations(env) == {}
+
+
+def test_a_removed_subfolder_stops_for_force_and_its_pack_stays(env: Env, brand: Path) -> None:
+    env.sync()
+    for path in (brand / "Backgrounds").iterdir():
+        path.unlink()
+    (brand / "Backgrounds").rmdir()
+
+    stopped = env.cli("run", "--no-wait")
+
+    assert stopped.returncode == ExitCode.SAFETY, stopped.stdout + stopped.stderr
+    assert packs(env) == {"Brand – Logos": 2, "Brand – Backgrounds": 1}
+
+    forced = env.cli("run", "--no-wait", "--force")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert packs(env) == {"Brand – Logos": 2, "Brand – Backgrounds": 0}, "the images go, the pack stays"
+    assert env.cli("run", "--no-wait").returncode == 0, "and it is settled"
+
+
+def test_a_missing_folder_is_a_safety_stop_even_with_force(env: Env, brand: Path) -> None:
+    env.sync()
+    brand.rename(env.root / "unmounted")
+
+    done = env.cli("run", "--no-wait", "--force")
+
+    assert done.returncode == ExitCode.SAFETY
+    assert "is a disk unmounted?" in done.stdout
+    assert packs(env) == {"Brand – Logos": 2, "Brand – Backgrounds": 1}
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"packs_from": "subfolders", "pack": "X"}, "mappings[0].packs_from: each subfolder's pack is named after it"),
+    ({"pack": "X", "pack_prefix": "Y"}, 'mappings[0].pack_prefix: applies to packs_from = "subfolders" only'),
+])
+def test_packs_from_keys_are_checked(env: Env, options: dict[str, Any], message: str) -> None:
+    env.mappings.append({"path": str(env.folder("x")), **options})
+    env.write_config()
+    done = env.cli("status", token=None)
+    assert done.returncode == ExitCode.USAGE
+    assert message in done.stderr
+
+
+def test_the_daemon_makes_a_pack_for_a_new_subfolder(daemon_env: Env, start: Any) -> None:
+    from helpers import wait_until
+
+    root = daemon_env.map("brand", packs_from="subfolders")
+    write(root / "One" / "a.png", image())
+    start()
+    assert packs(daemon_env) == {"One": 1}
+
+    write(root / "Two" / "b.png", image())
+
+    wait_until(lambda: packs(daemon_env) == {"One": 1, "Two": 1}, timeout=15, what="the new subfolder's pack")
