@@ -225,7 +225,7 @@ def ui(listen: str | None) -> None:
     try:
         http = HttpConfig(listen=listen or config.http.listen or DEFAULT_LISTEN, password_env=config.http.password_env)
     except ValueError as exc:
-        raise ConfigError(f"--listen: {str(exc).partition(': ')[2]}.") from None
+        raise ConfigError(f"--listen: {str(exc).removeprefix('listen: ')}.") from None
     asyncio.run(serve_until_stopped(msgspec.structs.replace(config, http=http)))
 
 

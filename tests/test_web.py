@@ -265,3 +265,130 @@ def test_ui_names_a_bad_listen_address(env: Env) -> None:
     done = env.cli("ui", "--listen", "nowhere")
     assert done.returncode == 2
     assert "--listen: expected HOST:PORT" in done.stderr
+
+
+# -- what a hostile review found (each failed before its fix) ---------------------------------------
+
+def test_a_thumbnail_is_served_as_the_image_its_bytes_are_never_as_its_name_says(daemon_env: Env,
+                                                                                 start: Any) -> None:
+    folder = daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"), include=["*"])
+    gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00<script>alert(1)</script>;"  # an image, and HTML by its name
+    write(folder / "page.html", gif)
+    (folder / "page.html.gz").write_bytes(b"not an image, never checked by packsync")
+    base = page_url(start())
+    (src,) = re.findall(r'src="(/thumb/\d+/[0-9a-f]{64})"', httpx.get(base).text)
+
+    answer = httpx.get(base + src.lstrip("/"), headers={"Accept-Encoding": "gzip"})
+
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "image/gif"
+    assert "content-encoding" not in answer.headers and answer.content == gif, "never the .gz beside it"
+    assert "sandbox" in answer.headers["content-security-policy"]
+
+
+def test_a_file_swapped_for_a_link_is_not_followed(served: tuple[Env, DaemonProcess, str, str]) -> None:
+    env, _daemon, base, _pack_id = served
+    (src, *_rest) = re.findall(r'src="(/thumb/\d+/[0-9a-f]{64})"', httpx.get(base).text)
+    secret = env.root / "secret.txt"
+    secret.write_bytes(b"\x89PNG\r\n\x1a\n the key")
+    for path in (env.root / "pics").iterdir():
+        path.unlink()
+        path.symlink_to(secret)
+
+    assert httpx.get(base + src.lstrip("/")).status_code == 404
+
+
+def test_odd_numbers_in_paths_and_forms_are_404_not_500(served: tuple[Env, DaemonProcess, str, str]) -> None:
+    _env, _daemon, base, _pack_id = served
+    sha = "0" * 64
+    for index in ("%C2%B2", "9" * 5000, "%D9%A1"):
+        assert httpx.get(f"{base}thumb/{index}/{sha}").status_code == 404, index
+    token = csrf_of(httpx.get(base).text)
+    for index in ("²", "9" * 5000):
+        assert httpx.post(base + "actions/sync", data={"csrf": token, "mapping": index}).status_code == 400
+
+
+def test_a_nul_in_a_search_is_no_match_not_a_corrupt_state(served: tuple[Env, DaemonProcess, str, str]) -> None:
+    env, daemon, base, _pack_id = served
+    assert httpx.get(base, params={"q": "\x00"}).status_code == 200
+    assert httpx.get(base + "view", params={"q": "a\x00b"}).status_code == 200
+    assert "corrupt" not in daemon.output()
+    from packsync.state.store import Store
+
+    store = Store(env.state_path, readonly=True)
+    try:
+        assert store.search(["\x00"]) == [] and len(store.search(["photo\x00"])) == 3
+    finally:
+        store.close()
+
+
+def test_an_unchanged_view_is_304_under_the_daemon(served: tuple[Env, DaemonProcess, str, str]) -> None:
+    _env, _daemon, base, _pack_id = served
+    first = httpx.get(base + "view")
+    assert first.status_code == 200
+    again = httpx.get(base + "view", headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304
+
+
+def test_without_the_password_health_tells_the_verdict_only(daemon_env: Env, start: Any,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    daemon_env.http.update(listen="0.0.0.0:0", password_env="PACKSYNC_TEST_PASSWORD")
+    monkeypatch.setenv("PACKSYNC_TEST_PASSWORD", "s3cret")
+    daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"))
+    daemon = start()
+    port = re.search(r'"url": "http://0\.0\.0\.0:(\d+)/"', daemon.output())
+    assert port
+    base = f"http://127.0.0.1:{port.group(1)}/"
+
+    assert httpx.get(base + "healthz").json() == {"status": "ok"}
+    assert "mappings" in httpx.get(base + "healthz", auth=("x", "s3cret")).json()
+
+
+def test_ui_says_when_the_daemon_died(env: Env) -> None:
+    import os as _os
+
+    from packsync.state.store import Store
+
+    env.map("pics", pack_id=env.sandbox.create_pack("p"))
+    env.sync()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    store = Store(env.state_path)
+    store.save_daemon(pid=int(dead), state="running", queue=0)
+    store.close()
+    proc = subprocess.Popen([sys.executable, "-m", "packsync", "-c", str(env.config_path), "ui", "--listen",
+                             "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={"PATH": _os.environ.get("PATH", "/usr/bin:/bin")})
+    try:
+        assert proc.stdout is not None
+        base = re.search(r"(http://127\.0\.0\.1:\d+/)", proc.stdout.readline())
+        assert base
+        document = httpx.get(base.group(1) + "healthz").json()
+        assert document["status"] == "degraded"
+        assert any("the daemon is not running" in reason for reason in document["reasons"])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+
+
+def test_packs_that_read_alike_are_distinct_series(env: Env) -> None:
+    env.map("a", pack="pack abc")
+    env.map("b", pack_id="abc")
+    from packsync.state.store import Store
+    from packsync.web.metrics import Metrics
+
+    store = Store(env.state_path)
+    try:
+        text = Metrics(env.config(), store).exposition().decode()
+    finally:
+        store.close()
+    series = [(s.name, tuple(sorted(s.labels.items()))) for family in text_string_to_metric_families(text)
+              for s in family.samples]
+    assert len(series) == len(set(series))
+
+
+def test_ui_listen_errors_name_what_is_missing(env: Env) -> None:
+    env.map("pics", pack_id="p1")
+    done = env.cli("ui", "--listen", "0.0.0.0:1")
+    assert done.returncode == 2
+    assert "--listen: password_env: required to listen on 0.0.0.0" in done.stderr

@@ -21,6 +21,7 @@ import contextlib
 import faulthandler
 import os
 import random
+import resource
 import signal
 import threading
 import time
@@ -537,5 +538,16 @@ def run_daemon(config_path: Path, polling: bool = False) -> ExitCode:
     token = config.token()
     register_secret(token)
     read_password(config)  # a missing page password is a config error at start, not a surprise later
+    _raise_file_limit()
     with StateLock(config.state_path):
         return asyncio.run(Daemon(config_path, config, token, polling=polling).run())
+
+
+def _raise_file_limit() -> None:
+    """Take the hard limit of open files as the soft one (systemd's soft default is 1,024): watches, the
+    state and the page's connections all hold descriptors, and a flood of idle connections must not
+    leave none for a sync."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -43,7 +43,7 @@ class Web:
         try:
             runner = await serve(site, host, port)
         except OSError as exc:
-            store.close()
+            site.close()
             log.error("cannot serve the web page and metrics; syncing without them", listen=config.http.listen,
                       error=exc.strerror or str(exc))
             return None
@@ -56,4 +56,4 @@ class Web:
 
     async def close(self) -> None:
         await self.runner.cleanup()
-        self.site.store.close()
+        self.site.close()

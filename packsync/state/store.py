@@ -507,8 +507,14 @@ class Store:
         """Let the next scan of ``source`` judge again the files it skipped as bad (someone fixed them)."""
         self._write("DELETE FROM files WHERE root = ? AND problem IS NOT NULL", source)
 
-    def problems(self, source: str) -> list[Problem]:
-        rows = self._rows("SELECT rel_path, reason, notice FROM problems WHERE root = ? ORDER BY rel_path", source)
+    def problem_counts(self, source: str) -> tuple[int, int]:
+        """(problems, notices among them) of ``source``."""
+        row = self._rows("SELECT count(*), coalesce(sum(notice), 0) FROM problems WHERE root = ?", source)[0]
+        return int(row[0]), int(row[1])
+
+    def problems(self, source: str, limit: int | None = None) -> list[Problem]:
+        rows = self._rows("SELECT rel_path, reason, notice FROM problems WHERE root = ? ORDER BY rel_path LIMIT ?",
+                          source, -1 if limit is None else limit)
         return [Problem(rel_path, reason, bool(notice)) for rel_path, reason, notice in rows]
 
     def paths_of(self, source: str, sha256: str) -> list[str]:
@@ -660,6 +666,7 @@ class Store:
     def search(self, words: Sequence[str], limit: int = 50) -> list[tuple[ManagedImage, str]]:
         """packsync's images whose name, description or keywords hold every word (as a word's start),
         best match first, each with the mapping that owns it."""
+        words = ["".join(c for c in word if c.isprintable()) for word in words]  # a NUL ends FTS5's string
         terms = " AND ".join('"' + word.replace('"', '""') + '"*' for word in words if word.strip())
         if not terms:
             return []

@@ -95,14 +95,17 @@ METADATA_STATES = ("completed", "pending", "failed")
 
 
 def read_status(config: Config, store: Store, *, files: bool = False, problems: bool = False,
-                lock_holder: int | None = None, files_limit: int | None = None) -> Status:
+                lock_holder: int | None = None, files_limit: int | None = None,
+                problems_limit: int | None = None) -> Status:
     """The status of every mapping; ``lock_holder`` is the pid holding the state lock, if any.
 
     Counts are SQLite's (a status of 100,000 files builds no value per file); ``files`` lists the items,
-    by key, the first ``files_limit`` of each mapping (None: all), then its problems.
+    by key, the first ``files_limit`` of each mapping (None: all), then its problems (the first
+    ``problems_limit``).
     """
     return Status(str(store.path), store.path.exists(), _daemon(store, lock_holder),
-                  [_mapping(mapping, store, files, problems, files_limit) for mapping in concrete(config, store)])
+                  [_mapping(mapping, store, files, problems, files_limit, problems_limit)
+                   for mapping in concrete(config, store)])
 
 
 def _daemon(store: Store, holder: int | None) -> DaemonStatus | None:
@@ -111,14 +114,14 @@ def _daemon(store: Store, holder: int | None) -> DaemonStatus | None:
 
 
 def _mapping(mapping: MappingConfig, store: Store, files: bool, with_problems: bool,
-             limit: int | None) -> MappingStatus:
+             limit: int | None, problems_limit: int | None) -> MappingStatus:
     label = mapping.label
     record = store.mapping(label)
     pack_id = recorded_pack_id(store, mapping)
-    listed = store.problems(label)
+    listed = store.problems(label, problems_limit) if files or with_problems else []
     total, synced = store.file_counts(label, pack_id)
-    notices = sum(problem.notice for problem in listed)
-    counts = {"synced": synced, "pending": total - synced, "failed": len(listed) - notices, "skipped": notices}
+    problems, notices = store.problem_counts(label)
+    counts = {"synced": synced, "pending": total - synced, "failed": problems - notices, "skipped": notices}
     metadata: Counter[str] = Counter({state: 0 for state in METADATA_STATES})
     for status, count in (store.metadata_counts(pack_id, label) if pack_id else {}).items():
         metadata[status if status in METADATA_SETTLED else "pending"] += count

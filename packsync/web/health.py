@@ -56,8 +56,10 @@ class MappingHealth:
         return "degraded" if self.error else "ok"
 
 
-def health(mappings: list[MappingHealth], live: LiveState | None, daemon: DaemonRecord | None) -> dict[str, Any]:
-    """The ``/healthz`` document; its ``status`` decides the HTTP code (``http_status``)."""
+def health(mappings: list[MappingHealth], live: LiveState | None, daemon: DaemonRecord | None,
+           daemon_gone: bool = False) -> dict[str, Any]:
+    """The ``/healthz`` document; its ``status`` decides the HTTP code (``http_status``). ``daemon_gone``:
+    (seen from ``packsync ui``) the daemon's record says it runs, but no process holds the state."""
     reasons: list[str] = []
     if live is not None:
         if live.paused_reason:
@@ -69,6 +71,8 @@ def health(mappings: list[MappingHealth], live: LiveState | None, daemon: Daemon
     reasons += [f"{m.label}: {m.record.safety}" for m in mappings if m.record and m.record.safety]
     degraded = [m for m in mappings if m.status == "degraded"]
     trouble = live.state_trouble if live else None
+    if daemon_gone and daemon is not None:
+        trouble = f"the daemon is not running (it was {daemon.state}; last seen at {daemon.updated_at})"
     status = "failing" if reasons else "degraded" if degraded or trouble else "ok"
     return {
         "status": status,

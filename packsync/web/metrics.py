@@ -102,8 +102,12 @@ class StateCollector(Collector):
                                     "without error (Unix time)", labels=["pack"])
         stopped = GaugeMetricFamily("packsync_safety_stop", "1 while a mapping's deletes wait for --force",
                                     labels=["pack"])
+        seen: set[str] = set()
         for mapping in read_status(self.config, self.store, problems=True).mappings:
             pack = mapping.pack_label
+            if pack in seen:  # two mappings whose packs read alike ("pack 1" by name, and pack id 1)
+                pack = f"{pack} [{len(seen)}]"
+            seen.add(pack)
             for state, count in mapping.counts.items():
                 files.add_metric([pack, state], count)
             for status_name, count in mapping.metadata.items():

@@ -19,10 +19,13 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
+import logging
+import os
 import secrets
-import threading
+import stat
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,16 +37,23 @@ from packsync.config import Config, MappingConfig
 from packsync.engine.subfolders import concrete
 from packsync.errors import ConfigError
 from packsync.logs import get_logger
+from packsync.sources.media import sniff
+from packsync.state.lock import StateLock
 from packsync.state.store import Store
 from packsync.views.search import search
 from packsync.views.status import FileStatus, MappingStatus, read_status
-from packsync.web.health import Live, LiveState, MappingHealth, health, http_status
+from packsync.web.health import STALL_S, Live, LiveState, MappingHealth, health, http_status
 from packsync.web.metrics import Metrics
 
 HERE = Path(__file__).parent
 #: Files shown per mapping before the page asks for a search (a big folder stays a quick page).
 GALLERY_LIMIT = 120
 SEARCH_LIMIT = 200
+#: Page reads waiting for the site's thread before more get 503; thumbnails are sent this much at a time.
+MAX_WAITING = 8
+CHUNK = 256 * 1024
+#: An idle keep-alive connection is closed after this long.
+KEEPALIVE_S = 15.0
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -52,7 +62,13 @@ T = TypeVar("T")
 
 @dataclass
 class Site:
-    """What the pages are made of. ``live`` is the running daemon (None under ``packsync ui``)."""
+    """What the pages are made of. ``live`` is the running daemon (None under ``packsync ui``).
+
+    The page's reads and renders run one at a time on a thread of the site's own (a big state takes a
+    while, and the daemon's loop syncs meanwhile; its scans keep the default thread pool), and at most
+    ``MAX_WAITING`` wait: more get 503. Health reads a connection of its own, on the loop: it never
+    waits behind a render.
+    """
 
     config: Config
     store: Store
@@ -62,19 +78,27 @@ class Site:
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     def __post_init__(self) -> None:
-        self.lock = threading.Lock()
+        self.quick = Store(self.store.path, readonly=True)
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="packsync-web")
+        self.waiting = 0
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined)
         self.templates.filters["basename"] = lambda source: Path(source).name or source
 
-    async def read(self, reading: Callable[..., T], *args: Any) -> T:
-        """Run ``reading`` off the event loop (a big state takes a while to read and render, and the
-        daemon's loop syncs meanwhile), one at a time on this site's connection."""
-        def locked() -> T:
-            with self.lock:
-                return reading(*args)
+    def close(self) -> None:
+        self.worker.shutdown(wait=False, cancel_futures=True)
+        self.quick.close()
+        self.store.close()
 
-        return await asyncio.to_thread(locked)
+    async def read(self, reading: Callable[..., T], *args: Any) -> T:
+        """Run ``reading`` on the site's thread (503 when too many wait already)."""
+        if self.waiting >= MAX_WAITING:
+            raise web.HTTPServiceUnavailable(text="busy: try again in a moment", headers={"Retry-After": "2"})
+        self.waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.worker, reading, *args)
+        finally:
+            self.waiting -= 1
 
     def now(self) -> LiveState | None:
         """What the daemon knows now (read on the event loop, before a reading goes to its thread)."""
@@ -82,32 +106,35 @@ class Site:
 
     def render(self, template: str, query: str, live: LiveState | None) -> tuple[str, str]:
         """(HTML, ETag) of the whole page or of its changing part (``view.html``)."""
+        config = self.config  # one config for the whole request, even if a reload swaps it meanwhile
         etag = self.version(query, live)
         html = self.templates.get_template(template).render(version=__version__, etag=etag,
-                                                            **self.view(query, live))
+                                                            **self.view(config, query, live))
         return html, etag
 
     # -- read models -------------------------------------------------------------------------------
 
-    def mappings(self) -> list[MappingConfig]:
-        """The mappings as synced (one per subfolder of a ``packs_from = "subfolders"`` one)."""
-        return concrete(self.config, self.store)
-
-    def health(self, live: LiveState | None) -> dict[str, Any]:
+    def health(self, live: LiveState | None, config: Config | None = None,
+               store: Store | None = None) -> dict[str, Any]:
+        """The ``/healthz`` document (on the loop, with the quick connection, unless told otherwise)."""
+        config, store = config or self.config, store or self.quick
         mappings = []
-        for mapping in self.mappings():
-            record = self.store.mapping(mapping.label)
+        for mapping in concrete(config, store):
+            record = store.mapping(mapping.label)
             error = (live.retrying.get(mapping.label) if live else None) or (record.last_error if record else None)
             mappings.append(MappingHealth(mapping.label, mapping.pack_label, record, error))
-        return health(mappings, live, self.store.daemon())
+        daemon = store.daemon()
+        gone = live is None and daemon is not None and daemon.state != "stopped" and \
+            StateLock(config.state_path).holder() != daemon.pid
+        return health(mappings, live, daemon, daemon_gone=gone)
 
-    def view(self, query: str, live: LiveState | None) -> dict[str, Any]:
+    def view(self, config: Config, query: str, live: LiveState | None) -> dict[str, Any]:
         words = query.split()
         hits = search(self.store, words, SEARCH_LIMIT) if words else None  # shown instead of the galleries
-        status = read_status(self.config, self.store, files=not words, problems=True, files_limit=GALLERY_LIMIT)
-        mappings = self.mappings()
-        indexes = {m.label: i for i, m in enumerate(mappings)}
-        folders = {m.label for m in mappings if m.path is not None}
+        status = read_status(config, self.store, files=not words, problems=True, files_limit=GALLERY_LIMIT,
+                             problems_limit=GALLERY_LIMIT)
+        indexes = {m.path: i for i, m in enumerate(status.mappings)}
+        folders = {m.path for m in status.mappings if not m.path.startswith("astria:")}
 
         def thumb(mapping: MappingStatus | str, file: FileStatus | None = None,
                   sha256: str | None = None) -> str | None:
@@ -117,40 +144,78 @@ class Site:
             return f"/thumb/{indexes[label]}/{sha}" if label in folders and sha else None
 
         return {"status": status, "query": query, "hits": hits, "limit": GALLERY_LIMIT, "csrf": self.csrf,
-                "actions": self.live is not None, "health": self.health(live), "thumb": thumb, "indexes": indexes,
-                "live": live}
+                "actions": self.live is not None, "health": self.health(live, config, self.store), "thumb": thumb,
+                "indexes": indexes, "live": live}
 
     def version(self, query: str, live: LiveState | None) -> str:
-        """An ETag for the view: it changes whenever the state does (a commit by any connection) or the
-        daemon's live state does."""
+        """An ETag for the view: it changes whenever the state does (a commit by any connection) or what
+        the daemon shows does (not its loop's heartbeat)."""
         data_version = self.store.db.execute("PRAGMA data_version").fetchone()[0]
-        digest = hashlib.sha256(f"{data_version}\0{live!r}\0{query}\0{self.store.daemon()}".encode()).hexdigest()
+        shown = None if live is None else replace(live, since_tick_s=float(live.since_tick_s > STALL_S))
+        digest = hashlib.sha256(f"{data_version}\0{shown!r}\0{query}\0{self.store.daemon()}".encode()).hexdigest()
         return f'"{digest[:32]}"'
 
-    def file_of(self, index: int, sha256: str) -> Path | None:
-        """The local file holding content ``sha256`` in mapping ``index``, if the state knows one there."""
+    def mappings(self) -> list[MappingConfig]:
+        """The mappings as synced (one per subfolder of a ``packs_from = "subfolders"`` one)."""
+        return concrete(self.config, self.store)
+
+    def open_thumb(self, index: int, sha256: str) -> tuple[int, int, str] | None:
+        """(an open file, its size, its image type) for content ``sha256`` in mapping ``index``: a regular
+        file the state knows, opened below its folder without following any link (nothing can be swapped
+        in between a check and the open), whose bytes are an image. None otherwise."""
         mappings = self.mappings()
-        if not 0 <= index < len(mappings):
+        if not 0 <= index < len(mappings) or mappings[index].path is None:
             return None
-        mapping: MappingConfig = mappings[index]
-        if mapping.path is None:
-            return None
-        root = mapping.path.resolve()
+        mapping = mappings[index]
         for rel in self.store.paths_of(mapping.label, sha256):
-            path = (root / rel).resolve()
-            if path.is_relative_to(root) and path.is_file():
-                return path
+            fd = _open_below(mapping.folder, rel)
+            if fd is None:
+                continue
+            size = os.fstat(fd).st_size
+            content_type = sniff(os.pread(fd, 64, 0))
+            if content_type is not None:
+                return fd, size, content_type
+            os.close(fd)
         return None
+
+
+def _open_below(root: Path, rel: str) -> int | None:
+    """``root/rel`` opened for reading, every part below ``root`` refused if it is a link; None unless
+    it is a regular file."""
+    parts = rel.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return None
+    try:
+        folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+    except OSError:
+        return None
+    finally:
+        os.close(folder)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
 
 
 # -- handlers ---------------------------------------------------------------------------------------
 
 SITE = web.AppKey("site", Site)
+PUBLIC = web.RequestKey("public", bool)
 
 
 async def healthz(request: web.Request) -> web.Response:
     site = request.app[SITE]
-    document = await site.read(site.health, site.now())
+    document = site.health(site.now())
+    if request.get(PUBLIC):  # a password is set and was not given: the verdict only
+        document = {"status": document["status"]}
     return web.json_response(document, status=http_status(document))
 
 
@@ -179,15 +244,33 @@ async def view(request: web.Request) -> web.Response:
 
 
 async def thumb(request: web.Request) -> web.StreamResponse:
+    """A file's bytes, streamed from the file opened once, as the image type its bytes are (never what
+    its name says), in a sandbox of its own."""
     site = request.app[SITE]
     index, sha = request.match_info["index"], request.match_info["sha"]
-    if not index.isdigit() or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+    if not _small_number(index) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise web.HTTPNotFound()
-    path = await site.read(site.file_of, int(index), sha)
-    if path is None:
+    opened = await site.read(site.open_thumb, int(index), sha)
+    if opened is None:
         raise web.HTTPNotFound()
-    return web.FileResponse(path, headers={"Cache-Control": "private, max-age=3600",
-                                           "Content-Disposition": "inline"})
+    fd, size, content_type = opened
+    try:
+        response = web.StreamResponse(headers={
+            "Content-Type": content_type, "Content-Length": str(size), "Cache-Control": "private, max-age=3600",
+            "Content-Security-Policy": "default-src 'none'; sandbox", "Content-Disposition": "inline"})
+        await response.prepare(request)
+        sent = 0
+        while sent < size and (chunk := await asyncio.to_thread(os.read, fd, min(CHUNK, size - sent))):
+            await response.write(chunk)
+            sent += len(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        os.close(fd)
+
+
+def _small_number(text: object) -> bool:
+    return isinstance(text, str) and text.isascii() and text.isdecimal() and len(text) <= 6
 
 
 async def action(request: web.Request) -> web.Response:
@@ -206,8 +289,8 @@ async def action(request: web.Request) -> web.Response:
         index = form.get("mapping")
         label = None
         mappings = await site.read(site.mappings)
-        if isinstance(index, str) and index.isdigit() and int(index) < len(mappings):
-            label = mappings[int(index)].label
+        if _small_number(index) and int(str(index)) < len(mappings):
+            label = mappings[int(str(index))].label
         elif index not in (None, "all"):
             raise web.HTTPBadRequest(text="no such mapping")
         site.live.sync_now(label)
@@ -243,15 +326,18 @@ def middlewares(site: Site, listen_host: str) -> list[Callable[..., Awaitable[we
         if not host_allowed(listen_host, request):
             return web.Response(status=421, text="misdirected request: this server answers only as "
                                                  "localhost or its listen address")
-        if site.password is not None and request.path != "/healthz" and not _authorized(request, site.password):
-            return web.Response(status=401, text="authentication required",
-                                headers={"WWW-Authenticate": 'Basic realm="packsync", charset="UTF-8"'})
+        if site.password is not None and not _authorized(request, site.password):
+            if request.path != "/healthz":
+                return web.Response(status=401, text="authentication required",
+                                    headers={"WWW-Authenticate": 'Basic realm="packsync", charset="UTF-8"'})
+            request[PUBLIC] = True  # monitors may ask how it goes, and hear only that
         try:
             response = await handler(request)
         except web.HTTPException as exc:
             response = exc
         except Exception as exc:  # noqa: BLE001 - a page error is the page's, never the daemon's
-            log.error("web request failed", path=request.path, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            log.error("web request failed", path=request.path[:200], error=f"{type(exc).__name__}: {exc}"[:500],
+                      exc_info=exc)
             response = web.Response(status=500, text="internal error; see the daemon's log")
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -293,7 +379,10 @@ def page_url(host: str, port: int) -> str:
 async def serve(site: Site, host: str, port: int) -> web.AppRunner:
     """Start serving ``site`` on ``host:port`` in the running loop (port 0: any free one, which
     ``runner.addresses`` tells); OSError when the port is taken."""
-    runner = web.AppRunner(make_app(site, host), access_log=None, handle_signals=False)
+    # aiohttp logs every malformed request with a traceback: anyone could fill the journal with them.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+    runner = web.AppRunner(make_app(site, host), access_log=None, handle_signals=False,
+                           keepalive_timeout=KEEPALIVE_S)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_address=True).start()
@@ -330,4 +419,4 @@ async def serve_until_stopped(config: Config) -> None:
         finally:
             await runner.cleanup()
     finally:
-        store.close()
+        site.close()
