@@ -7,7 +7,6 @@ the README's screenshot (light theme, the demo's sample images) into ``$PACKSYNC
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -16,11 +15,10 @@ from typing import Any
 import pytest
 from conftest import Env, image, write
 from helpers import wait_until
-from test_web import page_url
+from test_web import describe_every_image, page_url
 
 from packsync.demo import SAMPLES
 from packsync.sandbox.imaging import solid_png
-from packsync.sandbox.server import Reply
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is a test dependency: "
                                "pip install -e '.[test]'")
@@ -119,16 +117,9 @@ def test_a_dropped_file_appears_without_a_reload(daemon_env: Env, start: Any, pa
 
 def test_a_hostile_description_is_shown_as_text_and_runs_nothing(daemon_env: Env, start: Any, page: Any) -> None:
     hostile = '<script>window.owned = 1</script><img src=x onerror="window.owned = 2">'
-
-    def poison(reply: Reply) -> Reply:
-        document = json.loads(reply.body)
-        for item in document["data"]["images"]:
-            item["metadata"].update(status="completed", description=hostile, keywords=['"><svg onload=alert(1)>'])
-        return Reply(reply.status, json.dumps(document).encode(), reply.content_type, reply.headers)
-
+    describe_every_image(daemon_env, hostile, ['"><svg onload=alert(1)>'])
     pack_id = daemon_env.sandbox.create_pack("p")
     write(daemon_env.map("pics", pack_id=pack_id) / "a.png", image())
-    daemon_env.sandbox.rewrite("GET", "/packs/{id}", poison)
     base = page_url(start())
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))

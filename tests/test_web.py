@@ -45,6 +45,17 @@ def sample(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: st
     return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def describe_every_image(env: Env, description: str, keywords: list[str]) -> None:
+    """The sandbox answers every pack read with this (untrusted) AI description and these keywords."""
+    def poison(reply: Reply) -> Reply:
+        document = json.loads(reply.body)
+        for item in document["data"]["images"]:
+            item["metadata"].update(status="completed", description=description, keywords=keywords)
+        return Reply(reply.status, json.dumps(document).encode(), reply.content_type, reply.headers)
+
+    env.sandbox.rewrite("GET", "/packs/{id}", poison)
+
+
 def csrf_of(html: str) -> str:
     match = re.search(r'name="csrf" value="([^"]+)"', html)
     assert match, "the page carries a CSRF token in its forms"
@@ -175,17 +186,10 @@ def test_thumbnails_only_for_files_the_state_knows(served: tuple[Env, DaemonProc
 def test_untrusted_descriptions_are_text_and_the_page_forbids_inline_script(
         daemon_env: Env, start: Any) -> None:
     hostile = '<script>document.title="owned"</script><img src=x onerror="alert(1)">'
-
-    def poison(reply: Reply) -> Reply:
-        document = json.loads(reply.body)
-        for item in document["data"]["images"]:
-            item["metadata"].update(status="completed", description=hostile, keywords=["<b>bold</b>"])
-        return Reply(reply.status, json.dumps(document).encode(), reply.content_type, reply.headers)
-
+    describe_every_image(daemon_env, hostile, ["<b>bold</b>"])
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     write(folder / "a.png", image())
-    daemon_env.sandbox.rewrite("GET", "/packs/{id}", poison)
     base = page_url(start())
 
     answer = wait_until(lambda: (a := httpx.get(base)) and "&lt;script&gt;" in a.text and a, timeout=15)
