@@ -22,6 +22,7 @@ import platformdirs
 from msgspec import Meta, Struct, field
 
 from packsync.errors import ConfigError
+from packsync.sources.patterns import check as check_patterns
 
 DEFAULT_BASE_URL = "https://www.genviral.io/api/partner/v1"
 DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif", "*.heic", "*.heif"]
@@ -157,6 +158,9 @@ class MappingConfig(_Strict, frozen=True):
             raise ValueError('pack_prefix: applies to packs_from = "subfolders" only')
         elif (self.pack is None) == (self.pack_id is None):
             raise ValueError("give exactly one of pack or pack_id")
+        for key, lines in (("include", self.include), ("exclude", self.exclude)):
+            if problem := check_patterns(lines):
+                raise ValueError(f"{key}: {problem}")
         if not _count_or_percent(self.max_delete):
             raise ValueError("max_delete: must be a count >= 0 or a percentage like \"50%\"")
 

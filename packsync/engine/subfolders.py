@@ -19,8 +19,9 @@ from pathlib import Path
 import msgspec
 
 from packsync.config import Config, MappingConfig
+from packsync.errors import SourceUnavailable
 from packsync.model import CachedFile, Problem
-from packsync.sources.folder import filters_for
+from packsync.sources.folder import Filters, filters_for
 from packsync.sources.media import digest_file
 from packsync.state.store import Store
 
@@ -48,40 +49,57 @@ def concrete(config: Config, store: Store) -> list[MappingConfig]:
         if mapping.packs_from != "subfolders":
             mappings.append(mapping)
             continue
-        present = [derived(mapping, path) for path in subfolders(mapping)[0]]
+        try:
+            present = [derived(mapping, path) for path in subfolders(mapping)[0]]
+        except SourceUnavailable:
+            present = []
         mappings += present + gone(mapping, store, {m.label for m in present})
     return mappings
 
 
 def subfolders(mapping: MappingConfig) -> tuple[list[Path], list[Problem]]:
-    """The direct subfolders the patterns let in, and the files directly in the folder (skipped)."""
+    """The direct subfolders the patterns let in, and what is skipped directly in the folder (files,
+    and folders whose names cannot be names of packs). ``SourceUnavailable`` when the folder cannot
+    be listed: never an empty listing, which would look like every subfolder removed."""
     root = mapping.folder
     filters = filters_for(mapping).reading(root)
-    folders, loose = [], []
+    folders, skipped = [], []
     try:
         with os.scandir(root) as entries:
             for entry in entries:
                 is_dir = entry.is_dir(follow_symlinks=False)
                 if filters.excluded(entry.name, entry.name, is_dir):
                     continue
+                try:
+                    entry.name.encode("utf-8")
+                except UnicodeEncodeError:
+                    shown = entry.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                    skipped.append(Problem(shown, "its name is not valid UTF-8; rename it"))
+                    continue
                 if is_dir:
                     folders.append(Path(entry.path))
                 elif entry.is_file(follow_symlinks=False) and filters.included(entry.name, entry.name):
-                    loose.append(Problem(entry.name, LOOSE))
-    except OSError:
-        return [], []  # the sync says the folder is missing or unreadable
-    return sorted(folders), sorted(loose, key=lambda p: p.rel_path)
+                    skipped.append(Problem(entry.name, LOOSE))
+    except OSError as exc:
+        raise SourceUnavailable(f"{root} cannot be read ({exc.strerror})") from None
+    return sorted(folders), sorted(skipped, key=lambda p: p.rel_path)
+
+
+def filters_below(mapping: MappingConfig, subfolder: Path) -> Filters:
+    """A subfolder's filters: the mapped folder's patterns and ``.packsyncignore``, matched from there."""
+    parent = subfolder.parent
+    return filters_for(mapping).below(subfolder.name, parent)
 
 
 def gone(mapping: MappingConfig, store: Store, present: Collection[str]) -> list[MappingConfig]:
-    """The subfolders packsync synced into a pack that are not there any more (and still have images
-    or files on record): each an emptied source, by the pack name it had."""
+    """The subfolders packsync synced into a pack that are not there any more, or are excluded now,
+    and whose images are still in their pack: each an emptied source, by the pack name it had."""
     root = mapping.folder
     found = []
     for record in store.mappings_under(str(root)):
         if record.root in present or not record.pack_id or Path(record.root).parent != root:
             continue
-        if store.count_files(record.root) or store.count_images(record.pack_id, record.root):
+        if store.count_images(record.pack_id, record.root):
             found.append(derived(mapping, Path(record.root), record.pack_name))
     return found
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from packsync.engine.metadata import POLL_BACKOFF, MetadataPoller
 from packsync.engine.packs import PackResolver, recorded_pack_id
 from packsync.engine.planner import MappingInput, MappingOptions, MappingPlan, Plan, plan_mapping, plan_uploads
 from packsync.engine.sidecars import SidecarReport, write_sidecars
-from packsync.engine.subfolders import concrete, derived, gone, parent_of, renamed, subfolders
+from packsync.engine.subfolders import concrete, derived, filters_below, gone, parent_of, renamed, subfolders
 from packsync.errors import (
     ApiError,
     AuthError,
@@ -41,7 +40,7 @@ from packsync.remote.answers import url_problem
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.retry import Backoff
 from packsync.sources.base import Source
-from packsync.sources.folder import GoneFolder
+from packsync.sources.folder import FolderSource, GoneFolder
 from packsync.state.store import Store
 from packsync.views.progress import Progress
 
@@ -152,11 +151,6 @@ class Syncer:
         result = SyncReport()
         mappings = await self._expand(result, options.dry_run)
         mappings = [m for m in mappings if only is None or m.label in only or self._group(m) in only]
-        for mapping in mappings:
-            if mapping.label not in self.sources:
-                gone_now = self._group(mapping) != mapping.label and mapping.folder.parent.is_dir() \
-                    and not os.path.lexists(mapping.folder)
-                self.sources[mapping.label] = GoneFolder(mapping.label) if gone_now else self.source_for(mapping)
         if busy:
             busy = {m.label: _below(busy.get(self._group(m), ()), m, self._group(m)) for m in mappings}
         reports = [MappingReport(m, m.pack_label) for m in mappings]
@@ -228,7 +222,8 @@ class Syncer:
             remote, scan = await asyncio.gather(self._read_pack(report), self._scan(report, previous, busy))
             if scan is None:
                 return
-            if not options.dry_run:
+            if not options.dry_run and not isinstance(self.sources[report.label], GoneFolder):
+                # (a gone subfolder's last listing is kept: it is how a rename is recognised later)
                 self.store.save_file_cache(report.label, previous, scan.cache)
                 self.store.save_problems(report.label, scan.problems)
             report.problems, report.hashed_files, report.excluded = scan.problems, scan.hashed_files, scan.excluded
@@ -257,11 +252,15 @@ class Syncer:
                 continue
             pack_id = recorded_pack_id(self.store, report.config)
             if self.store.count_files(report.label) or (pack_id and self.store.count_images(pack_id, report.label)):
-                report.safety = (f"{report.label} is missing or not a folder, but packsync synced files from it; "
-                                 "nothing is deleted (is a disk unmounted?)")
+                source = self.sources[report.label]
+                why = source.unavailable if isinstance(source, GoneFolder) and source.unavailable else \
+                    f"{report.label} is missing or not a folder"
+                report.safety = f"{why}, but packsync synced files from it; nothing is deleted (is a disk unmounted?)"
                 self.log.error("mapped folder missing; no deletes", path=report.label)
+            elif self._group(report.config) != report.label:
+                report.error = f"{report.label} vanished while it was being synced"
             else:
-                index = next(i for i, m in enumerate(self.config.mappings) if m.label == self._group(report.config))
+                index = self.config.mappings.index(report.config)
                 raise ConfigError(f"mappings[{index}].path: the folder {report.label} does not exist.")
 
     async def _read_pack(self, report: MappingReport) -> RemotePack | None:
@@ -336,25 +335,37 @@ class Syncer:
         return parent.label if parent else mapping.label
 
     async def _expand(self, result: SyncReport, dry_run: bool) -> list[MappingConfig]:
-        """The mappings to sync: the config's, a ``packs_from = "subfolders"`` one as one per subfolder.
-        A renamed subfolder's records move to its new name and its pack is renamed (not in a dry run,
-        which leaves both names out of its plan)."""
+        """The mappings to sync, each with its source in ``self.sources``: the config's, and a ``packs_from
+        = "subfolders"`` one as one per subfolder. A renamed subfolder's records move to its new name and
+        its pack is renamed (not in a dry run, which leaves both names out of its plan). A subfolder gone
+        (or excluded now) is an emptied source; a folder that cannot be listed, or whose every subfolder
+        vanished at once (an empty mount point?), makes each one a missing source: a safety stop that
+        ``--force`` does not lift."""
         mappings: list[MappingConfig] = []
         for index, mapping in enumerate(self.config.mappings):
             if mapping.packs_from != "subfolders":
                 mappings.append(mapping)
+                self.sources.setdefault(mapping.label, self.source_for(mapping))
                 continue
-            folders, result.loose[mapping.label] = subfolders(mapping)
+            missing: str | None = None
+            try:
+                folders, result.loose[mapping.label] = subfolders(mapping)
+            except SourceUnavailable as exc:
+                folders, missing = [], str(exc)
             present = [derived(mapping, path) for path in folders]
             old = gone(mapping, self.store, {m.label for m in present})
-            if not mapping.folder.is_dir():
-                if not old:
-                    raise ConfigError(f"mappings[{index}].path: the folder {mapping.label} does not exist.")
-                mappings += old  # missing: each a safety stop, never an emptied folder
+            if missing is not None and not old:
+                raise ConfigError(f"mappings[{index}].path: {missing}.")
+            if old and not present:
+                missing = missing or f"{mapping.label} holds none of the subfolders packsync synced"
+            if missing is not None:
+                for m in old:
+                    self.sources[m.label] = GoneFolder(m.label, unavailable=missing)
+                mappings += old
                 continue
             new = [m for m in present if self.store.mapping(m.label) is None]
-            moves = renamed({m.label: self.store.file_cache(m.label) for m in old}, [m.folder for m in new]) \
-                if old and new else {}
+            moves = await asyncio.to_thread(renamed, {m.label: self.store.file_cache(m.label) for m in old},
+                                            [m.folder for m in new]) if old and new else {}
             skipped: set[str] = set()
             for label, path in moves.items():
                 done = not dry_run and await self._rename(label, derived(mapping, path))
@@ -362,8 +373,14 @@ class Syncer:
                     result.renamed.append((label, str(path)))
                 if not done:
                     skipped |= {label, str(path)}
-            mappings += [m for m in present if m.label not in skipped]
-            mappings += [m for m in old if m.label not in moves]
+            for m in present:
+                if m.label not in skipped:
+                    mappings.append(m)
+                    self.sources[m.label] = FolderSource(m.folder, filters_below(mapping, m.folder))
+            for m in old:
+                if m.label not in moves:
+                    mappings.append(m)
+                    self.sources[m.label] = GoneFolder(m.label)
         return mappings
 
     async def _rename(self, old: str, new: MappingConfig) -> bool:

@@ -25,6 +25,8 @@ from packsync.sources.patterns import IGNORE_FILE, Patterns
 
 #: Sidecars (``engine/sidecars.py`` writes them; so do other programs) and packsync's files in the making.
 SIDECAR_SUFFIXES = (".xmp", ".packsync-tmp")
+#: A ``.packsyncignore`` larger than this is refused (50,000 lines would slow every scan).
+MAX_IGNORE_BYTES = 256 * 1024
 #: Small files are read on the event loop: a thread hand-off costs more than the read.
 INLINE_READ_BYTES = 256 * 1024
 
@@ -32,40 +34,69 @@ INLINE_READ_BYTES = 256 * 1024
 @dataclass(frozen=True)
 class Filters:
     """Which items a mapping syncs: gitignore-style ``include`` and ``exclude`` patterns (``patterns.py``),
-    plus the mapped folder's own ``.packsyncignore`` lines once ``reading`` has read them."""
+    plus the mapped folder's own ``.packsyncignore`` lines once ``reading`` has read them.
+
+    Paths are matched as seen from the mapped folder: a subfolder's own mapping (``packs_from =
+    "subfolders"``) has ``base`` ("Acme/") put before its paths, and reads the mapped folder's
+    ``.packsyncignore`` (``ignore_from``).
+    """
 
     include: Sequence[str]
     exclude: Sequence[str]
     max_file_bytes: int
     follow_symlinks: bool = False
     ignore_file: Sequence[str] = ()
+    base: str = ""
+    ignore_from: Path | None = None
     _included: Patterns = field(init=False, repr=False, compare=False)
     _excluded: Patterns = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Frozen, so the compiled patterns are set the way dataclasses set fields.
-        object.__setattr__(self, "_included", Patterns(self.include))
+        object.__setattr__(self, "_included", Patterns(self.include, walked=False))
         object.__setattr__(self, "_excluded", Patterns([*self.exclude, *self.ignore_file]))
 
+    def below(self, folder: str, parent: Path) -> Filters:
+        """These filters for the subfolder ``folder`` of the mapped folder ``parent``."""
+        return replace(self, base=f"{self.base}{folder}/", ignore_from=parent)
+
     def reading(self, root: Path) -> Filters:
-        """These filters with ``root``'s ``.packsyncignore`` (read now: it may have changed since)."""
+        """These filters with the mapped folder's ``.packsyncignore`` (read now: it may have changed).
+
+        A file that is there but cannot be read, or holds a pattern that is not one, fails the scan
+        (``SourceUnavailable``: nothing is deleted): going on without it would sync what it excludes.
+        """
+        path = (self.ignore_from or root) / IGNORE_FILE
         try:
-            lines = (root / IGNORE_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError:
-            lines = []
-        return self if list(self.ignore_file) == lines else replace(self, ignore_file=lines)
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_IGNORE_BYTES + 1)
+        except FileNotFoundError:
+            data = b""
+        except OSError as exc:
+            raise SourceUnavailable(f"{path} cannot be read ({exc.strerror}); nothing synced or deleted "
+                                    "without its patterns") from None
+        if len(data) > MAX_IGNORE_BYTES:
+            raise SourceUnavailable(f"{path} is larger than {MAX_IGNORE_BYTES // 1024} KB")
+        lines = data.decode("utf-8-sig", errors="replace").splitlines()
+        if list(self.ignore_file) == lines:
+            return self
+        try:
+            return replace(self, ignore_file=lines)
+        except ValueError as exc:
+            raise SourceUnavailable(f"{path}: {exc}; nothing synced or deleted until it is fixed") from None
 
     def excluded(self, rel: str, name: str, folder: bool) -> bool:
-        return self._excluded.matches(rel, name, folder)
+        return self._excluded.matches(self.base + rel, name, folder)
 
     def excluded_by(self, rel: str, name: str, folder: bool) -> str | None:
         """The exclude pattern that excludes ``rel`` (for ``run --dry-run -v``)."""
-        return self._excluded.deciding(rel, name, folder)
+        return self._excluded.deciding(self.base + rel, name, folder)
 
     def included(self, rel: str, name: str) -> bool:
         """Whether a file is one the mapping syncs (folders are always walked, unless excluded); never a
         sidecar, or one being written, whatever the patterns say."""
-        return self._included.matches(rel, name, False) and not name.lower().endswith(SIDECAR_SUFFIXES)
+        return self._included.matches(self.base + rel, name, False) and \
+            not name.lower().endswith(SIDECAR_SUFFIXES)
 
     def ignores(self, parts: Sequence[str], folder: bool) -> bool:
         """Whether a path below the mapped folder (its ``parts``) is outside the mapping: excluded itself,
@@ -120,12 +151,13 @@ class GoneFolder:
     """A subfolder packsync synced (as a pack of its own) that is not there any more: an empty source,
     so that its pack is handled as an emptied folder's (a safety stop unless ``--force``)."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, unavailable: str | None = None) -> None:
         self.label = label
         self.name: str | None = None
+        self.unavailable = unavailable  # why its folder cannot be told gone: then it is a missing source
 
     def exists(self) -> bool:
-        return True
+        return self.unavailable is None
 
     async def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
                    on_item: Callable[[int], None] | None = None) -> Scan:

@@ -28,13 +28,16 @@ def _significant(line: str) -> str | None:
     return None if not stripped or stripped.startswith("#") else stripped
 
 
-def _name_only(pattern: str) -> str | None:
+def _name_only(pattern: str, walked: bool) -> str | None:
     """A pattern that names a file or folder at any depth, as a plain glob (a trailing ``/`` kept to say
-    "folders only"); None for a negation or a pattern with a path in it."""
+    "folders only"; only where the caller asks about every folder on a path, ``walked``); None for a
+    negation, a path, an escape or a folder-only pattern the caller cannot see the folders of."""
     if pattern.startswith("!"):
         return None
     body = pattern[1:] if pattern.startswith(("\\#", "\\!")) else pattern
-    return body if "/" not in body.rstrip("/") and not body.startswith("/") else None
+    if "/" in body.rstrip("/") or body.startswith("/") or "\\" in body or (body.endswith("/") and not walked):
+        return None
+    return body.replace("[^", "[!")  # both negate a class in gitignore; fnmatch knows only [!
 
 
 def _names(globs: Sequence[str]) -> Callable[[str], Any]:
@@ -43,13 +46,25 @@ def _names(globs: Sequence[str]) -> Callable[[str], Any]:
     return re.compile("|".join(fnmatch.translate(glob) for glob in globs), re.IGNORECASE | re.DOTALL).match
 
 
+def check(lines: Sequence[str]) -> str | None:
+    """Why ``lines`` are not a pattern list packsync can use (None: they are)."""
+    try:
+        Patterns(lines)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 class Patterns:
     """A list of gitignore patterns, compiled once: ``matches`` says whether the last pattern that
     matches a path includes it (for an exclude list: excludes it); ``deciding`` names that pattern."""
 
-    def __init__(self, lines: Sequence[str]) -> None:
+    def __init__(self, lines: Sequence[str], walked: bool = True) -> None:
+        """``walked``: the caller asks about every folder of a path before its files (an exclude list,
+        pruning the walk); an include list is asked about files only. A pattern that is not one is a
+        ``ValueError`` that names it."""
         self.patterns = [p for p in map(_significant, lines) if p is not None]
-        names = [_name_only(p) for p in self.patterns]
+        names = [_name_only(p, walked) for p in self.patterns]
         self._singles: list[tuple[str, Patterns]] | None = None
         self.simple = all(name is not None for name in names)
         if self.simple:
@@ -59,6 +74,11 @@ class Patterns:
         else:
             import pathspec  # only for lists that need paths or negations (it takes 0.2 s to import)
 
+            for pattern in self.patterns:
+                try:
+                    pathspec.GitIgnoreSpec.from_lines([pattern])
+                except (ValueError, TypeError) as exc:
+                    raise ValueError(f"{pattern!r} is not a pattern ({exc})") from None
             self._spec = pathspec.GitIgnoreSpec.from_lines([p.lower() for p in self.patterns])
 
     def matches(self, rel: str, name: str, folder: bool) -> bool:
