@@ -47,17 +47,27 @@ def _q(namespace: str, name: str) -> str:
 
 
 def render(fields: Fields, existing: bytes | None = None) -> bytes:
-    """A sidecar holding ``fields``: a new packet, or ``existing`` with only packsync's fields replaced."""
+    """A sidecar holding ``fields``: a new packet, or ``existing`` with only packsync's fields replaced.
+
+    The description replaces the ``x-default`` entry (an AI description that is absent or empty leaves
+    whatever is there); the keywords go into whichever list (``rdf:Bag`` or ``rdf:Seq``) and whichever
+    ``rdf:Description`` already holds ``dc:subject``.
+    """
     root, prefixes = _parse(existing) if existing is not None else (_new_root(), {})
-    description = _description(root)
-    ours_before = _forget_ours(root)
-    _set_description(description, fields.description)
-    added = _set_keywords(description, ours_before, fields.keywords)
-    ET.SubElement(description, _q(PACKSYNC, "imageId")).text = fields.image_id
+    ours = _forget_ours(root)
+    text = _clean(fields.description or "")
+    if text:
+        _set_description(_holder(root, "description"), text)
+    holder = _holder(root, "subject")
+    added = _set_keywords(holder, ours.keywords, [k for k in map(_clean, fields.keywords) if k])
+    ET.SubElement(holder, _q(PACKSYNC, "imageId")).text = _clean(fields.image_id)
     if fields.model:
-        ET.SubElement(description, _q(PACKSYNC, "aiModel")).text = fields.model
+        ET.SubElement(holder, _q(PACKSYNC, "aiModel")).text = _clean(fields.model)
+    owned = text or ours.description  # the description packsync wrote before is still packsync's
+    if owned is not None:
+        ET.SubElement(holder, _q(PACKSYNC, "ownDescription")).text = owned
     if added:
-        bag = ET.SubElement(ET.SubElement(description, _q(PACKSYNC, "ownKeywords")), _q(RDF, "Bag"))
+        bag = ET.SubElement(ET.SubElement(holder, _q(PACKSYNC, "ownKeywords")), _q(RDF, "Bag"))
         for keyword in added:
             ET.SubElement(bag, _q(RDF, "li")).text = keyword
     return _serialize(root, prefixes)
@@ -65,14 +75,15 @@ def render(fields: Fields, existing: bytes | None = None) -> bytes:
 
 def without_ours(existing: bytes) -> bytes | None:
     """``existing`` with packsync's fields taken out; None when nothing else is left in it (packsync
-    alone wrote it, so the whole file may go)."""
+    alone wrote it, so the whole file may go). A description someone changed since is theirs: kept."""
     root, prefixes = _parse(existing)
     ours = _forget_ours(root)
-    for description in _rdf(root).findall(_q(RDF, "Description")):
-        _set_description(description, None)
-        _set_keywords(description, ours, ())
     rdf = _rdf(root)
     descriptions = rdf.findall(_q(RDF, "Description"))
+    for description in descriptions:
+        if ours.description is not None and _default_text(description) == ours.description:
+            _set_description(description, None)
+        _set_keywords(description, ours.keywords, ())
     alone = len(rdf) == len(descriptions) and all(map(_empty, descriptions)) and (root is rdf or len(root) == 1)
     return None if alone else _serialize(root, prefixes)
 
@@ -82,12 +93,25 @@ def read_fields(data: bytes) -> tuple[str | None, list[str]]:
     root, _ = _parse(data)
     text, keywords = None, []
     for description in _rdf(root).findall(_q(RDF, "Description")):
-        for li in description.iterfind(f"{_q(DC, 'description')}/{_q(RDF, 'Alt')}/{_q(RDF, 'li')}"):
-            if li.get(_q(XML, "lang")) == "x-default":
-                text = li.text
-        keywords += [li.text or "" for li in description.iterfind(f"{_q(DC, 'subject')}/{_q(RDF, 'Bag')}/"
-                                                                   f"{_q(RDF, 'li')}")]
+        text = _default_text(description) or text
+        subject = description.find(_q(DC, "subject"))
+        keywords += [li.text or "" for li in subject.iter(_q(RDF, "li"))] if subject is not None else []
     return text, keywords
+
+
+#: Characters XML 1.0 cannot hold (control characters, lone surrogates, U+FFFE/U+FFFF): an AI text
+#: with one would make a sidecar no program can read.
+_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _clean(text: str) -> str:
+    return _NOT_XML.sub("", text)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ours:
+    description: str | None
+    keywords: list[str]
 
 
 # -- the tree -------------------------------------------------------------------------------------
@@ -124,30 +148,42 @@ def _rdf(root: ET.Element) -> ET.Element:
     return found
 
 
-def _description(root: ET.Element) -> ET.Element:
-    """The rdf:Description to hold packsync's fields: the one with keywords or a description already,
-    else the first, else a new one."""
+def _holder(root: ET.Element, name: str) -> ET.Element:
+    """The rdf:Description that holds ``dc:<name>`` already, else one with packsync's other field, else
+    the first, else a new one."""
     descriptions = _rdf(root).findall(_q(RDF, "Description"))
-    for description in descriptions:
-        if description.find(_q(DC, "subject")) is not None or description.find(_q(DC, "description")) is not None:
-            return description
+    other = "subject" if name == "description" else "description"
+    for wanted in (name, other):
+        for description in descriptions:
+            if description.find(_q(DC, wanted)) is not None:
+                return description
     if descriptions:
         return descriptions[0]
     return ET.SubElement(_rdf(root), _q(RDF, "Description"), {_q(RDF, "about"): ""})
 
 
-def _forget_ours(root: ET.Element) -> list[str]:
-    """Take packsync's own namespace out of every description; return the keywords it had written."""
-    written: list[str] = []
+def _default_text(description: ET.Element) -> str | None:
+    for li in description.iterfind(f"{_q(DC, 'description')}/{_q(RDF, 'Alt')}/{_q(RDF, 'li')}"):
+        if li.get(_q(XML, "lang")) == "x-default":
+            return li.text or ""
+    return None
+
+
+def _forget_ours(root: ET.Element) -> _Ours:
+    """Take packsync's own namespace out of every description; return what it had written."""
+    keywords: list[str] = []
+    text = None
     for description in _rdf(root).findall(_q(RDF, "Description")):
         for child in list(description):
             if child.tag.startswith(f"{{{PACKSYNC}}}"):
                 if child.tag == _q(PACKSYNC, "ownKeywords"):
-                    written += [li.text or "" for li in child.iter(_q(RDF, "li"))]
+                    keywords += [li.text or "" for li in child.iter(_q(RDF, "li"))]
+                elif child.tag == _q(PACKSYNC, "ownDescription"):
+                    text = child.text or ""
                 description.remove(child)
         for attribute in [a for a in description.attrib if a.startswith(f"{{{PACKSYNC}}}")]:
             del description.attrib[attribute]
-    return written
+    return _Ours(text, keywords)
 
 
 def _set_description(description: ET.Element, text: str | None) -> None:
@@ -173,25 +209,27 @@ def _set_description(description: ET.Element, text: str | None) -> None:
 
 
 def _set_keywords(description: ET.Element, ours_before: Sequence[str], keywords: Sequence[str]) -> list[str]:
-    """Replace the keywords packsync wrote before by ``keywords``, keeping everyone else's; return the
-    ones packsync added now (a keyword someone else had already is theirs, not packsync's)."""
+    """Replace the keywords packsync wrote before by ``keywords``, keeping everyone else's, in whatever
+    list ``dc:subject`` holds (a Bag; digiKam writes a Seq); return the ones packsync added now (a keyword
+    someone else had already is theirs, not packsync's)."""
     subject = description.find(_q(DC, "subject"))
-    bag = subject.find(_q(RDF, "Bag")) if subject is not None else None
-    if bag is not None:
+    items = next((child for child in subject if child.tag in (_q(RDF, "Bag"), _q(RDF, "Seq"))), None) \
+        if subject is not None else None
+    if items is not None:
         stale = set(ours_before)
-        for li in list(bag):
+        for li in list(items):
             if li.tag == _q(RDF, "li") and (li.text or "") in stale:
-                bag.remove(li)
-    present = {li.text or "" for li in bag} if bag is not None else set()
+                items.remove(li)
+    present = {li.text or "" for li in items} if items is not None else set()
     added = [k for k in dict.fromkeys(keywords) if k not in present]
     if added:
         if subject is None:
             subject = ET.SubElement(description, _q(DC, "subject"))
-        if bag is None:
-            bag = ET.SubElement(subject, _q(RDF, "Bag"))
+        if items is None:
+            items = ET.SubElement(subject, _q(RDF, "Bag"))
         for keyword in added:
-            ET.SubElement(bag, _q(RDF, "li")).text = keyword
-    elif subject is not None and (bag is None or len(bag) == 0) and len(subject) <= 1:
+            ET.SubElement(items, _q(RDF, "li")).text = keyword
+    elif subject is not None and (items is None or len(items) == 0) and len(subject) <= 1:
         description.remove(subject)
     return added
 

@@ -128,3 +128,41 @@ def test_the_daemon_applies_a_changed_packsyncignore_at_once(daemon_env: Env, st
 
     wait_until(lambda: len(daemon_env.pack(pack_id)["images"]) == 2, timeout=15, what="the drafts synced")
     assert daemon_env.sandbox.calls.total() > calls
+
+
+# -- what a hostile review found (each failed before its fix) ---------------------------------------
+
+@pytest.mark.parametrize(("include", "exclude", "files", "expected"), [
+    (["Exports/"], [], ["Exports/a.png", "b.png"], {"Exports/a.png"}),  # a folder in an include list
+    (DEFAULT_INCLUDE, ["[^a]*.png"], ["a.png", "b.png"], {"a.png"}),   # [^ negates, as [! does
+    (DEFAULT_INCLUDE, ["star\\*.png"], ["star*.png", "starry.png"], {"starry.png"}),  # an escape
+])
+def test_a_pattern_means_the_same_whatever_else_is_in_its_list(tmp_path: Path, include: list[str],
+                                                               exclude: list[str], files: list[str],
+                                                               expected: set[str]) -> None:
+    assert synced(tmp_path, include, exclude, files) == expected
+
+
+def test_a_bad_pattern_is_a_config_error_naming_the_key(env: Env) -> None:
+    env.map("pics", pack="P", exclude=["x/y", "!"])
+    done = env.cli("run", "--dry-run")
+    assert done.returncode == 2
+    assert "mappings[0].exclude: '!' is not a pattern" in done.stderr
+
+
+@pytest.mark.parametrize("ignore", [b"!\n", None])
+def test_a_packsyncignore_that_cannot_be_used_fails_its_mapping_closed(env: Env, ignore: bytes | None) -> None:
+    folder = env.map("pics", pack="P")
+    other = env.map("other", pack="Q")
+    write(folder / "private" / "a.png", image())
+    write(other / "b.png", image())
+    if ignore is None:
+        (folder / ".packsyncignore").mkdir()  # there, and not readable as a file
+    else:
+        (folder / ".packsyncignore").write_bytes(ignore)
+
+    done = env.cli("run", "--no-wait")
+
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert ".packsyncignore" in done.stdout
+    assert env.pack_named("Q")["images"] and not [p for p in env.sandbox.packs() if p["name"] == "P"]

@@ -211,3 +211,78 @@ def test_without_ours_keeps_a_file_with_anything_else_in_it() -> None:
     rest = without_ours(merged)
     assert rest is not None
     assert read_fields(rest) == (None, ["holiday", "Greece"])
+
+
+# -- what a hostile review found (each failed before its fix) ---------------------------------------
+
+DIGIKAM = b"""<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:description><rdf:Alt>
+<rdf:li xml:lang="x-default">My own caption</rdf:li></rdf:Alt></dc:description></rdf:Description>
+<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:subject><rdf:Seq><rdf:li>Kids</rdf:li>
+</rdf:Seq></dc:subject></rdf:Description></rdf:RDF></x:xmpmeta>"""
+
+
+@needs_exiftool
+def test_keywords_join_the_list_and_block_another_program_keeps_them_in(tmp_path: Path) -> None:
+    sidecar = tmp_path / "a.jpg.xmp"
+    sidecar.write_bytes(render(Fields("i", "AI words", ("sea",), None), DIGIKAM))
+
+    tags = exif(sidecar)
+
+    assert set(as_list(tags["XMP-dc:Subject"])) == {"Kids", "sea"}
+    assert tags["XMP-dc:Description"] == "AI words"
+    assert "Warning" not in json.dumps(tags)
+
+
+def test_no_ai_description_leaves_the_users_caption(tmp_path: Path) -> None:
+    for description in (None, ""):
+        assert read_fields(render(Fields("i", description, ("sea",), None), DIGIKAM))[0] == "My own caption"
+
+
+def test_control_characters_from_the_api_never_make_a_sidecar_unreadable() -> None:
+    data = render(Fields("i\x00", "a\x0bb\x1b", ("bell\x07", "\ud800", "ok"), "m\x01"))
+    assert read_fields(data) == ("ab", ["bell", "ok"])
+    assert read_fields(render(Fields("i", "again", (), None), data))[0] == "again"
+
+
+def test_a_linked_sidecar_is_left_alone_and_a_long_name_is_no_trouble(env: Env) -> None:
+    folder, _pack_id = mapped(env)
+    write(folder / "a.png", image())
+    elsewhere = env.root / "elsewhere.xmp"
+    elsewhere.write_bytes(USER_SIDECAR)
+    (folder / "a.png.xmp").symlink_to(elsewhere)
+    long_name = "x" * 240 + ".png"
+    write(folder / long_name, image())
+
+    report = env.sync(wait=True)
+
+    assert (folder / "a.png.xmp").is_symlink() and elsewhere.read_bytes() == USER_SIDECAR
+    sidecars = report.mappings[0].sidecars
+    assert sidecars and [p.rel_path for p in sidecars.problems] == ["a.png.xmp"]
+    assert (folder / (long_name + ".xmp")).exists()
+
+
+def test_a_stem_two_files_shared_stays_with_the_one_left(env: Env) -> None:
+    folder, _pack_id = mapped(env, sidecar_name="stem")
+    write(folder / "IMG_1.png", image())
+    env.sync(wait=True)
+    write(folder / "IMG_1.jpg", solid_png(9, 9, (1, 2, 3)))
+    env.sync(wait=True)
+    (folder / "IMG_1.jpg").unlink()
+
+    env.sync(wait=True)
+
+    assert (folder / "IMG_1.xmp").exists()
+
+
+def test_a_pass_never_shares_its_temporary_file_with_another(env: Env) -> None:
+    """Each write has a temporary file of its own: another pass's (here, one that cannot be opened
+    at the name every pass used to share) never mixes with it."""
+    folder, _pack_id = mapped(env)
+    write(folder / "a.png", image())
+    (folder / ".a.png.xmp.packsync-tmp").mkdir()
+
+    report = env.sync(wait=True)
+
+    assert report.mappings[0].sidecars and report.mappings[0].sidecars.problems == []
+    assert read_fields((folder / "a.png.xmp").read_bytes())[0]

@@ -149,3 +149,65 @@ def test_the_daemon_makes_a_pack_for_a_new_subfolder(daemon_env: Env, start: Any
     write(root / "Two" / "b.png", image())
 
     wait_until(lambda: packs(daemon_env) == {"One": 1, "Two": 1}, timeout=15, what="the new subfolder's pack")
+
+
+# -- what a hostile review found (each failed before its fix) ---------------------------------------
+
+def test_an_empty_mount_point_is_a_safety_stop_even_with_force(env: Env, brand: Path) -> None:
+    env.sync()
+    for sub in ("Logos", "Backgrounds"):
+        for path in (brand / sub).iterdir():
+            path.unlink()
+        (brand / sub).rmdir()  # every subfolder gone at once: the share is not mounted
+
+    done = env.cli("run", "--no-wait", "--force")
+
+    assert done.returncode == ExitCode.SAFETY, done.stdout + done.stderr
+    assert "holds none of the subfolders packsync synced" in done.stdout
+    assert packs(env) == {"Brand – Logos": 2, "Brand – Backgrounds": 1}
+
+
+def test_a_subfolder_named_in_bad_utf8_is_reported_and_the_others_sync(env: Env, brand: Path) -> None:
+    import os
+
+    os.mkdir(os.fsencode(brand) + b"/Caf\xe9")
+    write(Path(os.fsdecode(os.fsencode(brand) + b"/Caf\xe9")) / "x.png", image())
+
+    done = env.cli("run", "--no-wait")
+
+    assert done.returncode == 0, done.stderr
+    assert "Caf\\xe9: its name is not valid UTF-8; rename it" in done.stdout
+    assert packs(env) == {"Brand – Logos": 2, "Brand – Backgrounds": 1}
+    assert env.cli("status", token=None).returncode == 0
+
+
+def test_the_mapped_folders_packsyncignore_reaches_into_subfolders(env: Env, brand: Path) -> None:
+    write(brand / "Logos" / "raw" / "r.png", image())
+    (brand / ".packsyncignore").write_text("\ufeffraw/\n", encoding="utf-8")  # as Notepad saves it
+
+    env.sync()
+
+    assert packs(env) == {"Brand – Logos": 2, "Brand – Backgrounds": 1}
+
+
+def test_excluding_a_synced_subfolder_is_removing_it(env: Env, brand: Path) -> None:
+    env.sync()
+    (brand / ".packsyncignore").write_text("Backgrounds/\n", encoding="utf-8")
+    write(brand / "Backgrounds" / "new.png", image())
+
+    done = env.cli("run", "--no-wait")
+
+    assert done.returncode == ExitCode.SAFETY, done.stdout
+    assert packs(env) == {"Brand – Logos": 2, "Brand – Backgrounds": 1}, "nothing uploaded from it"
+
+
+def test_a_subfolder_seen_gone_is_still_known_when_it_comes_back_renamed(env: Env, brand: Path) -> None:
+    env.sync()
+    (brand / "Logos").rename(env.root / "away")
+    assert env.cli("run", "--no-wait").returncode == ExitCode.SAFETY
+    (env.root / "away").rename(brand / "Marks")
+    env.sandbox.reset_calls()
+
+    assert env.sync().exit_code == ExitCode.OK
+    assert packs(env) == {"Brand – Marks": 2, "Brand – Backgrounds": 1}
+    assert mutations(env) == {}

@@ -12,9 +12,12 @@ What to do is decided on the event loop against the state; the file work runs in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,7 +97,7 @@ class _Work:
             holders[path] = rel
             self._write(rel, fields)
         for rel in self.recorded.keys() - self.wanted.keys():
-            self._remove(rel)
+            self._remove(rel, holders)
 
     def _write(self, rel: str, fields: Fields) -> None:
         path = sidecar_path(self.root / rel, self.naming)
@@ -109,6 +112,9 @@ class _Work:
         record = self.recorded.get(rel)
         if record and st and (record.digest, record.size, record.mtime_ns) == (said, st.st_size, st.st_mtime_ns):
             return  # as packsync left it, and nothing new to say
+        if st and not stat.S_ISREG(os.lstat(path).st_mode):
+            self._problem(path, "left alone: a link or not a file")
+            return
         try:
             existing = _read(path, st)
             data = render(fields, existing)
@@ -124,15 +130,18 @@ class _Work:
             return
         self.written[rel] = SidecarRecord(said, st.st_size, st.st_mtime_ns)
 
-    def _remove(self, rel: str) -> None:
+    def _remove(self, rel: str, holders: dict[Path, str]) -> None:
         """The file has no completed metadata now: if the file itself is gone, so goes its sidecar (if
-        packsync alone wrote it; one with someone else's fields is left as it is)."""
+        packsync alone wrote it, and no other file's sidecar has its name; one with someone else's
+        fields, or a link, is left as it is)."""
         if os.path.lexists(self.root / rel):
             return  # still there (its content changed, say): the sidecar is brought up to date later
         self.forgotten.append(rel)
         path = sidecar_path(self.root / rel, self.naming)
+        if path in holders:
+            return
         try:
-            if without_ours(_read(path, path.stat()) or b"") is None:
+            if stat.S_ISREG(os.lstat(path).st_mode) and without_ours(_read(path, path.stat()) or b"") is None:
                 path.unlink()
                 self.report.removed += 1
         except FileNotFoundError:
@@ -153,12 +162,14 @@ def _read(path: Path, st: os.stat_result | None) -> bytes | None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.packsync-tmp")
+    """A temporary file of a unique, short name beside ``path``, fsync'ed, renamed over it."""
+    fd, temp = tempfile.mkstemp(prefix=".packsync-", suffix=".packsync-tmp", dir=path.parent)
     try:
-        with open(temp, "wb") as handle:
+        with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
     finally:
-        temp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)

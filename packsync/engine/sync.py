@@ -136,6 +136,7 @@ class Syncer:
         self.api = api
         self.source_for = source_for
         self.sources: dict[str, Source] = {}
+        self.sidecar_pass = asyncio.Lock()  # one pass at a time: a sync's and the metadata poller's
         self.packs = packs
         self.metadata = metadata
         self.progress = progress or Progress(enabled=False)
@@ -187,7 +188,8 @@ class Syncer:
                                                                Backoff(options.poll_start_s, options.poll_cap_s))
         for report in reports:
             if report.config.sidecars == "xmp" and report.config.path is not None and not report.error:
-                report.sidecars = await write_sidecars(report.config, self.store)
+                async with self.sidecar_pass:
+                    report.sidecars = await write_sidecars(report.config, self.store)
             self._remember(report)
         return result
 
@@ -195,7 +197,8 @@ class Syncer:
         """Every folder mapping's sidecars, brought up to date (the daemon, once new metadata is in)."""
         for mapping in concrete(self.config, self.store):
             if mapping.sidecars == "xmp" and mapping.path is not None:
-                report = await write_sidecars(mapping, self.store)
+                async with self.sidecar_pass:
+                    report = await write_sidecars(mapping, self.store)
                 for problem in report.problems:
                     self.log.warning(problem.reason, path=str(mapping.folder / problem.rel_path))
 
