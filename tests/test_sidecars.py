@@ -286,3 +286,19 @@ def test_a_pass_never_shares_its_temporary_file_with_another(env: Env) -> None:
 
     assert report.mappings[0].sidecars and report.mappings[0].sidecars.problems == []
     assert read_fields((folder / "a.png.xmp").read_bytes())[0]
+
+
+def test_pull_delete_takes_the_sidecars_it_wrote_along(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("Brand")
+    image_id = env.sandbox.add_uploaded(pack_id, solid_png(20, 10, (20, 150, 50)), "leaf.png")
+    wait_until(lambda: env.pack(pack_id)["images"][0]["metadata"]["status"] == "completed", timeout=10)
+    target = env.root / "pulled"
+    env.write_config()
+    assert env.cli("pull", f"genviral:{pack_id}", str(target), "--sidecars", "xmp").returncode == 0
+    assert len(list(target.glob("*.xmp"))) == 1
+    env.sandbox.remove_image(pack_id, image_id)
+
+    done = env.cli("pull", f"genviral:{pack_id}", str(target), "--delete", "--sidecars", "xmp")
+
+    assert done.returncode == 0, done.stderr
+    assert [p for p in target.iterdir() if not p.name.startswith(".")] == []

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from packsync.engine.sidecars import SidecarReport, write_beside
+from packsync.engine.sidecars import SidecarReport, remove_if_ours, sidecar_path, write_beside
 from packsync.errors import NotFound, PermanentError, SourceUnavailable, TransientError
 from packsync.logs import get_logger, untrusted
 from packsync.model import PackSummary, RemoteImage, RemotePack, UrlContent
@@ -271,6 +271,7 @@ class Puller:
             deleted = _unchanged(path, record.sha256)
             if deleted:
                 path.unlink()
+                remove_if_ours(sidecar_path(path, "full"))  # pulled with --sidecars xmp
         except OSError as exc:
             self.log.warning("cannot delete a pulled file", path=str(path), error=exc.strerror)
             return False

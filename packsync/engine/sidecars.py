@@ -138,19 +138,23 @@ class _Work:
             return  # still there (its content changed, say): the sidecar is brought up to date later
         self.forgotten.append(rel)
         path = sidecar_path(self.root / rel, self.naming)
-        if path in holders:
-            return
-        try:
-            if stat.S_ISREG(os.lstat(path).st_mode) and without_ours(_read(path, path.stat()) or b"") is None:
-                path.unlink()
-                self.report.removed += 1
-        except FileNotFoundError:
-            pass
-        except (XmpError, OSError):
-            pass  # not packsync's alone, or not readable now: left as it is
+        if path not in holders and remove_if_ours(path):
+            self.report.removed += 1
 
     def _problem(self, path: Path, reason: str) -> None:
         self.report.problems.append(Problem(str(path.relative_to(self.root)), f"sidecar {reason}"))
+
+
+def remove_if_ours(path: Path) -> bool:
+    """Delete the sidecar at ``path`` if packsync alone wrote it (one with someone else's fields, a link,
+    or one that cannot be read now is left as it is); True when it was deleted."""
+    try:
+        if stat.S_ISREG(os.lstat(path).st_mode) and without_ours(_read(path, path.stat()) or b"") is None:
+            path.unlink()
+            return True
+    except (XmpError, OSError):
+        pass
+    return False
 
 
 def _read(path: Path, st: os.stat_result | None) -> bytes | None:
