@@ -11,6 +11,8 @@ from conftest import Env, image, write
 
 #: The libraries too heavy for a command that does not talk to the API or watch folders.
 HEAVY = ("httpx", "httpcore", "anyio", "sqlalchemy", "sqlmodel", "pydantic", "watchdog")
+#: What only serving the page needs.
+WEB = ("aiohttp", "jinja2", "prometheus_client")
 
 PROBE = """
 import json, runpy, sys
@@ -31,10 +33,11 @@ def imported(*args: str) -> set[str]:
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["run", "--help"], ["pull", "--help"],
-                                  ["daemon", "--help"], ["status", "--help"], ["astria", "packs", "--help"]],
+                                  ["daemon", "--help"], ["status", "--help"], ["astria", "packs", "--help"],
+                                  ["ui", "--help"]],
                          ids=" ".join)
 def test_help_and_version_import_no_heavy_library(args: list[str]) -> None:
-    assert imported(*args) & set(HEAVY) == set()
+    assert imported(*args) & {*HEAVY, *WEB} == set()
 
 
 def test_status_imports_neither_the_http_client_nor_the_watcher(env: Env) -> None:
@@ -45,4 +48,12 @@ def test_status_imports_neither_the_http_client_nor_the_watcher(env: Env) -> Non
     modules = imported("-c", str(env.config_path), "status", "--files")
 
     assert "sqlite3" in modules, "the probe ran the real status command"
-    assert modules & {"httpx", "httpcore", "anyio", "watchdog"} == set()
+    assert modules & {"httpx", "httpcore", "anyio", "watchdog", *WEB} == set()
+
+
+def test_run_pays_nothing_for_the_page(env: Env) -> None:
+    write(env.map("brand", pack_id=env.sandbox.create_pack("p")) / "a.png", image())
+    env.write_config()
+    modules = imported("-c", str(env.config_path), "run", "--dry-run")
+    assert "httpx" in modules, "the probe ran the real run command"
+    assert modules & set(WEB) == set()

@@ -161,6 +161,15 @@ def test_actions_need_the_csrf_token_and_this_origin(served: tuple[Env, DaemonPr
     assert httpx.post(base + "actions/retry", data={"csrf": token}).status_code == 303
 
 
+def test_no_page_header_or_metric_holds_the_token(served: tuple[Env, DaemonProcess, str, str]) -> None:
+    _env, daemon, base, _pack_id = served
+    for path in ("", "view", "view?q=photo", "healthz", "metrics", "static/app.js"):
+        answer = httpx.get(base + path)
+        assert answer.status_code == 200, path
+        assert TOKEN not in answer.text and TOKEN not in str(answer.headers), path
+    assert TOKEN not in daemon.output()
+
+
 def test_a_foreign_host_is_refused(served: tuple[Env, DaemonProcess, str, str]) -> None:
     _env, _daemon, base, _pack_id = served
     for path in ("", "healthz", "metrics"):
