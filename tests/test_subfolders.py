@@ -211,3 +211,25 @@ def test_a_subfolder_seen_gone_is_still_known_when_it_comes_back_renamed(env: En
     assert env.sync().exit_code == ExitCode.OK
     assert packs(env) == {"Brand – Marks": 2, "Brand – Backgrounds": 1}
     assert mutations(env) == {}
+
+
+def test_a_subfolder_whose_pack_another_mapping_syncs_into_is_skipped(env: Env, brand: Path) -> None:
+    env.map("shared", pack="Brand – Logos")
+    write(env.root / "shared" / "s.png", image())
+
+    done = env.cli("run", "--no-wait")
+
+    assert "Logos: its pack would be 'Brand – Logos', which another mapping syncs into" in done.stdout
+    assert packs(env) == {"Brand – Logos": 1, "Brand – Backgrounds": 1}
+
+
+def test_a_linked_subfolder_is_a_notice(env: Env, brand: Path) -> None:
+    (env.root / "elsewhere").mkdir()
+    write(env.root / "elsewhere" / "e.png", image())
+    (brand / "Linked").symlink_to(env.root / "elsewhere")
+
+    done = env.cli("run", "--no-wait")
+
+    assert done.returncode == 0, done.stdout
+    assert "Linked: symbolic link to a folder, not followed" in done.stdout
+    assert "Brand – Linked" not in packs(env)

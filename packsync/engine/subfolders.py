@@ -76,7 +76,10 @@ def subfolders(mapping: MappingConfig) -> tuple[list[Path], list[Problem]]:
                     shown = entry.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
                     skipped.append(Problem(shown, "its name is not valid UTF-8; rename it"))
                     continue
-                if is_dir:
+                if entry.is_symlink() and entry.is_dir():
+                    skipped.append(Problem(entry.name, "symbolic link to a folder, not followed: a pack per "
+                                                       "subfolder takes real folders only", notice=True))
+                elif is_dir:
                     folders.append(Path(entry.path))
                 elif entry.is_file(follow_symlinks=False) and filters.included(entry.name, entry.name):
                     skipped.append(Problem(entry.name, LOOSE))

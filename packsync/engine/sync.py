@@ -101,7 +101,8 @@ class MappingReport:
     @property
     def failed(self) -> bool:
         waiting = bool(self.plan and self.plan.waiting)
-        return bool(self.last_error or waiting or any(not p.notice for p in self.problems))
+        sidecars = bool(self.sidecars and self.sidecars.problems)
+        return bool(self.last_error or waiting or sidecars or any(not p.notice for p in self.problems))
 
 
 @dataclass(slots=True)
@@ -345,6 +346,7 @@ class Syncer:
         vanished at once (an empty mount point?), makes each one a missing source: a safety stop that
         ``--force`` does not lift."""
         mappings: list[MappingConfig] = []
+        taken = {m.pack for m in self.config.mappings if m.pack is not None}  # pack names mappings use
         for index, mapping in enumerate(self.config.mappings):
             if mapping.packs_from != "subfolders":
                 mappings.append(mapping)
@@ -355,7 +357,15 @@ class Syncer:
                 folders, result.loose[mapping.label] = subfolders(mapping)
             except SourceUnavailable as exc:
                 folders, missing = [], str(exc)
-            present = [derived(mapping, path) for path in folders]
+            present = []
+            for path in folders:
+                one = derived(mapping, path)
+                if one.pack in taken:  # two mappings into one pack: refused, as in the config
+                    result.loose[mapping.label].append(Problem(path.name, f"its pack would be {one.pack!r}, "
+                                                                          "which another mapping syncs into"))
+                    continue
+                taken.add(one.pack or "")
+                present.append(one)
             old = gone(mapping, self.store, {m.label for m in present})
             if missing is not None and not old:
                 raise ConfigError(f"mappings[{index}].path: {missing}.")
