@@ -45,16 +45,38 @@ def concrete(config: Config, store: Store) -> list[MappingConfig]:
     """Every mapping as it is synced: a ``packs_from = "subfolders"`` one as one per subfolder (the
     existing ones, then those synced before and gone), the others as they are."""
     mappings: list[MappingConfig] = []
+    taken = packs_named(config)
     for mapping in config.mappings:
         if mapping.packs_from != "subfolders":
             mappings.append(mapping)
             continue
         try:
-            present = [derived(mapping, path) for path in subfolders(mapping)[0]]
+            present = listed(mapping, taken)[0]
         except SourceUnavailable:
             present = []
         mappings += present + gone(mapping, store, {m.label for m in present})
     return mappings
+
+
+def packs_named(config: Config) -> set[str]:
+    """The pack names the config's mappings use: a subfolder's pack may not be one of them."""
+    return {m.pack for m in config.mappings if m.pack is not None}
+
+
+def listed(mapping: MappingConfig, taken: set[str]) -> tuple[list[MappingConfig], list[Problem]]:
+    """The mappings of the subfolders there now, and what is skipped (also a subfolder whose pack name
+    another mapping uses: two mappings into one pack are refused, as in the config). The names given
+    out are added to ``taken``. ``SourceUnavailable`` when the folder cannot be listed."""
+    folders, skipped = subfolders(mapping)
+    present = []
+    for path in folders:
+        one = derived(mapping, path)
+        if one.pack in taken:
+            skipped.append(Problem(path.name, f"its pack would be {one.pack!r}, which another mapping syncs into"))
+            continue
+        taken.add(one.pack or "")
+        present.append(one)
+    return present, skipped
 
 
 def subfolders(mapping: MappingConfig) -> tuple[list[Path], list[Problem]]:

@@ -21,7 +21,16 @@ from packsync.engine.metadata import POLL_BACKOFF, MetadataPoller
 from packsync.engine.packs import PackResolver, recorded_pack_id
 from packsync.engine.planner import MappingInput, MappingOptions, MappingPlan, Plan, plan_mapping, plan_uploads
 from packsync.engine.sidecars import SidecarReport, write_sidecars
-from packsync.engine.subfolders import concrete, derived, filters_below, gone, parent_of, renamed, subfolders
+from packsync.engine.subfolders import (
+    concrete,
+    derived,
+    filters_below,
+    gone,
+    listed,
+    packs_named,
+    parent_of,
+    renamed,
+)
 from packsync.errors import (
     ApiError,
     AuthError,
@@ -346,26 +355,18 @@ class Syncer:
         vanished at once (an empty mount point?), makes each one a missing source: a safety stop that
         ``--force`` does not lift."""
         mappings: list[MappingConfig] = []
-        taken = {m.pack for m in self.config.mappings if m.pack is not None}  # pack names mappings use
+        taken = packs_named(self.config)
         for index, mapping in enumerate(self.config.mappings):
             if mapping.packs_from != "subfolders":
                 mappings.append(mapping)
                 self.sources.setdefault(mapping.label, self.source_for(mapping))
                 continue
             missing: str | None = None
+            present: list[MappingConfig] = []
             try:
-                folders, result.loose[mapping.label] = subfolders(mapping)
+                present, result.loose[mapping.label] = listed(mapping, taken)
             except SourceUnavailable as exc:
-                folders, missing = [], str(exc)
-            present = []
-            for path in folders:
-                one = derived(mapping, path)
-                if one.pack in taken:  # two mappings into one pack: refused, as in the config
-                    result.loose[mapping.label].append(Problem(path.name, f"its pack would be {one.pack!r}, "
-                                                                          "which another mapping syncs into"))
-                    continue
-                taken.add(one.pack or "")
-                present.append(one)
+                missing = str(exc)
             old = gone(mapping, self.store, {m.label for m in present})
             if missing is not None and not old:
                 raise ConfigError(f"mappings[{index}].path: {missing}.")
