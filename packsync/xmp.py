@@ -49,15 +49,17 @@ def _q(namespace: str, name: str) -> str:
 def render(fields: Fields, existing: bytes | None = None) -> bytes:
     """A sidecar holding ``fields``: a new packet, or ``existing`` with only packsync's fields replaced.
 
-    The description replaces the ``x-default`` entry (an AI description that is absent or empty leaves
-    whatever is there); the keywords go into whichever list (``rdf:Bag`` or ``rdf:Seq``) and whichever
-    ``rdf:Description`` already holds ``dc:subject``.
+    The description becomes the ``x-default`` entry where there is none, or where it is still the one
+    packsync wrote: a caption someone wrote (before or since) is theirs and stays. The keywords go into
+    whichever list (``rdf:Bag`` or ``rdf:Seq``) and whichever ``rdf:Description`` holds ``dc:subject``.
     """
     root, prefixes = _parse(existing) if existing is not None else (_new_root(), {})
     ours = _forget_ours(root)
-    text = _clean(fields.description or "")
+    holder = _holder(root, "description")
+    current = _default_text(holder)
+    text = _clean(fields.description or "") if current is None or current == ours.description else ""
     if text:
-        _set_description(_holder(root, "description"), text)
+        _set_description(holder, text)
     holder = _holder(root, "subject")
     added = _set_keywords(holder, ours.keywords, [k for k in map(_clean, fields.keywords) if k])
     ET.SubElement(holder, _q(PACKSYNC, "imageId")).text = _clean(fields.image_id)

@@ -230,13 +230,17 @@ def test_keywords_join_the_list_and_block_another_program_keeps_them_in(tmp_path
     tags = exif(sidecar)
 
     assert set(as_list(tags["XMP-dc:Subject"])) == {"Kids", "sea"}
-    assert tags["XMP-dc:Description"] == "AI words"
+    assert tags["XMP-dc:Description"] == "My own caption", "a caption someone wrote is theirs"
     assert "Warning" not in json.dumps(tags)
 
 
-def test_no_ai_description_leaves_the_users_caption(tmp_path: Path) -> None:
-    for description in (None, ""):
+def test_the_users_caption_stays_whatever_the_ai_says(tmp_path: Path) -> None:
+    for description in (None, "", "AI words"):
         assert read_fields(render(Fields("i", description, ("sea",), None), DIGIKAM))[0] == "My own caption"
+    ours = render(Fields("i", "AI words", (), None))
+    assert read_fields(render(Fields("i", "better AI words", (), None), ours))[0] == "better AI words"
+    edited = ours.replace(b">AI words<", b">my edit<", 1)  # the x-default entry, edited by its owner
+    assert read_fields(render(Fields("i", "better AI words", (), None), edited))[0] == "my edit"
 
 
 def test_control_characters_from_the_api_never_make_a_sidecar_unreadable() -> None:
@@ -302,3 +306,33 @@ def test_pull_delete_takes_the_sidecars_it_wrote_along(env: Env) -> None:
 
     assert done.returncode == 0, done.stderr
     assert [p for p in target.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_a_sidecar_is_as_readable_as_any_file_and_keeps_its_mode(env: Env) -> None:
+    import os
+    import stat as st
+
+    folder, _pack_id = mapped(env)
+    write(folder / "a.png", image())
+    write(folder / "b.png", image())
+    (folder / "b.png.xmp").write_bytes(USER_SIDECAR)
+    (folder / "b.png.xmp").chmod(0o640)
+    umask = os.umask(0o022)
+    os.umask(umask)
+
+    env.sync(wait=True)
+
+    assert st.S_IMODE((folder / "a.png.xmp").stat().st_mode) == 0o666 & ~umask
+    assert st.S_IMODE((folder / "b.png.xmp").stat().st_mode) == 0o640
+
+
+def test_a_sidecar_left_alone_on_purpose_fails_no_run(env: Env) -> None:
+    folder, _pack_id = mapped(env)
+    write(folder / "a.png", image())
+    (env.root / "elsewhere.xmp").write_bytes(USER_SIDECAR)
+    (folder / "a.png.xmp").symlink_to(env.root / "elsewhere.xmp")
+
+    done = env.cli("run")
+
+    assert done.returncode == 0, done.stdout
+    assert "a.png.xmp: sidecar left alone: a link or not a file" in done.stdout

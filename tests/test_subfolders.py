@@ -233,3 +233,48 @@ def test_a_linked_subfolder_is_a_notice(env: Env, brand: Path) -> None:
     assert done.returncode == 0, done.stdout
     assert "Linked: symbolic link to a folder, not followed" in done.stdout
     assert "Brand – Linked" not in packs(env)
+
+
+# -- what a review of the whole change found (each failed before its fix) ----------------------------
+
+def test_a_subfolder_skipped_for_its_pack_name_is_never_taken_as_removed(env: Env, brand: Path) -> None:
+    env.sync()
+    env.map("shared", pack="Brand – Logos")  # now another mapping claims the subfolder's pack
+
+    done = env.cli("run", "--no-wait", "--force")
+
+    assert "which another mapping syncs into" in done.stdout
+    assert packs(env)["Brand – Logos"] == 2, "its images stay: the files are still there"
+
+
+def test_no_sidecar_is_written_for_an_excluded_subfolder(env: Env) -> None:
+    root = env.map("brand", packs_from="subfolders", sidecars="xmp")
+    write(root / "A" / "a.png", image())
+    write(root / "B" / "b.png", image())
+    env.sync(wait=True)
+    assert (root / "B" / "b.png.xmp").exists()
+    (root / ".packsyncignore").write_text("B/\n", encoding="utf-8")
+    (root / "B" / "b.png.xmp").unlink()
+
+    env.cli("run", "--no-wait")
+
+    assert not (root / "B" / "b.png.xmp").exists()
+
+
+def test_a_thumbnail_address_holds_while_subfolders_come_and_go(daemon_env: Env, start: Any) -> None:
+    import re
+
+    import httpx
+    from test_web import page_url
+
+    root = daemon_env.map("brand", packs_from="subfolders")
+    write(root / "B" / "b.png", image())
+    base = page_url(start())
+    (src,) = re.findall(r'src="(/thumb/[0-9a-f]{16}/[0-9a-f]{64})"', httpx.get(base).text)
+    write(root / "A" / "a.png", image())  # sorts first: every position after it moves
+
+    from helpers import wait_until
+
+    wait_until(lambda: packs(daemon_env).get("A") == 1, timeout=15)
+    answer = httpx.get(base + src.lstrip("/"))
+    assert answer.status_code == 200 and answer.content == (root / "B" / "b.png").read_bytes()

@@ -145,16 +145,19 @@ def test_metrics_parse_and_move_when_a_file_is_dropped(served: tuple[Env, Daemon
 def test_actions_need_the_csrf_token_and_this_origin(served: tuple[Env, DaemonProcess, str, str]) -> None:
     env, _daemon, base, pack_id = served
     reads = lambda: env.sandbox.calls[("GET", "/packs/{id}")]  # noqa: E731
-    token = csrf_of(httpx.get(base).text)
+    html = httpx.get(base).text
+    token = csrf_of(html)
+    key = re.search(r'name="mapping" value="([0-9a-f]{16})"', html)
+    assert key, "each mapping's button names it"
     before = reads()
 
-    assert httpx.post(base + "actions/sync", data={"mapping": "0"}).status_code == 403
-    assert httpx.post(base + "actions/sync", data={"mapping": "0", "csrf": "forged"}).status_code == 403
-    assert httpx.post(base + "actions/sync", data={"mapping": "0", "csrf": token},
+    assert httpx.post(base + "actions/sync", data={"mapping": key.group(1)}).status_code == 403
+    assert httpx.post(base + "actions/sync", data={"mapping": key.group(1), "csrf": "forged"}).status_code == 403
+    assert httpx.post(base + "actions/sync", data={"mapping": key.group(1), "csrf": token},
                       headers={"Origin": "http://evil.example"}).status_code == 403
     assert reads() == before, "a refused action syncs nothing"
 
-    answer = httpx.post(base + "actions/sync", data={"mapping": "0", "csrf": token})
+    answer = httpx.post(base + "actions/sync", data={"mapping": key.group(1), "csrf": token})
     assert answer.status_code == 303 and answer.headers["location"] == "/"
     wait_until(lambda: reads() > before, timeout=10, what="the sync the button asked for")
 
@@ -182,13 +185,15 @@ def test_a_foreign_host_is_refused(served: tuple[Env, DaemonProcess, str, str]) 
 def test_thumbnails_only_for_files_the_state_knows(served: tuple[Env, DaemonProcess, str, str]) -> None:
     env, _daemon, base, _pack_id = served
     html = httpx.get(base).text
-    thumbs = re.findall(r'src="(/thumb/\d+/[0-9a-f]{64})"', html)
+    thumbs = re.findall(r'src="(/thumb/[0-9a-f]{16}/[0-9a-f]{64})"', html)
     assert len(thumbs) == 3
     served_bytes = {httpx.get(base + t.lstrip("/")).content for t in thumbs}
     assert served_bytes == {p.read_bytes() for p in (env.root / "pics").iterdir()}
 
-    for path in ("thumb/0/" + "0" * 64, "thumb/9/" + thumbs[0][-64:], "thumb/0/..%2F..%2Fconfig.toml",
-                 "thumb/0/../../config.toml", "thumb/-1/" + thumbs[0][-64:], "static/..%2F..%2Fconfig.py"):
+    known = thumbs[0].split("/")[2]
+    for path in (f"thumb/{known}/" + "0" * 64, "thumb/" + "0" * 16 + "/" + thumbs[0][-64:],
+                 f"thumb/{known}/..%2F..%2Fconfig.toml", f"thumb/{known}/../../config.toml",
+                 "thumb/-1/" + thumbs[0][-64:], "static/..%2F..%2Fconfig.py"):
         assert httpx.get(base + path).status_code == 404, path
 
 
@@ -289,7 +294,7 @@ def test_a_thumbnail_is_served_as_the_image_its_bytes_are_never_as_its_name_says
     write(folder / "page.html", gif)
     (folder / "page.html.gz").write_bytes(b"not an image, never checked by packsync")
     base = page_url(start())
-    (src,) = re.findall(r'src="(/thumb/\d+/[0-9a-f]{64})"', httpx.get(base).text)
+    (src,) = re.findall(r'src="(/thumb/[0-9a-f]{16}/[0-9a-f]{64})"', httpx.get(base).text)
 
     answer = httpx.get(base + src.lstrip("/"), headers={"Accept-Encoding": "gzip"})
 
@@ -301,7 +306,7 @@ def test_a_thumbnail_is_served_as_the_image_its_bytes_are_never_as_its_name_says
 
 def test_a_file_swapped_for_a_link_is_not_followed(served: tuple[Env, DaemonProcess, str, str]) -> None:
     env, _daemon, base, _pack_id = served
-    (src, *_rest) = re.findall(r'src="(/thumb/\d+/[0-9a-f]{64})"', httpx.get(base).text)
+    (src, *_rest) = re.findall(r'src="(/thumb/[0-9a-f]{16}/[0-9a-f]{64})"', httpx.get(base).text)
     secret = env.root / "secret.txt"
     secret.write_bytes(b"\x89PNG\r\n\x1a\n the key")
     for path in (env.root / "pics").iterdir():

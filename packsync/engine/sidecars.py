@@ -16,8 +16,8 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,7 +92,7 @@ class _Work:
         for rel, fields in sorted(self.wanted.items()):
             path = sidecar_path(self.root / rel, self.naming)
             if path in holders:  # IMG_1.jpg and IMG_1.png with sidecar_name = "stem"
-                self._problem(path, f"not written for {rel}: it belongs to {holders[path]}")
+                self._problem(path, f"not written for {rel}: it belongs to {holders[path]}", notice=True)
                 continue
             holders[path] = rel
             self._write(rel, fields)
@@ -103,7 +103,7 @@ class _Work:
         path = sidecar_path(self.root / rel, self.naming)
         said = digest(fields)
         try:
-            st: os.stat_result | None = path.stat()
+            st: os.stat_result | None = os.lstat(path)
         except FileNotFoundError:
             st = None
         except OSError as exc:
@@ -112,14 +112,15 @@ class _Work:
         record = self.recorded.get(rel)
         if record and st and (record.digest, record.size, record.mtime_ns) == (said, st.st_size, st.st_mtime_ns):
             return  # as packsync left it, and nothing new to say
-        if st and not stat.S_ISREG(os.lstat(path).st_mode):
-            self._problem(path, "left alone: a link or not a file")
+        if st and not stat.S_ISREG(st.st_mode):
+            self._problem(path, "left alone: a link or not a file", notice=True)
             return
         try:
             existing = _read(path, st)
             data = render(fields, existing)
             if data != existing:
-                _atomic_write(path, data)
+                if not _atomic_write(path, data, st):
+                    return  # someone else wrote it meanwhile: merged next time, never overwritten now
                 self.report.written += 1
             st = path.stat()
         except XmpError as exc:
@@ -141,20 +142,34 @@ class _Work:
         if path not in holders and remove_if_ours(path):
             self.report.removed += 1
 
-    def _problem(self, path: Path, reason: str) -> None:
-        self.report.problems.append(Problem(str(path.relative_to(self.root)), f"sidecar {reason}"))
+    def _problem(self, path: Path, reason: str, *, notice: bool = False) -> None:
+        self.report.problems.append(Problem(str(path.relative_to(self.root)), f"sidecar {reason}", notice))
 
 
 def remove_if_ours(path: Path) -> bool:
     """Delete the sidecar at ``path`` if packsync alone wrote it (one with someone else's fields, a link,
-    or one that cannot be read now is left as it is); True when it was deleted."""
+    one that cannot be read now, or one written again while it was being read, is left as it is); True
+    when it was deleted."""
     try:
-        if stat.S_ISREG(os.lstat(path).st_mode) and without_ours(_read(path, path.stat()) or b"") is None:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode) and without_ours(_read(path, st) or b"") is None \
+                and _identity(path) == _identity_of(st):
             path.unlink()
             return True
     except (XmpError, OSError):
         pass
     return False
+
+
+def _identity_of(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        return _identity_of(os.lstat(path))
+    except FileNotFoundError:
+        return None
 
 
 def _read(path: Path, st: os.stat_result | None) -> bytes | None:
@@ -165,15 +180,23 @@ def _read(path: Path, st: os.stat_result | None) -> bytes | None:
     return path.read_bytes()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """A temporary file of a unique, short name beside ``path``, fsync'ed, renamed over it."""
-    fd, temp = tempfile.mkstemp(prefix=".packsync-", suffix=".packsync-tmp", dir=path.parent)
+def _atomic_write(path: Path, data: bytes, read: os.stat_result | None) -> bool:
+    """A temporary file of a unique, short name beside ``path``, fsync'ed, renamed over it, with the
+    mode the file had (a new one: as the umask allows, like any file a program makes). False, and
+    nothing changed, when ``path`` is no longer the file that was read (``read``; None: none was)."""
+    temp = path.with_name(f".packsync-{secrets.token_hex(6)}.packsync-tmp")
     try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        if read is not None:
+            os.fchmod(fd, stat.S_IMODE(read.st_mode))
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if _identity(path) != (_identity_of(read) if read else None):
+            return False
         os.replace(temp, path)
+        return True
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)

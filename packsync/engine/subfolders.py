@@ -51,10 +51,10 @@ def concrete(config: Config, store: Store) -> list[MappingConfig]:
             mappings.append(mapping)
             continue
         try:
-            present = listed(mapping, taken)[0]
+            present, _skipped, there = listed(mapping, taken)
         except SourceUnavailable:
-            present = []
-        mappings += present + gone(mapping, store, {m.label for m in present})
+            present, there = [], set()
+        mappings += present + gone(mapping, store, there)
     return mappings
 
 
@@ -63,10 +63,11 @@ def packs_named(config: Config) -> set[str]:
     return {m.pack for m in config.mappings if m.pack is not None}
 
 
-def listed(mapping: MappingConfig, taken: set[str]) -> tuple[list[MappingConfig], list[Problem]]:
-    """The mappings of the subfolders there now, and what is skipped (also a subfolder whose pack name
-    another mapping uses: two mappings into one pack are refused, as in the config). The names given
-    out are added to ``taken``. ``SourceUnavailable`` when the folder cannot be listed."""
+def listed(mapping: MappingConfig, taken: set[str]) -> tuple[list[MappingConfig], list[Problem], set[str]]:
+    """The mappings of the subfolders there now, what is skipped (also a subfolder whose pack name
+    another mapping uses: two mappings into one pack are refused, as in the config), and the labels of
+    every subfolder there (a skipped one is there: never "gone"). The names given out are added to
+    ``taken``. ``SourceUnavailable`` when the folder cannot be listed."""
     folders, skipped = subfolders(mapping)
     present = []
     for path in folders:
@@ -76,7 +77,7 @@ def listed(mapping: MappingConfig, taken: set[str]) -> tuple[list[MappingConfig]
             continue
         taken.add(one.pack or "")
         present.append(one)
-    return present, skipped
+    return present, skipped, {str(path) for path in folders}
 
 
 def subfolders(mapping: MappingConfig) -> tuple[list[Path], list[Problem]]:

@@ -110,7 +110,7 @@ class MappingReport:
     @property
     def failed(self) -> bool:
         waiting = bool(self.plan and self.plan.waiting)
-        sidecars = bool(self.sidecars and self.sidecars.problems)
+        sidecars = bool(self.sidecars and any(not p.notice for p in self.sidecars.problems))
         return bool(self.last_error or waiting or sidecars or any(not p.notice for p in self.problems))
 
 
@@ -197,7 +197,8 @@ class Syncer:
             result.metadata_pending = await self.metadata.wait(pack_ids, options.wait_timeout_s,
                                                                Backoff(options.poll_start_s, options.poll_cap_s))
         for report in reports:
-            if report.config.sidecars == "xmp" and report.config.path is not None and not report.error:
+            if report.config.sidecars == "xmp" and report.config.path is not None and not report.error \
+                    and not isinstance(self.sources[report.label], GoneFolder):
                 async with self.sidecar_pass:
                     report.sidecars = await write_sidecars(report.config, self.store)
             self._remember(report)
@@ -206,7 +207,7 @@ class Syncer:
     async def write_sidecars(self) -> None:
         """Every folder mapping's sidecars, brought up to date (the daemon, once new metadata is in)."""
         for mapping in concrete(self.config, self.store):
-            if mapping.sidecars == "xmp" and mapping.path is not None:
+            if mapping.sidecars == "xmp" and mapping.path is not None and mapping.folder.is_dir():
                 async with self.sidecar_pass:
                     report = await write_sidecars(mapping, self.store)
                 for problem in report.problems:
@@ -363,11 +364,12 @@ class Syncer:
                 continue
             missing: str | None = None
             present: list[MappingConfig] = []
+            there: set[str] = set()
             try:
-                present, result.loose[mapping.label] = listed(mapping, taken)
+                present, result.loose[mapping.label], there = listed(mapping, taken)
             except SourceUnavailable as exc:
                 missing = str(exc)
-            old = gone(mapping, self.store, {m.label for m in present})
+            old = gone(mapping, self.store, there)
             if missing is not None and not old:
                 raise ConfigError(f"mappings[{index}].path: {missing}.")
             if old and not present:

@@ -95,8 +95,8 @@ class AstriaClient:
         self._client = http.sibling(base_url, token)
 
     async def _get(self, path: str, what: str, **params: str) -> Any:
-        return await self.http.read_other(self._client, path, f"astria {what}", functools.partial(_answer, what=what),
-                                          **params)
+        return await self.http.read_other(self._client, path, f"astria {what.partition(' ')[2]}",
+                                          functools.partial(_answer, what=what), **params)
 
     async def pack(self, pack_id: int) -> AstriaPack:
         return pack_of(await self._get(f"/p/{path_segment(str(pack_id))}", "GET /p/{id}"), pack_id)

@@ -504,8 +504,11 @@ class Store:
                            "(?, ?, ?, ?, ?)", [(source, rel, *astuple(record)) for rel, record in written.items()])
 
     def forget_verdicts(self, source: str) -> None:
-        """Let the next scan of ``source`` judge again the files it skipped as bad (someone fixed them)."""
-        self._write("DELETE FROM files WHERE root = ? AND problem IS NOT NULL", source)
+        """Let the next scan of ``source`` (and of its subfolders' packs) judge again the files it skipped
+        as bad (someone fixed them)."""
+        below = source.rstrip("/") + "/"
+        self._write("DELETE FROM files WHERE (root = ? OR substr(root, 1, ?) = ?) AND problem IS NOT NULL", source,
+                    len(below), below)
 
     def problem_counts(self, source: str) -> tuple[int, int]:
         """(problems, notices among them) of ``source``."""

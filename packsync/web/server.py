@@ -34,7 +34,7 @@ from aiohttp import web
 
 from packsync import __version__
 from packsync.config import Config, MappingConfig
-from packsync.engine.subfolders import concrete
+from packsync.engine.subfolders import concrete, parent_of
 from packsync.errors import ConfigError
 from packsync.logs import get_logger
 from packsync.sources.media import sniff
@@ -80,13 +80,15 @@ class Site:
     def __post_init__(self) -> None:
         self.quick = Store(self.store.path, readonly=True)
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="packsync-web")
+        self.prober = ThreadPoolExecutor(1, thread_name_prefix="packsync-health")  # a hung mount stalls it alone
         self.waiting = 0
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined)
         self.templates.filters["basename"] = lambda source: Path(source).name or source
 
     def close(self) -> None:
-        self.worker.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.worker, self.prober):
+            pool.shutdown(wait=True, cancel_futures=True)
         self.quick.close()
         self.store.close()
 
@@ -121,7 +123,10 @@ class Site:
         mappings = []
         for mapping in concrete(config, store):
             record = store.mapping(mapping.label)
-            error = (live.retrying.get(mapping.label) if live else None) or (record.last_error if record else None)
+            parent = parent_of(config, mapping.label)
+            retrying = (live.retrying.get(mapping.label) or live.retrying.get(parent.label if parent else "")) \
+                if live else None
+            error = retrying or (record.last_error if record else None)
             mappings.append(MappingHealth(mapping.label, mapping.pack_label, record, error))
         daemon = store.daemon()
         gone = live is None and daemon is not None and daemon.state != "stopped" and \
@@ -133,7 +138,7 @@ class Site:
         hits = search(self.store, words, SEARCH_LIMIT) if words else None  # shown instead of the galleries
         status = read_status(config, self.store, files=not words, problems=True, files_limit=GALLERY_LIMIT,
                              problems_limit=GALLERY_LIMIT)
-        indexes = {m.path: i for i, m in enumerate(status.mappings)}
+        indexes = {m.path: key_of(m.path) for m in status.mappings}
         folders = {m.path for m in status.mappings if not m.path.startswith("astria:")}
 
         def thumb(mapping: MappingStatus | str, file: FileStatus | None = None,
@@ -159,24 +164,35 @@ class Site:
         """The mappings as synced (one per subfolder of a ``packs_from = "subfolders"`` one)."""
         return concrete(self.config, self.store)
 
-    def open_thumb(self, index: int, sha256: str) -> tuple[int, int, str] | None:
-        """(an open file, its size, its image type) for content ``sha256`` in mapping ``index``: a regular
+    def mapping(self, key: str) -> MappingConfig | None:
+        """The mapping the page calls ``key`` (``key_of`` its label: stable while subfolders come and go)."""
+        return next((m for m in self.mappings() if key_of(m.label) == key), None)
+
+    def open_thumb(self, key: str, sha256: str) -> tuple[int, int, str] | None:
+        """(an open file, its size, its image type) for content ``sha256`` in mapping ``key``: a regular
         file the state knows, opened below its folder without following any link (nothing can be swapped
         in between a check and the open), whose bytes are an image. None otherwise."""
-        mappings = self.mappings()
-        if not 0 <= index < len(mappings) or mappings[index].path is None:
+        mapping = self.mapping(key)
+        if mapping is None or mapping.path is None:
             return None
-        mapping = mappings[index]
         for rel in self.store.paths_of(mapping.label, sha256):
             fd = _open_below(mapping.folder, rel)
             if fd is None:
                 continue
-            size = os.fstat(fd).st_size
-            content_type = sniff(os.pread(fd, 64, 0))
+            try:
+                size = os.fstat(fd).st_size
+                content_type = sniff(os.pread(fd, 64, 0))
+            except OSError:
+                content_type = None
             if content_type is not None:
                 return fd, size, content_type
             os.close(fd)
         return None
+
+
+def key_of(label: str) -> str:
+    """A mapping's name in the page's URLs and forms."""
+    return hashlib.sha256(label.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def _open_below(root: Path, rel: str) -> int | None:
@@ -213,7 +229,7 @@ PUBLIC = web.RequestKey("public", bool)
 
 async def healthz(request: web.Request) -> web.Response:
     site = request.app[SITE]
-    document = site.health(site.now())
+    document = await asyncio.get_running_loop().run_in_executor(site.prober, site.health, site.now())
     if request.get(PUBLIC):  # a password is set and was not given: the verdict only
         document = {"status": document["status"]}
     return web.json_response(document, status=http_status(document))
@@ -247,10 +263,10 @@ async def thumb(request: web.Request) -> web.StreamResponse:
     """A file's bytes, streamed from the file opened once, as the image type its bytes are (never what
     its name says), in a sandbox of its own."""
     site = request.app[SITE]
-    index, sha = request.match_info["index"], request.match_info["sha"]
-    if not _small_number(index) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+    key, sha = request.match_info["key"], request.match_info["sha"]
+    if not (_hex(key, 16) and _hex(sha, 64)):
         raise web.HTTPNotFound()
-    opened = await site.read(site.open_thumb, int(index), sha)
+    opened = await site.read(site.open_thumb, key, sha)
     if opened is None:
         raise web.HTTPNotFound()
     fd, size, content_type = opened
@@ -269,8 +285,8 @@ async def thumb(request: web.Request) -> web.StreamResponse:
         os.close(fd)
 
 
-def _small_number(text: object) -> bool:
-    return isinstance(text, str) and text.isascii() and text.isdecimal() and len(text) <= 6
+def _hex(text: object, length: int) -> bool:
+    return isinstance(text, str) and len(text) == length and all(c in "0123456789abcdef" for c in text)
 
 
 async def action(request: web.Request) -> web.Response:
@@ -286,14 +302,11 @@ async def action(request: web.Request) -> web.Response:
         raise web.HTTPForbidden(text="cross-origin request refused")
     name = request.match_info["name"]
     if name == "sync":
-        index = form.get("mapping")
-        label = None
-        mappings = await site.read(site.mappings)
-        if _small_number(index) and int(str(index)) < len(mappings):
-            label = mappings[int(str(index))].label
-        elif index not in (None, "all"):
+        key = form.get("mapping")
+        chosen = await site.read(site.mapping, key) if _hex(key, 16) else None
+        if chosen is None and key not in (None, "all"):
             raise web.HTTPBadRequest(text="no such mapping")
-        site.live.sync_now(label)
+        site.live.sync_now(chosen.label if chosen else None)
     elif name == "retry":
         site.live.retry_failed()
     else:
@@ -366,7 +379,7 @@ def make_app(site: Site, host: str) -> web.Application:
     app.router.add_get("/view", view)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/thumb/{index}/{sha}", thumb)
+    app.router.add_get("/thumb/{key}/{sha}", thumb)
     app.router.add_post("/actions/{name}", action)
     app.router.add_static("/static", HERE / "static", follow_symlinks=False)
     return app
