@@ -37,6 +37,7 @@ from packsync.daemon.notify import notify, watchdog_interval
 from packsync.daemon.watcher import Watcher
 from packsync.daemon.web import Web
 from packsync.engine.metadata import POLL_BACKOFF
+from packsync.engine.subfolders import group_of
 from packsync.engine.sync import SyncOptions, SyncReport
 from packsync.errors import AuthError, ExitCode, PacksyncError, StateUnavailable
 from packsync.logs import get_logger, register_secret
@@ -368,9 +369,7 @@ class Daemon:
 
     def _folder_of(self, label: str) -> Folder | None:
         """The daemon's folder a mapping belongs to: its own, or the folder whose subfolders are packs."""
-        return self.folders.get(label) or next(
-            (f for f in self.folders.values() if f.mapping.packs_from == "subfolders" and f.root == Path(label).parent),
-            None)
+        return self.folders.get(group_of(self.config, label))
 
     def _after(self, report: SyncReport) -> None:
         added = 0

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from packsync.config import Config, read_password
+from packsync.config import Config
 from packsync.logs import get_logger
-from packsync.state.store import Store
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -32,13 +31,11 @@ class Web:
     @classmethod
     async def start(cls, config: Config, live: Live | None) -> Web | None:
         """Serve ``config``'s ``[http] listen`` address; None when it cannot be (logged)."""
-        from packsync.web.metrics import Metrics
         from packsync.web.server import Site, page_url, serve
 
         assert config.http.address is not None, "[http] listen is off"
         host, port = config.http.address
-        store = Store(config.state_path, readonly=True)  # a connection of its own: pages never wait on a sync
-        site = Site(config, store, Metrics(config, store), live, read_password(config))
+        site = Site.open(config, live)
         log = get_logger()
         try:
             runner = await serve(site, host, port)

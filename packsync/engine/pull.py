@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from packsync.engine.sidecars import SidecarReport, remove_if_ours, sidecar_path, write_beside
+from packsync.engine.sidecars import SidecarReport, fields_of, remove_if_ours, sidecar_path, write_beside
 from packsync.errors import NotFound, PermanentError, SourceUnavailable, TransientError
 from packsync.logs import get_logger, untrusted
 from packsync.model import PackSummary, RemoteImage, RemotePack, UrlContent
@@ -32,7 +32,6 @@ from packsync.remote.genviral import GenviralClient
 from packsync.sources.media import SUPPORTED, Digester, digest_file
 from packsync.state.store import PulledFile, Store
 from packsync.views.progress import Progress
-from packsync.xmp import Fields
 
 TEMP_PREFIX = ".packsync-pull-"
 _EXTENSIONS = {*SUPPORTED.values(), "jpeg"}
@@ -162,8 +161,7 @@ class Puller:
         if sidecars == "xmp" and not dry_run:
             names = {r.image_id: r.name for r in self.store.pulled(str(report.folder), pack.pack_id)}
             report.sidecars = await write_beside(report.folder, "full", {
-                names[image.image_id]: Fields(image.image_id, image.metadata.description, image.metadata.keywords,
-                                              image.metadata.model)
+                names[image.image_id]: fields_of(image)
                 for image in pack.images if image.metadata.status == "completed" and image.image_id in names})
         return report
 

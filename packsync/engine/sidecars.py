@@ -24,7 +24,7 @@ from pathlib import Path
 from packsync.config import MappingConfig
 from packsync.engine.packs import recorded_pack_id
 from packsync.errors import XmpError
-from packsync.model import ManagedImage, Problem
+from packsync.model import ManagedImage, Problem, RemoteImage
 from packsync.state.store import SidecarRecord, Store
 from packsync.xmp import MAX_BYTES, Fields, render, without_ours
 
@@ -41,7 +41,7 @@ def sidecar_path(file: Path, naming: str) -> Path:
     return file.with_name(file.name + ".xmp") if naming == "full" else file.with_suffix(".xmp")
 
 
-def fields_of(image: ManagedImage) -> Fields:
+def fields_of(image: ManagedImage | RemoteImage) -> Fields:
     meta = image.metadata
     return Fields(image.image_id, meta.description, meta.keywords, meta.model)
 

@@ -36,6 +36,13 @@ def parent_of(config: Config, label: str) -> MappingConfig | None:
     return next((m for m in config.mappings if m.packs_from == "subfolders" and m.path == parent), None)
 
 
+def group_of(config: Config, label: str) -> str:
+    """The label of the config's mapping a mapping's ``label`` comes from: its own, unless it is a
+    subfolder's of a ``packs_from = "subfolders"`` mapping."""
+    parent = parent_of(config, label)
+    return parent.label if parent else label
+
+
 def derived(mapping: MappingConfig, subfolder: Path, pack: str | None = None) -> MappingConfig:
     return msgspec.structs.replace(mapping, path=subfolder, packs_from="folder", pack_prefix="", pack_id=None,
                                    pack=pack or (mapping.pack_prefix + subfolder.name)[:MAX_PACK_NAME])
@@ -113,8 +120,7 @@ def subfolders(mapping: MappingConfig) -> tuple[list[Path], list[Problem]]:
 
 def filters_below(mapping: MappingConfig, subfolder: Path) -> Filters:
     """A subfolder's filters: the mapped folder's patterns and ``.packsyncignore``, matched from there."""
-    parent = subfolder.parent
-    return filters_for(mapping).below(subfolder.name, parent)
+    return filters_for(mapping).below(subfolder.name, mapping.folder)
 
 
 def gone(mapping: MappingConfig, store: Store, present: Collection[str]) -> list[MappingConfig]:
@@ -156,8 +162,7 @@ def _same(folder: Path, files: Mapping[str, CachedFile]) -> bool:
                     return False
     if here.keys() != files.keys():
         return False
-    if all(c.matches(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) for rel, st in here.items()
-           for c in (files[rel],)):
+    if all(files[rel].matches(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) for rel, st in here.items()):
         return True
     try:
         return all(st.st_size == files[rel].size and digest_file(folder / rel).sha256 == files[rel].sha256

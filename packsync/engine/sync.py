@@ -26,9 +26,9 @@ from packsync.engine.subfolders import (
     derived,
     filters_below,
     gone,
+    group_of,
     listed,
     packs_named,
-    parent_of,
     renamed,
 )
 from packsync.errors import (
@@ -344,9 +344,7 @@ class Syncer:
                 if (pack_id := recorded_pack_id(self.store, mapping))]
 
     def _group(self, mapping: MappingConfig) -> str:
-        """The label of the config's mapping ``mapping`` comes from (itself, unless derived from a subfolder)."""
-        parent = parent_of(self.config, mapping.label) if mapping.packs_from == "folder" else None
-        return parent.label if parent else mapping.label
+        return group_of(self.config, mapping.label)
 
     async def _expand(self, result: SyncReport, dry_run: bool) -> list[MappingConfig]:
         """The mappings to sync, each with its source in ``self.sources``: the config's, and a ``packs_from

@@ -24,7 +24,8 @@ IGNORE_FILE = ".packsyncignore"
 def _significant(line: str) -> str | None:
     """The pattern a gitignore line holds (None: blank or a comment). Trailing spaces are dropped
     unless escaped."""
-    stripped = line.rstrip("\n").rstrip() if not line.rstrip("\n").endswith("\\ ") else line.rstrip("\n")
+    line = line.rstrip("\n")
+    stripped = line if line.endswith("\\ ") else line.rstrip()
     return None if not stripped or stripped.startswith("#") else stripped
 
 

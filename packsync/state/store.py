@@ -215,15 +215,16 @@ def unusable(path: Path, exc: BaseException) -> StateError:
                       "Move it away to start over.")
 
 
-#: Who owns an image recorded before schema 2 (which had one mapping per pack and state): the mapping
-#: into its pack whose folder holds its content, else the first mapping into its pack, else '' — an
-#: image any mapping into that pack may manage.
 _MAPPING_COLUMNS = [f.name for f in fields(MappingRecord)]
 _MAPPING_FIELDS = ", ".join(_MAPPING_COLUMNS)
+#: The mapping columns schema 5 added (the table's definition above has them too).
 _MAPPING_COLUMNS_5 = ("ok_at FLOAT", "safety VARCHAR", "withheld VARCHAR")
 _IMAGE_FIELDS = "pack_id, image_id, sha256, url, file_name, owner, meta_status, description, keywords, meta_error, " \
     "meta_model"
 
+#: Who owns an image recorded before schema 2 (which had one mapping per pack and state): the mapping
+#: into its pack whose folder holds its content, else the first mapping into its pack, else '' — an
+#: image any mapping into that pack may manage.
 _OWNER_BEFORE_2 = (
     "coalesce((SELECT m.root FROM mappings m JOIN files f ON f.root = m.root AND f.sha256 = images.sha256 "
     "WHERE m.pack_id = images.pack_id ORDER BY m.root LIMIT 1), "

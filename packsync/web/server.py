@@ -33,8 +33,8 @@ import jinja2
 from aiohttp import web
 
 from packsync import __version__
-from packsync.config import Config, MappingConfig
-from packsync.engine.subfolders import concrete, parent_of
+from packsync.config import Config, MappingConfig, read_password
+from packsync.engine.subfolders import concrete, group_of
 from packsync.errors import ConfigError
 from packsync.logs import get_logger
 from packsync.sources.media import sniff
@@ -76,6 +76,13 @@ class Site:
     live: Live | None = None
     password: str | None = None
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+
+    @classmethod
+    def open(cls, config: Config, live: Live | None) -> Site:
+        """The site of ``config``, on a read-only connection to its state of its own: pages never wait on,
+        or hold up, a sync."""
+        store = Store(config.state_path, readonly=True)
+        return cls(config, store, Metrics(config, store), live, read_password(config))
 
     def __post_init__(self) -> None:
         self.quick = Store(self.store.path, readonly=True)
@@ -123,9 +130,7 @@ class Site:
         mappings = []
         for mapping in concrete(config, store):
             record = store.mapping(mapping.label)
-            parent = parent_of(config, mapping.label)
-            retrying = (live.retrying.get(mapping.label) or live.retrying.get(parent.label if parent else "")) \
-                if live else None
+            retrying = live.retrying.get(group_of(config, mapping.label)) if live else None
             error = retrying or (record.last_error if record else None)
             mappings.append(MappingHealth(mapping.label, mapping.pack_label, record, error))
         daemon = store.daemon()
@@ -407,15 +412,11 @@ async def serve(site: Site, host: str, port: int) -> web.AppRunner:
 
 async def serve_until_stopped(config: Config) -> None:
     """``packsync ui``: the page, health and metrics from the state alone, until SIGINT or SIGTERM."""
-    import asyncio
     import signal
-
-    from packsync.config import read_password
 
     assert config.http.address is not None
     host, port = config.http.address
-    store = Store(config.state_path, readonly=True)
-    site = Site(config, store, Metrics(config, store), None, read_password(config))
+    site = Site.open(config, None)
     try:
         try:
             runner = await serve(site, host, port)
