@@ -278,3 +278,18 @@ def test_a_thumbnail_address_holds_while_subfolders_come_and_go(daemon_env: Env,
     wait_until(lambda: packs(daemon_env).get("A") == 1, timeout=15)
     answer = httpx.get(base + src.lstrip("/"))
     assert answer.status_code == 200 and answer.content == (root / "B" / "b.png").read_bytes()
+
+
+def test_retrying_failed_files_reaches_the_subfolders_packs(env: Env, brand: Path) -> None:
+    from packsync.state.store import Store
+
+    (brand / "Logos" / "empty.png").write_bytes(b"")  # a bad file: its verdict is cached
+    env.sync()
+    label = str(brand / "Logos")
+    store = Store(env.state_path)
+    try:
+        assert store.file_cache(label)["empty.png"].problem
+        store.forget_verdicts(str(brand))  # what the page's "Retry failed files" asks, per config mapping
+        assert "empty.png" not in store.file_cache(label)
+    finally:
+        store.close()
