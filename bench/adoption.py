@@ -4,7 +4,7 @@ Setup (not measured): 1,000 images synced for real, no added latency; then the s
 every call gets 40 ms. The run must add and upload nothing (0 POST /files, 0 PUT, 0 add-image) and
 download each image once; its time is compared with the concurrency bound of those downloads
 (N·40 ms ÷ concurrency), whole process, start-up and hashing the 1,000 local files included; and, for
-scale, with a bare httpx client making the same downloads in the same run.
+scale, with a bare aiohttp client making the same downloads in the same run.
 """
 
 from __future__ import annotations

@@ -208,15 +208,14 @@ def run_child(argv: Sequence[str], cwd: Path, env: dict[str, str] | None = None,
 
 
 _BARE_CLIENT = """
-import asyncio, json, sys, httpx
+import asyncio, json, sys, aiohttp
 urls, concurrency = json.load(open(sys.argv[1])), int(sys.argv[2])
 async def main():
     slots = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits) as client:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as client:
         async def one(url):
-            async with slots, client.stream("GET", url) as response:
-                async for _ in response.aiter_bytes():
+            async with slots, client.get(url) as response:
+                async for _ in response.content.iter_chunked(65536):
                     pass
         await asyncio.gather(*map(one, urls))
 asyncio.run(main())
@@ -225,7 +224,8 @@ asyncio.run(main())
 
 def bare_downloads(urls: Sequence[str], concurrency: int, cwd: Path) -> Finished:
     """The floor of a download scenario, measured like packsync: a separate Python process that only
-    imports httpx and streams ``urls`` through as many connections, writing nothing anywhere."""
+    imports aiohttp (packsync's HTTP client) and streams ``urls`` through as many connections, writing
+    nothing anywhere."""
     script, listed = cwd / "bare_client.py", cwd / "bare_urls.json"
     script.write_text(_BARE_CLIENT, encoding="utf-8")
     listed.write_text(json.dumps(list(urls)), encoding="utf-8")
@@ -235,7 +235,7 @@ def bare_downloads(urls: Sequence[str], concurrency: int, cwd: Path) -> Finished
 def floor_note(floor: Finished, bound_s: float) -> str:
     if floor.returncode != 0:
         return f"the bare client failed: {floor.tail(3)}"
-    return (f"a bare httpx client making only the same downloads: {floor.wall_s:.2f} s, "
+    return (f"a bare aiohttp client making only the same downloads: {floor.wall_s:.2f} s, "
             f"{bound_s / floor.wall_s:.2f} of the bound")
 
 

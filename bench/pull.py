@@ -2,7 +2,7 @@
 
 The first pull's time (whole process) is compared with the concurrency bound of its downloads
 (N·40 ms ÷ concurrency); the second pull must read the pack once and download nothing. For scale, the
-same downloads are also made by a bare httpx client in the same run (see ``harness.bare_downloads``).
+same downloads are also made by a bare aiohttp client in the same run (see ``harness.bare_downloads``).
 """
 
 from __future__ import annotations

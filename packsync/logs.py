@@ -83,9 +83,6 @@ def configure(verbose: bool = False, *, tty: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level)
-    # httpx logs every request at INFO: only with -v. httpcore's DEBUG is a transport trace: never.
-    logging.getLogger("httpx").setLevel(level if verbose else logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.INFO)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -81,11 +81,13 @@ def test_library_records_go_through_the_same_renderer_and_only_at_verbose(env: E
     verbose = packsync(env, "run", "--no-wait", "-v", "-c", str(env.config_path), GENVIRAL_TOKEN=TOKEN)
 
     assert quiet.returncode == verbose.returncode == 0
-    assert "HTTP Request" not in quiet.stderr
-    httpx_events = [json.loads(line) for line in verbose.stderr.splitlines()
-                    if line.startswith("{") and "HTTP Request" in line]
-    assert httpx_events, verbose.stderr[-2000:]
-    assert all(e["logger"] == "httpx" and e["level"] == "info" and "timestamp" in e for e in httpx_events)
+    events = [json.loads(line) for line in verbose.stderr.splitlines()]
+    requests = [e for e in events if e["event"] == "request"]
+    assert [e["request"] for e in requests][:1] == ["GET /packs/{id}"], verbose.stderr[-2000:]
+    assert all(e["level"] == "debug" and isinstance(e["status"], int) and "timestamp" in e for e in requests)
+    library = [e for e in events if e.get("logger") == "asyncio"]
+    assert library and all(e["level"] == "debug" for e in library), "the standard library's records, rendered alike"
+    assert '"request"' not in quiet.stderr and "asyncio" not in quiet.stderr
     assert all(line.startswith("{") for line in verbose.stderr.splitlines()), "every line is one JSON event"
 
 

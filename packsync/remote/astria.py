@@ -14,19 +14,17 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-
 from packsync.errors import AuthError, NotFound, PermanentError, TransientError
 from packsync.logs import untrusted
 from packsync.model import AstriaImage, AstriaPack, AstriaPackSummary
 from packsync.remote.answers import url_problem
-from packsync.remote.genviral import GenviralClient, S, path_segment, retry_after_of
+from packsync.remote.genviral import Answer, GenviralClient, S, path_segment, retry_after_of
 
 _AUTH = "the Astria API refused the key: it is invalid or revoked ({status})"
 
 
-def _answer(response: httpx.Response, what: str) -> Any:
-    status = response.status_code
+def _answer(response: Answer, what: str) -> Any:
+    status = response.status
     if status in (401, 403):
         raise AuthError(_AUTH.format(status=status), status=status)
     if status == 429:

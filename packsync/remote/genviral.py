@@ -1,6 +1,6 @@
 """The Genviral Partner API client: envelopes in, typed values or classified errors out.
 
-This is the one place where httpx's exceptions and the API's error answers become packsync's
+This is the one place where the HTTP client's exceptions and the API's error answers become packsync's
 (``errors.py``); the ``data`` of a successful answer is checked by ``answers.py``. Every request
 takes one of ``concurrency`` slots; transient failures (429, 5xx, timeouts, dropped connections)
 are retried with the shared backoff (``retry.py``), honouring ``Retry-After``, within a per-request
@@ -8,23 +8,31 @@ and a per-run budget. A request that may have been carried out by the server (a 
 dropped after sending) is retried here only when repeating it is harmless; otherwise the
 ``AmbiguousError`` goes up so the caller can look at the remote state before trying again.
 
-Storage PUTs go through a second httpx client that carries no Authorization header: a presigned
-URL is its own credential and storage rejects a second one.
+Storage PUTs and downloads carry no Authorization header: a presigned URL is its own credential and
+storage rejects a second one, and an image URL may be on any host.
+
+The HTTP client is aiohttp's (its parser is llhttp, in C): about a third of httpx's CPU per request,
+which on a first sync of small files is the difference between waiting on the server and waiting on
+packsync (``bench/first_sync.py``). Every answer is read whole into an ``Answer`` here, so nothing
+above this module knows which library spoke HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
+from urllib.request import getproxies, proxy_bypass
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from packsync import __version__
 from packsync.errors import (
@@ -55,6 +63,8 @@ STALL_RATE = 16 * 1024
 #: Retries of one download stop this long after its first try (a host that never answers costs a
 #: minute of one slot, not the read timeout times every attempt).
 DOWNLOAD_DEADLINE_S = 60.0
+CONNECT_S = 10.0
+CHUNK = 64 * 1024
 
 
 class Sink(Protocol):
@@ -83,7 +93,32 @@ class RetryPolicy:
     breaker: int = 10
 
 
-def _excerpt(response: httpx.Response) -> str:
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer, read whole."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body as JSON; ``ValueError`` when it is not."""
+        return json.loads(self.content)
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """An API's base URL and the headers of every request to it (its key among them)."""
+
+    base_url: str
+    headers: dict[str, str] = field(repr=False)
+
+
+def _excerpt(response: Answer) -> str:
     return untrusted(response.text[:2000], limit=120) or "(empty body)"
 
 
@@ -93,7 +128,7 @@ def path_segment(value: str) -> str:
     return quote(value, safe="") if value not in (".", "..") else quote(value.replace(".", "%2E"), safe="%")
 
 
-def retry_after_of(response: httpx.Response) -> float | None:
+def retry_after_of(response: Answer | aiohttp.ClientResponse) -> float | None:
     """The server's ``Retry-After`` in seconds (a number or an HTTP date); None when absent or unreadable."""
     value = response.headers.get("Retry-After", "").strip()
     if not value:
@@ -112,16 +147,12 @@ class GenviralClient:
     """An async client for the parts of the Partner API packsync uses."""
 
     def __init__(self, base_url: str, token: str, *, concurrency: int = 4, retry: RetryPolicy = RetryPolicy(),
-                 timeout: float = 30.0, transport: httpx.AsyncBaseTransport | None = None,
-                 observer: Observer | None = None) -> None:
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        timeouts = httpx.Timeout(timeout, connect=10.0, write=max(timeout, 120.0))
-        tls = httpx.create_ssl_context()  # one for every client: building one costs tens of ms
-        self._settings: dict[str, Any] = {"transport": transport, "limits": limits, "timeout": timeouts,
-                                          "verify": tls}
-        self._siblings: dict[tuple[str, str], httpx.AsyncClient] = {}
+                 timeout: float = 30.0, observer: Observer | None = None) -> None:
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None  # made in the event loop, at the first request
+        self._agent = {"User-Agent": f"packsync/{__version__}"}
+        self._proxies = getproxies()
         self._api = self.sibling(base_url, token)
-        self._storage = httpx.AsyncClient(headers={"User-Agent": f"packsync/{__version__}"}, **self._settings)
         self._slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
         self.retry = retry
@@ -149,30 +180,43 @@ class GenviralClient:
     async def __aexit__(self, *_exc: object) -> None:
         await self.aclose()
 
-    async def read_other(self, client: httpx.AsyncClient, path: str, what: str,
-                         reader: Callable[[httpx.Response], Any], **params: str) -> Any:
-        """A GET to another API's ``client`` (Astria's), read by ``reader``, with this client's slots,
-        retry policy and budget: reads are always safe to repeat."""
-        return await self._request("GET", path, what=what, safe_to_repeat=True, other=(client, reader), params=params)
+    async def read_other(self, api: Api, path: str, what: str, reader: Callable[[Answer], Any],
+                         **params: str) -> Any:
+        """A GET to another ``api`` (Astria's), read by ``reader``, with this client's slots, retry
+        policy and budget: reads are always safe to repeat."""
+        return await self._request("GET", path, what=what, safe_to_repeat=True, other=(api, reader), params=params)
 
-    def sibling(self, base_url: str, token: str) -> httpx.AsyncClient:
-        """An httpx client for an API at ``base_url`` with a Bearer ``token``, set up like this one's and
-        closed with it (one per API and token, however often it is asked for)."""
-        key = (base_url.rstrip("/") + "/", token)
-        if key not in self._siblings:
-            self._siblings[key] = httpx.AsyncClient(base_url=key[0], headers={
-                "User-Agent": f"packsync/{__version__}", "Authorization": f"Bearer {token}"}, **self._settings)
-        return self._siblings[key]
+    def sibling(self, base_url: str, token: str) -> Api:
+        """An API at ``base_url`` with a Bearer ``token``, reached through this client's connections."""
+        return Api(base_url.rstrip("/") + "/", {**self._agent, "Authorization": f"Bearer {token}"})
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # No cookies (no API here sets one, and a jar costs every answer); ``concurrency`` slots bound
+            # the connections in use. Proxies come from ``_proxy`` (aiohttp's ``trust_env`` would read the
+            # environment and ~/.netrc again on a thread for every request).
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_S, sock_read=self._timeout))
+        return self._session
+
+    def _proxy(self, url: URL) -> str | None:
+        """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``NO_PROXY``…), as curl would use it."""
+        proxy = self._proxies.get(url.scheme) if self._proxies else None
+        return None if proxy is None or proxy_bypass(url.host or "") else proxy
 
     async def aclose(self) -> None:
-        for client in (self._storage, *self._siblings.values()):
-            await client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     # -- transport ---------------------------------------------------------------------------------
 
-    async def _request(self, method: str, path: str, *, what: str, safe_to_repeat: bool,
-                       storage: bool = False, other: tuple[httpx.AsyncClient, Callable[[httpx.Response], Any]]
-                       | None = None, **kwargs: Any) -> Any:
+    async def _request(self, method: str, path: str, *, what: str, safe_to_repeat: bool, storage: bool = False,
+                       other: tuple[Api, Callable[[Answer], Any]] | None = None, json_body: Any = None,
+                       content: bytes | None = None, headers: Mapping[str, str] | None = None,
+                       params: Mapping[str, str] | None = None) -> Any:
         """Send one request with retries; return the envelope's ``data`` (or None for storage).
 
         ``other`` is another API's client and the reading of its answers (Astria's): its requests share
@@ -184,22 +228,35 @@ class GenviralClient:
             if self._failing[route] >= self.retry.breaker:
                 raise TransientError(f"{route}: not sent; the last {self._failing[route]} attempts all failed, "
                                      "so this run gives up on it")
-            client = other[0] if other else self._storage if storage else self._api
+            api = other[0] if other else self._api
             # Built before taking a slot: a slot stands for a request on the wire, not one being prepared.
-            request = client.build_request(method, path if storage else path.lstrip("/"), **kwargs)
+            url = URL(path, encoded=True) if storage else URL(api.base_url + path.lstrip("/"), encoded=True)
+            sent = json.dumps(json_body).encode() if json_body is not None else content or b""
+            sending = dict(self._agent if storage else api.headers)
+            if json_body is not None:
+                sending["Content-Type"] = "application/json"
+            sending.update(headers or {})
             try:
                 async with self._slots:
                     self.calls[route] += 1
                     started, status = time.monotonic(), 0
                     try:
-                        response = await client.send(request)
-                        status = response.status_code
-                    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                        # A PUT may take as long as its size allows at the slowest rate still counted as moving.
+                        async with asyncio.timeout(max(self._timeout, 120.0) + len(sent) / STALL_RATE if sent
+                                                   else None), \
+                                self._http().request(method, url.update_query(params) if params else url,
+                                                     data=sent or None, headers=sending, allow_redirects=False,
+                                                     proxy=self._proxy(url)) as reply:
+                            response = Answer(reply.status, reply.headers, await reply.read())
+                        status = response.status
+                    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                         raise TransientError(f"{method} {what}: cannot connect ({type(exc).__name__})") from None
-                    except httpx.TransportError as exc:
+                    except aiohttp.InvalidURL:
+                        raise PermanentError(f"{method} {what}: not a usable URL") from None
+                    except (aiohttp.ClientError, TimeoutError) as exc:
                         raise AmbiguousError(f"{method} {what}: connection failed ({type(exc).__name__})") from None
                     finally:
-                        self._observe(route, status, started, len(request.content) if 0 < status < 300 else 0)
+                        self._observe(route, status, started, len(sent) if 0 < status < 300 else 0)
                 answer = other[1](response) if other else self._storage_answer(response, what) if storage \
                     else self._api_answer(response, method, what)
                 self._failing[route] = 0
@@ -216,8 +273,8 @@ class GenviralClient:
                                error=str(error))
                 await asyncio.sleep(delay)
 
-    def _api_answer(self, response: httpx.Response, method: str, what: str) -> Any:
-        status = response.status_code
+    def _api_answer(self, response: Answer, method: str, what: str) -> Any:
+        status = response.status
         try:
             body = response.json()
         except ValueError:
@@ -260,8 +317,8 @@ class GenviralClient:
         return body["data"]
 
     @staticmethod
-    def _storage_answer(response: httpx.Response, what: str) -> None:
-        status = response.status_code
+    def _storage_answer(response: Answer, what: str) -> None:
+        status = response.status
         if status < 300:
             return None
         code_match = re.search(r"<Code>([^<]{1,200})</Code>", response.text)
@@ -293,7 +350,7 @@ class GenviralClient:
             if search:
                 params["search"] = search
             page, total = answers.pack_page(await self._request("GET", "/packs", what="/packs", safe_to_repeat=True,
-                                                                params=params))
+                                                                params={k: str(v) for k, v in params.items()}))
             pages = (-(-total // PAGE_SIZE) if pages is None else pages) - 1
             new = {p.pack_id: p for p in page if p.pack_id not in packs}
             packs.update(new)
@@ -302,8 +359,8 @@ class GenviralClient:
         return list(packs.values())
 
     async def get_pack(self, pack_id: str) -> RemotePack:
-        def read(response: httpx.Response) -> RemotePack:
-            quick = answers.pack_answer(response.content) if response.status_code == 200 else None
+        def read(response: Answer) -> RemotePack:
+            quick = answers.pack_answer(response.content) if response.status == 200 else None
             return quick or answers.pack(self._api_answer(response, "GET", "/packs/{id}"))
 
         pack: RemotePack = await self._request("GET", f"/packs/{path_segment(pack_id)}", what="/packs/{id}",
@@ -313,20 +370,20 @@ class GenviralClient:
     async def create_pack(self, name: str) -> str:
         """Create a private pack; returns its id. Not repeated on ambiguous failures."""
         data = await self._request("POST", "/packs", what="/packs", safe_to_repeat=False,
-                                   json={"name": name, "is_public": False})
+                                   json_body={"name": name, "is_public": False})
         return answers.created_id(data, "POST /packs")
 
     async def rename_pack(self, pack_id: str, name: str) -> None:
         """Give a pack a new name (``PATCH``; harmless to repeat)."""
         await self._request("PATCH", f"/packs/{path_segment(pack_id)}", what="/packs/{id}", safe_to_repeat=True,
-                            json={"name": name})
+                            json_body={"name": name})
 
     # -- images ------------------------------------------------------------------------------------
 
     async def create_upload(self, content_type: str, filename: str, size: int) -> UploadTicket:
         """Ask for a presigned upload URL. Harmless to repeat: an unused URL just expires."""
         data = await self._request("POST", "/files", what="/files", safe_to_repeat=True,
-                                   json={"contentType": content_type, "filename": filename, "size": size})
+                                   json_body={"contentType": content_type, "filename": filename, "size": size})
         return answers.upload_ticket(data, content_type)
 
     async def put_bytes(self, upload_url: str, data: bytes, content_type: str) -> None:
@@ -337,7 +394,7 @@ class GenviralClient:
     async def add_image(self, pack_id: str, url: str, file_name: str) -> str:
         """Add an uploaded URL to a pack; returns the image id. Not repeated on ambiguous failures."""
         data = await self._request("POST", f"/packs/{path_segment(pack_id)}/images", what="/packs/{id}/images",
-                                   safe_to_repeat=False, json={"image_url": url, "file_name": file_name})
+                                   safe_to_repeat=False, json_body={"image_url": url, "file_name": file_name})
         return answers.created_id(data, "POST /packs/{id}/images")
 
     # -- downloads ---------------------------------------------------------------------------------
@@ -365,14 +422,17 @@ class GenviralClient:
                 await asyncio.sleep(delay)
 
     def _observe(self, route: str, status: int, started: float, sent: int) -> None:
+        seconds = time.monotonic() - started
+        self.log.debug("request", request=route, status=status or "no answer", ms=round(seconds * 1000))
         if self.observer:
-            self.observer.request(route, status, time.monotonic() - started, sent)
+            self.observer.request(route, status, seconds, sent)
 
     async def _stream(self, url: str, max_bytes: int, into: S) -> S:
         started, status = time.monotonic(), 0
         try:
-            async with self._storage.stream("GET", url, follow_redirects=True) as response:
-                status = response.status_code
+            target = URL(url, encoded=True)
+            async with self._http().get(target, headers=self._agent, proxy=self._proxy(target)) as response:
+                status = response.status
                 if status == 429 or status >= 500:
                     raise TransientError(f"download: HTTP {status}", status=status,
                                          retry_after=retry_after_of(response))
@@ -382,7 +442,7 @@ class GenviralClient:
                 if declared.isdigit() and int(declared) > max_bytes:
                     raise PermanentError(f"larger than {max_bytes / 1e6:g} MB ({int(declared) / 1e6:.1f} MB)")
                 size, started = 0, time.monotonic()
-                async for chunk in response.aiter_bytes():
+                async for chunk in response.content.iter_chunked(CHUNK):
                     size += len(chunk)
                     if size > max_bytes:
                         raise PermanentError(f"larger than {max_bytes / 1e6:g} MB")
@@ -390,14 +450,14 @@ class GenviralClient:
                     elapsed = time.monotonic() - started
                     if elapsed > STALL_GRACE_S and size < elapsed * STALL_RATE:  # the read timeout resets per byte
                         raise Stalled(f"download: {size:,} bytes in {elapsed:.0f} s, too slow to finish")
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             # No such host, or nothing listening: an image URL on a dead host stays dead. (Waiting for it
             # would hold back the mapping's new files for ever.)
             raise PermanentError(f"download: cannot reach its host ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise TransientError(f"download: connection failed ({type(exc).__name__})") from None
-        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+        except (aiohttp.InvalidURL, aiohttp.TooManyRedirects, ValueError) as exc:
             raise PermanentError(f"download: {type(exc).__name__}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransientError(f"download: connection failed ({type(exc).__name__})") from None
         finally:
             self._observe("GET download", status, started, 0)
         return into
