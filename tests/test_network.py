@@ -1,0 +1,99 @@
+"""How packsync reaches the APIs: through the proxy the environment names, as curl would."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import Env, image, write
+
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade"}
+
+
+class Proxy(ThreadingHTTPServer):
+    """A forward HTTP proxy that notes the request line of everything it relays."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Relay)
+        self.seen: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Relay(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Proxy
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def _relay(self) -> None:
+        self.server.seen.append(f"{self.command} {self.path}")
+        target = urlsplit(self.path)  # a proxy is sent the absolute URL
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        upstream = http.client.HTTPConnection(target.hostname or "", target.port, timeout=30)
+        try:
+            upstream.request(self.command, target.path + (f"?{target.query}" if target.query else ""), body, headers)
+            answer = upstream.getresponse()
+            data = answer.read()
+        finally:
+            upstream.close()
+        self.send_response(answer.status)
+        for name, value in answer.getheaders():
+            if name.lower() not in HOP_BY_HOP | {"content-length"}:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _relay
+
+
+@pytest.fixture
+def proxy() -> Iterator[Proxy]:
+    server = Proxy()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_requests_go_through_the_proxy_the_environment_names(env: Env, proxy: Proxy,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == 0, result.stderr
+    assert env.pack(pack_id)["image_count"] == 1
+    routes = [line.split("?")[0].replace(env.sandbox.base_url.rstrip("/"), "API") for line in proxy.seen]
+    assert f"GET API/packs/{pack_id}" in routes
+    assert "POST API/files" in routes and f"POST API/packs/{pack_id}/images" in routes
+    assert any(line.startswith("PUT http://127.0.0.1") for line in proxy.seen), "storage too"
+
+
+def test_no_proxy_sends_those_hosts_direct(env: Env, proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == 0, result.stderr
+    assert env.pack(pack_id)["image_count"] == 1
+    assert proxy.seen == []
