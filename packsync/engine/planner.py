@@ -129,6 +129,12 @@ class MappingPlan:
     def mutations(self) -> int:
         return len(self.adds) + len(self.deletes) + int(self.create_pack)
 
+    @property
+    def settled(self) -> bool:
+        """Nothing to do, to hold back, to report or to record: the mapping is a mirror of its source."""
+        return not (self.create_pack or self.adds or self.adopts or self.forgets or self.deletes or self.withheld
+                    or self.duplicates or self.waiting or self.metadata or self.safety)
+
 
 @dataclass(slots=True)
 class Plan:

@@ -9,10 +9,14 @@ stops there, writing nothing to the state.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import operator
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+
+import msgspec
 
 from packsync.config import Config, MappingConfig
 from packsync.engine.download import content_of
@@ -88,6 +92,7 @@ class MappingReport:
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (path, the exclude pattern), from the scan
     sidecars: SidecarReport | None = None
     refused: bool = False  # the source refused the key (an Astria pack's): ``error`` says which
+    unchanged: bool = False  # its scan, pack and records were those of its last plan with nothing to do
 
     @property
     def label(self) -> str:
@@ -243,7 +248,18 @@ class Syncer:
             report.problems, report.hashed_files, report.excluded = scan.problems, scan.hashed_files, scan.excluded
             if report.error:
                 return
+            changes = self.store.changes()
+            fingerprint = _fingerprint(report.config, options.force, changes, remote, scan) if remote else ""
+            if remote and fingerprint == self.store.settled(report.label):
+                # The same scan, the same pack and the same recorded images as when the plan last had
+                # nothing to do: the pure planner would say so again.
+                report.plan = MappingPlan(report.label, report.config.pack or remote.name, remote.pack_id)
+                report.unchanged = True
+                self.log.debug("unchanged since its last plan; nothing to do", mapping=report.label)
+                return
             report.plan = plan_mapping(await self._input(report, remote, scan, options))
+            if fingerprint and report.plan.settled and not options.dry_run and self.store.changes() == changes:
+                self.store.save_settled(report.label, fingerprint)
             report.safety = report.plan.safety
             if report.plan.pack_id and not options.dry_run:  # what the pack read says of the AI metadata
                 self.store.update_metadata(report.plan.pack_id, report.plan.metadata)
@@ -420,3 +436,13 @@ def _below(paths: Collection[str], mapping: MappingConfig, group: str) -> set[st
         return set(paths)
     prefix = mapping.folder.name + "/"
     return {path[len(prefix):] for path in paths if path.startswith(prefix)}
+
+
+def _fingerprint(mapping: MappingConfig, force: bool, changes: int, remote: RemotePack, scan: Scan) -> str:
+    """Everything a mapping's plan is made from, as one digest: its config, the scan, the pack as read,
+    and the count of changes to the recorded images, uploads and downloads (``Store.changes``)."""
+    inputs = (changes, force, mapping, remote, sorted(scan.items, key=_KEY), sorted(scan.keep))
+    return hashlib.sha256(msgspec.json.encode(inputs, enc_hook=str)).hexdigest()
+
+
+_KEY = operator.attrgetter("key")

@@ -47,7 +47,7 @@ from urllib.parse import quote
 from packsync.errors import StateError, StateUnavailable
 from packsync.model import METADATA_SETTLED, Blob, CachedFile, ManagedImage, Metadata, Problem, UrlContent
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 APP_ID = "packsync"
 
 #: The tables, as SQLite keeps them. Every column without a value is written by packsync explicitly:
@@ -75,7 +75,15 @@ TABLES = {
         last_error VARCHAR, source_name VARCHAR, ok_at FLOAT, safety VARCHAR, withheld VARCHAR)""",
     "daemon": """(id INTEGER NOT NULL PRIMARY KEY, pid INTEGER, started_at FLOAT, last_full_scan FLOAT,
         queue INTEGER NOT NULL, state VARCHAR NOT NULL, last_error VARCHAR, updated_at FLOAT)""",
+    "changes": """(id INTEGER NOT NULL PRIMARY KEY, count INTEGER NOT NULL)""",
+    "settled": """(root VARCHAR NOT NULL PRIMARY KEY, fingerprint VARCHAR NOT NULL)""",
 }
+#: The tables a mapping's plan reads besides its scan and its pack: every change to one of them is
+#: counted (``Store.changes``), so a fingerprint of a plan's inputs can hold the state's part as a number.
+PLANNED_FROM = ("images", "blobs", "url_contents")
+COUNTED = [f"CREATE TRIGGER IF NOT EXISTS {table}_{event.lower()}_counted AFTER {event} ON {table} "
+           "BEGIN UPDATE changes SET count = count + 1 WHERE id = 0; END"
+           for table in PLANNED_FROM for event in ("INSERT", "UPDATE", "DELETE")]
 #: A full-text index over the images' names, AI descriptions and keywords (SQLite's FTS5), kept by
 #: triggers as ``images`` changes: it holds no copy of the text, only the index.
 SEARCH = [
@@ -392,6 +400,9 @@ class Store:
                 for statement in SEARCH:
                     db.execute(statement)
                 db.execute("INSERT INTO image_text(image_text) VALUES ('rebuild')")
+            db.execute("INSERT OR IGNORE INTO changes (id, count) VALUES (0, 0)")  # schema 5 → 6
+            for statement in COUNTED:
+                db.execute(statement)
             db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                            [("app", APP_ID), ("schema", str(SCHEMA_VERSION))])
 
@@ -654,6 +665,22 @@ class Store:
         else:
             self._write_many(f"DELETE FROM images WHERE {where} AND image_id = ?",
                              [(pack_id, owner, owner, image_id) for image_id in image_ids])
+
+    # -- settled mappings --------------------------------------------------------------------------
+
+    def changes(self) -> int:
+        """How many times the rows a plan reads (``PLANNED_FROM``) have changed: only ever grows."""
+        rows = self._rows("SELECT count FROM changes WHERE id = 0")
+        return int(rows[0][0]) if rows else -1
+
+    def settled(self, source: str) -> str | None:
+        """The fingerprint of the inputs of the last plan of ``source`` that had nothing to do."""
+        rows = self._rows("SELECT fingerprint FROM settled WHERE root = ?", source)
+        return str(rows[0][0]) if rows else None
+
+    def save_settled(self, source: str, fingerprint: str) -> None:
+        if self.settled(source) != fingerprint:
+            self._write("INSERT OR REPLACE INTO settled (root, fingerprint) VALUES (?, ?)", source, fingerprint)
 
     def update_metadata(self, pack_id: str, updates: Mapping[str, Metadata]) -> None:
         """Store new AI metadata for some of packsync's images in a pack."""

@@ -1,0 +1,103 @@
+"""A mapping whose scan, pack and records are those of its last plan with nothing to do is not planned
+again — and every change to any of them is still seen."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from conftest import Env, image, write
+
+from packsync.engine.sync import SyncReport
+
+
+def settle(env: Env, runs: int = 2) -> list[SyncReport]:
+    """Sync until the mapping is a mirror with its AI metadata in, and that has been noted (the first
+    plan with nothing to do)."""
+    return [env.sync(wait=True) for _ in range(runs)]
+
+
+def one(report: SyncReport) -> tuple[bool, int, int]:
+    mapping = report.mappings[0]
+    assert mapping.plan is not None and mapping.outcome is not None, mapping.fatal
+    return mapping.unchanged, mapping.outcome.added, mapping.outcome.deleted
+
+
+def test_an_unchanged_mapping_is_not_planned_again(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("brand", pack_id=pack_id)
+    for i in range(3):
+        write(folder / f"{i}.png", image())
+
+    first, second, third = settle(env, 3)
+
+    assert [one(r) for r in (first, second, third)] == [(False, 3, 0), (False, 0, 0), (True, 0, 0)]
+    assert third.mappings[0].pack_id == pack_id and third.mappings[0].pack_name == "p"
+    assert env.pack(pack_id)["image_count"] == 3
+
+
+def test_an_image_deleted_in_the_web_app_is_added_again(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    path = write(env.map("brand", pack_id=pack_id) / "a.png", image())
+    settle(env)
+    env.sandbox.remove_image(pack_id, env.pack(pack_id)["images"][0]["id"])
+
+    assert one(env.sync()) == (False, 1, 0)
+    assert sorted(env.cdn_bytes(pack_id)) == [path.read_bytes()]
+
+
+def test_a_file_changed_in_place_is_uploaded(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    path = write(env.map("brand", pack_id=pack_id) / "a.png", image())
+    settle(env)
+    write(path, image())
+
+    assert one(env.sync()) == (False, 1, 1)
+    assert sorted(env.cdn_bytes(pack_id)) == [path.read_bytes()]
+
+
+def test_a_record_lost_from_the_state_is_found_again(env: Env) -> None:
+    """The state restored from an older backup: the pack and the folder are as before, the records not."""
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+    settle(env)
+    with sqlite3.connect(env.state_path) as db:
+        db.execute("DELETE FROM images")
+    env.sandbox.reset_calls()
+
+    report = env.sync()
+
+    mapping = report.mappings[0]
+    assert not mapping.unchanged and mapping.plan is not None and len(mapping.plan.adopts) == 1
+    assert env.sandbox.calls[("POST", "/packs/{id}/images")] == 0 and env.pack(pack_id)["image_count"] == 1
+    with sqlite3.connect(env.state_path) as db:
+        assert db.execute("SELECT count(*) FROM images").fetchone() == (1,)
+
+
+def test_a_changed_setting_is_planned(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    foreign = env.sandbox.add_image(pack_id, "https://cdn.example.com/from-web-app.jpg", "web.jpg")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+    assert one(settle(env, 3)[-1]) == (True, 0, 0)
+
+    env.mappings[0]["prune_foreign"] = True
+
+    assert one(env.sync()) == (False, 0, 1)
+    assert foreign not in [i["id"] for i in env.pack(pack_id)["images"]]
+
+
+def test_a_dry_run_notes_nothing(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+    env.sync(wait=True)
+    before = _settled(env.state_path)
+
+    env.sync(dry_run=True)
+
+    assert _settled(env.state_path) == before == []
+    assert one(env.sync())[0] is False, "a dry run's empty plan is not taken as the mapping settled"
+
+
+def _settled(state: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(state) as db:
+        return db.execute("SELECT root, fingerprint FROM settled").fetchall()
