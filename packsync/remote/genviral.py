@@ -219,8 +219,8 @@ class GenviralClient:
                        params: Mapping[str, str] | None = None) -> Any:
         """Send one request with retries; return the envelope's ``data`` (or None for storage).
 
-        ``other`` is another API's client and the reading of its answers (Astria's): its requests share
-        this client's slots, retry policy and budget.
+        ``other`` is another API (Astria's) and the reading of its answers: its requests share this
+        client's slots, retry policy and budget.
         """
         attempt = 0
         route = f"{method} {what}"
@@ -231,22 +231,22 @@ class GenviralClient:
             api = other[0] if other else self._api
             # Built before taking a slot: a slot stands for a request on the wire, not one being prepared.
             url = URL(path, encoded=True) if storage else URL(api.base_url + path.lstrip("/"), encoded=True)
+            url = url.update_query(params) if params else url
             sent = json.dumps(json_body).encode() if json_body is not None else content or b""
             sending = dict(self._agent if storage else api.headers)
             if json_body is not None:
                 sending["Content-Type"] = "application/json"
             sending.update(headers or {})
+            # A body may take as long to send as its size allows at the slowest rate still counted as moving.
+            deadline = max(self._timeout, 120.0) + len(sent) / STALL_RATE if sent else None
             try:
                 async with self._slots:
                     self.calls[route] += 1
                     started, status = time.monotonic(), 0
                     try:
-                        # A PUT may take as long as its size allows at the slowest rate still counted as moving.
-                        async with asyncio.timeout(max(self._timeout, 120.0) + len(sent) / STALL_RATE if sent
-                                                   else None), \
-                                self._http().request(method, url.update_query(params) if params else url,
-                                                     data=sent or None, headers=sending, allow_redirects=False,
-                                                     proxy=self._proxy(url)) as reply:
+                        async with asyncio.timeout(deadline), self._http().request(
+                                method, url, data=sent or None, headers=sending, allow_redirects=False,
+                                proxy=self._proxy(url)) as reply:
                             response = Answer(reply.status, reply.headers, await reply.read())
                         status = response.status
                     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
