@@ -9,7 +9,7 @@ there is one of per file or per image; the rest are dataclasses.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import msgspec
@@ -134,6 +134,17 @@ class RemotePack(msgspec.Struct, frozen=True):
     pack_id: str = msgspec.field(name="id")
     name: str = ""
     images: tuple[RemoteImage, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PackRead:
+    """A pack as the API answered it, its images not decoded yet: a sync whose mapping has not changed
+    needs only to know that the answer's bytes (``digest``) are the ones it planned from last time."""
+
+    pack_id: str
+    name: str
+    digest: str
+    decode: Callable[[], RemotePack] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

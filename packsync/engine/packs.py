@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from packsync.config import MappingConfig
 from packsync.errors import AmbiguousError, MalformedAnswer, NotFound
 from packsync.logs import get_logger
-from packsync.model import RemotePack
+from packsync.model import PackRead
 from packsync.state.store import Store
 
 #: How long to wait before looking again at a pack that answered 404.
@@ -48,15 +48,16 @@ class PackResolver:
         #: Per mapping label, what the user should hear about its pack this run.
         self.notices: dict[str, str] = {}
 
-    async def read(self, mapping: MappingConfig) -> RemotePack | None:
-        """The mapping's pack as the API shows it now; None when it is to be created.
+    async def read(self, mapping: MappingConfig) -> PackRead | None:
+        """The mapping's pack as the API shows it now (its images decoded when asked for); None when it is
+        to be created.
 
         Raises ``NotFound`` for a ``pack_id`` that is not there, and the client's errors otherwise.
         """
-        remote: RemotePack | None
+        remote: PackRead | None
         if mapping.pack_id is not None:
             try:
-                remote = await self.api.get_pack(mapping.pack_id)
+                remote = await self.api.read_pack(mapping.pack_id)
             except NotFound as exc:
                 raise NotFound(f"pack_id {mapping.pack_id} not found, or outside the key's scope",
                                status=exc.status, error_code=exc.error_code) from None
@@ -66,16 +67,16 @@ class PackResolver:
             self._remember(mapping.label, remote.pack_id, mapping.pack or remote.name)
         return remote
 
-    async def _by_name(self, mapping: MappingConfig) -> RemotePack | None:
+    async def _by_name(self, mapping: MappingConfig) -> PackRead | None:
         name = mapping.pack or ""
         remembered = recorded_pack_id(self.store, mapping)
         if remembered:
             try:
-                return await self.api.get_pack(remembered)
+                return await self.api.read_pack(remembered)
             except NotFound:
                 await asyncio.sleep(CONFIRM_PAUSE_S)
             try:
-                return await self.api.get_pack(remembered)
+                return await self.api.read_pack(remembered)
             except NotFound:
                 self.gone[mapping.label] = remembered
         found = await self._oldest_named(name)
@@ -84,7 +85,7 @@ class PackResolver:
                                            "a new one is created")
             self.log.warning("the pack is gone (deleted in the web app?); it will be created again", pack=name,
                              pack_id=remembered)
-        return await self.api.get_pack(found) if found else None
+        return await self.api.read_pack(found) if found else None
 
     async def _oldest_named(self, name: str) -> str | None:
         candidates = [p for p in await self.api.list_packs(search=name) if p.name == name and not p.is_public]

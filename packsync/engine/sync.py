@@ -48,7 +48,7 @@ from packsync.errors import (
     first_error,
 )
 from packsync.logs import get_logger
-from packsync.model import CachedFile, Problem, RemotePack, Scan, UrlContent
+from packsync.model import CachedFile, PackRead, Problem, RemotePack, Scan, UrlContent
 from packsync.remote.answers import url_problem
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.retry import Backoff
@@ -238,7 +238,7 @@ class Syncer:
         """Read the pack while scanning the source, then plan; a few mappings at a time, to bound memory."""
         async with slots:
             previous = self.store.file_cache(report.label)
-            remote, scan = await asyncio.gather(self._read_pack(report), self._scan(report, previous, busy))
+            read, scan = await asyncio.gather(self._read_pack(report), self._scan(report, previous, busy))
             if scan is None:
                 return
             if not options.dry_run and not isinstance(self.sources[report.label], GoneFolder):
@@ -249,13 +249,18 @@ class Syncer:
             if report.error:
                 return
             changes = self.store.changes()
-            fingerprint = _fingerprint(report.config, options.force, changes, remote, scan) if remote else ""
-            if remote and fingerprint == self.store.settled(report.label):
+            fingerprint = _fingerprint(report.config, options.force, changes, read.digest, scan) if read else ""
+            if read and fingerprint == self.store.settled(report.label):
                 # The same scan, the same pack and the same recorded images as when the plan last had
                 # nothing to do: the pure planner would say so again.
-                report.plan = MappingPlan(report.label, report.config.pack or remote.name, remote.pack_id)
+                report.plan = MappingPlan(report.label, report.config.pack or read.name, read.pack_id)
                 report.unchanged = True
                 self.log.debug("unchanged since its last plan; nothing to do", mapping=report.label)
+                return
+            try:
+                remote = read.decode() if read else None
+            except PermanentError as exc:  # the answer's images are not as documented
+                report.error = f"cannot read the pack: {exc}"
                 return
             report.plan = plan_mapping(await self._input(report, remote, scan, options))
             if fingerprint and report.plan.settled and not options.dry_run and self.store.changes() == changes:
@@ -293,7 +298,7 @@ class Syncer:
                 index = self.config.mappings.index(report.config)
                 raise ConfigError(f"mappings[{index}].path: the folder {report.label} does not exist.")
 
-    async def _read_pack(self, report: MappingReport) -> RemotePack | None:
+    async def _read_pack(self, report: MappingReport) -> PackRead | None:
         """Read the mapping's pack (None: it must be created); a mapping error leaves ``report.error``."""
         try:
             remote = await self.packs.read(report.config)
@@ -438,11 +443,12 @@ def _below(paths: Collection[str], mapping: MappingConfig, group: str) -> set[st
     return {path[len(prefix):] for path in paths if path.startswith(prefix)}
 
 
-def _fingerprint(mapping: MappingConfig, force: bool, changes: int, remote: RemotePack, scan: Scan) -> str:
-    """Everything a mapping's plan is made from, as one digest: its config, the scan, the pack as read,
-    and the count of changes to the recorded images, uploads and downloads (``Store.changes``)."""
-    inputs = (changes, force, mapping, remote, sorted(scan.items, key=_KEY), sorted(scan.keep))
-    return hashlib.sha256(msgspec.json.encode(inputs, enc_hook=str)).hexdigest()
+def _fingerprint(mapping: MappingConfig, force: bool, changes: int, pack: str, scan: Scan) -> str:
+    """Everything a mapping's plan is made from, as one digest: its config, the scan, the digest of the
+    pack's answer, and the count of changes to the recorded images, uploads and downloads
+    (``Store.changes``)."""
+    inputs = (changes, force, mapping, pack, sorted(scan.items, key=_KEY), sorted(scan.keep))
+    return hashlib.blake2b(msgspec.json.encode(inputs, enc_hook=str), digest_size=16).hexdigest()
 
 
 _KEY = operator.attrgetter("key")

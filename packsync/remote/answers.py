@@ -104,6 +104,29 @@ class _PackAnswer(msgspec.Struct):
 _PACK_DECODER = msgspec.json.Decoder(_PackAnswer)
 
 
+class _PackHead(msgspec.Struct):
+    pack_id: str = msgspec.field(name="id", default="")
+    name: str = ""
+
+
+class _HeadAnswer(msgspec.Struct):
+    ok: bool = False
+    data: _PackHead = msgspec.field(default_factory=_PackHead)
+
+
+_HEAD_DECODER = msgspec.json.Decoder(_HeadAnswer)
+
+
+def pack_head(body: bytes) -> tuple[str, str] | None:
+    """The id and name of a successful ``GET /packs/{id}`` answer, its images skipped over (not
+    checked); None when it is not one."""
+    try:
+        answer = _HEAD_DECODER.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    return (answer.data.pack_id, answer.data.name) if answer.ok and answer.data.pack_id else None
+
+
 def pack_answer(body: bytes) -> RemotePack | None:
     """A successful ``GET /packs/{id}`` answer exactly as documented, decoded in one pass; None for
     anything else (then ``pack`` on the parsed JSON decides)."""

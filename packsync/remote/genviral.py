@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
+import hashlib
 import json
 import re
 import time
@@ -45,7 +47,7 @@ from packsync.errors import (
     UploadRejected,
 )
 from packsync.logs import get_logger, untrusted
-from packsync.model import PackSummary, RemotePack, UploadTicket
+from packsync.model import PackRead, PackSummary, RemotePack, UploadTicket
 from packsync.remote import answers
 from packsync.remote.retry import Backoff
 
@@ -359,13 +361,30 @@ class GenviralClient:
         return list(packs.values())
 
     async def get_pack(self, pack_id: str) -> RemotePack:
-        def read(response: Answer) -> RemotePack:
+        return (await self.read_pack(pack_id)).decode()
+
+    async def read_pack(self, pack_id: str) -> PackRead:
+        """A pack's answer: its id, its name and a digest of its bytes now, its images when ``decode`` is
+        called (which raises ``MalformedAnswer`` for images not as documented)."""
+        def decoded(response: Answer) -> RemotePack:
             quick = answers.pack_answer(response.content) if response.status == 200 else None
             return quick or answers.pack(self._api_answer(response, "GET", "/packs/{id}"))
 
-        pack: RemotePack = await self._request("GET", f"/packs/{path_segment(pack_id)}", what="/packs/{id}",
+        def read(response: Answer) -> PackRead:
+            digest = hashlib.blake2b(response.content, digest_size=16).hexdigest()
+            head = answers.pack_head(response.content) if response.status == 200 else None
+            if head is None:  # an error, or an answer not as documented: decided now, as always
+                pack = decoded(response)
+
+                def ready() -> RemotePack:
+                    return pack
+
+                return PackRead(pack.pack_id, pack.name, digest, ready)
+            return PackRead(*head, digest, functools.partial(decoded, response))
+
+        answer: PackRead = await self._request("GET", f"/packs/{path_segment(pack_id)}", what="/packs/{id}",
                                                safe_to_repeat=True, other=(self._api, read))
-        return pack
+        return answer
 
     async def create_pack(self, name: str) -> str:
         """Create a private pack; returns its id. Not repeated on ambiguous failures."""
@@ -470,4 +489,3 @@ class GenviralClient:
         except NotFound as exc:
             if exc.error_code != "image_not_found":
                 raise
-
