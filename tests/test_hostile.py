@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -371,8 +372,14 @@ def _image_without_id(d: dict[str, Any]) -> None:
     d["images"].append({"url": "https://cdn.example.com/x.png"})
 
 
+def _bad_utf8_in_a_url(reply: Reply) -> Reply:
+    body = re.sub(rb'("url":\s*")', lambda found: found.group(1) + b"\xff", reply.body, count=1)
+    return Reply(reply.status, body, reply.content_type, reply.headers)
+
+
 MALFORMED = [
     pytest.param(PACK, data(_no_id), "no valid id", id="a pack without id"),
+    pytest.param(PACK, _bad_utf8_in_a_url, "not a JSON answer", id="invalid UTF-8 in an image's URL"),
     pytest.param(PACK, data(lambda d: d.update(id=None)), "no valid id", id="a pack with a null id"),
     pytest.param(PACK, data(_image_without_id), "no valid id", id="an image without id"),
     pytest.param(PACK, data(lambda d: d.update(images="lots")), "images is str, not a list", id="images a string"),
@@ -398,6 +405,20 @@ def test_a_malformed_pack_answer_is_an_error_for_that_mapping_only(env: Env, rou
     assert said in result.stdout, result.stdout
     assert env.pack(healthy)["image_count"] == 1, "the other mapping synced"
     assert env.pack(broken)["image_count"] == 1, "nothing was added or deleted blindly"
+
+
+def test_a_pack_whose_images_cannot_be_read_is_not_waited_for(env: Env) -> None:
+    """Its images' metadata stays pending in the state, but no poll of that pack can read it."""
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("a", pack_id=pack_id) / "a.png", image())
+    assert env.cli("run", "--no-wait").returncode == 0
+    env.sandbox.rewrite(*PACK, data(_image_without_id))
+
+    result = env.cli("run", "--wait-timeout", "120")
+
+    clean(result)
+    assert result.returncode == ExitCode.SOME_FAILED and "no valid id" in result.stdout
+    assert "metadata poll failed" not in result.stdout + result.stderr
 
 
 def test_a_created_pack_answered_with_a_null_id_is_found_not_made_again(env: Env) -> None:

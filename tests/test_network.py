@@ -1,7 +1,10 @@
-"""How packsync reaches the APIs: through the proxy the environment names, as curl would."""
+"""How packsync reaches the APIs: URLs from answers sent as they were given, through the proxy the
+environment names, as curl would."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import http.client
 import threading
 from collections.abc import Iterator
@@ -10,6 +13,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import Env, image, write
+
+from packsync.remote.genviral import GenviralClient
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade"}
 
@@ -68,11 +73,12 @@ def proxy() -> Iterator[Proxy]:
     server.server_close()
 
 
-def test_requests_go_through_the_proxy_the_environment_names(env: Env, proxy: Proxy,
+@pytest.mark.parametrize("scheme", ["http://", ""], ids=["with its scheme", "named without a scheme, as curl allows"])
+def test_requests_go_through_the_proxy_the_environment_names(env: Env, proxy: Proxy, scheme: str,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("HTTP_PROXY", scheme + proxy.url.removeprefix("http://"))
     pack_id = env.sandbox.create_pack("p")
     write(env.map("brand", pack_id=pack_id) / "a.png", image())
 
@@ -97,3 +103,45 @@ def test_no_proxy_sends_those_hosts_direct(env: Env, proxy: Proxy, monkeypatch: 
     assert result.returncode == 0, result.stderr
     assert env.pack(pack_id)["image_count"] == 1
     assert proxy.seen == []
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Answers every request with 200 and a few bytes, noting its request line."""
+
+    protocol_version = "HTTP/1.1"
+    server: Proxy
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+    def _answer(self) -> None:
+        self.server.seen.append(f"{self.command} {self.path}")
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    do_GET = do_PUT = _answer
+
+
+def test_urls_from_answers_go_out_as_given_with_spaces_and_letters_encoded() -> None:
+    """A presigned URL's escapes and signature byte for byte; a space or an accented letter in an
+    image's URL (a file named so in the web app) percent-encoded, as a browser sends it."""
+    server = Proxy()
+    server.RequestHandlerClass = _Recorder
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    async def calls() -> None:
+        async with GenviralClient(base, "token") as api:
+            await api.put_bytes(f"{base}/up/a%2Fb.png?X-Sig=ab%2Bc%3D&X-Exp=1", b"x", "image/png")
+            await api.download(f"{base}/cdn/été 2024.png", 100, hashlib.sha256)
+
+    try:
+        asyncio.run(calls())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.seen == ["PUT /up/a%2Fb.png?X-Sig=ab%2Bc%3D&X-Exp=1", "GET /cdn/%C3%A9t%C3%A9%202024.png"]

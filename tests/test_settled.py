@@ -101,3 +101,15 @@ def test_a_dry_run_notes_nothing(env: Env) -> None:
 def _settled(state: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(state) as db:
         return db.execute("SELECT root, fingerprint FROM settled").fetchall()
+
+
+def test_a_state_that_cannot_count_its_changes_is_always_planned(env: Env) -> None:
+    """Without its count (a state edited by hand), a change could go unseen: no shortcut then."""
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+    settle(env)
+    with sqlite3.connect(env.state_path) as db:
+        db.execute("DELETE FROM changes")
+
+    assert one(env.sync())[0] is False
+    assert one(env.sync())[0] is False

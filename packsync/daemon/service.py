@@ -486,8 +486,10 @@ class Daemon:
     # -- reload ------------------------------------------------------------------------------------
 
     async def _close_later(self, api: GenviralClient) -> None:
-        await asyncio.sleep(RETIRE_CLIENT_S)
-        await api.aclose()
+        try:
+            await asyncio.sleep(RETIRE_CLIENT_S)
+        finally:  # a daemon stopping meanwhile closes it now
+            await api.aclose()
 
     async def _reload(self) -> None:
         """SIGHUP: read the config (and token) again; start and stop watchers for what changed."""

@@ -248,9 +248,10 @@ class Syncer:
             report.problems, report.hashed_files, report.excluded = scan.problems, scan.hashed_files, scan.excluded
             if report.error:
                 return
-            changes = self.store.changes()
-            fingerprint = _fingerprint(report.config, options.force, changes, read.digest, scan) if read else ""
-            if read and fingerprint == self.store.settled(report.label):
+            changes = self.store.changes()  # (-1: not counted, as in a state of an older schema read as is)
+            fingerprint = _fingerprint(report.config, options.force, changes, read.digest, scan) \
+                if read and changes >= 0 else ""
+            if read and fingerprint and fingerprint == self.store.settled(report.label):
                 # The same scan, the same pack and the same recorded images as when the plan last had
                 # nothing to do: the pure planner would say so again.
                 report.plan = MappingPlan(report.label, report.config.pack or read.name, read.pack_id)
@@ -259,8 +260,8 @@ class Syncer:
                 return
             try:
                 remote = read.decode() if read else None
-            except PermanentError as exc:  # the answer's images are not as documented
-                report.error = f"cannot read the pack: {exc}"
+            except (TransientError, PermanentError) as exc:  # the answer's images are not as documented
+                report.error, report.pack_id = f"cannot read the pack: {exc}", None
                 return
             report.plan = plan_mapping(await self._input(report, remote, scan, options))
             if fingerprint and report.plan.settled and not options.dry_run and self.store.changes() == changes:

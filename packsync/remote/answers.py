@@ -122,7 +122,7 @@ def pack_head(body: bytes) -> tuple[str, str] | None:
     checked); None when it is not one."""
     try:
         answer = _HEAD_DECODER.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
         return None
     return (answer.data.pack_id, answer.data.name) if answer.ok and answer.data.pack_id else None
 
@@ -132,7 +132,7 @@ def pack_answer(body: bytes) -> RemotePack | None:
     anything else (then ``pack`` on the parsed JSON decides)."""
     try:
         answer = _PACK_DECODER.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
         return None
     pack = answer.data
     if not (answer.ok and pack.pack_id and all(image.image_id and image.metadata.status in _STATUSES

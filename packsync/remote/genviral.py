@@ -130,6 +130,15 @@ def path_segment(value: str) -> str:
     return quote(value, safe="") if value not in (".", "..") else quote(value.replace(".", "%2E"), safe="%")
 
 
+def on_the_wire(url: str) -> URL:
+    """A URL from an answer (a presigned upload URL, an image's URL) as it goes on the request line: its
+    escapes and signature byte for byte, a space or a non-ASCII letter percent-encoded, as browsers do."""
+    return URL(quote(url, safe=_URL_SAFE), encoded=True)
+
+
+_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
+
+
 def retry_after_of(response: Answer | aiohttp.ClientResponse) -> float | None:
     """The server's ``Retry-After`` in seconds (a number or an HTTP date); None when absent or unreadable."""
     value = response.headers.get("Retry-After", "").strip()
@@ -153,7 +162,9 @@ class GenviralClient:
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None  # made in the event loop, at the first request
         self._agent = {"User-Agent": f"packsync/{__version__}"}
-        self._proxies = getproxies()
+        # As curl reads them: a proxy named without a scheme is an HTTP one.
+        self._proxies = {scheme: proxy if "://" in proxy else f"http://{proxy}"
+                         for scheme, proxy in getproxies().items()}
         self._api = self.sibling(base_url, token)
         self._slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
@@ -232,7 +243,7 @@ class GenviralClient:
                                      "so this run gives up on it")
             api = other[0] if other else self._api
             # Built before taking a slot: a slot stands for a request on the wire, not one being prepared.
-            url = URL(path, encoded=True) if storage else URL(api.base_url + path.lstrip("/"), encoded=True)
+            url = on_the_wire(path) if storage else URL(api.base_url + path.lstrip("/"), encoded=True)
             url = url.update_query(params) if params else url
             sent = json.dumps(json_body).encode() if json_body is not None else content or b""
             sending = dict(self._agent if storage else api.headers)
@@ -449,7 +460,7 @@ class GenviralClient:
     async def _stream(self, url: str, max_bytes: int, into: S) -> S:
         started, status = time.monotonic(), 0
         try:
-            target = URL(url, encoded=True)
+            target = on_the_wire(url)
             async with self._http().get(target, headers=self._agent, proxy=self._proxy(target)) as response:
                 status = response.status
                 if status == 429 or status >= 500:

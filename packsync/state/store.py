@@ -731,6 +731,7 @@ class Store:
                 db.execute(f"DELETE FROM {table} WHERE root = ?", (new,))
                 db.execute(f"UPDATE {table} SET root = ? WHERE root = ?", (new, old))
             db.execute("UPDATE images SET owner = ? WHERE owner = ?", (new, old))
+            db.execute("DELETE FROM settled WHERE root IN (?, ?)", (old, new))
 
     def save_mapping(self, source: str, **changes: Any) -> None:
         record = replace(self.mapping(source) or MappingRecord(source), **changes)
