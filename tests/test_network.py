@@ -8,6 +8,7 @@ import hashlib
 import http.client
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -19,13 +20,13 @@ from packsync.remote.genviral import GenviralClient
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade"}
 
 
-class Proxy(ThreadingHTTPServer):
-    """A forward HTTP proxy that notes the request line of everything it relays."""
+class Listener(ThreadingHTTPServer):
+    """A server on loopback, in a thread, that notes the request line of everything it is sent."""
 
     daemon_threads = True
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Relay)
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
         self.seen: list[str] = []
 
     @property
@@ -33,15 +34,34 @@ class Proxy(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-class _Relay(BaseHTTPRequestHandler):
+@contextmanager
+def listening(handler: type[BaseHTTPRequestHandler]) -> Iterator[Listener]:
+    server = Listener(handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _Noted(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: Proxy
+    server: Listener
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         pass
 
-    def _relay(self) -> None:
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
         self.server.seen.append(f"{self.command} {self.path}")
+        return parsed
+
+
+class _Relay(_Noted):
+    """A forward HTTP proxy."""
+
+    def _relay(self) -> None:
         target = urlsplit(self.path)  # a proxy is sent the absolute URL
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -64,17 +84,13 @@ class _Relay(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def proxy() -> Iterator[Proxy]:
-    server = Proxy()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def proxy() -> Iterator[Listener]:
+    with listening(_Relay) as server:
+        yield server
 
 
 @pytest.mark.parametrize("scheme", ["http://", ""], ids=["with its scheme", "named without a scheme, as curl allows"])
-def test_requests_go_through_the_proxy_the_environment_names(env: Env, proxy: Proxy, scheme: str,
+def test_requests_go_through_the_proxy_the_environment_names(env: Env, proxy: Listener, scheme: str,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
@@ -92,7 +108,7 @@ def test_requests_go_through_the_proxy_the_environment_names(env: Env, proxy: Pr
     assert any(line.startswith("PUT http://127.0.0.1") for line in proxy.seen), "storage too"
 
 
-def test_no_proxy_sends_those_hosts_direct(env: Env, proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_proxy_sends_those_hosts_direct(env: Env, proxy: Listener, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     pack_id = env.sandbox.create_pack("p")
@@ -105,17 +121,10 @@ def test_no_proxy_sends_those_hosts_direct(env: Env, proxy: Proxy, monkeypatch: 
     assert proxy.seen == []
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    """Answers every request with 200 and a few bytes, noting its request line."""
-
-    protocol_version = "HTTP/1.1"
-    server: Proxy
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
-        pass
+class _Recorder(_Noted):
+    """Answers every request with 200 and a few bytes."""
 
     def _answer(self) -> None:
-        self.server.seen.append(f"{self.command} {self.path}")
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.send_response(200)
         self.send_header("Content-Length", "2")
@@ -128,20 +137,12 @@ class _Recorder(BaseHTTPRequestHandler):
 def test_urls_from_answers_go_out_as_given_with_spaces_and_letters_encoded() -> None:
     """A presigned URL's escapes and signature byte for byte; a space or an accented letter in an
     image's URL (a file named so in the web app) percent-encoded, as a browser sends it."""
-    server = Proxy()
-    server.RequestHandlerClass = _Recorder
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-
-    async def calls() -> None:
+    async def calls(base: str) -> None:
         async with GenviralClient(base, "token") as api:
             await api.put_bytes(f"{base}/up/a%2Fb.png?X-Sig=ab%2Bc%3D&X-Exp=1", b"x", "image/png")
             await api.download(f"{base}/cdn/été 2024.png", 100, hashlib.sha256)
 
-    try:
-        asyncio.run(calls())
-    finally:
-        server.shutdown()
-        server.server_close()
+    with listening(_Recorder) as server:
+        asyncio.run(calls(server.url))
+
     assert server.seen == ["PUT /up/a%2Fb.png?X-Sig=ab%2Bc%3D&X-Exp=1", "GET /cdn/%C3%A9t%C3%A9%202024.png"]

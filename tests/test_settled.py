@@ -17,6 +17,14 @@ def settle(env: Env, runs: int = 2) -> list[SyncReport]:
     return [env.sync(wait=True) for _ in range(runs)]
 
 
+def settled_file(env: Env) -> tuple[str, Path]:
+    """A pack mirroring a folder of one file, settled; its id and the file."""
+    pack_id = env.sandbox.create_pack("p")
+    path = write(env.map("brand", pack_id=pack_id) / "a.png", image())
+    settle(env)
+    return pack_id, path
+
+
 def one(report: SyncReport) -> tuple[bool, int, int]:
     mapping = report.mappings[0]
     assert mapping.plan is not None and mapping.outcome is not None, mapping.fatal
@@ -37,9 +45,7 @@ def test_an_unchanged_mapping_is_not_planned_again(env: Env) -> None:
 
 
 def test_an_image_deleted_in_the_web_app_is_added_again(env: Env) -> None:
-    pack_id = env.sandbox.create_pack("p")
-    path = write(env.map("brand", pack_id=pack_id) / "a.png", image())
-    settle(env)
+    pack_id, path = settled_file(env)
     env.sandbox.remove_image(pack_id, env.pack(pack_id)["images"][0]["id"])
 
     assert one(env.sync()) == (False, 1, 0)
@@ -47,9 +53,7 @@ def test_an_image_deleted_in_the_web_app_is_added_again(env: Env) -> None:
 
 
 def test_a_file_changed_in_place_is_uploaded(env: Env) -> None:
-    pack_id = env.sandbox.create_pack("p")
-    path = write(env.map("brand", pack_id=pack_id) / "a.png", image())
-    settle(env)
+    pack_id, path = settled_file(env)
     write(path, image())
 
     assert one(env.sync()) == (False, 1, 1)
@@ -58,9 +62,7 @@ def test_a_file_changed_in_place_is_uploaded(env: Env) -> None:
 
 def test_a_record_lost_from_the_state_is_found_again(env: Env) -> None:
     """The state restored from an older backup: the pack and the folder are as before, the records not."""
-    pack_id = env.sandbox.create_pack("p")
-    write(env.map("brand", pack_id=pack_id) / "a.png", image())
-    settle(env)
+    pack_id, _ = settled_file(env)
     with sqlite3.connect(env.state_path) as db:
         db.execute("DELETE FROM images")
     env.sandbox.reset_calls()
@@ -105,9 +107,7 @@ def _settled(state: Path) -> list[tuple[str, str]]:
 
 def test_a_state_that_cannot_count_its_changes_is_always_planned(env: Env) -> None:
     """Without its count (a state edited by hand), a change could go unseen: no shortcut then."""
-    pack_id = env.sandbox.create_pack("p")
-    write(env.map("brand", pack_id=pack_id) / "a.png", image())
-    settle(env)
+    settled_file(env)
     with sqlite3.connect(env.state_path) as db:
         db.execute("DELETE FROM changes")
 
