@@ -3,7 +3,8 @@
 For each mapping it reads the pack once (remote truth, through the pack resolver), scans the source
 against its cache (local truth), asks the pure planner what to do, and hands the plan to the
 executor. Scanning runs in a worker thread while the packs are being fetched. A dry run plans and
-stops there, writing nothing to the state.
+stops there, writing nothing to the state. A mapping whose inputs are those of its last plan with
+nothing to do (``_fingerprint``) is not planned again, and its pack's answer is not decoded.
 """
 
 from __future__ import annotations
