@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
-from conftest import Env, image, write
+from conftest import TOKEN, Env, image, write
 
 #: The HTTP client, needed only by commands that talk to an API.
 CLIENT = ("aiohttp", "yarl", "multidict")
@@ -27,10 +28,11 @@ sys.stderr.write("\\nIMPORTED " + json.dumps(sorted(sys.modules)))
 """
 
 
-def imported(*args: str) -> set[str]:
+def imported(*args: str, token: str | None = None) -> set[str]:
     """The modules a command imports, and the packages they are in."""
+    env = {k: v for k, v in os.environ.items() if k != "GENVIRAL_TOKEN"} | ({"GENVIRAL_TOKEN": token} if token else {})
     result = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args)], capture_output=True, text=True,
-                            timeout=60)
+                            timeout=60, env=env)
     marker = result.stderr.rpartition("IMPORTED ")[2]
     modules = set(json.loads(marker))
     return modules | {name.split(".")[0] for name in modules}
@@ -58,6 +60,6 @@ def test_status_imports_neither_the_http_client_nor_the_watcher(env: Env) -> Non
 def test_run_pays_nothing_for_the_page(env: Env) -> None:
     write(env.map("brand", pack_id=env.sandbox.create_pack("p")) / "a.png", image())
     env.write_config()
-    modules = imported("-c", str(env.config_path), "run", "--dry-run")
-    assert "aiohttp.client" in modules, "the probe ran the real run command"
+    modules = imported("-c", str(env.config_path), "run", "--dry-run", token=TOKEN)
+    assert "aiohttp.client" in modules, "the probe ran the real run command, to its pack read"
     assert modules & {*WEB, "httpx", "httpcore", "anyio"} == set()

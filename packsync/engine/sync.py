@@ -239,7 +239,9 @@ class Syncer:
         """Read the pack while scanning the source, then plan; a few mappings at a time, to bound memory."""
         async with slots:
             previous = self.store.file_cache(report.label)
-            read, scan = await asyncio.gather(self._read_pack(report), self._scan(report, previous, busy))
+            # The scan first: its thread walks the folder while the pack is read here (and, in a new
+            # process, while the HTTP library is imported for that first request).
+            scan, read = await asyncio.gather(self._scan(report, previous, busy), self._read_pack(report))
             if scan is None:
                 return
             if not options.dry_run and not isinstance(self.sources[report.label], GoneFolder):

@@ -29,12 +29,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
 from urllib.request import getproxies, proxy_bypass
-
-import aiohttp
-from yarl import URL
 
 from packsync import __version__
 from packsync.errors import (
@@ -50,6 +47,10 @@ from packsync.logs import get_logger, untrusted
 from packsync.model import PackRead, PackSummary, RemotePack, UploadTicket
 from packsync.remote import answers
 from packsync.remote.retry import Backoff
+
+if TYPE_CHECKING:  # imported at the first request: a new process walks its first folder meanwhile
+    import aiohttp
+    from yarl import URL
 
 _AUTH_MESSAGES = {
     401: "the Genviral API refused the key: it is invalid or revoked (401 invalid_token)",
@@ -133,6 +134,8 @@ def path_segment(value: str) -> str:
 def on_the_wire(url: str) -> URL:
     """A URL from an answer (a presigned upload URL, an image's URL) as it goes on the request line: its
     escapes and signature byte for byte, a space or a non-ASCII letter percent-encoded, as browsers do."""
+    from yarl import URL
+
     return URL(quote(url, safe=_URL_SAFE), encoded=True)
 
 
@@ -205,6 +208,8 @@ class GenviralClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
+            import aiohttp
+
             # No cookies (no API here sets one, and a jar costs every answer); ``concurrency`` slots bound
             # the connections in use. Proxies come from ``_proxy`` (aiohttp's ``trust_env`` would read the
             # environment and ~/.netrc again on a thread for every request).
@@ -235,6 +240,9 @@ class GenviralClient:
         ``other`` is another API (Astria's) and the reading of its answers: its requests share this
         client's slots, retry policy and budget.
         """
+        import aiohttp
+        from yarl import URL
+
         attempt = 0
         route = f"{method} {what}"
         while True:
@@ -458,6 +466,8 @@ class GenviralClient:
             self.observer.request(route, status, seconds, sent)
 
     async def _stream(self, url: str, max_bytes: int, into: S) -> S:
+        import aiohttp
+
         started, status = time.monotonic(), 0
         try:
             target = on_the_wire(url)
