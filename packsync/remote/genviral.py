@@ -384,7 +384,7 @@ class GenviralClient:
 
     async def read_pack(self, pack_id: str) -> PackRead:
         """A pack's answer: its id, its name and a digest of its bytes now, its images when ``decode`` is
-        called (which raises ``MalformedAnswer`` for images not as documented)."""
+        called (which raises this client's errors for images not as documented)."""
         def decoded(response: Answer) -> RemotePack:
             quick = answers.pack_answer(response.content) if response.status == 200 else None
             return quick or answers.pack(self._api_answer(response, "GET", "/packs/{id}"))
