@@ -380,30 +380,35 @@ class GenviralClient:
         return list(packs.values())
 
     async def get_pack(self, pack_id: str) -> RemotePack:
-        return (await self.read_pack(pack_id)).decode()
+        """A pack with its images, decoded (a metadata poll, a pull): no digest, no second pass."""
+        pack: RemotePack = await self._read_pack(pack_id, self._pack_of)
+        return pack
 
     async def read_pack(self, pack_id: str) -> PackRead:
         """A pack's answer: its id, its name and a digest of its bytes now, its images when ``decode`` is
         called (which raises this client's errors for images not as documented)."""
-        def decoded(response: Answer) -> RemotePack:
-            quick = answers.pack_answer(response.content) if response.status == 200 else None
-            return quick or answers.pack(self._api_answer(response, "GET", "/packs/{id}"))
-
         def read(response: Answer) -> PackRead:
             digest = hashlib.blake2b(response.content, digest_size=16).hexdigest()
             head = answers.pack_head(response.content) if response.status == 200 else None
             if head is None:  # an error, or an answer not as documented: decided now, as always
-                pack = decoded(response)
+                pack = self._pack_of(response)
 
                 def ready() -> RemotePack:
                     return pack
 
                 return PackRead(pack.pack_id, pack.name, digest, ready)
-            return PackRead(*head, digest, functools.partial(decoded, response))
+            return PackRead(*head, digest, functools.partial(self._pack_of, response))
 
-        answer: PackRead = await self._request("GET", f"/packs/{path_segment(pack_id)}", what="/packs/{id}",
-                                               safe_to_repeat=True, other=(self._api, read))
+        answer: PackRead = await self._read_pack(pack_id, read)
         return answer
+
+    async def _read_pack(self, pack_id: str, reader: Callable[[Answer], Any]) -> Any:
+        return await self._request("GET", f"/packs/{path_segment(pack_id)}", what="/packs/{id}", safe_to_repeat=True,
+                                   other=(self._api, reader))
+
+    def _pack_of(self, response: Answer) -> RemotePack:
+        quick = answers.pack_answer(response.content) if response.status == 200 else None
+        return quick or answers.pack(self._api_answer(response, "GET", "/packs/{id}"))
 
     async def create_pack(self, name: str) -> str:
         """Create a private pack; returns its id. Not repeated on ambiguous failures."""
