@@ -15,6 +15,7 @@ failing sequence can be replayed.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,7 @@ from conftest import TOKEN, Env, image, write
 
 from packsync.errors import ExitCode
 from packsync.sandbox import Account, Faults, Sandbox
+from packsync.sandbox.server import Reply
 
 FILES = 300
 MIN_KILLS = 20
@@ -183,6 +186,26 @@ def test_sigkill_at_random_moments_never_loses_doubles_or_orphans_an_image(slow_
     again = env.cli("run", "--no-wait")
     assert again.returncode == ExitCode.OK
     assert env.sandbox.mutating_calls() == 0, f"the converged state still changes things ({context})"
+
+
+def test_an_image_is_added_only_once_its_url_is_committed(env: Env) -> None:
+    """The executor commits its steps a few at a time, but never sends an add-image before the URL it
+    names is in the state file: that URL is how a run killed before recording the image finds it."""
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("brand", pack_id=pack_id)
+    for i in range(12):
+        write(folder / f"{i}.png", image())
+    committed: list[bool] = []
+
+    def check(reply: Reply) -> Reply:  # the image exists; packsync awaits this answer
+        url = json.loads(reply.body)["data"]["url"]
+        with closing(sqlite3.connect(env.state_path)) as db:  # another connection: committed rows only
+            committed.append(db.execute("SELECT count(*) FROM blobs WHERE url = ?", (url,)).fetchone() == (1,))
+        return reply
+
+    env.sandbox.rewrite("POST", "/packs/{id}/images", check)
+    assert env.sync().exit_code == ExitCode.OK
+    assert committed == [True] * 12
 
 
 @pytest.mark.timeout(120)

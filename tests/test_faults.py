@@ -24,9 +24,10 @@ import pytest
 from conftest import TOKEN, Env, image, write
 from helpers import wait_until
 
-from packsync.errors import ApiError, ExitCode, TransientError
+from packsync.errors import ApiError, AuthError, ExitCode, TransientError
 from packsync.remote.genviral import GenviralClient, RetryPolicy
 from packsync.sandbox import Account, Faults, Sandbox
+from packsync.sandbox.server import Reply
 
 ADD = ("POST", "/packs/{id}/images")
 DELETE = ("DELETE", "/packs/{id}/images/{image_id}")
@@ -378,6 +379,29 @@ def test_key_revoked_mid_run_exits_3_deletes_nothing_and_the_state_survives(env:
     assert env.sync().exit_code == ExitCode.OK
     assert_exact_mirror(env, pack_id, folder)
     assert_no_orphans(env, pack_id)
+
+
+def test_a_run_stopped_by_a_refused_key_has_recorded_every_image_it_added(env: Env) -> None:
+    """The executor commits its steps a few at a time; when a 401 stops the run, what it queued is
+    committed on the way out: every image in the pack is in the state before the next run starts."""
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("brand", pack_id=pack_id)
+    for i in range(40):
+        write(folder / f"{i}.png", image())
+    env.sandbox.faults.latency_s = 0.02
+
+    def revoke_after(reply: Reply) -> Reply:
+        if env.sandbox.calls[("POST", "/packs/{id}/images")] >= 10:
+            env.sandbox.accounts[TOKEN] = Account("ws-1", status=401)
+        return reply
+
+    env.sandbox.rewrite("POST", "/packs/{id}/images", revoke_after)
+    with pytest.raises(AuthError):
+        env.sync()
+
+    in_pack = {image["id"] for image in env.pack(pack_id)["images"]}
+    assert 0 < len(in_pack) < 40, "the run was not stopped half-way; the test proves nothing"
+    assert recorded_image_ids(env, pack_id) == in_pack
 
 
 def test_key_revoked_between_runs_deletes_nothing(env: Env) -> None:

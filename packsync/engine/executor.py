@@ -3,9 +3,10 @@
 The plan is the contract: the executor does what it says — create the pack, record adoptions and
 forget vanished images, upload each content the plan lists once (``POST /files`` → ``PUT``), add
 each image, delete last — and decides nothing again. Each step is written to the state as soon as
-the API confirmed it, so a killed run resumes where it stopped: a URL obtained is reused while
-valid, bytes PUT are never sent again, and an image added but not recorded is found by its URL in
-the pack. Deletes run last, and not at all in a mapping where an add failed (rclone's
+the API confirmed it (a few steps at a time: the store's ``write_behind``), so a killed run resumes
+where it stopped: a URL obtained is reused while valid, bytes PUT are not sent again, and an image
+added but not recorded is found by its URL in the pack — that URL is committed before the add is
+sent. Deletes run last, and not at all in a mapping where an add failed (rclone's
 --delete-after).
 
 A failure of one item is recorded and the rest goes on; a refused key (``AuthError``) stops
@@ -82,14 +83,8 @@ class Executor:
             return self._uploaded(uploads[add.sha256]) if add.sha256 not in plan.urls else _ready(plan.urls[add.sha256])
 
         try:
-            for mapping, outcome in zip(plan.mappings, outcomes, strict=True):
-                await self._prepare(mapping, outcome)
-            async with asyncio.TaskGroup() as group:
-                for mapping, outcome in zip(plan.mappings, outcomes, strict=True):
-                    if not outcome.error:
-                        group.create_task(self._adds(mapping, outcome, url_of))
-            for mapping, outcome in zip(plan.mappings, outcomes, strict=True):
-                await self._deletes(mapping, outcome)
+            with self.store.write_behind():
+                await self._run(plan, outcomes, url_of)
         except* (AuthError, StateError) as group_error:
             raise first_error(group_error) from None
         finally:
@@ -99,6 +94,17 @@ class Executor:
                 task.cancel()
             await asyncio.gather(*self._uploads.values(), return_exceptions=True)
         return outcomes
+
+    async def _run(self, plan: Plan, outcomes: list[MappingOutcome],
+                   url_of: Callable[[AddImage], Awaitable[str]]) -> None:
+        for mapping, outcome in zip(plan.mappings, outcomes, strict=True):
+            await self._prepare(mapping, outcome)
+        async with asyncio.TaskGroup() as group:
+            for mapping, outcome in zip(plan.mappings, outcomes, strict=True):
+                if not outcome.error:
+                    group.create_task(self._adds(mapping, outcome, url_of))
+        for mapping, outcome in zip(plan.mappings, outcomes, strict=True):
+            await self._deletes(mapping, outcome)
 
     async def _prepare(self, mapping: MappingPlan, outcome: MappingOutcome) -> None:
         """Create the pack if the plan says so, then record adoptions and forget images gone remotely."""
@@ -186,6 +192,7 @@ class Executor:
         """Add ``url`` to the pack exactly once, even when an answer is lost on the way back."""
         attempt = 0
         while True:
+            self.store.flush()  # the URL is the record of an image added by a run killed before it recorded it
             try:
                 return await self.api.add_image(pack_id, url, file_name)
             except AmbiguousError as exc:

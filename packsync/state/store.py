@@ -20,7 +20,10 @@ One SQLite file (WAL mode, private to the user) with these tables:
 
 Folders and other sources are keyed by their label (a folder's path). Every step is committed as
 soon as the API confirms it, so a killed run loses at most the step in flight — and the planner
-recognises that step's result by its URL on the next run.
+recognises that step's result by its URL on the next run. Inside ``write_behind`` (the executor's
+uploads, adds and deletes) steps are queued and committed together, before any read, at ``flush``
+and every ``QUEUED_AT_MOST`` steps: a killed run loses at most those few, each of which the next run
+finds again (an added image by its content's URL, which is flushed before the add is sent).
 
 SQLite errors, at opening or at any later moment, are translated here and nowhere else: into
 ``StateUnavailable`` when they may pass (locked by another program, disk full, an I/O error) and
@@ -48,6 +51,8 @@ from packsync.errors import StateError, StateUnavailable
 from packsync.model import METADATA_SETTLED, Blob, CachedFile, ManagedImage, Metadata, Problem, UrlContent
 
 SCHEMA_VERSION = 6
+#: Steps ``write_behind`` queues at most before it commits them.
+QUEUED_AT_MOST = 64
 APP_ID = "packsync"
 
 #: The tables, as SQLite keeps them. Every column without a value is written by packsync explicitly:
@@ -312,6 +317,7 @@ class Store:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
+        self._queued: list[tuple[str, list[Sequence[Any]]]] | None = None  # inside ``write_behind`` only
         try:
             _check_header(path)
             version, tables = self._inspect()
@@ -433,11 +439,33 @@ class Store:
             pass
 
     @contextmanager
+    def write_behind(self) -> Iterator[None]:
+        """Steps written inside are queued and committed together (see the module's docstring): one
+        commit for many steps, where each costs as much as the request it records."""
+        self._queued = []
+        try:
+            yield
+        finally:
+            try:
+                self.flush()
+            finally:
+                self._queued = None
+
+    def flush(self) -> None:
+        """Commit the steps ``write_behind`` queued."""
+        if self._queued:
+            with self._transaction():
+                pass
+
+    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """Statements committed together, or not at all. IMMEDIATE: the write lock is taken (or waited
-        for, up to the busy timeout) at the start, never half-way."""
+        """Statements committed together, or not at all, after any steps queued before them. IMMEDIATE:
+        the write lock is taken (or waited for, up to the busy timeout) at the start, never half-way."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
+            queued, self._queued = self._queued, None if self._queued is None else []
+            for sql, rows in queued or ():
+                self.db.executemany(sql, rows)
             yield self.db
         except BaseException:
             self.rollback()
@@ -447,6 +475,8 @@ class Store:
     # -- plain SQL ---------------------------------------------------------------------------------
 
     def _rows(self, sql: str, *params: Any) -> list[Any]:
+        """The rows ``sql`` selects, every step written before included."""
+        self.flush()
         return self.db.execute(sql, params).fetchall()
 
     def _rows_in(self, sql: str, keys: Collection[str], *params: Any) -> list[Any]:
@@ -463,10 +493,14 @@ class Store:
         self._write_many(sql, [params])
 
     def _write_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        """One statement for each row, committed together (nothing at all, not even the write lock,
-        for no rows)."""
+        """One statement for each row, committed together — or queued, inside ``write_behind`` (nothing
+        at all, not even the write lock, for no rows)."""
         rows = list(rows)
-        if rows:
+        if rows and self._queued is not None:
+            self._queued.append((sql, rows))
+            if len(self._queued) >= QUEUED_AT_MOST:
+                self.flush()
+        elif rows:
             with self._transaction() as db:
                 db.executemany(sql, rows)
 
