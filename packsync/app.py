@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packsync.config import ASTRIA_TOKEN_ENV, Config, MappingConfig, read_token
 from packsync.engine.metadata import MetadataPoller
 from packsync.engine.packs import PackResolver
-from packsync.engine.pull import Puller, PullReport
 from packsync.engine.sync import Syncer, SyncOptions, SyncReport
 from packsync.logs import register_secret
 from packsync.remote.astria import AstriaClient
@@ -25,6 +25,9 @@ from packsync.sources.base import Source
 from packsync.sources.folder import FolderSource, filters_for
 from packsync.state.store import Store
 from packsync.views.progress import Progress
+
+if TYPE_CHECKING:  # pulling (and its sidecars) is imported by `pull` alone
+    from packsync.engine.pull import PullReport
 
 
 def source_for(mapping: MappingConfig, astria: AstriaClient | None, spool: Path | None) -> Source:
@@ -114,6 +117,8 @@ async def pull_once(config: Config, token: str, pack: str, folder: Path, *, dele
                     sidecars: str = "none") -> PullReport:
     """``packsync pull``: open everything, pull one pack (``genviral:…`` or ``astria:…``) into ``folder``,
     close everything."""
+    from packsync.engine.pull import Puller
+
     system, _, wanted = pack.partition(":")
     async with _opened(config, token, dry_run, progress) as (store, api):
         puller = Puller(api, store, progress)

@@ -18,7 +18,6 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
-import platformdirs
 from msgspec import Meta, Struct, field
 
 from packsync.errors import ConfigError
@@ -41,10 +40,14 @@ FOLDER_ONLY = ("include", "exclude", "follow_symlinks", "polling", "sidecars", "
 
 
 def default_config_path() -> Path:
+    import platformdirs  # only where no path is given
+
     return platformdirs.user_config_path("packsync") / "config.toml"
 
 
 def default_state_path() -> Path:
+    import platformdirs
+
     return platformdirs.user_state_path("packsync") / "state.db"
 
 

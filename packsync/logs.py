@@ -87,7 +87,7 @@ def configure(verbose: bool = False, *, tty: bool | None = None) -> None:
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.stdlib.LoggerFactory(),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,  # a logger is built once, not at every event
     )
 
 

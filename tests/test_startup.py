@@ -16,6 +16,8 @@ CLIENT = ("aiohttp", "yarl", "multidict")
 HEAVY = (*CLIENT, "httpx", "httpcore", "anyio", "sqlalchemy", "sqlmodel", "pydantic", "watchdog")
 #: What only serving the page needs.
 WEB = ("aiohttp.web", "jinja2", "prometheus_client")
+#: What only pulling, or a mapping that writes sidecars, needs.
+ONLY_PULL = ("packsync.engine.pull", "packsync.engine.sidecars", "packsync.xmp")
 
 PROBE = """
 import json, runpy, sys
@@ -62,4 +64,4 @@ def test_run_pays_nothing_for_the_page(env: Env) -> None:
     env.write_config()
     modules = imported("-c", str(env.config_path), "run", "--dry-run", token=TOKEN)
     assert "aiohttp.client" in modules, "the probe ran the real run command, to its pack read"
-    assert modules & {*WEB, "httpx", "httpcore", "anyio"} == set()
+    assert modules & {*WEB, *ONLY_PULL, "httpx", "httpcore", "anyio"} == set()

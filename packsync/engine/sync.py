@@ -16,6 +16,7 @@ import operator
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -25,7 +26,6 @@ from packsync.engine.executor import Executor, MappingOutcome
 from packsync.engine.metadata import POLL_BACKOFF, MetadataPoller
 from packsync.engine.packs import PackResolver, recorded_pack_id
 from packsync.engine.planner import MappingInput, MappingOptions, MappingPlan, Plan, plan_mapping, plan_uploads
-from packsync.engine.sidecars import SidecarReport, write_sidecars
 from packsync.engine.subfolders import (
     concrete,
     derived,
@@ -57,6 +57,9 @@ from packsync.sources.base import Source
 from packsync.sources.folder import FolderSource, GoneFolder
 from packsync.state.store import Store
 from packsync.views.progress import Progress
+
+if TYPE_CHECKING:  # sidecars are imported by the mappings that write them
+    from packsync.engine.sidecars import SidecarReport
 
 #: Mappings planned at once: enough to overlap pack reads with scans, few enough that only a few
 #: sources' listings and packs are in memory together.
@@ -205,8 +208,7 @@ class Syncer:
         for report in reports:
             if report.config.sidecars == "xmp" and report.config.path is not None and not report.error \
                     and not isinstance(self.sources[report.label], GoneFolder):
-                async with self.sidecar_pass:
-                    report.sidecars = await write_sidecars(report.config, self.store)
+                report.sidecars = await self._sidecars(report.config)
             self._remember(report)
         return result
 
@@ -214,10 +216,16 @@ class Syncer:
         """Every folder mapping's sidecars, brought up to date (the daemon, once new metadata is in)."""
         for mapping in concrete(self.config, self.store):
             if mapping.sidecars == "xmp" and mapping.path is not None and mapping.folder.is_dir():
-                async with self.sidecar_pass:
-                    report = await write_sidecars(mapping, self.store)
+                report = await self._sidecars(mapping)
                 for problem in report.problems:
                     self.log.warning(problem.reason, path=str(mapping.folder / problem.rel_path))
+
+    async def _sidecars(self, mapping: MappingConfig) -> SidecarReport:
+        """One pass over ``mapping``'s sidecars (one at a time: a run's and the daemon's never overlap)."""
+        from packsync.engine.sidecars import write_sidecars
+
+        async with self.sidecar_pass:
+            return await write_sidecars(mapping, self.store)
 
     def _remember(self, report: MappingReport) -> None:
         """What the views show of this mapping's sync: when, how it ended, and a safety stop's withheld deletes."""

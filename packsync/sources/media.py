@@ -8,6 +8,7 @@ so a file is read at most once per change.
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +126,9 @@ def digest_file(path: Path | str) -> Digest:
     """Hash and check the file at ``path`` in one read. Raises OSError if it cannot be read."""
     digester = Digester()
     with open(path, "rb", buffering=0) as handle:
-        buffer = bytearray(_CHUNK)
+        # Sized to the file (one byte more, to see its end in the same read): most images are far
+        # smaller than a chunk, and a chunk-sized buffer per file costs more than reading it.
+        buffer = bytearray(min(_CHUNK, os.fstat(handle.fileno()).st_size + 1))
         view = memoryview(buffer)
         while count := handle.readinto(buffer):
             digester.update(view[:count])
