@@ -641,3 +641,52 @@ def test_an_id_is_one_path_segment_never_another_endpoint(env: Env, pack_id: str
     clean(result)
     assert result.returncode == ExitCode.SOME_FAILED and "not found" in result.stdout
     assert set(env.sandbox.calls) == {PACK}, "only GET /packs/{id} was asked, with the id as one segment"
+
+
+def full_for_a_moment(store: Any) -> None:
+    """The state's file may grow by two pages at most: SQLite's own "database or disk is full"."""
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages + 2}")
+
+
+def test_a_failed_transaction_keeps_the_steps_queued_before_it(tmp_path: Path) -> None:
+    """The executor's steps wait in a queue; another part of the daemon (a scan's file cache) failing
+    to commit must not take them with it, or an add would go out with its URL unrecorded."""
+    from packsync.errors import StateError
+    from packsync.model import Blob, CachedFile
+    from packsync.state.store import Store
+
+    store = Store(tmp_path / "state.db")
+    url = "https://cdn.example.com/a.png"
+    with store.write_behind():
+        store.save_blob(Blob("a" * 64, "image/png", url, None, None, True))
+        full_for_a_moment(store)
+        cache = {f"f{i}.png": CachedFile(1, i, 10, 1, "b" * 64, "image/png", None) for i in range(5000)}
+        with pytest.raises(StateError, match="no space left"):
+            store.save_file_cache("/watched", {}, cache)
+        store.db.execute("PRAGMA max_page_count = 1073741823")  # space again
+        store.flush()  # what the executor does before it sends the add
+        with sqlite3.connect(tmp_path / "state.db") as other:  # committed, for any connection
+            assert other.execute("SELECT url FROM blobs").fetchall() == [(url,)]
+        other.close()
+    store.close()
+
+
+def test_an_error_ending_the_queued_steps_is_the_one_raised_when_their_commit_fails_too(tmp_path: Path) -> None:
+    """A refused key (or a cancellation) that ends the executor's run is what the run reports, even
+    when the state cannot take the last queued steps at that moment."""
+    from packsync.errors import AuthError
+    from packsync.model import Blob, ManagedImage
+    from packsync.state.store import Store
+
+    store = Store(tmp_path / "state.db")
+    images = [ManagedImage("p", f"i{n}", "c" * 64, f"https://cdn.example.com/{n}.png", f"{n}.png", "/photos")
+              for n in range(5000)]
+    with pytest.raises(AuthError, match="refused"), store.write_behind():
+        store.record_images(images)
+        full_for_a_moment(store)
+        raise AuthError("the key was refused")
+    store.db.execute("PRAGMA max_page_count = 1073741823")
+    store.save_blob(Blob("d" * 64, "image/png"))  # the store is usable again, and writes at once
+    assert store.blobs(["d" * 64])
+    store.close()

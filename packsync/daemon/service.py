@@ -184,7 +184,8 @@ class Daemon:
     def _exit_now(self) -> None:
         """The promise is an exit within 10 s of SIGTERM: past the deadline, show where it hangs and go.
 
-        Leaving mid-step is safe: every step is committed once confirmed, and the next start resumes.
+        Leaving mid-step is safe, like a kill: the steps still queued (``Store.write_behind``) are each
+        found again by the next start, which resumes.
         """
         self.log.error("shutdown is taking too long; exiting now", deadline_s=STOP_DEADLINE_S)
         faulthandler.dump_traceback(all_threads=True)

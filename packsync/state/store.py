@@ -21,9 +21,12 @@ One SQLite file (WAL mode, private to the user) with these tables:
 Folders and other sources are keyed by their label (a folder's path). Every step is committed as
 soon as the API confirms it, so a killed run loses at most the step in flight — and the planner
 recognises that step's result by its URL on the next run. Inside ``write_behind`` (the executor's
-uploads, adds and deletes) steps are queued and committed together, before any read, at ``flush``
-and every ``QUEUED_AT_MOST`` steps: a killed run loses at most those few, each of which the next run
-finds again (an added image by its content's URL, which is flushed before the add is sent).
+uploads, adds and deletes) steps are queued and committed together: before any read through this
+store, with any other transaction, at ``flush`` and every ``QUEUED_AT_MOST`` steps; they leave the
+queue only once a commit holds them. A killed run loses at most those few, each of which the next
+run finds again: an added image by its content's URL, committed before the add is sent, and an
+upload whose bytes were not recorded as sent by sending them again. Other connections (``status``,
+the page) see queued steps once they are committed.
 
 SQLite errors, at opening or at any later moment, are translated here and nowhere else: into
 ``StateUnavailable`` when they may pass (locked by another program, disk full, an I/O error) and
@@ -42,12 +45,15 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import astuple, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import msgspec
+from msgspec.structs import astuple, replace
+
 from packsync.errors import StateError, StateUnavailable
+from packsync.logs import get_logger
 from packsync.model import METADATA_SETTLED, Blob, CachedFile, ManagedImage, Metadata, Problem, UrlContent
 
 SCHEMA_VERSION = 6
@@ -113,8 +119,7 @@ INDEXES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class PulledFile:
+class PulledFile(msgspec.Struct, frozen=True):
     folder: str
     pack_id: str
     name: str
@@ -123,8 +128,7 @@ class PulledFile:
     sha256: str
 
 
-@dataclass(frozen=True, slots=True)
-class SidecarRecord:
+class SidecarRecord(msgspec.Struct, frozen=True):
     """A sidecar as packsync last wrote it: what it said (``digest``), and the file's size and mtime then."""
 
     digest: str
@@ -132,8 +136,7 @@ class SidecarRecord:
     mtime_ns: int
 
 
-@dataclass(frozen=True, slots=True)
-class MappingRecord:
+class MappingRecord(msgspec.Struct, frozen=True):
     """What the state remembers of a mapping: ``source_name`` is what its source calls itself (an Astria
     pack's title); ``ok_at`` when a sync last ended without error; ``safety`` the safety stop holding
     its deletes back, if any, and ``withheld`` what ``--force`` would delete (JSON: a list of names)."""
@@ -157,8 +160,7 @@ class MappingRecord:
         return [str(name) for name in names] if isinstance(names, list) else []
 
 
-@dataclass(frozen=True, slots=True)
-class DaemonRecord:
+class DaemonRecord(msgspec.Struct, frozen=True):
     """What a running daemon is doing, for `packsync status` (one row)."""
 
     pid: int | None = None
@@ -228,7 +230,7 @@ def unusable(path: Path, exc: BaseException) -> StateError:
                       "Move it away to start over.")
 
 
-_MAPPING_COLUMNS = [f.name for f in fields(MappingRecord)]
+_MAPPING_COLUMNS = list(MappingRecord.__struct_fields__)
 _MAPPING_FIELDS = ", ".join(_MAPPING_COLUMNS)
 #: The mapping columns schema 5 added (the table's definition above has them too).
 _MAPPING_COLUMNS_5 = ("ok_at FLOAT", "safety VARCHAR", "withheld VARCHAR")
@@ -441,36 +443,53 @@ class Store:
     @contextmanager
     def write_behind(self) -> Iterator[None]:
         """Steps written inside are queued and committed together (see the module's docstring): one
-        commit for many steps, where each costs as much as the request it records."""
+        commit for many steps, where each costs as much as the request it records.
+
+        When the block ends its steps are committed; if it ends in an error (a refused key, a
+        cancellation), that error is the one raised even if the commit fails too. Steps a failed
+        commit leaves behind are lost then, and found again by the next run like a kill's. Within an
+        enclosing block, it is that block's queue.
+        """
+        if self._queued is not None:
+            yield
+            return
         self._queued = []
         try:
             yield
-        finally:
+        except BaseException:
             try:
                 self.flush()
-            finally:
-                self._queued = None
+            except StateError as exc:
+                get_logger().warning("state: the last steps could not be recorded", error=str(exc))
+            raise
+        else:
+            self.flush()
+        finally:
+            self._queued = None
 
     def flush(self) -> None:
-        """Commit the steps ``write_behind`` queued."""
-        if self._queued:
+        """Commit the steps ``write_behind`` queued (inside a transaction: that transaction will)."""
+        if self._queued and not self.db.in_transaction:
             with self._transaction():
                 pass
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """Statements committed together, or not at all, after any steps queued before them. IMMEDIATE:
-        the write lock is taken (or waited for, up to the busy timeout) at the start, never half-way."""
+        """Statements committed together, or not at all, after any steps queued before them (which stay
+        queued until a commit holds them). IMMEDIATE: the write lock is taken (or waited for, up to the
+        busy timeout) at the start, never half-way."""
         self.db.execute("BEGIN IMMEDIATE")
+        queued = list(self._queued or ())
         try:
-            queued, self._queued = self._queued, None if self._queued is None else []
-            for sql, rows in queued or ():
+            for sql, rows in queued:
                 self.db.executemany(sql, rows)
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
             self.rollback()
             raise
-        self.db.execute("COMMIT")
+        if queued and self._queued is not None:
+            del self._queued[:len(queued)]
 
     # -- plain SQL ---------------------------------------------------------------------------------
 
@@ -496,11 +515,15 @@ class Store:
         """One statement for each row, committed together — or queued, inside ``write_behind`` (nothing
         at all, not even the write lock, for no rows)."""
         rows = list(rows)
-        if rows and self._queued is not None:
+        if not rows:
+            return
+        if self.db.in_transaction:  # written inside another's transaction: a part of it
+            self.db.executemany(sql, rows)
+        elif self._queued is not None:
             self._queued.append((sql, rows))
             if len(self._queued) >= QUEUED_AT_MOST:
                 self.flush()
-        elif rows:
+        else:
             with self._transaction() as db:
                 db.executemany(sql, rows)
 
