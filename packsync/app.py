@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from packsync.config import ASTRIA_TOKEN_ENV, Config, MappingConfig, read_token
 from packsync.engine.metadata import MetadataPoller
@@ -59,8 +60,7 @@ def astria_for(config: Config, api: GenviralClient) -> AstriaClient | None:
     return AstriaClient(config.astria.base_url, read_astria_token(config), api)
 
 
-@dataclass(slots=True)
-class App:
+class App(msgspec.Struct):
     """One config's working parts. ``store`` and ``api`` are owned by whoever opened them."""
 
     config: Config

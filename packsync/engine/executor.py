@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
 from typing import TypeVar
+
+import msgspec
 
 from packsync.engine.packs import PackResolver
 from packsync.engine.planner import AddImage, DeleteImage, MappingPlan, Plan, Upload
@@ -50,15 +51,14 @@ EXPIRY_MARGIN_S = 30.0
 UPLOAD_TRIES = 3
 
 
-@dataclass(slots=True)
-class MappingOutcome:
+class MappingOutcome(msgspec.Struct):
     label: str
     pack_id: str | None
     added: int = 0
     adopted: int = 0     # images already in the pack holding a file's bytes, now packsync's
     recovered: int = 0   # packsync's own uploads a killed run added without recording them
     deleted: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)
+    failures: list[tuple[str, str]] = msgspec.field(default_factory=list)
     error: str | None = None
     deletes_skipped: int = 0
 
@@ -179,10 +179,10 @@ class Executor:
             except UploadRejected as exc:
                 rejected = exc
                 self.log.info("upload URL rejected; asking for a new one", item=add.item.key, error=str(exc))
-                blob = replace(blob, upload_url=None, expires_at=None)
+                blob = msgspec.structs.replace(blob, upload_url=None, expires_at=None)
                 self.store.save_blob(blob)
                 continue
-            blob = replace(blob, upload_url=None, expires_at=None, uploaded=True)
+            blob = msgspec.structs.replace(blob, upload_url=None, expires_at=None, uploaded=True)
             self.store.save_blob(blob)
             self.progress.advance("uploaded")
             return blob.url or ""

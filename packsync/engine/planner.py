@@ -27,16 +27,16 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+
+import msgspec
 
 from packsync.model import Blob, ContentItem, ManagedImage, Metadata, RemoteImage, RemotePack, Scan
 
 MAX_FILE_NAME = 255
 
 
-@dataclass(frozen=True, slots=True)
-class AddImage:
+class AddImage(msgspec.Struct, frozen=True):
     """Add the content of ``item`` (of the mapping labelled ``mapping``) to the pack, as ``file_name``."""
 
     mapping: str
@@ -48,16 +48,14 @@ class AddImage:
         return self.item.sha256
 
 
-@dataclass(frozen=True, slots=True)
-class Upload:
+class Upload(msgspec.Struct, frozen=True):
     """Put some content in Genviral's storage, resuming ``resume`` (a URL obtained, not yet used)."""
 
     add: AddImage
     resume: Blob | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class AdoptImage:
+class AdoptImage(msgspec.Struct, frozen=True):
     """Record an image already in the pack as packsync's: its own upload (``recovered``), or an image
     holding the same bytes as an item of the source."""
 
@@ -65,15 +63,13 @@ class AdoptImage:
     recovered: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class ForgetImage:
+class ForgetImage(msgspec.Struct, frozen=True):
     """Drop the record of an image that is no longer in the pack."""
 
     image: ManagedImage
 
 
-@dataclass(frozen=True, slots=True)
-class DeleteImage:
+class DeleteImage(msgspec.Struct, frozen=True):
     """Delete an image from the pack; ``reason`` says why in a few words."""
 
     image_id: str
@@ -82,16 +78,14 @@ class DeleteImage:
     sha256: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class MappingOptions:
+class MappingOptions(msgspec.Struct, frozen=True):
     delete: bool = True
     prune_foreign: bool = False
     max_delete: int | str = "50%"
     force: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class MappingInput:
+class MappingInput(msgspec.Struct, frozen=True):
     """Everything the planner needs to know about one mapping."""
 
     label: str
@@ -101,24 +95,23 @@ class MappingInput:
     remote: RemotePack | None
     known_urls: Mapping[str, str]   # packsync's own upload URLs among the pack's unrecorded images
     options: MappingOptions = MappingOptions()
-    others: Mapping[str, str] = field(default_factory=dict)  # other mappings' images here: id -> content
-    contents: Mapping[str, str] = field(default_factory=dict)  # downloaded unrecorded images: url -> content
+    others: Mapping[str, str] = msgspec.field(default_factory=dict)  # other mappings' images here: id -> content
+    contents: Mapping[str, str] = msgspec.field(default_factory=dict)  # downloaded unrecorded images: url -> content
     unknown: int = 0  # unrecorded images whose content could not be learnt this time (it may pass)
 
 
-@dataclass(slots=True)
-class MappingPlan:
+class MappingPlan(msgspec.Struct):
     label: str
     pack_name: str
     pack_id: str | None
-    adds: list[AddImage] = field(default_factory=list)
-    adopts: list[AdoptImage] = field(default_factory=list)
-    forgets: list[ForgetImage] = field(default_factory=list)
-    deletes: list[DeleteImage] = field(default_factory=list)
-    withheld: list[DeleteImage] = field(default_factory=list)
-    duplicates: list[RemoteImage] = field(default_factory=list)  # foreign copies of a content already here
-    waiting: list[AddImage] = field(default_factory=list)  # adds held back until unknown images are read
-    metadata: dict[str, Metadata] = field(default_factory=dict)
+    adds: list[AddImage] = msgspec.field(default_factory=list)
+    adopts: list[AdoptImage] = msgspec.field(default_factory=list)
+    forgets: list[ForgetImage] = msgspec.field(default_factory=list)
+    deletes: list[DeleteImage] = msgspec.field(default_factory=list)
+    withheld: list[DeleteImage] = msgspec.field(default_factory=list)
+    duplicates: list[RemoteImage] = msgspec.field(default_factory=list)  # foreign copies of a content already here
+    waiting: list[AddImage] = msgspec.field(default_factory=list)  # adds held back until unknown images are read
+    metadata: dict[str, Metadata] = msgspec.field(default_factory=dict)
     safety: str | None = None
 
     @property
@@ -136,14 +129,13 @@ class MappingPlan:
                     or self.duplicates or self.waiting or self.metadata or self.safety)
 
 
-@dataclass(slots=True)
-class Plan:
+class Plan(msgspec.Struct):
     """Every mapping's actions, the uploads they need (one per content), and the URLs of contents
     already in storage."""
 
     mappings: list[MappingPlan]
     uploads: list[Upload]
-    urls: dict[str, str] = field(default_factory=dict)
+    urls: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property
     def mutations(self) -> int:

@@ -17,10 +17,12 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
+
+import msgspec
 
 from packsync.engine.sidecars import SidecarReport, fields_of, remove_if_ours, sidecar_path, write_beside
 from packsync.errors import NotFound, PermanentError, SourceUnavailable, TransientError
@@ -254,7 +256,7 @@ class Puller:
         while True:
             name = _suffixed(record.name, record.image_id, taken)
             taken.add(name.lower())
-            self.store.record_pulled(replace(record, name=name), content)
+            self.store.record_pulled(msgspec.structs.replace(record, name=name), content)
             try:
                 os.link(temp, folder / name)
             except FileExistsError:

@@ -15,7 +15,6 @@ import json
 import operator
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -68,8 +67,7 @@ MAPPINGS_AT_ONCE = 3
 WITHHELD_SHOWN = 50
 
 
-@dataclass(frozen=True, slots=True)
-class SyncOptions:
+class SyncOptions(msgspec.Struct, frozen=True):
     dry_run: bool = False
     wait: bool = True
     wait_timeout_s: float = 600.0
@@ -78,22 +76,21 @@ class SyncOptions:
     poll_cap_s: float = POLL_BACKOFF.cap_s
 
 
-@dataclass(slots=True)
-class MappingReport:
+class MappingReport(msgspec.Struct):
     """How one mapping went: what the scan found, what was planned, what was done."""
 
     config: MappingConfig
     pack_name: str
     pack_id: str | None = None
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[Problem] = msgspec.field(default_factory=list)
     hashed_files: int = 0
     plan: MappingPlan | None = None
     outcome: MappingOutcome | None = None
     error: str | None = None
     safety: str | None = None
     notice: str | None = None
-    undownloadable: list[tuple[str, str]] = field(default_factory=list)  # (image id, why), this run
-    excluded: list[tuple[str, str]] = field(default_factory=list)  # (path, the exclude pattern), from the scan
+    undownloadable: list[tuple[str, str]] = msgspec.field(default_factory=list)  # (image id, why), this run
+    excluded: list[tuple[str, str]] = msgspec.field(default_factory=list)  # (path, the exclude pattern), from the scan
     sidecars: SidecarReport | None = None
     refused: bool = False  # the source refused the key (an Astria pack's): ``error`` says which
     unchanged: bool = False  # its scan, pack and records were those of its last plan with nothing to do
@@ -123,15 +120,14 @@ class MappingReport:
         return bool(self.last_error or waiting or sidecars or any(not p.notice for p in self.problems))
 
 
-@dataclass(slots=True)
-class SyncReport:
-    mappings: list[MappingReport] = field(default_factory=list)
+class SyncReport(msgspec.Struct):
+    mappings: list[MappingReport] = msgspec.field(default_factory=list)
     plan: Plan | None = None
     metadata_pending: int = 0
     #: Per ``packs_from = "subfolders"`` folder: the files directly in it (skipped), and its subfolders
     #: renamed this run (old path, new path; in a dry run: found, and left for the real run).
-    loose: dict[str, list[Problem]] = field(default_factory=dict)
-    renamed: list[tuple[str, str]] = field(default_factory=list)
+    loose: dict[str, list[Problem]] = msgspec.field(default_factory=dict)
+    renamed: list[tuple[str, str]] = msgspec.field(default_factory=list)
 
     @property
     def exit_code(self) -> ExitCode:

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
 from urllib.request import getproxies, proxy_bypass
 
+import msgspec
+
 from packsync import __version__
 from packsync.errors import (
     AmbiguousError,
@@ -84,8 +86,7 @@ class Observer(Protocol):
 S = TypeVar("S", bound=Sink)
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class RetryPolicy(msgspec.Struct, frozen=True):
     """How hard to try: per request, and in total for one run."""
 
     attempts: int = 6
@@ -96,8 +97,7 @@ class RetryPolicy:
     breaker: int = 10
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(msgspec.Struct, frozen=True):
     """An HTTP answer, read whole."""
 
     status: int
@@ -253,7 +253,7 @@ class GenviralClient:
             # Built before taking a slot: a slot stands for a request on the wire, not one being prepared.
             url = on_the_wire(path) if storage else URL(api.base_url + path.lstrip("/"), encoded=True)
             url = url.update_query(params) if params else url
-            sent = json.dumps(json_body).encode() if json_body is not None else content or b""
+            sent = msgspec.json.encode(json_body) if json_body is not None else content or b""
             sending = dict(self._agent if storage else api.headers)
             if json_body is not None:
                 sending["Content-Type"] = "application/json"

@@ -9,12 +9,12 @@ exact (polling, where regular rounds are the point).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from typing import Literal
 
+import msgspec
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
+
+class Backoff(msgspec.Struct, frozen=True):
     start_s: float
     cap_s: float
     jitter: float | Literal["full"] = 0.0
@@ -30,12 +30,11 @@ class Backoff:
         return base * random.uniform(1 - self.jitter, 1 + self.jitter) if self.jitter else float(base)
 
 
-@dataclass(slots=True)
-class Retrying:
+class Retrying(msgspec.Struct):
     """A backoff with its own attempt count, for a loop that retries one thing until it works."""
 
     backoff: Backoff
-    attempt: int = field(default=0)
+    attempt: int = 0
 
     def next_delay(self) -> float:
         self.attempt += 1

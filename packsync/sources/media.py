@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 #: The image types the Genviral API accepts, with the extension its CDN URLs get.
 SUPPORTED = {
@@ -30,8 +31,7 @@ _HEIF_BRANDS = {b"mif1", b"msf1", b"heif"}
 _AVIF_BRANDS = {b"avif", b"avis"}
 
 
-@dataclass(frozen=True, slots=True)
-class Digest:
+class Digest(msgspec.Struct, frozen=True):
     """The outcome of reading one file: its identity and, if it cannot be synced, why not."""
 
     sha256: str

@@ -7,7 +7,8 @@ by ``views/text.py`` and ``views/json.py``. A view never queries the database it
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+
+import msgspec
 
 from packsync.config import Config, MappingConfig
 from packsync.engine.packs import recorded_pack_id
@@ -16,8 +17,7 @@ from packsync.model import METADATA_SETTLED, ManagedImage, Metadata, Problem
 from packsync.state.store import DaemonRecord, MappingRecord, Store
 
 
-@dataclass(frozen=True, slots=True)
-class FileStatus:
+class FileStatus(msgspec.Struct, frozen=True):
     """One item of a source: ``state`` is synced, pending, failed (with ``problem``) or skipped."""
 
     path: str
@@ -28,8 +28,7 @@ class FileStatus:
     metadata: Metadata | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class MappingStatus:
+class MappingStatus(msgspec.Struct, frozen=True):
     """One mapping: its pack as the config and the state know it, and how its last sync went (``record``)."""
 
     path: str
@@ -62,8 +61,7 @@ class MappingStatus:
         return self.record.last_error if self.record else None
 
 
-@dataclass(frozen=True, slots=True)
-class DaemonStatus:
+class DaemonStatus(msgspec.Struct, frozen=True):
     """What the daemon last published (``record``), and whether it is the process running now."""
 
     running: bool
@@ -82,8 +80,7 @@ class DaemonStatus:
         return self.record.queue if self.running else 0
 
 
-@dataclass(frozen=True, slots=True)
-class Status:
+class Status(msgspec.Struct, frozen=True):
     state_path: str
     state_exists: bool
     daemon: DaemonStatus | None
