@@ -232,10 +232,44 @@ def bare_downloads(urls: Sequence[str], concurrency: int, cwd: Path) -> Finished
     return run_child([sys.executable, str(script), str(listed), str(concurrency)], cwd=cwd)
 
 
-def floor_note(floor: Finished, bound_s: float) -> str:
+_BARE_UPLOADS = """
+import asyncio, os, sys, aiohttp
+base, pack, folder, concurrency = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3], int(sys.argv[4])
+auth = {"Authorization": "Bearer " + os.environ["GENVIRAL_TOKEN"]}
+async def main():
+    files = iter(sorted(os.scandir(folder), key=lambda entry: entry.name))
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as client:
+        async def worker():
+            for entry in files:
+                with open(entry.path, "rb") as handle:
+                    data = handle.read()
+                ask = {"contentType": "image/png", "filename": entry.name, "size": len(data)}
+                async with client.post(base + "/files", json=ask, headers=auth) as response:
+                    ticket = (await response.json())["data"]
+                png = {"Content-Type": "image/png"}
+                async with client.put(ticket["uploadUrl"], data=data, headers=png) as response:
+                    await response.read()
+                add = {"image_url": ticket["url"], "file_name": entry.name}
+                async with client.post(f"{base}/packs/{pack}/images", json=add, headers=auth) as response:
+                    await response.read()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+asyncio.run(main())
+"""
+
+
+def bare_uploads(base_url: str, pack_id: str, folder: Path, concurrency: int, cwd: Path) -> Finished:
+    """The floor of an upload scenario, measured like packsync: a separate Python process that only
+    imports aiohttp and makes the three calls per file (``POST /files``, ``PUT``, add-image) with
+    ``concurrency`` of them in flight, remembering nothing."""
+    script = cwd / "bare_uploads.py"
+    script.write_text(_BARE_UPLOADS, encoding="utf-8")
+    return run_child([sys.executable, str(script), base_url, pack_id, str(folder), str(concurrency)], cwd=cwd)
+
+
+def floor_note(floor: Finished, bound_s: float, what: str = "downloads") -> str:
     if floor.returncode != 0:
         return f"the bare client failed: {floor.tail(3)}"
-    return (f"a bare aiohttp client making only the same downloads: {floor.wall_s:.2f} s, "
+    return (f"a bare aiohttp client making only the same {what}: {floor.wall_s:.2f} s, "
             f"{bound_s / floor.wall_s:.2f} of the bound")
 
 
