@@ -180,7 +180,8 @@ def scan_folder(root: Path, previous: Mapping[str, CachedFile], filters: Filters
     try:
         if not stat.S_ISDIR(os.stat(root).st_mode):
             raise SourceUnavailable(f"{root} is not a folder")
-        os.listdir(root)
+        with os.scandir(root):  # it can be opened (its entries are read once, by the walk)
+            pass
     except OSError as exc:
         raise SourceUnavailable(f"{root} cannot be read ({exc.strerror})") from None
     return _Walk(root, previous, filters, on_file, busy).run()

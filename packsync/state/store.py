@@ -533,7 +533,8 @@ class Store:
         """What the last scan of ``source`` saw, by item key."""
         rows = self._rows("SELECT rel_path, dev, inode, size, mtime_ns, sha256, content_type, problem "
                           "FROM files WHERE root = ?", source)
-        return {rel: CachedFile(*rest) for rel, *rest in rows}
+        return {rel: CachedFile(dev, inode, size, mtime_ns, sha256, kind, problem)
+                for rel, dev, inode, size, mtime_ns, sha256, kind, problem in rows}
 
     def save_file_cache(self, source: str, previous: Mapping[str, CachedFile],
                         current: Mapping[str, CachedFile]) -> None:
