@@ -1,5 +1,5 @@
 """``python -m packsync``: the same as the ``packsync`` command."""
 
-from packsync.cli import main
+from packsync.cli import entry
 
-main()
+entry()
