@@ -538,14 +538,17 @@ class Store:
 
     def save_file_cache(self, source: str, previous: Mapping[str, CachedFile],
                         current: Mapping[str, CachedFile]) -> None:
-        """Store what a scan saw, writing only the rows that changed."""
+        """Store what a scan saw, writing only the rows that changed (nothing, not even the write lock,
+        when none did)."""
+        gone = [(source, rel) for rel in previous if rel not in current]
+        changed = [(source, rel, c.dev, c.inode, c.size, c.mtime_ns, c.sha256, c.content_type, c.problem)
+                   for rel, c in current.items() if previous.get(rel) is not c and previous.get(rel) != c]
+        if not (gone or changed):
+            return
         with self._transaction() as db:
-            db.executemany("DELETE FROM files WHERE root = ? AND rel_path = ?",
-                           [(source, rel) for rel in previous if rel not in current])
+            db.executemany("DELETE FROM files WHERE root = ? AND rel_path = ?", gone)
             db.executemany("INSERT OR REPLACE INTO files (root, rel_path, dev, inode, size, mtime_ns, sha256, "
-                           "content_type, problem) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           [(source, rel, c.dev, c.inode, c.size, c.mtime_ns, c.sha256, c.content_type, c.problem)
-                            for rel, c in current.items() if previous.get(rel) is not c and previous.get(rel) != c])
+                           "content_type, problem) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", changed)
 
     def save_problems(self, source: str, problems: Iterable[Problem]) -> None:
         """Make what the last scan of ``source`` reported the problems on record, writing only what changed
