@@ -86,8 +86,9 @@ def entry() -> None:
 
     try:
         logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: started without it
+                stream.flush()
     except (OSError, ValueError):  # a closed pipe: let the interpreter end as it would, and say so
         sys.exit(code)
     os._exit(code)

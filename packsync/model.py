@@ -143,6 +143,9 @@ class PackRead(msgspec.Struct, frozen=True):
     digest: str
     decode: Callable[[], RemotePack]
 
+    def __repr__(self) -> str:  # not the answer ``decode`` holds: tens of MB for a large pack
+        return f"PackRead(pack_id={self.pack_id!r}, name={self.name!r}, digest={self.digest!r})"
+
 
 class UrlContent(msgspec.Struct, frozen=True):
     """What the bytes at an image's URL are, once downloaded: its content, or why it is not known.

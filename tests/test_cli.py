@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import TOKEN, Env, image, write
@@ -106,3 +107,26 @@ def test_a_library_record_holding_the_token_is_redacted(capsys: pytest.CaptureFi
     lines = [json.loads(line) for line in err.splitlines()]
     assert [line["event"] for line in lines] == ["echoing Authorization: Bearer ***", "packsync's own event"]
     assert lines[1]["mapping"] == "/photos", "context bound to the logger is in its events"
+
+
+def test_a_command_started_without_standard_output_ends_cleanly() -> None:
+    """packsync leaves at once when a command ends, flushing what it printed; a stream it was started
+    without (a supervisor's ``>&-``) is not one to flush."""
+    closed = subprocess.run([sys.executable, "-m", "packsync", "--version"], capture_output=False,
+                            stderr=subprocess.PIPE, text=True, timeout=60, preexec_fn=lambda: os.close(1))
+    assert (closed.returncode, closed.stderr) == (0, "")
+
+
+def test_everything_a_command_prints_reaches_a_file(env: Env, tmp_path: Path) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("brand", pack_id=pack_id)
+    for i in range(300):
+        write(folder / f"{i:03}.png", image())
+    env.write_config()
+    assert env.cli("run", "--no-wait").returncode == 0
+    out = tmp_path / "status.txt"
+    with out.open("w") as handle:
+        done = subprocess.run([sys.executable, "-m", "packsync", "-c", str(env.config_path), "status", "--files"],
+                              stdout=handle, text=True, timeout=60)
+    assert done.returncode == 0
+    assert out.read_text().count(".png") == 300

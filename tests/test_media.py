@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from packsync.sandbox.imaging import solid_png
-from packsync.sources.media import SUPPORTED, digest_file, judge, sniff
+from packsync.sources.media import SUPPORTED, Digest, Digester, digest_file, judge, sniff
 
 PNG = solid_png(4, 3, (200, 10, 10))
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(200) + b"\xff\xd9"
@@ -110,6 +110,25 @@ def test_digest_of_a_file_larger_than_one_read_sees_its_head_and_its_end(tmp_pat
 
     assert digest.sha256 == hashlib.sha256(data).hexdigest()
     assert (digest.size, digest.content_type, digest.problem) == (len(data), "image/png", None)
+
+
+@pytest.mark.parametrize("size", [1, 7, 4096])
+def test_bytes_streamed_in_small_chunks_are_judged_as_if_read_whole(size: int) -> None:
+    """A download may come a few bytes at a time: the head is still the first bytes, the tail the last."""
+    whole = Digester()
+    whole.update(PNG)
+    for data in (PNG, PNG + bytes(200_000)):
+        streamed = Digester()
+        for start in range(0, len(data), size):
+            streamed.update(memoryview(data)[start:start + size])
+        assert streamed.digest() == digest_of(data), size
+    assert whole.digest().problem is None
+
+
+def digest_of(data: bytes) -> Digest:
+    digester = Digester()
+    digester.update(data)
+    return digester.digest()
 
 
 def test_digest_of_a_large_truncated_file_reports_it(tmp_path: Path) -> None:

@@ -253,7 +253,7 @@ class GenviralClient:
             # Built before taking a slot: a slot stands for a request on the wire, not one being prepared.
             url = on_the_wire(path) if storage else URL(api.base_url + path.lstrip("/"), encoded=True)
             url = url.update_query(params) if params else url
-            sent = msgspec.json.encode(json_body) if json_body is not None else content or b""
+            sent = json.dumps(json_body).encode() if json_body is not None else content or b""
             sending = dict(self._agent if storage else api.headers)
             if json_body is not None:
                 sending["Content-Type"] = "application/json"

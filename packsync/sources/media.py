@@ -25,6 +25,8 @@ SUPPORTED = {
 }
 
 _CHUNK = 1 << 20
+_SMALLEST_READ = 64 * 1024
+_HEAD = 64
 _TAIL = 64 * 1024
 _HEIC_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis"}
 _HEIF_BRANDS = {b"mif1", b"msf1", b"heif"}
@@ -107,15 +109,22 @@ class Digester:
     def __init__(self) -> None:
         self.sha = hashlib.sha256()
         self.head = b""
-        self.tail = b""
+        self._tail = bytearray()
         self.size = 0
 
     def update(self, chunk: bytes | memoryview) -> None:
+        """Take the next bytes, in chunks of any size (a download's may be a few bytes)."""
         self.sha.update(chunk)
-        if not self.head:
-            self.head = bytes(chunk[:64])
-        self.tail = (self.tail + bytes(chunk[-_TAIL:]))[-_TAIL:]
+        if len(self.head) < _HEAD:
+            self.head += bytes(chunk[:_HEAD - len(self.head)])
+        self._tail += chunk[-_TAIL:]
+        if len(self._tail) > 2 * _TAIL:  # trimmed now and then: each chunk costs its own size
+            del self._tail[:-_TAIL]
         self.size += len(chunk)
+
+    @property
+    def tail(self) -> bytes:
+        return bytes(self._tail[-_TAIL:])
 
     def digest(self) -> Digest:
         content_type, problem = judge(self.size, self.head, self.tail)
@@ -126,9 +135,10 @@ def digest_file(path: Path | str) -> Digest:
     """Hash and check the file at ``path`` in one read. Raises OSError if it cannot be read."""
     digester = Digester()
     with open(path, "rb", buffering=0) as handle:
-        # Sized to the file (one byte more, to see its end in the same read): most images are far
-        # smaller than a chunk, and a chunk-sized buffer per file costs more than reading it.
-        buffer = bytearray(min(_CHUNK, os.fstat(handle.fileno()).st_size + 1))
+        # Sized to the file (one byte more, to see its end in the same read), within bounds: most
+        # images are far smaller than a chunk, and a chunk-sized buffer per file costs more than
+        # reading it; a file still being written may have grown since its size was taken.
+        buffer = bytearray(min(_CHUNK, max(_SMALLEST_READ, os.fstat(handle.fileno()).st_size + 1)))
         view = memoryview(buffer)
         while count := handle.readinto(buffer):
             digester.update(view[:count])
