@@ -1,5 +1,5 @@
 """``python -m packsync``: the same as the ``packsync`` command."""
 
-from packsync.cli import entry
+from packsync.cli import main
 
-entry()
+main()

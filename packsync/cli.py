@@ -70,30 +70,6 @@ def main() -> None:
     """Keep Genviral image packs an exact mirror of local folders."""
 
 
-def entry() -> None:
-    """The ``packsync`` command: ``main``, then out at once with its exit code. Tearing the interpreter
-    down module by module took some 85 ms after a run (a third of a ``status``); by then a command has
-    closed what it opened (the state, its lock, its files), so only the output is left to flush."""
-    try:
-        main()
-    except SystemExit as exc:
-        if not isinstance(exc.code, int | None):
-            raise
-        code = exc.code or 0
-    else:
-        code = 0
-    import logging
-
-    try:
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:  # None: started without it
-                stream.flush()
-    except (OSError, ValueError):  # a closed pipe: let the interpreter end as it would, and say so
-        sys.exit(code)
-    os._exit(code)
-
-
 def _config_path() -> Path:
     from packsync.config import find_config_path
 

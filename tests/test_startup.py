@@ -20,10 +20,10 @@ WEB = ("aiohttp.web", "jinja2", "prometheus_client")
 ONLY_PULL = ("packsync.engine.pull", "packsync.engine.sidecars", "packsync.xmp")
 
 PROBE = """
-import json, sys
-from packsync.cli import main  # the command group ``packsync`` runs, without its quick exit
+import json, runpy, sys
+sys.argv = ["packsync", *json.loads(sys.argv[1])]
 try:
-    main(json.loads(sys.argv[1]), prog_name="packsync")
+    runpy.run_module("packsync", run_name="__main__")
 except SystemExit:
     pass
 sys.stderr.write("\\nIMPORTED " + json.dumps(sorted(sys.modules)))
