@@ -68,6 +68,11 @@ class Scan(msgspec.Struct):
     never lets a read error look like a deletion. ``cache`` is what each item looked like, to be
     remembered for the next scan. ``excluded`` are the paths an exclude pattern left out (a folder's
     with a trailing ``/``, its contents not walked), with that pattern.
+
+    ``listing`` (a folder's) is a digest of what the walk alone saw: each file's path and ``stat`` key,
+    and what it could not walk. With the same file cache it decides the items, so a listing the same
+    as a settled plan's is that plan's scan again (``Syncer._plan``). ``retry``: a file could not be
+    judged this time (a read failed, or it changed while read), so the scan is not one to settle on.
     """
 
     source: str
@@ -77,6 +82,8 @@ class Scan(msgspec.Struct):
     cache: dict[str, CachedFile] = msgspec.field(default_factory=dict)
     hashed_files: int = 0
     excluded: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    listing: str | None = None
+    retry: bool = False
 
 
 class Blob(msgspec.Struct, frozen=True):

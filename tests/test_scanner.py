@@ -381,6 +381,7 @@ def test_a_changed_file_that_cannot_be_read_is_reported_and_its_old_content_kept
     assert problems(scan) == {"locked.png": "cannot read (Permission denied)"}
     assert scan.keep == {first.cache["locked.png"].sha256} and bool(scan.keep)
     assert scan.cache["locked.png"] == first.cache["locked.png"], "the old verdict stays cached"
+    assert scan.retry and not first.retry, "a scan that could not read a file is not one to settle on"
 
 
 def test_an_unreadable_file_never_seen_before_has_nothing_to_keep(tmp_path: Path,
@@ -391,6 +392,7 @@ def test_an_unreadable_file_never_seen_before_has_nothing_to_keep(tmp_path: Path
 
     assert scan.items == [] and list(problems(scan)) == ["locked.png"]
     assert scan.keep == set() and "locked.png" not in scan.cache
+    assert scan.retry
 
 
 def test_an_unreadable_folder_keeps_everything_it_held(tmp_path: Path,
@@ -477,3 +479,24 @@ def test_followed_symlinks_that_cannot_be_synced_are_reported(tmp_path: Path, li
     assert synced(scan) == {"sub/good.png": sha(good.read_bytes())}
     assert list(problems(scan)) == [link] and reason in problems(scan)[link]
     assert not scan.problems[0].notice
+
+
+def test_the_walk_alone_lists_what_the_scan_lists_and_sees_every_change(tmp_path: Path) -> None:
+    """A settled folder is recognised by its listing, made by a walk that reads nothing: it must be the
+    full scan's listing for the same tree, and change with any file's stat key or the walk's problems."""
+    write(tmp_path / "a.png", image())
+    write(tmp_path / "sub" / "b.png", image())
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "link.png").symlink_to(tmp_path / "a.png")
+    full = scan_folder(tmp_path, {}, FILTERS)
+    walked = scan_folder(tmp_path, {}, FILTERS, judge=False)
+
+    assert full.listing == walked.listing and full.listing is not None
+    assert walked.items == [] and walked.cache == {} and walked.hashed_files == 0
+    assert scan_folder(tmp_path, full.cache, FILTERS).listing == full.listing, "the same tree, the same listing"
+
+    os.utime(tmp_path / "sub" / "b.png", ns=(1, 1))
+    touched = scan_folder(tmp_path, {}, FILTERS, judge=False).listing
+    (tmp_path / "link.png").unlink()
+    unlinked = scan_folder(tmp_path, {}, FILTERS, judge=False).listing
+    assert len({full.listing, touched, unlinked}) == 3

@@ -4,6 +4,7 @@ again — and every change to any of them is still seen."""
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from conftest import Env, image, write
@@ -113,3 +114,30 @@ def test_a_state_that_cannot_count_its_changes_is_always_planned(env: Env) -> No
 
     assert one(env.sync())[0] is False
     assert one(env.sync())[0] is False
+
+
+def test_an_unchanged_folder_still_reports_its_bad_files(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("brand", pack_id=pack_id)
+    write(folder / "a.png", image())
+    (folder / "empty.png").write_bytes(b"")
+
+    third = settle(env, 3)[-1].mappings[0]
+
+    assert third.unchanged
+    assert [(p.rel_path, p.reason) for p in third.problems] == [("empty.png", "empty file")]
+
+
+def test_an_unchanged_folder_is_recognised_by_its_walk_alone(env: Env) -> None:
+    """Every file is still `stat`ed, but a settled folder whose walk sees what it saw then needs nothing
+    else from its files: not its file cache, not a byte of them."""
+    pack_id, path = settled_file(env)
+    with closing(sqlite3.connect(env.state_path)) as db, db:
+        db.execute("DELETE FROM files")
+
+    report = env.sync().mappings[0]
+    assert report.unchanged and report.hashed_files == 0
+
+    path.write_bytes(image())  # and a change is still a change
+    assert one(env.sync()) == (False, 1, 1)
+    assert sorted(env.cdn_bytes(pack_id)) == [path.read_bytes()]

@@ -242,10 +242,26 @@ class Syncer:
                     slots: asyncio.Semaphore) -> None:
         """Read the pack while scanning the source, then plan; a few mappings at a time, to bound memory."""
         async with slots:
+            source, settled = self.sources[report.label], self.store.settled(report.label)
+            folder = source if isinstance(source, FolderSource) and settled and not (busy or options.dry_run) \
+                else None
+            if folder:
+                # A folder whose last plan had nothing to do: if the walk sees what it saw then, and the
+                # pack and the records are the same, its file cache is not even loaded.
+                listed, read = await asyncio.gather(_listed(folder), self._read_pack(report))
+                changes = self.store.changes()
+                if listed and read and changes >= 0 and not report.error \
+                        and _fingerprint(report.config, options.force, changes, read.digest, listed) == settled:
+                    report.problems = self.store.problems(report.label)
+                    self._unchanged(report, read)
+                    return
             previous = self.store.file_cache(report.label)
-            # The scan first: its thread walks the folder while the pack is read here (and, in a new
-            # process, while the HTTP library is imported for that first request).
-            scan, read = await asyncio.gather(self._scan(report, previous, busy), self._read_pack(report))
+            if folder:  # the pack is read already
+                scan = await self._scan(report, previous, busy)
+            else:
+                # The scan first: its thread walks the folder while the pack is read here (and, in a new
+                # process, while the HTTP library is imported for that first request).
+                scan, read = await asyncio.gather(self._scan(report, previous, busy), self._read_pack(report))
             if scan is None:
                 return
             if not options.dry_run and not isinstance(self.sources[report.label], GoneFolder):
@@ -259,11 +275,7 @@ class Syncer:
             fingerprint = _fingerprint(report.config, options.force, changes, read.digest, scan) \
                 if read and changes >= 0 else ""
             if read and fingerprint and fingerprint == self.store.settled(report.label):
-                # The same scan, the same pack and the same recorded images as when the plan last had
-                # nothing to do: the pure planner would say so again.
-                report.plan = MappingPlan(report.label, report.config.pack or read.name, read.pack_id)
-                report.unchanged = True
-                self.log.debug("unchanged since its last plan; nothing to do", mapping=report.label)
+                self._unchanged(report, read)
                 return
             try:
                 remote = read.decode() if read else None
@@ -271,11 +283,19 @@ class Syncer:
                 report.error, report.pack_id = f"cannot read the pack: {exc}", None
                 return
             report.plan = plan_mapping(await self._input(report, remote, scan, options))
-            if fingerprint and report.plan.settled and not options.dry_run and self.store.changes() == changes:
+            if fingerprint and report.plan.settled and not (options.dry_run or scan.retry) \
+                    and self.store.changes() == changes:
                 self.store.save_settled(report.label, fingerprint)
             report.safety = report.plan.safety
             if report.plan.pack_id and not options.dry_run:  # what the pack read says of the AI metadata
                 self.store.update_metadata(report.plan.pack_id, report.plan.metadata)
+
+    def _unchanged(self, report: MappingReport, read: PackRead) -> None:
+        """The same scan, the same pack and the same recorded images as when the plan last had nothing
+        to do: the pure planner would say so again."""
+        report.plan = MappingPlan(report.label, report.config.pack or read.name, read.pack_id)
+        report.unchanged = True
+        self.log.debug("unchanged since its last plan; nothing to do", mapping=report.label)
 
     async def _scan(self, report: MappingReport, previous: dict[str, CachedFile],
                     busy: Collection[str]) -> Scan | None:
@@ -451,11 +471,20 @@ def _below(paths: Collection[str], mapping: MappingConfig, group: str) -> set[st
     return {path[len(prefix):] for path in paths if path.startswith(prefix)}
 
 
+async def _listed(source: FolderSource) -> Scan | None:
+    try:
+        return await source.listing()
+    except SourceUnavailable:
+        return None  # the scan that follows says why
+
+
 def _fingerprint(mapping: MappingConfig, force: bool, changes: int, pack: str, scan: Scan) -> str:
     """Everything a mapping's plan is made from, as one digest: its config, the scan, the digest of the
     pack's answer, and the count of changes to the recorded images, uploads and downloads
-    (``Store.changes``)."""
-    inputs = (changes, force, mapping, pack, sorted(scan.items, key=_KEY), sorted(scan.keep))
+    (``Store.changes``). A folder's scan is its ``listing``: with the file cache, which only its scans
+    change (and ``forget_verdicts``, which drops the fingerprint too), that decides its items."""
+    seen = scan.listing or (sorted(scan.items, key=_KEY), sorted(scan.keep))
+    inputs = (changes, force, mapping, pack, seen)
     return hashlib.blake2b(msgspec.json.encode(inputs, enc_hook=str), digest_size=16).hexdigest()
 
 

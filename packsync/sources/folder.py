@@ -17,6 +17,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import msgspec
+
 from packsync.config import MappingConfig
 from packsync.errors import ItemChanged, SourceUnavailable
 from packsync.model import CachedFile, ContentItem, Problem, Scan
@@ -130,6 +132,10 @@ class FolderSource:
         """The walk, in a worker thread (it stats and reads files; the event loop goes on)."""
         return await asyncio.to_thread(scan_folder, self.root, previous, self.filters, on_item, busy)
 
+    async def listing(self) -> Scan:
+        """The walk alone, in a worker thread: its ``listing`` and its own problems, no file read."""
+        return await asyncio.to_thread(lambda: scan_folder(self.root, {}, self.filters, judge=False))
+
     async def read(self, item: ContentItem) -> bytes:
         """The file's bytes: read on the event loop when small, in a worker thread otherwise."""
         return self._read(item) if item.size < INLINE_READ_BYTES else await asyncio.to_thread(self._read, item)
@@ -171,11 +177,14 @@ class GoneFolder:
 
 
 def scan_folder(root: Path, previous: Mapping[str, CachedFile], filters: Filters,
-                on_file: Callable[[int], None] | None = None, busy: Collection[str] = ()) -> Scan:
+                on_file: Callable[[int], None] | None = None, busy: Collection[str] = (), *,
+                judge: bool = True) -> Scan:
     """Scan ``root`` recursively. ``on_file(bytes_read)`` is called after each file is judged.
 
     ``busy`` names files (relative paths) still being written: they are not read now, and
-    whatever content they held before is kept.
+    whatever content they held before is kept. Without ``judge`` it is the walk alone: every file
+    ``stat``ed, none compared with the cache or read, and the scan has its ``listing`` only (with
+    the problems of the walk itself).
     """
     try:
         if not stat.S_ISDIR(os.stat(root).st_mode):
@@ -184,19 +193,21 @@ def scan_folder(root: Path, previous: Mapping[str, CachedFile], filters: Filters
             pass
     except OSError as exc:
         raise SourceUnavailable(f"{root} cannot be read ({exc.strerror})") from None
-    return _Walk(root, previous, filters, on_file, busy).run()
+    return _Walk(root, previous, filters, on_file, busy, judge).run()
 
 
 class _Walk:
     def __init__(self, root: Path, previous: Mapping[str, CachedFile], filters: Filters,
-                 on_file: Callable[[int], None] | None, busy: Collection[str]) -> None:
+                 on_file: Callable[[int], None] | None, busy: Collection[str], judge: bool = True) -> None:
         self.root = root
         self.busy = busy
         self.previous = previous
         self.filters = filters.reading(root)
         self.on_file = on_file or (lambda _n: None)
+        self.judge = judge
         self.scan = Scan(source=str(root))
         self.seen_dirs: set[tuple[int, int]] = set()
+        self.listed: dict[str, tuple[int, int, int, int]] = {}  # each file the walk took: its stat key
 
     def run(self) -> Scan:
         root_stat = os.stat(self.root)
@@ -210,7 +221,15 @@ class _Walk:
                         self._entry(entry, prefix, pending)
             except OSError as exc:
                 self._unreadable(prefix, f"cannot list this folder ({exc.strerror})")
+        self.scan.listing = self._listing()
         return self.scan
+
+    def _listing(self) -> str:
+        """The digest of what the walk saw: files and their keys, the problems of the walk itself (not a
+        file's judgement: those are of listed files), and the files said to be busy."""
+        walked = sorted((p.rel_path, p.reason, p.notice) for p in self.scan.problems if p.rel_path not in self.listed)
+        seen = (sorted(self.listed.items()), walked, sorted(self.busy))
+        return hashlib.blake2b(msgspec.msgpack.encode(seen), digest_size=16).hexdigest()
 
     def _entry(self, entry: os.DirEntry[str], prefix: str, pending: list[tuple[str, str]]) -> None:
         name = entry.name
@@ -287,6 +306,9 @@ class _Walk:
 
     def _file(self, path: str, rel: str, st: os.stat_result) -> None:
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        self.listed[rel] = key
+        if not self.judge:
+            return
         cached = self.previous.get(rel)
         if rel in self.busy:
             if cached is not None and cached.sha256 and not cached.problem:
@@ -296,6 +318,7 @@ class _Walk:
         if cached is None or not cached.matches(*key):
             cached = self._read(path, rel, st)
             if cached is None:
+                self.scan.retry = True
                 return
         self.scan.cache[rel] = cached
         if cached.problem:

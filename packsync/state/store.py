@@ -580,8 +580,10 @@ class Store:
         """Let the next scan of ``source`` (and of its subfolders' packs) judge again the files it skipped
         as bad (someone fixed them)."""
         below = source.rstrip("/") + "/"
-        self._write("DELETE FROM files WHERE (root = ? OR substr(root, 1, ?) = ?) AND problem IS NOT NULL", source,
-                    len(below), below)
+        with self._transaction() as db:  # and their last plans: a settled walk would not read the files again
+            db.execute("DELETE FROM files WHERE (root = ? OR substr(root, 1, ?) = ?) AND problem IS NOT NULL",
+                       (source, len(below), below))
+            db.execute("DELETE FROM settled WHERE root = ? OR substr(root, 1, ?) = ?", (source, len(below), below))
 
     def problem_counts(self, source: str) -> tuple[int, int]:
         """(problems, notices among them) of ``source``."""
