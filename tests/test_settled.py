@@ -141,3 +141,28 @@ def test_an_unchanged_folder_is_recognised_by_its_walk_alone(env: Env) -> None:
     path.write_bytes(image())  # and a change is still a change
     assert one(env.sync()) == (False, 1, 1)
     assert sorted(env.cdn_bytes(pack_id)) == [path.read_bytes()]
+
+
+def test_an_unchanged_folder_reports_the_problems_of_the_scan_it_settled_on(env: Env) -> None:
+    """A run between that did not settle (here a safety stop) recorded other problems; the folder then
+    back as it was must report its own bad file again, not that run's."""
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("brand", pack_id=pack_id, max_delete=0)
+    write(folder / "a.png", image())
+    (folder / "empty.png").write_bytes(b"")
+    settle(env)
+    away = env.root / "away"
+    away.mkdir()
+    for name in ("a.png", "empty.png"):  # moved, not copied: the same stat keys when they come back
+        (folder / name).rename(away / name)
+    (folder / "broken.png").write_bytes(b"")
+
+    stopped = env.sync().mappings[0]
+    assert stopped.safety and [p.rel_path for p in stopped.problems] == ["broken.png"]
+
+    (folder / "broken.png").unlink()
+    for name in ("a.png", "empty.png"):
+        (away / name).rename(folder / name)
+    back = env.sync().mappings[0]
+    assert [(p.rel_path, p.reason) for p in back.problems] == [("empty.png", "empty file")]
+    assert env.sandbox.calls[("POST", "/packs/{id}/images")] == 1 and env.pack(pack_id)["image_count"] == 1

@@ -552,7 +552,8 @@ class Store:
 
     def save_problems(self, source: str, problems: Iterable[Problem]) -> None:
         """Make what the last scan of ``source`` reported the problems on record, writing only what changed
-        (a folder of 50,000 bad files rescanned unchanged writes nothing)."""
+        (a folder of 50,000 bad files rescanned unchanged writes nothing). New problems void the
+        source's settled fingerprint: a run it matches reports the problems on record."""
         old = set(self.problems(source))
         new = set(problems)
         if old == new:
@@ -563,6 +564,7 @@ class Store:
                            [(source, problem.rel_path) for problem in old if problem.rel_path not in kept])
             db.executemany("INSERT OR REPLACE INTO problems (root, rel_path, reason, notice) VALUES (?, ?, ?, ?)",
                            [(source, p.rel_path, p.reason, p.notice) for p in new - old])
+            db.execute("DELETE FROM settled WHERE root = ?", (source,))
 
     def sidecars(self, source: str) -> dict[str, SidecarRecord]:
         """The sidecars packsync wrote next to ``source``'s files, by the file's key."""
