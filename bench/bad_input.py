@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 
 import noop_rerun
-from harness import Context, RecordingSandbox, Row, Setup, median, packsync_argv, run_child
+from harness import Context, Row, Setup, median, packsync_argv, run_child
 
 TIMED_RUNS = 3
 MAPPINGS = 10
@@ -34,7 +34,7 @@ def run(ctx: Context) -> list[Row]:
     good_state = work / "good" / "state.db"
     good_state.parent.mkdir(parents=True, mode=0o700)
     shutil.copy2(cache / "state.db", good_state)
-    with RecordingSandbox() as sandbox:
+    with ctx.sandbox() as sandbox:
         sandbox.load_snapshot(cache / "sandbox.json")
         good = Setup(work / "good", sandbox.base_url, state_path=good_state,
                      mappings=list(zip(noop_rerun._folders(cache, cached_mappings)[:mappings],

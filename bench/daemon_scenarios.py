@@ -1,8 +1,9 @@
 """A real ``packsync daemon`` watching a folder, the API adding 40 ms to every call.
 
 Files are written in a staging folder outside the watched one (same file system) and renamed in, as
-a finished download or export would arrive. Timestamps are taken in this process: the rename, and the
-sandbox's arrival time of each request (see ``RecordingSandbox``).
+a finished download or export would arrive. The rename is timed in this process, each request's
+arrival in the sandbox's (``sandbox_process``): both read ``time.monotonic()``, which on Linux is the
+system-wide ``CLOCK_MONOTONIC``, so the two compare directly.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from harness import (
     PACKS_GET,
     STORAGE_PUT,
     Context,
-    RecordingSandbox,
     Row,
+    SandboxProcess,
     Setup,
     calls_dict,
     percentile,
@@ -47,7 +48,7 @@ def _stop(daemon: DaemonProcess) -> int | None:
         daemon.log.close()
 
 
-def _start(work: Path, sandbox: RecordingSandbox, name: str) -> tuple[Path, str, Path, DaemonProcess]:
+def _start(work: Path, sandbox: SandboxProcess, name: str) -> tuple[Path, str, Path, DaemonProcess]:
     pack_id = sandbox.new_pack(name)
     folder = work / "watched"
     write_images(folder, [1], prefix="seed")  # a folder that already holds a synced image
@@ -60,15 +61,13 @@ def _start(work: Path, sandbox: RecordingSandbox, name: str) -> tuple[Path, str,
     return folder, pack_id, config, daemon
 
 
-def _holds(sandbox: RecordingSandbox, pack_id: str, count: int) -> bool:
+def _holds(sandbox: SandboxProcess, pack_id: str, count: int) -> bool:
     return sandbox.image_count(pack_id) == count
 
 
-def _wait_quiet(sandbox: RecordingSandbox, quiet_s: float, timeout: float) -> None:
+def _wait_quiet(sandbox: SandboxProcess, quiet_s: float, timeout: float) -> None:
     def quiet() -> bool:
-        with sandbox.arrived:
-            last = sandbox.arrivals[-1][0] if sandbox.arrivals else 0.0
-        return time.monotonic() - last >= quiet_s
+        return time.monotonic() - sandbox.last_arrival() >= quiet_s
 
     wait_until(quiet, timeout=timeout, interval=0.1, what=f"{quiet_s} s without API calls")
 
@@ -79,7 +78,7 @@ def run_drops(ctx: Context) -> list[Row]:
     staging = work / "staging"
     write_images(staging, range(1000, 1000 + drops), prefix="drop")
     latencies = []
-    with RecordingSandbox(latency_s=LATENCY_S) as sandbox:
+    with ctx.sandbox(latency_s=LATENCY_S) as sandbox:
         folder, pack_id, _config, daemon = _start(work, sandbox, "drops")
         try:
             ctx.log(f"daemon drop: {drops} files, one at a time")
@@ -112,7 +111,7 @@ def run_burst(ctx: Context) -> list[Row]:
     work = ctx.workdir / "daemon-burst"
     staging = work / "staging"
     write_images(staging, range(1000, 1000 + files), prefix="burst")
-    with RecordingSandbox(latency_s=LATENCY_S) as sandbox:
+    with ctx.sandbox(latency_s=LATENCY_S) as sandbox:
         folder, pack_id, config, daemon = _start(work, sandbox, "burst")
         try:
             sandbox.forget_arrivals()

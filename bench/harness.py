@@ -1,10 +1,11 @@
-"""What every scenario needs: a sandbox that remembers when requests arrived, child processes measured
-on their own (wall time, CPU, peak RSS), config files, image trees, a file-open counter and a daemon
-driven the way systemd drives it.
+"""What every scenario needs: child processes measured on their own (wall time, CPU, peak RSS), the
+bare httpx2 client that is the floor of the throughput scenarios, config files, image trees, a
+file-open counter and a daemon driven the way systemd drives it.
 
 packsync always runs as a separate process (``python -m packsync``), with the token in the
-environment, so its wall time and memory are its own; the sandbox runs on threads of this process so
-the bench can read its counters and timestamps directly.
+environment, so its wall time and memory are its own. So does the sandbox it talks to
+(``sandbox_process.SandboxProcess``, started by ``Context.sandbox``): nothing measured shares an
+interpreter, or a GIL, with anything else.
 """
 
 from __future__ import annotations
@@ -27,106 +28,23 @@ from pathlib import Path
 from typing import Any
 
 from helpers import DaemonProcess
+from sandbox_process import TOKEN, SandboxProcess
 
-from packsync.sandbox import Account, Faults, Sandbox
 from packsync.sandbox.imaging import solid_png
 
-TOKEN = "gva_bench_key.not-a-real-secret"
-SCOPE = "ws-bench"
+BARE_CLIENT = Path(__file__).with_name("bare_client.py")
 PACKS_GET = ("GET", "/packs/{id}")
 ADD_IMAGE = ("POST", "/packs/{id}/images")
 CREATE_UPLOAD = ("POST", "/files")
 STORAGE_PUT = ("PUT", "storage")
 
 
-# -- the sandbox ------------------------------------------------------------------------------------
-
-class RecordingSandbox(Sandbox):
-    """The in-package sandbox, also noting the arrival time of every request (``time.monotonic``).
-
-    ``_count`` runs when a request has been read and routed, before the configured latency, so an
-    arrival time is when the server received the call.
-    """
-
-    def __init__(self, latency_s: float = 0.0, enrich_delays: tuple[float, float] = (0.2, 0.3)) -> None:
-        super().__init__(accounts={TOKEN: Account(scope=SCOPE)}, enrich_delays=enrich_delays,
-                         faults=Faults(latency_s=latency_s))
-        self.arrivals: list[tuple[float, str, str]] = []
-        self.arrived = threading.Condition()
-
-    def _count(self, method: str, route: str) -> None:
-        super()._count(method, route)
-        with self.arrived:
-            self.arrivals.append((time.monotonic(), method, route))
-            self.arrived.notify_all()
-
-    def __enter__(self) -> RecordingSandbox:
-        super().__enter__()
-        return self
-
-    def forget_arrivals(self) -> None:
-        self.reset_calls()
-        with self.arrived:
-            self.arrivals.clear()
-
-    def arrivals_of(self, method: str, route: str, since: float = 0.0) -> list[float]:
-        with self.arrived:
-            return [t for t, m, r in self.arrivals if (m, r) == (method, route) and t >= since]
-
-    def wait_for_arrival(self, method: str, route: str, since: float, timeout: float) -> float | None:
-        """The first arrival of (method, route) at or after ``since``, waiting up to ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        with self.arrived:
-            while True:
-                for t, m, r in self.arrivals:
-                    if t >= since and (m, r) == (method, route):
-                        return t
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self.arrived.wait(left)
-
-    def new_pack(self, name: str) -> str:
-        return self.create_pack(name, scope=SCOPE)
-
-    def settle(self, pack_id: str, timeout: float = 60.0) -> None:
-        """Wait until the sandbox has decided every image's AI metadata, which it does lazily at the
-        first read after the enrichment delay: that work is the sandbox's, not a measured run's."""
-        deadline = time.monotonic() + timeout
-        while any(image["metadata"]["status"] not in ("completed", "failed") for image in self.pack(pack_id)["images"]):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the sandbox did not settle pack {pack_id} within {timeout} s")
-            time.sleep(0.05)
-
-    def image_count(self, pack_id: str) -> int:
-        pack = self.pack(pack_id)
-        return len(pack["images"]) if pack else 0
-
-    def save_snapshot(self, path: Path) -> None:
-        """Write the whole store to ``path``.
-
-        The sandbox has no public dump, and giving it a state file from the start would rewrite the
-        whole file on every one of the setup's requests, so this borrows the store's own writer.
-        """
-        store = self.store
-        with store.lock:
-            store._state_path = path
-            try:
-                store._save()
-            finally:
-                store._state_path = None
-
-    def load_snapshot(self, path: Path) -> None:
-        """Fill the (empty) store from ``path`` without attaching the file, so nothing writes it back."""
-        with self.store.lock:
-            self.store._load(path)
-
-
 # -- child processes --------------------------------------------------------------------------------
 
 @dataclass
 class Finished:
-    """A child process that ended, measured on its own."""
+    """A child process that ended, measured on its own; ``server_cpu_s``: the sandbox process's CPU
+    seconds meanwhile, when it was given."""
 
     argv: list[str]
     returncode: int
@@ -135,6 +53,7 @@ class Finished:
     max_rss_bytes: int
     stdout: str
     stderr: str
+    server_cpu_s: float | None = None
 
     def tail(self, lines: int = 15) -> str:
         return "\n".join((self.stdout + self.stderr).strip().splitlines()[-lines:])
@@ -151,9 +70,11 @@ class PeakRss:
     """Polls the peak RSS (``VmHWM``) of a child process after its exec, every ``interval_s``.
 
     ``ru_maxrss`` from ``wait4`` (or ``RUSAGE_CHILDREN``) would not do: Linux carries the high-water
-    mark of the pre-exec fork — a copy of this process, sandbox and all — into the child's. ``VmHWM``
-    belongs to the address space, which exec replaces, and only ever grows, so the last reading holds
-    the peak unless it came in the final interval before exit.
+    mark of the address space the child had before exec — a copy of this process, or this process's
+    own when subprocess uses vfork — into the child's, so it reads max(bench, child). The bench no
+    longer holds the sandbox, but it still holds tens of MB of its own. ``VmHWM`` belongs to the
+    address space, which exec replaces, and only ever grows, so the last reading holds the peak unless
+    it came in the final interval before exit.
     """
 
     def __init__(self, pid: int, argv: Sequence[str], interval_s: float = 0.005) -> None:
@@ -187,8 +108,11 @@ class PeakRss:
         return self.peak_bytes
 
 
-def run_child(argv: Sequence[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 3600) -> Finished:
-    """Run ``argv`` to its end: wall time from spawn to exit, CPU from its rusage, peak RSS from VmHWM."""
+def run_child(argv: Sequence[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 3600,
+              server: SandboxProcess | None = None) -> Finished:
+    """Run ``argv`` to its end: wall time from spawn to exit, CPU from its rusage, peak RSS from VmHWM;
+    and, given the ``server`` it talks to, that sandbox process's CPU time over the same span."""
+    server_before = server.cpu_now() if server is not None else 0.0
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(list(argv), stdout=out, stderr=err, cwd=cwd, env=env or child_env())
@@ -201,76 +125,102 @@ def run_child(argv: Sequence[str], cwd: Path, env: dict[str, str] | None = None,
             killer.cancel()
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
+        server_cpu = server.cpu_now() - server_before if server is not None else None
         out.seek(0)
         err.seek(0)
         return Finished(list(argv), proc.returncode, wall, usage.ru_utime + usage.ru_stime, rss.stop(),
-                        out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+                        out.read().decode(errors="replace"), err.read().decode(errors="replace"), server_cpu)
 
 
-_BARE_CLIENT = """
-import asyncio, json, sys, aiohttp
-urls, concurrency = json.load(open(sys.argv[1])), int(sys.argv[2])
-async def main():
-    slots = asyncio.Semaphore(concurrency)
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as client:
-        async def one(url):
-            async with slots, client.get(url) as response:
-                async for _ in response.content.iter_chunked(65536):
-                    pass
-        await asyncio.gather(*map(one, urls))
-asyncio.run(main())
-"""
+# -- the bare httpx2 client: the floor of the throughput scenarios ----------------------------------
+
+def bare_uploads(sandbox: SandboxProcess, pack_id: str, folder: Path, concurrency: int, cwd: Path) -> Finished:
+    """A process that only imports httpx2 and makes the three calls per file of ``folder``
+    (``POST /files``, ``PUT``, add-image) into ``pack_id``, ``concurrency`` files in flight, remembering
+    nothing (``bare_client.py uploads``)."""
+    argv = [sys.executable, str(BARE_CLIENT), "uploads", sandbox.base_url, pack_id, str(folder), str(concurrency)]
+    return run_child(argv, cwd=cwd, timeout=600, server=sandbox)
 
 
-def bare_downloads(urls: Sequence[str], concurrency: int, cwd: Path) -> Finished:
-    """The floor of a download scenario, measured like packsync: a separate Python process that only
-    imports aiohttp (packsync's HTTP client) and streams ``urls`` through as many connections, writing
-    nothing anywhere."""
-    script, listed = cwd / "bare_client.py", cwd / "bare_urls.json"
-    script.write_text(_BARE_CLIENT, encoding="utf-8")
+def bare_downloads(sandbox: SandboxProcess, urls: Sequence[str], concurrency: int, cwd: Path) -> Finished:
+    """A process that only imports httpx2 and streams ``urls`` through ``concurrency`` connections,
+    writing nothing anywhere (``bare_client.py downloads``)."""
+    listed = cwd / "bare_urls.json"
     listed.write_text(json.dumps(list(urls)), encoding="utf-8")
-    return run_child([sys.executable, str(script), str(listed), str(concurrency)], cwd=cwd)
+    argv = [sys.executable, str(BARE_CLIENT), "downloads", str(listed), str(concurrency)]
+    return run_child(argv, cwd=cwd, timeout=600, server=sandbox)
 
 
-_BARE_UPLOADS = """
-import asyncio, os, sys, aiohttp
-base, pack, folder, concurrency = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3], int(sys.argv[4])
-auth = {"Authorization": "Bearer " + os.environ["GENVIRAL_TOKEN"]}
-async def main():
-    files = iter(sorted(os.scandir(folder), key=lambda entry: entry.name))
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as client:
-        async def worker():
-            for entry in files:
-                with open(entry.path, "rb") as handle:
-                    data = handle.read()
-                ask = {"contentType": "image/png", "filename": entry.name, "size": len(data)}
-                async with client.post(base + "/files", json=ask, headers=auth) as response:
-                    ticket = (await response.json())["data"]
-                png = {"Content-Type": "image/png"}
-                async with client.put(ticket["uploadUrl"], data=data, headers=png) as response:
-                    await response.read()
-                add = {"image_url": ticket["url"], "file_name": entry.name}
-                async with client.post(f"{base}/packs/{pack}/images", json=add, headers=auth) as response:
-                    await response.read()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-asyncio.run(main())
-"""
+def bare_mirror(sandbox: SandboxProcess, pack_id: str, urls: Sequence[str], concurrency: int, cwd: Path) -> Finished:
+    """A process that only imports httpx2 and, per URL, downloads it and makes the three upload calls
+    into ``pack_id``, ``concurrency`` images in flight (``bare_client.py mirror``)."""
+    listed = cwd / "bare_urls.json"
+    listed.write_text(json.dumps(list(urls)), encoding="utf-8")
+    argv = [sys.executable, str(BARE_CLIENT), "mirror", sandbox.base_url, pack_id, str(listed), str(concurrency)]
+    return run_child(argv, cwd=cwd, timeout=600, server=sandbox)
 
 
-def bare_uploads(base_url: str, pack_id: str, folder: Path, concurrency: int, cwd: Path) -> Finished:
-    """The floor of an upload scenario, measured like packsync: a separate Python process that only
-    imports aiohttp and makes the three calls per file (``POST /files``, ``PUT``, add-image) with
-    ``concurrency`` of them in flight, remembering nothing."""
-    script = cwd / "bare_uploads.py"
-    script.write_text(_BARE_UPLOADS, encoding="utf-8")
-    return run_child([sys.executable, str(script), base_url, pack_id, str(folder), str(concurrency)], cwd=cwd)
+CPU_TARGET = 1.5
 
 
-def floor_note(floor: Finished, bound_s: float, what: str = "downloads") -> str:
-    if floor.returncode != 0:
-        return f"the bare client failed: {floor.tail(3)}"
-    return (f"a bare aiohttp client making only the same {what}: {floor.wall_s:.2f} s, "
-            f"{bound_s / floor.wall_s:.2f} of the bound")
+@dataclass
+class Throughput:
+    """One measured packsync run of a throughput scenario, its concurrency bound, and the bare httpx2
+    client making the same calls in the same run."""
+
+    images: int
+    bound_s: float
+    packsync: Finished
+    bare: Finished
+
+    @property
+    def ratio(self) -> float:
+        """The run's rate ÷ the bound's: bound time ÷ wall time."""
+        return self.bound_s / self.packsync.wall_s
+
+    @property
+    def cpu_ratio(self) -> float:
+        """packsync's CPU per image ÷ the bare client's (the same images, so the totals' ratio)."""
+        return self.packsync.cpu_s / self.bare.cpu_s
+
+    def per_1000(self, cpu_s: float) -> float:
+        return cpu_s / self.images * 1000
+
+    def note(self) -> str:
+        """The absolute figures of a throughput row: both CPU costs and what the bare client achieved."""
+        ours, bare = self.packsync, self.bare
+        text = (f"packsync CPU {self.per_1000(ours.cpu_s):.2f} s per 1,000 images ({ours.cpu_s:.2f} s)"
+                f"{_server(ours)}; ")
+        if bare.returncode != 0:
+            return text + f"the bare httpx2 client failed: {bare.tail(3)}"
+        return text + (f"a bare httpx2 client making the same calls: {bare.wall_s:.2f} s = "
+                       f"{self.bound_s / bare.wall_s:.2f} of the bound, CPU {self.per_1000(bare.cpu_s):.2f} s per "
+                       f"1,000 images ({bare.cpu_s:.2f} s){_server(bare)}")
+
+    def cpu_row(self, id: str, scenario: str, complete: bool) -> Row:
+        """The CPU figure of a throughput row: packsync's CPU per image ÷ the bare client's, ≤ 1.5."""
+        ours, bare = self.packsync, self.bare
+        measured = complete and bare.returncode == 0 and bare.cpu_s > 0
+        value = self.cpu_ratio if measured else None
+        return Row(
+            f"{id}-cpu", scenario, "packsync's CPU per image ÷ a bare httpx2 client's making the same calls "
+            "(user + system, whole processes, start-up included)",
+            value, f"≤ {CPU_TARGET}", measured and self.cpu_ratio <= CPU_TARGET,
+            f"packsync {self.per_1000(ours.cpu_s):.2f} s per 1,000 images, bare httpx2 client "
+            f"{self.per_1000(bare.cpu_s):.2f} s per 1,000 images ({self.images:,} images each)"
+            + ("" if measured else "; NOT MEASURED: " + ("the bare client failed" if complete else "the run failed")),
+            self.details())
+
+    def details(self) -> dict[str, Any]:
+        return {"images": self.images, "bound_s": self.bound_s, "wall_s": self.packsync.wall_s,
+                "cpu_s": self.packsync.cpu_s, "max_rss_bytes": self.packsync.max_rss_bytes,
+                "sandbox_cpu_s": self.packsync.server_cpu_s, "returncode": self.packsync.returncode,
+                "bare_wall_s": self.bare.wall_s, "bare_cpu_s": self.bare.cpu_s,
+                "bare_sandbox_cpu_s": self.bare.server_cpu_s, "bare_returncode": self.bare.returncode}
+
+
+def _server(done: Finished) -> str:
+    return "" if done.server_cpu_s is None else f", the sandbox's meanwhile {done.server_cpu_s:.2f} s"
 
 
 def packsync_argv(config: Path, *args: str) -> list[str]:
@@ -430,9 +380,20 @@ class Row:
 
 @dataclass
 class Context:
-    """What a scenario gets: its sizes, a scratch folder, the cache folder and a logger."""
+    """What a scenario gets: its sizes, a scratch folder, the cache folder, a logger, and its sandboxes."""
 
     smoke: bool
     workdir: Path
     cache_dir: Path
     log: Callable[[str], None]
+    sandboxes: list[SandboxProcess] = field(default_factory=list)
+
+    def sandbox(self, latency_s: float = 0.0, enrich_delays: tuple[float, float] = (0.2, 0.3)) -> SandboxProcess:
+        """A sandbox process for this scenario, started by ``with``; its CPU time goes in the scenario's rows."""
+        sandbox = SandboxProcess(latency_s, enrich_delays)
+        self.sandboxes.append(sandbox)
+        return sandbox
+
+    def sandbox_cpu_s(self) -> float:
+        """CPU seconds used by the scenario's sandbox processes, all stopped by now."""
+        return sum(sandbox.stop() for sandbox in self.sandboxes)

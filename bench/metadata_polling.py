@@ -9,7 +9,7 @@ still has pending images once.
 
 from __future__ import annotations
 
-from harness import PACKS_GET, Context, RecordingSandbox, Row, Setup, calls_dict, packsync_argv, run_child, write_images
+from harness import PACKS_GET, Context, Row, Setup, calls_dict, packsync_argv, run_child, write_images
 
 PACKS = 2
 ENRICH_DELAYS = (5.0, 5.0)
@@ -26,20 +26,11 @@ def _rounds(times: list[float]) -> list[list[float]]:
     return rounds
 
 
-def _pending(sandbox: RecordingSandbox, pack_ids: list[str]) -> int:
-    """Images whose metadata the sandbox has not finished yet."""
-    count = 0
-    for pack_id in pack_ids:
-        pack = sandbox.pack(pack_id) or {"images": []}
-        count += sum(1 for image in pack["images"] if image["metadata"]["status"] not in ("completed", "failed"))
-    return count
-
-
 def run(ctx: Context) -> list[Row]:
     files = 100 if ctx.smoke else 1000
     delays = (1.0, 1.0) if ctx.smoke else ENRICH_DELAYS
     work = ctx.workdir / "metadata"
-    with RecordingSandbox(enrich_delays=delays) as sandbox:
+    with ctx.sandbox(enrich_delays=delays) as sandbox:
         mappings = []
         for p in range(PACKS):
             folder = work / f"pack{p}"
@@ -55,7 +46,7 @@ def run(ctx: Context) -> list[Row]:
         waited = run_child(packsync_argv(config, "run"), cwd=work, timeout=900)
         calls = sandbox.calls
         gets = sandbox.arrivals_of(*PACKS_GET)
-        pending_left = _pending(sandbox, [pack_id for _, pack_id in mappings])
+        pending_left = sandbox.pending_metadata([pack_id for _, pack_id in mappings])
     rounds = _rounds(gets)
     polls = rounds[1:]
     per_round = [len(r) for r in polls]

@@ -1,4 +1,4 @@
-"""The baseline of the first-sync speed-up: a plain client that adds images one at a time.
+"""The baseline of the first-sync speed-up: a plain httpx2 client that adds images one at a time.
 
 For each PNG in a folder: ``POST /files``, ``PUT`` the bytes to the presigned URL, ``POST
 /packs/{id}/images`` — one after the other, no concurrency, no state, no hashing. Prints
@@ -16,14 +16,16 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 
 
 def main() -> None:
     base_url, pack_id, folder = sys.argv[1:4]
     paths = sorted(Path(folder).glob("*.png"))
     headers = {"Authorization": f"Bearer {os.environ['GENVIRAL_TOKEN']}"}
-    with httpx.Client(base_url=base_url.rstrip("/") + "/", headers=headers) as api, httpx.Client() as storage:
+    # Proxies from the environment are ignored: the sandbox is on 127.0.0.1.
+    with httpx2.Client(base_url=base_url.rstrip("/") + "/", headers=headers, trust_env=False) as api, \
+            httpx2.Client(trust_env=False) as storage:
         start = time.perf_counter()
         for path in paths:
             data = path.read_bytes()

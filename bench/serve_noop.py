@@ -1,7 +1,8 @@
 """Serve the no-op scenario's cached setup, so a run can be profiled by hand.
 
-Loads the sandbox snapshot, copies the cached state to a scratch folder, writes a config and waits
-(Ctrl-C or SIGTERM ends it). Build the cache first with ``python bench/run.py --only noop``.
+Starts a sandbox process as the bench does and loads the snapshot into it, copies the cached state to
+a scratch folder, writes a config and waits (Ctrl-C or SIGTERM ends it). Build the cache first with
+``python bench/run.py --only noop``.
 
     python bench/serve_noop.py [--smoke] [--cache-dir DIR]
     # in another shell, with the printed config:
@@ -23,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers: helpers.py
 
-from harness import TOKEN, RecordingSandbox, Setup, calls_dict  # noqa: E402
+from harness import TOKEN, SandboxProcess, Setup, calls_dict  # noqa: E402
 from noop_rerun import _folders  # noqa: E402
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     state = work / "state" / "state.db"
     state.parent.mkdir(mode=0o700)
     shutil.copy2(cache / "state.db", state)
-    with RecordingSandbox() as sandbox:
+    with SandboxProcess() as sandbox:
         sandbox.load_snapshot(cache / "sandbox.json")
         config = Setup(work, sandbox.base_url, concurrency=10, state_path=state,
                        mappings=list(zip(_folders(cache, mappings), manifest["pack_ids"], strict=True))).write()
