@@ -67,6 +67,6 @@ def run(ctx: Context) -> list[Row]:
             clean and mutating == 0 and measured.ratio >= TARGET,
             f"{files:,} images adopted in {done.wall_s:.2f} s (bound {measured.bound_s:.2f} s); downloads "
             f"{downloads}; POST /files + PUT + add-image: {mutating}; {measured.note()}",
-            {**measured.details(), "calls": calls, "output_tail": done.tail()}),
+            {**measured.details(), "calls": calls, "output_tail": done.tail()}, clean and mutating == 0),
         measured.cpu_row("adoption", scenario, clean),
     ]

@@ -72,6 +72,6 @@ def run(ctx: Context) -> list[Row]:
             "whole-process wall time", measured.ratio, f"≥ {TARGET:.2f}", exact and measured.ratio >= TARGET,
             f"{mirrored:,} images in {done.wall_s:.2f} s (bound {measured.bound_s:.2f} s); calls per kind {per_image}; "
             f"{measured.note()}",
-            {**measured.details(), "calls": calls, "output_tail": done.tail()}),
+            {**measured.details(), "calls": calls, "output_tail": done.tail()}, exact),
         measured.cpu_row("astria-mirror", scenario, exact),
     ]

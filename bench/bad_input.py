@@ -69,4 +69,4 @@ def run(ctx: Context) -> list[Row]:
         ratio, "≤ 3×, a few output lines per mapping", ratio <= 3 and short,
         f"bad {median(bad_s):.2f} s vs good {median(good_s):.2f} s; lines printed per bad re-run: {lines} "
         f"(first run {first_bad.wall_s:.1f} s)",
-        {"bad_s": bad_s, "good_s": good_s, "lines": lines, "first_bad_s": first_bad.wall_s})]
+        {"bad_s": bad_s, "good_s": good_s, "lines": lines, "first_bad_s": first_bad.wall_s}, short)]

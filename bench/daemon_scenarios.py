@@ -21,7 +21,6 @@ from harness import (
     STORAGE_PUT,
     Context,
     Row,
-    SandboxProcess,
     Setup,
     calls_dict,
     percentile,
@@ -30,6 +29,7 @@ from harness import (
     write_images,
 )
 from helpers import DaemonProcess, wait_until
+from sandbox_process import SandboxProcess
 
 LATENCY_S = 0.040
 DEBOUNCE_S = 1.0
@@ -150,4 +150,4 @@ def run_burst(ctx: Context) -> list[Row]:
         {"calls": calls_dict(calls), "minimum": minimum, "pack_reads_before_last_add": reads_before,
          "metadata_polls_after_last_add": polls_after, "renamed_s": renamed_s, "landed_s": landed_s,
          "settled_s": settled_s, "get_times_s": [round(t - started, 3) for t in gets],
-         "last_add_s": round(last_add - started, 3), "daemon_exit": code})]
+         "last_add_s": round(last_add - started, 3), "daemon_exit": code}, transfers)]

@@ -21,7 +21,6 @@ from harness import (
     STORAGE_PUT,
     Context,
     Row,
-    SandboxProcess,
     Setup,
     Throughput,
     bare_uploads,
@@ -31,6 +30,7 @@ from harness import (
     run_child,
     write_images,
 )
+from sandbox_process import SandboxProcess
 
 LATENCY_S = 0.040
 SLOW_LATENCY_S = 0.150
@@ -72,7 +72,7 @@ def run(ctx: Context) -> list[Row]:
             f"packsync {rate:.1f} files/s; sequential {seq_result['files']} files in {seq_result['seconds']:.2f} s = "
             f"{seq_rate:.2f} files/s",
             {"sequential_files": seq_result["files"], "sequential_s": seq_result["seconds"],
-             "sequential_rate": seq_rate, "packsync_rate": rate}),
+             "sequential_rate": seq_rate, "packsync_rate": rate}, complete),
     ]
 
 
@@ -127,5 +127,5 @@ def _rows(id: str, measured: Throughput, latency_s: float, target: float, comple
         f"{files:,} files in {done.wall_s:.2f} s = {rate:.1f} files/s; bound {bound_s:.2f} s = "
         f"{files / bound_s:.1f} files/s; {measured.note()}"
         + ("" if complete else f"; RUN FAILED (exit {done.returncode}): {done.tail(3)}"),
-        details)
+        details, complete)
     return [throughput, measured.cpu_row(id, scenario, complete)]

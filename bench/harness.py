@@ -209,7 +209,7 @@ class Throughput:
             f"packsync {self.per_1000(ours.cpu_s):.2f} s per 1,000 images, bare httpx2 client "
             f"{self.per_1000(bare.cpu_s):.2f} s per 1,000 images ({self.images:,} images each)"
             + ("" if measured else "; NOT MEASURED: " + ("the bare client failed" if complete else "the run failed")),
-            self.details())
+            self.details(), correct=measured)
 
     def details(self) -> dict[str, Any]:
         return {"images": self.images, "bound_s": self.bound_s, "wall_s": self.packsync.wall_s,
@@ -366,7 +366,12 @@ def calls_dict(calls: Counter[tuple[str, str]]) -> dict[str, int]:
 
 @dataclass
 class Row:
-    """One line of the results table: a figure that is a ratio, its target, and the absolute numbers."""
+    """One line of the results table: a figure that is a ratio, its target, and the absolute numbers.
+
+    ``passed``: the figure met its target and the run did what it must; ``correct``: the latter alone
+    (complete, the calls expected, nothing read...), None when the figure is all the row checks. A
+    smoke run, whose figures say nothing, is judged on ``correct``.
+    """
 
     id: str
     scenario: str
@@ -376,6 +381,7 @@ class Row:
     passed: bool | None
     info: str
     details: dict[str, Any] = field(default_factory=dict)
+    correct: bool | None = None
 
 
 @dataclass

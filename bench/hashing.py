@@ -67,4 +67,4 @@ def run(ctx: Context) -> list[Row]:
         ratio, "≥ 0.9", same and ratio >= 0.9,
         f"digest_file {size / best_ours / 1e6:.0f} MB/s ({best_ours:.2f} s); sha256sum {size / best_theirs / 1e6:.0f} "
         f"MB/s ({best_theirs:.2f} s, whole process)" + ("" if same else "; DIGESTS DIFFER"),
-        {"size": size, "digest_file_s": ours["times"], "sha256sum_s": theirs, "same_digest": same})]
+        {"size": size, "digest_file_s": ours["times"], "sha256sum_s": theirs, "same_digest": same}, same)]

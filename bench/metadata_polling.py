@@ -66,4 +66,4 @@ def run(ctx: Context) -> list[Row]:
         f"{sorted(k for k in calls_dict(calls) if k != 'GET /packs/{id}') or 'none'}",
         {"rounds": [[round(t - start, 3) for t in r] for r in rounds], "calls": calls_dict(calls),
          "wait_run_s": waited.wall_s, "add_run_s": added.wall_s, "pending_after": pending_left,
-         "returncode": waited.returncode, "output_tail": waited.tail(5)})]
+         "returncode": waited.returncode, "output_tail": waited.tail(5)}, ok)]

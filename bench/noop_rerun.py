@@ -215,7 +215,7 @@ def _rows(result: dict[str, Any], manifest: dict[str, Any], files: int, mappings
         f"packsync {run_s:.2f} s (CPU {median([r['cpu_s'] for r in runs]):.2f} s) vs walk {walk_s:.3f} s; "
         f"files opened or read: {opens}; GET /packs/{{id}} per run: {gets}"
         + (f"; other calls: {others}" if others else "") + f"; {setup}",
-        details)
+        details, clean)
     peak = max(r["max_rss_bytes"] for r in runs)
     rss = Row(
         "rss", f"state at {files:,} tracked files", "peak RSS of the no-op `packsync run` ÷ 150 MB (MB = 10⁶ bytes)",

@@ -56,9 +56,10 @@ def run(ctx: Context) -> list[Row]:
             measured.ratio, f"≥ {TARGET:.2f}", complete and measured.ratio >= TARGET,
             f"{pulled:,} files in {first.wall_s:.2f} s (bound {measured.bound_s:.2f} s); calls {first_calls}; "
             f"{measured.note()}",
-            {**measured.details(), "calls": first_calls, "output_tail": first.tail()}),
+            {**measured.details(), "calls": first_calls, "output_tail": first.tail()}, complete),
         measured.cpu_row("pull", scenario, complete),
         Row("pull-again", "a second pull of the same pack into the same folder",
             "API and storage calls made", float(sum(second_calls.values())), "1 pack read, 0 downloads", noop,
-            f"calls {second_calls}; {second.wall_s:.2f} s", {"calls": second_calls, "output_tail": second.tail()}),
+            f"calls {second_calls}; {second.wall_s:.2f} s", {"calls": second_calls, "output_tail": second.tail()},
+            noop),
     ]

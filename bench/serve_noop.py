@@ -24,8 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers: helpers.py
 
-from harness import TOKEN, SandboxProcess, Setup, calls_dict  # noqa: E402
+from harness import Setup, calls_dict  # noqa: E402
 from noop_rerun import _folders  # noqa: E402
+from sandbox_process import TOKEN, SandboxProcess  # noqa: E402
 
 
 def main() -> None:
