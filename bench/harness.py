@@ -220,7 +220,7 @@ class Throughput:
 
 
 def _server(done: Finished) -> str:
-    return "" if done.server_cpu_s is None else f", the sandbox's meanwhile {done.server_cpu_s:.2f} s"
+    return "" if done.server_cpu_s is None else f", sandbox CPU meanwhile {done.server_cpu_s:.2f} s"
 
 
 def packsync_argv(config: Path, *args: str) -> list[str]:
