@@ -35,6 +35,7 @@ from packsync.errors import (
     AmbiguousError,
     ApiError,
     AuthError,
+    ConfigError,
     NotFound,
     PermanentError,
     Stalled,
@@ -186,10 +187,12 @@ def _failure(route: Route, exc: BaseException) -> ApiError:
 
     where: dict[str, Any] = {"method": route.method, "route": route.template}
     name = type(exc).__name__  # never the exception's text: it may hold the URL
-    if isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.PoolTimeout | httpx2.ProxyError):
+    if isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.ProxyError):
         if route is DOWNLOAD:  # an image URL on a dead host stays dead: waiting would hold back the rest
             return PermanentError(f"download: cannot reach its host ({name})", **where)
         return TransientError(f"{route.label}: cannot connect ({name})", **where)  # nothing was sent
+    if isinstance(exc, httpx2.PoolTimeout):  # no connection came free in time: nothing was sent
+        return TransientError(f"{route.label}: no connection free ({name})", **where)
     if isinstance(exc, httpx2.InvalidURL | httpx2.UnsupportedProtocol | httpx2.LocalProtocolError | ValueError):
         return PermanentError(f"{route.label}: not a usable URL or request ({name})", **where)
     return AmbiguousError(f"{route.label}: connection failed ({name})", **where)
@@ -281,11 +284,17 @@ class Transport:
             # No cookies: no API here sets one, and none set by a CDN is ever sent back. The environment
             # (HTTP(S)_PROXY, NO_PROXY, SSL_CERT_FILE) is read here, once: a proxy named without a scheme is
             # an HTTP one, as curl reads it.
-            self._client = httpx2.AsyncClient(
-                limits=httpx2.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
-                timeout=httpx2.Timeout(self.timeout, connect=CONNECT_S),
-                cookies=CookieJar(DefaultCookiePolicy(allowed_domains=())),
-                follow_redirects=False, max_redirects=MAX_REDIRECTS, trust_env=True)
+            try:
+                self._client = httpx2.AsyncClient(
+                    limits=httpx2.Limits(max_connections=self.concurrency,
+                                         max_keepalive_connections=self.concurrency),
+                    timeout=httpx2.Timeout(self.timeout, connect=CONNECT_S),
+                    cookies=CookieJar(DefaultCookiePolicy(allowed_domains=())),
+                    follow_redirects=False, max_redirects=MAX_REDIRECTS, trust_env=True)
+            except (ImportError, ValueError):  # its text may hold the proxy's password: not shown
+                raise ConfigError("the environment names a proxy packsync cannot use (HTTP_PROXY, HTTPS_PROXY or "
+                                  "ALL_PROXY): only http:// and https:// proxies are spoken to; change or unset "
+                                  "it, or name the hosts to reach directly in NO_PROXY") from None
             self._extensions = {"timeout": self._client.timeout.as_dict()}
         return self._client
 
