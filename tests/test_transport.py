@@ -200,13 +200,14 @@ class _Keys(_Noted):
 
 
 def test_each_key_goes_to_its_own_api_and_storage_and_downloads_get_none() -> None:
+    """A presigned URL goes out as given, a dot segment and its escapes kept: its signature covers them."""
     async def calls(server: Listener) -> None:
         async with Transport() as transport:
             genviral = GenviralClient(server.url + "/genviral", "gva_live_key.secret", transport)
             astria = AstriaClient(server.url + "/astria", "sd_astria.secret", transport)
             await genviral.list_packs()
             await astria.packs(gallery=True)
-            await genviral.put_bytes(server.url + "/up/x.png?sig=1", b"x", "image/png")
+            await genviral.put_bytes(server.url + "/up/./x.png?sig=a%2Fb", b"x", "image/png")
             await transport.download(server.url + "/img/a.png", 1000, hashlib.sha256)
 
     with listening(_Keys) as server:
@@ -215,7 +216,7 @@ def test_each_key_goes_to_its_own_api_and_storage_and_downloads_get_none() -> No
     assert server.seen == [
         "GET /genviral/packs?limit=100&offset=0&include_public=false", "  key: Bearer gva_live_key.secret",
         "GET /astria/gallery/packs", "  key: Bearer sd_astria.secret",
-        "PUT /up/x.png?sig=1", "  key: None",
+        "PUT /up/./x.png?sig=a%2Fb", "  key: None",
         "GET /img/a.png", "  key: None",
     ]
 
