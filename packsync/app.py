@@ -1,8 +1,9 @@
 """The application service: everything a command needs, built from a config in one place.
 
 The CLI, the daemon, the demo, the tests and the benchmarks all open packsync through here: the
-state (read-only for a dry run), the API client, one source per mapping, the pack resolver, the
-metadata poller and the syncer that ties them together. Nothing else wires these parts.
+state (read-only for a dry run), the one HTTP transport, the API clients that speak through it, one
+source per mapping, the pack resolver, the metadata poller and the syncer that ties them together.
+Nothing else wires these parts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from packsync.engine.packs import PackResolver
 from packsync.engine.sync import Syncer, SyncOptions, SyncReport
 from packsync.logs import register_secret
 from packsync.remote.astria import AstriaClient
-from packsync.remote.genviral import GenviralClient, Observer
+from packsync.remote.genviral import GenviralClient
+from packsync.remote.transport import Observer, Transport
 from packsync.sources.astria import AstriaSource
 from packsync.sources.base import Source
 from packsync.sources.folder import FolderSource, filters_for
@@ -41,9 +43,16 @@ def source_for(mapping: MappingConfig, astria: AstriaClient | None, spool: Path 
                         spool / f"astria-{mapping.astria_pack}" if spool else None)
 
 
-def client_for(config: Config, token: str, observer: Observer | None = None) -> GenviralClient:
-    return GenviralClient(config.genviral.base_url, token, concurrency=config.genviral.concurrency,
-                          observer=observer)
+def transport_for(config: Config, observer: Observer | None = None) -> Transport:
+    """The process's one HTTP transport (one connection pool, ``concurrency`` slots, one run budget),
+    which every client and download shares; its maker closes it."""
+    return Transport(concurrency=config.genviral.concurrency, observer=observer)
+
+
+def client_for(config: Config, token: str, transport: Transport | None = None) -> GenviralClient:
+    """The Genviral client, speaking through ``transport`` (its maker's to close), or through one of its own
+    that closes with it (a command that talks to Genviral alone)."""
+    return GenviralClient(config.genviral.base_url, token, transport, concurrency=config.genviral.concurrency)
 
 
 def read_astria_token(config: Config) -> str:
@@ -53,19 +62,21 @@ def read_astria_token(config: Config) -> str:
     return token
 
 
-def astria_for(config: Config, api: GenviralClient) -> AstriaClient | None:
+def astria_for(config: Config, transport: Transport) -> AstriaClient | None:
     """The Astria client, when a mapping needs one."""
     if not any(mapping.astria_pack for mapping in config.mappings):
         return None
-    return AstriaClient(config.astria.base_url, read_astria_token(config), api)
+    return AstriaClient(config.astria.base_url, read_astria_token(config), transport)
 
 
 class App(msgspec.Struct):
-    """One config's working parts. ``store`` and ``api`` are owned by whoever opened them."""
+    """One config's working parts. ``store`` and ``api`` (with its transport, which ``astria`` shares) are
+    owned by whoever opened them."""
 
     config: Config
     store: Store
     api: GenviralClient
+    astria: AstriaClient | None
     packs: PackResolver
     metadata: MetadataPoller
     syncer: Syncer
@@ -76,11 +87,11 @@ class App(msgspec.Struct):
         progress = progress or Progress(enabled=False)
         packs = PackResolver(api, store, remember=not store.readonly)
         metadata = MetadataPoller(api, store, progress)
-        astria = astria_for(config, api)
+        astria = astria_for(config, api.transport)
         spool = None if store.readonly else config.state_path.parent / "spool"
         syncer = Syncer(config, store, api, lambda mapping: source_for(mapping, astria, spool), packs, metadata,
                         progress)
-        return cls(config, store, api, packs, metadata, syncer)
+        return cls(config, store, api, astria, packs, metadata, syncer)
 
     def close_sources(self) -> None:
         for source in self.syncer.sources.values():
@@ -104,8 +115,8 @@ async def _opened(config: Config, token: str, readonly: bool,
                   progress: Progress | None) -> AsyncIterator[tuple[Store, GenviralClient]]:
     store = Store(config.state_path, readonly=readonly)
     try:
-        async with client_for(config, token) as api:
-            yield store, api
+        async with transport_for(config) as transport:
+            yield store, client_for(config, token, transport)
     finally:
         if progress:
             progress.close()
@@ -123,7 +134,7 @@ async def pull_once(config: Config, token: str, pack: str, folder: Path, *, dele
     async with _opened(config, token, dry_run, progress) as (store, api):
         puller = Puller(api, store, progress)
         if system == "astria":
-            astria = AstriaClient(config.astria.base_url, read_astria_token(config), api)
+            astria = AstriaClient(config.astria.base_url, read_astria_token(config), api.transport)
             return await puller.pull_astria(astria, int(wanted), classes, folder, delete=delete, dry_run=dry_run)
         return await puller.pull(wanted, folder, delete=delete, dry_run=dry_run, sidecars=sidecars)
 

@@ -286,9 +286,8 @@ def astria_packs(gallery: bool, as_json: bool) -> None:
     """List Astria packs: id, title, classes, image count."""
     import asyncio
 
-    from packsync.app import read_astria_token
+    from packsync.app import read_astria_token, transport_for
     from packsync.remote.astria import AstriaClient
-    from packsync.remote.genviral import GenviralClient
     from packsync.views.json import astria_packs_document, write_json
     from packsync.views.text import print_astria_packs
 
@@ -296,9 +295,8 @@ def astria_packs(gallery: bool, as_json: bool) -> None:
     token = read_astria_token(config)
 
     async def fetch() -> Any:
-        # The Genviral client lends only its slots, retries and storage client here: it sends nothing.
-        async with GenviralClient(config.genviral.base_url, "", concurrency=config.genviral.concurrency) as http:
-            client = AstriaClient(config.astria.base_url, token, http)
+        async with transport_for(config) as transport:
+            client = AstriaClient(config.astria.base_url, token, transport)
             summaries = await client.packs(gallery=gallery)
             return summaries, await client.details(summaries)
 

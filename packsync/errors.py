@@ -12,17 +12,23 @@ Errors are classified by what the caller should do about them, not by where they
     │   ├── SourceUnavailable             the whole source (a mapped folder) is missing or unreadable
     │   ├── ItemChanged                   one item's bytes are no longer those that were listed
     │   └── XmpError                      a sidecar that is not an XMP packet packsync can read: left alone
-    └── ApiError                          the Genviral API (or its storage) answered with an error
+    └── ApiError                          an API (Genviral's, its storage, Astria's) or a download failed
         ├── AuthError             exit 3  401/402/403: the key itself is refused; stop everything
         ├── TransientError                429, 5xx, timeouts, dropped connections: retry with backoff
-        │   └── AmbiguousError            …after which the server may have done the work: look first
+        │   ├── AmbiguousError            …after which the server may have done the work: look first
+        │   └── Stalled                   a download trickling in too slowly to finish: not retried this run
         ├── UploadRejected                storage refused a presigned PUT (expired, signature): ask again
         ├── NotFound                      404: the pack or image is gone or out of the key's scope
         └── PermanentError                other 4xx: give up on this item
             └── MalformedAnswer           an answer that is not what the API documents
 
-Lower-layer exceptions are translated into these in exactly one place each: httpx's in
-``remote/genviral.py``, malformed JSON answers in ``remote/answers.py``, SQLite's in
+An ``ApiError`` carries what a decision needs as fields, never in its text: the request's ``method``
+and ``route`` (a template such as ``/packs/{id}``, never an id or a URL), the HTTP ``status`` (None: no
+answer), the API's ``error_code`` and the payload ``fields`` it named as wrong. Its message is the one
+sentence the user reads.
+
+Lower-layer exceptions are translated into these in exactly one place each: httpx2's exceptions and
+HTTP statuses in ``remote/transport.py``, malformed JSON answers in ``remote/answers.py``, SQLite's in
 ``state/store.py``, the file system's in ``sources/folder.py``.
 """
 
@@ -83,12 +89,16 @@ class XmpError(SourceError):
 
 
 class ApiError(PacksyncError):
-    """An error answer from the API or storage: HTTP status, error code and a short excerpt."""
+    """A failed request: an error answer from an API or storage, or no answer at all (``status`` None)."""
 
-    def __init__(self, message: str, *, status: int | None = None, error_code: str | None = None) -> None:
+    def __init__(self, message: str, *, method: str | None = None, route: str | None = None,
+                 status: int | None = None, error_code: str | None = None, fields: tuple[str, ...] = ()) -> None:
         super().__init__(message)
+        self.method = method
+        self.route = route
         self.status = status
         self.error_code = error_code
+        self.fields = fields
 
 
 class AuthError(ApiError):
@@ -98,9 +108,10 @@ class AuthError(ApiError):
 class TransientError(ApiError):
     """Worth retrying after a pause; ``retry_after`` is the server's own hint in seconds, if any."""
 
-    def __init__(self, message: str, *, status: int | None = None, error_code: str | None = None,
+    def __init__(self, message: str, *, method: str | None = None, route: str | None = None,
+                 status: int | None = None, error_code: str | None = None, fields: tuple[str, ...] = (),
                  retry_after: float | None = None) -> None:
-        super().__init__(message, status=status, error_code=error_code)
+        super().__init__(message, method=method, route=route, status=status, error_code=error_code, fields=fields)
         self.retry_after = retry_after
 
 

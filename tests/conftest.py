@@ -140,9 +140,9 @@ class Env:
 
     def cdn_bytes(self, pack_id: str) -> list[bytes]:
         """The bytes behind every image URL of the pack, in pack order."""
-        import httpx
+        import httpx2
 
-        return [httpx.get(image["url"]).content for image in self.pack(pack_id)["images"]]
+        return [httpx2.get(image["url"]).content for image in self.pack(pack_id)["images"]]
 
 
 @pytest.fixture

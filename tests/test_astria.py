@@ -33,9 +33,9 @@ def genviral_bytes(env: Env, pack_name: str) -> list[bytes]:
 
 
 def astria_bytes(env: Env, urls: list[str]) -> list[bytes]:
-    import httpx
+    import httpx2
 
-    return sorted(httpx.get(url).content for url in urls)
+    return sorted(httpx2.get(url).content for url in urls)
 
 
 def test_an_astria_pack_is_mirrored_once_and_a_second_run_reads_it_once(env: Env) -> None:

@@ -146,3 +146,24 @@ def test_urls_from_answers_go_out_as_given_with_spaces_and_letters_encoded() -> 
         asyncio.run(calls(server.url))
 
     assert server.seen == ["PUT /up/a%2Fb.png?X-Sig=ab%2Bc%3D&X-Exp=1", "GET /cdn/%C3%A9t%C3%A9%202024.png"]
+
+
+@pytest.mark.parametrize("name,proxy", [("ALL_PROXY", "socks5://127.0.0.1:1080"),
+                                        ("HTTPS_PROXY", "ftp://user:pw@127.0.0.1:21")],
+                         ids=["a SOCKS proxy", "an FTP proxy"])
+def test_a_proxy_of_a_kind_packsync_cannot_use_is_one_sentence_naming_no_credentials(
+        env: Env, monkeypatch: pytest.MonkeyPatch, name: str, proxy: str) -> None:
+    """Only HTTP proxies are spoken to; another kind ends the run at its first request with exit 2 and
+    one sentence (never a traceback, never the proxy's password), and nothing goes out around it."""
+    for variable in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy",
+                     "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv(name, proxy)
+    write(env.map("brand", pack="p") / "a.png", image())
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == 2, result.stderr
+    assert "proxy" in result.stderr and "Traceback" not in result.stderr
+    assert "pw@" not in result.stderr
+    assert env.sandbox.calls == {}

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
+import httpx2
 import pytest
 from helpers import wait_until
 
@@ -29,7 +29,7 @@ ACCOUNTS = {
     "gva_live_scheduler.secret": Account(scope="ws-1", status=403),
 }
 
-PLAIN = httpx.Client(timeout=5)  # no Authorization header: storage and CDN calls
+PLAIN = httpx2.Client(timeout=5)  # no Authorization header: storage and CDN calls
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,13 +62,13 @@ def sb() -> Iterator[Sandbox]:
 
 
 @pytest.fixture
-def api(sb: Sandbox) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=sb.base_url, headers={"Authorization": f"Bearer {TOKEN}"},
+def api(sb: Sandbox) -> Iterator[httpx2.Client]:
+    with httpx2.Client(base_url=sb.base_url, headers={"Authorization": f"Bearer {TOKEN}"},
                       timeout=5) as client:
         yield client
 
 
-def upload(api: httpx.Client, data: bytes, content_type: str = "image/png") -> str:
+def upload(api: httpx2.Client, data: bytes, content_type: str = "image/png") -> str:
     """POST /files then PUT the bytes; returns the CDN url."""
     ticket = api.post("/files", json={"contentType": content_type, "filename": "a"}).json()["data"]
     put = PLAIN.put(ticket["uploadUrl"], content=data, headers={"Content-Type": content_type})
@@ -84,7 +84,7 @@ def image_status(sb: Sandbox, pack_id: str, image_id: str) -> dict[str, Any] | N
 
 
 # --------------------------------------------------------------------------- envelope/auth
-def test_envelope_success_and_failure_shapes(sb: Sandbox, api: httpx.Client) -> None:
+def test_envelope_success_and_failure_shapes(sb: Sandbox, api: httpx2.Client) -> None:
     r = api.get("/packs")
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     body = r.json()
@@ -116,7 +116,7 @@ def test_auth_failures(sb: Sandbox, token: str | None, status: int, code: str) -
 
 
 # --------------------------------------------------------------------------------- packs
-def test_list_packs_pagination_search_and_public(sb: Sandbox, api: httpx.Client) -> None:
+def test_list_packs_pagination_search_and_public(sb: Sandbox, api: httpx2.Client) -> None:
     ids = [api.post("/packs", json={"name": f"Trip {i}"}).json()["data"]["id"] for i in range(5)]
     api.post("/packs", json={"name": "Cats"})
     public = sb.create_pack("Public trip", scope="ws-2", is_public=True)
@@ -135,7 +135,7 @@ def test_list_packs_pagination_search_and_public(sb: Sandbox, api: httpx.Client)
     assert api.get("/packs", params={"offset": -1}).status_code == 400
 
 
-def test_scope_public_readable_but_not_mutable(sb: Sandbox, api: httpx.Client) -> None:
+def test_scope_public_readable_but_not_mutable(sb: Sandbox, api: httpx2.Client) -> None:
     public = sb.create_pack("Theirs", scope="ws-2", is_public=True)
     private = sb.create_pack("Secret", scope="ws-2")
     image = sb.add_image(public, "https://example.com/a.jpg")
@@ -154,7 +154,7 @@ def test_scope_public_readable_but_not_mutable(sb: Sandbox, api: httpx.Client) -
     assert pack is not None and pack["name"] == "Theirs" and pack["image_count"] == 1
 
 
-def test_create_patch_delete_validation(sb: Sandbox, api: httpx.Client) -> None:
+def test_create_patch_delete_validation(sb: Sandbox, api: httpx2.Client) -> None:
     cases = [
         ({}, "name", "Required"),
         ({"name": ""}, "name", "String must contain at least 1 character(s)"),
@@ -187,7 +187,7 @@ def test_create_patch_delete_validation(sb: Sandbox, api: httpx.Client) -> None:
     assert api.delete(f"/packs/{pid}").status_code == 404
 
 
-def test_image_add_and_delete(sb: Sandbox, api: httpx.Client) -> None:
+def test_image_add_and_delete(sb: Sandbox, api: httpx2.Client) -> None:
     pid = sb.create_pack("P")
     first = api.post(f"/packs/{pid}/images", json={"image_url": "https://cdn.x/y/photo.JPEG?v=1"})
     assert first.status_code == 201
@@ -214,7 +214,7 @@ def test_image_add_and_delete(sb: Sandbox, api: httpx.Client) -> None:
 
 
 # ------------------------------------------------------------------------ files/storage
-def test_full_upload_flow(sb: Sandbox, api: httpx.Client) -> None:
+def test_full_upload_flow(sb: Sandbox, api: httpx2.Client) -> None:
     png = make_png(4, 3, (250, 20, 20))
     r = api.post("/files", json={"contentType": "image/png", "filename": "a.png", "size": len(png)})
     assert r.status_code == 201
@@ -235,18 +235,18 @@ def test_full_upload_flow(sb: Sandbox, api: httpx.Client) -> None:
     assert overwrite.status_code == 200 and PLAIN.get(ticket["url"]).content == png + b"x"
 
 
-def test_files_rejects_non_image_types(api: httpx.Client) -> None:
+def test_files_rejects_non_image_types(api: httpx2.Client) -> None:
     r = api.post("/files", json={"contentType": "text/plain"})
     assert r.status_code == 422 and "contentType" in r.json()["issues"]["fieldErrors"]
     r = api.post("/files", json={})
     assert r.json()["issues"]["fieldErrors"]["contentType"] == ["Required"]
 
 
-def test_storage_rejections(sb: Sandbox, api: httpx.Client) -> None:
+def test_storage_rejections(sb: Sandbox, api: httpx2.Client) -> None:
     ticket = api.post("/files", json={"contentType": "image/jpeg"}).json()["data"]
     url = ticket["uploadUrl"]
 
-    def put(target: str, **headers: str) -> httpx.Response:
+    def put(target: str, **headers: str) -> httpx2.Response:
         return PLAIN.put(target, content=b"\xff\xd8\xff\xe0", headers={"Content-Type": "image/jpeg", **headers})
 
     r = put(url, Authorization=f"Bearer {TOKEN}")
@@ -264,7 +264,7 @@ def test_storage_rejections(sb: Sandbox, api: httpx.Client) -> None:
 
 def test_storage_rejects_expired_url(tmp_path: Path) -> None:
     with Sandbox(accounts=ACCOUNTS, upload_ttl_s=0.01) as sb, \
-            httpx.Client(base_url=sb.base_url, headers={"Authorization": f"Bearer {TOKEN}"}) as api:
+            httpx2.Client(base_url=sb.base_url, headers={"Authorization": f"Bearer {TOKEN}"}) as api:
         ticket = api.post("/files", json={"contentType": "image/png"}).json()["data"]
         assert ticket["expiresIn"] == 1
         expires = int(ticket["uploadUrl"].split("expires=")[1].split("&")[0])
@@ -277,7 +277,7 @@ def test_storage_rejects_expired_url(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- enrichment
-def test_enrichment_completes_for_real_png(sb: Sandbox, api: httpx.Client) -> None:
+def test_enrichment_completes_for_real_png(sb: Sandbox, api: httpx2.Client) -> None:
     url = upload(api, make_png(64, 48, (240, 10, 10)))
     pid = sb.create_pack("P")
     iid = api.post(f"/packs/{pid}/images", json={"image_url": url}).json()["data"]["id"]
@@ -292,7 +292,7 @@ def test_enrichment_completes_for_real_png(sb: Sandbox, api: httpx.Client) -> No
     assert again == meta
 
 
-def test_enrichment_fails_for_text_and_foreign_urls(sb: Sandbox, api: httpx.Client) -> None:
+def test_enrichment_fails_for_text_and_foreign_urls(sb: Sandbox, api: httpx2.Client) -> None:
     url = upload(api, b"just some text, not an image", "image/jpeg")
     pid = sb.create_pack("P")
     text_id = api.post(f"/packs/{pid}/images", json={"image_url": url}).json()["data"]["id"]
@@ -305,7 +305,7 @@ def test_enrichment_fails_for_text_and_foreign_urls(sb: Sandbox, api: httpx.Clie
 
 
 # ------------------------------------------------------------------------------- faults
-def test_fault_429_with_and_without_retry_after(sb: Sandbox, api: httpx.Client) -> None:
+def test_fault_429_with_and_without_retry_after(sb: Sandbox, api: httpx2.Client) -> None:
     sb.inject("429", "GET", "/packs")
     sb.inject("429-bare", "GET", "/packs")
     r = api.get("/packs")
@@ -316,19 +316,19 @@ def test_fault_429_with_and_without_retry_after(sb: Sandbox, api: httpx.Client) 
     assert api.get("/packs").status_code == 200
 
 
-def test_fault_reset_drops_connection(sb: Sandbox, api: httpx.Client) -> None:
+def test_fault_reset_drops_connection(sb: Sandbox, api: httpx2.Client) -> None:
     sb.inject("reset", "POST", "/packs")
-    with pytest.raises(httpx.TransportError):
+    with pytest.raises(httpx2.TransportError):
         api.post("/packs", json={"name": "a"})
     assert sb.packs() == []
     sb.inject("reset-after", "POST", "/packs")
-    with pytest.raises(httpx.TransportError):
+    with pytest.raises(httpx2.TransportError):
         api.post("/packs", json={"name": "b"})
     assert [p["name"] for p in sb.packs()] == ["b"]
     assert api.get("/packs").status_code == 200
 
 
-def test_fault_500_after_did_the_work(sb: Sandbox, api: httpx.Client) -> None:
+def test_fault_500_after_did_the_work(sb: Sandbox, api: httpx2.Client) -> None:
     pid = sb.create_pack("P")
     sb.inject("500-after", route="/packs/{id}/images")
     r = api.post(f"/packs/{pid}/images", json={"image_url": "https://x/a.png"})
@@ -341,7 +341,7 @@ def test_fault_500_after_did_the_work(sb: Sandbox, api: httpx.Client) -> None:
     assert pack is not None and pack["image_count"] == 1
 
 
-def test_fault_gateway_and_garbage_answers(sb: Sandbox, api: httpx.Client) -> None:
+def test_fault_gateway_and_garbage_answers(sb: Sandbox, api: httpx2.Client) -> None:
     sb.inject("502", count=2)
     for _ in range(2):
         r = api.get("/packs")
@@ -359,7 +359,7 @@ def test_fault_gateway_and_garbage_answers(sb: Sandbox, api: httpx.Client) -> No
     assert api.get("/packs").json()["ok"] is True
 
 
-def test_fault_expire_and_route_matching(sb: Sandbox, api: httpx.Client) -> None:
+def test_fault_expire_and_route_matching(sb: Sandbox, api: httpx2.Client) -> None:
     sb.inject("expire")  # only storage PUTs qualify, so API calls pass untouched
     ticket = api.post("/files", json={"contentType": "image/png"}).json()["data"]
     r = PLAIN.put(ticket["uploadUrl"], content=b"x", headers={"Content-Type": "image/png"})
@@ -386,7 +386,7 @@ def test_random_faults_and_latency() -> None:
 
 
 # ----------------------------------------------------------------------- calls/lifecycle
-def test_calls_counting(sb: Sandbox, api: httpx.Client) -> None:
+def test_calls_counting(sb: Sandbox, api: httpx2.Client) -> None:
     pid = api.post("/packs", json={"name": "a"}).json()["data"]["id"]
     api.get(f"/packs/{pid}")
     sb.inject("429")
@@ -404,7 +404,7 @@ def test_calls_counting(sb: Sandbox, api: httpx.Client) -> None:
     assert sb.calls == {} and sb.mutating_calls() == 0
 
 
-def test_keep_alive_has_no_delayed_ack_stalls(api: httpx.Client) -> None:
+def test_keep_alive_has_no_delayed_ack_stalls(api: httpx2.Client) -> None:
     api.get("/packs")
     start = time.monotonic()
     for i in range(20):
@@ -425,7 +425,7 @@ def test_helpers_and_stop(sb: Sandbox) -> None:
     assert sb.pack(pid) is None and sb.packs() == []
     base = sb.base_url
     sb.stop()
-    with pytest.raises(httpx.ConnectError):
+    with pytest.raises(httpx2.ConnectError):
         PLAIN.get(base + "/packs", headers={"Authorization": f"Bearer {TOKEN}"})
 
 
@@ -433,7 +433,7 @@ def test_state_persists_across_instances(tmp_path: Path) -> None:
     state = tmp_path / "state" / "sandbox.json"
     png = make_png(8, 8, (20, 200, 40))
     with Sandbox(accounts=ACCOUNTS, state_path=state, enrich_delays=(0.0, 0.0)) as first, \
-            httpx.Client(base_url=first.base_url, headers={"Authorization": f"Bearer {TOKEN}"}) as api:
+            httpx2.Client(base_url=first.base_url, headers={"Authorization": f"Bearer {TOKEN}"}) as api:
         pid = api.post("/packs", json={"name": "Kept", "is_public": True}).json()["data"]["id"]
         url = upload(api, png)
         iid = api.post(f"/packs/{pid}/images", json={"image_url": url}).json()["data"]["id"]

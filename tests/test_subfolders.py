@@ -264,19 +264,19 @@ def test_no_sidecar_is_written_for_an_excluded_subfolder(env: Env) -> None:
 def test_a_thumbnail_address_holds_while_subfolders_come_and_go(daemon_env: Env, start: Any) -> None:
     import re
 
-    import httpx
+    import httpx2
     from test_web import page_url
 
     root = daemon_env.map("brand", packs_from="subfolders")
     write(root / "B" / "b.png", image())
     base = page_url(start())
-    (src,) = re.findall(r'src="(/thumb/[0-9a-f]{16}/[0-9a-f]{64})"', httpx.get(base).text)
+    (src,) = re.findall(r'src="(/thumb/[0-9a-f]{16}/[0-9a-f]{64})"', httpx2.get(base).text)
     write(root / "A" / "a.png", image())  # sorts first: every position after it moves
 
     from helpers import wait_until
 
     wait_until(lambda: packs(daemon_env).get("A") == 1, timeout=15)
-    answer = httpx.get(base + src.lstrip("/"))
+    answer = httpx2.get(base + src.lstrip("/"))
     assert answer.status_code == 200 and answer.content == (root / "B" / "b.png").read_bytes()
 
 

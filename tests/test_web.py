@@ -15,7 +15,7 @@ import subprocess
 import sys
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from conftest import TOKEN, Env, image, write
 from helpers import DaemonProcess, wait_until
@@ -34,7 +34,7 @@ def page_url(daemon: DaemonProcess) -> str:
 
 def samples(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of ``/metrics``, parsed by prometheus_client: (name, sorted labels) -> value."""
-    answer = httpx.get(base + "metrics")
+    answer = httpx2.get(base + "metrics")
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain")
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -77,7 +77,7 @@ def test_healthz_is_ok_with_each_mapping_and_cheap(served: tuple[Env, DaemonProc
     env, _daemon, base, _pack_id = served
     before = env.sandbox.calls.total()
 
-    answer = httpx.get(base + "healthz")
+    answer = httpx2.get(base + "healthz")
 
     assert answer.status_code == 200
     document = answer.json()
@@ -95,7 +95,7 @@ def test_a_refused_key_makes_health_failing_503(served: tuple[Env, DaemonProcess
     write(env.root / "pics" / "while-revoked.png", image())
 
     def failing() -> dict[str, Any] | None:
-        answer = httpx.get(base + "healthz")
+        answer = httpx2.get(base + "healthz")
         return answer.json() if answer.status_code == 503 else None
 
     document = wait_until(failing, timeout=15, interval=0.2, what="healthz 503")
@@ -109,11 +109,11 @@ def test_a_safety_stop_is_failing_and_the_page_lists_what_force_would_delete(
     for path in (env.root / "pics").iterdir():
         path.unlink()  # the folder looks emptied: deletes are withheld
 
-    document = wait_until(lambda: httpx.get(base + "healthz").json() if httpx.get(base + "healthz").status_code
+    document = wait_until(lambda: httpx2.get(base + "healthz").json() if httpx2.get(base + "healthz").status_code
                           == 503 else None, timeout=15, interval=0.2, what="healthz 503")
     assert document["mappings"][0]["safety_stop"]
     assert len(env.pack(pack_id)["images"]) == 3, "nothing deleted"
-    html = httpx.get(base).text
+    html = httpx2.get(base).text
     assert "Safety stop" in html and "--force would delete 3 images" in html
     assert all(f"photo{n}.png" in html for n in range(3))
 
@@ -139,35 +139,35 @@ def test_metrics_parse_and_move_when_a_file_is_dropped(served: tuple[Env, Daemon
     assert sample(after, "packsync_queued_paths") == 0
     labels = {value for (_name, pairs) in after for _key, value in pairs}
     assert not any("/" in value and value.startswith(str(env.root)) for value in labels), "no path as a label"
-    assert TOKEN not in httpx.get(base + "metrics").text
+    assert TOKEN not in httpx2.get(base + "metrics").text
 
 
 def test_actions_need_the_csrf_token_and_this_origin(served: tuple[Env, DaemonProcess, str, str]) -> None:
     env, _daemon, base, pack_id = served
     reads = lambda: env.sandbox.calls[("GET", "/packs/{id}")]  # noqa: E731
-    html = httpx.get(base).text
+    html = httpx2.get(base).text
     token = csrf_of(html)
     key = re.search(r'name="mapping" value="([0-9a-f]{16})"', html)
     assert key, "each mapping's button names it"
     before = reads()
 
-    assert httpx.post(base + "actions/sync", data={"mapping": key.group(1)}).status_code == 403
-    assert httpx.post(base + "actions/sync", data={"mapping": key.group(1), "csrf": "forged"}).status_code == 403
-    assert httpx.post(base + "actions/sync", data={"mapping": key.group(1), "csrf": token},
+    assert httpx2.post(base + "actions/sync", data={"mapping": key.group(1)}).status_code == 403
+    assert httpx2.post(base + "actions/sync", data={"mapping": key.group(1), "csrf": "forged"}).status_code == 403
+    assert httpx2.post(base + "actions/sync", data={"mapping": key.group(1), "csrf": token},
                       headers={"Origin": "http://evil.example"}).status_code == 403
     assert reads() == before, "a refused action syncs nothing"
 
-    answer = httpx.post(base + "actions/sync", data={"mapping": key.group(1), "csrf": token})
+    answer = httpx2.post(base + "actions/sync", data={"mapping": key.group(1), "csrf": token})
     assert answer.status_code == 303 and answer.headers["location"] == "/"
     wait_until(lambda: reads() > before, timeout=10, what="the sync the button asked for")
 
-    assert httpx.post(base + "actions/retry", data={"csrf": token}).status_code == 303
+    assert httpx2.post(base + "actions/retry", data={"csrf": token}).status_code == 303
 
 
 def test_no_page_header_or_metric_holds_the_token(served: tuple[Env, DaemonProcess, str, str]) -> None:
     _env, daemon, base, _pack_id = served
     for path in ("", "view", "view?q=photo", "healthz", "metrics", "static/app.js"):
-        answer = httpx.get(base + path)
+        answer = httpx2.get(base + path)
         assert answer.status_code == 200, path
         assert TOKEN not in answer.text and TOKEN not in str(answer.headers), path
     assert TOKEN not in daemon.output()
@@ -176,25 +176,25 @@ def test_no_page_header_or_metric_holds_the_token(served: tuple[Env, DaemonProce
 def test_a_foreign_host_is_refused(served: tuple[Env, DaemonProcess, str, str]) -> None:
     _env, _daemon, base, _pack_id = served
     for path in ("", "healthz", "metrics"):
-        answer = httpx.get(base + path, headers={"Host": "attacker.example:8780"})
+        answer = httpx2.get(base + path, headers={"Host": "attacker.example:8780"})
         assert answer.status_code == 421
     port = base.rsplit(":", 1)[1].strip("/")
-    assert httpx.get(base, headers={"Host": f"localhost:{port}"}).status_code == 200
+    assert httpx2.get(base, headers={"Host": f"localhost:{port}"}).status_code == 200
 
 
 def test_thumbnails_only_for_files_the_state_knows(served: tuple[Env, DaemonProcess, str, str]) -> None:
     env, _daemon, base, _pack_id = served
-    html = httpx.get(base).text
+    html = httpx2.get(base).text
     thumbs = re.findall(r'src="(/thumb/[0-9a-f]{16}/[0-9a-f]{64})"', html)
     assert len(thumbs) == 3
-    served_bytes = {httpx.get(base + t.lstrip("/")).content for t in thumbs}
+    served_bytes = {httpx2.get(base + t.lstrip("/")).content for t in thumbs}
     assert served_bytes == {p.read_bytes() for p in (env.root / "pics").iterdir()}
 
     known = thumbs[0].split("/")[2]
     for path in (f"thumb/{known}/" + "0" * 64, "thumb/" + "0" * 16 + "/" + thumbs[0][-64:],
                  f"thumb/{known}/..%2F..%2Fconfig.toml", f"thumb/{known}/../../config.toml",
                  "thumb/-1/" + thumbs[0][-64:], "static/..%2F..%2Fconfig.py"):
-        assert httpx.get(base + path).status_code == 404, path
+        assert httpx2.get(base + path).status_code == 404, path
 
 
 def test_untrusted_descriptions_are_text_and_the_page_forbids_inline_script(
@@ -206,7 +206,7 @@ def test_untrusted_descriptions_are_text_and_the_page_forbids_inline_script(
     write(folder / "a.png", image())
     base = page_url(start())
 
-    answer = wait_until(lambda: (a := httpx.get(base)) and "&lt;script&gt;" in a.text and a, timeout=15)
+    answer = wait_until(lambda: (a := httpx2.get(base)) and "&lt;script&gt;" in a.text and a, timeout=15)
     assert "<script>document" not in answer.text and "<img src=x" not in answer.text
     assert "&lt;b&gt;bold&lt;/b&gt;" in answer.text
     assert "script-src 'self'" in answer.headers["content-security-policy"]
@@ -236,11 +236,11 @@ def test_off_loopback_the_page_needs_the_password(daemon_env: Env, start: Any, m
     assert port, daemon.output()
     base = f"http://127.0.0.1:{port.group(1)}/"
 
-    assert httpx.get(base).status_code == 401
-    assert httpx.get(base, auth=("anyone", "wrong")).status_code == 401
-    assert httpx.get(base + "metrics").status_code == 401
-    assert httpx.get(base, auth=("anyone", "correct horse")).status_code == 200
-    assert httpx.get(base + "healthz").status_code == 200, "health stays open to monitors"
+    assert httpx2.get(base).status_code == 401
+    assert httpx2.get(base, auth=("anyone", "wrong")).status_code == 401
+    assert httpx2.get(base + "metrics").status_code == 401
+    assert httpx2.get(base, auth=("anyone", "correct horse")).status_code == 200
+    assert httpx2.get(base + "healthz").status_code == 200, "health stays open to monitors"
     assert "correct horse" not in daemon.output()
 
 
@@ -267,11 +267,11 @@ def test_ui_serves_the_state_alone_read_only(env: Env) -> None:
         match = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
         assert match, line
         base = match.group(1)
-        html = httpx.get(base).text
+        html = httpx2.get(base).text
         assert "a.png" in html and "read-only" in html
         assert 'action="/actions' not in html, "no sync buttons without a daemon"
-        assert httpx.get(base + "healthz").json()["status"] == "ok"
-        assert httpx.post(base + "actions/sync", data={"csrf": "x"}).status_code == 403
+        assert httpx2.get(base + "healthz").json()["status"] == "ok"
+        assert httpx2.post(base + "actions/sync", data={"csrf": "x"}).status_code == 403
         assert env.sandbox.calls.total() == before, "no API call, no token needed"
     finally:
         proc.send_signal(signal.SIGINT)
@@ -294,9 +294,9 @@ def test_a_thumbnail_is_served_as_the_image_its_bytes_are_never_as_its_name_says
     write(folder / "page.html", gif)
     (folder / "page.html.gz").write_bytes(b"not an image, never checked by packsync")
     base = page_url(start())
-    (src,) = re.findall(r'src="(/thumb/[0-9a-f]{16}/[0-9a-f]{64})"', httpx.get(base).text)
+    (src,) = re.findall(r'src="(/thumb/[0-9a-f]{16}/[0-9a-f]{64})"', httpx2.get(base).text)
 
-    answer = httpx.get(base + src.lstrip("/"), headers={"Accept-Encoding": "gzip"})
+    answer = httpx2.get(base + src.lstrip("/"), headers={"Accept-Encoding": "gzip"})
 
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "image/gif"
@@ -306,30 +306,30 @@ def test_a_thumbnail_is_served_as_the_image_its_bytes_are_never_as_its_name_says
 
 def test_a_file_swapped_for_a_link_is_not_followed(served: tuple[Env, DaemonProcess, str, str]) -> None:
     env, _daemon, base, _pack_id = served
-    (src, *_rest) = re.findall(r'src="(/thumb/[0-9a-f]{16}/[0-9a-f]{64})"', httpx.get(base).text)
+    (src, *_rest) = re.findall(r'src="(/thumb/[0-9a-f]{16}/[0-9a-f]{64})"', httpx2.get(base).text)
     secret = env.root / "secret.txt"
     secret.write_bytes(b"\x89PNG\r\n\x1a\n the key")
     for path in (env.root / "pics").iterdir():
         path.unlink()
         path.symlink_to(secret)
 
-    assert httpx.get(base + src.lstrip("/")).status_code == 404
+    assert httpx2.get(base + src.lstrip("/")).status_code == 404
 
 
 def test_odd_numbers_in_paths_and_forms_are_404_not_500(served: tuple[Env, DaemonProcess, str, str]) -> None:
     _env, _daemon, base, _pack_id = served
     sha = "0" * 64
     for index in ("%C2%B2", "9" * 5000, "%D9%A1"):
-        assert httpx.get(f"{base}thumb/{index}/{sha}").status_code == 404, index
-    token = csrf_of(httpx.get(base).text)
+        assert httpx2.get(f"{base}thumb/{index}/{sha}").status_code == 404, index
+    token = csrf_of(httpx2.get(base).text)
     for index in ("²", "9" * 5000):
-        assert httpx.post(base + "actions/sync", data={"csrf": token, "mapping": index}).status_code == 400
+        assert httpx2.post(base + "actions/sync", data={"csrf": token, "mapping": index}).status_code == 400
 
 
 def test_a_nul_in_a_search_is_no_match_not_a_corrupt_state(served: tuple[Env, DaemonProcess, str, str]) -> None:
     env, daemon, base, _pack_id = served
-    assert httpx.get(base, params={"q": "\x00"}).status_code == 200
-    assert httpx.get(base + "view", params={"q": "a\x00b"}).status_code == 200
+    assert httpx2.get(base, params={"q": "\x00"}).status_code == 200
+    assert httpx2.get(base + "view", params={"q": "a\x00b"}).status_code == 200
     assert "corrupt" not in daemon.output()
     from packsync.state.store import Store
 
@@ -342,9 +342,9 @@ def test_a_nul_in_a_search_is_no_match_not_a_corrupt_state(served: tuple[Env, Da
 
 def test_an_unchanged_view_is_304_under_the_daemon(served: tuple[Env, DaemonProcess, str, str]) -> None:
     _env, _daemon, base, _pack_id = served
-    first = httpx.get(base + "view")
+    first = httpx2.get(base + "view")
     assert first.status_code == 200
-    again = httpx.get(base + "view", headers={"If-None-Match": first.headers["etag"]})
+    again = httpx2.get(base + "view", headers={"If-None-Match": first.headers["etag"]})
     assert again.status_code == 304
 
 
@@ -358,8 +358,8 @@ def test_without_the_password_health_tells_the_verdict_only(daemon_env: Env, sta
     assert port
     base = f"http://127.0.0.1:{port.group(1)}/"
 
-    assert httpx.get(base + "healthz").json() == {"status": "ok"}
-    assert "mappings" in httpx.get(base + "healthz", auth=("x", "s3cret")).json()
+    assert httpx2.get(base + "healthz").json() == {"status": "ok"}
+    assert "mappings" in httpx2.get(base + "healthz", auth=("x", "s3cret")).json()
 
 
 def test_ui_says_when_the_daemon_died(env: Env) -> None:
@@ -381,7 +381,7 @@ def test_ui_says_when_the_daemon_died(env: Env) -> None:
         assert proc.stdout is not None
         base = re.search(r"(http://127\.0\.0\.1:\d+/)", proc.stdout.readline())
         assert base
-        document = httpx.get(base.group(1) + "healthz").json()
+        document = httpx2.get(base.group(1) + "healthz").json()
         assert document["status"] == "degraded"
         assert any("the daemon is not running" in reason for reason in document["reasons"])
     finally:

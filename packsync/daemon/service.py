@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from packsync.app import App, client_for, read_astria_token
+from packsync.app import App, client_for, read_astria_token, transport_for
 from packsync.config import Config, MappingConfig, load_config, read_password, read_token
 from packsync.daemon.aggregator import Aggregator
 from packsync.daemon.notify import notify, watchdog_interval
@@ -41,8 +41,8 @@ from packsync.engine.subfolders import group_of
 from packsync.engine.sync import SyncOptions, SyncReport
 from packsync.errors import AuthError, ExitCode, PacksyncError, StateUnavailable
 from packsync.logs import get_logger, register_secret
-from packsync.remote.genviral import GenviralClient
 from packsync.remote.retry import Backoff, Retrying
+from packsync.remote.transport import Transport
 from packsync.sources.folder import filters_for
 from packsync.state.lock import StateLock
 from packsync.state.store import Store
@@ -118,7 +118,8 @@ class Daemon:
             return ExitCode.OK
         self.store = store
         self.web = await Web.start(self.config, self) if self.config.http.address else None
-        self.app = App.wire(self.config, self.store, client_for(self.config, self.token, self._observer))
+        self.app = App.wire(self.config, self.store,
+                            client_for(self.config, self.token, transport_for(self.config, self._observer)))
 
         def on_change(root: Path, path: Path, closed: bool) -> None:
             loop.call_soon_threadsafe(self._changed, root, path, closed)
@@ -149,7 +150,7 @@ class Daemon:
             for task in self._retiring:
                 task.cancel()
             await asyncio.gather(metadata, *self._retiring, return_exceptions=True)
-            await self.app.api.aclose()
+            await self.app.api.transport.aclose()
             if self.web:
                 await self.web.close()
             self._save_daemon(pid=None, state="stopped", queue=len(self.changes))
@@ -486,11 +487,11 @@ class Daemon:
 
     # -- reload ------------------------------------------------------------------------------------
 
-    async def _close_later(self, api: GenviralClient) -> None:
+    async def _close_later(self, transport: Transport) -> None:
         try:
             await asyncio.sleep(RETIRE_CLIENT_S)
         finally:  # a daemon stopping meanwhile closes it now
-            await api.aclose()
+            await transport.aclose()
 
     async def _reload(self) -> None:
         """SIGHUP: read the config (and token) again; start and stop watchers for what changed."""
@@ -512,8 +513,8 @@ class Daemon:
         api = self.app.api
         if config.genviral != self.config.genviral or token != self.token:
             # A metadata poll may still be using the old client: close it once that round is surely over.
-            self._retiring.add(asyncio.create_task(self._close_later(api)))
-            api = client_for(config, token, self._observer)
+            self._retiring.add(asyncio.create_task(self._close_later(api.transport)))
+            api = client_for(config, token, transport_for(config, self._observer))
         self.config, self.token = config, token
         self.app.close_sources()
         self.app = App.wire(config, self.store, api)

@@ -142,7 +142,7 @@ class Executor:
                     log.error("pack unavailable; mapping stopped", error=str(exc))
                 return
             except (TransientError, PermanentError, UploadRejected, ItemChanged) as exc:
-                if url is not None and isinstance(exc, PermanentError) and "image_url" in str(exc):
+                if url is not None and isinstance(exc, PermanentError) and "image_url" in exc.fields:
                     # The API refuses the uploaded URL: upload the content afresh next time, never reuse it.
                     self.store.forget_blob(add.sha256)
                 where = f"{mapping.label}/{add.item.key}"

@@ -59,8 +59,8 @@ class PackResolver:
             try:
                 remote = await self.api.read_pack(mapping.pack_id)
             except NotFound as exc:
-                raise NotFound(f"pack_id {mapping.pack_id} not found, or outside the key's scope",
-                               status=exc.status, error_code=exc.error_code) from None
+                raise NotFound(f"pack_id {mapping.pack_id} not found, or outside the key's scope", method=exc.method,
+                               route=exc.route, status=exc.status, error_code=exc.error_code) from None
         else:
             remote = await self._by_name(mapping)
         if remote is not None:

@@ -1,44 +1,45 @@
 """The Astria API client (read only): packs in, typed values or classified errors out.
 
-Astria answers plain JSON without an envelope. Its requests share the Genviral client's slots, retry
-policy and run budget (``GenviralClient._request``), and its images are downloaded through the same
-unauthenticated storage client: image URLs are public, and the key goes to Astria's API only.
-Everything an answer says is checked here; an entry that is not an image is a problem of that entry,
-never an error of the pack.
+It owns Astria's base URL and key, its paths and the reading of its answers: plain JSON without an
+envelope, an error status becoming the error it is through ``refusal`` (``transport.py``). Its requests
+go through the process's one ``Transport``, so they share the slots, retry policy and run budget of
+every other request; its images are downloaded by the same transport without the key: image URLs are
+public, and the key goes to Astria's API only. It knows nothing of the Genviral client. Everything an
+answer says is checked here; an entry that is not an image is a problem of that entry, never an error
+of the pack.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable
 from typing import Any
 
-from packsync.errors import AuthError, NotFound, PermanentError, TransientError
+from packsync.errors import NotFound, PermanentError, TransientError
 from packsync.logs import untrusted
 from packsync.model import AstriaImage, AstriaPack, AstriaPackSummary
 from packsync.remote.answers import url_problem
-from packsync.remote.genviral import Answer, GenviralClient, S, path_segment, retry_after_of
+from packsync.remote.transport import Answer, Headers, Route, S, Transport, path_segment, refusal, retry_after_of
 
 _AUTH = "the Astria API refused the key: it is invalid or revoked ({status})"
 
+GET_PACK = Route("GET", "astria /p/{id}", label="Astria GET /p/{id}")
+LIST_PACKS = Route("GET", "astria /packs", label="Astria GET /packs")
+LIST_GALLERY = Route("GET", "astria /gallery/packs", label="Astria GET /gallery/packs")
 
-def _answer(response: Answer, what: str) -> Any:
-    status = response.status
-    if status in (401, 403):
-        raise AuthError(_AUTH.format(status=status), status=status)
-    if status == 429:
-        raise TransientError(f"Astria {what}: rate limited (429)", status=status, retry_after=retry_after_of(response))
-    if status >= 500:  # reads only: repeating one is always harmless, a 504 included
-        raise TransientError(f"Astria {what}: server error {status}", status=status)
-    if status == 404:
-        raise NotFound(f"Astria {what}: not found, or not visible to the key (404)", status=status)
+
+def json_of(answer: Answer, route: Route) -> Any:
+    """An answer's JSON, or the error it is (reads only: repeating one is always harmless, a 504 included)."""
+    status = answer.status
     if status >= 300:
-        raise PermanentError(f"Astria {what}: HTTP {status}: {untrusted(response.text[:400], 120)}", status=status)
+        said = {429: "rate limited (429)", 404: "not found, or not visible to the key (404)"}.get(status) \
+            or (f"server error {status}" if status >= 500 else f"HTTP {status}: {untrusted(answer.text[:400], 120)}")
+        raise refusal(route, status, said, retry_after=retry_after_of(answer),
+                      auth=_AUTH.format(status=status) if status in (401, 403) else None)
     try:
-        return response.json()
+        return answer.json()
     except ValueError:
-        raise PermanentError(f"Astria {what}: HTTP {status}, not a JSON answer") from None
+        raise refusal(route, status, f"HTTP {status}, not a JSON answer") from None
 
 
 def _shown(value: object) -> str:
@@ -86,23 +87,24 @@ def pack_of(data: Any, pack_id: int) -> AstriaPack:
 
 
 class AstriaClient:
-    """Astria's packs, read with ``http``'s slots and retries."""
+    """Astria's packs, read with its own key through the process's ``transport``."""
 
-    def __init__(self, base_url: str, token: str, http: GenviralClient) -> None:
-        self.http = http
-        self._client = http.sibling(base_url, token)
+    def __init__(self, base_url: str, token: str, transport: Transport) -> None:
+        self.transport = transport
+        self._base = base_url.rstrip("/")
+        self._headers = Headers({"Authorization": f"Bearer {token}"})
 
-    async def _get(self, path: str, what: str, **params: str) -> Any:
-        return await self.http.read_other(self._client, path, f"astria {what.partition(' ')[2]}",
-                                          functools.partial(_answer, what=what), **params)
+    async def _get(self, route: Route, path: str) -> Any:
+        return await self.transport.request(route, self._base + path, json_of, headers=self._headers,
+                                            safe_to_repeat=True)
 
     async def pack(self, pack_id: int) -> AstriaPack:
-        return pack_of(await self._get(f"/p/{path_segment(str(pack_id))}", "GET /p/{id}"), pack_id)
+        return pack_of(await self._get(GET_PACK, f"/p/{path_segment(str(pack_id))}"), pack_id)
 
     async def packs(self, *, gallery: bool = False) -> list[AstriaPackSummary]:
         """The key's packs (or the public gallery's), with their classes."""
         path = "/gallery/packs" if gallery else "/packs"
-        data = await self._get(path, f"GET {path}")
+        data = await self._get(LIST_GALLERY if gallery else LIST_PACKS, path)
         if not isinstance(data, list):
             raise PermanentError(f"Astria GET {path}: the answer is not a list of packs")
         found = []
@@ -127,4 +129,4 @@ class AstriaClient:
 
     async def download(self, url: str, max_bytes: int, sink: Callable[[], S]) -> S:
         """An image's bytes, without the key (image URLs are public storage)."""
-        return await self.http.download(url, max_bytes, sink)
+        return await self.transport.download(url, max_bytes, sink)

@@ -1,0 +1,452 @@
+"""The one HTTP transport of a process: every request packsync makes goes through it.
+
+It owns the httpx2 client (one connection pool, built at the first request inside the event loop:
+``import httpx2`` happens only there, so commands that send nothing never load it), the
+``concurrency`` slots, timeouts, the proxies the environment names (read once, as curl reads them),
+retries (the shared ``Backoff``, ``Retry-After``, per-request attempts, a per-run budget and a
+per-route breaker), the metrics hook (``Observer``) and — the one place where either happens — the
+translation of httpx2's exceptions and of HTTP error statuses into packsync's errors (``refusal``).
+Every answer is read whole into an ``Answer``, so nothing above ``remote/`` knows which library spoke
+HTTP; downloads stream into a sink, bounded in size, rate and time.
+
+It knows no API: paths, keys and the reading of bodies are the clients' (``genviral.py``,
+``astria.py``), which hand it a ``Route`` (a request's name in errors, logs and metrics), prepared
+``Headers`` and a reader that turns an ``Answer`` into a value or an error. A request without a key
+(a presigned PUT, a download) is sent with no Authorization header: headers are only ever the caller's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from urllib.parse import quote
+
+import msgspec
+
+from packsync import __version__
+from packsync.errors import (
+    AmbiguousError,
+    ApiError,
+    AuthError,
+    ConfigError,
+    NotFound,
+    PermanentError,
+    Stalled,
+    TransientError,
+    UploadRejected,
+)
+from packsync.logs import get_logger
+from packsync.remote.retry import Backoff
+
+if TYPE_CHECKING:  # imported at the first request: a new process walks its first folder meanwhile
+    import httpx2
+
+#: A download still below STALL_RATE bytes/s on average after STALL_GRACE_S is given up for the run:
+#: a server that sends a byte every few seconds never trips the read timeout.
+STALL_GRACE_S = 30.0
+STALL_RATE = 16 * 1024
+#: Retries of one download stop this long after its first try (a host that never answers costs a
+#: minute of one slot, not the read timeout times every attempt).
+DOWNLOAD_DEADLINE_S = 60.0
+CONNECT_S = 10.0
+#: Redirects a download follows (API calls and storage PUTs follow none).
+MAX_REDIRECTS = 10
+AGENT = f"packsync/{__version__}"
+
+
+class Sink(Protocol):
+    def update(self, chunk: bytes) -> None: ...
+
+
+S = TypeVar("S", bound=Sink)
+T = TypeVar("T")
+
+
+class Observer(Protocol):
+    """Told of every request the transport makes (the daemon's metrics): its route (a template, never an id
+    or a URL), its HTTP status (0: no answer), how long it took, and the bytes of a body it sent."""
+
+    def request(self, route: str, status: int, seconds: float, sent: int) -> None: ...
+
+
+class RetryPolicy(msgspec.Struct, frozen=True):
+    """How hard to try: per request, and in total for one run."""
+
+    attempts: int = 6
+    backoff: Backoff = Backoff(1.0, 30.0, "full")
+    run_budget: int = 500
+    #: Failed attempts in a row at one route (429 aside) after which the route is given up for the run:
+    #: an outage then ends the run in seconds, whatever the folder's size.
+    breaker: int = 10
+
+
+class Answer(msgspec.Struct, frozen=True):
+    """An HTTP answer, read whole."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body as JSON; ``ValueError`` when it is not."""
+        return json.loads(self.content)
+
+
+class Route:
+    """What a request is, for errors, logs, metrics and the breaker: its method and route template
+    (``/packs/{id}``, ``upload URL``: never an id or a URL), whether it carries an API key, and how a
+    message names it (``label``, by default ``METHOD template``)."""
+
+    __slots__ = ("method", "template", "keyed", "name", "label")
+
+    def __init__(self, method: str, template: str, *, keyed: bool = True, label: str | None = None) -> None:
+        self.method = method
+        self.template = template
+        self.keyed = keyed
+        self.name = f"{method} {template}"
+        self.label = label or self.name
+
+    def __repr__(self) -> str:
+        return f"Route({self.name!r})"
+
+
+#: Every download: an image's public URL, sent without a key.
+DOWNLOAD = Route("GET", "download", keyed=False, label="download")
+
+
+class Headers:
+    """Headers that many requests send (an API's key, a body's type), merged with the transport's own and
+    encoded for the wire once, at the first request that sends them. A repr shows names, never values."""
+
+    __slots__ = ("items", "wire")
+
+    def __init__(self, items: Mapping[str, str] | None = None) -> None:
+        self.items = {"User-Agent": AGENT, **(items or {})}
+        self.wire: httpx2.Headers | None = None
+
+    def __repr__(self) -> str:
+        return f"Headers({', '.join(self.items)})"
+
+
+def retry_after_of(answer: Answer) -> float | None:
+    """The server's ``Retry-After`` in seconds (a number or an HTTP date); None when absent or unreadable."""
+    value = answer.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def refusal(route: Route, status: int, detail: str, *, code: str | None = None, fields: tuple[str, ...] = (),
+            retry_after: float | None = None, auth: str | None = None, own: bool = True) -> ApiError:
+    """The error an answer with ``status`` is: the one place an HTTP status becomes packsync's error.
+
+    ``detail`` ends the sentence (what the answer said, already made safe to show); ``auth`` is the
+    sentence for a key the API refuses (its 401-403); ``own`` is False for a body that is not in the API's
+    own format (a proxy's or a gateway's page), whose 401-404 say nothing about the key or the resource.
+    A 2xx that could not be used is ambiguous like a 5xx: the server may have done the work.
+    """
+    where: dict[str, Any] = {"method": route.method, "route": route.template, "status": status,
+                             "error_code": code, "fields": fields}
+    message = f"{route.label}: {detail}"
+    if status == 429:
+        return TransientError(message, retry_after=retry_after, **where)
+    if status >= 500 or status < 300:
+        return AmbiguousError(message, retry_after=retry_after, **where)
+    if not route.keyed:
+        # A presigned URL is its own credential: storage refusing it (expired, signature) asks for a new one.
+        return UploadRejected(message, **where) if route.method == "PUT" and status in (400, 403) \
+            else PermanentError(message, **where)
+    if own and auth and status in (401, 402, 403):
+        return AuthError(auth, **where)
+    if own and status == 404:
+        return NotFound(message, **where)
+    return PermanentError(message, **where)
+
+
+def _failure(route: Route, exc: BaseException) -> ApiError:
+    """The error a request that got no answer is: the one place httpx2's exceptions become packsync's."""
+    import httpx2
+
+    where: dict[str, Any] = {"method": route.method, "route": route.template}
+    name = type(exc).__name__  # never the exception's text: it may hold the URL
+    if isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.ProxyError):
+        if route is DOWNLOAD:  # an image URL on a dead host stays dead: waiting would hold back the rest
+            return PermanentError(f"download: cannot reach its host ({name})", **where)
+        return TransientError(f"{route.label}: cannot connect ({name})", **where)  # nothing was sent
+    if isinstance(exc, httpx2.PoolTimeout):  # no connection came free in time: nothing was sent
+        return TransientError(f"{route.label}: no connection free ({name})", **where)
+    if isinstance(exc, httpx2.InvalidURL | httpx2.UnsupportedProtocol | httpx2.LocalProtocolError | ValueError):
+        return PermanentError(f"{route.label}: not a usable URL or request ({name})", **where)
+    return AmbiguousError(f"{route.label}: connection failed ({name})", **where)
+
+
+def _no_answer() -> tuple[type[BaseException], ...]:
+    """What a request that got no usable answer raises: httpx2's errors, our own deadline (``TimeoutError``),
+    a URL or header that cannot be encoded (``ValueError``). Named only while an exception is matched."""
+    import httpx2
+
+    return httpx2.HTTPError, httpx2.InvalidURL, TimeoutError, ValueError
+
+
+def path_segment(value: str) -> str:
+    """An id as one path segment: ids come from the config and the API, so ``/``, ``..`` or ``?`` in
+    one must not reach another endpoint."""
+    return quote(value, safe="") if value not in (".", "..") else quote(value.replace(".", "%2E"), safe="%")
+
+
+_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
+
+
+def on_the_wire(url: str) -> str:
+    """A URL from an answer (a presigned upload URL, an image's URL) as it goes on the request line: its
+    escapes and signature byte for byte, a space or a non-ASCII letter percent-encoded, as browsers do."""
+    return quote(url, safe=_URL_SAFE)
+
+
+def _target(wire: str) -> bytes:
+    """The request target of an absolute URL: its path and query, as written."""
+    rest = wire.partition("://")[2]
+    ends = [i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0]
+    target = rest[min(ends):].partition("#")[0] if ends else ""
+    return (target if target.startswith("/") else "/" + target).encode("ascii")
+
+
+class Transport:
+    """Slots, retries, budget, breaker and one connection pool, shared by every client of a process.
+
+    ``concurrency`` requests are in flight at most, API calls, storage PUTs and downloads together.
+    Close it (``aclose`` or ``async with``) when the process is done with it.
+    """
+
+    def __init__(self, *, concurrency: int = 4, retry: RetryPolicy = RetryPolicy(), timeout: float = 30.0,
+                 observer: Observer | None = None) -> None:
+        self.concurrency = concurrency
+        self.retry = retry
+        self.timeout = timeout
+        self.observer = observer
+        self.retries_left = retry.run_budget
+        self.calls: Counter[str] = Counter()
+        self._failing: Counter[str] = Counter()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._client: httpx2.AsyncClient | None = None
+        self._extensions: dict[str, Any] = {}
+        self._plain = Headers()
+        self.log = get_logger()
+
+    def start_run(self, planned_calls: int = 0) -> None:
+        """A new run (or daemon round): a fresh retry budget, sized to the calls planned, and no broken routes."""
+        self.retries_left = self.retry.run_budget + planned_calls // 2
+        self._failing.clear()
+
+    def take_retry(self) -> bool:
+        """Spend one retry of the run's budget; False when it is spent."""
+        if self.retries_left <= 0:
+            return False
+        self.retries_left -= 1
+        return True
+
+    async def __aenter__(self) -> Transport:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _http(self) -> httpx2.AsyncClient:
+        if self._client is None:
+            import httpx2
+
+            # Its INFO line per request would log presigned URLs; httpcore2's DEBUG traces cost every request.
+            logging.getLogger("httpx2").setLevel(logging.WARNING)
+            logging.getLogger("httpcore2").setLevel(logging.WARNING)
+            # No cookies: no API here sets one, and none set by a CDN is ever sent back. The environment
+            # (HTTP(S)_PROXY, NO_PROXY, SSL_CERT_FILE) is read here, once: a proxy named without a scheme is
+            # an HTTP one, as curl reads it.
+            try:
+                self._client = httpx2.AsyncClient(
+                    limits=httpx2.Limits(max_connections=self.concurrency,
+                                         max_keepalive_connections=self.concurrency),
+                    timeout=httpx2.Timeout(self.timeout, connect=CONNECT_S),
+                    cookies=CookieJar(DefaultCookiePolicy(allowed_domains=())),
+                    follow_redirects=False, max_redirects=MAX_REDIRECTS, trust_env=True)
+            except (ImportError, ValueError):  # its text may hold the proxy's password: not shown
+                raise ConfigError("the environment names a proxy packsync cannot use (HTTP_PROXY, HTTPS_PROXY or "
+                                  "ALL_PROXY): only http:// and https:// proxies are spoken to; change or unset "
+                                  "it, or name the hosts to reach directly in NO_PROXY") from None
+            self._extensions = {"timeout": self._client.timeout.as_dict()}
+        return self._client
+
+    def _request(self, method: str, url: str, headers: Headers, body: bytes, given: bool) -> httpx2.Request:
+        """An httpx2 request; ``given``: ``url`` came from an answer and goes on the request line as it is."""
+        import httpx2
+
+        client = self._http()
+        wire = headers.wire
+        if wire is None:
+            wire = headers.wire = httpx2.Headers(client.headers)
+            wire.update(headers.items)
+        extensions = self._extensions
+        if given:
+            url = on_the_wire(url)
+            target = _target(url)
+            request = httpx2.Request(method, url, headers=wire, content=body or None, extensions=extensions)
+            if request.url.raw_path != target:  # httpx2 would drop a dot segment: send it as given
+                request.extensions = {**extensions, "target": target}
+            return request
+        return httpx2.Request(method, url, headers=wire, content=body or None, extensions=extensions)
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    async def request(self, route: Route, url: str, read: Callable[[Answer, Route], T], *, headers: Headers,
+                      safe_to_repeat: bool, body: bytes = b"", given: bool = False) -> T:
+        """Send one request, with retries, and return what ``read`` makes of its answer.
+
+        ``read`` raises the error an answer is (``refusal``); a ``TransientError`` from it or from the wire
+        is retried after the backoff (or the server's ``Retry-After``), unless the server may have done
+        the work (``AmbiguousError``) and repeating the request is not harmless: then the caller looks
+        at the remote state first. ``given``: ``url`` came from an answer and is sent byte for byte.
+        """
+        return await self._retrying(route, lambda: self._once(route, url, read, headers, body, given),
+                                    safe_to_repeat=safe_to_repeat)
+
+    async def _once(self, route: Route, url: str, read: Callable[[Answer, Route], T], headers: Headers,
+                    body: bytes, given: bool) -> T:
+        try:
+            # Built before taking a slot: a slot stands for a request on the wire, not one being prepared.
+            request = self._request(route.method, url, headers, body, given)
+        except _no_answer() as exc:
+            raise _failure(route, exc) from None
+        async with self._slots:
+            self.calls[route.name] += 1
+            started, status = time.monotonic(), 0
+            try:
+                if body:
+                    # A body may take as long to send as its size allows at the slowest rate still moving.
+                    async with asyncio.timeout(max(self.timeout, 120.0) + len(body) / STALL_RATE):
+                        response = await self._http().send(request)
+                else:
+                    response = await self._http().send(request)
+                status = response.status_code
+            except _no_answer() as exc:
+                raise _failure(route, exc) from None
+            finally:
+                self._observe(route, status, started, len(body) if 0 < status < 300 else 0)
+        return read(Answer(status, response.headers, response.content), route)
+
+    async def _retrying(self, route: Route, once: Callable[[], Awaitable[T]], *, safe_to_repeat: bool,
+                        deadline: float | None = None, breaker: bool = True) -> T:
+        attempt = 0
+        while True:
+            if breaker and self._failing[route.name] >= self.retry.breaker:
+                raise TransientError(f"{route.label}: not sent; the last {self._failing[route.name]} attempts all "
+                                     "failed, so this run gives up on it", method=route.method, route=route.template)
+            try:
+                result = await once()
+            except TransientError as error:
+                attempt += 1
+                if error.status != 429:
+                    self._failing[route.name] += 1
+                delay = self.retry.backoff.delay(attempt, error.retry_after)
+                if isinstance(error, Stalled) or (isinstance(error, AmbiguousError) and not safe_to_repeat) \
+                        or attempt >= self.retry.attempts or (deadline and time.monotonic() + delay > deadline) \
+                        or not self.take_retry():
+                    raise
+                self.log.debug("retrying", request=route.name, attempt=attempt, delay_s=round(delay, 2),
+                               error=str(error))
+                await asyncio.sleep(delay)
+            else:
+                if self._failing[route.name]:
+                    self._failing[route.name] = 0
+                return result
+
+    def _observe(self, route: Route, status: int, started: float, sent: int) -> None:
+        seconds = time.monotonic() - started
+        self.log.debug("request", request=route.name, status=status or "no answer", ms=round(seconds * 1000))
+        if self.observer:
+            self.observer.request(route.name, status, seconds, sent)
+
+    # -- downloads ---------------------------------------------------------------------------------
+
+    async def download(self, url: str, max_bytes: int, sink: Callable[[], S]) -> S:
+        """Stream the bytes at ``url`` into a fresh ``sink()`` (one per attempt) and return it.
+
+        Image URLs are public storage or CDN addresses: the request carries no Authorization, so a key
+        never goes to a host that is not its API. A refusal (4xx) or a body over ``max_bytes`` is a
+        ``PermanentError``; 429, 5xx, timeouts and dropped connections are retried like any request,
+        within ``DOWNLOAD_DEADLINE_S`` from the first try; a trickle (``Stalled``) is not retried.
+        """
+        deadline = time.monotonic() + DOWNLOAD_DEADLINE_S
+        return await self._retrying(DOWNLOAD, lambda: self._stream(url, max_bytes, sink), safe_to_repeat=True,
+                                    deadline=deadline, breaker=False)
+
+    async def _stream(self, url: str, max_bytes: int, sink: Callable[[], S]) -> S:
+        import httpx2
+
+        async with self._slots:
+            self.calls[DOWNLOAD.name] += 1
+            started, status = time.monotonic(), 0
+            try:
+                client = self._http()
+                response = await client.send(self._request("GET", url, self._plain, b"", True), stream=True)
+                for _hop in range(MAX_REDIRECTS):
+                    if not (response.has_redirect_location and response.next_request):
+                        break
+                    await response.aclose()
+                    # Followed by hand: the request target of the first URL is not the next one's.
+                    hop = httpx2.Request("GET", response.next_request.url, headers=self._plain.wire,
+                                         extensions=self._extensions)
+                    response = await client.send(hop, stream=True)
+                try:
+                    status = response.status_code
+                    return await self._receive(response, max_bytes, sink())
+                finally:
+                    await response.aclose()
+            except _no_answer() as exc:
+                raise _failure(DOWNLOAD, exc) from None
+            finally:
+                self._observe(DOWNLOAD, status, started, 0)
+
+    @staticmethod
+    async def _receive(response: httpx2.Response, max_bytes: int, into: S) -> S:
+        status = response.status_code
+        if status >= 300:
+            raise refusal(DOWNLOAD, status, f"HTTP {status}",
+                          retry_after=retry_after_of(Answer(status, response.headers, b"")))
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise PermanentError(f"larger than {max_bytes / 1e6:g} MB ({int(declared) / 1e6:.1f} MB)",
+                                 method=DOWNLOAD.method, route=DOWNLOAD.template, status=status)
+        size, started = 0, time.monotonic()
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > max_bytes:
+                raise PermanentError(f"larger than {max_bytes / 1e6:g} MB", method=DOWNLOAD.method,
+                                     route=DOWNLOAD.template, status=status)
+            into.update(chunk)
+            elapsed = time.monotonic() - started
+            if elapsed > STALL_GRACE_S and size < elapsed * STALL_RATE:  # the read timeout resets per byte
+                raise Stalled(f"download: {size:,} bytes in {elapsed:.0f} s, too slow to finish",
+                              method=DOWNLOAD.method, route=DOWNLOAD.template, status=status)
+        return into

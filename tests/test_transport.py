@@ -1,0 +1,258 @@
+"""The one HTTP transport (``packsync/remote/transport.py``): errors with their route, status and code,
+keys only where they belong, one transport shared by every client of a run — over real HTTP, to the
+sandbox or to a recording server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from conftest import ASTRIA_TOKEN, TOKEN, Env, image, write
+from test_network import Listener, _Noted, listening
+
+from packsync.app import open_app
+from packsync.errors import AmbiguousError, ApiError, AuthError, NotFound, PermanentError, UploadRejected
+from packsync.remote.astria import AstriaClient
+from packsync.remote.genviral import GenviralClient, RetryPolicy
+from packsync.remote.transport import Headers, Transport
+from packsync.sandbox import Account
+
+ONCE = RetryPolicy(attempts=1)
+
+
+def failure(call: Callable[[], Awaitable[Any]]) -> ApiError:
+    """The error ``call`` ends with."""
+    async def run() -> None:
+        await call()
+
+    with pytest.raises(ApiError) as caught:
+        asyncio.run(run())
+    return caught.value
+
+
+def fields_of(error: ApiError) -> tuple[type[ApiError], str | None, str | None, int | None, str | None]:
+    return type(error), error.method, error.route, error.status, error.error_code
+
+
+# -- errors carry what a decision needs ------------------------------------------------------------
+
+
+def test_a_404_names_its_route_template_status_and_code_never_the_id(env: Env) -> None:
+    async def read() -> None:
+        async with GenviralClient(env.sandbox.base_url, TOKEN, retry=ONCE) as api:
+            await api.get_pack("no-such-pack-4711")
+
+    error = failure(read)
+
+    assert fields_of(error) == (NotFound, "GET", "/packs/{id}", 404, "not_found")
+    assert "4711" not in (error.route or "")
+    assert env.sandbox.base_url not in str(error) and "127.0.0.1" not in str(error)
+
+
+@pytest.mark.parametrize("kind,method,route,expected", [
+    ("500", "POST", "/files", (AmbiguousError, "POST", "/files", 500, "internal_error")),
+    ("503", "POST", "/files", (AmbiguousError, "POST", "/files", 503, "service_unavailable")),
+    ("429", "POST", "/files", (ApiError, "POST", "/files", 429, "rate_limited")),
+    ("502", "POST", "/files", (AmbiguousError, "POST", "/files", 502, None)),
+], ids=["500", "503", "429", "a gateway's page"])
+def test_a_5xx_or_429_names_its_route_status_and_code(env: Env, kind: str, method: str, route: str,
+                                                      expected: tuple[Any, ...]) -> None:
+    env.sandbox.inject(kind, method=method, route=route)
+
+    async def ask() -> None:
+        async with GenviralClient(env.sandbox.base_url, TOKEN, retry=ONCE) as api:
+            await api.create_upload("image/png", "a.png", 10)
+
+    error = failure(ask)
+
+    assert isinstance(error, expected[0])
+    assert fields_of(error)[1:] == expected[1:]
+
+
+def test_a_422_names_the_payload_fields_the_api_refused(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("p")
+    env.sandbox.inject("422", method="POST", route="/packs/{id}/images")
+
+    async def add() -> None:
+        async with GenviralClient(env.sandbox.base_url, TOKEN) as api:
+            await api.add_image(pack_id, "https://cdn.example.com/a.png", "a.png")
+
+    error = failure(add)
+
+    assert fields_of(error) == (PermanentError, "POST", "/packs/{id}/images", 422, "invalid_payload")
+    assert error.fields == ("image_url",)
+
+
+def test_a_refused_key_is_an_auth_error_with_its_status_and_code(env: Env) -> None:
+    env.sandbox.accounts[TOKEN] = Account("ws-1", status=401)
+
+    async def list_packs() -> None:
+        async with GenviralClient(env.sandbox.base_url, TOKEN) as api:
+            await api.list_packs()
+
+    assert fields_of(failure(list_packs)) == (AuthError, "GET", "/packs", 401, "invalid_token")
+
+
+def test_storage_refusing_a_presigned_put_names_the_route_not_the_url(env: Env) -> None:
+    env.sandbox.inject("expire", method="PUT", route="storage")
+
+    async def upload() -> None:
+        async with GenviralClient(env.sandbox.base_url, TOKEN) as api:
+            ticket = await api.create_upload("image/png", "a.png", 10)
+            await api.put_bytes(ticket.upload_url, image(), "image/png")
+
+    error = failure(upload)
+
+    assert fields_of(error) == (UploadRejected, "PUT", "upload URL", 403, "AccessDenied")
+    assert "signature=" not in str(error) and "/storage/" not in str(error)
+
+
+def test_astria_and_download_errors_carry_their_routes(env: Env) -> None:
+    async def read() -> None:
+        async with Transport(retry=ONCE) as transport:
+            await AstriaClient(env.sandbox.astria_url, ASTRIA_TOKEN, transport).pack(987654)
+
+    async def download() -> None:
+        async with Transport(retry=ONCE) as transport:
+            await transport.download(env.sandbox.origin + "/cdn/" + "0" * 32 + ".png", 1000, hashlib.sha256)
+
+    assert fields_of(failure(read)) == (NotFound, "GET", "astria /p/{id}", 404, None)
+    assert fields_of(failure(download)) == (PermanentError, "GET", "download", 404, None)
+
+
+# -- one transport, shared ------------------------------------------------------------------------
+
+
+def test_the_astria_client_speaks_through_a_transport_of_its_own(env: Env) -> None:
+    """No Genviral client anywhere: Astria's key, Astria's base URL, the transport's slots and counts."""
+    pack_id = env.sandbox.astria.add_pack("Headshots")
+    images = [image(), image()]
+    urls = [env.sandbox.astria.add_image(pack_id, "woman", data) for data in images]
+
+    async def mirror() -> tuple[list[str], list[str], dict[str, int]]:
+        async with Transport(concurrency=2) as transport:
+            astria = AstriaClient(env.sandbox.astria_url, ASTRIA_TOKEN, transport)
+            pack = await astria.pack(pack_id)
+            digests = [(await astria.download(i.url, 10_000, hashlib.sha256)).hexdigest() for i in pack.images]
+            return [i.url for i in pack.images], digests, dict(transport.calls)
+
+    listed, digests, calls = asyncio.run(mirror())
+
+    assert listed == urls
+    assert digests == [hashlib.sha256(data).hexdigest() for data in images]
+    assert calls == {"GET astria /p/{id}": 1, "GET download": 2}
+    assert env.sandbox.calls == {("GET", "astria:/p/{id}"): 1, ("GET", "astria-img"): 2}
+
+
+def test_one_transport_serves_a_run_and_astria_reads_spend_its_budget(env: Env) -> None:
+    """The app builds one transport: the Genviral and Astria clients share its pool, slots and run
+    budget, so a retried Astria read counts against the run like any other retry."""
+    pack_id = env.sandbox.astria.add_pack("Headshots")
+    env.sandbox.astria.add_image(pack_id, "woman", image())
+    env.map_astria(pack_id, pack="Mirror")
+    write(env.map("brand", pack="Brand") / "a.png", image())
+    env.sandbox.inject("503", method="GET", route="astria:/p/{id}")
+
+    async def read() -> tuple[bool, int, int]:
+        async with open_app(env.config(), TOKEN) as app:
+            assert app.astria is not None
+            app.api.start_run()
+            before = app.api.transport.retries_left
+            await app.astria.pack(pack_id)
+            await app.api.list_packs()
+            return app.astria.transport is app.api.transport, before, app.api.transport.retries_left
+
+    shared, before, after = asyncio.run(read())
+
+    assert shared
+    assert after == before - 1
+    assert env.sandbox.calls[("GET", "astria:/p/{id}")] == 2
+
+
+# -- keys only where they belong ------------------------------------------------------------------
+
+
+class _Keys(_Noted):
+    """Notes each request's Authorization header and answers no packs (Genviral's or Astria's way);
+    ``…/moved`` redirects."""
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.seen.append(f"  key: {self.headers.get('Authorization')}")
+        if self.path.endswith("/moved"):
+            self.send_response(302)
+            self.send_header("Location", "/img/final.png")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = b"[]" if self.path.startswith("/astria/") else \
+            json.dumps({"ok": True, "code": 200, "message": "", "data": {"packs": [], "total": 0}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_PUT = do_PATCH = _answer
+
+
+def test_each_key_goes_to_its_own_api_and_storage_and_downloads_get_none() -> None:
+    """A presigned URL goes out as given, a dot segment and its escapes kept: its signature covers them."""
+    async def calls(server: Listener) -> None:
+        async with Transport() as transport:
+            genviral = GenviralClient(server.url + "/genviral", "gva_live_key.secret", transport)
+            astria = AstriaClient(server.url + "/astria", "sd_astria.secret", transport)
+            await genviral.list_packs()
+            await astria.packs(gallery=True)
+            await genviral.put_bytes(server.url + "/up/./x.png?sig=a%2Fb", b"x", "image/png")
+            await transport.download(server.url + "/img/a.png", 1000, hashlib.sha256)
+
+    with listening(_Keys) as server:
+        asyncio.run(calls(server))
+
+    assert server.seen == [
+        "GET /genviral/packs?limit=100&offset=0&include_public=false", "  key: Bearer gva_live_key.secret",
+        "GET /astria/gallery/packs", "  key: Bearer sd_astria.secret",
+        "PUT /up/./x.png?sig=a%2Fb", "  key: None",
+        "GET /img/a.png", "  key: None",
+    ]
+
+
+def test_a_download_follows_a_redirect_and_an_api_call_does_not() -> None:
+    """Downloads follow redirects (to the Location's own path, even from a URL sent byte for byte with a
+    dot segment); an API call answered with a redirect is an error of that call."""
+    async def calls(server: Listener) -> ApiError | None:
+        async with Transport(retry=ONCE) as transport:
+            await transport.download(server.url + "/img/../img/moved", 1000, hashlib.sha256)
+            try:
+                await GenviralClient(server.url, "gva_live_key.secret", transport).rename_pack("moved", "n")
+            except ApiError as exc:
+                return exc
+        return None
+
+    with listening(_Keys) as server:
+        error = asyncio.run(calls(server))
+
+    requests = [line for line in server.seen if not line.startswith("  ")]
+    assert requests == ["GET /img/../img/moved", "GET /img/final.png", "PATCH /packs/moved"]
+    assert isinstance(error, PermanentError) and error.status == 302
+
+
+def test_headers_show_their_names_never_their_values() -> None:
+    assert "secret" not in repr(Headers({"Authorization": "Bearer gva_live_key.secret"}))
+
+
+def test_a_verbose_run_logs_no_presigned_url_and_no_request_line_of_the_library(env: Env) -> None:
+    """httpx2 logs every request with its URL at INFO: a presigned URL's signature would reach the log."""
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+
+    result = env.cli("-v", "run", "--no-wait")
+
+    assert result.returncode == 0, result.stderr
+    assert env.pack(pack_id)["image_count"] == 1
+    assert "signature=" not in result.stderr and "/storage/" not in result.stderr
+    assert "HTTP Request" not in result.stderr
