@@ -23,7 +23,7 @@ Errors are classified by what the caller should do about them, not by where they
 
 Lower-layer exceptions are translated into these in exactly one place each: httpx's in
 ``remote/genviral.py``, malformed JSON answers in ``remote/answers.py``, SQLite's in
-``state/store.py``, the file system's in ``sources/folder.py``.
+``state/translate.py``, the file system's in ``sources/folder.py``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from conftest import TOKEN, Env, image, write
 from helpers import wait_until
 
 from packsync.errors import ExitCode
-from packsync.state.store import SCHEMA_VERSION
+from packsync.state.tables import SCHEMA_VERSION
 
 DELETE = ("DELETE", "/packs/{id}/images/{image_id}")
 
