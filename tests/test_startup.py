@@ -55,7 +55,7 @@ def test_status_imports_neither_the_http_client_nor_the_watcher(env: Env) -> Non
 
     modules = imported("-c", str(env.config_path), "status", "--files")
 
-    assert "sqlite3" in modules, "the probe ran the real status command"
+    assert "sqlmodel" in modules, "the probe ran the real status command"
     assert modules & {*CLIENT, "httpx", "httpcore", "anyio", "watchdog", *WEB} == set()
 
 
