@@ -24,11 +24,11 @@ from packsync.remote.genviral import GenviralClient, Observer
 from packsync.sources.astria import AstriaSource
 from packsync.sources.base import Source
 from packsync.sources.folder import FolderSource, filters_for
-from packsync.state.store import State
 from packsync.views.progress import Progress
 
-if TYPE_CHECKING:  # pulling (and its sidecars) is imported by `pull` alone
+if TYPE_CHECKING:  # pulling (and its sidecars) is imported by `pull` alone; the state by what opens it
     from packsync.engine.pull import PullReport
+    from packsync.state.store import State
 
 
 def source_for(mapping: MappingConfig, astria: AstriaClient | None, spool: Path | None) -> Source:
@@ -102,6 +102,8 @@ async def open_app(config: Config, token: str, *, readonly: bool = False,
 @asynccontextmanager
 async def _opened(config: Config, token: str, readonly: bool,
                   progress: Progress | None) -> AsyncIterator[tuple[State, GenviralClient]]:
+    from packsync.state.store import State  # sqlmodel's import is a third of a second: not for `astria packs`
+
     state = State(config.state_path, readonly=readonly)
     try:
         async with client_for(config, token) as api:

@@ -65,3 +65,12 @@ def test_run_pays_nothing_for_the_page(env: Env) -> None:
     modules = imported("-c", str(env.config_path), "run", "--dry-run", token=TOKEN)
     assert "aiohttp.client" in modules, "the probe ran the real run command, to its pack read"
     assert modules & {*WEB, *ONLY_PULL, "httpx", "httpcore", "anyio"} == set()
+
+
+def test_commands_that_read_no_state_do_not_load_it(env: Env) -> None:
+    """Listing the key's packs talks to the API alone: it pays nothing for the state's libraries."""
+    env.sandbox.create_pack("p")
+    env.write_config()
+    modules = imported("-c", str(env.config_path), "packs", token=TOKEN)
+    assert "aiohttp.client" in modules, "the probe ran the real packs command"
+    assert modules & {"sqlmodel", "sqlalchemy", "pydantic", "packsync.state.store"} == set()

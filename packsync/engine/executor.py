@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
@@ -39,8 +39,10 @@ from packsync.logs import get_logger
 from packsync.model import Blob, ManagedImage
 from packsync.remote.genviral import GenviralClient
 from packsync.sources.base import Source
-from packsync.state.store import State
 from packsync.views.progress import Progress
+
+if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
+    from packsync.state.store import State
 
 T = TypeVar("T")
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from packsync.engine.planner import metadata_updates
 from packsync.errors import ApiError, AuthError
 from packsync.logs import get_logger
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.retry import Backoff
-from packsync.state.store import State
 from packsync.views.progress import Progress
+
+if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
+    from packsync.state.store import State
 
 #: Rounds start a second apart and back off to 30 s: enrichment takes seconds to minutes.
 POLL_BACKOFF = Backoff(1.0, 30.0)

@@ -19,13 +19,13 @@ from packsync.config import MappingConfig
 from packsync.errors import AmbiguousError, MalformedAnswer, NotFound
 from packsync.logs import get_logger
 from packsync.model import PackRead
-from packsync.state.store import State
 
 #: How long to wait before looking again at a pack that answered 404.
 CONFIRM_PAUSE_S = 1.0
 
 if TYPE_CHECKING:  # the views read ``recorded_pack_id`` without loading an HTTP client
     from packsync.remote.genviral import GenviralClient
+    from packsync.state.store import State
 
 
 def recorded_pack_id(state: State, mapping: MappingConfig) -> str | None:

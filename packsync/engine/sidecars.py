@@ -20,14 +20,17 @@ import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packsync.config import MappingConfig
 from packsync.engine.packs import recorded_pack_id
 from packsync.errors import XmpError
 from packsync.model import ManagedImage, Problem, RemoteImage
 from packsync.state.records import SidecarRecord
-from packsync.state.store import State
 from packsync.xmp import MAX_BYTES, Fields, render, without_ours
+
+if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
+    from packsync.state.store import State
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -23,7 +24,9 @@ from packsync.errors import SourceUnavailable
 from packsync.model import CachedFile, Problem
 from packsync.sources.folder import Filters, filters_for
 from packsync.sources.media import digest_file
-from packsync.state.store import State
+
+if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
+    from packsync.state.store import State
 
 #: Genviral's longest pack name.
 MAX_PACK_NAME = 120

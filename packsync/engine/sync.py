@@ -54,11 +54,11 @@ from packsync.remote.genviral import GenviralClient
 from packsync.remote.retry import Backoff
 from packsync.sources.base import Source
 from packsync.sources.folder import FolderSource, GoneFolder
-from packsync.state.store import State
 from packsync.views.progress import Progress
 
 if TYPE_CHECKING:  # sidecars are imported by the mappings that write them
     from packsync.engine.sidecars import SidecarReport
+    from packsync.state.store import State
 
 #: Mappings planned at once: enough to overlap pack reads with scans, few enough that only a few
 #: sources' listings and packs are in memory together.

@@ -7,6 +7,7 @@ by ``views/text.py`` and ``views/json.py``. A view never queries the database it
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -15,7 +16,9 @@ from packsync.engine.packs import recorded_pack_id
 from packsync.engine.subfolders import concrete
 from packsync.model import METADATA_SETTLED, ManagedImage, Metadata, Problem
 from packsync.state.records import DaemonRecord, MappingRecord
-from packsync.state.store import State
+
+if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
+    from packsync.state.store import State
 
 
 class FileStatus(msgspec.Struct, frozen=True):
