@@ -26,11 +26,11 @@ from packsync.remote.transport import Observer, Transport
 from packsync.sources.astria import AstriaSource
 from packsync.sources.base import Source
 from packsync.sources.folder import FolderSource, filters_for
-from packsync.state.store import Store
 from packsync.views.progress import Progress
 
-if TYPE_CHECKING:  # pulling (and its sidecars) is imported by `pull` alone
+if TYPE_CHECKING:  # pulling (and its sidecars) is imported by `pull` alone; the state by what opens it
     from packsync.engine.pull import PullReport
+    from packsync.state.store import State
 
 
 def source_for(mapping: MappingConfig, astria: AstriaClient | None, spool: Path | None) -> Source:
@@ -70,11 +70,11 @@ def astria_for(config: Config, transport: Transport) -> AstriaClient | None:
 
 
 class App(msgspec.Struct):
-    """One config's working parts. ``store`` and ``api`` (with its transport, which ``astria`` shares) are
+    """One config's working parts. ``state`` and ``api`` (with its transport, which ``astria`` shares) are
     owned by whoever opened them."""
 
     config: Config
-    store: Store
+    state: State
     api: GenviralClient
     astria: AstriaClient | None
     packs: PackResolver
@@ -82,16 +82,16 @@ class App(msgspec.Struct):
     syncer: Syncer
 
     @classmethod
-    def wire(cls, config: Config, store: Store, api: GenviralClient, progress: Progress | None = None) -> App:
+    def wire(cls, config: Config, state: State, api: GenviralClient, progress: Progress | None = None) -> App:
         """Build the engine around an open state and client."""
         progress = progress or Progress(enabled=False)
-        packs = PackResolver(api, store, remember=not store.readonly)
-        metadata = MetadataPoller(api, store, progress)
+        packs = PackResolver(api, state, remember=not state.readonly)
+        metadata = MetadataPoller(api, state, progress)
         astria = astria_for(config, api.transport)
-        spool = None if store.readonly else config.state_path.parent / "spool"
-        syncer = Syncer(config, store, api, lambda mapping: source_for(mapping, astria, spool), packs, metadata,
+        spool = None if state.readonly else config.state_path.parent / "spool"
+        syncer = Syncer(config, state, api, lambda mapping: source_for(mapping, astria, spool), packs, metadata,
                         progress)
-        return cls(config, store, api, astria, packs, metadata, syncer)
+        return cls(config, state, api, astria, packs, metadata, syncer)
 
     def close_sources(self) -> None:
         for source in self.syncer.sources.values():
@@ -102,8 +102,8 @@ class App(msgspec.Struct):
 async def open_app(config: Config, token: str, *, readonly: bool = False,
                    progress: Progress | None = None) -> AsyncIterator[App]:
     """Open the state and the API client for ``config``, and close both afterwards."""
-    async with _opened(config, token, readonly, progress) as (store, api):
-        app = App.wire(config, store, api, progress)
+    async with _opened(config, token, readonly, progress) as (state, api):
+        app = App.wire(config, state, api, progress)
         try:
             yield app
         finally:
@@ -112,15 +112,17 @@ async def open_app(config: Config, token: str, *, readonly: bool = False,
 
 @asynccontextmanager
 async def _opened(config: Config, token: str, readonly: bool,
-                  progress: Progress | None) -> AsyncIterator[tuple[Store, GenviralClient]]:
-    store = Store(config.state_path, readonly=readonly)
+                  progress: Progress | None) -> AsyncIterator[tuple[State, GenviralClient]]:
+    from packsync.state.store import State  # sqlmodel's import is a third of a second: not for `astria packs`
+
+    state = State(config.state_path, readonly=readonly)
     try:
         async with transport_for(config) as transport:
-            yield store, client_for(config, token, transport)
+            yield state, client_for(config, token, transport)
     finally:
         if progress:
             progress.close()
-        store.close()
+        state.close()
 
 
 async def pull_once(config: Config, token: str, pack: str, folder: Path, *, delete: bool, dry_run: bool,
@@ -131,8 +133,8 @@ async def pull_once(config: Config, token: str, pack: str, folder: Path, *, dele
     from packsync.engine.pull import Puller
 
     system, _, wanted = pack.partition(":")
-    async with _opened(config, token, dry_run, progress) as (store, api):
-        puller = Puller(api, store, progress)
+    async with _opened(config, token, dry_run, progress) as (state, api):
+        puller = Puller(api, state, progress)
         if system == "astria":
             astria = AstriaClient(config.astria.base_url, read_astria_token(config), api.transport)
             return await puller.pull_astria(astria, int(wanted), classes, folder, delete=delete, dry_run=dry_run)

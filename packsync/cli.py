@@ -189,18 +189,18 @@ def daemon(polling: bool) -> None:
 def status(as_json: bool, files: bool, problems: bool) -> None:
     """Show each mapping's files, images and metadata, from the state (no API call, writes nothing)."""
     from packsync.state.lock import StateLock
-    from packsync.state.store import Store
+    from packsync.state.store import State
     from packsync.views.json import status_document, write_json
     from packsync.views.status import read_status
     from packsync.views.text import print_status
 
     config = _config()
-    store = Store(config.state_path, readonly=True)
+    state = State(config.state_path, readonly=True)
     try:
-        model = read_status(config, store, files=files, problems=problems,
+        model = read_status(config, state, files=files, problems=problems,
                             lock_holder=StateLock(config.state_path).holder())
     finally:
-        store.close()
+        state.close()
     if as_json:
         write_json(status_document(model), sys.stdout)
     else:
@@ -238,17 +238,17 @@ def search(words: tuple[str, ...], as_json: bool, limit: int) -> None:
 
     Every word must match (as the start of a word). Reads only the state: no token, no API call.
     """
-    from packsync.state.store import Store
+    from packsync.state.store import State
     from packsync.views.json import search_document, write_json
     from packsync.views.search import search as find
     from packsync.views.text import print_search
 
     config = _config()
-    store = Store(config.state_path, readonly=True)
+    state = State(config.state_path, readonly=True)
     try:
-        hits = find(store, words, limit)
+        hits = find(state, words, limit)
     finally:
-        store.close()
+        state.close()
     if as_json:
         write_json(search_document(list(words), hits), sys.stdout)
     else:

@@ -20,7 +20,7 @@ from packsync.engine.sync import SyncOptions
 from packsync.errors import ExitCode
 from packsync.sandbox import ASTRIA_DEMO_TOKEN, Sandbox, seed_astria_demo
 from packsync.sandbox.imaging import solid_png
-from packsync.state.store import Store
+from packsync.state.store import State
 from packsync.views.progress import Progress
 from packsync.views.status import read_status
 from packsync.views.text import print_run, print_status
@@ -127,9 +127,9 @@ def _demo(folder: Path) -> ExitCode:
         print_run(report, sys.stdout)
 
         _say("packsync status --files")
-        store = Store(config.state_path, readonly=True)
+        state = State(config.state_path, readonly=True)
         try:
-            print_status(read_status(config, store, files=True), sys.stdout)
+            print_status(read_status(config, state, files=True), sys.stdout)
         finally:
-            store.close()
+            state.close()
     return report.exit_code

@@ -29,7 +29,7 @@ sentence the user reads.
 
 Lower-layer exceptions are translated into these in exactly one place each: httpx2's exceptions and
 HTTP statuses in ``remote/transport.py``, malformed JSON answers in ``remote/answers.py``, SQLite's in
-``state/store.py``, the file system's in ``sources/folder.py``.
+``state/translate.py``, the file system's in ``sources/folder.py``.
 """
 
 from __future__ import annotations

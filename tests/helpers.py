@@ -87,3 +87,20 @@ class DaemonProcess:
         finally:
             self.sock.close()
             self.log.close()
+
+
+def state_rows(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """The rows ``sql`` selects from the state file at ``path``, read as another program would: on a
+    connection of the test's own, which sees committed rows only. Tests read the state through this,
+    and assert what packsync wrote; packsync itself reads it through ``packsync.state`` alone."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(path)) as db:
+        return list(db.execute(sql, params).fetchall())
+
+
+def on_state_connection(state: Any, sql: str) -> list[tuple[Any, ...]]:
+    """``sql`` (a pragma) on an open ``State``'s own connection: to stage what only that connection can
+    see (a file that may not grow, a checkpointed log)."""
+    return [tuple(row) for row in state.unit.connection.exec_driver_sql(sql).fetchall()]

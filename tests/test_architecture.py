@@ -101,6 +101,31 @@ def test_layers_depend_only_downwards(layer: str, forbidden: set[str]) -> None:
     assert offenders == set()
 
 
+#: The libraries that speak to the database: ``packsync.state`` alone may import them.
+DATABASE_LIBRARIES = {"sqlite3", "sqlalchemy", "sqlmodel"}
+
+
+def test_only_the_state_imports_a_database_library() -> None:
+    """Every other part asks the state (``packsync.state``) and runs no SQL of its own: the state can move
+    to another database, or change its schema, without any of them knowing."""
+    state = PACKAGE / "state"
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.is_relative_to(state):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            offenders += [f"{_module_name(path)} imports {name}" for name in names
+                          if name.split(".")[0] in DATABASE_LIBRARIES]
+    assert "packsync.state.sqlite" in {_module_name(p) for p in state.glob("*.py")}, "the walk knows the state"
+    assert offenders == []
+
+
 def test_every_exception_packsync_raises_is_in_the_errors_module() -> None:
     """One error tree: an exception class defined anywhere else would escape the documented exit codes.
     The sandbox is the vendor's server, not packsync, and is left out."""

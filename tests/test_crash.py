@@ -19,16 +19,15 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 
 import pytest
 from conftest import TOKEN, Env, image, write
+from helpers import state_rows
 
 from packsync.errors import ExitCode
 from packsync.sandbox import Account, Faults, Sandbox
@@ -167,10 +166,8 @@ def test_sigkill_at_random_moments_never_loses_doubles_or_orphans_an_image(slow_
     assert set(remote) == folder_hashes(folder), f"the pack is not an exact mirror ({context})"
 
     in_pack = {image["id"] for image in env.pack(pack_id)["images"]}
-    with sqlite3.connect(env.state_path) as db:
-        recorded = {row[0] for row in db.execute("SELECT image_id FROM images WHERE pack_id = ?", (pack_id,))}
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    db.close()
+    recorded = {row[0] for row in state_rows(env.state_path, "SELECT image_id FROM images WHERE pack_id = ?", pack_id)}
+    assert state_rows(env.state_path, "PRAGMA integrity_check") == [("ok",)]
     assert in_pack == recorded, (f"orphans {len(in_pack - recorded)}, phantom records "
                                  f"{len(recorded - in_pack)} ({context})")
 
@@ -199,8 +196,8 @@ def test_an_image_is_added_only_once_its_url_is_committed(env: Env) -> None:
 
     def check(reply: Reply) -> Reply:  # the image exists; packsync awaits this answer
         url = json.loads(reply.body)["data"]["url"]
-        with closing(sqlite3.connect(env.state_path)) as db:  # another connection: committed rows only
-            committed.append(db.execute("SELECT count(*) FROM blobs WHERE url = ?", (url,)).fetchone() == (1,))
+        # another connection: committed rows only
+        committed.append(state_rows(env.state_path, "SELECT count(*) FROM blobs WHERE url = ?", url) == [(1,)])
         return reply
 
     env.sandbox.rewrite("POST", "/packs/{id}/images", check)

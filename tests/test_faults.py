@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TOKEN, Env, image, write
-from helpers import wait_until
+from helpers import state_rows, wait_until
 
 from packsync.errors import ApiError, AuthError, ExitCode, TransientError
 from packsync.remote.genviral import GenviralClient, RetryPolicy
@@ -50,8 +49,7 @@ def assert_exact_mirror(env: Env, pack_id: str, folder: Path) -> None:
 
 def recorded_image_ids(env: Env, pack_id: str) -> set[str]:
     """The image ids the state database says packsync added to ``pack_id``."""
-    with sqlite3.connect(env.state_path) as db:
-        return {row[0] for row in db.execute("SELECT image_id FROM images WHERE pack_id = ?", (pack_id,))}
+    return {row[0] for row in state_rows(env.state_path, "SELECT image_id FROM images WHERE pack_id = ?", pack_id)}
 
 
 def assert_no_orphans(env: Env, pack_id: str) -> None:
@@ -371,8 +369,7 @@ def test_key_revoked_mid_run_exits_3_deletes_nothing_and_the_state_survives(env:
     assert "Traceback" not in stderr and "Traceback" not in stdout
     assert env.sandbox.calls[DELETE] == 0
     assert len(env.pack(pack_id)["images"]) < 6 + 40, "the run was not interrupted; the test proves nothing"
-    with sqlite3.connect(env.state_path) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert state_rows(env.state_path, "PRAGMA integrity_check") == [("ok",)]
 
     env.sandbox.accounts[TOKEN] = Account("ws-1")
     env.sandbox.faults.latency_s = 0.0

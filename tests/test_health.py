@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from packsync.state.store import DaemonRecord, MappingRecord
+from packsync.state.records import DaemonRecord, MappingRecord
 from packsync.web.health import STALL_S, LiveState, MappingHealth, health, http_status
 
 

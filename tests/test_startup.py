@@ -57,7 +57,7 @@ def test_status_imports_neither_the_http_client_nor_the_watcher(env: Env) -> Non
 
     modules = imported("-c", str(env.config_path), "status", "--files")
 
-    assert "sqlite3" in modules, "the probe ran the real status command"
+    assert "sqlmodel" in modules, "the probe ran the real status command"
     assert modules & {*CLIENT, *SERVER, "httpx", "httpcore", "watchdog", *WEB} == set()
 
 
@@ -67,3 +67,12 @@ def test_run_pays_nothing_for_the_page(env: Env) -> None:
     modules = imported("-c", str(env.config_path), "run", "--dry-run", token=TOKEN)
     assert "anyio._backends._asyncio" in modules, "the probe ran the real run command, to its pack read"
     assert modules & {*WEB, *SERVER, *ONLY_PULL, "httpx", "httpcore"} == set()
+
+
+def test_commands_that_read_no_state_do_not_load_it(env: Env) -> None:
+    """Listing the key's packs talks to the API alone: it pays nothing for the state's libraries."""
+    env.sandbox.create_pack("p")
+    env.write_config()
+    modules = imported("-c", str(env.config_path), "packs", token=TOKEN)
+    assert "anyio._backends._asyncio" in modules, "the probe ran the real packs command"
+    assert modules & {"sqlmodel", "sqlalchemy", "pydantic", "packsync.state.store"} == set()

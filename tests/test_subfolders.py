@@ -281,15 +281,15 @@ def test_a_thumbnail_address_holds_while_subfolders_come_and_go(daemon_env: Env,
 
 
 def test_retrying_failed_files_reaches_the_subfolders_packs(env: Env, brand: Path) -> None:
-    from packsync.state.store import Store
+    from packsync.state.store import State
 
     (brand / "Logos" / "empty.png").write_bytes(b"")  # a bad file: its verdict is cached
     env.sync()
     label = str(brand / "Logos")
-    store = Store(env.state_path)
+    state = State(env.state_path)
     try:
-        assert store.file_cache(label)["empty.png"].problem
-        store.forget_verdicts(str(brand))  # what the page's "Retry failed files" asks, per config mapping
-        assert "empty.png" not in store.file_cache(label)
+        assert state.files.cache(label)["empty.png"].problem
+        state.files.forget_verdicts(str(brand))  # what the page's "Retry failed files" asks, per config mapping
+        assert "empty.png" not in state.files.cache(label)
     finally:
-        store.close()
+        state.close()

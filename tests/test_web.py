@@ -331,13 +331,13 @@ def test_a_nul_in_a_search_is_no_match_not_a_corrupt_state(served: tuple[Env, Da
     assert httpx2.get(base, params={"q": "\x00"}).status_code == 200
     assert httpx2.get(base + "view", params={"q": "a\x00b"}).status_code == 200
     assert "corrupt" not in daemon.output()
-    from packsync.state.store import Store
+    from packsync.state.store import State
 
-    store = Store(env.state_path, readonly=True)
+    state = State(env.state_path, readonly=True)
     try:
-        assert store.search(["\x00"]) == [] and len(store.search(["photo\x00"])) == 3
+        assert state.metadata.search(["\x00"]) == [] and len(state.metadata.search(["photo\x00"])) == 3
     finally:
-        store.close()
+        state.close()
 
 
 def test_an_unchanged_view_is_304_under_the_daemon(served: tuple[Env, DaemonProcess, str, str]) -> None:
@@ -365,15 +365,15 @@ def test_without_the_password_health_tells_the_verdict_only(daemon_env: Env, sta
 def test_ui_says_when_the_daemon_died(env: Env) -> None:
     import os as _os
 
-    from packsync.state.store import Store
+    from packsync.state.store import State
 
     env.map("pics", pack_id=env.sandbox.create_pack("p"))
     env.sync()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    store = Store(env.state_path)
-    store.save_daemon(pid=int(dead), state="running", queue=0)
-    store.close()
+    state = State(env.state_path)
+    state.mappings.save_daemon(pid=int(dead), state="running", queue=0)
+    state.close()
     proc = subprocess.Popen([sys.executable, "-m", "packsync", "-c", str(env.config_path), "ui", "--listen",
                              "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={"PATH": _os.environ.get("PATH", "/usr/bin:/bin")})
@@ -392,14 +392,14 @@ def test_ui_says_when_the_daemon_died(env: Env) -> None:
 def test_packs_that_read_alike_are_distinct_series(env: Env) -> None:
     env.map("a", pack="pack abc")
     env.map("b", pack_id="abc")
-    from packsync.state.store import Store
+    from packsync.state.store import State
     from packsync.web.metrics import Metrics
 
-    store = Store(env.state_path)
+    state = State(env.state_path)
     try:
-        text = Metrics(env.config(), store).exposition().decode()
+        text = Metrics(env.config(), state).exposition().decode()
     finally:
-        store.close()
+        state.close()
     series = [(s.name, tuple(sorted(s.labels.items()))) for family in text_string_to_metric_families(text)
               for s in family.samples]
     assert len(series) == len(set(series))

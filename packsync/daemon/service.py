@@ -45,7 +45,7 @@ from packsync.remote.retry import Backoff, Retrying
 from packsync.remote.transport import Transport
 from packsync.sources.folder import filters_for
 from packsync.state.lock import StateLock
-from packsync.state.store import Store
+from packsync.state.store import State
 from packsync.web.health import LiveState
 
 if TYPE_CHECKING:
@@ -113,12 +113,12 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
-        store = await self._open_store()
-        if store is None:
+        state = await self._open_state()
+        if state is None:
             return ExitCode.OK
-        self.store = store
+        self.state = state
         self.web = await Web.start(self.config, self) if self.config.http.address else None
-        self.app = App.wire(self.config, self.store,
+        self.app = App.wire(self.config, self.state,
                             client_for(self.config, self.token, transport_for(self.config, self._observer)))
 
         def on_change(root: Path, path: Path, closed: bool) -> None:
@@ -154,24 +154,24 @@ class Daemon:
             if self.web:
                 await self.web.close()
             self._save_daemon(pid=None, state="stopped", queue=len(self.changes))
-            self.store.close()
+            self.state.close()
             self.log.info("daemon stopped")
         return ExitCode.OK
 
-    async def _open_store(self) -> Store | None:
+    async def _open_state(self) -> State | None:
         """The state, once it can be opened: a locked state or a full disk at start is waited out too.
         None when a stop came first."""
         retrying = Retrying(MAPPING_RETRY)
         while not self.stopping.is_set():
             try:
-                store = Store(self.config.state_path)
+                state = State(self.config.state_path)
             except StateUnavailable as exc:
                 self._state_unusable(exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), timeout=retrying.next_delay())
                 continue
             self._state_usable()
-            return store
+            return state
         return None
 
     def _stop(self) -> None:
@@ -185,7 +185,7 @@ class Daemon:
     def _exit_now(self) -> None:
         """The promise is an exit within 10 s of SIGTERM: past the deadline, show where it hangs and go.
 
-        Leaving mid-step is safe, like a kill: the steps still queued (``Store.write_behind``) are each
+        Leaving mid-step is safe, like a kill: the steps still queued (``State.write_behind``) are each
         found again by the next start, which resumes.
         """
         self.log.error("shutdown is taking too long; exiting now", deadline_s=STOP_DEADLINE_S)
@@ -346,7 +346,7 @@ class Daemon:
     def _save_daemon(self, **fields: object) -> bool:
         """Publish to the state for `packsync status`: best effort, never a reason to stop."""
         try:
-            self.store.save_daemon(**fields)
+            self.state.mappings.save_daemon(**fields)
         except StateUnavailable as exc:
             self._state_unusable(exc)
             return False
@@ -447,7 +447,7 @@ class Daemon:
         for label, folder in self.folders.items():
             try:
                 if folder.root is not None:
-                    self.store.forget_verdicts(label)
+                    self.state.files.forget_verdicts(label)
             except StateUnavailable as exc:
                 self._state_unusable(exc)
             folder.retry.reset()
@@ -460,7 +460,7 @@ class Daemon:
         rounds = Retrying(POLL_BACKOFF)
         while True:
             try:
-                pending = self.store.metadata_pending(self.app.syncer.mapped_pack_ids())
+                pending = self.state.metadata.pending(self.app.syncer.mapped_pack_ids())
             except StateUnavailable as exc:
                 self._state_unusable(exc)
                 pending = None
@@ -517,7 +517,7 @@ class Daemon:
             api = client_for(config, token, transport_for(config, self._observer))
         self.config, self.token = config, token
         self.app.close_sources()
-        self.app = App.wire(config, self.store, api)
+        self.app = App.wire(config, self.state, api)
         self.changes.debounce_s = config.daemon.debounce_s
         self.folders = {}
         for label, mapping in new.items():

@@ -3,7 +3,7 @@
 The plan is the contract: the executor does what it says — create the pack, record adoptions and
 forget vanished images, upload each content the plan lists once (``POST /files`` → ``PUT``), add
 each image, delete last — and decides nothing again. Each step is written to the state as soon as
-the API confirmed it (a few steps at a time: the store's ``write_behind``), so a killed run resumes
+the API confirmed it (a few steps at a time: the state's ``write_behind``), so a killed run resumes
 where it stopped: a URL obtained is reused while valid, bytes PUT are not sent again, and an image
 added but not recorded is found by its URL in the pack — that URL is committed before the add is
 sent. Deletes run last, and not at all in a mapping where an add failed (rclone's
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
@@ -39,8 +39,10 @@ from packsync.logs import get_logger
 from packsync.model import Blob, ManagedImage
 from packsync.remote.genviral import GenviralClient
 from packsync.sources.base import Source
-from packsync.state.store import Store
 from packsync.views.progress import Progress
+
+if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
+    from packsync.state.store import State
 
 T = TypeVar("T")
 
@@ -64,10 +66,10 @@ class MappingOutcome(msgspec.Struct):
 
 
 class Executor:
-    def __init__(self, api: GenviralClient, store: Store, packs: PackResolver, sources: Mapping[str, Source],
+    def __init__(self, api: GenviralClient, state: State, packs: PackResolver, sources: Mapping[str, Source],
                  progress: Progress | None = None) -> None:
         self.api = api
-        self.store = store
+        self.state = state
         self.packs = packs
         self.sources = sources
         self.progress = progress or Progress(enabled=False)
@@ -83,7 +85,7 @@ class Executor:
             return self._uploaded(uploads[add.sha256]) if add.sha256 not in plan.urls else _ready(plan.urls[add.sha256])
 
         try:
-            with self.store.write_behind():
+            with self.state.write_behind():
                 await self._run(plan, outcomes, url_of)
         except* (AuthError, StateError) as group_error:
             raise first_error(group_error) from None
@@ -116,9 +118,9 @@ class Executor:
                 return
         log = self.log.bind(pack=mapping.pack_name)
         for forget in mapping.forgets:
-            self.store.forget_images(forget.image.pack_id, [forget.image.image_id])
+            self.state.images.forget(forget.image.pack_id, [forget.image.image_id])
             log.info("image gone from the pack; will add again if still wanted", image_id=forget.image.image_id)
-        self.store.record_images(adopt.image for adopt in mapping.adopts)
+        self.state.images.record(adopt.image for adopt in mapping.adopts)
         outcome.recovered = sum(adopt.recovered for adopt in mapping.adopts)
         outcome.adopted = len(mapping.adopts) - outcome.recovered
 
@@ -144,12 +146,12 @@ class Executor:
             except (TransientError, PermanentError, UploadRejected, ItemChanged) as exc:
                 if url is not None and isinstance(exc, PermanentError) and "image_url" in exc.fields:
                     # The API refuses the uploaded URL: upload the content afresh next time, never reuse it.
-                    self.store.forget_blob(add.sha256)
+                    self.state.uploads.forget_blob(add.sha256)
                 where = f"{mapping.label}/{add.item.key}"
                 outcome.failures.append((where, str(exc)))
                 log.warning("item failed", item=where, error=str(exc))
                 return
-            self.store.record_images([ManagedImage(pack_id, image_id, add.sha256, url, add.file_name, mapping.label)])
+            self.state.images.record([ManagedImage(pack_id, image_id, add.sha256, url, add.file_name, mapping.label)])
             outcome.added += 1
             self.progress.advance("added")
             log.debug("image added", file=add.file_name, image_id=image_id)
@@ -172,7 +174,7 @@ class Executor:
             if not (blob and blob.url and blob.upload_url and (blob.expires_at or 0) - EXPIRY_MARGIN_S > time.time()):
                 ticket = await self.api.create_upload(add.item.content_type, add.file_name, add.item.size)
                 blob = Blob(add.sha256, ticket.content_type, ticket.url, ticket.upload_url, ticket.expires_at)
-                self.store.save_blob(blob)
+                self.state.uploads.save_blob(blob)
             data = await source.read(add.item)
             try:
                 await self.api.put_bytes(blob.upload_url or "", data, blob.content_type)
@@ -180,10 +182,10 @@ class Executor:
                 rejected = exc
                 self.log.info("upload URL rejected; asking for a new one", item=add.item.key, error=str(exc))
                 blob = msgspec.structs.replace(blob, upload_url=None, expires_at=None)
-                self.store.save_blob(blob)
+                self.state.uploads.save_blob(blob)
                 continue
             blob = msgspec.structs.replace(blob, upload_url=None, expires_at=None, uploaded=True)
-            self.store.save_blob(blob)
+            self.state.uploads.save_blob(blob)
             self.progress.advance("uploaded")
             return blob.url or ""
         raise PermanentError(f"storage rejected {UPLOAD_TRIES} fresh upload URLs in a row; the last said: {rejected}")
@@ -192,7 +194,7 @@ class Executor:
         """Add ``url`` to the pack exactly once, even when an answer is lost on the way back."""
         attempt = 0
         while True:
-            self.store.flush()  # the URL is the record of an image added by a run killed before it recorded it
+            self.state.flush()  # the URL is the record of an image added by a run killed before it recorded it
             try:
                 return await self.api.add_image(pack_id, url, file_name)
             except AmbiguousError as exc:
@@ -229,7 +231,7 @@ class Executor:
             except (TransientError, PermanentError) as exc:
                 outcome.failures.append((f"image {delete.image_id}", f"delete failed: {exc}"))
                 return
-            self.store.forget_images(pack_id, [delete.image_id])
+            self.state.images.forget(pack_id, [delete.image_id])
             outcome.deleted += 1
             self.progress.advance("deleted")
             log.debug("image deleted", image_id=delete.image_id, reason=delete.reason)

@@ -11,23 +11,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
 from packsync.engine.planner import metadata_updates
 from packsync.errors import ApiError, AuthError
 from packsync.logs import get_logger
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.retry import Backoff
-from packsync.state.store import Store
 from packsync.views.progress import Progress
+
+if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
+    from packsync.state.store import State
 
 #: Rounds start a second apart and back off to 30 s: enrichment takes seconds to minutes.
 POLL_BACKOFF = Backoff(1.0, 30.0)
 
 
 class MetadataPoller:
-    def __init__(self, api: GenviralClient, store: Store, progress: Progress | None = None) -> None:
+    def __init__(self, api: GenviralClient, state: State, progress: Progress | None = None) -> None:
         self.api = api
-        self.store = store
+        self.state = state
         self.progress = progress or Progress(enabled=False)
         self.log = get_logger()
 
@@ -40,17 +43,17 @@ class MetadataPoller:
                     raise pack
                 self.log.warning("metadata poll failed", pack_id=pack_id, error=str(pack))
                 continue
-            self.store.update_metadata(pack_id, metadata_updates(self.store.managed(pack_id, details=False),
+            self.state.metadata.update(pack_id, metadata_updates(self.state.images.managed(pack_id, details=False),
                                                                  pack.images))
 
     async def wait(self, pack_ids: list[str], timeout_s: float, backoff: Backoff = POLL_BACKOFF) -> int:
         """Poll until packsync's images in these packs settle or ``timeout_s`` passes; returns how many did not."""
         deadline = time.monotonic() + timeout_s
-        total = sum(map(self.store.count_images, pack_ids))
+        total = sum(map(self.state.images.count, pack_ids))
         self.progress.total("metadata", total)
         attempt = 0
         while True:
-            pending = self.store.metadata_pending(pack_ids)
+            pending = self.state.metadata.pending(pack_ids)
             settled = total - sum(pending.values())
             self.progress.advance("metadata", settled - self.progress.counts["metadata"])
             left = deadline - time.monotonic()

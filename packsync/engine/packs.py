@@ -19,28 +19,28 @@ from packsync.config import MappingConfig
 from packsync.errors import AmbiguousError, MalformedAnswer, NotFound
 from packsync.logs import get_logger
 from packsync.model import PackRead
-from packsync.state.store import Store
 
 #: How long to wait before looking again at a pack that answered 404.
 CONFIRM_PAUSE_S = 1.0
 
 if TYPE_CHECKING:  # the views read ``recorded_pack_id`` without loading an HTTP client
     from packsync.remote.genviral import GenviralClient
+    from packsync.state.store import State
 
 
-def recorded_pack_id(store: Store, mapping: MappingConfig) -> str | None:
+def recorded_pack_id(state: State, mapping: MappingConfig) -> str | None:
     """The pack id ``mapping`` syncs into as far as the state knows — only while the config still
     names that pack (a renamed ``pack`` is another pack)."""
     if mapping.pack_id is not None:
         return mapping.pack_id
-    record = store.mapping(mapping.label)
+    record = state.mappings.get(mapping.label)
     return record.pack_id if record and record.pack_id and record.pack_name == mapping.pack else None
 
 
 class PackResolver:
-    def __init__(self, api: GenviralClient, store: Store, *, remember: bool = True) -> None:
+    def __init__(self, api: GenviralClient, state: State, *, remember: bool = True) -> None:
         self.api = api
-        self.store = store
+        self.state = state
         self.remember = remember
         self.log = get_logger()
         #: Per mapping label, the remembered pack found gone this run (its records go once a new one exists).
@@ -69,7 +69,7 @@ class PackResolver:
 
     async def _by_name(self, mapping: MappingConfig) -> PackRead | None:
         name = mapping.pack or ""
-        remembered = recorded_pack_id(self.store, mapping)
+        remembered = recorded_pack_id(self.state, mapping)
         if remembered:
             try:
                 return await self.api.read_pack(remembered)
@@ -110,10 +110,10 @@ class PackResolver:
         return pack_id
 
     def _remember(self, label: str, pack_id: str, name: str) -> None:
-        record = self.store.mapping(label)
+        record = self.state.mappings.get(label)
         if not self.remember or (record and record.pack_id == pack_id and record.pack_name == name):
             return
-        self.store.save_mapping(label, pack_id=pack_id, pack_name=name)
+        self.state.mappings.save(label, pack_id=pack_id, pack_name=name)
         gone = self.gone.pop(label, None)
         if gone and gone != pack_id:
-            self.store.forget_images(gone, owner=label)
+            self.state.images.forget(gone, owner=label)

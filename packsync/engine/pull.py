@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 import msgspec
@@ -32,8 +32,11 @@ from packsync.remote.answers import url_problem
 from packsync.remote.astria import AstriaClient
 from packsync.remote.genviral import GenviralClient
 from packsync.sources.media import SUPPORTED, Digester, digest_file
-from packsync.state.store import PulledFile, Store
+from packsync.state.records import PulledFile
 from packsync.views.progress import Progress
+
+if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
+    from packsync.state.store import State
 
 TEMP_PREFIX = ".packsync-pull-"
 _EXTENSIONS = {*SUPPORTED.values(), "jpeg"}
@@ -148,9 +151,9 @@ class _FileSink:
 
 
 class Puller:
-    def __init__(self, api: GenviralClient, store: Store, progress: Progress | None = None) -> None:
+    def __init__(self, api: GenviralClient, state: State, progress: Progress | None = None) -> None:
         self.api = api
-        self.store = store
+        self.state = state
         self.progress = progress or Progress(enabled=False)
         self.log = get_logger()
 
@@ -161,7 +164,7 @@ class Puller:
         pack = await find_pack(self.api, wanted)
         report = await self._pull(pack, genviral_name, folder, delete=delete, dry_run=dry_run)
         if sidecars == "xmp" and not dry_run:
-            names = {r.image_id: r.name for r in self.store.pulled(str(report.folder), pack.pack_id)}
+            names = {r.image_id: r.name for r in self.state.uploads.pulled(str(report.folder), pack.pack_id)}
             report.sidecars = await write_beside(report.folder, "full", {
                 names[image.image_id]: fields_of(image)
                 for image in pack.images if image.metadata.status == "completed" and image.image_id in names})
@@ -187,7 +190,7 @@ class Puller:
         except (OSError, RuntimeError) as exc:  # a symlink loop
             raise SourceUnavailable(f"{folder} cannot be used as the pull's folder ({exc})") from None
         report = PullReport(pack, folder)
-        records = {r.image_id: r for r in self.store.pulled(str(folder), pack.pack_id)}
+        records = {r.image_id: r for r in self.state.uploads.pulled(str(folder), pack.pack_id)}
         present = {image.image_id for image in pack.images}
         for image in pack.images:
             record = records.get(image.image_id)
@@ -256,7 +259,7 @@ class Puller:
         while True:
             name = _suffixed(record.name, record.image_id, taken)
             taken.add(name.lower())
-            self.store.record_pulled(msgspec.structs.replace(record, name=name), content)
+            self.state.uploads.record_pulled(msgspec.structs.replace(record, name=name), content)
             try:
                 os.link(temp, folder / name)
             except FileExistsError:
@@ -275,7 +278,7 @@ class Puller:
         except OSError as exc:
             self.log.warning("cannot delete a pulled file", path=str(path), error=exc.strerror)
             return False
-        self.store.forget_pulled(record)
+        self.state.uploads.forget_pulled(record)
         return deleted
 
 

@@ -20,13 +20,17 @@ import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packsync.config import MappingConfig
 from packsync.engine.packs import recorded_pack_id
 from packsync.errors import XmpError
 from packsync.model import ManagedImage, Problem, RemoteImage
-from packsync.state.store import SidecarRecord, Store
+from packsync.state.records import SidecarRecord
 from packsync.xmp import MAX_BYTES, Fields, render, without_ours
+
+if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
+    from packsync.state.store import State
 
 
 @dataclass
@@ -59,19 +63,19 @@ async def write_beside(root: Path, naming: str, wanted: dict[str, Fields]) -> Si
     return work.report
 
 
-async def write_sidecars(mapping: MappingConfig, store: Store) -> SidecarReport:
+async def write_sidecars(mapping: MappingConfig, state: State) -> SidecarReport:
     """Bring the sidecars of ``mapping``'s files up to date with the AI metadata in the state."""
     label = mapping.label
-    pack_id = recorded_pack_id(store, mapping)
-    files = store.file_page(label)
-    described = {image.sha256: image for image in (store.images_with(pack_id, {sha for _, sha in files if sha})
+    pack_id = recorded_pack_id(state, mapping)
+    files = state.files.page(label)
+    described = {image.sha256: image for image in (state.images.holding(pack_id, {sha for _, sha in files if sha})
                                                    if pack_id else [])
                  if image.owner in (label, "") and image.metadata.status == "completed"}
     wanted = {rel: fields_of(described[sha]) for rel, sha in files if sha in described}
-    recorded = store.sidecars(label)
+    recorded = state.files.sidecars(label)
     work = _Work(mapping.folder, mapping.sidecar_name, wanted, recorded)
     await asyncio.to_thread(work.run)
-    store.save_sidecars(label, work.written, work.forgotten)
+    state.files.save_sidecars(label, work.written, work.forgotten)
     return work.report
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -23,7 +24,9 @@ from packsync.errors import SourceUnavailable
 from packsync.model import CachedFile, Problem
 from packsync.sources.folder import Filters, filters_for
 from packsync.sources.media import digest_file
-from packsync.state.store import Store
+
+if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
+    from packsync.state.store import State
 
 #: Genviral's longest pack name.
 MAX_PACK_NAME = 120
@@ -48,7 +51,7 @@ def derived(mapping: MappingConfig, subfolder: Path, pack: str | None = None) ->
                                    pack=pack or (mapping.pack_prefix + subfolder.name)[:MAX_PACK_NAME])
 
 
-def concrete(config: Config, store: Store) -> list[MappingConfig]:
+def concrete(config: Config, state: State) -> list[MappingConfig]:
     """Every mapping as it is synced: a ``packs_from = "subfolders"`` one as one per subfolder (the
     existing ones, then those synced before and gone), the others as they are."""
     mappings: list[MappingConfig] = []
@@ -61,7 +64,7 @@ def concrete(config: Config, store: Store) -> list[MappingConfig]:
             present, _skipped, there = listed(mapping, taken)
         except SourceUnavailable:
             present, there = [], set()
-        mappings += present + gone(mapping, store, there)
+        mappings += present + gone(mapping, state, there)
     return mappings
 
 
@@ -123,15 +126,15 @@ def filters_below(mapping: MappingConfig, subfolder: Path) -> Filters:
     return filters_for(mapping).below(subfolder.name, mapping.folder)
 
 
-def gone(mapping: MappingConfig, store: Store, present: Collection[str]) -> list[MappingConfig]:
+def gone(mapping: MappingConfig, state: State, present: Collection[str]) -> list[MappingConfig]:
     """The subfolders packsync synced into a pack that are not there any more, or are excluded now,
     and whose images are still in their pack: each an emptied source, by the pack name it had."""
     root = mapping.folder
     found = []
-    for record in store.mappings_under(str(root)):
+    for record in state.mappings.under(str(root)):
         if record.root in present or not record.pack_id or Path(record.root).parent != root:
             continue
-        if store.count_images(record.pack_id, record.root):
+        if state.images.count(record.pack_id, record.root):
             found.append(derived(mapping, Path(record.root), record.pack_name))
     return found
 

@@ -54,11 +54,11 @@ from packsync.remote.genviral import GenviralClient
 from packsync.remote.retry import Backoff
 from packsync.sources.base import Source
 from packsync.sources.folder import FolderSource, GoneFolder
-from packsync.state.store import Store
 from packsync.views.progress import Progress
 
 if TYPE_CHECKING:  # sidecars are imported by the mappings that write them
     from packsync.engine.sidecars import SidecarReport
+    from packsync.state.store import State
 
 #: Mappings planned at once: enough to overlap pack reads with scans, few enough that only a few
 #: sources' listings and packs are in memory together.
@@ -141,13 +141,13 @@ class SyncReport(msgspec.Struct):
 
 
 class Syncer:
-    """Runs the sync pipeline for a config, with one API client, one state store and its sources."""
+    """Runs the sync pipeline for a config, with one API client, one state and its sources."""
 
-    def __init__(self, config: Config, store: Store, api: GenviralClient,
+    def __init__(self, config: Config, state: State, api: GenviralClient,
                  source_for: Callable[[MappingConfig], Source], packs: PackResolver, metadata: MetadataPoller,
                  progress: Progress | None = None) -> None:
         self.config = config
-        self.store = store
+        self.state = state
         self.api = api
         self.source_for = source_for
         self.sources: dict[str, Source] = {}
@@ -181,7 +181,7 @@ class Syncer:
             raise first_error(errors) from None
         planned = [r for r in live if r.plan is not None]
         plans = [r.plan for r in planned if r.plan is not None]
-        plan = plan_uploads(plans, self.store.blobs({add.sha256 for p in plans for add in p.adds}))
+        plan = plan_uploads(plans, self.state.uploads.blobs({add.sha256 for p in plans for add in p.adds}))
         result.mappings, result.plan = reports, plan
         if options.dry_run:
             return result
@@ -191,7 +191,7 @@ class Syncer:
             if count:
                 self.progress.total(kind, count)
         try:
-            outcomes = await Executor(self.api, self.store, self.packs, self.sources, self.progress).run(plan)
+            outcomes = await Executor(self.api, self.state, self.packs, self.sources, self.progress).run(plan)
         finally:
             for source in self.sources.values():
                 source.close()  # what a source held for the uploads (an Astria pack's downloads)
@@ -210,7 +210,7 @@ class Syncer:
 
     async def write_sidecars(self) -> None:
         """Every folder mapping's sidecars, brought up to date (the daemon, once new metadata is in)."""
-        for mapping in concrete(self.config, self.store):
+        for mapping in concrete(self.config, self.state):
             if mapping.sidecars == "xmp" and mapping.path is not None and mapping.folder.is_dir():
                 report = await self._sidecars(mapping)
                 for problem in report.problems:
@@ -221,7 +221,7 @@ class Syncer:
         from packsync.engine.sidecars import write_sidecars
 
         async with self.sidecar_pass:
-            return await write_sidecars(mapping, self.store)
+            return await write_sidecars(mapping, self.state)
 
     def _remember(self, report: MappingReport) -> None:
         """What the views show of this mapping's sync: when, how it ended, and a safety stop's withheld deletes."""
@@ -230,11 +230,11 @@ class Syncer:
         withheld = report.plan.withheld if report.plan and report.safety else []
         if withheld and report.plan and report.plan.pack_id:
             names = {image.image_id: image.file_name
-                     for image in self.store.managed(report.plan.pack_id, details=False)}
+                     for image in self.state.images.managed(report.plan.pack_id, details=False)}
             withheld_names = json.dumps([names.get(d.image_id, d.image_id) for d in withheld[:WITHHELD_SHOWN]])
         else:
             withheld_names = None
-        self.store.save_mapping(report.label, synced_at=now, last_error=report.last_error, safety=report.safety,
+        self.state.mappings.save(report.label, synced_at=now, last_error=report.last_error, safety=report.safety,
                                 withheld=withheld_names, **({"source_name": name} if name else {}),
                                 **({} if report.last_error else {"ok_at": now}))
 
@@ -242,20 +242,20 @@ class Syncer:
                     slots: asyncio.Semaphore) -> None:
         """Read the pack while scanning the source, then plan; a few mappings at a time, to bound memory."""
         async with slots:
-            source, settled = self.sources[report.label], self.store.settled(report.label)
+            source, settled = self.sources[report.label], self.state.files.settled(report.label)
             folder = source if isinstance(source, FolderSource) and settled and not (busy or options.dry_run) \
                 else None
             if folder:
                 # A folder whose last plan had nothing to do: if the walk sees what it saw then, and the
                 # pack and the records are the same, its file cache is not even loaded.
                 listed, read = await asyncio.gather(_listed(folder), self._read_pack(report))
-                changes = self.store.changes()
+                changes = self.state.mappings.changes()
                 if listed and read and changes >= 0 and not report.error \
                         and _fingerprint(report.config, options.force, changes, read.digest, listed) == settled:
-                    report.problems = self.store.problems(report.label)
+                    report.problems = self.state.files.problems(report.label)
                     self._unchanged(report, read)
                     return
-            previous = self.store.file_cache(report.label)
+            previous = self.state.files.cache(report.label)
             if folder:  # the pack is read already
                 scan = await self._scan(report, previous, busy)
             else:
@@ -266,15 +266,15 @@ class Syncer:
                 return
             if not options.dry_run and not isinstance(self.sources[report.label], GoneFolder):
                 # (a gone subfolder's last listing is kept: it is how a rename is recognised later)
-                self.store.save_file_cache(report.label, previous, scan.cache)
-                self.store.save_problems(report.label, scan.problems)
+                self.state.files.save_cache(report.label, previous, scan.cache)
+                self.state.files.save_problems(report.label, scan.problems)
             report.problems, report.hashed_files, report.excluded = scan.problems, scan.hashed_files, scan.excluded
             if report.error:
                 return
-            changes = self.store.changes()  # (-1: not counted, as in a state of an older schema read as is)
+            changes = self.state.mappings.changes()  # (-1: not counted, as in a state of an older schema read as is)
             fingerprint = _fingerprint(report.config, options.force, changes, read.digest, scan) \
                 if read and changes >= 0 else ""
-            if read and fingerprint and fingerprint == self.store.settled(report.label):
+            if read and fingerprint and fingerprint == self.state.files.settled(report.label):
                 self._unchanged(report, read)
                 return
             try:
@@ -284,11 +284,11 @@ class Syncer:
                 return
             report.plan = plan_mapping(await self._input(report, remote, scan, options))
             if fingerprint and report.plan.settled and not (options.dry_run or scan.retry) \
-                    and self.store.changes() == changes:
-                self.store.save_settled(report.label, fingerprint)
+                    and self.state.mappings.changes() == changes:
+                self.state.files.save_settled(report.label, fingerprint)
             report.safety = report.plan.safety
             if report.plan.pack_id and not options.dry_run:  # what the pack read says of the AI metadata
-                self.store.update_metadata(report.plan.pack_id, report.plan.metadata)
+                self.state.metadata.update(report.plan.pack_id, report.plan.metadata)
 
     def _unchanged(self, report: MappingReport, read: PackRead) -> None:
         """The same scan, the same pack and the same recorded images as when the plan last had nothing
@@ -313,8 +313,8 @@ class Syncer:
         for report in reports:
             if self.sources[report.label].exists():
                 continue
-            pack_id = recorded_pack_id(self.store, report.config)
-            if self.store.count_files(report.label) or (pack_id and self.store.count_images(pack_id, report.label)):
+            pack_id = recorded_pack_id(self.state, report.config)
+            if self.state.files.count(report.label) or (pack_id and self.state.images.count(pack_id, report.label)):
                 source = self.sources[report.label]
                 why = source.unavailable if isinstance(source, GoneFolder) and source.unavailable else \
                     f"{report.label} is missing or not a folder"
@@ -345,11 +345,11 @@ class Syncer:
     async def _input(self, report: MappingReport, remote: RemotePack | None, scan: Scan,
                      options: SyncOptions) -> MappingInput:
         mapping = report.config
-        managed = self.store.managed(remote.pack_id, mapping.label, details=False) if remote else []
-        others = self.store.others(remote.pack_id, mapping.label) if remote else {}
+        managed = self.state.images.managed(remote.pack_id, mapping.label, details=False) if remote else []
+        others = self.state.images.others(remote.pack_id, mapping.label) if remote else {}
         recorded = {image.image_id for image in managed} | others.keys()
         unrecorded = {image.url for image in remote.images if image.image_id not in recorded} if remote else set()
-        known_urls = self.store.known_urls(unrecorded)
+        known_urls = self.state.uploads.known_urls(unrecorded)
         in_pack = {image.image_id for image in remote.images} if remote else set()
         present = {image.sha256 for image in managed if image.image_id in in_pack} | set(known_urls.values()) \
             | {sha256 for image_id, sha256 in others.items() if image_id in in_pack}
@@ -369,7 +369,7 @@ class Syncer:
                         options: SyncOptions) -> tuple[dict[str, str], int]:
         """The content behind each of these URLs — remembered, or downloaded once now — and how many
         could not be read this time but may be later."""
-        known = self.store.url_contents(urls)
+        known = self.state.uploads.url_contents(urls)
         new = sorted(urls - known.keys())
         self.progress.total("downloaded", self.progress.totals.get("downloaded", 0) + len(new))
 
@@ -381,7 +381,7 @@ class Syncer:
         fetched = await asyncio.gather(*map(one, new))
         if not options.dry_run:
             # What a download taught, not what the URL check said without one (a key in a URL is never stored).
-            self.store.save_url_contents(c for c in fetched if c.final and url_problem(c.url) is None)
+            self.state.uploads.save_url_contents(c for c in fetched if c.final and url_problem(c.url) is None)
         by_url = {image.url: image.image_id for image in remote.images}
         report.undownloadable = [(by_url[c.url], c.problem) for c in fetched if c.problem]
         contents = {url: c.sha256 for url, c in (*known.items(), *((c.url, c) for c in fetched)) if c.sha256}
@@ -389,8 +389,8 @@ class Syncer:
 
     def mapped_pack_ids(self) -> list[str]:
         """The packs the config maps today (as the state remembers them)."""
-        return [pack_id for mapping in concrete(self.config, self.store)
-                if (pack_id := recorded_pack_id(self.store, mapping))]
+        return [pack_id for mapping in concrete(self.config, self.state)
+                if (pack_id := recorded_pack_id(self.state, mapping))]
 
     def _group(self, mapping: MappingConfig) -> str:
         return group_of(self.config, mapping.label)
@@ -416,7 +416,7 @@ class Syncer:
                 present, result.loose[mapping.label], there = listed(mapping, taken)
             except SourceUnavailable as exc:
                 missing = str(exc)
-            old = gone(mapping, self.store, there)
+            old = gone(mapping, self.state, there)
             if missing is not None and not old:
                 raise ConfigError(f"mappings[{index}].path: {missing}.")
             if old and not present:
@@ -426,8 +426,8 @@ class Syncer:
                     self.sources[m.label] = GoneFolder(m.label, unavailable=missing)
                 mappings += old
                 continue
-            new = [m for m in present if self.store.mapping(m.label) is None]
-            moves = await asyncio.to_thread(renamed, {m.label: self.store.file_cache(m.label) for m in old},
+            new = [m for m in present if self.state.mappings.get(m.label) is None]
+            moves = await asyncio.to_thread(renamed, {m.label: self.state.files.cache(m.label) for m in old},
                                             [m.folder for m in new]) if old and new else {}
             skipped: set[str] = set()
             for label, path in moves.items():
@@ -449,7 +449,7 @@ class Syncer:
     async def _rename(self, old: str, new: MappingConfig) -> bool:
         """Move ``old``'s records to ``new`` and rename its pack; False when the pack could not be renamed
         (both are left for the next run: nothing is uploaded twice meanwhile)."""
-        record = self.store.mapping(old)
+        record = self.state.mappings.get(old)
         assert record is not None and record.pack_id is not None and new.pack is not None
         try:
             await self.api.rename_pack(record.pack_id, new.pack)
@@ -457,8 +457,8 @@ class Syncer:
             self.log.error("cannot rename the pack of a renamed subfolder; trying again next run", old=old,
                            new=new.label, error=str(exc))
             return False
-        self.store.move_source(old, new.label)
-        self.store.save_mapping(new.label, pack_id=record.pack_id, pack_name=new.pack)
+        self.state.mappings.move_source(old, new.label)
+        self.state.mappings.save(new.label, pack_id=record.pack_id, pack_name=new.pack)
         self.log.info("subfolder renamed: its pack follows", old=old, new=new.label, pack=new.pack)
         return True
 
@@ -481,7 +481,7 @@ async def _listed(source: FolderSource) -> Scan | None:
 def _fingerprint(mapping: MappingConfig, force: bool, changes: int, pack: str, scan: Scan) -> str:
     """Everything a mapping's plan is made from, as one digest: its config, the scan, the digest of the
     pack's answer, and the count of changes to the recorded images, uploads and downloads
-    (``Store.changes``). A folder's scan is its ``listing``: with the file cache, which only its scans
+    (``state.mappings.changes``). A folder's scan is its ``listing``: with the file cache, which only its scans
     change (and ``forget_verdicts``, which drops the fingerprint too), that decides its items."""
     seen = scan.listing or (sorted(scan.items, key=_KEY), sorted(scan.keep))
     inputs = (changes, force, mapping, pack, seen)

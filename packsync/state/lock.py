@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 
 from packsync.errors import LockedError
-from packsync.state.store import unusable
+from packsync.state.translate import unusable
 
 
 class StateLock:

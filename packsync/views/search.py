@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packsync.model import ManagedImage
-from packsync.state.store import Store
+
+if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
+    from packsync.state.store import State
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,11 +21,11 @@ class SearchHit:
     paths: tuple[str, ...]       # local files with its content; an Astria image's is its name
 
 
-def search(store: Store, words: Sequence[str], limit: int = 50) -> list[SearchHit]:
+def search(state: State, words: Sequence[str], limit: int = 50) -> list[SearchHit]:
     hits = []
-    for image, owner in store.search(words, limit):
+    for image, owner in state.metadata.search(words, limit):
         if owner and not owner.startswith("astria:"):
-            paths = tuple(str(Path(owner) / rel) for rel in store.paths_of(owner, image.sha256))
+            paths = tuple(str(Path(owner) / rel) for rel in state.files.paths_of(owner, image.sha256))
         else:
             paths = ()
         hits.append(SearchHit(image, owner, paths or (f"{owner} {image.file_name}".strip(),)))

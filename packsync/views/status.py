@@ -7,6 +7,7 @@ by ``views/text.py`` and ``views/json.py``. A view never queries the database it
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -14,7 +15,10 @@ from packsync.config import Config, MappingConfig
 from packsync.engine.packs import recorded_pack_id
 from packsync.engine.subfolders import concrete
 from packsync.model import METADATA_SETTLED, ManagedImage, Metadata, Problem
-from packsync.state.store import DaemonRecord, MappingRecord, Store
+from packsync.state.records import DaemonRecord, MappingRecord
+
+if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
+    from packsync.state.store import State
 
 
 class FileStatus(msgspec.Struct, frozen=True):
@@ -91,7 +95,7 @@ FILE_STATES = ("synced", "pending", "failed", "skipped")
 METADATA_STATES = ("completed", "pending", "failed")
 
 
-def read_status(config: Config, store: Store, *, files: bool = False, problems: bool = False,
+def read_status(config: Config, state: State, *, files: bool = False, problems: bool = False,
                 lock_holder: int | None = None, files_limit: int | None = None,
                 problems_limit: int | None = None) -> Status:
     """The status of every mapping; ``lock_holder`` is the pid holding the state lock, if any.
@@ -100,41 +104,41 @@ def read_status(config: Config, store: Store, *, files: bool = False, problems: 
     by key, the first ``files_limit`` of each mapping (None: all), then its problems (the first
     ``problems_limit``).
     """
-    return Status(str(store.path), store.path.exists(), _daemon(store, lock_holder),
-                  [_mapping(mapping, store, files, problems, files_limit, problems_limit)
-                   for mapping in concrete(config, store)])
+    return Status(str(state.path), state.path.exists(), _daemon(state, lock_holder),
+                  [_mapping(mapping, state, files, problems, files_limit, problems_limit)
+                   for mapping in concrete(config, state)])
 
 
-def _daemon(store: Store, holder: int | None) -> DaemonStatus | None:
-    row = store.daemon()
+def _daemon(state: State, holder: int | None) -> DaemonStatus | None:
+    row = state.mappings.daemon()
     return None if row is None else DaemonStatus(holder is not None and holder == row.pid, row)
 
 
-def _mapping(mapping: MappingConfig, store: Store, files: bool, with_problems: bool,
+def _mapping(mapping: MappingConfig, state: State, files: bool, with_problems: bool,
              limit: int | None, problems_limit: int | None) -> MappingStatus:
     label = mapping.label
-    record = store.mapping(label)
-    pack_id = recorded_pack_id(store, mapping)
-    listed = store.problems(label, problems_limit) if files or with_problems else []
-    total, synced = store.file_counts(label, pack_id)
-    problems, notices = store.problem_counts(label)
+    record = state.mappings.get(label)
+    pack_id = recorded_pack_id(state, mapping)
+    listed = state.files.problems(label, problems_limit) if files or with_problems else []
+    total, synced = state.files.counts(label, pack_id)
+    problems, notices = state.files.problem_counts(label)
     counts = {"synced": synced, "pending": total - synced, "failed": problems - notices, "skipped": notices}
     metadata: Counter[str] = Counter({state: 0 for state in METADATA_STATES})
-    for status, count in (store.metadata_counts(pack_id, label) if pack_id else {}).items():
+    for status, count in (state.metadata.counts(pack_id, label) if pack_id else {}).items():
         metadata[status if status in METADATA_SETTLED else "pending"] += count
     return MappingStatus(label, pack_id, mapping.pack or (record.pack_name if record else None), record, counts,
                          sum(metadata.values()), dict(metadata),
-                         _files(mapping, store, pack_id, listed, limit) if files else None,
+                         _files(mapping, state, pack_id, listed, limit) if files else None,
                          listed if with_problems else None, mapping.pack_label)
 
 
-def _files(mapping: MappingConfig, store: Store, pack_id: str | None, problems: list[Problem],
+def _files(mapping: MappingConfig, state: State, pack_id: str | None, problems: list[Problem],
            limit: int | None) -> list[FileStatus]:
     """The items of a mapping with their images (a content another mapping holds is synced, without
     this mapping's image), then its problems."""
-    page = store.file_page(mapping.label, limit)
+    page = state.files.page(mapping.label, limit)
     held: dict[str, ManagedImage | None] = {}
-    for image in store.images_with(pack_id, {sha for _key, sha in page if sha}) if pack_id else []:
+    for image in state.images.holding(pack_id, {sha for _key, sha in page if sha}) if pack_id else []:
         if image.owner in (mapping.label, "") or image.sha256 not in held:
             held[image.sha256] = image if image.owner in (mapping.label, "") else None
     detail = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from packsync.state.store import DaemonRecord, MappingRecord
+from packsync.state.records import DaemonRecord, MappingRecord
 
 #: The daemon's loop comes round every few seconds, even mid-sync: this long without a turn is a stall.
 STALL_S = 60.0

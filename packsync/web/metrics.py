@@ -23,7 +23,7 @@ from packsync.views.status import read_status
 
 if TYPE_CHECKING:
     from packsync.config import Config
-    from packsync.state.store import Store
+    from packsync.state.store import State
 
 #: A problem's reason as a metric label: the first pattern that matches its text, else "other".
 REASONS = [
@@ -51,7 +51,7 @@ def reason_label(reason: str) -> str:
 class Metrics:
     """The daemon's counters (an ``Observer`` of the API client) and the state's gauges, in one registry."""
 
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, state: State) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = PromCounter("packsync_api_requests", "API and storage requests made, by route and "
                                     "HTTP status (0: no answer)", ["route", "code"], registry=self.registry)
@@ -65,7 +65,7 @@ class Metrics:
                                         "by pack", ["pack"], registry=self.registry)
         self.queued = Gauge("packsync_queued_paths", "Changed paths waiting for their folder to settle",
                             registry=self.registry)
-        self.state = StateCollector(config, store)
+        self.state = StateCollector(config, state)
         self.registry.register(self.state)
 
     def request(self, route: str, status: int, seconds: float, sent: int) -> None:
@@ -87,8 +87,8 @@ class Metrics:
 class StateCollector(Collector):
     """Gauges read from the state at each scrape: the status read model's counts, which SQLite makes."""
 
-    def __init__(self, config: Config, store: Store) -> None:
-        self.config, self.store = config, store
+    def __init__(self, config: Config, state: State) -> None:
+        self.config, self.state = config, state
 
     def describe(self) -> list[Metric]:
         return []  # the metrics depend on the state: nothing to check at registration
@@ -103,7 +103,7 @@ class StateCollector(Collector):
         stopped = GaugeMetricFamily("packsync_safety_stop", "1 while a mapping's deletes wait for --force",
                                     labels=["pack"])
         seen: set[str] = set()
-        for mapping in read_status(self.config, self.store, problems=True).mappings:
+        for mapping in read_status(self.config, self.state, problems=True).mappings:
             pack = mapping.pack_label
             if pack in seen:  # two mappings whose packs read alike ("pack 1" by name, and pack id 1)
                 pack = f"{pack} [{len(seen)}]"

@@ -39,7 +39,7 @@ from packsync.errors import ConfigError
 from packsync.logs import get_logger
 from packsync.sources.media import sniff
 from packsync.state.lock import StateLock
-from packsync.state.store import Store
+from packsync.state.store import State
 from packsync.views.search import search
 from packsync.views.status import FileStatus, MappingStatus, read_status
 from packsync.web.health import STALL_S, Live, LiveState, MappingHealth, health, http_status
@@ -71,7 +71,7 @@ class Site:
     """
 
     config: Config
-    store: Store
+    state: State
     metrics: Metrics
     live: Live | None = None
     password: str | None = None
@@ -81,11 +81,11 @@ class Site:
     def open(cls, config: Config, live: Live | None) -> Site:
         """The site of ``config``, on a read-only connection to its state of its own: pages never wait on,
         or hold up, a sync."""
-        store = Store(config.state_path, readonly=True)
-        return cls(config, store, Metrics(config, store), live, read_password(config))
+        state = State(config.state_path, readonly=True)
+        return cls(config, state, Metrics(config, state), live, read_password(config))
 
     def __post_init__(self) -> None:
-        self.quick = Store(self.store.path, readonly=True)
+        self.quick = State(self.state.path, readonly=True)
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="packsync-web")
         self.prober = ThreadPoolExecutor(1, thread_name_prefix="packsync-health")  # a hung mount stalls it alone
         self.waiting = 0
@@ -97,7 +97,7 @@ class Site:
         for pool in (self.worker, self.prober):
             pool.shutdown(wait=True, cancel_futures=True)
         self.quick.close()
-        self.store.close()
+        self.state.close()
 
     async def read(self, reading: Callable[..., T], *args: Any) -> T:
         """Run ``reading`` on the site's thread (503 when too many wait already)."""
@@ -124,24 +124,24 @@ class Site:
     # -- read models -------------------------------------------------------------------------------
 
     def health(self, live: LiveState | None, config: Config | None = None,
-               store: Store | None = None) -> dict[str, Any]:
+               state: State | None = None) -> dict[str, Any]:
         """The ``/healthz`` document (on the loop, with the quick connection, unless told otherwise)."""
-        config, store = config or self.config, store or self.quick
+        config, state = config or self.config, state or self.quick
         mappings = []
-        for mapping in concrete(config, store):
-            record = store.mapping(mapping.label)
+        for mapping in concrete(config, state):
+            record = state.mappings.get(mapping.label)
             retrying = live.retrying.get(group_of(config, mapping.label)) if live else None
             error = retrying or (record.last_error if record else None)
             mappings.append(MappingHealth(mapping.label, mapping.pack_label, record, error))
-        daemon = store.daemon()
+        daemon = state.mappings.daemon()
         gone = live is None and daemon is not None and daemon.state != "stopped" and \
             StateLock(config.state_path).holder() != daemon.pid
         return health(mappings, live, daemon, daemon_gone=gone)
 
     def view(self, config: Config, query: str, live: LiveState | None) -> dict[str, Any]:
         words = query.split()
-        hits = search(self.store, words, SEARCH_LIMIT) if words else None  # shown instead of the galleries
-        status = read_status(config, self.store, files=not words, problems=True, files_limit=GALLERY_LIMIT,
+        hits = search(self.state, words, SEARCH_LIMIT) if words else None  # shown instead of the galleries
+        status = read_status(config, self.state, files=not words, problems=True, files_limit=GALLERY_LIMIT,
                              problems_limit=GALLERY_LIMIT)
         indexes = {m.path: key_of(m.path) for m in status.mappings}
         folders = {m.path for m in status.mappings if not m.path.startswith("astria:")}
@@ -154,20 +154,21 @@ class Site:
             return f"/thumb/{indexes[label]}/{sha}" if label in folders and sha else None
 
         return {"status": status, "query": query, "hits": hits, "limit": GALLERY_LIMIT, "csrf": self.csrf,
-                "actions": self.live is not None, "health": self.health(live, config, self.store), "thumb": thumb,
+                "actions": self.live is not None, "health": self.health(live, config, self.state), "thumb": thumb,
                 "indexes": indexes, "live": live}
 
     def version(self, query: str, live: LiveState | None) -> str:
         """An ETag for the view: it changes whenever the state does (a commit by any connection) or what
         the daemon shows does (not its loop's heartbeat)."""
-        data_version = self.store.db.execute("PRAGMA data_version").fetchone()[0]
+        data_version = self.state.data_version()
         shown = None if live is None else replace(live, since_tick_s=float(live.since_tick_s > STALL_S))
-        digest = hashlib.sha256(f"{data_version}\0{shown!r}\0{query}\0{self.store.daemon()}".encode()).hexdigest()
+        daemon = self.state.mappings.daemon()
+        digest = hashlib.sha256(f"{data_version}\0{shown!r}\0{query}\0{daemon}".encode()).hexdigest()
         return f'"{digest[:32]}"'
 
     def mappings(self) -> list[MappingConfig]:
         """The mappings as synced (one per subfolder of a ``packs_from = "subfolders"`` one)."""
-        return concrete(self.config, self.store)
+        return concrete(self.config, self.state)
 
     def mapping(self, key: str) -> MappingConfig | None:
         """The mapping the page calls ``key`` (``key_of`` its label: stable while subfolders come and go)."""
@@ -180,7 +181,7 @@ class Site:
         mapping = self.mapping(key)
         if mapping is None or mapping.path is None:
             return None
-        for rel in self.store.paths_of(mapping.label, sha256):
+        for rel in self.state.files.paths_of(mapping.label, sha256):
             fd = _open_below(mapping.folder, rel)
             if fd is None:
                 continue

@@ -1,0 +1,157 @@
+"""What the state remembers of each source's files: the file cache, the problems of the last scan, the
+sidecars packsync wrote, and the fingerprint of a source's last plan with nothing to do.
+
+The file cache is the hot path of a no-op run (100,000 rows for a large folder): it is read as plain
+columns straight into ``CachedFile`` values, and written as the rows that changed, many to a statement.
+This repository knows nothing of uploads, images or packs beyond counting which files a pack holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from msgspec.structs import astuple
+from sqlalchemy import ColumnElement, Exists, Integer, bindparam, case, delete, exists, func, or_, select, type_coerce
+
+from packsync.model import CachedFile, Problem
+from packsync.state.records import SidecarRecord
+from packsync.state.sqlite import upsert
+from packsync.state.tables import FileRow, ImageRow, ProblemRow, SettledRow, SidecarRow, table
+from packsync.state.unit import Bulk, UnitOfWork
+
+FILES, PROBLEMS, SIDECARS, SETTLED = table(FileRow), table(ProblemRow), table(SidecarRow), table(SettledRow)
+IMAGES = table(ImageRow)
+
+
+def _by_key(target: type[FileRow] | type[ProblemRow] | type[SidecarRow]) -> Bulk:
+    t = table(target)
+    return Bulk(delete(t).where(t.c.root == bindparam("root"), t.c.rel_path == bindparam("rel_path")),
+                "root", "rel_path")
+
+
+_SAVE_FILE = Bulk(upsert(FILES), *FILES.c.keys())
+_FORGET_FILE = _by_key(FileRow)
+_SAVE_PROBLEM = Bulk(upsert(PROBLEMS), *PROBLEMS.c.keys())
+_FORGET_PROBLEM = _by_key(ProblemRow)
+_SAVE_SIDECAR = Bulk(upsert(SIDECARS), *SIDECARS.c.keys())
+_FORGET_SIDECAR = _by_key(SidecarRow)
+_SAVE_SETTLED = Bulk(upsert(SETTLED), "root", "fingerprint")
+_UNSETTLE = Bulk(delete(SETTLED).where(SETTLED.c.root == bindparam("root")), "root")
+
+
+def _below(column: ColumnElement[str], folder: str) -> ColumnElement[bool]:
+    """``column`` names ``folder`` or a source inside it (an exact prefix: LIKE would ignore case)."""
+    below = folder.rstrip("/") + "/"
+    return or_(column == folder, func.substr(column, 1, len(below)) == below)
+
+
+class FileRepository:
+    def __init__(self, unit: UnitOfWork) -> None:
+        self.unit = unit
+
+    def cache(self, source: str) -> dict[str, CachedFile]:
+        """What the last scan of ``source`` saw, by item key."""
+        c = FILES.c
+        rows = self.unit.stream(select(c.rel_path, c.dev, c.inode, c.size, c.mtime_ns, c.sha256, c.content_type,
+                                       c.problem).where(c.root == source))
+        return {rel: CachedFile(dev, inode, size, mtime_ns, sha256, kind, problem)
+                for rel, dev, inode, size, mtime_ns, sha256, kind, problem in rows}
+
+    def save_cache(self, source: str, previous: Mapping[str, CachedFile], current: Mapping[str, CachedFile]) -> None:
+        """Store what a scan saw, writing only the rows that changed (nothing, not even the write lock,
+        when none did)."""
+        gone = [(source, rel) for rel in previous if rel not in current]
+        changed = [(source, rel, c.dev, c.inode, c.size, c.mtime_ns, c.sha256, c.content_type, c.problem)
+                   for rel, c in current.items() if previous.get(rel) is not c and previous.get(rel) != c]
+        if not (gone or changed):
+            return
+        with self.unit.transaction():
+            self.unit.write(_FORGET_FILE, gone)
+            self.unit.write(_SAVE_FILE, changed)
+
+    def count(self, source: str) -> int:
+        return int(self.unit.rows(select(func.count()).select_from(FILES).where(FILES.c.root == source))[0][0])
+
+    def counts(self, source: str, pack_id: str | None) -> tuple[int, int]:
+        """(items, items whose content is in the pack) of ``source``, problems aside, counted by the database."""
+        held = exists().where(IMAGES.c.pack_id == pack_id, IMAGES.c.sha256 == FILES.c.sha256)
+        row = self.unit.rows(select(func.count(), func.coalesce(func.sum(case((held, 1), else_=0)), 0))
+                             .where(FILES.c.root == source, ~self._problem(FILES.c.root, FILES.c.rel_path)))[0]
+        return int(row[0]), int(row[1])
+
+    def page(self, source: str, limit: int | None = None) -> list[tuple[str, str | None]]:
+        """(item key, content) of ``source``'s items that are not problems, by key, the first ``limit``."""
+        c = FILES.c
+        rows = self.unit.rows(select(c.rel_path, c.sha256).where(c.root == source, ~self._problem(c.root, c.rel_path))
+                              .order_by(c.rel_path).limit(limit))
+        return [(rel, sha) for rel, sha in rows]
+
+    def paths_of(self, source: str, sha256: str) -> list[str]:
+        """The items of ``source`` whose content is ``sha256`` (its files that hold it), by key."""
+        c = FILES.c
+        return [row[0] for row in self.unit.rows(select(c.rel_path).where(
+            c.root == source, c.sha256 == sha256, c.problem.is_(None)).order_by(c.rel_path))]
+
+    def forget_verdicts(self, source: str) -> None:
+        """Let the next scan of ``source`` (and of its subfolders' packs) judge again the files it skipped
+        as bad (someone fixed them)."""
+        with self.unit.transaction():  # and their last plans: a settled walk would not read the files again
+            self.unit.run(delete(FILES).where(_below(FILES.c.root, source), FILES.c.problem.is_not(None)))
+            self.unit.run(delete(SETTLED).where(_below(SETTLED.c.root, source)))
+
+    # -- problems ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _problem(root: ColumnElement[str], rel_path: ColumnElement[str]) -> Exists:
+        return exists().where(PROBLEMS.c.root == root, PROBLEMS.c.rel_path == rel_path)
+
+    def problems(self, source: str, limit: int | None = None) -> list[Problem]:
+        c = PROBLEMS.c
+        rows = self.unit.rows(select(c.rel_path, c.reason, c.notice).where(c.root == source).order_by(c.rel_path)
+                              .limit(limit))
+        return [Problem(rel_path, reason, bool(notice)) for rel_path, reason, notice in rows]
+
+    def problem_counts(self, source: str) -> tuple[int, int]:
+        """(problems, notices among them) of ``source``."""
+        row = self.unit.rows(select(func.count(), func.coalesce(func.sum(type_coerce(PROBLEMS.c.notice, Integer)), 0))
+                             .where(PROBLEMS.c.root == source))[0]
+        return int(row[0]), int(row[1])
+
+    def save_problems(self, source: str, problems: Iterable[Problem]) -> None:
+        """Make what the last scan of ``source`` reported the problems on record, writing only what changed
+        (a folder of 50,000 bad files rescanned unchanged writes nothing). New problems void the
+        source's settled fingerprint: a run it matches reports the problems on record."""
+        old = set(self.problems(source))
+        new = set(problems)
+        if old == new:
+            return
+        kept = {problem.rel_path for problem in new}
+        with self.unit.transaction():
+            self.unit.write(_FORGET_PROBLEM, [(source, p.rel_path) for p in old if p.rel_path not in kept])
+            self.unit.write(_SAVE_PROBLEM, [(source, p.rel_path, p.reason, p.notice) for p in new - old])
+            self.unit.write(_UNSETTLE, [(source,)])
+
+    # -- sidecars ----------------------------------------------------------------------------------
+
+    def sidecars(self, source: str) -> dict[str, SidecarRecord]:
+        """The sidecars packsync wrote next to ``source``'s files, by the file's key."""
+        c = SIDECARS.c
+        rows = self.unit.rows(select(c.rel_path, c.digest, c.size, c.mtime_ns).where(c.root == source))
+        return {rel: SidecarRecord(digest, size, mtime_ns) for rel, digest, size, mtime_ns in rows}
+
+    def save_sidecars(self, source: str, written: Mapping[str, SidecarRecord], gone: Iterable[str]) -> None:
+        """Remember the sidecars just written, and forget those removed or given up."""
+        with self.unit.transaction():
+            self.unit.write(_FORGET_SIDECAR, [(source, rel) for rel in gone])
+            self.unit.write(_SAVE_SIDECAR, [(source, rel, *astuple(record)) for rel, record in written.items()])
+
+    # -- settled sources ---------------------------------------------------------------------------
+
+    def settled(self, source: str) -> str | None:
+        """The fingerprint of the inputs of the last plan of ``source`` that had nothing to do."""
+        rows = self.unit.rows(select(SETTLED.c.fingerprint).where(SETTLED.c.root == source))
+        return str(rows[0][0]) if rows else None
+
+    def save_settled(self, source: str, fingerprint: str) -> None:
+        if self.settled(source) != fingerprint:
+            self.unit.write(_SAVE_SETTLED, [(source, fingerprint)])

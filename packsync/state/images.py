@@ -1,0 +1,107 @@
+"""The images packsync added to packs (or adopted), and which mapping owns each.
+
+Only these images are packsync's to delete, each by its owner: a mapping manages its own and those
+recorded with the owner '' (before images had one). Packs can be large, so images come out as plain
+``ManagedImage`` values, and settled metadata can be left out of a read (``details=False``). The AI
+metadata's updates and the search index are ``metadata``'s; this repository only writes it with the
+image it records.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from sqlalchemy import ColumnElement, String, bindparam, case, delete, func, or_, select, true
+
+from packsync.model import METADATA_SETTLED, ManagedImage, Metadata
+from packsync.state.sqlite import upsert
+from packsync.state.tables import ImageRow, table
+from packsync.state.unit import Bulk, UnitOfWork
+from packsync.state.uploads import batches
+
+IMAGES = table(ImageRow)
+#: The columns an image is read from, in ``image``'s order.
+COLUMNS = tuple(IMAGES.c[name] for name in ("pack_id", "image_id", "sha256", "url", "file_name", "owner",
+                                            "meta_status", "description", "keywords", "meta_error", "meta_model"))
+SETTLED = tuple(sorted(METADATA_SETTLED))
+
+# An upsert, never a replace: a replaced row would leave the search index (kept by triggers) holding the
+# old text.
+_RECORD = Bulk(upsert(IMAGES), *IMAGES.c.keys())
+_OWNED = or_(bindparam("any_owner", type_=String).is_(None), IMAGES.c.owner == bindparam("owner"))
+_FORGET_ALL = Bulk(delete(IMAGES).where(IMAGES.c.pack_id == bindparam("pack_id"), _OWNED),
+                   "pack_id", "any_owner", "owner")
+_FORGET = Bulk(delete(IMAGES).where(IMAGES.c.pack_id == bindparam("pack_id"), _OWNED,
+                                    IMAGES.c.image_id == bindparam("image_id")), "pack_id", "any_owner", "owner",
+               "image_id")
+
+#: Settled metadata read without its details is the same value for every image: share it.
+_BARE = {status: Metadata(status) for status in METADATA_SETTLED}
+
+
+def image(pack_id: str, image_id: str, sha256: str, url: str, file_name: str, owner: str, status: str,
+          description: str | None, keywords: str, error: str | None, model: str | None) -> ManagedImage:
+    """An image from the columns of its row (``COLUMNS``)."""
+    if description is None and error is None and keywords == "[]" and model is None:
+        metadata = _BARE.get(status) or Metadata(status)
+    else:
+        metadata = Metadata(status, description, tuple(json.loads(keywords)), error, model)
+    return ManagedImage(pack_id, image_id, sha256, url, file_name, owner, metadata)
+
+
+def managed_by(owner: str | None) -> ColumnElement[bool]:
+    """The images a mapping manages: its own and those of no known owner (all, for None)."""
+    return true() if owner is None else IMAGES.c.owner.in_((owner, ""))
+
+
+class ImageRepository:
+    def __init__(self, unit: UnitOfWork) -> None:
+        self.unit = unit
+
+    def managed(self, pack_id: str, owner: str | None = None, details: bool = True) -> list[ManagedImage]:
+        """The images packsync added to this pack — all, or ``owner``'s — as plain values: packs can be large.
+
+        Without ``details``, settled metadata comes as its status alone: syncing needs no more, since
+        settled metadata does not change, and a large pack's descriptions are most of its weight.
+        """
+        columns: tuple[Any, ...] = COLUMNS
+        if not details:
+            unsettled = IMAGES.c.meta_status.not_in(SETTLED)
+            c = IMAGES.c
+            columns = (*COLUMNS[:7], case((unsettled, c.description)), case((unsettled, c.keywords), else_="[]"),
+                       case((unsettled, c.meta_error)), case((unsettled, c.meta_model)))
+        rows = self.unit.rows(select(*columns).where(IMAGES.c.pack_id == pack_id, managed_by(owner)))
+        return [image(*row) for row in rows]
+
+    def others(self, pack_id: str, owner: str) -> dict[str, str]:
+        """The images other mappings own in this pack: image id → content."""
+        c = IMAGES.c
+        return {image_id: sha for image_id, sha in self.unit.rows(
+            select(c.image_id, c.sha256).where(c.pack_id == pack_id, c.owner.not_in((owner, ""))))}
+
+    def count(self, pack_id: str, owner: str | None = None) -> int:
+        return int(self.unit.rows(select(func.count()).select_from(IMAGES).where(
+            IMAGES.c.pack_id == pack_id, managed_by(owner)))[0][0])
+
+    def holding(self, pack_id: str, shas: Collection[str]) -> list[ManagedImage]:
+        """The images of a pack (any owner's) that hold these contents."""
+        return [image(*row) for batch in batches(shas) for row in self.unit.rows(
+            select(*COLUMNS).where(IMAGES.c.pack_id == pack_id, IMAGES.c.sha256.in_(batch)))]
+
+    def record(self, images: Iterable[ManagedImage]) -> None:
+        """Record images packsync added (or adopted); committed at once, together."""
+        now = time.time()
+        self.unit.write(_RECORD, [
+            (i.pack_id, i.image_id, i.sha256, i.url, i.file_name, i.metadata.status, i.metadata.description,
+             json.dumps(list(i.metadata.keywords)), i.metadata.error, now, i.owner, i.metadata.model)
+            for i in images])
+
+    def forget(self, pack_id: str, image_ids: Iterable[str] | None = None, *, owner: str | None = None) -> None:
+        """Drop image records of ``pack_id``: the given ones, or all of them (of ``owner``, if given)."""
+        if image_ids is None:
+            self.unit.write(_FORGET_ALL, [(pack_id, owner, owner)])
+        else:
+            self.unit.write(_FORGET, [(pack_id, owner, owner, image_id) for image_id in image_ids])

@@ -1,0 +1,86 @@
+"""What the state remembers of the mappings and of the runs: each mapped source's pack and last sync,
+the daemon's row, and the count of changes to what plans are made from.
+
+A mapping is keyed by its source's label (a folder's path). A source renamed (a subfolder) takes all
+that was recorded of it along (``move_source``), across the repositories' tables, in one transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from msgspec.structs import astuple, replace
+from sqlalchemy import delete, func, select, update
+
+from packsync.state.records import DaemonRecord, MappingRecord
+from packsync.state.sqlite import upsert
+from packsync.state.tables import (
+    ChangeCountRow,
+    DaemonRow,
+    FileRow,
+    ImageRow,
+    MappingRow,
+    ProblemRow,
+    SettledRow,
+    SidecarRow,
+    table,
+)
+from packsync.state.unit import Bulk, UnitOfWork
+
+MAPPINGS, DAEMON, CHANGES = table(MappingRow), table(DaemonRow), table(ChangeCountRow)
+#: The tables that hold rows of a source, by its label in ``root``.
+_OF_A_SOURCE = tuple(table(model) for model in (FileRow, ProblemRow, SidecarRow, MappingRow))
+_MAPPING_COLUMNS = tuple(MAPPINGS.c[name] for name in MappingRecord.__struct_fields__)
+_DAEMON_COLUMNS = tuple(DAEMON.c[name] for name in DaemonRecord.__struct_fields__)
+_SAVE_MAPPING = Bulk(upsert(MAPPINGS), *MappingRecord.__struct_fields__)
+_SAVE_DAEMON = Bulk(upsert(DAEMON), "id", *DaemonRecord.__struct_fields__)
+#: The daemon's row: there is one.
+_DAEMON_ID = 1
+
+
+class MappingRepository:
+    def __init__(self, unit: UnitOfWork) -> None:
+        self.unit = unit
+
+    def get(self, source: str) -> MappingRecord | None:
+        rows = self.unit.rows(select(*_MAPPING_COLUMNS).where(MAPPINGS.c.root == source))
+        return MappingRecord(*rows[0]) if rows else None
+
+    def under(self, folder: str) -> list[MappingRecord]:
+        """The records of mappings whose source is a folder inside ``folder``."""
+        prefix = folder.rstrip("/") + "/"
+        rows = self.unit.rows(select(*_MAPPING_COLUMNS).where(func.substr(MAPPINGS.c.root, 1, len(prefix)) == prefix))
+        return [MappingRecord(*row) for row in rows]
+
+    def save(self, source: str, **changes: Any) -> None:
+        record = replace(self.get(source) or MappingRecord(source), **changes)
+        self.unit.write(_SAVE_MAPPING, [astuple(record)])
+
+    def move_source(self, old: str, new: str) -> None:
+        """A source that was renamed (a subfolder): everything recorded of it is the new name's now."""
+        settled, images = table(SettledRow), table(ImageRow)
+        with self.unit.transaction():
+            for rows in _OF_A_SOURCE:
+                self.unit.run(delete(rows).where(rows.c.root == new))
+                self.unit.run(update(rows).where(rows.c.root == old).values(root=new))
+            self.unit.run(update(images).where(images.c.owner == old).values(owner=new))
+            self.unit.run(delete(settled).where(settled.c.root.in_((old, new))))
+
+    # -- the daemon --------------------------------------------------------------------------------
+
+    def daemon(self) -> DaemonRecord | None:
+        rows = self.unit.rows(select(*_DAEMON_COLUMNS).where(DAEMON.c.id == _DAEMON_ID))
+        return DaemonRecord(*rows[0]) if rows else None
+
+    def save_daemon(self, **changes: Any) -> None:
+        record = replace(self.daemon() or DaemonRecord(), **changes, updated_at=time.time())
+        self.unit.write(_SAVE_DAEMON, [(_DAEMON_ID, *astuple(record))])
+
+    # -- changes -----------------------------------------------------------------------------------
+
+    def changes(self) -> int:
+        """How many times the rows a plan reads (``tables.PLANNED_FROM``) have changed: only ever grows
+        (-1: not counted, as in a state of an older schema read as it is)."""
+        rows = self.unit.rows(select(CHANGES.c["count"]).where(CHANGES.c.id == 0))
+        return int(rows[0][0]) if rows else -1

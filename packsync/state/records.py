@@ -1,0 +1,63 @@
+"""The plain values the state hands out besides the model's (``packsync.model``): what it remembers of a
+mapping, of the daemon, of a sidecar and of a pulled file. Importing them costs nothing: no database."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+
+
+class PulledFile(msgspec.Struct, frozen=True):
+    """A file ``packsync pull`` wrote into ``folder``, and the image it came from."""
+
+    folder: str
+    pack_id: str
+    name: str
+    image_id: str
+    url: str
+    sha256: str
+
+
+class SidecarRecord(msgspec.Struct, frozen=True):
+    """A sidecar as packsync last wrote it: what it said (``digest``), and the file's size and mtime then."""
+
+    digest: str
+    size: int
+    mtime_ns: int
+
+
+class MappingRecord(msgspec.Struct, frozen=True):
+    """What the state remembers of a mapping: ``source_name`` is what its source calls itself (an Astria
+    pack's title); ``ok_at`` when a sync last ended without error; ``safety`` the safety stop holding
+    its deletes back, if any, and ``withheld`` what ``--force`` would delete (JSON: a list of names)."""
+
+    root: str
+    pack_id: str | None = None
+    pack_name: str | None = None
+    synced_at: float | None = None
+    last_error: str | None = None
+    source_name: str | None = None
+    ok_at: float | None = None
+    safety: str | None = None
+    withheld: str | None = None
+
+    @property
+    def withheld_names(self) -> list[str]:
+        try:
+            names = json.loads(self.withheld or "[]")
+        except ValueError:
+            return []
+        return [str(name) for name in names] if isinstance(names, list) else []
+
+
+class DaemonRecord(msgspec.Struct, frozen=True):
+    """What a running daemon is doing, for `packsync status` (one row)."""
+
+    pid: int | None = None
+    started_at: float | None = None
+    last_full_scan: float | None = None
+    queue: int = 0
+    state: str = "stopped"
+    last_error: str | None = None
+    updated_at: float | None = None

@@ -1,0 +1,151 @@
+"""What the state knows of SQLite, named and in one place (the search index aside: ``search``).
+
+The file (its header, the private mode it is created with, how it is opened only to read it, the
+crash recovery a reader may need), the engine and its one connection (made by SQLite's driver in
+autocommit, configured by one ``connect`` listener), and the few statements only SQLite has: its
+pragmas, ``BEGIN IMMEDIATE``, ``ON CONFLICT`` upserts, temporary tables and the triggers that count
+changes. A state on another database would replace this module, not the repositories. It knows the
+tables by name only and holds no row.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import Connection, Engine, Table, event
+from sqlalchemy.dialects.sqlite import Insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.schema import CreateTable
+from sqlmodel import create_engine
+
+#: The driver's errors that reach the state unwrapped (opening a file to look at it, before the engine).
+DRIVER_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
+#: A write transaction: the write lock is taken (or waited for, up to the busy timeout) at its start,
+#: never half-way through, where a wait could deadlock with another writer.
+BEGIN_WRITE = "BEGIN IMMEDIATE"
+BUSY_TIMEOUT_MS = 2000
+HEADER = b"SQLite format 3\x00"
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` (and its folder) readable by the user only, if it does not exist yet."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+
+
+def has_header(path: Path) -> bool:
+    """Whether the file at ``path`` is empty or starts as a SQLite database does (OSError if unreadable)."""
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    return not head or head == HEADER
+
+
+def readonly_uri(path: Path) -> str:
+    """How to open ``path`` only to read it.
+
+    In a folder nobody can write to (a read-only mount, another user's folder), SQLite cannot make
+    the shared-memory file a reader of a WAL database needs; there, with no write-ahead log left
+    over, no writer can exist either, so the file is opened as immutable.
+    """
+    wal = path.with_name(path.name + "-wal")
+    immutable = not os.access(path.parent, os.W_OK) and not wal.exists()
+    return f"file:{quote(str(path))}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+def read_meta(path: Path) -> tuple[set[str], dict[str, str]]:
+    """(the tables, the ``meta`` rows) of the file at ``path``, read without writing anything.
+
+    The one write that may happen is SQLite's own crash recovery: a process killed mid-transaction
+    leaves a journal only a writer can roll back (it restores the last committed state).
+    """
+    try:
+        return _read_meta(path)
+    except sqlite3.OperationalError as exc:
+        if not (exc.sqlite_errorname or "").startswith("SQLITE_READONLY_"):
+            raise
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    return _read_meta(path)
+
+
+def _read_meta(path: Path) -> tuple[set[str], dict[str, str]]:
+    with closing(sqlite3.connect(readonly_uri(path), uri=True)) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        meta = dict(connection.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
+    return tables, meta
+
+
+def open_engine(path: Path | None, *, readonly: bool = False) -> Engine:
+    """The engine of the state at ``path`` (None: an empty one in memory), on one connection.
+
+    The driver's connection is in autocommit (``isolation_level=None``) and may be used from any thread,
+    one at a time: packsync, not the driver, says where each transaction begins and ends (the unit of
+    work), and a ``StaticPool`` keeps the one connection for the engine's life.
+    """
+    target, uri = (":memory:", False) if path is None else (readonly_uri(path), True) if readonly \
+        else (str(path), False)
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
+
+    engine = create_engine("sqlite://", creator=connect, poolclass=StaticPool)
+    event.listen(engine, "connect", functools.partial(_configure, writer=path is not None and not readonly))
+    return engine
+
+
+def _configure(connection: sqlite3.Connection, _record: Any, *, writer: bool) -> None:
+    """SQLite's settings, for every connection the engine makes. A reader's write nothing: WAL is the file's
+    own setting, made once by a writer. ``foreign_keys`` stays off: the tables declare none."""
+    connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    if writer:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")  # in WAL, durable at checkpoints; never corrupt
+
+
+def upsert(table: Table) -> Insert:
+    """Every column of a row inserted, or written over the row of the same primary key (an update: a
+    trigger sees one, and the row keeps its rowid, which the search index relies on)."""
+    statement = sqlite_insert(table)
+    keys = {column.name for column in table.primary_key.columns}
+    return statement.on_conflict_do_update(index_elements=sorted(keys), set_={
+        column.name: statement.excluded[column.name] for column in table.columns if column.name not in keys})
+
+
+def insert_new(table: Table) -> Insert:
+    """A row inserted unless its primary key is taken already."""
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def tables_of(connection: Connection, schema: str = "main") -> set[str]:
+    return {row[0] for row in connection.exec_driver_sql(f"SELECT name FROM {schema}.sqlite_master "
+                                                         "WHERE type = 'table'")}
+
+
+def columns_of(connection: Connection, table: str, schema: str = "main") -> set[str]:
+    return {row[1] for row in connection.exec_driver_sql(f"PRAGMA {schema}.table_info({table})")}
+
+
+def create_temp_table(connection: Connection, table: Table) -> None:
+    """An empty table of this name that lives as long as the connection, in memory: a reader's stand-in
+    for a table an older file lacks."""
+    ddl = str(CreateTable(table, if_not_exists=True).compile(dialect=connection.dialect))
+    connection.exec_driver_sql(ddl.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+
+
+def count_changes(tables: tuple[str, ...]) -> list[str]:
+    """Triggers that count every change to these tables in ``changes`` (its row 0)."""
+    return [f"CREATE TRIGGER IF NOT EXISTS {table}_{event_name.lower()}_counted AFTER {event_name} ON {table} "
+            "BEGIN UPDATE changes SET count = count + 1 WHERE id = 0; END"
+            for table in tables for event_name in ("INSERT", "UPDATE", "DELETE")]
+
+
+def data_version(connection: Connection) -> int:
+    """A number that changes whenever another connection commits to the file."""
+    return int(connection.exec_driver_sql("PRAGMA data_version").scalar_one())

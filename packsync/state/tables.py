@@ -1,0 +1,180 @@
+"""The state's schema: every table packsync keeps, one SQLModel class each, read here and nowhere else.
+
+The classes describe the tables exactly as SQLite keeps them in the files every release wrote (the
+same names, columns and types), so that a state file of any release opens as it is. None has a
+DEFAULT clause, and none may get one: packsync writes every column of every row explicitly, as the
+files made by earlier versions require. The classes are the schema, not row objects: the
+repositories read and write through SQLAlchemy Core statements on their tables (``table``), which
+cost a fraction of an ORM object per row. What each table holds is said in ``packsync.state``'s
+docstring. This module knows nothing of SQLite, of migrations or of the search index.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from sqlalchemy import Index, Table
+from sqlmodel import Field, SQLModel
+
+#: The version of the schema below; a file of a newer one is refused, an older one upgraded.
+SCHEMA_VERSION = 6
+#: What ``meta``'s ``app`` row says in a state file of packsync's.
+APP_ID = "packsync"
+
+
+class MetaRow(SQLModel, table=True):
+    """Which program wrote the file (``app``) and with which schema (``schema``)."""
+
+    __tablename__ = "meta"
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class FileRow(SQLModel, table=True):
+    """A file of a source as its last scan saw it: the stat key its hash is valid for, and the verdict."""
+
+    __tablename__ = "files"
+    root: str = Field(primary_key=True)
+    rel_path: str = Field(primary_key=True)
+    dev: int
+    inode: int
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    content_type: str | None
+    problem: str | None
+
+
+class ProblemRow(SQLModel, table=True):
+    """A file the last scan of its source did not sync, and why."""
+
+    __tablename__ = "problems"
+    root: str = Field(primary_key=True)
+    rel_path: str = Field(primary_key=True)
+    reason: str
+    notice: bool
+
+
+class SidecarRow(SQLModel, table=True):
+    """An XMP sidecar as packsync last wrote it."""
+
+    __tablename__ = "sidecars"
+    root: str = Field(primary_key=True)
+    rel_path: str = Field(primary_key=True)
+    digest: str
+    size: int
+    mtime_ns: int
+
+
+class BlobRow(SQLModel, table=True):
+    """An upload of some content, possibly half done."""
+
+    __tablename__ = "blobs"
+    sha256: str = Field(primary_key=True)
+    content_type: str
+    url: str | None = Field(index=True)
+    upload_url: str | None
+    expires_at: float | None
+    uploaded: bool
+
+
+class ImageRow(SQLModel, table=True):
+    """An image packsync added to a pack (or adopted), with its AI metadata and the mapping that owns it."""
+
+    __tablename__ = "images"
+    __table_args__ = (Index("ix_images_pack_sha256", "pack_id", "sha256"),)
+    pack_id: str = Field(primary_key=True)
+    image_id: str = Field(primary_key=True)
+    sha256: str = Field(index=True)
+    url: str
+    file_name: str
+    meta_status: str
+    description: str | None
+    keywords: str  # JSON: a list of strings
+    meta_error: str | None
+    added_at: float
+    owner: str  # '' (images recorded before schema 2 whose mapping was not known): any mapping's
+    meta_model: str | None
+
+
+class UrlContentRow(SQLModel, table=True):
+    """What the bytes at an image URL packsync downloaded are (or why they could not be known)."""
+
+    __tablename__ = "url_contents"
+    url: str = Field(primary_key=True)
+    sha256: str | None = Field(index=True)
+    size: int
+    content_type: str | None
+    problem: str | None
+
+
+class PulledRow(SQLModel, table=True):
+    """A file ``packsync pull`` wrote into a folder, and the image it came from."""
+
+    __tablename__ = "pulled"
+    folder: str = Field(primary_key=True)
+    pack_id: str = Field(primary_key=True)
+    image_id: str = Field(primary_key=True)
+    name: str
+    url: str
+    sha256: str
+
+
+class MappingRow(SQLModel, table=True):
+    """A mapped source: its pack, its own name, and how its last sync went."""
+
+    __tablename__ = "mappings"
+    root: str = Field(primary_key=True)
+    pack_id: str | None
+    pack_name: str | None
+    synced_at: float | None
+    last_error: str | None
+    source_name: str | None
+    ok_at: float | None
+    safety: str | None
+    withheld: str | None  # JSON: the names --force would delete
+
+
+class DaemonRow(SQLModel, table=True):
+    """What the running daemon is doing (one row, ``id`` 1)."""
+
+    __tablename__ = "daemon"
+    id: int = Field(primary_key=True)
+    pid: int | None
+    started_at: float | None
+    last_full_scan: float | None
+    queue: int
+    state: str
+    last_error: str | None
+    updated_at: float | None
+
+
+class ChangeCountRow(SQLModel, table=True):
+    """How often the rows a plan reads changed (one row, ``id`` 0): kept by the database itself."""
+
+    __tablename__ = "changes"
+    id: int = Field(primary_key=True)
+    count: int
+
+
+class SettledRow(SQLModel, table=True):
+    """The fingerprint of the inputs of a source's last plan that had nothing to do."""
+
+    __tablename__ = "settled"
+    root: str = Field(primary_key=True)
+    fingerprint: str
+
+
+def table(model: type[SQLModel]) -> Table:
+    """The Core table of a table class, for the statements of the hot paths."""
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]  # set by SQLModel's metaclass
+
+
+METADATA = SQLModel.metadata
+#: Every table, by name.
+TABLES: dict[str, Table] = {table(model).name: table(model) for model in (
+    MetaRow, FileRow, ProblemRow, SidecarRow, BlobRow, ImageRow, UrlContentRow, PulledRow, MappingRow, DaemonRow,
+    ChangeCountRow, SettledRow)}
+#: The tables a mapping's plan reads besides its scan and its pack: every change to one of them is
+#: counted (``changes``), so a fingerprint of a plan's inputs can hold the state's part as a number.
+PLANNED_FROM = ("images", "blobs", "url_contents")

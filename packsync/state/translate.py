@@ -1,0 +1,49 @@
+"""The one place where the database's and the file system's errors become packsync's own.
+
+Every error of the state — SQLite's (bare, or as SQLAlchemy wraps it: the driver's error is its
+``orig``), or the file system's — ends in one sentence naming the file: ``StateUnavailable`` when it
+may pass (locked by another program, disk full, an I/O error), ``StateError`` otherwise. Importing this
+costs nothing (the lock uses it for its own file): it reads the errors' attributes, never imports a
+database library. It decides nothing else.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from packsync.errors import StateError, StateUnavailable
+
+
+def unusable(path: Path, exc: BaseException) -> StateError:
+    """The one sentence for an error of the database at ``path`` (SQLite's, or the file system's)."""
+    origin = getattr(exc, "orig", None) or exc  # SQLAlchemy's DBAPIError carries the driver's error
+    name = getattr(origin, "sqlite_errorname", "") or ""
+    code = origin.errno if isinstance(origin, OSError) else None
+    text = str(origin).lower()
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
+        return StateUnavailable(f"the state database {path} is locked by another program "
+                                "(a backup tool, or a sqlite3 shell holding a transaction?).")
+    if name == "SQLITE_FULL" or code == errno.ENOSPC or (name.startswith("SQLITE_IOERR") and _disk_full(path)):
+        return StateUnavailable(f"no space left on the device of {path}.")
+    if name.startswith(("SQLITE_READONLY", "SQLITE_PERM", "SQLITE_CANTOPEN")) \
+            or code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StateError(f"cannot write the state database {path}: permission denied (check the owner and "
+                          "mode of the file and of its folder).")
+    if name.startswith("SQLITE_IOERR") or code == errno.EIO:
+        return StateUnavailable(f"the state database {path} could not be read or written (I/O error).")
+    if isinstance(origin, OSError):
+        return StateError(f"cannot use the state database {path} ({origin.strerror or origin}).")
+    return StateError(f"the state database {path} is corrupt ({origin}); packsync will not replace it. "
+                      "Move it away to start over.")
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the file system holding ``path`` has (next to) no space left: SQLite reports a write that
+    failed for want of space as an I/O error."""
+    try:
+        stats = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 64 * 1024

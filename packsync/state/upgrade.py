@@ -1,0 +1,106 @@
+"""Bringing a state file of any schema up to this one — or, for a reader, showing it as if it were.
+
+Every release before this one wrote SQLite files, of schemas 1 to 6; this module knows what each
+lacked. A writer creates what is missing and migrates forward in one transaction, so that a run killed
+half-way, or a first run killed before it wrote its schema version, leaves a file the next run
+finishes. A reader (``--dry-run``, ``status``) writes nothing: tables added since are empty temporary
+tables, and columns added since come through temporary views. What a file is (packsync's, another
+program's, too new) is decided here too, before anything is written, not even the switch to WAL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from packsync.errors import StateError
+from packsync.state import search
+from packsync.state.sqlite import columns_of, count_changes, create_temp_table, insert_new, read_meta, tables_of, upsert
+from packsync.state.tables import APP_ID, METADATA, PLANNED_FROM, SCHEMA_VERSION, TABLES, ChangeCountRow, MetaRow, table
+from packsync.state.unit import Bulk, UnitOfWork
+
+#: The mapping columns schema 5 added.
+_MAPPING_COLUMNS_5 = ("ok_at FLOAT", "safety VARCHAR", "withheld VARCHAR")
+#: Who owns an image recorded before schema 2 (which had one mapping per pack and state): the mapping
+#: into its pack whose folder holds its content, else the first mapping into its pack, else '' — an
+#: image any mapping into that pack may manage.
+_OWNER_BEFORE_2 = (
+    "coalesce((SELECT m.root FROM mappings m JOIN files f ON f.root = m.root AND f.sha256 = images.sha256 "
+    "WHERE m.pack_id = images.pack_id ORDER BY m.root LIMIT 1), "
+    "(SELECT root FROM mappings m WHERE m.pack_id = images.pack_id ORDER BY m.root LIMIT 1), '')")
+_META = Bulk(upsert(table(MetaRow)), "key", "value")
+_COUNT_FROM_ZERO = Bulk(insert_new(table(ChangeCountRow)), "id", "count")
+
+
+def inspect(path: Path) -> tuple[int | None, set[str]]:
+    """The schema version of an existing state file (None: new or unfinished) and its tables, read only."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None, set()
+    tables, meta = read_meta(path)
+    foreign = StateError(f"{path} is a SQLite database of another program; packsync will not touch it. "
+                         "Set [state] path to another file.")
+    if not meta:
+        # A first run killed while creating the tables leaves only packsync's own, unfinished.
+        if tables <= TABLES.keys():
+            return None, tables
+        raise foreign
+    if meta.get("app") != APP_ID:
+        raise foreign
+    version = int(meta.get("schema", "0"))
+    if version > SCHEMA_VERSION:
+        raise StateError(f"{path} was written by a newer packsync (schema {version}); upgrade packsync to use it.")
+    return version, tables
+
+
+def create_empty(unit: UnitOfWork) -> None:
+    """Every table, empty (a reader's state in memory, where there is no file yet)."""
+    with unit.guarded():
+        METADATA.create_all(unit.connection, tables=list(TABLES.values()))
+
+
+def set_up(unit: UnitOfWork, version: int | None, tables: set[str]) -> None:
+    """Create what is missing and migrate forward, in one transaction."""
+    if version == SCHEMA_VERSION and tables >= {*TABLES, "image_text"}:
+        return
+    with unit.transaction():
+        connection = unit.connection
+        columns = columns_of(connection, "images")
+        if columns and "owner" not in columns:  # schema 1 → 2
+            unit.execute("ALTER TABLE images ADD COLUMN owner VARCHAR NOT NULL DEFAULT ''")
+            unit.execute(f"UPDATE images SET owner = {_OWNER_BEFORE_2}")
+        if columns and "meta_model" not in columns:  # schema 4 → 5
+            unit.execute("ALTER TABLE images ADD COLUMN meta_model VARCHAR")
+        columns = columns_of(connection, "mappings")
+        if columns and "source_name" not in columns:  # schema 2 → 3
+            unit.execute("ALTER TABLE mappings ADD COLUMN source_name VARCHAR")
+        for column in _MAPPING_COLUMNS_5:  # schema 4 → 5
+            if columns and column.split()[0] not in columns:
+                unit.execute(f"ALTER TABLE mappings ADD COLUMN {column}")
+        missing = [TABLES[name] for name in TABLES.keys() - tables_of(connection)]
+        METADATA.create_all(connection, tables=missing)
+        for name in TABLES.keys() - {t.name for t in missing}:  # schema 4 → 5: images by pack and content
+            for index in TABLES[name].indexes:
+                index.create(connection, checkfirst=True)
+        if not search.exists(unit):  # schema 3 → 4: the search index, of every image recorded
+            search.create(unit)
+        unit.write(_COUNT_FROM_ZERO, [(0, 0)])  # schema 5 → 6
+        for statement in count_changes(PLANNED_FROM):
+            unit.execute(statement)
+        unit.write(_META, [("app", APP_ID), ("schema", str(SCHEMA_VERSION))])
+
+
+def read_as_current(unit: UnitOfWork, version: int | None, tables: set[str]) -> None:
+    """Let a reader read an older file as if it were migrated, writing nothing to it."""
+    with unit.guarded():
+        connection = unit.connection
+        for name in sorted(TABLES.keys() - tables):
+            create_temp_table(connection, TABLES[name])
+        columns = columns_of(connection, "images")
+        if columns and not columns >= {"owner", "meta_model"}:  # a view keeps the rowid, for the search index
+            added = [] if "owner" in columns else [f"{_OWNER_BEFORE_2} AS owner"]
+            added += [] if "meta_model" in columns else ["NULL AS meta_model"]
+            unit.execute(f"CREATE TEMP VIEW images AS SELECT rowid AS rowid, *, {', '.join(added)} "
+                         "FROM main.images AS images")
+        if version is not None and version < 5 and "mappings" in tables:
+            since = ("NULL AS source_name, " if version < 3 else "") + ", ".join(
+                f"NULL AS {column.split()[0]}" for column in _MAPPING_COLUMNS_5)
+            unit.execute(f"CREATE TEMP VIEW mappings AS SELECT *, {since} FROM main.mappings")

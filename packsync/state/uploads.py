@@ -1,0 +1,104 @@
+"""What the state remembers of contents moving in and out: uploads (``blobs``), the contents of URLs
+packsync downloaded (``url_contents``), and the files ``packsync pull`` wrote (``pulled``).
+
+An upload is known by its content's hash and serves every pack; a URL's content is remembered so that
+no URL is downloaded twice. This repository knows nothing of the images that use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, delete, select
+
+from packsync.model import Blob, UrlContent
+from packsync.state.records import PulledFile
+from packsync.state.sqlite import upsert
+from packsync.state.tables import BlobRow, PulledRow, UrlContentRow, table
+from packsync.state.unit import Bulk, UnitOfWork
+
+BLOBS, URL_CONTENTS, PULLED = table(BlobRow), table(UrlContentRow), table(PulledRow)
+#: How many keys one ``IN (…)`` holds at most (the database limits a statement's parameters).
+IN_AT_MOST = 500
+
+_SAVE_BLOB = Bulk(upsert(BLOBS), "sha256", "content_type", "url", "upload_url", "expires_at", "uploaded")
+_FORGET_BLOB = Bulk(delete(BLOBS).where(BLOBS.c.sha256 == bindparam("sha256")), "sha256")
+_SAVE_URL_CONTENT = Bulk(upsert(URL_CONTENTS), "url", "sha256", "size", "content_type", "problem")
+_SAVE_PULLED = Bulk(upsert(PULLED), "folder", "pack_id", "image_id", "name", "url", "sha256")
+_FORGET_PULLED = Bulk(delete(PULLED).where(PULLED.c.folder == bindparam("folder"), PULLED.c.pack_id ==
+                                           bindparam("pack_id"), PULLED.c.image_id == bindparam("image_id")),
+                      "folder", "pack_id", "image_id")
+
+
+def batches(keys: Collection[str]) -> Iterable[list[str]]:
+    """``keys`` a few hundred at a time, for ``IN (…)``."""
+    items = list(keys)
+    for start in range(0, len(items), IN_AT_MOST):
+        yield items[start:start + IN_AT_MOST]
+
+
+def _url_content_row(content: UrlContent) -> tuple[Any, ...]:
+    return content.url, content.sha256, content.size, content.content_type, content.problem
+
+
+class UploadRepository:
+    def __init__(self, unit: UnitOfWork) -> None:
+        self.unit = unit
+
+    # -- uploads -----------------------------------------------------------------------------------
+
+    def blobs(self, shas: Collection[str]) -> dict[str, Blob]:
+        """The uploads of these contents, where there are any."""
+        c = BLOBS.c
+        found: dict[str, Blob] = {}
+        for batch in batches(shas):
+            for sha, kind, url, upload_url, expires, done in self.unit.rows(select(
+                    c.sha256, c.content_type, c.url, c.upload_url, c.expires_at, c.uploaded).where(
+                    c.sha256.in_(batch))):
+                found[sha] = Blob(sha, kind, url, upload_url, expires, bool(done))
+        return found
+
+    def save_blob(self, blob: Blob) -> None:
+        """Record an upload step; committed at once (or queued, inside ``write_behind``)."""
+        self.unit.write(_SAVE_BLOB, [(blob.sha256, blob.content_type, blob.url, blob.upload_url, blob.expires_at,
+                                      blob.uploaded)])
+
+    def forget_blob(self, sha256: str) -> None:
+        """Forget an upload whose URL the API refused: the content is uploaded afresh next time."""
+        self.unit.write(_FORGET_BLOB, [(sha256,)])
+
+    def known_urls(self, urls: Collection[str]) -> dict[str, str]:
+        """Those of ``urls`` that are packsync's own uploads, with their content hash."""
+        return {url: sha for batch in batches(urls)
+                for url, sha in self.unit.rows(select(BLOBS.c.url, BLOBS.c.sha256).where(BLOBS.c.url.in_(batch)))}
+
+    # -- downloads ---------------------------------------------------------------------------------
+
+    def url_contents(self, urls: Collection[str]) -> dict[str, UrlContent]:
+        """What packsync learnt of these URLs' bytes by downloading them, where it did."""
+        c = URL_CONTENTS.c
+        return {row[0]: UrlContent(*row) for batch in batches(urls) for row in self.unit.rows(
+            select(c.url, c.sha256, c.size, c.content_type, c.problem).where(c.url.in_(batch)))}
+
+    def save_url_contents(self, contents: Iterable[UrlContent]) -> None:
+        self.unit.write(_SAVE_URL_CONTENT, map(_url_content_row, contents))
+
+    # -- pulled files ------------------------------------------------------------------------------
+
+    def pulled(self, folder: str, pack_id: str | None = None) -> list[PulledFile]:
+        """The files pull wrote into ``folder`` (from ``pack_id``, or from any pack)."""
+        c = PULLED.c
+        statement = select(c.folder, c.pack_id, c.name, c.image_id, c.url, c.sha256).where(c.folder == folder)
+        rows: Sequence[Any] = self.unit.rows(statement if pack_id is None else statement.where(c.pack_id == pack_id))
+        return [PulledFile(*row) for row in rows]
+
+    def record_pulled(self, pulled: PulledFile, content: UrlContent) -> None:
+        """Record a file pull is about to give its name, with what the download learnt of its URL."""
+        with self.unit.transaction():
+            self.unit.write(_SAVE_URL_CONTENT, [_url_content_row(content)])
+            self.unit.write(_SAVE_PULLED, [(pulled.folder, pulled.pack_id, pulled.image_id, pulled.name, pulled.url,
+                                            pulled.sha256)])
+
+    def forget_pulled(self, pulled: PulledFile) -> None:
+        self.unit.write(_FORGET_PULLED, [(pulled.folder, pulled.pack_id, pulled.image_id)])

@@ -1,0 +1,178 @@
+"""The state file across releases: what any earlier packsync wrote opens, upgrades in place and is used
+as it is — every row kept, nothing uploaded or added again — and reading it (``status``, ``--dry-run``,
+``search``) writes nothing.
+
+``tests/data/state-schema-6.sql`` is a real state written by the last release on plain sqlite3 (its
+header says how it was made). The earlier schemas are that file's schema taken back a release at a
+time, as each release's migration added to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from conftest import Env, image, write
+from helpers import state_rows
+
+from packsync.state.store import State
+from packsync.state.tables import SCHEMA_VERSION
+
+DUMP = Path(__file__).parent / "data" / "state-schema-6.sql"
+#: The folder the dump's state was made in: its paths start with it.
+DUMP_ROOT = "/tmp/packsync-state-6"
+#: The tables of packsync's own (the search index's are SQLite's, checked by its integrity check).
+TABLES = ("meta", "files", "problems", "blobs", "images", "url_contents", "pulled", "sidecars", "mappings",
+          "daemon", "changes", "settled")
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_dump(path: Path, root: Path) -> None:
+    """The dump's state, as a WAL file at ``path`` whose folders are under ``root``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(DUMP.read_text(encoding="utf-8").replace(DUMP_ROOT, str(root)))
+
+
+def every_row(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    present = {name for (name,) in state_rows(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return {table: sorted(state_rows(path, f"SELECT * FROM {table}"), key=repr) for table in TABLES
+            if table in present}
+
+
+def schema_6_ddl() -> list[str]:
+    """The statements that make an empty state of schema 6 as that release made it (read off the dump)."""
+    sql = DUMP.read_text(encoding="utf-8")
+    statements = [s.strip() for s in sql.split(";\n") if s.strip().startswith("CREATE ")]
+    fts = re.search(r"VALUES\('table','image_text','image_text',0,'(.*?)'\);\n", sql)
+    assert fts, "the dump holds the search index's table"
+    index = fts.group(1).replace("''", "'")
+    tables = [s for s in statements if s.startswith("CREATE TABLE ") and not s.startswith("CREATE TABLE 'image_text")]
+    return [*tables, index, *(s for s in statements if s.startswith(("CREATE INDEX", "CREATE TRIGGER")))]
+
+
+#: What each schema added, undone to take a schema-6 file back to the one before.
+ADDED_BY = {
+    6: ["DROP TABLE changes", "DROP TABLE settled", *(f"DROP TRIGGER {table}_{event}_counted"
+                                                      for table in ("images", "blobs", "url_contents")
+                                                      for event in ("insert", "update", "delete"))],
+    5: ["DROP INDEX ix_images_pack_sha256", "ALTER TABLE images DROP COLUMN meta_model",
+        "ALTER TABLE mappings DROP COLUMN ok_at", "ALTER TABLE mappings DROP COLUMN safety",
+        "ALTER TABLE mappings DROP COLUMN withheld"],
+    4: ["DROP TRIGGER image_text_insert", "DROP TRIGGER image_text_delete", "DROP TRIGGER image_text_update",
+        "DROP TABLE image_text"],
+    3: ["ALTER TABLE mappings DROP COLUMN source_name"],
+    2: ["ALTER TABLE images DROP COLUMN owner"],
+}
+
+
+def as_schema(state: Path, version: int) -> None:
+    """Rebuild a state file, rows and all, on the schema-6 release's own DDL, then take it back to ``version``."""
+    rebuilt = state.with_name("rebuilt.db")
+    ddl = schema_6_ddl()
+    with closing(sqlite3.connect(state)) as old, closing(sqlite3.connect(rebuilt, isolation_level=None)) as new:
+        new.execute("PRAGMA journal_mode=WAL")
+        new.execute("BEGIN")
+        for statement in ddl:
+            if not statement.startswith(("CREATE INDEX", "CREATE TRIGGER")):
+                new.execute(statement)
+        for table in TABLES:
+            columns = [row[1] for row in new.execute(f"PRAGMA table_info({table})")]
+            new.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                            old.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall())
+        new.execute("INSERT INTO image_text(image_text) VALUES ('rebuild')")
+        for statement in ddl:
+            if statement.startswith(("CREATE INDEX", "CREATE TRIGGER")):
+                new.execute(statement)
+        for undone in range(SCHEMA_VERSION, version, -1):
+            for statement in ADDED_BY[undone]:
+                new.execute(statement)
+        new.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(version),))
+        new.execute("COMMIT")
+    for leftover in state.parent.glob(state.name + "-*"):
+        leftover.unlink()
+    os.replace(rebuilt, state)
+
+
+def test_the_schema_6_release_s_state_opens_as_it_is_and_reading_it_writes_nothing(env: Env) -> None:
+    load_dump(env.state_path, env.root)
+    brand_pack, = (pack for (pack,) in state_rows(env.state_path, "SELECT pack_id FROM mappings WHERE root = ?",
+                                                  str(env.root / "brand")))
+    env.map("brand", pack_id=brand_pack, sidecars="xmp")
+    env.map("logos", pack="Logos")
+    rows = every_row(env.state_path)
+    before = digest(env.state_path)
+
+    status = json.loads(env.cli("status", "--json", "--files", token=None).stdout)
+    found = env.cli("search", "red", token=None)
+    env.cli("run", "--dry-run")
+
+    brand = status["mappings"][0]
+    assert (brand["files"], brand["synced"], brand["failed"], brand["images"]) == (6, 5, 1, 4)
+    assert brand["metadata"]["completed"] == 4
+    assert found.returncode == 0 and str(env.root / "brand" / "photo-2.png") in found.stdout
+    assert str(env.root / "logos" / "logo.png") in found.stdout
+    assert digest(env.state_path) == before, "reading the state wrote to it"
+
+    State(env.state_path).close()  # opened to write: what `run` does first
+
+    assert every_row(env.state_path) == rows, "opening it changed a row"
+    assert state_rows(env.state_path, "PRAGMA integrity_check") == [("ok",)]
+    state = State(env.state_path, readonly=True)
+    try:
+        assert {image.file_name for image, _owner in state.metadata.search(["red"])} == {"photo-2.png", "logo.png"}
+        assert state.uploads.pulled(str(env.root / "pulled"))
+    finally:
+        state.close()
+
+
+@pytest.mark.parametrize("version", range(SCHEMA_VERSION, 0, -1))
+def test_a_state_of_every_earlier_schema_upgrades_keeping_its_rows_and_uploads_nothing(env: Env,
+                                                                                       version: int) -> None:
+    """A real sync, then the file rebuilt as release ``version`` made it: reading it writes nothing, the
+    next run upgrades it in one go and makes no call that changes the pack, and every row is kept."""
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("brand", pack_id=pack_id)
+    write(folder / "sunset.png", image())
+    write(folder / "harbour.png", image())
+    assert env.cli("run").returncode == 0
+    as_schema(env.state_path, version)
+    kept = {table: rows for table, rows in every_row(env.state_path).items()
+            if table in ("files", "problems", "blobs", "url_contents", "pulled")}
+    images = state_rows(env.state_path, "SELECT pack_id, image_id, sha256, url, file_name, meta_status, description, "
+                                        "keywords FROM images ORDER BY image_id")
+    before = digest(env.state_path)
+
+    status = json.loads(env.cli("status", "--json", token=None).stdout)["mappings"][0]
+    dry = env.cli("run", "--dry-run")
+    found = env.cli("search", "sunset", token=None)
+
+    assert (status["images"], status["synced"]) == (2, 2)
+    assert dry.returncode == 0 and "nothing to do" in dry.stdout
+    assert str(folder / "sunset.png") in found.stdout
+    assert digest(env.state_path) == before, "reading an older state upgraded it"
+
+    env.sandbox.reset_calls()
+    assert env.cli("run", "--no-wait").returncode == 0
+    assert env.sandbox.mutating_calls() == 0
+
+    assert state_rows(env.state_path, "SELECT value FROM meta WHERE key = 'schema'") == [(str(SCHEMA_VERSION),)]
+    assert {t: r for t, r in every_row(env.state_path).items() if t in kept} == kept
+    assert state_rows(env.state_path, "SELECT pack_id, image_id, sha256, url, file_name, meta_status, description, "
+                                      "keywords FROM images ORDER BY image_id") == images
+    assert state_rows(env.state_path, "SELECT DISTINCT owner FROM images") == [(str(folder),)]
+    assert "sunset.png" in env.cli("search", "sunset", token=None).stdout
+    write(folder / "dawn.png", image())
+    (folder / "harbour.png").unlink()
+    result = env.cli("run", "--no-wait")
+    assert result.returncode == 0 and "1 added, 1 deleted, 0 failed" in result.stdout, result.stdout
