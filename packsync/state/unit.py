@@ -64,6 +64,10 @@ class UnitOfWork:
         self.path = path
         self.engine = engine
         self.connection: Connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        # The driver's own connection under it (PEP 249), for the statements run once per step: a
+        # transaction's bounds and the compiled bulk writes, without SQLAlchemy's execution context per
+        # statement (a pulled file's record measured 52 µs through it, 33 µs without; a run makes thousands).
+        self._driver: Any = self.connection.connection.driver_connection
         self._open = False  # inside a transaction of ours
         self._queued: list[tuple[Bulk, list[Sequence[Any]]]] | None = None  # inside ``write_behind`` only
 
@@ -85,7 +89,7 @@ class UnitOfWork:
         if self._open:
             self._open = False
             try:
-                self.connection.exec_driver_sql("ROLLBACK")
+                self._driver.execute("ROLLBACK")
             except DATABASE_ERRORS:
                 pass  # the database rolled it back itself (a full disk, an I/O error)
 
@@ -127,14 +131,14 @@ class UnitOfWork:
         """Statements committed together, or not at all, after any steps queued before them (which stay
         queued until a commit holds them)."""
         with self.guarded():
-            self.connection.exec_driver_sql(BEGIN_WRITE)
+            self._driver.execute(BEGIN_WRITE)
             self._open = True
             queued = list(self._queued or ())
             try:
                 for bulk, rows in queued:
                     self._run(bulk, rows)
                 yield
-                self.connection.exec_driver_sql("COMMIT")
+                self._driver.execute("COMMIT")
                 self._open = False
             except BaseException:
                 self.rollback()
@@ -189,4 +193,4 @@ class UnitOfWork:
         sql, order = bulk.compiled(self.connection.dialect)
         if order is not None:
             rows = [tuple(row[index] for index in order) for row in rows]
-        self.connection.exec_driver_sql(sql, list(rows))
+        self._driver.executemany(sql, rows)
