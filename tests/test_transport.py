@@ -18,7 +18,7 @@ from packsync.app import open_app
 from packsync.errors import AmbiguousError, ApiError, AuthError, NotFound, PermanentError, UploadRejected
 from packsync.remote.astria import AstriaClient
 from packsync.remote.genviral import GenviralClient, RetryPolicy
-from packsync.remote.transport import Headers, Transport
+from packsync.remote.transport import Answer, Headers, Transport, retry_after_of
 from packsync.sandbox import Account
 
 ONCE = RetryPolicy(attempts=1)
@@ -256,3 +256,19 @@ def test_a_verbose_run_logs_no_presigned_url_and_no_request_line_of_the_library(
     assert env.pack(pack_id)["image_count"] == 1
     assert "signature=" not in result.stderr and "/storage/" not in result.stderr
     assert "HTTP Request" not in result.stderr
+
+
+# -- what a server says of when to come back -------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "-5", "1e999", "soon", ""])
+def test_a_retry_after_that_is_no_number_of_seconds_ahead_is_no_hint(value: str) -> None:
+    """A pause that is not a number (``nan`` parses as a float: a sleep of nan returns at once, and puts
+    a timer the event loop cannot order among the others), endless or in the past is the backoff's to
+    choose."""
+    assert retry_after_of(Answer(429, {"Retry-After": value}, b"")) is None
+
+
+@pytest.mark.parametrize("value,seconds", [("0", 0.0), ("7", 7.0), ("2.5", 2.5)])
+def test_a_retry_after_in_seconds_is_honoured(value: str, seconds: float) -> None:
+    assert retry_after_of(Answer(429, {"Retry-After": value}, b"")) == seconds

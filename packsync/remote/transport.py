@@ -21,6 +21,7 @@ import asyncio
 import email.utils
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -140,14 +141,17 @@ class Headers:
 
 
 def retry_after_of(answer: Answer) -> float | None:
-    """The server's ``Retry-After`` in seconds (a number or an HTTP date); None when absent or unreadable."""
+    """The server's ``Retry-After`` in seconds (a number or an HTTP date); None when absent or unreadable,
+    and for a number that is no pause ahead (``nan``, ``inf``, negative: a float all the same)."""
     value = answer.headers.get("Retry-After", "").strip()
     if not value:
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return seconds if 0 <= seconds < math.inf else None
     try:
         return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError, IndexError, OverflowError):
