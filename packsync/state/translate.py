@@ -35,7 +35,12 @@ def unusable(path: Path, exc: BaseException) -> StateError:
         return StateUnavailable(f"the state database {path} could not be read or written (I/O error).")
     if isinstance(origin, OSError):
         return StateError(f"cannot use the state database {path} ({origin.strerror or origin}).")
-    return StateError(f"the state database {path} is corrupt ({origin}); packsync will not replace it. "
+    return corrupt(path, str(origin))
+
+
+def corrupt(path: Path, what: str) -> StateError:
+    """The sentence for a state file that is packsync's, or looks it, but cannot be read as one."""
+    return StateError(f"the state database {path} is corrupt ({what}); packsync will not replace it. "
                       "Move it away to start over.")
 
 
