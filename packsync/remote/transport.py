@@ -22,6 +22,7 @@ import email.utils
 import json
 import logging
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -100,8 +101,29 @@ class Answer(msgspec.Struct, frozen=True):
         return self.content.decode("utf-8", "replace")
 
     def json(self) -> Any:
-        """The body as JSON; ``ValueError`` when it is not."""
-        return json.loads(self.content)
+        """The body as JSON; ``ValueError`` when it is not.
+
+        Half an emoji (a lone UTF-16 surrogate: what a JavaScript ``slice`` through one makes, sent as an
+        escape or as bytes UTF-8 forbids, both of which ``json`` reads) comes out as U+FFFD: as Python
+        decodes it, it would be a str that SQLite, files and terminals refuse to encode.
+        """
+        value = json.loads(self.content)
+        return _whole(value) if _SURROGATE.search(self.content) else value
+
+
+#: Where a JSON text may hold a UTF-16 surrogate: as an escape, or encoded as UTF-8 never allows.
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+
+
+def _whole(value: Any) -> Any:
+    """``value`` (parsed JSON) with every surrogate pair in its text joined and every lone one a U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_whole(item) for item in value]
+    if isinstance(value, dict):
+        return {_whole(key): _whole(item) for key, item in value.items()}
+    return value
 
 
 class Route:
