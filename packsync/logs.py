@@ -35,7 +35,10 @@ def redact(text: str) -> str:
     return text
 
 
-_BEARER = re.compile(r"(?i)\b(bearer|token|authorization)([\"']?\s*[:=]?\s*[\"']?\s*)(?:bearer\s+)?[\w.~+/=-]{8,}")
+#: A credential as a header or a parameter shows it: ``Bearer …``, ``token=…``, ``Authorization: Basic …``
+#: (a proxy's ``Proxy-Authorization`` too).
+_BEARER = re.compile(r"(?i)\b(bearer|token|authorization)([\"']?\s*[:=]?\s*[\"']?\s*)(?:(?:bearer|basic)\s+)?"
+                     r"[\w.~+/=-]{8,}")
 
 
 def untrusted(text: str, limit: int = 300) -> str:

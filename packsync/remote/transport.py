@@ -18,6 +18,7 @@ It knows no API: paths, keys and the reading of bodies are the clients' (``genvi
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import json
 import logging
@@ -28,7 +29,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import msgspec
 
@@ -44,7 +45,7 @@ from packsync.errors import (
     TransientError,
     UploadRejected,
 )
-from packsync.logs import get_logger
+from packsync.logs import get_logger, register_secret
 from packsync.remote.retry import Backoff
 
 if TYPE_CHECKING:  # imported at the first request: a new process walks its first folder meanwhile
@@ -232,6 +233,23 @@ def _no_answer() -> tuple[type[BaseException], ...]:
     return httpx2.HTTPError, httpx2.InvalidURL, TimeoutError, ValueError
 
 
+def _keep_proxy_credentials_secret() -> None:
+    """The password of every proxy the environment names, as it is written there and as the
+    Proxy-Authorization header carries it, is kept out of every output like a key: a proxy's error page
+    may show either."""
+    from urllib.request import getproxies  # what httpx2 reads too; once, with the client
+
+    for proxy in getproxies().values():
+        try:
+            parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        except ValueError:
+            continue  # httpx2 refuses it in a sentence of its own
+        if parts.password:
+            user, password = unquote(parts.username or ""), unquote(parts.password)
+            for secret in (parts.password, password, base64.b64encode(f"{user}:{password}".encode()).decode()):
+                register_secret(secret)
+
+
 def path_segment(value: str) -> str:
     """An id as one path segment: ids come from the config and the API, so ``/``, ``..`` or ``?`` in
     one must not reach another endpoint."""
@@ -310,6 +328,7 @@ class Transport:
             # No cookies: no API here sets one, and none set by a CDN is ever sent back. The environment
             # (HTTP(S)_PROXY, NO_PROXY, SSL_CERT_FILE) is read here, once: a proxy named without a scheme is
             # an HTTP one, as curl reads it.
+            _keep_proxy_credentials_secret()
             try:
                 self._client = httpx2.AsyncClient(
                     limits=httpx2.Limits(max_connections=self.concurrency,
