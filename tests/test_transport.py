@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from conftest import ASTRIA_TOKEN, TOKEN, Env, image, write
+from helpers import wait_until
 from test_network import Listener, _Noted, listening
 
 from packsync.app import open_app
@@ -272,3 +274,69 @@ def test_a_retry_after_that_is_no_number_of_seconds_ahead_is_no_hint(value: str)
 @pytest.mark.parametrize("value,seconds", [("0", 0.0), ("7", 7.0), ("2.5", 2.5)])
 def test_a_retry_after_in_seconds_is_honoured(value: str, seconds: float) -> None:
     assert retry_after_of(Answer(429, {"Retry-After": value}, b"")) == seconds
+
+
+# -- an answer ends, and fits in memory -------------------------------------------------------------
+
+
+class _Endless(_Noted):
+    """Below ``/declared``: a body of 10 GB, said so; ``/chunked``: an endless one, never said; ``/head``: a
+    head that trickles in, a byte at a time; ``/body``: a body that does. Each request is noted once it ends."""
+
+    def _answer(self) -> None:
+        kind = self.path.split("/")[1]
+        try:
+            if kind == "head":
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                while True:
+                    for byte in b"X-Pad: 1\r\n":
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(0.05)
+            self.send_response(200)
+            if kind == "declared":
+                self.send_header("Content-Length", str(10**10))
+            elif kind == "body":
+                self.send_header("Content-Length", "100000")
+            else:
+                self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            while True:
+                if kind == "body":
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+                elif kind == "chunked":
+                    self.wfile.write(b"10000\r\n" + b" " * 65536 + b"\r\n")
+                else:
+                    self.wfile.write(b" " * 65536)
+        except OSError:
+            self.server.seen.append("  ended")
+
+    do_GET = do_POST = _answer
+
+
+@pytest.mark.parametrize("path,error", [("declared", "larger than 1 MiB"), ("chunked", "larger than 1 MiB"),
+                                        ("head", "connection failed (TimeoutError)"),
+                                        ("body", "too slow to finish")],
+                         ids=["declared too large", "endless", "a head trickling in", "a body trickling in"])
+def test_an_api_answer_too_large_or_too_slow_is_given_up(path: str, error: str) -> None:
+    """An answer is read within bounds, whatever the server does: no larger than the transport's
+    ``max_answer`` (a pack of a few hundred thousand images fits the default), its head within four read
+    timeouts, its body at STALL_RATE once one has passed. A read timeout alone resets at every byte."""
+    async def read(server: Listener) -> tuple[ApiError, float]:
+        async with Transport(retry=ONCE, timeout=0.5, max_answer=2**20) as transport:
+            started = time.monotonic()
+            try:
+                await GenviralClient(server.url + "/" + path, "gva_live_key.secret", transport).list_packs()
+            except ApiError as exc:
+                return exc, time.monotonic() - started
+        raise AssertionError("the answer was read")
+
+    with listening(_Endless) as server:
+        failed, seconds = asyncio.run(read(server))
+        wait_until(lambda: "  ended" in server.seen, timeout=5, what="the connection closed")
+
+    assert error in str(failed), failed
+    assert (failed.method, failed.route) == ("GET", "/packs")
+    assert seconds < 5

@@ -6,8 +6,9 @@ It owns the httpx2 client (one connection pool, built at the first request insid
 retries (the shared ``Backoff``, ``Retry-After``, per-request attempts, a per-run budget and a
 per-route breaker), the metrics hook (``Observer``) and — the one place where either happens — the
 translation of httpx2's exceptions and of HTTP error statuses into packsync's errors (``refusal``).
-Every answer is read whole into an ``Answer``, so nothing above ``remote/`` knows which library spoke
-HTTP; downloads stream into a sink, bounded in size, rate and time.
+Every API answer is read whole into an ``Answer``, so nothing above ``remote/`` knows which library
+spoke HTTP; downloads stream into a sink. Either is bounded in size, its head in time and its body in
+rate (``_body``): whatever a server does, a request ends, and holds no more than its bound in memory.
 
 It knows no API: paths, keys and the reading of bodies are the clients' (``genviral.py``,
 ``astria.py``), which hand it a ``Route`` (a request's name in errors, logs and metrics), prepared
@@ -39,6 +40,7 @@ from packsync.errors import (
     ApiError,
     AuthError,
     ConfigError,
+    MalformedAnswer,
     NotFound,
     PermanentError,
     Stalled,
@@ -51,10 +53,15 @@ from packsync.remote.retry import Backoff
 if TYPE_CHECKING:  # imported at the first request: a new process walks its first folder meanwhile
     import httpx2
 
-#: A download still below STALL_RATE bytes/s on average after STALL_GRACE_S is given up for the run:
-#: a server that sends a byte every few seconds never trips the read timeout.
-STALL_GRACE_S = 30.0
+#: An answer's body (a download's, an API's) still below STALL_RATE bytes/s on average after one read
+#: timeout (30 s) is given up for the run: a server that sends a byte every few seconds never trips the
+#: read timeout. An answer's head must arrive within HEAD_TIMEOUTS read timeouts, plus the time the
+#: request's body takes to send at STALL_RATE.
 STALL_RATE = 16 * 1024
+HEAD_TIMEOUTS = 4
+#: The largest API answer read (a pack of a few hundred thousand images with their AI text): a larger one
+#: is not what the API documents, and reading on would only fill the memory.
+MAX_ANSWER_BYTES = 256 * 2**20
 #: Retries of one download stop this long after its first try (a host that never answers costs a
 #: minute of one slot, not the read timeout times every attempt).
 DOWNLOAD_DEADLINE_S = 60.0
@@ -70,6 +77,16 @@ class Sink(Protocol):
 
 S = TypeVar("S", bound=Sink)
 T = TypeVar("T")
+
+
+class _Chunks:
+    """An answer's body as it arrives (a ``Sink``)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def update(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
 
 
 class Observer(Protocol):
@@ -277,15 +294,18 @@ class Transport:
     """Slots, retries, budget, breaker and one connection pool, shared by every client of a process.
 
     ``concurrency`` requests are in flight at most, API calls, storage PUTs and downloads together.
-    Close it (``aclose`` or ``async with``) when the process is done with it.
+    ``timeout`` is the read timeout, which the bounds of an answer's head and body are made of; an API
+    answer is read up to ``max_answer`` bytes. Close it (``aclose`` or ``async with``) when the process is
+    done with it.
     """
 
     def __init__(self, *, concurrency: int = 4, retry: RetryPolicy = RetryPolicy(), timeout: float = 30.0,
-                 observer: Observer | None = None) -> None:
+                 observer: Observer | None = None, max_answer: int = MAX_ANSWER_BYTES) -> None:
         self.concurrency = concurrency
         self.retry = retry
         self.timeout = timeout
         self.observer = observer
+        self.max_answer = max_answer
         self.retries_left = retry.run_budget
         self.calls: Counter[str] = Counter()
         self._failing: Counter[str] = Counter()
@@ -383,22 +403,57 @@ class Transport:
             request = self._request(route.method, url, headers, body, given)
         except _no_answer() as exc:
             raise _failure(route, exc) from None
+        return read(await self._exchange(route, request, len(body), self._whole), route)
+
+    async def _exchange(self, route: Route, request: httpx2.Request, sent: int,
+                        receive: Callable[[Route, httpx2.Response], Awaitable[T]], *, follow: bool = False) -> T:
+        """Send ``request`` (of a body of ``sent`` bytes) in a slot, and ``receive`` its answer.
+
+        The answer's head must come within ``HEAD_TIMEOUTS`` read timeouts and the time the body takes
+        to send at ``STALL_RATE``; ``receive`` reads its body through ``_body``, which keeps it moving.
+        ``follow``: redirects are followed, by hand (a download's).
+        """
         async with self._slots:
             self.calls[route.name] += 1
             started, status = time.monotonic(), 0
             try:
-                if body:
-                    # A body may take as long to send as its size allows at the slowest rate still moving.
-                    async with asyncio.timeout(max(self.timeout, 120.0) + len(body) / STALL_RATE):
-                        response = await self._http().send(request)
-                else:
-                    response = await self._http().send(request)
-                status = response.status_code
+                async with asyncio.timeout(HEAD_TIMEOUTS * self.timeout + sent / STALL_RATE):
+                    response = await self._head(request, follow)
+                try:
+                    status = response.status_code
+                    return await receive(route, response)
+                finally:
+                    await response.aclose()
             except _no_answer() as exc:
                 raise _failure(route, exc) from None
             finally:
-                self._observe(route, status, started, len(body) if 0 < status < 300 else 0)
-        return read(Answer(status, response.headers, response.content), route)
+                self._observe(route, status, started, sent if 0 < status < 300 else 0)
+
+    async def _head(self, request: httpx2.Request, follow: bool) -> httpx2.Response:
+        """The answer to ``request``, up to its head (and through the redirects, when ``follow``)."""
+        import httpx2
+
+        client = self._http()
+        response = await client.send(request, stream=True)
+        for _hop in range(MAX_REDIRECTS if follow else 0):
+            if not (response.has_redirect_location and response.next_request):
+                break
+            await response.aclose()
+            # Followed by hand: the request target of the first URL is not the next one's. A hop carries
+            # the transport's own headers only.
+            hop = httpx2.Request("GET", response.next_request.url, headers=self._plain.wire,
+                                 extensions=self._extensions)
+            response = await client.send(hop, stream=True)
+        return response
+
+    async def _whole(self, route: Route, response: httpx2.Response) -> Answer:
+        """An API answer, read whole: up to ``max_answer`` bytes, and a ``MalformedAnswer`` past them."""
+        def too_large(size: int | None) -> ApiError:
+            return MalformedAnswer(f"{route.label}: the answer is larger than {self.max_answer / 2**20:g} MiB; "
+                                   "not read", method=route.method, route=route.template, status=response.status_code)
+
+        body = await _body(route, response, self.max_answer, _Chunks(), too_large, self.timeout)
+        return Answer(response.status_code, response.headers, b"".join(body.chunks))
 
     async def _retrying(self, route: Route, once: Callable[[], Awaitable[T]], *, safe_to_repeat: bool,
                         deadline: float | None = None, breaker: bool = True) -> T:
@@ -447,51 +502,42 @@ class Transport:
                                     deadline=deadline, breaker=False)
 
     async def _stream(self, url: str, max_bytes: int, sink: Callable[[], S]) -> S:
-        import httpx2
+        try:
+            request = self._request("GET", url, self._plain, b"", True)
+        except _no_answer() as exc:
+            raise _failure(DOWNLOAD, exc) from None
 
-        async with self._slots:
-            self.calls[DOWNLOAD.name] += 1
-            started, status = time.monotonic(), 0
-            try:
-                client = self._http()
-                response = await client.send(self._request("GET", url, self._plain, b"", True), stream=True)
-                for _hop in range(MAX_REDIRECTS):
-                    if not (response.has_redirect_location and response.next_request):
-                        break
-                    await response.aclose()
-                    # Followed by hand: the request target of the first URL is not the next one's.
-                    hop = httpx2.Request("GET", response.next_request.url, headers=self._plain.wire,
-                                         extensions=self._extensions)
-                    response = await client.send(hop, stream=True)
-                try:
-                    status = response.status_code
-                    return await self._receive(response, max_bytes, sink())
-                finally:
-                    await response.aclose()
-            except _no_answer() as exc:
-                raise _failure(DOWNLOAD, exc) from None
-            finally:
-                self._observe(DOWNLOAD, status, started, 0)
+        async def receive(route: Route, response: httpx2.Response) -> S:
+            status = response.status_code
+            if status >= 300:
+                raise refusal(route, status, f"HTTP {status}",
+                              retry_after=retry_after_of(Answer(status, response.headers, b"")))
 
-    @staticmethod
-    async def _receive(response: httpx2.Response, max_bytes: int, into: S) -> S:
-        status = response.status_code
-        if status >= 300:
-            raise refusal(DOWNLOAD, status, f"HTTP {status}",
-                          retry_after=retry_after_of(Answer(status, response.headers, b"")))
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > max_bytes:
-            raise PermanentError(f"larger than {max_bytes / 1e6:g} MB ({int(declared) / 1e6:.1f} MB)",
-                                 method=DOWNLOAD.method, route=DOWNLOAD.template, status=status)
-        size, started = 0, time.monotonic()
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > max_bytes:
-                raise PermanentError(f"larger than {max_bytes / 1e6:g} MB", method=DOWNLOAD.method,
-                                     route=DOWNLOAD.template, status=status)
-            into.update(chunk)
-            elapsed = time.monotonic() - started
-            if elapsed > STALL_GRACE_S and size < elapsed * STALL_RATE:  # the read timeout resets per byte
-                raise Stalled(f"download: {size:,} bytes in {elapsed:.0f} s, too slow to finish",
-                              method=DOWNLOAD.method, route=DOWNLOAD.template, status=status)
-        return into
+            def too_large(size: int | None) -> ApiError:
+                said = f" ({size / 1e6:.1f} MB)" if size is not None else ""
+                return PermanentError(f"larger than {max_bytes / 1e6:g} MB{said}", method=route.method,
+                                      route=route.template, status=status)
+
+            return await _body(route, response, max_bytes, sink(), too_large, self.timeout)
+
+        return await self._exchange(DOWNLOAD, request, 0, receive, follow=True)
+
+
+async def _body(route: Route, response: httpx2.Response, max_bytes: int, into: S,
+                too_large: Callable[[int | None], ApiError], grace_s: float) -> S:
+    """Stream the body of ``response`` into ``into``: ``too_large`` (with the size said, if it was) past
+    ``max_bytes``, ``Stalled`` while it arrives below ``STALL_RATE`` once ``grace_s`` have passed."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large(int(declared))
+    size, started = 0, time.monotonic()
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large(None)
+        into.update(chunk)
+        elapsed = time.monotonic() - started
+        if elapsed > grace_s and size < elapsed * STALL_RATE:  # the read timeout resets at every byte
+            raise Stalled(f"{route.label}: {size:,} bytes in {elapsed:.0f} s, too slow to finish",
+                          method=route.method, route=route.template, status=response.status_code)
+    return into
