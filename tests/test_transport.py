@@ -17,7 +17,15 @@ from helpers import wait_until
 from test_network import Listener, _Noted, listening
 
 from packsync.app import open_app
-from packsync.errors import AmbiguousError, ApiError, AuthError, NotFound, PermanentError, UploadRejected
+from packsync.errors import (
+    AmbiguousError,
+    ApiError,
+    AuthError,
+    NotFound,
+    PermanentError,
+    TransientError,
+    UploadRejected,
+)
 from packsync.remote.astria import AstriaClient
 from packsync.remote.genviral import GenviralClient, RetryPolicy
 from packsync.remote.transport import Answer, Headers, Transport, retry_after_of
@@ -340,3 +348,76 @@ def test_an_api_answer_too_large_or_too_slow_is_given_up(path: str, error: str) 
     assert error in str(failed), failed
     assert (failed.method, failed.route) == ("GET", "/packs")
     assert seconds < 5
+
+
+# -- closing ----------------------------------------------------------------------------------------
+
+
+class _Slow(_Noted):
+    """Answers no packs after a second; notes each connection as it closes."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        time.sleep(1.0)
+        body = json.dumps({"ok": True, "code": 200, "message": "", "data": {"packs": [], "total": 0}}).encode()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass
+
+    def finish(self) -> None:
+        super().finish()
+        self.server.seen.append("  closed")
+
+
+def test_a_retired_transport_closes_once_its_requests_end_and_sends_nothing_after() -> None:
+    """SIGHUP with a new key: the daemon retires the old transport, which a metadata poll may still be
+    using. That poll's request ends as it would have, then the transport's connections close, and
+    nothing goes out through it again (no connection opened behind its back)."""
+    async def retire(server: Listener) -> tuple[list[Any], ApiError | None]:
+        transport = Transport()
+        api = GenviralClient(server.url, "gva_live_key.secret", transport)
+        polling = asyncio.create_task(api.list_packs())
+        await asyncio.sleep(0.3)
+        await transport.retire()
+        listed = await polling
+        try:
+            await api.list_packs()
+        except ApiError as exc:
+            return listed, exc
+        return listed, None
+
+    with listening(_Slow) as server:
+        listed, after = asyncio.run(retire(server))
+        wait_until(lambda: "  closed" in server.seen, timeout=5, what="the connection closed")
+
+    assert listed == []
+    assert isinstance(after, TransientError) and "not sent" in str(after) and after.route == "/packs"
+    assert [line for line in server.seen if not line.startswith("  ")] == [
+        "GET /packs?limit=100&offset=0&include_public=false"]
+
+
+def test_a_transport_closed_mid_request_opens_no_connection_again() -> None:
+    """A request cut by ``aclose`` ends in its own error and is not sent again: retried, it would open a
+    connection of a new pool that nobody closes (one leaked per reload of a daemon)."""
+    async def close(server: Listener) -> BaseException | None:
+        transport = Transport()
+        polling = asyncio.create_task(GenviralClient(server.url, "gva_live_key.secret", transport).list_packs())
+        await asyncio.sleep(0.3)
+        await transport.aclose()
+        await transport.aclose()  # twice: nothing to do
+        try:
+            await polling
+        except ApiError as exc:
+            return exc
+        return None
+
+    with listening(_Slow) as server:
+        error = asyncio.run(close(server))
+        time.sleep(1.5)
+
+    assert isinstance(error, TransientError), error
+    assert [line for line in server.seen if not line.startswith("  ")] == [
+        "GET /packs?limit=100&offset=0&include_public=false"]

@@ -27,7 +27,8 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote, unquote, urlsplit
@@ -242,6 +243,13 @@ def _failure(route: Route, exc: BaseException) -> ApiError:
     return AmbiguousError(f"{route.label}: connection failed ({name})", **where)
 
 
+def _not_sent(route: Route | None) -> TransientError:
+    """The error of a request a closed transport does not send."""
+    where = f"{route.label}: not sent" if route else "not sent"
+    return TransientError(f"{where}; its connections are closed (packsync is stopping, or reloaded its config)",
+                          method=route.method if route else None, route=route.template if route else None)
+
+
 def _no_answer() -> tuple[type[BaseException], ...]:
     """What a request that got no usable answer raises: httpx2's errors, our own deadline (``TimeoutError``),
     a URL or header that cannot be encoded (``ValueError``). Named only while an exception is matched."""
@@ -296,7 +304,7 @@ class Transport:
     ``concurrency`` requests are in flight at most, API calls, storage PUTs and downloads together.
     ``timeout`` is the read timeout, which the bounds of an answer's head and body are made of; an API
     answer is read up to ``max_answer`` bytes. Close it (``aclose`` or ``async with``) when the process is
-    done with it.
+    done with it, or ``retire`` it when others may still be using it; closed, it sends nothing more.
     """
 
     def __init__(self, *, concurrency: int = 4, retry: RetryPolicy = RetryPolicy(), timeout: float = 30.0,
@@ -311,6 +319,10 @@ class Transport:
         self._failing: Counter[str] = Counter()
         self._slots = asyncio.Semaphore(concurrency)
         self._client: httpx2.AsyncClient | None = None
+        self._closed = False
+        self._using = 0  # requests and downloads under way, retries included
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._extensions: dict[str, Any] = {}
         self._plain = Headers()
         self.log = get_logger()
@@ -334,11 +346,35 @@ class Transport:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the connections now: a request under way ends in its error, and none is sent after."""
+        self._closed = True
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
+    async def retire(self) -> None:
+        """Close once the requests under way have ended (a client replaced while it may still be in use)."""
+        while self._using:
+            await self._idle.wait()
+        await self.aclose()
+
+    @contextmanager
+    def _in_use(self, route: Route) -> Iterator[None]:
+        """A request or a download under way, for ``retire``; refused once the transport is closed."""
+        if self._closed:
+            raise _not_sent(route)
+        self._using += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._using -= 1
+            if not self._using:
+                self._idle.set()
+
     def _http(self) -> httpx2.AsyncClient:
+        if self._closed:  # never a pool of a closed transport's own again, which nobody would close
+            raise _not_sent(None)
         if self._client is None:
             import httpx2
 
@@ -393,8 +429,9 @@ class Transport:
         the work (``AmbiguousError``) and repeating the request is not harmless: then the caller looks
         at the remote state first. ``given``: ``url`` came from an answer and is sent byte for byte.
         """
-        return await self._retrying(route, lambda: self._once(route, url, read, headers, body, given),
-                                    safe_to_repeat=safe_to_repeat)
+        with self._in_use(route):
+            return await self._retrying(route, lambda: self._once(route, url, read, headers, body, given),
+                                        safe_to_repeat=safe_to_repeat)
 
     async def _once(self, route: Route, url: str, read: Callable[[Answer, Route], T], headers: Headers,
                     body: bytes, given: bool) -> T:
@@ -469,13 +506,16 @@ class Transport:
                 if error.status != 429:
                     self._failing[route.name] += 1
                 delay = self.retry.backoff.delay(attempt, error.retry_after)
-                if isinstance(error, Stalled) or (isinstance(error, AmbiguousError) and not safe_to_repeat) \
+                if self._closed or isinstance(error, Stalled) \
+                        or (isinstance(error, AmbiguousError) and not safe_to_repeat) \
                         or attempt >= self.retry.attempts or (deadline and time.monotonic() + delay > deadline) \
                         or not self.take_retry():
                     raise
                 self.log.debug("retrying", request=route.name, attempt=attempt, delay_s=round(delay, 2),
                                error=str(error))
                 await asyncio.sleep(delay)
+                if self._closed:  # meanwhile
+                    raise _not_sent(route) from None
             else:
                 if self._failing[route.name]:
                     self._failing[route.name] = 0
@@ -498,8 +538,9 @@ class Transport:
         within ``DOWNLOAD_DEADLINE_S`` from the first try; a trickle (``Stalled``) is not retried.
         """
         deadline = time.monotonic() + DOWNLOAD_DEADLINE_S
-        return await self._retrying(DOWNLOAD, lambda: self._stream(url, max_bytes, sink), safe_to_repeat=True,
-                                    deadline=deadline, breaker=False)
+        with self._in_use(DOWNLOAD):
+            return await self._retrying(DOWNLOAD, lambda: self._stream(url, max_bytes, sink), safe_to_repeat=True,
+                                        deadline=deadline, breaker=False)
 
     async def _stream(self, url: str, max_bytes: int, sink: Callable[[], S]) -> S:
         try:
