@@ -21,8 +21,7 @@ def unusable(path: Path, exc: BaseException) -> StateError:
     origin = getattr(exc, "orig", None) or exc  # SQLAlchemy's DBAPIError carries the driver's error
     name = getattr(origin, "sqlite_errorname", "") or ""
     code = origin.errno if isinstance(origin, OSError) else None
-    text = str(origin).lower()
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         return StateUnavailable(f"the state database {path} is locked by another program "
                                 "(a backup tool, or a sqlite3 shell holding a transaction?).")
     if name == "SQLITE_FULL" or code == errno.ENOSPC or (name.startswith("SQLITE_IOERR") and _disk_full(path)):
