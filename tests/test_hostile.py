@@ -707,6 +707,26 @@ def test_a_failed_transaction_keeps_the_steps_queued_before_it(tmp_path: Path) -
     state.close()
 
 
+def test_a_statement_packsync_got_wrong_is_a_bug_not_a_corrupt_state(tmp_path: Path) -> None:
+    """The driver refusing how packsync used it (a value of a type it cannot bind) is packsync's bug, shown
+    as one: not the sentence that calls the state corrupt and tells the user to move it away."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from packsync.errors import StateError
+    from packsync.state.store import State
+
+    state = State(tmp_path / "state.db")
+    state.mappings.save("/photos", pack_id="p")
+    try:
+        with pytest.raises(DBAPIError) as caught:
+            state.unit.rows(text("SELECT :value"), {"value": object()})
+        assert not isinstance(caught.value, StateError)
+        assert state.mappings.get("/photos") is not None, "the state is as usable as before"
+    finally:
+        state.close()
+
+
 def test_an_error_ending_the_queued_steps_is_the_one_raised_when_their_commit_fails_too(tmp_path: Path) -> None:
     """A refused key (or a cancellation) that ends the executor's run is what the run reports, even
     when the state cannot take the last queued steps at that moment."""
