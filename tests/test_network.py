@@ -150,8 +150,9 @@ def test_urls_from_answers_go_out_as_given_with_spaces_and_letters_encoded() -> 
 
 
 @pytest.mark.parametrize("name,proxy", [("ALL_PROXY", "socks5://127.0.0.1:1080"),
-                                        ("HTTPS_PROXY", "ftp://user:pw@127.0.0.1:21")],
-                         ids=["a SOCKS proxy", "an FTP proxy"])
+                                        ("HTTPS_PROXY", "ftp://user:pw@127.0.0.1:21"),
+                                        ("HTTP_PROXY", "http://user:pw@127.0.0.1:31x8")],
+                         ids=["a SOCKS proxy", "an FTP proxy", "a proxy URL that is none"])
 def test_a_proxy_of_a_kind_packsync_cannot_use_is_one_sentence_naming_no_credentials(
         env: Env, monkeypatch: pytest.MonkeyPatch, name: str, proxy: str) -> None:
     """Only HTTP proxies are spoken to; another kind ends the run at its first request with exit 2 and

@@ -392,10 +392,10 @@ class Transport:
                     timeout=httpx2.Timeout(self.timeout, connect=CONNECT_S),
                     cookies=CookieJar(DefaultCookiePolicy(allowed_domains=())),
                     follow_redirects=False, max_redirects=MAX_REDIRECTS, trust_env=True)
-            except (ImportError, ValueError):  # its text may hold the proxy's password: not shown
+            except (ImportError, ValueError, httpx2.InvalidURL):  # its text may hold the proxy's password
                 raise ConfigError("the environment names a proxy packsync cannot use (HTTP_PROXY, HTTPS_PROXY or "
-                                  "ALL_PROXY): only http:// and https:// proxies are spoken to; change or unset "
-                                  "it, or name the hosts to reach directly in NO_PROXY") from None
+                                  "ALL_PROXY): only well-formed http:// and https:// proxy URLs are spoken to; "
+                                  "change or unset it, or name the hosts to reach directly in NO_PROXY") from None
             self._extensions = {"timeout": self._client.timeout.as_dict()}
         return self._client
 
