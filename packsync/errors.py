@@ -15,8 +15,8 @@ Errors are classified by what the caller should do about them, not by where they
     └── ApiError                          an API (Genviral's, its storage, Astria's) or a download failed
         ├── AuthError             exit 3  401/402/403: the key itself is refused; stop everything
         ├── TransientError                429, 5xx, timeouts, dropped connections: retry with backoff
-        │   ├── AmbiguousError            …after which the server may have done the work: look first
-        │   └── Stalled                   a download trickling in too slowly to finish: not retried this run
+        │   └── AmbiguousError            …after which the server may have done the work: look first
+        │       └── Stalled               an answer trickling in too slowly to finish: not retried this run
         ├── UploadRejected                storage refused a presigned PUT (expired, signature): ask again
         ├── NotFound                      404: the pack or image is gone or out of the key's scope
         └── PermanentError                other 4xx: give up on this item
@@ -115,12 +115,13 @@ class TransientError(ApiError):
         self.retry_after = retry_after
 
 
-class Stalled(TransientError):
-    """A download that trickles in too slowly to finish: given up for this run, tried again next run."""
-
-
 class AmbiguousError(TransientError):
     """A transient failure after which the server may or may not have done the work."""
+
+
+class Stalled(AmbiguousError):
+    """An answer (a download's, an API's) that trickles in too slowly to finish: given up for this run,
+    tried again next run. Its head came: the server may have done the work."""
 
 
 class UploadRejected(ApiError):

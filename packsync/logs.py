@@ -35,20 +35,46 @@ def redact(text: str) -> str:
     return text
 
 
-_BEARER = re.compile(r"(?i)\b(bearer|token|authorization)([\"']?\s*[:=]?\s*[\"']?\s*)(?:bearer\s+)?[\w.~+/=-]{8,}")
+#: A credential as a header or a parameter shows it: ``Bearer …``, ``token=…``, ``Authorization: Basic …``
+#: (a proxy's ``Proxy-Authorization`` too).
+_BEARER = re.compile(r"(?i)\b(bearer|token|authorization)([\"']?\s*[:=]?\s*[\"']?\s*)(?:(?:bearer|basic)\s+)?"
+                     r"[\w.~+/=-]{8,}")
 
 
-def untrusted(text: str, limit: int = 300) -> str:
+#: How much of a text from the network ``untrusted`` looks at: its start, more than any message shows.
+WINDOW = 4000
+
+
+def untrusted(text: str | bytes, limit: int = 300) -> str:
     """Text that came from the network (an error answer, a proxy's page), safe to store and print.
 
     Registered secrets and anything shaped like a credential (``Bearer …``, ``token=…``) are
     redacted — a proxy or a debug page may echo the Authorization header — control characters
-    (terminal escapes, forged line breaks) become spaces, and the length is capped.
+    (terminal escapes, forged line breaks) become spaces, and the length is capped. Of a long text (or
+    body, as bytes) only the first ``WINDOW`` characters are read, cut where no secret is cut in two:
+    give it the whole text, since a text cut before it could end in the first part of a key.
     """
+    if len(text) > WINDOW:
+        head = text[:WINDOW]
+        text = _cut(head.decode("utf-8", "replace") if isinstance(head, bytes) else head)
+    elif isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
     text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}***", redact(text))
     text = "".join(" " if unicodedata.category(c).startswith("C") else c for c in text)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _cut(head: str) -> str:
+    """``head``, the start of a longer text, less any end that may be the first part of a secret."""
+    cut = True
+    while cut:
+        cut = False
+        for secret in _secrets:
+            part = next((n for n in range(min(len(secret) - 1, len(head)), 0, -1) if head.endswith(secret[:n])), 0)
+            if part:
+                head, cut = head[:-part], True
+    return head
 
 
 def _scrub(_logger: Any, _method: str, rendered: Any) -> Any:

@@ -463,6 +463,42 @@ def test_keywords_of_the_wrong_type_count_as_none(env: Env) -> None:
     assert meta["metadata"] == {"status": "completed", "description": None, "keywords": [], "error": None}
 
 
+def _halves_of_emoji(encoding: str) -> Callable[[Reply], Reply]:
+    """Every image's AI text ending in half an emoji (what a JavaScript ``slice`` through one makes), as a
+    JSON escape (``\\ud83d``) or as the bytes UTF-8 never allows (``\\xed\\xa0\\xbd``)."""
+    def rewrite(reply: Reply) -> Reply:
+        envelope = json.loads(reply.body)
+        for item in envelope["data"]["images"]:
+            item["metadata"] = {"status": "completed", "description": "a smile \ud83d", "keywords": ["grin\udc00"],
+                                "model": "vision-\ud83d"}
+        body = json.dumps(envelope).encode() if encoding == "escape" else \
+            json.dumps(envelope, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        return Reply(reply.status, body, reply.content_type, reply.headers)
+
+    return rewrite
+
+
+@pytest.mark.parametrize("encoding", ["escape", "bytes"])
+def test_half_an_emoji_from_the_api_arrives_as_a_replacement_character(env: Env, encoding: str) -> None:
+    """Python decodes a lone UTF-16 surrogate into a str that SQLite, files and terminals refuse to
+    encode: text from the network is made whole where it is decoded, each half a U+FFFD."""
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+    env.sandbox.rewrite(*PACK, _halves_of_emoji(encoding))
+
+    result = env.cli("run", "--wait-timeout", "5")
+    document = json.loads(env.cli("status", "--json", "--files", token=None).stdout)
+    found = env.cli("search", "smile", token=None)
+    listed = env.cli("status", "--files", token=None)
+
+    for output in (result, found, listed):
+        clean(output)
+        assert output.returncode == 0, output.stdout + output.stderr
+    assert document["mappings"][0]["file_list"][0]["metadata"] == {
+        "status": "completed", "description": "a smile \ufffd", "keywords": ["grin\ufffd"], "error": None}
+    assert "a.png" in found.stdout
+
+
 def test_a_retry_after_that_is_not_a_number_or_a_date_is_just_a_retry(env: Env) -> None:
     pack_id = env.sandbox.create_pack("p")
     write(env.map("brand", pack_id=pack_id) / "a.png", image())
@@ -669,6 +705,26 @@ def test_a_failed_transaction_keeps_the_steps_queued_before_it(tmp_path: Path) -
         # committed, for any connection
         assert state_rows(tmp_path / "state.db", "SELECT url FROM blobs") == [(url,)]
     state.close()
+
+
+def test_a_statement_packsync_got_wrong_is_a_bug_not_a_corrupt_state(tmp_path: Path) -> None:
+    """The driver refusing how packsync used it (a value of a type it cannot bind) is packsync's bug, shown
+    as one: not the sentence that calls the state corrupt and tells the user to move it away."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from packsync.errors import StateError
+    from packsync.state.store import State
+
+    state = State(tmp_path / "state.db")
+    state.mappings.save("/photos", pack_id="p")
+    try:
+        with pytest.raises(DBAPIError) as caught:
+            state.unit.rows(text("SELECT :value"), {"value": object()})
+        assert not isinstance(caught.value, StateError)
+        assert state.mappings.get("/photos") is not None, "the state is as usable as before"
+    finally:
+        state.close()
 
 
 def test_an_error_ending_the_queued_steps_is_the_one_raised_when_their_commit_fails_too(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ environment names, as curl would."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import http.client
 import threading
@@ -149,8 +150,9 @@ def test_urls_from_answers_go_out_as_given_with_spaces_and_letters_encoded() -> 
 
 
 @pytest.mark.parametrize("name,proxy", [("ALL_PROXY", "socks5://127.0.0.1:1080"),
-                                        ("HTTPS_PROXY", "ftp://user:pw@127.0.0.1:21")],
-                         ids=["a SOCKS proxy", "an FTP proxy"])
+                                        ("HTTPS_PROXY", "ftp://user:pw@127.0.0.1:21"),
+                                        ("HTTP_PROXY", "http://user:pw@127.0.0.1:31x8")],
+                         ids=["a SOCKS proxy", "an FTP proxy", "a proxy URL that is none"])
 def test_a_proxy_of_a_kind_packsync_cannot_use_is_one_sentence_naming_no_credentials(
         env: Env, monkeypatch: pytest.MonkeyPatch, name: str, proxy: str) -> None:
     """Only HTTP proxies are spoken to; another kind ends the run at its first request with exit 2 and
@@ -167,3 +169,47 @@ def test_a_proxy_of_a_kind_packsync_cannot_use_is_one_sentence_naming_no_credent
     assert "proxy" in result.stderr and "Traceback" not in result.stderr
     assert "pw@" not in result.stderr
     assert env.sandbox.calls == {}
+
+
+class _Refusing(_Noted):
+    """A forward proxy that refuses every request with a page showing what it was sent, the credentials it
+    refused included (as debugging proxies do)."""
+
+    def _refuse(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        given = self.headers.get("Proxy-Authorization", "").split()
+        refused = base64.b64decode(given[-1]).decode() if given else "none"
+        body = f"<html><p>credentials {refused} refused</p><pre>{self.headers}</pre></html>".encode()
+        self.send_response(407)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _refuse
+
+
+def test_a_proxy_s_credentials_are_secret_like_the_key(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The password in ``HTTP_PROXY``, as it was given or as the Proxy-Authorization header carries it,
+    reaches no output and not the state, even when the proxy's page shows both."""
+    password = "pr0xy-S3cret"
+    header = base64.b64encode(f"alice:{password}".encode()).decode()
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+
+    with listening(_Refusing) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("://", f"://alice:{password}@"))
+        outputs = [env.cli("run", "--no-wait"), env.cli("-v", "run", "--no-wait")]
+    outputs += [env.cli("status", "--json", token=None), env.cli("status", token=None)]
+
+    assert proxy.seen, "the requests went to the proxy"
+    assert outputs[0].returncode == 1 and "407" in outputs[0].stdout, outputs[0].stdout + outputs[0].stderr
+    shown = [password[:6], header[8:16]]  # the password's start, as it is and in the header ("alice:" aside)
+    for result in outputs:
+        for secret in shown:
+            assert secret not in result.stdout + result.stderr
+    for path in env.state_path.parent.iterdir():
+        for secret in shown:
+            assert secret.encode() not in path.read_bytes(), path

@@ -278,11 +278,21 @@ def _newer_packsync(path: Path) -> None:
     db.close()
 
 
+def _garbled_schema(path: Path) -> None:
+    """packsync's own file, whose schema version is no number (a bit flipped, an editor's slip)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        db.executemany("INSERT INTO meta VALUES (?, ?)", [("app", "packsync"), ("schema", "6\x00six")])
+    db.close()
+
+
 @pytest.mark.parametrize("make,words", [(_text_file, "not a SQLite database"),
                                         (_foreign_sqlite, "another program"),
                                         (_corrupt_sqlite, "corrupt"),
-                                        (_newer_packsync, "newer packsync")],
-                         ids=["text-file", "foreign-sqlite", "corrupt-sqlite", "newer-schema"])
+                                        (_newer_packsync, "newer packsync"),
+                                        (_garbled_schema, "corrupt")],
+                         ids=["text-file", "foreign-sqlite", "corrupt-sqlite", "newer-schema", "garbled-schema"])
 @pytest.mark.parametrize("command", [("run", "--no-wait"), ("status",)], ids=["run", "status"])
 def test_unusable_state_file_is_refused_by_path_and_left_untouched(env: Env, make, words: str,  # type: ignore[no-untyped-def]
                                                                    command: tuple[str, ...]) -> None:

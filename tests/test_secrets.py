@@ -12,12 +12,15 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import TOKEN, Env, image, write
 from helpers import wait_until
 
-from packsync.errors import ExitCode
+from packsync.errors import ApiError, ExitCode
+from packsync.logs import register_secret
 
 
 def all_files_below(folder: Path) -> list[Path]:
@@ -115,3 +118,41 @@ def test_state_folder_and_database_are_private_to_the_user(env: Env) -> None:
     assert env.state_path.stat().st_mode & 0o077 == 0, oct(env.state_path.stat().st_mode)
     for path in all_files_below(env.state_path.parent):
         assert path.stat().st_mode & 0o077 == 0, f"{path} is {oct(path.stat().st_mode)}"
+
+
+def _genviral_error(body: bytes) -> str:
+    from packsync.remote.genviral import data_of
+    from packsync.remote.transport import Answer, Route
+
+    with pytest.raises(ApiError) as caught:
+        data_of(Answer(400, {}, body), Route("GET", "/packs/{id}"))
+    return str(caught.value)
+
+
+def _astria_error(body: bytes) -> str:
+    from packsync.remote.astria import json_of
+    from packsync.remote.transport import Answer, Route
+
+    with pytest.raises(ApiError) as caught:
+        json_of(Answer(400, {}, body), Route("GET", "astria /p/{id}"))
+    return str(caught.value)
+
+
+def _id_error(body: bytes) -> str:
+    from packsync.remote.answers import created_id
+
+    with pytest.raises(ApiError) as caught:
+        created_id({"id": [body.decode()]}, "POST /packs")
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("error", [_genviral_error, _astria_error, _id_error],
+                         ids=["a Genviral error page", "an Astria error page", "a value shown in an error"])
+def test_a_key_echoed_where_an_error_s_excerpt_is_cut_is_not_shown_in_part(error: Callable[[bytes], str]) -> None:
+    """An excerpt shows the start of a long text: wherever the key sits in it, the excerpt never ends
+    in the first part of the key, cut in two before the key could be recognised."""
+    register_secret(TOKEN)
+    secret = TOKEN.split(".")[1]
+    for padding in range(0, 9000, 17):
+        message = error((" " * padding + TOKEN + " and the rest").encode())
+        assert secret[:6] not in message, f"{padding} spaces before the key: {message}"

@@ -7,18 +7,28 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from conftest import ASTRIA_TOKEN, TOKEN, Env, image, write
+from helpers import wait_until
 from test_network import Listener, _Noted, listening
 
 from packsync.app import open_app
-from packsync.errors import AmbiguousError, ApiError, AuthError, NotFound, PermanentError, UploadRejected
+from packsync.errors import (
+    AmbiguousError,
+    ApiError,
+    AuthError,
+    NotFound,
+    PermanentError,
+    TransientError,
+    UploadRejected,
+)
 from packsync.remote.astria import AstriaClient
 from packsync.remote.genviral import GenviralClient, RetryPolicy
-from packsync.remote.transport import Headers, Transport
+from packsync.remote.transport import Answer, Headers, Transport, retry_after_of
 from packsync.sandbox import Account
 
 ONCE = RetryPolicy(attempts=1)
@@ -256,3 +266,158 @@ def test_a_verbose_run_logs_no_presigned_url_and_no_request_line_of_the_library(
     assert env.pack(pack_id)["image_count"] == 1
     assert "signature=" not in result.stderr and "/storage/" not in result.stderr
     assert "HTTP Request" not in result.stderr
+
+
+# -- what a server says of when to come back -------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "-5", "1e999", "soon", ""])
+def test_a_retry_after_that_is_no_number_of_seconds_ahead_is_no_hint(value: str) -> None:
+    """A pause that is not a number (``nan`` parses as a float: a sleep of nan returns at once, and puts
+    a timer the event loop cannot order among the others), endless or in the past is the backoff's to
+    choose."""
+    assert retry_after_of(Answer(429, {"Retry-After": value}, b"")) is None
+
+
+@pytest.mark.parametrize("value,seconds", [("0", 0.0), ("7", 7.0), ("2.5", 2.5)])
+def test_a_retry_after_in_seconds_is_honoured(value: str, seconds: float) -> None:
+    assert retry_after_of(Answer(429, {"Retry-After": value}, b"")) == seconds
+
+
+# -- an answer ends, and fits in memory -------------------------------------------------------------
+
+
+class _Endless(_Noted):
+    """Below ``/declared``: a body of 10 GB, said so; ``/chunked``: an endless one, never said; ``/head``: a
+    head that trickles in, a byte at a time; ``/body``: a body that does. Each request is noted once it ends."""
+
+    def _answer(self) -> None:
+        kind = self.path.split("/")[1]
+        try:
+            if kind == "head":
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                while True:
+                    for byte in b"X-Pad: 1\r\n":
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(0.05)
+            self.send_response(200)
+            if kind == "declared":
+                self.send_header("Content-Length", str(10**10))
+            elif kind == "body":
+                self.send_header("Content-Length", "100000")
+            else:
+                self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            while True:
+                if kind == "body":
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+                elif kind == "chunked":
+                    self.wfile.write(b"10000\r\n" + b" " * 65536 + b"\r\n")
+                else:
+                    self.wfile.write(b" " * 65536)
+        except OSError:
+            self.server.seen.append("  ended")
+
+    do_GET = do_POST = _answer
+
+
+@pytest.mark.parametrize("path,error", [("declared", "larger than 1 MiB"), ("chunked", "larger than 1 MiB"),
+                                        ("head", "connection failed (TimeoutError)"),
+                                        ("body", "too slow to finish")],
+                         ids=["declared too large", "endless", "a head trickling in", "a body trickling in"])
+def test_an_api_answer_too_large_or_too_slow_is_given_up(path: str, error: str) -> None:
+    """An answer is read within bounds, whatever the server does: no larger than the transport's
+    ``max_answer`` (a pack of a few hundred thousand images fits the default), its head within four read
+    timeouts, its body at STALL_RATE once one has passed. A read timeout alone resets at every byte."""
+    async def read(server: Listener) -> tuple[ApiError, float]:
+        async with Transport(retry=ONCE, timeout=0.5, max_answer=2**20) as transport:
+            started = time.monotonic()
+            try:
+                await GenviralClient(server.url + "/" + path, "gva_live_key.secret", transport).list_packs()
+            except ApiError as exc:
+                return exc, time.monotonic() - started
+        raise AssertionError("the answer was read")
+
+    with listening(_Endless) as server:
+        failed, seconds = asyncio.run(read(server))
+        wait_until(lambda: "  ended" in server.seen, timeout=5, what="the connection closed")
+
+    assert error in str(failed), failed
+    assert (failed.method, failed.route) == ("GET", "/packs")
+    assert seconds < 5
+
+
+# -- closing ----------------------------------------------------------------------------------------
+
+
+class _Slow(_Noted):
+    """Answers no packs after a second; notes each connection as it closes."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        time.sleep(1.0)
+        body = json.dumps({"ok": True, "code": 200, "message": "", "data": {"packs": [], "total": 0}}).encode()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass
+
+    def finish(self) -> None:
+        super().finish()
+        self.server.seen.append("  closed")
+
+
+def test_a_retired_transport_closes_once_its_requests_end_and_sends_nothing_after() -> None:
+    """SIGHUP with a new key: the daemon retires the old transport, which a metadata poll may still be
+    using. That poll's request ends as it would have, then the transport's connections close, and
+    nothing goes out through it again (no connection opened behind its back)."""
+    async def retire(server: Listener) -> tuple[list[Any], ApiError | None]:
+        transport = Transport()
+        api = GenviralClient(server.url, "gva_live_key.secret", transport)
+        polling = asyncio.create_task(api.list_packs())
+        await asyncio.sleep(0.3)
+        await transport.retire()
+        listed = await polling
+        try:
+            await api.list_packs()
+        except ApiError as exc:
+            return listed, exc
+        return listed, None
+
+    with listening(_Slow) as server:
+        listed, after = asyncio.run(retire(server))
+        wait_until(lambda: "  closed" in server.seen, timeout=5, what="the connection closed")
+
+    assert listed == []
+    assert isinstance(after, TransientError) and "not sent" in str(after) and after.route == "/packs"
+    assert [line for line in server.seen if not line.startswith("  ")] == [
+        "GET /packs?limit=100&offset=0&include_public=false"]
+
+
+def test_a_transport_closed_mid_request_opens_no_connection_again() -> None:
+    """A request cut by ``aclose`` ends in its own error and is not sent again: retried, it would open a
+    connection of a new pool that nobody closes (one leaked per reload of a daemon)."""
+    async def close(server: Listener) -> BaseException | None:
+        transport = Transport()
+        polling = asyncio.create_task(GenviralClient(server.url, "gva_live_key.secret", transport).list_packs())
+        await asyncio.sleep(0.3)
+        await transport.aclose()
+        await transport.aclose()  # twice: nothing to do
+        try:
+            await polling
+        except ApiError as exc:
+            return exc
+        return None
+
+    with listening(_Slow) as server:
+        error = asyncio.run(close(server))
+        time.sleep(1.5)
+
+    assert isinstance(error, TransientError), error
+    assert [line for line in server.seen if not line.startswith("  ")] == [
+        "GET /packs?limit=100&offset=0&include_public=false"]

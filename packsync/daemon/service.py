@@ -59,8 +59,6 @@ AUTH_RETRY_S = 900.0
 STOP_GRACE_S = 5.0
 WATCHER_STOP_S = 2.0
 STOP_DEADLINE_S = 8.0
-#: How long a client replaced on SIGHUP stays open for a metadata poll that may still be using it.
-RETIRE_CLIENT_S = 60.0
 
 
 @dataclass(slots=True)
@@ -488,8 +486,9 @@ class Daemon:
     # -- reload ------------------------------------------------------------------------------------
 
     async def _close_later(self, transport: Transport) -> None:
+        """Close a replaced transport once a metadata poll still using it is done with it."""
         try:
-            await asyncio.sleep(RETIRE_CLIENT_S)
+            await transport.retire()
         finally:  # a daemon stopping meanwhile closes it now
             await transport.aclose()
 
@@ -512,7 +511,7 @@ class Daemon:
                 self.changes.forget(root)
         api = self.app.api
         if config.genviral != self.config.genviral or token != self.token:
-            # A metadata poll may still be using the old client: close it once that round is surely over.
+            # A metadata poll may still be using the old client: its transport closes once that round is over.
             self._retiring.add(asyncio.create_task(self._close_later(api.transport)))
             api = client_for(config, token, transport_for(config, self._observer))
         self.config, self.token = config, token

@@ -38,7 +38,7 @@ def _id(value: Any, what: str) -> str:
 
 
 def _shown(value: Any) -> str:
-    return untrusted(repr(value)[:200], limit=40)
+    return untrusted(repr(value), limit=40)
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:

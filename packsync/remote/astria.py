@@ -33,7 +33,7 @@ def json_of(answer: Answer, route: Route) -> Any:
     status = answer.status
     if status >= 300:
         said = {429: "rate limited (429)", 404: "not found, or not visible to the key (404)"}.get(status) \
-            or (f"server error {status}" if status >= 500 else f"HTTP {status}: {untrusted(answer.text[:400], 120)}")
+            or (f"server error {status}" if status >= 500 else f"HTTP {status}: {untrusted(answer.content, 120)}")
         raise refusal(route, status, said, retry_after=retry_after_of(answer),
                       auth=_AUTH.format(status=status) if status in (401, 403) else None)
     try:

@@ -58,7 +58,7 @@ DELETE_IMAGE = Route("DELETE", "/packs/{id}/images/{image_id}")
 
 
 def _excerpt(answer: Answer) -> str:
-    return untrusted(answer.text[:2000], limit=120) or "(empty body)"
+    return untrusted(answer.content, limit=120) or "(empty body)"
 
 
 def data_of(answer: Answer, route: Route) -> Any:

@@ -6,8 +6,9 @@ It owns the httpx2 client (one connection pool, built at the first request insid
 retries (the shared ``Backoff``, ``Retry-After``, per-request attempts, a per-run budget and a
 per-route breaker), the metrics hook (``Observer``) and — the one place where either happens — the
 translation of httpx2's exceptions and of HTTP error statuses into packsync's errors (``refusal``).
-Every answer is read whole into an ``Answer``, so nothing above ``remote/`` knows which library spoke
-HTTP; downloads stream into a sink, bounded in size, rate and time.
+Every API answer is read whole into an ``Answer``, so nothing above ``remote/`` knows which library
+spoke HTTP; downloads stream into a sink. Either is bounded in size, its head in time and its body in
+rate (``_body``): whatever a server does, a request ends, and holds no more than its bound in memory.
 
 It knows no API: paths, keys and the reading of bodies are the clients' (``genviral.py``,
 ``astria.py``), which hand it a ``Route`` (a request's name in errors, logs and metrics), prepared
@@ -18,15 +19,19 @@ It knows no API: paths, keys and the reading of bodies are the clients' (``genvi
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import json
 import logging
+import math
+import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import msgspec
 
@@ -36,22 +41,28 @@ from packsync.errors import (
     ApiError,
     AuthError,
     ConfigError,
+    MalformedAnswer,
     NotFound,
     PermanentError,
     Stalled,
     TransientError,
     UploadRejected,
 )
-from packsync.logs import get_logger
+from packsync.logs import get_logger, register_secret
 from packsync.remote.retry import Backoff
 
 if TYPE_CHECKING:  # imported at the first request: a new process walks its first folder meanwhile
     import httpx2
 
-#: A download still below STALL_RATE bytes/s on average after STALL_GRACE_S is given up for the run:
-#: a server that sends a byte every few seconds never trips the read timeout.
-STALL_GRACE_S = 30.0
+#: An answer's body (a download's, an API's) still below STALL_RATE bytes/s on average after one read
+#: timeout (30 s) is given up for the run: a server that sends a byte every few seconds never trips the
+#: read timeout. An answer's head must arrive within HEAD_TIMEOUTS read timeouts, plus the time the
+#: request's body takes to send at STALL_RATE.
 STALL_RATE = 16 * 1024
+HEAD_TIMEOUTS = 4
+#: The largest API answer read (a pack of a few hundred thousand images with their AI text): a larger one
+#: is not what the API documents, and reading on would only fill the memory.
+MAX_ANSWER_BYTES = 256 * 2**20
 #: Retries of one download stop this long after its first try (a host that never answers costs a
 #: minute of one slot, not the read timeout times every attempt).
 DOWNLOAD_DEADLINE_S = 60.0
@@ -67,6 +78,16 @@ class Sink(Protocol):
 
 S = TypeVar("S", bound=Sink)
 T = TypeVar("T")
+
+
+class _Chunks:
+    """An answer's body as it arrives (a ``Sink``)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def update(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
 
 
 class Observer(Protocol):
@@ -99,8 +120,29 @@ class Answer(msgspec.Struct, frozen=True):
         return self.content.decode("utf-8", "replace")
 
     def json(self) -> Any:
-        """The body as JSON; ``ValueError`` when it is not."""
-        return json.loads(self.content)
+        """The body as JSON; ``ValueError`` when it is not.
+
+        Half an emoji (a lone UTF-16 surrogate: what a JavaScript ``slice`` through one makes, sent as an
+        escape or as bytes UTF-8 forbids, both of which ``json`` reads) comes out as U+FFFD: as Python
+        decodes it, it would be a str that SQLite, files and terminals refuse to encode.
+        """
+        value = json.loads(self.content)
+        return _whole(value) if _SURROGATE.search(self.content) else value
+
+
+#: Where a JSON text may hold a UTF-16 surrogate: as an escape, or encoded as UTF-8 never allows.
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+
+
+def _whole(value: Any) -> Any:
+    """``value`` (parsed JSON) with every surrogate pair in its text joined and every lone one a U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_whole(item) for item in value]
+    if isinstance(value, dict):
+        return {_whole(key): _whole(item) for key, item in value.items()}
+    return value
 
 
 class Route:
@@ -140,14 +182,17 @@ class Headers:
 
 
 def retry_after_of(answer: Answer) -> float | None:
-    """The server's ``Retry-After`` in seconds (a number or an HTTP date); None when absent or unreadable."""
+    """The server's ``Retry-After`` in seconds (a number or an HTTP date); None when absent or unreadable,
+    and for a number that is no pause ahead (``nan``, ``inf``, negative: a float all the same)."""
     value = answer.headers.get("Retry-After", "").strip()
     if not value:
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return seconds if 0 <= seconds < math.inf else None
     try:
         return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -198,12 +243,36 @@ def _failure(route: Route, exc: BaseException) -> ApiError:
     return AmbiguousError(f"{route.label}: connection failed ({name})", **where)
 
 
+def _not_sent(route: Route | None) -> TransientError:
+    """The error of a request a closed transport does not send."""
+    where = f"{route.label}: not sent" if route else "not sent"
+    return TransientError(f"{where}; its connections are closed (packsync is stopping, or reloaded its config)",
+                          method=route.method if route else None, route=route.template if route else None)
+
+
 def _no_answer() -> tuple[type[BaseException], ...]:
     """What a request that got no usable answer raises: httpx2's errors, our own deadline (``TimeoutError``),
     a URL or header that cannot be encoded (``ValueError``). Named only while an exception is matched."""
     import httpx2
 
     return httpx2.HTTPError, httpx2.InvalidURL, TimeoutError, ValueError
+
+
+def _keep_proxy_credentials_secret() -> None:
+    """The password of every proxy the environment names, as it is written there and as the
+    Proxy-Authorization header carries it, is kept out of every output like a key: a proxy's error page
+    may show either."""
+    from urllib.request import getproxies  # what httpx2 reads too; once, with the client
+
+    for proxy in getproxies().values():
+        try:
+            parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        except ValueError:
+            continue  # httpx2 refuses it in a sentence of its own
+        if parts.password:
+            user, password = unquote(parts.username or ""), unquote(parts.password)
+            for secret in (parts.password, password, base64.b64encode(f"{user}:{password}".encode()).decode()):
+                register_secret(secret)
 
 
 def path_segment(value: str) -> str:
@@ -233,20 +302,27 @@ class Transport:
     """Slots, retries, budget, breaker and one connection pool, shared by every client of a process.
 
     ``concurrency`` requests are in flight at most, API calls, storage PUTs and downloads together.
-    Close it (``aclose`` or ``async with``) when the process is done with it.
+    ``timeout`` is the read timeout, which the bounds of an answer's head and body are made of; an API
+    answer is read up to ``max_answer`` bytes. Close it (``aclose`` or ``async with``) when the process is
+    done with it, or ``retire`` it when others may still be using it; closed, it sends nothing more.
     """
 
     def __init__(self, *, concurrency: int = 4, retry: RetryPolicy = RetryPolicy(), timeout: float = 30.0,
-                 observer: Observer | None = None) -> None:
+                 observer: Observer | None = None, max_answer: int = MAX_ANSWER_BYTES) -> None:
         self.concurrency = concurrency
         self.retry = retry
         self.timeout = timeout
         self.observer = observer
+        self.max_answer = max_answer
         self.retries_left = retry.run_budget
         self.calls: Counter[str] = Counter()
         self._failing: Counter[str] = Counter()
         self._slots = asyncio.Semaphore(concurrency)
         self._client: httpx2.AsyncClient | None = None
+        self._closed = False
+        self._using = 0  # requests and downloads under way, retries included
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._extensions: dict[str, Any] = {}
         self._plain = Headers()
         self.log = get_logger()
@@ -270,11 +346,35 @@ class Transport:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the connections now: a request under way ends in its error, and none is sent after."""
+        self._closed = True
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
+    async def retire(self) -> None:
+        """Close once the requests under way have ended (a client replaced while it may still be in use)."""
+        while self._using:
+            await self._idle.wait()
+        await self.aclose()
+
+    @contextmanager
+    def _in_use(self, route: Route) -> Iterator[None]:
+        """A request or a download under way, for ``retire``; refused once the transport is closed."""
+        if self._closed:
+            raise _not_sent(route)
+        self._using += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._using -= 1
+            if not self._using:
+                self._idle.set()
+
     def _http(self) -> httpx2.AsyncClient:
+        if self._closed:  # never a pool of a closed transport's own again, which nobody would close
+            raise _not_sent(None)
         if self._client is None:
             import httpx2
 
@@ -284,6 +384,7 @@ class Transport:
             # No cookies: no API here sets one, and none set by a CDN is ever sent back. The environment
             # (HTTP(S)_PROXY, NO_PROXY, SSL_CERT_FILE) is read here, once: a proxy named without a scheme is
             # an HTTP one, as curl reads it.
+            _keep_proxy_credentials_secret()
             try:
                 self._client = httpx2.AsyncClient(
                     limits=httpx2.Limits(max_connections=self.concurrency,
@@ -291,10 +392,10 @@ class Transport:
                     timeout=httpx2.Timeout(self.timeout, connect=CONNECT_S),
                     cookies=CookieJar(DefaultCookiePolicy(allowed_domains=())),
                     follow_redirects=False, max_redirects=MAX_REDIRECTS, trust_env=True)
-            except (ImportError, ValueError):  # its text may hold the proxy's password: not shown
+            except (ImportError, ValueError, httpx2.InvalidURL):  # its text may hold the proxy's password
                 raise ConfigError("the environment names a proxy packsync cannot use (HTTP_PROXY, HTTPS_PROXY or "
-                                  "ALL_PROXY): only http:// and https:// proxies are spoken to; change or unset "
-                                  "it, or name the hosts to reach directly in NO_PROXY") from None
+                                  "ALL_PROXY): only well-formed http:// and https:// proxy URLs are spoken to; "
+                                  "change or unset it, or name the hosts to reach directly in NO_PROXY") from None
             self._extensions = {"timeout": self._client.timeout.as_dict()}
         return self._client
 
@@ -328,8 +429,9 @@ class Transport:
         the work (``AmbiguousError``) and repeating the request is not harmless: then the caller looks
         at the remote state first. ``given``: ``url`` came from an answer and is sent byte for byte.
         """
-        return await self._retrying(route, lambda: self._once(route, url, read, headers, body, given),
-                                    safe_to_repeat=safe_to_repeat)
+        with self._in_use(route):
+            return await self._retrying(route, lambda: self._once(route, url, read, headers, body, given),
+                                        safe_to_repeat=safe_to_repeat)
 
     async def _once(self, route: Route, url: str, read: Callable[[Answer, Route], T], headers: Headers,
                     body: bytes, given: bool) -> T:
@@ -338,22 +440,57 @@ class Transport:
             request = self._request(route.method, url, headers, body, given)
         except _no_answer() as exc:
             raise _failure(route, exc) from None
+        return read(await self._exchange(route, request, len(body), self._whole), route)
+
+    async def _exchange(self, route: Route, request: httpx2.Request, sent: int,
+                        receive: Callable[[Route, httpx2.Response], Awaitable[T]], *, follow: bool = False) -> T:
+        """Send ``request`` (of a body of ``sent`` bytes) in a slot, and ``receive`` its answer.
+
+        The answer's head must come within ``HEAD_TIMEOUTS`` read timeouts and the time the body takes
+        to send at ``STALL_RATE``; ``receive`` reads its body through ``_body``, which keeps it moving.
+        ``follow``: redirects are followed, by hand (a download's).
+        """
         async with self._slots:
             self.calls[route.name] += 1
             started, status = time.monotonic(), 0
             try:
-                if body:
-                    # A body may take as long to send as its size allows at the slowest rate still moving.
-                    async with asyncio.timeout(max(self.timeout, 120.0) + len(body) / STALL_RATE):
-                        response = await self._http().send(request)
-                else:
-                    response = await self._http().send(request)
-                status = response.status_code
+                async with asyncio.timeout(HEAD_TIMEOUTS * self.timeout + sent / STALL_RATE):
+                    response = await self._head(request, follow)
+                try:
+                    status = response.status_code
+                    return await receive(route, response)
+                finally:
+                    await response.aclose()
             except _no_answer() as exc:
                 raise _failure(route, exc) from None
             finally:
-                self._observe(route, status, started, len(body) if 0 < status < 300 else 0)
-        return read(Answer(status, response.headers, response.content), route)
+                self._observe(route, status, started, sent if 0 < status < 300 else 0)
+
+    async def _head(self, request: httpx2.Request, follow: bool) -> httpx2.Response:
+        """The answer to ``request``, up to its head (and through the redirects, when ``follow``)."""
+        import httpx2
+
+        client = self._http()
+        response = await client.send(request, stream=True)
+        for _hop in range(MAX_REDIRECTS if follow else 0):
+            if not (response.has_redirect_location and response.next_request):
+                break
+            await response.aclose()
+            # Followed by hand: the request target of the first URL is not the next one's. A hop carries
+            # the transport's own headers only.
+            hop = httpx2.Request("GET", response.next_request.url, headers=self._plain.wire,
+                                 extensions=self._extensions)
+            response = await client.send(hop, stream=True)
+        return response
+
+    async def _whole(self, route: Route, response: httpx2.Response) -> Answer:
+        """An API answer, read whole: up to ``max_answer`` bytes, and a ``MalformedAnswer`` past them."""
+        def too_large(size: int | None) -> ApiError:
+            return MalformedAnswer(f"{route.label}: the answer is larger than {self.max_answer / 2**20:g} MiB; "
+                                   "not read", method=route.method, route=route.template, status=response.status_code)
+
+        body = await _body(route, response, self.max_answer, _Chunks(), too_large, self.timeout)
+        return Answer(response.status_code, response.headers, b"".join(body.chunks))
 
     async def _retrying(self, route: Route, once: Callable[[], Awaitable[T]], *, safe_to_repeat: bool,
                         deadline: float | None = None, breaker: bool = True) -> T:
@@ -369,13 +506,16 @@ class Transport:
                 if error.status != 429:
                     self._failing[route.name] += 1
                 delay = self.retry.backoff.delay(attempt, error.retry_after)
-                if isinstance(error, Stalled) or (isinstance(error, AmbiguousError) and not safe_to_repeat) \
+                if self._closed or isinstance(error, Stalled) \
+                        or (isinstance(error, AmbiguousError) and not safe_to_repeat) \
                         or attempt >= self.retry.attempts or (deadline and time.monotonic() + delay > deadline) \
                         or not self.take_retry():
                     raise
                 self.log.debug("retrying", request=route.name, attempt=attempt, delay_s=round(delay, 2),
                                error=str(error))
                 await asyncio.sleep(delay)
+                if self._closed:  # meanwhile
+                    raise _not_sent(route) from None
             else:
                 if self._failing[route.name]:
                     self._failing[route.name] = 0
@@ -398,55 +538,47 @@ class Transport:
         within ``DOWNLOAD_DEADLINE_S`` from the first try; a trickle (``Stalled``) is not retried.
         """
         deadline = time.monotonic() + DOWNLOAD_DEADLINE_S
-        return await self._retrying(DOWNLOAD, lambda: self._stream(url, max_bytes, sink), safe_to_repeat=True,
-                                    deadline=deadline, breaker=False)
+        with self._in_use(DOWNLOAD):
+            return await self._retrying(DOWNLOAD, lambda: self._stream(url, max_bytes, sink), safe_to_repeat=True,
+                                        deadline=deadline, breaker=False)
 
     async def _stream(self, url: str, max_bytes: int, sink: Callable[[], S]) -> S:
-        import httpx2
+        try:
+            request = self._request("GET", url, self._plain, b"", True)
+        except _no_answer() as exc:
+            raise _failure(DOWNLOAD, exc) from None
 
-        async with self._slots:
-            self.calls[DOWNLOAD.name] += 1
-            started, status = time.monotonic(), 0
-            try:
-                client = self._http()
-                response = await client.send(self._request("GET", url, self._plain, b"", True), stream=True)
-                for _hop in range(MAX_REDIRECTS):
-                    if not (response.has_redirect_location and response.next_request):
-                        break
-                    await response.aclose()
-                    # Followed by hand: the request target of the first URL is not the next one's.
-                    hop = httpx2.Request("GET", response.next_request.url, headers=self._plain.wire,
-                                         extensions=self._extensions)
-                    response = await client.send(hop, stream=True)
-                try:
-                    status = response.status_code
-                    return await self._receive(response, max_bytes, sink())
-                finally:
-                    await response.aclose()
-            except _no_answer() as exc:
-                raise _failure(DOWNLOAD, exc) from None
-            finally:
-                self._observe(DOWNLOAD, status, started, 0)
+        async def receive(route: Route, response: httpx2.Response) -> S:
+            status = response.status_code
+            if status >= 300:
+                raise refusal(route, status, f"HTTP {status}",
+                              retry_after=retry_after_of(Answer(status, response.headers, b"")))
 
-    @staticmethod
-    async def _receive(response: httpx2.Response, max_bytes: int, into: S) -> S:
-        status = response.status_code
-        if status >= 300:
-            raise refusal(DOWNLOAD, status, f"HTTP {status}",
-                          retry_after=retry_after_of(Answer(status, response.headers, b"")))
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > max_bytes:
-            raise PermanentError(f"larger than {max_bytes / 1e6:g} MB ({int(declared) / 1e6:.1f} MB)",
-                                 method=DOWNLOAD.method, route=DOWNLOAD.template, status=status)
-        size, started = 0, time.monotonic()
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > max_bytes:
-                raise PermanentError(f"larger than {max_bytes / 1e6:g} MB", method=DOWNLOAD.method,
-                                     route=DOWNLOAD.template, status=status)
-            into.update(chunk)
-            elapsed = time.monotonic() - started
-            if elapsed > STALL_GRACE_S and size < elapsed * STALL_RATE:  # the read timeout resets per byte
-                raise Stalled(f"download: {size:,} bytes in {elapsed:.0f} s, too slow to finish",
-                              method=DOWNLOAD.method, route=DOWNLOAD.template, status=status)
-        return into
+            def too_large(size: int | None) -> ApiError:
+                said = f" ({size / 1e6:.1f} MB)" if size is not None else ""
+                return PermanentError(f"larger than {max_bytes / 1e6:g} MB{said}", method=route.method,
+                                      route=route.template, status=status)
+
+            return await _body(route, response, max_bytes, sink(), too_large, self.timeout)
+
+        return await self._exchange(DOWNLOAD, request, 0, receive, follow=True)
+
+
+async def _body(route: Route, response: httpx2.Response, max_bytes: int, into: S,
+                too_large: Callable[[int | None], ApiError], grace_s: float) -> S:
+    """Stream the body of ``response`` into ``into``: ``too_large`` (with the size said, if it was) past
+    ``max_bytes``, ``Stalled`` while it arrives below ``STALL_RATE`` once ``grace_s`` have passed."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise too_large(int(declared))
+    size, started = 0, time.monotonic()
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large(None)
+        into.update(chunk)
+        elapsed = time.monotonic() - started
+        if elapsed > grace_s and size < elapsed * STALL_RATE:  # the read timeout resets at every byte
+            raise Stalled(f"{route.label}: {size:,} bytes in {elapsed:.0f} s, too slow to finish",
+                          method=route.method, route=route.template, status=response.status_code)
+    return into

@@ -27,6 +27,9 @@ from sqlmodel import create_engine
 
 #: The driver's errors that reach the state unwrapped (opening a file to look at it, before the engine).
 DRIVER_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
+#: The driver's errors that say packsync used it wrongly (a value it cannot bind, a closed connection):
+#: bugs of packsync's, never a sign that the file is unusable.
+MISUSE_ERRORS: tuple[type[Exception], ...] = (sqlite3.ProgrammingError, sqlite3.InterfaceError)
 #: A write transaction: the write lock is taken (or waited for, up to the busy timeout) at its start,
 #: never half-way through, where a wait could deadlock with another writer.
 BEGIN_WRITE = "BEGIN IMMEDIATE"

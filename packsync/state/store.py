@@ -29,8 +29,7 @@ from packsync.state.files import FileRepository
 from packsync.state.images import ImageRepository
 from packsync.state.mappings import MappingRepository
 from packsync.state.metadata import MetadataRepository
-from packsync.state.translate import unusable
-from packsync.state.unit import DATABASE_ERRORS, UnitOfWork
+from packsync.state.unit import DATABASE_ERRORS, UnitOfWork, raise_unusable
 from packsync.state.uploads import UploadRepository
 
 
@@ -64,7 +63,7 @@ class State:
         except DATABASE_ERRORS as exc:
             if unit is not None:
                 unit.close()
-            raise unusable(path, exc) from None
+            raise_unusable(path, exc)
         except StateError:
             if unit is not None:
                 unit.close()

@@ -21,8 +21,7 @@ def unusable(path: Path, exc: BaseException) -> StateError:
     origin = getattr(exc, "orig", None) or exc  # SQLAlchemy's DBAPIError carries the driver's error
     name = getattr(origin, "sqlite_errorname", "") or ""
     code = origin.errno if isinstance(origin, OSError) else None
-    text = str(origin).lower()
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         return StateUnavailable(f"the state database {path} is locked by another program "
                                 "(a backup tool, or a sqlite3 shell holding a transaction?).")
     if name == "SQLITE_FULL" or code == errno.ENOSPC or (name.startswith("SQLITE_IOERR") and _disk_full(path)):
@@ -35,7 +34,12 @@ def unusable(path: Path, exc: BaseException) -> StateError:
         return StateUnavailable(f"the state database {path} could not be read or written (I/O error).")
     if isinstance(origin, OSError):
         return StateError(f"cannot use the state database {path} ({origin.strerror or origin}).")
-    return StateError(f"the state database {path} is corrupt ({origin}); packsync will not replace it. "
+    return corrupt(path, str(origin))
+
+
+def corrupt(path: Path, what: str) -> StateError:
+    """The sentence for a state file that is packsync's, or looks it, but cannot be read as one."""
+    return StateError(f"the state database {path} is corrupt ({what}); packsync will not replace it. "
                       "Move it away to start over.")
 
 

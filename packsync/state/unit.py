@@ -11,7 +11,8 @@ committed before the add is sent, and an upload whose bytes were not recorded as
 again. Other connections (``status``, the page) see queued steps once they are committed.
 
 The connection is used from one thread at a time. The database's and the file system's errors, at any
-moment, end here in ``translate.unusable``'s sentence, after the transaction they broke is rolled back.
+moment, end here in ``translate.unusable``'s sentence, after the transaction they broke is rolled back —
+all but the driver refusing how packsync used it (``MISUSE_ERRORS``), a bug that goes up as one.
 This module knows no table: the repositories bring their statements.
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Connection, Dialect, Engine, Executable
 from sqlalchemy.exc import DBAPIError
@@ -28,13 +29,21 @@ from sqlalchemy.sql.dml import UpdateBase
 
 from packsync.errors import StateError
 from packsync.logs import get_logger
-from packsync.state.sqlite import BEGIN_WRITE, DRIVER_ERRORS
+from packsync.state.sqlite import BEGIN_WRITE, DRIVER_ERRORS, MISUSE_ERRORS
 from packsync.state.translate import unusable
 
 #: Steps ``write_behind`` queues at most before it commits them.
 QUEUED_AT_MOST = 64
-#: The errors that are the database's or the file system's, not packsync's.
+#: The errors that are the database's or the file system's (but for ``MISUSE_ERRORS``: packsync's own).
 DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, *DRIVER_ERRORS, OSError)
+
+
+def raise_unusable(path: Path, exc: Exception) -> NoReturn:
+    """Raise ``exc``, one of ``DATABASE_ERRORS``, in packsync's terms (``translate.unusable``) — unless it
+    is packsync's misuse of the driver, a bug, which goes up as it is."""
+    if isinstance(getattr(exc, "orig", None) or exc, MISUSE_ERRORS):
+        raise exc
+    raise unusable(path, exc) from None
 
 
 class Bulk:
@@ -82,7 +91,7 @@ class UnitOfWork:
             yield
         except DATABASE_ERRORS as exc:
             self.rollback()
-            raise unusable(self.path, exc) from None
+            raise_unusable(self.path, exc)
 
     def rollback(self) -> None:
         """Drop a transaction an error left open, so that the connection can be used again."""

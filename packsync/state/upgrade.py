@@ -16,6 +16,7 @@ from packsync.errors import StateError
 from packsync.state import search
 from packsync.state.sqlite import columns_of, count_changes, create_temp_table, insert_new, read_meta, tables_of, upsert
 from packsync.state.tables import APP_ID, METADATA, PLANNED_FROM, SCHEMA_VERSION, TABLES, ChangeCountRow, MetaRow, table
+from packsync.state.translate import corrupt
 from packsync.state.unit import Bulk, UnitOfWork
 
 #: The mapping columns schema 5 added.
@@ -45,7 +46,10 @@ def inspect(path: Path) -> tuple[int | None, set[str]]:
         raise foreign
     if meta.get("app") != APP_ID:
         raise foreign
-    version = int(meta.get("schema", "0"))
+    schema = str(meta.get("schema", "0"))
+    if not (schema.isascii() and schema.isdigit()):
+        raise corrupt(path, f"its schema version reads {schema!r}")
+    version = int(schema)
     if version > SCHEMA_VERSION:
         raise StateError(f"{path} was written by a newer packsync (schema {version}); upgrade packsync to use it.")
     return version, tables
