@@ -1,10 +1,10 @@
 """An Astria pack as a source: its example images, known by their URLs, mirrored like a folder's files.
 
 Astria's image URLs are public storage addresses whose bytes do not change, so an image's URL is its
-identity: each new URL is downloaded once (without the key), sniffed, hashed and held in a private
-spool folder until it is uploaded; a URL seen before costs nothing. A download that fails is a
-problem of that image, tried again next run. The pack read itself failing is the source being
-unavailable: nothing is deleted because of it.
+identity: each new URL is downloaded once (without the key), sniffed, hashed and held until it is
+uploaded — in memory up to ``HELD_AT_MOST`` bytes in all, in a private spool folder past that; a URL
+seen before costs nothing. A download that fails is a problem of that image, tried again next run. The
+pack read itself failing is the source being unavailable: nothing is deleted because of it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ from packsync.errors import (
 from packsync.logs import untrusted
 from packsync.model import AstriaImage, AstriaPack, CachedFile, ContentItem, Problem, Scan
 from packsync.sources.media import SUPPORTED, Digester
+
+#: Downloads held in memory until they are uploaded, in bytes, in all: the rest wait in the spool folder.
+#: A small image in the spool costs a file created, written, read back and deleted, several times its
+#: download's CPU; a run's memory grows by this much at most.
+HELD_AT_MOST = 32 * 1024 * 1024
 
 
 class _Held:
@@ -62,6 +67,9 @@ class AstriaSource:
         self.label = f"astria:{pack_id}"
         self.name: str | None = None
         self.spool = spool
+        self._held: dict[str, bytes] = {}  # by SHA-256: the downloads held in memory
+        self._held_bytes = 0
+        self._spool_made = False
 
     def exists(self) -> bool:
         return True  # known only by reading it: a pack that is gone is a scan's SourceUnavailable
@@ -113,18 +121,38 @@ class AstriaSource:
             return digest.problem or "not an image"
         if self.spool is not None:
             try:
-                await asyncio.to_thread(self._keep, digest.sha256, bytes(held.data))
+                await self._keep(digest.sha256, bytes(held.data))
             except OSError as exc:
                 return f"cannot keep it until it is uploaded ({exc.strerror}); tried again next run"
         return CachedFile(0, 0, digest.size, 0, digest.sha256, digest.content_type, None)
 
-    def _keep(self, sha256: str, data: bytes) -> None:
+    async def _keep(self, sha256: str, data: bytes) -> None:
+        """Hold ``data`` until it is uploaded: in memory while ``HELD_AT_MOST`` allows, else in the spool.
+
+        The spool folder is made at the first image all the same: a spool that cannot be written then
+        fails every image alike, whatever their sizes and the order they came in.
+        """
+        assert self.spool is not None
+        if not self._spool_made:
+            await asyncio.to_thread(self.spool.mkdir, mode=0o700, parents=True, exist_ok=True)
+            self._spool_made = True
+        if sha256 in self._held:
+            return
+        if self._held_bytes + len(data) <= HELD_AT_MOST:
+            self._held[sha256] = data
+            self._held_bytes += len(data)
+        else:
+            await asyncio.to_thread(self._spill, sha256, data)
+
+    def _spill(self, sha256: str, data: bytes) -> None:
         assert self.spool is not None
         self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.spool / sha256).write_bytes(data)
 
     async def read(self, item: ContentItem) -> bytes:
-        """The bytes from the spool, or downloaded again (an image hashed by an earlier run)."""
+        """The bytes held in memory or in the spool, or downloaded again (an image hashed by an earlier run)."""
+        if (held := self._held.get(item.sha256)) is not None:
+            return held  # the very bytes that were hashed as they came
         try:
             if self.spool is None:
                 raise FileNotFoundError
@@ -139,7 +167,10 @@ class AstriaSource:
         return data
 
     def close(self) -> None:
-        """Drop the spool: what it held is uploaded (or will be downloaded again). Also done before each
-        scan, so what a killed run left is dropped too."""
+        """Drop what is held, in memory and in the spool: it is uploaded (or will be downloaded again). Also
+        done before each scan, so what a killed run left is dropped too."""
+        self._held.clear()
+        self._held_bytes = 0
+        self._spool_made = False
         if self.spool is not None:
             shutil.rmtree(self.spool, ignore_errors=True)
