@@ -28,7 +28,7 @@ answer), the API's ``error_code`` and the payload ``fields`` it named as wrong. 
 sentence the user reads.
 
 Lower-layer exceptions are translated into these in exactly one place each: httpx2's exceptions and
-HTTP statuses in ``remote/transport.py``, malformed JSON answers in ``remote/answers.py``, SQLite's in
+HTTP statuses in ``remote/wire.py``, malformed JSON answers in ``remote/answers.py``, SQLite's in
 ``state/translate.py``, the file system's in ``sources/folder.py``.
 """
 

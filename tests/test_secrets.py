@@ -122,7 +122,7 @@ def test_state_folder_and_database_are_private_to_the_user(env: Env) -> None:
 
 def _genviral_error(body: bytes) -> str:
     from packsync.remote.genviral import data_of
-    from packsync.remote.transport import Answer, Route
+    from packsync.remote.wire import Answer, Route
 
     with pytest.raises(ApiError) as caught:
         data_of(Answer(400, {}, body), Route("GET", "/packs/{id}"))
@@ -131,7 +131,7 @@ def _genviral_error(body: bytes) -> str:
 
 def _astria_error(body: bytes) -> str:
     from packsync.remote.astria import json_of
-    from packsync.remote.transport import Answer, Route
+    from packsync.remote.wire import Answer, Route
 
     with pytest.raises(ApiError) as caught:
         json_of(Answer(400, {}, body), Route("GET", "astria /p/{id}"))

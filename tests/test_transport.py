@@ -28,7 +28,8 @@ from packsync.errors import (
 )
 from packsync.remote.astria import AstriaClient
 from packsync.remote.genviral import GenviralClient, RetryPolicy
-from packsync.remote.transport import Answer, Headers, Transport, retry_after_of
+from packsync.remote.transport import Transport
+from packsync.remote.wire import Answer, Headers, retry_after_of
 from packsync.sandbox import Account
 
 ONCE = RetryPolicy(attempts=1)

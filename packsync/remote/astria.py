@@ -19,7 +19,8 @@ from packsync.errors import NotFound, PermanentError, TransientError
 from packsync.logs import untrusted
 from packsync.model import AstriaImage, AstriaPack, AstriaPackSummary
 from packsync.remote.answers import url_problem
-from packsync.remote.transport import Answer, Headers, Route, S, Transport, path_segment, refusal, retry_after_of
+from packsync.remote.transport import Transport
+from packsync.remote.wire import Answer, Headers, Route, S, path_segment, refusal, retry_after_of
 
 _AUTH = "the Astria API refused the key: it is invalid or revoked ({status})"
 

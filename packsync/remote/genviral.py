@@ -27,17 +27,8 @@ from packsync.errors import NotFound
 from packsync.logs import untrusted
 from packsync.model import PackRead, PackSummary, RemotePack, UploadTicket
 from packsync.remote import answers
-from packsync.remote.transport import (
-    Answer,
-    Headers,
-    RetryPolicy,
-    Route,
-    S,
-    Transport,
-    path_segment,
-    refusal,
-    retry_after_of,
-)
+from packsync.remote.transport import RetryPolicy, Transport
+from packsync.remote.wire import Answer, Headers, Route, S, path_segment, refusal, retry_after_of
 
 _AUTH_MESSAGES = {
     401: "the Genviral API refused the key: it is invalid or revoked (401 invalid_token)",

@@ -4,10 +4,10 @@ It owns the httpx2 client (one connection pool, built at the first request insid
 ``import httpx2`` happens only there, so commands that send nothing never load it), the
 ``concurrency`` slots, timeouts, the proxies the environment names (read once, as curl reads them),
 retries (the shared ``Backoff``, ``Retry-After``, per-request attempts, a per-run budget and a
-per-route breaker), the metrics hook (``Observer``) and — the one place where either happens — the
-translation of httpx2's exceptions and of HTTP error statuses into packsync's errors (``refusal``).
-Every API answer is read whole into an ``Answer``, so nothing above ``remote/`` knows which library
-spoke HTTP; downloads stream into a sink. Either is bounded in size, its head in time and its body in
+per-route breaker) and the metrics hook (``Observer``). What a request and an answer are, and which
+of packsync's errors an HTTP status or a failure is, are ``wire.py``'s. Every API answer is read whole
+into an ``Answer``, so nothing above ``remote/`` knows which library spoke HTTP; downloads stream into
+a sink. Either is bounded in size, its head in time and its body in
 rate (``_body``): whatever a server does, a request ends, and holds no more than its bound in memory.
 
 It knows no API: paths, keys and the reading of bodies are the clients' (``genviral.py``,
@@ -20,36 +20,41 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
-import json
 import logging
-import math
-import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 
-from packsync import __version__
 from packsync.errors import (
     AmbiguousError,
     ApiError,
-    AuthError,
     ConfigError,
     MalformedAnswer,
-    NotFound,
     PermanentError,
     Stalled,
     TransientError,
-    UploadRejected,
 )
 from packsync.logs import get_logger, register_secret
 from packsync.remote.retry import Backoff
+from packsync.remote.wire import (
+    DOWNLOAD,
+    Answer,
+    Headers,
+    Route,
+    S,
+    failure,
+    no_answer,
+    on_the_wire,
+    refusal,
+    request_target,
+    retry_after_of,
+)
 
 if TYPE_CHECKING:  # imported at the first request: a new process walks its first folder meanwhile
     import httpx2
@@ -69,14 +74,7 @@ DOWNLOAD_DEADLINE_S = 60.0
 CONNECT_S = 10.0
 #: Redirects a download follows (API calls and storage PUTs follow none).
 MAX_REDIRECTS = 10
-AGENT = f"packsync/{__version__}"
 
-
-class Sink(Protocol):
-    def update(self, chunk: bytes) -> None: ...
-
-
-S = TypeVar("S", bound=Sink)
 T = TypeVar("T")
 
 
@@ -108,154 +106,11 @@ class RetryPolicy(msgspec.Struct, frozen=True):
     breaker: int = 10
 
 
-class Answer(msgspec.Struct, frozen=True):
-    """An HTTP answer, read whole."""
-
-    status: int
-    headers: Mapping[str, str]
-    content: bytes
-
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", "replace")
-
-    def json(self) -> Any:
-        """The body as JSON; ``ValueError`` when it is not.
-
-        Half an emoji (a lone UTF-16 surrogate: what a JavaScript ``slice`` through one makes, sent as an
-        escape or as bytes UTF-8 forbids, both of which ``json`` reads) comes out as U+FFFD: as Python
-        decodes it, it would be a str that SQLite, files and terminals refuse to encode.
-        """
-        value = json.loads(self.content)
-        return _whole(value) if _SURROGATE.search(self.content) else value
-
-
-#: Where a JSON text may hold a UTF-16 surrogate: as an escape, or encoded as UTF-8 never allows.
-_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
-
-
-def _whole(value: Any) -> Any:
-    """``value`` (parsed JSON) with every surrogate pair in its text joined and every lone one a U+FFFD."""
-    if isinstance(value, str):
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    if isinstance(value, list):
-        return [_whole(item) for item in value]
-    if isinstance(value, dict):
-        return {_whole(key): _whole(item) for key, item in value.items()}
-    return value
-
-
-class Route:
-    """What a request is, for errors, logs, metrics and the breaker: its method and route template
-    (``/packs/{id}``, ``upload URL``: never an id or a URL), whether it carries an API key, and how a
-    message names it (``label``, by default ``METHOD template``)."""
-
-    __slots__ = ("method", "template", "keyed", "name", "label")
-
-    def __init__(self, method: str, template: str, *, keyed: bool = True, label: str | None = None) -> None:
-        self.method = method
-        self.template = template
-        self.keyed = keyed
-        self.name = f"{method} {template}"
-        self.label = label or self.name
-
-    def __repr__(self) -> str:
-        return f"Route({self.name!r})"
-
-
-#: Every download: an image's public URL, sent without a key.
-DOWNLOAD = Route("GET", "download", keyed=False, label="download")
-
-
-class Headers:
-    """Headers that many requests send (an API's key, a body's type), merged with the transport's own and
-    encoded for the wire once, at the first request that sends them. A repr shows names, never values."""
-
-    __slots__ = ("items", "wire")
-
-    def __init__(self, items: Mapping[str, str] | None = None) -> None:
-        self.items = {"User-Agent": AGENT, **(items or {})}
-        self.wire: httpx2.Headers | None = None
-
-    def __repr__(self) -> str:
-        return f"Headers({', '.join(self.items)})"
-
-
-def retry_after_of(answer: Answer) -> float | None:
-    """The server's ``Retry-After`` in seconds (a number or an HTTP date); None when absent or unreadable,
-    and for a number that is no pause ahead (``nan``, ``inf``, negative: a float all the same)."""
-    value = answer.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return seconds if 0 <= seconds < math.inf else None
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
-def refusal(route: Route, status: int, detail: str, *, code: str | None = None, fields: tuple[str, ...] = (),
-            retry_after: float | None = None, auth: str | None = None, own: bool = True) -> ApiError:
-    """The error an answer with ``status`` is: the one place an HTTP status becomes packsync's error.
-
-    ``detail`` ends the sentence (what the answer said, already made safe to show); ``auth`` is the
-    sentence for a key the API refuses (its 401-403); ``own`` is False for a body that is not in the API's
-    own format (a proxy's or a gateway's page), whose 401-404 say nothing about the key or the resource.
-    A 2xx that could not be used is ambiguous like a 5xx: the server may have done the work.
-    """
-    where: dict[str, Any] = {"method": route.method, "route": route.template, "status": status,
-                             "error_code": code, "fields": fields}
-    message = f"{route.label}: {detail}"
-    if status == 429:
-        return TransientError(message, retry_after=retry_after, **where)
-    if status >= 500 or status < 300:
-        return AmbiguousError(message, retry_after=retry_after, **where)
-    if not route.keyed:
-        # A presigned URL is its own credential: storage refusing it (expired, signature) asks for a new one.
-        return UploadRejected(message, **where) if route.method == "PUT" and status in (400, 403) \
-            else PermanentError(message, **where)
-    if own and auth and status in (401, 402, 403):
-        return AuthError(auth, **where)
-    if own and status == 404:
-        return NotFound(message, **where)
-    return PermanentError(message, **where)
-
-
-def _failure(route: Route, exc: BaseException) -> ApiError:
-    """The error a request that got no answer is: the one place httpx2's exceptions become packsync's."""
-    import httpx2
-
-    where: dict[str, Any] = {"method": route.method, "route": route.template}
-    name = type(exc).__name__  # never the exception's text: it may hold the URL
-    if isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.ProxyError):
-        if route is DOWNLOAD:  # an image URL on a dead host stays dead: waiting would hold back the rest
-            return PermanentError(f"download: cannot reach its host ({name})", **where)
-        return TransientError(f"{route.label}: cannot connect ({name})", **where)  # nothing was sent
-    if isinstance(exc, httpx2.PoolTimeout):  # no connection came free in time: nothing was sent
-        return TransientError(f"{route.label}: no connection free ({name})", **where)
-    if isinstance(exc, httpx2.InvalidURL | httpx2.UnsupportedProtocol | httpx2.LocalProtocolError | ValueError):
-        return PermanentError(f"{route.label}: not a usable URL or request ({name})", **where)
-    return AmbiguousError(f"{route.label}: connection failed ({name})", **where)
-
-
 def _not_sent(route: Route | None) -> TransientError:
     """The error of a request a closed transport does not send."""
     where = f"{route.label}: not sent" if route else "not sent"
     return TransientError(f"{where}; its connections are closed (packsync is stopping, or reloaded its config)",
                           method=route.method if route else None, route=route.template if route else None)
-
-
-def _no_answer() -> tuple[type[BaseException], ...]:
-    """What a request that got no usable answer raises: httpx2's errors, our own deadline (``TimeoutError``),
-    a URL or header that cannot be encoded (``ValueError``). Named only while an exception is matched."""
-    import httpx2
-
-    return httpx2.HTTPError, httpx2.InvalidURL, TimeoutError, ValueError
 
 
 def _keep_proxy_credentials_secret() -> None:
@@ -273,29 +128,6 @@ def _keep_proxy_credentials_secret() -> None:
             user, password = unquote(parts.username or ""), unquote(parts.password)
             for secret in (parts.password, password, base64.b64encode(f"{user}:{password}".encode()).decode()):
                 register_secret(secret)
-
-
-def path_segment(value: str) -> str:
-    """An id as one path segment: ids come from the config and the API, so ``/``, ``..`` or ``?`` in
-    one must not reach another endpoint."""
-    return quote(value, safe="") if value not in (".", "..") else quote(value.replace(".", "%2E"), safe="%")
-
-
-_URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
-
-
-def on_the_wire(url: str) -> str:
-    """A URL from an answer (a presigned upload URL, an image's URL) as it goes on the request line: its
-    escapes and signature byte for byte, a space or a non-ASCII letter percent-encoded, as browsers do."""
-    return quote(url, safe=_URL_SAFE)
-
-
-def _target(wire: str) -> bytes:
-    """The request target of an absolute URL: its path and query, as written."""
-    rest = wire.partition("://")[2]
-    ends = [i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0]
-    target = rest[min(ends):].partition("#")[0] if ends else ""
-    return (target if target.startswith("/") else "/" + target).encode("ascii")
 
 
 class Transport:
@@ -411,7 +243,7 @@ class Transport:
         extensions = self._extensions
         if given:
             url = on_the_wire(url)
-            target = _target(url)
+            target = request_target(url)
             request = httpx2.Request(method, url, headers=wire, content=body or None, extensions=extensions)
             if request.url.raw_path != target:  # httpx2 would drop a dot segment: send it as given
                 request.extensions = {**extensions, "target": target}
@@ -438,8 +270,8 @@ class Transport:
         try:
             # Built before taking a slot: a slot stands for a request on the wire, not one being prepared.
             request = self._request(route.method, url, headers, body, given)
-        except _no_answer() as exc:
-            raise _failure(route, exc) from None
+        except no_answer() as exc:
+            raise failure(route, exc) from None
         return read(await self._exchange(route, request, len(body), self._whole), route)
 
     async def _exchange(self, route: Route, request: httpx2.Request, sent: int,
@@ -461,8 +293,8 @@ class Transport:
                     return await receive(route, response)
                 finally:
                     await response.aclose()
-            except _no_answer() as exc:
-                raise _failure(route, exc) from None
+            except no_answer() as exc:
+                raise failure(route, exc) from None
             finally:
                 self._observe(route, status, started, sent if 0 < status < 300 else 0)
 
@@ -545,8 +377,8 @@ class Transport:
     async def _stream(self, url: str, max_bytes: int, sink: Callable[[], S]) -> S:
         try:
             request = self._request("GET", url, self._plain, b"", True)
-        except _no_answer() as exc:
-            raise _failure(DOWNLOAD, exc) from None
+        except no_answer() as exc:
+            raise failure(DOWNLOAD, exc) from None
 
         async def receive(route: Route, response: httpx2.Response) -> S:
             status = response.status_code
