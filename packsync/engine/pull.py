@@ -138,7 +138,22 @@ class _FileSink:
         self.held.clear()
 
     def finish(self) -> None:
-        """On disk for good before it gets its name (run in a worker thread: opening and fsync take a while)."""
+        """On disk for good before it gets its name (run in a worker thread: opening and fsync take a while).
+
+        A download held whole (most images) goes down on a bare descriptor — open, one write, fsync,
+        close — with as little Python as can be between them: the worker thread takes the interpreter
+        lock back from the event loop after each.
+        """
+        if self.handle is None:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            try:
+                view = memoryview(self.held)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return
         self._spill()
         assert self.handle is not None
         self.handle.flush()
@@ -255,7 +270,9 @@ class Puller:
         """Give the downloaded file a name no other file has, never replacing one (a link fails on an
         existing name, where a rename would overwrite it). It is recorded first: a pull killed in between
         leaves a record without its file, and the next pull downloads it again."""
-        (folder / record.name).parent.mkdir(exist_ok=True)  # an Astria class's sub-folder
+        parent = (folder / record.name).parent
+        if parent != folder:
+            parent.mkdir(exist_ok=True)  # an Astria class's sub-folder
         while True:
             name = _suffixed(record.name, record.image_id, taken)
             taken.add(name.lower())
