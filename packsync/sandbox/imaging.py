@@ -148,6 +148,26 @@ def _png_average_rgb(data: bytes) -> tuple[int, int, int] | None:
     stride = width * bpp
     if width == 0 or height == 0 or (stride + 1) * height > MAX_COLOUR_BYTES:
         return None
+    raw = zlib.decompressobj().decompress(_png_idat(data), (stride + 1) * height)
+    if len(raw) < (stride + 1) * height:
+        return None
+    prev = bytearray(stride)
+    totals = [0, 0, 0]
+    weight = 0
+    for y in range(height):
+        base = y * (stride + 1)
+        row = _unfiltered(raw[base], bytearray(raw[base + 1 : base + 1 + stride]), prev, bpp)
+        if row is None:
+            return None
+        weight += _add_pixels(row, bpp, totals)
+        prev = row
+    if weight == 0:
+        return None
+    return totals[0] // weight, totals[1] // weight, totals[2] // weight
+
+
+def _png_idat(data: bytes) -> bytes:
+    """The concatenated IDAT chunks of a PNG."""
     idat = bytearray()
     pos = 8
     while pos + 8 <= len(data):
@@ -157,45 +177,42 @@ def _png_average_rgb(data: bytes) -> tuple[int, int, int] | None:
         elif ctype == b"IEND":
             break
         pos += 12 + length
-    raw = zlib.decompressobj().decompress(bytes(idat), (stride + 1) * height)
-    if len(raw) < (stride + 1) * height:
+    return bytes(idat)
+
+
+def _unfiltered(ftype: int, row: bytearray, prev: bytearray, bpp: int) -> bytearray | None:
+    """A PNG scanline with its filter undone (None: an unknown filter type)."""
+    stride = len(row)
+    if ftype == 1:
+        for i in range(bpp, stride):
+            row[i] = (row[i] + row[i - bpp]) & 0xFF
+    elif ftype == 2:
+        row = bytearray((r + p) & 0xFF for r, p in zip(row, prev, strict=False))
+    elif ftype == 3:
+        for i in range(stride):
+            left = row[i - bpp] if i >= bpp else 0
+            row[i] = (row[i] + ((left + prev[i]) >> 1)) & 0xFF
+    elif ftype == 4:
+        for i in range(stride):
+            left = row[i - bpp] if i >= bpp else 0
+            upleft = prev[i - bpp] if i >= bpp else 0
+            row[i] = (row[i] + _paeth(left, prev[i], upleft)) & 0xFF
+    elif ftype != 0:
         return None
-    prev = bytearray(stride)
-    totals = [0, 0, 0]
-    weight = 0
-    for y in range(height):
-        base = y * (stride + 1)
-        ftype = raw[base]
-        row = bytearray(raw[base + 1 : base + 1 + stride])
-        if ftype == 1:
-            for i in range(bpp, stride):
-                row[i] = (row[i] + row[i - bpp]) & 0xFF
-        elif ftype == 2:
-            row = bytearray((r + p) & 0xFF for r, p in zip(row, prev, strict=False))
-        elif ftype == 3:
-            for i in range(stride):
-                left = row[i - bpp] if i >= bpp else 0
-                row[i] = (row[i] + ((left + prev[i]) >> 1)) & 0xFF
-        elif ftype == 4:
-            for i in range(stride):
-                left = row[i - bpp] if i >= bpp else 0
-                upleft = prev[i - bpp] if i >= bpp else 0
-                row[i] = (row[i] + _paeth(left, prev[i], upleft)) & 0xFF
-        elif ftype != 0:
-            return None
-        if bpp == 3:
-            for ch in range(3):
-                totals[ch] += sum(row[ch::3])
-            weight += width
-        else:  # weight RGBA pixels by their alpha so transparent areas do not count
-            alpha = row[3::4]
-            for ch in range(3):
-                totals[ch] += sum(c * a for c, a in zip(row[ch::4], alpha, strict=False))
-            weight += sum(alpha)
-        prev = row
-    if weight == 0:
-        return None
-    return totals[0] // weight, totals[1] // weight, totals[2] // weight
+    return row
+
+
+def _add_pixels(row: bytearray, bpp: int, totals: list[int]) -> int:
+    """Add a scanline's channels to ``totals``; returns its weight (RGBA pixels weigh their alpha, so
+    transparent areas do not count)."""
+    if bpp == 3:
+        for ch in range(3):
+            totals[ch] += sum(row[ch::3])
+        return len(row) // 3
+    alpha = row[3::4]
+    for ch in range(3):
+        totals[ch] += sum(c * a for c, a in zip(row[ch::4], alpha, strict=False))
+    return sum(alpha)
 
 
 def _colour_name(rgb: tuple[int, int, int]) -> str:

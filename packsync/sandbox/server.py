@@ -9,6 +9,7 @@ answered from the :class:`~packsync.sandbox.store.Store`. Standard library only.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 import threading
@@ -87,34 +88,28 @@ def xml_error(code: int, s3_code: str, message: str, headers: dict[str, str] | N
     return Reply(code, body.encode(), "application/xml", headers or {})
 
 
+#: Each route as a pattern of the request path: the first that matches names the route, its groups
+#: the path parameters.
+ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((route, re.compile(pattern)) for route, pattern in (
+    ("/files", re.escape(API_PREFIX) + r"/files/?"),
+    ("/packs", re.escape(API_PREFIX) + r"/packs/?"),
+    ("/packs/{id}", re.escape(API_PREFIX) + r"/packs/(?P<id>[^/]+)/?"),
+    ("/packs/{id}/images", re.escape(API_PREFIX) + r"/packs/(?P<id>[^/]+)/images/?"),
+    ("/packs/{id}/images/{image_id}", re.escape(API_PREFIX) + r"/packs/(?P<id>[^/]+)/images/(?P<image_id>[^/]+)/?"),
+    ("storage", r"/storage/(?P<key>[^/]+)"),
+    ("cdn", r"/cdn/[^/]+"),
+    ("astria-img", re.escape(IMAGE_PREFIX) + r"(?P<key>[^/]+)"),
+    ("astria:/packs", re.escape(ASTRIA_PREFIX) + r"/packs/?"),
+    ("astria:/gallery/packs", re.escape(ASTRIA_PREFIX) + r"/gallery/packs/?"),
+    ("astria:/p/{id}", re.escape(ASTRIA_PREFIX) + r"/p/(?P<id>[^/]+)/?"),
+))
+
+
 def resolve(path: str) -> tuple[str, dict[str, str]] | None:
     """Map a request path to (route template, path parameters), or None."""
-    if path.startswith(API_PREFIX + "/"):
-        parts = path[len(API_PREFIX):].rstrip("/").split("/")[1:]
-        if parts == ["files"]:
-            return "/files", {}
-        if parts and parts[0] == "packs" and all(parts):
-            if len(parts) == 1:
-                return "/packs", {}
-            if len(parts) == 2:
-                return "/packs/{id}", {"id": parts[1]}
-            if len(parts) == 3 and parts[2] == "images":
-                return "/packs/{id}/images", {"id": parts[1]}
-            if len(parts) == 4 and parts[2] == "images":
-                return "/packs/{id}/images/{image_id}", {"id": parts[1], "image_id": parts[3]}
-        return None
-    if path.startswith("/storage/") and len(path) > 9 and "/" not in path[9:]:
-        return "storage", {"key": path[9:]}
-    if path.startswith("/cdn/") and len(path) > 5 and "/" not in path[5:]:
-        return "cdn", {}
-    if path.startswith(IMAGE_PREFIX) and len(path) > len(IMAGE_PREFIX) and "/" not in path[len(IMAGE_PREFIX):]:
-        return "astria-img", {"key": path[len(IMAGE_PREFIX):]}
-    if path.startswith(ASTRIA_PREFIX + "/"):
-        parts = path[len(ASTRIA_PREFIX):].rstrip("/").split("/")[1:]
-        if parts in (["packs"], ["gallery", "packs"]):
-            return "astria:/" + "/".join(parts), {}
-        if len(parts) == 2 and parts[0] == "p" and parts[1]:
-            return "astria:/p/{id}", {"id": parts[1]}
+    for route, pattern in ROUTES:
+        if match := pattern.fullmatch(path):
+            return route, match.groupdict()
     return None
 
 
@@ -332,54 +327,68 @@ class Handler(BaseHTTPRequestHandler):
         return Reply(200, blob.data, blob.content_type, {"Cache-Control": "public, max-age=31536000"})
 
     def _api(self, method: str, route: str, params: dict[str, str], query: str, body: bytes) -> Reply:
-        sb = self.server.sandbox
-        auth = self.headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
-        account = sb.accounts.get(token.strip()) if scheme.lower() == "bearer" else None
-        if account is None:
-            return fail(401, "invalid_token", "API key not found")
-        if account.status in ACCOUNT_ERRORS:
-            error_code, message = ACCOUNT_ERRORS[account.status]
-            return fail(account.status, error_code, message)
-        scope = account.scope
-        store = sb.store
+        scope = self._account_scope()
+        if isinstance(scope, Reply):
+            return scope
+        store = self.server.sandbox.store
         if method == "GET" and route == "/packs":
             return self._list_packs(scope, query)
         if method == "GET":
             pack = store.get_pack(scope, params["id"])
             return ok(200, "Pack retrieved", pack) if pack else fail(404, "not_found", "Pack not found")
-        if method == "DELETE" and route == "/packs/{id}":
-            if not store.delete_pack(scope, params["id"]):
-                return fail(404, "not_found", "Pack not found")
-            return ok(200, "Pack deleted", {"id": params["id"], "deleted": True})
         if method == "DELETE":
-            outcome = store.delete_image(scope, params["id"], params["image_id"])
-            if outcome == "no_pack":
-                return fail(404, "not_found", "Pack not found")
-            if outcome == "no_image":
-                return fail(404, "image_not_found", "Image not found")
-            return ok(200, "Image deleted", {"id": params["image_id"], "deleted": True})
+            return self._delete(scope, route, params)
         try:
             payload = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             return fail(400, "invalid_json", "Invalid JSON body")
         try:
-            if route == "/packs":
-                name, is_public = validate_create_pack(payload)
-                return ok(201, "Pack created", store.create_pack(scope, name, is_public))
-            if route == "/packs/{id}":
-                new_name, new_public = validate_update_pack(payload)
-                pack = store.update_pack(scope, params["id"], new_name, new_public)
-                return ok(200, "Pack updated", pack) if pack else fail(404, "not_found", "Pack not found")
-            if route == "/packs/{id}/images":
-                image_url, file_name = validate_add_image(payload)
-                image = store.add_image(scope, params["id"], image_url, file_name)
-                if image is None:
-                    return fail(404, "not_found", "Pack not found")
-                return ok(201, "Image added to pack", image)
-            return self._create_upload(validate_upload_request(payload))
+            return self._write(scope, route, params, payload)
         except PayloadError as exc:
             return fail(422, "invalid_payload", "Invalid payload", exc.issues)
+
+    def _account_scope(self) -> str | Reply:
+        """The scope of the request's key, or the answer refusing it."""
+        auth = self.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        account = self.server.sandbox.accounts.get(token.strip()) if scheme.lower() == "bearer" else None
+        if account is None:
+            return fail(401, "invalid_token", "API key not found")
+        if account.status in ACCOUNT_ERRORS:
+            error_code, message = ACCOUNT_ERRORS[account.status]
+            return fail(account.status, error_code, message)
+        return account.scope
+
+    def _delete(self, scope: str, route: str, params: dict[str, str]) -> Reply:
+        store = self.server.sandbox.store
+        if route == "/packs/{id}":
+            if not store.delete_pack(scope, params["id"]):
+                return fail(404, "not_found", "Pack not found")
+            return ok(200, "Pack deleted", {"id": params["id"], "deleted": True})
+        outcome = store.delete_image(scope, params["id"], params["image_id"])
+        if outcome == "no_pack":
+            return fail(404, "not_found", "Pack not found")
+        if outcome == "no_image":
+            return fail(404, "image_not_found", "Image not found")
+        return ok(200, "Image deleted", {"id": params["image_id"], "deleted": True})
+
+    def _write(self, scope: str, route: str, params: dict[str, str], payload: Any) -> Reply:
+        """A POST or PATCH with a JSON body; ``PayloadError`` for a payload the API refuses."""
+        store = self.server.sandbox.store
+        if route == "/packs":
+            name, is_public = validate_create_pack(payload)
+            return ok(201, "Pack created", store.create_pack(scope, name, is_public))
+        if route == "/packs/{id}":
+            new_name, new_public = validate_update_pack(payload)
+            pack = store.update_pack(scope, params["id"], new_name, new_public)
+            return ok(200, "Pack updated", pack) if pack else fail(404, "not_found", "Pack not found")
+        if route == "/packs/{id}/images":
+            image_url, file_name = validate_add_image(payload)
+            image = store.add_image(scope, params["id"], image_url, file_name)
+            if image is None:
+                return fail(404, "not_found", "Pack not found")
+            return ok(201, "Image added to pack", image)
+        return self._create_upload(validate_upload_request(payload))
 
     def _list_packs(self, scope: str, query: str) -> Reply:
         q = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
