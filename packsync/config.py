@@ -148,12 +148,23 @@ class MappingConfig(_Strict, frozen=True):
     pack_prefix: Annotated[str, Meta(max_length=60)] = ""
 
     def __post_init__(self) -> None:
+        self._check_source()
+        self._check_pack()
+        for key, lines in (("include", self.include), ("exclude", self.exclude)):
+            if problem := check_patterns(lines):
+                raise ValueError(f"{key}: {problem}")
+        if not _count_or_percent(self.max_delete):
+            raise ValueError("max_delete: must be a count >= 0 or a percentage like \"50%\"")
+
+    def _check_source(self) -> None:
         if self.path is None and self.astria_pack is None:
             raise ValueError("path: required (or astria_pack, for an Astria pack)")
         if self.path is not None and self.astria_pack is not None:
             raise ValueError("astria_pack: give path or astria_pack, not both")
         if self.classes is not None and self.astria_pack is None:
             raise ValueError("classes: applies to an Astria pack only")
+
+    def _check_pack(self) -> None:
         if self.packs_from == "subfolders":
             if self.pack is not None or self.pack_id is not None:
                 raise ValueError("packs_from: each subfolder's pack is named after it: give no pack or pack_id")
@@ -161,11 +172,6 @@ class MappingConfig(_Strict, frozen=True):
             raise ValueError('pack_prefix: applies to packs_from = "subfolders" only')
         elif (self.pack is None) == (self.pack_id is None):
             raise ValueError("give exactly one of pack or pack_id")
-        for key, lines in (("include", self.include), ("exclude", self.exclude)):
-            if problem := check_patterns(lines):
-                raise ValueError(f"{key}: {problem}")
-        if not _count_or_percent(self.max_delete):
-            raise ValueError("max_delete: must be a count >= 0 or a percentage like \"50%\"")
 
     @property
     def label(self) -> str:
