@@ -62,32 +62,38 @@ class History:
         return present[index % len(present)] if present else None
 
     def apply(self, operation: tuple[object, ...]) -> None:
-        match operation:
-            case ("add", str(sub), str(name)):
-                write(self.folder / sub / name, self.new_bytes())
-            case ("copy", int(index), str(sub), str(name)):
-                source, target = self.pick(index), self.folder / sub / name
-                if source is not None and source != target:
-                    write(target, source.read_bytes())
-            case ("modify", int(index)):
-                if path := self.pick(index):
-                    path.write_bytes(self.new_bytes())
-            case ("delete", int(index)):
-                if path := self.pick(index):
-                    path.unlink()
-            case ("move", int(index), str(sub), str(name)):
-                source, target = self.pick(index), self.folder / sub / name
-                if source is not None and source != target:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    source.replace(target)
-            case ("remove image", int(index)):
-                images = self.env.sandbox.pack(self.pack_id)["images"]  # type: ignore[index]
-                if images:
-                    self.env.sandbox.remove_image(self.pack_id, images[index % len(images)]["id"])
-            case ("sync",):
-                self.sync_and_check()
-            case _:
-                raise AssertionError(f"unknown operation {operation!r}")
+        name, *arguments = operation
+        getattr(self, "do_" + str(name).replace(" ", "_"))(*arguments)
+
+    def do_add(self, sub: str, name: str) -> None:
+        write(self.folder / sub / name, self.new_bytes())
+
+    def do_copy(self, index: int, sub: str, name: str) -> None:
+        source, target = self.pick(index), self.folder / sub / name
+        if source is not None and source != target:
+            write(target, source.read_bytes())
+
+    def do_modify(self, index: int) -> None:
+        if path := self.pick(index):
+            path.write_bytes(self.new_bytes())
+
+    def do_delete(self, index: int) -> None:
+        if path := self.pick(index):
+            path.unlink()
+
+    def do_move(self, index: int, sub: str, name: str) -> None:
+        source, target = self.pick(index), self.folder / sub / name
+        if source is not None and source != target:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source.replace(target)
+
+    def do_remove_image(self, index: int) -> None:
+        images = self.env.sandbox.pack(self.pack_id)["images"]  # type: ignore[index]
+        if images:
+            self.env.sandbox.remove_image(self.pack_id, images[index % len(images)]["id"])
+
+    def do_sync(self) -> None:
+        self.sync_and_check()
 
     def sync_and_check(self) -> None:
         report = self.env.sync(force=True)
