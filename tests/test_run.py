@@ -478,3 +478,26 @@ def test_a_dry_run_prints_its_plan_as_json_action_by_action(env: Env) -> None:
     assert delete["mapping"] == str(folder) and delete["image"] and delete["reason"] == "file removed"
     assert {"record-scan", "record-sync"} <= {a["kind"] for a in actions}
     assert env.sandbox.mutating_calls() == 0 and len(env.pack(pack_id)["images"]) == 2
+
+
+def test_a_sync_told_which_paths_changed_still_mirrors_the_folder(env: Env) -> None:
+    """``changed`` (the daemon's hint: per mapping, the paths that changed) is accepted by ``Syncer.sync``;
+    a sync given it, or given it for another mapping, mirrors the folder as a full scan does."""
+    import asyncio
+
+    from packsync.app import open_app
+    from packsync.engine.sync import SyncOptions
+
+    folder = env.map("brand", pack="Brand")
+    write(folder / "a.png", image())
+    env.sync()
+    write(folder / "b.png", image())
+
+    async def sync() -> ExitCode:
+        async with open_app(env.config(), TOKEN) as app:
+            hinted = await app.syncer.sync(SyncOptions(wait=False), changed={str(folder): ["b.png"]})
+            elsewhere = await app.syncer.sync(SyncOptions(wait=False), changed={"/elsewhere": ["x.png"]})
+            return max(hinted.exit_code, elsewhere.exit_code)
+
+    assert asyncio.run(sync()) == ExitCode.OK
+    assert len(env.pack_named("Brand")["images"]) == 2
