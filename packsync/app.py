@@ -18,6 +18,7 @@ import msgspec
 from packsync.config import ASTRIA_TOKEN_ENV, Config, MappingConfig, read_token
 from packsync.engine.metadata import MetadataPoller
 from packsync.engine.packs import PackResolver
+from packsync.engine.progress import QUIET
 from packsync.engine.sync import Syncer, SyncOptions, SyncReport
 from packsync.logs import register_secret
 from packsync.remote.astria import AstriaClient
@@ -85,7 +86,7 @@ class App(msgspec.Struct):
     def wire(cls, config: Config, state: State, api: GenviralClient, progress: Progress | None = None) -> App:
         """Build the engine around an open state and client."""
         progress = progress or Progress(enabled=False)
-        packs = PackResolver(api, state, remember=not state.readonly)
+        packs = PackResolver(api, state)
         metadata = MetadataPoller(api, state, progress)
         astria = astria_for(config, api.transport)
         spool = None if state.readonly else config.state_path.parent / "spool"
@@ -134,7 +135,7 @@ async def pull_once(config: Config, token: str, pack: str, folder: Path, *, dele
 
     system, _, wanted = pack.partition(":")
     async with _opened(config, token, dry_run, progress) as (state, api):
-        puller = Puller(api, state, progress)
+        puller = Puller(api, state, progress or QUIET)
         if system == "astria":
             astria = AstriaClient(config.astria.base_url, read_astria_token(config), api.transport)
             return await puller.pull_astria(astria, int(wanted), classes, folder, delete=delete, dry_run=dry_run)

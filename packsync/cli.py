@@ -96,7 +96,8 @@ def _token(config: Config) -> str:
 @click.option("--wait-timeout", type=click.FloatRange(min=0), default=600.0, show_default=True, metavar="S",
               help="Wait at most S seconds for the AI metadata.")
 @click.option("--force", is_flag=True, help="Allow deletes that a safety check withheld.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object (not with --dry-run).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON summary object (with --dry-run: the plan, action by action).")
 def run(dry_run: bool, no_wait: bool, wait_timeout: float, force: bool, as_json: bool) -> None:
     """Sync every mapped folder into its pack once."""
     import asyncio
@@ -107,8 +108,6 @@ def run(dry_run: bool, no_wait: bool, wait_timeout: float, force: bool, as_json:
     from packsync.views.progress import Progress
     from packsync.views.text import print_plan, print_run
 
-    if as_json and dry_run:
-        raise ConfigError("--json: the summary of a run; a --dry-run prints its plan as text.")
     config = _config()
     config.require_mappings()
     token = _token(config)
@@ -116,10 +115,10 @@ def run(dry_run: bool, no_wait: bool, wait_timeout: float, force: bool, as_json:
     # A dry run only reads the state (a consistent snapshot, even while the daemon writes): no lock.
     with nullcontext() if dry_run else StateLock(config.state_path):
         report = asyncio.run(sync_once(config, token, options, Progress()))
-    if as_json and not dry_run:
-        from packsync.views.json import run_document, write_json
+    if as_json:
+        from packsync.views.json import plan_document, run_document, write_json
 
-        write_json(run_document(report), sys.stdout)
+        write_json(plan_document(report) if dry_run else run_document(report), sys.stdout)
     elif dry_run:
         print_plan(report, sys.stdout, verbose=bool(click.get_current_context().meta.get("packsync.verbose")))
     else:

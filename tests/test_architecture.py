@@ -90,8 +90,10 @@ def test_the_package_has_no_import_cycles() -> None:
     ("packsync.sources", {"packsync.remote", "packsync.state", "packsync.engine", "packsync.daemon"}),
     ("packsync.remote", {"packsync.state", "packsync.engine", "packsync.sources", "packsync.daemon"}),
     ("packsync.state", {"packsync.remote", "packsync.engine", "packsync.sources", "packsync.daemon"}),
-    ("packsync.views", {"packsync.daemon", "packsync.app"}),
-    ("packsync.engine", {"packsync.daemon", "packsync.app", "packsync.cli", "packsync.web"}),
+    ("packsync.views", {"packsync.daemon", "packsync.app", "packsync.engine", "packsync.remote"}),
+    ("packsync.engine", {"packsync.daemon", "packsync.app", "packsync.cli", "packsync.web", "packsync.views"}),
+    ("packsync.mappings", {"packsync.remote", "packsync.engine", "packsync.sources", "packsync.views",
+                           "packsync.daemon", "packsync.web"}),
     ("packsync.web", {"packsync.daemon", "packsync.app", "packsync.cli", "packsync.remote"}),
 ])
 def test_layers_depend_only_downwards(layer: str, forbidden: set[str]) -> None:
@@ -151,3 +153,15 @@ def test_the_wheel_holds_no_test_code(tmp_path: Path) -> None:
     assert {"packsync/web/templates/page.html", "packsync/web/static/app.js", "packsync/web/static/style.css"} \
         <= set(names), "the page's templates and assets ship in the wheel"
     assert [n for n in names if "test" in n.lower() or n.startswith(("tests/", "bench/"))] == []
+
+
+def test_the_engine_and_the_views_never_name_a_kind_of_source() -> None:
+    """Sources are known by their interface (``kind``, ``gone``, ``unavailable``, ``listing``): no
+    ``isinstance`` of a source class in the engine, no label prefix outside ``packsync.sources``."""
+    needles = ("isinstance(source", "FolderSource)", "GoneFolder)", "AstriaSource)", 'startswith("astria:")')
+    offenders = []
+    for folder in ("engine", "views", "web"):
+        for path in sorted((PACKAGE / folder).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            offenders += [f"{_module_name(path)}: {needle}" for needle in needles if needle in text]
+    assert offenders == []

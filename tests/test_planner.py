@@ -290,7 +290,7 @@ def test_force_overrides_every_safety_stop(world: World, _reason: str) -> None:
     plan = plan_mapping(world.source())
 
     assert plan.safety is None and plan.withheld == []
-    assert plan.deletes == unforced.withheld
+    assert [(d.image_id, d.reason) for d in plan.deletes] == [(d.image_id, d.reason) for d in unforced.withheld]
 
 
 NO_SAFETY_STOP = [

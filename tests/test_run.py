@@ -445,7 +445,6 @@ def test_run_json_is_one_summary_object(env: Env) -> None:
     write(folder / "empty.png", b"")
 
     result = env.cli("run", "--no-wait", "--json")
-    refused = env.cli("run", "--dry-run", "--json")
 
     assert result.returncode == ExitCode.SOME_FAILED
     summary = json.loads(result.stdout)
@@ -453,4 +452,52 @@ def test_run_json_is_one_summary_object(env: Env) -> None:
     assert summary["exit_code"] == ExitCode.SOME_FAILED
     assert (mapping["source"], mapping["pack_id"], mapping["added"], mapping["deleted"]) == (str(folder), pack_id, 2, 0)
     assert [p["path"] for p in mapping["skipped"]] == ["empty.png"] and mapping["error"] is None
-    assert refused.returncode == ExitCode.USAGE and "--json" in refused.stderr
+
+
+def test_a_dry_run_prints_its_plan_as_json_action_by_action(env: Env) -> None:
+    """``run --dry-run --json``: every action the executor would take, with its kind, mapping, file and
+    image — and nothing done."""
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("brand", pack_id=pack_id)
+    write(folder / "a.png", image())
+    write(folder / "b.png", image())
+    assert env.cli("run", "--no-wait").returncode == ExitCode.OK
+    (folder / "a.png").unlink()
+    write(folder / "c.png", image())
+    env.sandbox.reset_calls()
+
+    done = env.cli("run", "--dry-run", "--json")
+
+    assert done.returncode == ExitCode.OK, done.stderr
+    plan = json.loads(done.stdout)
+    actions = plan["actions"]
+    assert all(set(a) >= {"kind", "mapping", "file", "image"} for a in actions)
+    assert [(a["kind"], a["file"]) for a in actions if a["kind"] in ("upload", "add")] == [
+        ("upload", "c.png"), ("add", "c.png")]
+    (delete,) = [a for a in actions if a["kind"] == "delete"]
+    assert delete["mapping"] == str(folder) and delete["image"] and delete["reason"] == "file removed"
+    assert {"record-scan", "record-sync"} <= {a["kind"] for a in actions}
+    assert env.sandbox.mutating_calls() == 0 and len(env.pack(pack_id)["images"]) == 2
+
+
+def test_a_sync_told_which_paths_changed_still_mirrors_the_folder(env: Env) -> None:
+    """``changed`` (the daemon's hint: per mapping, the paths that changed) is accepted by ``Syncer.sync``;
+    a sync given it, or given it for another mapping, mirrors the folder as a full scan does."""
+    import asyncio
+
+    from packsync.app import open_app
+    from packsync.engine.sync import SyncOptions
+
+    folder = env.map("brand", pack="Brand")
+    write(folder / "a.png", image())
+    env.sync()
+    write(folder / "b.png", image())
+
+    async def sync() -> ExitCode:
+        async with open_app(env.config(), TOKEN) as app:
+            hinted = await app.syncer.sync(SyncOptions(wait=False), changed={str(folder): ["b.png"]})
+            elsewhere = await app.syncer.sync(SyncOptions(wait=False), changed={"/elsewhere": ["x.png"]})
+            return max(hinted.exit_code, elsewhere.exit_code)
+
+    assert asyncio.run(sync()) == ExitCode.OK
+    assert len(env.pack_named("Brand")["images"]) == 2

@@ -293,3 +293,52 @@ def test_retrying_failed_files_reaches_the_subfolders_packs(env: Env, brand: Pat
         assert "empty.png" not in state.files.cache(label)
     finally:
         state.close()
+
+
+# -- observe → plan → execute (issue 22; each failed before its change) ------------------------------
+
+def test_a_refused_key_while_renaming_a_subfolders_pack_stops_the_run(env: Env, brand: Path) -> None:
+    """The rename is an action like any other: a 401 on its PATCH stops everything with exit 3 (it was
+    once caught with every other API error, logged, and the run went on)."""
+    from packsync.sandbox.server import fail
+
+    env.sync()
+    (brand / "Logos").rename(brand / "Logotypes")
+    env.sandbox.rewrite("PATCH", "/packs/{id}", lambda _reply: fail(401, "unauthorized", "the key was revoked"))
+    env.sandbox.reset_calls()
+
+    done = env.cli("run", "--no-wait")
+
+    assert done.returncode == ExitCode.AUTH, done.stdout + done.stderr
+    assert mutations(env) == {}
+
+
+def test_status_reads_the_subfolders_from_the_state_never_the_disk(env: Env, brand: Path) -> None:
+    """``status`` (and the page and ``/healthz``, which read the same model) lists a ``packs_from =
+    "subfolders"`` mapping's subfolders from the state: no folder is listed, so a hung share cannot stall
+    it."""
+    import sys
+
+    from packsync.state.store import State
+    from packsync.views.status import read_status
+
+    env.sync()
+    listed: list[object] = []
+    watching = [False]
+
+    def audit(event: str, args: tuple[object, ...]) -> None:
+        if watching[0] and event in ("os.scandir", "os.listdir"):
+            listed.append(args)
+
+    sys.addaudithook(audit)
+    state = State(env.state_path, readonly=True)
+    try:
+        watching[0] = True
+        status = read_status(env.config(), state)
+    finally:
+        watching[0] = False
+        state.close()
+
+    assert listed == []
+    assert sorted((m.path, m.pack_name) for m in status.mappings) == [
+        (str(brand / "Backgrounds"), "Brand – Backgrounds"), (str(brand / "Logos"), "Brand – Logos")]

@@ -1,16 +1,20 @@
-"""The executor: carry out a plan against the API, recording each step once it is confirmed.
+"""The executor: carry out a plan, one action at a time, recording each step once it is confirmed.
 
-The plan is the contract: the executor does what it says — create the pack, record adoptions and
-forget vanished images, upload each content the plan lists once (``POST /files`` → ``PUT``), add
-each image, delete last — and decides nothing again. Each step is written to the state as soon as
-the API confirmed it (a few steps at a time: the state's ``write_behind``), so a killed run resumes
-where it stopped: a URL obtained is reused while valid, bytes PUT are not sent again, and an image
-added but not recorded is found by its URL in the pack — that URL is committed before the add is
-sent. Deletes run last, and not at all in a mapping where an add failed (rclone's
---delete-after).
+The plan is the contract: the executor runs its actions (``actions.py``: each does its API call and
+records what the API confirmed) and decides nothing again. It is the only part of a sync that writes
+the state or calls a mutating API. Phases, in this order: ``prepare`` (rename or create the pack,
+remember it, record the scan, adoptions, forgotten images and metadata), ``transfer`` (each content
+uploaded once however many packs want it — ``POST /files`` → ``PUT`` — then each image added),
+``delete`` last, and not at all in a mapping where an add failed (rclone's --delete-after); and,
+after the metadata wait, ``finish`` (sidecars, then the mapping's "last sync" record).
 
-A failure of one item is recorded and the rest goes on; a refused key (``AuthError``) stops
-everything at once.
+Each step is written to the state as soon as the API confirmed it (a few steps at a time: the
+state's ``write_behind``), so a killed run resumes where it stopped: a URL obtained is reused while
+valid, bytes PUT are not sent again, and an image added but not recorded is found by its URL in the
+pack — that URL is committed before the add is sent.
+
+A failure of one item is recorded and the rest goes on; a mapping whose pack could not be created or
+renamed stops; a refused key (``AuthError``) stops everything at once.
 """
 
 from __future__ import annotations
@@ -22,26 +26,26 @@ from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
+from packsync.config import MappingConfig
+from packsync.engine.actions import Action, AddImage, Phase, Upload
 from packsync.engine.packs import PackResolver
-from packsync.engine.planner import AddImage, DeleteImage, MappingPlan, Plan, Upload
+from packsync.engine.planner import MappingPlan, Plan
+from packsync.engine.progress import QUIET, ProgressObserver
 from packsync.errors import (
     AmbiguousError,
     AuthError,
-    ItemChanged,
-    NotFound,
     PermanentError,
     StateError,
-    TransientError,
     UploadRejected,
     first_error,
 )
 from packsync.logs import get_logger
-from packsync.model import Blob, ManagedImage
+from packsync.model import Blob
 from packsync.remote.genviral import GenviralClient
 from packsync.sources.base import Source
-from packsync.views.progress import Progress
 
-if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
+if TYPE_CHECKING:  # types only: the state is opened by whoever runs these; sidecars by the mappings writing them
+    from packsync.engine.sidecars import SidecarReport
     from packsync.state.store import State
 
 T = TypeVar("T")
@@ -51,7 +55,6 @@ T = TypeVar("T")
 EXPIRY_MARGIN_S = 30.0
 #: Fresh upload URLs storage may refuse in a row before the item is given up for this run.
 UPLOAD_TRIES = 3
-
 
 class MappingOutcome(msgspec.Struct):
     label: str
@@ -63,30 +66,73 @@ class MappingOutcome(msgspec.Struct):
     failures: list[tuple[str, str]] = msgspec.field(default_factory=list)
     error: str | None = None
     deletes_skipped: int = 0
+    renamed_from: str | None = None  # the subfolder it was, when its pack followed a rename
+    sidecars: SidecarReport | None = None
+
+
+class Run:
+    """What an action of one mapping's plan reaches while it runs: the API, the state, its pack and
+    its outcome."""
+
+    def __init__(self, executor: Executor, plan: MappingPlan, outcome: MappingOutcome) -> None:
+        self.api, self.state, self.packs, self.progress = executor.api, executor.state, executor.packs, \
+            executor.progress
+        self.plan, self.outcome = plan, outcome
+        self.pack_name = plan.pack_name
+        self.log = executor.log.bind(pack=plan.pack_name)
+        self.url_of = executor.url_of
+        self.sidecars = executor.sidecars
+        self._executor = executor
+
+    @property
+    def pack_id(self) -> str:
+        return self.outcome.pack_id or ""
+
+    def stop(self, why: str) -> None:
+        """The mapping cannot go on this run (its pack is gone, or could not be made)."""
+        if self.outcome.error is None:
+            self.outcome.error = why
+            self.log.error("mapping stopped", error=why)
+
+    def fail(self, where: str, why: str) -> None:
+        """One item failed; the rest goes on (and the mapping's deletes wait)."""
+        self.outcome.failures.append((where, why))
+        self.log.warning("item failed", item=where, error=why)
+
+    async def add_once(self, url: str, file_name: str) -> str:
+        return await self._executor.add_once(self.pack_id, url, file_name)
 
 
 class Executor:
     def __init__(self, api: GenviralClient, state: State, packs: PackResolver, sources: Mapping[str, Source],
-                 progress: Progress | None = None) -> None:
+                 progress: ProgressObserver = QUIET,
+                 sidecars: Callable[[MappingConfig], Awaitable[SidecarReport]] | None = None) -> None:
         self.api = api
         self.state = state
         self.packs = packs
         self.sources = sources
-        self.progress = progress or Progress(enabled=False)
+        self.progress = progress
+        self._sidecars = sidecars
         self.log = get_logger()
         self._uploads: dict[str, asyncio.Task[str]] = {}
+        self._urls: dict[str, str] = {}
+        self._planned: dict[str, Upload] = {}
 
     async def run(self, plan: Plan) -> list[MappingOutcome]:
-        """Carry out ``plan``; one outcome per mapping, in the plan's order."""
+        """Carry out ``plan`` up to its ``finish`` phase; one outcome per mapping, in the plan's order."""
         outcomes = [MappingOutcome(m.label, m.pack_id) for m in plan.mappings]
-        uploads = {upload.add.sha256: upload for upload in plan.uploads}
-
-        def url_of(add: AddImage) -> Awaitable[str]:
-            return self._uploaded(uploads[add.sha256]) if add.sha256 not in plan.urls else _ready(plan.urls[add.sha256])
-
+        self._planned = {upload.add.sha256: upload for upload in plan.uploads}
+        self._urls = dict(plan.urls)
+        runs = [Run(self, mapping, outcome) for mapping, outcome in zip(plan.mappings, outcomes, strict=True)]
         try:
             with self.state.write_behind():
-                await self._run(plan, outcomes, url_of)
+                for run in runs:
+                    await _in_turn(run, "prepare")
+                async with asyncio.TaskGroup() as group:
+                    for run in runs:
+                        group.create_task(self._bounded(run, "transfer"))
+                for run in runs:
+                    await self._deletes(run)
         except* (AuthError, StateError) as group_error:
             raise first_error(group_error) from None
         finally:
@@ -97,73 +143,38 @@ class Executor:
             await asyncio.gather(*self._uploads.values(), return_exceptions=True)
         return outcomes
 
-    async def _run(self, plan: Plan, outcomes: list[MappingOutcome],
-                   url_of: Callable[[AddImage], Awaitable[str]]) -> None:
-        for mapping, outcome in zip(plan.mappings, outcomes, strict=True):
-            await self._prepare(mapping, outcome)
-        async with asyncio.TaskGroup() as group:
+    async def finish(self, plan: Plan, outcomes: list[MappingOutcome]) -> None:
+        """The ``finish`` phase (after the metadata wait): sidecars, then each mapping's record."""
+        with self.state.write_behind():
             for mapping, outcome in zip(plan.mappings, outcomes, strict=True):
-                if not outcome.error:
-                    group.create_task(self._adds(mapping, outcome, url_of))
-        for mapping, outcome in zip(plan.mappings, outcomes, strict=True):
-            await self._deletes(mapping, outcome)
+                await _in_turn(Run(self, mapping, outcome), "finish")
 
-    async def _prepare(self, mapping: MappingPlan, outcome: MappingOutcome) -> None:
-        """Create the pack if the plan says so, then record adoptions and forget images gone remotely."""
-        if mapping.create_pack:
-            try:
-                outcome.pack_id = await self.packs.create(mapping.label, mapping.pack_name)
-            except (TransientError, PermanentError) as exc:
-                outcome.error = f"cannot create pack {mapping.pack_name!r}: {exc}"
-                return
-        log = self.log.bind(pack=mapping.pack_name)
-        for forget in mapping.forgets:
-            self.state.images.forget(forget.image.pack_id, [forget.image.image_id])
-            log.info("image gone from the pack; will add again if still wanted", image_id=forget.image.image_id)
-        self.state.images.record(adopt.image for adopt in mapping.adopts)
-        outcome.recovered = sum(adopt.recovered for adopt in mapping.adopts)
-        outcome.adopted = len(mapping.adopts) - outcome.recovered
+    async def sidecars(self, mapping: MappingConfig) -> SidecarReport:
+        assert self._sidecars is not None, "a plan with sidecars needs the sidecar pass"
+        return await self._sidecars(mapping)
 
-    # -- adds --------------------------------------------------------------------------------------
+    async def _bounded(self, run: Run, phase: Phase) -> None:
+        await _bounded((a for a in run.plan.actions if a.phase == phase), lambda a: _once(run, a),
+                       limit=self.api.concurrency * 2)
 
-    async def _adds(self, mapping: MappingPlan, outcome: MappingOutcome,
-                    url_of: Callable[[AddImage], Awaitable[str]]) -> None:
-        pack_id = outcome.pack_id or ""
-        log = self.log.bind(pack=mapping.pack_name)
+    async def _deletes(self, run: Run) -> None:
+        deletes = [a for a in run.plan.actions if a.phase == "delete"]
+        if not deletes or run.outcome.error:
+            return
+        if run.outcome.failures:
+            run.outcome.deletes_skipped = len(deletes)
+            run.log.warning("deletes postponed because some items failed", deletes=len(deletes))
+            return
+        await self._bounded(run, "delete")
 
-        async def one(add: AddImage) -> None:
-            if outcome.error:
-                return
-            url = None
-            try:
-                url = await url_of(add)
-                image_id = await self._add(pack_id, url, add.file_name)
-            except NotFound as exc:
-                if outcome.error is None:
-                    outcome.error = f"pack {mapping.pack_name!r} is gone or out of the key's scope ({exc})"
-                    log.error("pack unavailable; mapping stopped", error=str(exc))
-                return
-            except (TransientError, PermanentError, UploadRejected, ItemChanged) as exc:
-                if url is not None and isinstance(exc, PermanentError) and "image_url" in exc.fields:
-                    # The API refuses the uploaded URL: upload the content afresh next time, never reuse it.
-                    self.state.uploads.forget_blob(add.sha256)
-                where = f"{mapping.label}/{add.item.key}"
-                outcome.failures.append((where, str(exc)))
-                log.warning("item failed", item=where, error=str(exc))
-                return
-            self.state.images.record([ManagedImage(pack_id, image_id, add.sha256, url, add.file_name, mapping.label)])
-            outcome.added += 1
-            self.progress.advance("added")
-            log.debug("image added", file=add.file_name, image_id=image_id)
-
-        await _bounded(mapping.adds, one, limit=self.api.concurrency * 2)
-
-    def _uploaded(self, upload: Upload) -> Awaitable[str]:
-        """The CDN URL of ``upload``'s content, uploading it once however many packs want it."""
-        task = self._uploads.get(upload.add.sha256)
+    def url_of(self, add: AddImage) -> Awaitable[str]:
+        """The CDN URL of ``add``'s content, uploading it once however many packs want it."""
+        if add.sha256 in self._urls:
+            return _ready(self._urls[add.sha256])
+        task = self._uploads.get(add.sha256)
         if task is None:
-            task = asyncio.ensure_future(self._upload(upload))
-            self._uploads[upload.add.sha256] = task
+            task = asyncio.ensure_future(self._upload(self._planned[add.sha256]))
+            self._uploads[add.sha256] = task
         return asyncio.shield(task)
 
     async def _upload(self, upload: Upload) -> str:
@@ -190,7 +201,7 @@ class Executor:
             return blob.url or ""
         raise PermanentError(f"storage rejected {UPLOAD_TRIES} fresh upload URLs in a row; the last said: {rejected}")
 
-    async def _add(self, pack_id: str, url: str, file_name: str) -> str:
+    async def add_once(self, pack_id: str, url: str, file_name: str) -> str:
         """Add ``url`` to the pack exactly once, even when an answer is lost on the way back."""
         attempt = 0
         while True:
@@ -208,35 +219,16 @@ class Executor:
                         return image.image_id
                 await asyncio.sleep(self.api.retry.backoff.delay(attempt, exc.retry_after))
 
-    # -- deletes -----------------------------------------------------------------------------------
 
-    async def _deletes(self, mapping: MappingPlan, outcome: MappingOutcome) -> None:
-        if not mapping.deletes or outcome.error:
-            return
-        log = self.log.bind(pack=mapping.pack_name)
-        if outcome.failures:
-            outcome.deletes_skipped = len(mapping.deletes)
-            log.warning("deletes postponed because some items failed", deletes=len(mapping.deletes))
-            return
-        pack_id = outcome.pack_id or ""
+async def _in_turn(run: Run, phase: Phase) -> None:
+    """A phase's actions of one mapping, one after the other in their ``order``."""
+    for action in sorted((a for a in run.plan.actions if a.phase == phase), key=lambda a: a.order):
+        await _once(run, action)
 
-        async def one(delete: DeleteImage) -> None:
-            if outcome.error:
-                return
-            try:
-                await self.api.delete_image(pack_id, delete.image_id)
-            except NotFound as exc:
-                outcome.error = f"pack {mapping.pack_name!r} is gone or out of the key's scope ({exc})"
-                return
-            except (TransientError, PermanentError) as exc:
-                outcome.failures.append((f"image {delete.image_id}", f"delete failed: {exc}"))
-                return
-            self.state.images.forget(pack_id, [delete.image_id])
-            outcome.deleted += 1
-            self.progress.advance("deleted")
-            log.debug("image deleted", image_id=delete.image_id, reason=delete.reason)
 
-        await _bounded(mapping.deletes, one, limit=self.api.concurrency * 2)
+async def _once(run: Run, action: Action) -> None:
+    if run.outcome.error is None or action.after_error:
+        await action.apply(run)
 
 
 async def _ready(value: T) -> T:

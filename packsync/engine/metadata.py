@@ -14,11 +14,11 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from packsync.engine.planner import metadata_updates
+from packsync.engine.progress import QUIET, ProgressObserver
 from packsync.errors import ApiError, AuthError
 from packsync.logs import get_logger
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.retry import Backoff
-from packsync.views.progress import Progress
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State
@@ -28,10 +28,10 @@ POLL_BACKOFF = Backoff(1.0, 30.0)
 
 
 class MetadataPoller:
-    def __init__(self, api: GenviralClient, state: State, progress: Progress | None = None) -> None:
+    def __init__(self, api: GenviralClient, state: State, progress: ProgressObserver = QUIET) -> None:
         self.api = api
         self.state = state
-        self.progress = progress or Progress(enabled=False)
+        self.progress = progress
         self.log = get_logger()
 
     async def poll(self, pack_ids: Collection[str]) -> None:
@@ -51,11 +51,12 @@ class MetadataPoller:
         deadline = time.monotonic() + timeout_s
         total = sum(map(self.state.images.count, pack_ids))
         self.progress.total("metadata", total)
-        attempt = 0
+        attempt = shown = 0
         while True:
             pending = self.state.metadata.pending(pack_ids)
             settled = total - sum(pending.values())
-            self.progress.advance("metadata", settled - self.progress.counts["metadata"])
+            self.progress.advance("metadata", settled - shown)
+            shown = settled
             left = deadline - time.monotonic()
             if not pending or left <= 0:
                 return sum(pending.values())

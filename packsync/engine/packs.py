@@ -5,6 +5,9 @@ state remembers for that name, else the oldest of the key's own packs with exact
 a new one). What was found is remembered per mapping in the state, so later runs read the pack by
 id. Every other module asks here; none looks the pack up on its own.
 
+Reading writes nothing: ``read`` says what to remember (a ``RememberPack`` for the plan), and the
+executor records it — and a pack created, through ``create`` — once the API confirmed it.
+
 A 404 for a remembered pack may be a glitch: it is believed only after a second look by id, after
 a pause, and a look by name. Only then is the pack taken as gone (deleted in the web app?) and a
 new one created; the records of the old one are dropped once the new one exists, never before.
@@ -15,77 +18,78 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from packsync.config import MappingConfig
+from packsync.engine.actions import RememberPack
 from packsync.errors import AmbiguousError, MalformedAnswer, NotFound
 from packsync.logs import get_logger
+from packsync.mappings import recorded_pack_id as recorded_pack_id  # (also where sidecars ask for it)
 from packsync.model import PackRead
 
 #: How long to wait before looking again at a pack that answered 404.
 CONFIRM_PAUSE_S = 1.0
 
-if TYPE_CHECKING:  # the views read ``recorded_pack_id`` without loading an HTTP client
+if TYPE_CHECKING:  # types only: the client and the state are opened by whoever runs these
     from packsync.remote.genviral import GenviralClient
     from packsync.state.store import State
 
 
-def recorded_pack_id(state: State, mapping: MappingConfig) -> str | None:
-    """The pack id ``mapping`` syncs into as far as the state knows — only while the config still
-    names that pack (a renamed ``pack`` is another pack)."""
-    if mapping.pack_id is not None:
-        return mapping.pack_id
-    record = state.mappings.get(mapping.label)
-    return record.pack_id if record and record.pack_id and record.pack_name == mapping.pack else None
+class Resolved(msgspec.Struct, frozen=True):
+    """A mapping's pack as found: the pack read (None: it is to be created), what the state should
+    remember of it, the remembered pack found deleted (its records go once another exists), and what
+    the user should hear about it."""
+
+    pack: PackRead | None
+    remember: RememberPack | None = None
+    gone: str | None = None
+    notice: str | None = None
 
 
 class PackResolver:
-    def __init__(self, api: GenviralClient, state: State, *, remember: bool = True) -> None:
+    def __init__(self, api: GenviralClient, state: State) -> None:
         self.api = api
         self.state = state
-        self.remember = remember
         self.log = get_logger()
-        #: Per mapping label, the remembered pack found gone this run (its records go once a new one exists).
-        self.gone: dict[str, str] = {}
-        #: Per mapping label, what the user should hear about its pack this run.
-        self.notices: dict[str, str] = {}
 
-    async def read(self, mapping: MappingConfig) -> PackRead | None:
-        """The mapping's pack as the API shows it now (its images decoded when asked for); None when it is
-        to be created.
+    async def read(self, mapping: MappingConfig) -> Resolved:
+        """The mapping's pack as the API shows it now (its images decoded when asked for), and what to
+        remember of it. Writes nothing.
 
         Raises ``NotFound`` for a ``pack_id`` that is not there, and the client's errors otherwise.
         """
-        remote: PackRead | None
         if mapping.pack_id is not None:
             try:
                 remote = await self.api.read_pack(mapping.pack_id)
             except NotFound as exc:
                 raise NotFound(f"pack_id {mapping.pack_id} not found, or outside the key's scope", method=exc.method,
                                route=exc.route, status=exc.status, error_code=exc.error_code) from None
-        else:
-            remote = await self._by_name(mapping)
-        if remote is not None:
-            self._remember(mapping.label, remote.pack_id, mapping.pack or remote.name)
-        return remote
+            return Resolved(remote, self._remember(mapping.label, remote.pack_id, mapping.pack or remote.name))
+        return await self._by_name(mapping)
 
-    async def _by_name(self, mapping: MappingConfig) -> PackRead | None:
+    async def _by_name(self, mapping: MappingConfig) -> Resolved:
         name = mapping.pack or ""
         remembered = recorded_pack_id(self.state, mapping)
+        gone = None
         if remembered:
             try:
-                return await self.api.read_pack(remembered)
+                return Resolved(await self.api.read_pack(remembered))
             except NotFound:
                 await asyncio.sleep(CONFIRM_PAUSE_S)
             try:
-                return await self.api.read_pack(remembered)
+                return Resolved(await self.api.read_pack(remembered))
             except NotFound:
-                self.gone[mapping.label] = remembered
+                gone = remembered
         found = await self._oldest_named(name)
+        notice = None
         if remembered and not found:
-            self.notices[mapping.label] = (f"the pack {name!r} ({remembered}) is gone (deleted in the web app?); "
-                                           "a new one is created")
+            notice = f"the pack {name!r} ({remembered}) is gone (deleted in the web app?); a new one is created"
             self.log.warning("the pack is gone (deleted in the web app?); it will be created again", pack=name,
                              pack_id=remembered)
-        return await self.api.read_pack(found) if found else None
+        if not found:
+            return Resolved(None, gone=gone, notice=notice)
+        remote = await self.api.read_pack(found)
+        return Resolved(remote, self._remember(mapping.label, remote.pack_id, name, gone), gone)
 
     async def _oldest_named(self, name: str) -> str | None:
         candidates = [p for p in await self.api.list_packs(search=name) if p.name == name and not p.is_public]
@@ -93,9 +97,9 @@ class PackResolver:
             self.log.warning("several packs have this name; using the oldest", pack=name, count=len(candidates))
         return min(candidates, key=lambda p: p.created_at).pack_id if candidates else None
 
-    async def create(self, label: str, name: str) -> str:
-        """Create the pack of the mapping labelled ``label``, exactly once even when the answer is lost,
-        and remember it."""
+    async def create(self, name: str) -> str:
+        """Create a pack named ``name``, exactly once even when the answer is lost (remembering it is
+        the caller's)."""
         try:
             pack_id = await self.api.create_pack(name)
         except (AmbiguousError, MalformedAnswer) as exc:
@@ -105,15 +109,12 @@ class PackResolver:
             if found is None and isinstance(exc, MalformedAnswer):
                 raise
             pack_id = found or await self.api.create_pack(name)
-        self._remember(label, pack_id, name)
         self.log.info("pack created", pack=name, pack_id=pack_id)
         return pack_id
 
-    def _remember(self, label: str, pack_id: str, name: str) -> None:
+    def _remember(self, label: str, pack_id: str, name: str, gone: str | None = None) -> RememberPack | None:
+        """What the state should remember of the mapping's pack, when it does not know it already."""
         record = self.state.mappings.get(label)
-        if not self.remember or (record and record.pack_id == pack_id and record.pack_name == name):
-            return
-        self.state.mappings.save(label, pack_id=pack_id, pack_name=name)
-        gone = self.gone.pop(label, None)
-        if gone and gone != pack_id:
-            self.state.images.forget(gone, owner=label)
+        if record and record.pack_id == pack_id and record.pack_name == name:
+            return None
+        return RememberPack(label, pack_id, name, gone)

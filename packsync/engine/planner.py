@@ -3,8 +3,9 @@
 Inputs are three views of the same mapping: what the source holds now (a ``Scan`` of content
 items, whatever kind of source listed them), what packsync
 recorded of its own work (``ManagedImage`` rows), and what the pack really holds (``RemotePack``).
-The output is a ``MappingPlan``: small action values that the executor carries out, or that
-``run --dry-run`` prints. The rules, in order:
+The output is a ``MappingPlan``: small action values (``actions.py``) that the executor carries out,
+or that ``run --dry-run`` prints — the pack created, remembered or renamed, adoptions, forgets, adds,
+deletes, withheld deletes and the metadata to record. The rules, in order:
 
 1. An image in the pack whose URL is one of packsync's own uploads but which the state does not
    record (a run died between the API's answer and the commit) is *adopted*, never added again.
@@ -18,64 +19,40 @@ The output is a ``MappingPlan``: small action values that the executor carries o
    contents the scan could not positively see gone (``Scan.keep``).
 5. Images packsync did not add are the user's: deleted only with ``prune_foreign``. Images another
    mapping owns in the same pack are neither: that mapping's to delete; their content is present.
-6. Safety: deletes are withheld (and the mapping reported) when the source looks empty while the
-   pack holds its images, or when they exceed ``max_delete``; ``--force`` overrides both.
+6. Safety (``safety_stop``, the one place every safety stop is decided): nothing is deleted from a
+   missing source packsync synced from or one that could not be scanned, even with ``--force``;
+   deletes are withheld (and the mapping reported) when the source looks empty while the pack holds
+   its images, or when they exceed ``max_delete``, unless ``--force``.
 """
 
 from __future__ import annotations
 
 import math
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import PurePosixPath
+from typing import TypeVar
 
 import msgspec
 
+from packsync.engine.actions import (
+    Action,
+    AddImage,
+    AdoptImage,
+    CreatePack,
+    DeleteImage,
+    ForgetImage,
+    RecordMetadata,
+    RememberPack,
+    RenamePack,
+    Upload,
+    WithheldDelete,
+)
 from packsync.model import Blob, ContentItem, ManagedImage, Metadata, RemoteImage, RemotePack, Scan
 
+A = TypeVar("A", bound=Action)
+
 MAX_FILE_NAME = 255
-
-
-class AddImage(msgspec.Struct, frozen=True):
-    """Add the content of ``item`` (of the mapping labelled ``mapping``) to the pack, as ``file_name``."""
-
-    mapping: str
-    item: ContentItem
-    file_name: str
-
-    @property
-    def sha256(self) -> str:
-        return self.item.sha256
-
-
-class Upload(msgspec.Struct, frozen=True):
-    """Put some content in Genviral's storage, resuming ``resume`` (a URL obtained, not yet used)."""
-
-    add: AddImage
-    resume: Blob | None = None
-
-
-class AdoptImage(msgspec.Struct, frozen=True):
-    """Record an image already in the pack as packsync's: its own upload (``recovered``), or an image
-    holding the same bytes as an item of the source."""
-
-    image: ManagedImage
-    recovered: bool = True
-
-
-class ForgetImage(msgspec.Struct, frozen=True):
-    """Drop the record of an image that is no longer in the pack."""
-
-    image: ManagedImage
-
-
-class DeleteImage(msgspec.Struct, frozen=True):
-    """Delete an image from the pack; ``reason`` says why in a few words."""
-
-    image_id: str
-    url: str
-    reason: str
-    sha256: str | None = None
 
 
 class MappingOptions(msgspec.Struct, frozen=True):
@@ -83,6 +60,18 @@ class MappingOptions(msgspec.Struct, frozen=True):
     prune_foreign: bool = False
     max_delete: int | str = "50%"
     force: bool = False
+
+
+class SourceFacts(msgspec.Struct, frozen=True):
+    """What observing a mapping's source found that a safety stop depends on."""
+
+    #: Why the source is not there (a folder missing, one that cannot be listed, every synced subfolder
+    #: of a mapped folder gone at once): a missing source.
+    missing: str | None = None
+    #: Why its scan could not be made (``SourceUnavailable``).
+    unreadable: str | None = None
+    #: Whether packsync recorded files or images of it: then a missing source is not a mistake in the config.
+    synced_before: bool = False
 
 
 class MappingInput(msgspec.Struct, frozen=True):
@@ -98,35 +87,64 @@ class MappingInput(msgspec.Struct, frozen=True):
     others: Mapping[str, str] = msgspec.field(default_factory=dict)  # other mappings' images here: id -> content
     contents: Mapping[str, str] = msgspec.field(default_factory=dict)  # downloaded unrecorded images: url -> content
     unknown: int = 0  # unrecorded images whose content could not be learnt this time (it may pass)
+    facts: SourceFacts = SourceFacts()
+    remember: RememberPack | None = None  # the pack the resolver found, when the state does not know it yet
+    gone_pack: str | None = None  # the remembered pack found deleted: its records go once a new one exists
+    renamed: RenamePack | None = None  # a renamed subfolder taking over its old name's records and pack
 
 
 class MappingPlan(msgspec.Struct):
+    """One mapping's actions, in the order the executor takes them within a phase, and what the plan
+    found worth a word without anything to do about it."""
+
     label: str
     pack_name: str
     pack_id: str | None
-    adds: list[AddImage] = msgspec.field(default_factory=list)
-    adopts: list[AdoptImage] = msgspec.field(default_factory=list)
-    forgets: list[ForgetImage] = msgspec.field(default_factory=list)
-    deletes: list[DeleteImage] = msgspec.field(default_factory=list)
-    withheld: list[DeleteImage] = msgspec.field(default_factory=list)
+    actions: list[Action] = msgspec.field(default_factory=list)
     duplicates: list[RemoteImage] = msgspec.field(default_factory=list)  # foreign copies of a content already here
     waiting: list[AddImage] = msgspec.field(default_factory=list)  # adds held back until unknown images are read
-    metadata: dict[str, Metadata] = msgspec.field(default_factory=dict)
     safety: str | None = None
+
+    def of(self, kind: type[A]) -> list[A]:
+        """The actions of exactly this class."""
+        return [action for action in self.actions if type(action) is kind]
+
+    @property
+    def adds(self) -> list[AddImage]:
+        return self.of(AddImage)
+
+    @property
+    def adopts(self) -> list[AdoptImage]:
+        return self.of(AdoptImage)
+
+    @property
+    def forgets(self) -> list[ForgetImage]:
+        return self.of(ForgetImage)
+
+    @property
+    def deletes(self) -> list[DeleteImage]:
+        return self.of(DeleteImage)
+
+    @property
+    def withheld(self) -> list[WithheldDelete]:
+        return self.of(WithheldDelete)
+
+    @property
+    def renamed(self) -> RenamePack | None:
+        return next(iter(self.of(RenamePack)), None)
 
     @property
     def create_pack(self) -> bool:
-        return self.pack_id is None
+        return bool(self.of(CreatePack))
 
     @property
     def mutations(self) -> int:
-        return len(self.adds) + len(self.deletes) + int(self.create_pack)
+        return len(self.adds) + len(self.deletes) + len(self.of(CreatePack)) + len(self.of(RenamePack))
 
     @property
     def settled(self) -> bool:
         """Nothing to do, to hold back, to report or to record: the mapping is a mirror of its source."""
-        return not (self.create_pack or self.adds or self.adopts or self.forgets or self.deletes or self.withheld
-                    or self.duplicates or self.waiting or self.metadata or self.safety)
+        return not (any(action.work for action in self.actions) or self.duplicates or self.waiting or self.safety)
 
 
 class Plan(msgspec.Struct):
@@ -140,6 +158,12 @@ class Plan(msgspec.Struct):
     @property
     def mutations(self) -> int:
         return len(self.uploads) + sum(m.mutations for m in self.mappings)
+
+    def actions(self) -> Iterator[Action]:
+        """Every action, the uploads first (what ``run --dry-run --json`` lists)."""
+        yield from self.uploads
+        for mapping in self.mappings:
+            yield from mapping.actions
 
 
 def file_name_for(rel_path: str) -> str:
@@ -190,93 +214,121 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
     """Decide the actions that make ``source.remote`` mirror ``source.scan``."""
     remote = source.remote
     plan = MappingPlan(source.label, source.pack_name, remote.pack_id if remote else None)
+    if source.renamed:
+        plan.actions.append(source.renamed)
+    if remote is None:
+        plan.actions.append(CreatePack(source.label, source.pack_name, source.gone_pack))
+    elif source.remember:
+        plan.actions.append(source.remember)
     wanted: dict[str, ContentItem] = {}
     for item in sorted(source.scan.items, key=lambda i: i.key):
         wanted.setdefault(item.sha256, item)
-
-    pack_id = remote.pack_id if remote else ""
     remote_images = remote.images if remote else ()
     present = {image.image_id for image in remote_images}
-    recorded = {image.image_id: image for image in source.managed}
-    plan.forgets = [ForgetImage(image) for image in source.managed if image.image_id not in present]
-    plan.metadata = metadata_updates(source.managed, remote_images)
+    plan.actions += [ForgetImage(source.label, image) for image in source.managed if image.image_id not in present]
+    metadata = metadata_updates(source.managed, remote_images)
+    if remote and metadata:
+        plan.actions.append(RecordMetadata(source.label, remote.pack_id, metadata))
 
-    # One pass in the pack's own order (oldest first): the oldest image of a content stays, whoever owns
-    # it, so two mappings sharing a pack agree on which copy is the duplicate.
-    live: list[ManagedImage] = []
-    foreign: list[RemoteImage] = []
-    kept: set[str] = set()
-    deletes: list[DeleteImage] = []
-    # Contents some image in the pack already holds as packsync's: a foreign copy of one is not adopted.
-    held = {recorded[i.image_id].sha256 if i.image_id in recorded else source.others.get(i.image_id)
-            or source.known_urls.get(i.url) for i in remote_images}
+    walk = _Walk(source, wanted, plan)
     for seen in remote_images:
-        if seen.image_id in source.others:
-            kept.add(source.others[seen.image_id])
-            continue
-        image = recorded.get(seen.image_id)
-        if image is None and seen.url in source.known_urls:  # our upload, added but never recorded
-            sha256 = source.known_urls[seen.url]
-            name = _name(wanted[sha256]) if sha256 in wanted else seen.url
-            image = ManagedImage(pack_id, seen.image_id, sha256, seen.url, file_name_for(name), source.label,
-                                 seen.metadata)
-            plan.adopts.append(AdoptImage(image))
-        if image is None and seen.url in source.contents:  # not ours, but the bytes of an item we hold
-            sha256 = source.contents[seen.url]
-            if sha256 in kept or sha256 in held or sha256 not in wanted:
-                if sha256 in kept or sha256 in held:
-                    plan.duplicates.append(seen)
-                foreign.append(seen)
-                continue
-            image = ManagedImage(pack_id, seen.image_id, sha256, seen.url, file_name_for(_name(wanted[sha256])),
-                                 source.label, seen.metadata)
-            plan.adopts.append(AdoptImage(image, recovered=False))
-        if image is None:
-            foreign.append(seen)
-            continue
-        live.append(image)
-        if image.sha256 in kept:
-            deletes.append(DeleteImage(image.image_id, image.url, "duplicate", image.sha256))
-        elif image.sha256 in wanted or image.sha256 in source.scan.keep or not source.options.delete:
-            kept.add(image.sha256)
-        else:
-            deletes.append(DeleteImage(image.image_id, image.url, "file removed", image.sha256))
+        walk.image(seen)
+    deletes = walk.deletes
     if source.options.prune_foreign:
-        deletes += [DeleteImage(image.image_id, image.url, "not in the folder (prune_foreign)")
-                    for image in foreign]
+        deletes += [DeleteImage(source.label, image.image_id, image.url, "not in the folder (prune_foreign)")
+                    for image in walk.foreign]
 
-    for sha256, item in wanted.items():
-        if sha256 not in kept:
-            plan.adds.append(AddImage(source.label, item, file_name_for(_name(item))))
+    adds = [AddImage(source.label, item, file_name_for(_name(item)))
+            for sha256, item in wanted.items() if sha256 not in walk.kept]
     if source.unknown:  # any of those images may hold what would be added: adding waits for their bytes
-        plan.waiting, plan.adds = plan.adds, []
+        plan.waiting, adds = adds, []
+    plan.actions += adds
 
-    plan.safety = _safety(source, deletes, managed=len(live),
-                          deletable=len(live) + (len(foreign) if source.options.prune_foreign else 0))
-    if plan.safety:
-        plan.withheld = deletes
-    else:
-        plan.deletes = deletes
+    plan.safety = safety_stop(source.facts, source.scan, deletes, source.options, managed=len(walk.live),
+                              deletable=len(walk.live) + (len(walk.foreign) if source.options.prune_foreign else 0))
+    plan.actions += [WithheldDelete(**msgspec.structs.asdict(d)) for d in deletes] if plan.safety else deletes
     return plan
 
 
-def _safety(source: MappingInput, deletes: list[DeleteImage], managed: int, deletable: int) -> str | None:
-    """Why these deletes must not run without ``--force``, or None when they may.
+class _Walk:
+    """One pass over the pack in its own order (oldest first): the oldest image of a content stays,
+    whoever owns it, so two mappings sharing a pack agree on which copy is the duplicate."""
 
-    ``managed`` images in the pack came from this mapping; ``deletable`` counts those and, with
-    ``prune_foreign``, the foreign ones: a ``max_delete`` share is a share of what may be deleted.
+    def __init__(self, source: MappingInput, wanted: dict[str, ContentItem], plan: MappingPlan) -> None:
+        self.source, self.wanted, self.plan = source, wanted, plan
+        self.pack_id = source.remote.pack_id if source.remote else ""
+        self.recorded = {image.image_id: image for image in source.managed}
+        self.live: list[ManagedImage] = []
+        self.foreign: list[RemoteImage] = []
+        self.kept: set[str] = set()
+        self.deletes: list[DeleteImage] = []
+        # Contents some image in the pack already holds as packsync's: a foreign copy of one is not adopted.
+        self.held = {self.recorded[i.image_id].sha256 if i.image_id in self.recorded
+                     else source.others.get(i.image_id) or source.known_urls.get(i.url)
+                     for i in (source.remote.images if source.remote else ())}
+
+    def image(self, seen: RemoteImage) -> None:
+        source = self.source
+        if seen.image_id in source.others:
+            self.kept.add(source.others[seen.image_id])
+            return
+        image = self.recorded.get(seen.image_id)
+        if image is None and seen.url in source.known_urls:  # our upload, added but never recorded
+            image = self._adopt(seen, source.known_urls[seen.url], recovered=True)
+        if image is None and seen.url in source.contents:  # not ours, but the bytes of an item we hold
+            sha256 = source.contents[seen.url]
+            if sha256 in self.kept or sha256 in self.held:
+                self.plan.duplicates.append(seen)
+            elif sha256 in self.wanted:
+                image = self._adopt(seen, sha256, recovered=False)
+        if image is None:
+            self.foreign.append(seen)
+        else:
+            self._keep_or_delete(image)
+
+    def _adopt(self, seen: RemoteImage, sha256: str, recovered: bool) -> ManagedImage:
+        name = _name(self.wanted[sha256]) if sha256 in self.wanted else seen.url
+        image = ManagedImage(self.pack_id, seen.image_id, sha256, seen.url, file_name_for(name), self.source.label,
+                             seen.metadata)
+        self.plan.actions.append(AdoptImage(self.source.label, image, recovered))
+        return image
+
+    def _keep_or_delete(self, image: ManagedImage) -> None:
+        self.live.append(image)
+        source = self.source
+        if image.sha256 in self.kept:
+            self.deletes.append(DeleteImage(source.label, image.image_id, image.url, "duplicate", image.sha256,
+                                            image.file_name))
+        elif image.sha256 in self.wanted or image.sha256 in source.scan.keep or not source.options.delete:
+            self.kept.add(image.sha256)
+        else:
+            self.deletes.append(DeleteImage(source.label, image.image_id, image.url, "file removed", image.sha256,
+                                            image.file_name))
+
+
+def safety_stop(facts: SourceFacts, scan: Scan | None = None, deletes: Sequence[DeleteImage] = (),
+                options: MappingOptions | None = None, *, managed: int = 0, deletable: int = 0) -> str | None:
+    """Why nothing (or none of these deletes) may be deleted, or None when they may: every safety stop.
+
+    A missing source packsync synced from, and one that could not be scanned, delete nothing even with
+    ``--force`` (a folder that is not there cannot be mirrored). Otherwise ``--force`` lifts the rest:
+    an empty source while the pack holds its images, and more deletes than ``max_delete``. ``managed``
+    images in the pack came from this mapping; ``deletable`` counts those and, with ``prune_foreign``,
+    the foreign ones: a ``max_delete`` share is a share of what may be deleted.
     """
-    if not deletes or source.options.force:
-        return None
+    if facts.missing is not None and facts.synced_before:
+        return f"{facts.missing}, but packsync synced files from it; nothing is deleted (is a disk unmounted?)"
+    if facts.unreadable is not None:
+        return f"{facts.unreadable}; nothing is deleted"
     removals = [d for d in deletes if d.reason != "duplicate"]
-    if not removals:
+    if scan is None or options is None or not removals or options.force:
         return None
-    if not source.scan.items and not source.scan.problems:
-        return (f"{source.scan.source} is empty but {_images(managed)} in the pack came from it; "
+    if not scan.items and not scan.problems:
+        return (f"{scan.source} is empty but {_images(managed)} in the pack came from it; "
                 "refusing to delete them (an unmounted disk? an emptied pack?). Re-run with --force if you emptied it")
-    limit = delete_limit(source.options.max_delete, deletable)
+    limit = delete_limit(options.max_delete, deletable)
     if len(removals) > limit:
-        share = source.options.max_delete
+        share = options.max_delete
         allowed = f"{share}: at most {limit}" if isinstance(share, int) else \
             f"{share} of the {_images(deletable)} it may delete here: at most {limit}"
         return (f"this run would delete {_images(len(removals))}, more than max_delete allows ({allowed}); "
@@ -298,5 +350,5 @@ def plan_uploads(mappings: list[MappingPlan], blobs: Mapping[str, Blob]) -> Plan
             if blob and blob.uploaded and blob.url:
                 urls[add.sha256] = blob.url
             elif add.sha256 not in uploads:
-                uploads[add.sha256] = Upload(add, blob)
+                uploads[add.sha256] = Upload(add.mapping, add, blob)
     return Plan(mappings, list(uploads.values()), urls)

@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
+from packsync.engine.progress import QUIET, ProgressObserver
 from packsync.engine.sidecars import SidecarReport, fields_of, remove_if_ours, sidecar_path, write_beside
 from packsync.errors import NotFound, PermanentError, SourceUnavailable, TransientError
 from packsync.logs import get_logger, untrusted
@@ -33,7 +34,6 @@ from packsync.remote.astria import AstriaClient
 from packsync.remote.genviral import GenviralClient
 from packsync.sources.media import SUPPORTED, Digester, digest_file
 from packsync.state.records import PulledFile
-from packsync.views.progress import Progress
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State
@@ -166,10 +166,10 @@ class _FileSink:
 
 
 class Puller:
-    def __init__(self, api: GenviralClient, state: State, progress: Progress | None = None) -> None:
+    def __init__(self, api: GenviralClient, state: State, progress: ProgressObserver = QUIET) -> None:
         self.api = api
         self.state = state
-        self.progress = progress or Progress(enabled=False)
+        self.progress = progress
         self.log = get_logger()
 
     async def pull(self, wanted: str, folder: Path, *, delete: bool = False, dry_run: bool = False,

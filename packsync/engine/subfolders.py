@@ -7,11 +7,16 @@ packsync synced and that is gone stays a mapping whose source is empty, so it is
 emptied folder: a safety stop unless ``--force``; the pack itself is never deleted. A subfolder that
 is gone while a new one holds the same files (moved: the same inodes, sizes and times; or copied: the
 same bytes) is a rename: its records move to the new name and its pack is renamed (``PATCH``), so
-nothing is uploaded again.
+nothing is uploaded again — an action of the plan like any other.
+
+Listing the folder and comparing a gone subfolder's last listing with a new one are observations;
+``targets`` decides, from them, which mappings this sync has (pure). What only shows the mappings reads
+them from the state (``packsync.mappings.concrete``), never from the disk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -19,58 +24,92 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from packsync.config import Config, MappingConfig
-from packsync.errors import SourceUnavailable
+from packsync.config import MappingConfig
+from packsync.errors import ConfigError, SourceUnavailable
+from packsync.mappings import derived, synced_subfolders
+from packsync.mappings import group_of as group_of  # where the daemon has always asked for it
 from packsync.model import CachedFile, Problem
-from packsync.sources.folder import Filters, filters_for
+from packsync.sources.base import Source
+from packsync.sources.folder import Filters, FolderSource, GoneFolder, filters_for
 from packsync.sources.media import digest_file
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State
 
-#: Genviral's longest pack name.
-MAX_PACK_NAME = 120
 LOOSE = "directly in a folder whose subfolders are packs: put it in a subfolder to sync it"
 
 
-def parent_of(config: Config, label: str) -> MappingConfig | None:
-    """The ``packs_from = "subfolders"`` mapping a derived mapping's label belongs to, if any."""
-    parent = Path(label).parent
-    return next((m for m in config.mappings if m.packs_from == "subfolders" and m.path == parent), None)
+class Target(msgspec.Struct, frozen=True):
+    """One mapping this sync has, and what observing its source found: a subfolder packsync synced that
+    is ``gone`` (an emptied source), one whose folder is ``missing`` (it cannot be listed, or every
+    synced subfolder vanished at once: why), or one ``renamed_from`` a gone subfolder whose records and
+    pack it takes over. ``parent``: the ``packs_from = "subfolders"`` mapping it is a subfolder of."""
+
+    config: MappingConfig
+    parent: MappingConfig | None = None
+    gone: bool = False
+    missing: str | None = None
+    renamed_from: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.config.label
 
 
-def group_of(config: Config, label: str) -> str:
-    """The label of the config's mapping a mapping's ``label`` comes from: its own, unless it is a
-    subfolder's of a ``packs_from = "subfolders"`` mapping."""
-    parent = parent_of(config, label)
-    return parent.label if parent else label
+class Observed(msgspec.Struct, frozen=True):
+    """What one look at a ``packs_from = "subfolders"`` folder found: the subfolders there (``present``),
+    what is skipped in it, why it could not be listed (``unlisted``), the subfolders packsync synced that
+    are not there (``old``), and which of those are a new one renamed (``moves``: old label → new label)."""
+
+    present: list[MappingConfig]
+    skipped: list[Problem]
+    unlisted: str | None
+    old: list[MappingConfig]
+    moves: dict[str, str]
 
 
-def derived(mapping: MappingConfig, subfolder: Path, pack: str | None = None) -> MappingConfig:
-    return msgspec.structs.replace(mapping, path=subfolder, packs_from="folder", pack_prefix="", pack_id=None,
-                                   pack=pack or (mapping.pack_prefix + subfolder.name)[:MAX_PACK_NAME])
+def targets(index: int, mapping: MappingConfig, seen: Observed) -> list[Target]:
+    """The mappings a ``packs_from = "subfolders"`` mapping stands for this sync. A folder that cannot
+    be listed, or in which every subfolder packsync synced vanished at once (an empty mount point?), makes
+    each synced subfolder a missing source (a safety stop that ``--force`` does not lift); one packsync
+    never synced from is a mistake in the config."""
+    missing = seen.unlisted
+    if missing is not None and not seen.old:
+        raise ConfigError(f"mappings[{index}].path: {missing}.")
+    if seen.old and not seen.present:
+        missing = missing or f"{mapping.label} holds none of the subfolders packsync synced"
+    if missing is not None:
+        return [Target(m, mapping, gone=True, missing=missing) for m in seen.old]
+    renamed_to = {new: old for old, new in seen.moves.items()}
+    return [Target(m, mapping, renamed_from=renamed_to.get(m.label)) for m in seen.present] \
+        + [Target(m, mapping, gone=True) for m in seen.old if m.label not in seen.moves]
 
 
-def concrete(config: Config, state: State) -> list[MappingConfig]:
-    """Every mapping as it is synced: a ``packs_from = "subfolders"`` one as one per subfolder (the
-    existing ones, then those synced before and gone), the others as they are."""
-    mappings: list[MappingConfig] = []
-    taken = packs_named(config)
-    for mapping in config.mappings:
-        if mapping.packs_from != "subfolders":
-            mappings.append(mapping)
-            continue
-        try:
-            present, _skipped, there = listed(mapping, taken)
-        except SourceUnavailable:
-            present, there = [], set()
-        mappings += present + gone(mapping, state, there)
-    return mappings
+async def observe(mapping: MappingConfig, state: State, taken: set[str]) -> Observed:
+    """Look at a ``packs_from = "subfolders"`` folder (writing nothing): its subfolders, those synced
+    before and gone, and which new one is a gone one renamed (compared in a worker thread)."""
+    present: list[MappingConfig] = []
+    skipped: list[Problem] = []
+    there: set[str] = set()
+    unlisted = None
+    try:
+        present, skipped, there = listed(mapping, taken)
+    except SourceUnavailable as exc:
+        unlisted = str(exc)
+    old = gone(mapping, state, there)
+    new = [m for m in present if not (record := state.mappings.get(m.label)) or not record.pack_id]
+    moves = await asyncio.to_thread(renamed, {m.label: state.files.cache(m.label) for m in old},
+                                    [m.folder for m in new]) if old and new else {}
+    return Observed(present, skipped, unlisted, old, {label: str(path) for label, path in moves.items()})
 
 
-def packs_named(config: Config) -> set[str]:
-    """The pack names the config's mappings use: a subfolder's pack may not be one of them."""
-    return {m.pack for m in config.mappings if m.pack is not None}
+def source_of(target: Target) -> Source:
+    """The source of a subfolder's mapping: its folder, matched with the mapped folder's patterns; or,
+    gone, an emptied one."""
+    assert target.parent is not None, "the config's own mappings' sources are the app's to make"
+    if target.gone:
+        return GoneFolder(target.label, unavailable=target.missing)
+    return FolderSource(target.config.folder, filters_below(target.parent, target.config.folder))
 
 
 def listed(mapping: MappingConfig, taken: set[str]) -> tuple[list[MappingConfig], list[Problem], set[str]]:
@@ -129,14 +168,8 @@ def filters_below(mapping: MappingConfig, subfolder: Path) -> Filters:
 def gone(mapping: MappingConfig, state: State, present: Collection[str]) -> list[MappingConfig]:
     """The subfolders packsync synced into a pack that are not there any more, or are excluded now,
     and whose images are still in their pack: each an emptied source, by the pack name it had."""
-    root = mapping.folder
-    found = []
-    for record in state.mappings.under(str(root)):
-        if record.root in present or not record.pack_id or Path(record.root).parent != root:
-            continue
-        if state.images.count(record.pack_id, record.root):
-            found.append(derived(mapping, Path(record.root), record.pack_name))
-    return found
+    return synced_subfolders(mapping, state, keep=lambda label, pack_id: label not in present
+                             and bool(state.images.count(pack_id, label)))
 
 
 def renamed(gone: Mapping[str, Mapping[str, CachedFile]], new: Collection[Path]) -> dict[str, Path]:

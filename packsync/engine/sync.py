@@ -1,42 +1,53 @@
-"""One sync: scan → plan → execute → wait for metadata. The pipeline ``run`` and the daemon share.
+"""One sync: observe → plan → execute → wait for metadata. The pipeline ``run`` and the daemon share.
 
-For each mapping it reads the pack once (remote truth, through the pack resolver), scans the source
-against its cache (local truth), asks the pure planner what to do, and hands the plan to the
-executor. Scanning runs in a worker thread while the packs are being fetched. A dry run plans and
-stops there, writing nothing to the state. A mapping whose inputs are those of its last plan with
-nothing to do (``_fingerprint``) is not planned again, and its pack's answer is not decoded.
+Observing writes nothing: which mappings there are (``packs_from = "subfolders"`` folders listed),
+each pack read once (through the pack resolver, which says what to remember instead of recording
+it), each source scanned against its cache, and the unknown images of a pack downloaded to learn
+their content. Scanning runs in a worker thread while the packs are being fetched. The pure planner
+then turns each mapping's observations into a complete plan of actions — the pack created, renamed
+or remembered, adds, deletes, withheld deletes, the scan and metadata records, the sidecars and the
+mapping's "last sync" record — and the executor alone carries it out and writes the state. A dry
+run returns the plan unexecuted. A mapping whose inputs are those of its last plan with nothing to
+do (``_fingerprint``) is not planned again, and its pack's answer is not decoded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import operator
-import time
 from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from packsync.config import Config, MappingConfig
+from packsync.engine.actions import (
+    Action,
+    RecordDownloads,
+    RecordScan,
+    RecordSync,
+    RenamePack,
+    SidecarPass,
+    last_error,
+)
 from packsync.engine.download import content_of
 from packsync.engine.executor import Executor, MappingOutcome
 from packsync.engine.metadata import POLL_BACKOFF, MetadataPoller
-from packsync.engine.packs import PackResolver, recorded_pack_id
-from packsync.engine.planner import MappingInput, MappingOptions, MappingPlan, Plan, plan_mapping, plan_uploads
-from packsync.engine.subfolders import (
-    concrete,
-    derived,
-    filters_below,
-    gone,
-    group_of,
-    listed,
-    packs_named,
-    renamed,
+from packsync.engine.packs import PackResolver, Resolved
+from packsync.engine.planner import (
+    MappingInput,
+    MappingOptions,
+    MappingPlan,
+    Plan,
+    SourceFacts,
+    plan_mapping,
+    plan_uploads,
+    safety_stop,
 )
+from packsync.engine.progress import QUIET, ProgressObserver
+from packsync.engine.subfolders import Target, observe, source_of, targets
 from packsync.errors import (
-    ApiError,
     AuthError,
     ConfigError,
     ExitCode,
@@ -48,13 +59,12 @@ from packsync.errors import (
     first_error,
 )
 from packsync.logs import get_logger
+from packsync.mappings import concrete, group_of, packs_named, recorded_pack_id
 from packsync.model import CachedFile, PackRead, Problem, RemotePack, Scan, UrlContent
 from packsync.remote.answers import url_problem
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.retry import Backoff
 from packsync.sources.base import Source
-from packsync.sources.folder import FolderSource, GoneFolder
-from packsync.views.progress import Progress
 
 if TYPE_CHECKING:  # sidecars are imported by the mappings that write them
     from packsync.engine.sidecars import SidecarReport
@@ -77,10 +87,11 @@ class SyncOptions(msgspec.Struct, frozen=True):
 
 
 class MappingReport(msgspec.Struct):
-    """How one mapping went: what the scan found, what was planned, what was done."""
+    """How one mapping went: what observing found, what was planned, what was done."""
 
     config: MappingConfig
     pack_name: str
+    target: Target
     pack_id: str | None = None
     problems: list[Problem] = msgspec.field(default_factory=list)
     hashed_files: int = 0
@@ -91,13 +102,18 @@ class MappingReport(msgspec.Struct):
     notice: str | None = None
     undownloadable: list[tuple[str, str]] = msgspec.field(default_factory=list)  # (image id, why), this run
     excluded: list[tuple[str, str]] = msgspec.field(default_factory=list)  # (path, the exclude pattern), from the scan
-    sidecars: SidecarReport | None = None
     refused: bool = False  # the source refused the key (an Astria pack's): ``error`` says which
     unchanged: bool = False  # its scan, pack and records were those of its last plan with nothing to do
+    #: What observing found to record whatever the plan (the scan, the downloads' contents).
+    records: list[Action] = msgspec.field(default_factory=list)
 
     @property
     def label(self) -> str:
         return self.config.label
+
+    @property
+    def sidecars(self) -> SidecarReport | None:
+        return self.outcome.sidecars if self.outcome else None
 
     @property
     def fatal(self) -> str | None:
@@ -108,10 +124,7 @@ class MappingReport(msgspec.Struct):
     def last_error(self) -> str | None:
         """The one sentence ``status`` and the daemon show for this mapping: the fatal error, else the
         first item that failed."""
-        if self.fatal or not (self.outcome and self.outcome.failures):
-            return self.fatal
-        (where, why), more = self.outcome.failures[0], len(self.outcome.failures) - 1
-        return f"{where}: {why}" + (f" (and {more} more failed)" if more else "")
+        return last_error(self.fatal, self.outcome.failures if self.outcome else [])
 
     @property
     def failed(self) -> bool:
@@ -124,10 +137,15 @@ class SyncReport(msgspec.Struct):
     mappings: list[MappingReport] = msgspec.field(default_factory=list)
     plan: Plan | None = None
     metadata_pending: int = 0
-    #: Per ``packs_from = "subfolders"`` folder: the files directly in it (skipped), and its subfolders
-    #: renamed this run (old path, new path; in a dry run: found, and left for the real run).
+    #: Per ``packs_from = "subfolders"`` folder: the files directly in it (skipped).
     loose: dict[str, list[Problem]] = msgspec.field(default_factory=dict)
-    renamed: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def renamed(self) -> list[tuple[str, str]]:
+        """Subfolders renamed (old path, new path): in a dry run, found and left for the real run."""
+        return [(m.target.renamed_from, m.label) for m in self.mappings if m.target.renamed_from
+                and (self.dry_run or (m.outcome and m.outcome.renamed_from))]
 
     @property
     def exit_code(self) -> ExitCode:
@@ -145,7 +163,7 @@ class Syncer:
 
     def __init__(self, config: Config, state: State, api: GenviralClient,
                  source_for: Callable[[MappingConfig], Source], packs: PackResolver, metadata: MetadataPoller,
-                 progress: Progress | None = None) -> None:
+                 progress: ProgressObserver = QUIET) -> None:
         self.config = config
         self.state = state
         self.api = api
@@ -154,59 +172,80 @@ class Syncer:
         self.sidecar_pass = asyncio.Lock()  # one pass at a time: a sync's and the metadata poller's
         self.packs = packs
         self.metadata = metadata
-        self.progress = progress or Progress(enabled=False)
+        self.progress = progress
         self.log = get_logger()
+        self._downloads = 0
 
     async def sync(self, options: SyncOptions = SyncOptions(), only: Collection[str] | None = None,
-                   busy: Mapping[str, Collection[str]] | None = None) -> SyncReport:
+                   busy: Mapping[str, Collection[str]] | None = None,
+                   changed: Mapping[str, Collection[str]] | None = None) -> SyncReport:
         """Sync every mapping (or those whose label is in ``only``) once.
 
         ``busy`` names, per mapping label, items still being written: their new content waits for a later sync.
+        ``changed`` names, per mapping label, the paths that changed (the daemon's hint); None, or a label
+        missing from it, is a full scan of that mapping.
         """
         self.api.start_run()
-        result = SyncReport()
-        mappings = await self._expand(result, options.dry_run)
-        mappings = [m for m in mappings if only is None or m.label in only or self._group(m) in only]
-        if busy:
-            busy = {m.label: _below(busy.get(self._group(m), ()), m, self._group(m)) for m in mappings}
-        reports = [MappingReport(m, m.pack_label) for m in mappings]
-        self._check_sources(reports)
+        result = SyncReport(dry_run=options.dry_run)
+        selected = [t for t in await self._targets(result)
+                    if only is None or t.label in only or self._group(t.config) in only]
+        result.mappings = [MappingReport(t.config, t.config.pack_label, t) for t in selected]
+        for report in result.mappings:
+            self._check_source(report)
         slots = asyncio.Semaphore(MAPPINGS_AT_ONCE)
-        live = [r for r in reports if not (r.error or r.safety)]
         try:
             async with asyncio.TaskGroup() as group:
-                for report in live:
-                    group.create_task(self._plan(report, options, (busy or {}).get(report.label, ()), slots))
+                for report in result.mappings:
+                    if not (report.error or report.safety):
+                        group.create_task(self._plan(report, options, self._below(busy, report) or (),
+                                                     self._below(changed, report), slots))
         except* PacksyncError as errors:
             raise first_error(errors) from None
-        planned = [r for r in live if r.plan is not None]
-        plans = [r.plan for r in planned if r.plan is not None]
-        plan = plan_uploads(plans, self.state.uploads.blobs({add.sha256 for p in plans for add in p.adds}))
-        result.mappings, result.plan = reports, plan
-        if options.dry_run:
-            return result
+        plans = [self._complete(report) for report in result.mappings]
+        result.plan = plan_uploads(plans, self.state.uploads.blobs({add.sha256 for p in plans for add in p.adds}))
+        if not options.dry_run:
+            await self._execute(result, options)
+        return result
+
+    async def _execute(self, result: SyncReport, options: SyncOptions) -> None:
+        """Carry the plan out; wait for the metadata if asked; then the sidecars and the records."""
+        plan = result.plan
+        assert plan is not None
         self.api.start_run(planned_calls=plan.mutations)
-        for kind, count in (("uploaded", len(plan.uploads)), ("added", sum(len(p.adds) for p in plans)),
-                            ("deleted", sum(len(p.deletes) for p in plans))):
+        for kind, count in (("uploaded", len(plan.uploads)), ("added", sum(len(p.adds) for p in plan.mappings)),
+                            ("deleted", sum(len(p.deletes) for p in plan.mappings))):
             if count:
                 self.progress.total(kind, count)
+        executor = Executor(self.api, self.state, self.packs, self.sources, self.progress, self._sidecars)
         try:
-            outcomes = await Executor(self.api, self.state, self.packs, self.sources, self.progress).run(plan)
+            outcomes = await executor.run(plan)
         finally:
             for source in self.sources.values():
                 source.close()  # what a source held for the uploads (an Astria pack's downloads)
-        for report, outcome in zip(planned, outcomes, strict=True):
-            report.outcome, report.pack_id = outcome, outcome.pack_id
+        for report, outcome in zip(result.mappings, outcomes, strict=True):
+            if report.plan is not None:
+                report.outcome, report.pack_id = outcome, outcome.pack_id
+            if outcome.renamed_from:
+                report.pack_name = report.config.pack or report.pack_name
         if options.wait:
-            pack_ids = [r.pack_id for r in reports if r.pack_id and not (r.outcome and r.outcome.error)]
+            pack_ids = [r.pack_id for r in result.mappings if r.pack_id and not (r.outcome and r.outcome.error)]
             result.metadata_pending = await self.metadata.wait(pack_ids, options.wait_timeout_s,
                                                                Backoff(options.poll_start_s, options.poll_cap_s))
-        for report in reports:
-            if report.config.sidecars == "xmp" and report.config.path is not None and not report.error \
-                    and not isinstance(self.sources[report.label], GoneFolder):
-                report.sidecars = await self._sidecars(report.config)
-            self._remember(report)
-        return result
+        await executor.finish(plan, outcomes)
+
+    def _complete(self, report: MappingReport) -> MappingPlan:
+        """The mapping's plan with what every sync records: the scan, the sidecars, how it ended."""
+        plan = report.plan or MappingPlan(report.label, report.pack_name, report.pack_id)
+        plan.actions[:0] = report.records
+        source = self.sources.get(report.label)
+        if report.plan is not None and report.config.sidecars == "xmp" and report.config.path is not None \
+                and source is not None and not source.gone:
+            plan.actions.append(SidecarPass(report.label, report.config))
+        withheld = report.plan.withheld if report.plan and report.safety else []
+        plan.actions.append(RecordSync(report.label, report.error, report.safety,
+                                       tuple(d.name or d.image_id for d in withheld[:WITHHELD_SHOWN]),
+                                       source.name if source else None))
+        return plan
 
     async def write_sidecars(self) -> None:
         """Every folder mapping's sidecars, brought up to date (the daemon, once new metadata is in)."""
@@ -223,130 +262,168 @@ class Syncer:
         async with self.sidecar_pass:
             return await write_sidecars(mapping, self.state)
 
-    def _remember(self, report: MappingReport) -> None:
-        """What the views show of this mapping's sync: when, how it ended, and a safety stop's withheld deletes."""
-        now = time.time()
-        name = self.sources[report.label].name  # None when the source could not be read: keep the last
-        withheld = report.plan.withheld if report.plan and report.safety else []
-        if withheld and report.plan and report.plan.pack_id:
-            names = {image.image_id: image.file_name
-                     for image in self.state.images.managed(report.plan.pack_id, details=False)}
-            withheld_names = json.dumps([names.get(d.image_id, d.image_id) for d in withheld[:WITHHELD_SHOWN]])
+    # -- observing ----------------------------------------------------------------------------------
+
+    async def _targets(self, result: SyncReport) -> list[Target]:
+        """The mappings this sync has, each with its source in ``self.sources``: the config's, and a
+        ``packs_from = "subfolders"`` one as one per subfolder."""
+        found: list[Target] = []
+        taken = packs_named(self.config)
+        for index, mapping in enumerate(self.config.mappings):
+            if mapping.packs_from != "subfolders":
+                found.append(Target(mapping))
+                self.sources.setdefault(mapping.label, self.source_for(mapping))
+                continue
+            seen = await observe(mapping, self.state, taken)
+            result.loose[mapping.label] = seen.skipped
+            for target in targets(index, mapping, seen):
+                found.append(target)
+                self.sources[target.label] = source_of(target)
+        return found
+
+    def _check_source(self, report: MappingReport) -> None:
+        """A missing source is a safety stop if packsync synced from it (an unmounted disk?); else a
+        subfolder that vanished meanwhile, or a mistake in the config."""
+        source = self.sources[report.label]
+        if source.exists():
+            return
+        pack_id = recorded_pack_id(self.state, report.config)
+        synced = bool(self.state.files.count(report.label)
+                      or (pack_id and self.state.images.count(pack_id, report.label)))
+        facts = SourceFacts(missing=source.unavailable or f"{report.label} is missing or not a folder",
+                            synced_before=synced)
+        report.safety = safety_stop(facts)
+        if report.safety:
+            self.log.error("mapped folder missing; no deletes", path=report.label)
+        elif report.target.parent is not None:
+            report.error = f"{report.label} vanished while it was being synced"
         else:
-            withheld_names = None
-        self.state.mappings.save(report.label, synced_at=now, last_error=report.last_error, safety=report.safety,
-                                withheld=withheld_names, **({"source_name": name} if name else {}),
-                                **({} if report.last_error else {"ok_at": now}))
+            index = self.config.mappings.index(report.config)
+            raise ConfigError(f"mappings[{index}].path: the folder {report.label} does not exist.")
 
     async def _plan(self, report: MappingReport, options: SyncOptions, busy: Collection[str],
-                    slots: asyncio.Semaphore) -> None:
+                    changed: Collection[str] | None, slots: asyncio.Semaphore) -> None:
         """Read the pack while scanning the source, then plan; a few mappings at a time, to bound memory."""
         async with slots:
-            source, settled = self.sources[report.label], self.state.files.settled(report.label)
-            folder = source if isinstance(source, FolderSource) and settled and not (busy or options.dry_run) \
-                else None
-            if folder:
-                # A folder whose last plan had nothing to do: if the walk sees what it saw then, and the
+            read: Resolved | None = None
+            if self.state.files.settled(report.label) and not (busy or options.dry_run):
+                # A source whose last plan had nothing to do: if a walk sees what it saw then, and the
                 # pack and the records are the same, its file cache is not even loaded.
-                listed, read = await asyncio.gather(_listed(folder), self._read_pack(report))
-                changes = self.state.mappings.changes()
-                if listed and read and changes >= 0 and not report.error \
-                        and _fingerprint(report.config, options.force, changes, read.digest, listed) == settled:
-                    report.problems = self.state.files.problems(report.label)
-                    self._unchanged(report, read)
+                listing, read = await asyncio.gather(self._listing(report), self._read_pack(report))
+                if listing and self._same_as_settled(report, options, read, listing):
                     return
-            previous = self.state.files.cache(report.label)
-            if folder:  # the pack is read already
-                scan = await self._scan(report, previous, busy)
-            else:
+            records = report.target.renamed_from or report.label
+            previous = self.state.files.cache(records)
+            if read is None:
                 # The scan first: its thread walks the folder while the pack is read here (and, in a new
                 # process, while the HTTP library is imported for that first request).
-                scan, read = await asyncio.gather(self._scan(report, previous, busy), self._read_pack(report))
-            if scan is None:
-                return
-            if not options.dry_run and not isinstance(self.sources[report.label], GoneFolder):
-                # (a gone subfolder's last listing is kept: it is how a rename is recognised later)
-                self.state.files.save_cache(report.label, previous, scan.cache)
-                self.state.files.save_problems(report.label, scan.problems)
-            report.problems, report.hashed_files, report.excluded = scan.problems, scan.hashed_files, scan.excluded
-            if report.error:
-                return
-            changes = self.state.mappings.changes()  # (-1: not counted, as in a state of an older schema read as is)
-            fingerprint = _fingerprint(report.config, options.force, changes, read.digest, scan) \
-                if read and changes >= 0 else ""
-            if read and fingerprint and fingerprint == self.state.files.settled(report.label):
-                self._unchanged(report, read)
-                return
-            try:
-                remote = read.decode() if read else None
-            except (TransientError, PermanentError) as exc:  # the answer's images are not as documented
-                report.error, report.pack_id = f"cannot read the pack: {exc}", None
-                return
-            report.plan = plan_mapping(await self._input(report, remote, scan, options))
-            if fingerprint and report.plan.settled and not (options.dry_run or scan.retry) \
-                    and self.state.mappings.changes() == changes:
-                self.state.files.save_settled(report.label, fingerprint)
-            report.safety = report.plan.safety
-            if report.plan.pack_id and not options.dry_run:  # what the pack read says of the AI metadata
-                self.state.metadata.update(report.plan.pack_id, report.plan.metadata)
+                scan, read = await asyncio.gather(self._scan(report, previous, busy, changed),
+                                                  self._read_pack(report))
+            else:
+                scan = await self._scan(report, previous, busy, changed)
+            if scan is not None:
+                await self._plan_scanned(report, options, scan, previous, read)
 
-    def _unchanged(self, report: MappingReport, read: PackRead) -> None:
+    def _same_as_settled(self, report: MappingReport, options: SyncOptions, read: Resolved | None,
+                         listing: Scan) -> bool:
+        """Whether the walk, the pack and the records are those the last plan with nothing to do saw:
+        the pure planner would say so again."""
+        changes = self.state.mappings.changes()
+        pack = read.pack if read else None
+        if not (pack and changes >= 0 and not report.error) or _fingerprint(
+                report.config, options.force, changes, pack.digest, listing) != self.state.files.settled(report.label):
+            return False
+        report.problems = self.state.files.problems(report.label)
+        self._unchanged(report, pack)
+        return True
+
+    def _unchanged(self, report: MappingReport, pack: PackRead) -> None:
         """The same scan, the same pack and the same recorded images as when the plan last had nothing
         to do: the pure planner would say so again."""
-        report.plan = MappingPlan(report.label, report.config.pack or read.name, read.pack_id)
+        report.plan = MappingPlan(report.label, report.config.pack or pack.name, pack.pack_id)
         report.unchanged = True
         self.log.debug("unchanged since its last plan; nothing to do", mapping=report.label)
 
-    async def _scan(self, report: MappingReport, previous: dict[str, CachedFile],
-                    busy: Collection[str]) -> Scan | None:
-        """Scan one source (it touches no state, only the given cache)."""
+    async def _plan_scanned(self, report: MappingReport, options: SyncOptions, scan: Scan,
+                            previous: dict[str, CachedFile], read: Resolved | None) -> None:
+        report.problems, report.hashed_files, report.excluded = scan.problems, scan.hashed_files, scan.excluded
+        changes = self.state.mappings.changes()  # (-1: not counted, as in a state of an older schema read as is)
+        pack = read.pack if read and not report.error else None
+        fingerprint = _fingerprint(report.config, options.force, changes, pack.digest, scan) \
+            if pack and changes >= 0 else ""
+        if pack and fingerprint and fingerprint == self.state.files.settled(report.label):
+            self._record_scan(report, previous, scan)
+            self._unchanged(report, pack)
+            return
+        remote = self._decoded(report, pack)
+        if report.error or read is None:
+            self._record_scan(report, previous, scan)
+            return
+        report.plan = plan_mapping(await self._input(report, read, remote, scan, options))
+        report.safety = report.plan.safety
+        self._record_scan(report, previous, scan, fingerprint if report.plan.settled and not scan.retry else None)
+
+    def _record_scan(self, report: MappingReport, previous: dict[str, CachedFile], scan: Scan,
+                     settled: str | None = None) -> None:
+        if not self.sources[report.label].gone:
+            report.records.append(RecordScan(report.label, previous, scan.cache, scan.problems, settled or None))
+        elif settled:  # (a gone subfolder's last listing is kept: it is how a rename is recognised later)
+            report.records.append(RecordScan(report.label, settled=settled))
+
+    @staticmethod
+    def _decoded(report: MappingReport, pack: PackRead | None) -> RemotePack | None:
+        try:
+            return pack.decode() if pack else None
+        except (TransientError, PermanentError) as exc:  # the answer's images are not as documented
+            report.error, report.pack_id = f"cannot read the pack: {exc}", None
+            return None
+
+    async def _listing(self, report: MappingReport) -> Scan | None:
+        try:
+            return await self.sources[report.label].listing()
+        except SourceUnavailable:
+            return None  # the scan that follows says why
+
+    async def _scan(self, report: MappingReport, previous: dict[str, CachedFile], busy: Collection[str],
+                    changed: Collection[str] | None) -> Scan | None:
+        """Scan one source (it touches no state, only the given cache). ``changed`` (the paths the daemon
+        saw change) is a hint only: the full scan made here is always right."""
         try:
             return await self.sources[report.label].scan(previous, busy, lambda _n: self.progress.advance("hashed"))
         except SourceUnavailable as exc:
-            report.safety = f"{exc}; nothing is deleted"
+            report.safety = safety_stop(SourceFacts(unreadable=str(exc)))
         except AuthError as exc:  # the source's own key (Genviral's goes up from the pack read)
             report.error, report.refused = str(exc), True
         return None
 
-    def _check_sources(self, reports: list[MappingReport]) -> None:
-        """A missing source is a config error — unless packsync synced it before (an unmounted disk?)."""
-        for report in reports:
-            if self.sources[report.label].exists():
-                continue
-            pack_id = recorded_pack_id(self.state, report.config)
-            if self.state.files.count(report.label) or (pack_id and self.state.images.count(pack_id, report.label)):
-                source = self.sources[report.label]
-                why = source.unavailable if isinstance(source, GoneFolder) and source.unavailable else \
-                    f"{report.label} is missing or not a folder"
-                report.safety = f"{why}, but packsync synced files from it; nothing is deleted (is a disk unmounted?)"
-                self.log.error("mapped folder missing; no deletes", path=report.label)
-            elif self._group(report.config) != report.label:
-                report.error = f"{report.label} vanished while it was being synced"
-            else:
-                index = self.config.mappings.index(report.config)
-                raise ConfigError(f"mappings[{index}].path: the folder {report.label} does not exist.")
-
-    async def _read_pack(self, report: MappingReport) -> PackRead | None:
-        """Read the mapping's pack (None: it must be created); a mapping error leaves ``report.error``."""
+    async def _read_pack(self, report: MappingReport) -> Resolved | None:
+        """Read the mapping's pack (its ``pack`` None: it must be created); a mapping error leaves
+        ``report.error``. A renamed subfolder's pack is the one its old name synced into."""
+        config = report.config
+        if report.target.renamed_from:
+            record = self.state.mappings.get(report.target.renamed_from)
+            if record and record.pack_id:
+                config = msgspec.structs.replace(config, pack=None, pack_id=record.pack_id)
         try:
-            remote = await self.packs.read(report.config)
+            read = await self.packs.read(config)
         except NotFound as exc:
             report.error = str(exc)
             return None
         except (TransientError, PermanentError) as exc:
             report.error = f"cannot read the pack: {exc}"
             return None
-        report.notice = self.packs.notices.get(report.label)
-        if remote is not None:
-            report.pack_id = remote.pack_id
-            report.pack_name = remote.name or report.pack_name
-        return remote
+        report.notice = read.notice
+        if read.pack is not None:
+            report.pack_id = read.pack.pack_id
+            report.pack_name = read.pack.name or report.pack_name
+        return read
 
-    async def _input(self, report: MappingReport, remote: RemotePack | None, scan: Scan,
+    async def _input(self, report: MappingReport, read: Resolved, remote: RemotePack | None, scan: Scan,
                      options: SyncOptions) -> MappingInput:
         mapping = report.config
-        managed = self.state.images.managed(remote.pack_id, mapping.label, details=False) if remote else []
-        others = self.state.images.others(remote.pack_id, mapping.label) if remote else {}
+        owner = report.target.renamed_from or mapping.label
+        managed = self.state.images.managed(remote.pack_id, owner, details=False) if remote else []
+        others = self.state.images.others(remote.pack_id, owner) if remote else {}
         recorded = {image.image_id for image in managed} | others.keys()
         unrecorded = {image.url for image in remote.images if image.image_id not in recorded} if remote else set()
         known_urls = self.state.uploads.known_urls(unrecorded)
@@ -357,21 +434,29 @@ class Syncer:
         contents: dict[str, str] = {}
         unknown = 0
         if mapping.adopt and remote and missing:  # only when a file may be in the pack already
-            contents, unknown = await self._contents(report, remote, unrecorded - known_urls.keys(), mapping,
-                                                     options)
+            contents, unknown = await self._contents(report, remote, unrecorded - known_urls.keys(), mapping)
         return MappingInput(
             label=mapping.label, pack_name=mapping.pack or (remote.name if remote else ""), scan=scan,
             managed=managed, remote=remote, known_urls=known_urls,
             options=MappingOptions(mapping.delete, mapping.prune_foreign, mapping.max_delete, options.force),
-            others=others, contents=contents, unknown=unknown)
+            others=others, contents=contents, unknown=unknown, remember=None if report.target.renamed_from
+            else read.remember, gone_pack=read.gone, renamed=self._rename(report, remote))
 
-    async def _contents(self, report: MappingReport, remote: RemotePack, urls: set[str], mapping: MappingConfig,
-                        options: SyncOptions) -> tuple[dict[str, str], int]:
+    def _rename(self, report: MappingReport, remote: RemotePack | None) -> RenamePack | None:
+        old = report.target.renamed_from
+        if old is None or remote is None or report.config.pack is None:
+            return None
+        return RenamePack(report.label, old, remote.pack_id, report.config.pack)
+
+    async def _contents(self, report: MappingReport, remote: RemotePack, urls: set[str],
+                        mapping: MappingConfig) -> tuple[dict[str, str], int]:
         """The content behind each of these URLs — remembered, or downloaded once now — and how many
-        could not be read this time but may be later."""
+        could not be read this time but may be later. What a download taught is for the executor to
+        record (a key in a URL is never stored)."""
         known = self.state.uploads.url_contents(urls)
         new = sorted(urls - known.keys())
-        self.progress.total("downloaded", self.progress.totals.get("downloaded", 0) + len(new))
+        self._downloads += len(new)
+        self.progress.total("downloaded", self._downloads)
 
         async def one(url: str) -> UrlContent:
             content = await content_of(self.api, url, int(mapping.max_file_mb * 1_000_000))
@@ -379,9 +464,9 @@ class Syncer:
             return content
 
         fetched = await asyncio.gather(*map(one, new))
-        if not options.dry_run:
-            # What a download taught, not what the URL check said without one (a key in a URL is never stored).
-            self.state.uploads.save_url_contents(c for c in fetched if c.final and url_problem(c.url) is None)
+        learnt = tuple(c for c in fetched if c.final and url_problem(c.url) is None)
+        if learnt:
+            report.records.append(RecordDownloads(report.label, learnt))
         by_url = {image.url: image.image_id for image in remote.images}
         report.undownloadable = [(by_url[c.url], c.problem) for c in fetched if c.problem]
         contents = {url: c.sha256 for url, c in (*known.items(), *((c.url, c) for c in fetched)) if c.sha256}
@@ -395,87 +480,16 @@ class Syncer:
     def _group(self, mapping: MappingConfig) -> str:
         return group_of(self.config, mapping.label)
 
-    async def _expand(self, result: SyncReport, dry_run: bool) -> list[MappingConfig]:
-        """The mappings to sync, each with its source in ``self.sources``: the config's, and a ``packs_from
-        = "subfolders"`` one as one per subfolder. A renamed subfolder's records move to its new name and
-        its pack is renamed (not in a dry run, which leaves both names out of its plan). A subfolder gone
-        (or excluded now) is an emptied source; a folder that cannot be listed, or whose every subfolder
-        vanished at once (an empty mount point?), makes each one a missing source: a safety stop that
-        ``--force`` does not lift."""
-        mappings: list[MappingConfig] = []
-        taken = packs_named(self.config)
-        for index, mapping in enumerate(self.config.mappings):
-            if mapping.packs_from != "subfolders":
-                mappings.append(mapping)
-                self.sources.setdefault(mapping.label, self.source_for(mapping))
-                continue
-            missing: str | None = None
-            present: list[MappingConfig] = []
-            there: set[str] = set()
-            try:
-                present, result.loose[mapping.label], there = listed(mapping, taken)
-            except SourceUnavailable as exc:
-                missing = str(exc)
-            old = gone(mapping, self.state, there)
-            if missing is not None and not old:
-                raise ConfigError(f"mappings[{index}].path: {missing}.")
-            if old and not present:
-                missing = missing or f"{mapping.label} holds none of the subfolders packsync synced"
-            if missing is not None:
-                for m in old:
-                    self.sources[m.label] = GoneFolder(m.label, unavailable=missing)
-                mappings += old
-                continue
-            new = [m for m in present if self.state.mappings.get(m.label) is None]
-            moves = await asyncio.to_thread(renamed, {m.label: self.state.files.cache(m.label) for m in old},
-                                            [m.folder for m in new]) if old and new else {}
-            skipped: set[str] = set()
-            for label, path in moves.items():
-                done = not dry_run and await self._rename(label, derived(mapping, path))
-                if done or dry_run:
-                    result.renamed.append((label, str(path)))
-                if not done:
-                    skipped |= {label, str(path)}
-            for m in present:
-                if m.label not in skipped:
-                    mappings.append(m)
-                    self.sources[m.label] = FolderSource(m.folder, filters_below(mapping, m.folder))
-            for m in old:
-                if m.label not in moves:
-                    mappings.append(m)
-                    self.sources[m.label] = GoneFolder(m.label)
-        return mappings
-
-    async def _rename(self, old: str, new: MappingConfig) -> bool:
-        """Move ``old``'s records to ``new`` and rename its pack; False when the pack could not be renamed
-        (both are left for the next run: nothing is uploaded twice meanwhile)."""
-        record = self.state.mappings.get(old)
-        assert record is not None and record.pack_id is not None and new.pack is not None
-        try:
-            await self.api.rename_pack(record.pack_id, new.pack)
-        except ApiError as exc:
-            self.log.error("cannot rename the pack of a renamed subfolder; trying again next run", old=old,
-                           new=new.label, error=str(exc))
-            return False
-        self.state.mappings.move_source(old, new.label)
-        self.state.mappings.save(new.label, pack_id=record.pack_id, pack_name=new.pack)
-        self.log.info("subfolder renamed: its pack follows", old=old, new=new.label, pack=new.pack)
-        return True
-
-
-def _below(paths: Collection[str], mapping: MappingConfig, group: str) -> set[str]:
-    """Busy paths relative to ``group``'s folder, as paths relative to ``mapping``'s (a subfolder of it)."""
-    if group == mapping.label:
-        return set(paths)
-    prefix = mapping.folder.name + "/"
-    return {path[len(prefix):] for path in paths if path.startswith(prefix)}
-
-
-async def _listed(source: FolderSource) -> Scan | None:
-    try:
-        return await source.listing()
-    except SourceUnavailable:
-        return None  # the scan that follows says why
+    def _below(self, paths: Mapping[str, Collection[str]] | None, report: MappingReport) -> set[str] | None:
+        """Paths the daemon names relative to a config mapping's folder, as paths relative to ``report``'s
+        (a subfolder of it); None when ``paths`` says nothing of it."""
+        group = self._group(report.config)
+        if paths is None or group not in paths:
+            return None
+        if group == report.label:
+            return set(paths[group])
+        prefix = report.config.folder.name + "/"
+        return {path[len(prefix):] for path in paths[group] if path.startswith(prefix)}
 
 
 def _fingerprint(mapping: MappingConfig, force: bool, changes: int, pack: str, scan: Scan) -> str:
@@ -489,3 +503,4 @@ def _fingerprint(mapping: MappingConfig, force: bool, changes: int, pack: str, s
 
 
 _KEY = operator.attrgetter("key")
+

@@ -5,3 +5,8 @@ cache); ``media`` says what a file's bytes are. The planner and the executor nev
 source: they see content items, and the executor reads an item's bytes through its ``Source``
 (``packsync.sources.base``). ``app.py`` picks the source for each mapping.
 """
+
+
+def kind_of(label: str) -> str:
+    """What kind of source a mapping's label (as the state records it) names: ``"astria"`` or ``"folder"``."""
+    return "astria" if label.startswith("astria:") else "folder"

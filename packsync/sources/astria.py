@@ -58,6 +58,10 @@ class AstriaReader(Protocol):
 class AstriaSource:
     """One Astria pack (``classes`` of it, or all), mirrored (the ``Source`` interface)."""
 
+    kind = "astria"
+    gone = False
+    unavailable: str | None = None
+
     def __init__(self, client: AstriaReader, pack_id: int, classes: Sequence[str] | None, max_bytes: int,
                  spool: Path | None) -> None:
         self.client = client
@@ -73,6 +77,9 @@ class AstriaSource:
 
     def exists(self) -> bool:
         return True  # known only by reading it: a pack that is gone is a scan's SourceUnavailable
+
+    async def listing(self) -> Scan | None:
+        return None  # no cheaper look than reading the pack, which is the scan
 
     async def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
                    on_item: Callable[[int], None] | None = None) -> Scan:

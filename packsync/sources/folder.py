@@ -118,6 +118,10 @@ def filters_for(mapping: MappingConfig) -> Filters:
 class FolderSource:
     """A mapped folder, mirrored recursively (the ``Source`` interface)."""
 
+    kind = "folder"
+    gone = False
+    unavailable: str | None = None
+
     def __init__(self, root: Path, filters: Filters) -> None:
         self.root = root
         self.filters = filters
@@ -132,7 +136,7 @@ class FolderSource:
         """The walk, in a worker thread (it stats and reads files; the event loop goes on)."""
         return await asyncio.to_thread(scan_folder, self.root, previous, self.filters, on_item, busy)
 
-    async def listing(self) -> Scan:
+    async def listing(self) -> Scan | None:
         """The walk alone, in a worker thread: its ``listing`` and its own problems, no file read."""
         return await asyncio.to_thread(lambda: scan_folder(self.root, {}, self.filters, judge=False))
 
@@ -157,6 +161,9 @@ class GoneFolder:
     """A subfolder packsync synced (as a pack of its own) that is not there any more: an empty source,
     so that its pack is handled as an emptied folder's (a safety stop unless ``--force``)."""
 
+    kind = "folder"
+    gone = True
+
     def __init__(self, label: str, unavailable: str | None = None) -> None:
         self.label = label
         self.name: str | None = None
@@ -168,6 +175,9 @@ class GoneFolder:
     async def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
                    on_item: Callable[[int], None] | None = None) -> Scan:
         return Scan(source=self.label)
+
+    async def listing(self) -> Scan | None:
+        return None
 
     async def read(self, item: ContentItem) -> bytes:
         raise ItemChanged("its folder is gone")

@@ -104,6 +104,17 @@ def run_document(report: SyncReport) -> dict[str, Any]:
                             for folder, loose in report.loose.items() for p in loose]}
 
 
+def plan_document(report: SyncReport) -> dict[str, Any]:
+    """``run --dry-run --json``: the plan, every action as the executor would take it (its ``kind``, the
+    ``mapping`` it is for, the ``file`` and the ``image`` it is about), and per mapping why it would stop."""
+    return {"dry_run": True, "exit_code": int(report.exit_code),
+            "actions": [action.describe() for action in report.plan.actions()] if report.plan else [],
+            "mappings": [{"source": m.label, "pack_id": m.pack_id, "pack_name": m.pack_name, "error": m.fatal,
+                          "safety_stop": m.safety,
+                          "skipped": [{"path": p.rel_path, "reason": p.reason, "notice": p.notice}
+                                      for p in m.problems]} for m in report.mappings]}
+
+
 def search_document(words: list[str], hits: list[SearchHit]) -> dict[str, Any]:
     return {"query": " ".join(words), "results": [
         {"paths": list(hit.paths), "mapping": hit.mapping, "pack_id": hit.image.pack_id,

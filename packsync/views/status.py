@@ -1,6 +1,7 @@
 """The status read model: what ``packsync status`` (and any other view) shows, as typed values.
 
-Built from the config and the state alone — no token, no API call — by ``read_status``; rendered
+Built from the config and the state alone — no token, no API call, no look at the disk — by
+``read_status``; rendered
 by ``views/text.py`` and ``views/json.py``. A view never queries the database its own way.
 """
 
@@ -12,9 +13,9 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from packsync.config import Config, MappingConfig
-from packsync.engine.packs import recorded_pack_id
-from packsync.engine.subfolders import concrete
+from packsync.mappings import concrete, recorded_pack_id
 from packsync.model import METADATA_SETTLED, ManagedImage, Metadata, Problem
+from packsync.sources import kind_of
 from packsync.state.records import DaemonRecord, MappingRecord
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
@@ -51,6 +52,11 @@ class MappingStatus(msgspec.Struct, frozen=True):
         """The source as people read it: a folder's path, or ``astria:260 (Corporate Headshots)``."""
         name = self.record.source_name if self.record else None
         return f"{self.path} ({name})" if name else self.path
+
+    @property
+    def kind(self) -> str:
+        """What kind of source it is: ``"folder"`` or ``"astria"``."""
+        return kind_of(self.path)
 
     @property
     def file_count(self) -> int:

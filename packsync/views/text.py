@@ -13,10 +13,12 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, TextIO
 
 from packsync.model import AstriaPack, AstriaPackSummary, PackSummary, Problem
+from packsync.sources import kind_of
 from packsync.views.json import when
-from packsync.views.status import Status
+from packsync.views.status import FileStatus, Status
 
 if TYPE_CHECKING:  # only named: importing them would bring in the HTTP client, which `status` never needs
+    from packsync.engine.planner import MappingPlan
     from packsync.engine.pull import PullReport
     from packsync.engine.sync import MappingReport, SyncReport
     from packsync.views.search import SearchHit
@@ -45,23 +47,8 @@ def print_plan(report: SyncReport, out: TextIO, verbose: bool = False) -> None:
             out.write(f"  notice     {printable(mapping.notice)}\n")
         if mapping.error or (mapping.safety and not mapping.plan):
             out.write(f"  error    {printable(mapping.error or mapping.safety)}\n")
-        plan = mapping.plan
-        if plan:
-            for add in plan.adds:
-                verb = "upload+add" if add.sha256 in uploads else "add"
-                out.write(f"  {verb:<10} {printable(add.item.key)}\n")
-            for adopt in plan.adopts:
-                if not adopt.recovered:
-                    out.write(f"  {'adopt':<10} image {printable(adopt.image.image_id)} as "
-                              f"{printable(adopt.image.file_name)} (same bytes)\n")
-            for delete in plan.deletes:
-                out.write(f"  {'delete':<10} image {printable(delete.image_id)} ({delete.reason})\n")
-            for delete in plan.withheld:
-                out.write(f"  {'withheld':<10} delete of image {printable(delete.image_id)} ({delete.reason})\n")
-            if plan.safety:
-                out.write(f"  safety     {printable(plan.safety)}\n")
-            if not (plan.adds or plan.deletes or plan.withheld or plan.adopts):
-                out.write("  nothing to do\n")
+        if mapping.plan:
+            _planned(mapping.plan, uploads, out)
         _foreign(mapping, out)
         _problems(mapping.problems, out)
         for path, pattern in mapping.excluded if verbose else ():
@@ -73,6 +60,25 @@ def print_plan(report: SyncReport, out: TextIO, verbose: bool = False) -> None:
                   f"{sum(len(m.adds) for m in report.plan.mappings)} adds, "
                   f"{sum(len(m.deletes) for m in report.plan.mappings)} deletes "
                   f"({total} API writes); nothing changed\n")
+
+
+def _planned(plan: MappingPlan, uploads: set[str], out: TextIO) -> None:
+    """One mapping's adds, adoptions, deletes and withheld deletes, as a dry run lists them."""
+    for add in plan.adds:
+        verb = "upload+add" if add.sha256 in uploads else "add"
+        out.write(f"  {verb:<10} {printable(add.item.key)}\n")
+    for adopt in plan.adopts:
+        if not adopt.recovered:
+            out.write(f"  {'adopt':<10} image {printable(adopt.image.image_id)} as "
+                      f"{printable(adopt.image.file_name)} (same bytes)\n")
+    for delete in plan.deletes:
+        out.write(f"  {'delete':<10} image {printable(delete.image_id)} ({delete.reason})\n")
+    for delete in plan.withheld:
+        out.write(f"  {'withheld':<10} delete of image {printable(delete.image_id)} ({delete.reason})\n")
+    if plan.safety:
+        out.write(f"  safety     {printable(plan.safety)}\n")
+    if not (plan.adds or plan.deletes or plan.withheld or plan.adopts):
+        out.write("  nothing to do\n")
 
 
 def _subfolders(report: SyncReport, out: TextIO, *, dry_run: bool) -> None:
@@ -158,26 +164,31 @@ def print_status(status: Status, out: TextIO) -> None:
         out.write(f"  last sync {when(mapping.last_sync) or 'never'}"
                   + (f" · last error: {printable(mapping.last_error)}" if mapping.last_error else "") + "\n")
         for item in mapping.files or []:
-            file_meta = item.metadata
-            line = f"    {printable(item.path)}  [{item.state}"
-            line += f", metadata {file_meta.status}]" if file_meta else "]"
-            if item.problem:
-                line += f"  {printable(item.problem)}"
-            if file_meta and file_meta.description:
-                line += f"\n      {printable(file_meta.description)}"
-            if file_meta and file_meta.keywords:
-                line += f"\n      keywords: {printable(', '.join(file_meta.keywords))}"
-            if file_meta and file_meta.error:
-                line += f"\n      metadata error: {printable(file_meta.error)}"
-            out.write(line + "\n")
+            out.write(_file_line(item) + "\n")
         for problem in mapping.problems or []:
             out.write(f"    {'notice' if problem.notice else 'skipped':<8} {printable(problem.rel_path)}: "
                       f"{printable(problem.reason)}\n")
 
 
+def _file_line(item: FileStatus) -> str:
+    """One file of ``status --files``: its state, and its image's AI metadata."""
+    file_meta = item.metadata
+    line = f"    {printable(item.path)}  [{item.state}"
+    line += f", metadata {file_meta.status}]" if file_meta else "]"
+    if item.problem:
+        line += f"  {printable(item.problem)}"
+    if file_meta and file_meta.description:
+        line += f"\n      {printable(file_meta.description)}"
+    if file_meta and file_meta.keywords:
+        line += f"\n      keywords: {printable(', '.join(file_meta.keywords))}"
+    if file_meta and file_meta.error:
+        line += f"\n      metadata error: {printable(file_meta.error)}"
+    return line
+
+
 def print_pull(report: PullReport, dry_run: bool, out: TextIO) -> None:
     pack = report.pack
-    source = f"{pack.pack_id} ({printable(pack.name)})" if pack.pack_id.startswith("astria:") \
+    source = f"{pack.pack_id} ({printable(pack.name)})" if kind_of(pack.pack_id) == "astria" \
         else f"genviral:{printable(pack.name)} ({printable(pack.pack_id)})"
     out.write(f"{source} → {printable(report.folder)}\n")
     if dry_run:

@@ -1,0 +1,357 @@
+"""The actions a plan is made of: small frozen values, each carrying out itself and its record.
+
+Like vdirsyncer's ``Upload``/``Update``/``Delete``: the planner decides and returns these values; the
+executor runs them, in the order of their ``phase`` (and ``order`` within it), and each one does its
+API call and then records what the API confirmed — so adding a kind of action is adding one class
+here. ``describe()`` is what ``run --dry-run --json`` prints of it.
+
+Phases (``executor.py`` runs them): ``prepare`` one mapping at a time, in ``order`` (the pack first,
+then what only the state needs); ``transfer`` the adds, concurrently, each awaiting its content's
+upload; ``delete`` after every transfer, not in a mapping where one failed; ``finish`` after the
+metadata wait (sidecars, then the mapping's "last sync" record). ``None``: nothing is done (a withheld
+delete is in the plan to be shown). An action whose mapping stopped (its pack could not be created
+or renamed) is skipped unless it runs ``after_error``.
+
+Values only at import: the API client and the state are the executor's, reached through ``Run``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import msgspec
+
+from packsync.config import MappingConfig
+from packsync.errors import ItemChanged, NotFound, PermanentError, TransientError, UploadRejected
+from packsync.model import Blob, CachedFile, ContentItem, ManagedImage, Metadata, Problem, UrlContent
+
+if TYPE_CHECKING:  # the executor's context, named only: importing it would bring in the HTTP client
+    from packsync.engine.executor import Run
+
+Phase = Literal["prepare", "transfer", "delete", "finish"]
+
+
+class Action(msgspec.Struct, frozen=True):
+    """One step of a plan, for the mapping labelled ``mapping``."""
+
+    kind: ClassVar[str]
+    phase: ClassVar[Phase | None] = "prepare"
+    order: ClassVar[int] = 0
+    #: Whether it still runs in a mapping that stopped (its pack could not be created or renamed).
+    after_error: ClassVar[bool] = False
+    #: Whether it changes the pack or the records: a plan of none of these has nothing to do.
+    work: ClassVar[bool] = True
+
+    mapping: str
+
+    def about(self) -> tuple[str | None, str | None]:
+        """The source's item (its key) and the pack's image (its id) it is about, each if any."""
+        return None, None
+
+    def describe(self) -> dict[str, Any]:
+        file, image = self.about()
+        return {"kind": self.kind, "mapping": self.mapping, "file": file, "image": image}
+
+    async def apply(self, run: Run) -> None:
+        raise NotImplementedError(self.kind)
+
+
+# -- the pack ---------------------------------------------------------------------------------------
+
+class RenamePack(Action, frozen=True):
+    """A renamed subfolder: its records (``old``'s) become ``mapping``'s and its pack is renamed."""
+
+    kind: ClassVar[str] = "rename-pack"
+    order: ClassVar[int] = 0
+
+    old: str
+    pack_id: str
+    name: str
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "from": self.old, "pack_id": self.pack_id, "name": self.name}
+
+    async def apply(self, run: Run) -> None:
+        try:
+            await run.api.rename_pack(self.pack_id, self.name)
+        except (TransientError, PermanentError, NotFound) as exc:  # (a refused key stops everything)
+            run.stop(f"cannot rename the pack of the renamed subfolder {self.old}; trying again next run: {exc}")
+            return
+        run.state.mappings.move_source(self.old, self.mapping)
+        run.state.mappings.save(self.mapping, pack_id=self.pack_id, pack_name=self.name)
+        run.outcome.renamed_from = self.old
+        run.log.info("subfolder renamed: its pack follows", old=self.old, new=self.mapping, pack=self.name)
+
+
+class CreatePack(Action, frozen=True):
+    """Create the mapping's pack and remember it; the records of ``gone`` (its pack found deleted) go
+    once the new one exists."""
+
+    kind: ClassVar[str] = "create-pack"
+    order: ClassVar[int] = 2
+
+    name: str
+    gone: str | None = None
+
+    async def apply(self, run: Run) -> None:
+        try:
+            pack_id = await run.packs.create(self.name)
+        except (TransientError, PermanentError) as exc:
+            run.stop(f"cannot create pack {self.name!r}: {exc}")
+            return
+        remember(run, self.mapping, pack_id, self.name, self.gone)
+        run.outcome.pack_id = pack_id
+
+
+class RememberPack(Action, frozen=True):
+    """Remember the pack the resolver found for the mapping (and drop the records of ``gone``)."""
+
+    kind: ClassVar[str] = "remember-pack"
+    order: ClassVar[int] = 2
+
+    pack_id: str
+    name: str
+    gone: str | None = None
+
+    async def apply(self, run: Run) -> None:
+        remember(run, self.mapping, self.pack_id, self.name, self.gone)
+
+
+def remember(run: Run, label: str, pack_id: str, name: str, gone: str | None) -> None:
+    run.state.mappings.save(label, pack_id=pack_id, pack_name=name)
+    if gone and gone != pack_id:
+        run.state.images.forget(gone, owner=label)
+
+
+# -- the records ------------------------------------------------------------------------------------
+
+class RecordScan(Action, frozen=True):
+    """What the scan saw (the file cache, against ``previous``) and could not sync, and — when the plan
+    had nothing to do — the fingerprint it settled on. None: not written (a gone subfolder's last
+    listing is kept: it is how a rename is recognised later)."""
+
+    kind: ClassVar[str] = "record-scan"
+    order: ClassVar[int] = 1
+    work: ClassVar[bool] = False
+
+    previous: dict[str, CachedFile] | None = None
+    cache: dict[str, CachedFile] | None = None
+    problems: list[Problem] | None = None
+    settled: str | None = None
+
+    async def apply(self, run: Run) -> None:
+        if self.cache is not None:
+            run.state.files.save_cache(self.mapping, self.previous or {}, self.cache)
+        if self.problems is not None:
+            run.state.files.save_problems(self.mapping, self.problems)
+        if self.settled:
+            run.state.files.save_settled(self.mapping, self.settled)
+
+
+class RecordMetadata(Action, frozen=True):
+    """The AI metadata the pack read reports for packsync's images, where it changed."""
+
+    kind: ClassVar[str] = "record-metadata"
+    order: ClassVar[int] = 5
+
+    pack_id: str
+    metadata: dict[str, Metadata]
+
+    async def apply(self, run: Run) -> None:
+        run.state.metadata.update(self.pack_id, self.metadata)
+
+
+class RecordDownloads(Action, frozen=True):
+    """What downloading the pack's unknown images taught (each URL's content), so none is fetched twice."""
+
+    kind: ClassVar[str] = "record-downloads"
+    order: ClassVar[int] = 5
+
+    contents: tuple[UrlContent, ...]
+
+    async def apply(self, run: Run) -> None:
+        run.state.uploads.save_url_contents(self.contents)
+
+
+class ForgetImage(Action, frozen=True):
+    """Drop the record of an image that is no longer in the pack."""
+
+    kind: ClassVar[str] = "forget"
+    order: ClassVar[int] = 3
+
+    image: ManagedImage
+
+    def about(self) -> tuple[str | None, str | None]:
+        return None, self.image.image_id
+
+    async def apply(self, run: Run) -> None:
+        run.state.images.forget(self.image.pack_id, [self.image.image_id])
+        run.log.info("image gone from the pack; will add again if still wanted", image_id=self.image.image_id)
+
+
+class AdoptImage(Action, frozen=True):
+    """Record an image already in the pack as packsync's: its own upload (``recovered``), or an image
+    holding the same bytes as an item of the source."""
+
+    kind: ClassVar[str] = "adopt"
+    order: ClassVar[int] = 4
+
+    image: ManagedImage
+    recovered: bool = True
+
+    def about(self) -> tuple[str | None, str | None]:
+        return None, self.image.image_id
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "name": self.image.file_name, "recovered": self.recovered}
+
+    async def apply(self, run: Run) -> None:
+        run.state.images.record([self.image])
+        if self.recovered:
+            run.outcome.recovered += 1
+        else:
+            run.outcome.adopted += 1
+
+
+# -- transfers --------------------------------------------------------------------------------------
+
+class AddImage(Action, frozen=True):
+    """Add the content of ``item`` to the pack, as ``file_name``, once its upload gave it a URL."""
+
+    kind: ClassVar[str] = "add"
+    phase: ClassVar[Phase | None] = "transfer"
+
+    item: ContentItem
+    file_name: str
+
+    @property
+    def sha256(self) -> str:
+        return self.item.sha256
+
+    def about(self) -> tuple[str | None, str | None]:
+        return self.item.key, None
+
+    async def apply(self, run: Run) -> None:
+        url = None
+        try:
+            url = await run.url_of(self)
+            image_id = await run.add_once(url, self.file_name)
+        except NotFound as exc:
+            run.stop(f"pack {run.pack_name!r} is gone or out of the key's scope ({exc})")
+            return
+        except (TransientError, PermanentError, UploadRejected, ItemChanged) as exc:
+            if url is not None and isinstance(exc, PermanentError) and "image_url" in exc.fields:
+                # The API refuses the uploaded URL: upload the content afresh next time, never reuse it.
+                run.state.uploads.forget_blob(self.sha256)
+            run.fail(f"{self.mapping}/{self.item.key}", str(exc))
+            return
+        run.state.images.record([ManagedImage(run.pack_id, image_id, self.sha256, url, self.file_name,
+                                              self.mapping)])
+        run.outcome.added += 1
+        run.progress.advance("added")
+        run.log.debug("image added", file=self.file_name, image_id=image_id)
+
+
+class Upload(Action, frozen=True):
+    """Put ``add``'s content in Genviral's storage, resuming ``resume`` (a URL obtained, not yet used).
+    Run by the first add that needs it (one upload per content, whatever the number of packs)."""
+
+    kind: ClassVar[str] = "upload"
+    phase: ClassVar[Phase | None] = None
+
+    add: AddImage
+    resume: Blob | None = None
+
+    def about(self) -> tuple[str | None, str | None]:
+        return self.add.item.key, None
+
+
+class DeleteImage(Action, frozen=True):
+    """Delete an image from the pack; ``reason`` says why in a few words."""
+
+    kind: ClassVar[str] = "delete"
+    phase: ClassVar[Phase | None] = "delete"
+
+    image_id: str
+    url: str
+    reason: str
+    sha256: str | None = None
+    name: str | None = None  # its name as packsync added it (a foreign image's: unknown)
+
+    def about(self) -> tuple[str | None, str | None]:
+        return None, self.image_id
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "reason": self.reason}
+
+    async def apply(self, run: Run) -> None:
+        try:
+            await run.api.delete_image(run.pack_id, self.image_id)
+        except NotFound as exc:
+            run.stop(f"pack {run.pack_name!r} is gone or out of the key's scope ({exc})")
+            return
+        except (TransientError, PermanentError) as exc:
+            run.fail(f"image {self.image_id}", f"delete failed: {exc}")
+            return
+        run.state.images.forget(run.pack_id, [self.image_id])
+        run.outcome.deleted += 1
+        run.progress.advance("deleted")
+        run.log.debug("image deleted", image_id=self.image_id, reason=self.reason)
+
+
+class WithheldDelete(DeleteImage, frozen=True):
+    """A delete a safety stop holds back: shown, and counted in the mapping's record, never done."""
+
+    kind: ClassVar[str] = "withheld-delete"
+    phase: ClassVar[Phase | None] = None
+
+
+# -- after the metadata wait ------------------------------------------------------------------------
+
+class SidecarPass(Action, frozen=True):
+    """Bring the XMP sidecars of the mapping's files up to date with the metadata in the state."""
+
+    kind: ClassVar[str] = "sidecars"
+    phase: ClassVar[Phase | None] = "finish"
+    order: ClassVar[int] = 0
+    work: ClassVar[bool] = False
+
+    config: MappingConfig
+
+    async def apply(self, run: Run) -> None:
+        run.outcome.sidecars = await run.sidecars(self.config)
+
+
+class RecordSync(Action, frozen=True):
+    """How the mapping's sync ended, for the views: when, its error (``error``, decided before anything
+    ran, else the outcome's), a safety stop and the names of the deletes it withheld."""
+
+    kind: ClassVar[str] = "record-sync"
+    phase: ClassVar[Phase | None] = "finish"
+    order: ClassVar[int] = 1
+    after_error: ClassVar[bool] = True
+    work: ClassVar[bool] = False
+
+    error: str | None = None
+    safety: str | None = None
+    withheld: tuple[str, ...] = ()
+    source_name: str | None = None  # None when the source could not be read: the last is kept
+
+    async def apply(self, run: Run) -> None:
+        now = time.time()
+        error = last_error(self.error or run.outcome.error or self.safety, run.outcome.failures)
+        run.state.mappings.save(self.mapping, synced_at=now, last_error=error, safety=self.safety,
+                                withheld=json.dumps(list(self.withheld)) if self.withheld else None,
+                                **({"source_name": self.source_name} if self.source_name else {}),
+                                **({} if error else {"ok_at": now}))
+
+
+def last_error(fatal: str | None, failures: list[tuple[str, str]]) -> str | None:
+    """The one sentence ``status`` and the daemon show for a mapping: why it did not sync, else the first
+    item that failed."""
+    if fatal or not failures:
+        return fatal
+    (where, why), more = failures[0], len(failures) - 1
+    return f"{where}: {why}" + (f" (and {more} more failed)" if more else "")

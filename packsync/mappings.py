@@ -1,0 +1,82 @@
+"""Which mappings a config stands for, as the state remembers them: the one place that says so.
+
+A ``packs_from = "subfolders"`` mapping stands for one mapping per subfolder, into the pack named
+after it (``derived``). Which subfolders those are is known two ways: a sync lists the folder
+(``engine/subfolders.py``), and everything that only shows what is synced — ``status``, the page,
+``/healthz``, the metadata loop — reads the subfolders packsync synced into a pack from the state's
+mapping records (``concrete``), never the disk: a hung or unmounted share cannot stall them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from packsync.config import Config, MappingConfig
+
+if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
+    from packsync.state.store import State
+
+#: Genviral's longest pack name.
+MAX_PACK_NAME = 120
+
+
+def parent_of(config: Config, label: str) -> MappingConfig | None:
+    """The ``packs_from = "subfolders"`` mapping a derived mapping's label belongs to, if any."""
+    parent = Path(label).parent
+    return next((m for m in config.mappings if m.packs_from == "subfolders" and m.path == parent), None)
+
+
+def group_of(config: Config, label: str) -> str:
+    """The label of the config's mapping a mapping's ``label`` comes from: its own, unless it is a
+    subfolder's of a ``packs_from = "subfolders"`` mapping."""
+    parent = parent_of(config, label)
+    return parent.label if parent else label
+
+
+def derived(mapping: MappingConfig, subfolder: Path, pack: str | None = None) -> MappingConfig:
+    """The mapping of one subfolder of a ``packs_from = "subfolders"`` mapping."""
+    return msgspec.structs.replace(mapping, path=subfolder, packs_from="folder", pack_prefix="", pack_id=None,
+                                   pack=pack or (mapping.pack_prefix + subfolder.name)[:MAX_PACK_NAME])
+
+
+def packs_named(config: Config) -> set[str]:
+    """The pack names the config's mappings use: a subfolder's pack may not be one of them."""
+    return {m.pack for m in config.mappings if m.pack is not None}
+
+
+def concrete(config: Config, state: State) -> list[MappingConfig]:
+    """Every mapping as it is synced, from the config and the state alone: a ``packs_from = "subfolders"``
+    one as the subfolders packsync synced into a pack (those whose files or images it still records),
+    the others as they are."""
+    mappings: list[MappingConfig] = []
+    for mapping in config.mappings:
+        if mapping.packs_from == "subfolders":
+            mappings += synced_subfolders(mapping, state, keep=lambda label, pack_id: bool(
+                state.files.count(label) or state.images.count(pack_id, label)))
+        else:
+            mappings.append(mapping)
+    return mappings
+
+
+def synced_subfolders(mapping: MappingConfig, state: State, keep: Callable[[str, str], bool]) -> list[MappingConfig]:
+    """The subfolders of ``mapping`` the state records a pack for, and ``keep`` keeps, by label."""
+    root = mapping.folder
+    found = []
+    for record in state.mappings.under(str(root)):
+        if record.pack_id and Path(record.root).parent == root and keep(record.root, record.pack_id):
+            found.append(derived(mapping, Path(record.root), record.pack_name))
+    return sorted(found, key=lambda m: m.label)
+
+
+def recorded_pack_id(state: State, mapping: MappingConfig) -> str | None:
+    """The pack id ``mapping`` syncs into as far as the state knows — only while the config still
+    names that pack (a renamed ``pack`` is another pack)."""
+    if mapping.pack_id is not None:
+        return mapping.pack_id
+    record = state.mappings.get(mapping.label)
+    return record.pack_id if record and record.pack_id and record.pack_name == mapping.pack else None
+
