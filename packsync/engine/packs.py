@@ -48,6 +48,10 @@ class PackResolver:
         #: Per mapping label, what the user should hear about its pack this run.
         self.notices: dict[str, str] = {}
 
+    def start_run(self) -> None:
+        """A new run: what the last one had to say about its packs is said."""
+        self.notices.clear()
+
     async def read(self, mapping: MappingConfig) -> PackRead | None:
         """The mapping's pack as the API shows it now (its images decoded when asked for); None when it is
         to be created.

@@ -158,12 +158,17 @@ class Syncer:
         self.log = get_logger()
 
     async def sync(self, options: SyncOptions = SyncOptions(), only: Collection[str] | None = None,
-                   busy: Mapping[str, Collection[str]] | None = None) -> SyncReport:
+                   busy: Mapping[str, Collection[str]] | None = None,
+                   changed: Mapping[str, Collection[str]] | None = None) -> SyncReport:
         """Sync every mapping (or those whose label is in ``only``) once.
 
         ``busy`` names, per mapping label, items still being written: their new content waits for a later sync.
+        ``changed`` names, per mapping label (a daemon folder's, as ``busy`` does), the relative paths that
+        changed and went quiet: all that changed in it since its last sync (not used yet: every mapping is
+        scanned whole). None, or a label missing from it, means a full scan of that mapping.
         """
         self.api.start_run()
+        self.packs.start_run()
         result = SyncReport()
         mappings = await self._expand(result, options.dry_run)
         mappings = [m for m in mappings if only is None or m.label in only or self._group(m) in only]
