@@ -38,12 +38,12 @@ class Rounds:
         self.tick_s = timing.tick(systemd.watchdog_s)
         self.log = get_logger()
 
-    async def run(self, app: App, round: Round) -> None:
-        """Run ``round``; every error it may end in is handled here, but a state that can never be used."""
+    async def run(self, app: App, due: Round) -> None:
+        """Run ``due``; every error it may end in is handled here, but a state that can never be used."""
         started = time.monotonic()
-        targets = self.schedule.started(round, started)
-        task = asyncio.create_task(app.syncer.sync(SyncOptions(wait=False), only=round.labels, busy=round.busy,
-                                                   changed=round.changed))
+        targets = self.schedule.started(due, started)
+        task = asyncio.create_task(app.syncer.sync(SyncOptions(wait=False), only=due.labels, busy=due.busy,
+                                                   changed=due.changed))
         if not await self._finished(task):
             return
         try:
@@ -53,7 +53,7 @@ class Rounds:
             return
         self.status.state_usable()
         self.status.sync_error = self.schedule.paused_reason = None
-        if round.full:
+        if due.full:
             self.status.last_full_scan = time.time()
         if self.status.metrics:
             labels = [m.config.pack_label for m in report.mappings]

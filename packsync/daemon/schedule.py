@@ -108,12 +108,12 @@ class Schedule:
 
     # -- what happened ----------------------------------------------------------------------------
 
-    def started(self, round: Round, now: float) -> list[Folder]:
-        """``round`` starts: its folders' retries are taken, and a full rescan schedules the next one."""
-        targets = [f for label, f in self.folders.items() if round.labels is None or label in round.labels]
+    def started(self, due: Round, now: float) -> list[Folder]:
+        """``due`` starts: its folders' retries are taken, and a full rescan schedules the next one."""
+        targets = [f for label, f in self.folders.items() if due.labels is None or label in due.labels]
         for folder in targets:
             folder.retry_at = None
-        if round.full:
+        if due.full:
             self.next_full_scan = now + self.config.daemon.rescan_interval_s * random.uniform(0.9, 1.1)
         return targets
 

@@ -172,16 +172,16 @@ class Daemon:
                 await self._reload()
             self._restart_dead_watchers()
             now = time.monotonic()
-            round = self.schedule.due(now)
-            if round is None:
+            due = self.schedule.due(now)
+            if due is None:
                 self.status.publish()
                 await self._sleep(self.schedule.next_deadline(now))
                 continue
-            if round.full:  # a watcher that could not start before may start now
+            if due.full:  # a watcher that could not start before may start now
                 for folder in self.schedule.folders.values():
                     if folder.root is not None and folder.root not in self.watcher.observers:
                         self._watch(folder)
-            await self.rounds.run(self.app, round)
+            await self.rounds.run(self.app, due)
 
     def _restart_dead_watchers(self) -> None:
         for root in self.watcher.check():
