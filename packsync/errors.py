@@ -35,7 +35,7 @@ HTTP statuses in ``remote/wire.py``, malformed JSON answers in ``remote/answers.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 E = TypeVar("E", bound=BaseException)
 
@@ -69,7 +69,14 @@ class StateError(PacksyncError):
 
 
 class StateUnavailable(StateError):
-    """The state cannot be used right now (locked by another program, disk full): it may pass."""
+    """The state cannot be used right now (locked by another program, disk full): it may pass.
+
+    ``reason`` says which trouble it is, for a decision (a daemon says each trouble once): ``"locked"``,
+    ``"full"`` or ``"io"``."""
+
+    def __init__(self, message: str, *, reason: Literal["locked", "full", "io"]) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class SourceError(PacksyncError):

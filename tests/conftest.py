@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import DaemonProcess
+from helpers import DaemonHere, DaemonProcess
 
 from packsync.app import sync_once
 from packsync.config import Config, parse_config
+from packsync.daemon.timing import Timing
 from packsync.engine.sync import SyncOptions, SyncReport
+from packsync.remote.retry import Backoff
 from packsync.sandbox import Account, Sandbox
 from packsync.sandbox.imaging import solid_png
 from packsync.views.progress import Progress
@@ -24,6 +26,9 @@ from packsync.views.progress import Progress
 TOKEN = "gva_live_testkey.s3cr3t-token-value"
 ASTRIA_TOKEN = "sd_testkey.astria-s3cr3t-value"
 _colours = itertools.count(1)
+#: The daemon's delays, shortened for tests that wait for a retry, a metadata round or a restart.
+FAST = Timing(mapping_retry=Backoff(0.05, 0.5, 0.2), loop_restart=Backoff(0.05, 0.5, 0.2),
+              metadata_poll=Backoff(0.05, 0.5), tick_s=0.5)
 
 
 def image(width: int = 8, height: int = 8, seed: int | None = None) -> bytes:
@@ -167,6 +172,23 @@ def start(daemon_env: Env) -> Iterator[object]:
         env.update(GENVIRAL_TOKEN=TOKEN, WATCHDOG_USEC="2000000")
         argv = [sys.executable, "-m", "packsync", "-c", str(daemon_env.config_path), "daemon", *args]
         daemon = DaemonProcess(argv, env, daemon_env.root)
+        started.append(daemon)
+        daemon.wait_ready()
+        return daemon
+
+    yield launch
+    for daemon in started:
+        daemon.close()
+
+
+@pytest.fixture
+def start_here(daemon_env: Env) -> Iterator[Any]:
+    """Start the daemon in this process with ``timing`` (``FAST`` unless given), once ready."""
+    started: list[DaemonHere] = []
+
+    def launch(timing: Timing = FAST) -> DaemonHere:
+        daemon_env.write_config()
+        daemon = DaemonHere(daemon_env.config_path, TOKEN, timing)
         started.append(daemon)
         daemon.wait_ready()
         return daemon

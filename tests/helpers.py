@@ -104,3 +104,70 @@ def on_state_connection(state: Any, sql: str) -> list[tuple[Any, ...]]:
     """``sql`` (a pragma) on an open ``State``'s own connection: to stage what only that connection can
     see (a file that may not grow, a checkpointed log)."""
     return [tuple(row) for row in state.unit.connection.exec_driver_sql(sql).fetchall()]
+
+
+class DaemonHere:
+    """The real ``Daemon`` run in this process, on an event loop of its own thread, with the ``Timing`` a
+    test gives: a test of a retry or a pause then waits milliseconds, not the product's seconds or minutes.
+
+    It holds the state lock as ``packsync daemon`` does, and keeps what it logs (``output``). What only a
+    process has (signals, systemd's socket, the exit deadline) is ``DaemonProcess``'s to test.
+    """
+
+    def __init__(self, config_path: Path, token: str, timing: Any) -> None:
+        from structlog.testing import capture_logs
+
+        from packsync.config import load_config
+        from packsync.daemon.service import Daemon
+        from packsync.state.lock import StateLock
+
+        config = load_config(config_path)
+        self.lock = StateLock(config.state_path).acquire()
+        self.daemon = Daemon(config_path, config, token, timing=timing)
+        self._capture = capture_logs()
+        self.logs = self._capture.__enter__()
+        self.error: BaseException | None = None
+        self._loop: Any = None
+        self.thread = threading.Thread(target=self._run, name="daemon-here", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import asyncio
+
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            await self.daemon.run()
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test, which asserts on it
+            self.error = exc
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        wait_until(lambda: self.daemon.status.ready or not self.thread.is_alive(), timeout=timeout,
+                   what="the daemon ready")
+        assert self.thread.is_alive(), f"the daemon ended: {self.error!r}\n{self.output()[-2000:]}"
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def output(self) -> str:
+        """What it logged, a line per event: the event, then its fields."""
+        return "\n".join(" ".join([str(entry.get("event"))] + [f"{k}={v}" for k, v in entry.items() if k != "event"])
+                         for entry in list(self.logs))
+
+    def stop(self, timeout: float = 10) -> BaseException | None:
+        """Stop it as SIGTERM does; the error it ended in, if any."""
+        if self.thread.is_alive() and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.daemon.stop)
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the daemon did not stop"
+        return self.error
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            self._capture.__exit__(None, None, None)
+            self.lock.release()

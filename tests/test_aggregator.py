@@ -2,14 +2,15 @@
 
 Rules (see ``packsync/daemon/aggregator.py``): a path is quiet after ``debounce_s`` without events
 and with an unchanged size/mtime; a writer's close shortens the wait; a folder is due when all its
-paths are quiet, or every ``max_batch_wait_s`` with the paths still changing handed over as busy.
+paths are quiet, or every ``max_batch_wait_s`` with the paths still changing handed over as busy; the
+quiet paths are handed over as changed, up to ``max_paths`` of them (past it: the whole folder).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from packsync.daemon.aggregator import Aggregator, StatKey
+from packsync.daemon.aggregator import Aggregator, Due, StatKey
 
 ROOT = Path("/photos")
 OTHER = Path("/other")
@@ -28,8 +29,12 @@ class Files:
         self.keys[path] = (size, size * 1000)
 
 
-def aggregator(files: Files, debounce_s: float = 2.0) -> Aggregator:
-    return Aggregator(debounce_s, stat=files.stat, close_grace_s=0.25, max_batch_wait_s=30.0)
+def aggregator(files: Files, debounce_s: float = 2.0, max_paths: int = 1000) -> Aggregator:
+    return Aggregator(debounce_s, stat=files.stat, close_grace_s=0.25, max_batch_wait_s=30.0, max_paths=max_paths)
+
+
+def changed(*paths: str) -> Due:
+    return Due(frozenset(paths))
 
 
 def test_a_change_is_due_once_quiet_for_the_debounce_and_then_forgotten() -> None:
@@ -41,7 +46,7 @@ def test_a_change_is_due_once_quiet_for_the_debounce_and_then_forgotten() -> Non
 
     assert changes.due(101.9) == {}
     assert changes.next_deadline() == 102.0
-    assert changes.due(102.0) == {ROOT: set()}
+    assert changes.due(102.0) == {ROOT: changed("a.png")}
     assert len(changes) == 0 and changes.due(200.0) == {} and changes.next_deadline() is None
 
 
@@ -53,7 +58,7 @@ def test_every_event_restarts_the_wait() -> None:
         changes.changed(ROOT, path, closed=False, now=t)
 
     assert changes.due(104.0) == {}
-    assert changes.due(104.5) == {ROOT: set()}
+    assert changes.due(104.5) == {ROOT: changed("a.png")}
 
 
 def test_a_writer_s_close_shortens_the_wait_to_the_grace() -> None:
@@ -64,7 +69,7 @@ def test_a_writer_s_close_shortens_the_wait_to_the_grace() -> None:
     changes.changed(ROOT, path, closed=True, now=100.0)
 
     assert changes.due(100.2) == {}
-    assert changes.due(100.25) == {ROOT: set()}
+    assert changes.due(100.25) == {ROOT: changed("a.png")}
 
 
 def test_a_file_growing_without_events_is_not_quiet() -> None:
@@ -77,7 +82,7 @@ def test_a_file_growing_without_events_is_not_quiet() -> None:
 
     assert changes.due(102.0) == {}, "the size changed since the event"
     assert changes.due(103.9) == {}
-    assert changes.due(104.0) == {ROOT: set()}, "quiet a debounce after the change was noticed"
+    assert changes.due(104.0) == {ROOT: changed("a.png")}, "quiet a debounce after the change was noticed"
 
 
 def test_a_burst_in_one_folder_becomes_one_batch() -> None:
@@ -90,7 +95,7 @@ def test_a_burst_in_one_folder_becomes_one_batch() -> None:
 
     assert len(changes) == 1000
     assert changes.due(100.5) == {}, "the last file is not yet past its grace"
-    assert changes.due(101.3) == {ROOT: set()}
+    assert changes.due(101.3) == {ROOT: changed(*(f"{i}.png" for i in range(1000)))}
     assert len(changes) == 0
 
 
@@ -102,8 +107,8 @@ def test_folders_are_due_independently() -> None:
     changes.changed(ROOT, ROOT / "a.png", closed=False, now=100.0)
     changes.changed(OTHER, OTHER / "b.png", closed=False, now=101.0)
 
-    assert changes.due(102.0) == {ROOT: set()}
-    assert changes.due(103.0) == {OTHER: set()}
+    assert changes.due(102.0) == {ROOT: changed("a.png")}
+    assert changes.due(103.0) == {OTHER: changed("b.png")}
 
 
 def test_a_file_that_never_stops_changing_holds_its_folder_back_at_most_a_batch_wait() -> None:
@@ -121,10 +126,11 @@ def test_a_file_that_never_stops_changing_holds_its_folder_back_at_most_a_batch_
 
     files.write(busy, 999_999)
     changes.changed(ROOT, busy, closed=False, now=130.0)
-    assert changes.due(130.0) == {ROOT: {"log/render.png"}}, "due with the busy file named"
+    assert changes.due(130.0) == {ROOT: Due(frozenset({"done.png"}), frozenset({"log/render.png"}))}, \
+        "due with the quiet file changed and the busy one named"
     assert len(changes) == 1, "the quiet file is handed out, the busy one waits"
     assert changes.due(131.0) == {}, "the busy file waits a whole batch again"
-    assert changes.due(160.0) == {ROOT: set()}, "once it stops, it is synced like any other file"
+    assert changes.due(160.0) == {ROOT: changed("log/render.png")}, "once it stops, it is synced like any other file"
 
 
 def test_a_deleted_file_is_quiet_when_it_stays_deleted() -> None:
@@ -133,7 +139,7 @@ def test_a_deleted_file_is_quiet_when_it_stays_deleted() -> None:
 
     changes.changed(ROOT, path, closed=False, now=100.0)
 
-    assert changes.due(102.0) == {ROOT: set()}
+    assert changes.due(102.0) == {ROOT: changed("gone.png")}, "a gone path is handed over: a removal"
 
 
 def test_forget_drops_what_waits_in_one_folder_only() -> None:
@@ -144,4 +150,28 @@ def test_forget_drops_what_waits_in_one_folder_only() -> None:
 
     changes.forget(ROOT)
 
-    assert len(changes) == 1 and changes.due(103.0) == {OTHER: set()}
+    assert len(changes) == 1 and changes.due(103.0) == {OTHER: changed("b.png")}
+
+
+def test_past_max_paths_a_folder_is_handed_over_whole() -> None:
+    """Like Syncthing's aggregator: so many changed paths cost more to look up one by one than a walk."""
+    files = Files()
+    changes = aggregator(files, max_paths=3)
+    for name in ("a.png", "b.png", "c.png"):
+        changes.changed(ROOT, ROOT / name, closed=True, now=100.0)
+    for name in ("w.png", "x.png", "y.png", "z.png"):
+        changes.changed(OTHER, OTHER / name, closed=True, now=100.0)
+
+    assert changes.due(101.0) == {ROOT: changed("a.png", "b.png", "c.png"), OTHER: Due(None)}
+    assert len(changes) == 0
+
+
+def test_a_changed_folder_is_handed_over_as_one_path() -> None:
+    """A tree moved in is one event for its folder: the path stands for the subtree."""
+    files = Files()
+    changes = aggregator(files)
+    files.write(ROOT / "moved-in", 4096)
+
+    changes.changed(ROOT, ROOT / "moved-in", closed=False, now=100.0)
+
+    assert changes.due(102.0) == {ROOT: changed("moved-in")}

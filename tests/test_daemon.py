@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -239,3 +241,72 @@ def test_out_of_inotify_instances_says_so_once_and_polls_instead(daemon_env: Env
     log = daemon.output()
     assert log.count("inotify limit reached") == 1
     assert "sudo sysctl fs.inotify.max_user_instances=" in log and '"polling"' in log
+
+
+def test_a_state_found_corrupt_mid_run_ends_the_daemon_in_its_sentence_with_the_state_closed(
+        daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+    """A corrupt state never passes: the daemon says so and exits 2, as at start, having run its way out to
+    the end (the state closed, then "daemon stopped" logged)."""
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    daemon = start()
+    with closing(sqlite3.connect(daemon_env.state_path)) as other:
+        other.execute("DROP TABLE daemon")
+        other.commit()
+
+    write(folder / "new.png", image())
+
+    wait_until(lambda: daemon.proc.poll() is not None, timeout=20, what="the daemon exits")
+    log = daemon.output()
+    assert daemon.proc.returncode == ExitCode.USAGE, log[-2000:]
+    assert "is corrupt (no such table: daemon)" in log and "Traceback" not in log
+    assert '"daemon stopped"' in log, "the way out stopped half-way, the state left open"
+
+
+def test_each_state_trouble_is_said_once_by_its_reason_not_its_text(tmp_path: Path) -> None:
+    """Decided on the error's ``reason``: the same trouble in other words is not news; another one is."""
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    from packsync.config import parse_config
+    from packsync.daemon.aggregator import Aggregator
+    from packsync.daemon.notify import Systemd
+    from packsync.daemon.schedule import Schedule
+    from packsync.daemon.status import Status
+    from packsync.daemon.timing import PRODUCT
+    from packsync.errors import StateUnavailable
+
+    config = parse_config({"genviral": {"base_url": "http://127.0.0.1:9"}, "state": {"path": str(tmp_path / "s.db")},
+                           "mappings": [{"path": str(tmp_path), "pack": "p"}]}, source=tmp_path / "config.toml")
+    status = Status(Schedule(config, PRODUCT, Aggregator(1.0)), Systemd(), asyncio.Event())
+
+    with capture_logs() as logs:
+        status.state_unusable(StateUnavailable("the state database is locked by a backup tool.", reason="locked"))
+        status.state_unusable(StateUnavailable("the state database is locked by a sqlite3 shell.", reason="locked"))
+        status.state_unusable(StateUnavailable("no space left on the device.", reason="full"))
+        status.state_usable()
+
+    assert [entry["event"].split(".")[0] for entry in logs] == [
+        "the state database is locked by a backup tool", "no space left on the device",
+        "the state database is usable again"]
+    assert status.last_error is None
+
+
+def test_a_replaced_transport_is_let_go_once_closed() -> None:
+    """A reload's old transport closes once nothing uses it, and is then no longer held."""
+    import asyncio
+
+    from packsync.daemon.reload import Retiring
+    from packsync.remote.transport import Transport
+
+    async def reload_twice() -> tuple[int, int]:
+        retiring = Retiring()
+        retiring.add(Transport())
+        retiring.add(Transport())
+        waiting = len(retiring)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return waiting, len(retiring)
+
+    assert asyncio.run(reload_twice()) == (2, 0)

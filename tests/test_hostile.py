@@ -19,11 +19,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
-from conftest import TOKEN, Env, image, write
+from conftest import FAST, TOKEN, Env, image, write
 from helpers import on_state_connection, state_rows, wait_until
 
 from packsync.errors import ExitCode
+from packsync.remote.retry import Backoff
 from packsync.sandbox.server import Reply, fail
 
 ADD = ("POST", "/packs/{id}/images")
@@ -227,27 +229,26 @@ def test_a_state_locked_by_another_program_ends_run_in_one_sentence(env: Env) ->
     assert env.cli("run", "--no-wait").returncode == 0
 
 
-def test_the_daemon_waits_out_a_locked_state_and_syncs_what_came_meanwhile(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_the_daemon_waits_out_a_locked_state_and_syncs_what_came_meanwhile(daemon_env: Env, start_here) -> None:  # type: ignore[no-untyped-def]
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     write(folder / "a.png", image())
-    daemon = start()
+    daemon = start_here()
     holder = sqlite3.connect(daemon_env.state_path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
         write(folder / "b.png", image())
         wait_until(lambda: "locked by another program" in daemon.output(), timeout=30, what="the lock is reported")
-        wait_until(lambda: daemon.proc.poll() is None and "locked" in daemon.output(), timeout=1)
-        assert daemon.proc.poll() is None, daemon.output()[-2000:]
+        assert daemon.running, daemon.output()[-2000:]
     finally:
         holder.execute("ROLLBACK")
         holder.close()
 
     wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 2, timeout=60, what="b.png synced")
-    assert daemon.proc.poll() is None
+    assert daemon.running
     assert daemon.output().count("locked by another program") == 1, "said once, not on every retry"
     assert "usable again" in daemon.output()
-    assert daemon.stop() == 0
+    assert daemon.stop() is None
 
 
 @pytest.fixture
@@ -512,10 +513,10 @@ def test_a_retry_after_that_is_not_a_number_or_a_date_is_just_a_retry(env: Env) 
     assert env.sandbox.calls[PACK] == 2 and env.pack(pack_id)["image_count"] == 1
 
 
-def test_daemon_metadata_polling_survives_a_malformed_pack_and_says_so(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_daemon_metadata_polling_survives_a_malformed_pack_and_says_so(daemon_env: Env, start_here) -> None:  # type: ignore[no-untyped-def]
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
-    daemon = start()
+    daemon = start_here()
     write(folder / "a.png", image())
     wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 1, timeout=30, what="a.png added")
     daemon_env.sandbox.rewrite(*PACK, data(_image_without_id), count=2)
@@ -526,7 +527,7 @@ def test_daemon_metadata_polling_survives_a_malformed_pack_and_says_so(daemon_en
 
     wait_until(completed, timeout=90, what="metadata completed after the malformed answers stopped")
     assert "no valid id" in daemon.output(), "the malformed answer was logged, not swallowed"
-    assert daemon.stop() == 0
+    assert daemon.stop() is None
 
 
 def test_pagination_that_never_ends_is_cut_short(env: Env) -> None:
@@ -638,20 +639,22 @@ def test_problems_unchanged_since_the_last_scan_are_not_written_again(tmp_path: 
     state.close()
 
 
-def test_the_daemon_s_last_error_clears_once_it_recovers(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_the_daemon_s_last_error_clears_once_it_recovers(daemon_env: Env, start_here) -> None:  # type: ignore[no-untyped-def]
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
-    daemon = start()
+    # Retried after half a second: the error stays long enough to be read.
+    daemon = start_here(msgspec.structs.replace(FAST, mapping_retry=Backoff(0.5, 1.0)))
     daemon_env.sandbox.inject("expire", method="PUT", route="storage", count=3)
     write(folder / "a.png", image())
 
     def daemon_error() -> Any:
         return json.loads(daemon_env.cli("status", "--json", token=None).stdout)["daemon"]["last_error"]
 
-    wait_until(lambda: daemon_error() is not None, timeout=30, what="the failure is reported")
+    wait_until(lambda: state_rows(daemon_env.state_path, "SELECT last_error FROM daemon")[0][0], timeout=30,
+               what="the failure is reported")
     wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 1, timeout=60, what="the retry syncs it")
     wait_until(lambda: daemon_error() is None, timeout=30, what="the error is cleared")
-    assert daemon.stop() == 0
+    assert daemon.stop() is None
 
 
 def test_one_pack_named_by_name_and_by_id_in_one_config_settles_on_one_copy(env: Env) -> None:

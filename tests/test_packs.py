@@ -64,3 +64,26 @@ def test_list_packs_reads_every_page(env: Env) -> None:
 
     assert sorted(names) == [f"pack {i:03}" for i in range(230)]
     assert env.sandbox.calls[("GET", "/packs")] == 3
+
+
+def test_a_pack_s_notice_is_said_in_the_run_that_found_it_only(env: Env) -> None:
+    """The daemon syncs with one resolver for ever: a pack found gone is said in that run's report, not in
+    every later one."""
+    from packsync.engine.sync import SyncOptions
+
+    write(env.map("brand", pack="Brand") / "a.png", image())
+    env.sync()
+    env.sandbox.delete_pack(env.pack_named("Brand")["id"])
+
+    async def two_runs() -> list[str | None]:
+        async with open_app(env.config(), TOKEN) as app:
+            notices = []
+            for _ in range(2):
+                report = await app.syncer.sync(SyncOptions(wait=False))
+                notices.append(report.mappings[0].notice)
+            return notices
+
+    first, second = asyncio.run(two_runs())
+
+    assert first is not None and "is gone (deleted in the web app?)" in first
+    assert second is None

@@ -422,3 +422,42 @@ def test_a_transport_closed_mid_request_opens_no_connection_again() -> None:
     assert isinstance(error, TransientError), error
     assert [line for line in server.seen if not line.startswith("  ")] == [
         "GET /packs?limit=100&offset=0&include_public=false"]
+
+
+def test_a_sync_starting_leaves_a_metadata_round_s_budget_and_breaker_alone(env: Env) -> None:
+    """The daemon's metadata round and its syncs are runs of their own over the one transport: a sync
+    starting neither refills the round's retry budget nor mends the route the round gave up on, and the
+    round's retries are not spent from the sync's budget."""
+    from packsync.remote.retry import Backoff
+
+    pack_id = env.sandbox.create_pack("p")
+    env.sandbox.inject("503", method="GET", route="/packs/{id}", count=100)
+    policy = RetryPolicy(attempts=2, backoff=Backoff(0.0, 0.0), run_budget=5, breaker=2)
+
+    async def runs() -> tuple[int, int]:
+        async with GenviralClient(env.sandbox.base_url, TOKEN, retry=policy) as api:
+            gave_up, sync_started = asyncio.Event(), asyncio.Event()
+
+            async def metadata_round() -> int:
+                api.start_run()
+                with pytest.raises(TransientError):
+                    await api.get_pack(pack_id)  # two attempts, one retry: the route is given up
+                gave_up.set()
+                await sync_started.wait()
+                with pytest.raises(TransientError, match="gives up on it"):
+                    await api.get_pack(pack_id)
+                return api.transport.retries_left
+
+            async def sync() -> int:
+                await gave_up.wait()
+                api.start_run()
+                sync_started.set()
+                return api.transport.retries_left
+
+            left_in_round, left_in_sync = await asyncio.gather(metadata_round(), sync())
+            return left_in_round, left_in_sync
+
+    left_in_round, left_in_sync = asyncio.run(runs())
+
+    assert (left_in_round, left_in_sync) == (4, 5)
+    assert env.sandbox.calls[("GET", "/packs/{id}")] == 2, "the route the round gave up on was not tried again"

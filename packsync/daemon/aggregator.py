@@ -1,4 +1,5 @@
-"""The change aggregator: watcher events in, "these folders are due, these files still busy" out.
+"""The change aggregator: watcher events in, "these folders are due, with these paths changed and
+these still busy" out.
 
 Pure and clock-injected (every call takes ``now``; the size/mtime probe is injected too), so it is
 tested without sleeps, like Syncthing's ``watchaggregator``. Its rules:
@@ -6,7 +7,10 @@ tested without sleeps, like Syncthing's ``watchaggregator``. Its rules:
 - A changed path is quiet once no event arrived for ``debounce_s`` and its size and mtime are what
   they were at the last event (a polled share, or mmap writes, change without events). A writer's
   close shortens the wait to ``close_grace_s``, in case it reopens the file at once.
-- A folder is due when all its changed paths are quiet: one sync then covers the whole burst.
+- A folder is due when all its changed paths are quiet: one sync then covers the whole burst, and
+  is handed the paths that changed, so that it looks at those alone. Past ``max_paths`` of them the
+  folder is scanned whole instead (as Syncthing's aggregator does): a walk costs less than so many
+  look-ups, and a big burst is often a whole tree moved in.
 - A folder whose paths never all go quiet (a file rewritten for ever) is due anyway every
   ``max_batch_wait_s``, with the paths still changing handed over as *busy*: their new content
   waits, and everything else in the folder syncs.
@@ -27,6 +31,8 @@ StatKey = tuple[int, int] | None
 CLOSE_GRACE_S = 0.25
 #: A folder that never stops changing is still synced this often (its busy files excepted).
 MAX_BATCH_WAIT_S = 30.0
+#: More changed paths than this in one folder: the folder is scanned whole.
+MAX_CHANGED_PATHS = 1000
 
 
 def stat_key(path: Path) -> StatKey:
@@ -35,6 +41,17 @@ def stat_key(path: Path) -> StatKey:
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A folder due for a sync: what changed in it (relative paths), and what is still being written."""
+
+    #: The quiet changed paths (a folder among them stands for its subtree, a gone path for a removal);
+    #: None: more than ``max_paths`` changed, scan the whole folder.
+    changed: frozenset[str] | None
+    #: Paths still changing: their new content waits for a later sync.
+    busy: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -48,11 +65,13 @@ class _Change:
 
 class Aggregator:
     def __init__(self, debounce_s: float, *, stat: Callable[[Path], StatKey] = stat_key,
-                 close_grace_s: float = CLOSE_GRACE_S, max_batch_wait_s: float = MAX_BATCH_WAIT_S) -> None:
+                 close_grace_s: float = CLOSE_GRACE_S, max_batch_wait_s: float = MAX_BATCH_WAIT_S,
+                 max_paths: int = MAX_CHANGED_PATHS) -> None:
         self.debounce_s = debounce_s
         self.stat = stat
         self.close_grace_s = close_grace_s
         self.max_batch_wait_s = max_batch_wait_s
+        self.max_paths = max_paths
         self._changes: dict[Path, _Change] = {}
 
     def __len__(self) -> int:
@@ -70,33 +89,38 @@ class Aggregator:
     def _quiet_for(self, change: _Change) -> float:
         return min(self.debounce_s, self.close_grace_s) if change.closed else self.debounce_s
 
-    def due(self, now: float) -> dict[Path, set[str]]:
-        """The folders to sync now, each with its files still being written (relative paths).
+    def due(self, now: float) -> dict[Path, Due]:
+        """The folders to sync now, each with its quiet changed paths and its busy ones.
 
-        What is handed out is forgotten; busy paths stay, and wait a whole batch again.
+        What is handed out as changed is forgotten; busy paths stay, and wait a whole batch again.
         """
         by_root: dict[Path, list[tuple[Path, _Change, bool]]] = defaultdict(list)
         for path, change in self._changes.items():
-            quiet = False
-            if now - change.last_event >= self._quiet_for(change):
-                stat = self.stat(path)
-                if stat == change.stat:
-                    quiet = True
-                else:  # still changing although no event said so
-                    change.stat, change.last_event, change.closed = stat, now, False
-            by_root[change.root].append((path, change, quiet))
-        due: dict[Path, set[str]] = {}
+            by_root[change.root].append((path, change, self._quiet(path, change, now)))
+        due: dict[Path, Due] = {}
         for root, entries in by_root.items():
             waiting = now - min(change.first_event for _, change, _ in entries)
             if not (all(quiet for *_, quiet in entries) or waiting >= self.max_batch_wait_s):
                 continue
-            due[root] = {str(path.relative_to(root)) for path, _, quiet in entries if not quiet}
+            changed = frozenset(str(path.relative_to(root)) for path, _, quiet in entries if quiet)
+            busy = frozenset(str(path.relative_to(root)) for path, _, quiet in entries if not quiet)
+            due[root] = Due(changed if len(changed) <= self.max_paths else None, busy)
             for path, change, quiet in entries:
                 if quiet:
                     del self._changes[path]
                 else:
                     change.first_event = now
         return due
+
+    def _quiet(self, path: Path, change: _Change, now: float) -> bool:
+        """Whether ``path`` has gone quiet: no event for its wait, and its size and mtime as at the last one."""
+        if now - change.last_event < self._quiet_for(change):
+            return False
+        stat = self.stat(path)
+        if stat == change.stat:
+            return True
+        change.stat, change.last_event, change.closed = stat, now, False  # still changing, though no event said so
+        return False
 
     def next_deadline(self) -> float | None:
         """When a waiting path may next go quiet (None: nothing waits)."""

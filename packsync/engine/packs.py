@@ -24,7 +24,7 @@ from packsync.config import MappingConfig
 from packsync.engine.actions import RememberPack
 from packsync.errors import AmbiguousError, MalformedAnswer, NotFound
 from packsync.logs import get_logger
-from packsync.mappings import recorded_pack_id as recorded_pack_id  # (also where sidecars ask for it)
+from packsync.mappings import recorded_pack_id
 from packsync.model import PackRead
 
 #: How long to wait before looking again at a pack that answered 404.

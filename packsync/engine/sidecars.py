@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from packsync.config import MappingConfig
-from packsync.engine.packs import recorded_pack_id
 from packsync.errors import XmpError
+from packsync.mappings import recorded_pack_id
 from packsync.model import ManagedImage, Problem, RemoteImage
 from packsync.state.records import SidecarRecord
 from packsync.xmp import MAX_BYTES, Fields, render, without_ours

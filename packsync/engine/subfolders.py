@@ -27,7 +27,6 @@ import msgspec
 from packsync.config import MappingConfig
 from packsync.errors import ConfigError, SourceUnavailable
 from packsync.mappings import derived, synced_subfolders
-from packsync.mappings import group_of as group_of  # where the daemon has always asked for it
 from packsync.model import CachedFile, Problem
 from packsync.sources.base import Source
 from packsync.sources.folder import Filters, FolderSource, GoneFolder, filters_for

@@ -136,11 +136,11 @@ class GenviralClient:
         return self.transport.retry
 
     def start_run(self, planned_calls: int = 0) -> None:
-        """A new run for the transport: a fresh retry budget, no broken routes (``Transport.start_run``)."""
+        """A new run for the calling task: a fresh retry budget, no broken routes (``Transport.start_run``)."""
         self.transport.start_run(planned_calls)
 
     def take_retry(self) -> bool:
-        """Spend one retry of the run's budget, shared with every client of the transport."""
+        """Spend one retry of the calling task's run, shared with every client of the transport."""
         return self.transport.take_retry()
 
     async def __aenter__(self) -> GenviralClient:

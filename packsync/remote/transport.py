@@ -4,7 +4,9 @@ It owns the httpx2 client (one connection pool, built at the first request insid
 ``import httpx2`` happens only there, so commands that send nothing never load it), the
 ``concurrency`` slots, timeouts, the proxies the environment names (read once, as curl reads them),
 retries (the shared ``Backoff``, ``Retry-After``, per-request attempts, a per-run budget and a
-per-route breaker) and the metrics hook (``Observer``). What a request and an answer are, and which
+per-route breaker) and the metrics hook (``Observer``). A run's budget and breakers belong to the task
+that started it (``start_run``) and the tasks it makes: a daemon's sync and its metadata round, each a
+run of its own over the one transport, never reset or spend each other's. What a request and an answer are, and which
 of packsync's errors an HTTP status or a failure is, are ``wire.py``'s. Every API answer is read whole
 into an ``Answer``, so nothing above ``remote/`` knows which library spoke HTTP; downloads stream into
 a sink. Either is bounded in size, its head in time and its body in
@@ -25,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -95,6 +98,14 @@ class Observer(Protocol):
     def request(self, route: str, status: int, seconds: float, sent: int) -> None: ...
 
 
+class Run:
+    """One run's retry budget, and its routes' failed attempts in a row (the breaker)."""
+
+    def __init__(self, retries: int) -> None:
+        self.retries_left = retries
+        self.failing: Counter[str] = Counter()
+
+
 class RetryPolicy(msgspec.Struct, frozen=True):
     """How hard to try: per request, and in total for one run."""
 
@@ -146,9 +157,10 @@ class Transport:
         self.timeout = timeout
         self.observer = observer
         self.max_answer = max_answer
-        self.retries_left = retry.run_budget
         self.calls: Counter[str] = Counter()
-        self._failing: Counter[str] = Counter()
+        #: The run of the task asking (``start_run``); the tasks that started none share ``_shared``.
+        self._run: ContextVar[Run | None] = ContextVar(f"packsync-run-{id(self)}", default=None)
+        self._shared = Run(retry.run_budget)
         self._slots = asyncio.Semaphore(concurrency)
         self._client: httpx2.AsyncClient | None = None
         self._closed = False
@@ -160,15 +172,24 @@ class Transport:
         self.log = get_logger()
 
     def start_run(self, planned_calls: int = 0) -> None:
-        """A new run (or daemon round): a fresh retry budget, sized to the calls planned, and no broken routes."""
-        self.retries_left = self.retry.run_budget + planned_calls // 2
-        self._failing.clear()
+        """A new run (or daemon round) for the calling task and the tasks it makes from now on: a fresh retry
+        budget, sized to the calls planned, and no broken routes. Another task's run is left as it is."""
+        self._run.set(Run(self.retry.run_budget + planned_calls // 2))
+
+    def _current(self) -> Run:
+        return self._run.get() or self._shared
+
+    @property
+    def retries_left(self) -> int:
+        """What is left of the calling task's run's retry budget."""
+        return self._current().retries_left
 
     def take_retry(self) -> bool:
-        """Spend one retry of the run's budget; False when it is spent."""
-        if self.retries_left <= 0:
+        """Spend one retry of the calling task's run's budget; False when it is spent."""
+        run = self._current()
+        if run.retries_left <= 0:
             return False
-        self.retries_left -= 1
+        run.retries_left -= 1
         return True
 
     async def __aenter__(self) -> Transport:
@@ -326,17 +347,17 @@ class Transport:
 
     async def _retrying(self, route: Route, once: Callable[[], Awaitable[T]], *, safe_to_repeat: bool,
                         deadline: float | None = None, breaker: bool = True) -> T:
-        attempt = 0
+        attempt, failing = 0, self._current().failing
         while True:
-            if breaker and self._failing[route.name] >= self.retry.breaker:
-                raise TransientError(f"{route.label}: not sent; the last {self._failing[route.name]} attempts all "
+            if breaker and failing[route.name] >= self.retry.breaker:
+                raise TransientError(f"{route.label}: not sent; the last {failing[route.name]} attempts all "
                                      "failed, so this run gives up on it", method=route.method, route=route.template)
             try:
                 result = await once()
             except TransientError as error:
                 attempt += 1
                 if error.status != 429:
-                    self._failing[route.name] += 1
+                    failing[route.name] += 1
                 delay = self.retry.backoff.delay(attempt, error.retry_after)
                 if self._closed or isinstance(error, Stalled) \
                         or (isinstance(error, AmbiguousError) and not safe_to_repeat) \
@@ -349,8 +370,8 @@ class Transport:
                 if self._closed:  # meanwhile
                     raise _not_sent(route) from None
             else:
-                if self._failing[route.name]:
-                    self._failing[route.name] = 0
+                if failing[route.name]:
+                    failing[route.name] = 0
                 return result
 
     def _observe(self, route: Route, status: int, started: float, sent: int) -> None:

@@ -23,15 +23,16 @@ def unusable(path: Path, exc: BaseException) -> StateError:
     code = origin.errno if isinstance(origin, OSError) else None
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
         return StateUnavailable(f"the state database {path} is locked by another program "
-                                "(a backup tool, or a sqlite3 shell holding a transaction?).")
+                                "(a backup tool, or a sqlite3 shell holding a transaction?).", reason="locked")
     if name == "SQLITE_FULL" or code == errno.ENOSPC or (name.startswith("SQLITE_IOERR") and _disk_full(path)):
-        return StateUnavailable(f"no space left on the device of {path}.")
+        return StateUnavailable(f"no space left on the device of {path}.", reason="full")
     if name.startswith(("SQLITE_READONLY", "SQLITE_PERM", "SQLITE_CANTOPEN")) \
             or code in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StateError(f"cannot write the state database {path}: permission denied (check the owner and "
                           "mode of the file and of its folder).")
     if name.startswith("SQLITE_IOERR") or code == errno.EIO:
-        return StateUnavailable(f"the state database {path} could not be read or written (I/O error).")
+        return StateUnavailable(f"the state database {path} could not be read or written (I/O error).",
+                                reason="io")
     if isinstance(origin, OSError):
         return StateError(f"cannot use the state database {path} ({origin.strerror or origin}).")
     return corrupt(path, str(origin))

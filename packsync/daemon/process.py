@@ -1,0 +1,60 @@
+"""What makes the daemon a process: the signals it obeys, the deadline of its exit, its file limit.
+
+SIGTERM and SIGINT stop the daemon, and past ``Timing.stop_deadline_s`` the process exits where it
+is; SIGHUP reloads the config. ``Daemon`` itself installs no signal handler and never exits the
+process, so that a test runs one in its own event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import os
+import resource
+import signal
+import threading
+from typing import TYPE_CHECKING
+
+from packsync.errors import ExitCode
+from packsync.logs import get_logger
+
+if TYPE_CHECKING:
+    from packsync.daemon.service import Daemon
+
+
+async def on_signals(daemon: Daemon) -> ExitCode:
+    """Run ``daemon`` as a process: SIGTERM and SIGINT stop it (within a deadline), SIGHUP reloads it."""
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        daemon.stop()
+        deadline = threading.Timer(daemon.timing.stop_deadline_s, _exit_now, (daemon.timing.stop_deadline_s,))
+        deadline.daemon = True
+        deadline.start()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
+    return await daemon.run()
+
+
+def _exit_now(deadline_s: float) -> None:
+    """The promise is an exit within 10 s of SIGTERM: past the deadline, show where it hangs and go.
+
+    Leaving mid-step is safe, like a kill: the steps still queued (``State.write_behind``) are each
+    found again by the next start, which resumes.
+    """
+    get_logger().error("shutdown is taking too long; exiting now", deadline_s=deadline_s)
+    faulthandler.dump_traceback(all_threads=True)
+    os._exit(0)
+
+
+def raise_file_limit() -> None:
+    """Take the hard limit of open files as the soft one (systemd's soft default is 1,024): watches, the
+    state and the page's connections all hold descriptors, and a flood of idle connections must not
+    leave none for a sync."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

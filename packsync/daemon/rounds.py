@@ -1,0 +1,125 @@
+"""One round of the daemon: the schedule's ``Round`` run through the same pipeline as ``packsync run``.
+
+The sync runs as a task while the loop stays responsive (the watchdog pinged, a long first scan's
+start extended, a stop obeyed within ``stop_grace_s``). Its outcome goes back to the schedule: a
+failing folder is retried with backoff, a refused key pauses syncing, a state that cannot be used
+now is waited out; a state that can never be used (corrupt, not writable) ends the daemon, as it
+ends a start. What went well is logged per mapping, and the metadata loop is woken for new images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from packsync.daemon.notify import Systemd
+from packsync.daemon.schedule import Folder, Round, Schedule
+from packsync.daemon.status import Status
+from packsync.daemon.timing import Timing
+from packsync.engine.sync import MappingReport, SyncOptions, SyncReport
+from packsync.errors import AuthError, ExitCode, PacksyncError, StateError, StateUnavailable
+from packsync.logs import get_logger
+
+if TYPE_CHECKING:
+    from packsync.app import App
+
+
+class Rounds:
+    def __init__(self, schedule: Schedule, status: Status, systemd: Systemd, timing: Timing,
+                 stopping: asyncio.Event, added: Callable[[], None]) -> None:
+        self.schedule = schedule
+        self.status = status
+        self.systemd = systemd
+        self.timing = timing
+        self.stopping = stopping
+        self.added = added  # told when a sync added images (they wait for metadata)
+        self.tick_s = timing.tick(systemd.watchdog_s)
+        self.log = get_logger()
+
+    async def run(self, app: App, due: Round) -> None:
+        """Run ``due``; every error it may end in is handled here, but a state that can never be used."""
+        started = time.monotonic()
+        targets = self.schedule.started(due, started)
+        task = asyncio.create_task(app.syncer.sync(SyncOptions(wait=False), only=due.labels, busy=due.busy,
+                                                   changed=due.changed))
+        if not await self._finished(task):
+            return
+        try:
+            report = task.result()
+        except PacksyncError as exc:
+            self._failed(targets, exc)
+            return
+        self.status.state_usable()
+        self.status.sync_error = self.schedule.paused_reason = None
+        if due.full:
+            self.status.last_full_scan = time.time()
+        if self.status.metrics:
+            labels = [m.config.pack_label for m in report.mappings]
+            self.status.metrics.synced(labels, time.monotonic() - started,
+                                       [m.config.pack_label for m in report.mappings if m.safety])
+        self._after(report)
+
+    async def _finished(self, task: asyncio.Task[SyncReport]) -> bool:
+        """Wait for ``task``, coming round every tick; False when a stop made us abandon it."""
+        while not task.done():
+            await asyncio.wait({task}, timeout=self.tick_s)
+            self.status.came_round(time.monotonic())
+            if not self.status.ready:
+                self.systemd.extend_timeout(self.tick_s * 3)
+            if self.stopping.is_set() and not task.done():
+                try:
+                    await asyncio.wait_for(task, timeout=self.timing.stop_grace_s)
+                except (TimeoutError, asyncio.CancelledError):
+                    self.log.info("abandoned the sync in flight; the next start resumes it")
+                    return False
+        return True
+
+    def _failed(self, targets: list[Folder], exc: PacksyncError) -> None:
+        """A round that failed as a whole: paused for a refused key, else retried with backoff."""
+        now = time.monotonic()
+        if isinstance(exc, AuthError):
+            self.schedule.pause(targets, str(exc), now)
+            self.log.error(f"{exc}; syncing paused, retrying in {self.timing.auth_pause_s / 60:.0f} min or on SIGHUP")
+            self.status.publish()
+            return
+        if isinstance(exc, StateUnavailable):
+            self.status.state_unusable(exc)
+        elif isinstance(exc, StateError) or (not self.status.ready and exc.exit_code == ExitCode.USAGE):
+            raise exc  # a state that never passes, or a config error at start: say so and exit
+        else:
+            self.status.sync_error = str(exc)
+            self.log.error("sync failed; will retry", error=str(exc))
+        for folder in targets:
+            self.schedule.retry(folder, now)
+
+    def _after(self, report: SyncReport) -> None:
+        """Each folder's outcome (the first error of its mappings) back to the schedule, and logged."""
+        added = 0
+        errors: dict[str, str | None] = {}   # per daemon folder: the first error of its mappings
+        failing: dict[str, bool] = {}        # ...and whether one failed otherwise than by a safety stop
+        for mapping in report.mappings:
+            folder = self.schedule.folder_of(mapping.label)
+            if folder is None:
+                continue
+            errors[folder.label] = errors.get(folder.label) or mapping.last_error
+            failing[folder.label] = failing.get(folder.label, False) or bool(mapping.last_error and not mapping.safety)
+            added += self._logged(mapping)
+        now = time.monotonic()
+        for label, error in errors.items():
+            self.schedule.synced(self.schedule.folders[label], error, failing[label], now)
+        if added:
+            self.added()
+        self.status.publish()
+
+    def _logged(self, mapping: MappingReport) -> int:
+        """Log how one mapping went; the images it added."""
+        log = self.log.bind(path=mapping.label)
+        if mapping.safety:
+            # Not retried: nothing changes until the folder does (or a person says --force).
+            log.error("safety stop: deletes withheld", reason=mapping.safety)
+        outcome = mapping.outcome
+        if outcome and (outcome.added or outcome.deleted or outcome.failures):
+            log.info("synced", added=outcome.added, deleted=outcome.deleted, failed=len(outcome.failures))
+        return outcome.added if outcome else 0

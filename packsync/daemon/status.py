@@ -1,0 +1,121 @@
+"""What the running daemon says about itself, and what the web surface may ask of it.
+
+It tells ``packsync status`` (the daemon's record in the state), systemd (``STATUS=``) and the page
+(``web/health.py``'s ``Live``: ``live()``, and the two requests the page makes, ``sync_now`` and
+``retry_failed``) the same things: whether it is starting, running or paused, how many changes wait,
+and what is wrong now — a refused key, a state database that cannot be used, a sync that failed as a
+whole, a folder's error — each said once, not at every retry, and cleared once it recovered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from packsync.daemon.notify import Systemd
+from packsync.daemon.schedule import Schedule
+from packsync.errors import StateUnavailable
+from packsync.logs import get_logger
+from packsync.web.health import LiveState
+
+if TYPE_CHECKING:
+    from packsync.state.store import State
+    from packsync.web.metrics import Metrics
+
+
+class Status:
+    def __init__(self, schedule: Schedule, systemd: Systemd, wake: asyncio.Event) -> None:
+        self.schedule = schedule
+        self.systemd = systemd
+        self.wake = wake  # set to bring the loop round at once
+        self.state: State | None = None  # once opened
+        self.metrics: Metrics | None = None  # while the web surface is served
+        self.ready = False
+        self.sync_error: str | None = None
+        self.state_trouble: StateUnavailable | None = None
+        self.last_full_scan: float | None = None
+        self.last_tick = time.monotonic()
+        self._published: tuple[object, ...] = ()
+        self.log = get_logger()
+
+    @property
+    def mode(self) -> str:
+        return "paused" if self.schedule.paused else "running" if self.ready else "starting"
+
+    @property
+    def last_error(self) -> str | None:
+        """What is wrong now, for `packsync status` and systemd; None once everything recovered."""
+        folder_error = next((f.error for f in self.schedule.folders.values() if f.error), None)
+        trouble = str(self.state_trouble) if self.state_trouble else None
+        return self.schedule.paused_reason or trouble or self.sync_error or folder_error
+
+    def came_round(self, now: float) -> None:
+        """The loop came round (between rounds, or while one runs): the watchdog and the page hear of it."""
+        self.last_tick = now
+        self.systemd.ping(now)
+
+    # -- the state database -----------------------------------------------------------------------
+
+    def state_unusable(self, exc: StateUnavailable) -> None:
+        """The state is locked or its disk full: say so once, and keep trying (nothing is lost meanwhile)."""
+        if self.state_trouble is None or self.state_trouble.reason != exc.reason:
+            self.log.error(f"{exc} Waiting for it; changes are synced once it is usable again")
+        self.state_trouble = exc
+
+    def state_usable(self) -> None:
+        if self.state_trouble:
+            self.log.info("the state database is usable again")
+        self.state_trouble = None
+
+    def save(self, **fields: object) -> bool:
+        """Publish to the state for `packsync status`: best effort, never a reason to stop."""
+        assert self.state is not None, "the state is not open yet"
+        try:
+            self.state.mappings.save_daemon(**fields)
+        except StateUnavailable as exc:
+            self.state_unusable(exc)
+            return False
+        return True
+
+    def publish(self) -> None:
+        """Tell `packsync status` and systemd what the daemon is doing, when that changed."""
+        mode, queue = self.mode, len(self.schedule.changes)
+        if self.metrics:
+            self.metrics.queued.set(queue)
+        news = (mode, queue, self.last_error, self.last_full_scan, len(self.schedule.folders))
+        if news == self._published:  # the idle loop calls this often: write only what changed
+            return
+        if not self.save(state=mode, queue=queue, last_error=self.last_error, last_full_scan=self.last_full_scan):
+            return
+        self._published = news
+        self.systemd.status(f"{mode}: {len(self.schedule.folders)} folders watched, {queue} changes queued"
+                            + (f", last error: {self.last_error}" if self.last_error else ""))
+
+    # -- what the web surface sees and asks (web/health.py's Live) --------------------------------
+
+    def live(self) -> LiveState:
+        return LiveState(
+            state=self.mode, queue=len(self.schedule.changes), since_tick_s=time.monotonic() - self.last_tick,
+            paused_reason=self.schedule.paused_reason,
+            state_trouble=str(self.state_trouble) if self.state_trouble else None,
+            last_full_scan=self.last_full_scan,
+            retrying={label: f.error for label, f in self.schedule.folders.items()
+                      if f.error and f.retry_at is not None})
+
+    def sync_now(self, label: str | None) -> None:
+        """Sync one mapping (None: all) as soon as the loop comes round; a pause for a refused key ends too."""
+        self.schedule.sync_now(label)
+        self.wake.set()
+
+    def retry_failed(self) -> None:
+        """Judge the skipped files again (someone fixed them) and retry every mapping now."""
+        assert self.state is not None, "the state is not open yet"
+        for label, folder in self.schedule.folders.items():
+            try:
+                if folder.root is not None:
+                    self.state.files.forget_verdicts(label)
+            except StateUnavailable as exc:
+                self.state_unusable(exc)
+            folder.retry.reset()
+        self.sync_now(None)
