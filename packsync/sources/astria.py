@@ -27,6 +27,7 @@ from packsync.errors import (
 )
 from packsync.logs import untrusted
 from packsync.model import AstriaImage, AstriaPack, CachedFile, ContentItem, Problem, Scan
+from packsync.sources.base import SourceKind, astria_label
 from packsync.sources.media import SUPPORTED, Digester
 
 #: Downloads held in memory until they are uploaded, in bytes, in all: the rest wait in the spool folder.
@@ -58,13 +59,17 @@ class AstriaReader(Protocol):
 class AstriaSource:
     """One Astria pack (``classes`` of it, or all), mirrored (the ``Source`` interface)."""
 
+    kind: SourceKind = "astria"
+    gone = False
+    unavailable: str | None = None  # a pack that cannot be read is a scan's SourceUnavailable
+
     def __init__(self, client: AstriaReader, pack_id: int, classes: Sequence[str] | None, max_bytes: int,
                  spool: Path | None) -> None:
         self.client = client
         self.pack_id = pack_id
         self.classes = set(classes) if classes is not None else None
         self.max_bytes = max_bytes
-        self.label = f"astria:{pack_id}"
+        self.label = astria_label(pack_id)
         self.name: str | None = None
         self.spool = spool
         self._held: dict[str, bytes] = {}  # by SHA-256: the downloads held in memory
@@ -73,6 +78,9 @@ class AstriaSource:
 
     def exists(self) -> bool:
         return True  # known only by reading it: a pack that is gone is a scan's SourceUnavailable
+
+    async def listing(self) -> None:
+        return None  # the pack read is the only way to see it
 
     async def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
                    on_item: Callable[[int], None] | None = None) -> Scan:

@@ -16,12 +16,13 @@ import stat
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
-from packsync.config import MappingConfig
 from packsync.errors import ItemChanged, SourceUnavailable
 from packsync.model import CachedFile, ContentItem, Problem, Scan
+from packsync.sources.base import SourceKind
 from packsync.sources.media import digest_file
 from packsync.sources.patterns import IGNORE_FILE, Patterns
 
@@ -110,13 +111,31 @@ class Filters:
         return not folder and not self.included("/".join(parts), parts[-1])
 
 
-def filters_for(mapping: MappingConfig) -> Filters:
+class FolderSettings(Protocol):
+    """What a mapping of a folder says of the files it syncs (a config's ``MappingConfig`` is one: the
+    config is read above the sources, which take its plain values)."""
+
+    @property
+    def include(self) -> Sequence[str]: ...
+    @property
+    def exclude(self) -> Sequence[str]: ...
+    @property
+    def max_file_mb(self) -> float: ...
+    @property
+    def follow_symlinks(self) -> bool: ...
+
+
+def filters_for(mapping: FolderSettings) -> Filters:
     """Which files a mapping syncs: the scanner's view, and the watcher's."""
     return Filters(mapping.include, mapping.exclude, int(mapping.max_file_mb * 1_000_000), mapping.follow_symlinks)
 
 
 class FolderSource:
     """A mapped folder, mirrored recursively (the ``Source`` interface)."""
+
+    kind: SourceKind = "folder"
+    gone = False
+    unavailable: str | None = None  # a folder that is not there is told by ``exists``
 
     def __init__(self, root: Path, filters: Filters) -> None:
         self.root = root
@@ -157,6 +176,9 @@ class GoneFolder:
     """A subfolder packsync synced (as a pack of its own) that is not there any more: an empty source,
     so that its pack is handled as an emptied folder's (a safety stop unless ``--force``)."""
 
+    kind: SourceKind = "folder"
+    gone = True
+
     def __init__(self, label: str, unavailable: str | None = None) -> None:
         self.label = label
         self.name: str | None = None
@@ -167,6 +189,9 @@ class GoneFolder:
 
     async def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
                    on_item: Callable[[int], None] | None = None) -> Scan:
+        return Scan(source=self.label)
+
+    async def listing(self) -> Scan:
         return Scan(source=self.label)
 
     async def read(self, item: ContentItem) -> bytes:

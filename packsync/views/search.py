@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from packsync.model import ManagedImage
+from packsync.sources.base import kind_of
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State
@@ -24,7 +25,7 @@ class SearchHit:
 def search(state: State, words: Sequence[str], limit: int = 50) -> list[SearchHit]:
     hits = []
     for image, owner in state.metadata.search(words, limit):
-        if owner and not owner.startswith("astria:"):
+        if owner and kind_of(owner) == "folder":
             paths = tuple(str(Path(owner) / rel) for rel in state.files.paths_of(owner, image.sha256))
         else:
             paths = ()

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, TextIO
 
 from packsync.model import AstriaPack, AstriaPackSummary, PackSummary, Problem
+from packsync.sources.base import kind_of
 from packsync.views.json import when
 from packsync.views.status import Status
 
@@ -177,7 +178,7 @@ def print_status(status: Status, out: TextIO) -> None:
 
 def print_pull(report: PullReport, dry_run: bool, out: TextIO) -> None:
     pack = report.pack
-    source = f"{pack.pack_id} ({printable(pack.name)})" if pack.pack_id.startswith("astria:") \
+    source = f"{pack.pack_id} ({printable(pack.name)})" if kind_of(pack.pack_id) == "astria" \
         else f"genviral:{printable(pack.name)} ({printable(pack.pack_id)})"
     out.write(f"{source} → {printable(report.folder)}\n")
     if dry_run:

@@ -37,6 +37,7 @@ from packsync.config import Config, MappingConfig, read_password
 from packsync.engine.subfolders import concrete, group_of
 from packsync.errors import ConfigError
 from packsync.logs import get_logger
+from packsync.sources.base import kind_of
 from packsync.sources.media import sniff
 from packsync.state.lock import StateLock
 from packsync.state.store import State
@@ -144,7 +145,7 @@ class Site:
         status = read_status(config, self.state, files=not words, problems=True, files_limit=GALLERY_LIMIT,
                              problems_limit=GALLERY_LIMIT)
         indexes = {m.path: key_of(m.path) for m in status.mappings}
-        folders = {m.path for m in status.mappings if not m.path.startswith("astria:")}
+        folders = {m.path for m in status.mappings if kind_of(m.path) == "folder"}
 
         def thumb(mapping: MappingStatus | str, file: FileStatus | None = None,
                   sha256: str | None = None) -> str | None:
