@@ -22,7 +22,7 @@ import msgspec
 from packsync.config import Config, MappingConfig
 from packsync.errors import SourceUnavailable
 from packsync.model import CachedFile, Problem
-from packsync.sources.folder import Filters, filters_for
+from packsync.sources.folder import Filters, filters_for, stat_version
 from packsync.sources.media import digest_file
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
@@ -165,7 +165,7 @@ def _same(folder: Path, files: Mapping[str, CachedFile]) -> bool:
                     return False
     if here.keys() != files.keys():
         return False
-    if all(files[rel].matches(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) for rel, st in here.items()):
+    if all(files[rel].matches(stat_version(st)) for rel, st in here.items()):
         return True
     try:
         return all(st.st_size == files[rel].size and digest_file(folder / rel).sha256 == files[rel].sha256

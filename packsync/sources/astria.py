@@ -48,6 +48,12 @@ class _Held:
         self.digester.update(chunk)
 
 
+def _known(cached: CachedFile | None, url: str) -> bool:
+    """Whether an image was downloaded and judged already: a URL's bytes never change, so the URL is the
+    version of what it serves."""
+    return cached is not None and cached.matches(url) and cached.sha256 is not None
+
+
 class AstriaReader(Protocol):
     """What the source needs of Astria (``remote/astria.py``'s client is one)."""
 
@@ -101,7 +107,7 @@ class AstriaSource:
         if scan.problems:  # an entry it could not read may be one it listed before: nothing synced from it goes
             scan.keep |= {cached.sha256 for url, cached in previous.items() if cached.sha256 and url not in firsts}
         self.close()
-        new = [image for url, image in firsts.items() if url not in previous or previous[url].sha256 is None]
+        new = [image for url, image in firsts.items() if not _known(previous.get(url), url)]
         fetched = dict(zip((image.url for image in new), await asyncio.gather(*map(self._fetch, new)), strict=True))
         for url, image in firsts.items():
             got = fetched.get(url)
@@ -132,7 +138,7 @@ class AstriaSource:
                 await self._keep(digest.sha256, bytes(held.data))
             except OSError as exc:
                 return f"cannot keep it until it is uploaded ({exc.strerror}); tried again next run"
-        return CachedFile(0, 0, digest.size, 0, digest.sha256, digest.content_type, None)
+        return CachedFile(image.url, digest.size, digest.sha256, digest.content_type, None)
 
     async def _keep(self, sha256: str, data: bytes) -> None:
         """Hold ``data`` until it is uploaded: in memory while ``HELD_AT_MOST`` allows, else in the spool.

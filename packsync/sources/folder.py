@@ -32,6 +32,14 @@ SIDECAR_SUFFIXES = (".xmp", ".packsync-tmp")
 MAX_IGNORE_BYTES = 256 * 1024
 #: Small files are read on the event loop: a thread hand-off costs more than the read.
 INLINE_READ_BYTES = 256 * 1024
+#: A file's version token (``CachedFile.version``): its stat key, device, inode, size and mtime. A file
+#: replaced, rewritten or touched has another (formatted with ``%``: the walk does it for every file).
+_VERSION = "%d:%d:%d:%d"
+
+
+def stat_version(st: os.stat_result) -> str:
+    """The version token of a file ``stat`` saw."""
+    return _VERSION % (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -340,8 +348,9 @@ class _Walk:
                 self.scan.keep.add(cached.sha256)
                 self.scan.cache[rel] = cached
             return
-        if cached is None or not cached.matches(*key):
-            cached = self._read(path, rel, st)
+        version = _VERSION % key
+        if cached is None or not cached.matches(version):
+            cached = self._read(path, rel, st, version)
             if cached is None:
                 self.scan.retry = True
                 return
@@ -352,12 +361,12 @@ class _Walk:
             assert cached.sha256 is not None and cached.content_type is not None
             self.scan.items.append(ContentItem(rel, cached.sha256, cached.size, cached.content_type))
 
-    def _read(self, path: str, rel: str, st: os.stat_result) -> CachedFile | None:
+    def _read(self, path: str, rel: str, st: os.stat_result, version: str) -> CachedFile | None:
         """Hash and judge a new or changed file; None when it could not be judged this time."""
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if st.st_size > self.filters.max_file_bytes:
             limit = self.filters.max_file_bytes / 1e6
-            return CachedFile(*key, None, None, f"larger than max_file_mb ({st.st_size / 1e6:.1f} MB > {limit:g} MB)")
+            return CachedFile(version, st.st_size, None, None,
+                              f"larger than max_file_mb ({st.st_size / 1e6:.1f} MB > {limit:g} MB)")
         try:
             digest = digest_file(path)
             after = os.stat(path)
@@ -371,7 +380,7 @@ class _Walk:
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or digest.size != st.st_size:
             self._problem(rel, "changed while it was being read; it will be synced once it is quiet")
             return None
-        return CachedFile(*key, digest.sha256, digest.content_type, digest.problem)
+        return CachedFile(version, st.st_size, digest.sha256, digest.content_type, digest.problem)
 
     def _problem(self, rel: str, reason: str, *, notice: bool = False, protect: bool = True) -> None:
         """Report ``rel``; unless told otherwise, keep whatever content it held before."""
