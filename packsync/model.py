@@ -16,13 +16,23 @@ import msgspec
 
 METADATA_SETTLED = frozenset({"completed", "failed"})
 
+#: The image types the Genviral API accepts, with the extension its CDN URLs get.
+SUPPORTED = {
+    "image/jpeg": "jpg",
+    "image/png": "png",
+    "image/gif": "gif",
+    "image/webp": "webp",
+    "image/heic": "heic",
+    "image/heif": "heif",
+}
+
 
 class CachedFile(msgspec.Struct, frozen=True):
     """What the state remembers of one item of a source: the version its verdict is for, and the verdict.
 
     ``version`` is a token of the source's own making, opaque to everyone else: a folder's stat key
-    (``sources.folder.stat_version``: device, inode, size and mtime), an Astria image's URL (whose bytes never change).
-    An item whose version is the one remembered is not read again.
+    (``sources.folder.stat_version``: device, inode, size and mtime), an Astria image's URL (whose
+    bytes never change). An item whose version is the one remembered is not read again.
     """
 
     version: str
@@ -230,3 +240,14 @@ class AstriaPackSummary(msgspec.Struct, frozen=True):
     pack_id: int
     title: str
     classes: tuple[str, ...]
+
+
+class PulledFile(msgspec.Struct, frozen=True):
+    """A file ``packsync pull`` wrote into ``folder``, and the image it came from."""
+
+    folder: str
+    pack_id: str
+    name: str
+    image_id: str
+    url: str
+    sha256: str

@@ -26,9 +26,9 @@ from packsync.errors import (
     TransientError,
 )
 from packsync.logs import untrusted
-from packsync.model import AstriaImage, AstriaPack, CachedFile, ContentItem, Problem, Scan
+from packsync.model import SUPPORTED, AstriaImage, AstriaPack, CachedFile, ContentItem, Problem, Scan
 from packsync.sources.base import SourceKind, astria_label
-from packsync.sources.media import SUPPORTED, Digester
+from packsync.sources.media import Digester
 
 #: Downloads held in memory until they are uploaded, in bytes, in all: the rest wait in the spool folder.
 #: A small image in the spool costs a file created, written, read back and deleted, several times its

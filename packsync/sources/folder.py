@@ -285,23 +285,20 @@ class _Walk:
             self._problem(rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
                           "its name is not valid UTF-8; rename it")
             return
-        try:
-            is_file = not (is_link or is_dir) and entry.is_file(follow_symlinks=False)
-        except OSError as exc:  # no file type in the listing, and the lstat failed
-            self._problem(rel, f"cannot read ({exc.strerror})")
-            return
         if is_link:
             self._symlink(entry, rel, pending)
-        elif is_dir:
+            return
+        if is_dir:
             pending.append((entry.path, rel + "/"))
-        elif is_file:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                return
-            except OSError as exc:
-                self._problem(rel, f"cannot read ({exc.strerror})")
-                return
+            return
+        try:
+            st = entry.stat(follow_symlinks=False)  # (the walk needs the stat key of every file)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self._problem(rel, f"cannot read ({exc.strerror})")
+            return
+        if stat.S_ISREG(st.st_mode):
             self._file(entry.path, rel, st)
         else:
             self._problem(rel, "not a regular file (a pipe, socket or device); skipped")
