@@ -1,6 +1,6 @@
 """Bringing a state file of any schema up to this one — or, for a reader, showing it as if it were.
 
-Every release before this one wrote SQLite files, of schemas 1 to 7; this module knows what each
+Every release before this one wrote SQLite files, of schemas 1 to 6; this module knows what each
 lacked. A writer creates what is missing and migrates forward in one transaction, so that a run killed
 half-way, or a first run killed before it wrote its schema version, leaves a file the next run
 finishes. A reader (``--dry-run``, ``status``) writes nothing: tables added since are empty temporary
