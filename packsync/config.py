@@ -21,6 +21,7 @@ import msgspec
 from msgspec import Meta, Struct, field
 
 from packsync.errors import ConfigError
+from packsync.sources.base import astria_label
 from packsync.sources.patterns import check as check_patterns
 
 DEFAULT_BASE_URL = "https://www.genviral.io/api/partner/v1"
@@ -176,7 +177,7 @@ class MappingConfig(_Strict, frozen=True):
     @property
     def label(self) -> str:
         """How messages, the state and the views name this mapping's source."""
-        return str(self.path) if self.path is not None else f"astria:{self.astria_pack}"
+        return astria_label(self.astria_pack) if self.astria_pack is not None else str(self.path)
 
     @property
     def folder(self) -> Path:

@@ -16,20 +16,33 @@ import msgspec
 
 METADATA_SETTLED = frozenset({"completed", "failed"})
 
+#: The image types the Genviral API accepts, with the extension its CDN URLs get.
+SUPPORTED = {
+    "image/jpeg": "jpg",
+    "image/png": "png",
+    "image/gif": "gif",
+    "image/webp": "webp",
+    "image/heic": "heic",
+    "image/heif": "heif",
+}
+
 
 class CachedFile(msgspec.Struct, frozen=True):
-    """What the state remembers of one file: the stat key its hash is valid for, and the verdict."""
+    """What the state remembers of one item of a source: the version its verdict is for, and the verdict.
 
-    dev: int
-    inode: int
+    ``version`` is a token of the source's own making, opaque to everyone else: a folder's stat key
+    (``sources.folder.stat_version``: device, inode, size and mtime), an Astria image's URL (whose
+    bytes never change). An item whose version is the one remembered is not read again.
+    """
+
+    version: str
     size: int
-    mtime_ns: int
     sha256: str | None
     content_type: str | None
     problem: str | None
 
-    def matches(self, dev: int, inode: int, size: int, mtime_ns: int) -> bool:
-        return (self.dev, self.inode, self.size, self.mtime_ns) == (dev, inode, size, mtime_ns)
+    def matches(self, version: str) -> bool:
+        return self.version == version
 
 
 class ContentItem(msgspec.Struct, frozen=True):
@@ -227,3 +240,14 @@ class AstriaPackSummary(msgspec.Struct, frozen=True):
     pack_id: int
     title: str
     classes: tuple[str, ...]
+
+
+class PulledFile(msgspec.Struct, frozen=True):
+    """A file ``packsync pull`` wrote into ``folder``, and the image it came from."""
+
+    folder: str
+    pack_id: str
+    name: str
+    image_id: str
+    url: str
+    sha256: str

@@ -87,7 +87,13 @@ def test_the_package_has_no_import_cycles() -> None:
 
 @pytest.mark.parametrize(("layer", "forbidden"), [
     ("packsync.engine.planner", {"packsync.remote", "packsync.state", "packsync.sources", "packsync.daemon"}),
-    ("packsync.sources", {"packsync.remote", "packsync.state", "packsync.engine", "packsync.daemon"}),
+    ("packsync.engine.pull_plan", {"packsync.remote", "packsync.state", "packsync.sources", "packsync.daemon",
+                                   "packsync.engine.pull", "packsync.views"}),
+    ("packsync.sources", {"packsync.remote", "packsync.state", "packsync.engine", "packsync.daemon",
+                          "packsync.config"}),
+    # The config is read above the sources: it checks patterns in their language and names their labels.
+    ("packsync.config", {"packsync.remote", "packsync.state", "packsync.engine", "packsync.daemon", "packsync.views",
+                         "packsync.web", "packsync.app", "packsync.cli"}),
     ("packsync.remote", {"packsync.state", "packsync.engine", "packsync.sources", "packsync.daemon"}),
     ("packsync.state", {"packsync.remote", "packsync.engine", "packsync.sources", "packsync.daemon"}),
     ("packsync.views", {"packsync.daemon", "packsync.app", "packsync.engine", "packsync.remote"}),

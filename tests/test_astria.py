@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 from conftest import ASTRIA_TOKEN, TOKEN, Env, image, write
-from helpers import wait_until
+from helpers import state_rows, wait_until
 from test_bad_input import stored_file_names
+from test_state import as_schema
 
 from packsync.errors import ExitCode
 from packsync.sandbox.server import Reply
@@ -59,6 +60,23 @@ def test_an_astria_pack_is_mirrored_once_and_a_second_run_reads_it_once(env: Env
     status = env.cli("status", token=None)
     assert f"astria:{pack_id} (Corporate Headshots) → Headshots" in status.stdout
     assert "files 5 · synced 5" in status.stdout
+
+
+def test_a_state_of_schema_6_knows_every_image_it_downloaded_once_upgraded(env: Env) -> None:
+    """Schema 6 kept zeros for an Astria image's stat key: its URL is its version, so no image is
+    downloaded again after the upgrade."""
+    pack_id, _urls = astria_pack(env, {"woman": 2, "man": 1})
+    env.map_astria(pack_id, pack="Headshots")
+    assert env.cli("run", "--no-wait").returncode == ExitCode.OK
+    as_schema(env.state_path, 6)
+    assert state_rows(env.state_path, "SELECT DISTINCT dev, inode, mtime_ns FROM files") == [(0, 0, 0)]
+    env.sandbox.reset_calls()
+
+    again = env.cli("run", "--no-wait")
+
+    assert again.returncode == ExitCode.OK and "0 added, 0 deleted, 0 failed" in again.stdout, again.stdout
+    assert env.sandbox.calls[("GET", "astria-img")] == 0
+    assert state_rows(env.state_path, "SELECT count(*) FROM files WHERE version = rel_path") == [(3,)]
 
 
 def test_the_mirror_follows_images_added_and_removed_upstream(env: Env) -> None:

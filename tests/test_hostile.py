@@ -700,7 +700,7 @@ def test_a_failed_transaction_keeps_the_steps_queued_before_it(tmp_path: Path) -
     with state.write_behind():
         state.uploads.save_blob(Blob("a" * 64, "image/png", url, None, None, True))
         full_for_a_moment(state)
-        cache = {f"f{i}.png": CachedFile(1, i, 10, 1, "b" * 64, "image/png", None) for i in range(5000)}
+        cache = {f"f{i}.png": CachedFile(f"1:{i}:10:1", 10, "b" * 64, "image/png", None) for i in range(5000)}
         with pytest.raises(StateError, match="no space left"):
             state.files.save_cache("/watched", {}, cache)
         on_state_connection(state, "PRAGMA max_page_count = 1073741823")  # space again

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from packsync.model import SUPPORTED
 from packsync.sandbox.imaging import solid_png
-from packsync.sources.media import SUPPORTED, Digest, Digester, digest_file, judge, sniff
+from packsync.sources.media import Digest, Digester, digest_file, judge, sniff
 
 PNG = solid_png(4, 3, (200, 10, 10))
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(200) + b"\xff\xd9"

@@ -416,9 +416,10 @@ def test_plan_sync_keeps_the_mappings_in_order() -> None:
     assert [m.label for m in plan.mappings] == ["one", "two", "three"]
 
 
-def test_planner_imports_no_network_database_or_watcher_library() -> None:
-    """The planner is pure: importing it pulls in none of the I/O libraries."""
-    code = ("import sys, packsync.engine.planner\n"
+@pytest.mark.parametrize("planner", ["packsync.engine.planner", "packsync.engine.pull_plan"])
+def test_planner_imports_no_network_database_or_watcher_library(planner: str) -> None:
+    """The planners are pure: importing one pulls in none of the I/O libraries."""
+    code = (f"import sys, {planner}\n"
             "heavy = ('aiohttp', 'httpx2', 'httpcore2', 'sqlite3', 'sqlalchemy', 'sqlmodel', 'watchdog')\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n")
 

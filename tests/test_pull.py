@@ -13,8 +13,19 @@ import pytest
 from conftest import TOKEN, Env, image, write
 from helpers import wait_until
 
-from packsync.engine.pull import TEMP_PREFIX, fallback_name, name_from_url
+from packsync.engine.pull import TEMP_PREFIX
+from packsync.engine.pull_plan import (
+    DisownFile,
+    Download,
+    PullPlan,
+    RemoveFile,
+    astria_download,
+    genviral_download,
+    name_from_url,
+    plan_pull,
+)
 from packsync.errors import ExitCode
+from packsync.model import AstriaImage, PulledFile, RemoteImage
 
 CDN = ("GET", "cdn")
 
@@ -157,8 +168,80 @@ def test_dry_run_changes_nothing(env: Env) -> None:
 
     result = pull(env, "genviral:Brand", str(out), "--dry-run")
 
-    assert result.returncode == 0 and result.stdout.count("download   image") == 2
+    assert result.returncode == 0 and result.stdout.count("download     ") == 2
     assert not out.exists() and not env.state_path.parent.exists()
+
+
+def test_dry_run_json_prints_the_plan_each_action_with_its_kind_folder_file_and_image(env: Env) -> None:
+    pack_id, contents = filled_pack(env, 3)
+    env.write_config()
+    out = env.root / "out"
+    assert pull(env, "genviral:Brand", str(out)).returncode == 0
+    names = {data: name for name, data in files(out).items()}
+    gone, changed, kept = list(contents)
+    env.sandbox.remove_image(pack_id, gone)
+    env.sandbox.remove_image(pack_id, changed)
+    (out / names[contents[changed]]).write_bytes(image())
+    (out / names[contents[kept]]).unlink()
+    before = files(out)
+
+    result = pull(env, "genviral:Brand", str(out), "--delete", "--dry-run", "--json")
+
+    assert result.returncode == 0, result.stderr
+    actions = json.loads(result.stdout)["actions"]
+    assert sorted(actions, key=lambda a: a["kind"]) == [
+        {"kind": "disown-file", "mapping": str(out), "file": names[contents[changed]], "image": changed},
+        {"kind": "download", "mapping": str(out), "file": names[contents[kept]], "image": kept},
+        {"kind": "remove-file", "mapping": str(out), "file": names[contents[gone]], "image": gone}]
+    assert files(out) == before, "a dry run changes nothing"
+
+
+# -- the pull's plan (pure) -----------------------------------------------------------------------
+
+FOLDER = "/pulled"
+
+
+def record(image_id: str) -> PulledFile:
+    return PulledFile(FOLDER, "p1", f"{image_id}.png", image_id, f"https://cdn.example.com/{image_id}.png", "ab" * 32)
+
+
+def download(image_id: str) -> Download:
+    return genviral_download(FOLDER, "p1", RemoteImage(image_id, f"https://cdn.example.com/{image_id}.png"))
+
+
+@pytest.mark.parametrize(("present", "unchanged", "delete", "expected"), [
+    # every image of the pack whose file is not there is downloaded; the others are kept
+    (set(), set(), False, PullPlan((download("a"), download("b")), (), 0)),
+    ({"a", "b"}, set(), False, PullPlan((), (), 2)),
+    ({"a"}, set(), False, PullPlan((download("b"),), (), 1)),
+    # a file whose image left the pack: removed with --delete only, and only if it is unchanged
+    ({"a", "b", "gone"}, {"gone"}, False, PullPlan((), (), 2)),
+    ({"a", "b", "gone"}, {"gone"}, True, PullPlan((), (RemoveFile(record("gone")),), 2)),
+    ({"a", "b", "gone"}, set(), True, PullPlan((), (DisownFile(record("gone")),), 2)),
+    ({"a", "b"}, set(), True, PullPlan((), (DisownFile(record("gone")),), 2)),
+])
+def test_the_plan_downloads_what_is_not_here_and_removes_only_unchanged_files_it_pulled(
+        present: set[str], unchanged: set[str], delete: bool, expected: PullPlan) -> None:
+    records = [record("a"), record("b"), record("gone")]
+
+    assert plan_pull([download("a"), download("b")], records, present, unchanged, delete=delete) == expected
+
+
+def test_a_file_pull_did_not_record_is_never_in_the_plan() -> None:
+    plan = plan_pull([], [], present=set(), unchanged={"mine"}, delete=True)
+
+    assert plan == PullPlan()
+
+
+def test_each_action_describes_itself_with_its_kind_folder_file_and_image() -> None:
+    astria = astria_download(FOLDER, "astria:7", AstriaImage("https://a.example.com/x", "../woman", 12, 3))
+
+    assert download("a").describe() == {"kind": "download", "mapping": FOLDER, "file": "a.png", "image": "a"}
+    assert astria.describe()["file"].endswith("/12-3.*") and astria.file_name("image/jpeg").endswith("/12-3.jpg")
+    assert ".." not in astria.file_name("image/jpeg")
+    assert RemoveFile(record("a")).describe() == {"kind": "remove-file", "mapping": FOLDER, "file": "a.png",
+                                                  "image": "a"}
+    assert DisownFile(record("a")).describe()["kind"] == "disown-file"
 
 
 def test_a_pack_name_finds_the_key_s_own_pack_before_a_public_one(env: Env) -> None:
@@ -189,6 +272,11 @@ def test_a_pack_name_finds_the_key_s_own_pack_before_a_public_one(env: Env) -> N
 ])
 def test_a_url_names_a_file_only_when_the_name_is_safe(url: str, expected: str | None) -> None:
     assert name_from_url(url) == expected
+
+
+def fallback_name(image_id: str, content_type: str) -> str:
+    """The name of an image whose URL gives none."""
+    return genviral_download(FOLDER, "p1", RemoteImage(image_id, "https://cdn.example.com/")).file_name(content_type)
 
 
 def test_the_fallback_name_is_the_image_id_made_safe() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import hashlib
 import os
@@ -16,7 +17,7 @@ from conftest import image, write
 from packsync.config import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 from packsync.errors import SourceUnavailable
 from packsync.model import CachedFile, Scan
-from packsync.sources.folder import Filters, scan_folder
+from packsync.sources.folder import Filters, scan_folder, stat_version
 
 FILTERS = Filters(DEFAULT_INCLUDE, DEFAULT_EXCLUDE, max_file_bytes=10_000_000)
 FOLLOW = replace(FILTERS, follow_symlinks=True)
@@ -226,7 +227,7 @@ def test_an_unchanged_tree_is_not_read_again(tmp_path: Path) -> None:
 def test_a_cached_file_with_the_same_stat_is_trusted_not_read(tmp_path: Path) -> None:
     path = write(tmp_path / "a.png", image())
     st = path.stat()
-    previous = {"a.png": CachedFile(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, "f" * 64, "image/png", None)}
+    previous = {"a.png": CachedFile(stat_version(st), st.st_size, "f" * 64, "image/png", None)}
 
     scan = scan_folder(tmp_path, previous, FILTERS)
 
@@ -500,3 +501,37 @@ def test_the_walk_alone_lists_what_the_scan_lists_and_sees_every_change(tmp_path
     (tmp_path / "link.png").unlink()
     unlinked = scan_folder(tmp_path, {}, FILTERS, judge=False).listing
     assert len({full.listing, touched, unlinked}) == 3
+
+
+# -- the Source interface -------------------------------------------------------------------------
+
+def test_every_source_says_what_it_is_without_being_asked_its_type(tmp_path: Path) -> None:
+    """The engine and the views ask a source (or a label, ``kind_of``) what it is: never its class."""
+    from packsync.remote.astria import AstriaClient
+    from packsync.remote.transport import Transport
+    from packsync.sources.astria import AstriaSource
+    from packsync.sources.base import Source, kind_of
+    from packsync.sources.folder import FolderSource, GoneFolder
+
+    write(tmp_path / "a.png", image())
+    astria = AstriaSource(AstriaClient("http://127.0.0.1:9", "key", Transport()), 260, None, 1_000_000, None)
+    sources: list[Source] = [FolderSource(tmp_path, FILTERS), GoneFolder(str(tmp_path / "old")),
+                             GoneFolder(str(tmp_path / "old"), unavailable="the disk is not mounted"), astria]
+
+    assert [(s.kind, s.gone, s.unavailable) for s in sources] == [
+        ("folder", False, None), ("folder", True, None), ("folder", True, "the disk is not mounted"),
+        ("astria", False, None)]
+    assert [kind_of(s.label) for s in sources] == ["folder", "folder", "folder", "astria"]
+    listings = [asyncio.run(s.listing()) for s in sources]
+    assert listings[0] is not None and listings[0].listing and listings[0].items == []
+    assert listings[1] == Scan(str(tmp_path / "old")) and listings[3] is None, "no cheap listing of an Astria pack"
+
+
+def test_a_folder_file_s_version_is_its_stat_key(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.png", image())
+    st = path.stat()
+
+    scan = scan_folder(tmp_path, {}, FILTERS)
+
+    assert scan.cache["a.png"].version == f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}" == stat_version(st)
+    assert scan.cache["a.png"].matches(stat_version(st)) and not scan.cache["a.png"].matches("a.png")

@@ -19,7 +19,7 @@ HEAVY = (*CLIENT, *SERVER, "httpx", "httpcore", "sqlalchemy", "sqlmodel", "pydan
 #: What only serving the page needs.
 WEB = ("aiohttp.web", "jinja2", "prometheus_client")
 #: What only pulling, or a mapping that writes sidecars, needs.
-ONLY_PULL = ("packsync.engine.pull", "packsync.engine.sidecars", "packsync.xmp")
+ONLY_PULL = ("packsync.engine.pull", "packsync.engine.pull_plan", "packsync.engine.sidecars", "packsync.xmp")
 
 PROBE = """
 import json, runpy, sys

@@ -4,7 +4,8 @@ as it is — every row kept, nothing uploaded or added again — and reading it 
 
 ``tests/data/state-schema-6.sql`` is a real state written by the last release on plain sqlite3 (its
 header says how it was made). The earlier schemas are that file's schema taken back a release at a
-time, as each release's migration added to it.
+time, as each release's migration added to it; schema 7 (the file cache keeping each source's
+version token instead of a folder's stat key in four columns) is this release's.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Env, image, write
@@ -50,6 +52,29 @@ def every_row(path: Path) -> dict[str, list[tuple[object, ...]]]:
             if table in present}
 
 
+def stat_key_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A file cache row of schema 7 as schema 6 kept it: a folder's stat key in four columns, zeros for
+    an Astria image (whose version is its URL)."""
+    root, rel_path, version, size, *verdict = row
+    parts = version.split(":")
+    dev, inode, _size, mtime_ns = map(int, parts) if len(parts) == 4 and all(p.isdigit() for p in parts) \
+        else (0, 0, size, 0)
+    return (root, rel_path, dev, inode, size, mtime_ns, *verdict)
+
+
+def version_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A file cache row of schema 6 as schema 7 keeps it (the upgrade's conversion, said again)."""
+    root, rel_path, dev, inode, size, mtime_ns, *verdict = row
+    version = rel_path if (dev, inode, mtime_ns) == (0, 0, 0) else f"{dev}:{inode}:{size}:{mtime_ns}"
+    return (root, rel_path, version, size, *verdict)
+
+
+def upgraded(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
+    """``every_row`` of a schema-6 file as it reads once upgraded to this schema."""
+    return {**rows, "meta": sorted([("app", "packsync"), ("schema", str(SCHEMA_VERSION))], key=repr),
+            "files": sorted(map(version_row, rows["files"]), key=repr)}
+
+
 def schema_6_ddl() -> list[str]:
     """The statements that make an empty state of schema 6 as that release made it (read off the dump)."""
     sql = DUMP.read_text(encoding="utf-8")
@@ -77,7 +102,10 @@ ADDED_BY = {
 
 
 def as_schema(state: Path, version: int) -> None:
-    """Rebuild a state file, rows and all, on the schema-6 release's own DDL, then take it back to ``version``."""
+    """Rebuild a state file, rows and all, on the schema-6 release's own DDL, then take it back to ``version``
+    (this release's file is left as it is)."""
+    if version == SCHEMA_VERSION:
+        return
     rebuilt = state.with_name("rebuilt.db")
     ddl = schema_6_ddl()
     with closing(sqlite3.connect(state)) as old, closing(sqlite3.connect(rebuilt, isolation_level=None)) as new:
@@ -88,13 +116,15 @@ def as_schema(state: Path, version: int) -> None:
                 new.execute(statement)
         for table in TABLES:
             columns = [row[1] for row in new.execute(f"PRAGMA table_info({table})")]
+            rows = old.execute("SELECT * FROM files").fetchall() if table == "files" else \
+                old.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
             new.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                            old.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall())
+                            map(stat_key_row, rows) if table == "files" else rows)
         new.execute("INSERT INTO image_text(image_text) VALUES ('rebuild')")
         for statement in ddl:
             if statement.startswith(("CREATE INDEX", "CREATE TRIGGER")):
                 new.execute(statement)
-        for undone in range(SCHEMA_VERSION, version, -1):
+        for undone in range(6, version, -1):  # (the DDL is schema 6's)
             for statement in ADDED_BY[undone]:
                 new.execute(statement)
         new.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(version),))
@@ -104,7 +134,7 @@ def as_schema(state: Path, version: int) -> None:
     os.replace(rebuilt, state)
 
 
-def test_the_schema_6_release_s_state_opens_as_it_is_and_reading_it_writes_nothing(env: Env) -> None:
+def test_the_schema_6_release_s_state_opens_and_reading_it_writes_nothing(env: Env) -> None:
     load_dump(env.state_path, env.root)
     brand_pack, = (pack for (pack,) in state_rows(env.state_path, "SELECT pack_id FROM mappings WHERE root = ?",
                                                   str(env.root / "brand")))
@@ -126,7 +156,7 @@ def test_the_schema_6_release_s_state_opens_as_it_is_and_reading_it_writes_nothi
 
     State(env.state_path).close()  # opened to write: what `run` does first
 
-    assert every_row(env.state_path) == rows, "opening it changed a row"
+    assert every_row(env.state_path) == upgraded(rows), "opening it changed a row (beyond the upgrade's)"
     assert state_rows(env.state_path, "PRAGMA integrity_check") == [("ok",)]
     state = State(env.state_path, readonly=True)
     try:
@@ -149,6 +179,8 @@ def test_a_state_of_every_earlier_schema_upgrades_keeping_its_rows_and_uploads_n
     as_schema(env.state_path, version)
     kept = {table: rows for table, rows in every_row(env.state_path).items()
             if table in ("files", "problems", "blobs", "url_contents", "pulled")}
+    if version < SCHEMA_VERSION:
+        kept["files"] = upgraded(kept)["files"]
     images = state_rows(env.state_path, "SELECT pack_id, image_id, sha256, url, file_name, meta_status, description, "
                                         "keywords FROM images ORDER BY image_id")
     before = digest(env.state_path)
@@ -176,3 +208,23 @@ def test_a_state_of_every_earlier_schema_upgrades_keeping_its_rows_and_uploads_n
     (folder / "harbour.png").unlink()
     result = env.cli("run", "--no-wait")
     assert result.returncode == 0 and "1 added, 1 deleted, 0 failed" in result.stdout, result.stdout
+
+
+def test_the_schema_6_release_s_file_cache_is_still_valid_once_upgraded(env: Env) -> None:
+    """The stat keys schema 6 kept become the folder's version tokens: no file is read again."""
+    load_dump(env.state_path, env.root)
+    brand_pack, = (pack for (pack,) in state_rows(env.state_path, "SELECT pack_id FROM mappings WHERE root = ?",
+                                                  str(env.root / "brand")))
+    brand = env.map("brand", pack_id=brand_pack)
+    logos = env.map("logos", pack="Logos")
+    with closing(sqlite3.connect(env.state_path)) as db, db:
+        # the files as that release saw them: here, on this disk
+        for root, rel_path in db.execute("SELECT root, rel_path FROM files").fetchall():
+            st = write(Path(root) / rel_path, image(seed=len(rel_path))).stat()
+            db.execute("UPDATE files SET dev = ?, inode = ?, size = ?, mtime_ns = ? WHERE root = ? AND rel_path = ?",
+                       (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, root, rel_path))
+
+    report = env.sync()
+
+    assert {m.label: m.hashed_files for m in report.mappings} == {str(brand): 0, str(logos): 0}
+    assert state_rows(env.state_path, "SELECT value FROM meta WHERE key = 'schema'") == [(str(SCHEMA_VERSION),)]

@@ -1,77 +1,59 @@
 """``packsync pull``: a pack's images downloaded into a folder — atomically, resumably, incrementally.
 
-Each image becomes one file. Its name is the last segment of its URL when that is a safe file name
-with an image extension, else ``<image id>.<ext>`` with the extension taken from the bytes; URLs are
-untrusted, so no name ever leads outside the folder, and a name already taken by another file gets a
-short suffix instead of overwriting it. Bytes go to a hidden temporary file in the folder, are
-fsync'ed, then renamed: an interrupted pull leaves no partial image under a final name, and the next
-pull removes the leftovers and downloads only what it does not have. What was pulled is recorded in
-the state (folder, file, image, content), so ``--delete`` removes only files it pulled whose images
-left the pack, and a mapping of the folder to the same pack afterwards adopts instead of uploading.
+Observe, plan, execute: what the folder holds of earlier pulls is observed (which recorded files are
+there, and, for ``--delete``, which still hold what was pulled), the pure ``pull_plan`` decides what
+to download and what to remove (and names the files: no name leads outside the folder), and the
+``Puller`` runs that plan — ``--dry-run`` prints it instead. Each image becomes one file; a name
+already taken by another file gets a short suffix instead of overwriting it. Bytes go to a hidden
+temporary file in the folder, are fsync'ed, then linked under their name: an interrupted pull leaves no
+partial image under a final name, and the next pull removes the leftovers and downloads only what it
+does not have. What was pulled is recorded in the state (folder, file, image, content) as the file
+gets its name, so ``--delete`` removes only files it pulled whose images left the pack — never one
+changed since, checked again as it is removed — and a mapping of the folder to the same pack
+afterwards adopts instead of uploading.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
-from urllib.parse import unquote, urlsplit
 
 import msgspec
 
 from packsync.engine.progress import QUIET, ProgressObserver
+from packsync.engine.pull_plan import (
+    DisownFile,
+    Download,
+    PullPlan,
+    RemoveFile,
+    astria_download,
+    genviral_download,
+    plan_pull,
+)
 from packsync.engine.sidecars import SidecarReport, fields_of, remove_if_ours, sidecar_path, write_beside
 from packsync.errors import NotFound, PermanentError, SourceUnavailable, TransientError
 from packsync.logs import get_logger, untrusted
-from packsync.model import PackSummary, RemoteImage, RemotePack, UrlContent
+from packsync.model import PackSummary, PulledFile, RemoteImage, RemotePack, UrlContent
 from packsync.remote.answers import url_problem
 from packsync.remote.astria import AstriaClient
 from packsync.remote.genviral import GenviralClient
-from packsync.sources.media import SUPPORTED, Digester, digest_file
-from packsync.state.records import PulledFile
+from packsync.sources.base import astria_label
+from packsync.sources.media import Digester, digest_file
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State
 
 TEMP_PREFIX = ".packsync-pull-"
-_EXTENSIONS = {*SUPPORTED.values(), "jpeg"}
-_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,150}")
 MAX_PULL_BYTES = 200_000_000
 #: A download held in memory up to this size goes to disk in one write, off the event loop.
 SPOOL_BYTES = 1 << 20
 _ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _TEMP = re.compile(re.escape(TEMP_PREFIX) + r"[0-9a-f]{12}\.part")
-
-
-def name_from_url(url: str) -> str | None:
-    """The URL's last path segment, when it is a safe file name with an image extension; else None."""
-    segment = unquote(PurePosixPath(urlsplit(url).path).name)
-    stem, dot, ext = segment.rpartition(".")
-    if not (dot and stem and ext.lower() in _EXTENSIONS and _SAFE.fullmatch(segment)):
-        return None
-    return segment
-
-
-def genviral_name(image: RemoteImage, content_type: str) -> str:
-    """A Genviral image's file: its URL's name when that is safe, else ``<image id>.<ext>``."""
-    return name_from_url(image.url) or fallback_name(image.image_id, content_type)
-
-
-def _safe_part(text: str) -> str:
-    """``text`` as one safe path segment (an Astria class name is the API's, so untrusted)."""
-    return text if _SAFE.fullmatch(text) and text not in (".", "..") else hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def fallback_name(image_id: str, content_type: str) -> str:
-    """``<image id>.<ext>``, the id made safe (ids are the API's, so untrusted too)."""
-    safe_id = image_id if _SAFE.fullmatch(image_id) and "." not in image_id else \
-        hashlib.sha256(image_id.encode()).hexdigest()[:16]
-    return f"{safe_id}.{SUPPORTED[content_type]}"
 
 
 def _suffixed(name: str, image_id: str, taken: set[str]) -> str:
@@ -91,11 +73,9 @@ def _suffixed(name: str, image_id: str, taken: set[str]) -> str:
 class PullReport:
     pack: RemotePack
     folder: Path
-    downloads: list[RemoteImage] = field(default_factory=list)
-    deletes: list[PulledFile] = field(default_factory=list)
+    plan: PullPlan
     downloaded: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
-    kept: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     sidecars: SidecarReport | None = None
 
@@ -177,10 +157,12 @@ class Puller:
         """Pull the Genviral pack ``wanted`` (an id, or an exact name); ``sidecars = "xmp"``: with each
         file's AI description and keywords in an XMP sidecar beside it."""
         pack = await find_pack(self.api, wanted)
-        report = await self._pull(pack, genviral_name, folder, delete=delete, dry_run=dry_run)
+        folder = _resolved(folder)
+        report = await self._pull(pack, [genviral_download(str(folder), pack.pack_id, i) for i in pack.images],
+                                  folder, delete=delete, dry_run=dry_run)
         if sidecars == "xmp" and not dry_run:
-            names = {r.image_id: r.name for r in self.state.uploads.pulled(str(report.folder), pack.pack_id)}
-            report.sidecars = await write_beside(report.folder, "full", {
+            names = {r.image_id: r.name for r in self.state.uploads.pulled(str(folder), pack.pack_id)}
+            report.sidecars = await write_beside(folder, "full", {
                 names[image.image_id]: fields_of(image)
                 for image in pack.images if image.metadata.status == "completed" and image.image_id in names})
         return report
@@ -190,57 +172,44 @@ class Puller:
         """Pull an Astria pack (``classes`` of it, or all): one sub-folder per class."""
         found = await astria.pack(pack_id)
         chosen = found.chosen(classes)
-        pack = RemotePack(f"astria:{pack_id}", found.title, tuple(RemoteImage(url, url) for url in chosen))
+        pack = RemotePack(astria_label(pack_id), found.title, tuple(RemoteImage(url, url) for url in chosen))
+        folder = _resolved(folder)
+        return await self._pull(pack, [astria_download(str(folder), pack.pack_id, i) for i in chosen.values()],
+                                folder, delete=delete, dry_run=dry_run)
 
-        def name(image: RemoteImage, content_type: str) -> str:
-            source = chosen[image.url]
-            return f"{_safe_part(source.cls)}/{source.prompt_id}-{source.index}.{SUPPORTED[content_type]}"
-
-        return await self._pull(pack, name, folder, delete=delete, dry_run=dry_run)
-
-    async def _pull(self, pack: RemotePack, name_of: Callable[[RemoteImage, str], str], folder: Path, *,
-                    delete: bool, dry_run: bool) -> PullReport:
-        try:
-            folder = folder.expanduser().resolve()
-        except (OSError, RuntimeError) as exc:  # a symlink loop
-            raise SourceUnavailable(f"{folder} cannot be used as the pull's folder ({exc})") from None
-        report = PullReport(pack, folder)
-        records = {r.image_id: r for r in self.state.uploads.pulled(str(folder), pack.pack_id)}
-        present = {image.image_id for image in pack.images}
-        for image in pack.images:
-            record = records.get(image.image_id)
-            if record and (folder / record.name).is_file():
-                report.kept += 1
-            else:
-                report.downloads.append(image)
-        if delete:
-            report.deletes = [r for r in records.values() if r.image_id not in present]
-        if dry_run:
-            report.deletes = [r for r in report.deletes if _unchanged(folder / r.name, r.sha256)]
-            return report
-        taken = _prepare(folder)
-        self.progress.total("downloaded", len(report.downloads))
-        lock = asyncio.Lock()
-
-        async def one(image: RemoteImage) -> None:
-            try:
-                name = await self._download(image, pack.pack_id, folder, taken, lock, name_of)
-            except (PermanentError, TransientError, OSError) as exc:
-                report.failures.append((image.image_id, untrusted(str(exc), 200)))
-                return
-            report.downloaded.append(name)
-            self.progress.advance("downloaded")
-
-        await asyncio.gather(*map(one, report.downloads))
-        _fsync_dir(folder)  # the new names, durable once for all (a lost one is only downloaded again)
-        for record in report.deletes:
-            if self._remove(folder, record):
-                report.deleted.append(record.name)
+    async def _pull(self, pack: RemotePack, images: Sequence[Download], folder: Path, *, delete: bool,
+                    dry_run: bool) -> PullReport:
+        """Observe the folder, plan, and (unless ``dry_run``) run the plan."""
+        records = self.state.uploads.pulled(str(folder), pack.pack_id)
+        in_pack = {image.image_id for image in images}
+        present, unchanged = await asyncio.to_thread(
+            _observe, folder, records, [r for r in records if r.image_id not in in_pack] if delete else [])
+        report = PullReport(pack, folder, plan_pull(images, records, present, unchanged, delete=delete))
+        if not dry_run:
+            await self._execute(report)
         return report
 
-    async def _download(self, image: RemoteImage, pack_id: str, folder: Path, taken: set[str],
-                        lock: asyncio.Lock, name_of: Callable[[RemoteImage, str], str]) -> str:
-        if problem := url_problem(image.url):
+    async def _execute(self, report: PullReport) -> None:
+        """The downloads, a few at a time, then the removals; each recorded once it is done."""
+        taken = _prepare(report.folder)
+        self.progress.total("downloaded", len(report.plan.downloads))
+        lock = asyncio.Lock()
+        await asyncio.gather(*(self._run(download, report, taken, lock) for download in report.plan.downloads))
+        _fsync_dir(report.folder)  # the new names, durable once for all (a lost one is only downloaded again)
+        for removal in report.plan.removals:
+            self._remove(report, removal)
+
+    async def _run(self, download: Download, report: PullReport, taken: set[str], lock: asyncio.Lock) -> None:
+        try:
+            name = await self._download(download, report.folder, taken, lock)
+        except (PermanentError, TransientError, OSError) as exc:
+            report.failures.append((download.image_id, untrusted(str(exc), 200)))
+            return
+        report.downloaded.append(name)
+        self.progress.advance("downloaded")
+
+    async def _download(self, download: Download, folder: Path, taken: set[str], lock: asyncio.Lock) -> str:
+        if problem := url_problem(download.url):
             raise PermanentError(problem)
         temp = folder / f"{TEMP_PREFIX}{os.urandom(6).hex()}.part"
         sinks: list[_FileSink] = []
@@ -250,16 +219,16 @@ class Puller:
             return sinks[-1]
 
         try:
-            written = await self.api.download(image.url, MAX_PULL_BYTES, sink)
+            written = await self.api.download(download.url, MAX_PULL_BYTES, sink)
             await asyncio.to_thread(written.finish)
             digest = written.digester.digest()
             if digest.content_type is None or digest.problem:
                 raise PermanentError(digest.problem or "not an image")
             async with lock:  # choosing a name and taking it is one step
                 name = self._place(temp, folder, taken, PulledFile(
-                    str(folder), pack_id, name_of(image, digest.content_type), image.image_id, image.url,
-                    digest.sha256),
-                    UrlContent(image.url, digest.sha256, digest.size, digest.content_type))
+                    download.folder, download.pack_id, download.file_name(digest.content_type), download.image_id,
+                    download.url, digest.sha256),
+                    UrlContent(download.url, digest.sha256, digest.size, digest.content_type))
         finally:
             for opened in sinks:
                 opened.close()
@@ -283,20 +252,35 @@ class Puller:
                 continue
             return name
 
-    def _remove(self, folder: Path, record: PulledFile) -> bool:
-        """Delete a file this pull made, unless someone changed it since (then it is theirs now);
-        True when it was deleted."""
-        path = folder / record.name
-        try:
-            deleted = _unchanged(path, record.sha256)
-            if deleted:
-                path.unlink()
-                remove_if_ours(sidecar_path(path, "full"))  # pulled with --sidecars xmp
-        except OSError as exc:
-            self.log.warning("cannot delete a pulled file", path=str(path), error=exc.strerror)
-            return False
+    def _remove(self, report: PullReport, removal: RemoveFile | DisownFile) -> None:
+        """Delete a file this pull made — unless someone changed it since the plan was made (then it is
+        theirs now) — and forget it."""
+        record = removal.record
+        if isinstance(removal, RemoveFile):
+            path = report.folder / record.name
+            try:
+                if _unchanged(path, record.sha256):
+                    path.unlink()
+                    remove_if_ours(sidecar_path(path, "full"))  # pulled with --sidecars xmp
+                    report.deleted.append(record.name)
+            except OSError as exc:
+                self.log.warning("cannot delete a pulled file", path=str(path), error=exc.strerror)
+                return
         self.state.uploads.forget_pulled(record)
-        return deleted
+
+
+def _resolved(folder: Path) -> Path:
+    try:
+        return folder.expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise SourceUnavailable(f"{folder} cannot be used as the pull's folder ({exc})") from None
+
+
+def _observe(folder: Path, records: Sequence[PulledFile], deletable: Sequence[PulledFile]) -> tuple[set[str], set[str]]:
+    """The image ids of the recorded files still there, and of the ``deletable`` ones that still hold
+    what was pulled (read in a worker thread: it stats and hashes files)."""
+    present = {record.image_id for record in records if (folder / record.name).is_file()}
+    return present, {record.image_id for record in deletable if _unchanged(folder / record.name, record.sha256)}
 
 
 def _unchanged(path: Path, sha256: str) -> bool:

@@ -29,7 +29,7 @@ from packsync.errors import ConfigError, SourceUnavailable
 from packsync.mappings import derived, synced_subfolders
 from packsync.model import CachedFile, Problem
 from packsync.sources.base import Source
-from packsync.sources.folder import Filters, FolderSource, GoneFolder, filters_for
+from packsync.sources.folder import Filters, FolderSource, GoneFolder, filters_for, stat_version
 from packsync.sources.media import digest_file
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
@@ -197,7 +197,7 @@ def _same(folder: Path, files: Mapping[str, CachedFile]) -> bool:
                     return False
     if here.keys() != files.keys():
         return False
-    if all(files[rel].matches(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) for rel, st in here.items()):
+    if all(files[rel].matches(stat_version(st)) for rel, st in here.items()):
         return True
     try:
         return all(st.st_size == files[rel].size and digest_file(folder / rel).sha256 == files[rel].sha256

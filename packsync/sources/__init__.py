@@ -6,7 +6,3 @@ source: they see content items, and the executor reads an item's bytes through i
 (``packsync.sources.base``). ``app.py`` picks the source for each mapping.
 """
 
-
-def kind_of(label: str) -> str:
-    """What kind of source a mapping's label (as the state records it) names: ``"astria"`` or ``"folder"``."""
-    return "astria" if label.startswith("astria:") else "folder"

@@ -26,8 +26,9 @@ from packsync.errors import (
     TransientError,
 )
 from packsync.logs import untrusted
-from packsync.model import AstriaImage, AstriaPack, CachedFile, ContentItem, Problem, Scan
-from packsync.sources.media import SUPPORTED, Digester
+from packsync.model import SUPPORTED, AstriaImage, AstriaPack, CachedFile, ContentItem, Problem, Scan
+from packsync.sources.base import SourceKind, astria_label
+from packsync.sources.media import Digester
 
 #: Downloads held in memory until they are uploaded, in bytes, in all: the rest wait in the spool folder.
 #: A small image in the spool costs a file created, written, read back and deleted, several times its
@@ -47,6 +48,12 @@ class _Held:
         self.digester.update(chunk)
 
 
+def _known(cached: CachedFile | None, url: str) -> bool:
+    """Whether an image was downloaded and judged already: a URL's bytes never change, so the URL is the
+    version of what it serves."""
+    return cached is not None and cached.matches(url) and cached.sha256 is not None
+
+
 class AstriaReader(Protocol):
     """What the source needs of Astria (``remote/astria.py``'s client is one)."""
 
@@ -58,9 +65,9 @@ class AstriaReader(Protocol):
 class AstriaSource:
     """One Astria pack (``classes`` of it, or all), mirrored (the ``Source`` interface)."""
 
-    kind = "astria"
+    kind: SourceKind = "astria"
     gone = False
-    unavailable: str | None = None
+    unavailable: str | None = None  # a pack that cannot be read is a scan's SourceUnavailable
 
     def __init__(self, client: AstriaReader, pack_id: int, classes: Sequence[str] | None, max_bytes: int,
                  spool: Path | None) -> None:
@@ -68,7 +75,7 @@ class AstriaSource:
         self.pack_id = pack_id
         self.classes = set(classes) if classes is not None else None
         self.max_bytes = max_bytes
-        self.label = f"astria:{pack_id}"
+        self.label = astria_label(pack_id)
         self.name: str | None = None
         self.spool = spool
         self._held: dict[str, bytes] = {}  # by SHA-256: the downloads held in memory
@@ -78,8 +85,8 @@ class AstriaSource:
     def exists(self) -> bool:
         return True  # known only by reading it: a pack that is gone is a scan's SourceUnavailable
 
-    async def listing(self) -> Scan | None:
-        return None  # no cheaper look than reading the pack, which is the scan
+    async def listing(self) -> None:
+        return None  # the pack read is the only way to see it
 
     async def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
                    on_item: Callable[[int], None] | None = None) -> Scan:
@@ -100,7 +107,7 @@ class AstriaSource:
         if scan.problems:  # an entry it could not read may be one it listed before: nothing synced from it goes
             scan.keep |= {cached.sha256 for url, cached in previous.items() if cached.sha256 and url not in firsts}
         self.close()
-        new = [image for url, image in firsts.items() if url not in previous or previous[url].sha256 is None]
+        new = [image for url, image in firsts.items() if not _known(previous.get(url), url)]
         fetched = dict(zip((image.url for image in new), await asyncio.gather(*map(self._fetch, new)), strict=True))
         for url, image in firsts.items():
             got = fetched.get(url)
@@ -131,7 +138,7 @@ class AstriaSource:
                 await self._keep(digest.sha256, bytes(held.data))
             except OSError as exc:
                 return f"cannot keep it until it is uploaded ({exc.strerror}); tried again next run"
-        return CachedFile(0, 0, digest.size, 0, digest.sha256, digest.content_type, None)
+        return CachedFile(image.url, digest.size, digest.sha256, digest.content_type, None)
 
     async def _keep(self, sha256: str, data: bytes) -> None:
         """Hold ``data`` until it is uploaded: in memory while ``HELD_AT_MOST`` allows, else in the spool.

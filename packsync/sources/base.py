@@ -2,40 +2,59 @@
 
 Like a backend behind rclone's ``fs.Fs``: a source lists what it holds — items known by their
 content — and opens an item's bytes. It asks one question of the past ("what did this item look
-like last time?") through the ``previous`` cache it is given, and knows nothing of the state
-database or the API.
+like last time?") through the ``previous`` cache it is given, keyed by item and holding a *version
+token* of the source's own making (a folder's stat key, an Astria image's URL): the state stores the
+token as given and never reads it. A source knows nothing of the state database or the API.
+
+Whoever holds only a label (read from the state, say) asks ``kind_of`` what kind of source it
+names: no code outside ``sources/`` reads a label's spelling.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from typing import Protocol
+from typing import Literal, Protocol
 
 from packsync.model import CachedFile, ContentItem, Scan
+
+#: What a source is: a local folder, or an Astria pack (its images).
+SourceKind = Literal["folder", "astria"]
+_ASTRIA = "astria:"
+
+
+def astria_label(pack_id: int | str) -> str:
+    """How an Astria pack is named as a source (in messages, the state and the views)."""
+    return f"{_ASTRIA}{pack_id}"
+
+
+def kind_of(label: str) -> SourceKind:
+    """The kind of source ``label`` names (a folder's label is its path)."""
+    return "astria" if label.startswith(_ASTRIA) else "folder"
 
 
 class Source(Protocol):
     label: str
     #: What the source calls itself, once scanned, when that says more than its label (a pack's title).
     name: str | None
-    #: What it is: ``"folder"`` or ``"astria"`` (what views show; the engine never branches on it).
-    kind: str
-    #: A subfolder packsync synced that is not there any more: an emptied source, whose last listing is kept.
+    #: What the source is.
+    kind: SourceKind
+    #: A subfolder packsync synced that is not there any more: an empty source whose last listing is
+    #: kept (it is how a rename is recognised later), so no cache is written for it.
     gone: bool
-    #: Why the source cannot be told present or gone (a folder that cannot be listed): a missing source.
+    #: Why the source can be told neither present nor gone (an unmounted disk): a missing source.
     unavailable: str | None
 
     def exists(self) -> bool:
         """Whether the source is there at all (a folder on an unmounted disk is not)."""
 
     async def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
-             on_item: Callable[[int], None] | None = None) -> Scan:
+                   on_item: Callable[[int], None] | None = None) -> Scan:
         """Everything the source holds now. ``busy`` items are being written: their last content is
         kept. ``on_item(bytes_read)`` follows each item judged. Raises ``SourceUnavailable``."""
 
     async def listing(self) -> Scan | None:
-        """What a walk alone sees (no item read), to tell a source unchanged cheaply; None when the source
-        has no look cheaper than its scan."""
+        """What the source holds, seen without reading any item (a ``Scan`` with its ``listing`` only);
+        None when there is no cheap way to see it (an Astria pack is known only by reading it)."""
 
     async def read(self, item: ContentItem) -> bytes:
         """The item's bytes, provided they still hash to ``item.sha256``; else ``ItemChanged``."""

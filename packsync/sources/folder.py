@@ -16,12 +16,13 @@ import stat
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
-from packsync.config import MappingConfig
 from packsync.errors import ItemChanged, SourceUnavailable
 from packsync.model import CachedFile, ContentItem, Problem, Scan
+from packsync.sources.base import SourceKind
 from packsync.sources.media import digest_file
 from packsync.sources.patterns import IGNORE_FILE, Patterns
 
@@ -31,6 +32,14 @@ SIDECAR_SUFFIXES = (".xmp", ".packsync-tmp")
 MAX_IGNORE_BYTES = 256 * 1024
 #: Small files are read on the event loop: a thread hand-off costs more than the read.
 INLINE_READ_BYTES = 256 * 1024
+#: A file's version token (``CachedFile.version``): its stat key, device, inode, size and mtime. A file
+#: replaced, rewritten or touched has another (formatted with ``%``: the walk does it for every file).
+_VERSION = "%d:%d:%d:%d"
+
+
+def stat_version(st: os.stat_result) -> str:
+    """The version token of a file ``stat`` saw."""
+    return _VERSION % (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -110,7 +119,21 @@ class Filters:
         return not folder and not self.included("/".join(parts), parts[-1])
 
 
-def filters_for(mapping: MappingConfig) -> Filters:
+class FolderSettings(Protocol):
+    """What a mapping of a folder says of the files it syncs (a config's ``MappingConfig`` is one: the
+    config is read above the sources, which take its plain values)."""
+
+    @property
+    def include(self) -> Sequence[str]: ...
+    @property
+    def exclude(self) -> Sequence[str]: ...
+    @property
+    def max_file_mb(self) -> float: ...
+    @property
+    def follow_symlinks(self) -> bool: ...
+
+
+def filters_for(mapping: FolderSettings) -> Filters:
     """Which files a mapping syncs: the scanner's view, and the watcher's."""
     return Filters(mapping.include, mapping.exclude, int(mapping.max_file_mb * 1_000_000), mapping.follow_symlinks)
 
@@ -118,9 +141,9 @@ def filters_for(mapping: MappingConfig) -> Filters:
 class FolderSource:
     """A mapped folder, mirrored recursively (the ``Source`` interface)."""
 
-    kind = "folder"
+    kind: SourceKind = "folder"
     gone = False
-    unavailable: str | None = None
+    unavailable: str | None = None  # a folder that is not there is told by ``exists``
 
     def __init__(self, root: Path, filters: Filters) -> None:
         self.root = root
@@ -136,7 +159,7 @@ class FolderSource:
         """The walk, in a worker thread (it stats and reads files; the event loop goes on)."""
         return await asyncio.to_thread(scan_folder, self.root, previous, self.filters, on_item, busy)
 
-    async def listing(self) -> Scan | None:
+    async def listing(self) -> Scan:
         """The walk alone, in a worker thread: its ``listing`` and its own problems, no file read."""
         return await asyncio.to_thread(lambda: scan_folder(self.root, {}, self.filters, judge=False))
 
@@ -161,7 +184,7 @@ class GoneFolder:
     """A subfolder packsync synced (as a pack of its own) that is not there any more: an empty source,
     so that its pack is handled as an emptied folder's (a safety stop unless ``--force``)."""
 
-    kind = "folder"
+    kind: SourceKind = "folder"
     gone = True
 
     def __init__(self, label: str, unavailable: str | None = None) -> None:
@@ -177,7 +200,7 @@ class GoneFolder:
         return Scan(source=self.label)
 
     async def listing(self) -> Scan | None:
-        return None
+        return None  # nothing to look at: its last listing stays as it was
 
     async def read(self, item: ContentItem) -> bytes:
         raise ItemChanged("its folder is gone")
@@ -262,23 +285,20 @@ class _Walk:
             self._problem(rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
                           "its name is not valid UTF-8; rename it")
             return
-        try:
-            is_file = not (is_link or is_dir) and entry.is_file(follow_symlinks=False)
-        except OSError as exc:  # no file type in the listing, and the lstat failed
-            self._problem(rel, f"cannot read ({exc.strerror})")
-            return
         if is_link:
             self._symlink(entry, rel, pending)
-        elif is_dir:
+            return
+        if is_dir:
             pending.append((entry.path, rel + "/"))
-        elif is_file:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                return
-            except OSError as exc:
-                self._problem(rel, f"cannot read ({exc.strerror})")
-                return
+            return
+        try:
+            st = entry.stat(follow_symlinks=False)  # (the walk needs the stat key of every file)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self._problem(rel, f"cannot read ({exc.strerror})")
+            return
+        if stat.S_ISREG(st.st_mode):
             self._file(entry.path, rel, st)
         else:
             self._problem(rel, "not a regular file (a pipe, socket or device); skipped")
@@ -325,8 +345,9 @@ class _Walk:
                 self.scan.keep.add(cached.sha256)
                 self.scan.cache[rel] = cached
             return
-        if cached is None or not cached.matches(*key):
-            cached = self._read(path, rel, st)
+        version = _VERSION % key
+        if cached is None or not cached.matches(version):
+            cached = self._read(path, rel, st, version)
             if cached is None:
                 self.scan.retry = True
                 return
@@ -337,12 +358,12 @@ class _Walk:
             assert cached.sha256 is not None and cached.content_type is not None
             self.scan.items.append(ContentItem(rel, cached.sha256, cached.size, cached.content_type))
 
-    def _read(self, path: str, rel: str, st: os.stat_result) -> CachedFile | None:
+    def _read(self, path: str, rel: str, st: os.stat_result, version: str) -> CachedFile | None:
         """Hash and judge a new or changed file; None when it could not be judged this time."""
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if st.st_size > self.filters.max_file_bytes:
             limit = self.filters.max_file_bytes / 1e6
-            return CachedFile(*key, None, None, f"larger than max_file_mb ({st.st_size / 1e6:.1f} MB > {limit:g} MB)")
+            return CachedFile(version, st.st_size, None, None,
+                              f"larger than max_file_mb ({st.st_size / 1e6:.1f} MB > {limit:g} MB)")
         try:
             digest = digest_file(path)
             after = os.stat(path)
@@ -356,7 +377,7 @@ class _Walk:
         if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or digest.size != st.st_size:
             self._problem(rel, "changed while it was being read; it will be synced once it is quiet")
             return None
-        return CachedFile(*key, digest.sha256, digest.content_type, digest.problem)
+        return CachedFile(version, st.st_size, digest.sha256, digest.content_type, digest.problem)
 
     def _problem(self, rel: str, reason: str, *, notice: bool = False, protect: bool = True) -> None:
         """Report ``rel``; unless told otherwise, keep whatever content it held before."""

@@ -14,16 +14,6 @@ from pathlib import Path
 
 import msgspec
 
-#: The image types the Genviral API accepts, with the extension its CDN URLs get.
-SUPPORTED = {
-    "image/jpeg": "jpg",
-    "image/png": "png",
-    "image/gif": "gif",
-    "image/webp": "webp",
-    "image/heic": "heic",
-    "image/heif": "heif",
-}
-
 _CHUNK = 1 << 20
 _SMALLEST_READ = 64 * 1024
 _HEAD = 64

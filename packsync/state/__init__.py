@@ -3,8 +3,9 @@ the lock that keeps it to one writer (``lock``). Importing this package loads no
 
 The tables (``tables``, one SQLModel class each):
 
-- ``files``    — per source and item key: the stat key and the content hash, so an unchanged tree is
-                 never read again; a bad file's verdict is cached the same way.
+- ``files``    — per source and item key: the item's version (a token of the source's own: a file's
+                 stat key, an Astria image's URL) and the content hash, so an unchanged tree is never
+                 read again; a bad file's verdict is cached the same way.
 - ``problems`` — per source: the files its last scan skipped, with the reason.
 - ``sidecars`` — per source and file: the XMP sidecar packsync last wrote next to it.
 - ``blobs``    — per content hash: the upload's CDN URL, its presigned URL while the PUT is not

@@ -52,17 +52,17 @@ class FileRepository:
     def cache(self, source: str) -> dict[str, CachedFile]:
         """What the last scan of ``source`` saw, by item key."""
         c = FILES.c
-        rows = self.unit.stream(select(c.rel_path, c.dev, c.inode, c.size, c.mtime_ns, c.sha256, c.content_type,
-                                       c.problem).where(c.root == source))
-        return {rel: CachedFile(dev, inode, size, mtime_ns, sha256, kind, problem)
-                for rel, dev, inode, size, mtime_ns, sha256, kind, problem in rows}
+        rows = self.unit.stream(select(c.rel_path, c.version, c.size, c.sha256, c.content_type, c.problem)
+                                .where(c.root == source))
+        return {rel: CachedFile(version, size, sha256, kind, problem)
+                for rel, version, size, sha256, kind, problem in rows}
 
     def save_cache(self, source: str, previous: Mapping[str, CachedFile], current: Mapping[str, CachedFile]) -> None:
         """Store what a scan saw, writing only the rows that changed (nothing, not even the write lock,
         when none did)."""
         gone = [(source, rel) for rel in previous if rel not in current]
-        changed = [(source, rel, c.dev, c.inode, c.size, c.mtime_ns, c.sha256, c.content_type, c.problem)
-                   for rel, c in current.items() if previous.get(rel) is not c and previous.get(rel) != c]
+        changed = [(source, rel, *astuple(c)) for rel, c in current.items()
+                   if previous.get(rel) is not c and previous.get(rel) != c]
         if not (gone or changed):
             return
         with self.unit.transaction():

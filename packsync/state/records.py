@@ -1,22 +1,11 @@
 """The plain values the state hands out besides the model's (``packsync.model``): what it remembers of a
-mapping, of the daemon, of a sidecar and of a pulled file. Importing them costs nothing: no database."""
+mapping, of the daemon and of a sidecar. Importing them costs nothing: no database."""
 
 from __future__ import annotations
 
 import json
 
 import msgspec
-
-
-class PulledFile(msgspec.Struct, frozen=True):
-    """A file ``packsync pull`` wrote into ``folder``, and the image it came from."""
-
-    folder: str
-    pack_id: str
-    name: str
-    image_id: str
-    url: str
-    sha256: str
 
 
 class SidecarRecord(msgspec.Struct, frozen=True):

@@ -17,7 +17,7 @@ from sqlalchemy import Index, Table
 from sqlmodel import Field, SQLModel
 
 #: The version of the schema below; a file of a newer one is refused, an older one upgraded.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: What ``meta``'s ``app`` row says in a state file of packsync's.
 APP_ID = "packsync"
 
@@ -31,15 +31,14 @@ class MetaRow(SQLModel, table=True):
 
 
 class FileRow(SQLModel, table=True):
-    """A file of a source as its last scan saw it: the stat key its hash is valid for, and the verdict."""
+    """An item of a source as its last scan saw it: the version its verdict is for (a token of the
+    source's own, stored as given: a folder's stat key, an Astria image's URL), and the verdict."""
 
     __tablename__ = "files"
     root: str = Field(primary_key=True)
     rel_path: str = Field(primary_key=True)
-    dev: int
-    inode: int
+    version: str
     size: int
-    mtime_ns: int
     sha256: str | None
     content_type: str | None
     problem: str | None

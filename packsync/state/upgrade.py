@@ -28,6 +28,13 @@ _OWNER_BEFORE_2 = (
     "coalesce((SELECT m.root FROM mappings m JOIN files f ON f.root = m.root AND f.sha256 = images.sha256 "
     "WHERE m.pack_id = images.pack_id ORDER BY m.root LIMIT 1), "
     "(SELECT root FROM mappings m WHERE m.pack_id = images.pack_id ORDER BY m.root LIMIT 1), '')")
+#: The version token of a file cache row of schemas 1 to 6, which kept a folder's stat key in four
+#: columns (``dev``, ``inode``, ``size``, ``mtime_ns``) and wrote zeros there for an Astria image, whose
+#: version is its key (its URL; no file has inode 0). The folder source's own spelling of its key
+#: (``sources.folder.stat_version``), so that no file is read again after the upgrade.
+_VERSION_BEFORE_7 = ("CASE WHEN dev = 0 AND inode = 0 AND mtime_ns = 0 THEN rel_path "
+                     "ELSE dev || ':' || inode || ':' || size || ':' || mtime_ns END")
+_FILES_BEFORE_7 = f"root, rel_path, {_VERSION_BEFORE_7} AS version, size, sha256, content_type, problem"
 _META = Bulk(upsert(table(MetaRow)), "key", "value")
 _COUNT_FROM_ZERO = Bulk(insert_new(table(ChangeCountRow)), "id", "count")
 
@@ -79,8 +86,14 @@ def set_up(unit: UnitOfWork, version: int | None, tables: set[str]) -> None:
         for column in _MAPPING_COLUMNS_5:  # schema 4 → 5
             if columns and column.split()[0] not in columns:
                 unit.execute(f"ALTER TABLE mappings ADD COLUMN {column}")
+        stat_keys = "version" not in columns_of(connection, "files") and "files" in tables
+        if stat_keys:  # schema 6 → 7: the file cache keeps each source's version token
+            unit.execute("ALTER TABLE files RENAME TO files_6")
         missing = [TABLES[name] for name in TABLES.keys() - tables_of(connection)]
         METADATA.create_all(connection, tables=missing)
+        if stat_keys:
+            unit.execute(f"INSERT INTO files SELECT {_FILES_BEFORE_7} FROM files_6")
+            unit.execute("DROP TABLE files_6")
         for name in TABLES.keys() - {t.name for t in missing}:  # schema 4 → 5: images by pack and content
             for index in TABLES[name].indexes:
                 index.create(connection, checkfirst=True)
@@ -104,6 +117,8 @@ def read_as_current(unit: UnitOfWork, version: int | None, tables: set[str]) -> 
             added += [] if "meta_model" in columns else ["NULL AS meta_model"]
             unit.execute(f"CREATE TEMP VIEW images AS SELECT rowid AS rowid, *, {', '.join(added)} "
                          "FROM main.images AS images")
+        if "files" in tables and "version" not in columns_of(connection, "files"):
+            unit.execute(f"CREATE TEMP VIEW files AS SELECT {_FILES_BEFORE_7} FROM main.files")
         if version is not None and version < 5 and "mappings" in tables:
             since = ("NULL AS source_name, " if version < 3 else "") + ", ".join(
                 f"NULL AS {column.split()[0]}" for column in _MAPPING_COLUMNS_5)

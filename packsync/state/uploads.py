@@ -12,8 +12,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, delete, select
 
-from packsync.model import Blob, UrlContent
-from packsync.state.records import PulledFile
+from packsync.model import Blob, PulledFile, UrlContent
 from packsync.state.sqlite import upsert
 from packsync.state.tables import BlobRow, PulledRow, UrlContentRow, table
 from packsync.state.unit import Bulk, UnitOfWork

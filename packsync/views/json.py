@@ -67,11 +67,10 @@ def _metadata(meta: Metadata) -> dict[str, Any]:
 def pull_document(report: PullReport, dry_run: bool) -> dict[str, Any]:
     """The ``pull --json`` summary."""
     return {"pack_id": report.pack.pack_id, "pack_name": report.pack.name, "folder": str(report.folder),
-            "dry_run": dry_run, "downloaded": report.downloaded, "already_here": report.kept,
+            "dry_run": dry_run, "downloaded": report.downloaded, "already_here": report.plan.kept,
             "deleted": report.deleted, "failed": [{"image_id": i, "reason": r} for i, r in report.failures],
             "sidecars_written": report.sidecars.written if report.sidecars else 0,
-            **({"would_download": [i.image_id for i in report.downloads],
-                "would_delete": [r.name for r in report.deletes]} if dry_run else {})}
+            **({"actions": [action.describe() for action in report.plan.actions]} if dry_run else {})}
 
 
 def astria_packs_document(packs: list[AstriaPackSummary], details: list[AstriaPack | None]) -> dict[str, Any]:

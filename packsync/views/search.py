@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from packsync.model import ManagedImage
-from packsync.sources import kind_of
+from packsync.sources.base import kind_of
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State

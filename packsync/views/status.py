@@ -15,7 +15,7 @@ import msgspec
 from packsync.config import Config, MappingConfig
 from packsync.mappings import concrete, recorded_pack_id
 from packsync.model import METADATA_SETTLED, ManagedImage, Metadata, Problem
-from packsync.sources import kind_of
+from packsync.sources.base import kind_of
 from packsync.state.records import DaemonRecord, MappingRecord
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these

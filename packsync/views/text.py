@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, TextIO
 
 from packsync.model import AstriaPack, AstriaPackSummary, PackSummary, Problem
-from packsync.sources import kind_of
+from packsync.sources.base import kind_of
 from packsync.views.json import when
 from packsync.views.status import FileStatus, Status
 
@@ -191,15 +191,15 @@ def print_pull(report: PullReport, dry_run: bool, out: TextIO) -> None:
     source = f"{pack.pack_id} ({printable(pack.name)})" if kind_of(pack.pack_id) == "astria" \
         else f"genviral:{printable(pack.name)} ({printable(pack.pack_id)})"
     out.write(f"{source} → {printable(report.folder)}\n")
+    plan = report.plan
     if dry_run:
-        for image in report.downloads:
-            out.write(f"  {'download':<10} image {printable(image.image_id)}\n")
-        for record in report.deletes:
-            out.write(f"  {'delete':<10} {printable(record.name)}\n")
-        out.write(f"dry run: {len(report.downloads)} downloads, {len(report.deletes)} deletes, {report.kept} "
+        for action in plan.actions:
+            shown = action.describe()
+            out.write(f"  {shown['kind']:<12} {printable(shown['file'])} (image {printable(shown['image'])})\n")
+        out.write(f"dry run: {len(plan.downloads)} downloads, {len(plan.removals)} removals, {plan.kept} "
                   "already here; nothing changed\n")
         return
-    out.write(f"  {len(report.downloaded)} downloaded, {report.kept} already here, {len(report.deleted)} deleted, "
+    out.write(f"  {len(report.downloaded)} downloaded, {plan.kept} already here, {len(report.deleted)} deleted, "
               f"{len(report.failures)} failed\n")
     for image_id, why in report.failures:
         out.write(f"  {'failed':<10} image {printable(image_id)}: {printable(why)}\n")
