@@ -199,8 +199,8 @@ class GoneFolder:
                    on_item: Callable[[int], None] | None = None) -> Scan:
         return Scan(source=self.label)
 
-    async def listing(self) -> Scan | None:
-        return None  # nothing to look at: its last listing stays as it was
+    async def listing(self) -> Scan:
+        return Scan(source=self.label)
 
     async def read(self, item: ContentItem) -> bytes:
         raise ItemChanged("its folder is gone")

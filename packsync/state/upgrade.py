@@ -74,18 +74,7 @@ def set_up(unit: UnitOfWork, version: int | None, tables: set[str]) -> None:
         return
     with unit.transaction():
         connection = unit.connection
-        columns = columns_of(connection, "images")
-        if columns and "owner" not in columns:  # schema 1 → 2
-            unit.execute("ALTER TABLE images ADD COLUMN owner VARCHAR NOT NULL DEFAULT ''")
-            unit.execute(f"UPDATE images SET owner = {_OWNER_BEFORE_2}")
-        if columns and "meta_model" not in columns:  # schema 4 → 5
-            unit.execute("ALTER TABLE images ADD COLUMN meta_model VARCHAR")
-        columns = columns_of(connection, "mappings")
-        if columns and "source_name" not in columns:  # schema 2 → 3
-            unit.execute("ALTER TABLE mappings ADD COLUMN source_name VARCHAR")
-        for column in _MAPPING_COLUMNS_5:  # schema 4 → 5
-            if columns and column.split()[0] not in columns:
-                unit.execute(f"ALTER TABLE mappings ADD COLUMN {column}")
+        _add_columns(unit)
         stat_keys = "version" not in columns_of(connection, "files") and "files" in tables
         if stat_keys:  # schema 6 → 7: the file cache keeps each source's version token
             unit.execute("ALTER TABLE files RENAME TO files_6")
@@ -103,6 +92,22 @@ def set_up(unit: UnitOfWork, version: int | None, tables: set[str]) -> None:
         for statement in count_changes(PLANNED_FROM):
             unit.execute(statement)
         unit.write(_META, [("app", APP_ID), ("schema", str(SCHEMA_VERSION))])
+
+
+def _add_columns(unit: UnitOfWork) -> None:
+    """The columns schemas 2 to 5 added to the tables an older file has."""
+    columns = columns_of(unit.connection, "images")
+    if columns and "owner" not in columns:  # schema 1 → 2
+        unit.execute("ALTER TABLE images ADD COLUMN owner VARCHAR NOT NULL DEFAULT ''")
+        unit.execute(f"UPDATE images SET owner = {_OWNER_BEFORE_2}")
+    if columns and "meta_model" not in columns:  # schema 4 → 5
+        unit.execute("ALTER TABLE images ADD COLUMN meta_model VARCHAR")
+    columns = columns_of(unit.connection, "mappings")
+    if columns and "source_name" not in columns:  # schema 2 → 3
+        unit.execute("ALTER TABLE mappings ADD COLUMN source_name VARCHAR")
+    for column in _MAPPING_COLUMNS_5:  # schema 4 → 5
+        if columns and column.split()[0] not in columns:
+            unit.execute(f"ALTER TABLE mappings ADD COLUMN {column}")
 
 
 def read_as_current(unit: UnitOfWork, version: int | None, tables: set[str]) -> None:
