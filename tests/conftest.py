@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import DaemonProcess
+from helpers import DaemonProcess, StartDaemon
 
 from packsync.app import sync_once
 from packsync.config import Config, parse_config
@@ -158,7 +158,7 @@ def daemon_env(env: Env) -> Env:
 
 
 @pytest.fixture
-def start(daemon_env: Env) -> Iterator[object]:
+def start(daemon_env: Env) -> Iterator[StartDaemon]:
     started: list[DaemonProcess] = []
 
     def launch(*args: str) -> DaemonProcess:

@@ -13,12 +13,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
-               what: str = "condition") -> Any:
-    """Poll ``condition`` until it is truthy and return its value; AssertionError past the deadline."""
+def wait_until(condition: Callable[[], T | Literal[False] | None], timeout: float = 10.0, interval: float = 0.02,
+               what: str = "condition") -> T:
+    """Poll ``condition`` until it is truthy and return its value (so not None, not False); AssertionError
+    past the deadline."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -87,6 +90,12 @@ class DaemonProcess:
         finally:
             self.sock.close()
             self.log.close()
+
+
+class StartDaemon(Protocol):
+    """The ``start`` fixture: launch ``packsync daemon`` with these extra arguments, once it is ready."""
+
+    def __call__(self, *args: str) -> DaemonProcess: ...
 
 
 def state_rows(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:

@@ -9,20 +9,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import TOKEN, Env, image, write
-from helpers import wait_until
+from helpers import StartDaemon, wait_until
 
 from packsync.errors import ExitCode
 from packsync.sandbox.imaging import solid_png
 
 
-def images(env: Env, pack_id: str) -> list[dict]:  # type: ignore[type-arg]
-    return env.pack(pack_id)["images"]
+def images(env: Env, pack_id: str) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = env.pack(pack_id)["images"]
+    return listed
 
 
-def test_ready_and_watchdog_reach_systemd_and_sigterm_exits_0_quickly(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_ready_and_watchdog_reach_systemd_and_sigterm_exits_0_quickly(daemon_env: Env, start: StartDaemon) -> None:
     daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"))
     daemon = start()
 
@@ -36,7 +38,7 @@ def test_ready_and_watchdog_reach_systemd_and_sigterm_exits_0_quickly(daemon_env
     assert daemon.received("STOPPING=1")
 
 
-def test_dropped_file_appears_in_its_pack_and_deleted_file_disappears(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_dropped_file_appears_in_its_pack_and_deleted_file_disappears(daemon_env: Env, start: StartDaemon) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     write(folder / "existing.png", image())
@@ -52,7 +54,7 @@ def test_dropped_file_appears_in_its_pack_and_deleted_file_disappears(daemon_env
     assert daemon_env.cdn_bytes(pack_id) == [(folder / "existing.png").read_bytes()]
 
 
-def test_file_written_slowly_is_uploaded_once_in_its_final_form(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_file_written_slowly_is_uploaded_once_in_its_final_form(daemon_env: Env, start: StartDaemon) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     start()
@@ -71,7 +73,7 @@ def test_file_written_slowly_is_uploaded_once_in_its_final_form(daemon_env: Env,
     assert daemon_env.sandbox.calls[("PUT", "storage")] == 1
 
 
-def test_burst_of_500_files_is_one_plan_with_bounded_api_calls(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_burst_of_500_files_is_one_plan_with_bounded_api_calls(daemon_env: Env, start: StartDaemon) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     write(folder / "seed.png", image())
@@ -91,7 +93,7 @@ def test_burst_of_500_files_is_one_plan_with_bounded_api_calls(daemon_env: Env, 
     assert calls[("GET", "/packs/{id}")] <= 20, calls
 
 
-def test_new_subfolder_filled_at_once_is_fully_synced(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_new_subfolder_filled_at_once_is_fully_synced(daemon_env: Env, start: StartDaemon) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     write(folder / "seed.png", image())
@@ -107,7 +109,7 @@ def test_new_subfolder_filled_at_once_is_fully_synced(daemon_env: Env, start) ->
     wait_until(lambda: len(images(daemon_env, pack_id)) == 21, timeout=15)
 
 
-def test_sighup_picks_up_a_new_mapping(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_sighup_picks_up_a_new_mapping(daemon_env: Env, start: StartDaemon) -> None:
     first = daemon_env.sandbox.create_pack("first")
     write(daemon_env.map("one", pack_id=first) / "a.png", image())
     daemon = start()
@@ -122,7 +124,7 @@ def test_sighup_picks_up_a_new_mapping(daemon_env: Env, start) -> None:  # type:
     assert fresh.read_bytes() in daemon_env.cdn_bytes(second)
 
 
-def test_second_instance_is_refused_with_the_running_pid(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_second_instance_is_refused_with_the_running_pid(daemon_env: Env, start: StartDaemon) -> None:
     daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"))
     daemon = start()
 
@@ -133,7 +135,7 @@ def test_second_instance_is_refused_with_the_running_pid(daemon_env: Env, start)
     assert f"pid {daemon.proc.pid}" in second.stderr and f"pid {daemon.proc.pid}" in one_shot.stderr
 
 
-def test_status_shows_the_running_daemon(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_status_shows_the_running_daemon(daemon_env: Env, start: StartDaemon) -> None:
     daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"))
     daemon = start()
 
@@ -147,7 +149,7 @@ def test_status_shows_the_running_daemon(daemon_env: Env, start) -> None:  # typ
     assert after["daemon"]["running"] is False
 
 
-def test_polling_mode_sees_changes(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_polling_mode_sees_changes(daemon_env: Env, start: StartDaemon) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id, polling=True)
     write(folder / "seed.png", image())
@@ -158,7 +160,7 @@ def test_polling_mode_sees_changes(daemon_env: Env, start) -> None:  # type: ign
     wait_until(lambda: len(images(daemon_env, pack_id)) == 2, timeout=15)
 
 
-def test_revoked_key_pauses_instead_of_dying(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_revoked_key_pauses_instead_of_dying(daemon_env: Env, start: StartDaemon) -> None:
     from packsync.sandbox import Account
 
     pack_id = daemon_env.sandbox.create_pack("p")
@@ -171,7 +173,8 @@ def test_revoked_key_pauses_instead_of_dying(daemon_env: Env, start) -> None:  #
 
     def paused() -> bool:
         doc = json.loads(daemon_env.cli("status", "--json", token=None).stdout)
-        return doc["daemon"]["state"] == "paused"
+        state: str = doc["daemon"]["state"]
+        return state == "paused"
 
     wait_until(paused, timeout=15, interval=0.3)
     assert daemon.proc.poll() is None
@@ -210,7 +213,7 @@ def test_unit_files_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         assert result.returncode == 0 and not result.stderr.strip(), result.stderr
 
 
-def test_out_of_inotify_instances_says_so_once_and_polls_instead(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_out_of_inotify_instances_says_so_once_and_polls_instead(daemon_env: Env, start: StartDaemon) -> None:
     """With every inotify instance of the user taken, the daemon names the sysctl and polls."""
     import ctypes
     import errno

@@ -24,7 +24,8 @@ from conftest import TOKEN, Env, image, write
 from helpers import state_rows, wait_until
 
 from packsync.errors import ApiError, AuthError, ExitCode, TransientError
-from packsync.remote.genviral import GenviralClient, RetryPolicy
+from packsync.remote.genviral import GenviralClient
+from packsync.remote.transport import RetryPolicy
 from packsync.sandbox import Account, Faults, Sandbox
 from packsync.sandbox.server import Reply
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import TOKEN, Env, image, write
-from helpers import on_state_connection, state_rows, wait_until
+from helpers import StartDaemon, on_state_connection, state_rows, wait_until
 
 from packsync.errors import ExitCode
 from packsync.sandbox.server import Reply, fail
@@ -227,7 +227,7 @@ def test_a_state_locked_by_another_program_ends_run_in_one_sentence(env: Env) ->
     assert env.cli("run", "--no-wait").returncode == 0
 
 
-def test_the_daemon_waits_out_a_locked_state_and_syncs_what_came_meanwhile(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_the_daemon_waits_out_a_locked_state_and_syncs_what_came_meanwhile(daemon_env: Env, start: StartDaemon) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     write(folder / "a.png", image())
@@ -295,7 +295,7 @@ def test_a_full_disk_ends_run_in_one_sentence_and_loses_nothing(env: Env, small_
     assert env.cli("run", "--no-wait").stdout.count("0 added, 0 deleted, 0 failed") == 1
 
 
-def test_the_daemon_survives_a_full_disk_and_resumes_when_space_is_back(daemon_env: Env, start,  # type: ignore[no-untyped-def]
+def test_the_daemon_survives_a_full_disk_and_resumes_when_space_is_back(daemon_env: Env, start: StartDaemon,
                                                                         small_disk: Path) -> None:
     daemon_env.state_path.parent.parent.mkdir(parents=True, exist_ok=True)
     daemon_env.state_path.parent.symlink_to(small_disk)
@@ -512,7 +512,7 @@ def test_a_retry_after_that_is_not_a_number_or_a_date_is_just_a_retry(env: Env) 
     assert env.sandbox.calls[PACK] == 2 and env.pack(pack_id)["image_count"] == 1
 
 
-def test_daemon_metadata_polling_survives_a_malformed_pack_and_says_so(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_daemon_metadata_polling_survives_a_malformed_pack_and_says_so(daemon_env: Env, start: StartDaemon) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     daemon = start()
@@ -522,7 +522,8 @@ def test_daemon_metadata_polling_survives_a_malformed_pack_and_says_so(daemon_en
 
     def completed() -> bool:
         status = json.loads(daemon_env.cli("status", "--json", token=None).stdout)
-        return status["mappings"][0]["metadata"]["completed"] == 1
+        completed: int = status["mappings"][0]["metadata"]["completed"]
+        return completed == 1
 
     wait_until(completed, timeout=90, what="metadata completed after the malformed answers stopped")
     assert "no valid id" in daemon.output(), "the malformed answer was logged, not swallowed"
@@ -638,7 +639,7 @@ def test_problems_unchanged_since_the_last_scan_are_not_written_again(tmp_path: 
     state.close()
 
 
-def test_the_daemon_s_last_error_clears_once_it_recovers(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_the_daemon_s_last_error_clears_once_it_recovers(daemon_env: Env, start: StartDaemon) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     daemon = start()

@@ -81,7 +81,7 @@ class History:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     source.replace(target)
             case ("remove image", int(index)):
-                images = self.env.sandbox.pack(self.pack_id)["images"]  # type: ignore[index]
+                images = self.env.pack(self.pack_id)["images"]
                 if images:
                     self.env.sandbox.remove_image(self.pack_id, images[index % len(images)]["id"])
             case ("sync",):
