@@ -329,6 +329,8 @@ def test_the_title_survives_a_run_that_could_not_read_the_pack(env: Env) -> None
     pack_id, _ = astria_pack(env, {"woman": 1})
     env.map_astria(pack_id, pack="Headshots")
     assert env.cli("run", "--no-wait").returncode == 0
+    env.genviral["retry_wait_max_s"] = 0.1  # the failing pack read is given up in a second, not after 30 s pauses
+    env.write_config()
     env.sandbox.inject("500", "GET", "astria:/p/{id}", count=100)
 
     assert env.cli("run", "--no-wait").returncode == ExitCode.SAFETY
@@ -404,17 +406,26 @@ def test_a_key_inside_an_image_url_is_neither_printed_nor_stored(env: Env) -> No
         assert not path.is_file() or ASTRIA_TOKEN.encode() not in path.read_bytes(), path
 
 
-@pytest.fixture
-def trickle() -> Iterator[str]:
+class Trickle:
     """A server on loopback that answers every request with a 100,000-byte image, one byte at a time,
-    twice a second (so no read ever times out); yields its URL."""
+    twice a second (so no read of a second or more ever times out)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.requests = 0
+
+
+@pytest.fixture
+def trickle() -> Iterator[Trickle]:
     stop = threading.Event()
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
+    server = Trickle(f"http://127.0.0.1:{listener.getsockname()[1]}/slow")
 
     def drip(conn: socket.socket) -> None:
         with conn:
             conn.recv(65536)
+            server.requests += 1
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n\x89")
             while not stop.wait(0.5):
                 try:
@@ -430,23 +441,25 @@ def trickle() -> Iterator[str]:
                 continue
             threading.Thread(target=drip, args=(conn,), daemon=True).start()
 
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/slow"
+    serving = threading.Thread(target=serve, daemon=True)
+    serving.start()
+    yield server
     stop.set()
-    server.join(5)
+    serving.join(5)
     listener.close()
 
 
-def test_an_image_that_trickles_in_is_given_up_and_the_run_ends(env: Env, trickle: str) -> None:
+def test_an_image_that_trickles_in_is_given_up_and_the_run_ends(env: Env, trickle: Trickle) -> None:
     pack_id, urls = astria_pack(env, {"woman": 1})
+    env.genviral["timeout_s"] = 3  # the grace before a slow answer is judged (30 s by default)
     env.map_astria(pack_id, pack="Headshots")
-    env.sandbox.rewrite("GET", "astria:/p/{id}", listing(urls[0], trickle))
+    env.sandbox.rewrite("GET", "astria:/p/{id}", listing(urls[0], trickle.url))
     started = time.monotonic()
 
     result = env.cli("run", "--no-wait", timeout=90)
 
-    assert time.monotonic() - started < 60, "given up after the 30 s grace, not retried"
+    assert time.monotonic() - started < 30, "given up after the 3 s grace"
+    assert trickle.requests == 1, "given up, not retried"
     assert result.returncode == ExitCode.SOME_FAILED, result.stdout + result.stderr
     assert "too slow to finish" in result.stdout
     assert genviral_bytes(env, "Headshots") == astria_bytes(env, urls[:1])
