@@ -11,7 +11,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -96,6 +96,12 @@ class StartDaemon(Protocol):
     """The ``start`` fixture: launch ``packsync daemon`` with these extra arguments, once it is ready."""
 
     def __call__(self, *args: str) -> DaemonProcess: ...
+
+
+def unmeasured(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without coverage's variables, for a child coverage must stay out of: one that counts the
+    modules it imported (coverage's own would count), or one run as a user who cannot write its data file."""
+    return {k: v for k, v in environ.items() if k not in ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")}
 
 
 def state_rows(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:

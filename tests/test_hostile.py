@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import TOKEN, Env, image, write
-from helpers import StartDaemon, on_state_connection, state_rows, wait_until
+from helpers import StartDaemon, on_state_connection, state_rows, unmeasured, wait_until
 
 from packsync.errors import ExitCode
 from packsync.sandbox.server import Reply, fail
@@ -352,7 +352,7 @@ def test_a_state_file_of_mode_444_is_a_permission_sentence(tmp_path: Path, env: 
         result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
                                  "-m", "packsync", "run", "--no-wait", "-c", str(config)],
                                 capture_output=True, text=True, timeout=120,
-                                env={**os.environ, "GENVIRAL_TOKEN": TOKEN, "HOME": str(shared)})
+                                env={**unmeasured(os.environ), "GENVIRAL_TOKEN": TOKEN, "HOME": str(shared)})
     finally:
         shutil.rmtree(shared, ignore_errors=True)
 
