@@ -52,7 +52,9 @@ class Env:
         self.root = root
         self.sandbox = sandbox
         self.mappings: list[dict[str, Any]] = []
-        self.genviral: dict[str, Any] = {"base_url": sandbox.base_url}
+        # A failing request is tried again within half a second, not after pauses of up to 30 s: a test
+        # that fails requests on purpose waits for the attempts, not the default's pauses.
+        self.genviral: dict[str, Any] = {"base_url": sandbox.base_url, "retry_wait_max_s": 0.5}
         self.astria: dict[str, Any] = {"base_url": sandbox.astria_url}
         self.daemon: dict[str, Any] = {}
         self.http: dict[str, Any] = {"listen": "127.0.0.1:0"}  # any free port: tests never take the default

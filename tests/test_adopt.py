@@ -167,7 +167,6 @@ def test_a_foreign_copy_older_than_packsync_s_image_is_not_adopted_over_it(env: 
 def test_while_an_image_cannot_be_read_for_now_its_content_is_not_uploaded_again(env: Env) -> None:
     from packsync.sandbox.server import Reply
 
-    env.genviral["retry_wait_max_s"] = 0.1  # the busy CDN is given up in a second, not after 30 s pauses
     pack_id = env.sandbox.create_pack("p")
     data = write(env.map("brand", pack_id=pack_id) / "z.png", image()).read_bytes()
     web = env.sandbox.add_uploaded(pack_id, data, "web-z.png")
