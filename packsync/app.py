@@ -23,7 +23,7 @@ from packsync.engine.sync import Syncer, SyncOptions, SyncReport
 from packsync.logs import register_secret
 from packsync.remote.astria import AstriaClient
 from packsync.remote.genviral import GenviralClient
-from packsync.remote.transport import Observer, Transport
+from packsync.remote.transport import Observer, RetryPolicy, Transport
 from packsync.sources.astria import AstriaSource
 from packsync.sources.base import Source
 from packsync.sources.folder import FolderSource, filters_for
@@ -47,13 +47,14 @@ def source_for(mapping: MappingConfig, astria: AstriaClient | None, spool: Path 
 def transport_for(config: Config, observer: Observer | None = None) -> Transport:
     """The process's one HTTP transport (one connection pool, ``concurrency`` slots, one run budget),
     which every client and download shares; its maker closes it."""
-    return Transport(concurrency=config.genviral.concurrency, observer=observer)
+    limits = config.genviral
+    return Transport(concurrency=limits.concurrency, retry=RetryPolicy().wait_at_most(limits.retry_wait_max_s),
+                     timeout=limits.timeout_s, observer=observer)
 
 
-def client_for(config: Config, token: str, transport: Transport | None = None) -> GenviralClient:
-    """The Genviral client, speaking through ``transport`` (its maker's to close), or through one of its own
-    that closes with it (a command that talks to Genviral alone)."""
-    return GenviralClient(config.genviral.base_url, token, transport, concurrency=config.genviral.concurrency)
+def client_for(config: Config, token: str, transport: Transport) -> GenviralClient:
+    """The Genviral client, speaking through ``transport`` (its maker's to close)."""
+    return GenviralClient(config.genviral.base_url, token, transport)
 
 
 def read_astria_token(config: Config) -> str:

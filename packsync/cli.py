@@ -260,15 +260,15 @@ def packs(public: bool) -> None:
     """List the key's packs (id, name, image count)."""
     import asyncio
 
-    from packsync.app import client_for
+    from packsync.app import client_for, transport_for
     from packsync.views.text import print_packs
 
     config = _config()
     token = _token(config)
 
     async def fetch() -> Any:
-        async with client_for(config, token) as api:
-            return await api.list_packs(include_public=public)
+        async with transport_for(config) as transport:
+            return await client_for(config, token, transport).list_packs(include_public=public)
 
     print_packs(asyncio.run(fetch()), sys.stdout)
 

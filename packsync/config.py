@@ -77,6 +77,11 @@ class GenviralConfig(_ApiConfig, frozen=True):
     #: None: $GENVIRAL_TOKEN, else $GENVIRAL_API_KEY (the variable Genviral's own command-line client reads).
     token_env: str | None = None
     concurrency: Annotated[int, Meta(ge=1, le=10)] = 4
+    #: The read timeout of every request (Genviral's, storage's, Astria's): an answer silent this long, or
+    #: still arriving below 16 KiB/s after it, is given up.
+    timeout_s: Annotated[float, Meta(gt=0, le=600)] = 30.0
+    #: The longest pause between two tries of one request (pauses double from 1 s, randomised below it).
+    retry_wait_max_s: Annotated[float, Meta(gt=0, le=600)] = 30.0
 
 
 class AstriaConfig(_ApiConfig, frozen=True):

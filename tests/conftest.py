@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import DaemonHere, DaemonProcess
+from helpers import DaemonHere, DaemonProcess, StartDaemon, StartHere
 
 from packsync.app import sync_once
 from packsync.config import Config, parse_config
@@ -57,7 +57,9 @@ class Env:
         self.root = root
         self.sandbox = sandbox
         self.mappings: list[dict[str, Any]] = []
-        self.genviral: dict[str, Any] = {"base_url": sandbox.base_url}
+        # A failing request is tried again within half a second, not after pauses of up to 30 s: a test
+        # that fails requests on purpose waits for the attempts, not the default's pauses.
+        self.genviral: dict[str, Any] = {"base_url": sandbox.base_url, "retry_wait_max_s": 0.5}
         self.astria: dict[str, Any] = {"base_url": sandbox.astria_url}
         self.daemon: dict[str, Any] = {}
         self.http: dict[str, Any] = {"listen": "127.0.0.1:0"}  # any free port: tests never take the default
@@ -163,7 +165,7 @@ def daemon_env(env: Env) -> Env:
 
 
 @pytest.fixture
-def start(daemon_env: Env) -> Iterator[object]:
+def start(daemon_env: Env) -> Iterator[StartDaemon]:
     started: list[DaemonProcess] = []
 
     def launch(*args: str) -> DaemonProcess:
@@ -182,7 +184,7 @@ def start(daemon_env: Env) -> Iterator[object]:
 
 
 @pytest.fixture
-def start_here(daemon_env: Env) -> Iterator[Any]:
+def start_here(daemon_env: Env) -> Iterator[StartHere]:
     """Start the daemon in this process with ``timing`` (``FAST`` unless given), once ready."""
     started: list[DaemonHere] = []
 

@@ -11,14 +11,20 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from packsync.daemon.timing import Timing
+
+T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
-               what: str = "condition") -> Any:
-    """Poll ``condition`` until it is truthy and return its value; AssertionError past the deadline."""
+def wait_until(condition: Callable[[], T | Literal[False] | None], timeout: float = 10.0, interval: float = 0.02,
+               what: str = "condition") -> T:
+    """Poll ``condition`` until it is truthy and return its value (so not None, not False); AssertionError
+    past the deadline."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -89,6 +95,24 @@ class DaemonProcess:
             self.log.close()
 
 
+class StartDaemon(Protocol):
+    """The ``start`` fixture: launch ``packsync daemon`` with these extra arguments, once it is ready."""
+
+    def __call__(self, *args: str) -> DaemonProcess: ...
+
+
+class StartHere(Protocol):
+    """The ``start_here`` fixture: run the daemon in this process with ``timing`` (``FAST`` unless given)."""
+
+    def __call__(self, timing: Timing = ...) -> DaemonHere: ...
+
+
+def unmeasured(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without coverage's variables, for a child coverage must stay out of: one that counts the
+    modules it imported (coverage's own would count), or one run as a user who cannot write its data file."""
+    return {k: v for k, v in environ.items() if k not in ("COVERAGE_PROCESS_CONFIG", "COVERAGE_PROCESS_START")}
+
+
 def state_rows(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     """The rows ``sql`` selects from the state file at ``path``, read as another program would: on a
     connection of the test's own, which sees committed rows only. Tests read the state through this,
@@ -114,7 +138,7 @@ class DaemonHere:
     process has (signals, systemd's socket, the exit deadline) is ``DaemonProcess``'s to test.
     """
 
-    def __init__(self, config_path: Path, token: str, timing: Any) -> None:
+    def __init__(self, config_path: Path, token: str, timing: Timing) -> None:
         from structlog.testing import capture_logs
 
         from packsync.config import load_config

@@ -52,7 +52,10 @@ def stored_file_names(sandbox: Sandbox, pack_id: str) -> list[str]:
 
 
 def _bytes(data: bytes) -> Callable[[Path], None]:
-    return lambda path: write(path, data) and None
+    def make(path: Path) -> None:
+        write(path, data)
+
+    return make
 
 
 def _symlink(target: str) -> Callable[[Path], None]:

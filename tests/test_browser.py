@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import Env, image, write
-from helpers import wait_until
+from helpers import StartDaemon, wait_until
 from test_web import describe_every_image, page_url
 
 from packsync.demo import SAMPLES
@@ -60,7 +60,7 @@ def demo_folders(env: Env) -> None:
     env.map("products", pack="Product Shots")
 
 
-def test_the_page_lists_every_file_with_its_description(daemon_env: Env, start: Any, page: Any) -> None:
+def test_the_page_lists_every_file_with_its_description(daemon_env: Env, start: StartDaemon, page: Any) -> None:
     demo_folders(daemon_env)
     base = page_url(start())
     page.goto(base)
@@ -78,7 +78,7 @@ def test_the_page_lists_every_file_with_its_description(daemon_env: Env, start: 
     assert shot.startswith(b"\x89PNG") and len(shot) > 10_000
 
 
-def test_search_narrows_the_gallery_as_one_types(daemon_env: Env, start: Any, page: Any) -> None:
+def test_search_narrows_the_gallery_as_one_types(daemon_env: Env, start: StartDaemon, page: Any) -> None:
     demo_folders(daemon_env)
     base = page_url(start())
     page.goto(base)
@@ -98,7 +98,7 @@ def test_search_narrows_the_gallery_as_one_types(daemon_env: Env, start: Any, pa
     assert page.locator(".results").count() == 0
 
 
-def test_a_dropped_file_appears_without_a_reload(daemon_env: Env, start: Any, page: Any) -> None:
+def test_a_dropped_file_appears_without_a_reload(daemon_env: Env, start: StartDaemon, page: Any) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     write(folder / "first.png", image(16, 16))
@@ -115,14 +115,19 @@ def test_a_dropped_file_appears_without_a_reload(daemon_env: Env, start: Any, pa
     assert page.errors == []
 
 
-def test_a_hostile_description_is_shown_as_text_and_runs_nothing(daemon_env: Env, start: Any, page: Any) -> None:
+def test_a_hostile_description_is_shown_as_text_and_runs_nothing(daemon_env: Env, start: StartDaemon,
+                                                                  page: Any) -> None:
     hostile = '<script>window.owned = 1</script><img src=x onerror="window.owned = 2">'
     describe_every_image(daemon_env, hostile, ['"><svg onload=alert(1)>'])
     pack_id = daemon_env.sandbox.create_pack("p")
     write(daemon_env.map("pics", pack_id=pack_id) / "a.png", image())
     base = page_url(start())
     dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    def dismiss(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", dismiss)
     page.goto(base)
 
     description = page.locator(".card .desc")

@@ -10,6 +10,7 @@ import pytest
 from conftest import Env
 from structlog.testing import capture_logs
 
+from packsync.app import transport_for
 from packsync.config import (
     CONFIG_ENV,
     DEFAULT_BASE_URL,
@@ -22,6 +23,7 @@ from packsync.config import (
     read_token,
 )
 from packsync.errors import ConfigError, ExitCode
+from packsync.remote.transport import RetryPolicy, Transport
 
 
 def config_error(data: dict[str, Any], source: Path | None = None) -> str:
@@ -43,6 +45,9 @@ def test_an_empty_config_takes_every_default(monkeypatch: pytest.MonkeyPatch, tm
     assert (config.genviral.token_env, config.genviral.token_file, config.genviral.concurrency) == \
         (None, None, 4), "no variable named: $GENVIRAL_TOKEN, then $GENVIRAL_API_KEY"
     assert (config.daemon.debounce_s, config.daemon.rescan_interval_s) == (2.0, 3600.0)
+    transport = transport_for(config)
+    assert (transport.timeout, transport.retry) == (Transport().timeout, RetryPolicy()), \
+        "the config's read timeout and retry pauses are the transport's own defaults"
     assert config.mappings == []
     assert config.state_path == tmp_path / "state" / "packsync" / "state.db"
 
@@ -79,6 +84,8 @@ ERRORS = [
     pytest.param(one_mapping(pack=""), "mappings[0].pack: ", id="empty pack name"),
     pytest.param({"genviral": {"concurrency": 0}}, "genviral.concurrency: ", id="concurrency 0"),
     pytest.param({"genviral": {"concurrency": 11}}, "genviral.concurrency: ", id="concurrency 11"),
+    pytest.param({"genviral": {"timeout_s": 0}}, "genviral.timeout_s: ", id="timeout 0"),
+    pytest.param({"genviral": {"retry_wait_max_s": -1}}, "genviral.retry_wait_max_s: ", id="retry wait below 0"),
     pytest.param({"genviral": {"base_url": "http://api.example.com/v1"}}, "genviral.base_url: must be an https://",
                  id="plain http off loopback"),
     pytest.param({"genviral": {"base_url": "http://localhost.example.com/v1"}}, "genviral.base_url: ",
@@ -127,6 +134,14 @@ def test_errors_name_the_config_file_first(tmp_path: Path) -> None:
 ])
 def test_base_url_is_https_or_plain_http_on_loopback(base_url: str) -> None:
     assert parse_config({"genviral": {"base_url": base_url}}).genviral.base_url == base_url
+
+
+def test_the_read_timeout_and_the_longest_retry_pause_reach_the_transport() -> None:
+    transport = transport_for(parse_config({"genviral": {"timeout_s": 5, "retry_wait_max_s": 0.5}}))
+
+    assert transport.timeout == 5
+    assert transport.retry == RetryPolicy().wait_at_most(0.5)
+    assert transport.retry.backoff.delay(attempt=10) <= 0.5
 
 
 @pytest.mark.parametrize("concurrency", [1, 10])

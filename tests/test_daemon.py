@@ -11,20 +11,22 @@ import sys
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import TOKEN, Env, image, write
-from helpers import wait_until
+from helpers import StartDaemon, wait_until
 
 from packsync.errors import ExitCode
 from packsync.sandbox.imaging import solid_png
 
 
-def images(env: Env, pack_id: str) -> list[dict]:  # type: ignore[type-arg]
-    return env.pack(pack_id)["images"]
+def images(env: Env, pack_id: str) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = env.pack(pack_id)["images"]
+    return listed
 
 
-def test_ready_and_watchdog_reach_systemd_and_sigterm_exits_0_quickly(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_ready_and_watchdog_reach_systemd_and_sigterm_exits_0_quickly(daemon_env: Env, start: StartDaemon) -> None:
     daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"))
     daemon = start()
 
@@ -38,7 +40,7 @@ def test_ready_and_watchdog_reach_systemd_and_sigterm_exits_0_quickly(daemon_env
     assert daemon.received("STOPPING=1")
 
 
-def test_dropped_file_appears_in_its_pack_and_deleted_file_disappears(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_dropped_file_appears_in_its_pack_and_deleted_file_disappears(daemon_env: Env, start: StartDaemon) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     write(folder / "existing.png", image())
@@ -54,7 +56,7 @@ def test_dropped_file_appears_in_its_pack_and_deleted_file_disappears(daemon_env
     assert daemon_env.cdn_bytes(pack_id) == [(folder / "existing.png").read_bytes()]
 
 
-def test_file_written_slowly_is_uploaded_once_in_its_final_form(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_file_written_slowly_is_uploaded_once_in_its_final_form(daemon_env: Env, start: StartDaemon) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     start()
@@ -73,7 +75,7 @@ def test_file_written_slowly_is_uploaded_once_in_its_final_form(daemon_env: Env,
     assert daemon_env.sandbox.calls[("PUT", "storage")] == 1
 
 
-def test_burst_of_500_files_is_one_plan_with_bounded_api_calls(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_burst_of_500_files_is_one_plan_with_bounded_api_calls(daemon_env: Env, start: StartDaemon) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     write(folder / "seed.png", image())
@@ -93,7 +95,7 @@ def test_burst_of_500_files_is_one_plan_with_bounded_api_calls(daemon_env: Env, 
     assert calls[("GET", "/packs/{id}")] <= 20, calls
 
 
-def test_new_subfolder_filled_at_once_is_fully_synced(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_new_subfolder_filled_at_once_is_fully_synced(daemon_env: Env, start: StartDaemon) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     write(folder / "seed.png", image())
@@ -109,7 +111,7 @@ def test_new_subfolder_filled_at_once_is_fully_synced(daemon_env: Env, start) ->
     wait_until(lambda: len(images(daemon_env, pack_id)) == 21, timeout=15)
 
 
-def test_sighup_picks_up_a_new_mapping(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_sighup_picks_up_a_new_mapping(daemon_env: Env, start: StartDaemon) -> None:
     first = daemon_env.sandbox.create_pack("first")
     write(daemon_env.map("one", pack_id=first) / "a.png", image())
     daemon = start()
@@ -124,7 +126,7 @@ def test_sighup_picks_up_a_new_mapping(daemon_env: Env, start) -> None:  # type:
     assert fresh.read_bytes() in daemon_env.cdn_bytes(second)
 
 
-def test_second_instance_is_refused_with_the_running_pid(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_second_instance_is_refused_with_the_running_pid(daemon_env: Env, start: StartDaemon) -> None:
     daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"))
     daemon = start()
 
@@ -135,7 +137,7 @@ def test_second_instance_is_refused_with_the_running_pid(daemon_env: Env, start)
     assert f"pid {daemon.proc.pid}" in second.stderr and f"pid {daemon.proc.pid}" in one_shot.stderr
 
 
-def test_status_shows_the_running_daemon(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_status_shows_the_running_daemon(daemon_env: Env, start: StartDaemon) -> None:
     daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"))
     daemon = start()
 
@@ -149,7 +151,7 @@ def test_status_shows_the_running_daemon(daemon_env: Env, start) -> None:  # typ
     assert after["daemon"]["running"] is False
 
 
-def test_polling_mode_sees_changes(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_polling_mode_sees_changes(daemon_env: Env, start: StartDaemon) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id, polling=True)
     write(folder / "seed.png", image())
@@ -160,7 +162,7 @@ def test_polling_mode_sees_changes(daemon_env: Env, start) -> None:  # type: ign
     wait_until(lambda: len(images(daemon_env, pack_id)) == 2, timeout=15)
 
 
-def test_revoked_key_pauses_instead_of_dying(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_revoked_key_pauses_instead_of_dying(daemon_env: Env, start: StartDaemon) -> None:
     from packsync.sandbox import Account
 
     pack_id = daemon_env.sandbox.create_pack("p")
@@ -173,7 +175,8 @@ def test_revoked_key_pauses_instead_of_dying(daemon_env: Env, start) -> None:  #
 
     def paused() -> bool:
         doc = json.loads(daemon_env.cli("status", "--json", token=None).stdout)
-        return doc["daemon"]["state"] == "paused"
+        state: str = doc["daemon"]["state"]
+        return state == "paused"
 
     wait_until(paused, timeout=15, interval=0.3)
     assert daemon.proc.poll() is None
@@ -212,7 +215,7 @@ def test_unit_files_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         assert result.returncode == 0 and not result.stderr.strip(), result.stderr
 
 
-def test_out_of_inotify_instances_says_so_once_and_polls_instead(daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+def test_out_of_inotify_instances_says_so_once_and_polls_instead(daemon_env: Env, start: StartDaemon) -> None:
     """With every inotify instance of the user taken, the daemon names the sysctl and polls."""
     import ctypes
     import errno
@@ -244,7 +247,7 @@ def test_out_of_inotify_instances_says_so_once_and_polls_instead(daemon_env: Env
 
 
 def test_a_state_found_corrupt_mid_run_ends_the_daemon_in_its_sentence_with_the_state_closed(
-        daemon_env: Env, start) -> None:  # type: ignore[no-untyped-def]
+        daemon_env: Env, start: StartDaemon) -> None:
     """A corrupt state never passes: the daemon says so and exits 2, as at start, having run its way out to
     the end (the state closed, then "daemon stopped" logged)."""
     pack_id = daemon_env.sandbox.create_pack("p")

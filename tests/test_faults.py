@@ -19,12 +19,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from conftest import TOKEN, Env, image, write
 from helpers import state_rows, wait_until
 
 from packsync.errors import ApiError, AuthError, ExitCode, TransientError
-from packsync.remote.genviral import GenviralClient, RetryPolicy
+from packsync.remote.genviral import GenviralClient
+from packsync.remote.transport import RetryPolicy
 from packsync.sandbox import Account, Faults, Sandbox
 from packsync.sandbox.server import Reply
 
@@ -267,9 +269,14 @@ def test_rate_limit_is_retried_and_succeeds(env: Env, kind: str, route: str, met
 def test_persistent_503_ends_the_run_and_names_what_is_left(env: Env) -> None:
     """A route that answers 503 for ever must not be retried for ever: exit 1, the files named.
 
-    The default retry policy (6 attempts, full-jitter backoff 0.5 s · 2^n, capped at 30 s) sleeps at
-    most 1+2+4+8+16 = 31 s for one request, so the run must end well inside the test's timeout.
+    The default retry policy (6 attempts, full-jitter backoff 1 s · 2^n, capped at 30 s) sleeps at
+    most 1+2+4+8+16 = 31 s for one request; the run here waits at most 0.2 s between tries (the config's
+    ``retry_wait_max_s``), so it must end within the attempts' pauses and the process's start.
     """
+    default = RetryPolicy()
+    exact = msgspec.structs.replace(default.backoff, jitter=0.0)
+    assert sum(exact.delay(attempt) for attempt in range(1, default.attempts)) == 31
+    env.genviral["retry_wait_max_s"] = 0.2
     pack_id = env.sandbox.create_pack("p")
     folder = env.map("brand", pack_id=pack_id)
     write(folder / "kept.png", image())
@@ -288,7 +295,7 @@ def test_persistent_503_ends_the_run_and_names_what_is_left(env: Env) -> None:
     assert "503" in result.stdout
     assert "Traceback" not in result.stderr
     assert env.sandbox.calls[ADD] <= 2 * 6, "more attempts than the retry policy allows"
-    assert elapsed < 45, f"a persistent 503 kept the run busy for {elapsed:.0f} s"
+    assert elapsed < 20, f"a persistent 503 kept the run busy for {elapsed:.0f} s"
     assert len(env.pack(pack_id)["images"]) == 1
 
 

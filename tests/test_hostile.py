@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import pytest
 from conftest import FAST, TOKEN, Env, image, write
-from helpers import on_state_connection, state_rows, wait_until
+from helpers import StartDaemon, StartHere, on_state_connection, state_rows, unmeasured, wait_until
 
 from packsync.errors import ExitCode
 from packsync.remote.retry import Backoff
@@ -229,7 +229,8 @@ def test_a_state_locked_by_another_program_ends_run_in_one_sentence(env: Env) ->
     assert env.cli("run", "--no-wait").returncode == 0
 
 
-def test_the_daemon_waits_out_a_locked_state_and_syncs_what_came_meanwhile(daemon_env: Env, start_here) -> None:  # type: ignore[no-untyped-def]
+def test_the_daemon_waits_out_a_locked_state_and_syncs_what_came_meanwhile(daemon_env: Env,
+                                                                           start_here: StartHere) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     write(folder / "a.png", image())
@@ -296,7 +297,7 @@ def test_a_full_disk_ends_run_in_one_sentence_and_loses_nothing(env: Env, small_
     assert env.cli("run", "--no-wait").stdout.count("0 added, 0 deleted, 0 failed") == 1
 
 
-def test_the_daemon_survives_a_full_disk_and_resumes_when_space_is_back(daemon_env: Env, start,  # type: ignore[no-untyped-def]
+def test_the_daemon_survives_a_full_disk_and_resumes_when_space_is_back(daemon_env: Env, start: StartDaemon,
                                                                         small_disk: Path) -> None:
     daemon_env.state_path.parent.parent.mkdir(parents=True, exist_ok=True)
     daemon_env.state_path.parent.symlink_to(small_disk)
@@ -353,7 +354,7 @@ def test_a_state_file_of_mode_444_is_a_permission_sentence(tmp_path: Path, env: 
         result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
                                  "-m", "packsync", "run", "--no-wait", "-c", str(config)],
                                 capture_output=True, text=True, timeout=120,
-                                env={**os.environ, "GENVIRAL_TOKEN": TOKEN, "HOME": str(shared)})
+                                env={**unmeasured(os.environ), "GENVIRAL_TOKEN": TOKEN, "HOME": str(shared)})
     finally:
         shutil.rmtree(shared, ignore_errors=True)
 
@@ -513,7 +514,7 @@ def test_a_retry_after_that_is_not_a_number_or_a_date_is_just_a_retry(env: Env) 
     assert env.sandbox.calls[PACK] == 2 and env.pack(pack_id)["image_count"] == 1
 
 
-def test_daemon_metadata_polling_survives_a_malformed_pack_and_says_so(daemon_env: Env, start_here) -> None:  # type: ignore[no-untyped-def]
+def test_daemon_metadata_polling_survives_a_malformed_pack_and_says_so(daemon_env: Env, start_here: StartHere) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     daemon = start_here()
@@ -523,7 +524,8 @@ def test_daemon_metadata_polling_survives_a_malformed_pack_and_says_so(daemon_en
 
     def completed() -> bool:
         status = json.loads(daemon_env.cli("status", "--json", token=None).stdout)
-        return status["mappings"][0]["metadata"]["completed"] == 1
+        completed: int = status["mappings"][0]["metadata"]["completed"]
+        return completed == 1
 
     wait_until(completed, timeout=90, what="metadata completed after the malformed answers stopped")
     assert "no valid id" in daemon.output(), "the malformed answer was logged, not swallowed"
@@ -639,7 +641,7 @@ def test_problems_unchanged_since_the_last_scan_are_not_written_again(tmp_path: 
     state.close()
 
 
-def test_the_daemon_s_last_error_clears_once_it_recovers(daemon_env: Env, start_here) -> None:  # type: ignore[no-untyped-def]
+def test_the_daemon_s_last_error_clears_once_it_recovers(daemon_env: Env, start_here: StartHere) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     # Retried after half a second: the error stays long enough to be read.

@@ -7,7 +7,7 @@ import json
 
 from conftest import TOKEN, Env, image, write
 
-from packsync.app import client_for, open_app
+from packsync.app import client_for, open_app, transport_for
 from packsync.config import Config
 
 
@@ -57,8 +57,8 @@ def test_list_packs_reads_every_page(env: Env) -> None:
         env.sandbox.create_pack(f"pack {i:03}")
 
     async def read() -> list[str]:
-        async with client_for(env.config(), TOKEN) as api:
-            return [p.name for p in await api.list_packs()]
+        async with transport_for(env.config()) as transport:
+            return [p.name for p in await client_for(env.config(), TOKEN, transport).list_packs()]
 
     names = asyncio.run(read())
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Env, image, write
+from helpers import StartDaemon, wait_until
 
 from packsync.config import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 from packsync.sources.folder import Filters, scan_folder
@@ -111,15 +112,13 @@ def test_dry_run_verbose_lists_what_was_excluded_and_by_which_pattern(env: Env) 
     assert "excluded" not in env.cli("run", "--dry-run").stdout, "only with -v"
 
 
-def test_the_daemon_applies_a_changed_packsyncignore_at_once(daemon_env: Env, start: object) -> None:
-    from helpers import wait_until
-
+def test_the_daemon_applies_a_changed_packsyncignore_at_once(daemon_env: Env, start: StartDaemon) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     (folder / ".packsyncignore").write_text("drafts/\n", encoding="utf-8")
     write(folder / "drafts" / "a.png", image())
     write(folder / "b.png", image())
-    start()  # type: ignore[operator]
+    start()
     assert len(daemon_env.pack(pack_id)["images"]) == 1
     calls = daemon_env.sandbox.calls.total()
 

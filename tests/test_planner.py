@@ -7,6 +7,7 @@ named by a letter ("A", "B", ...); an image of content "A" has the URL ``url("A"
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import unmeasured
 
 from packsync.engine.planner import (
     MappingInput,
@@ -423,7 +425,8 @@ def test_planner_imports_no_network_database_or_watcher_library(planner: str) ->
             "heavy = ('aiohttp', 'httpx2', 'httpcore2', 'sqlite3', 'sqlalchemy', 'sqlmodel', 'watchdog')\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n")
 
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env=unmeasured(os.environ))
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

@@ -44,6 +44,13 @@ def filled_pack(env: Env, count: int, name: str = "Brand") -> tuple[str, dict[st
     return pack_id, contents
 
 
+def file_name_of(url: str) -> str:
+    """The name pull gives the image at ``url`` (which the test made safe to name a file)."""
+    name = name_from_url(url)
+    assert name is not None, url
+    return name
+
+
 def files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 
@@ -134,7 +141,7 @@ def test_a_name_taken_by_another_file_gets_a_suffix_never_an_overwrite(env: Env)
     env.sandbox.add_image(pack_id, url, "a.png")
     env.write_config()
     out = env.root / "out"
-    taken = write(out / name_from_url(url), b"the user's own file")  # type: ignore[operator]
+    taken = write(out / file_name_of(url), b"the user's own file")
 
     assert pull(env, "genviral:Brand", str(out)).returncode == 0
 
@@ -305,7 +312,7 @@ def test_a_user_s_own_copy_under_the_same_name_is_never_taken_for_a_pulled_file(
     image_id = env.sandbox.add_image(pack_id, url, "a.png")
     env.write_config()
     out = env.root / "out"
-    original = write(out / name_from_url(url), data)  # type: ignore[operator]
+    original = write(out / file_name_of(url), data)
 
     assert pull(env, "genviral:Brand", str(out)).returncode == 0
     env.sandbox.remove_image(pack_id, image_id)

@@ -291,7 +291,7 @@ def test_cli_refused_key_exits_3_with_one_sentence(env: Env) -> None:
     assert env.sandbox.mutating_calls() == 0
 
 
-def test_plan_and_subscription_errors_are_told_apart(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_plan_and_subscription_errors_are_told_apart(tmp_path: Path) -> None:
     accounts = {"gva_live_402.k": Account("ws-1", status=402), "gva_live_403.k": Account("ws-1", status=403)}
     with Sandbox(accounts=accounts) as sandbox:
         env = Env(tmp_path, sandbox)
@@ -340,7 +340,7 @@ def test_token_never_reaches_output_state_or_logs(env: Env) -> None:
     assert TOKEN not in env.config_path.read_text()
 
 
-def test_demo_runs_with_zero_set_up(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_demo_runs_with_zero_set_up(tmp_path: Path) -> None:
     import subprocess
     import sys
 

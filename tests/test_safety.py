@@ -15,7 +15,7 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -295,7 +295,7 @@ def _garbled_schema(path: Path) -> None:
                                         (_garbled_schema, "corrupt")],
                          ids=["text-file", "foreign-sqlite", "corrupt-sqlite", "newer-schema", "garbled-schema"])
 @pytest.mark.parametrize("command", [("run", "--no-wait"), ("status",)], ids=["run", "status"])
-def test_unusable_state_file_is_refused_by_path_and_left_untouched(env: Env, make, words: str,  # type: ignore[no-untyped-def]
+def test_unusable_state_file_is_refused_by_path_and_left_untouched(env: Env, make: Callable[[Path], None], words: str,
                                                                    command: tuple[str, ...]) -> None:
     """A state file that is not packsync's (or is damaged, or too new) → exit 2 naming its path and
     what is wrong; the file keeps its exact bytes and no companion file appears; no API call."""

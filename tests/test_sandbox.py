@@ -418,7 +418,8 @@ def test_helpers_and_stop(sb: Sandbox) -> None:
     pack = sb.pack(pid)
     assert pack is not None and [i["id"] for i in pack["images"]] == [iid]
     sb.remove_image(pid, iid)
-    assert sb.pack(pid)["image_count"] == 0  # type: ignore[index]
+    pack = sb.pack(pid)
+    assert pack is not None and pack["image_count"] == 0
     with pytest.raises(KeyError):
         sb.remove_image(pid, iid)
     sb.delete_pack(pid)

@@ -59,11 +59,11 @@ def test_a_retry_or_a_full_rescan_scans_the_folder_whole(tmp_path: Path) -> None
 
     due = planned.due(106.0)
 
-    assert due is not None and due.labels == {str(a), str(b)} and not due.full
+    assert due is not None and due.labels == frozenset({str(a), str(b)}) and not due.full
     assert due.changed == {str(b): frozenset({"y.png"})}, "the retried folder has no entry: scanned whole"
     changes.changed(b, b / "z.png", closed=False, now=700.0)
     full = planned.due(703.0)
-    assert full is not None and full.full and full.labels == {str(a), str(b)} and full.changed == {}
+    assert full is not None and full.full and full.labels == frozenset({str(a), str(b)}) and full.changed == {}
 
 
 def test_a_changed_ignore_file_scans_the_folder_whole(tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ def test_a_changed_ignore_file_scans_the_folder_whole(tmp_path: Path) -> None:
 
     due = planned.due(101.0)
 
-    assert due is not None and due.labels == {str(a)} and due.changed == {}
+    assert due is not None and due.labels == frozenset({str(a)}) and due.changed == {}
 
 
 def test_a_refused_key_pauses_every_folder_until_the_pause_ends_or_someone_asks(tmp_path: Path) -> None:
@@ -87,7 +87,7 @@ def test_a_refused_key_pauses_every_folder_until_the_pause_ends_or_someone_asks(
     assert planned.paused and planned.due(500.0) is None, "events wait during the pause"
     assert planned.next_deadline(500.0) == 500.0, "the loop sleeps until the pause is over, not at once"
     resumed = planned.due(1000.0)
-    assert resumed is not None and resumed.labels == {str(a)} and resumed.changed == {}, "retried whole"
+    assert resumed is not None and resumed.labels == frozenset({str(a)}) and resumed.changed == {}, "retried whole"
     assert not planned.paused and planned.paused_reason == "the key is refused", "said until a sync succeeds"
 
     planned.pause(folders, "the key is refused", 1000.0)

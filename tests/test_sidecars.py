@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import Env, image, write
-from helpers import wait_until
+from helpers import StartDaemon, wait_until
 
 from packsync.daemon.watcher import Watcher
 from packsync.sandbox.imaging import solid_png
@@ -175,7 +175,7 @@ def test_writing_a_sidecar_is_no_event_for_the_watcher(tmp_path: Path) -> None:
     assert set(seen) == {"b.png"}
 
 
-def test_a_daemon_writes_sidecars_as_metadata_arrives(daemon_env: Env, start: Any) -> None:
+def test_a_daemon_writes_sidecars_as_metadata_arrives(daemon_env: Env, start: StartDaemon) -> None:
     folder, _pack_id = mapped(daemon_env)
     start()
     write(folder / "new.png", image())

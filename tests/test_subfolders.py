@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import Env, image, write
+from helpers import StartDaemon, wait_until
 
 from packsync.errors import ExitCode
 
@@ -138,9 +139,7 @@ def test_packs_from_keys_are_checked(env: Env, options: dict[str, Any], message:
     assert message in done.stderr
 
 
-def test_the_daemon_makes_a_pack_for_a_new_subfolder(daemon_env: Env, start: Any) -> None:
-    from helpers import wait_until
-
+def test_the_daemon_makes_a_pack_for_a_new_subfolder(daemon_env: Env, start: StartDaemon) -> None:
     root = daemon_env.map("brand", packs_from="subfolders")
     write(root / "One" / "a.png", image())
     start()
@@ -261,7 +260,7 @@ def test_no_sidecar_is_written_for_an_excluded_subfolder(env: Env) -> None:
     assert not (root / "B" / "b.png.xmp").exists()
 
 
-def test_a_thumbnail_address_holds_while_subfolders_come_and_go(daemon_env: Env, start: Any) -> None:
+def test_a_thumbnail_address_holds_while_subfolders_come_and_go(daemon_env: Env, start: StartDaemon) -> None:
     import re
 
     import httpx2
@@ -272,9 +271,6 @@ def test_a_thumbnail_address_holds_while_subfolders_come_and_go(daemon_env: Env,
     base = page_url(start())
     (src,) = re.findall(r'src="(/thumb/[0-9a-f]{16}/[0-9a-f]{64})"', httpx2.get(base).text)
     write(root / "A" / "a.png", image())  # sorts first: every position after it moves
-
-    from helpers import wait_until
-
     wait_until(lambda: packs(daemon_env).get("A") == 1, timeout=15)
     answer = httpx2.get(base + src.lstrip("/"))
     assert answer.status_code == 200 and answer.content == (root / "B" / "b.png").read_bytes()

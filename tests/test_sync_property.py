@@ -88,7 +88,7 @@ class History:
             source.replace(target)
 
     def do_remove_image(self, index: int) -> None:
-        images = self.env.sandbox.pack(self.pack_id)["images"]  # type: ignore[index]
+        images = self.env.pack(self.pack_id)["images"]
         if images:
             self.env.sandbox.remove_image(self.pack_id, images[index % len(images)]["id"])
 

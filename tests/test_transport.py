@@ -27,8 +27,8 @@ from packsync.errors import (
     UploadRejected,
 )
 from packsync.remote.astria import AstriaClient
-from packsync.remote.genviral import GenviralClient, RetryPolicy
-from packsync.remote.transport import Transport
+from packsync.remote.genviral import GenviralClient
+from packsync.remote.transport import RetryPolicy, Transport
 from packsync.remote.wire import Answer, Headers, retry_after_of
 from packsync.sandbox import Account
 

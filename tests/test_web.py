@@ -18,7 +18,7 @@ from typing import Any
 import httpx2
 import pytest
 from conftest import TOKEN, Env, image, write
-from helpers import DaemonProcess, wait_until
+from helpers import DaemonProcess, StartDaemon, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from packsync.sandbox import Account
@@ -63,7 +63,7 @@ def csrf_of(html: str) -> str:
 
 
 @pytest.fixture
-def served(daemon_env: Env, start: Any) -> tuple[Env, DaemonProcess, str, str]:
+def served(daemon_env: Env, start: StartDaemon) -> tuple[Env, DaemonProcess, str, str]:
     """A daemon syncing one folder with three images, its page address and its pack id."""
     pack_id = daemon_env.sandbox.create_pack("Brand")
     folder = daemon_env.map("pics", pack_id=pack_id)
@@ -144,7 +144,10 @@ def test_metrics_parse_and_move_when_a_file_is_dropped(served: tuple[Env, Daemon
 
 def test_actions_need_the_csrf_token_and_this_origin(served: tuple[Env, DaemonProcess, str, str]) -> None:
     env, _daemon, base, pack_id = served
-    reads = lambda: env.sandbox.calls[("GET", "/packs/{id}")]  # noqa: E731
+
+    def reads() -> int:
+        return env.sandbox.calls[("GET", "/packs/{id}")]
+
     html = httpx2.get(base).text
     token = csrf_of(html)
     key = re.search(r'name="mapping" value="([0-9a-f]{16})"', html)
@@ -198,7 +201,7 @@ def test_thumbnails_only_for_files_the_state_knows(served: tuple[Env, DaemonProc
 
 
 def test_untrusted_descriptions_are_text_and_the_page_forbids_inline_script(
-        daemon_env: Env, start: Any) -> None:
+        daemon_env: Env, start: StartDaemon) -> None:
     hostile = '<script>document.title="owned"</script><img src=x onerror="alert(1)">'
     describe_every_image(daemon_env, hostile, ["<b>bold</b>"])
     pack_id = daemon_env.sandbox.create_pack("p")
@@ -213,7 +216,7 @@ def test_untrusted_descriptions_are_text_and_the_page_forbids_inline_script(
     assert "'unsafe-inline'" not in answer.headers["content-security-policy"]
 
 
-def test_a_taken_port_is_logged_and_the_daemon_syncs_on(daemon_env: Env, start: Any) -> None:
+def test_a_taken_port_is_logged_and_the_daemon_syncs_on(daemon_env: Env, start: StartDaemon) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -227,7 +230,8 @@ def test_a_taken_port_is_logged_and_the_daemon_syncs_on(daemon_env: Env, start: 
     assert daemon.proc.poll() is None
 
 
-def test_off_loopback_the_page_needs_the_password(daemon_env: Env, start: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_off_loopback_the_page_needs_the_password(daemon_env: Env, start: StartDaemon,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     daemon_env.http.update(listen="0.0.0.0:0", password_env="PACKSYNC_TEST_PASSWORD")
     monkeypatch.setenv("PACKSYNC_TEST_PASSWORD", "correct horse")
     daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"))
@@ -288,7 +292,7 @@ def test_ui_names_a_bad_listen_address(env: Env) -> None:
 # -- what a hostile review found (each failed before its fix) ---------------------------------------
 
 def test_a_thumbnail_is_served_as_the_image_its_bytes_are_never_as_its_name_says(daemon_env: Env,
-                                                                                 start: Any) -> None:
+                                                                                 start: StartDaemon) -> None:
     folder = daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"), include=["*"])
     gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00<script>alert(1)</script>;"  # an image, and HTML by its name
     write(folder / "page.html", gif)
@@ -348,7 +352,7 @@ def test_an_unchanged_view_is_304_under_the_daemon(served: tuple[Env, DaemonProc
     assert again.status_code == 304
 
 
-def test_without_the_password_health_tells_the_verdict_only(daemon_env: Env, start: Any,
+def test_without_the_password_health_tells_the_verdict_only(daemon_env: Env, start: StartDaemon,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     daemon_env.http.update(listen="0.0.0.0:0", password_env="PACKSYNC_TEST_PASSWORD")
     monkeypatch.setenv("PACKSYNC_TEST_PASSWORD", "s3cret")

@@ -116,6 +116,10 @@ class RetryPolicy(msgspec.Struct, frozen=True):
     #: an outage then ends the run in seconds, whatever the folder's size.
     breaker: int = 10
 
+    def wait_at_most(self, cap_s: float) -> RetryPolicy:
+        """This policy with no pause between two tries longer than ``cap_s``."""
+        return msgspec.structs.replace(self, backoff=msgspec.structs.replace(self.backoff, cap_s=cap_s))
+
 
 def _not_sent(route: Route | None) -> TransientError:
     """The error of a request a closed transport does not send."""
