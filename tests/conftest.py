@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import itertools
 import os
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from helpers import DaemonHere, DaemonProcess, StartDaemon, StartHere
+from zygote import Zygote
 
 from packsync.app import sync_once
 from packsync.config import Config, parse_config
@@ -41,6 +43,24 @@ def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+
+_ZYGOTES: list[Zygote | None] = []
+
+
+def _zygote() -> Zygote | None:
+    """This worker's zygote (``zygote.py``), started at its first command; None while coverage measures the
+    children (they are started the ordinary way, so that coverage starts in them)."""
+    if not _ZYGOTES:
+        import coverage
+
+        measured = coverage.Coverage.current() is not None or "COVERAGE_PROCESS_CONFIG" in os.environ \
+            or "COVERAGE_PROCESS_START" in os.environ
+        _ZYGOTES.append(None if measured else Zygote())
+        if _ZYGOTES[0] is not None:
+            atexit.register(_ZYGOTES[0].close)
+    return _ZYGOTES[0]
 
 
 @pytest.fixture
@@ -132,8 +152,11 @@ class Env:
         env = {k: v for k, v in os.environ.items() if k != "GENVIRAL_TOKEN"}
         if token is not None:
             env["GENVIRAL_TOKEN"] = token
-        return subprocess.run([sys.executable, "-m", "packsync", "-c", str(self.config_path), *args],
-                              capture_output=True, text=True, env=env, timeout=timeout)
+        command = ["-c", str(self.config_path), *args]
+        if (zygote := _zygote()) is not None:
+            return zygote.run(command, env, timeout)
+        return subprocess.run([sys.executable, "-m", "packsync", *command], capture_output=True, text=True, env=env,
+                              timeout=timeout)
 
     def pack(self, pack_id: str) -> dict[str, Any]:
         pack = self.sandbox.pack(pack_id)
