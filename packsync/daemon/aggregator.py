@@ -54,6 +54,8 @@ class Aggregator:
         self.close_grace_s = close_grace_s
         self.max_batch_wait_s = max_batch_wait_s
         self._changes: dict[Path, _Change] = {}
+        #: The quiet paths the last ``due`` handed out, per folder (relative): what its sync need look at.
+        self.quiet: dict[Path, set[str]] = {}
 
     def __len__(self) -> int:
         """How many changed paths wait."""
@@ -86,11 +88,13 @@ class Aggregator:
                     change.stat, change.last_event, change.closed = stat, now, False
             by_root[change.root].append((path, change, quiet))
         due: dict[Path, set[str]] = {}
+        self.quiet = {}
         for root, entries in by_root.items():
             waiting = now - min(change.first_event for _, change, _ in entries)
             if not (all(quiet for *_, quiet in entries) or waiting >= self.max_batch_wait_s):
                 continue
             due[root] = {str(path.relative_to(root)) for path, _, quiet in entries if not quiet}
+            self.quiet[root] = {str(path.relative_to(root)) for path, _, quiet in entries if quiet}
             for path, change, quiet in entries:
                 if quiet:
                     del self._changes[path]

@@ -264,8 +264,11 @@ class Daemon:
                                   if f.retry_at is not None and f.retry_at <= now}
             if full:  # every folder; an Astria pack only when its poll interval is up
                 labels |= {label for label, f in self.folders.items() if f.root is not None}
+            # Folders due for changes alone scan just the changed paths; one due for a retry or the rescan, all.
+            changed = {str(root): paths | due[root] for root, paths in self.changes.quiet.items()
+                       if not full and (f := self.folders.get(str(root))) is not None and f.retry_at is None}
             if full or labels:
-                await self._sync(labels, busy, full=full)
+                await self._sync(labels, busy, full=full, changed=changed)
             else:
                 self._publish()
                 await self._sleep(self._next_deadline(now))
@@ -283,7 +286,8 @@ class Daemon:
             notify("WATCHDOG=1")
             self._last_ping = now
 
-    async def _sync(self, labels: set[str] | None, busy: dict[str, set[str]], *, full: bool) -> None:
+    async def _sync(self, labels: set[str] | None, busy: dict[str, set[str]], *, full: bool,
+                    changed: dict[str, set[str]] | None = None) -> None:
         """Run the pipeline for ``labels`` (None: every mapping) as a task, staying responsive."""
         targets = [f for label, f in self.folders.items() if labels is None or label in labels]
         for folder in targets:
@@ -291,7 +295,8 @@ class Daemon:
         if full:
             self._next_full_scan = time.monotonic() + self.config.daemon.rescan_interval_s * random.uniform(0.9, 1.1)
         started = time.monotonic()
-        task = asyncio.create_task(self.app.syncer.sync(SyncOptions(wait=False), only=labels, busy=busy))
+        task = asyncio.create_task(self.app.syncer.sync(SyncOptions(wait=False), only=labels, busy=busy,
+                                                            changed=changed))
         while not task.done():
             await asyncio.wait({task}, timeout=self.tick_s)
             self._ping()
@@ -476,8 +481,7 @@ class Daemon:
             if self.paused_until or not pending:
                 continue
             try:
-                await self.app.metadata.poll(list(pending))
-                await self.app.syncer.write_sidecars()
+                await self.app.syncer.write_sidecars(await self.app.metadata.poll(list(pending)))
             except AuthError as exc:
                 self.log.warning("metadata poll refused", error=str(exc))
             except StateUnavailable as exc:

@@ -34,17 +34,22 @@ class MetadataPoller:
         self.progress = progress or Progress(enabled=False)
         self.log = get_logger()
 
-    async def poll(self, pack_ids: Collection[str]) -> None:
-        """One round: one GET per pack, copying the metadata of packsync's images that changed."""
+    async def poll(self, pack_ids: Collection[str]) -> dict[str, set[str]]:
+        """One round: one GET per pack, copying the metadata of packsync's images that changed; per pack, the
+        contents whose metadata changed (their sidecars, and nothing else, are written again)."""
         packs = await asyncio.gather(*(self.api.get_pack(p) for p in pack_ids), return_exceptions=True)
+        described: dict[str, set[str]] = {}
         for pack_id, pack in zip(pack_ids, packs, strict=True):
             if isinstance(pack, BaseException):
                 if isinstance(pack, AuthError) or not isinstance(pack, ApiError):
                     raise pack
                 self.log.warning("metadata poll failed", pack_id=pack_id, error=str(pack))
                 continue
-            self.state.metadata.update(pack_id, metadata_updates(self.state.images.managed(pack_id, details=False),
-                                                                 pack.images))
+            managed = self.state.images.managed(pack_id, details=False)
+            updates = metadata_updates(managed, pack.images)
+            self.state.metadata.update(pack_id, updates)
+            described[pack_id] = {image.sha256 for image in managed if image.image_id in updates}
+        return described
 
     async def wait(self, pack_ids: list[str], timeout_s: float, backoff: Backoff = POLL_BACKOFF) -> int:
         """Poll until packsync's images in these packs settle or ``timeout_s`` passes; returns how many did not."""

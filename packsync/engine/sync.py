@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from packsync.config import Config, MappingConfig
+from packsync.engine import changes
 from packsync.engine.download import content_of
 from packsync.engine.executor import Executor, MappingOutcome
 from packsync.engine.metadata import POLL_BACKOFF, MetadataPoller
@@ -54,6 +55,7 @@ from packsync.remote.genviral import GenviralClient
 from packsync.remote.retry import Backoff
 from packsync.sources.base import Source
 from packsync.sources.folder import FolderSource, GoneFolder
+from packsync.sources.patterns import IGNORE_FILE
 from packsync.views.progress import Progress
 
 if TYPE_CHECKING:  # sidecars are imported by the mappings that write them
@@ -94,6 +96,7 @@ class MappingReport(msgspec.Struct):
     sidecars: SidecarReport | None = None
     refused: bool = False  # the source refused the key (an Astria pack's): ``error`` says which
     unchanged: bool = False  # its scan, pack and records were those of its last plan with nothing to do
+    changed: set[str] | None = None  # the files a sync of changed paths looked at (None: all of them)
 
     @property
     def label(self) -> str:
@@ -158,10 +161,13 @@ class Syncer:
         self.log = get_logger()
 
     async def sync(self, options: SyncOptions = SyncOptions(), only: Collection[str] | None = None,
-                   busy: Mapping[str, Collection[str]] | None = None) -> SyncReport:
+                   busy: Mapping[str, Collection[str]] | None = None,
+                   changed: Mapping[str, Collection[str]] | None = None) -> SyncReport:
         """Sync every mapping (or those whose label is in ``only``) once.
 
         ``busy`` names, per mapping label, items still being written: their new content waits for a later sync.
+        ``changed`` names, per mapping label, the paths that changed: only they are scanned (``changes.py``);
+        None, or a label not in it, is a full scan.
         """
         self.api.start_run()
         result = SyncReport()
@@ -169,6 +175,8 @@ class Syncer:
         mappings = [m for m in mappings if only is None or m.label in only or self._group(m) in only]
         if busy:
             busy = {m.label: _below(busy.get(self._group(m), ()), m, self._group(m)) for m in mappings}
+        paths = {m.label: _below(changed[self._group(m)], m, self._group(m)) for m in mappings
+                 if changed is not None and self._group(m) in changed and IGNORE_FILE not in changed[self._group(m)]}
         reports = [MappingReport(m, m.pack_label) for m in mappings]
         self._check_sources(reports)
         slots = asyncio.Semaphore(MAPPINGS_AT_ONCE)
@@ -176,7 +184,8 @@ class Syncer:
         try:
             async with asyncio.TaskGroup() as group:
                 for report in live:
-                    group.create_task(self._plan(report, options, (busy or {}).get(report.label, ()), slots))
+                    group.create_task(self._plan(report, options, (busy or {}).get(report.label, ()), slots,
+                                                  paths.get(report.label)))
         except* PacksyncError as errors:
             raise first_error(errors) from None
         planned = [r for r in live if r.plan is not None]
@@ -204,24 +213,29 @@ class Syncer:
         for report in reports:
             if report.config.sidecars == "xmp" and report.config.path is not None and not report.error \
                     and not isinstance(self.sources[report.label], GoneFolder):
-                report.sidecars = await self._sidecars(report.config)
+                report.sidecars = await self._sidecars(report.config, report.changed)
             self._remember(report)
         return result
 
-    async def write_sidecars(self) -> None:
-        """Every folder mapping's sidecars, brought up to date (the daemon, once new metadata is in)."""
+    async def write_sidecars(self, described: Mapping[str, Collection[str]]) -> None:
+        """The sidecars of the files holding the contents whose metadata just came in (the daemon, after a
+        metadata round: ``described`` are those contents, per pack)."""
+        if not any(described.values()):
+            return
         for mapping in concrete(self.config, self.state):
-            if mapping.sidecars == "xmp" and mapping.path is not None and mapping.folder.is_dir():
-                report = await self._sidecars(mapping)
+            contents = described.get(recorded_pack_id(self.state, mapping) or "")
+            if contents and mapping.sidecars == "xmp" and mapping.path is not None and mapping.folder.is_dir():
+                report = await self._sidecars(mapping, self.state.files.paths_holding(mapping.label, contents))
                 for problem in report.problems:
                     self.log.warning(problem.reason, path=str(mapping.folder / problem.rel_path))
 
-    async def _sidecars(self, mapping: MappingConfig) -> SidecarReport:
-        """One pass over ``mapping``'s sidecars (one at a time: a run's and the daemon's never overlap)."""
+    async def _sidecars(self, mapping: MappingConfig, files: Collection[str] | None) -> SidecarReport:
+        """One pass over ``mapping``'s sidecars, or those of ``files`` (one at a time: a run's and the
+        daemon's never overlap)."""
         from packsync.engine.sidecars import write_sidecars
 
         async with self.sidecar_pass:
-            return await write_sidecars(mapping, self.state)
+            return await write_sidecars(mapping, self.state, files)
 
     def _remember(self, report: MappingReport) -> None:
         """What the views show of this mapping's sync: when, how it ended, and a safety stop's withheld deletes."""
@@ -239,9 +253,11 @@ class Syncer:
                                 **({} if report.last_error else {"ok_at": now}))
 
     async def _plan(self, report: MappingReport, options: SyncOptions, busy: Collection[str],
-                    slots: asyncio.Semaphore) -> None:
+                    slots: asyncio.Semaphore, changed: Collection[str] | None = None) -> None:
         """Read the pack while scanning the source, then plan; a few mappings at a time, to bound memory."""
         async with slots:
+            if changed is not None and await self._plan_changes(report, options, busy, changed):
+                return
             source, settled = self.sources[report.label], self.state.files.settled(report.label)
             folder = source if isinstance(source, FolderSource) and settled and not (busy or options.dry_run) \
                 else None
@@ -289,6 +305,27 @@ class Syncer:
             report.safety = report.plan.safety
             if report.plan.pack_id and not options.dry_run:  # what the pack read says of the AI metadata
                 self.state.metadata.update(report.plan.pack_id, report.plan.metadata)
+
+    async def _plan_changes(self, report: MappingReport, options: SyncOptions, busy: Collection[str],
+                            paths: Collection[str]) -> bool:
+        """Plan from the changed ``paths`` alone (``changes.py``); False when the mapping needs a full scan."""
+        source, mapping = self.sources[report.label], report.config
+        try:
+            seen = await changes.observe(self.state, mapping, source.filters, paths, busy) \
+                if isinstance(source, FolderSource) else None
+        except SourceUnavailable:
+            seen = None  # the full scan says why
+        if seen is None:
+            return False
+        scan = seen.partial.scan
+        if not options.dry_run:
+            self.state.files.save_paths(report.label, seen.partial.scope, seen.previous, scan.cache, scan.problems)
+        report.problems, report.hashed_files, report.excluded = scan.problems, scan.hashed_files, scan.excluded
+        report.pack_id, report.changed = seen.pack_id, {*scan.cache, *seen.partial.gone}
+        report.plan = plan_mapping(changes.restricted_input(seen, MappingOptions(
+            mapping.delete, mapping.prune_foreign, mapping.max_delete, options.force)))
+        report.safety = report.plan.safety
+        return True
 
     def _unchanged(self, report: MappingReport, read: PackRead) -> None:
         """The same scan, the same pack and the same recorded images as when the plan last had nothing

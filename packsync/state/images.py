@@ -87,9 +87,10 @@ class ImageRepository:
             IMAGES.c.pack_id == pack_id, managed_by(owner)))[0][0])
 
     def holding(self, pack_id: str, shas: Collection[str]) -> list[ManagedImage]:
-        """The images of a pack (any owner's) that hold these contents."""
+        """The images of a pack (any owner's) that hold these contents, the oldest first (as the pack lists them)."""
         return [image(*row) for batch in batches(shas) for row in self.unit.rows(
-            select(*COLUMNS).where(IMAGES.c.pack_id == pack_id, IMAGES.c.sha256.in_(batch)))]
+            select(*COLUMNS).where(IMAGES.c.pack_id == pack_id, IMAGES.c.sha256.in_(batch))
+            .order_by(IMAGES.c.added_at))]
 
     def record(self, images: Iterable[ManagedImage]) -> None:
         """Record images packsync added (or adopted); committed at once, together."""
