@@ -227,9 +227,7 @@ def scan_paths(root: Path, paths: Iterable[str], previous: Mapping[str, CachedFi
         return None
     _check_root(root)
     walk = _Walk(root, previous, filters, on_file, busy)
-    try:
-        walk.paths(scope)
-    except _NeedsFullScan:
+    if not walk.paths(scope):
         return None
     return PathsScan(walk.scan, scope, set(previous) - walk.scan.cache.keys())
 
@@ -255,10 +253,6 @@ def _outermost(paths: Iterable[str]) -> tuple[str, ...] | None:
         if not (found and path.startswith(found[-1] + "/")):
             found.append(path)
     return tuple(found)
-
-
-class _NeedsFullScan(Exception):
-    """A path cannot be judged alone: only the whole walk can say what its folder holds."""
 
 
 class _Entry(Protocol):
@@ -321,25 +315,30 @@ class _Walk:
         self.scan.listing = self._listing()
         return self.scan
 
-    def paths(self, rels: Iterable[str]) -> None:
-        """Judge these paths alone (and walk those that are folders), as the whole walk would have."""
+    def paths(self, rels: Iterable[str]) -> bool:
+        """Judge these paths alone (and walk those that are folders), as the whole walk would have; False
+        when one of them, or a folder above it, cannot be looked at (only the whole walk can tell then)."""
         for rel in rels:
             parent, _, name = rel.rpartition("/")
-            if not self._in_mapping(parent):
+            inside = self._in_mapping(parent)
+            if inside is None:
+                return False
+            if not inside:
                 continue  # below an excluded folder, or a folder gone: nothing there is the mapping's
             try:
                 entry = _PathEntry(str(self.root / rel), name)
             except (FileNotFoundError, NotADirectoryError):
                 continue  # gone: its records are what ``scan_paths`` calls gone
-            except OSError as exc:
-                raise _NeedsFullScan(rel) from exc
+            except OSError:
+                return False
             pending: list[tuple[str, str]] = []
             self._entry(entry, f"{parent}/" if parent else "", pending)
             self._walk(pending)
+        return True
 
-    def _in_mapping(self, folder: str) -> bool:
+    def _in_mapping(self, folder: str) -> bool | None:
         """Whether the full walk goes into ``folder`` (relative; "" is the root): every folder on the way
-        is a folder, not a link, and not excluded. Raises ``_NeedsFullScan`` when one cannot be looked at."""
+        is a folder, not a link, and not excluded. None when one cannot be looked at."""
         if not folder:
             return True
         if folder not in self.folders:
@@ -348,10 +347,12 @@ class _Walk:
                 mode = os.lstat(self.root / folder).st_mode
             except (FileNotFoundError, NotADirectoryError):
                 mode = 0
-            except OSError as exc:
-                raise _NeedsFullScan(folder) from exc
-            self.folders[folder] = self._in_mapping(parent) and stat.S_ISDIR(mode) \
-                and not self.filters.excluded(folder, name, True)
+            except OSError:
+                return None
+            inside = self._in_mapping(parent)
+            if inside is None:
+                return None
+            self.folders[folder] = inside and stat.S_ISDIR(mode) and not self.filters.excluded(folder, name, True)
         return self.folders[folder]
 
     def _walk(self, pending: list[tuple[str, str]]) -> None:
