@@ -3,11 +3,11 @@ the ``stat`` calls of that file and the records of the contents it touches, not 
 
 The daemon hands over the paths that changed and went quiet (``Syncer.sync(changed=...)``). ``observe``
 scans just those (``sources.folder.scan_paths``) against their records (``files.cache_for``) and reads
-what the state knows of the contents they touch: how many files of the mapping hold each
-(``files.holders``), which images of the pack hold them (``images.holding``), how many images the
-mapping manages. It writes nothing. ``restricted_input`` (pure) turns that into the planner's input for
-those contents only, so that ``plan_mapping`` decides for them what it would decide over the whole
-mapping:
+what the state knows of the contents they touch: which images of the pack hold them
+(``images.holding``) and, for a content the changed files no longer hold, how many other files of the
+mapping do (``files.holders``) and how many images the mapping manages. It writes nothing.
+``restricted_input`` (pure) turns that into the planner's input for those contents only, so that
+``plan_mapping`` decides for them what it would decide over the whole mapping:
 
 - a content a changed file holds and no image of the pack does is added;
 - a content no file of the mapping holds any more has its images deleted, by the same rules (``delete``,
@@ -50,9 +50,9 @@ class Changes(msgspec.Struct, frozen=True):
     pack_name: str
     partial: PathsScan
     previous: dict[str, CachedFile]  # the records of the partial scan's scope, as they were
-    holders: dict[str, int]  # per touched content, the files of the mapping the state says hold it
+    holders: dict[str, int]  # per content the change's files no longer hold, the files the state says hold it
     images: list[ManagedImage]  # the pack's recorded images (any mapping's) holding a touched content
-    managed: int  # every image of the pack the mapping manages
+    managed: int  # every image of the pack the mapping manages (counted only when a content may be deleted)
     witness: dict[str, CachedFile]  # some good file outside the change, to stand for the rest of the mapping
 
 
@@ -80,10 +80,6 @@ async def observe(state: State, mapping: MappingConfig, filters: Filters, paths:
     if partial is None:
         return None
     contents = touched(partial, previous)
-    holders = state.files.holders(label, contents)
-    new = {item.sha256 for item in partial.scan.items} - holders.keys()
-    if new and state.uploads.seen_in_images(new):
-        return None
     witness = {}
     if not (partial.scan.items or partial.scan.problems):
         # One good file the change did not touch stands for the rest of the mapping (at most the records
@@ -94,8 +90,17 @@ async def observe(state: State, mapping: MappingConfig, filters: Filters, paths:
             return None
         witness = dict([min(witness.items())])
         contents |= _held(witness).keys()
-    return Changes(label, pack_id, mapping.pack or record.pack_name or "", partial, previous, holders,
-                   state.images.holding(pack_id, contents), state.images.count(pack_id, label), witness)
+    images = state.images.holding(pack_id, contents)
+    new = {item.sha256 for item in partial.scan.items} - {image.sha256 for image in images}
+    if new and state.uploads.seen_in_images(new):
+        return None
+    # Only a content the change's files no longer hold may lose its images: only then are the other files
+    # holding it counted, and the images the mapping manages (a drop into 100,000 files counts neither).
+    lost = _held(previous).keys() - {item.sha256 for item in partial.scan.items} - partial.scan.keep
+    holders = state.files.holders(label, lost) if lost else {}
+    managed = state.images.count(pack_id, label) if lost else 0
+    return Changes(label, pack_id, mapping.pack or record.pack_name or "", partial, previous, holders, images,
+                   managed, witness)
 
 
 def restricted_input(changes: Changes, options: MappingOptions) -> MappingInput:
