@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import TOKEN, Env, image, write
 from helpers import state_rows, wait_until
+from test_state import stat_key_row
 
 from packsync.errors import ExitCode
 from packsync.state.tables import SCHEMA_VERSION
@@ -418,8 +419,10 @@ def _as_made_by_sqlmodel(state: Path) -> None:
             columns = [row[1] for row in new.execute(f"PRAGMA table_info({table})")]  # those it had then
             if not columns:  # a table (or index) from after that version
                 continue
+            rows = map(stat_key_row, old.execute("SELECT * FROM files")) if table == "files" else \
+                old.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
             new.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                            old.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall())
+                            rows)
         new.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
     for leftover in state.parent.glob(state.name + "-*"):
         leftover.unlink()
