@@ -36,6 +36,7 @@ import bad_input  # noqa: E402
 import daemon_scenarios  # noqa: E402
 import first_sync  # noqa: E402
 import hashing  # noqa: E402
+import incremental  # noqa: E402
 import metadata_polling  # noqa: E402
 import noop_rerun  # noqa: E402
 import pull  # noqa: E402
@@ -52,6 +53,8 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "hashing": hashing.run,
     "daemon-drop": daemon_scenarios.run_drops,
     "daemon-burst": daemon_scenarios.run_burst,
+    "daemon-drop-100k": incremental.run_drop_100k,
+    "sidecar-round": incremental.run_sidecar_round,
     "metadata": metadata_polling.run,
     "bad-input": bad_input.run,
     "adoption": adoption.run,

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections import Counter
 from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
@@ -34,6 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from packsync.sandbox import Account, Faults, Sandbox
+from packsync.sandbox.store import ENRICH_MODEL, _Image
 
 TOKEN = "gva_bench_key.not-a-real-secret"
 SCOPE = "ws-bench"
@@ -105,6 +107,22 @@ class RecordingSandbox(Sandbox):
                 raise RuntimeError(f"the sandbox did not settle pack {pack_id} within {timeout} s")
             time.sleep(0.05)
 
+    def seed_settled(self, pack_id: str, names: list[str], description: str,
+                     keywords: list[str]) -> list[tuple[str, str]]:
+        """Images put straight into a pack, one per name, their AI metadata completed already (as a sync
+        long finished leaves them; their URLs serve nothing): (image id, URL) of each, in order."""
+        final = {"status": "completed", "description": description, "keywords": keywords, "model": ENRICH_MODEL,
+                 "generated_at": "2026-01-01T00:00:00.000Z", "error": None}
+        seeded = []
+        with self.store.lock:
+            pack = self.store._packs[pack_id]
+            for name in names:
+                image = _Image(str(uuid.uuid4()), f"{self.base_url}/cdn/{uuid.uuid4().hex}.png", name, "image/png",
+                               time.time(), self.store._next_seq(), dict(final))
+                pack.images.append(image)
+                seeded.append((image.id, image.url))
+        return seeded
+
     def image_count(self, pack_id: str) -> int:
         """The images in a pack, without building the pack's answer: the bench polls this while packsync
         runs, and must not cost the sandbox more than an answer's worth of CPU per poll."""
@@ -165,6 +183,7 @@ REMOTE = frozenset({
     "calls", "reset_calls", "set_latency", "forget_arrivals", "arrivals_of", "last_arrival", "wait_for_arrival",
     "new_pack", "settle", "image_count", "pending_metadata", "image_urls", "pack", "packs", "add_uploaded",
     "astria_set_users", "astria_add_pack", "astria_add_image", "save_snapshot", "load_snapshot", "cpu_now",
+    "seed_settled",
 })
 
 
@@ -336,6 +355,11 @@ class SandboxProcess:
 
     def add_uploaded(self, pack_id: str, data: bytes, file_name: str = "image.png") -> str:
         return str(self._call("add_uploaded", pack_id, data, file_name))
+
+    def seed_settled(self, pack_id: str, names: list[str], description: str,
+                     keywords: list[str]) -> list[tuple[str, str]]:
+        seeded: list[tuple[str, str]] = self._call("seed_settled", pack_id, names, description, keywords)
+        return seeded
 
     def save_snapshot(self, path: Path) -> None:
         self._call("save_snapshot", path)

@@ -99,6 +99,22 @@ class Scan(msgspec.Struct):
     retry: bool = False
 
 
+class PathsScan(msgspec.Struct):
+    """What a scan of some paths of a source found (``Source.scan_paths``), a folder among them with
+    everything below it.
+
+    ``scan`` holds the items, problems, kept contents and cache records of those paths only (no
+    ``listing``: it is not the whole source's). ``scope`` are the paths looked at, each standing for
+    itself and everything below it: the records and the problems on record there are replaced by
+    ``scan``'s. ``gone`` are the recorded paths in scope the folder no longer holds as files of the
+    mapping (removed, renamed away, excluded now).
+    """
+
+    scan: Scan
+    scope: tuple[str, ...]
+    gone: set[str]
+
+
 class Blob(msgspec.Struct, frozen=True):
     """An upload of some content to Genviral's storage, possibly half done."""
 

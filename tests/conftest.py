@@ -8,7 +8,7 @@ import itertools
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 from helpers import DaemonHere, DaemonProcess, StartDaemon, StartHere
 from zygote import Zygote
 
-from packsync.app import sync_once
+from packsync.app import open_app, sync_once
 from packsync.config import Config, parse_config
 from packsync.daemon.timing import Timing
 from packsync.engine.sync import SyncOptions, SyncReport
@@ -146,6 +146,16 @@ class Env:
         options.setdefault("wait", False)
         options.setdefault("poll_start_s", 0.05)
         return asyncio.run(sync_once(self.config(), token, SyncOptions(**options), Progress(enabled=False)))
+
+    def sync_changed(self, folder: Path, paths: Collection[str], **options: Any) -> SyncReport:
+        """One in-process sync as the daemon runs it when ``paths`` of the mapped ``folder`` changed."""
+        options.setdefault("wait", False)
+        options.setdefault("poll_start_s", 0.05)
+
+        async def run() -> SyncReport:
+            async with open_app(self.config(), TOKEN) as app:
+                return await app.syncer.sync(SyncOptions(**options), changed={str(folder): set(paths)})
+        return asyncio.run(run())
 
     def cli(self, *args: str, token: str | None = TOKEN, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run the real `packsync` command in a child process."""

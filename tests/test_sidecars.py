@@ -4,6 +4,8 @@ them; written again only when needed; removed with their file when packsync alon
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import shutil
 import subprocess
@@ -11,12 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Env, image, write
+from conftest import TOKEN, Env, image, write
 from helpers import StartDaemon, wait_until
 
+from packsync.app import open_app
 from packsync.daemon.watcher import Watcher
+from packsync.engine.actions import SidecarPass
+from packsync.engine.sidecars import RemoveSidecar, WriteSidecar, plan_sidecars
 from packsync.sandbox.imaging import solid_png
 from packsync.sources.folder import Filters
+from packsync.state.records import SidecarRecord
 from packsync.xmp import Fields, read_fields, render, without_ours
 
 EXIFTOOL = shutil.which("exiftool")
@@ -183,6 +189,61 @@ def test_a_daemon_writes_sidecars_as_metadata_arrives(daemon_env: Env, start: St
     wait_until(lambda: (folder / "new.png.xmp").exists(), timeout=20, what="the sidecar")
     description, _keywords = read_fields((folder / "new.png.xmp").read_bytes())
     assert description and description.startswith("A 8×8")
+
+
+def test_sidecars_are_planned_for_the_files_named_alone() -> None:
+    """What changed names the files whose sidecars are looked at: the others' are left unread; a file
+    with no completed metadata any more has its sidecar removed (if the file is gone, when it runs)."""
+    fields = {rel: Fields(f"img-{rel}", "d", ("k",), None) for rel in ("a.png", "b.png", "c.png")}
+    recorded = {"a.png": SidecarRecord("x", 1, 1), "gone.png": SidecarRecord("y", 1, 1)}
+
+    plan = plan_sidecars("/m", Path("/m"), "full", fields, recorded, files={"b.png", "gone.png"})
+
+    assert [(type(a), a.file) for a in plan.actions] == [(WriteSidecar, "b.png"), (RemoveSidecar, "gone.png")]
+    assert [a.describe() for a in plan.actions] == [
+        {"kind": "write-sidecar", "mapping": "/m", "file": "b.png", "image": "img-b.png"},
+        {"kind": "remove-sidecar", "mapping": "/m", "file": "gone.png", "image": None}]
+    assert len(plan_sidecars("/m", Path("/m"), "full", fields, recorded).actions) == 4, "a full pass: every file"
+
+
+def test_a_sync_of_changed_paths_writes_the_sidecars_of_those_files_alone(env: Env) -> None:
+    """A daemon sync of a dropped file plans the sidecar of that file and no other: a sidecar someone
+    removed meanwhile is put back by the next full sync, the truth, not by every change."""
+    folder, _pack_id = mapped(env)
+    write(folder / "a.png", image())
+    env.sync(wait=True)
+    (folder / "a.png.xmp").unlink()
+    write(folder / "b.png", image())
+
+    report = env.sync_changed(folder, ["b.png"], wait=True)
+
+    plan = report.mappings[0].plan
+    assert plan and [a.files for a in plan.of(SidecarPass)] == [frozenset({"b.png"})]
+    assert (folder / "b.png.xmp").exists() and not (folder / "a.png.xmp").exists()
+    env.sync(wait=True)
+    assert (folder / "a.png.xmp").exists()
+
+
+def test_a_metadata_round_writes_the_sidecars_of_the_images_it_described_alone(env: Env) -> None:
+    """A metadata round reads the images still waiting (none of the settled ones) and writes the sidecars
+    of the files holding those whose metadata arrived, and no other file's."""
+    folder, pack_id = mapped(env)
+    write(folder / "a.png", image())
+    env.sync(wait=True)
+    data = write(folder / "b.png", image()).read_bytes()
+    env.sync()  # b's image added; its metadata comes later
+    (folder / "a.png.xmp").unlink()  # (a full sync's sidecar pass would put it back)
+    wait_until(lambda: all(i["metadata"]["status"] == "completed" for i in env.pack(pack_id)["images"]),
+               timeout=10, what="the sandbox's metadata")
+
+    async def round_() -> dict[str, set[str]]:
+        async with open_app(env.config(), TOKEN) as app:
+            described = await app.metadata.poll([pack_id])
+            await app.syncer.write_sidecars(described)
+            return described
+
+    assert asyncio.run(round_()) == {pack_id: {hashlib.sha256(data).hexdigest()}}
+    assert (folder / "b.png.xmp").exists() and not (folder / "a.png.xmp").exists()
 
 
 @needs_exiftool

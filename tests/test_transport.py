@@ -461,3 +461,21 @@ def test_a_sync_starting_leaves_a_metadata_round_s_budget_and_breaker_alone(env:
 
     assert (left_in_round, left_in_sync) == (4, 5)
     assert env.sandbox.calls[("GET", "/packs/{id}")] == 2, "the route the round gave up on was not tried again"
+
+
+def test_a_metadata_round_decodes_the_images_it_asks_about_alone() -> None:
+    """``GET /packs/{id}`` for a metadata round: the images asked about are decoded, the others skipped
+    over unread (a pack of 100,000 costs what waits); one asked about that is not as documented sends
+    the answer to the full check."""
+    from packsync.model import Metadata
+    from packsync.remote import answers
+
+    body = json.dumps({"ok": True, "data": {"id": "p", "images": [
+        {"id": "a", "url": "https://cdn.example/a.png", "metadata": {"status": "completed", "description": "d",
+                                                                     "keywords": ["k"], "generated_at": "x"}},
+        {"id": "b", "url": "https://cdn.example/b.png", "metadata": "not an object"}]}}).encode()
+
+    assert answers.pack_metadata(body, {"a", "not-in-the-pack"}) == {"a": Metadata("completed", "d", ("k",))}
+    assert answers.pack_metadata(body, {"b"}) is None
+    without_id = body.replace(b'"id": "b", ', b"")
+    assert answers.pack_metadata(without_id, {"a"}) is None, "an image without its id is never skipped over"

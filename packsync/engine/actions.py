@@ -150,6 +150,23 @@ class RecordScan(Action, frozen=True):
             run.state.files.save_settled(self.mapping, self.settled)
 
 
+class RecordPaths(Action, frozen=True):
+    """What a scan of some paths saw (``Source.scan_paths``): their records and problems, and those below
+    them (``scope``), replace what ``previous`` says was there; nothing else of the source changes."""
+
+    kind: ClassVar[str] = "record-paths"
+    order: ClassVar[int] = 1
+    work: ClassVar[bool] = False
+
+    scope: tuple[str, ...]
+    previous: dict[str, CachedFile]
+    cache: dict[str, CachedFile]
+    problems: list[Problem]
+
+    async def apply(self, run: Run) -> None:
+        run.state.files.save_paths(self.mapping, self.scope, self.previous, self.cache, self.problems)
+
+
 class RecordMetadata(Action, frozen=True):
     """The AI metadata the pack read reports for packsync's images, where it changed."""
 
@@ -311,7 +328,12 @@ class WithheldDelete(DeleteImage, frozen=True):
 # -- after the metadata wait ------------------------------------------------------------------------
 
 class SidecarPass(Action, frozen=True):
-    """Bring the XMP sidecars of the mapping's files up to date with the metadata in the state."""
+    """Bring the XMP sidecars of the mapping's files up to date with the metadata in the state: of every
+    file (``files`` None: a full sync's, the truth that also notices a sidecar someone else edited), or
+    of ``files`` alone (those a sync of changed paths looked at, or holding an image whose metadata just
+    arrived). Planned when it runs, after the metadata wait: ``sidecars.plan_sidecars`` makes a
+    ``WriteSidecar`` or ``RemoveSidecar`` per file from the state as it is then; their file work runs in
+    a worker thread, and what was written is recorded here."""
 
     kind: ClassVar[str] = "sidecars"
     phase: ClassVar[Phase | None] = "finish"
@@ -319,9 +341,17 @@ class SidecarPass(Action, frozen=True):
     work: ClassVar[bool] = False
 
     config: MappingConfig
+    files: frozenset[str] | None = None
 
     async def apply(self, run: Run) -> None:
-        run.outcome.sidecars = await run.sidecars(self.config)
+        from packsync.engine import sidecars  # (imported by the mappings that write sidecars alone)
+
+        async with run.sidecar_pass:  # one pass at a time: a sync's and the metadata loop's
+            planned = sidecars.observe(run.state, self.config, self.files)
+            report = await sidecars.apply(planned.actions)
+            run.state.files.save_sidecars(self.mapping, report.records, report.forgotten)
+        report.problems[:0] = planned.problems
+        run.outcome.sidecars = report
 
 
 class RecordSync(Action, frozen=True):

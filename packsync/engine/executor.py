@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
-from packsync.config import MappingConfig
 from packsync.engine.actions import Action, AddImage, Phase, Upload
 from packsync.engine.packs import PackResolver
 from packsync.engine.planner import MappingPlan, Plan
@@ -81,7 +80,7 @@ class Run:
         self.pack_name = plan.pack_name
         self.log = executor.log.bind(pack=plan.pack_name)
         self.url_of = executor.url_of
-        self.sidecars = executor.sidecars
+        self.sidecar_pass = executor.sidecar_pass
         self._executor = executor
 
     @property
@@ -105,14 +104,13 @@ class Run:
 
 class Executor:
     def __init__(self, api: GenviralClient, state: State, packs: PackResolver, sources: Mapping[str, Source],
-                 progress: ProgressObserver = QUIET,
-                 sidecars: Callable[[MappingConfig], Awaitable[SidecarReport]] | None = None) -> None:
+                 progress: ProgressObserver = QUIET, sidecar_pass: asyncio.Lock | None = None) -> None:
         self.api = api
         self.state = state
         self.packs = packs
         self.sources = sources
         self.progress = progress
-        self._sidecars = sidecars
+        self.sidecar_pass = sidecar_pass or asyncio.Lock()  # the Syncer's: shared with the metadata loop
         self.log = get_logger()
         self._uploads: dict[str, asyncio.Task[str]] = {}
         self._urls: dict[str, str] = {}
@@ -148,10 +146,6 @@ class Executor:
         with self.state.write_behind():
             for mapping, outcome in zip(plan.mappings, outcomes, strict=True):
                 await _in_turn(Run(self, mapping, outcome), "finish")
-
-    async def sidecars(self, mapping: MappingConfig) -> SidecarReport:
-        assert self._sidecars is not None, "a plan with sidecars needs the sidecar pass"
-        return await self._sidecars(mapping)
 
     async def _bounded(self, run: Run, phase: Phase) -> None:
         await _bounded((a for a in run.plan.actions if a.phase == phase), lambda a: _once(run, a),

@@ -2,7 +2,8 @@
 
 Genviral has no webhook: metadata is read by polling ``GET /packs/{id}``, which returns every image
 of a pack at once. So a round is one GET per pack that still has pending images, whatever their
-number, and rounds back off while nothing settles. ``run`` waits with ``wait``; the daemon calls
+number, and rounds back off while nothing settles. Of that answer only the pending images are decoded
+and compared (the state knows which: ``images.unsettled``). ``run`` waits with ``wait``; the daemon calls
 ``poll`` from its own supervised loop.
 """
 
@@ -34,17 +35,25 @@ class MetadataPoller:
         self.progress = progress
         self.log = get_logger()
 
-    async def poll(self, pack_ids: Collection[str]) -> None:
-        """One round: one GET per pack, copying the metadata of packsync's images that changed."""
-        packs = await asyncio.gather(*(self.api.get_pack(p) for p in pack_ids), return_exceptions=True)
-        for pack_id, pack in zip(pack_ids, packs, strict=True):
-            if isinstance(pack, BaseException):
-                if isinstance(pack, AuthError) or not isinstance(pack, ApiError):
-                    raise pack
-                self.log.warning("metadata poll failed", pack_id=pack_id, error=str(pack))
+    async def poll(self, pack_ids: Collection[str]) -> dict[str, set[str]]:
+        """One round: one GET per pack, copying the metadata of packsync's images that still wait for it;
+        per pack, the contents whose metadata changed (their sidecars, and nothing else, are written
+        again). A round costs what waits: those images alone are read from the state and decoded from
+        the answer, however many settled ones the pack holds beside them."""
+        waiting = {pack_id: images for pack_id in pack_ids if (images := self.state.images.unsettled(pack_id))}
+        reads = await asyncio.gather(*(self.api.pack_metadata(pack_id, [i.image_id for i in images])
+                                       for pack_id, images in waiting.items()), return_exceptions=True)
+        described: dict[str, set[str]] = {}
+        for (pack_id, images), read in zip(waiting.items(), reads, strict=True):
+            if isinstance(read, BaseException):
+                if isinstance(read, AuthError) or not isinstance(read, ApiError):
+                    raise read
+                self.log.warning("metadata poll failed", pack_id=pack_id, error=str(read))
                 continue
-            self.state.metadata.update(pack_id, metadata_updates(self.state.images.managed(pack_id, details=False),
-                                                                 pack.images))
+            updates = metadata_updates(images, read)
+            self.state.metadata.update(pack_id, updates)
+            described[pack_id] = {image.sha256 for image in images if image.image_id in updates}
+        return described
 
     async def wait(self, pack_ids: list[str], timeout_s: float, backoff: Backoff = POLL_BACKOFF) -> int:
         """Poll until packsync's images in these packs settle or ``timeout_s`` passes; returns how many did not."""

@@ -182,13 +182,12 @@ def _name(item: ContentItem) -> str:
     return item.name or item.key
 
 
-def metadata_updates(managed: Iterable[ManagedImage], remote: Iterable[RemoteImage]) -> dict[str, Metadata]:
+def metadata_updates(managed: Iterable[ManagedImage], current: Mapping[str, Metadata]) -> dict[str, Metadata]:
     """The recorded images whose AI metadata the pack now reports differently, with the new metadata.
 
     Settled metadata (completed or failed) is final, so for a settled record only a change of status
     counts: the records need not carry their descriptions to be compared.
     """
-    current = {image.image_id: image.metadata for image in remote}
     updates = {}
     for image in managed:
         new = current.get(image.image_id)
@@ -226,7 +225,7 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
     remote_images = remote.images if remote else ()
     present = {image.image_id for image in remote_images}
     plan.actions += [ForgetImage(source.label, image) for image in source.managed if image.image_id not in present]
-    metadata = metadata_updates(source.managed, remote_images)
+    metadata = metadata_updates(source.managed, {image.image_id: image.metadata for image in remote_images})
     if remote and metadata:
         plan.actions.append(RecordMetadata(source.label, remote.pack_id, metadata))
 

@@ -6,7 +6,13 @@ replaces its own fields only). When the image file is gone, its sidecar goes too
 wrote it. A sidecar packsync cannot read is left as it is and reported. Writes are atomic (a temporary
 file beside it, fsync'ed, renamed over it).
 
-What to do is decided on the event loop against the state; the file work runs in a worker thread.
+Deciding and doing are apart. ``plan_sidecars`` (pure) makes ``WriteSidecar`` and ``RemoveSidecar``
+actions from what the state holds: for every file of a mapping on a full pass (a full sync, the truth
+that also notices a sidecar someone else edited), or only for the files whose image metadata or file
+changed (``files``: what a daemon sync or a metadata round touched, so that a round where nothing
+changed reads nothing). ``observe`` reads those inputs from the state; ``apply`` does the file work in
+a worker thread and returns the records to save (``SidecarReport``). The executor's ``sidecars``
+action (``actions.SidecarPass``) runs the three and records the outcome.
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ import json
 import os
 import secrets
 import stat
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
 
 from packsync.config import MappingConfig
 from packsync.errors import XmpError
@@ -33,11 +42,58 @@ if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State
 
 
+class WriteSidecar(msgspec.Struct, frozen=True):
+    """Bring the sidecar of ``file`` (below ``root``) to say ``fields``; left as it is when it already
+    does and nobody changed it since packsync wrote it (``recorded``)."""
+
+    kind: ClassVar[str] = "write-sidecar"
+    mapping: str
+    root: str
+    file: str
+    naming: str
+    fields: Fields
+    recorded: SidecarRecord | None = None
+
+    @property
+    def path(self) -> Path:
+        return sidecar_path(Path(self.root) / self.file, self.naming)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "mapping": self.mapping, "file": self.file, "image": self.fields.image_id}
+
+
+class RemoveSidecar(msgspec.Struct, frozen=True):
+    """``file`` has no completed metadata any more: if the file itself is gone, so goes its sidecar (if
+    packsync alone wrote it and no other file's sidecar has its name, ``shared``)."""
+
+    kind: ClassVar[str] = "remove-sidecar"
+    mapping: str
+    root: str
+    file: str
+    naming: str
+    shared: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "mapping": self.mapping, "file": self.file, "image": None}
+
+
+SidecarAction = WriteSidecar | RemoveSidecar
+
+
+class SidecarPlan(msgspec.Struct):
+    """What one pass over a mapping's sidecars does, and the sidecars it leaves alone on purpose."""
+
+    actions: list[SidecarAction] = msgspec.field(default_factory=list)
+    problems: list[Problem] = msgspec.field(default_factory=list)
+
+
 @dataclass
 class SidecarReport:
     written: int = 0
     removed: int = 0
     problems: list[Problem] = field(default_factory=list)  # a sidecar left alone, and why
+    records: dict[str, SidecarRecord] = field(default_factory=dict)  # by file: the sidecars to record
+    forgotten: list[str] = field(default_factory=list)  # files whose sidecar record goes
 
 
 def sidecar_path(file: Path, naming: str) -> Path:
@@ -55,99 +111,128 @@ def digest(fields: Fields) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+def plan_sidecars(mapping: str, root: Path, naming: str, wanted: Mapping[str, Fields],
+                  recorded: Mapping[str, SidecarRecord], files: Collection[str] | None = None) -> SidecarPlan:
+    """The actions that bring the sidecars of ``mapping``'s files (below ``root``) up to date. Pure.
+
+    ``wanted`` says, per file, what its sidecar should say (its image's completed metadata); ``recorded``
+    what packsync wrote. With ``files``, only those files are looked at (the others did not change);
+    ``wanted`` and ``recorded`` must then hold them, and any file sharing a stem sidecar with one of them.
+    """
+    plan = SidecarPlan()
+    holders: dict[PurePosixPath, str] = {}
+    for rel, fields in sorted(wanted.items()):
+        path = _named(rel, naming)
+        if path in holders:  # IMG_1.jpg and IMG_1.png with sidecar_name = "stem"
+            if files is None or rel in files:
+                plan.problems.append(Problem(str(path), f"sidecar not written for {rel}: it belongs to "
+                                                        f"{holders[path]}", notice=True))
+            continue
+        holders[path] = rel
+        if files is None or rel in files:
+            plan.actions.append(WriteSidecar(mapping, str(root), rel, naming, fields, recorded.get(rel)))
+    for rel in sorted(recorded.keys() - wanted.keys()):
+        if files is None or rel in files:
+            plan.actions.append(RemoveSidecar(mapping, str(root), rel, naming, _named(rel, naming) in holders))
+    return plan
+
+
+def _named(rel: str, naming: str) -> PurePosixPath:
+    file = PurePosixPath(rel)
+    return file.with_name(file.name + ".xmp") if naming == "full" else file.with_suffix(".xmp")
+
+
+def observe(state: State, mapping: MappingConfig, files: Collection[str] | None = None) -> SidecarPlan:
+    """Plan ``mapping``'s sidecars from the state: every file's (``files`` None), or only those of ``files``
+    (and of the files sharing a stem sidecar with one of them)."""
+    label = mapping.label
+    pack_id = recorded_pack_id(state, mapping)
+    if files is None:
+        holding = dict(state.files.page(label))
+        recorded = state.files.sidecars(label)
+    else:
+        looked_at = set(files) | (state.files.same_stem(label, files) if mapping.sidecar_name == "stem" else set())
+        holding = state.files.contents_at(label, looked_at)
+        recorded = state.files.sidecars(label, looked_at)
+    described = {image.sha256: image for image in (state.images.holding(pack_id, {s for s in holding.values() if s})
+                                                   if pack_id else [])
+                 if image.owner in (label, "") and image.metadata.status == "completed"}
+    wanted = {rel: fields_of(described[sha]) for rel, sha in holding.items() if sha in described}
+    return plan_sidecars(label, mapping.folder, mapping.sidecar_name, wanted, recorded, files)
+
+
+async def apply(actions: Sequence[SidecarAction]) -> SidecarReport:
+    """Carry out one mapping's sidecar actions in a worker thread (none while its folder is not there: an
+    unmounted share); the report holds what to record (``FileRepository.save_sidecars(label,
+    report.records, report.forgotten)``, the ``sidecars`` action's)."""
+    report = SidecarReport()
+    if actions:
+        await asyncio.to_thread(_apply, actions, report)
+    return report
+
+
 async def write_beside(root: Path, naming: str, wanted: dict[str, Fields]) -> SidecarReport:
     """Sidecars for files below ``root`` that packsync keeps no record of (``packsync pull``'s): each is
     merged again, and written only when that changes it."""
-    work = _Work(root, naming, wanted, {})
-    await asyncio.to_thread(work.run)
-    return work.report
+    plan = plan_sidecars(str(root), root, naming, wanted, {})
+    report = await apply(plan.actions)
+    report.problems[:0] = plan.problems
+    return report
 
 
-async def write_sidecars(mapping: MappingConfig, state: State) -> SidecarReport:
-    """Bring the sidecars of ``mapping``'s files up to date with the AI metadata in the state."""
-    label = mapping.label
-    pack_id = recorded_pack_id(state, mapping)
-    files = state.files.page(label)
-    described = {image.sha256: image for image in (state.images.holding(pack_id, {sha for _, sha in files if sha})
-                                                   if pack_id else [])
-                 if image.owner in (label, "") and image.metadata.status == "completed"}
-    wanted = {rel: fields_of(described[sha]) for rel, sha in files if sha in described}
-    recorded = state.files.sidecars(label)
-    work = _Work(mapping.folder, mapping.sidecar_name, wanted, recorded)
-    await asyncio.to_thread(work.run)
-    state.files.save_sidecars(label, work.written, work.forgotten)
-    return work.report
+def _apply(actions: Sequence[SidecarAction], report: SidecarReport) -> None:
+    if not os.path.isdir(actions[0].root):
+        return
+    for action in actions:
+        if isinstance(action, WriteSidecar):
+            _write(action, report)
+        else:
+            _remove(action, report)
 
 
-@dataclass
-class _Work:
-    """The file side of one pass: what was written (to record) and forgotten (to drop from the state)."""
+def _write(action: WriteSidecar, report: SidecarReport) -> None:
+    path = action.path
+    said = digest(action.fields)
+    try:
+        st: os.stat_result | None = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        _problem(report, action, f"cannot read it ({exc.strerror})")
+        return
+    record = action.recorded
+    if record and st and (record.digest, record.size, record.mtime_ns) == (said, st.st_size, st.st_mtime_ns):
+        return  # as packsync left it, and nothing new to say
+    if st and not stat.S_ISREG(st.st_mode):
+        _problem(report, action, "left alone: a link or not a file", notice=True)
+        return
+    try:
+        existing = _read(path, st)
+        data = render(action.fields, existing)
+        if data != existing:
+            if not _atomic_write(path, data, st):
+                return  # someone else wrote it meanwhile: merged next time, never overwritten now
+            report.written += 1
+        st = path.stat()
+    except XmpError as exc:
+        _problem(report, action, f"not changed: {exc}")
+        return
+    except OSError as exc:
+        _problem(report, action, f"cannot write it ({exc.strerror})")
+        return
+    report.records[action.file] = SidecarRecord(said, st.st_size, st.st_mtime_ns)
 
-    root: Path
-    naming: str
-    wanted: dict[str, Fields]
-    recorded: dict[str, SidecarRecord]
-    written: dict[str, SidecarRecord] = field(default_factory=dict)
-    forgotten: list[str] = field(default_factory=list)
-    report: SidecarReport = field(default_factory=SidecarReport)
 
-    def run(self) -> None:
-        holders: dict[Path, str] = {}
-        for rel, fields in sorted(self.wanted.items()):
-            path = sidecar_path(self.root / rel, self.naming)
-            if path in holders:  # IMG_1.jpg and IMG_1.png with sidecar_name = "stem"
-                self._problem(path, f"not written for {rel}: it belongs to {holders[path]}", notice=True)
-                continue
-            holders[path] = rel
-            self._write(rel, fields)
-        for rel in self.recorded.keys() - self.wanted.keys():
-            self._remove(rel, holders)
+def _remove(action: RemoveSidecar, report: SidecarReport) -> None:
+    if os.path.lexists(Path(action.root) / action.file):
+        return  # still there (its content changed, say): the sidecar is brought up to date later
+    report.forgotten.append(action.file)
+    if not action.shared and remove_if_ours(sidecar_path(Path(action.root) / action.file, action.naming)):
+        report.removed += 1
 
-    def _write(self, rel: str, fields: Fields) -> None:
-        path = sidecar_path(self.root / rel, self.naming)
-        said = digest(fields)
-        try:
-            st: os.stat_result | None = os.lstat(path)
-        except FileNotFoundError:
-            st = None
-        except OSError as exc:
-            self._problem(path, f"cannot read it ({exc.strerror})")
-            return
-        record = self.recorded.get(rel)
-        if record and st and (record.digest, record.size, record.mtime_ns) == (said, st.st_size, st.st_mtime_ns):
-            return  # as packsync left it, and nothing new to say
-        if st and not stat.S_ISREG(st.st_mode):
-            self._problem(path, "left alone: a link or not a file", notice=True)
-            return
-        try:
-            existing = _read(path, st)
-            data = render(fields, existing)
-            if data != existing:
-                if not _atomic_write(path, data, st):
-                    return  # someone else wrote it meanwhile: merged next time, never overwritten now
-                self.report.written += 1
-            st = path.stat()
-        except XmpError as exc:
-            self._problem(path, f"not changed: {exc}")
-            return
-        except OSError as exc:
-            self._problem(path, f"cannot write it ({exc.strerror})")
-            return
-        self.written[rel] = SidecarRecord(said, st.st_size, st.st_mtime_ns)
 
-    def _remove(self, rel: str, holders: dict[Path, str]) -> None:
-        """The file has no completed metadata now: if the file itself is gone, so goes its sidecar (if
-        packsync alone wrote it, and no other file's sidecar has its name; one with someone else's
-        fields, or a link, is left as it is)."""
-        if os.path.lexists(self.root / rel):
-            return  # still there (its content changed, say): the sidecar is brought up to date later
-        self.forgotten.append(rel)
-        path = sidecar_path(self.root / rel, self.naming)
-        if path not in holders and remove_if_ours(path):
-            self.report.removed += 1
-
-    def _problem(self, path: Path, reason: str, *, notice: bool = False) -> None:
-        self.report.problems.append(Problem(str(path.relative_to(self.root)), f"sidecar {reason}", notice))
+def _problem(report: SidecarReport, action: WriteSidecar, reason: str, *, notice: bool = False) -> None:
+    report.problems.append(Problem(str(action.path.relative_to(action.root)), f"sidecar {reason}", notice))
 
 
 def remove_if_ours(path: Path) -> bool:

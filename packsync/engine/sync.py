@@ -9,6 +9,11 @@ or remembered, adds, deletes, withheld deletes, the scan and metadata records, t
 mapping's "last sync" record — and the executor alone carries it out and writes the state. A dry
 run returns the plan unexecuted. A mapping whose inputs are those of its last plan with nothing to
 do (``_fingerprint``) is not planned again, and its pack's answer is not decoded.
+
+A daemon sync names the paths that changed (``changed``): a folder's mapping then has its source scan
+those alone and is planned for the contents they touch (``changes.py``), with no walk, pack read or
+cache load; the records of those paths are a ``record-paths`` action, and the sidecars pass covers the
+files looked at. Whatever that cannot decide falls back to the full scan, which stays the truth.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from packsync.config import Config, MappingConfig
+from packsync.engine import changes as incremental
 from packsync.engine.actions import (
     Action,
     RecordDownloads,
+    RecordPaths,
     RecordScan,
     RecordSync,
     RenamePack,
@@ -104,6 +111,7 @@ class MappingReport(msgspec.Struct):
     excluded: list[tuple[str, str]] = msgspec.field(default_factory=list)  # (path, the exclude pattern), from the scan
     refused: bool = False  # the source refused the key (an Astria pack's): ``error`` says which
     unchanged: bool = False  # its scan, pack and records were those of its last plan with nothing to do
+    changed: frozenset[str] | None = None  # the files a sync of changed paths looked at (None: all of them)
     #: What observing found to record whatever the plan (the scan, the downloads' contents).
     records: list[Action] = msgspec.field(default_factory=list)
 
@@ -216,7 +224,7 @@ class Syncer:
                             ("deleted", sum(len(p.deletes) for p in plan.mappings))):
             if count:
                 self.progress.total(kind, count)
-        executor = Executor(self.api, self.state, self.packs, self.sources, self.progress, self._sidecars)
+        executor = self._executor()
         try:
             outcomes = await executor.run(plan)
         finally:
@@ -240,27 +248,34 @@ class Syncer:
         source = self.sources.get(report.label)
         if report.plan is not None and report.config.sidecars == "xmp" and report.config.path is not None \
                 and source is not None and not source.gone:
-            plan.actions.append(SidecarPass(report.label, report.config))
+            plan.actions.append(SidecarPass(report.label, report.config, report.changed))
         withheld = report.plan.withheld if report.plan and report.safety else []
         plan.actions.append(RecordSync(report.label, report.error, report.safety,
                                        tuple(d.name or d.image_id for d in withheld[:WITHHELD_SHOWN]),
                                        source.name if source else None))
         return plan
 
-    async def write_sidecars(self) -> None:
-        """Every folder mapping's sidecars, brought up to date (the daemon, once new metadata is in)."""
+    async def write_sidecars(self, described: Mapping[str, Collection[str]]) -> None:
+        """The sidecars of the files holding the contents whose metadata just arrived (``described``, per
+        pack: what a metadata round found), as ``sidecars`` actions the executor runs."""
+        plans = []
         for mapping in concrete(self.config, self.state):
-            if mapping.sidecars == "xmp" and mapping.path is not None and mapping.folder.is_dir():
-                report = await self._sidecars(mapping)
-                for problem in report.problems:
-                    self.log.warning(problem.reason, path=str(mapping.folder / problem.rel_path))
+            pack_id = recorded_pack_id(self.state, mapping)
+            contents = described.get(pack_id or "")
+            if contents and mapping.sidecars == "xmp" and mapping.path is not None:
+                files = frozenset(self.state.files.paths_holding(mapping.label, contents))
+                plans.append(MappingPlan(mapping.label, mapping.pack_label, pack_id,
+                                         [SidecarPass(mapping.label, mapping, files)]))
+        if not plans:
+            return
+        outcomes = [MappingOutcome(plan.label, plan.pack_id) for plan in plans]
+        await self._executor().finish(Plan(plans, []), outcomes)
+        for outcome in outcomes:
+            for problem in outcome.sidecars.problems if outcome.sidecars else ():
+                self.log.warning(problem.reason, mapping=outcome.label, path=problem.rel_path)
 
-    async def _sidecars(self, mapping: MappingConfig) -> SidecarReport:
-        """One pass over ``mapping``'s sidecars (one at a time: a run's and the daemon's never overlap)."""
-        from packsync.engine.sidecars import write_sidecars
-
-        async with self.sidecar_pass:
-            return await write_sidecars(mapping, self.state)
+    def _executor(self) -> Executor:
+        return Executor(self.api, self.state, self.packs, self.sources, self.progress, self.sidecar_pass)
 
     # -- observing ----------------------------------------------------------------------------------
 
@@ -305,6 +320,8 @@ class Syncer:
                     changed: Collection[str] | None, slots: asyncio.Semaphore) -> None:
         """Read the pack while scanning the source, then plan; a few mappings at a time, to bound memory."""
         async with slots:
+            if changed is not None and await self._plan_changes(report, options, busy, changed):
+                return
             read: Resolved | None = None
             if self.state.files.settled(report.label) and not (busy or options.dry_run):
                 # A source whose last plan had nothing to do: if a walk sees what it saw then, and the
@@ -317,12 +334,34 @@ class Syncer:
             if read is None:
                 # The scan first: its thread walks the folder while the pack is read here (and, in a new
                 # process, while the HTTP library is imported for that first request).
-                scan, read = await asyncio.gather(self._scan(report, previous, busy, changed),
+                scan, read = await asyncio.gather(self._scan(report, previous, busy),
                                                   self._read_pack(report))
             else:
-                scan = await self._scan(report, previous, busy, changed)
+                scan = await self._scan(report, previous, busy)
             if scan is not None:
                 await self._plan_scanned(report, options, scan, previous, read)
+
+    async def _plan_changes(self, report: MappingReport, options: SyncOptions, busy: Collection[str],
+                            paths: Collection[str]) -> bool:
+        """Plan from the changed ``paths`` alone (``changes.py``); False when the mapping needs a full scan."""
+        if report.target.renamed_from:
+            return False  # its records and pack are taken over by the full plan
+        try:
+            seen = await incremental.observe(self.state, report.config, self.sources[report.label], paths, busy)
+        except SourceUnavailable:
+            return False  # the full scan says why
+        if seen is None:
+            return False
+        scan, config = seen.partial.scan, report.config
+        report.records.append(RecordPaths(report.label, seen.partial.scope, seen.previous, scan.cache,
+                                          scan.problems))
+        report.problems, report.hashed_files, report.excluded = scan.problems, scan.hashed_files, scan.excluded
+        report.pack_id, report.pack_name = seen.pack_id, seen.pack_name
+        report.changed = frozenset({*scan.cache, *seen.partial.gone})
+        report.plan = plan_mapping(incremental.restricted_input(seen, MappingOptions(
+            config.delete, config.prune_foreign, config.max_delete, options.force)))
+        report.safety = report.plan.safety
+        return True
 
     def _same_as_settled(self, report: MappingReport, options: SyncOptions, read: Resolved | None,
                          listing: Scan) -> bool:
@@ -384,10 +423,8 @@ class Syncer:
         except SourceUnavailable:
             return None  # the scan that follows says why
 
-    async def _scan(self, report: MappingReport, previous: dict[str, CachedFile], busy: Collection[str],
-                    changed: Collection[str] | None) -> Scan | None:
-        """Scan one source (it touches no state, only the given cache). ``changed`` (the paths the daemon
-        saw change) is a hint only: the full scan made here is always right."""
+    async def _scan(self, report: MappingReport, previous: dict[str, CachedFile], busy: Collection[str]) -> Scan | None:
+        """Scan one source (it touches no state, only the given cache)."""
         try:
             return await self.sources[report.label].scan(previous, busy, lambda _n: self.progress.advance("hashed"))
         except SourceUnavailable as exc:

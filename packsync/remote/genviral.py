@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 from urllib.parse import urlencode
 
@@ -25,7 +25,7 @@ import msgspec
 
 from packsync.errors import NotFound
 from packsync.logs import untrusted
-from packsync.model import PackRead, PackSummary, RemotePack, UploadTicket
+from packsync.model import Metadata, PackRead, PackSummary, RemotePack, UploadTicket
 from packsync.remote import answers
 from packsync.remote.transport import RetryPolicy, Transport
 from packsync.remote.wire import Answer, Headers, Route, S, path_segment, refusal, retry_after_of
@@ -192,6 +192,21 @@ class GenviralClient:
         pack: RemotePack = await self._call(GET_PACK, f"/packs/{path_segment(pack_id)}", safe_to_repeat=True,
                                             read=_pack_of)
         return pack
+
+    async def pack_metadata(self, pack_id: str, image_ids: Collection[str]) -> dict[str, Metadata]:
+        """The AI metadata of these images of a pack (a metadata round), by image id; the rest of the
+        answer is skipped over, not decoded. An image the pack no longer holds is left out."""
+        wanted = frozenset(image_ids)
+
+        def read(answer: Answer, route: Route) -> dict[str, Metadata]:
+            quick = answers.pack_metadata(answer.content, wanted) if answer.status == 200 else None
+            if quick is not None:
+                return quick
+            return {i.image_id: i.metadata for i in _pack_of(answer, route).images if i.image_id in wanted}
+
+        found: dict[str, Metadata] = await self._call(GET_PACK, f"/packs/{path_segment(pack_id)}",
+                                                      safe_to_repeat=True, read=read)
+        return found
 
     async def read_pack(self, pack_id: str) -> PackRead:
         """A pack's answer: its id, its name and a digest of its bytes now, its images when ``decode`` is

@@ -88,6 +88,10 @@ class AstriaSource:
     async def listing(self) -> None:
         return None  # the pack read is the only way to see it
 
+    async def scan_paths(self, paths: Collection[str], previous: Mapping[str, CachedFile],
+                         busy: Collection[str] = (), on_item: Callable[[int], None] | None = None) -> None:
+        return None  # the same: one read of the whole pack
+
     async def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
                    on_item: Callable[[int], None] | None = None) -> Scan:
         try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from typing import Literal, Protocol
 
-from packsync.model import CachedFile, ContentItem, Scan
+from packsync.model import CachedFile, ContentItem, PathsScan, Scan
 
 #: What a source is: a local folder, or an Astria pack (its images).
 SourceKind = Literal["folder", "astria"]
@@ -51,6 +51,13 @@ class Source(Protocol):
                    on_item: Callable[[int], None] | None = None) -> Scan:
         """Everything the source holds now. ``busy`` items are being written: their last content is
         kept. ``on_item(bytes_read)`` follows each item judged. Raises ``SourceUnavailable``."""
+
+    async def scan_paths(self, paths: Collection[str], previous: Mapping[str, CachedFile],
+                         busy: Collection[str] = (), on_item: Callable[[int], None] | None = None) -> PathsScan | None:
+        """What these items hold now — a folder's paths as a watcher reported them, each standing for
+        itself and what is below it — judged as ``scan`` would judge them, against ``previous`` (their
+        records, and those below them). None when only a whole ``scan`` can tell (a source that cannot
+        look at some items alone, or a change that decides the rest: a folder's ``.packsyncignore``)."""
 
     async def listing(self) -> Scan | None:
         """What the source holds, seen without reading any item (a ``Scan`` with its ``listing`` only);

@@ -3,12 +3,15 @@ sidecars packsync wrote, and the fingerprint of a source's last plan with nothin
 
 The file cache is the hot path of a no-op run (100,000 rows for a large folder): it is read as plain
 columns straight into ``CachedFile`` values, and written as the rows that changed, many to a statement.
+A change the daemon saw reads and writes the rows of its paths alone (``cache_for``, ``save_paths``),
+and asks how many files hold a content (``holders``) rather than load the rest.
 This repository knows nothing of uploads, images or packs beyond counting which files a pack holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from pathlib import PurePosixPath
 
 from msgspec.structs import astuple
 from sqlalchemy import ColumnElement, Exists, Integer, bindparam, case, delete, exists, func, or_, select, type_coerce
@@ -18,6 +21,7 @@ from packsync.state.records import SidecarRecord
 from packsync.state.sqlite import upsert
 from packsync.state.tables import FileRow, ImageRow, ProblemRow, SettledRow, SidecarRow, table
 from packsync.state.unit import Bulk, UnitOfWork
+from packsync.state.uploads import batches
 
 FILES, PROBLEMS, SIDECARS, SETTLED = table(FileRow), table(ProblemRow), table(SidecarRow), table(SettledRow)
 IMAGES = table(ImageRow)
@@ -37,12 +41,30 @@ _SAVE_SIDECAR = Bulk(upsert(SIDECARS), *SIDECARS.c.keys())
 _FORGET_SIDECAR = _by_key(SidecarRow)
 _SAVE_SETTLED = Bulk(upsert(SETTLED), "root", "fingerprint")
 _UNSETTLE = Bulk(delete(SETTLED).where(SETTLED.c.root == bindparam("root")), "root")
+#: A file cache row as read: its key, then ``CachedFile``'s fields in order.
+_CACHE_COLUMNS = (FILES.c.rel_path, FILES.c.version, FILES.c.size, FILES.c.sha256, FILES.c.content_type,
+                  FILES.c.problem)
+
+
+def _at_or_below(column: ColumnElement[str], path: str) -> ColumnElement[bool]:
+    """``column`` is ``path`` or a path below it, as a range the primary key's index answers (byte order:
+    "/" is followed by "0")."""
+    return or_(column == path, (column >= path + "/") & (column < path + "0"))
 
 
 def _below(column: ColumnElement[str], folder: str) -> ColumnElement[bool]:
     """``column`` names ``folder`` or a source inside it (an exact prefix: LIKE would ignore case)."""
     below = folder.rstrip("/") + "/"
     return or_(column == folder, func.substr(column, 1, len(below)) == below)
+
+
+def _changed_rows(source: str, previous: Mapping[str, CachedFile],
+                  current: Mapping[str, CachedFile]) -> tuple[list[tuple[str, str]], list[tuple[object, ...]]]:
+    """The file cache's rows to forget and to write for a scan that saw ``current`` where ``previous`` was."""
+    gone = [(source, rel) for rel in previous if rel not in current]
+    changed: list[tuple[object, ...]] = [(source, rel, *astuple(c)) for rel, c in current.items()
+                                         if previous.get(rel) is not c and previous.get(rel) != c]
+    return gone, changed
 
 
 class FileRepository:
@@ -52,17 +74,61 @@ class FileRepository:
     def cache(self, source: str) -> dict[str, CachedFile]:
         """What the last scan of ``source`` saw, by item key."""
         c = FILES.c
-        rows = self.unit.stream(select(c.rel_path, c.version, c.size, c.sha256, c.content_type, c.problem)
-                                .where(c.root == source))
+        rows = self.unit.stream(select(*_CACHE_COLUMNS).where(c.root == source))
         return {rel: CachedFile(version, size, sha256, kind, problem)
                 for rel, version, size, sha256, kind, problem in rows}
+
+    def cache_for(self, source: str, paths: Collection[str]) -> dict[str, CachedFile]:
+        """What the last scan of ``source`` saw at these paths and below them (a path may be a folder)."""
+        c = FILES.c
+        found: dict[str, CachedFile] = {}
+        for batch in batches(sorted(paths), 100):
+            rows = self.unit.rows(select(*_CACHE_COLUMNS).where(
+                c.root == source, or_(*(_at_or_below(c.rel_path, path) for path in batch))))
+            found.update((rel, CachedFile(*values)) for rel, *values in rows)
+        return found
+
+    def holders(self, source: str, shas: Collection[str]) -> dict[str, int]:
+        """How many files of ``source`` hold each of these contents (as good items, or kept while they could
+        not be read); contents none holds are left out."""
+        c = FILES.c
+        return {sha: int(count) for batch in batches(shas) for sha, count in self.unit.rows(
+            select(c.sha256, func.count()).where(c.root == source, c.sha256.in_(batch), c.problem.is_(None))
+            .group_by(c.sha256))}
+
+    def some_items(self, source: str, limit: int) -> dict[str, CachedFile]:
+        """The first ``limit`` good files of ``source`` (by path): some of what it holds besides a change."""
+        c = FILES.c
+        rows = self.unit.rows(select(*_CACHE_COLUMNS).where(c.root == source, c.sha256.is_not(None),
+                                                            c.problem.is_(None)).order_by(c.rel_path).limit(limit))
+        return {rel: CachedFile(*values) for rel, *values in rows}
+
+    def save_paths(self, source: str, scope: Collection[str], previous: Mapping[str, CachedFile],
+                   current: Mapping[str, CachedFile], problems: Iterable[Problem]) -> None:
+        """Store what a scan of some paths of ``source`` saw: ``previous`` were the records of ``scope`` (its
+        paths and what is below them), ``current`` and ``problems`` replace them there; nothing else changes."""
+        in_scope = self.problems_for(source, scope)
+        new = set(problems)
+        gone, changed = _changed_rows(source, previous, current)
+        with self.unit.transaction():
+            self.unit.write(_FORGET_FILE, gone)
+            self.unit.write(_SAVE_FILE, changed)
+            if set(in_scope) != new:
+                self.unit.write(_FORGET_PROBLEM, [(source, p.rel_path) for p in in_scope])
+                self.unit.write(_SAVE_PROBLEM, [(source, p.rel_path, p.reason, p.notice) for p in new])
+                self.unit.write(_UNSETTLE, [(source,)])
+
+    def problems_for(self, source: str, paths: Collection[str]) -> list[Problem]:
+        """The problems on record of ``source`` at these paths and below them (a folder's with its "/")."""
+        c = PROBLEMS.c
+        return [Problem(rel, reason, bool(notice)) for batch in batches(sorted(paths), 100)
+                for rel, reason, notice in self.unit.rows(select(c.rel_path, c.reason, c.notice).where(
+                    c.root == source, or_(*(_at_or_below(c.rel_path, path) for path in batch))))]
 
     def save_cache(self, source: str, previous: Mapping[str, CachedFile], current: Mapping[str, CachedFile]) -> None:
         """Store what a scan saw, writing only the rows that changed (nothing, not even the write lock,
         when none did)."""
-        gone = [(source, rel) for rel in previous if rel not in current]
-        changed = [(source, rel, *astuple(c)) for rel, c in current.items()
-                   if previous.get(rel) is not c and previous.get(rel) != c]
+        gone, changed = _changed_rows(source, previous, current)
         if not (gone or changed):
             return
         with self.unit.transaction():
@@ -133,11 +199,38 @@ class FileRepository:
 
     # -- sidecars ----------------------------------------------------------------------------------
 
-    def sidecars(self, source: str) -> dict[str, SidecarRecord]:
-        """The sidecars packsync wrote next to ``source``'s files, by the file's key."""
+    def sidecars(self, source: str, files: Collection[str] | None = None) -> dict[str, SidecarRecord]:
+        """The sidecars packsync wrote next to ``source``'s files (or to these ``files``), by the file's key."""
         c = SIDECARS.c
-        rows = self.unit.rows(select(c.rel_path, c.digest, c.size, c.mtime_ns).where(c.root == source))
+        query = select(c.rel_path, c.digest, c.size, c.mtime_ns).where(c.root == source)
+        rows = self.unit.rows(query) if files is None else \
+            [row for batch in batches(files) for row in self.unit.rows(query.where(c.rel_path.in_(batch)))]
         return {rel: SidecarRecord(digest, size, mtime_ns) for rel, digest, size, mtime_ns in rows}
+
+    def contents_at(self, source: str, files: Collection[str]) -> dict[str, str | None]:
+        """The content of each of these files of ``source`` that is an item (not a problem), by key."""
+        c = FILES.c
+        return {rel: sha for batch in batches(files) for rel, sha in self.unit.rows(
+            select(c.rel_path, c.sha256).where(c.root == source, c.rel_path.in_(batch),
+                                               ~self._problem(c.root, c.rel_path)))}
+
+    def paths_holding(self, source: str, shas: Collection[str]) -> set[str]:
+        """The files of ``source`` whose content is one of ``shas``."""
+        c = FILES.c
+        return {row[0] for batch in batches(shas) for row in self.unit.rows(
+            select(c.rel_path).where(c.root == source, c.sha256.in_(batch), c.problem.is_(None)))}
+
+    def same_stem(self, source: str, files: Collection[str]) -> set[str]:
+        """The files of ``source`` whose name is one of ``files``' but for the extension (``IMG_1.jpg`` for
+        ``IMG_1.png``): they share a sidecar named after the stem."""
+        c = FILES.c
+        found: set[str] = set()
+        for rel in files:
+            stem = str(PurePosixPath(rel).with_suffix(""))
+            found |= {row[0] for row in self.unit.rows(select(c.rel_path).where(
+                c.root == source, c.rel_path >= stem, c.rel_path < stem + "/"))
+                if PurePosixPath(row[0]).with_suffix("") == PurePosixPath(stem)}
+        return found
 
     def save_sidecars(self, source: str, written: Mapping[str, SidecarRecord], gone: Iterable[str]) -> None:
         """Remember the sidecars just written, and forget those removed or given up."""

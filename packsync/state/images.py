@@ -14,11 +14,11 @@ import time
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, bindparam, case, delete, func, or_, select, true
+from sqlalchemy import ColumnElement, String, bindparam, case, delete, func, or_, select, text, true
 
 from packsync.model import METADATA_SETTLED, ManagedImage, Metadata
 from packsync.state.sqlite import upsert
-from packsync.state.tables import ImageRow, table
+from packsync.state.tables import UNSETTLED, ImageRow, table
 from packsync.state.unit import Bulk, UnitOfWork
 from packsync.state.uploads import batches
 
@@ -76,6 +76,12 @@ class ImageRepository:
         rows = self.unit.rows(select(*columns).where(IMAGES.c.pack_id == pack_id, managed_by(owner)))
         return [image(*row) for row in rows]
 
+    def unsettled(self, pack_id: str) -> list[ManagedImage]:
+        """The images packsync added to this pack (any owner's) whose AI metadata is still to come: read
+        through their own index, so a pack of 100,000 settled images costs what waits."""
+        return [image(*row) for row in self.unit.rows(select(*COLUMNS).where(IMAGES.c.pack_id == pack_id,
+                                                                             text(UNSETTLED)))]
+
     def others(self, pack_id: str, owner: str) -> dict[str, str]:
         """The images other mappings own in this pack: image id → content."""
         c = IMAGES.c
@@ -87,9 +93,10 @@ class ImageRepository:
             IMAGES.c.pack_id == pack_id, managed_by(owner)))[0][0])
 
     def holding(self, pack_id: str, shas: Collection[str]) -> list[ManagedImage]:
-        """The images of a pack (any owner's) that hold these contents."""
+        """The images of a pack (any owner's) that hold these contents, the oldest first (as the pack lists them)."""
         return [image(*row) for batch in batches(shas) for row in self.unit.rows(
-            select(*COLUMNS).where(IMAGES.c.pack_id == pack_id, IMAGES.c.sha256.in_(batch)))]
+            select(*COLUMNS).where(IMAGES.c.pack_id == pack_id, IMAGES.c.sha256.in_(batch))
+            .order_by(IMAGES.c.added_at))]
 
     def record(self, images: Iterable[ManagedImage]) -> None:
         """Record images packsync added (or adopted); committed at once, together."""

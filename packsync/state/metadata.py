@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Mapping, Sequence
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, text, update
 
 from packsync.model import ManagedImage, Metadata
 from packsync.state import search
-from packsync.state.images import IMAGES, SETTLED, image, managed_by
+from packsync.state.images import IMAGES, image, managed_by
+from packsync.state.tables import UNSETTLED
 from packsync.state.unit import Bulk, UnitOfWork
 from packsync.state.uploads import batches
 
@@ -39,7 +40,7 @@ class MetadataRepository:
         """Per pack, how many of packsync's images wait for AI metadata (packs with none are left out)."""
         c = IMAGES.c
         return {pack_id: int(count) for batch in batches(pack_ids) for pack_id, count in self.unit.rows(
-            select(c.pack_id, func.count()).where(c.meta_status.not_in(SETTLED), c.pack_id.in_(batch))
+            select(c.pack_id, func.count()).where(text(UNSETTLED), c.pack_id.in_(batch))
             .group_by(c.pack_id))}
 
     def counts(self, pack_id: str, owner: str | None = None) -> dict[str, int]:

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from typing import cast
 
-from sqlalchemy import Index, Table
+from sqlalchemy import Index, Table, text
 from sqlmodel import Field, SQLModel
 
 #: The version of the schema below; a file of a newer one is refused, an older one upgraded.
 SCHEMA_VERSION = 7
 #: What ``meta``'s ``app`` row says in a state file of packsync's.
 APP_ID = "packsync"
+#: An image whose AI metadata is still to come (``model.METADATA_SETTLED`` are the others), as SQL with
+#: its values written out: a query must say it in these words for SQLite to use the partial index below.
+UNSETTLED = "meta_status NOT IN ('completed', 'failed')"
 
 
 class MetaRow(SQLModel, table=True):
@@ -81,7 +84,10 @@ class ImageRow(SQLModel, table=True):
     """An image packsync added to a pack (or adopted), with its AI metadata and the mapping that owns it."""
 
     __tablename__ = "images"
-    __table_args__ = (Index("ix_images_pack_sha256", "pack_id", "sha256"),)
+    # The images still waiting for their metadata, per pack: what a metadata round reads, whatever the
+    # number of images settled beside them.
+    __table_args__ = (Index("ix_images_pack_sha256", "pack_id", "sha256"),
+                      Index("ix_images_unsettled", "pack_id", sqlite_where=text(UNSETTLED)))
     pack_id: str = Field(primary_key=True)
     image_id: str = Field(primary_key=True)
     sha256: str = Field(index=True)

@@ -30,11 +30,11 @@ _FORGET_PULLED = Bulk(delete(PULLED).where(PULLED.c.folder == bindparam("folder"
                       "folder", "pack_id", "image_id")
 
 
-def batches(keys: Collection[str]) -> Iterable[list[str]]:
-    """``keys`` a few hundred at a time, for ``IN (…)``."""
+def batches(keys: Collection[str], size: int = IN_AT_MOST) -> Iterable[list[str]]:
+    """``keys`` a few hundred at a time (or ``size``), for ``IN (…)``."""
     items = list(keys)
-    for start in range(0, len(items), IN_AT_MOST):
-        yield items[start:start + IN_AT_MOST]
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def _url_content_row(content: UrlContent) -> tuple[Any, ...]:
@@ -79,6 +79,11 @@ class UploadRepository:
         c = URL_CONTENTS.c
         return {row[0]: UrlContent(*row) for batch in batches(urls) for row in self.unit.rows(
             select(c.url, c.sha256, c.size, c.content_type, c.problem).where(c.url.in_(batch)))}
+
+    def seen_in_images(self, shas: Collection[str]) -> bool:
+        """Whether an image packsync downloaded (one it did not add, in any pack) held one of these contents."""
+        c = URL_CONTENTS.c
+        return any(self.unit.rows(select(c.url).where(c.sha256.in_(batch)).limit(1)) for batch in batches(shas))
 
     def save_url_contents(self, contents: Iterable[UrlContent]) -> None:
         self.unit.write(_SAVE_URL_CONTENT, map(_url_content_row, contents))
