@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import Env, image, write
+from helpers import state_rows
 
 from packsync.engine.actions import RecordPaths
 from packsync.state.store import State
@@ -93,6 +94,35 @@ def test_more_deletes_than_max_delete_allows_are_withheld(env: Env) -> None:
 
     assert report.mappings[0].safety and "more than max_delete allows" in report.mappings[0].safety
     assert len(env.pack(pack_id)["images"]) == 10
+
+
+def test_a_withheld_share_is_said_as_the_user_set_it(env: Env) -> None:
+    """The stop names the share of the whole mapping (``20%`` of 10: at most 2), as a full sync says it."""
+    folder, _pack_id = synced(env, 10, max_delete="20%")
+    for n in range(3):
+        (folder / f"{n:02}.png").unlink()
+
+    report = env.sync_changed(folder, [f"{n:02}.png" for n in range(3)])
+
+    assert report.mappings[0].safety and "(20% of the 10 images it may delete here: at most 2)" in \
+        report.mappings[0].safety
+
+
+def test_a_standing_safety_stop_is_not_lifted_by_a_sync_of_other_paths(env: Env) -> None:
+    """A full scan withheld deletes; a file dropped in later is synced by a full scan, which keeps the stop
+    (and says so) rather than a plan of the new file alone, which would record the mapping as fine."""
+    folder, pack_id = synced(env, 10, max_delete=2)
+    for n in range(3):
+        (folder / f"{n:02}.png").unlink()
+    assert env.sync().mappings[0].safety
+    write(folder / "new.png", image())
+
+    report = env.sync_changed(folder, ["new.png"])
+
+    assert report.mappings[0].safety and "more than max_delete allows" in report.mappings[0].safety
+    assert state_rows(env.state_path, "SELECT safety IS NOT NULL FROM mappings WHERE root = ?", str(folder)) == \
+        [(1,)]
+    assert len(env.pack(pack_id)["images"]) == 11, "the new file is added; nothing is deleted"
 
 
 def test_a_folder_removed_takes_its_images_and_an_emptied_mapping_is_left_to_the_full_scan(env: Env) -> None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from packsync.config import MappingConfig
-from packsync.engine.planner import MappingInput, MappingOptions, delete_limit
+from packsync.engine.planner import MappingInput, MappingOptions
 from packsync.mappings import recorded_pack_id
 from packsync.model import CachedFile, ContentItem, ManagedImage, PathsScan, RemoteImage, RemotePack, Scan
 from packsync.sources.base import Source
@@ -72,8 +72,8 @@ async def observe(state: State, mapping: MappingConfig, source: Source, paths: C
     label = mapping.label
     pack_id = recorded_pack_id(state, mapping)
     record = state.mappings.get(label)
-    if pack_id is None or record is None:
-        return None
+    if pack_id is None or record is None or record.safety:
+        return None  # (a standing safety stop is the full scan's to lift or to keep)
     previous = state.files.cache_for(label, paths)
     partial = await source.scan_paths(paths, previous, busy)
     if partial is None:
@@ -117,6 +117,5 @@ def restricted_input(changes: Changes, options: MappingOptions) -> MappingInput:
     pack = RemotePack(changes.pack_id, changes.pack_name,
                       tuple(RemoteImage(i.image_id, i.url, i.metadata) for i in changes.images))
     # max_delete is a share of every image the mapping manages, not of the few in this input.
-    limit = delete_limit(options.max_delete, changes.managed)
     return MappingInput(label=changes.label, pack_name=changes.pack_name, scan=now, managed=ours, remote=pack,
-                        known_urls={}, options=msgspec.structs.replace(options, max_delete=limit), others=others)
+                        known_urls={}, options=options, others=others, managed_in_pack=changes.managed)

@@ -87,7 +87,9 @@ class MappingInput(msgspec.Struct, frozen=True):
     others: Mapping[str, str] = msgspec.field(default_factory=dict)  # other mappings' images here: id -> content
     contents: Mapping[str, str] = msgspec.field(default_factory=dict)  # downloaded unrecorded images: url -> content
     unknown: int = 0  # unrecorded images whose content could not be learnt this time (it may pass)
-    facts: SourceFacts = SourceFacts()
+    #: How many images the mapping manages in the whole pack, when ``managed`` holds only some of them (a
+    #: plan of changed paths): ``max_delete`` is a share of them all.
+    managed_in_pack: int | None = None
     remember: RememberPack | None = None  # the pack the resolver found, when the state does not know it yet
     gone_pack: str | None = None  # the remembered pack found deleted: its records go once a new one exists
     renamed: RenamePack | None = None  # a renamed subfolder taking over its old name's records and pack
@@ -243,8 +245,9 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
         plan.waiting, adds = adds, []
     plan.actions += adds
 
-    plan.safety = safety_stop(source.facts, source.scan, deletes, source.options, managed=len(walk.live),
-                              deletable=len(walk.live) + (len(walk.foreign) if source.options.prune_foreign else 0))
+    managed = len(walk.live) if source.managed_in_pack is None else source.managed_in_pack
+    plan.safety = safety_stop(SourceFacts(), source.scan, deletes, source.options, managed=managed,
+                              deletable=managed + (len(walk.foreign) if source.options.prune_foreign else 0))
     plan.actions += [WithheldDelete(**msgspec.structs.asdict(d)) for d in deletes] if plan.safety else deletes
     return plan
 
