@@ -197,3 +197,19 @@ def recorded(env: Env, folder: Path) -> dict[str, Any]:
         return state.files.cache(str(folder))
     finally:
         state.close()
+
+
+def test_a_subfolder_replaced_under_its_name_is_synced_whole(env: Env, tmp_path: Path) -> None:
+    """The daemon names the subfolder itself (a folder moved away, another moved in under its name): that
+    subfolder's pack follows the new one, not just the paths below it."""
+    root = env.map("brand", packs_from="subfolders")
+    write(root / "a" / "old.png", image())
+    assert env.sync().exit_code == 0
+    (root / "a").rename(tmp_path / "away")
+    new = image()
+    write(tmp_path / "incoming" / "new.png", new)
+    (tmp_path / "incoming").rename(root / "a")
+
+    env.sync_changed(root, ["a"], force=True)
+
+    assert env.cdn_bytes(env.pack_named("a")["id"]) == [new]

@@ -519,12 +519,15 @@ class Syncer:
 
     def _below(self, paths: Mapping[str, Collection[str]] | None, report: MappingReport) -> set[str] | None:
         """Paths the daemon names relative to a config mapping's folder, as paths relative to ``report``'s
-        (a subfolder of it); None when ``paths`` says nothing of it."""
+        (a subfolder of it); None when ``paths`` says nothing of it, or names the subfolder itself (moved
+        away, or another moved in under its name): then the subfolder is scanned whole."""
         group = self._group(report.config)
         if paths is None or group not in paths:
             return None
         if group == report.label:
             return set(paths[group])
+        if report.config.folder.name in paths[group]:
+            return None
         prefix = report.config.folder.name + "/"
         return {path[len(prefix):] for path in paths[group] if path.startswith(prefix)}
 
