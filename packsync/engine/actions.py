@@ -324,6 +324,9 @@ class WithheldDelete(DeleteImage, frozen=True):
     kind: ClassVar[str] = "withheld-delete"
     phase: ClassVar[Phase | None] = None
 
+    async def apply(self, run: Run) -> None:
+        raise AssertionError("a withheld delete is never run")  # (phase None: the executor never picks it)
+
 
 # -- after the metadata wait ------------------------------------------------------------------------
 

@@ -536,7 +536,8 @@ def _fingerprint(mapping: MappingConfig, force: bool, changes: int, pack: str, s
     """Everything a mapping's plan is made from, as one digest: its config, the scan, the digest of the
     pack's answer, and the count of changes to the recorded images, uploads and downloads
     (``state.mappings.changes``). A folder's scan is its ``listing``: with the file cache, which only its scans
-    change (and ``forget_verdicts``, which drops the fingerprint too), that decides its items."""
+    change (a sync of changed paths among them: the walk then sees those files' new stat keys; and
+    ``forget_verdicts``, which drops the fingerprint too), that decides its items."""
     seen = scan.listing or (sorted(scan.items, key=_KEY), sorted(scan.keep))
     inputs = (changes, force, mapping, pack, seen)
     return hashlib.blake2b(msgspec.json.encode(inputs, enc_hook=str), digest_size=16).hexdigest()
