@@ -222,7 +222,7 @@ async def _rounds(config_path: Path, base_url: str) -> dict[str, Any]:
             task = asyncio.create_task(probe.run())
             await asyncio.sleep(0.01)
             before = time.thread_time()
-            await app.syncer.write_sidecars(await app.metadata.poll(list(pending)))
+            await app.syncer.metadata_round(list(pending))
             loop_times.append(time.thread_time() - before)
             probe.stop = True
             await task

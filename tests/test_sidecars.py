@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import TOKEN, Env, image, write
-from helpers import StartDaemon, wait_until
+from helpers import StartDaemon, state_rows, wait_until
 
 from packsync.app import open_app
 from packsync.daemon.watcher import Watcher
@@ -238,11 +238,14 @@ def test_a_metadata_round_writes_the_sidecars_of_the_images_it_described_alone(e
 
     async def round_() -> dict[str, set[str]]:
         async with open_app(env.config(), TOKEN) as app:
-            described = await app.metadata.poll([pack_id])
-            await app.syncer.write_sidecars(described)
-            return described
+            found = await app.metadata.poll([pack_id])
+            assert state_rows(env.state_path, "SELECT COUNT(*) FROM images WHERE meta_status = 'completed'") == \
+                [(1,)], "the poll itself records nothing"
+            await app.syncer.metadata_round([pack_id])
+            return found.described
 
     assert asyncio.run(round_()) == {pack_id: {hashlib.sha256(data).hexdigest()}}
+    assert state_rows(env.state_path, "SELECT COUNT(*) FROM images WHERE meta_status = 'completed'") == [(2,)]
     assert (folder / "b.png.xmp").exists() and not (folder / "a.png.xmp").exists()
 
 

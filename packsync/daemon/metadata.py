@@ -87,7 +87,7 @@ class MetadataLoop:
         app = self.app()
         app.api.start_run()
         try:
-            await app.syncer.write_sidecars(await app.metadata.poll(pack_ids))
+            await app.syncer.metadata_round(pack_ids)
         except AuthError as exc:
             self.log.warning("metadata poll refused", error=str(exc))
         except StateUnavailable as exc:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
@@ -146,6 +146,13 @@ class Executor:
         with self.state.write_behind():
             for mapping, outcome in zip(plan.mappings, outcomes, strict=True):
                 await _in_turn(Run(self, mapping, outcome), "finish")
+
+    async def record(self, actions: Sequence[Action]) -> None:
+        """Actions that only record what was observed outside a sync (a metadata round's), in turn."""
+        with self.state.write_behind():
+            for action in actions:
+                await action.apply(Run(self, MappingPlan(action.mapping, "", None), MappingOutcome(action.mapping,
+                                                                                                    None)))
 
     async def _bounded(self, run: Run, phase: Phase) -> None:
         await _bounded((a for a in run.plan.actions if a.phase == phase), lambda a: _once(run, a),

@@ -1,4 +1,5 @@
-"""The metadata poller: copy the AI metadata of packsync's images from their packs into the state.
+"""The metadata poller: read the AI metadata of packsync's images from their packs; what changed it hands
+to the executor as ``RecordMetadata`` actions (it writes nothing itself).
 
 Genviral has no webhook: metadata is read by polling ``GET /packs/{id}``, which returns every image
 of a pack at once. So a round is one GET per pack that still has pending images, whatever their
@@ -11,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
+import msgspec
+
+from packsync.engine.actions import Action, RecordMetadata
 from packsync.engine.planner import metadata_updates
 from packsync.engine.progress import QUIET, ProgressObserver
 from packsync.errors import ApiError, AuthError
@@ -28,6 +32,18 @@ if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
 POLL_BACKOFF = Backoff(1.0, 30.0)
 
 
+#: Where a round's records go: the executor's ``record``.
+Recorder = Callable[[Sequence[Action]], Awaitable[None]]
+
+
+class MetadataRound(msgspec.Struct):
+    """What one round found: the metadata to record (per pack), and per pack the contents it describes
+    anew (their sidecars, and nothing else, are written again)."""
+
+    records: list[RecordMetadata] = msgspec.field(default_factory=list)
+    described: dict[str, set[str]] = msgspec.field(default_factory=dict)
+
+
 class MetadataPoller:
     def __init__(self, api: GenviralClient, state: State, progress: ProgressObserver = QUIET) -> None:
         self.api = api
@@ -35,28 +51,30 @@ class MetadataPoller:
         self.progress = progress
         self.log = get_logger()
 
-    async def poll(self, pack_ids: Collection[str]) -> dict[str, set[str]]:
-        """One round: one GET per pack, copying the metadata of packsync's images that still wait for it;
-        per pack, the contents whose metadata changed (their sidecars, and nothing else, are written
-        again). A round costs what waits: those images alone are read from the state and decoded from
-        the answer, however many settled ones the pack holds beside them."""
+    async def poll(self, pack_ids: Collection[str]) -> MetadataRound:
+        """One round: one GET per pack, reading the metadata of packsync's images that still wait for it.
+        Writes nothing: the round's ``records`` are actions for the executor. A round costs what waits:
+        those images alone are read from the state and decoded from the answer, however many settled ones
+        the pack holds beside them."""
         waiting = {pack_id: images for pack_id in pack_ids if (images := self.state.images.unsettled(pack_id))}
         reads = await asyncio.gather(*(self.api.pack_metadata(pack_id, [i.image_id for i in images])
                                        for pack_id, images in waiting.items()), return_exceptions=True)
-        described: dict[str, set[str]] = {}
+        found = MetadataRound()
         for (pack_id, images), read in zip(waiting.items(), reads, strict=True):
             if isinstance(read, BaseException):
                 if isinstance(read, AuthError) or not isinstance(read, ApiError):
                     raise read
                 self.log.warning("metadata poll failed", pack_id=pack_id, error=str(read))
                 continue
-            updates = metadata_updates(images, read)
-            self.state.metadata.update(pack_id, updates)
-            described[pack_id] = {image.sha256 for image in images if image.image_id in updates}
-        return described
+            if updates := metadata_updates(images, read):
+                found.records.append(RecordMetadata("", pack_id, updates))
+                found.described[pack_id] = {image.sha256 for image in images if image.image_id in updates}
+        return found
 
-    async def wait(self, pack_ids: list[str], timeout_s: float, backoff: Backoff = POLL_BACKOFF) -> int:
-        """Poll until packsync's images in these packs settle or ``timeout_s`` passes; returns how many did not."""
+    async def wait(self, pack_ids: list[str], timeout_s: float, record: Recorder,
+                   backoff: Backoff = POLL_BACKOFF) -> int:
+        """Poll until packsync's images in these packs settle or ``timeout_s`` passes, each round's records
+        handed to ``record`` (the executor's); returns how many did not settle."""
         deadline = time.monotonic() + timeout_s
         total = sum(map(self.state.images.count, pack_ids))
         self.progress.total("metadata", total)
@@ -71,4 +89,4 @@ class MetadataPoller:
                 return sum(pending.values())
             attempt += 1
             await asyncio.sleep(min(backoff.delay(attempt), left))
-            await self.poll(list(pending))
+            await record((await self.poll(list(pending))).records)

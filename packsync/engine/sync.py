@@ -237,7 +237,7 @@ class Syncer:
                 report.pack_name = report.config.pack or report.pack_name
         if options.wait:
             pack_ids = [r.pack_id for r in result.mappings if r.pack_id and not (r.outcome and r.outcome.error)]
-            result.metadata_pending = await self.metadata.wait(pack_ids, options.wait_timeout_s,
+            result.metadata_pending = await self.metadata.wait(pack_ids, options.wait_timeout_s, executor.record,
                                                                Backoff(options.poll_start_s, options.poll_cap_s))
         await executor.finish(plan, outcomes)
 
@@ -254,6 +254,13 @@ class Syncer:
                                        tuple(d.name or d.image_id for d in withheld[:WITHHELD_SHOWN]),
                                        source.name if source else None))
         return plan
+
+    async def metadata_round(self, pack_ids: Collection[str]) -> None:
+        """One round of the daemon's metadata loop: poll, have the executor record what changed, then write
+        the sidecars of the files holding the contents it describes anew."""
+        found = await self.metadata.poll(pack_ids)
+        await self._executor().record(found.records)
+        await self.write_sidecars(found.described)
 
     async def write_sidecars(self, described: Mapping[str, Collection[str]]) -> None:
         """The sidecars of the files holding the contents whose metadata just arrived (``described``, per

@@ -334,8 +334,8 @@ class Handler(BaseHTTPRequestHandler):
         if method == "GET" and route == "/packs":
             return self._list_packs(scope, query)
         if method == "GET":
-            pack = store.get_pack(scope, params["id"])
-            return ok(200, "Pack retrieved", pack) if pack else fail(404, "not_found", "Pack not found")
+            answer = store.pack_answer(scope, params["id"])
+            return Reply(200, answer) if answer is not None else fail(404, "not_found", "Pack not found")
         if method == "DELETE":
             return self._delete(scope, route, params)
         try:
