@@ -480,6 +480,28 @@ def test_a_dry_run_prints_its_plan_as_json_action_by_action(env: Env) -> None:
     assert env.sandbox.mutating_calls() == 0 and len(env.pack(pack_id)["images"]) == 2
 
 
+
+def test_a_dry_run_lists_the_sidecars_it_would_write_and_writes_none(env: Env) -> None:
+    """The sidecars are steps of the plan too: a dry run lists each sidecar a run would write (with the
+    metadata the state holds) and writes none; a sidecar already saying that is not listed again."""
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("brand", pack_id=pack_id)
+    write(folder / "a.png", image())
+    write(folder / "b.png", image())
+    assert env.cli("run", "--wait-timeout", "30").returncode == ExitCode.OK  # both described
+    env.mappings[0]["sidecars"] = "xmp"
+    env.write_config()
+
+    done = env.cli("run", "--dry-run", "--json")
+
+    assert done.returncode == ExitCode.OK, done.stderr
+    shown = [(a["kind"], a["file"]) for a in json.loads(done.stdout)["actions"] if "sidecar" in a["kind"]]
+    assert shown == [("write-sidecar", "a.png"), ("write-sidecar", "b.png")]
+    assert list(folder.glob("*.xmp")) == []
+    assert env.cli("run", "--no-wait").returncode == ExitCode.OK
+    again = json.loads(env.cli("run", "--dry-run", "--json").stdout)["actions"]
+    assert [a for a in again if "sidecar" in a["kind"]] == [], "written: nothing new to say"
+
 def test_a_sync_told_which_paths_changed_still_mirrors_the_folder(env: Env) -> None:
     """``changed`` (the daemon's hint: per mapping, the paths that changed) is accepted by ``Syncer.sync``;
     a sync given it, or given it for another mapping, mirrors the folder as a full scan does."""

@@ -29,6 +29,7 @@ from packsync.model import Blob, CachedFile, ContentItem, ManagedImage, Metadata
 
 if TYPE_CHECKING:  # the executor's context, named only: importing it would bring in the HTTP client
     from packsync.engine.executor import Run
+    from packsync.state.store import State
 
 Phase = Literal["prepare", "transfer", "delete", "finish"]
 
@@ -53,6 +54,10 @@ class Action(msgspec.Struct, frozen=True):
     def describe(self) -> dict[str, Any]:
         file, image = self.about()
         return {"kind": self.kind, "mapping": self.mapping, "file": file, "image": image}
+
+    def shown(self) -> list[dict[str, Any]]:
+        """What ``run --dry-run --json`` lists for it: its ``describe()``, or the steps it stands for."""
+        return [self.describe()]
 
     async def apply(self, run: Run) -> None:
         raise NotImplementedError(self.kind)
@@ -345,6 +350,20 @@ class SidecarPass(Action, frozen=True):
 
     config: MappingConfig
     files: frozenset[str] | None = None
+    #: In a dry run: the sidecar writes and removals it would make with the metadata the state holds now.
+    preview: tuple[dict[str, Any], ...] | None = None
+
+    def shown(self) -> list[dict[str, Any]]:
+        return [self.describe()] if self.preview is None else list(self.preview)
+
+    def previewed(self, state: State) -> SidecarPass:
+        """This pass with what it would write and remove now (a dry run's; the run itself plans after the
+        metadata wait): the sidecars that would say something new, and those that would go."""
+        from packsync.engine import sidecars
+
+        planned = sidecars.observe(state, self.config, self.files).actions
+        return msgspec.structs.replace(self, preview=tuple(
+            a.describe() for a in planned if not isinstance(a, sidecars.WriteSidecar) or a.news))
 
     async def apply(self, run: Run) -> None:
         from packsync.engine import sidecars  # (imported by the mappings that write sidecars alone)

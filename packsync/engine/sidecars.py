@@ -61,6 +61,11 @@ class WriteSidecar(msgspec.Struct, frozen=True):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "mapping": self.mapping, "file": self.file, "image": self.fields.image_id}
 
+    @property
+    def news(self) -> bool:
+        """Whether it says what packsync has not written yet (else it rewrites only a sidecar edited since)."""
+        return self.recorded is None or self.recorded.digest != digest(self.fields)
+
 
 class RemoveSidecar(msgspec.Struct, frozen=True):
     """``file`` has no completed metadata any more: if the file itself is gone, so goes its sidecar (if

@@ -213,6 +213,9 @@ class Syncer:
         result.plan = plan_uploads(plans, self.state.uploads.blobs({add.sha256 for p in plans for add in p.adds}))
         if not options.dry_run:
             await self._execute(result, options)
+        else:
+            for plan in result.plan.mappings:  # the sidecars a run would write: shown, as every other step
+                plan.actions = [a.previewed(self.state) if isinstance(a, SidecarPass) else a for a in plan.actions]
         return result
 
     async def _execute(self, result: SyncReport, options: SyncOptions) -> None:

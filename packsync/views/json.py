@@ -107,7 +107,7 @@ def plan_document(report: SyncReport) -> dict[str, Any]:
     """``run --dry-run --json``: the plan, every action as the executor would take it (its ``kind``, the
     ``mapping`` it is for, the ``file`` and the ``image`` it is about), and per mapping why it would stop."""
     return {"dry_run": True, "exit_code": int(report.exit_code),
-            "actions": [action.describe() for action in report.plan.actions()] if report.plan else [],
+            "actions": [shown for action in report.plan.actions() for shown in action.shown()] if report.plan else [],
             "mappings": [{"source": m.label, "pack_id": m.pack_id, "pack_name": m.pack_name, "error": m.fatal,
                           "safety_stop": m.safety,
                           "skipped": [{"path": p.rel_path, "reason": p.reason, "notice": p.notice}
