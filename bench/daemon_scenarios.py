@@ -65,6 +65,17 @@ def _holds(sandbox: SandboxProcess, pack_id: str, count: int) -> bool:
     return sandbox.image_count(pack_id) == count
 
 
+def timed_drop(sandbox: SandboxProcess, daemon: DaemonProcess, source: Path, folder: Path, n: int) -> float:
+    """Rename ``source`` into the watched ``folder`` (drop ``n``): seconds until the sandbox receives its
+    add-image call."""
+    dropped_at = time.monotonic()
+    os.rename(source, folder / source.name)
+    added_at = sandbox.wait_for_arrival(*ADD_IMAGE, since=dropped_at, timeout=60)
+    if added_at is None:
+        raise RuntimeError(f"no add-image call within 60 s of drop {n}:\n{daemon.output()[-2000:]}")
+    return added_at - dropped_at
+
+
 def _wait_quiet(sandbox: SandboxProcess, quiet_s: float, timeout: float) -> None:
     def quiet() -> bool:
         return time.monotonic() - sandbox.last_arrival() >= quiet_s
@@ -83,12 +94,7 @@ def run_drops(ctx: Context) -> list[Row]:
         try:
             ctx.log(f"daemon drop: {drops} files, one at a time")
             for i, source in enumerate(sorted(staging.iterdir())):
-                dropped_at = time.monotonic()
-                os.rename(source, folder / source.name)
-                added_at = sandbox.wait_for_arrival(*ADD_IMAGE, since=dropped_at, timeout=60)
-                if added_at is None:
-                    raise RuntimeError(f"no add-image call within 60 s of drop {i + 1}:\n{daemon.output()[-2000:]}")
-                latencies.append(added_at - dropped_at)
+                latencies.append(timed_drop(sandbox, daemon, source, folder, i + 1))
                 wait_until(partial(_holds, sandbox, pack_id, i + 2), timeout=30, what="image in the pack")
                 time.sleep(0.2)
         finally:

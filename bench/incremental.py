@@ -25,7 +25,6 @@ it: a full walk, a pack read and a plan with nothing to do.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import subprocess
@@ -34,9 +33,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from daemon_scenarios import DEBOUNCE_S, SLACK_S, _holds, _stop, _wait_quiet
-from harness import ADD_IMAGE, Context, Row, Setup, median, percentile, start_daemon, write_images
-from helpers import wait_until
+from daemon_scenarios import DEBOUNCE_S, SLACK_S, _holds, _stop, _wait_quiet, timed_drop
+from harness import Context, Row, Setup, median, percentile, start_daemon, write_images
+from helpers import DaemonProcess, wait_until
 from sandbox_process import TOKEN, SandboxProcess
 
 from packsync.config import load_config
@@ -99,17 +98,12 @@ def run_drop_100k(ctx: Context) -> list[Row]:
             _wait_quiet(sandbox, 2.0, timeout=600)
             startup_s = time.monotonic() - started
             ctx.log(f"drop into {files:,}: the daemon's start-up sync took {startup_s:.1f} s; dropping")
-            traced = _traced_drop(sandbox, daemon.proc.pid, sorted(staging.iterdir())[0], folder, work)
+            traced = _traced_drop(sandbox, daemon, sorted(staging.iterdir())[0], folder, work)
             latencies.append(traced.latency_s)
             wait_until(partial(_holds, sandbox, pack_id, files + 1), timeout=60, what="image in the pack")
             for i, source in enumerate(sorted(staging.iterdir())[1:]):
                 time.sleep(0.2)
-                dropped_at = time.monotonic()
-                os.rename(source, folder / source.name)
-                added_at = sandbox.wait_for_arrival(*ADD_IMAGE, since=dropped_at, timeout=60)
-                if added_at is None:
-                    raise RuntimeError(f"no add-image call within 60 s of drop {i + 2}:\n{daemon.output()[-2000:]}")
-                latencies.append(added_at - dropped_at)
+                latencies.append(timed_drop(sandbox, daemon, source, folder, i + 2))
                 wait_until(partial(_holds, sandbox, pack_id, files + i + 2), timeout=60, what="image in the pack")
         finally:
             code = _stop(daemon)
@@ -151,22 +145,18 @@ class Traced(NamedTuple):
     by_call: dict[str, int]
 
 
-def _traced_drop(sandbox: SandboxProcess, pid: int, source: Path, folder: Path, work: Path) -> Traced:
+def _traced_drop(sandbox: SandboxProcess, daemon: DaemonProcess, source: Path, folder: Path, work: Path) -> Traced:
     """Rename ``source`` into ``folder`` with the daemon under ``strace -c``, from just before the rename to
     one second after its image was added (the sync is over, its metadata poll made)."""
     out = work / "strace.txt"
-    strace = subprocess.Popen(["strace", "-f", "-c", "-e", STRACE_CALLS, "-o", str(out), "-p", str(pid)],
+    strace = subprocess.Popen(["strace", "-f", "-c", "-e", STRACE_CALLS, "-o", str(out), "-p", str(daemon.proc.pid)],
                               stderr=subprocess.PIPE, text=True)
     try:
         assert strace.stderr is not None
         # strace says it attached (one line per thread) before it traces: wait for the first.
         strace.stderr.readline()
         time.sleep(0.5)
-        dropped_at = time.monotonic()
-        os.rename(source, folder / source.name)
-        added_at = sandbox.wait_for_arrival(*ADD_IMAGE, since=dropped_at, timeout=60)
-        if added_at is None:
-            raise RuntimeError("no add-image call within 60 s of the traced drop")
+        latency_s = timed_drop(sandbox, daemon, source, folder, 1)
         _wait_quiet(sandbox, 1.0, timeout=60)
     finally:
         strace.send_signal(signal.SIGINT)
@@ -176,7 +166,7 @@ def _traced_drop(sandbox: SandboxProcess, pid: int, source: Path, folder: Path, 
         fields = line.split()
         if len(fields) >= 5 and fields[-1] not in ("total", "syscall") and fields[3].isdigit():
             by_call[fields[-1]] = int(fields[3])
-    return Traced(added_at - dropped_at, sum(by_call.values()), by_call)
+    return Traced(latency_s, sum(by_call.values()), by_call)
 
 
 # -- a metadata round where nothing changed ----------------------------------------------------------

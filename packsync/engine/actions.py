@@ -59,6 +59,10 @@ class Action(msgspec.Struct, frozen=True):
         """What ``run --dry-run --json`` lists for it: its ``describe()``, or the steps it stands for."""
         return [self.describe()]
 
+    def previewed(self, state: State) -> Action:
+        """This action as a dry run shows it: itself, unless it plans its steps only when it runs."""
+        return self
+
     async def apply(self, run: Run) -> None:
         raise NotImplementedError(self.kind)
 

@@ -132,10 +132,6 @@ class MappingPlan(msgspec.Struct):
         return self.of(WithheldDelete)
 
     @property
-    def renamed(self) -> RenamePack | None:
-        return next(iter(self.of(RenamePack)), None)
-
-    @property
     def create_pack(self) -> bool:
         return bool(self.of(CreatePack))
 

@@ -214,8 +214,8 @@ class Syncer:
         if not options.dry_run:
             await self._execute(result, options)
         else:
-            for plan in result.plan.mappings:  # the sidecars a run would write: shown, as every other step
-                plan.actions = [a.previewed(self.state) if isinstance(a, SidecarPass) else a for a in plan.actions]
+            for plan in result.plan.mappings:  # (the sidecars a run would write: shown, as every other step)
+                plan.actions = [action.previewed(self.state) for action in plan.actions]
         return result
 
     async def _execute(self, result: SyncReport, options: SyncOptions) -> None:
