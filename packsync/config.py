@@ -35,6 +35,12 @@ TOKEN_ENVS = ("GENVIRAL_TOKEN", "GENVIRAL_API_KEY")
 DEFAULT_ASTRIA_URL = "https://api.astria.ai"
 ASTRIA_TOKEN_ENV = "ASTRIA_API_KEY"
 DEFAULT_LISTEN = "127.0.0.1:8780"
+#: Genviral's longest pack name, in UTF-16 code units (its schema is JavaScript's: that is what it counts).
+MAX_PACK_NAME = 120
+#: What JavaScript's ``trim`` strips (its WhiteSpace and LineTerminator characters): Genviral trims a pack's
+#: name with it and stores it trimmed, so a name is compared, looked up and created trimmed alike.
+_JS_SPACE = "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
 #: Mapping keys that describe a folder, and so mean nothing for an Astria pack.
 FOLDER_ONLY = ("include", "exclude", "follow_symlinks", "polling", "sidecars", "sidecar_name", "packs_from",
                "pack_prefix")
@@ -128,13 +134,29 @@ def parse_listen(value: str, key: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def pack_name(text: str) -> str:
+    """``text`` as Genviral stores a pack's name: trimmed, and — a subfolder's long name — cut to the
+    ``MAX_PACK_NAME`` UTF-16 code units it allows (never inside a character), then trimmed again. Asking
+    for any other name makes a pack that a lookup by that name never finds. Empty: no name at all."""
+    name, units = text.strip(_JS_SPACE), 0
+    for end, char in enumerate(name):
+        units += 2 if ord(char) > 0xFFFF else 1
+        if units > MAX_PACK_NAME:
+            return name[:end].strip(_JS_SPACE)
+    return name
+
+
+def _utf16_units(text: str) -> int:
+    return len(text) + sum(1 for c in text if ord(c) > 0xFFFF)
+
+
 class MappingConfig(_Strict, frozen=True):
     """One source mirrored into one pack: a folder (``path``) or an Astria pack (``astria_pack``)."""
 
     path: Path | None = None
     astria_pack: Annotated[int, Meta(ge=1)] | None = None
     classes: Annotated[list[str], Meta(min_length=1)] | None = None
-    pack: Annotated[str, Meta(min_length=1, max_length=120)] | None = None
+    pack: Annotated[str, Meta(min_length=1)] | None = None
     pack_id: Annotated[str, Meta(min_length=1)] | None = None
     include: list[str] = field(default_factory=lambda: list(DEFAULT_INCLUDE))
     exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
@@ -178,6 +200,14 @@ class MappingConfig(_Strict, frozen=True):
             raise ValueError('pack_prefix: applies to packs_from = "subfolders" only')
         elif (self.pack is None) == (self.pack_id is None):
             raise ValueError("give exactly one of pack or pack_id")
+        if self.pack is not None:
+            name = self.pack.strip(_JS_SPACE)
+            if not name:
+                raise ValueError("pack: a pack's name cannot be only spaces")
+            if _utf16_units(name) > MAX_PACK_NAME:
+                raise ValueError(f"pack: Genviral takes at most {MAX_PACK_NAME} characters (an emoji counts as 2)")
+            # The name the server will store: what is created, remembered and compared.
+            msgspec.structs.force_setattr(self, "pack", name)
 
     @property
     def label(self) -> str:

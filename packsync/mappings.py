@@ -15,14 +15,10 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from packsync.config import Config, MappingConfig
+from packsync.config import Config, MappingConfig, pack_name
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State
-
-#: Genviral's longest pack name.
-MAX_PACK_NAME = 120
-
 
 def parent_of(config: Config, label: str) -> MappingConfig | None:
     """The ``packs_from = "subfolders"`` mapping a derived mapping's label belongs to, if any."""
@@ -38,9 +34,10 @@ def group_of(config: Config, label: str) -> str:
 
 
 def derived(mapping: MappingConfig, subfolder: Path, pack: str | None = None) -> MappingConfig:
-    """The mapping of one subfolder of a ``packs_from = "subfolders"`` mapping."""
+    """The mapping of one subfolder of a ``packs_from = "subfolders"`` mapping, into the pack named after it,
+    as Genviral stores the name (``pack_name``; a subfolder named only spaces has none: see ``listed``)."""
     return msgspec.structs.replace(mapping, path=subfolder, packs_from="folder", pack_prefix="", pack_id=None,
-                                   pack=pack or (mapping.pack_prefix + subfolder.name)[:MAX_PACK_NAME])
+                                   pack=pack_name(pack or mapping.pack_prefix + subfolder.name))
 
 
 def packs_named(config: Config) -> set[str]:
@@ -74,9 +71,11 @@ def synced_subfolders(mapping: MappingConfig, state: State, keep: Callable[[str,
 
 def recorded_pack_id(state: State, mapping: MappingConfig) -> str | None:
     """The pack id ``mapping`` syncs into as far as the state knows — only while the config still
-    names that pack (a renamed ``pack`` is another pack)."""
+    names that pack (a renamed ``pack`` is another pack; the name it was created with, untrimmed by an older
+    packsync, is the same pack)."""
     if mapping.pack_id is not None:
         return mapping.pack_id
     record = state.mappings.get(mapping.label)
-    return record.pack_id if record and record.pack_id and record.pack_name == mapping.pack else None
+    return record.pack_id if record and record.pack_id and pack_name(record.pack_name or "") == mapping.pack \
+        else None
 

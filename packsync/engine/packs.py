@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from packsync.config import MappingConfig
+from packsync.config import MappingConfig, pack_name
 from packsync.engine.actions import RememberPack
 from packsync.errors import AmbiguousError, MalformedAnswer, NotFound
 from packsync.logs import get_logger
@@ -92,7 +92,8 @@ class PackResolver:
         return Resolved(remote, self._remember(mapping.label, remote.pack_id, name, gone), gone)
 
     async def _oldest_named(self, name: str) -> str | None:
-        candidates = [p for p in await self.api.list_packs(search=name) if p.name == name and not p.is_public]
+        candidates = [p for p in await self.api.list_packs(search=name)
+                      if pack_name(p.name) == name and not p.is_public]
         if len(candidates) > 1:
             self.log.warning("several packs have this name; using the oldest", pack=name, count=len(candidates))
         return min(candidates, key=lambda p: p.created_at).pack_id if candidates else None

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 
-from packsync.config import MappingConfig
+from packsync.config import MappingConfig, pack_name
 from packsync.errors import ConfigError, SourceUnavailable
 from packsync.mappings import derived, synced_subfolders
 from packsync.model import CachedFile, Problem
@@ -92,7 +92,8 @@ async def observe(mapping: MappingConfig, state: State, taken: set[str]) -> Obse
     there: set[str] = set()
     unlisted = None
     try:
-        present, skipped, there = listed(mapping, taken)
+        present, skipped, there = listed(mapping, taken, first=lambda label: bool(
+            (record := state.mappings.get(label)) and record.pack_id))
     except SourceUnavailable as exc:
         unlisted = str(exc)
     old = gone(mapping, state, there)
@@ -111,21 +112,28 @@ def source_of(target: Target) -> Source:
     return FolderSource(target.config.folder, filters_below(target.parent, target.config.folder))
 
 
-def listed(mapping: MappingConfig, taken: set[str]) -> tuple[list[MappingConfig], list[Problem], set[str]]:
+def listed(mapping: MappingConfig, taken: set[str], first: Callable[[str], bool] = lambda _label: False
+           ) -> tuple[list[MappingConfig], list[Problem], set[str]]:
     """The mappings of the subfolders there now, what is skipped (also a subfolder whose pack name
-    another mapping uses: two mappings into one pack are refused, as in the config), and the labels of
-    every subfolder there (a skipped one is there: never "gone"). The names given out are added to
-    ``taken``. ``SourceUnavailable`` when the folder cannot be listed."""
+    another mapping uses: two mappings into one pack are refused, as in the config — the server trims
+    names, so " Acme" and "Acme" are one pack; the subfolder ``first`` says synced into it keeps it), and
+    the labels of every subfolder there (a skipped one is there: never "gone"). The names given out are
+    added to ``taken``. ``SourceUnavailable`` when the folder cannot be listed."""
     folders, skipped = subfolders(mapping)
     present = []
-    for path in folders:
-        one = derived(mapping, path)
+    for path in sorted(folders, key=lambda path: not first(str(path))):
+        name = pack_name(mapping.pack_prefix + path.name)
+        if not name:
+            skipped.append(Problem(path.name, "its name is only spaces, and a pack cannot be named after it; "
+                                              "rename it"))
+            continue
+        one = derived(mapping, path, name)
         if one.pack in taken:
             skipped.append(Problem(path.name, f"its pack would be {one.pack!r}, which another mapping syncs into"))
             continue
         taken.add(one.pack or "")
         present.append(one)
-    return present, skipped, {str(path) for path in folders}
+    return sorted(present, key=lambda m: m.label), skipped, {str(path) for path in folders}
 
 
 def subfolders(mapping: MappingConfig) -> tuple[list[Path], list[Problem]]:

@@ -48,6 +48,7 @@ class Sandbox:
         self._calls: Counter[tuple[str, str]] = Counter()
         self._calls_lock = threading.Lock()
         self._rewrites: list[list[Any]] = []
+        self._gathers: list[list[Any]] = []
         self._server: SandboxServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -127,10 +128,11 @@ class Sandbox:
         self.plan.inject(kind, method, route, count)
 
     def clear_faults(self) -> None:
-        """Forget scripted faults and rewrites that have not fired yet."""
+        """Forget scripted faults, rewrites and gathers that have not fired yet."""
         self.plan.clear()
         with self._calls_lock:
             self._rewrites.clear()
+            self._gathers.clear()
 
     def rewrite(self, method: str, route: str, change: Callable[[Reply], Reply], count: int = 1 << 30) -> None:
         """Pass the next ``count`` answers to (method, route template) through ``change``: a server
@@ -150,6 +152,26 @@ class Sandbox:
             else:
                 return reply
         return change(reply)
+
+    def gather(self, method: str, route: str, count: int = 2, timeout_s: float = 20.0) -> None:
+        """Hold the next ``count`` requests to (method, route template) until all of them have arrived
+        (or ``timeout_s`` passed), then serve them together: clients that race, made to race for sure."""
+        with self._calls_lock:
+            self._gathers.append([method.upper(), route, threading.Barrier(count, timeout=timeout_s), count])
+
+    def gathered(self, method: str, route: str) -> None:
+        """Wait here if a ``gather`` holds this request (the server calls it before doing the work)."""
+        with self._calls_lock:
+            entry = next((e for e in self._gathers if e[0] == method and e[1] == route), None)
+            if entry is None:
+                return
+            entry[3] -= 1
+            if entry[3] == 0:
+                self._gathers.remove(entry)
+        try:
+            entry[2].wait()
+        except threading.BrokenBarrierError:
+            pass
 
     # ----------------------------------------------------------------- calls
     def _count(self, method: str, route: str) -> None:

@@ -248,6 +248,7 @@ class Handler(BaseHTTPRequestHandler):
         sb._count(method, route)
         if sb.faults.latency_s > 0:  # counted from the call's arrival: the sandbox's own parsing is not latency
             time.sleep(max(0.0, sb.faults.latency_s - (time.monotonic() - self.arrived)))
+        sb.gathered(method, route)
         fault = sb.plan.draw(method, route)
         if fault == "reset":
             self._drop()

@@ -2,7 +2,9 @@
 
 Owns the body schemas of POST/PATCH /packs, POST /packs/{id}/images and POST /files and
 produces the ``issues`` object of a 422 ``invalid_payload`` answer:
-``{"formErrors": [...], "fieldErrors": {field: [...]}}``. Pure functions only.
+``{"formErrors": [...], "fieldErrors": {field: [...]}}``. Pure functions only. As the vendor's
+(JavaScript) schema does, a pack's name is trimmed before its length is checked and is stored trimmed,
+and lengths count UTF-16 code units.
 """
 
 from __future__ import annotations
@@ -30,6 +32,16 @@ IMAGE_CONTENT_TYPES: dict[str, str] = {
 }
 
 Issues = dict[str, Any]
+
+#: What JavaScript's ``String.prototype.trim`` strips (its WhiteSpace and LineTerminator characters): the
+#: vendor's schema trims a pack's name with it before checking its length, and stores it trimmed.
+JS_SPACE = "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+
+
+def js_length(text: str) -> int:
+    """A string's length as JavaScript counts it (UTF-16 code units): what the schema's limits count."""
+    return len(text) + sum(1 for c in text if ord(c) > 0xFFFF)
 
 
 class PayloadError(Exception):
@@ -70,7 +82,9 @@ class _Checker:
     def fail(self, field: str, message: str) -> None:
         self.fields.setdefault(field, []).append(message)
 
-    def string(self, field: str, lo: int, hi: int, *, required: bool) -> str | None:
+    def string(self, field: str, lo: int, hi: int, *, required: bool, trim: bool = False) -> str | None:
+        """The field's string (trimmed first when ``trim``, as the schema's ``.trim()`` does), its length
+        checked in UTF-16 code units."""
         if field not in self.body:
             if required:
                 self.fail(field, "Required")
@@ -79,9 +93,11 @@ class _Checker:
         if not isinstance(value, str):
             self.fail(field, f"Expected string, received {_type_name(value)}")
             return None
-        if len(value) < lo:
+        if trim:
+            value = value.strip(JS_SPACE)
+        if js_length(value) < lo:
             self.fail(field, f"String must contain at least {lo} character(s)")
-        elif len(value) > hi:
+        elif js_length(value) > hi:
             self.fail(field, f"String must contain at most {hi} character(s)")
         return value
 
@@ -100,9 +116,9 @@ class _Checker:
 
 
 def validate_create_pack(body: object) -> tuple[str, bool]:
-    """``{"name": 1..120 chars, "is_public": bool = false}`` -> (name, is_public)."""
+    """``{"name": 1..120 chars once trimmed, "is_public": bool = false}`` -> (name as stored, is_public)."""
     c = _Checker(body, ("name", "is_public"))
-    name = c.string("name", 1, 120, required=True)
+    name = c.string("name", 1, 120, required=True, trim=True)
     is_public = c.boolean("is_public")
     c.raise_if_failed()
     assert name is not None
@@ -110,9 +126,9 @@ def validate_create_pack(body: object) -> tuple[str, bool]:
 
 
 def validate_update_pack(body: object) -> tuple[str | None, bool | None]:
-    """``{"name"?: 1..120 chars, "is_public"?: bool}``, at least one -> (name, is_public)."""
+    """``{"name"?: 1..120 chars once trimmed, "is_public"?: bool}``, at least one -> (name, is_public)."""
     c = _Checker(body, ("name", "is_public"))
-    name = c.string("name", 1, 120, required=False)
+    name = c.string("name", 1, 120, required=False, trim=True)
     is_public = c.boolean("is_public")
     if isinstance(body, dict) and not c.form and not body:
         c.form.append("At least one of 'name' or 'is_public' must be provided")
