@@ -96,7 +96,8 @@ class RenamePack(Action, frozen=True):
 
 class CreatePack(Action, frozen=True):
     """Create the mapping's pack and remember it; the records of ``gone`` (its pack found deleted) go
-    once the new one exists."""
+    once the new one exists. Another pack of the name created at the same moment wins (the older): the
+    mapping then syncs into it from the next run on, not now, while the other client fills it."""
 
     kind: ClassVar[str] = "create-pack"
     order: ClassVar[int] = 2
@@ -106,12 +107,15 @@ class CreatePack(Action, frozen=True):
 
     async def apply(self, run: Run) -> None:
         try:
-            pack_id = await run.packs.create(self.name)
+            created = await run.packs.create(self.name)
         except (TransientError, PermanentError) as exc:
             run.stop(f"cannot create pack {self.name!r}: {exc}")
             return
-        remember(run, self.mapping, pack_id, self.name, self.gone)
-        run.outcome.pack_id = pack_id
+        remember(run, self.mapping, created.pack_id, self.name, self.gone)
+        run.outcome.pack_id = created.pack_id
+        if created.raced:  # its plan was made for an empty pack, which the other client is filling now
+            run.stop(f"another pack named {self.name!r} was created at the same moment (another machine's "
+                     "first run?); this one was deleted, and the next run syncs into that one")
 
 
 class RememberPack(Action, frozen=True):

@@ -16,16 +16,17 @@ new one created; the records of the old one are dropped once the new one exists,
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from packsync.config import MappingConfig, pack_name
 from packsync.engine.actions import RememberPack
-from packsync.errors import AmbiguousError, MalformedAnswer, NotFound
+from packsync.errors import AmbiguousError, MalformedAnswer, NotFound, PermanentError, TransientError
 from packsync.logs import get_logger
 from packsync.mappings import recorded_pack_id
-from packsync.model import PackRead
+from packsync.model import PackRead, PackSummary
 
 #: How long to wait before looking again at a pack that answered 404.
 CONFIRM_PAUSE_S = 1.0
@@ -44,6 +45,25 @@ class Resolved(msgspec.Struct, frozen=True):
     remember: RememberPack | None = None
     gone: str | None = None
     notice: str | None = None
+
+
+class Created(msgspec.Struct, frozen=True):
+    """The pack ``create`` leaves the mapping with: the one it created, or (``raced``) an older one of the
+    same name that another client created at the same moment."""
+
+    pack_id: str
+    raced: bool = False
+
+
+def _age(pack: PackSummary) -> tuple[datetime, str]:
+    """A pack's place among packs of its name: when it was created (a date not as documented: last), its id."""
+    try:
+        created = datetime.fromisoformat(pack.created_at)
+    except ValueError:
+        created = datetime.max
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return created, pack.pack_id
 
 
 class PackResolver:
@@ -92,15 +112,20 @@ class PackResolver:
         return Resolved(remote, self._remember(mapping.label, remote.pack_id, name, gone), gone)
 
     async def _oldest_named(self, name: str) -> str | None:
-        candidates = [p for p in await self.api.list_packs(search=name)
-                      if pack_name(p.name) == name and not p.is_public]
+        candidates = await self._named(name)
         if len(candidates) > 1:
             self.log.warning("several packs have this name; using the oldest", pack=name, count=len(candidates))
-        return min(candidates, key=lambda p: p.created_at).pack_id if candidates else None
+        return candidates[0].pack_id if candidates else None
 
-    async def create(self, name: str) -> str:
+    async def _named(self, name: str) -> list[PackSummary]:
+        """The key's own packs named ``name`` (as the server stores names), oldest first: by ``created_at``,
+        then by id, so that every client agrees on which is the first."""
+        return sorted((p for p in await self.api.list_packs(search=name) if pack_name(p.name) == name
+                       and not p.is_public), key=_age)
+
+    async def create(self, name: str) -> Created:
         """Create a pack named ``name``, exactly once even when the answer is lost (remembering it is
-        the caller's)."""
+        the caller's); and, another pack of that name being older, give way to it (``first_of``)."""
         try:
             pack_id = await self.api.create_pack(name)
         except (AmbiguousError, MalformedAnswer) as exc:
@@ -109,9 +134,28 @@ class PackResolver:
             found = await self._oldest_named(name)
             if found is None and isinstance(exc, MalformedAnswer):
                 raise
-            pack_id = found or await self.api.create_pack(name)
+            if found is not None:
+                return Created(found)
+            pack_id = await self.api.create_pack(name)
         self.log.info("pack created", pack=name, pack_id=pack_id)
-        return pack_id
+        return await self._first_of(name, pack_id)
+
+    async def _first_of(self, name: str, pack_id: str) -> Created:
+        """Two clients that found no pack of this name at the same moment (two machines' first runs)
+        both create one; until they share a state, each looks again right after creating: the oldest
+        stays, and the one just created — still empty, so nothing of anyone's is lost — is deleted."""
+        named = await self._named(name)
+        if pack_id not in {p.pack_id for p in named} or named[0].pack_id == pack_id:
+            return Created(pack_id)  # (not listed yet: kept, as nothing says it came second)
+        first = named[0].pack_id
+        self.log.warning("another pack of this name was created at the same moment; using the older one",
+                         pack=name, pack_id=first, deleted=pack_id)
+        try:
+            await self.api.delete_pack(pack_id)
+        except (TransientError, PermanentError) as exc:
+            self.log.warning("the empty pack just created could not be deleted; delete it in the web app",
+                             pack=name, pack_id=pack_id, error=str(exc))
+        return Created(first, raced=True)
 
     def _remember(self, label: str, pack_id: str, name: str, gone: str | None = None) -> RememberPack | None:
         """What the state should remember of the mapping's pack, when it does not know it already."""

@@ -42,6 +42,7 @@ LIST_PACKS = Route("GET", "/packs")
 GET_PACK = Route("GET", "/packs/{id}")
 CREATE_PACK = Route("POST", "/packs")
 RENAME_PACK = Route("PATCH", "/packs/{id}")
+DELETE_PACK = Route("DELETE", "/packs/{id}")
 CREATE_UPLOAD = Route("POST", "/files")
 PUT_BYTES = Route("PUT", "upload URL", keyed=False)
 ADD_IMAGE = Route("POST", "/packs/{id}/images")
@@ -235,6 +236,14 @@ class GenviralClient:
     async def rename_pack(self, pack_id: str, name: str) -> None:
         """Give a pack a new name (``PATCH``; harmless to repeat)."""
         await self._call(RENAME_PACK, f"/packs/{path_segment(pack_id)}", safe_to_repeat=True, body={"name": name})
+
+    async def delete_pack(self, pack_id: str) -> None:
+        """Delete a pack; one that is already gone counts as deleted. packsync deletes only a pack it has
+        just created, still empty, that another client created at the same moment under the same name."""
+        try:
+            await self._call(DELETE_PACK, f"/packs/{path_segment(pack_id)}", safe_to_repeat=True)
+        except NotFound:
+            pass
 
     # -- images ------------------------------------------------------------------------------------
 
