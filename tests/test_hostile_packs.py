@@ -280,3 +280,32 @@ def test_the_daemon_sees_a_swap_as_two_pack_renames(daemon_env: Env, start: Star
     wait_until(lambda: _pack_contents(daemon_env) == wanted, timeout=20, what="the packs renamed")
     assert uploads(daemon_env) == {}, daemon.output()[-3000:]
     assert "safety" not in daemon.output().lower()
+
+
+def test_a_subfolder_whose_files_moved_away_while_it_holds_others_gets_a_pack_of_its_own(env: Env) -> None:
+    root = _clients(env)
+    env.sync()
+    before = _pack_contents(env)
+    (root / "Bolt").rename(root / "Dash")
+    write(root / "Bolt" / "IMG_0000.png", image())  # a new Bolt, holding something else
+    env.sandbox.reset_calls()
+
+    done = env.cli("run", "--no-wait")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Bolt: its files are in Dash now" in done.stdout
+    assert _pack_contents(env)["Dash"] == before["Bolt"] and "Bolt" not in _pack_contents(env)
+    assert uploads(env) == {}
+    assert env.sync().exit_code == ExitCode.OK
+    assert packs(env) == {"Acme": 3, "Dash": 3, "Cargo": 1, "Bolt": 1}
+
+
+def test_a_subfolder_whose_first_file_is_deleted_is_no_rename(env: Env) -> None:
+    root = _clients(env)
+    env.sync()
+    (root / "Acme" / "IMG_0000.png").unlink()
+    (root / "Bolt" / "IMG_0000.png").unlink()
+
+    assert env.sync().exit_code == ExitCode.OK
+    assert packs(env) == {"Acme": 2, "Bolt": 2, "Cargo": 1}
+    assert env.sandbox.calls[("PATCH", "/packs/{id}")] == 0

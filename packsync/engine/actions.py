@@ -69,8 +69,22 @@ class Action(msgspec.Struct, frozen=True):
 
 # -- the pack ---------------------------------------------------------------------------------------
 
+class Move(msgspec.Struct, frozen=True):
+    """A subfolder renamed: the records of ``old`` become ``new``'s, and its pack (``pack_id``) is ``name``."""
+
+    old: str
+    new: str
+    pack_id: str
+    name: str
+
+
 class RenamePack(Action, frozen=True):
-    """A renamed subfolder: its records (``old``'s) become ``mapping``'s and its pack is renamed."""
+    """A renamed subfolder: its records (``old``'s) become ``mapping``'s and its pack is renamed.
+
+    ``together``: every rename of the subfolders of one folder that one sync found, this one among them.
+    They are carried out at once — all the packs renamed, then all the records moved in one transaction
+    — so that a swap (A's files now in B and B's in A) moves A's records to B while B's move to A, and a
+    failure leaves all of them as they were. The first of them to run does it; the others find it done."""
 
     kind: ClassVar[str] = "rename-pack"
     order: ClassVar[int] = 0
@@ -78,20 +92,30 @@ class RenamePack(Action, frozen=True):
     old: str
     pack_id: str
     name: str
+    together: tuple[Move, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "from": self.old, "pack_id": self.pack_id, "name": self.name}
 
     async def apply(self, run: Run) -> None:
-        try:
-            await run.api.rename_pack(self.pack_id, self.name)
-        except (TransientError, PermanentError, NotFound) as exc:  # (a refused key stops everything)
-            run.stop(f"cannot rename the pack of the renamed subfolder {self.old}; trying again next run: {exc}")
-            return
-        run.state.mappings.move_source(self.old, self.mapping)
-        run.state.mappings.save(self.mapping, pack_id=self.pack_id, pack_name=self.name)
+        moves = self.together or (Move(self.old, self.mapping, self.pack_id, self.name),)
+        if not all(_moved(run.state, move) for move in moves):
+            try:
+                for move in moves:
+                    await run.api.rename_pack(move.pack_id, move.name)
+            except (TransientError, PermanentError, NotFound) as exc:  # (a refused key stops everything)
+                run.stop(f"cannot rename the pack of the renamed subfolder {self.old}; trying again next run: {exc}")
+                return
+            run.state.mappings.move_sources({move.old: move.new for move in moves})
+            for move in moves:
+                run.state.mappings.save(move.new, pack_id=move.pack_id, pack_name=move.name)
         run.outcome.renamed_from = self.old
         run.log.info("subfolder renamed: its pack follows", old=self.old, new=self.mapping, pack=self.name)
+
+
+def _moved(state: State, move: Move) -> bool:
+    record = state.mappings.get(move.new)
+    return bool(record and record.pack_id == move.pack_id and record.pack_name == move.name)
 
 
 class CreatePack(Action, frozen=True):

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from packsync.config import MappingConfig, pack_name
+from packsync.engine.actions import Move
 from packsync.errors import ConfigError, SourceUnavailable
 from packsync.mappings import derived, synced_subfolders
 from packsync.model import CachedFile, Problem
@@ -42,13 +43,16 @@ class Target(msgspec.Struct, frozen=True):
     """One mapping this sync has, and what observing its source found: a subfolder packsync synced that
     is ``gone`` (an emptied source), one whose folder is ``missing`` (it cannot be listed, or every
     synced subfolder vanished at once: why), or one ``renamed_from`` a gone subfolder whose records and
-    pack it takes over. ``parent``: the ``packs_from = "subfolders"`` mapping it is a subfolder of."""
+    pack it takes over (with the other ``renames`` of the folder). ``parent``: the ``packs_from =
+    "subfolders"`` mapping it is a subfolder of."""
 
     config: MappingConfig
     parent: MappingConfig | None = None
     gone: bool = False
     missing: str | None = None
     renamed_from: str | None = None
+    #: Every rename found in its parent folder, its own among them: carried out together (a swap).
+    renames: tuple[Move, ...] = ()
 
     @property
     def label(self) -> str:
@@ -58,13 +62,15 @@ class Target(msgspec.Struct, frozen=True):
 class Observed(msgspec.Struct, frozen=True):
     """What one look at a ``packs_from = "subfolders"`` folder found: the subfolders there (``present``),
     what is skipped in it, why it could not be listed (``unlisted``), the subfolders packsync synced that
-    are not there (``old``), and which of those are a new one renamed (``moves``: old label → new label)."""
+    are not there (``old``), and which subfolder packsync synced is another one now (``moves``: old label →
+    new label; ``renames``: the same, with the packs)."""
 
     present: list[MappingConfig]
     skipped: list[Problem]
     unlisted: str | None
     old: list[MappingConfig]
     moves: dict[str, str]
+    renames: tuple[Move, ...] = ()
 
 
 def targets(index: int, mapping: MappingConfig, seen: Observed) -> list[Target]:
@@ -80,27 +86,43 @@ def targets(index: int, mapping: MappingConfig, seen: Observed) -> list[Target]:
     if missing is not None:
         return [Target(m, mapping, gone=True, missing=missing) for m in seen.old]
     renamed_to = {new: old for old, new in seen.moves.items()}
-    return [Target(m, mapping, renamed_from=renamed_to.get(m.label)) for m in seen.present] \
+    return [Target(m, mapping, renamed_from=renamed_to.get(m.label), renames=seen.renames
+                   if m.label in renamed_to else ()) for m in seen.present] \
         + [Target(m, mapping, gone=True) for m in seen.old if m.label not in seen.moves]
 
 
 async def observe(mapping: MappingConfig, state: State, taken: set[str]) -> Observed:
     """Look at a ``packs_from = "subfolders"`` folder (writing nothing): its subfolders, those synced
-    before and gone, and which new one is a gone one renamed (compared in a worker thread)."""
+    before and gone, and which subfolder is another renamed (compared in a worker thread): a new one that
+    holds a gone one's files, or one packsync synced that holds another's now (two names swapped; its
+    first file is not where its last scan saw it, which costs one ``stat`` per subfolder to notice)."""
     present: list[MappingConfig] = []
     skipped: list[Problem] = []
     there: set[str] = set()
     unlisted = None
+    packs = {record.root: record.pack_id for record in state.mappings.under(str(mapping.folder))
+             if record.pack_id and Path(record.root).parent == mapping.folder}
     try:
-        present, skipped, there = listed(mapping, taken, first=lambda label: bool(
-            (record := state.mappings.get(label)) and record.pack_id))
+        present, skipped, there = listed(mapping, taken, first=lambda label: label in packs)
     except SourceUnavailable as exc:
         unlisted = str(exc)
     old = gone(mapping, state, there)
-    new = [m for m in present if not (record := state.mappings.get(m.label)) or not record.pack_id]
-    moves = await asyncio.to_thread(renamed, {m.label: state.files.cache(m.label) for m in old},
-                                    [m.folder for m in new]) if old and new else {}
-    return Observed(present, skipped, unlisted, old, {label: str(path) for label, path in moves.items()})
+    new = [m.folder for m in present if m.label not in packs]
+    firsts = {m.label: state.files.some_items(m.label, 1) for m in present if m.label in packs}
+    displaced = await asyncio.to_thread(elsewhere, firsts) if firsts else []
+    moves: dict[str, Path] = {}
+    if old and new or displaced and (old or new or len(displaced) > 1):
+        caches = {label: state.files.cache(label) for label in sorted({m.label for m in old} | set(displaced))}
+        moves = await asyncio.to_thread(renamed, caches, new, [Path(label) for label in displaced])
+    names = {m.label: m.pack or "" for m in present}
+    renames = tuple(Move(was, str(path), packs[was], names[str(path)]) for was, path in moves.items())
+    # One synced whose files moved to another while it holds others (``mv B C; mkdir B``): its records go
+    # with its files; it is planned afresh next sync, when nothing recorded says it is its old self.
+    vacated = {was: path.name for was, path in moves.items() if was in names and Path(was) not in moves.values()}
+    skipped += [Problem(Path(was).name, f"its files are in {now} now, and its pack follows them; what it holds now "
+                                        "gets a pack of its own next sync") for was, now in vacated.items()]
+    return Observed([m for m in present if m.label not in vacated], skipped, unlisted, old,
+                    {label: str(path) for label, path in moves.items()}, renames)
 
 
 def source_of(target: Target) -> Source:
@@ -179,17 +201,39 @@ def gone(mapping: MappingConfig, state: State, present: Collection[str]) -> list
                              and bool(state.images.count(pack_id, label)))
 
 
-def renamed(gone: Mapping[str, Mapping[str, CachedFile]], new: Collection[Path]) -> dict[str, Path]:
-    """Which gone subfolder (its label → what its last scan saw) each new subfolder is: the same files
-    under the same relative paths, moved (same device, inode, size and mtime) or copied (same bytes)."""
+def renamed(gone: Mapping[str, Mapping[str, CachedFile]], new: Collection[Path],
+            displaced: Collection[Path] = ()) -> dict[str, Path]:
+    """Which subfolder (its label → what its last scan saw) each new or ``displaced`` subfolder is now: the
+    same files under the same relative paths, moved (same device, inode, size and mtime) or, into a new
+    one, copied (same bytes). A displaced subfolder (one packsync synced, holding something else now) is
+    walked only if the other's first file is there, moved: a swap is moves."""
     found: dict[str, Path] = {}
     for label, cache in gone.items():
         files = {rel: c for rel, c in cache.items() if c.sha256 and not c.problem}
-        for candidate in new:
-            if candidate not in found.values() and files and _same(candidate, files):
+        first = dict([min(files.items())]) if files else {}
+        for candidate in [*new, *displaced]:
+            if candidate in found.values() or str(candidate) == label or not files:
+                continue
+            if candidate in displaced and elsewhere({str(candidate): first}):
+                continue
+            if _same(candidate, files):
                 found[label] = candidate
                 break
     return found
+
+
+def elsewhere(firsts: Mapping[str, Mapping[str, CachedFile]]) -> list[str]:
+    """The subfolders (label → its first good file as its last scan saw it) whose first file is not there
+    as it was: moved away (or that file alone changed)."""
+    moved = []
+    for label, first in firsts.items():
+        for rel, cached in first.items():
+            try:
+                if not cached.matches(stat_version((Path(label) / rel).stat())):
+                    moved.append(label)
+            except OSError:
+                moved.append(label)
+    return moved
 
 
 def _same(folder: Path, files: Mapping[str, CachedFile]) -> bool:

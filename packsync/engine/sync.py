@@ -493,7 +493,7 @@ class Syncer:
         old = report.target.renamed_from
         if old is None or remote is None or report.config.pack is None:
             return None
-        return RenamePack(report.label, old, remote.pack_id, report.config.pack)
+        return RenamePack(report.label, old, remote.pack_id, report.config.pack, report.target.renames)
 
     async def _contents(self, report: MappingReport, remote: RemotePack, urls: set[str],
                         mapping: MappingConfig) -> tuple[dict[str, str], int]:

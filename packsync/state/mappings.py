@@ -8,6 +8,7 @@ that was recorded of it along (``move_source``), across the repositories' tables
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from msgspec.structs import astuple, replace
@@ -59,13 +60,25 @@ class MappingRepository:
 
     def move_source(self, old: str, new: str) -> None:
         """A source that was renamed (a subfolder): everything recorded of it is the new name's now."""
-        settled, images = table(SettledRow), table(ImageRow)
+        self.move_sources({old: new})
+
+    def move_sources(self, moves: Mapping[str, str]) -> None:
+        """Sources renamed at once (old name → new name), in one transaction: in a swap, A's records become
+        B's while B's become A's, so each goes through a name of its own first and none is overwritten."""
         with self.unit.transaction():
-            for rows in _OF_A_SOURCE:
-                self.unit.run(delete(rows).where(rows.c.root == new))
-                self.unit.run(update(rows).where(rows.c.root == old).values(root=new))
-            self.unit.run(update(images).where(images.c.owner == old).values(owner=new))
-            self.unit.run(delete(settled).where(settled.c.root.in_((old, new))))
+            staged = {old: f"{old}\0moving" for old in moves}
+            for old, passing in staged.items():
+                self._move(old, passing)
+            for old, new in moves.items():
+                self._move(staged[old], new)
+
+    def _move(self, old: str, new: str) -> None:
+        settled, images = table(SettledRow), table(ImageRow)
+        for rows in _OF_A_SOURCE:
+            self.unit.run(delete(rows).where(rows.c.root == new))
+            self.unit.run(update(rows).where(rows.c.root == old).values(root=new))
+        self.unit.run(update(images).where(images.c.owner == old).values(owner=new))
+        self.unit.run(delete(settled).where(settled.c.root.in_((old, new))))
 
     # -- the daemon --------------------------------------------------------------------------------
 
