@@ -146,10 +146,6 @@ def pack_name(text: str) -> str:
     return name
 
 
-def _utf16_units(text: str) -> int:
-    return len(text) + sum(1 for c in text if ord(c) > 0xFFFF)
-
-
 class MappingConfig(_Strict, frozen=True):
     """One source mirrored into one pack: a folder (``path``) or an Astria pack (``astria_pack``)."""
 
@@ -201,10 +197,10 @@ class MappingConfig(_Strict, frozen=True):
         elif (self.pack is None) == (self.pack_id is None):
             raise ValueError("give exactly one of pack or pack_id")
         if self.pack is not None:
-            name = self.pack.strip(_JS_SPACE)
+            name = pack_name(self.pack)
             if not name:
                 raise ValueError("pack: a pack's name cannot be only spaces")
-            if _utf16_units(name) > MAX_PACK_NAME:
+            if name != self.pack.strip(_JS_SPACE):  # (cut to fit)
                 raise ValueError(f"pack: Genviral takes at most {MAX_PACK_NAME} characters (an emoji counts as 2)")
             # The name the server will store: what is created, remembered and compared.
             msgspec.structs.force_setattr(self, "pack", name)

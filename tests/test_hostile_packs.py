@@ -227,6 +227,10 @@ def test_swapping_two_subfolders_is_two_pack_renames_and_nothing_uploaded(env: E
     env.sandbox.reset_calls()
 
     _swap(root, "Acme", "Bolt")
+    preview = env.cli("run", "--dry-run")
+    assert preview.returncode == 0 and preview.stdout.count("would rename its pack, nothing uploaded") == 2, \
+        preview.stdout
+    assert env.sandbox.mutating_calls() == 0
     done = env.cli("run", "--no-wait")
 
     assert done.returncode == 0, done.stdout + done.stderr

@@ -8,6 +8,10 @@ id. Every other module asks here; none looks the pack up on its own.
 Reading writes nothing: ``read`` says what to remember (a ``RememberPack`` for the plan), and the
 executor records it — and a pack created, through ``create`` — once the API confirmed it.
 
+Names are compared as Genviral stores them (``config.pack_name``: trimmed). Two clients that find no pack
+of a name at the same moment both create one: right after creating, the packs of the name are listed
+again: the oldest stays (``_first_of``); if that is another, the one just created, still empty, is deleted.
+
 A 404 for a remembered pack may be a glitch: it is believed only after a second look by id, after
 a pause, and a look by name. Only then is the pack taken as gone (deleted in the web app?) and a
 new one created; the records of the old one are dropped once the new one exists, never before.
@@ -125,7 +129,7 @@ class PackResolver:
 
     async def create(self, name: str) -> Created:
         """Create a pack named ``name``, exactly once even when the answer is lost (remembering it is
-        the caller's); and, another pack of that name being older, give way to it (``first_of``)."""
+        the caller's); and, another pack of that name being older, give way to it (``_first_of``)."""
         try:
             pack_id = await self.api.create_pack(name)
         except (AmbiguousError, MalformedAnswer) as exc:

@@ -7,7 +7,10 @@ packsync synced and that is gone stays a mapping whose source is empty, so it is
 emptied folder: a safety stop unless ``--force``; the pack itself is never deleted. A subfolder that
 is gone while a new one holds the same files (moved: the same inodes, sizes and times; or copied: the
 same bytes) is a rename: its records move to the new name and its pack is renamed (``PATCH``), so
-nothing is uploaded again — an action of the plan like any other.
+nothing is uploaded again — an action of the plan like any other. So is a subfolder packsync synced
+that holds another's files now (two names swapped, three rotated: its first file is not where its last
+scan saw it, and the other's are there): the renames of one folder are carried out together. A subfolder's
+pack name is the one Genviral stores (trimmed, ``config.pack_name``); one named only spaces is skipped.
 
 Listing the folder and comparing a gone subfolder's last listing with a new one are observations;
 ``targets`` decides, from them, which mappings this sync has (pure). What only shows the mappings reads
