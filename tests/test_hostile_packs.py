@@ -192,8 +192,7 @@ def test_two_first_runs_at_the_same_moment_leave_one_pack_holding_each_image_onc
     assert "created at the same moment" in "".join(out for out, _err in outputs), "the one that gave way says so"
     # The one that gave way syncs into the pack that stayed, adopting what is there: nothing twice.
     for env in (one, two):
-        again = env.cli("run", "--no-wait")
-        assert again.returncode == 0, again.stdout + again.stderr
+        assert env.sync().exit_code == ExitCode.OK
     (pack,) = sandbox.packs()
     assert len(pack["images"]) == len(files)
 
