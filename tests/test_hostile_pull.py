@@ -1,0 +1,217 @@
+"""``packsync pull`` against hostile conditions: an emptied pack, a class named in the wrong case, a
+malformed Astria entry, links in the folder, names Windows reserves. Pull deletes with the sync
+direction's safety, writes and deletes nothing through a link, and names no file Windows refuses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import Env, image, write
+from test_astria import astria_pack, prompts_of
+from test_pull import files, filled_pack, pull
+
+from packsync.engine.pull_plan import astria_download, name_from_url, safe_part
+from packsync.errors import ExitCode
+from packsync.model import AstriaImage
+from packsync.sandbox.server import Reply
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every regular file below ``folder`` (no link followed), by its path relative to it."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and not p.is_symlink() and not any(q.is_symlink() for q in p.relative_to(folder).parents
+                                                              if str(q) != "." and (folder / q).is_symlink())}
+
+
+# -- item: --delete has the sync direction's safety ------------------------------------------------
+
+def test_an_emptied_pack_is_a_safety_stop_and_deletes_no_pulled_file(env: Env) -> None:
+    pack_id, contents = filled_pack(env, 3)
+    env.write_config()
+    out = env.root / "out"
+    assert pull(env, "genviral:Brand", str(out)).returncode == 0
+    for image_id in contents:
+        env.sandbox.remove_image(pack_id, image_id)
+
+    stopped = pull(env, "genviral:Brand", str(out), "--delete")
+
+    assert stopped.returncode == ExitCode.SAFETY, stopped.stdout + stopped.stderr
+    assert "is empty" in stopped.stdout and "--force" in stopped.stdout
+    assert sorted(files(out).values()) == sorted(contents.values()), "nothing deleted"
+    forced = pull(env, "genviral:Brand", str(out), "--delete", "--force")
+    assert forced.returncode == ExitCode.OK, forced.stdout + forced.stderr
+    assert files(out) == {}
+
+
+def test_more_removals_than_max_delete_are_a_safety_stop_lifted_by_force_or_a_higher_limit(env: Env) -> None:
+    pack_id, contents = filled_pack(env, 4)
+    env.write_config()
+    out = env.root / "out"
+    assert pull(env, "genviral:Brand", str(out)).returncode == 0
+    for image_id in list(contents)[:3]:
+        env.sandbox.remove_image(pack_id, image_id)
+
+    stopped = pull(env, "genviral:Brand", str(out), "--delete")
+    dry = pull(env, "genviral:Brand", str(out), "--delete", "--dry-run", "--json")
+    allowed = pull(env, "genviral:Brand", str(out), "--delete", "--max-delete", "3")
+
+    assert stopped.returncode == ExitCode.SAFETY, stopped.stdout + stopped.stderr
+    assert "max_delete" in stopped.stdout and len(files(out)) in (1, 4)
+    assert dry.returncode == ExitCode.SAFETY and json.loads(dry.stdout)["safety_stop"]
+    assert allowed.returncode == ExitCode.OK, allowed.stdout + allowed.stderr
+    assert list(files(out).values()) == [contents[list(contents)[3]]]
+
+
+def test_a_bad_max_delete_is_a_usage_error(env: Env) -> None:
+    filled_pack(env, 1)
+    env.write_config()
+
+    result = pull(env, "genviral:Brand", str(env.root / "out"), "--max-delete", "lots")
+
+    assert result.returncode == ExitCode.USAGE and "max-delete" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_class_named_in_the_wrong_case_is_a_clear_error_and_deletes_nothing(env: Env) -> None:
+    pack_id, _ = astria_pack(env, {"woman": 2, "man": 1})
+    env.map_astria(pack_id, pack="unused")
+    out = env.root / "out"
+    assert pull(env, f"astria:{pack_id}", str(out)).returncode == 0
+    before = tree(out)
+
+    result = pull(env, f"astria:{pack_id}", str(out), "--classes", "Man", "--delete")
+
+    assert result.returncode == ExitCode.USAGE, result.stdout + result.stderr
+    said = result.stderr
+    assert "'Man'" in said and "'man'" in said and "woman" in said and "Traceback" not in said
+    assert len(said.strip().splitlines()) == 1
+    assert tree(out) == before, "nothing deleted"
+
+
+def _break_first_image(reply: Reply) -> Reply:
+    pack = json.loads(reply.body)
+    pack["prompts_per_class"]["woman"][0]["images"][0] = 42
+    return Reply(reply.status, json.dumps(pack).encode())
+
+
+def test_a_malformed_astria_entry_is_reported_and_no_file_is_deleted_even_with_force(env: Env) -> None:
+    pack_id, urls = astria_pack(env, {"woman": 3})
+    env.map_astria(pack_id, pack="unused")
+    out = env.root / "out"
+    assert pull(env, f"astria:{pack_id}", str(out)).returncode == 0
+    before = tree(out)
+    env.sandbox.astria.remove_image(pack_id, urls[2])  # one really gone, its removal held back all the same
+    env.sandbox.rewrite("GET", "astria:/p/{id}", _break_first_image)
+
+    result = pull(env, f"astria:{pack_id}", str(out), "--delete", "--force")
+    listed = pull(env, f"astria:{pack_id}", str(out), "--delete", "--json")
+
+    assert result.returncode in (ExitCode.SOME_FAILED, ExitCode.SAFETY), result.stdout + result.stderr
+    prompt = prompts_of(env, pack_id)["woman"][0]["id"]
+    assert f"woman-{prompt}-1" in result.stdout and "nothing is deleted" in result.stdout
+    assert tree(out) == before
+    document = json.loads(listed.stdout)
+    assert [problem["item"] for problem in document["problems"]] == [f"woman-{prompt}-1"]
+    assert document["deleted"] == [] and document["safety_stop"]
+
+
+# -- item: nothing written or deleted through a link ------------------------------------------------
+
+def test_a_class_folder_that_is_a_link_is_reported_and_nothing_is_written_through_it(
+        env: Env, tmp_path: Path) -> None:
+    pack_id, _ = astria_pack(env, {"woman": 2, "man": 1})
+    env.map_astria(pack_id, pack="unused")
+    out = env.root / "out"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out.mkdir()
+    (out / "woman").symlink_to(outside)
+
+    result = pull(env, f"astria:{pack_id}", str(out))
+
+    assert list(outside.iterdir()) == [], "nothing written outside the folder"
+    assert "woman" in result.stdout and "link" in result.stdout, result.stdout
+    assert [Path(name).parent.name for name in tree(out)] == ["man"]
+    assert "Traceback" not in result.stderr
+
+
+def test_delete_removes_nothing_through_a_class_folder_swapped_for_a_link(env: Env, tmp_path: Path) -> None:
+    pack_id, urls = astria_pack(env, {"woman": 3, "man": 3})
+    env.map_astria(pack_id, pack="unused")
+    out = env.root / "out"
+    assert pull(env, f"astria:{pack_id}", str(out)).returncode == 0
+    outside = tmp_path / "outside"
+    (out / "woman").rename(outside)
+    (out / "woman").symlink_to(outside)
+    kept = {p.name: p.read_bytes() for p in outside.iterdir()}
+    env.sandbox.astria.remove_image(pack_id, urls[0])  # a woman's image: its file is behind the link
+
+    result = pull(env, f"astria:{pack_id}", str(out), "--delete")
+
+    assert {p.name: p.read_bytes() for p in outside.iterdir()} == kept, "nothing deleted through the link"
+    assert "link" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_a_pulled_file_replaced_by_a_link_is_neither_followed_nor_deleted(env: Env, tmp_path: Path) -> None:
+    pack_id, contents = filled_pack(env, 2)
+    env.write_config()
+    out = env.root / "out"
+    assert pull(env, "genviral:Brand", str(out)).returncode == 0
+    gone = next(iter(contents))
+    name = next(n for n, data in files(out).items() if data == contents[gone])
+    target = write(tmp_path / "elsewhere.png", contents[gone])
+    (out / name).unlink()
+    (out / name).symlink_to(target)
+    env.sandbox.remove_image(pack_id, gone)
+
+    result = pull(env, "genviral:Brand", str(out), "--delete")
+
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    assert (out / name).is_symlink() and target.read_bytes() == contents[gone]
+
+
+# -- also: names Windows reserves -------------------------------------------------------------------
+
+@pytest.mark.parametrize(("url_name", "written"), [
+    ("CON.png", "CON_.png"),
+    ("aux.png", "aux_.png"),
+    ("Lpt9.PNG", "Lpt9_.PNG"),
+    ("com1.tar.png", "com1_.tar.png"),
+    ("nul .png", "nul_.png"),
+    ("console.png", "console.png"),
+    ("photo .png", "photo .png"),
+])
+def test_a_url_name_windows_reserves_is_written_under_a_safe_one(url_name: str, written: str) -> None:
+    assert name_from_url(f"https://cdn.example.com/u/{url_name.replace(' ', '%20')}") == written
+
+
+@pytest.mark.parametrize(("cls", "folder"), [
+    ("aux", "aux_"), ("NUL", "NUL_"), ("com0", "com0_"), ("prn.x", "prn_.x"),
+    ("woman.", "woman_"), ("woman ", "woman_"), ("woman. .", "woman_"), ("woman", "woman"),
+])
+def test_a_class_windows_reserves_or_one_ending_in_a_dot_or_space_gets_a_safe_folder(cls: str, folder: str) -> None:
+    assert safe_part(cls) == folder
+    download = astria_download("/out", "astria:1", AstriaImage("https://a.example.com/x", cls, 12, 1))
+    assert download.file_name("image/png") == f"{folder}/12-1.png"
+
+
+def test_reserved_names_from_the_sandbox_are_renamed_and_said(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("Brand")
+    data = image(seed=3)
+    env.sandbox.add_image(pack_id, f"{env.sandbox.origin}/cdn/CON.png", "CON.png")
+    env.sandbox.rewrite("GET", "cdn", lambda _: Reply(200, data, "image/png"))  # storage serves that name
+    astria_id, _ = astria_pack(env, {"aux": 1})
+    env.map_astria(astria_id, pack="unused")
+    out = env.root / "out"
+
+    genviral = pull(env, "genviral:Brand", str(out / "g"))
+    astria = pull(env, f"astria:{astria_id}", str(out / "a"))
+
+    assert genviral.returncode == ExitCode.OK, genviral.stdout + genviral.stderr
+    assert files(out / "g") == {"CON_.png": data}
+    assert "CON.png" in genviral.stdout and "CON_.png" in genviral.stdout
+    assert astria.returncode == ExitCode.OK, astria.stdout + astria.stderr
+    assert [p.name for p in (out / "a").iterdir()] == ["aux_"]
+    assert "aux_" in astria.stdout
