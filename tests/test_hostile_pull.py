@@ -5,6 +5,7 @@ direction's safety, writes and deletes nothing through a link, and names no file
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,13 @@ from packsync.sandbox.server import Reply
 
 
 def tree(folder: Path) -> dict[str, bytes]:
-    """Every regular file below ``folder`` (no link followed), by its path relative to it."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*")
-            if p.is_file() and not p.is_symlink() and not any(q.is_symlink() for q in p.relative_to(folder).parents
-                                                              if str(q) != "." and (folder / q).is_symlink())}
+    """Every regular file below ``folder``, by its path relative to it (links neither followed nor listed)."""
+    found = {}
+    for top, _folders, names in os.walk(folder):  # (a link to a folder is not walked into)
+        for name in names:
+            if not (path := Path(top, name)).is_symlink():
+                found[str(path.relative_to(folder))] = path.read_bytes()
+    return found
 
 
 # -- item: --delete has the sync direction's safety ------------------------------------------------
@@ -134,6 +138,26 @@ def test_a_class_folder_that_is_a_link_is_reported_and_nothing_is_written_throug
     assert list(outside.iterdir()) == [], "nothing written outside the folder"
     assert "woman" in result.stdout and "link" in result.stdout, result.stdout
     assert [Path(name).parent.name for name in tree(out)] == ["man"]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_class_folder_swapped_for_a_link_while_the_pull_runs_gets_nothing_more(env: Env, tmp_path: Path) -> None:
+    pack_id, _ = astria_pack(env, {"woman": 2})
+    env.map_astria(pack_id, pack="unused")
+    out = env.root / "out"
+    outside = tmp_path / "outside"
+
+    def swap(reply: Reply) -> Reply:  # as the first image is sent: its folder is made and open by then
+        (out / "woman").rename(outside)
+        (out / "woman").symlink_to(outside)
+        return reply
+
+    env.sandbox.rewrite("GET", "astria-img", swap, count=1)
+
+    result = pull(env, f"astria:{pack_id}", str(out))
+
+    assert list(outside.iterdir()) == [], "nothing placed in the folder moved out"
+    assert "woman: a symbolic link" in result.stdout, result.stdout
     assert "Traceback" not in result.stderr
 
 

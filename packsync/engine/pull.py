@@ -284,6 +284,7 @@ class Puller:
             if digest.content_type is None or digest.problem:
                 raise PermanentError(digest.problem or "not an image")
             async with lock:  # choosing a name and taking it is one step
+                tree.check(download.directory)
                 name = self._place(temp, directory, tree.taken, PulledFile(
                     download.folder, download.pack_id, download.file_name(digest.content_type), download.image_id,
                     download.url, digest.sha256),

@@ -16,10 +16,11 @@ import errno
 import os
 import re
 import stat
+import threading
 from pathlib import Path
 from types import TracebackType
 
-from packsync.errors import LinkInTheWay
+from packsync.errors import LinkInTheWay, SourceError
 from packsync.sources.media import digest_file
 
 TEMP_PREFIX = ".packsync-pull-"
@@ -50,6 +51,7 @@ class PullFolder:
         self.links: set[str] = set()
         self.taken: set[str] = set()
         self._dirs: dict[str, int] = {}
+        self._lock = threading.RLock()  # downloads open their directories from worker threads: each once
         self._dirs[""] = self._opened(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), "")
 
     def __enter__(self) -> PullFolder:
@@ -61,10 +63,14 @@ class PullFolder:
     def directory(self, rel: str) -> int | None:
         """The descriptor of the directory ``rel`` (``""``: the folder), or None when it is not there and
         the pull only observes. Raises ``LinkInTheWay`` for the first link on the way."""
+        with self._lock:
+            return self._directory(rel)
+
+    def _directory(self, rel: str) -> int | None:
         if (known := self._dirs.get(rel)) is not None:
             return known
         parent_rel, _, name = rel.rpartition("/")
-        parent = self.directory(parent_rel)
+        parent = self._directory(parent_rel)
         if parent is None:
             return None
         try:
@@ -79,6 +85,30 @@ class PullFolder:
             fd = self._open_directory(parent, name, rel)
         self._dirs[rel] = self._opened(fd, rel)
         return fd
+
+    def check(self, rel: str) -> None:
+        """Raise unless the directory ``rel``, opened earlier, is still where its path leads through no
+        link: one moved away and replaced (by a link to where it went, say) while the pull ran gets
+        nothing more placed in it (``LinkInTheWay``, or ``SourceError`` when it was only moved)."""
+        if not rel:
+            return  # the folder itself: the user's choice, resolved once
+        with self._lock:
+            expected = os.fstat(self._dirs[rel])
+            opened: list[int] = []
+            try:
+                fd = self._dirs[""]
+                parts = rel.split("/")
+                for count, part in enumerate(parts, 1):
+                    fd = self._open_directory(fd, part, "/".join(parts[:count]))
+                    opened.append(fd)
+                current = os.fstat(fd)
+            except FileNotFoundError:
+                current = None
+            finally:
+                for fd in opened:
+                    os.close(fd)
+        if current is None or (current.st_dev, current.st_ino) != (expected.st_dev, expected.st_ino):
+            raise SourceError(f"{rel} was moved while the pull ran: nothing more is placed in it")
 
     def parent(self, rel: str) -> tuple[int, str]:
         """The descriptor of the directory ``rel`` is in (made if missing), and its last part."""
@@ -113,7 +143,9 @@ class PullFolder:
             return False
 
     def unlink(self, rel: str) -> None:
+        """Remove the file ``rel`` from its directory, still where its path leads (``check``)."""
         fd, name = self.parent(rel)
+        self.check(rel.rpartition("/")[0])
         os.unlink(name, dir_fd=fd)
 
     def sync(self) -> None:

@@ -146,7 +146,7 @@ def plan_pull(images: Sequence[Download], records: Iterable[PulledFile], present
     removals = tuple(RemoveFile(r) if r.image_id in unchanged else DisownFile(r) for r in left)
     stop = safety_stop(safety.facts, Deletes(
         safety.source, sum(isinstance(r, RemoveFile) for r in removals), not images, len(records), len(records),
-        "file", f"in {records[0].folder}" if records else "here", "an emptied pack? a class renamed?"),
+        "file", f"in {records[0].folder}" if records else "here", "an emptied pack?"),
         safety.options) if removals else None
     return PullPlan(downloads, () if stop else removals, kept, removals if stop else (), stop,
                     _notices(links, downloads))

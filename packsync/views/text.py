@@ -195,9 +195,8 @@ def print_pull(report: PullReport, dry_run: bool, out: TextIO) -> None:
     if plan.safety:
         out.write(f"  error    {printable(plan.safety)}\n")
     if dry_run:
-        for action in (*plan.actions, *plan.withheld):
+        for kind, action in [*((a.kind, a) for a in plan.actions), *(("withheld", a) for a in plan.withheld)]:
             shown = action.describe()
-            kind = shown["kind"] if action not in plan.withheld else "withheld"
             out.write(f"  {kind:<12} {printable(shown['file'])} (image {printable(shown['image'])})\n")
         _problems(report.problems, out)
         out.write(f"dry run: {len(plan.downloads)} downloads, {len(plan.removals)} removals, {plan.kept} "
