@@ -13,9 +13,20 @@ from conftest import Env, image, write
 from test_astria import astria_pack, prompts_of
 from test_pull import files, filled_pack, pull
 
-from packsync.engine.pull_plan import astria_download, name_from_url, safe_part
+from packsync.engine.planner import MappingOptions, SourceFacts
+from packsync.engine.pull_plan import (
+    LINK_SKIPPED,
+    Download,
+    PullSafety,
+    RemoveFile,
+    astria_download,
+    genviral_download,
+    name_from_url,
+    plan_pull,
+    safe_part,
+)
 from packsync.errors import ExitCode
-from packsync.model import AstriaImage
+from packsync.model import AstriaImage, Problem, PulledFile, RemoteImage
 from packsync.sandbox.server import Reply
 
 
@@ -239,3 +250,59 @@ def test_reserved_names_from_the_sandbox_are_renamed_and_said(env: Env) -> None:
     assert astria.returncode == ExitCode.OK, astria.stdout + astria.stderr
     assert [p.name for p in (out / "a").iterdir()] == ["aux_"]
     assert "aux_" in astria.stdout
+
+
+# -- the pull's plan (pure): the same safety stop as a sync's, and links ---------------------------
+
+FOLDER = "/pulled"
+
+
+def record(image_id: str, name: str | None = None) -> PulledFile:
+    return PulledFile(FOLDER, "p1", name or f"{image_id}.png", image_id, f"https://cdn.example.com/{image_id}.png",
+                      "ab" * 32)
+
+
+def download(image_id: str) -> Download:
+    return genviral_download(FOLDER, "p1", RemoteImage(image_id, f"https://cdn.example.com/{image_id}.png"))
+
+
+def guarded(*, unreadable: str | None = None, max_delete: int | str = "50%", force: bool = False) -> PullSafety:
+    return PullSafety("genviral:Brand", SourceFacts(unreadable=unreadable),
+                      MappingOptions(max_delete=max_delete, force=force))
+
+
+@pytest.mark.parametrize(("images", "safety", "stopped", "why"), [
+    pytest.param([], guarded(), True, "genviral:Brand is empty but 4 files in /pulled came from it", id="emptied"),
+    pytest.param([], guarded(force=True), False, None, id="emptied, --force"),
+    pytest.param(["a"], guarded(), True, "would delete 3 files, more than max_delete allows (50% of the 4 files",
+                 id="past max_delete"),
+    pytest.param(["a"], guarded(max_delete=3), False, None, id="within a higher max_delete"),
+    pytest.param(["a"], guarded(force=True), False, None, id="past max_delete, --force"),
+    pytest.param(["a", "b", "c"], guarded(unreadable="astria:7: 1 of its entries could not be read"), True,
+                 "astria:7: 1 of its entries could not be read; nothing is deleted", id="an entry unreadable"),
+    pytest.param(["a", "b", "c"], guarded(unreadable="astria:7: 1 of its entries could not be read", force=True),
+                 True, "nothing is deleted", id="an entry unreadable, --force"),
+])
+def test_removals_stop_where_a_sync_s_deletes_would(images: list[str], safety: PullSafety, stopped: bool,
+                                                   why: str | None) -> None:
+    records = [record(i) for i in "abcd"]
+    ids = {r.image_id for r in records}
+
+    plan = plan_pull([download(i) for i in images], records, ids, ids, delete=True, safety=safety)
+
+    removed = tuple(RemoveFile(r) for r in records if r.image_id not in images)
+    assert (plan.withheld, plan.removals) == ((removed, ()) if stopped else ((), removed))
+    assert (plan.safety is not None) == stopped and (why is None or why in (plan.safety or ""))
+
+
+def test_nothing_behind_a_link_is_downloaded_kept_or_removed_and_each_link_is_one_notice() -> None:
+    behind = AstriaImage("https://a.example.com/w1", "woman", 1, 1)
+    elsewhere = AstriaImage("https://a.example.com/m1", "man", 2, 1)
+    images = [astria_download(FOLDER, "astria:7", i) for i in (behind, elsewhere)]
+    records = [record("gone", "woman/9-1.png"), record("also-gone", "woman/deeper/9-2.png")]
+
+    plan = plan_pull(images, records, set(), {"gone", "also-gone"}, delete=True, links={"woman"})
+
+    assert [d.image_id for d in plan.downloads] == [elsewhere.url]
+    assert plan.removals == () and plan.withheld == () and plan.kept == 0
+    assert plan.notices == (Problem("woman", LINK_SKIPPED, notice=True),)

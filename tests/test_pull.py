@@ -13,7 +13,7 @@ import pytest
 from conftest import TOKEN, Env, image, write
 from helpers import wait_until
 
-from packsync.engine.pull import TEMP_PREFIX
+from packsync.engine.pull_folder import TEMP_PREFIX
 from packsync.engine.pull_plan import (
     DisownFile,
     Download,

@@ -28,8 +28,9 @@ import msgspec
 
 from packsync.engine.planner import MappingOptions, SourceFacts
 from packsync.engine.progress import QUIET, ProgressObserver
-from packsync.engine.pull_folder import TEMP_PREFIX, PullFolder, temp_name
+from packsync.engine.pull_folder import PullFolder, temp_name
 from packsync.engine.pull_plan import (
+    LINK_SKIPPED,
     DisownFile,
     Download,
     PullPlan,
@@ -61,8 +62,6 @@ from packsync.sources.media import Digester
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State
 
-__all__ = ["TEMP_PREFIX", "PullReport", "Puller", "find_pack"]
-
 MAX_PULL_BYTES = 200_000_000
 #: A download held in memory up to this size goes to disk in one write, off the event loop.
 SPOOL_BYTES = 1 << 20
@@ -93,6 +92,11 @@ class PullReport:
     sidecars: SidecarReport | None = None
     #: Entries of the pack that could not be read, links skipped, names changed (notices).
     problems: list[Problem] = field(default_factory=list)
+
+    def met_link(self, link: LinkInTheWay) -> None:
+        """A link met while the pull ran (made since it looked): said once, like one seen before."""
+        if link.where not in {problem.rel_path for problem in self.problems}:
+            self.problems.append(Problem(link.where, LINK_SKIPPED, notice=True))
 
     @property
     def exit_code(self) -> ExitCode:
@@ -255,9 +259,8 @@ class Puller:
     async def _run(self, download: Download, report: PullReport, tree: PullFolder, lock: asyncio.Lock) -> None:
         try:
             name = await self._download(download, tree, lock)
-        except LinkInTheWay as exc:  # made while the pull ran: said once, like one seen before
-            if exc.where not in {problem.rel_path for problem in report.problems}:
-                report.problems.append(_link(exc))
+        except LinkInTheWay as exc:  # made while the pull ran
+            report.met_link(exc)
             return
         except (PermanentError, TransientError, SourceError, OSError) as exc:
             report.failures.append((download.image_id, untrusted(str(exc), 200)))
@@ -324,7 +327,7 @@ class Puller:
                         remove_if_ours(sidecar_path(report.folder / record.name, "full"))
                     report.deleted.append(record.name)
             except LinkInTheWay as exc:
-                report.problems.append(_link(exc))
+                report.met_link(exc)
                 return
             except OSError as exc:
                 self.log.warning("cannot delete a pulled file", path=str(report.folder / record.name),
@@ -335,10 +338,6 @@ class Puller:
 
 def _limits(options: PullOptions) -> MappingOptions:
     return MappingOptions(max_delete=options.max_delete, force=options.force)
-
-
-def _link(exc: LinkInTheWay) -> Problem:
-    return Problem(exc.where, "a symbolic link: nothing is written or deleted through it; skipped", notice=True)
 
 
 def _check_classes(pack: AstriaPack, classes: Collection[str] | None) -> None:

@@ -44,6 +44,7 @@ from packsync.model import SUPPORTED, AstriaImage, Problem, PulledFile, RemoteIm
 
 _EXTENSIONS = {*SUPPORTED.values(), "jpeg"}
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,150}")
+LINK_SKIPPED = "a symbolic link: nothing is written or deleted through it; skipped"
 #: The device names Windows reserves, whatever extension follows and in any case.
 _RESERVED = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])", re.IGNORECASE)
 
@@ -155,8 +156,7 @@ def plan_pull(images: Sequence[Download], records: Iterable[PulledFile], present
 def _notices(links: Collection[str], downloads: Iterable[Download]) -> tuple[Problem, ...]:
     """Each link skipped, and each name (or class) written under another, once."""
     renamed = sorted({download.renamed for download in downloads if download.renamed})
-    return (*(Problem(link, "a symbolic link: nothing is written or deleted through it; skipped", notice=True)
-              for link in sorted(links)),
+    return (*(Problem(link, LINK_SKIPPED, notice=True) for link in sorted(links)),
             *(Problem(given, f"written as {written}: not a name every file system takes (Windows and SMB refuse "
                              "some)", notice=True) for given, written in renamed))
 
