@@ -143,7 +143,9 @@ def pull(source: str, folder: str, delete: bool, max_delete: str, force: bool, d
     """Download a pack's images into FOLDER (created if missing).
 
     A Genviral PACK is an id or an exact name. An Astria pack (by its number) is written one sub-folder
-    per class: FOLDER/<class>/<prompt id>-<n>.<ext>.
+    per class: FOLDER/<class>/<prompt id>-<n>.<ext>. --delete stops as run does (exit 4) when the pack is
+    empty or past --max-delete, and deletes nothing while an entry cannot be read. No link below FOLDER
+    is followed.
     """
     import asyncio
 

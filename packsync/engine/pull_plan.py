@@ -137,12 +137,11 @@ def plan_pull(images: Sequence[Download], records: Iterable[PulledFile], present
     ``links`` met below the folder (paths relative to it)."""
     records = list(records)
     safety = safety or PullSafety()
-    blocked = _Links(links)
     downloads = tuple(image for image in images if image.image_id not in present
-                      and not blocked.behind(image.directory))
+                      and not _behind(image.directory, links))
     kept = sum(1 for image in images if image.image_id in present)
     in_pack = {image.image_id for image in images}
-    left = [r for r in records if r.image_id not in in_pack and not blocked.behind(r.name.rpartition("/")[0])] \
+    left = [r for r in records if r.image_id not in in_pack and not _behind(r.name.rpartition("/")[0], links)] \
         if delete else []
     removals = tuple(RemoveFile(r) if r.image_id in unchanged else DisownFile(r) for r in left)
     stop = safety_stop(safety.facts, Deletes(
@@ -161,13 +160,9 @@ def _notices(links: Collection[str], downloads: Iterable[Download]) -> tuple[Pro
                              "some)", notice=True) for given, written in renamed))
 
 
-class _Links:
-    def __init__(self, links: Collection[str]) -> None:
-        self.links = links
-
-    def behind(self, directory: str) -> bool:
-        """Whether ``directory`` is one of the links or below one."""
-        return any(directory == link or directory.startswith(f"{link}/") for link in self.links)
+def _behind(directory: str, links: Collection[str]) -> bool:
+    """Whether ``directory`` is one of the ``links`` or below one."""
+    return any(directory == link or directory.startswith(f"{link}/") for link in links)
 
 
 def _url_name(url: str) -> str | None:
