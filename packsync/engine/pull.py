@@ -271,8 +271,10 @@ class Puller:
     async def _download(self, download: Download, tree: PullFolder, lock: asyncio.Lock) -> str:
         if problem := url_problem(download.url):
             raise PermanentError(problem)
-        directory = await asyncio.to_thread(tree.directory, download.directory)
-        assert directory is not None  # (made when missing)
+        directory = tree.opened(download.directory)
+        if directory is None:
+            directory = await asyncio.to_thread(tree.directory, download.directory)
+            assert directory is not None  # (made when missing)
         temp = temp_name()
         sinks: list[_FileSink] = []
 

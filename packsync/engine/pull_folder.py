@@ -60,6 +60,11 @@ class PullFolder:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
+    def opened(self, rel: str) -> int | None:
+        """The directory ``rel``'s descriptor when it is open already (no system call: the event loop
+        may ask)."""
+        return self._dirs.get(rel)
+
     def directory(self, rel: str) -> int | None:
         """The descriptor of the directory ``rel`` (``""``: the folder), or None when it is not there and
         the pull only observes. Raises ``LinkInTheWay`` for the first link on the way."""
