@@ -207,6 +207,26 @@ def test_a_pulled_file_replaced_by_a_link_is_neither_followed_nor_deleted(env: E
     assert (out / name).is_symlink() and target.read_bytes() == contents[gone]
 
 
+def test_a_recorded_name_leading_out_of_the_folder_is_never_followed(env: Env) -> None:
+    """The state is packsync's, but a file someone edited must not make pull delete outside the folder."""
+    import sqlite3
+
+    pack_id, contents = filled_pack(env, 2)
+    env.write_config()
+    out = env.root / "out"
+    assert pull(env, "genviral:Brand", str(out)).returncode == 0
+    gone = next(iter(contents))
+    victim = write(env.root / "victim.png", contents[gone])
+    with sqlite3.connect(env.state_path) as db:
+        db.execute("UPDATE pulled SET name = '../victim.png' WHERE image_id = ?", (gone,))
+    env.sandbox.remove_image(pack_id, gone)
+
+    result = pull(env, "genviral:Brand", str(out), "--delete", "--force")
+
+    assert victim.read_bytes() == contents[gone], "nothing outside the folder deleted"
+    assert result.returncode == ExitCode.OK and "Traceback" not in result.stderr, result.stdout + result.stderr
+
+
 # -- also: names Windows reserves -------------------------------------------------------------------
 
 @pytest.mark.parametrize(("url_name", "written"), [

@@ -331,6 +331,9 @@ class Puller:
             except LinkInTheWay as exc:
                 report.met_link(exc)
                 return
+            except SourceError as exc:
+                report.failures.append((record.image_id, str(exc)))
+                return
             except OSError as exc:
                 self.log.warning("cannot delete a pulled file", path=str(report.folder / record.name),
                                  error=exc.strerror)
@@ -382,8 +385,9 @@ def _observe(folder: Path, records: Sequence[PulledFile], deletable: Sequence[Pu
 
 
 def _or_link(check: Callable[..., bool], *args: str) -> bool:
-    """``check(*args)``, False behind a link (which the folder remembers in its ``links``)."""
+    """``check(*args)``, False behind a link (which the folder remembers in its ``links``) or for a name
+    that does not lead below the folder."""
     try:
         return check(*args)
-    except LinkInTheWay:
+    except SourceError:
         return False

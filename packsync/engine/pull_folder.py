@@ -75,6 +75,7 @@ class PullFolder:
         if (known := self._dirs.get(rel)) is not None:
             return known
         parent_rel, _, name = rel.rpartition("/")
+        _below(name, rel)
         parent = self._directory(parent_rel)
         if parent is None:
             return None
@@ -118,6 +119,7 @@ class PullFolder:
     def parent(self, rel: str) -> tuple[int, str]:
         """The descriptor of the directory ``rel`` is in (made if missing), and its last part."""
         folder, _, name = rel.rpartition("/")
+        _below(name, rel)
         fd = self.directory(folder)
         if fd is None:
             raise FileNotFoundError(errno.ENOENT, "no such folder", folder)
@@ -191,6 +193,12 @@ class PullFolder:
             os.close(fd)
             raise
         return fd
+
+
+def _below(name: str, rel: str) -> None:
+    """Refuse a path that would not lead below the folder (a record from a state someone edited)."""
+    if name in ("", ".", ".."):
+        raise SourceError(f"{rel!r} is not a name below the pull's folder")
 
 
 def _is_link(name: str, parent: int) -> bool:
