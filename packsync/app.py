@@ -30,7 +30,7 @@ from packsync.sources.folder import FolderSource, filters_for
 from packsync.views.progress import Progress
 
 if TYPE_CHECKING:  # pulling (and its sidecars) is imported by `pull` alone; the state by what opens it
-    from packsync.engine.pull import PullReport
+    from packsync.engine.pull import PullOptions, PullReport
     from packsync.state.store import State
 
 
@@ -127,7 +127,7 @@ async def _opened(config: Config, token: str, readonly: bool,
         state.close()
 
 
-async def pull_once(config: Config, token: str, pack: str, folder: Path, *, delete: bool, dry_run: bool,
+async def pull_once(config: Config, token: str, pack: str, folder: Path, options: PullOptions, *,
                     progress: Progress | None = None, classes: Collection[str] | None = None,
                     sidecars: str = "none") -> PullReport:
     """``packsync pull``: open everything, pull one pack (``genviral:…`` or ``astria:…``) into ``folder``,
@@ -135,12 +135,12 @@ async def pull_once(config: Config, token: str, pack: str, folder: Path, *, dele
     from packsync.engine.pull import Puller
 
     system, _, wanted = pack.partition(":")
-    async with _opened(config, token, dry_run, progress) as (state, api):
+    async with _opened(config, token, options.dry_run, progress) as (state, api):
         puller = Puller(api, state, progress or QUIET)
         if system == "astria":
             astria = AstriaClient(config.astria.base_url, read_astria_token(config), api.transport)
-            return await puller.pull_astria(astria, int(wanted), classes, folder, delete=delete, dry_run=dry_run)
-        return await puller.pull(wanted, folder, delete=delete, dry_run=dry_run, sidecars=sidecars)
+            return await puller.pull_astria(astria, int(wanted), classes, folder, options)
+        return await puller.pull(wanted, folder, options, sidecars=sidecars)
 
 
 async def sync_once(config: Config, token: str, options: SyncOptions, progress: Progress | None = None) -> SyncReport:

@@ -130,21 +130,28 @@ def run(dry_run: bool, no_wait: bool, wait_timeout: float, force: bool, as_json:
 @click.argument("source", metavar="genviral:PACK|astria:ID")
 @click.argument("folder")
 @click.option("--delete", is_flag=True, help="Also delete files pulled earlier whose images left the pack.")
+@click.option("--max-delete", default="50%", show_default=True, metavar="N|P%",
+              help="With --delete: at most this many files (or this share of those pulled) deleted at once.")
+@click.option("--force", is_flag=True, help="With --delete: delete even from an emptied pack or past --max-delete.")
 @click.option("--dry-run", is_flag=True, help="Print what would be downloaded and deleted; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")
 @click.option("--classes", metavar="A,B", help="astria: only these classes (default: all).")
 @click.option("--sidecars", type=click.Choice(["none", "xmp"]), default="none", show_default=True,
               help="genviral: write each image's AI description and keywords into NAME.xmp beside it.")
-def pull(source: str, folder: str, delete: bool, dry_run: bool, as_json: bool, classes: str | None,
-         sidecars: str) -> None:
+def pull(source: str, folder: str, delete: bool, max_delete: str, force: bool, dry_run: bool, as_json: bool,
+         classes: str | None, sidecars: str) -> None:
     """Download a pack's images into FOLDER (created if missing).
 
     A Genviral PACK is an id or an exact name. An Astria pack (by its number) is written one sub-folder
-    per class: FOLDER/<class>/<prompt id>-<n>.<ext>.
+    per class: FOLDER/<class>/<prompt id>-<n>.<ext>. --delete stops as run does (exit 4) when the pack is
+    empty or past --max-delete, and deletes nothing while an entry cannot be read. No link below FOLDER
+    is followed.
     """
     import asyncio
 
     from packsync.app import pull_once
+    from packsync.config import max_delete_of
+    from packsync.engine.pull import PullOptions
     from packsync.state.lock import StateLock
     from packsync.views.json import pull_document, write_json
     from packsync.views.progress import Progress
@@ -159,17 +166,19 @@ def pull(source: str, folder: str, delete: bool, dry_run: bool, as_json: bool, c
         raise ConfigError("--sidecars: applies to genviral: packs only (Astria's images have no AI description).")
     if not folder.strip():
         raise ConfigError("FOLDER: name the folder to pull into (it is created if missing).")
+    if (limit := max_delete_of(max_delete)) is None:
+        raise ConfigError(f"--max-delete: {max_delete!r} is neither a count >= 0 nor a percentage like \"50%\".")
     config = _config()
     token = _token(config)
+    options = PullOptions(delete=delete, dry_run=dry_run, max_delete=limit, force=force)
     with nullcontext() if dry_run else StateLock(config.state_path):
-        report = asyncio.run(pull_once(config, token, source, Path(folder), delete=delete, dry_run=dry_run,
-                                       progress=Progress(), classes=classes.split(",") if classes else None,
-                                       sidecars=sidecars))
+        report = asyncio.run(pull_once(config, token, source, Path(folder), options, progress=Progress(),
+                                       classes=classes.split(",") if classes else None, sidecars=sidecars))
     if as_json:
         write_json(pull_document(report, dry_run), sys.stdout)
     else:
         print_pull(report, dry_run, sys.stdout)
-    sys.exit(1 if report.failures else 0)
+    sys.exit(int(report.exit_code))
 
 
 @_command(main)

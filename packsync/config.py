@@ -224,6 +224,12 @@ class MappingConfig(_Strict, frozen=True):
         return self.pack if self.pack is not None else f"pack {self.pack_id}"
 
 
+def max_delete_of(text: str) -> int | str | None:
+    """``max_delete`` given as text (``pull --max-delete``): a count, a percentage, or None when it is neither."""
+    value: int | str = int(text) if text.isascii() and text.isdigit() else text
+    return value if _count_or_percent(value) else None
+
+
 def _count_or_percent(value: int | str) -> bool:
     if isinstance(value, int):
         return value >= 0

@@ -11,7 +11,8 @@ Errors are classified by what the caller should do about them, not by where they
     ├── SourceError                       a source of content could not be read
     │   ├── SourceUnavailable             the whole source (a mapped folder) is missing or unreadable
     │   ├── ItemChanged                   one item's bytes are no longer those that were listed
-    │   └── XmpError                      a sidecar that is not an XMP packet packsync can read: left alone
+    │   ├── XmpError                      a sidecar that is not an XMP packet packsync can read: left alone
+    │   └── LinkInTheWay                  a link below a pull's folder: nothing is written or deleted through it
     └── ApiError                          an API (Genviral's, its storage, Astria's) or a download failed
         ├── AuthError             exit 3  401/402/403: the key itself is refused; stop everything
         ├── TransientError                429, 5xx, timeouts, dropped connections: retry with backoff
@@ -93,6 +94,15 @@ class ItemChanged(SourceError):
 
 class XmpError(SourceError):
     """A sidecar packsync cannot read as an XMP packet: it is left as it is, and reported."""
+
+
+class LinkInTheWay(SourceError):
+    """A symbolic link where a pull would go below its folder: skipped, never followed. ``where`` is its
+    path, relative to the folder."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(f"{where} is a symbolic link: nothing is written or deleted through it")
+        self.where = where
 
 
 class ApiError(PacksyncError):

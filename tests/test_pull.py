@@ -13,7 +13,7 @@ import pytest
 from conftest import TOKEN, Env, image, write
 from helpers import wait_until
 
-from packsync.engine.pull import TEMP_PREFIX
+from packsync.engine.pull_folder import TEMP_PREFIX
 from packsync.engine.pull_plan import (
     DisownFile,
     Download,
@@ -316,7 +316,7 @@ def test_a_user_s_own_copy_under_the_same_name_is_never_taken_for_a_pulled_file(
 
     assert pull(env, "genviral:Brand", str(out)).returncode == 0
     env.sandbox.remove_image(pack_id, image_id)
-    assert pull(env, "genviral:Brand", str(out), "--delete").returncode == 0
+    assert pull(env, "genviral:Brand", str(out), "--delete", "--force").returncode == 0  # (the pack is empty)
 
     assert original.read_bytes() == data, "the user's file was never pull's to delete"
     assert list(files(out)) == [original.name]

@@ -366,7 +366,7 @@ def test_pull_delete_takes_the_sidecars_it_wrote_along(env: Env) -> None:
     assert len(list(target.glob("*.xmp"))) == 1
     env.sandbox.remove_image(pack_id, image_id)
 
-    done = env.cli("pull", f"genviral:{pack_id}", str(target), "--delete", "--sidecars", "xmp")
+    done = env.cli("pull", f"genviral:{pack_id}", str(target), "--delete", "--force", "--sidecars", "xmp")  # (emptied)
 
     assert done.returncode == 0, done.stderr
     assert [p for p in target.iterdir() if not p.name.startswith(".")] == []

@@ -242,8 +242,10 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
     plan.actions += adds
 
     managed = len(walk.live) if source.managed_in_pack is None else source.managed_in_pack
-    plan.safety = safety_stop(SourceFacts(), source.scan, deletes, source.options, managed=managed,
-                              deletable=managed + (len(walk.foreign) if source.options.prune_foreign else 0))
+    scan = source.scan
+    plan.safety = safety_stop(SourceFacts(), Deletes(
+        scan.source, sum(d.reason != "duplicate" for d in deletes), not scan.items and not scan.problems, managed,
+        managed + (len(walk.foreign) if source.options.prune_foreign else 0)), source.options)
     plan.actions += [WithheldDelete(**msgspec.structs.asdict(d)) for d in deletes] if plan.safety else deletes
     return plan
 
@@ -304,38 +306,53 @@ class _Walk:
                                             image.file_name))
 
 
-def safety_stop(facts: SourceFacts, scan: Scan | None = None, deletes: Sequence[DeleteImage] = (),
-                options: MappingOptions | None = None, *, managed: int = 0, deletable: int = 0) -> str | None:
-    """Why nothing (or none of these deletes) may be deleted, or None when they may: every safety stop.
+class Deletes(msgspec.Struct, frozen=True):
+    """What a safety stop weighs of the deletes a plan would make, whichever way it mirrors: ``count``
+    things deleted of the ``managed`` ones that came from ``source`` into ``place`` (``deletable`` of them
+    may be deleted at all), and whether the source holds nothing now (``empty``)."""
 
-    A missing source packsync synced from, and one that could not be scanned, delete nothing even with
-    ``--force`` (a folder that is not there cannot be mirrored). Otherwise ``--force`` lifts the rest:
-    an empty source while the pack holds its images, and more deletes than ``max_delete``. ``managed``
-    images in the pack came from this mapping; ``deletable`` counts those and, with ``prune_foreign``,
-    the foreign ones: a ``max_delete`` share is a share of what may be deleted.
+    source: str
+    count: int
+    empty: bool
+    managed: int
+    deletable: int
+    noun: str = "image"
+    place: str = "in the pack"
+    #: What an empty source may mean, to say with the stop.
+    hint: str = "an unmounted disk? an emptied pack?"
+
+
+def safety_stop(facts: SourceFacts, deletes: Deletes | None = None,
+                options: MappingOptions | None = None) -> str | None:
+    """Why nothing (or none of these deletes) may be deleted, or None when they may: every safety stop,
+    for a sync into a pack and for a pull into a folder alike.
+
+    A missing source packsync synced from, and one that could not be read whole, delete nothing even
+    with ``--force`` (what is not there cannot be mirrored). Otherwise ``--force`` lifts the rest: an
+    empty source while the destination holds what came from it, and more deletes than ``max_delete``
+    (a share of what may be deleted).
     """
     if facts.missing is not None and facts.synced_before:
         return f"{facts.missing}, but packsync synced files from it; nothing is deleted (is a disk unmounted?)"
     if facts.unreadable is not None:
         return f"{facts.unreadable}; nothing is deleted"
-    removals = [d for d in deletes if d.reason != "duplicate"]
-    if scan is None or options is None or not removals or options.force:
+    if deletes is None or options is None or not deletes.count or options.force:
         return None
-    if not scan.items and not scan.problems:
-        return (f"{scan.source} is empty but {_images(managed)} in the pack came from it; "
-                "refusing to delete them (an unmounted disk? an emptied pack?). Re-run with --force if you emptied it")
-    limit = delete_limit(options.max_delete, deletable)
-    if len(removals) > limit:
+    if deletes.empty:
+        return (f"{deletes.source} is empty but {_counted(deletes.managed, deletes.noun)} {deletes.place} came from "
+                f"it; refusing to delete them ({deletes.hint}). Re-run with --force if you emptied it")
+    limit = delete_limit(options.max_delete, deletes.deletable)
+    if deletes.count > limit:
         share = options.max_delete
         allowed = f"{share}: at most {limit}" if isinstance(share, int) else \
-            f"{share} of the {_images(deletable)} it may delete here: at most {limit}"
-        return (f"this run would delete {_images(len(removals))}, more than max_delete allows ({allowed}); "
-                "re-run with --force to allow it, or with --dry-run to list them")
+            f"{share} of the {_counted(deletes.deletable, deletes.noun)} it may delete here: at most {limit}"
+        return (f"this run would delete {_counted(deletes.count, deletes.noun)}, more than max_delete allows "
+                f"({allowed}); re-run with --force to allow it, or with --dry-run to list them")
     return None
 
 
-def _images(count: int) -> str:
-    return f"{count} image" + ("" if count == 1 else "s")
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def plan_uploads(mappings: list[MappingPlan], blobs: Mapping[str, Blob]) -> Plan:

@@ -10,50 +10,62 @@ partial image under a final name, and the next pull removes the leftovers and do
 does not have. What was pulled is recorded in the state (folder, file, image, content) as the file
 gets its name, so ``--delete`` removes only files it pulled whose images left the pack — never one
 changed since, checked again as it is removed — and a mapping of the folder to the same pack
-afterwards adopts instead of uploading.
+afterwards adopts instead of uploading. Deleting has the sync direction's safety (``pull_plan``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import msgspec
 
+from packsync.engine.planner import MappingOptions, SourceFacts
 from packsync.engine.progress import QUIET, ProgressObserver
+from packsync.engine.pull_folder import PullFolder, temp_name
 from packsync.engine.pull_plan import (
+    LINK_SKIPPED,
     DisownFile,
     Download,
     PullPlan,
+    PullSafety,
     RemoveFile,
     astria_download,
     genviral_download,
     plan_pull,
 )
 from packsync.engine.sidecars import SidecarReport, fields_of, remove_if_ours, sidecar_path, write_beside
-from packsync.errors import NotFound, PermanentError, SourceUnavailable, TransientError
+from packsync.errors import (
+    ConfigError,
+    ExitCode,
+    LinkInTheWay,
+    NotFound,
+    PermanentError,
+    SourceError,
+    SourceUnavailable,
+    TransientError,
+)
 from packsync.logs import get_logger, untrusted
-from packsync.model import PackSummary, PulledFile, RemoteImage, RemotePack, UrlContent
+from packsync.model import AstriaPack, PackSummary, Problem, PulledFile, RemoteImage, RemotePack, UrlContent
 from packsync.remote.answers import url_problem
 from packsync.remote.astria import AstriaClient
 from packsync.remote.genviral import GenviralClient
 from packsync.sources.base import astria_label
-from packsync.sources.media import Digester, digest_file
+from packsync.sources.media import Digester
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State
 
-TEMP_PREFIX = ".packsync-pull-"
 MAX_PULL_BYTES = 200_000_000
 #: A download held in memory up to this size goes to disk in one write, off the event loop.
 SPOOL_BYTES = 1 << 20
 _ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
-_TEMP = re.compile(re.escape(TEMP_PREFIX) + r"[0-9a-f]{12}\.part")
 
 
 def _suffixed(name: str, image_id: str, taken: set[str]) -> str:
@@ -78,6 +90,31 @@ class PullReport:
     deleted: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     sidecars: SidecarReport | None = None
+    #: Entries of the pack that could not be read, links skipped, names changed (notices).
+    problems: list[Problem] = field(default_factory=list)
+
+    def met_link(self, link: LinkInTheWay) -> None:
+        """A link met while the pull ran (made since it looked): said once, like one seen before."""
+        if link.where not in {problem.rel_path for problem in self.problems}:
+            self.problems.append(Problem(link.where, LINK_SKIPPED, notice=True))
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.plan.safety:
+            return ExitCode.SAFETY
+        if self.failures or any(not problem.notice for problem in self.problems):
+            return ExitCode.SOME_FAILED
+        return ExitCode.OK
+
+
+class PullOptions(msgspec.Struct, frozen=True):
+    """How a pull goes: ``delete`` files whose images left the pack (within ``max_delete`` unless
+    ``force``), or only ``dry_run`` it."""
+
+    delete: bool = False
+    dry_run: bool = False
+    max_delete: int | str = MappingOptions().max_delete
+    force: bool = False
 
 
 async def find_pack(api: GenviralClient, wanted: str) -> RemotePack:
@@ -99,8 +136,9 @@ class _FileSink:
     """Bytes hashed as they come, held in memory up to ``SPOOL_BYTES`` and written to a temporary file
     past that: most images reach the disk only in ``finish``, off the event loop."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, directory: int, name: str) -> None:
+        self.directory = directory
+        self.name = name
         self.handle: BinaryIO | None = None
         self.held = bytearray()
         self.digester = Digester()
@@ -111,9 +149,14 @@ class _FileSink:
         if len(self.held) > SPOOL_BYTES:
             self._spill()
 
+    def _open(self) -> int:
+        """The temporary file, in its verified directory, never through a link put in its place."""
+        return os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666,
+                       dir_fd=self.directory)
+
     def _spill(self) -> None:
         if self.handle is None:
-            self.handle = self.path.open("wb")
+            self.handle = os.fdopen(self._open(), "wb")
         self.handle.write(self.held)
         self.held.clear()
 
@@ -125,7 +168,7 @@ class _FileSink:
         lock back from the event loop after each.
         """
         if self.handle is None:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            fd = self._open()
             try:
                 view = memoryview(self.held)
                 while view:
@@ -152,15 +195,15 @@ class Puller:
         self.progress = progress
         self.log = get_logger()
 
-    async def pull(self, wanted: str, folder: Path, *, delete: bool = False, dry_run: bool = False,
-                   sidecars: str = "none") -> PullReport:
+    async def pull(self, wanted: str, folder: Path, options: PullOptions, sidecars: str = "none") -> PullReport:
         """Pull the Genviral pack ``wanted`` (an id, or an exact name); ``sidecars = "xmp"``: with each
         file's AI description and keywords in an XMP sidecar beside it."""
         pack = await find_pack(self.api, wanted)
         folder = _resolved(folder)
         report = await self._pull(pack, [genviral_download(str(folder), pack.pack_id, i) for i in pack.images],
-                                  folder, delete=delete, dry_run=dry_run)
-        if sidecars == "xmp" and not dry_run:
+                                  folder, options, PullSafety(f"genviral:{pack.name}", SourceFacts(),
+                                                              _limits(options)))
+        if sidecars == "xmp" and not options.dry_run:
             names = {r.image_id: r.name for r in self.state.uploads.pulled(str(folder), pack.pack_id)}
             report.sidecars = await write_beside(folder, "full", {
                 names[image.image_id]: fields_of(image)
@@ -168,54 +211,75 @@ class Puller:
         return report
 
     async def pull_astria(self, astria: AstriaClient, pack_id: int, classes: Collection[str] | None, folder: Path,
-                          *, delete: bool = False, dry_run: bool = False) -> PullReport:
-        """Pull an Astria pack (``classes`` of it, or all): one sub-folder per class."""
+                          options: PullOptions) -> PullReport:
+        """Pull an Astria pack (``classes`` of it, or all): one sub-folder per class. A class it does not
+        have is an error (nothing pulled); an entry it cannot read is reported, and withholds every removal."""
         found = await astria.pack(pack_id)
+        _check_classes(found, classes)
         chosen = found.chosen(classes)
-        pack = RemotePack(astria_label(pack_id), found.title, tuple(RemoteImage(url, url) for url in chosen))
+        label = astria_label(pack_id)
+        pack = RemotePack(label, found.title, tuple(RemoteImage(url, url) for url in chosen))
+        problems = [Problem(where, why) for cls, where, why in found.problems if classes is None or cls in classes]
+        unreadable = f"{label}: {len(problems)} of its entries could not be read" if problems else None
         folder = _resolved(folder)
-        return await self._pull(pack, [astria_download(str(folder), pack.pack_id, i) for i in chosen.values()],
-                                folder, delete=delete, dry_run=dry_run)
+        report = await self._pull(pack, [astria_download(str(folder), pack.pack_id, i) for i in chosen.values()],
+                                  folder, options, PullSafety(label, SourceFacts(unreadable=unreadable),
+                                                              _limits(options)))
+        report.problems[:0] = problems
+        return report
 
-    async def _pull(self, pack: RemotePack, images: Sequence[Download], folder: Path, *, delete: bool,
-                    dry_run: bool) -> PullReport:
-        """Observe the folder, plan, and (unless ``dry_run``) run the plan."""
+    async def _pull(self, pack: RemotePack, images: Sequence[Download], folder: Path, options: PullOptions,
+                    safety: PullSafety) -> PullReport:
+        """Observe the folder, plan, and (unless a dry run) run the plan."""
         records = self.state.uploads.pulled(str(folder), pack.pack_id)
         in_pack = {image.image_id for image in images}
-        present, unchanged = await asyncio.to_thread(
-            _observe, folder, records, [r for r in records if r.image_id not in in_pack] if delete else [])
-        report = PullReport(pack, folder, plan_pull(images, records, present, unchanged, delete=delete))
-        if not dry_run:
+        present, unchanged, links = await asyncio.to_thread(
+            _observe, folder, records, [r for r in records if r.image_id not in in_pack] if options.delete else [],
+            {image.directory for image in images})
+        plan = plan_pull(images, records, present, unchanged, delete=options.delete, links=links, safety=safety)
+        report = PullReport(pack, folder, plan, problems=list(plan.notices))
+        if not options.dry_run:
             await self._execute(report)
         return report
 
     async def _execute(self, report: PullReport) -> None:
         """The downloads, a few at a time, then the removals; each recorded once it is done."""
-        taken = _prepare(report.folder)
-        self.progress.total("downloaded", len(report.plan.downloads))
-        lock = asyncio.Lock()
-        await asyncio.gather(*(self._run(download, report, taken, lock) for download in report.plan.downloads))
-        _fsync_dir(report.folder)  # the new names, durable once for all (a lost one is only downloaded again)
-        for removal in report.plan.removals:
-            self._remove(report, removal)
-
-    async def _run(self, download: Download, report: PullReport, taken: set[str], lock: asyncio.Lock) -> None:
         try:
-            name = await self._download(download, report.folder, taken, lock)
-        except (PermanentError, TransientError, OSError) as exc:
+            tree = await asyncio.to_thread(PullFolder, report.folder, write=True)
+        except OSError as exc:
+            raise SourceUnavailable(f"{report.folder} cannot be used as the pull's folder ({exc.strerror})") from None
+        with tree:
+            self.progress.total("downloaded", len(report.plan.downloads))
+            lock = asyncio.Lock()
+            await asyncio.gather(*(self._run(download, report, tree, lock) for download in report.plan.downloads))
+            tree.sync()
+            for removal in report.plan.removals:
+                self._remove(report, tree, removal)
+
+    async def _run(self, download: Download, report: PullReport, tree: PullFolder, lock: asyncio.Lock) -> None:
+        try:
+            name = await self._download(download, tree, lock)
+        except LinkInTheWay as exc:  # made while the pull ran
+            report.met_link(exc)
+            return
+        except (PermanentError, TransientError, SourceError, OSError) as exc:
             report.failures.append((download.image_id, untrusted(str(exc), 200)))
             return
         report.downloaded.append(name)
         self.progress.advance("downloaded")
 
-    async def _download(self, download: Download, folder: Path, taken: set[str], lock: asyncio.Lock) -> str:
+    async def _download(self, download: Download, tree: PullFolder, lock: asyncio.Lock) -> str:
         if problem := url_problem(download.url):
             raise PermanentError(problem)
-        temp = folder / f"{TEMP_PREFIX}{os.urandom(6).hex()}.part"
+        directory = tree.opened(download.directory)
+        if directory is None:
+            directory = await asyncio.to_thread(tree.directory, download.directory)
+            assert directory is not None  # (made when missing)
+        temp = temp_name()
         sinks: list[_FileSink] = []
 
         def sink() -> _FileSink:  # a fresh file for each attempt
-            sinks.append(_FileSink(temp))
+            sinks.append(_FileSink(directory, temp))
             return sinks[-1]
 
         try:
@@ -225,48 +289,72 @@ class Puller:
             if digest.content_type is None or digest.problem:
                 raise PermanentError(digest.problem or "not an image")
             async with lock:  # choosing a name and taking it is one step
-                name = self._place(temp, folder, taken, PulledFile(
+                tree.check(download.directory)
+                name = self._place(temp, directory, tree.taken, PulledFile(
                     download.folder, download.pack_id, download.file_name(digest.content_type), download.image_id,
                     download.url, digest.sha256),
                     UrlContent(download.url, digest.sha256, digest.size, digest.content_type))
         finally:
             for opened in sinks:
                 opened.close()
-            temp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp, dir_fd=directory)
         return name
 
-    def _place(self, temp: Path, folder: Path, taken: set[str], record: PulledFile, content: UrlContent) -> str:
+    def _place(self, temp: str, directory: int, taken: set[str], record: PulledFile, content: UrlContent) -> str:
         """Give the downloaded file a name no other file has, never replacing one (a link fails on an
-        existing name, where a rename would overwrite it). It is recorded first: a pull killed in between
-        leaves a record without its file, and the next pull downloads it again."""
-        parent = (folder / record.name).parent
-        if parent != folder:
-            parent.mkdir(exist_ok=True)  # an Astria class's sub-folder
+        existing name, link or not, where a rename would overwrite it), in the directory it was written
+        in. It is recorded first: a pull killed in between leaves a record without its file, and the
+        next pull downloads it again."""
         while True:
             name = _suffixed(record.name, record.image_id, taken)
             taken.add(name.lower())
             self.state.uploads.record_pulled(msgspec.structs.replace(record, name=name), content)
             try:
-                os.link(temp, folder / name)
+                os.link(temp, name.rpartition("/")[2], src_dir_fd=directory, dst_dir_fd=directory,
+                        follow_symlinks=False)
             except FileExistsError:
                 continue
             return name
 
-    def _remove(self, report: PullReport, removal: RemoveFile | DisownFile) -> None:
+    def _remove(self, report: PullReport, tree: PullFolder, removal: RemoveFile | DisownFile) -> None:
         """Delete a file this pull made — unless someone changed it since the plan was made (then it is
-        theirs now) — and forget it."""
+        theirs now) — and forget it. Nothing is deleted through a link."""
         record = removal.record
         if isinstance(removal, RemoveFile):
-            path = report.folder / record.name
             try:
-                if _unchanged(path, record.sha256):
-                    path.unlink()
-                    remove_if_ours(sidecar_path(path, "full"))  # pulled with --sidecars xmp
+                if tree.holds(record.name, record.sha256):
+                    tree.unlink(record.name)
+                    if "/" not in record.name:  # sidecars are a Genviral pull's, beside files in the folder itself
+                        remove_if_ours(sidecar_path(report.folder / record.name, "full"))
                     report.deleted.append(record.name)
+            except LinkInTheWay as exc:
+                report.met_link(exc)
+                return
+            except SourceError as exc:
+                report.failures.append((record.image_id, str(exc)))
+                return
             except OSError as exc:
-                self.log.warning("cannot delete a pulled file", path=str(path), error=exc.strerror)
+                self.log.warning("cannot delete a pulled file", path=str(report.folder / record.name),
+                                 error=exc.strerror)
                 return
         self.state.uploads.forget_pulled(record)
+
+
+def _limits(options: PullOptions) -> MappingOptions:
+    return MappingOptions(max_delete=options.max_delete, force=options.force)
+
+
+def _check_classes(pack: AstriaPack, classes: Collection[str] | None) -> None:
+    """Refuse classes the pack does not have: pulling none of a class named wrongly, and deleting what came
+    from it, is never what was meant. Names are exact; a name that differs only in case is suggested."""
+    for wanted in classes or ():
+        if wanted in pack.classes:
+            continue
+        near = [c for c in pack.classes if c.casefold() == wanted.casefold()]
+        hint = f" (class names are exact: did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"--classes: {astria_label(pack.pack_id)} has no class {untrusted(wanted, 60)!r}{hint}; "
+                          f"its classes are {', '.join(repr(c) for c in pack.classes) or 'none'}")
 
 
 def _resolved(folder: Path) -> Path:
@@ -276,42 +364,30 @@ def _resolved(folder: Path) -> Path:
         raise SourceUnavailable(f"{folder} cannot be used as the pull's folder ({exc})") from None
 
 
-def _observe(folder: Path, records: Sequence[PulledFile], deletable: Sequence[PulledFile]) -> tuple[set[str], set[str]]:
-    """The image ids of the recorded files still there, and of the ``deletable`` ones that still hold
-    what was pulled (read in a worker thread: it stats and hashes files)."""
-    present = {record.image_id for record in records if (folder / record.name).is_file()}
-    return present, {record.image_id for record in deletable if _unchanged(folder / record.name, record.sha256)}
-
-
-def _unchanged(path: Path, sha256: str) -> bool:
-    """Whether ``path`` is still a file holding exactly ``sha256``."""
+def _observe(folder: Path, records: Sequence[PulledFile], deletable: Sequence[PulledFile],
+             directories: Collection[str]) -> tuple[set[str], set[str], set[str]]:
+    """The image ids of the recorded files still there, of the ``deletable`` ones that still hold what
+    was pulled, and the links met on the way to those and to the ``directories`` downloads go in
+    (read in a worker thread: it stats and hashes files; it makes and changes nothing)."""
     try:
-        return path.is_file() and digest_file(path).sha256 == sha256
+        tree = PullFolder(folder, write=False)
     except OSError:
+        return set(), set(), set()  # not made yet (or not usable: said when the pull writes)
+    with tree:
+        for directory in directories:
+            try:
+                tree.directory(directory)
+            except (LinkInTheWay, OSError):
+                pass  # a link is in ``tree.links``; anything else fails the downloads, each said
+        present = {record.image_id for record in records if _or_link(tree.is_file, record.name)}
+        unchanged = {record.image_id for record in deletable if _or_link(tree.holds, record.name, record.sha256)}
+        return present, unchanged, set(tree.links)
+
+
+def _or_link(check: Callable[..., bool], *args: str) -> bool:
+    """``check(*args)``, False behind a link (which the folder remembers in its ``links``) or for a name
+    that does not lead below the folder."""
+    try:
+        return check(*args)
+    except SourceError:
         return False
-
-
-def _prepare(folder: Path) -> set[str]:
-    """Create the folder if needed, drop what a killed pull left, and return the names taken in it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for leftover in folder.glob(TEMP_PREFIX + "*.part"):
-            if _TEMP.fullmatch(leftover.name) and leftover.is_file():  # exactly pull's own, nobody else's
-                leftover.unlink()
-        return {p.name.lower() for p in folder.iterdir()}
-    except OSError as exc:
-        raise SourceUnavailable(f"{folder} cannot be used as the pull's folder ({exc.strerror})") from None
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot sync a folder; the files themselves are
-    finally:
-        os.close(fd)
-

@@ -11,12 +11,21 @@ bytes that were pulled (``unchanged``). The rules:
 2. With ``--delete``, a recorded file whose image left the pack is removed if it still holds what was
    pulled (``RemoveFile``); one changed or removed since is the user's now (``DisownFile``): its
    record goes, the file stays. A file pull did not record is never in the plan.
+3. The removals have the sync direction's safety (``planner.safety_stop``, the same rule): none while
+   an entry of the pack could not be read, even with ``--force``; none when the pack is empty while
+   the folder holds files pulled from it, or when they exceed ``max_delete``, unless ``--force``.
+   Withheld, they are in the plan as ``withheld``, with the reason as ``safety``.
+4. Nothing goes through a link below the folder (``links``, as observed): an image whose directory is
+   behind one is not downloaded, a file behind one is neither kept nor removed, and each link is one
+   notice.
 
 Names are decided here too. URLs and ids are the API's, so untrusted: a file is named after its URL's
 last segment only when that is a safe file name with an image extension, else after the image id
 made safe (an Astria image: ``<class>/<prompt id>-<n>``, its class made safe), with the extension its
-bytes give. No name leads outside the folder. A name another file already has is the executor's
-matter (it gets a suffix when the file is placed).
+bytes give. No name leads outside the folder, and every name is one Windows (SMB, NTFS) accepts: a
+name it reserves (``CON``, ``aux.png``, ``LPT9.tar.png``) gets a ``_`` after its reserved part, and one
+ending in dots or spaces has them turned into one ``_``; a name or class changed so is a notice. A name
+another file already has is the executor's matter (it gets a suffix when the file is placed).
 """
 
 from __future__ import annotations
@@ -30,10 +39,14 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
-from packsync.model import SUPPORTED, AstriaImage, PulledFile, RemoteImage
+from packsync.engine.planner import Deletes, MappingOptions, SourceFacts, safety_stop
+from packsync.model import SUPPORTED, AstriaImage, Problem, PulledFile, RemoteImage
 
 _EXTENSIONS = {*SUPPORTED.values(), "jpeg"}
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,150}")
+LINK_SKIPPED = "a symbolic link: nothing is written or deleted through it; skipped"
+#: The device names Windows reserves, whatever extension follows and in any case.
+_RESERVED = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])", re.IGNORECASE)
 
 
 class Download(msgspec.Struct, frozen=True):
@@ -47,10 +60,17 @@ class Download(msgspec.Struct, frozen=True):
     url: str
     stem: str
     name: str | None = None
+    #: The name (or class) the source gave and the one written instead, when it had to be changed.
+    renamed: tuple[str, str] | None = None
 
     def file_name(self, content_type: str) -> str:
         """The file's name, once its bytes said what they are."""
         return self.name or f"{self.stem}.{SUPPORTED[content_type]}"
+
+    @property
+    def directory(self) -> str:
+        """The directory the file goes in, relative to the folder (``""``: the folder itself)."""
+        return (self.name or self.stem).rpartition("/")[0]
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "mapping": self.folder, "file": self.name or f"{self.stem}.*",
@@ -85,29 +105,67 @@ def _described(kind: str, record: PulledFile) -> dict[str, Any]:
 
 class PullPlan(msgspec.Struct, frozen=True):
     """What a pull does: ``downloads`` first, then the ``removals`` (``--delete``); ``kept`` images are
-    there already."""
+    there already. ``withheld`` removals wait for ``--force`` (or for the pack to be read whole), and
+    ``safety`` says why; ``notices`` are links skipped and names changed."""
 
     downloads: tuple[Download, ...] = ()
     removals: tuple[RemoveFile | DisownFile, ...] = ()
     kept: int = 0
+    withheld: tuple[RemoveFile | DisownFile, ...] = ()
+    safety: str | None = None
+    notices: tuple[Problem, ...] = ()
 
     @property
     def actions(self) -> tuple[Download | RemoveFile | DisownFile, ...]:
         return (*self.downloads, *self.removals)
 
 
+class PullSafety(msgspec.Struct, frozen=True):
+    """What the removals' safety stop depends on: the pack (``source``, as the user knows it), what
+    reading it found (``facts``: entries it could not read) and ``max_delete`` and ``--force``."""
+
+    source: str = "the pack"
+    facts: SourceFacts = SourceFacts()
+    options: MappingOptions = MappingOptions()
+
+
 def plan_pull(images: Sequence[Download], records: Iterable[PulledFile], present: Collection[str],
-              unchanged: Collection[str], *, delete: bool) -> PullPlan:
+              unchanged: Collection[str], *, delete: bool, links: Collection[str] = (),
+              safety: PullSafety | None = None) -> PullPlan:
     """The plan for the pack's ``images`` (as downloads), given the ``records`` of the files pull wrote
-    from it into the folder, and the image ids of those still ``present`` and ``unchanged``."""
-    downloads = tuple(image for image in images if image.image_id not in present)
+    from it into the folder, the image ids of those still ``present`` and ``unchanged``, and the
+    ``links`` met below the folder (paths relative to it)."""
+    records = list(records)
+    safety = safety or PullSafety()
+    downloads = tuple(image for image in images if image.image_id not in present
+                      and not _behind(image.directory, links))
+    kept = sum(1 for image in images if image.image_id in present)
     in_pack = {image.image_id for image in images}
-    left = [record for record in records if record.image_id not in in_pack] if delete else []
-    return PullPlan(downloads, tuple(RemoveFile(r) if r.image_id in unchanged else DisownFile(r) for r in left),
-                    len(images) - len(downloads))
+    left = [r for r in records if r.image_id not in in_pack and not _behind(r.name.rpartition("/")[0], links)] \
+        if delete else []
+    removals = tuple(RemoveFile(r) if r.image_id in unchanged else DisownFile(r) for r in left)
+    stop = safety_stop(safety.facts, Deletes(
+        safety.source, sum(isinstance(r, RemoveFile) for r in removals), not images, len(records), len(records),
+        "file", f"in {records[0].folder}" if records else "here", "an emptied pack?"),
+        safety.options) if removals else None
+    return PullPlan(downloads, () if stop else removals, kept, removals if stop else (), stop,
+                    _notices(links, downloads))
 
 
-def name_from_url(url: str) -> str | None:
+def _notices(links: Collection[str], downloads: Iterable[Download]) -> tuple[Problem, ...]:
+    """Each link skipped, and each name (or class) written under another, once."""
+    renamed = sorted({download.renamed for download in downloads if download.renamed})
+    return (*(Problem(link, LINK_SKIPPED, notice=True) for link in sorted(links)),
+            *(Problem(given, f"written as {written}: not a name every file system takes (Windows and SMB refuse "
+                             "some)", notice=True) for given, written in renamed))
+
+
+def _behind(directory: str, links: Collection[str]) -> bool:
+    """Whether ``directory`` is one of the ``links`` or below one."""
+    return any(directory == link or directory.startswith(f"{link}/") for link in links)
+
+
+def _url_name(url: str) -> str | None:
     """The URL's last path segment, when it is a safe file name with an image extension; else None."""
     segment = unquote(PurePosixPath(urlsplit(url).path).name)
     stem, dot, ext = segment.rpartition(".")
@@ -116,19 +174,41 @@ def name_from_url(url: str) -> str | None:
     return segment
 
 
+def name_from_url(url: str) -> str | None:
+    """The file name the URL gives (its last segment, made ``portable``), or None when it gives none."""
+    segment = _url_name(url)
+    return portable(segment) if segment else None
+
+
+def portable(name: str) -> str:
+    """``name`` as Windows accepts it on SMB and NTFS (the characters it refuses are never in a safe
+    name): a reserved device name before the first dot gets a ``_`` after it, trailing dots and spaces
+    become one ``_``. The same name always gives the same result."""
+    if name != (trimmed := name.rstrip(". ")):
+        name = f"{trimmed}_"
+    base, dot, rest = name.partition(".")
+    if _RESERVED.fullmatch(base.rstrip(" ")):
+        name = f"{base.rstrip(' ')}_{dot}{rest}"
+    return name
+
+
 def safe_part(text: str, dots: bool = True) -> str:
-    """``text`` as one safe path segment, or a digest of it (without ``dots``: one with no dot at all,
-    so that no extension is taken for part of it)."""
+    """``text`` as one safe, ``portable`` path segment, or a digest of it (without ``dots``: one with no
+    dot at all, so that no extension is taken for part of it)."""
     safe = _SAFE.fullmatch(text) and (dots or "." not in text)  # (never "." or "..": it starts with a letter)
-    return text if safe else hashlib.sha256(text.encode()).hexdigest()[:16]
+    return portable(text) if safe else hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def genviral_download(folder: str, pack_id: str, image: RemoteImage) -> Download:
     """A Genviral image's download: named after its URL when that is safe, else ``<image id>.<ext>``."""
-    return Download(folder, pack_id, image.image_id, image.url, safe_part(image.image_id, dots=False),
-                    name_from_url(image.url))
+    given = _url_name(image.url)
+    name = portable(given) if given else None
+    return Download(folder, pack_id, image.image_id, image.url, safe_part(image.image_id, dots=False), name,
+                    (given, name) if given and name and given != name else None)
 
 
 def astria_download(folder: str, pack_id: str, image: AstriaImage) -> Download:
     """An Astria image's download, into its class's sub-folder: ``<class>/<prompt id>-<n>.<ext>``."""
-    return Download(folder, pack_id, image.url, image.url, f"{safe_part(image.cls)}/{image.prompt_id}-{image.index}")
+    part = safe_part(image.cls)
+    return Download(folder, pack_id, image.url, image.url, f"{part}/{image.prompt_id}-{image.index}",
+                    renamed=(image.cls, part) if part != image.cls else None)

@@ -121,8 +121,9 @@ class Digester:
         return Digest(self.sha.hexdigest(), self.size, content_type, problem)
 
 
-def digest_file(path: Path | str) -> Digest:
-    """Hash and check the file at ``path`` in one read. Raises OSError if it cannot be read."""
+def digest_file(path: Path | str | int) -> Digest:
+    """Hash and check the file at ``path`` (or the open descriptor, which it closes) in one read. Raises
+    OSError if it cannot be read."""
     digester = Digester()
     with open(path, "rb", buffering=0) as handle:
         # Sized to the file (one byte more, to see its end in the same read), within bounds: most

@@ -70,6 +70,8 @@ def pull_document(report: PullReport, dry_run: bool) -> dict[str, Any]:
             "dry_run": dry_run, "downloaded": report.downloaded, "already_here": report.plan.kept,
             "deleted": report.deleted, "failed": [{"image_id": i, "reason": r} for i, r in report.failures],
             "sidecars_written": report.sidecars.written if report.sidecars else 0,
+            "safety_stop": report.plan.safety, "withheld": [action.describe() for action in report.plan.withheld],
+            "problems": [{"item": p.rel_path, "reason": p.reason, "notice": p.notice} for p in report.problems],
             **({"actions": [action.describe() for action in report.plan.actions]} if dry_run else {})}
 
 

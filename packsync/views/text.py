@@ -192,17 +192,21 @@ def print_pull(report: PullReport, dry_run: bool, out: TextIO) -> None:
         else f"genviral:{printable(pack.name)} ({printable(pack.pack_id)})"
     out.write(f"{source} → {printable(report.folder)}\n")
     plan = report.plan
+    if plan.safety:
+        out.write(f"  error    {printable(plan.safety)}\n")
     if dry_run:
-        for action in plan.actions:
+        for kind, action in [*((a.kind, a) for a in plan.actions), *(("withheld", a) for a in plan.withheld)]:
             shown = action.describe()
-            out.write(f"  {shown['kind']:<12} {printable(shown['file'])} (image {printable(shown['image'])})\n")
+            out.write(f"  {kind:<12} {printable(shown['file'])} (image {printable(shown['image'])})\n")
+        _problems(report.problems, out)
         out.write(f"dry run: {len(plan.downloads)} downloads, {len(plan.removals)} removals, {plan.kept} "
                   "already here; nothing changed\n")
         return
     out.write(f"  {len(report.downloaded)} downloaded, {plan.kept} already here, {len(report.deleted)} deleted, "
-              f"{len(report.failures)} failed\n")
+              f"{len(report.failures)} failed" + (f", {len(plan.withheld)} withheld" if plan.withheld else "") + "\n")
     for image_id, why in report.failures:
         out.write(f"  {'failed':<10} image {printable(image_id)}: {printable(why)}\n")
+    _problems(report.problems, out)
     if report.sidecars:
         out.write(f"  sidecars   {report.sidecars.written} written\n")
         _problems(report.sidecars.problems, out)
