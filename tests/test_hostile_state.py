@@ -1,0 +1,115 @@
+"""Hostile conditions on the state itself: its file (and its lock) deleted or replaced under a running packsync.
+
+A running packsync writes on to the file it opened: deleted, its writes go to an inode nobody sees, and
+the lock on a deleted path excludes no one — a ``run`` started meanwhile locks a new file, starts a new
+state and syncs beside the daemon. Each test drives the real daemon (or the real CLI) on real files,
+and asserts the pack ends without a duplicate content whatever the interleaving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+
+from conftest import FAST, Env, image, write
+from helpers import StartDaemon, StartHere, wait_until
+
+from packsync.errors import ExitCode, StateUnavailable
+
+SAID = "was deleted or replaced while packsync ran"
+
+
+def contents(env: Env, pack_id: str) -> list[str]:
+    """The SHA-256 of every image of the pack, in pack order (a content twice is a duplicate)."""
+    import httpx2
+
+    with httpx2.Client() as client:  # one client: making one per image costs a tenth of a second each
+        return [hashlib.sha256(client.get(image["url"]).content).hexdigest() for image in env.pack(pack_id)["images"]]
+
+
+def remove_state(env: Env) -> None:
+    """``rm state.db*``: the database, its log, its shared memory and its lock."""
+    for path in env.state_path.parent.glob(env.state_path.name + "*"):
+        path.unlink()
+
+
+def test_a_state_deleted_under_the_daemon_while_a_run_starts_leaves_no_duplicate(daemon_env: Env,
+                                                                                  start: StartDaemon) -> None:
+    folder = daemon_env.map("pics", pack="Brand")
+    for i in range(10):
+        write(folder / f"{i}.png", image())
+    daemon = start()
+    pack_id = daemon_env.pack_named("Brand")["id"]
+    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 10, timeout=30, what="10 images synced")
+
+    remove_state(daemon_env)
+    for i in range(30):
+        write(folder / f"new-{i}.png", image())
+    result = daemon_env.cli("run", "--no-wait")
+
+    # The run either synced (the daemon waited for its lock) or was refused (the daemon locked first).
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == ExitCode.OK or "another packsync (pid" in result.stderr, result.stderr[-2000:]
+    later = image()  # the daemon keeps working, on the new state
+    write(folder / "later.png", later)
+    wait_until(lambda: hashlib.sha256(later).hexdigest() in contents(daemon_env, pack_id), timeout=30,
+               what="a later file synced by the daemon")
+    held = contents(daemon_env, pack_id)
+    assert len(held) == len(set(held)) == 41, f"{len(held)} images, {len(set(held))} contents: no content twice"
+    assert daemon.proc.poll() is None, daemon.output()[-3000:]
+    assert daemon.output().count(SAID) == 1, "said once"
+
+    refused = daemon_env.cli("run", "--no-wait")  # the daemon holds the new lock: it excludes a run again
+    assert refused.returncode == ExitCode.USAGE, refused.stdout + refused.stderr
+    assert f"another packsync (pid {daemon.proc.pid})" in refused.stderr, refused.stderr
+    assert daemon.stop() == 0
+    again = daemon_env.cli("run", "--no-wait")
+    assert again.returncode == 0 and "0 added, 0 deleted, 0 failed" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_state_moved_over_under_the_daemon_is_started_anew_by_adoption(daemon_env: Env,
+                                                                         start_here: StartHere) -> None:
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    for i in range(3):
+        write(folder / f"{i}.png", image())
+    daemon = start_here(FAST)
+    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 3, timeout=30, what="3 images synced")
+
+    other = daemon_env.root / "other.db"
+    sqlite3.connect(other).close()  # an empty database, as a restored backup or a mistake would be
+    os.replace(other, daemon_env.state_path)
+    write(folder / "new.png", image())
+
+    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 4, timeout=30, what="the new file synced")
+    wait_until(lambda: SAID in daemon.output(), timeout=30, what="the replaced state is said")
+    assert daemon.running, daemon.output()[-3000:]
+    held = contents(daemon_env, pack_id)
+    assert len(held) == len(set(held)) == 4
+    write(folder / "later.png", image())
+    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 5, timeout=30, what="a later file synced")
+    assert daemon.output().count(SAID) == 1
+    assert daemon.stop() is None
+
+
+def test_a_run_whose_state_is_deleted_stops_writing_in_one_sentence(env: Env) -> None:
+    from packsync.state.lock import StateLock
+    from packsync.state.store import State
+
+    env.state_path.parent.mkdir(parents=True)
+    with StateLock(env.state_path):
+        state = State(env.state_path)
+        try:
+            state.mappings.save_daemon(state="running")
+            remove_state(env)
+            try:
+                state.mappings.save_daemon(state="stopped")
+            except StateUnavailable as exc:
+                assert exc.reason == "replaced"
+                assert str(exc).startswith(f"the state database {env.state_path} {SAID}"), str(exc)
+            else:
+                raise AssertionError("a write to a deleted state went on")
+        finally:
+            state.close()
+    assert not env.state_path.exists(), "nothing written on to a new file behind the run's back"
