@@ -16,6 +16,7 @@ from conftest import FAST, Env, image, write
 from helpers import StartDaemon, StartHere, wait_until
 
 from packsync.errors import ExitCode, StateUnavailable
+from packsync.state.lock import StateLock
 
 SAID = "was deleted or replaced while packsync ran"
 
@@ -68,8 +69,10 @@ def test_a_state_deleted_under_the_daemon_while_a_run_starts_leaves_no_duplicate
     assert again.returncode == 0 and "0 added, 0 deleted, 0 failed" in again.stdout, again.stdout + again.stderr
 
 
-def test_a_state_moved_over_under_the_daemon_is_started_anew_by_adoption(daemon_env: Env,
-                                                                         start_here: StartHere) -> None:
+def test_a_state_and_lock_moved_over_under_the_daemon_wait_for_the_run_holding_them(daemon_env: Env,
+                                                                                    start_here: StartHere) -> None:
+    """The other interleaving: a run holds the new lock when the daemon notices. The daemon waits for it, then
+    takes the state the run left and syncs on; the pack ends with each content once."""
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     for i in range(3):
@@ -77,24 +80,35 @@ def test_a_state_moved_over_under_the_daemon_is_started_anew_by_adoption(daemon_
     daemon = start_here(FAST)
     wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 3, timeout=30, what="3 images synced")
 
-    other = daemon_env.root / "other.db"
-    sqlite3.connect(other).close()  # an empty database, as a restored backup or a mistake would be
-    os.replace(other, daemon_env.state_path)
-    write(folder / "new.png", image())
+    # A run's lock, moved over the daemon's: at no moment can the daemon lock the path before the run.
+    run_lock = StateLock(daemon_env.root / "elsewhere.db").acquire()
+    try:
+        os.replace(run_lock.path, StateLock(daemon_env.state_path).path)
+        other = daemon_env.root / "other.db"
+        sqlite3.connect(other).close()  # an empty database, as a restored backup or a mistake would be
+        os.replace(other, daemon_env.state_path)
+        for i in range(5):
+            write(folder / f"new-{i}.png", image())
+        report = daemon_env.sync()  # the run, under that lock, on the new state
+        assert report.exit_code == ExitCode.OK
+        wait_until(lambda: "waiting for the other packsync" in daemon.output(), timeout=30,
+                   what="the daemon waits for the run's lock")
+    finally:
+        run_lock.release()
 
-    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 4, timeout=30, what="the new file synced")
-    wait_until(lambda: SAID in daemon.output(), timeout=30, what="the replaced state is said")
-    assert daemon.running, daemon.output()[-3000:]
+    later = image()
+    write(folder / "later.png", later)
+    wait_until(lambda: hashlib.sha256(later).hexdigest() in contents(daemon_env, pack_id), timeout=30,
+               what="a later file synced by the daemon")
     held = contents(daemon_env, pack_id)
-    assert len(held) == len(set(held)) == 4
-    write(folder / "later.png", image())
-    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 5, timeout=30, what="a later file synced")
-    assert daemon.output().count(SAID) == 1
+    assert len(held) == len(set(held)) == 9, f"{len(held)} images, {len(set(held))} contents: no content twice"
+    assert daemon.running, daemon.output()[-3000:]
+    assert daemon.output().count(SAID) == 1, daemon.output()[-3000:]
+    assert StateLock(daemon_env.state_path).holder() == os.getpid(), "the daemon holds the lock again"
     assert daemon.stop() is None
 
 
 def test_a_run_whose_state_is_deleted_stops_writing_in_one_sentence(env: Env) -> None:
-    from packsync.state.lock import StateLock
     from packsync.state.store import State
 
     env.state_path.parent.mkdir(parents=True)
