@@ -45,7 +45,7 @@ def test_a_state_deleted_under_the_daemon_while_a_run_starts_leaves_no_duplicate
     wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 10, timeout=30, what="10 images synced")
 
     remove_state(daemon_env)
-    for i in range(30):
+    for i in range(10):
         write(folder / f"new-{i}.png", image())
     result = daemon_env.cli("run", "--no-wait")
 
@@ -57,7 +57,7 @@ def test_a_state_deleted_under_the_daemon_while_a_run_starts_leaves_no_duplicate
     wait_until(lambda: hashlib.sha256(later).hexdigest() in contents(daemon_env, pack_id), timeout=30,
                what="a later file synced by the daemon")
     held = contents(daemon_env, pack_id)
-    assert len(held) == len(set(held)) == 41, f"{len(held)} images, {len(set(held))} contents: no content twice"
+    assert len(held) == len(set(held)) == 21, f"{len(held)} images, {len(set(held))} contents: no content twice"
     assert daemon.proc.poll() is None, daemon.output()[-3000:]
     assert daemon.output().count(SAID) == 1, "said once"
 
@@ -127,3 +127,29 @@ def test_a_run_whose_state_is_deleted_stops_writing_in_one_sentence(env: Env) ->
         finally:
             state.close()
     assert not env.state_path.exists(), "nothing written on to a new file behind the run's back"
+
+
+def test_a_state_deleted_mid_round_stops_the_daemon_s_writes_and_adopts_what_it_added(daemon_env: Env,
+                                                                                      start_here: StartHere) -> None:
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    write(folder / "a.png", image())
+    daemon = start_here(FAST)
+    daemon_env.sandbox.faults.latency_s = 0.05  # a round long enough to be cut in the middle
+    for i in range(12):
+        write(folder / f"new-{i}.png", image())
+    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] > 3, timeout=30, what="the daemon adding")
+
+    remove_state(daemon_env)
+
+    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] >= 13, timeout=30, what="every file synced")
+    wait_until(lambda: SAID in daemon.output(), timeout=30, what="the deleted state is said")
+    later = image()
+    write(folder / "later.png", later)
+    wait_until(lambda: hashlib.sha256(later).hexdigest() in contents(daemon_env, pack_id), timeout=30,
+               what="a later file synced")
+    held = contents(daemon_env, pack_id)
+    assert len(held) == len(set(held)) == 14, f"{len(held)} images, {len(set(held))} contents: no content twice"
+    assert daemon.running and daemon.output().count(SAID) == 1, daemon.output()[-3000:]
+    assert "sync failed" not in daemon.output(), daemon.output()[-3000:]
+    assert daemon.stop() is None

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Dialect, Engine, Executable
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import UpdateBase
 
-from packsync.errors import StateError
+from packsync.errors import StateError, StateUnavailable
 from packsync.logs import get_logger
 from packsync.state.sqlite import BEGIN_WRITE, DRIVER_ERRORS, MISUSE_ERRORS
 from packsync.state.translate import unusable
@@ -124,7 +124,9 @@ class UnitOfWork:
             try:
                 self.flush()
             except StateError as exc:
-                get_logger().warning("state: the last steps could not be recorded", error=str(exc))
+                # A state replaced is said once, by whoever starts the new one (its steps go to no one).
+                if not (isinstance(exc, StateUnavailable) and exc.reason == "replaced"):
+                    get_logger().warning("state: the last steps could not be recorded", error=str(exc))
             raise
         else:
             self.flush()
