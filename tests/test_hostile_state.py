@@ -12,6 +12,7 @@ import hashlib
 import os
 import sqlite3
 
+import pytest
 from conftest import FAST, Env, image, write
 from helpers import StartDaemon, StartHere, wait_until
 
@@ -108,7 +109,8 @@ def test_a_state_and_lock_moved_over_under_the_daemon_wait_for_the_run_holding_t
     assert daemon.stop() is None
 
 
-def test_a_run_whose_state_is_deleted_stops_writing_in_one_sentence(env: Env) -> None:
+@pytest.mark.parametrize("removed", ["state.db*", "state.db.lock"])
+def test_a_run_whose_state_or_lock_is_deleted_stops_writing_in_one_sentence(env: Env, removed: str) -> None:
     from packsync.state.store import State
 
     env.state_path.parent.mkdir(parents=True)
@@ -116,17 +118,17 @@ def test_a_run_whose_state_is_deleted_stops_writing_in_one_sentence(env: Env) ->
         state = State(env.state_path)
         try:
             state.mappings.save_daemon(state="running")
-            remove_state(env)
-            try:
+            for path in env.state_path.parent.glob(removed):
+                path.unlink()
+            with pytest.raises(StateUnavailable) as raised:
                 state.mappings.save_daemon(state="stopped")
-            except StateUnavailable as exc:
-                assert exc.reason == "replaced"
-                assert str(exc).startswith(f"the state database {env.state_path} {SAID}"), str(exc)
-            else:
-                raise AssertionError("a write to a deleted state went on")
         finally:
             state.close()
-    assert not env.state_path.exists(), "nothing written on to a new file behind the run's back"
+    assert raised.value.reason == "replaced"
+    which = f"the state database {env.state_path}" if removed == "state.db*" else f"the lock file {env.state_path}.lock"
+    assert str(raised.value).startswith(f"{which} {SAID}"), str(raised.value)
+    if removed == "state.db*":
+        assert not env.state_path.exists(), "nothing written on to a new file behind the run's back"
 
 
 def test_a_state_deleted_mid_round_stops_the_daemon_s_writes_and_adopts_what_it_added(daemon_env: Env,
@@ -152,4 +154,21 @@ def test_a_state_deleted_mid_round_stops_the_daemon_s_writes_and_adopts_what_it_
     assert len(held) == len(set(held)) == 14, f"{len(held)} images, {len(set(held))} contents: no content twice"
     assert daemon.running and daemon.output().count(SAID) == 1, daemon.output()[-3000:]
     assert "sync failed" not in daemon.output(), daemon.output()[-3000:]
+    assert daemon.stop() is None
+
+
+def test_a_lock_file_deleted_under_the_daemon_is_taken_again(daemon_env: Env, start_here: StartHere) -> None:
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    write(folder / "a.png", image())
+    daemon = start_here(FAST)
+    lock = StateLock(daemon_env.state_path)
+
+    lock.path.unlink()
+
+    wait_until(lambda: lock.holder() == os.getpid(), timeout=30, what="the daemon locks the new lock file")
+    assert f"the lock file {lock.path} {SAID}; locking it again" in daemon.output()
+    write(folder / "b.png", image())
+    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 2, timeout=30, what="b.png synced")
+    assert daemon.running and daemon.output().count(SAID) == 1, daemon.output()[-3000:]
     assert daemon.stop() is None

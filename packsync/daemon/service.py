@@ -193,8 +193,7 @@ class Daemon:
         nothing more is written to the old one (``State.check``). Lock the file there now (waiting while a
         ``run`` started meanwhile holds it), open the state there — a new one, where every folder's next
         sync adopts what its pack holds, by content, uploading nothing again — and sync every folder."""
-        replaced = self.state.replaced()
-        if replaced is not None:
+        if self.state.replaced() == self.state.path:
             self.log.warning(f"the state database {self.config.state_path} was deleted or replaced while packsync "
                              "ran; starting a new one, adopting what the packs hold")
         else:

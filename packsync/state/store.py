@@ -95,10 +95,14 @@ class State:
     def check(self) -> None:
         """Raise ``StateUnavailable`` (``"replaced"``) when the state's file or lock was deleted or replaced:
         what would be written now would go to a file nobody sees, or beside another packsync."""
-        if (path := self.replaced()) is not None:
-            which = f"the state database {self.path}" if path == self.path else f"the lock file {path}"
-            raise StateUnavailable(f"{which} was deleted or replaced while packsync ran; nothing more was written "
-                                   "to it. Run packsync again: it starts a new state, adopting what the packs hold.",
+        if (path := self.replaced()) == self.path:
+            raise StateUnavailable(f"the state database {path} was deleted or replaced while packsync ran; nothing "
+                                   "more is written to it. Run packsync again: it starts a new one, adopting what "
+                                   "the packs hold.", reason="replaced")
+        if path is not None:
+            raise StateUnavailable(f"the lock file {path} was deleted or replaced while packsync ran, so it no longer "
+                                   "keeps another packsync out; nothing more is written to the state. Run packsync "
+                                   "again.",
                                    reason="replaced")
 
     @contextmanager
