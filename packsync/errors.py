@@ -73,9 +73,10 @@ class StateUnavailable(StateError):
     """The state cannot be used right now (locked by another program, disk full): it may pass.
 
     ``reason`` says which trouble it is, for a decision (a daemon says each trouble once): ``"locked"``,
-    ``"full"`` or ``"io"``."""
+    ``"full"``, ``"io"`` or ``"replaced"`` (the file or its lock was deleted or replaced: packsync stops
+    writing to it; a daemon starts on the new one)."""
 
-    def __init__(self, message: str, *, reason: Literal["locked", "full", "io"]) -> None:
+    def __init__(self, message: str, *, reason: Literal["locked", "full", "io", "replaced"]) -> None:
         super().__init__(message)
         self.reason = reason
 

@@ -147,7 +147,7 @@ class DaemonHere:
 
         config = load_config(config_path)
         self.lock = StateLock(config.state_path).acquire()
-        self.daemon = Daemon(config_path, config, token, timing=timing)
+        self.daemon = Daemon(config_path, config, token, self.lock, timing=timing)
         self._capture = capture_logs()
         self.logs = self._capture.__enter__()
         self.error: BaseException | None = None

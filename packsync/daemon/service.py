@@ -36,7 +36,7 @@ from packsync.daemon.status import Status
 from packsync.daemon.timing import PRODUCT, Timing
 from packsync.daemon.watcher import Watcher
 from packsync.daemon.web import Web
-from packsync.errors import ExitCode, PacksyncError, StateError, StateUnavailable
+from packsync.errors import ExitCode, LockedError, PacksyncError, StateError, StateUnavailable
 from packsync.logs import get_logger, register_secret
 from packsync.remote.retry import Retrying
 from packsync.sources.folder import filters_for
@@ -45,9 +45,10 @@ from packsync.state.store import State
 
 
 class Daemon:
-    def __init__(self, config_path: Path, config: Config, token: str, *, polling: bool = False,
+    def __init__(self, config_path: Path, config: Config, token: str, lock: StateLock, *, polling: bool = False,
                  timing: Timing = PRODUCT) -> None:
         self.config_path = config_path
+        self.lock = lock  # held by the caller; taken again here if its file goes
         self.config = config
         self.token = token
         self.polling = polling
@@ -87,12 +88,13 @@ class Daemon:
             self.watcher = Watcher(on_change)
             await self._serve()
         finally:
-            state.close()  # whatever ended the daemon
+            self.state.close()  # whatever ended the daemon
             self.log.info("daemon stopped")
         return ExitCode.OK
 
     async def _serve(self) -> None:
-        self.status.save(pid=os.getpid(), started_at=time.time(), state="starting", queue=0, last_error=None)
+        self.started_at = time.time()
+        self.status.save(pid=os.getpid(), started_at=self.started_at, state="starting", queue=0, last_error=None)
         metadata = asyncio.create_task(self.metadata.run())
         try:
             for folder in self.schedule.folders.values():
@@ -168,6 +170,9 @@ class Daemon:
     async def _loop(self) -> None:
         while not self.stopping.is_set():
             self.status.came_round(time.monotonic())
+            if self.state.replaced() is not None or not self.lock.intact():
+                await self._start_anew()
+                continue
             if self.reload_requested:
                 await self._reload()
             self._restart_dead_watchers()
@@ -182,6 +187,49 @@ class Daemon:
                     if folder.root is not None and folder.root not in self.watcher.observers:
                         self._watch(folder)
             await self.rounds.run(self.app, due)
+
+    async def _start_anew(self) -> None:
+        """The state's file or its lock was deleted or replaced (``rm state.db*``, a file moved over it):
+        nothing more is written to the old one (``State.check``). Lock the file there now (waiting while a
+        ``run`` started meanwhile holds it), open the state there — a new one, where every folder's next
+        sync adopts what its pack holds, by content, uploading nothing again — and sync every folder."""
+        if self.state.replaced() == self.state.path:
+            self.log.warning(f"the state database {self.config.state_path} was deleted or replaced while packsync "
+                             "ran; starting a new one, adopting what the packs hold")
+        else:
+            self.log.warning(f"the lock file {self.lock.path} was deleted or replaced while packsync ran; "
+                             "locking it again")
+        if not await self._relock():
+            return
+        state = await self._open_state()
+        if state is None:
+            return
+        old, self.state = self.state, state
+        self.status.state = state
+        self.app.close_sources()
+        self.app = App.wire(self.config, state, self.app.api)
+        old.close()
+        self.status.forget_published()
+        self.status.save(pid=os.getpid(), started_at=self.started_at, state=self.status.mode,
+                         queue=len(self.changes), last_error=None)
+        self.schedule.sync_now(None)
+
+    async def _relock(self) -> bool:
+        """Take the state's lock again, waiting while another packsync holds it; False when a stop came first."""
+        said = False
+        retrying = Retrying(self.timing.mapping_retry)
+        while not self.stopping.is_set():
+            try:
+                self.lock.renew()
+                return True
+            except LockedError as exc:
+                if not said:
+                    self.log.info("waiting for the other packsync to finish", error=str(exc))
+                    said = True
+            self.status.came_round(time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=min(retrying.next_delay(), self.tick_s))
+        return False
 
     def _restart_dead_watchers(self) -> None:
         for root in self.watcher.check():
@@ -233,5 +281,5 @@ def run_daemon(config_path: Path, polling: bool = False) -> ExitCode:
     register_secret(token)
     read_password(config)  # a missing page password is a config error at start, not a surprise later
     raise_file_limit()
-    with StateLock(config.state_path):
-        return asyncio.run(on_signals(Daemon(config_path, config, token, polling=polling)))
+    with StateLock(config.state_path) as lock:
+        return asyncio.run(on_signals(Daemon(config_path, config, token, lock, polling=polling)))

@@ -58,7 +58,10 @@ class Status:
     # -- the state database -----------------------------------------------------------------------
 
     def state_unusable(self, exc: StateUnavailable) -> None:
-        """The state is locked or its disk full: say so once, and keep trying (nothing is lost meanwhile)."""
+        """The state is locked or its disk full: say so once, and keep trying (nothing is lost meanwhile). A
+        state replaced under the daemon is the loop's to start anew (and say), before its next round."""
+        if exc.reason == "replaced":
+            return
         if self.state_trouble is None or self.state_trouble.reason != exc.reason:
             self.log.error(f"{exc} Waiting for it; changes are synced once it is usable again")
         self.state_trouble = exc
@@ -77,6 +80,10 @@ class Status:
             self.state_unusable(exc)
             return False
         return True
+
+    def forget_published(self) -> None:
+        """A new state knows nothing of the daemon yet: the next ``publish`` writes, changed or not."""
+        self._published = ()
 
     def publish(self) -> None:
         """Tell `packsync status` and systemd what the daemon is doing, when that changed."""

@@ -3,6 +3,11 @@
 ``run`` and ``daemon`` take the same lock, so two of them never interleave their steps. The lock
 file holds the holder's pid, so a refused second instance can say who holds it. The kernel drops
 the lock when its holder dies, however it dies: there is no stale lock to clean up.
+
+A lock is on a file, not a path: a lock file deleted (``rm state.db*``) or replaced while held excludes
+no one any more, since the next packsync creates a new file at the path and locks that. So a lock is
+taken on the file the path names once it is locked (``acquire`` checks), a holder can ask whether it
+still is (``intact``) and take the lock again on the file there now (``renew``).
 """
 
 from __future__ import annotations
@@ -16,13 +21,47 @@ from types import TracebackType
 from packsync.errors import LockedError
 from packsync.state.translate import unusable
 
+#: How often ``acquire`` tries again when the lock file it locked was deleted or replaced meanwhile.
+RELOCK_TRIES = 5
+
+
+def lock_path(state_path: Path) -> Path:
+    """The lock file of the state database at ``state_path``."""
+    return state_path.with_name(state_path.name + ".lock")
+
+
+def same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not deleted, not replaced by another)."""
+    try:
+        held, named = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return held.st_nlink > 0 and (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
 
 class StateLock:
     def __init__(self, state_path: Path) -> None:
-        self.path = state_path.with_name(state_path.name + ".lock")
+        self.path = lock_path(state_path)
         self._fd: int | None = None
 
     def acquire(self) -> StateLock:
+        for _ in range(RELOCK_TRIES):
+            fd = self._locked()
+            if same_file(fd, self.path):
+                break
+            os.close(fd)  # deleted or replaced between our open and our lock: lock the file there now
+        else:
+            raise unusable(self.path, OSError(f"{self.path} keeps being deleted or replaced"))
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass  # the pid is only for the message a second instance prints; the lock itself is held
+        self._fd = fd
+        return self
+
+    def _locked(self) -> int:
+        """The lock file at the path, opened (created if missing) and locked; LockedError if someone holds it."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -35,13 +74,17 @@ class StateLock:
             os.close(fd)
             raise LockedError(f"another packsync (pid {holder}) is using {self.path.with_suffix('')}; "
                               "wait for it to finish or stop it first.") from None
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError:
-            pass  # the pid is only for the message a second instance prints; the lock itself is held
-        self._fd = fd
-        return self
+        return fd
+
+    def intact(self) -> bool:
+        """Whether the lock held is still on the file its path names: else it excludes no one any more."""
+        return self._fd is not None and same_file(self._fd, self.path)
+
+    def renew(self) -> None:
+        """Let the lock go and take it again on the file the path names now (created if missing);
+        LockedError if another packsync holds that one (the lock stays let go: ``renew`` again later)."""
+        self.release()
+        self.acquire()
 
     def release(self) -> None:
         if self._fd is not None:

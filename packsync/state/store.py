@@ -23,10 +23,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from packsync.errors import StateError
+from packsync.errors import StateError, StateUnavailable
 from packsync.state import sqlite, upgrade
 from packsync.state.files import FileRepository
 from packsync.state.images import ImageRepository
+from packsync.state.lock import lock_path
 from packsync.state.mappings import MappingRepository
 from packsync.state.metadata import MetadataRepository
 from packsync.state.unit import DATABASE_ERRORS, UnitOfWork, raise_unusable
@@ -69,6 +70,11 @@ class State:
                 unit.close()
             raise
         self.unit = unit
+        # The files opened (the lock: the one packsync locked before opening it), so that a write never goes
+        # on to a file deleted or replaced meanwhile — nor under a lock that excludes no one any more.
+        watched = () if readonly else (path, lock_path(path))
+        self._opened = {file: sqlite.file_id(file) for file in watched}
+        unit.before_write = self.check
         self.files = FileRepository(unit)
         self.uploads = UploadRepository(unit)
         self.images = ImageRepository(unit)
@@ -78,6 +84,27 @@ class State:
     def close(self) -> None:
         self.unit.close()
 
+    def replaced(self) -> Path | None:
+        """The file (the database, else its lock) deleted or replaced since the state was opened, if any.
+        A lock file that did not exist then (a state opened without the lock, as a test does) is not watched."""
+        for path, opened in self._opened.items():
+            if opened is not None and sqlite.file_id(path) != opened:
+                return path
+        return None
+
+    def check(self) -> None:
+        """Raise ``StateUnavailable`` (``"replaced"``) when the state's file or lock was deleted or replaced:
+        what would be written now would go to a file nobody sees, or beside another packsync."""
+        if (path := self.replaced()) == self.path:
+            raise StateUnavailable(f"the state database {path} was deleted or replaced while packsync ran; nothing "
+                                   "more is written to it. Run packsync again: it starts a new one, adopting what "
+                                   "the packs hold.", reason="replaced")
+        if path is not None:
+            raise StateUnavailable(f"the lock file {path} was deleted or replaced while packsync ran, so it no longer "
+                                   "keeps another packsync out; nothing more is written to the state. Run packsync "
+                                   "again.",
+                                   reason="replaced")
+
     @contextmanager
     def write_behind(self) -> Iterator[None]:
         """Steps written inside are queued and committed together (``UnitOfWork.write_behind``)."""
@@ -85,7 +112,8 @@ class State:
             yield
 
     def flush(self) -> None:
-        """Commit the steps ``write_behind`` queued."""
+        """Commit the steps ``write_behind`` queued; checked even when none are (an add is sent after it)."""
+        self.check()
         self.unit.flush()
 
     def data_version(self) -> int:

@@ -18,7 +18,7 @@ This module knows no table: the repositories bring their statements.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Dialect, Engine, Executable
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import UpdateBase
 
-from packsync.errors import StateError
+from packsync.errors import StateError, StateUnavailable
 from packsync.logs import get_logger
 from packsync.state.sqlite import BEGIN_WRITE, DRIVER_ERRORS, MISUSE_ERRORS
 from packsync.state.translate import unusable
@@ -79,6 +79,8 @@ class UnitOfWork:
         self._driver: Any = self.connection.connection.driver_connection
         self._open = False  # inside a transaction of ours
         self._queued: list[tuple[Bulk, list[Sequence[Any]]]] | None = None  # inside ``write_behind`` only
+        #: Raises when no write may begin (the file was replaced under packsync: ``State.check``).
+        self.before_write: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         self.connection.close()
@@ -122,7 +124,9 @@ class UnitOfWork:
             try:
                 self.flush()
             except StateError as exc:
-                get_logger().warning("state: the last steps could not be recorded", error=str(exc))
+                # A state replaced is said once, by whoever starts the new one (its steps go to no one).
+                if not (isinstance(exc, StateUnavailable) and exc.reason == "replaced"):
+                    get_logger().warning("state: the last steps could not be recorded", error=str(exc))
             raise
         else:
             self.flush()
@@ -139,6 +143,7 @@ class UnitOfWork:
     def transaction(self) -> Iterator[None]:
         """Statements committed together, or not at all, after any steps queued before them (which stay
         queued until a commit holds them)."""
+        self.before_write()
         with self.guarded():
             self._driver.execute(BEGIN_WRITE)
             self._open = True

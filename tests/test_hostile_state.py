@@ -1,0 +1,174 @@
+"""Hostile conditions on the state itself: its file (and its lock) deleted or replaced under a running packsync.
+
+A running packsync writes on to the file it opened: deleted, its writes go to an inode nobody sees, and
+the lock on a deleted path excludes no one — a ``run`` started meanwhile locks a new file, starts a new
+state and syncs beside the daemon. Each test drives the real daemon (or the real CLI) on real files,
+and asserts the pack ends without a duplicate content whatever the interleaving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+
+import pytest
+from conftest import FAST, Env, image, write
+from helpers import StartDaemon, StartHere, wait_until
+
+from packsync.errors import ExitCode, StateUnavailable
+from packsync.state.lock import StateLock
+
+SAID = "was deleted or replaced while packsync ran"
+
+
+def contents(env: Env, pack_id: str) -> list[str]:
+    """The SHA-256 of every image of the pack, in pack order (a content twice is a duplicate)."""
+    import httpx2
+
+    with httpx2.Client() as client:  # one client: making one per image costs a tenth of a second each
+        return [hashlib.sha256(client.get(image["url"]).content).hexdigest() for image in env.pack(pack_id)["images"]]
+
+
+def remove_state(env: Env) -> None:
+    """``rm state.db*``: the database, its log, its shared memory and its lock."""
+    for path in env.state_path.parent.glob(env.state_path.name + "*"):
+        path.unlink()
+
+
+def test_a_state_deleted_under_the_daemon_while_a_run_starts_leaves_no_duplicate(daemon_env: Env,
+                                                                                  start: StartDaemon) -> None:
+    folder = daemon_env.map("pics", pack="Brand")
+    for i in range(10):
+        write(folder / f"{i}.png", image())
+    daemon = start()
+    pack_id = daemon_env.pack_named("Brand")["id"]
+    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 10, timeout=30, what="10 images synced")
+
+    remove_state(daemon_env)
+    for i in range(10):
+        write(folder / f"new-{i}.png", image())
+    result = daemon_env.cli("run", "--no-wait")
+
+    # The run either synced (the daemon waited for its lock) or was refused (the daemon locked first).
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == ExitCode.OK or "another packsync (pid" in result.stderr, result.stderr[-2000:]
+    later = image()  # the daemon keeps working, on the new state
+    write(folder / "later.png", later)
+    wait_until(lambda: hashlib.sha256(later).hexdigest() in contents(daemon_env, pack_id), timeout=30,
+               what="a later file synced by the daemon")
+    held = contents(daemon_env, pack_id)
+    assert len(held) == len(set(held)) == 21, f"{len(held)} images, {len(set(held))} contents: no content twice"
+    assert daemon.proc.poll() is None, daemon.output()[-3000:]
+    assert daemon.output().count(SAID) == 1, "said once"
+
+    refused = daemon_env.cli("run", "--no-wait")  # the daemon holds the new lock: it excludes a run again
+    assert refused.returncode == ExitCode.USAGE, refused.stdout + refused.stderr
+    assert f"another packsync (pid {daemon.proc.pid})" in refused.stderr, refused.stderr
+    assert daemon.stop() == 0
+    again = daemon_env.cli("run", "--no-wait")
+    assert again.returncode == 0 and "0 added, 0 deleted, 0 failed" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_state_and_lock_moved_over_under_the_daemon_wait_for_the_run_holding_them(daemon_env: Env,
+                                                                                    start_here: StartHere) -> None:
+    """The other interleaving: a run holds the new lock when the daemon notices. The daemon waits for it, then
+    takes the state the run left and syncs on; the pack ends with each content once."""
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    for i in range(3):
+        write(folder / f"{i}.png", image())
+    daemon = start_here(FAST)
+    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 3, timeout=30, what="3 images synced")
+
+    # A run's lock, moved over the daemon's: at no moment can the daemon lock the path before the run.
+    run_lock = StateLock(daemon_env.root / "elsewhere.db").acquire()
+    try:
+        os.replace(run_lock.path, StateLock(daemon_env.state_path).path)
+        other = daemon_env.root / "other.db"
+        sqlite3.connect(other).close()  # an empty database, as a restored backup or a mistake would be
+        os.replace(other, daemon_env.state_path)
+        for i in range(5):
+            write(folder / f"new-{i}.png", image())
+        report = daemon_env.sync()  # the run, under that lock, on the new state
+        assert report.exit_code == ExitCode.OK
+        wait_until(lambda: "waiting for the other packsync" in daemon.output(), timeout=30,
+                   what="the daemon waits for the run's lock")
+    finally:
+        run_lock.release()
+
+    later = image()
+    write(folder / "later.png", later)
+    wait_until(lambda: hashlib.sha256(later).hexdigest() in contents(daemon_env, pack_id), timeout=30,
+               what="a later file synced by the daemon")
+    held = contents(daemon_env, pack_id)
+    assert len(held) == len(set(held)) == 9, f"{len(held)} images, {len(set(held))} contents: no content twice"
+    assert daemon.running, daemon.output()[-3000:]
+    assert daemon.output().count(SAID) == 1, daemon.output()[-3000:]
+    assert StateLock(daemon_env.state_path).holder() == os.getpid(), "the daemon holds the lock again"
+    assert daemon.stop() is None
+
+
+@pytest.mark.parametrize("removed", ["state.db*", "state.db.lock"])
+def test_a_run_whose_state_or_lock_is_deleted_stops_writing_in_one_sentence(env: Env, removed: str) -> None:
+    from packsync.state.store import State
+
+    env.state_path.parent.mkdir(parents=True)
+    with StateLock(env.state_path):
+        state = State(env.state_path)
+        try:
+            state.mappings.save_daemon(state="running")
+            for path in env.state_path.parent.glob(removed):
+                path.unlink()
+            with pytest.raises(StateUnavailable) as raised:
+                state.mappings.save_daemon(state="stopped")
+        finally:
+            state.close()
+    assert raised.value.reason == "replaced"
+    which = f"the state database {env.state_path}" if removed == "state.db*" else f"the lock file {env.state_path}.lock"
+    assert str(raised.value).startswith(f"{which} {SAID}"), str(raised.value)
+    if removed == "state.db*":
+        assert not env.state_path.exists(), "nothing written on to a new file behind the run's back"
+
+
+def test_a_state_deleted_mid_round_stops_the_daemon_s_writes_and_adopts_what_it_added(daemon_env: Env,
+                                                                                      start_here: StartHere) -> None:
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    write(folder / "a.png", image())
+    daemon = start_here(FAST)
+    daemon_env.sandbox.faults.latency_s = 0.05  # a round long enough to be cut in the middle
+    for i in range(12):
+        write(folder / f"new-{i}.png", image())
+    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] > 3, timeout=30, what="the daemon adding")
+
+    remove_state(daemon_env)
+
+    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] >= 13, timeout=30, what="every file synced")
+    wait_until(lambda: SAID in daemon.output(), timeout=30, what="the deleted state is said")
+    later = image()
+    write(folder / "later.png", later)
+    wait_until(lambda: hashlib.sha256(later).hexdigest() in contents(daemon_env, pack_id), timeout=30,
+               what="a later file synced")
+    held = contents(daemon_env, pack_id)
+    assert len(held) == len(set(held)) == 14, f"{len(held)} images, {len(set(held))} contents: no content twice"
+    assert daemon.running and daemon.output().count(SAID) == 1, daemon.output()[-3000:]
+    assert "sync failed" not in daemon.output(), daemon.output()[-3000:]
+    assert daemon.stop() is None
+
+
+def test_a_lock_file_deleted_under_the_daemon_is_taken_again(daemon_env: Env, start_here: StartHere) -> None:
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    write(folder / "a.png", image())
+    daemon = start_here(FAST)
+    lock = StateLock(daemon_env.state_path)
+
+    lock.path.unlink()
+
+    wait_until(lambda: lock.holder() == os.getpid(), timeout=30, what="the daemon locks the new lock file")
+    assert f"the lock file {lock.path} {SAID}; locking it again" in daemon.output()
+    write(folder / "b.png", image())
+    wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 2, timeout=30, what="b.png synced")
+    assert daemon.running and daemon.output().count(SAID) == 1, daemon.output()[-3000:]
+    assert daemon.stop() is None
