@@ -1,0 +1,60 @@
+"""Patterns and ignore files written by someone else (a collaborator's ``.packsyncignore`` in a shared
+folder, a config copied from a forum): matching costs time linear in the name whatever the pattern, an
+ignore file that is not a regular file stops its mapping in one sentence instead of blocking it, and
+the NAS and desktop junk stays excluded whatever ``exclude`` says."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import Env, image, write
+
+#: ``*a*a*...*b`` against a long run of ``a``: exponential for a backtracking regular expression.
+STARS = "*a" * 13 + "*b"
+
+#: Matches the pattern (argv[1]) against the path (argv[2]; a trailing ``/`` for a folder) as an exclude
+#: list and as an include list, in a child process (a regex running away holds the GIL: only a process
+#: can be given a deadline), and prints the seconds it took.
+TIMED = """
+import sys, time
+from packsync.sources.patterns import Patterns
+pattern, path = sys.argv[1], sys.argv[2]
+folder = path.endswith("/")
+rel = path.rstrip("/")
+start = time.perf_counter()
+for walked in (True, False):
+    Patterns([pattern], walked=walked).matches(rel, rel.rsplit("/", 1)[-1], folder)
+    Patterns(["!x", pattern], walked=walked).deciding(rel, rel.rsplit("/", 1)[-1], folder)
+print(time.perf_counter() - start)
+"""
+
+
+@pytest.mark.parametrize(("pattern", "path"), [
+    ("/" + STARS, "a" * 60),                                     # an anchored name: the issue's pattern
+    (STARS, "a" * 60),                                           # a name at any depth
+    ("x/" + STARS, "x/" + "a" * 60),                             # a path
+    ("**/" + STARS + "/", "d/" + "a" * 60 + "/"),                # a folder, below any folders
+    ("/" + "?*" * 13 + "b", "a" * 60),                           # any-character runs
+    ("/" + "[a-z]*" * 13 + "b", "a" * 60),                       # character classes
+    ("/" + "**/a/" * 12 + "b", "/".join(["a"] * 60)),           # globstars against a deep path
+    ("/" + "*a/" * 12 + "**/b", "/".join(["aaaaaaaaaaaa"] * 40)),  # a mix of both
+])
+def test_matching_costs_time_linear_in_the_name_whatever_the_pattern(pattern: str, path: str) -> None:
+    done = subprocess.run([sys.executable, "-c", TIMED, pattern, path], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) < 2.0, f"{pattern!r} took {float(done.stdout):.1f} s"
+
+
+def test_a_hostile_packsyncignore_does_not_hold_up_a_run(env: Env) -> None:
+    folder = env.map("pics", pack="P")
+    (folder / ".packsyncignore").write_text(f"/{STARS}\n", encoding="utf-8")
+    write(folder / ("a" * 60 + ".png"), image())
+    write(folder / ("a" * 59 + "b"), image())  # matched by the pattern: excluded
+
+    done = env.cli("run", "--dry-run", "-v", timeout=30)
+
+    assert done.returncode == 0, done.stderr
+    assert f"upload+add {'a' * 60}.png" in done.stdout
+    assert f"excluded   {'a' * 59}b (by /{STARS})" in done.stdout
