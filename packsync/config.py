@@ -21,6 +21,7 @@ import msgspec
 from msgspec import Meta, Struct, field
 
 from packsync.errors import ConfigError
+from packsync.files import read_regular
 from packsync.sources.base import astria_label
 from packsync.sources.patterns import check as check_patterns
 
@@ -30,6 +31,9 @@ DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif", "*.heic", "*.h
 DEFAULT_EXCLUDE = [".*", "*~", "*.tmp", "*.part", "@eaDir/", "\\#recycle/", ".thumbnails/", "Thumbs.db", ".DS_Store",
                    "._*", "desktop.ini"]
 CONFIG_ENV = "PACKSYNC_CONFIG"
+#: A config or token file larger than these is not one (and is not read whole).
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_TOKEN_BYTES = 64 * 1024
 #: Where the token is looked for when the config names no variable, in this order.
 TOKEN_ENVS = ("GENVIRAL_TOKEN", "GENVIRAL_API_KEY")
 DEFAULT_ASTRIA_URL = "https://api.astria.ai"
@@ -354,12 +358,13 @@ def _check_mappings(config: Config) -> None:
 def load_config(path: Path) -> Config:
     """Read and validate the config file at ``path``."""
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
+        data = tomllib.loads(read_regular(path, MAX_CONFIG_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no config file here (see config.example.toml).") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror}).") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML (not UTF-8 text at byte {exc.start}).") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}).") from None
     return parse_config(data, source=path)
@@ -372,10 +377,12 @@ def read_token(api: _ApiConfig, table: str = "genviral", defaults: tuple[str, ..
     if api.token_file is not None:
         path = api.token_file
         try:
-            token = path.read_text(encoding="utf-8").strip()
+            token = read_regular(path, MAX_TOKEN_BYTES).decode("utf-8").strip()
             mode = path.stat().st_mode
         except OSError as exc:
             raise ConfigError(f"{table}.token_file: cannot read {path} ({exc.strerror}).") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{table}.token_file: {path} is not UTF-8 text.") from None
         if mode & (stat.S_IRGRP | stat.S_IROTH):
             get_logger().warning("token file is readable by other users; chmod 600 it", path=str(path))
         if not token:

@@ -5,6 +5,7 @@ the NAS and desktop junk stays excluded whatever ``exclude`` says."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -58,3 +59,59 @@ def test_a_hostile_packsyncignore_does_not_hold_up_a_run(env: Env) -> None:
     assert done.returncode == 0, done.stderr
     assert f"upload+add {'a' * 60}.png" in done.stdout
     assert f"excluded   {'a' * 59}b (by /{STARS})" in done.stdout
+
+
+# -- files that are not regular files ---------------------------------------------------------------
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_fifo_named_packsyncignore_stops_its_mapping_in_one_sentence(env: Env, dry_run: bool) -> None:
+    """Opening a FIFO waits for a writer that never comes: only regular files are read."""
+    folder = env.map("pics", pack="P")
+    other = env.map("other", pack="Q")
+    write(folder / "a.png", image())
+    write(other / "b.png", image())
+    os.mkfifo(folder / ".packsyncignore")
+
+    done = env.cli("run", *(["--dry-run"] if dry_run else ["--no-wait"]), timeout=30)
+
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert f"{folder / '.packsyncignore'} cannot be read (a named pipe, not a regular file)" in done.stdout
+    assert "Traceback" not in done.stderr
+    if not dry_run:
+        assert env.pack_named("Q")["images"] and not [p for p in env.sandbox.packs() if p["name"] == "P"]
+
+
+def test_a_config_file_that_is_a_fifo_is_refused_in_one_sentence(env: Env) -> None:
+    env.map("pics", pack="P")
+    env.config_path.unlink()
+    os.mkfifo(env.config_path)
+
+    done = env.cli("run", "--dry-run", timeout=30)
+
+    assert done.returncode == 2, done.stderr
+    assert f"{env.config_path}: cannot read the config file (a named pipe, not a regular file)." in done.stderr
+
+
+def test_a_token_file_that_is_a_fifo_is_refused_in_one_sentence(env: Env) -> None:
+    env.map("pics", pack="P")
+    token_file = env.root / "token"
+    os.mkfifo(token_file)
+    env.genviral["token_file"] = str(token_file)
+    env.write_config()
+
+    done = env.cli("run", "--no-wait", token=None, timeout=30)
+
+    assert done.returncode == 2, done.stderr
+    assert f"genviral.token_file: cannot read {token_file} (a named pipe, not a regular file)." in done.stderr
+
+
+def test_a_state_file_that_is_a_fifo_is_refused_in_one_sentence(env: Env) -> None:
+    env.map("pics", pack="P")
+    env.state_path.parent.mkdir(parents=True)
+    os.mkfifo(env.state_path)
+
+    done = env.cli("status", token=None, timeout=30)
+
+    assert done.returncode == 2, done.stderr
+    assert str(env.state_path) in done.stderr and "a named pipe, not a regular file" in done.stderr
+    assert "Traceback" not in done.stderr
