@@ -23,13 +23,11 @@ from msgspec import Meta, Struct, field
 from packsync.errors import ConfigError
 from packsync.files import read_regular
 from packsync.sources.base import astria_label
+from packsync.sources.patterns import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE  # (said here, with the other defaults)
 from packsync.sources.patterns import check as check_patterns
 
 DEFAULT_BASE_URL = "https://www.genviral.io/api/partner/v1"
 DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif", "*.heic", "*.heif"]
-#: Hidden files, editors' and downloads' leftovers, and what NAS boxes, Windows and macOS leave behind.
-DEFAULT_EXCLUDE = [".*", "*~", "*.tmp", "*.part", "@eaDir/", "\\#recycle/", ".thumbnails/", "Thumbs.db", ".DS_Store",
-                   "._*", "desktop.ini"]
 CONFIG_ENV = "PACKSYNC_CONFIG"
 #: A config or token file larger than these is not one (and is not read whole).
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -40,8 +38,8 @@ DEFAULT_ASTRIA_URL = "https://api.astria.ai"
 ASTRIA_TOKEN_ENV = "ASTRIA_API_KEY"
 DEFAULT_LISTEN = "127.0.0.1:8780"
 #: Mapping keys that describe a folder, and so mean nothing for an Astria pack.
-FOLDER_ONLY = ("include", "exclude", "follow_symlinks", "polling", "sidecars", "sidecar_name", "packs_from",
-               "pack_prefix")
+FOLDER_ONLY = ("include", "exclude", "default_excludes", "follow_symlinks", "polling", "sidecars", "sidecar_name",
+               "packs_from", "pack_prefix")
 
 
 def default_config_path() -> Path:
@@ -141,7 +139,10 @@ class MappingConfig(_Strict, frozen=True):
     pack: Annotated[str, Meta(min_length=1, max_length=120)] | None = None
     pack_id: Annotated[str, Meta(min_length=1)] | None = None
     include: list[str] = field(default_factory=lambda: list(DEFAULT_INCLUDE))
-    exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+    #: More exclude patterns, after ``DEFAULT_EXCLUDE`` (a "!" here takes one of those back).
+    exclude: list[str] = field(default_factory=list)
+    #: false: ``DEFAULT_EXCLUDE`` (hidden files, leftovers, NAS and desktop junk) is not excluded.
+    default_excludes: bool = True
     delete: bool = True
     prune_foreign: bool = False
     adopt: bool = True

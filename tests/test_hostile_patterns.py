@@ -12,6 +12,8 @@ import sys
 import pytest
 from conftest import Env, image, write
 
+from packsync.sources.folder import filters_for, scan_folder
+
 #: ``*a*a*...*b`` against a long run of ``a``: exponential for a backtracking regular expression.
 STARS = "*a" * 13 + "*b"
 
@@ -115,3 +117,32 @@ def test_a_state_file_that_is_a_fifo_is_refused_in_one_sentence(env: Env) -> Non
     assert done.returncode == 2, done.stderr
     assert str(env.state_path) in done.stderr and "a named pipe, not a regular file" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- the NAS and desktop junk ----------------------------------------------------------------------
+
+JUNK = ["@eaDir/a.jpg/SYNOFILE_THUMB_M.png", "#recycle/old.png", ".DS_Store", "sub/._b.png", "Thumbs.db"]
+
+
+@pytest.mark.parametrize(("options", "synced"), [
+    ({"exclude": ["**/Raw/**"]}, {"a.png"}),
+    ({"exclude": ["**/Raw/**"], "default_excludes": False}, {"a.png", "@eaDir/a.jpg/SYNOFILE_THUMB_M.png",
+                                                            "#recycle/old.png", "sub/._b.png"}),
+    ({"exclude": ["!.DS_Store"], "include": ["*.png", ".DS_Store"]}, {"a.png", "Raw/c.png", ".DS_Store"}),  # taken back
+])
+def test_a_users_exclude_adds_to_the_default_junk_unless_told_not_to(env: Env, options: dict[str, object],
+                                                                      synced: set[str]) -> None:
+    folder = env.map("pics", pack="P", **options)
+    for rel in [*JUNK, "a.png", "Raw/c.png"]:
+        write(folder / rel, image())
+
+    scan = scan_folder(folder, {}, filters_for(env.config().mappings[0]))
+
+    assert {item.key for item in scan.items} == synced
+
+
+def test_default_excludes_of_the_wrong_type_is_named(env: Env) -> None:
+    env.map("pics", pack="P", default_excludes="no")
+    done = env.cli("run", "--dry-run")
+    assert done.returncode == 2
+    assert "mappings[0].default_excludes: expected true or false, got a string" in done.stderr

@@ -29,7 +29,7 @@ from packsync.files import read_regular
 from packsync.model import CachedFile, ContentItem, PathsScan, Problem, Scan
 from packsync.sources.base import SourceKind
 from packsync.sources.media import digest_file
-from packsync.sources.patterns import IGNORE_FILE, Patterns
+from packsync.sources.patterns import DEFAULT_EXCLUDE, IGNORE_FILE, Patterns
 
 #: Sidecars (``engine/sidecars.py`` writes them; so do other programs) and packsync's files in the making.
 SIDECAR_SUFFIXES = (".xmp", ".packsync-tmp")
@@ -131,14 +131,18 @@ class FolderSettings(Protocol):
     @property
     def exclude(self) -> Sequence[str]: ...
     @property
+    def default_excludes(self) -> bool: ...
+    @property
     def max_file_mb(self) -> float: ...
     @property
     def follow_symlinks(self) -> bool: ...
 
 
 def filters_for(mapping: FolderSettings) -> Filters:
-    """Which files a mapping syncs: the scanner's view, and the watcher's."""
-    return Filters(mapping.include, mapping.exclude, int(mapping.max_file_mb * 1_000_000), mapping.follow_symlinks)
+    """Which files a mapping syncs: the scanner's view, and the watcher's. A mapping's own excludes come
+    after the default junk, so that its ``!`` can take one of those back, and its list never drops them."""
+    exclude = [*DEFAULT_EXCLUDE, *mapping.exclude] if mapping.default_excludes else list(mapping.exclude)
+    return Filters(mapping.include, exclude, int(mapping.max_file_mb * 1_000_000), mapping.follow_symlinks)
 
 
 class FolderSource:

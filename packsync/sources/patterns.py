@@ -26,6 +26,11 @@ from typing import Any
 #: The file in a mapped folder whose lines are more exclude patterns (same syntax).
 IGNORE_FILE = ".packsyncignore"
 
+#: Excluded unless a mapping says ``default_excludes = false``: hidden files, editors' and downloads'
+#: leftovers, and what NAS boxes, Windows and macOS leave behind (Synology's thumbnails, recycle bins).
+DEFAULT_EXCLUDE = [".*", "*~", "*.tmp", "*.part", "@eaDir/", "\\#recycle/", ".thumbnails/", "Thumbs.db", ".DS_Store",
+                   "._*", "desktop.ini"]
+
 #: One part of a pattern, matched against one name of a path; ``None`` for ``**`` (any number of names).
 Part = Callable[[str], Any] | None
 
