@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import Env, image, write
@@ -146,3 +147,43 @@ def test_default_excludes_of_the_wrong_type_is_named(env: Env) -> None:
     done = env.cli("run", "--dry-run")
     assert done.returncode == 2
     assert "mappings[0].default_excludes: expected true or false, got a string" in done.stderr
+
+
+# -- what the file system says, said as it is ------------------------------------------------------
+
+#: Opens the state at argv[1] (made first) with every file descriptor taken but argv[2], and prints the
+#: sentence: with none left its own open fails, with one left SQLite's does (a daemon running long).
+OUT_OF_FDS = """
+import os, resource, sys
+from pathlib import Path
+from packsync.errors import StateError
+from packsync.state.lock import StateLock
+from packsync.state.store import State
+path = Path(sys.argv[1])
+State(path).close()
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+taken = []
+try:
+    while True:
+        taken.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+for _ in range(int(sys.argv[2])):
+    os.close(taken.pop())
+for what in (lambda: State(path), lambda: StateLock(path).acquire()):
+    try:
+        what()
+    except StateError as exc:
+        print(exc)
+"""
+
+
+@pytest.mark.parametrize("free", [0, 1])
+def test_too_many_open_files_is_not_called_permission_denied(tmp_path: Path, free: int) -> None:
+    done = subprocess.run([sys.executable, "-c", OUT_OF_FDS, str(tmp_path / "state.db"), str(free)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1 + (free == 0), done.stdout  # (with one left, the lock's open succeeds)
+    for line in lines:
+        assert "too many open files" in line and "permission denied" not in line, line
