@@ -5,9 +5,10 @@ mapped folder, a trailing ``/`` matches folders only, ``!`` re-includes, the las
 decides, a pattern without a slash matches a name at any depth, and ``\\`` makes the next character
 plain. Matching ignores case, as packsync always has.
 
-Matching costs time linear in the path whatever the pattern: an ignore file may be a stranger's (a
-collaborator's in a shared folder), and a backtracking translation of ``*a*a*a…*b`` takes minutes
-against a 40-character name while holding the GIL. So a pattern is cut at its slashes; each part is a
+Matching costs time linear in the path whatever the pattern (at most path × pattern): an ignore file
+may be a stranger's (a collaborator's in a shared folder), and a backtracking translation of
+``*a*a*a…*b`` (pathspec's, which packsync used before) takes minutes against a 40-character name while
+holding the GIL. So a pattern is cut at its slashes; each part is a
 glob made a regular expression whose stars are atomic (``(?>.*?abc)``, as ``fnmatch`` builds them: a
 star takes the first place the text after it fits and never goes back, which for a glob loses no
 match), and the parts meet the path's folders in the same greedy way, ``**`` playing the star.
