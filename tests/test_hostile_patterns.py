@@ -10,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx2
 import pytest
 from conftest import Env, image, write
+from helpers import StartDaemon, wait_until
+from test_web import page_url
 
 from packsync.sources.folder import filters_for, scan_folder
 
@@ -63,6 +66,29 @@ def test_a_hostile_packsyncignore_does_not_hold_up_a_run(env: Env) -> None:
     assert f"upload+add {'a' * 60}.png" in done.stdout
     assert f"excluded   {'a' * 59}b (by /{STARS})" in done.stdout
 
+
+
+def test_the_daemon_stays_responsive_beside_a_hostile_and_a_fifo_packsyncignore(daemon_env: Env,
+                                                                               start: StartDaemon) -> None:
+    """A collaborator's hostile pattern no longer holds the GIL for minutes, and a FIFO stops only its own
+    mapping: the other mappings sync, ``/healthz`` answers at once, SIGTERM ends the daemon promptly."""
+    hostile = daemon_env.map("hostile", pack="H")
+    (hostile / ".packsyncignore").write_text(f"/{STARS}\n", encoding="utf-8")
+    write(hostile / ("a" * 60 + ".png"), image())
+    piped = daemon_env.map("piped", pack="F")
+    write(piped / "p.png", image())
+    os.mkfifo(piped / ".packsyncignore")
+    plain = daemon_env.map("plain", pack="P")
+    write(plain / "q.png", image())
+    daemon = start()
+    base = page_url(daemon)
+
+    wait_until(lambda: all(p["image_count"] == 1 for p in daemon_env.sandbox.packs() if p["name"] in "HP")
+               and {p["name"] for p in daemon_env.sandbox.packs()} >= {"H", "P"}, timeout=30, what="H and P synced")
+    answer = httpx2.get(base + "healthz", timeout=2)
+    assert answer.status_code in (200, 503)
+    assert "F" not in {p["name"] for p in daemon_env.sandbox.packs()}
+    assert daemon.stop(timeout=10) == 0
 
 # -- files that are not regular files ---------------------------------------------------------------
 
