@@ -21,15 +21,17 @@ import msgspec
 from msgspec import Meta, Struct, field
 
 from packsync.errors import ConfigError
+from packsync.files import read_regular
 from packsync.sources.base import astria_label
+from packsync.sources.patterns import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE  # (said here, with the other defaults)
 from packsync.sources.patterns import check as check_patterns
 
 DEFAULT_BASE_URL = "https://www.genviral.io/api/partner/v1"
 DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif", "*.heic", "*.heif"]
-#: Hidden files, editors' and downloads' leftovers, and what NAS boxes, Windows and macOS leave behind.
-DEFAULT_EXCLUDE = [".*", "*~", "*.tmp", "*.part", "@eaDir/", "\\#recycle/", ".thumbnails/", "Thumbs.db", ".DS_Store",
-                   "._*", "desktop.ini"]
 CONFIG_ENV = "PACKSYNC_CONFIG"
+#: A config or token file larger than these is not one (and is not read whole).
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_TOKEN_BYTES = 64 * 1024
 #: Where the token is looked for when the config names no variable, in this order.
 TOKEN_ENVS = ("GENVIRAL_TOKEN", "GENVIRAL_API_KEY")
 DEFAULT_ASTRIA_URL = "https://api.astria.ai"
@@ -42,8 +44,8 @@ MAX_PACK_NAME = 120
 _JS_SPACE = "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
     "\u2028\u2029\u202f\u205f\u3000\ufeff"
 #: Mapping keys that describe a folder, and so mean nothing for an Astria pack.
-FOLDER_ONLY = ("include", "exclude", "follow_symlinks", "polling", "sidecars", "sidecar_name", "packs_from",
-               "pack_prefix")
+FOLDER_ONLY = ("include", "exclude", "default_excludes", "follow_symlinks", "polling", "sidecars", "sidecar_name",
+               "packs_from", "pack_prefix")
 
 
 def default_config_path() -> Path:
@@ -155,7 +157,10 @@ class MappingConfig(_Strict, frozen=True):
     pack: Annotated[str, Meta(min_length=1)] | None = None
     pack_id: Annotated[str, Meta(min_length=1)] | None = None
     include: list[str] = field(default_factory=lambda: list(DEFAULT_INCLUDE))
-    exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+    #: More exclude patterns, after ``DEFAULT_EXCLUDE`` (a "!" here takes one of those back).
+    exclude: list[str] = field(default_factory=list)
+    #: false: ``DEFAULT_EXCLUDE`` (hidden files, leftovers, NAS and desktop junk) is not excluded.
+    default_excludes: bool = True
     delete: bool = True
     prune_foreign: bool = False
     adopt: bool = True
@@ -386,12 +391,13 @@ def _check_mappings(config: Config) -> None:
 def load_config(path: Path) -> Config:
     """Read and validate the config file at ``path``."""
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
+        data = tomllib.loads(read_regular(path, MAX_CONFIG_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no config file here (see config.example.toml).") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror}).") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML (not UTF-8 text at byte {exc.start}).") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}).") from None
     return parse_config(data, source=path)
@@ -404,10 +410,12 @@ def read_token(api: _ApiConfig, table: str = "genviral", defaults: tuple[str, ..
     if api.token_file is not None:
         path = api.token_file
         try:
-            token = path.read_text(encoding="utf-8").strip()
+            token = read_regular(path, MAX_TOKEN_BYTES).decode("utf-8").strip()
             mode = path.stat().st_mode
         except OSError as exc:
             raise ConfigError(f"{table}.token_file: cannot read {path} ({exc.strerror}).") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{table}.token_file: {path} is not UTF-8 text.") from None
         if mode & (stat.S_IRGRP | stat.S_IROTH):
             get_logger().warning("token file is readable by other users; chmod 600 it", path=str(path))
         if not token:

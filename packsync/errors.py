@@ -35,6 +35,7 @@ HTTP statuses in ``remote/wire.py``, malformed JSON answers in ``remote/answers.
 
 from __future__ import annotations
 
+import errno
 from enum import IntEnum
 from typing import Literal, TypeVar
 
@@ -156,6 +157,28 @@ class PermanentError(ApiError):
 
 class MalformedAnswer(PermanentError):
     """The API answered, but not with what its documentation promises (a missing id, a wrong type)."""
+
+
+#: What the file system said, in a user's words, where the C library's would mislead or say too little.
+_FILE_SYSTEM_REASONS = {
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied (check the owner and mode of the file and of its folder)",
+    errno.EPERM: "permission denied (check the owner and mode of the file and of its folder)",
+    errno.EMFILE: "too many open files (raise the limit: ulimit -n, or LimitNOFILE= for the service)",
+    errno.ENFILE: "too many open files on this system",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EIO: "I/O error",
+}
+
+
+def file_system_reason(code: int | None, strerror: str | None = None) -> str:
+    """Why the file system refused, for a sentence: a read-only mount, a full disk, too many open files
+    and a refusal are each named as what they are (the owner and mode are no answer to a read-only
+    mount). ``strerror`` for any other ``errno`` (the C library's words)."""
+    if code in _FILE_SYSTEM_REASONS:
+        return _FILE_SYSTEM_REASONS[code]
+    return strerror or "an error of the file system"
 
 
 def first_error(group: BaseExceptionGroup[E]) -> E:

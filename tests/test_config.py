@@ -24,6 +24,7 @@ from packsync.config import (
 )
 from packsync.errors import ConfigError, ExitCode
 from packsync.remote.transport import RetryPolicy, Transport
+from packsync.sources.folder import filters_for
 
 
 def config_error(data: dict[str, Any], source: Path | None = None) -> str:
@@ -56,7 +57,8 @@ def test_a_mapping_takes_every_default() -> None:
     (mapping,) = parse_config(one_mapping()).mappings
 
     assert (mapping.pack, mapping.pack_id) == ("Brand", None)
-    assert (mapping.include, mapping.exclude) == (DEFAULT_INCLUDE, DEFAULT_EXCLUDE)
+    assert (mapping.include, mapping.exclude, mapping.default_excludes) == (DEFAULT_INCLUDE, [], True)
+    assert filters_for(mapping).exclude == DEFAULT_EXCLUDE
     assert (mapping.delete, mapping.prune_foreign, mapping.max_delete) == (True, False, "50%")
     assert (mapping.max_file_mb, mapping.follow_symlinks, mapping.polling) == (50.0, False, False)
 

@@ -82,6 +82,33 @@ def test_name_only_lists_take_the_quick_path_and_agree_with_pathspec() -> None:
     assert not Patterns(["a/b.png"]).simple and not Patterns(["!a.png"]).simple
 
 
+#: Patterns and paths on which packsync's own matcher must decide as pathspec's gitignore rules do.
+AGREED_PATTERNS = ["a", "a/", "/a", "a/b", "a/**", "**/a", "a/**/b", "**/b/", "*.png", "/*.png", "a/*", "a/*/", "x*y",
+                   "[ab]*", "[!a]", "[^a]", "a?", "**", "*/b", "a/**/", "\\*x", "a[", "**/a/**/b/**", "a**b", "/**/b",
+                   "b/**/*.png", "[a-c]/[]x]", "A/B"]
+AGREED_PATHS = ["a", "b", "a/b", "a/b/c", "x/a", "x/a/b", "a/x/b", "a.png", "x/a.png", "a/x/y/b", "ab", "xay", "a/c",
+                "c", "*x", "a[", "b/c.png", "b/x/c.png", "aXb", "c/]", "b/x", "B/a.PNG"]
+
+
+@pytest.mark.parametrize("pattern", AGREED_PATTERNS)
+def test_every_pattern_decides_as_pathspecs_gitignore_rules_do(pattern: str) -> None:
+    """A path is selected when the pattern matches it or a folder above it (the walk asks about folders
+    first; an include list with a path pattern asks itself), as pathspec's ``match_file`` says of the
+    whole path."""
+    import pathspec
+
+    spec = pathspec.GitIgnoreSpec.from_lines([pattern.lower()])
+    patterns = Patterns([pattern])
+    for path in AGREED_PATHS:
+        names = path.split("/")
+        for folder in (False, True):
+            ours = any(patterns.matches("/".join(names[:depth]), names[depth - 1], True)
+                       for depth in range(1, len(names))) or patterns.matches(path, names[-1], folder)
+            assert ours == spec.match_file(path.lower() + "/" if folder else path.lower()), (path, folder)
+            include = Patterns([pattern], walked=False)
+            assert include.simple or include.matches(path, names[-1], folder) == ours, (path, folder)
+
+
 def test_the_folders_packsyncignore_is_honoured_and_read_again(tmp_path: Path) -> None:
     write(tmp_path / "private" / "a.png", image())
     write(tmp_path / "public" / "b.png", image())

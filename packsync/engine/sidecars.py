@@ -33,6 +33,7 @@ import msgspec
 
 from packsync.config import MappingConfig
 from packsync.errors import XmpError
+from packsync.files import read_regular
 from packsync.mappings import recorded_pack_id
 from packsync.model import ManagedImage, Problem, RemoteImage
 from packsync.state.records import SidecarRecord
@@ -271,7 +272,7 @@ def _read(path: Path, st: os.stat_result | None) -> bytes | None:
         return None
     if st.st_size > MAX_BYTES:
         raise XmpError(f"larger than {MAX_BYTES // (1024 * 1024)} MB")
-    return path.read_bytes()
+    return read_regular(path, MAX_BYTES)  # (a FIFO swapped in since the lstat is refused, not waited on)
 
 
 def _atomic_write(path: Path, data: bytes, read: os.stat_result | None) -> bool:

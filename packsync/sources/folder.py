@@ -25,10 +25,11 @@ from typing import Protocol
 import msgspec
 
 from packsync.errors import ItemChanged, SourceUnavailable
+from packsync.files import read_regular
 from packsync.model import CachedFile, ContentItem, PathsScan, Problem, Scan
 from packsync.sources.base import SourceKind
 from packsync.sources.media import digest_file
-from packsync.sources.patterns import IGNORE_FILE, Patterns
+from packsync.sources.patterns import DEFAULT_EXCLUDE, IGNORE_FILE, Patterns
 
 #: Sidecars (``engine/sidecars.py`` writes them; so do other programs) and packsync's files in the making.
 SIDECAR_SUFFIXES = (".xmp", ".packsync-tmp")
@@ -78,20 +79,18 @@ class Filters:
     def reading(self, root: Path) -> Filters:
         """These filters with the mapped folder's ``.packsyncignore`` (read now: it may have changed).
 
-        A file that is there but cannot be read, or holds a pattern that is not one, fails the scan
+        A file that is there but cannot be read (a folder, a FIFO, one larger than ``MAX_IGNORE_BYTES``),
+        or holds a pattern that is not one, fails the scan
         (``SourceUnavailable``: nothing is deleted): going on without it would sync what it excludes.
         """
         path = (self.ignore_from or root) / IGNORE_FILE
         try:
-            with open(path, "rb") as handle:
-                data = handle.read(MAX_IGNORE_BYTES + 1)
+            data = read_regular(path, MAX_IGNORE_BYTES)
         except FileNotFoundError:
             data = b""
         except OSError as exc:
             raise SourceUnavailable(f"{path} cannot be read ({exc.strerror}); nothing synced or deleted "
                                     "without its patterns") from None
-        if len(data) > MAX_IGNORE_BYTES:
-            raise SourceUnavailable(f"{path} is larger than {MAX_IGNORE_BYTES // 1024} KB")
         lines = data.decode("utf-8-sig", errors="replace").splitlines()
         if list(self.ignore_file) == lines:
             return self
@@ -132,14 +131,18 @@ class FolderSettings(Protocol):
     @property
     def exclude(self) -> Sequence[str]: ...
     @property
+    def default_excludes(self) -> bool: ...
+    @property
     def max_file_mb(self) -> float: ...
     @property
     def follow_symlinks(self) -> bool: ...
 
 
 def filters_for(mapping: FolderSettings) -> Filters:
-    """Which files a mapping syncs: the scanner's view, and the watcher's."""
-    return Filters(mapping.include, mapping.exclude, int(mapping.max_file_mb * 1_000_000), mapping.follow_symlinks)
+    """Which files a mapping syncs: the scanner's view, and the watcher's. A mapping's own excludes come
+    after the default junk, so that its ``!`` can take one of those back, and its list never drops them."""
+    exclude = [*DEFAULT_EXCLUDE, *mapping.exclude] if mapping.default_excludes else list(mapping.exclude)
+    return Filters(mapping.include, exclude, int(mapping.max_file_mb * 1_000_000), mapping.follow_symlinks)
 
 
 class FolderSource:
@@ -181,7 +184,7 @@ class FolderSource:
 
     def _read(self, item: ContentItem) -> bytes:
         try:
-            data = (self.root / item.key).read_bytes()
+            data = read_regular(self.root / item.key, self.filters.max_file_bytes)
         except OSError as exc:
             raise ItemChanged(f"cannot read it any more ({exc.strerror})") from None
         if hashlib.sha256(data).hexdigest() != item.sha256:

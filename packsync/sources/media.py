@@ -14,6 +14,8 @@ from pathlib import Path
 
 import msgspec
 
+from packsync.files import open_regular
+
 _CHUNK = 1 << 20
 _SMALLEST_READ = 64 * 1024
 _HEAD = 64
@@ -125,7 +127,7 @@ def digest_file(path: Path | str | int) -> Digest:
     """Hash and check the file at ``path`` (or the open descriptor, which it closes) in one read. Raises
     OSError if it cannot be read."""
     digester = Digester()
-    with open(path, "rb", buffering=0) as handle:
+    with open_regular(path) as handle:  # (a FIFO swapped in since the walk's lstat is refused, not waited on)
         # Sized to the file (one byte more, to see its end in the same read), within bounds: most
         # images are far smaller than a chunk, and a chunk-sized buffer per file costs more than
         # reading it; a file still being written may have grown since its size was taken.

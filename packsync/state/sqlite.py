@@ -25,6 +25,8 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateTable
 from sqlmodel import create_engine
 
+from packsync.files import open_regular
+
 #: The driver's errors that reach the state unwrapped (opening a file to look at it, before the engine).
 DRIVER_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
 #: The driver's errors that say packsync used it wrongly (a value it cannot bind, a closed connection):
@@ -55,7 +57,7 @@ def file_id(path: Path) -> tuple[int, int] | None:
 
 def has_header(path: Path) -> bool:
     """Whether the file at ``path`` is empty or starts as a SQLite database does (OSError if unreadable)."""
-    with path.open("rb") as handle:
+    with open_regular(path) as handle:  # (a FIFO would block the open, and SQLite's after it)
         head = handle.read(16)
     return not head or head == HEADER
 

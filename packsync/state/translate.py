@@ -13,7 +13,12 @@ import errno
 import os
 from pathlib import Path
 
-from packsync.errors import StateError, StateUnavailable
+from packsync.errors import StateError, StateUnavailable, file_system_reason
+
+#: The file system's refusals to open or write a file that do not pass by waiting a little.
+_REFUSED = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EMFILE, errno.ENFILE)
+#: The files SQLite may hold open for one database in WAL mode.
+_DATABASE_FILES = 4
 
 
 def unusable(path: Path, exc: BaseException) -> StateError:
@@ -26,10 +31,8 @@ def unusable(path: Path, exc: BaseException) -> StateError:
                                 "(a backup tool, or a sqlite3 shell holding a transaction?).", reason="locked")
     if name == "SQLITE_FULL" or code == errno.ENOSPC or (name.startswith("SQLITE_IOERR") and _disk_full(path)):
         return StateUnavailable(f"no space left on the device of {path}.", reason="full")
-    if name.startswith(("SQLITE_READONLY", "SQLITE_PERM", "SQLITE_CANTOPEN")) \
-            or code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StateError(f"cannot write the state database {path}: permission denied (check the owner and "
-                          "mode of the file and of its folder).")
+    if name.startswith(("SQLITE_READONLY", "SQLITE_PERM", "SQLITE_CANTOPEN")) or code in _REFUSED:
+        return StateError(f"cannot write the state database {path}: {file_system_reason(code or _refused(path))}.")
     if name.startswith("SQLITE_IOERR") or code == errno.EIO:
         return StateUnavailable(f"the state database {path} could not be read or written (I/O error).",
                                 reason="io")
@@ -42,6 +45,25 @@ def corrupt(path: Path, what: str) -> StateError:
     """The sentence for a state file that is packsync's, or looks it, but cannot be read as one."""
     return StateError(f"the state database {path} is corrupt ({what}); packsync will not replace it. "
                       "Move it away to start over.")
+
+
+def _refused(path: Path) -> int:
+    """Why SQLite could not open or write ``path`` (it does not say which errno), found by looking: a
+    read-only mount, too few file descriptors left for a database (its file, ``-wal``, ``-shm`` and a
+    journal: SQLite has let go of those it had), else a refusal (the owner and mode)."""
+    probes: list[int] = []
+    try:
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return errno.EROFS
+        for _ in range(_DATABASE_FILES):
+            probes.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return exc.errno
+    finally:
+        for probe in probes:
+            os.close(probe)
+    return errno.EACCES
 
 
 def _disk_full(path: Path) -> bool:

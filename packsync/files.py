@@ -1,0 +1,54 @@
+"""Opening a file that someone may have replaced by something that is not one.
+
+packsync reads files a user names or leaves around: the config, a token file, a folder's
+``.packsyncignore``, XMP sidecars, the state. Any of them can be a FIFO (``open`` then waits for a
+writer that never comes, and a run or the daemon hangs for good), a device (``/dev/zero`` never ends)
+or a socket. Here alone such files are opened: without blocking, checked to be regular files, and
+read up to a limit. What is refused is an ``OSError`` whose ``strerror`` says what the file is, so that
+each caller's "cannot read X (…)" sentence needs nothing more.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+from pathlib import Path
+
+#: What a file that is not a regular file is, in a user's words.
+_KINDS = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+          (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder"))
+
+
+def open_regular(path: Path | str) -> io.FileIO:
+    """``path`` opened for reading (unbuffered), or an ``OSError`` when it is not a regular file. It is opened without
+    blocking (a FIFO opens at once then) and its type checked on the open file, so that nothing swapped
+    in between a check and the open is read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "something else")
+            raise OSError(errno.EINVAL, f"{kind}, not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return io.FileIO(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: Path | str, limit: int) -> bytes:
+    """The bytes of the regular file at ``path``; an ``OSError`` when it is not one or holds more than
+    ``limit`` bytes (a file that large is not what packsync expects there, and is not read whole)."""
+    data = bytearray()
+    with open_regular(path) as handle:
+        while len(data) <= limit and (chunk := handle.read(limit + 1 - len(data))):
+            data += chunk
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {_size(limit)}", str(path))
+    return bytes(data)
+
+
+def _size(count: int) -> str:
+    return f"{count // (1024 * 1024)} MiB" if count >= 1024 * 1024 else f"{count // 1024} KiB"
