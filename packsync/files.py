@@ -21,11 +21,12 @@ _KINDS = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_
           (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder"))
 
 
-def open_regular(path: Path | str) -> io.FileIO:
+def open_regular(path: Path | str | int) -> io.FileIO:
     """``path`` opened for reading (unbuffered), or an ``OSError`` when it is not a regular file. It is opened without
     blocking (a FIFO opens at once then) and its type checked on the open file, so that nothing swapped
-    in between a check and the open is read."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    in between a check and the open is read. An open descriptor is checked the same way, and is the
+    returned file's (closed with it, or at once when refused)."""
+    fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
