@@ -267,11 +267,16 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
 
 
 def _read(path: Path, st: os.stat_result | None) -> bytes | None:
+    """The sidecar's bytes, up to one more than ``xmp`` parses: never blocking on a FIFO or following a link
+    put there since ``st`` was taken, nor reading on through a file that grew (``xmp`` refuses it)."""
     if st is None:
         return None
     if st.st_size > MAX_BYTES:
         raise XmpError(f"larger than {MAX_BYTES // (1024 * 1024)} MB")
-    return path.read_bytes()
+    with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW), "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise XmpError("not a file")
+        return handle.read(MAX_BYTES + 1)
 
 
 def _atomic_write(path: Path, data: bytes, read: os.stat_result | None) -> bool:
