@@ -6,12 +6,21 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+from collections.abc import Callable
 from contextlib import closing
+from typing import Any
 
 import pytest
-from conftest import Env, image, write
+from conftest import ASTRIA_TOKEN, Env, image, write
+from helpers import StartHere, wait_until
 
+from packsync.remote import answers
+from packsync.sandbox.server import Reply
 from packsync.xmp import MAX_BYTES, Fields, render, without_ours
+
+PACK = ("GET", "/packs/{id}")
+#: Half an emoji, as a JavaScript ``slice`` through one leaves it.
+HALF = "\ud83d"
 
 #: Rows a state can hold that packsync never writes (another tool, a disk's bit flip, a hand edit), and
 #: the table they are in.
@@ -73,6 +82,121 @@ def test_keywords_on_record_that_are_not_words_count_as_none(env: Env) -> None:
     listed = json.loads(results[1].stdout)["mappings"][0]["file_list"][0]["metadata"]
     assert listed["keywords"] == ["kept"]
     assert b"<rdf:li>kept</rdf:li>" in (folder / "a.png.xmp").read_bytes()
+
+
+# -- half an emoji, whatever carries it -----------------------------------------------------------------
+
+def _encoded(value: Any, encoding: str) -> bytes:
+    """``value`` as a JSON text in ``encoding``: ASCII with escapes (``\\ud83d``), or, for an encoding
+    named ``…+raw``, each character as that encoding writes it, a lone surrogate included."""
+    if encoding.endswith("+raw"):
+        return json.dumps(value, ensure_ascii=False).encode(encoding.removesuffix("+raw"), "surrogatepass")
+    return json.dumps(value).encode(encoding)
+
+
+def _json_rewrite(change: Callable[[Any], None], encoding: str) -> Callable[[Reply], Reply]:
+    def rewrite(reply: Reply) -> Reply:
+        body = json.loads(reply.body)
+        change(body)
+        return Reply(reply.status, _encoded(body, encoding), reply.content_type, reply.headers)
+
+    return rewrite
+
+
+def _described_by_halves(envelope: dict[str, Any]) -> None:
+    envelope["data"]["name"] = f"Brand {HALF}"
+    for item in envelope["data"]["images"]:
+        item["metadata"] = {"status": "completed", "description": f"a smile {HALF}", "keywords": ["grin\udc00"],
+                            "model": f"vision-{HALF}"}
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le+raw", "utf-32", "utf-8+raw"])
+def test_half_an_emoji_in_json_of_any_unicode_encoding_arrives_whole(env: Env, encoding: str) -> None:
+    """JSON may come as UTF-16 or UTF-32 (``json`` reads them all): half an emoji in it, escaped or
+    not, arrives as U+FFFD however the answer was encoded, in the description, keywords and pack name."""
+    pack_id = env.sandbox.create_pack("p")
+    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+    env.sandbox.rewrite(*PACK, _json_rewrite(_described_by_halves, encoding))
+
+    result = env.cli("run", "--wait-timeout", "5")
+    document = env.cli("status", "--json", "--files", token=None)
+    found = env.cli("search", "smile", token=None)
+
+    for output in (result, document, found):
+        _no_traceback(output)
+        assert output.returncode == 0, output.stdout + output.stderr
+    assert json.loads(document.stdout)["mappings"][0]["file_list"][0]["metadata"] == {
+        "status": "completed", "description": "a smile \ufffd", "keywords": ["grin\ufffd"], "error": None}
+    assert "a.png" in found.stdout
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8+raw"])
+def test_the_quick_decoders_leave_half_an_emoji_to_the_one_that_makes_it_whole(encoding: str) -> None:
+    """A pack's answer is decoded in one pass (msgspec) only when it is exactly as documented; msgspec
+    refuses a lone surrogate, so such an answer goes through ``Answer.json``, which makes it whole."""
+    envelope = {"ok": True, "data": {"id": "p1", "name": "n", "images": [
+        {"id": "i1", "url": "https://x/1", "metadata": {"status": "completed", "description": "a",
+                                                         "keywords": [], "model": None}}]}}
+    _described_by_halves(envelope)
+    body = _encoded(envelope, encoding)
+
+    assert answers.pack_answer(body) is None
+    assert answers.pack_metadata(body, {"i1"}) is None
+    assert answers.pack_head(body) is None
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8+raw", "utf-16"])
+def test_half_an_emoji_in_an_astria_pack_is_stored_and_shown_whole(env: Env, encoding: str) -> None:
+    """An Astria pack's title, class names and prompt texts (gallery packs are written by strangers) with
+    half an emoji: the pack is mirrored, listed and shown, each half a U+FFFD."""
+    pack_id = env.sandbox.astria.add_pack("Headshots")
+    env.sandbox.astria.add_image(pack_id, "woman", image())
+    env.map_astria(pack_id, pack="Mirror")
+
+    def pack(body: dict[str, Any]) -> None:
+        body["title"] = f"Heads {HALF}"
+        body["prompts_per_class"] = {f"wo{HALF}man": [dict(prompt, text=f"a {HALF}", title=HALF)
+                                                      for prompt in body["prompts_per_class"]["woman"]]}
+
+    def packs(body: list[dict[str, Any]]) -> None:
+        for entry in body:
+            entry["title"] = f"Heads {HALF}"
+            entry["cost_mc_hash"] = {f"wo{HALF}man": 1}
+
+    env.sandbox.rewrite("GET", "astria:/p/{id}", _json_rewrite(pack, encoding))
+    env.sandbox.rewrite("GET", "astria:/packs", _json_rewrite(packs, encoding))
+
+    result = env.cli("run", "--wait-timeout", "5")
+    status = env.cli("status", "--json", "--files", token=None)
+    listed = env.cli("astria", "packs", "--json")
+
+    for output in (result, status, listed):
+        _no_traceback(output)
+        assert output.returncode == 0, output.stdout + output.stderr
+    assert env.pack_named("Mirror")["image_count"] == 1
+    mapping = json.loads(status.stdout)["mappings"][0]
+    assert mapping["source"] == f"astria:{pack_id} (Heads \ufffd)"
+    assert [f["path"].split("-")[0] for f in mapping["file_list"]] == ["wo\ufffdman"]
+    packs = json.loads(listed.stdout)["packs"]
+    assert [(p["title"], p["classes"]) for p in packs] == [("Heads \ufffd", ["wo\ufffdman"])]
+    assert ASTRIA_TOKEN not in listed.stdout
+
+
+def test_the_daemon_s_metadata_rounds_store_half_an_emoji_whole(daemon_env: Env, start_here: StartHere) -> None:
+    """The daemon's metadata round reads the same answers: it stores them and goes on, never restarting."""
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    daemon_env.sandbox.rewrite(*PACK, _json_rewrite(_described_by_halves, "utf-16"))
+    daemon = start_here()
+    write(folder / "a.png", image())
+
+    def described() -> bool:
+        listed = json.loads(daemon_env.cli("status", "--json", "--files", token=None).stdout)["mappings"][0]
+        return bool(listed["file_list"]) and listed["file_list"][0]["metadata"]["description"] == "a smile \ufffd"
+
+    wait_until(described, timeout=60, what="the description stored")
+    assert "Traceback" not in daemon.output() and "restart" not in daemon.output()
+    assert daemon.stop() is None
 
 
 # -- sidecars no parser should trust -------------------------------------------------------------------
