@@ -177,8 +177,8 @@ def test_half_an_emoji_in_an_astria_pack_is_stored_and_shown_whole(env: Env, enc
     mapping = json.loads(status.stdout)["mappings"][0]
     assert mapping["source"] == f"astria:{pack_id} (Heads \ufffd)"
     assert [f["path"].split("-")[0] for f in mapping["file_list"]] == ["wo\ufffdman"]
-    packs = json.loads(listed.stdout)["packs"]
-    assert [(p["title"], p["classes"]) for p in packs] == [("Heads \ufffd", ["wo\ufffdman"])]
+    summaries = json.loads(listed.stdout)["packs"]
+    assert [(p["title"], p["classes"]) for p in summaries] == [("Heads \ufffd", ["wo\ufffdman"])]
     assert ASTRIA_TOKEN not in listed.stdout
 
 
