@@ -118,11 +118,19 @@ def test_half_an_emoji_in_json_of_any_unicode_encoding_arrives_whole(env: Env, e
     write(env.map("brand", pack_id=pack_id) / "a.png", image())
     env.sandbox.rewrite(*PACK, _json_rewrite(_described_by_halves, encoding))
 
+    def names(envelope: dict[str, Any]) -> None:
+        for entry in envelope["data"]["packs"]:
+            entry["name"] = f"Brand {HALF}"
+
+    env.sandbox.rewrite("GET", "/packs", _json_rewrite(names, encoding))
+
     result = env.cli("run", "--wait-timeout", "5")
     document = env.cli("status", "--json", "--files", token=None)
     found = env.cli("search", "smile", token=None)
+    listed = env.cli("packs")
 
-    for output in (result, document, found):
+    assert "Brand \ufffd" in listed.stdout
+    for output in (result, document, found, listed):
         _no_traceback(output)
         assert output.returncode == 0, output.stdout + output.stderr
     assert json.loads(document.stdout)["mappings"][0]["file_list"][0]["metadata"] == {
