@@ -22,8 +22,7 @@ PACK = ("GET", "/packs/{id}")
 #: Half an emoji, as a JavaScript ``slice`` through one leaves it.
 HALF = "\ud83d"
 
-#: Rows a state can hold that packsync never writes (another tool, a disk's bit flip, a hand edit), and
-#: the table they are in.
+#: Rows a state can hold that packsync never writes (another tool, a damaged disk, a hand edit).
 CORRUPT_ROWS = [
     pytest.param("UPDATE meta SET value = 'abc' WHERE key = 'schema'", id="schema-not-a-number"),
     pytest.param("UPDATE images SET keywords = 'not json'", id="keywords-not-json"),
@@ -55,12 +54,15 @@ def test_a_row_packsync_never_wrote_is_a_corrupt_state_in_one_sentence(env: Env,
         db.execute("INSERT OR REPLACE INTO daemon (id, pid, started_at, last_full_scan, queue, state, last_error,"
                    " updated_at) VALUES (1, NULL, NULL, NULL, 0, 'stopped', NULL, NULL)")
         db.execute(corruption)
+        before = list(db.iterdump())
 
     for args in (("status",), ("status", "--json", "--files"), ("search", "a"), ("run", "--dry-run"), ("run",)):
         result = env.cli(*args)
         _no_traceback(result)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert "is corrupt" in result.stderr and "Move it away" in result.stderr, (args, result.stderr)
+    with closing(sqlite3.connect(env.state_path, isolation_level=None)) as db:
+        assert list(db.iterdump()) == before
 
 
 def test_keywords_on_record_that_are_not_words_count_as_none(env: Env) -> None:
