@@ -87,7 +87,8 @@ def without_ours(existing: bytes) -> bytes | None:
         if ours.description is not None and _default_text(description) == ours.description:
             _set_description(description, None)
         _set_keywords(description, ours.keywords, ())
-    alone = len(rdf) == len(descriptions) and all(map(_empty, descriptions)) and (root is rdf or len(root) == 1)
+    alone = len(rdf) == len(descriptions) and all(map(_empty, descriptions)) and (root is rdf or len(root) == 1) \
+        and not (packet.before or packet.after)
     return None if alone else _serialize(packet)
 
 

@@ -285,3 +285,6 @@ def test_comments_and_processing_instructions_survive_a_merge() -> None:
     assert merged.index(b"written by darktable") < merged.index(b"<x:xmpmeta")
     assert merged.index(b"after-the-packet") > merged.index(b"</x:xmpmeta>")
     assert b"a cat" in merged
+    ours = render(Fields("img-1", "a cat", ("cat",), "m"))
+    assert without_ours(ours) is None
+    assert without_ours(ours.replace(b"<x:xmpmeta", b"<!-- mine --><x:xmpmeta")) is not None, "a comment is someone's"
