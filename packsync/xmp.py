@@ -4,8 +4,10 @@ read them. Pure: bytes in, bytes out; ``engine/sidecars.py`` decides when and wr
 packsync owns only its fields: ``dc:description`` (its ``x-default`` entry), the ``dc:subject``
 keywords it wrote last time (remembered in the packet itself, as ``packsync:ownKeywords``), and its own
 namespace (``packsync:imageId``, ``packsync:aiModel``). Every other element, attribute, language and
-keyword of a sidecar another program wrote is kept. A packet it cannot read is an ``XmpError``: the
-caller leaves that file alone.
+keyword of a sidecar another program wrote is kept, and so are its comments and processing
+instructions, inside the packet or around it. A packet it cannot read, or could not write back, is an
+``XmpError`` whatever the reason (not XML, an encoding expat refuses, a DTD, nesting deeper than any
+packet's, too large): the caller leaves that file alone. Nothing else escapes from here for a file's sake.
 """
 
 from __future__ import annotations
