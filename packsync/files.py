@@ -21,12 +21,13 @@ _KINDS = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_
           (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder"))
 
 
-def open_regular(path: Path | str | int) -> io.FileIO:
+def open_regular(path: Path | str | int, *, follow: bool = True) -> io.FileIO:
     """``path`` opened for reading (unbuffered), or an ``OSError`` when it is not a regular file. It is opened without
     blocking (a FIFO opens at once then) and its type checked on the open file, so that nothing swapped
     in between a check and the open is read. An open descriptor is checked the same way, and is the
-    returned file's (closed with it, or at once when refused)."""
-    fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    returned file's (closed with it, or at once when refused). ``follow=False``: a link is refused too."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = path if isinstance(path, int) else os.open(path, flags)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -39,11 +40,11 @@ def open_regular(path: Path | str | int) -> io.FileIO:
         raise
 
 
-def read_regular(path: Path | str, limit: int) -> bytes:
+def read_regular(path: Path | str, limit: int, *, follow: bool = True) -> bytes:
     """The bytes of the regular file at ``path``; an ``OSError`` when it is not one or holds more than
     ``limit`` bytes (a file that large is not what packsync expects there, and is not read whole)."""
     data = bytearray()
-    with open_regular(path) as handle:
+    with open_regular(path, follow=follow) as handle:
         while len(data) <= limit and (chunk := handle.read(limit + 1 - len(data))):
             data += chunk
     if len(data) > limit:

@@ -4,14 +4,15 @@ read them. Pure: bytes in, bytes out; ``engine/sidecars.py`` decides when and wr
 packsync owns only its fields: ``dc:description`` (its ``x-default`` entry), the ``dc:subject``
 keywords it wrote last time (remembered in the packet itself, as ``packsync:ownKeywords``), and its own
 namespace (``packsync:imageId``, ``packsync:aiModel``). Every other element, attribute, language and
-keyword of a sidecar another program wrote is kept. A packet it cannot read is an ``XmpError``: the
-caller leaves that file alone.
+keyword of a sidecar another program wrote is kept, and so are its comments and processing
+instructions, inside the packet or around it. A packet it cannot read, or could not write back, is an
+``XmpError`` whatever the reason (not XML, an encoding expat refuses, a DTD, nesting deeper than any
+packet's, too large): the caller leaves that file alone. Nothing else escapes from here for a file's sake.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -53,7 +54,8 @@ def render(fields: Fields, existing: bytes | None = None) -> bytes:
     packsync wrote: a caption someone wrote (before or since) is theirs and stays. The keywords go into
     whichever list (``rdf:Bag`` or ``rdf:Seq``) and whichever ``rdf:Description`` holds ``dc:subject``.
     """
-    root, prefixes = _parse(existing) if existing is not None else (_new_root(), {})
+    packet = _parse(existing) if existing is not None else _Packet(_new_root(), {}, [], [])
+    root = packet.root
     ours = _forget_ours(root)
     holder = _holder(root, "description")
     current = _default_text(holder)
@@ -72,13 +74,14 @@ def render(fields: Fields, existing: bytes | None = None) -> bytes:
         bag = ET.SubElement(ET.SubElement(holder, _q(PACKSYNC, "ownKeywords")), _q(RDF, "Bag"))
         for keyword in added:
             ET.SubElement(bag, _q(RDF, "li")).text = keyword
-    return _serialize(root, prefixes)
+    return _serialize(packet)
 
 
 def without_ours(existing: bytes) -> bytes | None:
     """``existing`` with packsync's fields taken out; None when nothing else is left in it (packsync
     alone wrote it, so the whole file may go). A description someone changed since is theirs: kept."""
-    root, prefixes = _parse(existing)
+    packet = _parse(existing)
+    root = packet.root
     ours = _forget_ours(root)
     rdf = _rdf(root)
     descriptions = rdf.findall(_q(RDF, "Description"))
@@ -86,15 +89,15 @@ def without_ours(existing: bytes) -> bytes | None:
         if ours.description is not None and _default_text(description) == ours.description:
             _set_description(description, None)
         _set_keywords(description, ours.keywords, ())
-    alone = len(rdf) == len(descriptions) and all(map(_empty, descriptions)) and (root is rdf or len(root) == 1)
-    return None if alone else _serialize(root, prefixes)
+    alone = len(rdf) == len(descriptions) and all(map(_empty, descriptions)) and (root is rdf or len(root) == 1) \
+        and not (packet.before or packet.after)
+    return None if alone else _serialize(packet)
 
 
 def read_fields(data: bytes) -> tuple[str | None, list[str]]:
     """(x-default description, every keyword) of a packet: what other programs will show."""
-    root, _ = _parse(data)
     text, keywords = None, []
-    for description in _rdf(root).findall(_q(RDF, "Description")):
+    for description in _rdf(_parse(data).root).findall(_q(RDF, "Description")):
         text = _default_text(description) or text
         subject = description.find(_q(DC, "subject"))
         keywords += [li.text or "" for li in subject.iter(_q(RDF, "li"))] if subject is not None else []
@@ -118,24 +121,85 @@ class _Ours:
 
 # -- the tree -------------------------------------------------------------------------------------
 
-def _parse(data: bytes) -> tuple[ET.Element, dict[str, str]]:
+class _Builder(ET.TreeBuilder):
+    """ElementTree's tree builder, keeping comments and processing instructions (inside the packet, where
+    they belong; around it, aside: ``_Packet``), the namespace prefixes the file used, and refusing what
+    no XMP packet holds and a parser should not be made to do: a DTD (entities to expand, or to fetch),
+    elements nested deeper than ``MAX_DEPTH``."""
+
+    def __init__(self) -> None:
+        super().__init__(insert_comments=True, insert_pis=True)
+        self.depth = 0
+        self.prefixes: dict[str, str] = {}
+        self.before: list[ET.Element] = []
+        self.after: list[ET.Element] = []
+        self.closed = False
+
+    def start(self, tag: str, attrs: dict[str, str]) -> ET.Element:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise XmpError(f"elements nested deeper than {MAX_DEPTH}: not an XMP packet")
+        return super().start(tag, attrs)
+
+    def end(self, tag: str) -> ET.Element:
+        self.depth -= 1
+        self.closed = self.depth == 0
+        return super().end(tag)
+
+    def start_ns(self, prefix: str, uri: str) -> None:
+        self.prefixes.setdefault(prefix, uri)
+
+    def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
+        raise XmpError("it declares a DTD, which no XMP packet has")
+
+    def comment(self, text: str | None) -> ET.Element:
+        return self._aside(super().comment(text))
+
+    def pi(self, target: str, text: str | None = None) -> ET.Element:
+        node = super().pi(target, text)
+        return node if self.depth == 0 and target == "xpacket" else self._aside(node)  # the wrapper is written anew
+
+    def _aside(self, node: ET.Element) -> ET.Element:
+        if self.depth == 0:
+            (self.after if self.closed else self.before).append(node)
+        return node
+
+
+@dataclass(slots=True)
+class _Packet:
+    """A parsed sidecar: its tree, the prefixes it used, and what stands around its root element."""
+
+    root: ET.Element
+    prefixes: dict[str, str]
+    before: list[ET.Element]
+    after: list[ET.Element]
+
+
+#: Elements nested deeper than this are no XMP packet (one nests a handful); deeper ones would exhaust
+#: the stack of a serialiser that recurses, as ElementTree's does.
+MAX_DEPTH = 100
+#: What parsing a sidecar can raise besides ``ParseError``: an encoding unknown (``LookupError``) or one
+#: expat cannot read (``ValueError``), text it cannot decode.
+_UNREADABLE = (ET.ParseError, LookupError, ValueError)
+
+
+def _parse(data: bytes) -> _Packet:
     if len(data) > MAX_BYTES:
         raise XmpError(f"larger than {MAX_BYTES // (1024 * 1024)} MB")
-    prefixes: dict[str, str] = {}
+    builder = _Builder()
     try:
-        events = ET.iterparse(io.BytesIO(data), events=("start-ns", "end"))
-        root = None
-        for event, item in events:
-            if event == "start-ns":
-                prefix, uri = item
-                prefixes.setdefault(prefix, uri)
-            else:
-                root = item
+        parser = ET.XMLParser(target=builder)
+        parser.feed(data)
+        root: ET.Element = parser.close()
+    except XmpError:
+        raise
     except ET.ParseError as exc:
         raise XmpError(f"not well-formed XML ({exc})") from None
-    if root is None or (root.tag != _q(RDF, "RDF") and root.find(f".//{_q(RDF, 'RDF')}") is None):
+    except _UNREADABLE as exc:
+        raise XmpError(f"not readable XML: its encoding ({exc})") from None
+    if root.tag != _q(RDF, "RDF") and root.find(f".//{_q(RDF, 'RDF')}") is None:
         raise XmpError("no rdf:RDF element: not an XMP packet")
-    return root, prefixes
+    return _Packet(root, builder.prefixes, builder.before, builder.after)
 
 
 def _new_root() -> ET.Element:
@@ -177,7 +241,7 @@ def _forget_ours(root: ET.Element) -> _Ours:
     text = None
     for description in _rdf(root).findall(_q(RDF, "Description")):
         for child in list(description):
-            if child.tag.startswith(f"{{{PACKSYNC}}}"):
+            if isinstance(child.tag, str) and child.tag.startswith(f"{{{PACKSYNC}}}"):  # not a comment
                 if child.tag == _q(PACKSYNC, "ownKeywords"):
                     keywords += [li.text or "" for li in child.iter(_q(RDF, "li"))]
                 elif child.tag == _q(PACKSYNC, "ownDescription"):
@@ -222,7 +286,7 @@ def _set_keywords(description: ET.Element, ours_before: Sequence[str], keywords:
         for li in list(items):
             if li.tag == _q(RDF, "li") and (li.text or "") in stale:
                 items.remove(li)
-    present = {li.text or "" for li in items} if items is not None else set()
+    present = {li.text or "" for li in items if li.tag == _q(RDF, "li")} if items is not None else set()
     added = [k for k in dict.fromkeys(keywords) if k not in present]
     if added:
         if subject is None:
@@ -240,12 +304,16 @@ def _empty(description: ET.Element) -> bool:
     return len(description) == 0 and not [a for a in description.attrib if a != _q(RDF, "about")]
 
 
-def _serialize(root: ET.Element, prefixes: dict[str, str]) -> bytes:
+def _serialize(packet: _Packet) -> bytes:
     """The packet, with the prefixes the file used (ElementTree's registry is global: each prefix is
-    registered as the file had it, then packsync's own, unless reserved)."""
-    for prefix, uri in {**prefixes, **PREFIXES}.items():
+    registered as the file had it, then packsync's own, unless reserved), and the comments and
+    processing instructions that stood around it where they stood."""
+    for prefix, uri in {**packet.prefixes, **PREFIXES}.items():
         if prefix and prefix != "xml" and not re.fullmatch(r"ns\d+", prefix):
             with contextlib.suppress(ValueError):
                 ET.register_namespace(prefix, uri)
-    body = ET.tostring(root, encoding="unicode", short_empty_elements=True)
-    return HEADER + body.encode("utf-8") + TRAILER
+    try:
+        nodes = [ET.tostring(node, encoding="unicode") for node in (*packet.before, packet.root, *packet.after)]
+    except (RecursionError, ValueError, TypeError) as exc:  # parsed, yet not to be written again as XML
+        raise XmpError(f"cannot be written back ({type(exc).__name__})") from None
+    return HEADER + "\n".join(nodes).encode("utf-8") + TRAILER

@@ -268,11 +268,13 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
 
 
 def _read(path: Path, st: os.stat_result | None) -> bytes | None:
+    """The sidecar's bytes, up to one more than ``xmp`` parses: never blocking on a FIFO or following a link
+    put there since ``st`` was taken, nor reading on through a file that grew (``xmp`` refuses it)."""
     if st is None:
         return None
     if st.st_size > MAX_BYTES:
         raise XmpError(f"larger than {MAX_BYTES // (1024 * 1024)} MB")
-    return read_regular(path, MAX_BYTES)  # (a FIFO swapped in since the lstat is refused, not waited on)
+    return read_regular(path, MAX_BYTES, follow=False)  # (a FIFO or link swapped in since the lstat is refused)
 
 
 def _atomic_write(path: Path, data: bytes, read: os.stat_result | None) -> bool:

@@ -59,15 +59,18 @@ class Answer(msgspec.Struct, frozen=True):
         """The body as JSON; ``ValueError`` when it is not.
 
         Half an emoji (a lone UTF-16 surrogate: what a JavaScript ``slice`` through one makes, sent as an
-        escape or as bytes UTF-8 forbids, both of which ``json`` reads) comes out as U+FFFD: as Python
-        decodes it, it would be a str that SQLite, files and terminals refuse to encode.
+        escape or as bytes its encoding forbids, all of which ``json`` reads, in UTF-8, UTF-16 or UTF-32)
+        comes out as U+FFFD: as Python decodes it, it would be a str that SQLite, files and terminals
+        refuse to encode. The text is decoded here as ``json`` would, so that it is looked at as read.
         """
-        value = json.loads(self.content)
-        return _whole(value) if _SURROGATE.search(self.content) else value
+        text = self.content.decode(json.detect_encoding(self.content), "surrogatepass")
+        value = json.loads(text)
+        return _whole(value) if _SURROGATE.search(text) else value
 
 
-#: Where a JSON text may hold a UTF-16 surrogate: as an escape, or encoded as UTF-8 never allows.
-_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+#: Where a JSON text may hold a UTF-16 surrogate: as an escape, or as a character decoded from bytes
+#: its encoding never allows.
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
 
 
 def _whole(value: Any) -> Any:

@@ -44,11 +44,15 @@ _BARE = {status: Metadata(status) for status in METADATA_SETTLED}
 
 def image(pack_id: str, image_id: str, sha256: str, url: str, file_name: str, owner: str, status: str,
           description: str | None, keywords: str, error: str | None, model: str | None) -> ManagedImage:
-    """An image from the columns of its row (``COLUMNS``)."""
+    """An image from the columns of its row (``COLUMNS``). Its keywords are a JSON list (``rows`` saw to
+    that); one that is not text counts as none, as in an answer (``answers.metadata``)."""
     if description is None and error is None and keywords == "[]" and model is None:
         metadata = _BARE.get(status) or Metadata(status)
     else:
-        metadata = Metadata(status, description, tuple(json.loads(keywords)), error, model)
+        words = tuple(json.loads(keywords))
+        if not all(word.__class__ is str for word in words):
+            words = tuple(word for word in words if word.__class__ is str)
+        metadata = Metadata(status, description, words, error, model)
     return ManagedImage(pack_id, image_id, sha256, url, file_name, owner, metadata)
 
 

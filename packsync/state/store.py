@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from packsync.errors import StateError, StateUnavailable
-from packsync.state import sqlite, upgrade
+from packsync.state import rows, sqlite, upgrade
 from packsync.state.files import FileRepository
 from packsync.state.images import ImageRepository
 from packsync.state.lock import lock_path
@@ -57,10 +57,12 @@ class State:
             elif readonly:
                 unit = UnitOfWork(path, sqlite.open_engine(path, readonly=True))
                 upgrade.read_as_current(unit, version, tables)
+                rows.check(unit)
             else:
                 sqlite.private_file(path)
                 unit = UnitOfWork(path, sqlite.open_engine(path))
                 upgrade.set_up(unit, version, tables)
+                rows.check(unit)
         except DATABASE_ERRORS as exc:
             if unit is not None:
                 unit.close()
