@@ -149,12 +149,12 @@ class Daemon:
         self.reload_requested = True
         self.wake.set()
 
-    def _watch(self, folder: Folder) -> None:
+    def _watch(self, folder: Folder, polling: bool = False) -> None:
         if folder.root is None:
             return
         try:
             self.watcher.watch(folder.root, filters_for(folder.mapping),
-                               polling=self.polling or folder.mapping.polling)
+                               polling=polling or self.polling or folder.mapping.polling)
         except OSError as exc:
             self.log.error("cannot watch folder; relying on rescans", path=str(folder.root), error=exc.strerror)
 
@@ -188,6 +188,10 @@ class Daemon:
             self.log.warning("folder watcher stopped; restarting it and rescanning", path=str(root))
             folder = self.schedule.folders[str(root)]
             self._watch(folder)
+            folder.retry_at = 0.0
+        for root in self.watcher.out_of_watches():  # said once by the watcher: polled, and rescanned
+            folder = self.schedule.folders[str(root)]
+            self._watch(folder, polling=True)
             folder.retry_at = 0.0
 
     async def _sleep(self, seconds: float) -> None:
