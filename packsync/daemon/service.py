@@ -75,7 +75,8 @@ class Daemon:
             return ExitCode.OK
         self.state = self.status.state = state
         try:
-            self.web = await Web.start(self.config, self.status) if self.config.http.address else None
+            self.web = await Web.start(self.config, self.status, self.timing.page_request_s) \
+                if self.config.http.address else None
             self.status.metrics = self.web.metrics if self.web else None
             self.app = App.wire(self.config, state, client_for(self.config, self.token,
                                                                transport_for(self.config, self.status.metrics)))
