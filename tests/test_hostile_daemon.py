@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
+import zlib
 
 import httpx2
 import msgspec
@@ -196,3 +198,28 @@ def test_past_the_connection_cap_new_connections_are_closed_at_once(daemon_env: 
             client.close()
     wait_until(lambda: httpx2.get(base + "healthz", timeout=5).status_code == 200, timeout=5,
                what="the page answering again")
+
+
+def test_a_client_that_stops_reading_a_thumbnail_is_let_go(daemon_env: Env, start_here: StartHere) -> None:
+    """A thumbnail asked for and never read (the answer fills the socket's buffers and waits): the
+    connection is closed once nothing of it has been read for the page's deadline."""
+    pack_id = daemon_env.sandbox.create_pack("p")
+    png, filler = image(64, 64), os.urandom(16 * 1024 * 1024)  # more than the sockets' buffers hold
+    chunk = struct.pack(">I", len(filler)) + b"prVt" + filler + struct.pack(">I", zlib.crc32(b"prVt" + filler))
+    big = png[:-12] + chunk + png[-12:]  # a private chunk before IEND: a valid PNG of 16 MB
+    write(daemon_env.map("pics", pack_id=pack_id) / "big.png", big)
+    daemon = start_here(msgspec.structs.replace(FAST, page_request_s=PAGE_REQUEST_S))
+    address = page_address(daemon)
+    base = f"http://{address[0]}:{address[1]}/"
+    (thumb,) = re.findall(r'src="(/thumb/[0-9a-f]{16}/[0-9a-f]{64})"', httpx2.get(base, timeout=5).text)
+    before = open_fds()
+    client = send(address, f"GET {thumb} HTTP/1.1\r\nHost: {address[0]}:{address[1]}\r\n\r\n")
+    try:
+        # The server's end of the connection is this process's too: it goes once the server lets go.
+        wait_until(lambda: open_fds() >= before + 2, timeout=5, what="the connection taken by the server")
+        wait_until(lambda: open_fds() <= before + 1, timeout=5, what="the stalled answer abandoned")
+        received = bytearray()
+        wait_until(lambda: answer_and_closed(client, received), timeout=5, what="the connection closed")
+        assert len(received) < len(big), "the whole file was sent: the client did read it"
+    finally:
+        client.close()
