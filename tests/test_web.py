@@ -57,8 +57,8 @@ def describe_every_image(env: Env, description: str, keywords: list[str]) -> Non
 
 
 def csrf_of(html: str) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert match, "the page carries a CSRF token in its forms"
+    match = re.search(r'action="/actions/[a-z]+\?(?:[^"]*&amp;)?csrf=([^"&]+)"', html)
+    assert match, "the page carries a CSRF token in its forms' addresses"
     return match.group(1)
 
 
@@ -150,21 +150,23 @@ def test_actions_need_the_csrf_token_and_this_origin(served: tuple[Env, DaemonPr
 
     html = httpx2.get(base).text
     token = csrf_of(html)
-    key = re.search(r'name="mapping" value="([0-9a-f]{16})"', html)
+    key = re.search(r'action="/actions/sync\?mapping=([0-9a-f]{16})&amp;', html)
     assert key, "each mapping's button names it"
     before = reads()
 
-    assert httpx2.post(base + "actions/sync", data={"mapping": key.group(1)}).status_code == 403
-    assert httpx2.post(base + "actions/sync", data={"mapping": key.group(1), "csrf": "forged"}).status_code == 403
-    assert httpx2.post(base + "actions/sync", data={"mapping": key.group(1), "csrf": token},
-                      headers={"Origin": "http://evil.example"}).status_code == 403
+    assert httpx2.post(base + "actions/sync", params={"mapping": key.group(1)}).status_code == 403
+    assert httpx2.post(base + "actions/sync", params={"mapping": key.group(1), "csrf": "forged"}).status_code == 403
+    assert httpx2.post(base + "actions/sync", params={"mapping": key.group(1)},
+                       data={"csrf": token}).status_code == 403, "a token in the body is never read"
+    assert httpx2.post(base + "actions/sync", params={"mapping": key.group(1), "csrf": token},
+                       headers={"Origin": "http://evil.example"}).status_code == 403
     assert reads() == before, "a refused action syncs nothing"
 
-    answer = httpx2.post(base + "actions/sync", data={"mapping": key.group(1), "csrf": token})
+    answer = httpx2.post(base + "actions/sync", params={"mapping": key.group(1), "csrf": token})
     assert answer.status_code == 303 and answer.headers["location"] == "/"
     wait_until(lambda: reads() > before, timeout=10, what="the sync the button asked for")
 
-    assert httpx2.post(base + "actions/retry", data={"csrf": token}).status_code == 303
+    assert httpx2.post(base + "actions/retry", params={"csrf": token}).status_code == 303
 
 
 def test_no_page_header_or_metric_holds_the_token(served: tuple[Env, DaemonProcess, str, str]) -> None:
@@ -327,7 +329,7 @@ def test_odd_numbers_in_paths_and_forms_are_404_not_500(served: tuple[Env, Daemo
         assert httpx2.get(f"{base}thumb/{index}/{sha}").status_code == 404, index
     token = csrf_of(httpx2.get(base).text)
     for index in ("²", "9" * 5000):
-        assert httpx2.post(base + "actions/sync", data={"csrf": token, "mapping": index}).status_code == 400
+        assert httpx2.post(base + "actions/sync", params={"csrf": token, "mapping": index}).status_code == 400
 
 
 def test_a_nul_in_a_search_is_no_match_not_a_corrupt_state(served: tuple[Env, DaemonProcess, str, str]) -> None:

@@ -76,7 +76,8 @@ class Daemon:
             return ExitCode.OK
         self.state = self.status.state = state
         try:
-            self.web = await Web.start(self.config, self.status) if self.config.http.address else None
+            self.web = await Web.start(self.config, self.status, self.timing.page_request_s) \
+                if self.config.http.address else None
             self.status.metrics = self.web.metrics if self.web else None
             self.app = App.wire(self.config, state, client_for(self.config, self.token,
                                                                transport_for(self.config, self.status.metrics)))
@@ -151,12 +152,12 @@ class Daemon:
         self.reload_requested = True
         self.wake.set()
 
-    def _watch(self, folder: Folder) -> None:
+    def _watch(self, folder: Folder, polling: bool = False) -> None:
         if folder.root is None:
             return
         try:
             self.watcher.watch(folder.root, filters_for(folder.mapping),
-                               polling=self.polling or folder.mapping.polling)
+                               polling=polling or self.polling or folder.mapping.polling)
         except OSError as exc:
             self.log.error("cannot watch folder; relying on rescans", path=str(folder.root), error=exc.strerror)
 
@@ -236,6 +237,10 @@ class Daemon:
             self.log.warning("folder watcher stopped; restarting it and rescanning", path=str(root))
             folder = self.schedule.folders[str(root)]
             self._watch(folder)
+            folder.retry_at = 0.0
+        for root in self.watcher.out_of_watches():  # said once by the watcher: polled, and rescanned
+            folder = self.schedule.folders[str(root)]
+            self._watch(folder, polling=True)
             folder.retry_at = 0.0
 
     async def _sleep(self, seconds: float) -> None:

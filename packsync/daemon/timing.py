@@ -12,6 +12,7 @@ import msgspec
 from packsync.daemon.aggregator import MAX_BATCH_WAIT_S
 from packsync.engine.metadata import POLL_BACKOFF
 from packsync.remote.retry import Backoff
+from packsync.web.limits import REQUEST_S
 
 
 class Timing(msgspec.Struct, frozen=True):
@@ -32,6 +33,9 @@ class Timing(msgspec.Struct, frozen=True):
     stop_deadline_s: float = 8.0
     #: The loop comes round at least this often (more often when systemd's watchdog asks).
     tick_s: float = 5.0
+    #: A connection to the page that has not sent its request's headers this long after it opened (or
+    #: stops reading an answer this long) is closed: a client that stalls holds no descriptor for long.
+    page_request_s: float = REQUEST_S
     #: A folder that never stops changing is still synced this often (its busy files excepted).
     max_batch_wait_s: float = MAX_BATCH_WAIT_S
 

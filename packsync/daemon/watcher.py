@@ -5,11 +5,19 @@ stays small — one observer per mapped folder, inotify where it works and polli
 where inotify has run out of watches), and a health check that tells the daemon when an observer
 died so it can restart it and rescan. Events for files that the mapping does not sync, and the
 open/close-without-write events that packsync's own reads cause, are dropped here.
+
+inotify can run out later too: a folder made after the start whose watch the kernel refuses. watchdog
+then only logs (once per folder, and watches nothing below it), so its log records are where this
+module hears of it: such a folder's mapping is named by ``out_of_watches()`` for the daemon to poll
+instead, and packsync says so once, as at the start, instead of watchdog's warning per folder.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +50,17 @@ _EVENTS = [FileCreatedEvent, FileModifiedEvent, FileDeletedEvent, FileMovedEvent
 #: The sysctl to raise for each way inotify runs out, as the message names it.
 INOTIFY_LIMITS = {errno.ENOSPC: "fs.inotify.max_user_watches=524288",
                   errno.EMFILE: "fs.inotify.max_user_instances=1024"}
+
+
+#: Where watchdog's inotify emitter reports a watch it could not add (``inotify.py``: "Unable to watch").
+WATCHDOG_INOTIFY_LOG = "watchdog.observers.inotify"
+
+
+def _limit_error(record: logging.LogRecord) -> OSError | None:
+    """The inotify limit error a watchdog log record carries (as an argument or as its exception), if any."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    candidates = [*args, record.exc_info[1] if record.exc_info else None]
+    return next((c for c in candidates if isinstance(c, OSError) and c.errno in INOTIFY_LIMITS), None)
 
 
 class _Handler(FileSystemEventHandler):
@@ -78,7 +97,11 @@ class Watcher:
         self.observers: dict[Path, BaseObserver] = {}
         self.modes: dict[Path, str] = {}
         self._warned = False
+        self._exhausted: set[Path] = set()  # written from watchdog's threads
+        self._known: set[Path] = set()  # every folder watched so far
+        self._lock = threading.Lock()
         self.log = get_logger()
+        logging.getLogger(WATCHDOG_INOTIFY_LOG).addFilter(self._heard)
 
     def watch(self, root: Path, filters: Filters, polling: bool = False) -> str:
         """Start watching ``root`` recursively; returns the mode used: "inotify" or "polling"."""
@@ -89,12 +112,40 @@ class Watcher:
             except OSError as exc:
                 if exc.errno not in INOTIFY_LIMITS:
                     raise
-                if not self._warned:
-                    self._warned = True
-                    self.log.warning(f"inotify limit reached ({exc.strerror}); polling instead. Raise it with "
-                                     f"`sudo sysctl {INOTIFY_LIMITS[exc.errno]}` (persist it in /etc/sysctl.d/), "
-                                     "then restart packsync", path=str(root))
+                self._ran_out(root, exc)
         return self._start(root, filters, PollingObserver(timeout=self.polling_interval_s), "polling")
+
+    def _ran_out(self, root: Path, exc: OSError) -> None:
+        """Say once, whichever folder and whenever, that inotify ran out and which sysctl raises it."""
+        with self._lock:
+            warned, self._warned = self._warned, True
+        if not warned:
+            sysctl = INOTIFY_LIMITS[exc.errno or errno.ENOSPC]
+            self.log.warning(f"inotify limit reached ({exc.strerror}); polling instead. Raise it with "
+                             f"`sudo sysctl {sysctl}` (persist it in /etc/sysctl.d/), then restart packsync",
+                             path=str(root))
+
+    def _heard(self, record: logging.LogRecord) -> bool:
+        """watchdog's log filter: a watch refused for want of inotify watches or instances below a folder
+        of ours marks that folder for polling (if inotify watches it), and watchdog's own warning is dropped."""
+        error = _limit_error(record)
+        if error is None:
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        paths = [Path(os.fsdecode(a)) for a in args if isinstance(a, (str, bytes))]
+        with self._lock:  # a folder being switched or unwatched is still ours: its emitter may not have stopped
+            ours = [root for root in self._known if any(path == root or root in path.parents for path in paths)]
+            self._exhausted.update(root for root in ours if self.modes.get(root) == "inotify")
+        if not ours:
+            return True
+        self._ran_out(ours[0], error)
+        return False
+
+    def out_of_watches(self) -> list[Path]:
+        """Folders watched by inotify with part of their tree left unwatched: to be polled instead."""
+        with self._lock:
+            exhausted, self._exhausted = self._exhausted, set()
+        return [root for root in exhausted if self.modes.get(root) == "inotify"]
 
     def _start(self, root: Path, filters: Filters, observer: BaseObserver, mode: str) -> str:
         observer.schedule(_Handler(root, filters, self.on_change), str(root), recursive=True,
@@ -106,6 +157,8 @@ class Watcher:
             raise
         self.observers[root] = observer
         self.modes[root] = mode
+        with self._lock:
+            self._known.add(root)
         return mode
 
     def unwatch(self, root: Path) -> None:
@@ -124,5 +177,6 @@ class Watcher:
         return dead
 
     def stop(self) -> None:
+        logging.getLogger(WATCHDOG_INOTIFY_LOG).removeFilter(self._heard)
         for root in list(self.observers):
             self.unwatch(root)

@@ -13,24 +13,23 @@ from packsync.config import Config
 from packsync.logs import get_logger
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from packsync.web.health import Live
     from packsync.web.metrics import Metrics
-    from packsync.web.server import Site
+    from packsync.web.server import Served, Site
 
 
 class Web:
-    def __init__(self, site: Site, runner: web.AppRunner) -> None:
-        self.site, self.runner = site, runner
+    def __init__(self, site: Site, served: Served) -> None:
+        self.site, self.served = site, served
 
     @property
     def metrics(self) -> Metrics:
         return self.site.metrics
 
     @classmethod
-    async def start(cls, config: Config, live: Live | None) -> Web | None:
-        """Serve ``config``'s ``[http] listen`` address; None when it cannot be (logged)."""
+    async def start(cls, config: Config, live: Live | None, request_s: float) -> Web | None:
+        """Serve ``config``'s ``[http] listen`` address, a stalled request let go after ``request_s``;
+        None when it cannot be (logged)."""
         from packsync.web.server import Site, page_url, serve
 
         assert config.http.address is not None, "[http] listen is off"
@@ -38,19 +37,19 @@ class Web:
         site = Site.open(config, live)
         log = get_logger()
         try:
-            runner = await serve(site, host, port)
+            served = await serve(site, host, port, request_s)
         except OSError as exc:
             site.close()
             log.error("cannot serve the web page and metrics; syncing without them", listen=config.http.listen,
                       error=exc.strerror or str(exc))
             return None
-        log.info("web page, health and metrics served", url=page_url(host, runner.addresses[0][1]))
-        return cls(site, runner)
+        log.info("web page, health and metrics served", url=page_url(host, served.port))
+        return cls(site, served)
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: the pages and metrics show its mappings (the listen address stays)."""
         self.site.config = self.site.metrics.state.config = config
 
     async def close(self) -> None:
-        await self.runner.cleanup()
+        await self.served.close()
         self.site.close()

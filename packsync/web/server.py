@@ -9,6 +9,12 @@ a password); every page carries a Content-Security-Policy that allows no inline 
 from elsewhere; what the API said (descriptions, keywords, names) is escaped by Jinja2; actions are
 POSTs that need the page's CSRF token and, when the browser names one, this origin; a thumbnail is
 asked for by mapping and content hash and served only for a file the state knows, inside its folder.
+
+Against clients that open connections and stall (or just open many): no request body is ever read —
+an action says all it needs in its URL, so its origin and token are checked on the request line and
+headers alone — a connection gets ``request_s`` to send its headers (or to send the next request),
+an answer that the client stops reading for ``request_s`` is abandoned, and past ``MAX_CONNECTIONS``
+open at once a new one is closed at once. The descriptors a stalling client can hold are bounded.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from packsync.state.store import State
 from packsync.views.search import search
 from packsync.views.status import FileStatus, MappingStatus, read_status
 from packsync.web.health import STALL_S, Live, LiveState, MappingHealth, health, http_status
+from packsync.web.limits import MAX_CONNECTIONS, REQUEST_S
 from packsync.web.metrics import Metrics
 
 HERE = Path(__file__).parent
@@ -52,8 +59,6 @@ SEARCH_LIMIT = 200
 #: Page reads waiting for the site's thread before more get 503; thumbnails are sent this much at a time.
 MAX_WAITING = 8
 CHUNK = 256 * 1024
-#: An idle keep-alive connection is closed after this long.
-KEEPALIVE_S = 15.0
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -230,6 +235,7 @@ def _open_below(root: Path, rel: str) -> int | None:
 # -- handlers ---------------------------------------------------------------------------------------
 
 SITE = web.AppKey("site", Site)
+REQUEST_S_KEY = web.AppKey("request_s", float)
 PUBLIC = web.RequestKey("public", bool)
 
 
@@ -281,11 +287,17 @@ async def thumb(request: web.Request) -> web.StreamResponse:
             "Content-Type": content_type, "Content-Length": str(size), "Cache-Control": "private, max-age=3600",
             "Content-Security-Policy": "default-src 'none'; sandbox", "Content-Disposition": "inline"})
         await response.prepare(request)
-        sent = 0
-        while sent < size and (chunk := await asyncio.to_thread(os.read, fd, min(CHUNK, size - sent))):
-            await response.write(chunk)
-            sent += len(chunk)
-        await response.write_eof()
+        sent, loop, stall_s = 0, asyncio.get_running_loop(), request.app[REQUEST_S_KEY]
+        try:
+            async with asyncio.timeout(stall_s) as deadline:  # a client that stops reading is let go
+                while sent < size and (chunk := await asyncio.to_thread(os.read, fd, min(CHUNK, size - sent))):
+                    await response.write(chunk)
+                    sent += len(chunk)
+                    deadline.reschedule(loop.time() + stall_s)
+                await response.write_eof()
+        except TimeoutError:
+            if request.transport is not None:
+                request.transport.abort()
         return response
     finally:
         os.close(fd)
@@ -296,19 +308,20 @@ def _hex(text: object, length: int) -> bool:
 
 
 async def action(request: web.Request) -> web.Response:
+    """A button of the page. Everything it needs is in its URL (the form's ``action``), so the token and
+    the origin are checked before, and without, any byte of a body: none is ever read."""
     site = request.app[SITE]
     if site.live is None:
         raise web.HTTPForbidden(text="packsync ui is read-only: run the daemon to sync from this page")
-    form = await request.post()
-    token = form.get("csrf")
-    if not isinstance(token, str) or not hmac.compare_digest(token.encode(), site.csrf.encode()):
-        raise web.HTTPForbidden(text="missing or wrong CSRF token: reload the page")
     origin = request.headers.get("Origin")
     if origin is not None and origin != f"{request.scheme}://{request.host}":
         raise web.HTTPForbidden(text="cross-origin request refused")
+    token = request.query.get("csrf")
+    if token is None or not hmac.compare_digest(token.encode(), site.csrf.encode()):
+        raise web.HTTPForbidden(text="missing or wrong CSRF token: reload the page")
     name = request.match_info["name"]
     if name == "sync":
-        key = form.get("mapping")
+        key = request.query.get("mapping")
         chosen = await site.read(site.mapping, key) if _hex(key, 16) else None
         if chosen is None and key not in (None, "all"):
             raise web.HTTPBadRequest(text="no such mapping")
@@ -378,9 +391,10 @@ def _authorized(request: web.Request, password: str) -> bool:
     return hmac.compare_digest(given.encode(), password.encode())
 
 
-def make_app(site: Site, host: str) -> web.Application:
+def make_app(site: Site, host: str, request_s: float) -> web.Application:
     app = web.Application(middlewares=middlewares(site, host), client_max_size=64 * 1024)
     app[SITE] = site
+    app[REQUEST_S_KEY] = request_s
     app.router.add_get("/", page)
     app.router.add_get("/view", view)
     app.router.add_get("/healthz", healthz)
@@ -395,20 +409,61 @@ def page_url(host: str, port: int) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
-async def serve(site: Site, host: str, port: int) -> web.AppRunner:
+class _Admission(asyncio.Protocol):
+    """A new connection, handed to aiohttp's handler as it opens unless ``MAX_CONNECTIONS`` are open
+    already (then it is closed). Decided when it opens, not when it is accepted: the loop accepts a
+    burst of connections before any of them counts as open."""
+
+    def __init__(self, server: web.Server) -> None:
+        self.server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if len(self.server.connections) >= MAX_CONNECTIONS:
+            transport.close()
+            return
+        handler = self.server()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+
+
+@dataclass
+class Served:
+    """The page being served: where, and how to stop."""
+
+    runner: web.AppRunner
+    listener: asyncio.Server
+
+    @property
+    def port(self) -> int:
+        return int(self.listener.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        self.listener.close()
+        await self.runner.cleanup()
+        await self.listener.wait_closed()
+
+
+async def serve(site: Site, host: str, port: int, request_s: float) -> Served:
     """Start serving ``site`` on ``host:port`` in the running loop (port 0: any free one, which
-    ``runner.addresses`` tells); OSError when the port is taken."""
+    ``Served.port`` tells), a connection that stalls let go after ``request_s`` (the ``Timing``'s
+    ``page_request_s``); OSError when the port is taken."""
     # aiohttp logs every malformed request with a traceback: anyone could fill the journal with them.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
-    runner = web.AppRunner(make_app(site, host), access_log=None, handle_signals=False,
-                           keepalive_timeout=KEEPALIVE_S)
+    # aiohttp's keep-alive deadline runs from the moment a connection opens and is not put off by bytes
+    # that trickle in: it is the deadline for a request's headers too. After an answer, a body never
+    # read is drained for a moment at most (long enough that a client still sending it sees the answer).
+    runner = web.AppRunner(make_app(site, host, request_s), access_log=None, handle_signals=False,
+                           keepalive_timeout=request_s, lingering_time=min(1.0, request_s))
     await runner.setup()
+    server = runner.server
+    assert server is not None
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        listener = await asyncio.get_running_loop().create_server(lambda: _Admission(server), host, port,
+                                                                  reuse_address=True)
     except OSError:
         await runner.cleanup()
         raise
-    return runner
+    return Served(runner, listener)
 
 
 async def serve_until_stopped(config: Config) -> None:
@@ -420,11 +475,10 @@ async def serve_until_stopped(config: Config) -> None:
     site = Site.open(config, None)
     try:
         try:
-            runner = await serve(site, host, port)
+            served = await serve(site, host, port, REQUEST_S)
         except OSError as exc:
             raise ConfigError(f"http.listen: cannot listen on {config.http.listen} ({exc.strerror or exc}).") from None
-        print(f"packsync ui: serving {page_url(host, runner.addresses[0][1])} (read-only; Ctrl-C stops)",
-              flush=True)
+        print(f"packsync ui: serving {page_url(host, served.port)} (read-only; Ctrl-C stops)", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -432,6 +486,6 @@ async def serve_until_stopped(config: Config) -> None:
         try:
             await stop.wait()
         finally:
-            await runner.cleanup()
+            await served.close()
     finally:
         site.close()
