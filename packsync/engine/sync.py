@@ -441,6 +441,8 @@ class Syncer:
             report.safety = safety_stop(SourceFacts(unreadable=str(exc)))
         except AuthError as exc:  # the source's own key (Genviral's goes up from the pack read)
             report.error, report.refused = str(exc), True
+        except TransientError as exc:  # a source behind an API that cannot answer now: retried, not a stop
+            report.error = str(exc)
         return None
 
     async def _read_pack(self, report: MappingReport) -> Resolved | None:

@@ -62,18 +62,20 @@ from packsync.remote.wire import (
 if TYPE_CHECKING:  # imported at the first request: a new process walks its first folder meanwhile
     import httpx2
 
-#: An answer's body (a download's, an API's) still below STALL_RATE bytes/s on average after one read
-#: timeout (30 s) is given up for the run: a server that sends a byte every few seconds never trips the
-#: read timeout. An answer's head must arrive within HEAD_TIMEOUTS read timeouts, plus the time the
-#: request's body takes to send at STALL_RATE.
+#: Every request ends within a total deadline made of the read timeout ``T`` (``[genviral] timeout_s``),
+#: however slowly a server sends: a read timeout alone resets at every byte, so a server sending one
+#: byte a second never trips it. An answer's head must be whole within HEAD_TIMEOUTS × T, plus the time
+#: the request's body takes to send at STALL_RATE; its body must average STALL_RATE bytes/s once T has
+#: passed (so it ends by max(T, size / STALL_RATE)). An attempt past either is ``Stalled``: given up, not
+#: repeated. Retries start no later than RETRY_TIMEOUTS × T after the first try (DOWNLOAD_TIMEOUTS × T
+#: for a download: a host that never answers costs a minute of one slot, not every attempt).
 STALL_RATE = 16 * 1024
 HEAD_TIMEOUTS = 4
+RETRY_TIMEOUTS = 10
+DOWNLOAD_TIMEOUTS = 2
 #: The largest API answer read (a pack of a few hundred thousand images with their AI text): a larger one
 #: is not what the API documents, and reading on would only fill the memory.
 MAX_ANSWER_BYTES = 256 * 2**20
-#: Retries of one download stop this long after its first try (a host that never answers costs a
-#: minute of one slot, not the read timeout times every attempt).
-DOWNLOAD_DEADLINE_S = 60.0
 CONNECT_S = 10.0
 #: Redirects a download follows (API calls and storage PUTs follow none).
 MAX_REDIRECTS = 10
@@ -288,7 +290,8 @@ class Transport:
         """
         with self._in_use(route):
             return await self._retrying(route, lambda: self._once(route, url, read, headers, body, given),
-                                        safe_to_repeat=safe_to_repeat)
+                                        safe_to_repeat=safe_to_repeat,
+                                        deadline=time.monotonic() + RETRY_TIMEOUTS * self.timeout)
 
     async def _once(self, route: Route, url: str, read: Callable[[Answer, Route], T], headers: Headers,
                     body: bytes, given: bool) -> T:
@@ -303,16 +306,23 @@ class Transport:
                         receive: Callable[[Route, httpx2.Response], Awaitable[T]], *, follow: bool = False) -> T:
         """Send ``request`` (of a body of ``sent`` bytes) in a slot, and ``receive`` its answer.
 
-        The answer's head must come within ``HEAD_TIMEOUTS`` read timeouts and the time the body takes
-        to send at ``STALL_RATE``; ``receive`` reads its body through ``_body``, which keeps it moving.
-        ``follow``: redirects are followed, by hand (a download's).
+        The answer's head must be whole within ``HEAD_TIMEOUTS`` read timeouts and the time the body
+        takes to send at ``STALL_RATE`` (``Stalled`` past it); ``receive`` reads its body through ``_body``,
+        which keeps it moving. ``follow``: redirects are followed, by hand (a download's).
         """
         async with self._slots:
             self.calls[route.name] += 1
             started, status = time.monotonic(), 0
             try:
-                async with asyncio.timeout(HEAD_TIMEOUTS * self.timeout + sent / STALL_RATE):
-                    response = await self._head(request, follow)
+                head_s = HEAD_TIMEOUTS * self.timeout + sent / STALL_RATE
+                try:
+                    async with asyncio.timeout(head_s) as head:
+                        response = await self._head(request, follow)
+                except TimeoutError:
+                    if not head.expired():
+                        raise
+                    raise Stalled(f"{route.label}: the answer's head is not whole after {head_s:.3g} s, too slow to "
+                                  "finish", method=route.method, route=route.template) from None
                 try:
                     status = response.status_code
                     return await receive(route, response)
@@ -392,9 +402,9 @@ class Transport:
         Image URLs are public storage or CDN addresses: the request carries no Authorization, so a key
         never goes to a host that is not its API. A refusal (4xx) or a body over ``max_bytes`` is a
         ``PermanentError``; 429, 5xx, timeouts and dropped connections are retried like any request,
-        within ``DOWNLOAD_DEADLINE_S`` from the first try; a trickle (``Stalled``) is not retried.
+        within ``DOWNLOAD_TIMEOUTS`` read timeouts from the first try; a trickle (``Stalled``) is not retried.
         """
-        deadline = time.monotonic() + DOWNLOAD_DEADLINE_S
+        deadline = time.monotonic() + DOWNLOAD_TIMEOUTS * self.timeout
         with self._in_use(DOWNLOAD):
             return await self._retrying(DOWNLOAD, lambda: self._stream(url, max_bytes, sink), safe_to_repeat=True,
                                         deadline=deadline, breaker=False)
@@ -424,18 +434,24 @@ class Transport:
 async def _body(route: Route, response: httpx2.Response, max_bytes: int, into: S,
                 too_large: Callable[[int | None], ApiError], grace_s: float) -> S:
     """Stream the body of ``response`` into ``into``: ``too_large`` (with the size said, if it was) past
-    ``max_bytes``, ``Stalled`` while it arrives below ``STALL_RATE`` once ``grace_s`` have passed."""
+    ``max_bytes``, ``Stalled`` as soon as it averages below ``STALL_RATE`` once ``grace_s`` have passed —
+    a deadline that moves on with each byte, not a check made when one comes (the read timeout resets at
+    every byte: a byte every T - 1 s would never be judged in time)."""
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_large(int(declared))
     size, started = 0, time.monotonic()
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large(None)
-        into.update(chunk)
-        elapsed = time.monotonic() - started
-        if elapsed > grace_s and size < elapsed * STALL_RATE:  # the read timeout resets at every byte
-            raise Stalled(f"{route.label}: {size:,} bytes in {elapsed:.0f} s, too slow to finish",
-                          method=route.method, route=route.template, status=response.status_code)
+    try:
+        async with asyncio.timeout_at(started + grace_s) as due:
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_large(None)
+                into.update(chunk)
+                due.reschedule(started + max(grace_s, size / STALL_RATE))
+    except TimeoutError:
+        if not due.expired():
+            raise
+        raise Stalled(f"{route.label}: {size:,} bytes in {time.monotonic() - started:.0f} s, too slow to finish",
+                      method=route.method, route=route.template, status=response.status_code) from None
     return into
