@@ -8,13 +8,18 @@ already; Astria's 429 is waited out like Genviral's. All against the sandbox, ov
 
 from __future__ import annotations
 
+import http.client
 import time
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import Env, image, write
-from test_astria import astria_pack
+from test_astria import astria_pack, listing
+from test_network import Listener, _Noted, listening
 
 from packsync.errors import ApiError, ExitCode
+from packsync.sandbox.server import Reply
 
 #: The read timeout of these tests (30 s in the product): a trickle is judged within a few of them.
 TIMEOUT_S = 0.5
@@ -94,3 +99,95 @@ def test_an_astria_pack_rate_limited_throughout_is_an_error_retried_not_a_safety
     assert astria.error and "rate limited (429)" in astria.error, astria.error
     assert len(env.pack_named("Headshots")["images"]) == len(urls), "nothing deleted"
     assert len(env.pack_named("Photos")["images"]) == 2
+
+
+# -- redirects ------------------------------------------------------------------------------------------
+
+#: A public address (an internet host) the tests' proxy answers for, with the sandbox's answers.
+PUBLIC = "93.184.215.14"
+
+
+class _Internet(_Noted):
+    """A forward proxy that plays the internet: whatever host a request names, the sandbox answers it."""
+
+    def _relay(self) -> None:
+        target = urlsplit(self.path)  # a proxy is sent the absolute URL
+        upstream = http.client.HTTPConnection("127.0.0.1", self.server.sandbox_port, timeout=30)
+        try:
+            upstream.request(self.command, target.path + (f"?{target.query}" if target.query else ""))
+            answer = upstream.getresponse()
+            data = answer.read()
+        finally:
+            upstream.close()
+        self.send_response(answer.status)
+        for name, value in answer.getheaders():
+            if name.lower() not in ("connection", "content-length", "transfer-encoding"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = _relay
+
+
+@pytest.fixture
+def internet(env: Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[Listener]:
+    """Requests to hosts other than this machine go through a proxy that answers with the sandbox."""
+    with listening(_Internet) as proxy:
+        proxy.sandbox_port = env.sandbox.port  # type: ignore[attr-defined]
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        yield proxy
+
+
+def moved(location: str) -> Callable[[Reply], Reply]:
+    return lambda _reply: Reply(302, b"", None, {"Location": location})
+
+
+INNER = ["http://127.0.0.1:{port}/astria-img/{key}", "http://localhost:{port}/astria-img/{key}",
+         "http://2130706433:{port}/astria-img/{key}", "http://[::ffff:127.0.0.1]:{port}/astria-img/{key}",
+         "http://169.254.169.254/latest/meta-data/", "http://10.1.2.3/secret.png", "file:///etc/passwd"]
+
+
+@pytest.mark.parametrize("location", INNER, ids=["loopback", "localhost", "a loopback written as a number",
+                                                 "IPv4 in IPv6", "link-local", "private", "a file URL"])
+def test_an_image_redirected_from_the_internet_into_this_machine_is_not_followed(
+        env: Env, internet: Listener, location: str) -> None:
+    """An Astria image at a public host that answers 302 to this machine (a secret served on loopback),
+    its metadata service or its network: the redirect is refused in one sentence, the secret never read
+    and nothing uploaded. Judged by the address a host resolves to, however it is written."""
+    pack_id, _urls = astria_pack(env, {"woman": 1})
+    secret = env.sandbox.astria.store_bytes(image(seed=99))
+    key = secret.rsplit("/", 1)[1]
+    env.sandbox.rewrite("GET", "astria:/p/{id}", listing(f"http://{PUBLIC}/astria-img/public"))
+    env.sandbox.rewrite("GET", "astria-img", moved(location.format(port=env.sandbox.port, key=key)), count=1)
+    label = env.map_astria(pack_id, pack="Headshots")
+
+    report = env.sync()
+
+    (mapping,) = [m for m in report.mappings if m.label == label]
+    (problem,) = mapping.problems
+    assert "not following a redirect to" in problem.reason and "…" not in problem.reason, problem.reason
+    assert internet.seen == [f"GET http://{PUBLIC}/astria-img/public"]
+    assert env.sandbox.calls[("GET", "astria-img")] == 1, "the secret was never asked for"
+    assert env.sandbox.calls[("POST", "/files")] == 0
+    assert env.pack_named("Headshots")["images"] == []
+
+
+def test_a_download_follows_redirects_within_its_own_network_and_at_most_five(env: Env) -> None:
+    """The sandbox is on loopback: a loopback image may be redirected within loopback (a NAS or a test
+    server works as before), but a chain of more than five redirects is given up in one sentence."""
+    pack_id, urls = astria_pack(env, {"woman": 2})
+    env.sandbox.rewrite("GET", "astria-img", moved(urls[0]), count=1)
+    env.map_astria(pack_id, pack="Headshots")
+
+    assert env.sync().exit_code == ExitCode.OK
+    assert len(env.pack_named("Headshots")["images"]) == 2
+
+    looping, more = astria_pack(env, {"man": 1}, title="Loop")
+    env.sandbox.rewrite("GET", "astria-img", moved(more[0]), count=6)
+    label = env.map_astria(looping, pack="Loop")
+    report = env.sync()
+    (mapping,) = [m for m in report.mappings if m.label == label]
+    (problem,) = mapping.problems
+    assert "cannot download it (download: more than 5 redirects; not followed)" in problem.reason

@@ -44,6 +44,7 @@ from packsync.errors import (
     TransientError,
 )
 from packsync.logs import get_logger, register_secret
+from packsync.remote import redirects
 from packsync.remote.retry import Backoff
 from packsync.remote.wire import (
     DOWNLOAD,
@@ -77,8 +78,8 @@ DOWNLOAD_TIMEOUTS = 2
 #: is not what the API documents, and reading on would only fill the memory.
 MAX_ANSWER_BYTES = 256 * 2**20
 CONNECT_S = 10.0
-#: Redirects a download follows (API calls and storage PUTs follow none).
-MAX_REDIRECTS = 10
+#: Redirects a download follows (API calls and storage PUTs follow none), each where ``redirects.py`` allows.
+MAX_REDIRECTS = 5
 
 T = TypeVar("T")
 
@@ -317,7 +318,7 @@ class Transport:
                 head_s = HEAD_TIMEOUTS * self.timeout + sent / STALL_RATE
                 try:
                     async with asyncio.timeout(head_s) as head:
-                        response = await self._head(request, follow)
+                        response = await self._head(route, request, follow)
                 except TimeoutError:
                     if not head.expired():
                         raise
@@ -333,20 +334,29 @@ class Transport:
             finally:
                 self._observe(route, status, started, sent if 0 < status < 300 else 0)
 
-    async def _head(self, request: httpx2.Request, follow: bool) -> httpx2.Response:
-        """The answer to ``request``, up to its head (and through the redirects, when ``follow``)."""
+    async def _head(self, route: Route, request: httpx2.Request, follow: bool) -> httpx2.Response:
+        """The answer to ``request``, up to its head (and through the redirects ``redirects.py`` allows, at
+        most ``MAX_REDIRECTS``, when ``follow``: a ``PermanentError`` for one it refuses)."""
         import httpx2
 
         client = self._http()
         response = await client.send(request, stream=True)
-        for _hop in range(MAX_REDIRECTS if follow else 0):
-            if not (response.has_redirect_location and response.next_request):
-                break
+        first: frozenset[redirects.Kind | None] | None = None
+        hops = 0
+        while follow and response.has_redirect_location and response.next_request:
             await response.aclose()
+            target = response.next_request.url
+            if first is None:
+                first = await redirects.kinds_of(request.url.host, request.url.port)
+            why = f"more than {MAX_REDIRECTS} redirects; not followed" if hops == MAX_REDIRECTS else \
+                await redirects.refused(target.scheme, target.host, target.port, first)
+            if why:
+                raise PermanentError(f"{route.label}: {why}", method=route.method, route=route.template,
+                                     status=response.status_code)
+            hops += 1
             # Followed by hand: the request target of the first URL is not the next one's. A hop carries
             # the transport's own headers only.
-            hop = httpx2.Request("GET", response.next_request.url, headers=self._plain.wire,
-                                 extensions=self._extensions)
+            hop = httpx2.Request("GET", target, headers=self._plain.wire, extensions=self._extensions)
             response = await client.send(hop, stream=True)
         return response
 
