@@ -110,9 +110,11 @@ PUBLIC = "93.184.215.14"
 class _Internet(_Noted):
     """A forward proxy that plays the internet: whatever host a request names, the sandbox answers it."""
 
+    sandbox_port = 0
+
     def _relay(self) -> None:
         target = urlsplit(self.path)  # a proxy is sent the absolute URL
-        upstream = http.client.HTTPConnection("127.0.0.1", self.server.sandbox_port, timeout=30)
+        upstream = http.client.HTTPConnection("127.0.0.1", self.sandbox_port, timeout=30)
         try:
             upstream.request(self.command, target.path + (f"?{target.query}" if target.query else ""))
             answer = upstream.getresponse()
@@ -133,8 +135,7 @@ class _Internet(_Noted):
 @pytest.fixture
 def internet(env: Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[Listener]:
     """Requests to hosts other than this machine go through a proxy that answers with the sandbox."""
-    with listening(_Internet) as proxy:
-        proxy.sandbox_port = env.sandbox.port  # type: ignore[attr-defined]
+    with listening(type("_ToSandbox", (_Internet,), {"sandbox_port": env.sandbox.port})) as proxy:
         monkeypatch.setenv("HTTP_PROXY", proxy.url)
         monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
         yield proxy
