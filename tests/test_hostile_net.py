@@ -13,8 +13,11 @@ import time
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
+import httpx2
+import msgspec
 import pytest
-from conftest import Env, image, write
+from conftest import FAST, Env, image, write
+from helpers import StartHere, wait_until
 from test_astria import astria_pack, listing
 from test_network import Listener, _Noted, listening
 
@@ -192,3 +195,34 @@ def test_a_download_follows_redirects_within_its_own_network_and_at_most_five(en
     (mapping,) = [m for m in report.mappings if m.label == label]
     (problem,) = mapping.problems
     assert "cannot download it (download: more than 5 redirects; not followed)" in problem.reason
+
+
+# -- the daemon -----------------------------------------------------------------------------------------
+
+
+def test_the_daemon_syncs_its_folders_while_an_astria_pack_trickles_and_health_names_it(
+        daemon_env: Env, start_here: StartHere) -> None:
+    """An Astria pack whose answer trickles in holds up its own mapping only: the folder beside it syncs
+    a new file at once, and /healthz says degraded, naming the Astria mapping, while it is stuck."""
+    env = slow_env(daemon_env)
+    env.genviral["timeout_s"] = 1.0  # a trickling head is given up after 4 s
+    env.sandbox.faults.trickle_s = 0.2
+    pack_id, _urls = astria_pack(env, {"woman": 1})
+    label = env.map_astria(pack_id, pack="Headshots")
+    folder = env.map("photos", pack="Photos")
+    write(folder / "a.png", image(seed=1))
+    daemon = start_here(msgspec.structs.replace(FAST, stuck_after_s=1.0))
+    assert len(env.pack_named("Photos")["images"]) == 1
+    env.sandbox.inject("trickle-head", "GET", "astria:/p/{id}", count=1000)
+    daemon._loop.call_soon_threadsafe(daemon.daemon.status.sync_now, label)
+    wait_until(lambda: env.sandbox.calls[("GET", "astria:/p/{id}")] >= 2, timeout=5, what="the pack read again")
+
+    write(folder / "b.png", image(seed=2))
+
+    wait_until(lambda: len(env.pack_named("Photos")["images"]) == 2, timeout=3, interval=0.1,
+               what="the folder synced while the Astria pack trickles")
+    assert daemon.daemon.web is not None
+    healthz = f"http://127.0.0.1:{daemon.daemon.web.runner.addresses[0][1]}/healthz"
+    document = wait_until(lambda: (d := httpx2.get(healthz).json())["status"] == "degraded" and d, timeout=5,
+                          interval=0.1, what="/healthz degraded")
+    assert any(reason.startswith(f"{label}: ") for reason in document["reasons"]), document
