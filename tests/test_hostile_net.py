@@ -226,3 +226,31 @@ def test_the_daemon_syncs_its_folders_while_an_astria_pack_trickles_and_health_n
     document = wait_until(lambda: (d := httpx2.get(healthz).json())["status"] == "degraded" and d, timeout=5,
                           interval=0.1, what="/healthz degraded")
     assert any(reason.startswith(f"{label}: ") for reason in document["reasons"]), document
+
+
+@pytest.mark.parametrize("how", ["adopting a pack", "pull"])
+def test_a_pack_image_redirected_into_this_machine_is_neither_adopted_nor_pulled(
+        env: Env, internet: Listener, how: str) -> None:
+    """The same for a Genviral pack's images: those packsync downloads to learn what a pack it adopts
+    holds, and those ``pull`` writes. The secret is never asked for, and nothing of it written."""
+    secret = env.sandbox.upload(image(seed=99))
+    pack_id = env.sandbox.create_pack("Shared")
+    env.sandbox.add_image(pack_id, f"http://{PUBLIC}/cdn/public.png", "public.png")
+    env.sandbox.rewrite("GET", "cdn", moved(secret), count=1)
+    out = env.root / "out"
+
+    if how == "pull":
+        env.write_config()
+        result = env.cli("pull", f"genviral:{pack_id}", str(out))
+        said = result.stdout + result.stderr
+        assert result.returncode == ExitCode.SOME_FAILED, said
+        assert not out.exists() or not any(out.iterdir())
+    else:
+        folder = env.map("photos", pack_id=pack_id)
+        write(folder / "a.png", image(seed=5))
+        (mapping,) = env.sync().mappings
+        said = " ".join(why for _image, why in mapping.undownloadable)
+
+    assert "not following a redirect to 127.0.0.1, a loopback address" in said, said
+    assert "Traceback" not in said
+    assert env.sandbox.calls[("GET", "cdn")] == 1, "the secret was never asked for"
