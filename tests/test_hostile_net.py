@@ -66,6 +66,27 @@ def test_a_trickling_answer_ends_the_run_within_its_deadline(env: Env, kind: str
     assert "too slow" in said, said
 
 
+def test_a_host_whose_downloads_trickle_is_given_up_for_the_run_after_a_few(env: Env) -> None:
+    """Twenty images at a host that trickles every download: a run does not spend a stalled attempt on
+    each (twenty times four read timeouts, four at a time); once a few have stalled, the rest of that
+    host's downloads are not sent this run, each named, tried again next run."""
+    slow_env(env)
+    pack_id, urls = astria_pack(env, {"woman": 20})
+    label = env.map_astria(pack_id, pack="Headshots")
+    env.sandbox.inject("trickle-head", "GET", "astria-img", count=1000)
+    started = time.monotonic()
+
+    report = env.sync()
+
+    took = time.monotonic() - started
+    (mapping,) = [m for m in report.mappings if m.label == label]
+    assert len(mapping.problems) == len(urls)
+    assert all("tried again next run" in p.reason for p in mapping.problems)
+    # Four at a time (the concurrency), and two more sent while the first three stalls came in.
+    assert env.sandbox.calls[("GET", "astria-img")] <= 4 + 2, "only those sent before the host was given up"
+    assert took < 2 * 4 * TIMEOUT_S + 1, f"the sync took {took:.1f} s"
+
+
 def test_an_astria_429_is_waited_out_as_its_retry_after_says(env: Env) -> None:
     """Astria answering 429 (with Retry-After: 1) is a pause, then the same request again."""
     pack_id, urls = astria_pack(env, {"woman": 1})

@@ -74,6 +74,9 @@ STALL_RATE = 16 * 1024
 HEAD_TIMEOUTS = 4
 RETRY_TIMEOUTS = 10
 DOWNLOAD_TIMEOUTS = 2
+#: Downloads from one host that may stall in a run before its other downloads are not sent in that run:
+#: a pack of images at a host that trickles costs a few stalled attempts, not one per image.
+STALLS_PER_HOST = 3
 #: The largest API answer read (a pack of a few hundred thousand images with their AI text): a larger one
 #: is not what the API documents, and reading on would only fill the memory.
 MAX_ANSWER_BYTES = 256 * 2**20
@@ -102,11 +105,13 @@ class Observer(Protocol):
 
 
 class Run:
-    """One run's retry budget, and its routes' failed attempts in a row (the breaker)."""
+    """One run's retry budget, its routes' failed attempts in a row (the breaker), and the downloads that
+    stalled, by host."""
 
     def __init__(self, retries: int) -> None:
         self.retries_left = retries
         self.failing: Counter[str] = Counter()
+        self.stalled: Counter[str] = Counter()
 
 
 class RetryPolicy(msgspec.Struct, frozen=True):
@@ -304,14 +309,18 @@ class Transport:
         return read(await self._exchange(route, request, len(body), self._whole), route)
 
     async def _exchange(self, route: Route, request: httpx2.Request, sent: int,
-                        receive: Callable[[Route, httpx2.Response], Awaitable[T]], *, follow: bool = False) -> T:
+                        receive: Callable[[Route, httpx2.Response], Awaitable[T]], *, follow: bool = False,
+                        admit: Callable[[], None] | None = None) -> T:
         """Send ``request`` (of a body of ``sent`` bytes) in a slot, and ``receive`` its answer.
 
         The answer's head must be whole within ``HEAD_TIMEOUTS`` read timeouts and the time the body
         takes to send at ``STALL_RATE`` (``Stalled`` past it); ``receive`` reads its body through ``_body``,
-        which keeps it moving. ``follow``: redirects are followed, by hand (a download's).
+        which keeps it moving. ``follow``: redirects are followed, by hand (a download's). ``admit`` may
+        still refuse it once it has its slot (what it judges may have changed while it waited).
         """
         async with self._slots:
+            if admit:
+                admit()
             self.calls[route.name] += 1
             started, status = time.monotonic(), 0
             try:
@@ -415,11 +424,22 @@ class Transport:
         within ``DOWNLOAD_TIMEOUTS`` read timeouts from the first try; a trickle (``Stalled``) is not retried.
         """
         deadline = time.monotonic() + DOWNLOAD_TIMEOUTS * self.timeout
+        host, run = (urlsplit(url).hostname or "").lower(), self._current()
         with self._in_use(DOWNLOAD):
-            return await self._retrying(DOWNLOAD, lambda: self._stream(url, max_bytes, sink), safe_to_repeat=True,
-                                        deadline=deadline, breaker=False)
+            try:
+                return await self._retrying(DOWNLOAD, lambda: self._stream(url, max_bytes, sink, host),
+                                            safe_to_repeat=True, deadline=deadline, breaker=False)
+            except Stalled:
+                run.stalled[host] += 1
+                raise
 
-    async def _stream(self, url: str, max_bytes: int, sink: Callable[[], S]) -> S:
+    def _admit(self, host: str) -> None:
+        """Refuse a download from a host whose downloads stalled ``STALLS_PER_HOST`` times in this run."""
+        if (stalled := self._current().stalled[host]) >= STALLS_PER_HOST:
+            raise Stalled(f"download: not sent; {stalled} downloads from its host were too slow to finish in this "
+                          "run", method=DOWNLOAD.method, route=DOWNLOAD.template)
+
+    async def _stream(self, url: str, max_bytes: int, sink: Callable[[], S], host: str) -> S:
         try:
             request = self._request("GET", url, self._plain, b"", True)
         except no_answer() as exc:
@@ -438,7 +458,7 @@ class Transport:
 
             return await _body(route, response, max_bytes, sink(), too_large, self.timeout)
 
-        return await self._exchange(DOWNLOAD, request, 0, receive, follow=True)
+        return await self._exchange(DOWNLOAD, request, 0, receive, follow=True, admit=lambda: self._admit(host))
 
 
 async def _body(route: Route, response: httpx2.Response, max_bytes: int, into: S,
