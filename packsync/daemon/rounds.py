@@ -96,8 +96,13 @@ class Rounds:
         try:
             task = asyncio.create_task(app.syncer.sync(SyncOptions(wait=False), only=due.labels, busy=due.busy,
                                                        changed=due.changed))
-            if not await self._finished(task, apart):
-                return
+            try:
+                if not await self._finished(task, apart):
+                    return
+            except asyncio.CancelledError:  # abandoned (``abandon``): the sync under it too
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                raise
             try:
                 report = task.result()
             except PacksyncError as exc:
