@@ -1,7 +1,12 @@
 """One round of the daemon: the schedule's ``Round`` run through the same pipeline as ``packsync run``.
 
 The sync runs as a task while the loop stays responsive (the watchdog pinged, a long first scan's
-start extended, a stop obeyed within ``stop_grace_s``). Its outcome goes back to the schedule: a
+start extended, a stop obeyed within ``stop_grace_s``). An Astria pack's mapping is synced in a task of
+its own, beside the loop (``remote``): a remote that answers slowly or not at all holds up its own
+mapping only, never the folders' rounds (each request ends by its deadline; meanwhile the schedule
+keeps the mapping out of other rounds, and the page names it once it has been at it for
+``Timing.stuck_after_s``). A mapping that shares its pack with a folder stays in the folders' rounds:
+two syncs never race over one pack. Its outcome goes back to the schedule: a
 failing folder is retried with backoff, a refused key pauses syncing, a state that cannot be used
 now is waited out; a state that can never be used (corrupt, not writable) ends the daemon, as it
 ends a start. What went well is logged per mapping, and the metadata loop is woken for new images.
@@ -10,6 +15,7 @@ ends a start. What went well is logged per mapping, and the metadata loop is wok
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -37,37 +43,91 @@ class Rounds:
         self.added = added  # told when a sync added images (they wait for metadata)
         self.tick_s = timing.tick(systemd.watchdog_s)
         self.log = get_logger()
+        self.remote: dict[str, asyncio.Task[None]] = {}  # an Astria mapping's sync under way, by label
 
     async def run(self, app: App, due: Round) -> None:
-        """Run ``due``; every error it may end in is handled here, but a state that can never be used."""
+        """Run ``due``: its own mappings' remotes (Astria packs) each in a task of its own, the rest here.
+        Every error a sync may end in is handled, but a state that can never be used."""
+        self.reap()
+        for label in self._apart(due):
+            due = dataclasses.replace(due, labels=(due.labels or frozenset(self.schedule.folders)) - {label})
+            apart = Round(frozenset({label}))
+            self.remote[label] = task = asyncio.create_task(self._sync(app, apart, self._begin(apart), apart=True))
+            task.add_done_callback(lambda _task: self.status.wake.set())  # its outcome is the loop's to reap
+        if due.labels is None or due.labels:
+            await self._sync(app, due, self._begin(due))
+        elif due.full:
+            self.schedule.started(due, time.monotonic())
+
+    def _begin(self, due: Round) -> list[Folder]:
+        """``due``'s folders, taken off the schedule until their sync ends (``_sync``)."""
+        now = time.monotonic()
+        targets = self.schedule.started(due, now)
+        self.schedule.in_flight.update((folder.label, now) for folder in targets)
+        return targets
+
+    def _apart(self, due: Round) -> list[str]:
+        """The mappings of ``due`` synced apart: Astria packs, each sharing its pack with no folder."""
+        folders = self.schedule.folders
+        labels = due.labels if due.labels is not None else frozenset(folders)
+        packs = {(f.mapping.pack, f.mapping.pack_id) for f in folders.values() if f.root is not None}
+        return [label for label in sorted(labels) if (folder := folders.get(label)) is not None
+                and folder.root is None and (folder.mapping.pack, folder.mapping.pack_id) not in packs]
+
+    def reap(self) -> None:
+        """Forget the remote syncs that ended; one that ended in a state that can never be used ends the daemon."""
+        for label, task in list(self.remote.items()):
+            if task.done():
+                del self.remote[label]
+                if not task.cancelled() and (error := task.exception()) is not None:
+                    raise error
+
+    async def abandon(self) -> None:
+        """A stop: the remote syncs under way are abandoned (the next start resumes them)."""
+        for task in self.remote.values():
+            task.cancel()
+        await asyncio.gather(*self.remote.values(), return_exceptions=True)
+        self.remote.clear()
+
+    async def _sync(self, app: App, due: Round, targets: list[Folder], *, apart: bool = False) -> None:
+        """Sync ``due``'s mappings (``targets``, begun) and hand the outcome to the schedule; ``apart``: beside
+        the loop, which alone comes round for the watchdog (a hung loop must not look alive)."""
         started = time.monotonic()
-        targets = self.schedule.started(due, started)
-        task = asyncio.create_task(app.syncer.sync(SyncOptions(wait=False), only=due.labels, busy=due.busy,
-                                                   changed=due.changed))
-        if not await self._finished(task):
-            return
         try:
-            report = task.result()
-        except PacksyncError as exc:
-            self._failed(targets, exc)
-            return
+            task = asyncio.create_task(app.syncer.sync(SyncOptions(wait=False), only=due.labels, busy=due.busy,
+                                                       changed=due.changed))
+            try:
+                if not await self._finished(task, apart):
+                    return
+            except asyncio.CancelledError:  # abandoned (``abandon``): the sync under it too
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                raise
+            try:
+                report = task.result()
+            except PacksyncError as exc:
+                self._failed(targets, exc)
+                return
+        finally:
+            for folder in targets:
+                self.schedule.in_flight.pop(folder.label, None)
         self.status.state_usable()
         self.status.sync_error = self.schedule.paused_reason = None
         if due.full:
             self.status.last_full_scan = time.time()
         if self.status.metrics:
-            labels = [m.config.pack_label for m in report.mappings]
-            self.status.metrics.synced(labels, time.monotonic() - started,
+            self.status.metrics.synced([m.config.pack_label for m in report.mappings], time.monotonic() - started,
                                        [m.config.pack_label for m in report.mappings if m.safety])
         self._after(report)
 
-    async def _finished(self, task: asyncio.Task[SyncReport]) -> bool:
+    async def _finished(self, task: asyncio.Task[SyncReport], apart: bool) -> bool:
         """Wait for ``task``, coming round every tick; False when a stop made us abandon it."""
         while not task.done():
             await asyncio.wait({task}, timeout=self.tick_s)
-            self.status.came_round(time.monotonic())
-            if not self.status.ready:
-                self.systemd.extend_timeout(self.tick_s * 3)
+            if not apart:
+                self.status.came_round(time.monotonic())
+                if not self.status.ready:
+                    self.systemd.extend_timeout(self.tick_s * 3)
             if self.stopping.is_set() and not task.done():
                 try:
                     await asyncio.wait_for(task, timeout=self.timing.stop_grace_s)

@@ -68,6 +68,8 @@ class Schedule:
         self.paused_until: float | None = None
         self.paused_reason: str | None = None
         self.next_full_scan = 0.0
+        #: The folders whose sync is under way, and since when: never in another round meanwhile.
+        self.in_flight: dict[str, float] = {}
 
     def folder(self, mapping: MappingConfig, retry_at: float | None = None) -> Folder:
         return Folder(mapping, Retrying(self.timing.mapping_retry), retry_at)
@@ -86,7 +88,8 @@ class Schedule:
             self.paused_until = None
         settled = {str(root): due for root, due in self.changes.due(now).items()}
         full = now >= self.next_full_scan
-        retries = {label for label, f in self.folders.items() if f.retry_at is not None and f.retry_at <= now}
+        retries = {label for label, f in self.folders.items()
+                   if f.retry_at is not None and f.retry_at <= now and label not in self.in_flight}
         labels = set(settled) | retries
         if full:  # every folder; an Astria pack only when its poll interval is up
             labels |= {label for label, f in self.folders.items() if f.root is not None}
@@ -101,7 +104,8 @@ class Schedule:
         if self.paused_until is not None:
             return max(0.0, self.paused_until - now)
         deadlines = [self.next_full_scan]
-        deadlines += [f.retry_at for f in self.folders.values() if f.retry_at is not None]
+        deadlines += [f.retry_at for label, f in self.folders.items()
+                      if f.retry_at is not None and label not in self.in_flight]
         if (change := self.changes.next_deadline()) is not None:
             deadlines.append(change)
         return max(0.0, min(deadlines) - now)

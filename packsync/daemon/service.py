@@ -61,7 +61,7 @@ class Daemon:
         self.tick_s = timing.tick(self.systemd.watchdog_s)
         self.changes = Aggregator(config.daemon.debounce_s, max_batch_wait_s=timing.max_batch_wait_s)
         self.schedule = Schedule(config, timing, self.changes)
-        self.status = Status(self.schedule, self.systemd, self.wake)
+        self.status = Status(self.schedule, self.systemd, self.wake, timing.stuck_after_s)
         self.metadata = MetadataLoop(lambda: self.app, self.schedule, self.status, timing)
         self.rounds = Rounds(self.schedule, self.status, self.systemd, timing, self.stopping, self.metadata.wake.set)
         self.retiring = Retiring()
@@ -112,6 +112,7 @@ class Daemon:
         finally:
             self.systemd.stopping()
             metadata.cancel()
+            await self.rounds.abandon()
             self.app.close_sources()
             # watchdog's threads are daemon threads: never let a slow one hold up the exit.
             stopper = threading.Thread(target=self.watcher.stop, name="watcher-stop", daemon=True)
@@ -171,6 +172,7 @@ class Daemon:
     async def _loop(self) -> None:
         while not self.stopping.is_set():
             self.status.came_round(time.monotonic())
+            self.rounds.reap()
             if self.state.replaced() is not None or not self.lock.intact():
                 await self._start_anew()
                 continue

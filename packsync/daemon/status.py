@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from packsync.daemon.notify import Systemd
 from packsync.daemon.schedule import Schedule
+from packsync.daemon.timing import PRODUCT
 from packsync.errors import StateUnavailable
 from packsync.logs import get_logger
 from packsync.web.health import LiveState
@@ -25,8 +26,10 @@ if TYPE_CHECKING:
 
 
 class Status:
-    def __init__(self, schedule: Schedule, systemd: Systemd, wake: asyncio.Event) -> None:
+    def __init__(self, schedule: Schedule, systemd: Systemd, wake: asyncio.Event,
+                 stuck_after_s: float = PRODUCT.stuck_after_s) -> None:
         self.schedule = schedule
+        self.stuck_after_s = stuck_after_s  # a mapping syncing longer than this is named as stuck
         self.systemd = systemd
         self.wake = wake  # set to bring the loop round at once
         self.state: State | None = None  # once opened
@@ -102,13 +105,16 @@ class Status:
     # -- what the web surface sees and asks (web/health.py's Live) --------------------------------
 
     def live(self) -> LiveState:
+        now = time.monotonic()
         return LiveState(
-            state=self.mode, queue=len(self.schedule.changes), since_tick_s=time.monotonic() - self.last_tick,
+            state=self.mode, queue=len(self.schedule.changes), since_tick_s=now - self.last_tick,
             paused_reason=self.schedule.paused_reason,
             state_trouble=str(self.state_trouble) if self.state_trouble else None,
             last_full_scan=self.last_full_scan,
             retrying={label: f.error for label, f in self.schedule.folders.items()
-                      if f.error and f.retry_at is not None})
+                      if f.error and f.retry_at is not None},
+            stuck={label: round(now - since) for label, since in self.schedule.in_flight.items()
+                   if now - since > self.stuck_after_s and self.ready})
 
     def sync_now(self, label: str | None) -> None:
         """Sync one mapping (None: all) as soon as the loop comes round; a pause for a refused key ends too."""

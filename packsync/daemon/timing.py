@@ -38,6 +38,9 @@ class Timing(msgspec.Struct, frozen=True):
     page_request_s: float = REQUEST_S
     #: A folder that never stops changing is still synced this often (its busy files excepted).
     max_batch_wait_s: float = MAX_BATCH_WAIT_S
+    #: A mapping still syncing after this long is named by the page and /healthz (degraded): its remote
+    #: answers slowly, or not at all (each request ends by its deadline, a few read timeouts).
+    stuck_after_s: float = 120.0
 
     def tick(self, watchdog_s: float | None) -> float:
         """How often the loop comes round: ``tick_s``, or the watchdog's interval when that is shorter."""

@@ -231,8 +231,11 @@ class Syncer:
         try:
             outcomes = await executor.run(plan)
         finally:
-            for source in self.sources.values():
-                source.close()  # what a source held for the uploads (an Astria pack's downloads)
+            # What this sync's sources held for the uploads (an Astria pack's downloads); a sync under way
+            # beside it (the daemon's, of an Astria pack) keeps its own.
+            for report in result.mappings:
+                if (source := self.sources.get(report.label)) is not None:
+                    source.close()
         for report, outcome in zip(result.mappings, outcomes, strict=True):
             if report.plan is not None:
                 report.outcome, report.pack_id = outcome, outcome.pack_id
@@ -441,6 +444,8 @@ class Syncer:
             report.safety = safety_stop(SourceFacts(unreadable=str(exc)))
         except AuthError as exc:  # the source's own key (Genviral's goes up from the pack read)
             report.error, report.refused = str(exc), True
+        except TransientError as exc:  # a source behind an API that cannot answer now: retried, not a stop
+            report.error = str(exc)
         return None
 
     async def _read_pack(self, report: MappingReport) -> Resolved | None:

@@ -44,6 +44,7 @@ from packsync.errors import (
     TransientError,
 )
 from packsync.logs import get_logger, register_secret
+from packsync.remote import redirects
 from packsync.remote.retry import Backoff
 from packsync.remote.wire import (
     DOWNLOAD,
@@ -62,21 +63,26 @@ from packsync.remote.wire import (
 if TYPE_CHECKING:  # imported at the first request: a new process walks its first folder meanwhile
     import httpx2
 
-#: An answer's body (a download's, an API's) still below STALL_RATE bytes/s on average after one read
-#: timeout (30 s) is given up for the run: a server that sends a byte every few seconds never trips the
-#: read timeout. An answer's head must arrive within HEAD_TIMEOUTS read timeouts, plus the time the
-#: request's body takes to send at STALL_RATE.
+#: Every request ends within a total deadline made of the read timeout ``T`` (``[genviral] timeout_s``),
+#: however slowly a server sends: a read timeout alone resets at every byte, so a server sending one
+#: byte a second never trips it. An answer's head must be whole within HEAD_TIMEOUTS × T, plus the time
+#: the request's body takes to send at STALL_RATE; its body must average STALL_RATE bytes/s once T has
+#: passed (so it ends by max(T, size / STALL_RATE)). An attempt past either is ``Stalled``: given up, not
+#: repeated. Retries start no later than RETRY_TIMEOUTS × T after the first try (DOWNLOAD_TIMEOUTS × T
+#: for a download: a host that never answers costs a minute of one slot, not every attempt).
 STALL_RATE = 16 * 1024
 HEAD_TIMEOUTS = 4
+RETRY_TIMEOUTS = 10
+DOWNLOAD_TIMEOUTS = 2
+#: Downloads from one host that may stall in a run before its other downloads are not sent in that run:
+#: a pack of images at a host that trickles costs a few stalled attempts, not one per image.
+STALLS_PER_HOST = 3
 #: The largest API answer read (a pack of a few hundred thousand images with their AI text): a larger one
 #: is not what the API documents, and reading on would only fill the memory.
 MAX_ANSWER_BYTES = 256 * 2**20
-#: Retries of one download stop this long after its first try (a host that never answers costs a
-#: minute of one slot, not the read timeout times every attempt).
-DOWNLOAD_DEADLINE_S = 60.0
 CONNECT_S = 10.0
-#: Redirects a download follows (API calls and storage PUTs follow none).
-MAX_REDIRECTS = 10
+#: Redirects a download follows (API calls and storage PUTs follow none), each where ``redirects.py`` allows.
+MAX_REDIRECTS = 5
 
 T = TypeVar("T")
 
@@ -99,11 +105,13 @@ class Observer(Protocol):
 
 
 class Run:
-    """One run's retry budget, and its routes' failed attempts in a row (the breaker)."""
+    """One run's retry budget, its routes' failed attempts in a row (the breaker), and the downloads that
+    stalled, by host."""
 
     def __init__(self, retries: int) -> None:
         self.retries_left = retries
         self.failing: Counter[str] = Counter()
+        self.stalled: Counter[str] = Counter()
 
 
 class RetryPolicy(msgspec.Struct, frozen=True):
@@ -288,7 +296,8 @@ class Transport:
         """
         with self._in_use(route):
             return await self._retrying(route, lambda: self._once(route, url, read, headers, body, given),
-                                        safe_to_repeat=safe_to_repeat)
+                                        safe_to_repeat=safe_to_repeat,
+                                        deadline=time.monotonic() + RETRY_TIMEOUTS * self.timeout)
 
     async def _once(self, route: Route, url: str, read: Callable[[Answer, Route], T], headers: Headers,
                     body: bytes, given: bool) -> T:
@@ -300,19 +309,30 @@ class Transport:
         return read(await self._exchange(route, request, len(body), self._whole), route)
 
     async def _exchange(self, route: Route, request: httpx2.Request, sent: int,
-                        receive: Callable[[Route, httpx2.Response], Awaitable[T]], *, follow: bool = False) -> T:
+                        receive: Callable[[Route, httpx2.Response], Awaitable[T]], *, follow: bool = False,
+                        admit: Callable[[], None] | None = None) -> T:
         """Send ``request`` (of a body of ``sent`` bytes) in a slot, and ``receive`` its answer.
 
-        The answer's head must come within ``HEAD_TIMEOUTS`` read timeouts and the time the body takes
-        to send at ``STALL_RATE``; ``receive`` reads its body through ``_body``, which keeps it moving.
-        ``follow``: redirects are followed, by hand (a download's).
+        The answer's head must be whole within ``HEAD_TIMEOUTS`` read timeouts and the time the body
+        takes to send at ``STALL_RATE`` (``Stalled`` past it); ``receive`` reads its body through ``_body``,
+        which keeps it moving. ``follow``: redirects are followed, by hand (a download's). ``admit`` may
+        still refuse it once it has its slot (what it judges may have changed while it waited).
         """
         async with self._slots:
+            if admit:
+                admit()
             self.calls[route.name] += 1
             started, status = time.monotonic(), 0
             try:
-                async with asyncio.timeout(HEAD_TIMEOUTS * self.timeout + sent / STALL_RATE):
-                    response = await self._head(request, follow)
+                head_s = HEAD_TIMEOUTS * self.timeout + sent / STALL_RATE
+                try:
+                    async with asyncio.timeout(head_s) as head:
+                        response = await self._head(route, request, follow)
+                except TimeoutError:
+                    if not head.expired():
+                        raise
+                    raise Stalled(f"{route.label}: the answer's head is not whole after {head_s:.3g} s, too slow to "
+                                  "finish", method=route.method, route=route.template) from None
                 try:
                     status = response.status_code
                     return await receive(route, response)
@@ -323,20 +343,29 @@ class Transport:
             finally:
                 self._observe(route, status, started, sent if 0 < status < 300 else 0)
 
-    async def _head(self, request: httpx2.Request, follow: bool) -> httpx2.Response:
-        """The answer to ``request``, up to its head (and through the redirects, when ``follow``)."""
+    async def _head(self, route: Route, request: httpx2.Request, follow: bool) -> httpx2.Response:
+        """The answer to ``request``, up to its head (and through the redirects ``redirects.py`` allows, at
+        most ``MAX_REDIRECTS``, when ``follow``: a ``PermanentError`` for one it refuses)."""
         import httpx2
 
         client = self._http()
         response = await client.send(request, stream=True)
-        for _hop in range(MAX_REDIRECTS if follow else 0):
-            if not (response.has_redirect_location and response.next_request):
-                break
+        first: frozenset[redirects.Kind | None] | None = None
+        hops = 0
+        while follow and response.has_redirect_location and response.next_request:
             await response.aclose()
+            target = response.next_request.url
+            if first is None:
+                first = await redirects.kinds_of(request.url.host, request.url.port)
+            why = f"more than {MAX_REDIRECTS} redirects; not followed" if hops == MAX_REDIRECTS else \
+                await redirects.refused(target.scheme, target.host, target.port, first)
+            if why:
+                raise PermanentError(f"{route.label}: {why}", method=route.method, route=route.template,
+                                     status=response.status_code)
+            hops += 1
             # Followed by hand: the request target of the first URL is not the next one's. A hop carries
             # the transport's own headers only.
-            hop = httpx2.Request("GET", response.next_request.url, headers=self._plain.wire,
-                                 extensions=self._extensions)
+            hop = httpx2.Request("GET", target, headers=self._plain.wire, extensions=self._extensions)
             response = await client.send(hop, stream=True)
         return response
 
@@ -392,14 +421,25 @@ class Transport:
         Image URLs are public storage or CDN addresses: the request carries no Authorization, so a key
         never goes to a host that is not its API. A refusal (4xx) or a body over ``max_bytes`` is a
         ``PermanentError``; 429, 5xx, timeouts and dropped connections are retried like any request,
-        within ``DOWNLOAD_DEADLINE_S`` from the first try; a trickle (``Stalled``) is not retried.
+        within ``DOWNLOAD_TIMEOUTS`` read timeouts from the first try; a trickle (``Stalled``) is not retried.
         """
-        deadline = time.monotonic() + DOWNLOAD_DEADLINE_S
+        deadline = time.monotonic() + DOWNLOAD_TIMEOUTS * self.timeout
+        host, run = (urlsplit(url).hostname or "").lower(), self._current()
         with self._in_use(DOWNLOAD):
-            return await self._retrying(DOWNLOAD, lambda: self._stream(url, max_bytes, sink), safe_to_repeat=True,
-                                        deadline=deadline, breaker=False)
+            try:
+                return await self._retrying(DOWNLOAD, lambda: self._stream(url, max_bytes, sink, host),
+                                            safe_to_repeat=True, deadline=deadline, breaker=False)
+            except Stalled:
+                run.stalled[host] += 1
+                raise
 
-    async def _stream(self, url: str, max_bytes: int, sink: Callable[[], S]) -> S:
+    def _admit(self, host: str) -> None:
+        """Refuse a download from a host whose downloads stalled ``STALLS_PER_HOST`` times in this run."""
+        if (stalled := self._current().stalled[host]) >= STALLS_PER_HOST:
+            raise Stalled(f"download: not sent; {stalled} downloads from its host were too slow to finish in this "
+                          "run", method=DOWNLOAD.method, route=DOWNLOAD.template)
+
+    async def _stream(self, url: str, max_bytes: int, sink: Callable[[], S], host: str) -> S:
         try:
             request = self._request("GET", url, self._plain, b"", True)
         except no_answer() as exc:
@@ -418,24 +458,30 @@ class Transport:
 
             return await _body(route, response, max_bytes, sink(), too_large, self.timeout)
 
-        return await self._exchange(DOWNLOAD, request, 0, receive, follow=True)
+        return await self._exchange(DOWNLOAD, request, 0, receive, follow=True, admit=lambda: self._admit(host))
 
 
 async def _body(route: Route, response: httpx2.Response, max_bytes: int, into: S,
                 too_large: Callable[[int | None], ApiError], grace_s: float) -> S:
     """Stream the body of ``response`` into ``into``: ``too_large`` (with the size said, if it was) past
-    ``max_bytes``, ``Stalled`` while it arrives below ``STALL_RATE`` once ``grace_s`` have passed."""
+    ``max_bytes``, ``Stalled`` as soon as it averages below ``STALL_RATE`` once ``grace_s`` have passed —
+    a deadline that moves on with each byte, not a check made when one comes (the read timeout resets at
+    every byte: a byte every T - 1 s would never be judged in time)."""
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_large(int(declared))
     size, started = 0, time.monotonic()
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large(None)
-        into.update(chunk)
-        elapsed = time.monotonic() - started
-        if elapsed > grace_s and size < elapsed * STALL_RATE:  # the read timeout resets at every byte
-            raise Stalled(f"{route.label}: {size:,} bytes in {elapsed:.0f} s, too slow to finish",
-                          method=route.method, route=route.template, status=response.status_code)
+    try:
+        async with asyncio.timeout_at(started + grace_s) as due:
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_large(None)
+                into.update(chunk)
+                due.reschedule(started + max(grace_s, size / STALL_RATE))
+    except TimeoutError:
+        if not due.expired():
+            raise
+        raise Stalled(f"{route.label}: {size:,} bytes in {time.monotonic() - started:.0f} s, too slow to finish",
+                      method=route.method, route=route.template, status=response.status_code) from None
     return into

@@ -12,13 +12,17 @@ import random
 import threading
 from dataclasses import dataclass
 
-__all__ = ["Faults", "FaultPlan", "FAULT_KINDS", "AFTER_KINDS"]
+__all__ = ["Faults", "FaultPlan", "FAULT_KINDS", "AFTER_KINDS", "TRICKLE_KINDS"]
 
 FAULT_KINDS = frozenset({
     "429", "429-bare", "500", "502", "503", "504", "reset",
     "500-after", "reset-after", "expire", "not-json", "422",
+    "trickle-head", "trickle-body",
 })
 AFTER_KINDS = frozenset({"500-after", "reset-after"})
+#: A server that answers one byte at a time, every ``Faults.trickle_s``, so that no read ever times out:
+#: its head (which never ends), or the body of its real answer (after the work is done).
+TRICKLE_KINDS = frozenset({"trickle-head", "trickle-body"})
 
 
 @dataclass
@@ -26,10 +30,12 @@ class Faults:
     """Latency and random faults applied by a sandbox.
 
     ``latency_s`` is added to every API, storage and CDN request; ``rate`` is the
-    probability that an API or storage request gets a fault drawn from ``kinds``.
+    probability that an API or storage request gets a fault drawn from ``kinds``; a trickling
+    answer sends one byte every ``trickle_s``.
     """
 
     latency_s: float = 0.0
+    trickle_s: float = 0.2
     rate: float = 0.0
     kinds: tuple[str, ...] = ("429", "500", "reset")
     seed: int | None = None

@@ -8,6 +8,7 @@ answered from the :class:`~packsync.sandbox.store.Store`. Standard library only.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import socket
@@ -16,6 +17,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -24,7 +26,7 @@ from xml.sax.saxutils import escape
 
 from .astria import ASTRIA_PREFIX, IMAGE_PREFIX
 from .astria import answer as astria_answer
-from .faults import AFTER_KINDS
+from .faults import AFTER_KINDS, TRICKLE_KINDS
 from .store import CDN_PATH_RE
 from .validation import (
     IMAGE_CONTENT_TYPES,
@@ -223,6 +225,28 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD" and reply.body:
             self.wfile.write(reply.body)
 
+    def _trickle(self, reply: Reply | None) -> None:
+        """Answer a byte at a time, every ``trickle_s``: the head of ``reply`` at once, then its body; no
+        reply: a head that never ends. Until the client gives up (or the sandbox stops)."""
+        pause = self.server.sandbox.faults.trickle_s
+        self.close_connection = True
+        drip: Iterator[int]
+        if reply is None:
+            head, drip = b"HTTP/1.1 200 OK\r\n", itertools.cycle(b"X-Trickle: 1\r\n")
+        else:
+            head = (f"HTTP/1.1 {reply.status} Trickling\r\nContent-Length: {len(reply.body)}\r\n"
+                    + (f"Content-Type: {reply.content_type}\r\n" if reply.content_type else "") + "\r\n").encode()
+            drip = iter(reply.body)
+        try:
+            self.wfile.write(head)
+            self.wfile.flush()
+            for byte in drip:
+                time.sleep(pause)
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+        except OSError:
+            pass
+
     def _drop(self) -> None:
         self.close_connection = True
         try:
@@ -253,7 +277,10 @@ class Handler(BaseHTTPRequestHandler):
         if fault == "reset":
             self._drop()
             return
-        if fault is not None and fault not in AFTER_KINDS and fault != "expire":
+        if fault == "trickle-head":
+            self._trickle(None)
+            return
+        if fault is not None and fault not in AFTER_KINDS | TRICKLE_KINDS and fault != "expire":
             self._send(fault_reply(fault, route))
             return
         try:
@@ -261,12 +288,18 @@ class Handler(BaseHTTPRequestHandler):
         except Exception:  # noqa: BLE001 - a sandbox bug must still answer
             traceback.print_exc(file=sys.stderr)
             reply = fail(500, "internal_error", "Internal server error")
+        self._after(fault, method, route, reply)
+
+    def _after(self, fault: str | None, method: str, route: str, reply: Reply) -> None:
+        """Answer a request whose work is done: with ``reply``, or as the fault says."""
         if fault == "reset-after":
             self._drop()
         elif fault == "500-after":
             self._send(fault_reply("500", route))
+        elif fault == "trickle-body":
+            self._trickle(self.server.sandbox.rewritten(method, route, reply))
         else:
-            self._send(sb.rewritten(method, route, reply))
+            self._send(self.server.sandbox.rewritten(method, route, reply))
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
 

@@ -100,6 +100,10 @@ class AstriaSource:
             raise SourceUnavailable(f"{self.label}: Astria has no pack {self.pack_id} the key can see") from None
         except AuthError:
             raise
+        except TransientError as exc:  # a rate limit, an outage, a trickle: this mapping's error, tried again
+            raise TransientError(f"{self.label}: cannot read the Astria pack now ({exc}); nothing is deleted, "
+                                 "and it is read again later", method=exc.method, route=exc.route,
+                                 status=exc.status) from None
         except ApiError as exc:
             raise SourceUnavailable(f"{self.label}: cannot read the Astria pack ({exc})") from None
         self.name = pack.title

@@ -3,8 +3,9 @@ remembers of each mapping — no API call, no disk walk (a pure function of its 
 
 - ``failing`` (HTTP 503): the key was refused (syncing paused), a safety stop waits for ``--force``,
   or the main loop has not come round for longer than it ever should.
-- ``degraded`` (HTTP 200): some mapping's last sync failed and is being retried, or the state
-  database is busy or full.
+- ``degraded`` (HTTP 200): some mapping's last sync failed and is being retried, a mapping has been
+  syncing for longer than it should (its remote answers slowly or not at all), or the state database
+  is busy or full.
 - ``ok`` (HTTP 200): everything else.
 """
 
@@ -30,6 +31,7 @@ class LiveState:
     state_trouble: str | None = None
     last_full_scan: float | None = None
     retrying: dict[str, str] = field(default_factory=dict)  # mapping label -> its error
+    stuck: dict[str, float] = field(default_factory=dict)  # mapping label -> seconds its sync has been running
 
 
 class Live(Protocol):
@@ -70,13 +72,15 @@ def health(mappings: list[MappingHealth], live: LiveState | None, daemon: Daemon
         reasons.append(daemon.last_error)
     reasons += [f"{m.label}: {m.record.safety}" for m in mappings if m.record and m.record.safety]
     degraded = [m for m in mappings if m.status == "degraded"]
+    stuck = [f"{label}: still syncing after {seconds:.0f} s (its remote answers slowly, or not at all)"
+             for label, seconds in sorted(live.stuck.items())] if live else []
     trouble = live.state_trouble if live else None
     if daemon_gone and daemon is not None:
         trouble = f"the daemon is not running (it was {daemon.state}; last seen at {daemon.updated_at})"
-    status = "failing" if reasons else "degraded" if degraded or trouble else "ok"
+    status = "failing" if reasons else "degraded" if degraded or trouble or stuck else "ok"
     return {
         "status": status,
-        "reasons": reasons + ([trouble] if trouble else []) + [f"{m.label}: {m.error}" for m in degraded],
+        "reasons": reasons + ([trouble] if trouble else []) + [f"{m.label}: {m.error}" for m in degraded] + stuck,
         "daemon": None if live is None else {"state": live.state, "queue": live.queue,
                                              "last_full_scan": live.last_full_scan,
                                              "since_loop_s": round(live.since_tick_s, 1)},
