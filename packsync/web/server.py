@@ -365,8 +365,8 @@ def middlewares(site: Site, listen_host: str) -> list[Callable[..., Awaitable[we
             request[PUBLIC] = True  # monitors may ask how it goes, and hear only that
         try:
             response = await handler(request)
-        except web.HTTPException as exc:
-            response = exc
+        except web.HTTPException as exc:  # an answer of its own (a redirect, a refusal), sent as one
+            response = web.Response(status=exc.status, reason=exc.reason, body=exc.body, headers=exc.headers)
         except Exception as exc:  # noqa: BLE001 - a page error is the page's, never the daemon's
             log.error("web request failed", path=request.path[:200], error=f"{type(exc).__name__}: {exc}"[:500],
                       exc_info=exc)
