@@ -202,6 +202,7 @@ class Daemon:
         else:
             self.log.warning(f"the lock file {self.lock.path} was deleted or replaced while packsync ran; "
                              "locking it again")
+        await self.rounds.abandon()  # the Astria syncs beside the loop hold the old state, closed below: due again
         if not await self._relock():
             return
         state = await self._open_state()
