@@ -172,13 +172,11 @@ _FILE_SYSTEM_REASONS = {
 }
 
 
-def file_system_reason(code: int | None, strerror: str | None = None) -> str:
+def file_system_reason(code: int | None) -> str:
     """Why the file system refused, for a sentence: a read-only mount, a full disk, too many open files
     and a refusal are each named as what they are (the owner and mode are no answer to a read-only
-    mount). ``strerror`` for any other ``errno`` (the C library's words)."""
-    if code in _FILE_SYSTEM_REASONS:
-        return _FILE_SYSTEM_REASONS[code]
-    return strerror or "an error of the file system"
+    mount)."""
+    return _FILE_SYSTEM_REASONS.get(code or 0, "an error of the file system")
 
 
 def first_error(group: BaseExceptionGroup[E]) -> E:

@@ -21,13 +21,14 @@ _KINDS = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_
           (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder"))
 
 
-def open_regular(path: Path | str | int, *, follow: bool = True) -> io.FileIO:
+def open_regular(path: Path | str | int, *, follow: bool = True, dir_fd: int | None = None) -> io.FileIO:
     """``path`` opened for reading (unbuffered), or an ``OSError`` when it is not a regular file. It is opened without
     blocking (a FIFO opens at once then) and its type checked on the open file, so that nothing swapped
     in between a check and the open is read. An open descriptor is checked the same way, and is the
-    returned file's (closed with it, or at once when refused). ``follow=False``: a link is refused too."""
+    returned file's (closed with it, or at once when refused). ``follow=False``: a link is refused too.
+    ``dir_fd``: ``path`` is relative to that directory (a pull's, opened without following links)."""
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-    fd = path if isinstance(path, int) else os.open(path, flags)
+    fd = path if isinstance(path, int) else os.open(path, flags, dir_fd=dir_fd)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -50,6 +51,17 @@ def read_regular(path: Path | str, limit: int, *, follow: bool = True) -> bytes:
     if len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {_size(limit)}", str(path))
     return bytes(data)
+
+
+def file_id(file: Path | str | int) -> tuple[int, int] | None:
+    """Which file ``file`` (a path, or an open descriptor) is: its device and inode; None when no file is
+    there. While a descriptor holds a file open its inode is not reused, so a path whose answer changed
+    since names another file now: the one opened was deleted, replaced or moved away."""
+    try:
+        found = os.stat(file)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _size(count: int) -> str:

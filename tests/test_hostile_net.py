@@ -275,3 +275,30 @@ def test_a_pack_image_redirected_into_this_machine_is_neither_adopted_nor_pulled
     assert "not following a redirect to 127.0.0.1, a loopback address" in said, said
     assert "Traceback" not in said
     assert env.sandbox.calls[("GET", "cdn")] == 1, "the secret was never asked for"
+
+
+def test_a_folder_s_long_sync_is_not_called_stuck(daemon_env: Env, start_here: StartHere) -> None:
+    """A folder's sync is a run of requests each under its own deadline: however long a large sync
+    takes, /healthz never names it as a remote answering slowly (only a remote's mapping can be held)."""
+    env = daemon_env
+    folder = env.map("photos", pack="Photos")
+    write(folder / "a.png", image(seed=1))
+    daemon = start_here(msgspec.structs.replace(FAST, stuck_after_s=0.3))
+    assert daemon.daemon.web is not None
+    healthz = f"http://127.0.0.1:{daemon.daemon.web.served.port}/healthz"
+    env.sandbox.faults.latency_s = 0.5  # each call slow, none stuck: the sync takes seconds
+    for seed in range(2, 6):
+        write(folder / f"{seed}.png", image(seed=seed))
+    written, during = time.monotonic(), []
+
+    def synced() -> bool:
+        document = httpx2.get(healthz).json()
+        done = len(env.pack_named("Photos")["images"]) == 5
+        if not done and time.monotonic() - written > 1.0:
+            during.append(document)
+        return done
+
+    wait_until(synced, timeout=30, interval=0.1, what="the folder's slow sync done")
+    assert during, "health was asked while the sync had run longer than stuck_after_s"
+    called_stuck = [d for d in during if any("still syncing" in r for r in d["reasons"])]
+    assert not called_stuck, called_stuck[0]

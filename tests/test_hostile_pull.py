@@ -105,6 +105,21 @@ def test_a_class_named_in_the_wrong_case_is_a_clear_error_and_deletes_nothing(en
     assert tree(out) == before, "nothing deleted"
 
 
+def test_delete_with_classes_removes_nothing_of_the_other_classes(env: Env) -> None:
+    """``--classes man --delete`` mirrors the man class: a woman image still in the pack is not one that
+    "left the pack", so its pulled file stays (even with --force, which lifts only the safety stops)."""
+    pack_id, _ = astria_pack(env, {"woman": 2, "man": 1})
+    env.map_astria(pack_id, pack="unused")
+    out = env.root / "out"
+    assert pull(env, f"astria:{pack_id}", str(out)).returncode == 0
+    before = tree(out)
+
+    result = pull(env, f"astria:{pack_id}", str(out), "--classes", "man", "--delete", "--force")
+
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    assert tree(out) == before, "the woman class's files are still in the pack: none deleted"
+
+
 def _break_first_image(reply: Reply) -> Reply:
     pack = json.loads(reply.body)
     pack["prompts_per_class"]["woman"][0]["images"][0] = 42

@@ -172,3 +172,38 @@ def test_a_lock_file_deleted_under_the_daemon_is_taken_again(daemon_env: Env, st
     wait_until(lambda: daemon_env.pack(pack_id)["image_count"] == 2, timeout=30, what="b.png synced")
     assert daemon.running and daemon.output().count(SAID) == 1, daemon.output()[-3000:]
     assert daemon.stop() is None
+
+
+def test_a_state_deleted_while_an_astria_pack_syncs_beside_the_rounds_keeps_the_daemon_running(
+        daemon_env: Env, start_here: StartHere) -> None:
+    """An Astria mapping syncs in a task beside the loop. When the state goes under it, the loop starts a
+    new one: the sync beside it must not go on with the state (and the sources) the loop has closed."""
+    from test_astria import astria_pack
+
+    env = daemon_env
+    env.genviral["timeout_s"] = 0.5  # a trickling head is given up after 2 s
+    env.sandbox.faults.trickle_s = 0.1
+    pack_id, _urls = astria_pack(env, {"woman": 1})
+    label = env.map_astria(pack_id, pack="Headshots")
+    folder = env.map("photos", pack="Photos")
+    write(folder / "a.png", image())
+    daemon = start_here(FAST)
+    wait_until(lambda: len(env.pack_named("Headshots")["images"]) == 1, timeout=30, what="the Astria pack synced")
+    reads = env.sandbox.calls[("GET", "astria:/p/{id}")]
+    env.sandbox.inject("trickle-head", "GET", "astria:/p/{id}", count=1)
+    daemon._loop.call_soon_threadsafe(daemon.daemon.status.sync_now, label)
+    wait_until(lambda: env.sandbox.calls[("GET", "astria:/p/{id}")] > reads, timeout=10, what="the pack read again")
+
+    remove_state(env)
+
+    wait_until(lambda: SAID in daemon.output(), timeout=30, what="the deleted state is said")
+    later = image()
+    write(folder / "later.png", later)
+    wait_until(lambda: len(env.pack_named("Photos")["images"]) == 2 or not daemon.running, timeout=30,
+               what="a later file synced")
+    wait_until(lambda: not daemon.daemon.rounds.remote or not daemon.running, timeout=30,
+               what="the Astria sync ended")
+    assert daemon.running, f"the daemon ended: {daemon.error!r}\n{daemon.output()[-3000:]}"
+    assert "Traceback" not in daemon.output() and "sync failed" not in daemon.output(), daemon.output()[-3000:]
+    assert len(env.pack_named("Headshots")["images"]) == 1, "adopted by the new state, not added again"
+    assert daemon.stop() is None

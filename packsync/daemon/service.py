@@ -202,6 +202,7 @@ class Daemon:
         else:
             self.log.warning(f"the lock file {self.lock.path} was deleted or replaced while packsync ran; "
                              "locking it again")
+        await self.rounds.abandon()  # the Astria syncs beside the loop hold the old state, closed below: due again
         if not await self._relock():
             return
         state = await self._open_state()
@@ -269,6 +270,7 @@ class Daemon:
             self.retiring.add(api.transport)
             api = client_for(config, token, transport_for(config, self.status.metrics))
         self.config, self.token = config, token
+        await self.rounds.abandon()  # the Astria syncs beside the loop hold the sources closed below: due again
         self.app.close_sources()
         self.app = App.wire(config, self.state, api)
         self.changes.debounce_s = config.daemon.debounce_s

@@ -114,7 +114,14 @@ class Status:
             retrying={label: f.error for label, f in self.schedule.folders.items()
                       if f.error and f.retry_at is not None},
             stuck={label: round(now - since) for label, since in self.schedule.in_flight.items()
-                   if now - since > self.stuck_after_s and self.ready})
+                   if now - since > self.stuck_after_s and self.ready and self._apart(label)})
+
+    def _apart(self, label: str) -> bool:
+        """Whether ``label`` is a remote's mapping (an Astria pack), whose sync alone can be held by a remote
+        answering slowly: a folder's sync is a run of requests each under its own deadline, however long a
+        large first sync takes."""
+        folder = self.schedule.folders.get(label)
+        return folder is not None and folder.root is None
 
     def sync_now(self, label: str | None) -> None:
         """Sync one mapping (None: all) as soon as the loop comes round; a pause for a refused key ends too."""

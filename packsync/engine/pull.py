@@ -39,6 +39,7 @@ from packsync.engine.pull_plan import (
     astria_download,
     genviral_download,
     plan_pull,
+    safe_part,
 )
 from packsync.engine.sidecars import SidecarReport, fields_of, remove_if_ours, sidecar_path, write_beside
 from packsync.errors import (
@@ -224,19 +225,23 @@ class Puller:
         folder = _resolved(folder)
         report = await self._pull(pack, [astria_download(str(folder), pack.pack_id, i) for i in chosen.values()],
                                   folder, options, PullSafety(label, SourceFacts(unreadable=unreadable),
-                                                              _limits(options)))
+                                                              _limits(options)),
+                                  scope={safe_part(cls) for cls in classes} if classes is not None else None)
         report.problems[:0] = problems
         return report
 
     async def _pull(self, pack: RemotePack, images: Sequence[Download], folder: Path, options: PullOptions,
-                    safety: PullSafety) -> PullReport:
-        """Observe the folder, plan, and (unless a dry run) run the plan."""
+                    safety: PullSafety, scope: Collection[str] | None = None) -> PullReport:
+        """Observe the folder, plan, and (unless a dry run) run the plan. ``scope``: the sub-folders whose
+        files this pull mirrors (an Astria pull's ``--classes``; None: all): a file pulled into another
+        class's sub-folder is not this pull's to remove, its image being left out, not gone."""
         records = self.state.uploads.pulled(str(folder), pack.pack_id)
+        mine = [r for r in records if scope is None or r.name.rpartition("/")[0] in scope]
         in_pack = {image.image_id for image in images}
         present, unchanged, links = await asyncio.to_thread(
-            _observe, folder, records, [r for r in records if r.image_id not in in_pack] if options.delete else [],
+            _observe, folder, records, [r for r in mine if r.image_id not in in_pack] if options.delete else [],
             {image.directory for image in images})
-        plan = plan_pull(images, records, present, unchanged, delete=options.delete, links=links, safety=safety)
+        plan = plan_pull(images, mine, present, unchanged, delete=options.delete, links=links, safety=safety)
         report = PullReport(pack, folder, plan, problems=list(plan.notices))
         if not options.dry_run:
             await self._execute(report)

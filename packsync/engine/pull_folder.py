@@ -21,13 +21,12 @@ from pathlib import Path
 from types import TracebackType
 
 from packsync.errors import LinkInTheWay, SourceError
+from packsync.files import file_id
 from packsync.sources.media import digest_file
 
 TEMP_PREFIX = ".packsync-pull-"
 _TEMP = re.compile(re.escape(TEMP_PREFIX) + r"[0-9a-f]{12}\.part")
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-#: A FIFO or a device under a pulled file's name must not block the pull: opened without waiting, then judged.
-_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def temp_name() -> str:
@@ -99,7 +98,7 @@ class PullFolder:
         if not rel:
             return  # the folder itself: the user's choice, resolved once
         with self._lock:
-            expected = os.fstat(self._dirs[rel])
+            expected = file_id(self._dirs[rel])
             opened: list[int] = []
             try:
                 fd = self._dirs[""]
@@ -107,13 +106,13 @@ class PullFolder:
                 for count, part in enumerate(parts, 1):
                     fd = self._open_directory(fd, part, "/".join(parts[:count]))
                     opened.append(fd)
-                current = os.fstat(fd)
+                current = file_id(fd)
             except FileNotFoundError:
                 current = None
             finally:
                 for fd in opened:
                     os.close(fd)
-        if current is None or (current.st_dev, current.st_ino) != (expected.st_dev, expected.st_ino):
+        if current != expected:
             raise SourceError(f"{rel} was moved while the pull ran: nothing more is placed in it")
 
     def parent(self, rel: str) -> tuple[int, str]:
@@ -138,14 +137,7 @@ class PullFolder:
         ``LinkInTheWay`` for a link on the way."""
         try:
             fd, name = self.parent(rel)
-            file = os.open(name, _FILE, dir_fd=fd)
-        except OSError:
-            return False
-        try:
-            if not stat.S_ISREG(os.fstat(file).st_mode):
-                os.close(file)
-                return False
-            return digest_file(file).sha256 == sha256  # (closes it)
+            return digest_file(name, follow=False, dir_fd=fd).sha256 == sha256  # (a FIFO there refused, not waited on)
         except OSError:
             return False
 

@@ -268,8 +268,8 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
 
 
 def _read(path: Path, st: os.stat_result | None) -> bytes | None:
-    """The sidecar's bytes, up to one more than ``xmp`` parses: never blocking on a FIFO or following a link
-    put there since ``st`` was taken, nor reading on through a file that grew (``xmp`` refuses it)."""
+    """The sidecar's bytes, at most what ``xmp`` parses (``XmpError`` past it, as ``st`` says; an ``OSError``
+    when it grew since): never blocking on a FIFO or following a link put there since ``st`` was taken."""
     if st is None:
         return None
     if st.st_size > MAX_BYTES:

@@ -470,7 +470,8 @@ async def _body(route: Route, response: httpx2.Response, max_bytes: int, into: S
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_large(int(declared))
-    size, started = 0, time.monotonic()
+    clock = asyncio.get_running_loop().time  # (the clock ``timeout_at`` counts in)
+    size, started = 0, clock()
     try:
         async with asyncio.timeout_at(started + grace_s) as due:
             async for chunk in response.aiter_bytes():
@@ -482,6 +483,6 @@ async def _body(route: Route, response: httpx2.Response, max_bytes: int, into: S
     except TimeoutError:
         if not due.expired():
             raise
-        raise Stalled(f"{route.label}: {size:,} bytes in {time.monotonic() - started:.0f} s, too slow to finish",
+        raise Stalled(f"{route.label}: {size:,} bytes in {clock() - started:.0f} s, too slow to finish",
                       method=route.method, route=route.template, status=response.status_code) from None
     return into

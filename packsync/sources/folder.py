@@ -504,8 +504,10 @@ class _Walk:
             return CachedFile(version, st.st_size, None, None,
                               f"larger than max_file_mb ({st.st_size / 1e6:.1f} MB > {limit:g} MB)")
         try:
-            digest = digest_file(path)
-            after = os.stat(path)
+            # (a link swapped in since the walk's lstat is not followed where the walk would not follow it)
+            follow = self.filters.follow_symlinks
+            digest = digest_file(path, follow=follow)
+            after = os.stat(path, follow_symlinks=follow)
         except FileNotFoundError:
             return None
         except OSError as exc:

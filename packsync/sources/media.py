@@ -123,11 +123,12 @@ class Digester:
         return Digest(self.sha.hexdigest(), self.size, content_type, problem)
 
 
-def digest_file(path: Path | str | int) -> Digest:
+def digest_file(path: Path | str | int, *, follow: bool = True, dir_fd: int | None = None) -> Digest:
     """Hash and check the file at ``path`` (or the open descriptor, which it closes) in one read. Raises
-    OSError if it cannot be read."""
+    OSError if it cannot be read. ``follow`` and ``dir_fd``: as ``files.open_regular`` takes them."""
     digester = Digester()
-    with open_regular(path) as handle:  # (a FIFO swapped in since the walk's lstat is refused, not waited on)
+    # (a FIFO swapped in since the walk's lstat is refused, not waited on)
+    with open_regular(path, follow=follow, dir_fd=dir_fd) as handle:
         # Sized to the file (one byte more, to see its end in the same read), within bounds: most
         # images are far smaller than a chunk, and a chunk-sized buffer per file costs more than
         # reading it; a file still being written may have grown since its size was taken.

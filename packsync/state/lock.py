@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from packsync.errors import LockedError
+from packsync.files import file_id
 from packsync.state.translate import unusable
 
 #: How often ``acquire`` tries again when the lock file it locked was deleted or replaced meanwhile.
@@ -33,10 +34,10 @@ def lock_path(state_path: Path) -> Path:
 def same_file(fd: int, path: Path) -> bool:
     """Whether ``path`` still names the file open as ``fd`` (not deleted, not replaced by another)."""
     try:
-        held, named = os.fstat(fd), os.stat(path)
+        held = file_id(fd)
+        return held is not None and held == file_id(path)
     except OSError:
         return False
-    return held.st_nlink > 0 and (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
 
 
 class StateLock:

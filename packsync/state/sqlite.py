@@ -45,16 +45,6 @@ def private_file(path: Path) -> None:
     os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
 
 
-def file_id(path: Path) -> tuple[int, int] | None:
-    """Which file ``path`` names (device, inode), None when none does. While a connection holds a file
-    open its inode cannot be reused, so a different answer later means the file was deleted or replaced."""
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return stat.st_dev, stat.st_ino
-
-
 def has_header(path: Path) -> bool:
     """Whether the file at ``path`` is empty or starts as a SQLite database does (OSError if unreadable)."""
     with open_regular(path) as handle:  # (a FIFO would block the open, and SQLite's after it)

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from packsync.errors import StateError, StateUnavailable
+from packsync.files import file_id
 from packsync.state import rows, sqlite, upgrade
 from packsync.state.files import FileRepository
 from packsync.state.images import ImageRepository
@@ -75,7 +76,7 @@ class State:
         # The files opened (the lock: the one packsync locked before opening it), so that a write never goes
         # on to a file deleted or replaced meanwhile — nor under a lock that excludes no one any more.
         watched = () if readonly else (path, lock_path(path))
-        self._opened = {file: sqlite.file_id(file) for file in watched}
+        self._opened = {file: file_id(file) for file in watched}
         unit.before_write = self.check
         self.files = FileRepository(unit)
         self.uploads = UploadRepository(unit)
@@ -90,7 +91,7 @@ class State:
         """The file (the database, else its lock) deleted or replaced since the state was opened, if any.
         A lock file that did not exist then (a state opened without the lock, as a test does) is not watched."""
         for path, opened in self._opened.items():
-            if opened is not None and sqlite.file_id(path) != opened:
+            if opened is not None and file_id(path) != opened:
                 return path
         return None
 
