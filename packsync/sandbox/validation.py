@@ -34,7 +34,9 @@ IMAGE_CONTENT_TYPES: dict[str, str] = {
 Issues = dict[str, Any]
 
 #: What JavaScript's ``String.prototype.trim`` strips (its WhiteSpace and LineTerminator characters): the
-#: vendor's schema trims a pack's name with it before checking its length, and stores it trimmed.
+#: vendor's schema trims a pack's name with it before checking its length, and stores it trimmed. (The
+#: product's ``config.pack_name`` says the same on its own side: the sandbox stands for the vendor and
+#: imports nothing of the product's, so that a mistake in one is caught by the other.)
 JS_SPACE = "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
     "\u2028\u2029\u202f\u205f\u3000\ufeff"
 
