@@ -192,15 +192,15 @@ def _names(globs: Sequence[str]) -> Callable[[str], Any]:
 
 def _grouped(rules: Sequence[_Rule]) -> list[_Rule | _Names]:
     """The rules, each run of name patterns made one ``_Names``."""
-    groups: list[_Rule | _Names] = []
+    runs: list[_Rule | list[_Rule]] = []
     for rule in rules:
         if rule.name is None:
-            groups.append(rule)
-        elif groups and isinstance(groups[-1], _Names):
-            groups[-1] = _Names([*groups[-1].rules, rule])
+            runs.append(rule)
+        elif runs and isinstance(runs[-1], list):
+            runs[-1].append(rule)
         else:
-            groups.append(_Names([rule]))
-    return groups
+            runs.append([rule])
+    return [_Names(run) if isinstance(run, list) else run for run in runs]
 
 
 def check(lines: Sequence[str]) -> str | None:

@@ -1,0 +1,48 @@
+"""Variants of the hostile conditions already fixed: the same class of defect reached another way (a
+long list of patterns instead of one pathological pattern, ...)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import Env, image, write
+
+#: Compiles the lines of argv[1] (a file) as an exclude list, matches a name against it, and prints the
+#: seconds it took — in a child process, so that a runaway compile can be given a deadline.
+COMPILED = """
+import sys, time
+from packsync.sources.patterns import Patterns
+lines = open(sys.argv[1], encoding="utf-8").read().splitlines()
+start = time.perf_counter()
+Patterns(lines).matches("a" * 60, "a" * 60, False)
+print(time.perf_counter() - start)
+"""
+
+
+def test_a_long_packsyncignore_of_name_patterns_compiles_in_time_linear_in_its_length(env: Env) -> None:
+    """Each pattern that names a file at any depth joined the one regular expression of its run by making
+    it anew with every pattern before it: 1,000 lines took 43 s, 3,000 over two minutes, all holding
+    the GIL. A run of such patterns is compiled once."""
+    ignore = env.root / "ignore"
+    ignore.write_text("".join(f"*x{i}*y*\n" for i in range(2000)), encoding="utf-8")
+
+    done = subprocess.run([sys.executable, "-c", COMPILED, str(ignore)], capture_output=True, text=True,
+                          timeout=30)
+
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) < 5.0, f"took {float(done.stdout):.1f} s"
+
+
+def test_a_run_beside_a_long_packsyncignore_ends_promptly(env: Env) -> None:
+    folder = env.map("pics", pack="P")
+    (folder / ".packsyncignore").write_text("".join(f"*x{i}*y*\n" for i in range(1500)) + "*b.png\n",
+                                            encoding="utf-8")
+    write(folder / "a.png", image())
+    write(folder / "b.png", image())
+
+    done = env.cli("run", "--dry-run", "-v", timeout=30)
+
+    assert done.returncode == 0, done.stderr
+    assert "upload+add a.png" in done.stdout
+    assert "excluded   b.png (by *b.png)" in done.stdout
