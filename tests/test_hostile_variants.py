@@ -7,6 +7,11 @@ import subprocess
 import sys
 
 from conftest import Env, image, write
+from test_astria import astria_pack
+from test_hostile_pull import tree
+from test_pull import pull
+
+from packsync.errors import ExitCode
 
 #: Compiles the lines of argv[1] (a file) as an exclude list, matches a name against it, and prints the
 #: seconds it took — in a child process, so that a runaway compile can be given a deadline.
@@ -46,3 +51,18 @@ def test_a_run_beside_a_long_packsyncignore_ends_promptly(env: Env) -> None:
     assert done.returncode == 0, done.stderr
     assert "upload+add a.png" in done.stdout
     assert "excluded   b.png (by *b.png)" in done.stdout
+
+
+def test_pull_delete_with_classes_leaves_the_other_classes_files(env: Env) -> None:
+    """``--classes woman`` pulls woman's images: what was pulled of the pack's other classes is no removal."""
+    pack_id, _ = astria_pack(env, {"woman": 4, "man": 1})
+    env.map_astria(pack_id, pack="unused")
+    out = env.root / "out"
+    assert pull(env, f"astria:{pack_id}", str(out)).returncode == 0
+    before = tree(out)
+    assert any(name.startswith("man/") for name in before)
+
+    result = pull(env, f"astria:{pack_id}", str(out), "--classes", "woman", "--delete")
+
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    assert tree(out) == before, "nothing deleted"

@@ -39,6 +39,7 @@ from packsync.engine.pull_plan import (
     astria_download,
     genviral_download,
     plan_pull,
+    safe_part,
 )
 from packsync.engine.sidecars import SidecarReport, fields_of, remove_if_ours, sidecar_path, write_beside
 from packsync.errors import (
@@ -222,16 +223,19 @@ class Puller:
         problems = [Problem(where, why) for cls, where, why in found.problems if classes is None or cls in classes]
         unreadable = f"{label}: {len(problems)} of its entries could not be read" if problems else None
         folder = _resolved(folder)
+        scope = None if classes is None else {safe_part(cls) for cls in classes}
         report = await self._pull(pack, [astria_download(str(folder), pack.pack_id, i) for i in chosen.values()],
                                   folder, options, PullSafety(label, SourceFacts(unreadable=unreadable),
-                                                              _limits(options)))
+                                                              _limits(options)), scope)
         report.problems[:0] = problems
         return report
 
     async def _pull(self, pack: RemotePack, images: Sequence[Download], folder: Path, options: PullOptions,
-                    safety: PullSafety) -> PullReport:
-        """Observe the folder, plan, and (unless a dry run) run the plan."""
-        records = self.state.uploads.pulled(str(folder), pack.pack_id)
+                    safety: PullSafety, scope: Collection[str] | None = None) -> PullReport:
+        """Observe the folder, plan, and (unless a dry run) run the plan. ``scope``: the sub-folders the
+        pull is about (the classes named), so that what was pulled into the others is never a removal."""
+        records = [r for r in self.state.uploads.pulled(str(folder), pack.pack_id)
+                   if scope is None or r.name.rpartition("/")[0] in scope]
         in_pack = {image.image_id for image in images}
         present, unchanged, links = await asyncio.to_thread(
             _observe, folder, records, [r for r in records if r.image_id not in in_pack] if options.delete else [],
