@@ -3,15 +3,18 @@ long list of patterns instead of one pathological pattern, ...)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
+import pytest
 from conftest import Env, image, write
 from test_astria import astria_pack
 from test_hostile_pull import tree
 from test_pull import pull
 
 from packsync.errors import ExitCode
+from packsync.state.lock import lock_path
 
 #: Compiles the lines of argv[1] (a file) as an exclude list, matches a name against it, and prints the
 #: seconds it took — in a child process, so that a runaway compile can be given a deadline.
@@ -66,3 +69,24 @@ def test_pull_delete_with_classes_leaves_the_other_classes_files(env: Env) -> No
 
     assert result.returncode == ExitCode.OK, result.stdout + result.stderr
     assert tree(out) == before, "nothing deleted"
+
+
+@pytest.mark.parametrize("args", [("status",), ("status", "--json"), ("run", "--no-wait"), ("run", "--dry-run")])
+def test_a_fifo_as_the_state_lock_file_is_one_sentence_and_waits_for_nothing(env: Env, args: tuple[str, ...]) -> None:
+    """``status`` read the lock's holder by opening it for reading: a FIFO there waited for a writer for
+    good. A lock file that is not a regular file is never waited on; ``run`` refuses it in one sentence."""
+    folder = env.map("pics", pack="P")
+    write(folder / "a.png", image())
+    assert env.cli("run", "--no-wait").returncode == 0
+    lock = lock_path(env.state_path)
+    lock.unlink()
+    os.mkfifo(lock)
+
+    done = env.cli(*args, timeout=20)
+
+    assert "Traceback" not in done.stderr
+    if args == ("run", "--no-wait"):
+        assert done.returncode == ExitCode.USAGE, done.stdout + done.stderr
+        assert f"cannot use the state database {lock} (a named pipe, not a regular file)." in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
