@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import Env, image, write
 from test_astria import astria_pack, listing
-from test_hostile_net import PUBLIC, internet, moved  # noqa: F401  (internet: a fixture)
+from test_hostile_net import PUBLIC, TIMEOUT_S, internet, moved, slow_env  # noqa: F401  (internet: a fixture)
 from test_hostile_pull import tree
 from test_network import Listener
 from test_pull import pull
@@ -121,3 +122,26 @@ def test_an_image_redirected_to_an_ipv6_address_carrying_an_inner_ipv4_one_is_no
     assert internet.seen == [f"GET http://{PUBLIC}/astria-img/public"]
     assert env.sandbox.calls[("GET", "astria-img")] == 1, "the secret was never asked for"
     assert env.sandbox.calls[("POST", "/files")] == 0
+
+
+@pytest.mark.parametrize("route", ["/packs/{id}/images", "/packs"])
+def test_a_trickling_answer_to_a_call_that_creates_is_not_repeated_in_the_run(env: Env, route: str) -> None:
+    """An add-image (or create-pack) whose answer's head trickles was sent again after each look at the
+    pack: six attempts of 4 T each for one image (12 minutes at T = 30 s), where a trickle costs one
+    attempt. The next run recognises an image the server did add by its URL."""
+    slow_env(env)
+    folder = env.map("pics", pack="P")
+    write(folder / "a.png", image())
+    env.sandbox.inject("trickle-head", "POST", route, count=1000)
+    started = time.monotonic()
+
+    report = env.sync()
+
+    took = time.monotonic() - started
+    assert report.exit_code == ExitCode.SOME_FAILED
+    assert "too slow" in (report.mappings[0].last_error or ""), report.mappings[0].last_error
+    assert env.sandbox.calls[("POST", route)] == 1, "given up, not tried again"
+    assert took < 7 * TIMEOUT_S + 1, f"the sync took {took:.1f} s"
+    env.sandbox.clear_faults()
+    assert env.sync().exit_code == ExitCode.OK
+    assert len(env.pack_named("P")["images"]) == 1
