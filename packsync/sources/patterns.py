@@ -20,6 +20,7 @@ pattern, which matters at 100,000 files.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -255,3 +256,11 @@ class Patterns:
     def _last(self, names: Sequence[str], folder: bool) -> _Rule | None:
         group = next((group for group in reversed(self._groups) if group.matches(names, folder)), None)
         return group.deciding(names, folder) if group is not None else None
+
+
+@functools.lru_cache(maxsize=16)
+def compiled(lines: tuple[str, ...], walked: bool = True) -> Patterns:
+    """``Patterns(lines, walked)``, compiled once for the same lines: with a pack per subfolder, every
+    subfolder's mapping reads the mapped folder's ``.packsyncignore``, and a long one (256 KiB of
+    patterns takes seconds to compile) would otherwise be compiled again for each of them, every scan."""
+    return Patterns(lines, walked)
