@@ -30,15 +30,20 @@ def open_regular(path: Path | str | int, *, follow: bool = True, dir_fd: int | N
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     fd = path if isinstance(path, int) else os.open(path, flags, dir_fd=dir_fd)
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _KINDS if test(mode)), "something else")
-            raise OSError(errno.EINVAL, f"{kind}, not a regular file", str(path))
+        check_regular(fd, path)
         os.set_blocking(fd, True)
         return io.FileIO(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def check_regular(fd: int, path: Path | str | int) -> None:
+    """An ``OSError`` saying what the file open as ``fd`` is, unless it is a regular file."""
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "something else")
+        raise OSError(errno.EINVAL, f"{kind}, not a regular file", str(path))
 
 
 def read_regular(path: Path | str, limit: int, *, follow: bool = True) -> bytes:

@@ -34,6 +34,7 @@ from packsync.errors import (
     AmbiguousError,
     AuthError,
     PermanentError,
+    Stalled,
     StateError,
     UploadRejected,
     first_error,
@@ -211,8 +212,8 @@ class Executor:
                 return await self.api.add_image(pack_id, url, file_name)
             except AmbiguousError as exc:
                 attempt += 1
-                if attempt >= self.api.retry.attempts or not self.api.take_retry():
-                    raise
+                if isinstance(exc, Stalled) or attempt >= self.api.retry.attempts or not self.api.take_retry():
+                    raise  # (a trickle costs one attempt: a next run finds an image it did add by its URL)
                 pack = await self.api.get_pack(pack_id)
                 for image in pack.images:
                     if image.url == url:

@@ -27,7 +27,7 @@ import msgspec
 
 from packsync.config import MappingConfig, pack_name
 from packsync.engine.actions import RememberPack
-from packsync.errors import AmbiguousError, MalformedAnswer, NotFound, PermanentError, TransientError
+from packsync.errors import AmbiguousError, MalformedAnswer, NotFound, PermanentError, Stalled, TransientError
 from packsync.logs import get_logger
 from packsync.mappings import recorded_pack_id
 from packsync.model import PackRead, PackSummary
@@ -136,8 +136,8 @@ class PackResolver:
             # The server may have created it before failing, or created it and answered badly: look
             # before creating another.
             found = await self._oldest_named(name)
-            if found is None and isinstance(exc, MalformedAnswer):
-                raise
+            if found is None and isinstance(exc, MalformedAnswer | Stalled):
+                raise  # (a trickle costs one attempt: not sent again in this run)
             if found is not None:
                 return Created(found)
             pack_id = await self.api.create_pack(name)

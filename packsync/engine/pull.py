@@ -223,10 +223,10 @@ class Puller:
         problems = [Problem(where, why) for cls, where, why in found.problems if classes is None or cls in classes]
         unreadable = f"{label}: {len(problems)} of its entries could not be read" if problems else None
         folder = _resolved(folder)
+        scope = None if classes is None else {safe_part(cls) for cls in classes}
         report = await self._pull(pack, [astria_download(str(folder), pack.pack_id, i) for i in chosen.values()],
                                   folder, options, PullSafety(label, SourceFacts(unreadable=unreadable),
-                                                              _limits(options)),
-                                  scope={safe_part(cls) for cls in classes} if classes is not None else None)
+                                                              _limits(options)), scope)
         report.problems[:0] = problems
         return report
 

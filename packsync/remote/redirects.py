@@ -29,14 +29,33 @@ def kind_of(address: str) -> Kind | None:
     """The kind of an IP address; None for a public one. An address that is neither global nor one of the
     named kinds (reserved, shared, unspecified: ``0.0.0.0`` reaches this machine) counts as private, or
     loopback for the unspecified one."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = _embedded(ipaddress.ip_address(address.split("%", 1)[0]))
     if ip.is_loopback or ip.is_unspecified:
         return "loopback"
     if ip.is_link_local:
         return "link-local"
     return None if ip.is_global and not ip.is_multicast else "private"
+
+
+#: IPv6 addresses that carry an IPv4 address in their last 32 bits (the bits above it, shifted down):
+#: IPv4-compatible ``::a.b.c.d``, IPv4-translated ``::ffff:0:a.b.c.d`` and NAT64's ``64:ff9b::a.b.c.d``, which
+#: a NAT64 gateway forwards to that IPv4 address. (IPv4-mapped and 6to4 have ``ipaddress`` properties.)
+_CARRIERS = (0, 0xFFFF0000, 0x64FF9B << 64)
+#: NAT64's local-use prefix (RFC 8215): where in it the IPv4 address sits is the network's choice.
+_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+def _embedded(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IPv4 address an IPv6 address leads to, judged in its place (``[64:ff9b::a9fe:a9fe]`` reaches
+    169.254.169.254 through a NAT64 gateway); ``ip`` itself otherwise, ``::`` and ``::1`` included."""
+    if not isinstance(ip, ipaddress.IPv6Address) or ip.is_loopback or ip.is_unspecified:
+        return ip
+    if ip in _LOCAL_NAT64:
+        return ipaddress.IPv4Address("10.0.0.0")  # (private: any address of this machine's network)
+    carried = ip.ipv4_mapped or ip.sixtofour
+    if carried is None and int(ip) >> 32 in _CARRIERS:
+        carried = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return carried or ip
 
 
 async def kinds_of(host: str, port: int | None) -> frozenset[Kind | None]:

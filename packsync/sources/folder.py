@@ -29,7 +29,7 @@ from packsync.files import read_regular
 from packsync.model import CachedFile, ContentItem, PathsScan, Problem, Scan
 from packsync.sources.base import SourceKind
 from packsync.sources.media import digest_file
-from packsync.sources.patterns import DEFAULT_EXCLUDE, IGNORE_FILE, Patterns
+from packsync.sources.patterns import DEFAULT_EXCLUDE, IGNORE_FILE, Patterns, compiled
 
 #: Sidecars (``engine/sidecars.py`` writes them; so do other programs) and packsync's files in the making.
 SIDECAR_SUFFIXES = (".xmp", ".packsync-tmp")
@@ -69,8 +69,8 @@ class Filters:
 
     def __post_init__(self) -> None:
         # Frozen, so the compiled patterns are set the way dataclasses set fields.
-        object.__setattr__(self, "_included", Patterns(self.include, walked=False))
-        object.__setattr__(self, "_excluded", Patterns([*self.exclude, *self.ignore_file]))
+        object.__setattr__(self, "_included", compiled((*self.include,), walked=False))
+        object.__setattr__(self, "_excluded", compiled((*self.exclude, *self.ignore_file)))
 
     def below(self, folder: str, parent: Path) -> Filters:
         """These filters for the subfolder ``folder`` of the mapped folder ``parent``."""

@@ -20,6 +20,7 @@ pattern, which matters at 100,000 files.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -192,15 +193,15 @@ def _names(globs: Sequence[str]) -> Callable[[str], Any]:
 
 def _grouped(rules: Sequence[_Rule]) -> list[_Rule | _Names]:
     """The rules, each run of name patterns made one ``_Names``."""
-    groups: list[_Rule | _Names] = []
+    runs: list[_Rule | list[_Rule]] = []
     for rule in rules:
         if rule.name is None:
-            groups.append(rule)
-        elif groups and isinstance(groups[-1], _Names):
-            groups[-1] = _Names([*groups[-1].rules, rule])
+            runs.append(rule)
+        elif runs and isinstance(runs[-1], list):
+            runs[-1].append(rule)
         else:
-            groups.append(_Names([rule]))
-    return groups
+            runs.append([rule])
+    return [_Names(run) if isinstance(run, list) else run for run in runs]
 
 
 def check(lines: Sequence[str]) -> str | None:
@@ -255,3 +256,11 @@ class Patterns:
     def _last(self, names: Sequence[str], folder: bool) -> _Rule | None:
         group = next((group for group in reversed(self._groups) if group.matches(names, folder)), None)
         return group.deciding(names, folder) if group is not None else None
+
+
+@functools.lru_cache(maxsize=16)
+def compiled(lines: tuple[str, ...], walked: bool = True) -> Patterns:
+    """``Patterns(lines, walked)``, compiled once for the same lines: with a pack per subfolder, every
+    subfolder's mapping reads the mapped folder's ``.packsyncignore``, and a long one (256 KiB of
+    patterns takes seconds to compile) would otherwise be compiled again for each of them, every scan."""
+    return Patterns(lines, walked)

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from packsync.errors import LockedError
-from packsync.files import file_id
+from packsync.files import check_regular, file_id
 from packsync.state.translate import unusable
 
 #: How often ``acquire`` tries again when the lock file it locked was deleted or replaced meanwhile.
@@ -65,8 +65,13 @@ class StateLock:
         """The lock file at the path, opened (created if missing) and locked; LockedError if someone holds it."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
         except OSError as exc:
+            raise unusable(self.path, exc) from None
+        try:
+            check_regular(fd, self.path)  # (a FIFO there would be locked, and block whoever reads its pid)
+        except OSError as exc:
+            os.close(fd)
             raise unusable(self.path, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -97,14 +102,17 @@ class StateLock:
     def holder(self) -> int | None:
         """The pid holding the lock right now, or None when nobody does."""
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # (a FIFO: no wait for a writer)
         except OSError:
             return None
         try:
+            check_regular(fd, self.path)
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             text = os.pread(fd, 32, 0).decode(errors="replace").strip()
             return int(text) if text.isdigit() else -1
+        except OSError:
+            return None  # not a regular file: no packsync holds it
         finally:
             os.close(fd)
         return None

@@ -1,0 +1,146 @@
+"""Variants of the hostile conditions already fixed: the same class of defect reached another way (a
+long list of patterns instead of one pathological pattern, ...)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import Env, image, write
+from test_astria import astria_pack, listing
+from test_hostile_net import PUBLIC, TIMEOUT_S, internet, moved, slow_env  # noqa: F401  (internet: a fixture)
+from test_network import Listener
+
+from packsync.errors import ExitCode
+from packsync.state.lock import lock_path
+
+#: Compiles the lines of argv[1] (a file) as an exclude list, matches a name against it, and prints the
+#: seconds it took — in a child process, so that a runaway compile can be given a deadline.
+COMPILED = """
+import sys, time
+from packsync.sources.patterns import Patterns
+lines = open(sys.argv[1], encoding="utf-8").read().splitlines()
+start = time.perf_counter()
+Patterns(lines).matches("a" * 60, "a" * 60, False)
+print(time.perf_counter() - start)
+"""
+
+
+def test_a_long_packsyncignore_of_name_patterns_compiles_in_time_linear_in_its_length(env: Env) -> None:
+    """Each pattern that names a file at any depth joined the one regular expression of its run by making
+    it anew with every pattern before it: 1,000 lines took 43 s, 3,000 over two minutes, all holding
+    the GIL. A run of such patterns is compiled once."""
+    ignore = env.root / "ignore"
+    ignore.write_text("".join(f"*x{i}*y*\n" for i in range(2000)), encoding="utf-8")
+
+    done = subprocess.run([sys.executable, "-c", COMPILED, str(ignore)], capture_output=True, text=True,
+                          timeout=30)
+
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) < 5.0, f"took {float(done.stdout):.1f} s"
+
+
+def test_a_run_beside_a_long_packsyncignore_ends_promptly(env: Env) -> None:
+    folder = env.map("pics", pack="P")
+    (folder / ".packsyncignore").write_text("".join(f"*x{i}*y*\n" for i in range(1500)) + "*b.png\n",
+                                            encoding="utf-8")
+    write(folder / "a.png", image())
+    write(folder / "b.png", image())
+
+    done = env.cli("run", "--dry-run", "-v", timeout=30)
+
+    assert done.returncode == 0, done.stderr
+    assert "upload+add a.png" in done.stdout
+    assert "excluded   b.png (by *b.png)" in done.stdout
+
+
+@pytest.mark.parametrize("args", [("status",), ("status", "--json"), ("run", "--no-wait"), ("run", "--dry-run")])
+def test_a_fifo_as_the_state_lock_file_is_one_sentence_and_waits_for_nothing(env: Env, args: tuple[str, ...]) -> None:
+    """``status`` read the lock's holder by opening it for reading: a FIFO there waited for a writer for
+    good. A lock file that is not a regular file is never waited on; ``run`` refuses it in one sentence."""
+    folder = env.map("pics", pack="P")
+    write(folder / "a.png", image())
+    assert env.cli("run", "--no-wait").returncode == 0
+    lock = lock_path(env.state_path)
+    lock.unlink()
+    os.mkfifo(lock)
+
+    done = env.cli(*args, timeout=20)
+
+    assert "Traceback" not in done.stderr
+    if args == ("run", "--no-wait"):
+        assert done.returncode == ExitCode.USAGE, done.stdout + done.stderr
+        assert f"cannot use the state database {lock} (a named pipe, not a regular file)." in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+
+
+CARRIED = ["http://[64:ff9b::7f00:1]:{port}/astria-img/{key}", "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+           "http://[2002:7f00:1::1]:{port}/astria-img/{key}", "http://[::127.0.0.1]:{port}/astria-img/{key}",
+           "http://[::ffff:0:7f00:1]:{port}/astria-img/{key}", "http://[64:ff9b:1::a00:1]/secret.png"]
+
+
+@pytest.mark.parametrize("location", CARRIED, ids=["NAT64 loopback", "NAT64 metadata service", "6to4",
+                                                   "IPv4-compatible", "IPv4-translated", "local-use NAT64"])
+def test_an_image_redirected_to_an_ipv6_address_carrying_an_inner_ipv4_one_is_not_followed(
+        env: Env, internet: Listener, location: str) -> None:  # noqa: F811  (the fixture imported)
+    """An IPv6 address that carries an IPv4 one (NAT64, 6to4, IPv4-compatible or -translated) leads to
+    that IPv4 address — a NAT64 gateway forwards ``[64:ff9b::a9fe:a9fe]`` to the metadata service — so it
+    is judged as that address is; these were taken for public (here the proxy plays the gateway)."""
+    pack_id, _urls = astria_pack(env, {"woman": 1})
+    secret = env.sandbox.astria.store_bytes(image(seed=99))
+    key = secret.rsplit("/", 1)[1]
+    env.sandbox.rewrite("GET", "astria:/p/{id}", listing(f"http://{PUBLIC}/astria-img/public"))
+    env.sandbox.rewrite("GET", "astria-img", moved(location.format(port=env.sandbox.port, key=key)), count=1)
+    label = env.map_astria(pack_id, pack="Headshots")
+
+    report = env.sync()
+
+    (mapping,) = [m for m in report.mappings if m.label == label]
+    (problem,) = mapping.problems
+    assert "not following a redirect to" in problem.reason, problem.reason
+    assert internet.seen == [f"GET http://{PUBLIC}/astria-img/public"]
+    assert env.sandbox.calls[("GET", "astria-img")] == 1, "the secret was never asked for"
+    assert env.sandbox.calls[("POST", "/files")] == 0
+
+
+@pytest.mark.parametrize("route", ["/packs/{id}/images", "/packs"])
+def test_a_trickling_answer_to_a_call_that_creates_is_not_repeated_in_the_run(env: Env, route: str) -> None:
+    """An add-image (or create-pack) whose answer's head trickles was sent again after each look at the
+    pack: six attempts of 4 T each for one image (12 minutes at T = 30 s), where a trickle costs one
+    attempt. The next run recognises an image the server did add by its URL."""
+    slow_env(env)
+    folder = env.map("pics", pack="P")
+    write(folder / "a.png", image())
+    env.sandbox.inject("trickle-head", "POST", route, count=1000)
+    started = time.monotonic()
+
+    report = env.sync()
+
+    took = time.monotonic() - started
+    assert report.exit_code == ExitCode.SOME_FAILED
+    assert "too slow" in (report.mappings[0].last_error or ""), report.mappings[0].last_error
+    assert env.sandbox.calls[("POST", route)] == 1, "given up, not tried again"
+    assert took < 7 * TIMEOUT_S + 1, f"the sync took {took:.1f} s"
+    env.sandbox.clear_faults()
+    assert env.sync().exit_code == ExitCode.OK
+    assert len(env.pack_named("P")["images"]) == 1
+
+
+def test_a_long_packsyncignore_is_compiled_once_for_all_the_subfolders_it_covers(env: Env) -> None:
+    """With a pack per subfolder, each subfolder's mapping compiled the mapped folder's ignore file anew:
+    3,000 lines (29 KB) cost 25 s over 20 subfolders, 256 KiB over 100 of them some 12 minutes a scan."""
+    root = env.map("clients", packs_from="subfolders")
+    (root / ".packsyncignore").write_text("".join(f"*x{i}*y*\n" for i in range(3000)), encoding="utf-8")
+    for i in range(20):
+        write(root / f"c{i}" / "a.png", image())
+    started = time.monotonic()
+
+    done = env.cli("run", "--dry-run", timeout=60)
+
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert took < 10, f"the dry run took {took:.1f} s"
