@@ -16,6 +16,7 @@ from conftest import Env, image, write
 from helpers import StartDaemon, wait_until
 from test_web import page_url
 
+from packsync.errors import ExitCode
 from packsync.sources.folder import filters_for, scan_folder
 
 #: ``*a*a*...*b`` against a long run of ``a``: exponential for a backtracking regular expression.
@@ -66,6 +67,20 @@ def test_a_hostile_packsyncignore_does_not_hold_up_a_run(env: Env) -> None:
     assert f"upload+add {'a' * 60}.png" in done.stdout
     assert f"excluded   {'a' * 59}b (by /{STARS})" in done.stdout
 
+
+
+def test_a_pattern_line_longer_than_any_path_stops_its_mapping_naming_it(env: Env) -> None:
+    """A line of 200,000 characters is no pattern anyone writes (no path is that long), and compiling it
+    cost seconds each time the file changed: it is refused like any line that is not a pattern."""
+    folder = env.map("pics", pack="P")
+    (folder / ".packsyncignore").write_text("*.tmp\n" + "*a" * 100_000 + "*b\n", encoding="utf-8")
+    write(folder / "a.png", image())
+
+    done = env.cli("run", "--dry-run", timeout=30)
+
+    assert done.returncode == ExitCode.SAFETY, done.stdout + done.stderr
+    assert "longer than 4,096 characters" in done.stdout + done.stderr
+    assert "upload+add" not in done.stdout
 
 
 def test_the_daemon_stays_responsive_beside_a_hostile_and_a_fifo_packsyncignore(daemon_env: Env,

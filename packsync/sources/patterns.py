@@ -128,11 +128,18 @@ def _fits(parts: Sequence[Part], names: Sequence[str]) -> bool:
     return all(part is None for part in parts[at:])
 
 
+#: The longest pattern line taken: Linux's longest path (PATH_MAX).
+MAX_PATTERN = 4096
+
+
 class _Rule:
     """One pattern of a list, cut at its slashes. ``name`` is the regular expression of a pattern that
     names a file or folder at any depth (no slash but a trailing one, no ``!``); None otherwise."""
 
     def __init__(self, pattern: str) -> None:
+        if len(pattern) > MAX_PATTERN:  # linear, but a line of 200,000 characters compiles for seconds
+            raise ValueError(f"{pattern[:40]!r}… is not a pattern (longer than {MAX_PATTERN:,} characters, "
+                             "which no path is)")
         self.pattern = pattern
         self.negated = pattern.startswith("!")
         body = pattern[1:] if self.negated else pattern
