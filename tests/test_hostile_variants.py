@@ -10,9 +10,7 @@ import time
 
 import pytest
 from conftest import Env, image, write
-from test_astria import astria_pack, listing
 from test_hostile_net import PUBLIC, TIMEOUT_S, internet, moved, slow_env  # noqa: F401  (internet: a fixture)
-from test_network import Listener
 
 from packsync.errors import ExitCode
 from packsync.state.lock import lock_path
@@ -76,35 +74,6 @@ def test_a_fifo_as_the_state_lock_file_is_one_sentence_and_waits_for_nothing(env
         assert f"cannot use the state database {lock} (a named pipe, not a regular file)." in done.stderr
     else:
         assert done.returncode == 0, done.stderr
-
-
-CARRIED = ["http://[64:ff9b::7f00:1]:{port}/astria-img/{key}", "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
-           "http://[2002:7f00:1::1]:{port}/astria-img/{key}", "http://[::127.0.0.1]:{port}/astria-img/{key}",
-           "http://[::ffff:0:7f00:1]:{port}/astria-img/{key}", "http://[64:ff9b:1::a00:1]/secret.png"]
-
-
-@pytest.mark.parametrize("location", CARRIED, ids=["NAT64 loopback", "NAT64 metadata service", "6to4",
-                                                   "IPv4-compatible", "IPv4-translated", "local-use NAT64"])
-def test_an_image_redirected_to_an_ipv6_address_carrying_an_inner_ipv4_one_is_not_followed(
-        env: Env, internet: Listener, location: str) -> None:  # noqa: F811  (the fixture imported)
-    """An IPv6 address that carries an IPv4 one (NAT64, 6to4, IPv4-compatible or -translated) leads to
-    that IPv4 address — a NAT64 gateway forwards ``[64:ff9b::a9fe:a9fe]`` to the metadata service — so it
-    is judged as that address is; these were taken for public (here the proxy plays the gateway)."""
-    pack_id, _urls = astria_pack(env, {"woman": 1})
-    secret = env.sandbox.astria.store_bytes(image(seed=99))
-    key = secret.rsplit("/", 1)[1]
-    env.sandbox.rewrite("GET", "astria:/p/{id}", listing(f"http://{PUBLIC}/astria-img/public"))
-    env.sandbox.rewrite("GET", "astria-img", moved(location.format(port=env.sandbox.port, key=key)), count=1)
-    label = env.map_astria(pack_id, pack="Headshots")
-
-    report = env.sync()
-
-    (mapping,) = [m for m in report.mappings if m.label == label]
-    (problem,) = mapping.problems
-    assert "not following a redirect to" in problem.reason, problem.reason
-    assert internet.seen == [f"GET http://{PUBLIC}/astria-img/public"]
-    assert env.sandbox.calls[("GET", "astria-img")] == 1, "the secret was never asked for"
-    assert env.sandbox.calls[("POST", "/files")] == 0
 
 
 @pytest.mark.parametrize("route", ["/packs/{id}/images", "/packs"])
