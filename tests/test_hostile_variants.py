@@ -10,7 +10,7 @@ import time
 
 import pytest
 from conftest import Env, image, write
-from test_hostile_net import PUBLIC, TIMEOUT_S, internet, moved, slow_env  # noqa: F401  (internet: a fixture)
+from test_hostile_net import TIMEOUT_S, slow_env
 
 from packsync.errors import ExitCode
 from packsync.state.lock import lock_path
