@@ -66,7 +66,10 @@ class MetadataLoop:
                 rounds.reset()
                 continue
             try:
-                await asyncio.wait_for(self.wake.wait(), timeout=rounds.next_delay())
+                # (asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel that comes as the
+                # wait ends, and the loop then slept on ``wake`` for good, holding up the daemon's stop)
+                async with asyncio.timeout(rounds.next_delay()):
+                    await self.wake.wait()
                 self.wake.clear()
                 rounds.reset()
             except TimeoutError:
