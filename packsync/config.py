@@ -22,6 +22,7 @@ from msgspec import Meta, Struct, field
 
 from packsync.errors import ConfigError
 from packsync.files import read_regular
+from packsync.prepare.recipe import CONVERTIBLE, STRIP_CATEGORIES, Recipe
 from packsync.sources.base import astria_label
 from packsync.sources.patterns import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE  # (said here, with the other defaults)
 from packsync.sources.patterns import check as check_patterns
@@ -37,6 +38,8 @@ TOKEN_ENVS = ("GENVIRAL_TOKEN", "GENVIRAL_API_KEY")
 DEFAULT_ASTRIA_URL = "https://api.astria.ai"
 ASTRIA_TOKEN_ENV = "ASTRIA_API_KEY"
 DEFAULT_LISTEN = "127.0.0.1:8780"
+#: The smallest ``max_edge``: a smaller one is a typo, not a slide.
+MIN_EDGE = 256
 #: Genviral's longest pack name, in UTF-16 code units (its schema is JavaScript's: that is what it counts).
 MAX_PACK_NAME = 120
 #: What JavaScript's ``trim`` strips (its WhiteSpace and LineTerminator characters): Genviral trims a pack's
@@ -175,10 +178,18 @@ class MappingConfig(_Strict, frozen=True):
     #: "subfolders": each direct subfolder of ``path`` into a pack of its own, named after it (``pack_prefix`` first).
     packs_from: Literal["folder", "subfolders"] = "folder"
     pack_prefix: Annotated[str, Meta(max_length=60)] = ""
+    #: What is removed from each file before upload: "location" (GPS and place tags), "serials" (camera and
+    #: lens serial numbers), "people" (names, creators, face regions); [] uploads the bytes as they are.
+    strip: list[str] = field(default_factory=lambda: ["location", "serials"])
+    #: Scale the long edge down to this many pixels before upload (0: never).
+    max_edge: Annotated[int, Meta(ge=0)] = 0
+    #: These formats are uploaded as JPEG ("heic", "heif", "avif", "png", "webp").
+    convert_to_jpeg: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._check_source()
         self._check_pack()
+        self._check_recipe()
         for key, lines in (("include", self.include), ("exclude", self.exclude)):
             if problem := check_patterns(lines):
                 raise ValueError(f"{key}: {problem}")
@@ -209,6 +220,23 @@ class MappingConfig(_Strict, frozen=True):
                 raise ValueError(f"pack: Genviral takes at most {MAX_PACK_NAME} characters (an emoji counts as 2)")
             # The name the server will store: what is created, remembered and compared.
             msgspec.structs.force_setattr(self, "pack", name)
+
+    def _check_recipe(self) -> None:
+        for key, given, allowed in (("strip", self.strip, STRIP_CATEGORIES),
+                                    ("convert_to_jpeg", self.convert_to_jpeg, CONVERTIBLE)):
+            unknown = [word for word in given if word not in allowed]
+            if unknown:
+                raise ValueError(f"{key}: {unknown[0]!r} is not one of {', '.join(map(repr, allowed))}")
+        if 0 < self.max_edge < MIN_EDGE:
+            raise ValueError(f"max_edge: {self.max_edge} px is too small (0 for no resize, else at least {MIN_EDGE})")
+        if "avif" in self.convert_to_jpeg and self.include == DEFAULT_INCLUDE:
+            # (AVIF is not among Genviral's types: its files are included once they can be uploaded)
+            msgspec.structs.force_setattr(self, "include", [*DEFAULT_INCLUDE, "*.avif"])
+
+    @property
+    def recipe(self) -> Recipe:
+        """What is done to each file's bytes before upload."""
+        return Recipe(tuple(sorted(set(self.strip))), self.max_edge, tuple(sorted(set(self.convert_to_jpeg))))
 
     @property
     def label(self) -> str:

@@ -12,6 +12,7 @@ Errors are classified by what the caller should do about them, not by where they
     │   ├── SourceUnavailable             the whole source (a mapped folder) is missing or unreadable
     │   ├── ItemChanged                   one item's bytes are no longer those that were listed
     │   ├── XmpError                      a sidecar that is not an XMP packet packsync can read: left alone
+    │   ├── Unpreparable                  an item its recipe cannot prepare for upload (undecodable, too large)
     │   └── LinkInTheWay                  a link below a pull's folder: nothing is written or deleted through it
     └── ApiError                          an API (Genviral's, its storage, Astria's) or a download failed
         ├── AuthError             exit 3  401/402/403: the key itself is refused; stop everything
@@ -30,7 +31,8 @@ sentence the user reads.
 
 Lower-layer exceptions are translated into these in exactly one place each: httpx2's exceptions and
 HTTP statuses in ``remote/wire.py``, malformed JSON answers in ``remote/answers.py``, SQLite's in
-``state/translate.py``, the file system's in ``sources/folder.py``.
+``state/translate.py``, the file system's in ``sources/folder.py``, the image libraries' in
+``engine/preparing.py``.
 """
 
 from __future__ import annotations
@@ -96,6 +98,10 @@ class ItemChanged(SourceError):
 
 class XmpError(SourceError):
     """A sidecar packsync cannot read as an XMP packet: it is left as it is, and reported."""
+
+
+class Unpreparable(SourceError):
+    """An item its mapping's recipe cannot prepare for upload: a per-item problem, with its reason."""
 
 
 class LinkInTheWay(SourceError):

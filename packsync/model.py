@@ -154,6 +154,28 @@ class ManagedImage(msgspec.Struct, frozen=True):
     file_name: str
     owner: str
     metadata: Metadata = Metadata()
+    #: The key of the recipe its upload was prepared with (or, since, found to give the same bytes): ''
+    #: for the file's bytes as they are.
+    recipe: str = ""
+
+
+class PreparedContent(msgspec.Struct, frozen=True):
+    """What a recipe (``recipe``, its key) makes of a content (``sha256``): the ``changes`` it makes (none:
+    the bytes go as they are), the bytes uploaded (``upload_sha256``, ``size``, ``content_type``: known once
+    prepared, not when only inspected), or why the file cannot be prepared (``problem``)."""
+
+    sha256: str
+    recipe: str
+    changes: tuple[str, ...] = ()
+    upload_sha256: str | None = None
+    size: int | None = None
+    content_type: str | None = None
+    problem: str | None = None
+
+    @property
+    def uploaded_as(self) -> str | None:
+        """The hash of the bytes this recipe uploads, where known: the content's own when it changes nothing."""
+        return self.sha256 if not self.changes and self.problem is None else self.upload_sha256
 
 
 class RemoteImage(msgspec.Struct, frozen=True):

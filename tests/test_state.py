@@ -72,7 +72,8 @@ def version_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
 def upgraded(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
     """``every_row`` of a schema-6 file as it reads once upgraded to this schema."""
     return {**rows, "meta": sorted([("app", "packsync"), ("schema", str(SCHEMA_VERSION))], key=repr),
-            "files": sorted(map(version_row, rows["files"]), key=repr)}
+            "files": sorted(map(version_row, rows["files"]), key=repr),
+            "images": [(*row, "") for row in rows["images"]]}  # (schema 8: each uploaded as it was)
 
 
 def schema_6_ddl() -> list[str]:

@@ -24,8 +24,18 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import msgspec
 
 from packsync.config import MappingConfig
-from packsync.errors import ItemChanged, NotFound, PermanentError, TransientError, UploadRejected
-from packsync.model import Blob, CachedFile, ContentItem, ManagedImage, Metadata, Problem, UrlContent
+from packsync.errors import ItemChanged, NotFound, PermanentError, TransientError, Unpreparable, UploadRejected
+from packsync.model import (
+    Blob,
+    CachedFile,
+    ContentItem,
+    ManagedImage,
+    Metadata,
+    PreparedContent,
+    Problem,
+    UrlContent,
+)
+from packsync.prepare.recipe import AS_IS, Recipe
 
 if TYPE_CHECKING:  # the executor's context, named only: importing it would bring in the HTTP client
     from packsync.engine.executor import Run
@@ -229,6 +239,34 @@ class RecordDownloads(Action, frozen=True):
         run.state.uploads.save_url_contents(self.contents)
 
 
+class RecordPrepared(Action, frozen=True):
+    """What observing learnt of what the mapping's recipe makes of some contents (inspected or prepared)."""
+
+    kind: ClassVar[str] = "record-prepared"
+    order: ClassVar[int] = 5
+    work: ClassVar[bool] = False
+
+    contents: tuple[PreparedContent, ...]
+
+    async def apply(self, run: Run) -> None:
+        run.state.uploads.save_prepared(self.contents)
+
+
+class RecordRecipe(Action, frozen=True):
+    """Images whose bytes are what the mapping's recipe (``recipe``, its key) makes of their files — it
+    changes what their old one changed — are recorded as made with it: nothing to upload again."""
+
+    kind: ClassVar[str] = "record-recipe"
+    order: ClassVar[int] = 5
+
+    pack_id: str
+    image_ids: tuple[str, ...]
+    recipe: str
+
+    async def apply(self, run: Run) -> None:
+        run.state.images.set_recipe(self.pack_id, self.image_ids, self.recipe)
+
+
 class ForgetImage(Action, frozen=True):
     """Drop the record of an image that is no longer in the pack."""
 
@@ -272,20 +310,32 @@ class AdoptImage(Action, frozen=True):
 # -- transfers --------------------------------------------------------------------------------------
 
 class AddImage(Action, frozen=True):
-    """Add the content of ``item`` to the pack, as ``file_name``, once its upload gave it a URL."""
+    """Add the content of ``item`` to the pack, as ``file_name``, once its upload — of the bytes ``recipe``
+    makes of it — gave it a URL. ``replaces``: the image (made with another recipe) it takes the place of;
+    that one's delete follows in the delete phase."""
 
     kind: ClassVar[str] = "add"
     phase: ClassVar[Phase | None] = "transfer"
 
     item: ContentItem
     file_name: str
+    recipe: Recipe = AS_IS
+    replaces: str | None = None
 
     @property
     def sha256(self) -> str:
         return self.item.sha256
 
+    @property
+    def upload_key(self) -> str:
+        """What one upload serves: a content as one recipe makes it (as it is: the content's hash)."""
+        return f"{self.sha256}:{self.recipe.key}" if self.recipe.key else self.sha256
+
     def about(self) -> tuple[str | None, str | None]:
         return self.item.key, None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **({"replaces": self.replaces} if self.replaces else {})}
 
     async def apply(self, run: Run) -> None:
         url = None
@@ -295,15 +345,17 @@ class AddImage(Action, frozen=True):
         except NotFound as exc:
             run.stop(f"pack {run.pack_name!r} is gone or out of the key's scope ({exc})")
             return
-        except (TransientError, PermanentError, UploadRejected, ItemChanged) as exc:
+        except (TransientError, PermanentError, UploadRejected, ItemChanged, Unpreparable) as exc:
             if url is not None and isinstance(exc, PermanentError) and "image_url" in exc.fields:
                 # The API refuses the uploaded URL: upload the content afresh next time, never reuse it.
                 run.state.uploads.forget_blob(self.sha256)
             run.fail(f"{self.mapping}/{self.item.key}", str(exc))
             return
         run.state.images.record([ManagedImage(run.pack_id, image_id, self.sha256, url, self.file_name,
-                                              self.mapping)])
+                                              self.mapping, recipe=self.recipe.key)])
         run.outcome.added += 1
+        if changes := run.changes_of(self):
+            run.outcome.prepared.append((self.item.key, changes))
         run.progress.advance("added")
         run.log.debug("image added", file=self.file_name, image_id=image_id)
 

@@ -34,6 +34,7 @@ from packsync.config import MappingConfig
 from packsync.engine.planner import MappingInput, MappingOptions
 from packsync.mappings import recorded_pack_id
 from packsync.model import CachedFile, ContentItem, ManagedImage, PathsScan, RemoteImage, RemotePack, Scan
+from packsync.prepare.recipe import Recipe
 from packsync.sources.base import Source
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
@@ -90,6 +91,8 @@ async def observe(state: State, mapping: MappingConfig, source: Source, paths: C
         witness = dict([min(witness.items())])
         contents |= _held(witness).keys()
     images = state.images.holding(pack_id, contents)
+    if any(image.recipe != mapping.recipe.key for image in images if image.owner in (label, "")):
+        return None  # (an image made with another recipe: whether to replace it takes a look at its file)
     new = {item.sha256 for item in partial.scan.items} - {image.sha256 for image in images}
     if new and state.uploads.seen_in_images(new):
         return None
@@ -102,7 +105,7 @@ async def observe(state: State, mapping: MappingConfig, source: Source, paths: C
                    managed, witness)
 
 
-def restricted_input(changes: Changes, options: MappingOptions) -> MappingInput:
+def restricted_input(changes: Changes, options: MappingOptions, recipe: Recipe) -> MappingInput:
     """The planner's input for the contents a change touches: its plan is the whole mapping's plan for
     them (see the module's docstring). ``options`` are the mapping's, as for a full plan."""
     scan = changes.partial.scan
@@ -118,4 +121,4 @@ def restricted_input(changes: Changes, options: MappingOptions) -> MappingInput:
                       tuple(RemoteImage(i.image_id, i.url, i.metadata) for i in changes.images))
     # max_delete is a share of every image the mapping manages, not of the few in this input.
     return MappingInput(label=changes.label, pack_name=changes.pack_name, scan=now, managed=ours, remote=pack,
-                        known_urls={}, options=options, others=others, managed_in_pack=changes.managed)
+                        known_urls={}, options=options, others=others, managed_in_pack=changes.managed, recipe=recipe)

@@ -29,6 +29,7 @@ import msgspec
 from packsync.engine.actions import Action, AddImage, Phase, Upload
 from packsync.engine.packs import PackResolver
 from packsync.engine.planner import MappingPlan, Plan
+from packsync.engine.preparing import Prepared, Preparer
 from packsync.engine.progress import QUIET, ProgressObserver
 from packsync.errors import (
     AmbiguousError,
@@ -36,11 +37,12 @@ from packsync.errors import (
     PermanentError,
     Stalled,
     StateError,
+    Unpreparable,
     UploadRejected,
     first_error,
 )
 from packsync.logs import get_logger
-from packsync.model import Blob
+from packsync.model import Blob, PreparedContent
 from packsync.remote.genviral import GenviralClient
 from packsync.sources.base import Source
 
@@ -67,6 +69,7 @@ class MappingOutcome(msgspec.Struct):
     error: str | None = None
     deletes_skipped: int = 0
     renamed_from: str | None = None  # the subfolder it was, when its pack followed a rename
+    prepared: list[tuple[str, tuple[str, ...]]] = msgspec.field(default_factory=list)  # (item, what was changed)
     sidecars: SidecarReport | None = None
 
 
@@ -102,10 +105,15 @@ class Run:
     async def add_once(self, url: str, file_name: str) -> str:
         return await self._executor.add_once(self.pack_id, url, file_name)
 
+    def changes_of(self, add: AddImage) -> tuple[str, ...]:
+        """What preparing ``add``'s content for upload changed, as far as this run prepared it."""
+        return self._executor.changes.get(add.upload_key, ())
+
 
 class Executor:
     def __init__(self, api: GenviralClient, state: State, packs: PackResolver, sources: Mapping[str, Source],
-                 progress: ProgressObserver = QUIET, sidecar_pass: asyncio.Lock | None = None) -> None:
+                 progress: ProgressObserver = QUIET, sidecar_pass: asyncio.Lock | None = None,
+                 preparer: Preparer | None = None) -> None:
         self.api = api
         self.state = state
         self.packs = packs
@@ -116,11 +124,16 @@ class Executor:
         self._uploads: dict[str, asyncio.Task[str]] = {}
         self._urls: dict[str, str] = {}
         self._planned: dict[str, Upload] = {}
+        self.preparer = preparer or Preparer()
+        self.changes: dict[str, tuple[str, ...]] = {}  # by upload: what preparing it changed
+        # Files read (and prepared) but not yet sent, at most: enough to keep every connection and every
+        # core busy, few enough that memory does not grow with the number of adds waiting.
+        self._in_hand = asyncio.Semaphore(self.api.concurrency + self.preparer.workers)
 
     async def run(self, plan: Plan) -> list[MappingOutcome]:
         """Carry out ``plan`` up to its ``finish`` phase; one outcome per mapping, in the plan's order."""
         outcomes = [MappingOutcome(m.label, m.pack_id) for m in plan.mappings]
-        self._planned = {upload.add.sha256: upload for upload in plan.uploads}
+        self._planned = {upload.add.upload_key: upload for upload in plan.uploads}
         self._urls = dict(plan.urls)
         runs = [Run(self, mapping, outcome) for mapping, outcome in zip(plan.mappings, outcomes, strict=True)]
         try:
@@ -170,27 +183,47 @@ class Executor:
         await self._bounded(run, "delete")
 
     def url_of(self, add: AddImage) -> Awaitable[str]:
-        """The CDN URL of ``add``'s content, uploading it once however many packs want it."""
-        if add.sha256 in self._urls:
-            return _ready(self._urls[add.sha256])
-        task = self._uploads.get(add.sha256)
+        """The CDN URL of ``add``'s content as its recipe makes it, uploading it once however many packs want it."""
+        key = add.upload_key
+        if key in self._urls:
+            return _ready(self._urls[key])
+        task = self._uploads.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._upload(self._planned[add.sha256]))
-            self._uploads[add.sha256] = task
+            task = asyncio.ensure_future(self._upload(self._planned[key]))
+            self._uploads[key] = task
         return asyncio.shield(task)
 
     async def _upload(self, upload: Upload) -> str:
-        add, blob = upload.add, upload.resume
-        source = self.sources[add.mapping]
+        async with self._in_hand:
+            add = upload.add
+            try:
+                made = await self.preparer.prepare(add.sha256, await self.sources[add.mapping].read(add.item),
+                                                   add.item.content_type, add.recipe)
+            except Unpreparable as exc:
+                self.state.uploads.save_prepared([PreparedContent(add.sha256, add.recipe.key, problem=str(exc))])
+                raise
+            if not add.recipe.as_is:
+                self.state.uploads.save_prepared([made.record])
+                self.changes[add.upload_key] = made.record.changes
+            blob = upload.resume
+            sent = made.record.upload_sha256 or add.sha256
+            if blob is None or blob.sha256 != sent:  # (the same bytes may be uploaded already, for another file)
+                blob = self.state.uploads.blobs({sent}).get(sent)
+                if blob and blob.uploaded and blob.url:
+                    self.progress.advance("uploaded")
+                    return blob.url
+            return await self._put(add, made, blob)
+
+    async def _put(self, add: AddImage, made: Prepared, blob: Blob | None) -> str:
         rejected: UploadRejected | None = None
+        sent = made.record.upload_sha256 or add.sha256
         for _attempt in range(UPLOAD_TRIES):
             if not (blob and blob.url and blob.upload_url and (blob.expires_at or 0) - EXPIRY_MARGIN_S > time.time()):
-                ticket = await self.api.create_upload(add.item.content_type, add.file_name, add.item.size)
-                blob = Blob(add.sha256, ticket.content_type, ticket.url, ticket.upload_url, ticket.expires_at)
+                ticket = await self.api.create_upload(made.content_type, add.file_name, len(made.data))
+                blob = Blob(sent, ticket.content_type, ticket.url, ticket.upload_url, ticket.expires_at)
                 self.state.uploads.save_blob(blob)
-            data = await source.read(add.item)
             try:
-                await self.api.put_bytes(blob.upload_url or "", data, blob.content_type)
+                await self.api.put_bytes(blob.upload_url or "", made.data, blob.content_type)
             except UploadRejected as exc:
                 rejected = exc
                 self.log.info("upload URL rejected; asking for a new one", item=add.item.key, error=str(exc))

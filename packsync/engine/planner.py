@@ -19,7 +19,12 @@ deletes, withheld deletes and the metadata to record. The rules, in order:
    contents the scan could not positively see gone (``Scan.keep``).
 5. Images packsync did not add are the user's: deleted only with ``prune_foreign``. Images another
    mapping owns in the same pack are neither: that mapping's to delete; their content is present.
-6. Safety (``safety_stop``, the one place every safety stop is decided): nothing is deleted from a
+6. A recorded image whose upload was prepared with another recipe than the mapping's now (``strip``
+   turned on, say) is checked against what the new recipe makes of its file (``prepared``, observed):
+   the same changes give the same bytes, and the record just takes the new recipe; other changes
+   *replace* the image — the new one added, then the old one deleted (a delete like any other, under
+   the safety stops; a replacement whose delete is withheld is not added either: no copy twice).
+7. Safety (``safety_stop``, the one place every safety stop is decided): nothing is deleted from a
    missing source packsync synced from or one that could not be scanned, even with ``--force``;
    deletes are withheld (and the mapping reported) when the source looks empty while the pack holds
    its images, or when they exceed ``max_delete``, unless ``--force``.
@@ -43,12 +48,14 @@ from packsync.engine.actions import (
     DeleteImage,
     ForgetImage,
     RecordMetadata,
+    RecordRecipe,
     RememberPack,
     RenamePack,
     Upload,
     WithheldDelete,
 )
-from packsync.model import Blob, ContentItem, ManagedImage, Metadata, RemoteImage, RemotePack, Scan
+from packsync.model import Blob, ContentItem, ManagedImage, Metadata, PreparedContent, RemoteImage, RemotePack, Scan
+from packsync.prepare.recipe import AS_IS, Recipe
 
 A = TypeVar("A", bound=Action)
 
@@ -93,6 +100,11 @@ class MappingInput(msgspec.Struct, frozen=True):
     remember: RememberPack | None = None  # the pack the resolver found, when the state does not know it yet
     gone_pack: str | None = None  # the remembered pack found deleted: its records go once a new one exists
     renamed: RenamePack | None = None  # a renamed subfolder taking over its old name's records and pack
+    recipe: Recipe = AS_IS  # what is done to a file's bytes before upload
+    #: What recipes make of contents, by (content, recipe key), where observing learnt it: the mapping's
+    #: recipe for the contents of images made with another, and for the contents to add (their uploaded
+    #: bytes are how an image in the pack is recognised as theirs).
+    prepared: Mapping[tuple[str, str], PreparedContent] = msgspec.field(default_factory=dict)
 
 
 class MappingPlan(msgspec.Struct):
@@ -211,12 +223,7 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
     """Decide the actions that make ``source.remote`` mirror ``source.scan``."""
     remote = source.remote
     plan = MappingPlan(source.label, source.pack_name, remote.pack_id if remote else None)
-    if source.renamed:
-        plan.actions.append(source.renamed)
-    if remote is None:
-        plan.actions.append(CreatePack(source.label, source.pack_name, source.gone_pack))
-    elif source.remember:
-        plan.actions.append(source.remember)
+    plan.actions += _pack_actions(source)
     wanted: dict[str, ContentItem] = {}
     for item in sorted(source.scan.items, key=lambda i: i.key):
         wanted.setdefault(item.sha256, item)
@@ -235,8 +242,8 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
         deletes += [DeleteImage(source.label, image.image_id, image.url, "not in the folder (prune_foreign)")
                     for image in walk.foreign]
 
-    adds = [AddImage(source.label, item, file_name_for(_name(item)))
-            for sha256, item in wanted.items() if sha256 not in walk.kept]
+    adds = [AddImage(source.label, item, _uploaded_name(item, source.recipe), source.recipe,
+                     walk.replaced.get(sha256)) for sha256, item in wanted.items() if sha256 not in walk.kept]
     if source.unknown:  # any of those images may hold what would be added: adding waits for their bytes
         plan.waiting, adds = adds, []
     plan.actions += adds
@@ -247,7 +254,36 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
         scan.source, sum(d.reason != "duplicate" for d in deletes), not scan.items and not scan.problems, managed,
         managed + (len(walk.foreign) if source.options.prune_foreign else 0)), source.options)
     plan.actions += [WithheldDelete(**msgspec.structs.asdict(d)) for d in deletes] if plan.safety else deletes
+    _replacing(plan, walk, source.recipe)
     return plan
+
+
+def _pack_actions(source: MappingInput) -> list[Action]:
+    """The pack renamed, created or remembered, as the mapping needs."""
+    actions: list[Action] = [source.renamed] if source.renamed else []
+    if source.remote is None:
+        actions.append(CreatePack(source.label, source.pack_name, source.gone_pack))
+    elif source.remember:
+        actions.append(source.remember)
+    return actions
+
+
+def _replacing(plan: MappingPlan, walk: _Walk, recipe: Recipe) -> None:
+    """Record the images the recipe makes anew as they are; hold back the replacements whose old image
+    a safety stop keeps (the same picture twice)."""
+    if plan.safety:
+        plan.actions = [a for a in plan.actions if not (isinstance(a, AddImage) and a.replaces)]
+    if walk.same:
+        plan.actions.append(RecordRecipe(plan.label, walk.pack_id, tuple(walk.same), recipe.key))
+
+
+def _uploaded_name(item: ContentItem, recipe: Recipe) -> str:
+    """The image's name: the file's, with a converted file's extension made ``.jpg``."""
+    name = file_name_for(_name(item))
+    if not recipe.converts(item.content_type):
+        return name
+    stem, dot, _ext = name.rpartition(".")
+    return file_name_for(f"{stem if dot else name}.jpg")
 
 
 class _Walk:
@@ -262,6 +298,12 @@ class _Walk:
         self.foreign: list[RemoteImage] = []
         self.kept: set[str] = set()
         self.deletes: list[DeleteImage] = []
+        self.replaced: dict[str, str] = {}  # content -> the image its replacement replaces
+        self.same: list[str] = []  # images the mapping's recipe makes anew as they are
+        recipe = source.recipe.key
+        # The contents whose uploads the mapping's recipe made, by the hash of the bytes uploaded.
+        self.uploaded = {p.uploaded_as: sha for (sha, key), p in source.prepared.items()
+                         if key == recipe and p.uploaded_as and sha in wanted}
         # Contents some image in the pack already holds as packsync's: a foreign copy of one is not adopted.
         self.held = {self.recorded[i.image_id].sha256 if i.image_id in self.recorded
                      else source.others.get(i.image_id) or source.known_urls.get(i.url)
@@ -276,7 +318,7 @@ class _Walk:
         if image is None and seen.url in source.known_urls:  # our upload, added but never recorded
             image = self._adopt(seen, source.known_urls[seen.url], recovered=True)
         if image is None and seen.url in source.contents:  # not ours, but the bytes of an item we hold
-            sha256 = source.contents[seen.url]
+            sha256 = self.uploaded.get(source.contents[seen.url], source.contents[seen.url])
             if sha256 in self.kept or sha256 in self.held:
                 self.plan.duplicates.append(seen)
             elif sha256 in self.wanted:
@@ -288,8 +330,11 @@ class _Walk:
 
     def _adopt(self, seen: RemoteImage, sha256: str, recovered: bool) -> ManagedImage:
         name = _name(self.wanted[sha256]) if sha256 in self.wanted else seen.url
+        # Bytes its recipe made are the recipe's; the file's own bytes are the file as it is.
+        recipe = self.source.recipe.key if self.uploaded.get(self.source.contents.get(seen.url, "")) == sha256 \
+            or recovered else ""
         image = ManagedImage(self.pack_id, seen.image_id, sha256, seen.url, file_name_for(name), self.source.label,
-                             seen.metadata)
+                             seen.metadata, recipe)
         self.plan.actions.append(AdoptImage(self.source.label, image, recovered))
         return image
 
@@ -299,11 +344,32 @@ class _Walk:
         if image.sha256 in self.kept:
             self.deletes.append(DeleteImage(source.label, image.image_id, image.url, "duplicate", image.sha256,
                                             image.file_name))
+        elif image.sha256 in self.wanted and not self._as_recipe_makes(image):
+            self.replaced[image.sha256] = image.image_id
+            self.deletes.append(DeleteImage(source.label, image.image_id, image.url, "replaced (prepared anew)",
+                                            image.sha256, image.file_name))
         elif image.sha256 in self.wanted or image.sha256 in source.scan.keep or not source.options.delete:
             self.kept.add(image.sha256)
         else:
             self.deletes.append(DeleteImage(source.label, image.image_id, image.url, "file removed", image.sha256,
                                             image.file_name))
+
+
+    def _as_recipe_makes(self, image: ManagedImage) -> bool:
+        """Whether the image holds what the mapping's recipe makes of its content (as far as is known: a
+        file the recipe could not be judged on keeps its image). The same changes make the same bytes."""
+        recipe = self.source.recipe.key
+        if image.recipe == recipe:
+            return True
+        now = self.source.prepared.get((image.sha256, recipe))
+        if now is None or now.problem is not None:
+            return True
+        before = () if image.recipe == "" else getattr(self.source.prepared.get((image.sha256, image.recipe)),
+                                                       "changes", None)
+        if now.changes == before:
+            self.same.append(image.image_id)
+            return True
+        return False
 
 
 class Deletes(msgspec.Struct, frozen=True):
@@ -355,15 +421,26 @@ def _counted(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def plan_uploads(mappings: list[MappingPlan], blobs: Mapping[str, Blob]) -> Plan:
-    """Complete mapping plans with the uploads they need; ``blobs`` covers at least their adds' contents."""
+def uploaded_as(add: AddImage, prepared: Mapping[tuple[str, str], PreparedContent]) -> str | None:
+    """The hash of the bytes ``add`` uploads, where it is known before they are prepared."""
+    if add.recipe.as_is:
+        return add.sha256
+    known = prepared.get((add.sha256, add.recipe.key))
+    return known.uploaded_as if known else None
+
+
+def plan_uploads(mappings: list[MappingPlan], blobs: Mapping[str, Blob],
+                 prepared: Mapping[tuple[str, str], PreparedContent] | None = None) -> Plan:
+    """Complete mapping plans with the uploads they need (one per content and recipe); ``blobs`` covers at
+    least the uploads of their adds' contents whose bytes are known (``uploaded_as``)."""
     uploads: dict[str, Upload] = {}
     urls: dict[str, str] = {}
     for mapping in mappings:
         for add in mapping.adds:
-            blob = blobs.get(add.sha256)
+            upload = uploaded_as(add, prepared or {})
+            blob = blobs.get(upload) if upload else None
             if blob and blob.uploaded and blob.url:
-                urls[add.sha256] = blob.url
-            elif add.sha256 not in uploads:
-                uploads[add.sha256] = Upload(add.mapping, add, blob)
+                urls[add.upload_key] = blob.url
+            elif add.upload_key not in uploads:
+                uploads[add.upload_key] = Upload(add.mapping, add, blob)
     return Plan(mappings, list(uploads.values()), urls)

@@ -28,10 +28,12 @@ import msgspec
 
 from packsync.config import Config, MappingConfig
 from packsync.engine import changes as incremental
+from packsync.engine import prepared as recipes
 from packsync.engine.actions import (
     Action,
     RecordDownloads,
     RecordPaths,
+    RecordPrepared,
     RecordScan,
     RecordSync,
     RenamePack,
@@ -51,7 +53,9 @@ from packsync.engine.planner import (
     plan_mapping,
     plan_uploads,
     safety_stop,
+    uploaded_as,
 )
+from packsync.engine.preparing import Preparer
 from packsync.engine.progress import QUIET, ProgressObserver
 from packsync.engine.subfolders import Target, observe, source_of, targets
 from packsync.errors import (
@@ -182,6 +186,7 @@ class Syncer:
         self.metadata = metadata
         self.progress = progress
         self.log = get_logger()
+        self.preparer = Preparer()
         self._downloads = 0
 
     async def sync(self, options: SyncOptions = SyncOptions(), only: Collection[str] | None = None,
@@ -210,13 +215,21 @@ class Syncer:
         except* PacksyncError as errors:
             raise first_error(errors) from None
         plans = [self._complete(report) for report in result.mappings]
-        result.plan = plan_uploads(plans, self.state.uploads.blobs({add.sha256 for p in plans for add in p.adds}))
+        result.plan = self._uploads(plans)
         if not options.dry_run:
             await self._execute(result, options)
         else:
             for plan in result.plan.mappings:  # (the sidecars a run would write: shown, as every other step)
                 plan.actions = [action.previewed(self.state) for action in plan.actions]
         return result
+
+    def _uploads(self, plans: list[MappingPlan]) -> Plan:
+        """The plans with the uploads they need, and the URLs of those already in storage."""
+        adds = [add for plan in plans for add in plan.adds]
+        prepared = self.state.uploads.prepared({add.sha256 for add in adds},
+                                               {add.recipe.key for add in adds if not add.recipe.as_is})
+        sent = {upload for add in adds if (upload := uploaded_as(add, prepared))}
+        return plan_uploads(plans, self.state.uploads.blobs(sent), prepared)
 
     async def _execute(self, result: SyncReport, options: SyncOptions) -> None:
         """Carry the plan out; wait for the metadata if asked; then the sidecars and the records."""
@@ -288,7 +301,8 @@ class Syncer:
                 self.log.warning(problem.reason, mapping=outcome.label, path=problem.rel_path)
 
     def _executor(self) -> Executor:
-        return Executor(self.api, self.state, self.packs, self.sources, self.progress, self.sidecar_pass)
+        return Executor(self.api, self.state, self.packs, self.sources, self.progress, self.sidecar_pass,
+                        self.preparer)
 
     # -- observing ----------------------------------------------------------------------------------
 
@@ -366,13 +380,14 @@ class Syncer:
         if seen is None:
             return False
         scan, config = seen.partial.scan, report.config
+        recipes.unuploadable(scan, config.recipe)
         report.records.append(RecordPaths(report.label, seen.partial.scope, seen.previous, scan.cache,
                                           scan.problems))
         report.problems, report.hashed_files, report.excluded = scan.problems, scan.hashed_files, scan.excluded
         report.pack_id, report.pack_name = seen.pack_id, seen.pack_name
         report.changed = frozenset({*scan.cache, *seen.partial.gone})
         report.plan = plan_mapping(incremental.restricted_input(seen, MappingOptions(
-            config.delete, config.prune_foreign, config.max_delete, options.force)))
+            config.delete, config.prune_foreign, config.max_delete, options.force), config.recipe))
         report.safety = report.plan.safety
         return True
 
@@ -398,6 +413,7 @@ class Syncer:
 
     async def _plan_scanned(self, report: MappingReport, options: SyncOptions, scan: Scan,
                             previous: dict[str, CachedFile], read: Resolved | None) -> None:
+        recipes.unuploadable(scan, report.config.recipe)
         report.problems, report.hashed_files, report.excluded = scan.problems, scan.hashed_files, scan.excluded
         changes = self.state.mappings.changes()  # (-1: not counted, as in a state of an older schema read as is)
         pack = read.pack if read and not report.error else None
@@ -487,12 +503,20 @@ class Syncer:
         unknown = 0
         if mapping.adopt and remote and missing:  # only when a file may be in the pack already
             contents, unknown = await self._contents(report, remote, unrecorded - known_urls.keys(), mapping)
+        unmatched = bool(set(contents.values()) - {item.sha256 for item in scan.items})
+        seen = await recipes.observe(self.state, self.sources[report.label], self.preparer, mapping.recipe, scan,
+                                     managed, missing, unmatched)
+        if seen.learnt:
+            report.records.append(RecordPrepared(report.label, tuple(seen.learnt)))
+        made = {p.uploaded_as: sha for (sha, key), p in seen.prepared.items() if key == mapping.recipe.key}
+        known_urls = {url: made.get(sha, sha) for url, sha in known_urls.items()}
         return MappingInput(
             label=mapping.label, pack_name=mapping.pack or (remote.name if remote else ""), scan=scan,
             managed=managed, remote=remote, known_urls=known_urls,
             options=MappingOptions(mapping.delete, mapping.prune_foreign, mapping.max_delete, options.force),
             others=others, contents=contents, unknown=unknown, remember=None if report.target.renamed_from
-            else read.remember, gone_pack=read.gone, renamed=self._rename(report, remote))
+            else read.remember, gone_pack=read.gone, renamed=self._rename(report, remote), recipe=mapping.recipe,
+            prepared=seen.prepared)
 
     def _rename(self, report: MappingReport, remote: RemotePack | None) -> RenamePack | None:
         old = report.target.renamed_from

@@ -14,7 +14,7 @@ import time
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, bindparam, case, delete, func, or_, select, text, true
+from sqlalchemy import ColumnElement, String, bindparam, case, delete, func, or_, select, text, true, update
 
 from packsync.model import METADATA_SETTLED, ManagedImage, Metadata
 from packsync.state.sqlite import upsert
@@ -25,7 +25,8 @@ from packsync.state.uploads import batches
 IMAGES = table(ImageRow)
 #: The columns an image is read from, in ``image``'s order.
 COLUMNS = tuple(IMAGES.c[name] for name in ("pack_id", "image_id", "sha256", "url", "file_name", "owner",
-                                            "meta_status", "description", "keywords", "meta_error", "meta_model"))
+                                            "meta_status", "description", "keywords", "meta_error", "meta_model",
+                                            "recipe"))
 SETTLED = tuple(sorted(METADATA_SETTLED))
 
 # An upsert, never a replace: a replaced row would leave the search index (kept by triggers) holding the
@@ -37,13 +38,16 @@ _FORGET_ALL = Bulk(delete(IMAGES).where(IMAGES.c.pack_id == bindparam("pack_id")
 _FORGET = Bulk(delete(IMAGES).where(IMAGES.c.pack_id == bindparam("pack_id"), _OWNED,
                                     IMAGES.c.image_id == bindparam("image_id")), "pack_id", "any_owner", "owner",
                "image_id")
+_SET_RECIPE = Bulk(update(IMAGES).where(IMAGES.c.pack_id == bindparam("pack_id"),
+                                        IMAGES.c.image_id == bindparam("image_id")).values(recipe=bindparam("to")),
+                   "to", "pack_id", "image_id")
 
 #: Settled metadata read without its details is the same value for every image: share it.
 _BARE = {status: Metadata(status) for status in METADATA_SETTLED}
 
 
 def image(pack_id: str, image_id: str, sha256: str, url: str, file_name: str, owner: str, status: str,
-          description: str | None, keywords: str, error: str | None, model: str | None) -> ManagedImage:
+          description: str | None, keywords: str, error: str | None, model: str | None, recipe: str) -> ManagedImage:
     """An image from the columns of its row (``COLUMNS``). Its keywords are a JSON list (``rows`` saw to
     that); one that is not text counts as none, as in an answer (``answers.metadata``)."""
     if description is None and error is None and keywords == "[]" and model is None:
@@ -53,7 +57,7 @@ def image(pack_id: str, image_id: str, sha256: str, url: str, file_name: str, ow
         if not all(word.__class__ is str for word in words):
             words = tuple(word for word in words if word.__class__ is str)
         metadata = Metadata(status, description, words, error, model)
-    return ManagedImage(pack_id, image_id, sha256, url, file_name, owner, metadata)
+    return ManagedImage(pack_id, image_id, sha256, url, file_name, owner, metadata, recipe)
 
 
 def managed_by(owner: str | None) -> ColumnElement[bool]:
@@ -76,7 +80,7 @@ class ImageRepository:
             unsettled = IMAGES.c.meta_status.not_in(SETTLED)
             c = IMAGES.c
             columns = (*COLUMNS[:7], case((unsettled, c.description)), case((unsettled, c.keywords), else_="[]"),
-                       case((unsettled, c.meta_error)), case((unsettled, c.meta_model)))
+                       case((unsettled, c.meta_error)), case((unsettled, c.meta_model)), c.recipe)
         rows = self.unit.rows(select(*columns).where(IMAGES.c.pack_id == pack_id, managed_by(owner)))
         return [image(*row) for row in rows]
 
@@ -107,8 +111,12 @@ class ImageRepository:
         now = time.time()
         self.unit.write(_RECORD, [
             (i.pack_id, i.image_id, i.sha256, i.url, i.file_name, i.metadata.status, i.metadata.description,
-             json.dumps(list(i.metadata.keywords)), i.metadata.error, now, i.owner, i.metadata.model)
+             json.dumps(list(i.metadata.keywords)), i.metadata.error, now, i.owner, i.metadata.model, i.recipe)
             for i in images])
+
+    def set_recipe(self, pack_id: str, image_ids: Iterable[str], recipe: str) -> None:
+        """Record that these images are what ``recipe`` makes of their content (it gives the bytes they hold)."""
+        self.unit.write(_SET_RECIPE, [(recipe, pack_id, image_id) for image_id in image_ids])
 
     def forget(self, pack_id: str, image_ids: Iterable[str] | None = None, *, owner: str | None = None) -> None:
         """Drop image records of ``pack_id``: the given ones, or all of them (of ``owner``, if given)."""

@@ -33,7 +33,7 @@ INDEX = [
 ]
 _FIND = text(
     "SELECT i.pack_id, i.image_id, i.sha256, i.url, i.file_name, i.owner, i.meta_status, i.description, "
-    "i.keywords, i.meta_error, i.meta_model FROM image_text JOIN images i ON i.rowid = image_text.rowid "
+    "i.keywords, i.meta_error, i.meta_model, i.recipe FROM image_text JOIN images i ON i.rowid = image_text.rowid "
     "WHERE image_text MATCH :terms ORDER BY bm25(image_text) LIMIT :limit")
 
 

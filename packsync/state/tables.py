@@ -17,7 +17,7 @@ from sqlalchemy import Index, Table, text
 from sqlmodel import Field, SQLModel
 
 #: The version of the schema below; a file of a newer one is refused, an older one upgraded.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 #: What ``meta``'s ``app`` row says in a state file of packsync's.
 APP_ID = "packsync"
 #: An image whose AI metadata is still to come (``model.METADATA_SETTLED`` are the others), as SQL with
@@ -100,6 +100,21 @@ class ImageRow(SQLModel, table=True):
     added_at: float
     owner: str  # '' (images recorded before schema 2 whose mapping was not known): any mapping's
     meta_model: str | None
+    recipe: str  # the key of the recipe its upload was prepared with: '' for the file's bytes as they are
+
+
+class PreparedRow(SQLModel, table=True):
+    """What a recipe makes of a content: the changes (comma-separated; '' for none), the bytes uploaded
+    (null until prepared, when only inspected), or why it cannot be prepared."""
+
+    __tablename__ = "prepared"
+    sha256: str = Field(primary_key=True)
+    recipe: str = Field(primary_key=True)
+    changes: str
+    upload_sha256: str | None
+    size: int | None
+    content_type: str | None
+    problem: str | None
 
 
 class UrlContentRow(SQLModel, table=True):
@@ -179,7 +194,7 @@ METADATA = SQLModel.metadata
 #: Every table, by name.
 TABLES: dict[str, Table] = {table(model).name: table(model) for model in (
     MetaRow, FileRow, ProblemRow, SidecarRow, BlobRow, ImageRow, UrlContentRow, PulledRow, MappingRow, DaemonRow,
-    ChangeCountRow, SettledRow)}
+    ChangeCountRow, SettledRow, PreparedRow)}
 #: The tables a mapping's plan reads besides its scan and its pack: every change to one of them is
 #: counted (``changes``), so a fingerprint of a plan's inputs can hold the state's part as a number.
-PLANNED_FROM = ("images", "blobs", "url_contents")
+PLANNED_FROM = ("images", "blobs", "url_contents", "prepared")

@@ -1,6 +1,6 @@
 """Bringing a state file of any schema up to this one — or, for a reader, showing it as if it were.
 
-Every release before this one wrote SQLite files, of schemas 1 to 6; this module knows what each
+Every release before this one wrote SQLite files, of schemas 1 to 7; this module knows what each
 lacked. A writer creates what is missing and migrates forward in one transaction, so that a run killed
 half-way, or a first run killed before it wrote its schema version, leaves a file the next run
 finishes. A reader (``--dry-run``, ``status``) writes nothing: tables added since are empty temporary
@@ -102,6 +102,8 @@ def _add_columns(unit: UnitOfWork) -> None:
         unit.execute(f"UPDATE images SET owner = {_OWNER_BEFORE_2}")
     if columns and "meta_model" not in columns:  # schema 4 → 5
         unit.execute("ALTER TABLE images ADD COLUMN meta_model VARCHAR")
+    if columns and "recipe" not in columns:  # schema 7 → 8: every image so far was uploaded as it was
+        unit.execute("ALTER TABLE images ADD COLUMN recipe VARCHAR NOT NULL DEFAULT ''")
     columns = columns_of(unit.connection, "mappings")
     if columns and "source_name" not in columns:  # schema 2 → 3
         unit.execute("ALTER TABLE mappings ADD COLUMN source_name VARCHAR")
@@ -117,9 +119,10 @@ def read_as_current(unit: UnitOfWork, version: int | None, tables: set[str]) -> 
         for name in sorted(TABLES.keys() - tables):
             create_temp_table(connection, TABLES[name])
         columns = columns_of(connection, "images")
-        if columns and not columns >= {"owner", "meta_model"}:  # a view keeps the rowid, for the search index
+        if columns and not columns >= {"owner", "meta_model", "recipe"}:  # (the view keeps the rowid: search)
             added = [] if "owner" in columns else [f"{_OWNER_BEFORE_2} AS owner"]
             added += [] if "meta_model" in columns else ["NULL AS meta_model"]
+            added += [] if "recipe" in columns else ["'' AS recipe"]
             unit.execute(f"CREATE TEMP VIEW images AS SELECT rowid AS rowid, *, {', '.join(added)} "
                          "FROM main.images AS images")
         if "files" in tables and "version" not in columns_of(connection, "files"):

@@ -1,7 +1,9 @@
-"""What the state remembers of contents moving in and out: uploads (``blobs``), the contents of URLs
-packsync downloaded (``url_contents``), and the files ``packsync pull`` wrote (``pulled``).
+"""What the state remembers of contents moving in and out: what a recipe makes of a content before
+upload (``prepared``), uploads (``blobs``), the contents of URLs packsync downloaded (``url_contents``),
+and the files ``packsync pull`` wrote (``pulled``).
 
-An upload is known by its content's hash and serves every pack; a URL's content is remembered so that
+An upload is known by the hash of the bytes uploaded (a content's own, unless its recipe changed them)
+and serves every pack; a URL's content is remembered so that
 no URL is downloaded twice. This repository knows nothing of the images that use them.
 """
 
@@ -12,17 +14,19 @@ from typing import Any
 
 from sqlalchemy import bindparam, delete, select
 
-from packsync.model import Blob, PulledFile, UrlContent
+from packsync.model import Blob, PreparedContent, PulledFile, UrlContent
 from packsync.state.sqlite import upsert
-from packsync.state.tables import BlobRow, PulledRow, UrlContentRow, table
+from packsync.state.tables import BlobRow, PreparedRow, PulledRow, UrlContentRow, table
 from packsync.state.unit import Bulk, UnitOfWork
 
-BLOBS, URL_CONTENTS, PULLED = table(BlobRow), table(UrlContentRow), table(PulledRow)
+BLOBS, URL_CONTENTS, PULLED, PREPARED = table(BlobRow), table(UrlContentRow), table(PulledRow), table(PreparedRow)
 #: How many keys one ``IN (…)`` holds at most (the database limits a statement's parameters).
 IN_AT_MOST = 500
 
 _SAVE_BLOB = Bulk(upsert(BLOBS), "sha256", "content_type", "url", "upload_url", "expires_at", "uploaded")
 _FORGET_BLOB = Bulk(delete(BLOBS).where(BLOBS.c.sha256 == bindparam("sha256")), "sha256")
+_SAVE_PREPARED = Bulk(upsert(PREPARED), "sha256", "recipe", "changes", "upload_sha256", "size", "content_type",
+                      "problem")
 _SAVE_URL_CONTENT = Bulk(upsert(URL_CONTENTS), "url", "sha256", "size", "content_type", "problem")
 _SAVE_PULLED = Bulk(upsert(PULLED), "folder", "pack_id", "image_id", "name", "url", "sha256")
 _FORGET_PULLED = Bulk(delete(PULLED).where(PULLED.c.folder == bindparam("folder"), PULLED.c.pack_id ==
@@ -44,6 +48,24 @@ def _url_content_row(content: UrlContent) -> tuple[Any, ...]:
 class UploadRepository:
     def __init__(self, unit: UnitOfWork) -> None:
         self.unit = unit
+
+    # -- prepared contents -------------------------------------------------------------------------
+
+    def prepared(self, shas: Collection[str], recipes: Collection[str]) -> dict[tuple[str, str], PreparedContent]:
+        """What these recipes (their keys) make of these contents, where it is known: by (content, recipe)."""
+        c = PREPARED.c
+        found: dict[tuple[str, str], PreparedContent] = {}
+        for batch in batches(shas):
+            for sha, recipe, changes, upload, size, kind, problem in self.unit.rows(select(
+                    c.sha256, c.recipe, c.changes, c.upload_sha256, c.size, c.content_type, c.problem).where(
+                    c.sha256.in_(batch), c.recipe.in_(list(recipes)))):
+                found[sha, recipe] = PreparedContent(sha, recipe, tuple(changes.split(",")) if changes else (),
+                                                     upload, size, kind, problem)
+        return found
+
+    def save_prepared(self, contents: Iterable[PreparedContent]) -> None:
+        self.unit.write(_SAVE_PREPARED, [(p.sha256, p.recipe, ",".join(p.changes), p.upload_sha256, p.size,
+                                          p.content_type, p.problem) for p in contents])
 
     # -- uploads -----------------------------------------------------------------------------------
 

@@ -56,7 +56,8 @@ def _mapping(mapping: MappingStatus) -> dict[str, Any]:
 
 def _file(item: FileStatus) -> dict[str, Any]:
     return {"path": item.path, "sha256": item.sha256, "state": item.state, "problem": item.problem,
-            "image_id": item.image_id, "metadata": _metadata(item.metadata) if item.metadata else None}
+            "image_id": item.image_id, "metadata": _metadata(item.metadata) if item.metadata else None,
+            "prepared": list(item.prepared)}
 
 
 def _metadata(meta: Metadata) -> dict[str, Any]:
@@ -92,6 +93,8 @@ def run_document(report: SyncReport) -> dict[str, Any]:
             "added": outcome.added if outcome else 0, "deleted": outcome.deleted if outcome else 0,
             "adopted": outcome.adopted if outcome else 0, "recovered": outcome.recovered if outcome else 0,
             "failed": [{"item": where, "reason": why} for where, why in (outcome.failures if outcome else [])],
+            "prepared": [{"item": key, "changes": list(changes)} for key, changes in (outcome.prepared if outcome
+                                                                                      else [])],
             "skipped": [{"path": p.rel_path, "reason": p.reason, "notice": p.notice} for p in mapping.problems],
             "error": mapping.fatal, "safety_stop": mapping.safety,
             "withheld_deletes": len(mapping.plan.withheld) if mapping.plan else 0,

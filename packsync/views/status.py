@@ -31,6 +31,8 @@ class FileStatus(msgspec.Struct, frozen=True):
     problem: str | None = None
     image_id: str | None = None
     metadata: Metadata | None = None
+    #: What preparing it for upload changed (its image's recipe): "location", "resize:2160", "jpeg"…
+    prepared: tuple[str, ...] = ()
 
 
 class MappingStatus(msgspec.Struct, frozen=True):
@@ -147,12 +149,15 @@ def _files(mapping: MappingConfig, state: State, pack_id: str | None, problems: 
     for image in state.images.holding(pack_id, {sha for _key, sha in page if sha}) if pack_id else []:
         if image.owner in (mapping.label, "") or image.sha256 not in held:
             held[image.sha256] = image if image.owner in (mapping.label, "") else None
+    recipes = {image.recipe for image in held.values() if image and image.recipe}
+    made = state.uploads.prepared(held.keys(), recipes) if recipes else {}
     detail = []
     for key, sha in page:
         own = held.get(sha or "")
         # an Astria image (its key is its URL) is shown by the name it was added with
         shown = own.file_name if own and mapping.astria_pack is not None else key
+        changes = made[own.sha256, own.recipe].changes if own and (own.sha256, own.recipe) in made else ()
         detail.append(FileStatus(shown, sha, "synced" if (sha or "") in held else "pending", None,
-                                 own.image_id if own else None, own.metadata if own else None))
+                                 own.image_id if own else None, own.metadata if own else None, changes))
     detail += [FileStatus(p.rel_path, None, "skipped" if p.notice else "failed", p.reason) for p in problems]
     return sorted(detail, key=lambda f: f.path)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, TextIO
 
 from packsync.model import AstriaPack, AstriaPackSummary, PackSummary, Problem
+from packsync.prepare.recipe import describe
 from packsync.sources.base import kind_of
 from packsync.views.json import when
 from packsync.views.status import FileStatus, Status
@@ -40,7 +41,7 @@ def _header(path: object, pack: str, pack_id: str | None) -> str:
 def print_plan(report: SyncReport, out: TextIO, verbose: bool = False) -> None:
     """The ``--dry-run`` listing: every upload, add and delete, per mapping (``verbose``: and what the
     exclude patterns left out, and by which pattern). Changes nothing."""
-    uploads = {upload.add.sha256 for upload in report.plan.uploads} if report.plan else set()
+    uploads = {upload.add.upload_key for upload in report.plan.uploads} if report.plan else set()
     for mapping in report.mappings:
         out.write(_header(mapping.label, mapping.pack_name, mapping.pack_id) + "\n")
         if mapping.notice:
@@ -65,8 +66,10 @@ def print_plan(report: SyncReport, out: TextIO, verbose: bool = False) -> None:
 def _planned(plan: MappingPlan, uploads: set[str], out: TextIO) -> None:
     """One mapping's adds, adoptions, deletes and withheld deletes, as a dry run lists them."""
     for add in plan.adds:
-        verb = "upload+add" if add.sha256 in uploads else "add"
-        out.write(f"  {verb:<10} {printable(add.item.key)}\n")
+        verb = "replace" if add.replaces else "upload+add" if add.upload_key in uploads else "add"
+        why = f" (image {printable(add.replaces)} was prepared otherwise; it goes once this one is added)" \
+            if add.replaces else ""
+        out.write(f"  {verb:<10} {printable(add.item.key)}{why}\n")
     for adopt in plan.adopts:
         if not adopt.recovered:
             out.write(f"  {'adopt':<10} image {printable(adopt.image.image_id)} as "
@@ -132,6 +135,7 @@ def print_run(report: SyncReport, out: TextIO) -> None:
                       + (f", {outcome.deletes_skipped} deletes postponed" if outcome.deletes_skipped else "") + "\n")
             for where, why in outcome.failures:
                 out.write(f"  failed     {printable(where)}: {printable(why)}\n")
+            _prepared(outcome.prepared, out)
         if mapping.fatal:
             out.write(f"  error      {printable(mapping.fatal)}\n")
         if mapping.sidecars and (mapping.sidecars.written or mapping.sidecars.removed):
@@ -142,6 +146,17 @@ def print_run(report: SyncReport, out: TextIO) -> None:
     if report.metadata_pending:
         out.write(f"metadata: {report.metadata_pending} images still pending; "
                   "`packsync status` shows them as they complete\n")
+
+
+def _prepared(prepared: list[tuple[str, tuple[str, ...]]], out: TextIO) -> None:
+    """The files uploaded other than as they are, a line per kind of change."""
+    by_changes: dict[tuple[str, ...], list[str]] = {}
+    for key, changes in prepared:
+        by_changes.setdefault(changes, []).append(key)
+    for changes, keys in by_changes.items():
+        shown = ", ".join(printable(key) for key in keys[:PROBLEMS_SHOWN])
+        more = f" and {len(keys) - PROBLEMS_SHOWN} more" if len(keys) > PROBLEMS_SHOWN else ""
+        out.write(f"  {'prepared':<10} {describe(changes)}: {shown}{more}\n")
 
 
 def print_status(status: Status, out: TextIO) -> None:
@@ -177,6 +192,8 @@ def _file_line(item: FileStatus) -> str:
     line += f", metadata {file_meta.status}]" if file_meta else "]"
     if item.problem:
         line += f"  {printable(item.problem)}"
+    if item.prepared:
+        line += f"\n      uploaded with {describe(item.prepared)}"
     if file_meta and file_meta.description:
         line += f"\n      {printable(file_meta.description)}"
     if file_meta and file_meta.keywords:

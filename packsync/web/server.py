@@ -43,6 +43,7 @@ from packsync.config import Config, MappingConfig, read_password
 from packsync.errors import ConfigError
 from packsync.logs import get_logger
 from packsync.mappings import concrete, group_of
+from packsync.prepare.recipe import describe
 from packsync.sources.media import sniff
 from packsync.state.lock import StateLock
 from packsync.state.store import State
@@ -97,6 +98,7 @@ class Site:
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined)
         self.templates.filters["basename"] = lambda source: Path(source).name or source
+        self.templates.globals["describe"] = describe
 
     def close(self) -> None:
         for pool in (self.worker, self.prober):

@@ -1,0 +1,109 @@
+"""Observing what a mapping's recipe makes of its contents, for the planner: writes nothing.
+
+Three things a plan needs to know of a recipe's work before anything is uploaded:
+
+- for each image made with another recipe than the mapping's now, the changes the new one makes to its
+  file (*inspected*: metadata and dimensions only), so that the planner replaces only the images whose
+  bytes would change;
+- when the pack holds images packsync cannot tell as its own (a lost state), the bytes the recipe
+  uploads for each content still to add (*prepared*), since those are what such an image holds;
+- the contents that cannot be uploaded at all: a file the recipe cannot prepare (its reason on record),
+  and a type Genviral does not take that the recipe does not convert.
+
+What is learnt is returned for the executor to record (``record-prepared``), as downloads are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from packsync.engine.preparing import Preparer
+from packsync.errors import NotFound, PermanentError, SourceError, TransientError, Unpreparable
+from packsync.model import SUPPORTED, ContentItem, ManagedImage, PreparedContent, Problem, Scan
+from packsync.prepare.recipe import Recipe
+from packsync.sources.base import Source
+
+if TYPE_CHECKING:
+    from packsync.state.store import State
+
+
+class Observed(msgspec.Struct):
+    """What the recipe makes of the contents a plan needs, by (content, recipe key); what was learnt now."""
+
+    prepared: dict[tuple[str, str], PreparedContent] = msgspec.field(default_factory=dict)
+    learnt: list[PreparedContent] = msgspec.field(default_factory=list)
+
+
+def unuploadable(scan: Scan, recipe: Recipe) -> None:
+    """Move the items of a type Genviral does not take, and that ``recipe`` does not convert, to the
+    scan's problems (their contents kept: a file is not deleted for a setting)."""
+    for item in [i for i in scan.items if i.content_type not in SUPPORTED and not recipe.converts(i.content_type)]:
+        scan.items.remove(item)
+        scan.keep.add(item.sha256)
+        kind = item.content_type.removeprefix("image/")
+        scan.problems.append(Problem(item.key, f"{kind.upper()} images are not accepted by Genviral; add "
+                                               f"{kind!r} to convert_to_jpeg to upload them as JPEG"))
+
+
+async def observe(state: State, source: Source, preparer: Preparer, recipe: Recipe, scan: Scan,
+                  managed: Sequence[ManagedImage], missing: Collection[str], unmatched: bool) -> Observed:
+    """What the planner needs to know of ``recipe``'s work on ``scan`` (see the module's docstring).
+
+    ``missing``: the contents no image in the pack is known to hold; ``unmatched``: whether the pack
+    holds images whose bytes match no content of the source (then the bytes the recipe uploads for the
+    missing contents are worth knowing)."""
+    if recipe.as_is:
+        return Observed()
+    items = {item.sha256: item for item in scan.items}
+    stale = {image.sha256: image.recipe for image in managed if image.recipe != recipe.key and image.sha256 in items}
+    adding = set(missing) & items.keys()
+    seen = Observed(state.uploads.prepared(stale.keys() | adding, {recipe.key, *stale.values()}))
+    known = seen.prepared
+    await _learn(seen, source, preparer, recipe, [items[s] for s in stale if (s, recipe.key) not in known], False)
+    if unmatched:
+        await _learn(seen, source, preparer, recipe, [items[s] for s in adding if not getattr(
+            known.get((s, recipe.key)), "uploaded_as", None)], True)
+    for sha in adding:
+        if (found := known.get((sha, recipe.key))) and found.problem:
+            _refuse(scan, items[sha], found.problem)
+    return seen
+
+
+async def _learn(seen: Observed, source: Source, preparer: Preparer, recipe: Recipe, items: Iterable[ContentItem],
+                 prepare: bool) -> None:
+    """Inspect (or prepare) each item, a few at a time: only that many files are in memory at once."""
+    slots = asyncio.Semaphore(preparer.workers * 2)
+
+    async def one(item: ContentItem) -> None:
+        async with slots:
+            await _learn_one(seen, source, preparer, recipe, item, prepare)
+
+    await asyncio.gather(*map(one, items))
+
+
+async def _learn_one(seen: Observed, source: Source, preparer: Preparer, recipe: Recipe, item: ContentItem,
+                     prepare: bool) -> None:
+    try:
+        data = await source.read(item)
+    except (SourceError, TransientError, PermanentError, NotFound):
+        return  # (changed, gone, unreadable: the next scan sees what it holds then)
+    if prepare:
+        try:
+            found = (await preparer.prepare(item.sha256, data, item.content_type, recipe)).record
+        except Unpreparable as exc:
+            found = PreparedContent(item.sha256, recipe.key, problem=str(exc))
+    else:
+        found = await preparer.inspect(item.sha256, data, item.content_type, recipe)
+    seen.prepared[item.sha256, recipe.key] = found
+    seen.learnt.append(found)
+
+
+def _refuse(scan: Scan, item: ContentItem, why: str) -> None:
+    for other in [i for i in scan.items if i.sha256 == item.sha256]:
+        scan.items.remove(other)
+        scan.problems.append(Problem(other.key, f"cannot be prepared for upload: {why}"))
+    scan.keep.add(item.sha256)

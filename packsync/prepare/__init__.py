@@ -1,0 +1,1 @@
+"""Placeholder: the preparation library lands from its own branch."""

@@ -1,0 +1,257 @@
+"""Images prepared before upload, end to end: what reaches the pack is read back from the sandbox's storage
+(and checked with Debian's exiftool where it is installed); the file on disk stays the identity."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import photos
+import pytest
+from conftest import Env, write
+from PIL import Image
+
+from packsync.errors import ExitCode
+
+UPLOAD = ("POST", "/files")
+ADD = ("POST", "/packs/{id}/images")
+DELETE = ("DELETE", "/packs/{id}/images/{imageId}")
+LOCATION = ("GPSLatitude", "GPSLongitude", "GPSPosition", "City", "Country", "LocationCreated", "LocationShown")
+SERIALS = ("SerialNumber", "LensSerialNumber", "InternalSerialNumber")
+needs_exiftool = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed: apt-get "
+                                    "install libimage-exiftool-perl (the uploads are then checked by a real reader)")
+
+
+def pixels(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as opened:
+        return opened.convert("RGBA").tobytes()
+
+
+def tags_named(tags: dict[str, Any], names: tuple[str, ...]) -> list[str]:
+    """The tags (exiftool's ``Group:Name`` keys) whose name is one of ``names``."""
+    return [key for key in tags if key.split(":")[-1] in names]
+
+
+def only_upload(env: Env, pack_id: str) -> bytes:
+    found = env.cdn_bytes(pack_id)
+    assert len(found) == 1, f"the pack holds {len(found)} images"
+    return found[0]
+
+
+def status_files(env: Env) -> list[dict[str, Any]]:
+    document = json.loads(env.cli("status", "--json", "--files", token=None).stdout)
+    return [file for mapping in document["mappings"] for file in mapping["file_list"]]
+
+
+MAKERS = {"jpeg": photos.jpeg, "png": photos.png, "webp": photos.webp}
+
+
+@pytest.mark.parametrize("kind", sorted(MAKERS))
+def test_location_and_serials_never_leave_the_machine_and_nothing_else_changes(env: Env, kind: str) -> None:
+    folder = env.map("photos", pack="Trip")
+    original = write(folder / f"beach.{kind}", MAKERS[kind](64, 48)).read_bytes()
+
+    report = env.sync()
+
+    assert report.exit_code == ExitCode.OK
+    pack_id = env.pack_named("Trip")["id"]
+    sent = only_upload(env, pack_id)
+    assert sent != original
+    assert pixels(sent) == pixels(original), "stripping tags never re-encodes the pixels"
+    with Image.open(io.BytesIO(sent)) as opened:
+        assert opened.info.get("icc_profile"), "the colour profile is kept"
+        assert opened.getexif().get(0x0112) == 6, "the orientation is kept"
+        assert 0x8825 not in opened.getexif(), "no GPS directory"
+    assert original == (folder / f"beach.{kind}").read_bytes(), "the file itself is never changed"
+    files = status_files(env)
+    assert [(f["path"], f["state"], f["prepared"]) for f in files] == [
+        (f"beach.{kind}", "synced", ["location", "serials"])]
+
+
+@needs_exiftool
+def test_exiftool_finds_no_location_or_serial_in_an_upload_but_the_orientation_and_profile(env: Env) -> None:
+    folder = env.map("photos", pack="Trip")
+    write(folder / "beach.jpg", photos.jpeg(64, 48))
+    before = photos.exiftool(folder / "beach.jpg")
+    assert before is not None and tags_named(before, LOCATION) and tags_named(before, SERIALS), "the fixture is honest"
+
+    assert env.sync().exit_code == ExitCode.OK
+
+    tags = photos.exiftool(only_upload(env, env.pack_named("Trip")["id"]))
+    assert tags is not None
+    assert tags_named(tags, LOCATION) == [] and tags_named(tags, SERIALS) == []
+    assert [tags[key] for key in tags_named(tags, ("Orientation",))] == [6]
+    assert tags_named(tags, ("ProfileDescription",)), "the ICC profile is still there"
+
+
+def test_strip_nothing_uploads_the_exact_bytes(env: Env) -> None:
+    folder = env.map("photos", pack="Trip", strip=[])
+    original = write(folder / "beach.jpg", photos.jpeg(64, 48)).read_bytes()
+
+    assert env.sync().exit_code == ExitCode.OK
+
+    assert only_upload(env, env.pack_named("Trip")["id"]) == original
+    assert status_files(env)[0]["prepared"] == []
+
+
+def test_max_edge_scales_a_large_photo_down_as_it_is_displayed(env: Env) -> None:
+    folder = env.map("photos", pack="Trip", max_edge=400)
+    write(folder / "tall.jpg", photos.jpeg(1200, 900))  # stored landscape, shown portrait (orientation 6)
+
+    assert env.sync().exit_code == ExitCode.OK
+
+    sent = only_upload(env, env.pack_named("Trip")["id"])
+    with Image.open(io.BytesIO(sent)) as opened:
+        assert opened.format == "JPEG"
+        assert opened.size == (300, 400), "rotated as displayed, then the long edge scaled to max_edge"
+        assert opened.getexif().get(0x0112, 1) == 1, "the rotation is in the pixels now"
+        assert opened.info.get("icc_profile"), "the colour profile is kept"
+        assert 0x8825 not in opened.getexif()
+    assert status_files(env)[0]["prepared"] == ["location", "serials", "resize:400"]
+
+
+def test_a_heic_photo_is_uploaded_as_a_jpeg_named_so(env: Env) -> None:
+    folder = env.map("photos", pack="Trip", convert_to_jpeg=["heic", "heif"])
+    write(folder / "IMG_0001.HEIC", photos.heic(64, 48))
+
+    assert env.sync().exit_code == ExitCode.OK
+
+    image, = env.pack(env.pack_named("Trip")["id"])["images"]
+    assert image["file_name"] == "IMG_0001.jpg" and image["url"].endswith(".jpg")
+    sent = only_upload(env, env.pack_named("Trip")["id"])
+    with Image.open(io.BytesIO(sent)) as opened:
+        opened.load()
+        assert opened.format == "JPEG" and opened.size == (48, 64)
+
+
+def test_an_avif_photo_is_a_problem_until_it_is_converted(env: Env) -> None:
+    folder = env.map("photos", pack="Trip", include=["*.avif"])
+    write(folder / "a.avif", photos.avif(64, 48))
+
+    refused = env.sync()
+
+    assert [(p.rel_path, "convert_to_jpeg" in p.reason) for p in refused.mappings[0].problems] == [("a.avif", True)]
+    env.mappings[0]["convert_to_jpeg"] = ["avif"]
+    assert env.sync().exit_code == ExitCode.OK
+    with Image.open(io.BytesIO(only_upload(env, env.pack_named("Trip")["id"]))) as opened:
+        assert opened.format == "JPEG"
+
+
+def test_a_lost_state_adopts_the_prepared_images_and_uploads_nothing(env: Env) -> None:
+    folder = env.map("photos", pack="Trip", max_edge=400)
+    write(folder / "a.jpg", photos.jpeg(1200, 900))
+    write(folder / "b.png", photos.png(64, 48))
+    assert env.cli("run", "--no-wait").returncode == 0
+    pack_id = env.pack_named("Trip")["id"]
+    before = {image["id"] for image in env.pack(pack_id)["images"]}
+    shutil.rmtree(env.state_path.parent)
+    env.sandbox.reset_calls()
+
+    result = env.cli("run", "--no-wait")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 adopted" in result.stdout
+    assert env.sandbox.mutating_calls() == 0, "nothing uploaded, added or deleted"
+    assert {image["id"] for image in env.pack(pack_id)["images"]} == before
+    env.sandbox.reset_calls()
+    assert "0 added, 0 deleted, 0 failed" in env.cli("run", "--no-wait").stdout
+    assert env.sandbox.mutating_calls() == 0
+
+
+def test_turning_strip_on_replaces_only_the_images_that_carried_the_tags(env: Env) -> None:
+    folder = env.map("photos", pack="Trip", strip=[])
+    write(folder / "gps.jpg", photos.jpeg(64, 48))
+    write(folder / "plain.jpg", photos.jpeg(64, 48, gps=False, serials=False, people=False, xmp_location=False,
+                                            iptc=False))
+    for n in range(2):
+        write(folder / f"more-{n}.png", photos.png(32, 32, gps=False, serials=False, xmp_location=False))
+    assert env.sync().exit_code == ExitCode.OK
+    pack_id = env.pack_named("Trip")["id"]
+    ids = {image["file_name"]: image["id"] for image in env.pack(pack_id)["images"]}
+    del env.mappings[0]["strip"]  # the default: location and serials
+    env.sandbox.reset_calls()
+
+    dry = env.cli("run", "--dry-run")
+    assert "replace    gps.jpg" in dry.stdout and "plain.jpg" not in dry.stdout, dry.stdout
+    assert env.sandbox.mutating_calls() == 0
+
+    report = env.sync()
+
+    assert report.exit_code == ExitCode.OK
+    after = {image["file_name"]: image["id"] for image in env.pack(pack_id)["images"]}
+    assert after.keys() == ids.keys()
+    assert after["gps.jpg"] != ids["gps.jpg"], "the image with a location was replaced"
+    assert {k: v for k, v in after.items() if k != "gps.jpg"} == {k: v for k, v in ids.items() if k != "gps.jpg"}
+    assert (env.sandbox.calls[UPLOAD], env.sandbox.calls[ADD], env.sandbox.calls[DELETE]) == (1, 1, 1)
+    env.sandbox.reset_calls()
+    again = env.sync()
+    assert again.exit_code == ExitCode.OK and env.sandbox.mutating_calls() == 0, "settled"
+
+
+def test_a_replacement_withheld_by_the_safety_stop_adds_no_second_copy(env: Env) -> None:
+    folder = env.map("photos", pack="Trip", strip=[], max_delete=1)
+    for n in range(3):
+        write(folder / f"gps-{n}.jpg", photos.jpeg(48, 32))
+    assert env.sync().exit_code == ExitCode.OK
+    pack_id = env.pack_named("Trip")["id"]
+    del env.mappings[0]["strip"]
+    env.sandbox.reset_calls()
+
+    stopped = env.sync()
+
+    assert stopped.exit_code == ExitCode.SAFETY
+    assert env.sandbox.mutating_calls() == 0, "no replacement is added while its old image must stay"
+    assert len(env.pack(pack_id)["images"]) == 3
+    forced = env.sync(force=True)
+    assert forced.exit_code == ExitCode.OK
+    assert len(env.pack(pack_id)["images"]) == 3
+    assert all(photos.exiftool(data) is None or not tags_named(photos.exiftool(data) or {}, LOCATION)
+               for data in env.cdn_bytes(pack_id))
+
+
+def test_a_file_that_cannot_be_decoded_is_a_problem_of_its_own_and_the_rest_syncs(env: Env) -> None:
+    folder = env.map("photos", pack="Trip", max_edge=400)
+    good = photos.jpeg(64, 48)
+    # A JPEG's start and end around bytes no decoder reads: the scan takes it, preparing cannot.
+    write(folder / "broken.jpg", good[:200] + bytes(range(256)) * 40 + b"\xff\xd9")
+    write(folder / "good.jpg", good)
+
+    first = env.sync()
+
+    assert first.exit_code == ExitCode.SOME_FAILED
+    outcome = first.mappings[0].outcome
+    assert outcome is not None and outcome.added == 1
+    assert [where.rsplit("/", 1)[-1] for where, _why in outcome.failures] == ["broken.jpg"]
+    second = env.sync()
+    problems = {p.rel_path: p.reason for p in second.mappings[0].problems}
+    assert list(problems) == ["broken.jpg"] and "cannot be prepared for upload" in problems["broken.jpg"]
+    assert env.sandbox.calls[UPLOAD] == 1, "it is not tried again until the file changes"
+
+
+def test_the_same_photo_into_two_packs_with_two_recipes_is_two_uploads_and_one_with_one(env: Env) -> None:
+    a = env.map("a", pack="A")
+    b = env.map("b", pack="B", strip=[])
+    c = env.map("c", pack="C")
+    data = photos.jpeg(64, 48)
+    for folder in (a, b, c):
+        write(folder / "same.jpg", data)
+
+    assert env.sync().exit_code == ExitCode.OK
+
+    assert env.sandbox.calls[UPLOAD] == 2
+    assert only_upload(env, env.pack_named("B")["id"]) == data
+    assert only_upload(env, env.pack_named("A")["id"]) == only_upload(env, env.pack_named("C")["id"]) != data
+
+
+def test_prepared_files_are_shown_in_run_json(env: Env, tmp_path: Path) -> None:
+    folder = env.map("photos", pack="Trip")
+    write(folder / "beach.jpg", photos.jpeg(64, 48))
+    write(folder / "plain.png", photos.png(32, 32, gps=False, serials=False, xmp_location=False))
+
+    result = env.cli("run", "--no-wait", "--json")
+
+    document = json.loads(result.stdout)
+    assert document["mappings"][0]["prepared"] == [{"item": "beach.jpg", "changes": ["location", "serials"]}]
