@@ -35,7 +35,9 @@ class Digest(msgspec.Struct, frozen=True):
 
 
 def sniff(head: bytes) -> str | None:
-    """The supported image type that ``head`` (the first bytes of a file) starts like, or None."""
+    """The image type that ``head`` (the first bytes of a file) starts like, or None: one Genviral takes
+    (``model.SUPPORTED``), or AVIF, which a mapping's recipe may convert (else ``prepared.unuploadable``
+    reports it)."""
     if head.startswith(b"\xff\xd8\xff"):
         return "image/jpeg"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -47,7 +49,7 @@ def sniff(head: bytes) -> str | None:
     if head[4:8] == b"ftyp":
         brands = {head[i:i + 4] for i in range(8, min(len(head), 32), 4)}
         if brands & _AVIF_BRANDS:  # AVIF files also list the generic HEIF brand mif1
-            return None
+            return "image/avif"
         if brands & _HEIC_BRANDS:
             return "image/heic"
         if brands & _HEIF_BRANDS:
@@ -61,8 +63,6 @@ def _unsupported_name(head: bytes) -> str | None:
         return "BMP"
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "TIFF"
-    if head[4:8] == b"ftyp" and b"avif" in head[8:32]:
-        return "AVIF"
     text = head.lstrip()[:256].lower()
     if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in head.lower()):
         return "SVG"
