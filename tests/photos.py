@@ -159,21 +159,22 @@ def webp(width: int, height: int, *, gps: bool = True, serials: bool = True, peo
 
 def heic(width: int, height: int, *, gps: bool = True, serials: bool = True, people: bool = True,
          orientation: int = 6) -> bytes:
-    """A HEIC as a phone writes one (pillow-heif turns the EXIF orientation into the HEIF rotation)."""
+    """A HEIC as a phone writes one, with EXIF and XMP items (pillow-heif turns the EXIF orientation into the
+    HEIF rotation)."""
     import pillow_heif
 
     pillow_heif.register_heif_opener()
     out = io.BytesIO()
-    pixels(width, height).save(out, "HEIF", quality=85,
+    pixels(width, height).save(out, "HEIF", quality=85, xmp=xmp(location=gps, serials=serials, people=people),
                                exif=exif(gps=gps, serials=serials, people=people, orientation=orientation).tobytes())
     return out.getvalue()
 
 
 def avif(width: int, height: int, *, gps: bool = True, serials: bool = True, people: bool = True,
          orientation: int = 6) -> bytes:
-    """An AVIF (Pillow's own encoder) with EXIF."""
+    """An AVIF (Pillow's own encoder) with EXIF and XMP."""
     out = io.BytesIO()
-    pixels(width, height).save(out, "AVIF", quality=85,
+    pixels(width, height).save(out, "AVIF", quality=85, xmp=xmp(location=gps, serials=serials, people=people),
                                exif=exif(gps=gps, serials=serials, people=people, orientation=orientation).tobytes())
     return out.getvalue()
 

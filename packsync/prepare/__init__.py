@@ -9,20 +9,23 @@ adoption after a lost state finds its images by them).
     recipe.py      the recipe (pure, light: the config and the planner import it)
     containers.py  JPEG, PNG, WebP, GIF: read and stripped losslessly, by packsync's own splicing
     exif.py        EXIF directories edited in place      xmpedit.py  XMP properties blanked in place
-    iptc.py        Photoshop/IPTC IIM datasets removed    pixels.py   decode, resize, encode (Pillow)
+    iptc.py        Photoshop/IPTC IIM datasets removed    heif.py     HEIC/HEIF/AVIF items edited in place
+    pixels.py      decode, resize, encode: the only part that imports Pillow (and pillow-heif)
 """
 
 from __future__ import annotations
 
 import msgspec
 
+from packsync.prepare import heif
 from packsync.prepare.base import PrepareError
 from packsync.prepare.containers import SURVEYS, Survey
 from packsync.prepare.recipe import CONVERTIBLE, JPEG_QUALITY, STRIP_CATEGORIES, Recipe, describe
 
 #: The formats packsync re-encodes in their own format when scaling down.
 RESIZABLE = frozenset({"image/jpeg", "image/png", "image/webp"})
-#: Read through their decoders; their metadata is not edited in place, only left out of a conversion.
+#: HEIF files: stripped in place (``heif.py``); resized only when converted to JPEG, as no encoder for
+#: them ships with Pillow or pillow-heif wheels that packsync would trust for a re-encode.
 DECODED = frozenset({"image/heic", "image/heif", "image/avif"})
 
 
@@ -38,20 +41,19 @@ def _survey(data: bytes, content_type: str, recipe: Recipe) -> Survey:
     wanted = frozenset(recipe.strip)
     if content_type in SURVEYS:
         return SURVEYS[content_type](data, wanted)
-    if content_type in DECODED:
+    if content_type in DECODED and recipe.converts(content_type):
         from packsync.prepare import pixels
 
         return pixels.survey(data, content_type, wanted)
+    if content_type in DECODED:
+        stripped, found = heif.strip(data, wanted)
+        return Survey(stripped, found, 0, 0, 1, None, None)  # not converted: never resized, its size unread
     raise PrepareError(f"packsync does not prepare {content_type} files")
 
 
 def _plan(survey: Survey, content_type: str, recipe: Recipe) -> tuple[tuple[str, ...], bool, bool]:
     """(changes, resize?, convert?) for a surveyed file."""
     convert = recipe.converts(content_type) and not survey.animated
-    if content_type in DECODED and survey.found and not convert:
-        name = content_type.partition("/")[2]
-        raise PrepareError(f"packsync cannot strip the {' and '.join(sorted(survey.found))} metadata of a "
-                           f"{name.upper()} image without converting it (convert_to_jpeg = [\"{name}\"])")
     resizable = (content_type in RESIZABLE or convert) and not survey.animated
     resize = resizable and 0 < recipe.max_edge < max(survey.width, survey.height)
     changes = (*sorted(survey.found), *([f"resize:{recipe.max_edge}"] if resize else []),

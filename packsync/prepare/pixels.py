@@ -47,10 +47,13 @@ def _open(data: bytes, content_type: str) -> Image.Image:
         image = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[content_type]])
     except Exception as exc:  # Pillow, libheif and libavif raise many kinds for one cause: the bytes
         raise PrepareError(f"cannot decode the {_NAMES[content_type]} image: {exc}") from None
-    width, height = image.size
+    _within_limit(*image.size)
+    return image
+
+
+def _within_limit(width: int, height: int) -> None:
     need(width * height <= MAX_PIXELS,
          f"the image is {width * height // 1_000_000} megapixels; packsync prepares at most {MAX_PIXELS // 1_000_000}")
-    return image
 
 
 def _text(value: Any) -> bytes | None:
@@ -150,6 +153,7 @@ def _options(fmt: str, survey: Survey, info: dict[str, Any], size: tuple[int, in
 def reencode(data: bytes, content_type: str, survey: Survey, max_edge: int, to_jpeg: bool) -> tuple[bytes, str]:
     """The image upright, scaled so its long edge is at most ``max_edge`` (0: kept), encoded once: as JPEG
     when ``to_jpeg``, else in its own format. Its ICC profile, EXIF and XMP (already stripped) go along."""
+    _within_limit(survey.width, survey.height)  # before Pillow sees it: its own check would only warn
     image, info = _decode(data, content_type, max_edge)
     fmt = "JPEG" if to_jpeg else _PILLOW_FORMATS[content_type]
     try:
