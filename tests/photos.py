@@ -7,6 +7,7 @@ Small and fast: a unit test builds what it needs. ``exiftool`` reads a file as t
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import shutil
@@ -101,14 +102,16 @@ def xmp(*, location: bool = True, serials: bool = True, people: bool = True) -> 
 
 
 def iptc_segment(*, location: bool = True, people: bool = True) -> bytes:
-    """A JPEG APP13 segment: Photoshop image resources holding IPTC IIM (city, by-line, an object name)."""
+    """A JPEG APP13 segment: Photoshop image resources holding IPTC IIM (city, by-line, an object name) and
+    its digest, as Photoshop writes them."""
     def dataset(number: int, value: str) -> bytes:
         raw = value.encode("utf-8")
         return bytes([0x1C, 2, number]) + len(raw).to_bytes(2, "big") + raw
     iim = dataset(5, "A title to keep") + (dataset(90, CITY) if location else b"") + (
         dataset(80, ARTIST) if people else b"")
     resource = b"8BIM\x04\x04\x00\x00" + len(iim).to_bytes(4, "big") + iim + bytes(len(iim) % 2)
-    payload = b"Photoshop 3.0\x00" + resource
+    digest = b"8BIM\x04\x25\x00\x00" + (16).to_bytes(4, "big") + hashlib.md5(iim, usedforsecurity=False).digest()
+    payload = b"Photoshop 3.0\x00" + resource + digest
     return b"\xff\xed" + (len(payload) + 2).to_bytes(2, "big") + payload
 
 

@@ -213,6 +213,56 @@ def test_values_after_removed_entries_and_the_makernote_stay_where_they_were() -
     assert exif[0xA431] == photos.BODY_SERIAL
 
 
+@needs_exiftool
+def test_the_iptc_digest_follows_the_stripped_iptc() -> None:
+    """Photoshop compares the digest with the IIM to tell whether another program changed it."""
+    after = tags(prepare(fixture("jpeg"), JPEG, Recipe()).data)
+    assert after["IPTC:ObjectName"] == "A title to keep" and "IPTC:City" not in after
+    assert after["File:CurrentIPTCDigest"] == after["Photoshop:IPTCDigest"]
+
+
+def _extended_xmp(data: bytes, packet: bytes) -> bytes:
+    """``data`` with ``packet`` as its extended XMP, in two APP1 chunks, as Google's cameras write depth maps."""
+    guid = hashlib.md5(packet, usedforsecurity=False).hexdigest().upper().encode()
+    half = len(packet) // 2
+    segments = b""
+    for offset, chunk in ((0, packet[:half]), (half, packet[half:])):
+        body = b"http://ns.adobe.com/xmp/extension/\x00" + guid + len(packet).to_bytes(4, "big") + \
+            offset.to_bytes(4, "big") + chunk
+        segments += b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body
+    scan = data.index(b"\xff\xdb")
+    return data[:scan] + segments + data[scan:]
+
+
+@pytest.mark.parametrize("location", [True, False])
+def test_an_extended_xmp_holding_a_stripped_field_goes_whole(location: bool) -> None:
+    plain = fixture("plain-jpeg")
+    data = _extended_xmp(plain, photos.xmp(location=location, serials=False, people=False))
+    prepared = prepare(data, JPEG, Recipe(strip=("location",)))
+    assert prepared.changes == (("location",) if location else ())
+    assert (prepared.data == plain) == location  # the extension was all that differed
+    assert decoded(prepared.data).tobytes() == decoded(plain).tobytes()
+
+
+def test_png_text_chunks_compressed_or_raw_profiles_are_stripped_too() -> None:
+    """ImageMagick keeps EXIF as a hex "Raw profile type exif" text; some writers compress the XMP (zTXt)."""
+    from PIL import PngImagePlugin
+
+    text = PngImagePlugin.PngInfo()
+    blob = photos.exif(serials=False, people=False).tobytes()  # the Exif signature, then the TIFF block
+    text.add_text("Raw profile type exif", f"\nexif\n{len(blob):8d}\n{blob.hex()}\n")
+    text.add_itxt("XML:com.adobe.xmp", photos.xmp(serials=False, people=False).decode(), zip=True)
+    text.add_text("Title", "A title to keep")
+    out = io.BytesIO()
+    photos.pixels(40, 30).save(out, "PNG", pnginfo=text)
+    prepared = prepare(out.getvalue(), PNG, Recipe())
+    assert prepared.changes == ("location",)
+    image = decoded(prepared.data)
+    assert image.tobytes() == decoded(out.getvalue()).tobytes()
+    assert "Raw profile type exif" not in image.info and image.info["Title"] == "A title to keep"
+    assert photos.CITY not in image.info["XML:com.adobe.xmp"] and photos.CREATOR_TOOL in image.info["XML:com.adobe.xmp"]
+
+
 def test_strip_nothing_gives_back_the_very_same_bytes_object() -> None:
     original = fixture("jpeg")
     for content_type, data in ((JPEG, original), (PNG, fixture("png")), (HEIC, fixture("heic"))):

@@ -126,7 +126,7 @@ def _jpeg_app(marker: int, segment: bytes, wanted: frozenset[str], edit: _Edit) 
 def _extended_xmp(parts: list[bytes], wanted: frozenset[str], edit: _Edit) -> bool:
     """Whether the extended XMP (its chunks, in file order) holds a category asked for: then it goes whole,
     being large data (depth maps, face regions) no upload needs."""
-    chunks = sorted((u32(p, 32, True, "the extended XMP is cut short"), p[40:]) for p in parts)
+    chunks = sorted((u32(p, 36, True, "the extended XMP is cut short"), p[40:]) for p in parts)  # by offset
     packet = b"".join(chunk for _, chunk in chunks)
     _, found = xmpedit.strip(packet, wanted)
     edit.found |= found

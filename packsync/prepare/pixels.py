@@ -66,12 +66,11 @@ def survey(data: bytes, content_type: str, wanted: frozenset[str]) -> Survey:
     """A HEIC, HEIF or AVIF's size and metadata (as its decoder reports them, no pixels decoded), stripped
     of ``wanted``: what a conversion carries over. The file itself is never edited."""
     image = _open(data, content_type)
-    try:
-        raw_exif, raw_xmp = _text(image.info.get("exif")), _text(image.info.get("xmp"))
-        orientation = image.getexif().get(exif.ORIENTATION, 1) if content_type == "image/avif" else 1
-    except Exception as exc:
-        raise PrepareError(f"cannot read the {_NAMES[content_type]} image's metadata: {exc}") from None
-    block, found = exif.strip(raw_exif.removeprefix(EXIF_SIGNATURE), wanted) if raw_exif else (None, frozenset())
+    raw_exif, raw_xmp = _text(image.info.get("exif")), _text(image.info.get("xmp"))
+    raw_exif = raw_exif.removeprefix(EXIF_SIGNATURE) if raw_exif else None
+    # libheif turns a HEIC upright as it decodes; Pillow leaves an AVIF's turn to its EXIF Orientation.
+    orientation = exif.orientation(raw_exif) if raw_exif and content_type == "image/avif" else 1
+    block, found = exif.strip(raw_exif, wanted) if raw_exif else (None, frozenset())
     packet, more = xmpedit.strip(raw_xmp, wanted) if raw_xmp else (None, frozenset())
     width, height = image.size
     return Survey(data, found | more, width, height, orientation if 1 <= orientation <= 8 else 1, block, packet)
