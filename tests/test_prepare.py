@@ -393,6 +393,17 @@ def test_the_same_bytes_in_a_fresh_process(tmp_path: Path) -> None:
     assert done.stdout.split() == here
 
 
+def test_threads_preparing_at_once_make_the_same_bytes() -> None:
+    """The engine prepares in worker threads: nothing shared (a parser, a namespace registry) may leak between them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(kind, content_type, recipe) for kind, content_type, recipe in CASES if kind != "gif"] * 2
+    alone = [prepare(fixture(k), ct, r).data for k, ct, r in jobs]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        together = list(pool.map(lambda job: prepare(fixture(job[0]), job[1], job[2]).data, jobs))
+    assert together == alone
+
+
 def test_a_lossless_strip_never_imports_pillow(tmp_path: Path) -> None:
     """Pillow and pillow-heif load only for a re-encode: a JPEG or a HEIC stripped in place needs neither."""
     script = ("import sys\n"
