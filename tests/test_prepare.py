@@ -448,6 +448,19 @@ def _huge(data: bytes) -> bytes:
     return data[:at + 5] + (20000).to_bytes(2, "big") * 2 + data[at + 9:]
 
 
+def _box(kind: bytes, body: bytes) -> bytes:
+    return (8 + len(body)).to_bytes(4, "big") + kind + body
+
+
+def _endless_heif(_: bytes) -> bytes:
+    """A HEIC whose item locations claim 60000 items of 65535 empty extents each: refused, not walked."""
+    infe = _box(b"infe", b"\x02\x00\x00\x00" + (1).to_bytes(2, "big") + b"\x00\x00Exif\x00")
+    iinf = _box(b"iinf", bytes(4) + (1).to_bytes(2, "big") + infe)
+    items = b"".join(i.to_bytes(2, "big") + b"\x00\x00\xff\xff" for i in range(1, 60001))
+    iloc = _box(b"iloc", bytes(4) + b"\x00\x00" + (60000).to_bytes(2, "big") + items)
+    return _box(b"ftyp", b"heic\x00\x00\x00\x00mif1heic") + _box(b"meta", bytes(4) + iinf + iloc)
+
+
 BAD: list[tuple[str, Callable[[bytes], bytes], str, Recipe, str]] = [
     ("not a JPEG", lambda d: b"GIF89a" + d, JPEG, Recipe(), "not a JPEG"),
     ("cut in its segments", lambda d: d[:300], JPEG, Recipe(), "cut short"),
@@ -464,6 +477,7 @@ BAD: list[tuple[str, Callable[[bytes], bytes], str, Recipe, str]] = [
     ("a WebP cut short", lambda d: fixture("webp")[:100], WEBP, Recipe(), "cut short"),
     ("a HEIC that is not", lambda d: b"\x00\x00\x00\x18ftypheic" + bytes(40), HEIC, Recipe(convert_to_jpeg=("heic",)),
      "cannot decode the HEIC image"),
+    ("a HEIC listing endless extents", _endless_heif, HEIC, Recipe(), "too many item extents"),
     ("a HEIC with no meta", lambda d: b"\x00\x00\x00\x10ftypheic\x00\x00\x00\x00", HEIC, Recipe(), "no meta box"),
 ]
 

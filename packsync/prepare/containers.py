@@ -308,6 +308,7 @@ def _webp(data: bytes, wanted: frozenset[str]) -> Survey:
         edit.put(data[pos:end], _webp_chunk(kind, data[pos:end], wanted, edit))
         pos = end + length % 2
         edit.pieces.append(data[end:min(pos, len(data))])
+    edit.pieces.append(data[pos:])  # a tail too short for a chunk: kept as it was
     need(size is not None and size[0] > 0 and size[1] > 0, "the WebP has no image header")
     assert size is not None
     return _result(data, edit, size, lossless, animated)

@@ -14,6 +14,7 @@ from packsync.prepare import exif, xmpedit
 from packsync.prepare.base import PrepareError, need, u32
 
 _CUT = "the HEIF boxes are cut short or point outside the file"
+#: More items (or extents) than any camera writes: a crafted count is refused, not walked.
 MAX_ITEMS = 100_000
 
 
@@ -73,7 +74,7 @@ def _locations(data: bytes, start: int, end: int) -> dict[int, list[_Extent]]:
     id_size = 4 if version == 2 else 2
     count = _uint(data, start + 6, id_size)
     need(count <= MAX_ITEMS, "the HEIF file lists too many items")
-    pos, found = start + 6 + id_size, dict[int, list[_Extent]]()
+    pos, found, total = start + 6 + id_size, dict[int, list[_Extent]](), 0
     for _ in range(count):
         item = _uint(data, pos, id_size)
         pos += id_size
@@ -83,6 +84,8 @@ def _locations(data: bytes, start: int, end: int) -> dict[int, list[_Extent]]:
         extents = _uint(data, pos + 2 + base_size, 2)
         pos += 4 + base_size
         found[item] = []
+        total += extents
+        need(total <= MAX_ITEMS, "the HEIF file lists too many item extents")
         for _ in range(extents):
             pos += index_size
             offset, length = _uint(data, pos, offset_size), _uint(data, pos + offset_size, length_size)

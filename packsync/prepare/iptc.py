@@ -22,8 +22,9 @@ _DIGEST = 0x0425
 _CUT = "the Photoshop (IPTC) metadata is cut short"
 
 
-def _resources(data: bytes) -> list[tuple[int, bytes, bytes]]:
-    """(id, header up to the size, data) of each image resource after the signature."""
+def _resources(data: bytes) -> tuple[list[tuple[int, bytes, bytes]], int]:
+    """(id, header up to the size, data) of each image resource after the signature, and where they end
+    (what follows -- another vendor's resources -- is kept as it is)."""
     found = []
     pos = len(SIGNATURE)
     while pos + 4 <= len(data) and data[pos:pos + 4] == b"8BIM":
@@ -36,7 +37,7 @@ def _resources(data: bytes) -> list[tuple[int, bytes, bytes]]:
         need(size_at + 4 + size <= len(data), _CUT)
         found.append((ident, data[pos:size_at], data[size_at + 4:size_at + 4 + size]))
         pos = size_at + 4 + size + size % 2
-    return found
+    return found, min(pos, len(data))
 
 
 def _strip_iim(iim: bytes, removed: frozenset[tuple[int, int]], wanted: frozenset[str]) -> tuple[bytes, set[str]]:
@@ -62,7 +63,7 @@ def strip(payload: bytes, categories: Iterable[str]) -> tuple[bytes, frozenset[s
     object when none)."""
     wanted = frozenset(categories)
     removed = frozenset().union(*(DATASETS[c] for c in wanted))
-    resources = _resources(payload)
+    resources, end = _resources(payload)
     found: set[str] = set()
     rebuilt = []
     for ident, header, data in resources:
@@ -77,4 +78,4 @@ def strip(payload: bytes, categories: Iterable[str]) -> tuple[bytes, frozenset[s
     for ident, header, data in rebuilt:
         data = hashlib.md5(iim, usedforsecurity=False).digest() if ident == _DIGEST else data
         parts += [header, len(data).to_bytes(4, "big"), data, b"\x00" * (len(data) % 2)]
-    return b"".join(parts), frozenset(found)
+    return b"".join(parts) + payload[end:], frozenset(found)
