@@ -489,11 +489,9 @@ def test_a_bad_file_is_a_prepare_error_with_its_reason(what: str, spoil: Callabl
     with pytest.raises(PrepareError, match=reason) as caught:
         prepare(data, content_type, recipe)
     assert str(caught.value).count(". ") == 0  # one sentence
-    with pytest.raises(PrepareError):
-        if recipe.max_edge == 0 and not recipe.convert_to_jpeg:
+    if "decode" not in reason:  # inspect reads no pixels, so finds all but a broken scan
+        with pytest.raises(PrepareError, match=reason):
             inspect(data, content_type, recipe)
-        else:
-            prepare(data, content_type, recipe)
 
 
 @settings(max_examples=60, deadline=None)

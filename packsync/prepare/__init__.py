@@ -18,7 +18,7 @@ from __future__ import annotations
 import msgspec
 
 from packsync.prepare import heif
-from packsync.prepare.base import PrepareError
+from packsync.prepare.base import PrepareError, within_limit
 from packsync.prepare.containers import SURVEYS, Survey
 from packsync.prepare.recipe import CONVERTIBLE, JPEG_QUALITY, STRIP_CATEGORIES, Recipe, describe
 
@@ -56,6 +56,8 @@ def _plan(survey: Survey, content_type: str, recipe: Recipe) -> tuple[tuple[str,
     convert = recipe.converts(content_type) and not survey.animated
     resizable = (content_type in RESIZABLE or convert) and not survey.animated
     resize = resizable and 0 < recipe.max_edge < max(survey.width, survey.height)
+    if resize or convert:
+        within_limit(survey.width, survey.height)  # known from the headers: inspect refuses it too
     changes = (*sorted(survey.found), *([f"resize:{recipe.max_edge}"] if resize else []),
                *(["jpeg"] if convert else []))
     return changes, resize, convert

@@ -10,6 +10,16 @@ class PrepareError(PacksyncError):
     A per-file problem: its text is the one sentence the user reads."""
 
 
+#: The largest image packsync decodes (a 250-megapixel RGB image is 750 MB of pixels).
+MAX_PIXELS = 250_000_000
+
+
+def within_limit(width: int, height: int) -> None:
+    """Refuse an image too large to decode: before any decoder sees it (Pillow's own check only warns)."""
+    need(width * height <= MAX_PIXELS,
+         f"the image is {width * height // 1_000_000} megapixels; packsync prepares at most {MAX_PIXELS // 1_000_000}")
+
+
 def need(condition: bool, what: str) -> None:
     """Raise ``PrepareError(what)`` unless ``condition``: every read of a file's structure goes through a check."""
     if not condition:

@@ -12,15 +12,13 @@ import io
 from typing import TYPE_CHECKING, Any
 
 from packsync.prepare import exif, xmpedit
-from packsync.prepare.base import PrepareError, need
+from packsync.prepare.base import MAX_PIXELS, PrepareError, within_limit
 from packsync.prepare.containers import EXIF_SIGNATURE, Survey
 from packsync.prepare.recipe import JPEG_QUALITY
 
 if TYPE_CHECKING:
     from PIL import Image
 
-#: The largest image packsync decodes (a 250-megapixel RGB image is 750 MB of pixels).
-MAX_PIXELS = 250_000_000
 _NAMES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WebP", "image/heic": "HEIC",
           "image/heif": "HEIF", "image/avif": "AVIF", "image/gif": "GIF"}
 _PILLOW_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/heic": "HEIF",
@@ -47,13 +45,8 @@ def _open(data: bytes, content_type: str) -> Image.Image:
         image = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[content_type]])
     except Exception as exc:  # Pillow, libheif and libavif raise many kinds for one cause: the bytes
         raise PrepareError(f"cannot decode the {_NAMES[content_type]} image: {exc}") from None
-    _within_limit(*image.size)
+    within_limit(*image.size)
     return image
-
-
-def _within_limit(width: int, height: int) -> None:
-    need(width * height <= MAX_PIXELS,
-         f"the image is {width * height // 1_000_000} megapixels; packsync prepares at most {MAX_PIXELS // 1_000_000}")
 
 
 def _text(value: Any) -> bytes | None:
@@ -152,7 +145,7 @@ def _options(fmt: str, survey: Survey, info: dict[str, Any], size: tuple[int, in
 def reencode(data: bytes, content_type: str, survey: Survey, max_edge: int, to_jpeg: bool) -> tuple[bytes, str]:
     """The image upright, scaled so its long edge is at most ``max_edge`` (0: kept), encoded once: as JPEG
     when ``to_jpeg``, else in its own format. Its ICC profile, EXIF and XMP (already stripped) go along."""
-    _within_limit(survey.width, survey.height)  # before Pillow sees it: its own check would only warn
+    within_limit(survey.width, survey.height)
     image, info = _decode(data, content_type, max_edge)
     fmt = "JPEG" if to_jpeg else _PILLOW_FORMATS[content_type]
     try:
