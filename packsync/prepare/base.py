@@ -1,0 +1,36 @@
+"""What every part of the preparation shares: its one error, and bounds-checked reads of untrusted bytes."""
+
+from __future__ import annotations
+
+from packsync.errors import PacksyncError
+
+
+class PrepareError(PacksyncError):
+    """A file packsync cannot prepare for upload (corrupt, hostile, too large, a format it cannot edit).
+    A per-file problem: its text is the one sentence the user reads."""
+
+
+#: The largest image packsync decodes (a 250-megapixel RGB image is 750 MB of pixels).
+MAX_PIXELS = 250_000_000
+
+
+def within_limit(width: int, height: int) -> None:
+    """Refuse an image too large to decode: before any decoder sees it (Pillow's own check only warns)."""
+    need(width * height <= MAX_PIXELS,
+         f"the image is {width * height // 1_000_000} megapixels; packsync prepares at most {MAX_PIXELS // 1_000_000}")
+
+
+def need(condition: bool, what: str) -> None:
+    """Raise ``PrepareError(what)`` unless ``condition``: every read of a file's structure goes through a check."""
+    if not condition:
+        raise PrepareError(what)
+
+
+def u16(data: bytes | bytearray, pos: int, big: bool, what: str) -> int:
+    need(pos >= 0 and pos + 2 <= len(data), what)
+    return int.from_bytes(data[pos:pos + 2], "big" if big else "little")
+
+
+def u32(data: bytes | bytearray, pos: int, big: bool, what: str) -> int:
+    need(pos >= 0 and pos + 4 <= len(data), what)
+    return int.from_bytes(data[pos:pos + 4], "big" if big else "little")

@@ -1,0 +1,329 @@
+"""The containers, spliced by packsync's own code: JPEG segments, PNG chunks, WebP RIFF chunks, GIF.
+
+``survey`` reads what a file holds (its size, orientation, metadata) and strips the categories asked for
+without touching a pixel byte: EXIF and XMP are edited in place (``exif.py``, ``xmpedit.py``), so their
+segments and chunks keep their sizes; only an APP13 (IPTC), an extended XMP, a PNG text chunk is rebuilt
+or dropped. It reads headers only, never pixels: ``inspect`` is cheap.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from packsync.prepare import exif, iptc, xmpedit
+from packsync.prepare.base import PrepareError, need, u16, u32
+
+EXIF_SIGNATURE = b"Exif\x00\x00"
+XMP_SIGNATURE = b"http://ns.adobe.com/xap/1.0/\x00"
+EXTENDED_XMP_SIGNATURE = b"http://ns.adobe.com/xmp/extension/\x00"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: PNG text keywords that name people (PNG's own registered keywords).
+PNG_PEOPLE = frozenset({"Author", "Copyright"})
+#: A compressed PNG text chunk inflating past this is refused (a decompression bomb).
+MAX_TEXT = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """What stripping made of a file, and what resizing and converting need to know of it."""
+
+    data: bytes  # stripped; the very input object when nothing was
+    found: frozenset[str]  # the categories asked for that the file held
+    width: int  # as stored
+    height: int
+    orientation: int  # EXIF Orientation, 1 when none
+    exif: bytes | None  # the stripped TIFF block, for a re-encode to carry over
+    xmp: bytes | None  # the stripped main XMP packet
+    lossless: bool = False  # a WebP stored losslessly
+    animated: bool = False  # an animated PNG or WebP: never resized nor converted (one frame would be left)
+
+
+@dataclass(slots=True)
+class _Edit:
+    """What a container walk collects: its output pieces and what it learnt."""
+
+    pieces: list[bytes]
+    found: set[str]
+    exif: bytes | None = None
+    xmp: bytes | None = None
+    changed: bool = False
+
+    def tiff(self, block: bytes, wanted: frozenset[str]) -> bytes:
+        edited, found = exif.strip(block, wanted)
+        self.found |= found
+        self.exif = edited if self.exif is None else self.exif
+        return edited
+
+    def packet(self, packet: bytes, wanted: frozenset[str]) -> bytes:
+        edited, found = xmpedit.strip(packet, wanted)
+        self.found |= found
+        self.xmp = edited if self.xmp is None else self.xmp
+        return edited
+
+    def put(self, original: bytes, edited: bytes | None) -> None:
+        """Keep ``original``, or put ``edited`` (None: drop it) in its place."""
+        if edited is not None:
+            self.pieces.append(edited)
+        self.changed |= edited is not original
+
+
+def _result(data: bytes, edit: _Edit, size: tuple[int, int], lossless: bool = False, animated: bool = False) -> Survey:
+    orientation = exif.orientation(edit.exif) if edit.exif else 1
+    out = b"".join(edit.pieces) if edit.changed else data
+    return Survey(out, frozenset(edit.found), size[0], size[1], orientation, edit.exif, edit.xmp, lossless, animated)
+
+
+# -- JPEG -----------------------------------------------------------------------------------------
+
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
+def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(marker, start, end) of each segment before the scan, then (0xDA, start of the scan, end of data)."""
+    need(data[:2] == b"\xff\xd8", "not a JPEG (no start-of-image marker)")
+    pos = 2
+    while True:
+        need(pos + 2 <= len(data) and data[pos] == 0xFF, "the JPEG's segments are cut short or corrupt")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            yield 0xFF, pos, pos + 1
+            pos += 1
+        elif marker == 0xDA:
+            yield marker, pos, len(data)
+            return
+        elif marker in _STANDALONE:
+            yield marker, pos, pos + 2
+            pos += 2
+        else:
+            need(marker != 0xD9, "the JPEG ends before its image data")
+            end = pos + 2 + u16(data, pos + 2, True, "the JPEG's segments are cut short")
+            need(end <= len(data) and end >= pos + 4, "the JPEG's segments are cut short or corrupt")
+            yield marker, pos, end
+            pos = end
+
+
+def _jpeg_app(marker: int, segment: bytes, wanted: frozenset[str], edit: _Edit) -> bytes:
+    """A segment with its metadata stripped (the same object when it held nothing asked for)."""
+    body = segment[4:]
+    if marker == 0xE1 and body.startswith(EXIF_SIGNATURE):
+        block = body[6:]
+        edited = edit.tiff(block, wanted)
+        return segment if edited is block else segment[:10] + edited
+    if marker == 0xE1 and body.startswith(XMP_SIGNATURE):
+        packet = body[len(XMP_SIGNATURE):]
+        edited = edit.packet(packet, wanted)
+        return segment if edited is packet else segment[:4 + len(XMP_SIGNATURE)] + edited
+    if marker == 0xED and body.startswith(iptc.SIGNATURE):
+        stripped, found = iptc.strip(body, wanted)
+        edit.found |= found
+        return segment if stripped is body else b"\xff\xed" + (len(stripped) + 2).to_bytes(2, "big") + stripped
+    return segment
+
+
+def _extended_xmp(parts: list[bytes], wanted: frozenset[str], edit: _Edit) -> bool:
+    """Whether the extended XMP (its chunks, in file order) holds a category asked for: then it goes whole,
+    being large data (depth maps, face regions) no upload needs."""
+    chunks = sorted((u32(p, 36, True, "the extended XMP is cut short"), p[40:]) for p in parts)  # by offset
+    packet = b"".join(chunk for _, chunk in chunks)
+    _, found = xmpedit.strip(packet, wanted)
+    edit.found |= found
+    return bool(found)
+
+
+def _jpeg(data: bytes, wanted: frozenset[str]) -> Survey:
+    edit, size = _Edit([data[:2]], set()), (0, 0)
+    extended: list[tuple[int, bytes]] = []  # index in pieces, payload after the signature
+    for marker, start, end in _jpeg_segments(data):
+        segment = data[start:end]
+        if marker in _SOF and size == (0, 0):
+            size = (u16(segment, 7, True, "the JPEG's frame header is cut short"),
+                    u16(segment, 5, True, "the JPEG's frame header is cut short"))
+        if marker == 0xE1 and segment[4:].startswith(EXTENDED_XMP_SIGNATURE):
+            extended.append((len(edit.pieces), segment[4 + len(EXTENDED_XMP_SIGNATURE):]))
+        edit.put(segment, _jpeg_app(marker, segment, wanted, edit) if 0xE0 <= marker <= 0xEF else segment)
+    need(size[0] > 0 and size[1] > 0, "the JPEG has no frame header (or a size of 0)")
+    if extended and wanted and _extended_xmp([p for _, p in extended], wanted, edit):
+        drop = {index for index, _ in extended}
+        edit.pieces = [piece for index, piece in enumerate(edit.pieces) if index not in drop]
+        edit.changed = True
+    return _result(data, edit, size)
+
+
+# -- PNG ------------------------------------------------------------------------------------------
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    need(data[:8] == PNG_SIGNATURE, "not a PNG (no PNG signature)")
+    pos = 8
+    while pos < len(data):
+        length = u32(data, pos, True, "the PNG's chunks are cut short")
+        end = pos + 12 + length
+        need(end <= len(data), "the PNG's chunks are cut short")
+        kind = data[pos + 4:pos + 8]
+        yield kind, pos, end
+        pos = end
+        if kind == b"IEND":
+            break
+    if pos < len(data):
+        yield b"", pos, len(data)  # bytes after IEND: kept as they are
+
+
+def _inflate(data: bytes) -> bytes:
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(data, MAX_TEXT)
+    except zlib.error as exc:
+        raise PrepareError(f"a compressed PNG text chunk is corrupt ({exc})") from None
+    need(not inflater.unconsumed_tail, f"a PNG text chunk inflates past {MAX_TEXT // (1024 * 1024)} MB")
+    return text
+
+
+def _png_text(kind: bytes, body: bytes) -> tuple[str, bytes]:
+    """(keyword, text as bytes) of a tEXt, zTXt or iTXt chunk."""
+    keyword, zero, rest = body.partition(b"\x00")
+    need(bool(zero), "a PNG text chunk has no keyword")
+    if kind == b"zTXt":
+        return keyword.decode("latin-1"), _inflate(rest[1:])
+    if kind == b"iTXt":
+        need(len(rest) >= 2, "a PNG text chunk is cut short")
+        compressed, after = rest[0], rest[2:]
+        after = after.split(b"\x00", 2)[-1]  # past the language tag and the translated keyword
+        return keyword.decode("latin-1"), _inflate(after) if compressed else after
+    return keyword.decode("latin-1"), rest
+
+
+def _raw_profile(text: bytes) -> bytes:
+    """The bytes of an ImageMagick "Raw profile type" text: a name line, a length line, then hex."""
+    lines = text.split(b"\n")
+    need(len(lines) >= 3 and lines[2].strip().isdigit(), "a PNG raw profile is malformed")
+    try:
+        return bytes.fromhex(b"".join(lines[3:]).decode("ascii"))
+    except ValueError:
+        raise PrepareError("a PNG raw profile is not hexadecimal") from None
+
+
+def _profile_found(name: str, profile: bytes, wanted: frozenset[str]) -> frozenset[str]:
+    if name in ("exif", "app1"):
+        return exif.strip(profile.removeprefix(EXIF_SIGNATURE), wanted)[1]
+    if name == "xmp":
+        return xmpedit.strip(profile, wanted)[1]
+    if name in ("iptc", "8bim"):
+        payload = profile if profile.startswith(iptc.SIGNATURE) else iptc.SIGNATURE + profile
+        return iptc.strip(payload, wanted)[1]
+    return frozenset()
+
+
+def _itxt(keyword: str, text: bytes) -> bytes:
+    body = keyword.encode("latin-1") + b"\x00\x00\x00\x00\x00" + text
+    return _chunk(b"iTXt", body)
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
+def _png_text_chunk(kind: bytes, chunk: bytes, wanted: frozenset[str], edit: _Edit) -> bytes | None:
+    keyword, text = _png_text(kind, chunk[8:-4])
+    if keyword in PNG_PEOPLE and "people" in wanted:
+        edit.found.add("people")
+        return None
+    if keyword == "XML:com.adobe.xmp":
+        edited = edit.packet(text, wanted)
+        if edited is text:
+            return chunk
+        return _itxt(keyword, edited)  # written uncompressed: one form, whatever the original's
+    if keyword.startswith("Raw profile type "):
+        found = _profile_found(keyword[17:].lower(), _raw_profile(text), wanted)
+        edit.found |= found
+        return None if found else chunk  # a duplicate of metadata held elsewhere: goes whole
+    return chunk
+
+
+def _png_chunk(kind: bytes, chunk: bytes, wanted: frozenset[str], edit: _Edit) -> bytes | None:
+    if kind == b"eXIf":
+        body = chunk[8:-4]
+        edited = edit.tiff(body, wanted)
+        return chunk if edited is body else _chunk(kind, edited)
+    if kind in (b"tEXt", b"zTXt", b"iTXt"):
+        return _png_text_chunk(kind, chunk, wanted, edit)
+    return chunk
+
+
+def _png(data: bytes, wanted: frozenset[str]) -> Survey:
+    edit, size, animated = _Edit([PNG_SIGNATURE], set()), (0, 0), False
+    for kind, start, end in _png_chunks(data):
+        chunk = data[start:end]
+        animated |= kind == b"acTL"
+        if kind == b"IHDR":
+            size = (u32(chunk, 8, True, "the PNG header is cut short"),
+                    u32(chunk, 12, True, "the PNG header is cut short"))
+        edit.put(chunk, _png_chunk(kind, chunk, wanted, edit))
+    need(size[0] > 0 and size[1] > 0, "the PNG has no header (or a size of 0)")
+    return _result(data, edit, size, animated=animated)
+
+
+# -- WebP -----------------------------------------------------------------------------------------
+
+def _webp_size(kind: bytes, body: bytes) -> tuple[int, int] | None:
+    what = "the WebP header is cut short"
+    if kind == b"VP8X":
+        need(len(body) >= 10, what)
+        return int.from_bytes(body[4:7], "little") + 1, int.from_bytes(body[7:10], "little") + 1
+    if kind == b"VP8 ":
+        need(len(body) >= 10 and body[3:6] == b"\x9d\x01\x2a", what)
+        return u16(body, 6, False, what) & 0x3FFF, u16(body, 8, False, what) & 0x3FFF
+    if kind == b"VP8L":
+        need(len(body) >= 5 and body[0] == 0x2F, what)
+        bits = u32(body, 1, False, what)
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+def _webp_chunk(kind: bytes, chunk: bytes, wanted: frozenset[str], edit: _Edit) -> bytes:
+    body = chunk[8:]
+    if kind == b"EXIF":
+        prefix = EXIF_SIGNATURE if body.startswith(EXIF_SIGNATURE) else b""  # some writers keep it
+        block = body[len(prefix):]
+        edited = edit.tiff(block, wanted)
+        return chunk if edited is block else chunk[:8] + prefix + edited
+    if kind == b"XMP ":
+        edited = edit.packet(body, wanted)
+        return chunk if edited is body else chunk[:8] + edited
+    return chunk
+
+
+def _webp(data: bytes, wanted: frozenset[str]) -> Survey:
+    need(data[:4] == b"RIFF" and data[8:12] == b"WEBP", "not a WebP (no RIFF WEBP header)")
+    edit, size, lossless, animated = _Edit([data[:12]], set()), None, False, False
+    pos = 12
+    while pos + 8 <= len(data):
+        kind, length = data[pos:pos + 4], u32(data, pos + 4, False, "the WebP's chunks are cut short")
+        end = pos + 8 + length
+        need(end <= len(data), "the WebP's chunks are cut short")
+        size = size or _webp_size(kind, data[pos + 8:end])
+        lossless |= kind == b"VP8L"
+        animated |= kind == b"ANIM"
+        edit.put(data[pos:end], _webp_chunk(kind, data[pos:end], wanted, edit))
+        pos = end + length % 2
+        edit.pieces.append(data[end:min(pos, len(data))])
+    edit.pieces.append(data[pos:])  # a tail too short for a chunk: kept as it was
+    need(size is not None and size[0] > 0 and size[1] > 0, "the WebP has no image header")
+    assert size is not None
+    return _result(data, edit, size, lossless, animated)
+
+
+# -- GIF ------------------------------------------------------------------------------------------
+
+def _gif(data: bytes, wanted: frozenset[str]) -> Survey:
+    """A GIF holds no EXIF, GPS or serials: read for its size only."""
+    need(data[:6] in (b"GIF87a", b"GIF89a"), "not a GIF (no GIF header)")
+    size = (u16(data, 6, False, "the GIF header is cut short"), u16(data, 8, False, "the GIF header is cut short"))
+    need(size[0] > 0 and size[1] > 0, "the GIF has a size of 0")
+    return Survey(data, frozenset(), size[0], size[1], 1, None, None)
+
+
+SURVEYS: dict[str, Callable[[bytes, frozenset[str]], Survey]] = {
+    "image/jpeg": _jpeg, "image/png": _png, "image/webp": _webp, "image/gif": _gif,
+}
