@@ -22,7 +22,7 @@ from msgspec import Meta, Struct, field
 
 from packsync.errors import ConfigError
 from packsync.files import read_regular
-from packsync.prepare.recipe import CONVERTIBLE, STRIP_CATEGORIES, Recipe
+from packsync.recipe import CONVERTIBLE, STRIP_CATEGORIES, Recipe
 from packsync.sources.base import astria_label
 from packsync.sources.patterns import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE  # (said here, with the other defaults)
 from packsync.sources.patterns import check as check_patterns

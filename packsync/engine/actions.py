@@ -35,7 +35,7 @@ from packsync.model import (
     Problem,
     UrlContent,
 )
-from packsync.prepare.recipe import AS_IS, Recipe
+from packsync.recipe import AS_IS, Recipe
 
 if TYPE_CHECKING:  # the executor's context, named only: importing it would bring in the HTTP client
     from packsync.engine.executor import Run

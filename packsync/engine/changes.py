@@ -34,7 +34,7 @@ from packsync.config import MappingConfig
 from packsync.engine.planner import MappingInput, MappingOptions
 from packsync.mappings import recorded_pack_id
 from packsync.model import CachedFile, ContentItem, ManagedImage, PathsScan, RemoteImage, RemotePack, Scan
-from packsync.prepare.recipe import Recipe
+from packsync.recipe import Recipe
 from packsync.sources.base import Source
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these

@@ -55,7 +55,7 @@ from packsync.engine.actions import (
     WithheldDelete,
 )
 from packsync.model import Blob, ContentItem, ManagedImage, Metadata, PreparedContent, RemoteImage, RemotePack, Scan
-from packsync.prepare.recipe import AS_IS, Recipe
+from packsync.recipe import AS_IS, Recipe
 
 A = TypeVar("A", bound=Action)
 

@@ -24,7 +24,7 @@ import msgspec
 from packsync.engine.preparing import Preparer
 from packsync.errors import NotFound, PermanentError, SourceError, TransientError, Unpreparable
 from packsync.model import SUPPORTED, ContentItem, ManagedImage, PreparedContent, Problem, Scan
-from packsync.prepare.recipe import Recipe
+from packsync.recipe import Recipe
 from packsync.sources.base import Source
 
 if TYPE_CHECKING:

@@ -2,9 +2,8 @@
 
 ``packsync.prepare`` does the work (pure: bytes in, bytes out); this module runs it in worker threads —
 the image libraries let go of the interpreter while they decode, resize and encode, so both cores work
-— at most one per core at once, so that only that many decoded images are ever in memory. It is the one
-place the library's ``PrepareError`` becomes packsync's ``Unpreparable``, and where the library is
-imported: a mapping that uploads files as they are never loads it.
+— at most one per core at once, so that only that many decoded images are ever in memory. It is where the
+library is imported: a mapping that uploads files as they are never loads it.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import msgspec
 
 from packsync.errors import Unpreparable
 from packsync.model import PreparedContent
-from packsync.prepare.recipe import Recipe
+from packsync.recipe import Recipe
 
 
 class Prepared(msgspec.Struct, frozen=True):
@@ -51,10 +50,7 @@ class Preparer:
 def _prepare(sha256: str, data: bytes, content_type: str, recipe: Recipe) -> Prepared:
     from packsync import prepare
 
-    try:
-        made = prepare.prepare(data, content_type, recipe)
-    except prepare.PrepareError as exc:
-        raise Unpreparable(str(exc)) from None
+    made = prepare.prepare(data, content_type, recipe)
     upload = hashlib.sha256(made.data).hexdigest() if made.changes else sha256
     return Prepared(made.data, made.content_type, PreparedContent(
         sha256, recipe.key, made.changes, upload, len(made.data), made.content_type))
@@ -65,6 +61,6 @@ def _inspect(sha256: str, data: bytes, content_type: str, recipe: Recipe) -> Pre
 
     try:
         changes = prepare.inspect(data, content_type, recipe)
-    except prepare.PrepareError as exc:
+    except Unpreparable as exc:
         return PreparedContent(sha256, recipe.key, problem=str(exc))
     return PreparedContent(sha256, recipe.key, changes)

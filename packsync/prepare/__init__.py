@@ -6,7 +6,6 @@ and records what came out. ``inspect`` says what ``prepare`` would change withou
 alone, so the same file prepared again, in another process, on another day, gives the same bytes (an
 adoption after a lost state finds its images by them).
 
-    recipe.py      the recipe (pure, light: the config and the planner import it)
     containers.py  JPEG, PNG, WebP, GIF: read and stripped losslessly, by packsync's own splicing
     exif.py        EXIF directories edited in place      xmpedit.py  XMP properties blanked in place
     iptc.py        Photoshop/IPTC IIM datasets removed    heif.py     HEIC/HEIF/AVIF items edited in place
@@ -20,7 +19,7 @@ import msgspec
 from packsync.prepare import heif
 from packsync.prepare.base import PrepareError, within_limit
 from packsync.prepare.containers import SURVEYS, Survey
-from packsync.prepare.recipe import CONVERTIBLE, JPEG_QUALITY, STRIP_CATEGORIES, Recipe, describe
+from packsync.recipe import CONVERTIBLE, JPEG_QUALITY, STRIP_CATEGORIES, Recipe, describe
 
 #: The formats packsync re-encodes in their own format when scaling down.
 RESIZABLE = frozenset({"image/jpeg", "image/png", "image/webp"})

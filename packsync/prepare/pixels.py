@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from packsync.prepare import exif, xmpedit
 from packsync.prepare.base import MAX_PIXELS, PrepareError, within_limit
 from packsync.prepare.containers import EXIF_SIGNATURE, Survey
-from packsync.prepare.recipe import JPEG_QUALITY
+from packsync.recipe import JPEG_QUALITY
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, TextIO
 
 from packsync.model import AstriaPack, AstriaPackSummary, PackSummary, Problem
-from packsync.prepare.recipe import describe
+from packsync.recipe import describe
 from packsync.sources.base import kind_of
 from packsync.views.json import when
 from packsync.views.status import FileStatus, Status

@@ -43,7 +43,7 @@ from packsync.config import Config, MappingConfig, read_password
 from packsync.errors import ConfigError
 from packsync.logs import get_logger
 from packsync.mappings import concrete, group_of
-from packsync.prepare.recipe import describe
+from packsync.recipe import describe
 from packsync.sources.media import sniff
 from packsync.state.lock import StateLock
 from packsync.state.store import State
