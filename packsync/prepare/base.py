@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-# A file packsync cannot prepare for upload (corrupt, hostile, too large, a format it cannot edit): a
-# per-file problem whose text is the one sentence the user reads. One error tree: it lives in ``errors``.
-from packsync.errors import Unpreparable as PrepareError
+from packsync.errors import Unpreparable
+
+#: A file packsync cannot prepare for upload (corrupt, hostile, too large, a format it cannot edit): a
+#: per-file problem whose text is the one sentence the user reads. One error tree: it lives in ``errors``.
+PrepareError = Unpreparable
 
 #: The largest image packsync decodes (a 250-megapixel RGB image is 750 MB of pixels).
 MAX_PIXELS = 250_000_000
