@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import photos
 import pytest
 from conftest import Env, write
@@ -273,3 +278,24 @@ def test_prepared_files_are_shown_in_run_json(env: Env, tmp_path: Path) -> None:
 
     document = json.loads(result.stdout)
     assert document["mappings"][0]["prepared"] == [{"item": "beach.jpg", "changes": ["location", "serials"]}]
+
+
+def test_the_page_shows_what_was_changed_in_each_upload(env: Env) -> None:
+    folder = env.map("photos", pack="Trip", max_edge=256)
+    write(folder / "beach.jpg", photos.jpeg(640, 480))
+    write(folder / "plain.png", photos.png(32, 32, gps=False, serials=False, xmp_location=False))
+    assert env.sync().exit_code == ExitCode.OK
+    proc = subprocess.Popen([sys.executable, "-m", "packsync", "-c", str(env.config_path), "ui", "--listen",
+                             "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={"PATH": "/usr/bin:/bin"})
+    try:
+        assert proc.stdout is not None
+        match = re.search(r"(http://127\.0\.0\.1:\d+/)", proc.stdout.readline())
+        assert match
+        html = httpx2.get(match.group(1)).text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    cards = {m.group(1): m.group(0) for m in re.finditer(r'title="([^"]+)">(?:(?!</li>).)*</li>', html, re.S)}
+    assert "uploaded with location and serial numbers stripped; resized to 256 px" in cards["beach.jpg"]
+    assert "uploaded with" not in cards["plain.png"]

@@ -73,7 +73,7 @@ def upgraded(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any
     """``every_row`` of a schema-6 file as it reads once upgraded to this schema."""
     return {**rows, "meta": sorted([("app", "packsync"), ("schema", str(SCHEMA_VERSION))], key=repr),
             "files": sorted(map(version_row, rows["files"]), key=repr),
-            "images": [(*row, "") for row in rows["images"]]}  # (schema 8: each uploaded as it was)
+            **({"images": [(*row, "") for row in rows["images"]]} if "images" in rows else {})}  # (8: as they were)
 
 
 def schema_6_ddl() -> list[str]:
@@ -87,8 +87,9 @@ def schema_6_ddl() -> list[str]:
     return [*tables, index, *(s for s in statements if s.startswith(("CREATE INDEX", "CREATE TRIGGER")))]
 
 
-#: What each schema added, undone to take a schema-6 file back to the one before.
+#: What each schema added, undone to take a file back to the one before (schema 7 and older: a schema-6 one).
 ADDED_BY = {
+    8: ["DROP TABLE prepared", "ALTER TABLE images DROP COLUMN recipe"],  # (its triggers go with the table)
     6: ["DROP TABLE changes", "DROP TABLE settled", *(f"DROP TRIGGER {table}_{event}_counted"
                                                       for table in ("images", "blobs", "url_contents")
                                                       for event in ("insert", "update", "delete"))],
@@ -102,10 +103,32 @@ ADDED_BY = {
 }
 
 
+def back_to_7(state: Path) -> None:
+    """This release's file as the schema-7 release left it."""
+    with closing(sqlite3.connect(state, isolation_level=None)) as db:
+        for statement in [*ADDED_BY[8], "UPDATE meta SET value = '7' WHERE key = 'schema'"]:
+            db.execute(statement)
+
+
+def copy_rows(old: sqlite3.Connection, new: sqlite3.Connection) -> None:
+    """Every row of ``old`` into the tables of ``new`` (a schema-6 file: its columns, its file cache's stat keys)."""
+    for table in TABLES:
+        columns = [row[1] for row in new.execute(f"PRAGMA table_info({table})")]
+        if not columns:
+            continue  # (a table schema 6 did not have)
+        rows = old.execute("SELECT * FROM files").fetchall() if table == "files" else \
+            old.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
+        new.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                        map(stat_key_row, rows) if table == "files" else rows)
+
+
 def as_schema(state: Path, version: int) -> None:
     """Rebuild a state file, rows and all, on the schema-6 release's own DDL, then take it back to ``version``
     (this release's file is left as it is)."""
     if version == SCHEMA_VERSION:
+        return
+    if version == 7:
+        back_to_7(state)
         return
     rebuilt = state.with_name("rebuilt.db")
     ddl = schema_6_ddl()
@@ -115,12 +138,7 @@ def as_schema(state: Path, version: int) -> None:
         for statement in ddl:
             if not statement.startswith(("CREATE INDEX", "CREATE TRIGGER")):
                 new.execute(statement)
-        for table in TABLES:
-            columns = [row[1] for row in new.execute(f"PRAGMA table_info({table})")]
-            rows = old.execute("SELECT * FROM files").fetchall() if table == "files" else \
-                old.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
-            new.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                            map(stat_key_row, rows) if table == "files" else rows)
+        copy_rows(old, new)
         new.execute("INSERT INTO image_text(image_text) VALUES ('rebuild')")
         for statement in ddl:
             if statement.startswith(("CREATE INDEX", "CREATE TRIGGER")):
@@ -180,7 +198,7 @@ def test_a_state_of_every_earlier_schema_upgrades_keeping_its_rows_and_uploads_n
     as_schema(env.state_path, version)
     kept = {table: rows for table, rows in every_row(env.state_path).items()
             if table in ("files", "problems", "blobs", "url_contents", "pulled")}
-    if version < SCHEMA_VERSION:
+    if version < 7:  # (schema 7 keeps a file's version token as this one does)
         kept["files"] = upgraded(kept)["files"]
     images = state_rows(env.state_path, "SELECT pack_id, image_id, sha256, url, file_name, meta_status, description, "
                                         "keywords FROM images ORDER BY image_id")

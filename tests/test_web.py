@@ -148,6 +148,9 @@ def test_actions_need_the_csrf_token_and_this_origin(served: tuple[Env, DaemonPr
     def reads() -> int:
         return env.sandbox.calls[("GET", "/packs/{id}")]
 
+    # (the metadata loop reads the pack too, until every image's metadata has settled)
+    wait_until(lambda: json.loads(env.cli("status", "--json", token=None).stdout)["mappings"][0]["metadata"]
+               == {"completed": 3, "pending": 0, "failed": 0}, timeout=30, what="metadata settled")
     html = httpx2.get(base).text
     token = csrf_of(html)
     key = re.search(r'action="/actions/sync\?mapping=([0-9a-f]{16})&amp;', html)
