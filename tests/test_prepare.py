@@ -167,7 +167,7 @@ def test_exiftool_finds_no_location_or_serial_and_the_rest_as_it_was(kind: str, 
     assert before.get("GPS:GPSLatitude") and before.get("ExifIFD:SerialNumber")  # the fixture has them
     assert not [t for t in (*LOCATION_TAGS, *SERIAL_TAGS) if t in after]
     assert not [k for k in after if k.startswith("GPS:")]
-    assert "Warning" not in " ".join(k for k in after if "MakerNote" not in str(after[k]))
+    assert after.get("ExifTool:Warning") is None  # the original's one: its MakerNote, gone with the serials
     kept = ("IFD0:Make", "IFD0:Model", "IFD0:Artist", "ExifIFD:LensModel", "ExifIFD:LensInfo",
             "ExifIFD:DateTimeOriginal", "XMP-xmp:CreatorTool", "XMP-dc:Creator", "IFD0:Orientation",
             "ICC_Profile:ProfileDescription")
@@ -205,8 +205,7 @@ def test_values_after_removed_entries_and_the_makernote_stay_where_they_were() -
     original = fixture("jpeg")
     prepared = prepare(original, JPEG, Recipe(strip=("location",))).data
     assert len(prepared) == len(original) - 14  # IPTC's city dataset: the only thing that shrank
-    at = original.index(photos.MAKERNOTE)
-    assert prepared.index(photos.MAKERNOTE) == at - 14 and at > original.index(b"Exif\x00\x00")
+    assert prepared.index(photos.MAKERNOTE) - _tiff_at(prepared) == original.index(photos.MAKERNOTE) - _tiff_at(original)
     exif = decoded(prepared).getexif().get_ifd(0x8769)
     assert exif[0x927C] == photos.MAKERNOTE
     assert exif[0xA434] == photos.LENS_MODEL and exif[0xA432] == (24.0, 70.0, 2.8, 2.8)
