@@ -12,6 +12,7 @@ Errors are classified by what the caller should do about them, not by where they
     │   ├── SourceUnavailable             the whole source (a mapped folder) is missing or unreadable
     │   ├── ItemChanged                   one item's bytes are no longer those that were listed
     │   ├── XmpError                      a sidecar that is not an XMP packet packsync can read: left alone
+    │   ├── PrepareError                  an image that cannot be prepared for upload (corrupt, hostile, too large)
     │   └── LinkInTheWay                  a link below a pull's folder: nothing is written or deleted through it
     └── ApiError                          an API (Genviral's, its storage, Astria's) or a download failed
         ├── AuthError             exit 3  401/402/403: the key itself is refused; stop everything
@@ -96,6 +97,11 @@ class ItemChanged(SourceError):
 
 class XmpError(SourceError):
     """A sidecar packsync cannot read as an XMP packet: it is left as it is, and reported."""
+
+
+class PrepareError(SourceError):
+    """An image packsync cannot prepare for upload (``packsync/prepare``): corrupt, hostile, too large, or a
+    form it does not edit. A per-file problem; its text is the one sentence the user reads."""
 
 
 class LinkInTheWay(SourceError):

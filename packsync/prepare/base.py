@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from packsync.errors import PacksyncError
+from packsync.errors import PrepareError
 
-
-class PrepareError(PacksyncError):
-    """A file packsync cannot prepare for upload (corrupt, hostile, too large, a format it cannot edit).
-    A per-file problem: its text is the one sentence the user reads."""
+__all__ = ["MAX_PIXELS", "PrepareError", "need", "u16", "u32", "within_limit"]
 
 
 #: The largest image packsync decodes (a 250-megapixel RGB image is 750 MB of pixels).
