@@ -78,7 +78,7 @@ def prepare(data: bytes, content_type: str, recipe: Recipe) -> Prepared:
     survey = _survey(data, content_type, recipe)
     changes, resize, convert = _plan(survey, content_type, recipe)
     if not resize and not convert:
-        return Prepared(survey.data, content_type, changes)
+        return Prepared(survey.stripped(), content_type, changes)
     from packsync.prepare import pixels
 
     out, out_type = pixels.reencode(data, content_type, survey, recipe.max_edge if resize else 0, convert)

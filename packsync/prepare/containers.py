@@ -29,7 +29,7 @@ MAX_TEXT = 16 * 1024 * 1024
 class Survey:
     """What stripping made of a file, and what resizing and converting need to know of it."""
 
-    data: bytes  # stripped; the very input object when nothing was
+    data: bytes  # the input (a HEIF's: stripped already)
     found: frozenset[str]  # the categories asked for that the file held
     width: int  # as stored
     height: int
@@ -38,13 +38,20 @@ class Survey:
     xmp: bytes | None  # the stripped main XMP packet
     lossless: bool = False  # a WebP stored losslessly
     animated: bool = False  # an animated PNG or WebP: never resized nor converted (one frame would be left)
+    #: The stripped file in pieces, joined only when it is the upload (a re-encode does not need it: a
+    #: large file is not held twice); None: nothing was stripped.
+    parts: tuple[bytes | memoryview, ...] | None = None
+
+    def stripped(self) -> bytes:
+        """The file stripped: the very ``data`` object when nothing was."""
+        return self.data if self.parts is None else b"".join(self.parts)
 
 
 @dataclass(slots=True)
 class _Edit:
     """What a container walk collects: its output pieces and what it learnt."""
 
-    pieces: list[bytes]
+    pieces: list[bytes | memoryview]
     found: set[str]
     exif: bytes | None = None
     xmp: bytes | None = None
@@ -62,7 +69,10 @@ class _Edit:
         self.xmp = edited if self.xmp is None else self.xmp
         return edited
 
-    def put(self, original: bytes, edited: bytes | None) -> None:
+    def keep(self, piece: bytes | memoryview) -> None:
+        self.pieces.append(piece)
+
+    def put(self, original: bytes | memoryview, edited: bytes | memoryview | None) -> None:
         """Keep ``original``, or put ``edited`` (None: drop it) in its place."""
         if edited is not None:
             self.pieces.append(edited)
@@ -71,8 +81,9 @@ class _Edit:
 
 def _result(data: bytes, edit: _Edit, size: tuple[int, int], lossless: bool = False, animated: bool = False) -> Survey:
     orientation = exif.orientation(edit.exif) if edit.exif else 1
-    out = b"".join(edit.pieces) if edit.changed else data
-    return Survey(out, frozenset(edit.found), size[0], size[1], orientation, edit.exif, edit.xmp, lossless, animated)
+    parts = tuple(edit.pieces) if edit.changed else None
+    return Survey(data, frozenset(edit.found), size[0], size[1], orientation, edit.exif, edit.xmp, lossless, animated,
+                  parts)
 
 
 # -- JPEG -----------------------------------------------------------------------------------------
@@ -136,7 +147,11 @@ def _extended_xmp(parts: list[bytes], wanted: frozenset[str], edit: _Edit) -> bo
 def _jpeg(data: bytes, wanted: frozenset[str]) -> Survey:
     edit, size = _Edit([data[:2]], set()), (0, 0)
     extended: list[tuple[int, bytes]] = []  # index in pieces, payload after the signature
+    view = memoryview(data)
     for marker, start, end in _jpeg_segments(data):
+        if not (marker in _SOF or 0xE0 <= marker <= 0xEF):
+            edit.keep(view[start:end])  # the scan above all: not copied
+            continue
         segment = data[start:end]
         if marker in _SOF and size == (0, 0):
             size = (u16(segment, 7, True, "the JPEG's frame header is cut short"),
@@ -153,6 +168,10 @@ def _jpeg(data: bytes, wanted: frozenset[str]) -> Survey:
 
 
 # -- PNG ------------------------------------------------------------------------------------------
+
+#: The PNG chunks packsync reads; the others are passed on uncopied.
+_PNG_READ = frozenset({b"IHDR", b"eXIf", b"tEXt", b"zTXt", b"iTXt"})
+
 
 def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
     need(data[:8] == PNG_SIGNATURE, "not a PNG (no PNG signature)")
@@ -253,9 +272,13 @@ def _png_chunk(kind: bytes, chunk: bytes, wanted: frozenset[str], edit: _Edit) -
 
 def _png(data: bytes, wanted: frozenset[str]) -> Survey:
     edit, size, animated = _Edit([PNG_SIGNATURE], set()), (0, 0), False
+    view = memoryview(data)
     for kind, start, end in _png_chunks(data):
+        if kind not in _PNG_READ:
+            animated |= kind == b"acTL"
+            edit.keep(view[start:end])  # image data: not copied
+            continue
         chunk = data[start:end]
-        animated |= kind == b"acTL"
         if kind == b"IHDR":
             size = (u32(chunk, 8, True, "the PNG header is cut short"),
                     u32(chunk, 12, True, "the PNG header is cut short"))
@@ -297,18 +320,22 @@ def _webp_chunk(kind: bytes, chunk: bytes, wanted: frozenset[str], edit: _Edit) 
 def _webp(data: bytes, wanted: frozenset[str]) -> Survey:
     need(data[:4] == b"RIFF" and data[8:12] == b"WEBP", "not a WebP (no RIFF WEBP header)")
     edit, size, lossless, animated = _Edit([data[:12]], set()), None, False, False
+    view = memoryview(data)
     pos = 12
     while pos + 8 <= len(data):
         kind, length = data[pos:pos + 4], u32(data, pos + 4, False, "the WebP's chunks are cut short")
         end = pos + 8 + length
         need(end <= len(data), "the WebP's chunks are cut short")
-        size = size or _webp_size(kind, data[pos + 8:end])
+        size = size or _webp_size(kind, data[pos + 8:min(end, pos + 24)])
         lossless |= kind == b"VP8L"
         animated |= kind == b"ANIM"
-        edit.put(data[pos:end], _webp_chunk(kind, data[pos:end], wanted, edit))
+        if kind in (b"EXIF", b"XMP "):
+            edit.put(data[pos:end], _webp_chunk(kind, data[pos:end], wanted, edit))
+        else:
+            edit.keep(view[pos:end])  # image data: not copied
         pos = end + length % 2
-        edit.pieces.append(data[end:min(pos, len(data))])
-    edit.pieces.append(data[pos:])  # a tail too short for a chunk: kept as it was
+        edit.keep(view[end:min(pos, len(data))])
+    edit.keep(view[pos:])  # a tail too short for a chunk: kept as it was
     need(size is not None and size[0] > 0 and size[1] > 0, "the WebP has no image header")
     assert size is not None
     return _result(data, edit, size, lossless, animated)

@@ -2,7 +2,8 @@
 
 Pillow (and pillow-heif, for HEIC/HEIF) are imported here, inside the functions, so a lossless strip
 never loads them. Every image is decoded once, at a reduced scale when the JPEG decoder can (``draft``),
-scaled down before it is turned upright (the smaller copy is the one turned), encoded once. Any failure
+scaled down before it is turned upright (the smaller copy is the one turned; a second full-size copy
+exists only while a conversion that does not scale turns or flattens it), encoded once. Any failure
 to decode or encode -- Pillow raises many kinds on corrupt input -- becomes one PrepareError.
 """
 
@@ -113,9 +114,9 @@ def _flatten(image: Image.Image) -> Image.Image:
     from PIL import Image
 
     if image.mode in ("RGBA", "LA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         white = Image.new("RGB", rgba.size, (255, 255, 255))
-        white.paste(rgba, mask=rgba.getchannel("A"))
+        white.paste(rgba, (0, 0), rgba)  # its own alpha as the mask: no band copied out
         return white
     return image if image.mode in ("RGB", "L", "CMYK") else image.convert("RGB")
 
