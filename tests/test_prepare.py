@@ -118,6 +118,16 @@ def test_the_recipe_key_is_canonical_and_empty_exactly_when_as_is(recipe: Recipe
     assert recipe.as_is == (key == "")
 
 
+@pytest.mark.parametrize("fields", [{"strip": ("gps",)}, {"convert_to_jpeg": ("jpeg",)}, {"max_edge": -1}])
+def test_a_recipe_refuses_what_it_does_not_know(fields: dict[str, Any]) -> None:
+    import msgspec
+
+    with pytest.raises(ValueError):
+        Recipe(**fields)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert(fields, Recipe)
+
+
 def test_converts_names_formats_by_their_sniffed_content_type() -> None:
     recipe = Recipe(convert_to_jpeg=("heic", "png"))
     assert recipe.converts(HEIC) and recipe.converts(PNG)
