@@ -315,6 +315,38 @@ def test_a_resized_jpeg_carries_its_stripped_metadata_over() -> None:
     assert after["ICC_Profile:ProfileDescription"] == "sRGB built-in"
 
 
+def _with_thumbnail(data: bytes, thumbnail: bytes) -> bytes:
+    """The JPEG with an IFD1 holding ``thumbnail``, as cameras write one, after the rest of its EXIF."""
+    tiff_at = _tiff_at(data)
+    end = tiff_at - 8 + int.from_bytes(data[tiff_at - 8:tiff_at - 6], "big")
+    tiff = bytearray(data[tiff_at:end])
+    order: Any = "big" if tiff[:2] == b"MM" else "little"
+    ifd1 = len(tiff) + len(tiff) % 2
+    entries = [(0x0201, ifd1 + 2 + 24 + 4), (0x0202, len(thumbnail))]
+    block = len(entries).to_bytes(2, order) + b"".join(
+        tag.to_bytes(2, order) + (4).to_bytes(2, order) + (1).to_bytes(4, order) + value.to_bytes(4, order)
+        for tag, value in entries) + bytes(4)
+    ifd0 = int.from_bytes(tiff[4:8], order)
+    next_at = ifd0 + 2 + 12 * int.from_bytes(tiff[ifd0:ifd0 + 2], order)
+    tiff[next_at:next_at + 4] = ifd1.to_bytes(4, order)
+    tiff += bytes(len(tiff) % 2) + block + thumbnail
+    return data[:tiff_at - 8] + (len(tiff) + 8).to_bytes(2, "big") + b"Exif\x00\x00" + tiff + data[end:]
+
+
+def test_a_thumbnail_is_kept_by_a_strip_and_left_out_of_a_re_encode() -> None:
+    """It shows the original, as stored: a re-encode turned upright would carry a thumbnail turned wrong."""
+    out = io.BytesIO()
+    photos.pixels(16, 12).save(out, "JPEG", quality=50)
+    thumbnail = out.getvalue()
+    data = _with_thumbnail(fixture("jpeg"), thumbnail)
+    assert decoded(data).getexif().get_ifd(0x8769)[0xA434] == photos.LENS_MODEL  # still a good EXIF
+    stripped = prepare(data, JPEG, Recipe())
+    assert thumbnail in stripped.data and decoded(stripped.data).tobytes() == decoded(data).tobytes()
+    resized = prepare(data, JPEG, Recipe(max_edge=200))
+    assert thumbnail not in resized.data and decoded(resized.data).size == (150, 200)
+    assert decoded(resized.data).getexif().get_ifd(0x8769)[0xA434] == photos.LENS_MODEL
+
+
 def test_max_edge_never_scales_up() -> None:
     original = fixture("plain-jpeg")
     prepared = prepare(original, JPEG, Recipe(max_edge=1000))
@@ -360,6 +392,75 @@ def test_an_unknown_type_and_gif_resizing_are_left_alone() -> None:
         prepare(b"BM....", "image/bmp", Recipe())
     gif = fixture("gif")
     assert prepare(gif, GIF, Recipe(max_edge=10)).data is gif
+
+
+def _plain_webp(lossless: bool) -> bytes:
+    """A simple WebP (no VP8X, no metadata), as most encoders write one."""
+    out = io.BytesIO()
+    photos.pixels(300, 200).save(out, "WEBP", lossless=lossless, quality=80)
+    return out.getvalue()
+
+
+def _png_with(keyword: str, value: str, *, zipped: bool = False) -> bytes:
+    from PIL import PngImagePlugin
+
+    text = PngImagePlugin.PngInfo()
+    if zipped:
+        text.add_itxt(keyword, value, zip=True)
+    else:
+        text.add_text(keyword, value)
+    out = io.BytesIO()
+    photos.pixels(40, 30).save(out, "PNG", pnginfo=text)
+    return out.getvalue()
+
+
+def _raw_profile(name: str, blob: bytes) -> str:
+    return f"\n{name}\n{len(blob):8d}\n{blob.hex()}\n"
+
+
+@pytest.mark.parametrize(("data", "content_type", "recipe", "changes"), [
+    pytest.param(_plain_webp(False), WEBP, Recipe(max_edge=100), ("resize:100",), id="simple lossy WebP"),
+    pytest.param(_plain_webp(True), WEBP, Recipe(max_edge=100), ("resize:100",), id="simple lossless WebP"),
+    pytest.param(_png_with("Raw profile type xmp", _raw_profile("xmp", photos.xmp())), PNG, Recipe(),
+                 ("location", "serials"), id="PNG raw XMP profile"),
+    pytest.param(_png_with("Raw profile type iptc", _raw_profile("iptc", photos.iptc_segment()[4:])), PNG,
+                 Recipe(strip=("people",)), ("people",), id="PNG raw IPTC profile"),
+    pytest.param(_png_with("Raw profile type icc", _raw_profile("icc", b"\x00" * 16)), PNG, ALL, (),
+                 id="PNG raw profile of another kind"),
+    pytest.param(_png_with("Author", photos.ARTIST, zipped=True), PNG, ALL, ("people",), id="PNG compressed Author"),
+    pytest.param(_png_with("XML:com.adobe.xmp", photos.xmp().decode()), PNG, ALL,
+                 ("location", "people", "serials"), id="PNG XMP in tEXt"),
+])
+def test_other_forms_of_the_same_metadata(data: bytes, content_type: str, recipe: Recipe,
+                                          changes: tuple[str, ...]) -> None:
+    prepared = prepare(data, content_type, recipe)
+    assert prepared.changes == changes == inspect(data, content_type, recipe)
+    if "resize:100" in changes:
+        assert decoded(prepared.data).size == (100, 67)
+        assert (b"VP8L" in webp_chunks(prepared.data)) == (b"VP8L" in webp_chunks(data))
+    else:
+        assert decoded(prepared.data).tobytes() == decoded(data).tobytes()
+        assert photos.CITY.encode() not in prepared.data or "location" not in changes
+        assert photos.ARTIST.encode() not in prepared.data or "people" not in changes
+
+
+def test_fill_bytes_between_jpeg_segments_are_kept() -> None:
+    data = fixture("jpeg")
+    filled = data[:2] + b"\xff\xff" + data[2:]  # markers may be preceded by any number of 0xFF
+    prepared = prepare(filled, JPEG, Recipe())
+    assert prepared.changes == ("location", "serials")
+    assert prepared.data[2:4] == b"\xff\xff"
+    assert decoded(prepared.data).tobytes() == decoded(data).tobytes()
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (_png_with("Raw profile type exif", "\nexif\n      8\nnot hex!\n"), "not hexadecimal"),
+    (_png_with("Raw profile type exif", "exif"), "malformed"),
+    (_png_with("Author", photos.ARTIST, zipped=True).replace(b"x\x9c", b"x\x00", 1), "corrupt"),
+])
+def test_a_broken_png_text_chunk_is_a_prepare_error(data: bytes, reason: str) -> None:
+    with pytest.raises(PrepareError, match=reason):
+        prepare(data, PNG, ALL)
 
 
 # -- the invariants -------------------------------------------------------------------------------

@@ -95,8 +95,6 @@ def _decode(data: bytes, content_type: str, max_edge: int) -> tuple[Image.Image,
             image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
         if target != image.size:
             image = image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    except PrepareError:
-        raise
     except Exception as exc:
         raise PrepareError(f"cannot decode the {_NAMES[content_type]} image: {exc}") from None
     return image, info
@@ -133,7 +131,7 @@ def _options(fmt: str, survey: Survey, info: dict[str, Any], size: tuple[int, in
         sampling = info.get("subsampling", -1)
         options.update(quality=JPEG_QUALITY, subsampling=sampling if sampling in (0, 1, 2) else 2)
     elif fmt == "WEBP":
-        options.update(lossless=True) if survey.lossless else options.update(quality=JPEG_QUALITY)
+        options.update({"lossless": True} if survey.lossless else {"quality": JPEG_QUALITY})
     elif fmt == "PNG" and survey.xmp:
         from PIL import PngImagePlugin
 
