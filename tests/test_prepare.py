@@ -46,6 +46,7 @@ def fixture(kind: str) -> bytes:
     """One of each photo, made once per worker."""
     makers: dict[str, Callable[[], bytes]] = {
         "jpeg": lambda: photos.jpeg(400, 300),
+        "little-endian-jpeg": lambda: photos.jpeg(400, 300, byte_order="II"),
         "plain-jpeg": lambda: photos.jpeg(120, 90, gps=False, serials=False, people=False, xmp_location=False,
                                           iptc=False),
         "png": lambda: photos.png(300, 200, orientation=6),
@@ -149,8 +150,9 @@ def test_describe_tells_people_what_changed(changes: tuple[str, ...], words: str
 
 # -- lossless strip -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("kind", "content_type"), [("jpeg", JPEG), ("png", PNG), ("webp", WEBP),
-                                                    ("lossless-webp", WEBP), ("heic", HEIC), ("avif", AVIF)])
+@pytest.mark.parametrize(("kind", "content_type"), [("jpeg", JPEG), ("little-endian-jpeg", JPEG), ("png", PNG),
+                                                    ("webp", WEBP), ("lossless-webp", WEBP), ("heic", HEIC),
+                                                    ("avif", AVIF)])
 def test_stripping_keeps_every_pixel_the_orientation_and_the_icc_profile(kind: str, content_type: str) -> None:
     original = fixture(kind)
     prepared = prepare(original, content_type, Recipe())
@@ -169,8 +171,8 @@ def test_stripping_keeps_every_pixel_the_orientation_and_the_icc_profile(kind: s
 
 
 @needs_exiftool
-@pytest.mark.parametrize(("kind", "content_type"), [("jpeg", JPEG), ("png", PNG), ("webp", WEBP), ("heic", HEIC),
-                                                    ("avif", AVIF)])
+@pytest.mark.parametrize(("kind", "content_type"), [("jpeg", JPEG), ("little-endian-jpeg", JPEG), ("png", PNG),
+                                                    ("webp", WEBP), ("heic", HEIC), ("avif", AVIF)])
 def test_exiftool_finds_no_location_or_serial_and_the_rest_as_it_was(kind: str, content_type: str) -> None:
     original = fixture(kind)
     before, after = tags(original), tags(prepare(original, content_type, Recipe()).data)
