@@ -216,7 +216,7 @@ def test_values_after_removed_entries_and_the_makernote_stay_where_they_were() -
     reads right, and the MakerNote (whose own offsets count from the TIFF header) keeps its place."""
     original = fixture("jpeg")
     prepared = prepare(original, JPEG, Recipe(strip=("location",))).data
-    assert len(prepared) == len(original) - 14  # IPTC's city dataset: the only thing that shrank
+    assert len(prepared) == len(original)  # IPTC's city dataset: removed, the rest moved up and zero-padded
     def makernote_at(data: bytes) -> int:  # from the TIFF header, which its own offsets count from
         return data.index(photos.MAKERNOTE) - _tiff_at(data)
 
@@ -248,14 +248,46 @@ def _extended_xmp(data: bytes, packet: bytes) -> bytes:
     return data[:scan] + segments + data[scan:]
 
 
+EXTENSION = b"http://ns.adobe.com/xmp/extension/\x00"
+
+
+def _extension_of(data: bytes) -> tuple[bytes, set[bytes]]:
+    """(the extended XMP packet, the GUIDs its chunks name) of a JPEG."""
+    chunks, guids, at = [], set(), data.find(EXTENSION)
+    while at >= 0:
+        end = at - 2 + int.from_bytes(data[at - 2:at], "big")
+        body = data[at + len(EXTENSION):end]
+        guids.add(body[:32])
+        chunks.append((int.from_bytes(body[36:40], "big"), body[40:]))
+        at = data.find(EXTENSION, end)
+    return b"".join(chunk for _, chunk in sorted(chunks)), guids
+
+
 @pytest.mark.parametrize("location", [True, False])
-def test_an_extended_xmp_holding_a_stripped_field_goes_whole(location: bool) -> None:
-    plain = fixture("plain-jpeg")
-    data = _extended_xmp(plain, photos.xmp(location=location, serials=False, people=False))
+def test_an_extended_xmp_is_stripped_in_place_and_named_anew(location: bool) -> None:
+    """Google's cameras keep depth maps and more in an extended XMP, split over segments and named by the
+    MD5 of the packet, which the main packet names too: stripped, it is named by its new MD5 everywhere."""
+    extension = photos.xmp(location=location, serials=False, people=False)
+    guid = hashlib.md5(extension, usedforsecurity=False).hexdigest().upper().encode()
+    main = photos.xmp(location=False, serials=False, people=False).replace(
+        b"xmp:CreatorTool=", b'xmlns:xmpNote="http://ns.adobe.com/xmp/note/" xmpNote:HasExtendedXMP="' + guid
+        + b'" xmp:CreatorTool=')
+    out = io.BytesIO()
+    photos.pixels(120, 90).save(out, "JPEG", quality=90, xmp=main)
+    data = _extended_xmp(out.getvalue(), extension)
     prepared = prepare(data, JPEG, Recipe(strip=("location",)))
     assert prepared.changes == (("location",) if location else ())
-    assert (prepared.data == plain) == location  # the extension was all that differed
-    assert decoded(prepared.data).tobytes() == decoded(plain).tobytes()
+    assert len(prepared.data) == len(data)
+    assert decoded(prepared.data).tobytes() == decoded(data).tobytes()
+    packet, guids = _extension_of(prepared.data)
+    new = hashlib.md5(packet, usedforsecurity=False).hexdigest().upper().encode()
+    assert guids == {new} and (new == guid) == (not location)
+    assert prepared.data.count(new) == 3  # both chunks and the main packet's reference
+    assert photos.CITY.encode() not in prepared.data and photos.CREATOR_TOOL.encode() in packet
+    found = photos.exiftool(prepared.data)
+    if found is not None:  # exiftool joins the extension only when the reference and the MD5 agree
+        assert found["XMP-xmpNote:HasExtendedXMP"] == new.decode() and "ExifTool:Warning" not in found
+        assert "XMP-photoshop:City" not in found and "XMP-exif:GPSLatitude" not in found
 
 
 def test_png_text_chunks_compressed_or_raw_profiles_are_stripped_too() -> None:

@@ -1,13 +1,16 @@
 """The containers, spliced by packsync's own code: JPEG segments, PNG chunks, WebP RIFF chunks, GIF.
 
 ``survey`` reads what a file holds (its size, orientation, metadata) and strips the categories asked for
-without touching a pixel byte: EXIF and XMP are edited in place (``exif.py``, ``xmpedit.py``), so their
-segments and chunks keep their sizes; only an APP13 (IPTC), an extended XMP, a PNG text chunk is rebuilt
-or dropped. It reads headers only, never pixels: ``inspect`` is cheap.
+without touching a pixel byte: EXIF and XMP (extended XMP too) are edited in place (``exif.py``,
+``xmpedit.py``) and IPTC padded to its size (``iptc.py``), so a JPEG keeps its exact length -- the offsets
+of a Multi-Picture index (MPF) to the images after it stay right -- and a WebP its chunk sizes. Only PNG
+text chunks are rewritten or dropped (each carries its own length and CRC). It reads headers only, never
+pixels: ``inspect`` is cheap.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -134,19 +137,31 @@ def _jpeg_app(marker: int, segment: bytes, wanted: frozenset[str], edit: _Edit) 
     return segment
 
 
-def _extended_xmp(parts: list[bytes], wanted: frozenset[str], edit: _Edit) -> bool:
-    """Whether the extended XMP (its chunks, in file order) holds a category asked for: then it goes whole,
-    being large data (depth maps, face regions) no upload needs."""
-    chunks = sorted((u32(p, 36, True, "the extended XMP is cut short"), p[40:]) for p in parts)  # by offset
-    packet = b"".join(chunk for _, chunk in chunks)
-    _, found = xmpedit.strip(packet, wanted)
+def _extended_xmp(extended: list[tuple[int, bytes]], main: int | None, wanted: frozenset[str], edit: _Edit) -> None:
+    """The extended XMP -- one packet in chunks, each in its own segment at ``edit.pieces[index]``, named
+    by the MD5 of the packet (its GUID) -- blanked in place like the main packet; the chunks keep their
+    sizes, and the new GUID replaces the old one in each chunk and in the main packet's reference."""
+    head = 4 + len(EXTENDED_XMP_SIGNATURE)  # marker, length, signature; then GUID, full length, offset, chunk
+    chunks = sorted((u32(s, head + 36, True, "the extended XMP is cut short"), index, s)
+                    for index, s in extended)  # by offset in the packet
+    packet = b"".join(segment[head + 40:] for _, _, segment in chunks)
+    edited, found = xmpedit.strip(packet, wanted)
     edit.found |= found
-    return bool(found)
+    if edited is packet:
+        return
+    old, new = chunks[0][2][head:head + 32], hashlib.md5(edited, usedforsecurity=False).hexdigest().upper().encode()
+    at = 0
+    for _, index, segment in chunks:
+        size = len(segment) - head - 40
+        edit.pieces[index] = segment[:head] + new + segment[head + 32:head + 40] + edited[at:at + size]
+        at += size
+    if main is not None and len(old) == len(new):
+        edit.pieces[main] = bytes(edit.pieces[main]).replace(old, new)
 
 
 def _jpeg(data: bytes, wanted: frozenset[str]) -> Survey:
-    edit, size = _Edit([data[:2]], set()), (0, 0)
-    extended: list[tuple[int, bytes]] = []  # index in pieces, payload after the signature
+    edit, size, main = _Edit([data[:2]], set()), (0, 0), None
+    extended: list[tuple[int, bytes]] = []  # (index in pieces, segment) of each extended XMP chunk
     view = memoryview(data)
     for marker, start, end in _jpeg_segments(data):
         if not (marker in _SOF or 0xE0 <= marker <= 0xEF):
@@ -157,13 +172,14 @@ def _jpeg(data: bytes, wanted: frozenset[str]) -> Survey:
             size = (u16(segment, 7, True, "the JPEG's frame header is cut short"),
                     u16(segment, 5, True, "the JPEG's frame header is cut short"))
         if marker == 0xE1 and segment[4:].startswith(EXTENDED_XMP_SIGNATURE):
-            extended.append((len(edit.pieces), segment[4 + len(EXTENDED_XMP_SIGNATURE):]))
+            extended.append((len(edit.pieces), segment))
+        elif marker == 0xE1 and segment[4:].startswith(XMP_SIGNATURE) and main is None:
+            main = len(edit.pieces)
         edit.put(segment, _jpeg_app(marker, segment, wanted, edit) if 0xE0 <= marker <= 0xEF else segment)
     need(size[0] > 0 and size[1] > 0, "the JPEG has no frame header (or a size of 0)")
-    if extended and wanted and _extended_xmp([p for _, p in extended], wanted, edit):
-        drop = {index for index, _ in extended}
-        edit.pieces = [piece for index, piece in enumerate(edit.pieces) if index not in drop]
-        edit.changed = True
+    if extended and wanted:
+        _extended_xmp(extended, main, wanted, edit)
+        edit.changed |= any(edit.pieces[index] is not segment for index, segment in extended)
     return _result(data, edit, size)
 
 
