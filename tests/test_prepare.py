@@ -290,6 +290,20 @@ def test_an_extended_xmp_is_stripped_in_place_and_named_anew(location: bool) -> 
         assert "XMP-photoshop:City" not in found and "XMP-exif:GPSLatitude" not in found
 
 
+def test_images_after_the_end_of_a_jpeg_are_stripped_in_place_too() -> None:
+    """Phones store previews, gain maps and depth maps after the image (MPF), each with an EXIF of its own;
+    an MPF index points at them by offset: they are stripped where they are, and nothing moves."""
+    first, second = fixture("plain-jpeg"), photos.jpeg(64, 48)
+    data = first + b"VENDOR-TRAILER \xff\xd8\xff\xd9 not an image" + second
+    prepared = prepare(data, JPEG, Recipe())
+    assert prepared.changes == ("location", "serials") == inspect(data, JPEG, Recipe())
+    assert len(prepared.data) == len(data) and prepared.data[:-len(second)] == data[:-len(second)]
+    after = decoded(prepared.data[-len(second):])
+    assert after.tobytes() == decoded(second).tobytes() and after.getexif()[0x0112] == 6
+    assert not after.getexif().get_ifd(0x8825) and photos.BODY_SERIAL.encode() not in prepared.data
+    assert prepare(first + second, JPEG, Recipe(strip=())).data == first + second
+
+
 def test_png_text_chunks_compressed_or_raw_profiles_are_stripped_too() -> None:
     """ImageMagick keeps EXIF as a hex "Raw profile type exif" text; some writers compress the XMP (zTXt)."""
     from PIL import PngImagePlugin

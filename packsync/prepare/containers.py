@@ -95,10 +95,11 @@ _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 
 
-def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """(marker, start, end) of each segment before the scan, then (0xDA, start of the scan, end of data)."""
-    need(data[:2] == b"\xff\xd8", "not a JPEG (no start-of-image marker)")
-    pos = 2
+def _jpeg_segments(data: bytes, begin: int = 0) -> Iterator[tuple[int, int, int]]:
+    """(marker, start, end) of each segment before the scan of the JPEG at ``begin``, then (0xDA, start of
+    the scan, end of data)."""
+    need(data[begin:begin + 2] == b"\xff\xd8", "not a JPEG (no start-of-image marker)")
+    pos = begin + 2
     while True:
         need(pos + 2 <= len(data) and data[pos] == 0xFF, "the JPEG's segments are cut short or corrupt")
         marker = data[pos + 1]
@@ -159,13 +160,16 @@ def _extended_xmp(extended: list[tuple[int, bytes]], main: int | None, wanted: f
         edit.pieces[main] = bytes(edit.pieces[main]).replace(old, new)
 
 
-def _jpeg(data: bytes, wanted: frozenset[str]) -> Survey:
-    edit, size, main = _Edit([data[:2]], set()), (0, 0), None
+def _jpeg_edit(data: bytes, wanted: frozenset[str], begin: int) -> tuple[_Edit, tuple[int, int], int]:
+    """The JPEG at ``begin`` stripped (its last piece: its scan and all after it), its size, where its scan
+    starts."""
+    edit, size, main, scan = _Edit([data[begin:begin + 2]], set()), (0, 0), None, len(data)
     extended: list[tuple[int, bytes]] = []  # (index in pieces, segment) of each extended XMP chunk
     view = memoryview(data)
-    for marker, start, end in _jpeg_segments(data):
+    for marker, start, end in _jpeg_segments(data, begin):
         if not (marker in _SOF or 0xE0 <= marker <= 0xEF):
             edit.keep(view[start:end])  # the scan above all: not copied
+            scan = start if marker == 0xDA else scan
             continue
         segment = data[start:end]
         if marker in _SOF and size == (0, 0):
@@ -176,10 +180,52 @@ def _jpeg(data: bytes, wanted: frozenset[str]) -> Survey:
         elif marker == 0xE1 and segment[4:].startswith(XMP_SIGNATURE) and main is None:
             main = len(edit.pieces)
         edit.put(segment, _jpeg_app(marker, segment, wanted, edit) if 0xE0 <= marker <= 0xEF else segment)
-    need(size[0] > 0 and size[1] > 0, "the JPEG has no frame header (or a size of 0)")
     if extended and wanted:
         _extended_xmp(extended, main, wanted, edit)
         edit.changed |= any(edit.pieces[index] is not segment for index, segment in extended)
+    return edit, size, scan
+
+
+#: At most this many candidates for images after a JPEG's end are read (a crafted file could hold many).
+MAX_EMBEDDED = 16
+
+
+def _embedded(data: bytes, scan: int, wanted: frozenset[str], edit: _Edit) -> None:
+    """The images after the JPEG's end -- a Multi-Picture (MPF) file's previews, gain maps, depth maps,
+    each with an EXIF of its own -- stripped in place like the first. They keep their lengths, so the
+    MPF index (offsets from the first image's APP2) stays right; the first image's scan piece is cut
+    around the edited headers."""
+    after = data.find(b"\xff\xd9", scan)  # the end of the image: entropy-coded data holds no FF D9
+    edited: list[tuple[int, bytes]] = []
+    for _ in range(MAX_EMBEDDED if wanted and after >= 0 else 0):
+        begin = data.find(b"\xff\xd8\xff", after + 2)
+        if begin < 0:
+            break
+        try:
+            inner, _, inner_scan = _jpeg_edit(data, wanted, begin)
+        except PrepareError:  # not an image after all: bytes of some vendor's trailer
+            after = begin - 1
+            continue
+        edit.found |= inner.found
+        if inner.changed:
+            edited.append((begin, b"".join(inner.pieces[:-1])))
+            need(len(edited[-1][1]) == inner_scan - begin, "an image after the JPEG's end could not be edited")
+        after = data.find(b"\xff\xd9", inner_scan)
+        if after < 0:
+            break
+    if edited:
+        view, start, pieces = memoryview(data), scan, list[bytes | memoryview]()
+        for begin, headers in edited:
+            pieces += [view[start:begin], headers]
+            start = begin + len(headers)
+        edit.pieces[-1:] = [*pieces, view[start:]]
+        edit.changed = True
+
+
+def _jpeg(data: bytes, wanted: frozenset[str]) -> Survey:
+    edit, size, scan = _jpeg_edit(data, wanted, 0)
+    need(size[0] > 0 and size[1] > 0, "the JPEG has no frame header (or a size of 0)")
+    _embedded(data, scan, wanted, edit)
     return _result(data, edit, size)
 
 
