@@ -290,18 +290,39 @@ def test_an_extended_xmp_is_stripped_in_place_and_named_anew(location: bool) -> 
         assert "XMP-photoshop:City" not in found and "XMP-exif:GPSLatitude" not in found
 
 
-def test_images_after_the_end_of_a_jpeg_are_stripped_in_place_too() -> None:
-    """Phones store previews, gain maps and depth maps after the image (MPF), each with an EXIF of its own;
-    an MPF index points at them by offset: they are stripped where they are, and nothing moves."""
-    first, second = fixture("plain-jpeg"), photos.jpeg(64, 48)
-    data = first + b"VENDOR-TRAILER \xff\xd8\xff\xd9 not an image" + second
+def _multi_picture(first: bytes, second: bytes) -> bytes:
+    """``first`` then ``second``, indexed by an MPF segment in ``first`` (CIPA DC-007), as phones write
+    previews and gain maps: MP Entry offsets count from the segment's TIFF header."""
+    index_at = 8 + 2 + 12 * 3 + 4  # TIFF header, three entries, the next-IFD pointer
+    mpf_length = 2 + 4 + index_at + 32
+    second_at = 2 + 2 + mpf_length + len(first) - 2
+    table = bytes(4) + len(first).to_bytes(4, "big") + bytes(8) + bytes(4) + len(second).to_bytes(4, "big") + (
+        second_at - (2 + 2 + 2 + 4)).to_bytes(4, "big") + bytes(4)
+    def entry(tag: int, kind: int, count: int, value: bytes) -> bytes:
+        return tag.to_bytes(2, "big") + kind.to_bytes(2, "big") + count.to_bytes(4, "big") + value
+
+    entries = entry(0xB000, 7, 4, b"0100") + entry(0xB001, 4, 1, (2).to_bytes(4, "big")) + entry(
+        0xB002, 7, 32, index_at.to_bytes(4, "big"))
+    tiff = b"MM\x00\x2a" + (8).to_bytes(4, "big") + (3).to_bytes(2, "big") + entries + bytes(4) + table
+    segment = b"\xff\xe2" + mpf_length.to_bytes(2, "big") + b"MPF\x00" + tiff
+    return first[:2] + segment + first[2:] + second
+
+
+def test_the_images_of_a_multi_picture_jpeg_are_stripped_in_place_too() -> None:
+    """Phones store previews, gain maps and depth maps after the image (MPF), each with an EXIF of its own,
+    and index them by offset: they are stripped where they are, and nothing moves."""
+    second = photos.jpeg(64, 48)
+    data = _multi_picture(fixture("plain-jpeg"), second)
+    assert Image.open(io.BytesIO(data)).format == "MPO"  # Pillow reads the index as a phone's viewer would
     prepared = prepare(data, JPEG, Recipe())
     assert prepared.changes == ("location", "serials") == inspect(data, JPEG, Recipe())
     assert len(prepared.data) == len(data) and prepared.data[:-len(second)] == data[:-len(second)]
-    after = decoded(prepared.data[-len(second):])
-    assert after.tobytes() == decoded(second).tobytes() and after.getexif()[0x0112] == 6
-    assert not after.getexif().get_ifd(0x8825) and photos.BODY_SERIAL.encode() not in prepared.data
-    assert prepare(first + second, JPEG, Recipe(strip=())).data == first + second
+    image = Image.open(io.BytesIO(prepared.data))
+    image.seek(1)  # through the index
+    assert image.tobytes() == decoded(second).tobytes() and image.getexif()[0x0112] == 6
+    assert not image.getexif().get_ifd(0x8825) and photos.BODY_SERIAL.encode() not in prepared.data
+    plain = fixture("plain-jpeg") + second  # not indexed: another program's trailer, left as it is
+    assert prepare(plain, JPEG, Recipe()).data is plain
 
 
 def test_png_text_chunks_compressed_or_raw_profiles_are_stripped_too() -> None:

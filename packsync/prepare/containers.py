@@ -59,6 +59,7 @@ class _Edit:
     exif: bytes | None = None
     xmp: bytes | None = None
     changed: bool = False
+    mpf: tuple[int, bytes] | None = None  # where a JPEG's Multi-Picture (APP2) segment is, and it
 
     def tiff(self, block: bytes, wanted: frozenset[str]) -> bytes:
         edited, found = exif.strip(block, wanted)
@@ -179,6 +180,8 @@ def _jpeg_edit(data: bytes, wanted: frozenset[str], begin: int) -> tuple[_Edit, 
             extended.append((len(edit.pieces), segment))
         elif marker == 0xE1 and segment[4:].startswith(XMP_SIGNATURE) and main is None:
             main = len(edit.pieces)
+        elif marker == 0xE2 and segment[4:8] == b"MPF\x00":
+            edit.mpf = (start, segment)
         edit.put(segment, _jpeg_app(marker, segment, wanted, edit) if 0xE0 <= marker <= 0xEF else segment)
     if extended and wanted:
         _extended_xmp(extended, main, wanted, edit)
@@ -186,33 +189,39 @@ def _jpeg_edit(data: bytes, wanted: frozenset[str], begin: int) -> tuple[_Edit, 
     return edit, size, scan
 
 
-#: At most this many candidates for images after a JPEG's end are read (a crafted file could hold many).
+#: At most this many images of a Multi-Picture file are read (a crafted index could list many more).
 MAX_EMBEDDED = 16
+_MPF_CUT = "the JPEG's Multi-Picture index is cut short"
+
+
+def _mpf_images(start: int, segment: bytes) -> list[int]:
+    """Where the images an MPF segment (at ``start``) lists after the first begin: its MP Entry offsets
+    count from its TIFF header, 8 bytes into the segment."""
+    tiff = segment[8:]
+    need(tiff[:2] in (b"II", b"MM"), _MPF_CUT)
+    big = tiff[:2] == b"MM"
+    ifd = u32(tiff, 4, big, _MPF_CUT)
+    for at in range(ifd + 2, ifd + 2 + 12 * u16(tiff, ifd, big, _MPF_CUT), 12):
+        if u16(tiff, at, big, _MPF_CUT) == 0xB002:  # MP Entry: 16 bytes per image, its offset at 8
+            table, count = u32(tiff, at + 8, big, _MPF_CUT), u32(tiff, at + 4, big, _MPF_CUT) // 16
+            offsets = [u32(tiff, table + 16 * i + 8, big, _MPF_CUT) for i in range(min(count, MAX_EMBEDDED))]
+            return [start + 8 + offset for offset in offsets if offset]
+    return []
 
 
 def _embedded(data: bytes, scan: int, wanted: frozenset[str], edit: _Edit) -> None:
-    """The images after the JPEG's end -- a Multi-Picture (MPF) file's previews, gain maps, depth maps,
+    """The images a Multi-Picture (MPF) JPEG holds after the first -- previews, gain maps, depth maps,
     each with an EXIF of its own -- stripped in place like the first. They keep their lengths, so the
-    MPF index (offsets from the first image's APP2) stays right; the first image's scan piece is cut
-    around the edited headers."""
-    after = data.find(b"\xff\xd9", scan)  # the end of the image: entropy-coded data holds no FF D9
+    MPF index stays right; the first image's scan piece is cut around the edited headers."""
     edited: list[tuple[int, bytes]] = []
-    for _ in range(MAX_EMBEDDED if wanted and after >= 0 else 0):
-        begin = data.find(b"\xff\xd8\xff", after + 2)
-        if begin < 0:
-            break
-        try:
-            inner, _, inner_scan = _jpeg_edit(data, wanted, begin)
-        except PrepareError:  # not an image after all: bytes of some vendor's trailer
-            after = begin - 1
-            continue
+    for begin in sorted(set(_mpf_images(*edit.mpf))) if edit.mpf and wanted else []:
+        if begin <= scan or (edited and begin < edited[-1][0] + len(edited[-1][1])):
+            continue  # an index pointing back into what was read already: a crafted file
+        inner, _, inner_scan = _jpeg_edit(data, wanted, begin)
         edit.found |= inner.found
         if inner.changed:
             edited.append((begin, b"".join(inner.pieces[:-1])))
             need(len(edited[-1][1]) == inner_scan - begin, "an image after the JPEG's end could not be edited")
-        after = data.find(b"\xff\xd9", inner_scan)
-        if after < 0:
-            break
     if edited:
         view, start, pieces = memoryview(data), scan, list[bytes | memoryview]()
         for begin, headers in edited:
