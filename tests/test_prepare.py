@@ -56,6 +56,7 @@ def fixture(kind: str) -> bytes:
         "heic": lambda: photos.heic(400, 300),
         "avif": lambda: photos.avif(400, 300),
         "gif": lambda: photos.gif(60, 40),
+        "multi-picture": lambda: _multi_picture(photos.jpeg(120, 90), photos.jpeg(64, 48)),
     }
     return makers[kind]()
 
@@ -677,7 +678,7 @@ def test_a_bad_file_is_a_prepare_error_with_its_reason(what: str, spoil: Callabl
 
 
 @settings(max_examples=60, deadline=None)
-@given(kind=st.sampled_from([("jpeg", JPEG), ("png", PNG), ("webp", WEBP), ("heic", HEIC)]),
+@given(kind=st.sampled_from([("jpeg", JPEG), ("multi-picture", JPEG), ("png", PNG), ("webp", WEBP), ("heic", HEIC)]),
        flips=st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)),
                       min_size=1, max_size=8),
        resize=st.booleans())
