@@ -59,7 +59,7 @@ class _Edit:
     exif: bytes | None = None
     xmp: bytes | None = None
     changed: bool = False
-    mpf: tuple[int, bytes] | None = None  # where a JPEG's Multi-Picture (APP2) segment is, and it
+    mpf: tuple[int, bytes] | None = None  # (start, segment) of a JPEG's Multi-Picture (APP2) index
 
     def tiff(self, block: bytes, wanted: frozenset[str]) -> bytes:
         edited, found = exif.strip(block, wanted)
