@@ -12,7 +12,7 @@ Errors are classified by what the caller should do about them, not by where they
     │   ├── SourceUnavailable             the whole source (a mapped folder) is missing or unreadable
     │   ├── ItemChanged                   one item's bytes are no longer those that were listed
     │   ├── XmpError                      a sidecar that is not an XMP packet packsync can read: left alone
-    │   ├── Unpreparable                  an item its recipe cannot prepare for upload (undecodable, too large)
+    │   ├── PrepareError                  an image that cannot be prepared for upload (corrupt, hostile, too large)
     │   └── LinkInTheWay                  a link below a pull's folder: nothing is written or deleted through it
     └── ApiError                          an API (Genviral's, its storage, Astria's) or a download failed
         ├── AuthError             exit 3  401/402/403: the key itself is refused; stop everything
@@ -31,8 +31,7 @@ sentence the user reads.
 
 Lower-layer exceptions are translated into these in exactly one place each: httpx2's exceptions and
 HTTP statuses in ``remote/wire.py``, malformed JSON answers in ``remote/answers.py``, SQLite's in
-``state/translate.py``, the file system's in ``sources/folder.py``, the image libraries' in
-``engine/preparing.py``.
+``state/translate.py``, the file system's in ``sources/folder.py``.
 """
 
 from __future__ import annotations
@@ -100,8 +99,9 @@ class XmpError(SourceError):
     """A sidecar packsync cannot read as an XMP packet: it is left as it is, and reported."""
 
 
-class Unpreparable(SourceError):
-    """An item its mapping's recipe cannot prepare for upload: a per-item problem, with its reason."""
+class PrepareError(SourceError):
+    """An image packsync cannot prepare for upload (``packsync/prepare``): corrupt, hostile, too large, or a
+    form it does not edit. A per-file problem; its text is the one sentence the user reads."""
 
 
 class LinkInTheWay(SourceError):

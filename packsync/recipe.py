@@ -34,6 +34,15 @@ class Recipe(msgspec.Struct, frozen=True):
     #: A sorted, unique subset of ``CONVERTIBLE``.
     convert_to_jpeg: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        """Refuse names packsync does not know (msgspec.convert reports this ValueError as a ValidationError)."""
+        unknown = sorted({*self.strip} - {*STRIP_CATEGORIES}) + sorted({*self.convert_to_jpeg} - {*CONVERTIBLE})
+        if unknown:
+            raise ValueError(f"unknown name {unknown[0]!r}: strip takes {', '.join(STRIP_CATEGORIES)}; "
+                             f"convert_to_jpeg takes {', '.join(CONVERTIBLE)}")
+        if self.max_edge < 0:
+            raise ValueError("max_edge must be 0 (never resize) or a number of pixels")
+
     @property
     def key(self) -> str:
         """Canonical text the state records with an upload; "" exactly when the recipe changes nothing."""

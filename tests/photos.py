@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image, ImageCms
 
@@ -45,10 +45,12 @@ def icc_profile() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
-def exif(*, gps: bool = True, serials: bool = True, people: bool = True, orientation: int = 6) -> Image.Exif:
+def exif(*, gps: bool = True, serials: bool = True, people: bool = True, orientation: int = 6,
+         byte_order: Literal["MM", "II"] = "MM") -> Image.Exif:
     """EXIF as a camera writes it: IFD0, the Exif IFD (serials, owner, MakerNote, a lens model after them),
-    a GPS IFD."""
+    a GPS IFD; big-endian ("MM", Apple, Canon) or little-endian ("II", Nikon, Sony)."""
     data = Image.Exif()
+    data.endian = ">" if byte_order == "MM" else "<"
     data[0x010F] = "PacksyncCam"
     data[0x0110] = "Model 1"
     if orientation:
@@ -116,8 +118,9 @@ def iptc_segment(*, location: bool = True, people: bool = True) -> bytes:
 
 
 def _metadata(gps: bool, serials: bool, people: bool, orientation: int, icc: bool,
-              xmp_location: bool) -> dict[str, Any]:
-    options: dict[str, Any] = {"exif": exif(gps=gps, serials=serials, people=people, orientation=orientation)}
+              xmp_location: bool, byte_order: Literal["MM", "II"] = "MM") -> dict[str, Any]:
+    options: dict[str, Any] = {"exif": exif(gps=gps, serials=serials, people=people, orientation=orientation,
+                                            byte_order=byte_order)}
     if icc:
         options["icc_profile"] = icc_profile()
     options["xmp"] = xmp(location=xmp_location, serials=serials, people=people)
@@ -125,11 +128,12 @@ def _metadata(gps: bool, serials: bool, people: bool, orientation: int, icc: boo
 
 
 def jpeg(width: int, height: int, *, gps: bool = True, serials: bool = True, people: bool = True,
-         orientation: int = 6, icc: bool = True, xmp_location: bool = True, iptc: bool = True) -> bytes:
+         orientation: int = 6, icc: bool = True, xmp_location: bool = True, iptc: bool = True,
+         byte_order: Literal["MM", "II"] = "MM") -> bytes:
     """A baseline JPEG (q 92, 4:2:0) with EXIF, XMP, an ICC profile and IPTC, as a camera writes them."""
     out = io.BytesIO()
     pixels(width, height).save(out, "JPEG", quality=92,
-                               **_metadata(gps, serials, people, orientation, icc, xmp_location))
+                               **_metadata(gps, serials, people, orientation, icc, xmp_location, byte_order))
     data = out.getvalue()
     return data[:2] + iptc_segment(location=xmp_location, people=people) + data[2:] if iptc else data
 

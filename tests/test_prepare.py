@@ -46,6 +46,7 @@ def fixture(kind: str) -> bytes:
     """One of each photo, made once per worker."""
     makers: dict[str, Callable[[], bytes]] = {
         "jpeg": lambda: photos.jpeg(400, 300),
+        "little-endian-jpeg": lambda: photos.jpeg(400, 300, byte_order="II"),
         "plain-jpeg": lambda: photos.jpeg(120, 90, gps=False, serials=False, people=False, xmp_location=False,
                                           iptc=False),
         "png": lambda: photos.png(300, 200, orientation=6),
@@ -55,6 +56,7 @@ def fixture(kind: str) -> bytes:
         "heic": lambda: photos.heic(400, 300),
         "avif": lambda: photos.avif(400, 300),
         "gif": lambda: photos.gif(60, 40),
+        "multi-picture": lambda: _multi_picture(photos.jpeg(120, 90), photos.jpeg(64, 48)),
     }
     return makers[kind]()
 
@@ -118,6 +120,16 @@ def test_the_recipe_key_is_canonical_and_empty_exactly_when_as_is(recipe: Recipe
     assert recipe.as_is == (key == "")
 
 
+@pytest.mark.parametrize("fields", [{"strip": ("gps",)}, {"convert_to_jpeg": ("jpeg",)}, {"max_edge": -1}])
+def test_a_recipe_refuses_what_it_does_not_know(fields: dict[str, Any]) -> None:
+    import msgspec
+
+    with pytest.raises(ValueError):
+        Recipe(**fields)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert(fields, Recipe)
+
+
 def test_converts_names_formats_by_their_sniffed_content_type() -> None:
     recipe = Recipe(convert_to_jpeg=("heic", "png"))
     assert recipe.converts(HEIC) and recipe.converts(PNG)
@@ -139,8 +151,9 @@ def test_describe_tells_people_what_changed(changes: tuple[str, ...], words: str
 
 # -- lossless strip -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("kind", "content_type"), [("jpeg", JPEG), ("png", PNG), ("webp", WEBP),
-                                                    ("lossless-webp", WEBP), ("heic", HEIC), ("avif", AVIF)])
+@pytest.mark.parametrize(("kind", "content_type"), [("jpeg", JPEG), ("little-endian-jpeg", JPEG), ("png", PNG),
+                                                    ("webp", WEBP), ("lossless-webp", WEBP), ("heic", HEIC),
+                                                    ("avif", AVIF)])
 def test_stripping_keeps_every_pixel_the_orientation_and_the_icc_profile(kind: str, content_type: str) -> None:
     original = fixture(kind)
     prepared = prepare(original, content_type, Recipe())
@@ -159,15 +172,15 @@ def test_stripping_keeps_every_pixel_the_orientation_and_the_icc_profile(kind: s
 
 
 @needs_exiftool
-@pytest.mark.parametrize(("kind", "content_type"), [("jpeg", JPEG), ("png", PNG), ("webp", WEBP), ("heic", HEIC),
-                                                    ("avif", AVIF)])
+@pytest.mark.parametrize(("kind", "content_type"), [("jpeg", JPEG), ("little-endian-jpeg", JPEG), ("png", PNG),
+                                                    ("webp", WEBP), ("heic", HEIC), ("avif", AVIF)])
 def test_exiftool_finds_no_location_or_serial_and_the_rest_as_it_was(kind: str, content_type: str) -> None:
     original = fixture(kind)
     before, after = tags(original), tags(prepare(original, content_type, Recipe()).data)
     assert before.get("GPS:GPSLatitude") and before.get("ExifIFD:SerialNumber")  # the fixture has them
     assert not [t for t in (*LOCATION_TAGS, *SERIAL_TAGS) if t in after]
     assert not [k for k in after if k.startswith("GPS:")]
-    assert "Warning" not in " ".join(k for k in after if "MakerNote" not in str(after[k]))
+    assert after.get("ExifTool:Warning") is None  # the original's one: its MakerNote, gone with the serials
     kept = ("IFD0:Make", "IFD0:Model", "IFD0:Artist", "ExifIFD:LensModel", "ExifIFD:LensInfo",
             "ExifIFD:DateTimeOriginal", "XMP-xmp:CreatorTool", "XMP-dc:Creator", "IFD0:Orientation",
             "ICC_Profile:ProfileDescription")
@@ -204,9 +217,11 @@ def test_values_after_removed_entries_and_the_makernote_stay_where_they_were() -
     reads right, and the MakerNote (whose own offsets count from the TIFF header) keeps its place."""
     original = fixture("jpeg")
     prepared = prepare(original, JPEG, Recipe(strip=("location",))).data
-    assert len(prepared) == len(original) - 14  # IPTC's city dataset: the only thing that shrank
-    at = original.index(photos.MAKERNOTE)
-    assert prepared.index(photos.MAKERNOTE) == at - 14 and at > original.index(b"Exif\x00\x00")
+    assert len(prepared) == len(original)  # IPTC's city dataset: removed, the rest moved up and zero-padded
+    def makernote_at(data: bytes) -> int:  # from the TIFF header, which its own offsets count from
+        return data.index(photos.MAKERNOTE) - _tiff_at(data)
+
+    assert makernote_at(prepared) == makernote_at(original)
     exif = decoded(prepared).getexif().get_ifd(0x8769)
     assert exif[0x927C] == photos.MAKERNOTE
     assert exif[0xA434] == photos.LENS_MODEL and exif[0xA432] == (24.0, 70.0, 2.8, 2.8)
@@ -234,14 +249,81 @@ def _extended_xmp(data: bytes, packet: bytes) -> bytes:
     return data[:scan] + segments + data[scan:]
 
 
+EXTENSION = b"http://ns.adobe.com/xmp/extension/\x00"
+
+
+def _extension_of(data: bytes) -> tuple[bytes, set[bytes]]:
+    """(the extended XMP packet, the GUIDs its chunks name) of a JPEG."""
+    chunks, guids, at = [], set(), data.find(EXTENSION)
+    while at >= 0:
+        end = at - 2 + int.from_bytes(data[at - 2:at], "big")
+        body = data[at + len(EXTENSION):end]
+        guids.add(body[:32])
+        chunks.append((int.from_bytes(body[36:40], "big"), body[40:]))
+        at = data.find(EXTENSION, end)
+    return b"".join(chunk for _, chunk in sorted(chunks)), guids
+
+
 @pytest.mark.parametrize("location", [True, False])
-def test_an_extended_xmp_holding_a_stripped_field_goes_whole(location: bool) -> None:
-    plain = fixture("plain-jpeg")
-    data = _extended_xmp(plain, photos.xmp(location=location, serials=False, people=False))
+def test_an_extended_xmp_is_stripped_in_place_and_named_anew(location: bool) -> None:
+    """Google's cameras keep depth maps and more in an extended XMP, split over segments and named by the
+    MD5 of the packet, which the main packet names too: stripped, it is named by its new MD5 everywhere."""
+    extension = photos.xmp(location=location, serials=False, people=False)
+    guid = hashlib.md5(extension, usedforsecurity=False).hexdigest().upper().encode()
+    main = photos.xmp(location=False, serials=False, people=False).replace(
+        b"xmp:CreatorTool=", b'xmlns:xmpNote="http://ns.adobe.com/xmp/note/" xmpNote:HasExtendedXMP="' + guid
+        + b'" xmp:CreatorTool=')
+    out = io.BytesIO()
+    photos.pixels(120, 90).save(out, "JPEG", quality=90, xmp=main)
+    data = _extended_xmp(out.getvalue(), extension)
     prepared = prepare(data, JPEG, Recipe(strip=("location",)))
     assert prepared.changes == (("location",) if location else ())
-    assert (prepared.data == plain) == location  # the extension was all that differed
-    assert decoded(prepared.data).tobytes() == decoded(plain).tobytes()
+    assert len(prepared.data) == len(data)
+    assert decoded(prepared.data).tobytes() == decoded(data).tobytes()
+    packet, guids = _extension_of(prepared.data)
+    new = hashlib.md5(packet, usedforsecurity=False).hexdigest().upper().encode()
+    assert guids == {new} and (new == guid) == (not location)
+    assert prepared.data.count(new) == 3  # both chunks and the main packet's reference
+    assert photos.CITY.encode() not in prepared.data and photos.CREATOR_TOOL.encode() in packet
+    found = photos.exiftool(prepared.data)
+    if found is not None:  # exiftool joins the extension only when the reference and the MD5 agree
+        assert found["XMP-xmpNote:HasExtendedXMP"] == new.decode() and "ExifTool:Warning" not in found
+        assert "XMP-photoshop:City" not in found and "XMP-exif:GPSLatitude" not in found
+
+
+def _multi_picture(first: bytes, second: bytes) -> bytes:
+    """``first`` then ``second``, indexed by an MPF segment in ``first`` (CIPA DC-007), as phones write
+    previews and gain maps: MP Entry offsets count from the segment's TIFF header."""
+    index_at = 8 + 2 + 12 * 3 + 4  # TIFF header, three entries, the next-IFD pointer
+    mpf_length = 2 + 4 + index_at + 32
+    second_at = 2 + 2 + mpf_length + len(first) - 2
+    table = bytes(4) + len(first).to_bytes(4, "big") + bytes(8) + bytes(4) + len(second).to_bytes(4, "big") + (
+        second_at - (2 + 2 + 2 + 4)).to_bytes(4, "big") + bytes(4)
+    def entry(tag: int, kind: int, count: int, value: bytes) -> bytes:
+        return tag.to_bytes(2, "big") + kind.to_bytes(2, "big") + count.to_bytes(4, "big") + value
+
+    entries = entry(0xB000, 7, 4, b"0100") + entry(0xB001, 4, 1, (2).to_bytes(4, "big")) + entry(
+        0xB002, 7, 32, index_at.to_bytes(4, "big"))
+    tiff = b"MM\x00\x2a" + (8).to_bytes(4, "big") + (3).to_bytes(2, "big") + entries + bytes(4) + table
+    segment = b"\xff\xe2" + mpf_length.to_bytes(2, "big") + b"MPF\x00" + tiff
+    return first[:2] + segment + first[2:] + second
+
+
+def test_the_images_of_a_multi_picture_jpeg_are_stripped_in_place_too() -> None:
+    """Phones store previews, gain maps and depth maps after the image (MPF), each with an EXIF of its own,
+    and index them by offset: they are stripped where they are, and nothing moves."""
+    second = photos.jpeg(64, 48)
+    data = _multi_picture(fixture("plain-jpeg"), second)
+    assert Image.open(io.BytesIO(data)).format == "MPO"  # Pillow reads the index as a phone's viewer would
+    prepared = prepare(data, JPEG, Recipe())
+    assert prepared.changes == ("location", "serials") == inspect(data, JPEG, Recipe())
+    assert len(prepared.data) == len(data) and prepared.data[:-len(second)] == data[:-len(second)]
+    image = Image.open(io.BytesIO(prepared.data))
+    image.seek(1)  # through the index
+    assert image.tobytes() == decoded(second).tobytes() and image.getexif()[0x0112] == 6
+    assert not image.getexif().get_ifd(0x8825) and photos.BODY_SERIAL.encode() not in prepared.data
+    plain = fixture("plain-jpeg") + second  # not indexed: another program's trailer, left as it is
+    assert prepare(plain, JPEG, Recipe()).data is plain
 
 
 def test_png_text_chunks_compressed_or_raw_profiles_are_stripped_too() -> None:
@@ -303,6 +385,38 @@ def test_a_resized_jpeg_carries_its_stripped_metadata_over() -> None:
     assert after["ICC_Profile:ProfileDescription"] == "sRGB built-in"
 
 
+def _with_thumbnail(data: bytes, thumbnail: bytes) -> bytes:
+    """The JPEG with an IFD1 holding ``thumbnail``, as cameras write one, after the rest of its EXIF."""
+    tiff_at = _tiff_at(data)
+    end = tiff_at - 8 + int.from_bytes(data[tiff_at - 8:tiff_at - 6], "big")
+    tiff = bytearray(data[tiff_at:end])
+    order: Any = "big" if tiff[:2] == b"MM" else "little"
+    ifd1 = len(tiff) + len(tiff) % 2
+    entries = [(0x0201, ifd1 + 2 + 24 + 4), (0x0202, len(thumbnail))]
+    block = len(entries).to_bytes(2, order) + b"".join(
+        tag.to_bytes(2, order) + (4).to_bytes(2, order) + (1).to_bytes(4, order) + value.to_bytes(4, order)
+        for tag, value in entries) + bytes(4)
+    ifd0 = int.from_bytes(tiff[4:8], order)
+    next_at = ifd0 + 2 + 12 * int.from_bytes(tiff[ifd0:ifd0 + 2], order)
+    tiff[next_at:next_at + 4] = ifd1.to_bytes(4, order)
+    tiff += bytes(len(tiff) % 2) + block + thumbnail
+    return data[:tiff_at - 8] + (len(tiff) + 8).to_bytes(2, "big") + b"Exif\x00\x00" + tiff + data[end:]
+
+
+def test_a_thumbnail_is_kept_by_a_strip_and_left_out_of_a_re_encode() -> None:
+    """It shows the original, as stored: a re-encode turned upright would carry a thumbnail turned wrong."""
+    out = io.BytesIO()
+    photos.pixels(16, 12).save(out, "JPEG", quality=50)
+    thumbnail = out.getvalue()
+    data = _with_thumbnail(fixture("jpeg"), thumbnail)
+    assert decoded(data).getexif().get_ifd(0x8769)[0xA434] == photos.LENS_MODEL  # still a good EXIF
+    stripped = prepare(data, JPEG, Recipe())
+    assert thumbnail in stripped.data and decoded(stripped.data).tobytes() == decoded(data).tobytes()
+    resized = prepare(data, JPEG, Recipe(max_edge=200))
+    assert thumbnail not in resized.data and decoded(resized.data).size == (150, 200)
+    assert decoded(resized.data).getexif().get_ifd(0x8769)[0xA434] == photos.LENS_MODEL
+
+
 def test_max_edge_never_scales_up() -> None:
     original = fixture("plain-jpeg")
     prepared = prepare(original, JPEG, Recipe(max_edge=1000))
@@ -348,6 +462,75 @@ def test_an_unknown_type_and_gif_resizing_are_left_alone() -> None:
         prepare(b"BM....", "image/bmp", Recipe())
     gif = fixture("gif")
     assert prepare(gif, GIF, Recipe(max_edge=10)).data is gif
+
+
+def _plain_webp(lossless: bool) -> bytes:
+    """A simple WebP (no VP8X, no metadata), as most encoders write one."""
+    out = io.BytesIO()
+    photos.pixels(300, 200).save(out, "WEBP", lossless=lossless, quality=80)
+    return out.getvalue()
+
+
+def _png_with(keyword: str, value: str, *, zipped: bool = False) -> bytes:
+    from PIL import PngImagePlugin
+
+    text = PngImagePlugin.PngInfo()
+    if zipped:
+        text.add_itxt(keyword, value, zip=True)
+    else:
+        text.add_text(keyword, value)
+    out = io.BytesIO()
+    photos.pixels(40, 30).save(out, "PNG", pnginfo=text)
+    return out.getvalue()
+
+
+def _raw_profile(name: str, blob: bytes) -> str:
+    return f"\n{name}\n{len(blob):8d}\n{blob.hex()}\n"
+
+
+@pytest.mark.parametrize(("data", "content_type", "recipe", "changes"), [
+    pytest.param(_plain_webp(False), WEBP, Recipe(max_edge=100), ("resize:100",), id="simple lossy WebP"),
+    pytest.param(_plain_webp(True), WEBP, Recipe(max_edge=100), ("resize:100",), id="simple lossless WebP"),
+    pytest.param(_png_with("Raw profile type xmp", _raw_profile("xmp", photos.xmp())), PNG, Recipe(),
+                 ("location", "serials"), id="PNG raw XMP profile"),
+    pytest.param(_png_with("Raw profile type iptc", _raw_profile("iptc", photos.iptc_segment()[4:])), PNG,
+                 Recipe(strip=("people",)), ("people",), id="PNG raw IPTC profile"),
+    pytest.param(_png_with("Raw profile type icc", _raw_profile("icc", b"\x00" * 16)), PNG, ALL, (),
+                 id="PNG raw profile of another kind"),
+    pytest.param(_png_with("Author", photos.ARTIST, zipped=True), PNG, ALL, ("people",), id="PNG compressed Author"),
+    pytest.param(_png_with("XML:com.adobe.xmp", photos.xmp().decode()), PNG, ALL,
+                 ("location", "people", "serials"), id="PNG XMP in tEXt"),
+])
+def test_other_forms_of_the_same_metadata(data: bytes, content_type: str, recipe: Recipe,
+                                          changes: tuple[str, ...]) -> None:
+    prepared = prepare(data, content_type, recipe)
+    assert prepared.changes == changes == inspect(data, content_type, recipe)
+    if "resize:100" in changes:
+        assert decoded(prepared.data).size == (100, 67)
+        assert (b"VP8L" in webp_chunks(prepared.data)) == (b"VP8L" in webp_chunks(data))
+    else:
+        assert decoded(prepared.data).tobytes() == decoded(data).tobytes()
+        assert photos.CITY.encode() not in prepared.data or "location" not in changes
+        assert photos.ARTIST.encode() not in prepared.data or "people" not in changes
+
+
+def test_fill_bytes_between_jpeg_segments_are_kept() -> None:
+    data = fixture("jpeg")
+    filled = data[:2] + b"\xff\xff" + data[2:]  # markers may be preceded by any number of 0xFF
+    prepared = prepare(filled, JPEG, Recipe())
+    assert prepared.changes == ("location", "serials")
+    assert prepared.data[2:4] == b"\xff\xff"
+    assert decoded(prepared.data).tobytes() == decoded(data).tobytes()
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (_png_with("Raw profile type exif", "\nexif\n      8\nnot hex!\n"), "not hexadecimal"),
+    (_png_with("Raw profile type exif", "exif"), "malformed"),
+    (_png_with("Author", photos.ARTIST, zipped=True).replace(b"x\x9c", b"x\x00", 1), "corrupt"),
+])
+def test_a_broken_png_text_chunk_is_a_prepare_error(data: bytes, reason: str) -> None:
+    with pytest.raises(PrepareError, match=reason):
+        prepare(data, PNG, ALL)
 
 
 # -- the invariants -------------------------------------------------------------------------------
@@ -495,7 +678,7 @@ def test_a_bad_file_is_a_prepare_error_with_its_reason(what: str, spoil: Callabl
 
 
 @settings(max_examples=60, deadline=None)
-@given(kind=st.sampled_from([("jpeg", JPEG), ("png", PNG), ("webp", WEBP), ("heic", HEIC)]),
+@given(kind=st.sampled_from([("jpeg", JPEG), ("multi-picture", JPEG), ("png", PNG), ("webp", WEBP), ("heic", HEIC)]),
        flips=st.lists(st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=255)),
                       min_size=1, max_size=8),
        resize=st.booleans())

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import msgspec
 
 from packsync.config import MappingConfig
-from packsync.errors import ItemChanged, NotFound, PermanentError, TransientError, Unpreparable, UploadRejected
+from packsync.errors import ItemChanged, NotFound, PermanentError, PrepareError, TransientError, UploadRejected
 from packsync.model import (
     Blob,
     CachedFile,
@@ -345,7 +345,7 @@ class AddImage(Action, frozen=True):
         except NotFound as exc:
             run.stop(f"pack {run.pack_name!r} is gone or out of the key's scope ({exc})")
             return
-        except (TransientError, PermanentError, UploadRejected, ItemChanged, Unpreparable) as exc:
+        except (TransientError, PermanentError, UploadRejected, ItemChanged, PrepareError) as exc:
             if url is not None and isinstance(exc, PermanentError) and "image_url" in exc.fields:
                 # The API refuses the uploaded URL: upload the content afresh next time, never reuse it.
                 run.state.uploads.forget_blob(self.sha256)

@@ -35,9 +35,9 @@ from packsync.errors import (
     AmbiguousError,
     AuthError,
     PermanentError,
+    PrepareError,
     Stalled,
     StateError,
-    Unpreparable,
     UploadRejected,
     first_error,
 )
@@ -199,7 +199,7 @@ class Executor:
             try:
                 made = await self.preparer.prepare(add.sha256, await self.sources[add.mapping].read(add.item),
                                                    add.item.content_type, add.recipe)
-            except Unpreparable as exc:
+            except PrepareError as exc:
                 self.state.uploads.save_prepared([PreparedContent(add.sha256, add.recipe.key, problem=str(exc))])
                 raise
             if not add.recipe.as_is:

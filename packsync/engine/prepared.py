@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from packsync.engine.preparing import Preparer
-from packsync.errors import NotFound, PermanentError, SourceError, TransientError, Unpreparable
+from packsync.errors import NotFound, PermanentError, PrepareError, SourceError, TransientError
 from packsync.model import SUPPORTED, ContentItem, ManagedImage, PreparedContent, Problem, Scan
 from packsync.recipe import Recipe
 from packsync.sources.base import Source
@@ -94,7 +94,7 @@ async def _learn_one(seen: Observed, source: Source, preparer: Preparer, recipe:
     if prepare:
         try:
             found = (await preparer.prepare(item.sha256, data, item.content_type, recipe)).record
-        except Unpreparable as exc:
+        except PrepareError as exc:
             found = PreparedContent(item.sha256, recipe.key, problem=str(exc))
     else:
         found = await preparer.inspect(item.sha256, data, item.content_type, recipe)

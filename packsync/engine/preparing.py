@@ -14,7 +14,7 @@ import os
 
 import msgspec
 
-from packsync.errors import Unpreparable
+from packsync.errors import PrepareError
 from packsync.model import PreparedContent
 from packsync.recipe import Recipe
 
@@ -35,7 +35,7 @@ class Preparer:
         self._slots = asyncio.Semaphore(self.workers)
 
     async def prepare(self, sha256: str, data: bytes, content_type: str, recipe: Recipe) -> Prepared:
-        """What ``recipe`` makes of ``data`` (a content's bytes): raises ``Unpreparable`` with the reason."""
+        """What ``recipe`` makes of ``data`` (a content's bytes): raises ``PrepareError`` with the reason."""
         if recipe.as_is:
             return Prepared(data, content_type, PreparedContent(sha256, "", (), sha256, len(data), content_type))
         async with self._slots:
@@ -61,6 +61,6 @@ def _inspect(sha256: str, data: bytes, content_type: str, recipe: Recipe) -> Pre
 
     try:
         changes = prepare.inspect(data, content_type, recipe)
-    except Unpreparable as exc:
+    except PrepareError as exc:
         return PreparedContent(sha256, recipe.key, problem=str(exc))
     return PreparedContent(sha256, recipe.key, changes)

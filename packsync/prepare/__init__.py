@@ -23,13 +23,14 @@ from packsync.recipe import CONVERTIBLE, JPEG_QUALITY, STRIP_CATEGORIES, Recipe,
 
 #: The formats packsync re-encodes in their own format when scaling down.
 RESIZABLE = frozenset({"image/jpeg", "image/png", "image/webp"})
-#: HEIF files: stripped in place (``heif.py``); resized only when converted to JPEG, as no encoder for
-#: them ships with Pillow or pillow-heif wheels that packsync would trust for a re-encode.
+#: HEIF files: stripped in place (``heif.py``); scaled down only when converted to JPEG: encoding HEVC or
+#: AV1 again is slow, and would not make an AVIF uploadable (not among Genviral's types) anyway.
 DECODED = frozenset({"image/heic", "image/heif", "image/avif"})
 
 
 class Prepared(msgspec.Struct, frozen=True):
-    """What is uploaded for a file: its bytes, their type, and the changes that made them (() : the file)."""
+    """What is uploaded for a file: its bytes, their type, and the changes that made them (none: the file
+    itself)."""
 
     data: bytes
     content_type: str
@@ -77,7 +78,7 @@ def prepare(data: bytes, content_type: str, recipe: Recipe) -> Prepared:
     survey = _survey(data, content_type, recipe)
     changes, resize, convert = _plan(survey, content_type, recipe)
     if not resize and not convert:
-        return Prepared(survey.data, content_type, changes)
+        return Prepared(survey.stripped(), content_type, changes)
     from packsync.prepare import pixels
 
     out, out_type = pixels.reencode(data, content_type, survey, recipe.max_edge if resize else 0, convert)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from packsync.errors import Unpreparable
+from packsync.errors import PrepareError
 
-#: A file packsync cannot prepare for upload (corrupt, hostile, too large, a format it cannot edit): a
-#: per-file problem whose text is the one sentence the user reads. One error tree: it lives in ``errors``.
-PrepareError = Unpreparable
+__all__ = ["MAX_PIXELS", "PrepareError", "need", "u16", "u32", "within_limit"]
+
 
 #: The largest image packsync decodes (a 250-megapixel RGB image is 750 MB of pixels).
 MAX_PIXELS = 250_000_000

@@ -1,13 +1,16 @@
 """The containers, spliced by packsync's own code: JPEG segments, PNG chunks, WebP RIFF chunks, GIF.
 
 ``survey`` reads what a file holds (its size, orientation, metadata) and strips the categories asked for
-without touching a pixel byte: EXIF and XMP are edited in place (``exif.py``, ``xmpedit.py``), so their
-segments and chunks keep their sizes; only an APP13 (IPTC), an extended XMP, a PNG text chunk is rebuilt
-or dropped. It reads headers only, never pixels: ``inspect`` is cheap.
+without touching a pixel byte: EXIF and XMP (extended XMP too) are edited in place (``exif.py``,
+``xmpedit.py``) and IPTC padded to its size (``iptc.py``), so a JPEG keeps its exact length -- the offsets
+of a Multi-Picture index (MPF) to the images after it stay right -- and a WebP its chunk sizes. Only PNG
+text chunks are rewritten or dropped (each carries its own length and CRC). It reads headers only, never
+pixels: ``inspect`` is cheap.
 """
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +32,7 @@ MAX_TEXT = 16 * 1024 * 1024
 class Survey:
     """What stripping made of a file, and what resizing and converting need to know of it."""
 
-    data: bytes  # stripped; the very input object when nothing was
+    data: bytes  # the input (a HEIF's: stripped already)
     found: frozenset[str]  # the categories asked for that the file held
     width: int  # as stored
     height: int
@@ -38,17 +41,25 @@ class Survey:
     xmp: bytes | None  # the stripped main XMP packet
     lossless: bool = False  # a WebP stored losslessly
     animated: bool = False  # an animated PNG or WebP: never resized nor converted (one frame would be left)
+    #: The stripped file in pieces, joined only when it is the upload (a re-encode does not need it: a
+    #: large file is not held twice); None: nothing was stripped.
+    parts: tuple[bytes | memoryview, ...] | None = None
+
+    def stripped(self) -> bytes:
+        """The file stripped: the very ``data`` object when nothing was."""
+        return self.data if self.parts is None else b"".join(self.parts)
 
 
 @dataclass(slots=True)
 class _Edit:
     """What a container walk collects: its output pieces and what it learnt."""
 
-    pieces: list[bytes]
+    pieces: list[bytes | memoryview]
     found: set[str]
     exif: bytes | None = None
     xmp: bytes | None = None
     changed: bool = False
+    mpf: tuple[int, bytes] | None = None  # (start, segment) of a JPEG's Multi-Picture (APP2) index
 
     def tiff(self, block: bytes, wanted: frozenset[str]) -> bytes:
         edited, found = exif.strip(block, wanted)
@@ -62,7 +73,10 @@ class _Edit:
         self.xmp = edited if self.xmp is None else self.xmp
         return edited
 
-    def put(self, original: bytes, edited: bytes | None) -> None:
+    def keep(self, piece: bytes | memoryview) -> None:
+        self.pieces.append(piece)
+
+    def put(self, original: bytes | memoryview, edited: bytes | memoryview | None) -> None:
         """Keep ``original``, or put ``edited`` (None: drop it) in its place."""
         if edited is not None:
             self.pieces.append(edited)
@@ -71,8 +85,9 @@ class _Edit:
 
 def _result(data: bytes, edit: _Edit, size: tuple[int, int], lossless: bool = False, animated: bool = False) -> Survey:
     orientation = exif.orientation(edit.exif) if edit.exif else 1
-    out = b"".join(edit.pieces) if edit.changed else data
-    return Survey(out, frozenset(edit.found), size[0], size[1], orientation, edit.exif, edit.xmp, lossless, animated)
+    parts = tuple(edit.pieces) if edit.changed else None
+    return Survey(data, frozenset(edit.found), size[0], size[1], orientation, edit.exif, edit.xmp, lossless, animated,
+                  parts)
 
 
 # -- JPEG -----------------------------------------------------------------------------------------
@@ -81,10 +96,11 @@ _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 
 
-def _jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """(marker, start, end) of each segment before the scan, then (0xDA, start of the scan, end of data)."""
-    need(data[:2] == b"\xff\xd8", "not a JPEG (no start-of-image marker)")
-    pos = 2
+def _jpeg_segments(data: bytes, begin: int = 0) -> Iterator[tuple[int, int, int]]:
+    """(marker, start, end) of each segment before the scan of the JPEG at ``begin``, then (0xDA, start of
+    the scan, end of data)."""
+    need(data[begin:begin + 2] == b"\xff\xd8", "not a JPEG (no start-of-image marker)")
+    pos = begin + 2
     while True:
         need(pos + 2 <= len(data) and data[pos] == 0xFF, "the JPEG's segments are cut short or corrupt")
         marker = data[pos + 1]
@@ -123,36 +139,110 @@ def _jpeg_app(marker: int, segment: bytes, wanted: frozenset[str], edit: _Edit) 
     return segment
 
 
-def _extended_xmp(parts: list[bytes], wanted: frozenset[str], edit: _Edit) -> bool:
-    """Whether the extended XMP (its chunks, in file order) holds a category asked for: then it goes whole,
-    being large data (depth maps, face regions) no upload needs."""
-    chunks = sorted((u32(p, 36, True, "the extended XMP is cut short"), p[40:]) for p in parts)  # by offset
-    packet = b"".join(chunk for _, chunk in chunks)
-    _, found = xmpedit.strip(packet, wanted)
+def _extended_xmp(extended: list[tuple[int, bytes]], main: int | None, wanted: frozenset[str], edit: _Edit) -> None:
+    """The extended XMP -- one packet in chunks, each in its own segment at ``edit.pieces[index]``, named
+    by the MD5 of the packet (its GUID) -- blanked in place like the main packet; the chunks keep their
+    sizes, and the new GUID replaces the old one in each chunk and in the main packet's reference."""
+    head = 4 + len(EXTENDED_XMP_SIGNATURE)  # marker, length, signature; then GUID, full length, offset, chunk
+    chunks = sorted((u32(s, head + 36, True, "the extended XMP is cut short"), index, s)
+                    for index, s in extended)  # by offset in the packet
+    packet = b"".join(segment[head + 40:] for _, _, segment in chunks)
+    edited, found = xmpedit.strip(packet, wanted)
     edit.found |= found
-    return bool(found)
+    if edited is packet:
+        return
+    old, new = chunks[0][2][head:head + 32], hashlib.md5(edited, usedforsecurity=False).hexdigest().upper().encode()
+    at = 0
+    for _, index, segment in chunks:
+        size = len(segment) - head - 40
+        edit.pieces[index] = segment[:head] + new + segment[head + 32:head + 40] + edited[at:at + size]
+        at += size
+    if main is not None and len(old) == len(new):
+        edit.pieces[main] = bytes(edit.pieces[main]).replace(old, new)
 
 
-def _jpeg(data: bytes, wanted: frozenset[str]) -> Survey:
-    edit, size = _Edit([data[:2]], set()), (0, 0)
-    extended: list[tuple[int, bytes]] = []  # index in pieces, payload after the signature
-    for marker, start, end in _jpeg_segments(data):
+def _jpeg_edit(data: bytes, wanted: frozenset[str], begin: int) -> tuple[_Edit, tuple[int, int], int]:
+    """The JPEG at ``begin`` stripped (its last piece: its scan and all after it), its size, where its scan
+    starts."""
+    edit, size, main, scan = _Edit([data[begin:begin + 2]], set()), (0, 0), None, len(data)
+    extended: list[tuple[int, bytes]] = []  # (index in pieces, segment) of each extended XMP chunk
+    view = memoryview(data)
+    for marker, start, end in _jpeg_segments(data, begin):
+        if not (marker in _SOF or 0xE0 <= marker <= 0xEF):
+            edit.keep(view[start:end])  # the scan above all: not copied
+            scan = start if marker == 0xDA else scan
+            continue
         segment = data[start:end]
         if marker in _SOF and size == (0, 0):
             size = (u16(segment, 7, True, "the JPEG's frame header is cut short"),
                     u16(segment, 5, True, "the JPEG's frame header is cut short"))
         if marker == 0xE1 and segment[4:].startswith(EXTENDED_XMP_SIGNATURE):
-            extended.append((len(edit.pieces), segment[4 + len(EXTENDED_XMP_SIGNATURE):]))
+            extended.append((len(edit.pieces), segment))
+        elif marker == 0xE1 and segment[4:].startswith(XMP_SIGNATURE) and main is None:
+            main = len(edit.pieces)
+        elif marker == 0xE2 and segment[4:8] == b"MPF\x00":
+            edit.mpf = (start, segment)
         edit.put(segment, _jpeg_app(marker, segment, wanted, edit) if 0xE0 <= marker <= 0xEF else segment)
-    need(size[0] > 0 and size[1] > 0, "the JPEG has no frame header (or a size of 0)")
-    if extended and wanted and _extended_xmp([p for _, p in extended], wanted, edit):
-        drop = {index for index, _ in extended}
-        edit.pieces = [piece for index, piece in enumerate(edit.pieces) if index not in drop]
+    if extended and wanted:
+        _extended_xmp(extended, main, wanted, edit)
+        edit.changed |= any(edit.pieces[index] is not segment for index, segment in extended)
+    return edit, size, scan
+
+
+#: At most this many images of a Multi-Picture file are read (a crafted index could list many more).
+MAX_EMBEDDED = 16
+_MPF_CUT = "the JPEG's Multi-Picture index is cut short"
+
+
+def _mpf_images(start: int, segment: bytes) -> list[int]:
+    """Where the images an MPF segment (at ``start``) lists after the first begin: its MP Entry offsets
+    count from its TIFF header, 8 bytes into the segment."""
+    tiff = segment[8:]
+    need(tiff[:2] in (b"II", b"MM"), _MPF_CUT)
+    big = tiff[:2] == b"MM"
+    ifd = u32(tiff, 4, big, _MPF_CUT)
+    for at in range(ifd + 2, ifd + 2 + 12 * u16(tiff, ifd, big, _MPF_CUT), 12):
+        if u16(tiff, at, big, _MPF_CUT) == 0xB002:  # MP Entry: 16 bytes per image, its offset at 8
+            table, count = u32(tiff, at + 8, big, _MPF_CUT), u32(tiff, at + 4, big, _MPF_CUT) // 16
+            offsets = [u32(tiff, table + 16 * i + 8, big, _MPF_CUT) for i in range(min(count, MAX_EMBEDDED))]
+            return [start + 8 + offset for offset in offsets if offset]
+    return []
+
+
+def _embedded(data: bytes, scan: int, wanted: frozenset[str], edit: _Edit) -> None:
+    """The images a Multi-Picture (MPF) JPEG holds after the first -- previews, gain maps, depth maps,
+    each with an EXIF of its own -- stripped in place like the first. They keep their lengths, so the
+    MPF index stays right; the first image's scan piece is cut around the edited headers."""
+    edited: list[tuple[int, bytes]] = []
+    for begin in sorted(set(_mpf_images(*edit.mpf))) if edit.mpf and wanted else []:
+        if begin <= scan or (edited and begin < edited[-1][0] + len(edited[-1][1])):
+            continue  # an index pointing back into what was read already: a crafted file
+        inner, _, inner_scan = _jpeg_edit(data, wanted, begin)
+        edit.found |= inner.found
+        if inner.changed:
+            edited.append((begin, b"".join(inner.pieces[:-1])))
+            need(len(edited[-1][1]) == inner_scan - begin, "an image after the JPEG's end could not be edited")
+    if edited:
+        view, start, pieces = memoryview(data), scan, list[bytes | memoryview]()
+        for begin, headers in edited:
+            pieces += [view[start:begin], headers]
+            start = begin + len(headers)
+        edit.pieces[-1:] = [*pieces, view[start:]]
         edit.changed = True
+
+
+def _jpeg(data: bytes, wanted: frozenset[str]) -> Survey:
+    edit, size, scan = _jpeg_edit(data, wanted, 0)
+    need(size[0] > 0 and size[1] > 0, "the JPEG has no frame header (or a size of 0)")
+    _embedded(data, scan, wanted, edit)
     return _result(data, edit, size)
 
 
 # -- PNG ------------------------------------------------------------------------------------------
+
+#: The PNG chunks packsync reads; the others are passed on uncopied.
+_PNG_READ = frozenset({b"IHDR", b"eXIf", b"tEXt", b"zTXt", b"iTXt"})
+
 
 def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
     need(data[:8] == PNG_SIGNATURE, "not a PNG (no PNG signature)")
@@ -253,9 +343,13 @@ def _png_chunk(kind: bytes, chunk: bytes, wanted: frozenset[str], edit: _Edit) -
 
 def _png(data: bytes, wanted: frozenset[str]) -> Survey:
     edit, size, animated = _Edit([PNG_SIGNATURE], set()), (0, 0), False
+    view = memoryview(data)
     for kind, start, end in _png_chunks(data):
+        if kind not in _PNG_READ:
+            animated |= kind == b"acTL"
+            edit.keep(view[start:end])  # image data: not copied
+            continue
         chunk = data[start:end]
-        animated |= kind == b"acTL"
         if kind == b"IHDR":
             size = (u32(chunk, 8, True, "the PNG header is cut short"),
                     u32(chunk, 12, True, "the PNG header is cut short"))
@@ -297,18 +391,22 @@ def _webp_chunk(kind: bytes, chunk: bytes, wanted: frozenset[str], edit: _Edit) 
 def _webp(data: bytes, wanted: frozenset[str]) -> Survey:
     need(data[:4] == b"RIFF" and data[8:12] == b"WEBP", "not a WebP (no RIFF WEBP header)")
     edit, size, lossless, animated = _Edit([data[:12]], set()), None, False, False
+    view = memoryview(data)
     pos = 12
     while pos + 8 <= len(data):
         kind, length = data[pos:pos + 4], u32(data, pos + 4, False, "the WebP's chunks are cut short")
         end = pos + 8 + length
         need(end <= len(data), "the WebP's chunks are cut short")
-        size = size or _webp_size(kind, data[pos + 8:end])
+        size = size or _webp_size(kind, data[pos + 8:min(end, pos + 24)])
         lossless |= kind == b"VP8L"
         animated |= kind == b"ANIM"
-        edit.put(data[pos:end], _webp_chunk(kind, data[pos:end], wanted, edit))
+        if kind in (b"EXIF", b"XMP "):
+            edit.put(data[pos:end], _webp_chunk(kind, data[pos:end], wanted, edit))
+        else:
+            edit.keep(view[pos:end])  # image data: not copied
         pos = end + length % 2
-        edit.pieces.append(data[end:min(pos, len(data))])
-    edit.pieces.append(data[pos:])  # a tail too short for a chunk: kept as it was
+        edit.keep(view[end:min(pos, len(data))])
+    edit.keep(view[pos:])  # a tail too short for a chunk: kept as it was
     need(size is not None and size[0] > 0 and size[1] > 0, "the WebP has no image header")
     assert size is not None
     return _result(data, edit, size, lossless, animated)

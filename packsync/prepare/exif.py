@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from packsync.prepare.base import PrepareError, need, u16, u32
+from packsync.prepare.base import need, u16, u32
 
 GPS_IFD = 0x8825
 EXIF_IFD = 0x8769
@@ -173,6 +173,3 @@ def _drop_thumbnail(tiff: _Tiff, at: int, entries: list[_Entry]) -> None:
     for entry in entries:
         tiff.zero(tiff.span(entry))
     tiff.zero((at, at + 2 + 12 * len(entries) + 4))
-
-
-__all__ = ["PrepareError", "orientation", "strip", "upright"]

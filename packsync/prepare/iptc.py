@@ -1,5 +1,6 @@
 """IPTC IIM, as Photoshop stores it in a JPEG's APP13 segment: the datasets of the stripped categories
-removed, the image resource block rebuilt (its lengths are its own), the IPTC digest brought up to date."""
+removed, the others moved up and the freed bytes zeroed (Photoshop pads IIM with zeros too), so the segment
+keeps its size; the IPTC digest brought up to date."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def _strip_iim(iim: bytes, removed: frozenset[tuple[int, int]], wanted: frozense
         else:
             kept.append(iim[pos:start + length])
         pos = start + length
-    return b"".join(kept) + iim[pos:], found
+    rest = b"".join(kept) + iim[pos:]
+    return rest + bytes(len(iim) - len(rest)), found  # zero padding, as Photoshop pads: the segment keeps its size
 
 
 def strip(payload: bytes, categories: Iterable[str]) -> tuple[bytes, frozenset[str]]:

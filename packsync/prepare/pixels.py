@@ -2,7 +2,8 @@
 
 Pillow (and pillow-heif, for HEIC/HEIF) are imported here, inside the functions, so a lossless strip
 never loads them. Every image is decoded once, at a reduced scale when the JPEG decoder can (``draft``),
-scaled down before it is turned upright (the smaller copy is the one turned), encoded once. Any failure
+scaled down before it is turned upright (the smaller copy is the one turned; a second full-size copy
+exists only while a conversion that does not scale turns or flattens it), encoded once. Any failure
 to decode or encode -- Pillow raises many kinds on corrupt input -- becomes one PrepareError.
 """
 
@@ -94,8 +95,6 @@ def _decode(data: bytes, content_type: str, max_edge: int) -> tuple[Image.Image,
             image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
         if target != image.size:
             image = image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    except PrepareError:
-        raise
     except Exception as exc:
         raise PrepareError(f"cannot decode the {_NAMES[content_type]} image: {exc}") from None
     return image, info
@@ -113,9 +112,9 @@ def _flatten(image: Image.Image) -> Image.Image:
     from PIL import Image
 
     if image.mode in ("RGBA", "LA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
+        rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         white = Image.new("RGB", rgba.size, (255, 255, 255))
-        white.paste(rgba, mask=rgba.getchannel("A"))
+        white.paste(rgba, (0, 0), rgba)  # its own alpha as the mask: no band copied out
         return white
     return image if image.mode in ("RGB", "L", "CMYK") else image.convert("RGB")
 
@@ -132,7 +131,7 @@ def _options(fmt: str, survey: Survey, info: dict[str, Any], size: tuple[int, in
         sampling = info.get("subsampling", -1)
         options.update(quality=JPEG_QUALITY, subsampling=sampling if sampling in (0, 1, 2) else 2)
     elif fmt == "WEBP":
-        options.update(lossless=True) if survey.lossless else options.update(quality=JPEG_QUALITY)
+        options.update({"lossless": True} if survey.lossless else {"quality": JPEG_QUALITY})
     elif fmt == "PNG" and survey.xmp:
         from PIL import PngImagePlugin
 
