@@ -25,6 +25,9 @@ SUPPORTED = {
     "image/heic": "heic",
     "image/heif": "heif",
 }
+#: Every image type packsync recognises (``sources.media.sniff``), with its files' extension: those the
+#: API accepts, and AVIF, which a mapping's recipe may convert.
+EXTENSIONS = {**SUPPORTED, "image/avif": "avif"}
 
 
 class CachedFile(msgspec.Struct, frozen=True):

@@ -299,3 +299,17 @@ def test_the_page_shows_what_was_changed_in_each_upload(env: Env) -> None:
     cards = {m.group(1): m.group(0) for m in re.finditer(r'title="([^"]+)">(?:(?!</li>).)*</li>', html, re.S)}
     assert "uploaded with location and serial numbers stripped; resized to 256 px" in cards["beach.jpg"]
     assert "uploaded with" not in cards["plain.png"]
+
+
+def test_an_astria_avif_is_a_problem_until_converted_then_a_jpeg(env: Env) -> None:
+    pack_id = env.sandbox.astria.add_pack("Headshots")
+    env.sandbox.astria.add_image(pack_id, "woman", photos.avif(48, 32))
+    env.map_astria(pack_id, pack="Headshots")
+
+    refused = env.sync()
+
+    assert [("convert_to_jpeg" in p.reason) for p in refused.mappings[0].problems] == [True]
+    env.mappings[0]["convert_to_jpeg"] = ["avif"]
+    assert env.sync().exit_code == ExitCode.OK
+    with Image.open(io.BytesIO(only_upload(env, env.pack_named("Headshots")["id"]))) as opened:
+        assert opened.format == "JPEG"

@@ -40,9 +40,9 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 
 from packsync.engine.planner import Deletes, MappingOptions, SourceFacts, safety_stop
-from packsync.model import SUPPORTED, AstriaImage, Problem, PulledFile, RemoteImage
+from packsync.model import EXTENSIONS, AstriaImage, Problem, PulledFile, RemoteImage
 
-_EXTENSIONS = {*SUPPORTED.values(), "jpeg"}
+_EXTENSIONS = {*EXTENSIONS.values(), "jpeg"}
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,150}")
 LINK_SKIPPED = "a symbolic link: nothing is written or deleted through it; skipped"
 #: The device names Windows reserves, whatever extension follows and in any case.
@@ -65,7 +65,7 @@ class Download(msgspec.Struct, frozen=True):
 
     def file_name(self, content_type: str) -> str:
         """The file's name, once its bytes said what they are."""
-        return self.name or f"{self.stem}.{SUPPORTED[content_type]}"
+        return self.name or f"{self.stem}.{EXTENSIONS[content_type]}"
 
     @property
     def directory(self) -> str:

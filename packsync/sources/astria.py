@@ -26,7 +26,7 @@ from packsync.errors import (
     TransientError,
 )
 from packsync.logs import untrusted
-from packsync.model import SUPPORTED, AstriaImage, AstriaPack, CachedFile, ContentItem, Problem, Scan
+from packsync.model import EXTENSIONS, AstriaImage, AstriaPack, CachedFile, ContentItem, Problem, Scan
 from packsync.sources.base import SourceKind, astria_label
 from packsync.sources.media import Digester
 
@@ -126,7 +126,7 @@ class AstriaSource:
             assert cached.sha256 is not None and cached.content_type is not None
             scan.cache[url] = cached
             scan.items.append(ContentItem(url, cached.sha256, cached.size, cached.content_type,
-                                          f"{image.stem}.{SUPPORTED[cached.content_type]}"))
+                                          f"{image.stem}.{EXTENSIONS[cached.content_type]}"))
             if got is not None and on_item:
                 on_item(cached.size)
         scan.hashed_files = sum(1 for got in fetched.values() if isinstance(got, CachedFile))
