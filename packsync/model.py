@@ -129,6 +129,15 @@ class Blob(msgspec.Struct, frozen=True):
     uploaded: bool = False
 
 
+class Uploaded(msgspec.Struct, frozen=True):
+    """A content in storage as a recipe made it: its URL, the hash of the bytes sent (the upload's key), and
+    what preparing changed (none: the file's own bytes)."""
+
+    url: str
+    sent: str
+    changes: tuple[str, ...] = ()
+
+
 class Metadata(msgspec.Struct, frozen=True):
     """An image's AI enrichment as the API reports it (other fields of the answer are ignored)."""
 

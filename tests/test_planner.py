@@ -27,7 +27,18 @@ from packsync.engine.planner import (
     plan_mapping,
     plan_uploads,
 )
-from packsync.model import Blob, ContentItem, ManagedImage, Problem, RemoteImage, RemotePack, Scan
+from packsync.model import (
+    Blob,
+    ContentItem,
+    ManagedImage,
+    PreparedContent,
+    Problem,
+    RemoteImage,
+    RemotePack,
+    Scan,
+    Uploaded,
+)
+from packsync.recipe import Recipe
 
 ROOT = Path("/photos")
 PACK = "pack-1"
@@ -397,7 +408,7 @@ def test_content_already_in_storage_is_added_without_an_upload() -> None:
     plan = plan_sync([mapping("one", {"a.png": "A", "b.png": "B"})], blobs)
 
     assert [CONTENT_OF[u.add.sha256] for u in plan.uploads] == ["B"]
-    assert plan.urls == {sha("A"): url("A")}, "the executor is told the URL instead of looking it up"
+    assert plan.urls == {sha("A"): Uploaded(url("A"), sha("A"))}, "the executor is told the URL, not to look"
     assert len(plan.mappings[0].adds) == 2
 
 
@@ -430,3 +441,20 @@ def test_planner_imports_no_network_database_or_watcher_library(planner: str) ->
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_replacement_waiting_for_unknown_images_deletes_nothing() -> None:
+    """An image made with another recipe goes only with the add that replaces it: while adds wait for
+    images that could not be read, so does the replacement, old image and all."""
+    item = ContentItem("a.jpg", sha("A"), 10, "image/jpeg")
+    old = ManagedImage("pack-1", "i0", sha("A"), url("A"), "a.jpg", "photos", recipe="")
+    recipe = Recipe()
+    source = MappingInput("photos", "Pack", Scan("photos", items=[item]), [old],
+                          RemotePack("pack-1", "Pack", (RemoteImage("i0", url("A")), RemoteImage("f1", url("F")))),
+                          {}, unknown=1, recipe=recipe,
+                          prepared={(sha("A"), recipe.key): PreparedContent(sha("A"), recipe.key, ("location",))})
+
+    plan = plan_mapping(source)
+
+    assert plan.deletes == [] and [a.kind for a in plan.waiting] == ["replace"]
+    assert not any(a.kind in ("replace", "delete") for a in plan.actions)

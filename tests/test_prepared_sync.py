@@ -313,3 +313,36 @@ def test_an_astria_avif_is_a_problem_until_converted_then_a_jpeg(env: Env) -> No
     assert env.sync().exit_code == ExitCode.OK
     with Image.open(io.BytesIO(only_upload(env, env.pack_named("Headshots")["id"]))) as opened:
         assert opened.format == "JPEG"
+
+
+def test_a_refused_url_of_prepared_bytes_is_uploaded_afresh(env: Env) -> None:
+    """The upload forgotten is the one of the bytes sent (the prepared ones), not the file's."""
+    folder = env.map("photos", pack="Trip")
+    write(folder / "beach.jpg", photos.jpeg(48, 32))
+    env.sandbox.inject("422", *ADD)
+
+    first = env.cli("run", "--no-wait")
+    env.sandbox.reset_calls()
+    second = env.cli("run", "--no-wait")
+
+    assert first.returncode == ExitCode.SOME_FAILED and "image_url" in first.stdout
+    assert second.returncode == 0, second.stdout
+    assert env.sandbox.calls[UPLOAD] == 1, "the refused URL is never offered again"
+
+
+def test_a_failing_file_leaves_no_picture_twice_while_the_others_are_replaced(env: Env) -> None:
+    folder = env.map("photos", pack="Trip", strip=[], max_delete=10)
+    for n in range(4):
+        write(folder / f"gps-{n}.jpg", photos.jpeg(48, 32))
+    assert env.sync().exit_code == ExitCode.OK
+    pack_id = env.pack_named("Trip")["id"]
+    good = photos.jpeg(64, 48)
+    write(folder / "broken.jpg", good[:200] + bytes(range(256)) * 40 + b"\xff\xd9")
+    env.mappings[0].update(max_edge=400)
+    del env.mappings[0]["strip"]
+
+    report = env.sync()
+
+    assert report.exit_code == ExitCode.SOME_FAILED
+    assert len(env.pack(pack_id)["images"]) == 4, "each replacement deleted the image it replaced"
+    assert all(not tags_named(photos.exiftool(data) or {}, LOCATION) for data in env.cdn_bytes(pack_id))

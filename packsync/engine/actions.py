@@ -311,8 +311,7 @@ class AdoptImage(Action, frozen=True):
 
 class AddImage(Action, frozen=True):
     """Add the content of ``item`` to the pack, as ``file_name``, once its upload — of the bytes ``recipe``
-    makes of it — gave it a URL. ``replaces``: the image (made with another recipe) it takes the place of;
-    that one's delete follows in the delete phase."""
+    makes of it — gave it a URL."""
 
     kind: ClassVar[str] = "add"
     phase: ClassVar[Phase | None] = "transfer"
@@ -320,7 +319,6 @@ class AddImage(Action, frozen=True):
     item: ContentItem
     file_name: str
     recipe: Recipe = AS_IS
-    replaces: str | None = None
 
     @property
     def sha256(self) -> str:
@@ -334,30 +332,60 @@ class AddImage(Action, frozen=True):
     def about(self) -> tuple[str | None, str | None]:
         return self.item.key, None
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), **({"replaces": self.replaces} if self.replaces else {})}
-
     async def apply(self, run: Run) -> None:
-        url = None
+        await self.add(run)
+
+    async def add(self, run: Run) -> bool:
+        """Upload (once) and add; whether the image is in the pack and recorded."""
+        uploaded = None
         try:
-            url = await run.url_of(self)
-            image_id = await run.add_once(url, self.file_name)
+            uploaded = await run.url_of(self)
+            image_id = await run.add_once(uploaded.url, self.file_name)
         except NotFound as exc:
             run.stop(f"pack {run.pack_name!r} is gone or out of the key's scope ({exc})")
-            return
+            return False
         except (TransientError, PermanentError, UploadRejected, ItemChanged, PrepareError) as exc:
-            if url is not None and isinstance(exc, PermanentError) and "image_url" in exc.fields:
+            if uploaded is not None and isinstance(exc, PermanentError) and "image_url" in exc.fields:
                 # The API refuses the uploaded URL: upload the content afresh next time, never reuse it.
-                run.state.uploads.forget_blob(self.sha256)
+                run.state.uploads.forget_blob(uploaded.sent)
             run.fail(f"{self.mapping}/{self.item.key}", str(exc))
-            return
-        run.state.images.record([ManagedImage(run.pack_id, image_id, self.sha256, url, self.file_name,
+            return False
+        run.state.images.record([ManagedImage(run.pack_id, image_id, self.sha256, uploaded.url, self.file_name,
                                               self.mapping, recipe=self.recipe.key)])
         run.outcome.added += 1
-        if changes := run.changes_of(self):
-            run.outcome.prepared.append((self.item.key, changes))
+        if uploaded.changes:
+            run.outcome.prepared.append((self.item.key, uploaded.changes))
         run.progress.advance("added")
         run.log.debug("image added", file=self.file_name, image_id=image_id)
+        return True
+
+
+class ReplaceImage(AddImage, frozen=True):
+    """Add the content anew as the mapping's recipe makes it, then — once that is in the pack — delete the
+    image made with another recipe (``replaces``, at ``old_url``, named ``old_name``): one step, so a failure
+    leaves the old image, never both."""
+
+    kind: ClassVar[str] = "replace"
+
+    replaces: str = ""
+    old_url: str = ""
+    old_name: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "replaces": self.replaces}
+
+    def withheld(self) -> WithheldDelete:
+        """Its delete as a safety stop holds it back (the add waits with it)."""
+        return WithheldDelete(self.mapping, self.replaces, self.old_url, REPLACED, self.sha256, self.old_name)
+
+    async def apply(self, run: Run) -> None:
+        if await self.add(run):
+            await DeleteImage(self.mapping, self.replaces, self.old_url, REPLACED, self.sha256,
+                              self.old_name).apply(run)
+
+
+#: Why an image made with another recipe goes.
+REPLACED = "replaced: the recipe makes its file anew"
 
 
 class Upload(Action, frozen=True):

@@ -42,7 +42,7 @@ from packsync.errors import (
     first_error,
 )
 from packsync.logs import get_logger
-from packsync.model import Blob, PreparedContent
+from packsync.model import Blob, PreparedContent, Uploaded
 from packsync.remote.genviral import GenviralClient
 from packsync.sources.base import Source
 
@@ -105,9 +105,6 @@ class Run:
     async def add_once(self, url: str, file_name: str) -> str:
         return await self._executor.add_once(self.pack_id, url, file_name)
 
-    def changes_of(self, add: AddImage) -> tuple[str, ...]:
-        """What preparing ``add``'s content for upload changed, as far as this run prepared it."""
-        return self._executor.changes.get(add.upload_key, ())
 
 
 class Executor:
@@ -121,11 +118,11 @@ class Executor:
         self.progress = progress
         self.sidecar_pass = sidecar_pass or asyncio.Lock()  # the Syncer's: shared with the metadata loop
         self.log = get_logger()
-        self._uploads: dict[str, asyncio.Task[str]] = {}
-        self._urls: dict[str, str] = {}
+        self._uploads: dict[str, asyncio.Task[Uploaded]] = {}
+        self._urls: dict[str, Uploaded] = {}
         self._planned: dict[str, Upload] = {}
         self.preparer = preparer or Preparer()
-        self.changes: dict[str, tuple[str, ...]] = {}  # by upload: what preparing it changed
+
         # Files read (and prepared) but not yet sent, at most: enough to keep every connection and every
         # core busy, few enough that memory does not grow with the number of adds waiting.
         self._in_hand = asyncio.Semaphore(self.api.concurrency + self.preparer.workers)
@@ -182,8 +179,8 @@ class Executor:
             return
         await self._bounded(run, "delete")
 
-    def url_of(self, add: AddImage) -> Awaitable[str]:
-        """The CDN URL of ``add``'s content as its recipe makes it, uploading it once however many packs want it."""
+    def url_of(self, add: AddImage) -> Awaitable[Uploaded]:
+        """``add``'s content in storage as its recipe makes it, uploaded once however many packs want it."""
         key = add.upload_key
         if key in self._urls:
             return _ready(self._urls[key])
@@ -193,7 +190,7 @@ class Executor:
             self._uploads[key] = task
         return asyncio.shield(task)
 
-    async def _upload(self, upload: Upload) -> str:
+    async def _upload(self, upload: Upload) -> Uploaded:
         async with self._in_hand:
             add = upload.add
             try:
@@ -204,19 +201,17 @@ class Executor:
                 raise
             if not add.recipe.as_is:
                 self.state.uploads.save_prepared([made.record])
-                self.changes[add.upload_key] = made.record.changes
-            blob = upload.resume
             sent = made.record.upload_sha256 or add.sha256
+            blob = upload.resume
             if blob is None or blob.sha256 != sent:  # (the same bytes may be uploaded already, for another file)
                 blob = self.state.uploads.blobs({sent}).get(sent)
                 if blob and blob.uploaded and blob.url:
                     self.progress.advance("uploaded")
-                    return blob.url
-            return await self._put(add, made, blob)
+                    return Uploaded(blob.url, sent, made.record.changes)
+            return Uploaded(await self._put(add, made, sent, blob), sent, made.record.changes)
 
-    async def _put(self, add: AddImage, made: Prepared, blob: Blob | None) -> str:
+    async def _put(self, add: AddImage, made: Prepared, sent: str, blob: Blob | None) -> str:
         rejected: UploadRejected | None = None
-        sent = made.record.upload_sha256 or add.sha256
         for _attempt in range(UPLOAD_TRIES):
             if not (blob and blob.url and blob.upload_url and (blob.expires_at or 0) - EXPIRY_MARGIN_S > time.time()):
                 ticket = await self.api.create_upload(made.content_type, add.file_name, len(made.data))

@@ -51,10 +51,21 @@ from packsync.engine.actions import (
     RecordRecipe,
     RememberPack,
     RenamePack,
+    ReplaceImage,
     Upload,
     WithheldDelete,
 )
-from packsync.model import Blob, ContentItem, ManagedImage, Metadata, PreparedContent, RemoteImage, RemotePack, Scan
+from packsync.model import (
+    Blob,
+    ContentItem,
+    ManagedImage,
+    Metadata,
+    PreparedContent,
+    RemoteImage,
+    RemotePack,
+    Scan,
+    Uploaded,
+)
 from packsync.recipe import AS_IS, Recipe
 
 A = TypeVar("A", bound=Action)
@@ -125,7 +136,12 @@ class MappingPlan(msgspec.Struct):
 
     @property
     def adds(self) -> list[AddImage]:
-        return self.of(AddImage)
+        """Every image to add, replacements among them."""
+        return [action for action in self.actions if isinstance(action, AddImage)]
+
+    @property
+    def replacements(self) -> list[ReplaceImage]:
+        return self.of(ReplaceImage)
 
     @property
     def adopts(self) -> list[AdoptImage]:
@@ -149,7 +165,8 @@ class MappingPlan(msgspec.Struct):
 
     @property
     def mutations(self) -> int:
-        return len(self.adds) + len(self.deletes) + len(self.of(CreatePack)) + len(self.of(RenamePack))
+        return len(self.adds) + len(self.replacements) + len(self.deletes) + len(self.of(CreatePack)) \
+            + len(self.of(RenamePack))
 
     @property
     def settled(self) -> bool:
@@ -163,7 +180,7 @@ class Plan(msgspec.Struct):
 
     mappings: list[MappingPlan]
     uploads: list[Upload]
-    urls: dict[str, str] = msgspec.field(default_factory=dict)
+    urls: dict[str, Uploaded] = msgspec.field(default_factory=dict)
 
     @property
     def mutations(self) -> int:
@@ -242,8 +259,7 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
         deletes += [DeleteImage(source.label, image.image_id, image.url, "not in the folder (prune_foreign)")
                     for image in walk.foreign]
 
-    adds = [AddImage(source.label, item, _uploaded_name(item, source.recipe), source.recipe,
-                     walk.replaced.get(sha256)) for sha256, item in wanted.items() if sha256 not in walk.kept]
+    adds = [_add(source, item, walk.replaced.get(sha256)) for sha256, item in wanted.items() if sha256 not in walk.kept]
     if source.unknown:  # any of those images may hold what would be added: adding waits for their bytes
         plan.waiting, adds = adds, []
     plan.actions += adds
@@ -251,8 +267,10 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
     managed = len(walk.live) if source.managed_in_pack is None else source.managed_in_pack
     scan = source.scan
     plan.safety = safety_stop(SourceFacts(), Deletes(
-        scan.source, sum(d.reason != "duplicate" for d in deletes), not scan.items and not scan.problems, managed,
-        managed + (len(walk.foreign) if source.options.prune_foreign else 0)), source.options)
+        scan.source, sum(d.reason != "duplicate" for d in deletes) + len(walk.replaced),
+        not scan.items and not scan.problems, managed,
+        managed + (len(walk.foreign) if source.options.prune_foreign else 0), replaced=len(walk.replaced)),
+        source.options)
     plan.actions += [WithheldDelete(**msgspec.structs.asdict(d)) for d in deletes] if plan.safety else deletes
     _replacing(plan, walk, source.recipe)
     return plan
@@ -268,11 +286,22 @@ def _pack_actions(source: MappingInput) -> list[Action]:
     return actions
 
 
+def _add(source: MappingInput, item: ContentItem, old: ManagedImage | None) -> AddImage:
+    """The add of ``item``'s content, or the replacement of ``old`` (made with another recipe) by it."""
+    name = _uploaded_name(item, source.recipe)
+    if old is None:
+        return AddImage(source.label, item, name, source.recipe)
+    return ReplaceImage(source.label, item, name, source.recipe, old.image_id, old.url, old.file_name)
+
+
 def _replacing(plan: MappingPlan, walk: _Walk, recipe: Recipe) -> None:
-    """Record the images the recipe makes anew as they are; hold back the replacements whose old image
-    a safety stop keeps (the same picture twice)."""
+    """Record the images the recipe makes anew as they are; a safety stop holds back the replacements (their
+    deletes are listed as withheld)."""
     if plan.safety:
-        plan.actions = [a for a in plan.actions if not (isinstance(a, AddImage) and a.replaces)]
+        held = plan.replacements
+        plan.actions = [a for a in plan.actions if not isinstance(a, ReplaceImage)]
+        plan.waiting = [a for a in plan.waiting if not isinstance(a, ReplaceImage)]
+        plan.actions += [replacement.withheld() for replacement in held]
     if walk.same:
         plan.actions.append(RecordRecipe(plan.label, walk.pack_id, tuple(walk.same), recipe.key))
 
@@ -298,7 +327,7 @@ class _Walk:
         self.foreign: list[RemoteImage] = []
         self.kept: set[str] = set()
         self.deletes: list[DeleteImage] = []
-        self.replaced: dict[str, str] = {}  # content -> the image its replacement replaces
+        self.replaced: dict[str, ManagedImage] = {}  # content -> the image (another recipe's) its add replaces
         self.same: list[str] = []  # images the mapping's recipe makes anew as they are
         recipe = source.recipe.key
         # The contents whose uploads the mapping's recipe made, by the hash of the bytes uploaded.
@@ -345,9 +374,7 @@ class _Walk:
             self.deletes.append(DeleteImage(source.label, image.image_id, image.url, "duplicate", image.sha256,
                                             image.file_name))
         elif image.sha256 in self.wanted and not self._as_recipe_makes(image):
-            self.replaced[image.sha256] = image.image_id
-            self.deletes.append(DeleteImage(source.label, image.image_id, image.url, "replaced (prepared anew)",
-                                            image.sha256, image.file_name))
+            self.replaced[image.sha256] = image
         elif image.sha256 in self.wanted or image.sha256 in source.scan.keep or not source.options.delete:
             self.kept.add(image.sha256)
         else:
@@ -386,6 +413,8 @@ class Deletes(msgspec.Struct, frozen=True):
     place: str = "in the pack"
     #: What an empty source may mean, to say with the stop.
     hint: str = "an unmounted disk? an emptied pack?"
+    #: How many of ``count`` are images replaced because the recipe changed (the rest are deleted).
+    replaced: int = 0
 
 
 def safety_stop(facts: SourceFacts, deletes: Deletes | None = None,
@@ -412,9 +441,18 @@ def safety_stop(facts: SourceFacts, deletes: Deletes | None = None,
         share = options.max_delete
         allowed = f"{share}: at most {limit}" if isinstance(share, int) else \
             f"{share} of the {_counted(deletes.deletable, deletes.noun)} it may delete here: at most {limit}"
-        return (f"this run would delete {_counted(deletes.count, deletes.noun)}, more than max_delete allows "
+        return (f"this run would {_deleting(deletes)}, more than max_delete allows "
                 f"({allowed}); re-run with --force to allow it, or with --dry-run to list them")
     return None
+
+
+def _deleting(deletes: Deletes) -> str:
+    """What a plan's deletes are, in words: replacements (the recipe changed) told apart."""
+    if not deletes.replaced:
+        return f"delete {_counted(deletes.count, deletes.noun)}"
+    rest = deletes.count - deletes.replaced
+    return (f"replace {_counted(deletes.replaced, deletes.noun)} (strip, max_edge or convert_to_jpeg changed what "
+            "is uploaded)" + (f" and delete {rest}" if rest else ""))
 
 
 def _counted(count: int, noun: str) -> str:
@@ -434,13 +472,15 @@ def plan_uploads(mappings: list[MappingPlan], blobs: Mapping[str, Blob],
     """Complete mapping plans with the uploads they need (one per content and recipe); ``blobs`` covers at
     least the uploads of their adds' contents whose bytes are known (``uploaded_as``)."""
     uploads: dict[str, Upload] = {}
-    urls: dict[str, str] = {}
+    urls: dict[str, Uploaded] = {}
+    known = prepared or {}
     for mapping in mappings:
         for add in mapping.adds:
-            upload = uploaded_as(add, prepared or {})
+            upload = uploaded_as(add, known)
             blob = blobs.get(upload) if upload else None
-            if blob and blob.uploaded and blob.url:
-                urls[add.upload_key] = blob.url
+            if upload and blob and blob.uploaded and blob.url:
+                made = known.get((add.sha256, add.recipe.key))
+                urls[add.upload_key] = Uploaded(blob.url, upload, made.changes if made else ())
             elif add.upload_key not in uploads:
                 uploads[add.upload_key] = Upload(add.mapping, add, blob)
     return Plan(mappings, list(uploads.values()), urls)

@@ -237,7 +237,7 @@ class Syncer:
         assert plan is not None
         self.api.start_run(planned_calls=plan.mutations)
         for kind, count in (("uploaded", len(plan.uploads)), ("added", sum(len(p.adds) for p in plan.mappings)),
-                            ("deleted", sum(len(p.deletes) for p in plan.mappings))):
+                            ("deleted", sum(len(p.deletes) + len(p.replacements) for p in plan.mappings))):
             if count:
                 self.progress.total(kind, count)
         executor = self._executor()

@@ -66,9 +66,9 @@ def print_plan(report: SyncReport, out: TextIO, verbose: bool = False) -> None:
 def _planned(plan: MappingPlan, uploads: set[str], out: TextIO) -> None:
     """One mapping's adds, adoptions, deletes and withheld deletes, as a dry run lists them."""
     for add in plan.adds:
-        verb = "replace" if add.replaces else "upload+add" if add.upload_key in uploads else "add"
-        why = f" (image {printable(add.replaces)} was prepared otherwise; it goes once this one is added)" \
-            if add.replaces else ""
+        replaces = add.describe().get("replaces")
+        verb = "replace" if replaces else "upload+add" if add.upload_key in uploads else "add"
+        why = f" (image {printable(replaces)}, prepared otherwise, goes once this one is added)" if replaces else ""
         out.write(f"  {verb:<10} {printable(add.item.key)}{why}\n")
     for adopt in plan.adopts:
         if not adopt.recovered:
