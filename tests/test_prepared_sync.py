@@ -18,6 +18,7 @@ import httpx2
 import photos
 import pytest
 from conftest import Env, write
+from helpers import state_rows
 from PIL import Image
 
 from packsync.errors import ExitCode
@@ -346,3 +347,59 @@ def test_a_failing_file_leaves_no_picture_twice_while_the_others_are_replaced(en
     assert report.exit_code == ExitCode.SOME_FAILED
     assert len(env.pack(pack_id)["images"]) == 4, "each replacement deleted the image it replaced"
     assert all(not tags_named(photos.exiftool(data) or {}, LOCATION) for data in env.cdn_bytes(pack_id))
+
+
+def broken_exif(data: bytes) -> bytes:
+    """A JPEG whose EXIF points outside itself: its pixels decode, its tags cannot be stripped."""
+    at = data.index(b"Exif\x00\x00") + 6
+    offset = (0xFFFFFF00).to_bytes(4, "little" if data[at:at + 2] == b"II" else "big")
+    return data[:at + 4] + offset + data[at + 8:]
+
+
+def changes_counted(env: Env) -> int:
+    (count,), = state_rows(env.state_path, "SELECT count FROM changes")
+    return int(count)
+
+
+def test_a_file_whose_tags_cannot_be_stripped_is_never_uploaded_with_them(env: Env) -> None:
+    folder = env.map("photos", pack="Trip")
+    write(folder / "odd.jpg", broken_exif(photos.jpeg(48, 32)))
+
+    report = env.sync()
+
+    assert report.exit_code == ExitCode.SOME_FAILED
+    assert env.pack(env.pack_named("Trip")["id"])["images"] == []
+
+
+def test_an_image_its_new_recipe_cannot_prepare_is_kept_and_said_so_every_run(env: Env) -> None:
+    folder = env.map("photos", pack="Trip", strip=[])
+    write(folder / "odd.jpg", broken_exif(photos.jpeg(48, 32)))
+    assert env.sync().exit_code == ExitCode.OK
+    pack_id = env.pack_named("Trip")["id"]
+    before = env.pack(pack_id)["images"]
+    del env.mappings[0]["strip"]
+
+    for _run in range(2):
+        report = env.sync()
+        assert report.exit_code == ExitCode.SOME_FAILED, "a location that cannot be stripped is worth a word"
+        plan = report.mappings[0].plan
+        assert plan is not None
+        assert [(p.rel_path, "cannot be prepared" in p.reason) for p in plan.unprepared] == [("odd.jpg", True)]
+    assert [i["id"] for i in env.pack(pack_id)["images"]] == [i["id"] for i in before], \
+        "its image stays: deleting it would lose the picture from the pack"
+
+
+def test_a_file_that_cannot_be_prepared_is_not_prepared_again_beside_a_foreign_image(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("Trip")
+    env.sandbox.add_uploaded(pack_id, photos.png(24, 24, gps=False, serials=False, xmp_location=False), "web.png")
+    folder = env.map("photos", pack_id=pack_id)
+    write(folder / "odd.jpg", broken_exif(photos.jpeg(48, 32)))
+    write(folder / "good.jpg", photos.jpeg(40, 30))
+    env.sync()
+    env.sync(wait=True)  # (the metadata settled: what the next run records of it is nothing)
+    counted = changes_counted(env)
+
+    third = env.sync()
+
+    assert [p.rel_path for p in third.mappings[0].problems] == ["odd.jpg"]
+    assert changes_counted(env) == counted, "nothing was learnt anew, so nothing was recorded anew"

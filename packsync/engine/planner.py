@@ -61,6 +61,7 @@ from packsync.model import (
     ManagedImage,
     Metadata,
     PreparedContent,
+    Problem,
     RemoteImage,
     RemotePack,
     Scan,
@@ -128,6 +129,9 @@ class MappingPlan(msgspec.Struct):
     actions: list[Action] = msgspec.field(default_factory=list)
     duplicates: list[RemoteImage] = msgspec.field(default_factory=list)  # foreign copies of a content already here
     waiting: list[AddImage] = msgspec.field(default_factory=list)  # adds held back until unknown images are read
+    #: Files whose images were made with another recipe, which the mapping's recipe cannot prepare now: their
+    #: images stay as uploaded before (a file whose location is to be stripped and cannot be says so).
+    unprepared: list[Problem] = msgspec.field(default_factory=list)
     safety: str | None = None
 
     def of(self, kind: type[A]) -> list[A]:
@@ -171,7 +175,8 @@ class MappingPlan(msgspec.Struct):
     @property
     def settled(self) -> bool:
         """Nothing to do, to hold back, to report or to record: the mapping is a mirror of its source."""
-        return not (any(action.work for action in self.actions) or self.duplicates or self.waiting or self.safety)
+        return not (any(action.work for action in self.actions) or self.duplicates or self.waiting or self.safety
+                    or self.unprepared)
 
 
 class Plan(msgspec.Struct):
@@ -389,7 +394,11 @@ class _Walk:
         if image.recipe == recipe:
             return True
         now = self.source.prepared.get((image.sha256, recipe))
-        if now is None or now.problem is not None:
+        if now is None:
+            return True
+        if now.problem is not None:
+            self.plan.unprepared.append(Problem(self.wanted[image.sha256].key, f"cannot be prepared for upload: "
+                                                f"{now.problem}; its image in the pack is the file as it was uploaded"))
             return True
         before = () if image.recipe == "" else getattr(self.source.prepared.get((image.sha256, image.recipe)),
                                                        "changes", None)

@@ -64,13 +64,18 @@ async def observe(state: State, source: Source, preparer: Preparer, recipe: Reci
     seen = Observed(state.uploads.prepared(stale.keys() | adding, {recipe.key, *stale.values()}))
     known = seen.prepared
     await _learn(seen, source, preparer, recipe, [items[s] for s in stale if (s, recipe.key) not in known], False)
-    if unmatched:
-        await _learn(seen, source, preparer, recipe, [items[s] for s in adding if not getattr(
-            known.get((s, recipe.key)), "uploaded_as", None)], True)
+    if unmatched:  # (a content on record as one that cannot be prepared is not tried again)
+        await _learn(seen, source, preparer, recipe, [items[s] for s in adding if _unsent(known.get((s, recipe.key)))],
+                     True)
     for sha in adding:
         if (found := known.get((sha, recipe.key))) and found.problem:
             _refuse(scan, items[sha], found.problem)
     return seen
+
+
+def _unsent(found: PreparedContent | None) -> bool:
+    """Whether the bytes the recipe uploads for a content are still to be learnt."""
+    return found is None or (found.problem is None and found.uploaded_as is None)
 
 
 async def _learn(seen: Observed, source: Source, preparer: Preparer, recipe: Recipe, items: Iterable[ContentItem],
