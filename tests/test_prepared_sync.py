@@ -8,9 +8,11 @@ import json
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -403,3 +405,24 @@ def test_a_file_that_cannot_be_prepared_is_not_prepared_again_beside_a_foreign_i
 
     assert [p.rel_path for p in third.mappings[0].problems] == ["odd.jpg"]
     assert changes_counted(env) == counted, "nothing was learnt anew, so nothing was recorded anew"
+
+
+def test_an_upload_recovered_after_a_crash_keeps_the_recipe_that_made_it(env: Env) -> None:
+    """An image added but never recorded (a run killed in between) is found by its URL; if the recipe has
+    changed since, it is recorded as what made it, and so replaced, not taken for the new recipe's."""
+    folder = env.map("photos", pack="Trip", strip=[])
+    write(folder / "beach.jpg", photos.jpeg(48, 32))
+    assert env.sync().exit_code == ExitCode.OK
+    with closing(sqlite3.connect(env.state_path)) as db, db:
+        db.execute("DELETE FROM images")  # as if the run died after the add, before its record
+    del env.mappings[0]["strip"]
+
+    recovered = env.sync()
+    replaced = env.sync(force=True)
+
+    assert recovered.mappings[0].outcome is not None and recovered.mappings[0].outcome.recovered == 1
+    assert replaced.exit_code == ExitCode.OK
+    tags = photos.exiftool(only_upload(env, env.pack_named("Trip")["id"]))
+    assert tags is None or not tags_named(tags, LOCATION)
+    with Image.open(io.BytesIO(only_upload(env, env.pack_named("Trip")["id"]))) as opened:
+        assert 0x8825 not in opened.getexif(), "the location is gone from the pack"

@@ -101,7 +101,7 @@ class MappingInput(msgspec.Struct, frozen=True):
     scan: Scan
     managed: Sequence[ManagedImage]
     remote: RemotePack | None
-    known_urls: Mapping[str, str]   # packsync's own upload URLs among the pack's unrecorded images
+    known_urls: Mapping[str, str]   # packsync's own upload URLs among the pack's unrecorded images: their content
     options: MappingOptions = MappingOptions()
     others: Mapping[str, str] = msgspec.field(default_factory=dict)  # other mappings' images here: id -> content
     contents: Mapping[str, str] = msgspec.field(default_factory=dict)  # downloaded unrecorded images: url -> content
@@ -117,6 +117,8 @@ class MappingInput(msgspec.Struct, frozen=True):
     #: recipe for the contents of images made with another, and for the contents to add (their uploaded
     #: bytes are how an image in the pack is recognised as theirs).
     prepared: Mapping[tuple[str, str], PreparedContent] = msgspec.field(default_factory=dict)
+    #: The recipe (its key) that made the bytes of each of ``known_urls`` ('' or missing: the file as it is).
+    known_recipes: Mapping[str, str] = msgspec.field(default_factory=dict)
 
 
 class MappingPlan(msgspec.Struct):
@@ -365,8 +367,8 @@ class _Walk:
     def _adopt(self, seen: RemoteImage, sha256: str, recovered: bool) -> ManagedImage:
         name = _name(self.wanted[sha256]) if sha256 in self.wanted else seen.url
         # Bytes its recipe made are the recipe's; the file's own bytes are the file as it is.
-        recipe = self.source.recipe.key if self.uploaded.get(self.source.contents.get(seen.url, "")) == sha256 \
-            or recovered else ""
+        recipe = self.source.known_recipes.get(seen.url, "") if recovered else self.source.recipe.key \
+            if self.uploaded.get(self.source.contents.get(seen.url, "")) == sha256 else ""
         image = ManagedImage(self.pack_id, seen.image_id, sha256, seen.url, file_name_for(name), self.source.label,
                              seen.metadata, recipe)
         self.plan.actions.append(AdoptImage(self.source.label, image, recovered))

@@ -494,7 +494,8 @@ class Syncer:
         others = self.state.images.others(remote.pack_id, owner) if remote else {}
         recorded = {image.image_id for image in managed} | others.keys()
         unrecorded = {image.url for image in remote.images if image.image_id not in recorded} if remote else set()
-        known_urls = self.state.uploads.known_urls(unrecorded)
+        known = self.state.uploads.known_urls(unrecorded)
+        known_urls = {url: sha for url, (sha, _recipe) in known.items()}
         in_pack = {image.image_id for image in remote.images} if remote else set()
         present = {image.sha256 for image in managed if image.image_id in in_pack} | set(known_urls.values()) \
             | {sha256 for image_id, sha256 in others.items() if image_id in in_pack}
@@ -508,11 +509,10 @@ class Syncer:
                                      managed, missing, unmatched)
         if seen.learnt:
             report.records.append(RecordPrepared(report.label, tuple(seen.learnt)))
-        made = {p.uploaded_as: sha for (sha, key), p in seen.prepared.items() if key == mapping.recipe.key}
-        known_urls = {url: made.get(sha, sha) for url, sha in known_urls.items()}
         return MappingInput(
             label=mapping.label, pack_name=mapping.pack or (remote.name if remote else ""), scan=scan,
             managed=managed, remote=remote, known_urls=known_urls,
+            known_recipes={url: recipe for url, (_sha, recipe) in known.items()},
             options=MappingOptions(mapping.delete, mapping.prune_foreign, mapping.max_delete, options.force),
             others=others, contents=contents, unknown=unknown, remember=None if report.target.renamed_from
             else read.remember, gone_pack=read.gone, renamed=self._rename(report, remote), recipe=mapping.recipe,

@@ -111,7 +111,7 @@ class PreparedRow(SQLModel, table=True):
     sha256: str = Field(primary_key=True)
     recipe: str = Field(primary_key=True)
     changes: str
-    upload_sha256: str | None
+    upload_sha256: str | None = Field(index=True)  # (what a URL of packsync's own was made from)
     size: int | None
     content_type: str | None
     problem: str | None

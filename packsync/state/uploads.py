@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, delete, func, select
 
 from packsync.model import Blob, PreparedContent, PulledFile, UrlContent
 from packsync.state.sqlite import upsert
@@ -89,10 +89,14 @@ class UploadRepository:
         """Forget an upload whose URL the API refused: the content is uploaded afresh next time."""
         self.unit.write(_FORGET_BLOB, [(sha256,)])
 
-    def known_urls(self, urls: Collection[str]) -> dict[str, str]:
-        """Those of ``urls`` that are packsync's own uploads, with their content hash."""
-        return {url: sha for batch in batches(urls)
-                for url, sha in self.unit.rows(select(BLOBS.c.url, BLOBS.c.sha256).where(BLOBS.c.url.in_(batch)))}
+    def known_urls(self, urls: Collection[str]) -> dict[str, tuple[str, str]]:
+        """Those of ``urls`` that are packsync's own uploads, with the content and the recipe (its key) that
+        made the bytes: the content's own bytes, as they are, where no recipe is on record for them."""
+        b, p = BLOBS.c, PREPARED.c
+        statement = select(b.url, func.coalesce(p.sha256, b.sha256), func.coalesce(p.recipe, "")).select_from(
+            BLOBS.outerjoin(PREPARED, p.upload_sha256 == b.sha256))
+        return {url: (sha, recipe) for batch in batches(urls)
+                for url, sha, recipe in self.unit.rows(statement.where(b.url.in_(batch)))}
 
     # -- downloads ---------------------------------------------------------------------------------
 
