@@ -426,3 +426,22 @@ def test_an_upload_recovered_after_a_crash_keeps_the_recipe_that_made_it(env: En
     assert tags is None or not tags_named(tags, LOCATION)
     with Image.open(io.BytesIO(only_upload(env, env.pack_named("Trip")["id"]))) as opened:
         assert 0x8825 not in opened.getexif(), "the location is gone from the pack"
+
+
+def test_an_avif_judged_by_an_older_release_is_converted_once_the_state_is_upgraded(env: Env) -> None:
+    folder = env.map("photos", pack="Trip", include=["*.avif"])
+    write(folder / "a.avif", photos.avif(48, 32))
+    env.sync()
+    with closing(sqlite3.connect(env.state_path)) as db, db:  # the file as schema 7 judged it, for good
+        db.execute("UPDATE files SET content_type = NULL, problem = 'AVIF images are not accepted by Genviral "
+                   "(use JPEG, PNG, GIF, WebP or HEIC)'")
+        for statement in ("DROP TABLE prepared", "ALTER TABLE images DROP COLUMN recipe",
+                          "UPDATE meta SET value = '7' WHERE key = 'schema'"):
+            db.execute(statement)
+    env.mappings[0]["convert_to_jpeg"] = ["avif"]
+
+    report = env.sync()
+
+    assert report.exit_code == ExitCode.OK and report.mappings[0].problems == []
+    with Image.open(io.BytesIO(only_upload(env, env.pack_named("Trip")["id"]))) as opened:
+        assert opened.format == "JPEG"

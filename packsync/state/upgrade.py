@@ -35,6 +35,8 @@ _OWNER_BEFORE_2 = (
 _VERSION_BEFORE_7 = ("CASE WHEN dev = 0 AND inode = 0 AND mtime_ns = 0 THEN rel_path "
                      "ELSE dev || ':' || inode || ':' || size || ':' || mtime_ns END")
 _FILES_BEFORE_7 = f"root, rel_path, {_VERSION_BEFORE_7} AS version, size, sha256, content_type, problem"
+#: How schemas 1 to 7 judged an AVIF file: a verdict on its bytes, kept until they changed.
+_AVIF_BEFORE_8 = "AVIF images are not accepted"
 _META = Bulk(upsert(table(MetaRow)), "key", "value")
 _COUNT_FROM_ZERO = Bulk(insert_new(table(ChangeCountRow)), "id", "count")
 
@@ -88,6 +90,8 @@ def set_up(unit: UnitOfWork, version: int | None, tables: set[str]) -> None:
                 index.create(connection, checkfirst=True)
         if not search.exists(unit):  # schema 3 → 4: the search index, of every image recorded
             search.create(unit)
+        if version is not None and version < 8:  # schema 7 → 8: AVIF is a type a recipe may convert now
+            unit.execute(f"DELETE FROM files WHERE problem LIKE '{_AVIF_BEFORE_8}%'")
         unit.write(_COUNT_FROM_ZERO, [(0, 0)])  # schema 5 → 6
         for statement in count_changes(PLANNED_FROM):
             unit.execute(statement)
