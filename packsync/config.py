@@ -22,7 +22,7 @@ from msgspec import Meta, Struct, field
 
 from packsync.errors import ConfigError
 from packsync.files import read_regular
-from packsync.recipe import CONVERTIBLE, STRIP_CATEGORIES, Recipe
+from packsync.recipe import Recipe
 from packsync.sources.base import astria_label
 from packsync.sources.patterns import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE  # (said here, with the other defaults)
 from packsync.sources.patterns import check as check_patterns
@@ -180,7 +180,7 @@ class MappingConfig(_Strict, frozen=True):
     pack_prefix: Annotated[str, Meta(max_length=60)] = ""
     #: What is removed from each file before upload: "location" (GPS and place tags), "serials" (camera and
     #: lens serial numbers), "people" (names, creators, face regions); [] uploads the bytes as they are.
-    strip: list[str] = field(default_factory=lambda: ["location", "serials"])
+    strip: list[str] = field(default_factory=lambda: list(Recipe().strip))
     #: Scale the long edge down to this many pixels before upload (0: never).
     max_edge: Annotated[int, Meta(ge=0)] = 0
     #: These formats are uploaded as JPEG ("heic", "heif", "avif", "png", "webp").
@@ -222,11 +222,7 @@ class MappingConfig(_Strict, frozen=True):
             msgspec.structs.force_setattr(self, "pack", name)
 
     def _check_recipe(self) -> None:
-        for key, given, allowed in (("strip", self.strip, STRIP_CATEGORIES),
-                                    ("convert_to_jpeg", self.convert_to_jpeg, CONVERTIBLE)):
-            unknown = [word for word in given if word not in allowed]
-            if unknown:
-                raise ValueError(f"{key}: {unknown[0]!r} is not one of {', '.join(map(repr, allowed))}")
+        self.recipe  # noqa: B018  (it refuses what it does not know, naming the key)
         if 0 < self.max_edge < MIN_EDGE:
             raise ValueError(f"max_edge: {self.max_edge} px is too small (0 for no resize, else at least {MIN_EDGE})")
         if "avif" in self.convert_to_jpeg and self.include == DEFAULT_INCLUDE:
@@ -236,7 +232,7 @@ class MappingConfig(_Strict, frozen=True):
     @property
     def recipe(self) -> Recipe:
         """What is done to each file's bytes before upload."""
-        return Recipe(tuple(sorted(set(self.strip))), self.max_edge, tuple(sorted(set(self.convert_to_jpeg))))
+        return Recipe(tuple(self.strip), self.max_edge, tuple(self.convert_to_jpeg))
 
     @property
     def label(self) -> str:

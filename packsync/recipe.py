@@ -35,24 +35,27 @@ class Recipe(msgspec.Struct, frozen=True):
     convert_to_jpeg: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        """Refuse names packsync does not know (msgspec.convert reports this ValueError as a ValidationError)."""
-        unknown = sorted({*self.strip} - {*STRIP_CATEGORIES}) + sorted({*self.convert_to_jpeg} - {*CONVERTIBLE})
-        if unknown:
-            raise ValueError(f"unknown name {unknown[0]!r}: strip takes {', '.join(STRIP_CATEGORIES)}; "
-                             f"convert_to_jpeg takes {', '.join(CONVERTIBLE)}")
+        """Refuse what packsync does not know, naming the key (msgspec.convert reports this ValueError as a
+        ValidationError); keep the names sorted and unique, so equal recipes are equal values."""
+        for key, given, allowed in (("strip", self.strip, STRIP_CATEGORIES),
+                                    ("convert_to_jpeg", self.convert_to_jpeg, CONVERTIBLE)):
+            unknown = [word for word in given if word not in allowed]
+            if unknown:
+                raise ValueError(f"{key}: {unknown[0]!r} is not one of {', '.join(map(repr, allowed))}")
+            msgspec.structs.force_setattr(self, key, tuple(sorted(set(given))))
         if self.max_edge < 0:
-            raise ValueError("max_edge must be 0 (never resize) or a number of pixels")
+            raise ValueError("max_edge: must be 0 (never resize) or a number of pixels")
 
     @property
     def key(self) -> str:
         """Canonical text the state records with an upload; "" exactly when the recipe changes nothing."""
         parts = []
         if self.strip:
-            parts.append("strip=" + ",".join(sorted(set(self.strip))))
+            parts.append("strip=" + ",".join(self.strip))
         if self.max_edge:
             parts.append(f"max_edge={self.max_edge}")
         if self.convert_to_jpeg:
-            parts.append("jpeg=" + ",".join(sorted(set(self.convert_to_jpeg))))
+            parts.append("jpeg=" + ",".join(self.convert_to_jpeg))
         return ";".join(parts)
 
     @property

@@ -23,6 +23,7 @@ from packsync.config import (
     read_token,
 )
 from packsync.errors import ConfigError, ExitCode
+from packsync.recipe import Recipe
 from packsync.remote.transport import RetryPolicy, Transport
 from packsync.sources.folder import filters_for
 
@@ -110,7 +111,24 @@ ERRORS = [
                  "mappings[0].include: applies to folders only", id="a folder key on an Astria mapping"),
     pytest.param({"mappings": [{"astria_pack": 260, "pack": "a"}, {"astria_pack": 260, "pack": "b"}]},
                  "mappings[1].astria_pack: mappings[0] already mirrors that pack", id="one Astria pack twice"),
+    pytest.param(one_mapping(strip=["gps"]), "mappings[0].strip: 'gps' is not one of", id="strip what is not a kind"),
+    pytest.param(one_mapping(strip="location"), "mappings[0].strip: ", id="strip as a string"),
+    pytest.param(one_mapping(max_edge=-1), "mappings[0].max_edge: ", id="max_edge below 0"),
+    pytest.param(one_mapping(max_edge=100), "mappings[0].max_edge: 100 px is too small", id="max_edge too small"),
+    pytest.param(one_mapping(max_edge="2160"), "mappings[0].max_edge: ", id="max_edge as a string"),
+    pytest.param(one_mapping(convert_to_jpeg=["tiff"]), "mappings[0].convert_to_jpeg: 'tiff' is not one of",
+                 id="convert what packsync cannot read"),
 ]
+
+
+def test_the_recipe_defaults_strip_location_and_serials_and_nothing_else() -> None:
+    mapping = parse_config(one_mapping()).mappings[0]
+
+    assert mapping.recipe == Recipe(("location", "serials"), 0, ())
+    assert parse_config(one_mapping(strip=[])).mappings[0].recipe.as_is
+    converting = parse_config(one_mapping(convert_to_jpeg=["avif", "heic"], max_edge=2160)).mappings[0]
+    assert "*.avif" in converting.include and converting.recipe.key == "strip=location,serials;max_edge=2160;" \
+        "jpeg=avif,heic"
 
 
 @pytest.mark.parametrize(("data", "message"), ERRORS)

@@ -29,7 +29,7 @@ import msgspec
 from packsync.engine.actions import Action, AddImage, Phase, Upload
 from packsync.engine.packs import PackResolver
 from packsync.engine.planner import MappingPlan, Plan
-from packsync.engine.preparing import Prepared, Preparer
+from packsync.engine.preparer import Prepared, Preparer
 from packsync.engine.progress import QUIET, ProgressObserver
 from packsync.errors import (
     AmbiguousError,

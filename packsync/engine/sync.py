@@ -28,7 +28,7 @@ import msgspec
 
 from packsync.config import Config, MappingConfig
 from packsync.engine import changes as incremental
-from packsync.engine import prepared as recipes
+from packsync.engine import recipes
 from packsync.engine.actions import (
     Action,
     RecordDownloads,
@@ -55,7 +55,7 @@ from packsync.engine.planner import (
     safety_stop,
     uploaded_as,
 )
-from packsync.engine.preparing import Preparer
+from packsync.engine.preparer import Preparer
 from packsync.engine.progress import QUIET, ProgressObserver
 from packsync.engine.subfolders import Target, observe, source_of, targets
 from packsync.errors import (

@@ -36,7 +36,7 @@ class Digest(msgspec.Struct, frozen=True):
 
 def sniff(head: bytes) -> str | None:
     """The image type that ``head`` (the first bytes of a file) starts like, or None: one Genviral takes
-    (``model.SUPPORTED``), or AVIF, which a mapping's recipe may convert (else ``prepared.unuploadable``
+    (``model.SUPPORTED``), or AVIF, which a mapping's recipe may convert (else ``engine.recipes.unuploadable``
     reports it)."""
     if head.startswith(b"\xff\xd8\xff"):
         return "image/jpeg"

@@ -31,7 +31,7 @@ class Preparer:
     """Runs a recipe's inspections and preparations in worker threads, ``workers`` at a time."""
 
     def __init__(self, workers: int | None = None) -> None:
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or _cores()
         self._slots = asyncio.Semaphore(self.workers)
 
     async def prepare(self, sha256: str, data: bytes, content_type: str, recipe: Recipe) -> Prepared:
@@ -45,6 +45,12 @@ class Preparer:
         """The changes ``recipe`` would make to ``data``, learnt without preparing it (a problem, if any)."""
         async with self._slots:
             return await asyncio.to_thread(_inspect, sha256, data, content_type, recipe)
+
+
+def _cores() -> int:
+    """The cores this process may run on (in a container or under an affinity mask, fewer than the host's)."""
+    affinity = getattr(os, "sched_getaffinity", None)  # (Linux; elsewhere, the machine's)
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 def _prepare(sha256: str, data: bytes, content_type: str, recipe: Recipe) -> Prepared:

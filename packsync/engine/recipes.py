@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from packsync.engine.preparing import Preparer
+from packsync.engine.preparer import Preparer
 from packsync.errors import NotFound, PermanentError, PrepareError, SourceError, TransientError
 from packsync.model import SUPPORTED, ContentItem, ManagedImage, PreparedContent, Problem, Scan
 from packsync.recipe import Recipe
