@@ -217,13 +217,19 @@ def test_turning_strip_on_replaces_only_the_images_that_carried_the_tags(env: En
     assert again.exit_code == ExitCode.OK and env.sandbox.mutating_calls() == 0, "settled"
 
 
-def test_a_replacement_withheld_by_the_safety_stop_adds_no_second_copy(env: Env) -> None:
-    folder = env.map("photos", pack="Trip", strip=[], max_delete=1)
-    for n in range(3):
+def synced_as_they_are(env: Env, photos_with_gps: int, **options: Any) -> tuple[Path, str]:
+    """A folder of photos carrying a location, synced with ``strip = []``; then the default strip is
+    configured. Its folder and its pack."""
+    folder = env.map("photos", pack="Trip", strip=[], **options)
+    for n in range(photos_with_gps):
         write(folder / f"gps-{n}.jpg", photos.jpeg(48, 32))
     assert env.sync().exit_code == ExitCode.OK
-    pack_id = env.pack_named("Trip")["id"]
     del env.mappings[0]["strip"]
+    return folder, env.pack_named("Trip")["id"]
+
+
+def test_a_replacement_withheld_by_the_safety_stop_adds_no_second_copy(env: Env) -> None:
+    _folder, pack_id = synced_as_they_are(env, 3, max_delete=1)
     env.sandbox.reset_calls()
 
     stopped = env.sync()
@@ -334,15 +340,10 @@ def test_a_refused_url_of_prepared_bytes_is_uploaded_afresh(env: Env) -> None:
 
 
 def test_a_failing_file_leaves_no_picture_twice_while_the_others_are_replaced(env: Env) -> None:
-    folder = env.map("photos", pack="Trip", strip=[], max_delete=10)
-    for n in range(4):
-        write(folder / f"gps-{n}.jpg", photos.jpeg(48, 32))
-    assert env.sync().exit_code == ExitCode.OK
-    pack_id = env.pack_named("Trip")["id"]
+    folder, pack_id = synced_as_they_are(env, 4, max_delete=10)
     good = photos.jpeg(64, 48)
     write(folder / "broken.jpg", good[:200] + bytes(range(256)) * 40 + b"\xff\xd9")
     env.mappings[0].update(max_edge=400)
-    del env.mappings[0]["strip"]
 
     report = env.sync()
 
