@@ -124,7 +124,8 @@ def _jpeg_segments(data: bytes, begin: int = 0) -> Iterator[tuple[int, int, int]
 def _jpeg_app(marker: int, segment: bytes, wanted: frozenset[str], edit: _Edit) -> bytes:
     """A segment with its metadata stripped (the same object when it held nothing asked for)."""
     body = segment[4:]
-    if marker == 0xE1 and body.startswith(EXIF_SIGNATURE):
+    # Readers take "Exif\0" and any sixth byte for EXIF (old writers put 0xFF there): so is it stripped.
+    if marker == 0xE1 and body[:5] == EXIF_SIGNATURE[:5] and len(body) >= 6:
         block = body[6:]
         edited = edit.tiff(block, wanted)
         return segment if edited is block else segment[:10] + edited
