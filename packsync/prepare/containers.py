@@ -212,13 +212,20 @@ def _mpf_images(start: int, segment: bytes) -> list[int]:
 
 def _embedded(data: bytes, scan: int, wanted: frozenset[str], edit: _Edit) -> None:
     """The images a Multi-Picture (MPF) JPEG holds after the first -- previews, gain maps, depth maps,
-    each with an EXIF of its own -- stripped in place like the first. They keep their lengths, so the
-    MPF index stays right; the first image's scan piece is cut around the edited headers."""
+    each with an EXIF of its own -- and those appended without an index, stripped in place like the first.
+    They keep their lengths, so the MPF index stays right; the first image's scan piece is cut around the
+    edited headers."""
     edited: list[tuple[int, bytes]] = []
-    for begin in sorted(set(_mpf_images(*edit.mpf))) if edit.mpf and wanted else []:
+    indexed = set(_mpf_images(*edit.mpf)) if edit.mpf and wanted else set()
+    for begin in sorted(indexed | set(_appended(data, scan) if wanted else ())):
         if begin <= scan or (edited and begin < edited[-1][0] + len(edited[-1][1])):
             continue  # an index pointing back into what was read already: a crafted file
-        inner, _, inner_scan = _jpeg_edit(data, wanted, begin)
+        try:
+            inner, _, inner_scan = _jpeg_edit(data, wanted, begin)
+        except PrepareError:
+            if begin in indexed:
+                raise
+            continue  # (the start-of-image bytes in something else, a video say: not a JPEG)
         edit.found |= inner.found
         if inner.changed:
             edited.append((begin, b"".join(inner.pieces[:-1])))
@@ -230,6 +237,15 @@ def _embedded(data: bytes, scan: int, wanted: frozenset[str], edit: _Edit) -> No
             start = begin + len(headers)
         edit.pieces[-1:] = [*pieces, view[start:]]
         edit.changed = True
+
+
+def _appended(data: bytes, scan: int) -> Iterator[int]:
+    """Where a JPEG may begin after the first image's scan: apps append the original or a preview with no
+    index, and its metadata is as readable there. (A scan's entropy-coded data never holds a marker.)"""
+    at = data.find(b"\xff\xd8\xff", scan)
+    while at >= 0:
+        yield at
+        at = data.find(b"\xff\xd8\xff", at + 3)
 
 
 def _jpeg(data: bytes, wanted: frozenset[str]) -> Survey:
