@@ -3,10 +3,17 @@ and the engine's paths around preparing (the daemon, dry runs, lost states), aga
 
 from __future__ import annotations
 
+import io
+import shutil
+
 import photos
 import pytest
+from conftest import Env, write
+from PIL import Image
+from test_prepared_sync import only_upload, recorded
 
 from packsync import prepare
+from packsync.errors import ExitCode
 from packsync.recipe import Recipe
 
 #: Values the fixtures write that must never be in an upload stripped by the default recipe.
@@ -39,3 +46,84 @@ def test_an_exif_segment_with_an_odd_signature_is_stripped(sixth: bytes) -> None
     found = photos.exiftool(made.data)
     if found is not None:
         assert not [tag for tag in found if "GPS" in tag]
+
+
+# -- the engine's paths, against the sandbox -------------------------------------------------------------
+
+UPLOAD = ("POST", "/files")
+PUT = ("PUT", "storage")
+ADD = ("POST", "/packs/{id}/images")
+DELETE = ("DELETE", "/packs/{id}/images/{image_id}")
+
+
+def test_the_daemons_incremental_path_strips_a_new_photo_too(env: Env) -> None:
+    folder = env.map("photos", pack="Trip")
+    write(folder / "old.png", photos.png(32, 32, gps=False, serials=False, xmp_location=False))
+    assert env.sync().exit_code == ExitCode.OK
+    write(folder / "new.jpg", photos.jpeg(64, 48))
+
+    report = env.sync_changed(folder, {"new.jpg"})
+
+    assert report.exit_code == ExitCode.OK
+    sent = env.cdn_bytes(env.pack_named("Trip")["id"])
+    assert len(sent) == 2 and [leaked(data) for data in sent] == [[], []]
+
+
+def test_a_recipe_change_and_a_file_change_at_once_upload_the_new_file_stripped(env: Env) -> None:
+    folder = env.map("photos", pack="Trip", strip=[])
+    write(folder / "gps.jpg", photos.jpeg(64, 48))
+    assert env.sync().exit_code == ExitCode.OK
+    pack_id = env.pack_named("Trip")["id"]
+    del env.mappings[0]["strip"]
+    write(folder / "gps.jpg", photos.jpeg(80, 60))
+    env.sandbox.reset_calls()
+
+    report = env.sync()
+
+    assert report.exit_code == ExitCode.OK
+    sent = only_upload(env, pack_id)
+    assert leaked(sent) == [] and Image.open(io.BytesIO(sent)).size == (80, 60)
+    assert (env.sandbox.calls[UPLOAD], env.sandbox.calls[ADD], env.sandbox.calls[DELETE]) == (1, 1, 1)
+    env.sandbox.reset_calls()
+    assert env.sync().exit_code == ExitCode.OK and env.sandbox.mutating_calls() == 0
+
+
+def test_a_lost_state_with_resized_images_and_a_foreign_one_adopts_and_uploads_nothing(env: Env) -> None:
+    folder = env.map("photos", pack="Trip", max_edge=256)
+    write(folder / "a.jpg", photos.jpeg(640, 480))
+    write(folder / "b.webp", photos.webp(600, 300))
+    assert env.sync().exit_code == ExitCode.OK
+    pack_id = env.pack_named("Trip")["id"]
+    foreign = env.sandbox.add_uploaded(pack_id, photos.jpeg(64, 48), "from-the-web-app.jpg")
+    before = {image["id"] for image in env.pack(pack_id)["images"]}
+    shutil.rmtree(env.state_path.parent)
+    env.sandbox.reset_calls()
+
+    adopted = env.sync()
+
+    assert adopted.exit_code == ExitCode.OK
+    assert env.sandbox.mutating_calls() == 0, "nothing uploaded, added or deleted"
+    assert {image["id"] for image in env.pack(pack_id)["images"]} == before and foreign in before
+    assert sorted(i.file_name for i in recorded(env, pack_id)) == ["a.jpg", "b.webp"]
+    env.sandbox.reset_calls()
+    assert env.sync().exit_code == ExitCode.OK and env.sandbox.mutating_calls() == 0
+
+
+@pytest.mark.parametrize("strip", [["location", "serials"], []])
+def test_an_upload_that_failed_resumes_with_its_ticket_and_leaves_one_image(env: Env, strip: list[str]) -> None:
+    """The upload ticket is kept under the hash of the bytes uploaded (prepared ones: the recipe is
+    deterministic): a run whose upload failed leaves it for the next, which sends the same bytes to it."""
+    folder = env.map("photos", pack="Trip", strip=strip)
+    write(folder / "gps.jpg", photos.jpeg(64, 48))
+    env.sandbox.inject("500", "PUT", "storage", count=1000)
+
+    failed = env.sync()
+
+    assert failed.exit_code == ExitCode.SOME_FAILED
+    assert env.sandbox.calls[UPLOAD] == 1
+    env.sandbox.clear_faults()
+    resumed = env.sync()
+
+    assert resumed.exit_code == ExitCode.OK
+    assert env.sandbox.calls[UPLOAD] == 1, "the ticket of the failed run is used again"
+    assert bool(leaked(only_upload(env, env.pack_named("Trip")["id"]))) == (not strip)
