@@ -127,3 +127,29 @@ def test_an_upload_that_failed_resumes_with_its_ticket_and_leaves_one_image(env:
     assert resumed.exit_code == ExitCode.OK
     assert env.sandbox.calls[UPLOAD] == 1, "the ticket of the failed run is used again"
     assert bool(leaked(only_upload(env, env.pack_named("Trip")["id"]))) == (not strip)
+
+
+def _unstrippable_jpeg() -> bytes:
+    """A JPEG with a location in its EXIF that uploads as it is, but whose XMP packet is not XML: it cannot
+    be stripped."""
+    data = photos.jpeg(64, 48, iptc=False)
+    packet = photos.xmp()
+    return data.replace(packet, packet.replace(b"</rdf:RDF>", b"</rdf:RFD>"))
+
+
+def test_turning_strip_on_for_a_file_that_cannot_be_stripped_says_so(env: Env) -> None:
+    """Its image went up with its location before strip was on; now the recipe cannot make it: the user
+    is told, file by file, rather than left to think its location is gone."""
+    folder = env.map("photos", pack="Trip", strip=[])
+    write(folder / "odd.jpg", _unstrippable_jpeg())
+    assert env.sync().exit_code == ExitCode.OK
+    del env.mappings[0]["strip"]
+    env.sandbox.reset_calls()
+
+    report = env.sync()
+
+    problems = {p.rel_path: p.reason for p in report.mappings[0].problems}
+    assert list(problems) == ["odd.jpg"] and "cannot be prepared for upload" in problems["odd.jpg"]
+    assert "image in the pack" in problems["odd.jpg"]
+    assert report.exit_code != ExitCode.OK
+    assert env.sandbox.mutating_calls() == 0 and len(env.pack(env.pack_named("Trip")["id"])["images"]) == 1
