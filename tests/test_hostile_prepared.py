@@ -153,3 +153,14 @@ def test_turning_strip_on_for_a_file_that_cannot_be_stripped_says_so(env: Env) -
     assert "image in the pack" in problems["odd.jpg"]
     assert report.exit_code != ExitCode.OK
     assert env.sandbox.mutating_calls() == 0 and len(env.pack(env.pack_named("Trip")["id"])["images"]) == 1
+
+
+@pytest.mark.parametrize("kind", ["png", "gif"])
+def test_a_jpeg_appended_to_a_png_or_gif_is_stripped_too(kind: str) -> None:
+    """Bytes after a PNG's IEND or a GIF's end are passed on; a JPEG appended there (an app's copy of the
+    original) keeps its EXIF and XMP unless it is stripped in place as an appended JPEG is."""
+    image = photos.png(32, 24) if kind == "png" else photos.gif(32, 24)
+    second = photos.jpeg(32, 24, iptc=False)
+    made = prepare.prepare(image + second, f"image/{kind}", Recipe())
+    assert leaked(made.data) == []
+    assert len(made.data) == len(image + second) and "location" in made.changes

@@ -218,7 +218,7 @@ def _embedded(data: bytes, scan: int, wanted: frozenset[str], edit: _Edit) -> No
     edited: list[tuple[int, bytes]] = []
     indexed = set(_mpf_images(*edit.mpf)) if edit.mpf and wanted else set()
     for begin in sorted(indexed | set(_appended(data, scan) if wanted else ())):
-        if begin <= scan or (edited and begin < edited[-1][0] + len(edited[-1][1])):
+        if begin < scan or (edited and begin < edited[-1][0] + len(edited[-1][1])):
             continue  # an index pointing back into what was read already: a crafted file
         try:
             inner, _, inner_scan = _jpeg_edit(data, wanted, begin)
@@ -361,7 +361,9 @@ def _png_chunk(kind: bytes, chunk: bytes, wanted: frozenset[str], edit: _Edit) -
 def _png(data: bytes, wanted: frozenset[str]) -> Survey:
     edit, size, animated = _Edit([PNG_SIGNATURE], set()), (0, 0), False
     view = memoryview(data)
+    tail = None
     for kind, start, end in _png_chunks(data):
+        tail = start if kind == b"" else None
         if kind not in _PNG_READ:
             animated |= kind == b"acTL"
             edit.keep(view[start:end])  # image data: not copied
@@ -372,6 +374,8 @@ def _png(data: bytes, wanted: frozenset[str]) -> Survey:
                     u32(chunk, 12, True, "the PNG header is cut short"))
         edit.put(chunk, _png_chunk(kind, chunk, wanted, edit))
     need(size[0] > 0 and size[1] > 0, "the PNG has no header (or a size of 0)")
+    if tail is not None:  # bytes after IEND, the last piece: a JPEG appended there is stripped in place
+        _embedded(data, tail, wanted, edit)
     return _result(data, edit, size, animated=animated)
 
 
@@ -432,11 +436,13 @@ def _webp(data: bytes, wanted: frozenset[str]) -> Survey:
 # -- GIF ------------------------------------------------------------------------------------------
 
 def _gif(data: bytes, wanted: frozenset[str]) -> Survey:
-    """A GIF holds no EXIF, GPS or serials: read for its size only."""
+    """A GIF holds no EXIF, GPS or serials of its own: read for its size, and for a JPEG appended to it."""
     need(data[:6] in (b"GIF87a", b"GIF89a"), "not a GIF (no GIF header)")
     size = (u16(data, 6, False, "the GIF header is cut short"), u16(data, 8, False, "the GIF header is cut short"))
     need(size[0] > 0 and size[1] > 0, "the GIF has a size of 0")
-    return Survey(data, frozenset(), size[0], size[1], 1, None, None)
+    edit = _Edit([memoryview(data)], set())
+    _embedded(data, 0, wanted, edit)  # a JPEG appended after it: stripped in place
+    return _result(data, edit, size)
 
 
 SURVEYS: dict[str, Callable[[bytes, frozenset[str]], Survey]] = {
