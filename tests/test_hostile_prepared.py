@@ -164,3 +164,26 @@ def test_a_jpeg_appended_to_a_png_or_gif_is_stripped_too(kind: str) -> None:
     made = prepare.prepare(image + second, f"image/{kind}", Recipe())
     assert leaked(made.data) == []
     assert len(made.data) == len(image + second) and "location" in made.changes
+
+
+def _gif_with_xmp() -> bytes:
+    """A GIF with an XMP application extension (as Photoshop writes it) holding a location and a serial."""
+    data = photos.gif(32, 24)
+    flags = data[10]
+    at = 13 + (3 * 2 ** ((flags & 7) + 1) if flags & 0x80 else 0)  # past the global colour table
+    extension = b"\x21\xff\x0bXMP DataXMP" + photos.xmp() + b"\x01" + bytes(range(255, -1, -1)) + b"\x00"
+    return data[:at] + extension + data[at:]
+
+
+def test_a_gifs_xmp_is_stripped_and_the_gif_still_decodes() -> None:
+    """exiftool reads a GIF's XMP (its location, its serial): it is blanked in place like any packet."""
+    data = _gif_with_xmp()
+    made = prepare.prepare(data, "image/gif", Recipe())
+    assert leaked(made.data) == [] and made.changes == ("location", "serials")
+    assert prepare.inspect(data, "image/gif", Recipe()) == made.changes
+    with Image.open(io.BytesIO(made.data)) as opened, Image.open(io.BytesIO(data)) as before:
+        assert opened.convert("RGB").tobytes() == before.convert("RGB").tobytes()
+    found = photos.exiftool(made.data)
+    if found is not None:
+        assert not [tag for tag in found if "GPS" in tag or "City" in tag or "Serial" in tag]
+        assert photos.CREATOR_TOOL in str(found), "the rest of the packet is still read"

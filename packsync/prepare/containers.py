@@ -435,13 +435,30 @@ def _webp(data: bytes, wanted: frozenset[str]) -> Survey:
 
 # -- GIF ------------------------------------------------------------------------------------------
 
+#: A GIF's XMP application extension: the packet follows as it is, then a "magic trailer" (0x01, 0xFF down
+#: to 0x00) that walks a reader taking it for sub-blocks to their end, whatever byte it lands on.
+GIF_XMP = b"\x21\xff\x0bXMP DataXMP"
+_GIF_XMP_END = b"\x01\xff\xfe\xfd\xfc"
+
+
 def _gif(data: bytes, wanted: frozenset[str]) -> Survey:
-    """A GIF holds no EXIF, GPS or serials of its own: read for its size, and for a JPEG appended to it."""
+    """A GIF holds no EXIF: read for its size, its XMP (blanked in place: the trailer after it does not
+    care what the packet's bytes are) and a JPEG appended to it."""
     need(data[:6] in (b"GIF87a", b"GIF89a"), "not a GIF (no GIF header)")
     size = (u16(data, 6, False, "the GIF header is cut short"), u16(data, 8, False, "the GIF header is cut short"))
     need(size[0] > 0 and size[1] > 0, "the GIF has a size of 0")
-    edit = _Edit([memoryview(data)], set())
-    _embedded(data, 0, wanted, edit)  # a JPEG appended after it: stripped in place
+    view, edit, at = memoryview(data), _Edit([], set()), 0
+    begin = data.find(GIF_XMP)
+    while begin >= 0 and wanted:
+        start = begin + len(GIF_XMP)
+        end = data.find(_GIF_XMP_END, start)
+        need(end >= 0, "the GIF's XMP has no end")
+        packet = data[start:end]
+        edit.keep(view[at:start])
+        edit.put(packet, edit.packet(packet, wanted))
+        at, begin = end, data.find(GIF_XMP, end)
+    edit.keep(view[at:])
+    _embedded(data, at, wanted, edit)  # a JPEG appended after it: stripped in place
     return _result(data, edit, size)
 
 
