@@ -187,3 +187,45 @@ def test_a_gifs_xmp_is_stripped_and_the_gif_still_decodes() -> None:
     if found is not None:
         assert not [tag for tag in found if "GPS" in tag or "City" in tag or "Serial" in tag]
         assert photos.CREATOR_TOOL in str(found), "the rest of the packet is still read"
+
+
+def _two_places() -> tuple[bytes, bytes]:
+    """The same photo tagged at two places: two files, one upload once the location is stripped."""
+    north = photos.jpeg(64, 48)
+    south = north.replace(b"N\x00", b"S\x00", 1)  # the GPS latitude's reference
+    assert north != south
+    return north, south
+
+
+def test_two_files_that_strip_to_the_same_bytes_sync_and_settle(env: Env) -> None:
+    folder = env.map("photos", pack="Trip")
+    north, south = _two_places()
+    write(folder / "north.jpg", north)
+    write(folder / "south.jpg", south)
+
+    first = env.sync()
+    env.sandbox.reset_calls()
+    again = env.sync()
+
+    assert first.exit_code == again.exit_code == ExitCode.OK
+    assert env.sandbox.mutating_calls() == 0
+    assert sorted(i.file_name for i in recorded(env, env.pack_named("Trip")["id"])) == ["north.jpg", "south.jpg"]
+
+
+def test_a_lost_state_adopts_two_files_that_strip_to_the_same_bytes_and_uploads_nothing(env: Env) -> None:
+    folder = env.map("photos", pack="Trip")
+    north, south = _two_places()
+    write(folder / "north.jpg", north)
+    write(folder / "south.jpg", south)
+    assert env.sync().exit_code == ExitCode.OK
+    pack_id = env.pack_named("Trip")["id"]
+    before = {image["id"] for image in env.pack(pack_id)["images"]}
+    shutil.rmtree(env.state_path.parent)
+    env.sandbox.reset_calls()
+
+    adopted = env.sync()
+
+    assert adopted.exit_code == ExitCode.OK
+    assert env.sandbox.mutating_calls() == 0, "nothing uploaded, added or deleted"
+    assert {image["id"] for image in env.pack(pack_id)["images"]} == before
+    assert sorted(i.file_name for i in recorded(env, pack_id)) == ["north.jpg", "south.jpg"]

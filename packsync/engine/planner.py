@@ -301,9 +301,12 @@ class _Walk:
         self.replaced: dict[str, str] = {}  # content -> the image its replacement replaces
         self.same: list[str] = []  # images the mapping's recipe makes anew as they are
         recipe = source.recipe.key
-        # The contents whose uploads the mapping's recipe made, by the hash of the bytes uploaded.
-        self.uploaded = {p.uploaded_as: sha for (sha, key), p in source.prepared.items()
-                         if key == recipe and p.uploaded_as and sha in wanted}
+        # The contents whose uploads the mapping's recipe made, by the hash of the bytes uploaded: several
+        # when files differ only in what the recipe strips (the same photo tagged at two places).
+        self.uploaded: dict[str, list[str]] = {}
+        for (sha, key), made in sorted(source.prepared.items()):
+            if key == recipe and made.uploaded_as and sha in wanted:
+                self.uploaded.setdefault(made.uploaded_as, []).append(sha)
         # Contents some image in the pack already holds as packsync's: a foreign copy of one is not adopted.
         self.held = {self.recorded[i.image_id].sha256 if i.image_id in self.recorded
                      else source.others.get(i.image_id) or source.known_urls.get(i.url)
@@ -318,7 +321,8 @@ class _Walk:
         if image is None and seen.url in source.known_urls:  # our upload, added but never recorded
             image = self._adopt(seen, source.known_urls[seen.url], recovered=True)
         if image is None and seen.url in source.contents:  # not ours, but the bytes of an item we hold
-            sha256 = self.uploaded.get(source.contents[seen.url], source.contents[seen.url])
+            made = self.uploaded.get(source.contents[seen.url], [source.contents[seen.url]])
+            sha256 = next((sha for sha in made if sha not in self.kept and sha not in self.held), made[0])
             if sha256 in self.kept or sha256 in self.held:
                 self.plan.duplicates.append(seen)
             elif sha256 in self.wanted:
@@ -331,7 +335,7 @@ class _Walk:
     def _adopt(self, seen: RemoteImage, sha256: str, recovered: bool) -> ManagedImage:
         name = _name(self.wanted[sha256]) if sha256 in self.wanted else seen.url
         # Bytes its recipe made are the recipe's; the file's own bytes are the file as it is.
-        recipe = self.source.recipe.key if self.uploaded.get(self.source.contents.get(seen.url, "")) == sha256 \
+        recipe = self.source.recipe.key if sha256 in self.uploaded.get(self.source.contents.get(seen.url, ""), ()) \
             or recovered else ""
         image = ManagedImage(self.pack_id, seen.image_id, sha256, seen.url, file_name_for(name), self.source.label,
                              seen.metadata, recipe)
