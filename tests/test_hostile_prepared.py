@@ -9,6 +9,7 @@ import shutil
 import photos
 import pytest
 from conftest import Env, write
+from helpers import StartDaemon, wait_until
 from PIL import Image
 from test_prepared_sync import only_upload, recorded
 
@@ -229,3 +230,17 @@ def test_a_lost_state_adopts_two_files_that_strip_to_the_same_bytes_and_uploads_
     assert env.sandbox.mutating_calls() == 0, "nothing uploaded, added or deleted"
     assert {image["id"] for image in env.pack(pack_id)["images"]} == before
     assert sorted(i.file_name for i in recorded(env, pack_id)) == ["north.jpg", "south.jpg"]
+
+
+def test_a_photo_dropped_into_a_watched_folder_reaches_the_pack_stripped(daemon_env: Env, start: StartDaemon) -> None:
+    """The daemon's own process, its watcher and its incremental plan: no location leaves with a new file."""
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    write(folder / "existing.png", photos.png(32, 32))
+    start()
+    assert len(daemon_env.pack(pack_id)["images"]) == 1
+
+    write(folder / "dropped.jpg", photos.jpeg(64, 48))
+
+    wait_until(lambda: len(daemon_env.pack(pack_id)["images"]) == 2, timeout=10)
+    assert [leaked(data) for data in daemon_env.cdn_bytes(pack_id)] == [[], []]
