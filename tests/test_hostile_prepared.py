@@ -11,7 +11,7 @@ import pytest
 from conftest import Env, write
 from helpers import StartDaemon, wait_until
 from PIL import Image
-from test_prepared_sync import only_upload, recorded
+from test_prepared_sync import only_upload, recorded, status_files
 
 from packsync import prepare
 from packsync.errors import ExitCode
@@ -244,3 +244,34 @@ def test_a_photo_dropped_into_a_watched_folder_reaches_the_pack_stripped(daemon_
 
     wait_until(lambda: len(daemon_env.pack(pack_id)["images"]) == 2, timeout=10)
     assert [leaked(data) for data in daemon_env.cdn_bytes(pack_id)] == [[], []]
+
+
+def test_status_files_shows_what_was_uploaded_before_and_after_strip_is_turned_on(env: Env) -> None:
+    folder = env.map("photos", pack="Trip", strip=[])
+    write(folder / "gps.jpg", photos.jpeg(64, 48))
+    assert env.sync().exit_code == ExitCode.OK
+    del env.mappings[0]["strip"]
+    env.write_config()
+
+    turned_on = status_files(env)
+    dry = env.cli("run", "--dry-run")
+
+    assert dry.returncode == 0 and "replace" in dry.stdout, dry.stdout
+    assert [(f["path"], f["prepared"]) for f in turned_on] == [("gps.jpg", [])], "as uploaded, until replaced"
+    assert env.sync().exit_code == ExitCode.OK
+    assert [(f["path"], f["state"], f["prepared"]) for f in status_files(env)] == [
+        ("gps.jpg", "synced", ["location", "serials"])]
+
+
+def test_a_dry_run_after_a_lost_state_changes_nothing_and_the_run_then_adopts(env: Env) -> None:
+    folder = env.map("photos", pack="Trip", max_edge=256)
+    write(folder / "a.jpg", photos.jpeg(640, 480))
+    assert env.sync().exit_code == ExitCode.OK
+    shutil.rmtree(env.state_path.parent)
+    env.sandbox.reset_calls()
+
+    dry = env.cli("run", "--dry-run")
+
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "add" not in dry.stdout.split() and env.sandbox.mutating_calls() == 0, dry.stdout
+    assert env.sync().exit_code == ExitCode.OK and env.sandbox.mutating_calls() == 0
