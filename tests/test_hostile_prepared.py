@@ -275,3 +275,15 @@ def test_a_dry_run_after_a_lost_state_changes_nothing_and_the_run_then_adopts(en
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert "add" not in dry.stdout.split() and env.sandbox.mutating_calls() == 0, dry.stdout
     assert env.sync().exit_code == ExitCode.OK and env.sandbox.mutating_calls() == 0
+
+
+@pytest.mark.parametrize("header", [b"http://ns.adobe.com/xap/1.0/ ", b"XMP\x00://ns.adobe.com/xap/1.0/\x00",
+                                    b"http://ns.adobe.com/xmp/1.0/\x00"])
+def test_an_xmp_segment_with_an_odd_header_is_stripped(header: bytes) -> None:
+    """exiftool reads an APP1 segment holding an XMP packet as XMP whatever its header says (a missing NUL,
+    an old "XMP\\0" header, a mistyped namespace): so it is stripped."""
+    data = photos.jpeg(64, 48, gps=False, serials=False, iptc=False)
+    odd = data.replace(b"http://ns.adobe.com/xap/1.0/\x00", header, 1)
+    made = prepare.prepare(odd, "image/jpeg", Recipe())
+    assert "location" in made.changes and leaked(made.data) == []
+    assert len(made.data) == len(odd)

@@ -133,11 +133,22 @@ def _jpeg_app(marker: int, segment: bytes, wanted: frozenset[str], edit: _Edit) 
         packet = body[len(XMP_SIGNATURE):]
         edited = edit.packet(packet, wanted)
         return segment if edited is packet else segment[:4 + len(XMP_SIGNATURE)] + edited
+    if marker == 0xE1 and not body.startswith(EXTENDED_XMP_SIGNATURE) and (at := _packet_at(body)) >= 0:
+        # An XMP packet under another header (a missing NUL, an old "XMP\0" one): readers take it as XMP.
+        packet = body[at:]
+        edited = edit.packet(packet, wanted)
+        return segment if edited is packet else segment[:4 + at] + edited
     if marker == 0xED and body.startswith(iptc.SIGNATURE):
         stripped, found = iptc.strip(body, wanted)
         edit.found |= found
         return segment if stripped is body else b"\xff\xed" + (len(stripped) + 2).to_bytes(2, "big") + stripped
     return segment
+
+
+def _packet_at(body: bytes) -> int:
+    """Where an XMP packet begins in a segment's body (-1: none)."""
+    found = [at for at in (body.find(b"<?xpacket"), body.find(b"<x:xmpmeta")) if at >= 0]
+    return min(found, default=-1)
 
 
 def _extended_xmp(extended: list[tuple[int, bytes]], main: int | None, wanted: frozenset[str], edit: _Edit) -> None:
