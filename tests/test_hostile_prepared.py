@@ -287,3 +287,23 @@ def test_an_xmp_segment_with_an_odd_header_is_stripped(header: bytes) -> None:
     made = prepare.prepare(odd, "image/jpeg", Recipe())
     assert "location" in made.changes and leaked(made.data) == []
     assert len(made.data) == len(odd)
+
+
+def _photoshop_resource(ident: int, body: bytes) -> bytes:
+    return b"8BIM" + ident.to_bytes(2, "big") + b"\x00\x00" + len(body).to_bytes(4, "big") + body + bytes(
+        len(body) % 2)
+
+
+@pytest.mark.parametrize("ident", [0x0422, 0x0424])
+def test_exif_or_xmp_inside_the_photoshop_segment_is_stripped(ident: int) -> None:
+    """Photoshop's image resources can hold EXIF (0x0422) and XMP (0x0424) besides IPTC; exiftool reads
+    both there."""
+    plain = photos.jpeg(64, 48, gps=False, serials=False, xmp_location=False, iptc=False)
+    body = photos.exif().tobytes()[6:] if ident == 0x0422 else photos.xmp()  # (a TIFF block: no "Exif" header)
+    payload = b"Photoshop 3.0\x00" + _photoshop_resource(ident, body)
+    data = plain[:2] + b"\xff\xed" + (len(payload) + 2).to_bytes(2, "big") + payload + plain[2:]
+    made = prepare.prepare(data, "image/jpeg", Recipe())
+    assert "location" in made.changes and leaked(made.data) == []
+    found = photos.exiftool(made.data)
+    if found is not None:
+        assert not [tag for tag in found if "GPS" in tag or "City" in tag or "Serial" in tag], found
