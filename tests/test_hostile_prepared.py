@@ -307,3 +307,20 @@ def test_exif_or_xmp_inside_the_photoshop_segment_is_stripped(ident: int) -> Non
     found = photos.exiftool(made.data)
     if found is not None:
         assert not [tag for tag in found if "GPS" in tag or "City" in tag or "Serial" in tag], found
+
+
+def test_xmp_properties_in_a_default_namespace_are_stripped() -> None:
+    """``<GPSLatitude xmlns="http://ns.adobe.com/exif/1.0/">`` is the same property as ``exif:GPSLatitude``
+    (and exiftool shows it): a default namespace is resolved like a prefix."""
+    packet = ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n<x:xmpmeta xmlns:x="adobe:ns:meta/">'
+              '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="">'
+              '<GPSLatitude xmlns="http://ns.adobe.com/exif/1.0/">52,22.056N</GPSLatitude>'
+              f'<City xmlns="http://ns.adobe.com/photoshop/1.0/">{photos.CITY}</City>'
+              '<Label xmlns="http://ns.adobe.com/xap/1.0/">kept</Label>'
+              '</rdf:Description></rdf:RDF></x:xmpmeta>\n<?xpacket end="w"?>').encode()
+    data = photos.jpeg(64, 48, iptc=False, xmp_location=False)
+    data = data.replace(photos.xmp(location=False), packet, 1)
+    segment = data.index(packet) - len(b"http://ns.adobe.com/xap/1.0/\x00") - 2
+    data = data[:segment] + (len(packet) + 2 + 29).to_bytes(2, "big") + data[segment + 2:]
+    made = prepare.prepare(data, "image/jpeg", Recipe())
+    assert "location" in made.changes and leaked(made.data) == [] and b">kept<" in made.data
