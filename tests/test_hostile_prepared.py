@@ -324,3 +324,24 @@ def test_xmp_properties_in_a_default_namespace_are_stripped() -> None:
     data = data[:segment] + (len(packet) + 2 + 29).to_bytes(2, "big") + data[segment + 2:]
     made = prepare.prepare(data, "image/jpeg", Recipe())
     assert "location" in made.changes and leaked(made.data) == [] and b">kept<" in made.data
+
+
+def test_a_lost_state_of_a_pack_synced_without_strip_adopts_then_replaces(env: Env) -> None:
+    """The pack holds the files as they were (synced with ``strip = []``), the state is lost and strip is
+    on now: the images are adopted as what they are (no second copy), then replaced like any recipe change."""
+    folder = env.map("photos", pack="Trip", strip=[])
+    write(folder / "gps.jpg", photos.jpeg(64, 48))
+    assert env.sync().exit_code == ExitCode.OK
+    pack_id = env.pack_named("Trip")["id"]
+    shutil.rmtree(env.state_path.parent)
+    del env.mappings[0]["strip"]
+    env.sandbox.reset_calls()
+
+    adopted = env.sync()
+    assert adopted.exit_code == ExitCode.OK and env.sandbox.calls[ADD] == 0, "no second copy"
+    replaced = env.sync()
+
+    assert replaced.exit_code == ExitCode.OK
+    assert leaked(only_upload(env, pack_id)) == []
+    env.sandbox.reset_calls()
+    assert env.sync().exit_code == ExitCode.OK and env.sandbox.mutating_calls() == 0
