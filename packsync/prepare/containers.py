@@ -147,7 +147,7 @@ def _jpeg_app(marker: int, segment: bytes, wanted: frozenset[str], edit: _Edit) 
 
 def _packet_at(body: bytes) -> int:
     """Where an XMP packet begins in a segment's body (-1: none)."""
-    found = [at for at in (body.find(b"<?xpacket"), body.find(b"<x:xmpmeta")) if at >= 0]
+    found = [at for at in (body.find(b"<?xpacket"), body.find(b"<x:xmpmeta"), body.find(b"<rdf:RDF")) if at >= 0]
     return min(found, default=-1)
 
 
