@@ -345,3 +345,23 @@ def test_a_lost_state_of_a_pack_synced_without_strip_adopts_then_replaces(env: E
     assert leaked(only_upload(env, pack_id)) == []
     env.sandbox.reset_calls()
     assert env.sync().exit_code == ExitCode.OK and env.sandbox.mutating_calls() == 0
+
+
+def test_a_replacement_whose_old_image_could_not_be_deleted_is_finished_by_the_next_run(env: Env) -> None:
+    folder = env.map("photos", pack="Trip", strip=[])
+    write(folder / "gps.jpg", photos.jpeg(64, 48))
+    assert env.sync().exit_code == ExitCode.OK
+    pack_id = env.pack_named("Trip")["id"]
+    del env.mappings[0]["strip"]
+    env.sandbox.inject("500", "DELETE", "/packs/{id}/images/{image_id}", count=1000)
+
+    cut_short = env.sync()
+
+    assert cut_short.exit_code != ExitCode.OK and len(env.pack(pack_id)["images"]) == 2
+    env.sandbox.clear_faults()
+    env.sandbox.reset_calls()
+    finished = env.sync()
+
+    assert finished.exit_code == ExitCode.OK
+    assert (env.sandbox.calls[UPLOAD], env.sandbox.calls[ADD], env.sandbox.calls[DELETE]) == (0, 0, 1)
+    assert leaked(only_upload(env, pack_id)) == []
