@@ -365,3 +365,22 @@ def test_a_replacement_whose_old_image_could_not_be_deleted_is_finished_by_the_n
     assert finished.exit_code == ExitCode.OK
     assert (env.sandbox.calls[UPLOAD], env.sandbox.calls[ADD], env.sandbox.calls[DELETE]) == (0, 0, 1)
     assert leaked(only_upload(env, pack_id)) == []
+
+
+def test_an_exif_segment_between_the_scans_of_a_progressive_jpeg_is_stripped() -> None:
+    """The format allows metadata segments before each scan, not only the first: one there is no less in
+    the upload's bytes for coming after the first scan."""
+    out = io.BytesIO()
+    photos.pixels(64, 48).save(out, "JPEG", progressive=True)
+    data = out.getvalue()
+    first = data.index(b"\xff\xda")
+    second = data.index(b"\xff\xda", first + 2)
+    block = photos.exif().tobytes()
+    segment = b"\xff\xe1" + (len(block) + 2).to_bytes(2, "big") + block
+    odd = data[:second] + segment + data[second:]
+    with Image.open(io.BytesIO(odd)) as opened:
+        opened.load()  # still a JPEG every decoder reads
+    made = prepare.prepare(odd, "image/jpeg", Recipe())
+    assert "serials" in made.changes and leaked(made.data) == [] and len(made.data) == len(odd)
+    with Image.open(io.BytesIO(made.data)) as opened, Image.open(io.BytesIO(odd)) as before:
+        assert opened.tobytes() == before.tobytes()

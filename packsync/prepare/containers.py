@@ -223,24 +223,17 @@ def _mpf_images(start: int, segment: bytes) -> list[int]:
 
 def _embedded(data: bytes, scan: int, wanted: frozenset[str], edit: _Edit) -> None:
     """The images a Multi-Picture (MPF) JPEG holds after the first -- previews, gain maps, depth maps,
-    each with an EXIF of its own -- and those appended without an index, stripped in place like the first.
-    They keep their lengths, so the MPF index stays right; the first image's scan piece is cut around the
-    edited headers."""
+    each with an EXIF of its own -- those appended without an index, and APP1 segments between the
+    scans of a progressive JPEG, stripped in place like the first. They keep their lengths, so the MPF
+    index stays right; the first image's scan piece is cut around the edited headers."""
     edited: list[tuple[int, bytes]] = []
     indexed = set(_mpf_images(*edit.mpf)) if edit.mpf and wanted else set()
     for begin in sorted(indexed | set(_appended(data, scan) if wanted else ())):
         if begin < scan or (edited and begin < edited[-1][0] + len(edited[-1][1])):
             continue  # an index pointing back into what was read already: a crafted file
-        try:
-            inner, _, inner_scan = _jpeg_edit(data, wanted, begin)
-        except PrepareError:
-            if begin in indexed:
-                raise
-            continue  # (the start-of-image bytes in something else, a video say: not a JPEG)
-        edit.found |= inner.found
-        if inner.changed:
-            edited.append((begin, b"".join(inner.pieces[:-1])))
-            need(len(edited[-1][1]) == inner_scan - begin, "an image after the JPEG's end could not be edited")
+        headers = _edited_at(data, begin, wanted, edit, begin in indexed)
+        if headers is not None:
+            edited.append((begin, headers))
     if edited:
         view, start, pieces = memoryview(data), scan, list[bytes | memoryview]()
         for begin, headers in edited:
@@ -250,13 +243,40 @@ def _embedded(data: bytes, scan: int, wanted: frozenset[str], edit: _Edit) -> No
         edit.changed = True
 
 
+def _edited_at(data: bytes, begin: int, wanted: frozenset[str], edit: _Edit, indexed: bool) -> bytes | None:
+    """The bytes from ``begin`` on that stripping changes (a JPEG's headers, an APP1 segment), of the same
+    length; None when nothing there changes, or it is not what it looked like."""
+    try:
+        if data[begin + 1] == 0xE1:
+            end = begin + 2 + u16(data, begin + 2, True, "cut short")
+            need(end <= len(data), "cut short")
+            stray = _Edit([], set())  # (its EXIF is not the image's: the orientation stays the first's)
+            segment = data[begin:end]
+            result = _jpeg_app(0xE1, segment, wanted, stray)
+            edit.found |= stray.found
+            return None if result is segment else result
+        inner, _, inner_scan = _jpeg_edit(data, wanted, begin)
+    except PrepareError:
+        if indexed:
+            raise
+        return None  # (the bytes of something else, a video say: not a JPEG, not a segment)
+    edit.found |= inner.found
+    if not inner.changed:
+        return None
+    headers = b"".join(inner.pieces[:-1])
+    need(len(headers) == inner_scan - begin, "an image after the JPEG's end could not be edited")
+    return headers
+
+
 def _appended(data: bytes, scan: int) -> Iterator[int]:
-    """Where a JPEG may begin after the first image's scan: apps append the original or a preview with no
-    index, and its metadata is as readable there. (A scan's entropy-coded data never holds a marker.)"""
-    at = data.find(b"\xff\xd8\xff", scan)
-    while at >= 0:
-        yield at
-        at = data.find(b"\xff\xd8\xff", at + 3)
+    """Where a JPEG or an APP1 segment may begin after the first image's first scan: apps append the
+    original or a preview with no index, a progressive JPEG may hold metadata before a later scan, and it
+    is as readable there. (A scan's entropy-coded data never holds a marker.)"""
+    for signature in (b"\xff\xd8\xff", b"\xff\xe1"):
+        at = data.find(signature, scan)
+        while at >= 0:
+            yield at
+            at = data.find(signature, at + len(signature))
 
 
 def _jpeg(data: bytes, wanted: frozenset[str]) -> Survey:
