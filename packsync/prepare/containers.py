@@ -11,6 +11,7 @@ pixels: ``inspect`` is cheap.
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -268,15 +269,16 @@ def _edited_at(data: bytes, begin: int, wanted: frozenset[str], edit: _Edit, ind
     return headers
 
 
+#: A start of image or an APP1 marker: one pass over the data finds both (two ``find``s cost four times as
+#: much: a JPEG's entropy-coded data is full of 0xFF bytes).
+_LATER = re.compile(rb"\xff(?:\xd8\xff|\xe1)")
+
+
 def _appended(data: bytes, scan: int) -> Iterator[int]:
     """Where a JPEG or an APP1 segment may begin after the first image's first scan: apps append the
     original or a preview with no index, a progressive JPEG may hold metadata before a later scan, and it
     is as readable there. (A scan's entropy-coded data never holds a marker.)"""
-    for signature in (b"\xff\xd8\xff", b"\xff\xe1"):
-        at = data.find(signature, scan)
-        while at >= 0:
-            yield at
-            at = data.find(signature, at + len(signature))
+    return (match.start() for match in _LATER.finditer(data, scan))
 
 
 def _jpeg(data: bytes, wanted: frozenset[str]) -> Survey:
