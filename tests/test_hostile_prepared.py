@@ -12,6 +12,7 @@ from conftest import Env, write
 from helpers import StartDaemon, wait_until
 from PIL import Image
 from test_prepared_sync import only_upload, recorded, status_files
+from test_state import as_schema
 
 from packsync import prepare
 from packsync.errors import ExitCode
@@ -384,3 +385,24 @@ def test_an_exif_segment_between_the_scans_of_a_progressive_jpeg_is_stripped() -
     assert "serials" in made.changes and leaked(made.data) == [] and len(made.data) == len(odd)
     with Image.open(io.BytesIO(made.data)) as opened, Image.open(io.BytesIO(odd)) as before:
         assert opened.tobytes() == before.tobytes()
+
+
+def test_a_schema_7_state_synced_as_is_replaces_located_images_under_the_safety_stop(env: Env) -> None:
+    """Every image a schema-7 state records went up as it was; the default strips now: the first run
+    after the upgrade replaces the images with a location, under ``max_delete`` like any recipe change."""
+    folder = env.map("photos", pack="Trip", strip=[], max_delete=1)
+    for n in range(3):
+        write(folder / f"gps-{n}.jpg", photos.jpeg(48, 32 + n))
+    write(folder / "plain.png", photos.png(32, 32, gps=False, serials=False, xmp_location=False))
+    assert env.sync().exit_code == ExitCode.OK
+    as_schema(env.state_path, 7)
+    del env.mappings[0]["strip"]
+    env.sandbox.reset_calls()
+
+    stopped = env.sync()
+
+    assert stopped.exit_code == ExitCode.SAFETY and env.sandbox.mutating_calls() == 0
+    forced = env.sync(force=True)
+    assert forced.exit_code == ExitCode.OK
+    assert (env.sandbox.calls[UPLOAD], env.sandbox.calls[DELETE]) == (3, 3)
+    assert [leaked(data) for data in env.cdn_bytes(env.pack_named("Trip")["id"])] == [[]] * 4
