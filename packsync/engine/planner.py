@@ -41,6 +41,7 @@ from typing import TypeVar
 import msgspec
 
 from packsync.engine.actions import (
+    REPLACED,
     Action,
     AddImage,
     AdoptImage,
@@ -61,7 +62,6 @@ from packsync.model import (
     ManagedImage,
     Metadata,
     PreparedContent,
-    Problem,
     RemoteImage,
     RemotePack,
     Scan,
@@ -131,9 +131,6 @@ class MappingPlan(msgspec.Struct):
     actions: list[Action] = msgspec.field(default_factory=list)
     duplicates: list[RemoteImage] = msgspec.field(default_factory=list)  # foreign copies of a content already here
     waiting: list[AddImage] = msgspec.field(default_factory=list)  # adds held back until unknown images are read
-    #: Files whose images were made with another recipe, which the mapping's recipe cannot prepare now: their
-    #: images stay as uploaded before (a file whose location is to be stripped and cannot be says so).
-    unprepared: list[Problem] = msgspec.field(default_factory=list)
     safety: str | None = None
 
     def of(self, kind: type[A]) -> list[A]:
@@ -177,8 +174,7 @@ class MappingPlan(msgspec.Struct):
     @property
     def settled(self) -> bool:
         """Nothing to do, to hold back, to report or to record: the mapping is a mirror of its source."""
-        return not (any(action.work for action in self.actions) or self.duplicates or self.waiting or self.safety
-                    or self.unprepared)
+        return not (any(action.work for action in self.actions) or self.duplicates or self.waiting or self.safety)
 
 
 class Plan(msgspec.Struct):
@@ -261,6 +257,7 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
     walk = _Walk(source, wanted, plan)
     for seen in remote_images:
         walk.image(seen)
+    walk.replaced_already()
     deletes = walk.deletes
     if source.options.prune_foreign:
         deletes += [DeleteImage(source.label, image.image_id, image.url, "not in the folder (prune_foreign)")
@@ -337,9 +334,12 @@ class _Walk:
         self.replaced: dict[str, ManagedImage] = {}  # content -> the image (another recipe's) its add replaces
         self.same: list[str] = []  # images the mapping's recipe makes anew as they are
         recipe = source.recipe.key
-        # The contents whose uploads the mapping's recipe made, by the hash of the bytes uploaded.
-        self.uploaded = {p.uploaded_as: sha for (sha, key), p in source.prepared.items()
-                         if key == recipe and p.uploaded_as and sha in wanted}
+        # The contents whose uploads the mapping's recipe made, by the hash of the bytes uploaded: several
+        # when files differ only in what the recipe strips (the same photo tagged at two places).
+        self.uploaded: dict[str, list[str]] = {}
+        for (sha, key), made in sorted(source.prepared.items()):
+            if key == recipe and made.uploaded_as and sha in wanted:
+                self.uploaded.setdefault(made.uploaded_as, []).append(sha)
         # Contents some image in the pack already holds as packsync's: a foreign copy of one is not adopted.
         self.held = {self.recorded[i.image_id].sha256 if i.image_id in self.recorded
                      else source.others.get(i.image_id) or source.known_urls.get(i.url)
@@ -354,7 +354,8 @@ class _Walk:
         if image is None and seen.url in source.known_urls:  # our upload, added but never recorded
             image = self._adopt(seen, source.known_urls[seen.url], recovered=True)
         if image is None and seen.url in source.contents:  # not ours, but the bytes of an item we hold
-            sha256 = self.uploaded.get(source.contents[seen.url], source.contents[seen.url])
+            made = self.uploaded.get(source.contents[seen.url], [source.contents[seen.url]])
+            sha256 = next((sha for sha in made if sha not in self.kept and sha not in self.held), made[0])
             if sha256 in self.kept or sha256 in self.held:
                 self.plan.duplicates.append(seen)
             elif sha256 in self.wanted:
@@ -368,7 +369,7 @@ class _Walk:
         name = _name(self.wanted[sha256]) if sha256 in self.wanted else seen.url
         # Bytes its recipe made are the recipe's; the file's own bytes are the file as it is.
         recipe = self.source.known_recipes.get(seen.url, "") if recovered else self.source.recipe.key \
-            if self.uploaded.get(self.source.contents.get(seen.url, "")) == sha256 else ""
+            if sha256 in self.uploaded.get(self.source.contents.get(seen.url, ""), ()) else ""
         image = ManagedImage(self.pack_id, seen.image_id, sha256, seen.url, file_name_for(name), self.source.label,
                              seen.metadata, recipe)
         self.plan.actions.append(AdoptImage(self.source.label, image, recovered))
@@ -389,6 +390,14 @@ class _Walk:
                                             image.file_name))
 
 
+    def replaced_already(self) -> None:
+        """An image whose replacement is in the pack already (its delete failed last time) goes now."""
+        for sha, old in list(self.replaced.items()):
+            if sha in self.kept:
+                del self.replaced[sha]
+                self.deletes.append(DeleteImage(self.source.label, old.image_id, old.url, REPLACED, sha,
+                                                old.file_name))
+
     def _as_recipe_makes(self, image: ManagedImage) -> bool:
         """Whether the image holds what the mapping's recipe makes of its content (as far as is known: a
         file the recipe could not be judged on keeps its image). The same changes make the same bytes."""
@@ -396,11 +405,7 @@ class _Walk:
         if image.recipe == recipe:
             return True
         now = self.source.prepared.get((image.sha256, recipe))
-        if now is None:
-            return True
-        if now.problem is not None:
-            self.plan.unprepared.append(Problem(self.wanted[image.sha256].key, f"cannot be prepared for upload: "
-                                                f"{now.problem}; its image in the pack is the file as it was uploaded"))
+        if now is None or now.problem is not None:  # (observing reported a file it cannot prepare)
             return True
         before = () if image.recipe == "" else getattr(self.source.prepared.get((image.sha256, image.recipe)),
                                                        "changes", None)

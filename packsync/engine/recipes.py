@@ -8,7 +8,9 @@ Three things a plan needs to know of a recipe's work before anything is uploaded
 - when the pack holds images packsync cannot tell as its own (a lost state), the bytes the recipe
   uploads for each content still to add (*prepared*), since those are what such an image holds;
 - the contents that cannot be uploaded at all: a file the recipe cannot prepare (its reason on record),
-  and a type Genviral does not take that the recipe does not convert.
+  and a type Genviral does not take that the recipe does not convert. A file whose image was made with
+  another recipe, and that the new one cannot prepare, is a problem too: its image (which may carry what
+  the new recipe strips) stays, and the user is told.
 
 What is learnt is returned for the executor to record (``record-prepared``), as downloads are.
 """
@@ -70,6 +72,9 @@ async def observe(state: State, source: Source, preparer: Preparer, recipe: Reci
     for sha in adding:
         if (found := known.get((sha, recipe.key))) and found.problem:
             _refuse(scan, items[sha], found.problem)
+    for sha in stale.keys() - adding:
+        if (found := known.get((sha, recipe.key))) and found.problem:  # (its image stays: kept, not judged)
+            _refuse(scan, items[sha], f"{found.problem}; its image in the pack is the file as uploaded before")
     return seen
 
 

@@ -140,7 +140,7 @@ class MappingReport(msgspec.Struct):
 
     @property
     def failed(self) -> bool:
-        waiting = bool(self.plan and (self.plan.waiting or self.plan.unprepared))
+        waiting = bool(self.plan and self.plan.waiting)
         sidecars = bool(self.sidecars and any(not p.notice for p in self.sidecars.problems))
         return bool(self.last_error or waiting or sidecars or any(not p.notice for p in self.problems))
 

@@ -11,6 +11,7 @@ pixels: ``inspect`` is cheap.
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -124,7 +125,8 @@ def _jpeg_segments(data: bytes, begin: int = 0) -> Iterator[tuple[int, int, int]
 def _jpeg_app(marker: int, segment: bytes, wanted: frozenset[str], edit: _Edit) -> bytes:
     """A segment with its metadata stripped (the same object when it held nothing asked for)."""
     body = segment[4:]
-    if marker == 0xE1 and body.startswith(EXIF_SIGNATURE):
+    # Readers take "Exif\0" and any sixth byte for EXIF (old writers put 0xFF there): so is it stripped.
+    if marker == 0xE1 and body[:5] == EXIF_SIGNATURE[:5] and len(body) >= 6:
         block = body[6:]
         edited = edit.tiff(block, wanted)
         return segment if edited is block else segment[:10] + edited
@@ -132,11 +134,22 @@ def _jpeg_app(marker: int, segment: bytes, wanted: frozenset[str], edit: _Edit) 
         packet = body[len(XMP_SIGNATURE):]
         edited = edit.packet(packet, wanted)
         return segment if edited is packet else segment[:4 + len(XMP_SIGNATURE)] + edited
+    if marker == 0xE1 and not body.startswith(EXTENDED_XMP_SIGNATURE) and (at := _packet_at(body)) >= 0:
+        # An XMP packet under another header (a missing NUL, an old "XMP\0" one): readers take it as XMP.
+        packet = body[at:]
+        edited = edit.packet(packet, wanted)
+        return segment if edited is packet else segment[:4 + at] + edited
     if marker == 0xED and body.startswith(iptc.SIGNATURE):
         stripped, found = iptc.strip(body, wanted)
         edit.found |= found
         return segment if stripped is body else b"\xff\xed" + (len(stripped) + 2).to_bytes(2, "big") + stripped
     return segment
+
+
+def _packet_at(body: bytes) -> int:
+    """Where an XMP packet begins in a segment's body (-1: none)."""
+    found = [at for at in (body.find(b"<?xpacket"), body.find(b"<x:xmpmeta"), body.find(b"<rdf:RDF")) if at >= 0]
+    return min(found, default=-1)
 
 
 def _extended_xmp(extended: list[tuple[int, bytes]], main: int | None, wanted: frozenset[str], edit: _Edit) -> None:
@@ -211,17 +224,17 @@ def _mpf_images(start: int, segment: bytes) -> list[int]:
 
 def _embedded(data: bytes, scan: int, wanted: frozenset[str], edit: _Edit) -> None:
     """The images a Multi-Picture (MPF) JPEG holds after the first -- previews, gain maps, depth maps,
-    each with an EXIF of its own -- stripped in place like the first. They keep their lengths, so the
-    MPF index stays right; the first image's scan piece is cut around the edited headers."""
+    each with an EXIF of its own -- those appended without an index, and APP1 segments between the
+    scans of a progressive JPEG, stripped in place like the first. They keep their lengths, so the MPF
+    index stays right; the first image's scan piece is cut around the edited headers."""
     edited: list[tuple[int, bytes]] = []
-    for begin in sorted(set(_mpf_images(*edit.mpf))) if edit.mpf and wanted else []:
-        if begin <= scan or (edited and begin < edited[-1][0] + len(edited[-1][1])):
+    indexed = set(_mpf_images(*edit.mpf)) if edit.mpf and wanted else set()
+    for begin in sorted(indexed | set(_appended(data, scan) if wanted else ())):
+        if begin < scan or (edited and begin < edited[-1][0] + len(edited[-1][1])):
             continue  # an index pointing back into what was read already: a crafted file
-        inner, _, inner_scan = _jpeg_edit(data, wanted, begin)
-        edit.found |= inner.found
-        if inner.changed:
-            edited.append((begin, b"".join(inner.pieces[:-1])))
-            need(len(edited[-1][1]) == inner_scan - begin, "an image after the JPEG's end could not be edited")
+        headers = _edited_at(data, begin, wanted, edit, begin in indexed)
+        if headers is not None:
+            edited.append((begin, headers))
     if edited:
         view, start, pieces = memoryview(data), scan, list[bytes | memoryview]()
         for begin, headers in edited:
@@ -229,6 +242,43 @@ def _embedded(data: bytes, scan: int, wanted: frozenset[str], edit: _Edit) -> No
             start = begin + len(headers)
         edit.pieces[-1:] = [*pieces, view[start:]]
         edit.changed = True
+
+
+def _edited_at(data: bytes, begin: int, wanted: frozenset[str], edit: _Edit, indexed: bool) -> bytes | None:
+    """The bytes from ``begin`` on that stripping changes (a JPEG's headers, an APP1 segment), of the same
+    length; None when nothing there changes, or it is not what it looked like."""
+    try:
+        if data[begin + 1] == 0xE1:
+            end = begin + 2 + u16(data, begin + 2, True, "cut short")
+            need(end <= len(data), "cut short")
+            stray = _Edit([], set())  # (its EXIF is not the image's: the orientation stays the first's)
+            segment = data[begin:end]
+            result = _jpeg_app(0xE1, segment, wanted, stray)
+            edit.found |= stray.found
+            return None if result is segment else result
+        inner, _, inner_scan = _jpeg_edit(data, wanted, begin)
+    except PrepareError:
+        if indexed:
+            raise
+        return None  # (the bytes of something else, a video say: not a JPEG, not a segment)
+    edit.found |= inner.found
+    if not inner.changed:
+        return None
+    headers = b"".join(inner.pieces[:-1])
+    need(len(headers) == inner_scan - begin, "an image after the JPEG's end could not be edited")
+    return headers
+
+
+#: A start of image or an APP1 marker: one pass over the data finds both (two ``find``s cost four times as
+#: much: a JPEG's entropy-coded data is full of 0xFF bytes).
+_LATER = re.compile(rb"\xff(?:\xd8\xff|\xe1)")
+
+
+def _appended(data: bytes, scan: int) -> Iterator[int]:
+    """Where a JPEG or an APP1 segment may begin after the first image's first scan: apps append the
+    original or a preview with no index, a progressive JPEG may hold metadata before a later scan, and it
+    is as readable there. (A scan's entropy-coded data never holds a marker.)"""
+    return (match.start() for match in _LATER.finditer(data, scan))
 
 
 def _jpeg(data: bytes, wanted: frozenset[str]) -> Survey:
@@ -344,7 +394,9 @@ def _png_chunk(kind: bytes, chunk: bytes, wanted: frozenset[str], edit: _Edit) -
 def _png(data: bytes, wanted: frozenset[str]) -> Survey:
     edit, size, animated = _Edit([PNG_SIGNATURE], set()), (0, 0), False
     view = memoryview(data)
+    tail = None
     for kind, start, end in _png_chunks(data):
+        tail = start if kind == b"" else None
         if kind not in _PNG_READ:
             animated |= kind == b"acTL"
             edit.keep(view[start:end])  # image data: not copied
@@ -355,6 +407,8 @@ def _png(data: bytes, wanted: frozenset[str]) -> Survey:
                     u32(chunk, 12, True, "the PNG header is cut short"))
         edit.put(chunk, _png_chunk(kind, chunk, wanted, edit))
     need(size[0] > 0 and size[1] > 0, "the PNG has no header (or a size of 0)")
+    if tail is not None:  # bytes after IEND, the last piece: a JPEG appended there is stripped in place
+        _embedded(data, tail, wanted, edit)
     return _result(data, edit, size, animated=animated)
 
 
@@ -414,12 +468,31 @@ def _webp(data: bytes, wanted: frozenset[str]) -> Survey:
 
 # -- GIF ------------------------------------------------------------------------------------------
 
+#: A GIF's XMP application extension: the packet follows as it is, then a "magic trailer" (0x01, 0xFF down
+#: to 0x00) that walks a reader taking it for sub-blocks to their end, whatever byte it lands on.
+GIF_XMP = b"\x21\xff\x0bXMP DataXMP"
+_GIF_XMP_END = b"\x01\xff\xfe\xfd\xfc"
+
+
 def _gif(data: bytes, wanted: frozenset[str]) -> Survey:
-    """A GIF holds no EXIF, GPS or serials: read for its size only."""
+    """A GIF holds no EXIF: read for its size, its XMP (blanked in place: the trailer after it does not
+    care what the packet's bytes are) and a JPEG appended to it."""
     need(data[:6] in (b"GIF87a", b"GIF89a"), "not a GIF (no GIF header)")
     size = (u16(data, 6, False, "the GIF header is cut short"), u16(data, 8, False, "the GIF header is cut short"))
     need(size[0] > 0 and size[1] > 0, "the GIF has a size of 0")
-    return Survey(data, frozenset(), size[0], size[1], 1, None, None)
+    view, edit, at = memoryview(data), _Edit([], set()), 0
+    begin = data.find(GIF_XMP)
+    while begin >= 0 and wanted:
+        start = begin + len(GIF_XMP)
+        end = data.find(_GIF_XMP_END, start)
+        need(end >= 0, "the GIF's XMP has no end")
+        packet = data[start:end]
+        edit.keep(view[at:start])
+        edit.put(packet, edit.packet(packet, wanted))
+        at, begin = end, data.find(GIF_XMP, end)
+    edit.keep(view[at:])
+    _embedded(data, at, wanted, edit)  # a JPEG appended after it: stripped in place
+    return _result(data, edit, size)
 
 
 SURVEYS: dict[str, Callable[[bytes, frozenset[str]], Survey]] = {

@@ -1,12 +1,14 @@
 """IPTC IIM, as Photoshop stores it in a JPEG's APP13 segment: the datasets of the stripped categories
 removed, the others moved up and the freed bytes zeroed (Photoshop pads IIM with zeros too), so the segment
-keeps its size; the IPTC digest brought up to date."""
+keeps its size; the IPTC digest brought up to date. EXIF and XMP kept among the same image resources are
+edited in place (``exif.py``, ``xmpedit.py``)."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
 
+from packsync.prepare import exif, xmpedit
 from packsync.prepare.base import need, u16, u32
 
 SIGNATURE = b"Photoshop 3.0\x00"
@@ -19,6 +21,8 @@ DATASETS = {
     "serials": frozenset(),
 }
 _IIM = 0x0404
+_EXIF = frozenset({0x0422, 0x0423})  # "EXIF data 1" and "3": a TIFF block
+_XMP = 0x0424
 _DIGEST = 0x0425
 _CUT = "the Photoshop (IPTC) metadata is cut short"
 
@@ -60,6 +64,22 @@ def _strip_iim(iim: bytes, removed: frozenset[tuple[int, int]], wanted: frozense
     return rest + bytes(len(iim) - len(rest)), found  # zero padding, as Photoshop pads: the segment keeps its size
 
 
+def _strip_resource(ident: int, data: bytes, removed: frozenset[tuple[int, int]],
+                    wanted: frozenset[str]) -> tuple[bytes, frozenset[str] | set[str]]:
+    """One image resource stripped: IIM, or the EXIF and XMP Photoshop may keep here too (edited in place:
+    they keep their sizes)."""
+    if ident == _IIM and removed:
+        return _strip_iim(data, removed, wanted)
+    if ident in _EXIF:
+        prefix = b"Exif\x00\x00" if data.startswith(b"Exif\x00\x00") else b""
+        block = data[len(prefix):]
+        edited, found = exif.strip(block, wanted)
+        return (data if edited is block else prefix + edited), found
+    if ident == _XMP:
+        return xmpedit.strip(data, wanted)
+    return data, frozenset()
+
+
 def strip(payload: bytes, categories: Iterable[str]) -> tuple[bytes, frozenset[str]]:
     """An APP13 payload without the IIM datasets of ``categories``, and the categories it held (the same
     object when none)."""
@@ -69,15 +89,14 @@ def strip(payload: bytes, categories: Iterable[str]) -> tuple[bytes, frozenset[s
     found: set[str] = set()
     rebuilt = []
     for ident, header, data in resources:
-        if ident == _IIM and removed:
-            data, present = _strip_iim(data, removed, wanted)
-            found |= present
+        data, present = _strip_resource(ident, data, removed, wanted)
+        found |= present
         rebuilt.append((ident, header, data))
     if not found:
         return payload, frozenset()
-    iim = next(data for ident, _, data in rebuilt if ident == _IIM)
+    iim = next((data for ident, _, data in rebuilt if ident == _IIM), None)
     parts = [SIGNATURE]
     for ident, header, data in rebuilt:
-        data = hashlib.md5(iim, usedforsecurity=False).digest() if ident == _DIGEST else data
+        data = hashlib.md5(iim, usedforsecurity=False).digest() if ident == _DIGEST and iim is not None else data
         parts += [header, len(data).to_bytes(4, "big"), data, b"\x00" * (len(data) % 2)]
     return b"".join(parts) + payload[end:], frozenset(found)

@@ -71,13 +71,15 @@ class _Scan:
 
     def resolve(self, qname: str) -> tuple[str, str]:
         prefix, _, local = qname.rpartition(":")
-        return self.scopes[-1].get(prefix, "") if prefix else "", local
+        return self.scopes[-1].get(prefix, ""), local  # (attributes without a prefix are never asked)
 
     def start(self, name: str, attrs: dict[str, str]) -> None:
         if len(self.opened) >= MAX_DEPTH:
             raise PrepareError(f"the XMP packet nests elements deeper than {MAX_DEPTH}")
         scope = dict(self.scopes[-1])
         scope.update({k[6:]: v for k, v in attrs.items() if k.startswith("xmlns:")})
+        if "xmlns" in attrs:  # a default namespace: the one of the unprefixed elements inside
+            scope[""] = attrs["xmlns"]
         self.scopes.append(scope)
         begin = self.parser.CurrentByteIndex
         end = _tag_end(self.data, begin)

@@ -95,8 +95,7 @@ def run_document(report: SyncReport) -> dict[str, Any]:
             "failed": [{"item": where, "reason": why} for where, why in (outcome.failures if outcome else [])],
             "prepared": [{"item": key, "changes": list(changes)} for key, changes in (outcome.prepared if outcome
                                                                                       else [])],
-            "skipped": [{"path": p.rel_path, "reason": p.reason, "notice": p.notice}
-                        for p in mapping.problems + (mapping.plan.unprepared if mapping.plan else [])],
+            "skipped": [{"path": p.rel_path, "reason": p.reason, "notice": p.notice} for p in mapping.problems],
             "error": mapping.fatal, "safety_stop": mapping.safety,
             "withheld_deletes": len(mapping.plan.withheld) if mapping.plan else 0,
             "sidecars": None if mapping.sidecars is None else {

@@ -51,7 +51,7 @@ def print_plan(report: SyncReport, out: TextIO, verbose: bool = False) -> None:
         if mapping.plan:
             _planned(mapping.plan, uploads, out)
         _foreign(mapping, out)
-        _problems(mapping.problems + (mapping.plan.unprepared if mapping.plan else []), out)
+        _problems(mapping.problems, out)
         for path, pattern in mapping.excluded if verbose else ():
             out.write(f"  {'excluded':<10} {printable(path)} (by {printable(pattern)})\n")
     _subfolders(report, out, dry_run=True)
@@ -141,8 +141,7 @@ def print_run(report: SyncReport, out: TextIO) -> None:
         if mapping.sidecars and (mapping.sidecars.written or mapping.sidecars.removed):
             out.write(f"  sidecars   {mapping.sidecars.written} written, {mapping.sidecars.removed} removed\n")
         _foreign(mapping, out)
-        _problems(mapping.problems + (mapping.plan.unprepared if mapping.plan else [])
-                  + (mapping.sidecars.problems if mapping.sidecars else []), out)
+        _problems(mapping.problems + (mapping.sidecars.problems if mapping.sidecars else []), out)
     _subfolders(report, out, dry_run=False)
     if report.metadata_pending:
         out.write(f"metadata: {report.metadata_pending} images still pending; "
