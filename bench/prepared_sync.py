@@ -130,7 +130,7 @@ def _recipe(ctx: Context, sandbox: SandboxProcess, work: Path, folder: Path, lis
     problems = [] if done.returncode == 0 else [f"exit {done.returncode}: {done.tail(3)}"]
     problems += [] if added == count else [f"{added} of {count} photos in the pack"]
     problems += [] if dict(calls) == expected else [f"calls {calls_dict(calls)}"]
-    problems += _check_uploads(sandbox, pack_id, folder, max_edge)
+    problems += _check_uploads(sandbox, pack_id, folder, config, max_edge)
     return _rows(key, max_edge, count, done, bares, best, concurrency_bound_s, bound_s, uploads, problems,
                  {"calls": calls_dict(calls), "output_tail": done.tail()})
 
@@ -185,10 +185,18 @@ def _rows(key: str, max_edge: int, count: int, done: Finished, bares: list[Bare]
 
 # -- what was uploaded ------------------------------------------------------------------------------
 
-def _check_uploads(sandbox: SandboxProcess, pack_id: str, folder: Path, max_edge: int) -> list[str]:
-    """Read back the first ``SAMPLES`` photos' uploads from the sandbox's CDN and say what is wrong with them."""
+def _check_uploads(sandbox: SandboxProcess, pack_id: str, folder: Path, config: Path, max_edge: int) -> list[str]:
+    """Read back the first ``SAMPLES`` photos' uploads from the sandbox's CDN and say what is wrong with them.
+
+    The pack's answer holds no file names (as the real API's), so ``packsync status --json --files`` (the
+    state only) says which image each file became."""
+    listing = run_child(packsync_argv(config, "status", "--json", "--files"), cwd=config.parent, timeout=60)
+    if listing.returncode != 0:
+        return [f"packsync status failed: {listing.tail(3)}"]
+    images = {f["image_id"]: Path(f["path"]).name for m in json.loads(listing.stdout)["mappings"]
+              for f in m["file_list"]}
     pack = sandbox.pack(pack_id) or {"images": []}
-    urls = {Path(image["file_name"]).name: image["url"] for image in pack["images"]}
+    urls = {images[image["id"]]: image["url"] for image in pack["images"] if image["id"] in images}
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the sandbox is on loopback
     problems = []
     for source in sorted(folder.iterdir())[:SAMPLES]:
