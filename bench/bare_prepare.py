@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from packsync.prepare import prepare
-from packsync.prepare.recipe import Recipe
+from packsync.recipe import Recipe
 
 _recipe = Recipe()
 

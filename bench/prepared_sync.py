@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from camera_jpegs import BODY_SERIAL, FULL_SIZE, IFD_EXIF, IFD_GPS, LENS_SERIAL, ORIENTATION, SMOKE_SIZE, photos
 from harness import (
     ADD_IMAGE,
     CREATE_UPLOAD,
@@ -44,7 +45,6 @@ from harness import (
     packsync_argv,
     run_child,
 )
-from photos import BODY_SERIAL, FULL_SIZE, IFD_EXIF, IFD_GPS, LENS_SERIAL, ORIENTATION, SMOKE_SIZE, photos
 from PIL import Image
 from sandbox_process import SandboxProcess
 

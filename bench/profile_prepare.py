@@ -27,8 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers: helpers.py
 
+from camera_jpegs import photos  # noqa: E402
 from harness import Setup, calls_dict, child_env, packsync_argv  # noqa: E402
-from photos import photos  # noqa: E402
 from prepared_sync import CONCURRENCY, LATENCY_S, _place  # noqa: E402
 from sandbox_process import SandboxProcess  # noqa: E402
 
