@@ -39,6 +39,7 @@ import hashing  # noqa: E402
 import incremental  # noqa: E402
 import metadata_polling  # noqa: E402
 import noop_rerun  # noqa: E402
+import prepared_sync  # noqa: E402
 import pull  # noqa: E402
 import startup  # noqa: E402
 from harness import Context, Row  # noqa: E402
@@ -60,6 +61,7 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "adoption": adoption.run,
     "pull": pull.run,
     "astria": astria_mirror.run,
+    "prepare": prepared_sync.run,
     "startup": startup.run,
 }
 

@@ -1,0 +1,68 @@
+"""The floor of preparing: ``packsync.prepare.prepare`` over a list of files, on every core, and nothing else.
+
+Run as a process of its own and measured like packsync (wall time spawn → exit, CPU from ``os.wait4``;
+see ``prepared_sync.py``). Each file is read and prepared with the recipe given, by ``WORKERS``
+threads or processes; the prepared bytes are counted and dropped (no hashing, no state, no upload):
+
+    threads   WORKERS MAX_EDGE FILES_JSON   # a thread pool in this process (Pillow releases the GIL)
+    processes WORKERS MAX_EDGE FILES_JSON   # a process pool: each worker reads and prepares its files
+
+``MAX_EDGE`` 0 is the default recipe (strip location and serials, no resize). It prints one JSON object:
+the loop's own seconds (start-up and imports left out), the files, the bytes read and written, and how
+many files the recipe changed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+
+from packsync.prepare import prepare
+from packsync.recipe import Recipe
+
+_recipe = Recipe()
+
+
+def _configure(max_edge: int) -> None:
+    """Set the recipe in this process (a process pool's workers call it as their initializer)."""
+    global _recipe
+    _recipe = Recipe(max_edge=max_edge)
+
+
+def _one(path: str) -> tuple[int, int, bool]:
+    """Read and prepare one file: (bytes read, bytes prepared, whether the recipe changed them)."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    prepared = prepare(data, "image/jpeg", _recipe)
+    return len(data), len(prepared.data), prepared.data != data
+
+
+def _pool(mode: str, workers: int, max_edge: int) -> Executor:
+    if mode == "threads":
+        return ThreadPoolExecutor(max_workers=workers)
+    if mode == "processes":
+        return ProcessPoolExecutor(max_workers=workers, initializer=_configure, initargs=(max_edge,))
+    sys.exit(f"unknown mode {mode!r}: threads or processes")
+
+
+def main() -> None:
+    mode, workers, max_edge, listed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    with open(listed, encoding="utf-8") as handle:
+        paths: list[str] = json.load(handle)
+    _configure(max_edge)
+    with _pool(mode, workers, max_edge) as pool:
+        start = time.perf_counter()
+        results: Iterator[tuple[int, int, bool]] = pool.map(_one, paths)
+        read = written = changed = 0
+        for size_in, size_out, differs in results:
+            read, written, changed = read + size_in, written + size_out, changed + differs
+        seconds = time.perf_counter() - start
+    print(json.dumps({"mode": mode, "workers": workers, "max_edge": max_edge, "seconds": seconds,
+                      "files": len(paths), "bytes_in": read, "bytes_out": written, "changed": changed}))
+
+
+if __name__ == "__main__":
+    main()
