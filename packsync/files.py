@@ -49,13 +49,19 @@ def check_regular(fd: int, path: Path | str | int) -> None:
 def read_regular(path: Path | str, limit: int, *, follow: bool = True) -> bytes:
     """The bytes of the regular file at ``path``; an ``OSError`` when it is not one or holds more than
     ``limit`` bytes (a file that large is not what packsync expects there, and is not read whole)."""
-    data = bytearray()
+    chunks: list[bytes] = []
+    total = 0
     with open_regular(path, follow=follow) as handle:
-        while len(data) <= limit and (chunk := handle.read(limit + 1 - len(data))):
-            data += chunk
-    if len(data) > limit:
+        # Read at its size (and a byte more, to see its end) in one call: no copy of a large file is made,
+        # and a file that grew since is read on to ``limit``.
+        want = min(os.fstat(handle.fileno()).st_size, limit) + 1
+        while total <= limit and (chunk := handle.read(want)):
+            chunks.append(chunk)
+            total += len(chunk)
+            want = limit + 1 - total
+    if total > limit:
         raise OSError(errno.EFBIG, f"larger than {_size(limit)}", str(path))
-    return bytes(data)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def file_id(file: Path | str | int) -> tuple[int, int] | None:

@@ -194,8 +194,7 @@ class Executor:
         async with self._in_hand:
             add = upload.add
             try:
-                made = await self.preparer.prepare(add.sha256, await self.sources[add.mapping].read(add.item),
-                                                   add.item.content_type, add.recipe)
+                made = await self.preparer.prepare(add.item, self.sources[add.mapping].read, add.recipe)
             except PrepareError as exc:
                 self.state.uploads.save_prepared([PreparedContent(add.sha256, add.recipe.key, problem=str(exc))])
                 raise

@@ -98,16 +98,14 @@ async def _learn(seen: Observed, source: Source, preparer: Preparer, recipe: Rec
 async def _learn_one(seen: Observed, source: Source, preparer: Preparer, recipe: Recipe, item: ContentItem,
                      prepare: bool) -> None:
     try:
-        data = await source.read(item)
+        if prepare:
+            found = (await preparer.prepare(item, source.read, recipe)).record
+        else:
+            found = await preparer.inspect(item, source.read, recipe)
+    except PrepareError as exc:
+        found = PreparedContent(item.sha256, recipe.key, problem=str(exc))
     except (SourceError, TransientError, PermanentError, NotFound):
         return  # (changed, gone, unreadable: the next scan sees what it holds then)
-    if prepare:
-        try:
-            found = (await preparer.prepare(item.sha256, data, item.content_type, recipe)).record
-        except PrepareError as exc:
-            found = PreparedContent(item.sha256, recipe.key, problem=str(exc))
-    else:
-        found = await preparer.inspect(item.sha256, data, item.content_type, recipe)
     seen.prepared[item.sha256, recipe.key] = found
     seen.learnt.append(found)
 
