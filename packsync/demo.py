@@ -1,7 +1,8 @@
 """``packsync demo``: a complete sync with zero set-up, against the built-in sandbox.
 
 It makes sample images in a temporary folder, starts the sandbox in-process, writes a real
-config file, syncs, changes the folder (a rename, a delete, a new file) and syncs again, mirrors
+config file, syncs, changes the folder (a rename, a delete, a new photo carrying its location, stripped before
+upload) and syncs again, mirrors
 the sandbox's demo Astria pack into a Genviral pack and follows an image removed from it, then
 shows the status table with the AI descriptions the sandbox generated.
 """
@@ -65,6 +66,21 @@ pack = "Headshots"
 """
 
 
+def _photo_with_location(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A JPEG as a phone writes it: with the GPS position where it was taken (Amsterdam), which the default
+    ``strip`` keeps from the pack."""
+    import io
+
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Phone maker", "Phone model"
+    exif.get_ifd(0x8825).update({1: "N", 2: (52.0, 22.0, 3.36), 3: "E", 4: (4.0, 53.0, 30.0)})
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), rgb).save(out, "JPEG", quality=90, exif=exif)
+    return out.getvalue()
+
+
 def _say(text: str) -> None:
     sys.stdout.write(f"\n== {text}\n")
     sys.stdout.flush()
@@ -101,9 +117,9 @@ def _demo(folder: Path) -> ExitCode:
 
         (folder / "brand/logos/mark-blue.png").rename(folder / "brand/mark-blue-renamed.png")
         (folder / "brand/backgrounds/forest.png").unlink()
-        (folder / "products/cap.png").write_bytes(solid_png(70, 40, (240, 220, 30)))
+        (folder / "products/cap.jpg").write_bytes(_photo_with_location(70, 40, (240, 220, 30)))
         sandbox.reset_calls()
-        _say("Second sync after a rename (free), a delete and a new file")
+        _say("Second sync after a rename (free), a delete and a new photo (its location is stripped before upload)")
         report = asyncio.run(sync_once(config, DEMO_TOKEN, options, Progress()))
         print_run(report, sys.stdout)
         calls = ", ".join(f"{method} {route} ×{count}" for (method, route), count in sorted(sandbox.calls.items()))

@@ -352,6 +352,8 @@ def test_demo_runs_with_zero_set_up(tmp_path: Path) -> None:
     assert "A 64×64 red PNG image." in result.stdout
     assert "astria:260 (Corporate Headshots) → Headshots" in result.stdout
     assert "files 4 · synced 4" in result.stdout and "woman-18154000-1.png  [synced" in result.stdout
+    assert "prepared   location stripped: cap.jpg" in result.stdout
+    assert "cap.jpg  [synced" in result.stdout and "uploaded with location stripped" in result.stdout
     shutil.rmtree(tmp_path / "demo")
 
 
