@@ -374,14 +374,17 @@ class ReplaceImage(AddImage, frozen=True):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "replaces": self.replaces}
 
+    def old(self) -> DeleteImage:
+        """The delete of the image it replaces, done once the new one is in."""
+        return DeleteImage(self.mapping, self.replaces, self.old_url, REPLACED, self.sha256, self.old_name)
+
     def withheld(self) -> WithheldDelete:
         """Its delete as a safety stop holds it back (the add waits with it)."""
-        return WithheldDelete(self.mapping, self.replaces, self.old_url, REPLACED, self.sha256, self.old_name)
+        return WithheldDelete(**msgspec.structs.asdict(self.old()))
 
     async def apply(self, run: Run) -> None:
         if await self.add(run):
-            await DeleteImage(self.mapping, self.replaces, self.old_url, REPLACED, self.sha256,
-                              self.old_name).apply(run)
+            await self.old().apply(run)
 
 
 #: Why an image made with another recipe goes.

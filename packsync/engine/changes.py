@@ -91,7 +91,8 @@ async def observe(state: State, mapping: MappingConfig, source: Source, paths: C
         witness = dict([min(witness.items())])
         contents |= _held(witness).keys()
     images = state.images.holding(pack_id, contents)
-    if any(image.recipe != mapping.recipe.key for image in images if image.owner in (label, "")):
+    recipe = mapping.recipe.key
+    if any(image.recipe != recipe for image in images if image.owner in (label, "")):
         return None  # (an image made with another recipe: whether to replace it takes a look at its file)
     new = {item.sha256 for item in partial.scan.items} - {image.sha256 for image in images}
     if new and state.uploads.seen_in_images(new):

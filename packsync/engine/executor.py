@@ -106,7 +106,6 @@ class Run:
         return await self._executor.add_once(self.pack_id, url, file_name)
 
 
-
 class Executor:
     def __init__(self, api: GenviralClient, state: State, packs: PackResolver, sources: Mapping[str, Source],
                  progress: ProgressObserver = QUIET, sidecar_pass: asyncio.Lock | None = None,
@@ -122,7 +121,6 @@ class Executor:
         self._urls: dict[str, Uploaded] = {}
         self._planned: dict[str, Upload] = {}
         self.preparer = preparer or Preparer()
-
         # Files read (and prepared) but not yet sent, at most: enough to keep every connection and every
         # core busy, few enough that memory does not grow with the number of adds waiting.
         self._in_hand = asyncio.Semaphore(self.api.concurrency + self.preparer.workers)

@@ -333,7 +333,7 @@ class _Walk:
         self.deletes: list[DeleteImage] = []
         self.replaced: dict[str, ManagedImage] = {}  # content -> the image (another recipe's) its add replaces
         self.same: list[str] = []  # images the mapping's recipe makes anew as they are
-        recipe = source.recipe.key
+        self.recipe = recipe = source.recipe.key
         # The contents whose uploads the mapping's recipe made, by the hash of the bytes uploaded: several
         # when files differ only in what the recipe strips (the same photo tagged at two places).
         self.uploaded: dict[str, list[str]] = {}
@@ -368,7 +368,7 @@ class _Walk:
     def _adopt(self, seen: RemoteImage, sha256: str, recovered: bool) -> ManagedImage:
         name = _name(self.wanted[sha256]) if sha256 in self.wanted else seen.url
         # Bytes its recipe made are the recipe's; the file's own bytes are the file as it is.
-        recipe = self.source.known_recipes.get(seen.url, "") if recovered else self.source.recipe.key \
+        recipe = self.source.known_recipes.get(seen.url, "") if recovered else self.recipe \
             if sha256 in self.uploaded.get(self.source.contents.get(seen.url, ""), ()) else ""
         image = ManagedImage(self.pack_id, seen.image_id, sha256, seen.url, file_name_for(name), self.source.label,
                              seen.metadata, recipe)
@@ -389,7 +389,6 @@ class _Walk:
             self.deletes.append(DeleteImage(source.label, image.image_id, image.url, "file removed", image.sha256,
                                             image.file_name))
 
-
     def replaced_already(self) -> None:
         """An image whose replacement is in the pack already (its delete failed last time) goes now."""
         for sha, old in list(self.replaced.items()):
@@ -401,7 +400,7 @@ class _Walk:
     def _as_recipe_makes(self, image: ManagedImage) -> bool:
         """Whether the image holds what the mapping's recipe makes of its content (as far as is known: a
         file the recipe could not be judged on keeps its image). The same changes make the same bytes."""
-        recipe = self.source.recipe.key
+        recipe = self.recipe
         if image.recipe == recipe:
             return True
         now = self.source.prepared.get((image.sha256, recipe))

@@ -9,7 +9,6 @@ library is imported: a mapping that uploads files as they are never loads it.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import functools
 import hashlib
 import os
@@ -95,6 +94,8 @@ def _inspect(item: ContentItem, data: bytes, recipe: Recipe) -> PreparedContent:
 
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes  # (only once something was re-encoded: every run would pay for its import)
+
     try:
         return cast(Callable[[int], int], ctypes.CDLL(None).malloc_trim)
     except (OSError, AttributeError):  # not glibc

@@ -43,12 +43,11 @@ class Observed(msgspec.Struct):
 def unuploadable(scan: Scan, recipe: Recipe) -> None:
     """Move the items of a type Genviral does not take, and that ``recipe`` does not convert, to the
     scan's problems (their contents kept: a file is not deleted for a setting)."""
-    for item in [i for i in scan.items if i.content_type not in SUPPORTED and not recipe.converts(i.content_type)]:
-        scan.items.remove(item)
-        scan.keep.add(item.sha256)
-        kind = item.content_type.removeprefix("image/")
-        scan.problems.append(Problem(item.key, f"{kind.upper()} images are not accepted by Genviral; add "
-                                               f"{kind!r} to convert_to_jpeg to upload them as JPEG"))
+    refused = {i.sha256: i.content_type.removeprefix("image/") for i in scan.items
+               if i.content_type not in SUPPORTED and not recipe.converts(i.content_type)}
+    if refused:
+        _refuse(scan, {sha: f"{kind.upper()} images are not accepted by Genviral; add {kind!r} to convert_to_jpeg "
+                            "to upload them as JPEG" for sha, kind in refused.items()}, prefix="")
 
 
 async def observe(state: State, source: Source, preparer: Preparer, recipe: Recipe, scan: Scan,
@@ -60,21 +59,21 @@ async def observe(state: State, source: Source, preparer: Preparer, recipe: Reci
     missing contents are worth knowing)."""
     if recipe.as_is:
         return Observed()
+    key = recipe.key
     items = {item.sha256: item for item in scan.items}
-    stale = {image.sha256: image.recipe for image in managed if image.recipe != recipe.key and image.sha256 in items}
+    stale = {image.sha256: image.recipe for image in managed if image.recipe != key and image.sha256 in items}
     adding = set(missing) & items.keys()
-    seen = Observed(state.uploads.prepared(stale.keys() | adding, {recipe.key, *stale.values()}))
+    seen = Observed(state.uploads.prepared(stale.keys() | adding, {key, *stale.values()}))
     known = seen.prepared
-    await _learn(seen, source, preparer, recipe, [items[s] for s in stale if (s, recipe.key) not in known], False)
+    await _learn(seen, source, preparer, recipe, [items[s] for s in stale if (s, key) not in known], False)
     if unmatched:  # (a content on record as one that cannot be prepared is not tried again)
-        await _learn(seen, source, preparer, recipe, [items[s] for s in adding if _unsent(known.get((s, recipe.key)))],
-                     True)
-    for sha in adding:
-        if (found := known.get((sha, recipe.key))) and found.problem:
-            _refuse(scan, items[sha], found.problem)
-    for sha in stale.keys() - adding:
-        if (found := known.get((sha, recipe.key))) and found.problem:  # (its image stays: kept, not judged)
-            _refuse(scan, items[sha], f"{found.problem}; its image in the pack is the file as uploaded before")
+        await _learn(seen, source, preparer, recipe, [items[s] for s in adding if _unsent(known.get((s, key)))], True)
+    refused = {sha: found.problem for sha in adding if (found := known.get((sha, key))) and found.problem}
+    # (an image made with another recipe stays: kept, not judged)
+    refused |= {sha: f"{found.problem}; its image in the pack is the file as uploaded before"
+                for sha in stale.keys() - adding if (found := known.get((sha, key))) and found.problem}
+    if refused:
+        _refuse(scan, refused)
     return seen
 
 
@@ -110,8 +109,9 @@ async def _learn_one(seen: Observed, source: Source, preparer: Preparer, recipe:
     seen.learnt.append(found)
 
 
-def _refuse(scan: Scan, item: ContentItem, why: str) -> None:
-    for other in [i for i in scan.items if i.sha256 == item.sha256]:
-        scan.items.remove(other)
-        scan.problems.append(Problem(other.key, f"cannot be prepared for upload: {why}"))
-    scan.keep.add(item.sha256)
+def _refuse(scan: Scan, why: dict[str, str], prefix: str = "cannot be prepared for upload: ") -> None:
+    """Move the items holding these contents to the scan's problems, each with why: their contents kept (a
+    file is not deleted from the pack for a setting or a file it cannot prepare)."""
+    scan.problems += [Problem(i.key, prefix + why[i.sha256]) for i in scan.items if i.sha256 in why]
+    scan.items = [i for i in scan.items if i.sha256 not in why]
+    scan.keep |= why.keys()
