@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import photos
 import pytest
 from conftest import FAST, TOKEN, Env, image, write
 from helpers import StartDaemon, StartHere, on_state_connection, state_rows, unmeasured, wait_until
@@ -194,9 +195,11 @@ def test_an_upload_answer_with_an_invalid_url_fails_that_file_and_is_never_recor
     assert env.sandbox.calls[ADD] == 1, "no add-image with a bad URL was ever sent"
 
 
-def test_an_uploaded_url_the_api_refuses_is_uploaded_afresh(env: Env) -> None:
+@pytest.mark.parametrize("name", ["a.png", "beach.jpg"], ids=["as it is", "prepared (its location stripped)"])
+def test_an_uploaded_url_the_api_refuses_is_uploaded_afresh(env: Env, name: str) -> None:
+    """The upload forgotten is the one of the bytes sent (a prepared file's, not the file's own)."""
     pack_id = env.sandbox.create_pack("p")
-    write(env.map("brand", pack_id=pack_id) / "a.png", image())
+    write(env.map("brand", pack_id=pack_id) / name, image() if name.endswith(".png") else photos.jpeg(48, 32))
     env.sandbox.inject("422", *ADD)
 
     first = env.cli("run", "--no-wait")

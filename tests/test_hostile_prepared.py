@@ -11,7 +11,7 @@ import pytest
 from conftest import Env, write
 from helpers import StartDaemon, wait_until
 from PIL import Image
-from test_prepared_sync import only_upload, recorded, status_files
+from test_prepared_sync import only_upload, recorded, status_files, synced_as_they_are
 from test_state import as_schema
 
 from packsync import prepare
@@ -25,6 +25,21 @@ SECRETS = (photos.BODY_SERIAL.encode(), photos.LENS_SERIAL.encode(), photos.CITY
 
 def leaked(data: bytes) -> list[bytes]:
     return [secret for secret in SECRETS if secret in data]
+
+
+def adopted_after_losing_the_state(env: Env, pack_id: str) -> set[str]:
+    """Lose the state, sync: every image of the pack is adopted and nothing uploaded, added or deleted.
+    The pack's image ids."""
+    before = {image["id"] for image in env.pack(pack_id)["images"]}
+    shutil.rmtree(env.state_path.parent)
+    env.sandbox.reset_calls()
+
+    adopted = env.sync()
+
+    assert adopted.exit_code == ExitCode.OK
+    assert env.sandbox.mutating_calls() == 0, "nothing uploaded, added or deleted"
+    assert {image["id"] for image in env.pack(pack_id)["images"]} == before
+    return before
 
 
 def test_a_jpeg_appended_after_the_image_without_an_index_is_stripped_too() -> None:
@@ -72,12 +87,8 @@ def test_the_daemons_incremental_path_strips_a_new_photo_too(env: Env) -> None:
 
 
 def test_a_recipe_change_and_a_file_change_at_once_upload_the_new_file_stripped(env: Env) -> None:
-    folder = env.map("photos", pack="Trip", strip=[])
-    write(folder / "gps.jpg", photos.jpeg(64, 48))
-    assert env.sync().exit_code == ExitCode.OK
-    pack_id = env.pack_named("Trip")["id"]
-    del env.mappings[0]["strip"]
-    write(folder / "gps.jpg", photos.jpeg(80, 60))
+    folder, pack_id = synced_as_they_are(env, 1)
+    write(folder / "gps-0.jpg", photos.jpeg(80, 60))
     env.sandbox.reset_calls()
 
     report = env.sync()
@@ -97,15 +108,10 @@ def test_a_lost_state_with_resized_images_and_a_foreign_one_adopts_and_uploads_n
     assert env.sync().exit_code == ExitCode.OK
     pack_id = env.pack_named("Trip")["id"]
     foreign = env.sandbox.add_uploaded(pack_id, photos.jpeg(64, 48), "from-the-web-app.jpg")
-    before = {image["id"] for image in env.pack(pack_id)["images"]}
-    shutil.rmtree(env.state_path.parent)
-    env.sandbox.reset_calls()
 
-    adopted = env.sync()
+    before = adopted_after_losing_the_state(env, pack_id)
 
-    assert adopted.exit_code == ExitCode.OK
-    assert env.sandbox.mutating_calls() == 0, "nothing uploaded, added or deleted"
-    assert {image["id"] for image in env.pack(pack_id)["images"]} == before and foreign in before
+    assert foreign in before
     assert sorted(i.file_name for i in recorded(env, pack_id)) == ["a.jpg", "b.webp"]
     env.sandbox.reset_calls()
     assert env.sync().exit_code == ExitCode.OK and env.sandbox.mutating_calls() == 0
@@ -221,15 +227,9 @@ def test_a_lost_state_adopts_two_files_that_strip_to_the_same_bytes_and_uploads_
     write(folder / "south.jpg", south)
     assert env.sync().exit_code == ExitCode.OK
     pack_id = env.pack_named("Trip")["id"]
-    before = {image["id"] for image in env.pack(pack_id)["images"]}
-    shutil.rmtree(env.state_path.parent)
-    env.sandbox.reset_calls()
 
-    adopted = env.sync()
+    adopted_after_losing_the_state(env, pack_id)
 
-    assert adopted.exit_code == ExitCode.OK
-    assert env.sandbox.mutating_calls() == 0, "nothing uploaded, added or deleted"
-    assert {image["id"] for image in env.pack(pack_id)["images"]} == before
     assert sorted(i.file_name for i in recorded(env, pack_id)) == ["north.jpg", "south.jpg"]
 
 
@@ -349,11 +349,7 @@ def test_a_lost_state_of_a_pack_synced_without_strip_adopts_then_replaces(env: E
 
 
 def test_a_replacement_whose_old_image_could_not_be_deleted_is_finished_by_the_next_run(env: Env) -> None:
-    folder = env.map("photos", pack="Trip", strip=[])
-    write(folder / "gps.jpg", photos.jpeg(64, 48))
-    assert env.sync().exit_code == ExitCode.OK
-    pack_id = env.pack_named("Trip")["id"]
-    del env.mappings[0]["strip"]
+    _folder, pack_id = synced_as_they_are(env, 1)
     env.sandbox.inject("500", "DELETE", "/packs/{id}/images/{image_id}", count=1000)
 
     cut_short = env.sync()

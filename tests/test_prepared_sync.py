@@ -324,21 +324,6 @@ def test_an_astria_avif_is_a_problem_until_converted_then_a_jpeg(env: Env) -> No
         assert opened.format == "JPEG"
 
 
-def test_a_refused_url_of_prepared_bytes_is_uploaded_afresh(env: Env) -> None:
-    """The upload forgotten is the one of the bytes sent (the prepared ones), not the file's."""
-    folder = env.map("photos", pack="Trip")
-    write(folder / "beach.jpg", photos.jpeg(48, 32))
-    env.sandbox.inject("422", *ADD)
-
-    first = env.cli("run", "--no-wait")
-    env.sandbox.reset_calls()
-    second = env.cli("run", "--no-wait")
-
-    assert first.returncode == ExitCode.SOME_FAILED and "image_url" in first.stdout
-    assert second.returncode == 0, second.stdout
-    assert env.sandbox.calls[UPLOAD] == 1, "the refused URL is never offered again"
-
-
 def test_a_failing_file_leaves_no_picture_twice_while_the_others_are_replaced(env: Env) -> None:
     folder, pack_id = synced_as_they_are(env, 4, max_delete=10)
     good = photos.jpeg(64, 48)
