@@ -54,3 +54,7 @@ class MetadataRepository:
         """packsync's images whose name, description or keywords hold every word (as a word's start),
         best match first, each with the mapping that owns it."""
         return [(image(*row), row[5]) for row in search.find(self.unit, words, limit)]
+
+    def count(self, words: Sequence[str]) -> int:
+        """How many of packsync's images ``search`` finds for these words, whatever its limit."""
+        return search.count(self.unit, words)

@@ -35,6 +35,7 @@ _FIND = text(
     "SELECT i.pack_id, i.image_id, i.sha256, i.url, i.file_name, i.owner, i.meta_status, i.description, "
     "i.keywords, i.meta_error, i.meta_model, i.recipe FROM image_text JOIN images i ON i.rowid = image_text.rowid "
     "WHERE image_text MATCH :terms ORDER BY bm25(image_text) LIMIT :limit")
+_COUNT = text("SELECT count(*) FROM image_text WHERE image_text MATCH :terms")
 
 
 def exists(unit: UnitOfWork) -> bool:
@@ -56,13 +57,28 @@ def ensure_readable(unit: UnitOfWork) -> None:
                      "SELECT rowid, file_name, description, keywords FROM images")
 
 
+def _terms(words: Sequence[str]) -> str:
+    """An FTS5 query for rows holding every word as a word's start ('' for none)."""
+    words = ["".join(c for c in word if c.isprintable()) for word in words]  # a NUL ends FTS5's string
+    return " AND ".join('"' + word.replace('"', '""') + '"*' for word in words if word.strip())
+
+
 def find(unit: UnitOfWork, words: Sequence[str], limit: int) -> Sequence[Sequence[Any]]:
     """The rows of ``images`` (``pack_id`` … ``meta_model``) whose text holds every word as a word's start,
     best match first."""
-    words = ["".join(c for c in word if c.isprintable()) for word in words]  # a NUL ends FTS5's string
-    terms = " AND ".join('"' + word.replace('"', '""') + '"*' for word in words if word.strip())
+    terms = _terms(words)
     if not terms:
         return []
     with unit.guarded():
         ensure_readable(unit)
     return unit.rows(_FIND, {"terms": terms, "limit": limit})
+
+
+def count(unit: UnitOfWork, words: Sequence[str]) -> int:
+    """How many rows ``find`` would give without a limit."""
+    terms = _terms(words)
+    if not terms:
+        return 0
+    with unit.guarded():
+        ensure_readable(unit)
+    return int(unit.rows(_COUNT, {"terms": terms})[0][0])

@@ -8,6 +8,7 @@ by ``views/text.py`` and ``views/json.py``. A view never queries the database it
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -48,6 +49,8 @@ class MappingStatus(msgspec.Struct, frozen=True):
     files: list[FileStatus] | None  # with ``files=True`` only
     problems: list[Problem] | None  # with ``problems=True`` only
     pack_label: str = ""            # the pack as the config names it (a stable name for metrics)
+    #: How many entries ``show`` selects in all (``files`` holds one page of them); None when not counted.
+    listed: int | None = None
 
     @property
     def source(self) -> str:
@@ -101,20 +104,37 @@ class Status(msgspec.Struct, frozen=True):
 
 FILE_STATES = ("synced", "pending", "failed", "skipped")
 METADATA_STATES = ("completed", "pending", "failed")
+#: What a listing of files can be narrowed to: every item (then the problems), the synced or pending
+#: items, the problems (failed and skipped files), or the items whose image's AI metadata is still to
+#: come or failed.
+SHOWN = ("all", "synced", "pending", "problems", "ai-pending", "ai-failed")
+
+
+class Listing(msgspec.Struct, frozen=True):
+    """Which files a status lists: those ``show`` selects (one of ``SHOWN``), ``limit`` of them (None: all)
+    from the ``offset``-th on, of every mapping or of the one labelled ``mapping``."""
+
+    show: str = "all"
+    offset: int = 0
+    limit: int | None = None
+    mapping: str | None = None
 
 
 def read_status(config: Config, state: State, *, files: bool = False, problems: bool = False,
                 lock_holder: int | None = None, files_limit: int | None = None,
-                problems_limit: int | None = None) -> Status:
+                problems_limit: int | None = None, listing: Listing | None = None) -> Status:
     """The status of every mapping; ``lock_holder`` is the pid holding the state lock, if any.
 
     Counts are SQLite's (a status of 100,000 files builds no value per file); ``files`` lists the items,
     by key, the first ``files_limit`` of each mapping (None: all), then its problems (the first
-    ``problems_limit``).
+    ``problems_limit``). A ``listing`` lists a page of the files it selects instead (and of its mapping
+    alone, when it names one), with how many it selects in all (``MappingStatus.listed``).
     """
+    listing = listing or Listing(limit=files_limit)
     return Status(str(state.path), state.path.exists(), _daemon(state, lock_holder),
-                  [_mapping(mapping, state, files, problems, files_limit, problems_limit)
-                   for mapping in concrete(config, state)])
+                  [_mapping(mapping, state, files, problems, listing, problems_limit)
+                   for mapping in concrete(config, state)
+                   if listing.mapping is None or mapping.label == listing.mapping])
 
 
 def _daemon(state: State, holder: int | None) -> DaemonStatus | None:
@@ -123,7 +143,7 @@ def _daemon(state: State, holder: int | None) -> DaemonStatus | None:
 
 
 def _mapping(mapping: MappingConfig, state: State, files: bool, with_problems: bool,
-             limit: int | None, problems_limit: int | None) -> MappingStatus:
+             listing: Listing, problems_limit: int | None) -> MappingStatus:
     label = mapping.label
     record = state.mappings.get(label)
     pack_id = recorded_pack_id(state, mapping)
@@ -134,21 +154,61 @@ def _mapping(mapping: MappingConfig, state: State, files: bool, with_problems: b
     metadata: Counter[str] = Counter({state: 0 for state in METADATA_STATES})
     for status, count in (state.metadata.counts(pack_id, label) if pack_id else {}).items():
         metadata[status if status in METADATA_SETTLED else "pending"] += count
+    shown, selected = _files(mapping, state, pack_id, listed, listing) if files else (None, None)
     return MappingStatus(label, pack_id, mapping.pack or (record.pack_name if record else None), record, counts,
-                         sum(metadata.values()), dict(metadata),
-                         _files(mapping, state, pack_id, listed, limit) if files else None,
-                         listed if with_problems else None, mapping.pack_label)
+                         sum(metadata.values()), dict(metadata), shown,
+                         listed if with_problems else None, mapping.pack_label,
+                         _counted(listing.show, counts) if selected is None else selected)
+
+
+def _counted(show: str, counts: dict[str, int]) -> int | None:
+    """How many entries ``show`` selects, from a mapping's counts (None: they do not say)."""
+    if show in ("synced", "pending"):
+        return counts[show]
+    if show == "problems":
+        return counts["failed"] + counts["skipped"]
+    return counts["synced"] + counts["pending"] if show == "all" else None
+
+
+def _held(state: State, label: str, pack_id: str | None, shas: Collection[str]) -> dict[str, ManagedImage | None]:
+    """The contents among ``shas`` that ``pack_id`` holds, each with this mapping's image of it (None: another
+    mapping's image holds it)."""
+    held: dict[str, ManagedImage | None] = {}
+    for image in state.images.holding(pack_id, shas) if pack_id else []:
+        if image.owner in (label, "") or image.sha256 not in held:
+            held[image.sha256] = image if image.owner in (label, "") else None
+    return held
+
+
+def _selects(show: str, sha: str | None, held: dict[str, ManagedImage | None]) -> bool:
+    """Whether an item of content ``sha`` is one ``show`` lists."""
+    own = held.get(sha or "")
+    if show in ("synced", "pending"):
+        return ((sha or "") in held) == (show == "synced")
+    if show == "ai-failed":
+        return own is not None and own.metadata.status == "failed"
+    return own is not None and not own.metadata.settled  # ai-pending
 
 
 def _files(mapping: MappingConfig, state: State, pack_id: str | None, problems: list[Problem],
-           limit: int | None) -> list[FileStatus]:
-    """The items of a mapping with their images (a content another mapping holds is synced, without
-    this mapping's image), then its problems."""
-    page = state.files.page(mapping.label, limit)
-    held: dict[str, ManagedImage | None] = {}
-    for image in state.images.holding(pack_id, {sha for _key, sha in page if sha}) if pack_id else []:
-        if image.owner in (mapping.label, "") or image.sha256 not in held:
-            held[image.sha256] = image if image.owner in (mapping.label, "") else None
+           listing: Listing) -> tuple[list[FileStatus], int | None]:
+    """A page of the items of a mapping that ``listing`` selects, with their images (a content another
+    mapping holds is synced, without this mapping's image) — then its problems, when it lists all — and
+    how many it selects in all when that took counting here (None: the counts say)."""
+    offset, limit, show = listing.offset, listing.limit, listing.show
+    end = None if limit is None else offset + limit
+    if show == "problems":
+        return [FileStatus(p.rel_path, None, "skipped" if p.notice else "failed", p.reason)
+                for p in state.files.problems(mapping.label, end)[offset:]], None
+    # a state's filter needs each item's image: every key is read (two columns), a page of them is detailed
+    page = state.files.page(mapping.label, end if show == "all" else None)
+    held = _held(state, mapping.label, pack_id, {sha for _key, sha in page if sha})
+    selected = None
+    if show != "all":
+        page = [(key, sha) for key, sha in page if _selects(show, sha, held)]
+        selected = len(page)
+    page = page[offset:end]
+    held = {sha: held[sha] for _key, sha in page if sha and sha in held}  # the prepared uploads of this page's
     recipes = {image.recipe for image in held.values() if image and image.recipe}
     made = state.uploads.prepared(held.keys(), recipes) if recipes else {}
     detail = []
@@ -159,5 +219,38 @@ def _files(mapping: MappingConfig, state: State, pack_id: str | None, problems: 
         changes = made[own.sha256, own.recipe].changes if own and (own.sha256, own.recipe) in made else ()
         detail.append(FileStatus(shown, sha, "synced" if (sha or "") in held else "pending", None,
                                  own.image_id if own else None, own.metadata if own else None, changes))
-    detail += [FileStatus(p.rel_path, None, "skipped" if p.notice else "failed", p.reason) for p in problems]
-    return sorted(detail, key=lambda f: f.path)
+    if show == "all":
+        detail += [FileStatus(p.rel_path, None, "skipped" if p.notice else "failed", p.reason) for p in problems]
+    return sorted(detail, key=lambda f: f.path), selected
+
+
+class ImageDetail(msgspec.Struct, frozen=True):
+    """One content of one mapping, for a closer look: the items that hold it (their keys: a folder's
+    relative paths; an Astria image's name), its pack, and this mapping's image of it there (None: not
+    added yet, or the pack holds another mapping's image of it: ``synced`` tells)."""
+
+    mapping: str
+    sha256: str
+    paths: tuple[str, ...]
+    pack_id: str | None
+    pack_name: str | None
+    synced: bool
+    image: ManagedImage | None = None
+    #: What preparing it for upload changed (its image's recipe), as ``FileStatus.prepared``.
+    prepared: tuple[str, ...] = ()
+
+
+def read_image(mapping: MappingConfig, state: State, sha256: str) -> ImageDetail | None:
+    """What the state knows of content ``sha256`` in ``mapping`` (None: no item of it holds that content)."""
+    keys = state.files.paths_of(mapping.label, sha256)
+    if not keys:
+        return None
+    record = state.mappings.get(mapping.label)
+    pack_id = recorded_pack_id(state, mapping)
+    held = _held(state, mapping.label, pack_id, {sha256})
+    own = held.get(sha256)
+    made = state.uploads.prepared({sha256}, {own.recipe}) if own and own.recipe else {}
+    changes = made[sha256, own.recipe].changes if own and (sha256, own.recipe) in made else ()
+    paths = (own.file_name,) if own and mapping.astria_pack is not None else tuple(keys)
+    return ImageDetail(mapping.label, sha256, paths, pack_id, mapping.pack or (record.pack_name if record else None),
+                       sha256 in held, own, changes)

@@ -1,4 +1,10 @@
-"""The local HTTP surface: ``/healthz``, ``/metrics``, the page, its thumbnails and its two actions.
+"""The local HTTP surface: ``/healthz``, ``/metrics``, the page, its thumbnails, an image's own page and
+the page's actions.
+
+The page (``/``) takes its view from the query string alone — ``q`` (a search, shown first), ``show``
+(the files listed: one of ``views.status.SHOWN``), ``mapping`` (one mapping's key: its files a page at a
+time) and ``page`` — so every view is a link, works without script, and the script's refresh (``/view``)
+asks for the same one. ``/image/KEY/SHA256`` is one content of one mapping, with all the state knows of it.
 
 Served by aiohttp inside the daemon's own event loop (or by ``packsync ui`` from the state alone), on
 a read-only connection to the state of its own, so a page view never waits on, or holds up, a sync.
@@ -29,11 +35,12 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import jinja2
 from aiohttp import web
@@ -47,16 +54,21 @@ from packsync.recipe import describe
 from packsync.sources.media import sniff
 from packsync.state.lock import StateLock
 from packsync.state.store import State
-from packsync.views.search import search
-from packsync.views.status import FileStatus, MappingStatus, read_status
+from packsync.views.search import count, search
+from packsync.views.status import SHOWN, FileStatus, Listing, MappingStatus, read_image, read_status
 from packsync.web.health import STALL_S, Live, LiveState, MappingHealth, health, http_status
 from packsync.web.limits import MAX_CONNECTIONS, REQUEST_S
 from packsync.web.metrics import Metrics
 
 HERE = Path(__file__).parent
-#: Files shown per mapping before the page asks for a search (a big folder stays a quick page).
+#: Files shown per mapping on the main page, and per page of a mapping's own view (a big folder stays a
+#: quick page).
 GALLERY_LIMIT = 120
 SEARCH_LIMIT = 200
+#: The filters the page offers, as their links name them.
+SHOWN_AS = {"all": "All", "synced": "Synced", "pending": "Pending", "problems": "Problems",
+            "ai-pending": "AI pending", "ai-failed": "AI failed"}
+MAX_PAGE = 1_000_000
 #: Page reads waiting for the site's thread before more get 503; thumbnails are sent this much at a time.
 MAX_WAITING = 8
 CHUNK = 256 * 1024
@@ -64,6 +76,37 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """What the page shows, as its query string says: a search (``q``), the files listed (``show``), one
+    mapping's files (``mapping``, its key) a page at a time (``page``, from 1). Anything else is the default."""
+
+    q: str = ""
+    show: str = "all"
+    mapping: str | None = None
+    page: int = 1
+
+    @classmethod
+    def of(cls, query: Mapping[str, str]) -> Query:
+        show = query.get("show", "all")
+        mapping = query.get("mapping")
+        page = query.get("page", "1")
+        number = int(page) if page.isascii() and page.isdigit() and len(page) < 8 else 1
+        return cls(query.get("q", "")[:200], show if show in SHOWN else "all", mapping if _hex(mapping, 16) else None,
+                   min(max(number, 1), MAX_PAGE))
+
+    def url(self, **changes: Any) -> str:
+        """The page's address for this view with ``changes`` (a default value is left out of it)."""
+        values = {"q": self.q, "show": self.show, "mapping": self.mapping, "page": self.page, **changes}
+        shown = {k: v for k, v in values.items() if v not in ("", None, "all", 1)}
+        return "/?" + urlencode(shown) if shown else "/"
+
+    @property
+    def key(self) -> str:
+        """What tells views apart (for the ETag)."""
+        return f"{self.q}\0{self.show}\0{self.mapping}\0{self.page}"
 
 
 @dataclass
@@ -98,6 +141,8 @@ class Site:
         self.templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined)
         self.templates.filters["basename"] = lambda source: Path(source).name or source
+        self.templates.filters["name_of"] = lambda key: PurePosixPath(key).name or key
+        self.templates.filters["folder_of"] = lambda key: "" if (up := str(PurePosixPath(key).parent)) == "." else up
         self.templates.globals["describe"] = describe
 
     def close(self) -> None:
@@ -120,13 +165,26 @@ class Site:
         """What the daemon knows now (read on the event loop, before a reading goes to its thread)."""
         return self.live.live() if self.live else None
 
-    def render(self, template: str, query: str, live: LiveState | None) -> tuple[str, str]:
+    def render(self, template: str, query: Query, live: LiveState | None) -> tuple[str, str]:
         """(HTML, ETag) of the whole page or of its changing part (``view.html``)."""
         config = self.config  # one config for the whole request, even if a reload swaps it meanwhile
         etag = self.version(query, live)
         html = self.templates.get_template(template).render(version=__version__, etag=etag,
                                                             **self.view(config, query, live))
         return html, etag
+
+    def render_image(self, key: str, sha256: str) -> str | None:
+        """The page of content ``sha256`` in mapping ``key`` (None: the state knows no such file)."""
+        mapping = self.mapping(key)
+        detail = read_image(mapping, self.state, sha256) if mapping else None
+        if mapping is None or detail is None:
+            return None
+        record = self.state.mappings.get(mapping.label)
+        source = f"{mapping.label} ({record.source_name})" if record and record.source_name else mapping.label
+        thumb = f"/thumb/{key}/{sha256}" if mapping.path is not None else None
+        return self.templates.get_template("image.html").render(
+            version=__version__, detail=detail, key=key, source=source, thumb=thumb, query=Query(),
+            folder=mapping.path, actions=self.live is not None)
 
     # -- read models -------------------------------------------------------------------------------
 
@@ -145,13 +203,18 @@ class Site:
             StateLock(config.state_path).holder() != daemon.pid
         return health(mappings, live, daemon, daemon_gone=gone)
 
-    def view(self, config: Config, query: str, live: LiveState | None) -> dict[str, Any]:
-        words = query.split()
-        hits = search(self.state, words, SEARCH_LIMIT) if words else None  # shown instead of the galleries
-        status = read_status(config, self.state, files=not words, problems=True, files_limit=GALLERY_LIMIT,
-                             problems_limit=GALLERY_LIMIT)
-        indexes = {m.path: key_of(m.path) for m in status.mappings}
-        folders = {m.path for m in status.mappings if m.kind == "folder"}
+    def view(self, config: Config, query: Query, live: LiveState | None) -> dict[str, Any]:
+        words = query.q.split()
+        hits = search(self.state, words, SEARCH_LIMIT) if words else None  # shown first, the galleries hidden
+        everyone = concrete(config, self.state)
+        chosen = next((m for m in everyone if key_of(m.label) == query.mapping), None) if query.mapping else None
+        listing = Listing(query.show, (query.page - 1) * GALLERY_LIMIT if chosen else 0, GALLERY_LIMIT,
+                          chosen.label if chosen else None)
+        status = read_status(config, self.state, files=not words, problems=True, problems_limit=GALLERY_LIMIT,
+                             listing=listing)
+        indexes = {m.label: key_of(m.label) for m in everyone}
+        folders = {m.label for m in everyone if m.path is not None}
+        packs = {m.label: _pack_name(m, self.state.mappings.get(m.label)) for m in everyone}
 
         def thumb(mapping: MappingStatus | str, file: FileStatus | None = None,
                   sha256: str | None = None) -> str | None:
@@ -160,17 +223,18 @@ class Site:
             sha = sha256 or (file.sha256 if file else None)
             return f"/thumb/{indexes[label]}/{sha}" if label in folders and sha else None
 
-        return {"status": status, "query": query, "hits": hits, "limit": GALLERY_LIMIT, "csrf": self.csrf,
-                "actions": self.live is not None, "health": self.health(live, config, self.state), "thumb": thumb,
-                "indexes": indexes, "live": live}
+        return {"status": status, "query": query, "hits": hits, "total": count(self.state, words) if words else 0,
+                "limit": GALLERY_LIMIT, "csrf": self.csrf, "actions": self.live is not None,
+                "health": self.health(live, config, self.state), "thumb": thumb, "indexes": indexes, "live": live,
+                "packs": packs, "chosen": chosen, "filters": _filters(status.mappings), "shown_as": SHOWN_AS}
 
-    def version(self, query: str, live: LiveState | None) -> str:
+    def version(self, query: Query, live: LiveState | None) -> str:
         """An ETag for the view: it changes whenever the state does (a commit by any connection) or what
         the daemon shows does (not its loop's heartbeat)."""
         data_version = self.state.data_version()
         shown = None if live is None else replace(live, since_tick_s=float(live.since_tick_s > STALL_S))
         daemon = self.state.mappings.daemon()
-        digest = hashlib.sha256(f"{data_version}\0{shown!r}\0{query}\0{daemon}".encode()).hexdigest()
+        digest = hashlib.sha256(f"{data_version}\0{shown!r}\0{query.key}\0{daemon}".encode()).hexdigest()
         return f'"{digest[:32]}"'
 
     def mappings(self) -> list[MappingConfig]:
@@ -201,6 +265,22 @@ class Site:
                 return fd, size, content_type
             os.close(fd)
         return None
+
+
+def _pack_name(mapping: MappingConfig, record: Any) -> str:
+    """A mapping's pack as people read it: its name, else its id."""
+    name = mapping.pack or (record.pack_name if record else None)
+    return str(name or mapping.pack_id or (record.pack_id if record else None) or "(pack not created yet)")
+
+
+def _filters(mappings: list[MappingStatus]) -> dict[str, int]:
+    """How many entries each filter selects in these mappings (AI ones: images, as the counts say)."""
+    def total(*names: str, of: str = "counts") -> int:
+        return sum(getattr(m, of)[name] for m in mappings for name in names)
+
+    return {"all": total("synced", "pending"), "synced": total("synced"), "pending": total("pending"),
+            "problems": total("failed", "skipped"), "ai-pending": total("pending", of="metadata"),
+            "ai-failed": total("failed", of="metadata")}
 
 
 def key_of(label: str) -> str:
@@ -257,14 +337,24 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def page(request: web.Request) -> web.Response:
     site = request.app[SITE]
-    html, _etag = await site.read(site.render, "page.html", request.query.get("q", "")[:200], site.now())
+    html, _etag = await site.read(site.render, "page.html", Query.of(request.query), site.now())
+    return web.Response(text=html, content_type="text/html")
+
+
+async def image_page(request: web.Request) -> web.Response:
+    """One content of one mapping: its picture, its AI metadata, its files, its pack."""
+    site = request.app[SITE]
+    key, sha = request.match_info["key"], request.match_info["sha"]
+    html = await site.read(site.render_image, key, sha) if _hex(key, 16) and _hex(sha, 64) else None
+    if html is None:
+        raise web.HTTPNotFound(text="no such image: the state knows no file of this content in this mapping")
     return web.Response(text=html, content_type="text/html")
 
 
 async def view(request: web.Request) -> web.Response:
     """The page's changing part, for the page's script: 304 while nothing changed."""
     site = request.app[SITE]
-    query = request.query.get("q", "")[:200]
+    query = Query.of(request.query)
     live = site.now()
     etag = await site.read(site.version, query, live)
     if request.headers.get("If-None-Match") == etag:
@@ -402,6 +492,7 @@ def make_app(site: Site, host: str, request_s: float) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/thumb/{key}/{sha}", thumb)
+    app.router.add_get("/image/{key}/{sha}", image_page)
     app.router.add_post("/actions/{name}", action)
     app.router.add_static("/static", HERE / "static", follow_symlinks=False)
     return app

@@ -1,5 +1,6 @@
 // packsync's page: keeps the view current without a reload, and searches as you type.
 // Everything shown comes from the server as escaped HTML; this script adds no markup of its own.
+// The view is the query string's (q, show, mapping, page): the refresh asks /view for the same one.
 "use strict";
 (() => {
   const view = document.getElementById("view");
@@ -9,13 +10,20 @@
   let busy = false;
   let timer = 0;
 
+  function current() {
+    const params = new URLSearchParams(location.search);
+    const query = box.value.trim();
+    if (query) params.set("q", query); else params.delete("q");
+    return params.toString();
+  }
+
   async function refresh(force) {
     if (busy && !force) return;
     busy = true;
     try {
-      const query = box.value.trim();
+      const search = current();
       const headers = force ? {} : { "If-None-Match": etag };
-      const answer = await fetch("/view?q=" + encodeURIComponent(query), { headers, credentials: "same-origin" });
+      const answer = await fetch("/view" + (search ? "?" + search : ""), { headers, credentials: "same-origin" });
       if (answer.status === 200) {
         view.innerHTML = await answer.text();
         etag = answer.headers.get("ETag") || "";
@@ -40,12 +48,17 @@
   box.addEventListener("input", () => {
     clearTimeout(timer);
     timer = setTimeout(() => {
-      const query = box.value.trim();
-      history.replaceState(null, "", query ? "/?q=" + encodeURIComponent(query) : "/");
+      const search = current();
+      history.replaceState(null, "", search ? "/?" + search : "/");
       refresh(true);
     }, 200);
   });
-  box.form.addEventListener("submit", (event) => { event.preventDefault(); refresh(true); });
+  box.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const search = current();
+    history.replaceState(null, "", search ? "/?" + search : "/");
+    refresh(true);
+  });
   showTimes();
   setInterval(() => { if (!document.hidden) refresh(false); }, 2000);
 })();
