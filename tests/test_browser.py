@@ -69,7 +69,8 @@ def test_the_page_lists_every_file_with_its_description(daemon_env: Env, start: 
     cards = page.locator("#mapping-0 .card")
     assert cards.count() == 5
     assert page.locator("#mapping-1 .card").count() == 2
-    assert "backgrounds/sunset.png" in page.locator("#mapping-0").inner_text()
+    sunset = page.locator("#mapping-0 .card", has=page.locator(".name", has_text="sunset.png"))
+    assert sunset.locator(".folder").inner_text() == "backgrounds", "a file's name, then its folder"
     page.locator(".card .keywords li", has_text="landscape").first.wait_for()
     wait_until(lambda: page.locator(".chip.meta-pending").count() == 0, timeout=15, what="every description in")
     page.wait_for_load_state("networkidle")
@@ -85,14 +86,14 @@ def test_search_narrows_the_gallery_as_one_types(daemon_env: Env, start: StartDa
     page.get_by_text("A 80×100 white PNG image.").wait_for()
 
     page.locator("#q").fill("orange")
-    page.get_by_text("1 match for “orange”").wait_for()
+    page.get_by_text("1 of 1 match for “orange”").wait_for()
     results = page.locator(".results .card")
     assert results.count() == 1
     assert "sunset.png" in results.inner_text()
     assert page.url.endswith("/?q=orange")
 
     page.locator("#q").fill("landscape")
-    page.get_by_text("2 matches for “landscape”").wait_for()
+    page.get_by_text("2 of 2 matches for “landscape”").wait_for()
     page.locator("#q").fill("")
     page.locator("#mapping-0 .card").first.wait_for()
     assert page.locator(".results").count() == 0

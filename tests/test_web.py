@@ -357,6 +357,21 @@ def test_an_unchanged_view_is_304_under_the_daemon(served: tuple[Env, DaemonProc
     assert again.status_code == 304
 
 
+def test_each_view_has_its_own_etag_and_keeps_its_304(served: tuple[Env, DaemonProcess, str, str]) -> None:
+    _env, _daemon, base, _pack_id = served
+    everything = httpx2.get(base + "view")
+    synced = httpx2.get(base + "view", params={"show": "synced"})
+    assert synced.status_code == 200 and synced.headers["etag"] != everything.headers["etag"]
+    assert 'class="filter on" aria-current="page" data-show="synced"' in synced.text
+    again = httpx2.get(base + "view", params={"show": "synced"}, headers={"If-None-Match": synced.headers["etag"]})
+    assert again.status_code == 304
+    def odd_is_default() -> bool:  # (the state moves while metadata arrives: compared as one moment's)
+        odd = httpx2.get(base + "view", params={"show": "<b>", "page": "²", "mapping": "../x"})
+        return odd.status_code == 200 and odd.headers["etag"] == httpx2.get(base + "view").headers["etag"]
+
+    wait_until(odd_is_default, timeout=10, what="odd values read as the default view")
+
+
 def test_without_the_password_health_tells_the_verdict_only(daemon_env: Env, start: StartDaemon,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     daemon_env.http.update(listen="0.0.0.0:0", password_env="PACKSYNC_TEST_PASSWORD")
