@@ -24,7 +24,7 @@ import httpx2
 import pytest
 from conftest import Env, image, write
 from helpers import StartDaemon, wait_until
-from test_browser import CHROMIUM, browser, demo_folders, page  # noqa: F401 - fixtures, and the demo's folders
+from test_browser import CHROMIUM, browser, demo_folders, page, sync_api  # noqa: F401 - fixtures, the demo
 from test_web import page_url
 
 from packsync.sandbox.imaging import solid_png
@@ -320,8 +320,7 @@ def test_the_page_fits_a_laptop_and_a_phone(daemon_env: Env, start: StartDaemon,
             tab = context.new_page()
             tab.goto(base)
             tab.get_by_text("portrait-of-the-founder.png").wait_for()
-            wait_until(lambda shown=tab: shown.locator(".chip.meta-pending").count() == 0, timeout=15,
-                       what="descriptions in")
+            sync_api.expect(tab.locator(".chip.meta-pending")).to_have_count(0, timeout=15_000)
             tab.wait_for_load_state("networkidle")
             assert tab.evaluate("document.documentElement.scrollWidth <= innerWidth"), f"{label}: no sideways scroll"
             cut = tab.evaluate("[...document.querySelectorAll('.card .name')]"
