@@ -23,7 +23,7 @@ from typing import Any
 import httpx2
 import pytest
 from conftest import Env, image, write
-from helpers import StartDaemon, wait_until
+from helpers import StartDaemon
 from test_browser import CHROMIUM, browser, demo_folders, page, sync_api  # noqa: F401 - fixtures, the demo
 from test_web import page_url
 
