@@ -172,6 +172,24 @@ def test_actions_need_the_csrf_token_and_this_origin(served: tuple[Env, DaemonPr
     assert httpx2.post(base + "actions/retry", params={"csrf": token}).status_code == 303
 
 
+def test_an_action_sends_the_browser_back_to_its_view_and_nowhere_else(
+        served: tuple[Env, DaemonProcess, str, str]) -> None:
+    _env, _daemon, base, _pack_id = served
+    html = httpx2.get(base, params={"show": "synced"}).text
+    token = csrf_of(html)
+    assert "back=/%3Fshow%3Dsynced" in html, "the page's forms name the view they are on"
+
+    def back(to: str) -> str:
+        answer = httpx2.post(base + "actions/retry", params={"csrf": token, "back": to})
+        assert answer.status_code == 303
+        return str(answer.headers["location"])
+
+    assert back("/?show=synced&page=2") == "/?show=synced&page=2"
+    assert back("//evil.example/?q=x") == "/?q=x"
+    assert back("https://evil.example/") == "/"
+    assert back("/?show=%0d%0aSet-Cookie:x") == "/"
+
+
 def test_no_page_header_or_metric_holds_the_token(served: tuple[Env, DaemonProcess, str, str]) -> None:
     _env, daemon, base, _pack_id = served
     for path in ("", "view", "view?q=photo", "healthz", "metrics", "static/app.js"):

@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
@@ -422,7 +422,16 @@ async def action(request: web.Request) -> web.Response:
         site.live.retry_failed()
     else:
         raise web.HTTPNotFound()
-    raise web.HTTPSeeOther("/")
+    raise web.HTTPSeeOther(_back(request))
+
+
+def _back(request: web.Request) -> str:
+    """Where an action sends the browser: the view it was asked from (``back``), rebuilt from what that
+    view's query says, so it is always one of this page's views and never another site."""
+    try:
+        return Query.of(dict(parse_qsl(urlsplit(request.query.get("back", "/")).query))).url()
+    except ValueError:
+        return "/"
 
 
 # -- middleware -------------------------------------------------------------------------------------
