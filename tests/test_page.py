@@ -68,9 +68,9 @@ def sync(env: Env, **options: Any) -> None:
         pool.submit(env.sync, **options).result()
 
 
-def names(html: str, selector: str = "name") -> list[str]:
+def names(html: str) -> list[str]:
     """The file names the page's cards show, in order."""
-    return re.findall(rf'<div class="{selector}">(?:<a href="[^"]*">)?([^<]*)', html)
+    return re.findall(r'<div class="name" title="[^"]*">(?:<a href="[^"]*">)?([^<]*)', html)
 
 
 def key_of_page(html: str, index: int = 0) -> str:
@@ -327,6 +327,11 @@ def test_the_page_fits_a_laptop_and_a_phone(daemon_env: Env, start: StartDaemon,
                                ".filter(n => n.scrollWidth > n.clientWidth).map(n => n.textContent)")
             assert cut == [], f"{label}: names cut off"
             _shoot(tab, f"page-{scheme}-{label}")
+            tab.locator("#mapping-0 h2 a.source").click()
+            tab.locator(".pager").wait_for()
+            assert tab.locator(".mapping").count() == 1
+            _shoot(tab, f"mapping-{scheme}-{label}")
+            tab.go_back()
             tab.locator(".card .name a", has_text="portrait-of-the-founder.png").click()
             tab.locator(".picture img").wait_for()
             assert tab.evaluate("document.documentElement.scrollWidth <= innerWidth"), f"{label}: image page fits"
