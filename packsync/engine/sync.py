@@ -271,7 +271,7 @@ class Syncer:
         withheld = report.plan.withheld if report.plan and report.safety else []
         plan.actions.append(RecordSync(report.label, report.error, report.safety,
                                        tuple(d.name or d.image_id for d in withheld[:WITHHELD_SHOWN]),
-                                       source.name if source else None))
+                                       source.name if source else None, len(withheld)))
         return plan
 
     async def metadata_round(self, pack_ids: Collection[str]) -> None:

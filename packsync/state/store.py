@@ -11,6 +11,7 @@ parts:
 - ``images``   — the images packsync added, and which mapping owns each;
 - ``metadata`` — their AI metadata, and the search over it;
 - ``mappings`` — each mapping's pack and last sync, the daemon's row, the count of changes;
+- ``activity`` — what the syncs did lately, by name, for the page's feed;
 
 and ``write_behind``/``flush``, the unit of work's (see ``unit``). The database's errors, at opening
 or at any later moment, come out as ``StateUnavailable`` or ``StateError`` (see ``translate``). No
@@ -26,6 +27,7 @@ from pathlib import Path
 from packsync.errors import StateError, StateUnavailable
 from packsync.files import file_id
 from packsync.state import rows, sqlite, upgrade
+from packsync.state.activity import ActivityRepository
 from packsync.state.files import FileRepository
 from packsync.state.images import ImageRepository
 from packsync.state.lock import lock_path
@@ -83,6 +85,7 @@ class State:
         self.images = ImageRepository(unit)
         self.metadata = MetadataRepository(unit)
         self.mappings = MappingRepository(unit)
+        self.activity = ActivityRepository(unit)
 
     def close(self) -> None:
         self.unit.close()
