@@ -133,7 +133,7 @@ def read_as_current(unit: UnitOfWork, version: int | None, tables: set[str]) -> 
         if "files" in tables and "version" not in columns_of(connection, "files"):
             unit.execute(f"CREATE TEMP VIEW files AS SELECT {_FILES_BEFORE_7} FROM main.files")
         if version is not None and version < 9 and "mappings" in tables:
-            added = (*(_MAPPING_COLUMNS_5 if version < 5 else ()), *_MAPPING_COLUMNS_9)
+            missing = (*(_MAPPING_COLUMNS_5 if version < 5 else ()), *_MAPPING_COLUMNS_9)
             since = ("NULL AS source_name, " if version < 3 else "") + ", ".join(
-                f"NULL AS {column.split()[0]}" for column in added)
+                f"NULL AS {column.split()[0]}" for column in missing)
             unit.execute(f"CREATE TEMP VIEW mappings AS SELECT *, {since} FROM main.mappings")
