@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from packsync import __version__
-from packsync.errors import ConfigError, PacksyncError
+from packsync.errors import ConfigError, LockedError, PacksyncError
 
 if TYPE_CHECKING:
     from packsync.config import Config, MappingConfig
@@ -356,12 +356,25 @@ def status(as_json: bool, files: bool, problems: bool) -> None:
         print_status(model, sys.stdout)
 
 
+def _daemon_page(config: Config) -> str | None:
+    """The address of the running daemon's page, if a daemon holding this state serves one."""
+    from packsync.control import find_daemon
+
+    try:
+        daemon = find_daemon(config.state_path)
+    except LockedError:
+        return None  # a `run` holds the state: reading it is fine
+    page = daemon.ask("GET", "/")["page"] if daemon else None
+    return str(page) if page else None
+
+
 @_command(main)
 @click.option("--listen", metavar="HOST:PORT", help="Where to serve (default: [http] listen, else 127.0.0.1:8780).")
 def ui(listen: str | None) -> None:
     """Serve the web page from the state alone, until Ctrl-C: for people who sync with `run` from cron.
 
-    Read-only: no sync actions (the daemon serves the same page with them). No token, no API call.
+    Read-only: no sync actions (the daemon serves the same page with them). No token, no API call. While
+    the daemon runs and serves its page, this prints that page's address instead.
     """
     import asyncio
 
@@ -371,6 +384,9 @@ def ui(listen: str | None) -> None:
     from packsync.web.server import serve_until_stopped
 
     config = _config()
+    if (page := _daemon_page(config)) is not None:
+        click.echo(f"packsync ui: the daemon serves this state's page, with its actions: {page}")
+        return
     try:
         http = HttpConfig(listen=listen or config.http.listen or DEFAULT_LISTEN, password_env=config.http.password_env)
     except ValueError as exc:
