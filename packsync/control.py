@@ -35,6 +35,8 @@ from packsync.state.lock import StateLock
 MAX_ADDRESS = 107
 #: How long a command waits for the socket of a daemon that holds the lock (it binds it just after).
 STARTING_S = 2.0
+#: How long a command asks again while the daemon opens its state.
+OPENING_S = 30.0
 
 
 class DaemonError(PacksyncError):
@@ -43,6 +45,10 @@ class DaemonError(PacksyncError):
     def __init__(self, message: str, exit_code: ExitCode = ExitCode.SOME_FAILED) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class DaemonStarting(DaemonError):
+    """The daemon is still opening its state (it waits out a busy or full one)."""
 
 
 def socket_path(state_path: Path) -> Path:
@@ -72,7 +78,18 @@ class Daemon:
 
     def ask(self, method: str, route: str, params: Sequence[tuple[str, str]] = (), *,
             timeout: float | None = 30.0) -> dict[str, Any]:
-        """The daemon's answer to one request (``timeout`` None: as long as it takes, for a sync)."""
+        """The daemon's answer to one request (``timeout`` None: as long as it takes, for a sync); asked again
+        for a while when the daemon is still opening its state."""
+        deadline = time.monotonic() + OPENING_S
+        while True:
+            try:
+                return self._ask(method, route, params, timeout)
+            except DaemonStarting:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _ask(self, method: str, route: str, params: Sequence[tuple[str, str]], timeout: float | None) -> dict[str, Any]:
         import httpx2
 
         with address(self.path) as where, httpx2.Client(transport=httpx2.HTTPTransport(uds=where),
@@ -92,6 +109,8 @@ class Daemon:
         if not isinstance(document, dict):
             raise DaemonError(f"the daemon (pid {self.pid}) gave an answer packsync cannot read "
                               f"(HTTP {answer.status_code}).")
+        if answer.status_code == 503:
+            raise DaemonStarting(str(document.get("error")))
         if answer.status_code >= 400:
             code = document.get("exit_code")
             raise DaemonError(str(document.get("error") or f"the daemon refused (HTTP {answer.status_code})"),
