@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from packsync.errors import ExitCode, LockedError, PacksyncError
+from packsync.errors import DaemonError, DaemonStarting, ExitCode, LockedError
 from packsync.state.lock import StateLock
 
 #: The longest path a Unix socket's address holds (``sun_path`` less its NUL).
@@ -37,18 +37,6 @@ MAX_ADDRESS = 107
 STARTING_S = 2.0
 #: How long a command asks again while the daemon opens its state.
 OPENING_S = 30.0
-
-
-class DaemonError(PacksyncError):
-    """What the daemon answered a request with, in its own sentence and exit code."""
-
-    def __init__(self, message: str, exit_code: ExitCode = ExitCode.SOME_FAILED) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class DaemonStarting(DaemonError):
-    """The daemon is still opening its state (it waits out a busy or full one)."""
 
 
 def socket_path(state_path: Path) -> Path:
