@@ -143,7 +143,8 @@ async def pull_once(config: Config, token: str, pack: str, folder: Path, options
         return await puller.pull(wanted, folder, options, sidecars=sidecars)
 
 
-async def sync_once(config: Config, token: str, options: SyncOptions, progress: Progress | None = None) -> SyncReport:
-    """``packsync run``: open everything, sync once, close everything."""
+async def sync_once(config: Config, token: str, options: SyncOptions, progress: Progress | None = None,
+                    only: Collection[str] | None = None) -> SyncReport:
+    """``packsync run``: open everything, sync once (every mapping, or those labelled ``only``), close everything."""
     async with open_app(config, token, readonly=options.dry_run, progress=progress) as app:
-        return await app.syncer.sync(options)
+        return await app.syncer.sync(options, only=only)

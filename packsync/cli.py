@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from packsync import __version__
-from packsync.errors import ConfigError, PacksyncError
+from packsync.errors import ConfigError, LockedError, PacksyncError
 
 if TYPE_CHECKING:
-    from packsync.config import Config
+    from packsync.config import Config, MappingConfig
+    from packsync.engine.sync import SyncOptions
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -90,40 +91,180 @@ def _token(config: Config) -> str:
     return token
 
 
+#: ``--force`` given without a mapping: every mapping's withheld deletes.
+EVERY = "\0every"
+
+
+def _named(config: Config, names: tuple[str, ...]) -> list[MappingConfig]:
+    """The mappings a command names (``mappings.named``), read from the state without writing it."""
+    from packsync.mappings import named
+    from packsync.state.store import State
+
+    state = State(config.state_path, readonly=True)
+    try:
+        return [named(config, state, name) for name in names]
+    finally:
+        state.close()
+
+
+def _sync(config: Config, options: SyncOptions, only: list[str] | None, as_json: bool) -> None:
+    """Sync (``only`` those mappings): through the daemon when one holds the state, else here with its lock.
+    Prints what ``run`` prints, and exits with its code."""
+    import asyncio
+
+    from packsync.app import sync_once
+    from packsync.control import find_daemon
+    from packsync.state.lock import StateLock
+    from packsync.views.json import run_document, write_json
+    from packsync.views.progress import Progress
+    from packsync.views.text import print_run
+
+    token = _token(config)
+    if (daemon := find_daemon(config.state_path)) is not None:
+        params = [("mapping", label) for label in only or ()]
+        params += [("force", "1")] if options.force else []
+        params += [("allow", f"{label}={'' if n is None else n}") for label, n in options.allow.items()]
+        params += [("wait", str(options.wait_timeout_s))] if options.wait else []
+        answer = daemon.ask("POST", "/sync", params, timeout=None)
+        if as_json:
+            write_json(answer["json"], sys.stdout)
+        else:
+            sys.stdout.write(answer["text"])
+        sys.exit(int(answer["exit_code"]))
+    with StateLock(config.state_path):
+        report = asyncio.run(sync_once(config, token, options, Progress(), only=only))
+    if as_json:
+        write_json(run_document(report), sys.stdout)
+    else:
+        print_run(report, sys.stdout)
+    sys.exit(int(report.exit_code))
+
+
 @_command(main)
 @click.option("--dry-run", is_flag=True, help="Print the plan (uploads, adds, deletes) and change nothing.")
 @click.option("--no-wait", is_flag=True, help="Do not wait for the images' AI metadata.")
 @click.option("--wait-timeout", type=click.FloatRange(min=0), default=600.0, show_default=True, metavar="S",
               help="Wait at most S seconds for the AI metadata.")
-@click.option("--force", is_flag=True, help="Allow deletes that a safety check withheld.")
+@click.option("--force", is_flag=False, flag_value=EVERY, default=None, metavar="[MAPPING]",
+              help="Allow the deletes a safety check withheld: of every mapping, or of MAPPING only.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON summary object (with --dry-run: the plan, action by action).")
-def run(dry_run: bool, no_wait: bool, wait_timeout: float, force: bool, as_json: bool) -> None:
-    """Sync every mapped folder into its pack once."""
+def run(dry_run: bool, no_wait: bool, wait_timeout: float, force: str | None, as_json: bool) -> None:
+    """Sync every mapped folder into its pack once.
+
+    While the daemon runs, it is asked to do the sync (it holds the state) and this prints its result.
+    """
     import asyncio
 
     from packsync.app import sync_once
     from packsync.engine.sync import SyncOptions
-    from packsync.state.lock import StateLock
     from packsync.views.progress import Progress
-    from packsync.views.text import print_plan, print_run
+    from packsync.views.text import print_plan
 
     config = _config()
     config.require_mappings()
-    token = _token(config)
-    options = SyncOptions(dry_run=dry_run, wait=not no_wait, wait_timeout_s=wait_timeout, force=force)
+    allow: dict[str, int | None] = {} if force in (None, EVERY) else \
+        {m.label: None for m in _named(config, (str(force),))}
+    options = SyncOptions(dry_run=dry_run, wait=not no_wait, wait_timeout_s=wait_timeout, force=force == EVERY,
+                          allow=allow)
+    if not dry_run:
+        _sync(config, options, None, as_json)
     # A dry run only reads the state (a consistent snapshot, even while the daemon writes): no lock.
-    with nullcontext() if dry_run else StateLock(config.state_path):
-        report = asyncio.run(sync_once(config, token, options, Progress()))
+    report = asyncio.run(sync_once(config, _token(config), options, Progress()))
     if as_json:
-        from packsync.views.json import plan_document, run_document, write_json
+        from packsync.views.json import plan_document, write_json
 
-        write_json(plan_document(report) if dry_run else run_document(report), sys.stdout)
-    elif dry_run:
-        print_plan(report, sys.stdout, verbose=bool(click.get_current_context().meta.get("packsync.verbose")))
+        write_json(plan_document(report), sys.stdout)
     else:
-        print_run(report, sys.stdout)
+        print_plan(report, sys.stdout, verbose=bool(click.get_current_context().meta.get("packsync.verbose")))
     sys.exit(int(report.exit_code))
+
+
+@_command(main, name="sync")
+@click.argument("mappings", nargs=-1, metavar="[MAPPING]...")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=None, metavar="S",
+              help="Also wait up to S seconds for the new images' AI metadata.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")
+def sync_now(mappings: tuple[str, ...], wait_s: float | None, as_json: bool) -> None:
+    """Sync now: every mapping, or those named (by folder, pack name or label), and print the result.
+
+    Asks the running daemon when there is one, else syncs here, as `run` does.
+    """
+    from packsync.engine.sync import SyncOptions
+
+    config = _config()
+    config.require_mappings()
+    only = [m.label for m in _named(config, mappings)] if mappings else None
+    _sync(config, SyncOptions(wait=wait_s is not None, wait_timeout_s=wait_s or 0.0), only, as_json)
+
+
+def _hold(names: tuple[str, ...], paused: bool) -> None:
+    """``pause``/``resume``: through the daemon when one holds the state, else in the state, with its lock."""
+    from packsync.control import find_daemon
+    from packsync.state.lock import StateLock
+    from packsync.state.store import State
+
+    config = _config()
+    config.require_mappings()
+    labels = [m.label for m in _named(config, names)]
+    verb = "pause" if paused else "resume"
+    if (daemon := find_daemon(config.state_path)) is not None:
+        done = daemon.ask("POST", f"/{verb}", [("mapping", label) for label in labels])[f"{verb}d"]
+    else:
+        with StateLock(config.state_path):
+            state = State(config.state_path)
+            try:
+                everyone = {m.label for m in config.mappings} | (set() if paused else state.mappings.paused())
+                done = labels or sorted(everyone)
+                state.mappings.pause(done, paused)
+            finally:
+                state.close()
+    for label in done:
+        click.echo(f"{verb}d  {label}")
+    if paused and done:
+        click.echo("Nothing is synced to or from them until `packsync resume`; the daemon keeps the pause across "
+                   "restarts.")
+
+
+@_command(main)
+@click.argument("mappings", nargs=-1, metavar="[MAPPING]...")
+def pause(mappings: tuple[str, ...]) -> None:
+    """Stop syncing every mapping (or those named) until `packsync resume`, across daemon restarts."""
+    _hold(mappings, True)
+
+
+@_command(main)
+@click.argument("mappings", nargs=-1, metavar="[MAPPING]...")
+def resume(mappings: tuple[str, ...]) -> None:
+    """Sync every paused mapping (or those named) again, starting with a full scan."""
+    _hold(mappings, False)
+
+
+@_command(main, name="allow-deletes")
+@click.argument("mapping")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")
+def allow_deletes(mapping: str, as_json: bool) -> None:
+    """Approve, once, the deletes a safety stop withholds in MAPPING (a folder, or a subfolder's pack).
+
+    At most as many as were withheld are deleted: any delete that appeared since stops again. Asks the
+    running daemon when there is one, else syncs that mapping here. `packsync status` lists what is withheld.
+    """
+    from packsync.engine.sync import SyncOptions
+    from packsync.state.store import State
+
+    config = _config()
+    chosen, = _named(config, (mapping,))
+    state = State(config.state_path, readonly=True)
+    try:
+        records = [record for record in [state.mappings.get(chosen.label), *state.mappings.under(chosen.label)]
+                   if record is not None and record.safety and record.withheld_count]
+    finally:
+        state.close()
+    if not records:
+        click.echo(f"{chosen.label}: no deletes are withheld; nothing to allow.")
+        return
+    allow: dict[str, int | None] = {record.root: record.withheld_count for record in records}
+    _sync(config, SyncOptions(wait=False, allow=allow), sorted(allow), as_json)
 
 
 @_command(main)
@@ -215,12 +356,25 @@ def status(as_json: bool, files: bool, problems: bool) -> None:
         print_status(model, sys.stdout)
 
 
+def _daemon_page(config: Config) -> str | None:
+    """The address of the running daemon's page, if a daemon holding this state serves one."""
+    from packsync.control import find_daemon
+
+    try:
+        daemon = find_daemon(config.state_path)
+    except LockedError:
+        return None  # a `run` holds the state: reading it is fine
+    page = daemon.ask("GET", "/")["page"] if daemon else None
+    return str(page) if page else None
+
+
 @_command(main)
 @click.option("--listen", metavar="HOST:PORT", help="Where to serve (default: [http] listen, else 127.0.0.1:8780).")
 def ui(listen: str | None) -> None:
     """Serve the web page from the state alone, until Ctrl-C: for people who sync with `run` from cron.
 
-    Read-only: no sync actions (the daemon serves the same page with them). No token, no API call.
+    Read-only: no sync actions (the daemon serves the same page with them). No token, no API call. While
+    the daemon runs and serves its page, this prints that page's address instead.
     """
     import asyncio
 
@@ -230,6 +384,9 @@ def ui(listen: str | None) -> None:
     from packsync.web.server import serve_until_stopped
 
     config = _config()
+    if (page := _daemon_page(config)) is not None:
+        click.echo(f"packsync ui: the daemon serves this state's page, with its actions: {page}")
+        return
     try:
         http = HttpConfig(listen=listen or config.http.listen or DEFAULT_LISTEN, password_env=config.http.password_env)
     except ValueError as exc:

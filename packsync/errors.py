@@ -67,6 +67,19 @@ class LockedError(PacksyncError):
     exit_code = ExitCode.USAGE
 
 
+class DaemonError(PacksyncError):
+    """What the running daemon answered a command's request with (over its control socket), in its own
+    sentence and exit code."""
+
+    def __init__(self, message: str, exit_code: ExitCode = ExitCode.SOME_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class DaemonStarting(DaemonError):
+    """The daemon is still opening its state (it waits out a busy or full one)."""
+
+
 class StateError(PacksyncError):
     exit_code = ExitCode.USAGE
 

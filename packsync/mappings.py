@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from packsync.config import Config, MappingConfig, pack_name
+from packsync.errors import ConfigError
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State
@@ -79,3 +80,31 @@ def recorded_pack_id(state: State, mapping: MappingConfig) -> str | None:
     return record.pack_id if record and record.pack_id and pack_name(record.pack_name or "") == mapping.pack \
         else None
 
+
+
+def named(config: Config, state: State, name: str) -> MappingConfig:
+    """The mapping a person names on the command line: by its folder (a path, resolved as the shell gives it),
+    its label (``astria:260``), its pack's name, or its folder's own name — whichever names exactly one. A
+    ``packs_from = "subfolders"`` folder and each of its subfolders' packs can be named alike."""
+    known = {m.label: m for m in (*config.mappings, *concrete(config, state))}
+    path = Path(name).expanduser()
+    resolved = str(path.resolve()) if name.strip() else ""
+
+    def recorded_name(mapping: MappingConfig) -> str | None:
+        record = state.mappings.get(mapping.label)
+        return record.pack_name if record else None
+
+    ways: list[Callable[[MappingConfig], bool]] = [
+        lambda m: m.label in (name, resolved),
+        lambda m: name.casefold() in {n.casefold() for n in (m.pack, recorded_name(m)) if n},
+        lambda m: m.path is not None and m.path.name == name,
+    ]
+    for way in ways:
+        found = [m for m in known.values() if way(m)]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise ConfigError(f"{name!r} names {len(found)} mappings ({', '.join(m.label for m in found)}); "
+                              "name one by its folder's path.")
+    listed = ", ".join(known) or "none: add one to the config"
+    raise ConfigError(f"{name!r} is no mapping of this config; the mappings are: {listed}.")

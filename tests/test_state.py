@@ -73,6 +73,7 @@ def upgraded(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any
     """``every_row`` of a schema-6 file as it reads once upgraded to this schema."""
     return {**rows, "meta": sorted([("app", "packsync"), ("schema", str(SCHEMA_VERSION))], key=repr),
             "files": sorted(map(version_row, rows["files"]), key=repr),
+            **({"mappings": [(*row, None, None) for row in rows["mappings"]]} if "mappings" in rows else {}),  # (9)
             **({"images": [(*row, "") for row in rows["images"]]} if "images" in rows else {})}  # (8: as they were)
 
 
@@ -89,6 +90,8 @@ def schema_6_ddl() -> list[str]:
 
 #: What each schema added, undone to take a file back to the one before (schema 7 and older: a schema-6 one).
 ADDED_BY = {
+    9: ["DROP TABLE activity", "ALTER TABLE mappings DROP COLUMN withheld_count",
+        "ALTER TABLE mappings DROP COLUMN paused"],
     8: ["DROP TABLE prepared", "ALTER TABLE images DROP COLUMN recipe"],  # (its triggers go with the table)
     6: ["DROP TABLE changes", "DROP TABLE settled", *(f"DROP TRIGGER {table}_{event}_counted"
                                                       for table in ("images", "blobs", "url_contents")
@@ -103,11 +106,13 @@ ADDED_BY = {
 }
 
 
-def back_to_7(state: Path) -> None:
-    """This release's file as the schema-7 release left it."""
+def back_to(state: Path, version: int) -> None:
+    """This release's file as the release of schema ``version`` (7 or later) left it."""
     with closing(sqlite3.connect(state, isolation_level=None)) as db:
-        for statement in [*ADDED_BY[8], "UPDATE meta SET value = '7' WHERE key = 'schema'"]:
-            db.execute(statement)
+        for undone in range(SCHEMA_VERSION, version, -1):
+            for statement in ADDED_BY[undone]:
+                db.execute(statement)
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(version),))
 
 
 def copy_rows(old: sqlite3.Connection, new: sqlite3.Connection) -> None:
@@ -127,8 +132,8 @@ def as_schema(state: Path, version: int) -> None:
     (this release's file is left as it is)."""
     if version == SCHEMA_VERSION:
         return
-    if version == 7:
-        back_to_7(state)
+    if version >= 7:
+        back_to(state, version)
         return
     rebuilt = state.with_name("rebuilt.db")
     ddl = schema_6_ddl()

@@ -49,6 +49,8 @@ class Rounds:
         """Run ``due``: its own mappings' remotes (Astria packs) each in a task of its own, the rest here.
         Every error a sync may end in is handled, but a state that can never be used."""
         self.reap()
+        if due.asked is not None:  # a sync asked for is one sync, run as asked: after those under way of its own
+            await self._after_apart(due)
         for label in self._apart(due):
             due = dataclasses.replace(due, labels=(due.labels or frozenset(self.schedule.folders)) - {label})
             apart = Round(frozenset({label}))
@@ -66,8 +68,20 @@ class Rounds:
         self.schedule.in_flight.update((folder.label, now) for folder in targets)
         return targets
 
+    async def _after_apart(self, due: Round) -> None:
+        """Wait (coming round every tick) for the syncs beside the loop of ``due``'s mappings to end."""
+        waited = [task for label, task in self.remote.items() if due.labels is None or label in due.labels]
+        while waited and not self.stopping.is_set():
+            _done, pending = await asyncio.wait(waited, timeout=self.tick_s)
+            self.status.came_round(time.monotonic())
+            waited = list(pending)
+        self.reap()
+
     def _apart(self, due: Round) -> list[str]:
-        """The mappings of ``due`` synced apart: Astria packs, each sharing its pack with no folder."""
+        """The mappings of ``due`` synced apart: Astria packs, each sharing its pack with no folder (none of a
+        sync asked for)."""
+        if due.asked is not None:
+            return []
         folders = self.schedule.folders
         labels = due.labels if due.labels is not None else frozenset(folders)
         packs = {(f.mapping.pack, f.mapping.pack_id) for f in folders.values() if f.root is not None}
@@ -93,9 +107,9 @@ class Rounds:
         """Sync ``due``'s mappings (``targets``, begun) and hand the outcome to the schedule; ``apart``: beside
         the loop, which alone comes round for the watchdog (a hung loop must not look alive)."""
         started = time.monotonic()
+        options = due.asked.options if due.asked else SyncOptions(wait=False)
+        task = asyncio.create_task(app.syncer.sync(options, only=due.labels, busy=due.busy, changed=due.changed))
         try:
-            task = asyncio.create_task(app.syncer.sync(SyncOptions(wait=False), only=due.labels, busy=due.busy,
-                                                       changed=due.changed))
             try:
                 if not await self._finished(task, apart):
                     return
@@ -111,6 +125,8 @@ class Rounds:
         finally:
             for folder in targets:
                 self.schedule.in_flight.pop(folder.label, None)
+            if due.asked is not None and not due.asked.reply.done():  # (abandoned: the daemon is stopping)
+                _answer(due.asked.reply, task)
         self.status.state_usable()
         self.status.sync_error = self.schedule.paused_reason = None
         if due.full:
@@ -183,3 +199,13 @@ class Rounds:
         if outcome and (outcome.added or outcome.deleted or outcome.failures):
             log.info("synced", added=outcome.added, deleted=outcome.deleted, failed=len(outcome.failures))
         return outcome.added if outcome else 0
+
+
+def _answer(reply: asyncio.Future[SyncReport], task: asyncio.Task[SyncReport]) -> None:
+    """Hand a sync's end to whoever asked for it: its report, its error, or that the daemon stopped first."""
+    if not task.done() or task.cancelled():
+        reply.set_exception(PacksyncError("the daemon stopped before the sync ended; the next start resumes it"))
+    elif (error := task.exception()) is not None:
+        reply.set_exception(error)
+    else:
+        reply.set_result(task.result())

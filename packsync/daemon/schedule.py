@@ -12,9 +12,12 @@ made-up clock.
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packsync.config import Config, MappingConfig
 from packsync.daemon.aggregator import Aggregator, Due
@@ -22,6 +25,9 @@ from packsync.daemon.timing import Timing
 from packsync.mappings import group_of
 from packsync.remote.retry import Retrying
 from packsync.sources.patterns import IGNORE_FILE
+
+if TYPE_CHECKING:  # the engine's types only: the schedule decides without it
+    from packsync.engine.sync import SyncOptions, SyncReport
 
 
 @dataclass(slots=True)
@@ -54,6 +60,18 @@ class Round:
     #: Per folder label: the paths that changed, for a folder synced for its events alone; a folder
     #: without an entry (a retry, a full rescan, too many changes) is scanned whole.
     changed: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: The request this round answers, if it is one: run as asked, and its report handed back.
+    asked: Asked | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Asked:
+    """A sync someone asked for (a command over the control socket, the page's button): its mappings (None:
+    every one), its options (``--force``, the deletes approved), and where its report goes."""
+
+    labels: frozenset[str] | None
+    options: SyncOptions
+    reply: asyncio.Future[SyncReport]
 
 
 FIRST = Round(None, full=True)
@@ -70,6 +88,8 @@ class Schedule:
         self.next_full_scan = 0.0
         #: The folders whose sync is under way, and since when: never in another round meanwhile.
         self.in_flight: dict[str, float] = {}
+        #: Syncs asked for, each a round of its own, in the order asked.
+        self.asked: deque[Asked] = deque()
 
     def folder(self, mapping: MappingConfig, retry_at: float | None = None) -> Folder:
         return Folder(mapping, Retrying(self.timing.mapping_retry), retry_at)
@@ -81,7 +101,11 @@ class Schedule:
     # -- what is due ------------------------------------------------------------------------------
 
     def due(self, now: float) -> Round | None:
-        """The round to run now, if any (None while paused)."""
+        """The round to run now, if any (None while paused): a sync asked for first."""
+        while self.asked:
+            asked = self.asked.popleft()
+            if not asked.reply.done():  # (its asker may have given up)
+                return Round(asked.labels, full=asked.labels is None, asked=asked)
         if self.paused_until is not None:
             if now < self.paused_until:
                 return None
@@ -101,6 +125,8 @@ class Schedule:
 
     def next_deadline(self, now: float) -> float:
         """How long the loop may sleep before something is due (it wakes sooner for an event)."""
+        if self.asked:
+            return 0.0
         if self.paused_until is not None:
             return max(0.0, self.paused_until - now)
         deadlines = [self.next_full_scan]

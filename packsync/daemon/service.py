@@ -19,13 +19,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import threading
 import time
 from pathlib import Path
 
 from packsync.app import App, client_for, transport_for
 from packsync.config import Config, load_config, read_password
+from packsync.control import socket_path
 from packsync.daemon.aggregator import Aggregator
+from packsync.daemon.control import Served, bind
 from packsync.daemon.metadata import MetadataLoop
 from packsync.daemon.notify import Systemd
 from packsync.daemon.process import on_signals, raise_file_limit
@@ -46,9 +49,10 @@ from packsync.state.store import State
 
 class Daemon:
     def __init__(self, config_path: Path, config: Config, token: str, lock: StateLock, *, polling: bool = False,
-                 timing: Timing = PRODUCT) -> None:
+                 timing: Timing = PRODUCT, control: socket.socket | None = None) -> None:
         self.config_path = config_path
         self.lock = lock  # held by the caller; taken again here if its file goes
+        self.control_socket = control  # bound by the caller with the lock held (None: bound here)
         self.config = config
         self.token = token
         self.polling = polling
@@ -71,6 +75,24 @@ class Daemon:
 
     async def run(self) -> ExitCode:
         """Serve until ``stop()``; a state that can never be used ends it early, in its ``StateError``."""
+        control = await self._serve_control()
+        try:
+            return await self._run()
+        finally:
+            await control.close()
+            with contextlib.suppress(OSError):
+                socket_path(self.config.state_path).unlink()
+
+    async def _serve_control(self) -> Served:
+        """The control socket (``daemon/control.py``), answering 503 until the state is open."""
+        sock = self.control_socket or bind(self.config.state_path)
+        try:
+            return await Served.start(self, sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    async def _run(self) -> ExitCode:
         state = await self._open_state()
         if state is None:
             return ExitCode.OK
@@ -291,4 +313,9 @@ def run_daemon(config_path: Path, polling: bool = False) -> ExitCode:
     read_password(config)  # a missing page password is a config error at start, not a surprise later
     raise_file_limit()
     with StateLock(config.state_path) as lock:
-        return asyncio.run(on_signals(Daemon(config_path, config, token, lock, polling=polling)))
+        try:
+            control = bind(config.state_path)
+        except OSError as exc:
+            raise StateError(f"cannot make the control socket {socket_path(config.state_path)}: "
+                             f"{exc.strerror or exc}") from None
+        return asyncio.run(on_signals(Daemon(config_path, config, token, lock, polling=polling, control=control)))

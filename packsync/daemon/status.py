@@ -14,8 +14,9 @@ import time
 from typing import TYPE_CHECKING
 
 from packsync.daemon.notify import Systemd
-from packsync.daemon.schedule import Schedule
+from packsync.daemon.schedule import Asked, Schedule
 from packsync.daemon.timing import PRODUCT
+from packsync.engine.sync import SyncOptions, SyncReport
 from packsync.errors import StateUnavailable
 from packsync.logs import get_logger
 from packsync.web.health import LiveState
@@ -128,6 +129,50 @@ class Status:
         self.schedule.sync_now(label)
         self.wake.set()
 
+    # -- what a person asks (the page's buttons, the commands over the control socket) ---------------
+
+    def ask(self, labels: frozenset[str] | None, options: SyncOptions) -> asyncio.Future[SyncReport]:
+        """A sync of ``labels`` (None: every mapping) with ``options``, as soon as the loop comes round (after
+        the sync under way); its report, or its error, comes back in the future."""
+        reply: asyncio.Future[SyncReport] = asyncio.get_running_loop().create_future()
+        self.schedule.asked.append(Asked(labels, options, reply))
+        self.wake.set()
+        return reply
+
+    def pause(self, label: str | None) -> list[str]:
+        """Pause syncing ``label`` (None: every mapping) until ``resume``, across restarts; those paused."""
+        return self._hold(label, True)
+
+    def resume(self, label: str | None) -> list[str]:
+        """Sync ``label`` (None: every mapping) again, at once, scanning it whole; those resumed."""
+        labels = self._hold(label, False)
+        for each in labels:
+            self.sync_now(each)
+        return labels
+
+    def _hold(self, label: str | None, paused: bool) -> list[str]:
+        assert self.state is not None, "the state is not open yet"
+        if label is not None:
+            labels = [label]
+        else:  # every mapping; to resume, every one paused too (a subfolder's pack paused alone among them)
+            labels = sorted({*self.schedule.folders, *(() if paused else self.state.mappings.paused())})
+        self.state.mappings.pause(labels, paused)
+        self.log.info("paused" if paused else "resumed", mappings=labels)
+        self.publish()
+        return labels
+
+    def allow_deletes(self, label: str) -> asyncio.Future[SyncReport] | None:
+        """Approve, once, the deletes the safety stop of ``label`` withholds now: at most as many as it
+        withholds (none deleted since is approved with them). None when it withholds none."""
+        assert self.state is not None, "the state is not open yet"
+        record = self.state.mappings.get(label)
+        if record is None or not record.safety or not record.withheld_count:
+            return None
+        self.log.info("deletes allowed", mapping=label, deletes=record.withheld_count)
+        reply = self.ask(frozenset({label}), SyncOptions(wait=False, allow={label: record.withheld_count}))
+        reply.add_done_callback(_heard)
+        return reply
+
     def retry_failed(self) -> None:
         """Judge the skipped files again (someone fixed them) and retry every mapping now."""
         assert self.state is not None, "the state is not open yet"
@@ -139,3 +184,10 @@ class Status:
                 self.state_unusable(exc)
             folder.retry.reset()
         self.sync_now(None)
+
+
+def _heard(reply: asyncio.Future[SyncReport]) -> None:
+    """A sync asked for from the page, whose outcome the page reads from the state: its error is logged
+    by the round, never left unheard."""
+    if not reply.cancelled():
+        reply.exception()

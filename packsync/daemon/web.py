@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
 
 class Web:
-    def __init__(self, site: Site, served: Served) -> None:
-        self.site, self.served = site, served
+    def __init__(self, site: Site, served: Served, url: str) -> None:
+        self.site, self.served, self.url = site, served, url
 
     @property
     def metrics(self) -> Metrics:
@@ -43,8 +43,9 @@ class Web:
             log.error("cannot serve the web page and metrics; syncing without them", listen=config.http.listen,
                       error=exc.strerror or str(exc))
             return None
-        log.info("web page, health and metrics served", url=page_url(host, served.port))
-        return cls(site, served)
+        url = page_url(host, served.port)
+        log.info("web page, health and metrics served", url=url)
+        return cls(site, served, url)
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: the pages and metrics show its mappings (the listen address stays)."""

@@ -120,6 +120,7 @@ class RenamePack(Action, frozen=True):
             for move in moves:
                 run.state.mappings.save(move.new, pack_id=move.pack_id, pack_name=move.name)
         run.outcome.renamed_from = self.old
+        run.outcome.events.append(("renamed", self.mapping, self.old))
         run.log.info("subfolder renamed: its pack follows", old=self.old, new=self.mapping, pack=self.name)
 
 
@@ -315,6 +316,7 @@ class AddImage(Action, frozen=True):
 
     kind: ClassVar[str] = "add"
     phase: ClassVar[Phase | None] = "transfer"
+    done: ClassVar[str] = "added"  # in the feed of recent activity
 
     item: ContentItem
     file_name: str
@@ -353,6 +355,7 @@ class AddImage(Action, frozen=True):
         run.state.images.record([ManagedImage(run.pack_id, image_id, self.sha256, uploaded.url, self.file_name,
                                               self.mapping, recipe=self.recipe.key)])
         run.outcome.added += 1
+        run.outcome.events.append((self.done, self.item.key, None))
         if uploaded.changes:
             run.outcome.prepared.append((self.item.key, uploaded.changes))
         run.progress.advance("added")
@@ -366,6 +369,7 @@ class ReplaceImage(AddImage, frozen=True):
     leaves the old image, never both."""
 
     kind: ClassVar[str] = "replace"
+    done: ClassVar[str] = "replaced"
 
     replaces: str = ""
     old_url: str = ""
@@ -434,6 +438,8 @@ class DeleteImage(Action, frozen=True):
             return
         run.state.images.forget(run.pack_id, [self.image_id])
         run.outcome.deleted += 1
+        if self.reason != REPLACED:  # (a replacement is one entry, its add's)
+            run.outcome.events.append(("deleted", self.name or f"image {self.image_id}", self.reason))
         run.progress.advance("deleted")
         run.log.debug("image deleted", image_id=self.image_id, reason=self.reason)
 
@@ -505,12 +511,15 @@ class RecordSync(Action, frozen=True):
     safety: str | None = None
     withheld: tuple[str, ...] = ()
     source_name: str | None = None  # None when the source could not be read: the last is kept
+    withheld_count: int = 0  # (``withheld`` names the first of them)
 
     async def apply(self, run: Run) -> None:
         now = time.time()
         error = last_error(self.error or run.outcome.error or self.safety, run.outcome.failures)
+        run.state.activity.record(self.mapping, run.outcome.events)
         run.state.mappings.save(self.mapping, synced_at=now, last_error=error, safety=self.safety,
                                 withheld=json.dumps(list(self.withheld)) if self.withheld else None,
+                                withheld_count=self.withheld_count if self.safety else None,
                                 **({"source_name": self.source_name} if self.source_name else {}),
                                 **({} if error else {"ok_at": now}))
 

@@ -71,6 +71,8 @@ class MappingOutcome(msgspec.Struct):
     renamed_from: str | None = None  # the subfolder it was, when its pack followed a rename
     prepared: list[tuple[str, tuple[str, ...]]] = msgspec.field(default_factory=list)  # (item, what was changed)
     sidecars: SidecarReport | None = None
+    #: What was done, by name, for the feed of recent activity: (added|deleted|replaced|renamed|failed, name, detail).
+    events: list[tuple[str, str, str | None]] = msgspec.field(default_factory=list)
 
 
 class Run:
@@ -100,6 +102,7 @@ class Run:
     def fail(self, where: str, why: str) -> None:
         """One item failed; the rest goes on (and the mapping's deletes wait)."""
         self.outcome.failures.append((where, why))
+        self.outcome.events.append(("failed", where, why))
         self.log.warning("item failed", item=where, error=why)
 
     async def add_once(self, url: str, file_name: str) -> str:

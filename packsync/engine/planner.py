@@ -79,6 +79,8 @@ class MappingOptions(msgspec.Struct, frozen=True):
     prune_foreign: bool = False
     max_delete: int | str = "50%"
     force: bool = False
+    #: Deletes allowed past the safety stops without ``force``: at most this many (``allow-deletes``).
+    allow: int = 0
 
 
 class SourceFacts(msgspec.Struct, frozen=True):
@@ -446,7 +448,7 @@ def safety_stop(facts: SourceFacts, deletes: Deletes | None = None,
         return f"{facts.missing}, but packsync synced files from it; nothing is deleted (is a disk unmounted?)"
     if facts.unreadable is not None:
         return f"{facts.unreadable}; nothing is deleted"
-    if deletes is None or options is None or not deletes.count or options.force:
+    if deletes is None or options is None or not deletes.count or options.force or deletes.count <= options.allow:
         return None
     if deletes.empty:
         return (f"{deletes.source} is empty but {_counted(deletes.managed, deletes.noun)} {deletes.place} came from "

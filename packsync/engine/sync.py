@@ -92,9 +92,20 @@ class SyncOptions(msgspec.Struct, frozen=True):
     dry_run: bool = False
     wait: bool = True
     wait_timeout_s: float = 600.0
+    #: Every mapping's withheld deletes allowed (``run --force``).
     force: bool = False
     poll_start_s: float = POLL_BACKOFF.start_s
     poll_cap_s: float = POLL_BACKOFF.cap_s
+    #: Per mapping label (a config mapping's covers its subfolders): the deletes allowed past the safety
+    #: stops — None any number (``run --force MAPPING``), a count at most that many (``allow-deletes``: what
+    #: the stop withheld when a person approved it, so nothing deleted since is approved with it).
+    allow: dict[str, int | None] = msgspec.field(default_factory=dict)
+
+    def for_mapping(self, mapping: MappingConfig, group: str) -> MappingOptions:
+        """The options the planner weighs for ``mapping`` (of the config mapping ``group``)."""
+        allowed = self.allow.get(mapping.label, self.allow.get(group, 0))
+        return MappingOptions(mapping.delete, mapping.prune_foreign, mapping.max_delete,
+                              self.force or allowed is None, allowed or 0)
 
 
 class MappingReport(msgspec.Struct):
@@ -152,6 +163,8 @@ class SyncReport(msgspec.Struct):
     #: Per ``packs_from = "subfolders"`` folder: the files directly in it (skipped).
     loose: dict[str, list[Problem]] = msgspec.field(default_factory=dict)
     dry_run: bool = False
+    #: The mappings not synced because a person paused them (``packsync pause``).
+    paused: list[str] = msgspec.field(default_factory=list)
 
     @property
     def renamed(self) -> list[tuple[str, str]]:
@@ -200,8 +213,11 @@ class Syncer:
         """
         self.api.start_run()
         result = SyncReport(dry_run=options.dry_run)
-        selected = [t for t in await self._targets(result)
+        paused = self.state.mappings.paused()
+        selected = [t for t in await self._targets(result, paused)
                     if only is None or t.label in only or self._group(t.config) in only]
+        result.paused = [label for label in result.paused
+                         if only is None or label in only or group_of(self.config, label) in only]
         result.mappings = [MappingReport(t.config, t.config.pack_label, t) for t in selected]
         for report in result.mappings:
             self._check_source(report)
@@ -271,7 +287,7 @@ class Syncer:
         withheld = report.plan.withheld if report.plan and report.safety else []
         plan.actions.append(RecordSync(report.label, report.error, report.safety,
                                        tuple(d.name or d.image_id for d in withheld[:WITHHELD_SHOWN]),
-                                       source.name if source else None))
+                                       source.name if source else None, len(withheld)))
         return plan
 
     async def metadata_round(self, pack_ids: Collection[str]) -> None:
@@ -306,12 +322,15 @@ class Syncer:
 
     # -- observing ----------------------------------------------------------------------------------
 
-    async def _targets(self, result: SyncReport) -> list[Target]:
+    async def _targets(self, result: SyncReport, paused: Collection[str]) -> list[Target]:
         """The mappings this sync has, each with its source in ``self.sources``: the config's, and a
-        ``packs_from = "subfolders"`` one as one per subfolder."""
+        ``packs_from = "subfolders"`` one as one per subfolder; those ``paused`` are named in ``result``."""
         found: list[Target] = []
         taken = packs_named(self.config)
         for index, mapping in enumerate(self.config.mappings):
+            if mapping.label in paused:
+                result.paused.append(mapping.label)
+                continue
             if mapping.packs_from != "subfolders":
                 found.append(Target(mapping))
                 self.sources.setdefault(mapping.label, self.source_for(mapping))
@@ -319,6 +338,9 @@ class Syncer:
             seen = await observe(mapping, self.state, taken)
             result.loose[mapping.label] = seen.skipped
             for target in targets(index, mapping, seen):
+                if target.label in paused:
+                    result.paused.append(target.label)
+                    continue
                 found.append(target)
                 self.sources[target.label] = source_of(target)
         return found
@@ -386,8 +408,8 @@ class Syncer:
         report.problems, report.hashed_files, report.excluded = scan.problems, scan.hashed_files, scan.excluded
         report.pack_id, report.pack_name = seen.pack_id, seen.pack_name
         report.changed = frozenset({*scan.cache, *seen.partial.gone})
-        report.plan = plan_mapping(incremental.restricted_input(seen, MappingOptions(
-            config.delete, config.prune_foreign, config.max_delete, options.force), config.recipe))
+        report.plan = plan_mapping(incremental.restricted_input(
+            seen, options.for_mapping(config, self._group(config)), config.recipe))
         report.safety = report.plan.safety
         return True
 
@@ -398,7 +420,8 @@ class Syncer:
         changes = self.state.mappings.changes()
         pack = read.pack if read else None
         if not (pack and changes >= 0 and not report.error) or _fingerprint(
-                report.config, options.force, changes, pack.digest, listing) != self.state.files.settled(report.label):
+                report.config, self._options(report, options), changes, pack.digest, listing) \
+                != self.state.files.settled(report.label):
             return False
         report.problems = self.state.files.problems(report.label)
         self._unchanged(report, pack)
@@ -417,7 +440,7 @@ class Syncer:
         report.problems, report.hashed_files, report.excluded = scan.problems, scan.hashed_files, scan.excluded
         changes = self.state.mappings.changes()  # (-1: not counted, as in a state of an older schema read as is)
         pack = read.pack if read and not report.error else None
-        fingerprint = _fingerprint(report.config, options.force, changes, pack.digest, scan) \
+        fingerprint = _fingerprint(report.config, self._options(report, options), changes, pack.digest, scan) \
             if pack and changes >= 0 else ""
         if pack and fingerprint and fingerprint == self.state.files.settled(report.label):
             self._record_scan(report, previous, scan)
@@ -513,7 +536,7 @@ class Syncer:
             label=mapping.label, pack_name=mapping.pack or (remote.name if remote else ""), scan=scan,
             managed=managed, remote=remote, known_urls=known_urls,
             known_recipes={url: recipe for url, (_sha, recipe) in known.items()},
-            options=MappingOptions(mapping.delete, mapping.prune_foreign, mapping.max_delete, options.force),
+            options=self._options(report, options),
             others=others, contents=contents, unknown=unknown, remember=None if report.target.renamed_from
             else read.remember, gone_pack=read.gone, renamed=self._rename(report, remote), recipe=mapping.recipe,
             prepared=seen.prepared)
@@ -556,6 +579,9 @@ class Syncer:
     def _group(self, mapping: MappingConfig) -> str:
         return group_of(self.config, mapping.label)
 
+    def _options(self, report: MappingReport, options: SyncOptions) -> MappingOptions:
+        return options.for_mapping(report.config, self._group(report.config))
+
     def _below(self, paths: Mapping[str, Collection[str]] | None, report: MappingReport) -> set[str] | None:
         """Paths the daemon names relative to a config mapping's folder, as paths relative to ``report``'s
         (a subfolder of it); None when ``paths`` says nothing of it, or names the subfolder itself (moved
@@ -571,14 +597,14 @@ class Syncer:
         return {path[len(prefix):] for path in paths[group] if path.startswith(prefix)}
 
 
-def _fingerprint(mapping: MappingConfig, force: bool, changes: int, pack: str, scan: Scan) -> str:
+def _fingerprint(mapping: MappingConfig, options: MappingOptions, changes: int, pack: str, scan: Scan) -> str:
     """Everything a mapping's plan is made from, as one digest: its config, the scan, the digest of the
     pack's answer, and the count of changes to the recorded images, uploads and downloads
     (``state.mappings.changes``). A folder's scan is its ``listing``: with the file cache, which only its scans
     change (a sync of changed paths among them: the walk then sees those files' new stat keys; and
     ``forget_verdicts``, which drops the fingerprint too), that decides its items."""
     seen = scan.listing or (sorted(scan.items, key=_KEY), sorted(scan.keep))
-    inputs = (changes, force, mapping, pack, seen)
+    inputs = (changes, options, mapping, pack, seen)
     return hashlib.blake2b(msgspec.json.encode(inputs, enc_hook=str), digest_size=16).hexdigest()
 
 

@@ -8,7 +8,7 @@ that was recorded of it along (``move_source``), across the repositories' tables
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from msgspec.structs import astuple, replace
@@ -57,6 +57,16 @@ class MappingRepository:
     def save(self, source: str, **changes: Any) -> None:
         record = replace(self.get(source) or MappingRecord(source), **changes)
         self.unit.write(_SAVE_MAPPING, [astuple(record)])
+
+    def paused(self) -> set[str]:
+        """The sources a person paused (``packsync pause``)."""
+        return {root for (root,) in self.unit.rows(select(MAPPINGS.c.root).where(MAPPINGS.c.paused.is_not(None)))}
+
+    def pause(self, sources: Collection[str], paused: bool) -> None:
+        """Pause (or resume) syncing ``sources``, in one transaction."""
+        with self.unit.transaction():
+            for source in sources:
+                self.save(source, paused=time.time() if paused else None)
 
     def move_source(self, old: str, new: str) -> None:
         """A source that was renamed (a subfolder): everything recorded of it is the new name's now."""

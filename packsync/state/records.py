@@ -19,7 +19,8 @@ class SidecarRecord(msgspec.Struct, frozen=True):
 class MappingRecord(msgspec.Struct, frozen=True):
     """What the state remembers of a mapping: ``source_name`` is what its source calls itself (an Astria
     pack's title); ``ok_at`` when a sync last ended without error; ``safety`` the safety stop holding
-    its deletes back, if any, and ``withheld`` what ``--force`` would delete (JSON: a list of names)."""
+    its deletes back, if any, ``withheld`` what ``--force`` would delete (JSON: a list of names, the first
+    of ``withheld_count``); ``paused`` when a person paused its syncing."""
 
     root: str
     pack_id: str | None = None
@@ -30,6 +31,8 @@ class MappingRecord(msgspec.Struct, frozen=True):
     ok_at: float | None = None
     safety: str | None = None
     withheld: str | None = None
+    withheld_count: int | None = None
+    paused: float | None = None
 
     @property
     def withheld_names(self) -> list[str]:
@@ -50,3 +53,14 @@ class DaemonRecord(msgspec.Struct, frozen=True):
     state: str = "stopped"
     last_error: str | None = None
     updated_at: float | None = None
+
+
+class ActivityRecord(msgspec.Struct, frozen=True):
+    """Something a sync did (``kind``: added, deleted, replaced, renamed, failed) to ``name`` in the mapping
+    ``root``'s pack, at ``at``; ``detail`` says more (why it failed, the name it had)."""
+
+    at: float
+    root: str
+    kind: str
+    name: str
+    detail: str | None = None

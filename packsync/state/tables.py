@@ -17,7 +17,7 @@ from sqlalchemy import Index, Table, text
 from sqlmodel import Field, SQLModel
 
 #: The version of the schema below; a file of a newer one is refused, an older one upgraded.
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 #: What ``meta``'s ``app`` row says in a state file of packsync's.
 APP_ID = "packsync"
 #: An image whose AI metadata is still to come (``model.METADATA_SETTLED`` are the others), as SQL with
@@ -153,6 +153,21 @@ class MappingRow(SQLModel, table=True):
     ok_at: float | None
     safety: str | None
     withheld: str | None  # JSON: the names --force would delete
+    withheld_count: int | None  # how many deletes the safety stop withholds (what ``allow-deletes`` approves)
+    paused: float | None  # when a person paused its syncing (``packsync pause``); None: not paused
+
+
+class ActivityRow(SQLModel, table=True):
+    """Something a sync did to a mapping's pack (an image added, deleted, replaced, a pack renamed, an item
+    that failed), for the page's feed: the newest ``ACTIVITY_KEPT`` are kept."""
+
+    __tablename__ = "activity"
+    id: int | None = Field(default=None, primary_key=True)
+    at: float
+    root: str
+    kind: str
+    name: str
+    detail: str | None
 
 
 class DaemonRow(SQLModel, table=True):
@@ -194,7 +209,7 @@ METADATA = SQLModel.metadata
 #: Every table, by name.
 TABLES: dict[str, Table] = {table(model).name: table(model) for model in (
     MetaRow, FileRow, ProblemRow, SidecarRow, BlobRow, ImageRow, UrlContentRow, PulledRow, MappingRow, DaemonRow,
-    ChangeCountRow, SettledRow, PreparedRow)}
+    ChangeCountRow, SettledRow, PreparedRow, ActivityRow)}
 #: The tables a mapping's plan reads besides its scan and its pack: every change to one of them is
 #: counted (``changes``), so a fingerprint of a plan's inputs can hold the state's part as a number.
 PLANNED_FROM = ("images", "blobs", "url_contents", "prepared")

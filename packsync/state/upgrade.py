@@ -21,6 +21,7 @@ from packsync.state.unit import Bulk, UnitOfWork
 
 #: The mapping columns schema 5 added.
 _MAPPING_COLUMNS_5 = ("ok_at FLOAT", "safety VARCHAR", "withheld VARCHAR")
+_MAPPING_COLUMNS_9 = ("withheld_count INTEGER", "paused FLOAT")
 #: Who owns an image recorded before schema 2 (which had one mapping per pack and state): the mapping
 #: into its pack whose folder holds its content, else the first mapping into its pack, else '' — an
 #: image any mapping into that pack may manage.
@@ -111,7 +112,7 @@ def _add_columns(unit: UnitOfWork) -> None:
     columns = columns_of(unit.connection, "mappings")
     if columns and "source_name" not in columns:  # schema 2 → 3
         unit.execute("ALTER TABLE mappings ADD COLUMN source_name VARCHAR")
-    for column in _MAPPING_COLUMNS_5:  # schema 4 → 5
+    for column in (*_MAPPING_COLUMNS_5, *_MAPPING_COLUMNS_9):  # schema 4 → 5, 8 → 9
         if columns and column.split()[0] not in columns:
             unit.execute(f"ALTER TABLE mappings ADD COLUMN {column}")
 
@@ -131,7 +132,8 @@ def read_as_current(unit: UnitOfWork, version: int | None, tables: set[str]) -> 
                          "FROM main.images AS images")
         if "files" in tables and "version" not in columns_of(connection, "files"):
             unit.execute(f"CREATE TEMP VIEW files AS SELECT {_FILES_BEFORE_7} FROM main.files")
-        if version is not None and version < 5 and "mappings" in tables:
+        if version is not None and version < 9 and "mappings" in tables:
+            missing = (*(_MAPPING_COLUMNS_5 if version < 5 else ()), *_MAPPING_COLUMNS_9)
             since = ("NULL AS source_name, " if version < 3 else "") + ", ".join(
-                f"NULL AS {column.split()[0]}" for column in _MAPPING_COLUMNS_5)
+                f"NULL AS {column.split()[0]}" for column in missing)
             unit.execute(f"CREATE TEMP VIEW mappings AS SELECT *, {since} FROM main.mappings")

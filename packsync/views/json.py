@@ -44,6 +44,7 @@ def _mapping(mapping: MappingStatus) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "path": mapping.path, "source": mapping.source, "pack_id": mapping.pack_id, "pack_name": mapping.pack_name,
         "last_sync": when(mapping.last_sync), "last_error": mapping.last_error,
+        "paused": when(mapping.record.paused if mapping.record else None),
         "files": mapping.file_count, **mapping.counts, "images": mapping.images, "metadata": mapping.metadata,
     }
     if mapping.files is not None:
@@ -104,6 +105,7 @@ def run_document(report: SyncReport) -> dict[str, Any]:
         })
     return {"exit_code": int(report.exit_code), "metadata_pending": report.metadata_pending, "mappings": mappings,
             "renamed_subfolders": [{"from": old, "to": new} for old, new in report.renamed],
+            "paused": report.paused,
             "loose_files": [{"folder": folder, "path": p.rel_path, "reason": p.reason}
                             for folder, loose in report.loose.items() for p in loose]}
 

@@ -143,6 +143,8 @@ def print_run(report: SyncReport, out: TextIO) -> None:
         _foreign(mapping, out)
         _problems(mapping.problems + (mapping.sidecars.problems if mapping.sidecars else []), out)
     _subfolders(report, out, dry_run=False)
+    for label in report.paused:
+        out.write(f"{printable(label)}: paused, not synced (`packsync resume` syncs it again)\n")
     if report.metadata_pending:
         out.write(f"metadata: {report.metadata_pending} images still pending; "
                   "`packsync status` shows them as they complete\n")
@@ -178,6 +180,9 @@ def print_status(status: Status, out: TextIO) -> None:
                   f"{meta['failed']} failed\n")
         out.write(f"  last sync {when(mapping.last_sync) or 'never'}"
                   + (f" · last error: {printable(mapping.last_error)}" if mapping.last_error else "") + "\n")
+        if mapping.record and mapping.record.paused:
+            out.write(f"  paused since {when(mapping.record.paused)}: `packsync resume {printable(mapping.path)}` "
+                      "syncs it again\n")
         for item in mapping.files or []:
             out.write(_file_line(item) + "\n")
         for problem in mapping.problems or []:

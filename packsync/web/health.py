@@ -4,8 +4,8 @@ remembers of each mapping — no API call, no disk walk (a pure function of its 
 - ``failing`` (HTTP 503): the key was refused (syncing paused), a safety stop waits for ``--force``,
   or the main loop has not come round for longer than it ever should.
 - ``degraded`` (HTTP 200): some mapping's last sync failed and is being retried, a mapping has been
-  syncing for longer than it should (its remote answers slowly or not at all), or the state database
-  is busy or full.
+  syncing for longer than it should (its remote answers slowly or not at all), a person paused a
+  mapping (its pack is not kept a mirror meanwhile), or the state database is busy or full.
 - ``ok`` (HTTP 200): everything else.
 """
 
@@ -43,6 +43,12 @@ class Live(Protocol):
 
     def retry_failed(self) -> None: ...
 
+    def pause(self, label: str | None) -> list[str]: ...
+
+    def resume(self, label: str | None) -> list[str]: ...
+
+    def allow_deletes(self, label: str) -> object: ...
+
 
 @dataclass(frozen=True, slots=True)
 class MappingHealth:
@@ -55,6 +61,8 @@ class MappingHealth:
     def status(self) -> str:
         if self.record and self.record.safety:
             return "failing"
+        if self.record and self.record.paused:
+            return "paused"
         return "degraded" if self.error else "ok"
 
 
@@ -72,15 +80,17 @@ def health(mappings: list[MappingHealth], live: LiveState | None, daemon: Daemon
         reasons.append(daemon.last_error)
     reasons += [f"{m.label}: {m.record.safety}" for m in mappings if m.record and m.record.safety]
     degraded = [m for m in mappings if m.status == "degraded"]
+    paused = [f"{m.label}: paused (`packsync resume` syncs it again)" for m in mappings if m.status == "paused"]
     stuck = [f"{label}: still syncing after {seconds:.0f} s (its remote answers slowly, or not at all)"
              for label, seconds in sorted(live.stuck.items())] if live else []
     trouble = live.state_trouble if live else None
     if daemon_gone and daemon is not None:
         trouble = f"the daemon is not running (it was {daemon.state}; last seen at {daemon.updated_at})"
-    status = "failing" if reasons else "degraded" if degraded or trouble or stuck else "ok"
+    status = "failing" if reasons else "degraded" if degraded or trouble or stuck or paused else "ok"
     return {
         "status": status,
-        "reasons": reasons + ([trouble] if trouble else []) + [f"{m.label}: {m.error}" for m in degraded] + stuck,
+        "reasons": reasons + ([trouble] if trouble else []) + [f"{m.label}: {m.error}" for m in degraded] + stuck
+        + paused,
         "daemon": None if live is None else {"state": live.state, "queue": live.queue,
                                              "last_full_scan": live.last_full_scan,
                                              "since_loop_s": round(live.since_tick_s, 1)},

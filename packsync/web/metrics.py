@@ -100,8 +100,10 @@ class StateCollector(Collector):
         problems = GaugeMetricFamily("packsync_problems", "Items skipped, by reason", labels=["pack", "reason"])
         success = GaugeMetricFamily("packsync_last_success_timestamp_seconds", "When a mapping last synced "
                                     "without error (Unix time)", labels=["pack"])
-        stopped = GaugeMetricFamily("packsync_safety_stop", "1 while a mapping's deletes wait for --force",
-                                    labels=["pack"])
+        stopped = GaugeMetricFamily("packsync_safety_stop", "1 while a mapping's deletes wait for allow-deletes "
+                                    "or --force", labels=["pack"])
+        paused = GaugeMetricFamily("packsync_paused", "1 while a person has paused a mapping (packsync pause)",
+                                   labels=["pack"])
         seen: set[str] = set()
         for mapping in read_status(self.config, self.state, problems=True).mappings:
             pack = mapping.pack_label
@@ -119,4 +121,5 @@ class StateCollector(Collector):
             if record and record.ok_at:
                 success.add_metric([pack], record.ok_at)
             stopped.add_metric([pack], 1 if record and record.safety else 0)
-        yield from (files, images, problems, success, stopped)
+            paused.add_metric([pack], 1 if record and record.paused else 0)
+        yield from (files, images, problems, success, stopped, paused)
