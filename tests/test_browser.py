@@ -105,12 +105,12 @@ def test_a_dropped_file_appears_without_a_reload(daemon_env: Env, start: StartDa
     write(folder / "first.png", image(16, 16))
     base = page_url(start())
     page.goto(base)
-    page.get_by_text("first.png").wait_for()
+    page.locator(".card .name", has_text="first.png").wait_for()
     page.evaluate("window.packsyncMarker = 'the same document'")
 
     write(folder / "dropped.png", solid_png(40, 30, (20, 60, 220)))
 
-    page.get_by_text("dropped.png").wait_for()
+    page.locator(".card .name", has_text="dropped.png").wait_for()
     page.get_by_text("A 40×30 blue PNG image.").wait_for()
     assert page.evaluate("window.packsyncMarker") == "the same document", "the page was not reloaded"
     assert page.errors == []

@@ -199,7 +199,7 @@ def test_the_live_refresh_keeps_the_filter(daemon_env: Env, start: StartDaemon, 
     asked: list[str] = []
     page.on("request", lambda request: asked.append(request.url) if "/view" in request.url else None)
     page.goto(base + "?show=synced")
-    page.get_by_text("first.png").wait_for()
+    page.locator(".card .name", has_text="first.png").wait_for()
 
     write(folder / "second.png", image(16, 16))
 
@@ -319,7 +319,7 @@ def test_the_page_fits_a_laptop_and_a_phone(daemon_env: Env, start: StartDaemon,
         try:
             tab = context.new_page()
             tab.goto(base)
-            tab.get_by_text("portrait-of-the-founder.png").wait_for()
+            tab.locator(".card .name", has_text="portrait-of-the-founder.png").wait_for()
             sync_api.expect(tab.locator(".chip.meta-pending")).to_have_count(0, timeout=15_000)
             tab.wait_for_load_state("networkidle")
             assert tab.evaluate("document.documentElement.scrollWidth <= innerWidth"), f"{label}: no sideways scroll"

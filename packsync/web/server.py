@@ -35,6 +35,7 @@ import logging
 import os
 import secrets
 import stat
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -69,6 +70,8 @@ SEARCH_LIMIT = 200
 SHOWN_AS = {"all": "All", "synced": "Synced", "pending": "Pending", "problems": "Problems",
             "ai-pending": "AI pending", "ai-failed": "AI failed"}
 MAX_PAGE = 1_000_000
+#: The newest entries of the activity feed the page shows.
+ACTIVITY_SHOWN = 20
 #: Page reads waiting for the site's thread before more get 503; thumbnails are sent this much at a time.
 MAX_WAITING = 8
 CHUNK = 256 * 1024
@@ -143,6 +146,7 @@ class Site:
         self.templates.filters["basename"] = lambda source: Path(source).name or source
         self.templates.filters["name_of"] = lambda key: PurePosixPath(key).name or key
         self.templates.filters["folder_of"] = lambda key: "" if (up := str(PurePosixPath(key).parent)) == "." else up
+        self.templates.filters["clock"] = _clock
         self.templates.globals["describe"] = describe
 
     def close(self) -> None:
@@ -226,7 +230,8 @@ class Site:
         return {"status": status, "query": query, "hits": hits, "total": count(self.state, words) if words else 0,
                 "limit": GALLERY_LIMIT, "csrf": self.csrf, "actions": self.live is not None,
                 "health": self.health(live, config, self.state), "thumb": thumb, "indexes": indexes, "live": live,
-                "packs": packs, "chosen": chosen, "filters": _filters(status.mappings), "shown_as": SHOWN_AS}
+                "packs": packs, "chosen": chosen, "filters": _filters(status.mappings), "shown_as": SHOWN_AS,
+                "activity": self.state.activity.recent(ACTIVITY_SHOWN, chosen.label if chosen else None)}
 
     def version(self, query: Query, live: LiveState | None) -> str:
         """An ETag for the view: it changes whenever the state does (a commit by any connection) or what
@@ -265,6 +270,11 @@ class Site:
                 return fd, size, content_type
             os.close(fd)
         return None
+
+
+def _clock(at: float) -> str:
+    """A time as the page says it before its script shows it in the reader's own zone."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
 
 
 def _pack_name(mapping: MappingConfig, record: Any) -> str:
@@ -412,17 +422,34 @@ async def action(request: web.Request) -> web.Response:
     if token is None or not hmac.compare_digest(token.encode(), site.csrf.encode()):
         raise web.HTTPForbidden(text="missing or wrong CSRF token: reload the page")
     name = request.match_info["name"]
-    if name == "sync":
-        key = request.query.get("mapping")
-        chosen = await site.read(site.mapping, key) if _hex(key, 16) else None
-        if chosen is None and key not in (None, "all"):
-            raise web.HTTPBadRequest(text="no such mapping")
-        site.live.sync_now(chosen.label if chosen else None)
-    elif name == "retry":
+    if name == "retry":
         site.live.retry_failed()
+    elif name in MAPPING_ACTIONS:
+        await _act_on_mapping(site, site.live, name, request.query.get("mapping"))
     else:
         raise web.HTTPNotFound()
     raise web.HTTPSeeOther(_back(request))
+
+
+#: The buttons that act on a mapping (each may name none, "all", or one mapping's key — allow-deletes one).
+MAPPING_ACTIONS = ("sync", "pause", "resume", "allow-deletes")
+
+
+async def _act_on_mapping(site: Site, live: Live, name: str, key: str | None) -> None:
+    """Ask the daemon to sync, pause or resume the mapping ``key`` names (every one for none or "all"), or
+    to delete what its safety stop withholds, once."""
+    chosen = await site.read(site.mapping, key) if _hex(key, 16) else None
+    if chosen is None and (name == "allow-deletes" or key not in (None, "all")):
+        raise web.HTTPBadRequest(text="no such mapping")
+    label = chosen.label if chosen else None
+    if name == "sync":
+        live.sync_now(label)
+    elif name == "pause":
+        live.pause(label)
+    elif name == "resume":
+        live.resume(label)
+    elif label is not None:
+        live.allow_deletes(label)  # (the sync it starts reports to the page as any sync does)
 
 
 def _back(request: web.Request) -> str:

@@ -25,7 +25,13 @@
       const headers = force ? {} : { "If-None-Match": etag };
       const answer = await fetch("/view" + (search ? "?" + search : ""), { headers, credentials: "same-origin" });
       if (answer.status === 200) {
-        view.innerHTML = await answer.text();
+        const html = await answer.text();
+        // what the reader opened or closed stays so (the new view says each one's default)
+        const opened = new Map([...view.querySelectorAll("details[id]")].map((node) => [node.id, node.open]));
+        view.innerHTML = html;
+        for (const node of view.querySelectorAll("details[id]")) {
+          if (opened.has(node.id)) node.open = opened.get(node.id);
+        }
         etag = answer.headers.get("ETag") || "";
         view.dataset.etag = etag;
         showTimes();
@@ -38,9 +44,11 @@
   }
 
   function showTimes() {
+    const today = new Date().toDateString();
     for (const node of view.querySelectorAll("time[data-ts]")) {
       const when = new Date(Number(node.dataset.ts) * 1000);
-      node.textContent = when.toLocaleString();
+      const short = node.classList.contains("short") && when.toDateString() === today;
+      node.textContent = short ? when.toLocaleTimeString() : when.toLocaleString();
       node.dateTime = when.toISOString();
     }
   }
