@@ -23,7 +23,7 @@ from typing import Any
 import httpx2
 import pytest
 from conftest import Env, image, write
-from helpers import StartDaemon
+from helpers import StartDaemon, wait_until
 from test_browser import CHROMIUM, browser, demo_folders, page, sync_api  # noqa: F401 - fixtures, the demo
 from test_web import page_url
 
@@ -347,3 +347,104 @@ def test_the_page_fits_a_laptop_and_a_phone(daemon_env: Env, start: StartDaemon,
 def _shoot(tab: Any, name: str) -> None:
     shot = tab.screenshot(path=str(Path(SHOTS) / f"{name}.png") if SHOTS else None, full_page=True)
     assert shot.startswith(b"\x89PNG")
+
+
+# -- acting on a mapping (the daemon's page) ---------------------------------------------------------------
+
+def two_stopped_mappings(env: Env) -> list[tuple[Path, str]]:
+    """Two folders of three files, each into a pack of its own, where deleting two is past ``max_delete``."""
+    made = []
+    for name in ("alpha", "beta"):
+        pack_id = env.sandbox.create_pack(name)
+        folder = env.map(name, pack_id=pack_id, max_delete=1)
+        for n in range(3):
+            write(folder / f"{n}.png", image())
+        made.append((folder, pack_id))
+    return made
+
+
+def images_in(env: Env, pack_id: str) -> int:
+    return len(env.pack(pack_id)["images"])
+
+
+@needs_chromium
+def test_allow_these_deletes_clears_one_mapping_s_safety_stop_only(daemon_env: Env, start: StartDaemon,
+                                                                    page: Any) -> None:  # noqa: F811
+    (alpha, alpha_pack), (beta, beta_pack) = two_stopped_mappings(daemon_env)
+    base = page_url(start())
+    wait_until(lambda: images_in(daemon_env, alpha_pack) == images_in(daemon_env, beta_pack) == 3, timeout=30)
+    for folder in (alpha, beta):
+        (folder / "0.png").unlink()
+        (folder / "1.png").unlink()
+    page.goto(base)
+    first, second = page.locator("#mapping-0"), page.locator("#mapping-1")
+    for mapping in (first, second):
+        mapping.locator(".safety", has_text="--force would delete 2 images").wait_for()
+    assert "alpha" in first.locator("h2").inner_text()
+
+    first.get_by_role("button", name="Allow these deletes").click()
+
+    wait_until(lambda: images_in(daemon_env, alpha_pack) == 1, timeout=30, what="alpha's two deletes made")
+    first.locator(".safety").wait_for(state="detached")
+    assert images_in(daemon_env, beta_pack) == 3, "the other mapping's withheld deletes stay withheld"
+    assert second.locator(".safety").inner_text().startswith("Safety stop:")
+    assert second.get_by_role("button", name="Allow these deletes").count() == 1
+    assert page.errors == []
+
+
+@needs_chromium
+def test_pause_from_the_page_then_resume(daemon_env: Env, start: StartDaemon, page: Any) -> None:  # noqa: F811
+    pack_id = daemon_env.sandbox.create_pack("Held")
+    folder = daemon_env.map("held", pack_id=pack_id)
+    write(folder / "before.png", image())
+    base = page_url(start())
+    page.goto(base)
+    page.locator(".card .name", has_text="before.png").wait_for()
+
+    page.get_by_role("button", name="Pause").click()
+
+    page.locator("#mapping-0 .chip.paused", has_text="paused since").wait_for()
+    assert page.locator("#mapping-0").get_attribute("class") == "mapping paused"
+    health = httpx2.get(base + "healthz").json()
+    assert [m["status"] for m in health["mappings"]] == ["paused"]
+    write(folder / "while-paused.png", image())
+    page.get_by_role("button", name="Resume").click()
+    page.locator(".card .name", has_text="while-paused.png").wait_for()
+    wait_until(lambda: images_in(daemon_env, pack_id) == 2, timeout=30, what="the file dropped meanwhile synced")
+    assert page.locator("#mapping-0 .chip.paused").count() == 0
+    assert page.errors == []
+
+
+def test_read_only_ui_has_no_buttons_and_refuses_them(env: Env, ui: Any) -> None:
+    folder = env.map("pics", pack="P")
+    write(folder / "a.png", image())
+    sync(env)
+    base = ui()
+    html = httpx2.get(base).text
+    key = key_of_page(html)
+
+    assert "<button" not in html and 'action="/actions' not in html
+    for name in ("pause", "resume", "allow-deletes", "sync"):
+        assert httpx2.post(base + f"actions/{name}", params={"mapping": key, "csrf": "x"}).status_code == 403
+
+
+@needs_chromium
+def test_the_feed_lists_an_added_file_by_name(daemon_env: Env, start: StartDaemon, page: Any) -> None:  # noqa: F811
+    folder = daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("Feed"))
+    write(folder / "first.png", image())
+    base = page_url(start())
+    page.goto(base)
+    page.locator("#activity li", has_text="first.png").wait_for()
+
+    write(folder / "sub" / "newcomer.png", image())
+
+    entry = page.locator("#activity li", has_text="newcomer.png")
+    entry.wait_for()
+    assert entry.locator(".chip").inner_text() == "added"
+    assert "sub/newcomer.png" in entry.inner_text() and "Feed" in entry.inner_text()
+    assert page.locator("#activity li").first.inner_text() == entry.inner_text(), "newest first"
+    page.locator("#activity summary").click()
+    assert page.locator("#activity").get_attribute("open") is None
+    write(folder / "third.png", image())
+    page.locator(".card .name", has_text="third.png").wait_for()
+    assert page.locator("#activity").get_attribute("open") is None, "a closed feed stays closed as the view refreshes"

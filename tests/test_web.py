@@ -18,7 +18,7 @@ from typing import Any
 import httpx2
 import pytest
 from conftest import TOKEN, Env, image, write
-from helpers import DaemonProcess, StartDaemon, wait_until
+from helpers import DaemonProcess, StartDaemon, state_rows, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from packsync.sandbox import Account
@@ -188,6 +188,32 @@ def test_an_action_sends_the_browser_back_to_its_view_and_nowhere_else(
     assert back("//evil.example/?q=x") == "/?q=x"
     assert back("https://evil.example/") == "/"
     assert back("/?show=%0d%0aSet-Cookie:x") == "/"
+
+
+def test_pause_resume_and_allow_deletes_need_the_token_origin_and_a_mapping(
+        served: tuple[Env, DaemonProcess, str, str]) -> None:
+    env, _daemon, base, _pack_id = served
+    html = httpx2.get(base).text
+    token = csrf_of(html)
+    key = re.search(r'action="/actions/pause\?mapping=([0-9a-f]{16})&amp;', html)
+    assert key, "each mapping has a pause button"
+
+    def paused() -> list[Any]:
+        return [row[0] for row in state_rows(env.state_path, "SELECT paused FROM mappings")]
+
+    for name in ("pause", "resume", "allow-deletes"):
+        assert httpx2.post(base + f"actions/{name}", params={"mapping": key.group(1)}).status_code == 403
+        assert httpx2.post(base + f"actions/{name}", params={"mapping": key.group(1), "csrf": token},
+                           headers={"Origin": "null"}).status_code == 403
+    assert paused() == [None], "a refused pause pauses nothing"
+    assert httpx2.post(base + "actions/allow-deletes", params={"csrf": token}).status_code == 400
+    assert httpx2.post(base + "actions/pause", params={"csrf": token, "mapping": "0" * 16}).status_code == 400
+
+    assert httpx2.post(base + "actions/pause", params={"mapping": key.group(1), "csrf": token}).status_code == 303
+    assert paused() != [None]
+    assert 'action="/actions/resume?mapping=' in httpx2.get(base).text
+    assert httpx2.post(base + "actions/resume", params={"mapping": key.group(1), "csrf": token}).status_code == 303
+    assert paused() == [None]
 
 
 def test_no_page_header_or_metric_holds_the_token(served: tuple[Env, DaemonProcess, str, str]) -> None:

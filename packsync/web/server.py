@@ -501,7 +501,9 @@ def middlewares(site: Site, listen_host: str) -> list[Callable[..., Awaitable[we
             response = web.Response(status=500, text="internal error; see the daemon's log")
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        # same-origin, not no-referrer: under no-referrer a browser sends "Origin: null" with the page's own
+        # forms, and the origin check refuses every button; other sites still hear no address of the page
+        response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
