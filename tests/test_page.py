@@ -381,6 +381,8 @@ def test_allow_these_deletes_clears_one_mapping_s_safety_stop_only(daemon_env: E
     for mapping in (first, second):
         mapping.locator(".safety", has_text="--force would delete 2 images").wait_for()
     assert "alpha" in first.locator("h2").inner_text()
+    first.locator("summary").click()
+    _shoot(page, "safety-stop-light-laptop")
 
     first.get_by_role("button", name="Allow these deletes").click()
 
@@ -404,6 +406,7 @@ def test_pause_from_the_page_then_resume(daemon_env: Env, start: StartDaemon, pa
     page.get_by_role("button", name="Pause").click()
 
     page.locator("#mapping-0 .chip.paused", has_text="paused since").wait_for()
+    _shoot(page, "paused-light-laptop")
     assert page.locator("#mapping-0").get_attribute("class") == "mapping paused"
     health = httpx2.get(base + "healthz").json()
     assert [m["status"] for m in health["mappings"]] == ["paused"]

@@ -1,5 +1,5 @@
 """The local HTTP surface: ``/healthz``, ``/metrics``, the page, its thumbnails, an image's own page and
-the page's actions.
+the page's actions (sync, retry, pause, resume, allow-deletes: asked of the running daemon, ``Live``).
 
 The page (``/``) takes its view from the query string alone — ``q`` (a search, shown first), ``show``
 (the files listed: one of ``views.status.SHOWN``), ``mapping`` (one mapping's key: its files a page at a
