@@ -451,3 +451,20 @@ def test_the_feed_lists_an_added_file_by_name(daemon_env: Env, start: StartDaemo
     write(folder / "third.png", image())
     page.locator(".card .name", has_text="third.png").wait_for()
     assert page.locator("#activity").get_attribute("open") is None, "a closed feed stays closed as the view refreshes"
+
+
+def test_an_astria_image_has_a_page_without_a_local_picture(env: Env, ui: Any) -> None:
+    astria = env.sandbox.astria.add_pack("Headshots")
+    env.sandbox.astria.add_image(astria, "woman", image(20, 30))
+    env.map_astria(astria, pack="Headshots")
+    sync(env, wait=True, wait_timeout_s=30)
+    base = ui()
+    front = httpx2.get(base).text
+    (link,) = set(re.findall(r'href="(/image/[0-9a-f]{16}/[0-9a-f]{64})"', front))
+    (name,) = names(front)
+
+    answer = httpx2.get(base + link.lstrip("/"))
+
+    assert answer.status_code == 200
+    assert f'<h2 class="title">{name}</h2>' in answer.text and "/thumb/" not in answer.text
+    assert "Headshots" in answer.text and "A 20×30" in answer.text
