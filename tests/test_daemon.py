@@ -126,15 +126,17 @@ def test_sighup_picks_up_a_new_mapping(daemon_env: Env, start: StartDaemon) -> N
     assert fresh.read_bytes() in daemon_env.cdn_bytes(second)
 
 
-def test_second_instance_is_refused_with_the_running_pid(daemon_env: Env, start: StartDaemon) -> None:
-    daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"))
+def test_a_second_daemon_is_refused_with_the_running_pid_and_run_is_answered_by_the_first(
+        daemon_env: Env, start: StartDaemon) -> None:
+    folder = daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"))
     daemon = start()
 
     second = daemon_env.cli("daemon", timeout=30)
-    one_shot = daemon_env.cli("run", timeout=30)
+    one_shot = daemon_env.cli("run", "--no-wait", timeout=30)
 
-    assert second.returncode == one_shot.returncode == ExitCode.USAGE
-    assert f"pid {daemon.proc.pid}" in second.stderr and f"pid {daemon.proc.pid}" in one_shot.stderr
+    assert second.returncode == ExitCode.USAGE and f"pid {daemon.proc.pid}" in second.stderr
+    assert one_shot.returncode == ExitCode.OK, one_shot.stderr
+    assert str(folder) in one_shot.stdout and "0 added, 0 deleted, 0 failed" in one_shot.stdout
 
 
 def test_status_shows_the_running_daemon(daemon_env: Env, start: StartDaemon) -> None:
