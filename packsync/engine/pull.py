@@ -200,7 +200,7 @@ class Puller:
         """Pull the Genviral pack ``wanted`` (an id, or an exact name); ``sidecars = "xmp"``: with each
         file's AI description and keywords in an XMP sidecar beside it."""
         pack = await find_pack(self.api, wanted)
-        folder = _resolved(folder)
+        folder = resolved_folder(folder)
         report = await self._pull(pack, [genviral_download(str(folder), pack.pack_id, i) for i in pack.images],
                                   folder, options, PullSafety(f"genviral:{pack.name}", SourceFacts(),
                                                               _limits(options)))
@@ -222,7 +222,7 @@ class Puller:
         pack = RemotePack(label, found.title, tuple(RemoteImage(url, url) for url in chosen))
         problems = [Problem(where, why) for cls, where, why in found.problems if classes is None or cls in classes]
         unreadable = f"{label}: {len(problems)} of its entries could not be read" if problems else None
-        folder = _resolved(folder)
+        folder = resolved_folder(folder)
         scope = None if classes is None else {safe_part(cls) for cls in classes}
         report = await self._pull(pack, [astria_download(str(folder), pack.pack_id, i) for i in chosen.values()],
                                   folder, options, PullSafety(label, SourceFacts(unreadable=unreadable),
@@ -362,7 +362,8 @@ def _check_classes(pack: AstriaPack, classes: Collection[str] | None) -> None:
                           f"its classes are {', '.join(repr(c) for c in pack.classes) or 'none'}")
 
 
-def _resolved(folder: Path) -> Path:
+def resolved_folder(folder: Path) -> Path:
+    """The folder a pull writes into, as it is known by (its records, its lock): absolute, links resolved once."""
     try:
         return folder.expanduser().resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop
