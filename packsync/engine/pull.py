@@ -11,6 +11,10 @@ does not have. What was pulled is recorded in the state (folder, file, image, co
 gets its name, so ``--delete`` removes only files it pulled whose images left the pack — never one
 changed since, checked again as it is removed — and a mapping of the folder to the same pack
 afterwards adopts instead of uploading. Deleting has the sync direction's safety (``pull_plan``).
+
+A pull runs beside the daemon or a ``run``, without the state's lock (its opener locks the folder
+instead: ``state.lock.PullLock``): the rows it writes are its own (``pulled``) or facts a sync records
+alike (``url_contents``), each committed in a short transaction of its own.
 """
 
 from __future__ import annotations
