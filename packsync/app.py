@@ -9,7 +9,7 @@ Nothing else wires these parts.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,11 +113,11 @@ async def open_app(config: Config, token: str, *, readonly: bool = False,
 
 
 @asynccontextmanager
-async def _opened(config: Config, token: str, readonly: bool,
-                  progress: Progress | None) -> AsyncIterator[tuple[State, GenviralClient]]:
+async def _opened(config: Config, token: str, readonly: bool, progress: Progress | None,
+                  holds_lock: bool = True) -> AsyncIterator[tuple[State, GenviralClient]]:
     from packsync.state.store import State  # sqlmodel's import is a third of a second: not for `astria packs`
 
-    state = State(config.state_path, readonly=readonly)
+    state = State(config.state_path, readonly=readonly, holds_lock=holds_lock)
     try:
         async with transport_for(config) as transport:
             yield state, client_for(config, token, transport)
@@ -130,17 +130,23 @@ async def _opened(config: Config, token: str, readonly: bool,
 async def pull_once(config: Config, token: str, pack: str, folder: Path, options: PullOptions, *,
                     progress: Progress | None = None, classes: Collection[str] | None = None,
                     sidecars: str = "none") -> PullReport:
-    """``packsync pull``: open everything, pull one pack (``genviral:…`` or ``astria:…``) into ``folder``,
-    close everything."""
-    from packsync.engine.pull import Puller
+    """``packsync pull``: lock the folder, open everything, pull one pack (``genviral:…`` or ``astria:…``) into
+    ``folder``, close everything.
+
+    Not the state's lock: a pull runs beside the daemon or a ``run`` (``PullLock`` says why), so its state
+    is opened as one that does not hold that lock. A dry run writes nothing, and locks nothing."""
+    from packsync.engine.pull import Puller, resolved_folder
+    from packsync.state.lock import PullLock
 
     system, _, wanted = pack.partition(":")
-    async with _opened(config, token, options.dry_run, progress) as (state, api):
-        puller = Puller(api, state, progress or QUIET)
-        if system == "astria":
-            astria = AstriaClient(config.astria.base_url, read_astria_token(config), api.transport)
-            return await puller.pull_astria(astria, int(wanted), classes, folder, options)
-        return await puller.pull(wanted, folder, options, sidecars=sidecars)
+    folder = resolved_folder(folder)
+    with nullcontext() if options.dry_run else PullLock(config.state_path, folder):
+        async with _opened(config, token, options.dry_run, progress, holds_lock=False) as (state, api):
+            puller = Puller(api, state, progress or QUIET)
+            if system == "astria":
+                astria = AstriaClient(config.astria.base_url, read_astria_token(config), api.transport)
+                return await puller.pull_astria(astria, int(wanted), classes, folder, options)
+            return await puller.pull(wanted, folder, options, sidecars=sidecars)
 
 
 async def sync_once(config: Config, token: str, options: SyncOptions, progress: Progress | None = None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from contextlib import nullcontext
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -286,14 +285,14 @@ def pull(source: str, folder: str, delete: bool, max_delete: str, force: bool, d
     A Genviral PACK is an id or an exact name. An Astria pack (by its number) is written one sub-folder
     per class: FOLDER/<class>/<prompt id>-<n>.<ext>. --delete stops as run does (exit 4) when the pack is
     empty or past --max-delete, and deletes nothing while an entry cannot be read. No link below FOLDER
-    is followed.
+    is followed. It runs beside a running daemon or run; a second pull into the same FOLDER meanwhile is
+    refused.
     """
     import asyncio
 
     from packsync.app import pull_once
     from packsync.config import max_delete_of
     from packsync.engine.pull import PullOptions
-    from packsync.state.lock import StateLock
     from packsync.views.json import pull_document, write_json
     from packsync.views.progress import Progress
     from packsync.views.text import print_pull
@@ -312,9 +311,8 @@ def pull(source: str, folder: str, delete: bool, max_delete: str, force: bool, d
     config = _config()
     token = _token(config)
     options = PullOptions(delete=delete, dry_run=dry_run, max_delete=limit, force=force)
-    with nullcontext() if dry_run else StateLock(config.state_path):
-        report = asyncio.run(pull_once(config, token, source, Path(folder), options, progress=Progress(),
-                                       classes=classes.split(",") if classes else None, sidecars=sidecars))
+    report = asyncio.run(pull_once(config, token, source, Path(folder), options, progress=Progress(),
+                                   classes=classes.split(",") if classes else None, sidecars=sidecars))
     if as_json:
         write_json(pull_document(report, dry_run), sys.stdout)
     else:

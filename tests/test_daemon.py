@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import TOKEN, Env, image, write
-from helpers import StartDaemon, wait_until
+from helpers import StartDaemon, state_rows, wait_until
 
 from packsync.errors import ExitCode
 from packsync.sandbox.imaging import solid_png
@@ -126,15 +126,17 @@ def test_sighup_picks_up_a_new_mapping(daemon_env: Env, start: StartDaemon) -> N
     assert fresh.read_bytes() in daemon_env.cdn_bytes(second)
 
 
-def test_second_instance_is_refused_with_the_running_pid(daemon_env: Env, start: StartDaemon) -> None:
-    daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"))
+def test_a_second_daemon_is_refused_with_the_running_pid_and_run_is_answered_by_the_first(
+        daemon_env: Env, start: StartDaemon) -> None:
+    folder = daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("p"))
     daemon = start()
 
     second = daemon_env.cli("daemon", timeout=30)
-    one_shot = daemon_env.cli("run", timeout=30)
+    one_shot = daemon_env.cli("run", "--no-wait", timeout=30)
 
-    assert second.returncode == one_shot.returncode == ExitCode.USAGE
-    assert f"pid {daemon.proc.pid}" in second.stderr and f"pid {daemon.proc.pid}" in one_shot.stderr
+    assert second.returncode == ExitCode.USAGE and f"pid {daemon.proc.pid}" in second.stderr
+    assert one_shot.returncode == ExitCode.OK, one_shot.stderr
+    assert str(folder) in one_shot.stdout and "0 added, 0 deleted, 0 failed" in one_shot.stdout
 
 
 def test_status_shows_the_running_daemon(daemon_env: Env, start: StartDaemon) -> None:
@@ -264,6 +266,36 @@ def test_a_state_found_corrupt_mid_run_ends_the_daemon_in_its_sentence_with_the_
     assert daemon.proc.returncode == ExitCode.USAGE, log[-2000:]
     assert "is corrupt (no such table: daemon)" in log and "Traceback" not in log
     assert '"daemon stopped"' in log, "the way out stopped half-way, the state left open"
+
+
+def test_a_safety_stop_the_daemon_records_is_seen_by_another_process_reading_all_along(
+        daemon_env: Env, start: StartDaemon) -> None:
+    """Another program reading the state while the daemon runs (``status``, a sqlite3 shell; each read on a
+    connection of its own, closed after it) sees every sync the daemon records, however early and often it
+    reads: its reads never take the daemon's write-ahead log away from it. (The daemon opens the page's
+    read-only connections beside its writer; opening the file by any other means than SQLite's there once
+    dropped the writer's locks, and the next reader to close took itself for the file's last user.)"""
+    roots = []
+    for name in ("alpha", "beta"):
+        folder = daemon_env.map(name, pack_id=daemon_env.sandbox.create_pack(name), max_delete=1)
+        roots.append(str(folder))
+        for n in range(3):
+            write(folder / f"{n}.png", image())
+    start()
+    synced = "SELECT root, synced_at FROM mappings WHERE synced_at IS NOT NULL ORDER BY root"
+    first = dict(wait_until(lambda: len(rows := state_rows(daemon_env.state_path, synced)) == 2 and rows,
+                            timeout=30, what="both first syncs seen by another process"))
+
+    for root in roots:
+        for n in (0, 1):
+            (Path(root) / f"{n}.png").unlink()
+
+    stopped = "SELECT root, synced_at, withheld FROM mappings WHERE safety IS NOT NULL ORDER BY root"
+    rows = wait_until(lambda: len(found := state_rows(daemon_env.state_path, stopped)) == 2 and found,
+                      timeout=20, what="both safety stops seen by another process")
+    assert [(root, sorted(json.loads(withheld))) for root, _, withheld in rows] == [
+        (root, ["0.png", "1.png"]) for root in sorted(roots)]
+    assert all(synced_at > first[root] for root, synced_at, _ in rows)
 
 
 def test_each_state_trouble_is_said_once_by_its_reason_not_its_text(tmp_path: Path) -> None:

@@ -9,8 +9,13 @@ and asserts the pack ends without a duplicate content whatever the interleaving.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import FAST, Env, image, write
@@ -129,6 +134,42 @@ def test_a_run_whose_state_or_lock_is_deleted_stops_writing_in_one_sentence(env:
     assert str(raised.value).startswith(f"{which} {SAID}"), str(raised.value)
     if removed == "state.db*":
         assert not env.state_path.exists(), "nothing written on to a new file behind the run's back"
+
+
+def read_elsewhere(path: Path, sql: str) -> list[list[Any]]:
+    """``sql``'s rows, read by another process on a connection of its own, closed after it (``status``, a
+    sqlite3 shell): the last one to close a database takes the write-ahead log away with it."""
+    code = ("import json, sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
+            "print(json.dumps(db.execute(sys.argv[2]).fetchall())); db.close()")
+    done = subprocess.run([sys.executable, "-c", code, str(path), sql], capture_output=True, text=True, timeout=30,
+                          check=True)
+    rows: list[list[Any]] = json.loads(done.stdout)
+    return rows
+
+
+@pytest.mark.parametrize("readonly", [True, False], ids=["reader", "writer"])
+def test_a_state_opened_again_beside_its_writer_leaves_every_commit_seen_by_other_processes(env: Env,
+                                                                                            readonly: bool) -> None:
+    """The page opens read-only states in the daemon's process, beside its writer. That drops none of the
+    writer's locks: another program that reads and closes meanwhile never takes itself for the file's last
+    user (checkpointing the log and deleting it under the writer), so every later commit stays seen."""
+    from packsync.state.store import State
+
+    env.state_path.parent.mkdir(parents=True)
+    writer = State(env.state_path)
+    try:
+        writer.mappings.save_daemon(state="starting")
+        beside = State(env.state_path, readonly=readonly)
+        try:
+            assert read_elsewhere(env.state_path, "SELECT state FROM daemon") == [["starting"]]
+            writer.mappings.save_daemon(state="running")
+            assert read_elsewhere(env.state_path, "SELECT state FROM daemon") == [["running"]]
+        finally:
+            beside.close()
+        writer.mappings.save_daemon(state="stopping")
+        assert read_elsewhere(env.state_path, "SELECT state FROM daemon") == [["stopping"]]
+    finally:
+        writer.close()
 
 
 def test_a_state_deleted_mid_round_stops_the_daemon_s_writes_and_adopts_what_it_added(daemon_env: Env,

@@ -11,6 +11,10 @@ does not have. What was pulled is recorded in the state (folder, file, image, co
 gets its name, so ``--delete`` removes only files it pulled whose images left the pack — never one
 changed since, checked again as it is removed — and a mapping of the folder to the same pack
 afterwards adopts instead of uploading. Deleting has the sync direction's safety (``pull_plan``).
+
+A pull runs beside the daemon or a ``run``, without the state's lock (its opener locks the folder
+instead: ``state.lock.PullLock``): the rows it writes are its own (``pulled``) or facts a sync records
+alike (``url_contents``), each committed in a short transaction of its own.
 """
 
 from __future__ import annotations
@@ -200,7 +204,7 @@ class Puller:
         """Pull the Genviral pack ``wanted`` (an id, or an exact name); ``sidecars = "xmp"``: with each
         file's AI description and keywords in an XMP sidecar beside it."""
         pack = await find_pack(self.api, wanted)
-        folder = _resolved(folder)
+        folder = resolved_folder(folder)
         report = await self._pull(pack, [genviral_download(str(folder), pack.pack_id, i) for i in pack.images],
                                   folder, options, PullSafety(f"genviral:{pack.name}", SourceFacts(),
                                                               _limits(options)))
@@ -222,7 +226,7 @@ class Puller:
         pack = RemotePack(label, found.title, tuple(RemoteImage(url, url) for url in chosen))
         problems = [Problem(where, why) for cls, where, why in found.problems if classes is None or cls in classes]
         unreadable = f"{label}: {len(problems)} of its entries could not be read" if problems else None
-        folder = _resolved(folder)
+        folder = resolved_folder(folder)
         scope = None if classes is None else {safe_part(cls) for cls in classes}
         report = await self._pull(pack, [astria_download(str(folder), pack.pack_id, i) for i in chosen.values()],
                                   folder, options, PullSafety(label, SourceFacts(unreadable=unreadable),
@@ -362,7 +366,8 @@ def _check_classes(pack: AstriaPack, classes: Collection[str] | None) -> None:
                           f"its classes are {', '.join(repr(c) for c in pack.classes) or 'none'}")
 
 
-def _resolved(folder: Path) -> Path:
+def resolved_folder(folder: Path) -> Path:
+    """The folder a pull writes into, as it is known by (its records, its lock): absolute, links resolved once."""
     try:
         return folder.expanduser().resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop

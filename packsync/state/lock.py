@@ -8,12 +8,15 @@ A lock is on a file, not a path: a lock file deleted (``rm state.db*``) or repla
 no one any more, since the next packsync creates a new file at the path and locks that. So a lock is
 taken on the file the path names once it is locked (``acquire`` checks), a holder can ask whether it
 still is (``intact``) and take the lock again on the file there now (``renew``).
+
+``packsync pull`` takes none of this: it locks the folder it writes into (``PullLock``), and nothing else.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 from pathlib import Path
 from types import TracebackType
@@ -122,3 +125,35 @@ class StateLock:
 
     def __exit__(self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None) -> None:
         self.release()
+
+
+def pull_lock_path(state_path: Path, folder: Path) -> Path:
+    """The lock file of ``packsync pull`` into ``folder`` (resolved), beside the state: one per folder, named
+    by a digest of its path. Never in the folder itself, which is the user's (and may be a mapped one)."""
+    digest = hashlib.sha256(os.fsencode(folder)).hexdigest()[:16]
+    return state_path.with_name(f"{state_path.name}.pull-{digest}.lock")
+
+
+class PullLock(StateLock):
+    """One ``packsync pull`` per destination folder: an exclusive ``flock`` on its own lock file.
+
+    A pull takes this lock, not the state's, so it runs beside the daemon and ``run``: what it writes to
+    the state (the files it pulled, the contents of the URLs it downloaded) is its own or a fact every
+    writer agrees on, each in a short transaction. Two pulls into one folder would not interleave safely
+    (each would place its own copy of an image under another name), so the second is refused at once,
+    naming the folder — as a second ``run`` or ``daemon`` is — rather than waiting: it would only
+    download what the first is downloading, and a wait the length of a large pack looks like a hang.
+    """
+
+    def __init__(self, state_path: Path, folder: Path) -> None:
+        super().__init__(state_path)
+        self.folder = folder
+        self.path = pull_lock_path(state_path, folder)
+
+    def _locked(self) -> int:
+        try:
+            return super()._locked()
+        except LockedError:
+            holder = self.holder()
+            raise LockedError(f"another packsync pull (pid {holder if holder and holder > 0 else 'unknown'}) is "
+                              f"writing into {self.folder}; wait for it to finish.") from None

@@ -1,11 +1,12 @@
 """What the state knows of SQLite, named and in one place (the search index aside: ``search``).
 
 The file (its header, the private mode it is created with, how it is opened only to read it, the
-crash recovery a reader may need), the engine and its one connection (made by SQLite's driver in
-autocommit, configured by one ``connect`` listener), and the few statements only SQLite has: its
-pragmas, ``BEGIN IMMEDIATE``, ``ON CONFLICT`` upserts, temporary tables and the triggers that count
-changes. A state on another database would replace this module, not the repositories. It knows the
-tables by name only and holds no row.
+crash recovery a reader may need, and that nothing but SQLite opens it while SQLite holds it open:
+``held``), the engine and its one connection (made by SQLite's driver in autocommit, configured by one
+``connect`` listener), and the few statements only SQLite has: its pragmas, ``BEGIN IMMEDIATE``,
+``ON CONFLICT`` upserts, temporary tables and the triggers that count changes. A state on another
+database would replace this module, not the repositories. It knows the tables by name only and holds
+no row.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
+import threading
+import weakref
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.schema import CreateTable
 from sqlmodel import create_engine
 
-from packsync.files import open_regular
+from packsync.files import file_id, open_regular
 
 #: The driver's errors that reach the state unwrapped (opening a file to look at it, before the engine).
 DRIVER_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
@@ -39,14 +42,63 @@ BUSY_TIMEOUT_MS = 2000
 HEADER = b"SQLite format 3\x00"
 
 
+class HeldConnection(sqlite3.Connection):
+    """A connection of the driver's, counted as holding its database file open (``held``) until closed."""
+
+    file: tuple[int, int] | None = None  # the file's device and inode (None: a database in memory)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            with _connections_lock:
+                _connections.discard(self)
+
+
+#: The connections this process has open (one lost unclosed leaves the set as it is collected).
+_connections: weakref.WeakSet[HeldConnection] = weakref.WeakSet()
+_connections_lock = threading.Lock()
+
+
+def open_connection(path: Path | None, target: str, *, uri: bool = False) -> HeldConnection:
+    """The driver's connection to ``target``, the database file at ``path`` (None: in memory), in autocommit
+    and usable from any thread, counted in ``held`` until closed. Every connection packsync opens is one."""
+    connection = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False,
+                                 factory=HeldConnection)
+    if path is not None:
+        connection.file = file_id(path)
+        with _connections_lock:
+            _connections.add(connection)
+    return connection
+
+
+def held(path: Path) -> bool:
+    """Whether this process holds the file at ``path`` open through SQLite: then nothing else may open it.
+
+    SQLite's locks are POSIX advisory locks, which belong to the process, not to a descriptor: closing any
+    descriptor of the file drops them all, SQLite's too (SQLite itself defers closing its own). A connection
+    to a WAL database holds a shared lock on the file while it is open; a reader in another process that
+    finds none left when it closes takes itself for the file's last user, checkpoints the write-ahead log
+    and deletes it, with the shared memory — while this process goes on committing into the deleted log,
+    seen by no one (``status``, the page of a ``packsync ui``) until it checkpoints or closes.
+    """
+    found = file_id(path)
+    with _connections_lock:
+        return found is not None and any(connection.file == found for connection in _connections)
+
+
 def private_file(path: Path) -> None:
     """Create ``path`` (and its folder) readable by the user only, if it does not exist yet."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    if not held(path):  # (a held one exists, and closing a descriptor of it would drop SQLite's locks)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
 
 
 def has_header(path: Path) -> bool:
-    """Whether the file at ``path`` is empty or starts as a SQLite database does (OSError if unreadable)."""
+    """Whether the file at ``path`` is empty or starts as a SQLite database does (OSError if unreadable).
+    A file this process holds open through SQLite is one, and is not opened again to look (``held``)."""
+    if held(path):
+        return True
     with open_regular(path) as handle:  # (a FIFO would block the open, and SQLite's after it)
         head = handle.read(16)
     return not head or head == HEADER
@@ -75,13 +127,13 @@ def read_meta(path: Path) -> tuple[set[str], dict[str, str]]:
     except sqlite3.OperationalError as exc:
         if not (exc.sqlite_errorname or "").startswith("SQLITE_READONLY_"):
             raise
-    with closing(sqlite3.connect(path)) as connection:
+    with closing(open_connection(path, str(path))) as connection:
         connection.execute("SELECT count(*) FROM sqlite_master").fetchall()
     return _read_meta(path)
 
 
 def _read_meta(path: Path) -> tuple[set[str], dict[str, str]]:
-    with closing(sqlite3.connect(readonly_uri(path), uri=True)) as connection:
+    with closing(open_connection(path, readonly_uri(path), uri=True)) as connection:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         meta = dict(connection.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
     return tables, meta
@@ -97,10 +149,8 @@ def open_engine(path: Path | None, *, readonly: bool = False) -> Engine:
     target, uri = (":memory:", False) if path is None else (readonly_uri(path), True) if readonly \
         else (str(path), False)
 
-    def connect() -> sqlite3.Connection:
-        return sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
-
-    engine = create_engine("sqlite://", creator=connect, poolclass=StaticPool)
+    creator = functools.partial(open_connection, path, target, uri=uri)
+    engine = create_engine("sqlite://", creator=creator, poolclass=StaticPool)
     event.listen(engine, "connect", functools.partial(_configure, writer=path is not None and not readonly))
     return engine
 

@@ -21,8 +21,6 @@ module outside ``packsync.state`` runs SQL or imports a database library.
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,59 +38,6 @@ from packsync.state.unit import DATABASE_ERRORS, UnitOfWork, raise_unusable
 from packsync.state.uploads import UploadRepository
 
 
-class _OpenHere:
-    """The state files this process has open through SQLite, by file (device and inode), and how many times.
-
-    Closing any descriptor of a file drops every POSIX lock the process holds on it — SQLite's own among
-    them, which SQLite avoids by never closing one of its descriptors while another connection of the
-    process holds a lock. Without its lock on the database, a connection looks unused to other processes:
-    the last of theirs to close would take the write-ahead log away from under it (a ``pull`` beside the
-    daemon, whose page opens the state again to read it, did: the daemon went on writing to a log nobody
-    else could see). So a file open here already is not opened again to be looked at (``_look_at``).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()  # (the page opens its states from worker threads)
-        self._files: Counter[tuple[int, int]] = Counter()
-
-    def __contains__(self, path: Path) -> bool:
-        with self._lock:
-            return file_id(path) in self._files
-
-    def add(self, path: Path) -> tuple[int, int] | None:
-        """Count the file at ``path`` as open here; which file that is (None: none is there)."""
-        file = file_id(path)
-        if file is not None:
-            with self._lock:
-                self._files[file] += 1
-        return file
-
-    def discard(self, file: tuple[int, int] | None) -> None:
-        if file is not None:
-            with self._lock:
-                self._files[file] -= 1
-                if self._files[file] <= 0:
-                    del self._files[file]
-
-
-_OPEN_HERE = _OpenHere()
-
-
-def _look_at(path: Path, readonly: bool) -> None:
-    """Refuse a file that is not SQLite's before SQLite opens it; a writer's is created private if missing.
-    Not a file this process has open already (``_OpenHere`` says why): it was looked at when first opened."""
-    if path in _OPEN_HERE:
-        return
-    try:
-        if not sqlite.has_header(path):
-            raise StateError(f"{path} is not a SQLite database; packsync will not overwrite it. "
-                             "Move it away, or set [state] path to another file.")
-    except FileNotFoundError:
-        pass
-    if not readonly:
-        sqlite.private_file(path)
-
-
 class State:
     """The state database, used from one thread at a time."""
 
@@ -103,7 +48,12 @@ class State:
         self.readonly = readonly
         unit: UnitOfWork | None = None
         try:
-            _look_at(path, readonly)
+            try:
+                if not sqlite.has_header(path):
+                    raise StateError(f"{path} is not a SQLite database; packsync will not overwrite it. "
+                                     "Move it away, or set [state] path to another file.")
+            except FileNotFoundError:
+                pass
             version, tables = upgrade.inspect(path)
             if readonly and version is None:
                 # Nothing to read yet (no file, or one a first run left unfinished): an empty state in
@@ -115,6 +65,7 @@ class State:
                 upgrade.read_as_current(unit, version, tables)
                 rows.check(unit)
             else:
+                sqlite.private_file(path)
                 unit = UnitOfWork(path, sqlite.open_engine(path))
                 upgrade.set_up(unit, version, tables)
                 rows.check(unit)
@@ -127,7 +78,6 @@ class State:
                 unit.close()
             raise
         self.unit = unit
-        self._here = None if readonly and version is None else _OPEN_HERE.add(path)  # (in memory: no file)
         # The files opened (the lock: the one packsync locked before opening it), so that a write never goes
         # on to a file deleted or replaced meanwhile — nor under a lock that excludes no one any more.
         watched = () if readonly else (path, lock_path(path)) if holds_lock else (path,)
@@ -142,8 +92,6 @@ class State:
 
     def close(self) -> None:
         self.unit.close()
-        _OPEN_HERE.discard(self._here)
-        self._here = None
 
     def replaced(self) -> Path | None:
         """The file (the database, else its lock) deleted or replaced since the state was opened, if any.
