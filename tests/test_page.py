@@ -25,6 +25,7 @@ import pytest
 from conftest import Env, image, write
 from helpers import StartDaemon, wait_until
 from test_browser import CHROMIUM, browser, demo_folders, page, sync_api  # noqa: F401 - fixtures, the demo
+from test_control import images_in, two_mappings
 from test_web import page_url
 
 from packsync.sandbox.imaging import solid_png
@@ -351,26 +352,10 @@ def _shoot(tab: Any, name: str) -> None:
 
 # -- acting on a mapping (the daemon's page) ---------------------------------------------------------------
 
-def two_stopped_mappings(env: Env) -> list[tuple[Path, str]]:
-    """Two folders of three files, each into a pack of its own, where deleting two is past ``max_delete``."""
-    made = []
-    for name in ("alpha", "beta"):
-        pack_id = env.sandbox.create_pack(name)
-        folder = env.map(name, pack_id=pack_id, max_delete=1)
-        for n in range(3):
-            write(folder / f"{n}.png", image())
-        made.append((folder, pack_id))
-    return made
-
-
-def images_in(env: Env, pack_id: str) -> int:
-    return len(env.pack(pack_id)["images"])
-
-
 @needs_chromium
 def test_allow_these_deletes_clears_one_mapping_s_safety_stop_only(daemon_env: Env, start: StartDaemon,
                                                                     page: Any) -> None:  # noqa: F811
-    (alpha, alpha_pack), (beta, beta_pack) = two_stopped_mappings(daemon_env)
+    (alpha, alpha_pack), (beta, beta_pack) = two_mappings(daemon_env)
     base = page_url(start())
     wait_until(lambda: images_in(daemon_env, alpha_pack) == images_in(daemon_env, beta_pack) == 3, timeout=30)
     for folder in (alpha, beta):
