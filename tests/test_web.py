@@ -114,7 +114,7 @@ def test_a_safety_stop_is_failing_and_the_page_lists_what_force_would_delete(
     assert document["mappings"][0]["safety_stop"]
     assert len(env.pack(pack_id)["images"]) == 3, "nothing deleted"
     html = httpx2.get(base).text
-    assert "Safety stop" in html and "--force would delete 3 images" in html
+    assert "Safety stop" in html and "3 images it would delete" in html
     assert all(f"photo{n}.png" in html for n in range(3))
 
 
