@@ -334,3 +334,123 @@ def test_a_key_the_server_echoes_is_in_no_answer_of_the_daemon_nor_the_command(d
                     b"POST /sync HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"):
         assert b"s3cr3t" not in raw(path, request)
     del pack_id
+
+
+# -- approving deletes: one mapping's, never another's ----------------------------------------------------
+
+
+def withheld(env: Env, root: Path) -> int | None:
+    rows = state_rows(env.state_path, "SELECT withheld_count FROM mappings WHERE root = ? AND safety IS NOT NULL",
+                      str(root))
+    return rows[0][0] if rows else None
+
+
+def test_allow_deletes_of_a_subfolder_s_pack_approves_its_own_and_of_the_parent_every_one(
+        daemon_env: Env, start: StartDaemon) -> None:
+    root = daemon_env.map("brand", packs_from="subfolders", pack_prefix="Brand ", max_delete=1)
+    for sub in ("one", "two", "three"):
+        for n in range(3):
+            write(root / sub / f"{n}.png", image())
+    start()
+    packs = {sub: daemon_env.pack_named(f"Brand {sub}")["id"] for sub in ("one", "two", "three")}
+    for sub in ("one", "two", "three"):
+        for n in range(2):
+            (root / sub / f"{n}.png").unlink()
+    wait_until(lambda: all(withheld(daemon_env, root / sub) == 2 for sub in packs), timeout=30,
+               what="three safety stops")
+
+    one = daemon_env.cli("allow-deletes", "Brand one")
+    assert one.returncode == 0 and "2 deleted" in one.stdout, one.stdout + one.stderr
+    assert [len(images_in(daemon_env, packs[sub])) for sub in ("one", "two", "three")] == [1, 3, 3]
+    assert daemon_env.cli("allow-deletes", str(root / "two")).returncode == 0
+    assert [len(images_in(daemon_env, packs[sub])) for sub in ("one", "two", "three")] == [1, 1, 3]
+    every = daemon_env.cli("allow-deletes", "brand")
+    assert every.returncode == 0, every.stdout + every.stderr
+    assert [len(images_in(daemon_env, packs[sub])) for sub in ("one", "two", "three")] == [1, 1, 1]
+
+
+def test_run_force_naming_a_pack_two_mappings_share_is_refused_and_a_folder_forces_its_own_only(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("Shared")
+    first, second = env.map("first", pack_id=pack_id, max_delete=1), env.map("second", pack_id=pack_id, max_delete=1)
+    for folder in (first, second):
+        for n in range(3):
+            write(folder / f"{n}.png", image())
+    env.sync()
+    for folder in (first, second):
+        (folder / "0.png").unlink()
+        (folder / "1.png").unlink()
+
+    for name in ("Shared", "shared"):
+        refused = env.cli("run", "--no-wait", "--force", name)
+        assert refused.returncode == 2 and "names 2 mappings" in refused.stderr, refused.stderr
+    assert len(images_in(env, pack_id)) == 6
+    forced = env.cli("run", "--no-wait", "--force", str(first))
+    assert forced.returncode == 4, forced.stdout + forced.stderr
+    assert len(images_in(env, pack_id)) == 4
+    assert withheld(env, first) is None and withheld(env, second) == 2
+
+
+# -- pause and resume at odd moments ---------------------------------------------------------------------
+
+
+def test_a_pause_during_a_sync_in_flight_is_answered_at_once_and_holds_after_it(daemon_env: Env,
+                                                                              start: StartDaemon) -> None:
+    folder, pack_id = a_mapping_of(daemon_env, "pics", 1)
+    start()
+    for n in range(30):
+        write(folder / f"new{n:02}.png", image())
+    slow(daemon_env, 0.5)
+    run = background(daemon_env, "run", "--no-wait")
+    wait_until(lambda: adds(daemon_env) >= 1, timeout=30, what="the daemon's sync under way")
+
+    paused = daemon_env.cli("pause", "pics", timeout=30)
+    assert paused.returncode == 0 and run.poll() is None, paused.stderr
+    daemon_env.sandbox.faults.latency_s = 0.0
+    assert ended(run)[0] == 0
+    write(folder / "after.png", image())
+    synced = daemon_env.cli("sync", "--json")
+    assert json.loads(synced.stdout)["paused"] == [str(folder)]
+    assert "after.png" not in {image.get("file_name") for image in daemon_env.pack(pack_id)["images"]}
+    assert len(images_in(daemon_env, pack_id)) == 31
+
+
+def test_resume_with_nothing_paused_changes_nothing(env: Env, daemon_env: Env, start: StartDaemon) -> None:
+    root = daemon_env.map("brand", packs_from="subfolders")
+    write(root / "one" / "a.png", image())
+    plain, _pack = a_mapping_of(daemon_env, "plain", 1)
+    env.sync()
+    before = json.loads(env.cli("status", "--json", token=None).stdout)["mappings"]
+    alone = env.cli("resume")
+    assert alone.returncode == 0, alone.stderr
+    assert json.loads(env.cli("status", "--json", token=None).stdout)["mappings"] == before
+    start()
+    through = daemon_env.cli("resume")
+    assert through.returncode == 0, through.stderr
+    assert state_rows(env.state_path, "SELECT count(*) FROM mappings WHERE paused IS NOT NULL") == [(0,)]
+    assert [m["status"] if "status" in m else m.get("paused") for m in
+            json.loads(env.cli("status", "--json", token=None).stdout)["mappings"]] == \
+        [m["status"] if "status" in m else m.get("paused") for m in before]
+    del plain
+
+
+def test_a_daemon_killed_while_a_run_waits_ends_the_run_and_the_next_acts_alone(daemon_env: Env,
+                                                                              start: StartDaemon) -> None:
+    folder, pack_id = a_mapping_of(daemon_env, "pics", 1)
+    daemon = start()
+    for n in range(30):
+        write(folder / f"new{n:02}.png", image())
+    slow(daemon_env, 0.5)
+    path = socket_path(daemon_env.state_path)
+    asking = connections(path)
+    run = background(daemon_env, "run", "--no-wait")
+    wait_until(lambda: connections(path) > asking and adds(daemon_env) >= 1, timeout=30, what="the run's sync under way")
+    daemon.proc.kill()
+    daemon.proc.wait()
+
+    code, out, err = ended(run, timeout=30)
+    assert code != 0 and err.startswith("packsync: ") and "Traceback" not in err, out + err
+    daemon_env.sandbox.faults.latency_s = 0.0
+    again = daemon_env.cli("run", "--no-wait")
+    assert again.returncode == 0, again.stdout + again.stderr
+    urls = images_in(daemon_env, pack_id)
+    assert len(urls) == 31 == len(set(urls))
