@@ -269,7 +269,8 @@ def test_garbage_huge_headers_a_body_and_a_slowloris_leave_the_daemon_serving(da
     answer = raw(path, b"POST /resume HTTP/1.1\r\nHost: p\r\nConnection: close\r\nContent-Length: "
                  + str(len(body)).encode() + b"\r\n\r\n" + body)
     assert answer.startswith((b"HTTP/1.1 200", b"HTTP/1.1 413")), answer[:200]
-    assert raw(path, b"POST /sync?wait=soon HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 400")
+    unreadable_wait = raw(path, b"POST /sync?wait=soon HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n")
+    assert unreadable_wait.startswith(b"HTTP/1.1 400"), unreadable_wait[:200]
 
     paused = daemon_env.cli("pause", "pics", timeout=30)
     assert paused.returncode == 0, paused.stderr
@@ -347,6 +348,13 @@ def test_a_key_the_server_echoes_is_in_no_answer_of_the_daemon_nor_the_command(d
     for request in (b"GET / HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n",
                     b"POST /sync HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"):
         assert b"s3cr3t" not in raw(path, request)
+    # A key refused, with the key echoed: the sync fails as a whole, in the daemon's sentence.
+    daemon_env.sandbox.clear_faults()
+    refused = json.dumps({"ok": False, "code": 401, "message": f"invalid key {TOKEN}"})
+    daemon_env.sandbox.rewrite("GET", "/packs/{id}", lambda _reply: Reply(401, refused.encode()))
+    answered = daemon_env.cli("sync", "pics")
+    assert answered.returncode == 3, answered.stdout + answered.stderr
+    assert "s3cr3t" not in answered.stdout + answered.stderr
     del pack_id
 
 
