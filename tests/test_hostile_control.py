@@ -481,3 +481,32 @@ def test_a_daemon_killed_while_a_run_waits_ends_the_run_and_the_next_acts_alone(
     assert again.returncode == 0, again.stdout + again.stderr
     urls = images_in(daemon_env, pack_id)
     assert len(urls) == 31 == len(set(urls))
+
+
+def test_allow_deletes_racing_a_new_delete_through_the_daemon_deletes_nothing(daemon_env: Env,
+                                                                            start: StartDaemon) -> None:
+    """The approval is asked for while another sync holds the daemon; a file goes before it runs: the stop
+    stands, now withholding three, and nothing is deleted."""
+    folder, pack_id = a_mapping_of(daemon_env, "pics", 3, max_delete=1)
+    busy, _busy_pack = a_mapping_of(daemon_env, "busy", 1)
+    start()
+    (folder / "00.png").unlink()
+    (folder / "01.png").unlink()
+    wait_until(lambda: withheld(daemon_env, folder) == 2, timeout=30, what="the safety stop")
+    release = hold_adds(daemon_env)
+    path = socket_path(daemon_env.state_path)
+    asking = connections(path)
+    write(busy / "new.png", image())
+    holding = background(daemon_env, "sync", "busy")
+    wait_until(lambda: connections(path) > asking and adds(daemon_env) >= 1, timeout=30,
+               what="the busy sync asked for, a sync in flight")
+    approving = background(daemon_env, "allow-deletes", "pics")
+    wait_until(lambda: connections(path) > asking + 1, timeout=30, what="the approval asked for")
+    (folder / "02.png").unlink()
+    release.set()
+
+    code, out, err = ended(approving)
+    assert code == 4, out + err
+    assert ended(holding)[0] == 0
+    assert len(images_in(daemon_env, pack_id)) == 3, "a delete never approved was made"
+    assert withheld(daemon_env, folder) == 3
