@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -80,6 +81,8 @@ class Daemon:
     def _ask(self, method: str, route: str, params: Sequence[tuple[str, str]], timeout: float | None) -> dict[str, Any]:
         import httpx2
 
+        # Its INFO line per request is no output of a command's (it printed on stderr before every answer).
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
         with address(self.path) as where, httpx2.Client(transport=httpx2.HTTPTransport(uds=where),
                                                         timeout=httpx2.Timeout(timeout, connect=5.0)) as client:
             try:

@@ -96,6 +96,8 @@ def named(config: Config, state: State, name: str) -> MappingConfig:
 
     ways: list[Callable[[MappingConfig], bool]] = [
         lambda m: m.label in (name, resolved),
+        # A pack's exact name before one differing in case alone: "Shots" and "shots" are two packs.
+        lambda m: name in {m.pack, recorded_name(m)},
         lambda m: name.casefold() in {n.casefold() for n in (m.pack, recorded_name(m)) if n},
         lambda m: m.path is not None and m.path.name == name,
     ]

@@ -110,16 +110,12 @@ class Control:
     async def sync(self, request: web.Request) -> web.Response:
         """A sync now, answered once it ended (and, with ``wait``, once the metadata came or that long passed)."""
         labels = self.labels(request)
-        allow: dict[str, int | None] = {}
-        for item in request.query.getall("allow", []):
-            label, _, count = item.rpartition("=")
-            allow[label] = int(count) if count.isdigit() else None
-        wait = request.query.get("wait")
-        options = SyncOptions(wait=False, force=request.query.get("force") == "1", allow=allow)
+        wait = _seconds(request.query.get("wait"))
+        options = SyncOptions(wait=False, force=request.query.get("force") == "1", allow=_allowed(request))
         # A caller that goes away leaves the sync to end as it would: it is the daemon's now.
         report = await asyncio.shield(self.daemon.status.ask(labels, options))
         if wait is not None:
-            report.metadata_pending = await self._metadata(report, float(wait))
+            report.metadata_pending = await self._metadata(report, wait)
         return web.json_response(rendered(report))
 
     async def _metadata(self, report: SyncReport, timeout_s: float) -> int:
@@ -157,6 +153,28 @@ class Control:
             self.log.error("control request failed", path=request.path[:200], error=f"{type(exc).__name__}: {exc}",
                            exc_info=exc)
             return _refusal("internal error; see the daemon's log", 500, ExitCode.SOME_FAILED)
+
+
+def _allowed(request: web.Request) -> dict[str, int | None]:
+    """The deletes a sync request allows, per mapping (``allow=L=N``: at most N; ``allow=L=``: any number).
+    A count that is no number is refused before anything syncs: read as "any number", it would lift the stop."""
+    allow: dict[str, int | None] = {}
+    for item in request.query.getall("allow", []):
+        label, _, count = item.rpartition("=")
+        if count and not (count.isascii() and count.isdigit()):
+            raise web.HTTPBadRequest(text=f"allow: {item[:200]!r} is not MAPPING=COUNT")
+        allow[label] = int(count) if count else None
+    return allow
+
+
+def _seconds(value: str | None) -> float | None:
+    """A request's ``wait``, checked before its sync runs (None: not given)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"wait: {value[:50]!r} is not a number of seconds") from None
 
 
 def rendered(report: SyncReport) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from packsync.config import Config, MappingConfig
 from packsync.daemon.aggregator import Aggregator, Due
 from packsync.daemon.timing import Timing
+from packsync.errors import ConfigError
 from packsync.mappings import group_of
 from packsync.remote.retry import Retrying
 from packsync.sources.patterns import IGNORE_FILE
@@ -104,8 +105,14 @@ class Schedule:
         """The round to run now, if any (None while paused): a sync asked for first."""
         while self.asked:
             asked = self.asked.popleft()
-            if not asked.reply.done():  # (its asker may have given up)
-                return Round(asked.labels, full=asked.labels is None, asked=asked)
+            if asked.reply.done():  # (its asker gave up)
+                continue
+            # A reload while it waited may have removed a mapping it names: syncing the rest would answer "done".
+            if gone := sorted(label for label in asked.labels or () if self.folder_of(label) is None):
+                asked.reply.set_exception(ConfigError(f"the daemon no longer syncs {gone[0]}: its config was "
+                                                      "reloaded without it."))
+                continue
+            return Round(asked.labels, full=asked.labels is None, asked=asked)
         if self.paused_until is not None:
             if now < self.paused_until:
                 return None
