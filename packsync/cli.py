@@ -200,6 +200,7 @@ def sync_now(mappings: tuple[str, ...], wait_s: float | None, as_json: bool) -> 
 def _hold(names: tuple[str, ...], paused: bool) -> None:
     """``pause``/``resume``: through the daemon when one holds the state, else in the state, with its lock."""
     from packsync.control import find_daemon
+    from packsync.mappings import unnamed
     from packsync.state.lock import StateLock
     from packsync.state.store import State
 
@@ -213,16 +214,16 @@ def _hold(names: tuple[str, ...], paused: bool) -> None:
         with StateLock(config.state_path):
             state = State(config.state_path)
             try:
-                everyone = {m.label for m in config.mappings} | (set() if paused else state.mappings.paused())
-                done = labels or sorted(everyone)
+                done = labels or unnamed(config, state, paused)
                 state.mappings.pause(done, paused)
             finally:
                 state.close()
     for label in done:
         click.echo(f"{verb}d  {label}")
-    if paused and done:
-        click.echo("Nothing is synced to or from them until `packsync resume`; the daemon keeps the pause across "
-                   "restarts.")
+    if not done:
+        click.echo("nothing is paused.")
+    elif paused:
+        click.echo("A sync under way finishes; no other starts until `packsync resume`, across daemon restarts.")
 
 
 @_command(main)

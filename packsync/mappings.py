@@ -82,6 +82,12 @@ def recorded_pack_id(state: State, mapping: MappingConfig) -> str | None:
 
 
 
+def unnamed(config: Config, state: State, pausing: bool) -> list[str]:
+    """The mappings ``pause`` (every mapping of the config) or ``resume`` (every one paused, a subfolder's
+    pack paused alone among them) acts on when none is named."""
+    return sorted({m.label for m in config.mappings} if pausing else state.mappings.paused())
+
+
 def named(config: Config, state: State, name: str) -> MappingConfig:
     """The mapping a person names on the command line: by its folder (a path, resolved as the shell gives it),
     its label (``astria:260``), its pack's name, or its folder's own name — whichever names exactly one. A

@@ -135,6 +135,8 @@ def test_a_pause_holds_across_a_daemon_restart_and_nothing_is_synced_meanwhile(
     resumed = daemon_env.cli("resume")
     assert resumed.returncode == 0 and f"resumed  {alpha}" in resumed.stdout
     wait_until(lambda: images_in(daemon_env, alpha_pack) == 4, timeout=30, what="the resumed folder synced")
+    again = daemon_env.cli("resume")
+    assert again.returncode == 0 and again.stdout == "nothing is paused.\n"
     wait_until(lambda: httpx2.get(page_url(daemon) + "healthz").json()["status"] == "ok", timeout=10)
 
 

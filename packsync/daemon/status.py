@@ -19,6 +19,7 @@ from packsync.daemon.timing import PRODUCT
 from packsync.engine.sync import SyncOptions, SyncReport
 from packsync.errors import StateUnavailable
 from packsync.logs import get_logger
+from packsync.mappings import unnamed
 from packsync.web.health import LiveState
 
 if TYPE_CHECKING:
@@ -152,10 +153,7 @@ class Status:
 
     def _hold(self, label: str | None, paused: bool) -> list[str]:
         assert self.state is not None, "the state is not open yet"
-        if label is not None:
-            labels = [label]
-        else:  # every mapping; to resume, every one paused too (a subfolder's pack paused alone among them)
-            labels = sorted({*self.schedule.folders, *(() if paused else self.state.mappings.paused())})
+        labels = [label] if label is not None else unnamed(self.schedule.config, self.state, paused)
         self.state.mappings.pause(labels, paused)
         self.log.info("paused" if paused else "resumed", mappings=labels)
         self.publish()
