@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from packsync import __version__
-from packsync.errors import ConfigError, LockedError, PacksyncError
+from packsync.errors import ConfigError, PacksyncError
 
 if TYPE_CHECKING:
     from packsync.config import Config, MappingConfig
@@ -118,8 +118,7 @@ def _sync(config: Config, options: SyncOptions, only: list[str] | None, as_json:
     from packsync.views.progress import Progress
     from packsync.views.text import print_run
 
-    token = _token(config)
-    if (daemon := find_daemon(config.state_path)) is not None:
+    if (daemon := find_daemon(config.state_path)) is not None:  # it holds the token: none is read here
         params = [("mapping", label) for label in only or ()]
         params += [("force", "1")] if options.force else []
         params += [("allow", f"{label}={'' if n is None else n}") for label, n in options.allow.items()]
@@ -130,6 +129,7 @@ def _sync(config: Config, options: SyncOptions, only: list[str] | None, as_json:
         else:
             sys.stdout.write(answer["text"])
         sys.exit(int(answer["exit_code"]))
+    token = _token(config)
     with StateLock(config.state_path):
         report = asyncio.run(sync_once(config, token, options, Progress(), only=only))
     if as_json:
@@ -200,7 +200,7 @@ def sync_now(mappings: tuple[str, ...], wait_s: float | None, as_json: bool) -> 
 def _hold(names: tuple[str, ...], paused: bool) -> None:
     """``pause``/``resume``: through the daemon when one holds the state, else in the state, with its lock."""
     from packsync.control import find_daemon
-    from packsync.mappings import unnamed
+    from packsync.mappings import covered, unnamed
     from packsync.state.lock import StateLock
     from packsync.state.store import State
 
@@ -214,7 +214,7 @@ def _hold(names: tuple[str, ...], paused: bool) -> None:
         with StateLock(config.state_path):
             state = State(config.state_path)
             try:
-                done = labels or unnamed(config, state, paused)
+                done = covered(config, state, labels or unnamed(config, state, paused))
                 state.mappings.pause(done, paused)
             finally:
                 state.close()
@@ -250,20 +250,22 @@ def allow_deletes(mapping: str, as_json: bool) -> None:
     running daemon when there is one, else syncs that mapping here. `packsync status` lists what is withheld.
     """
     from packsync.engine.sync import SyncOptions
+    from packsync.mappings import group_of, withheld
     from packsync.state.store import State
 
     config = _config()
     chosen, = _named(config, (mapping,))
     state = State(config.state_path, readonly=True)
     try:
-        records = [record for record in [state.mappings.get(chosen.label), *state.mappings.under(chosen.label)]
-                   if record is not None and record.safety and record.withheld_count]
+        allow: dict[str, int | None] = dict(withheld(config, state, chosen.label))
+        paused = state.mappings.paused() & {chosen.label, group_of(config, chosen.label), *allow}
     finally:
         state.close()
-    if not records:
+    if not allow:
         click.echo(f"{chosen.label}: no deletes are withheld; nothing to allow.")
         return
-    allow: dict[str, int | None] = {record.root: record.withheld_count for record in records}
+    if paused:
+        raise ConfigError(f"{min(paused)} is paused: `packsync resume` it first, then allow its deletes.")
     _sync(config, SyncOptions(wait=False, allow=allow), sorted(allow), as_json)
 
 
@@ -361,9 +363,9 @@ def _daemon_page(config: Config) -> str | None:
 
     try:
         daemon = find_daemon(config.state_path)
-    except LockedError:
-        return None  # a `run` holds the state: reading it is fine
-    page = daemon.ask("GET", "/")["page"] if daemon else None
+        page = daemon.ask("GET", "/")["page"] if daemon else None
+    except PacksyncError:
+        return None  # a `run` holds the state, or the daemon cannot say: reading the state is fine
     return str(page) if page else None
 
 

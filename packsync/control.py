@@ -14,7 +14,7 @@ The daemon's routes (JSON answers; an error is ``{"error": sentence, "exit_code"
 
 - ``GET  /``                                    who it is: pid, its page's address, its mappings, the paused;
 - ``POST /pause?mapping=L…`` / ``/resume?…``    (no ``mapping``: every one);
-- ``POST /sync?mapping=L…&force=1&allow=L:N…&wait=S``  a sync now, answered once it ended: the text and
+- ``POST /sync?mapping=L…&force=1&allow=L=N…&wait=S``  a sync now, answered once it ended: the text and
   the JSON document ``run`` would print, and its exit code.
 """
 

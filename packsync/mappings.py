@@ -9,7 +9,7 @@ mapping records (``concrete``), never the disk: a hung or unmounted share cannot
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,6 +80,22 @@ def recorded_pack_id(state: State, mapping: MappingConfig) -> str | None:
     return record.pack_id if record and record.pack_id and pack_name(record.pack_name or "") == mapping.pack \
         else None
 
+
+def withheld(config: Config, state: State, label: str) -> dict[str, int]:
+    """The deletes the safety stops of mapping ``label`` withhold now, by mapping: its own, or for a
+    ``packs_from = "subfolders"`` folder each of its subfolders' packs."""
+    records = [state.mappings.get(each) for each in covered(config, state, [label])]
+    return {record.root: record.withheld_count for record in records
+            if record is not None and record.safety and record.withheld_count}
+
+
+def covered(config: Config, state: State, labels: Collection[str]) -> list[str]:
+    """``labels`` with, for each ``packs_from = "subfolders"`` folder among them, its subfolders' mappings."""
+    found = dict.fromkeys(labels)
+    for mapping in concrete(config, state):
+        if group_of(config, mapping.label) in found:
+            found.setdefault(mapping.label)
+    return list(found)
 
 
 def unnamed(config: Config, state: State, pausing: bool) -> list[str]:

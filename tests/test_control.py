@@ -232,3 +232,22 @@ def test_a_long_state_path_still_has_its_socket(tmp_path: Path, env: Env) -> Non
         client.close()
     finally:
         sock.close()
+
+
+def test_a_paused_folder_of_subfolder_packs_shows_each_pack_paused_and_asks_no_token(
+        daemon_env: Env, start: StartDaemon) -> None:
+    folder = daemon_env.map("brands", packs_from="subfolders")
+    for name in ("acme", "globex"):
+        write(folder / name / "logo.png", image())
+    daemon = start()
+
+    paused = daemon_env.cli("pause", "brands", token=None)  # the daemon holds the token: none is needed here
+
+    assert paused.returncode == 0, paused.stderr
+    assert all(f"paused  {folder / name}" in paused.stdout for name in ("acme", "globex"))
+    status = json.loads(daemon_env.cli("status", "--json", token=None).stdout)
+    assert [m["paused"] is not None for m in status["mappings"]] == [True, True]
+    health = httpx2.get(page_url(daemon) + "healthz").json()
+    assert [m["status"] for m in health["mappings"]] == ["paused", "paused"]
+    synced = daemon_env.cli("sync", "--json", token=None)
+    assert synced.returncode == 0 and json.loads(synced.stdout)["paused"] == [str(folder)]

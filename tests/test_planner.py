@@ -306,6 +306,22 @@ def test_force_overrides_every_safety_stop(world: World, _reason: str) -> None:
     assert [(d.image_id, d.reason) for d in plan.deletes] == [(d.image_id, d.reason) for d in unforced.withheld]
 
 
+def test_allowing_what_a_stop_weighed_allows_no_more_deletes_than_it_withholds() -> None:
+    """A stop's weighed count (what ``allow-deletes`` approves) leaves out a duplicate's delete, which the stop
+    does not count either: approving the number of withheld actions instead would let one more delete through."""
+    world = World(folder={"a.png": "A", "d.png": "D"}, recorded={"i1": "A", "i2": "B", "i3": "C", "i4": "D"},
+                  theirs={"t1": "A"}, pack=["t1", "i1", "i2", "i3", "i4"], options=MappingOptions(max_delete=1))
+    stopped = plan_mapping(world.source())
+    assert stopped.safety is not None and "would delete 2 images" in stopped.safety
+    assert (stopped.weighed, len(stopped.withheld)) == (2, 3)  # (i1 is a duplicate of t1's content)
+
+    world.options = MappingOptions(max_delete=1, allow=stopped.weighed)
+    assert plan_mapping(world.source()).safety is None
+    world.folder = {"a.png": "A"}  # one more file gone since the approval: a third real delete
+    world.options = MappingOptions(max_delete=1, allow=stopped.weighed)
+    assert plan_mapping(world.source()).safety is not None
+
+
 NO_SAFETY_STOP = [
     pytest.param(
         World(folder={c: c for c in "ABCDE"}, recorded={f"i{n}": c for n, c in enumerate("ABCDEFGHIJ")},

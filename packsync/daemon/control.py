@@ -141,6 +141,9 @@ class Control:
     async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if peer_uid(request) not in (os.getuid(), 0):
             return _refusal("refused: only the daemon's own user may control it", 403)
+        if self.daemon.stopping.is_set():
+            return _refusal("the daemon is stopping; ask again once it runs (or without it)", 409,
+                            ExitCode.SOME_FAILED)
         if getattr(self.daemon, "state", None) is None:
             return _refusal("the daemon is starting: try again in a moment", 503)
         try:

@@ -154,6 +154,12 @@ class Schedule:
             self.next_full_scan = now + self.config.daemon.rescan_interval_s * random.uniform(0.9, 1.1)
         return targets
 
+    def refuse_asked(self, error: Exception) -> None:
+        """Answer every sync still asked for with ``error`` (the daemon stops before running them)."""
+        while self.asked:
+            if not (asked := self.asked.popleft()).reply.done():
+                asked.reply.set_exception(error)
+
     def retry(self, folder: Folder, now: float) -> None:
         folder.retry_at = now + folder.retry.next_delay()
 

@@ -135,6 +135,8 @@ class Daemon:
             self.systemd.stopping()
             metadata.cancel()
             await self.rounds.abandon()
+            self.schedule.refuse_asked(PacksyncError("the daemon stopped before it ran this sync; the next start "
+                                                     "syncs everything anyway"))
             self.app.close_sources()
             # watchdog's threads are daemon threads: never let a slow one hold up the exit.
             stopper = threading.Thread(target=self.watcher.stop, name="watcher-stop", daemon=True)

@@ -19,7 +19,7 @@ from packsync.daemon.timing import PRODUCT
 from packsync.engine.sync import SyncOptions, SyncReport
 from packsync.errors import StateUnavailable
 from packsync.logs import get_logger
-from packsync.mappings import unnamed
+from packsync.mappings import covered, unnamed, withheld
 from packsync.web.health import LiveState
 
 if TYPE_CHECKING:
@@ -153,7 +153,8 @@ class Status:
 
     def _hold(self, label: str | None, paused: bool) -> list[str]:
         assert self.state is not None, "the state is not open yet"
-        labels = [label] if label is not None else unnamed(self.schedule.config, self.state, paused)
+        config = self.schedule.config
+        labels = covered(config, self.state, [label] if label is not None else unnamed(config, self.state, paused))
         self.state.mappings.pause(labels, paused)
         self.log.info("paused" if paused else "resumed", mappings=labels)
         self.publish()
@@ -163,11 +164,11 @@ class Status:
         """Approve, once, the deletes the safety stop of ``label`` withholds now: at most as many as it
         withholds (none deleted since is approved with them). None when it withholds none."""
         assert self.state is not None, "the state is not open yet"
-        record = self.state.mappings.get(label)
-        if record is None or not record.safety or not record.withheld_count:
+        allow = withheld(self.schedule.config, self.state, label)
+        if not allow:
             return None
-        self.log.info("deletes allowed", mapping=label, deletes=record.withheld_count)
-        reply = self.ask(frozenset({label}), SyncOptions(wait=False, allow={label: record.withheld_count}))
+        self.log.info("deletes allowed", deletes=allow)
+        reply = self.ask(frozenset(allow), SyncOptions(wait=False, allow=dict(allow)))
         reply.add_done_callback(_heard)
         return reply
 

@@ -134,6 +134,9 @@ class MappingPlan(msgspec.Struct):
     duplicates: list[RemoteImage] = msgspec.field(default_factory=list)  # foreign copies of a content already here
     waiting: list[AddImage] = msgspec.field(default_factory=list)  # adds held back until unknown images are read
     safety: str | None = None
+    #: How many deletes (and replacements) the safety stops weighed: what a stop withholds, and what
+    #: ``allow-deletes`` then approves (a duplicate's delete is never weighed: a copy stays).
+    weighed: int = 0
 
     def of(self, kind: type[A]) -> list[A]:
         """The actions of exactly this class."""
@@ -272,9 +275,9 @@ def plan_mapping(source: MappingInput) -> MappingPlan:
 
     managed = len(walk.live) if source.managed_in_pack is None else source.managed_in_pack
     scan = source.scan
+    plan.weighed = sum(d.reason != "duplicate" for d in deletes) + len(walk.replaced)
     plan.safety = safety_stop(SourceFacts(), Deletes(
-        scan.source, sum(d.reason != "duplicate" for d in deletes) + len(walk.replaced),
-        not scan.items and not scan.problems, managed,
+        scan.source, plan.weighed, not scan.items and not scan.problems, managed,
         managed + (len(walk.foreign) if source.options.prune_foreign else 0), replaced=len(walk.replaced)),
         source.options)
     plan.actions += [WithheldDelete(**msgspec.structs.asdict(d)) for d in deletes] if plan.safety else deletes

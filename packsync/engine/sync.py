@@ -287,7 +287,7 @@ class Syncer:
         withheld = report.plan.withheld if report.plan and report.safety else []
         plan.actions.append(RecordSync(report.label, report.error, report.safety,
                                        tuple(d.name or d.image_id for d in withheld[:WITHHELD_SHOWN]),
-                                       source.name if source else None, len(withheld)))
+                                       source.name if source else None, plan.weighed if withheld else 0))
         return plan
 
     async def metadata_round(self, pack_ids: Collection[str]) -> None:
@@ -408,8 +408,7 @@ class Syncer:
         report.problems, report.hashed_files, report.excluded = scan.problems, scan.hashed_files, scan.excluded
         report.pack_id, report.pack_name = seen.pack_id, seen.pack_name
         report.changed = frozenset({*scan.cache, *seen.partial.gone})
-        report.plan = plan_mapping(incremental.restricted_input(
-            seen, options.for_mapping(config, self._group(config)), config.recipe))
+        report.plan = plan_mapping(incremental.restricted_input(seen, self._options(report, options), config.recipe))
         report.safety = report.plan.safety
         return True
 
