@@ -6,12 +6,14 @@ changed ignore file scan it whole; a refused key pauses everything until it is o
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from packsync.config import Config, parse_config
 from packsync.daemon.aggregator import Aggregator, StatKey
-from packsync.daemon.schedule import FIRST, Round, Schedule
+from packsync.daemon.schedule import FIRST, Asked, Round, Schedule
 from packsync.daemon.timing import Timing
+from packsync.engine.sync import SyncOptions, SyncReport
 from packsync.remote.retry import Backoff
 from packsync.sources.patterns import IGNORE_FILE
 
@@ -130,3 +132,26 @@ def test_a_reload_makes_new_and_changed_folders_due_and_lists_the_gone_ones(tmp_
     assert planned.folders[str(tmp_path / "a")] is kept
     assert [f.label for f in fresh] == [str(tmp_path / "c")] and fresh[0].retry_at == 0.0
     assert gone == [tmp_path / "b"]
+
+
+def test_a_sync_asked_for_waits_for_its_mapping_s_sync_beside_the_loop_while_the_others_go_on(
+        tmp_path: Path) -> None:
+    planned, changes = schedule(tmp_path, "a", "b")
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    loop = asyncio.new_event_loop()
+    try:
+        reply: asyncio.Future[SyncReport] = loop.create_future()
+        planned.asked.append(Asked(frozenset({a}), SyncOptions(), reply))
+        planned.in_flight[a] = 90.0  # (a's sync runs beside the loop, as an Astria pack's does)
+        changes.changed(Path(b), Path(b) / "x.png", closed=False, now=100.0)
+
+        assert planned.next_deadline(101.0) == 1.0  # nothing asked may run yet: b's change is next
+        waited = planned.due(102.0)
+        assert waited is not None and waited.asked is None and waited.labels == frozenset({b})
+        del planned.in_flight[a]
+        assert planned.next_deadline(103.0) == 0.0
+        asked = planned.due(103.0)
+        assert asked is not None and asked.asked is not None and asked.labels == frozenset({a})
+        assert not planned.asked
+    finally:
+        loop.close()

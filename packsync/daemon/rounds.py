@@ -49,8 +49,6 @@ class Rounds:
         """Run ``due``: its own mappings' remotes (Astria packs) each in a task of its own, the rest here.
         Every error a sync may end in is handled, but a state that can never be used."""
         self.reap()
-        if due.asked is not None:  # a sync asked for is one sync, run as asked: after those under way of its own
-            await self._after_apart(due)
         for label in self._apart(due):
             due = dataclasses.replace(due, labels=(due.labels or frozenset(self.schedule.folders)) - {label})
             apart = Round(frozenset({label}))
@@ -68,18 +66,9 @@ class Rounds:
         self.schedule.in_flight.update((folder.label, now) for folder in targets)
         return targets
 
-    async def _after_apart(self, due: Round) -> None:
-        """Wait (coming round every tick) for the syncs beside the loop of ``due``'s mappings to end."""
-        waited = [task for label, task in self.remote.items() if due.labels is None or label in due.labels]
-        while waited and not self.stopping.is_set():
-            _done, pending = await asyncio.wait(waited, timeout=self.tick_s)
-            self.status.came_round(time.monotonic())
-            waited = list(pending)
-        self.reap()
-
     def _apart(self, due: Round) -> list[str]:
         """The mappings of ``due`` synced apart: Astria packs, each sharing its pack with no folder (none of a
-        sync asked for)."""
+        sync asked for: it is one sync, run as asked, once none of its mappings syncs apart — ``Schedule``)."""
         if due.asked is not None:
             return []
         folders = self.schedule.folders

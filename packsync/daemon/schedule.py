@@ -103,15 +103,7 @@ class Schedule:
 
     def due(self, now: float) -> Round | None:
         """The round to run now, if any (None while paused): a sync asked for first."""
-        while self.asked:
-            asked = self.asked.popleft()
-            if asked.reply.done():  # (its asker gave up)
-                continue
-            # A reload while it waited may have removed a mapping it names: syncing the rest would answer "done".
-            if gone := sorted(label for label in asked.labels or () if self.folder_of(label) is None):
-                asked.reply.set_exception(ConfigError(f"the daemon no longer syncs {gone[0]}: its config was "
-                                                      "reloaded without it."))
-                continue
+        if (asked := self._asked()) is not None:
             return Round(asked.labels, full=asked.labels is None, asked=asked)
         if self.paused_until is not None:
             if now < self.paused_until:
@@ -130,9 +122,31 @@ class Schedule:
                    if not (full or label in retries) and (paths := _paths(due)) is not None}
         return Round(frozenset(labels), full, {label: due.busy for label, due in settled.items()}, changed)
 
+    def _asked(self) -> Asked | None:
+        """The first sync asked for that may run now: none of its mappings syncing beside the loop (an Astria
+        pack's: it waits for that sync, and the loop syncs the folders meanwhile). Those answered already
+        (their asker gave up), or naming a mapping a reload removed, leave the queue."""
+        for asked in list(self.asked):
+            # A reload while it waited may have removed a mapping it names: syncing the rest would answer "done".
+            gone = sorted(label for label in asked.labels or () if self.folder_of(label) is None)
+            if gone and not asked.reply.done():
+                asked.reply.set_exception(ConfigError(f"the daemon no longer syncs {gone[0]}: its config was "
+                                                      "reloaded without it."))
+            if asked.reply.done():
+                self.asked.remove(asked)
+            elif not self._waits(asked):
+                self.asked.remove(asked)
+                return asked
+        return None
+
+    def _waits(self, asked: Asked) -> bool:
+        """Whether a mapping ``asked`` names (None: any) is syncing beside the loop now."""
+        return bool(self.in_flight.keys() & (asked.labels if asked.labels is not None else self.folders.keys()))
+
     def next_deadline(self, now: float) -> float:
-        """How long the loop may sleep before something is due (it wakes sooner for an event)."""
-        if self.asked:
+        """How long the loop may sleep before something is due (it wakes sooner for an event, or when a sync
+        beside it ends)."""
+        if any(not self._waits(asked) for asked in self.asked):
             return 0.0
         if self.paused_until is not None:
             return max(0.0, self.paused_until - now)
