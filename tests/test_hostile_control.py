@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import TOKEN, Env, image, write
 from helpers import StartDaemon, state_rows, wait_until
+from test_control import withheld
 
 from packsync.control import socket_path
 from packsync.sandbox.server import Reply
@@ -73,6 +74,21 @@ def hold_adds(env: Env) -> threading.Event:
     return release
 
 
+def asked_under_way(env: Env, folder: Path, files: int,
+                    *commands: tuple[str, ...]) -> tuple[list[subprocess.Popen[str]], threading.Event]:
+    """``files`` new files in ``folder`` and ``commands`` asked of the daemon, once every one is connected and
+    a sync is under way, its adds held back until the event returned is set."""
+    release = hold_adds(env)
+    for n in range(files):
+        write(folder / f"new{n:02}.png", image())
+    path = socket_path(env.state_path)
+    asking = connections(path)
+    asked = [background(env, *command) for command in commands]
+    wait_until(lambda: connections(path) >= asking + len(commands) and adds(env) >= 1, timeout=30,
+               what="every command asked, a sync under way")
+    return asked, release
+
+
 # -- killed clients, killed daemons, several clients at once -------------------------------------------
 
 
@@ -80,14 +96,7 @@ def test_a_run_whose_client_is_killed_leaves_the_daemon_to_finish_record_and_ans
         daemon_env: Env, start: StartDaemon) -> None:
     folder, pack_id = a_mapping_of(daemon_env, "pics", 1)
     start()
-    release = hold_adds(daemon_env)
-    for n in range(20):
-        write(folder / f"new{n:02}.png", image())
-    path = socket_path(daemon_env.state_path)
-    asking = connections(path)
-    run = background(daemon_env, "run", "--no-wait")
-    wait_until(lambda: connections(path) > asking and adds(daemon_env) >= 1, timeout=30,
-               what="the run asked, a sync under way")
+    (run,), release = asked_under_way(daemon_env, folder, 20, ("run", "--no-wait"))
     run.kill()
     run.wait()
     release.set()
@@ -123,15 +132,7 @@ def test_a_daemon_stopped_while_runs_wait_on_it_ends_each_never_hanging(daemon_e
     non-zero code."""
     folder, _pack_id = a_mapping_of(daemon_env, "pics", 1)
     daemon = start()
-    release = hold_adds(daemon_env)
-    for n in range(5):
-        write(folder / f"new{n:02}.png", image())
-    path = socket_path(daemon_env.state_path)
-    asking = connections(path)
-    first = background(daemon_env, "run", "--no-wait")
-    queued = background(daemon_env, "sync", "pics")
-    wait_until(lambda: connections(path) == asking + 2 and adds(daemon_env) >= 1, timeout=30,
-               what="a sync in flight and both asked for")
+    (first, queued), release = asked_under_way(daemon_env, folder, 5, ("run", "--no-wait"), ("sync", "pics"))
     begun = time.monotonic()
 
     try:
@@ -150,14 +151,7 @@ def test_sighup_removing_a_mapping_while_a_sync_of_it_waits_says_so(daemon_env: 
     busy, _busy_pack = a_mapping_of(daemon_env, "busy", 1)
     _gone, gone_pack = a_mapping_of(daemon_env, "gone", 1)
     daemon = start()
-    release = hold_adds(daemon_env)
-    write(busy / "new.png", image())
-    path = socket_path(daemon_env.state_path)
-    asking = connections(path)
-    first = background(daemon_env, "sync", "busy")
-    waiting = background(daemon_env, "sync", "gone")
-    wait_until(lambda: connections(path) == asking + 2 and adds(daemon_env) >= 1, timeout=30,
-               what="a sync in flight and both asked for")
+    (first, waiting), release = asked_under_way(daemon_env, busy, 1, ("sync", "busy"), ("sync", "gone"))
     daemon_env.mappings.pop()
     daemon_env.write_config()
     daemon.proc.send_signal(signal.SIGHUP)
@@ -361,12 +355,6 @@ def test_a_key_the_server_echoes_is_in_no_answer_of_the_daemon_nor_the_command(d
 # -- approving deletes: one mapping's, never another's ----------------------------------------------------
 
 
-def withheld(env: Env, root: Path) -> int | None:
-    rows = state_rows(env.state_path, "SELECT withheld_count FROM mappings WHERE root = ? AND safety IS NOT NULL",
-                      str(root))
-    return rows[0][0] if rows else None
-
-
 def test_allow_deletes_of_a_subfolder_s_pack_approves_its_own_and_of_the_parent_every_one(
         daemon_env: Env, start: StartDaemon) -> None:
     root = daemon_env.map("brand", packs_from="subfolders", pack_prefix="Brand ", max_delete=1)
@@ -419,14 +407,7 @@ def test_a_pause_during_a_sync_in_flight_is_answered_at_once_and_holds_after_it(
                                                                               start: StartDaemon) -> None:
     folder, pack_id = a_mapping_of(daemon_env, "pics", 1)
     start()
-    release = hold_adds(daemon_env)
-    for n in range(30):
-        write(folder / f"new{n:02}.png", image())
-    path = socket_path(daemon_env.state_path)
-    asking = connections(path)
-    run = background(daemon_env, "run", "--no-wait")
-    wait_until(lambda: connections(path) > asking and adds(daemon_env) >= 1, timeout=30,
-               what="the run asked, a sync under way")
+    (run,), release = asked_under_way(daemon_env, folder, 30, ("run", "--no-wait"))
 
     try:
         paused = daemon_env.cli("pause", "pics", timeout=30)
@@ -463,14 +444,7 @@ def test_a_daemon_killed_while_a_run_waits_ends_the_run_and_the_next_acts_alone(
                                                                               start: StartDaemon) -> None:
     folder, pack_id = a_mapping_of(daemon_env, "pics", 1)
     daemon = start()
-    release = hold_adds(daemon_env)
-    for n in range(30):
-        write(folder / f"new{n:02}.png", image())
-    path = socket_path(daemon_env.state_path)
-    asking = connections(path)
-    run = background(daemon_env, "run", "--no-wait")
-    wait_until(lambda: connections(path) > asking and adds(daemon_env) >= 1, timeout=30,
-               what="the run asked, a sync under way")
+    (run,), release = asked_under_way(daemon_env, folder, 30, ("run", "--no-wait"))
     daemon.proc.kill()
     daemon.proc.wait()
     release.set()  # (the adds in flight were made: the next run finds them, never adds them again)
