@@ -7,6 +7,7 @@ The token itself is never in the config; the config only says where to find it.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -318,7 +319,9 @@ def _sentence(error: msgspec.ValidationError) -> str:
     assert found is not None  # the pattern matches any text
     key, message = (found["where"] or "").lstrip("."), found["message"]
     if unknown := re.fullmatch(r"Object contains unknown field `(.*)`", message):
-        key, message = f"{key}.{unknown[1]}".lstrip("."), "unknown key"
+        near = difflib.get_close_matches(unknown[1], _keys_of(key), n=1, cutoff=0.6)
+        key, message = f"{key}.{unknown[1]}".lstrip("."), "unknown key" + (f" (did you mean \"{near[0]}\"?)"
+                                                                           if near else "")
     elif missing := re.fullmatch(r"Object missing required field `(.*)`", message):
         key, message = f"{key}.{missing[1]}".lstrip("."), "required"
     elif enum := re.fullmatch(r"Invalid enum value (.*)", message):
@@ -329,6 +332,17 @@ def _sentence(error: msgspec.ValidationError) -> str:
         key, message = f"{key}.{own[1]}".lstrip("."), own[2]
     message = re.sub(r"`([^`]*)`", lambda kind: _KINDS.get(kind[1], kind[1]), message)
     return f"{key or 'config'}: {message[:1].lower()}{message[1:]}"
+
+
+def _keys_of(table: str) -> list[str]:
+    """The keys the config table at ``table`` (``""``, ``genviral``, ``mappings[0]``…) may hold."""
+    kind: Any = Config
+    for name in filter(None, re.sub(r"\[\d+\]", "", table).split(".")):
+        found = next((f.type for f in msgspec.structs.fields(kind) if f.encode_name == name), None)
+        kind = (typing.get_args(found) or (found,))[0]
+        if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
+            return []
+    return [f.encode_name for f in msgspec.structs.fields(kind)]
 
 
 def _path(kind: type, value: Any) -> Any:

@@ -72,9 +72,14 @@ def test_base_url_loses_its_trailing_slash() -> None:
 
 ERRORS = [
     pytest.param({"colour": "red"}, "colour: unknown key.", id="unknown top-level key"),
-    pytest.param({"genviral": {"token": "gva_live_x"}}, "genviral.token: unknown key.",
-                 id="the token itself is not a key"),
+    pytest.param({"genviral": {"token": "gva_live_x"}}, 'genviral.token: unknown key (did you mean "token_env"?).',
+                 id="the token itself is not a key: where it may come from is"),
     pytest.param(one_mapping(colour="red"), "mappings[0].colour: unknown key.", id="unknown mapping key"),
+    pytest.param(one_mapping(deleet=True), 'mappings[0].deleet: unknown key (did you mean "delete"?).',
+                 id="a misspelt key suggests the closest"),
+    pytest.param({"mapings": []}, 'mapings: unknown key (did you mean "mappings"?).', id="a misspelt table too"),
+    pytest.param({"genviral": {"timeout_sx": 3}}, 'genviral.timeout_sx: unknown key (did you mean "timeout_s"?).',
+                 id="a misspelt key of a table"),
     pytest.param({"genviral": {"concurrency": "four"}}, "genviral.concurrency: ", id="wrong type"),
     pytest.param(one_mapping(include="*.png"), "mappings[0].include: ", id="a string where a list belongs"),
     pytest.param({"mappings": {"path": "/photos"}}, "mappings: ", id="a table where a list belongs"),
