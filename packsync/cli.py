@@ -423,7 +423,8 @@ def search(words: tuple[str, ...], as_json: bool, limit: int) -> None:
 
 @_command(main)
 @click.option("--public", is_flag=True, help="Include public packs of other accounts.")
-def packs(public: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def packs(public: bool, as_json: bool) -> None:
     """List the key's packs (id, name, image count)."""
     import asyncio
 
@@ -437,7 +438,13 @@ def packs(public: bool) -> None:
         async with transport_for(config) as transport:
             return await client_for(config, token, transport).list_packs(include_public=public)
 
-    print_packs(asyncio.run(fetch()), sys.stdout)
+    found = asyncio.run(fetch())
+    if as_json:
+        from packsync.views.json import packs_document, write_json
+
+        write_json(packs_document(found), sys.stdout)
+    else:
+        print_packs(found, sys.stdout)
 
 
 @main.group()

@@ -66,6 +66,19 @@ def test_list_packs_reads_every_page(env: Env) -> None:
     assert env.sandbox.calls[("GET", "/packs")] == 3
 
 
+def test_packs_json_lists_every_pack_of_the_key_with_its_count(env: Env) -> None:
+    brand = env.sandbox.create_pack("Brand Assets")
+    write(env.map("brand", pack_id=brand) / "a.png", image())
+    env.sync()
+
+    listed = env.cli("packs", "--json")
+
+    assert listed.returncode == 0, listed.stderr
+    packs = {p["id"]: p for p in json.loads(listed.stdout)["packs"]}
+    assert packs[brand]["name"] == "Brand Assets" and packs[brand]["images"] == 1
+    assert packs[brand]["public"] is False and packs[brand]["created_at"]
+
+
 def test_a_pack_s_notice_is_said_in_the_run_that_found_it_only(env: Env) -> None:
     """The daemon syncs with one resolver for ever: a pack found gone is said in that run's report, not in
     every later one."""

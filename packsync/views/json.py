@@ -9,7 +9,7 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
-from packsync.model import AstriaPack, AstriaPackSummary, Metadata
+from packsync.model import AstriaPack, AstriaPackSummary, Metadata, PackSummary
 from packsync.views.status import DaemonStatus, FileStatus, MappingStatus, Status
 
 if TYPE_CHECKING:  # `status --json` does not load the HTTP client
@@ -75,6 +75,12 @@ def pull_document(report: PullReport, dry_run: bool) -> dict[str, Any]:
             "safety_stop": report.plan.safety, "withheld": [action.describe() for action in report.plan.withheld],
             "problems": [{"item": p.rel_path, "reason": p.reason, "notice": p.notice} for p in report.problems],
             **({"actions": [action.describe() for action in report.plan.actions]} if dry_run else {})}
+
+
+def packs_document(packs: list[PackSummary]) -> dict[str, Any]:
+    """``packs --json``: the key's packs (and the public ones asked for)."""
+    return {"packs": [{"id": pack.pack_id, "name": pack.name, "images": pack.image_count,
+                       "public": pack.is_public, "created_at": pack.created_at} for pack in packs]}
 
 
 def astria_packs_document(packs: list[AstriaPackSummary], details: list[AstriaPack | None]) -> dict[str, Any]:
