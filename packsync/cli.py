@@ -200,7 +200,7 @@ def sync_now(mappings: tuple[str, ...], wait_s: float | None, as_json: bool) -> 
 def _hold(names: tuple[str, ...], paused: bool) -> None:
     """``pause``/``resume``: through the daemon when one holds the state, else in the state, with its lock."""
     from packsync.control import find_daemon
-    from packsync.mappings import covered, unnamed
+    from packsync.mappings import hold
     from packsync.state.lock import StateLock
     from packsync.state.store import State
 
@@ -214,8 +214,7 @@ def _hold(names: tuple[str, ...], paused: bool) -> None:
         with StateLock(config.state_path):
             state = State(config.state_path)
             try:
-                done = covered(config, state, labels or unnamed(config, state, paused))
-                state.mappings.pause(done, paused)
+                done = hold(config, state, labels, paused)
             finally:
                 state.close()
     for label in done:

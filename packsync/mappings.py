@@ -98,17 +98,26 @@ def covered(config: Config, state: State, labels: Collection[str]) -> list[str]:
     return list(found)
 
 
-def unnamed(config: Config, state: State, pausing: bool) -> list[str]:
-    """The mappings ``pause`` (every mapping of the config) or ``resume`` (every one paused, a subfolder's
-    pack paused alone among them) acts on when none is named."""
-    return sorted({m.label for m in config.mappings} if pausing else state.mappings.paused())
+def hold(config: Config, state: State, labels: Collection[str], paused: bool) -> list[str]:
+    """Pause (or resume) the mappings ``labels``, a folder of subfolder packs with each of its packs; none
+    named: ``pause`` every mapping of the config, ``resume`` every one paused (a subfolder's pack paused
+    alone among them). The mappings it paused or resumed."""
+    unnamed = {m.label for m in config.mappings} if paused else state.mappings.paused()
+    done = covered(config, state, labels or sorted(unnamed))
+    state.mappings.pause(done, paused)
+    return done
+
+
+def every(config: Config, state: State) -> dict[str, MappingConfig]:
+    """Every mapping a command may name, by label: the config's, and each subfolder's pack as synced."""
+    return {m.label: m for m in (*config.mappings, *concrete(config, state))}
 
 
 def named(config: Config, state: State, name: str) -> MappingConfig:
     """The mapping a person names on the command line: by its folder (a path, resolved as the shell gives it),
     its label (``astria:260``), its pack's name, or its folder's own name — whichever names exactly one. A
     ``packs_from = "subfolders"`` folder and each of its subfolders' packs can be named alike."""
-    known = {m.label: m for m in (*config.mappings, *concrete(config, state))}
+    known = every(config, state)
     path = Path(name).expanduser()
     resolved = str(path.resolve()) if name.strip() else ""
 

@@ -26,7 +26,7 @@ from packsync.control import address, socket_path
 from packsync.engine.sync import SyncOptions, SyncReport
 from packsync.errors import ExitCode, PacksyncError
 from packsync.logs import get_logger, redact
-from packsync.mappings import concrete
+from packsync.mappings import every
 
 if TYPE_CHECKING:
     from packsync.daemon.service import Daemon
@@ -84,7 +84,7 @@ class Control:
         named = request.query.getall("mapping", [])
         if not named:
             return None
-        known = {m.label for m in (*self.daemon.config.mappings, *concrete(self.daemon.config, self.daemon.state))}
+        known = every(self.daemon.config, self.daemon.state)
         if unknown := [label for label in named if label not in known]:
             raise web.HTTPNotFound(text=f"the daemon does not sync {unknown[0]} (was its config reloaded?)")
         return frozenset(named)
@@ -96,16 +96,14 @@ class Control:
                                   "paused": sorted(self.daemon.state.mappings.paused())})
 
     async def pause(self, request: web.Request) -> web.Response:
-        labels = self.labels(request)
-        status = self.daemon.status
-        done = [label for each in (labels or [None]) for label in status.pause(each)]
-        return web.json_response({"paused": done})
+        return self._hold(request, self.daemon.status.pause, "paused")
 
     async def resume(self, request: web.Request) -> web.Response:
-        labels = self.labels(request)
-        status = self.daemon.status
-        done = [label for each in (labels or [None]) for label in status.resume(each)]
-        return web.json_response({"resumed": done})
+        return self._hold(request, self.daemon.status.resume, "resumed")
+
+    def _hold(self, request: web.Request, act: Callable[[str | None], list[str]], done: str) -> web.Response:
+        """Pause or resume (``act``) the mappings the request names (none: every one), and say which."""
+        return web.json_response({done: [label for each in (self.labels(request) or [None]) for label in act(each)]})
 
     async def sync(self, request: web.Request) -> web.Response:
         """A sync now, answered once it ended (and, with ``wait``, once the metadata came or that long passed)."""

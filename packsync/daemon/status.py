@@ -19,7 +19,7 @@ from packsync.daemon.timing import PRODUCT
 from packsync.engine.sync import SyncOptions, SyncReport
 from packsync.errors import StateUnavailable
 from packsync.logs import get_logger
-from packsync.mappings import covered, unnamed, withheld
+from packsync.mappings import hold, withheld
 from packsync.web.health import LiveState
 
 if TYPE_CHECKING:
@@ -153,9 +153,7 @@ class Status:
 
     def _hold(self, label: str | None, paused: bool) -> list[str]:
         assert self.state is not None, "the state is not open yet"
-        config = self.schedule.config
-        labels = covered(config, self.state, [label] if label is not None else unnamed(config, self.state, paused))
-        self.state.mappings.pause(labels, paused)
+        labels = hold(self.schedule.config, self.state, [label] if label is not None else [], paused)
         self.log.info("paused" if paused else "resumed", mappings=labels)
         self.publish()
         return labels
