@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import msgspec
 
 from packsync.config import MappingConfig
+from packsync.engine.names import upload_name
 from packsync.errors import ItemChanged, NotFound, PermanentError, PrepareError, TransientError, UploadRejected
 from packsync.model import (
     Blob,
@@ -325,6 +326,12 @@ class AddImage(Action, frozen=True):
     @property
     def sha256(self) -> str:
         return self.item.sha256
+
+    @property
+    def upload_name(self) -> str:
+        """The name its upload is given (``engine/names.py``): its path where the source has paths (a
+        folder), else (an Astria image) the name the source gives it."""
+        return self.file_name if self.item.name is not None else upload_name(self.item.key, self.file_name)
 
     @property
     def upload_key(self) -> str:

@@ -214,7 +214,7 @@ class Executor:
         rejected: UploadRejected | None = None
         for _attempt in range(UPLOAD_TRIES):
             if not (blob and blob.url and blob.upload_url and (blob.expires_at or 0) - EXPIRY_MARGIN_S > time.time()):
-                ticket = await self.api.create_upload(made.content_type, add.file_name, len(made.data))
+                ticket = await self.api.create_upload(made.content_type, add.upload_name, len(made.data))
                 blob = Blob(sent, ticket.content_type, ticket.url, ticket.upload_url, ticket.expires_at)
                 self.state.uploads.save_blob(blob)
             try:

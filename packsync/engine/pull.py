@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import os
 import re
+import stat
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import msgspec
 
+from packsync.engine.names import upload_name
 from packsync.engine.planner import MappingOptions, SourceFacts
 from packsync.engine.progress import QUIET, ProgressObserver
 from packsync.engine.pull_folder import PullFolder, temp_name
@@ -47,6 +49,8 @@ from packsync.engine.pull_plan import (
 )
 from packsync.engine.sidecars import SidecarReport, fields_of, remove_if_ours, sidecar_path, write_beside
 from packsync.errors import (
+    ApiError,
+    AuthError,
     ConfigError,
     ExitCode,
     LinkInTheWay,
@@ -61,13 +65,15 @@ from packsync.model import AstriaPack, PackSummary, Problem, PulledFile, RemoteI
 from packsync.remote.answers import url_problem
 from packsync.remote.astria import AstriaClient
 from packsync.remote.genviral import GenviralClient
-from packsync.sources.base import astria_label
+from packsync.sources.base import astria_label, kind_of
 from packsync.sources.media import Digester
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State
 
 MAX_PULL_BYTES = 200_000_000
+NAMES_ROUTE = "GET /files"
+NAMES_UNREAD = "the names the files were uploaded with could not be read: named as if unknown"
 #: A download held in memory up to this size goes to disk in one write, off the event loop.
 SPOOL_BYTES = 1 << 20
 _ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
@@ -205,15 +211,41 @@ class Puller:
         file's AI description and keywords in an XMP sidecar beside it."""
         pack = await find_pack(self.api, wanted)
         folder = resolved_folder(folder)
-        report = await self._pull(pack, [genviral_download(str(folder), pack.pack_id, i) for i in pack.images],
+        given, unnamed = await self._names(pack, folder)
+        report = await self._pull(pack, [genviral_download(str(folder), pack.pack_id, i, given.get(i.image_id))
+                                         for i in pack.images],
                                   folder, options, PullSafety(f"genviral:{pack.name}", SourceFacts(),
                                                               _limits(options)))
+        report.problems[:0] = unnamed
         if sidecars == "xmp" and not options.dry_run:
-            names = {r.image_id: r.name for r in self.state.uploads.pulled(str(folder), pack.pack_id)}
+            names = {r.image_id: r.name for r in self.state.uploads.pulled(str(folder), pack.pack_id)
+                     if _no_link_on_the_way(folder, r.name)}
             report.sidecars = await write_beside(folder, "full", {
                 names[image.image_id]: fields_of(image)
                 for image in pack.images if image.metadata.status == "completed" and image.image_id in names})
         return report
+
+    async def _names(self, pack: RemotePack, folder: Path) -> tuple[dict[str, str], list[Problem]]:
+        """The path each image of the pack was uploaded from, by image id, where it is known: from this
+        state when it pushed the image (its file's path; ``engine/names.py``), else from the name its
+        upload was given (``GET /files``: walked only when an image not pulled yet has no name here). The
+        names are untrusted either way (``pull_plan`` makes them safe). A walk that fails is a notice:
+        the images it would have named are named as if unknown."""
+        given = {image_id: name if kind_of(owner) == "astria" else upload_name(path, name)
+                 for image_id, (path, name, owner) in self.state.files.sources_of(pack.pack_id).items()}
+        pulled = {record.image_id for record in self.state.uploads.pulled(str(folder), pack.pack_id)}
+        unknown = {image.url: image.image_id for image in pack.images
+                   if image.image_id not in given and image.image_id not in pulled}
+        if not unknown:
+            return given, []
+        try:
+            names = await self.api.file_names(unknown.keys())
+        except AuthError:
+            raise
+        except ApiError as exc:
+            return given, [Problem(NAMES_ROUTE, f"{NAMES_UNREAD} ({exc})", notice=True)]
+        given.update((unknown[url], name) for url, name in names.items())
+        return given, []
 
     async def pull_astria(self, astria: AstriaClient, pack_id: int, classes: Collection[str] | None, folder: Path,
                           options: PullOptions) -> PullReport:
@@ -334,7 +366,7 @@ class Puller:
             try:
                 if tree.holds(record.name, record.sha256):
                     tree.unlink(record.name)
-                    if "/" not in record.name:  # sidecars are a Genviral pull's, beside files in the folder itself
+                    if kind_of(record.pack_id) != "astria":  # sidecars are a Genviral pull's, never an Astria one's
                         remove_if_ours(sidecar_path(report.folder / record.name, "full"))
                     report.deleted.append(record.name)
             except LinkInTheWay as exc:
@@ -348,6 +380,16 @@ class Puller:
                                  error=exc.strerror)
                 return
         self.state.uploads.forget_pulled(record)
+
+
+def _no_link_on_the_way(folder: Path, name: str) -> bool:
+    """Whether each directory on the way from the folder to the file ``name`` is a directory, not a link:
+    a sidecar is written by its path, and never through a link below the folder."""
+    parts = name.split("/")[:-1]
+    try:
+        return all(stat.S_ISDIR(os.lstat(folder.joinpath(*parts[:n])).st_mode) for n in range(1, len(parts) + 1))
+    except OSError:
+        return False
 
 
 def _limits(options: PullOptions) -> MappingOptions:

@@ -19,19 +19,24 @@ bytes that were pulled (``unchanged``). The rules:
    behind one is not downloaded, a file behind one is neither kept nor removed, and each link is one
    notice.
 
-Names are decided here too. URLs and ids are the API's, so untrusted: a file is named after its URL's
-last segment only when that is a safe file name with an image extension, else after the image id
-made safe (an Astria image: ``<class>/<prompt id>-<n>``, its class made safe), with the extension its
-bytes give. No name leads outside the folder, and every name is one Windows (SMB, NTFS) accepts: a
-name it reserves (``CON``, ``aux.png``, ``LPT9.tar.png``) gets a ``_`` after its reserved part, and one
-ending in dots or spaces has them turned into one ``_``; a name or class changed so is a notice. A name
-another file already has is the executor's matter (it gets a suffix when the file is placed).
+Names are decided here too. A Genviral image is named by the path it was uploaded from when that is
+known (``given``: from the state that pushed it, or the ``filename`` ``GET /files`` gives back;
+``engine/names.py``), sub-folders and all; else after its URL's last segment when that is a safe file
+name with an image extension; else after the image id made safe (an Astria image: ``<class>/<prompt
+id>-<n>``, its class made safe), with the extension its bytes give. Given paths, URLs and ids are
+untrusted: no name leads outside the folder (a path that is absolute, or has an empty, ``.``, ``..`` or
+hidden part, or one too long, is not used, which is a notice), and every name is one Windows (SMB,
+NTFS) accepts: a character it refuses becomes ``_``, a name it reserves (``CON``, ``aux.png``,
+``LPT9.tar.png``) gets a ``_`` after its reserved part, and one ending in dots or spaces has them turned
+into one ``_``; a name or class changed so is a notice. A name another file already has is the
+executor's matter (it gets a suffix when the file is placed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import PurePosixPath
 from typing import Any, ClassVar
@@ -40,11 +45,20 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 
 from packsync.engine.planner import Deletes, MappingOptions, SourceFacts, safety_stop
+from packsync.logs import untrusted
 from packsync.model import EXTENSIONS, AstriaImage, Problem, PulledFile, RemoteImage
 
 _EXTENSIONS = {*EXTENSIONS.values(), "jpeg"}
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,150}")
 LINK_SKIPPED = "a symbolic link: nothing is written or deleted through it; skipped"
+#: Characters Windows refuses in a name (``/`` separates parts): each becomes ``_``.
+_REFUSED = re.compile(r'[<>:"\\|?*]')
+#: A given path's limits: its parts (in UTF-8 bytes, leaving room for a suffix within a file system's
+#: 255), their number, and its length.
+MAX_PART_BYTES, MAX_PARTS, MAX_PATH = 200, 32, 1024
+#: How much of a given name a notice shows.
+SHOWN = 160
+UNUSABLE = "not a name below the folder (absolute, empty, hidden or '..' parts, or too long): named as if unknown"
 #: The device names Windows reserves, whatever extension follows and in any case.
 _RESERVED = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])", re.IGNORECASE)
 
@@ -62,6 +76,8 @@ class Download(msgspec.Struct, frozen=True):
     name: str | None = None
     #: The name (or class) the source gave and the one written instead, when it had to be changed.
     renamed: tuple[str, str] | None = None
+    #: The name the source gave and why it was not used, when it could not be.
+    unused: tuple[str, str] | None = None
 
     def file_name(self, content_type: str) -> str:
         """The file's name, once its bytes said what they are."""
@@ -154,10 +170,13 @@ def plan_pull(images: Sequence[Download], records: Iterable[PulledFile], present
 
 def _notices(links: Collection[str], downloads: Iterable[Download]) -> tuple[Problem, ...]:
     """Each link skipped, and each name (or class) written under another, once."""
+    downloads = list(downloads)
     renamed = sorted({download.renamed for download in downloads if download.renamed})
+    unused = sorted({download.unused for download in downloads if download.unused})
     return (*(Problem(link, LINK_SKIPPED, notice=True) for link in sorted(links)),
             *(Problem(given, f"written as {written}: not a name every file system takes (Windows and SMB refuse "
-                             "some)", notice=True) for given, written in renamed))
+                             "some)", notice=True) for given, written in renamed),
+            *(Problem(given, why, notice=True) for given, why in unused))
 
 
 def _behind(directory: str, links: Collection[str]) -> bool:
@@ -199,12 +218,36 @@ def safe_part(text: str, dots: bool = True) -> str:
     return portable(text) if safe else hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def genviral_download(folder: str, pack_id: str, image: RemoteImage) -> Download:
-    """A Genviral image's download: named after its URL when that is safe, else ``<image id>.<ext>``."""
-    given = _url_name(image.url)
-    name = portable(given) if given else None
-    return Download(folder, pack_id, image.image_id, image.url, safe_part(image.image_id, dots=False), name,
-                    (given, name) if given and name and given != name else None)
+def given_path(given: str) -> str | None:
+    """The path ``given`` for an image (untrusted), as a name below the folder every file system takes
+    (each part ``portable``, each character Windows refuses a ``_``), or None when it is not one."""
+    parts = given.split("/")
+    if len(given) > MAX_PATH or len(parts) > MAX_PARTS:
+        return None
+    made = []
+    for part in parts:
+        part = _REFUSED.sub("_", "".join("_" if unicodedata.category(c).startswith("C") else c for c in part))
+        if not part.strip() or part.startswith(".") or len(part.encode()) > MAX_PART_BYTES:
+            return None  # (an empty part: an absolute path, or "a//b"; ".", ".." and hidden names start with ".")
+        made.append(portable(part))
+    return "/".join(made)
+
+
+def genviral_download(folder: str, pack_id: str, image: RemoteImage, given: str | None = None) -> Download:
+    """A Genviral image's download: named as ``given`` (the path it was uploaded from) when that is a
+    usable name, else after its URL when that is safe, else ``<image id>.<ext>``; a path without an
+    image extension gets the one its bytes give."""
+    stem = safe_part(image.image_id, dots=False)
+    if given and (path := given_path(given)) is not None:
+        renamed = (untrusted(given, SHOWN), path) if given != path else None
+        if path.rpartition(".")[2].lower() in _EXTENSIONS and "." in path.rpartition("/")[2]:
+            return Download(folder, pack_id, image.image_id, image.url, stem, path, renamed)
+        return Download(folder, pack_id, image.image_id, image.url, path, None, renamed)
+    from_url = _url_name(image.url)
+    name = portable(from_url) if from_url else None
+    unusable = (untrusted(given, SHOWN), UNUSABLE) if given else None
+    return Download(folder, pack_id, image.image_id, image.url, stem, name,
+                    (from_url, name) if from_url and name and from_url != name else None, unusable)
 
 
 def astria_download(folder: str, pack_id: str, image: AstriaImage) -> Download:

@@ -37,6 +37,9 @@ _AUTH_MESSAGES = {
     403: "the key's plan tier may not use the Partner API (403 tier_not_allowed)",
 }
 PAGE_SIZE = 100
+#: The most pages one walk of ``GET /files`` reads (a million files): a server that makes up new files
+#: on every page, whatever its ``total``, cannot keep a pull walking for ever.
+MAX_FILE_PAGES = 10_000
 
 LIST_PACKS = Route("GET", "/packs")
 GET_PACK = Route("GET", "/packs/{id}")
@@ -44,6 +47,7 @@ CREATE_PACK = Route("POST", "/packs")
 RENAME_PACK = Route("PATCH", "/packs/{id}")
 DELETE_PACK = Route("DELETE", "/packs/{id}")
 CREATE_UPLOAD = Route("POST", "/files")
+LIST_FILES = Route("GET", "/files")
 PUT_BYTES = Route("PUT", "upload URL", keyed=False)
 ADD_IMAGE = Route("POST", "/packs/{id}/images")
 DELETE_IMAGE = Route("DELETE", "/packs/{id}/images/{image_id}")
@@ -265,6 +269,32 @@ class GenviralClient:
         data = await self._call(ADD_IMAGE, f"/packs/{path_segment(pack_id)}/images", safe_to_repeat=False,
                                 body={"image_url": url, "file_name": file_name})
         return answers.created_id(data, "POST /packs/{id}/images")
+
+    async def file_names(self, wanted: Collection[str]) -> dict[str, str]:
+        """The name each uploaded file was given at ``POST /files``, by URL, for the ``wanted`` URLs: the
+        key's files are walked (``GET /files``, oldest first) until each of those is found or none is left.
+
+        Like ``list_packs``, a server ignoring ``offset`` or reporting an absurd ``total`` cannot make
+        this walk for ever: it stops at a page that brings no new file, after as many pages as the first
+        ``total`` allows, and after ``MAX_FILE_PAGES``.
+        """
+        missing = set(wanted)
+        names: dict[str, str] = {}
+        seen: set[str] = set()
+        pages = None
+        while missing and (pages is None or pages > 0):
+            query = "?" + urlencode({"limit": str(PAGE_SIZE), "offset": str(len(seen)), "type": "image"})
+            page, total = answers.file_page(await self._call(LIST_FILES, "/files" + query, safe_to_repeat=True))
+            pages = (min(-(-total // PAGE_SIZE), MAX_FILE_PAGES) if pages is None else pages) - 1
+            new = [(url, name) for identity, url, name in page if identity not in seen]
+            seen.update(identity for identity, _url, _name in page)
+            for url, name in new:
+                if url in missing and name is not None:
+                    names[url] = name
+                    missing.discard(url)
+            if not new or len(seen) >= total:
+                break
+        return names
 
     # -- downloads ---------------------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ ROUTE_METHODS: dict[str, tuple[str, ...]] = {
     "/packs/{id}": ("GET", "PATCH", "DELETE"),
     "/packs/{id}/images": ("POST",),
     "/packs/{id}/images/{image_id}": ("DELETE",),
-    "/files": ("POST",),
+    "/files": ("GET", "POST"),
     "storage": ("PUT",),
     "cdn": ("GET", "HEAD"),
     "astria:/packs": ("GET",),
@@ -113,6 +113,23 @@ def resolve(path: str) -> tuple[str, dict[str, str]] | None:
         if match := pattern.fullmatch(path):
             return route, match.groupdict()
     return None
+
+
+def _window(query: dict[str, str], default_limit: int) -> tuple[int, int] | Reply:
+    """A list's ``limit`` (1-100) and ``offset`` (from 0), or the 400 refusing them."""
+    try:
+        limit = int(query.get("limit", str(default_limit)))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        return fail(400, "invalid_limit", "limit must be an integer between 1 and 100")
+    try:
+        offset = int(query.get("offset", "0"))
+    except ValueError:
+        offset = -1
+    if offset < 0:
+        return fail(400, "invalid_offset", "offset must be a non-negative integer")
+    return limit, offset
 
 
 def fault_reply(kind: str, route: str) -> Reply:
@@ -367,6 +384,8 @@ class Handler(BaseHTTPRequestHandler):
         store = self.server.sandbox.store
         if method == "GET" and route == "/packs":
             return self._list_packs(scope, query)
+        if method == "GET" and route == "/files":
+            return self._list_files(scope, query)
         if method == "GET":
             answer = store.pack_answer(scope, params["id"])
             return Reply(200, answer) if answer is not None else fail(404, "not_found", "Pack not found")
@@ -422,22 +441,14 @@ class Handler(BaseHTTPRequestHandler):
             if image is None:
                 return fail(404, "not_found", "Pack not found")
             return ok(201, "Image added to pack", image)
-        return self._create_upload(validate_upload_request(payload))
+        return self._create_upload(scope, *validate_upload_request(payload))
 
     def _list_packs(self, scope: str, query: str) -> Reply:
         q = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-        try:
-            limit = int(q.get("limit", "20"))
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= 100:
-            return fail(400, "invalid_limit", "limit must be an integer between 1 and 100")
-        try:
-            offset = int(q.get("offset", "0"))
-        except ValueError:
-            offset = -1
-        if offset < 0:
-            return fail(400, "invalid_offset", "offset must be a non-negative integer")
+        window = _window(q, 20)
+        if isinstance(window, Reply):
+            return window
+        limit, offset = window
         include = q.get("include_public", "true").lower()
         if include not in ("true", "false"):
             return fail(400, "invalid_include_public", "include_public must be 'true' or 'false'")
@@ -445,15 +456,29 @@ class Handler(BaseHTTPRequestHandler):
             scope, q.get("search", ""), limit, offset, include == "true")
         return ok(200, "Packs retrieved", {"packs": packs, "total": total, "limit": limit, "offset": offset})
 
-    def _create_upload(self, content_type: str) -> Reply:
+    def _list_files(self, scope: str, query: str) -> Reply:
+        q = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        window = _window(q, 50)
+        if isinstance(window, Reply):
+            return window
+        limit, offset = window
+        kind = q.get("type")
+        if kind not in (None, "image", "video"):
+            return fail(400, "invalid_type", "type must be 'image' or 'video'")
+        files, total = self.server.sandbox.store.list_files(scope, limit, offset, kind)
+        return ok(200, "Files retrieved", {"files": files, "total": total, "limit": limit, "offset": offset})
+
+    def _create_upload(self, scope: str, content_type: str, filename: str | None) -> Reply:
         sb = self.server.sandbox
         key = uuid.uuid4().hex
         expires = int(time.time() + sb.upload_ttl_s)
         signature = sb.store.sign(key, expires, content_type)
         origin = self.server.origin
+        url = f"{origin}/cdn/{key}.{IMAGE_CONTENT_TYPES[content_type]}"
+        sb.store.create_file(scope, key, url, content_type, filename)
         return ok(201, "Upload URL created", {
             "uploadUrl": f"{origin}/storage/{key}?expires={expires}&signature={signature}",
-            "url": f"{origin}/cdn/{key}.{IMAGE_CONTENT_TYPES[content_type]}",
+            "url": url,
             "contentType": content_type,
             "expiresIn": max(1, int(round(sb.upload_ttl_s))),
         })

@@ -1,4 +1,4 @@
-"""The sandbox's in-memory model: accounts, packs, images, uploaded blobs, enrichment.
+"""The sandbox's in-memory model: accounts, packs, images, uploaded blobs and the files they are, enrichment.
 
 Owns every piece of sandbox state and the rules over it (scope visibility, ordering,
 presigned-upload signatures, lazy enrichment, JSON persistence). No HTTP here: the
@@ -71,6 +71,19 @@ class Blob:
 
 
 @dataclass
+class _File:
+    """An upload asked for with ``POST /files``: the key's scope, the name it was given (display only)."""
+
+    key: str
+    scope: str
+    url: str
+    content_type: str
+    filename: str | None
+    created_at: float
+    seq: int
+
+
+@dataclass
 class _Image:
     id: str
     url: str
@@ -116,6 +129,7 @@ class Store:
         self.lock = threading.RLock()
         self._packs: dict[str, _Pack] = {}
         self._blobs: dict[str, Blob] = {}
+        self._files: dict[str, _File] = {}
         self._seq = 0
         self._secret = secrets.token_bytes(32)
         self._state_path = Path(state_path) if state_path is not None else None
@@ -300,6 +314,23 @@ class Store:
             self._save()
         return hashlib.md5(data).hexdigest()
 
+    def create_file(self, scope: str, key: str, url: str, content_type: str, filename: str | None) -> None:
+        """Remember an upload asked for (``POST /files``): it is listed once its bytes are PUT."""
+        with self.lock:
+            self._files[key] = _File(key, scope, url, content_type, filename, self._clock(), self._next_seq())
+            self._save()
+
+    def list_files(self, scope: str, limit: int, offset: int, kind: str | None) -> tuple[list[dict[str, Any]], int]:
+        """``GET /files``: the scope's uploaded files (bytes PUT), oldest first, one page of them, and their
+        number. Only images are stored here, so ``kind = "video"`` lists none."""
+        with self.lock:
+            files = [f for f in self._files.values() if f.scope == scope and f.key in self._blobs
+                     and kind in (None, "image")]
+            files.sort(key=lambda f: f.seq)
+            return [{"id": f.key, "url": f.url, "contentType": f.content_type, "filename": f.filename,
+                     "size": len(self._blobs[f.key].data), "createdAt": iso_ms(f.created_at)}
+                    for f in files[offset:offset + limit]], len(files)
+
     def get_blob(self, key: str, ext: str) -> Blob | None:
         """The blob when it was PUT and ``ext`` matches its content type."""
         with self.lock:
@@ -330,6 +361,9 @@ class Store:
             ],
             "blobs": {k: {"content_type": b.content_type, "data": b.encoded()}
                       for k, b in self._blobs.items()},
+            "files": [{"key": f.key, "scope": f.scope, "url": f.url, "content_type": f.content_type,
+                       "filename": f.filename, "created_at": f.created_at, "seq": f.seq}
+                      for f in self._files.values()],
         }
         target = self._state_path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -361,3 +395,6 @@ class Store:
         for key, b in state.get("blobs", {}).items():
             self._blobs[key] = Blob(content_type=b["content_type"],
                                     data=base64.b64decode(b["data"]), b64=b["data"])
+        for f in state.get("files", []):
+            self._files[f["key"]] = _File(f["key"], f["scope"], f["url"], f["content_type"], f.get("filename"),
+                                          float(f["created_at"]), int(f["seq"]))

@@ -152,14 +152,14 @@ def validate_add_image(body: object) -> tuple[str, str]:
     return url, file_name if file_name is not None else "image"
 
 
-def validate_upload_request(body: object) -> str:
-    """``{"contentType": image type, "filename"?: str, "size"?: int}`` -> content type."""
+def validate_upload_request(body: object) -> tuple[str, str | None]:
+    """``{"contentType": image type, "filename"?: str, "size"?: int}`` -> (content type, filename)."""
     c = _Checker(body, ("contentType", "filename", "size"))
     content_type = c.string("contentType", 1, 255, required=True)
     if content_type is not None and "contentType" not in c.fields and content_type not in IMAGE_CONTENT_TYPES:
         allowed = " | ".join(f"'{t}'" for t in IMAGE_CONTENT_TYPES)
         c.fail("contentType", f"Invalid enum value. Expected {allowed}, received '{content_type}'")
-    c.string("filename", 1, 1024, required=False)
+    filename = c.string("filename", 1, 1024, required=False)
     if "size" in c.body:
         size = c.body["size"]
         if isinstance(size, bool) or not isinstance(size, (int, float)):
@@ -170,4 +170,4 @@ def validate_upload_request(body: object) -> str:
             c.fail("size", "Number must be greater than or equal to 0")
     c.raise_if_failed()
     assert content_type is not None
-    return content_type
+    return content_type, filename
