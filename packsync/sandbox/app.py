@@ -202,16 +202,22 @@ class Sandbox:
             raise KeyError(pack_id)
         return str(image["id"])
 
-    def upload(self, data: bytes, content_type: str = "image/png") -> str:
-        """Put bytes in storage as the web app's uploader does; returns their CDN URL."""
+    def upload(self, data: bytes, content_type: str = "image/png", named: str | None = None,
+               scope: str = "ws-1") -> str:
+        """Put bytes in storage as the web app's uploader does (or, ``named``, as a client of ``POST /files``
+        that gave them that filename, which ``GET /files`` then lists for ``scope``); returns their CDN URL."""
         key = uuid.uuid4().hex
+        url = f"{self.origin}/cdn/{key}.{IMAGE_CONTENT_TYPES[content_type]}"
+        if named is not None:
+            self.store.create_file(scope, key, url, content_type, named)
         self.store.put_blob(key, content_type, data)
-        return f"{self.origin}/cdn/{key}.{IMAGE_CONTENT_TYPES[content_type]}"
+        return url
 
     def add_uploaded(self, pack_id: str, data: bytes, file_name: str = "image.png",
-                     content_type: str = "image/png") -> str:
-        """An image added in the web app: its bytes uploaded, then added to the pack. Returns its id."""
-        return self.add_image(pack_id, self.upload(data, content_type), file_name)
+                     content_type: str = "image/png", named: str | None = None) -> str:
+        """An image added in the web app (or through the API, its upload ``named``): its bytes uploaded, then
+        added to the pack. Returns its id."""
+        return self.add_image(pack_id, self.upload(data, content_type, named), file_name)
 
     def remove_image(self, pack_id: str, image_id: str) -> None:
         if self.store.delete_image(None, pack_id, image_id) != "deleted":

@@ -1,0 +1,293 @@
+"""``packsync pull`` gives back the names and folders of what packsync pushed: from the state that pushed
+it, else from the names its uploads were given (``GET /files``), else the CDN's names."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TOKEN, Env, image, write
+from test_bad_input import stored_file_names
+
+from packsync.engine.names import MAX_NAME, upload_name
+from packsync.engine.pull_plan import UNUSABLE, genviral_download, given_path, name_from_url
+from packsync.model import RemoteImage
+from packsync.sandbox import Sandbox
+from packsync.sandbox.server import Reply
+
+LIST_FILES = ("GET", "/files")
+
+TREE = {
+    "top.png": image(9, 9, seed=1),
+    "backgrounds/sunset.png": image(10, 9, seed=2),
+    "logos/dark/mark one.png": image(11, 9, seed=3),
+    "équipe/café ü.png": image(12, 9, seed=4),
+}
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` (no link followed), by its path relative to it."""
+    found = {}
+    for directory, _dirs, names in os.walk(folder):
+        for name in names:
+            path = Path(directory) / name
+            found[path.relative_to(folder).as_posix()] = path.read_bytes()
+    return found
+
+
+def laptop(env: Env, name: str = "laptop") -> Env:
+    """Another machine on the same account: its own home, config and (fresh) state."""
+    other = Env(env.root / name, env.sandbox)
+    other.root.mkdir()
+    other.write_config()
+    return other
+
+
+def pushed(env: Env, files: dict[str, bytes] = TREE, pack: str = "Brand") -> Path:
+    folder = env.map("brand", pack=pack)
+    for rel, data in files.items():
+        write(folder / rel, data)
+    result = env.cli("run", "--no-wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return folder
+
+
+def pull(env: Env, *args: str) -> Any:
+    result = env.cli("pull", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout) if "--json" in args else result.stdout
+
+
+def test_a_pushed_tree_comes_back_on_a_fresh_machine(env: Env) -> None:
+    """Same relative paths, sub-folders, spaces and accents, same bytes: named from GET /files."""
+    pushed(env)
+    other = laptop(env)
+    env.sandbox.reset_calls()
+
+    pull(other, "genviral:Brand", str(other.root / "restored"))
+
+    assert tree(other.root / "restored") == TREE
+    assert env.sandbox.calls[LIST_FILES] == 1, "one walk of the key's files"
+
+
+def test_a_pull_on_the_machine_that_pushed_names_from_its_state_without_asking(env: Env) -> None:
+    pushed(env)
+    env.sandbox.reset_calls()
+
+    pull(env, "genviral:Brand", str(env.root / "copy"))
+
+    assert tree(env.root / "copy") == TREE
+    assert env.sandbox.calls[LIST_FILES] == 0
+
+
+def test_uploads_carry_the_path_and_images_keep_their_file_name(env: Env) -> None:
+    """The path goes to POST /files only: the pack's images keep the name they always had, so an
+    upgrade renames (deletes and adds again) nothing."""
+    pushed(env)
+
+    files = env.sandbox.store.list_files("ws-1", 100, 0, None)[0]
+
+    assert sorted(f["filename"] for f in files) == sorted(TREE)
+    assert sorted(stored_file_names(env.sandbox, env.pack_named("Brand")["id"])) == sorted(
+        rel.rpartition("/")[2] for rel in TREE)
+
+
+def test_a_pack_per_subfolder_gives_back_the_paths_in_its_subfolder(env: Env) -> None:
+    folder = env.map("brands", packs_from="subfolders")
+    write(folder / "acme" / "bg" / "sky.png", sky := image(8, 9, seed=5))
+    write(folder / "acme" / "logo.png", logo := image(9, 8, seed=6))
+    assert env.cli("run", "--no-wait").returncode == 0
+    other = laptop(env)
+
+    pull(other, "genviral:acme", str(other.root / "acme"))
+
+    assert tree(other.root / "acme") == {"bg/sky.png": sky, "logo.png": logo}
+
+
+def test_an_image_added_by_hand_keeps_its_cdn_name(env: Env) -> None:
+    pushed(env, {"a/one.png": (one := image(8, 8, seed=7))})
+    by_hand = env.sandbox.add_uploaded(env.pack_named("Brand")["id"], (two := image(9, 9, seed=8)))
+    url = next(i["url"] for i in env.pack_named("Brand")["images"] if i["id"] == by_hand)
+    other = laptop(env)
+
+    pull(other, "genviral:Brand", str(other.root / "out"))
+
+    assert tree(other.root / "out") == {"a/one.png": one, name_from_url(url): two}
+
+
+def test_dry_run_and_json_show_the_names(env: Env) -> None:
+    pushed(env)
+    other = laptop(env)
+    out = other.root / "out"
+
+    text = pull(other, "genviral:Brand", str(out), "--dry-run")
+    document = pull(other, "genviral:Brand", str(out), "--dry-run", "--json")
+    done = pull(other, "genviral:Brand", str(out), "--json")
+
+    assert all(f"download     {rel} " in text for rel in TREE), text
+    assert sorted(action["file"] for action in document["actions"]) == sorted(TREE)
+    assert sorted(done["downloaded"]) == sorted(TREE)
+    assert not out.exists() or tree(out) == TREE, "the dry runs wrote nothing"
+
+
+def test_two_images_given_one_name_get_the_suffix(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("Twins")
+    env.sandbox.add_uploaded(pack_id, (a := image(8, 8, seed=9)), named="same/a.png")
+    second = env.sandbox.add_uploaded(pack_id, (b := image(9, 9, seed=10)), named="same/A.png")
+    env.write_config()
+
+    document = pull(env, "genviral:Twins", str(out := env.root / "out"), "--json")
+
+    found = tree(out)
+    assert found.pop("same/a.png") == a
+    assert list(found.values()) == [b], "the other under a suffixed name, nothing overwritten"
+    assert next(iter(found)).startswith(f"same/A-{second.replace('-', '')[:8]}")
+    assert len(document["downloaded"]) == 2
+
+
+HOSTILE = ["../../etc/passwd.png", "/etc/absolute.png", "sub/../../up.png", ".hidden/x.png", "a//b.png",
+           "x" * 1000 + ".png", "/".join(["d"] * 40) + "/deep.png"]
+
+
+def test_names_from_a_hostile_file_list_stay_inside_the_folder(env: Env) -> None:
+    """Names the API gives are untrusted: one that would lead outside the folder, or is hidden or too
+    long, is not used (a notice; the CDN's name instead); one Windows refuses is made one it takes."""
+    pack_id = env.sandbox.create_pack("Hostile")
+    for n, name in enumerate([*HOSTILE, "CON.png", 'what?<is>"this".png', "notes", "\x1b[31mred\x1b[0m.png"]):
+        env.sandbox.add_uploaded(pack_id, image(8 + n, 8, seed=20 + n), named=name)
+    env.write_config()
+    out = env.root / "deep" / "out"
+
+    document = pull(env, "genviral:Hostile", str(out), "--json")
+
+    names = set(tree(out))
+    assert len(names) == len(HOSTILE) + 4
+    assert {"CON_.png", "what__is__this_.png", "notes.png", "_[31mred_[0m.png"} <= names
+    assert all("/" not in name for name in names), "no unusable name made a folder"
+    assert not (env.root / "etc").exists() and not (env.root / "up.png").exists()
+    assert sorted(env.root.rglob("*.png")) == sorted(out / name for name in names), "nothing outside the folder"
+    unused = [p for p in document["problems"] if p["reason"] == UNUSABLE]
+    assert len(unused) == len(HOSTILE) and all(p["notice"] for p in unused)
+    assert all(len(p["item"]) <= 160 and "\x1b" not in p["item"] for p in document["problems"])
+
+
+def _ignoring_offset(reply: Reply) -> Reply:
+    """The first page again whatever the offset, claiming a billion files."""
+    body = json.loads(reply.body)
+    body["data"]["total"] = 1_000_000_000
+    return Reply(reply.status, json.dumps(body).encode(), reply.content_type, reply.headers)
+
+
+def test_a_file_list_ignoring_offset_ends_the_walk(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("Loop")
+    for n in range(3):
+        env.sandbox.add_uploaded(pack_id, image(8 + n, 8, seed=40 + n), named=f"kept/{n}.png")
+    env.sandbox.add_uploaded(pack_id, image(20, 8, seed=50))  # never named: the walk cannot end by finding all
+    env.write_config()
+    env.sandbox.rewrite("GET", "/files", _ignoring_offset)
+
+    pull(env, "genviral:Loop", str(out := env.root / "out"))
+
+    assert {"kept/0.png", "kept/1.png", "kept/2.png"} <= set(tree(out)) and len(tree(out)) == 4
+    assert env.sandbox.calls[LIST_FILES] == 2, "a page bringing nothing new ends it"
+
+
+@pytest.mark.parametrize("answer", [
+    {"ok": True, "code": 200, "message": "", "data": {"files": "many"}},
+    {"ok": True, "code": 200, "message": "", "data": {"files": [["not", "an", "object"]]}},
+    {"ok": False, "code": 400, "message": "no", "error_code": "invalid_offset"},
+])
+def test_a_file_list_that_cannot_be_read_leaves_the_cdn_names(env: Env, answer: dict[str, Any]) -> None:
+    pack_id = env.sandbox.create_pack("Broken")
+    image_id = env.sandbox.add_uploaded(pack_id, (data := image(8, 8, seed=60)), named="a/b.png")
+    env.write_config()
+    env.sandbox.rewrite("GET", "/files", lambda _reply: Reply(answer["code"], json.dumps(answer).encode()))
+
+    result = env.cli("pull", "genviral:Broken", str(out := env.root / "out"), "--json")
+
+    assert result.returncode == 0, result.stderr
+    url = next(i["url"] for i in env.pack(pack_id)["images"] if i["id"] == image_id)
+    assert tree(out) == {name_from_url(url): data}
+    problems = json.loads(result.stdout)["problems"]
+    assert [p["item"] for p in problems] == ["GET /files"] and problems[0]["notice"]
+    assert "Traceback" not in result.stderr
+
+
+def test_file_entries_without_a_usable_url_or_name_are_passed_over(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("Odd")
+    env.sandbox.add_uploaded(pack_id, (data := image(8, 8, seed=61)), named="good/one.png")
+
+    def odd(reply: Reply) -> Reply:
+        body = json.loads(reply.body)
+        body["data"]["files"] = [{"url": 5}, {"url": "file:///etc/passwd", "filename": "x.png"},
+                                 {"id": 7, "filename": ["x"]}, *body["data"]["files"]]
+        return Reply(reply.status, json.dumps(body).encode(), reply.content_type, reply.headers)
+
+    env.write_config()
+    env.sandbox.rewrite("GET", "/files", odd)
+
+    pull(env, "genviral:Odd", str(out := env.root / "out"))
+
+    assert tree(out) == {"good/one.png": data}
+
+
+# -- the rules, pure ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("given", "made"), [
+    ("backgrounds/sunset.png", "backgrounds/sunset.png"),
+    ("équipe/café ü.png", "équipe/café ü.png"),
+    ("CON.png", "CON_.png"),
+    ("aux/x.png", "aux_/x.png"),
+    ("dots./x.png", "dots_/x.png"),
+    ("a\\b.png", "a_b.png"),
+    ("../x.png", None),
+    ("/abs.png", None),
+    ("a/./b.png", None),
+    ("a//b.png", None),
+    (".packsync-pull-0123456789ab.part", None),
+    ("é" * 101 + ".png", None),  # 202 bytes in UTF-8
+    ("/".join(["d"] * 32) + "/x.png", None),
+])
+def test_given_path(given: str, made: str | None) -> None:
+    assert given_path(given) == made
+
+
+def test_a_given_name_without_an_image_extension_takes_its_bytes_one() -> None:
+    download = genviral_download("/f", "p", RemoteImage("i", "https://cdn/abc.png"), "docs/readme")
+
+    assert download.file_name("image/png") == "docs/readme.png" and download.directory == "docs"
+
+
+@pytest.mark.parametrize(("path", "name", "expected"), [
+    ("a/b/c.heic", "c.jpg", "a/b/c.jpg"),
+    ("top.png", "top.png", "top.png"),
+    ("bad\x07dir/c.png", "c.png", "c.png"),
+    ("d" * 300 + "/c.png", "c.png", "c.png"),
+])
+def test_upload_name(path: str, name: str, expected: str) -> None:
+    assert upload_name(path, name) == expected
+    assert len(upload_name(path, name)) <= MAX_NAME
+
+
+def test_the_sandbox_lists_files_by_page_camel_case_and_for_its_key_only(sandbox: Sandbox) -> None:
+    import httpx2
+
+    for n in range(3):
+        sandbox.upload(image(8, 8, seed=n), named=f"n{n}.png")
+    sandbox.upload(image(8, 8, seed=9), named="theirs.png", scope="ws-2")
+    sandbox.upload(image(8, 8, seed=10))  # the web app's: no file of the API's
+
+    with httpx2.Client(base_url=sandbox.base_url, headers={"Authorization": f"Bearer {TOKEN}"},
+                       timeout=5) as api:
+        first = api.get("/files", params={"limit": 2}).json()["data"]
+        second = api.get("/files", params={"limit": 2, "offset": 2}).json()["data"]
+        refused = api.get("/files", params={"limit": 101})
+
+    assert [f["filename"] for f in first["files"] + second["files"]] == ["n0.png", "n1.png", "n2.png"], \
+        "oldest first, the key's own (not another scope's, not the web app's)"
+    assert first["total"] == 3 and (first["limit"], second["offset"]) == (2, 2)
+    assert set(first["files"][0]) == {"id", "url", "contentType", "filename", "size", "createdAt"}
+    assert refused.status_code == 400
