@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
+import photos
 import pytest
 from conftest import TOKEN, Env, image, write
+from helpers import wait_until
 from test_bad_input import stored_file_names
 
 from packsync.engine.names import MAX_NAME, upload_name
@@ -134,18 +138,20 @@ def test_dry_run_and_json_show_the_names(env: Env) -> None:
 
 
 def test_two_images_given_one_name_get_the_suffix(env: Env) -> None:
+    """Names that differ only in case are one name on many file systems: whichever image is placed
+    second gets the suffix, nothing is overwritten."""
     pack_id = env.sandbox.create_pack("Twins")
     env.sandbox.add_uploaded(pack_id, (a := image(8, 8, seed=9)), named="same/a.png")
-    second = env.sandbox.add_uploaded(pack_id, (b := image(9, 9, seed=10)), named="same/A.png")
+    env.sandbox.add_uploaded(pack_id, (b := image(9, 9, seed=10)), named="same/A.png")
     env.write_config()
 
-    document = pull(env, "genviral:Twins", str(out := env.root / "out"), "--json")
+    pull(env, "genviral:Twins", str(out := env.root / "out"))
 
     found = tree(out)
-    assert found.pop("same/a.png") == a
-    assert list(found.values()) == [b], "the other under a suffixed name, nothing overwritten"
-    assert next(iter(found)).startswith(f"same/A-{second.replace('-', '')[:8]}")
-    assert len(document["downloaded"]) == 2
+    assert sorted(found.values()) == sorted([a, b])
+    plain = [name for name in found if name in ("same/a.png", "same/A.png")]
+    assert len(plain) == 1, found.keys()
+    assert all(re.fullmatch(r"same/[aA]-[0-9a-f]{8}\.png", name) for name in found if name not in plain)
 
 
 HOSTILE = ["../../etc/passwd.png", "/etc/absolute.png", "sub/../../up.png", ".hidden/x.png", "a//b.png",
@@ -291,3 +297,64 @@ def test_the_sandbox_lists_files_by_page_camel_case_and_for_its_key_only(sandbox
     assert first["total"] == 3 and (first["limit"], second["offset"]) == (2, 2)
     assert set(first["files"][0]) == {"id", "url", "contentType", "filename", "size", "createdAt"}
     assert refused.status_code == 400
+
+
+# -- what a pushed folder holds besides plain files ---------------------------------------------------
+
+needs_exiftool = pytest.mark.skipif(shutil.which("exiftool") is None, reason="exiftool is not installed")
+
+
+@needs_exiftool
+def test_prepared_images_come_back_under_their_paths_with_their_upload_bytes(env: Env) -> None:
+    """A photo whose location packsync stripped, a HEIC it converted: the bytes are the upload's, the
+    names the files' (a converted file's extension is its bytes' one)."""
+    folder = env.map("photos", pack="Trip", convert_to_jpeg=["heic"])
+    write(folder / "day 1" / "beach.jpg", photos.jpeg(64, 48))
+    write(folder / "day 2" / "IMG_0001.HEIC", photos.heic(64, 48))
+    assert env.cli("run", "--no-wait").returncode == 0
+    other = laptop(env)
+
+    pull(other, "genviral:Trip", str(out := other.root / "out"))
+
+    found = tree(out)
+    assert sorted(found) == ["day 1/beach.jpg", "day 2/IMG_0001.jpg"]
+    assert found["day 1/beach.jpg"] != (folder / "day 1" / "beach.jpg").read_bytes(), "the stripped upload"
+    assert sorted(found.values()) == sorted(env.cdn_bytes(env.pack_named("Trip")["id"]))
+
+
+def test_one_content_under_two_names_comes_back_once_under_the_first(env: Env) -> None:
+    """The pack holds a content once, whatever the number of files holding it: one file comes back,
+    named as the first of them (the one its upload was named after)."""
+    same = image(8, 8, seed=70)
+    pushed(env, {"b/copy.png": same, "a/original.png": same})
+
+    pull(env, "genviral:Brand", str(here := env.root / "here"))
+    pull(other := laptop(env), "genviral:Brand", str(there := other.root / "there"))
+
+    assert tree(here) == tree(there) == {"a/original.png": same}
+
+
+def test_sidecars_go_beside_files_in_sub_folders_and_leave_with_them(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("Described")
+    image_id = env.sandbox.add_uploaded(pack_id, image(20, 10, seed=71), named="leaves/green leaf.png")
+    wait_until(lambda: env.pack(pack_id)["images"][0]["metadata"]["status"] == "completed", timeout=10)
+    env.write_config()
+    out = env.root / "out"
+
+    pull(env, "genviral:Described", str(out), "--sidecars", "xmp")
+    env.sandbox.remove_image(pack_id, image_id)
+    pull(env, "genviral:Described", str(out), "--sidecars", "xmp", "--delete", "--force")
+
+    assert sorted(tree(out)) == [] and (out / "leaves").is_dir()
+
+
+def test_sidecars_in_sub_folders_are_written(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("Described")
+    env.sandbox.add_uploaded(pack_id, image(20, 10, seed=72), named="leaves/green leaf.png")
+    wait_until(lambda: env.pack(pack_id)["images"][0]["metadata"]["status"] == "completed", timeout=10)
+    env.write_config()
+
+    text = pull(env, "genviral:Described", str(out := env.root / "out"), "--sidecars", "xmp")
+
+    assert sorted(tree(out)) == ["leaves/green leaf.png", "leaves/green leaf.png.xmp"]
+    assert "sidecars   1 written" in text
