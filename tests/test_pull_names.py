@@ -358,3 +358,35 @@ def test_sidecars_in_sub_folders_are_written(env: Env) -> None:
 
     assert sorted(tree(out)) == ["leaves/green leaf.png", "leaves/green leaf.png.xmp"]
     assert "sidecars   1 written" in text
+
+
+def test_the_sandbox_keeps_the_files_names_across_restarts(tmp_path: Path) -> None:
+    from packsync.sandbox import Account
+
+    state = tmp_path / "sandbox.json"
+    with Sandbox(accounts={TOKEN: Account(scope="ws-1")}, state_path=state) as first:
+        url = first.upload(image(8, 8, seed=80), named="kept/name.png")
+    with Sandbox(accounts={TOKEN: Account(scope="ws-1")}, state_path=state) as second:
+        files, total = second.store.list_files("ws-1", 10, 0, None)
+
+    assert total == 1 and files[0]["filename"] == "kept/name.png" and files[0]["url"] == url
+
+
+def test_a_name_that_is_another_image_s_folder_takes_the_suffix(env: Env) -> None:
+    """``x.png`` an image and ``x.png/y.png`` another: one of them cannot have its name; neither is lost
+    or overwritten, and the pull ends."""
+    pack_id = env.sandbox.create_pack("Clash")
+    env.sandbox.add_uploaded(pack_id, (a := image(8, 8, seed=81)), named="x.png")
+    env.sandbox.add_uploaded(pack_id, (b := image(9, 9, seed=82)), named="x.png/y.png")
+    env.write_config()
+
+    result = env.cli("pull", "genviral:Clash", str(out := env.root / "out"), "--json")
+
+    assert "Traceback" not in result.stderr
+    document, found = json.loads(result.stdout), tree(out)
+    if result.returncode == 0:  # the folder was made first (its download starts by making it): the file moves aside
+        assert found.pop("x.png/y.png") == b
+        ((name, data),) = found.items()
+        assert re.fullmatch(r"x-[0-9a-f]{8}\.png", name) and data == a
+    else:  # the file came first: the other image failed, said, and is tried again next pull
+        assert found == {"x.png": a} and len(document["failed"]) == 1

@@ -135,7 +135,7 @@ class Store:
         self._state_path = Path(state_path) if state_path is not None else None
         self._delays = (float(enrich_delays[0]), float(enrich_delays[1]))
         self._clock = clock
-        self._dirty = False  # enrichment decided during a read, not yet saved
+        self._dirty = False  # enrichment decided during a read (or a file asked for), not yet saved
         if self._state_path is not None and self._state_path.exists():
             self._load(self._state_path)
 
@@ -318,7 +318,7 @@ class Store:
         """Remember an upload asked for (``POST /files``): it is listed once its bytes are PUT."""
         with self.lock:
             self._files[key] = _File(key, scope, url, content_type, filename, self._clock(), self._next_seq())
-            self._save()
+            self._dirty = True  # saved with its bytes (``put_blob``): listed only once they are there
 
     def list_files(self, scope: str, limit: int, offset: int, kind: str | None) -> tuple[list[dict[str, Any]], int]:
         """``GET /files``: the scope's uploaded files (bytes PUT), oldest first, one page of them, and their
