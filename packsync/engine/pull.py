@@ -3,8 +3,10 @@
 Observe, plan, execute: what the folder holds of earlier pulls is observed (which recorded files are
 there, and, for ``--delete``, which still hold what was pulled), the pure ``pull_plan`` decides what
 to download and what to remove (and names the files: no name leads outside the folder), and the
-``Puller`` runs that plan — ``--dry-run`` prints it instead. Each image becomes one file; a name
-already taken by another file gets a short suffix instead of overwriting it. Bytes go to a hidden
+``Puller`` runs that plan — ``--dry-run`` prints it instead. Each image becomes one file, named by the
+path it was uploaded from when that is known — from the state, for what it pushed, else from the name
+its upload was given (``GET /files``) — sub-folders and all, else by its URL; a name already taken by
+another file gets a short suffix instead of overwriting it. Bytes go to a hidden
 temporary file in the folder, are fsync'ed, then linked under their name: an interrupted pull leaves no
 partial image under a final name, and the next pull removes the leftovers and downloads only what it
 does not have. What was pulled is recorded in the state (folder, file, image, content) as the file
