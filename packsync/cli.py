@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
@@ -24,6 +24,11 @@ from packsync.errors import ConfigError, PacksyncError
 if TYPE_CHECKING:
     from packsync.config import Config, MappingConfig
     from packsync.engine.sync import SyncOptions
+
+
+def _examples(*lines: str) -> str:
+    """A command's ``--help`` examples, kept as written (``\\b``: click does not rewrap the paragraph)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -497,6 +502,140 @@ def sandbox(port: int, state_path: Path | None, latency_ms: float, fault_rate: f
     main_serve(port=port, token=os.environ.get("GENVIRAL_TOKEN") or None, state_path=state_path,
                latency_ms=latency_ms, fault_rate=fault_rate, upload_ttl_s=upload_ttl,
                astria_token=os.environ.get("ASTRIA_API_KEY") or None)
+
+
+@_command(main, epilog=_examples("packsync init                                  # asks for the folder and the pack",
+                                  "packsync init --folder ~/Pictures/brand --pack \"Brand Assets\"",
+                                  "packsync --config ./brand.toml init --folder brand --pack Brand --token-env BRAND_TOKEN"))
+@click.option("--folder", type=click.Path(path_type=Path), help="The folder to mirror (created if missing).")
+@click.option("--pack", help="The pack to mirror it into: an exact name, created if missing.")
+@click.option("--token-env", metavar="VAR",
+              help="Read the token from $VAR (default: $GENVIRAL_TOKEN, else $GENVIRAL_API_KEY).")
+@click.option("--base-url", metavar="URL", default=None,
+              help="The Partner API (default: Genviral's; `packsync sandbox` prints its own).")
+def init(folder: Path | None, pack: str | None, token_env: str | None, base_url: str | None) -> None:
+    """Write a first config, with comments: one folder mirrored into one pack.
+
+    Asks on a terminal for what the options do not say. The config goes where packsync looks for it
+    (or --config PATH); it never holds the token: this says where the token goes, and what to run next.
+    """
+    from packsync.config import DEFAULT_BASE_URL, find_config_path
+    from packsync.setup import next_steps, write_config
+
+    interactive = sys.stdin.isatty()
+    if folder is None:
+        if not interactive:
+            raise ConfigError("--folder: required when not run on a terminal (the folder to mirror).")
+        folder = Path(click.prompt("Folder to mirror", type=click.Path(path_type=Path)))
+    if pack is None:
+        if not interactive:
+            raise ConfigError("--pack: required when not run on a terminal (the pack to mirror the folder into).")
+        pack = str(click.prompt("Pack name", default=folder.expanduser().resolve().name or None))
+    path = _config_path()
+    written = write_config(path, folder, pack, token_env, base_url or DEFAULT_BASE_URL)
+    click.echo("\n".join(next_steps(written, config_given=path != find_config_path(None))))
+
+
+@main.group(epilog=_examples("packsync service install --dry-run    # print the unit; change nothing",
+                             "packsync service install              # a user unit, started now and at boot",
+                             "sudo packsync -c ~/.config/packsync/config.toml service install --system",
+                             "packsync service status"))
+def service() -> None:
+    """Run `packsync daemon` as a systemd service: install, uninstall, status."""
+
+
+@_command(service, name="install", epilog=_examples("packsync service install --dry-run",
+                                                    "packsync service install",
+                                                    "sudo packsync -c /home/me/.config/packsync/config.toml "
+                                                    "service install --system"))
+@click.option("--user", "kind", flag_value="user", default=True,
+              help="A unit of your own user manager (the default): ~/.config/systemd/user/.")
+@click.option("--system", "kind", flag_value="system", help="A system unit run as you (root needed): /etc/systemd/system/.")
+@click.option("--dry-run", is_flag=True, help="Print the unit and the commands; change nothing.")
+def service_install(kind: Literal["user", "system"], dry_run: bool) -> None:
+    """Write the unit that runs `packsync daemon` with this config, then enable and start it.
+
+    The unit runs this very packsync (its absolute path), reads the token from `env` beside the config,
+    and is hardened: the file system is read-only to it but its state's folder and the folders that get
+    XMP sidecars. See docs/service.md.
+    """
+    import shlex
+
+    from packsync.service_unit import (install_plan, invoking_user, lingering, require_root, systemctl,
+                                       unit_for, user_namespaces, write_unit)
+
+    config = _config()
+    config.require_mappings()
+    if not dry_run:
+        require_root(kind, "install")
+    user = invoking_user() if kind == "system" else None
+    unit = unit_for(config, kind, user, namespaces=kind == "system" or user_namespaces())
+    plan = install_plan(kind, unit)
+    if dry_run:
+        click.echo(f"# {plan.path}\n{plan.text}")
+        click.echo("# then:\n" + "\n".join(shlex.join(command) for command in plan.commands))
+        return
+    write_unit(plan, Path(unit.writable[0]), user)
+    for command in plan.commands:
+        systemctl(command)
+    click.echo(f"installed {plan.path}, enabled and started: `packsync service status` shows it.")
+    if not unit.namespaces:
+        click.echo("This kernel gives no user namespaces: the unit runs without its file-system protections.")
+    if kind == "user" and lingering(invoking_user()) is False:
+        click.echo(f"It runs while you are logged in; to keep it running after you log out: "
+                   f"loginctl enable-linger {invoking_user()}")
+
+
+@_command(service, name="uninstall", epilog=_examples("packsync service uninstall",
+                                                      "sudo packsync service uninstall --system"))
+@click.option("--user", "kind", flag_value="user", default=True, help="Your user manager's unit (the default).")
+@click.option("--system", "kind", flag_value="system", help="The system's unit (root needed).")
+def service_uninstall(kind: Literal["user", "system"]) -> None:
+    """Stop and disable the unit, remove its file, and reload systemd. The config and state stay."""
+    from packsync.service_unit import UNIT_NAME, require_root, systemctl, systemctl_argv, unit_path
+
+    path = unit_path(kind)
+    if not path.exists():
+        click.echo(f"{path}: no unit here; nothing to remove.")
+        return
+    require_root(kind, "uninstall")
+    systemctl(systemctl_argv(kind, "disable", "--now", UNIT_NAME))
+    try:
+        path.unlink()
+    except OSError as exc:
+        raise PacksyncError(f"{path}: cannot remove it ({exc.strerror}).") from None
+    systemctl(systemctl_argv(kind, "daemon-reload"))
+    click.echo(f"stopped, disabled and removed {path}.")
+
+
+@_command(service, name="status", epilog=_examples("packsync service status", "packsync service status --system"))
+@click.option("--user", "kind", flag_value="user", default=True, help="Your user manager's unit (the default).")
+@click.option("--system", "kind", flag_value="system", help="The system's unit.")
+def service_status(kind: Literal["user", "system"]) -> None:
+    """Where the unit is, whether it is enabled and running, and what the daemon itself says."""
+    from packsync.control import find_daemon
+    from packsync.service_unit import state_of, unit_path
+
+    path = unit_path(kind)
+    click.echo(f"unit     {path} ({'installed' if path.exists() else 'not installed'})")
+    try:
+        enabled, active = state_of(kind)
+        click.echo(f"systemd  {enabled}, {active}")
+    except PacksyncError as exc:
+        click.echo(f"systemd  cannot say: {exc}")
+    try:
+        config = _config()
+        daemon = find_daemon(config.state_path)
+        answer = daemon.ask("GET", "/") if daemon else None
+    except PacksyncError as exc:
+        click.echo(f"daemon   cannot say: {exc}")
+        return
+    if answer is None:
+        click.echo(f"daemon   not running for {config.state_path}")
+        return
+    paused = ", ".join(answer["paused"]) or "none"
+    click.echo(f"daemon   pid {answer['pid']}, {len(answer['mappings'])} mapping(s), paused: {paused}, "
+               f"page: {answer['page'] or 'none'}")
 
 
 @_command(main)
