@@ -59,6 +59,7 @@ COMMON = """\
 # Nothing to gain or keep: no privileges, no capabilities, no set-uid files, no odd personalities.
 NoNewPrivileges=yes
 CapabilityBoundingSet=
+KeyringMode=private
 RestrictSUIDSGID=yes
 LockPersonality=yes
 RestrictRealtime=yes
@@ -74,6 +75,7 @@ RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 
 #: Hardening that needs a mount (and, in a user manager, a user) namespace.
 NAMESPACED = """\
+PrivateMounts=yes
 ProtectSystem=strict
 ProtectHome=read-only
 PrivateDevices=yes
@@ -127,6 +129,12 @@ def _quoted(word: str) -> str:
     return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _literal(text: str, dollars: bool = False) -> str:
+    """A real path or word in a unit: its ``%`` (a specifier's mark) and, on a command line, ``$`` doubled."""
+    text = text.replace("%", "%%")
+    return text.replace("$", "$$") if dollars else text
+
+
 def executable() -> list[str]:
     """The running packsync, absolutely: its console script, else this interpreter with ``-m packsync``."""
     script = Path(sys.argv[0])
@@ -146,6 +154,18 @@ def user_namespaces() -> bool:
         except OSError:
             continue  # no such knob: this kernel does not restrict it that way
     return True
+
+
+#: The units in the project's systemd/ folder, for those who install by hand (a test holds them to these).
+REFERENCE = {
+    "packsync.service": Unit(kind="user", exec_start=["%h/.local/bin/packsync", "daemon"],
+                             env_file="%h/.config/packsync/env", writable=["%h/.local/state/packsync"]),
+    "packsync@.service": Unit(kind="system", user="packsync", description="packsync mirror for /etc/packsync/%i.toml",
+                              extra=["Group=packsync", "StateDirectory=packsync/%i", "StateDirectoryMode=0700"],
+                              exec_start=["/usr/local/bin/packsync", "--config", "/etc/packsync/%i.toml", "daemon"],
+                              env_file="/etc/packsync/%i.env", writable=["/var/lib/packsync/%i"],
+                              readonly=["/srv/packsync/%i"]),
+}
 
 
 def env_file_for(config_path: Path) -> Path:
@@ -172,9 +192,11 @@ def unit_for(config: Config, kind: Kind, user: str | None = None, namespaces: bo
     readonly = [m.folder for m in config.mappings if m.path is not None and m.sidecars == "none"]
     token_files = [api.token_file for api in (config.genviral, config.astria) if api.token_file is not None]
     touched = [config_path, state_dir, *sidecars, *readonly, *token_files]
-    return Unit(kind=kind, exec_start=[*executable(), "--config", str(config_path), "daemon"],
-                env_file=str(env_file_for(config_path)), writable=[str(state_dir), *map(str, sidecars)],
-                readonly=list(map(str, readonly)), user=user, namespaces=namespaces,
+    return Unit(kind=kind, exec_start=[_literal(word, dollars=True) for word in
+                                       (*executable(), "--config", str(config_path), "daemon")],
+                env_file=_literal(str(env_file_for(config_path))),
+                writable=[_literal(str(path)) for path in (state_dir, *sidecars)],
+                readonly=[_literal(str(path)) for path in readonly], user=user, namespaces=namespaces,
                 private_tmp=not any(p.is_relative_to(t) for p in touched for t in TEMPORARY))
 
 
