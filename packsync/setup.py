@@ -59,6 +59,11 @@ pack = {pack}
 """
 
 
+#: The config keys ``init`` fills, and the options that give them.
+OPTIONS = {"mappings[0].path": "--folder", "mappings[0].pack": "--pack", "genviral.token_env": "--token-env",
+           "genviral.base_url": "--base-url"}
+
+
 def toml_string(text: str) -> str:
     """``text`` as a TOML basic string (JSON's escapes are TOML's, but for DEL, which TOML wants escaped)."""
     return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
@@ -98,7 +103,11 @@ def write_config(path: Path, folder: Path, pack: str, token_env: str | None = No
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--folder: {folder} is not a folder.")
     text = render(path, folder, pack, token_env, base_url)
-    parse_config(tomllib.loads(text), source=path)  # a config error here is the input's, in its own words
+    try:
+        parse_config(tomllib.loads(text))
+    except ConfigError as exc:  # the options' fault, not the file's (which is not written)
+        key, _, why = str(exc).partition(": ")
+        raise ConfigError(f"{OPTIONS.get(key, key)}: {why}") from None
     created = not folder.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
