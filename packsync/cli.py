@@ -576,8 +576,11 @@ def service_install(kind: Literal["user", "system"], dry_run: bool) -> None:
         click.echo("# then:\n" + "\n".join(shlex.join(command) for command in plan.commands))
         return
     write_unit(plan, Path(unit.writable[0]), user)
-    for command in plan.commands:
-        systemctl(command)
+    try:
+        for command in plan.commands:
+            systemctl(command)
+    except PacksyncError as exc:
+        raise PacksyncError(f"wrote {plan.path}, but {exc}") from None
     click.echo(f"installed {plan.path}, enabled and started: `packsync service status` shows it.")
     if not unit.namespaces:
         click.echo("This kernel gives no user namespaces: the unit runs without its file-system protections.")
