@@ -1,4 +1,5 @@
-"""`packsync init`: a first config that works as written, never holding the token, on a fresh home."""
+"""`packsync init`: a first config that works as written, never holding the token, on a fresh home; and the
+examples every command's ``--help`` ends with, for a newcomer's first steps."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import sys
 import tomllib
 from pathlib import Path
 
+import click
 import pytest
+from click.testing import CliRunner
 from conftest import TOKEN, Env, image, write
 
+from packsync.cli import main
 from packsync.config import load_config
 from packsync.sandbox import Sandbox
 
@@ -112,3 +116,20 @@ def test_without_a_config_every_command_points_at_init(tmp_path: Path) -> None:
     result = packsync(fresh_home(tmp_path), "status")
     assert result.returncode == 2
     assert "no config file here; `packsync init` writes one" in result.stderr
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and group under ``group``, as the words that name it."""
+    found = [prefix]
+    for name, command in group.commands.items():
+        found += _commands(command, (*prefix, name)) if isinstance(command, click.Group) else [(*prefix, name)]
+    return found
+
+
+@pytest.mark.parametrize("words", _commands(main), ids=lambda words: " ".join(words) or "packsync")
+def test_every_command_s_help_shows_an_example(words: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(main, [*words, "--help"])
+    assert result.exit_code == 0, result.output
+    examples = result.output.partition("\n  Examples:\n")[2]
+    assert examples.startswith("    packsync ") or examples.startswith("    sudo packsync ") \
+        or examples.startswith("    ASTRIA_API_KEY="), result.output
