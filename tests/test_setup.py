@@ -133,3 +133,22 @@ def test_every_command_s_help_shows_an_example(words: tuple[str, ...]) -> None:
     examples = result.output.partition("\n  Examples:\n")[2]
     assert examples.startswith("    packsync ") or examples.startswith("    sudo packsync ") \
         or examples.startswith("    ASTRIA_API_KEY="), result.output
+
+
+def test_init_on_a_terminal_asks_for_the_folder_and_the_pack(env: Env) -> None:
+    """What the options leave out is asked for; the pack's name defaults to the folder's."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        child = subprocess.Popen([sys.executable, "-m", "packsync", "-c", str(env.config_path), "init"],
+                                 stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        os.write(controller, f"{env.root / 'Brand Kit'}\n\n".encode())
+        out, err = child.communicate(timeout=60)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert child.returncode == 0, err
+    assert "Folder to mirror: " in out and "Pack name [Brand Kit]: " in out
+    mapping, = load_config(env.config_path).mappings
+    assert (mapping.path, mapping.pack) == (env.root / "Brand Kit", "Brand Kit")
