@@ -192,6 +192,11 @@ def unit_for(config: Config, kind: Kind, user: str | None = None, namespaces: bo
     readonly = [m.folder for m in config.mappings if m.path is not None and m.sidecars == "none"]
     token_files = [api.token_file for api in (config.genviral, config.astria) if api.token_file is not None]
     touched = [config_path, state_dir, *sidecars, *readonly, *token_files]
+    for path in (*touched, *map(Path, executable())):
+        if any(ord(c) < 32 or ord(c) == 127 for c in str(path)):
+            # A line break would end the directive and start another, of the path's choosing.
+            raise ConfigError(f"{str(path)!r}: a path with a line break or a control character cannot go into a "
+                              "systemd unit; rename it.")
     return Unit(kind=kind, exec_start=[_literal(word, dollars=True) for word in
                                        (*executable(), "--config", str(config_path), "daemon")],
                 env_file=_literal(str(env_file_for(config_path))),

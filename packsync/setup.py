@@ -93,15 +93,7 @@ def write_config(path: Path, folder: Path, pack: str, token_env: str | None = No
     """Write the config for one mapping at ``path`` (never over an existing one), creating its folder and
     the mapped folder. The text is validated before anything is written."""
     path, folder = Path(os.path.abspath(path.expanduser())), Path(os.path.abspath(folder.expanduser()))
-    if token_env is not None and not token_env.strip():
-        raise ConfigError("--token-env: name an environment variable, like GENVIRAL_TOKEN.")
-    if not pack.strip():
-        raise ConfigError("--pack: name the pack to mirror the folder into.")
-    if path.exists() or path.is_symlink():
-        raise ConfigError(f"{path}: a config is already there: edit it (config.example.toml lists every key), "
-                          "or give --config PATH to write another.")
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--folder: {folder} is not a folder.")
+    _check(path, folder, pack, token_env)
     text = render(path, folder, pack, token_env, base_url)
     try:
         parse_config(tomllib.loads(text))
@@ -109,16 +101,35 @@ def write_config(path: Path, folder: Path, pack: str, token_env: str | None = No
         key, _, why = str(exc).partition(": ")
         raise ConfigError(f"{OPTIONS.get(key, key)}: {why}") from None
     created = not folder.exists()
+    for needed in (path.parent, folder):
+        try:
+            needed.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # (a file in the way too: mkdir's FileExistsError)
+            raise ConfigError(f"{needed}: cannot create this folder ({exc.strerror}).") from None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        folder.mkdir(parents=True, exist_ok=True)
         with path.open("x", encoding="utf-8") as file:  # "x": a config written meanwhile is not replaced
             file.write(text)
     except FileExistsError:
         raise ConfigError(f"{path}: a config is already there: edit it, or give --config PATH.") from None
     except OSError as exc:
-        raise ConfigError(f"{exc.filename or path}: cannot write it ({exc.strerror}).") from None
+        raise ConfigError(f"{path}: cannot write the config ({exc.strerror}).") from None
     return Written(path, folder, created, token_env)
+
+
+def _check(path: Path, folder: Path, pack: str, token_env: str | None) -> None:
+    """Refuse what the options say before anything is rendered: a config is never replaced (an edit is
+    what a working config needs, and its state is keyed by its mappings)."""
+    if token_env is not None and not token_env.strip():
+        raise ConfigError("--token-env: name an environment variable, like GENVIRAL_TOKEN.")
+    if not pack.strip():
+        raise ConfigError("--pack: name the pack to mirror the folder into.")
+    if path.is_dir():
+        raise ConfigError(f"--config: {path} is a folder; name the config file, like {path / 'config.toml'}.")
+    if path.exists() or path.is_symlink():
+        raise ConfigError(f"{path}: a config is already there: edit it (config.example.toml lists every key), "
+                          "or give --config PATH to write another.")
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--folder: {folder} is not a folder.")
 
 
 def next_steps(written: Written, config_given: bool) -> list[str]:

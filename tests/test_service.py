@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import Env
 
-from packsync.service_unit import REFERENCE, render
+from packsync.service_unit import REFERENCE, render, user_namespaces
 
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
@@ -69,6 +69,8 @@ def test_only_the_state_and_the_sidecar_folders_are_writable(env: Env) -> None:
     _, text = dry_run(env)
     assert directives(text, "ReadWritePaths") == [str(env.state_path.parent), str(sidecars)]
     assert directives(text, "ReadOnlyPaths") == [f"-{plain}"]
+    if not user_namespaces():
+        pytest.skip("this kernel gives no user namespaces: the user unit has no namespaced lines")
     assert directives(text, "ProtectSystem") == ["strict"] and directives(text, "ProtectHome") == ["read-only"]
     assert directives(text, "PrivateUsers") == ["yes"]  # what lets a user manager build the namespaces
     assert "MemoryDenyWriteExecute" not in "".join(line.partition("#")[0] for line in text.splitlines())
@@ -86,6 +88,20 @@ def test_a_path_with_a_specifier_mark_or_a_dollar_is_taken_literally(tmp_path: P
                           source=tmp_path / "config.toml")
     text = render(unit_for(config, "user"))
     assert directives(text, "ReadWritePaths") == [str(tmp_path / "st%%ate"), f'"{tmp_path}/50%% off $HOME"']
+
+
+def test_a_folder_with_a_line_break_cannot_smuggle_a_directive_into_the_unit(env: Env) -> None:
+    """A path is written into the unit; a line break in it would start a directive of its own (run as root
+    with ``ExecStartPre=+...``, in a system unit)."""
+    from packsync.setup import toml_string
+
+    folder = env.folder("pics\nExecStartPre=+/bin/touch /tmp/owned")
+    env.config_path.write_text(f"[state]\npath = {toml_string(str(env.state_path))}\n[[mappings]]\n"
+                               f"path = {toml_string(str(folder))}\npack = \"P\"\n", encoding="utf-8")
+    result = env.cli("service", "install", "--dry-run")
+    assert result.returncode == 2
+    assert "a path with a line break or a control character cannot go into a systemd unit" in result.stderr
+    assert "ExecStartPre" not in result.stdout
 
 
 @needs_analyze

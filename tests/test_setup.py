@@ -152,3 +152,11 @@ def test_init_on_a_terminal_asks_for_the_folder_and_the_pack(env: Env) -> None:
     assert "Folder to mirror: " in out and "Pack name [Brand Kit]: " in out
     mapping, = load_config(env.config_path).mappings
     assert (mapping.path, mapping.pack) == (env.root / "Brand Kit", "Brand Kit")
+
+
+def test_init_with_a_file_where_a_folder_must_go_says_which(env: Env) -> None:
+    blocker = env.root / "conf"
+    blocker.write_text("", encoding="utf-8")
+    result = env.cli("-c", str(blocker / "config.toml"), "init", "--folder", str(env.root / "pics"), "--pack", "P")
+    assert result.returncode == 2
+    assert result.stderr == f"packsync: {blocker}: cannot create this folder (File exists).\n"
