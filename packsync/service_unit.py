@@ -200,7 +200,9 @@ def unit_for(config: Config, kind: Kind, user: str | None = None, namespaces: bo
     return Unit(kind=kind, exec_start=[_literal(word, dollars=True) for word in
                                        (*executable(), "--config", str(config_path), "daemon")],
                 env_file=_literal(str(env_file_for(config_path))),
-                writable=[_literal(str(path)) for path in (state_dir, *sidecars)],
+                # The state's folder must be writable (install makes it); a missing mapped folder (an
+                # unmounted drive) is skipped ("-"), as the daemon goes on with the other mappings.
+                writable=[_literal(str(state_dir)), *(f"-{_literal(str(path))}" for path in sidecars)],
                 readonly=[_literal(str(path)) for path in readonly], user=user, namespaces=namespaces,
                 private_tmp=not any(p.is_relative_to(t) for p in touched for t in TEMPORARY))
 

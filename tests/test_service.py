@@ -67,7 +67,7 @@ def test_only_the_state_and_the_sidecar_folders_are_writable(env: Env) -> None:
     sidecars = env.map("side", pack="S", sidecars="xmp")
     plain = env.map("plain", pack="P")
     _, text = dry_run(env)
-    assert directives(text, "ReadWritePaths") == [str(env.state_path.parent), str(sidecars)]
+    assert directives(text, "ReadWritePaths") == [str(env.state_path.parent), f"-{sidecars}"]
     assert directives(text, "ReadOnlyPaths") == [f"-{plain}"]
     if not user_namespaces():
         pytest.skip("this kernel gives no user namespaces: the user unit has no namespaced lines")
@@ -87,7 +87,7 @@ def test_a_path_with_a_specifier_mark_or_a_dollar_is_taken_literally(tmp_path: P
                            "mappings": [{"path": str(folder), "pack": "P", "sidecars": "xmp"}]},
                           source=tmp_path / "config.toml")
     text = render(unit_for(config, "user"))
-    assert directives(text, "ReadWritePaths") == [str(tmp_path / "st%%ate"), f'"{tmp_path}/50%% off $HOME"']
+    assert directives(text, "ReadWritePaths") == [str(tmp_path / "st%%ate"), f'"-{tmp_path}/50%% off $HOME"']
 
 
 def test_a_folder_with_a_line_break_cannot_smuggle_a_directive_into_the_unit(env: Env) -> None:
