@@ -22,7 +22,6 @@ from packsync.service_unit import env_file_for
 TEMPLATE = """\
 # packsync configuration, written by `packsync init`. Every key is described in packsync's
 # config.example.toml and docs/. Unknown keys are errors, so a typo never goes unnoticed.
-# notify = ["mailto://..."]        # apprise URLs told of a safety stop or a mapping failing (docs/notifications.md)
 
 [genviral]
 base_url = {base_url}
@@ -38,6 +37,10 @@ base_url = {base_url}
 [http]
 # The daemon's page, /healthz and /metrics; "" turns them off.
 listen = "127.0.0.1:8780"
+
+# Be told when something needs you (a safety stop, a refused key, a folder failing): docs/notifications.md.
+# [notify]
+# urls = ["ntfys://ntfy.sh/${{NTFY_TOPIC}}"]
 
 # One [[mappings]] table per folder: the folder is mirrored, recursively, into the pack.
 [[mappings]]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Env
+from helpers import StartDaemon
 
 from packsync.service_unit import REFERENCE, render, user_namespaces
 
@@ -159,3 +160,12 @@ def test_uninstall_with_nothing_installed_says_so(env: Env, tmp_path: Path) -> N
                             capture_output=True, text=True, env=isolated, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "no unit here; nothing to remove." in result.stdout
+
+
+def test_status_shows_the_daemon_s_own_answer(daemon_env: Env, start: StartDaemon) -> None:
+    daemon_env.map("pics", pack="P")
+    daemon = start()
+    result = daemon_env.cli("service", "status")
+    assert result.returncode == 0, result.stderr
+    assert re.search(rf"^daemon   pid {daemon.proc.pid}, 1 mapping\(s\), paused: none, page: http://127\.0\.0\.1:\d+/",
+                     result.stdout, re.MULTILINE), result.stdout
