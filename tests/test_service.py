@@ -169,3 +169,22 @@ def test_status_shows_the_daemon_s_own_answer(daemon_env: Env, start: StartDaemo
     assert result.returncode == 0, result.stderr
     assert re.search(rf"^daemon   pid {daemon.proc.pid}, 1 mapping\(s\), paused: none, page: http://127\.0\.0\.1:\d+/",
                      result.stdout, re.MULTILINE), result.stdout
+
+
+def test_without_user_namespaces_the_user_unit_keeps_what_needs_none(tmp_path: Path) -> None:
+    """Where the kernel gives no unprivileged user namespaces, a user unit asking for them would not start
+    (226/NAMESPACE): it leaves the namespaced lines out, and keeps the seccomp and privilege ones."""
+    from packsync.config import parse_config
+    from packsync.service_unit import unit_for
+
+    config = parse_config({"mappings": [{"path": str(tmp_path / "pics"), "pack": "P"}]}, source=tmp_path / "c.toml")
+    text = render(unit_for(config, "user", namespaces=False))
+    for namespaced in ("PrivateUsers", "ProtectSystem", "ProtectHome", "ReadWritePaths", "ReadOnlyPaths",
+                       "PrivateTmp", "PrivateDevices"):
+        assert not directives(text, namespaced), namespaced
+    assert directives(text, "SystemCallFilter") == ["@system-service", "~@privileged"]
+    assert directives(text, "NoNewPrivileges") == ["yes"] and directives(text, "CapabilityBoundingSet") == [""]
+    if ANALYZE is not None:
+        (tmp_path / "packsync.service").write_text(text, encoding="utf-8")
+        verify = analyze(tmp_path, "verify", "--man=no", "packsync.service")
+        assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
