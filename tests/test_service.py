@@ -188,3 +188,14 @@ def test_without_user_namespaces_the_user_unit_keeps_what_needs_none(tmp_path: P
         (tmp_path / "packsync.service").write_text(text, encoding="utf-8")
         verify = analyze(tmp_path, "verify", "--man=no", "packsync.service")
         assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+
+
+def test_init_and_service_import_no_heavy_library(env: Env) -> None:
+    """Setting up talks to no API and opens no state: neither the HTTP client, the server nor SQLModel."""
+    from test_startup import HEAVY, WEB, imported
+
+    env.map("pics", pack="P")
+    assert imported("-c", str(env.config_path), "service", "install", "--dry-run") & {*HEAVY, *WEB} == set()
+    assert imported("-c", str(env.root / "new.toml"), "init", "--folder", str(env.root / "b"), "--pack", "B") \
+        & {*HEAVY, *WEB} == set()
+    assert (env.root / "new.toml").is_file()  # (the probe ran the command, not only its imports)
