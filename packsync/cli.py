@@ -606,9 +606,9 @@ def service_install(kind: Literal["user", "system"], dry_run: bool) -> None:
     click.echo(f"installed {plan.path}, enabled and started: `packsync service status` shows it.")
     if not unit.namespaces:
         click.echo("This kernel gives no user namespaces: the unit runs without its file-system protections.")
-    if kind == "user" and units.lingering(units.invoking_user()) is False:
+    if kind == "user" and units.lingering(me := units.own_user()) is False:
         click.echo(f"It runs while you are logged in; to keep it running after you log out: "
-                   f"loginctl enable-linger {units.invoking_user()}")
+                   f"loginctl enable-linger {me}")
 
 
 @_command(service, name="uninstall", epilog=_examples("packsync service uninstall",

@@ -215,11 +215,16 @@ def unit_path(kind: Kind) -> Path:
     return platformdirs.user_config_path("systemd") / "user" / UNIT_NAME
 
 
-def invoking_user() -> str:
-    """Who a system unit runs as: the user behind sudo, else the one running this."""
+def own_user() -> str:
+    """The user running this (whose user manager a user unit goes to)."""
     import pwd
 
-    return os.environ.get("SUDO_USER") or pwd.getpwuid(os.getuid()).pw_name
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def invoking_user() -> str:
+    """Who a system unit runs as: the user behind sudo, else the one running this."""
+    return os.environ.get("SUDO_USER") or own_user()
 
 
 def systemctl_argv(kind: Kind, *args: str) -> list[str]:
