@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
@@ -24,6 +24,11 @@ from packsync.errors import ConfigError, PacksyncError
 if TYPE_CHECKING:
     from packsync.config import Config, MappingConfig
     from packsync.engine.sync import SyncOptions
+
+
+def _examples(*lines: str) -> str:
+    """A command's ``--help`` examples, kept as written (``\\b``: click does not rewrap the paragraph)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -63,7 +68,12 @@ def _command(group: click.Group, **settings: Any) -> Callable[[Callable[..., Any
     return decorate
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=_examples("packsync init                 # write a first config",
+                              "packsync run --dry-run        # what a sync would do",
+                              "packsync run                  # sync once",
+                              "packsync service install      # keep syncing, as a systemd service",
+                              "packsync COMMAND --help       # each command's options and examples"))
 @_global_options
 @click.version_option(__version__, prog_name="packsync")
 def main() -> None:
@@ -139,7 +149,10 @@ def _sync(config: Config, options: SyncOptions, only: list[str] | None, as_json:
     sys.exit(int(report.exit_code))
 
 
-@_command(main)
+@_command(main, epilog=_examples("packsync run --dry-run              # the plan; changes nothing",
+                                 "packsync run                        # sync every mapping once (cron: add --no-wait)",
+                                 "packsync run --force ~/Pictures/brand   # with the deletes withheld there",
+                                 "packsync run --json | jq '.mappings[] | {source, added, deleted}'"))
 @click.option("--dry-run", is_flag=True, help="Print the plan (uploads, adds, deletes) and change nothing.")
 @click.option("--no-wait", is_flag=True, help="Do not wait for the images' AI metadata.")
 @click.option("--wait-timeout", type=click.FloatRange(min=0), default=600.0, show_default=True, metavar="S",
@@ -179,7 +192,9 @@ def run(dry_run: bool, no_wait: bool, wait_timeout: float, force: str | None, as
     sys.exit(int(report.exit_code))
 
 
-@_command(main, name="sync")
+@_command(main, name="sync", epilog=_examples("packsync sync                     # every mapping, now",
+                                              "packsync sync ~/Pictures/brand    # that folder's mapping only",
+                                              "packsync sync \"Brand Assets\" --wait 120"))
 @click.argument("mappings", nargs=-1, metavar="[MAPPING]...")
 @click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=None, metavar="S",
               help="Also wait up to S seconds for the new images' AI metadata.")
@@ -225,21 +240,24 @@ def _hold(names: tuple[str, ...], paused: bool) -> None:
         click.echo("A sync under way finishes; no other starts until `packsync resume`, across daemon restarts.")
 
 
-@_command(main)
+@_command(main, epilog=_examples("packsync pause                    # every mapping",
+                                 "packsync pause ~/Pictures/brand"))
 @click.argument("mappings", nargs=-1, metavar="[MAPPING]...")
 def pause(mappings: tuple[str, ...]) -> None:
     """Stop syncing every mapping (or those named) until `packsync resume`, across daemon restarts."""
     _hold(mappings, True)
 
 
-@_command(main)
+@_command(main, epilog=_examples("packsync resume                   # every paused mapping",
+                                 "packsync resume ~/Pictures/brand"))
 @click.argument("mappings", nargs=-1, metavar="[MAPPING]...")
 def resume(mappings: tuple[str, ...]) -> None:
     """Sync every paused mapping (or those named) again, starting with a full scan."""
     _hold(mappings, False)
 
 
-@_command(main, name="allow-deletes")
+@_command(main, name="allow-deletes", epilog=_examples("packsync status       # what is withheld, and where",
+                                                       "packsync allow-deletes ~/Pictures/brand"))
 @click.argument("mapping")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")
 def allow_deletes(mapping: str, as_json: bool) -> None:
@@ -268,7 +286,9 @@ def allow_deletes(mapping: str, as_json: bool) -> None:
     _sync(config, SyncOptions(wait=False, allow=allow), sorted(allow), as_json)
 
 
-@_command(main)
+@_command(main, epilog=_examples("packsync pull \"genviral:Brand Assets\" ~/restore/brand",
+                                 "packsync pull genviral:Brand ~/Pictures/brand --delete --dry-run",
+                                 "packsync pull astria:260 ~/astria/headshots --classes woman,man"))
 @click.argument("source", metavar="genviral:PACK|astria:ID")
 @click.argument("folder")
 @click.option("--delete", is_flag=True, help="Also delete files pulled earlier whose images left the pack.")
@@ -322,7 +342,8 @@ def pull(source: str, folder: str, delete: bool, max_delete: str, force: bool, d
     sys.exit(int(report.exit_code))
 
 
-@_command(main)
+@_command(main, epilog=_examples("packsync daemon                   # in the foreground, until Ctrl-C",
+                                 "packsync service install          # or as a systemd service"))
 @click.option("--polling", is_flag=True, help="Poll every folder instead of using inotify (network shares).")
 def daemon(polling: bool) -> None:
     """Watch the mapped folders and keep their packs in sync until stopped (SIGHUP reloads)."""
@@ -331,7 +352,9 @@ def daemon(polling: bool) -> None:
     sys.exit(int(run_daemon(_config_path(), polling=polling)))
 
 
-@_command(main)
+@_command(main, epilog=_examples("packsync status",
+                                 "packsync status --problems        # every file not synced, and why",
+                                 "packsync status --json | jq '.mappings[] | {path, files, images}'"))
 @click.option("--json", "as_json", is_flag=True, help="Print the stable JSON document (see README).")
 @click.option("--files", is_flag=True, help="List every file with its image id and AI metadata.")
 @click.option("--problems", is_flag=True, help="List every file that was skipped, with the reason.")
@@ -368,7 +391,8 @@ def _daemon_page(config: Config) -> str | None:
     return str(page) if page else None
 
 
-@_command(main)
+@_command(main, epilog=_examples("packsync ui                       # http://127.0.0.1:8780/",
+                                 "packsync ui --listen 127.0.0.1:9000"))
 @click.option("--listen", metavar="HOST:PORT", help="Where to serve (default: [http] listen, else 127.0.0.1:8780).")
 def ui(listen: str | None) -> None:
     """Serve the web page from the state alone, until Ctrl-C: for people who sync with `run` from cron.
@@ -394,7 +418,8 @@ def ui(listen: str | None) -> None:
     asyncio.run(serve_until_stopped(msgspec.structs.replace(config, http=http)))
 
 
-@_command(main)
+@_command(main, epilog=_examples("packsync search sunset beach",
+                                 "packsync search logo --limit 500 --json"))
 @click.argument("words", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, help="At most this many.")
@@ -420,7 +445,7 @@ def search(words: tuple[str, ...], as_json: bool, limit: int) -> None:
         print_search(hits, sys.stdout)
 
 
-@_command(main)
+@_command(main, epilog=_examples("packsync packs", "packsync packs --json | jq -r '.packs[].id'"))
 @click.option("--public", is_flag=True, help="Include public packs of other accounts.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def packs(public: bool, as_json: bool) -> None:
@@ -446,12 +471,13 @@ def packs(public: bool, as_json: bool) -> None:
         print_packs(found, sys.stdout)
 
 
-@main.group()
+@main.group(epilog=_examples("packsync astria packs", "packsync pull astria:260 ~/astria/headshots"))
 def astria() -> None:
     """Astria packs (read only): list them; mirror one with an astria_pack mapping, or pull it."""
 
 
-@_command(astria, name="packs")
+@_command(astria, name="packs", epilog=_examples("ASTRIA_API_KEY=sd_... packsync astria packs",
+                                                  "packsync astria packs --gallery --json"))
 @click.option("--gallery", is_flag=True, help="The public gallery's packs instead of the key's own.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def astria_packs(gallery: bool, as_json: bool) -> None:
@@ -479,7 +505,8 @@ def astria_packs(gallery: bool, as_json: bool) -> None:
         print_astria_packs(summaries, details, sys.stdout)
 
 
-@_command(main)
+@_command(main, epilog=_examples("packsync sandbox --port 8765      # then base_url = \"http://127.0.0.1:8765/api/partner/v1\"",
+                                 "packsync sandbox --fault-rate 0.1 --latency-ms 200"))
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option("--state", "state_path", type=click.Path(path_type=Path), help="Keep the sandbox's data in this file.")
 @click.option("--latency-ms", type=click.FloatRange(min=0), default=0.0, help="Delay added to every request.")
@@ -499,7 +526,144 @@ def sandbox(port: int, state_path: Path | None, latency_ms: float, fault_rate: f
                astria_token=os.environ.get("ASTRIA_API_KEY") or None)
 
 
-@_command(main)
+@_command(main, epilog=_examples("packsync init                                  # asks for the folder and the pack",
+                                  "packsync init --folder ~/Pictures/brand --pack \"Brand Assets\"",
+                                  "packsync -c ./brand.toml init --folder brand --pack Brand --token-env BRAND_TOKEN"))
+@click.option("--folder", type=click.Path(path_type=Path), help="The folder to mirror (created if missing).")
+@click.option("--pack", help="The pack to mirror it into: an exact name, created if missing.")
+@click.option("--token-env", metavar="VAR",
+              help="Read the token from $VAR (default: $GENVIRAL_TOKEN, else $GENVIRAL_API_KEY).")
+@click.option("--base-url", metavar="URL", default=None,
+              help="The Partner API (default: Genviral's; `packsync sandbox` prints its own).")
+def init(folder: Path | None, pack: str | None, token_env: str | None, base_url: str | None) -> None:
+    """Write a first config, with comments: one folder mirrored into one pack.
+
+    Asks on a terminal for what the options do not say. The config goes where packsync looks for it
+    (or --config PATH); it never holds the token: this says where the token goes, and what to run next.
+    """
+    from packsync.config import DEFAULT_BASE_URL, find_config_path
+    from packsync.setup import next_steps, write_config
+
+    interactive = sys.stdin.isatty()
+    if folder is None:
+        if not interactive:
+            raise ConfigError("--folder: required when not run on a terminal (the folder to mirror).")
+        folder = Path(click.prompt("Folder to mirror", type=click.Path(path_type=Path)))
+    if pack is None:
+        if not interactive:
+            raise ConfigError("--pack: required when not run on a terminal (the pack to mirror the folder into).")
+        pack = str(click.prompt("Pack name", default=folder.expanduser().resolve().name or None))
+    path = _config_path()
+    written = write_config(path, folder, pack, token_env, base_url or DEFAULT_BASE_URL)
+    click.echo("\n".join(next_steps(written, config_given=path != find_config_path(None))))
+
+
+@main.group(epilog=_examples("packsync service install --dry-run    # print the unit; change nothing",
+                             "packsync service install              # a user unit, started now and at boot",
+                             "sudo packsync -c ~/.config/packsync/config.toml service install --system",
+                             "packsync service status"))
+def service() -> None:
+    """Run `packsync daemon` as a systemd service: install, uninstall, status."""
+
+
+@_command(service, name="install", epilog=_examples("packsync service install --dry-run",
+                                                    "packsync service install",
+                                                    "sudo packsync -c /home/me/.config/packsync/config.toml "
+                                                    "service install --system"))
+@click.option("--user", "kind", flag_value="user", default=True,
+              help="A unit of your own user manager (the default): ~/.config/systemd/user/.")
+@click.option("--system", "kind", flag_value="system",
+              help="A system unit run as you (root needed): /etc/systemd/system/.")
+@click.option("--dry-run", is_flag=True, help="Print the unit and the commands; change nothing.")
+def service_install(kind: Literal["user", "system"], dry_run: bool) -> None:
+    """Write the unit that runs `packsync daemon` with this config, then enable and start it.
+
+    The unit runs this very packsync (its absolute path), reads the token from `env` beside the config,
+    and is hardened: the file system is read-only to it but its state's folder and the folders that get
+    XMP sidecars. See docs/service.md.
+    """
+    import shlex
+
+    from packsync import service_unit as units
+
+    config = _config()
+    config.require_mappings()
+    if not dry_run:
+        units.require_root(kind, "install")
+    user = units.invoking_user() if kind == "system" else None
+    unit = units.unit_for(config, kind, user, namespaces=kind == "system" or units.user_namespaces())
+    plan = units.install_plan(kind, unit)
+    if dry_run:
+        click.echo(f"# {plan.path}\n{plan.text}")
+        click.echo("# then:\n" + "\n".join(shlex.join(command) for command in plan.commands))
+        return
+    units.write_unit(plan, units.state_dir_for(config, user), user)
+    try:
+        for command in plan.commands:
+            units.systemctl(command)
+    except PacksyncError as exc:
+        raise PacksyncError(f"wrote {plan.path}, but {exc}") from None
+    click.echo(f"installed {plan.path}, enabled and started: `packsync service status` shows it.")
+    if not unit.namespaces:
+        click.echo("This kernel gives no user namespaces: the unit runs without its file-system protections.")
+    if kind == "user" and units.lingering(me := units.own_user()) is False:
+        click.echo(f"It runs while you are logged in; to keep it running after you log out: "
+                   f"loginctl enable-linger {me}")
+
+
+@_command(service, name="uninstall", epilog=_examples("packsync service uninstall",
+                                                      "sudo packsync service uninstall --system"))
+@click.option("--user", "kind", flag_value="user", default=True, help="Your user manager's unit (the default).")
+@click.option("--system", "kind", flag_value="system", help="The system's unit (root needed).")
+def service_uninstall(kind: Literal["user", "system"]) -> None:
+    """Stop and disable the unit, remove its file, and reload systemd. The config and state stay."""
+    from packsync.service_unit import UNIT_NAME, require_root, systemctl, systemctl_argv, unit_path
+
+    path = unit_path(kind)
+    if not path.exists():
+        click.echo(f"{path}: no unit here; nothing to remove.")
+        return
+    require_root(kind, "uninstall")
+    systemctl(systemctl_argv(kind, "disable", "--now", UNIT_NAME))
+    try:
+        path.unlink()
+    except OSError as exc:
+        raise PacksyncError(f"{path}: cannot remove it ({exc.strerror}).") from None
+    systemctl(systemctl_argv(kind, "daemon-reload"))
+    click.echo(f"stopped, disabled and removed {path}.")
+
+
+@_command(service, name="status", epilog=_examples("packsync service status", "packsync service status --system"))
+@click.option("--user", "kind", flag_value="user", default=True, help="Your user manager's unit (the default).")
+@click.option("--system", "kind", flag_value="system", help="The system's unit.")
+def service_status(kind: Literal["user", "system"]) -> None:
+    """Where the unit is, whether it is enabled and running, and what the daemon itself says."""
+    from packsync.control import find_daemon
+    from packsync.service_unit import state_of, unit_path
+
+    path = unit_path(kind)
+    click.echo(f"unit     {path} ({'installed' if path.exists() else 'not installed'})")
+    try:
+        enabled, active = state_of(kind)
+        click.echo(f"systemd  {enabled}, {active}")
+    except PacksyncError as exc:
+        click.echo(f"systemd  cannot say: {exc}")
+    try:
+        config = _config()
+        daemon = find_daemon(config.state_path)
+        answer = daemon.ask("GET", "/") if daemon else None
+    except PacksyncError as exc:
+        click.echo(f"daemon   cannot say: {exc}")
+        return
+    if answer is None:
+        click.echo(f"daemon   not running for {config.state_path}")
+        return
+    paused = ", ".join(answer["paused"]) or "none"
+    click.echo(f"daemon   pid {answer['pid']}, {len(answer['mappings'])} mapping(s), paused: {paused}, "
+               f"page: {answer['page'] or 'none'}")
+
+
+@_command(main, epilog=_examples("packsync demo", "packsync demo --keep ./demo    # keep its folders, config, state"))
 @click.option("--keep", type=click.Path(path_type=Path), help="Make the demo in this folder and keep it.")
 def demo(keep: Path | None) -> None:
     """Sync sample images into the built-in sandbox and show the result. Needs no set-up."""

@@ -294,7 +294,7 @@ class Config(_ConfigFile, frozen=True):
         """Syncing needs at least one folder: say so instead of silently doing nothing."""
         if not self.mappings:
             raise ConfigError(f"{_where(self.source)}mappings: no [[mappings]] table, so there is nothing to sync "
-                              "(see config.example.toml).")
+                              "(`packsync init` writes a config with one).")
 
 
 def _is_loopback(host: str) -> bool:
@@ -431,7 +431,7 @@ def load_config(path: Path) -> Config:
     try:
         data = tomllib.loads(read_regular(path, MAX_CONFIG_BYTES).decode("utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no config file here (see config.example.toml).") from None
+        raise ConfigError(f"{path}: no config file here; `packsync init` writes one (or give --config PATH).") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror}).") from None
     except UnicodeDecodeError as exc:
