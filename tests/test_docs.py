@@ -97,7 +97,7 @@ def test_every_config_shown_is_valid(page: Path) -> None:
     for block in TOML.findall(page.read_text()):
         data = tomllib.loads(block if re.search(r"^\[", block, re.MULTILINE)
                              else '[[mappings]]\npath = "photos"\npack = "Photos"\n' + block)
-        assert parse_config(data).mappings, "a config shown has a mapping"
+        parse_config(data)  # a config packsync would refuse raises ConfigError, naming the key
 
 
 def test_the_readme_opens_with_the_two_commands() -> None:
