@@ -351,7 +351,7 @@ def _sentence(error: msgspec.ValidationError) -> str:
         choices = next((typing.get_args(f.type) for f in msgspec.structs.fields(MappingConfig)
                         if f.name == key.rpartition(".")[2]), ())
         message = f"{enum[1]} is not one of " + ", ".join(map(repr, choices)) if choices else f"{enum[1]} not allowed"
-    elif own := re.fullmatch(r"(\w+): (.*)", message):  # a check of one key, made with the whole table
+    elif own := re.fullmatch(r"(\w+(?:\[\d+\])?): (.*)", message):  # a check of one key, made with the whole table
         key, message = f"{key}.{own[1]}".lstrip("."), own[2]
     message = re.sub(r"`([^`]*)`", lambda kind: _KINDS.get(kind[1], kind[1]), message)
     return f"{key or 'config'}: {message[:1].lower()}{message[1:]}"
