@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import TOKEN, Env, image, write
-from helpers import StartDaemon, wait_until
+from helpers import StartDaemon, StartHere, wait_until
 
 from packsync.daemon.alerts import Alerts, Message
 from packsync.errors import ExitCode
@@ -263,3 +263,68 @@ def test_a_folder_failing_longer_than_after_s_arrives_once_without_the_token_it_
 
     wait_until(lambda: len(inbox.titles()) == 2, timeout=30, what="the folder's recovery told")
     assert inbox.titles() == [failing, f"packsync: {folder} syncs again"]
+
+
+def test_a_notification_that_cannot_be_sent_is_logged_once_and_syncing_goes_on(
+        daemon_env: Env, start_here: StartHere) -> None:
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on once it is closed
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    notify_env(daemon_env).notify = {"urls": [f"json://127.0.0.1:{port}/hook"]}
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id, max_delete=1)
+    for n in range(3):
+        write(folder / f"{n}.png", image())
+    daemon = start_here()
+    (folder / "0.png").unlink()
+    (folder / "1.png").unlink()
+    assert daemon_env.cli("sync").returncode == ExitCode.SAFETY
+    assert daemon_env.cli("allow-deletes", str(folder)).returncode == 0  # (its end: a second message)
+
+    wait_until(lambda: daemon.output().count("notifying") == 2, timeout=30, what="both messages tried")
+    wait_until(lambda: "notification not sent" in daemon.output(), timeout=30, what="the failed send logged")
+    assert len(daemon_env.pack(pack_id)["images"]) == 1 and daemon.running
+    daemon.stop()  # (the second send ended by now: the daemon waits for those under way)
+    assert daemon.output().count("notification not sent") == 1
+    assert f"127.0.0.1:{port}" not in daemon.output(), "a URL (a secret) was logged"
+
+
+def test_run_and_help_never_import_apprise(env: Env) -> None:
+    from test_startup import imported
+
+    write(env.map("brand", pack_id=env.sandbox.create_pack("p")) / "a.png", image())
+    notify_env(env).notify = {"urls": ["json://127.0.0.1:9/hook"]}
+    env.write_config()
+    assert "apprise" not in imported("-c", str(env.config_path), "run", token=TOKEN)
+    assert "apprise" not in imported("-c", str(env.config_path), "daemon", "--help")
+
+
+def test_notify_test_sends_to_each_url_and_says_which_failed(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    receiver = Inbox()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    try:
+        env.map("pics", pack="p")
+        notify_env(env).notify = {"urls": [receiver.url, f"json://127.0.0.1:{port}/${{HOOK_PATH}}"]}
+        env.write_config()
+        monkeypatch.setenv("HOOK_PATH", "secret-path")  # (the command's environment: ``cli`` passes it on)
+        tried = env.cli("notify", "test", token=None)
+    finally:
+        receiver.close()
+
+    assert tried.returncode == ExitCode.SOME_FAILED, tried.stdout + tried.stderr
+    assert tried.stdout.splitlines() == ["sent    notify.urls[0] (json)", "FAILED  notify.urls[1] (json)"]
+    assert receiver.titles() == ["packsync: a test notification"]
+    assert "secret-path" not in tried.stdout + tried.stderr
+
+
+def test_notify_test_without_urls_says_there_are_none(env: Env) -> None:
+    env.map("pics", pack="p")
+    tried = env.cli("notify", "test", token=None)
+    assert tried.returncode == ExitCode.USAGE
+    assert "notify.urls: no URL to send to" in tried.stderr

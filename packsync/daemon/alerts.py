@@ -34,7 +34,7 @@ SEND_TIMEOUT_S = 30.0
 #: How long a stop waits for the messages still being sent.
 CLOSE_GRACE_S = 5.0
 
-Event = Literal["safety stop", "safety stop cleared", "key refused", "key accepted", "failing", "recovered"]
+Event = Literal["safety stop", "safety stop cleared", "key refused", "key accepted", "failing", "recovered", "test"]
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -44,6 +44,12 @@ class Message(msgspec.Struct, frozen=True):
     label: str | None
     title: str
     body: str
+
+
+#: What ``packsync notify test`` sends.
+TEST = Message("test", None, "packsync: a test notification",
+               "packsync can reach you here: a safety stop, a refused key or a folder failing for long is told "
+               "this way.")
 
 
 @dataclass
@@ -153,10 +159,13 @@ class Notifier:
             services.append((f"notify.urls[{index}] ({kind})", plugin))
         return cls(services)
 
+    def each(self, message: Message) -> list[tuple[str, bool]]:
+        """Send ``message`` to every service, waiting: each one's name, and whether it took the message."""
+        return [(name, bool(plugin.notify(body=message.body, title=message.title))) for name, plugin in self.services]
+
     def send_now(self, message: Message) -> list[str]:
         """Send ``message`` to every service, waiting; the names of those that failed."""
-        return [name for name, plugin in self.services
-                if not plugin.notify(body=message.body, title=message.title)]
+        return [name for name, sent in self.each(message) if not sent]
 
     async def send(self, message: Message) -> list[str]:
         """``send_now`` in a thread (apprise blocks), given up after ``SEND_TIMEOUT_S``."""
