@@ -328,3 +328,48 @@ def test_notify_test_without_urls_says_there_are_none(env: Env) -> None:
     tried = env.cli("notify", "test", token=None)
     assert tried.returncode == ExitCode.USAGE
     assert "notify.urls: no URL to send to" in tried.stderr
+
+
+def test_a_stop_told_before_a_restart_is_not_told_again_after_it(
+        daemon_env: Env, start: StartDaemon, inbox: Inbox) -> None:
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id, max_delete=1)
+    for n in range(3):
+        write(folder / f"{n}.png", image())
+    daemon = start()
+    wait_until(lambda: len(daemon_env.pack(pack_id)["images"]) == 3, timeout=30)
+    removed = {name: (folder / name).read_bytes() for name in ("0.png", "1.png")}
+    for name in removed:
+        (folder / name).unlink()
+    [stop] = wait_until(lambda: inbox.titles(), timeout=30, what="the safety stop's notification")
+    assert daemon.stop() == 0
+    daemon.close()
+    (daemon_env.root / "notify.sock").unlink()
+
+    start()  # its first sync meets the same stop
+    assert daemon_env.cli("sync").returncode == ExitCode.SAFETY
+    for name, data in removed.items():  # the user puts the files back: the stop clears
+        write(folder / name, data)
+    wait_until(lambda: len(inbox.titles()) == 2, timeout=30, what="the stop's end told")
+    assert inbox.titles() == [stop, f"packsync: safety stop cleared in {folder}"]
+
+
+def test_a_reload_with_a_url_apprise_does_not_take_keeps_the_running_notifications(
+        daemon_env: Env, start: StartDaemon, inbox: Inbox) -> None:
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id, max_delete=1)
+    for n in range(3):
+        write(folder / f"{n}.png", image())
+    daemon = start()
+    wait_until(lambda: len(daemon_env.pack(pack_id)["images"]) == 3, timeout=30)
+    notify_env(daemon_env).notify["urls"] = ["nosuchservice://host/path"]
+    daemon_env.write_config()
+
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "config reload failed" in daemon.output(), timeout=30, what="the reload refused")
+    assert "notify.urls[0]: apprise does not take this nosuchservice:// URL" in daemon.output()
+    (folder / "0.png").unlink()
+    (folder / "1.png").unlink()
+
+    wait_until(lambda: inbox.titles(), timeout=30, what="the safety stop told through the running URL")
+    assert daemon.proc.poll() is None
