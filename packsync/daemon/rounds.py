@@ -10,6 +10,7 @@ two syncs never race over one pack. Its outcome goes back to the schedule: a
 failing folder is retried with backoff, a refused key pauses syncing, a state that cannot be used
 now is waited out; a state that can never be used (corrupt, not writable) ends the daemon, as it
 ends a start. What went well is logged per mapping, and the metadata loop is woken for new images.
+Every outcome is also handed to the notifications (``alerts.py``), which tell a person what needs one.
 """
 
 from __future__ import annotations

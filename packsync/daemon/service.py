@@ -11,7 +11,8 @@ pauses syncing (one clear error, a rare retry, or at once after SIGHUP). The met
 (``metadata.py``) polls beside the syncs, supervised. SIGTERM and SIGINT finish or abandon the sync in
 flight within seconds and exit 0; SIGHUP reloads the config. systemd hears READY=1, STATUS=,
 WATCHDOG=1 (from this loop, so a hung loop is noticed) and STOPPING=1 (``notify.py``); ``packsync
-status`` and the page hear the same through ``status.py``. Every delay is the ``Timing``'s.
+status`` and the page hear the same through ``status.py``; a person, through the notifications configured
+(``alerts.py``). Every delay is the ``Timing``'s.
 """
 
 from __future__ import annotations
