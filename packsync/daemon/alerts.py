@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 #: How long one message may take to reach every service before it is given up (apprise's own requests time
 #: out sooner; this bounds a service that accepts the connection and then says nothing).
 SEND_TIMEOUT_S = 30.0
-#: How long a stop waits for the messages still being sent.
-CLOSE_GRACE_S = 5.0
+#: How long a stop waits for the messages still being sent: short, inside the stop's own deadline
+#: (``Timing.stop_deadline_s``) after the sync in flight had its grace.
+CLOSE_GRACE_S = 1.0
 
 Event = Literal["safety stop", "safety stop cleared", "key refused", "key accepted", "failing", "recovered", "test"]
 
@@ -161,7 +162,7 @@ class Notifier:
 
     def each(self, message: Message) -> list[tuple[str, bool]]:
         """Send ``message`` to every service, waiting: each one's name, and whether it took the message."""
-        return [(name, bool(plugin.notify(body=message.body, title=message.title))) for name, plugin in self.services]
+        return [(name, _sent(plugin, message)) for name, plugin in self.services]
 
     def send_now(self, message: Message) -> list[str]:
         """Send ``message`` to every service, waiting; the names of those that failed."""
@@ -173,6 +174,15 @@ class Notifier:
             return await asyncio.wait_for(asyncio.to_thread(self.send_now, message), SEND_TIMEOUT_S)
         except TimeoutError:
             return [name for name, _ in self.services]
+
+
+def _sent(plugin: Any, message: Message) -> bool:
+    """Whether ``plugin`` took ``message``. A plugin's own bug (apprise has a hundred) is a message not sent,
+    not a daemon in trouble: its text is not shown, it may quote the URL."""
+    try:
+        return bool(plugin.notify(body=message.body, title=message.title))
+    except Exception:  # noqa: BLE001 - see the docstring
+        return False
 
 
 class Notices:
