@@ -76,6 +76,15 @@ def test_a_folder_failing_is_told_once_past_after_s_and_its_recovery_once() -> N
         assert events(alerts.outcome("/f", error, now)) == expected, now
 
 
+@pytest.mark.parametrize(("after_s", "said"), [(30, "30 s"), (1800, "30 min"), (3 * 3600, "3.0 h")])
+def test_the_failing_message_says_for_how_long(after_s: float, said: str) -> None:
+    alerts = Alerts(after_s=after_s)
+    alerts.outcome("/f", "pack gone", 100)
+    [told] = alerts.outcome("/f", "pack gone", 100 + after_s)
+    assert told.title == f"packsync: /f failing for {said}"
+    assert told.body == f"/f: every sync for {said} has failed; the last said: pack gone"
+
+
 def test_a_refused_key_is_told_once_until_a_sync_gets_past_it() -> None:
     alerts = Alerts(after_s=60)
     assert alerts.key(None) == []
