@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -186,13 +187,14 @@ def _sent(plugin: Any, message: Message) -> bool:
 
 
 class Notices:
-    """What ``rounds.py`` tells: the outcomes it handles, decided by ``Alerts`` and sent by ``Notifier`` in
-    tasks of their own (a sync never waits for a notification)."""
+    """What ``rounds.py`` tells: the outcomes it handles, decided by ``Alerts`` and sent by ``Notifier``, in order,
+    by one task beside the loop (a sync never waits for a notification)."""
 
     def __init__(self, alerts: Alerts, notifier: Notifier | None) -> None:
         self.alerts = alerts
         self.notifier = notifier
-        self.sending: set[asyncio.Task[None]] = set()
+        self.waiting: deque[Message] = deque()
+        self.sender: asyncio.Task[None] | None = None  # while messages wait
         self.unsent = False  # the last send failed: said once until one succeeds
         self.log = get_logger()
 
@@ -229,24 +231,29 @@ class Notices:
         self.tell(self.alerts.key(sentence))
 
     def tell(self, messages: list[Message]) -> None:
-        if self.notifier is None:
+        if self.notifier is None or not messages:
             return
         for message in messages:
             self.log.info("notifying", notice=message.event, mapping=message.label)
-            task = asyncio.create_task(self._send(self.notifier, message))
-            self.sending.add(task)
-            task.add_done_callback(self.sending.discard)
+        self.waiting.extend(messages)
+        if self.sender is None or self.sender.done():
+            self.sender = asyncio.create_task(self._send(self.notifier))
 
-    async def _send(self, notifier: Notifier, message: Message) -> None:
-        failed = await notifier.send(message)
-        if failed and not self.unsent:
-            self.log.error("notification not sent; later ones are tried all the same", notice=message.event,
-                           services=failed)
-        elif not failed and self.unsent:
-            self.log.info("notifications are sent again")
-        self.unsent = bool(failed)
+    async def _send(self, notifier: Notifier) -> None:
+        """Send the waiting messages one by one (apprise's plugins are not made to be shared by threads)."""
+        while self.waiting:
+            message = self.waiting.popleft()
+            failed = await notifier.send(message)
+            if failed and not self.unsent:
+                self.log.error("notification not sent; later ones are tried all the same", notice=message.event,
+                               services=failed)
+            elif not failed and self.unsent:
+                self.log.info("notifications are sent again")
+            self.unsent = bool(failed)
 
     async def close(self) -> None:
         """Wait a little for the messages still being sent (a stop right after a safety stop still tells)."""
-        if self.sending:
-            await asyncio.wait(set(self.sending), timeout=CLOSE_GRACE_S)
+        if self.sender is not None and not self.sender.done():
+            await asyncio.wait({self.sender}, timeout=CLOSE_GRACE_S)
+            self.sender.cancel()  # (its thread is left to finish or to die with the process)
+            await asyncio.gather(self.sender, return_exceptions=True)
