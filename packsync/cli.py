@@ -672,5 +672,31 @@ def demo(keep: Path | None) -> None:
     sys.exit(int(run_demo(keep)))
 
 
+@main.group()
+def notify() -> None:
+    """The daemon's notifications ([notify] urls in the config)."""
+
+
+@_command(notify, name="test")
+def notify_test() -> None:
+    """Send a test notification to each [notify] URL and say which failed (exit 1 when one did).
+
+    \b
+    Example:
+      NTFY_TOKEN=tk_... packsync notify test
+    """
+    from packsync.daemon.alerts import TEST, Notifier
+    from packsync.errors import ExitCode
+
+    config = _config()
+    notifier = Notifier.open(config)
+    if notifier is None:
+        raise ConfigError(f"{config.source}: notify.urls: no URL to send to (see docs/notifications.md).")
+    sent = notifier.each(TEST)
+    for name, ok in sent:
+        click.echo(f"{'sent  ' if ok else 'FAILED'}  {name}")
+    sys.exit(ExitCode.OK if all(ok for _, ok in sent) else ExitCode.SOME_FAILED)
+
+
 if __name__ == "__main__":
     main()

@@ -112,6 +112,28 @@ class DaemonConfig(_Strict, frozen=True):
     rescan_interval_s: Annotated[float, Meta(ge=10)] = 3600.0
 
 
+class NotifyConfig(_Strict, frozen=True):
+    """Where the daemon sends a word when something needs a person (``daemon/alerts.py``): apprise URLs.
+
+    A URL may name environment variables (``${VAR}`` or ``$VAR``) for its secrets; they are read when the
+    daemon starts (``read_notify_urls``), not here: a ``run`` from cron never sends and never needs them."""
+
+    urls: list[Annotated[str, Meta(min_length=1)]] = field(default_factory=list)
+    #: A mapping failing this long (seconds) is worth a word; a shorter failure retries unheard.
+    after_s: Annotated[float, Meta(ge=0)] = 3600.0
+
+    def __post_init__(self) -> None:
+        for index, url in enumerate(self.urls):
+            if not _SCHEME.match(url):
+                raise ValueError(f"urls[{index}]: not a URL (an apprise URL starts with its service, like ntfy://)")
+
+
+#: An apprise URL's start: its service's name, then ``://``.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+#: An environment variable a notification URL names: ``${VAR}`` or ``$VAR`` (``$$``: a ``$`` itself).
+_VARIABLE = re.compile(r"\$(?:(?P<dollar>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+
+
 class HttpConfig(_Strict, frozen=True):
     """The daemon's local HTTP surface (health, metrics, the page): ``listen = ""`` turns it off."""
 
@@ -275,6 +297,7 @@ class _ConfigFile(_Strict, frozen=True):
     state: StateConfig = field(default_factory=StateConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     mappings: list[MappingConfig] = field(default_factory=list)
 
 
@@ -328,7 +351,7 @@ def _sentence(error: msgspec.ValidationError) -> str:
         choices = next((typing.get_args(f.type) for f in msgspec.structs.fields(MappingConfig)
                         if f.name == key.rpartition(".")[2]), ())
         message = f"{enum[1]} is not one of " + ", ".join(map(repr, choices)) if choices else f"{enum[1]} not allowed"
-    elif own := re.fullmatch(r"(\w+): (.*)", message):  # a check of one key, made with the whole table
+    elif own := re.fullmatch(r"(\w+(?:\[\d+\])?): (.*)", message):  # a check of one key, made with the whole table
         key, message = f"{key}.{own[1]}".lstrip("."), own[2]
     message = re.sub(r"`([^`]*)`", lambda kind: _KINDS.get(kind[1], kind[1]), message)
     return f"{key or 'config'}: {message[:1].lower()}{message[1:]}"
@@ -378,7 +401,7 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     base = source.parent if source else Path.cwd()
     state = read.state
     config = Config(
-        source=source, daemon=read.daemon, http=read.http,
+        source=source, daemon=read.daemon, http=read.http, notify=read.notify,
         mappings=[m if m.path is None else msgspec.structs.replace(m, path=_resolve(m.path, base))
                   for m in read.mappings],
         state=state if state.path is None else msgspec.structs.replace(state, path=_resolve(state.path, base)),
@@ -483,3 +506,23 @@ def read_password(config: Config) -> str | None:
 
     register_secret(password)
     return password
+
+
+def read_notify_urls(config: Config) -> list[str]:
+    """The notification URLs with the environment variables they name filled in, each registered as a secret
+    (a URL carries its service's credentials). An unset variable is a config error naming the key and it."""
+    from packsync.logs import register_secret
+
+    urls = []
+    for index, url in enumerate(config.notify.urls):
+        def value(found: re.Match[str], key: str = f"notify.urls[{index}]") -> str:
+            if found["dollar"]:
+                return "$"
+            name = found["braced"] or found["bare"]
+            if not (text := os.environ.get(name, "")):
+                raise ConfigError(f"{_where(config.source)}{key}: the environment variable {name} is not set.")
+            register_secret(text)
+            return text
+        urls.append(_VARIABLE.sub(value, url))
+        register_secret(urls[-1])
+    return urls

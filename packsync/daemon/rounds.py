@@ -10,6 +10,7 @@ two syncs never race over one pack. Its outcome goes back to the schedule: a
 failing folder is retried with backoff, a refused key pauses syncing, a state that cannot be used
 now is waited out; a state that can never be used (corrupt, not writable) ends the daemon, as it
 ends a start. What went well is logged per mapping, and the metadata loop is woken for new images.
+Every outcome is also handed to the notifications (``alerts.py``), which tell a person what needs one.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from packsync.daemon.alerts import Notices
 from packsync.daemon.notify import Systemd
 from packsync.daemon.schedule import Folder, Round, Schedule
 from packsync.daemon.status import Status
@@ -34,13 +36,14 @@ if TYPE_CHECKING:
 
 class Rounds:
     def __init__(self, schedule: Schedule, status: Status, systemd: Systemd, timing: Timing,
-                 stopping: asyncio.Event, added: Callable[[], None]) -> None:
+                 stopping: asyncio.Event, added: Callable[[], None], notices: Notices) -> None:
         self.schedule = schedule
         self.status = status
         self.systemd = systemd
         self.timing = timing
         self.stopping = stopping
         self.added = added  # told when a sync added images (they wait for metadata)
+        self.notices = notices  # told each outcome: a person hears of what needs one (``alerts.py``)
         self.tick_s = timing.tick(systemd.watchdog_s)
         self.log = get_logger()
         self.remote: dict[str, asyncio.Task[None]] = {}  # an Astria mapping's sync under way, by label
@@ -145,6 +148,7 @@ class Rounds:
         """A round that failed as a whole: paused for a refused key, else retried with backoff."""
         now = time.monotonic()
         if isinstance(exc, AuthError):
+            self.notices.refused(str(exc))
             self.schedule.pause(targets, str(exc), now)
             self.log.error(f"{exc}; syncing paused, retrying in {self.timing.auth_pause_s / 60:.0f} min or on SIGHUP")
             self.status.publish()
@@ -156,6 +160,7 @@ class Rounds:
         else:
             self.status.sync_error = str(exc)
             self.log.error("sync failed; will retry", error=str(exc))
+        self.notices.failed([folder.label for folder in targets], str(exc), now)
         for folder in targets:
             self.schedule.retry(folder, now)
 
@@ -174,6 +179,8 @@ class Rounds:
         now = time.monotonic()
         for label, error in errors.items():
             self.schedule.synced(self.schedule.folders[label], error, failing[label], now)
+        self.notices.synced(report.mappings, {m.label: f.label for m in report.mappings
+                                              if (f := self.schedule.folder_of(m.label)) is not None}, now)
         if added:
             self.added()
         self.status.publish()

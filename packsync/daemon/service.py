@@ -11,7 +11,8 @@ pauses syncing (one clear error, a rare retry, or at once after SIGHUP). The met
 (``metadata.py``) polls beside the syncs, supervised. SIGTERM and SIGINT finish or abandon the sync in
 flight within seconds and exit 0; SIGHUP reloads the config. systemd hears READY=1, STATUS=,
 WATCHDOG=1 (from this loop, so a hung loop is noticed) and STOPPING=1 (``notify.py``); ``packsync
-status`` and the page hear the same through ``status.py``. Every delay is the ``Timing``'s.
+status`` and the page hear the same through ``status.py``; a person, through the notifications configured
+(``alerts.py``). Every delay is the ``Timing``'s.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from packsync.app import App, client_for, transport_for
 from packsync.config import Config, load_config, read_password
 from packsync.control import socket_path
 from packsync.daemon.aggregator import Aggregator
+from packsync.daemon.alerts import Notices
 from packsync.daemon.control import Served, bind
 from packsync.daemon.metadata import MetadataLoop
 from packsync.daemon.notify import Systemd
@@ -39,8 +41,9 @@ from packsync.daemon.status import Status
 from packsync.daemon.timing import PRODUCT, Timing
 from packsync.daemon.watcher import Watcher
 from packsync.daemon.web import Web
-from packsync.errors import ExitCode, LockedError, PacksyncError, StateError, StateUnavailable
+from packsync.errors import ConfigError, ExitCode, LockedError, PacksyncError, StateError, StateUnavailable
 from packsync.logs import get_logger, register_secret
+from packsync.mappings import concrete
 from packsync.remote.retry import Retrying
 from packsync.sources.folder import filters_for
 from packsync.state.lock import StateLock
@@ -67,7 +70,9 @@ class Daemon:
         self.schedule = Schedule(config, timing, self.changes)
         self.status = Status(self.schedule, self.systemd, self.wake, timing.stuck_after_s)
         self.metadata = MetadataLoop(lambda: self.app, self.schedule, self.status, timing)
-        self.rounds = Rounds(self.schedule, self.status, self.systemd, timing, self.stopping, self.metadata.wake.set)
+        self.notices = Notices.open(config)  # its URLs checked now: a config error before anything starts
+        self.rounds = Rounds(self.schedule, self.status, self.systemd, timing, self.stopping, self.metadata.wake.set,
+                             self.notices)
         self.retiring = Retiring()
         self.web: Web | None = None
 
@@ -97,6 +102,9 @@ class Daemon:
         if state is None:
             return ExitCode.OK
         self.state = self.status.state = state
+        # A stop the daemon before this one told of is not told again (one ``run`` met is not told at all).
+        self.notices.alerts.stopped.update(m.label for m in concrete(self.config, state)
+                                           if (record := state.mappings.get(m.label)) and record.safety)
         try:
             self.web = await Web.start(self.config, self.status, self.timing.page_request_s) \
                 if self.config.http.address else None
@@ -135,6 +143,7 @@ class Daemon:
             self.systemd.stopping()
             metadata.cancel()
             await self.rounds.abandon()
+            await self.notices.close()
             self.schedule.refuse_asked(PacksyncError("the daemon stopped before it ran this sync; the next start "
                                                      "syncs everything anyway"))
             self.app.close_sources()
@@ -283,6 +292,13 @@ class Daemon:
         except PacksyncError as exc:
             self.log.error("config reload failed; keeping the running config", error=str(exc))
             return
+        try:
+            notices = Notices.open(config, self.notices.alerts) if config.notify != self.config.notify else None
+        except ConfigError as exc:
+            self.log.error("config reload failed; keeping the running config", error=str(exc))
+            return
+        if notices is not None:
+            self.notices = self.rounds.notices = notices
         old = set(self.schedule.folders)
         fresh, gone = self.schedule.reconfigure(config)
         for root in gone:

@@ -1,0 +1,384 @@
+"""Notifications (``packsync/daemon/alerts.py``): what is told, once per episode, and that it arrives.
+
+The decider is driven with a fake clock; the daemon sends through apprise's ``json://`` to an HTTP endpoint
+this module runs, as any webhook receiver would get them.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TOKEN, Env, image, write
+from helpers import StartDaemon, StartHere, wait_until
+
+from packsync.daemon.alerts import Alerts, Message
+from packsync.errors import ExitCode
+from packsync.logs import register_secret
+from packsync.sandbox import Account, Sandbox
+
+# -- the decider -------------------------------------------------------------------------------------------
+
+
+def events(messages: list[Message]) -> list[tuple[str, str | None]]:
+    return [(m.event, m.label) for m in messages]
+
+
+def test_a_safety_stop_is_told_once_while_it_stands_and_its_end_once() -> None:
+    alerts = Alerts(after_s=60)
+    steps: list[tuple[str | None, list[tuple[str, str | None]]]] = [
+        ("3 of 4 images would go", [("safety stop", "/p")]),
+        ("3 of 4 images would go", []),
+        ("4 of 4 images would go", []),  # the same stop, grown: still not news
+        (None, [("safety stop cleared", "/p")]),
+        (None, []),
+        ("2 of 4 images would go", [("safety stop", "/p")]),  # a new stop after it cleared is a new event
+    ]
+    for reason, expected in steps:
+        assert events(alerts.stop("/p", reason, 3)) == expected, reason
+
+
+def test_the_stop_says_the_count_the_reason_and_the_command_that_approves() -> None:
+    [told] = Alerts(after_s=60).stop("/home/me/My Pictures", "would delete 3 of 4 images (max_delete 50%)", 3)
+    assert "3 deletes withheld" in told.body
+    assert "would delete 3 of 4 images (max_delete 50%)" in told.body
+    assert told.body.endswith("packsync allow-deletes '/home/me/My Pictures'")
+
+
+def test_a_stop_announced_before_a_restart_is_not_told_again() -> None:
+    alerts = Alerts(after_s=60, stopped=["/p"])
+    assert alerts.stop("/p", "3 of 4", 3) == []
+    assert events(alerts.stop("/p", None, 0)) == [("safety stop cleared", "/p")]
+
+
+def test_a_folder_failing_is_told_once_past_after_s_and_its_recovery_once() -> None:
+    alerts = Alerts(after_s=10)
+    clock: list[tuple[float, str | None, list[tuple[str, str | None]]]] = [
+        (0, "folder missing", []),
+        (5, "folder missing", []),
+        (9.9, "pack gone", []),
+        (10, "pack gone", [("failing", "/f")]),  # failing since 0, whatever each failure said
+        (500, "pack gone", []),
+        (501, None, [("recovered", "/f")]),
+        (502, None, []),
+        (600, "folder missing", []),  # a new episode, counted from its own start
+        (605, None, []),  # ended before it was told: its end is no news either
+        (700, "folder missing", []),
+        (710, "folder missing", [("failing", "/f")]),
+    ]
+    for now, error, expected in clock:
+        assert events(alerts.outcome("/f", error, now)) == expected, now
+
+
+@pytest.mark.parametrize(("after_s", "said"), [(30, "30 s"), (1800, "30 min"), (3 * 3600, "3.0 h")])
+def test_the_failing_message_says_for_how_long(after_s: float, said: str) -> None:
+    alerts = Alerts(after_s=after_s)
+    alerts.outcome("/f", "pack gone", 100)
+    [told] = alerts.outcome("/f", "pack gone", 100 + after_s)
+    assert told.title == f"packsync: /f failing for {said}"
+    assert told.body == f"/f: every sync for {said} has failed; the last said: pack gone"
+
+
+def test_a_refused_key_is_told_once_until_a_sync_gets_past_it() -> None:
+    alerts = Alerts(after_s=60)
+    assert alerts.key(None) == []
+    assert events(alerts.key("The API key was refused (invalid or revoked)")) == [("key refused", None)]
+    assert alerts.key("The API key was refused (invalid or revoked)") == []
+    assert events(alerts.key(None)) == [("key accepted", None)]
+    assert alerts.key(None) == []
+
+
+def test_no_message_carries_the_token_or_a_credential() -> None:
+    register_secret(TOKEN)
+    alerts = Alerts(after_s=0)
+    told = alerts.outcome("/f", f"pack 1: the server said: bad key {TOKEN}", 0)
+    told += alerts.stop("/p", f"echo {TOKEN}", 1)
+    told += alerts.key("refused: Authorization: Bearer abcdefghijklmnop")
+    assert len(told) == 3
+    for message in told:
+        assert TOKEN not in message.body + message.title and "abcdefghijklmnop" not in message.body
+
+
+# -- the config --------------------------------------------------------------------------------------------
+
+
+class NotifyEnv(Env):
+    """``Env`` with a ``[notify]`` table."""
+
+    def __init__(self, root: Path, sandbox: Sandbox) -> None:
+        super().__init__(root, sandbox)
+        self.notify: dict[str, Any] = {}
+
+    def data(self) -> dict[str, Any]:
+        return {**super().data(), "notify": self.notify}
+
+    def write_config(self) -> None:
+        super().write_config()
+        if self.notify:  # (a table after the [[mappings]] ones ends the last of them)
+            lines = ["[notify]", f"urls = {json.dumps(self.notify.get('urls', []))}"]
+            lines += [f"after_s = {self.notify['after_s']}"] if "after_s" in self.notify else []
+            with self.config_path.open("a", encoding="utf-8") as file:
+                file.write("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def env(tmp_path: Path, sandbox: Sandbox) -> NotifyEnv:
+    return NotifyEnv(tmp_path, sandbox)
+
+
+def notify_env(env: Env) -> NotifyEnv:
+    assert isinstance(env, NotifyEnv)
+    return env
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("json://127.0.0.1/${PACKSYNC_TEST_UNSET_VARIABLE}",
+     "notify.urls[0]: the environment variable PACKSYNC_TEST_UNSET_VARIABLE is not set."),
+    ("nosuchservice://host/path", "notify.urls[0]: apprise does not take this nosuchservice:// URL"),
+    ("ntfy.sh/mytopic", "notify.urls[0]: not a URL"),
+])
+def test_a_notify_url_the_daemon_cannot_use_stops_its_start_naming_the_key(env: Env, url: str, said: str) -> None:
+    env.map("pics", pack="p")
+    notify_env(env).notify = {"urls": [url]}
+    env.write_config()
+
+    started = env.cli("daemon", timeout=60)
+
+    assert started.returncode == ExitCode.USAGE, started.stdout + started.stderr
+    assert said in started.stderr and "Traceback" not in started.stderr
+
+
+def test_a_run_never_needs_the_notify_variables(env: Env) -> None:
+    """``run`` from cron does not notify: a variable only the daemon's environment has is no error for it."""
+    folder = env.map("pics", pack="p")
+    write(folder / "a.png", image())
+    notify_env(env).notify = {"urls": ["json://127.0.0.1/${PACKSYNC_TEST_UNSET_VARIABLE}"]}
+    env.write_config()
+
+    assert env.cli("run", "--no-wait").returncode == 0
+
+
+# -- the daemon, sending ---------------------------------------------------------------------------------
+
+
+class Inbox:
+    """A webhook receiver on loopback: what apprise's ``json://`` posts to it (``title``, ``message``)."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        inbox = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                inbox.received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"json://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def titles(self) -> list[str]:
+        return [str(message["title"]) for message in list(self.received)]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def inbox(daemon_env: Env) -> Iterator[Inbox]:
+    receiver = Inbox()
+    notify_env(daemon_env).notify = {"urls": [receiver.url], "after_s": 1}
+    yield receiver
+    receiver.close()
+
+
+def test_a_safety_stop_arrives_once_however_many_syncs_it_lasts_and_its_end_once(
+        daemon_env: Env, start: StartDaemon, inbox: Inbox) -> None:
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id, max_delete=1)
+    for n in range(3):
+        write(folder / f"{n}.png", image())
+    start()
+    wait_until(lambda: len(daemon_env.pack(pack_id)["images"]) == 3, timeout=30)
+    (folder / "0.png").unlink()
+    (folder / "1.png").unlink()
+
+    [stop] = wait_until(lambda: inbox.titles(), timeout=30, what="the safety stop's notification")
+    assert stop == f"packsync: safety stop in {folder}"
+    assert f"packsync allow-deletes {folder}" in inbox.received[0]["message"]
+    for _ in range(2):  # two more syncs, the stop standing
+        assert daemon_env.cli("sync").returncode == ExitCode.SAFETY
+    allowed = daemon_env.cli("allow-deletes", str(folder))
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+
+    wait_until(lambda: len(inbox.titles()) == 2, timeout=30, what="the stop's end told")
+    assert inbox.titles() == [stop, f"packsync: safety stop cleared in {folder}"]
+
+
+def test_a_refused_key_arrives_once_without_the_token_and_its_end_once(
+        daemon_env: Env, start: StartDaemon, inbox: Inbox) -> None:
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    write(folder / "seed.png", image())
+    daemon = start()
+    daemon_env.sandbox.accounts[TOKEN] = Account(scope="ws-1", status=401)
+
+    write(folder / "while-revoked.png", image())
+    wait_until(lambda: inbox.titles(), timeout=30, what="the refused key's notification")
+    write(folder / "still-revoked.png", image())  # (paused: nothing more is tried, nor told)
+    daemon_env.sandbox.accounts[TOKEN] = Account(scope="ws-1")
+    daemon.proc.send_signal(signal.SIGHUP)
+
+    wait_until(lambda: len(inbox.titles()) == 2, timeout=30, what="the key's recovery told")
+    assert inbox.titles() == ["packsync: the API key was refused", "packsync: the key works again"]
+    assert all(TOKEN not in json.dumps(message) for message in inbox.received)
+    assert "invalid or revoked" in inbox.received[0]["message"]
+
+
+def test_a_folder_failing_longer_than_after_s_arrives_once_without_the_token_it_echoes_and_its_recovery_once(
+        daemon_env: Env, start: StartDaemon, inbox: Inbox) -> None:
+    """A pack the server will not read, with an error that echoes the key: told once the failing lasted
+    ``after_s`` (at a retry past it), without the key; told again only when the folder syncs."""
+    from packsync.sandbox.server import fail
+
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id)
+    write(folder / "seed.png", image())
+    start()
+    daemon_env.sandbox.rewrite("GET", "/packs/{id}", lambda _reply: fail(400, "bad_request", f"bad key {TOKEN}"))
+    daemon_env.cli("sync")  # the failing starts now, not at the next full rescan
+
+    [failing] = wait_until(lambda: inbox.titles(), timeout=30, what="the failing folder's notification")
+    assert failing.startswith(f"packsync: {folder} failing for ")
+    assert "bad key" in inbox.received[0]["message"] and TOKEN not in json.dumps(inbox.received[0])
+    daemon_env.sandbox.clear_faults()
+    assert daemon_env.cli("sync").returncode == 0
+
+    wait_until(lambda: len(inbox.titles()) == 2, timeout=30, what="the folder's recovery told")
+    assert inbox.titles() == [failing, f"packsync: {folder} syncs again"]
+
+
+def test_a_notification_that_cannot_be_sent_is_logged_once_and_syncing_goes_on(
+        daemon_env: Env, start_here: StartHere) -> None:
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on once it is closed
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    notify_env(daemon_env).notify = {"urls": [f"json://127.0.0.1:{port}/hook"]}
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id, max_delete=1)
+    for n in range(3):
+        write(folder / f"{n}.png", image())
+    daemon = start_here()
+    (folder / "0.png").unlink()
+    (folder / "1.png").unlink()
+    assert daemon_env.cli("sync").returncode == ExitCode.SAFETY
+    assert daemon_env.cli("allow-deletes", str(folder)).returncode == 0  # (its end: a second message)
+
+    wait_until(lambda: daemon.output().count("notifying") == 2, timeout=30, what="both messages tried")
+    wait_until(lambda: "notification not sent" in daemon.output(), timeout=30, what="the failed send logged")
+    assert len(daemon_env.pack(pack_id)["images"]) == 1 and daemon.running
+    daemon.stop()  # (the second send ended by now: the daemon waits for those under way)
+    assert daemon.output().count("notification not sent") == 1
+    assert f"127.0.0.1:{port}" not in daemon.output(), "a URL (a secret) was logged"
+
+
+def test_run_and_help_never_import_apprise(env: Env) -> None:
+    from test_startup import imported
+
+    write(env.map("brand", pack_id=env.sandbox.create_pack("p")) / "a.png", image())
+    notify_env(env).notify = {"urls": ["json://127.0.0.1:9/hook"]}
+    env.write_config()
+    assert "apprise" not in imported("-c", str(env.config_path), "run", token=TOKEN)
+    assert "apprise" not in imported("-c", str(env.config_path), "daemon", "--help")
+
+
+def test_notify_test_sends_to_each_url_and_says_which_failed(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    receiver = Inbox()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    try:
+        env.map("pics", pack="p")
+        notify_env(env).notify = {"urls": [receiver.url, f"json://127.0.0.1:{port}/${{HOOK_PATH}}"]}
+        env.write_config()
+        monkeypatch.setenv("HOOK_PATH", "secret-path")  # (the command's environment: ``cli`` passes it on)
+        tried = env.cli("notify", "test", token=None)
+    finally:
+        receiver.close()
+
+    assert tried.returncode == ExitCode.SOME_FAILED, tried.stdout + tried.stderr
+    assert tried.stdout.splitlines() == ["sent    notify.urls[0] (json)", "FAILED  notify.urls[1] (json)"]
+    assert receiver.titles() == ["packsync: a test notification"]
+    assert "secret-path" not in tried.stdout + tried.stderr
+
+
+def test_notify_test_without_urls_says_there_are_none(env: Env) -> None:
+    env.map("pics", pack="p")
+    tried = env.cli("notify", "test", token=None)
+    assert tried.returncode == ExitCode.USAGE
+    assert "notify.urls: no URL to send to" in tried.stderr
+
+
+def test_a_stop_told_before_a_restart_is_not_told_again_after_it(
+        daemon_env: Env, start: StartDaemon, inbox: Inbox) -> None:
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id, max_delete=1)
+    for n in range(3):
+        write(folder / f"{n}.png", image())
+    daemon = start()
+    wait_until(lambda: len(daemon_env.pack(pack_id)["images"]) == 3, timeout=30)
+    removed = {name: (folder / name).read_bytes() for name in ("0.png", "1.png")}
+    for name in removed:
+        (folder / name).unlink()
+    [stop] = wait_until(lambda: inbox.titles(), timeout=30, what="the safety stop's notification")
+    assert daemon.stop() == 0
+    daemon.close()
+    (daemon_env.root / "notify.sock").unlink()
+
+    start()  # its first sync meets the same stop
+    assert daemon_env.cli("sync").returncode == ExitCode.SAFETY
+    for name, data in removed.items():  # the user puts the files back: the stop clears
+        write(folder / name, data)
+    wait_until(lambda: len(inbox.titles()) == 2, timeout=30, what="the stop's end told")
+    assert inbox.titles() == [stop, f"packsync: safety stop cleared in {folder}"]
+
+
+def test_a_reload_with_a_url_apprise_does_not_take_keeps_the_running_notifications(
+        daemon_env: Env, start: StartDaemon, inbox: Inbox) -> None:
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id, max_delete=1)
+    for n in range(3):
+        write(folder / f"{n}.png", image())
+    daemon = start()
+    wait_until(lambda: len(daemon_env.pack(pack_id)["images"]) == 3, timeout=30)
+    notify_env(daemon_env).notify["urls"] = ["nosuchservice://host/path"]
+    daemon_env.write_config()
+
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "config reload failed" in daemon.output(), timeout=30, what="the reload refused")
+    assert "notify.urls[0]: apprise does not take this nosuchservice:// URL" in daemon.output()
+    (folder / "0.png").unlink()
+    (folder / "1.png").unlink()
+
+    wait_until(lambda: inbox.titles(), timeout=30, what="the safety stop told through the running URL")
+    assert daemon.proc.poll() is None
