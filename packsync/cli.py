@@ -672,19 +672,14 @@ def demo(keep: Path | None) -> None:
     sys.exit(int(run_demo(keep)))
 
 
-@main.group()
+@main.group(epilog=_examples("packsync notify test"))
 def notify() -> None:
     """The daemon's notifications ([notify] urls in the config)."""
 
 
-@_command(notify, name="test")
+@_command(notify, name="test", epilog=_examples("NTFY_TOKEN=tk_... packsync notify test"))
 def notify_test() -> None:
-    """Send a test notification to each [notify] URL and say which failed (exit 1 when one did).
-
-    \b
-    Example:
-      NTFY_TOKEN=tk_... packsync notify test
-    """
+    """Send a test notification to each [notify] URL and say which failed (exit 1 when one did)."""
     from packsync.daemon.alerts import TEST, Notifier
     from packsync.errors import ExitCode
 

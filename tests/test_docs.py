@@ -15,9 +15,6 @@ from packsync.config import parse_config
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [ROOT / "README.md", *DOCS]
-#: Written on other branches of issue 26 (`packsync service`, notifications): a link to one of them may not
-#: resolve until those branches are merged. Empty this once they are.
-ELSEWHERE = {"service.md", "notifications.md"}
 
 FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 CODE = re.compile(r"`[^`\n]*`")
@@ -69,8 +66,6 @@ def test_every_relative_link_resolves(page: Path) -> None:
         file_part, _, anchor = target.partition("#")
         path = (page.parent / file_part).resolve() if file_part else page
         if not path.exists():
-            if path.parent == ROOT / "docs" and path.name in ELSEWHERE:
-                continue
             broken.append(f"{target}: no such file")
         elif anchor and path.suffix == ".md" and anchor not in anchors(path):
             broken.append(f"{target}: no heading gives #{anchor}")
@@ -80,10 +75,9 @@ def test_every_relative_link_resolves(page: Path) -> None:
 def test_every_doc_is_linked_from_the_readme() -> None:
     linked = {(ROOT / target.partition("#")[0]).resolve() for target in relative_links(ROOT / "README.md")}
     assert [doc.name for doc in DOCS if doc not in linked] == []
-    assert {name for name in ELSEWHERE if (ROOT / "docs" / name).resolve() in linked} == ELSEWHERE
 
 
-@pytest.mark.parametrize("doc", [d for d in DOCS if d.name not in ELSEWHERE], ids=lambda p: p.name)
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
 def test_a_doc_opens_with_its_title_a_summary_and_the_way_back(doc: Path) -> None:
     title, summary, back = [line for line in doc.read_text().split("\n") if line.strip()][:3]
     assert title.startswith("# ")
