@@ -3,9 +3,8 @@ examples every command's ``--help`` ends with, for a newcomer's first steps."""
 
 from __future__ import annotations
 
-import re
-
 import os
+import re
 import subprocess
 import sys
 import tomllib
