@@ -13,8 +13,10 @@ redacted as the logs are: it never carries the token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shlex
+import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -147,8 +149,10 @@ class Notifier:
             return None
         import apprise
 
-        # apprise's own log lines may quote a URL, and so a credential: packsync says what failed instead.
+        # apprise's own log lines may quote a URL, and so a credential, as do those of urllib3 it sends with
+        # (each request's path, at -v): packsync says what failed instead. (packsync's own HTTP is httpx's.)
         logging.getLogger("apprise").disabled = True
+        logging.getLogger("urllib3").setLevel(logging.CRITICAL + 1)
         services = []
         for index, url in enumerate(urls):
             kind = url.partition("://")[0].lower()
@@ -170,9 +174,25 @@ class Notifier:
         return [name for name, sent in self.each(message) if not sent]
 
     async def send(self, message: Message) -> list[str]:
-        """``send_now`` in a thread (apprise blocks), given up after ``SEND_TIMEOUT_S``."""
+        """``send_now`` in a thread (apprise blocks), given up after ``SEND_TIMEOUT_S``. The thread is a daemon
+        thread of its own, not the loop's executor: a service that never finishes answering (its bytes
+        trickling in, so no read timeout fires) would hold the executor's shutdown, and so every stop of the
+        daemon, until the process deadline."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[str]] = loop.create_future()
+
+        def finish(failed: list[str]) -> None:
+            if not done.done():
+                done.set_result(failed)
+
+        def work() -> None:
+            failed = self.send_now(message)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+                loop.call_soon_threadsafe(finish, failed)
+
+        threading.Thread(target=work, name="notify", daemon=True).start()
         try:
-            return await asyncio.wait_for(asyncio.to_thread(self.send_now, message), SEND_TIMEOUT_S)
+            return await asyncio.wait_for(done, SEND_TIMEOUT_S)
         except TimeoutError:
             return [name for name, _ in self.services]
 

@@ -1,0 +1,102 @@
+"""Hostile notifications: a notification service that never finishes answering, and a URL whose secret
+is a literal part of it, met as a demanding user would meet them."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import Env, image, write
+from helpers import StartDaemon, wait_until
+from test_notify import Inbox, env, notify_env  # noqa: F401 - the fixture ``env`` is test_notify's
+
+from packsync.errors import ExitCode
+
+
+class Trickle:
+    """A webhook that takes the request, then sends one header line a second and never ends its answer:
+    each read is quick, so no read timeout ever fires."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.requests = 0
+        self.closing = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"json://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+
+    def _serve(self) -> None:
+        while not self.closing.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+
+    def _answer(self, connection: socket.socket) -> None:
+        with connection:
+            connection.recv(65536)
+            self.requests += 1
+            try:
+                connection.sendall(b"HTTP/1.1 200 OK\r\n")
+                while not self.closing.wait(1):
+                    connection.sendall(b"X-Wait: 1\r\n")
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.closing.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def trickle() -> Iterator[Trickle]:
+    server = Trickle()
+    yield server
+    server.close()
+
+
+def test_a_stop_is_not_held_by_a_service_that_never_finishes_answering(
+        daemon_env: Env, start: StartDaemon, trickle: Trickle) -> None:
+    """The docs promise a stop waits at most a second for a message under way. A service trickling its
+    answer held the stop until the process deadline (8 s), which then logged "shutdown is taking too
+    long" with every thread's traceback: at each stop or restart, for as long as the service hangs."""
+    notify_env(daemon_env).notify = {"urls": [trickle.url]}
+    pack_id = daemon_env.sandbox.create_pack("p")
+    folder = daemon_env.map("pics", pack_id=pack_id, max_delete=1)
+    for n in range(3):
+        write(folder / f"{n}.png", image())
+    daemon = start()
+    (folder / "0.png").unlink()
+    (folder / "1.png").unlink()
+    assert daemon_env.cli("sync").returncode == ExitCode.SAFETY  # told: the safety stop
+    wait_until(lambda: trickle.requests == 1, timeout=30, what="the safety stop's notification under way")
+
+    began = time.monotonic()
+    code = daemon.stop(timeout=30)
+
+    assert code == ExitCode.OK
+    assert "taking too long" not in daemon.output(), daemon.output()[-2000:]
+    assert time.monotonic() - began < 5
+
+
+def test_a_secret_written_into_a_notify_url_is_not_logged_with_verbose(env: Env) -> None:
+    """A webhook's secret path written as it is (not as ``${VAR}``): apprise's own log is silenced for
+    this, but the HTTP library apprise sends with logged each request's path at ``-v``."""
+    inbox = Inbox()
+    try:
+        notify_env(env).notify = {"urls": [f"{inbox.url}/SUPERSECRETPATH42"]}
+        env.write_config()
+
+        result = env.cli("-v", "notify", "test")
+
+        assert result.returncode == ExitCode.OK, result.stderr
+        assert len(inbox.received) == 1
+        assert "SUPERSECRETPATH42" not in result.stdout + result.stderr
+    finally:
+        inbox.close()
