@@ -529,13 +529,13 @@ def sandbox(port: int, state_path: Path | None, latency_ms: float, fault_rate: f
 @_command(main, epilog=_examples("packsync init                                  # asks for the folder and the pack",
                                   "packsync init --folder ~/Pictures/brand --pack \"Brand Assets\"",
                                   "packsync -c ./brand.toml init --folder brand --pack Brand --token-env BRAND_TOKEN"))
-@click.option("--folder", type=click.Path(path_type=Path), help="The folder to mirror (created if missing).")
+@click.option("--folder", type=click.Path(), help="The folder to mirror (created if missing).")
 @click.option("--pack", help="The pack to mirror it into: an exact name, created if missing.")
 @click.option("--token-env", metavar="VAR",
               help="Read the token from $VAR (default: $GENVIRAL_TOKEN, else $GENVIRAL_API_KEY).")
 @click.option("--base-url", metavar="URL", default=None,
               help="The Partner API (default: Genviral's; `packsync sandbox` prints its own).")
-def init(folder: Path | None, pack: str | None, token_env: str | None, base_url: str | None) -> None:
+def init(folder: str | None, pack: str | None, token_env: str | None, base_url: str | None) -> None:
     """Write a first config, with comments: one folder mirrored into one pack.
 
     Asks on a terminal for what the options do not say. The config goes where packsync looks for it
@@ -548,13 +548,15 @@ def init(folder: Path | None, pack: str | None, token_env: str | None, base_url:
     if folder is None:
         if not interactive:
             raise ConfigError("--folder: required when not run on a terminal (the folder to mirror).")
-        folder = Path(click.prompt("Folder to mirror", type=click.Path(path_type=Path)))
+        folder = str(click.prompt("Folder to mirror", type=click.Path()))
+    if not folder.strip():  # ``--folder "$UNSET"``: not the folder this runs in (``.`` says that)
+        raise ConfigError("--folder: empty; name the folder to mirror (`.` for the current one).")
     if pack is None:
         if not interactive:
             raise ConfigError("--pack: required when not run on a terminal (the pack to mirror the folder into).")
-        pack = str(click.prompt("Pack name", default=folder.expanduser().resolve().name or None))
+        pack = str(click.prompt("Pack name", default=Path(folder).expanduser().resolve().name or None))
     path = _config_path()
-    written = write_config(path, folder, pack, token_env, base_url or DEFAULT_BASE_URL)
+    written = write_config(path, Path(folder), pack, token_env, base_url or DEFAULT_BASE_URL)
     click.echo("\n".join(next_steps(written, config_given=path != find_config_path(None))))
 
 

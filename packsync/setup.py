@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,9 @@ pack = {pack}
 """
 
 
+#: A name a shell can give an environment variable (and so the service's environment file).
+VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
 #: The config keys ``init`` fills, and the options that give them.
 OPTIONS = {"mappings[0].path": "--folder", "mappings[0].pack": "--pack", "genviral.token_env": "--token-env",
            "genviral.base_url": "--base-url"}
@@ -99,6 +103,11 @@ def write_config(path: Path, folder: Path, pack: str, token_env: str | None = No
     _check(path, folder, pack, token_env)
     text = render(path, folder, pack, token_env, base_url)
     try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:  # a name that is bytes only, never UTF-8 text (an old card's Latin-1, say)
+        raise ConfigError(f"{path}: a path it would hold is not UTF-8 text, which a config cannot hold; "
+                          "rename it.") from None
+    try:
         parse_config(tomllib.loads(text))
     except ConfigError as exc:  # the options' fault, not the file's (which is not written)
         key, _, why = str(exc).partition(": ")
@@ -110,8 +119,12 @@ def write_config(path: Path, folder: Path, pack: str, token_env: str | None = No
         except OSError as exc:  # (a file in the way too: mkdir's FileExistsError)
             raise ConfigError(f"{needed}: cannot create this folder ({exc.strerror}).") from None
     try:
-        with path.open("x", encoding="utf-8") as file:  # "x": a config written meanwhile is not replaced
-            file.write(text)
+        with path.open("xb") as file:  # "x": a config written meanwhile is not replaced
+            try:
+                file.write(data)
+            except OSError:
+                path.unlink()  # half a config is worse than none: the next init would refuse to replace it
+                raise
     except FileExistsError:
         raise ConfigError(f"{path}: a config is already there: edit it, or give --config PATH.") from None
     except OSError as exc:
@@ -122,8 +135,12 @@ def write_config(path: Path, folder: Path, pack: str, token_env: str | None = No
 def _check(path: Path, folder: Path, pack: str, token_env: str | None) -> None:
     """Refuse what the options say before anything is rendered: a config is never replaced (an edit is
     what a working config needs, and its state is keyed by its mappings)."""
-    if token_env is not None and not token_env.strip():
-        raise ConfigError("--token-env: name an environment variable, like GENVIRAL_TOKEN.")
+    if token_env is not None and not VARIABLE.fullmatch(token_env):
+        raise ConfigError(f"--token-env: {token_env!r} cannot be an environment variable's name; name one like "
+                          "GENVIRAL_TOKEN (letters, digits and _, not starting with a digit).")
+    if not _is_utf8(str(folder)):
+        raise ConfigError(f"--folder: {folder!r}: its name is not UTF-8 text, which a config cannot hold; rename "
+                          "the folder.")
     if not pack.strip():
         raise ConfigError("--pack: name the pack to mirror the folder into.")
     if path.is_dir():
@@ -133,6 +150,14 @@ def _check(path: Path, folder: Path, pack: str, token_env: str | None) -> None:
                           "or give --config PATH to write another.")
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--folder: {folder} is not a folder.")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def next_steps(written: Written, config_given: bool) -> list[str]:

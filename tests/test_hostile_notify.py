@@ -7,13 +7,15 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import Env, image, write
 from helpers import StartDaemon, wait_until
-from test_notify import Inbox, env, notify_env  # noqa: F401 - the fixture ``env`` is test_notify's
+from test_notify import Inbox, NotifyEnv, notify_env
 
 from packsync.errors import ExitCode
+from packsync.sandbox import Sandbox
 
 
 class Trickle:
@@ -52,6 +54,12 @@ class Trickle:
     def close(self) -> None:
         self.closing.set()
         self.listener.close()
+
+
+@pytest.fixture
+def env(tmp_path: Path, sandbox: Sandbox) -> NotifyEnv:
+    """An ``Env`` with a ``[notify]`` table (``daemon_env`` builds on it)."""
+    return NotifyEnv(tmp_path, sandbox)
 
 
 @pytest.fixture
