@@ -6,7 +6,8 @@ to download and what to remove (and names the files: no name leads outside the f
 ``Puller`` runs that plan — ``--dry-run`` prints it instead. Each image becomes one file, named by the
 path it was uploaded from when that is known — from the state, for what it pushed, else from the name
 its upload was given (``GET /files``) — sub-folders and all, else by its URL; a name already taken by
-another file gets a short suffix instead of overwriting it. Bytes go to a hidden
+another file gets a short suffix instead of overwriting it, and a path one of whose folders a file holds
+is named as if unknown (a notice), never failing at every pull. Bytes go to a hidden
 temporary file in the folder, are fsync'ed, then linked under their name: an interrupted pull leaves no
 partial image under a final name, and the next pull removes the leftovers and downloads only what it
 does not have. What was pulled is recorded in the state (folder, file, image, content) as the file
@@ -38,12 +39,14 @@ from packsync.engine.planner import MappingOptions, SourceFacts
 from packsync.engine.progress import QUIET, ProgressObserver
 from packsync.engine.pull_folder import PullFolder, temp_name
 from packsync.engine.pull_plan import (
+    BLOCKED,
     LINK_SKIPPED,
     DisownFile,
     Download,
     PullPlan,
     PullSafety,
     RemoveFile,
+    as_if_unknown,
     astria_download,
     genviral_download,
     plan_pull,
@@ -301,7 +304,11 @@ class Puller:
 
     async def _run(self, download: Download, report: PullReport, tree: PullFolder, lock: asyncio.Lock) -> None:
         try:
-            name = await self._download(download, tree, lock)
+            try:
+                name = await self._download(download, tree, lock)
+            except NotADirectoryError:  # its folder cannot be made: it would fail at every pull, so it moves
+                report.problems.append(Problem(download.name or download.stem, BLOCKED, notice=True))
+                name = await self._download(as_if_unknown(download), tree, lock)
         except LinkInTheWay as exc:  # made while the pull ran
             report.met_link(exc)
             return

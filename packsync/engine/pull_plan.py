@@ -58,6 +58,7 @@ _REFUSED = re.compile(r'[<>:"\\|?*]')
 MAX_PART_BYTES, MAX_PARTS, MAX_PATH = 200, 32, 1024
 #: How much of a given name a notice shows.
 SHOWN = 160
+BLOCKED = "a file holds the place of one of its folders: named as if unknown"
 UNUSABLE = "not a name below the folder (absolute, empty, hidden or '..' parts, or too long): named as if unknown"
 #: The device names Windows reserves, whatever extension follows and in any case.
 _RESERVED = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])", re.IGNORECASE)
@@ -248,6 +249,13 @@ def genviral_download(folder: str, pack_id: str, image: RemoteImage, given: str 
     unusable = (untrusted(given, SHOWN), UNUSABLE) if given else None
     return Download(folder, pack_id, image.image_id, image.url, stem, name,
                     (from_url, name) if from_url and name and from_url != name else None, unusable)
+
+
+def as_if_unknown(download: Download) -> Download:
+    """``download`` named in the folder itself, after its URL when that is safe, else its image id: where
+    the path it was given cannot be had (a file holds the place of one of its folders)."""
+    return Download(download.folder, download.pack_id, download.image_id, download.url,
+                    safe_part(download.image_id, dots=False), name_from_url(download.url))
 
 
 def astria_download(folder: str, pack_id: str, image: AstriaImage) -> Download:
