@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,12 +171,12 @@ def next_steps(written: Written, config_given: bool) -> list[str]:
     if not any(os.environ.get(name, "").strip() for name in names):
         lines.append(f"{names[0]} is not set in this shell." if len(names) == 1 else
                      f"Neither {' nor '.join(names)} is set in this shell.")
-    env_file = env_file_for(written.config_path)
+    env_file = shlex.quote(str(env_file_for(written.config_path)))  # the commands are pasted into a shell
     lines += ["", "The API token never goes into the config. Give it to packsync:",
               f"  export {variable}=...        # for `packsync run` in this shell",
               f"  touch {env_file} && chmod 600 {env_file}",
               f"                               # then write {variable}=... in it, for the service", "", "Next:"]
-    config = f" --config {written.config_path}" if config_given else ""
+    config = f" --config {shlex.quote(str(written.config_path))}" if config_given else ""
     lines += [f"  packsync{config} run --dry-run      # what would be uploaded; changes nothing",
               f"  packsync{config} run                # sync once",
               f"  packsync{config} service install    # keep syncing in the background (systemd user unit)"]

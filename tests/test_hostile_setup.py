@@ -4,6 +4,8 @@ sentence and exit 2, and nothing is written (no config, no folder), or it works 
 from __future__ import annotations
 
 import os
+import shlex
+import stat
 import subprocess
 import sys
 
@@ -64,3 +66,21 @@ def test_a_dot_is_the_current_folder_as_typed(env: Env) -> None:
 
     assert result.returncode == 0, result.stderr
     assert load_config(env.config_path).mappings[0].path == env.root
+
+
+def test_the_commands_init_prints_work_when_pasted_for_a_config_path_with_spaces(env: Env) -> None:
+    """The config in ``My Configs $HOME``: the printed ``touch … && chmod 600 …`` made ``My`` and
+    ``Configs`` and never the env file, and ``packsync --config …`` named a config that is not there."""
+    config = env.root / "My Configs $HOME" / "config.toml"
+    command = [sys.executable, "-m", "packsync", "-c", str(config), "init", "--folder", str(env.root / "pics"),
+               "--pack", "P"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=env.root, stdin=subprocess.DEVNULL,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+
+    touch = next(line for line in lines if line.strip().startswith("touch "))
+    subprocess.run(["bash", "-c", touch], check=True, cwd=env.root, timeout=30)
+    assert stat.S_IMODE((config.parent / "env").stat().st_mode) == 0o600
+    dry_run = next(line for line in lines if "run --dry-run" in line).partition("#")[0]
+    assert shlex.split(dry_run) == ["packsync", "--config", str(config), "run", "--dry-run"]
