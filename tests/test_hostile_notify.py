@@ -3,7 +3,10 @@ is a literal part of it, met as a demanding user would meet them."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -106,5 +109,25 @@ def test_a_secret_written_into_a_notify_url_is_not_logged_with_verbose(env: Env)
         assert result.returncode == ExitCode.OK, result.stderr
         assert len(inbox.received) == 1
         assert "SUPERSECRETPATH42" not in result.stdout + result.stderr
+    finally:
+        inbox.close()
+
+
+@pytest.mark.xfail(strict=True, reason="every value a notify URL's variable holds is registered as a secret, however "
+                   "short: a chat id or port of '2' stars out every 2 in every log line (timestamps, counts); "
+                   "a policy for short values is the lead's call")
+def test_a_short_value_in_a_notify_url_leaves_the_log_lines_readable(env: Env) -> None:
+    inbox = Inbox()
+    try:
+        port = inbox.url.rpartition(":")[2].partition("/")[0]
+        notify_env(env).notify = {"urls": [inbox.url.replace(f":{port}/", ":${HOOK_PORT}/") + "/${HOOK_ID}"]}
+        env.write_config()
+
+        result = subprocess.run(
+            [sys.executable, "-m", "packsync", "-v", "-c", str(env.config_path), "notify", "test"],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "HOOK_PORT": port, "HOOK_ID": "2"})
+
+        assert result.returncode == ExitCode.OK, result.stderr
+        assert "***" not in result.stderr, result.stderr
     finally:
         inbox.close()
