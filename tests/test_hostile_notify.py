@@ -131,3 +131,22 @@ def test_a_short_value_in_a_notify_url_leaves_the_log_lines_readable(env: Env) -
         assert "***" not in result.stderr, result.stderr
     finally:
         inbox.close()
+
+
+def test_notify_test_gives_up_a_service_that_never_finishes_answering(env: Env, trickle: Trickle) -> None:
+    """``packsync notify test`` against a service trickling its answer waited for as long as the service
+    cared to trickle (minutes: apprise's timeout bounds each read, not the answer). It says FAILED at the
+    deadline (``SEND_TIMEOUT_S``; one second here)."""
+    from packsync.config import load_config
+    from packsync.daemon.alerts import TEST, Notifier
+
+    notify_env(env).notify = {"urls": [trickle.url]}
+    env.write_config()
+    notifier = Notifier.open(load_config(env.config_path), timeout_s=1.0)
+    assert notifier is not None
+    began = time.monotonic()
+
+    sent = notifier.each(TEST)
+
+    assert sent == [("notify.urls[0] (json)", False)] and trickle.requests == 1
+    assert time.monotonic() - began < 5

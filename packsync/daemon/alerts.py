@@ -137,11 +137,12 @@ def _duration(seconds: float) -> str:
 class Notifier:
     """The configured services, each an apprise plugin made from its URL, sent to one by one."""
 
-    def __init__(self, services: Sequence[tuple[str, Any]]) -> None:
+    def __init__(self, services: Sequence[tuple[str, Any]], timeout_s: float = SEND_TIMEOUT_S) -> None:
         self.services = services  # (how a message names it: its key and kind, never its URL; the plugin)
+        self.timeout_s = timeout_s  # how long one service may take to take one message
 
     @classmethod
-    def open(cls, config: Config) -> Notifier | None:
+    def open(cls, config: Config, timeout_s: float = SEND_TIMEOUT_S) -> Notifier | None:
         """The services of ``config``'s ``[notify] urls`` (None: there are none); a URL apprise does not take
         is a config error naming its key."""
         urls = read_notify_urls(config)
@@ -163,11 +164,11 @@ class Notifier:
                                   "unknown service, or a URL its service cannot read); see "
                                   "https://github.com/caronc/apprise/wiki")
             services.append((f"notify.urls[{index}] ({kind})", plugin))
-        return cls(services)
+        return cls(services, timeout_s)
 
     def each(self, message: Message) -> list[tuple[str, bool]]:
         """Send ``message`` to every service, waiting: each one's name, and whether it took the message."""
-        return [(name, _sent(plugin, message)) for name, plugin in self.services]
+        return [(name, _sent(plugin, message, self.timeout_s)) for name, plugin in self.services]
 
     def send_now(self, message: Message) -> list[str]:
         """Send ``message`` to every service, waiting; the names of those that failed."""
@@ -197,13 +198,24 @@ class Notifier:
             return [name for name, _ in self.services]
 
 
-def _sent(plugin: Any, message: Message) -> bool:
-    """Whether ``plugin`` took ``message``. A plugin's own bug (apprise has a hundred) is a message not sent,
-    not a daemon in trouble: its text is not shown, it may quote the URL."""
-    try:
-        return bool(plugin.notify(body=message.body, title=message.title))
-    except Exception:  # noqa: BLE001 - see the docstring
-        return False
+def _sent(plugin: Any, message: Message, timeout_s: float) -> bool:
+    """Whether ``plugin`` took ``message`` within ``timeout_s``. A plugin's own bug (apprise has a hundred) is
+    a message not sent, not a daemon in trouble: its text is not shown, it may quote the URL. apprise's
+    read timeout bounds each read, not the answer: a service trickling its answer would hold the caller
+    (``notify test``, the daemon's sender) for ever, so the send runs in a daemon thread, given up at the
+    deadline."""
+    took: list[bool] = []
+
+    def send() -> None:
+        try:
+            took.append(bool(plugin.notify(body=message.body, title=message.title)))
+        except Exception:  # noqa: BLE001 - see the docstring
+            took.append(False)
+
+    thread = threading.Thread(target=send, name="notify", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return took == [True]
 
 
 class Notices:
