@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import Env, image
 from test_pull_names import tree
 
-from packsync.engine.pull_plan import BLOCKED, name_from_url
+from packsync.engine.pull_plan import BLOCKED, given_path, name_from_url
 
 
 def test_a_file_where_a_given_path_needs_a_folder_leaves_the_image_named_as_if_unknown(env: Env) -> None:
@@ -48,3 +49,11 @@ def test_an_image_whose_folder_is_another_image_pulled_before_is_named_as_if_unk
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert tree(out) == {"x.png": a, name_from_url(url): b}
+
+
+@pytest.mark.parametrize(("given", "made"), [("COM¹.png", "COM¹_.png"), ("lpt³/x.png", "lpt³_/x.png"),
+                                             ("Com².tar.png", "Com²_.tar.png")])
+def test_the_device_names_windows_reserves_with_superscript_digits_are_made_safe(given: str, made: str) -> None:
+    """Windows reserves ``COM¹``-``COM³`` and ``LPT¹``-``LPT³`` as it does ``COM1``: a URL's name never held
+    one (ASCII only), a name ``GET /files`` gives may."""
+    assert given_path(given) == made

@@ -60,8 +60,8 @@ MAX_PART_BYTES, MAX_PARTS, MAX_PATH = 200, 32, 1024
 SHOWN = 160
 BLOCKED = "a file holds the place of one of its folders: named as if unknown"
 UNUSABLE = "not a name below the folder (absolute, empty, hidden or '..' parts, or too long): named as if unknown"
-#: The device names Windows reserves, whatever extension follows and in any case.
-_RESERVED = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])", re.IGNORECASE)
+#: The device names Windows reserves, whatever extension follows and in any case (its digits: superscripts too).
+_RESERVED = re.compile(r"(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])", re.IGNORECASE)
 
 
 class Download(msgspec.Struct, frozen=True):
