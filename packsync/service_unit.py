@@ -241,8 +241,11 @@ class Plan:
 
 
 def install_plan(kind: Kind, unit: Unit) -> Plan:
+    # restart, not ``enable --now``: a daemon running under the unit this replaces keeps its old sandbox (a
+    # new sidecar folder read-only to it) until it is started again.
     return Plan(unit_path(kind), render(unit), [systemctl_argv(kind, "daemon-reload"),
-                                                systemctl_argv(kind, "enable", "--now", UNIT_NAME)])
+                                                systemctl_argv(kind, "enable", UNIT_NAME),
+                                                systemctl_argv(kind, "restart", UNIT_NAME)])
 
 
 def require_root(kind: Kind, action: str) -> None:

@@ -8,6 +8,7 @@ import shlex
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import Env
@@ -84,3 +85,33 @@ def test_the_commands_init_prints_work_when_pasted_for_a_config_path_with_spaces
     assert stat.S_IMODE((config.parent / "env").stat().st_mode) == 0o600
     dry_run = next(line for line in lines if "run --dry-run" in line).partition("#")[0]
     assert shlex.split(dry_run) == ["packsync", "--config", str(config), "run", "--dry-run"]
+
+
+def test_installing_again_restarts_the_running_daemon_with_the_new_unit(env: Env, tmp_path: Path) -> None:
+    """The docs say: after adding a mapping with sidecars, run ``service install`` again. It rewrote the unit,
+    reloaded systemd and ran ``enable --now`` — which leaves a running daemon running under the old unit,
+    its new sidecar folder still read-only to it, while install said "enabled and started". (``systemctl``
+    here records what it is asked: no systemd runs in a test.)"""
+    from conftest import write
+
+    calls = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    write(bin_dir / "systemctl", f'#!/bin/sh\necho "$@" >> {shlex.quote(str(calls))}\n'.encode())
+    (bin_dir / "systemctl").chmod(0o755)
+    home = {**{k: v for k, v in os.environ.items() if not k.startswith("XDG_")},
+            "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / ".config"),
+            "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env.map("pics", pack="P")
+    env.write_config()
+    install = [sys.executable, "-m", "packsync", "-c", str(env.config_path), "service", "install"]
+    assert subprocess.run(install, capture_output=True, env=home, timeout=120).returncode == 0
+    calls.unlink()
+    env.map("side", pack="S", sidecars="xmp")
+    env.write_config()
+
+    again = subprocess.run(install, capture_output=True, text=True, env=home, timeout=120)
+
+    assert again.returncode == 0, again.stderr
+    asked = calls.read_text().splitlines()
+    assert asked[0] == "--user daemon-reload"
+    assert "--user restart packsync.service" in asked[1:], asked
