@@ -599,7 +599,10 @@ def service_install(kind: Literal["user", "system"], dry_run: bool) -> None:
         click.echo(f"# {plan.path}\n{plan.text}")
         click.echo("# then:\n" + "\n".join(shlex.join(command) for command in plan.commands))
         return
+    replaced = units.replaced_command(plan)
     units.write_unit(plan, units.state_dir_for(config, user), user)
+    if replaced is not None:  # said before systemctl runs: said even when it fails
+        click.echo(f"{plan.path} ran another command, now replaced: {replaced}")
     try:
         for command in plan.commands:
             units.systemctl(command)

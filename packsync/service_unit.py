@@ -248,6 +248,17 @@ def install_plan(kind: Kind, unit: Unit) -> Plan:
                                                 systemctl_argv(kind, "restart", UNIT_NAME)])
 
 
+def replaced_command(plan: Plan) -> str | None:
+    """The command the unit at ``plan.path`` runs when it runs another than the one ``plan`` writes (another
+    config: one ``packsync.service`` runs one config, so installing takes it over); None otherwise."""
+    try:
+        old = plan.path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    commands = [[line for line in text.splitlines() if line.startswith("ExecStart=")] for text in (old, plan.text)]
+    return commands[0][0].partition("=")[2] if commands[0] and commands[0] != commands[1] else None
+
+
 def require_root(kind: Kind, action: str) -> None:
     if kind == "system" and os.geteuid() != 0:
         raise ConfigError(f"service {action} --system: writes {SYSTEM_DIR}, which needs root: run it with sudo "
