@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import http.client
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,9 +15,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import Env, image, write
+from conftest import ASTRIA_TOKEN, TOKEN, Env, image, write
 
+from packsync.errors import ExitCode, TransientError
 from packsync.remote.genviral import GenviralClient
+from packsync.remote.transport import RetryPolicy, Transport
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade"}
 
@@ -213,3 +216,56 @@ def test_a_proxy_s_credentials_are_secret_like_the_key(env: Env, monkeypatch: py
     for path in env.state_path.parent.iterdir():
         for secret in shown:
             assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.fixture
+def refusing() -> Iterator[int]:
+    """A loopback port bound but not listening: every connection to it is refused, for as long as the test
+    holds it (no other program can take it meanwhile)."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield bound.getsockname()[1]
+
+
+def test_a_refused_connection_names_the_api_s_host_and_port(env: Env, refusing: int) -> None:
+    env.genviral["base_url"] = f"http://127.0.0.1:{refusing}/api/v1?key=x"
+    write(env.map("brand", pack="Brand") / "a.png", image())
+
+    result = env.cli("run", "--no-wait")
+
+    said = result.stdout + result.stderr
+    assert result.returncode == ExitCode.SOME_FAILED, said
+    assert f"cannot connect to 127.0.0.1:{refusing}: Connection refused" in said
+    assert TOKEN not in said and "key=x" not in said and "Traceback" not in said
+
+
+def test_a_refused_connection_to_astria_names_its_host(env: Env, refusing: int) -> None:
+    env.astria["base_url"] = f"http://127.0.0.1:{refusing}"
+    env.map_astria(1, pack="unused")
+
+    result = env.cli("astria", "packs")
+
+    said = result.stdout + result.stderr
+    assert f"cannot connect to 127.0.0.1:{refusing}: Connection refused" in said, said
+    assert ASTRIA_TOKEN not in said and "Traceback" not in said
+
+
+def test_a_presigned_put_to_a_dead_storage_host_names_the_host_but_not_the_url_s_query(refusing: int) -> None:
+    """A presigned URL's query is its credential: the error names where it went, never what it carried."""
+    upload_url = f"http://127.0.0.1:{refusing}/storage/0a1b?expires=9&signature=s3cr3t-signature"
+
+    async def put() -> str:
+        transport = Transport(retry=RetryPolicy(attempts=1), timeout=5)
+        try:
+            async with GenviralClient("http://127.0.0.1:1", "token", transport) as api:
+                await api.put_bytes(upload_url, b"x", "image/png")
+        except TransientError as exc:
+            return str(exc)
+        finally:
+            await transport.aclose()
+        raise AssertionError("the PUT to a refusing port did not fail")
+
+    said = asyncio.run(put())
+
+    assert said == f"PUT upload URL: cannot connect to 127.0.0.1:{refusing}: Connection refused"
+    assert "s3cr3t" not in said and "storage/" not in said
