@@ -218,10 +218,17 @@ def test_a_proxy_s_credentials_are_secret_like_the_key(env: Env, monkeypatch: py
             assert secret.encode() not in path.read_bytes(), path
 
 
+#: The variables that name a proxy (a test of one sets its own).
+PROXY_VARIABLES = ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
+                   "all_proxy")
+
+
 @pytest.fixture
-def refusing() -> Iterator[int]:
+def refusing(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     """A loopback port bound but not listening: every connection to it is refused, for as long as the test
-    holds it (no other program can take it meanwhile)."""
+    holds it (no other program can take it meanwhile). Requests go direct, whatever this machine's proxy."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     with socket.socket() as bound:
         bound.bind(("127.0.0.1", 0))
         yield bound.getsockname()[1]
@@ -269,3 +276,16 @@ def test_a_presigned_put_to_a_dead_storage_host_names_the_host_but_not_the_url_s
 
     assert said == f"PUT upload URL: cannot connect to 127.0.0.1:{refusing}: Connection refused"
     assert "s3cr3t" not in said and "storage/" not in said
+
+
+def test_a_refusing_proxy_is_named_beside_the_host_never_with_its_password(env: Env, refusing: int,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", f"http://user:pr0xy-pw@127.0.0.1:{refusing}")
+    write(env.map("brand", pack="Brand") / "a.png", image())
+
+    result = env.cli("run", "--no-wait")
+
+    said = result.stdout + result.stderr
+    api = env.sandbox.base_url.removeprefix("http://").split("/")[0]
+    assert f"cannot connect to {api} through the proxy 127.0.0.1:{refusing}: Connection refused" in said, said
+    assert "pr0xy-pw" not in said and "Traceback" not in said

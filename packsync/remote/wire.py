@@ -176,13 +176,16 @@ def failure(route: Route, exc: BaseException, url: object = None) -> ApiError:
 
     where: dict[str, Any] = {"method": route.method, "route": route.template}
     name = type(exc).__name__  # never the exception's text: it may hold the URL
-    host = host_of(_sent_to(exc, url))
+    sent_to = _sent_to(exc, url)
+    host = host_of(sent_to)
     at = f" {host}" if host else ""
     if isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.ProxyError):
         why = _reason(exc) or name
+        if (proxy := _proxy_for(sent_to)) is not None:  # (the proxy is what could not be reached, or refused)
+            at += f" through the proxy {proxy}"
         if route is DOWNLOAD:  # an image URL on a dead host stays dead: waiting would hold back the rest
             return PermanentError(f"download: cannot reach its host{at} ({why})", **where)
-        return TransientError(f"{route.label}: cannot connect{' to' + at if host else ''}: {why}",
+        return TransientError(f"{route.label}: cannot connect{' to' + at if at else ''}: {why}",
                               **where)  # nothing was sent
     if isinstance(exc, httpx2.PoolTimeout):  # no connection came free in time: nothing was sent
         return TransientError(f"{route.label}: no connection free ({name})", **where)
@@ -205,6 +208,23 @@ def host_of(url: object) -> str | None:
         return None
     host = f"[{host}]" if ":" in host else host
     return f"{host}:{port}" if port is not None else host
+
+
+def _proxy_for(url: object) -> str | None:
+    """The host of the proxy the environment names for ``url``, as httpx2 reads it (``HTTP(S)_PROXY``,
+    ``ALL_PROXY``, ``NO_PROXY``); None when the URL is reached directly."""
+    from urllib.request import getproxies, proxy_bypass
+
+    try:
+        parts = urlsplit(str(url))
+        target = parts.hostname
+    except ValueError:
+        return None
+    proxies = getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or not target or proxy_bypass(target):
+        return None
+    return host_of(proxy if "://" in proxy else f"http://{proxy}")
 
 
 def _sent_to(exc: BaseException, url: object) -> object:
