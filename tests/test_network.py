@@ -20,6 +20,7 @@ from conftest import ASTRIA_TOKEN, TOKEN, Env, image, write
 from packsync.errors import ExitCode, TransientError
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.transport import RetryPolicy, Transport
+from packsync.remote.wire import host_of
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade"}
 
@@ -289,3 +290,15 @@ def test_a_refusing_proxy_is_named_beside_the_host_never_with_its_password(env: 
     api = env.sandbox.base_url.removeprefix("http://").split("/")[0]
     assert f"cannot connect to {api} through the proxy 127.0.0.1:{refusing}: Connection refused" in said, said
     assert "pr0xy-pw" not in said and "Traceback" not in said
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://api.genviral.io/api/v1/packs/1?key=x#y", "api.genviral.io"),
+    ("http://user:password@[::1]:8080/storage/k?signature=s", "[::1]:8080"),
+    ("http://Storage.Example:9000", "storage.example:9000"),
+    ("http://bad host/x", None),
+    ("http://h:99999/x", None),
+    (None, None),
+])
+def test_a_message_shows_a_url_s_host_and_port_only(url: str | None, shown: str | None) -> None:
+    assert host_of(url) == shown
