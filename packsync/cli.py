@@ -430,6 +430,7 @@ def search(words: tuple[str, ...], as_json: bool, limit: int) -> None:
     """
     from packsync.state.store import State
     from packsync.views.json import search_document, write_json
+    from packsync.views.search import count
     from packsync.views.search import search as find
     from packsync.views.text import print_search
 
@@ -437,12 +438,13 @@ def search(words: tuple[str, ...], as_json: bool, limit: int) -> None:
     state = State(config.state_path, readonly=True)
     try:
         hits = find(state, words, limit)
+        total = count(state, words)
     finally:
         state.close()
     if as_json:
-        write_json(search_document(list(words), hits), sys.stdout)
+        write_json(search_document(list(words), hits, total), sys.stdout)
     else:
-        print_search(hits, sys.stdout)
+        print_search(hits, total, sys.stdout)
 
 
 @_command(main, epilog=_examples("packsync packs", "packsync packs --json | jq -r '.packs[].id'"))

@@ -4,6 +4,7 @@ Errors are classified by what the caller should do about them, not by where they
 
     PacksyncError                 exit 1 unless a subclass says otherwise
     ├── ConfigError               exit 2  the config (or the command line) is wrong; names the key
+    │   └── PackNotVisible                a mapping's pack_id is no pack of the key: that mapping's alone
     ├── LockedError               exit 2  another packsync holds the state lock
     ├── StateError                exit 2  the state database is corrupt, foreign, too new or not writable
     │   └── StateUnavailable      exit 2  locked by another program, disk full, I/O error: may pass, so
@@ -61,6 +62,15 @@ class PacksyncError(Exception):
 
 class ConfigError(PacksyncError):
     exit_code = ExitCode.USAGE
+
+
+class PackNotVisible(ConfigError):
+    """A mapping's ``pack_id`` that the key cannot see (404): a mistake in the config, which stops that
+    mapping only. Its sentence is what follows the key (``mappings[1].pack_id: …``), named by the sync."""
+
+    def __init__(self, pack_id: str) -> None:
+        super().__init__(f"no pack {pack_id} is visible to this key (404); `packsync packs` lists the key's packs.")
+        self.pack_id = pack_id
 
 
 class LockedError(PacksyncError):

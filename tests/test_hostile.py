@@ -684,7 +684,7 @@ def test_an_id_is_one_path_segment_never_another_endpoint(env: Env, pack_id: str
     result = env.cli("run", "--no-wait")
 
     clean(result)
-    assert result.returncode == ExitCode.SOME_FAILED and "not found" in result.stdout
+    assert result.returncode == ExitCode.USAGE and f"no pack {pack_id} is visible to this key" in result.stdout
     assert set(env.sandbox.calls) == {PACK}, "only GET /packs/{id} was asked, with the id as one segment"
 
 

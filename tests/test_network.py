@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import http.client
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,9 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import Env, image, write
+from conftest import ASTRIA_TOKEN, TOKEN, Env, image, write
 
+from packsync.errors import ExitCode, TransientError
 from packsync.remote.genviral import GenviralClient
+from packsync.remote.transport import RetryPolicy, Transport
+from packsync.remote.wire import host_of
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade"}
 
@@ -213,3 +217,88 @@ def test_a_proxy_s_credentials_are_secret_like_the_key(env: Env, monkeypatch: py
     for path in env.state_path.parent.iterdir():
         for secret in shown:
             assert secret.encode() not in path.read_bytes(), path
+
+
+#: The variables that name a proxy (a test of one sets its own).
+PROXY_VARIABLES = ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
+                   "all_proxy")
+
+
+@pytest.fixture
+def refusing(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """A loopback port bound but not listening: every connection to it is refused, for as long as the test
+    holds it (no other program can take it meanwhile). Requests go direct, whatever this machine's proxy."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield bound.getsockname()[1]
+
+
+def test_a_refused_connection_names_the_api_s_host_and_port(env: Env, refusing: int) -> None:
+    env.genviral["base_url"] = f"http://127.0.0.1:{refusing}/api/v1?key=x"
+    write(env.map("brand", pack="Brand") / "a.png", image())
+
+    result = env.cli("run", "--no-wait")
+
+    said = result.stdout + result.stderr
+    assert result.returncode == ExitCode.SOME_FAILED, said
+    assert f"cannot connect to 127.0.0.1:{refusing}: Connection refused" in said
+    assert TOKEN not in said and "key=x" not in said and "Traceback" not in said
+
+
+def test_a_refused_connection_to_astria_names_its_host(env: Env, refusing: int) -> None:
+    env.astria["base_url"] = f"http://127.0.0.1:{refusing}"
+    env.map_astria(1, pack="unused")
+
+    result = env.cli("astria", "packs")
+
+    said = result.stdout + result.stderr
+    assert f"cannot connect to 127.0.0.1:{refusing}: Connection refused" in said, said
+    assert ASTRIA_TOKEN not in said and "Traceback" not in said
+
+
+def test_a_presigned_put_to_a_dead_storage_host_names_the_host_but_not_the_url_s_query(refusing: int) -> None:
+    """A presigned URL's query is its credential: the error names where it went, never what it carried."""
+    upload_url = f"http://127.0.0.1:{refusing}/storage/0a1b?expires=9&signature=s3cr3t-signature"
+
+    async def put() -> str:
+        transport = Transport(retry=RetryPolicy(attempts=1), timeout=5)
+        try:
+            async with GenviralClient("http://127.0.0.1:1", "token", transport) as api:
+                await api.put_bytes(upload_url, b"x", "image/png")
+        except TransientError as exc:
+            return str(exc)
+        finally:
+            await transport.aclose()
+        raise AssertionError("the PUT to a refusing port did not fail")
+
+    said = asyncio.run(put())
+
+    assert said == f"PUT upload URL: cannot connect to 127.0.0.1:{refusing}: Connection refused"
+    assert "s3cr3t" not in said and "storage/" not in said
+
+
+def test_a_refusing_proxy_is_named_beside_the_host_never_with_its_password(env: Env, refusing: int,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", f"http://user:pr0xy-pw@127.0.0.1:{refusing}")
+    write(env.map("brand", pack="Brand") / "a.png", image())
+
+    result = env.cli("run", "--no-wait")
+
+    said = result.stdout + result.stderr
+    api = env.sandbox.base_url.removeprefix("http://").split("/")[0]
+    assert f"cannot connect to {api} through the proxy 127.0.0.1:{refusing}: Connection refused" in said, said
+    assert "pr0xy-pw" not in said and "Traceback" not in said
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://api.genviral.io/api/v1/packs/1?key=x#y", "api.genviral.io"),
+    ("http://user:password@[::1]:8080/storage/k?signature=s", "[::1]:8080"),
+    ("http://Storage.Example:9000", "storage.example:9000"),
+    ("http://bad host/x", None),
+    ("http://h:99999/x", None),
+    (None, None),
+])
+def test_a_message_shows_a_url_s_host_and_port_only(url: str | None, shown: str | None) -> None:
+    assert host_of(url) == shown

@@ -6,9 +6,11 @@ import asyncio
 import json
 
 from conftest import TOKEN, Env, image, write
+from helpers import StartDaemon, wait_until
 
 from packsync.app import client_for, open_app, transport_for
 from packsync.config import Config
+from packsync.errors import ExitCode
 
 
 def packs_polled(config: Config) -> list[str]:
@@ -100,3 +102,36 @@ def test_a_pack_s_notice_is_said_in_the_run_that_found_it_only(env: Env) -> None
 
     assert first is not None and "is gone (deleted in the web app?)" in first
     assert second is None
+
+
+def test_a_pack_id_the_key_cannot_see_is_a_config_error_and_the_other_mappings_sync(env: Env) -> None:
+    """A ``pack_id`` that is no pack of the key (404) is a mistake in the config: ``run`` exits 2 with a
+    sentence naming the key and pointing at ``packsync packs``; the other mappings sync all the same."""
+    write(env.map("brand", pack="Brand") / "a.png", image())
+    write(env.map("wrong", pack_id="0b5d0d3e-0000-4000-8000-00000000dead") / "b.png", image())
+
+    result = env.cli("run", "--no-wait")
+
+    said = ("mappings[1].pack_id: no pack 0b5d0d3e-0000-4000-8000-00000000dead is visible to this key (404); "
+            "`packsync packs` lists the key's packs.")
+    assert result.returncode == ExitCode.USAGE, result.stdout + result.stderr
+    assert said in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert env.pack_named("Brand")["image_count"] == 1
+
+
+def test_the_daemon_says_a_pack_id_the_key_cannot_see_and_syncs_the_other_mappings(daemon_env: Env,
+                                                                                  start: StartDaemon) -> None:
+    wrong = "0b5d0d3e-0000-4000-8000-00000000beef"
+    write(daemon_env.map("wrong", pack_id=wrong) / "b.png", image())
+    folder = daemon_env.map("brand", pack="Brand")
+    write(folder / "a.png", image())
+    daemon = start()
+
+    write(folder / "later.png", image())
+    wait_until(lambda: daemon_env.pack_named("Brand")["image_count"] == 2, timeout=15)
+    status = json.loads(daemon_env.cli("status", "--json", token=None).stdout)
+
+    assert daemon.proc.poll() is None, daemon.output()
+    assert status["mappings"][0]["last_error"] == (
+        f"mappings[0].pack_id: no pack {wrong} is visible to this key (404); `packsync packs` lists the key's packs.")

@@ -214,8 +214,9 @@ def test_pack_deleted_remotely_fails_that_mapping_only_when_mapped_by_id(env: En
 
     report = env.sync()
 
-    assert report.exit_code == ExitCode.SOME_FAILED
-    assert report.mappings[0].error and "not found" in report.mappings[0].error
+    assert report.exit_code == ExitCode.USAGE  # the config names a pack the key cannot see (issue 26)
+    assert report.mappings[0].error == (f"mappings[0].pack_id: no pack {gone} is visible to this key (404); "
+                                        "`packsync packs` lists the key's packs.")
     assert env.pack(kept)["image_count"] == 1
 
 

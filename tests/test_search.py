@@ -74,3 +74,50 @@ def test_a_state_from_before_the_index_is_searched_without_being_changed(env: En
     assert env.state_path.read_bytes() == before
     assert env.cli("run", "--no-wait").returncode == 0  # migrates, and indexes what was recorded
     assert env.cli("search", "green", token=None).stdout.splitlines()[0] == files["nested/leaf.png"]
+
+
+def test_a_folder_s_name_finds_the_images_of_its_mapping(env: Env) -> None:
+    """Each word matches the image's own text or the name of its mapping's folder: ``red bran`` is the
+    red image of the folder ``brand``, not the red one elsewhere."""
+    brand = env.map("brand", pack="Assets")
+    logo = write(brand / "logo.png", solid_png(32, 32, (220, 30, 40)))
+    sea = write(brand / "nested" / "sea.png", solid_png(32, 32, (30, 60, 210)))
+    elsewhere = write(env.map("holiday", pack="Trip") / "red.png", solid_png(32, 32, (221, 31, 41)))
+    assert env.cli("run", "--wait-timeout", "30").returncode == 0
+
+    found = json.loads(env.cli("search", "brand", "--json", token=None).stdout)
+    red_brand = env.cli("search", "red", "bran", token=None)
+    red = json.loads(env.cli("search", "red", "--json", token=None).stdout)
+
+    assert sorted(p for hit in found["results"] for p in hit["paths"]) == sorted([str(logo), str(sea)])
+    assert red_brand.stdout.splitlines()[0] == str(logo) and str(elsewhere) not in red_brand.stdout
+    assert {p for hit in red["results"] for p in hit["paths"]} == {str(logo), str(elsewhere)}
+
+
+def test_a_pack_s_name_finds_its_images(env: Env) -> None:
+    folder = env.map("misc", pack="Brand Assets")
+    write(folder / "logo.png", solid_png(32, 32, (220, 30, 40)))
+    other = write(env.map("others", pack="Other") / "sea.png", solid_png(32, 32, (30, 60, 210)))
+    assert env.cli("run", "--wait-timeout", "30").returncode == 0
+
+    found = env.cli("search", "assets", token=None)
+    none = env.cli("search", "assets", "blue", token=None)
+
+    assert found.returncode == ExitCode.OK, found.stderr
+    assert found.stdout.splitlines()[0] == str(folder / "logo.png") and str(other) not in found.stdout
+    assert found.stdout.splitlines()[-1] == "1 match"
+    assert none.stdout.startswith("no image")
+
+
+def test_search_says_how_many_of_how_many_it_shows(env: Env) -> None:
+    synced(env)
+
+    cut = env.cli("search", "png", "--limit", "2", token=None)
+    whole = env.cli("search", "png", token=None)
+    cut_json = json.loads(env.cli("search", "png", "--limit", "2", "--json", token=None).stdout)
+    whole_json = json.loads(env.cli("search", "png", "--json", token=None).stdout)
+
+    assert cut.stdout.splitlines()[-1] == "2 of 3 matches (--limit to see more)"
+    assert whole.stdout.splitlines()[-1] == "3 matches"
+    assert (cut_json["shown"], cut_json["total"], len(cut_json["results"])) == (2, 3, 2)
+    assert (whole_json["shown"], whole_json["total"]) == (3, 3)

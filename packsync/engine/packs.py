@@ -27,7 +27,15 @@ import msgspec
 
 from packsync.config import MappingConfig, pack_name
 from packsync.engine.actions import RememberPack
-from packsync.errors import AmbiguousError, MalformedAnswer, NotFound, PermanentError, Stalled, TransientError
+from packsync.errors import (
+    AmbiguousError,
+    MalformedAnswer,
+    NotFound,
+    PackNotVisible,
+    PermanentError,
+    Stalled,
+    TransientError,
+)
 from packsync.logs import get_logger
 from packsync.mappings import recorded_pack_id
 from packsync.model import PackRead, PackSummary
@@ -80,14 +88,14 @@ class PackResolver:
         """The mapping's pack as the API shows it now (its images decoded when asked for), and what to
         remember of it. Writes nothing.
 
-        Raises ``NotFound`` for a ``pack_id`` that is not there, and the client's errors otherwise.
+        Raises ``PackNotVisible`` for a ``pack_id`` that is not there (believed at once: an id the config
+        names is no remembered pack that may be glitching), and the client's errors otherwise.
         """
         if mapping.pack_id is not None:
             try:
                 remote = await self.api.read_pack(mapping.pack_id)
-            except NotFound as exc:
-                raise NotFound(f"pack_id {mapping.pack_id} not found, or outside the key's scope", method=exc.method,
-                               route=exc.route, status=exc.status, error_code=exc.error_code) from None
+            except NotFound:
+                raise PackNotVisible(mapping.pack_id) from None
             return Resolved(remote, self._remember(mapping.label, remote.pack_id, mapping.pack or remote.name))
         return await self._by_name(mapping)
 

@@ -63,6 +63,7 @@ from packsync.errors import (
     ConfigError,
     ExitCode,
     NotFound,
+    PackNotVisible,
     PacksyncError,
     PermanentError,
     SourceUnavailable,
@@ -125,6 +126,7 @@ class MappingReport(msgspec.Struct):
     undownloadable: list[tuple[str, str]] = msgspec.field(default_factory=list)  # (image id, why), this run
     excluded: list[tuple[str, str]] = msgspec.field(default_factory=list)  # (path, the exclude pattern), from the scan
     refused: bool = False  # the source refused the key (an Astria pack's): ``error`` says which
+    misconfigured: bool = False  # a mistake in the config that is this mapping's alone: ``error`` names the key
     unchanged: bool = False  # its scan, pack and records were those of its last plan with nothing to do
     changed: frozenset[str] | None = None  # the files a sync of changed paths looked at (None: all of them)
     #: What observing found to record whatever the plan (the scan, the downloads' contents).
@@ -178,6 +180,8 @@ class SyncReport(msgspec.Struct):
             return ExitCode.SAFETY
         if any(m.refused for m in self.mappings):
             return ExitCode.AUTH
+        if any(m.misconfigured for m in self.mappings):
+            return ExitCode.USAGE
         if any(m.failed for m in self.mappings):
             return ExitCode.SOME_FAILED
         return ExitCode.OK
@@ -496,6 +500,13 @@ class Syncer:
                 config = msgspec.structs.replace(config, pack=None, pack_id=record.pack_id)
         try:
             read = await self.packs.read(config)
+        except PackNotVisible as exc:
+            if report.config.pack_id is None:  # (the pack a renamed subfolder synced into, gone)
+                report.error = str(exc)
+            else:
+                index = self.config.mappings.index(report.config)
+                report.error, report.misconfigured = f"mappings[{index}].pack_id: {exc}", True
+            return None
         except NotFound as exc:
             report.error = str(exc)
             return None

@@ -305,7 +305,7 @@ class Transport:
             # Built before taking a slot: a slot stands for a request on the wire, not one being prepared.
             request = self._request(route.method, url, headers, body, given)
         except no_answer() as exc:
-            raise failure(route, exc) from None
+            raise failure(route, exc, url) from None
         return read(await self._exchange(route, request, len(body), self._whole), route)
 
     async def _exchange(self, route: Route, request: httpx2.Request, sent: int,
@@ -339,7 +339,7 @@ class Transport:
                 finally:
                     await response.aclose()
             except no_answer() as exc:
-                raise failure(route, exc) from None
+                raise failure(route, exc, request.url) from None
             finally:
                 self._observe(route, status, started, sent if 0 < status < 300 else 0)
 
@@ -443,7 +443,7 @@ class Transport:
         try:
             request = self._request("GET", url, self._plain, b"", True)
         except no_answer() as exc:
-            raise failure(DOWNLOAD, exc) from None
+            raise failure(DOWNLOAD, exc, url) from None
 
         async def receive(route: Route, response: httpx2.Response) -> S:
             status = response.status_code

@@ -1,6 +1,7 @@
 """What crosses the wire, in packsync's terms: a request's ``Route`` and ``Headers``, an ``Answer`` read
 whole, URLs as they go on the request line, and the one translation of an answer's HTTP status
-(``refusal``) and of a request that got no answer (``failure``) into packsync's errors.
+(``refusal``) and of a request that got no answer (``failure``, naming the host: ``host_of``) into
+packsync's errors.
 
 The clients (``genviral.py``, ``astria.py``) read answers with these; the ``Transport`` sends requests
 and retries them. Nothing here sends anything or keeps any state; httpx2 is imported only while one of
@@ -12,11 +13,13 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+import os
 import re
+import socket
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import msgspec
 
@@ -165,21 +168,93 @@ def refusal(route: Route, status: int, detail: str, *, code: str | None = None, 
     return PermanentError(message, **where)
 
 
-def failure(route: Route, exc: BaseException) -> ApiError:
-    """The error a request that got no answer is: the one place httpx2's exceptions become packsync's."""
+def failure(route: Route, exc: BaseException, url: object = None) -> ApiError:
+    """The error a request to ``url`` that got no answer is: the one place httpx2's exceptions become
+    packsync's. Its sentence names the host (the one the request was last sent to, past redirects) and
+    the system's reason, never the URL's path or query (a presigned URL's query is a credential)."""
     import httpx2
 
     where: dict[str, Any] = {"method": route.method, "route": route.template}
     name = type(exc).__name__  # never the exception's text: it may hold the URL
+    sent_to = _sent_to(exc, url)
+    host = host_of(sent_to)
+    at = f" {host}" if host else ""
     if isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | httpx2.ProxyError):
+        why = _reason(exc) or name
+        if (proxy := _proxy_for(sent_to)) is not None:  # (the proxy is what could not be reached, or refused)
+            at += f" through the proxy {proxy}"
         if route is DOWNLOAD:  # an image URL on a dead host stays dead: waiting would hold back the rest
-            return PermanentError(f"download: cannot reach its host ({name})", **where)
-        return TransientError(f"{route.label}: cannot connect ({name})", **where)  # nothing was sent
+            return PermanentError(f"download: cannot reach its host{at} ({why})", **where)
+        return TransientError(f"{route.label}: cannot connect{' to' + at if at else ''}: {why}",
+                              **where)  # nothing was sent
     if isinstance(exc, httpx2.PoolTimeout):  # no connection came free in time: nothing was sent
         return TransientError(f"{route.label}: no connection free ({name})", **where)
     if isinstance(exc, httpx2.InvalidURL | httpx2.UnsupportedProtocol | httpx2.LocalProtocolError | ValueError):
         return PermanentError(f"{route.label}: not a usable URL or request ({name})", **where)
-    return AmbiguousError(f"{route.label}: connection failed ({name})", **where)
+    return AmbiguousError(f"{route.label}: connection{' to' + at if host else ''} failed ({name})", **where)
+
+
+def host_of(url: object) -> str | None:
+    """The host (and port, when the URL names one) a URL is sent to, as a message may show it: never its
+    user, path or query. None for no URL, or one whose host cannot be read."""
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(str(url))
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not host or not host.isprintable() or any(c.isspace() for c in host):
+        return None
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port is not None else host
+
+
+def _proxy_for(url: object) -> str | None:
+    """The host of the proxy the environment names for ``url``, as httpx2 reads it (``HTTP(S)_PROXY``,
+    ``ALL_PROXY``, ``NO_PROXY``); None when the URL is reached directly."""
+    from urllib.request import getproxies, proxy_bypass
+
+    try:
+        parts = urlsplit(str(url))
+        target = parts.hostname
+    except ValueError:
+        return None
+    proxies = getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or not target or proxy_bypass(target):
+        return None
+    return host_of(proxy if "://" in proxy else f"http://{proxy}")
+
+
+def _sent_to(exc: BaseException, url: object) -> object:
+    """The URL the failed request went to: the exception's own request's (a redirect's, when one was
+    followed), else ``url``."""
+    import httpx2
+
+    if isinstance(exc, httpx2.RequestError):
+        try:
+            return exc.request.url
+        except RuntimeError:  # (an error raised before there was a request: httpx2 holds none)
+            pass
+    return url
+
+
+def _reason(exc: BaseException) -> str | None:
+    """The system's reason under a failed connection ("Connection refused", "Name or service not known"),
+    from the error's causes: the words for its errno, never its text (which names the address)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, socket.gaierror) and isinstance(cause.strerror, str):
+            return cause.strerror
+        if isinstance(cause, OSError) and isinstance(cause.errno, int) and cause.errno > 0:
+            return os.strerror(cause.errno)
+        if isinstance(cause, TimeoutError):
+            return "timed out"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def no_answer() -> tuple[type[BaseException], ...]:

@@ -127,8 +127,9 @@ def plan_document(report: SyncReport) -> dict[str, Any]:
                                       for p in m.problems]} for m in report.mappings]}
 
 
-def search_document(words: list[str], hits: list[SearchHit]) -> dict[str, Any]:
-    return {"query": " ".join(words), "results": [
+def search_document(words: list[str], hits: list[SearchHit], total: int) -> dict[str, Any]:
+    """``search --json``: the hits shown, how many (``shown``) of how many matches (``total``)."""
+    return {"query": " ".join(words), "total": total, "shown": len(hits), "results": [
         {"paths": list(hit.paths), "mapping": hit.mapping, "pack_id": hit.image.pack_id,
          "image_id": hit.image.image_id, "file_name": hit.image.file_name,
          "metadata_status": hit.image.metadata.status, "description": hit.image.metadata.description,

@@ -1,6 +1,6 @@
-"""Search over the AI descriptions: packsync's images whose name, description or keywords match, with
-the local files that hold them (the read model ``packsync search`` and the page render), and how many
-match in all."""
+"""Search over the AI descriptions: packsync's images whose name, description, keywords, folder name or
+pack name match, with the local files that hold them (the read model ``packsync search`` and the page
+render), and how many match in all (``count``: what both say "N of M" with)."""
 
 from __future__ import annotations
 

@@ -254,9 +254,11 @@ def print_astria_packs(packs: list[AstriaPackSummary], details: list[AstriaPack 
                   f"{len(detail.images) if detail else '?'}\n")
 
 
-def print_search(hits: list[SearchHit], out: TextIO) -> None:
+def print_search(hits: list[SearchHit], total: int, out: TextIO) -> None:
+    """Each hit's files and metadata, then how many of how many matches were shown."""
     if not hits:
-        out.write("no image's name, description or keywords match\n")
+        out.write("no image's name, description, keywords, folder or pack name matches\n")
+        return
     for hit in hits:
         meta = hit.image.metadata
         for path in hit.paths:
@@ -265,3 +267,6 @@ def print_search(hits: list[SearchHit], out: TextIO) -> None:
             out.write(f"  {printable(meta.description)}\n")
         if meta.keywords:
             out.write(f"  keywords: {printable(', '.join(meta.keywords))}\n")
+    matches = "match" if total == 1 else "matches"
+    out.write(f"{len(hits)} of {total} {matches} (--limit to see more)\n" if total > len(hits) else
+              f"{total} {matches}\n")
