@@ -106,8 +106,8 @@ def write_config(path: Path, folder: Path, pack: str, token_env: str | None = No
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError:  # a name that is bytes only, never UTF-8 text (an old card's Latin-1, say)
-        raise ConfigError(f"{path}: a path it would hold is not UTF-8 text, which a config cannot hold; "
-                          "rename it.") from None
+        raise ConfigError(f"{path}: a path it would name (its own, the state's) is not UTF-8 text, which a config "
+                          "cannot hold; give --config a UTF-8 path.") from None
     try:
         parse_config(tomllib.loads(text))
     except ConfigError as exc:  # the options' fault, not the file's (which is not written)
@@ -142,6 +142,8 @@ def _check(path: Path, folder: Path, pack: str, token_env: str | None) -> None:
     if not _is_utf8(str(folder)):
         raise ConfigError(f"--folder: {folder!r}: its name is not UTF-8 text, which a config cannot hold; rename "
                           "the folder.")
+    if not _is_utf8(pack):
+        raise ConfigError(f"--pack: {pack!r} is not UTF-8 text (your terminal's encoding?); a config holds only that.")
     if not pack.strip():
         raise ConfigError("--pack: name the pack to mirror the folder into.")
     if path.is_dir():

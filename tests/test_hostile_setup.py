@@ -26,6 +26,14 @@ def init(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
                           stdin=subprocess.DEVNULL, timeout=120, text=True, errors="replace")
 
 
+def test_a_pack_name_that_is_not_utf8_is_refused_as_the_pack(env: Env) -> None:
+    result = init(env, "--folder", str(env.root / "pics"), "--pack", os.fsdecode(b"caf\xe9"))
+
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert result.stderr.startswith("packsync: --pack: ") and "UTF-8" in result.stderr
+    assert not env.config_path.exists() and not (env.root / "pics").exists()
+
+
 def test_a_folder_whose_name_is_not_utf8_is_refused_and_leaves_nothing(env: Env) -> None:
     """Linux names are bytes; a config is UTF-8 text. The config was opened, then its write failed with a
     traceback, leaving an empty config (every later init: "a config is already there") and the folder."""
