@@ -223,8 +223,18 @@ def own_user() -> str:
 
 
 def invoking_user() -> str:
-    """Who a system unit runs as: the user behind sudo, else the one running this."""
-    return os.environ.get("SUDO_USER") or own_user()
+    """Who a system unit runs as: the user behind sudo, else the one running this. ``$SUDO_USER`` is only an
+    environment variable (a user removed since, one inherited into a container): a user this system does not
+    know is refused, not written into a unit systemd cannot start."""
+    import pwd
+
+    user = os.environ.get("SUDO_USER") or own_user()
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"--system: the unit would run as {user!r} (who ran sudo), a user this system does not "
+                          "know; run it with sudo from the user who should run the daemon.") from None
+    return user
 
 
 def systemctl_argv(kind: Kind, *args: str) -> list[str]:

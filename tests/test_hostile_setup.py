@@ -152,3 +152,18 @@ def test_installing_for_another_config_says_it_takes_the_unit_over(env: Env, tmp
     assert result.returncode == 0, result.stderr
     assert "ran another command, now replaced: " in result.stdout
     assert str(env.config_path) in result.stdout
+
+
+def test_a_system_unit_for_a_user_this_system_does_not_know_is_one_sentence(env: Env) -> None:
+    """``$SUDO_USER`` names who the system unit runs as; one ``getpwnam`` cannot find (a user removed, a
+    variable inherited into a container) was a KeyError traceback without a ``[state] path``, and with one a
+    unit whose ``User=`` systemd cannot start."""
+    env.map("pics", pack="P")
+    env.write_config()
+    result = subprocess.run([sys.executable, "-m", "packsync", "-c", str(env.config_path), "service", "install",
+                             "--system", "--dry-run"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "SUDO_USER": "packsync-no-such-user"})
+
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    assert result.stderr.startswith("packsync: --system: ") and "packsync-no-such-user" in result.stderr
+    assert "Traceback" not in result.stderr
