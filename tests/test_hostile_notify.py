@@ -1,5 +1,6 @@
-"""Hostile notifications: a notification service that never finishes answering, and a URL whose secret
-is a literal part of it, met as a demanding user would meet them."""
+"""Hostile notifications: a service that never finishes answering (the daemon's stop, ``notify test``), a
+URL whose secret is written into it, and a variable whose value is short, met as a demanding user would
+meet them."""
 
 from __future__ import annotations
 
