@@ -94,7 +94,7 @@ def test_a_path_with_a_specifier_mark_or_a_dollar_is_taken_literally(tmp_path: P
 def test_a_folder_with_a_line_break_cannot_smuggle_a_directive_into_the_unit(env: Env) -> None:
     """A path is written into the unit; a line break in it would start a directive of its own (run as root
     with ``ExecStartPre=+...``, in a system unit)."""
-    from packsync.setup import toml_string
+    from packsync.first_config import toml_string
 
     folder = env.folder("pics\nExecStartPre=+/bin/touch /tmp/owned")
     env.config_path.write_text(f"[state]\npath = {toml_string(str(env.state_path))}\n[[mappings]]\n"
