@@ -670,7 +670,7 @@ def service_uninstall(kind: Literal["user", "system"]) -> None:
 def service_status(kind: Literal["user", "system"]) -> None:
     """Where the unit is, whether it is enabled and running, and what the daemon itself says."""
     from packsync.control import find_daemon
-    from packsync.service_unit import state_of, unit_path
+    from packsync.service_unit import config_for, installed_config, state_of, unit_path
 
     path = unit_path(kind)
     click.echo(f"unit     {path} ({'installed' if path.exists() else 'not installed'})")
@@ -679,8 +679,9 @@ def service_status(kind: Literal["user", "system"]) -> None:
         click.echo(f"systemd  {enabled}, {active}")
     except PacksyncError as exc:
         click.echo(f"systemd  cannot say: {exc}")
-    try:
-        config = _config()
+    try:  # the config the unit runs, unless one is given; read as the user it runs as
+        given = click.get_current_context().meta.get("packsync.config") or installed_config(kind)
+        config = config_for(given, os.environ.get("SUDO_USER") if kind == "system" else None)
         daemon = find_daemon(config.state_path)
         answer = daemon.ask("GET", "/") if daemon else None
     except PacksyncError as exc:

@@ -238,9 +238,11 @@ class FakeSystemd:
         self.environ = environ
         self.unit = self.home / ".config" / "systemd" / "user" / "packsync.service"
 
-    def packsync(self, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "packsync", "-c", str(config), *args], capture_output=True,
-                              text=True, env=self.environ, timeout=120)
+    def packsync(self, config: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
+        """The real command, with this config (None: none given, and none at this home's default path)."""
+        given = ("-c", str(config)) if config is not None else ()
+        return subprocess.run([sys.executable, "-m", "packsync", *given, *args], capture_output=True, text=True,
+                              env=self.environ, timeout=120)
 
     def calls(self) -> list[str]:
         """The systemctl commands run since the last look."""
@@ -362,6 +364,14 @@ def test_status_asks_systemd(env: Env, systemd: FakeSystemd) -> None:
     assert result.returncode == 0, result.stderr
     assert "systemd  unknown, active" in result.stdout  # (the fake answers is-enabled with nothing)
     assert systemd.calls() == ["--user is-enabled packsync.service", "--user is-active packsync.service"]
+
+
+def test_status_speaks_of_the_config_the_installed_unit_runs(env: Env, systemd: FakeSystemd) -> None:
+    env.map("pics", pack="P")
+    assert systemd.packsync(env.config_path, "service", "install").returncode == 0
+    result = systemd.packsync(None, "service", "status")
+    assert result.returncode == 0, result.stderr
+    assert f"daemon   not running for {env.state_path}" in result.stdout
 
 
 def test_a_system_unit_reads_the_config_as_the_user_it_runs_as(tmp_path: Path) -> None:
