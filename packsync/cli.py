@@ -544,7 +544,7 @@ def init(folder: str | None, pack: str | None, token_env: str | None, base_url: 
     (or --config PATH); it never holds the token: this says where the token goes, and what to run next.
     """
     from packsync.config import DEFAULT_BASE_URL, find_config_path
-    from packsync.setup import next_steps, write_config
+    from packsync.first_config import next_steps, write_config
 
     interactive = sys.stdin.isatty()
     if folder is None:
@@ -570,47 +570,70 @@ def service() -> None:
     """Run `packsync daemon` as a systemd service: install, uninstall, status."""
 
 
+def _unit_kind(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--user`` (the default) or ``--system``: which service manager's unit a ``service`` command means."""
+    command = click.option("--system", "kind", flag_value="system",
+                           help="The system's unit, /etc/systemd/system/ (root needed to change it), run as the "
+                                "user behind sudo.")(command)
+    return click.option("--user", "kind", flag_value="user", default=True,
+                        help="Your user manager's unit, ~/.config/systemd/user/ (the default).")(command)
+
+
 @_command(service, name="install", epilog=_examples("packsync service install --dry-run",
                                                     "packsync service install",
                                                     "sudo packsync -c /home/me/.config/packsync/config.toml "
                                                     "service install --system"))
-@click.option("--user", "kind", flag_value="user", default=True,
-              help="A unit of your own user manager (the default): ~/.config/systemd/user/.")
-@click.option("--system", "kind", flag_value="system",
-              help="A system unit run as you (root needed): /etc/systemd/system/.")
+@_unit_kind
 @click.option("--dry-run", is_flag=True, help="Print the unit and the commands; change nothing.")
 def service_install(kind: Literal["user", "system"], dry_run: bool) -> None:
-    """Write the unit that runs `packsync daemon` with this config, then enable and start it.
+    """Write the unit that runs `packsync daemon` with this config, then enable and start it (restarted when
+    it runs already).
 
     The unit runs this very packsync (its absolute path), reads the token from `env` beside the config,
     and is hardened: the file system is read-only to it but its state's folder and the folders that get
-    XMP sidecars. See docs/service.md.
+    XMP sidecars. A system unit runs as the user behind sudo, with that user's config and paths.
+    See docs/service.md.
     """
     import shlex
 
     from packsync import service_unit as units
+    from packsync.control import find_daemon
 
-    config = _config()
+    user = units.invoking_user() if kind == "system" else None
+    config = units.config_for(click.get_current_context().meta.get("packsync.config"), user)
     config.require_mappings()
     if not dry_run:
         units.require_root(kind, "install")
-    user = units.invoking_user() if kind == "system" else None
     unit = units.unit_for(config, kind, user, namespaces=kind == "system" or units.user_namespaces())
     plan = units.install_plan(kind, unit)
     if dry_run:
         click.echo(f"# {plan.path}\n{plan.text}")
         click.echo("# then:\n" + "\n".join(shlex.join(command) for command in plan.commands))
+        click.echo(f"# and, when it runs already:\n{shlex.join(plan.restart)}")
         return
-    replaced = units.replaced_command(plan)
-    units.write_unit(plan, units.state_dir_for(config, user), user)
-    if replaced is not None:  # said before systemctl runs: said even when it fails
-        click.echo(f"{plan.path} ran another command, now replaced: {replaced}")
+    system = " --system" if kind == "system" else ""
+    this = Path(os.path.abspath(config.source or ""))
+    if (other := units.installed_config(kind)) is not None and other != this:
+        raise ConfigError(f"{plan.path}: runs packsync with another config, {other}, and one unit runs one config: "
+                          f"to switch to {this}, first `packsync service uninstall{system}` "
+                          "(that config and its state stay).")
     try:
-        for command in plan.commands:
-            units.systemctl(command)
+        holder = find_daemon(config.state_path)
+    except PacksyncError:  # a `run` holds it: it lets go when done
+        holder = None
+    units.write_unit(plan, config.state_path.parent, user)
+    try:
+        restarted = units.start(plan)
     except PacksyncError as exc:
         raise PacksyncError(f"wrote {plan.path}, but {exc}") from None
-    click.echo(f"installed {plan.path}, enabled and started: `packsync service status` shows it.")
+    journal = f"journalctl{' --user' if kind == 'user' else ''} -u packsync -f"
+    click.echo(f"installed {plan.path}; " + ("restarted the running service with it" if restarted else
+                                              "enabled and started it") +
+               f"; its first sync may take a while: `packsync service status{system}` shows it, `{journal}` "
+               "follows it.")
+    if holder is not None and not restarted:
+        click.echo(f"A packsync daemon (pid {holder.pid}) already holds {config.state_path}: the service fails and "
+                   f"tries again every 10 s until that one stops (kill {holder.pid}).")
     if not unit.namespaces:
         click.echo("This kernel gives no user namespaces: the unit runs without its file-system protections.")
     if kind == "user" and units.lingering(me := units.own_user()) is False:
@@ -620,8 +643,7 @@ def service_install(kind: Literal["user", "system"], dry_run: bool) -> None:
 
 @_command(service, name="uninstall", epilog=_examples("packsync service uninstall",
                                                       "sudo packsync service uninstall --system"))
-@click.option("--user", "kind", flag_value="user", default=True, help="Your user manager's unit (the default).")
-@click.option("--system", "kind", flag_value="system", help="The system's unit (root needed).")
+@_unit_kind
 def service_uninstall(kind: Literal["user", "system"]) -> None:
     """Stop and disable the unit, remove its file, and reload systemd. The config and state stay."""
     from packsync.service_unit import UNIT_NAME, require_root, systemctl, systemctl_argv, unit_path
@@ -631,22 +653,28 @@ def service_uninstall(kind: Literal["user", "system"]) -> None:
         click.echo(f"{path}: no unit here; nothing to remove.")
         return
     require_root(kind, "uninstall")
-    systemctl(systemctl_argv(kind, "disable", "--now", UNIT_NAME))
+    try:
+        systemctl(systemctl_argv(kind, "disable", "--now", UNIT_NAME))
+        stopped = None
+    except PacksyncError as exc:  # (no user bus, say): the file goes anyway, so that nothing starts it again
+        stopped = exc
     try:
         path.unlink()
     except OSError as exc:
         raise PacksyncError(f"{path}: cannot remove it ({exc.strerror}).") from None
+    if stopped is not None:
+        raise PacksyncError(f"removed {path}, but {stopped} If it still runs, stop it: "
+                            f"{' '.join(systemctl_argv(kind, 'stop', UNIT_NAME))}")
     systemctl(systemctl_argv(kind, "daemon-reload"))
     click.echo(f"stopped, disabled and removed {path}.")
 
 
 @_command(service, name="status", epilog=_examples("packsync service status", "packsync service status --system"))
-@click.option("--user", "kind", flag_value="user", default=True, help="Your user manager's unit (the default).")
-@click.option("--system", "kind", flag_value="system", help="The system's unit.")
+@_unit_kind
 def service_status(kind: Literal["user", "system"]) -> None:
     """Where the unit is, whether it is enabled and running, and what the daemon itself says."""
     from packsync.control import find_daemon
-    from packsync.service_unit import state_of, unit_path
+    from packsync.service_unit import config_for, installed_config, state_of, unit_path
 
     path = unit_path(kind)
     click.echo(f"unit     {path} ({'installed' if path.exists() else 'not installed'})")
@@ -655,8 +683,9 @@ def service_status(kind: Literal["user", "system"]) -> None:
         click.echo(f"systemd  {enabled}, {active}")
     except PacksyncError as exc:
         click.echo(f"systemd  cannot say: {exc}")
-    try:
-        config = _config()
+    try:  # the config the unit runs, unless one is given; read as the user it runs as
+        given = click.get_current_context().meta.get("packsync.config") or installed_config(kind)
+        config = config_for(given, os.environ.get("SUDO_USER") if kind == "system" else None)
         daemon = find_daemon(config.state_path)
         answer = daemon.ask("GET", "/") if daemon else None
     except PacksyncError as exc:

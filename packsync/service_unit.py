@@ -14,14 +14,18 @@ sidecars beside their images. Every other mapped folder is listed read-only, to 
 from __future__ import annotations
 
 import os
+import pwd
 import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+import msgspec
 
 from packsync.errors import ConfigError, PacksyncError
 
@@ -49,6 +53,8 @@ class Unit:
     #: The user manager can build a user namespace (a user unit's namespaced hardening needs one).
     namespaces: bool = True
     private_tmp: bool = True
+    #: The variable the environment file gives the token in (the config's ``token_env``).
+    token_env: str = "GENVIRAL_TOKEN"
     description: str = "packsync: keep Genviral packs an exact mirror of local folders"
     #: More [Service] lines after User= (the reference system unit's Group= and StateDirectory=).
     extra: Sequence[str] = field(default=())
@@ -97,7 +103,7 @@ def render(unit: Unit) -> str:
     lines += unit.extra
     lines += [f"ExecStart={' '.join(_quoted(arg) for arg in unit.exec_start)}",
               "ExecReload=/bin/kill -HUP $MAINPID",
-              "# The API token: GENVIRAL_TOKEN=... in this file (chmod 600); never on the command line.",
+              f"# The API token: {unit.token_env}=... in this file (chmod 600); never on the command line.",
               f"EnvironmentFile=-{unit.env_file}", "Environment=PYTHONUNBUFFERED=1",
               "Restart=on-failure", "RestartSec=10",
               "# READY=1 comes after the first full sync; EXTEND_TIMEOUT_USEC keeps a long first scan alive.",
@@ -114,7 +120,7 @@ def render(unit: Unit) -> str:
         lines += [f"ReadWritePaths={_quoted(path)}" for path in unit.writable]
         lines += [f"ReadOnlyPaths=-{_quoted(path)}" for path in unit.readonly]
         lines += ["PrivateTmp=yes"] if unit.private_tmp else \
-            ["# PrivateTmp stays off: a mapped folder or the state is below /tmp or /var/tmp."]
+            ["# PrivateTmp stays off: packsync, its config, state or a mapped folder is below /tmp or /var/tmp."]
     else:
         lines += ["", "# This kernel gives no user namespaces, so a user manager can build no mount namespace:",
                   "# the file system is protected by its permissions alone."]
@@ -173,26 +179,59 @@ def env_file_for(config_path: Path) -> Path:
     return Path(os.path.abspath(config_path)).parent / "env"
 
 
-def state_dir_for(config: Config, user: str | None) -> Path:
-    """The folder of the state the daemon will open: the config's, else the default of the user it runs as
-    (a system unit's user, whose home is not this process's when it runs under sudo)."""
-    if config.state.path is not None or user is None:
-        return config.state_path.parent
-    import pwd
+def config_for(explicit: Path | None, user: str | None) -> Config:
+    """The config a unit will run, read as the user it runs as (``None``: this process's user).
 
-    return Path(pwd.getpwnam(user).pw_dir) / ".local" / "state" / "packsync"
+    A system unit is installed with sudo, whose HOME is root's: the config's default path, its ``~``
+    paths (folders, state, token file) and the state's default are read with the unit's user's home
+    instead, and the state's path is pinned, so that every path in the unit is the one its daemon sees."""
+    from packsync.config import find_config_path, load_config
+
+    with _home_of(user):
+        config = load_config(find_config_path(explicit))
+        state = msgspec.structs.replace(config.state, path=config.state_path)  # (its default is read now)
+    return msgspec.structs.replace(config, state=state)
+
+
+@contextmanager
+def _home_of(user: str | None) -> Iterator[None]:
+    """HOME is ``user``'s meanwhile; the XDG folders, which belonged to the HOME replaced, default from it."""
+    home = None if user is None else _entry(user).pw_dir
+    if home is None or os.environ.get("HOME") == home:
+        yield
+        return
+    saved = dict(os.environ)
+    os.environ["HOME"] = home
+    for name in ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME"):
+        os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _entry(user: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"{user}: no such user on this system (the user a system unit runs as).") from None
 
 
 def unit_for(config: Config, kind: Kind, user: str | None = None, namespaces: bool = True) -> Unit:
-    """The unit that runs this config's daemon: what it may write and read follows the config."""
+    """The unit that runs this config's daemon (read by ``config_for``): what it may write and read follows
+    the config."""
+    from packsync.config import TOKEN_ENVS
+
     assert config.source is not None, "a service runs a config file"
     config_path = Path(os.path.abspath(config.source))
-    state_dir = state_dir_for(config, user)
+    state_dir = config.state_path.parent
     sidecars = [m.folder for m in config.mappings if m.path is not None and m.sidecars != "none"]
     readonly = [m.folder for m in config.mappings if m.path is not None and m.sidecars == "none"]
     token_files = [api.token_file for api in (config.genviral, config.astria) if api.token_file is not None]
-    touched = [config_path, state_dir, *sidecars, *readonly, *token_files]
-    for path in (*touched, *map(Path, executable())):
+    program = [Path(word) for word in executable() if word.startswith("/")]
+    touched = [config_path, state_dir, *sidecars, *readonly, *token_files, *program]
+    for path in touched:
         if any(ord(c) < 32 or ord(c) == 127 for c in str(path)):
             # A line break would end the directive and start another, of the path's choosing.
             raise ConfigError(f"{str(path)!r}: a path with a line break or a control character cannot go into a "
@@ -204,7 +243,10 @@ def unit_for(config: Config, kind: Kind, user: str | None = None, namespaces: bo
                 # unmounted drive) is skipped ("-"), as the daemon goes on with the other mappings.
                 writable=[_literal(str(state_dir)), *(f"-{_literal(str(path))}" for path in sidecars)],
                 readonly=[_literal(str(path)) for path in readonly], user=user, namespaces=namespaces,
-                private_tmp=not any(p.is_relative_to(t) for p in touched for t in TEMPORARY))
+                # A private /tmp hides what is below it: the mapped folders, the state, packsync itself (a venv
+                # there: 203/EXEC).
+                private_tmp=not any(p.is_relative_to(t) for p in touched for t in TEMPORARY),
+                token_env=config.genviral.token_env or TOKEN_ENVS[0])
 
 
 def unit_path(kind: Kind) -> Path:
@@ -217,23 +259,17 @@ def unit_path(kind: Kind) -> Path:
 
 def own_user() -> str:
     """The user running this (whose user manager a user unit goes to)."""
-    import pwd
-
     return pwd.getpwuid(os.getuid()).pw_name
 
 
 def invoking_user() -> str:
-    """Who a system unit runs as: the user behind sudo, else the one running this. ``$SUDO_USER`` is only an
-    environment variable (a user removed since, one inherited into a container): a user this system does not
-    know is refused, not written into a unit systemd cannot start."""
-    import pwd
-
+    """Who a system unit runs as: the user behind sudo, else the one running this, never root (a sync
+    daemon needs no privileges, and root's would reach every file of every user)."""
     user = os.environ.get("SUDO_USER") or own_user()
-    try:
-        pwd.getpwnam(user)
-    except KeyError:
-        raise ConfigError(f"--system: the unit would run as {user!r} (who ran sudo), a user this system does not "
-                          "know; run it with sudo from the user who should run the daemon.") from None
+    if user == "root" or _entry(user).pw_uid == 0:
+        raise ConfigError("service install --system: the unit runs as the user behind sudo, and here that is root; "
+                          "run it with sudo from the account whose config it runs "
+                          "(sudo packsync -c CONFIG service install --system).")
     return user
 
 
@@ -243,30 +279,39 @@ def systemctl_argv(kind: Kind, *args: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Plan:
-    """An install: the unit's text, where it goes, and the commands that follow it."""
+    """An install: the unit's text, where it goes, the commands that follow it, and the one that applies it
+    to a service already running."""
 
+    kind: Kind
     path: Path
     text: str
     commands: list[list[str]]
+    restart: list[str]
 
 
 def install_plan(kind: Kind, unit: Unit) -> Plan:
-    # restart, not ``enable --now``: a daemon running under the unit this replaces keeps its old sandbox (a
-    # new sidecar folder read-only to it) until it is started again.
-    return Plan(unit_path(kind), render(unit), [systemctl_argv(kind, "daemon-reload"),
-                                                systemctl_argv(kind, "enable", UNIT_NAME),
-                                                systemctl_argv(kind, "restart", UNIT_NAME)])
+    # --no-block: a Type=notify start waits for READY=1, which comes after the first full sync (minutes,
+    # for a big folder); install returns once the start is queued.
+    enable = systemctl_argv(kind, "enable", "--now", "--no-block", UNIT_NAME)
+    return Plan(kind, unit_path(kind), render(unit), [systemctl_argv(kind, "daemon-reload"), enable],
+                systemctl_argv(kind, "restart", "--no-block", UNIT_NAME))
 
 
-def replaced_command(plan: Plan) -> str | None:
-    """The command the unit at ``plan.path`` runs when it runs another than the one ``plan`` writes (another
-    config: one ``packsync.service`` runs one config, so installing takes it over); None otherwise."""
+def installed_config(kind: Kind) -> Path | None:
+    """The ``--config`` of the unit installed now (None: none is, or its ExecStart names none)."""
     try:
-        old = plan.path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        text = unit_path(kind).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
         return None
-    commands = [[line for line in text.splitlines() if line.startswith("ExecStart=")] for text in (old, plan.text)]
-    return commands[0][0].partition("=")[2] if commands[0] and commands[0] != commands[1] else None
+    for line in text.splitlines():
+        if line.startswith("ExecStart="):
+            try:
+                words = shlex.split(line.removeprefix("ExecStart="))
+            except ValueError:
+                return None
+            if "--config" in words[:-1]:
+                return Path(words[words.index("--config") + 1].replace("$$", "$").replace("%%", "%"))
+    return None
 
 
 def require_root(kind: Kind, action: str) -> None:
@@ -282,9 +327,7 @@ def write_unit(plan: Plan, state_dir: Path, user: str | None) -> None:
         missing = [folder for folder in (state_dir, *state_dir.parents) if not folder.exists()]
         state_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
         if user is not None and missing:
-            import pwd
-
-            entry = pwd.getpwnam(user)
+            entry = _entry(user)
             for folder in missing:
                 os.chown(folder, entry.pw_uid, entry.pw_gid)
         plan.path.parent.mkdir(parents=True, exist_ok=True)
@@ -296,14 +339,28 @@ def write_unit(plan: Plan, state_dir: Path, user: str | None) -> None:
         raise PacksyncError(f"{exc.filename or plan.path}: cannot write it ({exc.strerror}).") from None
 
 
+def start(plan: Plan) -> bool:
+    """Reload systemd, enable and start the unit — restarted when it ran already, so that it runs the unit
+    just written. Whether it ran already."""
+    systemctl(plan.commands[0])
+    running = is_active(plan.kind)
+    for command in plan.commands[1:]:
+        systemctl(command)
+    if running:
+        systemctl(plan.restart)
+    return running
+
+
 def systemctl(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run ``systemctl``; a failure is one sentence (this machine may not run systemd at all)."""
     if shutil.which(argv[0]) is None:
         raise PacksyncError(f"{argv[0]}: not found; this system does not seem to run systemd.")
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise PacksyncError(f"{shlex.join(argv)}: {exc}.") from None
+    except subprocess.TimeoutExpired:
+        raise PacksyncError(f"{shlex.join(argv)}: no answer within 60 s.") from None
+    except OSError as exc:
+        raise PacksyncError(f"{shlex.join(argv)}: cannot run it ({exc.strerror}).") from None
     if check and done.returncode != 0:
         why = (done.stderr.strip() or done.stdout.strip() or f"exit status {done.returncode}").splitlines()[0]
         raise PacksyncError(f"{shlex.join(argv)} failed: {why.rstrip('.')}.")
@@ -329,3 +386,9 @@ def state_of(kind: Kind) -> tuple[str, str]:
         done = systemctl(systemctl_argv(kind, question, UNIT_NAME), check=False)
         answers.append(done.stdout.strip() or "unknown")
     return answers[0], answers[1]
+
+
+def is_active(kind: Kind) -> bool:
+    """Whether the unit runs (or is starting, or reloading) now."""
+    done = systemctl(systemctl_argv(kind, "is-active", UNIT_NAME), check=False)
+    return done.stdout.strip() in ("active", "activating", "reloading")

@@ -51,6 +51,8 @@ def test_init_then_run_on_a_fresh_home_syncs_the_folder(tmp_path: Path, sandbox:
     text = config_path.read_text(encoding="utf-8")
     assert TOKEN not in text and "# The API token is never written here." in text
     assert "# max_delete" in text and "# sidecars" in text  # the commented examples
+    # The page's port is the default's, not written down: a second config says its own.
+    assert not re.search(r"^listen", text, re.MULTILINE) and "# listen = " in text
     write(folder / "logo.png", image())
     write(folder / "web" / "banner.png", image())
 
@@ -67,6 +69,9 @@ def test_init_writes_the_token_variable_it_is_given_and_says_it_is_unset(env: En
     assert result.returncode == 0, result.stderr
     assert "BRAND_TOKEN is not set in this shell." in result.stdout
     assert "export BRAND_TOKEN=..." in result.stdout
+    env_file = env.config_path.parent / "env"  # the service's: the exact commands, not a description
+    assert f"  touch {env_file} && chmod 600 {env_file} && ${{EDITOR:-nano}} {env_file}\n" \
+           "                               # for the service: one line, BRAND_TOKEN=...\n" in result.stdout
     assert f"packsync --config {env.config_path} run --dry-run" in result.stdout  # not the default path: said
     config = load_config(env.config_path)
     assert config.genviral.token_env == "BRAND_TOKEN"

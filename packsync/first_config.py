@@ -1,9 +1,9 @@
 """``packsync init``: the first config, written with its comments, and the steps that follow it.
 
-It owns the short config a newcomer starts from (``config.example.toml`` is the full reference) and
-where the service's environment file lives. It writes a config and creates folders; it never writes,
-reads or asks for the API token: it only says where the token goes. What it writes is read back through
-``parse_config`` before it lands, so a written config always loads.
+It owns the short config a newcomer starts from (``config.example.toml`` is the full reference). It
+writes a config and creates folders; it never writes, reads or asks for the API token: it only says where
+the token goes (the service's environment file, whose place ``service_unit.env_file_for`` decides). What
+it writes is read back through ``parse_config`` before it lands, so a written config always loads.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ base_url = {base_url}
 # path = "{state_path}"
 
 [http]
-# The daemon's page, /healthz and /metrics; "" turns them off.
-listen = "127.0.0.1:8780"
+# The daemon's page, /healthz and /metrics, at 127.0.0.1:8780 unless listen says otherwise ("" turns them
+# off). The daemon of a second config needs a port of its own:
+# listen = "127.0.0.1:8781"
 
 # Be told when something needs you (a safety stop, a refused key, a folder failing): docs/notifications.md.
 # [notify]
@@ -173,11 +174,12 @@ def next_steps(written: Written, config_given: bool) -> list[str]:
     if not any(os.environ.get(name, "").strip() for name in names):
         lines.append(f"{names[0]} is not set in this shell." if len(names) == 1 else
                      f"Neither {' nor '.join(names)} is set in this shell.")
-    env_file = shlex.quote(str(env_file_for(written.config_path)))  # the commands are pasted into a shell
+    env_file = env_file_for(written.config_path)
+    quoted = shlex.quote(str(env_file))
     lines += ["", "The API token never goes into the config. Give it to packsync:",
               f"  export {variable}=...        # for `packsync run` in this shell",
-              f"  touch {env_file} && chmod 600 {env_file}",
-              f"                               # then write {variable}=... in it, for the service", "", "Next:"]
+              f"  touch {quoted} && chmod 600 {quoted} && ${{EDITOR:-nano}} {quoted}",
+              f"                               # for the service: one line, {variable}=...", "", "Next:"]
     config = f" --config {shlex.quote(str(written.config_path))}" if config_given else ""
     lines += [f"  packsync{config} run --dry-run      # what would be uploaded; changes nothing",
               f"  packsync{config} run                # sync once",
