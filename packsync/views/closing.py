@@ -138,7 +138,7 @@ def _stopped(mapping: MappingReport) -> str:
     """A safety stop's reason: the deletes it withheld and how to let them go, or why it stopped."""
     withheld = len(mapping.plan.withheld) if mapping.plan else 0
     if not withheld:
-        return f"{mapping.label}: {mapping.safety}"
+        return mapping.safety or ""
     deletes = "1 delete" if withheld == 1 else f"{withheld} deletes"
     return f"{deletes} withheld in {mapping.label} (packsync allow-deletes {shlex.quote(mapping.label)})"
 

@@ -222,16 +222,17 @@ def _files(mapping: MappingConfig, state: State, pack_id: str | None, problems: 
     # a state's filter needs each item's image: every key is read (two columns), a page of them is detailed
     page = state.files.page(mapping.label, end if show == "all" else None)
     held = _held(state, mapping.label, pack_id, {sha for _key, sha in page if sha})
+    failed = {p.rel_path: p.reason for p in state.files.failures(mapping.label)}
     selected = None
     if show != "all":
-        page = [(key, sha) for key, sha in page if _selects(show, sha, held)]
+        page = [(key, sha) for key, sha in page
+                if _selects(show, sha, held) and not (show == "pending" and key in failed)]
         selected = len(page)
     page = page[offset:end]
     held = {sha: held[sha] for _key, sha in page if sha and sha in held}  # the prepared uploads of this page's
     recipes = {image.recipe for image in held.values() if image and image.recipe}
     made = state.uploads.prepared(held.keys(), recipes) if recipes else {}
     detail = []
-    failed = {p.rel_path: p.reason for p in state.files.failures(mapping.label)}
     for key, sha in page:
         own = held.get(sha or "")
         # an Astria image (its key is its URL) is shown by the name it was added with

@@ -39,8 +39,14 @@ def printable(text: object) -> str:
 def _header(path: object, pack: str, pack_id: str | None, new: bool = False) -> str:
     """``folder → pack (id)``; "new pack" only when the sync creates it (a pack given by id, or one that exists
     but is not read yet, is not new)."""
-    shown = " ".join(filter(None, ("new pack" if new else None, printable(pack_id) if pack_id else None)))
+    named = pack_id and pack != f"pack {pack_id}"  # (a pack given by id and not read yet is named by its id)
+    shown = " ".join(filter(None, ("new pack" if new else None, printable(pack_id) if named else None)))
     return f"{printable(path)} → {printable(pack)}" + (f" ({shown})" if shown else "")
+
+
+def _pack_id(mapping: MappingReport) -> str | None:
+    """The pack's id as far as this sync knows it: read, or given by the config (a stop before the read)."""
+    return mapping.pack_id or mapping.config.pack_id
 
 
 def _creates(mapping: MappingReport) -> bool:
@@ -53,7 +59,7 @@ def print_plan(report: SyncReport, out: TextIO, verbose: bool = False) -> None:
     exclude patterns left out, and by which pattern). Changes nothing."""
     uploads = {upload.add.upload_key for upload in report.plan.uploads} if report.plan else set()
     for mapping in report.mappings:
-        out.write(_header(mapping.label, mapping.pack_name, mapping.pack_id, _creates(mapping)) + "\n")
+        out.write(_header(mapping.label, mapping.pack_name, _pack_id(mapping), _creates(mapping)) + "\n")
         if mapping.notice:
             out.write(f"  notice     {printable(mapping.notice)}\n")
         if mapping.error or (mapping.safety and not mapping.plan):
@@ -147,7 +153,7 @@ def print_run(report: SyncReport, out: TextIO) -> None:
     """The summary after ``run``: counts per mapping, then each failure by name."""
     for mapping in report.mappings:
         outcome = mapping.outcome
-        out.write(_header(mapping.label, mapping.pack_name, mapping.pack_id, _creates(mapping)) + "\n")
+        out.write(_header(mapping.label, mapping.pack_name, _pack_id(mapping), _creates(mapping)) + "\n")
         if mapping.notice:
             out.write(f"  notice     {printable(mapping.notice)}\n")
         if outcome:
