@@ -178,13 +178,11 @@ def print_run(report: SyncReport, out: TextIO) -> None:
 
 
 def _closing(report: SyncReport, out: TextIO) -> None:
-    """The closing line, and when files skipped are all that went wrong, the lines that would ignore them."""
+    """The closing line, and when a few files skipped are all that went wrong, the lines that would ignore them."""
     out.write(printable(closing_line(report)) + "\n")
     ignore = ignorable(report)
-    for file, line in ignore[:PROBLEMS_SHOWN]:
+    for file, line in ignore if len(ignore) <= PROBLEMS_SHOWN else ():  # (more: the closing line says where)
         out.write(f"  add to {printable(file)}: {printable(line)}\n")
-    if len(ignore) > PROBLEMS_SHOWN:
-        out.write(f"  … and {len(ignore) - PROBLEMS_SHOWN} more (`packsync status --problems` lists them)\n")
 
 
 def _prepared(prepared: list[tuple[str, tuple[str, ...]]], out: TextIO) -> None:
