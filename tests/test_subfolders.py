@@ -288,7 +288,7 @@ def test_retrying_failed_files_reaches_the_subfolders_packs(env: Env, brand: Pat
     state = State(env.state_path)
     try:
         assert state.files.cache(label)["empty.png"].problem
-        state.files.forget_verdicts(str(brand))  # what the page's "Retry failed files" asks, per config mapping
+        state.files.forget_verdicts(str(brand))  # what the page's "Retry skipped files" asks, per config mapping
         assert "empty.png" not in state.files.cache(label)
     finally:
         state.close()

@@ -136,14 +136,15 @@ def _foreign(mapping: MappingReport, out: TextIO) -> None:
                   "can be read: one may already hold them\n")
 
 
-def _problems(problems: Iterable[Problem], out: TextIO) -> None:
-    """The skipped files, a few per reason: 50,000 empty files make six lines, not 50,000."""
+def _problems(problems: Iterable[Problem], out: TextIO, word: str = "skipped") -> None:
+    """The skipped files (or what else ``word`` names), a few per reason: 50,000 empty files make six lines,
+    not 50,000."""
     by_reason: dict[tuple[str, bool], list[str]] = {}
     for problem in problems:
         by_reason.setdefault((problem.reason, problem.notice), []).append(problem.rel_path)
     for (reason, notice), paths in by_reason.items():
         for path in paths[:PROBLEMS_SHOWN]:
-            out.write(f"  {'notice' if notice else 'skipped':<10} {printable(path)}: {printable(reason)}\n")
+            out.write(f"  {'notice' if notice else word:<10} {printable(path)}: {printable(reason)}\n")
         if len(paths) > PROBLEMS_SHOWN:
             out.write(f"  {'':<10} … and {len(paths) - PROBLEMS_SHOWN} more: {printable(reason)} "
                       "(`packsync status --problems` lists them)\n")
@@ -167,7 +168,8 @@ def print_run(report: SyncReport, out: TextIO) -> None:
         if mapping.sidecars and (mapping.sidecars.written or mapping.sidecars.removed):
             out.write(f"  sidecars   {mapping.sidecars.written} written, {mapping.sidecars.removed} removed\n")
         _foreign(mapping, out)
-        _problems(mapping.problems + (mapping.sidecars.problems if mapping.sidecars else []), out)
+        _problems(mapping.problems, out)
+        _problems(mapping.sidecars.problems if mapping.sidecars else [], out, "sidecar")
     _subfolders(report, out, dry_run=False)
     for label in report.paused:
         out.write(f"{printable(label)}: paused, not synced (`packsync resume` syncs it again)\n")
@@ -270,7 +272,7 @@ def print_pull(report: PullReport, dry_run: bool, out: TextIO) -> None:
     _problems(report.problems, out)
     if report.sidecars:
         out.write(f"  sidecars   {report.sidecars.written} written\n")
-        _problems(report.sidecars.problems, out)
+        _problems(report.sidecars.problems, out, "sidecar")
 
 
 def print_packs(packs: list[PackSummary], out: TextIO) -> None:
