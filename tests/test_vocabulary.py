@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import httpx2
 import pytest
 from conftest import ASTRIA_TOKEN, Env, image, write
-from helpers import state_rows
+from helpers import StartDaemon, state_rows
 from test_astria import astria_pack
 from test_page import ui  # noqa: F401 - the fixture: ``packsync ui`` on the env's state
 from test_web import sample, samples
@@ -257,3 +257,20 @@ def test_a_pack_given_by_id_is_named_by_its_id_when_its_folder_stops_the_sync(en
 
     assert plan.returncode == ExitCode.SAFETY
     assert plan.stdout.splitlines()[0] == f"{folder} → pack {by_id}", plan.stdout
+
+
+def test_a_run_the_daemon_answers_ends_with_the_same_closing_line(daemon_env: Env, start: StartDaemon) -> None:
+    photos = daemon_env.map("photos", pack="Photos")
+    write(photos / "good.png", image())
+    write(photos / "bad.png", b"not an image at all")
+    start()
+
+    text = daemon_env.cli("run", "--no-wait")
+    document = json.loads(daemon_env.cli("run", "--no-wait", "--json").stdout)
+
+    ignore = photos / ".packsyncignore"
+    assert text.returncode == document["exit_code"] == ExitCode.SOME_FAILED, text.stdout + text.stderr
+    assert "another packsync" not in text.stderr
+    assert text.stdout.splitlines()[-2].endswith(f"— exit 1: 1 file skipped; list it in {ignore} to stop trying")
+    assert text.stdout.splitlines()[-1] == f"  add to {ignore}: /bad.png"
+    assert document["exit_reason"] == f"1 file skipped; list it in {ignore} to stop trying"
