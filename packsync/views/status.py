@@ -145,10 +145,11 @@ def read_status(config: Config, state: State, *, files: bool = False, problems: 
 
 def shown(config: Config, state: State) -> list[MappingConfig]:
     """The mappings a status shows: every mapping as it is synced, and a folder of subfolder packs itself
-    while files directly in it are skipped (they are its own)."""
+    while files directly in it are skipped (they are its own; its notices alone do not show it)."""
     found = concrete(config, state)
     for mapping in config.mappings:
-        if mapping.packs_from == "subfolders" and state.files.problem_counts(mapping.label)[0]:
+        problems, notices = state.files.problem_counts(mapping.label) if mapping.packs_from == "subfolders" else (0, 0)
+        if problems > notices:
             found.append(mapping)
     return found
 
