@@ -274,3 +274,13 @@ def test_a_run_the_daemon_answers_ends_with_the_same_closing_line(daemon_env: En
     assert text.stdout.splitlines()[-2].endswith(f"— exit 1: 1 file skipped; list it in {ignore} to stop trying")
     assert text.stdout.splitlines()[-1] == f"  add to {ignore}: /bad.png"
     assert document["exit_reason"] == f"1 file skipped; list it in {ignore} to stop trying"
+
+
+def test_a_run_of_paused_mappings_alone_says_nothing_was_synced(env: Env) -> None:
+    write(env.map("photos", pack="Photos") / "a.png", image())
+    assert env.cli("pause", token=None).returncode == ExitCode.OK
+
+    ran = env.cli("run", "--no-wait")
+
+    assert ran.returncode == ExitCode.OK, ran.stdout + ran.stderr
+    assert ran.stdout.splitlines()[-1] == "run: nothing synced — exit 0", ran.stdout

@@ -147,6 +147,6 @@ def closing_line(report: SyncReport) -> str:
     """The last line of ``run``: the sync summed, and its exit code with the reason for one not 0 (names as
     they are: a text view escapes them)."""
     counts = run_counts(report)
-    summed = counts_line(counts) if any(counts.values()) else "in sync"
+    summed = counts_line(counts) if any(counts.values()) else "in sync" if report.mappings else "nothing synced"
     reason = exit_reason(report)
     return f"run: {summed} — exit {int(report.exit_code)}" + (f": {reason}" if reason else "")
