@@ -136,7 +136,7 @@ def test_a_second_daemon_is_refused_with_the_running_pid_and_run_is_answered_by_
 
     assert second.returncode == ExitCode.USAGE and f"pid {daemon.proc.pid}" in second.stderr
     assert one_shot.returncode == ExitCode.OK, one_shot.stderr
-    assert str(folder) in one_shot.stdout and "0 added, 0 deleted, 0 failed" in one_shot.stdout
+    assert str(folder) in one_shot.stdout and "0 added, 0 deleted, 0 skipped, 0 failed" in one_shot.stdout
 
 
 def test_status_shows_the_running_daemon(daemon_env: Env, start: StartDaemon) -> None:
