@@ -210,7 +210,8 @@ def print_status(status: Status, out: TextIO) -> None:
     elif daemon:
         out.write(f"daemon: not running (last seen {local_time(daemon.record.updated_at)})\n")
     for mapping in status.mappings:
-        pack = "(a pack per subfolder)" if mapping.subfolders else mapping.pack_name or mapping.pack_id or "?"
+        named = mapping.pack_name if mapping.pack_name != mapping.pack_id else None  # (a pack given by id, not read)
+        pack = "(a pack per subfolder)" if mapping.subfolders else named or f"pack {mapping.pack_id or '?'}"
         out.write(_header(mapping.source, pack, mapping.pack_id) + "\n")
         counts, meta = mapping.counts, mapping.metadata
         out.write(f"  files {mapping.file_count} · synced {counts['synced']} · pending {counts['pending']} · "
