@@ -22,9 +22,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from packsync.daemon.alerts import Notices
-from packsync.daemon.notify import Systemd
 from packsync.daemon.schedule import Folder, Round, Schedule
 from packsync.daemon.status import Status
+from packsync.daemon.systemd import Systemd
 from packsync.daemon.timing import Timing
 from packsync.engine.sync import MappingReport, SyncOptions, SyncReport
 from packsync.errors import AuthError, ExitCode, PacksyncError, StateError, StateUnavailable

@@ -10,7 +10,7 @@ Remote trouble never kills the daemon: a failing mapping is retried with backoff
 pauses syncing (one clear error, a rare retry, or at once after SIGHUP). The metadata loop
 (``metadata.py``) polls beside the syncs, supervised. SIGTERM and SIGINT finish or abandon the sync in
 flight within seconds and exit 0; SIGHUP reloads the config. systemd hears READY=1, STATUS=,
-WATCHDOG=1 (from this loop, so a hung loop is noticed) and STOPPING=1 (``notify.py``); ``packsync
+WATCHDOG=1 (from this loop, so a hung loop is noticed) and STOPPING=1 (``systemd.py``); ``packsync
 status`` and the page hear the same through ``status.py``; a person, through the notifications configured
 (``alerts.py``). Every delay is the ``Timing``'s.
 """
@@ -32,12 +32,12 @@ from packsync.daemon.aggregator import Aggregator
 from packsync.daemon.alerts import Notices
 from packsync.daemon.control import Served, bind
 from packsync.daemon.metadata import MetadataLoop
-from packsync.daemon.notify import Systemd
 from packsync.daemon.process import on_signals, raise_file_limit
 from packsync.daemon.reload import Retiring, reread
 from packsync.daemon.rounds import Rounds
 from packsync.daemon.schedule import FIRST, Folder, Schedule
 from packsync.daemon.status import Status
+from packsync.daemon.systemd import Systemd
 from packsync.daemon.timing import PRODUCT, Timing
 from packsync.daemon.watcher import Watcher
 from packsync.daemon.web import Web
