@@ -306,9 +306,9 @@ def test_each_state_trouble_is_said_once_by_its_reason_not_its_text(tmp_path: Pa
 
     from packsync.config import parse_config
     from packsync.daemon.aggregator import Aggregator
-    from packsync.daemon.notify import Systemd
     from packsync.daemon.schedule import Schedule
     from packsync.daemon.status import Status
+    from packsync.daemon.systemd import Systemd
     from packsync.daemon.timing import PRODUCT
     from packsync.errors import StateUnavailable
 
