@@ -508,10 +508,15 @@ def read_password(config: Config) -> str | None:
     return password
 
 
-def read_notify_urls(config: Config) -> list[str]:
+def read_notify_urls(config: Config, *, reload: bool = False) -> list[str]:
     """The notification URLs with the environment variables they name filled in, each registered as a secret
-    (a URL carries its service's credentials). An unset variable is a config error naming the key and it."""
+    (a URL carries its service's credentials). An unset variable is a config error naming the key and it
+    (``reload``: the daemon's, whose environment is fixed at its start; only a restart gives it a new one)."""
     from packsync.logs import register_secret
+
+    restart = (" in the daemon's environment, which a reload cannot change: set it where the daemon gets its "
+               "environment (its EnvironmentFile=) and restart it (`systemctl [--user] restart packsync`)."
+               if reload else ".")
 
     urls = []
     for index, url in enumerate(config.notify.urls):
@@ -520,7 +525,7 @@ def read_notify_urls(config: Config) -> list[str]:
                 return "$"
             name = found["braced"] or found["bare"]
             if not (text := os.environ.get(name, "")):
-                raise ConfigError(f"{_where(config.source)}{key}: the environment variable {name} is not set.")
+                raise ConfigError(f"{_where(config.source)}{key}: the environment variable {name} is not set{restart}")
             register_secret(text)
             return text
         urls.append(_VARIABLE.sub(value, url))

@@ -32,7 +32,7 @@ def test_a_lost_state_costs_one_download_per_image_and_nothing_else(env: Env) ->
     assert env.pack(pack_id)["image_count"] == 6
     env.sandbox.reset_calls()
     again = env.cli("run", "--no-wait")
-    assert "0 added, 0 deleted, 0 failed" in again.stdout
+    assert "0 added, 0 deleted, 0 skipped, 0 failed" in again.stdout
     assert env.sandbox.calls[CDN] == 0 and env.sandbox.mutating_calls() == 0
 
 
@@ -48,7 +48,7 @@ def test_copies_filled_in_by_hand_are_adopted_and_unrelated_images_kept(env: Env
     result = env.cli("run", "--no-wait")
 
     assert result.returncode == 0, result.stdout
-    assert "1 added, 0 deleted, 0 failed, 2 adopted" in result.stdout
+    assert "1 added, 0 deleted, 0 skipped, 0 failed, 2 adopted" in result.stdout
     assert env.sandbox.calls[ADD] == 1
     assert sorted(env.cdn_bytes(pack_id)) == sorted([p.read_bytes() for p in files] + [campaign])
     assert unrelated in {i["id"] for i in env.pack(pack_id)["images"]}
@@ -193,4 +193,4 @@ def test_an_image_on_a_host_that_cannot_be_reached_does_not_hold_back_new_files(
 
     assert first.returncode == 0 and "1 added" in first.stdout, first.stdout
     assert f"image {dead}: cannot download it (download: cannot reach its host" in first.stdout
-    assert second.returncode == 0 and "0 added, 0 deleted, 0 failed" in second.stdout
+    assert second.returncode == 0 and "0 added, 0 deleted, 0 skipped, 0 failed" in second.stdout

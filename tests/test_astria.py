@@ -64,7 +64,7 @@ def test_an_astria_pack_is_mirrored_once_and_a_second_run_reads_it_once(env: Env
         f"{cls}-{prompt['id']}-1.png" for cls, listed in prompts.items() for prompt in listed)
     env.sandbox.reset_calls()
     second = env.cli("run", "--no-wait")
-    assert second.returncode == ExitCode.OK and "0 added, 0 deleted, 0 failed" in second.stdout
+    assert second.returncode == ExitCode.OK and "0 added, 0 deleted, 0 skipped, 0 failed" in second.stdout
     assert env.sandbox.calls == {("GET", "astria:/p/{id}"): 1, ("GET", "/packs/{id}"): 1}
     status = env.cli("status", token=None)
     assert f"astria:{pack_id} (Corporate Headshots) → Headshots" in status.stdout
@@ -84,7 +84,7 @@ def test_a_state_of_schema_6_knows_every_image_it_downloaded_once_upgraded(env: 
 
     again = env.cli("run", "--no-wait")
 
-    assert again.returncode == ExitCode.OK and "0 added, 0 deleted, 0 failed" in again.stdout, again.stdout
+    assert again.returncode == ExitCode.OK and "0 added, 0 deleted, 0 skipped, 0 failed" in again.stdout, again.stdout
     assert env.sandbox.calls[("GET", "astria-img")] == 0
     assert state_rows(env.state_path, "SELECT count(*) FROM files WHERE version = rel_path") == [(3,)]
 
@@ -99,7 +99,7 @@ def test_the_mirror_follows_images_added_and_removed_upstream(env: Env) -> None:
     result = env.cli("run", "--no-wait")
 
     assert result.returncode == ExitCode.OK, result.stderr
-    assert "1 added, 1 deleted, 0 failed" in result.stdout
+    assert "1 added, 1 deleted, 0 skipped, 0 failed" in result.stdout
     assert genviral_bytes(env, "Headshots") == astria_bytes(env, urls)
 
 

@@ -115,7 +115,7 @@ def test_bad_file_is_named_with_its_reason_and_the_rest_syncs(env: Env, name: st
     assert rows["sub/good.png"]["state"] == "synced"
     bad = rows.get(f"sub/{name}")
     assert bad is not None, f"status --json --files does not list sub/{name}: {sorted(rows)}"
-    assert bad["state"] == "failed" and reason in (bad["problem"] or "")
+    assert bad["state"] == "skipped" and reason in (bad["problem"] or "")
 
 
 def test_bad_file_fixed_later_is_synced(env: Env) -> None:

@@ -136,7 +136,7 @@ def test_a_second_daemon_is_refused_with_the_running_pid_and_run_is_answered_by_
 
     assert second.returncode == ExitCode.USAGE and f"pid {daemon.proc.pid}" in second.stderr
     assert one_shot.returncode == ExitCode.OK, one_shot.stderr
-    assert str(folder) in one_shot.stdout and "0 added, 0 deleted, 0 failed" in one_shot.stdout
+    assert str(folder) in one_shot.stdout and "0 added, 0 deleted, 0 skipped, 0 failed" in one_shot.stdout
 
 
 def test_status_shows_the_running_daemon(daemon_env: Env, start: StartDaemon) -> None:
@@ -306,9 +306,9 @@ def test_each_state_trouble_is_said_once_by_its_reason_not_its_text(tmp_path: Pa
 
     from packsync.config import parse_config
     from packsync.daemon.aggregator import Aggregator
-    from packsync.daemon.notify import Systemd
     from packsync.daemon.schedule import Schedule
     from packsync.daemon.status import Status
+    from packsync.daemon.systemd import Systemd
     from packsync.daemon.timing import PRODUCT
     from packsync.errors import StateUnavailable
 

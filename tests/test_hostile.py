@@ -297,7 +297,7 @@ def test_a_full_disk_ends_run_in_one_sentence_and_loses_nothing(env: Env, small_
     filler.unlink()
     assert env.cli("run", "--no-wait").returncode == 0
     assert env.pack(pack_id)["image_count"] == 22
-    assert env.cli("run", "--no-wait").stdout.count("0 added, 0 deleted, 0 failed") == 1
+    assert env.cli("run", "--no-wait").stdout.count("0 added, 0 deleted, 0 skipped, 0 failed") == 1
 
 
 def test_the_daemon_survives_a_full_disk_and_resumes_when_space_is_back(daemon_env: Env, start: StartDaemon,
@@ -623,7 +623,7 @@ def test_many_bad_files_are_counted_not_listed_and_not_saved_again(env: Env) -> 
     assert first.returncode == ExitCode.SOME_FAILED
     assert len(first.stdout.splitlines()) < 12, first.stdout
     assert "… and 1995 more: empty file (`packsync status --problems` lists them)" in first.stdout
-    assert len(problems["problem_list"]) == 2000 and problems["failed"] == 2000
+    assert len(problems["problem_list"]) == 2000 and problems["skipped"] == 2000 and problems["failed"] == 0
     assert "empty-0000.png: empty file" in env.cli("status", "--problems", token=None).stdout
 
 

@@ -92,7 +92,7 @@ def test_a_subfolder_named_only_spaces_is_skipped_with_a_reason(env: Env) -> Non
 
     done = env.cli("run", "--no-wait")
 
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == ExitCode.SOME_FAILED, done.stdout + done.stderr  # (skipped: rename it)
     assert "its name is only spaces" in done.stdout
     assert names(env) == ["Acme"]
 

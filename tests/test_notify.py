@@ -6,6 +6,7 @@ this module runs, as any webhook receiver would get them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import threading
@@ -16,9 +17,10 @@ from typing import Any
 
 import pytest
 from conftest import TOKEN, Env, image, write
-from helpers import StartDaemon, StartHere, wait_until
+from helpers import DaemonProcess, StartDaemon, StartHere, wait_until
 
-from packsync.daemon.alerts import Alerts, Message
+from packsync.config import default_config_path, parse_config
+from packsync.daemon.alerts import Alert, Alerts, Notifications, Notifier
 from packsync.errors import ExitCode
 from packsync.logs import register_secret
 from packsync.sandbox import Account, Sandbox
@@ -26,8 +28,8 @@ from packsync.sandbox import Account, Sandbox
 # -- the decider -------------------------------------------------------------------------------------------
 
 
-def events(messages: list[Message]) -> list[tuple[str, str | None]]:
-    return [(m.event, m.label) for m in messages]
+def events(alerts: list[Alert]) -> list[tuple[str, str | None]]:
+    return [(a.event, a.label) for a in alerts]
 
 
 def test_a_safety_stop_is_told_once_while_it_stands_and_its_end_once() -> None:
@@ -49,6 +51,14 @@ def test_the_stop_says_the_count_the_reason_and_the_command_that_approves() -> N
     assert "3 deletes withheld" in told.body
     assert "would delete 3 of 4 images (max_delete 50%)" in told.body
     assert told.body.endswith("packsync allow-deletes '/home/me/My Pictures'")
+
+
+def test_the_stop_names_the_config_when_the_daemon_runs_with_another_than_the_default() -> None:
+    alerts = Alerts(after_s=60, config=Path("/etc/packsync/my pics.toml"))
+    [told] = alerts.stop("/p", "would delete 3 of 4 images", 3)
+    assert told.body.endswith("packsync --config '/etc/packsync/my pics.toml' allow-deletes /p")
+    default = parse_config({"genviral": {"base_url": "http://127.0.0.1:9"}}, source=default_config_path())
+    assert Notifications.open(default).alerts.config is None, "the default config needs no --config"
 
 
 def test_a_stop_announced_before_a_restart_is_not_told_again() -> None:
@@ -85,13 +95,17 @@ def test_the_failing_message_says_for_how_long(after_s: float, said: str) -> Non
     assert told.body == f"/f: every sync for {said} has failed; the last said: pack gone"
 
 
-def test_a_refused_key_is_told_once_until_a_sync_gets_past_it() -> None:
+def test_a_refused_key_is_told_once_until_a_sync_gets_past_it_each_api_apart() -> None:
     alerts = Alerts(after_s=60)
-    assert alerts.key(None) == []
-    assert events(alerts.key("The API key was refused (invalid or revoked)")) == [("key refused", None)]
-    assert alerts.key("The API key was refused (invalid or revoked)") == []
-    assert events(alerts.key(None)) == [("key accepted", None)]
-    assert alerts.key(None) == []
+    assert alerts.key("Genviral", None) == []
+    [told] = alerts.key("Genviral", "the Genviral API refused the key")
+    assert (told.event, told.title) == ("key refused", "packsync: the Genviral API key was refused")
+    assert "reload the daemon (SIGHUP, or `systemctl [--user] reload packsync`)" in told.body
+    assert alerts.key("Genviral", "the Genviral API refused the key") == []
+    assert events(alerts.key("Astria", "the Astria API refused the key")) == [("key refused", None)]
+    assert [a.title for a in alerts.key("Genviral", None)] == ["packsync: the Genviral key works again"]
+    assert alerts.key("Genviral", None) == [] and alerts.key("Astria", "the Astria API refused the key") == []
+    assert [a.title for a in alerts.key("Astria", None)] == ["packsync: the Astria key works again"]
 
 
 def test_no_message_carries_the_token_or_a_credential() -> None:
@@ -99,7 +113,7 @@ def test_no_message_carries_the_token_or_a_credential() -> None:
     alerts = Alerts(after_s=0)
     told = alerts.outcome("/f", f"pack 1: the server said: bad key {TOKEN}", 0)
     told += alerts.stop("/p", f"echo {TOKEN}", 1)
-    told += alerts.key("refused: Authorization: Bearer abcdefghijklmnop")
+    told += alerts.key("Genviral", "refused: Authorization: Bearer abcdefghijklmnop")
     assert len(told) == 3
     for message in told:
         assert TOKEN not in message.body + message.title and "abcdefghijklmnop" not in message.body
@@ -208,27 +222,38 @@ def inbox(daemon_env: Env) -> Iterator[Inbox]:
     receiver.close()
 
 
+def settled(env: Env, daemon: DaemonProcess, inbox: Inbox, exit_code: int = 0, before: int = 0) -> list[str]:
+    """The titles received once one more sync has ended (``exit_code``) and every alert the daemon logged by
+    then has arrived (``before``: those a daemon before it told): a late duplicate would be among them."""
+    synced = env.cli("sync")
+    assert synced.returncode == exit_code, synced.stdout + synced.stderr
+    logged = before + daemon.output().count("notifying")  # (written before the sync's answer)
+    wait_until(lambda: len(inbox.received) >= logged, timeout=30, what=f"the {logged} alerts logged received")
+    return inbox.titles()
+
+
 def test_a_safety_stop_arrives_once_however_many_syncs_it_lasts_and_its_end_once(
         daemon_env: Env, start: StartDaemon, inbox: Inbox) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id, max_delete=1)
     for n in range(3):
         write(folder / f"{n}.png", image())
-    start()
+    daemon = start()
     wait_until(lambda: len(daemon_env.pack(pack_id)["images"]) == 3, timeout=30)
     (folder / "0.png").unlink()
     (folder / "1.png").unlink()
 
     [stop] = wait_until(lambda: inbox.titles(), timeout=30, what="the safety stop's notification")
     assert stop == f"packsync: safety stop in {folder}"
-    assert f"packsync allow-deletes {folder}" in inbox.received[0]["message"]
+    # (the tests' config is not the default one: the command must name it)
+    assert f"packsync --config {daemon_env.config_path} allow-deletes {folder}" in inbox.received[0]["message"]
     for _ in range(2):  # two more syncs, the stop standing
         assert daemon_env.cli("sync").returncode == ExitCode.SAFETY
     allowed = daemon_env.cli("allow-deletes", str(folder))
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
 
     wait_until(lambda: len(inbox.titles()) == 2, timeout=30, what="the stop's end told")
-    assert inbox.titles() == [stop, f"packsync: safety stop cleared in {folder}"]
+    assert settled(daemon_env, daemon, inbox) == [stop, f"packsync: safety stop cleared in {folder}"]
 
 
 def test_a_refused_key_arrives_once_without_the_token_and_its_end_once(
@@ -246,7 +271,8 @@ def test_a_refused_key_arrives_once_without_the_token_and_its_end_once(
     daemon.proc.send_signal(signal.SIGHUP)
 
     wait_until(lambda: len(inbox.titles()) == 2, timeout=30, what="the key's recovery told")
-    assert inbox.titles() == ["packsync: the API key was refused", "packsync: the key works again"]
+    assert settled(daemon_env, daemon, inbox) == ["packsync: the Genviral API key was refused",
+                                                  "packsync: the Genviral key works again"]
     assert all(TOKEN not in json.dumps(message) for message in inbox.received)
     assert "invalid or revoked" in inbox.received[0]["message"]
 
@@ -260,7 +286,7 @@ def test_a_folder_failing_longer_than_after_s_arrives_once_without_the_token_it_
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id)
     write(folder / "seed.png", image())
-    start()
+    daemon = start()
     daemon_env.sandbox.rewrite("GET", "/packs/{id}", lambda _reply: fail(400, "bad_request", f"bad key {TOKEN}"))
     daemon_env.cli("sync")  # the failing starts now, not at the next full rescan
 
@@ -271,7 +297,7 @@ def test_a_folder_failing_longer_than_after_s_arrives_once_without_the_token_it_
     assert daemon_env.cli("sync").returncode == 0
 
     wait_until(lambda: len(inbox.titles()) == 2, timeout=30, what="the folder's recovery told")
-    assert inbox.titles() == [failing, f"packsync: {folder} syncs again"]
+    assert settled(daemon_env, daemon, inbox) == [failing, f"packsync: {folder} syncs again"]
 
 
 def test_a_notification_that_cannot_be_sent_is_logged_once_and_syncing_goes_on(
@@ -355,30 +381,89 @@ def test_a_stop_told_before_a_restart_is_not_told_again_after_it(
     daemon.close()
     (daemon_env.root / "notify.sock").unlink()
 
-    start()  # its first sync meets the same stop
+    again = start()  # its first sync meets the same stop
     assert daemon_env.cli("sync").returncode == ExitCode.SAFETY
     for name, data in removed.items():  # the user puts the files back: the stop clears
         write(folder / name, data)
     wait_until(lambda: len(inbox.titles()) == 2, timeout=30, what="the stop's end told")
-    assert inbox.titles() == [stop, f"packsync: safety stop cleared in {folder}"]
+    assert settled(daemon_env, again, inbox, before=1) == [stop, f"packsync: safety stop cleared in {folder}"]
 
 
-def test_a_reload_with_a_url_apprise_does_not_take_keeps_the_running_notifications(
-        daemon_env: Env, start: StartDaemon, inbox: Inbox) -> None:
+@pytest.mark.parametrize(("url", "said"), [
+    ("nosuchservice://host/path", "notify.urls[1]: apprise does not take this nosuchservice:// URL"),
+    # The daemon's environment is the one it started with: a new variable needs a restart, and says so.
+    ("json://127.0.0.1/${PACKSYNC_TEST_UNSET_VARIABLE}",
+     "notify.urls[1]: the environment variable PACKSYNC_TEST_UNSET_VARIABLE is not set in the daemon's "
+     "environment, which a reload cannot change: set it where the daemon gets its environment (its "
+     "EnvironmentFile=) and restart it (`systemctl [--user] restart packsync`)."),
+])
+def test_a_reload_with_a_url_the_daemon_cannot_use_keeps_the_running_notifications(
+        daemon_env: Env, start: StartDaemon, inbox: Inbox, url: str, said: str) -> None:
     pack_id = daemon_env.sandbox.create_pack("p")
     folder = daemon_env.map("pics", pack_id=pack_id, max_delete=1)
     for n in range(3):
         write(folder / f"{n}.png", image())
     daemon = start()
     wait_until(lambda: len(daemon_env.pack(pack_id)["images"]) == 3, timeout=30)
-    notify_env(daemon_env).notify["urls"] = ["nosuchservice://host/path"]
+    notify_env(daemon_env).notify["urls"].append(url)
     daemon_env.write_config()
 
     daemon.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: "config reload failed" in daemon.output(), timeout=30, what="the reload refused")
-    assert "notify.urls[0]: apprise does not take this nosuchservice:// URL" in daemon.output()
+    assert said in daemon.output()
     (folder / "0.png").unlink()
     (folder / "1.png").unlink()
 
     wait_until(lambda: inbox.titles(), timeout=30, what="the safety stop told through the running URL")
     assert daemon.proc.poll() is None
+    assert settled(daemon_env, daemon, inbox, ExitCode.SAFETY) == [f"packsync: safety stop in {folder}"]
+
+
+def test_alerts_waiting_at_a_reload_are_sent_before_a_stop_ends_the_daemon(tmp_path: Path) -> None:
+    """One queue, one sender, which ``close`` waits for: an alert waiting when a reload changed the services is
+    sent (to the new ones) before the stop, not left behind in a queue nobody waits for."""
+    import apprise
+
+    before, after = Inbox(), Inbox()
+    alerts = [Alert("failing", f"/f{n}", f"packsync: /f{n} failing", "…") for n in range(3)]
+    reloaded = parse_config({"genviral": {"base_url": "http://127.0.0.1:9"}, "notify": {"urls": [after.url]}},
+                            source=tmp_path / "config.toml")
+
+    async def scenario() -> None:
+        notifications = Notifications(Alerts(60), Notifier([("old", apprise.Apprise.instantiate(before.url))]))
+        notifications.tell(alerts)
+        await asyncio.sleep(0)  # (the first is on its way, or not: either way none may be lost)
+        notifications.reconfigure(reloaded)
+        await notifications.close()
+
+    try:
+        asyncio.run(scenario())
+        assert sorted(before.titles() + after.titles()) == [a.title for a in alerts]
+        assert after.titles(), "the services of the reloaded config send the alerts still waiting"
+    finally:
+        before.close()
+        after.close()
+
+
+def test_a_refused_astria_key_is_told_as_such_at_once_and_its_end_once(
+        daemon_env: Env, start: StartDaemon, inbox: Inbox) -> None:
+    from test_astria import astria_pack
+
+    pack_id, _ = astria_pack(daemon_env, {"woman": 1})
+    label = daemon_env.map_astria(pack_id, pack="Headshots")
+    notify_env(daemon_env).notify["after_s"] = 3600  # (told as a failing folder only after an hour)
+    users = dict(daemon_env.sandbox.astria.users)
+    daemon_env.sandbox.astria.users = {}
+    daemon = start()
+
+    [refused] = wait_until(lambda: inbox.titles(), timeout=30, what="the refused Astria key's notification")
+    assert refused == "packsync: the Astria API key was refused"
+    assert "the Astria API refused the key" in inbox.received[0]["message"]
+    assert "reload the daemon (SIGHUP, or `systemctl [--user] reload packsync`)" in inbox.received[0]["message"]
+    assert settled(daemon_env, daemon, inbox, ExitCode.AUTH) == [refused], "told once while it lasts"
+    daemon_env.sandbox.astria.users = users
+    daemon.proc.send_signal(signal.SIGHUP)
+
+    wait_until(lambda: len(inbox.titles()) == 2, timeout=30, what="the Astria key's recovery told")
+    assert settled(daemon_env, daemon, inbox) == [refused, "packsync: the Astria key works again"]
+    assert label not in " ".join(inbox.titles()), "a key, not a folder failing"

@@ -146,7 +146,7 @@ def test_no_matches_is_said_where_the_results_would_be(env: Env, ui: Any) -> Non
 
 def four_states(env: Env) -> Path:
     """One mapping: two images described, one whose description failed, one that could not be added
-    (pending), one file that is no image (a problem)."""
+    (failed), one file that is no image (skipped): those two are its problems."""
     def describe(reply: Reply) -> Reply:  # the 13×13 image's description fails
         document = json.loads(reply.body)
         for item in document["data"]["images"]:
@@ -181,14 +181,15 @@ def test_filters_list_the_files_in_each_state_with_their_counts(env: Env, ui: An
 
     assert shown("all")[0] == ["a.png", "b.png", "refused.png", "undescribed.png"]
     assert shown("synced")[0] == ["a.png", "b.png", "undescribed.png"]
-    assert shown("pending")[0] == ["refused.png"]
+    assert shown("pending")[0] == []
     problems, html = shown("problems")
-    assert problems == ["broken.png"] and "Skipped files" not in html
+    assert problems == ["broken.png", "refused.png"] and "Skipped files" not in html
+    assert re.findall(r'<li class="card" data-state="([a-z]+)">', html) == ["skipped", "failed"]
     assert shown("ai-failed")[0] == ["undescribed.png"]
     assert shown("ai-pending")[0] == []
     assert "No files here are ai pending." in shown("ai-pending")[1]
     counts = dict(re.findall(r'data-show="([a-z-]+)">[^<]*<span class="n">(\d+)</span>', html))
-    assert counts == {"all": "4", "synced": "3", "pending": "1", "problems": "1", "ai-pending": "0", "ai-failed": "1"}
+    assert counts == {"all": "4", "synced": "3", "pending": "0", "problems": "2", "ai-pending": "0", "ai-failed": "1"}
     assert re.search(r'href="/\?show=problems" class="filter on" aria-current="page"', html)
 
 

@@ -181,7 +181,7 @@ def test_a_lost_state_adopts_the_prepared_images_and_uploads_nothing(env: Env) -
     assert env.sandbox.mutating_calls() == 0, "nothing uploaded, added or deleted"
     assert {image["id"] for image in env.pack(pack_id)["images"]} == before
     env.sandbox.reset_calls()
-    assert "0 added, 0 deleted, 0 failed" in env.cli("run", "--no-wait").stdout
+    assert "0 added, 0 deleted, 0 skipped, 0 failed" in env.cli("run", "--no-wait").stdout
     assert env.sandbox.mutating_calls() == 0
 
 

@@ -34,19 +34,22 @@ def brand(env: Env) -> Path:
     write(root / "Logos" / "a.png", image())
     write(root / "Logos" / "b.png", image())
     write(root / "Backgrounds" / "sea.png", image())
-    write(root / "loose.png", image())
     return root
 
 
 def test_each_subfolder_syncs_into_a_pack_of_its_own(env: Env, brand: Path) -> None:
+    """A file directly in the folder is skipped (exit 1) as any file packsync cannot sync as it is."""
+    write(brand / "loose.png", image())
     done = env.cli("run", "--no-wait")
 
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == ExitCode.SOME_FAILED, done.stderr
     assert packs(env) == {"Brand – Logos": 2, "Brand – Backgrounds": 1}
     assert "loose.png: directly in a folder whose subfolders are packs" in done.stdout
+    (brand / "loose.png").unlink()
     status = json.loads(env.cli("status", "--json", token=None).stdout)
-    assert sorted((m["path"], m["pack_name"], m["synced"]) for m in status["mappings"]) == [
-        (str(brand / "Backgrounds"), "Brand – Backgrounds", 1), (str(brand / "Logos"), "Brand – Logos", 2)]
+    assert sorted((m["path"], m["pack_name"] or "", m["synced"]) for m in status["mappings"]) == [
+        (str(brand), "", 0), (str(brand / "Backgrounds"), "Brand – Backgrounds", 1),
+        (str(brand / "Logos"), "Brand – Logos", 2)], "the folder itself too, while a file in it is skipped"
 
     write(brand / "Logos" / "c.png", image())
     write(brand / "Products" / "mug.png", image())
@@ -174,7 +177,7 @@ def test_a_subfolder_named_in_bad_utf8_is_reported_and_the_others_sync(env: Env,
 
     done = env.cli("run", "--no-wait")
 
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == ExitCode.SOME_FAILED, done.stderr  # (skipped, as a file packsync cannot sync)
     assert "Caf\\xe9: its name is not valid UTF-8; rename it" in done.stdout
     assert packs(env) == {"Brand – Logos": 2, "Brand – Backgrounds": 1}
     assert env.cli("status", token=None).returncode == 0
@@ -285,7 +288,7 @@ def test_retrying_failed_files_reaches_the_subfolders_packs(env: Env, brand: Pat
     state = State(env.state_path)
     try:
         assert state.files.cache(label)["empty.png"].problem
-        state.files.forget_verdicts(str(brand))  # what the page's "Retry failed files" asks, per config mapping
+        state.files.forget_verdicts(str(brand))  # what the page's "Retry skipped files" asks, per config mapping
         assert "empty.png" not in state.files.cache(label)
     finally:
         state.close()

@@ -22,6 +22,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TypedDict
 
@@ -101,6 +102,7 @@ def _command(request: Request, fds: list[int]) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        time.tzset()  # its own zone (``TZ``), as a fresh process reads it at start
         random.seed()  # its own draws, as a fresh process has
         signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.argv = [str(Path(packsync.__path__[0]) / "__main__.py"), *request["args"]]

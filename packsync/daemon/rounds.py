@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from packsync.daemon.alerts import Notices
-from packsync.daemon.notify import Systemd
+from packsync.daemon.alerts import Notifications
 from packsync.daemon.schedule import Folder, Round, Schedule
 from packsync.daemon.status import Status
+from packsync.daemon.systemd import Systemd
 from packsync.daemon.timing import Timing
 from packsync.engine.sync import MappingReport, SyncOptions, SyncReport
 from packsync.errors import AuthError, ExitCode, PacksyncError, StateError, StateUnavailable
@@ -36,14 +36,14 @@ if TYPE_CHECKING:
 
 class Rounds:
     def __init__(self, schedule: Schedule, status: Status, systemd: Systemd, timing: Timing,
-                 stopping: asyncio.Event, added: Callable[[], None], notices: Notices) -> None:
+                 stopping: asyncio.Event, added: Callable[[], None], notifications: Notifications) -> None:
         self.schedule = schedule
         self.status = status
         self.systemd = systemd
         self.timing = timing
         self.stopping = stopping
         self.added = added  # told when a sync added images (they wait for metadata)
-        self.notices = notices  # told each outcome: a person hears of what needs one (``alerts.py``)
+        self.notifications = notifications  # told each outcome: a person hears what needs one (``alerts.py``)
         self.tick_s = timing.tick(systemd.watchdog_s)
         self.log = get_logger()
         self.remote: dict[str, asyncio.Task[None]] = {}  # an Astria mapping's sync under way, by label
@@ -148,7 +148,7 @@ class Rounds:
         """A round that failed as a whole: paused for a refused key, else retried with backoff."""
         now = time.monotonic()
         if isinstance(exc, AuthError):
-            self.notices.refused(str(exc))
+            self.notifications.refused(str(exc))
             self.schedule.pause(targets, str(exc), now)
             self.log.error(f"{exc}; syncing paused, retrying in {self.timing.auth_pause_s / 60:.0f} min or on SIGHUP")
             self.status.publish()
@@ -160,7 +160,7 @@ class Rounds:
         else:
             self.status.sync_error = str(exc)
             self.log.error("sync failed; will retry", error=str(exc))
-        self.notices.failed([folder.label for folder in targets], str(exc), now)
+        self.notifications.failed([folder.label for folder in targets], str(exc), now)
         for folder in targets:
             self.schedule.retry(folder, now)
 
@@ -179,8 +179,8 @@ class Rounds:
         now = time.monotonic()
         for label, error in errors.items():
             self.schedule.synced(self.schedule.folders[label], error, failing[label], now)
-        self.notices.synced(report.mappings, {m.label: f.label for m in report.mappings
-                                              if (f := self.schedule.folder_of(m.label)) is not None}, now)
+        self.notifications.synced(report.mappings, {m.label: f.label for m in report.mappings
+                                                    if (f := self.schedule.folder_of(m.label)) is not None}, now)
         if added:
             self.added()
         self.status.publish()

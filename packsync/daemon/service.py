@@ -10,7 +10,7 @@ Remote trouble never kills the daemon: a failing mapping is retried with backoff
 pauses syncing (one clear error, a rare retry, or at once after SIGHUP). The metadata loop
 (``metadata.py``) polls beside the syncs, supervised. SIGTERM and SIGINT finish or abandon the sync in
 flight within seconds and exit 0; SIGHUP reloads the config. systemd hears READY=1, STATUS=,
-WATCHDOG=1 (from this loop, so a hung loop is noticed) and STOPPING=1 (``notify.py``); ``packsync
+WATCHDOG=1 (from this loop, so a hung loop is noticed) and STOPPING=1 (``systemd.py``); ``packsync
 status`` and the page hear the same through ``status.py``; a person, through the notifications configured
 (``alerts.py``). Every delay is the ``Timing``'s.
 """
@@ -29,15 +29,15 @@ from packsync.app import App, client_for, transport_for
 from packsync.config import Config, load_config, read_password
 from packsync.control import socket_path
 from packsync.daemon.aggregator import Aggregator
-from packsync.daemon.alerts import Notices
+from packsync.daemon.alerts import Notifications
 from packsync.daemon.control import Served, bind
 from packsync.daemon.metadata import MetadataLoop
-from packsync.daemon.notify import Systemd
 from packsync.daemon.process import on_signals, raise_file_limit
 from packsync.daemon.reload import Retiring, reread
 from packsync.daemon.rounds import Rounds
 from packsync.daemon.schedule import FIRST, Folder, Schedule
 from packsync.daemon.status import Status
+from packsync.daemon.systemd import Systemd
 from packsync.daemon.timing import PRODUCT, Timing
 from packsync.daemon.watcher import Watcher
 from packsync.daemon.web import Web
@@ -70,9 +70,9 @@ class Daemon:
         self.schedule = Schedule(config, timing, self.changes)
         self.status = Status(self.schedule, self.systemd, self.wake, timing.stuck_after_s)
         self.metadata = MetadataLoop(lambda: self.app, self.schedule, self.status, timing)
-        self.notices = Notices.open(config)  # its URLs checked now: a config error before anything starts
+        self.notifications = Notifications.open(config)  # its URLs checked now: a config error before it starts
         self.rounds = Rounds(self.schedule, self.status, self.systemd, timing, self.stopping, self.metadata.wake.set,
-                             self.notices)
+                             self.notifications)
         self.retiring = Retiring()
         self.web: Web | None = None
 
@@ -103,7 +103,7 @@ class Daemon:
             return ExitCode.OK
         self.state = self.status.state = state
         # A stop the daemon before this one told of is not told again (one ``run`` met is not told at all).
-        self.notices.alerts.stopped.update(m.label for m in concrete(self.config, state)
+        self.notifications.alerts.stopped.update(m.label for m in concrete(self.config, state)
                                            if (record := state.mappings.get(m.label)) and record.safety)
         try:
             self.web = await Web.start(self.config, self.status, self.timing.page_request_s) \
@@ -143,7 +143,7 @@ class Daemon:
             self.systemd.stopping()
             metadata.cancel()
             await self.rounds.abandon()
-            await self.notices.close()
+            await self.notifications.close()
             self.schedule.refuse_asked(PacksyncError("the daemon stopped before it ran this sync; the next start "
                                                      "syncs everything anyway"))
             self.app.close_sources()
@@ -293,12 +293,11 @@ class Daemon:
             self.log.error("config reload failed; keeping the running config", error=str(exc))
             return
         try:
-            notices = Notices.open(config, self.notices.alerts) if config.notify != self.config.notify else None
+            if config.notify != self.config.notify:
+                self.notifications.reconfigure(config)
         except ConfigError as exc:
             self.log.error("config reload failed; keeping the running config", error=str(exc))
             return
-        if notices is not None:
-            self.notices = self.rounds.notices = notices
         old = set(self.schedule.folders)
         fresh, gone = self.schedule.reconfigure(config)
         for root in gone:

@@ -13,8 +13,8 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from packsync.daemon.notify import Systemd
 from packsync.daemon.schedule import Asked, Schedule
+from packsync.daemon.systemd import Systemd
 from packsync.daemon.timing import PRODUCT
 from packsync.engine.sync import SyncOptions, SyncReport
 from packsync.errors import StateUnavailable

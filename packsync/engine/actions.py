@@ -357,7 +357,7 @@ class AddImage(Action, frozen=True):
             if uploaded is not None and isinstance(exc, PermanentError) and "image_url" in exc.fields:
                 # The API refuses the uploaded URL: upload the content afresh next time, never reuse it.
                 run.state.uploads.forget_blob(uploaded.sent)
-            run.fail(f"{self.mapping}/{self.item.key}", str(exc))
+            run.fail(f"{self.mapping}/{self.item.key}", str(exc), item=self.item.key)
             return False
         run.state.images.record([ManagedImage(run.pack_id, image_id, self.sha256, uploaded.url, self.file_name,
                                               self.mapping, recipe=self.recipe.key)])
@@ -519,9 +519,14 @@ class RecordSync(Action, frozen=True):
     withheld: tuple[str, ...] = ()
     source_name: str | None = None  # None when the source could not be read: the last is kept
     withheld_count: int = 0  # (``withheld`` names the first of them)
+    #: The files a sync of changed paths tried (None: every file): the failed adds on record of these alone
+    #: are replaced by this sync's.
+    tried: frozenset[str] | None = None
 
     async def apply(self, run: Run) -> None:
         now = time.time()
+        if not (self.error or run.outcome.error):  # (a mapping that stopped tried nothing: its failures stand)
+            run.state.files.save_failures(self.mapping, run.outcome.failed_items, self.tried)
         error = last_error(self.error or run.outcome.error or self.safety, run.outcome.failures)
         run.state.activity.record(self.mapping, run.outcome.events)
         run.state.mappings.save(self.mapping, synced_at=now, last_error=error, safety=self.safety,

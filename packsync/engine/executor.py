@@ -42,7 +42,7 @@ from packsync.errors import (
     first_error,
 )
 from packsync.logs import get_logger
-from packsync.model import Blob, PreparedContent, Uploaded
+from packsync.model import Blob, PreparedContent, Problem, Uploaded
 from packsync.remote.genviral import GenviralClient
 from packsync.sources.base import Source
 
@@ -66,6 +66,8 @@ class MappingOutcome(msgspec.Struct):
     recovered: int = 0   # packsync's own uploads a killed run added without recording them
     deleted: int = 0
     failures: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    #: The items among ``failures`` whose add failed (by key): recorded, so every view counts them as failed.
+    failed_items: list[Problem] = msgspec.field(default_factory=list)
     error: str | None = None
     deletes_skipped: int = 0
     renamed_from: str | None = None  # the subfolder it was, when its pack followed a rename
@@ -99,9 +101,11 @@ class Run:
             self.outcome.error = why
             self.log.error("mapping stopped", error=why)
 
-    def fail(self, where: str, why: str) -> None:
-        """One item failed; the rest goes on (and the mapping's deletes wait)."""
+    def fail(self, where: str, why: str, item: str | None = None) -> None:
+        """One item failed (a file's add: its key is ``item``); the rest goes on (and the mapping's deletes wait)."""
         self.outcome.failures.append((where, why))
+        if item is not None:
+            self.outcome.failed_items.append(Problem(item, why))
         self.outcome.events.append(("failed", where, why))
         self.log.warning("item failed", item=where, error=why)
 

@@ -123,7 +123,8 @@ async def observe(mapping: MappingConfig, state: State, taken: set[str]) -> Obse
     # with its files; it is planned afresh next sync, when nothing recorded says it is its old self.
     vacated = {was: path.name for was, path in moves.items() if was in names and Path(was) not in moves.values()}
     skipped += [Problem(Path(was).name, f"its files are in {now} now, and its pack follows them; what it holds now "
-                                        "gets a pack of its own next sync") for was, now in vacated.items()]
+                                        "gets a pack of its own next sync", notice=True)  # (nothing to fix)
+                for was, now in vacated.items()]
     return Observed([m for m in present if m.label not in vacated], skipped, unlisted, old,
                     {label: str(path) for label, path in moves.items()}, renames)
 

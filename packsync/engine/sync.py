@@ -162,7 +162,8 @@ class SyncReport(msgspec.Struct):
     mappings: list[MappingReport] = msgspec.field(default_factory=list)
     plan: Plan | None = None
     metadata_pending: int = 0
-    #: Per ``packs_from = "subfolders"`` folder: the files directly in it (skipped).
+    #: Per ``packs_from = "subfolders"`` folder listed: what is skipped directly in it (its files, and the
+    #: subfolders that cannot be packs), recorded as that folder's skipped files.
     loose: dict[str, list[Problem]] = msgspec.field(default_factory=dict)
     dry_run: bool = False
     #: The mappings not synced because a person paused them (``packsync pause``).
@@ -175,6 +176,10 @@ class SyncReport(msgspec.Struct):
                 and (self.dry_run or (m.outcome and m.outcome.renamed_from))]
 
     @property
+    def loose_files(self) -> list[Problem]:
+        return [problem for loose in self.loose.values() for problem in loose]
+
+    @property
     def exit_code(self) -> ExitCode:
         if any(m.safety for m in self.mappings):
             return ExitCode.SAFETY
@@ -182,7 +187,7 @@ class SyncReport(msgspec.Struct):
             return ExitCode.AUTH
         if any(m.misconfigured for m in self.mappings):
             return ExitCode.USAGE
-        if any(m.failed for m in self.mappings):
+        if any(m.failed for m in self.mappings) or any(not p.notice for p in self.loose_files):
             return ExitCode.SOME_FAILED
         return ExitCode.OK
 
@@ -279,6 +284,8 @@ class Syncer:
             result.metadata_pending = await self.metadata.wait(pack_ids, options.wait_timeout_s, executor.record,
                                                                Backoff(options.poll_start_s, options.poll_cap_s))
         await executor.finish(plan, outcomes)
+        # What is skipped directly in a folder of subfolder packs: that folder's skipped files on record.
+        await executor.record([RecordScan(folder, problems=loose) for folder, loose in result.loose.items()])
 
     def _complete(self, report: MappingReport) -> MappingPlan:
         """The mapping's plan with what every sync records: the scan, the sidecars, how it ended."""
@@ -291,7 +298,8 @@ class Syncer:
         withheld = report.plan.withheld if report.plan and report.safety else []
         plan.actions.append(RecordSync(report.label, report.error, report.safety,
                                        tuple(d.name or d.image_id for d in withheld[:WITHHELD_SHOWN]),
-                                       source.name if source else None, plan.weighed if withheld else 0))
+                                       source.name if source else None, plan.weighed if withheld else 0,
+                                       report.changed))
         return plan
 
     async def metadata_round(self, pack_ids: Collection[str]) -> None:
@@ -340,7 +348,8 @@ class Syncer:
                 self.sources.setdefault(mapping.label, self.source_for(mapping))
                 continue
             seen = await observe(mapping, self.state, taken)
-            result.loose[mapping.label] = seen.skipped
+            if seen.unlisted is None:
+                result.loose[mapping.label] = seen.skipped
             for target in targets(index, mapping, seen):
                 if target.label in paused:
                     result.paused.append(target.label)

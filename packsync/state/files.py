@@ -1,5 +1,6 @@
-"""What the state remembers of each source's files: the file cache, the problems of the last scan, the
-sidecars packsync wrote, and the fingerprint of a source's last plan with nothing to do.
+"""What the state remembers of each source's files: the file cache, the problems of the last scan (the
+files skipped), the files whose add failed in the last sync that tried them, the sidecars packsync
+wrote, and the fingerprint of a source's last plan with nothing to do.
 
 The file cache is the hot path of a no-op run (100,000 rows for a large folder): it is read as plain
 columns straight into ``CachedFile`` values, and written as the rows that changed, many to a statement.
@@ -19,15 +20,16 @@ from sqlalchemy import ColumnElement, Exists, Integer, bindparam, case, delete, 
 from packsync.model import CachedFile, Problem
 from packsync.state.records import SidecarRecord
 from packsync.state.sqlite import upsert
-from packsync.state.tables import FileRow, ImageRow, ProblemRow, SettledRow, SidecarRow, table
+from packsync.state.tables import FailedRow, FileRow, ImageRow, ProblemRow, SettledRow, SidecarRow, table
 from packsync.state.unit import Bulk, UnitOfWork
 from packsync.state.uploads import batches
 
 FILES, PROBLEMS, SIDECARS, SETTLED = table(FileRow), table(ProblemRow), table(SidecarRow), table(SettledRow)
+FAILED = table(FailedRow)
 IMAGES = table(ImageRow)
 
 
-def _by_key(target: type[FileRow] | type[ProblemRow] | type[SidecarRow]) -> Bulk:
+def _by_key(target: type[FileRow] | type[ProblemRow] | type[FailedRow] | type[SidecarRow]) -> Bulk:
     t = table(target)
     return Bulk(delete(t).where(t.c.root == bindparam("root"), t.c.rel_path == bindparam("rel_path")),
                 "root", "rel_path")
@@ -37,6 +39,8 @@ _SAVE_FILE = Bulk(upsert(FILES), *FILES.c.keys())
 _FORGET_FILE = _by_key(FileRow)
 _SAVE_PROBLEM = Bulk(upsert(PROBLEMS), *PROBLEMS.c.keys())
 _FORGET_PROBLEM = _by_key(ProblemRow)
+_SAVE_FAILED = Bulk(upsert(FAILED), *FAILED.c.keys())
+_FORGET_FAILED = _by_key(FailedRow)
 _SAVE_SIDECAR = Bulk(upsert(SIDECARS), *SIDECARS.c.keys())
 _FORGET_SIDECAR = _by_key(SidecarRow)
 _SAVE_SETTLED = Bulk(upsert(SETTLED), "root", "fingerprint")
@@ -138,12 +142,15 @@ class FileRepository:
     def count(self, source: str) -> int:
         return int(self.unit.rows(select(func.count()).select_from(FILES).where(FILES.c.root == source))[0][0])
 
-    def counts(self, source: str, pack_id: str | None) -> tuple[int, int]:
-        """(items, items whose content is in the pack) of ``source``, problems aside, counted by the database."""
+    def counts(self, source: str, pack_id: str | None) -> tuple[int, int, int]:
+        """(items, items whose content is in the pack, items not in it whose add failed) of ``source``,
+        problems aside, counted by the database."""
         held = exists().where(IMAGES.c.pack_id == pack_id, IMAGES.c.sha256 == FILES.c.sha256)
-        row = self.unit.rows(select(func.count(), func.coalesce(func.sum(case((held, 1), else_=0)), 0))
+        failed = exists().where(FAILED.c.root == FILES.c.root, FAILED.c.rel_path == FILES.c.rel_path)
+        row = self.unit.rows(select(func.count(), func.coalesce(func.sum(case((held, 1), else_=0)), 0),
+                                    func.coalesce(func.sum(case((~held & failed, 1), else_=0)), 0))
                              .where(FILES.c.root == source, ~self._problem(FILES.c.root, FILES.c.rel_path)))[0]
-        return int(row[0]), int(row[1])
+        return int(row[0]), int(row[1]), int(row[2])
 
     def page(self, source: str, limit: int | None = None) -> list[tuple[str, str | None]]:
         """(item key, content) of ``source``'s items that are not problems, by key, the first ``limit``."""
@@ -206,6 +213,26 @@ class FileRepository:
             self.unit.write(_FORGET_PROBLEM, [(source, p.rel_path) for p in old if p.rel_path not in kept])
             self.unit.write(_SAVE_PROBLEM, [(source, p.rel_path, p.reason, p.notice) for p in new - old])
             self.unit.write(_UNSETTLE, [(source,)])
+
+    # -- failed adds --------------------------------------------------------------------------------
+
+    def failures(self, source: str, limit: int | None = None) -> list[Problem]:
+        """The files of ``source`` whose add failed in the last sync that tried them, and why, by path."""
+        c = FAILED.c
+        rows = self.unit.rows(select(c.rel_path, c.reason).where(c.root == source).order_by(c.rel_path).limit(limit))
+        return [Problem(rel_path, reason) for rel_path, reason in rows]
+
+    def save_failures(self, source: str, failures: Iterable[Problem], scope: Collection[str] | None = None) -> None:
+        """Make ``failures`` the failed adds on record of ``source``: of all its files (``scope`` None: a full
+        sync tried every file), or of the files in ``scope`` alone (a sync of changed paths)."""
+        new = {problem.rel_path: problem for problem in failures}
+        old = self.failures(source)
+        gone = [(source, p.rel_path) for p in old if p.rel_path not in new and (scope is None or p.rel_path in scope)]
+        added = [(source, p.rel_path, p.reason) for p in new.values() if p not in old]
+        if gone or added:
+            with self.unit.transaction():
+                self.unit.write(_FORGET_FAILED, gone)
+                self.unit.write(_SAVE_FAILED, added)
 
     # -- sidecars ----------------------------------------------------------------------------------
 

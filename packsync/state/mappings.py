@@ -19,6 +19,7 @@ from packsync.state.sqlite import upsert
 from packsync.state.tables import (
     ChangeCountRow,
     DaemonRow,
+    FailedRow,
     FileRow,
     ImageRow,
     MappingRow,
@@ -31,7 +32,7 @@ from packsync.state.unit import Bulk, UnitOfWork
 
 MAPPINGS, DAEMON, CHANGES = table(MappingRow), table(DaemonRow), table(ChangeCountRow)
 #: The tables that hold rows of a source, by its label in ``root``.
-_OF_A_SOURCE = tuple(table(model) for model in (FileRow, ProblemRow, SidecarRow, MappingRow))
+_OF_A_SOURCE = tuple(table(model) for model in (FileRow, ProblemRow, FailedRow, SidecarRow, MappingRow))
 _MAPPING_COLUMNS = tuple(MAPPINGS.c[name] for name in MappingRecord.__struct_fields__)
 _DAEMON_COLUMNS = tuple(DAEMON.c[name] for name in DaemonRecord.__struct_fields__)
 _SAVE_MAPPING = Bulk(upsert(MAPPINGS), *MappingRecord.__struct_fields__)

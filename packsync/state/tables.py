@@ -17,7 +17,7 @@ from sqlalchemy import Index, Table, text
 from sqlmodel import Field, SQLModel
 
 #: The version of the schema below; a file of a newer one is refused, an older one upgraded.
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 #: What ``meta``'s ``app`` row says in a state file of packsync's.
 APP_ID = "packsync"
 #: An image whose AI metadata is still to come (``model.METADATA_SETTLED`` are the others), as SQL with
@@ -55,6 +55,15 @@ class ProblemRow(SQLModel, table=True):
     rel_path: str = Field(primary_key=True)
     reason: str
     notice: bool
+
+
+class FailedRow(SQLModel, table=True):
+    """A file whose upload or add failed in the last sync that tried it, and why: tried again next sync."""
+
+    __tablename__ = "failed"
+    root: str = Field(primary_key=True)
+    rel_path: str = Field(primary_key=True)
+    reason: str
 
 
 class SidecarRow(SQLModel, table=True):
@@ -208,8 +217,8 @@ def table(model: type[SQLModel]) -> Table:
 METADATA = SQLModel.metadata
 #: Every table, by name.
 TABLES: dict[str, Table] = {table(model).name: table(model) for model in (
-    MetaRow, FileRow, ProblemRow, SidecarRow, BlobRow, ImageRow, UrlContentRow, PulledRow, MappingRow, DaemonRow,
-    ChangeCountRow, SettledRow, PreparedRow, ActivityRow)}
+    MetaRow, FileRow, ProblemRow, FailedRow, SidecarRow, BlobRow, ImageRow, UrlContentRow, PulledRow, MappingRow,
+    DaemonRow, ChangeCountRow, SettledRow, PreparedRow, ActivityRow)}
 #: The tables a mapping's plan reads besides its scan and its pack: every change to one of them is
 #: counted (``changes``), so a fingerprint of a plan's inputs can hold the state's part as a number.
 PLANNED_FROM = ("images", "blobs", "url_contents", "prepared")

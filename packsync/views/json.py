@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from packsync.model import AstriaPack, AstriaPackSummary, Metadata, PackSummary
+from packsync.views.closing import exit_reason, failures, mapping_counts, run_counts
 from packsync.views.status import DaemonStatus, FileStatus, MappingStatus, Status
 
 if TYPE_CHECKING:  # `status --json` does not load the HTTP client
@@ -50,8 +51,10 @@ def _mapping(mapping: MappingStatus) -> dict[str, Any]:
     if mapping.files is not None:
         entry["file_list"] = [_file(f) for f in mapping.files]
     if mapping.problems is not None:
-        entry["problem_list"] = [{"path": p.rel_path, "reason": p.reason, "notice": p.notice}
-                                 for p in mapping.problems]
+        entry["problem_list"] = [{"path": p.rel_path, "state": "notice" if p.notice else "skipped", "reason": p.reason,
+                                  "notice": p.notice} for p in mapping.problems] \
+            + [{"path": p.rel_path, "state": "failed", "reason": p.reason, "notice": False}
+               for p in mapping.failures or []]
     return entry
 
 
@@ -94,12 +97,11 @@ def run_document(report: SyncReport) -> dict[str, Any]:
     """``run --json``: one summary object, per mapping what was done and what failed, and why."""
     mappings = []
     for mapping in report.mappings:
-        outcome = mapping.outcome
+        outcome, counts = mapping.outcome, mapping_counts(mapping)
         mappings.append({
             "source": mapping.label, "pack_id": mapping.pack_id, "pack_name": mapping.pack_name,
-            "added": outcome.added if outcome else 0, "deleted": outcome.deleted if outcome else 0,
-            "adopted": outcome.adopted if outcome else 0, "recovered": outcome.recovered if outcome else 0,
-            "failed": [{"item": where, "reason": why} for where, why in (outcome.failures if outcome else [])],
+            **{name: counts[name] for name in ("added", "deleted", "adopted", "recovered")}, "counts": counts,
+            "failed": [{"path": path, "reason": why} for path, why in failures(mapping)],
             "prepared": [{"item": key, "changes": list(changes)} for key, changes in (outcome.prepared if outcome
                                                                                       else [])],
             "skipped": [{"path": p.rel_path, "reason": p.reason, "notice": p.notice} for p in mapping.problems],
@@ -109,7 +111,8 @@ def run_document(report: SyncReport) -> dict[str, Any]:
                 "written": mapping.sidecars.written, "removed": mapping.sidecars.removed,
                 "problems": [{"path": p.rel_path, "reason": p.reason} for p in mapping.sidecars.problems]},
         })
-    return {"exit_code": int(report.exit_code), "metadata_pending": report.metadata_pending, "mappings": mappings,
+    return {"exit_code": int(report.exit_code), "exit_reason": exit_reason(report), "counts": run_counts(report),
+            "metadata_pending": report.metadata_pending, "mappings": mappings,
             "renamed_subfolders": [{"from": old, "to": new} for old, new in report.renamed],
             "paused": report.paused,
             "loose_files": [{"folder": folder, "path": p.rel_path, "reason": p.reason}
@@ -119,7 +122,7 @@ def run_document(report: SyncReport) -> dict[str, Any]:
 def plan_document(report: SyncReport) -> dict[str, Any]:
     """``run --dry-run --json``: the plan, every action as the executor would take it (its ``kind``, the
     ``mapping`` it is for, the ``file`` and the ``image`` it is about), and per mapping why it would stop."""
-    return {"dry_run": True, "exit_code": int(report.exit_code),
+    return {"dry_run": True, "exit_code": int(report.exit_code), "exit_reason": exit_reason(report),
             "actions": [shown for action in report.plan.actions() for shown in action.shown()] if report.plan else [],
             "mappings": [{"source": m.label, "pack_id": m.pack_id, "pack_name": m.pack_name, "error": m.fatal,
                           "safety_stop": m.safety,

@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
 
 
 class FileStatus(msgspec.Struct, frozen=True):
-    """One item of a source: ``state`` is synced, pending, failed (with ``problem``) or skipped."""
+    """One item of a source: ``state`` is synced, pending, skipped or failed (those two with ``problem``), or a
+    notice (a deliberate skip, with ``problem``: a link not followed)."""
 
     path: str
     sha256: str | None
@@ -43,14 +44,17 @@ class MappingStatus(msgspec.Struct, frozen=True):
     pack_id: str | None
     pack_name: str | None
     record: MappingRecord | None
-    counts: dict[str, int]          # files by state: synced, pending, failed, skipped
+    counts: dict[str, int]          # files by state: synced, pending, skipped, failed (``FILE_STATES``)
     images: int
     metadata: dict[str, int]        # images by metadata status: completed, pending, failed
     files: list[FileStatus] | None  # with ``files=True`` only
-    problems: list[Problem] | None  # with ``problems=True`` only
+    problems: list[Problem] | None  # the files skipped, with ``problems=True`` only
+    failures: list[Problem] | None = None  # the files whose add failed last time, with ``problems=True`` only
     pack_label: str = ""            # the pack as the config names it (a stable name for metrics)
     #: How many entries ``show`` selects in all (``files`` holds one page of them); None when not counted.
     listed: int | None = None
+    #: A folder of subfolder packs itself (shown while files directly in it are skipped): it has no pack.
+    subfolders: bool = False
 
     @property
     def source(self) -> str:
@@ -102,7 +106,9 @@ class Status(msgspec.Struct, frozen=True):
     mappings: list[MappingStatus]
 
 
-FILE_STATES = ("synced", "pending", "failed", "skipped")
+#: What a file is to packsync (the words every view uses): synced; pending (not in the pack yet); skipped (it
+#: cannot be synced as it is: tried again only when it changes); failed (its add failed: tried again next sync).
+FILE_STATES = ("synced", "pending", "skipped", "failed")
 METADATA_STATES = ("completed", "pending", "failed")
 #: What a listing of files can be narrowed to: every item (then the problems), the synced or pending
 #: items, the problems (failed and skipped files), or the items whose image's AI metadata is still to
@@ -133,8 +139,19 @@ def read_status(config: Config, state: State, *, files: bool = False, problems: 
     listing = listing or Listing(limit=files_limit)
     return Status(str(state.path), state.path.exists(), _daemon(state, lock_holder),
                   [_mapping(mapping, state, files, problems, listing, problems_limit)
-                   for mapping in concrete(config, state)
+                   for mapping in shown(config, state)
                    if listing.mapping is None or mapping.label == listing.mapping])
+
+
+def shown(config: Config, state: State) -> list[MappingConfig]:
+    """The mappings a status shows: every mapping as it is synced, and a folder of subfolder packs itself
+    while files directly in it are skipped (they are its own; its notices alone do not show it)."""
+    found = concrete(config, state)
+    for mapping in config.mappings:
+        problems, notices = state.files.problem_counts(mapping.label) if mapping.packs_from == "subfolders" else (0, 0)
+        if problems > notices:
+            found.append(mapping)
+    return found
 
 
 def _daemon(state: State, holder: int | None) -> DaemonStatus | None:
@@ -148,17 +165,19 @@ def _mapping(mapping: MappingConfig, state: State, files: bool, with_problems: b
     record = state.mappings.get(label)
     pack_id = recorded_pack_id(state, mapping)
     listed = state.files.problems(label, problems_limit) if files or with_problems else []
-    total, synced = state.files.counts(label, pack_id)
-    problems, notices = state.files.problem_counts(label)
-    counts = {"synced": synced, "pending": total - synced, "failed": problems - notices, "skipped": notices}
+    failures = state.files.failures(label, problems_limit) if with_problems else None
+    total, synced, failed = state.files.counts(label, pack_id)
+    problems, notices = state.files.problem_counts(label)  # (a notice, a deliberate skip, is listed, not counted)
+    counts = {"synced": synced, "pending": total - synced - failed, "skipped": problems - notices, "failed": failed}
     metadata: Counter[str] = Counter({state: 0 for state in METADATA_STATES})
     for status, count in (state.metadata.counts(pack_id, label) if pack_id else {}).items():
         metadata[status if status in METADATA_SETTLED else "pending"] += count
     shown, selected = _files(mapping, state, pack_id, listed, listing) if files else (None, None)
     return MappingStatus(label, pack_id, mapping.pack or (record.pack_name if record else None), record, counts,
                          sum(metadata.values()), dict(metadata), shown,
-                         listed if with_problems else None, mapping.pack_label,
-                         _counted(listing.show, counts) if selected is None else selected)
+                         listed if with_problems else None, failures, mapping.pack_label,
+                         _counted(listing.show, counts) if selected is None else selected,
+                         mapping.packs_from == "subfolders")
 
 
 def _counted(show: str, counts: dict[str, int]) -> int | None:
@@ -166,8 +185,8 @@ def _counted(show: str, counts: dict[str, int]) -> int | None:
     if show in ("synced", "pending"):
         return counts[show]
     if show == "problems":
-        return counts["failed"] + counts["skipped"]
-    return counts["synced"] + counts["pending"] if show == "all" else None
+        return counts["skipped"] + counts["failed"]
+    return counts["synced"] + counts["pending"] + counts["failed"] if show == "all" else None
 
 
 def _held(state: State, label: str, pack_id: str | None, shas: Collection[str]) -> dict[str, ManagedImage | None]:
@@ -198,14 +217,17 @@ def _files(mapping: MappingConfig, state: State, pack_id: str | None, problems: 
     offset, limit, show = listing.offset, listing.limit, listing.show
     end = None if limit is None else offset + limit
     if show == "problems":
-        return [FileStatus(p.rel_path, None, "skipped" if p.notice else "failed", p.reason)
-                for p in state.files.problems(mapping.label, end)[offset:]], None
+        found = [FileStatus(p.rel_path, None, _skip(p), p.reason) for p in state.files.problems(mapping.label, end)]
+        found += [FileStatus(p.rel_path, None, "failed", p.reason) for p in state.files.failures(mapping.label, end)]
+        return sorted(found, key=lambda f: f.path)[offset:end], None
     # a state's filter needs each item's image: every key is read (two columns), a page of them is detailed
     page = state.files.page(mapping.label, end if show == "all" else None)
     held = _held(state, mapping.label, pack_id, {sha for _key, sha in page if sha})
+    failed = {p.rel_path: p.reason for p in state.files.failures(mapping.label)}
     selected = None
     if show != "all":
-        page = [(key, sha) for key, sha in page if _selects(show, sha, held)]
+        page = [(key, sha) for key, sha in page
+                if _selects(show, sha, held) and not (show == "pending" and key in failed)]
         selected = len(page)
     page = page[offset:end]
     held = {sha: held[sha] for _key, sha in page if sha and sha in held}  # the prepared uploads of this page's
@@ -217,11 +239,18 @@ def _files(mapping: MappingConfig, state: State, pack_id: str | None, problems: 
         # an Astria image (its key is its URL) is shown by the name it was added with
         shown = own.file_name if own and mapping.astria_pack is not None else key
         changes = made[own.sha256, own.recipe].changes if own and (own.sha256, own.recipe) in made else ()
-        detail.append(FileStatus(shown, sha, "synced" if (sha or "") in held else "pending", None,
+        synced = (sha or "") in held
+        why = None if synced else failed.get(key)
+        detail.append(FileStatus(shown, sha, "synced" if synced else "failed" if why else "pending", why,
                                  own.image_id if own else None, own.metadata if own else None, changes))
     if show == "all":
-        detail += [FileStatus(p.rel_path, None, "skipped" if p.notice else "failed", p.reason) for p in problems]
+        detail += [FileStatus(p.rel_path, None, _skip(p), p.reason) for p in problems]
     return sorted(detail, key=lambda f: f.path), selected
+
+
+def _skip(problem: Problem) -> str:
+    """A problem's state as a file's: skipped, or a deliberate skip (a link not followed) listed as a notice."""
+    return "notice" if problem.notice else "skipped"
 
 
 class ImageDetail(msgspec.Struct, frozen=True):

@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, TextIO
 from packsync.model import AstriaPack, AstriaPackSummary, PackSummary, Problem
 from packsync.recipe import describe
 from packsync.sources.base import kind_of
-from packsync.views.json import when
+from packsync.views.clock import local_time
+from packsync.views.closing import closing_line, counts_line, exit_reason, failures, ignorable, mapping_counts
 from packsync.views.status import FileStatus, Status
 
 if TYPE_CHECKING:  # only named: importing them would bring in the HTTP client, which `status` never needs
+    from packsync.engine.actions import DeleteImage
     from packsync.engine.planner import MappingPlan
     from packsync.engine.pull import PullReport
     from packsync.engine.sync import MappingReport, SyncReport
@@ -34,8 +36,22 @@ def printable(text: object) -> str:
                    c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
-def _header(path: object, pack: str, pack_id: str | None) -> str:
-    return f"{printable(path)} → {printable(pack)}" + (f" ({printable(pack_id)})" if pack_id else " (new pack)")
+def _header(path: object, pack: str, pack_id: str | None, new: bool = False) -> str:
+    """``folder → pack (id)``; "new pack" only when the sync creates it (a pack given by id, or one that exists
+    but is not read yet, is not new)."""
+    named = pack_id and pack != f"pack {pack_id}"  # (a pack given by id and not read yet is named by its id)
+    shown = " ".join(filter(None, ("new pack" if new else None, printable(pack_id) if named else None)))
+    return f"{printable(path)} → {printable(pack)}" + (f" ({shown})" if shown else "")
+
+
+def _pack_id(mapping: MappingReport) -> str | None:
+    """The pack's id as far as this sync knows it: read, or given by the config (a stop before the read)."""
+    return mapping.pack_id or mapping.config.pack_id
+
+
+def _creates(mapping: MappingReport) -> bool:
+    """Whether the mapping's sync creates its pack (a dry run's: would)."""
+    return bool(mapping.plan and mapping.plan.create_pack)
 
 
 def print_plan(report: SyncReport, out: TextIO, verbose: bool = False) -> None:
@@ -43,7 +59,7 @@ def print_plan(report: SyncReport, out: TextIO, verbose: bool = False) -> None:
     exclude patterns left out, and by which pattern). Changes nothing."""
     uploads = {upload.add.upload_key for upload in report.plan.uploads} if report.plan else set()
     for mapping in report.mappings:
-        out.write(_header(mapping.label, mapping.pack_name, mapping.pack_id) + "\n")
+        out.write(_header(mapping.label, mapping.pack_name, _pack_id(mapping), _creates(mapping)) + "\n")
         if mapping.notice:
             out.write(f"  notice     {printable(mapping.notice)}\n")
         if mapping.error or (mapping.safety and not mapping.plan):
@@ -61,6 +77,9 @@ def print_plan(report: SyncReport, out: TextIO, verbose: bool = False) -> None:
                   f"{sum(len(m.adds) for m in report.plan.mappings)} adds, "
                   f"{sum(len(m.deletes) for m in report.plan.mappings)} deletes "
                   f"({total} API writes); nothing changed\n")
+    reason = exit_reason(report)
+    if reason:
+        out.write(f"dry run: exit {int(report.exit_code)}: {printable(reason)}\n")
 
 
 def _planned(plan: MappingPlan, uploads: set[str], out: TextIO) -> None:
@@ -75,13 +94,21 @@ def _planned(plan: MappingPlan, uploads: set[str], out: TextIO) -> None:
             out.write(f"  {'adopt':<10} image {printable(adopt.image.image_id)} as "
                       f"{printable(adopt.image.file_name)} (same bytes)\n")
     for delete in plan.deletes:
-        out.write(f"  {'delete':<10} image {printable(delete.image_id)} ({delete.reason})\n")
+        out.write(f"  {'delete':<10} {_deleted(delete)} ({delete.reason})\n")
     for delete in plan.withheld:
-        out.write(f"  {'withheld':<10} delete of image {printable(delete.image_id)} ({delete.reason})\n")
+        out.write(f"  {'withheld':<10} delete of {_deleted(delete)} ({delete.reason})\n")
     if plan.safety:
         out.write(f"  safety     {printable(plan.safety)}\n")
     if not (plan.adds or plan.deletes or plan.withheld or plan.adopts):
         out.write("  nothing to do\n")
+
+
+def _deleted(delete: DeleteImage) -> str:
+    """An image to delete by the name the user knew: the file it was added from (its image in brackets);
+    one packsync has no file of (another program's, or adopted before names were kept), by its id."""
+    if delete.name:
+        return f"{printable(delete.name)} (image {printable(delete.image_id)})"
+    return f"image {printable(delete.image_id)} (not from this folder)"
 
 
 def _subfolders(report: SyncReport, out: TextIO, *, dry_run: bool) -> None:
@@ -91,7 +118,9 @@ def _subfolders(report: SyncReport, out: TextIO, *, dry_run: bool) -> None:
         out.write(f"{printable(old)} → {printable(new)}: subfolder renamed; {verb} its pack, nothing uploaded\n")
     for folder, loose in report.loose.items():
         if loose:
-            out.write(f"{printable(folder)} (a pack per subfolder)\n")
+            skipped = sum(not problem.notice for problem in loose)
+            out.write(f"{printable(folder)} → (a pack per subfolder)\n"
+                      + ("" if dry_run else f"  {skipped} skipped\n"))
             _problems(loose, out)
 
 
@@ -107,14 +136,15 @@ def _foreign(mapping: MappingReport, out: TextIO) -> None:
                   "can be read: one may already hold them\n")
 
 
-def _problems(problems: Iterable[Problem], out: TextIO) -> None:
-    """The skipped files, a few per reason: 50,000 empty files make six lines, not 50,000."""
+def _problems(problems: Iterable[Problem], out: TextIO, word: str = "skipped") -> None:
+    """The skipped files (or what else ``word`` names), a few per reason: 50,000 empty files make six lines,
+    not 50,000."""
     by_reason: dict[tuple[str, bool], list[str]] = {}
     for problem in problems:
         by_reason.setdefault((problem.reason, problem.notice), []).append(problem.rel_path)
     for (reason, notice), paths in by_reason.items():
         for path in paths[:PROBLEMS_SHOWN]:
-            out.write(f"  {'notice' if notice else 'skipped':<10} {printable(path)}: {printable(reason)}\n")
+            out.write(f"  {'notice' if notice else word:<10} {printable(path)}: {printable(reason)}\n")
         if len(paths) > PROBLEMS_SHOWN:
             out.write(f"  {'':<10} … and {len(paths) - PROBLEMS_SHOWN} more: {printable(reason)} "
                       "(`packsync status --problems` lists them)\n")
@@ -124,30 +154,37 @@ def print_run(report: SyncReport, out: TextIO) -> None:
     """The summary after ``run``: counts per mapping, then each failure by name."""
     for mapping in report.mappings:
         outcome = mapping.outcome
-        out.write(_header(mapping.label, mapping.pack_name, mapping.pack_id) + "\n")
+        out.write(_header(mapping.label, mapping.pack_name, _pack_id(mapping), _creates(mapping)) + "\n")
         if mapping.notice:
             out.write(f"  notice     {printable(mapping.notice)}\n")
         if outcome:
-            failed = len(outcome.failures)
-            out.write(f"  {outcome.added} added, {outcome.deleted} deleted, {failed} failed"
-                      + (f", {outcome.adopted} adopted" if outcome.adopted else "")
-                      + (f", {outcome.recovered} recovered" if outcome.recovered else "")
+            out.write(f"  {counts_line(mapping_counts(mapping))}"
                       + (f", {outcome.deletes_skipped} deletes postponed" if outcome.deletes_skipped else "") + "\n")
-            for where, why in outcome.failures:
-                out.write(f"  failed     {printable(where)}: {printable(why)}\n")
+            for where, why in failures(mapping):
+                out.write(f"  {'failed':<10} {printable(where)}: {printable(why)}\n")
             _prepared(outcome.prepared, out)
         if mapping.fatal:
             out.write(f"  error      {printable(mapping.fatal)}\n")
         if mapping.sidecars and (mapping.sidecars.written or mapping.sidecars.removed):
             out.write(f"  sidecars   {mapping.sidecars.written} written, {mapping.sidecars.removed} removed\n")
         _foreign(mapping, out)
-        _problems(mapping.problems + (mapping.sidecars.problems if mapping.sidecars else []), out)
+        _problems(mapping.problems, out)
+        _problems(mapping.sidecars.problems if mapping.sidecars else [], out, "sidecar")
     _subfolders(report, out, dry_run=False)
     for label in report.paused:
         out.write(f"{printable(label)}: paused, not synced (`packsync resume` syncs it again)\n")
     if report.metadata_pending:
         out.write(f"metadata: {report.metadata_pending} images still pending; "
                   "`packsync status` shows them as they complete\n")
+    _closing(report, out)
+
+
+def _closing(report: SyncReport, out: TextIO) -> None:
+    """The closing line, and when a few files skipped are all that went wrong, the lines that would ignore them."""
+    out.write(printable(closing_line(report)) + "\n")
+    ignore = ignorable(report)
+    for file, line in ignore if len(ignore) <= PROBLEMS_SHOWN else ():  # (more: the closing line says where)
+        out.write(f"  add to {printable(file)}: {printable(line)}\n")
 
 
 def _prepared(prepared: list[tuple[str, tuple[str, ...]]], out: TextIO) -> None:
@@ -167,27 +204,32 @@ def print_status(status: Status, out: TextIO) -> None:
     daemon = status.daemon
     if daemon and daemon.running:
         record = daemon.record
-        out.write(f"daemon: {daemon.state} (pid {daemon.pid}) since {when(record.started_at)} · "
-                  f"last full scan {when(record.last_full_scan) or 'not yet'} · {daemon.queue} changes queued"
+        out.write(f"daemon: {daemon.state} (pid {daemon.pid}) since {local_time(record.started_at)} · "
+                  f"last full scan {local_time(record.last_full_scan) or 'not yet'} · {daemon.queue} changes queued"
                   + (f" · last error: {printable(record.last_error)}" if record.last_error else "") + "\n")
     elif daemon:
-        out.write(f"daemon: not running (last seen {when(daemon.record.updated_at)})\n")
+        out.write(f"daemon: not running (last seen {local_time(daemon.record.updated_at)})\n")
     for mapping in status.mappings:
-        out.write(_header(mapping.source, mapping.pack_name or mapping.pack_id or "?", mapping.pack_id) + "\n")
+        named = mapping.pack_name if mapping.pack_name != mapping.pack_id else None  # (a pack given by id, not read)
+        pack = "(a pack per subfolder)" if mapping.subfolders else named or f"pack {mapping.pack_id or '?'}"
+        out.write(_header(mapping.source, pack, mapping.pack_id) + "\n")
         counts, meta = mapping.counts, mapping.metadata
         out.write(f"  files {mapping.file_count} · synced {counts['synced']} · pending {counts['pending']} · "
-                  f"failed {counts['failed']} · metadata {meta['completed']} completed, {meta['pending']} pending, "
-                  f"{meta['failed']} failed\n")
-        out.write(f"  last sync {when(mapping.last_sync) or 'never'}"
-                  + (f" · last error: {printable(mapping.last_error)}" if mapping.last_error else "") + "\n")
+                  f"skipped {counts['skipped']} · failed {counts['failed']} · metadata {meta['completed']} completed, "
+                  f"{meta['pending']} pending, {meta['failed']} failed\n")
+        if not mapping.subfolders:  # (a folder of subfolder packs is synced as its subfolders)
+            out.write(f"  last sync {local_time(mapping.last_sync) or 'never'}"
+                      + (f" · last error: {printable(mapping.last_error)}" if mapping.last_error else "") + "\n")
         if mapping.record and mapping.record.paused:
-            out.write(f"  paused since {when(mapping.record.paused)}: `packsync resume {printable(mapping.path)}` "
-                      "syncs it again\n")
+            out.write(f"  paused since {local_time(mapping.record.paused)}: "
+                      f"`packsync resume {printable(mapping.path)}` syncs it again\n")
         for item in mapping.files or []:
             out.write(_file_line(item) + "\n")
         for problem in mapping.problems or []:
             out.write(f"    {'notice' if problem.notice else 'skipped':<8} {printable(problem.rel_path)}: "
                       f"{printable(problem.reason)}\n")
+        for problem in mapping.failures or []:
+            out.write(f"    {'failed':<8} {printable(problem.rel_path)}: {printable(problem.reason)}\n")
 
 
 def _file_line(item: FileStatus) -> str:
@@ -231,7 +273,7 @@ def print_pull(report: PullReport, dry_run: bool, out: TextIO) -> None:
     _problems(report.problems, out)
     if report.sidecars:
         out.write(f"  sidecars   {report.sidecars.written} written\n")
-        _problems(report.sidecars.problems, out)
+        _problems(report.sidecars.problems, out, "sidecar")
 
 
 def print_packs(packs: list[PackSummary], out: TextIO) -> None:

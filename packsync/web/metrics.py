@@ -94,7 +94,8 @@ class StateCollector(Collector):
         return []  # the metrics depend on the state: nothing to check at registration
 
     def collect(self) -> Iterator[Metric]:
-        files = GaugeMetricFamily("packsync_files", "Items of a mapping's source, by state", labels=["pack", "state"])
+        files = GaugeMetricFamily("packsync_files", "Items of a mapping's source, by state (synced, pending, skipped, "
+                                  "failed)", labels=["pack", "state"])
         images = GaugeMetricFamily("packsync_images", "packsync's images in a mapping's pack, by AI metadata "
                                    "status", labels=["pack", "metadata"])
         problems = GaugeMetricFamily("packsync_problems", "Items skipped, by reason", labels=["pack", "reason"])

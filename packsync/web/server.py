@@ -35,7 +35,6 @@ import logging
 import os
 import secrets
 import stat
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -55,8 +54,9 @@ from packsync.recipe import describe
 from packsync.sources.media import sniff
 from packsync.state.lock import StateLock
 from packsync.state.store import State
+from packsync.views.clock import local_time
 from packsync.views.search import count, search
-from packsync.views.status import SHOWN, FileStatus, Listing, MappingStatus, read_image, read_status
+from packsync.views.status import SHOWN, FileStatus, Listing, MappingStatus, read_image, read_status, shown
 from packsync.web.health import STALL_S, Live, LiveState, MappingHealth, health, http_status
 from packsync.web.limits import MAX_CONNECTIONS, REQUEST_S
 from packsync.web.metrics import Metrics
@@ -146,7 +146,7 @@ class Site:
         self.templates.filters["basename"] = lambda source: Path(source).name or source
         self.templates.filters["name_of"] = lambda key: PurePosixPath(key).name or key
         self.templates.filters["folder_of"] = lambda key: "" if (up := str(PurePosixPath(key).parent)) == "." else up
-        self.templates.filters["clock"] = _clock
+        self.templates.filters["clock"] = local_time  # (the page's script then shows it in the reader's zone)
         self.templates.globals["describe"] = describe
 
     def close(self) -> None:
@@ -210,7 +210,7 @@ class Site:
     def view(self, config: Config, query: Query, live: LiveState | None) -> dict[str, Any]:
         words = query.q.split()
         hits = search(self.state, words, SEARCH_LIMIT) if words else None  # shown first, the galleries hidden
-        everyone = concrete(config, self.state)
+        everyone = shown(config, self.state)  # (a folder of subfolder packs too, while files in it are skipped)
         chosen = next((m for m in everyone if key_of(m.label) == query.mapping), None) if query.mapping else None
         listing = Listing(query.show, (query.page - 1) * GALLERY_LIMIT if chosen else 0, GALLERY_LIMIT,
                           chosen.label if chosen else None)
@@ -272,11 +272,6 @@ class Site:
         return None
 
 
-def _clock(at: float) -> str:
-    """A time as the page says it before its script shows it in the reader's own zone."""
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
-
-
 def _pack_name(mapping: MappingConfig, record: Any) -> str:
     """A mapping's pack as people read it: its name, else its id."""
     name = mapping.pack or (record.pack_name if record else None)
@@ -288,8 +283,8 @@ def _filters(mappings: list[MappingStatus]) -> dict[str, int]:
     def total(*names: str, of: str = "counts") -> int:
         return sum(getattr(m, of)[name] for m in mappings for name in names)
 
-    return {"all": total("synced", "pending"), "synced": total("synced"), "pending": total("pending"),
-            "problems": total("failed", "skipped"), "ai-pending": total("pending", of="metadata"),
+    return {"all": total("synced", "pending", "failed"), "synced": total("synced"), "pending": total("pending"),
+            "problems": total("skipped", "failed"), "ai-pending": total("pending", of="metadata"),
             "ai-failed": total("failed", of="metadata")}
 
 

@@ -1,0 +1,154 @@
+"""How a sync ends, in the words every view uses: its counts (added, deleted, skipped, failed), why it exits
+as it does (``exit_reason``), and, for files skipped, the ``.packsyncignore`` line that stops trying them.
+
+The words: a file **skipped** cannot be synced as it is (not an image, unreadable, directly in a folder of
+subfolder packs…) and is tried again only when it changes; a file **failed** when its upload or add failed
+this time, and is tried again next sync; deletes are **withheld** by a safety stop. ``run`` (text and
+``--json``), the daemon's answer to a run, and ``run --dry-run`` say them through this module alone.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from packsync.errors import ExitCode
+from packsync.sources.patterns import IGNORE_FILE
+
+if TYPE_CHECKING:  # only named: importing them would bring in the HTTP client
+    from packsync.engine.sync import MappingReport, SyncReport
+    from packsync.model import Problem
+
+#: The counts of a run, in the order its lines say them; the last two are said only when not zero.
+COUNTED = ("added", "deleted", "skipped", "failed", "adopted", "recovered")
+
+
+def mapping_counts(mapping: MappingReport) -> dict[str, int]:
+    """What one mapping's sync did, counted: what it added, deleted, skipped and what failed."""
+    outcome = mapping.outcome
+    return {"added": outcome.added if outcome else 0, "deleted": outcome.deleted if outcome else 0,
+            "skipped": len(_skipped(mapping.problems)), "failed": len(outcome.failures) if outcome else 0,
+            "adopted": outcome.adopted if outcome else 0, "recovered": outcome.recovered if outcome else 0}
+
+
+def failures(mapping: MappingReport) -> list[tuple[str, str]]:
+    """What failed in one mapping's sync (a file by its path in the mapping, an image's delete by its id), and
+    why."""
+    outcome = mapping.outcome
+    return [(where.removeprefix(mapping.label + "/"), why) for where, why in (outcome.failures if outcome else [])]
+
+
+def run_counts(report: SyncReport) -> dict[str, int]:
+    """The counts of every mapping of a sync, summed, with the files skipped directly in folders of subfolder
+    packs."""
+    total = dict.fromkeys(COUNTED, 0)
+    for mapping in report.mappings:
+        for name, count in mapping_counts(mapping).items():
+            total[name] += count
+    total["skipped"] += len(_skipped(report.loose_files))
+    return total
+
+
+def counts_line(counts: dict[str, int]) -> str:
+    """``2 added, 0 deleted, 1 skipped, 0 failed`` (adopted and recovered when not zero)."""
+    return ", ".join(f"{counts[name]} {name}" for name in COUNTED if counts[name] or name in COUNTED[:4])
+
+
+def ignore_line(rel_path: str) -> str:
+    """The ``.packsyncignore`` line that excludes exactly this path of the mapped folder: anchored with a
+    leading ``/``, its pattern characters made plain."""
+    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in rel_path)
+    if escaped.endswith(" "):
+        escaped = escaped[:-1] + "\\ "
+    return "/" + escaped
+
+
+def to_ignore(report: SyncReport) -> list[tuple[Path, str]]:
+    """Each file skipped (a deliberate skip, a notice, aside) of a folder: the ``.packsyncignore`` that may
+    list it (the mapped folder's) and the line to add there."""
+    found: list[tuple[Path, str]] = []
+    for mapping in report.mappings:
+        config = mapping.config
+        if config.path is None:
+            continue  # an Astria pack has no ignore file
+        parent = mapping.target.parent
+        root, prefix = (parent.folder, config.folder.name + "/") if parent else (config.folder, "")
+        found += [(root / IGNORE_FILE, ignore_line(prefix + p.rel_path)) for p in _skipped(mapping.problems)]
+    for folder, loose in report.loose.items():
+        found += [(Path(folder) / IGNORE_FILE, ignore_line(p.rel_path)) for p in _skipped(loose)]
+    return found
+
+
+def _skipped(problems: list[Problem]) -> list[Problem]:
+    """The files skipped among ``problems``: a notice (a deliberate skip, a link not followed) is not one."""
+    return [p for p in problems if not p.notice]
+
+
+def _files(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"
+
+
+def exit_reason(report: SyncReport) -> str | None:
+    """Why a sync exits other than 0, in one short sentence (None: it exits 0)."""
+    code = report.exit_code
+    if code == ExitCode.SAFETY:
+        return "; ".join(_stopped(m) for m in report.mappings if m.safety)
+    if code == ExitCode.AUTH:
+        return "; ".join(f"the key was refused ({m.error})" for m in report.mappings if m.refused)
+    if code == ExitCode.USAGE:
+        return "; ".join(str(m.error) for m in report.mappings if m.misconfigured)
+    if code != ExitCode.SOME_FAILED:
+        return None
+    parts = _failures(report)
+    skipped = to_ignore(report)
+    if skipped:
+        said = f"{_files(len(skipped))} skipped"
+        if not parts:  # only files the user can ignore: say how
+            files = sorted({str(file) for file, _line in skipped})
+            said += f"; list {'it' if len(skipped) == 1 else 'them'} in {' or '.join(files)} to stop trying"
+        parts.append(said)
+    return "; ".join(parts) or None
+
+
+def ignorable(report: SyncReport) -> list[tuple[Path, str]]:
+    """When files skipped are all that went wrong: each one's ``.packsyncignore`` and the line to add there
+    (else nothing: the other problems come first)."""
+    return to_ignore(report) if report.exit_code == ExitCode.SOME_FAILED and not _failures(report) else []
+
+
+def _failures(report: SyncReport) -> list[str]:
+    """What went wrong in a sync besides files skipped, a few words each."""
+    parts = []
+    errors = [m for m in report.mappings if m.fatal]
+    if errors:
+        parts.append(f"{errors[0].label}: {errors[0].fatal}"
+                     + (f" (and {len(errors) - 1} more mappings stopped)" if len(errors) > 1 else ""))
+    failed = sum(len(m.outcome.failures) for m in report.mappings if m.outcome)
+    if failed:
+        parts.append(f"{_files(failed)} failed (tried again next sync)")
+    waiting = sum(len(m.plan.waiting) for m in report.mappings if m.plan)
+    if waiting:
+        parts.append(f"{_files(waiting)} wait until the pack's unreadable images can be read")
+    sidecars = sum(len(_skipped(m.sidecars.problems)) for m in report.mappings if m.sidecars)
+    if sidecars:
+        parts.append(f"{sidecars} sidecars not written")
+    return parts
+
+
+def _stopped(mapping: MappingReport) -> str:
+    """A safety stop's reason: the deletes it withheld and how to let them go, or why it stopped."""
+    withheld = len(mapping.plan.withheld) if mapping.plan else 0
+    if not withheld:
+        return mapping.safety or ""
+    deletes = "1 delete" if withheld == 1 else f"{withheld} deletes"
+    return f"{deletes} withheld in {mapping.label} (packsync allow-deletes {shlex.quote(mapping.label)})"
+
+
+def closing_line(report: SyncReport) -> str:
+    """The last line of ``run``: the sync summed, and its exit code with the reason for one not 0 (names as
+    they are: a text view escapes them)."""
+    counts = run_counts(report)
+    summed = counts_line(counts) if any(counts.values()) else "in sync" if report.mappings else "nothing synced"
+    reason = exit_reason(report)
+    return f"run: {summed} — exit {int(report.exit_code)}" + (f": {reason}" if reason else "")
