@@ -613,7 +613,7 @@ def service_install(kind: Literal["user", "system"], dry_run: bool) -> None:
         return
     system = " --system" if kind == "system" else ""
     this = Path(os.path.abspath(config.source or ""))
-    if (other := units.installed_config(kind)) is not None and other != this:
+    if (other := units.installed_config(kind)) is not None and not _same_file(other, this):
         raise ConfigError(f"{plan.path}: runs packsync with another config, {other}, and one unit runs one config: "
                           f"to switch to {this}, first `packsync service uninstall{system}` "
                           "(that config and its state stay).")
@@ -639,6 +639,14 @@ def service_install(kind: Literal["user", "system"], dry_run: bool) -> None:
     if kind == "user" and units.lingering(me := units.own_user()) is False:
         click.echo(f"It runs while you are logged in; to keep it running after you log out: "
                    f"loginctl enable-linger {me}")
+
+
+def _same_file(one: Path, other: Path) -> bool:
+    """Whether two paths name one file (a link to a config is that config)."""
+    try:
+        return one == other or os.path.samefile(one, other)
+    except OSError:
+        return False
 
 
 @_command(service, name="uninstall", epilog=_examples("packsync service uninstall",

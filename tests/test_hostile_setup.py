@@ -8,6 +8,7 @@ import shlex
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import Env
@@ -107,3 +108,20 @@ def test_a_system_unit_for_a_user_this_system_does_not_know_is_one_sentence(env:
     assert result.returncode == ExitCode.USAGE, result.stderr
     assert result.stderr.startswith("packsync: ") and "packsync-no-such-user" in result.stderr
     assert result.stderr.count("\n") == 1, "one sentence"
+
+
+def test_the_same_config_by_another_path_is_not_another_config(env: Env, tmp_path: Path) -> None:
+    """Installed as ``-c ~/brand.toml`` (a link to the config), installed again by the config's own path: the
+    same file, yet install refused it as "another config" and asked for an uninstall first."""
+    from test_service import FakeSystemd
+
+    systemd = FakeSystemd(tmp_path / "systemd")
+    env.map("pics", pack="P")
+    env.write_config()
+    link = tmp_path / "brand.toml"
+    link.symlink_to(env.config_path)
+    assert systemd.packsync(link, "service", "install").returncode == 0
+
+    again = systemd.packsync(env.config_path, "service", "install")
+
+    assert again.returncode == 0, again.stderr
