@@ -118,7 +118,8 @@ def test_a_pack_id_the_key_cannot_see_is_a_config_error_and_the_other_mappings_s
     assert said in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert env.pack_named("Brand")["image_count"] == 1
-    assert result.stdout.rstrip().rpartition("\n")[2] == f"run: 1 added, 0 deleted, 0 skipped, 0 failed — exit 2: {said}"
+    closing = result.stdout.rstrip().rpartition("\n")[2]
+    assert closing == f"run: 1 added, 0 deleted, 0 skipped, 0 failed — exit 2: {said}"
     # status names the pack it never read by its id, once
     assert f"{env.root / 'wrong'} → pack 0b5d0d3e-0000-4000-8000-00000000dead\n" in env.cli("status").stdout
 
