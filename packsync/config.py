@@ -508,6 +508,11 @@ def read_password(config: Config) -> str | None:
     return password
 
 
+#: A variable's value shorter than this is a port or a chat id, not a credential: starring out every "2" in every
+#: log line would hide more than it protects (the whole URL is a secret all the same).
+SECRET_MIN = 6
+
+
 def read_notify_urls(config: Config, *, reload: bool = False) -> list[str]:
     """The notification URLs with the environment variables they name filled in, each registered as a secret
     (a URL carries its service's credentials). An unset variable is a config error naming the key and it
@@ -526,7 +531,8 @@ def read_notify_urls(config: Config, *, reload: bool = False) -> list[str]:
             name = found["braced"] or found["bare"]
             if not (text := os.environ.get(name, "")):
                 raise ConfigError(f"{_where(config.source)}{key}: the environment variable {name} is not set{restart}")
-            register_secret(text)
+            if len(text) >= SECRET_MIN:
+                register_secret(text)
             return text
         urls.append(_VARIABLE.sub(value, url))
         register_secret(urls[-1])
