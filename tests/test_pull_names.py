@@ -334,6 +334,50 @@ def test_one_content_under_two_names_comes_back_once_under_the_first(env: Env) -
     assert tree(here) == tree(there) == {"a/original.png": same}
 
 
+def uploaded_names(env: Env) -> list[str]:
+    """The filename of every upload the key made, in order."""
+    return sorted(f["filename"] for f in env.sandbox.store.list_files("ws-1", 100, 0, None)[0])
+
+
+def test_one_content_in_two_packs_under_two_paths_comes_back_under_each_pack_s_path(env: Env) -> None:
+    """GET /files has one name per upload: a content another pack holds under another path is uploaded
+    again under that path, so that each pack comes back with its own names on a fresh machine."""
+    same = image(9, 9, seed=71)
+    write(env.map("a", pack="A") / "sub" / "x.png", same)
+    write(env.map("b", pack="B") / "other" / "y.png", same)
+    assert env.cli("run", "--no-wait").returncode == 0
+    env.sandbox.reset_calls()
+
+    rerun = env.cli("run", "--no-wait")
+    pull(env, "genviral:B", str(here := env.root / "hereB"))
+    pull(other := laptop(env), "genviral:B", str(there := other.root / "thereB"))
+    pull(other, "genviral:A", str(there_a := other.root / "thereA"))
+
+    assert uploaded_names(env) == ["other/y.png", "sub/x.png"]
+    assert rerun.returncode == 0 and env.sandbox.mutating_calls() == 0, "both uploads are known as packsync's"
+    assert tree(here) == tree(there) == {"other/y.png": same}
+    assert tree(there_a) == {"sub/x.png": same}
+
+
+def test_one_content_in_two_subfolder_packs_comes_back_under_each_pack_s_path(env: Env) -> None:
+    """The same between packs per subfolder; under the same path in both, it is uploaded once."""
+    folder = env.map("brands", packs_from="subfolders")
+    same, both = image(9, 9, seed=72), image(10, 9, seed=73)
+    write(folder / "acme" / "bg" / "x.png", same)
+    write(folder / "beta" / "logo" / "y.png", same)
+    write(folder / "acme" / "shared.png", both)
+    write(folder / "beta" / "shared.png", both)
+    assert env.cli("run", "--no-wait").returncode == 0
+    other = laptop(env)
+
+    pull(other, "genviral:acme", str(other.root / "acme"))
+    pull(other, "genviral:beta", str(other.root / "beta"))
+
+    assert uploaded_names(env) == ["bg/x.png", "logo/y.png", "shared.png"]
+    assert tree(other.root / "acme") == {"bg/x.png": same, "shared.png": both}
+    assert tree(other.root / "beta") == {"logo/y.png": same, "shared.png": both}
+
+
 def test_sidecars_go_beside_files_in_sub_folders_and_leave_with_them(env: Env) -> None:
     pack_id = env.sandbox.create_pack("Described")
     image_id = env.sandbox.add_uploaded(pack_id, image(20, 10, seed=71), named="leaves/green leaf.png")

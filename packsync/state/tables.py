@@ -17,7 +17,7 @@ from sqlalchemy import Index, Table, text
 from sqlmodel import Field, SQLModel
 
 #: The version of the schema below; a file of a newer one is refused, an older one upgraded.
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 #: What ``meta``'s ``app`` row says in a state file of packsync's.
 APP_ID = "packsync"
 #: An image whose AI metadata is still to come (``model.METADATA_SETTLED`` are the others), as SQL with
@@ -69,7 +69,8 @@ class SidecarRow(SQLModel, table=True):
 
 
 class BlobRow(SQLModel, table=True):
-    """An upload of some content, possibly half done."""
+    """An upload of some content under a name (its ``POST /files`` filename, '' for uploads made before
+    schema 10), possibly half done."""
 
     __tablename__ = "blobs"
     sha256: str = Field(primary_key=True)
@@ -78,6 +79,7 @@ class BlobRow(SQLModel, table=True):
     upload_url: str | None
     expires_at: float | None
     uploaded: bool
+    name: str = Field(primary_key=True)
 
 
 class ImageRow(SQLModel, table=True):
