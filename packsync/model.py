@@ -131,6 +131,15 @@ class Blob(msgspec.Struct, frozen=True):
     name: str = ""
 
 
+class UploadNames(msgspec.Struct, frozen=True):
+    """What a walk of the key's files (``GET /files``) found: the name each wanted URL's upload was given,
+    and whether the list changed under the walk (its ``total`` moved, or a file came again on a later page):
+    a name not found may then have been missed."""
+
+    names: dict[str, str]
+    shifted: bool = False
+
+
 class Uploaded(msgspec.Struct, frozen=True):
     """A content in storage as a recipe made it: its URL, the hash of the bytes sent (the upload's key), and
     what preparing changed (none: the file's own bytes)."""

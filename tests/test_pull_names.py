@@ -17,6 +17,7 @@ from helpers import wait_until
 from test_bad_input import stored_file_names
 
 from packsync.engine.names import MAX_NAME, upload_name
+from packsync.engine.pull import NAMES_SHIFTED
 from packsync.engine.pull_plan import UNUSABLE, genviral_download, given_path, name_from_url
 from packsync.model import RemoteImage
 from packsync.sandbox import Sandbox
@@ -238,6 +239,107 @@ def test_file_entries_without_a_usable_url_or_name_are_passed_over(env: Env) -> 
     pull(env, "genviral:Odd", str(out := env.root / "out"))
 
     assert tree(out) == {"good/one.png": data}
+
+
+def a_pack_among_uploads(env: Env, before: int, after: int) -> tuple[str, bytes]:
+    """Pack ``Many`` holding one image, named ``deep/wanted.png``, uploaded after ``before`` other uploads
+    of the key and before ``after`` more (named, in no pack); the CDN name it would have unnamed."""
+    filler = image(8, 8, seed=81)
+    for n in range(before):
+        env.sandbox.upload(filler, named=f"filler/{n}.png")
+    pack_id = env.sandbox.create_pack("Many")
+    image_id = env.sandbox.add_uploaded(pack_id, (data := image(9, 9, seed=80)), named="deep/wanted.png")
+    for n in range(after):
+        env.sandbox.upload(filler, named=f"filler/{before + n}.png")
+    env.write_config()
+    url = next(i["url"] for i in env.pack(pack_id)["images"] if i["id"] == image_id)
+    cdn_name = name_from_url(url)
+    assert cdn_name
+    return cdn_name, data
+
+
+def listed(env: Env, arrange: Any) -> Any:
+    """A GET /files rewrite answering from the key's whole list (oldest first) as ``arrange(files, offset)``
+    lays it out: (the page's entries, the total)."""
+    def change(reply: Reply) -> Reply:
+        body = json.loads(reply.body)
+        files = env.sandbox.store.list_files("ws-1", 10_000, 0, None)[0]
+        body["data"]["files"], body["data"]["total"] = arrange(files, body["data"]["offset"])
+        return Reply(reply.status, json.dumps(body).encode(), reply.content_type, reply.headers)
+    return change
+
+
+def test_a_file_list_newest_first_names_the_files(env: Env) -> None:
+    """The walk assumes no order: the wanted upload, the oldest, is on the last page of a newest-first list."""
+    a_pack_among_uploads(env, before=0, after=150)
+    env.sandbox.rewrite("GET", "/files", listed(env, lambda files, offset: (files[::-1][offset:offset + 100],
+                                                                             len(files))))
+
+    result = pull(env, "genviral:Many", str(out := env.root / "out"), "--json")
+
+    assert set(tree(out)) == {"deep/wanted.png"} and result["problems"] == []
+    assert env.sandbox.calls[LIST_FILES] == 2
+
+
+def _passed_over(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The page with its first three entries' URLs not http ones."""
+    return [{**entry, "url": "file:///etc/passwd"} if n < 3 else entry for n, entry in enumerate(page)]
+
+
+def test_the_next_page_starts_after_every_entry_the_page_held(env: Env) -> None:
+    """Entries passed over (no http URL) still move the offset: a walk counting only the files it kept
+    would ask for overlapping pages and, its pages spent, never see the last files."""
+    a_pack_among_uploads(env, before=199, after=0)
+    env.sandbox.rewrite("GET", "/files", listed(env, lambda files, offset: (_passed_over(files[offset:offset + 100]),
+                                                                             len(files))))
+
+    pull(env, "genviral:Many", str(out := env.root / "out"))
+
+    assert set(tree(out)) == {"deep/wanted.png"}
+    assert env.sandbox.calls[LIST_FILES] == 2
+
+
+def test_a_file_list_that_shifts_during_the_walk_names_the_missed_images_by_cdn_name_with_one_notice(
+        env: Env) -> None:
+    """Five files deleted between the first page and the second shift the list up: the file that moved
+    onto the first page is missed; it keeps its CDN name, and the pull says so once."""
+    cdn_name, data = a_pack_among_uploads(env, before=102, after=97)
+
+    def deleting(files: list[dict[str, Any]], offset: int) -> tuple[list[dict[str, Any]], int]:
+        left = files if offset == 0 else files[5:]
+        return left[offset:offset + 100], len(left)
+
+    env.sandbox.rewrite("GET", "/files", listed(env, deleting))
+
+    result = pull(env, "genviral:Many", str(out := env.root / "out"), "--json")
+
+    assert tree(out) == {cdn_name: data}
+    assert [(p["item"], p["reason"]) for p in result["problems"]] == [
+        ("GET /files", f"1 image named by their CDN name: {NAMES_SHIFTED}")]
+
+
+@pytest.mark.parametrize("newest_first", [False, True], ids=["oldest first", "newest first"])
+def test_uploads_during_the_walk_miss_no_name(env: Env, newest_first: bool) -> None:
+    """Uploads while the list is read change its total: oldest first, they shift no page; newest first,
+    they push files of the first page onto the second, read once (by id)."""
+    a_pack_among_uploads(env, before=0 if newest_first else 150, after=150 if newest_first else 0)
+    calls = []
+
+    def uploading(files: list[dict[str, Any]], offset: int) -> tuple[list[dict[str, Any]], int]:
+        calls.append(offset)
+        if len(calls) == 2:  # (after the first page was read)
+            for n in range(3):
+                env.sandbox.upload(image(8, 8, seed=82), named=f"meanwhile/{n}.png")
+            files = env.sandbox.store.list_files("ws-1", 10_000, 0, None)[0]
+        ordered = files[::-1] if newest_first else files
+        return ordered[offset:offset + 100], len(ordered)
+
+    env.sandbox.rewrite("GET", "/files", listed(env, uploading))
+
+    result = pull(env, "genviral:Many", str(out := env.root / "out"), "--json")
+
+    assert set(tree(out)) == {"deep/wanted.png"} and result["problems"] == []
+    assert calls == [0, 100]
 
 
 # -- the rules, pure ---------------------------------------------------------------------------------
