@@ -237,7 +237,7 @@ class Puller:
         names are untrusted either way (``pull_plan`` makes them safe). A walk that fails is a notice:
         the images it would have named are named as if unknown."""
         given = {image_id: name if kind_of(owner) == "astria" else upload_name(path, name)
-                 for image_id, (path, name, owner) in self.state.files.sources_of(pack.pack_id).items()}
+                 for image_id, (path, name, owner) in self.state.images.sources_of(pack.pack_id).items()}
         pulled = {record.image_id for record in self.state.uploads.pulled(str(folder), pack.pack_id)}
         unknown = {image.url: image.image_id for image in pack.images
                    if image.image_id not in given and image.image_id not in pulled}
