@@ -17,6 +17,7 @@ from helpers import wait_until
 from test_bad_input import stored_file_names
 
 from packsync.engine.names import MAX_NAME, upload_name
+from packsync.engine.planner import file_name_for
 from packsync.engine.pull import NAMES_SHIFTED
 from packsync.engine.pull_plan import UNUSABLE, genviral_download, given_path, name_from_url
 from packsync.model import RemoteImage
@@ -356,7 +357,8 @@ def test_uploads_during_the_walk_miss_no_name(env: Env, newest_first: bool) -> N
     ("a/./b.png", None),
     ("a//b.png", None),
     (".packsync-pull-0123456789ab.part", None),
-    ("é" * 101 + ".png", None),  # 202 bytes in UTF-8
+    ("語" * 78 + ".png", "語" * 78 + ".png"),  # 238 bytes in UTF-8: a name packsync may give
+    ("é" * 119 + ".png", None),  # 242 bytes
     ("/".join(["d"] * 32) + "/x.png", None),
 ])
 def test_given_path(given: str, made: str | None) -> None:
@@ -374,10 +376,25 @@ def test_a_given_name_without_an_image_extension_takes_its_bytes_one() -> None:
     ("top.png", "top.png", "top.png"),
     ("bad\x07dir/c.png", "c.png", "c.png"),
     ("d" * 300 + "/c.png", "c.png", "c.png"),
+    ("語" * 81 + "/c.png", "c.png", "c.png"),  # a directory a pull would not take: 243 bytes
+    ("/".join("d" * 32) + "/c.png", "c.png", "c.png"),  # 33 parts
+    (".cache/c.png", "c.png", "c.png"),
+    ("a/" + "語" * 85 + ".png", "語" * 85 + ".png", "a/" + "語" * 78 + ".png"),  # cut to 238 bytes
 ])
 def test_upload_name(path: str, name: str, expected: str) -> None:
     assert upload_name(path, name) == expected
     assert len(upload_name(path, name)) <= MAX_NAME
+
+
+@pytest.mark.parametrize("path", [
+    "a/b/c.png", "語" * 80 + "/" + "語" * 80 + ".png", "/".join("d" * 31) + "/c.png", "é" * 200 + ".png",
+    "x" * 250 + ".jpeg", "dir/" + "x" * 300,
+])
+def test_a_name_packsync_gives_is_a_name_a_pull_takes(path: str) -> None:
+    """What an upload is named (within the API's 255 characters) is what a pull names the file."""
+    name = upload_name(path, file_name_for(path))
+
+    assert given_path(name) == name
 
 
 def test_the_sandbox_lists_files_by_page_camel_case_and_for_its_key_only(sandbox: Sandbox) -> None:
