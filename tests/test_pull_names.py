@@ -478,6 +478,23 @@ def test_one_content_in_two_packs_under_two_paths_comes_back_under_each_pack_s_p
     assert tree(there_a) == {"sub/x.png": same}
 
 
+def test_a_moved_file_comes_back_under_its_current_path_here_and_its_first_one_elsewhere(env: Env) -> None:
+    """A move costs no upload and Genviral keeps an upload's name: the state that saw the move names the
+    file by its current path, another machine by the path it was uploaded from (docs/guarantees.md)."""
+    folder = pushed(env, {"old/x.png": (data := image(9, 9, seed=74))})
+    (folder / "new").mkdir()
+    (folder / "old" / "x.png").rename(folder / "new" / "x.png")
+    env.sandbox.reset_calls()
+    assert env.cli("run", "--no-wait").returncode == 0
+    assert env.sandbox.mutating_calls() == 0
+
+    pull(env, "genviral:Brand", str(here := env.root / "here"))
+    pull(other := laptop(env), "genviral:Brand", str(there := other.root / "there"))
+
+    assert tree(here) == {"new/x.png": data}
+    assert tree(there) == {"old/x.png": data}
+
+
 def test_one_content_in_two_subfolder_packs_comes_back_under_each_pack_s_path(env: Env) -> None:
     """The same between packs per subfolder; under the same path in both, it is uploaded once."""
     folder = env.map("brands", packs_from="subfolders")
