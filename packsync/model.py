@@ -119,7 +119,8 @@ class PathsScan(msgspec.Struct):
 
 
 class Blob(msgspec.Struct, frozen=True):
-    """An upload of some content to Genviral's storage, possibly half done."""
+    """An upload of some content to Genviral's storage under ``name`` (the ``POST /files`` filename that
+    ``GET /files`` gives back; '' for an upload made before packsync named them), possibly half done."""
 
     sha256: str
     content_type: str
@@ -127,6 +128,16 @@ class Blob(msgspec.Struct, frozen=True):
     upload_url: str | None = None
     expires_at: float | None = None
     uploaded: bool = False
+    name: str = ""
+
+
+class UploadNames(msgspec.Struct, frozen=True):
+    """What a walk of the key's files (``GET /files``) found: the name each wanted URL's upload was given,
+    and whether the list changed under the walk (its ``total`` moved, or a file came again on a later page):
+    a name not found may then have been missed."""
+
+    names: dict[str, str]
+    shifted: bool = False
 
 
 class Uploaded(msgspec.Struct, frozen=True):

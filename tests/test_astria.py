@@ -112,7 +112,9 @@ def test_classes_choose_which_images_are_mirrored(env: Env) -> None:
     assert genviral_bytes(env, "Women") == astria_bytes(env, urls[:2])
 
 
-def test_the_same_bytes_in_astria_and_in_a_folder_are_uploaded_once(env: Env) -> None:
+def test_the_same_bytes_in_astria_and_in_a_folder_are_uploaded_once_per_name(env: Env) -> None:
+    """Once for the folder's file, once under the Astria image's name (each pack's upload names its image);
+    the Astria pack's second URL of the same bytes is no second upload."""
     pack_id = env.sandbox.astria.add_pack("Shared")
     shared = image(seed=5)
     env.sandbox.astria.add_image(pack_id, "woman", shared)
@@ -123,7 +125,7 @@ def test_the_same_bytes_in_astria_and_in_a_folder_are_uploaded_once(env: Env) ->
     result = env.cli("run", "--no-wait")
 
     assert result.returncode == ExitCode.OK, result.stderr
-    assert env.sandbox.calls[("POST", "/files")] == 1 and env.sandbox.calls[("PUT", "storage")] == 1
+    assert env.sandbox.calls[("POST", "/files")] == 2 and env.sandbox.calls[("PUT", "storage")] == 2
     assert genviral_bytes(env, "Brand") == genviral_bytes(env, "Mirror") == [shared]
 
 

@@ -400,7 +400,7 @@ def test_file_name_for(rel_path: str, name: str) -> None:
     assert len(name) <= 255
 
 
-def plan_sync(sources: list[MappingInput], blobs: dict[str, Blob]) -> Plan:
+def plan_sync(sources: list[MappingInput], blobs: dict[tuple[str, str], Blob]) -> Plan:
     """What the sync pipeline does: plan each mapping, then the uploads they need."""
     return plan_uploads([plan_mapping(source) for source in sources], blobs)
 
@@ -410,21 +410,31 @@ def mapping(label: str, folder: dict[str, str]) -> MappingInput:
     return MappingInput(label, label, source.scan, [], RemotePack(f"pack-{label}", label), {})
 
 
-def test_same_content_in_two_mappings_is_uploaded_once_and_added_to_both() -> None:
-    plan = plan_sync([mapping("one", {"a.png": "A", "b.png": "B"}), mapping("two", {"x.png": "A"})], blobs={})
+def test_same_content_under_the_same_path_in_two_mappings_is_uploaded_once_and_added_to_both() -> None:
+    plan = plan_sync([mapping("one", {"a.png": "A", "b.png": "B"}), mapping("two", {"a.png": "A"})], blobs={})
 
     assert sorted(CONTENT_OF[u.add.sha256] for u in plan.uploads) == ["A", "B"]
     assert [len(m.adds) for m in plan.mappings] == [2, 1]
     assert plan.mutations == 2 + 3
 
 
-def test_content_already_in_storage_is_added_without_an_upload() -> None:
-    blobs = {sha("A"): Blob(sha("A"), "image/png", url=url("A"), uploaded=True)}
+def test_same_content_under_another_path_in_another_mapping_is_uploaded_under_each_name() -> None:
+    """The upload's name is what ``GET /files`` gives back to a pull on another machine: each pack's image
+    needs its own path, so the content is uploaded once per name."""
+    plan = plan_sync([mapping("one", {"sub/a.png": "A"}), mapping("two", {"other/x.png": "A"})], blobs={})
+
+    assert sorted(u.add.upload_name for u in plan.uploads) == ["other/x.png", "sub/a.png"]
+    assert [len(m.adds) for m in plan.mappings] == [1, 1]
+
+
+def test_content_already_in_storage_under_its_name_is_added_without_an_upload() -> None:
+    blobs = {(sha("A"), "a.png"): Blob(sha("A"), "image/png", url=url("A"), uploaded=True, name="a.png"),
+             (sha("B"), "x.png"): Blob(sha("B"), "image/png", url=url("B"), uploaded=True, name="x.png")}
 
     plan = plan_sync([mapping("one", {"a.png": "A", "b.png": "B"})], blobs)
 
-    assert [CONTENT_OF[u.add.sha256] for u in plan.uploads] == ["B"]
-    assert plan.urls == {sha("A"): Uploaded(url("A"), sha("A"))}, "the executor is told the URL, not to look"
+    assert [CONTENT_OF[u.add.sha256] for u in plan.uploads] == ["B"], "B's upload carries another name"
+    assert plan.urls == {f"{sha('A')}/a.png": Uploaded(url("A"), sha("A"))}, "the executor is told the URL"
     assert len(plan.mappings[0].adds) == 2
 
 
@@ -433,7 +443,7 @@ def test_content_already_in_storage_is_added_without_an_upload() -> None:
     Blob(sha("A"), "image/png", uploaded=True),
 ], ids=["bytes not yet confirmed", "upload without a URL"])
 def test_content_half_uploaded_is_uploaded(blob: Blob) -> None:
-    plan = plan_sync([mapping("one", {"a.png": "A"})], {sha("A"): blob})
+    plan = plan_sync([mapping("one", {"a.png": "A"})], {(sha("A"), "a.png"): blob})
 
     assert [CONTENT_OF[u.add.sha256] for u in plan.uploads] == ["A"]
     assert plan.uploads[0].resume == blob and plan.urls == {}, "the upload resumes what the state recorded"

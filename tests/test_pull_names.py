@@ -17,6 +17,8 @@ from helpers import wait_until
 from test_bad_input import stored_file_names
 
 from packsync.engine.names import MAX_NAME, upload_name
+from packsync.engine.planner import file_name_for
+from packsync.engine.pull import NAMES_SHIFTED
 from packsync.engine.pull_plan import UNUSABLE, genviral_download, given_path, name_from_url
 from packsync.model import RemoteImage
 from packsync.sandbox import Sandbox
@@ -240,6 +242,107 @@ def test_file_entries_without_a_usable_url_or_name_are_passed_over(env: Env) -> 
     assert tree(out) == {"good/one.png": data}
 
 
+def a_pack_among_uploads(env: Env, before: int, after: int) -> tuple[str, bytes]:
+    """Pack ``Many`` holding one image, named ``deep/wanted.png``, uploaded after ``before`` other uploads
+    of the key and before ``after`` more (named, in no pack); the CDN name it would have unnamed."""
+    filler = image(8, 8, seed=81)
+    for n in range(before):
+        env.sandbox.upload(filler, named=f"filler/{n}.png")
+    pack_id = env.sandbox.create_pack("Many")
+    image_id = env.sandbox.add_uploaded(pack_id, (data := image(9, 9, seed=80)), named="deep/wanted.png")
+    for n in range(after):
+        env.sandbox.upload(filler, named=f"filler/{before + n}.png")
+    env.write_config()
+    url = next(i["url"] for i in env.pack(pack_id)["images"] if i["id"] == image_id)
+    cdn_name = name_from_url(url)
+    assert cdn_name
+    return cdn_name, data
+
+
+def listed(env: Env, arrange: Any) -> Any:
+    """A GET /files rewrite answering from the key's whole list (oldest first) as ``arrange(files, offset)``
+    lays it out: (the page's entries, the total)."""
+    def change(reply: Reply) -> Reply:
+        body = json.loads(reply.body)
+        files = env.sandbox.store.list_files("ws-1", 10_000, 0, None)[0]
+        body["data"]["files"], body["data"]["total"] = arrange(files, body["data"]["offset"])
+        return Reply(reply.status, json.dumps(body).encode(), reply.content_type, reply.headers)
+    return change
+
+
+def test_a_file_list_newest_first_names_the_files(env: Env) -> None:
+    """The walk assumes no order: the wanted upload, the oldest, is on the last page of a newest-first list."""
+    a_pack_among_uploads(env, before=0, after=150)
+    env.sandbox.rewrite("GET", "/files", listed(env, lambda files, offset: (files[::-1][offset:offset + 100],
+                                                                             len(files))))
+
+    result = pull(env, "genviral:Many", str(out := env.root / "out"), "--json")
+
+    assert set(tree(out)) == {"deep/wanted.png"} and result["problems"] == []
+    assert env.sandbox.calls[LIST_FILES] == 2
+
+
+def _passed_over(page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The page with its first three entries' URLs not http ones."""
+    return [{**entry, "url": "file:///etc/passwd"} if n < 3 else entry for n, entry in enumerate(page)]
+
+
+def test_the_next_page_starts_after_every_entry_the_page_held(env: Env) -> None:
+    """Entries passed over (no http URL) still move the offset: a walk counting only the files it kept
+    would ask for overlapping pages and, its pages spent, never see the last files."""
+    a_pack_among_uploads(env, before=199, after=0)
+    env.sandbox.rewrite("GET", "/files", listed(env, lambda files, offset: (_passed_over(files[offset:offset + 100]),
+                                                                             len(files))))
+
+    pull(env, "genviral:Many", str(out := env.root / "out"))
+
+    assert set(tree(out)) == {"deep/wanted.png"}
+    assert env.sandbox.calls[LIST_FILES] == 2
+
+
+def test_a_file_list_that_shifts_during_the_walk_names_the_missed_images_by_cdn_name_with_one_notice(
+        env: Env) -> None:
+    """Five files deleted between the first page and the second shift the list up: the file that moved
+    onto the first page is missed; it keeps its CDN name, and the pull says so once."""
+    cdn_name, data = a_pack_among_uploads(env, before=102, after=97)
+
+    def deleting(files: list[dict[str, Any]], offset: int) -> tuple[list[dict[str, Any]], int]:
+        left = files if offset == 0 else files[5:]
+        return left[offset:offset + 100], len(left)
+
+    env.sandbox.rewrite("GET", "/files", listed(env, deleting))
+
+    result = pull(env, "genviral:Many", str(out := env.root / "out"), "--json")
+
+    assert tree(out) == {cdn_name: data}
+    assert [(p["item"], p["reason"]) for p in result["problems"]] == [
+        ("GET /files", f"1 image named by their CDN name: {NAMES_SHIFTED}")]
+
+
+@pytest.mark.parametrize("newest_first", [False, True], ids=["oldest first", "newest first"])
+def test_uploads_during_the_walk_miss_no_name(env: Env, newest_first: bool) -> None:
+    """Uploads while the list is read change its total: oldest first, they shift no page; newest first,
+    they push files of the first page onto the second, read once (by id)."""
+    a_pack_among_uploads(env, before=0 if newest_first else 150, after=150 if newest_first else 0)
+    calls = []
+
+    def uploading(files: list[dict[str, Any]], offset: int) -> tuple[list[dict[str, Any]], int]:
+        calls.append(offset)
+        if len(calls) == 2:  # (after the first page was read)
+            for n in range(3):
+                env.sandbox.upload(image(8, 8, seed=82), named=f"meanwhile/{n}.png")
+            files = env.sandbox.store.list_files("ws-1", 10_000, 0, None)[0]
+        ordered = files[::-1] if newest_first else files
+        return ordered[offset:offset + 100], len(ordered)
+
+    env.sandbox.rewrite("GET", "/files", listed(env, uploading))
+
+    result = pull(env, "genviral:Many", str(out := env.root / "out"), "--json")
+
+    assert set(tree(out)) == {"deep/wanted.png"} and result["problems"] == []
+    assert calls == [0, 100]
+
+
 # -- the rules, pure ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("given", "made"), [
@@ -254,7 +357,8 @@ def test_file_entries_without_a_usable_url_or_name_are_passed_over(env: Env) -> 
     ("a/./b.png", None),
     ("a//b.png", None),
     (".packsync-pull-0123456789ab.part", None),
-    ("é" * 101 + ".png", None),  # 202 bytes in UTF-8
+    ("語" * 78 + ".png", "語" * 78 + ".png"),  # 238 bytes in UTF-8: a name packsync may give
+    ("é" * 119 + ".png", None),  # 242 bytes
     ("/".join(["d"] * 32) + "/x.png", None),
 ])
 def test_given_path(given: str, made: str | None) -> None:
@@ -272,10 +376,25 @@ def test_a_given_name_without_an_image_extension_takes_its_bytes_one() -> None:
     ("top.png", "top.png", "top.png"),
     ("bad\x07dir/c.png", "c.png", "c.png"),
     ("d" * 300 + "/c.png", "c.png", "c.png"),
+    ("語" * 81 + "/c.png", "c.png", "c.png"),  # a directory a pull would not take: 243 bytes
+    ("/".join("d" * 32) + "/c.png", "c.png", "c.png"),  # 33 parts
+    (".cache/c.png", "c.png", "c.png"),
+    ("a/" + "語" * 85 + ".png", "語" * 85 + ".png", "a/" + "語" * 78 + ".png"),  # cut to 238 bytes
 ])
 def test_upload_name(path: str, name: str, expected: str) -> None:
     assert upload_name(path, name) == expected
     assert len(upload_name(path, name)) <= MAX_NAME
+
+
+@pytest.mark.parametrize("path", [
+    "a/b/c.png", "語" * 80 + "/" + "語" * 80 + ".png", "/".join("d" * 31) + "/c.png", "é" * 200 + ".png",
+    "x" * 250 + ".jpeg", "dir/" + "x" * 300,
+])
+def test_a_name_packsync_gives_is_a_name_a_pull_takes(path: str) -> None:
+    """What an upload is named (within the API's 255 characters) is what a pull names the file."""
+    name = upload_name(path, file_name_for(path))
+
+    assert given_path(name) == name
 
 
 def test_the_sandbox_lists_files_by_page_camel_case_and_for_its_key_only(sandbox: Sandbox) -> None:
@@ -332,6 +451,67 @@ def test_one_content_under_two_names_comes_back_once_under_the_first(env: Env) -
     pull(other := laptop(env), "genviral:Brand", str(there := other.root / "there"))
 
     assert tree(here) == tree(there) == {"a/original.png": same}
+
+
+def uploaded_names(env: Env) -> list[str]:
+    """The filename of every upload the key made, in order."""
+    return sorted(f["filename"] for f in env.sandbox.store.list_files("ws-1", 100, 0, None)[0])
+
+
+def test_one_content_in_two_packs_under_two_paths_comes_back_under_each_pack_s_path(env: Env) -> None:
+    """GET /files has one name per upload: a content another pack holds under another path is uploaded
+    again under that path, so that each pack comes back with its own names on a fresh machine."""
+    same = image(9, 9, seed=71)
+    write(env.map("a", pack="A") / "sub" / "x.png", same)
+    write(env.map("b", pack="B") / "other" / "y.png", same)
+    assert env.cli("run", "--no-wait").returncode == 0
+    env.sandbox.reset_calls()
+
+    rerun = env.cli("run", "--no-wait")
+    pull(env, "genviral:B", str(here := env.root / "hereB"))
+    pull(other := laptop(env), "genviral:B", str(there := other.root / "thereB"))
+    pull(other, "genviral:A", str(there_a := other.root / "thereA"))
+
+    assert uploaded_names(env) == ["other/y.png", "sub/x.png"]
+    assert rerun.returncode == 0 and env.sandbox.mutating_calls() == 0, "both uploads are known as packsync's"
+    assert tree(here) == tree(there) == {"other/y.png": same}
+    assert tree(there_a) == {"sub/x.png": same}
+
+
+def test_a_moved_file_comes_back_under_its_current_path_here_and_its_first_one_elsewhere(env: Env) -> None:
+    """A move costs no upload and Genviral keeps an upload's name: the state that saw the move names the
+    file by its current path, another machine by the path it was uploaded from (docs/guarantees.md)."""
+    folder = pushed(env, {"old/x.png": (data := image(9, 9, seed=74))})
+    (folder / "new").mkdir()
+    (folder / "old" / "x.png").rename(folder / "new" / "x.png")
+    env.sandbox.reset_calls()
+    assert env.cli("run", "--no-wait").returncode == 0
+    assert env.sandbox.mutating_calls() == 0
+
+    pull(env, "genviral:Brand", str(here := env.root / "here"))
+    pull(other := laptop(env), "genviral:Brand", str(there := other.root / "there"))
+
+    assert tree(here) == {"new/x.png": data}
+    assert tree(there) == {"old/x.png": data}
+
+
+def test_one_content_in_two_subfolder_packs_comes_back_under_each_pack_s_path(env: Env) -> None:
+    """The same between packs per subfolder; under the same path in both, it is uploaded once."""
+    folder = env.map("brands", packs_from="subfolders")
+    same, both = image(9, 9, seed=72), image(10, 9, seed=73)
+    write(folder / "acme" / "bg" / "x.png", same)
+    write(folder / "beta" / "logo" / "y.png", same)
+    write(folder / "acme" / "shared.png", both)
+    write(folder / "beta" / "shared.png", both)
+    assert env.cli("run", "--no-wait").returncode == 0
+    other = laptop(env)
+
+    pull(other, "genviral:acme", str(other.root / "acme"))
+    pull(other, "genviral:beta", str(other.root / "beta"))
+
+    assert uploaded_names(env) == ["bg/x.png", "logo/y.png", "shared.png"]
+    assert tree(other.root / "acme") == {"bg/x.png": same, "shared.png": both}
+    assert tree(other.root / "beta") == {"logo/y.png": same, "shared.png": both}
 
 
 def test_sidecars_go_beside_files_in_sub_folders_and_leave_with_them(env: Env) -> None:

@@ -118,11 +118,12 @@ def test_identical_bytes_in_one_mapping_make_one_image(env: Env) -> None:
     assert contents(env, pack_id) == [data]
 
 
-def test_same_bytes_in_two_mappings_upload_once_and_add_twice(env: Env) -> None:
+def test_same_bytes_under_the_same_path_in_two_mappings_upload_once_and_add_twice(env: Env) -> None:
+    """(Under another path, they are uploaded once per path: test_pull_names.)"""
     first, second = env.sandbox.create_pack("one"), env.sandbox.create_pack("two")
     data = image()
     write(env.map("one", pack_id=first) / "a.png", data)
-    write(env.map("two", pack_id=second) / "b.png", data)
+    write(env.map("two", pack_id=second) / "a.png", data)
 
     env.sync()
 

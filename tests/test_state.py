@@ -23,6 +23,7 @@ import pytest
 from conftest import Env, image, write
 from helpers import state_rows
 
+from packsync.state.sqlite import count_changes
 from packsync.state.store import State
 from packsync.state.tables import SCHEMA_VERSION
 
@@ -74,7 +75,8 @@ def upgraded(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any
     return {**rows, "meta": sorted([("app", "packsync"), ("schema", str(SCHEMA_VERSION))], key=repr),
             "files": sorted(map(version_row, rows["files"]), key=repr),
             **({"mappings": [(*row, None, None) for row in rows["mappings"]]} if "mappings" in rows else {}),  # (9)
-            **({"images": [(*row, "") for row in rows["images"]]} if "images" in rows else {})}  # (8: as they were)
+            **({"images": [(*row, "") for row in rows["images"]]} if "images" in rows else {}),  # (8: as they were)
+            **({"blobs": [(*row, "") for row in rows["blobs"]]} if "blobs" in rows else {})}  # (10: unnamed)
 
 
 def schema_6_ddl() -> list[str]:
@@ -90,7 +92,12 @@ def schema_6_ddl() -> list[str]:
 
 #: What each schema added, undone to take a file back to the one before (schema 7 and older: a schema-6 one).
 ADDED_BY = {
-    10: ["DROP TABLE failed"],
+    10: ["DROP TABLE failed",
+         "ALTER TABLE blobs RENAME TO blobs_10", "DROP INDEX ix_blobs_url",
+         "CREATE TABLE blobs (sha256 VARCHAR NOT NULL PRIMARY KEY, content_type VARCHAR NOT NULL, url VARCHAR, "
+         "upload_url VARCHAR, expires_at FLOAT, uploaded BOOLEAN NOT NULL)",
+         "INSERT INTO blobs SELECT sha256, content_type, url, upload_url, expires_at, uploaded FROM blobs_10",
+         "DROP TABLE blobs_10", "CREATE INDEX ix_blobs_url ON blobs (url)", *count_changes(("blobs",))],
     9: ["DROP TABLE activity", "ALTER TABLE mappings DROP COLUMN withheld_count",
         "ALTER TABLE mappings DROP COLUMN paused"],
     8: ["DROP TABLE prepared", "ALTER TABLE images DROP COLUMN recipe"],  # (its triggers go with the table)
@@ -206,6 +213,8 @@ def test_a_state_of_every_earlier_schema_upgrades_keeping_its_rows_and_uploads_n
             if table in ("files", "problems", "blobs", "url_contents", "pulled")}
     if version < 7:  # (schema 7 keeps a file's version token as this one does)
         kept["files"] = upgraded(kept)["files"]
+    if version < 10:  # (an upload made before schema 10 has no name)
+        kept["blobs"] = upgraded(kept)["blobs"]
     images = state_rows(env.state_path, "SELECT pack_id, image_id, sha256, url, file_name, meta_status, description, "
                                         "keywords FROM images ORDER BY image_id")
     before = digest(env.state_path)

@@ -335,8 +335,11 @@ class AddImage(Action, frozen=True):
 
     @property
     def upload_key(self) -> str:
-        """What one upload serves: a content as one recipe makes it (as it is: the content's hash)."""
-        return f"{self.sha256}:{self.recipe.key}" if self.recipe.key else self.sha256
+        """What one upload serves: a content as one recipe makes it (as it is: the content's hash), under one
+        name — the same content in another pack under another path is another upload, so that each pack's
+        image comes back from ``GET /files`` with its own path."""
+        made = f"{self.sha256}:{self.recipe.key}" if self.recipe.key else self.sha256
+        return f"{made}/{self.upload_name}"
 
     def about(self) -> tuple[str | None, str | None]:
         return self.item.key, None
@@ -356,7 +359,7 @@ class AddImage(Action, frozen=True):
         except (TransientError, PermanentError, UploadRejected, ItemChanged, PrepareError) as exc:
             if uploaded is not None and isinstance(exc, PermanentError) and "image_url" in exc.fields:
                 # The API refuses the uploaded URL: upload the content afresh next time, never reuse it.
-                run.state.uploads.forget_blob(uploaded.sent)
+                run.state.uploads.forget_blob(uploaded.sent, self.upload_name)
             run.fail(f"{self.mapping}/{self.item.key}", str(exc), item=self.item.key)
             return False
         run.state.images.record([ManagedImage(run.pack_id, image_id, self.sha256, uploaded.url, self.file_name,
@@ -404,7 +407,7 @@ REPLACED = "replaced: the recipe makes its file anew"
 
 class Upload(Action, frozen=True):
     """Put ``add``'s content in Genviral's storage, resuming ``resume`` (a URL obtained, not yet used).
-    Run by the first add that needs it (one upload per content, whatever the number of packs)."""
+    Run by the first add that needs it (one upload per content and name, whatever the number of packs)."""
 
     kind: ClassVar[str] = "upload"
     phase: ClassVar[Phase | None] = None

@@ -4,7 +4,7 @@ The plan is the contract: the executor runs its actions (``actions.py``: each do
 records what the API confirmed) and decides nothing again. It is the only part of a sync that writes
 the state or calls a mutating API. Phases, in this order: ``prepare`` (rename or create the pack,
 remember it, record the scan, adoptions, forgotten images and metadata), ``transfer`` (each content
-uploaded once however many packs want it — ``POST /files`` → ``PUT`` — then each image added),
+uploaded once per name however many packs want it — ``POST /files`` → ``PUT`` — then each image added),
 ``delete`` last, and not at all in a mapping where an add failed (rclone's --delete-after); and,
 after the metadata wait, ``finish`` (sidecars, then the mapping's "last sync" record).
 
@@ -185,7 +185,7 @@ class Executor:
         await self._bounded(run, "delete")
 
     def url_of(self, add: AddImage) -> Awaitable[Uploaded]:
-        """``add``'s content in storage as its recipe makes it, uploaded once however many packs want it."""
+        """``add``'s content in storage as its recipe makes it, uploaded once per name however many packs want it."""
         key = add.upload_key
         if key in self._urls:
             return _ready(self._urls[key])
@@ -208,7 +208,7 @@ class Executor:
             sent = made.record.upload_sha256 or add.sha256
             blob = upload.resume
             if blob is None or blob.sha256 != sent:  # (the same bytes may be uploaded already, for another file)
-                blob = self.state.uploads.blobs({sent}).get(sent)
+                blob = self.state.uploads.blobs({sent}).get((sent, add.upload_name))
                 if blob and blob.uploaded and blob.url:
                     self.progress.advance("uploaded")
                     return Uploaded(blob.url, sent, made.record.changes)
@@ -219,7 +219,8 @@ class Executor:
         for _attempt in range(UPLOAD_TRIES):
             if not (blob and blob.url and blob.upload_url and (blob.expires_at or 0) - EXPIRY_MARGIN_S > time.time()):
                 ticket = await self.api.create_upload(made.content_type, add.upload_name, len(made.data))
-                blob = Blob(sent, ticket.content_type, ticket.url, ticket.upload_url, ticket.expires_at)
+                blob = Blob(sent, ticket.content_type, ticket.url, ticket.upload_url, ticket.expires_at,
+                            name=add.upload_name)
                 self.state.uploads.save_blob(blob)
             try:
                 await self.api.put_bytes(blob.upload_url or "", made.data, blob.content_type)

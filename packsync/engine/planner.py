@@ -487,17 +487,18 @@ def uploaded_as(add: AddImage, prepared: Mapping[tuple[str, str], PreparedConten
     return known.uploaded_as if known else None
 
 
-def plan_uploads(mappings: list[MappingPlan], blobs: Mapping[str, Blob],
+def plan_uploads(mappings: list[MappingPlan], blobs: Mapping[tuple[str, str], Blob],
                  prepared: Mapping[tuple[str, str], PreparedContent] | None = None) -> Plan:
-    """Complete mapping plans with the uploads they need (one per content and recipe); ``blobs`` covers at
-    least the uploads of their adds' contents whose bytes are known (``uploaded_as``)."""
+    """Complete mapping plans with the uploads they need (one per content, recipe and upload name); ``blobs``
+    (by the hash of the bytes sent and the name) covers at least the uploads of their adds' contents whose
+    bytes are known (``uploaded_as``)."""
     uploads: dict[str, Upload] = {}
     urls: dict[str, Uploaded] = {}
     known = prepared or {}
     for mapping in mappings:
         for add in mapping.adds:
             upload = uploaded_as(add, known)
-            blob = blobs.get(upload) if upload else None
+            blob = blobs.get((upload, add.upload_name)) if upload else None
             if upload and blob and blob.uploaded and blob.url:
                 made = known.get((add.sha256, add.recipe.key))
                 urls[add.upload_key] = Uploaded(blob.url, upload, made.changes if made else ())

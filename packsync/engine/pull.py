@@ -79,6 +79,9 @@ if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
 MAX_PULL_BYTES = 200_000_000
 NAMES_ROUTE = "GET /files"
 NAMES_UNREAD = "the names the files were uploaded with could not be read: named as if unknown"
+#: Why some images were named as if unknown after a walk of ``GET /files`` that saw the list change.
+NAMES_SHIFTED = ("the key's file list changed while it was read (files uploaded or deleted meanwhile), "
+                 "so the names their uploads were given may have been missed")
 #: A download held in memory up to this size goes to disk in one write, off the event loop.
 SPOOL_BYTES = 1 << 20
 _ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
@@ -237,19 +240,23 @@ class Puller:
         names are untrusted either way (``pull_plan`` makes them safe). A walk that fails is a notice:
         the images it would have named are named as if unknown."""
         given = {image_id: name if kind_of(owner) == "astria" else upload_name(path, name)
-                 for image_id, (path, name, owner) in self.state.files.sources_of(pack.pack_id).items()}
+                 for image_id, (path, name, owner) in self.state.images.sources_of(pack.pack_id).items()}
         pulled = {record.image_id for record in self.state.uploads.pulled(str(folder), pack.pack_id)}
         unknown = {image.url: image.image_id for image in pack.images
                    if image.image_id not in given and image.image_id not in pulled}
         if not unknown:
             return given, []
         try:
-            names = await self.api.file_names(unknown.keys())
+            found = await self.api.file_names(unknown.keys())
         except AuthError:
             raise
         except ApiError as exc:
             return given, [Problem(NAMES_ROUTE, f"{NAMES_UNREAD} ({exc})", notice=True)]
-        given.update((unknown[url], name) for url, name in names.items())
+        given.update((unknown[url], name) for url, name in found.names.items())
+        missed = len(unknown.keys() - found.names.keys())
+        if found.shifted and missed:
+            return given, [Problem(NAMES_ROUTE, f"{missed} image{'' if missed == 1 else 's'} named by their CDN "
+                                   f"name: {NAMES_SHIFTED}", notice=True)]
         return given, []
 
     async def pull_astria(self, astria: AstriaClient, pack_id: int, classes: Collection[str] | None, folder: Path,

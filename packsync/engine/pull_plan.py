@@ -44,6 +44,7 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
+from packsync.engine.names import MAX_PARTS, usable_part
 from packsync.engine.planner import Deletes, MappingOptions, SourceFacts, safety_stop
 from packsync.logs import untrusted
 from packsync.model import EXTENSIONS, AstriaImage, Problem, PulledFile, RemoteImage
@@ -53,9 +54,8 @@ _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,150}")
 LINK_SKIPPED = "a symbolic link: nothing is written or deleted through it; skipped"
 #: Characters Windows refuses in a name (``/`` separates parts): each becomes ``_``.
 _REFUSED = re.compile(r'[<>:"\\|?*]')
-#: A given path's limits: its parts (in UTF-8 bytes, leaving room for a suffix within a file system's
-#: 255), their number, and its length.
-MAX_PART_BYTES, MAX_PARTS, MAX_PATH = 200, 32, 1024
+#: A given path's length at most (its parts' limits are those of the names packsync gives: ``names.py``).
+MAX_PATH = 1024
 #: How much of a given name a notice shows.
 SHOWN = 160
 BLOCKED = "a file holds the place of one of its folders: named as if unknown"
@@ -228,7 +228,7 @@ def given_path(given: str) -> str | None:
     made = []
     for part in parts:
         part = _REFUSED.sub("_", "".join("_" if unicodedata.category(c).startswith("C") else c for c in part))
-        if not part.strip() or part.startswith(".") or len(part.encode()) > MAX_PART_BYTES:
+        if not usable_part(part):
             return None  # (an empty part: an absolute path, or "a//b"; ".", ".." and hidden names start with ".")
         made.append(portable(part))
     return "/".join(made)

@@ -224,14 +224,16 @@ def upload_ticket(data: Any, content_type: str) -> UploadTicket:
                         time.time() + float(expires_in))
 
 
-def file_page(data: Any, what: str = "GET /files") -> tuple[list[tuple[str, str, str | None]], int]:
-    """One page of ``GET /files``: each file's (identity, url, filename), and the ``total`` the server
-    reports. The names are only shown and used as file names (untrusted, checked where they are used): a
-    file whose URL is not an http(s) URL, or whose name is not a string, is kept without a name; its
-    identity is its id, else its URL (a page repeated is then seen to bring nothing new)."""
+def file_page(data: Any, what: str = "GET /files") -> tuple[list[tuple[str, str, str | None]], int, int]:
+    """One page of ``GET /files``: each file's (identity, url, filename), how many entries the page held
+    (the next page's offset moves by that), and the ``total`` the server reports. The names are only shown
+    and used as file names (untrusted, checked where they are used): a file whose URL is not an http(s) URL
+    is passed over, one whose name is not a string is kept without a name; its identity is its id, else its
+    URL (a page repeated is then seen to bring nothing new)."""
     data = _object(data, what)
     files = []
-    for raw in _list(data.get("files"), what, "files"):
+    entries = _list(data.get("files"), what, "files")
+    for raw in entries:
         raw = _object(raw, f"{what}: a file")
         url, name, file_id = raw.get("url"), raw.get("filename"), raw.get("id")
         if not isinstance(url, str) or not is_http_url(url):
@@ -239,4 +241,5 @@ def file_page(data: Any, what: str = "GET /files") -> tuple[list[tuple[str, str,
         identity = file_id if isinstance(file_id, str) and file_id else url
         files.append((identity, url, name if isinstance(name, str) and name else None))
     total = data.get("total")
-    return files, total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 else len(files)
+    return files, len(entries), total if isinstance(total, int) and not isinstance(total, bool) and total >= 0 \
+        else len(entries)

@@ -25,7 +25,7 @@ import msgspec
 
 from packsync.errors import NotFound
 from packsync.logs import untrusted
-from packsync.model import Metadata, PackRead, PackSummary, RemotePack, UploadTicket
+from packsync.model import Metadata, PackRead, PackSummary, RemotePack, UploadNames, UploadTicket
 from packsync.remote import answers
 from packsync.remote.transport import RetryPolicy, Transport
 from packsync.remote.wire import Answer, Headers, Route, S, path_segment, refusal, retry_after_of
@@ -270,9 +270,12 @@ class GenviralClient:
                                 body={"image_url": url, "file_name": file_name})
         return answers.created_id(data, "POST /packs/{id}/images")
 
-    async def file_names(self, wanted: Collection[str]) -> dict[str, str]:
+    async def file_names(self, wanted: Collection[str]) -> UploadNames:
         """The name each uploaded file was given at ``POST /files``, by URL, for the ``wanted`` URLs: the
-        key's files are walked (``GET /files``, oldest first) until each of those is found or none is left.
+        key's files are walked (``GET /files``, in whatever order the server keeps) until each of those is
+        found or none is left. Each page's offset is the last one moved by the entries that page held, and a
+        file is known by its id: a file listed twice is read once. Files uploaded or deleted during the walk
+        shift the pages, so a file may be missed: the answer says when the list was seen to change.
 
         Like ``list_packs``, a server ignoring ``offset`` or reporting an absurd ``total`` cannot make
         this walk for ever: it stops at a page that brings no new file, after as many pages as the first
@@ -281,20 +284,24 @@ class GenviralClient:
         missing = set(wanted)
         names: dict[str, str] = {}
         seen: set[str] = set()
-        pages = None
+        offset, pages, first, shifted = 0, None, None, False
         while missing and (pages is None or pages > 0):
-            query = "?" + urlencode({"limit": str(PAGE_SIZE), "offset": str(len(seen)), "type": "image"})
-            page, total = answers.file_page(await self._call(LIST_FILES, "/files" + query, safe_to_repeat=True))
+            query = "?" + urlencode({"limit": str(PAGE_SIZE), "offset": str(offset), "type": "image"})
+            page, size, total = answers.file_page(await self._call(LIST_FILES, "/files" + query,
+                                                                   safe_to_repeat=True))
             pages = (min(-(-total // PAGE_SIZE), MAX_FILE_PAGES) if pages is None else pages) - 1
+            first = total if first is None else first
             new = [(url, name) for identity, url, name in page if identity not in seen]
+            shifted = shifted or total != first or len({identity for identity, _url, _name in page} & seen) > 0
             seen.update(identity for identity, _url, _name in page)
             for url, name in new:
                 if url in missing and name is not None:
                     names[url] = name
                     missing.discard(url)
-            if not new or len(seen) >= total:
+            offset += size
+            if not new or offset >= total:
                 break
-        return names
+        return UploadNames(names, shifted)
 
     # -- downloads ---------------------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ The tables (``tables``, one SQLModel class each):
                  read again; a bad file's verdict is cached the same way.
 - ``problems`` — per source: the files its last scan skipped, with the reason.
 - ``sidecars`` — per source and file: the XMP sidecar packsync last wrote next to it.
-- ``blobs``    — per content hash: the upload's CDN URL, its presigned URL while the PUT is not
-                 confirmed, and whether it is. The same bytes are uploaded once, for every pack.
+- ``blobs``    — per content hash and upload name: the upload's CDN URL, its presigned URL while the
+                 PUT is not confirmed, and whether it is. The same bytes under the same name are
+                 uploaded once, for every pack.
 - ``images``   — per pack image packsync added: its content, URL, name, AI metadata and the mapping
                  that owns it. Only these images are packsync's to delete, each by its owner.
 - ``url_contents`` — per image URL packsync downloaded: the content it serves (or why not known), so

@@ -165,16 +165,6 @@ class FileRepository:
         return [row[0] for row in self.unit.rows(select(c.rel_path).where(
             c.root == source, c.sha256 == sha256, c.problem.is_(None)).order_by(c.rel_path))]
 
-    def sources_of(self, pack_id: str) -> dict[str, tuple[str, str, str]]:
-        """For each image packsync added to the pack (or adopted) whose owner's source still has a file
-        holding its content: (the first such file's key, the image's name, its owner), by image id — how
-        a pull names what this state pushed."""
-        c, i = FILES.c, IMAGES.c
-        rows = self.unit.rows(select(i.image_id, func.min(c.rel_path), i.file_name, i.owner)
-                              .join(FILES, (c.root == i.owner) & (c.sha256 == i.sha256))
-                              .where(i.pack_id == pack_id, c.problem.is_(None)).group_by(i.image_id))
-        return {image_id: (path, name, owner) for image_id, path, name, owner in rows}
-
     def forget_verdicts(self, source: str) -> None:
         """Let the next scan of ``source`` (and of its subfolders' packs) judge again the files it skipped
         as bad (someone fixed them)."""

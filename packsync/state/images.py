@@ -4,7 +4,8 @@ Only these images are packsync's to delete, each by its owner: a mapping manages
 recorded with the owner '' (before images had one). Packs can be large, so images come out as plain
 ``ManagedImage`` values, and settled metadata can be left out of a read (``details=False``). The AI
 metadata's updates and the search index are ``metadata``'s; this repository only writes it with the
-image it records.
+image it records. It reads the file cache only to say where an image's content is in its owner's source
+(``sources_of``: how a pull names what this state pushed).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from sqlalchemy import ColumnElement, String, bindparam, case, delete, func, or_
 
 from packsync.model import METADATA_SETTLED, ManagedImage, Metadata
 from packsync.state.sqlite import upsert
-from packsync.state.tables import UNSETTLED, ImageRow, table
+from packsync.state.tables import UNSETTLED, FileRow, ImageRow, table
 from packsync.state.unit import Bulk, UnitOfWork
 from packsync.state.uploads import batches
 
-IMAGES = table(ImageRow)
+IMAGES, FILES = table(ImageRow), table(FileRow)
 #: The columns an image is read from, in ``image``'s order.
 COLUMNS = tuple(IMAGES.c[name] for name in ("pack_id", "image_id", "sha256", "url", "file_name", "owner",
                                             "meta_status", "description", "keywords", "meta_error", "meta_model",
@@ -105,6 +106,16 @@ class ImageRepository:
         return [image(*row) for batch in batches(shas) for row in self.unit.rows(
             select(*COLUMNS).where(IMAGES.c.pack_id == pack_id, IMAGES.c.sha256.in_(batch))
             .order_by(IMAGES.c.added_at))]
+
+    def sources_of(self, pack_id: str) -> dict[str, tuple[str, str, str]]:
+        """For each image packsync added to the pack (or adopted) whose owner's source still has a file
+        holding its content: (the first such file's key, the image's name, its owner), by image id — how
+        a pull names what this state pushed."""
+        c, i = FILES.c, IMAGES.c  # (the file cache: what each owner's source holds now)
+        rows = self.unit.rows(select(i.image_id, func.min(c.rel_path), i.file_name, i.owner)
+                              .join(FILES, (c.root == i.owner) & (c.sha256 == i.sha256))
+                              .where(i.pack_id == pack_id, c.problem.is_(None)).group_by(i.image_id))
+        return {image_id: (path, name, owner) for image_id, path, name, owner in rows}
 
     def record(self, images: Iterable[ManagedImage]) -> None:
         """Record images packsync added (or adopted); committed at once, together."""

@@ -78,7 +78,8 @@ class SidecarRow(SQLModel, table=True):
 
 
 class BlobRow(SQLModel, table=True):
-    """An upload of some content, possibly half done."""
+    """An upload of some content under a name (its ``POST /files`` filename, '' for uploads made before
+    schema 10), possibly half done."""
 
     __tablename__ = "blobs"
     sha256: str = Field(primary_key=True)
@@ -87,6 +88,7 @@ class BlobRow(SQLModel, table=True):
     upload_url: str | None
     expires_at: float | None
     uploaded: bool
+    name: str = Field(primary_key=True)
 
 
 class ImageRow(SQLModel, table=True):

@@ -1,6 +1,6 @@
 """Bringing a state file of any schema up to this one — or, for a reader, showing it as if it were.
 
-Every release before this one wrote SQLite files, of schemas 1 to 7; this module knows what each
+Every release before this one wrote SQLite files, of schemas 1 to 9; this module knows what each
 lacked. A writer creates what is missing and migrates forward in one transaction, so that a run killed
 half-way, or a first run killed before it wrote its schema version, leaves a file the next run
 finishes. A reader (``--dry-run``, ``status``) writes nothing: tables added since are empty temporary
@@ -11,6 +11,8 @@ program's, too new) is decided here too, before anything is written, not even th
 from __future__ import annotations
 
 from pathlib import Path
+
+from sqlalchemy import Table
 
 from packsync.errors import StateError
 from packsync.state import search
@@ -38,6 +40,8 @@ _VERSION_BEFORE_7 = ("CASE WHEN dev = 0 AND inode = 0 AND mtime_ns = 0 THEN rel_
 _FILES_BEFORE_7 = f"root, rel_path, {_VERSION_BEFORE_7} AS version, size, sha256, content_type, problem"
 #: How schemas 1 to 7 judged an AVIF file: a verdict on its bytes, kept until they changed.
 _AVIF_BEFORE_8 = "AVIF images are not accepted"
+#: The columns of an upload's row in schemas 1 to 9, which kept no name (an upload made then is named '').
+_BLOB_COLUMNS_9 = "sha256, content_type, url, upload_url, expires_at, uploaded"
 _META = Bulk(upsert(table(MetaRow)), "key", "value")
 _COUNT_FROM_ZERO = Bulk(insert_new(table(ChangeCountRow)), "id", "count")
 
@@ -78,14 +82,7 @@ def set_up(unit: UnitOfWork, version: int | None, tables: set[str]) -> None:
     with unit.transaction():
         connection = unit.connection
         _add_columns(unit)
-        stat_keys = "version" not in columns_of(connection, "files") and "files" in tables
-        if stat_keys:  # schema 6 → 7: the file cache keeps each source's version token
-            unit.execute("ALTER TABLE files RENAME TO files_6")
-        missing = [TABLES[name] for name in TABLES.keys() - tables_of(connection)]
-        METADATA.create_all(connection, tables=missing)
-        if stat_keys:
-            unit.execute(f"INSERT INTO files SELECT {_FILES_BEFORE_7} FROM files_6")
-            unit.execute("DROP TABLE files_6")
+        missing = _create_tables(unit, tables)
         for name in TABLES.keys() - {t.name for t in missing}:  # schema 4 → 5: images by pack and content
             for index in TABLES[name].indexes:
                 index.create(connection, checkfirst=True)
@@ -97,6 +94,34 @@ def set_up(unit: UnitOfWork, version: int | None, tables: set[str]) -> None:
         for statement in count_changes(PLANNED_FROM):
             unit.execute(statement)
         unit.write(_META, [("app", APP_ID), ("schema", str(SCHEMA_VERSION))])
+
+
+def _create_tables(unit: UnitOfWork, tables: set[str]) -> list[Table]:
+    """The tables the file lacks, created — and those whose key changed, made anew with their rows (their
+    indexes and triggers go with the old table; ``set_up`` makes them again); the tables created."""
+    connection = unit.connection
+    stat_keys = "version" not in columns_of(connection, "files") and "files" in tables
+    if stat_keys:  # schema 6 → 7: the file cache keeps each source's version token
+        unit.execute("ALTER TABLE files RENAME TO files_6")
+    unnamed = _unnamed_blobs(unit)
+    if unnamed:  # schema 9 → 10: an upload is known by its content and its name
+        unit.execute("DROP INDEX IF EXISTS ix_blobs_url")  # (the new table's index has its name)
+        unit.execute("ALTER TABLE blobs RENAME TO blobs_9")
+    missing = [TABLES[name] for name in TABLES.keys() - tables_of(connection)]
+    METADATA.create_all(connection, tables=missing)
+    if stat_keys:
+        unit.execute(f"INSERT INTO files SELECT {_FILES_BEFORE_7} FROM files_6")
+        unit.execute("DROP TABLE files_6")
+    if unnamed:
+        unit.execute(f"INSERT INTO blobs ({_BLOB_COLUMNS_9}, name) SELECT {_BLOB_COLUMNS_9}, '' FROM blobs_9")
+        unit.execute("DROP TABLE blobs_9")
+    return missing
+
+
+def _unnamed_blobs(unit: UnitOfWork) -> bool:
+    """Whether the file's uploads are known by their content alone (schemas 1 to 9)."""
+    columns = columns_of(unit.connection, "blobs")
+    return bool(columns) and "name" not in columns
 
 
 def _add_columns(unit: UnitOfWork) -> None:
@@ -130,6 +155,8 @@ def read_as_current(unit: UnitOfWork, version: int | None, tables: set[str]) -> 
             added += [] if "recipe" in columns else ["'' AS recipe"]
             unit.execute(f"CREATE TEMP VIEW images AS SELECT rowid AS rowid, *, {', '.join(added)} "
                          "FROM main.images AS images")
+        if _unnamed_blobs(unit):
+            unit.execute(f"CREATE TEMP VIEW blobs AS SELECT {_BLOB_COLUMNS_9}, '' AS name FROM main.blobs")
         if "files" in tables and "version" not in columns_of(connection, "files"):
             unit.execute(f"CREATE TEMP VIEW files AS SELECT {_FILES_BEFORE_7} FROM main.files")
         if version is not None and version < 9 and "mappings" in tables:

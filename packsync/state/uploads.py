@@ -3,7 +3,9 @@ upload (``prepared``), uploads (``blobs``), the contents of URLs packsync downlo
 and the files ``packsync pull`` wrote (``pulled``).
 
 An upload is known by the hash of the bytes uploaded (a content's own, unless its recipe changed them)
-and serves every pack; a URL's content is remembered so that
+and the name it was given, and serves every pack that wants those bytes under that name (a content in
+two packs under two paths is uploaded twice, so that ``GET /files`` names each pack's image by its own
+path); a URL's content is remembered so that
 no URL is downloaded twice. This repository knows nothing of the images that use them.
 """
 
@@ -23,8 +25,9 @@ BLOBS, URL_CONTENTS, PULLED, PREPARED = table(BlobRow), table(UrlContentRow), ta
 #: How many keys one ``IN (…)`` holds at most (the database limits a statement's parameters).
 IN_AT_MOST = 500
 
-_SAVE_BLOB = Bulk(upsert(BLOBS), "sha256", "content_type", "url", "upload_url", "expires_at", "uploaded")
-_FORGET_BLOB = Bulk(delete(BLOBS).where(BLOBS.c.sha256 == bindparam("sha256")), "sha256")
+_SAVE_BLOB = Bulk(upsert(BLOBS), "sha256", "name", "content_type", "url", "upload_url", "expires_at", "uploaded")
+_FORGET_BLOB = Bulk(delete(BLOBS).where(BLOBS.c.sha256 == bindparam("sha256"), BLOBS.c.name == bindparam("name")),
+                    "sha256", "name")
 _SAVE_PREPARED = Bulk(upsert(PREPARED), "sha256", "recipe", "changes", "upload_sha256", "size", "content_type",
                       "problem")
 _SAVE_URL_CONTENT = Bulk(upsert(URL_CONTENTS), "url", "sha256", "size", "content_type", "problem")
@@ -69,25 +72,25 @@ class UploadRepository:
 
     # -- uploads -----------------------------------------------------------------------------------
 
-    def blobs(self, shas: Collection[str]) -> dict[str, Blob]:
-        """The uploads of these contents, where there are any."""
+    def blobs(self, shas: Collection[str]) -> dict[tuple[str, str], Blob]:
+        """The uploads of these contents, where there are any: by (content, name)."""
         c = BLOBS.c
-        found: dict[str, Blob] = {}
+        found: dict[tuple[str, str], Blob] = {}
         for batch in batches(shas):
-            for sha, kind, url, upload_url, expires, done in self.unit.rows(select(
-                    c.sha256, c.content_type, c.url, c.upload_url, c.expires_at, c.uploaded).where(
+            for sha, name, kind, url, upload_url, expires, done in self.unit.rows(select(
+                    c.sha256, c.name, c.content_type, c.url, c.upload_url, c.expires_at, c.uploaded).where(
                     c.sha256.in_(batch))):
-                found[sha] = Blob(sha, kind, url, upload_url, expires, bool(done))
+                found[sha, name] = Blob(sha, kind, url, upload_url, expires, bool(done), name)
         return found
 
     def save_blob(self, blob: Blob) -> None:
         """Record an upload step; committed at once (or queued, inside ``write_behind``)."""
-        self.unit.write(_SAVE_BLOB, [(blob.sha256, blob.content_type, blob.url, blob.upload_url, blob.expires_at,
-                                      blob.uploaded)])
+        self.unit.write(_SAVE_BLOB, [(blob.sha256, blob.name, blob.content_type, blob.url, blob.upload_url,
+                                      blob.expires_at, blob.uploaded)])
 
-    def forget_blob(self, sha256: str) -> None:
+    def forget_blob(self, sha256: str, name: str) -> None:
         """Forget an upload whose URL the API refused: the content is uploaded afresh next time."""
-        self.unit.write(_FORGET_BLOB, [(sha256,)])
+        self.unit.write(_FORGET_BLOB, [(sha256, name)])
 
     def known_urls(self, urls: Collection[str]) -> dict[str, tuple[str, str]]:
         """Those of ``urls`` that are packsync's own uploads, with the content and the recipe (its key) that
