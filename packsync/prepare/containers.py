@@ -248,6 +248,7 @@ def _edited_at(data: bytes, begin: int, wanted: frozenset[str], edit: _Edit, ind
     """The bytes from ``begin`` on that stripping changes (a JPEG's headers, an APP1 segment), of the same
     length; None when nothing there changes, or it is not what it looked like."""
     try:
+        need(begin + 1 < len(data), "an image the Multi-Picture index lists lies past the file's end")
         if data[begin + 1] == 0xE1:
             end = begin + 2 + u16(data, begin + 2, True, "cut short")
             need(end <= len(data), "cut short")
