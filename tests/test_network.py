@@ -364,4 +364,21 @@ def test_a_certificate_not_trusted_is_said_as_such_not_as_a_system_error(env: En
     said = result.stdout + result.stderr
     assert result.returncode == ExitCode.SOME_FAILED, said
     assert f"cannot connect to 127.0.0.1:{port}: certificate verify failed: self-signed certificate" in said, said
-    assert "SSL_CERT_FILE" in said and "Operation not permitted" not in said and "Traceback" not in said
+    assert "; behind a proxy that inspects TLS, name its certificate authority in SSL_CERT_FILE" in said
+    assert "Operation not permitted" not in said and "Traceback" not in said
+
+
+def test_a_tls_handshake_with_a_plain_http_server_says_tls_failed_not_a_system_error(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with listening(_Noted) as server:  # (it answers a TLS hello with an HTTP error page)
+        port = server.server_address[1]
+        env.genviral["base_url"] = f"https://127.0.0.1:{port}/api/v1"
+        write(env.map("brand", pack="Brand") / "a.png", image())
+
+        result = env.cli("run", "--no-wait")
+
+    said = result.stdout + result.stderr
+    assert f"cannot connect to 127.0.0.1:{port}: TLS failed (" in said, said
+    assert "Operation not permitted" not in said and "Traceback" not in said

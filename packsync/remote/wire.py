@@ -266,8 +266,8 @@ def _tls_reason(exc: ssl.SSLError) -> str:
     it, and where a certificate authority of one's own (a proxy that inspects TLS) is named."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         what = exc.verify_message if isinstance(exc.verify_message, str) and exc.verify_message else None
-        return (f"certificate verify failed{': ' + what if what else ''} (behind a proxy that inspects TLS? "
-                "name its certificate authority in SSL_CERT_FILE)")
+        return (f"certificate verify failed{': ' + what if what else ''}; behind a proxy that inspects TLS, "
+                "name its certificate authority in SSL_CERT_FILE")
     reason = exc.reason if isinstance(exc.reason, str) and exc.reason else None
     return f"TLS failed ({reason.replace('_', ' ').lower()})" if reason else "TLS failed"
 
