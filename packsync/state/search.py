@@ -54,11 +54,13 @@ FILE_TEXT = [
     "CREATE TRIGGER file_text_update AFTER UPDATE OF root, rel_path ON files BEGIN "
     "DELETE FROM file_text WHERE rowid = old.rowid; " + _ADD.format(row="new") + " END",
 ]
+#: The folders of every file recorded, into the index ``{table}``.
+_FILL_FILE_TEXT = ("INSERT INTO {table}(rowid, folders) SELECT f.rowid, " + _FOLDERS.format(row="f")
+                   + " FROM files f WHERE " + _IN_A_FOLDER.format(row="f"))
 #: Each index, what makes it, and what fills it with the rows recorded before it.
 INDEXES = {
     "image_text": (IMAGE_TEXT, "INSERT INTO image_text(image_text) VALUES ('rebuild')"),
-    "file_text": (FILE_TEXT, "INSERT INTO file_text(rowid, folders) SELECT f.rowid, " + _FOLDERS.format(row="f")
-                  + " FROM files f WHERE " + _IN_A_FOLDER.format(row="f")),
+    "file_text": (FILE_TEXT, _FILL_FILE_TEXT.format(table="file_text")),
 }
 _COLUMNS = ("i.pack_id, i.image_id, i.sha256, i.url, i.file_name, i.owner, i.meta_status, i.description, "
             "i.keywords, i.meta_error, i.meta_model, i.recipe")
@@ -106,7 +108,7 @@ def ensure_readable(unit: UnitOfWork) -> None:
                      "SELECT rowid, file_name, description, keywords FROM images")
     if "file_text" not in have:
         unit.execute("CREATE VIRTUAL TABLE temp.file_text USING fts5(folders)")
-        unit.execute(INDEXES["file_text"][1].replace("INTO file_text", "INTO temp.file_text"))
+        unit.execute(_FILL_FILE_TEXT.format(table="temp.file_text"))
 
 
 def _term(word: str) -> str:
