@@ -426,7 +426,10 @@ def ui(listen: str | None) -> None:
 def search(words: tuple[str, ...], as_json: bool, limit: int) -> None:
     """Find images by their AI description, keywords or name; print the local files that hold them.
 
-    Every word must match (as the start of a word). Reads only the state: no token, no API call.
+    A word matches an image whose file name, AI description or keywords hold it, whose file is in a
+    folder of that name (the mapped folder, by its own name, not its parents', or a folder inside it), or
+    whose pack or Astria source has it in its name (an Astria source's images: also `astria` and its
+    pack id). Every word must match (as the start of a word). Reads only the state: no token, no API call.
     """
     from packsync.state.store import State
     from packsync.views.json import search_document, write_json

@@ -342,8 +342,9 @@ def _sentence(error: msgspec.ValidationError) -> str:
     assert found is not None  # the pattern matches any text
     key, message = (found["where"] or "").lstrip("."), found["message"]
     if unknown := re.fullmatch(r"Object contains unknown field `(.*)`", message):
-        near = difflib.get_close_matches(unknown[1], _keys_of(key), n=1, cutoff=0.6)
-        key, message = f"{key}.{unknown[1]}".lstrip("."), "unknown key" + (f" (did you mean \"{near[0]}\"?)"
+        near = [f'"{close}"' for close in difflib.get_close_matches(unknown[1], _keys_of(key), n=1, cutoff=0.6)] \
+            or _elsewhere(unknown[1], key)
+        key, message = f"{key}.{unknown[1]}".lstrip("."), "unknown key" + (f" (did you mean {' or '.join(near)}?)"
                                                                            if near else "")
     elif missing := re.fullmatch(r"Object missing required field `(.*)`", message):
         key, message = f"{key}.{missing[1]}".lstrip("."), "required"
@@ -355,6 +356,16 @@ def _sentence(error: msgspec.ValidationError) -> str:
         key, message = f"{key}.{own[1]}".lstrip("."), own[2]
     message = re.sub(r"`([^`]*)`", lambda kind: _KINDS.get(kind[1], kind[1]), message)
     return f"{key or 'config'}: {message[:1].lower()}{message[1:]}"
+
+
+def _elsewhere(name: str, table: str) -> list[str]:
+    """The key ``name`` of the other config tables that have it, as a config file writes them (``[genviral]
+    base_url``, ``[[mappings]] path``): a key put under the wrong header (or under none)."""
+    here, found = re.sub(r"\[\d+\]", "", table), []
+    for table_ in msgspec.structs.fields(_ConfigFile):
+        if (other := table_.encode_name) != here and name in _keys_of(other):
+            found.append(f"{f'[[{other}]]' if typing.get_origin(table_.type) is list else f'[{other}]'} {name}")
+    return found
 
 
 def _keys_of(table: str) -> list[str]:

@@ -7,11 +7,16 @@ import asyncio
 import base64
 import hashlib
 import http.client
+import ipaddress
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -302,3 +307,78 @@ def test_a_refusing_proxy_is_named_beside_the_host_never_with_its_password(env: 
 ])
 def test_a_message_shows_a_url_s_host_and_port_only(url: str | None, shown: str | None) -> None:
     assert host_of(url) == shown
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path] | None:
+    """A certificate for 127.0.0.1 signed by its own key (its file and the key's), made with the
+    ``cryptography`` package or the ``openssl`` command; None when neither is here."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    try:
+        import datetime
+
+        from cryptography import x509  # type: ignore[import-not-found, unused-ignore]
+        from cryptography.hazmat.primitives import hashes, serialization  # type: ignore[import-not-found, unused-ignore]
+        from cryptography.hazmat.primitives.asymmetric import ec  # type: ignore[import-not-found, unused-ignore]
+        from cryptography.x509.oid import NameOID  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        if shutil.which("openssl") is None:
+            return None
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+        return cert, key
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(private.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now)
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .sign(private, hashes.SHA256()))
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    return cert, key
+
+
+def test_a_certificate_not_trusted_is_said_as_such_not_as_a_system_error(env: Env, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ``ssl.SSLError``'s errno is OpenSSL's code (1), which as a system errno reads "Operation not
+    permitted": the reason is OpenSSL's own, with where a proxy's certificate authority is named."""
+    made = _self_signed(tmp_path)
+    if made is None:
+        pytest.skip("neither the cryptography package nor the openssl command is here to make a certificate")
+    for name in (*PROXY_VARIABLES, "SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*made)
+    with listening(_Noted) as server:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        port = server.server_address[1]
+        env.genviral["base_url"] = f"https://127.0.0.1:{port}/api/v1"
+        write(env.map("brand", pack="Brand") / "a.png", image())
+
+        result = env.cli("run", "--no-wait")
+
+    said = result.stdout + result.stderr
+    assert result.returncode == ExitCode.SOME_FAILED, said
+    assert f"cannot connect to 127.0.0.1:{port}: certificate verify failed: self-signed certificate" in said, said
+    assert "; behind a proxy that inspects TLS, name its certificate authority in SSL_CERT_FILE" in said
+    assert "Operation not permitted" not in said and "Traceback" not in said
+
+
+def test_a_tls_handshake_with_a_plain_http_server_says_tls_failed_not_a_system_error(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with listening(_Noted) as server:  # (it answers a TLS hello with an HTTP error page)
+        port = server.server_address[1]
+        env.genviral["base_url"] = f"https://127.0.0.1:{port}/api/v1"
+        write(env.map("brand", pack="Brand") / "a.png", image())
+
+        result = env.cli("run", "--no-wait")
+
+    said = result.stdout + result.stderr
+    assert f"cannot connect to 127.0.0.1:{port}: TLS failed (" in said, said
+    assert "Operation not permitted" not in said and "Traceback" not in said

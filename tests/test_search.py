@@ -121,3 +121,43 @@ def test_search_says_how_many_of_how_many_it_shows(env: Env) -> None:
     assert whole.stdout.splitlines()[-1] == "3 matches"
     assert (cut_json["shown"], cut_json["total"], len(cut_json["results"])) == (2, 3, 2)
     assert (whole_json["shown"], whole_json["total"]) == (3, 3)
+
+
+def test_a_folder_inside_a_mapping_finds_the_images_of_its_files_where_they_are_now(env: Env) -> None:
+    brand = env.map("brand", pack="Assets")
+    landscape = write(brand / "sub" / "landscape.png", solid_png(32, 32, (220, 30, 40)))
+    write(brand / "logo.png", solid_png(32, 32, (221, 31, 41)))
+    write(brand / "other" / "sea.png", solid_png(32, 32, (30, 60, 210)))
+    assert env.cli("run", "--wait-timeout", "30").returncode == 0
+
+    sub = json.loads(env.cli("search", "sub", "--json", token=None).stdout)
+    red_sub = env.cli("search", "red", "sub", token=None)
+    (brand / "sub").rename(brand / "trips")
+    assert env.cli("run", "--no-wait").returncode == 0  # a move: nothing uploaded, the file cache follows
+
+    assert [p for hit in sub["results"] for p in hit["paths"]] == [str(landscape)]
+    assert red_sub.stdout.splitlines()[0] == str(landscape) and red_sub.stdout.splitlines()[-1] == "1 match"
+    assert env.cli("search", "trips", token=None).stdout.splitlines()[0] == str(brand / "trips" / "landscape.png")
+    assert env.cli("search", "sub", token=None).stdout.startswith("no image")
+
+
+def test_a_state_from_before_the_folders_index_finds_folders_without_being_changed(env: Env) -> None:
+    brand = env.map("brand", pack="Assets")
+    landscape = write(brand / "sub" / "landscape.png", solid_png(32, 32, (220, 30, 40)))
+    write(brand / "logo.png", solid_png(32, 32, (221, 31, 41)))
+    assert env.cli("run", "--wait-timeout", "30").returncode == 0
+    with sqlite3.connect(env.state_path) as db:
+        for name in ("file_text_insert", "file_text_delete", "file_text_update"):
+            db.execute(f"DROP TRIGGER {name}")
+        db.execute("DROP TABLE file_text")
+        db.execute("UPDATE meta SET value = '9' WHERE key = 'schema'")
+    before = env.state_path.read_bytes()
+
+    found = env.cli("search", "sub", token=None)
+
+    assert found.stdout.splitlines()[0] == str(landscape) and found.stdout.splitlines()[-1] == "1 match"
+    assert env.state_path.read_bytes() == before
+    write(brand / "new" / "sea.png", solid_png(32, 32, (30, 60, 210)))
+    assert env.cli("run", "--no-wait").returncode == 0  # migrates: the folders of every file recorded, and new ones
+    assert env.cli("search", "sub", token=None).stdout.splitlines()[0] == str(landscape)
+    assert env.cli("search", "new", token=None).stdout.splitlines()[0] == str(brand / "new" / "sea.png")

@@ -341,3 +341,26 @@ def test_status_reads_the_subfolders_from_the_state_never_the_disk(env: Env, bra
     assert listed == []
     assert sorted((m.path, m.pack_name) for m in status.mappings) == [
         (str(brand / "Backgrounds"), "Brand – Backgrounds"), (str(brand / "Logos"), "Brand – Logos")]
+
+
+def test_a_renamed_subfolder_whose_pack_was_deleted_says_what_to_do_not_a_pack_id_to_look_up(env: Env,
+                                                                                         brand: Path) -> None:
+    """The config names no pack_id there: the sentence speaks of the pack the subfolder synced into, and
+    what it says to do makes the pack again."""
+    env.sync()
+    (logos_id,) = [p["id"] for p in env.sandbox.packs() if p["name"] == "Brand – Logos"]
+    env.sandbox.delete_pack(logos_id)
+    (brand / "Logos").rename(brand / "Logotypes")
+
+    done = env.cli("run", "--no-wait")
+
+    assert done.returncode == ExitCode.SOME_FAILED, done.stderr
+    assert (f"error      the pack this subfolder synced into as 'Logos' ({logos_id}) is gone (deleted in the web "
+            "app?); name the subfolder 'Logos' again for one sync, which makes its pack again, then rename it."
+            ) in done.stdout, done.stdout
+    assert "packsync packs" not in done.stdout
+    (brand / "Logotypes").rename(brand / "Logos")
+    assert env.cli("run", "--no-wait").returncode == ExitCode.OK
+    (brand / "Logos").rename(brand / "Logotypes")
+    assert env.cli("run", "--no-wait").returncode == ExitCode.OK
+    assert packs(env) == {"Brand – Logotypes": 2, "Brand – Backgrounds": 1}

@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import operator
 from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -510,8 +511,11 @@ class Syncer:
         try:
             read = await self.packs.read(config)
         except PackNotVisible as exc:
-            if report.config.pack_id is None:  # (the pack a renamed subfolder synced into, gone)
-                report.error = str(exc)
+            if report.config.pack_id is None:  # a renamed subfolder's pack: the config names no pack_id
+                old = Path(report.target.renamed_from or report.label).name
+                report.error = (f"the pack this subfolder synced into as {old!r} ({exc.pack_id}) is gone (deleted in "
+                                f"the web app?); name the subfolder {old!r} again for one sync, which makes its pack "
+                                "again, then rename it.")
             else:
                 index = self.config.mappings.index(report.config)
                 report.error, report.misconfigured = f"mappings[{index}].pack_id: {exc}", True

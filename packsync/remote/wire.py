@@ -16,6 +16,7 @@ import math
 import os
 import re
 import socket
+import ssl
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -241,12 +242,15 @@ def _sent_to(exc: BaseException, url: object) -> object:
 
 
 def _reason(exc: BaseException) -> str | None:
-    """The system's reason under a failed connection ("Connection refused", "Name or service not known"),
-    from the error's causes: the words for its errno, never its text (which names the address)."""
+    """The system's reason under a failed connection ("Connection refused", "Name or service not known",
+    "certificate verify failed: self-signed certificate"), from the error's causes: the words for its
+    errno or OpenSSL's reason, never its text (which names the address)."""
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
+        if isinstance(cause, ssl.SSLError):  # (an OSError whose errno is OpenSSL's code, not the system's)
+            return _tls_reason(cause)
         if isinstance(cause, socket.gaierror) and isinstance(cause.strerror, str):
             return cause.strerror
         if isinstance(cause, OSError) and isinstance(cause.errno, int) and cause.errno > 0:
@@ -255,6 +259,17 @@ def _reason(exc: BaseException) -> str | None:
             return "timed out"
         cause = cause.__cause__ or cause.__context__
     return None
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    """Why a TLS handshake failed, in OpenSSL's words: for a certificate not trusted, what was wrong with
+    it, and where a certificate authority of one's own (a proxy that inspects TLS) is named."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        what = exc.verify_message if isinstance(exc.verify_message, str) and exc.verify_message else None
+        return (f"certificate verify failed{': ' + what if what else ''}; behind a proxy that inspects TLS, "
+                "name its certificate authority in SSL_CERT_FILE")
+    reason = exc.reason if isinstance(exc.reason, str) and exc.reason else None
+    return f"TLS failed ({reason.replace('_', ' ').lower()})" if reason else "TLS failed"
 
 
 def no_answer() -> tuple[type[BaseException], ...]:

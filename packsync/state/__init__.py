@@ -23,5 +23,6 @@ The tables (``tables``, one SQLModel class each):
 - ``settled``  — per source: the fingerprint of the inputs of its last plan that had nothing to do.
 - ``meta``     — the program and schema version that wrote the file.
 
-and ``image_text``, the search index over ``images`` (``search``, SQLite's FTS5).
+and the search indexes (``search``, SQLite's FTS5): ``image_text`` over ``images``, ``file_text`` over the
+folders of ``files``' paths (schema 10).
 """

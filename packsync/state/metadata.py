@@ -51,8 +51,8 @@ class MetadataRepository:
             .group_by(c.meta_status))}
 
     def search(self, words: Sequence[str], limit: int = 50) -> list[tuple[ManagedImage, str]]:
-        """packsync's images whose name, description, keywords or mapping's folder or pack name hold every
-        word (as a word's start), best match first, each with the mapping that owns it."""
+        """packsync's images whose name, description, keywords, files' folders or mapping's folder or pack
+        name hold every word (as a word's start), best match first, each with the mapping that owns it."""
         return [(image(*row), row[5]) for row in search.find(self.unit, words, limit)]
 
     def count(self, words: Sequence[str]) -> int:

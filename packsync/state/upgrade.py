@@ -77,7 +77,7 @@ def create_empty(unit: UnitOfWork) -> None:
 
 def set_up(unit: UnitOfWork, version: int | None, tables: set[str]) -> None:
     """Create what is missing and migrate forward, in one transaction."""
-    if version == SCHEMA_VERSION and tables >= {*TABLES, "image_text"}:
+    if version == SCHEMA_VERSION and tables >= {*TABLES, *search.INDEXES}:
         return
     with unit.transaction():
         connection = unit.connection
@@ -86,7 +86,7 @@ def set_up(unit: UnitOfWork, version: int | None, tables: set[str]) -> None:
         for name in TABLES.keys() - {t.name for t in missing}:  # schema 4 → 5: images by pack and content
             for index in TABLES[name].indexes:
                 index.create(connection, checkfirst=True)
-        if not search.exists(unit):  # schema 3 → 4: the search index, of every image recorded
+        if not search.exists(unit):  # schema 3 → 4: the search index, of every image recorded; 10: of folders
             search.create(unit)
         if version is not None and version < 8:  # schema 7 → 8: AVIF is a type a recipe may convert now
             unit.execute(f"DELETE FROM files WHERE problem LIKE '{_AVIF_BEFORE_8}%'")
