@@ -149,7 +149,7 @@ class MappingReport(msgspec.Struct):
     def last_error(self) -> str | None:
         """The one sentence ``status`` and the daemon show for this mapping: the fatal error, else the
         first item that failed."""
-        return last_error(self.fatal, self.outcome.failures if self.outcome else [])
+        return last_error(self.fatal, self.outcome.said_failed if self.outcome else [])
 
     @property
     def failed(self) -> bool:
@@ -299,7 +299,7 @@ class Syncer:
         plan.actions.append(RecordSync(report.label, report.error, report.safety,
                                        tuple(d.name or d.image_id for d in withheld[:WITHHELD_SHOWN]),
                                        source.name if source else None, plan.weighed if withheld else 0,
-                                       report.changed))
+                                       report.changed if report.plan is not None else frozenset()))
         return plan
 
     async def metadata_round(self, pack_ids: Collection[str]) -> None:

@@ -16,7 +16,15 @@ from packsync.model import AstriaPack, AstriaPackSummary, PackSummary, Problem
 from packsync.recipe import describe
 from packsync.sources.base import kind_of
 from packsync.views.clock import local_time
-from packsync.views.closing import closing_line, counts_line, exit_reason, failures, ignorable, mapping_counts
+from packsync.views.closing import (
+    closing_line,
+    counts_line,
+    exit_reason,
+    failed_deletes,
+    failures,
+    ignorable,
+    mapping_counts,
+)
 from packsync.views.status import FileStatus, Status
 
 if TYPE_CHECKING:  # only named: importing them would bring in the HTTP client, which `status` never needs
@@ -162,6 +170,8 @@ def print_run(report: SyncReport, out: TextIO) -> None:
                       + (f", {outcome.deletes_skipped} deletes postponed" if outcome.deletes_skipped else "") + "\n")
             for where, why in failures(mapping):
                 out.write(f"  {'failed':<10} {printable(where)}: {printable(why)}\n")
+            for name, why in failed_deletes(mapping):
+                out.write(f"  delete failed {printable(name)}: {printable(why)} (tried again next sync)\n")
             _prepared(outcome.prepared, out)
         if mapping.fatal:
             out.write(f"  error      {printable(mapping.fatal)}\n")
