@@ -432,7 +432,7 @@ class DeleteImage(Action, frozen=True):
     name: str | None = None  # its name as packsync added it (a foreign image's: unknown)
 
     def about(self) -> tuple[str | None, str | None]:
-        return None, self.image_id
+        return self.name, self.image_id  # (the file it was added from, by the name it was added as)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "reason": self.reason}

@@ -154,8 +154,8 @@ class MappingReport(msgspec.Struct):
     @property
     def failed(self) -> bool:
         waiting = bool(self.plan and self.plan.waiting)
-        sidecars = bool(self.sidecars and any(not p.notice for p in self.sidecars.problems))
-        return bool(self.last_error or waiting or sidecars or any(not p.notice for p in self.problems))
+        sidecars = bool(self.sidecars and any(p.skipped for p in self.sidecars.problems))
+        return bool(self.last_error or waiting or sidecars or any(p.skipped for p in self.problems))
 
 
 class SyncReport(msgspec.Struct):
@@ -187,7 +187,7 @@ class SyncReport(msgspec.Struct):
             return ExitCode.AUTH
         if any(m.misconfigured for m in self.mappings):
             return ExitCode.USAGE
-        if any(m.failed for m in self.mappings) or any(not p.notice for p in self.loose_files):
+        if any(m.failed for m in self.mappings) or any(p.skipped for p in self.loose_files):
             return ExitCode.SOME_FAILED
         return ExitCode.OK
 

@@ -99,7 +99,7 @@ def to_ignore(report: SyncReport) -> list[tuple[Path, str]]:
 
 def _skipped(problems: list[Problem]) -> list[Problem]:
     """The files skipped among ``problems``: a notice (a deliberate skip, a link not followed) is not one."""
-    return [p for p in problems if not p.notice]
+    return [p for p in problems if p.skipped]
 
 
 def _files(count: int) -> str:

@@ -51,10 +51,8 @@ def _mapping(mapping: MappingStatus) -> dict[str, Any]:
     if mapping.files is not None:
         entry["file_list"] = [_file(f) for f in mapping.files]
     if mapping.problems is not None:
-        entry["problem_list"] = [{"path": p.rel_path, "state": "notice" if p.notice else "skipped", "reason": p.reason,
-                                  "notice": p.notice} for p in mapping.problems] \
-            + [{"path": p.rel_path, "state": "failed", "reason": p.reason, "notice": False}
-               for p in mapping.failures or []]
+        entry["problem_list"] = [{"path": f.path, "state": f.state, "reason": f.problem, "notice": f.state == "notice"}
+                                 for f in mapping.problem_files or []]
     return entry
 
 
