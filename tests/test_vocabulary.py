@@ -213,8 +213,8 @@ def test_a_dry_run_names_the_file_of_a_withheld_delete(env: Env) -> None:
     plan = env.cli("run", "--dry-run")
     document = json.loads(env.cli("run", "--dry-run", "--json").stdout)
 
-    assert sorted(a["file"] for a in document["actions"] if a["kind"] == "withheld-delete") == \
-        ["shot-0.png", "shot-1.png"], document["actions"]
+    withheld_files = [str(a["file"]) for a in document["actions"] if a["kind"] == "withheld-delete"]
+    assert sorted(withheld_files) == ["shot-0.png", "shot-1.png"], document["actions"]
     assert plan.returncode == ExitCode.SAFETY
     withheld = [line for line in plan.stdout.splitlines() if line.lstrip().startswith("withheld")]
     assert [re.sub(r" \(image [^)]*\)", "", line).split()[3] for line in withheld] == ["shot-0.png", "shot-1.png"]
