@@ -93,7 +93,8 @@ def configure(verbose: bool = False, *, tty: bool | None = None) -> None:
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # a person at a terminal reads their own clock; JSON lines, for machines, stay UTC
+        structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S" if tty else "iso", utc=not tty),
     ]
     renderer: Processor = structlog.dev.ConsoleRenderer(colors=True) if tty else structlog.processors.JSONRenderer()
     handler = logging.StreamHandler(sys.stderr)

@@ -74,6 +74,16 @@ class Problem(msgspec.Struct, frozen=True):
     reason: str
     notice: bool = False
 
+    @property
+    def skipped(self) -> bool:
+        """Whether it is a file skipped (counted, an exit 1): every problem but a notice."""
+        return not self.notice
+
+    @property
+    def state(self) -> str:
+        """Its word as a file's state: ``skipped``, or ``notice`` (listed, never counted)."""
+        return "notice" if self.notice else "skipped"
+
 
 class Scan(msgspec.Struct):
     """Everything one scan of one source found.

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from conftest import TOKEN, Env, image, write
@@ -130,3 +134,23 @@ def test_everything_a_command_prints_reaches_a_file(env: Env, tmp_path: Path) ->
                               stdout=handle, text=True, timeout=60)
     assert done.returncode == 0
     assert out.read_text().count(".png") == 300
+
+
+def test_a_terminal_s_log_lines_are_stamped_in_local_time_and_json_lines_in_utc(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # (UTC+5:30 all year: local time cannot pass for UTC)
+    time.tzset()
+    try:
+        for tty in (True, False):
+            configure(tty=tty)
+            get_logger().info("stamped")
+    finally:
+        logging.getLogger().handlers.clear()
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+    console, line = [text for text in capsys.readouterr().err.split("\n") if text]  # (the console's start with \r)
+    now = datetime.now(ZoneInfo("Asia/Kolkata"))
+    stamp = re.search(r"\d{4}-\d\d-\d\d (\d\d:\d\d):\d\d", console)
+    assert stamp and stamp[1] in {now.strftime("%H:%M"), (now - timedelta(minutes=1)).strftime("%H:%M")}, console
+    assert json.loads(line)["timestamp"].endswith("Z"), line

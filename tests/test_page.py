@@ -180,10 +180,13 @@ def test_filters_list_the_files_in_each_state_with_their_counts(env: Env, ui: An
         return sorted(names(html)), html
 
     assert shown("all")[0] == ["a.png", "b.png", "refused.png", "undescribed.png"]
+    not_synced = re.findall(r'<tr class="([a-z]+)"><td>[^<]*/([^</]+)</td><td>\1</td>', shown("all")[1])
+    assert "Files not synced" in shown("all")[1]
+    assert not_synced == [("skipped", "broken.png"), ("failed", "refused.png")]
     assert shown("synced")[0] == ["a.png", "b.png", "undescribed.png"]
     assert shown("pending")[0] == []
     problems, html = shown("problems")
-    assert problems == ["broken.png", "refused.png"] and "Skipped files" not in html
+    assert problems == ["broken.png", "refused.png"] and "Files not synced" not in html
     assert re.findall(r'<li class="card" data-state="([a-z]+)">', html) == ["skipped", "failed"]
     assert shown("ai-failed")[0] == ["undescribed.png"]
     assert shown("ai-pending")[0] == []

@@ -184,7 +184,7 @@ def test_the_closing_line_of_a_safety_stop_names_the_withheld_deletes_and_allow_
 
     assert stopped.returncode == ExitCode.SAFETY
     reason = f"3 deletes withheld in {folder} (packsync allow-deletes {folder})"
-    assert stopped.stdout.splitlines()[-1].endswith(f"— exit 4: {reason}"), stopped.stdout
+    assert stopped.stdout.splitlines()[-1] == f"run: nothing synced — exit 4: {reason}", stopped.stdout
     assert document["exit_reason"] == reason
 
 
@@ -196,7 +196,8 @@ def test_the_closing_line_of_a_refused_key(env: Env) -> None:
     result = env.cli("run", "--no-wait")
 
     assert result.returncode == ExitCode.AUTH
-    assert re.search(r"— exit 3: the key was refused \(.*Astria", result.stdout.splitlines()[-1]), result.stdout
+    assert re.fullmatch(r"run: nothing synced — exit 3: the key was refused \(.*Astria.*\)",
+                        result.stdout.splitlines()[-1]), result.stdout
     assert ASTRIA_TOKEN not in result.stdout + result.stderr
 
 
@@ -210,7 +211,10 @@ def test_a_dry_run_names_the_file_of_a_withheld_delete(env: Env) -> None:
     (folder / "shot-1.png").unlink()
 
     plan = env.cli("run", "--dry-run")
+    document = json.loads(env.cli("run", "--dry-run", "--json").stdout)
 
+    withheld_files = [str(a["file"]) for a in document["actions"] if a["kind"] == "withheld-delete"]
+    assert sorted(withheld_files) == ["shot-0.png", "shot-1.png"], document["actions"]
     assert plan.returncode == ExitCode.SAFETY
     withheld = [line for line in plan.stdout.splitlines() if line.lstrip().startswith("withheld")]
     assert [re.sub(r" \(image [^)]*\)", "", line).split()[3] for line in withheld] == ["shot-0.png", "shot-1.png"]
@@ -271,7 +275,9 @@ def test_a_run_the_daemon_answers_ends_with_the_same_closing_line(daemon_env: En
     ignore = photos / ".packsyncignore"
     assert text.returncode == document["exit_code"] == ExitCode.SOME_FAILED, text.stdout + text.stderr
     assert "another packsync" not in text.stderr
-    assert text.stdout.splitlines()[-2].endswith(f"— exit 1: 1 file skipped; list it in {ignore} to stop trying")
+    # (the daemon may have added good.png before the run asked)
+    assert re.fullmatch(rf"run: [01] added, 0 deleted, 1 skipped, 0 failed — exit 1: 1 file skipped; "
+                        rf"list it in {re.escape(str(ignore))} to stop trying", text.stdout.splitlines()[-2])
     assert text.stdout.splitlines()[-1] == f"  add to {ignore}: /bad.png"
     assert document["exit_reason"] == f"1 file skipped; list it in {ignore} to stop trying"
 
@@ -284,3 +290,76 @@ def test_a_run_of_paused_mappings_alone_says_nothing_was_synced(env: Env) -> Non
 
     assert ran.returncode == ExitCode.OK, ran.stdout + ran.stderr
     assert ran.stdout.splitlines()[-1] == "run: nothing synced — exit 0", ran.stdout
+
+
+DELETE = ("DELETE", "/packs/{id}/images/{image_id}")
+
+
+def test_a_mapping_that_stopped_is_not_said_to_be_in_sync(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("Photos")
+    write(env.map("photos", pack_id=pack_id) / "a.png", image())
+    assert env.cli("run", "--no-wait").returncode == ExitCode.OK
+    env.sandbox.delete_pack(pack_id)
+
+    stopped = env.cli("run", "--no-wait")
+
+    assert stopped.returncode != ExitCode.OK, stopped.stdout + stopped.stderr
+    last = stopped.stdout.splitlines()[-1]
+    assert last.startswith(f"run: nothing synced — exit {stopped.returncode}: "), stopped.stdout
+
+
+def test_a_run_whose_only_problem_is_a_skipped_astria_image_says_why_it_exits_1(env: Env) -> None:
+    pack_id, _ = astria_pack(env, {"woman": 1})
+    env.sandbox.astria.add_image(pack_id, "woman", b"not an image at all")
+    env.map_astria(pack_id, pack="Headshots")
+
+    text = env.cli("run", "--no-wait")
+    document = json.loads(env.cli("run", "--no-wait", "--json").stdout)
+
+    assert text.returncode == ExitCode.SOME_FAILED, text.stdout + text.stderr
+    assert text.stdout.splitlines()[-1] == "run: 1 added, 0 deleted, 1 skipped, 0 failed — exit 1: 1 file skipped", \
+        text.stdout
+    assert document["exit_reason"] == "1 file skipped"
+    assert ".packsyncignore" not in text.stdout
+
+
+def test_a_failed_delete_is_a_delete_that_failed_not_a_file(env: Env) -> None:
+    photos = env.map("photos", pack="Photos")
+    write(photos / "keep.png", image(seed=1))
+    gone = write(photos / "sub" / "gone.png", image(seed=2))
+    assert env.cli("run", "--no-wait").returncode == ExitCode.OK
+    gone.unlink()
+    env.sandbox.inject("422", *DELETE)
+
+    text = env.cli("run", "--no-wait")
+    env.sandbox.inject("422", *DELETE)
+    document = json.loads(env.cli("run", "--no-wait", "--json").stdout)
+    status = json.loads(env.cli("status", "--json", token=None).stdout)
+
+    assert text.returncode == ExitCode.SOME_FAILED, text.stdout + text.stderr
+    assert text.stdout.splitlines()[-1] == "run: 0 added, 0 deleted, 0 skipped, 0 failed, 1 delete failed — exit 1: " \
+        "1 delete failed (tried again next sync)", text.stdout
+    assert re.search(r"  delete failed gone\.png: .* \(tried again next sync\)", text.stdout), text.stdout
+    mapping = document["mappings"][0]
+    assert (mapping["failed"], document["counts"]["failed"], document["counts"]["deletes_failed"]) == ([], 0, 1)
+    assert [d["file"] for d in mapping["failed_deletes"]] == ["gone.png"]
+    assert status["version"] == 2
+    assert status["mappings"][0]["failed"] == 0
+    assert status["mappings"][0]["last_error"].startswith("gone.png: delete failed: "), status
+    again = env.cli("run", "--no-wait")
+    assert again.stdout.splitlines()[-1] == "run: 0 added, 1 deleted, 0 skipped, 0 failed — exit 0", again.stdout
+
+
+def test_a_mapping_that_stops_before_its_plan_keeps_its_failed_files(env: Env) -> None:
+    photos, _brand = troubles(env)
+    env.sandbox.inject("422", *ADD)
+    env.cli("run", "--no-wait")
+    moved = photos.with_name("photos-away")
+    photos.rename(moved)
+
+    stopped = env.cli("run", "--no-wait")
+    status = json.loads(env.cli("status", "--json", "--problems", token=None).stdout)
+
+    assert stopped.returncode == ExitCode.SAFETY, stopped.stdout + stopped.stderr
+    mapping = next(m for m in status["mappings"] if Path(m["path"]).name == "photos")
+    assert mapping["failed"] == 1, mapping

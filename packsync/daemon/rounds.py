@@ -192,8 +192,9 @@ class Rounds:
             # Not retried: nothing changes until the folder does (or a person says --force).
             log.error("safety stop: deletes withheld", reason=mapping.safety)
         outcome = mapping.outcome
-        if outcome and (outcome.added or outcome.deleted or outcome.failures):
-            log.info("synced", added=outcome.added, deleted=outcome.deleted, failed=len(outcome.failures))
+        if outcome and (outcome.added or outcome.deleted or outcome.failures or outcome.failed_deletes):
+            log.info("synced", added=outcome.added, deleted=outcome.deleted, failed=len(outcome.failures),
+                     deletes_failed=len(outcome.failed_deletes))
         return outcome.added if outcome else 0
 
 

@@ -432,7 +432,7 @@ class DeleteImage(Action, frozen=True):
     name: str | None = None  # its name as packsync added it (a foreign image's: unknown)
 
     def about(self) -> tuple[str | None, str | None]:
-        return None, self.image_id
+        return self.name, self.image_id  # (the file it was added from, by the name it was added as)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "reason": self.reason}
@@ -444,7 +444,7 @@ class DeleteImage(Action, frozen=True):
             run.stop(f"pack {run.pack_name!r} is gone or out of the key's scope ({exc})")
             return
         except (TransientError, PermanentError) as exc:
-            run.fail(f"image {self.image_id}", f"delete failed: {exc}")
+            run.fail_delete(self.name or f"image {self.image_id}", str(exc))
             return
         run.state.images.forget(run.pack_id, [self.image_id])
         run.outcome.deleted += 1
@@ -522,15 +522,16 @@ class RecordSync(Action, frozen=True):
     withheld: tuple[str, ...] = ()
     source_name: str | None = None  # None when the source could not be read: the last is kept
     withheld_count: int = 0  # (``withheld`` names the first of them)
-    #: The files a sync of changed paths tried (None: every file): the failed adds on record of these alone
-    #: are replaced by this sync's.
+    #: The files a sync of changed paths tried (None: every file; empty: none, the mapping stopped before its
+    #: plan): the failed adds on record of these alone are replaced by this sync's.
     tried: frozenset[str] | None = None
 
     async def apply(self, run: Run) -> None:
         now = time.time()
         if not (self.error or run.outcome.error):  # (a mapping that stopped tried nothing: its failures stand)
             run.state.files.save_failures(self.mapping, run.outcome.failed_items, self.tried)
-        error = last_error(self.error or run.outcome.error or self.safety, run.outcome.failures)
+        error = last_error(self.error or run.outcome.error or self.safety,
+                           run.outcome.said_failed)
         run.state.activity.record(self.mapping, run.outcome.events)
         run.state.mappings.save(self.mapping, synced_at=now, last_error=error, safety=self.safety,
                                 withheld=json.dumps(list(self.withheld)) if self.withheld else None,

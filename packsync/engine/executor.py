@@ -68,6 +68,9 @@ class MappingOutcome(msgspec.Struct):
     failures: list[tuple[str, str]] = msgspec.field(default_factory=list)
     #: The items among ``failures`` whose add failed (by key): recorded, so every view counts them as failed.
     failed_items: list[Problem] = msgspec.field(default_factory=list)
+    #: The deletes that failed (the file the image was for, else ``image <id>``; why): not files that failed,
+    #: and tried again by the next sync, which plans them anew.
+    failed_deletes: list[tuple[str, str]] = msgspec.field(default_factory=list)
     error: str | None = None
     deletes_skipped: int = 0
     renamed_from: str | None = None  # the subfolder it was, when its pack followed a rename
@@ -75,6 +78,12 @@ class MappingOutcome(msgspec.Struct):
     sidecars: SidecarReport | None = None
     #: What was done, by name, for the feed of recent activity: (added|deleted|replaced|renamed|failed, name, detail).
     events: list[tuple[str, str, str | None]] = msgspec.field(default_factory=list)
+
+
+    @property
+    def said_failed(self) -> list[tuple[str, str]]:
+        """Every add and delete that failed, (what, why), as the mapping's last error names them."""
+        return self.failures + [(name, f"delete failed: {why}") for name, why in self.failed_deletes]
 
 
 class Run:
@@ -108,6 +117,12 @@ class Run:
             self.outcome.failed_items.append(Problem(item, why))
         self.outcome.events.append(("failed", where, why))
         self.log.warning("item failed", item=where, error=why)
+
+    def fail_delete(self, name: str, why: str) -> None:
+        """One delete failed (the image of the file ``name``); the rest goes on."""
+        self.outcome.failed_deletes.append((name, why))
+        self.outcome.events.append(("failed", name, f"delete failed: {why}"))
+        self.log.warning("delete failed", item=name, error=why)
 
     async def add_once(self, url: str, file_name: str) -> str:
         return await self._executor.add_once(self.pack_id, url, file_name)

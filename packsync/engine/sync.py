@@ -150,13 +150,13 @@ class MappingReport(msgspec.Struct):
     def last_error(self) -> str | None:
         """The one sentence ``status`` and the daemon show for this mapping: the fatal error, else the
         first item that failed."""
-        return last_error(self.fatal, self.outcome.failures if self.outcome else [])
+        return last_error(self.fatal, self.outcome.said_failed if self.outcome else [])
 
     @property
     def failed(self) -> bool:
         waiting = bool(self.plan and self.plan.waiting)
-        sidecars = bool(self.sidecars and any(not p.notice for p in self.sidecars.problems))
-        return bool(self.last_error or waiting or sidecars or any(not p.notice for p in self.problems))
+        sidecars = bool(self.sidecars and any(p.skipped for p in self.sidecars.problems))
+        return bool(self.last_error or waiting or sidecars or any(p.skipped for p in self.problems))
 
 
 class SyncReport(msgspec.Struct):
@@ -188,7 +188,7 @@ class SyncReport(msgspec.Struct):
             return ExitCode.AUTH
         if any(m.misconfigured for m in self.mappings):
             return ExitCode.USAGE
-        if any(m.failed for m in self.mappings) or any(not p.notice for p in self.loose_files):
+        if any(m.failed for m in self.mappings) or any(p.skipped for p in self.loose_files):
             return ExitCode.SOME_FAILED
         return ExitCode.OK
 
@@ -300,7 +300,7 @@ class Syncer:
         plan.actions.append(RecordSync(report.label, report.error, report.safety,
                                        tuple(d.name or d.image_id for d in withheld[:WITHHELD_SHOWN]),
                                        source.name if source else None, plan.weighed if withheld else 0,
-                                       report.changed))
+                                       report.changed if report.plan is not None else frozenset()))
         return plan
 
     async def metadata_round(self, pack_ids: Collection[str]) -> None:

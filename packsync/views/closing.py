@@ -20,8 +20,8 @@ if TYPE_CHECKING:  # only named: importing them would bring in the HTTP client
     from packsync.engine.sync import MappingReport, SyncReport
     from packsync.model import Problem
 
-#: The counts of a run, in the order its lines say them; the last two are said only when not zero.
-COUNTED = ("added", "deleted", "skipped", "failed", "adopted", "recovered")
+#: The counts of a run, in the order its lines say them; those after the first four are said only when not zero.
+COUNTED = ("added", "deleted", "skipped", "failed", "adopted", "recovered", "deletes_failed")
 
 
 def mapping_counts(mapping: MappingReport) -> dict[str, int]:
@@ -29,12 +29,13 @@ def mapping_counts(mapping: MappingReport) -> dict[str, int]:
     outcome = mapping.outcome
     return {"added": outcome.added if outcome else 0, "deleted": outcome.deleted if outcome else 0,
             "skipped": len(_skipped(mapping.problems)), "failed": len(outcome.failures) if outcome else 0,
-            "adopted": outcome.adopted if outcome else 0, "recovered": outcome.recovered if outcome else 0}
+            "adopted": outcome.adopted if outcome else 0, "recovered": outcome.recovered if outcome else 0,
+            "deletes_failed": len(outcome.failed_deletes) if outcome else 0}
 
 
 def failures(mapping: MappingReport) -> list[tuple[str, str]]:
-    """What failed in one mapping's sync (a file by its path in the mapping, an image's delete by its id), and
-    why."""
+    """The files whose add failed in one mapping's sync, by their path in the mapping, and why (a failed delete
+    is not one: ``failed_deletes``)."""
     outcome = mapping.outcome
     return [(where.removeprefix(mapping.label + "/"), why) for where, why in (outcome.failures if outcome else [])]
 
@@ -50,9 +51,25 @@ def run_counts(report: SyncReport) -> dict[str, int]:
     return total
 
 
+def failed_deletes(mapping: MappingReport) -> list[tuple[str, str]]:
+    """The deletes that failed in one mapping's sync: the file each image was for (else ``image <id>``), and
+    why. Tried again by the next sync."""
+    return list(mapping.outcome.failed_deletes) if mapping.outcome else []
+
+
 def counts_line(counts: dict[str, int]) -> str:
-    """``2 added, 0 deleted, 1 skipped, 0 failed`` (adopted and recovered when not zero)."""
-    return ", ".join(f"{counts[name]} {name}" for name in COUNTED if counts[name] or name in COUNTED[:4])
+    """``2 added, 0 deleted, 1 skipped, 0 failed`` (adopted, recovered and deletes failed when not zero)."""
+    return ", ".join(_count(counts[name], name) for name in COUNTED if counts[name] or name in COUNTED[:4])
+
+
+def _count(count: int, name: str) -> str:
+    if name == "deletes_failed":
+        return f"{_deletes(count)} failed"
+    return f"{count} {name}"
+
+
+def _deletes(count: int) -> str:
+    return "1 delete" if count == 1 else f"{count} deletes"
 
 
 def ignore_line(rel_path: str) -> str:
@@ -82,7 +99,7 @@ def to_ignore(report: SyncReport) -> list[tuple[Path, str]]:
 
 def _skipped(problems: list[Problem]) -> list[Problem]:
     """The files skipped among ``problems``: a notice (a deliberate skip, a link not followed) is not one."""
-    return [p for p in problems if not p.notice]
+    return [p for p in problems if p.skipped]
 
 
 def _files(count: int) -> str:
@@ -101,12 +118,13 @@ def exit_reason(report: SyncReport) -> str | None:
     if code != ExitCode.SOME_FAILED:
         return None
     parts = _failures(report)
-    skipped = to_ignore(report)
+    skipped = run_counts(report)["skipped"]  # (an Astria pack's images too: they have no ignore file)
     if skipped:
-        said = f"{_files(len(skipped))} skipped"
-        if not parts:  # only files the user can ignore: say how
-            files = sorted({str(file) for file, _line in skipped})
-            said += f"; list {'it' if len(skipped) == 1 else 'them'} in {' or '.join(files)} to stop trying"
+        said = f"{_files(skipped)} skipped"
+        ignore = to_ignore(report)
+        if not parts and len(ignore) == skipped:  # only files the user can ignore: say how
+            files = sorted({str(file) for file, _line in ignore})
+            said += f"; list {'it' if skipped == 1 else 'them'} in {' or '.join(files)} to stop trying"
         parts.append(said)
     return "; ".join(parts) or None
 
@@ -123,10 +141,14 @@ def _failures(report: SyncReport) -> list[str]:
     errors = [m for m in report.mappings if m.fatal]
     if errors:
         parts.append(f"{errors[0].label}: {errors[0].fatal}"
-                     + (f" (and {len(errors) - 1} more mappings stopped)" if len(errors) > 1 else ""))
+                     + (f" (and {len(errors) - 1} more {'mapping' if len(errors) == 2 else 'mappings'} stopped)"
+                        if len(errors) > 1 else ""))
     failed = sum(len(m.outcome.failures) for m in report.mappings if m.outcome)
     if failed:
         parts.append(f"{_files(failed)} failed (tried again next sync)")
+    deletes = sum(len(m.outcome.failed_deletes) for m in report.mappings if m.outcome)
+    if deletes:
+        parts.append(f"{_deletes(deletes)} failed (tried again next sync)")
     waiting = sum(len(m.plan.waiting) for m in report.mappings if m.plan)
     if waiting:
         parts.append(f"{_files(waiting)} wait until the pack's unreadable images can be read")
@@ -149,6 +171,7 @@ def closing_line(report: SyncReport) -> str:
     """The last line of ``run``: the sync summed, and its exit code with the reason for one not 0 (names as
     they are: a text view escapes them)."""
     counts = run_counts(report)
-    summed = counts_line(counts) if any(counts.values()) else "in sync" if report.mappings else "nothing synced"
+    in_sync = report.mappings and report.exit_code == ExitCode.OK  # (every mapping stopped: nothing synced)
+    summed = counts_line(counts) if any(counts.values()) else "in sync" if in_sync else "nothing synced"
     reason = exit_reason(report)
     return f"run: {summed} — exit {int(report.exit_code)}" + (f": {reason}" if reason else "")

@@ -1,4 +1,4 @@
-"""The stable JSON documents: ``status --json`` (``"version": 1``, documented in the README).
+"""The stable JSON documents: ``status --json`` (``"version": 2``, documented in docs/json.md).
 
 New keys may be added; existing ones keep their meaning.
 """
@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from packsync.model import AstriaPack, AstriaPackSummary, Metadata, PackSummary
-from packsync.views.closing import exit_reason, failures, mapping_counts, run_counts
+from packsync.views.closing import exit_reason, failed_deletes, failures, mapping_counts, run_counts
 from packsync.views.status import DaemonStatus, FileStatus, MappingStatus, Status
 
 if TYPE_CHECKING:  # `status --json` does not load the HTTP client
@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # `status --json` does not load the HTTP client
     from packsync.engine.sync import SyncReport
     from packsync.views.search import SearchHit
 
-STATUS_VERSION = 1
+STATUS_VERSION = 2
 
 
 def when(timestamp: float | None) -> str | None:
@@ -51,10 +51,8 @@ def _mapping(mapping: MappingStatus) -> dict[str, Any]:
     if mapping.files is not None:
         entry["file_list"] = [_file(f) for f in mapping.files]
     if mapping.problems is not None:
-        entry["problem_list"] = [{"path": p.rel_path, "state": "notice" if p.notice else "skipped", "reason": p.reason,
-                                  "notice": p.notice} for p in mapping.problems] \
-            + [{"path": p.rel_path, "state": "failed", "reason": p.reason, "notice": False}
-               for p in mapping.failures or []]
+        entry["problem_list"] = [{"path": f.path, "state": f.state, "reason": f.problem, "notice": f.state == "notice"}
+                                 for f in mapping.problem_files or []]
     return entry
 
 
@@ -102,6 +100,7 @@ def run_document(report: SyncReport) -> dict[str, Any]:
             "source": mapping.label, "pack_id": mapping.pack_id, "pack_name": mapping.pack_name,
             **{name: counts[name] for name in ("added", "deleted", "adopted", "recovered")}, "counts": counts,
             "failed": [{"path": path, "reason": why} for path, why in failures(mapping)],
+            "failed_deletes": [{"file": name, "reason": why} for name, why in failed_deletes(mapping)],
             "prepared": [{"item": key, "changes": list(changes)} for key, changes in (outcome.prepared if outcome
                                                                                       else [])],
             "skipped": [{"path": p.rel_path, "reason": p.reason, "notice": p.notice} for p in mapping.problems],

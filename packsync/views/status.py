@@ -8,7 +8,7 @@ by ``views/text.py`` and ``views/json.py``. A view never queries the database it
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -55,6 +55,11 @@ class MappingStatus(msgspec.Struct, frozen=True):
     listed: int | None = None
     #: A folder of subfolder packs itself (shown while files directly in it are skipped): it has no pack.
     subfolders: bool = False
+
+    @property
+    def problem_files(self) -> list[FileStatus] | None:
+        """Its files not synced (``problems=True`` only): skipped, notices, then failed."""
+        return None if self.problems is None else problem_files(self.problems, self.failures or [])
 
     @property
     def source(self) -> str:
@@ -217,8 +222,7 @@ def _files(mapping: MappingConfig, state: State, pack_id: str | None, problems: 
     offset, limit, show = listing.offset, listing.limit, listing.show
     end = None if limit is None else offset + limit
     if show == "problems":
-        found = [FileStatus(p.rel_path, None, _skip(p), p.reason) for p in state.files.problems(mapping.label, end)]
-        found += [FileStatus(p.rel_path, None, "failed", p.reason) for p in state.files.failures(mapping.label, end)]
+        found = problem_files(state.files.problems(mapping.label, end), state.files.failures(mapping.label, end))
         return sorted(found, key=lambda f: f.path)[offset:end], None
     # a state's filter needs each item's image: every key is read (two columns), a page of them is detailed
     page = state.files.page(mapping.label, end if show == "all" else None)
@@ -244,13 +248,15 @@ def _files(mapping: MappingConfig, state: State, pack_id: str | None, problems: 
         detail.append(FileStatus(shown, sha, "synced" if synced else "failed" if why else "pending", why,
                                  own.image_id if own else None, own.metadata if own else None, changes))
     if show == "all":
-        detail += [FileStatus(p.rel_path, None, _skip(p), p.reason) for p in problems]
+        detail += problem_files(problems, [])
     return sorted(detail, key=lambda f: f.path), selected
 
 
-def _skip(problem: Problem) -> str:
-    """A problem's state as a file's: skipped, or a deliberate skip (a link not followed) listed as a notice."""
-    return "notice" if problem.notice else "skipped"
+def problem_files(problems: Iterable[Problem], failures: Iterable[Problem]) -> list[FileStatus]:
+    """The files not synced, as every view lists them: each problem (``skipped``, or a ``notice``), then each
+    file whose add failed (``failed``), with its reason."""
+    return [FileStatus(p.rel_path, None, p.state, p.reason) for p in problems] \
+        + [FileStatus(p.rel_path, None, "failed", p.reason) for p in failures]
 
 
 class ImageDetail(msgspec.Struct, frozen=True):

@@ -16,7 +16,15 @@ from packsync.model import AstriaPack, AstriaPackSummary, PackSummary, Problem
 from packsync.recipe import describe
 from packsync.sources.base import kind_of
 from packsync.views.clock import local_time
-from packsync.views.closing import closing_line, counts_line, exit_reason, failures, ignorable, mapping_counts
+from packsync.views.closing import (
+    closing_line,
+    counts_line,
+    exit_reason,
+    failed_deletes,
+    failures,
+    ignorable,
+    mapping_counts,
+)
 from packsync.views.status import FileStatus, Status
 
 if TYPE_CHECKING:  # only named: importing them would bring in the HTTP client, which `status` never needs
@@ -105,10 +113,10 @@ def _planned(plan: MappingPlan, uploads: set[str], out: TextIO) -> None:
 
 def _deleted(delete: DeleteImage) -> str:
     """An image to delete by the name the user knew: the file it was added from (its image in brackets);
-    one packsync has no file of (another program's, or adopted before names were kept), by its id."""
+    one whose name packsync does not know (another program's, or adopted before names were kept), by its id."""
     if delete.name:
         return f"{printable(delete.name)} (image {printable(delete.image_id)})"
-    return f"image {printable(delete.image_id)} (not from this folder)"
+    return f"image {printable(delete.image_id)}"
 
 
 def _subfolders(report: SyncReport, out: TextIO, *, dry_run: bool) -> None:
@@ -118,7 +126,7 @@ def _subfolders(report: SyncReport, out: TextIO, *, dry_run: bool) -> None:
         out.write(f"{printable(old)} → {printable(new)}: subfolder renamed; {verb} its pack, nothing uploaded\n")
     for folder, loose in report.loose.items():
         if loose:
-            skipped = sum(not problem.notice for problem in loose)
+            skipped = sum(problem.skipped for problem in loose)
             out.write(f"{printable(folder)} → (a pack per subfolder)\n"
                       + ("" if dry_run else f"  {skipped} skipped\n"))
             _problems(loose, out)
@@ -162,6 +170,8 @@ def print_run(report: SyncReport, out: TextIO) -> None:
                       + (f", {outcome.deletes_skipped} deletes postponed" if outcome.deletes_skipped else "") + "\n")
             for where, why in failures(mapping):
                 out.write(f"  {'failed':<10} {printable(where)}: {printable(why)}\n")
+            for name, why in failed_deletes(mapping):
+                out.write(f"  delete failed {printable(name)}: {printable(why)} (tried again next sync)\n")
             _prepared(outcome.prepared, out)
         if mapping.fatal:
             out.write(f"  error      {printable(mapping.fatal)}\n")
@@ -225,11 +235,8 @@ def print_status(status: Status, out: TextIO) -> None:
                       f"`packsync resume {printable(mapping.path)}` syncs it again\n")
         for item in mapping.files or []:
             out.write(_file_line(item) + "\n")
-        for problem in mapping.problems or []:
-            out.write(f"    {'notice' if problem.notice else 'skipped':<8} {printable(problem.rel_path)}: "
-                      f"{printable(problem.reason)}\n")
-        for problem in mapping.failures or []:
-            out.write(f"    {'failed':<8} {printable(problem.rel_path)}: {printable(problem.reason)}\n")
+        for item in mapping.problem_files or []:
+            out.write(f"    {item.state:<8} {printable(item.path)}: {printable(item.problem or '')}\n")
 
 
 def _file_line(item: FileStatus) -> str:

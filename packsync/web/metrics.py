@@ -115,7 +115,7 @@ class StateCollector(Collector):
                 files.add_metric([pack, state], count)
             for status_name, count in mapping.metadata.items():
                 images.add_metric([pack, status_name], count)
-            reasons = Counter(reason_label(p.reason) for p in mapping.problems or () if not p.notice)
+            reasons = Counter(reason_label(p.reason) for p in mapping.problems or () if p.skipped)
             for reason, count in reasons.items():
                 problems.add_metric([pack, reason], count)
             record = mapping.record
