@@ -407,6 +407,23 @@ def test_pause_from_the_page_then_resume(daemon_env: Env, start: StartDaemon, pa
     assert page.errors == []
 
 
+@needs_chromium
+def test_retry_skipped_files_is_offered_only_while_a_file_is_skipped(daemon_env: Env, start: StartDaemon,
+                                                                     page: Any) -> None:  # noqa: F811
+    folder = daemon_env.map("pics", pack_id=daemon_env.sandbox.create_pack("Retry"))
+    write(folder / "good.png", image())
+    page.goto(page_url(start()))
+    page.locator(".card .name", has_text="good.png").wait_for()
+    retry = page.get_by_role("button", name="Retry skipped files")
+    assert retry.count() == 0, "nothing is skipped: nothing to retry"
+
+    write(folder / "broken.png", b"not an image")
+
+    retry.wait_for()
+    assert "broken.png" in page.locator("section.problems").inner_text()
+    assert page.errors == []
+
+
 def test_read_only_ui_has_no_buttons_and_refuses_them(env: Env, ui: Any) -> None:
     folder = env.map("pics", pack="P")
     write(folder / "a.png", image())
