@@ -232,12 +232,19 @@ def settled(env: Env, daemon: DaemonProcess, inbox: Inbox, exit_code: int = 0, b
     return inbox.titles()
 
 
-def test_a_safety_stop_arrives_once_however_many_syncs_it_lasts_and_its_end_once(
-        daemon_env: Env, start: StartDaemon, inbox: Inbox) -> None:
-    pack_id = daemon_env.sandbox.create_pack("p")
-    folder = daemon_env.map("pics", pack_id=pack_id, max_delete=1)
+def three_images(env: Env) -> tuple[str, Path]:
+    """A folder of three images mapped into a pack of their own with ``max_delete = 1``: removing two of them
+    is a safety stop."""
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("pics", pack_id=pack_id, max_delete=1)
     for n in range(3):
         write(folder / f"{n}.png", image())
+    return pack_id, folder
+
+
+def test_a_safety_stop_arrives_once_however_many_syncs_it_lasts_and_its_end_once(
+        daemon_env: Env, start: StartDaemon, inbox: Inbox) -> None:
+    pack_id, folder = three_images(daemon_env)
     daemon = start()
     wait_until(lambda: len(daemon_env.pack(pack_id)["images"]) == 3, timeout=30)
     (folder / "0.png").unlink()
@@ -308,10 +315,7 @@ def test_a_notification_that_cannot_be_sent_is_logged_once_and_syncing_goes_on(
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     notify_env(daemon_env).notify = {"urls": [f"json://127.0.0.1:{port}/hook"]}
-    pack_id = daemon_env.sandbox.create_pack("p")
-    folder = daemon_env.map("pics", pack_id=pack_id, max_delete=1)
-    for n in range(3):
-        write(folder / f"{n}.png", image())
+    pack_id, folder = three_images(daemon_env)
     daemon = start_here()
     (folder / "0.png").unlink()
     (folder / "1.png").unlink()
@@ -367,10 +371,7 @@ def test_notify_test_without_urls_says_there_are_none(env: Env) -> None:
 
 def test_a_stop_told_before_a_restart_is_not_told_again_after_it(
         daemon_env: Env, start: StartDaemon, inbox: Inbox) -> None:
-    pack_id = daemon_env.sandbox.create_pack("p")
-    folder = daemon_env.map("pics", pack_id=pack_id, max_delete=1)
-    for n in range(3):
-        write(folder / f"{n}.png", image())
+    pack_id, folder = three_images(daemon_env)
     daemon = start()
     wait_until(lambda: len(daemon_env.pack(pack_id)["images"]) == 3, timeout=30)
     removed = {name: (folder / name).read_bytes() for name in ("0.png", "1.png")}
@@ -399,10 +400,7 @@ def test_a_stop_told_before_a_restart_is_not_told_again_after_it(
 ])
 def test_a_reload_with_a_url_the_daemon_cannot_use_keeps_the_running_notifications(
         daemon_env: Env, start: StartDaemon, inbox: Inbox, url: str, said: str) -> None:
-    pack_id = daemon_env.sandbox.create_pack("p")
-    folder = daemon_env.map("pics", pack_id=pack_id, max_delete=1)
-    for n in range(3):
-        write(folder / f"{n}.png", image())
+    pack_id, folder = three_images(daemon_env)
     daemon = start()
     wait_until(lambda: len(daemon_env.pack(pack_id)["images"]) == 3, timeout=30)
     notify_env(daemon_env).notify["urls"].append(url)
