@@ -380,11 +380,13 @@ def lingering(user: str) -> bool | None:
 
 
 def state_of(kind: Kind) -> tuple[str, str]:
-    """``systemctl is-enabled`` and ``is-active``, in their own words (``unknown`` when it cannot say)."""
+    """``systemctl is-enabled`` and ``is-active``, in their own words; ``unknown`` with systemctl's reason when
+    one cannot say (no service manager to ask, say)."""
     answers = []
     for question in ("is-enabled", "is-active"):
         done = systemctl(systemctl_argv(kind, question, UNIT_NAME), check=False)
-        answers.append(done.stdout.strip() or "unknown")
+        said = done.stderr.strip().splitlines()
+        answers.append(done.stdout.strip() or (f"unknown ({said[-1]})" if said else "unknown"))
     return answers[0], answers[1]
 
 

@@ -366,6 +366,16 @@ def test_status_asks_systemd(env: Env, systemd: FakeSystemd) -> None:
     assert systemd.calls() == ["--user is-enabled packsync.service", "--user is-active packsync.service"]
 
 
+def test_status_says_why_systemd_cannot_answer(env: Env, systemd: FakeSystemd) -> None:
+    """No user bus (a shell without a login session): systemctl's own reason, not a bare "unknown"."""
+    env.map("pics", pack="P")
+    systemd.running(True)
+    systemd.failing("is-enabled")
+    result = systemd.packsync(env.config_path, "service", "status")
+    assert result.returncode == 0, result.stderr
+    assert "systemd  unknown (Failed to connect to bus: No medium found), active\n" in result.stdout
+
+
 def test_status_speaks_of_the_config_the_installed_unit_runs(env: Env, systemd: FakeSystemd) -> None:
     env.map("pics", pack="P")
     assert systemd.packsync(env.config_path, "service", "install").returncode == 0
