@@ -147,7 +147,7 @@ def _measure(ctx: Context, cache: Path, manifest: dict[str, Any], work: Path,
     mappings = manifest["mappings"]
     folders = _folders(cache, mappings)
     state = work / "state" / "state.db"
-    state.parent.mkdir(mode=0o700)
+    state.parent.mkdir(mode=0o700, exist_ok=True)  # (a second measure after a validation that failed)
     shutil.copy2(cache / "state.db", state)
     with ctx.sandbox() as sandbox:
         sandbox.load_snapshot(cache / "sandbox.json")
@@ -190,7 +190,7 @@ def _measure(ctx: Context, cache: Path, manifest: dict[str, Any], work: Path,
 
 
 def _clean(done: Finished, reads: dict[str, int | bool], calls: dict[str, int], mappings: int) -> bool:
-    summary_ok = done.stdout.count("0 added, 0 deleted, 0 failed") == mappings
+    summary_ok = done.stdout.count("  0 added, 0 deleted, 0 skipped, 0 failed\n") == mappings
     return (done.returncode == 0 and summary_ok and reads == {"opens": 0, "reads": 0, "overflow": False}
             and calls == {"GET /packs/{id}": mappings})
 
