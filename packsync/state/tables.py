@@ -211,6 +211,32 @@ class SettledRow(SQLModel, table=True):
     fingerprint: str
 
 
+class LeaseRow(SQLModel, table=True):
+    """A shared state's hold on a pack (PostgreSQL only): which site syncs it now, under which epoch, until
+    when (seconds on the database server's clock: the one clock every site agrees on). A site takes it
+    when it has expired or is its own, and the epoch then grows, so a write made under an older epoch is
+    known stale (fencing)."""
+
+    __tablename__ = "leases"
+    key: str = Field(primary_key=True)  # "pack:<id>", "name:<pack name>", "meta:<id>"
+    holder: str
+    epoch: int
+    expires_at: float
+
+
+class SiteRow(SQLModel, table=True):
+    """A machine sharing the state (PostgreSQL only): its name, and when it was last heard from. ``id`` is
+    the id of its ``daemon`` row."""
+
+    __tablename__ = "sites"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True)
+    host: str
+    pid: int | None
+    version: str
+    seen_at: float
+
+
 def table(model: type[SQLModel]) -> Table:
     """The Core table of a table class, for the statements of the hot paths."""
     return cast(Table, model.__table__)  # type: ignore[attr-defined]  # set by SQLModel's metaclass
@@ -221,6 +247,8 @@ METADATA = SQLModel.metadata
 TABLES: dict[str, Table] = {table(model).name: table(model) for model in (
     MetaRow, FileRow, ProblemRow, FailedRow, SidecarRow, BlobRow, ImageRow, UrlContentRow, PulledRow, MappingRow,
     DaemonRow, ChangeCountRow, SettledRow, PreparedRow, ActivityRow)}
+#: The tables only a shared state (PostgreSQL) has besides those.
+SHARED_ONLY: dict[str, Table] = {table(model).name: table(model) for model in (LeaseRow, SiteRow)}
 #: The tables a mapping's plan reads besides its scan and its pack: every change to one of them is
 #: counted (``changes``), so a fingerprint of a plan's inputs can hold the state's part as a number.
 PLANNED_FROM = ("images", "blobs", "url_contents", "prepared")
