@@ -101,7 +101,7 @@ class StateUnavailable(StateError):
     ``"full"``, ``"io"`` or ``"replaced"`` (the file or its lock was deleted or replaced: packsync stops
     writing to it; a daemon starts on the new one)."""
 
-    def __init__(self, message: str, *, reason: Literal["locked", "full", "io", "replaced"]) -> None:
+    def __init__(self, message: str, *, reason: Literal["locked", "full", "io", "replaced", "unreachable"]) -> None:
         super().__init__(message)
         self.reason = reason
 

@@ -93,8 +93,10 @@ class PostgresServer:
         return f"postgresql+psycopg://{USER}@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
+        # fsync off: a stop kills the server, not the machine, so what it committed is in the OS's cache still
+        # (synchronous_commit stays on: a commit said done must survive the stop).
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
+                   "-c full_page_writes=off -c max_connections=100")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-o", options, "-w", "-t", "60",
                   "start")
 

@@ -28,7 +28,7 @@ class ActivityRepository:
     def record(self, root: str, events: Iterable[tuple[str, str, str | None]]) -> None:
         """Add ``(kind, name, detail)`` entries for the mapping ``root``, and forget those past ``KEPT``."""
         now = time.time()
-        rows = [(now, root, kind, name, detail) for kind, name, detail in events]
+        rows = [(now, self.unit.key(root), kind, name, detail) for kind, name, detail in events]
         if rows:
             with self.unit.transaction():
                 self.unit.write(_ADD, rows)
@@ -38,5 +38,8 @@ class ActivityRepository:
         """The newest ``limit`` entries (of the mapping ``root`` only, when given), newest first."""
         query = select(*_COLUMNS).order_by(ACTIVITY.c.id.desc()).limit(limit)
         if root is not None:
-            query = query.where(ACTIVITY.c.root == root)
-        return [ActivityRecord(*row) for row in self.unit.rows(query)]
+            query = query.where(ACTIVITY.c.root == self.unit.key(root))
+        elif self.unit.site:  # (this site's: what its page shows)
+            query = query.where(ACTIVITY.c.root.startswith(self.unit.site + ":", autoescape=True))
+        return [ActivityRecord(at, self.unit.label(key), kind, name, detail)
+                for at, key, kind, name, detail in self.unit.rows(query)]

@@ -15,11 +15,11 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import PurePosixPath
 
 from msgspec.structs import astuple
-from sqlalchemy import ColumnElement, Exists, Integer, bindparam, case, delete, exists, func, or_, select, type_coerce
+from sqlalchemy import ColumnElement, Exists, bindparam, case, delete, exists, func, or_, select
 
 from packsync.model import CachedFile, Problem
+from packsync.state.dialects import upsert
 from packsync.state.records import SidecarRecord
-from packsync.state.sqlite import upsert
 from packsync.state.tables import FailedRow, FileRow, ImageRow, ProblemRow, SettledRow, SidecarRow, table
 from packsync.state.unit import Bulk, UnitOfWork
 from packsync.state.uploads import batches
@@ -77,6 +77,7 @@ class FileRepository:
 
     def cache(self, source: str) -> dict[str, CachedFile]:
         """What the last scan of ``source`` saw, by item key."""
+        source = self.unit.key(source)
         c = FILES.c
         rows = self.unit.stream(select(*_CACHE_COLUMNS).where(c.root == source))
         return {rel: CachedFile(version, size, sha256, kind, problem)
@@ -84,6 +85,7 @@ class FileRepository:
 
     def cache_for(self, source: str, paths: Collection[str]) -> dict[str, CachedFile]:
         """What the last scan of ``source`` saw at these paths and below them (a path may be a folder)."""
+        source = self.unit.key(source)
         c = FILES.c
         found: dict[str, CachedFile] = {}
         for batch in batches(sorted(paths), 100):
@@ -95,6 +97,7 @@ class FileRepository:
     def holders(self, source: str, shas: Collection[str]) -> dict[str, int]:
         """How many files of ``source`` hold each of these contents (as good items, or kept while they could
         not be read); contents none holds are left out."""
+        source = self.unit.key(source)
         c = FILES.c
         return {sha: int(count) for batch in batches(shas) for sha, count in self.unit.rows(
             select(c.sha256, func.count()).where(c.root == source, c.sha256.in_(batch), c.problem.is_(None))
@@ -102,6 +105,7 @@ class FileRepository:
 
     def some_items(self, source: str, limit: int) -> dict[str, CachedFile]:
         """The first ``limit`` good files of ``source`` (by path): some of what it holds besides a change."""
+        source = self.unit.key(source)
         c = FILES.c
         rows = self.unit.rows(select(*_CACHE_COLUMNS).where(c.root == source, c.sha256.is_not(None),
                                                             c.problem.is_(None)).order_by(c.rel_path).limit(limit))
@@ -112,6 +116,7 @@ class FileRepository:
         """Store what a scan of some paths of ``source`` saw: ``previous`` were the records of ``scope`` (its
         paths and what is below them), ``current`` and ``problems`` replace them there; nothing else changes."""
         in_scope = self.problems_for(source, scope)
+        source = self.unit.key(source)
         new = set(problems)
         gone, changed = _changed_rows(source, previous, current)
         with self.unit.transaction():
@@ -124,6 +129,7 @@ class FileRepository:
 
     def problems_for(self, source: str, paths: Collection[str]) -> list[Problem]:
         """The problems on record of ``source`` at these paths and below them (a folder's with its "/")."""
+        source = self.unit.key(source)
         c = PROBLEMS.c
         return [Problem(rel, reason, bool(notice)) for batch in batches(sorted(paths), 100)
                 for rel, reason, notice in self.unit.rows(select(c.rel_path, c.reason, c.notice).where(
@@ -132,6 +138,7 @@ class FileRepository:
     def save_cache(self, source: str, previous: Mapping[str, CachedFile], current: Mapping[str, CachedFile]) -> None:
         """Store what a scan saw, writing only the rows that changed (nothing, not even the write lock,
         when none did)."""
+        source = self.unit.key(source)
         gone, changed = _changed_rows(source, previous, current)
         if not (gone or changed):
             return
@@ -140,11 +147,13 @@ class FileRepository:
             self.unit.write(_SAVE_FILE, changed)
 
     def count(self, source: str) -> int:
+        source = self.unit.key(source)
         return int(self.unit.rows(select(func.count()).select_from(FILES).where(FILES.c.root == source))[0][0])
 
     def counts(self, source: str, pack_id: str | None) -> tuple[int, int, int]:
         """(items, items whose content is in the pack, items not in it whose add failed) of ``source``,
         problems aside, counted by the database."""
+        source = self.unit.key(source)
         held = exists().where(IMAGES.c.pack_id == pack_id, IMAGES.c.sha256 == FILES.c.sha256)
         failed = exists().where(FAILED.c.root == FILES.c.root, FAILED.c.rel_path == FILES.c.rel_path)
         row = self.unit.rows(select(func.count(), func.coalesce(func.sum(case((held, 1), else_=0)), 0),
@@ -154,6 +163,7 @@ class FileRepository:
 
     def page(self, source: str, limit: int | None = None) -> list[tuple[str, str | None]]:
         """(item key, content) of ``source``'s items that are not problems, by key, the first ``limit``."""
+        source = self.unit.key(source)
         c = FILES.c
         rows = self.unit.rows(select(c.rel_path, c.sha256).where(c.root == source, ~self._problem(c.root, c.rel_path))
                               .order_by(c.rel_path).limit(limit))
@@ -161,6 +171,7 @@ class FileRepository:
 
     def paths_of(self, source: str, sha256: str) -> list[str]:
         """The items of ``source`` whose content is ``sha256`` (its files that hold it), by key."""
+        source = self.unit.key(source)
         c = FILES.c
         return [row[0] for row in self.unit.rows(select(c.rel_path).where(
             c.root == source, c.sha256 == sha256, c.problem.is_(None)).order_by(c.rel_path))]
@@ -168,6 +179,7 @@ class FileRepository:
     def forget_verdicts(self, source: str) -> None:
         """Let the next scan of ``source`` (and of its subfolders' packs) judge again the files it skipped
         as bad (someone fixed them)."""
+        source = self.unit.key(source)
         with self.unit.transaction():  # and their last plans: a settled walk would not read the files again
             self.unit.run(delete(FILES).where(_below(FILES.c.root, source), FILES.c.problem.is_not(None)))
             self.unit.run(delete(SETTLED).where(_below(SETTLED.c.root, source)))
@@ -179,6 +191,7 @@ class FileRepository:
         return exists().where(PROBLEMS.c.root == root, PROBLEMS.c.rel_path == rel_path)
 
     def problems(self, source: str, limit: int | None = None) -> list[Problem]:
+        source = self.unit.key(source)
         c = PROBLEMS.c
         rows = self.unit.rows(select(c.rel_path, c.reason, c.notice).where(c.root == source).order_by(c.rel_path)
                               .limit(limit))
@@ -186,7 +199,8 @@ class FileRepository:
 
     def problem_counts(self, source: str) -> tuple[int, int]:
         """(problems, notices among them) of ``source``."""
-        row = self.unit.rows(select(func.count(), func.coalesce(func.sum(type_coerce(PROBLEMS.c.notice, Integer)), 0))
+        source = self.unit.key(source)
+        row = self.unit.rows(select(func.count(), func.coalesce(func.sum(case((PROBLEMS.c.notice, 1), else_=0)), 0))
                              .where(PROBLEMS.c.root == source))[0]
         return int(row[0]), int(row[1])
 
@@ -195,6 +209,7 @@ class FileRepository:
         (a folder of 50,000 bad files rescanned unchanged writes nothing). New problems void the
         source's settled fingerprint: a run it matches reports the problems on record."""
         old = set(self.problems(source))
+        source = self.unit.key(source)
         new = set(problems)
         if old == new:
             return
@@ -208,6 +223,7 @@ class FileRepository:
 
     def failures(self, source: str, limit: int | None = None) -> list[Problem]:
         """The files of ``source`` whose add failed in the last sync that tried them, and why, by path."""
+        source = self.unit.key(source)
         c = FAILED.c
         rows = self.unit.rows(select(c.rel_path, c.reason).where(c.root == source).order_by(c.rel_path).limit(limit))
         return [Problem(rel_path, reason) for rel_path, reason in rows]
@@ -217,6 +233,7 @@ class FileRepository:
         sync tried every file), or of the files in ``scope`` alone (a sync of changed paths)."""
         new = {problem.rel_path: problem for problem in failures}
         old = self.failures(source)
+        source = self.unit.key(source)
         gone = [(source, p.rel_path) for p in old if p.rel_path not in new and (scope is None or p.rel_path in scope)]
         added = [(source, p.rel_path, p.reason) for p in new.values() if p not in old]
         if gone or added:
@@ -228,6 +245,7 @@ class FileRepository:
 
     def sidecars(self, source: str, files: Collection[str] | None = None) -> dict[str, SidecarRecord]:
         """The sidecars packsync wrote next to ``source``'s files (or to these ``files``), by the file's key."""
+        source = self.unit.key(source)
         c = SIDECARS.c
         query = select(c.rel_path, c.digest, c.size, c.mtime_ns).where(c.root == source)
         rows = self.unit.rows(query) if files is None else \
@@ -236,6 +254,7 @@ class FileRepository:
 
     def contents_at(self, source: str, files: Collection[str]) -> dict[str, str | None]:
         """The content of each of these files of ``source`` that is an item (not a problem), by key."""
+        source = self.unit.key(source)
         c = FILES.c
         return {rel: sha for batch in batches(files) for rel, sha in self.unit.rows(
             select(c.rel_path, c.sha256).where(c.root == source, c.rel_path.in_(batch),
@@ -243,6 +262,7 @@ class FileRepository:
 
     def paths_holding(self, source: str, shas: Collection[str]) -> set[str]:
         """The files of ``source`` whose content is one of ``shas``."""
+        source = self.unit.key(source)
         c = FILES.c
         return {row[0] for batch in batches(shas) for row in self.unit.rows(
             select(c.rel_path).where(c.root == source, c.sha256.in_(batch), c.problem.is_(None)))}
@@ -250,6 +270,7 @@ class FileRepository:
     def same_stem(self, source: str, files: Collection[str]) -> set[str]:
         """The files of ``source`` whose name is one of ``files``' but for the extension (``IMG_1.jpg`` for
         ``IMG_1.png``): they share a sidecar named after the stem."""
+        source = self.unit.key(source)
         c = FILES.c
         found: set[str] = set()
         for rel in files:
@@ -261,6 +282,7 @@ class FileRepository:
 
     def save_sidecars(self, source: str, written: Mapping[str, SidecarRecord], gone: Iterable[str]) -> None:
         """Remember the sidecars just written, and forget those removed or given up."""
+        source = self.unit.key(source)
         with self.unit.transaction():
             self.unit.write(_FORGET_SIDECAR, [(source, rel) for rel in gone])
             self.unit.write(_SAVE_SIDECAR, [(source, rel, *astuple(record)) for rel, record in written.items()])
@@ -269,9 +291,11 @@ class FileRepository:
 
     def settled(self, source: str) -> str | None:
         """The fingerprint of the inputs of the last plan of ``source`` that had nothing to do."""
+        source = self.unit.key(source)
         rows = self.unit.rows(select(SETTLED.c.fingerprint).where(SETTLED.c.root == source))
         return str(rows[0][0]) if rows else None
 
     def save_settled(self, source: str, fingerprint: str) -> None:
-        if self.settled(source) != fingerprint:
+        label, source = source, self.unit.key(source)
+        if self.settled(label) != fingerprint:
             self.unit.write(_SAVE_SETTLED, [(source, fingerprint)])

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, String, bindparam, case, delete, func, or_, select, text, true, update
 
 from packsync.model import METADATA_SETTLED, ManagedImage, Metadata
-from packsync.state.sqlite import upsert
+from packsync.state.dialects import upsert
 from packsync.state.tables import UNSETTLED, FileRow, ImageRow, table
 from packsync.state.unit import Bulk, UnitOfWork
 from packsync.state.uploads import batches
@@ -47,10 +47,11 @@ _SET_RECIPE = Bulk(update(IMAGES).where(IMAGES.c.pack_id == bindparam("pack_id")
 _BARE = {status: Metadata(status) for status in METADATA_SETTLED}
 
 
-def image(pack_id: str, image_id: str, sha256: str, url: str, file_name: str, owner: str, status: str,
-          description: str | None, keywords: str, error: str | None, model: str | None, recipe: str) -> ManagedImage:
-    """An image from the columns of its row (``COLUMNS``). Its keywords are a JSON list (``rows`` saw to
-    that); one that is not text counts as none, as in an answer (``answers.metadata``)."""
+def image(row: Sequence[Any], label: Callable[[str], str]) -> ManagedImage:
+    """An image from the columns of its row (``COLUMNS``), its owner as ``label`` names it (the unit's: this
+    site's sources by their labels). Its keywords are a JSON list (``rows`` saw to that); one that is not
+    text counts as none, as in an answer (``answers.metadata``)."""
+    pack_id, image_id, sha256, url, file_name, owner, status, description, keywords, error, model, recipe = row
     if description is None and error is None and keywords == "[]" and model is None:
         metadata = _BARE.get(status) or Metadata(status)
     else:
@@ -58,7 +59,7 @@ def image(pack_id: str, image_id: str, sha256: str, url: str, file_name: str, ow
         if not all(word.__class__ is str for word in words):
             words = tuple(word for word in words if word.__class__ is str)
         metadata = Metadata(status, description, words, error, model)
-    return ManagedImage(pack_id, image_id, sha256, url, file_name, owner, metadata, recipe)
+    return ManagedImage(pack_id, image_id, sha256, url, file_name, label(owner), metadata, recipe)
 
 
 def managed_by(owner: str | None) -> ColumnElement[bool]:
@@ -82,28 +83,35 @@ class ImageRepository:
             c = IMAGES.c
             columns = (*COLUMNS[:7], case((unsettled, c.description)), case((unsettled, c.keywords), else_="[]"),
                        case((unsettled, c.meta_error)), case((unsettled, c.meta_model)), c.recipe)
-        rows = self.unit.rows(select(*columns).where(IMAGES.c.pack_id == pack_id, managed_by(owner)))
-        return [image(*row) for row in rows]
+        rows = self.unit.rows(select(*columns).where(IMAGES.c.pack_id == pack_id, managed_by(self._key(owner))))
+        return [self._image(row) for row in rows]
+
+    def _key(self, owner: str | None) -> str | None:
+        return None if owner is None else self.unit.key(owner)
+
+    def _image(self, row: Sequence[Any]) -> ManagedImage:
+        """An image from its row (``COLUMNS``), its owner as this site names it."""
+        return image(row, self.unit.label)
 
     def unsettled(self, pack_id: str) -> list[ManagedImage]:
         """The images packsync added to this pack (any owner's) whose AI metadata is still to come: read
         through their own index, so a pack of 100,000 settled images costs what waits."""
-        return [image(*row) for row in self.unit.rows(select(*COLUMNS).where(IMAGES.c.pack_id == pack_id,
-                                                                             text(UNSETTLED)))]
+        return [self._image(row) for row in self.unit.rows(select(*COLUMNS).where(IMAGES.c.pack_id == pack_id,
+                                                                                  text(UNSETTLED)))]
 
     def others(self, pack_id: str, owner: str) -> dict[str, str]:
         """The images other mappings own in this pack: image id → content."""
         c = IMAGES.c
         return {image_id: sha for image_id, sha in self.unit.rows(
-            select(c.image_id, c.sha256).where(c.pack_id == pack_id, c.owner.not_in((owner, ""))))}
+            select(c.image_id, c.sha256).where(c.pack_id == pack_id, c.owner.not_in((self.unit.key(owner), ""))))}
 
     def count(self, pack_id: str, owner: str | None = None) -> int:
         return int(self.unit.rows(select(func.count()).select_from(IMAGES).where(
-            IMAGES.c.pack_id == pack_id, managed_by(owner)))[0][0])
+            IMAGES.c.pack_id == pack_id, managed_by(self._key(owner))))[0][0])
 
     def holding(self, pack_id: str, shas: Collection[str]) -> list[ManagedImage]:
         """The images of a pack (any owner's) that hold these contents, the oldest first (as the pack lists them)."""
-        return [image(*row) for batch in batches(shas) for row in self.unit.rows(
+        return [self._image(row) for batch in batches(shas) for row in self.unit.rows(
             select(*COLUMNS).where(IMAGES.c.pack_id == pack_id, IMAGES.c.sha256.in_(batch))
             .order_by(IMAGES.c.added_at))]
 
@@ -115,14 +123,15 @@ class ImageRepository:
         rows = self.unit.rows(select(i.image_id, func.min(c.rel_path), i.file_name, i.owner)
                               .join(FILES, (c.root == i.owner) & (c.sha256 == i.sha256))
                               .where(i.pack_id == pack_id, c.problem.is_(None)).group_by(i.image_id))
-        return {image_id: (path, name, owner) for image_id, path, name, owner in rows}
+        return {image_id: (path, name, self.unit.label(owner)) for image_id, path, name, owner in rows}
 
     def record(self, images: Iterable[ManagedImage]) -> None:
         """Record images packsync added (or adopted); committed at once, together."""
         now = time.time()
         self.unit.write(_RECORD, [
             (i.pack_id, i.image_id, i.sha256, i.url, i.file_name, i.metadata.status, i.metadata.description,
-             json.dumps(list(i.metadata.keywords)), i.metadata.error, now, i.owner, i.metadata.model, i.recipe)
+             json.dumps(list(i.metadata.keywords)), i.metadata.error, now, self.unit.key(i.owner), i.metadata.model,
+             i.recipe)
             for i in images])
 
     def set_recipe(self, pack_id: str, image_ids: Iterable[str], recipe: str) -> None:
@@ -131,6 +140,7 @@ class ImageRepository:
 
     def forget(self, pack_id: str, image_ids: Iterable[str] | None = None, *, owner: str | None = None) -> None:
         """Drop image records of ``pack_id``: the given ones, or all of them (of ``owner``, if given)."""
+        owner = self._key(owner)
         if image_ids is None:
             self.unit.write(_FORGET_ALL, [(pack_id, owner, owner)])
         else:

@@ -8,14 +8,14 @@ that was recorded of it along (``move_source``), across the repositories' tables
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from msgspec.structs import astuple, replace
 from sqlalchemy import delete, func, select, update
 
+from packsync.state.dialects import upsert
 from packsync.state.records import DaemonRecord, MappingRecord
-from packsync.state.sqlite import upsert
 from packsync.state.tables import (
     ChangeCountRow,
     DaemonRow,
@@ -37,8 +37,6 @@ _MAPPING_COLUMNS = tuple(MAPPINGS.c[name] for name in MappingRecord.__struct_fie
 _DAEMON_COLUMNS = tuple(DAEMON.c[name] for name in DaemonRecord.__struct_fields__)
 _SAVE_MAPPING = Bulk(upsert(MAPPINGS), *MappingRecord.__struct_fields__)
 _SAVE_DAEMON = Bulk(upsert(DAEMON), "id", *DaemonRecord.__struct_fields__)
-#: The daemon's row: there is one.
-_DAEMON_ID = 1
 
 
 class MappingRepository:
@@ -46,22 +44,27 @@ class MappingRepository:
         self.unit = unit
 
     def get(self, source: str) -> MappingRecord | None:
-        rows = self.unit.rows(select(*_MAPPING_COLUMNS).where(MAPPINGS.c.root == source))
-        return MappingRecord(*rows[0]) if rows else None
+        rows = self.unit.rows(select(*_MAPPING_COLUMNS).where(MAPPINGS.c.root == self.unit.key(source)))
+        return self._record(rows[0]) if rows else None
+
+    def _record(self, row: Sequence[Any]) -> MappingRecord:
+        """A mapping's record from its row, its source as this site names it."""
+        return MappingRecord(self.unit.label(row[0]), *row[1:])
 
     def under(self, folder: str) -> list[MappingRecord]:
         """The records of mappings whose source is a folder inside ``folder``."""
-        prefix = folder.rstrip("/") + "/"
+        prefix = self.unit.key(folder).rstrip("/") + "/"
         rows = self.unit.rows(select(*_MAPPING_COLUMNS).where(func.substr(MAPPINGS.c.root, 1, len(prefix)) == prefix))
-        return [MappingRecord(*row) for row in rows]
+        return [self._record(row) for row in rows]
 
     def save(self, source: str, **changes: Any) -> None:
         record = replace(self.get(source) or MappingRecord(source), **changes)
-        self.unit.write(_SAVE_MAPPING, [astuple(record)])
+        self.unit.write(_SAVE_MAPPING, [(self.unit.key(record.root), *astuple(record)[1:])])
 
     def paused(self) -> set[str]:
         """The sources a person paused (``packsync pause``)."""
-        return {root for (root,) in self.unit.rows(select(MAPPINGS.c.root).where(MAPPINGS.c.paused.is_not(None)))}
+        return {self.unit.label(root) for (root,) in self.unit.rows(
+            select(MAPPINGS.c.root).where(MAPPINGS.c.paused.is_not(None)))}
 
     def pause(self, sources: Collection[str], paused: bool) -> None:
         """Pause (or resume) syncing ``sources``, in one transaction."""
@@ -77,11 +80,12 @@ class MappingRepository:
         """Sources renamed at once (old name → new name), in one transaction: in a swap, A's records become
         B's while B's become A's, so each goes through a name of its own first and none is overwritten."""
         with self.unit.transaction():
-            staged = {old: f"{old}\0moving" for old in moves}
+            key = self.unit.key
+            staged = {old: f"{key(old)}\0moving" for old in moves}
             for old, passing in staged.items():
-                self._move(old, passing)
+                self._move(key(old), passing)
             for old, new in moves.items():
-                self._move(staged[old], new)
+                self._move(staged[old], key(new))
 
     def _move(self, old: str, new: str) -> None:
         settled, images = table(SettledRow), table(ImageRow)
@@ -94,12 +98,12 @@ class MappingRepository:
     # -- the daemon --------------------------------------------------------------------------------
 
     def daemon(self) -> DaemonRecord | None:
-        rows = self.unit.rows(select(*_DAEMON_COLUMNS).where(DAEMON.c.id == _DAEMON_ID))
+        rows = self.unit.rows(select(*_DAEMON_COLUMNS).where(DAEMON.c.id == self.unit.daemon_id))
         return DaemonRecord(*rows[0]) if rows else None
 
     def save_daemon(self, **changes: Any) -> None:
         record = replace(self.daemon() or DaemonRecord(), **changes, updated_at=time.time())
-        self.unit.write(_SAVE_DAEMON, [(_DAEMON_ID, *astuple(record))])
+        self.unit.write(_SAVE_DAEMON, [(self.unit.daemon_id, *astuple(record))])
 
     # -- changes -----------------------------------------------------------------------------------
 

@@ -47,13 +47,16 @@ class MetadataRepository:
         """packsync's images in a pack by metadata status, counted by the database (the metrics' cheap read)."""
         c = IMAGES.c
         return {status: int(count) for status, count in self.unit.rows(
-            select(c.meta_status, func.count()).where(c.pack_id == pack_id, managed_by(owner))
+            select(c.meta_status, func.count()).where(c.pack_id == pack_id,
+                                                      managed_by(None if owner is None else self.unit.key(owner)))
             .group_by(c.meta_status))}
 
     def search(self, words: Sequence[str], limit: int = 50) -> list[tuple[ManagedImage, str]]:
         """packsync's images whose name, description, keywords, files' folders or mapping's folder or pack
         name hold every word (as a word's start), best match first, each with the mapping that owns it."""
-        return [(image(*row), row[5]) for row in search.find(self.unit, words, limit)]
+        label = self.unit.label
+        return [(image(row, label), label(row[5]))
+                for row in search.find(self.unit, words, limit)]
 
     def count(self, words: Sequence[str]) -> int:
         """How many of packsync's images ``search`` finds for these words, whatever its limit."""

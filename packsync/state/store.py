@@ -27,13 +27,15 @@ from pathlib import Path
 
 from packsync.errors import StateError, StateUnavailable
 from packsync.files import file_id
-from packsync.state import rows, sqlite, upgrade
+from packsync.state import rows, sites, sqlite, upgrade
 from packsync.state.activity import ActivityRepository
 from packsync.state.files import FileRepository
 from packsync.state.images import ImageRepository
 from packsync.state.lock import lock_path
 from packsync.state.mappings import MappingRepository
 from packsync.state.metadata import MetadataRepository
+from packsync.state.records import SharedState
+from packsync.state.tables import SHARED_ONLY
 from packsync.state.unit import DATABASE_ERRORS, UnitOfWork, raise_unusable
 from packsync.state.uploads import UploadRepository
 
@@ -41,11 +43,19 @@ from packsync.state.uploads import UploadRepository
 class State:
     """The state database, used from one thread at a time."""
 
-    def __init__(self, path: Path, *, readonly: bool = False, holds_lock: bool = True) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False, holds_lock: bool = True,
+                 shared: SharedState | None = None) -> None:
         """``holds_lock``: the opener holds the state's lock (``run``, the daemon), whose file is then watched
-        with the database's; False for one that runs beside them without it (``pull``): only the database is."""
+        with the database's; False for one that runs beside them without it (``pull``): only the database is.
+        ``shared``: the state is on PostgreSQL, shared with other sites (``path`` then names only the local
+        files beside it: the lock, the daemon's socket)."""
         self.path = path
         self.readonly = readonly
+        self.shared = shared
+        if shared is not None:
+            self._opened = {file: file_id(file) for file in (() if readonly or not holds_lock else (lock_path(path),))}
+            self._repositories(_open_shared(path, shared, readonly=readonly, holds_lock=holds_lock))
+            return
         unit: UnitOfWork | None = None
         try:
             try:
@@ -77,11 +87,14 @@ class State:
             if unit is not None:
                 unit.close()
             raise
-        self.unit = unit
         # The files opened (the lock: the one packsync locked before opening it), so that a write never goes
         # on to a file deleted or replaced meanwhile — nor under a lock that excludes no one any more.
         watched = () if readonly else (path, lock_path(path)) if holds_lock else (path,)
         self._opened = {file: file_id(file) for file in watched}
+        self._repositories(unit)
+
+    def _repositories(self, unit: UnitOfWork) -> None:
+        self.unit = unit
         unit.before_write = self.check
         self.files = FileRepository(unit)
         self.uploads = UploadRepository(unit)
@@ -127,5 +140,48 @@ class State:
 
     def data_version(self) -> int:
         """A number that changes whenever another connection (a sync) commits: what a reader polls."""
+        self.unit.reconnected()
         with self.unit.guarded():
+            if self.unit.shared:
+                from packsync.state import postgres
+
+                return postgres.data_version(self.unit.connection)
             return sqlite.data_version(self.unit.connection)
+
+    @property
+    def where(self) -> str:
+        """How messages name the state: its file, or a shared state's server and database."""
+        if self.shared is None:
+            return str(self.path)
+        from packsync.state import postgres
+
+        return postgres.where(self.shared)
+
+
+def _open_shared(path: Path, shared: SharedState, *, readonly: bool, holds_lock: bool) -> UnitOfWork:
+    """The unit of work of a shared state: its schema made if missing (not by a reader, who sees an empty
+    state then, as on a missing file), the site registered, and — for ``run`` and the daemon — the site's
+    own lock taken, and taken again on every connection made after the server was lost."""
+    from packsync.state import postgres
+
+    if (problem := postgres.missing_driver()) is not None:
+        raise StateError(problem)
+    place = postgres.where(shared)
+    unit = UnitOfWork(path, postgres.open_engine(shared), site=shared.site,
+                      unusable=lambda exc: postgres.unusable(shared, exc))
+    try:
+        if holds_lock and not readonly:
+            postgres.lock_site(unit.connection, shared)
+            unit.on_connect.append(lambda connection: postgres.lock_site(connection, shared))
+        if readonly and not ({"meta", *SHARED_ONLY} <= postgres.tables_of(unit.connection)):
+            unit.close()
+            unit = UnitOfWork(path, sqlite.open_engine(None), site=shared.site)
+            upgrade.create_empty(unit)
+            return unit
+        if not readonly:
+            upgrade.set_up_shared(unit, place)
+        unit.daemon_id = sites.register(unit, readonly=readonly)
+    except BaseException:
+        unit.close()
+        raise
+    return unit

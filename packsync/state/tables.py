@@ -98,7 +98,8 @@ class ImageRow(SQLModel, table=True):
     # The images still waiting for their metadata, per pack: what a metadata round reads, whatever the
     # number of images settled beside them.
     __table_args__ = (Index("ix_images_pack_sha256", "pack_id", "sha256"),
-                      Index("ix_images_unsettled", "pack_id", sqlite_where=text(UNSETTLED)))
+                      Index("ix_images_unsettled", "pack_id", sqlite_where=text(UNSETTLED),
+                            postgresql_where=text(UNSETTLED)))
     pack_id: str = Field(primary_key=True)
     image_id: str = Field(primary_key=True)
     sha256: str = Field(index=True)

@@ -18,10 +18,11 @@ This module knows no table: the repositories bring their statements.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from sqlalchemy import Connection, Dialect, Engine, Executable
 from sqlalchemy.exc import DBAPIError
@@ -29,8 +30,10 @@ from sqlalchemy.sql.dml import UpdateBase
 
 from packsync.errors import StateError, StateUnavailable
 from packsync.logs import get_logger
-from packsync.state.sqlite import BEGIN_WRITE, DRIVER_ERRORS, MISUSE_ERRORS
-from packsync.state.translate import unusable
+from packsync.state import sqlite
+from packsync.state.dialects import ForDialect
+from packsync.state.sqlite import DRIVER_ERRORS, MISUSE_ERRORS
+from packsync.state.translate import unusable as _unusable
 
 #: Steps ``write_behind`` queues at most before it commits them.
 QUEUED_AT_MOST = 64
@@ -39,11 +42,11 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, *DRIVER_ERRORS, OSEr
 
 
 def raise_unusable(path: Path, exc: Exception) -> NoReturn:
-    """Raise ``exc``, one of ``DATABASE_ERRORS``, in packsync's terms (``translate.unusable``) — unless it
-    is packsync's misuse of the driver, a bug, which goes up as it is."""
+    """Raise ``exc``, one of SQLite's ``DATABASE_ERRORS``, in packsync's terms (``translate.unusable``) —
+    unless it is packsync's misuse of the driver, a bug, which goes up as it is."""
     if isinstance(getattr(exc, "orig", None) or exc, MISUSE_ERRORS):
         raise exc
-    raise unusable(path, exc) from None
+    raise _unusable(path, exc) from None
 
 
 class Bulk:
@@ -53,14 +56,15 @@ class Bulk:
     tuple, not the dictionary and the conversions an ORM object or a Core execution would.
     """
 
-    def __init__(self, statement: UpdateBase, *keys: str) -> None:
+    def __init__(self, statement: UpdateBase | ForDialect, *keys: str) -> None:
         self.statement, self.keys = statement, keys
         self._compiled: dict[str, tuple[str, list[int] | None]] = {}
 
     def compiled(self, dialect: Dialect) -> tuple[str, list[int] | None]:
         """The SQL for ``dialect``, and where each of its parameters is in a row (None: in order)."""
         if dialect.name not in self._compiled:
-            compiled = self.statement.compile(dialect=dialect)
+            statement = self.statement if isinstance(self.statement, UpdateBase) else self.statement(dialect)
+            compiled = statement.compile(dialect=dialect)
             order = [self.keys.index(name) for name in compiled.positiontup or ()]
             self._compiled[dialect.name] = str(compiled), None if order == list(range(len(self.keys))) else order
         return self._compiled[dialect.name]
@@ -69,21 +73,72 @@ class Bulk:
 class UnitOfWork:
     """The connection every repository uses, its transactions, and the queue ``write_behind`` keeps."""
 
-    def __init__(self, path: Path, engine: Engine) -> None:
+    def __init__(self, path: Path, engine: Engine, *, site: str = "",
+                 unusable: Callable[[BaseException], StateError] | None = None) -> None:
+        """``site``: this machine's name in a state shared by several (PostgreSQL), '' in a state of its own:
+        what qualifies the labels of its sources (``key``). ``unusable``: the sentence for an error of the
+        database (default: the SQLite file's at ``path``)."""
         self.path = path
         self.engine = engine
-        self.connection: Connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        # The driver's own connection under it (PEP 249), for the statements run once per step: a
-        # transaction's bounds and the compiled bulk writes, without SQLAlchemy's execution context per
-        # statement (a pulled file's record measured 52 µs through it, 33 µs without; a run makes thousands).
-        self._driver: Any = self.connection.connection.driver_connection
+        self.site = site
+        #: The ``daemon`` row this process's daemon keeps (a shared state's sites each keep their own).
+        self.daemon_id = 1
+        self.shared = engine.dialect.name == "postgresql"
+        if self.shared:
+            from packsync.state import postgres
+
+            self.errors: tuple[type[Exception], ...] = (DBAPIError, *postgres.driver_errors(), OSError)
+            self.misuse: tuple[type[Exception], ...] = postgres.misuse_errors()
+            self.begin = postgres.BEGIN_WRITE
+        else:
+            self.errors, self.misuse, self.begin = DATABASE_ERRORS, MISUSE_ERRORS, sqlite.BEGIN_WRITE
+        self._unusable = unusable or (lambda exc: _unusable(path, exc))
         self._open = False  # inside a transaction of ours
         self._queued: list[tuple[Bulk, list[Sequence[Any]]]] | None = None  # inside ``write_behind`` only
         #: Raises when no write may begin (the file was replaced under packsync: ``State.check``).
         self.before_write: Callable[[], None] = lambda: None
+        #: Run inside every write transaction, right after it begins: raises when it may not commit (a shared
+        #: state's site whose hold on a pack ran out: ``engine.leases``).
+        self.fence: Callable[[], None] = lambda: None
+        #: Run on every connection made (the first, and each made again after the server was lost).
+        self.on_connect: list[Callable[[Connection], None]] = []
+        self._connect()
+
+    def _connect(self) -> None:
+        with self.guarded():
+            self.connection: Connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            # The driver's own connection under it (PEP 249), for the statements run once per step: a
+            # transaction's bounds and the compiled bulk writes, without SQLAlchemy's execution context per
+            # statement (a pulled file's record measured 52 µs through it, 33 µs without; a run makes thousands).
+            self._driver: Any = cast(Any, self.connection.connection.driver_connection)
+            self._many: Callable[[str, Sequence[Sequence[Any]]], Any] = \
+                self._driver.cursor().executemany if self.shared else self._driver.executemany
+            for hook in self.on_connect:
+                hook(self.connection)
+
+    def reconnected(self) -> bool:
+        """Make a new connection when the server dropped the last one (a shared state's server restarted, the
+        network came back); whether one was made. SQLite's connection to its file is never lost."""
+        if not self.shared or not (self._driver.closed or self._driver.broken or self.connection.invalidated):
+            return False
+        self._open = False
+        with contextlib.suppress(Exception):
+            self.connection.close()
+        self._connect()
+        return True
+
+    def key(self, label: str) -> str:
+        """How the state stores a source's label: qualified by the site in a shared state (``nas:/srv/brand``),
+        as it is in a state of one machine's own."""
+        return f"{self.site}:{label}" if self.site and label else label  # ('': an image of any mapping's)
+
+    def label(self, key: str) -> str:
+        """A stored key as this site names it: its own sources by their labels, other sites' qualified."""
+        return key[len(self.site) + 1:] if self.site and key.startswith(self.site + ":") else key
 
     def close(self) -> None:
-        self.connection.close()
+        with contextlib.suppress(*self.errors):
+            self.connection.close()
         self.engine.dispose()
 
     @contextmanager
@@ -91,9 +146,16 @@ class UnitOfWork:
         """The database's errors raised inside, in packsync's terms (the transaction they broke dropped)."""
         try:
             yield
-        except DATABASE_ERRORS as exc:
+        except self.errors as exc:
             self.rollback()
-            raise_unusable(self.path, exc)
+            self.raise_unusable(exc)
+
+    def raise_unusable(self, exc: Exception) -> NoReturn:
+        """Raise ``exc``, one of the database's errors, in packsync's terms — unless it is packsync's misuse
+        of the driver, a bug, which goes up as it is."""
+        if isinstance(getattr(exc, "orig", None) or exc, self.misuse):
+            raise exc
+        raise self._unusable(exc) from None
 
     def rollback(self) -> None:
         """Drop a transaction an error left open, so that the connection can be used again."""
@@ -101,8 +163,8 @@ class UnitOfWork:
             self._open = False
             try:
                 self._driver.execute("ROLLBACK")
-            except DATABASE_ERRORS:
-                pass  # the database rolled it back itself (a full disk, an I/O error)
+            except self.errors:
+                pass  # the database rolled it back itself (a full disk, an I/O error, a lost connection)
 
     @contextmanager
     def write_behind(self) -> Iterator[None]:
@@ -144,11 +206,13 @@ class UnitOfWork:
         """Statements committed together, or not at all, after any steps queued before them (which stay
         queued until a commit holds them)."""
         self.before_write()
+        self.reconnected()
         with self.guarded():
-            self._driver.execute(BEGIN_WRITE)
+            self._driver.execute(self.begin)
             self._open = True
             queued = list(self._queued or ())
             try:
+                self.fence()
                 for bulk, rows in queued:
                     self._run(bulk, rows)
                 yield
@@ -163,12 +227,14 @@ class UnitOfWork:
     def rows(self, statement: Executable, parameters: dict[str, Any] | None = None) -> Sequence[Sequence[Any]]:
         """The rows ``statement`` selects, every step written before included."""
         self.flush()
+        self.reconnected()
         with self.guarded():
             return self.connection.execute(statement, parameters).all()
 
     def stream(self, statement: Executable) -> Iterator[Sequence[Any]]:
         """The rows ``statement`` selects, one at a time: a large read (a file cache) builds no list of them."""
         self.flush()
+        self.reconnected()
         with self.guarded():
             yield from self.connection.execute(statement)
 
@@ -207,4 +273,4 @@ class UnitOfWork:
         sql, order = bulk.compiled(self.connection.dialect)
         if order is not None:
             rows = [tuple(row[index] for index in order) for row in rows]
-        self._driver.executemany(sql, rows)
+        self._many(sql, rows)

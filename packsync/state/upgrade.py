@@ -12,12 +12,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Table
+from sqlalchemy import Table, select
 
 from packsync.errors import StateError
 from packsync.state import search
-from packsync.state.sqlite import columns_of, count_changes, create_temp_table, insert_new, read_meta, tables_of, upsert
-from packsync.state.tables import APP_ID, METADATA, PLANNED_FROM, SCHEMA_VERSION, TABLES, ChangeCountRow, MetaRow, table
+from packsync.state.dialects import insert_new, upsert
+from packsync.state.sqlite import columns_of, count_changes, create_temp_table, read_meta, tables_of
+from packsync.state.tables import (
+    APP_ID,
+    METADATA,
+    PLANNED_FROM,
+    SCHEMA_VERSION,
+    SHARED_ONLY,
+    TABLES,
+    ChangeCountRow,
+    MetaRow,
+    table,
+)
 from packsync.state.translate import corrupt
 from packsync.state.unit import Bulk, UnitOfWork
 
@@ -164,3 +175,35 @@ def read_as_current(unit: UnitOfWork, version: int | None, tables: set[str]) -> 
             since = ("NULL AS source_name, " if version < 3 else "") + ", ".join(
                 f"NULL AS {column.split()[0]}" for column in missing)
             unit.execute(f"CREATE TEMP VIEW mappings AS SELECT *, {since} FROM main.mappings")
+
+
+def set_up_shared(unit: UnitOfWork, where: str) -> None:
+    """A shared state's schema (PostgreSQL), made by the first site to open it: every table, with the
+    indexes, the search index and the triggers that count changes, in one transaction under the schema's
+    lock (two sites' first runs at once make it once). A database holding other programs' tables, or a
+    newer packsync's schema, is refused before anything is written."""
+    from packsync.state import postgres
+
+    with unit.transaction():
+        postgres.schema_lock(unit.connection)
+        have = postgres.tables_of(unit.connection)
+        shared = {**TABLES, **SHARED_ONLY}
+        if "meta" in have:
+            meta = {key: value for key, value in unit.rows(select(table(MetaRow).c.key, table(MetaRow).c.value))}
+            if meta.get("app") != APP_ID:
+                raise StateError(f"the database {where} holds another program's tables; give packsync a database "
+                                 "of its own.")
+            schema = meta.get("schema", "0")
+            if schema.isascii() and schema.isdigit() and int(schema) > SCHEMA_VERSION:
+                raise StateError(f"the shared state {where} was written by a newer packsync (schema {schema}); "
+                                 "upgrade packsync on this machine to use it.")
+            if have >= shared.keys():
+                return
+        elif have - shared.keys():
+            raise StateError(f"the database {where} holds other tables ({', '.join(sorted(have)[:3])}…); give "
+                             "packsync a database of its own.")
+        METADATA.create_all(unit.connection, tables=[t for name, t in shared.items() if name not in have])
+        for statement in postgres.count_changes(PLANNED_FROM):
+            unit.execute(statement)
+        unit.write(_COUNT_FROM_ZERO, [(0, 0)])
+        unit.write(_META, [("app", APP_ID), ("schema", str(SCHEMA_VERSION))])

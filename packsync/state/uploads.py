@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, select
 
 from packsync.model import Blob, PreparedContent, PulledFile, UrlContent
-from packsync.state.sqlite import upsert
+from packsync.state.dialects import upsert
 from packsync.state.tables import BlobRow, PreparedRow, PulledRow, UrlContentRow, table
 from packsync.state.unit import Bulk, UnitOfWork
 
@@ -122,16 +122,17 @@ class UploadRepository:
     def pulled(self, folder: str, pack_id: str | None = None) -> list[PulledFile]:
         """The files pull wrote into ``folder`` (from ``pack_id``, or from any pack)."""
         c = PULLED.c
-        statement = select(c.folder, c.pack_id, c.name, c.image_id, c.url, c.sha256).where(c.folder == folder)
+        statement = select(c.folder, c.pack_id, c.name, c.image_id, c.url, c.sha256).where(
+            c.folder == self.unit.key(folder))
         rows: Sequence[Any] = self.unit.rows(statement if pack_id is None else statement.where(c.pack_id == pack_id))
-        return [PulledFile(*row) for row in rows]
+        return [PulledFile(folder, *row[1:]) for row in rows]
 
     def record_pulled(self, pulled: PulledFile, content: UrlContent) -> None:
         """Record a file pull is about to give its name, with what the download learnt of its URL."""
         with self.unit.transaction():
             self.unit.write(_SAVE_URL_CONTENT, [_url_content_row(content)])
-            self.unit.write(_SAVE_PULLED, [(pulled.folder, pulled.pack_id, pulled.image_id, pulled.name, pulled.url,
-                                            pulled.sha256)])
+            self.unit.write(_SAVE_PULLED, [(self.unit.key(pulled.folder), pulled.pack_id, pulled.image_id, pulled.name,
+                                            pulled.url, pulled.sha256)])
 
     def forget_pulled(self, pulled: PulledFile) -> None:
-        self.unit.write(_FORGET_PULLED, [(pulled.folder, pulled.pack_id, pulled.image_id)])
+        self.unit.write(_FORGET_PULLED, [(self.unit.key(pulled.folder), pulled.pack_id, pulled.image_id)])
