@@ -269,6 +269,31 @@ class RecordRecipe(Action, frozen=True):
         run.state.images.set_recipe(self.pack_id, self.image_ids, self.recipe)
 
 
+class HandOverImage(Action, frozen=True):
+    """An image whose content left the mapping's source while another mapping into the pack (of this
+    machine, or of another site sharing the state) still holds it: that mapping owns it now, and the image
+    stays. ``to`` is that mapping as the state keys it."""
+
+    kind: ClassVar[str] = "hand-over"
+    order: ClassVar[int] = 5
+
+    pack_id: str
+    image_id: str
+    to: str
+    name: str | None = None
+
+    def about(self) -> tuple[str | None, str | None]:
+        return self.name, self.image_id
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "to": self.to}
+
+    async def apply(self, run: Run) -> None:
+        run.state.images.hand_over(self.pack_id, {self.image_id: self.to})
+        run.log.info("image kept: another mapping into the pack holds its content", image_id=self.image_id,
+                     to=self.to)
+
+
 class ForgetImage(Action, frozen=True):
     """Drop the record of an image that is no longer in the pack."""
 

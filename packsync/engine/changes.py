@@ -54,6 +54,8 @@ class Changes(msgspec.Struct, frozen=True):
     images: list[ManagedImage]  # the pack's recorded images (any mapping's) holding a touched content
     managed: int  # every image of the pack the mapping manages (counted only when a content may be deleted)
     witness: dict[str, CachedFile]  # some good file outside the change, to stand for the rest of the mapping
+    #: per content the change's files no longer hold, another mapping into the pack holding it (its key)
+    elsewhere: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 def touched(partial: PathsScan, previous: Mapping[str, CachedFile]) -> set[str]:
@@ -67,9 +69,11 @@ def _held(records: Mapping[str, CachedFile]) -> Counter[str]:
 
 
 async def observe(state: State, mapping: MappingConfig, source: Source, paths: Collection[str],
-                  busy: Collection[str] = ()) -> Changes | None:
+                  busy: Collection[str] = (), configured: Collection[str] = ()) -> Changes | None:
     """Have ``source`` (``mapping``'s) scan ``paths`` and read what the change touches; None when only a
-    full scan can decide (see the module's docstring). Raises what the source's scan raises."""
+    full scan can decide (see the module's docstring). ``configured``: the labels of every mapping the config
+    has (of them, and of other sites' mappings, one into the pack that holds a lost content keeps its image).
+    Raises what the source's scan raises."""
     label = mapping.label
     pack_id = recorded_pack_id(state, mapping)
     record = state.mappings.get(label)
@@ -102,8 +106,9 @@ async def observe(state: State, mapping: MappingConfig, source: Source, paths: C
     lost = _held(previous).keys() - {item.sha256 for item in partial.scan.items} - partial.scan.keep
     holders = state.files.holders(label, lost) if lost else {}
     managed = state.images.count(pack_id, label) if lost else 0
+    elsewhere = state.images.held_elsewhere(pack_id, label, lost, configured) if lost else {}
     return Changes(label, pack_id, mapping.pack or record.pack_name or "", partial, previous, holders, images,
-                   managed, witness)
+                   managed, witness, elsewhere)
 
 
 def restricted_input(changes: Changes, options: MappingOptions, recipe: Recipe) -> MappingInput:
@@ -122,4 +127,5 @@ def restricted_input(changes: Changes, options: MappingOptions, recipe: Recipe) 
                       tuple(RemoteImage(i.image_id, i.url, i.metadata) for i in changes.images))
     # max_delete is a share of every image the mapping manages, not of the few in this input.
     return MappingInput(label=changes.label, pack_name=changes.pack_name, scan=now, managed=ours, remote=pack,
-                        known_urls={}, options=options, others=others, managed_in_pack=changes.managed, recipe=recipe)
+                        known_urls={}, options=options, others=others, managed_in_pack=changes.managed, recipe=recipe,
+                        held_elsewhere=changes.elsewhere)

@@ -16,7 +16,9 @@ deletes, withheld deletes and the metadata to record. The rules, in order:
 3. Each distinct content in the source needs exactly one image: missing ones are *added*, extra
    copies are *deleted* as duplicates, the oldest one stays.
 4. Images of contents no longer in the source are *deleted* when the mapping deletes — but never
-   contents the scan could not positively see gone (``Scan.keep``).
+   contents the scan could not positively see gone (``Scan.keep``), and never contents another mapping
+   into the pack still holds (of this machine, or another site sharing the state): that mapping owns the
+   image now (*handed over*).
 5. Images packsync did not add are the user's: deleted only with ``prune_foreign``. Images another
    mapping owns in the same pack are neither: that mapping's to delete; their content is present.
 6. A recorded image whose upload was prepared with another recipe than the mapping's now (``strip``
@@ -48,6 +50,7 @@ from packsync.engine.actions import (
     CreatePack,
     DeleteImage,
     ForgetImage,
+    HandOverImage,
     RecordMetadata,
     RecordRecipe,
     RememberPack,
@@ -121,6 +124,9 @@ class MappingInput(msgspec.Struct, frozen=True):
     prepared: Mapping[tuple[str, str], PreparedContent] = msgspec.field(default_factory=dict)
     #: The recipe (its key) that made the bytes of each of ``known_urls`` ('' or missing: the file as it is).
     known_recipes: Mapping[str, str] = msgspec.field(default_factory=dict)
+    #: Contents of the mapping's images that another mapping into the pack (of any site) holds in its
+    #: source, each with that mapping as the state keys it: such an image is handed over, never deleted.
+    held_elsewhere: Mapping[str, str] = msgspec.field(default_factory=dict)
 
 
 class MappingPlan(msgspec.Struct):
@@ -390,6 +396,10 @@ class _Walk:
             self.replaced[image.sha256] = image
         elif image.sha256 in self.wanted or image.sha256 in source.scan.keep or not source.options.delete:
             self.kept.add(image.sha256)
+        elif image.sha256 in source.held_elsewhere:
+            self.kept.add(image.sha256)
+            self.plan.actions.append(HandOverImage(source.label, image.pack_id, image.image_id,
+                                                   source.held_elsewhere[image.sha256], image.file_name))
         else:
             self.deletes.append(DeleteImage(source.label, image.image_id, image.url, "file removed", image.sha256,
                                             image.file_name))

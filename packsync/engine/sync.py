@@ -211,6 +211,7 @@ class Syncer:
         self.log = get_logger()
         self.preparer = Preparer()
         self._downloads = 0
+        self.configured: frozenset[str] = frozenset()  # the labels of every mapping of the last sync's config
 
     async def sync(self, options: SyncOptions = SyncOptions(), only: Collection[str] | None = None,
                    busy: Mapping[str, Collection[str]] | None = None,
@@ -224,8 +225,10 @@ class Syncer:
         self.api.start_run()
         result = SyncReport(dry_run=options.dry_run)
         paused = self.state.mappings.paused()
-        selected = [t for t in await self._targets(result, paused)
-                    if only is None or t.label in only or self._group(t.config) in only]
+        found = await self._targets(result, paused)
+        # (what this machine maps now: a mapping dropped from the config no longer holds a pack's images)
+        self.configured = frozenset({*(t.label for t in found), *result.paused})
+        selected = [t for t in found if only is None or t.label in only or self._group(t.config) in only]
         result.paused = [label for label in result.paused
                          if only is None or label in only or group_of(self.config, label) in only]
         result.mappings = [MappingReport(t.config, t.config.pack_label, t) for t in selected]
@@ -410,7 +413,8 @@ class Syncer:
         if report.target.renamed_from:
             return False  # its records and pack are taken over by the full plan
         try:
-            seen = await incremental.observe(self.state, report.config, self.sources[report.label], paths, busy)
+            seen = await incremental.observe(self.state, report.config, self.sources[report.label], paths, busy,
+                                             self.configured)
         except SourceUnavailable:
             return False  # the full scan says why
         if seen is None:
@@ -546,6 +550,9 @@ class Syncer:
         present = {image.sha256 for image in managed if image.image_id in in_pack} | set(known_urls.values()) \
             | {sha256 for image_id, sha256 in others.items() if image_id in in_pack}
         missing = {item.sha256 for item in scan.items} - present
+        gone = {image.sha256 for image in managed} - {item.sha256 for item in scan.items} - scan.keep
+        elsewhere = self.state.images.held_elsewhere(remote.pack_id, owner, gone, self.configured) \
+            if remote and gone else {}
         contents: dict[str, str] = {}
         unknown = 0
         if mapping.adopt and remote and missing:  # only when a file may be in the pack already
@@ -562,7 +569,7 @@ class Syncer:
             options=self._options(report, options),
             others=others, contents=contents, unknown=unknown, remember=None if report.target.renamed_from
             else read.remember, gone_pack=read.gone, renamed=self._rename(report, remote), recipe=mapping.recipe,
-            prepared=seen.prepared)
+            prepared=seen.prepared, held_elsewhere=elsewhere)
 
     def _rename(self, report: MappingReport, remote: RemotePack | None) -> RenamePack | None:
         old = report.target.renamed_from

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, String, bindparam, case, delete, func, or_, select, text, true, update
 
 from packsync.model import METADATA_SETTLED, ManagedImage, Metadata
 from packsync.state.dialects import upsert
-from packsync.state.tables import UNSETTLED, FileRow, ImageRow, table
+from packsync.state.tables import UNSETTLED, FileRow, ImageRow, MappingRow, table
 from packsync.state.unit import Bulk, UnitOfWork
 from packsync.state.uploads import batches
 
-IMAGES, FILES = table(ImageRow), table(FileRow)
+IMAGES, FILES, MAPPINGS = table(ImageRow), table(FileRow), table(MappingRow)
 #: The columns an image is read from, in ``image``'s order.
 COLUMNS = tuple(IMAGES.c[name] for name in ("pack_id", "image_id", "sha256", "url", "file_name", "owner",
                                             "meta_status", "description", "keywords", "meta_error", "meta_model",
@@ -42,6 +42,9 @@ _FORGET = Bulk(delete(IMAGES).where(IMAGES.c.pack_id == bindparam("pack_id"), _O
 _SET_RECIPE = Bulk(update(IMAGES).where(IMAGES.c.pack_id == bindparam("pack_id"),
                                         IMAGES.c.image_id == bindparam("image_id")).values(recipe=bindparam("to")),
                    "to", "pack_id", "image_id")
+_HAND_OVER = Bulk(update(IMAGES).where(IMAGES.c.pack_id == bindparam("pack_id"),
+                                       IMAGES.c.image_id == bindparam("image_id")).values(owner=bindparam("to")),
+                  "to", "pack_id", "image_id")
 
 #: Settled metadata read without its details is the same value for every image: share it.
 _BARE = {status: Metadata(status) for status in METADATA_SETTLED}
@@ -124,6 +127,24 @@ class ImageRepository:
                               .join(FILES, (c.root == i.owner) & (c.sha256 == i.sha256))
                               .where(i.pack_id == pack_id, c.problem.is_(None)).group_by(i.image_id))
         return {image_id: (path, name, self.unit.label(owner)) for image_id, path, name, owner in rows}
+
+    def held_elsewhere(self, pack_id: str, owner: str, shas: Collection[str],
+                       configured: Collection[str]) -> dict[str, str]:
+        """Of these contents, those the source of another mapping into this pack holds as a good file, each
+        with such a mapping (the first by key) as the state keys it: a mapping of this site's that is
+        ``configured`` (a label), or any of another site's sharing the state."""
+        f, m = FILES.c, MAPPINGS.c
+        mine = [self.unit.key(label) for label in configured if label != owner]
+        ours = self.unit.key("") + ":" if self.unit.site else ""
+        live = or_(f.root.in_(mine), func.substr(f.root, 1, len(ours)) != ours) if ours else f.root.in_(mine)
+        return {sha: key for batch in batches(shas) for sha, key in self.unit.rows(
+            select(f.sha256, func.min(f.root)).join(MAPPINGS, m.root == f.root)
+            .where(m.pack_id == pack_id, live, f.sha256.in_(batch), f.problem.is_(None))
+            .group_by(f.sha256))} if mine or ours else {}
+
+    def hand_over(self, pack_id: str, owners: Mapping[str, str]) -> None:
+        """Make each of these images (by id) the image of another mapping (as the state keys it)."""
+        self.unit.write(_HAND_OVER, [(to, pack_id, image_id) for image_id, to in owners.items()])
 
     def record(self, images: Iterable[ManagedImage]) -> None:
         """Record images packsync added (or adopted); committed at once, together."""
