@@ -138,6 +138,8 @@ class StateConfig(_Strict, frozen=True):
 POSTGRES_SCHEMES = ("postgresql+psycopg", "postgresql", "postgres")
 #: What a URL's query may say that is a password all the same (libpq reads both from it).
 _PASSWORD_PARAMETERS = {"password", "sslpassword"}
+#: A user and a password, as SQLAlchemy's URL parser finds them: anything between the first ":" and an "@".
+_USER_PASSWORD = re.compile(r"[^:/]*:[^@]*@")
 #: A site's name: it qualifies the site's labels in the shared state (``nas:/srv/brand``), so no ":".
 _SITE = re.compile(r"[A-Za-z0-9._-]{1,63}")
 _SITE_RULE = "a site's name is 1 to 63 letters, digits, '.', '_' or '-'"
@@ -154,8 +156,10 @@ def postgres_url(url: str) -> str:
         parts = None
     if not separator or scheme.lower() not in POSTGRES_SCHEMES or parts is None:
         raise ValueError("url: not a PostgreSQL URL; write postgresql+psycopg://USER@HOST:PORT/DATABASE")
-    query = {name.lower() for name, _value in parse_qsl(parts.query, keep_blank_values=True)}
-    if parts.password is not None or query & _PASSWORD_PARAMETERS:
+    # Read as SQLAlchemy reads it too (the state's engine does): a password may hold a "/" or a "#" that ends the
+    # host or the query for urlsplit, not for SQLAlchemy.
+    query = {name.lower() for name, _value in parse_qsl(rest.partition("?")[2], keep_blank_values=True)}
+    if parts.password is not None or _USER_PASSWORD.match(rest) or query & _PASSWORD_PARAMETERS:
         raise ValueError("url: holds a password, which belongs in the environment or a file: remove it from the "
                          "URL and name it with state.password_env or state.password_file")
     return f"{POSTGRES_SCHEMES[0]}://{rest}"

@@ -511,10 +511,11 @@ def test_a_state_url_is_read_as_sqlalchemy_s_psycopg_url(scheme: str) -> None:
         "no password_env or password_file: a server that trusts the connection; a lease lasts 60 s by default"
 
 
-def test_a_url_without_a_host_is_a_unix_socket_s_and_is_kept_as_it_is() -> None:
-    config = parse_config({"state": {"url": "postgresql:///packsync?host=/run/postgresql"}})
-
-    assert config.state.url == "postgresql+psycopg:///packsync?host=/run/postgresql"
+@pytest.mark.parametrize("rest", ["/packsync?host=/run/postgresql", "packsync@[::1]:5432/packsync",
+                                  "db.example.com:5432/packsync", "packsync@h/packsync?sslmode=require"])
+def test_after_its_scheme_a_url_is_kept_as_written(rest: str) -> None:
+    """A Unix socket's (no host), an IPv6 address, no user (libpq's default), libpq's own parameters."""
+    assert parse_config({"state": {"url": f"postgres://{rest}"}}).state.url == f"postgresql+psycopg://{rest}"
 
 
 def test_without_a_url_the_state_is_sqlite_s_and_site_and_lease_s_are_ignored() -> None:
@@ -598,6 +599,10 @@ def test_a_url_key_above_every_header_is_said_to_be_state_s() -> None:
     f"postgresql://packsync:{PASSWORD}@@db.example.com/packsync",
     f"postgresql://db.example.com/packsync?user=packsync&password={PASSWORD}",
     f"postgresql://packsync@db.example.com/packsync?sslpassword={PASSWORD}",
+    pytest.param(f"postgresql://packsync:1/{PASSWORD}@db.example.com/packsync",
+                 id="a password with a slash, after a port-like start (SQLAlchemy reads it as a password)"),
+    pytest.param(f"postgresql://packsync@db.example.com/packsync?sslmode=require#&password={PASSWORD}",
+                 id="a password after a '#' (SQLAlchemy's query runs to the end)"),
 ])
 def test_a_url_holding_a_password_is_refused_without_repeating_it(url: str) -> None:
     with pytest.raises(ConfigError) as caught:
