@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -714,3 +715,17 @@ def test_a_shared_state_in_a_config_file(tmp_path: Path, monkeypatch: pytest.Mon
     assert shared_state is not None
     assert (shared_state.url, shared_state.password, shared_state.site, shared_state.lease_s) == \
         ("postgresql+psycopg://packsync@localhost/packsync", "pw-of-the-file-config", "nas", 30.0)
+
+
+def test_the_example_config_s_commented_shared_state_is_valid() -> None:
+    """Its [state] keys uncommented (password_file left out: it is password_env's alternative) are a config."""
+    text = (Path(__file__).parent.parent / "config.example.toml").read_text(encoding="utf-8")
+    table = text.partition("\n[state]\n")[2].partition("\n[")[0]
+    keys = [line.removeprefix("# ") for line in table.splitlines()
+            if line.startswith("# ") and " = " in line and not line.startswith("# password_file")]
+
+    config = parse_config(tomllib.loads("[state]\n" + "\n".join(keys)))
+
+    assert [key.partition(" ")[0] for key in keys] == ["path", "url", "password_env", "site", "lease_s"]
+    assert (config.state.url, config.state.site, config.state.lease_s) == \
+        ("postgresql+psycopg://packsync@db.example.com:5432/packsync", "nas", 60.0)
