@@ -1,8 +1,10 @@
-"""The TOML config: where it is, what it may say, and the API token it points to.
+"""The TOML config: where it is, what it may say, and the secrets it points to (the API tokens, the shared
+state's database password).
 
 Validation is msgspec's (typed structs, quick to import): every table forbids unknown keys, and every
 error is reported as one sentence naming the key, e.g. ``mappings[1].pack_id: ...``.
-The token itself is never in the config; the config only says where to find it.
+A secret itself is never in the config (a database URL holding a password is refused); the config only says
+where to find it, and no error repeats one.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ if typing.TYPE_CHECKING:
 DEFAULT_BASE_URL = "https://www.genviral.io/api/partner/v1"
 DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif", "*.heic", "*.heif"]
 CONFIG_ENV = "PACKSYNC_CONFIG"
-#: A config or token file larger than these is not one (and is not read whole).
+#: A config file, or a token's or password's file, larger than these is not one (and is not read whole).
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_TOKEN_BYTES = 64 * 1024
 #: Where the token is looked for when the config names no variable, in this order.
