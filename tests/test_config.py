@@ -729,3 +729,18 @@ def test_the_example_config_s_commented_shared_state_is_valid() -> None:
     assert [key.partition(" ")[0] for key in keys] == ["path", "url", "password_env", "site", "lease_s"]
     assert (config.state.url, config.state.site, config.state.lease_s) == \
         ("postgresql+psycopg://packsync@db.example.com:5432/packsync", "nas", 60.0)
+
+
+def test_cli_with_a_password_in_the_state_url_exits_2_without_showing_it(env: Env) -> None:
+    env.write_config()
+    text = env.config_path.read_text(encoding="utf-8")
+    env.config_path.write_text(text.replace("[state]\n", f'[state]\nurl = "postgres://packsync:{PASSWORD}@db/ps"\n'),
+                               encoding="utf-8")
+
+    result = env.cli("-v", "run")
+
+    assert result.returncode == ExitCode.USAGE
+    assert result.stderr.strip() == f"packsync: {env.config_path}: state.url: holds a password, which belongs in the " \
+        "environment or a file: remove it from the URL and name it with state.password_env or state.password_file."
+    assert PASSWORD not in result.stdout + result.stderr
+    assert env.sandbox.calls == {}
