@@ -1,8 +1,10 @@
-"""The TOML config: where it is, what it may say, and the API token it points to.
+"""The TOML config: where it is, what it may say, and the secrets it points to (the API tokens, the shared
+state's database password).
 
 Validation is msgspec's (typed structs, quick to import): every table forbids unknown keys, and every
 error is reported as one sentence naming the key, e.g. ``mappings[1].pack_id: ...``.
-The token itself is never in the config; the config only says where to find it.
+A secret itself is never in the config (a database URL holding a password is refused); the config only says
+where to find it, and no error repeats one.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import tomllib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 from msgspec import Meta, Struct, field
@@ -28,10 +30,13 @@ from packsync.sources.base import astria_label
 from packsync.sources.patterns import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE  # (said here, with the other defaults)
 from packsync.sources.patterns import check as check_patterns
 
+if typing.TYPE_CHECKING:
+    from packsync.state.records import SharedState
+
 DEFAULT_BASE_URL = "https://www.genviral.io/api/partner/v1"
 DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif", "*.heic", "*.heif"]
 CONFIG_ENV = "PACKSYNC_CONFIG"
-#: A config or token file larger than these is not one (and is not read whole).
+#: A config file, or a token's or password's file, larger than these is not one (and is not read whole).
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_TOKEN_BYTES = 64 * 1024
 #: Where the token is looked for when the config names no variable, in this order.
@@ -104,7 +109,62 @@ class AstriaConfig(_ApiConfig, frozen=True):
 
 
 class StateConfig(_Strict, frozen=True):
+    """Where the state is: a SQLite file (``path``), or a PostgreSQL database several machines share (``url``).
+
+    The database's password is never in the config (nor in ``url``): ``password_env`` or ``password_file`` say
+    where it is, and neither is needed by a server that trusts the connection (a Unix socket's peer, a
+    ``.pgpass``). ``site`` names this machine among those sharing the state (None: its host name)."""
+
     path: Path | None = None
+    #: ``postgresql+psycopg://USER@HOST:PORT/DATABASE`` (``postgresql://`` and ``postgres://`` are read as that).
+    url: str | None = None
+    password_env: Annotated[str, Meta(min_length=1)] | None = None
+    password_file: Path | None = None
+    site: str | None = None
+    #: How long a site's hold on a pack lasts unless renewed: a killed site's pack is taken over after this long.
+    lease_s: Annotated[float, Meta(ge=5, le=3600)] = 60.0
+
+    def __post_init__(self) -> None:
+        if self.url is not None:
+            msgspec.structs.force_setattr(self, "url", postgres_url(self.url))
+        elif self.password_env is not None or self.password_file is not None:
+            key = "password_env" if self.password_env is not None else "password_file"
+            raise ValueError(f"{key}: only used with state.url (the PostgreSQL state's password)")
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("password_file: give password_env or password_file, not both")
+        if self.site is not None and not _SITE.fullmatch(self.site):
+            raise ValueError(f"site: {_SITE_RULE}, not {self.site!r}")
+
+
+#: PostgreSQL's URL schemes packsync reads, and the one it writes (SQLAlchemy's, for psycopg 3).
+POSTGRES_SCHEMES = ("postgresql+psycopg", "postgresql", "postgres")
+#: What a URL's query may say that is a password all the same (libpq reads both from it).
+_PASSWORD_PARAMETERS = {"password", "sslpassword"}
+#: A user and a password, as SQLAlchemy's URL parser finds them: anything between the first ":" and an "@".
+_USER_PASSWORD = re.compile(r"[^:/]*:[^@]*@")
+#: A site's name: it qualifies the site's labels in the shared state (``nas:/srv/brand``), so no ":".
+_SITE = re.compile(r"[A-Za-z0-9._-]{1,63}")
+_SITE_RULE = "a site's name is 1 to 63 letters, digits, '.', '_' or '-'"
+
+
+def postgres_url(url: str) -> str:
+    """``url`` as ``postgresql+psycopg://…``, or a ValueError naming ``url`` — that never repeats it, for a URL
+    may hold a password, which packsync refuses: it would be in the config, and in any message naming the URL."""
+    scheme, separator, rest = url.partition("://")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (a port that is not a number raises)
+    except ValueError:
+        parts = None
+    if not separator or scheme.lower() not in POSTGRES_SCHEMES or parts is None:
+        raise ValueError("url: not a PostgreSQL URL; write postgresql+psycopg://USER@HOST:PORT/DATABASE")
+    # Read as SQLAlchemy reads it too (the state's engine does): a password may hold a "/" or a "#" that ends the
+    # host or the query for urlsplit, not for SQLAlchemy.
+    query = {name.lower() for name, _value in parse_qsl(rest.partition("?")[2], keep_blank_values=True)}
+    if parts.password is not None or _USER_PASSWORD.match(rest) or query & _PASSWORD_PARAMETERS:
+        raise ValueError("url: holds a password, which belongs in the environment or a file: remove it from the "
+                         "URL and name it with state.password_env or state.password_file")
+    return f"{POSTGRES_SCHEMES[0]}://{rest}"
 
 
 class DaemonConfig(_Strict, frozen=True):
@@ -313,6 +373,17 @@ class Config(_ConfigFile, frozen=True):
         """Read the API token from its file or environment variable; never from the config itself."""
         return read_token(self.genviral)
 
+    def shared_state(self) -> SharedState | None:
+        """Where the state shared with other machines is, and who this machine is there (None: no ``[state]
+        url``, a SQLite state of its own). Reads the database's password (registered as a secret at once)."""
+        from packsync.state.records import SharedState
+
+        state = self.state
+        if state.url is None:
+            return None
+        return SharedState(state.url, read_state_password(self), state.site or default_site(self.source),
+                           state.lease_s)
+
     def require_mappings(self) -> None:
         """Syncing needs at least one folder: say so instead of silently doing nothing."""
         if not self.mappings:
@@ -410,12 +481,11 @@ def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{_where(source)}{_sentence(exc)}.") from None
     base = source.parent if source else Path.cwd()
-    state = read.state
     config = Config(
         source=source, daemon=read.daemon, http=read.http, notify=read.notify,
         mappings=[m if m.path is None else msgspec.structs.replace(m, path=_resolve(m.path, base))
                   for m in read.mappings],
-        state=state if state.path is None else msgspec.structs.replace(state, path=_resolve(state.path, base)),
+        state=_resolve_state(read.state, base, source),
         genviral=_resolve_token_file(read.genviral, base), astria=_resolve_token_file(read.astria, base))
     _check_mappings(config)
     return config
@@ -426,6 +496,26 @@ A = TypeVar("A", bound=_ApiConfig)
 
 def _resolve_token_file(api: A, base: Path) -> A:
     return api if api.token_file is None else msgspec.structs.replace(api, token_file=_resolve(api.token_file, base))
+
+
+def _resolve_state(state: StateConfig, base: Path, source: Path | None) -> StateConfig:
+    """The state's paths resolved against ``base``, and a shared state's site named (the host name by default)."""
+    changes: dict[str, Any] = {key: _resolve(path, base) for key, path in (
+        ("path", state.path), ("password_file", state.password_file)) if path is not None}
+    if state.url is not None and state.site is None:
+        changes["site"] = default_site(source)
+    return msgspec.structs.replace(state, **changes) if changes else state
+
+
+def default_site(source: Path | None = None) -> str:
+    """This machine's site name when ``[state] site`` gives none: its host name's first label, in lower case."""
+    import socket
+
+    name = socket.gethostname().partition(".")[0].lower()
+    if not _SITE.fullmatch(name):
+        raise ConfigError(f"{_where(source)}state.site: this machine's host name ({name!r}) is not a site's name "
+                          f"({_SITE_RULE}): give one.")
+    return name
 
 
 def _check_astria_keys(data: dict[str, Any], source: Path | None) -> None:
@@ -475,24 +565,31 @@ def load_config(path: Path) -> Config:
     return parse_config(data, source=path)
 
 
+def read_secret_file(path: Path, key: str, what: str = "token") -> str:
+    """A secret (a token, a password) from the file ``path``, stripped: the config's ``key`` names the file in
+    every error, and a file other users can read is used with a warning (chmod 600)."""
+    from packsync.logs import get_logger
+
+    try:
+        secret = read_regular(path, MAX_TOKEN_BYTES).decode("utf-8").strip()
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path} ({exc.strerror}).") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key}: {path} is not UTF-8 text.") from None
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        get_logger().warning(f"{what} file is readable by other users; chmod 600 it", path=str(path))
+    if not secret:
+        raise ConfigError(f"{key}: {path} is empty.")
+    return secret
+
+
 def read_token(api: _ApiConfig, table: str = "genviral", defaults: tuple[str, ...] = TOKEN_ENVS) -> str:
     """An API token, from ``token_file`` or the environment; never from the config itself."""
     from packsync.logs import get_logger
 
     if api.token_file is not None:
-        path = api.token_file
-        try:
-            token = read_regular(path, MAX_TOKEN_BYTES).decode("utf-8").strip()
-            mode = path.stat().st_mode
-        except OSError as exc:
-            raise ConfigError(f"{table}.token_file: cannot read {path} ({exc.strerror}).") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{table}.token_file: {path} is not UTF-8 text.") from None
-        if mode & (stat.S_IRGRP | stat.S_IROTH):
-            get_logger().warning("token file is readable by other users; chmod 600 it", path=str(path))
-        if not token:
-            raise ConfigError(f"{table}.token_file: {path} is empty.")
-        return token
+        return read_secret_file(api.token_file, f"{table}.token_file")
     names = (api.token_env,) if api.token_env else defaults
     for name in names:
         token = os.environ.get(name, "").strip()
@@ -515,6 +612,23 @@ def read_password(config: Config) -> str | None:
         raise ConfigError(f"{_where(config.source)}http.password_env: the environment variable {name} is not set.")
     from packsync.logs import register_secret
 
+    register_secret(password)
+    return password
+
+
+def read_state_password(config: Config) -> str | None:
+    """The shared state's database password, from ``[state] password_file`` or ``password_env`` (None: neither,
+    a server that trusts the connection), registered as a secret as soon as it is read."""
+    from packsync.logs import register_secret
+
+    state, where = config.state, _where(config.source)
+    if state.password_file is not None:
+        password = read_secret_file(state.password_file, f"{where}state.password_file", "password")
+    elif state.password_env is not None:
+        if not (password := os.environ.get(state.password_env, "")):
+            raise ConfigError(f"{where}state.password_env: the environment variable {state.password_env} is not set.")
+    else:
+        return None
     register_secret(password)
     return password
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from packsync.config import (
     read_token,
 )
 from packsync.errors import ConfigError, ExitCode
+from packsync.logs import redact
 from packsync.recipe import Recipe
 from packsync.remote.transport import RetryPolicy, Transport
 from packsync.sources.folder import filters_for
@@ -485,3 +488,259 @@ def test_a_choice_outside_its_list_names_the_choices(options: dict[str, Any], me
 ])
 def test_a_bad_http_table_is_named(http: dict[str, Any], message: str) -> None:
     assert config_error({"http": http}) == message
+
+
+# [state] url: a state shared by several machines on PostgreSQL.
+
+URL = "postgresql+psycopg://packsync@db.example.com:5432/packsync"
+#: A password written where it does not belong: no message may repeat it.
+PASSWORD = "pw-Sh4red-s3cret"
+
+
+def shared(**state: Any) -> dict[str, Any]:
+    return {"state": {"url": URL, **state}}
+
+
+@pytest.mark.parametrize("scheme", ["postgresql+psycopg", "postgresql", "postgres", "POSTGRES"])
+def test_a_state_url_is_read_as_sqlalchemy_s_psycopg_url(scheme: str) -> None:
+    config = parse_config({"state": {"url": f"{scheme}://packsync@db.example.com:5432/packsync"}})
+
+    assert config.state.url == URL
+    shared_state = config.shared_state()
+    assert shared_state is not None
+    assert (shared_state.url, shared_state.password, shared_state.lease_s) == (URL, None, 60.0), \
+        "no password_env or password_file: a server that trusts the connection; a lease lasts 60 s by default"
+
+
+@pytest.mark.parametrize("rest", ["/packsync?host=/run/postgresql", "packsync@[::1]:5432/packsync",
+                                  "db.example.com:5432/packsync", "packsync@h/packsync?sslmode=require"])
+def test_after_its_scheme_a_url_is_kept_as_written(rest: str) -> None:
+    """A Unix socket's (no host), an IPv6 address, no user (libpq's default), libpq's own parameters."""
+    assert parse_config({"state": {"url": f"postgres://{rest}"}}).state.url == f"postgresql+psycopg://{rest}"
+
+
+def test_without_a_url_the_state_is_sqlite_s_and_site_and_lease_s_are_ignored() -> None:
+    config = parse_config({"state": {"site": "nas", "lease_s": 30}})
+
+    assert config.shared_state() is None
+    assert (config.state.url, config.state.site, config.state.lease_s) == (None, "nas", 30.0)
+
+
+def test_the_site_is_the_host_name_s_first_label_in_lower_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_config(shared()).state.site == socket.gethostname().partition(".")[0].lower()
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "Studio-NAS.example.com")
+    config = parse_config(shared())
+
+    assert config.state.site == "studio-nas"
+    shared_state = config.shared_state()
+    assert shared_state is not None and shared_state.site == "studio-nas"
+    assert parse_config({}).state.site is None, "no shared state: no site to name"
+
+
+def test_a_host_name_that_is_no_site_s_name_asks_for_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(socket, "gethostname", lambda: "Büro PC")
+
+    assert config_error(shared(), tmp_path / "config.toml").startswith(
+        f"{tmp_path / 'config.toml'}: state.site: this machine's host name ('büro pc') is not a site's name ")
+    assert parse_config(shared(site="buero")).state.site == "buero", "a site given is used, the host name unread"
+
+
+@pytest.mark.parametrize("site", ["nas", "NAS-1", "studio.nas_2", "a" * 63])
+def test_a_site_is_1_to_63_letters_digits_dots_underscores_or_hyphens(site: str) -> None:
+    shared_state = parse_config(shared(site=site, lease_s=5)).shared_state()
+
+    assert shared_state is not None and (shared_state.site, shared_state.lease_s) == (site, 5.0)
+
+
+STATE_ERRORS = [
+    pytest.param({"url": "sqlite:///state.db"}, "state.url: not a PostgreSQL URL; write "
+                 "postgresql+psycopg://USER@HOST:PORT/DATABASE.", id="another database"),
+    pytest.param({"url": "db.example.com/packsync"}, "state.url: not a PostgreSQL URL; ", id="no scheme"),
+    pytest.param({"url": "postgresql+psycopg2://u@h/db"}, "state.url: not a PostgreSQL URL; ",
+                 id="another driver than psycopg 3"),
+    pytest.param({"url": "postgresql://u@h:port/db"}, "state.url: not a PostgreSQL URL; ", id="a port not a number"),
+    pytest.param({"url": 5432}, "state.url: expected a string, got an integer.", id="url as a number"),
+    pytest.param({"ulr": URL}, 'state.ulr: unknown key (did you mean "url"?).', id="a misspelt url"),
+    pytest.param({"password_env": "PGPASSWORD"}, "state.password_env: only used with state.url ",
+                 id="password_env without a url"),
+    pytest.param({"password_file": "pgpass"}, "state.password_file: only used with state.url ",
+                 id="password_file without a url"),
+    pytest.param({"url": URL, "password_env": "PGPASSWORD", "password_file": "pgpass"},
+                 "state.password_file: give password_env or password_file, not both.", id="both"),
+    pytest.param({"url": URL, "password_env": ""}, "state.password_env: ", id="an empty variable name"),
+    pytest.param({"url": URL, "site": ""}, "state.site: a site's name is 1 to 63 letters, digits, '.', '_' or '-', "
+                 "not ''.", id="an empty site"),
+    pytest.param({"url": URL, "site": "studio nas"}, "state.site: ", id="a site with a space"),
+    pytest.param({"url": URL, "site": "nas:1"}, "state.site: ", id="a site with a colon (it qualifies labels)"),
+    pytest.param({"url": URL, "site": "a" * 64}, "state.site: ", id="a site too long"),
+    pytest.param({"site": "studio nas"}, "state.site: ", id="a bad site is refused even without a url"),
+    pytest.param({"url": URL, "lease_s": 4.9}, "state.lease_s: expected a number >= 5.0.", id="lease under 5 s"),
+    pytest.param({"url": URL, "lease_s": 3601}, "state.lease_s: expected a number <= 3600.0.", id="lease over 1 h"),
+    pytest.param({"url": URL, "lease_s": "60"}, "state.lease_s: expected a number, got a string.",
+                 id="lease as a string"),
+]
+
+
+@pytest.mark.parametrize(("state", "message"), STATE_ERRORS)
+def test_a_bad_state_table_is_one_sentence_naming_its_key(state: dict[str, Any], message: str) -> None:
+    error = config_error({"state": state})
+
+    assert error.startswith(message)
+    assert error.endswith(".") and "\n" not in error
+
+
+def test_a_url_key_above_every_header_is_said_to_be_state_s() -> None:
+    assert config_error({"url": URL}) == "url: unknown key (did you mean [state] url?)."
+
+
+@pytest.mark.parametrize("url", [
+    f"postgresql+psycopg://packsync:{PASSWORD}@db.example.com/packsync",
+    f"postgres://packsync:{PASSWORD}@db.example.com:5432/packsync",
+    f"postgresql://packsync:{PASSWORD}@@db.example.com/packsync",
+    f"postgresql://db.example.com/packsync?user=packsync&password={PASSWORD}",
+    f"postgresql://packsync@db.example.com/packsync?sslpassword={PASSWORD}",
+    pytest.param(f"postgresql://packsync:1/{PASSWORD}@db.example.com/packsync",
+                 id="a password with a slash, after a port-like start (SQLAlchemy reads it as a password)"),
+    pytest.param(f"postgresql://packsync@db.example.com/packsync?sslmode=require#&password={PASSWORD}",
+                 id="a password after a '#' (SQLAlchemy's query runs to the end)"),
+])
+def test_a_url_holding_a_password_is_refused_without_repeating_it(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"state": {"url": url}})
+
+    error = str(caught.value)
+    assert error == ("state.url: holds a password, which belongs in the environment or a file: remove it from the "
+                     "URL and name it with state.password_env or state.password_file.")
+    assert PASSWORD not in repr(caught.value) and caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize("state", [
+    {"url": f"mysql://packsync:{PASSWORD}@db.example.com/packsync"},
+    {"url": f"postgresql://packsync:{PASSWORD}@db.example.com:port/packsync"},
+    {"url": [f"postgresql://packsync:{PASSWORD}@db.example.com/packsync"]},
+    {"url": {"password": PASSWORD}},
+    {"url": URL, "password_env": [PASSWORD]},
+])
+def test_no_error_about_a_url_repeats_a_password_it_holds(state: dict[str, Any]) -> None:
+    """Not one refused for some other reason, nor msgspec's own word on a wrong type."""
+    error = config_error({"state": state})
+
+    assert error.startswith("state.") and PASSWORD not in error
+
+
+def test_the_password_comes_from_the_named_variable_and_is_a_secret_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PACKSYNC_DB_PASSWORD", "pw-from-the-environment")
+    config = parse_config(shared(password_env="PACKSYNC_DB_PASSWORD"))
+
+    shared_state = config.shared_state()
+
+    assert shared_state is not None and shared_state.password == "pw-from-the-environment"
+    assert "pw-from-the-environment" not in repr(shared_state)
+    assert redact("password=pw-from-the-environment") == "password=***", "registered with the log's redaction"
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_an_unset_password_variable_is_a_config_error_naming_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                 value: str | None) -> None:
+    if value is None:
+        monkeypatch.delenv("PACKSYNC_DB_PASSWORD", raising=False)
+    else:
+        monkeypatch.setenv("PACKSYNC_DB_PASSWORD", value)
+    source = tmp_path / "config.toml"
+    config = parse_config(shared(password_env="PACKSYNC_DB_PASSWORD"), source)
+
+    with pytest.raises(ConfigError) as caught:
+        config.shared_state()
+
+    assert str(caught.value) == \
+        f"{source}: state.password_env: the environment variable PACKSYNC_DB_PASSWORD is not set."
+
+
+def test_a_relative_password_file_is_relative_to_the_config_s_folder(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "etc").mkdir()
+    path = private_file(tmp_path / "etc" / "db-password", "pw-from-a-file\n")
+    config = parse_config(shared(password_file="db-password"), tmp_path / "etc" / "config.toml")
+
+    with capture_logs() as logs:
+        shared_state = config.shared_state()
+
+    assert config.state.password_file == path
+    assert shared_state is not None and shared_state.password == "pw-from-a-file", "stripped of its newline"
+    assert logs == [], f"{path} is private: no warning expected"
+    assert redact("pw-from-a-file") == "***"
+
+
+def test_a_password_file_others_can_read_is_used_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "db-password"
+    path.write_text("pw-readable-by-all\n", encoding="utf-8")
+    path.chmod(0o640)
+
+    with capture_logs() as logs:
+        shared_state = parse_config(shared(password_file=str(path))).shared_state()
+
+    assert shared_state is not None and shared_state.password == "pw-readable-by-all"
+    assert [(e["log_level"], e["event"], e["path"]) for e in logs] == \
+        [("warning", "password file is readable by other users; chmod 600 it", str(path))]
+    assert "pw-readable-by-all" not in repr(logs)
+
+
+@pytest.mark.parametrize(("text", "message"), [("", "is empty."), ("\n \n", "is empty."),
+                                               (None, "cannot read ")])
+def test_an_empty_or_missing_password_file_is_a_config_error_naming_the_key(tmp_path: Path, text: str | None,
+                                                                             message: str) -> None:
+    path = tmp_path / "db-password"
+    if text is not None:
+        private_file(path, text)
+    source = tmp_path / "config.toml"
+    config = parse_config(shared(password_file="db-password"), source)
+
+    with pytest.raises(ConfigError) as caught:
+        config.shared_state()
+
+    assert str(caught.value).startswith(f"{source}: state.password_file: ")
+    assert message in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_a_shared_state_in_a_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PACKSYNC_DB_PASSWORD", "pw-of-the-file-config")
+    path = tmp_path / "config.toml"
+    path.write_text('[state]\nurl = "postgres://packsync@localhost/packsync"\npassword_env = "PACKSYNC_DB_PASSWORD"\n'
+                    'site = "nas"\nlease_s = 30\n', encoding="utf-8")
+
+    shared_state = load_config(path).shared_state()
+
+    assert shared_state is not None
+    assert (shared_state.url, shared_state.password, shared_state.site, shared_state.lease_s) == \
+        ("postgresql+psycopg://packsync@localhost/packsync", "pw-of-the-file-config", "nas", 30.0)
+
+
+def test_the_example_config_s_commented_shared_state_is_valid() -> None:
+    """Its [state] keys uncommented (password_file left out: it is password_env's alternative) are a config."""
+    text = (Path(__file__).parent.parent / "config.example.toml").read_text(encoding="utf-8")
+    table = text.partition("\n[state]\n")[2].partition("\n[")[0]
+    keys = [line.removeprefix("# ") for line in table.splitlines()
+            if line.startswith("# ") and " = " in line and not line.startswith("# password_file")]
+
+    config = parse_config(tomllib.loads("[state]\n" + "\n".join(keys)))
+
+    assert [key.partition(" ")[0] for key in keys] == ["path", "url", "password_env", "site", "lease_s"]
+    assert (config.state.url, config.state.site, config.state.lease_s) == \
+        ("postgresql+psycopg://packsync@db.example.com:5432/packsync", "nas", 60.0)
+
+
+def test_cli_with_a_password_in_the_state_url_exits_2_without_showing_it(env: Env) -> None:
+    env.write_config()
+    text = env.config_path.read_text(encoding="utf-8")
+    env.config_path.write_text(text.replace("[state]\n", f'[state]\nurl = "postgres://packsync:{PASSWORD}@db/ps"\n'),
+                               encoding="utf-8")
+
+    result = env.cli("-v", "run")
+
+    assert result.returncode == ExitCode.USAGE
+    assert result.stderr.strip() == f"packsync: {env.config_path}: state.url: holds a password, which belongs in the " \
+        "environment or a file: remove it from the URL and name it with state.password_env or state.password_file."
+    assert PASSWORD not in result.stdout + result.stderr
+    assert env.sandbox.calls == {}
