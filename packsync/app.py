@@ -117,7 +117,7 @@ async def _opened(config: Config, token: str, readonly: bool, progress: Progress
                   holds_lock: bool = True) -> AsyncIterator[tuple[State, GenviralClient]]:
     from packsync.state.store import State  # sqlmodel's import is a third of a second: not for `astria packs`
 
-    state = State(config.state_path, readonly=readonly, holds_lock=holds_lock)
+    state = State.for_config(config, readonly=readonly, holds_lock=holds_lock)
     try:
         async with transport_for(config) as transport:
             yield state, client_for(config, token, transport)

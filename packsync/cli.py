@@ -109,7 +109,7 @@ def _named(config: Config, names: tuple[str, ...]) -> list[MappingConfig]:
     from packsync.mappings import named
     from packsync.state.store import State
 
-    state = State(config.state_path, readonly=True)
+    state = State.for_config(config, readonly=True)
     try:
         return [named(config, state, name) for name in names]
     finally:
@@ -227,7 +227,7 @@ def _hold(names: tuple[str, ...], paused: bool) -> None:
         done = daemon.ask("POST", f"/{verb}", [("mapping", label) for label in labels])[f"{verb}d"]
     else:
         with StateLock(config.state_path):
-            state = State(config.state_path)
+            state = State.for_config(config)
             try:
                 done = hold(config, state, labels, paused)
             finally:
@@ -272,7 +272,7 @@ def allow_deletes(mapping: str, as_json: bool) -> None:
 
     config = _config()
     chosen, = _named(config, (mapping,))
-    state = State(config.state_path, readonly=True)
+    state = State.for_config(config, readonly=True)
     try:
         allow: dict[str, int | None] = dict(withheld(config, state, chosen.label))
         paused = state.mappings.paused() & {chosen.label, group_of(config, chosen.label), *allow}
@@ -367,7 +367,7 @@ def status(as_json: bool, files: bool, problems: bool) -> None:
     from packsync.views.text import print_status
 
     config = _config()
-    state = State(config.state_path, readonly=True)
+    state = State.for_config(config, readonly=True)
     try:
         model = read_status(config, state, files=files, problems=problems,
                             lock_holder=StateLock(config.state_path).holder())
@@ -438,7 +438,7 @@ def search(words: tuple[str, ...], as_json: bool, limit: int) -> None:
     from packsync.views.text import print_search
 
     config = _config()
-    state = State(config.state_path, readonly=True)
+    state = State.for_config(config, readonly=True)
     try:
         hits = find(state, words, limit)
         total = count(state, words)

@@ -82,6 +82,7 @@ class Env:
         self.genviral: dict[str, Any] = {"base_url": sandbox.base_url, "retry_wait_max_s": 0.5}
         self.astria: dict[str, Any] = {"base_url": sandbox.astria_url}
         self.daemon: dict[str, Any] = {}
+        self.state: dict[str, Any] = {}  # [state] keys besides its path (a shared state's url, site...)
         self.http: dict[str, Any] = {"listen": "127.0.0.1:0"}  # any free port: tests never take the default
 
     @property
@@ -115,7 +116,7 @@ class Env:
         return f"astria:{astria_pack}"
 
     def data(self) -> dict[str, Any]:
-        return {"genviral": self.genviral, "astria": self.astria, "state": {"path": str(self.state_path)},
+        return {"genviral": self.genviral, "astria": self.astria, "state": {"path": str(self.state_path), **self.state},
                 "daemon": self.daemon, "http": self.http, "mappings": self.mappings}
 
     def config(self) -> Config:
@@ -134,6 +135,7 @@ class Env:
         lines = ["[genviral]"] + [f"{k} = {value(v)}" for k, v in self.genviral.items()]
         lines += ["[astria]"] + [f"{k} = {value(v)}" for k, v in self.astria.items()]
         lines += ["[state]", f"path = {value(str(self.state_path))}"]
+        lines += [f"{k} = {value(v)}" for k, v in self.state.items()]
         lines += ["[daemon]"] + [f"{k} = {value(v)}" for k, v in self.daemon.items()]
         lines += ["[http]"] + [f"{k} = {value(v)}" for k, v in self.http.items()]
         for mapping in self.mappings:

@@ -166,7 +166,7 @@ class Daemon:
         retrying = Retrying(self.timing.mapping_retry)
         while not self.stopping.is_set():
             try:
-                state = State(self.config.state_path)
+                state = State.for_config(self.config)
             except StateUnavailable as exc:
                 self.status.state_unusable(exc)
                 with contextlib.suppress(TimeoutError):

@@ -135,12 +135,14 @@ class ImageRepository:
         ``configured`` (a label), or any of another site's sharing the state."""
         f, m = FILES.c, MAPPINGS.c
         mine = [self.unit.key(label) for label in configured if label != owner]
-        ours = self.unit.key("") + ":" if self.unit.site else ""
-        live = or_(f.root.in_(mine), func.substr(f.root, 1, len(ours)) != ours) if ours else f.root.in_(mine)
+        ours = self.unit.site + ":"  # (another site's key does not start so)
+        live = or_(f.root.in_(mine), func.substr(f.root, 1, len(ours)) != ours) if self.unit.site \
+            else f.root.in_(mine)
         return {sha: key for batch in batches(shas) for sha, key in self.unit.rows(
             select(f.sha256, func.min(f.root)).join(MAPPINGS, m.root == f.root)
-            .where(m.pack_id == pack_id, live, f.sha256.in_(batch), f.problem.is_(None))
-            .group_by(f.sha256))} if mine or ours else {}
+            .where(m.pack_id == pack_id, f.root != self.unit.key(owner), live, f.sha256.in_(batch),
+                   f.problem.is_(None))
+            .group_by(f.sha256))} if mine or self.unit.site else {}
 
     def hand_over(self, pack_id: str, owners: Mapping[str, str]) -> None:
         """Make each of these images (by id) the image of another mapping (as the state keys it)."""

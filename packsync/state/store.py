@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packsync.errors import StateError, StateUnavailable
 from packsync.files import file_id
@@ -38,6 +39,9 @@ from packsync.state.records import SharedState
 from packsync.state.tables import SHARED_ONLY
 from packsync.state.unit import DATABASE_ERRORS, UnitOfWork, raise_unusable
 from packsync.state.uploads import UploadRepository
+
+if TYPE_CHECKING:
+    from packsync.config import Config
 
 
 class State:
@@ -102,6 +106,11 @@ class State:
         self.metadata = MetadataRepository(unit)
         self.mappings = MappingRepository(unit)
         self.activity = ActivityRepository(unit)
+
+    @classmethod
+    def for_config(cls, config: Config, *, readonly: bool = False, holds_lock: bool = True) -> State:
+        """The state a config names: its file, or the state it shares with other machines (``[state] url``)."""
+        return cls(config.state_path, readonly=readonly, holds_lock=holds_lock, shared=config.shared_state())
 
     def close(self) -> None:
         self.unit.close()

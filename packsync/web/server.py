@@ -133,11 +133,11 @@ class Site:
     def open(cls, config: Config, live: Live | None) -> Site:
         """The site of ``config``, on a read-only connection to its state of its own: pages never wait on,
         or hold up, a sync."""
-        state = State(config.state_path, readonly=True)
+        state = State.for_config(config, readonly=True)
         return cls(config, state, Metrics(config, state), live, read_password(config))
 
     def __post_init__(self) -> None:
-        self.quick = State(self.state.path, readonly=True)
+        self.quick = State(self.state.path, readonly=True, shared=self.state.shared)
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="packsync-web")
         self.prober = ThreadPoolExecutor(1, thread_name_prefix="packsync-health")  # a hung mount stalls it alone
         self.waiting = 0

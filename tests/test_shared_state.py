@@ -1,0 +1,79 @@
+"""A state shared by several machines (sites) on a real PostgreSQL: content shared across sites, nothing
+duplicated or deleted while any site holds it, each site's own records its own.
+
+Each site is an ``Env`` of its own (its folders, its config, its local state folder) on one sandbox, with
+``[state] url`` naming one database of a real server started for this module (``tests/postgres.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Env, image, write
+from postgres import PASSWORD, PASSWORD_ENV, PostgresServer, missing
+
+from packsync.sandbox import Sandbox
+
+pytestmark = pytest.mark.skipif(missing() is not None, reason=f"no PostgreSQL here: {missing()}")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[PostgresServer]:
+    pg = PostgresServer()
+    yield pg
+    pg.close()
+
+
+@pytest.fixture
+def url(server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    return server.database()
+
+
+def site(root: Path, sandbox: Sandbox, url: str, name: str) -> Env:
+    """One machine sharing the state at ``url`` as site ``name``."""
+    env = Env(root / name, sandbox)
+    env.root.mkdir(parents=True, exist_ok=True)
+    env.state = {"url": url, "password_env": PASSWORD_ENV, "site": name}
+    return env
+
+
+def contents(env: Env, pack_id: str) -> list[str]:
+    """The hash of each image's bytes in the pack, in pack order (a duplicate shows twice)."""
+    return sorted(hashlib.sha256(data).hexdigest() for data in env.cdn_bytes(pack_id))
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_two_sites_mirror_the_union_and_keep_what_either_holds(tmp_path: Path, sandbox: Sandbox, url: str) -> None:
+    a, b = site(tmp_path, sandbox, url, "laptop"), site(tmp_path, sandbox, url, "nas")
+    x, y, z = image(), image(), image()
+    folder_a, folder_b = a.map("brand", pack="Brand Assets"), b.map("brand", pack="Brand Assets")
+    write(folder_a / "x.png", x)
+    write(folder_a / "y.png", y)
+    write(folder_b / "y-copy.png", y)
+    write(folder_b / "z.png", z)
+
+    assert a.sync().exit_code == 0
+    report = b.sync()
+    assert report.exit_code == 0
+    pack_id = a.pack_named("Brand Assets")["id"]
+    assert contents(a, pack_id) == sorted(map(sha, (x, y, z)))  # the union, y once
+    assert sandbox.calls[("POST", "/files")] == 3  # y was uploaded once, for both sites
+
+    (folder_a / "y.png").unlink()  # laptop lets y go; nas still holds it: it stays
+    assert a.sync().exit_code == 0
+    assert contents(a, pack_id) == sorted(map(sha, (x, y, z)))
+    assert b.sync().exit_code == 0
+    assert contents(a, pack_id) == sorted(map(sha, (x, y, z)))
+
+    (folder_b / "y-copy.png").unlink()  # now no site holds y: it goes
+    assert b.sync().exit_code == 0
+    assert contents(a, pack_id) == sorted(map(sha, (x, z)))
+    assert a.sync().exit_code == 0 and b.sync().exit_code == 0  # and nothing more happens on either
+    assert contents(a, pack_id) == sorted(map(sha, (x, z)))
