@@ -8,11 +8,14 @@ Each site is an ``Env`` of its own (its folders, its config, its local state fol
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Env, image, write
+from conftest import TOKEN, Env, image, write
 from postgres import PASSWORD, PASSWORD_ENV, PostgresServer, missing
 
 from packsync.sandbox import Sandbox
@@ -77,3 +80,31 @@ def test_two_sites_mirror_the_union_and_keep_what_either_holds(tmp_path: Path, s
     assert contents(a, pack_id) == sorted(map(sha, (x, z)))
     assert a.sync().exit_code == 0 and b.sync().exit_code == 0  # and nothing more happens on either
     assert contents(a, pack_id) == sorted(map(sha, (x, z)))
+
+
+def start_run(env: Env) -> subprocess.Popen[str]:
+    """``packsync run`` of a site, as its own process (started, not waited for)."""
+    environment = {**os.environ, "GENVIRAL_TOKEN": TOKEN}
+    return subprocess.Popen([sys.executable, "-m", "packsync", "-c", str(env.config_path), "run", "--no-wait"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+
+
+def test_first_syncs_of_two_sites_at_once_add_each_content_once(tmp_path: Path, sandbox: Sandbox, url: str) -> None:
+    sandbox.faults.latency_s = 0.04  # (a real API's pace: both runs are mid-sync together)
+    a, b = site(tmp_path, sandbox, url, "laptop"), site(tmp_path, sandbox, url, "nas")
+    shared = [image() for _ in range(6)]
+    folder_a, folder_b = a.map("brand", pack="Brand Assets"), b.map("brand", pack="Brand Assets")
+    for n, data in enumerate(shared):
+        write(folder_a / f"{n}.png", data)
+        write(folder_b / f"copy-{n}.png", data)
+    only_a, only_b = image(), image()
+    write(folder_a / "a.png", only_a)
+    write(folder_b / "b.png", only_b)
+
+    runs = [start_run(a), start_run(b)]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    pack_id = a.pack_named("Brand Assets")["id"]  # (one pack: not one created by each)
+    assert contents(a, pack_id) == sorted(map(sha, (*shared, only_a, only_b)))
+    assert TOKEN not in "".join(outputs) and PASSWORD not in "".join(outputs)
