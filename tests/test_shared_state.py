@@ -14,9 +14,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
 from conftest import TOKEN, Env, image, write
+from helpers import DaemonProcess, wait_until
 from postgres import PASSWORD, PASSWORD_ENV, PostgresServer, missing
+from test_web import page_url
 
 from packsync.sandbox import Sandbox
 
@@ -108,3 +111,37 @@ def test_first_syncs_of_two_sites_at_once_add_each_content_once(tmp_path: Path, 
     pack_id = a.pack_named("Brand Assets")["id"]  # (one pack: not one created by each)
     assert contents(a, pack_id) == sorted(map(sha, (*shared, only_a, only_b)))
     assert TOKEN not in "".join(outputs) and PASSWORD not in "".join(outputs)
+
+
+def test_a_site_rides_out_its_database_going_away_and_catches_up(tmp_path: Path, sandbox: Sandbox,
+                                                                   server: PostgresServer, url: str) -> None:
+    env = site(tmp_path, sandbox, url, "studio")
+    env.genviral["concurrency"] = 8
+    env.daemon.update(debounce_s=0.3, rescan_interval_s=3600)
+    env.http["listen"] = "127.0.0.1:0"
+    folder = env.map("brand", pack="Brand Assets")
+    write(folder / "one.png", image())
+    env.write_config()
+    environment = {**os.environ, "GENVIRAL_TOKEN": TOKEN, "WATCHDOG_USEC": "2000000"}
+    daemon = DaemonProcess([sys.executable, "-m", "packsync", "-c", str(env.config_path), "daemon"], environment,
+                           env.root)
+    try:
+        daemon.wait_ready()
+        wait_until(lambda: len(sandbox.packs()) == 1 and sandbox.packs()[0]["image_count"] == 1, timeout=30,
+                   what="the first image in the pack")
+        base = page_url(daemon)
+        server.stop()
+        try:
+            write(folder / "two.png", image())  # seen by the watcher while the database is away
+            wait_until(lambda: httpx2.get(base + "healthz").json()["status"] == "degraded", timeout=30,
+                       what="/healthz saying degraded")
+            assert sandbox.packs()[0]["image_count"] == 1  # nothing is written while the state cannot be
+        finally:
+            server.start()
+        wait_until(lambda: sandbox.packs()[0]["image_count"] == 2, timeout=60, what="the change synced after")
+        wait_until(lambda: httpx2.get(base + "healthz").json()["status"] == "ok", timeout=30, what="/healthz ok")
+        log = daemon.output()
+        assert log.count("cannot be reached") == 1, log[-3000:]  # said once, not at every retry
+        assert PASSWORD not in log and TOKEN not in log
+    finally:
+        daemon.close()

@@ -67,9 +67,10 @@ class MappingHealth:
 
 
 def health(mappings: list[MappingHealth], live: LiveState | None, daemon: DaemonRecord | None,
-           daemon_gone: bool = False) -> dict[str, Any]:
+           daemon_gone: bool = False, unreadable: str | None = None) -> dict[str, Any]:
     """The ``/healthz`` document; its ``status`` decides the HTTP code (``http_status``). ``daemon_gone``:
-    (seen from ``packsync ui``) the daemon's record says it runs, but no process holds the state."""
+    (seen from ``packsync ui``) the daemon's record says it runs, but no process holds the state.
+    ``unreadable``: why the state could not be read just now (it passes: degraded)."""
     reasons: list[str] = []
     if live is not None:
         if live.paused_reason:
@@ -83,7 +84,7 @@ def health(mappings: list[MappingHealth], live: LiveState | None, daemon: Daemon
     paused = [f"{m.label}: paused (`packsync resume` syncs it again)" for m in mappings if m.status == "paused"]
     stuck = [f"{label}: still syncing after {seconds:.0f} s (its remote answers slowly, or not at all)"
              for label, seconds in sorted(live.stuck.items())] if live else []
-    trouble = live.state_trouble if live else None
+    trouble = unreadable or (live.state_trouble if live else None)
     if daemon_gone and daemon is not None:
         trouble = f"the daemon is not running (it was {daemon.state}; last seen at {daemon.updated_at})"
     status = "failing" if reasons else "degraded" if degraded or trouble or stuck or paused else "ok"

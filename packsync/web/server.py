@@ -47,7 +47,7 @@ from aiohttp import web
 
 from packsync import __version__
 from packsync.config import Config, MappingConfig, read_password
-from packsync.errors import ConfigError
+from packsync.errors import ConfigError, StateUnavailable
 from packsync.logs import get_logger
 from packsync.mappings import concrete, group_of
 from packsync.recipe import describe
@@ -197,12 +197,15 @@ class Site:
         """The ``/healthz`` document (on the loop, with the quick connection, unless told otherwise)."""
         config, state = config or self.config, state or self.quick
         mappings = []
-        for mapping in concrete(config, state):
-            record = state.mappings.get(mapping.label)
-            retrying = live.retrying.get(group_of(config, mapping.label)) if live else None
-            error = retrying or (record.last_error if record else None)
-            mappings.append(MappingHealth(mapping.label, mapping.pack_label, record, error))
-        daemon = state.mappings.daemon()
+        try:
+            for mapping in concrete(config, state):
+                record = state.mappings.get(mapping.label)
+                retrying = live.retrying.get(group_of(config, mapping.label)) if live else None
+                error = retrying or (record.last_error if record else None)
+                mappings.append(MappingHealth(mapping.label, mapping.pack_label, record, error))
+            daemon = state.mappings.daemon()
+        except StateUnavailable as exc:  # (a shared state's server away): degraded, and why
+            return health([], live, None, unreadable=str(exc))
         gone = live is None and daemon is not None and daemon.state != "stopped" and \
             StateLock(config.state_path).holder() != daemon.pid
         return health(mappings, live, daemon, daemon_gone=gone)
@@ -490,6 +493,9 @@ def middlewares(site: Site, listen_host: str) -> list[Callable[..., Awaitable[we
             response = await handler(request)
         except web.HTTPException as exc:  # an answer of its own (a redirect, a refusal), sent as one
             response = web.Response(status=exc.status, reason=exc.reason, body=exc.body, headers=exc.headers)
+        except StateUnavailable as exc:  # it passes (a shared state's server away): said, not a traceback
+            response = web.Response(status=503, text=f"{exc} The page is back once it is usable again.",
+                                    headers={"Retry-After": "5"})
         except Exception as exc:  # noqa: BLE001 - a page error is the page's, never the daemon's
             log.error("web request failed", path=request.path[:200], error=f"{type(exc).__name__}: {exc}"[:500],
                       exc_info=exc)
