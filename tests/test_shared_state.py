@@ -11,6 +11,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,3 +146,32 @@ def test_a_site_rides_out_its_database_going_away_and_catches_up(tmp_path: Path,
         assert PASSWORD not in log and TOKEN not in log
     finally:
         daemon.close()
+
+
+def test_a_site_killed_holding_the_pack_is_taken_over_after_its_lease(tmp_path: Path, sandbox: Sandbox,
+                                                                      url: str) -> None:
+    sandbox.faults.latency_s = 0.05
+    a, b = site(tmp_path, sandbox, url, "laptop"), site(tmp_path, sandbox, url, "nas")
+    for env in (a, b):
+        env.state["lease_s"] = 5
+        env.genviral["concurrency"] = 2
+    shared = [image() for _ in range(30)]
+    folder_a, folder_b = a.map("brand", pack="Brand Assets"), b.map("brand", pack="Brand Assets")
+    for n, data in enumerate(shared):
+        write(folder_a / f"{n}.png", data)
+        write(folder_b / f"{n}.png", data)
+    write(folder_b / "b.png", only_b := image())
+
+    first = start_run(a)
+    wait_until(lambda: sandbox.packs() and sandbox.packs()[0]["image_count"] >= 3, timeout=60,
+               what="laptop's sync under way")
+    first.kill()  # SIGKILL: its lease is neither released nor renewed
+    first.wait()
+    killed_at = time.monotonic()
+    second = start_run(b)
+    output = second.communicate(timeout=120)[0]
+
+    assert second.returncode == 0, output
+    assert time.monotonic() - killed_at < 5 + 30  # the lease time, plus one sync
+    pack_id = a.pack_named("Brand Assets")["id"]
+    assert contents(a, pack_id) == sorted(map(sha, (*shared, only_b)))  # every content once
