@@ -16,6 +16,7 @@ import postgres
 import pytest
 from helpers import wait_until
 from sqlalchemy import create_engine, insert, make_url, select, text
+from structlog.testing import capture_logs
 
 from packsync.engine.leases import Hold, Leases, describe, meta_key, name_key, pack_key
 from packsync.errors import LeaseLost, PacksyncError
@@ -143,6 +144,8 @@ def test_fence_needs_every_lease_held(units: tuple[UnitOfWork, UnitOfWork]) -> N
     assert nas.fence({}) and nas.fence({"pack:1": 1, "name:brand": 1})
     assert not nas.fence({"pack:1": 1, "name:brand": 1, "meta:1": 1}), "a key never taken is not held"
     assert not laptop.fence({"pack:1": 1}), "a lease is its holder's only"
+    units[0].connection.execute(text("UPDATE leases SET expires_at = 0 WHERE key = 'pack:1'"))
+    assert not nas.fence({"pack:1": 1}), "run out, even if no one took it yet: another site may at any moment"
 
 
 def test_a_stale_holders_write_transaction_is_rolled_back(units: tuple[UnitOfWork, UnitOfWork]) -> None:
@@ -309,6 +312,35 @@ def test_the_local_deadline_stops_a_paused_process_before_its_lease_can_run_out(
             nas.check(pack_key("7"))
 
     run(scenario)
+
+
+def test_a_site_cut_off_from_the_database_stops_writing_within_its_lease(
+        server: postgres.PostgresServer, units: tuple[UnitOfWork, UnitOfWork]) -> None:
+    """A renewal that cannot reach the database does not extend the hold: the local deadline ends the
+    writes before the database's lease could run out; the hold still ends cleanly (its lease runs out on
+    the server on its own)."""
+    nas = Leases(sites(units, 1.5)[0])
+    nas.renew_s = 1.0  # one renewal, which fails, before the deadline (1.35 s)
+
+    async def scenario() -> None:
+        async with nas.hold([pack_key("1")]):
+            nas.check(pack_key("1"))
+            cut = time.monotonic()
+            server.stop()
+            await until_async(lambda: _raises_lost(nas, pack_key("1")))
+            assert time.monotonic() - cut < 1.5, "before the database's lease could run out"
+            # The stand-in unit keeps its connection broken after a disconnect (SQLAlchemy wants a
+            # rollback first); a shared state's unit recovers by itself.
+            units[0].connection.rollback()
+
+    try:
+        with capture_logs() as logs:
+            run(scenario)
+    finally:
+        server.start()
+    events = [entry["event"] for entry in logs]
+    assert "lease: could not be renewed" in events and "lease: could not be released" in events
+    assert nas.held() == {}
 
 
 def test_without_a_shared_state_everything_is_granted() -> None:
