@@ -172,6 +172,30 @@ def test_a_stale_holders_write_transaction_is_rolled_back(units: tuple[UnitOfWor
 
 # --- the manager: holds, sharing, renewal, the local deadline ---
 
+def test_the_managers_fence_rolls_a_stale_write_back_and_marks_its_lease_lost(
+        units: tuple[UnitOfWork, UnitOfWork]) -> None:
+    nas_repo, laptop_repo = sites(units, 60)
+    nas = Leases(nas_repo)
+
+    async def scenario() -> None:
+        async with nas.hold([pack_key("1"), pack_key("2")]):
+            connection = units[0].connection
+            connection.exec_driver_sql("BEGIN")
+            nas.fence()  # ours: the transaction goes on
+            connection.exec_driver_sql("ROLLBACK")
+            units[1].connection.execute(text("UPDATE leases SET expires_at = 0 WHERE key = 'pack:2'"))
+            assert laptop_repo.acquire("pack:2") == 2
+            nas.check(pack_key("2"))  # no renewal has said so yet
+            connection.exec_driver_sql("BEGIN")
+            with pytest.raises(LeaseLost, match="hold on pack 2 ran out"):
+                nas.fence()
+            connection.exec_driver_sql("ROLLBACK")
+            assert _raises_lost(nas, pack_key("2")), "known lost from then on"
+            nas.check(pack_key("1"))
+
+    run(scenario)
+
+
 def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(scenario())
 

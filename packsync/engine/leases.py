@@ -6,9 +6,10 @@ write (``pack_key``, ``name_key`` for a pack it creates, ``meta_key`` for the me
 time, and ``check(key)`` — called by the executor before every pack mutation — raises ``LeaseLost`` once
 a renewal failed or the lease's local deadline passed. That deadline is this machine's MONOTONIC clock
 read before the statement that took or renewed the lease was sent, plus the lease time, minus a margin:
-the database's lease cannot end before it, so a process paused (SIGSTOP, a laptop's lid) or cut off from
-the database past its lease stops writing to the pack before another site may start. ``held()`` is what
-the unit's fence compares in every write transaction, for the writes this check could not stop.
+it passes before the database's lease can run out, so a process paused (SIGSTOP, a laptop's lid) or cut
+off from the database past its lease stops writing to the pack before another site may start. ``fence()``
+is what a write transaction runs right after its BEGIN (``held()`` is what it compares), for the writes
+``check`` could not stop: it raises ``LeaseLost``, and the transaction rolls back.
 
 Two holds of one process on one key (two mappings into one pack) share its lease: taking it again would
 give it a new epoch and fence the first. Keys are taken in sorted order, so two sites wanting the same
@@ -142,6 +143,18 @@ class Leases:
     def held(self) -> dict[str, int]:
         """The keys this process holds and their epochs: what a write transaction's fence compares."""
         return {key: lease.epoch for key, lease in self._held.items()}
+
+    def fence(self) -> None:
+        """Raise ``LeaseLost`` unless every lease held is still this site's at its epoch: what a write
+        transaction runs right after its BEGIN (the unit's hook), so that it rolls back instead of
+        committing a stale writer's rows. The leases found lost stay lost (``check`` says so at once)."""
+        if self.repository is None or not self._held:
+            return
+        stale = self.repository.unfenced(self.held())
+        for key in stale:
+            self._held[key].lost = True
+        if stale:
+            raise LeaseLost(self.site, describe(stale[0]))
 
     async def _take(self, key: str, wait: bool, on_busy: Callable[[str, Holder], None] | None) -> Holder | None:
         """Take ``key`` (None), or who holds it."""

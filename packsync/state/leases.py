@@ -46,20 +46,27 @@ class Holder(NamedTuple):
     seconds_left: float
 
 
-def fence(unit: UnitOfWork, site: str, held: Mapping[str, int]) -> bool:
-    """Whether ``site`` still holds every lease of ``held`` (key → epoch) at that epoch, unexpired.
+def unfenced(unit: UnitOfWork, site: str, held: Mapping[str, int]) -> list[str]:
+    """The keys of ``held`` (key → epoch) that ``site`` no longer holds at that epoch unexpired, sorted.
 
     One SELECT, on the unit's connection as it is: run right after a write transaction's BEGIN, it tells
-    a writer whose lease another site took (or that expired) to roll back instead of committing. It
+    a writer whose lease another site took (or that ran out) to roll back instead of committing. It
     goes through no method of the unit (which would flush, and so begin another transaction); the
     transaction's own guard translates the database's errors.
     """
     if not held:
-        return True
-    query = select(func.count()).select_from(LEASES).where(
+        return []
+    query = select(LEASES.c.key).where(
         LEASES.c.holder == site, LEASES.c.expires_at > _NOW,
         tuple_(LEASES.c.key, LEASES.c.epoch).in_([(key, epoch) for key, epoch in held.items()]))
-    return unit.connection.execute(query).scalar_one() == len(held)
+    ours = {str(row[0]) for row in unit.connection.execute(query)}
+    return sorted(set(held) - ours)
+
+
+def fence(unit: UnitOfWork, site: str, held: Mapping[str, int]) -> bool:
+    """Whether ``site`` still holds every lease of ``held`` at its epoch, unexpired (``unfenced``): whether
+    the write transaction open may commit."""
+    return not unfenced(unit, site, held)
 
 
 class LeaseRepository:
@@ -102,6 +109,10 @@ class LeaseRepository:
     def fence(self, held: Mapping[str, int]) -> bool:
         """``fence`` for this site: inside a write transaction, whether it may commit."""
         return fence(self.unit, self.site, held)
+
+    def unfenced(self, held: Mapping[str, int]) -> list[str]:
+        """``unfenced`` for this site: the keys of ``held`` no longer its own."""
+        return unfenced(self.unit, self.site, held)
 
     def _ours(self, key: str, epoch: int) -> ColumnElement[bool]:
         return and_(LEASES.c.key == key, LEASES.c.holder == self.site, LEASES.c.epoch == epoch)
