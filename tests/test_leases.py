@@ -1,7 +1,8 @@
 """Leases in a shared state: one site writes to a pack at a time, a lease runs out when not renewed, a
 stale holder is fenced out (``packsync/state/leases.py``, ``packsync/engine/leases.py``).
 
-Two sites are two units of work on two connections to one real PostgreSQL database (``tests/postgres.py``).
+Two sites are two shared states (two units of work, two connections) on one real PostgreSQL database
+(``tests/postgres.py``).
 Every time a lease's expiry is compared to is the database server's."""
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ from typing import Any
 import postgres
 import pytest
 from helpers import wait_until
-from sqlalchemy import create_engine, insert, make_url, select, text
+from sqlalchemy import insert, select, text
 from structlog.testing import capture_logs
 
 from packsync.engine.leases import Hold, Leases, describe, meta_key, name_key, pack_key
 from packsync.errors import LeaseLost, PacksyncError
 from packsync.state.leases import LEASES, Holder, LeaseRepository, fence
-from packsync.state.tables import METADATA, SHARED_ONLY, SiteRow, table
+from packsync.state.records import SharedState
+from packsync.state.store import State
+from packsync.state.tables import ActivityRow, table
 from packsync.state.unit import UnitOfWork
 
 pytestmark = pytest.mark.skipif(postgres.missing() is not None, reason=postgres.missing() or "")
 
-SITES = table(SiteRow)
+ACTIVITY = table(ActivityRow)
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +41,19 @@ def server() -> Iterator[postgres.PostgresServer]:
         pg.close()
 
 
-def shared_unit(url: str) -> UnitOfWork:
-    """A unit of work on the shared database ``url``, as a site's state would open it (its own connection)."""
-    engine = create_engine(make_url(url).set(password=postgres.PASSWORD))
-    METADATA.create_all(engine, tables=list(SHARED_ONLY.values()))
-    return UnitOfWork(Path("pg"), engine)
+def shared_unit(url: str, folder: Path, site: str) -> UnitOfWork:
+    """The unit of work of site ``site``'s state shared at ``url`` (its own connection, its local files in
+    ``folder``)."""
+    folder.mkdir()
+    return State(folder / "state.db", shared=SharedState(url, postgres.PASSWORD, site)).unit
 
 
 @pytest.fixture
-def units(server: postgres.PostgresServer) -> Iterator[tuple[UnitOfWork, UnitOfWork]]:
-    """Two sites' units of work on one fresh database."""
+def units(server: postgres.PostgresServer, tmp_path: Path) -> Iterator[tuple[UnitOfWork, UnitOfWork]]:
+    """Two sites' units of work (nas's, laptop's) on one fresh database."""
     url = server.database()
-    first, second = shared_unit(url), shared_unit(url)
+    first = shared_unit(url, tmp_path / "nas", "nas")
+    second = shared_unit(url, tmp_path / "laptop", "laptop")
     try:
         yield first, second
     finally:
@@ -158,7 +162,7 @@ def test_a_stale_holders_write_transaction_is_rolled_back(units: tuple[UnitOfWor
     def write(unit: UnitOfWork, site: str, held: dict[str, int]) -> bool:
         connection = unit.connection
         connection.exec_driver_sql("BEGIN")
-        connection.execute(insert(SITES).values(name=site, host="h", pid=1, version="1", seen_at=0.0))
+        connection.execute(insert(ACTIVITY).values(at=0.0, root=f"{site}:/brand", kind="added", name="x.png"))
         if fence(unit, site, held):
             connection.exec_driver_sql("COMMIT")
             return True
@@ -167,37 +171,41 @@ def test_a_stale_holders_write_transaction_is_rolled_back(units: tuple[UnitOfWor
 
     assert not write(units[0], "nas", {"pack:1": 1})
     assert write(units[1], "laptop", {"pack:1": 2})
-    assert [row[0] for row in units[1].connection.execute(select(SITES.c.name))] == ["laptop"]
+    assert [row[0] for row in units[1].connection.execute(select(ACTIVITY.c.root))] == ["laptop:/brand"]
 
 
 # --- the manager: holds, sharing, renewal, the local deadline ---
 
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(scenario())
+
 def test_the_managers_fence_rolls_a_stale_write_back_and_marks_its_lease_lost(
         units: tuple[UnitOfWork, UnitOfWork]) -> None:
+    """Wired as the unit's fence (run right after every write transaction's BEGIN)."""
     nas_repo, laptop_repo = sites(units, 60)
     nas = Leases(nas_repo)
+    unit = units[0]
+    unit.fence = nas.fence
+
+    def record(name: str) -> None:
+        with unit.transaction():
+            unit.run(insert(ACTIVITY).values(at=0.0, root="nas:/brand", kind="added", name=name))
 
     async def scenario() -> None:
         async with nas.hold([pack_key("1"), pack_key("2")]):
-            connection = units[0].connection
-            connection.exec_driver_sql("BEGIN")
-            nas.fence()  # ours: the transaction goes on
-            connection.exec_driver_sql("ROLLBACK")
+            record("kept.png")  # ours: committed
             units[1].connection.execute(text("UPDATE leases SET expires_at = 0 WHERE key = 'pack:2'"))
             assert laptop_repo.acquire("pack:2") == 2
             nas.check(pack_key("2"))  # no renewal has said so yet
-            connection.exec_driver_sql("BEGIN")
             with pytest.raises(LeaseLost, match="hold on pack 2 ran out"):
-                nas.fence()
-            connection.exec_driver_sql("ROLLBACK")
+                record("stale.png")
             assert _raises_lost(nas, pack_key("2")), "known lost from then on"
             nas.check(pack_key("1"))
+        record("after.png")  # no hold, nothing to fence
 
     run(scenario)
-
-
-def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(scenario())
+    names = [row[0] for row in units[1].connection.execute(select(ACTIVITY.c.name).order_by(ACTIVITY.c.id))]
+    assert names == ["kept.png", "after.png"]
 
 
 def test_a_hold_takes_all_keys_or_none_and_says_who_holds_them(units: tuple[UnitOfWork, UnitOfWork]) -> None:
@@ -353,9 +361,6 @@ def test_a_site_cut_off_from_the_database_stops_writing_within_its_lease(
             server.stop()
             await until_async(lambda: _raises_lost(nas, pack_key("1")))
             assert time.monotonic() - cut < 1.5, "before the database's lease could run out"
-            # The stand-in unit keeps its connection broken after a disconnect (SQLAlchemy wants a
-            # rollback first); a shared state's unit recovers by itself.
-            units[0].connection.rollback()
 
     try:
         with capture_logs() as logs:

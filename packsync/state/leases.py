@@ -79,6 +79,7 @@ class LeaseRepository:
     def acquire(self, key: str) -> int | None:
         """Take ``key``: its new epoch, or None while another site holds it unexpired. Our own lease is
         taken again under a new epoch (whatever of ours wrote under the old one is fenced out)."""
+        self.unit.reconnected()  # the server came back: a new connection (its own lock taken again)
         with self.unit.guarded():
             row = self.unit.connection.execute(
                 _ACQUIRE, {"key": key, "site": self.site, "lease_s": self.lease_s}).first()
@@ -89,12 +90,14 @@ class LeaseRepository:
         longer ours (expired, or taken since)."""
         statement = update(LEASES).where(self._ours(key, epoch), LEASES.c.expires_at > _NOW) \
             .values(expires_at=_NOW + self.lease_s)
+        self.unit.reconnected()  # the server came back: a new connection (its own lock taken again)
         with self.unit.guarded():
             return self.unit.connection.execute(statement).rowcount == 1
 
     def release(self, key: str, epoch: int) -> None:
         """Let ``key`` go now, if it is still ours under ``epoch`` (a lease taken since is left alone)."""
         statement = update(LEASES).where(self._ours(key, epoch)).values(expires_at=_NOW)
+        self.unit.reconnected()  # the server came back: a new connection (its own lock taken again)
         with self.unit.guarded():
             self.unit.connection.execute(statement)
 
@@ -102,6 +105,7 @@ class LeaseRepository:
         """Who holds ``key`` unexpired (this site included), or None."""
         left = (LEASES.c.expires_at - _NOW).label("left")
         query = select(LEASES.c.holder, left).where(LEASES.c.key == key, LEASES.c.expires_at > _NOW)
+        self.unit.reconnected()  # the server came back: a new connection (its own lock taken again)
         with self.unit.guarded():
             row = self.unit.connection.execute(query).first()
         return None if row is None else Holder(str(row[0]), max(0.0, float(row[1])))
