@@ -6,6 +6,7 @@ Errors are classified by what the caller should do about them, not by where they
     ├── ConfigError               exit 2  the config (or the command line) is wrong; names the key
     │   └── PackNotVisible                a mapping's pack_id is no pack of the key: that mapping's alone
     ├── LockedError               exit 2  another packsync holds the state lock
+    ├── LeaseLost                         this site's hold on a pack ran out (a shared state): stop writing to it
     ├── StateError                exit 2  the state database is corrupt, foreign, too new or not writable
     │   └── StateUnavailable      exit 2  locked by another program, disk full, I/O error: may pass, so
     │                                     the daemon waits and tries again
@@ -75,6 +76,16 @@ class PackNotVisible(ConfigError):
 
 class LockedError(PacksyncError):
     exit_code = ExitCode.USAGE
+
+
+class LeaseLost(PacksyncError):
+    """This site's lease on a pack (``what``: "pack X", say) ran out or was taken by another site, in a
+    shared state: nothing more is written for that pack this sync; the next one takes it again."""
+
+    def __init__(self, site: str, what: str) -> None:
+        super().__init__(f"site {site}'s hold on {what} ran out (another site holds it now); "
+                         "nothing more is written for it this sync")
+        self.site, self.what = site, what
 
 
 class DaemonError(PacksyncError):
