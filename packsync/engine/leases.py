@@ -27,10 +27,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from packsync.errors import LeaseLost, StateError
 from packsync.logs import get_logger
-from packsync.state.leases import Holder, LeaseRepository
+
+if TYPE_CHECKING:  # (the engine imports no database library: a state's own opener brings it)
+    from packsync.state.leases import Holder, LeaseRepository
 
 
 def pack_key(pack_id: str) -> str:
