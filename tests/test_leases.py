@@ -372,6 +372,34 @@ def test_a_site_cut_off_from_the_database_stops_writing_within_its_lease(
     assert nas.held() == {}
 
 
+def test_a_hold_outlives_a_short_outage_of_the_database(
+        server: postgres.PostgresServer, units: tuple[UnitOfWork, UnitOfWork]) -> None:
+    """The server back before the lease ran out: the next renewal (on a connection made again) finds the
+    lease still this site's, and the sync goes on; the outage is said once."""
+    nas = Leases(sites(units, 8)[0])
+    nas.renew_s = 0.5
+
+    async def scenario() -> None:
+        async with nas.hold([pack_key("1")]):
+            taken = time.monotonic()
+            server.stop()
+            await until_async(lambda: nas.unreachable)
+            server.start()
+            await until_async(lambda: not nas.unreachable)
+            await until_async(lambda: time.monotonic() - taken > 8 - 0.8 + 0.1)
+            nas.check(pack_key("1"))  # past the first deadline: renewed since
+            assert nas.held() == {"pack:1": 1}
+
+    try:
+        with capture_logs() as logs:
+            run(scenario)
+    finally:
+        if not server.running():
+            server.start()
+    events = [entry["event"] for entry in logs]
+    assert events.count("lease: could not be renewed") == 1 and "lease: renewed again" in events
+
+
 def test_without_a_shared_state_everything_is_granted() -> None:
     """A SQLite state has no leases: one packsync per state file already (its lock)."""
     leases = Leases(None)
