@@ -19,10 +19,10 @@ from helpers import wait_until
 from sqlalchemy import insert, select, text
 from structlog.testing import capture_logs
 
+from packsync.config import SharedState
 from packsync.engine.leases import Hold, Leases, describe, meta_key, name_key, pack_key
 from packsync.errors import LeaseLost, PacksyncError
 from packsync.state.leases import LEASES, Holder, LeaseRepository, fence
-from packsync.state.records import SharedState
 from packsync.state.store import State
 from packsync.state.tables import ActivityRow, table
 from packsync.state.unit import UnitOfWork

@@ -44,7 +44,7 @@ from packsync.engine.actions import (
 )
 from packsync.engine.download import content_of
 from packsync.engine.executor import Executor, MappingOutcome
-from packsync.engine.leases import Leases, describe, name_key, pack_key
+from packsync.engine.leases import Leases, describe, meta_key, name_key, pack_key
 from packsync.engine.metadata import POLL_BACKOFF, MetadataPoller
 from packsync.engine.packs import PackResolver, Resolved
 from packsync.engine.planner import (
@@ -267,6 +267,7 @@ class Syncer:
             outcomes = await self._execute(result, executor)
         # The packs' writes are done: other sites may take their turn while the metadata comes.
         await self._finish(result, options, executor, outcomes)
+        self.state.heard_from()
         return result
 
     def _lease_keys(self, report: MappingReport) -> list[str]:
@@ -366,9 +367,13 @@ class Syncer:
 
     async def metadata_round(self, pack_ids: Collection[str]) -> None:
         """One round of the daemon's metadata loop: poll, have the executor record what changed, then write
-        the sidecars of the files holding the contents it describes anew."""
-        found = await self.metadata.poll(pack_ids)
-        await self._executor().record(found.records)
+        the sidecars of the files holding the contents it describes anew. In a shared state, a pack another
+        site polls now is left to it: each pack is polled once for all sites."""
+        async with contextlib.AsyncExitStack() as held:
+            ours = [pack_id for pack_id in pack_ids
+                    if (await held.enter_async_context(self.leases.hold([meta_key(pack_id)]))).granted]
+            found = await self.metadata.poll(ours)
+            await self._executor().record(found.records)
         await self.write_sidecars(found.described)
 
     async def write_sidecars(self, described: Mapping[str, Collection[str]]) -> None:
