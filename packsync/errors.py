@@ -115,8 +115,8 @@ class LeaseLost(StateUnavailable):
     resumes from what was recorded)."""
 
     def __init__(self, site: str, what: str) -> None:
-        super().__init__(f"site {site}'s hold on {what} ran out (another site holds it now); this sync stops "
-                         "writing, and the next one resumes.", reason="lease")
+        super().__init__(f"site {site}'s hold on {what} ran out (another site may hold it now); this sync "
+                         "stops writing, and the next one resumes.", reason="lease")
         self.site, self.what = site, what
 
 
