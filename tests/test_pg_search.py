@@ -260,8 +260,9 @@ def plans(unit: UnitOfWork, *words: str) -> str:
                       "SET auto_explain.log_level = notice", "SET client_min_messages = notice"):
         unit.execute(statement)
     try:
-        pg_search.find(unit, words, 50)
-        pg_search.count(unit, words)
+        for _ in range(8):  # the driver prepares a statement run often: its plans are for any word
+            pg_search.find(unit, words, 50)
+            pg_search.count(unit, words)
     finally:
         unit.execute("SET auto_explain.log_min_duration = -1")
     return "\n".join(said)
@@ -278,8 +279,8 @@ def test_a_search_reads_the_indexes(unit: UnitOfWork) -> None:
 
     explained = plans(unit, "img123")
 
-    assert explained.count("Bitmap Index Scan on images_search_text") == 2, explained
-    assert explained.count("Bitmap Index Scan on files_search_folders") == 2, explained
+    assert explained.count("Bitmap Index Scan on images_search_text") == 16, explained
+    assert explained.count("Bitmap Index Scan on files_search_folders") == 16, explained
     # No text but a mapping's (a few rows) is cut row by row: the images' and the files' only where the
     # index found them.
     lines = [line.strip() for line in explained.splitlines()]
