@@ -5,6 +5,7 @@ text, its files' folders or its mapping's names; best match first; any text aske
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from itertools import pairwise
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import postgres
 import psycopg
 import pytest
+from helpers import wait_until
 from sqlalchemy import create_engine, insert, text, update
 from sqlalchemy.engine import make_url
 
@@ -317,3 +319,43 @@ def test_the_answers_are_sqlite_s(unit: UnitOfWork, tmp_path: Path) -> None:
             assert pg_search.count(unit, words) == search.count(sqlite.unit, words), words
     finally:
         sqlite.close()
+
+
+def bare_state(url: str) -> UnitOfWork:
+    """A state's unit of work with every table but no search index yet."""
+    engine = create_engine(make_url(url).set(password=postgres.PASSWORD))
+    METADATA.create_all(engine, tables=list(TABLES.values()))
+    return UnitOfWork(Path("pg"), engine)
+
+
+def test_two_sites_making_the_index_at_once_make_it_once(server: postgres.PostgresServer) -> None:
+    """The second waits for the first's transaction, then finds the index made (without the wait, its
+    functions would collide with the first's as it commits)."""
+    url = server.database()
+    first, second = bare_state(url), bare_state(url)
+    first.execute("CREATE EXTENSION unaccent")  # (there already, as the second run of a site finds it)
+    driver = first.connection.connection.driver_connection
+    assert driver is not None
+    errors: list[BaseException] = []
+
+    def make() -> None:
+        try:
+            pg_search.create(second)
+        except BaseException as exc:  # noqa: BLE001 (said by the test's thread)
+            errors.append(exc)
+
+    try:
+        driver.execute("BEGIN")
+        pg_search.create(first)
+        other = threading.Thread(target=make)
+        other.start()
+        wait_until(lambda: first.rows(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))[0][0],
+                   what="the second site waiting")
+        driver.execute("COMMIT")
+        other.join(timeout=30)
+
+        assert not other.is_alive() and errors == []
+        assert pg_search.exists(second) and pg_search.exists(first)
+    finally:
+        first.close()
+        second.close()
