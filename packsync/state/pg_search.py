@@ -18,9 +18,15 @@ the state's schema, so that an index can hold them; each names what it calls wit
 they read the same under any ``search_path`` (a restore, autovacuum).
 
 Differences from FTS5 (a server's choice, not packsync's): without ``unaccent`` (a managed server may
-refuse extensions) "cafe" does not find "café"; without an ICU collation on the server, letters outside
-ASCII count as separators (found by their ASCII parts only) and are lowered as the database's locale
-lowers them. Best matches are ranked by ``ts_rank``, not by BM25. It writes no row of any table.
+refuse extensions) "cafe" does not find "café"; without an ICU collation, on a database whose locale is
+C, letters outside ASCII count as separators (a word is found by its ASCII parts only) and are not
+lowered. Best matches are ranked by ``ts_rank``, not by BM25, and a phrase may run on from an image's
+name into its description. Ranking cuts the text of every image found again (an expression index keeps
+no text to rank by): a word every one of 20,000 images holds takes a few tenths of a second.
+
+The functions are made once and then kept as they are (an index holds their answers); two sites making
+them at once take turns (an advisory lock held to the end of the caller's transaction). It writes no
+row of any table.
 """
 
 from __future__ import annotations
