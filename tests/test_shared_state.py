@@ -8,6 +8,7 @@ Each site is an ``Env`` of its own (its folders, its config, its local state fol
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -175,3 +176,18 @@ def test_a_site_killed_holding_the_pack_is_taken_over_after_its_lease(tmp_path: 
     assert time.monotonic() - killed_at < 5 + 30  # the lease time, plus one sync
     pack_id = a.pack_named("Brand Assets")["id"]
     assert contents(a, pack_id) == sorted(map(sha, (*shared, only_b)))  # every content once
+
+
+def test_search_on_one_site_finds_what_another_site_synced(tmp_path: Path, sandbox: Sandbox, url: str) -> None:
+    a, b = site(tmp_path, sandbox, url, "laptop"), site(tmp_path, sandbox, url, "nas")
+    write(a.map("brand", pack="Brand Assets") / "summer/beach_day.png", image())
+    write(b.map("brand", pack="Brand Assets") / "winter/snow.png", image())
+    assert a.sync().exit_code == 0 and b.sync().exit_code == 0
+
+    found = b.cli("search", "summer", "beach", "--json")
+
+    assert found.returncode == 0, found.stderr
+    document = json.loads(found.stdout)
+    assert [hit["file_name"] for hit in document["results"]] == ["beach_day.png"], document
+    assert document["results"][0]["mapping"] == "laptop:" + str(tmp_path / "laptop" / "brand")  # another site's
+    assert b.cli("search", "snow").stdout.count("snow.png") == 1

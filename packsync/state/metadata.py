@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 from sqlalchemy import bindparam, func, select, text, update
 
 from packsync.model import ManagedImage, Metadata
-from packsync.state import search
+from packsync.state import pg_search, search
 from packsync.state.images import IMAGES, image, managed_by
 from packsync.state.tables import UNSETTLED
 from packsync.state.unit import Bulk, UnitOfWork
@@ -56,8 +56,8 @@ class MetadataRepository:
         name hold every word (as a word's start), best match first, each with the mapping that owns it."""
         label = self.unit.label
         return [(image(row, label), label(row[5]))
-                for row in search.find(self.unit, words, limit)]
+                for row in (pg_search if self.unit.shared else search).find(self.unit, words, limit)]
 
     def count(self, words: Sequence[str]) -> int:
         """How many of packsync's images ``search`` finds for these words, whatever its limit."""
-        return search.count(self.unit, words)
+        return pg_search.count(self.unit, words) if self.unit.shared else search.count(self.unit, words)

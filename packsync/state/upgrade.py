@@ -182,7 +182,7 @@ def set_up_shared(unit: UnitOfWork, where: str) -> None:
     indexes, the search index and the triggers that count changes, in one transaction under the schema's
     lock (two sites' first runs at once make it once). A database holding other programs' tables, or a
     newer packsync's schema, is refused before anything is written."""
-    from packsync.state import postgres
+    from packsync.state import pg_search, postgres
 
     with unit.transaction():
         postgres.schema_lock(unit.connection)
@@ -197,12 +197,14 @@ def set_up_shared(unit: UnitOfWork, where: str) -> None:
             if schema.isascii() and schema.isdigit() and int(schema) > SCHEMA_VERSION:
                 raise StateError(f"the shared state {where} was written by a newer packsync (schema {schema}); "
                                  "upgrade packsync on this machine to use it.")
-            if have >= shared.keys():
+            if have >= shared.keys() and pg_search.exists(unit):
                 return
         elif have - shared.keys():
             raise StateError(f"the database {where} holds other tables ({', '.join(sorted(have)[:3])}…); give "
                              "packsync a database of its own.")
         METADATA.create_all(unit.connection, tables=[t for name, t in shared.items() if name not in have])
+        if not pg_search.exists(unit):
+            pg_search.create(unit)
         for statement in postgres.count_changes(PLANNED_FROM):
             unit.execute(statement)
         unit.write(_COUNT_FROM_ZERO, [(0, 0)])
