@@ -191,3 +191,49 @@ def test_search_on_one_site_finds_what_another_site_synced(tmp_path: Path, sandb
     assert [hit["file_name"] for hit in document["results"]] == ["beach_day.png"], document
     assert document["results"][0]["mapping"] == "laptop:" + str(tmp_path / "laptop" / "brand")  # another site's
     assert b.cli("search", "snow").stdout.count("snow.png") == 1
+
+
+def start_daemon(env: Env) -> DaemonProcess:
+    env.genviral["concurrency"] = 4
+    env.daemon.update(debounce_s=0.3, rescan_interval_s=3600)
+    env.write_config()
+    environment = {**os.environ, "GENVIRAL_TOKEN": TOKEN, "WATCHDOG_USEC": "2000000"}
+    daemon = DaemonProcess([sys.executable, "-m", "packsync", "-c", str(env.config_path), "daemon"], environment,
+                           env.root)
+    daemon.wait_ready()
+    return daemon
+
+
+def test_two_sites_resume_after_their_database_stops_mid_sync(tmp_path: Path, sandbox: Sandbox,
+                                                               server: PostgresServer, url: str) -> None:
+    a, b = site(tmp_path, sandbox, url, "laptop"), site(tmp_path, sandbox, url, "nas")
+    folder_a, folder_b = a.map("brand", pack="Brand Assets"), b.map("brand", pack="Brand Assets")
+    write(folder_a / "seed.png", seed := image())
+    daemons = [start_daemon(a), start_daemon(b)]
+    try:
+        wait_until(lambda: sandbox.packs() and sandbox.packs()[0]["image_count"] == 1, timeout=30,
+                   what="the seed image")
+        sandbox.faults.latency_s = 0.05  # (each add takes a while: the database goes while they are under way)
+        batch_a, batch_b = [image() for _ in range(15)], [image() for _ in range(15)]
+        for n, (one, two) in enumerate(zip(batch_a, batch_b, strict=True)):
+            write(folder_a / f"a{n}.png", one)
+            write(folder_b / f"b{n}.png", two)
+            write(folder_b / f"shared{n}.png", one)  # nas holds laptop's too
+        wait_until(lambda: sandbox.packs()[0]["image_count"] >= 4, timeout=30, what="the syncs under way")
+        server.stop()
+        try:  # both see it (the syncs under way fail and wait; the watchers go on)
+            for daemon in daemons:
+                wait_until(lambda d=daemon: httpx2.get(page_url(d) + "healthz").json()["status"] == "degraded",
+                           timeout=30, what="each site degraded")
+        finally:
+            server.start()
+        expected = sorted(map(sha, (seed, *batch_a, *batch_b)))
+        wait_until(lambda: contents(a, sandbox.packs()[0]["id"]) == expected, timeout=120,
+                   what="the union, each content once")
+        for daemon in daemons:
+            wait_until(lambda d=daemon: httpx2.get(page_url(d) + "healthz").json()["status"] == "ok", timeout=60,
+                       what="each site healthy again")
+    finally:
+        for daemon in daemons:
+            daemon.close()
+    assert contents(a, sandbox.packs()[0]["id"]) == expected  # and nothing more since

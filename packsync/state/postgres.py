@@ -31,6 +31,8 @@ BEGIN_WRITE = "BEGIN"
 #: passes (a site's transactions are short; a longer wait is a server in trouble).
 LOCK_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT_S = 10
+#: How long one statement may run: far more than any of packsync's takes, far less than forever.
+STATEMENT_TIMEOUT_MS = 120_000
 #: The one transaction-scoped lock every site takes to create or upgrade the schema, so that two sites'
 #: first runs do not both create it.
 _SCHEMA_LOCK = 0x70616B73  # "paks"
@@ -71,8 +73,13 @@ def open_engine(shared: SharedState) -> Engine:
     import psycopg  # noqa: F401  (a missing driver is said here, once: ``missing_driver``)
 
     url = make_url(shared.url).set(drivername="postgresql+psycopg")
+    # A server that stops answering (a cut link, not a refusal) fails a statement within ~30 s rather than
+    # hanging it: the unit's calls are made on the daemon's event loop.
     connect_args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "packsync",
-                                    "options": f"-c lock_timeout={LOCK_TIMEOUT_MS}"}
+                                    "options": f"-c lock_timeout={LOCK_TIMEOUT_MS} "
+                                               f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                                    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                                    "keepalives_count": 3, "tcp_user_timeout": 30_000}
     if shared.password is not None:
         connect_args["password"] = shared.password
     return create_engine(url, connect_args=connect_args, poolclass=NullPool, paramstyle="format",
