@@ -193,6 +193,11 @@ def test_search_on_one_site_finds_what_another_site_synced(tmp_path: Path, sandb
     assert b.cli("search", "snow").stdout.count("snow.png") == 1
 
 
+def health(daemon: DaemonProcess) -> str:
+    """What the daemon's /healthz says."""
+    return str(httpx2.get(page_url(daemon) + "healthz").json()["status"])
+
+
 def start_daemon(env: Env) -> DaemonProcess:
     env.genviral["concurrency"] = 4
     env.daemon.update(debounce_s=0.3, rescan_interval_s=3600)
@@ -222,17 +227,15 @@ def test_two_sites_resume_after_their_database_stops_mid_sync(tmp_path: Path, sa
         wait_until(lambda: sandbox.packs()[0]["image_count"] >= 4, timeout=30, what="the syncs under way")
         server.stop()
         try:  # both see it (the syncs under way fail and wait; the watchers go on)
-            for daemon in daemons:
-                wait_until(lambda d=daemon: httpx2.get(page_url(d) + "healthz").json()["status"] == "degraded",
-                           timeout=30, what="each site degraded")
+            wait_until(lambda: all(health(daemon) == "degraded" for daemon in daemons), timeout=30,
+                       what="each site degraded")
         finally:
             server.start()
         expected = sorted(map(sha, (seed, *batch_a, *batch_b)))
         wait_until(lambda: contents(a, sandbox.packs()[0]["id"]) == expected, timeout=120,
                    what="the union, each content once")
-        for daemon in daemons:
-            wait_until(lambda d=daemon: httpx2.get(page_url(d) + "healthz").json()["status"] == "ok", timeout=60,
-                       what="each site healthy again")
+        wait_until(lambda: all(health(daemon) == "ok" for daemon in daemons), timeout=60,
+                   what="each site healthy again")
     finally:
         for daemon in daemons:
             daemon.close()
