@@ -1,5 +1,7 @@
-"""What packsync remembers: the state (``store.State``, one SQLite file, WAL, private to the user) and
-the lock that keeps it to one writer (``lock``). Importing this package loads no database library.
+"""What packsync remembers: the state (``store.State``, one SQLite file, WAL, private to the user — or a
+PostgreSQL database shared by several machines, ``postgres``) and the lock that keeps it to one writer
+(``lock``; in a shared state, one writer per pack: ``leases``). Importing this package loads no database
+library.
 
 The tables (``tables``, one SQLModel class each):
 
@@ -22,7 +24,9 @@ The tables (``tables``, one SQLModel class each):
 - ``changes``  — one row: how often ``images``, ``blobs`` and ``url_contents`` changed (triggers count).
 - ``settled``  — per source: the fingerprint of the inputs of its last plan that had nothing to do.
 - ``meta``     — the program and schema version that wrote the file.
+- ``leases``, ``sites`` — a shared state's only: who syncs which pack now (``leases``), and the machines
+                 sharing it (``sites``). There, a source's rows are keyed by ``<site>:<label>``.
 
 and the search indexes (``search``, SQLite's FTS5): ``image_text`` over ``images``, ``file_text`` over the
-folders of ``files``' paths (schema 10).
+folders of ``files``' paths (schema 10); on PostgreSQL, its full-text search (``pg_search``).
 """

@@ -10,9 +10,15 @@ loses at most those few, each of which the next run finds again: an added image 
 committed before the add is sent, and an upload whose bytes were not recorded as sent by sending them
 again. Other connections (``status``, the page) see queued steps once they are committed.
 
+The unit is on SQLite (a state of one machine's own) or on PostgreSQL (a state shared by several sites):
+it knows which only to begin a transaction, to run bulk writes and to tell the database's errors; it
+makes its connection again when a shared state's server dropped it (``reconnected``), and each site's
+sources are stored under its site's name (``key``, ``label``).
+
 The connection is used from one thread at a time. The database's and the file system's errors, at any
-moment, end here in ``translate.unusable``'s sentence, after the transaction they broke is rolled back —
-all but the driver refusing how packsync used it (``MISUSE_ERRORS``), a bug that goes up as one.
+moment, end here in one sentence (``translate.unusable``'s, or ``postgres.unusable``'s), after the
+transaction they broke is rolled back — all but the driver refusing how packsync used it (``misuse``), a
+bug that goes up as one.
 This module knows no table: the repositories bring their statements.
 """
 
