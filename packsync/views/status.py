@@ -175,6 +175,7 @@ class SiteStatus(msgspec.Struct, frozen=True):
 
 
 class Status(msgspec.Struct, frozen=True):
+    #: Where the state is: its file, or a shared state's server and database (``State.where``).
     state_path: str
     state_exists: bool
     daemon: DaemonStatus | None
@@ -216,8 +217,9 @@ def read_status(config: Config, state: State, *, files: bool = False, problems: 
     listing = listing or Listing(limit=files_limit)
     mappings = [_mapping(mapping, state, files, problems, listing, problems_limit)
                 for mapping in shown(config, state) if listing.mapping is None or mapping.label == listing.mapping]
-    return Status(str(state.path), state.path.exists(), _daemon(state, lock_holder), mappings,
-                  _sites(state, mappings))
+    # a shared state exists once some site made its tables (a reader of one not made yet reads an empty state)
+    exists = state.unit.shared if state.shared is not None else state.path.exists()
+    return Status(state.where, exists, _daemon(state, lock_holder), mappings, _sites(state, mappings))
 
 
 def _sites(state: State, own: list[MappingStatus]) -> list[SiteStatus]:
