@@ -16,18 +16,16 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, LiteralString
 
 import httpx2
 import pytest
 from conftest import Env, image, write
-from postgres import PASSWORD, PASSWORD_ENV, PostgresServer, missing
+from postgres import PASSWORD, PASSWORD_ENV, USER, PostgresServer, missing
 
 from packsync import __version__
 from packsync.sandbox import Sandbox
 from packsync.views.clock import ago
-
-needs_postgres = pytest.mark.skipif(missing() is not None, reason=f"no PostgreSQL here: {missing()}")
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +51,13 @@ def site(root: Path, sandbox: Sandbox, url: str, name: str) -> Env:
     return env
 
 
-def sql(url: str, statement: str) -> None:
+def sql(server: PostgresServer, url: str, statement: LiteralString) -> None:
     """Change the shared state behind packsync's back, as time passing or a site's row lost would."""
     import psycopg
 
-    database = url.rsplit("/", 1)[1]
-    host, port = re.search(r"@([^:/]+):(\d+)/", url).groups()  # type: ignore[union-attr]
-    with psycopg.connect(host=host, port=int(port), user="packsync", password=PASSWORD, dbname=database,
-                         autocommit=True) as connection:
-        connection.execute(statement)  # type: ignore[arg-type]
+    with psycopg.connect(host="127.0.0.1", port=server.port, user=USER, password=PASSWORD,
+                         dbname=url.rsplit("/", 1)[1], autocommit=True) as connection:
+        connection.execute(statement)
 
 
 def status_json(env: Env) -> dict[str, Any]:
@@ -126,9 +122,10 @@ def test_status_json_lists_both_sites(two_sites: tuple[Env, Env, Path, Path]) ->
     assert [s["this"] for s in status_json(b)["sites"]] == [False, True], "each site marks itself"
 
 
-def test_a_site_silent_for_long_is_flagged(two_sites: tuple[Env, Env, Path, Path], url: str) -> None:
+def test_a_site_silent_for_long_is_flagged(two_sites: tuple[Env, Env, Path, Path], server: PostgresServer,
+                                           url: str) -> None:
     a, _b, _folder_a, _folder_b = two_sites
-    sql(url, "UPDATE sites SET seen_at = seen_at - 3 * 86400 - 60 WHERE name = 'nas'")
+    sql(server, url, "UPDATE sites SET seen_at = seen_at - 3 * 86400 - 60 WHERE name = 'nas'")
     done = a.cli("status")
     assert re.search(r"^  nas · .* · not heard from for 3 days$", done.stdout, re.MULTILINE), done.stdout
     sites = {s["name"]: s for s in status_json(a)["sites"]}
@@ -137,9 +134,9 @@ def test_a_site_silent_for_long_is_flagged(two_sites: tuple[Env, Env, Path, Path
 
 
 def test_a_site_known_only_by_its_mappings_is_never_heard_from(two_sites: tuple[Env, Env, Path, Path],
-                                                               url: str) -> None:
+                                                               server: PostgresServer, url: str) -> None:
     a, _b, _folder_a, folder_b = two_sites
-    sql(url, "DELETE FROM sites WHERE name = 'nas'")
+    sql(server, url, "DELETE FROM sites WHERE name = 'nas'")
     done = a.cli("status")
     assert re.search(r"^  nas · never heard from$", done.stdout, re.MULTILINE), done.stdout
     assert f"    {folder_b} → Brand Assets" in done.stdout, "its mappings are still shown"
