@@ -124,13 +124,16 @@ def test_status_json_lists_both_sites(two_sites: tuple[Env, Env, Path, Path]) ->
 
 def test_a_site_silent_for_long_is_flagged(two_sites: tuple[Env, Env, Path, Path], server: PostgresServer,
                                            url: str) -> None:
-    a, _b, _folder_a, _folder_b = two_sites
+    a, b, _folder_a, _folder_b = two_sites
     sql(server, url, "UPDATE sites SET seen_at = seen_at - 3 * 86400 - 60 WHERE name = 'nas'")
     done = a.cli("status")
     assert re.search(r"^  nas · .* · not heard from for 3 days$", done.stdout, re.MULTILINE), done.stdout
     sites = {s["name"]: s for s in status_json(a)["sites"]}
     assert sites["nas"]["silent"] is True and sites["nas"]["seen_ago_s"] > 3 * 86400
     assert sites["laptop"]["silent"] is False
+    assert b.sync().exit_code in (0, 1)  # nas syncs again: heard from
+    nas = {s["name"]: s for s in status_json(a)["sites"]}["nas"]
+    assert nas["silent"] is False and nas["seen_ago_s"] < 120
 
 
 def test_a_site_known_only_by_its_mappings_is_never_heard_from(two_sites: tuple[Env, Env, Path, Path],
