@@ -127,7 +127,8 @@ def test_a_site_silent_for_long_is_flagged(two_sites: tuple[Env, Env, Path, Path
     a, b, _folder_a, _folder_b = two_sites
     sql(server, url, "UPDATE sites SET seen_at = seen_at - 3 * 86400 - 60 WHERE name = 'nas'")
     done = a.cli("status")
-    assert re.search(r"^  nas · .* · not heard from for 3 days$", done.stdout, re.MULTILINE), done.stdout
+    flagged = r"^  nas · .* · not heard from for 3 days \(since \d{4}-\d\d-\d\d \d\d:\d\d \S+\)$"
+    assert re.search(flagged, done.stdout, re.MULTILINE), done.stdout
     sites = {s["name"]: s for s in status_json(a)["sites"]}
     assert sites["nas"]["silent"] is True and sites["nas"]["seen_ago_s"] > 3 * 86400
     assert sites["laptop"]["silent"] is False

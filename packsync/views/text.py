@@ -254,7 +254,8 @@ def _site(site: SiteStatus, out: TextIO) -> None:
     about = [f"host {printable(site.host)}" if site.host else None,
              f"packsync {printable(site.version)}" if site.version else None,
              "never heard from" if site.seen_ago is None else
-             f"not heard from for {site.seen_ago}" if site.silent else f"last heard from {site.seen_ago} ago"]
+             f"not heard from for {site.seen_ago} (since {local_time(site.seen_at)})" if site.silent else
+             f"last heard from {site.seen_ago} ago"]
     out.write(f"  {printable(site.name)}{' (this site)' if site.this else ''} · "
               + " · ".join(part for part in about if part) + "\n")
     if site.this:
