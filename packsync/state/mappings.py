@@ -3,6 +3,8 @@ the daemon's row, and the count of changes to what plans are made from.
 
 A mapping is keyed by its source's label (a folder's path). A source renamed (a subfolder) takes all
 that was recorded of it along (``move_source``), across the repositories' tables, in one transaction.
+In a state shared by several sites, ``of_sites`` reads the other sites' mappings (for ``status``): the
+rows whose key another site qualified, which this site never writes.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+import msgspec
 from msgspec.structs import astuple, replace
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, select, update
 
 from packsync.state.dialects import upsert
 from packsync.state.records import DaemonRecord, MappingRecord
@@ -37,6 +40,17 @@ _MAPPING_COLUMNS = tuple(MAPPINGS.c[name] for name in MappingRecord.__struct_fie
 _DAEMON_COLUMNS = tuple(DAEMON.c[name] for name in DaemonRecord.__struct_fields__)
 _SAVE_MAPPING = Bulk(upsert(MAPPINGS), *MappingRecord.__struct_fields__)
 _SAVE_DAEMON = Bulk(upsert(DAEMON), "id", *DaemonRecord.__struct_fields__)
+FILES, PROBLEMS = table(FileRow), table(ProblemRow)
+
+
+class SiteMapping(msgspec.Struct, frozen=True):
+    """Another site's mapping, as that site recorded it: ``record.root`` is its source as that site names it
+    (``/srv/brand``, ``astria:12``); ``files`` how many files its last scan judged (the items, and the files
+    it cannot sync, as ``status`` counts a mapping's files)."""
+
+    site: str
+    record: MappingRecord
+    files: int
 
 
 class MappingRepository:
@@ -56,6 +70,38 @@ class MappingRepository:
         prefix = self.unit.key(folder).rstrip("/") + "/"
         rows = self.unit.rows(select(*_MAPPING_COLUMNS).where(func.substr(MAPPINGS.c.root, 1, len(prefix)) == prefix))
         return [self._record(row) for row in rows]
+
+    def of_sites(self) -> dict[str, list[SiteMapping]]:
+        """The mappings of the other sites sharing the state, by site name, each site's by source (none in
+        a state of one machine's own: its keys are labels, not qualified by any site)."""
+        if not self.unit.shared:
+            return {}
+        own = f"{self.unit.site}:"  # (every key of a shared state is some site's: "<site>:<label>")
+        theirs = func.substr(MAPPINGS.c.root, 1, len(own)) != own
+        rows = self.unit.rows(select(*_MAPPING_COLUMNS).where(theirs).order_by(MAPPINGS.c.root))
+        files = self._files_of([row[0] for row in rows])
+        found: dict[str, list[SiteMapping]] = {}
+        for key, *values in rows:
+            site, _, label = key.partition(":")
+            found.setdefault(site, []).append(SiteMapping(site, MappingRecord(label, *values), files.get(key, 0)))
+        return found
+
+    def _files_of(self, keys: Collection[str]) -> dict[str, int]:
+        """How many files the last scan of each of these sources (by key) judged: its items that are not
+        problems, and its problems that are not notices (a deliberate skip is not counted)."""
+        if not keys:
+            return {}
+        problem = select(PROBLEMS.c.rel_path).where(PROBLEMS.c.root == FILES.c.root,
+                                                    PROBLEMS.c.rel_path == FILES.c.rel_path).exists()
+        counted: dict[str, int] = {}
+        for key, count in self.unit.rows(select(FILES.c.root, func.count()).where(FILES.c.root.in_(keys), ~problem)
+                                         .group_by(FILES.c.root)):
+            counted[key] = int(count)
+        for key, count in self.unit.rows(
+                select(PROBLEMS.c.root, func.sum(case((PROBLEMS.c.notice, 0), else_=1)))
+                .where(PROBLEMS.c.root.in_(keys)).group_by(PROBLEMS.c.root)):
+            counted[key] = counted.get(key, 0) + int(count or 0)
+        return counted
 
     def save(self, source: str, **changes: Any) -> None:
         record = replace(self.get(source) or MappingRecord(source), **changes)

@@ -1,6 +1,6 @@
-"""Times as people read them: local, with the zone (``2026-12-07 09:43 CET``). One function, used by the
-text views and the page's ``clock`` filter alike; the JSON documents keep ISO 8601 UTC (``views.json.when``),
-which is for programs."""
+"""Times as people read them: local, with the zone (``2026-12-07 09:43 CET``), and spans as how long ago
+(``3 h``). Used by the text views and the page alike; the JSON documents keep ISO 8601 UTC
+(``views.json.when``) and seconds, which are for programs."""
 
 from __future__ import annotations
 
@@ -12,3 +12,15 @@ def local_time(at: float | None) -> str | None:
     if at is None:
         return None
     return time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(at))
+
+
+def ago(seconds: float) -> str:
+    """A span as people say how long ago something was: ``12 s``, ``5 min``, ``3 h`` (to 47 h), ``3 days``."""
+    seconds = max(0.0, seconds)  # (a clock a little ahead of the server's is "now")
+    if seconds < 60:
+        return f"{int(seconds)} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min"
+    if seconds < 48 * 3600:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 86400)} days"

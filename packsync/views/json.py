@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from packsync.model import AstriaPack, AstriaPackSummary, Metadata, PackSummary
 from packsync.views.closing import exit_reason, failed_deletes, failures, mapping_counts, run_counts
-from packsync.views.status import DaemonStatus, FileStatus, MappingStatus, Status
+from packsync.views.status import DaemonStatus, FileStatus, MappingStatus, SiteMappingStatus, SiteStatus, Status
 
 if TYPE_CHECKING:  # `status --json` does not load the HTTP client
     from packsync.engine.pull import PullReport
@@ -31,7 +31,20 @@ def when(timestamp: float | None) -> str | None:
 def status_document(status: Status) -> dict[str, Any]:
     return {"version": STATUS_VERSION, "state": status.state_path, "state_exists": status.state_exists,
             "daemon": _daemon(status.daemon) if status.daemon else None,
-            "mappings": [_mapping(m) for m in status.mappings]}
+            "mappings": [_mapping(m) for m in status.mappings], "sites": [_site(s) for s in status.sites]}
+
+
+def _site(site: SiteStatus) -> dict[str, Any]:
+    """A site sharing the state, and its mappings as it recorded them."""
+    return {"name": site.name, "this": site.this, "host": site.host, "version": site.version,
+            "seen_ago_s": None if site.seen_ago_s is None else round(site.seen_ago_s, 1), "silent": site.silent,
+            "mappings": [_site_mapping(m) for m in site.mappings]}
+
+
+def _site_mapping(mapping: SiteMappingStatus) -> dict[str, Any]:
+    return {"path": mapping.path, "source": mapping.source, "pack_id": mapping.pack_id,
+            "pack_name": mapping.pack_name, "files": mapping.files, "last_sync": when(mapping.last_sync),
+            "last_error": mapping.last_error, "safety_stop": mapping.safety, "paused": when(mapping.paused)}
 
 
 def _daemon(daemon: DaemonStatus) -> dict[str, Any]:

@@ -3,10 +3,13 @@
 Built from the config and the state alone — no token, no API call, no look at the disk — by
 ``read_status``; rendered
 by ``views/text.py`` and ``views/json.py``. A view never queries the database its own way.
+In a state shared by several machines (PostgreSQL), it also holds each site sharing it, with when it was
+last heard from and its mappings as that site recorded them (``Status.sites``).
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
@@ -17,7 +20,9 @@ from packsync.config import Config, MappingConfig
 from packsync.mappings import concrete, recorded_pack_id
 from packsync.model import METADATA_SETTLED, ManagedImage, Metadata, Problem
 from packsync.sources.base import kind_of
+from packsync.state import sites as site_rows
 from packsync.state.records import DaemonRecord, MappingRecord
+from packsync.views.clock import ago
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State
@@ -104,11 +109,79 @@ class DaemonStatus(msgspec.Struct, frozen=True):
         return self.record.queue if self.running else 0
 
 
+#: A site not heard from for longer than this is flagged: a site is heard from whenever it opens the state
+#: to sync and at every sync of its daemon, so an hour's silence means it stopped — or syncs from a rare cron job.
+SILENT_S = 3600.0
+
+
+class SiteMappingStatus(msgspec.Struct, frozen=True):
+    """A mapping of a site sharing the state, as its record says: ``path`` is its source as that site names it
+    (``/srv/brand``, ``astria:12``), ``files`` how many files its last scan judged."""
+
+    path: str
+    pack_id: str | None
+    pack_name: str | None
+    files: int
+    record: MappingRecord | None
+
+    @property
+    def source(self) -> str:
+        """The source as people read it (``MappingStatus.source``)."""
+        name = self.record.source_name if self.record else None
+        return f"{self.path} ({name})" if name else self.path
+
+    @property
+    def last_sync(self) -> float | None:
+        return self.record.synced_at if self.record else None
+
+    @property
+    def last_error(self) -> str | None:
+        return self.record.last_error if self.record else None
+
+    @property
+    def safety(self) -> str | None:
+        """The safety stop holding its deletes back, if any."""
+        return self.record.safety if self.record else None
+
+    @property
+    def paused(self) -> float | None:
+        return self.record.paused if self.record else None
+
+
+class SiteStatus(msgspec.Struct, frozen=True):
+    """A site sharing the state: its host and packsync version, how long ago it was last heard from (by the
+    database server's clock; None: never — a site known only by its mappings' records), and its mappings.
+    ``this``: the site this status was read on (its mappings are ``Status.mappings``, here in short)."""
+
+    name: str
+    host: str | None
+    version: str | None
+    pid: int | None
+    seen_ago_s: float | None
+    this: bool
+    mappings: list[SiteMappingStatus]
+    #: When it was last heard from, by this machine's clock (what the page shows as a time).
+    seen_at: float | None = None
+
+    @property
+    def silent(self) -> bool:
+        """Not heard from for longer than ``SILENT_S`` (or never)."""
+        return self.seen_ago_s is None or self.seen_ago_s > SILENT_S
+
+    @property
+    def seen_ago(self) -> str | None:
+        """How long ago it was last heard from, as people say it (``12 s``, ``3 days``)."""
+        return None if self.seen_ago_s is None else ago(self.seen_ago_s)
+
+
 class Status(msgspec.Struct, frozen=True):
+    #: Where the state is: its file, or a shared state's server and database (``State.where``).
     state_path: str
     state_exists: bool
     daemon: DaemonStatus | None
     mappings: list[MappingStatus]
+    #: The sites sharing the state, by name (none in a state of one machine's own).
+    sites: list[SiteStatus] = []
 
 
 #: What a file is to packsync (the words every view uses): synced; pending (not in the pack yet); skipped (it
@@ -142,10 +215,28 @@ def read_status(config: Config, state: State, *, files: bool = False, problems: 
     alone, when it names one), with how many it selects in all (``MappingStatus.listed``).
     """
     listing = listing or Listing(limit=files_limit)
-    return Status(str(state.path), state.path.exists(), _daemon(state, lock_holder),
-                  [_mapping(mapping, state, files, problems, listing, problems_limit)
-                   for mapping in shown(config, state)
-                   if listing.mapping is None or mapping.label == listing.mapping])
+    mappings = [_mapping(mapping, state, files, problems, listing, problems_limit)
+                for mapping in shown(config, state) if listing.mapping is None or mapping.label == listing.mapping]
+    # a shared state exists once some site made its tables (a reader of one not made yet reads an empty state)
+    exists = state.unit.shared if state.shared is not None else state.path.exists()
+    return Status(state.where, exists, _daemon(state, lock_holder), mappings, _sites(state, mappings))
+
+
+def _sites(state: State, own: list[MappingStatus]) -> list[SiteStatus]:
+    """Every site sharing the state, by name: this one with its mappings as shown (``own``), the others with
+    theirs as recorded — a site whose mappings are recorded but whose own row is gone too (never heard from)."""
+    if not state.unit.shared:
+        return []
+    now, this = time.time(), state.unit.site
+    theirs = {name: [SiteMappingStatus(m.record.root, m.record.pack_id, m.record.pack_name, m.files, m.record)
+                     for m in recorded] for name, recorded in state.mappings.of_sites().items()}
+    theirs[this] = [SiteMappingStatus(m.path, m.pack_id, m.pack_name, m.file_count, m.record) for m in own]
+    found = {record.name: SiteStatus(record.name, record.host, record.version, record.pid, record.seen_ago_s,
+                                     record.name == this, theirs.get(record.name, []), now - record.seen_ago_s)
+             for record in site_rows.all_sites(state.unit)}
+    for name in theirs.keys() - found.keys():
+        found[name] = SiteStatus(name, None, None, None, None, name == this, theirs[name])
+    return [found[name] for name in sorted(found)]
 
 
 def shown(config: Config, state: State) -> list[MappingConfig]:

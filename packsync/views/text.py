@@ -25,7 +25,7 @@ from packsync.views.closing import (
     ignorable,
     mapping_counts,
 )
-from packsync.views.status import FileStatus, Status
+from packsync.views.status import FileStatus, SiteStatus, Status
 
 if TYPE_CHECKING:  # only named: importing them would bring in the HTTP client, which `status` never needs
     from packsync.engine.actions import DeleteImage
@@ -237,6 +237,40 @@ def print_status(status: Status, out: TextIO) -> None:
             out.write(_file_line(item) + "\n")
         for item in mapping.problem_files or []:
             out.write(f"    {item.state:<8} {printable(item.path)}: {printable(item.problem or '')}\n")
+    _sites(status.sites, out)
+
+
+def _sites(sites: list[SiteStatus], out: TextIO) -> None:
+    """The sites sharing the state (none in a state of one machine's own: nothing is written)."""
+    if sites:
+        out.write("sites sharing the state:\n")
+    for site in sites:
+        _site(site, out)
+
+
+def _site(site: SiteStatus, out: TextIO) -> None:
+    """A site sharing the state: who it is, when it was last heard from, and its mappings as it recorded them
+    (this site's are the ones above)."""
+    about = [f"host {printable(site.host)}" if site.host else None,
+             f"packsync {printable(site.version)}" if site.version else None,
+             "never heard from" if site.seen_ago is None else
+             f"not heard from for {site.seen_ago} (since {local_time(site.seen_at)})" if site.silent else
+             f"last heard from {site.seen_ago} ago"]
+    out.write(f"  {printable(site.name)}{' (this site)' if site.this else ''} · "
+              + " · ".join(part for part in about if part) + "\n")
+    if site.this:
+        out.write("    its mappings are listed above\n")
+    elif not site.mappings:
+        out.write("    no mapping recorded\n")
+    for mapping in [] if site.this else site.mappings:
+        out.write("    " + _header(mapping.source, mapping.pack_name or f"pack {mapping.pack_id or '?'}",
+                                   mapping.pack_id) + "\n")
+        out.write(f"      files {mapping.files} · last sync {local_time(mapping.last_sync) or 'never'}"
+                  + (f" · last error: {printable(mapping.last_error)}" if mapping.last_error else "") + "\n")
+        if mapping.safety:
+            out.write(f"      safety stop: {printable(mapping.safety)}\n")
+        if mapping.paused:
+            out.write(f"      paused since {local_time(mapping.paused)}\n")
 
 
 def _file_line(item: FileStatus) -> str:
