@@ -203,8 +203,8 @@ def test_the_daemon_s_metadata_rounds_store_half_an_emoji_whole(daemon_env: Env,
     def described() -> bool:
         listed = json.loads(daemon_env.cli("status", "--json", "--files", token=None).stdout)["mappings"][0]
         # (a file listed before its image is added has no metadata yet: that is a wait, not an answer)
-        metadata = listed["file_list"][0]["metadata"] if listed["file_list"] else None
-        return bool(metadata) and metadata["description"] == "a smile \ufffd"
+        metadata = (listed["file_list"][0]["metadata"] if listed["file_list"] else None) or {}
+        return bool(metadata.get("description") == "a smile \ufffd")
 
     wait_until(described, timeout=60, what="the description stored")
     assert "Traceback" not in daemon.output() and "restart" not in daemon.output()
