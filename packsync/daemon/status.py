@@ -22,6 +22,9 @@ from packsync.logs import get_logger
 from packsync.mappings import hold, withheld
 from packsync.web.health import LiveState
 
+#: How often a daemon at rest tells the other sites of a shared state that it is alive.
+ALIVE_EVERY_S = 300.0
+
 if TYPE_CHECKING:
     from packsync.state.store import State
     from packsync.web.metrics import Metrics
@@ -42,6 +45,7 @@ class Status:
         self.last_full_scan: float | None = None
         self.last_tick = time.monotonic()
         self._published: tuple[object, ...] = ()
+        self._alive_at = -ALIVE_EVERY_S  # when the other sites of a shared state last heard from this one
         self.log = get_logger()
 
     @property
@@ -96,6 +100,7 @@ class Status:
         if self.metrics:
             self.metrics.queued.set(queue)
         news = (mode, queue, self.last_error, self.last_full_scan, len(self.schedule.folders))
+        self._say_alive()
         if news == self._published:  # the idle loop calls this often: write only what changed
             return
         if not self.save(state=mode, queue=queue, last_error=self.last_error, last_full_scan=self.last_full_scan):
@@ -103,6 +108,19 @@ class Status:
         self._published = news
         self.systemd.status(f"{mode}: {len(self.schedule.folders)} folders watched, {queue} changes queued"
                             + (f", last error: {self.last_error}" if self.last_error else ""))
+
+    def _say_alive(self) -> None:
+        """In a shared state, tell the other sites this one is alive, every ``ALIVE_EVERY_S`` at most (a daemon
+        at rest syncs nothing for an hour; its sites' ``status`` would call it silent)."""
+        now = time.monotonic()
+        if self.state is None or self.state.shared is None or now - self._alive_at < ALIVE_EVERY_S:
+            return
+        try:
+            self.state.heard_from()
+        except StateUnavailable as exc:
+            self.state_unusable(exc)
+            return
+        self._alive_at = now
 
     # -- what the web surface sees and asks (web/health.py's Live) --------------------------------
 
