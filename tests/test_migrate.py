@@ -1,0 +1,208 @@
+"""``packsync state migrate``: one machine's SQLite state moved into a state shared on a real PostgreSQL, after
+which a sync there has nothing to do; a second site's merges; a dry run writes nothing; the same site twice
+is refused unless replaced; a daemon holding the state is refused; the password is never shown.
+
+Each site is an ``Env`` of its own (its folders, its config, its SQLite state) on one sandbox, migrated with
+the real command into one database of a server started for this module (``tests/postgres.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Env, StartDaemon, image, write
+from postgres import PASSWORD, PASSWORD_ENV, PostgresServer, missing
+
+from packsync.sandbox import Sandbox
+
+pytestmark = pytest.mark.skipif(missing() is not None, reason=f"no PostgreSQL here: {missing()}")
+
+ADDS = ("POST", "/packs/{id}/images")
+UPLOADS = ("POST", "/files")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[PostgresServer]:
+    pg = PostgresServer()
+    yield pg
+    pg.close()
+
+
+@pytest.fixture
+def url(server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    return server.database()
+
+
+def tables(server: PostgresServer, url: str) -> set[str]:
+    import psycopg
+
+    with psycopg.connect(host="127.0.0.1", port=server.port, user="packsync", password=PASSWORD,
+                         dbname=url.rpartition("/")[2]) as connection:
+        return {row[0] for row in connection.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+
+
+def rows(server: PostgresServer, url: str, sql: str) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(host="127.0.0.1", port=server.port, user="packsync", password=PASSWORD,
+                         dbname=url.rpartition("/")[2]) as connection:
+        return list(connection.execute(sql).fetchall())
+
+
+def migrate(env: Env, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real command; whatever it prints, never the password."""
+    done = env.cli("state", "migrate", "--to", url, "--password-env", PASSWORD_ENV, *args)
+    assert PASSWORD not in done.stdout + done.stderr
+    return done
+
+
+def share(env: Env, url: str, site: str) -> None:
+    """Point the env's config at the shared state, as the migration's closing lines say to."""
+    env.state = {"url": url, "password_env": PASSWORD_ENV, "site": site}
+    env.write_config()
+
+
+def run_json(env: Env) -> dict[str, Any]:
+    done = env.cli("run", "--no-wait", "--json")
+    assert done.returncode == 0, done.stderr
+    assert PASSWORD not in done.stdout + done.stderr
+    document: dict[str, Any] = json.loads(done.stdout)
+    return document
+
+
+def added_deleted(document: dict[str, Any]) -> list[tuple[int, int]]:
+    return [(mapping["added"], mapping["deleted"]) for mapping in document["mappings"]]
+
+
+def test_a_run_after_the_migration_has_nothing_to_do(env: Env, sandbox: Sandbox, server: PostgresServer,
+                                                     url: str) -> None:
+    folder = env.map("brand", pack="Brand Assets")
+    for n in range(3):
+        write(folder / f"sub/{n}.png", image())
+    assert env.sync().exit_code == 0
+    calls = (sandbox.calls[UPLOADS], sandbox.calls[ADDS])
+
+    done = migrate(env, url, "--site", "laptop")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.split()[:2] == ["files", "3"] for line in lines), done.stdout
+    assert f"migrated site laptop into 127.0.0.1:{server.port}/" in done.stdout
+    assert "3 files, 3 images" in done.stdout
+    assert f'url = "{url}"' in done.stdout and f'password_env = "{PASSWORD_ENV}"' in done.stdout
+    assert rows(server, url, "SELECT DISTINCT root FROM files") == [(f"laptop:{folder}",)]
+    assert rows(server, url, "SELECT DISTINCT owner FROM images") == [(f"laptop:{folder}",)]
+
+    share(env, url, "laptop")
+    assert added_deleted(run_json(env)) == [(0, 0)]
+    assert (sandbox.calls[UPLOADS], sandbox.calls[ADDS]) == calls
+    assert len(env.pack_named("Brand Assets")["images"]) == 3
+
+
+def test_a_second_site_merges_and_both_have_nothing_to_do(tmp_path: Path, sandbox: Sandbox, server: PostgresServer,
+                                                          url: str) -> None:
+    laptop, nas = Env(tmp_path / "laptop", sandbox), Env(tmp_path / "nas", sandbox)
+    for env in laptop, nas:
+        env.root.mkdir(parents=True)
+    x, y, z = image(), image(), image()
+    write(laptop.map("brand", pack="Brand Assets") / "x.png", x)
+    write(laptop.folder("brand") / "y.png", y)
+    write(nas.map("brand", pack="Brand Assets") / "y-copy.png", y)
+    write(nas.folder("brand") / "z.png", z)
+    assert laptop.sync().exit_code == 0
+    assert nas.sync().exit_code == 0  # adopts laptop's y in its own state
+    pack_id = laptop.pack_named("Brand Assets")["id"]
+    assert len(laptop.pack(pack_id)["images"]) == 3
+    calls = (sandbox.calls[UPLOADS], sandbox.calls[ADDS])
+
+    assert migrate(laptop, url, "--site", "laptop").returncode == 0
+    done = migrate(nas, url, "--site", "nas", "--json")
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    images = next(t for t in document["tables"] if t["table"] == "images")
+    assert (images["rows"], images["kept"]) == (2, 1), "y was recorded by laptop first: its record stays"
+    assert document["site"] == "nas" and document["dry_run"] is False
+    assert rows(server, url, "SELECT count(*), count(DISTINCT image_id) FROM images") == [(3, 3)]
+
+    share(laptop, url, "laptop")
+    share(nas, url, "nas")
+    assert added_deleted(run_json(laptop)) == [(0, 0)]
+    assert added_deleted(run_json(nas)) == [(0, 0)]
+    assert (sandbox.calls[UPLOADS], sandbox.calls[ADDS]) == calls
+    assert len(laptop.pack(pack_id)["images"]) == 3  # no duplicate, nothing lost
+
+
+def test_a_dry_run_writes_nothing(env: Env, server: PostgresServer, url: str) -> None:
+    write(env.map("brand", pack="Brand Assets") / "a.png", image())
+    assert env.sync().exit_code == 0
+
+    done = migrate(env, url, "--site", "laptop", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "would migrate site laptop" in done.stdout and "1 files, 1 images" in done.stdout
+    assert "Nothing was written" in done.stdout
+    assert tables(server, url) == set(), "not even the schema"
+
+    document = json.loads(migrate(env, url, "--site", "laptop", "--dry-run", "--json").stdout)
+    assert document["dry_run"] is True
+    assert {t["table"]: t["rows"] for t in document["tables"]}["files"] == 1
+    assert tables(server, url) == set()
+
+
+def test_the_same_site_twice_is_refused_unless_replaced(env: Env, sandbox: Sandbox, server: PostgresServer,
+                                                         url: str) -> None:
+    folder = env.map("brand", pack="Brand Assets")
+    write(folder / "a.png", image())
+    assert env.sync().exit_code == 0
+    assert migrate(env, url, "--site", "laptop").returncode == 0
+
+    again = migrate(env, url, "--site", "laptop")
+    assert again.returncode == 2
+    assert again.stdout == "" and len(again.stderr.strip().splitlines()) == 1
+    assert "already holds" in again.stderr and "--replace" in again.stderr
+    assert rows(server, url, "SELECT count(*) FROM files") == [(1,)]
+
+    write(folder / "b.png", image())
+    assert env.sync().exit_code == 0  # (the SQLite state moved on: b)
+    replaced = migrate(env, url, "--site", "laptop", "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    assert "of this site's replaced" in replaced.stdout
+    assert rows(server, url, "SELECT count(*) FROM files") == [(2,)]
+    assert rows(server, url, "SELECT count(*) FROM mappings") == [(1,)]
+    calls = (sandbox.calls[UPLOADS], sandbox.calls[ADDS])
+    share(env, url, "laptop")
+    assert added_deleted(run_json(env)) == [(0, 0)]
+    assert (sandbox.calls[UPLOADS], sandbox.calls[ADDS]) == calls
+
+
+def test_a_running_daemon_is_refused(daemon_env: Env, start: StartDaemon, server: PostgresServer, url: str) -> None:
+    write(daemon_env.map("brand", pack="Brand Assets") / "a.png", image())
+    assert daemon_env.sync().exit_code == 0
+    daemon = start()
+    done = migrate(daemon_env, url, "--site", "laptop")
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "stop it first" in done.stderr, done.stderr
+    assert tables(server, url) == set()
+    daemon.close()
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (("--to", "mysql://packsync@127.0.0.1/db"), "--to"),
+    (("--to", f"postgresql+psycopg://packsync:{PASSWORD}@127.0.0.1/db"), "--to"),
+    (("--password-env", "PACKSYNC_TEST_UNSET_VARIABLE"), "--password-env"),
+    (("--site", "a:b"), "--site"),
+])
+def test_bad_input_is_one_sentence(env: Env, url: str, args: tuple[str, ...], option: str) -> None:
+    write(env.map("brand", pack="Brand Assets") / "a.png", image())
+    given = dict(zip(args[::2], args[1::2], strict=True))
+    argv = ["state", "migrate", "--to", given.pop("--to", url),
+            "--password-env", given.pop("--password-env", PASSWORD_ENV), *(x for kv in given.items() for x in kv)]
+    done = env.cli(*argv)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"packsync: {option}: "), done.stderr
+    assert PASSWORD not in done.stderr and "Traceback" not in done.stderr
