@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Env, StartDaemon, image, write
+from conftest import Env, image, write
+from helpers import StartDaemon
 from postgres import PASSWORD, PASSWORD_ENV, PostgresServer, missing
 
 from packsync.sandbox import Sandbox
