@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,14 @@ def rows(server: PostgresServer, url: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(host="127.0.0.1", port=server.port, user="packsync", password=PASSWORD,
                          dbname=url.rpartition("/")[2]) as connection:
         return list(connection.execute(sql).fetchall())
+
+
+def execute(server: PostgresServer, url: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(host="127.0.0.1", port=server.port, user="packsync", password=PASSWORD,
+                         dbname=url.rpartition("/")[2]) as connection:
+        connection.execute(sql)
 
 
 def migrate(env: Env, url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -207,3 +216,74 @@ def test_bad_input_is_one_sentence(env: Env, url: str, args: tuple[str, ...], op
     assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert done.stderr.startswith(f"packsync: {option}: "), done.stderr
     assert PASSWORD not in done.stderr and "Traceback" not in done.stderr
+
+
+def refuse_uploads(server: PostgresServer, url: str, errcode: str) -> None:
+    """The shared state's schema made, then a trigger that refuses every insert into its uploads' table."""
+    from packsync.state.records import SharedState
+    from packsync.state.store import State
+
+    State(Path(tempfile.mkdtemp()) / "elsewhere.db", shared=SharedState(url, PASSWORD, "nas")).close()
+    execute(server, url, "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                         f"$$ BEGIN RAISE EXCEPTION 'no more uploads here' USING ERRCODE = '{errcode}'; END $$")
+    execute(server, url, "CREATE TRIGGER refused BEFORE INSERT ON blobs FOR EACH STATEMENT EXECUTE FUNCTION refuse()")
+
+
+def test_a_failure_half_way_leaves_nothing_migrated(env: Env, server: PostgresServer, url: str) -> None:
+    """The server runs out of space at the uploads' rows, copied after the files, mappings and images: nothing
+    of the migration stays."""
+    write(env.map("brand", pack="Brand Assets") / "a.png", image())
+    assert env.sync().exit_code == 0
+    refuse_uploads(server, url, "disk_full")
+    counts = ("SELECT (SELECT count(*) FROM files), (SELECT count(*) FROM mappings), (SELECT count(*) FROM images), "
+              "(SELECT count(*) FROM activity), (SELECT count(*) FROM blobs)")
+    assert rows(server, url, counts) == [(0, 0, 0, 0, 0)]
+
+    done = migrate(env, url, "--site", "laptop")
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.strip().splitlines() == [f"packsync: the shared state {url.partition('@')[2]} has no space "
+                                                "left (no more uploads here)."]
+    assert rows(server, url, counts) == [(0, 0, 0, 0, 0)]
+
+
+@pytest.mark.xfail(strict=True, reason="postgres.misuse_errors counts every psycopg.ProgrammingError as packsync's "
+                                       "misuse, the server's refusals with a SQLSTATE (class 42: permission denied, "
+                                       "P0: a trigger's RAISE) too: they end in a traceback (lead's module)")
+def test_a_server_refusal_is_one_sentence(env: Env, server: PostgresServer, url: str) -> None:
+    write(env.map("brand", pack="Brand Assets") / "a.png", image())
+    assert env.sync().exit_code == 0
+    refuse_uploads(server, url, "P0001")
+    done = migrate(env, url, "--site", "laptop")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_rows_are_copied_in_batches(env: Env, sandbox: Sandbox, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches smaller than a table: every row copied once, and the images another site has counted across them."""
+    from packsync.config import read_state_password
+    from packsync.state import migrate as migration
+    from packsync.state.records import SharedState
+    from packsync.state.store import State
+
+    folder = env.map("brand", pack="Brand Assets")
+    for n in range(7):
+        write(folder / f"{n}.png", image())
+    assert env.sync().exit_code == 0
+    calls = (sandbox.calls[UPLOADS], sandbox.calls[ADDS])
+    monkeypatch.setattr(migration, "BATCH", 3)
+    env.state = {"url": url, "password_env": PASSWORD_ENV, "site": "laptop"}
+    password = read_state_password(env.config())
+    for site in ("nas", "laptop"):  # nas first: laptop's images are all recorded by "another site" then
+        source = State(env.state_path, readonly=True)
+        target = State(env.state_path, shared=SharedState(url, password, site))
+        try:
+            done = migration.migrate(source, target)
+        finally:
+            target.close()
+            source.close()
+        assert (done.count("files").rows, done.count("images").rows) == (7, 7)
+        assert done.count("images").kept == (7 if site == "laptop" else 0)
+        assert done.count("blobs").kept == (7 if site == "laptop" else 0)
+    env.write_config()
+    report = env.sync()
+    assert report.exit_code == 0
+    assert (sandbox.calls[UPLOADS], sandbox.calls[ADDS]) == calls
