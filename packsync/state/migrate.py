@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import msgspec
-from sqlalchemy import Table, bindparam, delete, func, insert, select, tuple_
+from sqlalchemy import Column, MetaData, Table, bindparam, delete, func, insert, select, tuple_
 
 from packsync.errors import StateError
 from packsync.state.dialects import insert_new
@@ -179,16 +179,35 @@ def _merge(source: UnitOfWork, target: UnitOfWork, name: str, *, write: bool) ->
     columns = _columns(table)
     qualify = SHARED_TABLES[name]
     at = None if qualify is None else columns.index(qualify)
+    if write:
+        return _merge_staged(source, target, table, columns, at)
     keys = [column.name for column in table.primary_key.columns]
     where = [columns.index(key) for key in keys]
-    writer = _writer(table, columns)
     rows = kept = 0
     for batch in _batches(source, table, columns):
-        qualified = _qualified(target, batch, at)
-        wanted = {tuple(row[i] for i in where) for row in qualified}
-        there = {tuple(row) for row in target.rows(select(*(table.c[key] for key in keys))
-                                                     .where(tuple_(*(table.c[key] for key in keys)).in_(wanted)))}
-        if write:
-            target.write(writer, [row for row in qualified if tuple(row[i] for i in where) not in there])
+        wanted = {tuple(row[i] for i in where) for row in _qualified(target, batch, at)}
+        there = target.rows(select(*(table.c[key] for key in keys))
+                            .where(tuple_(*(table.c[key] for key in keys)).in_(wanted)))
         rows, kept = rows + len(batch), kept + len(there)
     return TableCount(name, rows, kept=kept)
+
+
+def _merge_staged(source: UnitOfWork, target: UnitOfWork, table: Table, columns: list[str],
+                  at: int | None) -> TableCount:
+    """The rows copied into a temporary table of the transaction's, then into ``table`` in one statement that
+    keeps what is there: the shared tables' triggers count each statement in the one ``changes`` row, and a
+    row updated once per row inserted, thousands of times in one transaction, slows every next update (10,000
+    images took 17 s inserted row by row)."""
+    stage = Table(f"migrating_{table.name}", MetaData(), *(Column(name, table.c[name].type) for name in columns),
+                  prefixes=["TEMPORARY"], postgresql_on_commit="DROP")
+    with target.guarded():
+        stage.create(target.connection)
+    staged, rows = Bulk(insert(stage), *columns), 0
+    for batch in _batches(source, table, columns):
+        target.write(staged, _qualified(target, batch, at))
+        rows += len(batch)
+    names = ", ".join(columns)
+    with target.guarded():
+        inserted = target.connection.exec_driver_sql(
+            f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {stage.name} ON CONFLICT DO NOTHING").rowcount
+    return TableCount(str(table.name), rows, kept=rows - inserted)
