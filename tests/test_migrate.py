@@ -287,3 +287,31 @@ def test_rows_are_copied_in_batches(env: Env, sandbox: Sandbox, url: str, monkey
     report = env.sync()
     assert report.exit_code == 0
     assert (sandbox.calls[UPLOADS], sandbox.calls[ADDS]) == calls
+
+
+def test_the_password_from_a_file_and_the_sites_own_lock(env: Env, server: PostgresServer, url: str) -> None:
+    """``--password-file`` reads it (never shown); a packsync running on the shared state as the same site is
+    refused, as a second one on one state file is."""
+    from packsync.state.records import SharedState
+    from packsync.state.store import State
+
+    write(env.map("brand", pack="Brand Assets") / "a.png", image())
+    assert env.sync().exit_code == 0
+    secret = env.root / "pg.password"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
+    both = env.cli("state", "migrate", "--to", url, "--password-env", PASSWORD_ENV, "--password-file", str(secret))
+    assert both.returncode == 2 and both.stderr.startswith("packsync: --password-file: give --password-env or")
+
+    running = State(Path(tempfile.mkdtemp()) / "state.db", shared=SharedState(url, PASSWORD, "laptop"))
+    try:
+        refused = env.cli("state", "migrate", "--to", url, "--password-file", str(secret), "--site", "laptop")
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "another packsync is using the shared state" in refused.stderr
+    finally:
+        running.close()
+    done = env.cli("state", "migrate", "--to", url, "--password-file", str(secret), "--site", "laptop")
+    assert done.returncode == 0, done.stderr
+    assert f'password_file = "{secret}"' in done.stdout
+    assert PASSWORD not in done.stdout + done.stderr + refused.stderr + both.stderr
+    assert rows(server, url, "SELECT count(*) FROM files WHERE root LIKE 'laptop:%'") == [(1,)]
