@@ -315,3 +315,53 @@ def test_the_password_from_a_file_and_the_sites_own_lock(env: Env, server: Postg
     assert f'password_file = "{secret}"' in done.stdout
     assert PASSWORD not in done.stdout + done.stderr + refused.stderr + both.stderr
     assert rows(server, url, "SELECT count(*) FROM files WHERE root LIKE 'laptop:%'") == [(1,)]
+
+
+def test_a_state_of_an_old_release_migrates_as_upgraded(tmp_path: Path, server: PostgresServer, url: str) -> None:
+    """A schema-6 file (the last release on plain sqlite3) is read as upgraded, without being written: the shared
+    state gets the rows an upgrade of it would hold, each qualified by the site."""
+    import shutil
+    import sqlite3
+    from contextlib import closing
+
+    from test_state import digest, load_dump
+
+    from packsync.state.migrate import SHARED_TABLES, SITE_TABLES, migrate
+    from packsync.state.records import SharedState
+    from packsync.state.store import State
+    from packsync.state.tables import TABLES
+
+    old, upgraded = tmp_path / "old" / "state.db", tmp_path / "upgraded" / "state.db"
+    load_dump(old, tmp_path)
+    upgraded.parent.mkdir()
+    shutil.copy(old, upgraded)
+    State(upgraded).close()
+    before = digest(old)
+
+    source = State(old, readonly=True)
+    target = State(tmp_path / "local" / "state.db", shared=SharedState(url, PASSWORD, "old"))
+    try:
+        done = migrate(source, target)
+    finally:
+        target.close()
+        source.close()
+    assert digest(old) == before, "the old file is read, never written"
+
+    def plain(row: tuple[Any, ...], at: int | None) -> tuple[Any, ...]:
+        values = [int(v) if isinstance(v, bool) else v for v in row]
+        if at is not None and values[at]:
+            assert values[at].startswith("old:")
+            values[at] = values[at].removeprefix("old:")
+        return tuple(values)
+
+    compared = 0
+    for name, column in {**SITE_TABLES, **SHARED_TABLES}.items():
+        names = [c.name for c in TABLES[name].columns if c.name != "id"]
+        at = None if column is None else names.index(column)
+        with closing(sqlite3.connect(upgraded)) as db:
+            expected = sorted(db.execute(f"SELECT {', '.join(names)} FROM {name}").fetchall(), key=repr)
+        got = sorted((plain(row, at) for row in rows(server, url, f"SELECT {', '.join(names)} FROM {name}")), key=repr)
+        assert got == expected, name
+        assert done.count(name).rows == len(expected)
+        compared += len(expected)
+    assert compared > 30 and done.count("images").rows > 0 and done.count("files").rows > 0

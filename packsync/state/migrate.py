@@ -88,7 +88,9 @@ def migrate(source: State, target: State, *, replace: bool = False, dry_run: boo
             with unit.transaction():
                 ours = _this_sites_rows(unit)
                 _refuse_unless(ours, replace, site, target.where)
-                counts = [_copy(source.unit, unit, name, replaced=_forget(unit, name) if replace else 0)
+                if replace:
+                    _forget(unit)
+                counts = [_copy(source.unit, unit, name, replaced=ours[name] if replace else 0)
                           for name in SITE_TABLES]
                 counts += [_merge(source.unit, unit, name, write=True) for name in SHARED_TABLES]
     return Migration(site, target.where, dry_run, counts)
@@ -124,12 +126,10 @@ def _refuse_unless(ours: dict[str, int], replace: bool, site: str, where: str) -
                          "--site to migrate it as another site.")
 
 
-def _forget(unit: UnitOfWork, name: str) -> int:
-    """Delete this site's rows of the per-site table ``name``; how many there were."""
-    table = TABLES[name]
-    held = int(unit.rows(select(func.count()).select_from(table).where(_own(unit, table, SITE_TABLES[name])))[0][0])
-    unit.run(delete(table).where(_own(unit, table, SITE_TABLES[name])))
-    return held
+def _forget(unit: UnitOfWork) -> None:
+    """Delete this site's rows of every per-site table (``--replace``)."""
+    for name, column in SITE_TABLES.items():
+        unit.run(delete(TABLES[name]).where(_own(unit, TABLES[name], column)))
 
 
 def _count(unit: UnitOfWork, table: Table) -> int:
