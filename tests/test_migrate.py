@@ -348,10 +348,10 @@ def test_a_state_of_an_old_release_migrates_as_upgraded(tmp_path: Path, server: 
     assert digest(old) == before, "the old file is read, never written"
 
     def plain(row: tuple[Any, ...], at: int | None) -> tuple[Any, ...]:
-        values = [int(v) if isinstance(v, bool) else v for v in row]
+        values: list[Any] = [int(v) if isinstance(v, bool) else v for v in row]
         if at is not None and values[at]:
-            assert values[at].startswith("old:")
-            values[at] = values[at].removeprefix("old:")
+            assert str(values[at]).startswith("old:")
+            values[at] = str(values[at]).removeprefix("old:")
         return tuple(values)
 
     compared = 0
