@@ -22,8 +22,10 @@ from packsync import __version__
 from packsync.errors import ConfigError, PacksyncError
 
 if TYPE_CHECKING:
-    from packsync.config import Config, MappingConfig
+    from packsync.config import Config, MappingConfig, StateConfig
     from packsync.engine.sync import SyncOptions
+    from packsync.state.migrate import Migration
+    from packsync.state.records import SharedState
 
 
 def _examples(*lines: str) -> str:
@@ -717,6 +719,139 @@ def demo(keep: Path | None) -> None:
     from packsync.demo import run_demo
 
     sys.exit(int(run_demo(keep)))
+
+
+@main.group(epilog=_examples("packsync state migrate --to postgresql+psycopg://packsync@db.lan:5432/packsync "
+                             "--password-env PACKSYNC_DB_PASSWORD --dry-run"))
+def state() -> None:
+    """The state itself: move this machine's into a state shared by several machines (PostgreSQL)."""
+
+
+def _target(config: Config, to: str, site: str | None, password_env: str | None,
+            password_file: Path | None) -> tuple[StateConfig, SharedState]:
+    """The ``[state]`` naming the shared state ``migrate`` copies into, and that state: ``--to``, the password's
+    place (the options', else the config's), the site (``--site``, else the config's, else the host name).
+    Checked and read as the config's own keys are (``config.shared_state``), each error naming its option."""
+    import msgspec
+
+    from packsync.config import StateConfig, default_site
+
+    if password_env is not None and password_file is not None:
+        raise ConfigError("--password-file: give --password-env or --password-file, not both.")
+    given = password_env is not None or password_file is not None
+    current = config.state
+
+    def options(sentence: str) -> str:
+        return sentence.replace("state.password_env", "--password-env").replace("state.password_file",
+                                                                                "--password-file")
+    try:
+        wanted = StateConfig(path=config.state_path, url=to,
+                             password_env=password_env if given else current.password_env,
+                             password_file=password_file if given else current.password_file,
+                             site=site or current.site or default_site(config.source), lease_s=current.lease_s)
+    except ValueError as exc:
+        key, _, sentence = str(exc).partition(": ")
+        option = {"url": "--to", "site": "--site"}.get(key, f"--{key.replace('_', '-')}")
+        raise ConfigError(f"{option}: {options(sentence)}.") from None
+    try:  # (the config's file named in a password's error only when the config named the password)
+        shared = msgspec.structs.replace(config, state=wanted, source=None if given else config.source).shared_state()
+    except ConfigError as exc:
+        raise ConfigError(options(str(exc)) if given else str(exc)) from None
+    assert shared is not None  # (``wanted`` names a url)
+    return wanted, shared
+
+
+@_command(state, name="migrate", epilog=_examples(
+    "packsync state migrate --to postgresql+psycopg://packsync@db.lan:5432/packsync --password-env PGPW --dry-run",
+    "packsync state migrate --to postgresql+psycopg://packsync@db.lan:5432/packsync --password-env PGPW",
+    "packsync state migrate --to postgresql+psycopg://packsync@db.lan/packsync --site nas --replace --json"))
+@click.option("--to", "to", required=True, metavar="URL",
+              help="The shared state: postgresql+psycopg://USER@HOST:PORT/DATABASE (no password in it).")
+@click.option("--site", metavar="NAME", help="This machine's name there (default: [state] site, else the host name).")
+@click.option("--password-env", metavar="VAR",
+              help="Read the database's password from $VAR (default: [state] password_env).")
+@click.option("--password-file", type=click.Path(path_type=Path), metavar="PATH",
+              help="Read the database's password from this file (default: [state] password_file).")
+@click.option("--replace", is_flag=True, help="Replace this site's rows the shared state holds already.")
+@click.option("--dry-run", is_flag=True, help="Say what would be copied and merged; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def state_migrate(to: str, site: str | None, password_env: str | None, password_file: Path | None, replace: bool,
+                  dry_run: bool, as_json: bool) -> None:
+    """Copy this machine's state ([state] path) into a state shared with other machines on PostgreSQL.
+
+    This machine's records become those of its site; what other sites recorded stays, and the uploads
+    and pack images both know are merged. All in one transaction: a failure leaves nothing copied. It
+    takes the state's lock: stop the daemon first. The password never goes on the command line.
+    """
+    import msgspec
+
+    from packsync.errors import LockedError, StateError
+    from packsync.state.lock import StateLock
+    from packsync.state.migrate import migrate
+    from packsync.state.store import State
+    from packsync.views.json import write_json
+
+    config = _config()
+    path = config.state_path
+    wanted, shared = _target(config, to, site, password_env, password_file)
+    if not path.exists():
+        raise StateError(f"{path}: no state here to migrate ([state] path); nothing to do.")
+    lock = StateLock(path)
+    try:
+        if not dry_run:
+            lock.acquire()
+    except LockedError:
+        raise LockedError(f"a packsync (pid {lock.holder() or 'unknown'}) is using {path}: stop it first (the daemon: "
+                          "`packsync service uninstall`, or Ctrl-C), then migrate.") from None
+    try:
+        source = State(path, readonly=True)
+        try:
+            target = State(path, readonly=dry_run, shared=shared)
+            try:
+                done = migrate(source, target, replace=replace, dry_run=dry_run)
+            finally:
+                target.close()
+        finally:
+            source.close()
+    finally:
+        lock.release()
+    if as_json:
+        write_json({"url": shared.url, **msgspec.to_builtins(done)}, sys.stdout)
+        return
+    for line in _migration_lines(done, config, wanted):
+        click.echo(line)
+
+
+def _migration_lines(done: Migration, config: Config, state: StateConfig) -> list[str]:
+    """What ``state migrate`` prints: a line a table, the sum, and (done) what to put in the config next."""
+    from packsync.state.migrate import NOUNS
+
+    copied = "to copy" if done.dry_run else "copied"
+    lines, summary = [], []
+    for count in done.tables:
+        line = f"{count.table:<13}{count.rows:>10,}  {copied}"
+        already = f"{count.kept:,} already recorded by another site" if count.table == "images" \
+            else f"{count.kept:,} already there"
+        if count.kept:
+            line = f"{count.table:<13}{count.copied:>10,}  {copied}, {already} (kept as it is)"
+        if count.replaced:
+            line += f"; {count.replaced:,} of this site's {'to be ' if done.dry_run else ''}replaced"
+        lines.append(line)
+        if count.rows or count.table in ("files", "images"):
+            summary.append(f"{count.rows:,} {NOUNS[count.table]}" + (f" ({already})" if count.kept else ""))
+    summary.sort(key=lambda part: not part.split()[1].startswith(("files", "images")))  # (stable: the rest stay)
+    lines.append(f"{'would migrate' if done.dry_run else 'migrated'} site {done.site} into {done.where}: "
+                 f"{', '.join(summary)}.")
+    if done.dry_run:
+        lines.append("Nothing was written (--dry-run).")
+        return lines
+    keys = [f'url = "{state.url}"']
+    keys += [f'password_env = "{state.password_env}"'] if state.password_env else []
+    keys += [f'password_file = "{state.password_file}"'] if state.password_file else []
+    lines.append(f"Next: under [state] in {config.source or 'the config'}, add")
+    lines += [f"  {key}" for key in [*keys, f'site = "{done.site}"']]
+    lines.append("then `packsync run` (it finds nothing to do), and start the daemon again if it ran.")
+    return lines
 
 
 @main.group(epilog=_examples("packsync notify test"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from sqlalchemy import Index, Table, text
+from sqlalchemy import BigInteger, Index, Integer, Table, text
 from sqlmodel import Field, SQLModel
 
 #: The version of the schema below; a file of a newer one is refused, an older one upgraded.
@@ -23,6 +23,9 @@ APP_ID = "packsync"
 #: An image whose AI metadata is still to come (``model.METADATA_SETTLED`` are the others), as SQL with
 #: its values written out: a query must say it in these words for SQLite to use the partial index below.
 UNSETTLED = "meta_status NOT IN ('completed', 'failed')"
+#: A size in bytes or a time in nanoseconds: SQLite's INTEGER holds 64 bits, PostgreSQL's only 32 (a file's
+#: mtime_ns, ~1.8e18, is out of its range): BIGINT there, INTEGER as every release wrote it on SQLite.
+BIG = Integer().with_variant(BigInteger(), "postgresql")
 
 
 class MetaRow(SQLModel, table=True):
@@ -41,7 +44,7 @@ class FileRow(SQLModel, table=True):
     root: str = Field(primary_key=True)
     rel_path: str = Field(primary_key=True)
     version: str
-    size: int
+    size: int = Field(sa_type=BIG)
     sha256: str | None
     content_type: str | None
     problem: str | None
@@ -73,8 +76,8 @@ class SidecarRow(SQLModel, table=True):
     root: str = Field(primary_key=True)
     rel_path: str = Field(primary_key=True)
     digest: str
-    size: int
-    mtime_ns: int
+    size: int = Field(sa_type=BIG)
+    mtime_ns: int = Field(sa_type=BIG)
 
 
 class BlobRow(SQLModel, table=True):
@@ -124,7 +127,7 @@ class PreparedRow(SQLModel, table=True):
     recipe: str = Field(primary_key=True)
     changes: str
     upload_sha256: str | None = Field(index=True)  # (what a URL of packsync's own was made from)
-    size: int | None
+    size: int | None = Field(sa_type=BIG)
     content_type: str | None
     problem: str | None
 
@@ -135,7 +138,7 @@ class UrlContentRow(SQLModel, table=True):
     __tablename__ = "url_contents"
     url: str = Field(primary_key=True)
     sha256: str | None = Field(index=True)
-    size: int
+    size: int = Field(sa_type=BIG)
     content_type: str | None
     problem: str | None
 
