@@ -246,9 +246,6 @@ def test_a_failure_half_way_leaves_nothing_migrated(env: Env, server: PostgresSe
     assert rows(server, url, counts) == [(0, 0, 0, 0, 0)]
 
 
-@pytest.mark.xfail(strict=True, reason="postgres.misuse_errors counts every psycopg.ProgrammingError as packsync's "
-                                       "misuse, the server's refusals with a SQLSTATE (class 42: permission denied, "
-                                       "P0: a trigger's RAISE) too: they end in a traceback (lead's module)")
 def test_a_server_refusal_is_one_sentence(env: Env, server: PostgresServer, url: str) -> None:
     write(env.map("brand", pack="Brand Assets") / "a.png", image())
     assert env.sync().exit_code == 0

@@ -240,3 +240,14 @@ def test_two_sites_resume_after_their_database_stops_mid_sync(tmp_path: Path, sa
         for daemon in daemons:
             daemon.close()
     assert contents(a, sandbox.packs()[0]["id"]) == expected  # and nothing more since
+
+
+def test_a_site_keeps_its_xmp_sidecars_in_the_shared_state(tmp_path: Path, sandbox: Sandbox, url: str) -> None:
+    """A sidecar's row holds nanosecond times: they fit the shared state's columns (they did not, once)."""
+    env = site(tmp_path, sandbox, url, "studio")
+    write(env.map("brand", pack="Brand Assets", sidecars="xmp") / "a.png", image())
+
+    assert env.sync(wait=True).exit_code == 0
+    assert env.sync(wait=True).exit_code == 0
+
+    assert b"<x:xmpmeta" in (tmp_path / "studio" / "brand" / "a.png.xmp").read_bytes()

@@ -53,11 +53,14 @@ def driver_errors() -> tuple[type[Exception], ...]:
     return (psycopg.Error,)
 
 
-def misuse_errors() -> tuple[type[Exception], ...]:
-    """The driver's errors that are packsync's misuse of it (a bug), never the server's state."""
+def misuse(error: BaseException) -> bool:
+    """Whether the driver's error is packsync's misuse of it (a bug: a statement it cannot send as written),
+    never the server's answer. psycopg raises its ``ProgrammingError`` for both; the server's carry the
+    SQLSTATE it answered with (permission denied, a missing table, a trigger's refusal)."""
     import psycopg
 
-    return (psycopg.ProgrammingError, psycopg.InterfaceError)
+    return isinstance(error, psycopg.ProgrammingError | psycopg.InterfaceError) \
+        and getattr(error, "sqlstate", None) is None
 
 
 def where(shared: SharedState) -> str:
@@ -121,7 +124,8 @@ def schema_lock(connection: Connection) -> None:
 
 def count_changes(tables: tuple[str, ...]) -> list[str]:
     """A function and statement triggers that count every change to these tables in ``changes`` (row 0):
-    one count a statement, not a row (a site's bulk write of 64 rows takes the counter's row lock once)."""
+    one count a statement, not a row (an ``INSERT … SELECT`` of many rows counts once; a bulk write, which
+    psycopg sends as a statement a row, once a row, and an upsert twice: the count only has to grow)."""
     statements = ["CREATE OR REPLACE FUNCTION packsync_count_change() RETURNS trigger LANGUAGE plpgsql AS "
                   "$$ BEGIN UPDATE changes SET count = count + 1 WHERE id = 0; RETURN NULL; END $$"]
     for table in tables:

@@ -94,10 +94,11 @@ class UnitOfWork:
             from packsync.state import postgres
 
             self.errors: tuple[type[Exception], ...] = (DBAPIError, *postgres.driver_errors(), OSError)
-            self.misuse: tuple[type[Exception], ...] = postgres.misuse_errors()
+            self.misuse: Callable[[BaseException], bool] = postgres.misuse
             self.begin = postgres.BEGIN_WRITE
         else:
-            self.errors, self.misuse, self.begin = DATABASE_ERRORS, MISUSE_ERRORS, sqlite.BEGIN_WRITE
+            self.errors, self.begin = DATABASE_ERRORS, sqlite.BEGIN_WRITE
+            self.misuse = lambda error: isinstance(error, MISUSE_ERRORS)
         self._unusable = unusable or (lambda exc: _unusable(path, exc))
         self._open = False  # inside a transaction of ours
         self._queued: list[tuple[Bulk, list[Sequence[Any]]]] | None = None  # inside ``write_behind`` only
@@ -159,7 +160,7 @@ class UnitOfWork:
     def raise_unusable(self, exc: Exception) -> NoReturn:
         """Raise ``exc``, one of the database's errors, in packsync's terms — unless it is packsync's misuse
         of the driver, a bug, which goes up as it is."""
-        if isinstance(getattr(exc, "orig", None) or exc, self.misuse):
+        if self.misuse(getattr(exc, "orig", None) or exc):
             raise exc
         raise self._unusable(exc) from None
 
