@@ -21,8 +21,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from packsync.daemon.alerts import Notifications
 from packsync.daemon.schedule import Folder, Round, Schedule
 from packsync.daemon.status import Status
@@ -102,9 +100,9 @@ class Rounds:
         """Sync ``due``'s mappings (``targets``, begun) and hand the outcome to the schedule; ``apart``: beside
         the loop, which alone comes round for the watchdog (a hung loop must not look alive)."""
         started = time.monotonic()
-        # (a pack another site syncs now is left for a moment later: the other folders do not wait for it)
-        options = msgspec.structs.replace(due.asked.options if due.asked else SyncOptions(wait=False),
-                                          wait_turn=False)
+        # A pack another site syncs now is left for a moment later (the other folders do not wait for it),
+        # but for a sync a person asked for: it waits its turn, as `run` does.
+        options = due.asked.options if due.asked else SyncOptions(wait=False, wait_turn=False)
         task = asyncio.create_task(app.syncer.sync(options, only=due.labels, busy=due.busy, changed=due.changed))
         try:
             try:

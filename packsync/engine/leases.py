@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Collection
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -239,3 +239,42 @@ class Leases:
             else:
                 lease.lost = True
                 get_logger().warning("lease: lost to another site", key=key, site=self.site)
+
+
+class Turn:
+    """The leases one sync holds, per mapping, kept in ``stack`` until the sync's pack writes are done: what
+    its executor fences each mapping's writes with. Two syncs of one process (the daemon's folders, and an
+    Astria pack's apart) each have their own."""
+
+    def __init__(self, leases: Leases, stack: AsyncExitStack) -> None:
+        self.leases, self.stack = leases, stack
+        self.keys: dict[str, list[str]] = {}  # per mapping label
+
+    async def take(self, label: str, keys: Collection[str], *, wait: bool = False,
+                   on_busy: Callable[[str, Holder], None] | None = None) -> str | None:
+        """Hold ``keys`` for the mapping ``label`` until the sync ends: None once held, else whom it waits for."""
+        hold = await self.stack.enter_async_context(self.leases.hold(keys, wait=wait, on_busy=on_busy))
+        if not hold.granted:
+            return hold.waiting_for()
+        self.keys.setdefault(label, []).extend(keys)
+        return None
+
+    async def take_all(self, keys: Mapping[str, Collection[str]],
+                       on_busy: Callable[[str, Holder], None] | None = None) -> None:
+        """Hold every mapping's keys (by label) in one hold, waiting for those another site holds: in one order,
+        so that two sites never each hold what the other waits for."""
+        await self.stack.enter_async_context(self.leases.hold({key for each in keys.values() for key in each},
+                                                              wait=True, on_busy=on_busy))
+        self.keys = {label: list(each) for label, each in keys.items()}
+
+    async def take_more(self, label: str, key: str) -> str | None:
+        """Hold one more key for ``label`` mid-sync (the pack it resolved to): never waiting, since the sync
+        holds others already (two sites each waiting for what the other holds would wait for ever)."""
+        if self.leases.repository is None or key in self.keys.get(label, ()):
+            return None
+        return await self.take(label, [key])
+
+    def fence(self, label: str) -> None:
+        """Raise ``LeaseLost`` unless this site still holds what the mapping ``label`` writes to."""
+        for key in self.keys.get(label, ()):
+            self.leases.check(key)

@@ -44,7 +44,7 @@ from packsync.engine.actions import (
 )
 from packsync.engine.download import content_of
 from packsync.engine.executor import Executor, MappingOutcome
-from packsync.engine.leases import Leases, describe, meta_key, name_key, pack_key
+from packsync.engine.leases import Leases, Turn, describe, meta_key, name_key, pack_key
 from packsync.engine.metadata import POLL_BACKOFF, MetadataPoller
 from packsync.engine.packs import PackResolver, Resolved
 from packsync.engine.planner import (
@@ -135,6 +135,8 @@ class MappingReport(msgspec.Struct):
     refused: bool = False  # the source refused the key (an Astria pack's): ``error`` says which
     misconfigured: bool = False  # a mistake in the config that is this mapping's alone: ``error`` names the key
     unchanged: bool = False  # its scan, pack and records were those of its last plan with nothing to do
+    #: Another site sharing the state syncs its pack now (whom it waits for): left for a later sync.
+    waiting: str | None = None
     changed: frozenset[str] | None = None  # the files a sync of changed paths looked at (None: all of them)
     #: What observing found to record whatever the plan (the scan, the downloads' contents).
     records: list[Action] = msgspec.field(default_factory=list)
@@ -210,7 +212,6 @@ class Syncer:
                  progress: ProgressObserver = QUIET, leases: Leases | None = None) -> None:
         self.config = config
         self.leases = leases or Leases(None)
-        self._keys: dict[str, list[str]] = {}  # per mapping label, the leases its writes are fenced by
         self.state = state
         self.api = api
         self.source_for = source_for
@@ -246,28 +247,31 @@ class Syncer:
         for report in result.mappings:
             self._check_source(report)
         async with contextlib.AsyncExitStack() as held:
+            turn = Turn(self.leases, held)
             if not options.dry_run:  # (a plan only shown writes nothing: it needs no turn)
-                await self._hold(held, result, options)
+                await self._hold(turn, result, options)
             slots = asyncio.Semaphore(MAPPINGS_AT_ONCE)
             try:
                 async with asyncio.TaskGroup() as group:
                     for report in result.mappings:
-                        if not (report.error or report.safety):
+                        if not (report.error or report.safety or report.waiting):
                             group.create_task(self._plan(report, options, self._below(busy, report) or (),
-                                                         self._below(changed, report), slots))
+                                                         self._below(changed, report), slots, turn))
             except* PacksyncError as errors:
                 raise first_error(errors) from None
+            result.waiting = {report.label: report.waiting for report in result.mappings if report.waiting}
+            result.mappings = [report for report in result.mappings if not report.waiting]
             plans = [self._complete(report) for report in result.mappings]
             result.plan = self._uploads(plans)
             if options.dry_run:
                 for plan in result.plan.mappings:  # (the sidecars a run would write: shown, as every other step)
                     plan.actions = [action.previewed(self.state) for action in plan.actions]
                 return result
-            executor = self._executor()
+            executor = self._executor(turn.fence)
             outcomes = await self._execute(result, executor)
         # The packs' writes are done: other sites may take their turn while the metadata comes.
         await self._finish(result, options, executor, outcomes)
-        self.state.heard_from()
+        self.state.heard_from_if_can()
         return result
 
     def _lease_keys(self, report: MappingReport) -> list[str]:
@@ -278,32 +282,24 @@ class Syncer:
         keys = [pack_key(pack_id)] if pack_id else []
         return keys + [name_key(report.pack_name)] if mapping.pack_id is None and report.pack_name else keys
 
-    async def _hold(self, held: contextlib.AsyncExitStack, result: SyncReport, options: SyncOptions) -> None:
+    async def _hold(self, turn: Turn, result: SyncReport, options: SyncOptions) -> None:
         """Take this sync's turn on its mappings' packs (a shared state's leases; nothing to take on a state of
         its own), kept until the packs' writes are done. Waiting (``wait_turn``), every key is taken in
         one hold, in one order, so two sites never each hold what the other waits for; not waiting, each
         mapping's apart, and a mapping whose pack another site syncs now is left for a later sync."""
         if self.leases.repository is None:
             return
-        syncing = [report for report in result.mappings if not (report.error or report.safety)]
-        self._keys = {report.label: self._lease_keys(report) for report in syncing}
+        keys = {report.label: self._lease_keys(report) for report in result.mappings
+                if not (report.error or report.safety)}
         if options.wait_turn:
             def waiting(key: str, holder: Holder) -> None:
                 self.log.info(f"waiting for site {holder.site}, which syncs {describe(key)} now",
                               left_s=round(holder.seconds_left))
-            await held.enter_async_context(self.leases.hold({k for keys in self._keys.values() for k in keys},
-                                                            wait=True, on_busy=waiting))
+            await turn.take_all(keys, on_busy=waiting)
             return
-        for report in syncing:
-            hold = await held.enter_async_context(self.leases.hold(self._keys[report.label]))
-            if not hold.granted:
-                result.waiting[report.label] = hold.waiting_for()
-        result.mappings = [report for report in result.mappings if report.label not in result.waiting]
-
-    def _fence(self, label: str) -> None:
-        """Raise ``LeaseLost`` unless this site still holds what the mapping ``label`` writes to."""
-        for key in self._keys.get(label, ()):
-            self.leases.check(key)
+        for report in result.mappings:
+            if report.label in keys:
+                report.waiting = await turn.take(report.label, keys[report.label])
 
     def _uploads(self, plans: list[MappingPlan]) -> Plan:
         """The plans with the uploads they need, and the URLs of those already in storage."""
@@ -395,9 +391,9 @@ class Syncer:
             for problem in outcome.sidecars.problems if outcome.sidecars else ():
                 self.log.warning(problem.reason, mapping=outcome.label, path=problem.rel_path)
 
-    def _executor(self) -> Executor:
+    def _executor(self, fence: Callable[[str], None] = lambda _label: None) -> Executor:
         return Executor(self.api, self.state, self.packs, self.sources, self.progress, self.sidecar_pass,
-                        self.preparer, self._fence)
+                        self.preparer, fence)
 
     # -- observing ----------------------------------------------------------------------------------
 
@@ -446,7 +442,7 @@ class Syncer:
             raise ConfigError(f"mappings[{index}].path: the folder {report.label} does not exist.")
 
     async def _plan(self, report: MappingReport, options: SyncOptions, busy: Collection[str],
-                    changed: Collection[str] | None, slots: asyncio.Semaphore) -> None:
+                    changed: Collection[str] | None, slots: asyncio.Semaphore, turn: Turn) -> None:
         """Read the pack while scanning the source, then plan; a few mappings at a time, to bound memory."""
         async with slots:
             if changed is not None and await self._plan_changes(report, options, busy, changed):
@@ -468,7 +464,7 @@ class Syncer:
             else:
                 scan = await self._scan(report, previous, busy)
             if scan is not None:
-                await self._plan_scanned(report, options, scan, previous, read)
+                await self._plan_scanned(report, options, scan, previous, read, turn)
 
     async def _plan_changes(self, report: MappingReport, options: SyncOptions, busy: Collection[str],
                             paths: Collection[str]) -> bool:
@@ -515,7 +511,16 @@ class Syncer:
         self.log.debug("unchanged since its last plan; nothing to do", mapping=report.label)
 
     async def _plan_scanned(self, report: MappingReport, options: SyncOptions, scan: Scan,
-                            previous: dict[str, CachedFile], read: Resolved | None) -> None:
+                            previous: dict[str, CachedFile], read: Resolved | None, turn: Turn) -> None:
+        if read is not None and read.pack is not None and not options.dry_run:
+            # The pack the mapping resolved to, if the state did not know it (a first sync by name, a
+            # renamed subfolder's): its lease too, and the pack read again under it.
+            key = pack_key(read.pack.pack_id)
+            if key not in turn.keys.get(report.label, ()) and self.leases.repository is not None:
+                report.waiting = await turn.take_more(report.label, key)
+                if report.waiting is not None:
+                    return
+                read = await self._read_pack(report)
         recipes.unuploadable(scan, report.config.recipe)
         report.problems, report.hashed_files, report.excluded = scan.problems, scan.hashed_files, scan.excluded
         changes = self.state.mappings.changes()  # (-1: not counted, as in a state of an older schema read as is)

@@ -56,9 +56,12 @@ def unfenced(unit: UnitOfWork, site: str, held: Mapping[str, int]) -> list[str]:
     """
     if not held:
         return []
+    # FOR SHARE: the rows stay as they are until the transaction ends, so another site's take (an update of
+    # the row) waits for this commit, and a lease cannot pass to it between this check and the commit.
     query = select(LEASES.c.key).where(
         LEASES.c.holder == site, LEASES.c.expires_at > _NOW,
-        tuple_(LEASES.c.key, LEASES.c.epoch).in_([(key, epoch) for key, epoch in held.items()]))
+        tuple_(LEASES.c.key, LEASES.c.epoch).in_([(key, epoch) for key, epoch in held.items()])) \
+        .with_for_update(read=True)
     ours = {str(row[0]) for row in unit.connection.execute(query)}
     return sorted(set(held) - ours)
 

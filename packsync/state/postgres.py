@@ -79,8 +79,12 @@ def open_engine(shared: SharedState) -> Engine:
     # A server that stops answering (a cut link, not a refusal) fails a statement within ~30 s rather than
     # hanging it: the unit's calls are made on the daemon's event loop.
     connect_args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "packsync",
+                                    # (the server's keepalives too: a session cut off lets go of the site's lock
+                                    # in ~25 s, not the server's default two hours, so the site can come back)
                                     "options": f"-c lock_timeout={LOCK_TIMEOUT_MS} "
-                                               f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                                               f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
+                                               "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
+                                               "-c tcp_keepalives_count=3",
                                     "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
                                     "keepalives_count": 3, "tcp_user_timeout": 30_000}
     if shared.password is not None:
@@ -136,10 +140,11 @@ def count_changes(tables: tuple[str, ...]) -> list[str]:
 
 
 def data_version(connection: Connection) -> int:
-    """A number that changes whenever a transaction that writes starts on the server (any site's): what a
-    reader polls. (The next transaction id to be given out: no privilege needed, no row read.)"""
-    return int(connection.exec_driver_sql("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
-               .scalar_one())
+    """A number that changes whenever a transaction that wrote ends on the server (any site's): what a reader
+    polls. (The server's snapshot, which names the transactions still running and the next to come: it
+    changes as one commits; no privilege needed, no row read.)"""
+    snapshot = str(connection.exec_driver_sql("SELECT pg_current_snapshot()::text").scalar_one())
+    return zlib.crc32(snapshot.encode())
 
 
 def site_lock_key(site: str) -> int:
@@ -147,10 +152,15 @@ def site_lock_key(site: str) -> int:
     return zlib.crc32(b"packsync-site:" + site.encode()) - (1 << 31)
 
 
-def lock_site(connection: Connection, shared: SharedState) -> None:
+def lock_site(connection: Connection, shared: SharedState, *, again: bool = False) -> None:
     """Hold the site's session lock for as long as this connection lives: a second packsync of the same
-    site (the same config on two machines, say) is refused, as a second one on one state file is."""
+    site (the same config on two machines, say) is refused, as a second one on one state file is. Taken
+    ``again`` on a connection made after the server was lost, a refusal may pass: the server has not yet
+    seen that the lost session is gone (it holds the lock until its keepalives tell it)."""
     held = connection.exec_driver_sql(f"SELECT pg_try_advisory_lock({site_lock_key(shared.site)})").scalar_one()
+    if not held and again:
+        raise StateUnavailable(f"the shared state {where(shared)} still holds this site's lock for the session it "
+                               "lost; waiting for the server to let it go.", reason="locked")
     if not held:
         raise LockedError(f"another packsync is using the shared state {where(shared)} as site {shared.site!r} "
                           "(on this machine, or another with the same [state] site); stop it first, or give "

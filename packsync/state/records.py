@@ -1,5 +1,6 @@
 """The plain values the state hands out besides the model's (``packsync.model``): what it remembers of a
-mapping, of the daemon and of a sidecar. Importing them costs nothing: no database."""
+mapping, of the daemon, of a sidecar and of a site sharing the state (and where that state is:
+``SharedState``, the config's). Importing them costs nothing: no database."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import msgspec
 
 from packsync.config import SharedState
 
-__all__ = ["ActivityRecord", "DaemonRecord", "MappingRecord", "SharedState", "SidecarRecord"]
+__all__ = ["ActivityRecord", "DaemonRecord", "MappingRecord", "SharedState", "SidecarRecord", "SiteRecord"]
 
 
 class SidecarRecord(msgspec.Struct, frozen=True):
@@ -69,3 +70,12 @@ class ActivityRecord(msgspec.Struct, frozen=True):
     name: str
     detail: str | None = None
 
+
+class SiteRecord(msgspec.Struct, frozen=True):
+    """A site sharing the state, and how long ago (by the server's clock) it was last heard from."""
+
+    name: str
+    host: str
+    pid: int | None
+    version: str
+    seen_ago_s: float

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import socket
 
-import msgspec
 from sqlalchemy import select, text
 
 from packsync import __version__
+from packsync.state.records import SiteRecord
 from packsync.state.tables import SiteRow, table
 from packsync.state.unit import UnitOfWork
 
@@ -25,16 +25,6 @@ _REGISTER = text(f"INSERT INTO sites (name, host, pid, version, seen_at) VALUES 
                  "ON CONFLICT (name) DO UPDATE SET host = excluded.host, pid = excluded.pid, "
                  "version = excluded.version, seen_at = excluded.seen_at RETURNING id")
 _TOUCH = text(f"UPDATE sites SET seen_at = {_NOW} WHERE name = :name")
-
-
-class SiteRecord(msgspec.Struct, frozen=True):
-    """A site sharing the state, and how long ago (by the server's clock) it was last heard from."""
-
-    name: str
-    host: str
-    pid: int | None
-    version: str
-    seen_ago_s: float
 
 
 def register(unit: UnitOfWork, *, readonly: bool) -> int:

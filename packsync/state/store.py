@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from packsync.config import SharedState
 from packsync.errors import StateError, StateUnavailable
 from packsync.files import file_id
+from packsync.logs import get_logger
 from packsync.state import rows, sites, sqlite, upgrade
 from packsync.state.activity import ActivityRepository
 from packsync.state.files import FileRepository
@@ -36,6 +37,7 @@ from packsync.state.images import ImageRepository
 from packsync.state.lock import lock_path
 from packsync.state.mappings import MappingRepository
 from packsync.state.metadata import MetadataRepository
+from packsync.state.records import SiteRecord
 from packsync.state.tables import SHARED_ONLY
 from packsync.state.unit import DATABASE_ERRORS, UnitOfWork, raise_unusable
 from packsync.state.uploads import UploadRepository
@@ -147,12 +149,25 @@ class State:
         self.check()
         self.unit.flush()
 
+    def sites(self) -> list[SiteRecord]:
+        """Every site sharing the state, by name (none in a state of one machine's own)."""
+        return sites.all_sites(self.unit)
+
     def heard_from(self) -> None:
         """Say this site is alive (a shared state's ``sites``; nothing in a state of one machine's own)."""
         sites.touch(self.unit)
 
+    def heard_from_if_can(self) -> None:
+        """``heard_from``, unless the state cannot be written now: a sync that ended well stays so (the
+        next one says it)."""
+        try:
+            self.heard_from()
+        except StateUnavailable as exc:
+            get_logger().debug("could not say this site is alive", error=str(exc))
+
     def data_version(self) -> int:
-        """A number that changes whenever another connection (a sync) commits: what a reader polls."""
+        """A number that changes whenever another connection (a sync, another site's) commits: what a reader
+        polls."""
         self.unit.reconnected()
         with self.unit.guarded():
             if self.unit.shared:
@@ -185,7 +200,7 @@ def _open_shared(path: Path, shared: SharedState, *, readonly: bool, holds_lock:
     try:
         if holds_lock and not readonly:
             postgres.lock_site(unit.connection, shared)
-            unit.on_connect.append(lambda connection: postgres.lock_site(connection, shared))
+            unit.on_connect.append(lambda connection: postgres.lock_site(connection, shared, again=True))
         if readonly and not ({"meta", *SHARED_ONLY} <= postgres.tables_of(unit.connection)):
             unit.close()
             unit = UnitOfWork(path, sqlite.open_engine(None), site=shared.site)

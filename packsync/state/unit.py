@@ -128,7 +128,9 @@ class UnitOfWork:
         network came back); whether one was made. SQLite's connection to its file is never lost."""
         if not self.shared or not (self._driver.closed or self._driver.broken or self.connection.invalidated):
             return False
-        self._open = False
+        if self._open:  # (its statements so far are lost with the session: the transaction must end in an error)
+            self._open = False
+            raise self._unusable(ConnectionError("the connection was lost in the middle of a transaction"))
         with contextlib.suppress(Exception):
             self.connection.close()
         self._connect()

@@ -126,7 +126,7 @@ def run_document(report: SyncReport) -> dict[str, Any]:
     return {"exit_code": int(report.exit_code), "exit_reason": exit_reason(report), "counts": run_counts(report),
             "metadata_pending": report.metadata_pending, "mappings": mappings,
             "renamed_subfolders": [{"from": old, "to": new} for old, new in report.renamed],
-            "paused": report.paused,
+            "paused": report.paused, "waiting": report.waiting,
             "loose_files": [{"folder": folder, "path": p.rel_path, "reason": p.reason}
                             for folder, loose in report.loose.items() for p in loose]}
 

@@ -20,7 +20,6 @@ from packsync.config import Config, MappingConfig
 from packsync.mappings import concrete, recorded_pack_id
 from packsync.model import METADATA_SETTLED, ManagedImage, Metadata, Problem
 from packsync.sources.base import kind_of
-from packsync.state import sites as site_rows
 from packsync.state.records import DaemonRecord, MappingRecord
 from packsync.views.clock import ago
 
@@ -233,7 +232,7 @@ def _sites(state: State, own: list[MappingStatus]) -> list[SiteStatus]:
     theirs[this] = [SiteMappingStatus(m.path, m.pack_id, m.pack_name, m.file_count, m.record) for m in own]
     found = {record.name: SiteStatus(record.name, record.host, record.version, record.pid, record.seen_ago_s,
                                      record.name == this, theirs.get(record.name, []), now - record.seen_ago_s)
-             for record in site_rows.all_sites(state.unit)}
+             for record in state.sites()}
     for name in theirs.keys() - found.keys():
         found[name] = SiteStatus(name, None, None, None, None, name == this, theirs[name])
     return [found[name] for name in sorted(found)]

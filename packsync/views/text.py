@@ -181,12 +181,19 @@ def print_run(report: SyncReport, out: TextIO) -> None:
         _problems(mapping.problems, out)
         _problems(mapping.sidecars.problems if mapping.sidecars else [], out, "sidecar")
     _subfolders(report, out, dry_run=False)
-    for label in report.paused:
-        out.write(f"{printable(label)}: paused, not synced (`packsync resume` syncs it again)\n")
+    _not_synced(report, out)
     if report.metadata_pending:
         out.write(f"metadata: {report.metadata_pending} images still pending; "
                   "`packsync status` shows them as they complete\n")
     _closing(report, out)
+
+
+def _not_synced(report: SyncReport, out: TextIO) -> None:
+    """The mappings this sync left alone: paused by a person, or whose pack another site syncs now."""
+    for label in report.paused:
+        out.write(f"{printable(label)}: paused, not synced (`packsync resume` syncs it again)\n")
+    for label, why in report.waiting.items():
+        out.write(f"{printable(label)}: not synced yet, {printable(why)}\n")
 
 
 def _closing(report: SyncReport, out: TextIO) -> None:
