@@ -251,3 +251,22 @@ def test_a_site_keeps_its_xmp_sidecars_in_the_shared_state(tmp_path: Path, sandb
     assert env.sync(wait=True).exit_code == 0
 
     assert b"<x:xmpmeta" in (tmp_path / "studio" / "brand" / "a.png.xmp").read_bytes()
+
+
+def test_a_pack_named_on_one_site_and_given_by_id_on_another_is_synced_by_one_at_a_time(
+        tmp_path: Path, sandbox: Sandbox, url: str) -> None:
+    """The name and the id are two leases: the pack a name resolves to is held too, before its plan."""
+    sandbox.faults.latency_s = 0.04
+    pack_id = sandbox.create_pack("Brand Assets")
+    a, b = site(tmp_path, sandbox, url, "laptop"), site(tmp_path, sandbox, url, "nas")
+    shared = [image() for _ in range(6)]
+    folder_a, folder_b = a.map("brand", pack="Brand Assets"), b.map("brand", pack_id=pack_id)
+    for n, data in enumerate(shared):
+        write(folder_a / f"{n}.png", data)
+        write(folder_b / f"copy-{n}.png", data)
+
+    runs = [start_run(a), start_run(b)]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert contents(a, pack_id) == sorted(map(sha, shared))
