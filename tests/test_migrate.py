@@ -9,6 +9,7 @@ the real command into one database of a server started for this module (``tests/
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -362,3 +363,17 @@ def test_a_state_of_an_old_release_migrates_as_upgraded(tmp_path: Path, server: 
         assert done.count(name).rows == len(expected)
         compared += len(expected)
     assert compared > 30 and done.count("images").rows > 0 and done.count("files").rows > 0
+
+
+def test_images_of_no_known_owner_become_the_migrating_mappings(env: Env, server: PostgresServer, url: str) -> None:
+    """An image an old release recorded without its mapping ('': any mapping's) is this site's mapping's there:
+    in a shared state, '' would let every site's mapping into the pack delete it."""
+    folder = env.map("brand", pack="Brand Assets")
+    write(folder / "a.png", image())
+    assert env.sync().exit_code == 0
+    with sqlite3.connect(env.state_path) as connection:
+        connection.execute("UPDATE images SET owner = ''")
+
+    assert migrate(env, url, "--site", "laptop").returncode == 0
+
+    assert rows(server, url, "SELECT owner FROM images") == [(f"laptop:{folder}",)]

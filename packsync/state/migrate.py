@@ -16,7 +16,7 @@ a refusal) leaves nothing half migrated. A dry run reads the same and writes not
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -147,11 +147,23 @@ def _batches(unit: UnitOfWork, table: Table, columns: Sequence[str]) -> Iterator
         yield batch
 
 
-def _qualified(unit: UnitOfWork, rows: Sequence[Sequence[Any]], at: int | None) -> list[tuple[Any, ...]]:
-    """The rows with the value at ``at`` (a root, an owner, a folder) qualified by the site."""
+def _qualified(unit: UnitOfWork, rows: Sequence[Sequence[Any]], at: int | None,
+               unowned: Mapping[str, str] | None = None) -> list[tuple[Any, ...]]:
+    """The rows with the value at ``at`` (a root, an owner, a folder) qualified by the site. ``unowned``: per
+    pack (an image row's first column), the mapping that takes an image recorded without an owner."""
     if at is None:
         return [tuple(row) for row in rows]
+    if unowned:
+        return [(*row[:at], unit.key(row[at] or unowned.get(row[0], "")), *row[at + 1:]) for row in rows]
     return [(*row[:at], unit.key(row[at]), *row[at + 1:]) for row in rows]
+
+
+def _unowned(source: UnitOfWork) -> dict[str, str]:
+    """Per pack, the mapping (the first by label) that takes this site's images recorded before images had
+    an owner ('': any mapping's may manage it) — in a shared state, '' would be every site's mapping's."""
+    m = TABLES["mappings"].c
+    return {pack_id: root for pack_id, root in source.rows(
+        select(m.pack_id, func.min(m.root)).where(m.pack_id.is_not(None)).group_by(m.pack_id))}
 
 
 def _writer(table: Table, columns: Sequence[str]) -> Bulk:
@@ -179,13 +191,14 @@ def _merge(source: UnitOfWork, target: UnitOfWork, name: str, *, write: bool) ->
     columns = _columns(table)
     qualify = SHARED_TABLES[name]
     at = None if qualify is None else columns.index(qualify)
+    unowned = _unowned(source) if name == "images" else None
     if write:
-        return _merge_staged(source, target, table, columns, at)
+        return _merge_staged(source, target, table, columns, at, unowned)
     keys = [column.name for column in table.primary_key.columns]
     where = [columns.index(key) for key in keys]
     rows = kept = 0
     for batch in _batches(source, table, columns):
-        wanted = {tuple(row[i] for i in where) for row in _qualified(target, batch, at)}
+        wanted = {tuple(row[i] for i in where) for row in _qualified(target, batch, at, unowned)}
         there = target.rows(select(*(table.c[key] for key in keys))
                             .where(tuple_(*(table.c[key] for key in keys)).in_(wanted)))
         rows, kept = rows + len(batch), kept + len(there)
@@ -193,7 +206,7 @@ def _merge(source: UnitOfWork, target: UnitOfWork, name: str, *, write: bool) ->
 
 
 def _merge_staged(source: UnitOfWork, target: UnitOfWork, table: Table, columns: list[str],
-                  at: int | None) -> TableCount:
+                  at: int | None, unowned: Mapping[str, str] | None) -> TableCount:
     """The rows copied into a temporary table of the transaction's, then into ``table`` in one statement that
     keeps what is there: the shared tables' triggers count each statement in the one ``changes`` row, and a
     row updated once per row inserted, thousands of times in one transaction, slows every next update (10,000
@@ -204,7 +217,7 @@ def _merge_staged(source: UnitOfWork, target: UnitOfWork, table: Table, columns:
         stage.create(target.connection)
     staged, rows = Bulk(insert(stage), *columns), 0
     for batch in _batches(source, table, columns):
-        target.write(staged, _qualified(target, batch, at))
+        target.write(staged, _qualified(target, batch, at, unowned))
         rows += len(batch)
     names = ", ".join(columns)
     with target.guarded():
