@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from helpers import unmeasured
 
+from packsync.engine.actions import HandOverImage
 from packsync.engine.planner import (
     MappingInput,
     MappingOptions,
@@ -73,6 +74,7 @@ class World:
     keep: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
     options: MappingOptions = MappingOptions()
+    elsewhere: dict[str, str] = field(default_factory=dict)  # content -> another mapping into the pack holding it
 
     def source(self) -> MappingInput:
         scan = Scan(source=str(ROOT),
@@ -85,7 +87,8 @@ class World:
         known = {url(c): sha(c) for c in {*self.recorded.values(), *self.ours.values()}}
         return MappingInput("photos", "Pack", scan, managed, remote, known, self.options,
                             others={image_id: sha(c) for image_id, c in self.theirs.items()},
-                            contents={self._remote(i).url: sha(c) for i, c in self.downloaded.items()})
+                            contents={self._remote(i).url: sha(c) for i, c in self.downloaded.items()},
+                            held_elsewhere={sha(c): holder for c, holder in self.elsewhere.items()})
 
     def _remote(self, image_id: str) -> RemoteImage:
         content = self.recorded.get(image_id) or self.ours.get(image_id) or self.theirs.get(image_id)
@@ -101,6 +104,7 @@ def summary(plan: MappingPlan) -> dict[str, Any]:
         "delete": sorted((d.image_id, d.reason) for d in plan.deletes),
         "withheld": sorted((d.image_id, d.reason) for d in plan.withheld),
         "duplicate": sorted(image.image_id for image in plan.duplicates),
+        "hand over": sorted((h.image_id, h.to) for h in plan.of(HandOverImage)),
     }
     return {key: value for key, value in result.items() if value}
 
@@ -182,6 +186,19 @@ RULES = [
         World(folder={"a.png": "A"}, recorded={"i1": "A", "i2": "B"}, pack=["i1", "i2"],
               options=MappingOptions(delete=False)),
         {}, id="with delete off a removed file's image stays"),
+    pytest.param(
+        World(folder={"a.png": "A"}, recorded={"i1": "A", "i2": "B"}, pack=["i1", "i2"],
+              elsewhere={"B": "nas:/srv/brand"}),
+        {"hand over": [("i2", "nas:/srv/brand")]},
+        id="a removed file's image another mapping into the pack still holds is handed over, not deleted"),
+    pytest.param(
+        World(folder={}, recorded={"i1": "A"}, pack=["i1"], elsewhere={"A": "nas:/srv/brand"}),
+        {"hand over": [("i1", "nas:/srv/brand")]},
+        id="an emptied folder hands over what others hold: no delete to withhold"),
+    pytest.param(
+        World(folder={"a.png": "A"}, recorded={"i1": "A", "i2": "A"}, pack=["i1", "i2"],
+              elsewhere={"A": "nas:/srv/brand"}),
+        {"delete": [("i2", "duplicate")]}, id="a duplicate is deleted even when another mapping holds its content"),
     pytest.param(
         World(folder={"a.png": "A"}, recorded={"i1": "A", "i2": "A"}, pack=["i1", "i2"],
               options=MappingOptions(delete=False)),
