@@ -5,6 +5,7 @@ unit of work compiles each for its connection's dialect (``Bulk``). Importing th
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 
 from sqlalchemy import Dialect, Table
 from sqlalchemy.sql.dml import UpdateBase
@@ -13,28 +14,23 @@ from sqlalchemy.sql.dml import UpdateBase
 ForDialect = Callable[[Dialect], UpdateBase]
 
 
+def _database(dialect: Dialect) -> ModuleType:
+    """What packsync knows of the dialect's database (``sqlite`` or ``postgres``), imported when first asked."""
+    if dialect.name == "postgresql":
+        from packsync.state import postgres
+
+        return postgres
+    from packsync.state import sqlite
+
+    return sqlite
+
+
 def upsert(table: Table) -> ForDialect:
     """Every column of a row inserted, or written over the row of the same primary key (an update: a
     trigger sees one, and the row keeps its identity, which SQLite's search index relies on)."""
-    def made(dialect: Dialect) -> UpdateBase:
-        if dialect.name == "postgresql":
-            from packsync.state import postgres
-
-            return postgres.upsert(table)
-        from packsync.state import sqlite
-
-        return sqlite.upsert(table)
-    return made
+    return lambda dialect: _database(dialect).upsert(table)
 
 
 def insert_new(table: Table) -> ForDialect:
     """A row inserted unless its primary key is taken already."""
-    def made(dialect: Dialect) -> UpdateBase:
-        if dialect.name == "postgresql":
-            from packsync.state import postgres
-
-            return postgres.insert_new(table)
-        from packsync.state import sqlite
-
-        return sqlite.insert_new(table)
-    return made
+    return lambda dialect: _database(dialect).insert_new(table)

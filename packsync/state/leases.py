@@ -11,7 +11,7 @@ the old one — by a process of the same site that was paused, say — is recogn
 which a write transaction runs first and is rolled back on.
 
 SQLite has no leases (one packsync per state file, by its lock): ``engine/leases.py`` grants everything
-there without this repository. Only ``engine/leases.py`` and the unit's fence use this module.
+there without this repository. ``app.leases_for`` makes it for a shared state; ``engine/leases.py`` uses it.
 """
 
 from __future__ import annotations
@@ -82,36 +82,27 @@ class LeaseRepository:
     def acquire(self, key: str) -> int | None:
         """Take ``key``: its new epoch, or None while another site holds it unexpired. Our own lease is
         taken again under a new epoch (whatever of ours wrote under the old one is fenced out)."""
-        self.unit.reconnected()  # the server came back: a new connection (its own lock taken again)
-        with self.unit.guarded():
-            row = self.unit.connection.execute(
-                _ACQUIRE, {"key": key, "site": self.site, "lease_s": self.lease_s}).first()
-        return None if row is None else int(row[0])
+        rows = self.unit.alone(_ACQUIRE, {"key": key, "site": self.site, "lease_s": self.lease_s})
+        return int(rows[0][0]) if rows else None
 
     def renew(self, key: str, epoch: int) -> bool:
         """Extend our lease on ``key`` taken under ``epoch`` by ``lease_s`` from now; False when it is no
         longer ours (expired, or taken since)."""
         statement = update(LEASES).where(self._ours(key, epoch), LEASES.c.expires_at > _NOW) \
             .values(expires_at=_NOW + self.lease_s)
-        self.unit.reconnected()  # the server came back: a new connection (its own lock taken again)
-        with self.unit.guarded():
-            return self.unit.connection.execute(statement).rowcount == 1
+        return self.unit.alone(statement) == [1]
 
     def release(self, key: str, epoch: int) -> None:
         """Let ``key`` go now, if it is still ours under ``epoch`` (a lease taken since is left alone)."""
         statement = update(LEASES).where(self._ours(key, epoch)).values(expires_at=_NOW)
-        self.unit.reconnected()  # the server came back: a new connection (its own lock taken again)
-        with self.unit.guarded():
-            self.unit.connection.execute(statement)
+        self.unit.alone(statement)
 
     def holder(self, key: str) -> Holder | None:
         """Who holds ``key`` unexpired (this site included), or None."""
         left = (LEASES.c.expires_at - _NOW).label("left")
         query = select(LEASES.c.holder, left).where(LEASES.c.key == key, LEASES.c.expires_at > _NOW)
-        self.unit.reconnected()  # the server came back: a new connection (its own lock taken again)
-        with self.unit.guarded():
-            row = self.unit.connection.execute(query).first()
-        return None if row is None else Holder(str(row[0]), max(0.0, float(row[1])))
+        rows = self.unit.alone(query)
+        return Holder(str(rows[0][0]), max(0.0, float(rows[0][1]))) if rows else None
 
     def fence(self, held: Mapping[str, int]) -> bool:
         """``fence`` for this site: inside a write transaction, whether it may commit."""

@@ -256,6 +256,15 @@ class UnitOfWork:
         with self.guarded():
             self.connection.execute(statement)
 
+    def alone(self, statement: Executable, parameters: dict[str, Any] | None = None) -> list[Any]:
+        """One statement on its own, atomic by itself (the connection is in autocommit), outside any
+        transaction of ours, on a connection made again if the server dropped the last: its rows (a write's,
+        with ``RETURNING``), or ``[rowcount]`` for a write that returns none."""
+        self.reconnected()
+        with self.guarded():
+            result = self.connection.execute(statement, parameters)
+            return list(result.all()) if result.returns_rows else [result.rowcount]
+
     def execute(self, sql: str) -> None:
         """A statement of the schema's own (DDL), inside the current transaction or on its own."""
         with self.guarded():
