@@ -39,7 +39,7 @@ class ActivityRepository:
         query = select(*_COLUMNS).order_by(ACTIVITY.c.id.desc()).limit(limit)
         if root is not None:
             query = query.where(ACTIVITY.c.root == self.unit.key(root))
-        elif self.unit.site:  # (this site's: what its page shows)
-            query = query.where(ACTIVITY.c.root.startswith(self.unit.site + ":", autoescape=True))
+        else:  # (this site's: what its page shows)
+            query = query.where(self.unit.own(ACTIVITY.c.root))
         return [ActivityRecord(at, self.unit.label(key), kind, name, detail)
                 for at, key, kind, name, detail in self.unit.rows(query)]

@@ -135,9 +135,7 @@ class ImageRepository:
         ``configured`` (a label), or any of another site's sharing the state."""
         f, m = FILES.c, MAPPINGS.c
         mine = [self.unit.key(label) for label in configured if label != owner]
-        ours = self.unit.site + ":"  # (another site's key does not start so)
-        live = or_(f.root.in_(mine), func.substr(f.root, 1, len(ours)) != ours) if self.unit.site \
-            else f.root.in_(mine)
+        live = or_(f.root.in_(mine), ~self.unit.own(f.root)) if self.unit.site else f.root.in_(mine)
         return {sha: key for batch in batches(shas) for sha, key in self.unit.rows(
             select(f.sha256, func.min(f.root)).join(MAPPINGS, m.root == f.root)
             .where(m.pack_id == pack_id, f.root != self.unit.key(owner), live, f.sha256.in_(batch),

@@ -76,9 +76,9 @@ class MappingRepository:
         a state of one machine's own: its keys are labels, not qualified by any site)."""
         if not self.unit.shared:
             return {}
-        own = f"{self.unit.site}:"  # (every key of a shared state is some site's: "<site>:<label>")
-        theirs = func.substr(MAPPINGS.c.root, 1, len(own)) != own
-        rows = self.unit.rows(select(*_MAPPING_COLUMNS).where(theirs).order_by(MAPPINGS.c.root))
+        # (every key of a shared state is some site's: "<site>:<label>")
+        rows = self.unit.rows(select(*_MAPPING_COLUMNS).where(~self.unit.own(MAPPINGS.c.root))
+                              .order_by(MAPPINGS.c.root))
         files = self._files_of([row[0] for row in rows])
         found: dict[str, list[SiteMapping]] = {}
         for key, *values in rows:

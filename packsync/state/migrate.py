@@ -109,7 +109,7 @@ def _snapshot(unit: UnitOfWork) -> Iterator[None]:
 
 def _own(unit: UnitOfWork, table: Table, column: str) -> Any:
     """The condition on ``table``'s rows that are this site's (their ``column`` qualified by its name)."""
-    return table.c[column].startswith(f"{unit.site}:", autoescape=True)
+    return unit.own(table.c[column])
 
 
 def _this_sites_rows(unit: UnitOfWork) -> dict[str, int]:

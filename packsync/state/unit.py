@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
-from sqlalchemy import Connection, Dialect, Engine, Executable
+from sqlalchemy import ColumnElement, Connection, Dialect, Engine, Executable, true
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import UpdateBase
 
@@ -144,6 +144,11 @@ class UnitOfWork:
     def label(self, key: str) -> str:
         """A stored key as this site names it: its own sources by their labels, other sites' qualified."""
         return key[len(self.site) + 1:] if self.site and key.startswith(self.site + ":") else key
+
+    def own(self, column: ColumnElement[str]) -> ColumnElement[bool]:
+        """Whether a stored key (a ``root``, an ``owner``, a ``folder``) is this site's: any key of a state of
+        one machine's own is."""
+        return column.startswith(self.site + ":", autoescape=True) if self.site else true()
 
     def close(self) -> None:
         with contextlib.suppress(*self.errors):
