@@ -240,6 +240,8 @@ class Syncer:
         found = await self._targets(result, paused)
         # (what this machine maps now: a mapping dropped from the config no longer holds a pack's images)
         self.configured = frozenset({*(t.label for t in found), *result.paused})
+        if only is None and not options.dry_run:
+            self.state.mappings.retire(self.configured)
         selected = [t for t in found if only is None or t.label in only or self._group(t.config) in only]
         result.paused = [label for label in result.paused
                          if only is None or label in only or group_of(self.config, label) in only]

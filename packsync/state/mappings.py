@@ -107,6 +107,16 @@ class MappingRepository:
         record = replace(self.get(source) or MappingRecord(source), **changes)
         self.unit.write(_SAVE_MAPPING, [(self.unit.key(record.root), *astuple(record)[1:])])
 
+    def retire(self, configured: Collection[str]) -> None:
+        """In a shared state, this site's mappings no longer in its config (of ``configured`` labels) mirror
+        into no pack any more: their files stop holding the pack's images for the other sites (a state of
+        one machine's own is left as it is: several configs may share its file)."""
+        if self.unit.site:
+            c = MAPPINGS.c
+            self.unit.run(update(MAPPINGS).where(self.unit.own(c.root), c.pack_id.is_not(None),
+                                                 c.root.not_in([self.unit.key(label) for label in configured]))
+                          .values(pack_id=None))
+
     def paused(self) -> set[str]:
         """The sources a person paused (``packsync pause``)."""
         return {self.unit.label(root) for (root,) in self.unit.rows(
