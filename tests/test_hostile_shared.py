@@ -1,0 +1,204 @@
+"""Hostile tests of a state shared by several sites on a real PostgreSQL: what a team's bad day, a careless
+config or an odd database does to "one writer per pack, nothing duplicated, nothing lost, nothing held
+forever".
+
+Each site is an ``Env`` of its own on one sandbox, sharing one fresh database of a server started for this
+module (``tests/postgres.py``), as in ``tests/test_shared_state.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import Env, image, write
+from helpers import wait_until
+from postgres import PASSWORD, PASSWORD_ENV, USER, PostgresServer, missing
+from test_shared_state import contents, sha, site, start_daemon, start_run
+
+from packsync.sandbox import Sandbox
+
+pytestmark = pytest.mark.skipif(missing() is not None, reason=f"no PostgreSQL here: {missing()}")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[PostgresServer]:
+    pg = PostgresServer()
+    yield pg
+    pg.close()
+
+
+@pytest.fixture
+def url(server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    return server.database()
+
+
+def connect(server: PostgresServer, url: str) -> psycopg.Connection[tuple[object, ...]]:
+    """A connection of the test's own to the database at ``url`` (autocommit)."""
+    return psycopg.connect(host="127.0.0.1", port=server.port, user=USER, password=PASSWORD,
+                           dbname=url.rsplit("/", 1)[1], autocommit=True)
+
+
+def one_sentence(output: str) -> None:
+    """What a user's mistake must look like: no traceback, no password."""
+    assert "Traceback" not in output, output
+    assert PASSWORD not in output, output
+
+
+# -- one writer per pack -----------------------------------------------------------------------------
+
+
+def test_a_pack_named_on_one_site_and_given_by_id_on_the_other_has_one_writer(tmp_path: Path, sandbox: Sandbox,
+                                                                               url: str) -> None:
+    """The studio's config names the pack by its id (``pack_id``), a new laptop's by its name ("Brand
+    Assets"), both mirroring the same photos into it. The studio's sync is under way when the laptop's
+    first sync starts: the laptop must wait for the studio's turn (the pack is one pack), not add the
+    photos the studio is adding at that moment. Both holding the same content, the pack must end up with
+    each content once."""
+    sandbox.faults.latency_s = 0.1  # (the studio's sync lasts a while: the laptop's starts during it)
+    pack_id = sandbox.create_pack("Brand Assets")
+    studio, laptop = site(tmp_path, sandbox, url, "studio"), site(tmp_path, sandbox, url, "laptop")
+    for env in (studio, laptop):
+        env.genviral["concurrency"] = 1
+    shared = [image() for _ in range(40)]
+    folder_s = studio.map("brand", pack_id=pack_id)
+    folder_l = laptop.map("brand", pack="Brand Assets")
+    for n, data in enumerate(shared):
+        write(folder_s / f"{n}.png", data)
+        write(folder_l / f"{n}.png", data)
+
+    first = start_run(studio)
+    wait_until(lambda: sandbox.pack(pack_id)["image_count"] >= 2, timeout=60, what="the studio's sync under way")
+    second = start_run(laptop)
+    outputs = [run.communicate(timeout=180)[0] for run in (first, second)]
+
+    assert [run.returncode for run in (first, second)] == [0, 0], outputs
+    assert contents(studio, pack_id) == sorted(map(sha, shared)), "a content added twice"
+    assert "waiting for site studio" in outputs[1], outputs[1][-2000:]
+
+
+# -- nothing held forever ----------------------------------------------------------------------------
+
+
+def test_a_mapping_another_site_dropped_does_not_keep_an_image_forever(tmp_path: Path, sandbox: Sandbox,
+                                                                        url: str) -> None:
+    """The laptop and the NAS both mirror x into "Brand Assets". The NAS's owner then drops that mapping
+    from its config (the NAS now mirrors another folder into another pack) and the NAS syncs. No mapping
+    of the NAS mirrors into "Brand Assets" any more, so when the laptop deletes x, x must leave the pack —
+    not be handed over to the NAS's dropped mapping and stay in the pack for good."""
+    laptop, nas = site(tmp_path, sandbox, url, "laptop"), site(tmp_path, sandbox, url, "nas")
+    x, y = image(), image()
+    folder_l, folder_n = laptop.map("brand", pack="Brand Assets"), nas.map("brand", pack="Brand Assets")
+    write(folder_l / "x.png", x)
+    write(folder_l / "y.png", y)
+    write(folder_n / "x.png", x)
+    assert laptop.sync().exit_code == 0 and nas.sync().exit_code == 0
+    pack_id = laptop.pack_named("Brand Assets")["id"]
+    assert contents(laptop, pack_id) == sorted(map(sha, (x, y)))
+
+    nas.mappings = []
+    write(nas.map("other", pack="Other") / "o.png", image())  # the NAS mirrors something else now
+    assert nas.sync().exit_code == 0
+    (folder_l / "x.png").unlink()
+    for _ in range(2):  # (not later either)
+        assert laptop.sync().exit_code == 0
+        assert nas.sync().exit_code == 0
+
+    assert contents(laptop, pack_id) == [sha(y)], "x is still in the pack, held by a mapping no site has"
+
+
+# -- the database ------------------------------------------------------------------------------------
+
+
+def test_a_database_with_another_program_s_images_table_is_refused_and_left_untouched(
+        tmp_path: Path, sandbox: Sandbox, server: PostgresServer, url: str) -> None:
+    """``[state] url`` names, by mistake, the database of another program that has a table called
+    ``images`` (a common name) and no packsync table. packsync must refuse it in one sentence, as it
+    refuses a database holding tables of other names — not create its own tables beside the other
+    program's, nor read or write that program's ``images`` as if it were its own."""
+    with connect(server, url) as connection:
+        connection.execute("CREATE TABLE images (id serial PRIMARY KEY, caption text NOT NULL)")
+        connection.execute("INSERT INTO images (caption) VALUES ('the other program''s row')")
+    env = site(tmp_path, sandbox, url, "laptop")
+    write(env.map("brand", pack="Brand Assets") / "x.png", image())
+
+    ran = env.cli("run", "--no-wait")
+
+    output = ran.stdout + ran.stderr
+    one_sentence(output)
+    assert ran.returncode == 2, output
+    assert "another program" in output or "of its own" in output, output
+    with connect(server, url) as connection:
+        tables = {row[0] for row in connection.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        rows = connection.execute("SELECT caption FROM images").fetchall()
+    assert tables == {"images"}, f"packsync created its tables in another program's database: {sorted(tables)}"
+    assert rows == [("the other program's row",)]
+    assert sandbox.packs() == []
+
+
+@pytest.mark.parametrize("command", [("run", "--no-wait"), ("status",), ("status", "--json"), ("search", "x")])
+def test_a_wrong_password_is_one_sentence_on_every_command(tmp_path: Path, sandbox: Sandbox, url: str,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          command: tuple[str, ...]) -> None:
+    """The password in the variable ``[state] password_env`` names is wrong (a rotated secret): every
+    command says the login was refused, in one sentence that shows neither password, exit 2."""
+    wrong = "not-the-" + PASSWORD
+    monkeypatch.setenv(PASSWORD_ENV, wrong)
+    env = site(tmp_path, sandbox, url, "laptop")
+    write(env.map("brand", pack="Brand Assets") / "x.png", image())
+
+    ran = env.cli(*command)
+
+    output = ran.stdout + ran.stderr
+    one_sentence(output)
+    assert wrong not in output, output
+    assert ran.returncode == 2, output
+    assert "refused this site's login" in output, output
+
+
+@pytest.mark.parametrize("command", [("run", "--no-wait"), ("status",), ("search", "x")])
+def test_a_missing_database_is_one_sentence_on_every_command(tmp_path: Path, sandbox: Sandbox,
+                                                            server: PostgresServer, url: str,
+                                                            command: tuple[str, ...]) -> None:
+    """``[state] url`` names a database no one created yet: every command says so in one sentence."""
+    env = site(tmp_path, sandbox, server.url_of("nobody_made_this"), "laptop")
+    write(env.map("brand", pack="Brand Assets") / "x.png", image())
+
+    ran = env.cli(*command)
+
+    output = ran.stdout + ran.stderr
+    one_sentence(output)
+    assert ran.returncode == 2, output
+    assert "does not exist" in output, output
+
+
+def test_a_second_packsync_claiming_a_running_site_s_name_is_refused(tmp_path: Path, sandbox: Sandbox,
+                                                                     url: str) -> None:
+    """The same config copied to a second machine (so the same ``[state] site``) while the first machine's
+    daemon runs: the second's ``run`` is refused in one sentence naming the site, and writes nothing."""
+    first = site(tmp_path, sandbox, url, "nas")
+    write(first.map("brand", pack="Brand Assets") / "x.png", image())
+    daemon = start_daemon(first)
+    try:
+        wait_until(lambda: sandbox.packs() and sandbox.packs()[0]["image_count"] == 1, timeout=60,
+                   what="the first machine's image")
+        copy = site(tmp_path / "other-machine", sandbox, url, "nas")
+        write(copy.map("brand", pack="Brand Assets") / "y.png", image())
+
+        ran = copy.cli("run", "--no-wait")
+
+        output = ran.stdout + ran.stderr
+        one_sentence(output)
+        assert ran.returncode == 2, output
+        assert "'nas'" in output and "another packsync" in output, output
+        assert sandbox.packs()[0]["image_count"] == 1
+    finally:
+        daemon.close()
