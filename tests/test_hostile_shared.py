@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import Env, image, write
+from conftest import image, write
 from helpers import wait_until
 from postgres import PASSWORD, PASSWORD_ENV, USER, PostgresServer, missing
 from test_shared_state import contents, sha, site, start_daemon, start_run
@@ -82,6 +80,63 @@ def test_a_pack_named_on_one_site_and_given_by_id_on_the_other_has_one_writer(tm
     assert [run.returncode for run in (first, second)] == [0, 0], outputs
     assert contents(studio, pack_id) == sorted(map(sha, shared)), "a content added twice"
     assert "waiting for site studio" in outputs[1], outputs[1][-2000:]
+
+
+def writes(sandbox: Sandbox) -> dict[tuple[str, str], int]:
+    """The calls that change something the sandbox has answered so far, by method and path."""
+    return {call: count for call, count in sandbox.calls.items() if call[0] in ("POST", "PUT", "PATCH", "DELETE")}
+
+
+def test_a_site_paused_past_its_lease_writes_nothing_more_after_another_site_took_over(
+        tmp_path: Path, sandbox: Sandbox, server: PostgresServer, url: str) -> None:
+    """The laptop's sync is under way when its process is stopped (SIGSTOP: a closed lid, a frozen VM) for
+    longer than its lease. The NAS, holding the same photos and one more, then syncs the pack to the end.
+    When the laptop wakes (SIGCONT) it must write nothing more to the pack — the add it had in flight may
+    have landed, and then the NAS adopted it — and nothing stale to the state: the pack holds each
+    content once, and a later sync of either site changes nothing."""
+    sandbox.faults.latency_s = 0.1
+    laptop, nas = site(tmp_path, sandbox, url, "laptop"), site(tmp_path, sandbox, url, "nas")
+    for env in (laptop, nas):
+        env.state["lease_s"] = 5
+        env.genviral["concurrency"] = 1
+    shared = [image() for _ in range(30)]
+    folder_l, folder_n = laptop.map("brand", pack="Brand Assets"), nas.map("brand", pack="Brand Assets")
+    for n, data in enumerate(shared):
+        write(folder_l / f"{n}.png", data)
+        write(folder_n / f"{n}.png", data)
+    write(folder_n / "nas-only.png", only_n := image())
+
+    paused = start_run(laptop)
+    stopped = False
+    try:
+        wait_until(lambda: paused.poll() is not None or sandbox.packs() and sandbox.packs()[0]["image_count"] >= 3,
+                   timeout=60, what="the laptop's sync under way")
+        assert paused.poll() is None, paused.communicate()[0]
+        os.kill(paused.pid, signal.SIGSTOP)
+        stopped = True
+        pack_id = sandbox.packs()[0]["id"]
+        with connect(server, url) as connection:  # (its lease run out by the database's own clock)
+            wait_until(lambda: connection.execute(
+                "SELECT bool_and(expires_at < extract(epoch from clock_timestamp())) FROM leases "
+                "WHERE holder = 'laptop'").fetchone() == (True,),
+                timeout=60, interval=0.2, what="the paused laptop's lease run out")
+        taken_over = nas.cli("run", "--no-wait")
+        assert taken_over.returncode == 0, taken_over.stdout + taken_over.stderr
+        expected = sorted(map(sha, (*shared, only_n)))
+        assert contents(nas, pack_id) == expected
+        before = writes(sandbox)
+    finally:
+        if stopped:
+            os.kill(paused.pid, signal.SIGCONT)
+    output = paused.communicate(timeout=120)[0]
+
+    woken = writes(sandbox)
+    added = woken.pop(("POST", "/packs/{id}/images"), 0) - before.pop(("POST", "/packs/{id}/images"), 0)
+    assert woken == before and added <= 1, f"the woken laptop wrote to the pack:\n{output[-3000:]}"
+    for env in (laptop, nas, laptop):  # (the add it had in flight, if it landed after the NAS's sync, undone)
+        again = env.cli("run", "--no-wait")
+        assert again.returncode == 0, again.stdout + again.stderr
+    assert contents(nas, pack_id) == expected, "a content twice in the pack"
 
 
 # -- nothing held forever ----------------------------------------------------------------------------
