@@ -257,3 +257,54 @@ def test_a_second_packsync_claiming_a_running_site_s_name_is_refused(tmp_path: P
         assert sandbox.packs()[0]["image_count"] == 1
     finally:
         daemon.close()
+
+
+# -- names: site-qualified keys must not leak -----------------------------------------------------------
+
+
+def pulled(folder: Path) -> list[str]:
+    """The files a pull wrote below ``folder``, relative to it."""
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*.png"))
+
+
+def test_a_pull_on_a_shared_state_names_the_files_as_their_site_holds_them(tmp_path: Path, sandbox: Sandbox,
+                                                                            url: str) -> None:
+    """The laptop mirrors a folder with subfolders into "Brand Assets"; the NAS restores that pack into a
+    folder of its own with ``packsync pull``, as the README says one can (no need of the laptop). The pull
+    must work on a shared state — and name the files by the paths they were pushed from."""
+    laptop, nas = site(tmp_path, sandbox, url, "laptop"), site(tmp_path, sandbox, url, "nas")
+    folder = laptop.map("brand", pack="Brand Assets")
+    write(folder / "summer" / "x.png", image())
+    write(folder / "winter" / "y.png", image())
+    write(nas.map("mine", pack="Mine") / "m.png", image())
+    assert laptop.sync().exit_code == 0 and nas.sync().exit_code == 0
+
+    into = tmp_path / "restored"
+    ran = nas.cli("pull", "genviral:Brand Assets", str(into))
+
+    output = ran.stdout + ran.stderr
+    one_sentence(output)
+    assert ran.returncode == 0, output
+    assert pulled(into) == ["summer/x.png", "winter/y.png"]
+
+
+def test_a_pull_names_files_alike_on_every_site_even_beside_a_site_named_astria(tmp_path: Path, sandbox: Sandbox,
+                                                                                 url: str) -> None:
+    """A studio machine is called ``astria`` (its host name: the default site), and mirrors a folder with
+    subfolders into "Brand Assets". A pull of that pack on the studio itself and on the laptop must name
+    the files alike — ``summer/x.png`` and ``winter/x.png`` — the laptop must not take the studio's folder
+    (its key ``astria:/…``) for an Astria pack and drop the subfolders."""
+    studio, laptop = site(tmp_path, sandbox, url, "astria"), site(tmp_path, sandbox, url, "laptop")
+    folder = studio.map("brand", pack="Brand Assets")
+    write(folder / "summer" / "x.png", image())
+    write(folder / "winter" / "x.png", image())
+    write(laptop.map("mine", pack="Mine") / "m.png", image())
+    assert studio.sync().exit_code == 0 and laptop.sync().exit_code == 0
+
+    on_studio, on_laptop = tmp_path / "pulled-on-studio", tmp_path / "pulled-on-laptop"
+    for env, into in ((studio, on_studio), (laptop, on_laptop)):
+        ran = env.cli("pull", "genviral:Brand Assets", str(into))
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+
+    assert pulled(on_studio) == ["summer/x.png", "winter/x.png"]
+    assert pulled(on_laptop) == pulled(on_studio)
