@@ -306,5 +306,5 @@ def test_a_pull_names_files_alike_on_every_site_even_beside_a_site_named_astria(
         ran = env.cli("pull", "genviral:Brand Assets", str(into))
         assert ran.returncode == 0, ran.stdout + ran.stderr
 
-    assert pulled(on_studio) == ["summer/x.png", "winter/x.png"]
-    assert pulled(on_laptop) == pulled(on_studio)
+    assert pulled(on_studio) == ["summer/x.png", "winter/x.png"], "on the studio"
+    assert pulled(on_laptop) == ["summer/x.png", "winter/x.png"], "on the laptop"
