@@ -73,7 +73,7 @@ def test_a_pack_named_on_one_site_and_given_by_id_on_the_other_has_one_writer(tm
         write(folder_l / f"{n}.png", data)
 
     first = start_run(studio)
-    wait_until(lambda: sandbox.pack(pack_id)["image_count"] >= 2, timeout=60, what="the studio's sync under way")
+    wait_until(lambda: studio.pack(pack_id)["image_count"] >= 2, timeout=60, what="the studio's sync under way")
     second = start_run(laptop)
     outputs = [run.communicate(timeout=180)[0] for run in (first, second)]
 
@@ -191,7 +191,7 @@ def test_a_database_with_another_program_s_images_table_is_refused_and_left_unto
     assert ran.returncode == 2, output
     assert "another program" in output or "of its own" in output, output
     with connect(server, url) as connection:
-        tables = {row[0] for row in connection.execute(
+        tables = {str(row[0]) for row in connection.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         rows = connection.execute("SELECT caption FROM images").fetchall()
     assert tables == {"images"}, f"packsync created its tables in another program's database: {sorted(tables)}"
