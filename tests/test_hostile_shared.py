@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -308,3 +310,57 @@ def test_a_pull_names_files_alike_on_every_site_even_beside_a_site_named_astria(
 
     assert pulled(on_studio) == ["summer/x.png", "winter/x.png"], "on the studio"
     assert pulled(on_laptop) == ["summer/x.png", "winter/x.png"], "on the laptop"
+
+
+@pytest.fixture
+def dropping_server() -> Iterator[int]:
+    """A port where something accepts every connection and closes it at once (a server in a crash loop, a
+    proxy with no backend): the port it listens on."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield int(listener.getsockname()[1])
+    done.set()
+    thread.join(timeout=5)
+    listener.close()
+
+
+@pytest.mark.parametrize("command", [("run", "--no-wait"), ("status",), ("status", "--json"), ("search", "x")])
+def test_a_server_that_drops_every_connection_is_one_sentence(tmp_path: Path, sandbox: Sandbox, url: str,
+                                                             dropping_server: int,
+                                                             command: tuple[str, ...]) -> None:
+    """``[state] url`` names a port where something accepts the connection and drops it at once: every
+    command says the shared state cannot be reached, in one sentence, soon — no traceback, no hang."""
+    env = site(tmp_path, sandbox, f"postgresql+psycopg://{USER}@127.0.0.1:{dropping_server}/packsync", "laptop")
+    write(env.map("brand", pack="Brand Assets") / "x.png", image())
+
+    ran = env.cli(*command, timeout=90)
+
+    output = ran.stdout + ran.stderr
+    one_sentence(output)
+    assert ran.returncode == 2, output
+    assert "cannot be reached" in output, output
+
+
+def test_a_verbose_run_and_status_never_show_the_password(tmp_path: Path, sandbox: Sandbox, url: str) -> None:
+    """``-v`` logs the libraries' own records too (SQLAlchemy's, psycopg's): the database password must be
+    in none of them, nor in ``status --json``."""
+    env = site(tmp_path, sandbox, url, "laptop")
+    write(env.map("brand", pack="Brand Assets") / "x.png", image())
+
+    outputs = [env.cli("-v", "run", "--no-wait"), env.cli("-v", "status", "--json"), env.cli("-v", "search", "x")]
+
+    for ran in outputs:
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        one_sentence(ran.stdout + ran.stderr)
