@@ -8,6 +8,7 @@ module (``tests/postgres.py``), as in ``tests/test_shared_state.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -364,3 +365,20 @@ def test_a_verbose_run_and_status_never_show_the_password(tmp_path: Path, sandbo
     for ran in outputs:
         assert ran.returncode == 0, ran.stdout + ran.stderr
         one_sentence(ran.stdout + ran.stderr)
+
+
+def test_search_shows_the_path_of_another_site_s_file(tmp_path: Path, sandbox: Sandbox, url: str) -> None:
+    """The NAS syncs ``summer/beach_day.png``; the laptop's ``search beach --json`` finds it. Its ``paths``
+    must name that file (on the NAS: ``nas:<folder>/summer/beach_day.png``), as they do for the laptop's own
+    files — not a made-up "<mapping> <image name>" that loses the subfolder."""
+    laptop, nas = site(tmp_path, sandbox, url, "laptop"), site(tmp_path, sandbox, url, "nas")
+    folder = nas.map("brand", pack="Brand Assets")
+    write(folder / "summer" / "beach_day.png", image())
+    write(laptop.map("mine", pack="Brand Assets") / "snow.png", image())
+    assert nas.sync().exit_code == 0 and laptop.sync().exit_code == 0
+
+    found = laptop.cli("search", "beach", "--json")
+
+    assert found.returncode == 0, found.stderr
+    [hit] = json.loads(found.stdout)["results"]
+    assert hit["paths"] == [f"nas:{folder}/summer/beach_day.png"], hit
