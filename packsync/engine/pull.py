@@ -70,7 +70,7 @@ from packsync.model import AstriaPack, PackSummary, Problem, PulledFile, RemoteI
 from packsync.remote.answers import url_problem
 from packsync.remote.astria import AstriaClient
 from packsync.remote.genviral import GenviralClient
-from packsync.sources.base import astria_label, kind_of
+from packsync.sources.base import astria_label, kind_of, owner_kind
 from packsync.sources.media import Digester
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
@@ -239,7 +239,7 @@ class Puller:
         upload was given (``GET /files``: walked only when an image not pulled yet has no name here). The
         names are untrusted either way (``pull_plan`` makes them safe). A walk that fails is a notice:
         the images it would have named are named as if unknown."""
-        given = {image_id: name if kind_of(owner) == "astria" else upload_name(path, name)
+        given = {image_id: name if owner_kind(owner) == "astria" else upload_name(path, name)
                  for image_id, (path, name, owner) in self.state.images.sources_of(pack.pack_id).items()}
         pulled = {record.image_id for record in self.state.uploads.pulled(str(folder), pack.pack_id)}
         unknown = {image.url: image.image_id for image in pack.images

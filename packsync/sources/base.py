@@ -32,6 +32,13 @@ def kind_of(label: str) -> SourceKind:
     return "astria" if label.startswith(_ASTRIA) else "folder"
 
 
+def owner_kind(owner: str) -> SourceKind:
+    """The kind of source an image's owner is: a label of this site's, or another site's qualified key
+    (``nas:/srv/brand``, ``nas:astria:12``), whose site's name may itself be ``astria``. A folder's label
+    is a path, so it always holds "/"; an Astria pack's never does."""
+    return "folder" if "/" in owner else "astria"
+
+
 class Source(Protocol):
     label: str
     #: What the source calls itself, once scanned, when that says more than its label (a pack's title).

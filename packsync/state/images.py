@@ -125,7 +125,9 @@ class ImageRepository:
         c, i = FILES.c, IMAGES.c  # (the file cache: what each owner's source holds now)
         rows = self.unit.rows(select(i.image_id, func.min(c.rel_path), i.file_name, i.owner)
                               .join(FILES, (c.root == i.owner) & (c.sha256 == i.sha256))
-                              .where(i.pack_id == pack_id, c.problem.is_(None)).group_by(i.image_id))
+                              .where(i.pack_id == pack_id, c.problem.is_(None))
+                              # (every column shown grouped: PostgreSQL refuses one that is not)
+                              .group_by(i.image_id, i.file_name, i.owner))
         return {image_id: (path, name, self.unit.label(owner)) for image_id, path, name, owner in rows}
 
     def held_elsewhere(self, pack_id: str, owner: str, shas: Collection[str],

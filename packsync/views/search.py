@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from packsync.model import ManagedImage
-from packsync.sources.base import kind_of
+from packsync.sources.base import owner_kind
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State
@@ -39,7 +39,7 @@ def search(state: State, words: Sequence[str], limit: int = 50) -> list[SearchHi
     hits = []
     for image, owner in state.metadata.search(words, limit):
         files: tuple[str, ...] = ()
-        if owner and kind_of(owner) == "folder":
+        if owner and owner_kind(owner) == "folder":
             files = tuple(state.files.paths_of(owner, image.sha256))
             paths = tuple(str(Path(owner) / rel) for rel in files)
         else:
