@@ -56,8 +56,6 @@ def one_sentence(output: str) -> None:
 # -- one writer per pack -----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="open defect: a mapping by pack_id holds pack:<id>, a first"
-                   " sync by name only name:<name> (engine/sync.py _lease_keys)")
 def test_a_pack_named_on_one_site_and_given_by_id_on_the_other_has_one_writer(tmp_path: Path, sandbox: Sandbox,
                                                                                url: str) -> None:
     """The studio's config names the pack by its id (``pack_id``), a new laptop's by its name ("Brand
@@ -149,8 +147,6 @@ def test_a_site_paused_past_its_lease_writes_nothing_more_after_another_site_too
 # -- nothing held forever ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="open defect: any other site's mapping row of the pack"
-                   " counts as holding (state/images.py held_elsewhere)")
 def test_a_mapping_another_site_dropped_does_not_keep_an_image_forever(tmp_path: Path, sandbox: Sandbox,
                                                                         url: str) -> None:
     """The laptop and the NAS both mirror x into "Brand Assets". The NAS's owner then drops that mapping
@@ -181,8 +177,6 @@ def test_a_mapping_another_site_dropped_does_not_keep_an_image_forever(tmp_path:
 # -- the database ------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="open defect: tables named as packsync's pass without a meta"
-                   " table (state/upgrade.py set_up_shared)")
 def test_a_database_with_another_program_s_images_table_is_refused_and_left_untouched(
         tmp_path: Path, sandbox: Sandbox, server: PostgresServer, url: str) -> None:
     """``[state] url`` names, by mistake, the database of another program that has a table called
