@@ -129,7 +129,7 @@ class StateConfig(_Strict, frozen=True):
             raise ValueError(f"{key}: only used with state.url (the PostgreSQL state's password)")
         if self.password_env is not None and self.password_file is not None:
             raise ValueError("password_file: give password_env or password_file, not both")
-        if self.site is not None and not _SITE.fullmatch(self.site):
+        if self.site is not None and not is_site(self.site):
             raise ValueError(f"site: {_SITE_RULE}, not {self.site!r}")
 
 
@@ -139,9 +139,15 @@ POSTGRES_SCHEMES = ("postgresql+psycopg", "postgresql", "postgres")
 _PASSWORD_PARAMETERS = {"password", "sslpassword"}
 #: A user and a password, as SQLAlchemy's URL parser finds them: anything between the first ":" and an "@".
 _USER_PASSWORD = re.compile(r"[^:/]*:[^@]*@")
-#: A site's name: it qualifies the site's labels in the shared state (``nas:/srv/brand``), so no ":".
+#: A site's name: it qualifies the site's labels in the shared state (``nas:/srv/brand``), so no ":" — nor
+#: is it "astria", which begins the labels of Astria sources (``astria:12``, as opposed to ``nas:astria:12``).
 _SITE = re.compile(r"[A-Za-z0-9._-]{1,63}")
-_SITE_RULE = "a site's name is 1 to 63 letters, digits, '.', '_' or '-'"
+_SITE_RULE = "a site's name is 1 to 63 letters, digits, '.', '_' or '-', and not 'astria'"
+
+
+def is_site(name: str) -> bool:
+    """Whether ``name`` may name a site."""
+    return bool(_SITE.fullmatch(name)) and name != "astria"
 
 
 def postgres_url(url: str) -> str:
@@ -530,7 +536,7 @@ def default_site(source: Path | None = None) -> str:
     import socket
 
     name = socket.gethostname().partition(".")[0].lower()
-    if not _SITE.fullmatch(name):
+    if not is_site(name):
         raise ConfigError(f"{_where(source)}state.site: this machine's host name ({name!r}) is not a site's name "
                           f"({_SITE_RULE}): give one.")
     return name

@@ -570,7 +570,8 @@ STATE_ERRORS = [
                  "state.password_file: give password_env or password_file, not both.", id="both"),
     pytest.param({"url": URL, "password_env": ""}, "state.password_env: ", id="an empty variable name"),
     pytest.param({"url": URL, "site": ""}, "state.site: a site's name is 1 to 63 letters, digits, '.', '_' or '-', "
-                 "not ''.", id="an empty site"),
+                 "and not 'astria', not ''.", id="an empty site"),
+    pytest.param({"url": URL, "site": "astria"}, "state.site: ", id="a site named as Astria sources' labels begin"),
     pytest.param({"url": URL, "site": "studio nas"}, "state.site: ", id="a site with a space"),
     pytest.param({"url": URL, "site": "nas:1"}, "state.site: ", id="a site with a colon (it qualifies labels)"),
     pytest.param({"url": URL, "site": "a" * 64}, "state.site: ", id="a site too long"),

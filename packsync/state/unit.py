@@ -138,8 +138,10 @@ class UnitOfWork:
 
     def key(self, label: str) -> str:
         """How the state stores a source's label: qualified by the site in a shared state (``nas:/srv/brand``),
-        as it is in a state of one machine's own."""
-        return f"{self.site}:{label}" if self.site and label else label  # ('': an image of any mapping's)
+        as it is in a state of one machine's own. A label of this site's is a folder's path or an Astria
+        source's ``astria:ID``; anything else is a key already (another site's, as ``label`` gives it back),
+        and '' (an image of any mapping's) stays ''."""
+        return f"{self.site}:{label}" if self.site and label.startswith(("/", "astria:")) else label
 
     def label(self, key: str) -> str:
         """A stored key as this site names it: its own sources by their labels, other sites' qualified."""
