@@ -10,6 +10,7 @@ where to find it, and no error repeats one.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import ipaddress
 import os
 import re
@@ -393,7 +394,15 @@ class Config(_ConfigFile, frozen=True):
 
     @property
     def state_path(self) -> Path:
-        return self.state.path or default_state_path()
+        """The state's file — or, for a shared state (``[state] url``), the local name its lock and the daemon's
+        socket are kept beside: one per database and site, so two shared states on one machine never share
+        a lock (nor one with a state file of its own)."""
+        if self.state.path is not None:
+            return self.state.path
+        if self.state.url is None:
+            return default_state_path()
+        digest = hashlib.sha256(f"{self.state.url}\0{self.state.site}".encode()).hexdigest()[:12]
+        return default_state_path().with_name(f"shared-{self.state.site}-{digest}.db")
 
     def token(self) -> str:
         """Read the API token from its file or environment variable; never from the config itself."""

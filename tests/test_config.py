@@ -19,6 +19,7 @@ from packsync.config import (
     DEFAULT_EXCLUDE,
     DEFAULT_INCLUDE,
     GenviralConfig,
+    default_state_path,
     find_config_path,
     load_config,
     parse_config,
@@ -745,3 +746,18 @@ def test_cli_with_a_password_in_the_state_url_exits_2_without_showing_it(env: En
         "environment or a file: remove it from the URL and name it with state.password_env or state.password_file."
     assert PASSWORD not in result.stdout + result.stderr
     assert env.sandbox.calls == {}
+
+
+def test_each_shared_state_has_its_own_local_lock_beside_no_state_file(tmp_path: Path) -> None:
+    """With ``[state] url`` and no ``path``, the lock and the daemon's socket are kept per database and site:
+    two shared states on one machine (or one beside a state file of its own) never wait for each other."""
+    def path(state: dict[str, str]) -> Path:
+        data = {"state": state, "mappings": [{"path": "photos", "pack": "p"}]}
+        return parse_config(data, tmp_path / "config.toml").state_path
+
+    nas, laptop = path({"url": URL, "site": "nas"}), path({"url": URL, "site": "laptop"})
+    other = path({"url": URL.replace("/packsync", "/other"), "site": "nas"})
+
+    assert len({nas, laptop, other, default_state_path()}) == 4
+    assert nas.parent == default_state_path().parent and nas == path({"url": URL, "site": "nas"})
+    assert path({"url": URL, "site": "nas", "path": str(tmp_path / "s.db")}) == tmp_path / "s.db"
