@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from packsync.config import ASTRIA_TOKEN_ENV, Config, MappingConfig, read_token
+from packsync.engine.leases import Leases
 from packsync.engine.metadata import MetadataPoller
 from packsync.engine.packs import PackResolver
 from packsync.engine.progress import QUIET
@@ -42,6 +43,18 @@ def source_for(mapping: MappingConfig, astria: AstriaClient | None, spool: Path 
     assert astria is not None, "an Astria mapping needs the Astria client"
     return AstriaSource(astria, mapping.astria_pack, mapping.classes, int(mapping.max_file_mb * 1_000_000),
                         spool / f"astria-{mapping.astria_pack}" if spool else None)
+
+
+def leases_for(state: State) -> Leases:
+    """The leases a process keeps over ``state``: a shared state's (one writer per pack), else none needed
+    (the state's lock keeps one packsync to a file). Every write transaction checks them (the unit's fence)."""
+    if state.shared is None or state.readonly:
+        return Leases(None)
+    from packsync.state.leases import LeaseRepository
+
+    leases = Leases(LeaseRepository(state.unit, state.shared.site, state.shared.lease_s))
+    state.unit.fence = leases.fence
+    return leases
 
 
 def transport_for(config: Config, observer: Observer | None = None) -> Transport:
@@ -92,7 +105,7 @@ class App(msgspec.Struct):
         astria = astria_for(config, api.transport)
         spool = None if state.readonly else config.state_path.parent / "spool"
         syncer = Syncer(config, state, api, lambda mapping: source_for(mapping, astria, spool), packs, metadata,
-                        progress)
+                        progress, leases_for(state))
         return cls(config, state, api, astria, packs, metadata, syncer)
 
     def close_sources(self) -> None:

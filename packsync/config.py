@@ -30,9 +30,6 @@ from packsync.sources.base import astria_label
 from packsync.sources.patterns import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE  # (said here, with the other defaults)
 from packsync.sources.patterns import check as check_patterns
 
-if typing.TYPE_CHECKING:
-    from packsync.state.records import SharedState
-
 DEFAULT_BASE_URL = "https://www.genviral.io/api/partner/v1"
 DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif", "*.heic", "*.heif"]
 CONFIG_ENV = "PACKSYNC_CONFIG"
@@ -349,6 +346,29 @@ def _count_or_percent(value: int | str) -> bool:
     return value.endswith("%") and number.replace(".", "", 1).isdigit() and float(number) <= 100
 
 
+class SharedState:
+    """A state shared by several machines on PostgreSQL (``[state] url``), and who this machine is there.
+
+    ``url`` names the server and database without a password (SQLAlchemy's form, ``postgresql+psycopg://
+    user@host:port/db``); ``password`` comes from the environment or a file, and never shows in a repr.
+    ``site`` names this machine among those sharing the state; ``lease_s`` is how long a site's hold on a
+    pack lasts unless renewed (a site killed while syncing a pack lets it go after that long)."""
+
+    __slots__ = ("url", "password", "site", "lease_s")
+
+    def __init__(self, url: str, password: str | None, site: str, lease_s: float = 60.0) -> None:
+        self.url, self.password, self.site, self.lease_s = url, password, site, lease_s
+
+    def __repr__(self) -> str:
+        return f"SharedState({self.url!r}, site={self.site!r}, lease_s={self.lease_s!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SharedState) and (self.url, self.password, self.site, self.lease_s) == \
+            (other.url, other.password, other.site, other.lease_s)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class _ConfigFile(_Strict, frozen=True):
     """What a config file may say."""
 
@@ -376,8 +396,6 @@ class Config(_ConfigFile, frozen=True):
     def shared_state(self) -> SharedState | None:
         """Where the state shared with other machines is, and who this machine is there (None: no ``[state]
         url``, a SQLite state of its own). Reads the database's password (registered as a secret at once)."""
-        from packsync.state.records import SharedState
-
         state = self.state
         if state.url is None:
             return None

@@ -6,10 +6,10 @@ Errors are classified by what the caller should do about them, not by where they
     ├── ConfigError               exit 2  the config (or the command line) is wrong; names the key
     │   └── PackNotVisible                a mapping's pack_id is no pack of the key: that mapping's alone
     ├── LockedError               exit 2  another packsync holds the state lock
-    ├── LeaseLost                         this site's hold on a pack ran out (a shared state): stop writing to it
     ├── StateError                exit 2  the state database is corrupt, foreign, too new or not writable
-    │   └── StateUnavailable      exit 2  locked by another program, disk full, I/O error: may pass, so
-    │                                     the daemon waits and tries again
+    │   └── StateUnavailable      exit 2  locked by another program, disk full, I/O error, a shared
+    │       │                             state's server away: may pass, so the daemon waits and tries again
+    │       └── LeaseLost                 this site's hold on a pack ran out (a shared state)
     ├── SourceError                       a source of content could not be read
     │   ├── SourceUnavailable             the whole source (a mapped folder) is missing or unreadable
     │   ├── ItemChanged                   one item's bytes are no longer those that were listed
@@ -78,16 +78,6 @@ class LockedError(PacksyncError):
     exit_code = ExitCode.USAGE
 
 
-class LeaseLost(PacksyncError):
-    """This site's lease on a pack (``what``: "pack X", say) ran out or was taken by another site, in a
-    shared state: nothing more is written for that pack this sync; the next one takes it again."""
-
-    def __init__(self, site: str, what: str) -> None:
-        super().__init__(f"site {site}'s hold on {what} ran out (another site holds it now); "
-                         "nothing more is written for it this sync")
-        self.site, self.what = site, what
-
-
 class DaemonError(PacksyncError):
     """What the running daemon answered a command's request with (over its control socket), in its own
     sentence and exit code."""
@@ -109,12 +99,25 @@ class StateUnavailable(StateError):
     """The state cannot be used right now (locked by another program, disk full): it may pass.
 
     ``reason`` says which trouble it is, for a decision (a daemon says each trouble once): ``"locked"``,
-    ``"full"``, ``"io"`` or ``"replaced"`` (the file or its lock was deleted or replaced: packsync stops
-    writing to it; a daemon starts on the new one)."""
+    ``"full"``, ``"io"``, ``"replaced"`` (the file or its lock was deleted or replaced: packsync stops
+    writing to it; a daemon starts on the new one), ``"unreachable"`` (a shared state's server) or
+    ``"lease"`` (``LeaseLost``)."""
 
-    def __init__(self, message: str, *, reason: Literal["locked", "full", "io", "replaced", "unreachable"]) -> None:
+    def __init__(self, message: str, *,
+                 reason: Literal["locked", "full", "io", "replaced", "unreachable", "lease"]) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class LeaseLost(StateUnavailable):
+    """This site's lease on a pack (``what``: "pack X", say) ran out or was taken by another site, in a
+    shared state: this sync writes nothing more (it may pass: the next sync takes the lease again, and
+    resumes from what was recorded)."""
+
+    def __init__(self, site: str, what: str) -> None:
+        super().__init__(f"site {site}'s hold on {what} ran out (another site may hold it now); this sync "
+                         "stops writing, and the next one resumes.", reason="lease")
+        self.site, self.what = site, what
 
 
 class SourceError(PacksyncError):

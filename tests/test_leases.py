@@ -19,10 +19,10 @@ from helpers import wait_until
 from sqlalchemy import insert, select, text
 from structlog.testing import capture_logs
 
+from packsync.config import SharedState
 from packsync.engine.leases import Hold, Leases, describe, meta_key, name_key, pack_key
 from packsync.errors import LeaseLost, PacksyncError
 from packsync.state.leases import LEASES, Holder, LeaseRepository, fence
-from packsync.state.records import SharedState
 from packsync.state.store import State
 from packsync.state.tables import ActivityRow, table
 from packsync.state.unit import UnitOfWork
@@ -335,8 +335,8 @@ def test_the_local_deadline_stops_a_paused_process_before_its_lease_can_run_out(
             now[0] += 0.02
             with pytest.raises(LeaseLost) as lost:
                 nas.check(pack_key("7"))
-            assert str(lost.value) == ("site nas's hold on pack 7 ran out (another site holds it now); "
-                                       "nothing more is written for it this sync")
+            assert str(lost.value) == ("site nas's hold on pack 7 ran out (another site may hold it now); "
+                                       "this sync stops writing, and the next one resumes.")
             assert isinstance(lost.value, PacksyncError)
             nas.renew()  # still ours in the database (no one took it): trusted again
             nas.check(pack_key("7"))
@@ -370,6 +370,34 @@ def test_a_site_cut_off_from_the_database_stops_writing_within_its_lease(
     events = [entry["event"] for entry in logs]
     assert "lease: could not be renewed" in events and "lease: could not be released" in events
     assert nas.held() == {}
+
+
+def test_a_hold_outlives_a_short_outage_of_the_database(
+        server: postgres.PostgresServer, units: tuple[UnitOfWork, UnitOfWork]) -> None:
+    """The server back before the lease ran out: the next renewal (on a connection made again) finds the
+    lease still this site's, and the sync goes on; the outage is said once."""
+    nas = Leases(sites(units, 8)[0])
+    nas.renew_s = 0.5
+
+    async def scenario() -> None:
+        async with nas.hold([pack_key("1")]):
+            taken = time.monotonic()
+            server.stop()
+            await until_async(lambda: nas.unreachable)
+            server.start()
+            await until_async(lambda: not nas.unreachable)
+            await until_async(lambda: time.monotonic() - taken > 8 - 0.8 + 0.1)
+            nas.check(pack_key("1"))  # past the first deadline: renewed since
+            assert nas.held() == {"pack:1": 1}
+
+    try:
+        with capture_logs() as logs:
+            run(scenario)
+    finally:
+        if not server.running():
+            server.start()
+    events = [entry["event"] for entry in logs]
+    assert events.count("lease: could not be renewed") == 1 and "lease: renewed again" in events
 
 
 def test_without_a_shared_state_everything_is_granted() -> None:

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from packsync.daemon.alerts import Notifications
 from packsync.daemon.schedule import Folder, Round, Schedule
 from packsync.daemon.status import Status
@@ -47,6 +49,7 @@ class Rounds:
         self.tick_s = timing.tick(systemd.watchdog_s)
         self.log = get_logger()
         self.remote: dict[str, asyncio.Task[None]] = {}  # an Astria mapping's sync under way, by label
+        self.waiting: set[str] = set()  # the mappings whose pack another site was syncing at their last try
 
     async def run(self, app: App, due: Round) -> None:
         """Run ``due``: its own mappings' remotes (Astria packs) each in a task of its own, the rest here.
@@ -99,7 +102,9 @@ class Rounds:
         """Sync ``due``'s mappings (``targets``, begun) and hand the outcome to the schedule; ``apart``: beside
         the loop, which alone comes round for the watchdog (a hung loop must not look alive)."""
         started = time.monotonic()
-        options = due.asked.options if due.asked else SyncOptions(wait=False)
+        # (a pack another site syncs now is left for a moment later: the other folders do not wait for it)
+        options = msgspec.structs.replace(due.asked.options if due.asked else SyncOptions(wait=False),
+                                          wait_turn=False)
         task = asyncio.create_task(app.syncer.sync(options, only=due.labels, busy=due.busy, changed=due.changed))
         try:
             try:
@@ -179,6 +184,12 @@ class Rounds:
         now = time.monotonic()
         for label, error in errors.items():
             self.schedule.synced(self.schedule.folders[label], error, failing[label], now)
+        for label, why in report.waiting.items():
+            if (folder := self.schedule.folder_of(label)) is not None:
+                self.schedule.wait_turn(folder, now)
+                if label not in self.waiting:  # (said once a wait, not at every try)
+                    self.log.info("waiting for another site's sync of the pack", path=label, why=why)
+        self.waiting = set(report.waiting) | (self.waiting - {m.label for m in report.mappings})
         self.notifications.synced(report.mappings, {m.label: f.label for m in report.mappings
                                                     if (f := self.schedule.folder_of(m.label)) is not None}, now)
         if added:

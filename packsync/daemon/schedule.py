@@ -177,6 +177,10 @@ class Schedule:
     def retry(self, folder: Folder, now: float) -> None:
         folder.retry_at = now + folder.retry.next_delay()
 
+    def wait_turn(self, folder: Folder, now: float) -> None:
+        """Another site syncs the folder's pack now (a shared state): a full sync of it in a moment."""
+        folder.retry_at = now + self.timing.turn_s
+
     def synced(self, folder: Folder, error: str | None, failing: bool, now: float) -> None:
         """A folder's sync ended: with ``error`` (its first mapping's), ``failing`` otherwise than by a safety
         stop (which is not retried: nothing changes until the folder does, or a person says --force)."""

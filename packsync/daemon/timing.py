@@ -25,6 +25,8 @@ class Timing(msgspec.Struct, frozen=True):
     metadata_poll: Backoff = POLL_BACKOFF
     #: A refused key pauses syncing this long (or until SIGHUP, or the page asks).
     auth_pause_s: float = 900.0
+    #: After a folder's sync found another site syncing its pack (a shared state): when to try again.
+    turn_s: float = 5.0
     #: A stop lets the sync in flight finish this long before abandoning it.
     stop_grace_s: float = 5.0
     #: The watchers' threads get this long to stop; past it they are left to die with the process.

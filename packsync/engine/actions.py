@@ -111,6 +111,7 @@ class RenamePack(Action, frozen=True):
     async def apply(self, run: Run) -> None:
         moves = self.together or (Move(self.old, self.mapping, self.pack_id, self.name),)
         if not all(_moved(run.state, move) for move in moves):
+            run.fence()
             try:
                 for move in moves:
                     await run.api.rename_pack(move.pack_id, move.name)
@@ -142,6 +143,7 @@ class CreatePack(Action, frozen=True):
     gone: str | None = None
 
     async def apply(self, run: Run) -> None:
+        run.fence()
         try:
             created = await run.packs.create(self.name)
         except (TransientError, PermanentError) as exc:
@@ -463,6 +465,7 @@ class DeleteImage(Action, frozen=True):
         return {**super().describe(), "reason": self.reason}
 
     async def apply(self, run: Run) -> None:
+        run.fence()
         try:
             await run.api.delete_image(run.pack_id, self.image_id)
         except NotFound as exc:

@@ -104,6 +104,11 @@ class Run:
     def pack_id(self) -> str:
         return self.outcome.pack_id or ""
 
+    def fence(self) -> None:
+        """Raise ``LeaseLost`` unless this site still holds the mapping's pack (a shared state's lease): what
+        every pack write checks first."""
+        self._executor.fence(self.plan.label)
+
     def stop(self, why: str) -> None:
         """The mapping cannot go on this run (its pack is gone, or could not be made)."""
         if self.outcome.error is None:
@@ -125,14 +130,16 @@ class Run:
         self.log.warning("delete failed", item=name, error=why)
 
     async def add_once(self, url: str, file_name: str) -> str:
-        return await self._executor.add_once(self.pack_id, url, file_name)
+        return await self._executor.add_once(self.pack_id, url, file_name, self.plan.label)
 
 
 class Executor:
     def __init__(self, api: GenviralClient, state: State, packs: PackResolver, sources: Mapping[str, Source],
                  progress: ProgressObserver = QUIET, sidecar_pass: asyncio.Lock | None = None,
-                 preparer: Preparer | None = None) -> None:
+                 preparer: Preparer | None = None, fence: Callable[[str], None] = lambda _label: None) -> None:
+        """``fence``: raises ``LeaseLost`` when this site no longer holds a mapping's pack (by its label)."""
         self.api = api
+        self.fence = fence
         self.state = state
         self.packs = packs
         self.sources = sources
@@ -251,11 +258,12 @@ class Executor:
             return blob.url or ""
         raise PermanentError(f"storage rejected {UPLOAD_TRIES} fresh upload URLs in a row; the last said: {rejected}")
 
-    async def add_once(self, pack_id: str, url: str, file_name: str) -> str:
+    async def add_once(self, pack_id: str, url: str, file_name: str, label: str) -> str:
         """Add ``url`` to the pack exactly once, even when an answer is lost on the way back."""
         attempt = 0
         while True:
             self.state.flush()  # the URL is the record of an image added by a run killed before it recorded it
+            self.fence(label)
             try:
                 return await self.api.add_image(pack_id, url, file_name)
             except AmbiguousError as exc:

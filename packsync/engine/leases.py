@@ -27,10 +27,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from packsync.errors import LeaseLost, StateError
 from packsync.logs import get_logger
-from packsync.state.leases import Holder, LeaseRepository
+
+if TYPE_CHECKING:  # (the engine imports no database library: a state's own opener brings it)
+    from packsync.state.leases import Holder, LeaseRepository
 
 
 def pack_key(pack_id: str) -> str:
@@ -89,6 +92,8 @@ class Leases:
         self._clock = clock
         self._held: dict[str, _Lease] = {}
         self._renewing: asyncio.Task[None] | None = None
+        #: The last renewal could not reach the database (said once, until one can again).
+        self.unreachable = False
         lease_s = repository.lease_s if repository is not None else 60.0
         #: How long a lease lasts unless renewed; how long before that this process stops trusting it
         #: (for a clock running at another rate, and the request in flight when ``check`` said yes).
@@ -222,8 +227,13 @@ class Leases:
                 renewed = self.repository.renew(key, lease.epoch)
             except StateError as exc:
                 # The database is out of reach: the local deadline runs on, and ``check`` stops the writes.
-                get_logger().warning("lease: could not be renewed", key=key, error=str(exc))
+                if not self.unreachable:
+                    get_logger().warning("lease: could not be renewed", key=key, error=str(exc))
+                self.unreachable = True
                 continue
+            if self.unreachable:
+                get_logger().info("lease: renewed again", key=key)
+                self.unreachable = False
             if renewed:
                 lease.valid_until = sent + self.lease_s - self.margin_s
             else:

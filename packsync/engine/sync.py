@@ -19,6 +19,7 @@ files looked at. Whatever that cannot decide falls back to the full scan, which 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import operator
 from collections.abc import Callable, Collection, Mapping
@@ -43,6 +44,7 @@ from packsync.engine.actions import (
 )
 from packsync.engine.download import content_of
 from packsync.engine.executor import Executor, MappingOutcome
+from packsync.engine.leases import Leases, describe, meta_key, name_key, pack_key
 from packsync.engine.metadata import POLL_BACKOFF, MetadataPoller
 from packsync.engine.packs import PackResolver, Resolved
 from packsync.engine.planner import (
@@ -81,6 +83,7 @@ from packsync.sources.base import Source
 
 if TYPE_CHECKING:  # sidecars are imported by the mappings that write them
     from packsync.engine.sidecars import SidecarReport
+    from packsync.state.leases import Holder
     from packsync.state.store import State
 
 #: Mappings planned at once: enough to overlap pack reads with scans, few enough that only a few
@@ -102,6 +105,9 @@ class SyncOptions(msgspec.Struct, frozen=True):
     #: stops — None any number (``run --force MAPPING``), a count at most that many (``allow-deletes``: what
     #: the stop withheld when a person approved it, so nothing deleted since is approved with it).
     allow: dict[str, int | None] = msgspec.field(default_factory=dict)
+    #: In a shared state, wait while another site syncs a mapping's pack (``run``), rather than leave that
+    #: mapping for a later sync (the daemon, which has other folders to sync meanwhile).
+    wait_turn: bool = True
 
     def for_mapping(self, mapping: MappingConfig, group: str) -> MappingOptions:
         """The options the planner weighs for ``mapping`` (of the config mapping ``group``)."""
@@ -169,6 +175,9 @@ class SyncReport(msgspec.Struct):
     dry_run: bool = False
     #: The mappings not synced because a person paused them (``packsync pause``).
     paused: list[str] = msgspec.field(default_factory=list)
+    #: The mappings left for a later sync because another site sharing the state syncs their pack now,
+    #: each with who holds it (``Hold.waiting_for``).
+    waiting: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property
     def renamed(self) -> list[tuple[str, str]]:
@@ -198,8 +207,10 @@ class Syncer:
 
     def __init__(self, config: Config, state: State, api: GenviralClient,
                  source_for: Callable[[MappingConfig], Source], packs: PackResolver, metadata: MetadataPoller,
-                 progress: ProgressObserver = QUIET) -> None:
+                 progress: ProgressObserver = QUIET, leases: Leases | None = None) -> None:
         self.config = config
+        self.leases = leases or Leases(None)
+        self._keys: dict[str, list[str]] = {}  # per mapping label, the leases its writes are fenced by
         self.state = state
         self.api = api
         self.source_for = source_for
@@ -234,23 +245,65 @@ class Syncer:
         result.mappings = [MappingReport(t.config, t.config.pack_label, t) for t in selected]
         for report in result.mappings:
             self._check_source(report)
-        slots = asyncio.Semaphore(MAPPINGS_AT_ONCE)
-        try:
-            async with asyncio.TaskGroup() as group:
-                for report in result.mappings:
-                    if not (report.error or report.safety):
-                        group.create_task(self._plan(report, options, self._below(busy, report) or (),
-                                                     self._below(changed, report), slots))
-        except* PacksyncError as errors:
-            raise first_error(errors) from None
-        plans = [self._complete(report) for report in result.mappings]
-        result.plan = self._uploads(plans)
-        if not options.dry_run:
-            await self._execute(result, options)
-        else:
-            for plan in result.plan.mappings:  # (the sidecars a run would write: shown, as every other step)
-                plan.actions = [action.previewed(self.state) for action in plan.actions]
+        async with contextlib.AsyncExitStack() as held:
+            if not options.dry_run:  # (a plan only shown writes nothing: it needs no turn)
+                await self._hold(held, result, options)
+            slots = asyncio.Semaphore(MAPPINGS_AT_ONCE)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for report in result.mappings:
+                        if not (report.error or report.safety):
+                            group.create_task(self._plan(report, options, self._below(busy, report) or (),
+                                                         self._below(changed, report), slots))
+            except* PacksyncError as errors:
+                raise first_error(errors) from None
+            plans = [self._complete(report) for report in result.mappings]
+            result.plan = self._uploads(plans)
+            if options.dry_run:
+                for plan in result.plan.mappings:  # (the sidecars a run would write: shown, as every other step)
+                    plan.actions = [action.previewed(self.state) for action in plan.actions]
+                return result
+            executor = self._executor()
+            outcomes = await self._execute(result, executor)
+        # The packs' writes are done: other sites may take their turn while the metadata comes.
+        await self._finish(result, options, executor, outcomes)
+        self.state.heard_from()
         return result
+
+    def _lease_keys(self, report: MappingReport) -> list[str]:
+        """The leases a mapping's sync holds: its pack's (as far as it is known), and its pack's name's when
+        the config names the pack (a pack two sites would create at once is created once)."""
+        mapping = report.config
+        pack_id = recorded_pack_id(self.state, mapping)
+        keys = [pack_key(pack_id)] if pack_id else []
+        return keys + [name_key(report.pack_name)] if mapping.pack_id is None and report.pack_name else keys
+
+    async def _hold(self, held: contextlib.AsyncExitStack, result: SyncReport, options: SyncOptions) -> None:
+        """Take this sync's turn on its mappings' packs (a shared state's leases; nothing to take on a state of
+        its own), kept until the packs' writes are done. Waiting (``wait_turn``), every key is taken in
+        one hold, in one order, so two sites never each hold what the other waits for; not waiting, each
+        mapping's apart, and a mapping whose pack another site syncs now is left for a later sync."""
+        if self.leases.repository is None:
+            return
+        syncing = [report for report in result.mappings if not (report.error or report.safety)]
+        self._keys = {report.label: self._lease_keys(report) for report in syncing}
+        if options.wait_turn:
+            def waiting(key: str, holder: Holder) -> None:
+                self.log.info(f"waiting for site {holder.site}, which syncs {describe(key)} now",
+                              left_s=round(holder.seconds_left))
+            await held.enter_async_context(self.leases.hold({k for keys in self._keys.values() for k in keys},
+                                                            wait=True, on_busy=waiting))
+            return
+        for report in syncing:
+            hold = await held.enter_async_context(self.leases.hold(self._keys[report.label]))
+            if not hold.granted:
+                result.waiting[report.label] = hold.waiting_for()
+        result.mappings = [report for report in result.mappings if report.label not in result.waiting]
+
+    def _fence(self, label: str) -> None:
+        """Raise ``LeaseLost`` unless this site still holds what the mapping ``label`` writes to."""
+        for key in self._keys.get(label, ()):
+            self.leases.check(key)
 
     def _uploads(self, plans: list[MappingPlan]) -> Plan:
         """The plans with the uploads they need, and the URLs of those already in storage."""
@@ -260,8 +313,8 @@ class Syncer:
         sent = {upload for add in adds if (upload := uploaded_as(add, prepared))}
         return plan_uploads(plans, self.state.uploads.blobs(sent), prepared)
 
-    async def _execute(self, result: SyncReport, options: SyncOptions) -> None:
-        """Carry the plan out; wait for the metadata if asked; then the sidecars and the records."""
+    async def _execute(self, result: SyncReport, executor: Executor) -> list[MappingOutcome]:
+        """Carry the plan out, up to its ``finish`` phase."""
         plan = result.plan
         assert plan is not None
         self.api.start_run(planned_calls=plan.mutations)
@@ -269,7 +322,6 @@ class Syncer:
                             ("deleted", sum(len(p.deletes) + len(p.replacements) for p in plan.mappings))):
             if count:
                 self.progress.total(kind, count)
-        executor = self._executor()
         try:
             outcomes = await executor.run(plan)
         finally:
@@ -283,6 +335,13 @@ class Syncer:
                 report.outcome, report.pack_id = outcome, outcome.pack_id
             if outcome.renamed_from:
                 report.pack_name = report.config.pack or report.pack_name
+        return outcomes
+
+    async def _finish(self, result: SyncReport, options: SyncOptions, executor: Executor,
+                      outcomes: list[MappingOutcome]) -> None:
+        """Wait for the metadata if asked; then the sidecars and the records."""
+        plan = result.plan
+        assert plan is not None
         if options.wait:
             pack_ids = [r.pack_id for r in result.mappings if r.pack_id and not (r.outcome and r.outcome.error)]
             result.metadata_pending = await self.metadata.wait(pack_ids, options.wait_timeout_s, executor.record,
@@ -308,9 +367,13 @@ class Syncer:
 
     async def metadata_round(self, pack_ids: Collection[str]) -> None:
         """One round of the daemon's metadata loop: poll, have the executor record what changed, then write
-        the sidecars of the files holding the contents it describes anew."""
-        found = await self.metadata.poll(pack_ids)
-        await self._executor().record(found.records)
+        the sidecars of the files holding the contents it describes anew. In a shared state, a pack another
+        site polls now is left to it: each pack is polled once for all sites."""
+        async with contextlib.AsyncExitStack() as held:
+            ours = [pack_id for pack_id in pack_ids
+                    if (await held.enter_async_context(self.leases.hold([meta_key(pack_id)]))).granted]
+            found = await self.metadata.poll(ours)
+            await self._executor().record(found.records)
         await self.write_sidecars(found.described)
 
     async def write_sidecars(self, described: Mapping[str, Collection[str]]) -> None:
@@ -334,7 +397,7 @@ class Syncer:
 
     def _executor(self) -> Executor:
         return Executor(self.api, self.state, self.packs, self.sources, self.progress, self.sidecar_pass,
-                        self.preparer)
+                        self.preparer, self._fence)
 
     # -- observing ----------------------------------------------------------------------------------
 

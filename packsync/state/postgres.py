@@ -23,8 +23,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import NullPool
 from sqlmodel.sql.sqltypes import AutoString
 
+from packsync.config import SharedState
 from packsync.errors import LockedError, StateError, StateUnavailable
-from packsync.state.records import SharedState
 
 BEGIN_WRITE = "BEGIN"
 #: How long a statement may wait for a row another site's transaction holds, before it is an error that

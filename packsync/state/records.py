@@ -7,6 +7,10 @@ import json
 
 import msgspec
 
+from packsync.config import SharedState
+
+__all__ = ["ActivityRecord", "DaemonRecord", "MappingRecord", "SharedState", "SidecarRecord"]
+
 
 class SidecarRecord(msgspec.Struct, frozen=True):
     """A sidecar as packsync last wrote it: what it said (``digest``), and the file's size and mtime then."""
@@ -65,25 +69,3 @@ class ActivityRecord(msgspec.Struct, frozen=True):
     name: str
     detail: str | None = None
 
-
-class SharedState:
-    """A state shared by several machines on PostgreSQL (``[state] url``), and who this machine is there.
-
-    ``url`` names the server and database without a password (SQLAlchemy's form, ``postgresql+psycopg://
-    user@host:port/db``); ``password`` comes from the environment or a file, and never shows in a repr.
-    ``site`` names this machine among those sharing the state; ``lease_s`` is how long a site's hold on a
-    pack lasts unless renewed (a site killed while syncing a pack lets it go after that long)."""
-
-    __slots__ = ("url", "password", "site", "lease_s")
-
-    def __init__(self, url: str, password: str | None, site: str, lease_s: float = 60.0) -> None:
-        self.url, self.password, self.site, self.lease_s = url, password, site, lease_s
-
-    def __repr__(self) -> str:
-        return f"SharedState({self.url!r}, site={self.site!r}, lease_s={self.lease_s!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, SharedState) and (self.url, self.password, self.site, self.lease_s) == \
-            (other.url, other.password, other.site, other.lease_s)
-
-    __hash__ = None  # type: ignore[assignment]

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from packsync.config import SharedState
 from packsync.errors import StateError, StateUnavailable
 from packsync.files import file_id
 from packsync.state import rows, sites, sqlite, upgrade
@@ -35,7 +36,6 @@ from packsync.state.images import ImageRepository
 from packsync.state.lock import lock_path
 from packsync.state.mappings import MappingRepository
 from packsync.state.metadata import MetadataRepository
-from packsync.state.records import SharedState
 from packsync.state.tables import SHARED_ONLY
 from packsync.state.unit import DATABASE_ERRORS, UnitOfWork, raise_unusable
 from packsync.state.uploads import UploadRepository
@@ -146,6 +146,10 @@ class State:
         """Commit the steps ``write_behind`` queued; checked even when none are (an add is sent after it)."""
         self.check()
         self.unit.flush()
+
+    def heard_from(self) -> None:
+        """Say this site is alive (a shared state's ``sites``; nothing in a state of one machine's own)."""
+        sites.touch(self.unit)
 
     def data_version(self) -> int:
         """A number that changes whenever another connection (a sync) commits: what a reader polls."""
