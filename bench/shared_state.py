@@ -79,9 +79,12 @@ SERVER_SETTINGS = {
 
 # -- the server -------------------------------------------------------------------------------------
 
-def _env() -> dict[str, str]:
-    """A packsync child's environment: the token, and the database password in the variable the configs name."""
-    return child_env(**{postgres.PASSWORD_ENV: postgres.PASSWORD})
+def _env(work: Path) -> dict[str, str]:
+    """A packsync child's environment: the token, the database password in the variable the configs name, and
+    ``XDG_STATE_HOME`` in ``work``: a PostgreSQL state's run still takes the lock file of the default SQLite
+    state's path (``~/.local/state/packsync/state.db.lock``), which must be neither the user's nor shared with
+    another run."""
+    return child_env(**{postgres.PASSWORD_ENV: postgres.PASSWORD, "XDG_STATE_HOME": str(work / "xdg-state")})
 
 
 def _setup(root: Path, base_url: str, backend: str, server: postgres.PostgresServer, mappings: list[tuple[Path, str]],
@@ -202,7 +205,8 @@ def _first_sync(sandbox: SandboxProcess, server: postgres.PostgresServer, work: 
     config = _setup(work, sandbox.base_url, backend, server, [(folder, pack_id)], CONCURRENCY)
     sandbox.reset_calls()
     db_before = _server_cpu_s(server)
-    done = run_child(packsync_argv(config, "run", "--no-wait"), cwd=work, env=_env(), timeout=900, server=sandbox)
+    done = run_child(packsync_argv(config, "run", "--no-wait"), cwd=work, env=_env(work), timeout=900,
+                     server=sandbox)
     db_cpu = _server_cpu_s(server) - db_before
     calls = sandbox.calls
     expected = {CREATE_UPLOAD: files, STORAGE_PUT: files, ADD_IMAGE: files, PACKS_GET: 1}
@@ -296,14 +300,14 @@ def _build_pg(ctx: Context, cache: Path, manifest: dict[str, Any], server: postg
         config = _setup(root, sandbox.base_url, "postgresql", server, list(zip(folders, pack_ids, strict=True)),
                         noop_rerun.SETUP_CONCURRENCY, database=database)
         ctx.log(f"noop-pg setup: first real sync of {manifest['files']:,} files through PostgreSQL (not measured)")
-        sync = run_child(packsync_argv(config, "run", "--no-wait"), cwd=root, env=_env(), timeout=4 * 3600)
+        sync = run_child(packsync_argv(config, "run", "--no-wait"), cwd=root, env=_env(root), timeout=4 * 3600)
         per_folder = manifest["files"] // mappings
         if sync.returncode != 0 or any(sandbox.image_count(p) != per_folder for p in pack_ids):
             raise RuntimeError(f"PostgreSQL setup sync failed (exit {sync.returncode}): {sync.tail()}")
         for pack_id in pack_ids:
             sandbox.settle(pack_id)
         sandbox.reset_calls()
-        settle = run_child(packsync_argv(config, "run", "--no-wait"), cwd=root, env=_env(), timeout=3600)
+        settle = run_child(packsync_argv(config, "run", "--no-wait"), cwd=root, env=_env(root), timeout=3600)
         if settle.returncode != 0 or dict(sandbox.calls) != {PACKS_GET: mappings}:
             raise RuntimeError(f"PostgreSQL setup re-run was not a no-op (exit {settle.returncode}): {settle.tail()}")
         sandbox.save_snapshot(folder / "sandbox.json")
@@ -341,8 +345,8 @@ def _measure_noop(ctx: Context, cache: Path, manifest: dict[str, Any], pg: dict[
             counter = FileOpenCounter(folders)
             db_before = _server_cpu_s(server)
             try:
-                done: Finished = run_child(packsync_argv(configs[backend], "run", "--no-wait"), cwd=work, env=_env(),
-                                           timeout=1800)
+                done: Finished = run_child(packsync_argv(configs[backend], "run", "--no-wait"), cwd=work,
+                                           env=_env(work), timeout=1800)
                 reads = counter.collect()
             finally:
                 counter.close()
