@@ -231,7 +231,8 @@ def packsync_argv(config: Path, *args: str) -> list[str]:
 
 @dataclass
 class Setup:
-    """A config file with its state path and mappings, written as TOML."""
+    """A config file with its state (a SQLite file, or a PostgreSQL ``state_url`` with the environment
+    variable holding its password and this site's name) and mappings, written as TOML."""
 
     root: Path
     base_url: str
@@ -239,6 +240,9 @@ class Setup:
     daemon: dict[str, float] = field(default_factory=dict)
     mappings: list[tuple[Path, str]] = field(default_factory=list)
     state_path: Path | None = None
+    state_url: str | None = None
+    password_env: str | None = None
+    site: str | None = None
 
     @property
     def config_path(self) -> Path:
@@ -248,9 +252,13 @@ class Setup:
         def q(value: object) -> str:
             return json.dumps(str(value))
 
-        state = self.state_path or self.root / "state" / "state.db"
-        lines = ["[genviral]", f"base_url = {q(self.base_url)}", f"concurrency = {self.concurrency}",
-                 "[state]", f"path = {q(state)}"]
+        lines = ["[genviral]", f"base_url = {q(self.base_url)}", f"concurrency = {self.concurrency}", "[state]"]
+        if self.state_url is not None:
+            lines += [f"url = {q(self.state_url)}"]
+            lines += [f"{key} = {q(value)}" for key, value in (("password_env", self.password_env),
+                                                                ("site", self.site)) if value is not None]
+        else:
+            lines += [f"path = {q(self.state_path or self.root / 'state' / 'state.db')}"]
         if self.daemon:
             lines += ["[daemon]"] + [f"{k} = {v}" for k, v in self.daemon.items()]
         lines += ["[http]", 'listen = "127.0.0.1:0"']  # the page on, as shipped, on any free port

@@ -41,6 +41,7 @@ import metadata_polling  # noqa: E402
 import noop_rerun  # noqa: E402
 import prepared_sync  # noqa: E402
 import pull  # noqa: E402
+import shared_state  # noqa: E402
 import startup  # noqa: E402
 from harness import Context, Row  # noqa: E402
 
@@ -63,6 +64,8 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "astria": astria_mirror.run,
     "prepare": prepared_sync.run,
     "startup": startup.run,
+    "first-sync-pg": shared_state.run_first_sync,
+    "noop-pg": shared_state.run_noop,
 }
 
 

@@ -58,9 +58,13 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    """One cluster: ``start``, ``stop`` (as a crash or an outage would: at once), ``database()`` a fresh one."""
+    """One cluster: ``start``, ``stop`` (as a crash or an outage would: at once), ``database()`` a fresh one.
 
-    def __init__(self) -> None:
+    ``settings``: server settings (``postgres -c NAME=VALUE``) over the tests' own, e.g. the bench's sizing
+    for the machine and a durable ``fsync=on``."""
+
+    def __init__(self, settings: dict[str, str] | None = None) -> None:
+        self.settings = dict(settings or {})
         bin_dir = _bin_dir()
         assert bin_dir is not None, missing()
         self.bin = bin_dir
@@ -97,6 +101,7 @@ class PostgresServer:
         # (synchronous_commit stays on: a commit said done must survive the stop).
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c full_page_writes=off -c max_connections=100")
+        options += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-o", options, "-w", "-t", "60",
                   "start")
 
