@@ -239,6 +239,7 @@ class Executor:
     async def _put(self, add: AddImage, made: Prepared, sent: str, blob: Blob | None) -> str:
         rejected: UploadRejected | None = None
         for _attempt in range(UPLOAD_TRIES):
+            self.fence(add.mapping)  # (an upload for a pack this site no longer syncs is not made)
             if not (blob and blob.url and blob.upload_url and (blob.expires_at or 0) - EXPIRY_MARGIN_S > time.time()):
                 ticket = await self.api.create_upload(made.content_type, add.upload_name, len(made.data))
                 blob = Blob(sent, ticket.content_type, ticket.url, ticket.upload_url, ticket.expires_at,
