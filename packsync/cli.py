@@ -910,7 +910,7 @@ def _forgetting_lines(done: Forgetting) -> list[str]:
                      "(now any mapping's into their pack)")
     parts = [f"{count.rows:,} {NOUNS.get(count.table, count.table + ' rows')}" for count in done.tables
              if count.rows and count.table not in ("daemon", "sites")]
-    parts += [f"{done.images:,} images given up"] if done.images else []
+    parts += [f"{done.images:,} images {'to give up' if done.dry_run else 'given up'}"] if done.images else []
     lines.append(f"{'would forget' if done.dry_run else 'forgot'} site {done.site} in {done.where}"
                  + (f": {', '.join(parts)}." if parts else "."))
     if done.dry_run:

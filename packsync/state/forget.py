@@ -33,8 +33,6 @@ RECENT_S = 15 * 60
 DAEMON = table(DaemonRow)
 IMAGES = TABLES["images"]
 _NOW = text("extract(epoch from clock_timestamp())")
-#: When a forgotten site's leases run out: long ago, so any site takes them (under a greater epoch).
-_LET_GO = 0.0
 
 
 class TableRows(msgspec.Struct, frozen=True):
@@ -92,8 +90,8 @@ def _of(column: ColumnElement[str], name: str) -> ColumnElement[bool]:
 
 
 def _held_by(name: str) -> ColumnElement[bool]:
-    """The site's leases not let go of (by a forgetting before: those run out at ``_LET_GO``)."""
-    return (LEASES.c.holder == name) & (LEASES.c.expires_at > _LET_GO)
+    """The site's leases not yet run out (nor let go of: a sync lets go of its leases as it ends)."""
+    return (LEASES.c.holder == name) & (LEASES.c.expires_at > _NOW)
 
 
 def _count(unit: UnitOfWork, of: Table, where: ColumnElement[bool]) -> int:
@@ -120,7 +118,7 @@ def _refuse_if_running(unit: UnitOfWork, name: str, force: bool) -> None:
     if seen and float(seen[0][0]) < RECENT_S:
         raise StateError(f"site {name!r} was heard from {_ago(float(seen[0][0]))} and may be running; if it left "
                          "for good, give --force.")
-    held = _count(unit, LEASES, (LEASES.c.holder == name) & (LEASES.c.expires_at > _NOW))
+    held = _count(unit, LEASES, _held_by(name))
     if held:
         raise StateError(f"site {name!r} holds {held} lease(s) on packs not yet run out and may be running; if it "
                          "left for good, give --force.")
@@ -131,12 +129,13 @@ def _ago(seconds: float) -> str:
 
 
 def _forget(unit: UnitOfWork, name: str, site_id: int | None) -> None:
-    """Delete the site's rows; its leases run out now (kept, not deleted: a lease's epoch must only grow, so a
-    write made under an older one stays known stale); its images become any mapping's."""
+    """Delete the site's rows; its leases run out now, as a sync lets go of them (kept, not deleted: a lease's
+    epoch must only grow, so a write made under an older one stays known stale); its images become any
+    mapping's."""
     for table_name, column in SITE_TABLES.items():
         unit.run(delete(TABLES[table_name]).where(_of(TABLES[table_name].c[column], name)))
     if site_id is not None:
         unit.run(delete(DAEMON).where(DAEMON.c.id == site_id))
         unit.run(delete(SITES).where(SITES.c.id == site_id))
-    unit.run(update(LEASES).where(_held_by(name)).values(expires_at=_LET_GO))
+    unit.run(update(LEASES).where(_held_by(name)).values(expires_at=_NOW))
     unit.run(update(IMAGES).where(_of(IMAGES.c.owner, name)).values(owner=""))
