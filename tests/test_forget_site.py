@@ -136,6 +136,30 @@ def test_a_machine_gone_is_forgotten_and_its_images_become_any_mappings(tmp_path
     assert contents(studio, pack_id) == sorted(map(sha, (y, z)))
 
 
+def test_an_image_given_up_stays_while_another_site_holds_it(tmp_path: Path, sandbox: Sandbox,
+                                                             server: PostgresServer, url: str) -> None:
+    """The laptop added x, the studio and the NAS hold x too. Once the laptop is forgotten, the studio
+    deleting x hands it over to the NAS (the hand-over rule comes first): it stays; the NAS deleting it
+    too takes it out of the pack."""
+    x, y = image(), image()
+    laptop = site(tmp_path, sandbox, url, "laptop")
+    synced(laptop, x, y)
+    studio, nas = site(tmp_path, sandbox, url, "studio"), site(tmp_path, sandbox, url, "nas")
+    folders = {env.state["site"]: synced(env, x, y) for env in (studio, nas)}
+    pack_id = studio.pack_named("Brand Assets")["id"]
+    age(server, url, "laptop")
+    assert forget(studio, "laptop").returncode == 0
+
+    (folders["studio"] / "0.png").unlink()
+    assert studio.sync().exit_code == 0
+    assert contents(studio, pack_id) == sorted(map(sha, (x, y)))
+    (owner,), = query(server, url, "SELECT owner FROM images WHERE sha256 = %s", sha(x))
+    assert owner == f"nas:{folders['nas']}"
+    (folders["nas"] / "0.png").unlink()
+    assert nas.sync().exit_code == 0
+    assert contents(nas, pack_id) == [sha(y)]
+
+
 def test_this_machines_own_site_is_refused(tmp_path: Path, sandbox: Sandbox, server: PostgresServer,
                                            url: str) -> None:
     """Forgetting the site one runs as would forget what this machine syncs: refused, whatever --force says."""
