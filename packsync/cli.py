@@ -24,6 +24,7 @@ from packsync.errors import ConfigError, PacksyncError
 if TYPE_CHECKING:
     from packsync.config import Config, MappingConfig, StateConfig
     from packsync.engine.sync import SyncOptions
+    from packsync.state.forget import Forgetting
     from packsync.state.migrate import Migration
     from packsync.state.records import SharedState
 
@@ -724,7 +725,8 @@ def demo(keep: Path | None) -> None:
 @main.group(epilog=_examples("packsync state migrate --to postgresql+psycopg://packsync@db.lan:5432/packsync "
                              "--password-env PACKSYNC_DB_PASSWORD --dry-run"))
 def state() -> None:
-    """The state itself: move this machine's into a state shared by several machines (PostgreSQL)."""
+    """The state itself: move this machine's into a state shared by several machines (PostgreSQL), forget a
+    machine that left it."""
 
 
 def _target(config: Config, to: str, site: str | None, password_env: str | None,
@@ -851,6 +853,68 @@ def _migration_lines(done: Migration, config: Config, state: StateConfig) -> lis
     lines.append(f"Next: under [state] in {config.source or 'the config'}, add")
     lines += [f"  {key}" for key in [*keys, f'site = "{done.site}"']]
     lines.append("then `packsync run` (it finds nothing to do), and start the daemon again if it ran.")
+    return lines
+
+
+@_command(state, name="forget-site", epilog=_examples(
+    "packsync state forget-site laptop --dry-run    # what would be forgotten",
+    "packsync state forget-site laptop",
+    "packsync state forget-site old-nas --force --json"))
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Forget it even if it was heard from lately or holds a lease.")
+@click.option("--dry-run", is_flag=True, help="Say what would be forgotten; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def state_forget_site(name: str, force: bool, dry_run: bool, as_json: bool) -> None:
+    """Forget site NAME of the shared state ([state] url): a machine that left it for good (retired, or
+    renamed: the default site is the host name).
+
+    Its records go (its file cache, mappings, activity, ...), so the contents its files held hold the pack's
+    images no longer, and the images it added become any mapping's: each site mapping into their pack may
+    delete one its folder no longer holds (unless another site's holds it). All in one transaction. A site
+    heard from in the last 15 minutes, or holding a lease, is refused unless --force; one connected now,
+    always; this machine's own site, always.
+    """
+    import msgspec
+
+    from packsync.errors import StateError
+    from packsync.state.forget import forget_site
+    from packsync.state.store import State
+    from packsync.views.json import write_json
+
+    config = _config()
+    if config.shared_state() is None:
+        raise StateError(f"{config.state_path} is the state of one machine alone (no [state] url): it has no "
+                         "sites to forget.")
+    opened = State.for_config(config, readonly=dry_run, holds_lock=False)
+    try:
+        done = forget_site(opened, name, force=force, dry_run=dry_run)
+    finally:
+        opened.close()
+    if as_json:
+        write_json(msgspec.to_builtins(done), sys.stdout)
+        return
+    for line in _forgetting_lines(done):
+        click.echo(line)
+
+
+def _forgetting_lines(done: Forgetting) -> list[str]:
+    """What ``state forget-site`` prints: a line a table holding the site's rows, its leases and images, the sum."""
+    from packsync.state.migrate import NOUNS
+
+    verb = "to delete" if done.dry_run else "deleted"
+    lines = [f"{count.table:<13}{count.rows:>10,}  {verb}" for count in done.tables if count.rows]
+    if done.leases:
+        lines.append(f"{'leases':<13}{done.leases:>10,}  {'to let go' if done.dry_run else 'let go'}")
+    if done.images:
+        lines.append(f"{'images':<13}{done.images:>10,}  {'to give up' if done.dry_run else 'given up'} "
+                     "(now any mapping's into their pack)")
+    parts = [f"{count.rows:,} {NOUNS.get(count.table, count.table + ' rows')}" for count in done.tables
+             if count.rows and count.table not in ("daemon", "sites")]
+    parts += [f"{done.images:,} images {'to give up' if done.dry_run else 'given up'}"] if done.images else []
+    lines.append(f"{'would forget' if done.dry_run else 'forgot'} site {done.site} in {done.where}"
+                 + (f": {', '.join(parts)}." if parts else "."))
+    if done.dry_run:
+        lines.append("Nothing was written (--dry-run).")
     return lines
 
 

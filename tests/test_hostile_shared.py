@@ -405,13 +405,12 @@ def test_a_second_packsync_of_a_running_site_is_refused_after_the_server_restart
         daemon.close()
 
 
-@pytest.mark.xfail(strict=True, reason="open defect: the old site's rows hold its contents and own its"
-                   " images for good (state/images.py held_elsewhere; no site expiry)")
-def test_a_machine_renamed_can_still_delete_what_it_added(tmp_path: Path, sandbox: Sandbox, url: str) -> None:
+def test_a_machine_renamed_can_still_delete_what_it_added(tmp_path: Path, sandbox: Sandbox, server: PostgresServer,
+                                                         url: str) -> None:
     """A laptop syncs x and y into "Brand Assets" as site "laptop" — the default site is the host name — and
     is then renamed "laptop2" (a new host name, or ``[state] site`` set). Its folder and config are the
-    same. When it deletes x, x must leave the pack: nothing else mirrors into it, and no site "laptop"
-    exists any more to hold it."""
+    same. Once it has forgotten its old name (``packsync state forget-site laptop``), deleting x must take
+    x out of the pack: nothing else mirrors into it. Nothing else is deleted, nothing added twice."""
     laptop = site(tmp_path, sandbox, url, "laptop")
     folder = laptop.map("brand", pack="Brand Assets")
     write(folder / "x.png", x := image())
@@ -423,7 +422,14 @@ def test_a_machine_renamed_can_still_delete_what_it_added(tmp_path: Path, sandbo
     laptop.write_config()
     assert laptop.sync().exit_code == 0
     assert contents(laptop, pack_id) == sorted(map(sha, (x, y)))  # (nothing added twice either)
+    with connect(server, url) as connection:  # (the rename was a while ago: "laptop" has not been heard from since)
+        connection.execute("UPDATE sites SET seen_at = seen_at - 3600 WHERE name = 'laptop'")
+    forgot = laptop.cli("state", "forget-site", "laptop")
+    one_sentence(forgot.stdout + forgot.stderr)
+    assert forgot.returncode == 0, forgot.stderr
     (folder / "x.png").unlink()
     assert laptop.sync().exit_code == 0
 
     assert contents(laptop, pack_id) == [sha(y)], "x stays: held by the site's old name"
+    assert laptop.sync().exit_code == 0
+    assert contents(laptop, pack_id) == [sha(y)]  # (y kept, and not added again)
