@@ -131,7 +131,7 @@ class StateConfig(_Strict, frozen=True):
         if self.password_env is not None and self.password_file is not None:
             raise ValueError("password_file: give password_env or password_file, not both")
         if self.site is not None and not is_site(self.site):
-            raise ValueError(f"site: {_SITE_RULE}, not {self.site!r}")
+            raise ValueError(f"site: {SITE_RULE}, not {self.site!r}")
 
 
 #: PostgreSQL's URL schemes packsync reads, and the one it writes (SQLAlchemy's, for psycopg 3).
@@ -143,7 +143,7 @@ _USER_PASSWORD = re.compile(r"[^:/]*:[^@]*@")
 #: A site's name: it qualifies the site's labels in the shared state (``nas:/srv/brand``), so no ":" — nor
 #: is it "astria", which begins the labels of Astria sources (``astria:12``, as opposed to ``nas:astria:12``).
 _SITE = re.compile(r"[A-Za-z0-9._-]{1,63}")
-_SITE_RULE = "a site's name is 1 to 63 letters, digits, '.', '_' or '-', and not 'astria'"
+SITE_RULE = "a site's name is 1 to 63 letters, digits, '.', '_' or '-', and not 'astria'"
 
 
 def is_site(name: str) -> bool:
@@ -547,7 +547,7 @@ def default_site(source: Path | None = None) -> str:
     name = socket.gethostname().partition(".")[0].lower()
     if not is_site(name):
         raise ConfigError(f"{_where(source)}state.site: this machine's host name ({name!r}) is not a site's name "
-                          f"({_SITE_RULE}): give one.")
+                          f"({SITE_RULE}): give one.")
     return name
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import msgspec
 from sqlalchemy import ColumnElement, Table, delete, func, select, text, update
 
-from packsync.config import _SITE, _SITE_RULE
+from packsync.config import SITE_RULE, is_site
 from packsync.errors import ConfigError, StateError
 from packsync.state.leases import LEASES
 from packsync.state.migrate import SITE_TABLES
@@ -59,8 +59,8 @@ def forget_site(state: State, name: str, *, force: bool = False, dry_run: bool =
     ``dry_run``). StateError, writing nothing, for this machine's own site, a site unknown, a state of one
     machine's own, or a site that may be running (unless ``force``; always when connected now)."""
     unit = state.unit
-    if not _SITE.fullmatch(name):
-        raise ConfigError(f"NAME: {_SITE_RULE}, not {name!r}.")
+    if not is_site(name):
+        raise ConfigError(f"NAME: {SITE_RULE}, not {name!r}.")
     if not unit.shared:
         raise StateError(f"{state.where} is the state of one machine alone (no [state] url): it has no other "
                          "sites to forget.")
