@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from helpers import DaemonHere, DaemonProcess, StartDaemon, StartHere
+from postgres import PASSWORD, PASSWORD_ENV, PostgresServer, missing
 from zygote import Zygote
 
 from packsync.app import open_app, sync_once
@@ -185,6 +186,35 @@ class Env:
         import httpx2
 
         return [httpx2.get(image["url"]).content for image in self.pack(pack_id)["images"]]
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL of this worker's (``postgres.py``), for the shared-state tests; they skip, saying
+    why, where none can start (Debian's ``postgresql`` package and psycopg are needed)."""
+    if (why := missing()) is not None:
+        pytest.skip(f"no PostgreSQL here: {why}")
+    pg = PostgresServer()
+    yield pg
+    pg.close()
+
+
+@pytest.fixture
+def url(server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh database of the server's, with its password in the environment variable the sites' configs
+    name (``[state] password_env``)."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    if not server.running():  # (a test that stopped it, and failed before starting it again)
+        server.start()
+    return server.database()
+
+
+def site(root: Path, sandbox: Sandbox, url: str, name: str) -> Env:
+    """One machine sharing the state at ``url`` as site ``name``: its folders, config and local files."""
+    env = Env(root / name, sandbox)
+    env.root.mkdir(parents=True, exist_ok=True)
+    env.state = {"url": url, "password_env": PASSWORD_ENV, "site": name}
+    return env
 
 
 @pytest.fixture

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import Env, image, write
-from postgres import PASSWORD, PASSWORD_ENV, USER, PostgresServer, missing
-from test_shared_state import contents, sha, site
+from conftest import Env, image, site, write
+from postgres import PASSWORD, USER, PostgresServer, missing
+from test_shared_state import contents, sha
 
 from packsync.sandbox import Sandbox
 from packsync.state.postgres import site_lock_key
@@ -29,19 +28,6 @@ pytestmark = pytest.mark.skipif(missing() is not None, reason=f"no PostgreSQL he
 #: The per-site tables, and the column that names the site in each.
 PER_SITE = {"files": "root", "problems": "root", "failed": "root", "sidecars": "root", "settled": "root",
             "mappings": "root", "activity": "root", "pulled": "folder"}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[PostgresServer]:
-    pg = PostgresServer()
-    yield pg
-    pg.close()
-
-
-@pytest.fixture
-def url(server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    return server.database()
 
 
 def connect(server: PostgresServer, url: str) -> psycopg.Connection[tuple[Any, ...]]:

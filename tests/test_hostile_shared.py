@@ -18,27 +18,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import image, write
+from conftest import image, site, write
 from helpers import wait_until
 from postgres import PASSWORD, PASSWORD_ENV, USER, PostgresServer, missing
-from test_shared_state import contents, sha, site, start_daemon, start_run
+from test_shared_state import contents, sha, start_daemon, start_run
 
 from packsync.sandbox import Sandbox
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=f"no PostgreSQL here: {missing()}")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[PostgresServer]:
-    pg = PostgresServer()
-    yield pg
-    pg.close()
-
-
-@pytest.fixture
-def url(server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    return server.database()
 
 
 def connect(server: PostgresServer, url: str) -> psycopg.Connection[tuple[object, ...]]:

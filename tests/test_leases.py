@@ -32,15 +32,6 @@ pytestmark = pytest.mark.skipif(postgres.missing() is not None, reason=postgres.
 ACTIVITY = table(ActivityRow)
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[postgres.PostgresServer]:
-    pg = postgres.PostgresServer()
-    try:
-        yield pg
-    finally:
-        pg.close()
-
-
 def shared_unit(url: str, folder: Path, site: str) -> UnitOfWork:
     """The unit of work of site ``site``'s state shared at ``url`` (its own connection, its local files in
     ``folder``)."""

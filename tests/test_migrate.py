@@ -12,7 +12,6 @@ import json
 import sqlite3
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +26,6 @@ pytestmark = pytest.mark.skipif(missing() is not None, reason=f"no PostgreSQL he
 
 ADDS = ("POST", "/packs/{id}/images")
 UPLOADS = ("POST", "/files")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[PostgresServer]:
-    pg = PostgresServer()
-    yield pg
-    pg.close()
-
-
-@pytest.fixture
-def url(server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    return server.database()
 
 
 def tables(server: PostgresServer, url: str) -> set[str]:

@@ -27,17 +27,6 @@ from packsync.state.unit import UnitOfWork
 PLAIN, PLAIN_PASSWORD = "plain_user", "plain-password"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[postgres.PostgresServer]:
-    if (why := postgres.missing()) is not None:
-        pytest.skip(why)
-    server = postgres.PostgresServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def shared_state(url: str, password: str = postgres.PASSWORD) -> UnitOfWork:
     """A state's unit of work on the PostgreSQL database at ``url``, with every table and the search index
     (the one place that makes one: the shared state's own opening will replace it)."""

@@ -13,40 +13,18 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
-from conftest import TOKEN, Env, image, write
+from conftest import TOKEN, Env, image, site, write
 from helpers import DaemonProcess, wait_until
-from postgres import PASSWORD, PASSWORD_ENV, PostgresServer, missing
+from postgres import PASSWORD, PostgresServer, missing
 from test_web import page_url
 
 from packsync.sandbox import Sandbox
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=f"no PostgreSQL here: {missing()}")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[PostgresServer]:
-    pg = PostgresServer()
-    yield pg
-    pg.close()
-
-
-@pytest.fixture
-def url(server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    return server.database()
-
-
-def site(root: Path, sandbox: Sandbox, url: str, name: str) -> Env:
-    """One machine sharing the state at ``url`` as site ``name``."""
-    env = Env(root / name, sandbox)
-    env.root.mkdir(parents=True, exist_ok=True)
-    env.state = {"url": url, "password_env": PASSWORD_ENV, "site": name}
-    return env
 
 
 def contents(env: Env, pack_id: str) -> list[str]:

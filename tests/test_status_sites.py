@@ -14,41 +14,17 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, LiteralString
 
 import httpx2
 import pytest
-from conftest import Env, image, write
-from postgres import PASSWORD, PASSWORD_ENV, USER, PostgresServer, missing
+from conftest import Env, image, site, write
+from postgres import PASSWORD, PASSWORD_ENV, USER, PostgresServer
 
 from packsync import __version__
 from packsync.sandbox import Sandbox
 from packsync.views.clock import ago
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[PostgresServer]:
-    if missing() is not None:
-        pytest.skip(f"no PostgreSQL here: {missing()}")
-    pg = PostgresServer()
-    yield pg
-    pg.close()
-
-
-@pytest.fixture
-def url(server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    return server.database()
-
-
-def site(root: Path, sandbox: Sandbox, url: str, name: str) -> Env:
-    """One machine sharing the state at ``url`` as site ``name``."""
-    env = Env(root / name, sandbox)
-    env.root.mkdir(parents=True, exist_ok=True)
-    env.state = {"url": url, "password_env": PASSWORD_ENV, "site": name}
-    return env
 
 
 def sql(server: PostgresServer, url: str, statement: LiteralString) -> None:

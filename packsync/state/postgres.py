@@ -81,13 +81,10 @@ def open_engine(shared: SharedState) -> Engine:
     connect_args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "packsync",
                                     # (the server's keepalives too: a session cut off lets go of the site's lock
                                     # in ~25 s, not the server's default two hours, so the site can come back)
-                                    # (synchronous_commit off: a commit does not wait for the server's disk,
-                                    # as SQLite's synchronous=NORMAL does not: a crash of the server, not of
-                                    # packsync, may lose its last fraction of a second of steps, which the
-                                    # next sync finds again like a killed run's — by their URLs, or bytes)
+                                    # (synchronous_commit stays the server's: a lease the server said it took
+                                    # must not vanish in its crash, or two sites would both hold it)
                                     "options": f"-c lock_timeout={LOCK_TIMEOUT_MS} "
                                                f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
-                                               "-c synchronous_commit=off "
                                                "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
                                                "-c tcp_keepalives_count=3",
                                     "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
