@@ -904,7 +904,8 @@ def _forgetting_lines(done: Forgetting) -> list[str]:
     verb = "to delete" if done.dry_run else "deleted"
     lines = [f"{count.table:<13}{count.rows:>10,}  {verb}" for count in done.tables if count.rows]
     if done.leases:
-        lines.append(f"{'leases':<13}{done.leases:>10,}  {'to let go' if done.dry_run else 'let go'}")
+        lines.append(f"{'leases':<13}{done.leases:>10,}  left to run out (the others take the packs after "
+                     "lease_s)")
     if done.images:
         lines.append(f"{'images':<13}{done.images:>10,}  {'to give up' if done.dry_run else 'given up'} "
                      "(now any mapping's into their pack)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from sqlalchemy import insert, select, text
 from structlog.testing import capture_logs
 
 from packsync.config import SharedState
-from packsync.engine.leases import Hold, Leases, describe, meta_key, name_key, pack_key
+from packsync.engine.leases import Hold, Leases, Turn, describe, meta_key, name_key, pack_key
 from packsync.errors import LeaseLost, PacksyncError
 from packsync.state.leases import LEASES, Holder, LeaseRepository, fence
 from packsync.state.store import State
@@ -172,7 +173,7 @@ def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 def test_the_managers_fence_rolls_a_stale_write_back_and_marks_its_lease_lost(
         units: tuple[UnitOfWork, UnitOfWork]) -> None:
-    """Wired as the unit's fence (run right after every write transaction's BEGIN)."""
+    """Wired as the unit's fence (run right after every write transaction's BEGIN), with a sync's turn."""
     nas_repo, laptop_repo = sites(units, 60)
     nas = Leases(nas_repo)
     unit = units[0]
@@ -183,7 +184,8 @@ def test_the_managers_fence_rolls_a_stale_write_back_and_marks_its_lease_lost(
             unit.run(insert(ACTIVITY).values(at=0.0, root="nas:/brand", kind="added", name=name))
 
     async def scenario() -> None:
-        async with nas.hold([pack_key("1"), pack_key("2")]):
+        async with AsyncExitStack() as stack:  # (a sync's turn: its writes are fenced by its leases)
+            await Turn(nas, stack).take("/brand", [pack_key("1"), pack_key("2")])
             record("kept.png")  # ours: committed
             units[1].connection.execute(text("UPDATE leases SET expires_at = 0 WHERE key = 'pack:2'"))
             assert laptop_repo.acquire("pack:2") == 2

@@ -115,12 +115,11 @@ class Status:
         now = time.monotonic()
         if self.state is None or self.state.shared is None or now - self._alive_at < ALIVE_EVERY_S:
             return
+        self._alive_at = now  # (tried once a while even when the database is away: each try may wait for it)
         try:
             self.state.heard_from()
         except StateUnavailable as exc:
             self.state_unusable(exc)
-            return
-        self._alive_at = now
 
     # -- what the web surface sees and asks (web/health.py's Live) --------------------------------
 

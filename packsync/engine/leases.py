@@ -26,6 +26,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,10 @@ from packsync.logs import get_logger
 
 if TYPE_CHECKING:  # (the engine imports no database library: a state's own opener brings it)
     from packsync.state.leases import Holder, LeaseRepository
+
+
+#: The sync writing in this task (and the tasks it starts): whose leases a write transaction is fenced by.
+_WRITING: ContextVar[Turn | None] = ContextVar("packsync_turn", default=None)
 
 
 def pack_key(pack_id: str) -> str:
@@ -150,12 +155,16 @@ class Leases:
         return {key: lease.epoch for key, lease in self._held.items()}
 
     def fence(self) -> None:
-        """Raise ``LeaseLost`` unless every lease held is still this site's at its epoch: what a write
-        transaction runs right after its BEGIN (the unit's hook), so that it rolls back instead of
-        committing a stale writer's rows. The leases found lost stay lost (``check`` says so at once)."""
-        if self.repository is None or not self._held:
+        """Raise ``LeaseLost`` unless every lease the writing sync holds (its ``Turn``: the one of the task
+        writing, through a context variable) is still this site's at its epoch: what a write transaction
+        runs right after its BEGIN (the unit's hook), so that it rolls back instead of committing a stale
+        writer's rows. Another sync's lost lease stops that sync only; a write of no sync's (the daemon's
+        heartbeat) is not fenced. The leases found lost stay lost (``check`` says so at once)."""
+        turn = _WRITING.get()
+        held = {key: self._held[key].epoch for key in turn.held() if key in self._held} if turn else {}
+        if self.repository is None or not held:
             return
-        stale = self.repository.unfenced(self.held())
+        stale = self.repository.unfenced(held)
         for key in stale:
             self._held[key].lost = True
         if stale:
@@ -243,12 +252,18 @@ class Leases:
 
 class Turn:
     """The leases one sync holds, per mapping, kept in ``stack`` until the sync's pack writes are done: what
-    its executor fences each mapping's writes with. Two syncs of one process (the daemon's folders, and an
-    Astria pack's apart) each have their own."""
+    its executor fences each mapping's writes with, and what the state's write transactions of the task
+    that made it (and of the tasks it starts) are fenced by. Two syncs of one process (the daemon's
+    folders, and an Astria pack's apart) each have their own."""
 
     def __init__(self, leases: Leases, stack: AsyncExitStack) -> None:
         self.leases, self.stack = leases, stack
         self.keys: dict[str, list[str]] = {}  # per mapping label
+        _WRITING.set(self)
+
+    def held(self) -> set[str]:
+        """Every key this sync holds."""
+        return {key for keys in self.keys.values() for key in keys}
 
     async def take(self, label: str, keys: Collection[str], *, wait: bool = False,
                    on_busy: Callable[[str, Holder], None] | None = None) -> str | None:

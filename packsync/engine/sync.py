@@ -199,7 +199,7 @@ class SyncReport(msgspec.Struct):
             return ExitCode.AUTH
         if any(m.misconfigured for m in self.mappings):
             return ExitCode.USAGE
-        if any(m.failed for m in self.mappings) or any(p.skipped for p in self.loose_files):
+        if any(m.failed for m in self.mappings) or any(p.skipped for p in self.loose_files) or self.waiting:
             return ExitCode.SOME_FAILED
         return ExitCode.OK
 
@@ -241,7 +241,7 @@ class Syncer:
         # (what this machine maps now: a mapping dropped from the config no longer holds a pack's images)
         self.configured = frozenset({*(t.label for t in found), *result.paused})
         if only is None and not options.dry_run:
-            self.state.mappings.retire(self.configured)
+            self.state.mappings.retire([mapping.label for mapping in self.config.mappings])
         selected = [t for t in found if only is None or t.label in only or self._group(t.config) in only]
         result.paused = [label for label in result.paused
                          if only is None or label in only or group_of(self.config, label) in only]
@@ -523,6 +523,9 @@ class Syncer:
                 if report.waiting is not None:
                     return
                 read = await self._read_pack(report)
+                if read is not None and read.pack is not None and pack_key(read.pack.pack_id) != key:
+                    report.waiting = "its pack changed while this site took its turn; it syncs next time"
+                    return
         recipes.unuploadable(scan, report.config.recipe)
         report.problems, report.hashed_files, report.excluded = scan.problems, scan.hashed_files, scan.excluded
         changes = self.state.mappings.changes()  # (-1: not counted, as in a state of an older schema read as is)

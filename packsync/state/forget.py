@@ -129,13 +129,12 @@ def _ago(seconds: float) -> str:
 
 
 def _forget(unit: UnitOfWork, name: str, site_id: int | None) -> None:
-    """Delete the site's rows; its leases run out now, as a sync lets go of them (kept, not deleted: a lease's
-    epoch must only grow, so a write made under an older one stays known stale); its images become any
-    mapping's."""
+    """Delete the site's rows; its images become any mapping's. Its leases are left to run out on their own
+    (within ``lease_s``): a site forgotten with ``--force`` may still be writing under one, until its own
+    deadline stops it — the lease is what keeps the others out until then."""
     for table_name, column in SITE_TABLES.items():
         unit.run(delete(TABLES[table_name]).where(_of(TABLES[table_name].c[column], name)))
     if site_id is not None:
         unit.run(delete(DAEMON).where(DAEMON.c.id == site_id))
         unit.run(delete(SITES).where(SITES.c.id == site_id))
-    unit.run(update(LEASES).where(_held_by(name)).values(expires_at=_NOW))
     unit.run(update(IMAGES).where(_of(IMAGES.c.owner, name)).values(owner=""))

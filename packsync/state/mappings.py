@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 from msgspec.structs import astuple, replace
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import case, delete, func, or_, select, true, update
 
 from packsync.state.dialects import upsert
 from packsync.state.records import DaemonRecord, MappingRecord
@@ -108,14 +108,18 @@ class MappingRepository:
         self.unit.write(_SAVE_MAPPING, [(self.unit.key(record.root), *astuple(record)[1:])])
 
     def retire(self, configured: Collection[str]) -> None:
-        """In a shared state, this site's mappings no longer in its config (of ``configured`` labels) mirror
-        into no pack any more: their files stop holding the pack's images for the other sites (a state of
-        one machine's own is left as it is: several configs may share its file)."""
-        if self.unit.site:
-            c = MAPPINGS.c
-            self.unit.run(update(MAPPINGS).where(self.unit.own(c.root), c.pack_id.is_not(None),
-                                                 c.root.not_in([self.unit.key(label) for label in configured]))
-                          .values(pack_id=None))
+        """In a shared state, this site's mappings of sources its config no longer names (``configured``: the
+        config's mappings' labels, paused ones included) mirror into no pack any more: their files stop
+        holding the pack's images for the other sites. A subfolder's mapping below a configured folder is
+        that folder's to follow (renamed, vacated, paused with it), never retired here. A state of one
+        machine's own is left as it is: several configs may share its file."""
+        if not self.unit.site:
+            return
+        c = MAPPINGS.c
+        keys = [self.unit.key(label) for label in configured]
+        below = [c.root.startswith(key.rstrip("/") + "/", autoescape=True) for key in keys]
+        self.unit.run(update(MAPPINGS).where(self.unit.own(c.root), c.pack_id.is_not(None), c.root.not_in(keys),
+                                             ~or_(*below) if below else true()).values(pack_id=None))
 
     def paused(self) -> set[str]:
         """The sources a person paused (``packsync pause``)."""

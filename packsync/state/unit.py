@@ -120,8 +120,12 @@ class UnitOfWork:
             self._driver: Any = cast(Any, self.connection.connection.driver_connection)
             self._many: Callable[[str, Sequence[Sequence[Any]]], Any] = \
                 self._driver.cursor().executemany if self.shared else self._driver.executemany
-            for hook in self.on_connect:
-                hook(self.connection)
+            try:
+                for hook in self.on_connect:
+                    hook(self.connection)
+            except BaseException:  # (refused: the next use tries a new connection, and the hooks, again)
+                self.connection.invalidate()
+                raise
 
     def reconnected(self) -> bool:
         """Make a new connection when the server dropped the last one (a shared state's server restarted, the

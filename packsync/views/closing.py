@@ -126,6 +126,9 @@ def exit_reason(report: SyncReport) -> str | None:
             files = sorted({str(file) for file, _line in ignore})
             said += f"; list {'it' if skipped == 1 else 'them'} in {' or '.join(files)} to stop trying"
         parts.append(said)
+    if report.waiting:  # (a shared state's: another site syncs the pack now)
+        parts.append(f"{len(report.waiting)} mapping{'' if len(report.waiting) == 1 else 's'} not synced yet, "
+                     "another site syncing its pack")
     return "; ".join(parts) or None
 
 
