@@ -99,6 +99,10 @@ class PackResolver:
             return Resolved(remote, self._remember(mapping.label, remote.pack_id, mapping.pack or remote.name))
         return await self._by_name(mapping)
 
+    async def named(self, mapping: MappingConfig) -> str | None:
+        """The id of the pack a mapping's name gives now, if the key has one (one read; nothing resolved)."""
+        return await self._oldest_named(mapping.pack) if mapping.pack_id is None and mapping.pack else None
+
     async def _by_name(self, mapping: MappingConfig) -> Resolved:
         name = mapping.pack or ""
         remembered = recorded_pack_id(self.state, mapping)

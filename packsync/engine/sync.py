@@ -294,6 +294,13 @@ class Syncer:
         keys = {report.label: self._lease_keys(report) for report in result.mappings
                 if not (report.error or report.safety)}
         if options.wait_turn:
+            # A first sync by name waits for the pack the name gives too, if it exists: taken mid-sync, it
+            # could not be waited for (the sync would hold other keys meanwhile).
+            for report in result.mappings:
+                unresolved = report.label in keys and not any(key.startswith("pack:") for key in keys[report.label])
+                if unresolved and (found := await self.packs.named(report.config)) is not None:
+                    keys[report.label].append(pack_key(found))
+
             def waiting(key: str, holder: Holder) -> None:
                 self.log.info(f"waiting for site {holder.site}, which syncs {describe(key)} now",
                               left_s=round(holder.seconds_left))
