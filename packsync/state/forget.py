@@ -17,12 +17,12 @@ Knows no command line.
 from __future__ import annotations
 
 import msgspec
-from sqlalchemy import ColumnElement, Table, delete, func, select, text, update
+from sqlalchemy import ColumnElement, delete, func, select, text, update
 
 from packsync.config import SITE_RULE, is_site
 from packsync.errors import ConfigError, StateError
 from packsync.state.leases import LEASES
-from packsync.state.migrate import SITE_TABLES
+from packsync.state.migrate import SITE_TABLES, count
 from packsync.state.sites import SITES
 from packsync.state.store import State
 from packsync.state.tables import TABLES, DaemonRow, table
@@ -69,14 +69,14 @@ def forget_site(state: State, name: str, *, force: bool = False, dry_run: bool =
                          "the state.")
     with unit.transaction():
         _refuse_if_running(unit, name, force)
-        counts = [TableRows(table_name, _count(unit, TABLES[table_name], _of(TABLES[table_name].c[column], name)))
+        counts = [TableRows(table_name, count(unit, TABLES[table_name], unit.own(TABLES[table_name].c[column], name)))
                   for table_name, column in SITE_TABLES.items()]
         site_id = _site_id(unit, name)
-        counts += [TableRows("daemon", 0 if site_id is None else _count(unit, DAEMON, DAEMON.c.id == site_id)),
+        counts += [TableRows("daemon", 0 if site_id is None else count(unit, DAEMON, DAEMON.c.id == site_id)),
                    TableRows("sites", 0 if site_id is None else 1)]
-        leases = _count(unit, LEASES, _held_by(name))
-        images = _count(unit, IMAGES, _of(IMAGES.c.owner, name))
-        if not (sum(count.rows for count in counts) or leases or images):
+        leases = count(unit, LEASES, _held_by(name))
+        images = count(unit, IMAGES, unit.own(IMAGES.c.owner, name))
+        if not (sum(each.rows for each in counts) or leases or images):
             known = ", ".join(site.name for site in state.sites()) or "none"
             raise StateError(f"the shared state {state.where} holds nothing of a site {name!r} (its sites: {known}).")
         if not dry_run:
@@ -84,18 +84,9 @@ def forget_site(state: State, name: str, *, force: bool = False, dry_run: bool =
     return Forgetting(name, state.where, dry_run, counts, leases, images)
 
 
-def _of(column: ColumnElement[str], name: str) -> ColumnElement[bool]:
-    """Whether a stored key (a root, an owner, a folder) is site ``name``'s (``unit.own``, for another site)."""
-    return column.startswith(name + ":", autoescape=True)
-
-
 def _held_by(name: str) -> ColumnElement[bool]:
     """The site's leases not yet run out (nor let go of: a sync lets go of its leases as it ends)."""
     return (LEASES.c.holder == name) & (LEASES.c.expires_at > _NOW)
-
-
-def _count(unit: UnitOfWork, of: Table, where: ColumnElement[bool]) -> int:
-    return int(unit.rows(select(func.count()).select_from(of).where(where))[0][0])
 
 
 def _site_id(unit: UnitOfWork, name: str) -> int | None:
@@ -118,7 +109,7 @@ def _refuse_if_running(unit: UnitOfWork, name: str, force: bool) -> None:
     if seen and float(seen[0][0]) < RECENT_S:
         raise StateError(f"site {name!r} was heard from {_ago(float(seen[0][0]))} and may be running; if it left "
                          "for good, give --force.")
-    held = _count(unit, LEASES, _held_by(name))
+    held = count(unit, LEASES, _held_by(name))
     if held:
         raise StateError(f"site {name!r} holds {held} lease(s) on packs not yet run out and may be running; if it "
                          "left for good, give --force.")
@@ -133,8 +124,8 @@ def _forget(unit: UnitOfWork, name: str, site_id: int | None) -> None:
     (within ``lease_s``): a site forgotten with ``--force`` may still be writing under one, until its own
     deadline stops it — the lease is what keeps the others out until then."""
     for table_name, column in SITE_TABLES.items():
-        unit.run(delete(TABLES[table_name]).where(_of(TABLES[table_name].c[column], name)))
+        unit.run(delete(TABLES[table_name]).where(unit.own(TABLES[table_name].c[column], name)))
     if site_id is not None:
         unit.run(delete(DAEMON).where(DAEMON.c.id == site_id))
         unit.run(delete(SITES).where(SITES.c.id == site_id))
-    unit.run(update(IMAGES).where(_of(IMAGES.c.owner, name)).values(owner=""))
+    unit.run(update(IMAGES).where(unit.own(IMAGES.c.owner, name)).values(owner=""))

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import msgspec
-from sqlalchemy import Column, MetaData, Table, bindparam, delete, func, insert, select, tuple_
+from sqlalchemy import Column, ColumnElement, MetaData, Table, bindparam, delete, func, insert, select, tuple_
 
 from packsync.errors import StateError
 from packsync.state.dialects import insert_new
@@ -81,7 +81,7 @@ def migrate(source: State, target: State, *, replace: bool = False, dry_run: boo
         if dry_run:
             ours = _this_sites_rows(unit)
             _refuse_unless(ours, replace, site, target.where)
-            counts = [TableCount(name, _count(source.unit, TABLES[name]), replaced=ours[name] if replace else 0)
+            counts = [TableCount(name, count(source.unit, TABLES[name]), replaced=ours[name] if replace else 0)
                       for name in SITE_TABLES]
             counts += [_merge(source.unit, unit, name, write=False) for name in SHARED_TABLES]
         else:
@@ -132,8 +132,10 @@ def _forget(unit: UnitOfWork) -> None:
         unit.run(delete(TABLES[name]).where(_own(unit, TABLES[name], column)))
 
 
-def _count(unit: UnitOfWork, table: Table) -> int:
-    return int(unit.rows(select(func.count()).select_from(table))[0][0])
+def count(unit: UnitOfWork, table: Table, where: ColumnElement[bool] | None = None) -> int:
+    """How many rows of ``table`` (those ``where`` holds, if given) the state holds."""
+    statement = select(func.count()).select_from(table)
+    return int(unit.rows(statement if where is None else statement.where(where))[0][0])
 
 
 def _columns(table: Table) -> list[str]:

@@ -151,10 +151,11 @@ class UnitOfWork:
         """A stored key as this site names it: its own sources by their labels, other sites' qualified."""
         return key[len(self.site) + 1:] if self.site and key.startswith(self.site + ":") else key
 
-    def own(self, column: ColumnElement[str]) -> ColumnElement[bool]:
-        """Whether a stored key (a ``root``, an ``owner``, a ``folder``) is this site's: any key of a state of
-        one machine's own is."""
-        return column.startswith(self.site + ":", autoescape=True) if self.site else true()
+    def own(self, column: ColumnElement[str], site: str | None = None) -> ColumnElement[bool]:
+        """Whether a stored key (a ``root``, an ``owner``, a ``folder``) is this site's (or ``site``'s): any key
+        of a state of one machine's own is."""
+        site = self.site if site is None else site
+        return column.startswith(site + ":", autoescape=True) if site else true()
 
     def close(self) -> None:
         with contextlib.suppress(*self.errors):
