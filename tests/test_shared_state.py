@@ -7,6 +7,7 @@ Each site is an ``Env`` of its own (its folders, its config, its local state fol
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -22,6 +23,8 @@ from helpers import DaemonProcess, wait_until
 from postgres import PASSWORD, PostgresServer, missing
 from test_web import page_url
 
+from packsync.app import open_app
+from packsync.engine.leases import meta_key
 from packsync.sandbox import Sandbox
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=f"no PostgreSQL here: {missing()}")
@@ -248,3 +251,30 @@ def test_a_pack_named_on_one_site_and_given_by_id_on_another_is_synced_by_one_at
 
     assert [run.returncode for run in runs] == [0, 0], outputs
     assert contents(a, pack_id) == sorted(map(sha, shared))
+
+
+def test_a_pack_s_metadata_is_polled_by_one_site_for_all(tmp_path: Path, sandbox: Sandbox, url: str) -> None:
+    """Two sites' metadata rounds over the same pack at the same moment: one reads the pack, the other leaves
+    it to that one (its ``meta:`` lease), and both see the metadata it recorded."""
+    a, b = site(tmp_path, sandbox, url, "laptop"), site(tmp_path, sandbox, url, "nas")
+    write(a.map("brand", pack="Brand Assets") / "x.png", data := image())
+    write(b.map("brand", pack="Brand Assets") / "x-copy.png", data)
+    assert a.sync().exit_code == 0 and b.sync().exit_code == 0
+    pack_id = a.pack_named("Brand Assets")["id"]
+    wait_until(lambda: a.pack(pack_id)["images"][0]["metadata"]["status"] == "completed", timeout=30,
+               what="the pack's metadata ready")
+    reads = sandbox.calls[("GET", "/packs/{id}")]
+
+    async def both() -> None:
+        async with open_app(a.config(), TOKEN) as laptop, open_app(b.config(), TOKEN) as nas:
+            async with laptop.syncer.leases.hold([meta_key(pack_id)]):  # laptop's round, under way
+                await nas.syncer.metadata_round([pack_id])
+                assert sandbox.calls[("GET", "/packs/{id}")] == reads, "nas left the pack to laptop"
+            await laptop.syncer.metadata_round([pack_id])
+            assert sandbox.calls[("GET", "/packs/{id}")] == reads + 1
+
+    asyncio.run(both())
+    [laptop] = json.loads(a.cli("status", "--json", "--files").stdout)["mappings"]
+    assert laptop["metadata"]["completed"] == 1, laptop  # (recorded by laptop's round, for both sites)
+    [nas] = json.loads(b.cli("status", "--json", "--files").stdout)["mappings"]
+    assert [f["state"] for f in nas["file_list"]] == ["synced"], nas  # (its content: laptop's image)
