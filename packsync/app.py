@@ -23,6 +23,7 @@ from packsync.engine.progress import QUIET
 from packsync.engine.sync import Syncer, SyncOptions, SyncReport
 from packsync.logs import register_secret
 from packsync.remote.astria import AstriaClient
+from packsync.remote.bandwidth import UNLIMITED, BandwidthLimit, Limiter
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.transport import Observer, RetryPolicy, Transport
 from packsync.sources.astria import AstriaSource
@@ -58,11 +59,13 @@ def leases_for(state: State) -> Leases:
 
 
 def transport_for(config: Config, observer: Observer | None = None) -> Transport:
-    """The process's one HTTP transport (one connection pool, ``concurrency`` slots, one run budget),
-    which every client and download shares; its maker closes it."""
+    """The process's one HTTP transport (one connection pool, ``concurrency`` slots, one run budget, one
+    bandwidth limit), which every client and download shares; its maker closes it."""
     limits = config.genviral
+    limit = BandwidthLimit(limits.bandwidth_limit)
     return Transport(concurrency=limits.concurrency, retry=RetryPolicy().wait_at_most(limits.retry_wait_max_s),
-                     timeout=limits.timeout_s, observer=observer)
+                     timeout=limits.timeout_s, observer=observer,
+                     throttle=UNLIMITED if limit.unlimited else Limiter(limit))
 
 
 def client_for(config: Config, token: str, transport: Transport) -> GenviralClient:
@@ -133,6 +136,8 @@ async def _opened(config: Config, token: str, readonly: bool, progress: Progress
     state = State.for_config(config, readonly=readonly, holds_lock=holds_lock)
     try:
         async with transport_for(config) as transport:
+            if progress and isinstance(transport.throttle, Limiter):
+                progress.limits = transport.throttle.rates
             yield state, client_for(config, token, transport)
     finally:
         if progress:

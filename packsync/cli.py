@@ -83,6 +83,24 @@ def main() -> None:
     """Keep Genviral image packs an exact mirror of local folders."""
 
 
+def _bandwidth_limit(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``--bwlimit``, checked as ``[genviral] bandwidth_limit`` is."""
+    from packsync.remote.bandwidth import BandwidthLimit
+
+    if value is not None:
+        try:
+            BandwidthLimit(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+#: ``run``'s and ``daemon``'s ``--bwlimit``.
+_bwlimit = click.option("--bwlimit", metavar="RATE", callback=_bandwidth_limit,
+                        help="Bandwidth limit for this process, over [genviral] bandwidth_limit: 20M, 10M:100M "
+                             "(up:down), \"08:00,2M 19:00,off\" or off.")
+
+
 def _config_path() -> Path:
     from packsync.config import find_config_path
 
@@ -164,19 +182,23 @@ def _sync(config: Config, options: SyncOptions, only: list[str] | None, as_json:
               help="Allow the deletes a safety check withheld: of every mapping, or of MAPPING only.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON summary object (with --dry-run: the plan, action by action).")
-def run(dry_run: bool, no_wait: bool, wait_timeout: float, force: str | None, as_json: bool) -> None:
+@_bwlimit
+def run(dry_run: bool, no_wait: bool, wait_timeout: float, force: str | None, as_json: bool,
+        bwlimit: str | None) -> None:
     """Sync every mapped folder into its pack once.
 
-    While the daemon runs, it is asked to do the sync (it holds the state) and this prints its result.
+    While the daemon runs, it is asked to do the sync (it holds the state) and this prints its result
+    (the daemon's bandwidth limit holds then, not --bwlimit).
     """
     import asyncio
 
     from packsync.app import sync_once
+    from packsync.config import with_bandwidth_limit
     from packsync.engine.sync import SyncOptions
     from packsync.views.progress import Progress
     from packsync.views.text import print_plan
 
-    config = _config()
+    config = with_bandwidth_limit(_config(), bwlimit)
     config.require_mappings()
     allow: dict[str, int | None] = {} if force in (None, EVERY) else \
         {m.label: None for m in _named(config, (str(force),))}
@@ -348,11 +370,12 @@ def pull(source: str, folder: str, delete: bool, max_delete: str, force: bool, d
 @_command(main, epilog=_examples("packsync daemon                   # in the foreground, until Ctrl-C",
                                  "packsync service install          # or as a systemd service"))
 @click.option("--polling", is_flag=True, help="Poll every folder instead of using inotify (network shares).")
-def daemon(polling: bool) -> None:
+@_bwlimit
+def daemon(polling: bool, bwlimit: str | None) -> None:
     """Watch the mapped folders and keep their packs in sync until stopped (SIGHUP reloads)."""
     from packsync.daemon.service import run_daemon
 
-    sys.exit(int(run_daemon(_config_path(), polling=polling)))
+    sys.exit(int(run_daemon(_config_path(), polling=polling, bandwidth_limit=bwlimit)))
 
 
 @_command(main, epilog=_examples("packsync status",

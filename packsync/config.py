@@ -27,6 +27,7 @@ from msgspec import Meta, Struct, field
 from packsync.errors import ConfigError
 from packsync.files import read_regular
 from packsync.recipe import Recipe
+from packsync.remote.bandwidth import BandwidthLimit
 from packsync.sources.base import astria_label
 from packsync.sources.patterns import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE  # (said here, with the other defaults)
 from packsync.sources.patterns import check as check_patterns
@@ -97,6 +98,29 @@ class GenviralConfig(_ApiConfig, frozen=True):
     timeout_s: Annotated[float, Meta(gt=0, le=600)] = 30.0
     #: The longest pause between two tries of one request (pauses double from 1 s, randomised below it).
     retry_wait_max_s: Annotated[float, Meta(gt=0, le=600)] = 30.0
+    #: The bytes a second uploads and downloads may use, together, in rclone's ``--bwlimit`` syntax
+    #: (``remote/bandwidth.py``): ``"20M"``, ``"10M:100M"`` (up:down), ``"08:00,2M 19:00,off"``; "" or "off": none.
+    bandwidth_limit: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bandwidth_limit(self.bandwidth_limit)
+
+
+
+def bandwidth_limit(text: str) -> BandwidthLimit:
+    """``[genviral] bandwidth_limit`` (or ``--bwlimit``) read, or a ValueError naming the key."""
+    try:
+        return BandwidthLimit(text)
+    except ValueError as exc:
+        raise ValueError(f"bandwidth_limit: {exc}") from None
+
+
+def with_bandwidth_limit(config: Config, text: str | None) -> Config:
+    """``config`` with ``bandwidth_limit`` set to ``text`` (``--bwlimit``; None: as the file says)."""
+    if text is None:
+        return config
+    return msgspec.structs.replace(config, genviral=msgspec.structs.replace(config.genviral, bandwidth_limit=text))
 
 
 class AstriaConfig(_ApiConfig, frozen=True):

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from packsync.app import App, client_for, transport_for
-from packsync.config import Config, load_config, read_password
+from packsync.config import Config, load_config, read_password, with_bandwidth_limit
 from packsync.control import socket_path
 from packsync.daemon.aggregator import Aggregator
 from packsync.daemon.alerts import Notifications
@@ -52,8 +52,10 @@ from packsync.state.store import State
 
 class Daemon:
     def __init__(self, config_path: Path, config: Config, token: str, lock: StateLock, *, polling: bool = False,
-                 timing: Timing = PRODUCT, control: socket.socket | None = None) -> None:
+                 timing: Timing = PRODUCT, control: socket.socket | None = None,
+                 bandwidth_limit: str | None = None) -> None:
         self.config_path = config_path
+        self.bandwidth_limit = bandwidth_limit  # ``--bwlimit``: over the config's, this one and every reloaded one
         self.lock = lock  # held by the caller; taken again here if its file goes
         self.control_socket = control  # bound by the caller with the lock held (None: bound here)
         self.config = config
@@ -289,6 +291,7 @@ class Daemon:
         self.reload_requested = False
         try:
             config, token = reread(self.config_path)
+            config = with_bandwidth_limit(config, self.bandwidth_limit)
         except PacksyncError as exc:
             self.log.error("config reload failed; keeping the running config", error=str(exc))
             return
@@ -321,9 +324,10 @@ class Daemon:
                       added=len(self.schedule.folders.keys() - old), removed=len(old - self.schedule.folders.keys()))
 
 
-def run_daemon(config_path: Path, polling: bool = False) -> ExitCode:
-    """``packsync daemon``: hold the state lock and run until SIGTERM/SIGINT."""
-    config = load_config(config_path)
+def run_daemon(config_path: Path, polling: bool = False, bandwidth_limit: str | None = None) -> ExitCode:
+    """``packsync daemon``: hold the state lock and run until SIGTERM/SIGINT. ``bandwidth_limit``
+    (``--bwlimit``) holds over the config's, through every reload."""
+    config = with_bandwidth_limit(load_config(config_path), bandwidth_limit)
     config.require_mappings()
     token = config.token()
     register_secret(token)
@@ -335,4 +339,5 @@ def run_daemon(config_path: Path, polling: bool = False) -> ExitCode:
         except OSError as exc:
             raise StateError(f"cannot make the control socket {socket_path(config.state_path)}: "
                              f"{exc.strerror or exc}") from None
-        return asyncio.run(on_signals(Daemon(config_path, config, token, lock, polling=polling, control=control)))
+        return asyncio.run(on_signals(Daemon(config_path, config, token, lock, polling=polling, control=control,
+                                             bandwidth_limit=bandwidth_limit)))

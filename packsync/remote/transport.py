@@ -45,6 +45,7 @@ from packsync.errors import (
 )
 from packsync.logs import get_logger, register_secret
 from packsync.remote import redirects
+from packsync.remote.bandwidth import UNLIMITED, Throttle
 from packsync.remote.retry import Backoff
 from packsync.remote.wire import (
     DOWNLOAD,
@@ -158,13 +159,16 @@ class Transport:
 
     ``concurrency`` requests are in flight at most, API calls, storage PUTs and downloads together.
     ``timeout`` is the read timeout, which the bounds of an answer's head and body are made of; an API
-    answer is read up to ``max_answer`` bytes. Close it (``aclose`` or ``async with``) when the process is
+    answer is read up to ``max_answer`` bytes. Every chunk of a download body passes ``throttle`` (the
+    bandwidth limit) first. Close it (``aclose`` or ``async with``) when the process is
     done with it, or ``retire`` it when others may still be using it; closed, it sends nothing more.
     """
 
     def __init__(self, *, concurrency: int = 4, retry: RetryPolicy = RetryPolicy(), timeout: float = 30.0,
-                 observer: Observer | None = None, max_answer: int = MAX_ANSWER_BYTES) -> None:
+                 observer: Observer | None = None, max_answer: int = MAX_ANSWER_BYTES,
+                 throttle: Throttle = UNLIMITED) -> None:
         self.concurrency = concurrency
+        self.throttle = throttle
         self.retry = retry
         self.timeout = timeout
         self.observer = observer
@@ -456,30 +460,36 @@ class Transport:
                 return PermanentError(f"larger than {max_bytes / 1e6:g} MB{said}", method=route.method,
                                       route=route.template, status=status)
 
-            return await _body(route, response, max_bytes, sink(), too_large, self.timeout)
+            return await _body(route, response, max_bytes, sink(), too_large, self.timeout, self.throttle)
 
         return await self._exchange(DOWNLOAD, request, 0, receive, follow=True, admit=lambda: self._admit(host))
 
 
 async def _body(route: Route, response: httpx2.Response, max_bytes: int, into: S,
-                too_large: Callable[[int | None], ApiError], grace_s: float) -> S:
+                too_large: Callable[[int | None], ApiError], grace_s: float, throttle: Throttle = UNLIMITED) -> S:
     """Stream the body of ``response`` into ``into``: ``too_large`` (with the size said, if it was) past
     ``max_bytes``, ``Stalled`` as soon as it averages below ``STALL_RATE`` once ``grace_s`` have passed —
     a deadline that moves on with each byte, not a check made when one comes (the read timeout resets at
-    every byte: a byte every T - 1 s would never be judged in time)."""
+    every byte: a byte every T - 1 s would never be judged in time). Each chunk passes ``throttle`` first;
+    the time it waits there is packsync's, not the server's, and moves the deadline on by as much."""
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_large(int(declared))
     clock = asyncio.get_running_loop().time  # (the clock ``timeout_at`` counts in)
-    size, started = 0, clock()
+    size, started, throttled = 0, clock(), 0.0
     try:
         async with asyncio.timeout_at(started + grace_s) as due:
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > max_bytes:
                     raise too_large(None)
+                if throttle is not UNLIMITED:
+                    waiting = clock()
+                    due.reschedule(None)
+                    await throttle.take(len(chunk), "down")
+                    throttled += clock() - waiting
                 into.update(chunk)
-                due.reschedule(started + max(grace_s, size / STALL_RATE))
+                due.reschedule(started + throttled + max(grace_s, size / STALL_RATE))
     except TimeoutError:
         if not due.expired():
             raise
