@@ -181,6 +181,11 @@ class DaemonHere:
         return "\n".join(" ".join([str(entry.get("event"))] + [f"{k}={v}" for k, v in entry.items() if k != "event"])
                          for entry in list(self.logs))
 
+    def reload(self) -> None:
+        """Ask it to read its config again, as SIGHUP does."""
+        assert self._loop is not None, "not started"
+        self._loop.call_soon_threadsafe(self.daemon.request_reload)
+
     def stop(self, timeout: float = 10) -> BaseException | None:
         """Stop it as SIGTERM does; the error it ended in, if any."""
         if self.thread.is_alive() and self._loop is not None:

@@ -16,6 +16,7 @@ from typing import Literal
 
 import pytest
 from conftest import TOKEN, Env, image, write
+from helpers import StartHere, wait_until
 from photos import png
 
 from packsync.config import parse_config
@@ -359,3 +360,22 @@ def test_a_long_run_on_a_terminal_shows_bytes_sent_rate_time_left_and_the_limit(
     assert limited, lines
     assert any(re.search(r"uploaded \d+/15.* · sent [\d.]+ KiB/[\d.]+ [KM]iB \(\d+%\) [\d.]+ KiB/s, \d+s left "
                          r"· limit 200 KiB/s", line) for line in limited), limited
+
+
+def test_a_reload_applies_a_new_limit(daemon_env: Env, start_here: StartHere, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENVIRAL_TOKEN", TOKEN)  # a reload reads the key again
+    daemon_env.map("photos", pack="Photos")
+    daemon_env.genviral["bandwidth_limit"] = "1k"
+    here = start_here()
+
+    def throttle() -> object:
+        return here.daemon.app.api.transport.throttle
+
+    first = throttle()
+    assert isinstance(first, Limiter) and first.rates() == Rates(KiB, KiB)
+    daemon_env.genviral["bandwidth_limit"] = "08:00,2M 19:00,off"
+    daemon_env.write_config()
+    here.reload()
+
+    fresh = wait_until(lambda: (limiter := throttle()) is not first and limiter, what="a new transport")
+    assert isinstance(fresh, Limiter) and fresh.limit.text == "08:00,2M 19:00,off"

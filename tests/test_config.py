@@ -24,6 +24,7 @@ from packsync.config import (
     load_config,
     parse_config,
     read_token,
+    with_bandwidth_limit,
 )
 from packsync.errors import ConfigError, ExitCode
 from packsync.logs import redact
@@ -112,6 +113,10 @@ ERRORS = [
                  id="plain http to a name that only starts like localhost"),
     pytest.param({"genviral": {"base_url": "ftp://127.0.0.1/v1"}}, "genviral.base_url: ", id="not http at all"),
     pytest.param({"genviral": {"base_url": "api.example.com"}}, "genviral.base_url: ", id="no scheme"),
+    pytest.param({"genviral": {"bandwidth_limit": "20 M"}}, "genviral.bandwidth_limit: '20' is not a timetable entry",
+                 id="a rate with a space"),
+    pytest.param({"genviral": {"bandwidth_limit": "25:00,1M"}}, "genviral.bandwidth_limit: '25:00' is not a time",
+                 id="a timetable's hour past 23"),
     pytest.param({"daemon": {"rescan_interval_s": 1}}, "daemon.rescan_interval_s: ", id="rescan too often"),
     pytest.param(one_mapping(max_file_mb=0), "mappings[0].max_file_mb: ", id="max_file_mb 0"),
     pytest.param({"astria": {"base_url": "http://api.astria.ai"}}, "astria.base_url: must be an https://",
@@ -761,3 +766,21 @@ def test_each_shared_state_has_its_own_local_lock_beside_no_state_file(tmp_path:
     assert len({nas, laptop, other, default_state_path()}) == 4
     assert nas.parent == default_state_path().parent and nas == path({"url": URL, "site": "nas"})
     assert path({"url": URL, "site": "nas", "path": str(tmp_path / "s.db")}) == tmp_path / "s.db"
+
+
+def test_no_bandwidth_limit_unless_one_is_set_and_the_transport_keeps_to_it() -> None:
+    from packsync.remote.bandwidth import UNLIMITED, Limiter
+
+    assert parse_config({}).genviral.bandwidth_limit == ""
+    assert transport_for(parse_config({})).throttle is UNLIMITED
+    assert transport_for(parse_config({"genviral": {"bandwidth_limit": "off"}})).throttle is UNLIMITED
+    limited = transport_for(parse_config({"genviral": {"bandwidth_limit": "5M:100M"}})).throttle
+    assert isinstance(limited, Limiter) and limited.rates() == (5 * 2**20, 100 * 2**20)
+
+
+def test_bwlimit_is_over_the_config_s_limit() -> None:
+    config = parse_config({"genviral": {"bandwidth_limit": "5M", "concurrency": 6}})
+
+    assert with_bandwidth_limit(config, "off").genviral.bandwidth_limit == "off"
+    assert with_bandwidth_limit(config, "off").genviral.concurrency == 6
+    assert with_bandwidth_limit(config, None) is config
