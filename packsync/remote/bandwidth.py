@@ -20,6 +20,7 @@ The syntax (rclone's; sizes are binary, a bare number is KiB, as rclone reads it
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import Callable
@@ -151,6 +152,8 @@ class BandwidthLimit:
         return starts if starts > at else starts + timedelta(minutes=_WEEK_MINUTES)
 
 
+#: How long the rates in force are kept before the time of day is read again, at most.
+RECHECK_S = 60.0
 #: The burst a bucket holds at most: this long at its rate (a transfer starting never bursts past the limit
 #: by more), and no slower to refill than a chunk is to send.
 BURST_S = 0.1
@@ -188,22 +191,33 @@ class Limiter:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self.now = now
+        self.clock = clock
         self._buckets = {"up": _Bucket(clock), "down": _Bucket(clock)}
+        #: The rates in force, and until when (``clock``) they surely are: a chunk's ``take`` reads no time of day.
+        self._in_force, self._until = NO_LIMIT, -math.inf
 
     def __repr__(self) -> str:
         return f"Limiter({self.limit.text!r})"
 
     def rates(self) -> Rates:
         """The rates in force now."""
-        return self.limit.rate_at(self.now())
+        return self._rates()[0]
 
-    def _rate(self, direction: Direction) -> tuple[float | None, float | None]:
-        """The rate in force one way, and the seconds until the timetable may change it (None: never)."""
-        now = self.now()
-        rates = self.limit.rate_at(now)
-        change = self.limit.next_change(now)
-        return (rates.up if direction == "up" else rates.down,
-                None if change is None else max(0.0, (change - now).total_seconds()))
+    def _rates(self) -> tuple[Rates, float]:
+        """The rates in force, and the seconds they surely are (to the timetable's next entry, RECHECK_S at most:
+        the time of day may jump, with daylight saving time or a clock set right)."""
+        clock = self.clock()
+        if clock >= self._until:
+            now = self.now()
+            change = self.limit.next_change(now)
+            lasting = RECHECK_S if change is None else min(RECHECK_S, (change - now).total_seconds())
+            self._in_force, self._until = self.limit.rate_at(now), clock + max(0.0, lasting)
+        return self._in_force, self._until - clock
+
+    def _rate(self, direction: Direction) -> tuple[float | None, float]:
+        """The rate in force one way, and the seconds before it is read again."""
+        rates, lasting = self._rates()
+        return rates.up if direction == "up" else rates.down, lasting
 
     async def take(self, n: int, direction: Literal["up", "down"]) -> None:
         bucket = self._buckets[direction]
@@ -220,7 +234,7 @@ class Limiter:
             bucket.tokens -= n
             while bucket.tokens < 0:
                 wait_s = -bucket.tokens / rate
-                await asyncio.sleep(wait_s if change_s is None else min(wait_s, change_s + 0.001))
+                await asyncio.sleep(min(wait_s, change_s + 0.001))
                 bucket.refill(rate)  # the time slept was at the old rate
                 rate, change_s = self._rate(direction)
                 if rate is None:
