@@ -317,10 +317,11 @@ def test_a_run_under_a_limit_takes_at_least_its_bytes_at_the_rate(env: Env) -> N
     assert time.monotonic() - started >= size / (200 * KiB) - BURST_S
 
 
-def test_a_bad_bwlimit_flag_is_one_sentence_naming_it(env: Env) -> None:
+@pytest.mark.parametrize("command", ["run", "daemon"])
+def test_a_bad_bwlimit_flag_is_one_sentence_naming_it(env: Env, command: str) -> None:
     env.map("photos", pack="Photos")
 
-    ran = env.cli("run", "--bwlimit", "fast")
+    ran = env.cli(command, "--bwlimit", "fast")
 
     assert ran.returncode == 2
     assert "Invalid value for '--bwlimit': 'fast' is not a rate" in ran.stderr
