@@ -138,16 +138,17 @@ class DaemonHere:
     process has (signals, systemd's socket, the exit deadline) is ``DaemonProcess``'s to test.
     """
 
-    def __init__(self, config_path: Path, token: str, timing: Timing) -> None:
+    def __init__(self, config_path: Path, token: str, timing: Timing, bandwidth_limit: str | None = None) -> None:
         from structlog.testing import capture_logs
 
-        from packsync.config import load_config
+        from packsync.config import load_config, with_bandwidth_limit
         from packsync.daemon.service import Daemon
         from packsync.state.lock import StateLock
 
         config = load_config(config_path)
         self.lock = StateLock(config.state_path).acquire()
-        self.daemon = Daemon(config_path, config, token, self.lock, timing=timing)
+        config = with_bandwidth_limit(config, bandwidth_limit)  # as `packsync daemon --bwlimit` does
+        self.daemon = Daemon(config_path, config, token, self.lock, timing=timing, bandwidth_limit=bandwidth_limit)
         self._capture = capture_logs()
         self.logs = self._capture.__enter__()
         self.error: BaseException | None = None

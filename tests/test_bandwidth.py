@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from conftest import TOKEN, Env, image, write
-from helpers import StartHere, wait_until
+from conftest import FAST, TOKEN, Env, image, write
+from helpers import DaemonHere, StartHere, wait_until
 from photos import png
 
 from packsync.config import parse_config
@@ -380,3 +380,25 @@ def test_a_reload_applies_a_new_limit(daemon_env: Env, start_here: StartHere, mo
 
     fresh = wait_until(lambda: (limiter := throttle()) is not first and limiter, what="a new transport")
     assert isinstance(fresh, Limiter) and fresh.limit.text == "08:00,2M 19:00,off"
+
+
+def test_bwlimit_holds_over_the_config_s_limit_through_a_reload(daemon_env: Env,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENVIRAL_TOKEN", TOKEN)
+    daemon_env.map("photos", pack="Photos")
+    daemon_env.genviral["bandwidth_limit"] = "1k"
+    daemon_env.write_config()
+    here = DaemonHere(daemon_env.config_path, TOKEN, FAST, bandwidth_limit="3M")
+    try:
+        here.wait_ready()
+        first = here.daemon.app.api.transport.throttle
+        assert isinstance(first, Limiter) and first.rates() == Rates(3 * MiB, 3 * MiB)
+        daemon_env.genviral.update(bandwidth_limit="2k", timeout_s=20)  # [genviral] changed: a new transport
+        daemon_env.write_config()
+        here.reload()
+
+        fresh = wait_until(lambda: (throttle := here.daemon.app.api.transport.throttle) is not first and throttle,
+                           what="a new transport")
+        assert isinstance(fresh, Limiter) and fresh.rates() == Rates(3 * MiB, 3 * MiB)
+    finally:
+        here.close()
