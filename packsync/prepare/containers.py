@@ -105,10 +105,10 @@ class _Edit:
         return last + 1
 
     def add(self, piece: Part) -> None:
+        """Append a piece another walk made (its edited bytes counted by ``hold`` already)."""
         if isinstance(piece, Span):
             self.keep(piece.offset, piece.end)
         else:
-            self.hold(len(piece))
             self.pieces.append(piece)
 
     def put(self, start: int, original: bytes, edited: bytes | None, pin: bool = False) -> int:
@@ -302,6 +302,7 @@ def _embedded(src: Reader, scan: int, wanted: frozenset[str], edit: _Edit) -> No
         previous = begin
         headers = _edited_at(src, begin, wanted, edit, begin in indexed)
         if headers is not None:
+            edit.hold(sum(len(piece) for piece in headers if isinstance(piece, bytes)))  # held till the splice
             length = sum(map(part_length, headers))
             edited.append((begin, length, headers))
             reach = begin + length
