@@ -78,10 +78,9 @@ def _survey(src: Reader, content_type: str, recipe: Recipe) -> Survey:
         from packsync.prepare import pixels
 
         return pixels.survey(src.whole(), content_type, wanted)
-    if content_type in DECODED:  # its items' extents could be spliced too; a HEIF is a phone's photo: read whole
-        data = src.whole()
-        stripped, found = heif.strip(data, wanted)  # not converted: never resized, its size unread
-        return Survey(found, 0, 0, 1, None, None, parts=None if stripped is data else (stripped,))
+    if content_type in DECODED:
+        parts, found = heif.strip(src, wanted)  # not converted: never resized, its size unread
+        return Survey(found, 0, 0, 1, None, None, parts=parts)
     raise PrepareError(f"packsync does not prepare {content_type} files")
 
 
@@ -136,7 +135,7 @@ def prepare_path(file: File, size: int, content_type: str, recipe: Recipe, *,
     """``prepare`` of a file (a path, or a descriptor left open) expected to hold ``size`` bytes, without
     holding it: a strip reads the metadata it edits, and the file once more to hash it, a chunk at a time.
     Its parts joined are ``prepare``'s output for the file's bytes, byte for byte. A resize or a conversion
-    decodes the file, read whole (its parts: the one re-encoded ``bytes``); so does a HEIF.
+    decodes the file, read whole (its parts: the one re-encoded ``bytes``).
 
     ``ItemChanged`` (never a traceback) when the file no longer holds ``size`` bytes, changes while it is
     read, or -- given ``expected_sha256``, its hash when it was scanned -- holds other bytes."""

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from packsync.prepare import exif, iptc, xmpedit
-from packsync.prepare.base import PrepareError, need, u16, u32
+from packsync.prepare.base import MAX_METADATA, PrepareError, need, u16, u32
 from packsync.prepare.reader import CHUNK, Part, Reader, Span, part_length
 
 EXIF_SIGNATURE = b"Exif\x00\x00"
@@ -34,9 +34,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_PEOPLE = frozenset({"Author", "Copyright"})
 #: A compressed PNG text chunk inflating past this is refused (a decompression bomb).
 MAX_TEXT = 16 * 1024 * 1024
-#: A metadata block read whole to be edited (a PNG text or EXIF chunk, a WebP EXIF or XMP chunk), and all the
-#: edited bytes of one file together, are refused past this: a file is never held whole to be stripped.
-MAX_METADATA = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +357,7 @@ def _appended(src: Reader, scan: int) -> Iterator[int]:
     resume = scan  # where the last marker found ends: the search goes on from there, as one over all would
     for at in range(scan, src.size, CHUNK):
         chunk = src.read(at, at + CHUNK + 2)
-        for match in _LATER.finditer(chunk, resume - at):
+        for match in _LATER.finditer(chunk, max(resume - at, 0)):
             if match.start() >= CHUNK:
                 break  # the next chunk's to find
             resume = at + match.end()
