@@ -141,17 +141,15 @@ def prepare_path(file: File, size: int, content_type: str, recipe: Recipe, *,
     read, or -- given ``expected_sha256``, its hash when it was scanned -- holds other bytes."""
     with _opened(file) as fd:
         src = FileReader(fd, size)
-        survey = None if recipe.as_is else _survey(src, content_type, recipe)
+        survey = _survey(src, content_type, recipe) if not recipe.as_is else None
         changes, resize, convert = _plan(survey, content_type, recipe) if survey else ((), False, False)
-        if resize or convert:
-            assert survey is not None
+        if survey and (resize or convert):
             from packsync.prepare import pixels
 
             data = src.whole()
             out, out_type = pixels.reencode(data, content_type, survey, recipe.max_edge if resize else 0, convert)
             parts: tuple[Part, ...] = (out,)
             source_sha256, sha256 = hashlib.sha256(data).hexdigest(), hashlib.sha256(out).hexdigest()
-            del data
         else:
             out_type = content_type
             parts = survey.parts if survey and survey.parts is not None else (Span(0, size),)
@@ -182,6 +180,10 @@ def _digests(src: Reader, parts: tuple[Part, ...]) -> tuple[str, str]:
     """(the input's sha256, the output's) from one pass over the input, in order: the parts' spans follow
     the file's order, and the bytes between them (those an edit replaced or dropped) count for the input."""
     source, output, pos = hashlib.sha256(), hashlib.sha256(), 0
+    if parts == (Span(0, src.size),):  # the file as it is: one hash
+        for chunk in src.chunks(0, src.size):
+            source.update(chunk)
+        return source.hexdigest(), source.hexdigest()
     for part in parts:
         if isinstance(part, Span):
             assert part.offset >= pos, "a walker's spans follow the input's order"
