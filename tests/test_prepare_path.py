@@ -401,3 +401,27 @@ def test_a_gifs_xmp_across_the_border_of_two_chunks_read_is_found(tmp_path: Path
     prepared = prepare_path(file, len(data), GIF, Recipe())
     assert prepared.changes == ("location", "serials")
     assert leaked(output(file, prepared)) == []
+
+
+def heic_with_two_items_on_one_extent() -> bytes:
+    """The fixture's HEIC with its XMP item made a second EXIF item whose extent is the first's."""
+    data = bytearray(photos.heic(64, 48))
+    at = data.index(b"iloc") + 4
+    assert data[at:at + 6] == b"\x00\x00\x00\x00\x44\x40"  # version 0; offsets, lengths and bases of 4 bytes
+    items = {int.from_bytes(data[pos:pos + 2], "big"): pos for pos in range(at + 8, at + 8 + 3 * 18, 18)}
+    exif_item, xmp_item = items[2], items[3]
+    data[xmp_item + 4:xmp_item + 18] = data[exif_item + 4:exif_item + 18]  # base, one extent, offset, length
+    mime = data.index(b"mime\x00application/rdf+xml")
+    data[mime:mime + 4] = b"Exif"
+    return bytes(data)
+
+
+def test_heif_metadata_items_sharing_bytes_are_refused(tmp_path: Path) -> None:
+    """Edited in place, two items over the same bytes could not both be right: a crafted file, refused."""
+    data = heic_with_two_items_on_one_extent()
+    with pytest.raises(PrepareError, match="^the HEIF metadata items overlap$"):
+        prepare(data, HEIC, Recipe())
+    file = tmp_path / "photo.heic"
+    file.write_bytes(data)
+    with pytest.raises(PrepareError, match="^the HEIF metadata items overlap$"):
+        prepare_path(file, len(data), HEIC, Recipe())
