@@ -335,7 +335,7 @@ def test_more_edited_metadata_than_the_limit_is_refused_not_held() -> None:
     segment = b"\xff\xe1" + (len(segment_body) + 2).to_bytes(2, "big") + segment_body
     plain = fixture("plain-jpeg")
     data = plain[:2] + segment * (MAX_METADATA // len(segment) + 1) + plain[2:]
-    with pytest.raises(PrepareError, match="^the file holds more than 16 MB of metadata to edit$"):
+    with pytest.raises(PrepareError, match="^the file's metadata to edit is larger than 16 MB$"):
         prepare(data, JPEG, Recipe())
 
 

@@ -9,7 +9,7 @@ pixels: ``inspect`` is cheap.
 
 The walkers read through a ``Reader`` (``reader.py``), a bytes object or a file alike, and hand back the
 stripped file as parts: the edited bytes, and ``Span``s of the input for all they pass on unread (a scan,
-image data). Nothing is held but the metadata being edited (``MAX_METADATA`` at most), whatever the size
+image data). Nothing is held but the metadata being edited (``base.MAX_METADATA`` at most), whatever the size
 of the file.
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from packsync.prepare import exif, iptc, xmpedit
-from packsync.prepare.base import MAX_METADATA, PrepareError, need, u16, u32
+from packsync.prepare.base import PrepareError, metadata_within_limit, need, u16, u32
 from packsync.prepare.reader import CHUNK, Part, Reader, Span, part_length
 
 EXIF_SIGNATURE = b"Exif\x00\x00"
@@ -123,15 +123,15 @@ class _Edit:
 
     def hold(self, size: int) -> None:
         self.held += size
-        need(self.held <= MAX_METADATA, f"the file holds more than {MAX_METADATA // 2**20} MB of metadata to edit")
+        metadata_within_limit(self.held, "the file's metadata to edit")
 
     def bytes_at(self, index: int) -> bytes:
         piece = self.pieces[index]
         return self.src.read(piece.offset, piece.end) if isinstance(piece, Span) else piece
 
     def metadata(self, start: int, end: int, what: str) -> bytes:
-        """The input's ``[start, end)``, a metadata block read whole to be edited: refused past MAX_METADATA."""
-        need(end - start <= MAX_METADATA, f"{what} is larger than {MAX_METADATA // 2**20} MB")
+        """The input's ``[start, end)``, a metadata block read whole to be edited (refused past its limit)."""
+        metadata_within_limit(end - start, what)
         return self.src.read(start, end)
 
 

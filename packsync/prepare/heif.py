@@ -3,7 +3,7 @@
 The EXIF item and the XMP item (``mime``, ``application/rdf+xml``) are found through the ``meta`` box's
 item information (``iinf``) and locations (``iloc``), and edited where they lie by ``exif.py`` and
 ``xmpedit.py``, which keep their lengths: no box, offset or extent changes, the coded image is untouched.
-Only the box headers, the ``meta`` box and the metadata items are read (``MAX_METADATA`` each at most); the
+Only the box headers, the ``meta`` box and the metadata items are read (``base.MAX_METADATA`` each at most); the
 stripped file is the edited items' bytes and spans of the input between them.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from packsync.prepare import exif, xmpedit
-from packsync.prepare.base import MAX_METADATA, PrepareError, need, u32
+from packsync.prepare.base import PrepareError, metadata_within_limit, need, u32
 from packsync.prepare.reader import BytesReader, Part, Reader, Span
 
 _CUT = "the HEIF boxes are cut short or point outside the file"
@@ -135,7 +135,7 @@ def strip(src: Reader, categories: Iterable[str]) -> tuple[tuple[Part, ...] | No
     if not wanted:
         return None, frozenset()
     start, end = _meta(src)
-    need(end - start <= MAX_METADATA, f"the HEIF meta box is larger than {MAX_METADATA // 2**20} MB")
+    metadata_within_limit(end - start, "the HEIF meta box")
     meta = src.read(start, end)  # its boxes' offsets below count from its start
     kinds: dict[int, str] = {}
     places: dict[int, list[_Extent]] = {}
@@ -149,14 +149,16 @@ def strip(src: Reader, categories: Iterable[str]) -> tuple[tuple[Part, ...] | No
             idat = start + at
     edits: list[tuple[int, int, bytes]] = []  # (start, end, bytes) of each extent changed
     found: set[str] = set()
+    held = 0
     for item, kind in sorted(kinds.items()):
         spans = _spans(src.size, places.get(item, []), idat)
-        need(sum(b - a for a, b in spans) <= MAX_METADATA,
-             f"a HEIF metadata item is larger than {MAX_METADATA // 2**20} MB")
+        metadata_within_limit(sum(b - a for a, b in spans), "a HEIF metadata item")
         payload = b"".join(src.read(a, b) for a, b in spans)
         result, present = _edit(payload, kind, wanted)
         found |= present
         if result is not payload:
+            held += len(result)
+            metadata_within_limit(held, "the file's metadata to edit")
             for a, b in spans:
                 edits.append((a, b, result[:b - a]))
                 result = result[b - a:]
