@@ -6,18 +6,25 @@ without touching a pixel byte: EXIF and XMP (extended XMP too) are edited in pla
 of a Multi-Picture index (MPF) to the images after it stay right -- and a WebP its chunk sizes. Only PNG
 text chunks are rewritten or dropped (each carries its own length and CRC). It reads headers only, never
 pixels: ``inspect`` is cheap.
+
+The walkers read through a ``Reader`` (``reader.py``), a bytes object or a file alike, and hand back the
+stripped file as parts: the edited bytes, and ``Span``s of the input for all they pass on unread (a scan,
+image data). Nothing is held but the metadata being edited (``base.MAX_METADATA`` at most), whatever the size
+of the file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import re
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from packsync.prepare import exif, iptc, xmpedit
-from packsync.prepare.base import PrepareError, need, u16, u32
+from packsync.prepare.base import PrepareError, metadata_within_limit, need, u16, u32
+from packsync.prepare.reader import CHUNK, Part, Reader, Span, part_length
 
 EXIF_SIGNATURE = b"Exif\x00\x00"
 XMP_SIGNATURE = b"http://ns.adobe.com/xap/1.0/\x00"
@@ -33,7 +40,6 @@ MAX_TEXT = 16 * 1024 * 1024
 class Survey:
     """What stripping made of a file, and what resizing and converting need to know of it."""
 
-    data: bytes  # the input (a HEIF's: stripped already)
     found: frozenset[str]  # the categories asked for that the file held
     width: int  # as stored
     height: int
@@ -42,25 +48,32 @@ class Survey:
     xmp: bytes | None  # the stripped main XMP packet
     lossless: bool = False  # a WebP stored losslessly
     animated: bool = False  # an animated PNG or WebP: never resized nor converted (one frame would be left)
-    #: The stripped file in pieces, joined only when it is the upload (a re-encode does not need it: a
-    #: large file is not held twice); None: nothing was stripped.
-    parts: tuple[bytes | memoryview, ...] | None = None
+    #: The stripped file: edited bytes and spans of the input, in the input's order, joined only when it is
+    #: the upload (a re-encode does not need it); None: nothing was stripped.
+    parts: tuple[Part, ...] | None = None
 
-    def stripped(self) -> bytes:
-        """The file stripped: the very ``data`` object when nothing was."""
-        return self.data if self.parts is None else b"".join(self.parts)
+    def stripped(self, data: bytes) -> bytes:
+        """The stripped file, made of the input ``data``: the very ``data`` object when nothing was stripped."""
+        if self.parts is None:
+            return data
+        view = memoryview(data)
+        return b"".join(view[p.offset:p.end] if isinstance(p, Span) else p for p in self.parts)
 
 
 @dataclass(slots=True)
 class _Edit:
-    """What a container walk collects: its output pieces and what it learnt."""
+    """What a container walk collects: its output pieces (spans of the input merged while they follow one
+    another, edited bytes) and what it learnt."""
 
-    pieces: list[bytes | memoryview]
-    found: set[str]
+    src: Reader
+    pieces: list[Part] = field(default_factory=list)
+    found: set[str] = field(default_factory=set)
     exif: bytes | None = None
     xmp: bytes | None = None
     changed: bool = False
     mpf: tuple[int, bytes] | None = None  # (start, segment) of a JPEG's Multi-Picture (APP2) index
+    pinned: set[int] = field(default_factory=set)  # pieces edited later by index: never merged into
+    held: int = 0  # the edited bytes held in pieces
 
     def tiff(self, block: bytes, wanted: frozenset[str]) -> bytes:
         edited, found = exif.strip(block, wanted)
@@ -74,20 +87,58 @@ class _Edit:
         self.xmp = edited if self.xmp is None else self.xmp
         return edited
 
-    def keep(self, piece: bytes | memoryview) -> None:
-        self.pieces.append(piece)
+    def keep(self, start: int, end: int, pin: bool = False) -> int:
+        """Pass on the input's bytes ``[start, end)`` as they are; the index of the piece holding them."""
+        last = len(self.pieces) - 1
+        if end <= start and not pin:
+            return last
+        previous = self.pieces[last] if last >= 0 else None
+        if not pin and isinstance(previous, Span) and previous.end == start and last not in self.pinned:
+            self.pieces[last] = Span(previous.offset, end - previous.offset)
+            return last
+        self.pieces.append(Span(start, end - start))
+        if pin:
+            self.pinned.add(last + 1)
+        return last + 1
 
-    def put(self, original: bytes | memoryview, edited: bytes | memoryview | None) -> None:
-        """Keep ``original``, or put ``edited`` (None: drop it) in its place."""
+    def add(self, piece: Part) -> None:
+        """Append a piece another walk made (its edited bytes counted by ``hold`` already)."""
+        if isinstance(piece, Span):
+            self.keep(piece.offset, piece.end)
+        else:
+            self.pieces.append(piece)
+
+    def put(self, start: int, original: bytes, edited: bytes | None, pin: bool = False) -> int:
+        """Keep the input's ``original`` bytes at ``start``, or put ``edited`` (None: drop them) in their
+        place; the index of the piece."""
+        if edited is original:
+            return self.keep(start, start + len(original), pin)
+        self.changed = True
         if edited is not None:
+            self.hold(len(edited))
             self.pieces.append(edited)
-        self.changed |= edited is not original
+            if pin:
+                self.pinned.add(len(self.pieces) - 1)
+        return len(self.pieces) - 1
+
+    def hold(self, size: int) -> None:
+        self.held += size
+        metadata_within_limit(self.held, "the file's metadata to edit")
+
+    def bytes_at(self, index: int) -> bytes:
+        piece = self.pieces[index]
+        return self.src.read(piece.offset, piece.end) if isinstance(piece, Span) else piece
+
+    def metadata(self, start: int, end: int, what: str) -> bytes:
+        """The input's ``[start, end)``, a metadata block read whole to be edited (refused past its limit)."""
+        metadata_within_limit(end - start, what)
+        return self.src.read(start, end)
 
 
-def _result(data: bytes, edit: _Edit, size: tuple[int, int], lossless: bool = False, animated: bool = False) -> Survey:
+def _result(edit: _Edit, size: tuple[int, int], lossless: bool = False, animated: bool = False) -> Survey:
     orientation = exif.orientation(edit.exif) if edit.exif else 1
     parts = tuple(edit.pieces) if edit.changed else None
-    return Survey(data, frozenset(edit.found), size[0], size[1], orientation, edit.exif, edit.xmp, lossless, animated,
+    return Survey(frozenset(edit.found), size[0], size[1], orientation, edit.exif, edit.xmp, lossless, animated,
                   parts)
 
 
@@ -97,27 +148,28 @@ _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 
 
-def _jpeg_segments(data: bytes, begin: int = 0) -> Iterator[tuple[int, int, int]]:
+def _jpeg_segments(src: Reader, begin: int = 0) -> Iterator[tuple[int, int, int]]:
     """(marker, start, end) of each segment before the scan of the JPEG at ``begin``, then (0xDA, start of
-    the scan, end of data)."""
-    need(data[begin:begin + 2] == b"\xff\xd8", "not a JPEG (no start-of-image marker)")
+    the scan, end of the input)."""
+    need(src.read(begin, begin + 2) == b"\xff\xd8", "not a JPEG (no start-of-image marker)")
     pos = begin + 2
     while True:
-        need(pos + 2 <= len(data) and data[pos] == 0xFF, "the JPEG's segments are cut short or corrupt")
-        marker = data[pos + 1]
+        head = src.read(pos, pos + 4)
+        need(len(head) >= 2 and head[0] == 0xFF, "the JPEG's segments are cut short or corrupt")
+        marker = head[1]
         if marker == 0xFF:  # fill byte
             yield 0xFF, pos, pos + 1
             pos += 1
         elif marker == 0xDA:
-            yield marker, pos, len(data)
+            yield marker, pos, src.size
             return
         elif marker in _STANDALONE:
             yield marker, pos, pos + 2
             pos += 2
         else:
             need(marker != 0xD9, "the JPEG ends before its image data")
-            end = pos + 2 + u16(data, pos + 2, True, "the JPEG's segments are cut short")
-            need(end <= len(data) and end >= pos + 4, "the JPEG's segments are cut short or corrupt")
+            end = pos + 2 + u16(head, 2, True, "the JPEG's segments are cut short")
+            need(end <= src.size and end >= pos + 4, "the JPEG's segments are cut short or corrupt")
             yield marker, pos, end
             pos = end
 
@@ -152,53 +204,63 @@ def _packet_at(body: bytes) -> int:
     return min(found, default=-1)
 
 
-def _extended_xmp(extended: list[tuple[int, bytes]], main: int | None, wanted: frozenset[str], edit: _Edit) -> None:
+def _extended_xmp(extended: list[int], main: int | None, wanted: frozenset[str], edit: _Edit) -> None:
     """The extended XMP -- one packet in chunks, each in its own segment at ``edit.pieces[index]``, named
     by the MD5 of the packet (its GUID) -- blanked in place like the main packet; the chunks keep their
     sizes, and the new GUID replaces the old one in each chunk and in the main packet's reference."""
     head = 4 + len(EXTENDED_XMP_SIGNATURE)  # marker, length, signature; then GUID, full length, offset, chunk
-    chunks = sorted((u32(s, head + 36, True, "the extended XMP is cut short"), index, s)
-                    for index, s in extended)  # by offset in the packet
-    packet = b"".join(segment[head + 40:] for _, _, segment in chunks)
+    spans = [(index, edit.pieces[index]) for index in extended]
+    chunks = sorted((u32(edit.src.read(s.offset, s.offset + head + 40), head + 36, True,
+                         "the extended XMP is cut short"), index, s)
+                    for index, s in spans if isinstance(s, Span))  # by offset in the packet
+    xmpedit.within_limit(sum(s.length - head - 40 for _, _, s in chunks))  # before it is read
+    segments = [(index, edit.src.read(s.offset, s.end)) for _, index, s in chunks]
+    packet = b"".join(segment[head + 40:] for _, segment in segments)
     edited, found = xmpedit.strip(packet, wanted)
     edit.found |= found
     if edited is packet:
         return
-    old, new = chunks[0][2][head:head + 32], hashlib.md5(edited, usedforsecurity=False).hexdigest().upper().encode()
+    old, new = segments[0][1][head:head + 32], hashlib.md5(edited, usedforsecurity=False).hexdigest().upper().encode()
     at = 0
-    for _, index, segment in chunks:
+    for index, segment in segments:
         size = len(segment) - head - 40
         edit.pieces[index] = segment[:head] + new + segment[head + 32:head + 40] + edited[at:at + size]
+        edit.hold(len(segment))
         at += size
     if main is not None and len(old) == len(new):
-        edit.pieces[main] = bytes(edit.pieces[main]).replace(old, new)
+        edit.pieces[main] = edit.bytes_at(main).replace(old, new)
+    edit.changed = True
 
 
-def _jpeg_edit(data: bytes, wanted: frozenset[str], begin: int) -> tuple[_Edit, tuple[int, int], int]:
-    """The JPEG at ``begin`` stripped (its last piece: its scan and all after it), its size, where its scan
-    starts."""
-    edit, size, main, scan = _Edit([data[begin:begin + 2]], set()), (0, 0), None, len(data)
-    extended: list[tuple[int, bytes]] = []  # (index in pieces, segment) of each extended XMP chunk
-    view = memoryview(data)
-    for marker, start, end in _jpeg_segments(data, begin):
+def _jpeg_edit(src: Reader, wanted: frozenset[str], begin: int) -> tuple[_Edit, tuple[int, int], int]:
+    """The JPEG at ``begin`` stripped (its last piece: a span of its scan and all after it), its size, where
+    its scan starts."""
+    edit, size, main, scan = _Edit(src), (0, 0), None, src.size
+    edit.keep(begin, begin + 2)
+    extended: list[int] = []  # the indexes in pieces of the extended XMP chunks
+    for marker, start, end in _jpeg_segments(src, begin):
         if not (marker in _SOF or 0xE0 <= marker <= 0xEF):
-            edit.keep(view[start:end])  # the scan above all: not copied
+            edit.keep(start, end)  # the scan above all: not read
             scan = start if marker == 0xDA else scan
             continue
-        segment = data[start:end]
-        if marker in _SOF and size == (0, 0):
-            size = (u16(segment, 7, True, "the JPEG's frame header is cut short"),
-                    u16(segment, 5, True, "the JPEG's frame header is cut short"))
+        if marker in _SOF:
+            if size == (0, 0):
+                header = src.read(start, min(end, start + 9))
+                size = (u16(header, 7, True, "the JPEG's frame header is cut short"),
+                        u16(header, 5, True, "the JPEG's frame header is cut short"))
+            edit.keep(start, end)
+            continue
+        segment = src.read(start, end)  # an application segment: at most 64 KiB
         if marker == 0xE1 and segment[4:].startswith(EXTENDED_XMP_SIGNATURE):
-            extended.append((len(edit.pieces), segment))
-        elif marker == 0xE1 and segment[4:].startswith(XMP_SIGNATURE) and main is None:
-            main = len(edit.pieces)
-        elif marker == 0xE2 and segment[4:8] == b"MPF\x00":
+            extended.append(edit.keep(start, end, pin=True))
+            continue
+        primary = marker == 0xE1 and segment[4:].startswith(XMP_SIGNATURE) and main is None
+        if marker == 0xE2 and segment[4:8] == b"MPF\x00":
             edit.mpf = (start, segment)
-        edit.put(segment, _jpeg_app(marker, segment, wanted, edit) if 0xE0 <= marker <= 0xEF else segment)
+        index = edit.put(start, segment, _jpeg_app(marker, segment, wanted, edit), pin=primary)
+        main = index if primary else main
     if extended and wanted:
         _extended_xmp(extended, main, wanted, edit)
-        edit.changed |= any(edit.pieces[index] is not segment for index, segment in extended)
     return edit, size, scan
 
 
@@ -222,42 +284,52 @@ def _mpf_images(start: int, segment: bytes) -> list[int]:
     return []
 
 
-def _embedded(data: bytes, scan: int, wanted: frozenset[str], edit: _Edit) -> None:
+def _embedded(src: Reader, scan: int, wanted: frozenset[str], edit: _Edit) -> None:
     """The images a Multi-Picture (MPF) JPEG holds after the first -- previews, gain maps, depth maps,
     each with an EXIF of its own -- those appended without an index, and APP1 segments between the
     scans of a progressive JPEG, stripped in place like the first. They keep their lengths, so the MPF
-    index stays right; the first image's scan piece is cut around the edited headers."""
-    edited: list[tuple[int, bytes]] = []
-    indexed = set(_mpf_images(*edit.mpf)) if edit.mpf and wanted else set()
-    for begin in sorted(indexed | set(_appended(data, scan) if wanted else ())):
-        if begin < scan or (edited and begin < edited[-1][0] + len(edited[-1][1])):
-            continue  # an index pointing back into what was read already: a crafted file
-        headers = _edited_at(data, begin, wanted, edit, begin in indexed)
+    index stays right; the last piece (a span from the first image's scan, or the tail of a PNG or GIF,
+    to the end) is cut around the edited headers."""
+    indexed = sorted(set(_mpf_images(*edit.mpf))) if edit.mpf and wanted else []
+    edited: list[tuple[int, int, list[Part]]] = []  # (where, length, pieces) of each edited stretch
+    reach, previous = scan, -1
+    for begin in heapq.merge(indexed, _appended(src, scan) if wanted else iter(())):
+        if begin < reach or begin == previous:
+            continue  # read already (an index pointing back into it: a crafted file), or listed twice
+        previous = begin
+        headers = _edited_at(src, begin, wanted, edit, begin in indexed)
         if headers is not None:
-            edited.append((begin, headers))
+            edit.hold(sum(len(piece) for piece in headers if isinstance(piece, bytes)))  # held till the splice
+            length = sum(map(part_length, headers))
+            edited.append((begin, length, headers))
+            reach = begin + length
     if edited:
-        view, start, pieces = memoryview(data), scan, list[bytes | memoryview]()
-        for begin, headers in edited:
-            pieces += [view[start:begin], headers]
-            start = begin + len(headers)
-        edit.pieces[-1:] = [*pieces, view[start:]]
+        last = edit.pieces.pop()
+        assert isinstance(last, Span) and last.offset <= scan and last.end == src.size, last
+        start = last.offset
+        for begin, length, headers in edited:
+            edit.keep(start, begin)
+            for piece in headers:
+                edit.add(piece)
+            start = begin + length
+        edit.keep(start, src.size)
         edit.changed = True
 
 
-def _edited_at(data: bytes, begin: int, wanted: frozenset[str], edit: _Edit, indexed: bool) -> bytes | None:
-    """The bytes from ``begin`` on that stripping changes (a JPEG's headers, an APP1 segment), of the same
-    length; None when nothing there changes, or it is not what it looked like."""
+def _edited_at(src: Reader, begin: int, wanted: frozenset[str], edit: _Edit, indexed: bool) -> list[Part] | None:
+    """The pieces of the bytes from ``begin`` on that stripping changes (a JPEG's headers, an APP1 segment),
+    of the same length; None when nothing there changes, or it is not what it looked like."""
     try:
-        need(begin + 1 < len(data), "an image the Multi-Picture index lists lies past the file's end")
-        if data[begin + 1] == 0xE1:
-            end = begin + 2 + u16(data, begin + 2, True, "cut short")
-            need(end <= len(data), "cut short")
-            stray = _Edit([], set())  # (its EXIF is not the image's: the orientation stays the first's)
-            segment = data[begin:end]
+        need(begin + 1 < src.size, "an image the Multi-Picture index lists lies past the file's end")
+        if src.read(begin + 1, begin + 2) == b"\xe1":
+            end = begin + 2 + u16(src.read(begin, begin + 4), 2, True, "cut short")
+            need(end <= src.size, "cut short")
+            stray = _Edit(src)  # (its EXIF is not the image's: the orientation stays the first's)
+            segment = src.read(begin, end)
             result = _jpeg_app(0xE1, segment, wanted, stray)
             edit.found |= stray.found
-            return None if result is segment else result
-        inner, _, inner_scan = _jpeg_edit(data, wanted, begin)
+            return None if result is segment else [result]
+        inner, _, inner_scan = _jpeg_edit(src, wanted, begin)
     except PrepareError:
         if indexed:
             raise
@@ -265,8 +337,10 @@ def _edited_at(data: bytes, begin: int, wanted: frozenset[str], edit: _Edit, ind
     edit.found |= inner.found
     if not inner.changed:
         return None
-    headers = b"".join(inner.pieces[:-1])
-    need(len(headers) == inner_scan - begin, "an image after the JPEG's end could not be edited")
+    *headers, last = inner.pieces  # the last: a span from at most its scan's start to the end
+    assert isinstance(last, Span) and last.offset <= inner_scan, last
+    headers += [Span(last.offset, inner_scan - last.offset)] if inner_scan > last.offset else []
+    need(sum(map(part_length, headers)) == inner_scan - begin, "an image after the JPEG's end could not be edited")
     return headers
 
 
@@ -275,40 +349,48 @@ def _edited_at(data: bytes, begin: int, wanted: frozenset[str], edit: _Edit, ind
 _LATER = re.compile(rb"\xff(?:\xd8\xff|\xe1)")
 
 
-def _appended(data: bytes, scan: int) -> Iterator[int]:
+def _appended(src: Reader, scan: int) -> Iterator[int]:
     """Where a JPEG or an APP1 segment may begin after the first image's first scan: apps append the
     original or a preview with no index, a progressive JPEG may hold metadata before a later scan, and it
-    is as readable there. (A scan's entropy-coded data never holds a marker.)"""
-    return (match.start() for match in _LATER.finditer(data, scan))
+    is as readable there. (A scan's entropy-coded data never holds a marker.) Read a chunk at a time, each
+    overlapping the next by two bytes, so a marker across their border is found, and found once."""
+    resume = scan  # where the last marker found ends: the search goes on from there, as one over all would
+    for at in range(scan, src.size, CHUNK):
+        chunk = src.read(at, at + CHUNK + 2)
+        for match in _LATER.finditer(chunk, max(resume - at, 0)):
+            if match.start() >= CHUNK:
+                break  # the next chunk's to find
+            resume = at + match.end()
+            yield at + match.start()
 
 
-def _jpeg(data: bytes, wanted: frozenset[str]) -> Survey:
-    edit, size, scan = _jpeg_edit(data, wanted, 0)
+def _jpeg(src: Reader, wanted: frozenset[str]) -> Survey:
+    edit, size, scan = _jpeg_edit(src, wanted, 0)
     need(size[0] > 0 and size[1] > 0, "the JPEG has no frame header (or a size of 0)")
-    _embedded(data, scan, wanted, edit)
-    return _result(data, edit, size)
+    _embedded(src, scan, wanted, edit)
+    return _result(edit, size)
 
 
 # -- PNG ------------------------------------------------------------------------------------------
 
-#: The PNG chunks packsync reads; the others are passed on uncopied.
-_PNG_READ = frozenset({b"IHDR", b"eXIf", b"tEXt", b"zTXt", b"iTXt"})
+_PNG_TEXT = frozenset({b"tEXt", b"zTXt", b"iTXt"})
 
 
-def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
-    need(data[:8] == PNG_SIGNATURE, "not a PNG (no PNG signature)")
+def _png_chunks(src: Reader) -> Iterator[tuple[bytes, int, int]]:
+    need(src.read(0, 8) == PNG_SIGNATURE, "not a PNG (no PNG signature)")
     pos = 8
-    while pos < len(data):
-        length = u32(data, pos, True, "the PNG's chunks are cut short")
+    while pos < src.size:
+        head = src.read(pos, pos + 8)
+        length = u32(head, 0, True, "the PNG's chunks are cut short")
         end = pos + 12 + length
-        need(end <= len(data), "the PNG's chunks are cut short")
-        kind = data[pos + 4:pos + 8]
+        need(end <= src.size, "the PNG's chunks are cut short")
+        kind = head[4:8]
         yield kind, pos, end
         pos = end
         if kind == b"IEND":
             break
-    if pos < len(data):
-        yield b"", pos, len(data)  # bytes after IEND: kept as they are
+    if pos < src.size:
+        yield b"", pos, src.size  # bytes after IEND: kept as they are
 
 
 def _inflate(data: bytes) -> bytes:
@@ -392,25 +474,41 @@ def _png_chunk(kind: bytes, chunk: bytes, wanted: frozenset[str], edit: _Edit) -
     return chunk
 
 
-def _png(data: bytes, wanted: frozenset[str]) -> Survey:
-    edit, size, animated = _Edit([PNG_SIGNATURE], set()), (0, 0), False
-    view = memoryview(data)
+def _png_reads(src: Reader, kind: bytes, start: int, end: int, wanted: frozenset[str]) -> bool:
+    """Whether a PNG chunk is one packsync reads: the header, EXIF, and the text chunks it may strip (read by
+    their keyword, within the first 80 bytes: PNG's keywords are 1 to 79 bytes long). Any other chunk --
+    image data, a text of another keyword however long -- is passed on unread."""
+    if kind not in _PNG_TEXT:
+        return kind in (b"IHDR", b"eXIf")
+    keyword, zero, _ = src.read(start + 8, min(end - 4, start + 8 + 80)).partition(b"\x00")
+    need(bool(zero), "a PNG text chunk has no keyword")
+    name = keyword.decode("latin-1")
+    return name == "XML:com.adobe.xmp" or name.startswith("Raw profile type ") or (
+        name in PNG_PEOPLE and "people" in wanted)
+
+
+def _png(src: Reader, wanted: frozenset[str]) -> Survey:
+    edit, size, animated = _Edit(src), (0, 0), False
+    edit.keep(0, len(PNG_SIGNATURE))
     tail = None
-    for kind, start, end in _png_chunks(data):
+    for kind, start, end in _png_chunks(src):
         tail = start if kind == b"" else None
-        if kind not in _PNG_READ:
+        if not _png_reads(src, kind, start, end, wanted):
             animated |= kind == b"acTL"
-            edit.keep(view[start:end])  # image data: not copied
+            edit.keep(start, end)  # image data: not read
             continue
-        chunk = data[start:end]
         if kind == b"IHDR":
-            size = (u32(chunk, 8, True, "the PNG header is cut short"),
-                    u32(chunk, 12, True, "the PNG header is cut short"))
-        edit.put(chunk, _png_chunk(kind, chunk, wanted, edit))
+            header = src.read(start, min(end, start + 16))
+            size = (u32(header, 8, True, "the PNG header is cut short"),
+                    u32(header, 12, True, "the PNG header is cut short"))
+            edit.keep(start, end)
+            continue
+        chunk = edit.metadata(start, end, "a PNG metadata chunk")
+        edit.put(start, chunk, _png_chunk(kind, chunk, wanted, edit))
     need(size[0] > 0 and size[1] > 0, "the PNG has no header (or a size of 0)")
     if tail is not None:  # bytes after IEND, the last piece: a JPEG appended there is stripped in place
-        _embedded(data, tail, wanted, edit)
-    return _result(data, edit, size, animated=animated)
+        _embedded(src, tail, wanted, edit)
+    return _result(edit, size, animated=animated)
 
 
 # -- WebP -----------------------------------------------------------------------------------------
@@ -443,28 +541,30 @@ def _webp_chunk(kind: bytes, chunk: bytes, wanted: frozenset[str], edit: _Edit) 
     return chunk
 
 
-def _webp(data: bytes, wanted: frozenset[str]) -> Survey:
-    need(data[:4] == b"RIFF" and data[8:12] == b"WEBP", "not a WebP (no RIFF WEBP header)")
-    edit, size, lossless, animated = _Edit([data[:12]], set()), None, False, False
-    view = memoryview(data)
+def _webp(src: Reader, wanted: frozenset[str]) -> Survey:
+    need(src.read(0, 4) == b"RIFF" and src.read(8, 12) == b"WEBP", "not a WebP (no RIFF WEBP header)")
+    edit, size, lossless, animated = _Edit(src), None, False, False
+    edit.keep(0, 12)
     pos = 12
-    while pos + 8 <= len(data):
-        kind, length = data[pos:pos + 4], u32(data, pos + 4, False, "the WebP's chunks are cut short")
+    while pos + 8 <= src.size:
+        head = src.read(pos, pos + 8)
+        kind, length = head[:4], u32(head, 4, False, "the WebP's chunks are cut short")
         end = pos + 8 + length
-        need(end <= len(data), "the WebP's chunks are cut short")
-        size = size or _webp_size(kind, data[pos + 8:min(end, pos + 24)])
+        need(end <= src.size, "the WebP's chunks are cut short")
+        size = size or _webp_size(kind, src.read(pos + 8, min(end, pos + 24)))
         lossless |= kind == b"VP8L"
         animated |= kind == b"ANIM"
         if kind in (b"EXIF", b"XMP "):
-            edit.put(data[pos:end], _webp_chunk(kind, data[pos:end], wanted, edit))
+            chunk = edit.metadata(pos, end, "a WebP metadata chunk")
+            edit.put(pos, chunk, _webp_chunk(kind, chunk, wanted, edit))
         else:
-            edit.keep(view[pos:end])  # image data: not copied
+            edit.keep(pos, end)  # image data: not read
         pos = end + length % 2
-        edit.keep(view[end:min(pos, len(data))])
-    edit.keep(view[pos:])  # a tail too short for a chunk: kept as it was
+        edit.keep(end, min(pos, src.size))
+    edit.keep(pos, src.size)  # a tail too short for a chunk: kept as it was
     need(size is not None and size[0] > 0 and size[1] > 0, "the WebP has no image header")
     assert size is not None
-    return _result(data, edit, size, lossless, animated)
+    return _result(edit, size, lossless, animated)
 
 
 # -- GIF ------------------------------------------------------------------------------------------
@@ -475,27 +575,29 @@ GIF_XMP = b"\x21\xff\x0bXMP DataXMP"
 _GIF_XMP_END = b"\x01\xff\xfe\xfd\xfc"
 
 
-def _gif(data: bytes, wanted: frozenset[str]) -> Survey:
+def _gif(src: Reader, wanted: frozenset[str]) -> Survey:
     """A GIF holds no EXIF: read for its size, its XMP (blanked in place: the trailer after it does not
     care what the packet's bytes are) and a JPEG appended to it."""
-    need(data[:6] in (b"GIF87a", b"GIF89a"), "not a GIF (no GIF header)")
-    size = (u16(data, 6, False, "the GIF header is cut short"), u16(data, 8, False, "the GIF header is cut short"))
+    header = src.read(0, 10)
+    need(header[:6] in (b"GIF87a", b"GIF89a"), "not a GIF (no GIF header)")
+    size = (u16(header, 6, False, "the GIF header is cut short"), u16(header, 8, False, "the GIF header is cut short"))
     need(size[0] > 0 and size[1] > 0, "the GIF has a size of 0")
-    view, edit, at = memoryview(data), _Edit([], set()), 0
-    begin = data.find(GIF_XMP)
-    while begin >= 0 and wanted:
+    edit, at = _Edit(src), 0
+    begin = src.find(GIF_XMP, 0) if wanted else -1
+    while begin >= 0:
         start = begin + len(GIF_XMP)
-        end = data.find(_GIF_XMP_END, start)
+        end = src.find(_GIF_XMP_END, start)
         need(end >= 0, "the GIF's XMP has no end")
-        packet = data[start:end]
-        edit.keep(view[at:start])
-        edit.put(packet, edit.packet(packet, wanted))
-        at, begin = end, data.find(GIF_XMP, end)
-    edit.keep(view[at:])
-    _embedded(data, at, wanted, edit)  # a JPEG appended after it: stripped in place
-    return _result(data, edit, size)
+        xmpedit.within_limit(end - start)  # before it is read
+        packet = src.read(start, end)
+        edit.keep(at, start)
+        edit.put(start, packet, edit.packet(packet, wanted))
+        at, begin = end, src.find(GIF_XMP, end)
+    edit.keep(at, src.size)
+    _embedded(src, at, wanted, edit)  # a JPEG appended after it: stripped in place
+    return _result(edit, size)
 
 
-SURVEYS: dict[str, Callable[[bytes, frozenset[str]], Survey]] = {
+SURVEYS: dict[str, Callable[[Reader, frozenset[str]], Survey]] = {
     "image/jpeg": _jpeg, "image/png": _png, "image/webp": _webp, "image/gif": _gif,
 }

@@ -3,6 +3,8 @@
 The EXIF item and the XMP item (``mime``, ``application/rdf+xml``) are found through the ``meta`` box's
 item information (``iinf``) and locations (``iloc``), and edited where they lie by ``exif.py`` and
 ``xmpedit.py``, which keep their lengths: no box, offset or extent changes, the coded image is untouched.
+Only the box headers, the ``meta`` box and the metadata items are read (``base.MAX_METADATA`` each at most); the
+stripped file is the edited items' bytes and spans of the input between them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from packsync.prepare import exif, xmpedit
-from packsync.prepare.base import PrepareError, need, u32
+from packsync.prepare.base import PrepareError, metadata_within_limit, need, u32
+from packsync.prepare.reader import BytesReader, Part, Reader, Span
 
 _CUT = "the HEIF boxes are cut short or point outside the file"
 #: More items (or extents) than any camera writes: a crafted count is refused, not walked.
@@ -23,13 +26,14 @@ def _uint(data: bytes, pos: int, size: int) -> int:
     return int.from_bytes(data[pos:pos + size], "big")
 
 
-def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
-    """(type, start of the content, end) of each box in data[start:end]."""
+def _boxes(src: Reader, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, start of the content, end) of each box in the input's [start, end)."""
     pos = start
     while pos + 8 <= end:
-        size, kind, header = u32(data, pos, True, _CUT), data[pos + 4:pos + 8], 8
+        head = src.read(pos, pos + 16)
+        size, kind, header = u32(head, 0, True, _CUT), head[4:8], 8
         if size == 1:
-            size, header = _uint(data, pos + 8, 8), 16
+            size, header = _uint(head, 8, 8), 16
         elif size == 0:
             size = end - pos
         need(size >= header and pos + size <= end, _CUT)
@@ -49,7 +53,7 @@ def _item_kinds(data: bytes, start: int, end: int) -> dict[int, str]:
     version = data[start] if start < end else 0
     count_size = 2 if version == 0 else 4
     kinds = {}
-    for kind, at, stop in _boxes(data, start + 4 + count_size, end):
+    for kind, at, stop in _boxes(BytesReader(data), start + 4 + count_size, end):
         if kind != b"infe" or at >= stop or data[at] < 2:
             continue
         id_size = 2 if data[at] == 2 else 4
@@ -95,21 +99,22 @@ def _locations(data: bytes, start: int, end: int) -> dict[int, list[_Extent]]:
     return found
 
 
-def _meta(data: bytes) -> tuple[int, int]:
-    need(data[4:8] == b"ftyp", "not a HEIF file (no ftyp box)")
-    for kind, start, end in _boxes(data, 0, len(data)):
+def _meta(src: Reader) -> tuple[int, int]:
+    need(src.read(4, 8) == b"ftyp", "not a HEIF file (no ftyp box)")
+    for kind, start, end in _boxes(src, 0, src.size):
         if kind == b"meta":
             return start + 4, end  # a full box: version and flags first
     raise PrepareError("the HEIF file has no meta box")
 
 
-def _spans(data: bytes, extents: list[_Extent], idat: int | None) -> list[tuple[int, int]]:
+def _spans(size: int, extents: list[_Extent], idat: int | None) -> list[tuple[int, int]]:
+    """Where an item's extents lie in the input (``idat``: where the idat box's content starts in it)."""
     spans = []
     for extent in extents:
         need(extent.method in (0, 1) and (extent.method == 0 or idat is not None),
              "a HEIF metadata item is stored in a way packsync does not edit")
         begin = extent.offset + ((idat or 0) if extent.method == 1 else 0)
-        need(begin + extent.length <= len(data), _CUT)
+        need(begin + extent.length <= size, _CUT)
         spans.append((begin, begin + extent.length))
     return spans
 
@@ -123,31 +128,52 @@ def _edit(payload: bytes, kind: str, wanted: frozenset[str]) -> tuple[bytes, fro
     return (payload if not found else payload[:skip] + block), found
 
 
-def strip(data: bytes, categories: Iterable[str]) -> tuple[bytes, frozenset[str]]:
-    """``data`` with its EXIF and XMP items stripped of ``categories`` in place, and the categories found;
-    the same object when none."""
+def strip(src: Reader, categories: Iterable[str]) -> tuple[tuple[Part, ...] | None, frozenset[str]]:
+    """The input with its EXIF and XMP items stripped of ``categories`` in place -- as parts: the edited
+    extents, and spans of the input between them; None when nothing changed -- and the categories found."""
     wanted = frozenset(categories)
     if not wanted:
-        return data, frozenset()
-    start, end = _meta(data)
+        return None, frozenset()
+    start, end = _meta(src)
+    metadata_within_limit(end - start, "the HEIF meta box")
+    meta = src.read(start, end)  # its boxes' offsets below count from its start
     kinds: dict[int, str] = {}
     places: dict[int, list[_Extent]] = {}
     idat = None
-    for box, at, stop in _boxes(data, start, end):
+    for box, at, stop in _boxes(BytesReader(meta), 0, len(meta)):
         if box == b"iinf":
-            kinds = _item_kinds(data, at, stop)
+            kinds = _item_kinds(meta, at, stop)
         elif box == b"iloc":
-            places = _locations(data, at, stop)
+            places = _locations(meta, at, stop)
         elif box == b"idat":
-            idat = at
-    edited, found = bytearray(), set[str]()
+            idat = start + at
+    edits: list[tuple[int, int, bytes]] = []  # (start, end, bytes) of each extent changed
+    found: set[str] = set()
+    held = 0
     for item, kind in sorted(kinds.items()):
-        spans = _spans(data, places.get(item, []), idat)
-        payload = b"".join(data[a:b] for a, b in spans)
+        spans = _spans(src.size, places.get(item, []), idat)
+        metadata_within_limit(sum(b - a for a, b in spans), "a HEIF metadata item")
+        payload = b"".join(src.read(a, b) for a, b in spans)
         result, present = _edit(payload, kind, wanted)
         found |= present
         if result is not payload:
-            edited = edited or bytearray(data)
+            held += len(result)
+            metadata_within_limit(held, "the file's metadata to edit")
             for a, b in spans:
-                edited[a:b], result = result[:b - a], result[b - a:]
-    return (bytes(edited) if edited else data), frozenset(found)
+                edits.append((a, b, result[:b - a]))
+                result = result[b - a:]
+    return _spliced(src.size, edits), frozenset(found)
+
+
+def _spliced(size: int, edits: list[tuple[int, int, bytes]]) -> tuple[Part, ...] | None:
+    """The input with ``edits`` in place of the extents they replace (which never overlap but in a crafted
+    file: refused, as its items could not all be stripped)."""
+    if not edits:
+        return None
+    parts: list[Part] = []
+    pos = 0
+    for a, b, replacement in sorted(edits, key=lambda edit: edit[0]):
+        need(a >= pos, "the HEIF metadata items overlap")
+        parts += [Span(pos, a - pos), replacement] if a > pos else [replacement]
+        pos = b
+    return (*parts, Span(pos, size - pos)) if pos < size else tuple(parts)

@@ -67,7 +67,7 @@ def survey(data: bytes, content_type: str, wanted: frozenset[str]) -> Survey:
     block, found = exif.strip(raw_exif, wanted) if raw_exif else (None, frozenset())
     packet, more = xmpedit.strip(raw_xmp, wanted) if raw_xmp else (None, frozenset())
     width, height = image.size
-    return Survey(data, found | more, width, height, orientation if 1 <= orientation <= 8 else 1, block, packet)
+    return Survey(found | more, width, height, orientation if 1 <= orientation <= 8 else 1, block, packet)
 
 
 def _target(size: tuple[int, int], max_edge: int) -> tuple[int, int]:

@@ -127,6 +127,12 @@ def _tag_end(data: bytes, pos: int) -> int:
     return len(data)
 
 
+def within_limit(size: int) -> None:
+    """Refuse a packet of ``size`` bytes that ``strip`` would refuse: before a container reads it."""
+    if size > MAX_BYTES:
+        raise PrepareError(f"the XMP packet is larger than {MAX_BYTES // (1024 * 1024)} MB")
+
+
 def _refuse_dtd(*_: object) -> None:
     raise PrepareError("the XMP packet declares a DTD, which no XMP packet has")
 
@@ -137,8 +143,7 @@ def strip(packet: bytes, categories: Iterable[str]) -> tuple[bytes, frozenset[st
     wanted = frozenset(categories)
     if not wanted:
         return packet, frozenset()
-    if len(packet) > MAX_BYTES:
-        raise PrepareError(f"the XMP packet is larger than {MAX_BYTES // (1024 * 1024)} MB")
+    within_limit(len(packet))
     if packet[:2] in (b"\xfe\xff", b"\xff\xfe"):
         raise PrepareError("the XMP packet is in UTF-16, which packsync does not edit")
     body = packet.rstrip(b"\x00 \t\r\n")  # writers pad packets, some with NULs expat refuses
