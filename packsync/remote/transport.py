@@ -25,8 +25,8 @@ import base64
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import aclosing, contextmanager
 from contextvars import ContextVar
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -45,6 +45,7 @@ from packsync.errors import (
 )
 from packsync.logs import get_logger, register_secret
 from packsync.remote import redirects
+from packsync.remote.bandwidth import UNLIMITED, Throttle
 from packsync.remote.retry import Backoff
 from packsync.remote.wire import (
     DOWNLOAD,
@@ -52,6 +53,7 @@ from packsync.remote.wire import (
     Headers,
     Route,
     S,
+    Streamed,
     failure,
     no_answer,
     on_the_wire,
@@ -158,13 +160,16 @@ class Transport:
 
     ``concurrency`` requests are in flight at most, API calls, storage PUTs and downloads together.
     ``timeout`` is the read timeout, which the bounds of an answer's head and body are made of; an API
-    answer is read up to ``max_answer`` bytes. Close it (``aclose`` or ``async with``) when the process is
+    answer is read up to ``max_answer`` bytes. Every chunk of a download body passes ``throttle`` (the
+    bandwidth limit) first. Close it (``aclose`` or ``async with``) when the process is
     done with it, or ``retire`` it when others may still be using it; closed, it sends nothing more.
     """
 
     def __init__(self, *, concurrency: int = 4, retry: RetryPolicy = RetryPolicy(), timeout: float = 30.0,
-                 observer: Observer | None = None, max_answer: int = MAX_ANSWER_BYTES) -> None:
+                 observer: Observer | None = None, max_answer: int = MAX_ANSWER_BYTES,
+                 throttle: Throttle = UNLIMITED) -> None:
         self.concurrency = concurrency
+        self.throttle = throttle
         self.retry = retry
         self.timeout = timeout
         self.observer = observer
@@ -264,8 +269,10 @@ class Transport:
             self._extensions = {"timeout": self._client.timeout.as_dict()}
         return self._client
 
-    def _request(self, method: str, url: str, headers: Headers, body: bytes, given: bool) -> httpx2.Request:
-        """An httpx2 request; ``given``: ``url`` came from an answer and goes on the request line as it is."""
+    def _request(self, method: str, url: str, headers: Headers, body: bytes | _Sending, given: bool) -> httpx2.Request:
+        """An httpx2 request; ``given``: ``url`` came from an answer and goes on the request line as it is.
+        A streamed body goes with its ``Content-Length`` (a presigned PUT takes no chunked encoding: httpx2
+        sends no ``Transfer-Encoding`` when the length is given)."""
         import httpx2
 
         client = self._http()
@@ -273,48 +280,66 @@ class Transport:
         if wire is None:
             wire = headers.wire = httpx2.Headers(client.headers)
             wire.update(headers.items)
+        content: bytes | AsyncIterator[bytes] | None
+        if isinstance(body, _Sending):
+            wire = httpx2.Headers(wire)
+            wire["Content-Length"] = str(body.body.size)
+            content = body.chunks()
+        else:
+            content = body or None
         extensions = self._extensions
         if given:
             url = on_the_wire(url)
             target = request_target(url)
-            request = httpx2.Request(method, url, headers=wire, content=body or None, extensions=extensions)
+            request = httpx2.Request(method, url, headers=wire, content=content, extensions=extensions)
             if request.url.raw_path != target:  # httpx2 would drop a dot segment: send it as given
                 request.extensions = {**extensions, "target": target}
             return request
-        return httpx2.Request(method, url, headers=wire, content=body or None, extensions=extensions)
+        return httpx2.Request(method, url, headers=wire, content=content, extensions=extensions)
 
     # -- requests ----------------------------------------------------------------------------------
 
     async def request(self, route: Route, url: str, read: Callable[[Answer, Route], T], *, headers: Headers,
-                      safe_to_repeat: bool, body: bytes = b"", given: bool = False) -> T:
+                      safe_to_repeat: bool, body: bytes | Streamed = b"", given: bool = False,
+                      on_sent: Callable[[int], None] | None = None) -> T:
         """Send one request, with retries, and return what ``read`` makes of its answer.
 
         ``read`` raises the error an answer is (``refusal``); a ``TransientError`` from it or from the wire
         is retried after the backoff (or the server's ``Retry-After``), unless the server may have done
         the work (``AmbiguousError``) and repeating the request is not harmless: then the caller looks
         at the remote state first. ``given``: ``url`` came from an answer and is sent byte for byte.
+        A ``Streamed`` body (a storage PUT's) is read as it is sent, each chunk through the throttle and
+        told to ``on_sent`` as it goes; an attempt that fails takes its count back.
         """
         with self._in_use(route):
-            return await self._retrying(route, lambda: self._once(route, url, read, headers, body, given),
+            return await self._retrying(route, lambda: self._once(route, url, read, headers, body, given, on_sent),
                                         safe_to_repeat=safe_to_repeat,
                                         deadline=time.monotonic() + RETRY_TIMEOUTS * self.timeout)
 
     async def _once(self, route: Route, url: str, read: Callable[[Answer, Route], T], headers: Headers,
-                    body: bytes, given: bool) -> T:
+                    body: bytes | Streamed, given: bool, on_sent: Callable[[int], None] | None) -> T:
+        sending = body if isinstance(body, bytes) else _Sending(body, self.throttle, on_sent, self.timeout)
         try:
             # Built before taking a slot: a slot stands for a request on the wire, not one being prepared.
-            request = self._request(route.method, url, headers, body, given)
+            request = self._request(route.method, url, headers, sending, given)
         except no_answer() as exc:
             raise failure(route, exc, url) from None
-        return read(await self._exchange(route, request, len(body), self._whole), route)
+        if isinstance(sending, bytes):
+            return read(await self._exchange(route, request, len(sending), self._whole), route)
+        try:
+            return read(await self._exchange(route, request, sending.body.size, self._whole, sending=sending), route)
+        except BaseException:
+            sending.take_back()
+            raise
 
     async def _exchange(self, route: Route, request: httpx2.Request, sent: int,
                         receive: Callable[[Route, httpx2.Response], Awaitable[T]], *, follow: bool = False,
-                        admit: Callable[[], None] | None = None) -> T:
+                        admit: Callable[[], None] | None = None, sending: _Sending | None = None) -> T:
         """Send ``request`` (of a body of ``sent`` bytes) in a slot, and ``receive`` its answer.
 
         The answer's head must be whole within ``HEAD_TIMEOUTS`` read timeouts and the time the body
-        takes to send at ``STALL_RATE`` (``Stalled`` past it); ``receive`` reads its body through ``_body``,
+        takes to send at ``STALL_RATE`` (``Stalled`` past it) — a streamed body's (``sending``) moves that
+        deadline on as its bytes go; ``receive`` reads its body through ``_body``,
         which keeps it moving. ``follow``: redirects are followed, by hand (a download's). ``admit`` may
         still refuse it once it has its slot (what it judges may have changed while it waited).
         """
@@ -324,9 +349,11 @@ class Transport:
             self.calls[route.name] += 1
             started, status = time.monotonic(), 0
             try:
-                head_s = HEAD_TIMEOUTS * self.timeout + sent / STALL_RATE
+                head_s = HEAD_TIMEOUTS * self.timeout + (0 if sending else sent / STALL_RATE)
                 try:
                     async with asyncio.timeout(head_s) as head:
+                        if sending:
+                            sending.due = head
                         response = await self._head(route, request, follow)
                 except TimeoutError:
                     if not head.expired():
@@ -456,33 +483,78 @@ class Transport:
                 return PermanentError(f"larger than {max_bytes / 1e6:g} MB{said}", method=route.method,
                                       route=route.template, status=status)
 
-            return await _body(route, response, max_bytes, sink(), too_large, self.timeout)
+            return await _body(route, response, max_bytes, sink(), too_large, self.timeout, self.throttle)
 
         return await self._exchange(DOWNLOAD, request, 0, receive, follow=True, admit=lambda: self._admit(host))
 
 
 async def _body(route: Route, response: httpx2.Response, max_bytes: int, into: S,
-                too_large: Callable[[int | None], ApiError], grace_s: float) -> S:
+                too_large: Callable[[int | None], ApiError], grace_s: float, throttle: Throttle = UNLIMITED) -> S:
     """Stream the body of ``response`` into ``into``: ``too_large`` (with the size said, if it was) past
     ``max_bytes``, ``Stalled`` as soon as it averages below ``STALL_RATE`` once ``grace_s`` have passed —
     a deadline that moves on with each byte, not a check made when one comes (the read timeout resets at
-    every byte: a byte every T - 1 s would never be judged in time)."""
+    every byte: a byte every T - 1 s would never be judged in time). Each chunk passes ``throttle`` first;
+    the time it waits there is packsync's, not the server's, and moves the deadline on by as much."""
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_large(int(declared))
     clock = asyncio.get_running_loop().time  # (the clock ``timeout_at`` counts in)
-    size, started = 0, clock()
+    size, started, throttled = 0, clock(), 0.0
     try:
         async with asyncio.timeout_at(started + grace_s) as due:
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > max_bytes:
                     raise too_large(None)
+                if throttle is not UNLIMITED:
+                    waiting = clock()
+                    due.reschedule(None)
+                    await throttle.take(len(chunk), "down")
+                    throttled += clock() - waiting
                 into.update(chunk)
-                due.reschedule(started + max(grace_s, size / STALL_RATE))
+                due.reschedule(started + throttled + max(grace_s, size / STALL_RATE))
     except TimeoutError:
         if not due.expired():
             raise
         raise Stalled(f"{route.label}: {size:,} bytes in {clock() - started:.0f} s, too slow to finish",
                       method=route.method, route=route.template, status=response.status_code) from None
     return into
+
+
+class _Sending:
+    """A streamed body on its way, one attempt of it: each chunk passes the throttle, then goes, and is
+    counted (``on_sent``); the deadline of the answer's head (``due``) moves on with the bytes sent, by the
+    time waited in the throttle too (that wait is packsync's, not the server's slowness)."""
+
+    def __init__(self, body: Streamed, throttle: Throttle, on_sent: Callable[[int], None] | None,
+                 grace_s: float) -> None:
+        self.body = body
+        self.throttle = throttle
+        self.on_sent = on_sent
+        self.grace_s = HEAD_TIMEOUTS * grace_s
+        self.due: asyncio.Timeout | None = None
+        self.sent = 0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        clock = asyncio.get_running_loop().time
+        started, waited = clock(), 0.0
+        async with aclosing(self.body.chunks()) as chunks:
+            async for chunk in chunks:
+                if self.throttle is not UNLIMITED:
+                    waiting = clock()
+                    if self.due:
+                        self.due.reschedule(None)
+                    await self.throttle.take(len(chunk), "up")
+                    waited += clock() - waiting
+                if self.due:
+                    self.due.reschedule(started + waited + self.grace_s + (self.sent + len(chunk)) / STALL_RATE)
+                yield chunk
+                self.sent += len(chunk)
+                if self.on_sent:
+                    self.on_sent(len(chunk))
+
+    def take_back(self) -> None:
+        """Take back the count of an attempt that failed: the bytes go again with the next one."""
+        if self.sent and self.on_sent:
+            self.on_sent(-self.sent)
+        self.sent = 0
