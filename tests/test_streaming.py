@@ -20,7 +20,8 @@ import pytest
 from conftest import TOKEN, Env, image, write
 from helpers import state_rows
 
-from packsync.app import open_app
+from packsync.app import open_app, pull_once
+from packsync.engine.pull import PullOptions
 from packsync.engine.sync import SyncOptions, SyncReport
 from packsync.errors import ExitCode
 from packsync.sources.body import CHUNK
@@ -203,3 +204,23 @@ def test_an_astria_image_of_20_mb_is_downloaded_and_uploaded_with_memory_bounded
     pack = env.pack_named("Headshots")
     assert [len(data) for data in env.cdn_bytes(pack["id"])] == [size], url
     assert 0 < peak < 130 * MB, f"peak RSS {peak / MB:.0f} MB for a {size / MB:.0f} MB image"
+
+
+# -- downloads ------------------------------------------------------------------------------------------
+
+
+def test_a_pull_counts_the_bytes_it_receives_once_each(env: Env, tmp_path: Path) -> None:
+    pack_id = env.sandbox.create_pack("Brand")
+    contents = [padded_png(CHUNK + 100 * i, seed=i) for i in range(1, 4)]
+    for i, data in enumerate(contents):
+        env.sandbox.add_uploaded(pack_id, data, f"{i}.png")
+    env.sandbox.inject("500", method="GET", route="cdn")
+    env.write_config()
+    progress = Progress(enabled=False)
+
+    report = asyncio.run(pull_once(env.config(), TOKEN, f"genviral:{pack_id}", tmp_path / "pulled", PullOptions(),
+                                   progress=progress))
+
+    assert len(report.downloaded) == 3, report.failures
+    assert env.sandbox.calls[("GET", "cdn")] == 4, "one download was tried again"
+    assert progress.counts["received"] == sum(map(len, contents))

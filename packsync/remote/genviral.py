@@ -307,9 +307,10 @@ class GenviralClient:
 
     # -- downloads ---------------------------------------------------------------------------------
 
-    async def download(self, url: str, max_bytes: int, sink: Callable[[], S]) -> S:
+    async def download(self, url: str, max_bytes: int, sink: Callable[[], S],
+                       on_received: Callable[[int], None] | None = None) -> S:
         """The bytes at an image's ``url``, without the key, through the transport (``Transport.download``)."""
-        return await self.transport.download(url, max_bytes, sink)
+        return await self.transport.download(url, max_bytes, sink, on_received)
 
     async def delete_image(self, pack_id: str, image_id: str) -> None:
         """Delete an image; one that is already gone counts as deleted."""

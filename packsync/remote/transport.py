@@ -53,6 +53,7 @@ from packsync.remote.wire import (
     Headers,
     Route,
     S,
+    Sink,
     Streamed,
     failure,
     no_answer,
@@ -442,8 +443,10 @@ class Transport:
 
     # -- downloads ---------------------------------------------------------------------------------
 
-    async def download(self, url: str, max_bytes: int, sink: Callable[[], S]) -> S:
-        """Stream the bytes at ``url`` into a fresh ``sink()`` (one per attempt) and return it.
+    async def download(self, url: str, max_bytes: int, sink: Callable[[], S],
+                       on_received: Callable[[int], None] | None = None) -> S:
+        """Stream the bytes at ``url`` into a fresh ``sink()`` (one per attempt) and return it, each chunk
+        told to ``on_received`` as it comes (an attempt that fails takes its count back).
 
         Image URLs are public storage or CDN addresses: the request carries no Authorization, so a key
         never goes to a host that is not its API. A refusal (4xx) or a body over ``max_bytes`` is a
@@ -454,7 +457,7 @@ class Transport:
         host, run = (urlsplit(url).hostname or "").lower(), self._current()
         with self._in_use(DOWNLOAD):
             try:
-                return await self._retrying(DOWNLOAD, lambda: self._stream(url, max_bytes, sink, host),
+                return await self._retrying(DOWNLOAD, lambda: self._stream(url, max_bytes, sink, host, on_received),
                                             safe_to_repeat=True, deadline=deadline, breaker=False)
             except Stalled:
                 run.stalled[host] += 1
@@ -466,7 +469,8 @@ class Transport:
             raise Stalled(f"download: not sent; {stalled} downloads from its host were too slow to finish in this "
                           "run", method=DOWNLOAD.method, route=DOWNLOAD.template)
 
-    async def _stream(self, url: str, max_bytes: int, sink: Callable[[], S], host: str) -> S:
+    async def _stream(self, url: str, max_bytes: int, sink: Callable[[], S], host: str,
+                      on_received: Callable[[int], None] | None) -> S:
         try:
             request = self._request("GET", url, self._plain, b"", True)
         except no_answer() as exc:
@@ -483,7 +487,16 @@ class Transport:
                 return PermanentError(f"larger than {max_bytes / 1e6:g} MB{said}", method=route.method,
                                       route=route.template, status=status)
 
-            return await _body(route, response, max_bytes, sink(), too_large, self.timeout, self.throttle)
+            into = sink()
+            if on_received is None:
+                return await _body(route, response, max_bytes, into, too_large, self.timeout, self.throttle)
+            counted = _Counted(into, on_received)
+            try:
+                await _body(route, response, max_bytes, counted, too_large, self.timeout, self.throttle)
+            except BaseException:
+                on_received(-counted.count)
+                raise
+            return into
 
         return await self._exchange(DOWNLOAD, request, 0, receive, follow=True, admit=lambda: self._admit(host))
 
@@ -519,6 +532,20 @@ async def _body(route: Route, response: httpx2.Response, max_bytes: int, into: S
         raise Stalled(f"{route.label}: {size:,} bytes in {clock() - started:.0f} s, too slow to finish",
                       method=route.method, route=route.template, status=response.status_code) from None
     return into
+
+
+class _Counted:
+    """A download's sink, its chunks counted (``on_received``) as they pass into it."""
+
+    def __init__(self, into: Sink, on_received: Callable[[int], None]) -> None:
+        self.into = into
+        self.on_received = on_received
+        self.count = 0
+
+    def update(self, chunk: bytes) -> None:
+        self.into.update(chunk)
+        self.count += len(chunk)
+        self.on_received(len(chunk))
 
 
 class _Sending:
