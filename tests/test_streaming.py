@@ -6,6 +6,7 @@ image alike (a real ``packsync run``, its peak RSS read from ``/proc``)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import struct
 import subprocess
@@ -24,7 +25,9 @@ from packsync.app import open_app, pull_once
 from packsync.engine.pull import PullOptions
 from packsync.engine.sync import SyncOptions, SyncReport
 from packsync.errors import ExitCode
-from packsync.sources.body import CHUNK
+from packsync.remote.genviral import GenviralClient
+from packsync.remote.transport import Transport
+from packsync.sources.body import CHUNK, UploadBody
 from packsync.views.progress import Progress
 
 MB = 1_000_000
@@ -142,6 +145,37 @@ def test_a_put_retried_after_a_dropped_connection_sends_the_whole_file_again_and
     assert gate.chunks == 2 * 4, "each attempt sent every chunk of the file"
     assert gate.over_total == [], "the bytes counted sent never passed the bytes to send"
     assert gate.progress.counts["sent"] == gate.progress.totals["sent"] == len(photo.read_bytes())
+
+
+class Slow:
+    """A limit that holds every chunk up for ``wait_s``."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+
+    async def take(self, n: int, direction: Literal["up", "down"]) -> None:
+        await asyncio.sleep(self.wait_s)
+
+
+def test_time_waiting_for_the_limit_is_not_a_stalled_server(env: Env) -> None:
+    """The head deadline of a streamed PUT (HEAD_TIMEOUTS read timeouts of 0.1 s, and the time its bytes
+    take at STALL_RATE) moves on by the time its chunks waited for the bandwidth limit: 8 small chunks held
+    0.1 s each wait twice that deadline, and go."""
+    data = image(seed=5)
+    parts = [data[i:i + len(data) // 8 + 1] for i in range(0, len(data), len(data) // 8 + 1)]
+    body = UploadBody(parts, len(data), hashlib.sha256(data).hexdigest())
+    sent: list[int] = []
+
+    async def upload() -> None:
+        async with Transport(timeout=0.1, throttle=Slow(0.1)) as transport:
+            api = GenviralClient(env.sandbox.base_url, TOKEN, transport)
+            ticket = await api.create_upload("image/png", "a.png", len(data))
+            await api.put_bytes(ticket.upload_url, body, "image/png", sent.append)
+
+    asyncio.run(upload())
+
+    assert sum(sent) == len(data) and len(sent) == len(parts) == 8
+    assert env.sandbox.calls[("PUT", "storage")] == 1
 
 
 # -- memory ---------------------------------------------------------------------------------------------
