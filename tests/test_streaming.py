@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+import photos
 import pytest
 from conftest import TOKEN, Env, image, write
 from helpers import state_rows
@@ -127,6 +128,27 @@ def test_a_file_that_changes_during_its_put_is_not_recorded_and_goes_next_run(
 
     assert again.exit_code == ExitCode.OK
     assert env.cdn_bytes(pack_id) == [photo.read_bytes()], "the next run uploads what the file holds now"
+
+
+# -- prepared uploads wait in the spool ----------------------------------------------------------------
+
+
+def test_what_a_recipe_made_is_uploaded_from_the_spool_which_is_emptied(env: Env) -> None:
+    """A photo whose location the default recipe strips goes up from a spool file, hashed as written;
+    the spool holds nothing once it is uploaded, nor what a killed run left there."""
+    spool = env.state_path.parent / "spool" / "prepared"
+    spool.mkdir(parents=True)
+    (spool / "left-by-a-killed-run").write_bytes(b"x" * 1000)
+    pack_id = env.sandbox.create_pack("Trip")
+    original = write(env.map("trip", pack_id=pack_id) / "beach.jpg", photos.jpeg(64, 48)).read_bytes()
+
+    report, gate = sync_through(env, lambda progress: Gate(progress))
+
+    assert report.exit_code == ExitCode.OK, failures(report)
+    [uploaded] = env.cdn_bytes(pack_id)
+    assert uploaded != original, "the photo as the recipe made it went up"
+    assert gate.progress.counts["sent"] == gate.progress.totals["sent"] == len(uploaded)
+    assert sorted(spool.iterdir()) == [], "nothing is left in the spool"
 
 
 # -- retries -------------------------------------------------------------------------------------------
