@@ -25,7 +25,7 @@ from helpers import state_rows
 from packsync.app import open_app, pull_once
 from packsync.engine.pull import PullOptions
 from packsync.engine.sync import SyncOptions, SyncReport
-from packsync.errors import ExitCode
+from packsync.errors import ExitCode, ItemChanged
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.transport import Transport
 from packsync.sources.body import CHUNK, UploadBody
@@ -149,6 +149,26 @@ def test_what_a_recipe_made_is_uploaded_from_the_spool_which_is_emptied(env: Env
     assert uploaded != original, "the photo as the recipe made it went up"
     assert gate.progress.counts["sent"] == gate.progress.totals["sent"] == len(uploaded)
     assert sorted(spool.iterdir()) == [], "nothing is left in the spool"
+
+
+# -- the body alone -------------------------------------------------------------------------------------
+
+
+def test_a_body_whose_file_was_cut_short_raises_before_its_last_chunk(tmp_path: Path) -> None:
+    data = padded_png(3 * CHUNK)
+    path = write(tmp_path / "a.png", data)
+    body = UploadBody.of_file(path, len(data), hashlib.sha256(data).hexdigest())
+    given: list[bytes] = []
+
+    async def read() -> None:
+        async for chunk in body.chunks():
+            given.append(chunk)
+            if len(given) == 1:
+                os.truncate(path, 2 * CHUNK + 10)
+
+    with pytest.raises(ItemChanged, match="changed while it was uploaded"):
+        asyncio.run(read())
+    assert sum(map(len, given)) < len(data) and len(given) == 2, "the last chunk never left"
 
 
 # -- retries -------------------------------------------------------------------------------------------
