@@ -149,15 +149,19 @@ class Executor:
         self._uploads: dict[str, asyncio.Task[Uploaded]] = {}
         self._urls: dict[str, Uploaded] = {}
         self._planned: dict[str, Upload] = {}
+        self._to_send = 0  # the bytes of this run's uploads still to send or sent ("sent"'s total)
         self.preparer = preparer or Preparer()
-        # Files read (and prepared) but not yet sent, at most: enough to keep every connection and every
-        # core busy, few enough that memory does not grow with the number of adds waiting.
+        # Uploads opened (and prepared) but not yet sent, at most: enough to keep every connection and every
+        # core busy, few enough that the spool's files and the open files do not grow with the adds waiting.
+        # (A streamed upload holds a chunk or two in memory, whatever its size.)
         self._in_hand = asyncio.Semaphore(self.api.concurrency + self.preparer.workers)
 
     async def run(self, plan: Plan) -> list[MappingOutcome]:
         """Carry out ``plan`` up to its ``finish`` phase; one outcome per mapping, in the plan's order."""
         outcomes = [MappingOutcome(m.label, m.pack_id) for m in plan.mappings]
         self._planned = {upload.add.upload_key: upload for upload in plan.uploads}
+        self._to_send = 0
+        self._resize_sent(sum(upload.add.item.size for upload in plan.uploads))
         self._urls = dict(plan.urls)
         runs = [Run(self, mapping, outcome) for mapping, outcome in zip(plan.mappings, outcomes, strict=True)]
         try:
@@ -221,32 +225,42 @@ class Executor:
         async with self._in_hand:
             add = upload.add
             try:
-                made = await self.preparer.prepare(add.item, self.sources[add.mapping].read, add.recipe)
-            except PrepareError as exc:
-                self.state.uploads.save_prepared([PreparedContent(add.sha256, add.recipe.key, problem=str(exc))])
+                made = await self.preparer.prepare(add.item, self.sources[add.mapping].open, add.recipe)
+            except BaseException as exc:
+                if isinstance(exc, PrepareError):
+                    self.state.uploads.save_prepared([PreparedContent(add.sha256, add.recipe.key, problem=str(exc))])
+                self._resize_sent(-add.item.size)
                 raise
-            if not add.recipe.as_is:
-                self.state.uploads.save_prepared([made.record])
-            sent = made.record.upload_sha256 or add.sha256
-            blob = upload.resume
-            if blob is None or blob.sha256 != sent:  # (the same bytes may be uploaded already, for another file)
-                blob = self.state.uploads.blobs({sent}).get((sent, add.upload_name))
-                if blob and blob.uploaded and blob.url:
-                    self.progress.advance("uploaded")
-                    return Uploaded(blob.url, sent, made.record.changes)
-            return Uploaded(await self._put(add, made, sent, blob), sent, made.record.changes)
+            self._resize_sent(made.body.size - add.item.size)  # (what the recipe made is what is sent)
+            try:
+                if not add.recipe.as_is:
+                    self.state.uploads.save_prepared([made.record])
+                sent = made.record.upload_sha256 or add.sha256
+                blob = upload.resume
+                if blob is None or blob.sha256 != sent:  # (the same bytes may be uploaded already, for another file)
+                    blob = self.state.uploads.blobs({sent}).get((sent, add.upload_name))
+                    if blob and blob.uploaded and blob.url:
+                        self.progress.advance("uploaded")
+                        self._resize_sent(-made.body.size)
+                        return Uploaded(blob.url, sent, made.record.changes)
+                return Uploaded(await self._put(add, made, sent, blob), sent, made.record.changes)
+            except BaseException:
+                self._resize_sent(-made.body.size)  # (not sent in this run)
+                raise
+            finally:
+                made.release()
 
     async def _put(self, add: AddImage, made: Prepared, sent: str, blob: Blob | None) -> str:
         rejected: UploadRejected | None = None
         for _attempt in range(UPLOAD_TRIES):
             self.fence(add.mapping)  # (an upload for a pack this site no longer syncs is not made)
             if not (blob and blob.url and blob.upload_url and (blob.expires_at or 0) - EXPIRY_MARGIN_S > time.time()):
-                ticket = await self.api.create_upload(made.content_type, add.upload_name, len(made.data))
+                ticket = await self.api.create_upload(made.content_type, add.upload_name, made.body.size)
                 blob = Blob(sent, ticket.content_type, ticket.url, ticket.upload_url, ticket.expires_at,
                             name=add.upload_name)
                 self.state.uploads.save_blob(blob)
             try:
-                await self.api.put_bytes(blob.upload_url or "", made.data, blob.content_type)
+                await self.api.put_bytes(blob.upload_url or "", made.body, blob.content_type, self._sent)
             except UploadRejected as exc:
                 rejected = exc
                 self.log.info("upload URL rejected; asking for a new one", item=add.item.key, error=str(exc))
@@ -258,6 +272,15 @@ class Executor:
             self.progress.advance("uploaded")
             return blob.url or ""
         raise PermanentError(f"storage rejected {UPLOAD_TRIES} fresh upload URLs in a row; the last said: {rejected}")
+
+    def _sent(self, count: int) -> None:
+        self.progress.advance("sent", count)
+
+    def _resize_sent(self, change: int) -> None:
+        """The bytes this run sends, grown or shrunk by ``change`` as its uploads are prepared or end."""
+        if change:
+            self._to_send += change
+            self.progress.total("sent", self._to_send)
 
     async def add_once(self, pack_id: str, url: str, file_name: str, label: str) -> str:
         """Add ``url`` to the pack exactly once, even when an answer is lost on the way back."""

@@ -2,67 +2,122 @@
 
 ``packsync.prepare`` does the work (pure: bytes in, bytes out); this module runs it in worker threads —
 the image libraries let go of the interpreter while they decode, resize and encode, so both cores work
-— at most one per core at once, so that only that many decoded images are ever in memory. It is where the
-library is imported: a mapping that uploads files as they are never loads it.
+— at most one per core at once, so that only that many decoded images are ever in memory, and a file
+larger than ``LARGE_BYTES`` alone (it takes every worker). It is where the library is imported: a
+mapping that uploads files as they are never loads it.
+
+What a recipe made is never held until its PUT: it is written to a private spool file (``spool``, in
+the state's folder, removed once uploaded and when a preparer starts) and the upload streams from
+there; a recipe that changed nothing uploads the file itself, streamed from the source.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import os
-from collections.abc import Awaitable, Callable
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import cast
 
 import msgspec
 
-from packsync.errors import PrepareError
+from packsync.errors import ItemChanged, PrepareError
 from packsync.model import ContentItem, PreparedContent
 from packsync.recipe import Recipe
+from packsync.sources.body import UploadBody
+
+#: A file larger than this is prepared alone (all the workers' slots): the survey and the re-encode hold
+#: the whole file, so memory is bounded by one such file, not by the sum of those under way.
+LARGE_BYTES = 32 * 1024 * 1024
 
 
 class Prepared(msgspec.Struct, frozen=True):
-    """The bytes to upload, their content type, and the record of what the recipe made of the content."""
+    """The bytes to upload (``body``, read as they are sent), their content type, the record of what the
+    recipe made of the content, and the spool file they are in, if they are in one (``release`` it)."""
 
-    data: bytes
+    body: UploadBody
     content_type: str
     record: PreparedContent
+    spooled: Path | None = None
+
+    def release(self) -> None:
+        """Remove the spool file (once uploaded, or given up)."""
+        if self.spooled is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.spooled.unlink()
 
 
-#: How the bytes of an item are read (a source's ``read``).
-Read = Callable[[ContentItem], Awaitable[bytes]]
+#: How an item's bytes are opened (a source's ``open``).
+Open = Callable[[ContentItem], Awaitable[UploadBody]]
 
 
 class Preparer:
     """Runs a recipe's inspections and preparations in worker threads of its own, ``workers`` at a time,
-    each file read only once a worker is free for it (so only that many files are in hand)."""
+    each file read only once a worker is free for it (so only that many files are in hand). ``spool``: the
+    folder prepared files wait in for their upload (None: in memory — a dry run prepares nothing it uploads)."""
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, spool: Path | None = None) -> None:
         self.workers = workers or _cores()
+        self.spool = spool
         self._slots = asyncio.Semaphore(self.workers)
+        self._large = asyncio.Lock()  # (one large file gathers every slot at a time: two would wait on each other)
         # Threads of its own, not the loop's shared pool: each thread an image was decoded in keeps the memory
         # it freed for the next decode, so the fewer threads ever decode, the less the process holds.
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="packsync-prepare")
+        if spool is not None:  # what a killed run left
+            shutil.rmtree(spool, ignore_errors=True)
 
-    async def prepare(self, item: ContentItem, read: Read, recipe: Recipe) -> Prepared:
-        """What ``recipe`` makes of ``item``'s bytes: raises ``PrepareError`` with the reason (and what
-        ``read`` raises)."""
+    async def prepare(self, item: ContentItem, open_item: Open, recipe: Recipe) -> Prepared:
+        """What ``recipe`` makes of ``item``'s bytes, ready to stream: raises ``PrepareError`` with the
+        reason (and what ``open_item`` raises)."""
+        body = await open_item(item)
         if recipe.as_is:
-            data = await read(item)
-            return Prepared(data, item.content_type, PreparedContent(item.sha256, "", (), item.sha256, len(data),
+            return Prepared(body, item.content_type, PreparedContent(item.sha256, "", (), item.sha256, item.size,
                                                                      item.content_type))
-        async with self._slots:
-            data = await read(item)
-            return await asyncio.get_running_loop().run_in_executor(self._pool, _prepare, item, data, recipe)
+        async with self._working(item):
+            data = await body.read()
+            made = await asyncio.get_running_loop().run_in_executor(self._pool, _prepare, item, data, recipe,
+                                                                    self.spool)
+            del data
+        return made if made.record.changes else msgspec.structs.replace(made, body=body)
 
-    async def inspect(self, item: ContentItem, read: Read, recipe: Recipe) -> PreparedContent:
+    async def record(self, item: ContentItem, open_item: Open, recipe: Recipe) -> PreparedContent:
+        """What ``recipe`` makes of ``item``'s bytes, learnt by preparing them, the bytes then dropped."""
+        async with self._working(item):
+            data = await (await open_item(item)).read()
+            made = await asyncio.get_running_loop().run_in_executor(self._pool, _prepare, item, data, recipe, None)
+        return made.record
+
+    async def inspect(self, item: ContentItem, open_item: Open, recipe: Recipe) -> PreparedContent:
         """The changes ``recipe`` would make to ``item``'s bytes, learnt without preparing them (or why it
         cannot prepare them)."""
-        async with self._slots:
-            data = await read(item)
+        async with self._working(item):
+            data = await (await open_item(item)).read()
             return await asyncio.get_running_loop().run_in_executor(self._pool, _inspect, item, data, recipe)
+
+    @contextlib.asynccontextmanager
+    async def _working(self, item: ContentItem) -> AsyncIterator[None]:
+        """A worker's slot for ``item``; every slot for a large one."""
+        if item.size <= LARGE_BYTES:
+            async with self._slots:
+                yield
+            return
+        taken = 0
+        try:
+            async with self._large:
+                for _ in range(self.workers):
+                    await self._slots.acquire()
+                    taken += 1
+            yield
+        finally:
+            for _ in range(taken):
+                self._slots.release()
 
 
 def _cores() -> int:
@@ -71,15 +126,29 @@ def _cores() -> int:
     return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
-def _prepare(item: ContentItem, data: bytes, recipe: Recipe) -> Prepared:
+def _prepare(item: ContentItem, data: bytes, recipe: Recipe, spool: Path | None) -> Prepared:
+    """``data`` prepared, written to a spool file of its own when it changed and ``spool`` is given (the
+    output then freed with the input)."""
     from packsync import prepare
 
     made = prepare.prepare(data, item.content_type, recipe)
+    del data
     if made.content_type != item.content_type or any(c.startswith("resize:") for c in made.changes):
         _give_back_memory()
     upload = hashlib.sha256(made.data).hexdigest() if made.changes else item.sha256
-    return Prepared(made.data, made.content_type, PreparedContent(
-        item.sha256, recipe.key, made.changes, upload, len(made.data), made.content_type))
+    record = PreparedContent(item.sha256, recipe.key, made.changes, upload, len(made.data), made.content_type)
+    if not made.changes or spool is None:
+        return Prepared(UploadBody.of_bytes(made.data, upload), made.content_type, record)
+    spooled = spool / f"{upload}-{uuid.uuid4().hex[:8]}"
+    try:
+        spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(os.open(spooled, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as out:
+            out.write(made.data)
+    except OSError as exc:  # (a full disk, say: this item's failure, tried again next run)
+        with contextlib.suppress(OSError):
+            spooled.unlink()
+        raise ItemChanged(f"cannot keep what its recipe made until it is uploaded ({exc.strerror})") from None
+    return Prepared(UploadBody.of_file(spooled, len(made.data), upload), made.content_type, record, spooled)
 
 
 def _inspect(item: ContentItem, data: bytes, recipe: Recipe) -> PreparedContent:

@@ -325,6 +325,9 @@ class Puller:
         report.downloaded.append(name)
         self.progress.advance("downloaded")
 
+    def _received(self, count: int) -> None:
+        self.progress.advance("received", count)
+
     async def _download(self, download: Download, tree: PullFolder, lock: asyncio.Lock) -> str:
         if problem := url_problem(download.url):
             raise PermanentError(problem)
@@ -340,7 +343,7 @@ class Puller:
             return sinks[-1]
 
         try:
-            written = await self.api.download(download.url, MAX_PULL_BYTES, sink)
+            written = await self.api.download(download.url, MAX_PULL_BYTES, sink, self._received)
             await asyncio.to_thread(written.finish)
             digest = written.digester.digest()
             if digest.content_type is None or digest.problem:

@@ -98,9 +98,9 @@ async def _learn_one(seen: Observed, source: Source, preparer: Preparer, recipe:
                      prepare: bool) -> None:
     try:
         if prepare:
-            found = (await preparer.prepare(item, source.read, recipe)).record
+            found = await preparer.record(item, source.open, recipe)
         else:
-            found = await preparer.inspect(item, source.read, recipe)
+            found = await preparer.inspect(item, source.open, recipe)
     except PrepareError as exc:
         found = PreparedContent(item.sha256, recipe.key, problem=str(exc))
     except (SourceError, TransientError, PermanentError, NotFound):

@@ -28,7 +28,7 @@ from packsync.logs import untrusted
 from packsync.model import Metadata, PackRead, PackSummary, RemotePack, UploadNames, UploadTicket
 from packsync.remote import answers
 from packsync.remote.transport import RetryPolicy, Transport
-from packsync.remote.wire import Answer, Headers, Route, S, path_segment, refusal, retry_after_of
+from packsync.remote.wire import Answer, Headers, Route, S, Streamed, path_segment, refusal, retry_after_of
 
 _AUTH_MESSAGES = {
     401: "the Genviral API refused the key: it is invalid or revoked (401 invalid_token)",
@@ -257,12 +257,14 @@ class GenviralClient:
                                 body={"contentType": content_type, "filename": filename, "size": size})
         return answers.upload_ticket(data, content_type)
 
-    async def put_bytes(self, upload_url: str, data: bytes, content_type: str) -> None:
-        """PUT the bytes to storage, with exactly the signed Content-Type and no Authorization."""
+    async def put_bytes(self, upload_url: str, data: bytes | Streamed, content_type: str,
+                        on_sent: Callable[[int], None] | None = None) -> None:
+        """PUT the bytes to storage, with exactly the signed Content-Type and no Authorization; a ``Streamed``
+        body is read from disk as it goes, each chunk told to ``on_sent`` (``Transport.request``)."""
         headers = self._storage.get(content_type) or self._storage.setdefault(
             content_type, Headers({"Content-Type": content_type}))
         await self.transport.request(PUT_BYTES, upload_url, stored, headers=headers, safe_to_repeat=True, body=data,
-                                     given=True)
+                                     given=True, on_sent=on_sent)
 
     async def add_image(self, pack_id: str, url: str, file_name: str) -> str:
         """Add an uploaded URL to a pack; returns the image id. Not repeated on ambiguous failures."""
@@ -305,9 +307,10 @@ class GenviralClient:
 
     # -- downloads ---------------------------------------------------------------------------------
 
-    async def download(self, url: str, max_bytes: int, sink: Callable[[], S]) -> S:
+    async def download(self, url: str, max_bytes: int, sink: Callable[[], S],
+                       on_received: Callable[[int], None] | None = None) -> S:
         """The bytes at an image's ``url``, without the key, through the transport (``Transport.download``)."""
-        return await self.transport.download(url, max_bytes, sink)
+        return await self.transport.download(url, max_bytes, sink, on_received)
 
     async def delete_image(self, pack_id: str, image_id: str) -> None:
         """Delete an image; one that is already gone counts as deleted."""

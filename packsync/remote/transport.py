@@ -25,8 +25,8 @@ import base64
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import aclosing, contextmanager
 from contextvars import ContextVar
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -53,6 +53,8 @@ from packsync.remote.wire import (
     Headers,
     Route,
     S,
+    Sink,
+    Streamed,
     failure,
     no_answer,
     on_the_wire,
@@ -268,8 +270,10 @@ class Transport:
             self._extensions = {"timeout": self._client.timeout.as_dict()}
         return self._client
 
-    def _request(self, method: str, url: str, headers: Headers, body: bytes, given: bool) -> httpx2.Request:
-        """An httpx2 request; ``given``: ``url`` came from an answer and goes on the request line as it is."""
+    def _request(self, method: str, url: str, headers: Headers, body: bytes | _Sending, given: bool) -> httpx2.Request:
+        """An httpx2 request; ``given``: ``url`` came from an answer and goes on the request line as it is.
+        A streamed body goes with its ``Content-Length`` (a presigned PUT takes no chunked encoding: httpx2
+        sends no ``Transfer-Encoding`` when the length is given)."""
         import httpx2
 
         client = self._http()
@@ -277,48 +281,66 @@ class Transport:
         if wire is None:
             wire = headers.wire = httpx2.Headers(client.headers)
             wire.update(headers.items)
+        content: bytes | AsyncIterator[bytes] | None
+        if isinstance(body, _Sending):
+            wire = httpx2.Headers(wire)
+            wire["Content-Length"] = str(body.body.size)
+            content = body.chunks()
+        else:
+            content = body or None
         extensions = self._extensions
         if given:
             url = on_the_wire(url)
             target = request_target(url)
-            request = httpx2.Request(method, url, headers=wire, content=body or None, extensions=extensions)
+            request = httpx2.Request(method, url, headers=wire, content=content, extensions=extensions)
             if request.url.raw_path != target:  # httpx2 would drop a dot segment: send it as given
                 request.extensions = {**extensions, "target": target}
             return request
-        return httpx2.Request(method, url, headers=wire, content=body or None, extensions=extensions)
+        return httpx2.Request(method, url, headers=wire, content=content, extensions=extensions)
 
     # -- requests ----------------------------------------------------------------------------------
 
     async def request(self, route: Route, url: str, read: Callable[[Answer, Route], T], *, headers: Headers,
-                      safe_to_repeat: bool, body: bytes = b"", given: bool = False) -> T:
+                      safe_to_repeat: bool, body: bytes | Streamed = b"", given: bool = False,
+                      on_sent: Callable[[int], None] | None = None) -> T:
         """Send one request, with retries, and return what ``read`` makes of its answer.
 
         ``read`` raises the error an answer is (``refusal``); a ``TransientError`` from it or from the wire
         is retried after the backoff (or the server's ``Retry-After``), unless the server may have done
         the work (``AmbiguousError``) and repeating the request is not harmless: then the caller looks
         at the remote state first. ``given``: ``url`` came from an answer and is sent byte for byte.
+        A ``Streamed`` body (a storage PUT's) is read as it is sent, each chunk through the throttle and
+        told to ``on_sent`` as it goes; an attempt that fails takes its count back.
         """
         with self._in_use(route):
-            return await self._retrying(route, lambda: self._once(route, url, read, headers, body, given),
+            return await self._retrying(route, lambda: self._once(route, url, read, headers, body, given, on_sent),
                                         safe_to_repeat=safe_to_repeat,
                                         deadline=time.monotonic() + RETRY_TIMEOUTS * self.timeout)
 
     async def _once(self, route: Route, url: str, read: Callable[[Answer, Route], T], headers: Headers,
-                    body: bytes, given: bool) -> T:
+                    body: bytes | Streamed, given: bool, on_sent: Callable[[int], None] | None) -> T:
+        sending = body if isinstance(body, bytes) else _Sending(body, self.throttle, on_sent, self.timeout)
         try:
             # Built before taking a slot: a slot stands for a request on the wire, not one being prepared.
-            request = self._request(route.method, url, headers, body, given)
+            request = self._request(route.method, url, headers, sending, given)
         except no_answer() as exc:
             raise failure(route, exc, url) from None
-        return read(await self._exchange(route, request, len(body), self._whole), route)
+        if isinstance(sending, bytes):
+            return read(await self._exchange(route, request, len(sending), self._whole), route)
+        try:
+            return read(await self._exchange(route, request, sending.body.size, self._whole, sending=sending), route)
+        except BaseException:
+            sending.take_back()
+            raise
 
     async def _exchange(self, route: Route, request: httpx2.Request, sent: int,
                         receive: Callable[[Route, httpx2.Response], Awaitable[T]], *, follow: bool = False,
-                        admit: Callable[[], None] | None = None) -> T:
+                        admit: Callable[[], None] | None = None, sending: _Sending | None = None) -> T:
         """Send ``request`` (of a body of ``sent`` bytes) in a slot, and ``receive`` its answer.
 
         The answer's head must be whole within ``HEAD_TIMEOUTS`` read timeouts and the time the body
-        takes to send at ``STALL_RATE`` (``Stalled`` past it); ``receive`` reads its body through ``_body``,
+        takes to send at ``STALL_RATE`` (``Stalled`` past it) — a streamed body's (``sending``) moves that
+        deadline on as its bytes go; ``receive`` reads its body through ``_body``,
         which keeps it moving. ``follow``: redirects are followed, by hand (a download's). ``admit`` may
         still refuse it once it has its slot (what it judges may have changed while it waited).
         """
@@ -328,9 +350,11 @@ class Transport:
             self.calls[route.name] += 1
             started, status = time.monotonic(), 0
             try:
-                head_s = HEAD_TIMEOUTS * self.timeout + sent / STALL_RATE
+                head_s = HEAD_TIMEOUTS * self.timeout + (0 if sending else sent / STALL_RATE)
                 try:
                     async with asyncio.timeout(head_s) as head:
+                        if sending:
+                            sending.due = head
                         response = await self._head(route, request, follow)
                 except TimeoutError:
                     if not head.expired():
@@ -419,8 +443,10 @@ class Transport:
 
     # -- downloads ---------------------------------------------------------------------------------
 
-    async def download(self, url: str, max_bytes: int, sink: Callable[[], S]) -> S:
-        """Stream the bytes at ``url`` into a fresh ``sink()`` (one per attempt) and return it.
+    async def download(self, url: str, max_bytes: int, sink: Callable[[], S],
+                       on_received: Callable[[int], None] | None = None) -> S:
+        """Stream the bytes at ``url`` into a fresh ``sink()`` (one per attempt) and return it, each chunk
+        told to ``on_received`` as it comes (an attempt that fails takes its count back).
 
         Image URLs are public storage or CDN addresses: the request carries no Authorization, so a key
         never goes to a host that is not its API. A refusal (4xx) or a body over ``max_bytes`` is a
@@ -431,7 +457,7 @@ class Transport:
         host, run = (urlsplit(url).hostname or "").lower(), self._current()
         with self._in_use(DOWNLOAD):
             try:
-                return await self._retrying(DOWNLOAD, lambda: self._stream(url, max_bytes, sink, host),
+                return await self._retrying(DOWNLOAD, lambda: self._stream(url, max_bytes, sink, host, on_received),
                                             safe_to_repeat=True, deadline=deadline, breaker=False)
             except Stalled:
                 run.stalled[host] += 1
@@ -443,7 +469,8 @@ class Transport:
             raise Stalled(f"download: not sent; {stalled} downloads from its host were too slow to finish in this "
                           "run", method=DOWNLOAD.method, route=DOWNLOAD.template)
 
-    async def _stream(self, url: str, max_bytes: int, sink: Callable[[], S], host: str) -> S:
+    async def _stream(self, url: str, max_bytes: int, sink: Callable[[], S], host: str,
+                      on_received: Callable[[int], None] | None) -> S:
         try:
             request = self._request("GET", url, self._plain, b"", True)
         except no_answer() as exc:
@@ -460,7 +487,16 @@ class Transport:
                 return PermanentError(f"larger than {max_bytes / 1e6:g} MB{said}", method=route.method,
                                       route=route.template, status=status)
 
-            return await _body(route, response, max_bytes, sink(), too_large, self.timeout, self.throttle)
+            into = sink()
+            if on_received is None:
+                return await _body(route, response, max_bytes, into, too_large, self.timeout, self.throttle)
+            counted = _Counted(into, on_received)
+            try:
+                await _body(route, response, max_bytes, counted, too_large, self.timeout, self.throttle)
+            except BaseException:
+                on_received(-counted.count)
+                raise
+            return into
 
         return await self._exchange(DOWNLOAD, request, 0, receive, follow=True, admit=lambda: self._admit(host))
 
@@ -496,3 +532,56 @@ async def _body(route: Route, response: httpx2.Response, max_bytes: int, into: S
         raise Stalled(f"{route.label}: {size:,} bytes in {clock() - started:.0f} s, too slow to finish",
                       method=route.method, route=route.template, status=response.status_code) from None
     return into
+
+
+class _Counted:
+    """A download's sink, its chunks counted (``on_received``) as they pass into it."""
+
+    def __init__(self, into: Sink, on_received: Callable[[int], None]) -> None:
+        self.into = into
+        self.on_received = on_received
+        self.count = 0
+
+    def update(self, chunk: bytes) -> None:
+        self.into.update(chunk)
+        self.count += len(chunk)
+        self.on_received(len(chunk))
+
+
+class _Sending:
+    """A streamed body on its way, one attempt of it: each chunk passes the throttle, then goes, and is
+    counted (``on_sent``); the deadline of the answer's head (``due``) moves on with the bytes sent, by the
+    time waited in the throttle too (that wait is packsync's, not the server's slowness)."""
+
+    def __init__(self, body: Streamed, throttle: Throttle, on_sent: Callable[[int], None] | None,
+                 grace_s: float) -> None:
+        self.body = body
+        self.throttle = throttle
+        self.on_sent = on_sent
+        self.grace_s = HEAD_TIMEOUTS * grace_s
+        self.due: asyncio.Timeout | None = None
+        self.sent = 0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        clock = asyncio.get_running_loop().time
+        started, waited = clock(), 0.0
+        async with aclosing(self.body.chunks()) as chunks:
+            async for chunk in chunks:
+                if self.throttle is not UNLIMITED:
+                    waiting = clock()
+                    if self.due:
+                        self.due.reschedule(None)
+                    await self.throttle.take(len(chunk), "up")
+                    waited += clock() - waiting
+                if self.due:
+                    self.due.reschedule(started + waited + self.grace_s + (self.sent + len(chunk)) / STALL_RATE)
+                yield chunk
+                self.sent += len(chunk)
+                if self.on_sent:
+                    self.on_sent(len(chunk))
+
+    def take_back(self) -> None:
+        """Take back the count of an attempt that failed: the bytes go again with the next one."""
+        if self.sent and self.on_sent:
+            self.on_sent(-self.sent)
+        self.sent = 0

@@ -18,7 +18,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -46,6 +46,17 @@ class Sink(Protocol):
 
 
 S = TypeVar("S", bound=Sink)
+
+
+class Streamed(Protocol):
+    """A request body read as it is sent: ``size`` bytes, which each ``chunks()`` gives afresh from the
+    first (a retried attempt sends them all again). What ``chunks`` raises ends the request short of its
+    ``Content-Length``, so the server keeps nothing, and goes up as it is."""
+
+    @property
+    def size(self) -> int: ...
+
+    def chunks(self) -> AsyncGenerator[bytes]: ...
 
 
 class Answer(msgspec.Struct, frozen=True):

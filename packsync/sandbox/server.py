@@ -228,7 +228,10 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length < 0:
             raise ValueError("negative Content-Length")
-        return self.rfile.read(length) if length else b""
+        body = self.rfile.read(length) if length else b""
+        if len(body) < length:  # the client hung up part-way: as S3 does, nothing is stored
+            raise ValueError("body shorter than its Content-Length")
+        return body
 
     def _send(self, reply: Reply) -> None:
         self.send_response(reply.status)

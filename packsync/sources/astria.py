@@ -1,8 +1,9 @@
 """An Astria pack as a source: its example images, known by their URLs, mirrored like a folder's files.
 
 Astria's image URLs are public storage addresses whose bytes do not change, so an image's URL is its
-identity: each new URL is downloaded once (without the key), sniffed, hashed and held until it is
-uploaded — in memory up to ``HELD_AT_MOST`` bytes in all, in a private spool folder past that; a URL
+identity: each new URL is downloaded once (without the key), sniffed and hashed as it comes, and held
+until it is uploaded: written to a private spool folder as it arrives (a small image stays in memory,
+up to ``HELD_AT_MOST`` bytes in all), never held whole when large; its upload streams from there. A URL
 seen before costs nothing. A download that fails is a problem of that image, tried again next run. The
 pack read itself failing is the source being unavailable: nothing is deleted because of it.
 """
@@ -10,8 +11,10 @@ pack read itself failing is the source being unavailable: nothing is deleted bec
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
+import os
 import shutil
+import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -28,24 +31,65 @@ from packsync.errors import (
 from packsync.logs import untrusted
 from packsync.model import EXTENSIONS, AstriaImage, AstriaPack, CachedFile, ContentItem, Problem, Scan
 from packsync.sources.base import SourceKind, astria_label
-from packsync.sources.media import Digester
+from packsync.sources.body import UploadBody
+from packsync.sources.media import Digest, Digester
 
 #: Downloads held in memory until they are uploaded, in bytes, in all: the rest wait in the spool folder.
 #: A small image in the spool costs a file created, written, read back and deleted, several times its
 #: download's CPU; a run's memory grows by this much at most.
 HELD_AT_MOST = 32 * 1024 * 1024
+#: A download larger than this goes to its spool file as it comes, never held whole.
+SPILL_AT = 1024 * 1024
 
 
-class _Held:
-    """A download's bytes, hashed and sniffed as they come."""
+class _Download:
+    """A download's bytes, hashed and sniffed as they come: in memory up to ``SPILL_AT``, then written to
+    a file of its own in ``spool`` (None: in memory, to be judged and dropped — a dry run's)."""
 
-    def __init__(self) -> None:
-        self.data = bytearray()
+    def __init__(self, spool: Path | None) -> None:
         self.digester = Digester()
+        self.held = bytearray()
+        self.path = spool / f"{uuid.uuid4().hex}.part" if spool else None
+        self.handle: int | None = None
+        self.spilled = False
 
     def update(self, chunk: bytes) -> None:
-        self.data += chunk
         self.digester.update(chunk)
+        if self.path is None or (self.handle is None and len(self.held) + len(chunk) <= SPILL_AT):
+            self.held += chunk
+            return
+        if self.handle is None:
+            self.handle = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            self.spilled = True
+            _write(self.handle, self.held)
+            self.held = bytearray()
+        _write(self.handle, chunk)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            os.close(self.handle)
+            self.handle = None
+
+    def discard(self) -> None:
+        """Close it and remove its file, if it has one."""
+        self.close()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+def _spill(path: Path, data: bytes | bytearray) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        _write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _write(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _known(cached: CachedFile | None, url: str) -> bool:
@@ -59,7 +103,7 @@ class AstriaReader(Protocol):
 
     async def pack(self, pack_id: int) -> AstriaPack: ...
 
-    async def download(self, url: str, max_bytes: int, sink: Callable[[], _Held]) -> _Held: ...
+    async def download(self, url: str, max_bytes: int, sink: Callable[[], _Download]) -> _Download: ...
 
 
 class AstriaSource:
@@ -78,7 +122,7 @@ class AstriaSource:
         self.label = astria_label(pack_id)
         self.name: str | None = None
         self.spool = spool
-        self._held: dict[str, bytes] = {}  # by SHA-256: the downloads held in memory
+        self._held: dict[str, bytes] = {}  # by SHA-256: the small downloads held in memory
         self._held_bytes = 0
         self._spool_made = False
 
@@ -135,58 +179,80 @@ class AstriaSource:
     async def _fetch(self, image: AstriaImage) -> CachedFile | str:
         """Download a new image into the spool: what it is, or why it cannot be synced (this run)."""
         try:
-            held = await self.client.download(image.url, self.max_bytes, _Held)
+            digest = await self._download(image.url)
         except (PermanentError, TransientError) as exc:
             return f"cannot download it ({untrusted(str(exc), 120)}); tried again next run"
-        digest = held.digester.digest()
+        except OSError as exc:
+            return f"cannot keep it until it is uploaded ({exc.strerror}); tried again next run"
         if digest.content_type is None or digest.problem:
             return digest.problem or "not an image"
-        if self.spool is not None:
-            try:
-                await self._keep(digest.sha256, bytes(held.data))
-            except OSError as exc:
-                return f"cannot keep it until it is uploaded ({exc.strerror}); tried again next run"
         return CachedFile(image.url, digest.size, digest.sha256, digest.content_type, None)
 
-    async def _keep(self, sha256: str, data: bytes) -> None:
-        """Hold ``data`` until it is uploaded: in memory while ``HELD_AT_MOST`` allows, else in the spool.
+    async def _download(self, url: str) -> Digest:
+        """Download ``url`` and hold its bytes until they are uploaded: in memory while small and while
+        ``HELD_AT_MOST`` allows, else in the spool as ``<sha256>``. Raises what the download raises, and
+        ``OSError`` when the spool cannot be written.
 
         The spool folder is made at the first image all the same: a spool that cannot be written then
         fails every image alike, whatever their sizes and the order they came in.
         """
-        assert self.spool is not None
-        if not self._spool_made:
+        if self.spool is not None and not self._spool_made:
             await asyncio.to_thread(self.spool.mkdir, mode=0o700, parents=True, exist_ok=True)
             self._spool_made = True
+        attempts: list[_Download] = []
+
+        def sink() -> _Download:  # a fresh one for each attempt
+            attempts.append(_Download(self.spool))
+            return attempts[-1]
+
+        try:
+            got = await self.client.download(url, self.max_bytes, sink)
+            got.close()
+            digest = got.digester.digest()
+            if self.spool is not None and digest.content_type is not None and not digest.problem:
+                await self._keep(digest.sha256, got)
+            return digest
+        finally:
+            for attempt in attempts:
+                attempt.discard()
+
+    async def _keep(self, sha256: str, got: _Download) -> None:
+        assert self.spool is not None
         if sha256 in self._held:
             return
-        if self._held_bytes + len(data) <= HELD_AT_MOST:
-            self._held[sha256] = data
-            self._held_bytes += len(data)
+        kept = self.spool / sha256
+        if got.spilled:
+            assert got.path is not None
+            await asyncio.to_thread(os.replace, got.path, kept)
+        elif self._held_bytes + len(got.held) <= HELD_AT_MOST:
+            self._held[sha256] = bytes(got.held)
+            self._held_bytes += len(got.held)
         else:
-            await asyncio.to_thread(self._spill, sha256, data)
+            await asyncio.to_thread(_spill, kept, got.held)
 
-    def _spill(self, sha256: str, data: bytes) -> None:
-        assert self.spool is not None
-        self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (self.spool / sha256).write_bytes(data)
-
-    async def read(self, item: ContentItem) -> bytes:
+    async def open(self, item: ContentItem) -> UploadBody:
         """The bytes held in memory or in the spool, or downloaded again (an image hashed by an earlier run)."""
         if (held := self._held.get(item.sha256)) is not None:
-            return held  # the very bytes that were hashed as they came
-        try:
-            if self.spool is None:
-                raise FileNotFoundError
-            data = await asyncio.to_thread((self.spool / item.sha256).read_bytes)
-        except OSError:
+            return UploadBody.of_bytes(held, item.sha256)  # the very bytes that were hashed as they came
+        if self.spool is None:  # (a dry run's source: it uploads nothing, but the bytes are there to read)
             try:
-                data = bytes((await self.client.download(item.key, self.max_bytes, _Held)).data)
+                got = await self.client.download(item.key, self.max_bytes, lambda: _Download(None))
             except (PermanentError, TransientError) as exc:
                 raise ItemChanged(f"cannot download it again ({untrusted(str(exc), 120)})") from None
-        if hashlib.sha256(data).hexdigest() != item.sha256:
-            raise ItemChanged("its URL now serves other bytes; it will be synced on the next run")
-        return data
+            return UploadBody.of_bytes(bytes(got.held), item.sha256)
+        kept = self.spool / item.sha256
+        if not await asyncio.to_thread(kept.is_file):
+            try:
+                digest = await self._download(item.key)
+            except (PermanentError, TransientError) as exc:
+                raise ItemChanged(f"cannot download it again ({untrusted(str(exc), 120)})") from None
+            except OSError as exc:
+                raise ItemChanged(f"cannot keep it until it is uploaded ({exc.strerror})") from None
+            if digest.sha256 != item.sha256:
+                raise ItemChanged("its URL now serves other bytes; it will be synced on the next run")
+            if (held := self._held.get(item.sha256)) is not None:
+                return UploadBody.of_bytes(held, item.sha256)
+        return UploadBody.of_file(kept, item.size, item.sha256)
 
     def close(self) -> None:
         """Drop what is held, in memory and in the spool: it is uploaded (or will be downloaded again). Also

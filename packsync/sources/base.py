@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Literal, Protocol
 
 from packsync.model import CachedFile, ContentItem, PathsScan, Scan
+from packsync.sources.body import UploadBody
 
 #: What a source is: a local folder, or an Astria pack (its images).
 SourceKind = Literal["folder", "astria"]
@@ -70,8 +71,9 @@ class Source(Protocol):
         """What the source holds, seen without reading any item (a ``Scan`` with its ``listing`` only);
         None when there is no cheap way to see it (an Astria pack is known only by reading it)."""
 
-    async def read(self, item: ContentItem) -> bytes:
-        """The item's bytes, provided they still hash to ``item.sha256``; else ``ItemChanged``."""
+    async def open(self, item: ContentItem) -> UploadBody:
+        """The item's bytes, to be read as they are sent (``body.py``), checked on the way to be the ones
+        that hashed to ``item.sha256`` (else ``ItemChanged``); ``ItemChanged`` at once when it has none."""
 
     def close(self) -> None:
         """Let go of what the source holds between runs (temporary files)."""

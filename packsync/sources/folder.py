@@ -28,6 +28,7 @@ from packsync.errors import ItemChanged, SourceUnavailable
 from packsync.files import read_regular
 from packsync.model import CachedFile, ContentItem, PathsScan, Problem, Scan
 from packsync.sources.base import SourceKind
+from packsync.sources.body import UploadBody
 from packsync.sources.media import digest_file
 from packsync.sources.patterns import DEFAULT_EXCLUDE, IGNORE_FILE, Patterns, compiled
 
@@ -35,8 +36,6 @@ from packsync.sources.patterns import DEFAULT_EXCLUDE, IGNORE_FILE, Patterns, co
 SIDECAR_SUFFIXES = (".xmp", ".packsync-tmp")
 #: A ``.packsyncignore`` larger than this is refused (50,000 lines would slow every scan).
 MAX_IGNORE_BYTES = 256 * 1024
-#: Small files are read on the event loop: a thread hand-off costs more than the read.
-INLINE_READ_BYTES = 256 * 1024
 #: A file's version token (``CachedFile.version``): its stat key, device, inode, size and mtime. A file
 #: replaced, rewritten or touched has another (formatted with ``%``: the walk does it for every file).
 _VERSION = "%d:%d:%d:%d"
@@ -175,21 +174,12 @@ class FolderSource:
         """The walk alone, in a worker thread: its ``listing`` and its own problems, no file read."""
         return await asyncio.to_thread(lambda: scan_folder(self.root, {}, self.filters, judge=False))
 
-    async def read(self, item: ContentItem) -> bytes:
-        """The file's bytes: read on the event loop when small, in a worker thread otherwise."""
-        return self._read(item) if item.size < INLINE_READ_BYTES else await asyncio.to_thread(self._read, item)
+    async def open(self, item: ContentItem) -> UploadBody:
+        """The file as scanned: read from disk as it is sent."""
+        return UploadBody.of_file(self.root / item.key, item.size, item.sha256)
 
     def close(self) -> None:
         pass
-
-    def _read(self, item: ContentItem) -> bytes:
-        try:
-            data = read_regular(self.root / item.key, self.filters.max_file_bytes)
-        except OSError as exc:
-            raise ItemChanged(f"cannot read it any more ({exc.strerror})") from None
-        if hashlib.sha256(data).hexdigest() != item.sha256:
-            raise ItemChanged("changed since it was scanned; it will be synced on the next run")
-        return data
 
 
 class GoneFolder:
@@ -218,7 +208,7 @@ class GoneFolder:
     async def listing(self) -> Scan:
         return Scan(source=self.label)
 
-    async def read(self, item: ContentItem) -> bytes:
+    async def open(self, item: ContentItem) -> UploadBody:
         raise ItemChanged("its folder is gone")
 
     def close(self) -> None:

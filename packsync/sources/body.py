@@ -1,0 +1,138 @@
+"""An item's bytes on their way to storage: read from disk a chunk at a time, never held whole.
+
+An ``UploadBody`` is a list of parts — bytes held in memory, or a range of a file (``FileRange``) — with
+the size and SHA-256 planned for the whole. ``chunks`` reads it as it is sent, hashing what it gives,
+and holds back the last chunk until the size and the hash are the planned ones: a file that grew,
+shrank or changed while it was sent raises ``ItemChanged`` before its last bytes leave, so the request
+ends short of its ``Content-Length`` and storage keeps nothing. Each call starts again from the first
+byte (a retried PUT sends the whole body again). ``read`` gives the whole, checked the same way, to a
+recipe that must decode it.
+
+A prepared upload is "parts: edited header bytes and ranges of the source file" as easily as one file
+or one spool file: the body never knows which it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from pathlib import Path
+
+import msgspec
+
+from packsync.errors import ItemChanged
+from packsync.files import open_regular
+
+#: The bytes read and sent at a time: large enough that a thread hop and a throttle's ``take`` per chunk
+#: cost nothing next to the bytes, small enough that concurrency × 2 chunks is all an upload holds.
+CHUNK = 512 * 1024
+#: A range this small is read on the event loop: a thread hop costs more than the read.
+INLINE_BYTES = 256 * 1024
+CHANGED_WHILE_SENT = "changed while it was uploaded; it will be synced on the next run"
+CHANGED_SINCE_SCAN = "changed since it was scanned; it will be synced on the next run"
+
+
+class FileRange(msgspec.Struct, frozen=True):
+    """``length`` bytes from ``offset`` of the file at ``path``, whose whole size was ``file_size`` when
+    it was planned: a file of another size now has changed, whatever the bytes of the range."""
+
+    path: Path
+    offset: int
+    length: int
+    file_size: int
+
+
+Part = bytes | FileRange
+
+
+class UploadBody:
+    """The bytes of one upload, ``size`` of them hashing to ``sha256``, read part after part."""
+
+    def __init__(self, parts: Sequence[Part], size: int, sha256: str) -> None:
+        self.parts = tuple(parts)
+        self.size = size
+        self.sha256 = sha256
+
+    @classmethod
+    def of_file(cls, path: Path, size: int, sha256: str) -> UploadBody:
+        """A whole file, planned to hold ``size`` bytes hashing to ``sha256``."""
+        return cls((FileRange(path, 0, size, size),), size, sha256)
+
+    @classmethod
+    def of_bytes(cls, data: bytes, sha256: str | None = None) -> UploadBody:
+        """Bytes in hand (hashed here unless their hash is known)."""
+        return cls((data,), len(data), sha256 or hashlib.sha256(data).hexdigest())
+
+    async def chunks(self) -> AsyncGenerator[bytes]:
+        """The bytes, ``CHUNK`` at a time, from the first; ``ItemChanged`` instead of the last chunk when
+        they are not the planned ones."""
+        sha, size, held = hashlib.sha256(), 0, b""
+        for part in self.parts:
+            async for piece in _pieces(part):
+                sha.update(piece)
+                size += len(piece)
+                if size > self.size:
+                    raise ItemChanged(CHANGED_WHILE_SENT)
+                if held:
+                    yield held
+                held = piece
+        if size != self.size or sha.hexdigest() != self.sha256:
+            raise ItemChanged(CHANGED_WHILE_SENT)
+        if held:
+            yield held
+
+    async def read(self) -> bytes:
+        """The bytes whole, provided they are the planned ones; else ``ItemChanged``."""
+        pieces = [part if isinstance(part, bytes) else await _whole(part) for part in self.parts]
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if len(data) != self.size or hashlib.sha256(data).hexdigest() != self.sha256:
+            raise ItemChanged(CHANGED_SINCE_SCAN)
+        return data
+
+
+async def _pieces(part: Part) -> AsyncIterator[bytes]:
+    """A part in chunks; a file range that ended early gives what it had (the size check catches it)."""
+    if isinstance(part, bytes):
+        for start in range(0, len(part), CHUNK):
+            yield part[start:start + CHUNK]
+        return
+    inline = part.file_size < INLINE_BYTES
+    fd = _open(part) if inline else await asyncio.to_thread(_open, part)
+    try:
+        position, end = part.offset, part.offset + part.length
+        while position < end:
+            want = min(CHUNK, end - position)
+            piece = os.pread(fd, want, position) if inline else await asyncio.to_thread(os.pread, fd, want, position)
+            if not piece:
+                return
+            position += len(piece)
+            yield piece
+        if os.fstat(fd).st_size != part.file_size:  # grown (or cut) where this range does not reach
+            raise ItemChanged(CHANGED_WHILE_SENT)
+    finally:
+        os.close(fd)
+
+
+def _open(part: FileRange) -> int:
+    try:
+        with open_regular(part.path) as handle:
+            return os.dup(handle.fileno())
+    except OSError as exc:
+        raise ItemChanged(f"cannot read it any more ({exc.strerror})") from None
+
+
+async def _whole(part: FileRange) -> bytes:
+    """A range read in one call (no copy of a large file is made), checked against the file's size."""
+    def read() -> bytes:
+        fd = _open(part)
+        try:
+            data = os.pread(fd, part.length, part.offset)
+            if len(data) != part.length or os.fstat(fd).st_size != part.file_size:
+                raise ItemChanged(CHANGED_SINCE_SCAN)
+            return data
+        finally:
+            os.close(fd)
+
+    return read() if part.file_size < INLINE_BYTES else await asyncio.to_thread(read)
