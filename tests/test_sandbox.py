@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +17,8 @@ import httpx2
 import pytest
 from helpers import wait_until
 
-from packsync.sandbox import Account, Faults, Sandbox
+from packsync.sandbox import Account, Faults, LinkRate, Sandbox
+from packsync.sandbox.link import parse_rate
 
 T = TypeVar("T")
 
@@ -451,3 +454,92 @@ def test_state_persists_across_instances(tmp_path: Path) -> None:
         second.delete_pack(pid)
     with Sandbox(accounts=ACCOUNTS, state_path=state) as third:
         assert third.packs() == []
+
+
+# ---------------------------------------------------------------------------------- link
+MB = 1_000_000
+
+
+def timed_put(sb: Sandbox, api: httpx2.Client, size: int) -> float:
+    """Seconds from asking for an upload URL's PUT to its answer, for ``size`` bytes (a PNG's signature
+    first, the rest zeros: the bytes only have to be carried)."""
+    ticket = api.post("/files", json={"contentType": "image/png", "filename": "big.png"}).json()["data"]
+    body = b"\x89PNG\r\n\x1a\n" + bytes(size - 8)
+    start = time.monotonic()
+    with httpx2.Client(timeout=60) as plain:  # a connection of its own: the per-connection bucket is its
+        put = plain.put(ticket["uploadUrl"], content=body, headers={"Content-Type": "image/png"})
+    assert put.status_code == 200, put.text
+    return time.monotonic() - start
+
+
+def concurrent_puts(sb: Sandbox, api: httpx2.Client, size: int, count: int) -> tuple[list[float], float]:
+    """``count`` PUTs of ``size`` bytes started together: each one's seconds, and the seconds until the last."""
+    barrier = threading.Barrier(count)
+
+    def one() -> float:
+        barrier.wait()
+        return timed_put(sb, api, size)
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(count) as pool:
+        each = list(pool.map(lambda _: one(), range(count)))
+    return each, time.monotonic() - start
+
+
+def test_link_rate_paces_a_storage_put() -> None:
+    """A 2 MB PUT through a 1 MB/s link takes at least 2 s (the body is read at the rate), and the link
+    counts the bytes it carried."""
+    with Sandbox(accounts=ACCOUNTS, link_rate=LinkRate(total=1 * MB)) as sb, \
+            httpx2.Client(base_url=sb.base_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5) as api:
+        assert timed_put(sb, api, 2 * MB) >= 2.0 * 0.98
+        assert sb.link_moved() == {"up": 2 * MB, "down": 0}
+
+
+def test_link_total_is_shared_by_concurrent_puts(sb: Sandbox, api: httpx2.Client) -> None:
+    """Two 2 MB PUTs started together through a 2 MB/s link: 4 MB need 2 s, and neither gets the link to
+    itself (alone, one would take 1 s)."""
+    sb.set_link_rate(LinkRate(total=2 * MB))
+    each, both = concurrent_puts(sb, api, 2 * MB, 2)
+    assert both >= 2.0 * 0.98
+    assert min(each) >= 1.5
+
+
+def test_link_per_connection_rate_applies_alone(sb: Sandbox, api: httpx2.Client) -> None:
+    """A per-connection rate of 1 MB/s, no total: each of four 1 MB PUTs takes at least 1 s, and they
+    move side by side (one after another, or through a shared 1 MB/s, they would need 4 s)."""
+    sb.set_link_rate(LinkRate(per_connection=1 * MB))
+    each, all_four = concurrent_puts(sb, api, 1 * MB, 4)
+    assert min(each) >= 1.0 * 0.98
+    assert all_four < 3.0
+
+
+def test_link_paces_cdn_downloads(sb: Sandbox) -> None:
+    """A CDN body goes out at the link's rate: 2 MB at 1 MB/s take at least 2 s; the link counts them."""
+    url = sb.upload(b"\x89PNG\r\n\x1a\n" + bytes(2 * MB - 8))
+    sb.set_link_rate(LinkRate(per_connection=1 * MB, total=4 * MB))
+    start = time.monotonic()
+    got = PLAIN.get(url, timeout=60)
+    assert got.status_code == 200 and len(got.content) == 2 * MB
+    assert time.monotonic() - start >= 2.0 * 0.98
+    assert sb.link_moved()["down"] == 2 * MB
+
+
+def test_link_rate_zero_is_unlimited(sb: Sandbox, api: httpx2.Client) -> None:
+    """Rates of 0 switch the limits off, also at run time: 2 MB after a 1 kB/s link was lifted take far
+    less than the 2,000 s that link would need."""
+    sb.set_link_rate(LinkRate(per_connection=1000, total=1000))
+    sb.set_link_rate(LinkRate())
+    assert timed_put(sb, api, 2 * MB) < 30
+
+
+@pytest.mark.parametrize(("text", "rate"), [("20M", 20 * 2**20), ("512k", 512 * 1024), ("1000", 1000.0),
+                                            ("1.5M", 1.5 * 2**20), ("0", 0.0), ("off", 0.0), ("", 0.0)])
+def test_parse_rate_reads_rclone_units(text: str, rate: float) -> None:
+    assert parse_rate(text) == rate
+
+
+def test_parse_rate_refuses_in_one_sentence() -> None:
+    with pytest.raises(ValueError, match=r"^'fast' is not a rate: write bytes per second, e\.g\. 20M"):
+        parse_rate("fast")
+    with pytest.raises(ValueError, match="0 or more"):
+        LinkRate(total=-1)
