@@ -4,7 +4,8 @@ Their bytes are what costs here, not their scene, so their pixels are noise (see
 files share bytes and none compresses): a JPEG of 2000×1500 at quality 97 weighs about 4.2 MB and takes
 a tenth of a second to make; it carries a camera's metadata (``camera_jpegs``: EXIF with GPS, serials
 and the owner's name, an sRGB profile, XMP), so packsync's default recipe has something to strip. A
-"50 MB file" is a 4096×4096 RGB PNG stored without compression (50.3 MB, about a second and a half).
+"50 MB file" is a 4080×4080 RGB PNG stored without compression (49.95 MB: just within packsync's default
+``max_file_mb = 50``, 10⁶ bytes; about a second and a half to make).
 
 Both are kept in the cache folder (``link-photos-<VERSION>/``, ``link-big-<VERSION>-<side>/``); a later
 run reuses what it finds. Changing how they are made means changing ``VERSION``.
@@ -24,7 +25,7 @@ from PIL import Image
 VERSION = "v1"
 PHOTO_SIZE = (2000, 1500)
 PHOTO_QUALITY = 97
-BIG_SIDE = 4096
+BIG_SIDE = 4080
 
 
 def photos(cache_dir: Path, count: int, log: Callable[[str], None]) -> list[Path]:
@@ -34,7 +35,7 @@ def photos(cache_dir: Path, count: int, log: Callable[[str], None]) -> list[Path
 
 
 def big_pngs(cache_dir: Path, count: int, log: Callable[[str], None], side: int = BIG_SIDE) -> list[Path]:
-    """``count`` noise PNGs of ``side``×``side`` RGB, stored (50.3 MB each at the default side)."""
+    """``count`` noise PNGs of ``side``×``side`` RGB, stored (49.95 MB each at the default side)."""
     return _cached(cache_dir / f"link-big-{VERSION}-{side}", [f"BIG_{i:02}.png" for i in range(1, count + 1)],
                    lambda index: big_png_bytes(index, side), log, f"{side}×{side} PNGs")
 

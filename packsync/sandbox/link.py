@@ -21,6 +21,9 @@ Direction = Literal["up", "down"]
 
 #: Bytes read from or written to the socket per step of a throttled body.
 CHUNK = 64 * 1024
+#: How far behind its schedule a bucket may fall and still catch up, as a real link's queue lets it: a
+#: server thread the machine ran late (a busy core, the GIL) does not cost the link that time.
+BURST_S = 0.02
 _SUFFIXES = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _RATE_RE = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<suffix>[bkmg]?)", re.IGNORECASE)
 
@@ -53,10 +56,10 @@ class LinkRate:
 class TokenBucket:
     """Bytes per second through one bucket, first come first served.
 
-    Each ``take`` books the next free span of the bucket's time (n ÷ rate seconds, starting no earlier
-    than now) and says when that span ends; callers sleep until then, outside the lock. The bucket
-    never lends: an idle bucket does not save up a burst, so any span of t seconds moves at most
-    rate·t bytes plus one chunk.
+    Each ``book`` takes the next free span of the bucket's time (n ÷ rate seconds, starting no earlier
+    than ``BURST_S`` before now) and says when that span ends; callers sleep until then, outside the
+    lock. An idle bucket saves up no more than ``BURST_S`` of its rate, so any span of t seconds moves
+    at most rate·(t + ``BURST_S``) bytes plus one chunk.
     """
 
     def __init__(self) -> None:
@@ -68,7 +71,7 @@ class TokenBucket:
         if rate <= 0:
             return now
         with self._lock:
-            start = max(now, self._free_at)
+            start = max(now - BURST_S, self._free_at)
             self._free_at = start + n / rate
             return self._free_at
 
