@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -17,7 +21,7 @@ import httpx2
 import pytest
 from helpers import wait_until
 
-from packsync.sandbox import Account, Faults, LinkRate, Sandbox
+from packsync.sandbox import DEMO_TOKEN, Account, Faults, LinkRate, Sandbox
 from packsync.sandbox.link import parse_rate
 
 T = TypeVar("T")
@@ -543,3 +547,34 @@ def test_parse_rate_refuses_in_one_sentence() -> None:
         parse_rate("fast")
     with pytest.raises(ValueError, match="0 or more"):
         LinkRate(total=-1)
+
+
+def test_packsync_sandbox_takes_its_link_rate_at_start(tmp_path: Path) -> None:
+    """``packsync sandbox --link-rate 1M`` serves storage PUTs at 1 MiB/s: 2 MiB take at least 2 s."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GENVIRAL_TOKEN", "ASTRIA_API_KEY")}
+    proc = subprocess.Popen([sys.executable, "-m", "packsync", "sandbox", "--port", "0", "--link-rate", "1M"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    try:
+        listening = wait_until(lambda: next((line for line in lines if "listening on" in line), None), timeout=30)
+        base_url = listening.split("listening on ")[1].split()[0]
+        with httpx2.Client(base_url=base_url, headers={"Authorization": f"Bearer {DEMO_TOKEN}"}, timeout=30) as api:
+            ticket = api.post("/files", json={"contentType": "image/png"}).json()["data"]
+            start = time.monotonic()
+            put = PLAIN.put(ticket["uploadUrl"], content=b"\x89PNG\r\n\x1a\n" + bytes(2 * 2**20 - 8),
+                            headers={"Content-Type": "image/png"}, timeout=30)
+            assert put.status_code == 200
+            assert time.monotonic() - start >= 2.0 * 0.98
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+
+
+def test_packsync_sandbox_refuses_a_rate_in_one_sentence() -> None:
+    done = subprocess.run([sys.executable, "-m", "packsync", "sandbox", "--connection-rate", "fast"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "Invalid value for '--connection-rate': 'fast' is not a rate" in done.stderr
+    assert "Traceback" not in done.stderr
