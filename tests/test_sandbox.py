@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
@@ -578,3 +580,17 @@ def test_packsync_sandbox_refuses_a_rate_in_one_sentence() -> None:
     assert done.returncode == 2
     assert "Invalid value for '--connection-rate': 'fast' is not a rate" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_storage_keeps_nothing_of_a_put_cut_short(sb: Sandbox, api: httpx2.Client) -> None:
+    """A client that hangs up part-way through its PUT body leaves nothing in storage (as S3 does), with the
+    link on or off."""
+    sb.set_link_rate(LinkRate(total=10 * MB))
+    ticket = api.post("/files", json={"contentType": "image/png"}).json()["data"]
+    target = urlsplit(ticket["uploadUrl"])
+    with socket.create_connection((target.hostname or "", target.port or 80), timeout=10) as conn:
+        conn.sendall(f"PUT {target.path}?{target.query} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     f"Content-Length: {MB}\r\n\r\n".encode() + b"\x89PNG\r\n\x1a\n" + bytes(100_000))
+        conn.shutdown(socket.SHUT_WR)
+        assert conn.recv(100).startswith(b"HTTP/1.1 400")
+    assert PLAIN.get(ticket["url"]).status_code == 404

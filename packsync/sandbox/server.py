@@ -245,12 +245,13 @@ class Handler(BaseHTTPRequestHandler):
         return b"".join(parts)
 
     def _read_into(self, parts: list[bytes], length: int, uplink: bool) -> None:
-        """Append up to ``length`` bytes of the body to ``parts`` (fewer if the client hangs up), a chunk at a
-        time: the client's send waits on the link as on a real uplink, and the parts are joined once."""
+        """Append ``length`` bytes of the body to ``parts``, a chunk at a time: the client's send waits on the
+        link as on a real uplink, and the parts are joined once. ``ValueError`` when the client hung up
+        part-way: as S3 does, nothing of it is stored."""
         while length > 0:
             part = self.rfile.read(min(CHUNK, length))
             if not part:
-                return
+                raise ValueError("body shorter than its length")
             if uplink:
                 self.link.passed(len(part), "up")
             parts.append(part)
