@@ -523,8 +523,8 @@ def astria_packs(gallery: bool, as_json: bool) -> None:
               help="Share of requests answered with 429/500/reset.")
 @click.option("--upload-ttl", type=click.FloatRange(min=1), default=600.0, help="Seconds an upload URL stays valid.")
 @click.option("--link-rate", metavar="RATE", default="off", callback=lambda _c, _p, v: _sandbox_rate(v),
-              help="Bytes per second of all storage uploads and CDN downloads together, e.g. 20M (MiB/s), 512k, "
-                   "off (the default).")
+              help="Bytes per second of all storage uploads and CDN downloads together, as rclone writes it: "
+                   "20M (MiB/s), 512k (KiB/s), off (the default).")
 @click.option("--connection-rate", metavar="RATE", default="off", callback=lambda _c, _p, v: _sandbox_rate(v),
               help="Bytes per second of each connection's uploads and downloads, as --link-rate.")
 def sandbox(port: int, state_path: Path | None, latency_ms: float, fault_rate: float, upload_ttl: float,

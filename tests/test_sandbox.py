@@ -538,8 +538,9 @@ def test_link_rate_zero_is_unlimited(sb: Sandbox, api: httpx2.Client) -> None:
     assert timed_put(sb, api, 2 * MB) < 30
 
 
-@pytest.mark.parametrize(("text", "rate"), [("20M", 20 * 2**20), ("512k", 512 * 1024), ("1000", 1000.0),
-                                            ("1.5M", 1.5 * 2**20), ("0", 0.0), ("off", 0.0), ("", 0.0)])
+@pytest.mark.parametrize(("text", "rate"), [("20M", 20 * 2**20), ("512k", 512 * 1024), ("100", 100 * 1024),
+                                            ("4096B", 4096), ("1.5M", 1.5 * 2**20), ("0", 0.0), ("off", 0.0),
+                                            ("", 0.0)])
 def test_parse_rate_reads_rclone_units(text: str, rate: float) -> None:
     assert parse_rate(text) == rate
 

@@ -24,19 +24,21 @@ CHUNK = 64 * 1024
 #: How far behind its schedule a bucket may fall and still catch up, as a real link's queue lets it: a
 #: server thread the machine ran late (a busy core, the GIL) does not cost the link that time.
 BURST_S = 0.02
-_SUFFIXES = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+#: rclone's suffixes (binary), and what a bare number means to it: KiB, as ``bandwidth_limit`` reads it.
+_SUFFIXES = {"": 1 << 10, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _RATE_RE = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<suffix>[bkmg]?)", re.IGNORECASE)
 
 
 def parse_rate(text: str) -> float:
-    """Bytes per second from rclone's notation: ``"20M"`` (MiB/s), ``"512k"`` (KiB/s), ``"1000"``; ``"0"``,
-    ``"off"`` or ``""``: unlimited (0). ``ValueError`` with one sentence for anything else."""
+    """Bytes per second from rclone's notation: ``"20M"`` (MiB/s), ``"512k"`` or ``"512"`` (KiB/s), ``"4096B"``
+    (bytes/s); ``"0"``, ``"off"`` or ``""``: unlimited (0). ``ValueError`` with one sentence for anything else."""
     text = text.strip()
     if text.lower() in ("", "off"):
         return 0.0
     match = _RATE_RE.fullmatch(text)
     if match is None:
-        raise ValueError(f"{text!r} is not a rate: write bytes per second, e.g. 20M (MiB/s), 512k (KiB/s) or off")
+        raise ValueError(f"{text!r} is not a rate: write bytes per second, e.g. 20M (MiB/s), 512k (KiB/s), "
+                         "4096B or off")
     return float(match["number"]) * _SUFFIXES[match["suffix"].lower()]
 
 
