@@ -82,6 +82,11 @@ class RecordingSandbox(Sandbox):
         with self.arrived:
             return self.arrivals[-1][0] if self.arrivals else 0.0
 
+    def first_arrival(self) -> float:
+        """The arrival time of the earliest request since the last forget, 0.0 when none arrived."""
+        with self.arrived:
+            return self.arrivals[0][0] if self.arrivals else 0.0
+
     def wait_for_arrival(self, method: str, route: str, since: float, timeout: float) -> float | None:
         """The first arrival of (method, route) at or after ``since``, waiting up to ``timeout`` s."""
         deadline = time.monotonic() + timeout
@@ -180,7 +185,8 @@ class RecordingSandbox(Sandbox):
 #: What the bench may call in the child: methods (called with the arguments sent) and the ``calls``
 #: property (read).
 REMOTE = frozenset({
-    "calls", "reset_calls", "set_latency", "forget_arrivals", "arrivals_of", "last_arrival", "wait_for_arrival",
+    "calls", "reset_calls", "set_latency", "forget_arrivals", "arrivals_of", "last_arrival", "first_arrival",
+    "wait_for_arrival",
     "new_pack", "settle", "image_count", "pending_metadata", "image_urls", "pack", "packs", "add_uploaded",
     "astria_set_users", "astria_add_pack", "astria_add_image", "save_snapshot", "load_snapshot", "cpu_now",
     "seed_settled", "set_link_rate", "link_moved",
@@ -324,6 +330,9 @@ class SandboxProcess:
 
     def last_arrival(self) -> float:
         return float(self._call("last_arrival"))
+
+    def first_arrival(self) -> float:
+        return float(self._call("first_arrival"))
 
     def wait_for_arrival(self, method: str, route: str, since: float, timeout: float) -> float | None:
         arrival: float | None = self._call("wait_for_arrival", method, route, since, timeout, timeout=timeout + 30)
