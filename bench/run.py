@@ -41,6 +41,7 @@ import metadata_polling  # noqa: E402
 import noop_rerun  # noqa: E402
 import prepared_sync  # noqa: E402
 import pull  # noqa: E402
+import real_photos  # noqa: E402
 import shared_state  # noqa: E402
 import startup  # noqa: E402
 from harness import Context, Row  # noqa: E402
@@ -66,6 +67,11 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "startup": startup.run,
     "first-sync-pg": shared_state.run_first_sync,
     "noop-pg": shared_state.run_noop,
+    "photos-first-sync": real_photos.run_first_sync,
+    "photos-rss": real_photos.run_rss,
+    "photos-adoption": real_photos.run_adoption,
+    "photos-pull": real_photos.run_pull,
+    "bandwidth-5M": real_photos.run_bandwidth,
 }
 
 

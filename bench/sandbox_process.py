@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from packsync.sandbox import Account, Faults, Sandbox
+from packsync.sandbox import Account, Faults, LinkRate, Sandbox
 from packsync.sandbox.store import ENRICH_MODEL, _Image
 
 TOKEN = "gva_bench_key.not-a-real-secret"
@@ -81,6 +81,11 @@ class RecordingSandbox(Sandbox):
         """The arrival time of the latest request, 0.0 when none arrived since the last forget."""
         with self.arrived:
             return self.arrivals[-1][0] if self.arrivals else 0.0
+
+    def first_arrival(self) -> float:
+        """The arrival time of the earliest request since the last forget, 0.0 when none arrived."""
+        with self.arrived:
+            return self.arrivals[0][0] if self.arrivals else 0.0
 
     def wait_for_arrival(self, method: str, route: str, since: float, timeout: float) -> float | None:
         """The first arrival of (method, route) at or after ``since``, waiting up to ``timeout`` s."""
@@ -180,10 +185,11 @@ class RecordingSandbox(Sandbox):
 #: What the bench may call in the child: methods (called with the arguments sent) and the ``calls``
 #: property (read).
 REMOTE = frozenset({
-    "calls", "reset_calls", "set_latency", "forget_arrivals", "arrivals_of", "last_arrival", "wait_for_arrival",
+    "calls", "reset_calls", "set_latency", "forget_arrivals", "arrivals_of", "last_arrival", "first_arrival",
+    "wait_for_arrival",
     "new_pack", "settle", "image_count", "pending_metadata", "image_urls", "pack", "packs", "add_uploaded",
     "astria_set_users", "astria_add_pack", "astria_add_image", "save_snapshot", "load_snapshot", "cpu_now",
-    "seed_settled",
+    "seed_settled", "set_link_rate", "link_moved",
 })
 
 
@@ -325,6 +331,9 @@ class SandboxProcess:
     def last_arrival(self) -> float:
         return float(self._call("last_arrival"))
 
+    def first_arrival(self) -> float:
+        return float(self._call("first_arrival"))
+
     def wait_for_arrival(self, method: str, route: str, since: float, timeout: float) -> float | None:
         arrival: float | None = self._call("wait_for_arrival", method, route, since, timeout, timeout=timeout + 30)
         return arrival
@@ -353,8 +362,18 @@ class SandboxProcess:
         packs: list[dict[str, Any]] = self._call("packs")
         return packs
 
-    def add_uploaded(self, pack_id: str, data: bytes, file_name: str = "image.png") -> str:
-        return str(self._call("add_uploaded", pack_id, data, file_name))
+    def add_uploaded(self, pack_id: str, data: bytes, file_name: str = "image.png",
+                     content_type: str = "image/png") -> str:
+        return str(self._call("add_uploaded", pack_id, data, file_name, content_type))
+
+    def set_link_rate(self, total: float = 0.0, per_connection: float = 0.0) -> None:
+        """Storage PUT bodies come in, and CDN bodies go out, at these bytes per second from now on (0: no limit)."""
+        self._call("set_link_rate", LinkRate(per_connection=per_connection, total=total))
+
+    def link_moved(self) -> dict[str, int]:
+        """Bytes of storage PUT bodies received (``up``) and of CDN bodies sent (``down``) so far."""
+        moved: dict[str, int] = self._call("link_moved")
+        return moved
 
     def seed_settled(self, pack_id: str, names: list[str], description: str,
                      keywords: list[str]) -> list[tuple[str, str]]:

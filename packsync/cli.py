@@ -537,24 +537,42 @@ def astria_packs(gallery: bool, as_json: bool) -> None:
 
 
 @_command(main, epilog=_examples("packsync sandbox --port 8765      # then base_url = \"http://127.0.0.1:8765/api/partner/v1\"",
-                                 "packsync sandbox --fault-rate 0.1 --latency-ms 200"))
+                                 "packsync sandbox --fault-rate 0.1 --latency-ms 200",
+                                 "packsync sandbox --link-rate 2M --connection-rate 512k   # an uplink of 2 MiB/s"))
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option("--state", "state_path", type=click.Path(path_type=Path), help="Keep the sandbox's data in this file.")
 @click.option("--latency-ms", type=click.FloatRange(min=0), default=0.0, help="Delay added to every request.")
 @click.option("--fault-rate", type=click.FloatRange(0, 1), default=0.0,
               help="Share of requests answered with 429/500/reset.")
 @click.option("--upload-ttl", type=click.FloatRange(min=1), default=600.0, help="Seconds an upload URL stays valid.")
-def sandbox(port: int, state_path: Path | None, latency_ms: float, fault_rate: float, upload_ttl: float) -> None:
+@click.option("--link-rate", metavar="RATE", default="off", callback=lambda _c, _p, v: _sandbox_rate(v),
+              help="Bytes per second of all storage uploads and CDN downloads together, as rclone writes it: "
+                   "20M (MiB/s), 512k (KiB/s), off (the default).")
+@click.option("--connection-rate", metavar="RATE", default="off", callback=lambda _c, _p, v: _sandbox_rate(v),
+              help="Bytes per second of each connection's uploads and downloads, as --link-rate.")
+def sandbox(port: int, state_path: Path | None, latency_ms: float, fault_rate: float, upload_ttl: float,
+            link_rate: float, connection_rate: float) -> None:
     """Serve a local Genviral Partner API on 127.0.0.1 (accepts $GENVIRAL_TOKEN, or a demo token).
 
     The same port also serves a local Astria API under /astria (base_url http://127.0.0.1:PORT/astria;
     accepts $ASTRIA_API_KEY, or a demo key) with a demo pack, whose images are at extension-less URLs.
     """
-    from packsync.sandbox import main_serve
+    from packsync.sandbox import LinkRate, main_serve
 
     main_serve(port=port, token=os.environ.get("GENVIRAL_TOKEN") or None, state_path=state_path,
                latency_ms=latency_ms, fault_rate=fault_rate, upload_ttl_s=upload_ttl,
-               astria_token=os.environ.get("ASTRIA_API_KEY") or None)
+               astria_token=os.environ.get("ASTRIA_API_KEY") or None,
+               link_rate=LinkRate(per_connection=connection_rate, total=link_rate))
+
+
+def _sandbox_rate(text: str) -> float:
+    """A ``sandbox`` rate option's bytes per second, or click's one-sentence refusal."""
+    from packsync.sandbox.link import parse_rate
+
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @_command(main, epilog=_examples("packsync init                                  # asks for the folder and the pack",

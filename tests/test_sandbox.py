@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import socket
 import struct
+import subprocess
+import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
 from helpers import wait_until
 
-from packsync.sandbox import Account, Faults, Sandbox
+from packsync.sandbox import DEMO_TOKEN, Account, Faults, LinkRate, Sandbox
+from packsync.sandbox.link import parse_rate
 
 T = TypeVar("T")
 
@@ -451,3 +460,138 @@ def test_state_persists_across_instances(tmp_path: Path) -> None:
         second.delete_pack(pid)
     with Sandbox(accounts=ACCOUNTS, state_path=state) as third:
         assert third.packs() == []
+
+
+# ---------------------------------------------------------------------------------- link
+MB = 1_000_000
+
+
+def timed_put(sb: Sandbox, api: httpx2.Client, size: int) -> float:
+    """Seconds from asking for an upload URL's PUT to its answer, for ``size`` bytes (a PNG's signature
+    first, the rest zeros: the bytes only have to be carried)."""
+    ticket = api.post("/files", json={"contentType": "image/png", "filename": "big.png"}).json()["data"]
+    body = b"\x89PNG\r\n\x1a\n" + bytes(size - 8)
+    start = time.monotonic()
+    with httpx2.Client(timeout=60) as plain:  # a connection of its own: the per-connection bucket is its
+        put = plain.put(ticket["uploadUrl"], content=body, headers={"Content-Type": "image/png"})
+    assert put.status_code == 200, put.text
+    return time.monotonic() - start
+
+
+def concurrent_puts(sb: Sandbox, api: httpx2.Client, size: int, count: int) -> tuple[list[float], float]:
+    """``count`` PUTs of ``size`` bytes started together: each one's seconds, and the seconds until the last."""
+    barrier = threading.Barrier(count)
+
+    def one() -> float:
+        barrier.wait()
+        return timed_put(sb, api, size)
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(count) as pool:
+        each = list(pool.map(lambda _: one(), range(count)))
+    return each, time.monotonic() - start
+
+
+def test_link_rate_paces_a_storage_put() -> None:
+    """A 2 MB PUT through a 1 MB/s link takes at least 2 s (the body is read at the rate), and the link
+    counts the bytes it carried."""
+    with Sandbox(accounts=ACCOUNTS, link_rate=LinkRate(total=1 * MB)) as sb, \
+            httpx2.Client(base_url=sb.base_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5) as api:
+        assert timed_put(sb, api, 2 * MB) >= 2.0 * 0.98
+        assert sb.link_moved() == {"up": 2 * MB, "down": 0}
+
+
+def test_link_total_is_shared_by_concurrent_puts(sb: Sandbox, api: httpx2.Client) -> None:
+    """Two 2 MB PUTs started together through a 2 MB/s link: 4 MB need 2 s, and neither gets the link to
+    itself (alone, one would take 1 s)."""
+    sb.set_link_rate(LinkRate(total=2 * MB))
+    each, both = concurrent_puts(sb, api, 2 * MB, 2)
+    assert both >= 2.0 * 0.98
+    assert min(each) >= 1.5
+
+
+def test_link_per_connection_rate_applies_alone(sb: Sandbox, api: httpx2.Client) -> None:
+    """A per-connection rate of 1 MB/s, no total: each of four 1 MB PUTs takes at least 1 s, and they
+    move side by side (one after another, or through a shared 1 MB/s, they would need 4 s)."""
+    sb.set_link_rate(LinkRate(per_connection=1 * MB))
+    each, all_four = concurrent_puts(sb, api, 1 * MB, 4)
+    assert min(each) >= 1.0 * 0.98
+    assert all_four < 3.0
+
+
+def test_link_paces_cdn_downloads(sb: Sandbox) -> None:
+    """A CDN body goes out at the link's rate: 2 MB at 1 MB/s take at least 2 s; the link counts them."""
+    url = sb.upload(b"\x89PNG\r\n\x1a\n" + bytes(2 * MB - 8))
+    sb.set_link_rate(LinkRate(per_connection=1 * MB, total=4 * MB))
+    start = time.monotonic()
+    got = PLAIN.get(url, timeout=60)
+    assert got.status_code == 200 and len(got.content) == 2 * MB
+    assert time.monotonic() - start >= 2.0 * 0.98
+    assert sb.link_moved()["down"] == 2 * MB
+
+
+def test_link_rate_zero_is_unlimited(sb: Sandbox, api: httpx2.Client) -> None:
+    """Rates of 0 switch the limits off, also at run time: 2 MB after a 1 kB/s link was lifted take far
+    less than the 2,000 s that link would need."""
+    sb.set_link_rate(LinkRate(per_connection=1000, total=1000))
+    sb.set_link_rate(LinkRate())
+    assert timed_put(sb, api, 2 * MB) < 30
+
+
+@pytest.mark.parametrize(("text", "rate"), [("20M", 20 * 2**20), ("512k", 512 * 1024), ("100", 100 * 1024),
+                                            ("4096B", 4096), ("1.5M", 1.5 * 2**20), ("0", 0.0), ("off", 0.0),
+                                            ("", 0.0)])
+def test_parse_rate_reads_rclone_units(text: str, rate: float) -> None:
+    assert parse_rate(text) == rate
+
+
+def test_parse_rate_refuses_in_one_sentence() -> None:
+    with pytest.raises(ValueError, match=r"^'fast' is not a rate: write bytes per second, e\.g\. 20M"):
+        parse_rate("fast")
+    with pytest.raises(ValueError, match="0 or more"):
+        LinkRate(total=-1)
+
+
+def test_packsync_sandbox_takes_its_link_rate_at_start(tmp_path: Path) -> None:
+    """``packsync sandbox --link-rate 1M`` serves storage PUTs at 1 MiB/s: 2 MiB take at least 2 s."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GENVIRAL_TOKEN", "ASTRIA_API_KEY")}
+    proc = subprocess.Popen([sys.executable, "-m", "packsync", "sandbox", "--port", "0", "--link-rate", "1M"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    try:
+        listening = wait_until(lambda: next((line for line in lines if "listening on" in line), None), timeout=30)
+        base_url = listening.split("listening on ")[1].split()[0]
+        with httpx2.Client(base_url=base_url, headers={"Authorization": f"Bearer {DEMO_TOKEN}"}, timeout=30) as api:
+            ticket = api.post("/files", json={"contentType": "image/png"}).json()["data"]
+            start = time.monotonic()
+            put = PLAIN.put(ticket["uploadUrl"], content=b"\x89PNG\r\n\x1a\n" + bytes(2 * 2**20 - 8),
+                            headers={"Content-Type": "image/png"}, timeout=30)
+            assert put.status_code == 200
+            assert time.monotonic() - start >= 2.0 * 0.98
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+
+
+def test_packsync_sandbox_refuses_a_rate_in_one_sentence() -> None:
+    done = subprocess.run([sys.executable, "-m", "packsync", "sandbox", "--connection-rate", "fast"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "Invalid value for '--connection-rate': 'fast' is not a rate" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_storage_keeps_nothing_of_a_put_cut_short(sb: Sandbox, api: httpx2.Client) -> None:
+    """A client that hangs up part-way through its PUT body leaves nothing in storage (as S3 does), with the
+    link on or off."""
+    sb.set_link_rate(LinkRate(total=10 * MB))
+    ticket = api.post("/files", json={"contentType": "image/png"}).json()["data"]
+    target = urlsplit(ticket["uploadUrl"])
+    with socket.create_connection((target.hostname or "", target.port or 80), timeout=10) as conn:
+        conn.sendall(f"PUT {target.path}?{target.query} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     f"Content-Length: {MB}\r\n\r\n".encode() + b"\x89PNG\r\n\x1a\n" + bytes(100_000))
+        conn.shutdown(socket.SHUT_WR)
+        assert conn.recv(100).startswith(b"HTTP/1.1 400")
+    assert PLAIN.get(ticket["url"]).status_code == 404

@@ -2,7 +2,8 @@
 
 Modules: ``store`` (in-memory model and persistence), ``imaging`` (image sniffing and
 enrichment text), ``validation`` (request schemas), ``faults`` (fault configuration and
-draws), ``server`` (HTTP routing and envelope), ``app`` (the :class:`Sandbox` object).
+draws), ``link`` (the rate storage and CDN bodies move at), ``server`` (HTTP routing and
+envelope), ``app`` (the :class:`Sandbox` object).
 This module re-exports the public interface and the ``packsync sandbox`` entry point.
 """
 
@@ -14,9 +15,11 @@ from .app import DEMO_TOKEN, Sandbox
 from .astria import ASTRIA_DEMO_TOKEN
 from .faults import Faults
 from .imaging import solid_png
+from .link import LinkRate
 from .store import Account
 
-__all__ = ["Sandbox", "Account", "Faults", "DEMO_TOKEN", "ASTRIA_DEMO_TOKEN", "main_serve", "seed_astria_demo"]
+__all__ = ["Sandbox", "Account", "Faults", "LinkRate", "DEMO_TOKEN", "ASTRIA_DEMO_TOKEN", "main_serve",
+           "seed_astria_demo"]
 
 #: The demo Astria pack: a title and, per class, the colours of its example images.
 ASTRIA_DEMO = ("Corporate Headshots", {"woman": [(200, 40, 40), (40, 160, 60), (30, 60, 200)],
@@ -34,7 +37,8 @@ def seed_astria_demo(sandbox: Sandbox) -> int:
 
 
 def main_serve(port: int, token: str | None, state_path: Path | None, latency_ms: float,
-               fault_rate: float, upload_ttl_s: float, astria_token: str | None = None) -> None:
+               fault_rate: float, upload_ttl_s: float, astria_token: str | None = None,
+               link_rate: LinkRate | None = None) -> None:
     """Serve a sandbox in the foreground until interrupted (the ``packsync sandbox`` command)."""
     token = token or DEMO_TOKEN
     astria_token = astria_token or ASTRIA_DEMO_TOKEN
@@ -43,6 +47,7 @@ def main_serve(port: int, token: str | None, state_path: Path | None, latency_ms
         state_path=state_path,
         upload_ttl_s=upload_ttl_s,
         faults=Faults(latency_s=latency_ms / 1000.0, rate=fault_rate),
+        link_rate=link_rate,
     )
     sandbox.start(port)
     sandbox.astria.users = {astria_token: 1}

@@ -1,7 +1,7 @@
 """The :class:`Sandbox` object: lifecycle, configuration and test-facing helpers.
 
 Owns starting and stopping the HTTP server on a background thread, the request counters
-(``calls``), scripted fault injection, and the seeding/inspection helpers that tests use
+(``calls``), scripted fault injection, the link's rate, and the seeding/inspection helpers that tests use
 to reach into the store without HTTP, faults or latency.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 from .astria import ASTRIA_PREFIX, AstriaStore
 from .faults import FaultPlan, Faults
+from .link import Direction, Link, LinkRate
 from .server import API_PREFIX, Reply, SandboxServer
 from .store import Account, Store
 from .validation import IMAGE_CONTENT_TYPES
@@ -37,12 +38,14 @@ class Sandbox:
         upload_ttl_s: float = 600.0,
         enrich_delays: tuple[float, float] = (0.2, 0.3),
         faults: Faults | None = None,
+        link_rate: LinkRate | None = None,
     ) -> None:
         self.accounts: dict[str, Account] = (
             dict(accounts) if accounts is not None else {DEMO_TOKEN: Account(scope="demo")})
         self.upload_ttl_s = float(upload_ttl_s)
         self.faults = faults if faults is not None else Faults()
         self.plan = FaultPlan(self.faults)
+        self.link = Link(link_rate)
         self.store = Store(Path(state_path) if state_path is not None else None, enrich_delays)
         self.astria = AstriaStore(lambda: self.origin)
         self._calls: Counter[tuple[str, str]] = Counter()
@@ -172,6 +175,16 @@ class Sandbox:
             entry[2].wait()
         except threading.BrokenBarrierError:
             pass
+
+    # ------------------------------------------------------------------ link
+    def set_link_rate(self, rate: LinkRate) -> None:
+        """Storage PUT bodies come in, and CDN bodies go out, at ``rate`` from now on (bodies already
+        moving included)."""
+        self.link.set_rate(rate)
+
+    def link_moved(self) -> dict[Direction, int]:
+        """Bytes of storage PUT bodies received (``up``) and of CDN bodies sent (``down``) so far."""
+        return self.link.moved()
 
     # ----------------------------------------------------------------- calls
     def _count(self, method: str, route: str) -> None:

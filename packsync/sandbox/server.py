@@ -3,7 +3,9 @@
 Owns the request handler and the threading HTTP server. Every request is routed to an
 API route template (``/packs``, ``/packs/{id}``, ...), ``storage`` (presigned PUT) or
 ``cdn`` (GET), counted, delayed by the configured latency, possibly faulted, and then
-answered from the :class:`~packsync.sandbox.store.Store`. Standard library only.
+answered from the :class:`~packsync.sandbox.store.Store`. Storage PUT bodies are read, and CDN
+bodies written, a chunk at a time through the sandbox's :class:`~packsync.sandbox.link.Link`.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from xml.sax.saxutils import escape
 from .astria import ASTRIA_PREFIX, IMAGE_PREFIX
 from .astria import answer as astria_answer
 from .faults import AFTER_KINDS, TRICKLE_KINDS
+from .link import CHUNK, ConnectionLink
 from .store import CDN_PATH_RE
 from .validation import (
     IMAGE_CONTENT_TYPES,
@@ -61,6 +64,9 @@ ACCOUNT_ERRORS = {
     402: ("subscription_required", "Active Creator, Professional, or Business subscription required"),
     403: ("tier_not_allowed", "Scheduler tier cannot use Partner API"),
 }
+#: The routes whose bodies cross the link: uploads in, downloads out.
+UPLINK_ROUTES = frozenset({"storage"})
+DOWNLINK_ROUTES = frozenset({"cdn", "astria-img"})
 BAD_GATEWAY_HTML = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
 
 
@@ -205,6 +211,12 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server_version = "packsync-sandbox/1"
     server: SandboxServer
+    link: ConnectionLink
+    downlink = False  # whether this request's answer body crosses the link (a CDN GET)
+
+    def setup(self) -> None:
+        super().setup()
+        self.link = self.server.sandbox.link.connection()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass
@@ -214,24 +226,36 @@ class Handler(BaseHTTPRequestHandler):
         return super().parse_request()
 
     # ------------------------------------------------------------- plumbing
-    def _read_body(self) -> bytes:
+    def _read_body(self, uplink: bool) -> bytes:
+        """The request body, whole; ``uplink``: read at the link's rate."""
+        parts: list[bytes] = []
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
+                    return b"".join(parts)
+                self._read_into(parts, size, uplink)
                 self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
         if length < 0:
             raise ValueError("negative Content-Length")
-        body = self.rfile.read(length) if length else b""
-        if len(body) < length:  # the client hung up part-way: as S3 does, nothing is stored
-            raise ValueError("body shorter than its Content-Length")
-        return body
+        self._read_into(parts, length, uplink)
+        return b"".join(parts)
+
+    def _read_into(self, parts: list[bytes], length: int, uplink: bool) -> None:
+        """Append ``length`` bytes of the body to ``parts``, a chunk at a time: the client's send waits on the
+        link as on a real uplink, and the parts are joined once. ``ValueError`` when the client hung up
+        part-way: as S3 does, nothing of it is stored."""
+        while length > 0:
+            part = self.rfile.read(min(CHUNK, length))
+            if not part:
+                raise ValueError("body shorter than its length")
+            if uplink:
+                self.link.passed(len(part), "up")
+            parts.append(part)
+            length -= len(part)
 
     def _send(self, reply: Reply) -> None:
         self.send_response(reply.status)
@@ -242,8 +266,16 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.end_headers()
-        if self.command != "HEAD" and reply.body:
+        if self.command == "HEAD" or not reply.body:
+            return
+        if not self.downlink:
             self.wfile.write(reply.body)
+            return
+        body = memoryview(reply.body)
+        for start in range(0, len(body), CHUNK):
+            chunk = body[start:start + CHUNK]
+            self.link.passed(len(chunk), "down")
+            self.wfile.write(chunk)
 
     def _trickle(self, reply: Reply | None) -> None:
         """Answer a byte at a time, every ``trickle_s``: the head of ``reply`` at once, then its body; no
@@ -278,13 +310,14 @@ class Handler(BaseHTTPRequestHandler):
         sb = self.server.sandbox
         method = self.command
         url = urlsplit(self.path)
+        resolved = resolve(url.path)
+        self.downlink = resolved is not None and resolved[0] in DOWNLINK_ROUTES
         try:
-            body = self._read_body()
+            body = self._read_body(uplink=resolved is not None and resolved[0] in UPLINK_ROUTES)
         except ValueError:
             self.close_connection = True
             self._send(fail(400, "bad_request", "Malformed request body"))
             return
-        resolved = resolve(url.path)
         if resolved is None:
             self._send(fail(404, "not_found", "Route not found"))
             return
