@@ -132,6 +132,10 @@ class ItemChanged(SourceError):
     """An item's bytes are no longer those its listing hashed."""
 
 
+#: Why an item whose bytes changed after its scan is not synced now (the sources' and the preparer's word).
+CHANGED_SINCE_SCAN = "changed since it was scanned; it will be synced on the next run"
+
+
 class XmpError(SourceError):
     """A sidecar packsync cannot read as an XMP packet: it is left as it is, and reported."""
 

@@ -6,9 +6,13 @@ the image libraries let go of the interpreter while they decode, resize and enco
 larger than ``LARGE_BYTES`` alone (it takes every worker). It is where the library is imported: a
 mapping that uploads files as they are never loads it.
 
-What a recipe made is never held until its PUT: it is written to a private spool file (``spool``, in
-the state's folder, removed once uploaded and when a preparer starts) and the upload streams from
-there; a recipe that changed nothing uploads the file itself, streamed from the source.
+A file on disk is prepared from disk (``prepare.prepare_path``): a strip reads the metadata it edits and
+hashes the file a chunk at a time, and its upload is the edited header bytes and ranges of the file itself,
+streamed as they are sent — never the whole file in memory, whatever its size. A resize or a conversion
+must decode (the whole file in hand, one large file at a time); what it made is never held until its PUT:
+it is written to a private spool file (``spool``, in the state's folder, removed once uploaded and when a
+preparer starts) and the upload streams from there. Bytes a source holds in memory (a small Astria
+download) are prepared in memory.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import cast
@@ -30,11 +34,13 @@ import msgspec
 from packsync.errors import ItemChanged, PrepareError
 from packsync.model import ContentItem, PreparedContent
 from packsync.recipe import Recipe
-from packsync.sources.body import UploadBody
+from packsync.sources.body import FileRange, Part, UploadBody, open_file
 
-#: A file larger than this is prepared alone (all the workers' slots): the survey and the re-encode hold
-#: the whole file, so memory is bounded by one such file, not by the sum of those under way.
+#: A file larger than this is prepared alone (all the workers' slots) when its preparation holds it whole (a
+#: re-encode, or bytes not on disk), so memory is bounded by one such file, not by the sum of those under way.
 LARGE_BYTES = 32 * 1024 * 1024
+#: Bytes a recipe made (a re-encode) past this size wait for their PUT in a spool file, not in memory.
+SPOOL_AT_LEAST = 1024 * 1024
 
 
 class Prepared(msgspec.Struct, frozen=True):
@@ -80,31 +86,36 @@ class Preparer:
         if recipe.as_is:
             return Prepared(body, item.content_type, PreparedContent(item.sha256, "", (), item.sha256, item.size,
                                                                      item.content_type))
-        async with self._working(item):
-            data = await body.read()
-            made = await asyncio.get_running_loop().run_in_executor(self._pool, _prepare, item, data, recipe,
-                                                                    self.spool)
-            del data
+        made = await self._made(item, body, recipe, self.spool)
         return made if made.record.changes else msgspec.structs.replace(made, body=body)
 
     async def record(self, item: ContentItem, open_item: Open, recipe: Recipe) -> PreparedContent:
         """What ``recipe`` makes of ``item``'s bytes, learnt by preparing them, the bytes then dropped."""
-        async with self._working(item):
-            data = await (await open_item(item)).read()
-            made = await asyncio.get_running_loop().run_in_executor(self._pool, _prepare, item, data, recipe, None)
-        return made.record
+        return (await self._made(item, await open_item(item), recipe, None)).record
+
+    async def _made(self, item: ContentItem, body: UploadBody, recipe: Recipe, spool: Path | None) -> Prepared:
+        async with self._working(item, body.file is None or _decodes(item, recipe)):
+            loop = asyncio.get_running_loop()
+            if (whole := body.file) is not None:
+                return await loop.run_in_executor(self._pool, _prepare_file, item, whole, recipe, spool)
+            data = await body.read()
+            return await loop.run_in_executor(self._pool, _prepare, item, data, recipe, spool)
 
     async def inspect(self, item: ContentItem, open_item: Open, recipe: Recipe) -> PreparedContent:
         """The changes ``recipe`` would make to ``item``'s bytes, learnt without preparing them (or why it
         cannot prepare them)."""
-        async with self._working(item):
-            data = await (await open_item(item)).read()
-            return await asyncio.get_running_loop().run_in_executor(self._pool, _inspect, item, data, recipe)
+        body = await open_item(item)
+        async with self._working(item, body.file is None):
+            loop = asyncio.get_running_loop()
+            if (whole := body.file) is not None:
+                return await loop.run_in_executor(self._pool, _inspect_file, item, whole, recipe)
+            data = await body.read()
+            return await loop.run_in_executor(self._pool, _inspect, item, data, recipe)
 
     @contextlib.asynccontextmanager
-    async def _working(self, item: ContentItem) -> AsyncIterator[None]:
-        """A worker's slot for ``item``; every slot for a large one."""
-        if item.size <= LARGE_BYTES:
+    async def _working(self, item: ContentItem, whole: bool) -> AsyncIterator[None]:
+        """A worker's slot for ``item``; every slot for a large one held ``whole``."""
+        if not whole or item.size <= LARGE_BYTES:
             async with self._slots:
                 yield
             return
@@ -120,6 +131,11 @@ class Preparer:
                 self._slots.release()
 
 
+def _decodes(item: ContentItem, recipe: Recipe) -> bool:
+    """Whether ``recipe`` may decode ``item`` (a resize or a conversion reads the file whole)."""
+    return bool(recipe.max_edge) or recipe.converts(item.content_type)
+
+
 def _cores() -> int:
     """The cores this process may run on (in a container or under an affinity mask, fewer than the host's)."""
     affinity = getattr(os, "sched_getaffinity", None)  # (Linux; elsewhere, the machine's)
@@ -127,35 +143,72 @@ def _cores() -> int:
 
 
 def _prepare(item: ContentItem, data: bytes, recipe: Recipe, spool: Path | None) -> Prepared:
-    """``data`` prepared, written to a spool file of its own when it changed and ``spool`` is given (the
-    output then freed with the input)."""
+    """``data`` prepared (bytes a source held in memory)."""
     from packsync import prepare
 
     made = prepare.prepare(data, item.content_type, recipe)
     del data
-    if made.content_type != item.content_type or any(c.startswith("resize:") for c in made.changes):
-        _give_back_memory()
     upload = hashlib.sha256(made.data).hexdigest() if made.changes else item.sha256
-    record = PreparedContent(item.sha256, recipe.key, made.changes, upload, len(made.data), made.content_type)
-    if not made.changes or spool is None:
-        return Prepared(UploadBody.of_bytes(made.data, upload), made.content_type, record)
+    return _kept(item, recipe, (made.data,), len(made.data), upload, made.content_type, made.changes, spool)
+
+
+def _prepare_file(item: ContentItem, whole: FileRange, recipe: Recipe, spool: Path | None) -> Prepared:
+    """The file ``whole`` is prepared from disk: its upload made of the bytes the recipe edited and ranges of
+    the file itself (the file checked against what was scanned as it is read)."""
+    from packsync import prepare
+    from packsync.prepare.reader import Span
+
+    fd = open_file(whole)
+    try:
+        made = prepare.prepare_path(fd, item.size, item.content_type, recipe, expected_sha256=item.sha256)
+    finally:
+        os.close(fd)
+    parts = [FileRange(whole.path, part.offset, part.length, item.size) if isinstance(part, Span) else part
+             for part in made.parts]
+    return _kept(item, recipe, parts, made.size, made.sha256, made.content_type, made.changes, spool)
+
+
+def _kept(item: ContentItem, recipe: Recipe, parts: Sequence[Part], size: int, upload: str, content_type: str,
+          changes: tuple[str, ...], spool: Path | None) -> Prepared:
+    """What a recipe made, ready to stream: a re-encode's bytes written to a spool file of their own when
+    ``spool`` is given, so that they are not held until their PUT; a strip's edited bytes (bounded, as the
+    metadata they are) and ranges of the file as they are."""
+    record = PreparedContent(item.sha256, recipe.key, changes, upload, size, content_type)
+    if content_type != item.content_type or any(c.startswith("resize:") for c in changes):
+        _give_back_memory()
+    if spool is None or not all(isinstance(part, bytes) for part in parts) or size <= SPOOL_AT_LEAST:
+        return Prepared(UploadBody(parts, size, upload), content_type, record)
     spooled = spool / f"{upload}-{uuid.uuid4().hex[:8]}"
     try:
         spool.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(os.open(spooled, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as out:
-            out.write(made.data)
+            out.writelines(cast(Sequence[bytes], parts))
     except OSError as exc:  # (a full disk, say: this item's failure, tried again next run)
         with contextlib.suppress(OSError):
             spooled.unlink()
         raise ItemChanged(f"cannot keep what its recipe made until it is uploaded ({exc.strerror})") from None
-    return Prepared(UploadBody.of_file(spooled, len(made.data), upload), made.content_type, record, spooled)
+    return Prepared(UploadBody.of_file(spooled, size, upload), content_type, record, spooled)
 
 
 def _inspect(item: ContentItem, data: bytes, recipe: Recipe) -> PreparedContent:
     from packsync import prepare
 
+    return _inspected(item, recipe, lambda: prepare.inspect(data, item.content_type, recipe))
+
+
+def _inspect_file(item: ContentItem, whole: FileRange, recipe: Recipe) -> PreparedContent:
+    from packsync import prepare
+
+    fd = open_file(whole)
     try:
-        changes = prepare.inspect(data, item.content_type, recipe)
+        return _inspected(item, recipe, lambda: prepare.inspect_path(fd, item.size, item.content_type, recipe))
+    finally:
+        os.close(fd)
+
+
+def _inspected(item: ContentItem, recipe: Recipe, inspect: Callable[[], tuple[str, ...]]) -> PreparedContent:
+    try:
+        changes = inspect()
     except PrepareError as exc:
         return PreparedContent(item.sha256, recipe.key, problem=str(exc))
     return PreparedContent(item.sha256, recipe.key, changes)

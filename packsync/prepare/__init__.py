@@ -24,12 +24,11 @@ from contextlib import contextmanager
 
 import msgspec
 
-from packsync.errors import ItemChanged
+from packsync.errors import CHANGED_SINCE_SCAN, ItemChanged
 from packsync.prepare import heif
 from packsync.prepare.base import PrepareError, within_limit
 from packsync.prepare.containers import SURVEYS, Survey
 from packsync.prepare.reader import (
-    CHANGED,
     CHUNK,
     BytesReader,
     FileReader,
@@ -156,7 +155,7 @@ def prepare_path(file: File, size: int, content_type: str, recipe: Recipe, *,
             source_sha256, sha256 = _digests(src, parts)
         src.unchanged()
     if expected_sha256 is not None and source_sha256 != expected_sha256:
-        raise ItemChanged(CHANGED)
+        raise ItemChanged(CHANGED_SINCE_SCAN)
     return PreparedFile(parts, sum(map(part_length, parts)), sha256, out_type, changes, source_sha256)
 
 

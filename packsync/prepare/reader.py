@@ -16,13 +16,12 @@ from collections.abc import Iterable, Iterator
 
 import msgspec
 
-from packsync.errors import ItemChanged
+from packsync.errors import CHANGED_SINCE_SCAN, ItemChanged
 
 #: How much of a file is read at once: when hashing, scanning for later images, streaming the output.
 CHUNK = 1024 * 1024
 #: Small reads (segment and chunk headers) are served from a window of this many bytes read at once.
 WINDOW = 64 * 1024
-CHANGED = "changed since it was scanned; it will be synced on the next run"
 
 
 class Span(msgspec.Struct, frozen=True):
@@ -93,7 +92,7 @@ class FileReader(Reader):
         self.fd, self.size = fd, size
         self._seen = _identity(fd)
         if self._seen[0] != size:
-            raise ItemChanged(CHANGED)
+            raise ItemChanged(CHANGED_SINCE_SCAN)
         self._window, self._window_at = b"", 0
 
     def read(self, start: int, end: int) -> bytes:
@@ -111,7 +110,7 @@ class FileReader(Reader):
     def unchanged(self) -> None:
         """Raise ``ItemChanged`` unless the file's size and modification time are still those seen at first."""
         if _identity(self.fd) != self._seen:
-            raise ItemChanged(CHANGED)
+            raise ItemChanged(CHANGED_SINCE_SCAN)
 
 
 def _identity(fd: int) -> tuple[int, int, int]:
@@ -129,7 +128,7 @@ def read_exactly(fd: int, offset: int, length: int) -> bytes:
         while len(data) < length:  # (a regular file returns all it has; a short read means it is shorter now)
             more = os.pread(fd, length - len(data), offset + len(data))
             if not more:
-                raise ItemChanged(CHANGED)
+                raise ItemChanged(CHANGED_SINCE_SCAN)
             data += more
     except OSError as exc:
         raise ItemChanged(f"cannot read it any more ({exc.strerror})") from None

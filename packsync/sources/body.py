@@ -22,7 +22,7 @@ from pathlib import Path
 
 import msgspec
 
-from packsync.errors import ItemChanged
+from packsync.errors import CHANGED_SINCE_SCAN, ItemChanged
 from packsync.files import open_regular
 
 #: The bytes read and sent at a time: large enough that a thread hop and a throttle's ``take`` per chunk
@@ -31,7 +31,6 @@ CHUNK = 512 * 1024
 #: A range this small is read on the event loop: a thread hop costs more than the read.
 INLINE_BYTES = 256 * 1024
 CHANGED_WHILE_SENT = "changed while it was uploaded; it will be synced on the next run"
-CHANGED_SINCE_SCAN = "changed since it was scanned; it will be synced on the next run"
 
 
 class FileRange(msgspec.Struct, frozen=True):
@@ -64,6 +63,14 @@ class UploadBody:
     def of_bytes(cls, data: bytes, sha256: str | None = None) -> UploadBody:
         """Bytes in hand (hashed here unless their hash is known)."""
         return cls((data,), len(data), sha256 or hashlib.sha256(data).hexdigest())
+
+    @property
+    def file(self) -> FileRange | None:
+        """The one file the body is, whole, if it is one (what a recipe can prepare from disk)."""
+        match self.parts:
+            case (FileRange(offset=0, length=length, file_size=size) as whole,) if length == size == self.size:
+                return whole
+        return None
 
     async def chunks(self) -> AsyncGenerator[bytes]:
         """The bytes, ``CHUNK`` at a time, from the first; ``ItemChanged`` instead of the last chunk when
@@ -99,7 +106,7 @@ async def _pieces(part: Part) -> AsyncIterator[bytes]:
             yield part[start:start + CHUNK]
         return
     inline = part.file_size < INLINE_BYTES
-    fd = _open(part) if inline else await asyncio.to_thread(_open, part)
+    fd = open_file(part) if inline else await asyncio.to_thread(open_file, part)
     try:
         position, end = part.offset, part.offset + part.length
         while position < end:
@@ -115,7 +122,9 @@ async def _pieces(part: Part) -> AsyncIterator[bytes]:
         os.close(fd)
 
 
-def _open(part: FileRange) -> int:
+def open_file(part: FileRange) -> int:
+    """A descriptor of the file ``part`` is a range of (the caller closes it): a regular file, opened as the
+    source's scan opened it; ``ItemChanged`` when it cannot be."""
     try:
         with open_regular(part.path) as handle:
             return os.dup(handle.fileno())
@@ -126,7 +135,7 @@ def _open(part: FileRange) -> int:
 async def _whole(part: FileRange) -> bytes:
     """A range read in one call (no copy of a large file is made), checked against the file's size."""
     def read() -> bytes:
-        fd = _open(part)
+        fd = open_file(part)
         try:
             data = os.pread(fd, part.length, part.offset)
             if len(data) != part.length or os.fstat(fd).st_size != part.file_size:
