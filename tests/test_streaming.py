@@ -28,7 +28,7 @@ from packsync.engine.sync import SyncOptions, SyncReport
 from packsync.errors import ExitCode, ItemChanged
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.transport import Transport
-from packsync.sources.body import CHUNK, UploadBody
+from packsync.sources.body import CHUNK, FileRange, UploadBody
 from packsync.views.progress import Progress
 
 MB = 1_000_000
@@ -139,8 +139,8 @@ def test_a_file_that_changes_during_its_put_is_not_recorded_and_goes_next_run(
 def test_what_a_recipe_made_goes_up_whole_and_the_spool_is_left_empty(env: Env, recipe: dict[str, list[str]],
                                                                      name: str) -> None:
     """A photo whose location the default recipe strips goes up as its edited header and ranges of the file
-    itself; one converted to JPEG (over a MiB of it) from a spool file. Either way the bytes sent are what the recipe made, counted once,
-    and the spool holds nothing afterwards, nor what a killed run left there."""
+    itself; one converted to JPEG (over a MiB of it) from a spool file. Either way the bytes sent are what the
+    recipe made, counted once, and the spool holds nothing afterwards, nor what a killed run left there."""
     spool = env.state_path.parent / "spool" / "prepared"
     spool.mkdir(parents=True)
     (spool / "left-by-a-killed-run").write_bytes(b"x" * 1000)
@@ -308,3 +308,18 @@ def test_a_pull_counts_the_bytes_it_receives_once_each(env: Env, tmp_path: Path)
     assert len(report.downloaded) == 3, report.failures
     assert env.sandbox.calls[("GET", "cdn")] == 4, "one download was tried again"
     assert progress.counts["received"] == sum(map(len, contents))
+
+
+def test_a_read_error_while_a_body_is_sent_is_that_items_failure_not_the_runs() -> None:
+    """A file whose reads fail (a failing disk, a share gone: /proc/self/mem answers EIO at offset 0) is an
+    ``ItemChanged`` for its item, which the run reports and goes on from — never an OSError out of the run."""
+    body = UploadBody((FileRange(Path("/proc/self/mem"), 0, 10, 0),), 10, hashlib.sha256(bytes(10)).hexdigest())
+
+    async def read() -> None:
+        async for _chunk in body.chunks():
+            pass
+
+    with pytest.raises(ItemChanged, match="cannot read it any more"):
+        asyncio.run(read())
+    with pytest.raises(ItemChanged, match="cannot read it any more"):
+        asyncio.run(body.read())

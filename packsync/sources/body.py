@@ -111,15 +111,29 @@ async def _pieces(part: Part) -> AsyncIterator[bytes]:
         position, end = part.offset, part.offset + part.length
         while position < end:
             want = min(CHUNK, end - position)
-            piece = os.pread(fd, want, position) if inline else await asyncio.to_thread(os.pread, fd, want, position)
+            piece = _read(fd, want, position) if inline else await asyncio.to_thread(_read, fd, want, position)
             if not piece:
                 return
             position += len(piece)
             yield piece
-        if os.fstat(fd).st_size != part.file_size:  # grown (or cut) where this range does not reach
+        if _size(fd) != part.file_size:  # grown (or cut) where this range does not reach
             raise ItemChanged(CHANGED_WHILE_SENT)
     finally:
         os.close(fd)
+
+
+def _read(fd: int, size: int, offset: int) -> bytes:
+    try:
+        return os.pread(fd, size, offset)
+    except OSError as exc:  # (a disk failing, a network share gone): this item's failure, never the run's
+        raise ItemChanged(f"cannot read it any more ({exc.strerror})") from None
+
+
+def _size(fd: int) -> int:
+    try:
+        return os.fstat(fd).st_size
+    except OSError as exc:
+        raise ItemChanged(f"cannot read it any more ({exc.strerror})") from None
 
 
 def open_file(part: FileRange) -> int:
@@ -137,8 +151,8 @@ async def _whole(part: FileRange) -> bytes:
     def read() -> bytes:
         fd = open_file(part)
         try:
-            data = os.pread(fd, part.length, part.offset)
-            if len(data) != part.length or os.fstat(fd).st_size != part.file_size:
+            data = _read(fd, part.length, part.offset)
+            if len(data) != part.length or _size(fd) != part.file_size:
                 raise ItemChanged(CHANGED_SINCE_SCAN)
             return data
         finally:
