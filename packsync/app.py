@@ -106,7 +106,7 @@ class App(msgspec.Struct):
         packs = PackResolver(api, state)
         metadata = MetadataPoller(api, state, progress)
         astria = astria_for(config, api.transport)
-        spool = None if state.readonly else config.state_path.parent / "spool"
+        spool = None if state.readonly else config.spool_path
         syncer = Syncer(config, state, api, lambda mapping: source_for(mapping, astria, spool), packs, metadata,
                         progress, leases_for(state))
         return cls(config, state, api, astria, packs, metadata, syncer)

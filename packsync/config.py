@@ -428,6 +428,11 @@ class Config(_ConfigFile, frozen=True):
         digest = hashlib.sha256(f"{self.state.url}\0{self.state.site}".encode()).hexdigest()[:12]
         return default_state_path().with_name(f"shared-{self.state.site}-{digest}.db")
 
+    @property
+    def spool_path(self) -> Path:
+        """Where downloads and what recipes made wait for their upload: a private folder beside the state."""
+        return self.state_path.parent / "spool"
+
     def token(self) -> str:
         """Read the API token from its file or environment variable; never from the config itself."""
         return read_token(self.genviral)

@@ -136,25 +136,34 @@ def test_a_file_that_changes_during_its_put_is_not_recorded_and_goes_next_run(
 
 @pytest.mark.parametrize(("recipe", "name"), [({}, "beach.jpg"), ({"convert_to_jpeg": ["png"]}, "beach.png")],
                          ids=["stripped", "converted"])
-def test_what_a_recipe_made_goes_up_whole_and_the_spool_is_left_empty(env: Env, recipe: dict[str, list[str]],
-                                                                     name: str) -> None:
+def test_what_a_recipe_made_goes_up_whole_and_the_spool_keeps_only_a_running_processs_files(
+        env: Env, recipe: dict[str, list[str]], name: str) -> None:
     """A photo whose location the default recipe strips goes up as its edited header and ranges of the file
     itself; one converted to JPEG (over a MiB of it) from a spool file. Either way the bytes sent are what the
-    recipe made, counted once, and the spool holds nothing afterwards, nor what a killed run left there."""
+    recipe made, counted once, and the spool holds nothing afterwards, nor what a killed run left there —
+    but what a running packsync holds there (a daemon's, beside a pull of the same state) stays."""
     spool = env.state_path.parent / "spool" / "prepared"
     spool.mkdir(parents=True)
-    (spool / "left-by-a-killed-run").write_bytes(b"x" * 1000)
-    pack_id = env.sandbox.create_pack("Trip")
-    data = photos.jpeg(64, 48) if name.endswith(".jpg") else photos.png(1800, 1300)
-    original = write(env.map("trip", pack_id=pack_id, **recipe) / name, data).read_bytes()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    (spool / f"{int(gone.stdout)}-left-by-a-killed-run").write_bytes(b"x" * 1000)
+    (spool / "of-an-older-packsync").write_bytes(b"x" * 1000)
+    beside = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # (a daemon beside a pull, say)
+    try:
+        held = write(spool / f"{beside.pid}-held-by-a-running-packsync", b"y" * 1000)
+        pack_id = env.sandbox.create_pack("Trip")
+        data = photos.jpeg(64, 48) if name.endswith(".jpg") else photos.png(1800, 1300)
+        original = write(env.map("trip", pack_id=pack_id, **recipe) / name, data).read_bytes()
 
-    report, gate = sync_through(env, lambda progress: Gate(progress))
+        report, gate = sync_through(env, lambda progress: Gate(progress))
 
-    assert report.exit_code == ExitCode.OK, failures(report)
-    [uploaded] = env.cdn_bytes(pack_id)
-    assert uploaded != original, "the photo as the recipe made it went up"
-    assert gate.progress.counts["sent"] == gate.progress.totals["sent"] == len(uploaded)
-    assert not spool.exists() or sorted(spool.iterdir()) == [], "nothing is left in the spool"
+        assert report.exit_code == ExitCode.OK, failures(report)
+        [uploaded] = env.cdn_bytes(pack_id)
+        assert uploaded != original, "the photo as the recipe made it went up"
+        assert gate.progress.counts["sent"] == gate.progress.totals["sent"] == len(uploaded)
+    finally:
+        beside.kill()
+        beside.wait()
+    assert sorted(spool.iterdir()) == [held], "nothing is left in the spool but a running process's file"
 
 
 # -- the body alone -------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Preparing a file's bytes for upload by its mapping's recipe, off the event loop and a few at a time.
 
-``packsync.prepare`` does the work (pure: bytes in, bytes out); this module runs it in worker threads —
+``packsync.prepare`` does the work (pure: bytes or a file in, parts out); this module runs it in worker threads —
 the image libraries let go of the interpreter while they decode, resize and encode, so both cores work
 — at most one per core at once, so that only that many decoded images are ever in memory, and a file
 larger than ``LARGE_BYTES`` alone (it takes every worker). It is where the library is imported: a
@@ -10,8 +10,9 @@ A file on disk is prepared from disk (``prepare.prepare_path``): a strip reads t
 hashes the file a chunk at a time, and its upload is the edited header bytes and ranges of the file itself,
 streamed as they are sent — never the whole file in memory, whatever its size. A resize or a conversion
 must decode (the whole file in hand, one large file at a time); what it made is never held until its PUT:
-it is written to a private spool file (``spool``, in the state's folder, removed once uploaded and when a
-preparer starts) and the upload streams from there. Bytes a source holds in memory (a small Astria
+it is written to a private spool file (``spool``, in the state's folder, named after the process writing
+it: removed once uploaded, or by the next preparer once that process is gone) and the upload streams from
+there. Bytes a source holds in memory (a small Astria
 download) are prepared in memory.
 """
 
@@ -22,7 +23,6 @@ import contextlib
 import functools
 import hashlib
 import os
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,7 +55,7 @@ class Prepared(msgspec.Struct, frozen=True):
     def release(self) -> None:
         """Remove the spool file (once uploaded, or given up)."""
         if self.spooled is not None:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # (what failed before matters more than this)
                 self.spooled.unlink()
 
 
@@ -65,8 +65,8 @@ Open = Callable[[ContentItem], Awaitable[UploadBody]]
 
 class Preparer:
     """Runs a recipe's inspections and preparations in worker threads of its own, ``workers`` at a time,
-    each file read only once a worker is free for it (so only that many files are in hand). ``spool``: the
-    folder prepared files wait in for their upload (None: in memory — a dry run prepares nothing it uploads)."""
+    each file prepared only once a worker is free for it. ``spool``: the folder a re-encode's output waits in
+    for its upload (None: in memory — a dry run prepares nothing it uploads)."""
 
     def __init__(self, workers: int | None = None, spool: Path | None = None) -> None:
         self.workers = workers or _cores()
@@ -76,8 +76,8 @@ class Preparer:
         # Threads of its own, not the loop's shared pool: each thread an image was decoded in keeps the memory
         # it freed for the next decode, so the fewer threads ever decode, the less the process holds.
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="packsync-prepare")
-        if spool is not None:  # what a killed run left
-            shutil.rmtree(spool, ignore_errors=True)
+        if spool is not None:
+            _sweep(spool)
 
     async def prepare(self, item: ContentItem, open_item: Open, recipe: Recipe) -> Prepared:
         """What ``recipe`` makes of ``item``'s bytes, ready to stream: raises ``PrepareError`` with the
@@ -105,7 +105,7 @@ class Preparer:
         """The changes ``recipe`` would make to ``item``'s bytes, learnt without preparing them (or why it
         cannot prepare them)."""
         body = await open_item(item)
-        async with self._working(item, body.file is None):
+        async with self._working(item, body.file is None or _decodes(item, recipe)):
             loop = asyncio.get_running_loop()
             if (whole := body.file) is not None:
                 return await loop.run_in_executor(self._pool, _inspect_file, item, whole, recipe)
@@ -134,6 +134,31 @@ class Preparer:
 def _decodes(item: ContentItem, recipe: Recipe) -> bool:
     """Whether ``recipe`` may decode ``item`` (a resize or a conversion reads the file whole)."""
     return bool(recipe.max_edge) or recipe.converts(item.content_type)
+
+
+def _sweep(spool: Path) -> None:
+    """Remove what processes no longer running left in the spool (a killed run's), never what a running one
+    holds (a daemon's beside a ``pull``, another state's in the same folder): each file is named after the
+    process that wrote it."""
+    try:
+        entries = list(os.scandir(spool))
+    except OSError:
+        return
+    for entry in entries:
+        writer = entry.name.partition("-")[0]
+        if not (writer.isdigit() and _running(int(writer))):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # (another user's)
+        return True
+    return True
 
 
 def _cores() -> int:
@@ -178,7 +203,7 @@ def _kept(item: ContentItem, recipe: Recipe, parts: Sequence[Part], size: int, u
         _give_back_memory()
     if spool is None or not all(isinstance(part, bytes) for part in parts) or size <= SPOOL_AT_LEAST:
         return Prepared(UploadBody(parts, size, upload), content_type, record)
-    spooled = spool / f"{upload}-{uuid.uuid4().hex[:8]}"
+    spooled = spool / f"{os.getpid()}-{upload}-{uuid.uuid4().hex[:8]}"
     try:
         spool.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(os.open(spooled, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as out:

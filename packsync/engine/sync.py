@@ -222,7 +222,7 @@ class Syncer:
         self.progress = progress
         self.log = get_logger()
         # (what a recipe made waits for its upload in the state's folder; a read-only state's sync uploads nothing)
-        self.preparer = Preparer(spool=None if state.readonly else config.state_path.parent / "spool" / "prepared")
+        self.preparer = Preparer(spool=None if state.readonly else config.spool_path / "prepared")
         self._downloads = 0
         self.configured: frozenset[str] = frozenset()  # the labels of every mapping of the last sync's config
 
