@@ -107,7 +107,6 @@ class GenviralConfig(_ApiConfig, frozen=True):
         bandwidth_limit(self.bandwidth_limit)
 
 
-
 def bandwidth_limit(text: str) -> BandwidthLimit:
     """``[genviral] bandwidth_limit`` (or ``--bwlimit``) read, or a ValueError naming the key."""
     try:

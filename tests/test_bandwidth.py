@@ -402,3 +402,19 @@ def test_bwlimit_holds_over_the_config_s_limit_through_a_reload(daemon_env: Env,
         assert isinstance(fresh, Limiter) and fresh.rates() == Rates(3 * MiB, 3 * MiB)
     finally:
         here.close()
+
+
+def test_a_transfer_cancelled_while_it_waits_leaves_no_debt_to_the_next() -> None:
+    """A chunk whose transfer was cancelled while it waited (a sync stopped, a request given up) never
+    passes: the next transfer does not wait for it (a minute of debt at this rate; it waited that minute)."""
+    limiter = Limiter(BandwidthLimit("64k"))
+
+    async def cancelled_then_another() -> None:
+        waiting = asyncio.ensure_future(limiter.take(60 * 64 * KiB, "up"))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.wait_for(limiter.take(KiB, "up"), timeout=20)
+
+    asyncio.run(cancelled_then_another())

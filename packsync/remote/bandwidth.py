@@ -31,13 +31,16 @@ Direction = Literal["up", "down"]
 
 
 class Throttle(Protocol):
-    async def take(self, n: int, direction: Literal["up", "down"]) -> None: ...  # waits until n bytes may pass
+    """What every chunk of a storage PUT and of a download passes before it goes on."""
+
+    async def take(self, n: int, direction: Direction) -> None:
+        """Return once ``n`` bytes may pass ``direction`` ("up": uploads, "down": downloads)."""
 
 
 class _Unlimited:
     """No limit: every ``take`` returns at once."""
 
-    async def take(self, n: int, direction: Literal["up", "down"]) -> None:
+    async def take(self, n: int, direction: Direction) -> None:
         return None
 
 
@@ -219,7 +222,7 @@ class Limiter:
         rates, lasting = self._rates()
         return rates.up if direction == "up" else rates.down, lasting
 
-    async def take(self, n: int, direction: Literal["up", "down"]) -> None:
+    async def take(self, n: int, direction: Direction) -> None:
         bucket = self._buckets[direction]
         rate, _ = self._rate(direction)
         if rate is None and not bucket.turn.locked():
@@ -234,7 +237,11 @@ class Limiter:
             bucket.tokens -= n
             while bucket.tokens < 0:
                 wait_s = -bucket.tokens / rate
-                await asyncio.sleep(min(wait_s, change_s + 0.001))
+                try:
+                    await asyncio.sleep(min(wait_s, change_s + 0.001))
+                except asyncio.CancelledError:  # these bytes never pass: the transfers after them owe nothing
+                    bucket.tokens += n
+                    raise
                 bucket.refill(rate)  # the time slept was at the old rate
                 rate, change_s = self._rate(direction)
                 if rate is None:
