@@ -2,14 +2,14 @@
 
 Pure: bytes in, bytes out, nothing written, nothing logged -- or a file in, parts out: ``prepare_path``
 strips a file without holding it, and gives back its edited header bytes and ``Span``s of the file between
-them, which ``iter_chunks`` streams for the upload. The engine decides which files to prepare
+them (``iter_chunks`` reads them back; the engine streams them as the upload). The engine decides which files to prepare
 and records what came out. ``inspect`` says what ``prepare`` would change without decoding a pixel;
 ``prepare`` makes those changes, and only those: its output depends on the input bytes and the changes
 alone, so the same file prepared again, in another process, on another day, gives the same bytes (an
 adoption after a lost state finds its images by them).
 
     containers.py  JPEG, PNG, WebP, GIF: read and stripped losslessly, by packsync's own splicing
-    reader.py      the input read by range (bytes, or a file by pread); the output's parts streamed
+    reader.py      the input read by range (bytes, or a file by pread); the output's parts read back
     exif.py        EXIF directories edited in place      xmpedit.py  XMP properties blanked in place
     iptc.py        Photoshop/IPTC IIM datasets removed    heif.py     HEIC/HEIF/AVIF items edited in place
     pixels.py      decode, resize, encode: the only part that imports Pillow (and pillow-heif)

@@ -5,7 +5,8 @@ Every container walker (``containers.py``) reads through a ``Reader``: ``BytesRe
 walk serves both and a file is never held whole to be stripped. ``FileReader`` reads with ``os.pread``,
 never ``mmap``: a file truncated under a mapping kills the process with SIGBUS, a short ``pread`` is only
 an ``ItemChanged``. A stripped file is its edited header bytes and ``Span``s of the input between them;
-``iter_chunks`` streams such parts from the file, for the hashing and the upload alike.
+``iter_chunks`` reads such parts back from the file a chunk at a time (the engine streams its uploads
+with ``sources/body.py``, which checks the file as it sends).
 """
 
 from __future__ import annotations

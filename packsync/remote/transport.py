@@ -161,8 +161,8 @@ class Transport:
 
     ``concurrency`` requests are in flight at most, API calls, storage PUTs and downloads together.
     ``timeout`` is the read timeout, which the bounds of an answer's head and body are made of; an API
-    answer is read up to ``max_answer`` bytes. Every chunk of a download body passes ``throttle`` (the
-    bandwidth limit) first. Close it (``aclose`` or ``async with``) when the process is
+    answer is read up to ``max_answer`` bytes. Every chunk of a storage PUT's body and of a download's passes
+    ``throttle`` (the bandwidth limit) first. Close it (``aclose`` or ``async with``) when the process is
     done with it, or ``retire`` it when others may still be using it; closed, it sends nothing more.
     """
 
