@@ -79,11 +79,17 @@ class _Download:
 
 
 def _spill(path: Path, data: bytes | bytearray) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    """``data`` written to ``path`` whole or not at all (a full disk leaves no part of it there)."""
+    part = path.with_name(f"{uuid.uuid4().hex}.part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         _write(fd, data)
-    finally:
+    except BaseException:
         os.close(fd)
+        part.unlink()
+        raise
+    os.close(fd)
+    os.replace(part, path)
 
 
 def _write(fd: int, data: bytes | bytearray) -> None:
