@@ -1,0 +1,188 @@
+"""A hostile user and a hostile machine against issue 28's streaming: bandwidth limits no one should write
+(digits of other scripts, numbers past any float), a limit so low that a whole chunk's wait would leave a
+storage connection idle for longer than storage waits, files swapped for a named pipe between scan and
+upload, a spool that cannot hold a download, and the token with ``--bwlimit -v``. Every case runs the real
+parts: the sandbox over HTTP, real files, the real CLI in a child process where a user would meet it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import pytest
+from conftest import TOKEN, Env, write
+from test_streaming import Gate, failures, padded_png, sync_through, uploaded_blobs
+
+from packsync.config import parse_config
+from packsync.errors import ConfigError, ExitCode
+from packsync.remote.genviral import GenviralClient
+from packsync.remote.transport import STALL_RATE, Transport
+from packsync.sources.body import CHUNK, UploadBody
+
+MB = 1_000_000
+
+
+# -- bandwidth_limit values no one should be able to write ------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["\u0665M", "\uff11M", "08:00,\u0662M 19:00,off", "0\u0668:00,1M", "1" * 400,
+                                   "1" * 400 + "B"],
+                         ids=["arabic-indic-digit", "fullwidth-digit", "in-a-timetable", "in-a-time", "past-a-float",
+                              "past-a-float-in-bytes"])
+def test_a_limit_in_other_scripts_digits_or_past_any_number_is_one_sentence(value: str) -> None:
+    """rclone reads ASCII digits only, and a rate that overflows to infinity is no rate: before, '٥M' was
+    read as 5 MiB/s and a 400-digit number as an infinite limit ("limit inf TiB/s" on the progress line)."""
+    with pytest.raises(ConfigError) as raised:
+        parse_config({"genviral": {"bandwidth_limit": value}})
+
+    message = str(raised.value)
+    assert message.startswith("genviral.bandwidth_limit: "), message
+    assert "\n" not in message and message.endswith("."), message
+
+
+def test_bwlimit_in_other_scripts_digits_is_refused_by_the_cli(env: Env) -> None:
+    env.map("photos", pack="Photos")
+
+    ran = env.cli("run", "--no-wait", "--bwlimit", "\u0665M")
+
+    assert ran.returncode == 2, ran.stderr
+    assert "Invalid value for '--bwlimit'" in ran.stderr and "Traceback" not in ran.stderr
+
+
+# -- a limited PUT never leaves its connection idle for a whole chunk's wait -------------------------------
+
+
+class Recording:
+    """A limit that lets bytes pass at once, noting how many each ``take`` asked for: what the real limiter
+    would hold back ``n / rate`` seconds before any of them left."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    async def take(self, n: int, direction: Literal["up", "down"]) -> None:
+        self.asked.append(n)
+
+
+def test_a_limited_put_asks_the_limit_for_little_at_a_time(env: Env) -> None:
+    """Each ``take`` waits ``n / rate`` before its ``n`` bytes go, and concurrent uploads take turns: asked for
+    a whole 512 KiB chunk, ``bandwidth_limit = "100k"`` with 4 uploads in flight leaves each connection silent
+    about 20 s between chunks, which is when S3 ends a PUT (RequestTimeout). Asked for STALL_RATE bytes at
+    most, a connection waits a second at the stall rate, whatever the chunk."""
+    data = padded_png(2 * CHUNK + 5000)
+    body = UploadBody((data,), len(data), hashlib.sha256(data).hexdigest())
+    limit, sent = Recording(), list[int]()
+
+    async def upload() -> None:
+        async with Transport(throttle=limit) as transport:
+            api = GenviralClient(env.sandbox.base_url, TOKEN, transport)
+            ticket = await api.create_upload("image/png", "a.png", len(data))
+            await api.put_bytes(ticket.upload_url, body, "image/png", sent.append)
+
+    asyncio.run(upload())
+
+    assert sum(limit.asked) == sum(sent) == len(data), "every byte passed the limit once"
+    assert max(limit.asked) <= STALL_RATE, f"a take of {max(limit.asked):,} bytes"
+    assert env.sandbox.calls[("PUT", "storage")] == 1
+    stored = env.sandbox.store.list_files("ws-1", 10, 0, None)[0]
+    assert len(stored) == 1
+
+
+def test_several_uploads_under_a_limit_below_the_stall_rate_are_not_a_stalled_server(env: Env) -> None:
+    """Three uploads share 8 KiB/s (half the stall rate) with a read timeout of 0.5 s: each waits for the
+    others' turns far longer than its deadlines allow a silent server, and none is taken for one."""
+    pack_id = env.sandbox.create_pack("Photos")
+    folder = env.map("photos", pack_id=pack_id, strip=[])
+    size = sum(write(folder / f"{i}.png", padded_png(10_000, seed=i)).stat().st_size for i in range(3))
+    env.genviral["timeout_s"] = 0.5
+    env.write_config()
+
+    ran = env.cli("run", "--no-wait", "--bwlimit", "8k")
+
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "stall" not in (ran.stdout + ran.stderr).lower()
+    assert sum(map(len, env.cdn_bytes(pack_id))) == size
+
+
+T = TypeVar("T")
+
+
+def within(seconds: float, work: Callable[[], T]) -> T:
+    """``work``'s result, or AssertionError if it has not returned within ``seconds`` (it is left to hang in a
+    daemon thread: a test of "never hangs" fails instead of hanging the suite)."""
+    done: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            done.append(work())
+        except BaseException as exc:  # noqa: BLE001 - raised again in the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if errors:
+        raise errors[0]
+    assert done, f"still running after {seconds} s"
+    return done[0]
+
+
+# -- a file swapped for something else between its scan and its upload ------------------------------------
+
+
+def fifo_over(path: Path) -> None:
+    """Put a named pipe where ``path`` was (renamed over it, as an editor's save would put a file)."""
+    fifo = path.with_name(path.name + ".fifo")
+    os.mkfifo(fifo)
+    os.replace(fifo, path)
+
+
+def link_to_fifo_over(path: Path) -> None:
+    fifo = path.with_name(path.name + ".pipe")
+    os.mkfifo(fifo)
+    link = path.with_name(path.name + ".link")
+    link.symlink_to(fifo.name)
+    os.replace(link, path)
+
+
+@pytest.mark.parametrize("swap", [fifo_over, link_to_fifo_over], ids=["fifo", "symlink-to-fifo"])
+@pytest.mark.parametrize("strip", [[], None], ids=["as-is", "default-recipe"])
+def test_a_file_swapped_for_a_pipe_after_its_scan_fails_in_one_sentence_and_never_hangs(
+        env: Env, swap: Callable[[Path], None], strip: list[str] | None) -> None:
+    """One upload at a time; as the first one starts, every other file becomes a named pipe (or a link to
+    one). Opening a pipe for reading waits for a writer that never comes: the run must refuse it instead,
+    fail those files in a sentence, and sync them once they are files again."""
+    env.genviral["concurrency"] = 1
+    options = {} if strip is None else {"strip": strip}
+    pack_id = env.sandbox.create_pack("Brand")
+    folder = env.map("brand", pack_id=pack_id, **options)
+    files = {write(folder / f"{i}.png", padded_png(CHUNK + 1000 * i, seed=i)): b"" for i in range(3)}
+    for path in files:
+        files[path] = path.read_bytes()
+
+    def at_first() -> None:
+        for path in files:
+            swap(path)  # (the one being sent is open already: its descriptor still reads the file)
+
+    report, _gate = within(60, lambda: sync_through(env, lambda progress: Gate(progress, at_first)))
+
+    assert report.exit_code == ExitCode.SOME_FAILED, failures(report)
+    reasons = failures(report)
+    assert len(reasons) == 2 and all("named pipe" in why for why in reasons), reasons
+    assert len(env.cdn_bytes(pack_id)) == 1
+    assert len(uploaded_blobs(env)) == 1
+
+    for left in folder.glob("*.pipe"):
+        left.unlink()
+    for path, data in files.items():
+        path.unlink()
+        path.write_bytes(data)
+    again = env.sync()
+
+    assert again.exit_code == ExitCode.OK, failures(again)
+    assert len(env.cdn_bytes(pack_id)) == 3
