@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import resource
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +25,7 @@ from packsync.config import parse_config
 from packsync.errors import ConfigError, ExitCode
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.transport import STALL_RATE, Transport
+from packsync.sandbox.server import Reply
 from packsync.sources.body import CHUNK, UploadBody
 
 MB = 1_000_000
@@ -186,3 +190,88 @@ def test_a_file_swapped_for_a_pipe_after_its_scan_fails_in_one_sentence_and_neve
 
     assert again.exit_code == ExitCode.OK, failures(again)
     assert len(env.cdn_bytes(pack_id)) == 3
+
+
+# -- an Astria download the spool cannot hold, or whose server lies about its length ----------------------
+
+
+def run_with_file_size_limit(env: Env, limit: int) -> subprocess.CompletedProcess[str]:
+    """``packsync run`` in a child that may write no file past ``limit`` bytes (``RLIMIT_FSIZE``): a disk that
+    fills up under the spool, as far as the writes packsync makes there can tell. (Python ignores SIGXFSZ, so
+    a write past it is ``EFBIG``.)"""
+    child_env = {k: v for k, v in os.environ.items() if k != "GENVIRAL_TOKEN"} | {"GENVIRAL_TOKEN": TOKEN}
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-m", "packsync", "-c", str(env.config_path), "run", "--no-wait"],
+                          capture_output=True, text=True, env=child_env, timeout=120, preexec_fn=limited)
+
+
+def test_an_astria_image_the_spool_cannot_hold_fails_in_one_sentence_and_leaves_nothing(env: Env) -> None:
+    pack_id = env.sandbox.astria.add_pack("Headshots")
+    data = padded_png(6 * MB, seed=4)
+    env.sandbox.astria.add_image(pack_id, "woman", data)
+    env.map_astria(pack_id, pack="Headshots", strip=[])
+    spool = env.state_path.parent / "spool"
+
+    full = run_with_file_size_limit(env, 3 * MB)
+
+    assert full.returncode == ExitCode.SOME_FAILED, full.stdout + full.stderr[-2000:]
+    assert "Traceback" not in full.stderr
+    assert "cannot keep it until it is uploaded (File too large)" in full.stdout, full.stdout
+    assert not any(path.is_file() for path in spool.rglob("*")), "no part of the download is left in the spool"
+    assert env.cdn_bytes(env.pack_named("Headshots")["id"]) == []
+
+    again = env.cli("run", "--no-wait")
+
+    assert again.returncode == 0, again.stdout + again.stderr[-2000:]
+    assert env.cdn_bytes(env.pack_named("Headshots")["id"]) == [data]
+
+
+def test_an_astria_image_whose_server_promises_more_than_it_sends_fails_in_one_sentence(env: Env) -> None:
+    """The server declares a kilobyte more than it sends and keeps the connection open: packsync must give up
+    on it (a stalled download, not a hang), say so in one sentence, record nothing, and sync it next run."""
+    pack_id = env.sandbox.astria.add_pack("Headshots")
+    data = padded_png(300_000, seed=6)
+    env.sandbox.astria.add_image(pack_id, "woman", data)
+    env.map_astria(pack_id, pack="Headshots", strip=[])
+    env.genviral["timeout_s"] = 0.5
+    env.write_config()
+    env.sandbox.rewrite("GET", "astria-img", lambda reply: Reply(200, reply.body, reply.content_type, {
+        "Content-Length": str(len(reply.body) + 1000)}))
+
+    lied = env.cli("run", "--no-wait", timeout=60)
+
+    assert lied.returncode == ExitCode.SOME_FAILED, lied.stdout + lied.stderr[-2000:]
+    assert "Traceback" not in lied.stderr
+    assert "cannot download it" in lied.stdout, lied.stdout
+    assert env.cdn_bytes(env.pack_named("Headshots")["id"]) == []
+
+    env.sandbox.clear_faults()
+    again = env.cli("run", "--no-wait")
+
+    assert again.returncode == 0, again.stdout + again.stderr[-2000:]
+    assert env.cdn_bytes(env.pack_named("Headshots")["id"]) == [data]
+
+
+# -- the token ---------------------------------------------------------------------------------------------
+
+
+def test_the_token_is_never_printed_with_a_limit_and_verbose_logs(env: Env) -> None:
+    pack_id = env.sandbox.create_pack("Photos")
+    folder = env.map("photos", pack_id=pack_id, strip=[])
+    for i in range(3):
+        write(folder / f"{i}.png", padded_png(40_000, seed=i))
+    env.sandbox.inject("reset", method="PUT", route="storage")
+
+    ran = env.cli("-v", "run", "--no-wait", "--bwlimit", "10M:off")
+    shown = env.cli("-v", "status", "--json")
+
+    for result in (ran, shown):
+        assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+        assert TOKEN not in result.stdout + result.stderr
+        assert TOKEN.split(".")[-1] not in result.stdout + result.stderr
+    assert "retrying" in ran.stderr, "the verbose log was on, and a PUT was retried"
+    for path in env.state_path.parent.rglob("*"):
+        assert not path.is_file() or TOKEN.encode() not in path.read_bytes(), path
