@@ -154,10 +154,11 @@ def link_to_fifo_over(path: Path) -> None:
     os.replace(link, path)
 
 
-@pytest.mark.parametrize("swap", [fifo_over, link_to_fifo_over], ids=["fifo", "symlink-to-fifo"])
+@pytest.mark.parametrize(("swap", "said"), [(fifo_over, "named pipe"), (link_to_fifo_over, "symbolic link")],
+                         ids=["fifo", "symlink-to-fifo"])
 @pytest.mark.parametrize("strip", [[], None], ids=["as-is", "default-recipe"])
 def test_a_file_swapped_for_a_pipe_after_its_scan_fails_in_one_sentence_and_never_hangs(
-        env: Env, swap: Callable[[Path], None], strip: list[str] | None) -> None:
+        env: Env, swap: Callable[[Path], None], said: str, strip: list[str] | None) -> None:
     """One upload at a time; as the first one starts, every other file becomes a named pipe (or a link to
     one). Opening a pipe for reading waits for a writer that never comes: the run must refuse it instead,
     fail those files in a sentence, and sync them once they are files again."""
@@ -177,7 +178,7 @@ def test_a_file_swapped_for_a_pipe_after_its_scan_fails_in_one_sentence_and_neve
 
     assert report.exit_code == ExitCode.SOME_FAILED, failures(report)
     reasons = failures(report)
-    assert len(reasons) == 2 and all("named pipe" in why for why in reasons), reasons
+    assert len(reasons) == 2 and all(said in why for why in reasons), reasons
     assert len(env.cdn_bytes(pack_id)) == 1
     assert len(uploaded_blobs(env)) == 1
 
@@ -190,6 +191,33 @@ def test_a_file_swapped_for_a_pipe_after_its_scan_fails_in_one_sentence_and_neve
 
     assert again.exit_code == ExitCode.OK, failures(again)
     assert len(env.cdn_bytes(pack_id)) == 3
+
+
+@pytest.mark.parametrize("strip", [[], None], ids=["as-is", "default-recipe"])
+def test_a_file_swapped_for_a_link_out_of_its_folder_is_not_followed(env: Env, tmp_path: Path,
+                                                                    strip: list[str] | None) -> None:
+    """The scan does not follow links (``follow_symlinks = false``, the default; and never out of the folder):
+    a file swapped after its scan for a link to a file outside (a synced folder a remote device writes in)
+    must not be read through it either. Before, the upload opened the link's target and sent all but its last
+    chunk before its hash told it apart: a MiB of a file packsync was never asked to sync left the machine."""
+    env.genviral["concurrency"] = 1
+    pack_id = env.sandbox.create_pack("Brand")
+    folder = env.map("brand", pack_id=pack_id, **({} if strip is None else {"strip": strip}))
+    files = [write(folder / f"{i}.png", padded_png(3 * CHUNK, seed=i)) for i in range(2)]
+    private = write(tmp_path / "private" / "secret.bin", os.urandom(3 * CHUNK))
+
+    def at_first() -> None:
+        for path in files:
+            link = path.with_name(path.name + ".link")
+            link.symlink_to(private)
+            os.replace(link, path)  # (the one being sent is open already)
+
+    report, gate = within(60, lambda: sync_through(env, lambda progress: Gate(progress, at_first)))
+
+    assert gate.taken == 3 * CHUNK, f"{gate.taken - 3 * CHUNK:,} bytes of the link's target were sent"
+    reasons = failures(report)
+    assert len(reasons) == 1 and "symbolic link" in reasons[0], reasons
+    assert len(env.cdn_bytes(pack_id)) == 1
 
 
 # -- an Astria download the spool cannot hold, or whose server lies about its length ----------------------
@@ -275,3 +303,25 @@ def test_the_token_is_never_printed_with_a_limit_and_verbose_logs(env: Env) -> N
     assert "retrying" in ran.stderr, "the verbose log was on, and a PUT was retried"
     for path in env.state_path.parent.rglob("*"):
         assert not path.is_file() or TOKEN.encode() not in path.read_bytes(), path
+
+
+# -- one content wanted by two packs -------------------------------------------------------------------------
+
+
+def test_one_content_in_two_mappings_goes_up_once_and_is_counted_once(env: Env) -> None:
+    """The same photo in two mapped folders, uploaded at the same time for both packs: one PUT, the bytes
+    to send and the bytes sent both counted once, so the progress line ends at 100 %."""
+    data = padded_png(2 * CHUNK + 300, seed=9)
+    packs = [env.sandbox.create_pack(name) for name in ("One", "Two")]
+    for name, pack_id in zip(("one", "two"), packs, strict=True):
+        write(env.map(name, pack_id=pack_id, strip=[]) / "same.png", data)
+    env.genviral["concurrency"] = 4
+    env.write_config()
+
+    report, gate = sync_through(env, lambda progress: Gate(progress))
+
+    assert report.exit_code == ExitCode.OK, failures(report)
+    assert [env.cdn_bytes(pack_id) for pack_id in packs] == [[data], [data]]
+    assert env.sandbox.calls[("PUT", "storage")] == 1
+    assert gate.taken == len(data)
+    assert gate.progress.counts["sent"] == gate.progress.totals["sent"] == len(data)

@@ -15,6 +15,7 @@ or one spool file: the body never knows which it is.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -31,16 +32,19 @@ CHUNK = 512 * 1024
 #: A range this small is read on the event loop: a thread hop costs more than the read.
 INLINE_BYTES = 256 * 1024
 CHANGED_WHILE_SENT = "changed while it was uploaded; it will be synced on the next run"
+REPLACED_BY_A_LINK = "replaced by a symbolic link since it was scanned; the link is not followed"
 
 
 class FileRange(msgspec.Struct, frozen=True):
     """``length`` bytes from ``offset`` of the file at ``path``, whose whole size was ``file_size`` when
-    it was planned: a file of another size now has changed, whatever the bytes of the range."""
+    it was planned: a file of another size now has changed, whatever the bytes of the range. ``follow``:
+    a symbolic link at ``path`` is read through (as the scan that found it did); else it is refused."""
 
     path: Path
     offset: int
     length: int
     file_size: int
+    follow: bool = True
 
 
 Part = bytes | FileRange
@@ -55,9 +59,9 @@ class UploadBody:
         self.sha256 = sha256
 
     @classmethod
-    def of_file(cls, path: Path, size: int, sha256: str) -> UploadBody:
-        """A whole file, planned to hold ``size`` bytes hashing to ``sha256``."""
-        return cls((FileRange(path, 0, size, size),), size, sha256)
+    def of_file(cls, path: Path, size: int, sha256: str, *, follow: bool = True) -> UploadBody:
+        """A whole file, planned to hold ``size`` bytes hashing to ``sha256`` (``follow``: as ``FileRange``)."""
+        return cls((FileRange(path, 0, size, size, follow),), size, sha256)
 
     @classmethod
     def of_bytes(cls, data: bytes, sha256: str | None = None) -> UploadBody:
@@ -124,11 +128,15 @@ async def _pieces(part: Part) -> AsyncIterator[bytes]:
 
 def open_file(part: FileRange) -> int:
     """A descriptor of the file ``part`` is a range of (the caller closes it): a regular file, opened as the
-    source's scan opened it; ``ItemChanged`` when it cannot be."""
+    source's scan opened it; ``ItemChanged`` when it cannot be. A link where the scan found a file is not
+    read through: its target may be anywhere, and all but the last chunk of it would leave before its hash
+    told it apart."""
     try:
-        with open_regular(part.path) as handle:
+        with open_regular(part.path, follow=part.follow) as handle:
             return os.dup(handle.fileno())
     except OSError as exc:
+        if exc.errno == errno.ELOOP and not part.follow:
+            raise ItemChanged(REPLACED_BY_A_LINK) from None
         raise ItemChanged(f"cannot read it any more ({exc.strerror})") from None
 
 
