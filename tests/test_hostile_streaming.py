@@ -19,6 +19,7 @@ from typing import Literal, TypeVar
 
 import pytest
 from conftest import TOKEN, Env, write
+from helpers import DaemonProcess, wait_until
 from test_streaming import Gate, failures, padded_png, sync_through, uploaded_blobs
 
 from packsync.config import parse_config
@@ -325,3 +326,33 @@ def test_one_content_in_two_mappings_goes_up_once_and_is_counted_once(env: Env) 
     assert env.sandbox.calls[("PUT", "storage")] == 1
     assert gate.taken == len(data)
     assert gate.progress.counts["sent"] == gate.progress.totals["sent"] == len(data)
+
+
+# -- a limit so low a transfer never ends ---------------------------------------------------------------
+
+
+def test_a_daemon_whose_limit_never_lets_its_first_upload_end_keeps_systemd_waiting_and_still_stops(
+        daemon_env: Env) -> None:
+    """``--bwlimit 1B``: an upload of 100 KB would take a day. READY=1 waits for the first sync, so the daemon
+    must keep asking systemd for more time meanwhile (EXTEND_TIMEOUT_USEC: the unit's TimeoutStartSec is 120 s),
+    and SIGTERM must end it promptly all the same (the wait for the limit is cancelled, not sat out), with
+    nothing recorded as uploaded."""
+    pack_id = daemon_env.sandbox.create_pack("Photos")
+    write(daemon_env.map("photos", pack_id=pack_id, strip=[]) / "a.png", padded_png(100_000, seed=3))
+    daemon_env.write_config()
+    environ = {k: v for k, v in os.environ.items() if k != "GENVIRAL_TOKEN"} | {"GENVIRAL_TOKEN": TOKEN,
+                                                                                "WATCHDOG_USEC": "2000000"}
+    daemon = DaemonProcess([sys.executable, "-m", "packsync", "-c", str(daemon_env.config_path), "daemon",
+                            "--bwlimit", "1B"], environ, daemon_env.root)
+    try:
+        wait_until(lambda: daemon_env.sandbox.calls[("POST", "/files")] >= 1, timeout=30, what="an upload begun")
+        wait_until(lambda: daemon.received("EXTEND_TIMEOUT_USEC="), timeout=30, what="more time asked of systemd")
+        code = daemon.stop(timeout=15)
+        output = daemon.output()
+    finally:
+        daemon.close()
+
+    assert code == 0, output[-2000:]
+    assert not daemon.received("READY=1"), "its first sync never ended"
+    assert "Traceback" not in output
+    assert uploaded_blobs(daemon_env) == []
