@@ -221,6 +221,33 @@ def test_a_file_swapped_for_a_link_out_of_its_folder_is_not_followed(env: Env, t
     assert len(env.cdn_bytes(pack_id)) == 1
 
 
+def test_a_followed_link_pointed_out_of_its_folder_after_the_scan_is_not_followed(env: Env, tmp_path: Path) -> None:
+    """``follow_symlinks = true`` follows links within the mapped folder only (the scan refuses one pointing
+    out). A link the scan followed, pointed out of the folder before its upload, must not be read through
+    either: before, the upload followed it wherever it pointed then."""
+    env.genviral["concurrency"] = 1
+    pack_id = env.sandbox.create_pack("Brand")
+    folder = env.map("brand", pack_id=pack_id, strip=[], follow_symlinks=True, exclude=["kept/**"])
+    files = [write(folder / "kept" / f"{i}.png", padded_png(3 * CHUNK, seed=i)) for i in range(2)]
+    links = [folder / f"{i}.png" for i in range(2)]
+    for link, target in zip(links, files, strict=True):
+        link.symlink_to(target.relative_to(folder))
+    private = write(tmp_path / "private" / "secret.bin", os.urandom(3 * CHUNK))
+
+    def at_first() -> None:
+        for link in links:
+            moved = link.with_name(link.name + ".moved")
+            moved.symlink_to(private)
+            os.replace(moved, link)  # (the one being sent is open already)
+
+    report, gate = within(60, lambda: sync_through(env, lambda progress: Gate(progress, at_first)))
+
+    assert gate.taken == 3 * CHUNK, f"{gate.taken - 3 * CHUNK:,} bytes of the link's new target were sent"
+    reasons = failures(report)
+    assert len(reasons) == 1 and "outside the mapped folder" in reasons[0], reasons
+    assert len(env.cdn_bytes(pack_id)) == 1
+
+
 # -- an Astria download the spool cannot hold, or whose server lies about its length ----------------------
 
 

@@ -33,18 +33,21 @@ CHUNK = 512 * 1024
 INLINE_BYTES = 256 * 1024
 CHANGED_WHILE_SENT = "changed while it was uploaded; it will be synced on the next run"
 REPLACED_BY_A_LINK = "replaced by a symbolic link since it was scanned; the link is not followed"
+LINK_POINTS_OUT = "its symbolic link points outside the mapped folder since it was scanned; not followed"
 
 
 class FileRange(msgspec.Struct, frozen=True):
     """``length`` bytes from ``offset`` of the file at ``path``, whose whole size was ``file_size`` when
     it was planned: a file of another size now has changed, whatever the bytes of the range. ``follow``:
-    a symbolic link at ``path`` is read through (as the scan that found it did); else it is refused."""
+    a symbolic link at ``path`` is read through (as the scan that found it did), to a file under ``within``
+    (the mapped folder, resolved) when that is given; else it is refused."""
 
     path: Path
     offset: int
     length: int
     file_size: int
     follow: bool = True
+    within: Path | None = None
 
 
 Part = bytes | FileRange
@@ -59,9 +62,11 @@ class UploadBody:
         self.sha256 = sha256
 
     @classmethod
-    def of_file(cls, path: Path, size: int, sha256: str, *, follow: bool = True) -> UploadBody:
-        """A whole file, planned to hold ``size`` bytes hashing to ``sha256`` (``follow``: as ``FileRange``)."""
-        return cls((FileRange(path, 0, size, size, follow),), size, sha256)
+    def of_file(cls, path: Path, size: int, sha256: str, *, follow: bool = True,
+                within: Path | None = None) -> UploadBody:
+        """A whole file, planned to hold ``size`` bytes hashing to ``sha256`` (``follow``, ``within``: as
+        ``FileRange``)."""
+        return cls((FileRange(path, 0, size, size, follow, within),), size, sha256)
 
     @classmethod
     def of_bytes(cls, data: bytes, sha256: str | None = None) -> UploadBody:
@@ -129,14 +134,21 @@ async def _pieces(part: Part) -> AsyncIterator[bytes]:
 def open_file(part: FileRange) -> int:
     """A descriptor of the file ``part`` is a range of (the caller closes it): a regular file, opened as the
     source's scan opened it; ``ItemChanged`` when it cannot be. A link where the scan found a file is not
-    read through: its target may be anywhere, and all but the last chunk of it would leave before its hash
+    read through, and a link the scan followed is read through to a file in the mapped folder only (where it
+    points now): its target may be anywhere, and all but the last chunk of it would leave before its hash
     told it apart."""
+    path, follow = part.path, part.follow
     try:
-        with open_regular(part.path, follow=part.follow) as handle:
+        if follow and part.within is not None:  # (where the link points now: the scan saw where it pointed then)
+            path, follow = path.resolve(strict=True), False
+            if not path.is_relative_to(part.within):
+                raise ItemChanged(LINK_POINTS_OUT)
+        with open_regular(path, follow=follow) as handle:
             return os.dup(handle.fileno())
-    except OSError as exc:
-        if exc.errno == errno.ELOOP and not part.follow:
-            raise ItemChanged(REPLACED_BY_A_LINK) from None
+    except (OSError, RuntimeError) as exc:  # (RuntimeError: a link loop, as ``resolve`` says it)
+        if isinstance(exc, RuntimeError) or (exc.errno == errno.ELOOP and not follow):
+            raise ItemChanged(REPLACED_BY_A_LINK if not part.follow else "cannot read it any more (a symbolic "
+                              "link loop, or a link swapped in)") from None
         raise ItemChanged(f"cannot read it any more ({exc.strerror})") from None
 
 
