@@ -383,3 +383,36 @@ def test_a_daemon_whose_limit_never_lets_its_first_upload_end_keeps_systemd_wait
     assert not daemon.received("READY=1"), "its first sync never ended"
     assert "Traceback" not in output
     assert uploaded_blobs(daemon_env) == []
+
+
+def test_a_run_off_a_terminal_draws_no_progress_line_even_with_a_limit(env: Env) -> None:
+    """stderr is a pipe (systemd, cron, CI): no carriage returns or terminal escapes, whatever the limit and
+    however long the transfer; the summary is there."""
+    pack_id = env.sandbox.create_pack("Photos")
+    folder = env.map("photos", pack_id=pack_id, strip=[])
+    write(folder / "a.png", padded_png(CHUNK + 10, seed=1))
+    write(folder / "empty.png", b"")
+
+    ran = env.cli("run", "--no-wait", "--bwlimit", "2M")
+
+    assert ran.returncode == ExitCode.SOME_FAILED, ran.stdout + ran.stderr[-2000:]
+    assert "\r" not in ran.stdout + ran.stderr and "\x1b[" not in ran.stdout + ran.stderr
+    assert "1 added" in ran.stdout
+    assert len(env.cdn_bytes(pack_id)) == 1
+
+
+def test_an_astria_image_over_max_file_mb_is_skipped_in_one_sentence_and_not_kept(env: Env) -> None:
+    pack_id = env.sandbox.astria.add_pack("Headshots")
+    small, large = padded_png(200_000, seed=1), padded_png(3 * MB, seed=2)
+    for data in (small, large):
+        env.sandbox.astria.add_image(pack_id, "woman", data)
+    env.map_astria(pack_id, pack="Headshots", strip=[], max_file_mb=1)
+
+    ran = env.cli("run", "--no-wait")
+
+    assert ran.returncode == ExitCode.SOME_FAILED, ran.stdout + ran.stderr[-2000:]
+    assert "Traceback" not in ran.stderr
+    assert "larger than 1 MB" in ran.stdout, ran.stdout
+    assert env.cdn_bytes(env.pack_named("Headshots")["id"]) == [small]
+    spool = env.state_path.parent / "spool"
+    assert not any(path.is_file() for path in spool.rglob("*")), "nothing of either image is left in the spool"
