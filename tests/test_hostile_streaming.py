@@ -25,7 +25,7 @@ from test_streaming import Gate, failures, padded_png, sync_through, uploaded_bl
 from packsync.config import parse_config
 from packsync.errors import ConfigError, ExitCode
 from packsync.remote.genviral import GenviralClient
-from packsync.remote.transport import STALL_RATE, Transport
+from packsync.remote.transport import LIMITED_SLICE, Transport
 from packsync.sandbox.server import Reply
 from packsync.sources.body import CHUNK, UploadBody
 
@@ -76,8 +76,8 @@ class Recording:
 def test_a_limited_put_asks_the_limit_for_little_at_a_time(env: Env) -> None:
     """Each ``take`` waits ``n / rate`` before its ``n`` bytes go, and concurrent uploads take turns: asked for
     a whole 512 KiB chunk, ``bandwidth_limit = "100k"`` with 4 uploads in flight leaves each connection silent
-    about 20 s between chunks, which is when S3 ends a PUT (RequestTimeout). Asked for STALL_RATE bytes at
-    most, a connection waits a second at the stall rate, whatever the chunk."""
+    about 20 s between chunks, which is when S3 ends a PUT (RequestTimeout). Asked for LIMITED_SLICE bytes at
+    most (64 KiB), a connection waits 2.6 s there, whatever the chunk."""
     data = padded_png(2 * CHUNK + 5000)
     body = UploadBody((data,), len(data), hashlib.sha256(data).hexdigest())
     limit, sent = Recording(), list[int]()
@@ -91,7 +91,7 @@ def test_a_limited_put_asks_the_limit_for_little_at_a_time(env: Env) -> None:
     asyncio.run(upload())
 
     assert sum(limit.asked) == sum(sent) == len(data), "every byte passed the limit once"
-    assert max(limit.asked) <= STALL_RATE, f"a take of {max(limit.asked):,} bytes"
+    assert max(limit.asked) <= LIMITED_SLICE <= 64 * 1024, f"a take of {max(limit.asked):,} bytes"
     assert env.sandbox.calls[("PUT", "storage")] == 1
     stored = env.sandbox.store.list_files("ws-1", 10, 0, None)[0]
     assert len(stored) == 1
