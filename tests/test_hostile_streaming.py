@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
+import math
 import os
 import resource
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -24,10 +27,12 @@ from test_streaming import Gate, failures, padded_png, sync_through, uploaded_bl
 
 from packsync.config import parse_config
 from packsync.errors import ConfigError, ExitCode
+from packsync.remote.bandwidth import BandwidthLimit
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.transport import LIMITED_SLICE, Transport
 from packsync.sandbox.server import Reply
 from packsync.sources.body import CHUNK, UploadBody
+from packsync.views.progress import Progress
 
 MB = 1_000_000
 
@@ -416,3 +421,23 @@ def test_an_astria_image_over_max_file_mb_is_skipped_in_one_sentence_and_not_kep
     assert env.cdn_bytes(env.pack_named("Headshots")["id"]) == [small]
     spool = env.state_path.parent / "spool"
     assert not any(path.is_file() for path in spool.rglob("*")), "nothing of either image is left in the spool"
+
+
+# -- the progress line -------------------------------------------------------------------------------------
+
+
+def test_the_largest_limit_accepted_still_fits_the_progress_line() -> None:
+    """The line is redrawn in place (``\\r`` and erase): one that wraps leaves a stale line at every redraw.
+    Before, a limit of 305 digits was written out in full, hundreds of digits of TiB/s."""
+    limit = BandwidthLimit("1" * 305)
+    rates = limit.rate_at(datetime.now())
+    assert rates.up is not None and math.isfinite(rates.up), "the largest rate still accepted"
+    progress = Progress(enabled=True, stream=io.StringIO(), clock=lambda: 0.0)
+    progress.limits = lambda: (rates.up, rates.down)
+    progress.total("uploaded", 2)
+    progress.total("sent", 3 * 2**40)
+    progress.advance("sent", 2**40)
+
+    line = progress.line(1.0)
+
+    assert "limit " in line and len(line) < 120, line
