@@ -85,15 +85,20 @@ class UploadBody:
         """The bytes, ``CHUNK`` at a time, from the first; ``ItemChanged`` instead of the last chunk when
         they are not the planned ones."""
         sha, size, held = hashlib.sha256(), 0, b""
-        for part in self.parts:
-            async for piece in _pieces(part):
-                sha.update(piece)
-                size += len(piece)
-                if size > self.size:
-                    raise ItemChanged(CHANGED_WHILE_SENT)
-                if held:
-                    yield held
-                held = piece
+        files: dict[FileRange, int] = {}  # a file open once, however many of its ranges the body holds
+        try:
+            for part in self.parts:
+                async for piece in _pieces(part, files):
+                    sha.update(piece)
+                    size += len(piece)
+                    if size > self.size:
+                        raise ItemChanged(CHANGED_WHILE_SENT)
+                    if held:
+                        yield held
+                    held = piece
+        finally:
+            for fd in files.values():
+                os.close(fd)
         if size != self.size or sha.hexdigest() != self.sha256:
             raise ItemChanged(CHANGED_WHILE_SENT)
         if held:
@@ -108,27 +113,29 @@ class UploadBody:
         return data
 
 
-async def _pieces(part: Part) -> AsyncIterator[bytes]:
-    """A part in chunks; a file range that ended early gives what it had (the size check catches it)."""
+async def _pieces(part: Part, files: dict[FileRange, int]) -> AsyncIterator[bytes]:
+    """A part in chunks; a file range that ended early gives what it had (the size check catches it). The
+    file is opened at its first range and kept in ``files`` (by its whole range) for the next: a stripped
+    file is its ranges between the metadata taken out, and a crafted one may have hundreds of thousands."""
     if isinstance(part, bytes):
         for start in range(0, len(part), CHUNK):
             yield part[start:start + CHUNK]
         return
-    inline = part.file_size < INLINE_BYTES
-    fd = open_file(part) if inline else await asyncio.to_thread(open_file, part)
-    try:
-        position, end = part.offset, part.offset + part.length
-        while position < end:
-            want = min(CHUNK, end - position)
-            piece = os.pread(fd, want, position) if inline else await asyncio.to_thread(os.pread, fd, want, position)
-            if not piece:
-                return
-            position += len(piece)
-            yield piece
-        if os.fstat(fd).st_size != part.file_size:  # grown (or cut) where this range does not reach
-            raise ItemChanged(CHANGED_WHILE_SENT)
-    finally:
-        os.close(fd)
+    whole = msgspec.structs.replace(part, offset=0, length=part.file_size)
+    if (fd := files.get(whole)) is None:
+        fd = files[whole] = open_file(part) if part.file_size < INLINE_BYTES else await asyncio.to_thread(open_file,
+                                                                                                          part)
+    position, end = part.offset, part.offset + part.length
+    while position < end:
+        want = min(CHUNK, end - position)
+        piece = os.pread(fd, want, position) if want < INLINE_BYTES else \
+            await asyncio.to_thread(os.pread, fd, want, position)
+        if not piece:
+            return
+        position += len(piece)
+        yield piece
+    if os.fstat(fd).st_size != part.file_size:  # grown (or cut) where this range does not reach
+        raise ItemChanged(CHANGED_WHILE_SENT)
 
 
 def open_file(part: FileRange) -> int:
