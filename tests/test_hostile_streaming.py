@@ -16,18 +16,21 @@ import struct
 import subprocess
 import sys
 import threading
+import zlib
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Literal, TypeVar
 
 import pytest
-from conftest import TOKEN, Env, write
+from conftest import TOKEN, Env, image, write
 from helpers import DaemonProcess, wait_until
 from test_streaming import Gate, failures, padded_png, sync_through, uploaded_blobs
 
 from packsync.config import parse_config
-from packsync.errors import ConfigError, ExitCode
+from packsync.errors import ConfigError, ExitCode, PrepareError
+from packsync.prepare import Recipe, prepare_path
+from packsync.recipe import STRIP_CATEGORIES
 from packsync.remote.bandwidth import BandwidthLimit
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.transport import LIMITED_SLICE, Transport
@@ -304,6 +307,30 @@ def test_a_body_of_many_ranges_of_one_file_opens_it_once(tmp_path: Path) -> None
         assert opens.count() == 1, "the file was opened once for its 26,215 ranges"
     finally:
         opens.close()
+
+
+def png_of_many_chunks_to_strip(count: int) -> bytes:
+    """A valid PNG with ``count`` tiny Author text chunks (stripped with ``people``), each between two
+    private chunks that stay: every one taken out splits the file's ranges once more."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    small = image(seed=1)
+    return small[:-12] + (chunk(b"tEXt", b"Author\x00x") + chunk(b"prVt", b"x")) * count + small[-12:]
+
+
+@pytest.mark.xfail(strict=True, reason="a strip's parts are not bounded in number: 200,000 chunks taken out of a "
+                                       "6.6 MB PNG make 200,001 ranges, held (as Spans, then FileRanges) until "
+                                       "the upload ends; a run of 300,000 peaked at 133 MB (78 MB for a plain file)")
+def test_a_crafted_png_of_many_small_chunks_to_strip_is_refused_or_kept_to_few_ranges(tmp_path: Path) -> None:
+    data = png_of_many_chunks_to_strip(200_000)
+    path = write(tmp_path / "crafted.png", data)
+
+    try:
+        prepared = prepare_path(path, len(data), "image/png", Recipe(strip=STRIP_CATEGORIES))
+    except PrepareError:
+        return
+    assert len(prepared.parts) <= 10_000, f"{len(prepared.parts):,} parts held for one upload"
 
 
 # -- an Astria download the spool cannot hold, or whose server lies about its length ----------------------
