@@ -288,10 +288,11 @@ class Opens:
         os.close(self.fd)
 
 
-def test_a_body_of_many_ranges_of_one_file_opens_it_once(tmp_path: Path) -> None:
+def test_a_body_of_many_ranges_of_one_file_opens_it_once_and_goes_out_a_chunk_at_a_time(tmp_path: Path) -> None:
     """A stripped upload is its file's ranges between the metadata taken out: a crafted PNG with 300,000
     small text chunks to strip makes 300,000 of them. Before, each range opened the file again (in a worker
-    thread): a 9.9 MB file of them took 99 s to upload; 30 s after."""
+    thread), and went to the connection as a write of its own: a 9.9 MB file of them took 99 s to upload;
+    30 s with the file opened once, 5.7 s with its small ranges sent a chunk at a time."""
     data = os.urandom(2 * INLINE_BYTES)
     path = write(tmp_path / "many.png", data)
     ranges = [FileRange(path, offset, 7, len(data)) for offset in range(0, len(data), 20)]
@@ -299,14 +300,16 @@ def test_a_body_of_many_ranges_of_one_file_opens_it_once(tmp_path: Path) -> None
     body = UploadBody(ranges, len(sent), hashlib.sha256(sent).hexdigest())
     opens = Opens(path)
 
-    async def read() -> bytes:
-        return b"".join([chunk async for chunk in body.chunks()])
+    async def read() -> list[bytes]:
+        return [chunk async for chunk in body.chunks()]
 
     try:
-        assert asyncio.run(read()) == sent
+        chunks = asyncio.run(read())
+        assert b"".join(chunks) == sent
         assert opens.count() == 1, "the file was opened once for its 26,215 ranges"
     finally:
         opens.close()
+    assert len(chunks) <= len(sent) // CHUNK + 1, f"{len(chunks):,} writes for {len(sent):,} bytes"
 
 
 def png_of_many_chunks_to_strip(count: int) -> bytes:
