@@ -188,8 +188,8 @@ def _prepare_file(item: ContentItem, whole: FileRange, recipe: Recipe, spool: Pa
         made = prepare.prepare_path(fd, item.size, item.content_type, recipe, expected_sha256=item.sha256)
     finally:
         os.close(fd)
-    parts = [FileRange(whole.path, part.offset, part.length, item.size) if isinstance(part, Span) else part
-             for part in made.parts]
+    parts = [msgspec.structs.replace(whole, offset=part.offset, length=part.length) if isinstance(part, Span)
+             else part for part in made.parts]
     return _kept(item, recipe, parts, made.size, made.sha256, made.content_type, made.changes, spool)
 
 

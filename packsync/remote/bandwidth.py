@@ -48,12 +48,14 @@ UNLIMITED: Throttle = _Unlimited()
 
 #: rclone's size suffixes (binary), and what a bare number means to it: KiB.
 _MULTIPLIERS = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
-_SIZE = re.compile(r"(?P<number>\d+(?:\.\d*)?|\.\d+)(?:(?P<suffix>[kmgtp])(?:i|ib)?|(?P<bytes>b))?", re.IGNORECASE)
+#: ASCII digits only (``re.ASCII``): rclone reads no others, and ``float`` would take ``"٥"`` for 5.
+_SIZE = re.compile(r"(?P<number>\d+(?:\.\d*)?|\.\d+)(?:(?P<suffix>[kmgtp])(?:i|ib)?|(?P<bytes>b))?",
+                   re.IGNORECASE | re.ASCII)
 _WEEKDAYS = {name: day for day, names in enumerate((("mon", "monday"), ("tue", "tuesday"), ("wed", "wednesday"),
                                                      ("thu", "thursday"), ("fri", "friday"), ("sat", "saturday"),
                                                      ("sun", "sunday")))
              for name in names}
-_HHMM = re.compile(r"(?P<hour>[01]\d|2[0-3]):(?P<minute>[0-5]\d)")
+_HHMM = re.compile(r"(?P<hour>[01]\d|2[0-3]):(?P<minute>[0-5]\d)", re.ASCII)
 _WEEK_MINUTES = 7 * 24 * 60
 
 
@@ -81,6 +83,8 @@ def _rate(text: str) -> float | None:
         raise ValueError(f"{text!r} is not a rate (write a size like 512k, 20M or 1G a second, or off)")
     unit = 1 if found["bytes"] else _MULTIPLIERS[(found["suffix"] or "k").lower()]
     value = float(found["number"]) * unit
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a rate (a number that large is no limit: write off)")
     return value or None  # 0 is no limit, as in rclone
 
 

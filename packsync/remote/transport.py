@@ -74,6 +74,10 @@ if TYPE_CHECKING:  # imported at the first request: a new process walks its firs
 #: repeated. Retries start no later than RETRY_TIMEOUTS × T after the first try (DOWNLOAD_TIMEOUTS × T
 #: for a download: a host that never answers costs a minute of one slot, not every attempt).
 STALL_RATE = 16 * 1024
+#: The bytes of a limited PUT taken from the bandwidth limit at a time (``_slices``): 4 s at the stall rate.
+#: Smaller costs CPU per byte (a 50 MiB PUT on loopback: 0.19 s in 512 KiB chunks, 0.24 s in 64 KiB slices,
+#: 0.40 s in 16 KiB ones).
+LIMITED_SLICE = 64 * 1024
 HEAD_TIMEOUTS = 4
 RETRY_TIMEOUTS = 10
 DOWNLOAD_TIMEOUTS = 2
@@ -567,21 +571,31 @@ class _Sending:
         started, waited = clock(), 0.0
         async with aclosing(self.body.chunks()) as chunks:
             async for chunk in chunks:
-                if self.throttle is not UNLIMITED:
-                    waiting = clock()
+                for piece in _slices(chunk) if self.throttle is not UNLIMITED else (chunk,):
+                    if self.throttle is not UNLIMITED:
+                        waiting = clock()
+                        if self.due:
+                            self.due.reschedule(None)
+                        await self.throttle.take(len(piece), "up")
+                        waited += clock() - waiting
                     if self.due:
-                        self.due.reschedule(None)
-                    await self.throttle.take(len(chunk), "up")
-                    waited += clock() - waiting
-                if self.due:
-                    self.due.reschedule(started + waited + self.grace_s + (self.sent + len(chunk)) / STALL_RATE)
-                yield chunk
-                self.sent += len(chunk)
-                if self.on_sent:
-                    self.on_sent(len(chunk))
+                        self.due.reschedule(started + waited + self.grace_s + (self.sent + len(piece)) / STALL_RATE)
+                    yield piece
+                    self.sent += len(piece)
+                    if self.on_sent:
+                        self.on_sent(len(piece))
 
     def take_back(self) -> None:
         """Take back the count of an attempt that failed: the bytes go again with the next one."""
         if self.sent and self.on_sent:
             self.on_sent(-self.sent)
         self.sent = 0
+
+
+def _slices(chunk: bytes) -> Iterator[bytes]:
+    """A chunk as it passes a bandwidth limit: ``LIMITED_SLICE`` bytes at a time. The limit holds bytes back
+    before they leave, so a take of a whole chunk leaves the connection silent for ``CHUNK / rate`` seconds
+    (times the uploads taking turns): at 100k with 4 in flight, 20 s between chunks, when S3 ends a PUT
+    (RequestTimeout); a slice, 2.6 s."""
+    for start in range(0, len(chunk), LIMITED_SLICE):
+        yield chunk[start:start + LIMITED_SLICE]

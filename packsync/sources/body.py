@@ -15,6 +15,7 @@ or one spool file: the body never knows which it is.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -31,16 +32,22 @@ CHUNK = 512 * 1024
 #: A range this small is read on the event loop: a thread hop costs more than the read.
 INLINE_BYTES = 256 * 1024
 CHANGED_WHILE_SENT = "changed while it was uploaded; it will be synced on the next run"
+REPLACED_BY_A_LINK = "replaced by a symbolic link since it was scanned; the link is not followed"
+LINK_POINTS_OUT = "its symbolic link points outside the mapped folder since it was scanned; not followed"
 
 
 class FileRange(msgspec.Struct, frozen=True):
     """``length`` bytes from ``offset`` of the file at ``path``, whose whole size was ``file_size`` when
-    it was planned: a file of another size now has changed, whatever the bytes of the range."""
+    it was planned: a file of another size now has changed, whatever the bytes of the range. ``follow``:
+    a symbolic link at ``path`` is read through (as the scan that found it did), to a file under ``within``
+    (the mapped folder, resolved) when that is given; else it is refused."""
 
     path: Path
     offset: int
     length: int
     file_size: int
+    follow: bool = True
+    within: Path | None = None
 
 
 Part = bytes | FileRange
@@ -55,9 +62,11 @@ class UploadBody:
         self.sha256 = sha256
 
     @classmethod
-    def of_file(cls, path: Path, size: int, sha256: str) -> UploadBody:
-        """A whole file, planned to hold ``size`` bytes hashing to ``sha256``."""
-        return cls((FileRange(path, 0, size, size),), size, sha256)
+    def of_file(cls, path: Path, size: int, sha256: str, *, follow: bool = True,
+                within: Path | None = None) -> UploadBody:
+        """A whole file, planned to hold ``size`` bytes hashing to ``sha256`` (``follow``, ``within``: as
+        ``FileRange``)."""
+        return cls((FileRange(path, 0, size, size, follow, within),), size, sha256)
 
     @classmethod
     def of_bytes(cls, data: bytes, sha256: str | None = None) -> UploadBody:
@@ -75,20 +84,33 @@ class UploadBody:
     async def chunks(self) -> AsyncGenerator[bytes]:
         """The bytes, ``CHUNK`` at a time, from the first; ``ItemChanged`` instead of the last chunk when
         they are not the planned ones."""
-        sha, size, held = hashlib.sha256(), 0, b""
-        for part in self.parts:
-            async for piece in _pieces(part):
-                sha.update(piece)
-                size += len(piece)
-                if size > self.size:
-                    raise ItemChanged(CHANGED_WHILE_SENT)
-                if held:
-                    yield held
-                held = piece
+        sha, size, held, gathered = hashlib.sha256(), 0, b"", bytearray()
+        files: dict[FileRange, int] = {}  # a file open once, however many of its ranges the body holds
+        try:
+            for part in self.parts:
+                async for piece in _pieces(part, files):
+                    sha.update(piece)
+                    size += len(piece)
+                    if size > self.size:
+                        raise ItemChanged(CHANGED_WHILE_SENT)
+                    if held:  # more bytes follow it: it is not the last chunk
+                        yield held
+                        held = b""
+                    # A file's small ranges (a strip's, hundreds of thousands in a crafted file) go out a chunk
+                    # at a time, with what follows them; bytes in hand (a few edited headers) go as they are.
+                    if gathered or (len(piece) < CHUNK and isinstance(part, FileRange)):
+                        gathered += piece
+                        if len(gathered) < CHUNK:
+                            continue
+                        piece, gathered = bytes(gathered), bytearray()
+                    held = piece
+        finally:
+            for fd in files.values():
+                os.close(fd)
         if size != self.size or sha.hexdigest() != self.sha256:
             raise ItemChanged(CHANGED_WHILE_SENT)
-        if held:
-            yield held
+        if held or gathered:
+            yield held or bytes(gathered)
 
     async def read(self) -> bytes:
         """The bytes whole, provided they are the planned ones; else ``ItemChanged``."""
@@ -99,27 +121,29 @@ class UploadBody:
         return data
 
 
-async def _pieces(part: Part) -> AsyncIterator[bytes]:
-    """A part in chunks; a file range that ended early gives what it had (the size check catches it)."""
+async def _pieces(part: Part, files: dict[FileRange, int]) -> AsyncIterator[bytes]:
+    """A part in chunks; a file range that ended early gives what it had (the size check catches it). The
+    file is opened at its first range and kept in ``files`` (by its whole range) for the next: a stripped
+    file is its ranges between the metadata taken out, and a crafted one may have hundreds of thousands."""
     if isinstance(part, bytes):
         for start in range(0, len(part), CHUNK):
             yield part[start:start + CHUNK]
         return
-    inline = part.file_size < INLINE_BYTES
-    fd = open_file(part) if inline else await asyncio.to_thread(open_file, part)
-    try:
-        position, end = part.offset, part.offset + part.length
-        while position < end:
-            want = min(CHUNK, end - position)
-            piece = _read(fd, want, position) if inline else await asyncio.to_thread(_read, fd, want, position)
-            if not piece:
-                return
-            position += len(piece)
-            yield piece
-        if _size(fd) != part.file_size:  # grown (or cut) where this range does not reach
-            raise ItemChanged(CHANGED_WHILE_SENT)
-    finally:
-        os.close(fd)
+    whole = msgspec.structs.replace(part, offset=0, length=part.file_size)
+    if (fd := files.get(whole)) is None:
+        fd = files[whole] = open_file(part) if part.file_size < INLINE_BYTES else await asyncio.to_thread(open_file,
+                                                                                                          part)
+    position, end = part.offset, part.offset + part.length
+    while position < end:
+        want = min(CHUNK, end - position)
+        piece = _read(fd, want, position) if want < INLINE_BYTES else \
+            await asyncio.to_thread(_read, fd, want, position)
+        if not piece:
+            return
+        position += len(piece)
+        yield piece
+    if _size(fd) != part.file_size:  # grown (or cut) where this range does not reach
+        raise ItemChanged(CHANGED_WHILE_SENT)
 
 
 def _read(fd: int, size: int, offset: int) -> bytes:
@@ -138,11 +162,22 @@ def _size(fd: int) -> int:
 
 def open_file(part: FileRange) -> int:
     """A descriptor of the file ``part`` is a range of (the caller closes it): a regular file, opened as the
-    source's scan opened it; ``ItemChanged`` when it cannot be."""
+    source's scan opened it; ``ItemChanged`` when it cannot be. A link where the scan found a file is not
+    read through, and a link the scan followed is read through to a file in the mapped folder only (where it
+    points now): its target may be anywhere, and all but the last chunk of it would leave before its hash
+    told it apart."""
+    path, follow = part.path, part.follow
     try:
-        with open_regular(part.path) as handle:
+        if follow and part.within is not None:  # (where the link points now: the scan saw where it pointed then)
+            path, follow = path.resolve(strict=True), False
+            if not path.is_relative_to(part.within):
+                raise ItemChanged(LINK_POINTS_OUT)
+        with open_regular(path, follow=follow) as handle:
             return os.dup(handle.fileno())
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # (RuntimeError: a link loop, as ``resolve`` says it)
+        if isinstance(exc, RuntimeError) or (exc.errno == errno.ELOOP and not follow):
+            raise ItemChanged(REPLACED_BY_A_LINK if not part.follow else "cannot read it any more (a symbolic "
+                              "link loop, or a link swapped in)") from None
         raise ItemChanged(f"cannot read it any more ({exc.strerror})") from None
 
 

@@ -176,7 +176,9 @@ class FolderSource:
 
     async def open(self, item: ContentItem) -> UploadBody:
         """The file as scanned: read from disk as it is sent."""
-        return UploadBody.of_file(self.root / item.key, item.size, item.sha256)
+        follow = self.filters.follow_symlinks
+        return UploadBody.of_file(self.root / item.key, item.size, item.sha256, follow=follow,
+                                  within=self.root.resolve() if follow else None)
 
     def close(self) -> None:
         pass

@@ -32,12 +32,15 @@ def _duration(seconds: float) -> str:
 
 
 def _size(count: float) -> str:
-    """Bytes in binary units, to three figures: ``512 B``, ``1.5 KiB``, ``12.3 MiB``, ``5 MiB``."""
+    """Bytes in binary units, to three figures: ``512 B``, ``1.5 KiB``, ``12.3 MiB``, ``5 MiB``; past a
+    thousand PiB, ``8.88e+284 PiB`` (a limit may be that large: the line must still fit)."""
     value, unit = float(count), "B"
-    for larger in ("KiB", "MiB", "GiB", "TiB"):
+    for larger in ("KiB", "MiB", "GiB", "TiB", "PiB"):
         if abs(value) < 1024:
             break
         value, unit = value / 1024, larger
+    if abs(value) >= 1000 and unit == "PiB":
+        return f"{value:.3g} {unit}"
     return f"{value:.0f} {unit}" if abs(value) >= 100 or unit == "B" else f"{value:.3g} {unit}"
 
 
