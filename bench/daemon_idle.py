@@ -1,0 +1,152 @@
+"""The daemon at rest: a real ``packsync daemon`` over 100,000 synced files in 20 folders, nothing changing.
+
+The folders start synced as a finished sync leaves them (``incremental.seed``: the packs hold the images,
+their metadata settled, and the state their records), so the daemon's start-up sync is a walk, a pack
+read per folder and a plan with nothing to do. Once it is ready and the sandbox has heard nothing for a
+while, the daemon is watched from ``/proc`` for the idle window (5 minutes; ``--smoke``: 15 s), with
+``rescan_interval_s`` far longer than the window so that no rescan falls in it:
+
+- CPU: utime + stime of the whole process (``/proc/PID/stat``, dead threads included) over the window,
+  as a share of one core;
+- wakeups: per thread, ``voluntary_ctxt_switches + nonvoluntary_ctxt_switches`` of
+  ``/proc/PID/task/TID/status``, the increase over the window, summed (a thread that starts or ends
+  inside the window counts what it made while sampled, every second); each thread named by its
+  ``comm``, which the daemon sets from its Python thread names (``daemon/process.py``);
+- memory: ``VmRSS`` every second, and ``VmHWM``; its growth from the end of the first fifth of the
+  window (minute 1) to its end (minute 5).
+
+Each figure is a ratio to issue 28's bound: CPU ÷ 0.5 % of a core, wakeups ÷ 1 per second, RSS ÷ 200 MB,
+and the growth ÷ 1 MB (memory at rest must not grow; 1 MB is the allocator's noise, not a leak's rate).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daemon_scenarios import DEBOUNCE_S, _stop, _wait_quiet
+from harness import Context, Row, Setup, start_daemon, write_images
+from incremental import seed
+
+CPU_BOUND = 0.005  # of one core
+WAKEUPS_BOUND = 1.0  # per second
+RSS_BOUND = 200_000_000
+GROWTH_BOUND = 1_000_000
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Sample:
+    """One look at the daemon from ``/proc``."""
+
+    at: float
+    cpu_s: float
+    rss_bytes: int
+    hwm_bytes: int
+    #: Per thread id: (its name, its context switches so far).
+    threads: dict[int, tuple[str, int]] = field(default_factory=dict)
+
+
+def sample(pid: int) -> Sample:
+    """The process's CPU and memory and every thread's context switches, now."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    cpu_s = (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14 and 15 of proc(5))
+    memory = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    threads = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            status = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines())
+        except OSError:
+            continue  # it ended meanwhile: what it made up to the last sample is kept
+        switches = int(status["voluntary_ctxt_switches"]) + int(status["nonvoluntary_ctxt_switches"])
+        threads[int(task.name)] = (name, switches)
+    return Sample(time.monotonic(), cpu_s, _kib(memory["VmRSS"]), _kib(memory["VmHWM"]), threads)
+
+
+def _kib(value: str) -> int:
+    return int(value.split()[0]) * 1024
+
+
+def wakeups(samples: list[Sample]) -> Counter[str]:
+    """The context switches each thread (by name) made between the first sample and the last."""
+    first = samples[0].threads
+    last: dict[int, tuple[str, int]] = {}
+    for each in samples:
+        last.update(each.threads)
+    made: Counter[str] = Counter()
+    for tid, (name, switches) in last.items():
+        made[f"{name} ({tid})"] += switches - first.get(tid, (name, 0))[1]
+    return made
+
+
+def run(ctx: Context) -> list[Row]:
+    files, folders, window_s = (2_000, 20, 15.0) if ctx.smoke else (100_000, 20, 300.0)
+    work = ctx.workdir / "daemon-idle"
+    roots = [work / "tree" / f"m{m:02}" for m in range(folders)]
+    per_folder = files // folders
+    ctx.log(f"daemon idle: writing {files:,} files in {folders} folders")
+    for m, root in enumerate(roots):
+        write_images(root, range(m * per_folder, (m + 1) * per_folder), prefix="seed")
+    with ctx.sandbox(enrich_delays=(0.0, 0.0)) as sandbox:
+        pack_ids = [sandbox.new_pack(f"idle-{m:02}") for m in range(folders)]
+        config = Setup(work, sandbox.base_url, mappings=list(zip(roots, pack_ids, strict=True)),
+                       daemon={"debounce_s": DEBOUNCE_S, "rescan_interval_s": max(3600, 10 * window_s)}).write()
+        ctx.log("daemon idle: seeding the packs and the state")
+        for root, pack_id in zip(roots, pack_ids, strict=True):
+            seed(sandbox, config, root, pack_id)
+        started = time.monotonic()
+        daemon = start_daemon(config, work)
+        try:
+            daemon.wait_ready(timeout=900)
+            _wait_quiet(sandbox, 5.0, timeout=600)
+            settled_s = time.monotonic() - started
+            calls_before = sum(sandbox.calls.values())
+            ctx.log(f"daemon idle: settled after {settled_s:.1f} s; sampling for {window_s:.0f} s")
+            samples = [sample(daemon.proc.pid)]
+            while time.monotonic() - samples[0].at < window_s:
+                time.sleep(1.0)
+                samples.append(sample(daemon.proc.pid))
+            calls = sum(sandbox.calls.values()) - calls_before
+        finally:
+            code = _stop(daemon)
+    return _rows(samples, files, folders, window_s, settled_s, calls, code)
+
+
+def _rows(samples: list[Sample], files: int, folders: int, window_s: float, settled_s: float, calls: int,
+          code: int | None) -> list[Row]:
+    first, last = samples[0], samples[-1]
+    span_s = last.at - first.at
+    cpu = (last.cpu_s - first.cpu_s) / span_s
+    made = wakeups(samples)
+    rate = sum(made.values()) / span_s
+    minute_1 = next(s for s in samples if s.at - first.at >= span_s / 5)
+    growth = last.rss_bytes - minute_1.rss_bytes
+    peak = max(s.hwm_bytes for s in samples)
+    threads = len(last.threads)
+    busiest = ", ".join(f"{name} {n / span_s:.2f}/s" for name, n in made.most_common(6) if n)
+    scenario = (f"daemon at rest over {files:,} synced files in {folders} folders, {span_s:.0f} s after settling "
+                f"(no rescan in the window)")
+    details = {"window_s": span_s, "settled_s": settled_s, "cpu_share": cpu, "wakeups_per_s": rate,
+               "wakeups_by_thread": dict(made), "threads": threads, "rss_bytes": [s.rss_bytes for s in samples],
+               "hwm_bytes": peak, "rss_growth_bytes": growth, "api_calls_in_window": calls, "daemon_exit": code}
+    quiet = calls == 0 and code == 0
+    return [
+        Row("daemon-idle-cpu", scenario, "average CPU of the daemon process (utime + stime, /proc/PID/stat) "
+            f"÷ {CPU_BOUND:.1%} of one core", cpu / CPU_BOUND, "≤ 1", cpu <= CPU_BOUND and quiet,
+            f"{cpu:.3%} of a core ({last.cpu_s - first.cpu_s:.2f} CPU-s over {span_s:.0f} s); {calls} API calls "
+            f"in the window; settled {settled_s:.0f} s after its start; daemon exit {code}", details, quiet),
+        Row("daemon-idle-wakeups", scenario, "context switches of every thread (/proc/PID/task/*/status) per "
+            f"second ÷ {WAKEUPS_BOUND:.0f}", rate / WAKEUPS_BOUND, "≤ 1", rate <= WAKEUPS_BOUND,
+            f"{rate:.2f} wakeups/s over {threads} threads; busiest: {busiest or 'none'}", {}),
+        Row("daemon-idle-rss", scenario, f"RSS at the end of the window ÷ {RSS_BOUND / 1e6:.0f} MB",
+            last.rss_bytes / RSS_BOUND, "≤ 1", last.rss_bytes <= RSS_BOUND,
+            f"VmRSS {last.rss_bytes / 1e6:.1f} MB, VmHWM {peak / 1e6:.1f} MB (the start-up sync's peak)", {}),
+        Row("daemon-idle-growth", scenario, f"RSS growth from the end of the first fifth of the window to its end "
+            f"÷ {GROWTH_BOUND / 1e6:.0f} MB", max(growth, 0) / GROWTH_BOUND, "≤ 1", growth <= GROWTH_BOUND,
+            f"{minute_1.rss_bytes / 1e6:.2f} MB → {last.rss_bytes / 1e6:.2f} MB ({growth / 1e3:+.0f} kB)", {}),
+    ]
