@@ -1,4 +1,5 @@
-"""What makes the daemon a process: the signals it obeys, the deadline of its exit, its file limit.
+"""What makes the daemon a process: the signals it obeys, the deadline of its exit, its file limit, the
+names its threads show outside it.
 
 SIGTERM and SIGINT stop the daemon, and past ``Timing.stop_deadline_s`` the process exits where it
 is; SIGHUP reloads the config. ``Daemon`` itself installs no signal handler and never exits the
@@ -48,6 +49,23 @@ def _exit_now(deadline_s: float) -> None:
     get_logger().error("shutdown is taking too long; exiting now", deadline_s=deadline_s)
     faulthandler.dump_traceback(all_threads=True)
     os._exit(0)
+
+
+class ThreadNames:
+    """Every thread's Python name given to the kernel too (``/proc/PID/task/TID/comm``, 15 bytes), so that
+    ``top -H``, ``ps -L`` and the bench's wakeup count say which thread it is: Python before 3.14 leaves
+    every thread called ``python``. Each thread is named once, by the loop, when it first sees it."""
+
+    def __init__(self) -> None:
+        self._named: set[int] = set()
+
+    def update(self) -> None:
+        threads = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+        for tid in threads.keys() - self._named:
+            # (it ended meanwhile; or no /proc)
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/comm", "w") as comm:
+                comm.write(threads[tid].encode("ascii", "replace").decode()[:15])
+        self._named = set(threads)
 
 
 def raise_file_limit() -> None:

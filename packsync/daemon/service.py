@@ -32,7 +32,7 @@ from packsync.daemon.aggregator import Aggregator
 from packsync.daemon.alerts import Notifications
 from packsync.daemon.control import Served, bind
 from packsync.daemon.metadata import MetadataLoop
-from packsync.daemon.process import on_signals, raise_file_limit
+from packsync.daemon.process import ThreadNames, on_signals, raise_file_limit
 from packsync.daemon.reload import Retiring, reread
 from packsync.daemon.rounds import Rounds
 from packsync.daemon.schedule import FIRST, Folder, Schedule
@@ -75,6 +75,7 @@ class Daemon:
                              self.notifications)
         self.retiring = Retiring()
         self.web: Web | None = None
+        self.thread_names = ThreadNames()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -216,11 +217,12 @@ class Daemon:
             due = self.schedule.due(now)
             if due is None:
                 self.status.publish()
+                self.thread_names.update()
                 await self._sleep(self.schedule.next_deadline(now))
                 continue
             if due.full:  # a watcher that could not start before may start now
                 for folder in self.schedule.folders.values():
-                    if folder.root is not None and folder.root not in self.watcher.observers:
+                    if folder.root is not None and folder.root not in self.watcher.watches:
                         self._watch(folder)
             await self.rounds.run(self.app, due)
 
