@@ -345,3 +345,44 @@ def test_a_replaced_transport_is_let_go_once_closed() -> None:
         return waiting, len(retiring)
 
     assert asyncio.run(reload_twice()) == (2, 0)
+
+
+def _threads_and_switches(pid: int) -> tuple[int, int]:
+    """How many threads ``pid`` runs, and the context switches they made so far (voluntary and not)."""
+    switches = threads = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines())
+        except OSError:
+            continue  # (it ended meanwhile)
+        threads += 1
+        switches += int(status["voluntary_ctxt_switches"]) + int(status["nonvoluntary_ctxt_switches"])
+    return threads, switches
+
+
+def _inotify_instances(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if os.readlink(fd) == "anon_inode:inotify")
+
+
+def test_twenty_folders_share_one_inotify_instance_and_the_daemon_sleeps_at_rest(daemon_env: Env,
+                                                                                 start: StartDaemon) -> None:
+    """Watching 20 folders takes one of the user's inotify instances (``fs.inotify.max_user_instances``, 128
+    by default) and a thread per folder, not an instance and four threads each; at rest the daemon's
+    threads wake at most a few times a second in all (its loop comes round at the watchdog's pace), and a
+    file dropped into the last folder still syncs."""
+    packs = [daemon_env.sandbox.create_pack(f"p{n}") for n in range(20)]
+    folders = [daemon_env.map(f"f{n:02}", pack_id=pack) for n, pack in enumerate(packs)]
+    daemon = start()
+    pid = daemon.proc.pid
+
+    threads, before = _threads_and_switches(pid)
+    window_s = 5.0
+    time.sleep(window_s)  # a measurement over a window, not a wait for a condition
+    _, after = _threads_and_switches(pid)
+
+    assert _inotify_instances(pid) == 1, os.listdir(f"/proc/{pid}/fd")
+    assert threads <= len(folders) + 15, f"{threads} threads for {len(folders)} folders (one per folder, a few shared)"
+    assert (after - before) / window_s <= 5, f"{after - before} wakeups in {window_s} s at rest"
+    write(folders[-1] / "late.png", image(seed=7))
+    wait_until(lambda: len(images(daemon_env, packs[-1])) == 1, timeout=15, what="the dropped file in the last pack")
