@@ -17,12 +17,21 @@ while, the daemon is watched from ``/proc`` for the idle window (5 minutes; ``--
 
 Each figure is a ratio to issue 28's bound: CPU ÷ 0.5 % of a core, wakeups ÷ 1 per second, RSS ÷ 200 MB,
 and the growth ÷ 1 MB (memory at rest must not grow; 1 MB is the allocator's noise, not a leak's rate).
+
+After the window, what others make the daemon do periodically, each request's CPU measured the same way
+over ``REQUESTS`` of them: a Prometheus scrape of ``/metrics`` (every 15 s, a common ``scrape_interval``),
+a health probe of ``/healthz`` (every 10 s) and the open page's refresh of ``/view`` (every 2 s while the
+tab is visible; 304 while nothing changed). Each is judged as the CPU share it costs at that pace ÷
+0.5 % of a core: such work must not grow with the tree either.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +45,9 @@ WAKEUPS_BOUND = 1.0  # per second
 RSS_BOUND = 200_000_000
 GROWTH_BOUND = 1_000_000
 TICKS = os.sysconf("SC_CLK_TCK")
+REQUESTS = 20
+#: What others ask of a daemon at rest, and how often (seconds).
+PERIODIC = {"/metrics": 15.0, "/healthz": 10.0, "/view": 2.0}
 
 
 @dataclass
@@ -112,9 +124,59 @@ def run(ctx: Context) -> list[Row]:
                 time.sleep(1.0)
                 samples.append(sample(daemon.proc.pid))
             calls = sum(sandbox.calls.values()) - calls_before
+            ctx.log("daemon idle: what /metrics, /healthz and /view cost")
+            requests = _requests(daemon.proc.pid, _page_url(daemon.output()))
         finally:
             code = _stop(daemon)
-    return _rows(samples, files, folders, window_s, settled_s, calls, code)
+    return _rows(samples, files, folders, window_s, settled_s, calls, code) + _request_rows(requests, files)
+
+
+def _page_url(log: str) -> str:
+    for line in log.splitlines():
+        if '"web page, health and metrics served"' in line:
+            url: str = json.loads(line)["url"]
+            return url
+    raise RuntimeError(f"the daemon did not say where its page is:\n{log[-2000:]}")
+
+
+def _requests(pid: int, url: str) -> dict[str, float]:
+    """The daemon's CPU seconds per request of each of ``PERIODIC``, over ``REQUESTS`` of each after one
+    that is not counted (the page's first, whole, before its refreshes answer 304)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+    cost = {}
+    for path in PERIODIC:
+        etag = _get(opener, url.rstrip("/") + path, None)
+        before = sample(pid).cpu_s
+        for _ in range(REQUESTS):
+            _get(opener, url.rstrip("/") + path, etag)
+        cost[path] = (sample(pid).cpu_s - before) / REQUESTS
+    return cost
+
+
+def _get(opener: urllib.request.OpenerDirector, url: str, etag: str | None) -> str | None:
+    """GET ``url`` as the page's script does (``If-None-Match``: its last ETag); the answer's ETag."""
+    headers = {"If-None-Match": etag} if etag else {}
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers), timeout=60) as answer:
+            answer.read()
+            tag: str | None = answer.headers.get("ETag")
+            return tag
+    except urllib.error.HTTPError as exc:
+        if exc.code != 304:  # (nothing changed)
+            raise
+        return etag
+
+
+def _request_rows(cost: dict[str, float], files: int) -> list[Row]:
+    rows = []
+    for path, every_s in PERIODIC.items():
+        share = cost[path] / every_s
+        rows.append(Row(
+            "daemon-idle-requests", f"a daemon at rest over {files:,} files asked for {path} every {every_s:.0f} s",
+            f"the daemon's CPU per request (mean of {REQUESTS}) ÷ {every_s:.0f} s, ÷ {CPU_BOUND:.1%} of one core",
+            share / CPU_BOUND, "≤ 1", share <= CPU_BOUND,
+            f"{cost[path] * 1000:.1f} ms CPU per request: {share:.3%} of a core at that pace", {"cpu_s": cost[path]}))
+    return rows
 
 
 def _rows(samples: list[Sample], files: int, folders: int, window_s: float, settled_s: float, calls: int,
