@@ -32,7 +32,7 @@ from packsync.daemon.aggregator import Aggregator
 from packsync.daemon.alerts import Notifications
 from packsync.daemon.control import Served, bind
 from packsync.daemon.metadata import MetadataLoop
-from packsync.daemon.process import ThreadNames, on_signals, raise_file_limit
+from packsync.daemon.process import ThreadNames, on_signals, raise_file_limit, release_memory
 from packsync.daemon.reload import Retiring, reread
 from packsync.daemon.rounds import Rounds
 from packsync.daemon.schedule import FIRST, Folder, Schedule
@@ -76,6 +76,8 @@ class Daemon:
         self.retiring = Retiring()
         self.web: Web | None = None
         self.thread_names = ThreadNames()
+        #: Rounds ran since the loop last rested, a full one among them (True) or not (False); None: none ran.
+        self.worked: bool | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -133,6 +135,7 @@ class Daemon:
                 self._watch(folder)
             self.systemd.status("first full scan and sync")
             await self.rounds.run(self.app, FIRST)
+            self.worked = True
             if not self.stopping.is_set():
                 self.status.ready = True
                 self.systemd.ready()
@@ -218,6 +221,9 @@ class Daemon:
             if due is None:
                 self.status.publish()
                 self.thread_names.update()
+                if self.worked is not None:  # at rest from now on: what the rounds freed goes back
+                    release_memory(collect=self.worked)
+                    self.worked = None
                 await self._sleep(self.schedule.next_deadline(now))
                 continue
             if due.full:  # a watcher that could not start before may start now
@@ -225,6 +231,7 @@ class Daemon:
                     if folder.root is not None and folder.root not in self.watcher.watches:
                         self._watch(folder)
             await self.rounds.run(self.app, due)
+            self.worked = bool(self.worked) or due.full
 
     async def _start_anew(self) -> None:
         """The state's file or its lock was deleted or replaced (``rm state.db*``, a file moved over it):
