@@ -23,6 +23,10 @@ over ``REQUESTS`` of them: a Prometheus scrape of ``/metrics`` (every 15 s, a co
 a health probe of ``/healthz`` (every 10 s) and the open page's refresh of ``/view`` (every 2 s while the
 tab is visible; 304 while nothing changed). Each is judged as the CPU share it costs at that pace ÷
 0.5 % of a core: such work must not grow with the tree either.
+
+Last, the daemon is started again with one of the folders polled (``polling = true``, what the daemon
+falls back to when inotify runs out), and watched the same way for a fifth of the window: a polled
+folder legitimately costs a walk of its tree every 2 s, shown for information (a minute; ``--smoke``: 10 s).
 """
 
 from __future__ import annotations
@@ -119,16 +123,49 @@ def run(ctx: Context) -> list[Row]:
             settled_s = time.monotonic() - started
             calls_before = sum(sandbox.calls.values())
             ctx.log(f"daemon idle: settled after {settled_s:.1f} s; sampling for {window_s:.0f} s")
-            samples = [sample(daemon.proc.pid)]
-            while time.monotonic() - samples[0].at < window_s:
-                time.sleep(1.0)
-                samples.append(sample(daemon.proc.pid))
+            samples = _watched(daemon.proc.pid, window_s)
             calls = sum(sandbox.calls.values()) - calls_before
             ctx.log("daemon idle: what /metrics, /healthz and /view cost")
             requests = _requests(daemon.proc.pid, _page_url(daemon.output()))
         finally:
             code = _stop(daemon)
-    return _rows(samples, files, folders, window_s, settled_s, calls, code) + _request_rows(requests, files)
+        mapping = f'path = "{roots[0]}"'
+        config.write_text(config.read_text(encoding="utf-8").replace(mapping, f"{mapping}\npolling = true"),
+                          encoding="utf-8")
+        (work / "polled").mkdir()
+        daemon = start_daemon(config, work / "polled")
+        try:
+            daemon.wait_ready(timeout=900)
+            _wait_quiet(sandbox, 5.0, timeout=600)
+            polled_s = max(10.0, window_s / 5)
+            ctx.log(f"daemon idle: one folder polled; sampling for {polled_s:.0f} s")
+            polled = _watched(daemon.proc.pid, polled_s)
+        finally:
+            _stop(daemon)
+    return (_rows(samples, files, folders, window_s, settled_s, calls, code) + _request_rows(requests, files)
+            + [_polled_row(polled, per_folder, folders)])
+
+
+def _watched(pid: int, window_s: float) -> list[Sample]:
+    """The daemon sampled every second for ``window_s``."""
+    samples = [sample(pid)]
+    while time.monotonic() - samples[0].at < window_s:
+        time.sleep(1.0)
+        samples.append(sample(pid))
+    return samples
+
+
+def _polled_row(samples: list[Sample], per_folder: int, folders: int) -> Row:
+    span_s = samples[-1].at - samples[0].at
+    cpu = (samples[-1].cpu_s - samples[0].cpu_s) / span_s
+    made = wakeups(samples)
+    busiest = ", ".join(f"{name} {n / span_s:.2f}/s" for name, n in made.most_common(4) if n)
+    return Row("daemon-idle-polled", f"the same daemon with one of its {folders} folders ({per_folder:,} files) "
+               "polled (polling = true: the fallback when inotify runs out)",
+               f"average CPU ÷ {CPU_BOUND:.1%} of one core (information: a polled folder is walked every 2 s)",
+               cpu / CPU_BOUND, "information", None,
+               f"{cpu:.2%} of a core, {sum(made.values()) / span_s:.2f} wakeups/s over {span_s:.0f} s; busiest: "
+               f"{busiest}", {"cpu_share": cpu, "wakeups_by_thread": dict(made)})
 
 
 def _page_url(log: str) -> str:
