@@ -193,13 +193,9 @@ class Watcher:
 
     def check(self) -> list[Path]:
         """Folders whose observer, or whose own emitter, is no longer running."""
-        dead = []
-        for root, watch in self.watches.items():
-            observer = self.observers[self.modes[root]]
-            alive = observer.is_alive() and any(e.watch == watch and e.is_alive() for e in observer.emitters)
-            if not alive:
-                dead.append(root)
-        return dead
+        running = {e.watch for observer in self.observers.values() if observer.is_alive()
+                   for e in list(observer.emitters) if e.is_alive()}  # (a copy: watchdog's threads change it)
+        return [root for root, watch in self.watches.items() if watch not in running]
 
     def stop(self) -> None:
         logging.getLogger(WATCHDOG_INOTIFY_LOG).removeFilter(self._heard)
