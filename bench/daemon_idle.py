@@ -230,7 +230,8 @@ def _rows(samples: list[Sample], files: int, folders: int, window_s: float, sett
     busiest = ", ".join(f"{name} {n / span_s:.2f}/s" for name, n in made.most_common(6) if n)
     scenario = (f"daemon at rest over {files:,} synced files in {folders} folders, {span_s:.0f} s after settling "
                 f"(no rescan in the window)")
-    details = {"window_s": span_s, "settled_s": settled_s, "cpu_share": cpu, "wakeups_per_s": rate,
+    details = {"window_s": span_s, "settled_s": settled_s, "startup_cpu_s": first.cpu_s, "cpu_share": cpu,
+               "wakeups_per_s": rate,
                "wakeups_by_thread": dict(made), "threads": threads, "rss_bytes": [s.rss_bytes for s in samples],
                "hwm_bytes": peak, "rss_growth_bytes": growth, "api_calls_in_window": calls, "daemon_exit": code}
     quiet = calls == 0 and code == 0
@@ -238,7 +239,8 @@ def _rows(samples: list[Sample], files: int, folders: int, window_s: float, sett
         Row("daemon-idle-cpu", scenario, "average CPU of the daemon process (utime + stime, /proc/PID/stat) "
             f"÷ {CPU_BOUND:.1%} of one core", cpu / CPU_BOUND, "≤ 1", cpu <= CPU_BOUND and quiet,
             f"{cpu:.3%} of a core ({last.cpu_s - first.cpu_s:.2f} CPU-s over {span_s:.0f} s); {calls} API calls "
-            f"in the window; settled {settled_s:.0f} s after its start; daemon exit {code}", details, quiet),
+            f"in the window; settled {settled_s:.0f} s after its start, using {first.cpu_s:.1f} CPU-s (its imports and "
+            f"the start-up sync, a full scan as a rescan makes); daemon exit {code}", details, quiet),
         Row("daemon-idle-wakeups", scenario, "context switches of every thread (/proc/PID/task/*/status) per "
             f"second ÷ {WAKEUPS_BOUND:.0f}", rate / WAKEUPS_BOUND, "≤ 1", rate <= WAKEUPS_BOUND,
             f"{rate:.2f} wakeups/s over {threads} threads; busiest: {busiest or 'none'}", {}),
