@@ -350,6 +350,9 @@ def pull(source: str, folder: str, delete: bool, max_delete: str, force: bool, d
 @click.option("--polling", is_flag=True, help="Poll every folder instead of using inotify (network shares).")
 def daemon(polling: bool) -> None:
     """Watch the mapped folders and keep their packs in sync until stopped (SIGHUP reloads)."""
+    from packsync.daemon.process import on_c_allocator
+
+    on_c_allocator()  # (before the daemon's imports: it may start this process again)
     from packsync.daemon.service import run_daemon
 
     sys.exit(int(run_daemon(_config_path(), polling=polling)))

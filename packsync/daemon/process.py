@@ -1,5 +1,5 @@
 """What makes the daemon a process: the signals it obeys, the deadline of its exit, its file limit, the
-names its threads show outside it, and the memory it gives back when it comes to rest.
+names its threads show outside it, its allocator, and the memory it gives back when it comes to rest.
 
 SIGTERM and SIGINT stop the daemon, and past ``Timing.stop_deadline_s`` the process exits where it
 is; SIGHUP reloads the config. ``Daemon`` itself installs no signal handler and never exits the
@@ -16,6 +16,7 @@ import gc
 import os
 import resource
 import signal
+import sys
 import threading
 from typing import TYPE_CHECKING
 
@@ -68,6 +69,22 @@ class ThreadNames:
             with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/comm", "w") as comm:
                 comm.write(threads[tid].encode("ascii", "replace").decode()[:15])
         self._named = set(threads)
+
+
+def on_c_allocator() -> None:
+    """Run the daemon on the C library's allocator (``PYTHONMALLOC=malloc``), executing it again so if it
+    is not yet: the same process (its pid, its command's arguments, its environment), before it opened
+    anything. A ``PYTHONMALLOC`` set by the user is obeyed.
+
+    Python's own allocator keeps each 1 MiB arena while one object in it lives: the start-up sync of
+    100,000 files leaves a few long-lived objects scattered over the arenas its transient ones filled, and
+    the daemon at rest held some 80 MB it no longer used (182–198 MB). On malloc, ``release_memory`` hands
+    the freed pages back (117 MB).
+    """
+    if "PYTHONMALLOC" in os.environ:
+        return
+    os.environ["PYTHONMALLOC"] = "malloc"
+    os.execv(sys.executable, [sys.executable, "-m", "packsync", *sys.argv[1:]])
 
 
 #: glibc's ``malloc_trim``; None under a C library without it (musl), where nothing is trimmed.
