@@ -26,7 +26,8 @@ tab is visible; 304 while nothing changed). Each is judged as the CPU share it c
 
 Last, the daemon is started again with one of the folders polled (``polling = true``, what the daemon
 falls back to when inotify runs out), and watched the same way for a fifth of the window: a polled
-folder legitimately costs a walk of its tree every 2 s, shown for information (a minute; ``--smoke``: 10 s).
+folder legitimately costs a walk of its tree every 2 s (or 50 times as long as a walk takes, when that is
+longer: ``watcher.POLL_PACE``), shown for information (a minute; ``--smoke``: 10 s).
 """
 
 from __future__ import annotations
@@ -162,7 +163,8 @@ def _polled_row(samples: list[Sample], per_folder: int, folders: int) -> Row:
     busiest = ", ".join(f"{name} {n / span_s:.2f}/s" for name, n in made.most_common(4) if n)
     return Row("daemon-idle-polled", f"the same daemon with one of its {folders} folders ({per_folder:,} files) "
                "polled (polling = true: the fallback when inotify runs out)",
-               f"average CPU ÷ {CPU_BOUND:.1%} of one core (information: a polled folder is walked every 2 s)",
+               f"average CPU ÷ {CPU_BOUND:.1%} of one core (information: a polled folder is walked every 2 s, "
+               "or 50 × its walk's time)",
                cpu / CPU_BOUND, "information", None,
                f"{cpu:.2%} of a core, {sum(made.values()) / span_s:.2f} wakeups/s over {span_s:.0f} s; busiest: "
                f"{busiest}", {"cpu_share": cpu, "wakeups_by_thread": dict(made)})
