@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 import adoption  # noqa: E402
 import astria_mirror  # noqa: E402
 import bad_input  # noqa: E402
+import daemon_idle  # noqa: E402
 import daemon_scenarios  # noqa: E402
 import first_sync  # noqa: E402
 import hashing  # noqa: E402
@@ -57,6 +58,7 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "daemon-drop": daemon_scenarios.run_drops,
     "daemon-burst": daemon_scenarios.run_burst,
     "daemon-drop-100k": incremental.run_drop_100k,
+    "daemon-idle": daemon_idle.run,
     "sidecar-round": incremental.run_sidecar_round,
     "metadata": metadata_polling.run,
     "bad-input": bad_input.run,

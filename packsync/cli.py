@@ -373,6 +373,9 @@ def pull(source: str, folder: str, delete: bool, max_delete: str, force: bool, d
 @_bwlimit
 def daemon(polling: bool, bwlimit: str | None) -> None:
     """Watch the mapped folders and keep their packs in sync until stopped (SIGHUP reloads)."""
+    from packsync.daemon.process import on_c_allocator
+
+    on_c_allocator()  # (before the daemon's imports: it may start this process again)
     from packsync.daemon.service import run_daemon
 
     sys.exit(int(run_daemon(_config_path(), polling=polling, bandwidth_limit=bwlimit)))

@@ -345,3 +345,53 @@ def test_a_replaced_transport_is_let_go_once_closed() -> None:
         return waiting, len(retiring)
 
     assert asyncio.run(reload_twice()) == (2, 0)
+
+
+def _switches(pid: int) -> dict[str, int]:
+    """The context switches (voluntary and not) each thread of ``pid`` made so far, by name and id."""
+    made = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            status = dict(line.split(":", 1) for line in (task / "status").read_text().splitlines())
+        except OSError:
+            continue  # (it ended meanwhile)
+        switches = int(status["voluntary_ctxt_switches"]) + int(status["nonvoluntary_ctxt_switches"])
+        made[f"{name} ({task.name})"] = switches
+    return made
+
+
+def _woken(pid: int, window_s: float) -> dict[str, int]:
+    """The threads of ``pid`` that woke during the next ``window_s``, and how often."""
+    before = _switches(pid)
+    time.sleep(window_s)  # a measurement over a window, not a wait for a condition
+    return {name: n - before.get(name, 0) for name, n in _switches(pid).items() if n > before.get(name, 0)}
+
+
+def _inotify_instances(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if os.readlink(fd) == "anon_inode:inotify")
+
+
+def test_twenty_folders_share_one_inotify_instance_and_the_daemon_sleeps_at_rest(daemon_env: Env,
+                                                                                 start: StartDaemon) -> None:
+    """Watching 20 folders takes one of the user's inotify instances (``fs.inotify.max_user_instances``, 128
+    by default) and a thread per folder, not an instance and four threads each; at rest the daemon's
+    threads wake at most a few times a second in all (its loop comes round at the watchdog's pace), and a
+    file dropped into the last folder still syncs. It runs on the C allocator, which gives back what the
+    rounds freed (``PYTHONMALLOC=malloc``, set by the daemon itself)."""
+    packs = [daemon_env.sandbox.create_pack(f"p{n}") for n in range(20)]
+    folders = [daemon_env.map(f"f{n:02}", pack_id=pack) for n, pack in enumerate(packs)]
+    daemon = start()
+    pid = daemon.proc.pid
+    # At rest once the start-up's last work (its metadata look, the memory given back) is over.
+    wait_until(lambda: sum(_woken(pid, 1.0).values()) <= 5, timeout=30, what="the daemon at rest")
+
+    woken = _woken(pid, 5.0)
+    threads = len(_switches(pid))
+    assert _inotify_instances(pid) == 1, os.listdir(f"/proc/{pid}/fd")
+    assert b"PYTHONMALLOC=malloc" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert threads <= len(folders) + 15, f"{threads} threads for {len(folders)} folders (one per folder, a few shared)"
+    assert sum(woken.values()) <= 5 * 5.0, f"wakeups in 5 s at rest, by thread: {woken}"
+    write(folders[-1] / "late.png", image(seed=7))
+    wait_until(lambda: len(images(daemon_env, packs[-1])) == 1, timeout=15, what="the dropped file in the last pack")

@@ -478,3 +478,40 @@ def test_ui_listen_errors_name_what_is_missing(env: Env) -> None:
     done = env.cli("ui", "--listen", "0.0.0.0:1")
     assert done.returncode == 2
     assert "--listen: password_env: required to listen on 0.0.0.0" in done.stderr
+
+
+def test_a_scrape_counts_the_files_again_only_once_the_state_changed(env: Env) -> None:
+    """A scrape comes every 15 s or so, changed or not: the state's gauges, whose counting costs as much as the
+    tree, are read again once a commit changed the state, and a scrape of an unchanged state makes no query."""
+    from sqlalchemy import event
+
+    from packsync.state.store import State
+    from packsync.web.metrics import Metrics
+
+    pack_id = env.sandbox.create_pack("p")
+    folder = env.map("pics", pack_id=pack_id)
+    write(folder / "a.png", image(seed=1))
+    env.sync()
+    state = State(env.state_path, readonly=True)
+    try:
+        metrics = Metrics(env.config(), state)
+        queries: list[str] = []
+        event.listen(state.unit.connection, "before_cursor_execute",
+                     lambda _conn, _cursor, statement, *_: queries.append(statement))
+
+        def synced() -> float:
+            text = metrics.exposition().decode()
+            found = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                     for family in text_string_to_metric_families(text) for s in family.samples}
+            return found[("packsync_files", (("pack", f"pack {pack_id}"), ("state", "synced")))]
+
+        assert synced() == 1
+        queries.clear()
+        assert synced() == 1
+        assert [q for q in queries if "data_version" not in q] == [], "a scrape of an unchanged state counted again"
+
+        write(folder / "b.png", image(seed=2))
+        env.sync()
+        assert synced() == 2
+    finally:
+        state.close()

@@ -32,7 +32,7 @@ from packsync.daemon.aggregator import Aggregator
 from packsync.daemon.alerts import Notifications
 from packsync.daemon.control import Served, bind
 from packsync.daemon.metadata import MetadataLoop
-from packsync.daemon.process import on_signals, raise_file_limit
+from packsync.daemon.process import ThreadNames, on_signals, raise_file_limit, release_memory
 from packsync.daemon.reload import Retiring, reread
 from packsync.daemon.rounds import Rounds
 from packsync.daemon.schedule import FIRST, Folder, Schedule
@@ -77,6 +77,9 @@ class Daemon:
                              self.notifications)
         self.retiring = Retiring()
         self.web: Web | None = None
+        self.thread_names = ThreadNames()
+        #: Rounds ran since the loop last rested, a full one among them (True) or not (False); None: none ran.
+        self.worked: bool | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -134,6 +137,7 @@ class Daemon:
                 self._watch(folder)
             self.systemd.status("first full scan and sync")
             await self.rounds.run(self.app, FIRST)
+            self.worked = True
             if not self.stopping.is_set():
                 self.status.ready = True
                 self.systemd.ready()
@@ -218,13 +222,18 @@ class Daemon:
             due = self.schedule.due(now)
             if due is None:
                 self.status.publish()
+                self.thread_names.update()
+                if self.worked is not None:  # at rest from now on: what the rounds freed goes back
+                    release_memory(collect=self.worked)
+                    self.worked = None
                 await self._sleep(self.schedule.next_deadline(now))
                 continue
             if due.full:  # a watcher that could not start before may start now
                 for folder in self.schedule.folders.values():
-                    if folder.root is not None and folder.root not in self.watcher.observers:
+                    if folder.root is not None and folder.root not in self.watcher.watches:
                         self._watch(folder)
             await self.rounds.run(self.app, due)
+            self.worked = bool(self.worked) or due.full
 
     async def _start_anew(self) -> None:
         """The state's file or its lock was deleted or replaced (``rm state.db*``, a file moved over it):
