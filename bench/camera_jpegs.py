@@ -76,7 +76,7 @@ def photo_bytes(index: int, size: tuple[int, int] = FULL_SIZE) -> bytes:
     rng = random.Random(index)
     image = _pixels(rng, size)
     out = io.BytesIO()
-    image.save(out, "JPEG", quality=QUALITY, exif=_exif(index, rng), icc_profile=_srgb(),
+    image.save(out, "JPEG", quality=QUALITY, exif=camera_exif(index, rng), icc_profile=srgb_profile(),
                xmp=XMP.format(day=1 + index % 28, minute=index % 60).encode())
     return out.getvalue()
 
@@ -110,7 +110,7 @@ def _colour(rng: random.Random) -> tuple[int, int, int]:
     return rng.randrange(256), rng.randrange(256), rng.randrange(256)
 
 
-def _exif(index: int, rng: random.Random) -> Image.Exif:
+def camera_exif(index: int, rng: random.Random) -> Image.Exif:
     """What a camera writes: who made it and with what, when, how, where, and which way up."""
     exif = Image.Exif()
     exif[MAKE], exif[MODEL], exif[SOFTWARE] = "BenchCam", "BenchCam X100", "BenchCam firmware 1.2.0"
@@ -139,6 +139,6 @@ def _dms(degrees: float) -> tuple[IFDRational, IFDRational, IFDRational]:
 
 
 @functools.cache
-def _srgb() -> bytes:
+def srgb_profile() -> bytes:
     profile: bytes = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     return profile

@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from camera_jpegs import XMP, _exif, _srgb
+from camera_jpegs import XMP, camera_exif, srgb_profile
 from PIL import Image
 
 VERSION = "v1"
@@ -46,7 +46,7 @@ def photo_bytes(index: int) -> bytes:
     width, height = PHOTO_SIZE
     image = Image.frombytes("RGB", PHOTO_SIZE, rng.randbytes(width * height * 3))
     out = io.BytesIO()
-    image.save(out, "JPEG", quality=PHOTO_QUALITY, exif=_exif(index, rng), icc_profile=_srgb(),
+    image.save(out, "JPEG", quality=PHOTO_QUALITY, exif=camera_exif(index, rng), icc_profile=srgb_profile(),
                xmp=XMP.format(day=1 + index % 28, minute=index % 60).encode())
     return out.getvalue()
 

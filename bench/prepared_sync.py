@@ -77,7 +77,7 @@ def run(ctx: Context) -> list[Row]:
     max_edge = round(MAX_EDGE * size[0] / FULL_SIZE[0])
     sources = photos(ctx.cache_dir, count, ctx.smoke, ctx.log)
     work = ctx.workdir / "prepare"
-    folder = _place(sources, work / "photos")
+    folder = place_files(sources, work / "photos")
     listed = work / "files.json"
     listed.write_text(json.dumps([str(path) for path in sorted(folder.iterdir())]), encoding="utf-8")
     total = sum(path.stat().st_size for path in folder.iterdir())
@@ -91,7 +91,7 @@ def run(ctx: Context) -> list[Row]:
     return rows
 
 
-def _place(sources: list[Path], folder: Path) -> Path:
+def place_files(sources: list[Path], folder: Path) -> Path:
     """The cached photos in a folder of this run's own (hard links where the file system allows), read
     once so that every run, bare or packsync's, finds them in the page cache."""
     folder.mkdir(parents=True)

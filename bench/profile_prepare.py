@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 
 from camera_jpegs import photos  # noqa: E402
 from harness import Setup, calls_dict, child_env, packsync_argv  # noqa: E402
-from prepared_sync import CONCURRENCY, LATENCY_S, _place  # noqa: E402
+from prepared_sync import CONCURRENCY, LATENCY_S, place_files  # noqa: E402
 from sandbox_process import SandboxProcess  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="packsync-prepare-profile-"))
     try:
-        folder = _place(photos(args.cache_dir, args.count, False, print), work / "photos")
+        folder = place_files(photos(args.cache_dir, args.count, False, print), work / "photos")
         with SandboxProcess(latency_s=LATENCY_S) as sandbox:
             pack_id = sandbox.new_pack("profile")
             config = Setup(work, sandbox.base_url, concurrency=CONCURRENCY, mappings=[(folder, pack_id)]).write()

@@ -33,7 +33,7 @@ from harness import (
     run_child,
 )
 from photo_files import big_pngs, photos
-from prepared_sync import _place
+from prepared_sync import place_files
 from sandbox_process import SandboxProcess
 
 LATENCY_S = 0.040
@@ -59,7 +59,7 @@ def run_first_sync(ctx: Context) -> list[Row]:
     """100 photos into an empty pack through the 20 MB/s link; then the bare client, the same files."""
     count = SMOKE_PHOTOS if ctx.smoke else PHOTOS
     work = ctx.workdir / "photos-first-sync"
-    folder = _place(photos(ctx.cache_dir, count, ctx.log), work / "photos")
+    folder = place_files(photos(ctx.cache_dir, count, ctx.log), work / "photos")
     size = _bytes(folder)
     with ctx.sandbox(latency_s=LATENCY_S) as sandbox:
         sandbox.set_link_rate(total=LINK_RATE)
@@ -85,7 +85,7 @@ def run_rss(ctx: Context) -> list[Row]:
     side = SMOKE_BIG_SIDE if ctx.smoke else None
     sources = big_pngs(ctx.cache_dir, BIG_FILES, ctx.log, *([side] if side else []))
     work = ctx.workdir / "photos-rss"
-    folder = _place(sources, work / "big")
+    folder = place_files(sources, work / "big")
     size = _bytes(folder)
     with ctx.sandbox(latency_s=LATENCY_S) as sandbox:
         sandbox.set_link_rate(total=LINK_RATE)
@@ -103,7 +103,7 @@ def run_adoption(ctx: Context) -> list[Row]:
     """100 photos synced for real (no latency, no link), the state deleted, then one run through the link."""
     count = SMOKE_PHOTOS if ctx.smoke else PHOTOS
     work = ctx.workdir / "photos-adoption"
-    folder = _place(photos(ctx.cache_dir, count, ctx.log), work / "photos")
+    folder = place_files(photos(ctx.cache_dir, count, ctx.log), work / "photos")
     with ctx.sandbox() as sandbox:
         pack_id = sandbox.new_pack("adoption")
         config = Setup(work, sandbox.base_url, concurrency=CONCURRENCY, mappings=[(folder, pack_id)]).write()
@@ -173,7 +173,7 @@ def run_bandwidth(ctx: Context) -> list[Row]:
     while sum(path.stat().st_size for path in chosen) < wanted:
         chosen.append(sources[len(chosen)])
     work = ctx.workdir / "bandwidth-5M"
-    folder = _place(chosen, work / "photos")
+    folder = place_files(chosen, work / "photos")
     size = _bytes(folder)
     scenario = (f"first sync of {len(chosen)} camera JPEGs ({size / 1e6:.0f} MB) with bandwidth_limit = "
                 f'"{LIMIT}" (rclone\'s M: {LIMIT_RATE:,} bytes/s), no limit in the sandbox, '
