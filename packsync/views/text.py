@@ -101,9 +101,9 @@ def _planned(plan: MappingPlan, uploads: set[str], out: TextIO) -> None:
         if not adopt.recovered:
             out.write(f"  {'adopt':<10} image {printable(adopt.image.image_id)} as "
                       f"{printable(adopt.image.file_name)} (same bytes)\n")
-    for delete in plan.deletes:
+    for delete in sorted(plan.deletes, key=_deleted):  # (by name, not in the order the pack lists its images)
         out.write(f"  {'delete':<10} {_deleted(delete)} ({delete.reason})\n")
-    for delete in plan.withheld:
+    for delete in sorted(plan.withheld, key=_deleted):
         out.write(f"  {'withheld':<10} delete of {_deleted(delete)} ({delete.reason})\n")
     if plan.safety:
         out.write(f"  safety     {printable(plan.safety)}\n")
