@@ -322,6 +322,25 @@ def test_a_pull_counts_the_bytes_it_receives_once_each(env: Env, tmp_path: Path)
     assert progress.counts["received"] == sum(map(len, contents))
 
 
+def test_an_adoption_counts_the_bytes_it_receives_once_each(env: Env) -> None:
+    """Images already in the pack holding a folder's files (a lost state): the run downloads each to learn
+    its content, and counts what it received as it came, a retried download once."""
+    pack_id = env.sandbox.create_pack("Brand")
+    folder = env.map("brand", pack_id=pack_id, strip=[])
+    contents = [padded_png(CHUNK + 100 * i, seed=i) for i in range(1, 4)]
+    for i, data in enumerate(contents):
+        env.sandbox.add_uploaded(pack_id, data, f"{i}.png")
+        write(folder / f"{i}.png", data)
+    env.sandbox.inject("500", method="GET", route="cdn")
+
+    report, gate = sync_through(env, lambda progress: Gate(progress))
+
+    assert report.exit_code == ExitCode.OK, failures(report)
+    assert env.sandbox.calls[("GET", "cdn")] == 4, "one download was tried again"
+    assert gate.progress.counts["received"] == sum(map(len, contents))
+    assert gate.progress.counts["sent"] == 0, "adopted, not uploaded again"
+
+
 def test_a_read_error_while_a_body_is_sent_is_that_items_failure_not_the_runs() -> None:
     """A file whose reads fail (a failing disk, a share gone: /proc/self/mem answers EIO at offset 0) is an
     ``ItemChanged`` for its item, which the run reports and goes on from — never an OSError out of the run."""

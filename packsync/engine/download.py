@@ -8,6 +8,8 @@ image, or one over the size limit, is a problem for that image, never an error f
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from packsync.errors import PermanentError, TransientError
 from packsync.logs import untrusted
 from packsync.model import UrlContent
@@ -16,12 +18,13 @@ from packsync.remote.genviral import GenviralClient
 from packsync.sources.media import Digester
 
 
-async def content_of(api: GenviralClient, url: str, max_bytes: int) -> UrlContent:
-    """Download ``url`` once and say what it holds."""
+async def content_of(api: GenviralClient, url: str, max_bytes: int,
+                     on_received: Callable[[int], None] | None = None) -> UrlContent:
+    """Download ``url`` once and say what it holds (its bytes told to ``on_received`` as they come)."""
     if problem := url_problem(url):
         return UrlContent(url, None, problem=problem)
     try:
-        digest = (await api.download(url, max_bytes, Digester)).digest()
+        digest = (await api.download(url, max_bytes, Digester, on_received)).digest()
     except PermanentError as exc:
         return UrlContent(url, None, problem=f"cannot download it ({untrusted(str(exc), 120)})")
     except TransientError as exc:

@@ -669,7 +669,8 @@ class Syncer:
         self.progress.total("downloaded", self._downloads)
 
         async def one(url: str) -> UrlContent:
-            content = await content_of(self.api, url, int(mapping.max_file_mb * 1_000_000))
+            content = await content_of(self.api, url, int(mapping.max_file_mb * 1_000_000),
+                                       lambda n: self.progress.advance("received", n))
             self.progress.advance("downloaded")
             return content
 

@@ -128,7 +128,6 @@ class AstriaClient:
 
         return list(await asyncio.gather(*map(one, summaries)))
 
-    async def download(self, url: str, max_bytes: int, sink: Callable[[], S],
-                       on_received: Callable[[int], None] | None = None) -> S:
+    async def download(self, url: str, max_bytes: int, sink: Callable[[], S]) -> S:
         """An image's bytes, without the key (image URLs are public storage)."""
-        return await self.transport.download(url, max_bytes, sink, on_received)
+        return await self.transport.download(url, max_bytes, sink)
