@@ -595,3 +595,177 @@ def test_storage_keeps_nothing_of_a_put_cut_short(sb: Sandbox, api: httpx2.Clien
         conn.shutdown(socket.SHUT_WR)
         assert conn.recv(100).startswith(b"HTTP/1.1 400")
     assert PLAIN.get(ticket["url"]).status_code == 404
+
+
+# --------------------------------------------------------------------------- Astria tunes
+ASTRIA_KEY = "sd_tunes.secret"
+ASTRIA_OTHER = "sd_other_user.secret"
+PROMPT_FIELDS = {"id", "text", "negative_prompt", "cfg_scale", "steps", "seed", "trained_at",
+                 "started_training_at", "created_at", "updated_at", "tune_id", "url"}
+TUNE_ROUTES = ("/tunes", "/tunes/{tune}", "/tunes/{tune}/prompts", "/tunes/{tune}/prompts/{prompt}")
+
+
+@pytest.fixture
+def astria(sb: Sandbox) -> Iterator[httpx2.Client]:
+    """A client of the sandbox's Astria API with user 1's key (user 2 has ``ASTRIA_OTHER``)."""
+    sb.astria.users = {ASTRIA_KEY: 1, ASTRIA_OTHER: 2}
+    with httpx2.Client(base_url=sb.astria_url, headers={"Authorization": f"Bearer {ASTRIA_KEY}"},
+                       timeout=5) as client:
+        yield client
+
+
+def prompt_page(astria: httpx2.Client, tune_id: int, offset: int | None = None,
+                **headers: str) -> list[dict[str, Any]]:
+    params = {} if offset is None else {"offset": offset}
+    r = astria.get(f"/tunes/{tune_id}/prompts", params=params, headers=headers)
+    assert r.status_code == 200, r.text
+    page: list[dict[str, Any]] = r.json()
+    return page
+
+
+def test_tune_prompts_come_twenty_a_page_newest_first_until_an_empty_page(
+        sb: Sandbox, astria: httpx2.Client) -> None:
+    tune = sb.astria.add_tune("Me, 2026", "man")
+    ids = [sb.astria.add_prompt(tune, f"ohwx man, portrait {n}") for n in range(45)]
+    sb.reset_calls()
+
+    pages = [prompt_page(astria, tune, offset) for offset in (0, 20, 40, 60)]
+
+    assert [len(page) for page in pages] == [20, 20, 5, 0]
+    assert [p["id"] for page in pages for p in page] == ids[::-1]
+    assert sb.calls == {("GET", "astria:/tunes/{id}/prompts"): 4}
+    assert prompt_page(astria, tune) == pages[0]  # no offset: the first page
+    assert [p["id"] for p in prompt_page(astria, tune, 5)] == ids[::-1][5:25]  # an offset counts prompts
+    assert prompt_page(astria, tune, 45) == []
+
+
+@pytest.mark.parametrize("offset", ["-1", "abc", "", "1.5", "\u0663"])
+def test_a_bad_offset_is_refused_with_422(sb: Sandbox, astria: httpx2.Client, offset: str) -> None:
+    tune = sb.astria.add_tune("Me")
+    sb.astria.add_prompt(tune, "ohwx woman")
+    r = astria.get(f"/tunes/{tune}/prompts", params={"offset": offset})
+    assert (r.status_code, r.json()) == (422, {"offset": ["must be a non-negative integer"]})
+
+
+def test_a_prompt_has_no_images_field_until_generated_then_its_urls(sb: Sandbox, astria: httpx2.Client) -> None:
+    tune = sb.astria.add_tune("Me")
+    pending = sb.astria.add_prompt(tune, "ohwx woman, studio light")
+    png, jpeg = make_png(4, 4, (10, 200, 30)), b"\xff\xd8\xff\xe0" + b"\x00" * 64
+    done = sb.astria.add_prompt(tune, "ohwx woman, beach", images=[png, jpeg])
+
+    listed = {p["id"]: p for p in prompt_page(astria, tune)}
+    assert set(listed[pending]) == PROMPT_FIELDS and listed[pending]["trained_at"] is None
+    assert set(listed[done]) == PROMPT_FIELDS | {"images"} and listed[done]["trained_at"] is not None
+    assert listed[pending]["text"] == "ohwx woman, studio light" and listed[done]["tune_id"] == tune
+    served = [PLAIN.get(url) for url in listed[done]["images"]]
+    assert [(r.content, r.headers["content-type"]) for r in served] == [(png, "image/png"), (jpeg, "image/jpeg")]
+    assert all("." not in urlsplit(url).path.rsplit("/", 1)[1] for url in listed[done]["images"])
+
+    later = make_png(4, 4, (1, 2, 3))
+    url = sb.astria.generate(tune, pending, later)
+    one = astria.get(f"/tunes/{tune}/prompts/{pending}").json()
+    assert set(one) == PROMPT_FIELDS | {"images"} and one["images"] == [url] and one["trained_at"] is not None
+    assert PLAIN.get(url).content == later
+    again = sb.astria.generate(tune, pending, make_png(4, 4, (3, 2, 1)))
+    assert {p["id"]: p for p in prompt_page(astria, tune)}[pending]["images"] == [url, again]
+    assert astria.get(f"/tunes/{tune}/prompts/{done}").json() == listed[done]
+
+
+def test_tunes_answer_the_documented_fields_to_their_own_user_only(sb: Sandbox, astria: httpx2.Client) -> None:
+    trained = 1_790_000_000.0
+    mine = sb.astria.add_tune("Product shots", "shirt", trained_at=trained)
+    newer = sb.astria.add_tune("Me", "woman")
+    theirs = sb.astria.add_tune("Not mine", user_id=2)
+    prompt = sb.astria.add_prompt(theirs, "ohwx man", images=[make_png(2, 2, (0, 0, 0))])
+    own_prompt = sb.astria.add_prompt(mine, "ohwx shirt")
+
+    listed = astria.get("/tunes").json()
+    assert [t["id"] for t in listed] == [newer, mine]
+    assert listed[1] == astria.get(f"/tunes/{mine}").json()
+    assert set(listed[1]) == {"id", "title", "name", "created_at", "updated_at", "trained_at"}
+    assert (listed[1]["title"], listed[1]["name"], listed[1]["trained_at"]) == (
+        "Product shots", "shirt", "2026-09-21T14:13:20.000Z")
+    for path in (f"/tunes/{theirs}", f"/tunes/{theirs}/prompts", f"/tunes/{theirs}/prompts/{prompt}",
+                 f"/tunes/{mine}/prompts/{prompt}", f"/tunes/{theirs}/prompts/{own_prompt}",
+                 "/tunes/999999", "/tunes/999999/prompts", "/tunes/x", f"/tunes/{mine}/prompts/x"):
+        r = astria.get(path)
+        assert (r.status_code, r.json()) == (404, {"error": "Not found"}), path
+    other = astria.get(f"/tunes/{theirs}", headers={"Authorization": f"Bearer {ASTRIA_OTHER}"})
+    assert other.status_code == 200 and other.json()["title"] == "Not mine"
+
+
+def test_a_workspace_tune_is_seen_only_with_its_workspace_header(sb: Sandbox, astria: httpx2.Client) -> None:
+    plain = sb.astria.add_tune("Personal")
+    shared = sb.astria.add_tune("Team", workspace="ws-team")
+    prompt = sb.astria.add_prompt(shared, "ohwx woman", images=[make_png(2, 2, (9, 9, 9))])
+    team = {"X-Workspace-Id": "ws-team"}
+
+    assert [t["id"] for t in astria.get("/tunes").json()] == [plain]
+    assert [t["id"] for t in astria.get("/tunes", headers=team).json()] == [shared]
+    assert astria.get("/tunes", headers={"X-Workspace-Id": "ws-other"}).json() == []
+    assert astria.get(f"/tunes/{shared}", headers=team).status_code == 200
+    assert [p["id"] for p in prompt_page(astria, shared, 0, **team)] == [prompt]
+    assert astria.get(f"/tunes/{shared}/prompts/{prompt}", headers=team).status_code == 200
+    for headers in ({}, {"X-Workspace-Id": "ws-other"}):
+        for path in (f"/tunes/{shared}", f"/tunes/{shared}/prompts", f"/tunes/{shared}/prompts/{prompt}"):
+            assert astria.get(path, headers=headers).status_code == 404, (path, headers)
+    assert astria.get(f"/tunes/{plain}", headers=team).status_code == 404
+
+
+def test_ignore_offset_answers_the_first_page_to_every_offset(sb: Sandbox, astria: httpx2.Client) -> None:
+    tune = sb.astria.add_tune("Me")
+    for n in range(45):
+        sb.astria.add_prompt(tune, f"ohwx woman {n}")
+    first = prompt_page(astria, tune, 0)
+
+    sb.astria.ignore_offset = True
+
+    assert [prompt_page(astria, tune, offset) for offset in (20, 40, 60)] == [first, first, first]
+    assert len(first) == 20
+    sb.astria.ignore_offset = False
+    assert len(prompt_page(astria, tune, 40)) == 5
+
+
+def test_removed_prompts_and_deleted_tunes_leave_the_answers(sb: Sandbox, astria: httpx2.Client) -> None:
+    tune = sb.astria.add_tune("Me")
+    kept, removed = (sb.astria.add_prompt(tune, text) for text in ("kept", "removed"))
+
+    sb.astria.remove_prompt(tune, removed)
+
+    assert [p["id"] for p in prompt_page(astria, tune)] == [kept]
+    assert astria.get(f"/tunes/{tune}/prompts/{removed}").status_code == 404
+    with pytest.raises(KeyError):
+        sb.astria.remove_prompt(tune, removed)
+    with pytest.raises(KeyError):
+        sb.astria.generate(tune, removed, b"x")
+    sb.astria.delete_tune(tune)
+    assert astria.get("/tunes").json() == []
+    assert [astria.get(path).status_code for path in (f"/tunes/{tune}", f"/tunes/{tune}/prompts")] == [404, 404]
+
+
+def test_rewrite_reaches_the_tune_routes(sb: Sandbox, astria: httpx2.Client) -> None:
+    tune = sb.astria.add_tune("Me")
+    sb.astria.add_prompt(tune, "ohwx woman", images=[make_png(2, 2, (5, 5, 5))])
+
+    def drop_images(reply: Any) -> Any:
+        reply.body = json.dumps([{k: v for k, v in p.items() if k != "images"}
+                                 for p in json.loads(reply.body)]).encode()
+        return reply
+
+    sb.rewrite("GET", "astria:/tunes/{id}/prompts", drop_images, count=1)
+
+    assert "images" not in prompt_page(astria, tune)[0]
+    assert "images" in prompt_page(astria, tune)[0]
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer sd_unknown.secret", f"Basic {ASTRIA_KEY}",
+                                           f"Bearer {TOKEN}"])
+def test_the_tune_routes_refuse_a_missing_or_wrong_key(sb: Sandbox, astria: httpx2.Client,
+                                                       authorization: str | None) -> None:
+    tune = sb.astria.add_tune("Me")
+    prompt = sb.astria.add_prompt(tune, "ohwx woman", images=[make_png(2, 2, (7, 7, 7))])
+    headers = {"Authorization": authorization} if authorization else {}
+    for route in TUNE_ROUTES:
+        r = PLAIN.get(sb.astria_url + route.format(tune=tune, prompt=prompt), headers=headers)
+        assert (r.status_code, r.json()) == (401, {"error": "Unauthorized"}), route
+    assert astria.get(f"/tunes/{tune}/prompts/{prompt}").status_code == 200

@@ -1,9 +1,14 @@
-"""The sandbox's Astria: packs of prompt templates whose example images are listed by class.
+"""The sandbox's Astria: packs of prompt templates, and a user's tunes with the prompts they generated.
 
-Served under ``/astria`` on the sandbox's port (``GET /astria/packs``, ``/astria/gallery/packs``,
-``/astria/p/{id}``), Bearer auth, plain JSON without an envelope and exactly the documented fields.
+Served under ``/astria`` on the sandbox's port, Bearer auth, plain JSON without an envelope and exactly
+the documented fields: packs (``GET /astria/packs``, ``/astria/gallery/packs``, ``/astria/p/{id}``, example
+images listed by class) and tunes (``GET /astria/tunes``, ``/astria/tunes/{id}``,
+``/astria/tunes/{id}/prompts?offset=N`` 20 a page newest first, ``/astria/tunes/{tid}/prompts/{id}``).
+An ``X-Workspace-Id`` header selects a workspace: a tune made in one is seen only with that header, a tune
+made outside any only without it, so a client's use of the header is observable.
 The images' bytes are served at extension-less URLs (``/astria-img/{key}``), as on Astria's storage.
-Astria packs cannot be written through the API: tests and the demo seed them here.
+Nothing here can be written through the API: tests and the demo seed packs and tunes, and ``generate``
+plays a prompt's generation finishing later. Owns no HTTP: ``server.py`` routes requests to ``answer``.
 """
 
 from __future__ import annotations
@@ -15,12 +20,17 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
+from .imaging import sniff_format
 from .store import iso_ms
 
 ASTRIA_PREFIX = "/astria"
 IMAGE_PREFIX = "/astria-img/"
 ASTRIA_DEMO_TOKEN = "sd_sandbox_demo.secret"
+#: Prompts per page of ``GET /tunes/{id}/prompts``, as documented.
+PROMPTS_PER_PAGE = 20
+NOT_FOUND = {"error": "Not found"}
 
 
 @dataclass
@@ -43,8 +53,34 @@ class _AstriaPack:
         return "-".join(self.title.lower().split())
 
 
+@dataclass
+class _TunePrompt:
+    """A generation request of a tune; ``images`` is None until it has run."""
+
+    id: int
+    text: str
+    created_at: float
+    images: list[str] | None = None
+    generated_at: float | None = None
+
+
+@dataclass
+class _Tune:
+    id: int
+    user_id: int
+    title: str
+    name: str
+    created_at: float
+    trained_at: float
+    workspace: str | None
+    prompts: list[_TunePrompt] = field(default_factory=list)
+
+
 class AstriaStore:
-    """Astria's packs and image bytes, in memory."""
+    """Astria's packs, tunes and image bytes, in memory.
+
+    ``ignore_offset``: a hostile server whose prompt pages all answer the first page, whatever ``offset``
+    asks for (a client must end its walk rather than loop)."""
 
     def __init__(self, origin: Callable[[], str], clock: Callable[[], float] = time.time) -> None:
         self._origin = origin
@@ -53,8 +89,11 @@ class AstriaStore:
         self.users: dict[str, int] = {ASTRIA_DEMO_TOKEN: 1}
         self._packs: dict[int, _AstriaPack] = {}
         self._bytes: dict[str, tuple[str, bytes]] = {}
+        self._tunes: dict[int, _Tune] = {}
         self._next_pack = 260
+        self._next_tune = 690_200
         self._next_prompt = 18_154_000
+        self.ignore_offset = False
 
     def add_pack(self, title: str, *, user_id: int = 1, public: bool = False) -> int:
         with self.lock:
@@ -104,6 +143,52 @@ class AstriaStore:
         with self.lock:
             del self._packs[pack_id]
 
+    def add_tune(self, title: str, name: str = "woman", *, user_id: int = 1, trained_at: float | None = None,
+                 workspace: str | None = None) -> int:
+        """A trained tune of ``user_id`` (``name`` is its class); ``trained_at`` (epoch seconds) defaults to
+        now, the start of Astria's 30 days; ``workspace``: seen only with that ``X-Workspace-Id``."""
+        with self.lock:
+            tune_id, self._next_tune = self._next_tune, self._next_tune + 1
+            now = self._clock()
+            self._tunes[tune_id] = _Tune(tune_id, user_id, title, name, now,
+                                         now if trained_at is None else trained_at, workspace)
+            return tune_id
+
+    def add_prompt(self, tune_id: int, text: str, images: list[bytes] | None = None) -> int:
+        """A prompt of the tune, generated with ``images`` (each stored at its own URL, its type from its
+        bytes) or, with None, not generated yet. Returns its id."""
+        urls = None if images is None else [self.store_bytes(data, _content_type(data)) for data in images]
+        with self.lock:
+            tune = self._tunes[tune_id]
+            prompt_id, self._next_prompt = self._next_prompt, self._next_prompt + 1
+            now = self._clock()
+            tune.prompts.append(_TunePrompt(prompt_id, text, now, urls, None if urls is None else now))
+            return prompt_id
+
+    def generate(self, tune_id: int, prompt_id: int, data: bytes, content_type: str = "image/png") -> str:
+        """One more image of the prompt, which may have had none until now: a generation finishing while a
+        client follows the tune. Returns the image's URL."""
+        url = self.store_bytes(data, content_type)
+        with self.lock:
+            prompt = self._tune_prompt(tune_id, prompt_id)
+            prompt.images = [*(prompt.images or []), url]
+            prompt.generated_at = self._clock()
+        return url
+
+    def remove_prompt(self, tune_id: int, prompt_id: int) -> None:
+        with self.lock:
+            self._tunes[tune_id].prompts.remove(self._tune_prompt(tune_id, prompt_id))
+
+    def delete_tune(self, tune_id: int) -> None:
+        with self.lock:
+            del self._tunes[tune_id]
+
+    def _tune_prompt(self, tune_id: int, prompt_id: int) -> _TunePrompt:
+        prompt = next((p for p in self._tunes[tune_id].prompts if p.id == prompt_id), None)
+        if prompt is None:
+            raise KeyError(prompt_id)
+        return prompt
+
     def image(self, key: str) -> tuple[str, bytes] | None:
         with self.lock:
             return self._bytes.get(key)
@@ -132,6 +217,51 @@ class AstriaStore:
                                       for cls, prompts in pack.classes.items()},
             }
 
+    def list_tunes(self, user_id: int, workspace: str | None) -> list[dict[str, Any]]:
+        with self.lock:
+            tunes = [t for t in self._tunes.values() if t.user_id == user_id and t.workspace == workspace]
+            return [_tune_answer(t) for t in sorted(tunes, key=lambda t: t.id, reverse=True)]
+
+    def get_tune(self, user_id: int, workspace: str | None, tune_id: int) -> dict[str, Any] | None:
+        with self.lock:
+            tune = self._visible_tune(user_id, workspace, tune_id)
+            return None if tune is None else _tune_answer(tune)
+
+    def tune_prompts(self, user_id: int, workspace: str | None, tune_id: int,
+                     offset: int) -> list[dict[str, Any]] | None:
+        """The page of the tune's prompts (newest first) from ``offset``; None: no such tune for the user."""
+        with self.lock:
+            tune = self._visible_tune(user_id, workspace, tune_id)
+            if tune is None:
+                return None
+            start = 0 if self.ignore_offset else offset
+            newest_first = sorted(tune.prompts, key=lambda p: p.id, reverse=True)
+            return [self._prompt_answer(tune, p) for p in newest_first[start:start + PROMPTS_PER_PAGE]]
+
+    def tune_prompt(self, user_id: int, workspace: str | None, tune_id: int,
+                    prompt_id: int) -> dict[str, Any] | None:
+        with self.lock:
+            tune = self._visible_tune(user_id, workspace, tune_id)
+            prompt = None if tune is None else next((p for p in tune.prompts if p.id == prompt_id), None)
+            return None if tune is None or prompt is None else self._prompt_answer(tune, prompt)
+
+    def _visible_tune(self, user_id: int, workspace: str | None, tune_id: int) -> _Tune | None:
+        tune = self._tunes.get(tune_id)
+        return tune if tune is not None and tune.user_id == user_id and tune.workspace == workspace else None
+
+    def _prompt_answer(self, tune: _Tune, prompt: _TunePrompt) -> dict[str, Any]:
+        done = prompt.generated_at
+        answer: dict[str, Any] = {
+            "id": prompt.id, "text": prompt.text, "negative_prompt": "", "cfg_scale": None, "steps": None,
+            "seed": None, "trained_at": None if done is None else iso_ms(done),
+            "started_training_at": iso_ms(prompt.created_at), "created_at": iso_ms(prompt.created_at),
+            "updated_at": iso_ms(prompt.created_at if done is None else done), "tune_id": tune.id,
+            "url": f"{self._origin()}{ASTRIA_PREFIX}/tunes/{tune.id}/prompts/{prompt.id}",
+        }
+        if prompt.images is not None:  # Astria's answer has no ``images`` until the prompt has run
+            answer["images"] = list(prompt.images)
+        return answer
+
     def _summary(self, pack: _AstriaPack) -> dict[str, Any]:
         return {"id": pack.id, "base_tune_id": 1, "user_id": pack.user_id, "slug": pack.slug, "title": pack.title,
                 "token": "ohwx", "created_at": iso_ms(pack.created_at), "updated_at": iso_ms(pack.created_at),
@@ -140,18 +270,60 @@ class AstriaStore:
                 "cost_mc_hash": {cls: 100000 for cls in pack.classes}}
 
 
-def answer(store: AstriaStore, route: str, params: dict[str, str], authorization: str) -> tuple[int, bytes]:
-    """The status and JSON body Astria gives for an API ``route`` (``astria:/packs`` and the like)."""
-    scheme, _, token = authorization.partition(" ")
+def _tune_answer(tune: _Tune) -> dict[str, Any]:
+    return {"id": tune.id, "title": tune.title, "name": tune.name, "created_at": iso_ms(tune.created_at),
+            "updated_at": iso_ms(tune.trained_at), "trained_at": iso_ms(tune.trained_at)}
+
+
+def _content_type(data: bytes) -> str:
+    kind = sniff_format(data)
+    return f"image/{kind}" if kind is not None else "application/octet-stream"
+
+
+def _json(status: int, body: Any) -> tuple[int, bytes]:
+    return status, json.dumps(body).encode()
+
+
+def _number(text: str) -> int | None:
+    """A path or query number (ASCII digits only), or None."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def answer(store: AstriaStore, route: str, params: dict[str, str], query: str,
+           headers: dict[str, str]) -> tuple[int, bytes]:
+    """The status and JSON body Astria gives for an API ``route`` (``astria:/packs`` and the like);
+    ``headers`` by lower-case name (``authorization``, ``x-workspace-id``)."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
     user_id = store.users.get(token.strip()) if scheme.lower() == "bearer" else None
     if user_id is None:
-        return 401, json.dumps({"error": "Unauthorized"}).encode()
+        return _json(401, {"error": "Unauthorized"})
     if route == "astria:/packs":
-        return 200, json.dumps(store.list_packs(user_id, gallery=False)).encode()
+        return _json(200, store.list_packs(user_id, gallery=False))
     if route == "astria:/gallery/packs":
-        return 200, json.dumps(store.list_packs(None, gallery=True)).encode()
-    pack_id = params["id"]
-    pack = store.get_pack(user_id, int(pack_id)) if pack_id.isascii() and pack_id.isdigit() else None
-    if pack is None:
-        return 404, json.dumps({"error": "Not found"}).encode()
-    return 200, json.dumps(pack).encode()
+        return _json(200, store.list_packs(None, gallery=True))
+    if route.startswith("astria:/tunes"):
+        return _answer_tunes(store, route, params, query, user_id, headers.get("x-workspace-id") or None)
+    pack_id = _number(params["id"])
+    pack = store.get_pack(user_id, pack_id) if pack_id is not None else None
+    return _json(200, pack) if pack is not None else _json(404, NOT_FOUND)
+
+
+def _answer_tunes(store: AstriaStore, route: str, params: dict[str, str], query: str, user_id: int,
+                  workspace: str | None) -> tuple[int, bytes]:
+    if route == "astria:/tunes":
+        return _json(200, store.list_tunes(user_id, workspace))
+    tune_id = _number(params["id"])
+    found: Any = None
+    if route == "astria:/tunes/{id}/prompts":
+        offset = _number(parse_qs(query, keep_blank_values=True).get("offset", ["0"])[-1])
+        if offset is None:
+            return _json(422, {"offset": ["must be a non-negative integer"]})
+        if tune_id is not None:
+            found = store.tune_prompts(user_id, workspace, tune_id, offset)
+    elif route == "astria:/tunes/{id}/prompts/{prompt_id}":
+        prompt_id = _number(params["prompt_id"])
+        if tune_id is not None and prompt_id is not None:
+            found = store.tune_prompt(user_id, workspace, tune_id, prompt_id)
+    elif tune_id is not None:
+        found = store.get_tune(user_id, workspace, tune_id)
+    return _json(200, found) if found is not None else _json(404, NOT_FOUND)

@@ -57,6 +57,10 @@ ROUTE_METHODS: dict[str, tuple[str, ...]] = {
     "astria:/packs": ("GET",),
     "astria:/gallery/packs": ("GET",),
     "astria:/p/{id}": ("GET",),
+    "astria:/tunes": ("GET",),
+    "astria:/tunes/{id}": ("GET",),
+    "astria:/tunes/{id}/prompts": ("GET",),
+    "astria:/tunes/{id}/prompts/{prompt_id}": ("GET",),
     "astria-img": ("GET", "HEAD"),
 }
 ACCOUNT_ERRORS = {
@@ -110,6 +114,11 @@ ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((route, re.compile(patte
     ("astria:/packs", re.escape(ASTRIA_PREFIX) + r"/packs/?"),
     ("astria:/gallery/packs", re.escape(ASTRIA_PREFIX) + r"/gallery/packs/?"),
     ("astria:/p/{id}", re.escape(ASTRIA_PREFIX) + r"/p/(?P<id>[^/]+)/?"),
+    ("astria:/tunes/{id}/prompts/{prompt_id}",
+     re.escape(ASTRIA_PREFIX) + r"/tunes/(?P<id>[^/]+)/prompts/(?P<prompt_id>[^/]+)/?"),
+    ("astria:/tunes/{id}/prompts", re.escape(ASTRIA_PREFIX) + r"/tunes/(?P<id>[^/]+)/prompts/?"),
+    ("astria:/tunes/{id}", re.escape(ASTRIA_PREFIX) + r"/tunes/(?P<id>[^/]+)/?"),
+    ("astria:/tunes", re.escape(ASTRIA_PREFIX) + r"/tunes/?"),
 ))
 
 
@@ -376,8 +385,8 @@ class Handler(BaseHTTPRequestHandler):
                 return xml_error(404, "NoSuchKey", "The specified key does not exist.")
             return Reply(200, found[1], found[0])
         if route.startswith("astria:"):
-            status, body = astria_answer(self.server.sandbox.astria, route, params,
-                                         self.headers.get("Authorization", ""))
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            status, body = astria_answer(self.server.sandbox.astria, route, params, query, headers)
             return Reply(status, body)
         return self._api(method, route, params, query, body)
 
