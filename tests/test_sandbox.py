@@ -23,7 +23,7 @@ import httpx2
 import pytest
 from helpers import wait_until
 
-from packsync.sandbox import DEMO_TOKEN, Account, Faults, LinkRate, Sandbox
+from packsync.sandbox import ASTRIA_DEMO_TOKEN, DEMO_TOKEN, Account, Faults, LinkRate, Sandbox, seed_astria_tune_demo
 from packsync.sandbox.link import parse_rate
 
 T = TypeVar("T")
@@ -769,3 +769,27 @@ def test_the_tune_routes_refuse_a_missing_or_wrong_key(sb: Sandbox, astria: http
         r = PLAIN.get(sb.astria_url + route.format(tune=tune, prompt=prompt), headers=headers)
         assert (r.status_code, r.json()) == (401, {"error": "Unauthorized"}), route
     assert astria.get(f"/tunes/{tune}/prompts/{prompt}").status_code == 200
+
+
+def test_a_prompt_added_during_a_walk_shifts_the_later_pages(sb: Sandbox, astria: httpx2.Client) -> None:
+    """Pages are newest first by offset, as on Astria: a generation requested mid-walk pushes the last
+    prompt of a page read onto the next page, so a client meets it twice (and must count it once)."""
+    tune = sb.astria.add_tune("Me")
+    ids = [sb.astria.add_prompt(tune, f"ohwx woman {n}") for n in range(25)]
+    first = prompt_page(astria, tune, 0)
+
+    sb.astria.add_prompt(tune, "ohwx woman, requested mid-walk")
+    second = prompt_page(astria, tune, 20)
+
+    assert [p["id"] for p in second] == [first[-1]["id"], *ids[4::-1]]
+
+
+def test_the_demo_tune_has_generated_prompts_and_one_pending(sb: Sandbox) -> None:
+    tune = seed_astria_tune_demo(sb)
+    with httpx2.Client(base_url=sb.astria_url, headers={"Authorization": f"Bearer {ASTRIA_DEMO_TOKEN}"},
+                       timeout=5) as client:
+        assert [t["id"] for t in client.get("/tunes").json()] == [tune]
+        prompts = prompt_page(client, tune)
+    assert [len(p.get("images", [])) for p in prompts] == [0, 1, 2]
+    assert "images" not in prompts[0]
+    assert all(PLAIN.get(url).content.startswith(b"\x89PNG") for p in prompts for url in p.get("images", []))

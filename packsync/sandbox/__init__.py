@@ -19,7 +19,7 @@ from .link import LinkRate
 from .store import Account
 
 __all__ = ["Sandbox", "Account", "Faults", "LinkRate", "DEMO_TOKEN", "ASTRIA_DEMO_TOKEN", "main_serve",
-           "seed_astria_demo"]
+           "seed_astria_demo", "seed_astria_tune_demo"]
 
 #: The demo Astria pack: a title and, per class, the colours of its example images.
 ASTRIA_DEMO = ("Corporate Headshots", {"woman": [(200, 40, 40), (40, 160, 60), (30, 60, 200)],
@@ -34,6 +34,25 @@ def seed_astria_demo(sandbox: Sandbox) -> int:
         for colour in colours:
             sandbox.astria.add_image(pack_id, cls, solid_png(64, 64, colour))
     return pack_id
+
+
+#: The demo Astria tune: a title, its class, and its prompts' texts with the colours of their images
+#: (none: a prompt not generated yet).
+ASTRIA_TUNE_DEMO = ("Me, studio portraits", "woman", [
+    ("ohwx woman, studio portrait, soft light", [(220, 180, 160), (200, 160, 140)]),
+    ("ohwx woman, on a beach at golden hour", [(240, 200, 90)]),
+    ("ohwx woman, corporate headshot, grey backdrop", None),
+])
+
+
+def seed_astria_tune_demo(sandbox: Sandbox) -> int:
+    """Add the demo Astria tune of the demo key (its last prompt not generated yet); returns its id."""
+    title, name, prompts = ASTRIA_TUNE_DEMO
+    tune_id = sandbox.astria.add_tune(title, name)
+    for text, colours in prompts:
+        images = None if colours is None else [solid_png(64, 64, colour) for colour in colours]
+        sandbox.astria.add_prompt(tune_id, text, images)
+    return tune_id
 
 
 def main_serve(port: int, token: str | None, state_path: Path | None, latency_ms: float,
@@ -52,12 +71,14 @@ def main_serve(port: int, token: str | None, state_path: Path | None, latency_ms
     sandbox.start(port)
     sandbox.astria.users = {astria_token: 1}
     astria_pack = seed_astria_demo(sandbox)
+    astria_tune = seed_astria_tune_demo(sandbox)
     try:
         # A key from the environment may be a real one: it is named, never printed.
         shown = "$GENVIRAL_TOKEN" if token != DEMO_TOKEN else token
         astria_shown = "$ASTRIA_API_KEY" if astria_token != ASTRIA_DEMO_TOKEN else astria_token
         print(f"sandbox listening on {sandbox.base_url} (token: {shown})", flush=True)
-        print(f"Astria sandbox on {sandbox.astria_url} (key: {astria_shown}; demo pack {astria_pack})", flush=True)
+        print(f"Astria sandbox on {sandbox.astria_url} (key: {astria_shown}; demo pack {astria_pack}, "
+              f"demo tune {astria_tune})", flush=True)
         sandbox.serve_forever(port)
     except KeyboardInterrupt:
         pass
