@@ -2,8 +2,8 @@
 
 Modules: ``store`` (in-memory model and persistence), ``imaging`` (image sniffing and
 enrichment text), ``validation`` (request schemas), ``faults`` (fault configuration and
-draws), ``link`` (the rate storage and CDN bodies move at), ``server`` (HTTP routing and
-envelope), ``app`` (the :class:`Sandbox` object).
+draws), ``link`` (the rate storage and CDN bodies move at), ``astria`` (Astria's packs and tunes),
+``server`` (HTTP routing and envelope), ``app`` (the :class:`Sandbox` object).
 This module re-exports the public interface and the ``packsync sandbox`` entry point.
 """
 
