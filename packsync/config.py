@@ -28,7 +28,7 @@ from packsync.errors import ConfigError
 from packsync.files import read_regular
 from packsync.recipe import Recipe
 from packsync.remote.bandwidth import BandwidthLimit
-from packsync.sources.base import astria_label
+from packsync.sources.kinds import astria_label
 from packsync.sources.patterns import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE  # (said here, with the other defaults)
 from packsync.sources.patterns import check as check_patterns
 

@@ -510,8 +510,9 @@ def test_every_source_says_what_it_is_without_being_asked_its_type(tmp_path: Pat
     from packsync.remote.astria import AstriaClient
     from packsync.remote.transport import Transport
     from packsync.sources.astria import AstriaSource
-    from packsync.sources.base import Source, kind_of
+    from packsync.sources.base import Source
     from packsync.sources.folder import FolderSource, GoneFolder
+    from packsync.sources.kinds import kind_of
 
     write(tmp_path / "a.png", image())
     astria = AstriaSource(AstriaClient("http://127.0.0.1:9", "key", Transport()), 260, None, 1_000_000, None)

@@ -24,8 +24,11 @@ from postgres import PASSWORD, PostgresServer, missing
 from test_web import page_url
 
 from packsync.app import open_app
+from packsync.config import SharedState
 from packsync.engine.leases import meta_key
+from packsync.model import CachedFile
 from packsync.sandbox import Sandbox
+from packsync.state.store import State
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=f"no PostgreSQL here: {missing()}")
 
@@ -278,3 +281,28 @@ def test_a_pack_s_metadata_is_polled_by_one_site_for_all(tmp_path: Path, sandbox
     assert laptop["metadata"]["completed"] == 1, laptop  # (recorded by laptop's round, for both sites)
     [nas] = json.loads(b.cli("status", "--json", "--files").stdout)["mappings"]
     assert [f["state"] for f in nas["file_list"]] == ["synced"], nas  # (its content: laptop's image)
+
+
+@pytest.mark.parametrize("label", ["astria:12", "astria-tune:12", "/srv/brand"])
+def test_each_site_s_own_labels_are_qualified_whatever_kind_of_source_they_name(tmp_path: Path, url: str,
+                                                                                label: str) -> None:
+    """A label of this site's — a folder's path, or ``<kind>:<id>`` for a source of any kind, not only the
+    kinds packsync knew when the rule was written — is stored qualified by the site (``nas:astria-tune:12``)
+    and read back as the label: two sites mirroring the same tune keep their records apart, and each sees
+    the other's mapping as that site's. A key already qualified (another site's) is left as it is."""
+    nas = State(tmp_path / "nas.db", shared=SharedState(url, PASSWORD, "nas"))
+    laptop = State(tmp_path / "laptop.db", shared=SharedState(url, PASSWORD, "laptop"))
+    try:
+        for state, version in ((nas, "n"), (laptop, "l")):
+            item = CachedFile(version, 1, sha(version.encode()), "image/png", None)
+            state.files.save_cache(label, {}, {"a.png": item})
+            state.mappings.save(label, pack_id=f"pack-{version}")
+
+        assert nas.files.cache(label)["a.png"].version == "n" and laptop.files.cache(label)["a.png"].version == "l"
+        assert (record := nas.mappings.get(label)) is not None and (record.root, record.pack_id) == (label, "pack-n")
+        assert [(m.site, m.record.root, m.record.pack_id) for ms in laptop.mappings.of_sites().values()
+                for m in ms] == [("nas", label, "pack-n")]
+        assert nas.unit.key(label) == f"nas:{label}" and laptop.unit.key(f"nas:{label}") == f"nas:{label}"
+    finally:
+        nas.close()
+        laptop.close()

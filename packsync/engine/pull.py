@@ -70,7 +70,7 @@ from packsync.model import AstriaPack, PackSummary, Problem, PulledFile, RemoteI
 from packsync.remote.answers import url_problem
 from packsync.remote.astria import AstriaClient
 from packsync.remote.genviral import GenviralClient
-from packsync.sources.base import astria_label, kind_of, owner_kind
+from packsync.sources.kinds import astria_label, kind_of, owner_kind
 from packsync.sources.media import Digester
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these

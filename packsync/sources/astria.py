@@ -30,8 +30,8 @@ from packsync.errors import (
 )
 from packsync.logs import untrusted
 from packsync.model import EXTENSIONS, AstriaImage, AstriaPack, CachedFile, ContentItem, Problem, Scan
-from packsync.sources.base import SourceKind, astria_label
 from packsync.sources.body import UploadBody
+from packsync.sources.kinds import astria_label
 from packsync.sources.media import Digest, Digester
 
 #: Downloads held in memory until they are uploaded, in bytes, in all: the rest wait in the spool folder.
@@ -115,7 +115,7 @@ class AstriaReader(Protocol):
 class AstriaSource:
     """One Astria pack (``classes`` of it, or all), mirrored (the ``Source`` interface)."""
 
-    kind: SourceKind = "astria"
+    kind: str = "astria"
     gone = False
     unavailable: str | None = None  # a pack that cannot be read is a scan's SourceUnavailable
 

@@ -6,46 +6,25 @@ like last time?") through the ``previous`` cache it is given, keyed by item and 
 token* of the source's own making (a folder's stat key, an Astria image's URL): the state stores the
 token as given and never reads it. A source knows nothing of the state database or the API.
 
-Whoever holds only a label (read from the state, say) asks ``kind_of`` what kind of source it
+Whoever holds only a label (read from the state, say) asks ``sources.kinds`` what kind of source it
 names: no code outside ``sources/`` reads a label's spelling.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from typing import Literal, Protocol
+from typing import Protocol
 
 from packsync.model import CachedFile, ContentItem, PathsScan, Scan
 from packsync.sources.body import UploadBody
-
-#: What a source is: a local folder, or an Astria pack (its images).
-SourceKind = Literal["folder", "astria"]
-_ASTRIA = "astria:"
-
-
-def astria_label(pack_id: int | str) -> str:
-    """How an Astria pack is named as a source (in messages, the state and the views)."""
-    return f"{_ASTRIA}{pack_id}"
-
-
-def kind_of(label: str) -> SourceKind:
-    """The kind of source ``label`` names (a folder's label is its path)."""
-    return "astria" if label.startswith(_ASTRIA) else "folder"
-
-
-def owner_kind(owner: str) -> SourceKind:
-    """The kind of source an image's owner is: a label of this site's, or another site's qualified key
-    (``nas:/srv/brand``, ``nas:astria:12``), whose site's name may itself be ``astria``. A folder's label
-    is a path, so it always holds "/"; an Astria pack's never does."""
-    return "folder" if "/" in owner else "astria"
 
 
 class Source(Protocol):
     label: str
     #: What the source calls itself, once scanned, when that says more than its label (a pack's title).
     name: str | None
-    #: What the source is.
-    kind: SourceKind
+    #: What the source is: "folder", or the kind of a source read through an API (``sources.kinds``).
+    kind: str
     #: A subfolder packsync synced that is not there any more: an empty source whose last listing is
     #: kept (it is how a rename is recognised later), so no cache is written for it.
     gone: bool

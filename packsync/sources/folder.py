@@ -27,7 +27,6 @@ import msgspec
 from packsync.errors import ItemChanged, SourceUnavailable
 from packsync.files import read_regular
 from packsync.model import CachedFile, ContentItem, PathsScan, Problem, Scan
-from packsync.sources.base import SourceKind
 from packsync.sources.body import UploadBody
 from packsync.sources.media import digest_file
 from packsync.sources.patterns import DEFAULT_EXCLUDE, IGNORE_FILE, Patterns, compiled
@@ -147,7 +146,7 @@ def filters_for(mapping: FolderSettings) -> Filters:
 class FolderSource:
     """A mapped folder, mirrored recursively (the ``Source`` interface)."""
 
-    kind: SourceKind = "folder"
+    kind: str = "folder"
     gone = False
     unavailable: str | None = None  # a folder that is not there is told by ``exists``
 
@@ -188,7 +187,7 @@ class GoneFolder:
     """A subfolder packsync synced (as a pack of its own) that is not there any more: an empty source,
     so that its pack is handled as an emptied folder's (a safety stop unless ``--force``)."""
 
-    kind: SourceKind = "folder"
+    kind: str = "folder"
     gone = True
 
     def __init__(self, label: str, unavailable: str | None = None) -> None:

@@ -76,6 +76,13 @@ class Bulk:
         return self._compiled[dialect.name]
 
 
+def is_label(text: str) -> bool:
+    """Whether ``text`` is a source's label as its own site names it, not a key qualified by a site: a folder's
+    path (absolute, so it starts with "/") or ``<kind>:<id>`` (one ":", no "/"). A qualified key has a second
+    ":" (``nas:astria:12``) or a "/" after its first (``nas:/srv/brand``); ``pg_search``'s rule is the same."""
+    return text.startswith("/") or (text.count(":") == 1 and "/" not in text)
+
+
 class UnitOfWork:
     """The connection every repository uses, its transactions, and the queue ``write_behind`` keeps."""
 
@@ -142,10 +149,10 @@ class UnitOfWork:
 
     def key(self, label: str) -> str:
         """How the state stores a source's label: qualified by the site in a shared state (``nas:/srv/brand``),
-        as it is in a state of one machine's own. A label of this site's is a folder's path or an Astria
-        source's ``astria:ID``; anything else is a key already (another site's, as ``label`` gives it back),
-        and '' (an image of any mapping's) stays ''."""
-        return f"{self.site}:{label}" if self.site and label.startswith(("/", "astria:")) else label
+        as it is in a state of one machine's own. A label of this site's is a folder's path or a remote
+        source's ``<kind>:<id>`` of any kind (the state knows none by name); anything else is a key already
+        (another site's, as ``label`` gives it back), and '' (an image of any mapping's) stays ''."""
+        return f"{self.site}:{label}" if self.site and is_label(label) else label
 
     def label(self, key: str) -> str:
         """A stored key as this site names it: its own sources by their labels, other sites' qualified."""

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from packsync.model import ManagedImage
-from packsync.sources.base import owner_kind
+from packsync.sources.kinds import owner_kind
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State

@@ -19,7 +19,7 @@ import msgspec
 from packsync.config import Config, MappingConfig
 from packsync.mappings import concrete, recorded_pack_id
 from packsync.model import METADATA_SETTLED, ManagedImage, Metadata, Problem
-from packsync.sources.base import kind_of
+from packsync.sources.kinds import kind_of
 from packsync.state.records import DaemonRecord, MappingRecord
 from packsync.views.clock import ago
 

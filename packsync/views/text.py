@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from packsync.model import AstriaPack, AstriaPackSummary, PackSummary, Problem
 from packsync.recipe import describe
-from packsync.sources.base import kind_of
+from packsync.sources.kinds import kind_of
 from packsync.views.clock import local_time
 from packsync.views.closing import (
     closing_line,
