@@ -45,7 +45,7 @@ from packsync.errors import (
 )
 from packsync.logs import get_logger, register_secret
 from packsync.remote import redirects
-from packsync.remote.bandwidth import UNLIMITED, Throttle
+from packsync.remote.bandwidth import UNLIMITED, Direction, Throttle
 from packsync.remote.retry import Backoff
 from packsync.remote.wire import (
     DOWNLOAD,
@@ -524,10 +524,7 @@ async def _body(route: Route, response: httpx2.Response, max_bytes: int, into: S
                 if size > max_bytes:
                     raise too_large(None)
                 if throttle is not UNLIMITED:
-                    waiting = clock()
-                    due.reschedule(None)
-                    await throttle.take(len(chunk), "down")
-                    throttled += clock() - waiting
+                    throttled += await _waited(throttle, len(chunk), "down", due)
                 into.update(chunk)
                 due.reschedule(started + throttled + max(grace_s, size / STALL_RATE))
     except TimeoutError:
@@ -536,6 +533,17 @@ async def _body(route: Route, response: httpx2.Response, max_bytes: int, into: S
         raise Stalled(f"{route.label}: {size:,} bytes in {clock() - started:.0f} s, too slow to finish",
                       method=route.method, route=route.template, status=response.status_code) from None
     return into
+
+
+async def _waited(throttle: Throttle, n: int, direction: Direction, due: asyncio.Timeout | None) -> float:
+    """Wait until ``throttle`` lets ``n`` bytes pass, the deadline ``due`` held meanwhile (the wait is
+    packsync's, not the server's slowness); the seconds waited, by which the caller moves ``due`` on."""
+    clock = asyncio.get_running_loop().time
+    waiting = clock()
+    if due is not None:
+        due.reschedule(None)
+    await throttle.take(n, direction)
+    return clock() - waiting
 
 
 class _Counted:
@@ -573,11 +581,7 @@ class _Sending:
             async for chunk in chunks:
                 for piece in _slices(chunk) if self.throttle is not UNLIMITED else (chunk,):
                     if self.throttle is not UNLIMITED:
-                        waiting = clock()
-                        if self.due:
-                            self.due.reschedule(None)
-                        await self.throttle.take(len(piece), "up")
-                        waited += clock() - waiting
+                        waited += await _waited(self.throttle, len(piece), "up", self.due)
                     if self.due:
                         self.due.reschedule(started + waited + self.grace_s + (self.sent + len(piece)) / STALL_RATE)
                     yield piece
