@@ -154,6 +154,7 @@ async def pull_once(config: Config, token: str, pack: str, folder: Path, options
     Not the state's lock: a pull runs beside the daemon or a ``run`` (``PullLock`` says why), so its state
     is opened as one that does not hold that lock. A dry run writes nothing, and locks nothing."""
     from packsync.engine.pull import Puller, resolved_folder
+    from packsync.sources.astria import pack_listed
     from packsync.state.lock import PullLock
 
     system, _, wanted = pack.partition(":")
@@ -163,7 +164,8 @@ async def pull_once(config: Config, token: str, pack: str, folder: Path, options
             puller = Puller(api, state, progress or QUIET)
             if system == "astria":
                 astria = AstriaClient(config.astria.base_url, read_astria_token(config), api.transport)
-                return await puller.pull_astria(astria, int(wanted), classes, folder, options)
+                listed = await pack_listed(astria, int(wanted), classes)
+                return await puller.pull_listed(listed, folder, options, sidecars)
             return await puller.pull(wanted, folder, options, sidecars=sidecars)
 
 

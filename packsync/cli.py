@@ -324,7 +324,8 @@ def allow_deletes(mapping: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")
 @click.option("--classes", metavar="A,B", help="astria: only these classes (default: all).")
 @click.option("--sidecars", type=click.Choice(["none", "xmp"]), default="none", show_default=True,
-              help="genviral: write each image's AI description and keywords into NAME.xmp beside it.")
+              help="Write each image's text into NAME.xmp beside it (genviral: its AI description and keywords; "
+                   "a source whose images carry a text of their own: that text).")
 def pull(source: str, folder: str, delete: bool, max_delete: str, force: bool, dry_run: bool, as_json: bool,
          classes: str | None, sidecars: str) -> None:
     """Download a pack's images into FOLDER (created if missing).
@@ -349,8 +350,6 @@ def pull(source: str, folder: str, delete: bool, max_delete: str, force: bool, d
         raise ConfigError(f"{source}: give the pack as genviral:PACK (an id or an exact name) or astria:ID.")
     if classes is not None and system != "astria":
         raise ConfigError("--classes: applies to astria: packs only.")
-    if sidecars != "none" and system != "genviral":
-        raise ConfigError("--sidecars: applies to genviral: packs only (Astria's images have no AI description).")
     if not folder.strip():
         raise ConfigError("FOLDER: name the folder to pull into (it is created if missing).")
     if (limit := max_delete_of(max_delete)) is None:

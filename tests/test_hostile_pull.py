@@ -19,14 +19,14 @@ from packsync.engine.pull_plan import (
     Download,
     PullSafety,
     RemoveFile,
-    astria_download,
     genviral_download,
+    listed_download,
     name_from_url,
     plan_pull,
     safe_part,
 )
 from packsync.errors import ExitCode
-from packsync.model import AstriaImage, Problem, PulledFile, RemoteImage
+from packsync.model import ListedImage, Problem, PulledFile, RemoteImage
 from packsync.sandbox.server import Reply
 
 
@@ -263,7 +263,7 @@ def test_a_url_name_windows_reserves_is_written_under_a_safe_one(url_name: str, 
 ])
 def test_a_class_windows_reserves_or_one_ending_in_a_dot_or_space_gets_a_safe_folder(cls: str, folder: str) -> None:
     assert safe_part(cls) == folder
-    download = astria_download("/out", "astria:1", AstriaImage("https://a.example.com/x", cls, 12, 1))
+    download = listed_download("/out", "astria:1", ListedImage("https://a.example.com/x", (cls, "12-1")))
     assert download.file_name("image/png") == f"{folder}/12-1.png"
 
 
@@ -331,9 +331,9 @@ def test_removals_stop_where_a_sync_s_deletes_would(images: list[str], safety: P
 
 
 def test_nothing_behind_a_link_is_downloaded_kept_or_removed_and_each_link_is_one_notice() -> None:
-    behind = AstriaImage("https://a.example.com/w1", "woman", 1, 1)
-    elsewhere = AstriaImage("https://a.example.com/m1", "man", 2, 1)
-    images = [astria_download(FOLDER, "astria:7", i) for i in (behind, elsewhere)]
+    behind = ListedImage("https://a.example.com/w1", ("woman", "1-1"))
+    elsewhere = ListedImage("https://a.example.com/m1", ("man", "2-1"))
+    images = [listed_download(FOLDER, "astria:7", i) for i in (behind, elsewhere)]
     records = [record("gone", "woman/9-1.png"), record("also-gone", "woman/deeper/9-2.png")]
 
     plan = plan_pull(images, records, set(), {"gone", "also-gone"}, delete=True, links={"woman"})

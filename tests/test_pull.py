@@ -19,13 +19,13 @@ from packsync.engine.pull_plan import (
     Download,
     PullPlan,
     RemoveFile,
-    astria_download,
     genviral_download,
+    listed_download,
     name_from_url,
     plan_pull,
 )
 from packsync.errors import ExitCode
-from packsync.model import AstriaImage, PulledFile, RemoteImage
+from packsync.model import ListedImage, PulledFile, RemoteImage
 
 CDN = ("GET", "cdn")
 
@@ -241,7 +241,7 @@ def test_a_file_pull_did_not_record_is_never_in_the_plan() -> None:
 
 
 def test_each_action_describes_itself_with_its_kind_folder_file_and_image() -> None:
-    astria = astria_download(FOLDER, "astria:7", AstriaImage("https://a.example.com/x", "../woman", 12, 3))
+    astria = listed_download(FOLDER, "astria:7", ListedImage("https://a.example.com/x", ("../woman", "12-3")))
 
     assert download("a").describe() == {"kind": "download", "mapping": FOLDER, "file": "a.png", "image": "a"}
     assert astria.describe()["file"].endswith("/12-3.*") and astria.file_name("image/jpeg").endswith("/12-3.jpg")
@@ -249,6 +249,32 @@ def test_each_action_describes_itself_with_its_kind_folder_file_and_image() -> N
     assert RemoveFile(record("a")).describe() == {"kind": "remove-file", "mapping": FOLDER, "file": "a.png",
                                                   "image": "a"}
     assert DisownFile(record("a")).describe()["kind"] == "disown-file"
+
+
+@pytest.mark.parametrize("parts", [
+    ("..", "12-3"), ("../..", "12-3"), ("a/b", "12-3"), ("/etc", "passwd"), ("woman\x00", "1-1"), ("", "1-1"),
+    (".hidden", "1-1"), ("woman", ".."), ("woman", "../1-1"), ("woman", "a/b"), ("woman", "1-1.png.exe"),
+    ("woman", "\x1b[31m"), (),
+])
+def test_each_part_of_a_listed_image_becomes_one_safe_name_below_the_folder(parts: tuple[str, ...]) -> None:
+    download = listed_download(FOLDER, "astria-tune:7", ListedImage("https://a.example.com/x", parts))
+    name = download.file_name("image/png")
+
+    written = name.split("/")
+    assert len(written) == max(len(parts), 1), "a part is one folder level, never more"
+    assert all(part and not part.startswith(".") and part.isprintable() for part in written), name
+    assert os.path.normpath(os.path.join(FOLDER, name)).startswith(f"{FOLDER}/")
+    assert name.endswith(".png") and written[-1].count(".") == 1, "the extension is the one the bytes give"
+    assert download.renamed is not None, "a name changed is said"
+    assert (download.image_id, download.pack_id) == ("https://a.example.com/x", "astria-tune:7")
+
+
+def test_a_listed_image_with_safe_parts_keeps_its_name() -> None:
+    nested = listed_download(FOLDER, "astria:7", ListedImage("https://a.example.com/x", ("woman", "12-3")))
+    flat = listed_download(FOLDER, "astria-tune:7", ListedImage("https://a.example.com/y", ("12-3",), "a text"))
+
+    assert (nested.file_name("image/jpeg"), nested.directory, nested.renamed) == ("woman/12-3.jpg", "woman", None)
+    assert (flat.file_name("image/webp"), flat.directory, flat.renamed) == ("12-3.webp", "", None)
 
 
 def test_a_pack_name_finds_the_key_s_own_pack_before_a_public_one(env: Env) -> None:

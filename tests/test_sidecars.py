@@ -12,15 +12,20 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from conftest import TOKEN, Env, image, write
 from helpers import StartDaemon, state_rows, wait_until
+from test_astria import astria_pack, prompts_of
 
 from packsync.app import open_app
 from packsync.daemon.watcher import Watcher
 from packsync.engine.actions import SidecarPass
+from packsync.engine.pull import Puller, PullOptions, PullReport
 from packsync.engine.sidecars import RemoveSidecar, WriteSidecar, plan_sidecars
+from packsync.errors import ExitCode
 from packsync.sandbox.imaging import solid_png
+from packsync.sources.astria import pack_listed
 from packsync.sources.folder import Filters
 from packsync.state.records import SidecarRecord
 from packsync.xmp import Fields, read_fields, render, without_ours
@@ -400,3 +405,74 @@ def test_a_sidecar_left_alone_on_purpose_fails_no_run(env: Env) -> None:
 
     assert done.returncode == 0, done.stdout
     assert "a.png.xmp: sidecar left alone: a link or not a file" in done.stdout
+
+
+# -- a remote source's items with a text of their own (``Listed.images[].detail``) --------------------
+
+def described_pull(env: Env, pack_id: int, out: Path, details: dict[str, str], **options: Any) -> PullReport:
+    """Pull the Astria pack ``pack_id`` as a source whose images carry a text (``details``, by the image's
+    last part; the others none) would list it, with ``--sidecars xmp``: in process, over the sandbox."""
+    async def run() -> PullReport:
+        async with open_app(env.config(), TOKEN) as app:
+            assert app.astria is not None
+            listed = await pack_listed(app.astria, pack_id, None)
+            images = tuple(msgspec.structs.replace(image, detail=details.get(image.parts[-1]))
+                           for image in listed.images)
+            return await Puller(app.api, app.state).pull_listed(msgspec.structs.replace(listed, images=images), out,
+                                                                PullOptions(**options), "xmp")
+    return asyncio.run(run())
+
+
+@needs_exiftool
+def test_a_listed_image_s_detail_is_its_sidecar_s_description_for_exiftool(env: Env) -> None:
+    pack_id, _urls = astria_pack(env, {"woman": 2, "man": 1})
+    env.map_astria(pack_id, pack="unused")
+    stems = [f"{prompt['id']}-1" for prompts in prompts_of(env, pack_id).values() for prompt in prompts]
+    details = {stems[0]: "portrait of ohwx woman, 85mm, <soft light> & \"bokeh\"", stems[2]: "ohwx man, studio"}
+    out = env.root / "out"
+
+    report = described_pull(env, pack_id, out, details)
+    again = described_pull(env, pack_id, out, details)
+
+    assert report.failures == [] and len(report.downloaded) == 3
+    assert report.sidecars is not None and report.sidecars.written == 2
+    sidecars = sorted(out.rglob("*.xmp"))
+    assert {p.name.partition(".")[0] for p in sidecars} == set(details), "none without a text"
+    for sidecar in sidecars:
+        tags = exif(sidecar)
+        assert tags["XMP-dc:Description"] == details[sidecar.name.partition(".")[0]]
+        assert "XMP-dc:Subject" not in tags, "a listed image has no keywords"
+        assert Path(str(sidecar).removesuffix(".xmp")).is_file()
+    assert again.sidecars is not None and again.sidecars.written == 0 and again.downloaded == []
+
+
+def test_a_listed_pull_deletes_the_sidecars_it_wrote_and_never_a_user_s(env: Env) -> None:
+    pack_id, urls = astria_pack(env, {"woman": 3})
+    env.map_astria(pack_id, pack="unused")
+    stems = [f"{prompt['id']}-1" for prompt in prompts_of(env, pack_id)["woman"]]
+    out = env.root / "out"
+    described_pull(env, pack_id, out, {stem: f"prompt {stem}" for stem in stems})
+    theirs = next(out.glob(f"woman/{stems[1]}.*.xmp"))
+    theirs.write_bytes(USER_SIDECAR)
+    for url in urls[:2]:
+        env.sandbox.astria.remove_image(pack_id, url)
+
+    report = described_pull(env, pack_id, out, {stems[2]: "still here"}, delete=True, force=True)
+
+    assert sorted(report.deleted) == sorted([f"woman/{stems[0]}.png", f"woman/{stems[1]}.png"])
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert left == sorted([f"woman/{stems[1]}.png.xmp", f"woman/{stems[2]}.png", f"woman/{stems[2]}.png.xmp"])
+    assert theirs.read_bytes() == USER_SIDECAR, "a sidecar someone else wrote stays"
+
+
+def test_sidecars_are_refused_for_a_source_whose_images_carry_no_text(env: Env) -> None:
+    pack_id, _urls = astria_pack(env, {"woman": 1})
+    env.map_astria(pack_id, pack="unused")
+    out = env.root / "out"
+
+    done = env.cli("pull", f"astria:{pack_id}", str(out), "--sidecars", "xmp")
+
+    assert done.returncode == ExitCode.USAGE, done.stdout + done.stderr
+    assert f"--sidecars: astria:{pack_id}'s images carry no text" in done.stderr
+    assert "Traceback" not in done.stderr and env.sandbox.calls[("GET", "astria-img")] == 0
+    assert not out.exists() or list(out.rglob("*.png")) == []

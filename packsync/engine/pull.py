@@ -47,8 +47,8 @@ from packsync.engine.pull_plan import (
     PullSafety,
     RemoveFile,
     as_if_unknown,
-    astria_download,
     genviral_download,
+    listed_download,
     plan_pull,
     safe_part,
 )
@@ -66,12 +66,12 @@ from packsync.errors import (
     TransientError,
 )
 from packsync.logs import get_logger, untrusted
-from packsync.model import AstriaPack, PackSummary, Problem, PulledFile, RemoteImage, RemotePack, UrlContent
+from packsync.model import Listed, ListedImage, PackSummary, Problem, PulledFile, RemoteImage, RemotePack, UrlContent
 from packsync.remote.answers import url_problem
-from packsync.remote.astria import AstriaClient
 from packsync.remote.genviral import GenviralClient
-from packsync.sources.kinds import astria_label, kind_of, owner_kind
+from packsync.sources.kinds import owner_kind
 from packsync.sources.media import Digester
+from packsync.xmp import Fields
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State
@@ -109,6 +109,8 @@ class PullReport:
     deleted: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     sidecars: SidecarReport | None = None
+    #: The label of the remote source pulled (``astria:260``); None: a Genviral pack.
+    label: str | None = None
     #: Entries of the pack that could not be read, links skipped, names changed (notices).
     problems: list[Problem] = field(default_factory=list)
 
@@ -226,12 +228,17 @@ class Puller:
                                                               _limits(options)))
         report.problems[:0] = unnamed
         if sidecars == "xmp" and not options.dry_run:
-            names = {r.image_id: r.name for r in self.state.uploads.pulled(str(folder), pack.pack_id)
-                     if _no_link_on_the_way(folder, r.name)}
+            names = self._pulled_names(folder, pack.pack_id)
             report.sidecars = await write_beside(folder, "full", {
                 names[image.image_id]: fields_of(image)
                 for image in pack.images if image.metadata.status == "completed" and image.image_id in names})
         return report
+
+    def _pulled_names(self, folder: Path, pack_id: str) -> dict[str, str]:
+        """The files pulled from ``pack_id`` into ``folder``, by image id: those a sidecar may go beside (none
+        behind a link below the folder)."""
+        return {r.image_id: r.name for r in self.state.uploads.pulled(str(folder), pack_id)
+                if _no_link_on_the_way(folder, r.name)}
 
     async def _names(self, pack: RemotePack, folder: Path) -> tuple[dict[str, str], list[Problem]]:
         """The path each image of the pack was uploaded from, by image id, where it is known: from this
@@ -239,7 +246,7 @@ class Puller:
         upload was given (``GET /files``: walked only when an image not pulled yet has no name here). The
         names are untrusted either way (``pull_plan`` makes them safe). A walk that fails is a notice:
         the images it would have named are named as if unknown."""
-        given = {image_id: name if owner_kind(owner) == "astria" else upload_name(path, name)
+        given = {image_id: name if owner_kind(owner) != "folder" else upload_name(path, name)
                  for image_id, (path, name, owner) in self.state.images.sources_of(pack.pack_id).items()}
         pulled = {record.image_id for record in self.state.uploads.pulled(str(folder), pack.pack_id)}
         unknown = {image.url: image.image_id for image in pack.images
@@ -259,32 +266,38 @@ class Puller:
                                    f"name: {NAMES_SHIFTED}", notice=True)]
         return given, []
 
-    async def pull_astria(self, astria: AstriaClient, pack_id: int, classes: Collection[str] | None, folder: Path,
-                          options: PullOptions) -> PullReport:
-        """Pull an Astria pack (``classes`` of it, or all): one sub-folder per class. A class it does not
-        have is an error (nothing pulled); an entry it cannot read is reported, and withholds every removal."""
-        found = await astria.pack(pack_id)
-        _check_classes(found, classes)
-        chosen = found.chosen(classes)
-        label = astria_label(pack_id)
-        pack = RemotePack(label, found.title, tuple(RemoteImage(url, url) for url in chosen))
-        problems = [Problem(where, why) for cls, where, why in found.problems if classes is None or cls in classes]
-        unreadable = f"{label}: {len(problems)} of its entries could not be read" if problems else None
+    async def pull_listed(self, listed: Listed, folder: Path, options: PullOptions,
+                          sidecars: str = "none") -> PullReport:
+        """Pull a remote source's images, as its ``listed`` says (``RemoteSettings.listed``), each named by
+        its parts; ``sidecars = "xmp"``: with each image's ``detail`` as the description of an XMP sidecar
+        beside it. An entry the listing could not read is reported, and withholds every removal."""
+        if sidecars == "xmp" and listed.images and not any(image.detail is not None for image in listed.images):
+            raise ConfigError(f"--sidecars: {listed.label}'s images carry no text of their own to write beside them.")
         folder = resolved_folder(folder)
-        scope = None if classes is None else {safe_part(cls) for cls in classes}
-        report = await self._pull(pack, [astria_download(str(folder), pack.pack_id, i) for i in chosen.values()],
-                                  folder, options, PullSafety(label, SourceFacts(unreadable=unreadable),
+        images: dict[str, ListedImage] = {}
+        for image in listed.images:  # an image listed twice is one file, named after its first listing
+            images.setdefault(image.url, image)
+        pack = RemotePack(listed.label, listed.title, tuple(RemoteImage(url, url) for url in images))
+        scope = None if listed.scope is None else {safe_part(part) for part in listed.scope}
+        report = await self._pull(pack, [listed_download(str(folder), listed.label, i) for i in images.values()],
+                                  folder, options, PullSafety(listed.label, SourceFacts(unreadable=listed.unreadable),
                                                               _limits(options)), scope)
-        report.problems[:0] = problems
+        report.label = listed.label
+        report.problems[:0] = listed.problems
+        if sidecars == "xmp" and not options.dry_run:
+            names = self._pulled_names(folder, listed.label)
+            report.sidecars = await write_beside(folder, "full", {
+                names[image.url]: Fields(image.url, image.detail, (), None) for image in images.values()
+                if image.detail is not None and image.url in names})
         return report
 
     async def _pull(self, pack: RemotePack, images: Sequence[Download], folder: Path, options: PullOptions,
                     safety: PullSafety, scope: Collection[str] | None = None) -> PullReport:
-        """Observe the folder, plan, and (unless a dry run) run the plan. ``scope``: the sub-folders whose
-        files this pull mirrors (an Astria pull's ``--classes``; None: all): a file pulled into another
+        """Observe the folder, plan, and (unless a dry run) run the plan. ``scope``: the top sub-folders whose
+        files this pull mirrors (an Astria pack's ``--classes``; None: all): a file pulled into another
         class's sub-folder is not this pull's to remove, its image being left out, not gone."""
         records = self.state.uploads.pulled(str(folder), pack.pack_id)
-        mine = [r for r in records if scope is None or r.name.rpartition("/")[0] in scope]
+        mine = [r for r in records if scope is None or "/" in r.name and r.name.partition("/")[0] in scope]
         in_pack = {image.image_id for image in images}
         present, unchanged, links = await asyncio.to_thread(
             _observe, folder, records, [r for r in mine if r.image_id not in in_pack] if options.delete else [],
@@ -385,8 +398,7 @@ class Puller:
             try:
                 if tree.holds(record.name, record.sha256):
                     tree.unlink(record.name)
-                    if kind_of(record.pack_id) != "astria":  # sidecars are a Genviral pull's, never an Astria one's
-                        remove_if_ours(sidecar_path(report.folder / record.name, "full"))
+                    remove_if_ours(sidecar_path(report.folder / record.name, "full"))  # (only one packsync wrote)
                     report.deleted.append(record.name)
             except LinkInTheWay as exc:
                 report.met_link(exc)
@@ -413,18 +425,6 @@ def _no_link_on_the_way(folder: Path, name: str) -> bool:
 
 def _limits(options: PullOptions) -> MappingOptions:
     return MappingOptions(max_delete=options.max_delete, force=options.force)
-
-
-def _check_classes(pack: AstriaPack, classes: Collection[str] | None) -> None:
-    """Refuse classes the pack does not have: pulling none of a class named wrongly, and deleting what came
-    from it, is never what was meant. Names are exact; a name that differs only in case is suggested."""
-    for wanted in classes or ():
-        if wanted in pack.classes:
-            continue
-        near = [c for c in pack.classes if c.casefold() == wanted.casefold()]
-        hint = f" (class names are exact: did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(f"--classes: {astria_label(pack.pack_id)} has no class {untrusted(wanted, 60)!r}{hint}; "
-                          f"its classes are {', '.join(repr(c) for c in pack.classes) or 'none'}")
 
 
 def resolved_folder(folder: Path) -> Path:

@@ -22,10 +22,11 @@ bytes that were pulled (``unchanged``). The rules:
 Names are decided here too. A Genviral image is named by the path it was uploaded from when that is
 known (``given``: from the state that pushed it, or the ``filename`` ``GET /files`` gives back;
 ``engine/names.py``), sub-folders and all; else after its URL's last segment when that is a safe file
-name with an image extension; else after the image id made safe (an Astria image: ``<class>/<prompt
-id>-<n>``, its class made safe), with the extension its bytes give. Given paths, URLs and ids are
-untrusted: no name leads outside the folder (a path that is absolute, or has an empty, ``.``, ``..`` or
-hidden part, or one too long, is not used, which is a notice), and every name is one Windows (SMB,
+name with an image extension; else after the image id made safe; with the extension its bytes give. A
+remote source's image (``Listed``) is named by its parts, each made safe (an Astria pack's:
+``<class>/<prompt id>-<n>``). Given paths, URLs and ids are untrusted: no name leads outside the
+folder (a path that is absolute, or has an empty, ``.``, ``..`` or hidden part, or one too long, is not
+used, which is a notice), and every name is one Windows (SMB,
 NTFS) accepts: a character it refuses becomes ``_``, a name it reserves (``CON``, ``aux.png``,
 ``LPT9.tar.png``) gets a ``_`` after its reserved part, and one ending in dots or spaces has them turned
 into one ``_``; a name or class changed so is a notice. A name another file already has is the
@@ -47,7 +48,7 @@ import msgspec
 from packsync.engine.names import MAX_PARTS, usable_part
 from packsync.engine.planner import Deletes, MappingOptions, SourceFacts, safety_stop
 from packsync.logs import untrusted
-from packsync.model import EXTENSIONS, AstriaImage, Problem, PulledFile, RemoteImage
+from packsync.model import EXTENSIONS, ListedImage, Problem, PulledFile, RemoteImage
 
 _EXTENSIONS = {*EXTENSIONS.values(), "jpeg"}
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,150}")
@@ -258,8 +259,13 @@ def as_if_unknown(download: Download) -> Download:
                     safe_part(download.image_id, dots=False), name_from_url(download.url))
 
 
-def astria_download(folder: str, pack_id: str, image: AstriaImage) -> Download:
-    """An Astria image's download, into its class's sub-folder: ``<class>/<prompt id>-<n>.<ext>``."""
-    part = safe_part(image.cls)
-    return Download(folder, pack_id, image.url, image.url, f"{part}/{image.prompt_id}-{image.index}",
-                    renamed=(image.cls, part) if part != image.cls else None)
+def listed_download(folder: str, label: str, image: ListedImage) -> Download:
+    """A remote source's image's download (a ``Listed`` one): named by its ``parts``, ``<part>/…/<stem>.<ext>``
+    (an Astria pack's: ``<class>/<prompt id>-<n>``), each part made safe — a part that is not one safe name
+    (``..``, a separator, a control character) becomes a digest of itself, which is said once per folder."""
+    given = image.parts or (image.url,)
+    parts = tuple(safe_part(part, dots=n < len(given) - 1) for n, part in enumerate(given))
+    folders, written = "/".join(given[:-1]), "/".join(parts[:-1])
+    renamed = (untrusted(folders, SHOWN), written) if folders != written else \
+        (untrusted(given[-1], SHOWN), parts[-1]) if given[-1] != parts[-1] else None
+    return Download(folder, label, image.url, image.url, "/".join(parts), renamed=renamed)

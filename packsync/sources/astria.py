@@ -22,6 +22,7 @@ from typing import Protocol
 from packsync.errors import (
     ApiError,
     AuthError,
+    ConfigError,
     ItemChanged,
     NotFound,
     PermanentError,
@@ -29,7 +30,17 @@ from packsync.errors import (
     TransientError,
 )
 from packsync.logs import untrusted
-from packsync.model import EXTENSIONS, AstriaImage, AstriaPack, CachedFile, ContentItem, Problem, Scan
+from packsync.model import (
+    EXTENSIONS,
+    AstriaImage,
+    AstriaPack,
+    CachedFile,
+    ContentItem,
+    Listed,
+    ListedImage,
+    Problem,
+    Scan,
+)
 from packsync.sources.body import UploadBody
 from packsync.sources.kinds import astria_label
 from packsync.sources.media import Digest, Digester
@@ -268,3 +279,30 @@ class AstriaSource:
         self._spool_made = False
         if self.spool is not None:
             shutil.rmtree(self.spool, ignore_errors=True)
+
+
+async def pack_listed(client: AstriaReader, pack_id: int, classes: Collection[str] | None) -> Listed:
+    """What ``packsync pull astria:<id>`` downloads: the pack's images (of ``classes``, or all), one per URL,
+    each as ``<class>/<prompt id>-<n>``. A class the pack does not have is an error (nothing is pulled); an
+    entry it cannot read is a problem, and withholds every removal."""
+    pack = await client.pack(pack_id)
+    _check_classes(pack, classes)
+    label = astria_label(pack_id)
+    problems = tuple(Problem(where, why) for cls, where, why in pack.problems if classes is None or cls in classes)
+    return Listed(label, pack.title,
+                  tuple(ListedImage(url, (image.cls, f"{image.prompt_id}-{image.index}"))
+                        for url, image in pack.chosen(classes).items()),
+                  problems, None if classes is None else frozenset(classes),
+                  f"{label}: {len(problems)} of its entries could not be read" if problems else None)
+
+
+def _check_classes(pack: AstriaPack, classes: Collection[str] | None) -> None:
+    """Refuse classes the pack does not have: pulling none of a class named wrongly, and deleting what came
+    from it, is never what was meant. Names are exact; a name that differs only in case is suggested."""
+    for wanted in classes or ():
+        if wanted in pack.classes:
+            continue
+        near = [c for c in pack.classes if c.casefold() == wanted.casefold()]
+        hint = f" (class names are exact: did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"--classes: {astria_label(pack.pack_id)} has no class {untrusted(wanted, 60)!r}{hint}; "
+                          f"its classes are {', '.join(repr(c) for c in pack.classes) or 'none'}")

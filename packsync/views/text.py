@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, TextIO
 
 from packsync.model import AstriaPack, AstriaPackSummary, PackSummary, Problem
 from packsync.recipe import describe
-from packsync.sources.kinds import kind_of
 from packsync.views.clock import local_time
 from packsync.views.closing import (
     closing_line,
@@ -300,7 +299,7 @@ def _file_line(item: FileStatus) -> str:
 
 def print_pull(report: PullReport, dry_run: bool, out: TextIO) -> None:
     pack = report.pack
-    source = f"{pack.pack_id} ({printable(pack.name)})" if kind_of(pack.pack_id) == "astria" \
+    source = f"{printable(report.label)} ({printable(pack.name)})" if report.label \
         else f"genviral:{printable(pack.name)} ({printable(pack.pack_id)})"
     out.write(f"{source} → {printable(report.folder)}\n")
     plan = report.plan
