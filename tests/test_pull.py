@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 from conftest import TOKEN, Env, image, write
 from helpers import wait_until
+from test_astria import astria_pack
 
+from packsync.app import open_app
+from packsync.engine.pull import Puller, PullOptions, PullReport
 from packsync.engine.pull_folder import TEMP_PREFIX
 from packsync.engine.pull_plan import (
     DisownFile,
@@ -25,13 +32,26 @@ from packsync.engine.pull_plan import (
     plan_pull,
 )
 from packsync.errors import ExitCode
-from packsync.model import ListedImage, PulledFile, RemoteImage
+from packsync.model import Listed, ListedImage, PulledFile, RemoteImage
+from packsync.sources.astria import pack_listed
 
 CDN = ("GET", "cdn")
 
 
 def pull(env: Env, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return env.cli("pull", *args, timeout=timeout)
+
+
+def listed_pull(env: Env, pack_id: int, out: Path, change: Callable[[Listed], Listed], sidecars: str = "none",
+                **options: Any) -> PullReport:
+    """Pull what the sandbox's Astria pack ``pack_id`` lists, ``change``d (as another remote source would
+    list it): in process, over HTTP, as ``packsync pull`` does."""
+    async def run() -> PullReport:
+        async with open_app(env.config(), TOKEN) as app:
+            assert app.astria is not None, "the config maps an Astria pack"
+            listed = change(await pack_listed(app.astria, pack_id, None))
+            return await Puller(app.api, app.state).pull_listed(listed, out, PullOptions(**options), sidecars)
+    return asyncio.run(run())
 
 
 def filled_pack(env: Env, count: int, name: str = "Brand") -> tuple[str, dict[str, bytes]]:
@@ -275,6 +295,20 @@ def test_a_listed_image_with_safe_parts_keeps_its_name() -> None:
 
     assert (nested.file_name("image/jpeg"), nested.directory, nested.renamed) == ("woman/12-3.jpg", "woman", None)
     assert (flat.file_name("image/webp"), flat.directory, flat.renamed) == ("12-3.webp", "", None)
+
+
+def test_an_image_listed_twice_is_one_file_named_after_its_first_listing(env: Env) -> None:
+    pack_id, urls = astria_pack(env, {"woman": 2})
+    env.map_astria(pack_id, pack="unused")
+    out = env.root / "out"
+
+    report = listed_pull(env, pack_id, out, lambda listed: msgspec.structs.replace(
+        listed, images=(*listed.images, ListedImage(urls[0], ("again", "9-9")))))
+
+    assert report.failures == [] and len(report.downloaded) == 2
+    assert env.sandbox.calls[("GET", "astria-img")] == 2
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == sorted(report.downloaded)
+    assert not (out / "again").exists()
 
 
 def test_a_pack_name_finds_the_key_s_own_pack_before_a_public_one(env: Env) -> None:

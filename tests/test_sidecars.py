@@ -17,15 +17,16 @@ import pytest
 from conftest import TOKEN, Env, image, write
 from helpers import StartDaemon, state_rows, wait_until
 from test_astria import astria_pack, prompts_of
+from test_pull import listed_pull
 
 from packsync.app import open_app
 from packsync.daemon.watcher import Watcher
 from packsync.engine.actions import SidecarPass
-from packsync.engine.pull import Puller, PullOptions, PullReport
+from packsync.engine.pull import PullReport
 from packsync.engine.sidecars import RemoveSidecar, WriteSidecar, plan_sidecars
 from packsync.errors import ExitCode
+from packsync.model import Listed
 from packsync.sandbox.imaging import solid_png
-from packsync.sources.astria import pack_listed
 from packsync.sources.folder import Filters
 from packsync.state.records import SidecarRecord
 from packsync.xmp import Fields, read_fields, render, without_ours
@@ -411,16 +412,11 @@ def test_a_sidecar_left_alone_on_purpose_fails_no_run(env: Env) -> None:
 
 def described_pull(env: Env, pack_id: int, out: Path, details: dict[str, str], **options: Any) -> PullReport:
     """Pull the Astria pack ``pack_id`` as a source whose images carry a text (``details``, by the image's
-    last part; the others none) would list it, with ``--sidecars xmp``: in process, over the sandbox."""
-    async def run() -> PullReport:
-        async with open_app(env.config(), TOKEN) as app:
-            assert app.astria is not None
-            listed = await pack_listed(app.astria, pack_id, None)
-            images = tuple(msgspec.structs.replace(image, detail=details.get(image.parts[-1]))
-                           for image in listed.images)
-            return await Puller(app.api, app.state).pull_listed(msgspec.structs.replace(listed, images=images), out,
-                                                                PullOptions(**options), "xmp")
-    return asyncio.run(run())
+    last part; the others none) would list it, with ``--sidecars xmp``."""
+    def described(listed: Listed) -> Listed:
+        return msgspec.structs.replace(listed, images=tuple(
+            msgspec.structs.replace(image, detail=details.get(image.parts[-1])) for image in listed.images))
+    return listed_pull(env, pack_id, out, described, "xmp", **options)
 
 
 @needs_exiftool
