@@ -26,10 +26,10 @@ name with an image extension; else after the image id made safe; with the extens
 remote source's image (``Listed``) is named by its parts, each made safe (an Astria pack's:
 ``<class>/<prompt id>-<n>``). Given paths, URLs and ids are untrusted: no name leads outside the
 folder (a path that is absolute, or has an empty, ``.``, ``..`` or hidden part, or one too long, is not
-used, which is a notice), and every name is one Windows (SMB,
-NTFS) accepts: a character it refuses becomes ``_``, a name it reserves (``CON``, ``aux.png``,
-``LPT9.tar.png``) gets a ``_`` after its reserved part, and one ending in dots or spaces has them turned
-into one ``_``; a name or class changed so is a notice. A name another file already has is the
+used, which is a notice), and every name is one Windows (SMB, NTFS) accepts: a character it refuses
+becomes ``_``, a name it reserves (``CON``, ``aux.png``, ``LPT9.tar.png``) gets a ``_`` after its
+reserved part, and one ending in dots or spaces has them turned into one ``_``; a name or class changed
+so is a notice. A name another file already has is the
 executor's matter (it gets a suffix when the file is placed).
 """
 
@@ -261,8 +261,9 @@ def as_if_unknown(download: Download) -> Download:
 
 def listed_download(folder: str, label: str, image: ListedImage) -> Download:
     """A remote source's image's download (a ``Listed`` one): named by its ``parts``, ``<part>/…/<stem>.<ext>``
-    (an Astria pack's: ``<class>/<prompt id>-<n>``), each part made safe — a part that is not one safe name
-    (``..``, a separator, a control character) becomes a digest of itself, which is said once per folder."""
+    (an Astria pack's: ``<class>/<prompt id>-<n>``), each part made safe: a part that is not one safe name
+    (``..``, a separator, a control character) becomes a digest of itself, a reserved one gets its ``_``. A
+    change is a notice, said once for all the files of a folder whose name changed."""
     given = image.parts or (image.url,)
     parts = tuple(safe_part(part, dots=n < len(given) - 1) for n, part in enumerate(given))
     folders, written = "/".join(given[:-1]), "/".join(parts[:-1])
