@@ -29,8 +29,8 @@ folder (a path that is absolute, or has an empty, ``.``, ``..`` or hidden part, 
 used, which is a notice), and every name is one Windows (SMB, NTFS) accepts: a character it refuses
 becomes ``_``, a name it reserves (``CON``, ``aux.png``, ``LPT9.tar.png``) gets a ``_`` after its
 reserved part, and one ending in dots or spaces has them turned into one ``_``; a name or class changed
-so is a notice. A name another file already has is the
-executor's matter (it gets a suffix when the file is placed).
+so is a notice. A name another file already has is the executor's matter (it gets a suffix when the
+file is placed).
 """
 
 from __future__ import annotations
