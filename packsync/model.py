@@ -315,6 +315,52 @@ class AstriaPackSummary(msgspec.Struct, frozen=True):
     classes: tuple[str, ...]
 
 
+#: How long Astria keeps a tune's generated images after its training ended, unless the account extends
+#: its storage (Astria's documented policy): a tune's images are gone from Astria after that.
+ASTRIA_TUNE_KEPT_S = 30 * 86400
+
+
+class AstriaTune(msgspec.Struct, frozen=True):
+    """An Astria tune (a fine-tuned model) as ``GET /tunes/{id}`` describes it: ``name`` is its class
+    (``woman``, ``dog``), ``trained_at`` when its training ended, in epoch seconds (None: not said)."""
+
+    tune_id: int
+    title: str
+    name: str
+    trained_at: float | None
+
+    @property
+    def expires_at(self) -> float | None:
+        """When Astria deletes the tune's generated images (``ASTRIA_TUNE_KEPT_S`` after its training)."""
+        return None if self.trained_at is None else self.trained_at + ASTRIA_TUNE_KEPT_S
+
+
+class TunePrompt(msgspec.Struct, frozen=True):
+    """One prompt of an Astria tune: ``images`` are the URLs it generated (none until it has run), in
+    order; ``text`` is what it asked for (None: not said); ``problems`` are its entries that are not
+    images, or its ``images`` that are not a list."""
+
+    prompt_id: int
+    text: str | None
+    images: tuple[str, ...]
+    problems: tuple[Problem, ...] = ()
+
+
+class TunePrompts(msgspec.Struct, frozen=True):
+    """A tune's prompts as the paged walk of ``GET /tunes/{id}/prompts`` read them, one per prompt id.
+    ``problems`` are entries that are not prompts (no usable id). ``complete`` False: the walk ended
+    before the last page, for the reason ``why``, so a prompt it did not see may still exist."""
+
+    prompts: tuple[TunePrompt, ...]
+    problems: tuple[Problem, ...] = ()
+    complete: bool = True
+    why: str | None = None
+
+    @property
+    def images(self) -> int:
+        return sum(len(prompt.images) for prompt in self.prompts)
+
+
 class PulledFile(msgspec.Struct, frozen=True):
     """A file ``packsync pull`` wrote into ``folder``, and the image it came from."""
 
@@ -324,3 +370,25 @@ class PulledFile(msgspec.Struct, frozen=True):
     image_id: str
     url: str
     sha256: str
+
+
+class ListedImage(msgspec.Struct, frozen=True):
+    """One image a pull downloads: ``parts`` name it below the pull's folder, without its extension
+    (``("woman", "12-3")``, ``("12-3",)``); ``detail`` is the source's text for its sidecar."""
+
+    url: str
+    parts: tuple[str, ...]
+    detail: str | None = None
+
+
+class Listed(msgspec.Struct, frozen=True):
+    """What ``packsync pull <label>`` of a remote source downloads: its images, and what it could not read
+    (``problems``; ``unreadable`` withholds every removal). ``scope``: the first parts this pull mirrors
+    (an Astria pack's ``--classes``), None: all."""
+
+    label: str
+    title: str
+    images: tuple[ListedImage, ...]
+    problems: tuple[Problem, ...] = ()
+    scope: frozenset[str] | None = None
+    unreadable: str | None = None
