@@ -170,6 +170,46 @@ def test_a_server_ignoring_offset_ends_the_walk_incomplete_and_deletes_nothing(s
     assert {found.cache[url].version.partition(":")[0] for url in found.cache} == {str(p) for p in ids}
 
 
+def test_a_prompt_added_during_the_walk_shows_one_prompt_twice_and_it_is_read_once(sb: Sandbox) -> None:
+    """Prompts come newest first: one added after page 1 pushes page 1's last onto page 2."""
+    tune = sb.astria.add_tune("Me")
+    ids = [sb.astria.add_prompt(tune, f"p{n}", images=[image(seed=400 + n)]) for n in range(25)]
+
+    def add_one(reply: Reply) -> Reply:
+        sb.astria.add_prompt(tune, "added during the walk", images=[image(seed=450)])
+        return reply
+
+    sb.rewrite(*PAGES, add_one, count=1)
+
+    async def walk() -> list[int]:
+        async with Transport() as transport:
+            walked = await AstriaClient(sb.astria_url, ASTRIA_TOKEN, transport).prompts(tune)
+            assert walked.complete and walked.problems == ()
+            return [p.prompt_id for p in walked.prompts]
+
+    assert sorted(asyncio.run(walk())) == ids and sb.calls[PAGES] == 2
+
+
+def test_downloads_wait_in_the_spool_and_are_opened_from_there(sb: Sandbox, tmp_path: Path) -> None:
+    tune = sb.astria.add_tune("Me")
+    data = [image(seed=460), image(width=900, height=900, seed=461)]
+    sb.astria.add_prompt(tune, "two", images=data)
+
+    async def run() -> list[bytes]:
+        async with Transport() as transport:
+            source = AstriaTuneSettings(astria_tune=tune).source(
+                AstriaClient(sb.astria_url, ASTRIA_TOKEN, transport), 50_000_000, tmp_path / "spool")
+            found = await source.scan({})
+            sb.reset_calls()
+            try:
+                return [await (await source.open(item)).read() for item in found.items]
+            finally:
+                source.close()
+
+    assert sorted(asyncio.run(run())) == sorted(data) and sb.calls[("GET", "astria-img")] == 0
+    assert not (tmp_path / "spool").exists()
+
+
 @pytest.mark.parametrize("change, where, why", [
     (lambda p: {**p, "images": [*p["images"][:1], "ftp://example.com/x.png"]}, "{id}-2", "not an http(s) address"),
     (lambda p: {**p, "images": "https://example.com/x.png"}, "prompt {id}", "its images are not a list"),
