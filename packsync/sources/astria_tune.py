@@ -86,7 +86,8 @@ class AstriaTuneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
         """What ``packsync pull astria-tune:<id>`` downloads: ``<prompt id>-<n>`` per image, its prompt's
         text as its description. Raises what reading the tune raises (``NotFound``: no such tune)."""
         reader: TuneReader = client
-        tune, walk = await asyncio.gather(reader.tune(self.astria_tune), reader.prompts(self.astria_tune))
+        tune = await reader.tune(self.astria_tune)  # (first: a tune that is not there has no pages to walk)
+        walk = await reader.prompts(self.astria_tune)
         chosen = _chosen(walk, self.prompts)
         problems = list(_problems(walk, self.prompts))
         if not walk.complete:
@@ -182,7 +183,8 @@ class AstriaTuneSource:
     async def _read(self) -> tuple[AstriaTune, TunePrompts]:
         """The tune and its prompts; what cannot be read makes the source unavailable (nothing deleted)."""
         try:
-            return await asyncio.gather(self.client.tune(self.tune_id), self.client.prompts(self.tune_id))
+            tune = await self.client.tune(self.tune_id)  # (first: a tune that is not there has no pages to walk)
+            return tune, await self.client.prompts(self.tune_id)
         except NotFound:
             raise SourceUnavailable(f"{self.label}: Astria has no tune {self.tune_id} the key can see") from None
         except AuthError:
