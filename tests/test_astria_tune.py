@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -396,3 +397,22 @@ def test_astria_tunes_never_prints_the_key_even_when_astria_echoes_it(env: Env) 
     assert json.loads(listed[1].stdout)["tunes"][0]["prompts"] is None
     assert "echo" in listed[0].stdout and str(tune) in listed[0].stdout
     assert refused.returncode != ExitCode.OK and "422" in refused.stderr
+
+
+# -- the settings: a mapping's keys --------------------------------------------------------------------
+
+def test_a_tune_s_mapping_keys_are_its_settings_fields_checked_as_they_are_decoded() -> None:
+    import msgspec
+
+    settings = msgspec.convert({"kind": "astria-tune", "astria_tune": 690200, "prompts": "headshot"},
+                               AstriaTuneSettings)
+
+    assert (settings.label, settings.id, settings.poll_s) == ("astria-tune:690200", 690200, 600.0)
+    assert (AstriaTuneSettings.name, AstriaTuneSettings.api, AstriaTuneSettings.id_key,
+            AstriaTuneSettings.described) == ("astria-tune", "astria", "astria_tune", True)
+    for bad, said in [({"astria_tune": 0}, "Expected `int` >= 1 - at `$.astria_tune`"),
+                      ({"astria_tune": 1, "prompts": ""}, "Expected `str` of length >= 1 - at `$.prompts`"),
+                      ({"astria_tune": 1, "astria_poll_s": 5}, "Expected `float` >= 10.0 - at `$.astria_poll_s`"),
+                      ({"astria_tune": 1, "classes": ["woman"]}, "Object contains unknown field `classes`")]:
+        with pytest.raises(msgspec.ValidationError, match=re.escape(said)):
+            msgspec.convert(bad, AstriaTuneSettings)
