@@ -139,7 +139,7 @@ def prompt_of(raw: Any, where: str) -> TunePrompt | Problem:
 
 
 class AstriaClient:
-    """Astria's packs, read with its own key through the process's ``transport``."""
+    """Astria's packs and tunes, read with its own key through the process's ``transport``."""
 
     def __init__(self, base_url: str, token: str, transport: Transport) -> None:
         self.transport = transport
