@@ -506,7 +506,8 @@ def packs(public: bool, as_json: bool) -> None:
 
 @main.group(epilog=_examples("packsync astria packs", "packsync pull astria:260 ~/astria/headshots"))
 def astria() -> None:
-    """Astria packs (read only): list them; mirror one with an astria_pack mapping, or pull it."""
+    """Astria packs and tunes (read only): list them; mirror one with an astria_pack or astria_tune mapping,
+    or pull it."""
 
 
 @_command(astria, name="packs", epilog=_examples("ASTRIA_API_KEY=sd_... packsync astria packs",
@@ -536,6 +537,34 @@ def astria_packs(gallery: bool, as_json: bool) -> None:
         write_json(astria_packs_document(summaries, details), sys.stdout)
     else:
         print_astria_packs(summaries, details, sys.stdout)
+
+
+@_command(astria, name="tunes", epilog=_examples("ASTRIA_API_KEY=sd_... packsync astria tunes",
+                                                  "packsync astria tunes --json"))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def astria_tunes(as_json: bool) -> None:
+    """List the key's Astria tunes: id, title, class, prompts, images, and when Astria deletes their images."""
+    import asyncio
+
+    from packsync.app import read_astria_token, transport_for
+    from packsync.remote.astria import AstriaClient
+    from packsync.views.json import astria_tunes_document, write_json
+    from packsync.views.text import print_astria_tunes
+
+    config = _config()
+    token = read_astria_token(config)
+
+    async def fetch() -> Any:
+        async with transport_for(config) as transport:
+            client = AstriaClient(config.astria.base_url, token, transport)
+            tunes = await client.tunes()
+            return tunes, await client.walks([tune.tune_id for tune in tunes])
+
+    tunes, walks = asyncio.run(fetch())
+    if as_json:
+        write_json(astria_tunes_document(tunes, walks), sys.stdout)
+    else:
+        print_astria_tunes(tunes, walks, sys.stdout)
 
 
 @_command(main, epilog=_examples("packsync sandbox --port 8765      # then base_url = \"http://127.0.0.1:8765/api/partner/v1\"",

@@ -43,6 +43,8 @@ class CachedFile(msgspec.Struct, frozen=True):
     sha256: str | None
     content_type: str | None
     problem: str | None
+    #: The source's own words about the item (an Astria prompt's text), shown with it; None: none.
+    detail: str | None = None
 
     def matches(self, version: str) -> bool:
         return self.version == version
@@ -311,6 +313,52 @@ class AstriaPackSummary(msgspec.Struct, frozen=True):
     pack_id: int
     title: str
     classes: tuple[str, ...]
+
+
+#: How long Astria keeps a tune's generated images after its training ended, unless the account extends
+#: its storage (Astria's documented policy): a tune's images are gone from Astria after that.
+ASTRIA_TUNE_KEPT_S = 30 * 86400
+
+
+class AstriaTune(msgspec.Struct, frozen=True):
+    """An Astria tune (a fine-tuned model) as ``GET /tunes/{id}`` describes it: ``name`` is its class
+    (``woman``, ``dog``), ``trained_at`` when its training ended, in epoch seconds (None: not said)."""
+
+    tune_id: int
+    title: str
+    name: str
+    trained_at: float | None
+
+    @property
+    def expires_at(self) -> float | None:
+        """When Astria deletes the tune's generated images (``ASTRIA_TUNE_KEPT_S`` after its training)."""
+        return None if self.trained_at is None else self.trained_at + ASTRIA_TUNE_KEPT_S
+
+
+class TunePrompt(msgspec.Struct, frozen=True):
+    """One prompt of an Astria tune: ``images`` are the URLs it generated (none until it has run), in
+    order; ``text`` is what it asked for (None: not said); ``problems`` are its entries that are not
+    images, or its ``images`` that are not a list."""
+
+    prompt_id: int
+    text: str | None
+    images: tuple[str, ...]
+    problems: tuple[Problem, ...] = ()
+
+
+class TunePrompts(msgspec.Struct, frozen=True):
+    """A tune's prompts as the paged walk of ``GET /tunes/{id}/prompts`` read them, one per prompt id.
+    ``problems`` are entries that are not prompts (no usable id). ``complete`` False: the walk ended
+    before the last page, for the reason ``why``, so a prompt it did not see may still exist."""
+
+    prompts: tuple[TunePrompt, ...]
+    problems: tuple[Problem, ...] = ()
+    complete: bool = True
+    why: str | None = None
+
+    @property
+    def images(self) -> int:
+        return sum(len(prompt.images) for prompt in self.prompts)
 
 
 class PulledFile(msgspec.Struct, frozen=True):

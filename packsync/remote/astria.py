@@ -1,4 +1,4 @@
-"""The Astria API client (read only): packs in, typed values or classified errors out.
+"""The Astria API client (read only): packs and tunes in, typed values or classified errors out.
 
 It owns Astria's base URL and key, its paths and the reading of its answers: plain JSON without an
 envelope, an error status becoming the error it is through ``refusal`` (``transport.py``). Its requests
@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from packsync.errors import NotFound, PermanentError, TransientError
 from packsync.logs import untrusted
-from packsync.model import AstriaImage, AstriaPack, AstriaPackSummary
+from packsync.model import AstriaImage, AstriaPack, AstriaPackSummary, AstriaTune, Problem, TunePrompt, TunePrompts
 from packsync.remote.answers import url_problem
 from packsync.remote.transport import Transport
 from packsync.remote.wire import Answer, Headers, Route, S, path_segment, refusal, retry_after_of
@@ -27,6 +28,15 @@ _AUTH = "the Astria API refused the key: it is invalid or revoked ({status})"
 GET_PACK = Route("GET", "astria /p/{id}", label="Astria GET /p/{id}")
 LIST_PACKS = Route("GET", "astria /packs", label="Astria GET /packs")
 LIST_GALLERY = Route("GET", "astria /gallery/packs", label="Astria GET /gallery/packs")
+LIST_TUNES = Route("GET", "astria /tunes", label="Astria GET /tunes")
+GET_TUNE = Route("GET", "astria /tunes/{id}", label="Astria GET /tunes/{id}")
+LIST_PROMPTS = Route("GET", "astria /tunes/{id}/prompts", label="Astria GET /tunes/{id}/prompts")
+GET_PROMPT = Route("GET", "astria /tunes/{id}/prompts/{id}", label="Astria GET /tunes/{id}/prompts/{id}")
+
+#: Prompts in a full page of ``GET /tunes/{id}/prompts`` (Astria's documented page size).
+PROMPTS_PER_PAGE = 20
+#: Pages of a tune's prompts read at most (100,000 prompts): a server that pages for ever ends the walk.
+MAX_PROMPT_PAGES = 5000
 
 
 def json_of(answer: Answer, route: Route) -> Any:
@@ -87,8 +97,49 @@ def pack_of(data: Any, pack_id: int) -> AstriaPack:
     return AstriaPack(pack_id, _title(data, pack_id), tuple(classes), tuple(images), tuple(problems))
 
 
+def _instant(value: object) -> float | None:
+    """An ISO-8601 time from Astria (``2026-05-01T10:00:00.000Z``) in epoch seconds; None if it is not one."""
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None
+
+
+def tune_of(data: Any, tune_id: int | None = None) -> AstriaTune | None:
+    """A tune's answer (one of ``GET /tunes``, or ``GET /tunes/{id}``'s), or None if it is not a tune."""
+    found = data.get("id") if isinstance(data, dict) else None
+    if not isinstance(found, int) or isinstance(found, bool) or (tune_id is not None and found != tune_id):
+        return None
+    title, name = data.get("title"), data.get("name")
+    return AstriaTune(found, untrusted(title, 120) if isinstance(title, str) and title.strip() else f"tune {found}",
+                      _shown(name) if isinstance(name, str) else "", _instant(data.get("trained_at")))
+
+
+def prompt_of(raw: Any, where: str) -> TunePrompt | Problem:
+    """One entry of a tune's prompts, checked: a prompt, or the problem of an entry that is not one
+    (``where`` names it). ``images`` absent, null or empty is a prompt not generated yet, no problem."""
+    prompt_id = _prompt_id(raw.get("id")) if isinstance(raw, dict) else None
+    if prompt_id is None:
+        return Problem(where, "not a prompt with an id")
+    text = raw.get("text")
+    urls = raw.get("images")
+    images: list[str] = []
+    problems: list[Problem] = []
+    if urls is not None and not isinstance(urls, list):
+        problems.append(Problem(f"prompt {prompt_id}", "its images are not a list"))
+    for index, url in enumerate(urls if isinstance(urls, list) else (), 1):
+        if problem := url_problem(url):
+            problems.append(Problem(f"{prompt_id}-{index}", problem))
+        else:
+            images.append(url)
+    return TunePrompt(prompt_id, text if isinstance(text, str) else None, tuple(images), tuple(problems))
+
+
 class AstriaClient:
-    """Astria's packs, read with its own key through the process's ``transport``."""
+    """Astria's packs and tunes, read with its own key through the process's ``transport``."""
 
     def __init__(self, base_url: str, token: str, transport: Transport) -> None:
         self.transport = transport
@@ -127,6 +178,69 @@ class AstriaClient:
                 return None
 
         return list(await asyncio.gather(*map(one, summaries)))
+
+    async def tunes(self) -> list[AstriaTune]:
+        """The key's tunes (in its workspace, when one is configured); an entry that is not a tune is left out."""
+        data = await self._get(LIST_TUNES, "/tunes")
+        if not isinstance(data, list):
+            raise PermanentError("Astria GET /tunes: the answer is not a list of tunes")
+        return [tune for raw in data if (tune := tune_of(raw)) is not None]
+
+    async def tune(self, tune_id: int) -> AstriaTune:
+        """One tune; ``NotFound`` when the key cannot see it."""
+        tune = tune_of(await self._get(GET_TUNE, f"/tunes/{path_segment(str(tune_id))}"), tune_id)
+        if tune is None:
+            raise PermanentError(f"Astria GET /tunes/{tune_id}: the answer is not that tune")
+        return tune
+
+    async def prompt(self, tune_id: int, prompt_id: int) -> TunePrompt | Problem:
+        """One prompt of a tune (``NotFound``: Astria has no such prompt, or the key cannot see it)."""
+        path = f"/tunes/{path_segment(str(tune_id))}/prompts/{path_segment(str(prompt_id))}"
+        return prompt_of(await self._get(GET_PROMPT, path), f"prompt {prompt_id}")
+
+    async def prompts(self, tune_id: int) -> TunePrompts:
+        """Every prompt of a tune, walking its pages by offset, each prompt once (by id).
+
+        The walk is complete when a page is short or empty. A server that ignores ``offset``, or pages for
+        ever, cannot make it loop: a full page that brings no new prompt, or ``MAX_PROMPT_PAGES`` pages,
+        end it incomplete, and say why (a prompt it did not see may still exist). Prompts are listed newest
+        first, so one added during the walk shows a prompt twice: ids are de-duplicated.
+        """
+        found: dict[int, TunePrompt] = {}
+        problems: list[Problem] = []
+        offset = 0
+        base = f"/tunes/{path_segment(str(tune_id))}/prompts"
+        for page_number in range(1, MAX_PROMPT_PAGES + 1):
+            page = await self._get(LIST_PROMPTS, f"{base}?offset={offset}")
+            if not isinstance(page, list):
+                raise PermanentError(f"Astria GET /tunes/{tune_id}/prompts: the answer is not a list of prompts")
+            new = 0
+            for number, raw in enumerate(page, 1):
+                entry = prompt_of(raw, f"prompt #{number} of page {page_number}")
+                if isinstance(entry, Problem):  # (not counted as new: a server repeating it cannot loop the walk)
+                    problems.append(entry)
+                elif entry.prompt_id not in found:
+                    found[entry.prompt_id] = entry
+                    new += 1
+            if len(page) < PROMPTS_PER_PAGE:
+                return TunePrompts(tuple(found.values()), tuple(problems))
+            if not new:
+                why = f"Astria answered offset {offset} with prompts it had listed already"
+                return TunePrompts(tuple(found.values()), tuple(problems), complete=False, why=why)
+            offset += len(page)
+        why = f"Astria listed more than {MAX_PROMPT_PAGES} pages of prompts; the rest were not read"
+        return TunePrompts(tuple(found.values()), tuple(problems), complete=False, why=why)
+
+    async def walks(self, tune_ids: list[int]) -> list[TunePrompts | None]:
+        """Each tune's prompts (None for a tune whose prompts cannot be read now), walked concurrently."""
+
+        async def one(tune_id: int) -> TunePrompts | None:
+            try:
+                return await self.prompts(tune_id)
+            except (NotFound, PermanentError, TransientError):
+                return None
+
+        return list(await asyncio.gather(*map(one, tune_ids)))
 
     async def download(self, url: str, max_bytes: int, sink: Callable[[], S]) -> S:
         """An image's bytes, without the key (image URLs are public storage)."""

@@ -9,7 +9,7 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
-from packsync.model import AstriaPack, AstriaPackSummary, Metadata, PackSummary
+from packsync.model import AstriaPack, AstriaPackSummary, AstriaTune, Metadata, PackSummary, TunePrompts
 from packsync.views.closing import exit_reason, failed_deletes, failures, mapping_counts, run_counts
 from packsync.views.status import DaemonStatus, FileStatus, MappingStatus, SiteMappingStatus, SiteStatus, Status
 
@@ -102,6 +102,15 @@ def astria_packs_document(packs: list[AstriaPackSummary], details: list[AstriaPa
                        "classes": list(detail.classes if detail else pack.classes),
                        "images": len(detail.images) if detail else None} for pack, detail in zip(packs, details,
                                                                                                   strict=True)]}
+
+
+def astria_tunes_document(tunes: list[AstriaTune], walks: list[TunePrompts | None]) -> dict[str, Any]:
+    """``astria tunes --json``: ``prompts`` and ``images`` null when the prompts cannot be read now;
+    ``complete`` false when the walk ended early (there are more); ``expires_at``: when Astria deletes them."""
+    return {"tunes": [{"id": tune.tune_id, "title": tune.title, "class": tune.name,
+                       "prompts": len(walk.prompts) if walk else None, "images": walk.images if walk else None,
+                       "complete": walk.complete if walk else None, "expires_at": when(tune.expires_at)}
+                      for tune, walk in zip(tunes, walks, strict=True)]}
 
 
 def run_document(report: SyncReport) -> dict[str, Any]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TextIO
 
-from packsync.model import AstriaPack, AstriaPackSummary, PackSummary, Problem
+from packsync.model import AstriaPack, AstriaPackSummary, AstriaTune, PackSummary, Problem, TunePrompts
 from packsync.recipe import describe
 from packsync.views.clock import local_time
 from packsync.views.closing import (
@@ -341,6 +342,21 @@ def print_astria_packs(packs: list[AstriaPackSummary], details: list[AstriaPack 
         classes = ",".join(printable(c) for c in (detail.classes if detail else pack.classes))
         out.write(f"{pack.pack_id:>8}  {title:<{width}}  {classes:<20}  "
                   f"{len(detail.images) if detail else '?'}\n")
+
+
+def print_astria_tunes(tunes: list[AstriaTune], walks: list[TunePrompts | None], out: TextIO) -> None:
+    """One line per tune; its prompts and images as counted by walking them ("?": not readable now, a "+":
+    the walk ended early, so there are more)."""
+    titles = [printable(t.title) for t in tunes]
+    width = max(map(len, titles), default=5)
+    out.write(f"{'id':>8}  {'title':<{width}}  {'class':<10}  {'prompts':>7}  {'images':>6}  deleted by Astria on\n")
+    for tune, title, walk in zip(tunes, titles, walks, strict=True):
+        more = "" if walk is None or walk.complete else "+"
+        prompts, images = (f"{len(walk.prompts)}{more}", f"{walk.images}{more}") if walk else ("?", "?")
+        expires = tune.expires_at
+        day = datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%d") if expires is not None else "?"
+        out.write(f"{tune.tune_id:>8}  {title:<{width}}  {printable(tune.name):<10}  {prompts:>7}  {images:>6}  "
+                  f"{day}\n")
 
 
 def print_search(hits: list[SearchHit], total: int, out: TextIO) -> None:
