@@ -43,6 +43,8 @@ class CachedFile(msgspec.Struct, frozen=True):
     sha256: str | None
     content_type: str | None
     problem: str | None
+    #: The source's own words about the item (an Astria prompt's text), shown with it; None: none.
+    detail: str | None = None
 
     def matches(self, version: str) -> bool:
         return self.version == version
