@@ -74,7 +74,8 @@ def upgraded(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any
     """``every_row`` of a schema-6 file as it reads once upgraded to this schema."""
     return {**rows, "meta": sorted([("app", "packsync"), ("schema", str(SCHEMA_VERSION))], key=repr),
             "files": sorted(map(version_row, rows["files"]), key=repr),
-            **({"mappings": [(*row, None, None, None) for row in rows["mappings"]]} if "mappings" in rows else {}),  # (9, 11)
+            # (9: withheld_count, paused; 11: expires_at)
+            **({"mappings": [(*row, None, None, None) for row in rows["mappings"]]} if "mappings" in rows else {}),
             **({"images": [(*row, "") for row in rows["images"]]} if "images" in rows else {}),  # (8: as they were)
             **({"blobs": [(*row, "") for row in rows["blobs"]]} if "blobs" in rows else {})}  # (10: unnamed)
 
@@ -105,8 +106,9 @@ FILE_TEXT_10 = [
 ADDED_BY = {
     11: ["DROP TRIGGER file_text_insert", "DROP TRIGGER file_text_delete", "DROP TRIGGER file_text_update",
          "DROP TABLE file_text", "ALTER TABLE files DROP COLUMN detail", "ALTER TABLE mappings DROP COLUMN expires_at",
-         *FILE_TEXT_10, "INSERT INTO file_text(rowid, folders) SELECT rowid, rtrim(rel_path, replace(rel_path, '/', '')) "
-         "FROM files WHERE substr(root, 1, 7) <> 'astria:' AND instr(rel_path, '/') > 0"],
+         *FILE_TEXT_10, "INSERT INTO file_text(rowid, folders) SELECT rowid, "
+         "rtrim(rel_path, replace(rel_path, '/', '')) FROM files WHERE substr(root, 1, 7) <> 'astria:' "
+         "AND instr(rel_path, '/') > 0"],
     10: ["DROP TABLE failed",
          "ALTER TABLE blobs RENAME TO blobs_10", "DROP INDEX ix_blobs_url",
          "CREATE TABLE blobs (sha256 VARCHAR NOT NULL PRIMARY KEY, content_type VARCHAR NOT NULL, url VARCHAR, "
