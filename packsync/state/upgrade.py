@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Table, select
+from sqlalchemy import Connection, Table, select
 
 from packsync.errors import StateError
 from packsync.state import search
@@ -184,14 +184,52 @@ def read_as_current(unit: UnitOfWork, version: int | None, tables: set[str]) -> 
         if "files" in tables and "version" not in columns:  # (the views keep the rowid: search)
             unit.execute(f"CREATE TEMP VIEW files AS SELECT rowid AS rowid, {_FILES_BEFORE_7} FROM main.files")
         elif "files" in tables and "detail" not in columns:
-            added = ", ".join(f"NULL AS {column.split()[0]}" for column in _FILE_COLUMNS_11)
-            unit.execute(f"CREATE TEMP VIEW files AS SELECT rowid AS rowid, *, {added} FROM main.files")
+            nulls = ", ".join(f"NULL AS {column.split()[0]}" for column in _FILE_COLUMNS_11)
+            unit.execute(f"CREATE TEMP VIEW files AS SELECT rowid AS rowid, *, {nulls} FROM main.files")
         if version is not None and version < 11 and "mappings" in tables:
             missing = (*(_MAPPING_COLUMNS_5 if version < 5 else ()), *(_MAPPING_COLUMNS_9 if version < 9 else ()),
                        *_MAPPING_COLUMNS_11)
             since = ("NULL AS source_name, " if version < 3 else "") + ", ".join(
                 f"NULL AS {column.split()[0]}" for column in missing)
             unit.execute(f"CREATE TEMP VIEW mappings AS SELECT *, {since} FROM main.mappings")
+
+
+#: The columns a shared state of schema 10 (the first a shared state had) lacks, by table.
+_SHARED_COLUMNS_11 = {"files": _FILE_COLUMNS_11, "mappings": _MAPPING_COLUMNS_11}
+
+
+def _on_postgres(column: str) -> str:
+    """A column as SQLite's files spell it (``expires_at FLOAT``), as PostgreSQL's tables have it."""
+    return column.replace(" FLOAT", " DOUBLE PRECISION")
+
+
+def _add_shared_columns(unit: UnitOfWork, have: set[str]) -> None:
+    """The columns schema 11 added, in a shared state of schema 10 (the first schema a shared state had)."""
+    for name, columns in _SHARED_COLUMNS_11.items():
+        for column in columns if name in have else ():
+            unit.execute(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {_on_postgres(column)}")
+
+
+def read_shared_as_current(unit: UnitOfWork) -> None:
+    """Let a reader read a shared state of an older schema as if it were upgraded, writing nothing to it: the
+    columns added since come through temporary views of the connection's own (made again on every
+    connection made after the server was lost)."""
+    rows = unit.rows(select(table(MetaRow).c.value).where(table(MetaRow).c.key == "schema"))
+    schema = str(rows[0][0]) if rows else str(SCHEMA_VERSION)
+    if not (schema.isascii() and schema.isdigit()) or int(schema) >= 11:
+        return
+    views = [f"CREATE TEMP VIEW {name} AS SELECT *, "
+             + ", ".join(f"NULL::{_on_postgres(column).split(maxsplit=1)[1]} AS {column.split()[0]}"
+                         for column in columns) + f" FROM public.{name}"
+             for name, columns in _SHARED_COLUMNS_11.items()]
+
+    def made(connection: Connection) -> None:
+        for view in views:
+            connection.exec_driver_sql(view)
+
+    with unit.guarded():
+        made(unit.connection)
+    unit.on_connect.append(made)
 
 
 def set_up_shared(unit: UnitOfWork, where: str) -> None:
@@ -214,8 +252,10 @@ def set_up_shared(unit: UnitOfWork, where: str) -> None:
             if schema.isascii() and schema.isdigit() and int(schema) > SCHEMA_VERSION:
                 raise StateError(f"the shared state {where} was written by a newer packsync (schema {schema}); "
                                  "upgrade packsync on this machine to use it.")
-            if have >= shared.keys() and pg_search.exists(unit):
+            if have >= shared.keys() and pg_search.exists(unit) and schema == str(SCHEMA_VERSION):
                 return
+            if schema.isascii() and schema.isdigit() and int(schema) < 11:  # schema 10 → 11
+                _add_shared_columns(unit, have)
         elif have:  # (packsync makes its schema in one transaction: tables without its meta are not its own)
             raise StateError(f"the database {where} holds other tables ({', '.join(sorted(have)[:3])}…); give "
                              "packsync a database of its own.")
