@@ -230,9 +230,10 @@ def expiring(record: MappingRecord | None, counts: dict[str, int], now: float) -
         return None
     day = time.strftime("%Y-%m-%d", time.localtime(expires_at))
     if now < expires_at:
-        return f"its source deletes these images on {day} unless its storage is extended; {missing} are not " \
-               "mirrored yet"
-    return f"its source deleted these images on {day} unless their storage was extended; {missing} were not mirrored"
+        return (f"its source deletes these images on {day} unless its storage is extended; {missing} "
+                f"{'is' if missing == 1 else 'are'} not mirrored yet")
+    return (f"its source deleted these images on {day} unless their storage was extended; {missing} "
+            f"{'was' if missing == 1 else 'were'} not mirrored")
 
 
 def read_status(config: Config, state: State, *, files: bool = False, problems: bool = False,
