@@ -54,9 +54,9 @@ def every_row(path: Path) -> dict[str, list[tuple[object, ...]]]:
 
 
 def stat_key_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A file cache row of schema 7 as schema 6 kept it: a folder's stat key in four columns, zeros for
-    an Astria image (whose version is its URL)."""
-    root, rel_path, version, size, *verdict = row
+    """A file cache row of schema 11 as schema 6 kept it: a folder's stat key in four columns, zeros for
+    an Astria image (whose version is its URL), no detail."""
+    root, rel_path, version, size, *verdict, _detail = row
     parts = version.split(":")
     dev, inode, _size, mtime_ns = map(int, parts) if len(parts) == 4 and all(p.isdigit() for p in parts) \
         else (0, 0, size, 0)
@@ -67,14 +67,15 @@ def version_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """A file cache row of schema 6 as schema 7 keeps it (the upgrade's conversion, said again)."""
     root, rel_path, dev, inode, size, mtime_ns, *verdict = row
     version = rel_path if (dev, inode, mtime_ns) == (0, 0, 0) else f"{dev}:{inode}:{size}:{mtime_ns}"
-    return (root, rel_path, version, size, *verdict)
+    return (root, rel_path, version, size, *verdict, None)  # (11: no detail)
 
 
 def upgraded(rows: dict[str, list[tuple[Any, ...]]]) -> dict[str, list[tuple[Any, ...]]]:
     """``every_row`` of a schema-6 file as it reads once upgraded to this schema."""
     return {**rows, "meta": sorted([("app", "packsync"), ("schema", str(SCHEMA_VERSION))], key=repr),
             "files": sorted(map(version_row, rows["files"]), key=repr),
-            **({"mappings": [(*row, None, None) for row in rows["mappings"]]} if "mappings" in rows else {}),  # (9)
+            # (9: withheld_count, paused; 11: expires_at)
+            **({"mappings": [(*row, None, None, None) for row in rows["mappings"]]} if "mappings" in rows else {}),
             **({"images": [(*row, "") for row in rows["images"]]} if "images" in rows else {}),  # (8: as they were)
             **({"blobs": [(*row, "") for row in rows["blobs"]]} if "blobs" in rows else {})}  # (10: unnamed)
 
@@ -90,8 +91,24 @@ def schema_6_ddl() -> list[str]:
     return [*tables, index, *(s for s in statements if s.startswith(("CREATE INDEX", "CREATE TRIGGER")))]
 
 
+#: Schema 10's index of the folders inside a mapped folder (folders alone; an Astria pack's label spelt out).
+FILE_TEXT_10 = [
+    "CREATE VIRTUAL TABLE file_text USING fts5(folders)",
+    "CREATE TRIGGER file_text_insert AFTER INSERT ON files BEGIN INSERT INTO file_text(rowid, folders) SELECT "
+    "new.rowid, rtrim(new.rel_path, replace(new.rel_path, '/', '')) WHERE substr(new.root, 1, 7) <> 'astria:' "
+    "AND instr(new.rel_path, '/') > 0; END",
+    "CREATE TRIGGER file_text_delete AFTER DELETE ON files BEGIN DELETE FROM file_text WHERE rowid = old.rowid; END",
+    "CREATE TRIGGER file_text_update AFTER UPDATE OF root, rel_path ON files BEGIN DELETE FROM file_text WHERE "
+    "rowid = old.rowid; INSERT INTO file_text(rowid, folders) SELECT new.rowid, rtrim(new.rel_path, "
+    "replace(new.rel_path, '/', '')) WHERE substr(new.root, 1, 7) <> 'astria:' AND instr(new.rel_path, '/') > 0; END",
+]
 #: What each schema added, undone to take a file back to the one before (schema 7 and older: a schema-6 one).
 ADDED_BY = {
+    11: ["DROP TRIGGER file_text_insert", "DROP TRIGGER file_text_delete", "DROP TRIGGER file_text_update",
+         "DROP TABLE file_text", "ALTER TABLE files DROP COLUMN detail", "ALTER TABLE mappings DROP COLUMN expires_at",
+         *FILE_TEXT_10, "INSERT INTO file_text(rowid, folders) SELECT rowid, "
+         "rtrim(rel_path, replace(rel_path, '/', '')) FROM files WHERE substr(root, 1, 7) <> 'astria:' "
+         "AND instr(rel_path, '/') > 0"],
     10: ["DROP TABLE failed",
          "ALTER TABLE blobs RENAME TO blobs_10", "DROP INDEX ix_blobs_url",
          "CREATE TABLE blobs (sha256 VARCHAR NOT NULL PRIMARY KEY, content_type VARCHAR NOT NULL, url VARCHAR, "
@@ -213,6 +230,8 @@ def test_a_state_of_every_earlier_schema_upgrades_keeping_its_rows_and_uploads_n
             if table in ("files", "problems", "blobs", "url_contents", "pulled")}
     if version < 7:  # (schema 7 keeps a file's version token as this one does)
         kept["files"] = upgraded(kept)["files"]
+    elif version < 11:  # (an item cached before schema 11 has no detail)
+        kept["files"] = [(*row, None) for row in kept["files"]]
     if version < 10:  # (an upload made before schema 10 has no name)
         kept["blobs"] = upgraded(kept)["blobs"]
     images = state_rows(env.state_path, "SELECT pack_id, image_id, sha256, url, file_name, meta_status, description, "

@@ -553,6 +553,7 @@ class RecordSync(Action, frozen=True):
     #: The files a sync of changed paths tried (None: every file; empty: none, the mapping stopped before its
     #: plan): the failed adds on record of these alone are replaced by this sync's.
     tried: frozenset[str] | None = None
+    expires_at: float | None = None  # when the source deletes its items; None: not read (the last is kept)
 
     async def apply(self, run: Run) -> None:
         now = time.time()
@@ -565,6 +566,7 @@ class RecordSync(Action, frozen=True):
                                 withheld=json.dumps(list(self.withheld)) if self.withheld else None,
                                 withheld_count=self.withheld_count if self.safety else None,
                                 **({"source_name": self.source_name} if self.source_name else {}),
+                                **({"expires_at": self.expires_at} if self.expires_at is not None else {}),
                                 **({} if error else {"ok_at": now}))
 
 

@@ -368,7 +368,8 @@ class Syncer:
         plan.actions.append(RecordSync(report.label, report.error, report.safety,
                                        tuple(d.name or d.image_id for d in withheld[:WITHHELD_SHOWN]),
                                        source.name if source else None, plan.weighed if withheld else 0,
-                                       report.changed if report.plan is not None else frozenset()))
+                                       report.changed if report.plan is not None else frozenset(),
+                                       expires_at=source.expires_at if source else None))
         return plan
 
     async def metadata_round(self, pack_ids: Collection[str]) -> None:

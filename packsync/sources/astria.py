@@ -47,6 +47,7 @@ class AstriaSource:
     """One Astria pack (``classes`` of it, or all), mirrored (the ``Source`` interface)."""
 
     kind: str = "astria"
+    expires_at: float | None = None
     gone = False
     unavailable: str | None = None  # a pack that cannot be read is a scan's SourceUnavailable
 

@@ -30,6 +30,9 @@ class Source(Protocol):
     gone: bool
     #: Why the source can be told neither present nor gone (an unmounted disk): a missing source.
     unavailable: str | None
+    #: When the source itself deletes its items (epoch seconds: an Astria tune's images, 30 days after its
+    #: training); None: never, or not known.
+    expires_at: float | None
 
     def exists(self) -> bool:
         """Whether the source is there at all (a folder on an unmounted disk is not)."""

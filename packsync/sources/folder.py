@@ -147,6 +147,7 @@ class FolderSource:
     """A mapped folder, mirrored recursively (the ``Source`` interface)."""
 
     kind: str = "folder"
+    expires_at: float | None = None
     gone = False
     unavailable: str | None = None  # a folder that is not there is told by ``exists``
 
@@ -188,6 +189,7 @@ class GoneFolder:
     so that its pack is handled as an emptied folder's (a safety stop unless ``--force``)."""
 
     kind: str = "folder"
+    expires_at: float | None = None
     gone = True
 
     def __init__(self, label: str, unavailable: str | None = None) -> None:

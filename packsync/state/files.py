@@ -47,7 +47,7 @@ _SAVE_SETTLED = Bulk(upsert(SETTLED), "root", "fingerprint")
 _UNSETTLE = Bulk(delete(SETTLED).where(SETTLED.c.root == bindparam("root")), "root")
 #: A file cache row as read: its key, then ``CachedFile``'s fields in order.
 _CACHE_COLUMNS = (FILES.c.rel_path, FILES.c.version, FILES.c.size, FILES.c.sha256, FILES.c.content_type,
-                  FILES.c.problem)
+                  FILES.c.problem, FILES.c.detail)
 
 
 def _at_or_below(column: ColumnElement[str], path: str) -> ColumnElement[bool]:
@@ -81,8 +81,8 @@ class FileRepository:
         source = self.unit.key(source)
         c = FILES.c
         rows = self.unit.stream(select(*_CACHE_COLUMNS).where(c.root == source))
-        return {rel: CachedFile(version, size, sha256, kind, problem)
-                for rel, version, size, sha256, kind, problem in rows}
+        return {rel: CachedFile(version, size, sha256, kind, problem, detail)
+                for rel, version, size, sha256, kind, problem, detail in rows}
 
     def cache_for(self, source: str, paths: Collection[str]) -> dict[str, CachedFile]:
         """What the last scan of ``source`` saw at these paths and below them (a path may be a folder)."""
@@ -169,6 +169,22 @@ class FileRepository:
         rows = self.unit.rows(select(c.rel_path, c.sha256).where(c.root == source, ~self._problem(c.root, c.rel_path))
                               .order_by(c.rel_path).limit(limit))
         return [(rel, sha) for rel, sha in rows]
+
+    def details(self, source: str, keys: Collection[str]) -> dict[str, str]:
+        """The source's own words about these items of ``source`` (``CachedFile.detail``), by key; items
+        without any are left out."""
+        source = self.unit.key(source)
+        c = FILES.c
+        return {rel: detail for batch in batches(keys) for rel, detail in self.unit.rows(
+            select(c.rel_path, c.detail).where(c.root == source, c.rel_path.in_(batch), c.detail.is_not(None)))}
+
+    def detail_of(self, source: str, sha256: str) -> str | None:
+        """The source's own words about its first item (by key) holding content ``sha256``, if it has any."""
+        source = self.unit.key(source)
+        c = FILES.c
+        rows = self.unit.rows(select(c.detail).where(c.root == source, c.sha256 == sha256, c.problem.is_(None),
+                                                     c.detail.is_not(None)).order_by(c.rel_path).limit(1))
+        return str(rows[0][0]) if rows else None
 
     def paths_of(self, source: str, sha256: str) -> list[str]:
         """The items of ``source`` whose content is ``sha256`` (its files that hold it), by key."""

@@ -9,10 +9,11 @@ words) make lexemes of it. ``packsync_search_words`` says that once, in the data
 rows searched and the words asked are cut by the same function. A word asked matches a word's start,
 and a word that is several (``beach_day``) matches them in that order, as FTS5's ``"beach day"*``.
 
-The index is two GIN expression indexes, kept by PostgreSQL as rows change (no trigger, no copy of the
-text): on the images' own text (``file_name``, ``description``, ``keywords``) and on the folders of the
-files in a mapped folder (``sub/deeper`` of ``sub/deeper/landscape.png``; an Astria source's items are
-keyed by URLs, and its root, unlike a folder's, holds no "/"). A mapping's names (its folder's own name,
+The index is three GIN expression indexes, kept by PostgreSQL as rows change (no trigger, no copy of the
+text): on the images' own text (``file_name``, ``description``, ``keywords``), on the folders of the
+files in a mapped folder (``sub/deeper`` of ``sub/deeper/landscape.png``; a remote source's items are
+keyed by URLs, and its root, unlike a folder's, holds no "/"), and on the source's own words about an
+item (``files.detail``: an Astria prompt's text). A mapping's names (its folder's own name,
 its pack's, its source's) are few and cut at query time. The expressions are immutable SQL functions of
 the state's schema, so that an index can hold them; each names what it calls with its schema, so that
 they read the same under any ``search_path`` (a restore, autovacuum).
@@ -79,6 +80,9 @@ INDEXES = {
                           "(packsync_image_text(file_name, description, keywords))",
     "files_search_folders": "CREATE INDEX IF NOT EXISTS files_search_folders ON files USING gin "
                             f"(packsync_folder_text(rel_path)) WHERE {_IN_A_FOLDER.format(f='')}",
+    # (schema 11) the source's own words about its items: an Astria prompt's text
+    "files_search_detail": "CREATE INDEX IF NOT EXISTS files_search_detail ON files USING gin "
+                           "(packsync_search_text(detail)) WHERE detail IS NOT NULL",
 }
 #: The installation of ``unaccent`` where the server allows it (its refusal caught inside: a failed
 #: statement would break the caller's transaction).
@@ -106,7 +110,7 @@ def exists(unit: UnitOfWork) -> bool:
     if _missing_functions(unit):
         return False
     found = unit.rows(text("SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() "
-                           "AND indexname IN ('images_search_text', 'files_search_folders')"))
+                           "AND indexname = ANY(:names)"), {"names": list(INDEXES)})
     return int(found[0][0]) == len(INDEXES)
 
 
@@ -174,6 +178,9 @@ def _matching(terms: Sequence[str]) -> tuple[str, dict[str, Any]]:
             f"UNION SELECT i.pack_id, i.image_id FROM files f JOIN images i ON i.owner = f.root "
             f"AND i.sha256 = f.sha256 WHERE {_IN_A_FOLDER.format(f='f.')} AND f.problem IS NULL "
             f"AND packsync_folder_text(f.rel_path) @@ {query} "
+            f"UNION SELECT i.pack_id, i.image_id FROM files f JOIN images i ON i.owner = f.root "
+            f"AND i.sha256 = f.sha256 WHERE f.detail IS NOT NULL AND f.problem IS NULL "
+            f"AND packsync_search_text(f.detail) @@ {query} "
             f"UNION SELECT i.pack_id, i.image_id FROM named{n} m JOIN images i ON i.owner = m.root "
             f"UNION SELECT i.pack_id, i.image_id FROM named{n} m JOIN images i ON i.pack_id = m.pack_id")
     matched = " INTERSECT ".join(f"({part})" for part in each)

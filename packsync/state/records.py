@@ -25,7 +25,8 @@ class MappingRecord(msgspec.Struct, frozen=True):
     """What the state remembers of a mapping: ``source_name`` is what its source calls itself (an Astria
     pack's title); ``ok_at`` when a sync last ended without error; ``safety`` the safety stop holding
     its deletes back, if any, ``withheld`` what ``--force`` would delete (JSON: a list of names, the first
-    of ``withheld_count``); ``paused`` when a person paused its syncing."""
+    of ``withheld_count``); ``paused`` when a person paused its syncing; ``expires_at`` when its source
+    itself deletes its items (an Astria tune's images), as its last scan that read it said."""
 
     root: str
     pack_id: str | None = None
@@ -38,6 +39,7 @@ class MappingRecord(msgspec.Struct, frozen=True):
     withheld: str | None = None
     withheld_count: int | None = None
     paused: float | None = None
+    expires_at: float | None = None
 
     @property
     def withheld_names(self) -> list[str]:

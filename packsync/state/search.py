@@ -9,8 +9,10 @@ functions. It writes no row of ``images``.
 
 ``file_text`` indexes the folders inside a mapped folder that hold its files (``sub/deeper`` of the file
 ``sub/deeper/landscape.png``: the part of ``files.rel_path`` before the file's name, which ``image_text``
-has) the same way, kept by triggers on ``files``: a word matches an image that a file of its owner holds
-in such a folder, as the file is now. An Astria source's items (keyed by their URLs) have no folders.
+has) and the source's own words about an item (``files.detail``: an Astria prompt's text) the same way,
+kept by triggers on ``files``: a word matches an image that an item of its owner holds in such a folder,
+or that its source describes so, as the item is now. A remote source's items (keyed by their URLs) have
+no folders.
 
 A word also matches every image of a mapping whose folder's name, pack name or source name holds it:
 those few names are indexed at query time, in ``mapping_text``, an FTS5 table of the connection's own
@@ -41,22 +43,33 @@ IMAGE_TEXT = [
     "INSERT INTO image_text(rowid, file_name, description, keywords) VALUES (new.rowid, new.file_name, "
     "new.description, new.keywords); END",
 ]
-#: The folders of a file cache's row on ``row``, as words (``sub/deeper/`` of ``sub/deeper/x.png``), and
-#: whether it has any: a file of a folder's, in a folder inside it (an Astria item's key is its URL).
-_FOLDERS = "rtrim({row}.rel_path, replace({row}.rel_path, '/', ''))"
-_IN_A_FOLDER = "substr({row}.root, 1, 7) <> 'astria:' AND instr({row}.rel_path, '/') > 0"
-_ADD = ("INSERT INTO file_text(rowid, folders) SELECT {row}.rowid, " + _FOLDERS + " WHERE " + _IN_A_FOLDER + ";")
+#: The folders of a file cache's row on ``row``, as words (``sub/deeper/`` of ``sub/deeper/x.png``), when it is
+#: a file of a folder's in a folder inside it ('' otherwise: a remote source's item key is its URL). A folder's
+#: label is absolute and a SQLite state's keys are never qualified by a site, so a root starting with "/" is
+#: a folder whatever kinds of remote sources there are.
+_IN_A_FOLDER = "substr({row}.root, 1, 1) = '/' AND instr({row}.rel_path, '/') > 0"
+_FOLDERS = ("CASE WHEN " + _IN_A_FOLDER + " THEN rtrim({row}.rel_path, replace({row}.rel_path, '/', '')) "
+            "ELSE '' END")
+#: A row worth indexing: one with folders, or with the source's own words about it (``files.detail``).
+_INDEXED = "(" + _IN_A_FOLDER + " OR {row}.detail IS NOT NULL)"
+_ADD = ("INSERT INTO file_text(rowid, folders, detail) SELECT {row}.rowid, " + _FOLDERS + ", {row}.detail WHERE "
+        + _INDEXED + ";")
 FILE_TEXT = [
-    "CREATE VIRTUAL TABLE file_text USING fts5(folders)",
+    "CREATE VIRTUAL TABLE file_text USING fts5(folders, detail)",
     "CREATE TRIGGER file_text_insert AFTER INSERT ON files BEGIN " + _ADD.format(row="new") + " END",
     "CREATE TRIGGER file_text_delete AFTER DELETE ON files BEGIN DELETE FROM file_text WHERE rowid = old.rowid; END",
-    # (an upsert writes neither key column: only a file's move to another root or path is seen here)
-    "CREATE TRIGGER file_text_update AFTER UPDATE OF root, rel_path ON files BEGIN "
+    # (an upsert writes every column: only a file's move, or new words about it, changes what is indexed)
+    "CREATE TRIGGER file_text_update AFTER UPDATE OF root, rel_path, detail ON files WHEN old.root IS NOT new.root "
+    "OR old.rel_path IS NOT new.rel_path OR old.detail IS NOT new.detail BEGIN "
     "DELETE FROM file_text WHERE rowid = old.rowid; " + _ADD.format(row="new") + " END",
 ]
-#: The folders of every file recorded, into the index ``{table}``.
-_FILL_FILE_TEXT = ("INSERT INTO {table}(rowid, folders) SELECT f.rowid, " + _FOLDERS.format(row="f")
-                   + " FROM files f WHERE " + _IN_A_FOLDER.format(row="f"))
+#: The triggers and the index of schema 10 (folders alone, by the spelling of an Astria pack's label), which an
+#: upgrade drops before ``create`` makes them anew.
+FILE_TEXT_BEFORE_11 = ["DROP TRIGGER IF EXISTS file_text_insert", "DROP TRIGGER IF EXISTS file_text_delete",
+                       "DROP TRIGGER IF EXISTS file_text_update", "DROP TABLE IF EXISTS file_text"]
+#: The folders and words of every file recorded, into the index ``{table}``.
+_FILL_FILE_TEXT = ("INSERT INTO {table}(rowid, folders, detail) SELECT f.rowid, " + _FOLDERS.format(row="f")
+                   + ", f.detail FROM files f WHERE " + _INDEXED.format(row="f"))
 #: Each index, what makes it, and what fills it with the rows recorded before it.
 INDEXES = {
     "image_text": (IMAGE_TEXT, "INSERT INTO image_text(image_text) VALUES ('rebuild')"),
@@ -107,7 +120,7 @@ def ensure_readable(unit: UnitOfWork) -> None:
         unit.execute("INSERT INTO temp.image_text(rowid, file_name, description, keywords) "
                      "SELECT rowid, file_name, description, keywords FROM images")
     if "file_text" not in have:
-        unit.execute("CREATE VIRTUAL TABLE temp.file_text USING fts5(folders)")
+        unit.execute("CREATE VIRTUAL TABLE temp.file_text USING fts5(folders, detail)")
         unit.execute(_FILL_FILE_TEXT.format(table="temp.file_text"))
 
 

@@ -208,6 +208,8 @@ def _open_shared(path: Path, shared: SharedState, *, readonly: bool, holds_lock:
             return unit
         if not readonly:
             upgrade.set_up_shared(unit, place)
+        else:
+            upgrade.read_shared_as_current(unit)
         unit.daemon_id = sites.register(unit, readonly=readonly)
     except BaseException:
         unit.close()

@@ -17,7 +17,7 @@ from sqlalchemy import BigInteger, Index, Integer, Table, text
 from sqlmodel import Field, SQLModel
 
 #: The version of the schema below; a file of a newer one is refused, an older one upgraded.
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 #: What ``meta``'s ``app`` row says in a state file of packsync's.
 APP_ID = "packsync"
 #: An image whose AI metadata is still to come (``model.METADATA_SETTLED`` are the others), as SQL with
@@ -48,6 +48,7 @@ class FileRow(SQLModel, table=True):
     sha256: str | None
     content_type: str | None
     problem: str | None
+    detail: str | None  # the source's own words about the item (an Astria prompt's text)
 
 
 class ProblemRow(SQLModel, table=True):
@@ -170,6 +171,7 @@ class MappingRow(SQLModel, table=True):
     withheld: str | None  # JSON: the names --force would delete
     withheld_count: int | None  # how many deletes the safety stop withholds (what ``allow-deletes`` approves)
     paused: float | None  # when a person paused its syncing (``packsync pause``); None: not paused
+    expires_at: float | None  # when the source itself deletes its items (its last scan's word); None: never known
 
 
 class ActivityRow(SQLModel, table=True):

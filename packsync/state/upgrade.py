@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Table, select
+from sqlalchemy import Connection, Table, select
 
 from packsync.errors import StateError
 from packsync.state import search
@@ -35,6 +35,9 @@ from packsync.state.unit import Bulk, UnitOfWork
 #: The mapping columns schema 5 added.
 _MAPPING_COLUMNS_5 = ("ok_at FLOAT", "safety VARCHAR", "withheld VARCHAR")
 _MAPPING_COLUMNS_9 = ("withheld_count INTEGER", "paused FLOAT")
+#: The columns schema 11 added: a source's own words about an item, and when a source deletes its items.
+_FILE_COLUMNS_11 = ("detail VARCHAR",)
+_MAPPING_COLUMNS_11 = ("expires_at FLOAT",)
 #: Who owns an image recorded before schema 2 (which had one mapping per pack and state): the mapping
 #: into its pack whose folder holds its content, else the first mapping into its pack, else '' — an
 #: image any mapping into that pack may manage.
@@ -48,7 +51,8 @@ _OWNER_BEFORE_2 = (
 #: (``sources.folder.stat_version``), so that no file is read again after the upgrade.
 _VERSION_BEFORE_7 = ("CASE WHEN dev = 0 AND inode = 0 AND mtime_ns = 0 THEN rel_path "
                      "ELSE dev || ':' || inode || ':' || size || ':' || mtime_ns END")
-_FILES_BEFORE_7 = f"root, rel_path, {_VERSION_BEFORE_7} AS version, size, sha256, content_type, problem"
+_FILES_BEFORE_7 = (f"root, rel_path, {_VERSION_BEFORE_7} AS version, size, sha256, content_type, problem, "
+                   "NULL AS detail")
 #: How schemas 1 to 7 judged an AVIF file: a verdict on its bytes, kept until they changed.
 _AVIF_BEFORE_8 = "AVIF images are not accepted"
 #: The columns of an upload's row in schemas 1 to 9, which kept no name (an upload made then is named '').
@@ -94,10 +98,14 @@ def set_up(unit: UnitOfWork, version: int | None, tables: set[str]) -> None:
         connection = unit.connection
         _add_columns(unit)
         missing = _create_tables(unit, tables)
+        if version is not None and version < 11:  # schema 10 → 11: the files' index holds their detail too
+            for statement in search.FILE_TEXT_BEFORE_11:
+                unit.execute(statement)
         for name in TABLES.keys() - {t.name for t in missing}:  # schema 4 → 5: images by pack and content
             for index in TABLES[name].indexes:
                 index.create(connection, checkfirst=True)
-        if not search.exists(unit):  # schema 3 → 4: the search index, of every image recorded; 10: of folders
+        if not search.exists(unit):  # schema 3 → 4: the search index, of every image recorded; 10: of folders;
+            # 11: of the items' detail
             search.create(unit)
         if version is not None and version < 8:  # schema 7 → 8: AVIF is a type a recipe may convert now
             unit.execute(f"DELETE FROM files WHERE problem LIKE '{_AVIF_BEFORE_8}%'")
@@ -145,10 +153,14 @@ def _add_columns(unit: UnitOfWork) -> None:
         unit.execute("ALTER TABLE images ADD COLUMN meta_model VARCHAR")
     if columns and "recipe" not in columns:  # schema 7 → 8: every image so far was uploaded as it was
         unit.execute("ALTER TABLE images ADD COLUMN recipe VARCHAR NOT NULL DEFAULT ''")
+    columns = columns_of(unit.connection, "files")
+    for column in _FILE_COLUMNS_11:  # schema 10 → 11 (a file cache of schema 6 or before is made anew)
+        if "version" in columns and column.split()[0] not in columns:
+            unit.execute(f"ALTER TABLE files ADD COLUMN {column}")
     columns = columns_of(unit.connection, "mappings")
     if columns and "source_name" not in columns:  # schema 2 → 3
         unit.execute("ALTER TABLE mappings ADD COLUMN source_name VARCHAR")
-    for column in (*_MAPPING_COLUMNS_5, *_MAPPING_COLUMNS_9):  # schema 4 → 5, 8 → 9
+    for column in (*_MAPPING_COLUMNS_5, *_MAPPING_COLUMNS_9, *_MAPPING_COLUMNS_11):  # schema 4 → 5, 8 → 9, 10 → 11
         if columns and column.split()[0] not in columns:
             unit.execute(f"ALTER TABLE mappings ADD COLUMN {column}")
 
@@ -168,13 +180,56 @@ def read_as_current(unit: UnitOfWork, version: int | None, tables: set[str]) -> 
                          "FROM main.images AS images")
         if _unnamed_blobs(unit):
             unit.execute(f"CREATE TEMP VIEW blobs AS SELECT {_BLOB_COLUMNS_9}, '' AS name FROM main.blobs")
-        if "files" in tables and "version" not in columns_of(connection, "files"):
-            unit.execute(f"CREATE TEMP VIEW files AS SELECT {_FILES_BEFORE_7} FROM main.files")
-        if version is not None and version < 9 and "mappings" in tables:
-            missing = (*(_MAPPING_COLUMNS_5 if version < 5 else ()), *_MAPPING_COLUMNS_9)
+        columns = columns_of(connection, "files")
+        if "files" in tables and "version" not in columns:  # (the views keep the rowid: search)
+            unit.execute(f"CREATE TEMP VIEW files AS SELECT rowid AS rowid, {_FILES_BEFORE_7} FROM main.files")
+        elif "files" in tables and "detail" not in columns:
+            nulls = ", ".join(f"NULL AS {column.split()[0]}" for column in _FILE_COLUMNS_11)
+            unit.execute(f"CREATE TEMP VIEW files AS SELECT rowid AS rowid, *, {nulls} FROM main.files")
+        if version is not None and version < 11 and "mappings" in tables:
+            missing = (*(_MAPPING_COLUMNS_5 if version < 5 else ()), *(_MAPPING_COLUMNS_9 if version < 9 else ()),
+                       *_MAPPING_COLUMNS_11)
             since = ("NULL AS source_name, " if version < 3 else "") + ", ".join(
                 f"NULL AS {column.split()[0]}" for column in missing)
             unit.execute(f"CREATE TEMP VIEW mappings AS SELECT *, {since} FROM main.mappings")
+
+
+#: The columns a shared state of schema 10 (the first a shared state had) lacks, by table.
+_SHARED_COLUMNS_11 = {"files": _FILE_COLUMNS_11, "mappings": _MAPPING_COLUMNS_11}
+
+
+def _on_postgres(column: str) -> str:
+    """A column as SQLite's files spell it (``expires_at FLOAT``), as PostgreSQL's tables have it."""
+    return column.replace(" FLOAT", " DOUBLE PRECISION")
+
+
+def _add_shared_columns(unit: UnitOfWork, have: set[str]) -> None:
+    """The columns schema 11 added, in a shared state of schema 10 (the first schema a shared state had)."""
+    for name, columns in _SHARED_COLUMNS_11.items():
+        for column in columns if name in have else ():
+            unit.execute(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {_on_postgres(column)}")
+
+
+def read_shared_as_current(unit: UnitOfWork) -> None:
+    """Let a reader read a shared state of an older schema as if it were upgraded, writing nothing to it: the
+    columns added since come through temporary views of the connection's own (made again on every
+    connection made after the server was lost)."""
+    rows = unit.rows(select(table(MetaRow).c.value).where(table(MetaRow).c.key == "schema"))
+    schema = str(rows[0][0]) if rows else str(SCHEMA_VERSION)
+    if not (schema.isascii() and schema.isdigit()) or int(schema) >= 11:
+        return
+    views = [f"CREATE TEMP VIEW {name} AS SELECT *, "
+             + ", ".join(f"NULL::{_on_postgres(column).split(maxsplit=1)[1]} AS {column.split()[0]}"
+                         for column in columns) + f" FROM public.{name}"
+             for name, columns in _SHARED_COLUMNS_11.items()]
+
+    def made(connection: Connection) -> None:
+        for view in views:
+            connection.exec_driver_sql(view)
+
+    with unit.guarded():
+        made(unit.connection)
+    unit.on_connect.append(made)
 
 
 def set_up_shared(unit: UnitOfWork, where: str) -> None:
@@ -197,8 +252,10 @@ def set_up_shared(unit: UnitOfWork, where: str) -> None:
             if schema.isascii() and schema.isdigit() and int(schema) > SCHEMA_VERSION:
                 raise StateError(f"the shared state {where} was written by a newer packsync (schema {schema}); "
                                  "upgrade packsync on this machine to use it.")
-            if have >= shared.keys() and pg_search.exists(unit):
+            if have >= shared.keys() and pg_search.exists(unit) and schema == str(SCHEMA_VERSION):
                 return
+            if schema.isascii() and schema.isdigit() and int(schema) < 11:  # schema 10 → 11
+                _add_shared_columns(unit, have)
         elif have:  # (packsync makes its schema in one transaction: tables without its meta are not its own)
             raise StateError(f"the database {where} holds other tables ({', '.join(sorted(have)[:3])}…); give "
                              "packsync a database of its own.")

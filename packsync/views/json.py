@@ -60,6 +60,7 @@ def _mapping(mapping: MappingStatus) -> dict[str, Any]:
         "last_sync": when(mapping.last_sync), "last_error": mapping.last_error,
         "paused": when(mapping.record.paused if mapping.record else None),
         "files": mapping.file_count, **mapping.counts, "images": mapping.images, "metadata": mapping.metadata,
+        "expires_at": when(mapping.record.expires_at if mapping.record else None), "expiring": mapping.expiring,
     }
     if mapping.files is not None:
         entry["file_list"] = [_file(f) for f in mapping.files]
@@ -72,7 +73,7 @@ def _mapping(mapping: MappingStatus) -> dict[str, Any]:
 def _file(item: FileStatus) -> dict[str, Any]:
     return {"path": item.path, "sha256": item.sha256, "state": item.state, "problem": item.problem,
             "image_id": item.image_id, "metadata": _metadata(item.metadata) if item.metadata else None,
-            "prepared": list(item.prepared)}
+            "prepared": list(item.prepared), "detail": item.detail}
 
 
 def _metadata(meta: Metadata) -> dict[str, Any]:
@@ -157,7 +158,7 @@ def search_document(words: list[str], hits: list[SearchHit], total: int) -> dict
         {"paths": list(hit.paths), "mapping": hit.mapping, "pack_id": hit.image.pack_id,
          "image_id": hit.image.image_id, "file_name": hit.image.file_name,
          "metadata_status": hit.image.metadata.status, "description": hit.image.metadata.description,
-         "keywords": list(hit.image.metadata.keywords)} for hit in hits]}
+         "keywords": list(hit.image.metadata.keywords), "detail": hit.detail} for hit in hits]}
 
 
 def write_json(document: dict[str, Any], out: TextIO) -> None:

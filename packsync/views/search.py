@@ -1,6 +1,7 @@
-"""Search over the AI descriptions: packsync's images whose name, description, keywords, folder name or
-pack name match, with the local files that hold them (the read model ``packsync search`` and the page
-render), and how many match in all (``count``: what both say "N of M" with)."""
+"""Search over the AI descriptions: packsync's images whose name, description, keywords, folder name, pack
+name or source's own words about them (an Astria prompt's text) match, with the local files that hold them
+(the read model ``packsync search`` and the page render), and how many match in all (``count``: what both
+say "N of M" with)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from packsync.model import ManagedImage
 from packsync.sources.kinds import owner_kind
+from packsync.views.status import shown_detail
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State
@@ -22,6 +24,7 @@ class SearchHit:
     mapping: str                 # the owning mapping's label ('' for an image from before owners)
     paths: tuple[str, ...]       # local files with its content; an Astria image's is its name
     files: tuple[str, ...] = ()  # the same, relative to the mapping's folder (an Astria image's: its name)
+    detail: str | None = None    # its source's own words about it (an Astria prompt's text), made safe to show
 
     @property
     def name(self) -> str:
@@ -44,8 +47,9 @@ def search(state: State, words: Sequence[str], limit: int = 50) -> list[SearchHi
             paths = tuple(str(Path(owner) / rel) for rel in files)
         else:
             paths = ()
+        detail = state.files.detail_of(owner, image.sha256) if owner else None
         hits.append(SearchHit(image, owner, paths or (f"{owner} {image.file_name}".strip(),),
-                              files or (image.file_name,)))
+                              files or (image.file_name,), shown_detail(detail)))
     return hits
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from packsync.config import Config, MappingConfig
+from packsync.logs import untrusted
 from packsync.mappings import concrete, recorded_pack_id
 from packsync.model import METADATA_SETTLED, ManagedImage, Metadata, Problem
 from packsync.sources.kinds import kind_of
@@ -39,6 +40,8 @@ class FileStatus(msgspec.Struct, frozen=True):
     metadata: Metadata | None = None
     #: What preparing it for upload changed (its image's recipe): "location", "resize:2160", "jpeg"…
     prepared: tuple[str, ...] = ()
+    #: Its source's own words about it (an Astria prompt's text), made safe to show (``shown_detail``).
+    detail: str | None = None
 
 
 class MappingStatus(msgspec.Struct, frozen=True):
@@ -59,6 +62,8 @@ class MappingStatus(msgspec.Struct, frozen=True):
     listed: int | None = None
     #: A folder of subfolder packs itself (shown while files directly in it are skipped): it has no pack.
     subfolders: bool = False
+    #: Its source deletes its items soon (or did) while some are not mirrored yet: the sentence that says so.
+    expiring: str | None = None
 
     @property
     def problem_files(self) -> list[FileStatus] | None:
@@ -203,6 +208,34 @@ class Listing(msgspec.Struct, frozen=True):
     mapping: str | None = None
 
 
+#: How long before its source deletes its items (``MappingRecord.expires_at``) a mapping with items not yet
+#: mirrored is warned of: time enough to extend the source's storage, or to find why they are not.
+EXPIRY_WARNING_S = 3 * 86400
+#: How much of a source's own words about an item a view shows (an Astria prompt may run to pages).
+DETAIL_SHOWN = 500
+
+
+def shown_detail(detail: str | None) -> str | None:
+    """A source's own words about an item as every view shows them: text from the network, so redacted,
+    without control characters, and capped."""
+    return untrusted(detail, limit=DETAIL_SHOWN) if detail else None
+
+
+def expiring(record: MappingRecord | None, counts: dict[str, int], now: float) -> str | None:
+    """The warning a mapping's status carries when its source deletes its items within ``EXPIRY_WARNING_S``
+    (or did, unless its storage was extended) and some are not mirrored: pending, or failed."""
+    expires_at = record.expires_at if record else None
+    missing = counts["pending"] + counts["failed"]
+    if expires_at is None or not missing or now < expires_at - EXPIRY_WARNING_S:
+        return None
+    day = time.strftime("%Y-%m-%d", time.localtime(expires_at))
+    if now < expires_at:
+        return (f"its source deletes these images on {day} unless its storage is extended; {missing} "
+                f"{'is' if missing == 1 else 'are'} not mirrored yet")
+    return (f"its source deleted these images on {day} unless their storage was extended; {missing} "
+            f"{'was' if missing == 1 else 'were'} not mirrored")
+
+
 def read_status(config: Config, state: State, *, files: bool = False, problems: bool = False,
                 lock_holder: int | None = None, files_limit: int | None = None,
                 problems_limit: int | None = None, listing: Listing | None = None) -> Status:
@@ -272,7 +305,7 @@ def _mapping(mapping: MappingConfig, state: State, files: bool, with_problems: b
                          sum(metadata.values()), dict(metadata), shown,
                          listed if with_problems else None, failures, mapping.pack_label,
                          _counted(listing.show, counts) if selected is None else selected,
-                         mapping.packs_from == "subfolders")
+                         mapping.packs_from == "subfolders", expiring(record, counts, time.time()))
 
 
 def _counted(show: str, counts: dict[str, int]) -> int | None:
@@ -327,6 +360,7 @@ def _files(mapping: MappingConfig, state: State, pack_id: str | None, problems: 
     held = {sha: held[sha] for _key, sha in page if sha and sha in held}  # the prepared uploads of this page's
     recipes = {image.recipe for image in held.values() if image and image.recipe}
     made = state.uploads.prepared(held.keys(), recipes) if recipes else {}
+    words = state.files.details(mapping.label, [key for key, _sha in page])
     detail = []
     for key, sha in page:
         own = held.get(sha or "")
@@ -336,7 +370,8 @@ def _files(mapping: MappingConfig, state: State, pack_id: str | None, problems: 
         synced = (sha or "") in held
         why = None if synced else failed.get(key)
         detail.append(FileStatus(shown, sha, "synced" if synced else "failed" if why else "pending", why,
-                                 own.image_id if own else None, own.metadata if own else None, changes))
+                                 own.image_id if own else None, own.metadata if own else None, changes,
+                                 shown_detail(words.get(key))))
     if show == "all":
         detail += problem_files(problems, [])
     return sorted(detail, key=lambda f: f.path), selected
@@ -363,6 +398,8 @@ class ImageDetail(msgspec.Struct, frozen=True):
     image: ManagedImage | None = None
     #: What preparing it for upload changed (its image's recipe), as ``FileStatus.prepared``.
     prepared: tuple[str, ...] = ()
+    #: Its source's own words about the first item holding it, as ``FileStatus.detail``.
+    detail: str | None = None
 
 
 def read_image(mapping: MappingConfig, state: State, sha256: str) -> ImageDetail | None:
@@ -378,4 +415,4 @@ def read_image(mapping: MappingConfig, state: State, sha256: str) -> ImageDetail
     changes = made[sha256, own.recipe].changes if own and (sha256, own.recipe) in made else ()
     paths = (own.file_name,) if own and mapping.astria_pack is not None else tuple(keys)
     return ImageDetail(mapping.label, sha256, paths, pack_id, mapping.pack or (record.pack_name if record else None),
-                       sha256 in held, own, changes)
+                       sha256 in held, own, changes, shown_detail(state.files.detail_of(mapping.label, sha256)))

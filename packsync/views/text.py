@@ -237,6 +237,8 @@ def print_status(status: Status, out: TextIO) -> None:
         if not mapping.subfolders:  # (a folder of subfolder packs is synced as its subfolders)
             out.write(f"  last sync {local_time(mapping.last_sync) or 'never'}"
                       + (f" · last error: {printable(mapping.last_error)}" if mapping.last_error else "") + "\n")
+        if mapping.expiring:
+            out.write(f"  warning: {mapping.expiring}\n")
         if mapping.record and mapping.record.paused:
             out.write(f"  paused since {local_time(mapping.record.paused)}: "
                       f"`packsync resume {printable(mapping.path)}` syncs it again\n")
@@ -287,6 +289,8 @@ def _file_line(item: FileStatus) -> str:
     line += f", metadata {file_meta.status}]" if file_meta else "]"
     if item.problem:
         line += f"  {printable(item.problem)}"
+    if item.detail:
+        line += f"\n      its source's words: {printable(item.detail)}"
     if item.prepared:
         line += f"\n      uploaded with {describe(item.prepared)}"
     if file_meta and file_meta.description:
@@ -362,12 +366,14 @@ def print_astria_tunes(tunes: list[AstriaTune], walks: list[TunePrompts | None],
 def print_search(hits: list[SearchHit], total: int, out: TextIO) -> None:
     """Each hit's files and metadata, then how many of how many matches were shown."""
     if not hits:
-        out.write("no image's name, description, keywords, folder or pack name matches\n")
+        out.write("no image's name, description, keywords, folder, pack name or source's words match\n")
         return
     for hit in hits:
         meta = hit.image.metadata
         for path in hit.paths:
             out.write(f"{printable(path)}\n")
+        if hit.detail:
+            out.write(f"  its source's words: {printable(hit.detail)}\n")
         if meta.description:
             out.write(f"  {printable(meta.description)}\n")
         if meta.keywords:
