@@ -66,8 +66,7 @@ def _changed_rows(source: str, previous: Mapping[str, CachedFile],
                   current: Mapping[str, CachedFile]) -> tuple[list[tuple[str, str]], list[tuple[object, ...]]]:
     """The file cache's rows to forget and to write for a scan that saw ``current`` where ``previous`` was."""
     gone = [(source, rel) for rel in previous if rel not in current]
-    # (``CachedFile.detail`` is not stored before schema 11: the columns are the first five fields)
-    changed: list[tuple[object, ...]] = [(source, rel, *astuple(c)[:5]) for rel, c in current.items()
+    changed: list[tuple[object, ...]] = [(source, rel, *astuple(c)) for rel, c in current.items()
                                          if previous.get(rel) is not c and previous.get(rel) != c]
     return gone, changed
 
