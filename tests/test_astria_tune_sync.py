@@ -93,8 +93,9 @@ def run_json(env: Env, *args: str) -> tuple[subprocess.CompletedProcess[str], di
     return result, document
 
 
-def mapping_of(document: dict[str, Any], label: str) -> dict[str, Any]:
-    found: list[dict[str, Any]] = [m for m in document["mappings"] if m["source"] == label]
+def mapping_of(document: dict[str, Any], label: str, key: str = "source") -> dict[str, Any]:
+    """The mapping of ``label`` in a JSON document: ``run``'s name it by ``source``, ``status``'s by ``path``."""
+    found: list[dict[str, Any]] = [m for m in document["mappings"] if m[key] == label]
     assert len(found) == 1, f"{label} is not one mapping of {document['mappings']}"
     return found[0]
 
@@ -102,7 +103,7 @@ def mapping_of(document: dict[str, Any], label: str) -> dict[str, Any]:
 def status_of(env: Env, label: str, *options: str) -> dict[str, Any]:
     result = env.cli("status", "--json", *options, token=None)
     assert result.returncode == ExitCode.OK, result.stdout + result.stderr
-    return mapping_of(json.loads(result.stdout), label)
+    return mapping_of(json.loads(result.stdout), label, "path")
 
 
 def said_about(mapping: dict[str, Any]) -> str:
