@@ -432,8 +432,9 @@ def test_astria_tunes_lists_the_key_s_tunes(env: Env) -> None:
 
     assert listed.returncode == ExitCode.OK, listed.stderr
     (entry,) = json.loads(listed.stdout)["tunes"]
-    assert (entry["id"], entry["title"], entry["name"], entry["prompts"], entry["images"]) == \
+    assert (entry["id"], entry["title"], entry["class"], entry["prompts"], entry["images"]) == \
         (tune.id, "Portraits", "man", 2, 2)
+    assert entry["expires_at"], "the date Astria deletes them"
     assert text.returncode == ExitCode.OK and str(tune.id) in text.stdout and "Portraits" in text.stdout
 
 
