@@ -382,8 +382,8 @@ def test_status_warns_when_the_tune_is_deleted_within_3_days_and_images_are_not_
     warned = status_of(env, tune.label)
     text = env.cli("status", token=None)
 
-    assert warned["expiring"], warned
-    assert tune.label in text.stdout
+    assert warned["expiring"] and warned["expires_at"], warned
+    assert tune.label in text.stdout and warned["expiring"] in text.stdout
     env.sandbox.clear_faults()
     assert env.cli("run", "--no-wait").returncode == ExitCode.OK
     assert not status_of(env, tune.label).get("expiring"), "all mirrored: nothing to warn of"
@@ -398,6 +398,7 @@ def test_status_does_not_warn_far_from_the_tune_s_deletion(env: Env) -> None:
     mapping = status_of(env, tune.label)
 
     assert mapping["failed"] + mapping["pending"] == 2, "the images are not mirrored"
+    assert mapping["expires_at"], "the date is known: it is only far"
     assert not mapping.get("expiring"), mapping
 
 
