@@ -32,6 +32,7 @@ _TUNES = importlib.util.find_spec("packsync.sources.astria_tune") is not None
 pytestmark = pytest.mark.skipif(not _TUNES, reason="the tune source is not built yet")
 
 PAGES = ("GET", "astria:/tunes/{id}/prompts")
+ONE_PROMPT = ("GET", "astria:/tunes/{id}/prompts/{prompt_id}")
 DOWNLOAD = ("GET", "astria-img")
 UPLOAD = ("POST", "/files")
 DELETE = ("DELETE", "/packs/{id}/images/{image_id}")
@@ -173,6 +174,7 @@ def test_a_removed_prompt_s_image_is_deleted(env: Env) -> None:
 
     assert result.returncode == ExitCode.OK, result.stdout + result.stderr
     assert env.sandbox.calls[DELETE] == 1 and mapping_of(document, tune.label)["deleted"] == 1
+    assert env.sandbox.calls[ONE_PROMPT] == 1, "the prompt missing from the pages was asked for before it went"
     assert pack_shas(env) == tune.distinct() and len(env.pack_named("Headshots")["images"]) == 9
 
 
@@ -303,6 +305,7 @@ def test_a_server_that_ignores_offset_ends_the_walk_and_deletes_nothing(env: Env
 
     assert result.returncode == ExitCode.SOME_FAILED, result.stdout + result.stderr
     assert 2 <= env.sandbox.calls[PAGES] <= 3, "the walk ends once a page brings nothing new"
+    assert env.sandbox.calls[ONE_PROMPT] == 0, "an incomplete walk keeps every image: no prompt is asked after"
     assert "offset" in said_about(mapping_of(document, tune.label))
     assert env.sandbox.calls[DELETE] == 0
     assert pack_shas(env) == tune.distinct(), f"every image kept, the new one ({newest}) mirrored"
