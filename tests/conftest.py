@@ -107,14 +107,22 @@ class Env:
 
     def map_astria(self, astria_pack: int, **options: Any) -> str:
         """Mirror an Astria pack (the key in a private token file); returns the mapping's label."""
+        return self._map_remote("astria", "astria_pack", astria_pack, options)
+
+    def map_astria_tune(self, astria_tune: int, **options: Any) -> str:
+        """Mirror an Astria tune's generated images (``prompts``, ``astria_poll_s`` among ``options``; the key
+        in a private token file); returns the mapping's label."""
+        return self._map_remote("astria-tune", "astria_tune", astria_tune, options)
+
+    def _map_remote(self, kind: str, id_key: str, source_id: int, options: dict[str, Any]) -> str:
         token_file = self.root / "astria.key"
         if not token_file.exists():
             token_file.write_text(ASTRIA_TOKEN, encoding="utf-8")
             token_file.chmod(0o600)
         self.astria.setdefault("token_file", str(token_file))
-        self.mappings.append({"astria_pack": astria_pack, **options})
+        self.mappings.append({id_key: source_id, **options})
         self.write_config()
-        return f"astria:{astria_pack}"
+        return f"{kind}:{source_id}"
 
     def data(self) -> dict[str, Any]:
         return {"genviral": self.genviral, "astria": self.astria, "state": {"path": str(self.state_path), **self.state},
