@@ -518,17 +518,15 @@ def astria_packs(gallery: bool, as_json: bool) -> None:
     """List Astria packs: id, title, classes, image count."""
     import asyncio
 
-    from packsync.app import read_astria_token, transport_for
-    from packsync.remote.astria import AstriaClient
+    from packsync.app import api_client, transport_for
     from packsync.views.json import astria_packs_document, write_json
     from packsync.views.text import print_astria_packs
 
     config = _config()
-    token = read_astria_token(config)
 
     async def fetch() -> Any:
         async with transport_for(config) as transport:
-            client = AstriaClient(config.astria.base_url, token, transport)
+            client = api_client(config, "astria", transport)
             summaries = await client.packs(gallery=gallery)
             return summaries, await client.details(summaries)
 

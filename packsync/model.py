@@ -322,3 +322,25 @@ class PulledFile(msgspec.Struct, frozen=True):
     image_id: str
     url: str
     sha256: str
+
+
+class ListedImage(msgspec.Struct, frozen=True):
+    """One image a pull downloads: ``parts`` name it below the pull's folder, without its extension
+    (``("woman", "12-3")``, ``("12-3",)``); ``detail`` is the source's text for its sidecar."""
+
+    url: str
+    parts: tuple[str, ...]
+    detail: str | None = None
+
+
+class Listed(msgspec.Struct, frozen=True):
+    """What ``packsync pull <label>`` of a remote source downloads: its images, and what it could not read
+    (``problems``; ``unreadable`` withholds every removal). ``scope``: the first parts this pull mirrors
+    (an Astria pack's ``--classes``), None: all."""
+
+    label: str
+    title: str
+    images: tuple[ListedImage, ...]
+    problems: tuple[Problem, ...] = ()
+    scope: frozenset[str] | None = None
+    unreadable: str | None = None

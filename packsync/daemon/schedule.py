@@ -189,8 +189,8 @@ class Schedule:
             self.retry(folder, now)
         elif not error:
             folder.retry.reset()
-        if folder.root is None and folder.retry_at is None:  # an Astria pack: read again in a while
-            folder.retry_at = now + self.config.astria.poll_interval_s
+        if folder.root is None and folder.retry_at is None:  # a source read through an API: again in a while
+            folder.retry_at = now + self.config.poll_interval_s(folder.mapping)
 
     def pause(self, folders: list[Folder], reason: str, now: float) -> None:
         """A refused key: nothing syncs for ``auth_pause_s``; then ``folders`` are retried."""

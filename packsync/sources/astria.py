@@ -17,7 +17,10 @@ import shutil
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Annotated, Any, ClassVar, Protocol
+
+import msgspec
+from msgspec import Meta
 
 from packsync.errors import (
     ApiError,
@@ -29,9 +32,8 @@ from packsync.errors import (
     TransientError,
 )
 from packsync.logs import untrusted
-from packsync.model import EXTENSIONS, AstriaImage, AstriaPack, CachedFile, ContentItem, Problem, Scan
+from packsync.model import EXTENSIONS, AstriaImage, AstriaPack, CachedFile, ContentItem, Listed, Problem, Scan
 from packsync.sources.body import UploadBody
-from packsync.sources.kinds import astria_label
 from packsync.sources.media import Digest, Digester
 
 #: Downloads held in memory until they are uploaded, in bytes, in all: the rest wait in the spool folder.
@@ -40,6 +42,40 @@ from packsync.sources.media import Digest, Digester
 HELD_AT_MOST = 32 * 1024 * 1024
 #: A download larger than this goes to its spool file as it comes, never held whole.
 SPILL_AT = 1024 * 1024
+
+
+class AstriaPackSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag_field="kind",
+                         tag="astria"):
+    """An Astria pack as a mapping (``astria_pack``, ``classes``) or a pull (``astria:260``) names it: the
+    kind of source ``sources.kinds`` knows it as."""
+
+    name: ClassVar[str] = "astria"
+    noun: ClassVar[str] = "an Astria pack"
+    api: ClassVar[str] = "astria"
+    described: ClassVar[bool] = False  # a pack's images carry no text of their own
+    id_key: ClassVar[str] = "astria_pack"
+
+    astria_pack: Annotated[int, Meta(ge=1)]
+    #: The pack's classes mirrored (None: all).
+    classes: Annotated[list[str], Meta(min_length=1)] | None = None
+
+    @property
+    def id(self) -> int:
+        return self.astria_pack
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.astria_pack}"
+
+    @property
+    def poll_s(self) -> float | None:
+        return None  # [astria] poll_interval_s
+
+    def source(self, client: Any, max_bytes: int, spool: Path | None) -> AstriaSource:
+        return AstriaSource(client, self.astria_pack, self.classes, max_bytes, spool)
+
+    async def listed(self, client: Any) -> Listed:
+        raise NotImplementedError("pull lists a pack through engine/pull.py until its Listed is wired")
 
 
 class _Download:
@@ -125,7 +161,7 @@ class AstriaSource:
         self.pack_id = pack_id
         self.classes = set(classes) if classes is not None else None
         self.max_bytes = max_bytes
-        self.label = astria_label(pack_id)
+        self.label = f"{AstriaPackSettings.name}:{pack_id}"
         self.name: str | None = None
         self.spool = spool
         self._held: dict[str, bytes] = {}  # by SHA-256: the small downloads held in memory
