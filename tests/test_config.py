@@ -784,3 +784,36 @@ def test_bwlimit_is_over_the_config_s_limit() -> None:
     assert with_bandwidth_limit(config, "off").genviral.bandwidth_limit == "off"
     assert with_bandwidth_limit(config, "off").genviral.concurrency == 6
     assert with_bandwidth_limit(config, None) is config
+
+
+def test_how_often_each_mapping_s_source_is_read() -> None:
+    """A source read through an API is read every ``[<api>] poll_interval_s`` unless its kind has an interval
+    of its own; a folder is watched, and read whole every ``[daemon] rescan_interval_s``."""
+    config = parse_config({"astria": {"poll_interval_s": 1800}, "daemon": {"rescan_interval_s": 7200},
+                           "mappings": [{"astria_pack": 260, "pack": "A"}, {"path": "/photos", "pack": "B"}]})
+    remote, folder = config.mappings
+
+    assert remote.source is not None and remote.source.poll_s is None
+    assert config.poll_interval_s(remote) == 1800
+    assert config.poll_interval_s(folder) == 7200
+    assert parse_config({"mappings": [{"astria_pack": 260, "pack": "A"}]}).poll_interval_s(remote) == 3600
+
+
+def test_the_apis_a_config_reads_through_are_its_sources_apis_only() -> None:
+    assert parse_config(one_mapping()).apis() == set()
+    config = parse_config({"mappings": [{"astria_pack": 260, "pack": "A", "classes": ["woman"]}]})
+    assert config.apis() == {"astria"}
+    assert config.mappings[0].label == "astria:260" and config.api("astria") is config.astria
+
+
+@pytest.mark.parametrize("workspace", ["ws_42", "9f1c-2b", "a"])
+def test_an_astria_workspace_is_read(workspace: str) -> None:
+    assert parse_config({"astria": {"workspace": workspace}}).astria.workspace == workspace
+    assert parse_config({}).astria.workspace is None
+
+
+@pytest.mark.parametrize("workspace", ["", "ws 42", "ws\t42", "ws\n42", "wś", "ws\x7f", 42])
+def test_a_workspace_that_cannot_be_a_header_is_refused_naming_the_key(workspace: Any) -> None:
+    message = config_error({"astria": {"workspace": workspace}})
+
+    assert message.startswith("astria.workspace: ") and message.endswith(".") and "\n" not in message
