@@ -172,4 +172,4 @@ def test_a_source_read_through_an_api_is_read_again_after_its_mapping_s_poll_int
     assert pack.retry_at == 100.0 + remote.poll_interval_s(pack.mapping) == 1900.0
     assert planned.due(1000.0) == Round(frozenset(), full=True), "a full rescan leaves it to its interval"
     later = planned.due(1900.0)
-    assert later is not None and later.labels == {"astria:260"}
+    assert later is not None and later.labels == frozenset({"astria:260"})
