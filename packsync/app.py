@@ -80,14 +80,14 @@ _TOKEN_ENVS = {"astria": (ASTRIA_TOKEN_ENV,)}
 
 def read_api_token(config: Config, api: str) -> str:
     """The key of the API ``api`` (``"astria"``), kept out of every output from here on."""
-    token = read_token(config.api(api), api, _TOKEN_ENVS[api])
+    token = read_token(config.api_table(api), api, _TOKEN_ENVS[api])
     register_secret(token)
     return token
 
 
 def api_client(config: Config, api: str, transport: Transport) -> AstriaClient:
     """The client of the API ``api``, with its key (and workspace), speaking through ``transport``."""
-    table = config.api(api)
+    table = config.api_table(api)
     return AstriaClient(table.base_url, read_api_token(config, api), transport, workspace=table.workspace)
 
 

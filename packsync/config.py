@@ -452,7 +452,7 @@ class Config(_ConfigFile, frozen=True):
         """The APIs the mappings' sources are read through (``"astria"``): whose clients and keys are needed."""
         return {mapping.source.api for mapping in self.mappings if mapping.source is not None}
 
-    def api(self, name: str) -> AstriaConfig:
+    def api_table(self, name: str) -> AstriaConfig:
         """The table of the API ``name`` (a kind of source's ``api``): where it is, its key, how often it is read."""
         table = getattr(self, name)
         assert isinstance(table, AstriaConfig), f"no API table {name!r}"
@@ -464,7 +464,7 @@ class Config(_ConfigFile, frozen=True):
         if mapping.source is None:
             return self.daemon.rescan_interval_s
         own = mapping.source.poll_s
-        return own if own is not None else self.api(mapping.source.api).poll_interval_s
+        return own if own is not None else self.api_table(mapping.source.api).poll_interval_s
 
     def shared_state(self) -> SharedState | None:
         """Where the state shared with other machines is, and who this machine is there (None: no ``[state]
@@ -639,24 +639,32 @@ def _lift_source(raw: Any, i: int) -> Any:
     present = [key for key in raw if key in KEYS]
     if not present:
         return raw
-    named = [key for key in present if KEYS[key].id_key == key]
-    if "path" in raw or len(named) > 1:
-        key = named[-1] if named else present[0]
-        raise ValueError(f"{where}.{key}: give {'path' if 'path' in raw else named[0]} or {key}, not both"
-                         if named else f"{where}.{key}: applies to {KEYS[key].noun} only")
-    if not named:
-        kind = KEYS[present[0]]
-        raise ValueError(f"{where}.{present[0]}: applies to {kind.noun} only, and no {kind.id_key} is given")
-    kind = KEYS[named[0]]
-    for key in present:
-        if KEYS[key] is not kind:
-            raise ValueError(f"{where}.{key}: applies to {KEYS[key].noun} only, not to {kind.noun}")
+    kind = _kind_named(raw, present, where)
     for key in FOLDER_ONLY:
         if key in raw:
             raise ValueError(f"{where}.{key}: applies to folders only, not to {kind.noun}")
     lifted = {key: value for key, value in raw.items() if key not in KEYS}
     lifted["source"] = {"kind": kind.name, **{key: raw[key] for key in present}}
     return lifted
+
+
+def _kind_named(raw: dict[str, Any], present: list[str], where: str) -> type[RemoteSource]:
+    """The one kind of source whose keys (``present``) the mapping ``raw`` gives, with its id and no path."""
+    named = [key for key in present if KEYS[key].id_key == key]
+    if "path" in raw:
+        key = named[0] if named else present[0]
+        raise ValueError(f"{where}.{key}: give path or {key}, not both" if named
+                         else f"{where}.{key}: applies to {KEYS[key].noun} only")
+    if not named:
+        kind = KEYS[present[0]]
+        raise ValueError(f"{where}.{present[0]}: applies to {kind.noun} only, and no {kind.id_key} is given")
+    if len(named) > 1:
+        raise ValueError(f"{where}.{named[1]}: give {named[0]} or {named[1]}, not both")
+    kind = KEYS[named[0]]
+    for key in present:
+        if KEYS[key] is not kind:
+            raise ValueError(f"{where}.{key}: applies to {KEYS[key].noun} only, not to {kind.noun}")
+    return kind
 
 
 def _where(source: Path | None) -> str:

@@ -803,7 +803,7 @@ def test_the_apis_a_config_reads_through_are_its_sources_apis_only() -> None:
     assert parse_config(one_mapping()).apis() == set()
     config = parse_config({"mappings": [{"astria_pack": 260, "pack": "A", "classes": ["woman"]}]})
     assert config.apis() == {"astria"}
-    assert config.mappings[0].label == "astria:260" and config.api("astria") is config.astria
+    assert config.mappings[0].label == "astria:260" and config.api_table("astria") is config.astria
 
 
 @pytest.mark.parametrize("workspace", ["ws_42", "9f1c-2b", "a"])
