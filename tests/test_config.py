@@ -18,6 +18,7 @@ from packsync.config import (
     DEFAULT_BASE_URL,
     DEFAULT_EXCLUDE,
     DEFAULT_INCLUDE,
+    SITE_RULE,
     GenviralConfig,
     default_state_path,
     find_config_path,
@@ -575,8 +576,7 @@ STATE_ERRORS = [
     pytest.param({"url": URL, "password_env": "PGPASSWORD", "password_file": "pgpass"},
                  "state.password_file: give password_env or password_file, not both.", id="both"),
     pytest.param({"url": URL, "password_env": ""}, "state.password_env: ", id="an empty variable name"),
-    pytest.param({"url": URL, "site": ""}, "state.site: a site's name is 1 to 63 letters, digits, '.', '_' or '-', "
-                 "and not 'astria', not ''.", id="an empty site"),
+    pytest.param({"url": URL, "site": ""}, f"state.site: {SITE_RULE}, not ''.", id="an empty site"),
     pytest.param({"url": URL, "site": "astria"}, "state.site: ", id="a site named as Astria sources' labels begin"),
     pytest.param({"url": URL, "site": "studio nas"}, "state.site: ", id="a site with a space"),
     pytest.param({"url": URL, "site": "nas:1"}, "state.site: ", id="a site with a colon (it qualifies labels)"),

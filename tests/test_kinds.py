@@ -69,6 +69,7 @@ def test_settings_for_a_bad_pull_is_one_sentence(label: str, options: dict[str, 
 
 def test_no_site_is_named_as_a_kind_of_source() -> None:
     """A site's name qualifies labels (``nas:astria:12``): one named as a kind would make ``astria:12`` ambiguous."""
+    assert SITE_RULE.startswith("a site's name is 1 to 63 letters, digits, '.', '_' or '-', and not 'astria'")
     for name in KINDS:
         assert not is_site(name) and repr(name) in SITE_RULE
     assert is_site("nas") and is_site("astria2")
