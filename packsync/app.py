@@ -8,7 +8,7 @@ Nothing else wires these parts.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,9 +26,9 @@ from packsync.remote.astria import AstriaClient
 from packsync.remote.bandwidth import UNLIMITED, BandwidthLimit, Limiter
 from packsync.remote.genviral import GenviralClient
 from packsync.remote.transport import Observer, RetryPolicy, Transport
-from packsync.sources.astria import AstriaSource
 from packsync.sources.base import Source
 from packsync.sources.folder import FolderSource, filters_for
+from packsync.sources.kinds import RemoteSettings, settings_for
 from packsync.views.progress import Progress
 
 if TYPE_CHECKING:  # pulling (and its sidecars) is imported by `pull` alone; the state by what opens it
@@ -36,14 +36,15 @@ if TYPE_CHECKING:  # pulling (and its sidecars) is imported by `pull` alone; the
     from packsync.state.store import State
 
 
-def source_for(mapping: MappingConfig, astria: AstriaClient | None, spool: Path | None) -> Source:
-    """A mapping's source; an Astria pack's keeps the images it downloaded in ``spool`` until they are
-    uploaded (None: nothing is kept, as in a dry run)."""
-    if mapping.astria_pack is None:
+def source_for(mapping: MappingConfig, clients: Mapping[str, AstriaClient], spool: Path | None) -> Source:
+    """A mapping's source; one read through an API (by its client in ``clients``) keeps the images it
+    downloaded in a folder of its own in ``spool`` until they are uploaded (None: nothing is kept, as in a
+    dry run)."""
+    if mapping.source is None:
         return FolderSource(mapping.folder, filters_for(mapping))
-    assert astria is not None, "an Astria mapping needs the Astria client"
-    return AstriaSource(astria, mapping.astria_pack, mapping.classes, int(mapping.max_file_mb * 1_000_000),
-                        spool / f"astria-{mapping.astria_pack}" if spool else None)
+    settings: RemoteSettings = mapping.source
+    return settings.source(clients[settings.api], int(mapping.max_file_mb * 1_000_000),
+                           spool / settings.label.replace(":", "-") if spool else None)
 
 
 def leases_for(state: State) -> Leases:
@@ -73,28 +74,38 @@ def client_for(config: Config, token: str, transport: Transport) -> GenviralClie
     return GenviralClient(config.genviral.base_url, token, transport)
 
 
-def read_astria_token(config: Config) -> str:
-    """The Astria key, kept out of every output from here on."""
-    token = read_token(config.astria, "astria", (ASTRIA_TOKEN_ENV,))
+#: Where an API's key is looked for when its table names no variable.
+_TOKEN_ENVS = {"astria": (ASTRIA_TOKEN_ENV,)}
+
+
+def read_api_token(config: Config, api: str) -> str:
+    """The key of the API ``api`` (``"astria"``), kept out of every output from here on."""
+    token = read_token(config.api_table(api), api, _TOKEN_ENVS[api])
     register_secret(token)
     return token
 
 
-def astria_for(config: Config, transport: Transport) -> AstriaClient | None:
-    """The Astria client, when a mapping needs one."""
-    if not any(mapping.astria_pack for mapping in config.mappings):
-        return None
-    return AstriaClient(config.astria.base_url, read_astria_token(config), transport)
+def api_client(config: Config, api: str, transport: Transport) -> AstriaClient:
+    """The client of the API ``api``, with its key (and workspace), speaking through ``transport``."""
+    table = config.api_table(api)
+    return AstriaClient(table.base_url, read_api_token(config, api), transport, workspace=table.workspace)
+
+
+def clients_for(config: Config, transport: Transport) -> dict[str, AstriaClient]:
+    """The clients of the APIs the mappings' sources are read through, by API: none needed, none made (nor
+    any key read)."""
+    return {api: api_client(config, api, transport) for api in sorted(config.apis())}
 
 
 class App(msgspec.Struct):
-    """One config's working parts. ``state`` and ``api`` (with its transport, which ``astria`` shares) are
+    """One config's working parts. ``state`` and ``api`` (with its transport, which ``clients`` share) are
     owned by whoever opened them."""
 
     config: Config
     state: State
     api: GenviralClient
-    astria: AstriaClient | None
+    #: The clients of the APIs the sources are read through, by API (``"astria"``).
+    clients: dict[str, AstriaClient]
     packs: PackResolver
     metadata: MetadataPoller
     syncer: Syncer
@@ -105,11 +116,11 @@ class App(msgspec.Struct):
         progress = progress or Progress(enabled=False)
         packs = PackResolver(api, state)
         metadata = MetadataPoller(api, state, progress)
-        astria = astria_for(config, api.transport)
+        clients = clients_for(config, api.transport)
         spool = None if state.readonly else config.spool_path
-        syncer = Syncer(config, state, api, lambda mapping: source_for(mapping, astria, spool), packs, metadata,
+        syncer = Syncer(config, state, api, lambda mapping: source_for(mapping, clients, spool), packs, metadata,
                         progress, leases_for(state))
-        return cls(config, state, api, astria, packs, metadata, syncer)
+        return cls(config, state, api, clients, packs, metadata, syncer)
 
     def close_sources(self) -> None:
         for source in self.syncer.sources.values():
@@ -148,23 +159,22 @@ async def _opened(config: Config, token: str, readonly: bool, progress: Progress
 async def pull_once(config: Config, token: str, pack: str, folder: Path, options: PullOptions, *,
                     progress: Progress | None = None, classes: Collection[str] | None = None,
                     sidecars: str = "none") -> PullReport:
-    """``packsync pull``: lock the folder, open everything, pull one pack (``genviral:…`` or ``astria:…``) into
-    ``folder``, close everything.
+    """``packsync pull``: lock the folder, open everything, pull one pack (``genviral:…``) or remote source
+    (its label, ``astria:260``) into ``folder``, close everything.
 
     Not the state's lock: a pull runs beside the daemon or a ``run`` (``PullLock`` says why), so its state
     is opened as one that does not hold that lock. A dry run writes nothing, and locks nothing."""
     from packsync.engine.pull import Puller, resolved_folder
-    from packsync.sources.astria import pack_listed
     from packsync.state.lock import PullLock
 
     system, _, wanted = pack.partition(":")
+    remote = None if system == "genviral" else settings_for(pack, classes=classes)
     folder = resolved_folder(folder)
     with nullcontext() if options.dry_run else PullLock(config.state_path, folder):
         async with _opened(config, token, options.dry_run, progress, holds_lock=False) as (state, api):
             puller = Puller(api, state, progress or QUIET)
-            if system == "astria":
-                astria = AstriaClient(config.astria.base_url, read_astria_token(config), api.transport)
-                listed = await pack_listed(astria, int(wanted), classes)
+            if remote is not None:
+                listed = await remote.listed(api_client(config, remote.api, api.transport))
                 return await puller.pull_listed(listed, folder, options, sidecars)
             return await puller.pull(wanted, folder, options, sidecars=sidecars)
 

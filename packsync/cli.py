@@ -314,7 +314,7 @@ def allow_deletes(mapping: str, as_json: bool) -> None:
 @_command(main, epilog=_examples("packsync pull \"genviral:Brand Assets\" ~/restore/brand",
                                  "packsync pull genviral:Brand ~/Pictures/brand --delete --dry-run",
                                  "packsync pull astria:260 ~/astria/headshots --classes woman,man"))
-@click.argument("source", metavar="genviral:PACK|astria:ID")
+@click.argument("source", metavar="genviral:PACK|astria:ID|astria-tune:ID")
 @click.argument("folder")
 @click.option("--delete", is_flag=True, help="Also delete files pulled earlier whose images left the pack.")
 @click.option("--max-delete", default="50%", show_default=True, metavar="N|P%",
@@ -341,15 +341,22 @@ def pull(source: str, folder: str, delete: bool, max_delete: str, force: bool, d
     from packsync.app import pull_once
     from packsync.config import max_delete_of
     from packsync.engine.pull import PullOptions
+    from packsync.sources.kinds import KINDS, settings_for
     from packsync.views.json import pull_document, write_json
     from packsync.views.progress import Progress
     from packsync.views.text import print_pull
 
     system, _, pack = source.partition(":")
-    if not (system == "genviral" and pack or system == "astria" and pack.isascii() and pack.isdigit()):
-        raise ConfigError(f"{source}: give the pack as genviral:PACK (an id or an exact name) or astria:ID.")
-    if classes is not None and system != "astria":
+    forms = " or ".join(["genviral:PACK (an id or an exact name)", *(f"{name}:ID" for name in KINDS)])
+    if not (system == "genviral" and pack or system in KINDS and pack.isascii() and pack.isdigit()):
+        raise ConfigError(f"{source}: give the pack as {forms}.")
+    if classes is not None and system == "genviral":
         raise ConfigError("--classes: applies to astria: packs only.")
+    if system in KINDS:
+        try:
+            settings_for(source, classes=classes.split(",") if classes else None)
+        except ValueError as exc:
+            raise ConfigError(f"--{exc}.") from None
     if not folder.strip():
         raise ConfigError("FOLDER: name the folder to pull into (it is created if missing).")
     if (limit := max_delete_of(max_delete)) is None:
@@ -518,17 +525,15 @@ def astria_packs(gallery: bool, as_json: bool) -> None:
     """List Astria packs: id, title, classes, image count."""
     import asyncio
 
-    from packsync.app import read_astria_token, transport_for
-    from packsync.remote.astria import AstriaClient
+    from packsync.app import api_client, transport_for
     from packsync.views.json import astria_packs_document, write_json
     from packsync.views.text import print_astria_packs
 
     config = _config()
-    token = read_astria_token(config)
 
     async def fetch() -> Any:
         async with transport_for(config) as transport:
-            client = AstriaClient(config.astria.base_url, token, transport)
+            client = api_client(config, "astria", transport)
             summaries = await client.packs(gallery=gallery)
             return summaries, await client.details(summaries)
 
@@ -546,17 +551,15 @@ def astria_tunes(as_json: bool) -> None:
     """List the key's Astria tunes: id, title, class, prompts, images, and when Astria deletes their images."""
     import asyncio
 
-    from packsync.app import read_astria_token, transport_for
-    from packsync.remote.astria import AstriaClient
+    from packsync.app import api_client, transport_for
     from packsync.views.json import astria_tunes_document, write_json
     from packsync.views.text import print_astria_tunes
 
     config = _config()
-    token = read_astria_token(config)
 
     async def fetch() -> Any:
         async with transport_for(config) as transport:
-            client = AstriaClient(config.astria.base_url, token, transport)
+            client = api_client(config, "astria", transport)
             tunes = await client.tunes()
             return tunes, await client.walks([tune.tune_id for tune in tunes])
 

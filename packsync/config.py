@@ -28,7 +28,7 @@ from packsync.errors import ConfigError
 from packsync.files import read_regular
 from packsync.recipe import Recipe
 from packsync.remote.bandwidth import BandwidthLimit
-from packsync.sources.kinds import astria_label
+from packsync.sources.kinds import KEYS, KINDS, RemoteSource
 from packsync.sources.patterns import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE  # (said here, with the other defaults)
 from packsync.sources.patterns import check as check_patterns
 
@@ -51,7 +51,7 @@ MAX_PACK_NAME = 120
 #: name with it and stores it trimmed, so a name is compared, looked up and created trimmed alike.
 _JS_SPACE = "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
     "\u2028\u2029\u202f\u205f\u3000\ufeff"
-#: Mapping keys that describe a folder, and so mean nothing for an Astria pack.
+#: Mapping keys that describe a folder, and so mean nothing for a source read through an API.
 FOLDER_ONLY = ("include", "exclude", "default_excludes", "follow_symlinks", "polling", "sidecars", "sidecar_name",
                "packs_from", "pack_prefix")
 
@@ -122,11 +122,24 @@ def with_bandwidth_limit(config: Config, text: str | None) -> Config:
     return msgspec.structs.replace(config, genviral=msgspec.structs.replace(config.genviral, bandwidth_limit=text))
 
 
+#: What a header's value given in the config may be: printable ASCII, no whitespace, not empty.
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+
 class AstriaConfig(_ApiConfig, frozen=True):
     base_url: str = DEFAULT_ASTRIA_URL
     #: None: $ASTRIA_API_KEY.
     token_env: str | None = None
+    #: How often the daemon reads an Astria pack (a kind of source with no interval of its own).
     poll_interval_s: Annotated[float, Meta(ge=10)] = 3600.0
+    #: Sent as ``X-Workspace-Id`` with every Astria API call: the key's workspace whose tunes and packs are
+    #: read (None: the key's own, outside any workspace).
+    workspace: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.workspace is not None and not _HEADER_TOKEN.fullmatch(self.workspace):
+            raise ValueError("workspace: a workspace's id is printable ASCII without spaces, sent as a header")
 
 
 class StateConfig(_Strict, frozen=True):
@@ -164,14 +177,15 @@ _PASSWORD_PARAMETERS = {"password", "sslpassword"}
 #: A user and a password, as SQLAlchemy's URL parser finds them: anything between the first ":" and an "@".
 _USER_PASSWORD = re.compile(r"[^:/]*:[^@]*@")
 #: A site's name: it qualifies the site's labels in the shared state (``nas:/srv/brand``), so no ":" — nor
-#: is it "astria", which begins the labels of Astria sources (``astria:12``, as opposed to ``nas:astria:12``).
+#: is it a kind of source's name, which begins its labels (``astria:12``, as opposed to ``nas:astria:12``).
 _SITE = re.compile(r"[A-Za-z0-9._-]{1,63}")
-SITE_RULE = "a site's name is 1 to 63 letters, digits, '.', '_' or '-', and not 'astria'"
+SITE_RULE = "a site's name is 1 to 63 letters, digits, '.', '_' or '-', and not " + \
+    " or ".join(map(repr, KINDS))
 
 
 def is_site(name: str) -> bool:
     """Whether ``name`` may name a site."""
-    return bool(_SITE.fullmatch(name)) and name != "astria"
+    return bool(_SITE.fullmatch(name)) and name not in KINDS
 
 
 def postgres_url(url: str) -> str:
@@ -262,11 +276,11 @@ def pack_name(text: str) -> str:
 
 
 class MappingConfig(_Strict, frozen=True):
-    """One source mirrored into one pack: a folder (``path``) or an Astria pack (``astria_pack``)."""
+    """One source mirrored into one pack: a folder (``path``), or a source read through an API (``source``:
+    its kind's own keys, ``astria_pack = 260``, which ``parse_config`` lifts out of the mapping's table)."""
 
     path: Path | None = None
-    astria_pack: Annotated[int, Meta(ge=1)] | None = None
-    classes: Annotated[list[str], Meta(min_length=1)] | None = None
+    source: RemoteSource | None = None
     pack: Annotated[str, Meta(min_length=1)] | None = None
     pack_id: Annotated[str, Meta(min_length=1)] | None = None
     include: list[str] = field(default_factory=lambda: list(DEFAULT_INCLUDE))
@@ -307,12 +321,10 @@ class MappingConfig(_Strict, frozen=True):
             raise ValueError("max_delete: must be a count >= 0 or a percentage like \"50%\"")
 
     def _check_source(self) -> None:
-        if self.path is None and self.astria_pack is None:
-            raise ValueError("path: required (or astria_pack, for an Astria pack)")
-        if self.path is not None and self.astria_pack is not None:
-            raise ValueError("astria_pack: give path or astria_pack, not both")
-        if self.classes is not None and self.astria_pack is None:
-            raise ValueError("classes: applies to an Astria pack only")
+        if self.path is None and self.source is None:
+            raise ValueError(f"path: required (or {_ID_KEYS})")
+        if self.path is not None and self.source is not None:
+            raise ValueError(f"{self.source.id_key}: give path or {self.source.id_key}, not both")
 
     def _check_pack(self) -> None:
         if self.packs_from == "subfolders":
@@ -347,7 +359,7 @@ class MappingConfig(_Strict, frozen=True):
     @property
     def label(self) -> str:
         """How messages, the state and the views name this mapping's source."""
-        return astria_label(self.astria_pack) if self.astria_pack is not None else str(self.path)
+        return self.source.label if self.source is not None else str(self.path)
 
     @property
     def folder(self) -> Path:
@@ -436,6 +448,24 @@ class Config(_ConfigFile, frozen=True):
         """Read the API token from its file or environment variable; never from the config itself."""
         return read_token(self.genviral)
 
+    def apis(self) -> set[str]:
+        """The APIs the mappings' sources are read through (``"astria"``): whose clients and keys are needed."""
+        return {mapping.source.api for mapping in self.mappings if mapping.source is not None}
+
+    def api_table(self, name: str) -> AstriaConfig:
+        """The table of the API ``name`` (a kind of source's ``api``): where it is, its key, how often it is read."""
+        table = getattr(self, name)
+        assert isinstance(table, AstriaConfig), f"no API table {name!r}"
+        return table
+
+    def poll_interval_s(self, mapping: MappingConfig) -> float:
+        """How often the daemon reads ``mapping``'s source: its kind's own interval, else its API table's
+        ``poll_interval_s``. A folder is watched, and read whole every ``[daemon] rescan_interval_s``."""
+        if mapping.source is None:
+            return self.daemon.rescan_interval_s
+        own = mapping.source.poll_s
+        return own if own is not None else self.api_table(mapping.source.api).poll_interval_s
+
     def shared_state(self) -> SharedState | None:
         """Where the state shared with other machines is, and who this machine is there (None: no ``[state]
         url``, a SQLite state of its own). Reads the database's password (registered as a secret at once)."""
@@ -487,6 +517,7 @@ def _sentence(error: msgspec.ValidationError) -> str:
     elif own := re.fullmatch(r"(\w+(?:\[\d+\])?): (.*)", message):  # a check of one key, made with the whole table
         key, message = f"{key}.{own[1]}".lstrip("."), own[2]
     message = re.sub(r"`([^`]*)`", lambda kind: _KINDS.get(kind[1], kind[1]), message)
+    key = re.sub(r"^(mappings\[\d+\])\.source(?=\.|$)", r"\1", key)  # (lifted by _lift_source: as written)
     return f"{key or 'config'}: {message[:1].lower()}{message[1:]}"
 
 
@@ -508,6 +539,8 @@ def _keys_of(table: str) -> list[str]:
         kind = (typing.get_args(found) or (found,))[0]
         if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
             return []
+    if kind is MappingConfig:  # its source's keys are written in its table (``_lift_source``)
+        return [f.encode_name for f in msgspec.structs.fields(kind) if f.name != "source"] + list(KEYS)
     return [f.encode_name for f in msgspec.structs.fields(kind)]
 
 
@@ -536,7 +569,7 @@ def find_config_path(explicit: Path | None) -> Path:
 
 def parse_config(data: dict[str, Any], source: Path | None = None) -> Config:
     """Validate a config mapping; relative paths are taken relative to the config file's folder."""
-    _check_astria_keys(data, source)
+    data = _lift_sources(data, source)
     try:
         read = msgspec.convert(data, _ConfigFile, dec_hook=_path)
     except msgspec.ValidationError as exc:
@@ -579,15 +612,59 @@ def default_site(source: Path | None = None) -> str:
     return name
 
 
-def _check_astria_keys(data: dict[str, Any], source: Path | None) -> None:
-    """The keys that describe a folder are refused on a mapping whose source is an Astria pack."""
+#: How a message names the keys that make a mapping's source one read through an API.
+_ID_KEYS = ", ".join(f"{kind.id_key} for {kind.noun}" for kind in KINDS.values())
+
+
+def _lift_sources(data: dict[str, Any], source: Path | None) -> dict[str, Any]:
+    """``data`` with each mapping's source lifted (``_lift_source``); an error names the config file."""
     mappings = data.get("mappings")
-    for index, mapping in enumerate(mappings if isinstance(mappings, list) else []):
-        if isinstance(mapping, dict) and "astria_pack" in mapping:
-            for key in FOLDER_ONLY:
-                if key in mapping:
-                    raise ConfigError(f"{_where(source)}mappings[{index}].{key}: applies to folders only, "
-                                      "not to an Astria pack.")
+    if not isinstance(mappings, list):
+        return data
+    try:
+        return {**data, "mappings": [_lift_source(raw, i) for i, raw in enumerate(mappings)]}
+    except ValueError as exc:
+        raise ConfigError(f"{_where(source)}{exc}.") from None
+
+
+def _lift_source(raw: Any, i: int) -> Any:
+    """A mapping's table as the user wrote it, with its kind of source's keys (``astria_pack``, ``classes``)
+    moved into ``source`` (tagged with the kind, for msgspec): a ValueError naming the key when those keys
+    are of two kinds, or come with a ``path``, or a key that describes a folder comes with them."""
+    if not isinstance(raw, dict):
+        return raw
+    where = f"mappings[{i}]"
+    if "source" in raw:  # (the lifted table's name, not a key of the file)
+        raise ValueError(f"{where}.source: unknown key")
+    present = [key for key in raw if key in KEYS]
+    if not present:
+        return raw
+    kind = _kind_named(raw, present, where)
+    for key in FOLDER_ONLY:
+        if key in raw:
+            raise ValueError(f"{where}.{key}: applies to folders only, not to {kind.noun}")
+    lifted = {key: value for key, value in raw.items() if key not in KEYS}
+    lifted["source"] = {"kind": kind.name, **{key: raw[key] for key in present}}
+    return lifted
+
+
+def _kind_named(raw: dict[str, Any], present: list[str], where: str) -> type[RemoteSource]:
+    """The one kind of source whose keys (``present``) the mapping ``raw`` gives, with its id and no path."""
+    named = [key for key in present if KEYS[key].id_key == key]
+    if "path" in raw:
+        key = named[0] if named else present[0]
+        raise ValueError(f"{where}.{key}: give path or {key}, not both" if named
+                         else f"{where}.{key}: applies to {KEYS[key].noun} only")
+    if not named:
+        kind = KEYS[present[0]]
+        raise ValueError(f"{where}.{present[0]}: applies to {kind.noun} only, and no {kind.id_key} is given")
+    if len(named) > 1:
+        raise ValueError(f"{where}.{named[1]}: give {named[0]} or {named[1]}, not both")
+    kind = KEYS[named[0]]
+    for key in present:
+        if KEYS[key] is not kind:
+            raise ValueError(f"{where}.{key}: applies to {KEYS[key].noun} only, not to {kind.noun}")
+    return kind
 
 
 def _where(source: Path | None) -> str:
@@ -602,8 +679,10 @@ def _check_mappings(config: Config) -> None:
                     mapping.path == other.path or mapping.path.is_relative_to(other.path)
                     or other.path.is_relative_to(mapping.path)):
                 raise ConfigError(f"{where}mappings[{i}].path: overlaps mappings[{j}].path ({other.path}).")
-            if mapping.astria_pack is not None and mapping.astria_pack == other.astria_pack:
-                raise ConfigError(f"{where}mappings[{i}].astria_pack: mappings[{j}] already mirrors that pack.")
+            if mapping.source is not None and mapping.label == other.label:
+                thing = mapping.source.noun.rpartition(" ")[2]  # "an Astria pack": "pack"
+                raise ConfigError(f"{where}mappings[{i}].{mapping.source.id_key}: mappings[{j}] already mirrors "
+                                  f"that {thing}.")
             same_id = mapping.pack_id is not None and mapping.pack_id == other.pack_id
             same_name = mapping.pack is not None and mapping.pack == other.pack
             if same_id or same_name:

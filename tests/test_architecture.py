@@ -199,8 +199,6 @@ def _kind_blind_files() -> list[Path]:
             for path in ([PACKAGE / part] if part.endswith(".py") else sorted((PACKAGE / part).rglob("*.py")))]
 
 
-@pytest.mark.xfail(strict=True, reason="app.py, daemon/ and views/status.py read MappingConfig.astria_pack until "
-                                       "the config seam (issue 29, seam edit 3) lands; flip after integration")
 def test_no_module_above_the_sources_names_a_kind_of_source() -> None:
     """The planner, executor, daemon, state and views ask a source what it is (``kind``, ``label``,
     ``expires_at``, an item's ``detail``), never which key a mapping used to name it."""

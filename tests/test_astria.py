@@ -502,3 +502,31 @@ def test_full_rescans_leave_astria_packs_to_their_poll_interval(daemon_env: Env,
     wait_until(lambda: (full_scan() or "") > first, timeout=30, interval=0.5)  # a periodic full rescan ran
 
     assert daemon_env.sandbox.calls[("GET", "astria:/p/{id}")] == reads
+
+
+def test_the_astria_workspace_reaches_every_api_call_and_no_download(env: Env) -> None:
+    """``[astria] workspace`` is sent as X-Workspace-Id with each Astria API call (a pack made in a workspace
+    is seen only with it), and never with an image's download, which goes to public storage."""
+    pack_id = env.sandbox.astria.add_pack("Team headshots", workspace="ws_42")
+    urls = [env.sandbox.astria.add_image(pack_id, "woman", image(seed=n)) for n in range(2)]
+    env.map_astria(pack_id, pack="Team")
+
+    without = env.cli("run", "--no-wait")
+    assert f"Astria has no pack {pack_id} the key can see" in without.stdout + without.stderr
+    assert env.sandbox.calls[("GET", "astria-img")] == 0 and env.sandbox.calls[("POST", "/files")] == 0
+    env.sandbox.astria.workspaces_seen.clear()
+    env.astria["workspace"] = "ws_42"
+    env.write_config()
+
+    with_it = env.cli("run", "--no-wait")
+    listed = env.cli("astria", "packs", "--json", token=None)
+
+    assert with_it.returncode == ExitCode.OK, with_it.stderr
+    assert genviral_bytes(env, "Team") == astria_bytes(env, urls)
+    assert listed.returncode == ExitCode.OK and [p["id"] for p in json.loads(listed.stdout)["packs"]] == [pack_id]
+    seen = env.sandbox.astria.workspaces_seen
+    api = [(route, workspace) for route, workspace in seen if route != "astria-img"]
+    downloads = [workspace for route, workspace in seen if route == "astria-img"]
+    assert api and all(workspace == "ws_42" for _route, workspace in api), api
+    assert {route for route, _ in api} >= {"astria:/p/{id}", "astria:/packs"}
+    assert downloads[:2] == [None, None] and set(downloads) == {None}, "a download carries no workspace"

@@ -347,7 +347,7 @@ def test_the_client_sends_the_workspace_only_when_one_is_given(sb: Sandbox) -> N
 
     async def seen(workspace: str | None) -> list[int]:
         async with Transport() as transport:
-            client = AstriaClient(sb.astria_url, ASTRIA_TOKEN, transport, workspace=workspace)  # type: ignore[call-arg]
+            client = AstriaClient(sb.astria_url, ASTRIA_TOKEN, transport, workspace=workspace)
             return [t.tune_id for t in await client.tunes()]
 
     assert asyncio.run(seen("ws_42")) == [team] and asyncio.run(seen(None)) == [mine]

@@ -9,7 +9,6 @@ of ``run``, ``status`` and ``astria tunes``, exit codes, files on disk and what 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 import shutil
@@ -27,9 +26,6 @@ from test_astria import images_of
 
 from packsync.errors import ExitCode
 from packsync.sandbox.server import Reply
-
-_TUNES = importlib.util.find_spec("packsync.sources.astria_tune") is not None
-pytestmark = pytest.mark.skipif(not _TUNES, reason="the tune source is not built yet")
 
 PAGES = ("GET", "astria:/tunes/{id}/prompts")
 ONE_PROMPT = ("GET", "astria:/tunes/{id}/prompts/{prompt_id}")

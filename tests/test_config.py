@@ -18,6 +18,7 @@ from packsync.config import (
     DEFAULT_BASE_URL,
     DEFAULT_EXCLUDE,
     DEFAULT_INCLUDE,
+    SITE_RULE,
     GenviralConfig,
     default_state_path,
     find_config_path,
@@ -575,8 +576,7 @@ STATE_ERRORS = [
     pytest.param({"url": URL, "password_env": "PGPASSWORD", "password_file": "pgpass"},
                  "state.password_file: give password_env or password_file, not both.", id="both"),
     pytest.param({"url": URL, "password_env": ""}, "state.password_env: ", id="an empty variable name"),
-    pytest.param({"url": URL, "site": ""}, "state.site: a site's name is 1 to 63 letters, digits, '.', '_' or '-', "
-                 "and not 'astria', not ''.", id="an empty site"),
+    pytest.param({"url": URL, "site": ""}, f"state.site: {SITE_RULE}, not ''.", id="an empty site"),
     pytest.param({"url": URL, "site": "astria"}, "state.site: ", id="a site named as Astria sources' labels begin"),
     pytest.param({"url": URL, "site": "studio nas"}, "state.site: ", id="a site with a space"),
     pytest.param({"url": URL, "site": "nas:1"}, "state.site: ", id="a site with a colon (it qualifies labels)"),
@@ -784,3 +784,36 @@ def test_bwlimit_is_over_the_config_s_limit() -> None:
     assert with_bandwidth_limit(config, "off").genviral.bandwidth_limit == "off"
     assert with_bandwidth_limit(config, "off").genviral.concurrency == 6
     assert with_bandwidth_limit(config, None) is config
+
+
+def test_how_often_each_mapping_s_source_is_read() -> None:
+    """A source read through an API is read every ``[<api>] poll_interval_s`` unless its kind has an interval
+    of its own; a folder is watched, and read whole every ``[daemon] rescan_interval_s``."""
+    config = parse_config({"astria": {"poll_interval_s": 1800}, "daemon": {"rescan_interval_s": 7200},
+                           "mappings": [{"astria_pack": 260, "pack": "A"}, {"path": "/photos", "pack": "B"}]})
+    remote, folder = config.mappings
+
+    assert remote.source is not None and remote.source.poll_s is None
+    assert config.poll_interval_s(remote) == 1800
+    assert config.poll_interval_s(folder) == 7200
+    assert parse_config({"mappings": [{"astria_pack": 260, "pack": "A"}]}).poll_interval_s(remote) == 3600
+
+
+def test_the_apis_a_config_reads_through_are_its_sources_apis_only() -> None:
+    assert parse_config(one_mapping()).apis() == set()
+    config = parse_config({"mappings": [{"astria_pack": 260, "pack": "A", "classes": ["woman"]}]})
+    assert config.apis() == {"astria"}
+    assert config.mappings[0].label == "astria:260" and config.api_table("astria") is config.astria
+
+
+@pytest.mark.parametrize("workspace", ["ws_42", "9f1c-2b", "a"])
+def test_an_astria_workspace_is_read(workspace: str) -> None:
+    assert parse_config({"astria": {"workspace": workspace}}).astria.workspace == workspace
+    assert parse_config({}).astria.workspace is None
+
+
+@pytest.mark.parametrize("workspace", ["", "ws 42", "ws\t42", "ws\n42", "wś", "ws\x7f", 42])
+def test_a_workspace_that_cannot_be_a_header_is_refused_naming_the_key(workspace: Any) -> None:
+    message = config_error({"astria": {"workspace": workspace}})
+
+    assert message.startswith("astria.workspace: ") and message.endswith(".") and "\n" not in message

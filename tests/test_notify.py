@@ -465,3 +465,28 @@ def test_a_refused_astria_key_is_told_as_such_at_once_and_its_end_once(
     wait_until(lambda: len(inbox.titles()) == 2, timeout=30, what="the Astria key's recovery told")
     assert settled(daemon_env, daemon, inbox) == [refused, "packsync: the Astria key works again"]
     assert label not in " ".join(inbox.titles()), "a key, not a folder failing"
+
+
+def test_a_source_s_refused_key_ends_only_when_a_source_of_that_api_syncs() -> None:
+    """The key alert of a source's API is cleared by a mapping read through that API syncing, never by a
+    folder's: the alert is per ``source.api``, whatever the kind of source."""
+    from packsync.engine.subfolders import Target
+    from packsync.engine.sync import MappingReport
+
+    config = parse_config({"mappings": [{"astria_pack": 260, "pack": "Headshots"}, {"path": "/f", "pack": "F"}]})
+    remote, folder = config.mappings
+
+    def report(mapping: Any, **outcome: Any) -> MappingReport:
+        return MappingReport(mapping, "P", Target(mapping), **outcome)
+
+    notifications = Notifications(Alerts(60), None)
+    notifications.synced([report(remote, error="the Astria API refused the key", refused=True)], {}, 0)
+    assert notifications.alerts.refused == {"Astria": "the Astria API refused the key"}
+    [told] = Alerts(60).key("Astria", "the Astria API refused the key")
+    assert "The Astria sources are not synced until the key works" in told.body
+    notifications.synced([report(folder)], {}, 1)
+    assert "Astria" in notifications.alerts.refused, "a folder synced says nothing of the Astria key"
+    notifications.synced([report(remote, error="pack gone")], {}, 2)
+    assert "Astria" in notifications.alerts.refused, "a source that failed otherwise did not get past the key"
+    notifications.synced([report(remote), report(folder)], {}, 3)
+    assert notifications.alerts.refused == {}

@@ -48,8 +48,7 @@ def listed_pull(env: Env, pack_id: int, out: Path, change: Callable[[Listed], Li
     list it): in process, over HTTP, as ``packsync pull`` does."""
     async def run() -> PullReport:
         async with open_app(env.config(), TOKEN) as app:
-            assert app.astria is not None, "the config maps an Astria pack"
-            listed = change(await pack_listed(app.astria, pack_id, None))
+            listed = change(await pack_listed(app.clients["astria"], pack_id, None))
             return await Puller(app.api, app.state).pull_listed(listed, out, PullOptions(**options), sidecars)
     return asyncio.run(run())
 

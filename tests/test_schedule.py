@@ -155,3 +155,21 @@ def test_a_sync_asked_for_waits_for_its_mapping_s_sync_beside_the_loop_while_the
         assert not planned.asked
     finally:
         loop.close()
+
+
+def test_a_source_read_through_an_api_is_read_again_after_its_mapping_s_poll_interval(tmp_path: Path) -> None:
+    """No watcher tells of a remote source's changes: after each sync it is due again once its mapping's
+    ``Config.poll_interval_s`` is up (``[astria] poll_interval_s`` for an Astria pack), not at a rescan."""
+    remote = parse_config({"astria": {"poll_interval_s": 1800}, "daemon": {"rescan_interval_s": 600},
+                           "mappings": [{"astria_pack": 260, "pack": "Headshots"}]},
+                          source=tmp_path / "config.toml")
+    planned = Schedule(remote, TIMING, Aggregator(2.0))
+    planned.started(FIRST, 0.0)
+    pack = planned.folders["astria:260"]
+
+    planned.synced(pack, None, failing=False, now=100.0)
+
+    assert pack.retry_at == 100.0 + remote.poll_interval_s(pack.mapping) == 1900.0
+    assert planned.due(1000.0) == Round(frozenset(), full=True), "a full rescan leaves it to its interval"
+    later = planned.due(1900.0)
+    assert later is not None and later.labels == frozenset({"astria:260"})

@@ -170,12 +170,12 @@ def test_one_transport_serves_a_run_and_astria_reads_spend_its_budget(env: Env) 
 
     async def read() -> tuple[bool, int, int]:
         async with open_app(env.config(), TOKEN) as app:
-            assert app.astria is not None
+            astria = app.clients["astria"]
             app.api.start_run()
             before = app.api.transport.retries_left
-            await app.astria.pack(pack_id)
+            await astria.pack(pack_id)
             await app.api.list_packs()
-            return app.astria.transport is app.api.transport, before, app.api.transport.retries_left
+            return astria.transport is app.api.transport, before, app.api.transport.retries_left
 
     shared, before, after = asyncio.run(read())
 

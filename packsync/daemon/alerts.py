@@ -2,7 +2,7 @@
 
 ``Alerts`` decides what to tell, purely: each sync's outcome and the time go in, ``Alert``s come out. It
 remembers each episode so that each is told once, however many syncs it lasts: a safety stop (until the
-mapping syncs without one), a refused key, Genviral's or Astria's (until a sync gets past it), a folder
+mapping syncs without one), a refused key, Genviral's or a source's API's (until a sync gets past it), a folder
 failing longer than ``notify.after_s`` (until it syncs), and the end of each. ``Notifier`` sends through
 apprise (imported here only, and only when URLs are configured: ``run`` and ``--help`` never pay for it),
 off the event loop and within a deadline; a send that fails is logged, never a reason for a sync to fail.
@@ -40,8 +40,17 @@ SEND_TIMEOUT_S = 30.0
 CLOSE_GRACE_S = 1.0
 
 Event = Literal["safety stop", "safety stop cleared", "key refused", "key accepted", "failing", "recovered", "test"]
-#: The APIs whose key may be refused: Genviral's stops every sync, Astria's the Astria packs' only.
-Api = Literal["Genviral", "Astria"]
+#: An API whose key may be refused, as people read its name ("Genviral", "Astria"): Genviral's stops every
+#: sync, another's only the sources read through it.
+Api = str
+GENVIRAL: Api = "Genviral"
+
+
+def _api_name(api: str) -> Api:
+    """A source's API (``"astria"``, as the config's table is named) as people read it: "Astria"."""
+    return api.capitalize()
+
+
 #: How a message says to reload (the unit is a user's or the system's).
 RELOAD = "reload the daemon (SIGHUP, or `systemctl [--user] reload packsync`)"
 
@@ -122,7 +131,7 @@ class Alerts:
         if api in self.refused:
             return []
         self.refused[api] = refused
-        paused = "Syncing is paused" if api == "Genviral" else "The Astria packs are not synced"
+        paused = "Syncing is paused" if api == GENVIRAL else f"The {api} sources are not synced"
         return [Alert("key refused", None, f"packsync: the {api} API key was refused",
                       f"{_text(refused)}. {paused} until the key works: renew it, then {RELOAD}.")]
 
@@ -253,24 +262,26 @@ class Notifications:
 
     def synced(self, reports: Sequence[MappingReport], folder_of: dict[str, str], now: float) -> None:
         """A sync's mappings: each one's safety stop, each folder's error (a safety stop is no error: it is told
-        as itself), and the keys it got past or met refused (an Astria key refused is told as such, not as its
-        folder failing). ``folder_of``: each mapping's daemon folder."""
-        alerts = self.alerts.key("Genviral", None)
+        as itself), and the keys it got past or met refused (a source's API's key refused is told as such, not as
+        its folder failing). ``folder_of``: each mapping's daemon folder."""
+        alerts = self.alerts.key(GENVIRAL, None)
         errors: dict[str, str | None] = {}
-        refused: str | None = None
-        astria_synced = False
+        keys: dict[Api, str | None] = {}  # each source API met: its key's refusal, or None (got past it)
         for report in reports:
             alerts += self.alerts.stop(report.label, report.safety,
                                        report.plan.weighed if report.plan and report.safety else 0)
-            if report.refused:
-                refused = refused or report.error
+            api = _api_name(report.config.source.api) if report.config.source is not None else None
+            if report.refused:  # (only a source read through an API has a key of its own to refuse)
+                if api is not None:
+                    keys[api] = keys.get(api) or report.error
                 continue
             failed = report.error or (report.outcome.error if report.outcome else None)
-            astria_synced |= report.config.astria_pack is not None and failed is None
+            if api is not None and failed is None:
+                keys.setdefault(api, None)
             folder = folder_of.get(report.label, report.label)
             errors[folder] = errors.get(folder) or failed
-        if refused is not None or astria_synced:
-            alerts += self.alerts.key("Astria", refused)
+        for api, refused in keys.items():
+            alerts += self.alerts.key(api, refused)
         for folder, error in errors.items():
             alerts += self.alerts.outcome(folder, error, now)
         self.tell(alerts)
@@ -281,7 +292,7 @@ class Notifications:
 
     def refused(self, sentence: str) -> None:
         """A round failed as a whole for Genviral's key refused."""
-        self.tell(self.alerts.key("Genviral", sentence))
+        self.tell(self.alerts.key(GENVIRAL, sentence))
 
     def tell(self, alerts: list[Alert]) -> None:
         if self.notifier is None or not alerts:

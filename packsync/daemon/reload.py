@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from packsync.app import read_astria_token
+from packsync.app import read_api_token
 from packsync.config import Config, load_config, read_token
 from packsync.logs import register_secret
 from packsync.remote.transport import Transport
@@ -17,8 +17,8 @@ def reread(config_path: Path) -> tuple[Config, str]:
     """The config and the Genviral key, read again; raises the ``PacksyncError`` that stops the reload."""
     config = load_config(config_path)
     token = read_token(config.genviral)
-    if any(mapping.astria_pack for mapping in config.mappings):
-        read_astria_token(config)  # a missing Astria key is found here, not half-way through the reload
+    for api in sorted(config.apis()):
+        read_api_token(config, api)  # a missing key is found here, not half-way through the reload
     register_secret(token)
     return config, token
 

@@ -3,11 +3,11 @@
 A folder is synced when the changes the watcher saw in it settle (the aggregator hands over the paths
 that changed, so the sync looks at those alone, and those still being written, which wait), when its
 retry is due (a failed sync, backing off), and at every full rescan, with jitter: the truth that
-catches whatever the watcher missed. An Astria pack has no watcher: it is read every
-``[astria] poll_interval_s``. A refused key pauses every folder until the pause is over, SIGHUP, or
-the page asks. The loop (``service.py``) asks ``due(now)`` and ``next_deadline(now)``, runs the round,
-and tells the outcome back; every time is the caller's ``now``, so the schedule is tested with a
-made-up clock.
+catches whatever the watcher missed. A source read through an API (an Astria pack) has no watcher: it
+is read every ``Config.poll_interval_s`` of its mapping. A refused key pauses every folder until the
+pause is over, SIGHUP, or the page asks. The loop (``service.py``) asks ``due(now)`` and
+``next_deadline(now)``, runs the round, and tells the outcome back; every time is the caller's ``now``,
+so the schedule is tested with a made-up clock.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ if TYPE_CHECKING:  # the engine's types only: the schedule decides without it
 
 @dataclass(slots=True)
 class Folder:
-    """What the daemon keeps for one mapped folder (or Astria pack)."""
+    """What the daemon keeps for one mapped folder (or source read through an API)."""
 
     mapping: MappingConfig
     retry: Retrying
-    retry_at: float | None = None  # when a retry (or an Astria pack's next read) is due
+    retry_at: float | None = None  # when a retry (or a remote source's next read) is due
     error: str | None = None
 
     @property
@@ -46,7 +46,7 @@ class Folder:
 
     @property
     def root(self) -> Path | None:
-        """The folder watched (None: an Astria pack, read every ``[astria] poll_interval_s``)."""
+        """The folder watched (None: a source read through an API, read every ``Config.poll_interval_s``)."""
         return self.mapping.path
 
 
@@ -114,7 +114,7 @@ class Schedule:
         retries = {label for label, f in self.folders.items()
                    if f.retry_at is not None and f.retry_at <= now and label not in self.in_flight}
         labels = set(settled) | retries
-        if full:  # every folder; an Astria pack only when its poll interval is up
+        if full:  # every folder; a remote source only when its poll interval is up
             labels |= {label for label, f in self.folders.items() if f.root is not None}
         if not (full or labels):
             return None
@@ -123,8 +123,8 @@ class Schedule:
         return Round(frozenset(labels), full, {label: due.busy for label, due in settled.items()}, changed)
 
     def _asked(self) -> Asked | None:
-        """The first sync asked for that may run now: none of its mappings syncing beside the loop (an Astria
-        pack's: it waits for that sync, and the loop syncs the folders meanwhile). Those answered already
+        """The first sync asked for that may run now: none of its mappings syncing beside the loop (a remote
+        source's: it waits for that sync, and the loop syncs the folders meanwhile). Those answered already
         (their asker gave up), or naming a mapping a reload removed, leave the queue."""
         for asked in list(self.asked):
             # A reload while it waited may have removed a mapping it names: syncing the rest would answer "done".
@@ -189,8 +189,8 @@ class Schedule:
             self.retry(folder, now)
         elif not error:
             folder.retry.reset()
-        if folder.root is None and folder.retry_at is None:  # an Astria pack: read again in a while
-            folder.retry_at = now + self.config.astria.poll_interval_s
+        if folder.root is None and folder.retry_at is None:  # a source read through an API: again in a while
+            folder.retry_at = now + self.config.poll_interval_s(folder.mapping)
 
     def pause(self, folders: list[Folder], reason: str, now: float) -> None:
         """A refused key: nothing syncs for ``auth_pause_s``; then ``folders`` are retried."""
@@ -208,7 +208,7 @@ class Schedule:
         self.paused_until = None
 
     def reconfigure(self, config: Config) -> tuple[list[Folder], list[Path]]:
-        """A reloaded config: every folder it adds or changes is new and due at once (and an Astria pack is
+        """A reloaded config: every folder it adds or changes is new and due at once (and a remote source is
         read again); returns the new folders, and the roots no longer watched. A pause ends too."""
         old, new = self.folders, {m.label: m for m in config.mappings}
         self.config, self.folders, self.paused_until = config, {}, None

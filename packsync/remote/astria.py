@@ -141,10 +141,12 @@ def prompt_of(raw: Any, where: str) -> TunePrompt | Problem:
 class AstriaClient:
     """Astria's packs and tunes, read with its own key through the process's ``transport``."""
 
-    def __init__(self, base_url: str, token: str, transport: Transport) -> None:
+    def __init__(self, base_url: str, token: str, transport: Transport, *, workspace: str | None = None) -> None:
         self.transport = transport
         self._base = base_url.rstrip("/")
-        self._headers = Headers({"Authorization": f"Bearer {token}"})
+        # (API calls only: an image's download goes to public storage, with neither the key nor the workspace)
+        self._headers = Headers({"Authorization": f"Bearer {token}"}
+                                | ({"X-Workspace-Id": workspace} if workspace is not None else {}))
 
     async def _get(self, route: Route, path: str) -> Any:
         return await self.transport.request(route, self._base + path, json_of, headers=self._headers,

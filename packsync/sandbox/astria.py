@@ -4,8 +4,9 @@ Served under ``/astria`` on the sandbox's port, Bearer auth, plain JSON without 
 the documented fields: packs (``GET /astria/packs``, ``/astria/gallery/packs``, ``/astria/p/{id}``, example
 images listed by class) and tunes (``GET /astria/tunes``, ``/astria/tunes/{id}``,
 ``/astria/tunes/{id}/prompts?offset=N`` 20 a page newest first, ``/astria/tunes/{tid}/prompts/{id}``).
-An ``X-Workspace-Id`` header selects a workspace: a tune made in one is seen only with that header, a tune
-made outside any only without it, so a client's use of the header is observable.
+An ``X-Workspace-Id`` header selects a workspace: a tune (or a key's own pack) made in one is seen only with
+that header, one made outside any only without it, so a client's use of the header is observable (and
+``workspaces_seen`` says what each request, an image's download too, came with).
 The images' bytes are served at extension-less URLs (``/astria-img/{key}``), as on Astria's storage.
 Nothing here can be written through the API: tests and the demo seed packs and tunes, and ``generate``
 plays a prompt's generation finishing later. Owns no HTTP: ``server.py`` routes requests to ``answer``.
@@ -47,6 +48,7 @@ class _AstriaPack:
     public: bool
     created_at: float
     classes: dict[str, list[_Prompt]] = field(default_factory=dict)
+    workspace: str | None = None  # its owner sees it only with this X-Workspace-Id (as a tune)
 
     @property
     def slug(self) -> str:
@@ -94,11 +96,13 @@ class AstriaStore:
         self._next_tune = 690_200
         self._next_prompt = 18_154_000
         self.ignore_offset = False
+        #: Every request's route (an image's: "astria-img") and the X-Workspace-Id it came with (None: none).
+        self.workspaces_seen: list[tuple[str, str | None]] = []
 
-    def add_pack(self, title: str, *, user_id: int = 1, public: bool = False) -> int:
+    def add_pack(self, title: str, *, user_id: int = 1, public: bool = False, workspace: str | None = None) -> int:
         with self.lock:
             pack_id, self._next_pack = self._next_pack, self._next_pack + 1
-            self._packs[pack_id] = _AstriaPack(pack_id, user_id, title, public, self._clock())
+            self._packs[pack_id] = _AstriaPack(pack_id, user_id, title, public, self._clock(), workspace=workspace)
             return pack_id
 
     def add_image(self, pack_id: int, cls: str, data: bytes, *, content_type: str = "image/png",
@@ -195,15 +199,16 @@ class AstriaStore:
 
     # -- the API's answers ---------------------------------------------------------------------------
 
-    def list_packs(self, user_id: int | None, *, gallery: bool) -> list[dict[str, Any]]:
+    def list_packs(self, user_id: int | None, *, gallery: bool, workspace: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
-            packs = [p for p in self._packs.values() if (p.public if gallery else p.user_id == user_id)]
+            packs = [p for p in self._packs.values()
+                     if (p.public if gallery else p.user_id == user_id and p.workspace == workspace)]
             return [self._summary(p) for p in sorted(packs, key=lambda p: p.id)]
 
-    def get_pack(self, user_id: int, pack_id: int) -> dict[str, Any] | None:
+    def get_pack(self, user_id: int, pack_id: int, workspace: str | None = None) -> dict[str, Any] | None:
         with self.lock:
             pack = self._packs.get(pack_id)
-            if pack is None or not (pack.public or pack.user_id == user_id):
+            if pack is None or not (pack.public or pack.user_id == user_id and pack.workspace == workspace):
                 return None
             first = next((url for prompts in pack.classes.values() for p in prompts for url in p.images), None)
             return {
@@ -297,14 +302,15 @@ def answer(store: AstriaStore, route: str, params: dict[str, str], query: str,
     user_id = store.users.get(token.strip()) if scheme.lower() == "bearer" else None
     if user_id is None:
         return _json(401, {"error": "Unauthorized"})
+    workspace = headers.get("x-workspace-id") or None
     if route == "astria:/packs":
-        return _json(200, store.list_packs(user_id, gallery=False))
+        return _json(200, store.list_packs(user_id, gallery=False, workspace=workspace))
     if route == "astria:/gallery/packs":
         return _json(200, store.list_packs(None, gallery=True))
     if route.startswith("astria:/tunes"):
-        return _answer_tunes(store, route, params, query, user_id, headers.get("x-workspace-id") or None)
+        return _answer_tunes(store, route, params, query, user_id, workspace)
     pack_id = _number(params["id"])
-    pack = store.get_pack(user_id, pack_id) if pack_id is not None else None
+    pack = store.get_pack(user_id, pack_id, workspace) if pack_id is not None else None
     return _json(200, pack) if pack is not None else _json(404, NOT_FOUND)
 
 

@@ -379,6 +379,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._storage_put(params["key"], query, body, fault == "expire")
         if route == "cdn":
             return self._cdn_get()
+        if route == "astria-img" or route.startswith("astria:"):
+            self.server.sandbox.astria.workspaces_seen.append((route, self.headers.get("X-Workspace-Id")))
         if route == "astria-img":
             found = self.server.sandbox.astria.image(params["key"])
             if found is None:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Annotated, Any, ClassVar, Protocol
+
+import msgspec
+from msgspec import Meta
 
 from packsync.errors import (
     ApiError,
@@ -26,7 +29,40 @@ from packsync.logs import untrusted
 from packsync.model import EXTENSIONS, AstriaPack, CachedFile, ContentItem, Listed, ListedImage, Problem, Scan
 from packsync.sources.body import UploadBody
 from packsync.sources.downloads import Download, Downloader, HeldDownloads
-from packsync.sources.kinds import astria_label
+
+
+class AstriaPackSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag_field="kind",
+                         tag="astria"):
+    """An Astria pack as a mapping (``astria_pack``, ``classes``) or a pull (``astria:260``) names it: the
+    kind of source ``sources.kinds`` knows it as."""
+
+    name: ClassVar[str] = "astria"
+    noun: ClassVar[str] = "an Astria pack"
+    api: ClassVar[str] = "astria"
+    described: ClassVar[bool] = False  # a pack's images carry no text of their own
+    id_key: ClassVar[str] = "astria_pack"
+
+    astria_pack: Annotated[int, Meta(ge=1)]
+    #: The pack's classes mirrored (None: all).
+    classes: Annotated[list[str], Meta(min_length=1)] | None = None
+
+    @property
+    def id(self) -> int:
+        return self.astria_pack
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.astria_pack}"
+
+    @property
+    def poll_s(self) -> float | None:
+        return None  # [astria] poll_interval_s
+
+    def source(self, client: Any, max_bytes: int, spool: Path | None) -> AstriaSource:
+        return AstriaSource(client, self.astria_pack, self.classes, max_bytes, spool)
+
+    async def listed(self, client: Any) -> Listed:
+        return await pack_listed(client, self.astria_pack, self.classes)
 
 
 def _known(cached: CachedFile | None, url: str) -> bool:
@@ -56,7 +92,7 @@ class AstriaSource:
         self.client = client
         self.pack_id = pack_id
         self.classes = set(classes) if classes is not None else None
-        self.label = astria_label(pack_id)
+        self.label = f"{AstriaPackSettings.name}:{pack_id}"
         self.name: str | None = None
         self.downloads = HeldDownloads(client, max_bytes, spool)
 
@@ -128,7 +164,7 @@ async def pack_listed(client: AstriaReader, pack_id: int, classes: Collection[st
     entry it cannot read is a problem, and withholds every removal."""
     pack = await client.pack(pack_id)
     _check_classes(pack, classes)
-    label = astria_label(pack_id)
+    label = f"{AstriaPackSettings.name}:{pack_id}"
     problems = tuple(Problem(where, why) for cls, where, why in pack.problems if classes is None or cls in classes)
     return Listed(label, pack.title,
                   tuple(ListedImage(url, (image.cls, f"{image.prompt_id}-{image.index}"))
@@ -145,5 +181,6 @@ def _check_classes(pack: AstriaPack, classes: Collection[str] | None) -> None:
             continue
         near = [c for c in pack.classes if c.casefold() == wanted.casefold()]
         hint = f" (class names are exact: did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(f"--classes: {astria_label(pack.pack_id)} has no class {untrusted(wanted, 60)!r}{hint}; "
+        raise ConfigError(f"--classes: {AstriaPackSettings.name}:{pack.pack_id} has no class "
+                          f"{untrusted(wanted, 60)!r}{hint}; "
                           f"its classes are {', '.join(repr(c) for c in pack.classes) or 'none'}")

@@ -78,7 +78,7 @@ class MappingStatus(msgspec.Struct, frozen=True):
 
     @property
     def kind(self) -> str:
-        """What kind of source it is: ``"folder"`` or ``"astria"``."""
+        """What kind of source it is: ``"folder"``, or a kind's name (``"astria"``: ``sources.kinds``)."""
         return kind_of(self.path)
 
     @property
@@ -364,8 +364,8 @@ def _files(mapping: MappingConfig, state: State, pack_id: str | None, problems: 
     detail = []
     for key, sha in page:
         own = held.get(sha or "")
-        # an Astria image (its key is its URL) is shown by the name it was added with
-        shown = own.file_name if own and mapping.astria_pack is not None else key
+        # a remote source's image (its key is no path: an Astria image's URL) is shown by the name it was added with
+        shown = own.file_name if own and mapping.path is None else key
         changes = made[own.sha256, own.recipe].changes if own and (own.sha256, own.recipe) in made else ()
         synced = (sha or "") in held
         why = None if synced else failed.get(key)
@@ -413,6 +413,6 @@ def read_image(mapping: MappingConfig, state: State, sha256: str) -> ImageDetail
     own = held.get(sha256)
     made = state.uploads.prepared({sha256}, {own.recipe}) if own and own.recipe else {}
     changes = made[sha256, own.recipe].changes if own and (sha256, own.recipe) in made else ()
-    paths = (own.file_name,) if own and mapping.astria_pack is not None else tuple(keys)
+    paths = (own.file_name,) if own and mapping.path is None else tuple(keys)
     return ImageDetail(mapping.label, sha256, paths, pack_id, mapping.pack or (record.pack_name if record else None),
                        sha256 in held, own, changes, shown_detail(state.files.detail_of(mapping.label, sha256)))
