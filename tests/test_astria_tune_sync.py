@@ -339,6 +339,59 @@ def test_pull_writes_prompt_named_files_with_the_served_bytes_and_the_prompt_as_
     assert again.returncode == ExitCode.OK and env.sandbox.calls[DOWNLOAD] == 0, "a second pull downloads nothing"
 
 
+def _emptied(prompt_id: int) -> Callable[[Reply], Reply]:
+    """A rewrite of a prompts page: the prompt ``prompt_id`` lists no images any more (Astria's clean-up)."""
+    def change(reply: Reply) -> Reply:
+        prompts = json.loads(reply.body)
+        for prompt in prompts:
+            if prompt["id"] == prompt_id:
+                prompt["images"] = []
+        return Reply(reply.status, json.dumps(prompts).encode())
+
+    return change
+
+
+def _pulled(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.is_file()}
+
+
+def test_pull_delete_removes_the_files_of_a_prompt_astria_no_longer_lists(env: Env) -> None:
+    tune, prompt_ids = tune_of(env, 4)
+    env.map_astria_tune(tune.id, pack="unused")  # (the config names the Astria API)
+    out = env.root / "out"
+    assert env.cli("pull", tune.label, str(out)).returncode == ExitCode.OK
+    tune.remove(prompt_ids[0])
+
+    result = env.cli("pull", tune.label, str(out), "--delete")
+
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    assert {name.split("-")[0] for name in _pulled(out)} == {str(p) for p in prompt_ids[1:]}
+
+
+@pytest.mark.parametrize("why", ["emptied", "expired"])
+def test_pull_delete_removes_nothing_while_a_prompt_lists_no_images_or_the_tune_is_past_its_date(
+        env: Env, why: str) -> None:
+    """A pull keeps no record of its files' prompts, so it cannot ask Astria as a mirror does: an emptied prompt
+    (Astria's clean-up) and a tune past its 30 days keep every file pulled, even with --force (the review's
+    D2: the emptied prompt's file was removed)."""
+    tune, prompt_ids = tune_of(env, 4, trained_at=time.time() - (31 * DAY if why == "expired" else 0))
+    env.map_astria_tune(tune.id, pack="unused")
+    out = env.root / "out"
+    assert env.cli("pull", tune.label, str(out)).returncode == ExitCode.OK
+    before = _pulled(out)
+    if why == "emptied":
+        env.sandbox.rewrite("GET", "astria:/tunes/{id}/prompts", _emptied(prompt_ids[0]))
+    else:
+        tune.remove(prompt_ids[0])
+
+    result = env.cli("pull", tune.label, str(out), "--delete", "--force")
+
+    assert _pulled(out) == before, result.stdout + result.stderr
+    said = result.stdout + result.stderr
+    assert ("list no images" if why == "emptied" else "Astria deletes its images after") in said, said
+    assert result.returncode == ExitCode.SAFETY, said
+
+
 # -- 9. the key --------------------------------------------------------------------------------------------------------
 
 

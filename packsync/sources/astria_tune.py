@@ -84,7 +84,12 @@ class AstriaTuneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 
     async def listed(self, client: Any) -> Listed:
         """What ``packsync pull astria-tune:<id>`` downloads: ``<prompt id>-<n>`` per image, its prompt's
-        text as its description. Raises what reading the tune raises (``NotFound``: no such tune)."""
+        text as its description. Raises what reading the tune raises (``NotFound``: no such tune).
+
+        A pull keeps no record of the prompts its files came from, so it cannot ask Astria about one as a
+        mirror does: ``--delete`` removes nothing (``unreadable``) while the walk ended early, an entry
+        cannot be read, a prompt taken lists no images (not generated yet, or Astria's clean-up), or the
+        tune is past the date Astria deletes its images."""
         reader: TuneReader = client
         tune = await reader.tune(self.astria_tune)  # (first: a tune that is not there has no pages to walk)
         walk = await reader.prompts(self.astria_tune)
@@ -92,13 +97,16 @@ class AstriaTuneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
         problems = list(_problems(walk, self.prompts))
         if not walk.complete:
             problems.append(Problem(self.label, f"{walk.why}; nothing is removed"))
-        unreadable = None
-        if problems:
-            unreadable = f"{self.label}: " + (walk.why if not walk.complete and walk.why else
-                                              f"{len(problems)} of its entries could not be read")
+        withheld = [walk.why if not walk.complete and walk.why else f"{len(problems)} of its entries could not be "
+                    "read"] if problems else []
+        if empty := sum(1 for prompt in walk.prompts if _matches(prompt, self.prompts) and not prompt.images):
+            withheld.append(f"{empty} of its prompts list no images (not generated yet, or cleaned up by Astria)")
+        if tune.expires_at is not None and time.time() >= tune.expires_at:
+            withheld.append(f"Astria deletes its images after {_day(tune.expires_at)}")
         images = tuple(ListedImage(url, (f"{prompt.prompt_id}-{n}",), prompt.text)
                        for url, (prompt, n) in chosen.items())
-        return Listed(self.label, tune.title, images, tuple(problems), unreadable=unreadable)
+        return Listed(self.label, tune.title, images, tuple(problems),
+                      unreadable=f"{self.label}: {'; '.join(withheld)}" if withheld else None)
 
 
 def tune_label(tune_id: int) -> str:
