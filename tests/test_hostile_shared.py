@@ -131,6 +131,33 @@ def test_a_site_paused_past_its_lease_writes_nothing_more_after_another_site_too
     assert contents(nas, pack_id) == expected, "a content twice in the pack"
 
 
+def test_a_site_frozen_inside_a_transaction_does_not_hold_the_other_sites_writes(url: str) -> None:
+    """A site stopped (SIGSTOP, a closed lid) between two statements of a write transaction holds the rows it
+    wrote. The server ends such a transaction after ``IDLE_IN_TRANSACTION_MS``, before another site's wait for
+    those rows times out: that site's write goes through (without it: "canceling statement due to lock
+    timeout", which made the paused-site test above fail now and then)."""
+    from sqlalchemy import text
+
+    from packsync.config import SharedState
+    from packsync.state.postgres import LOCK_TIMEOUT_MS, open_engine
+
+    shared = SharedState(url, PASSWORD, "laptop")
+    frozen, other = open_engine(shared).connect(), open_engine(shared).connect()
+    try:
+        frozen.exec_driver_sql("CREATE TABLE held (id INTEGER PRIMARY KEY, site VARCHAR)")
+        frozen.exec_driver_sql("INSERT INTO held VALUES (1, 'nobody')")
+        frozen.exec_driver_sql("BEGIN")
+        frozen.exec_driver_sql("UPDATE held SET site = 'laptop' WHERE id = 1")  # ...and then frozen
+
+        other.execute(text("UPDATE held SET site = 'nas' WHERE id = 1"))  # waits at most LOCK_TIMEOUT_MS
+
+        assert other.execute(text("SELECT site FROM held")).scalar_one() == "nas", \
+            f"the frozen transaction was not ended within {LOCK_TIMEOUT_MS} ms"
+    finally:
+        other.close()
+        frozen.invalidate()
+
+
 # -- nothing held forever ----------------------------------------------------------------------------
 
 

@@ -30,6 +30,11 @@ BEGIN_WRITE = "BEGIN"
 #: How long a statement may wait for a row another site's transaction holds, before it is an error that
 #: passes (a site's transactions are short; a longer wait is a server in trouble).
 LOCK_TIMEOUT_MS = 10_000
+#: How long a transaction may stay open between two statements before the server ends it (and lets go of its
+#: rows). A site's transactions run their statements back to back, never waiting on the network: one that
+#: pauses this long belongs to a frozen process (a closed lid, a stopped VM), whose row locks would otherwise
+#: fail every other site's writes until it woke. Shorter than ``LOCK_TIMEOUT_MS``, so a waiting site outlasts it.
+IDLE_IN_TRANSACTION_MS = 5_000
 CONNECT_TIMEOUT_S = 10
 #: How long one statement may run: far more than any of packsync's takes, far less than forever.
 STATEMENT_TIMEOUT_MS = 120_000
@@ -84,6 +89,7 @@ def open_engine(shared: SharedState) -> Engine:
                                     # (synchronous_commit stays the server's: a lease the server said it took
                                     # must not vanish in its crash, or two sites would both hold it)
                                     "options": f"-c lock_timeout={LOCK_TIMEOUT_MS} "
+                                               f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS} "
                                                f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
                                                "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
                                                "-c tcp_keepalives_count=3",
