@@ -18,17 +18,12 @@ import msgspec
 from msgspec import Meta
 
 from packsync.errors import (
-    ApiError,
-    AuthError,
     ConfigError,
-    NotFound,
-    SourceUnavailable,
-    TransientError,
 )
 from packsync.logs import untrusted
 from packsync.model import EXTENSIONS, AstriaPack, CachedFile, ContentItem, Listed, ListedImage, Problem, Scan
 from packsync.sources.body import UploadBody
-from packsync.sources.downloads import Download, Downloader, HeldDownloads
+from packsync.sources.downloads import Download, Downloader, HeldDownloads, listing_failures
 
 
 class AstriaPackSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag_field="kind",
@@ -108,18 +103,8 @@ class AstriaSource:
 
     async def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
                    on_item: Callable[[int], None] | None = None) -> Scan:
-        try:
+        with listing_failures(self.label, "pack", self.pack_id):
             pack = await self.client.pack(self.pack_id)
-        except NotFound:
-            raise SourceUnavailable(f"{self.label}: Astria has no pack {self.pack_id} the key can see") from None
-        except AuthError:
-            raise
-        except TransientError as exc:  # a rate limit, an outage, a trickle: this mapping's error, tried again
-            raise TransientError(f"{self.label}: cannot read the Astria pack now ({exc}); nothing is deleted, "
-                                 "and it is read again later", method=exc.method, route=exc.route,
-                                 status=exc.status) from None
-        except ApiError as exc:
-            raise SourceUnavailable(f"{self.label}: cannot read the Astria pack ({exc})") from None
         self.name = pack.title
         firsts = pack.chosen(self.classes)
         scan = Scan(self.label, problems=[Problem(where, why) for cls, where, why in pack.problems

@@ -21,7 +21,7 @@ from typing import Annotated, Any, ClassVar, Protocol
 import msgspec
 from msgspec import Meta
 
-from packsync.errors import ApiError, AuthError, NotFound, SourceUnavailable, TransientError
+from packsync.errors import ApiError, AuthError, NotFound
 from packsync.logs import untrusted
 from packsync.model import (
     EXTENSIONS,
@@ -36,7 +36,7 @@ from packsync.model import (
     TunePrompts,
 )
 from packsync.sources.body import UploadBody
-from packsync.sources.downloads import Download, Downloader, HeldDownloads
+from packsync.sources.downloads import Download, Downloader, HeldDownloads, listing_failures
 
 
 class TuneReader(Downloader, Protocol):
@@ -190,19 +190,9 @@ class AstriaTuneSource:
 
     async def _read(self) -> tuple[AstriaTune, TunePrompts]:
         """The tune and its prompts; what cannot be read makes the source unavailable (nothing deleted)."""
-        try:
+        with listing_failures(self.label, "tune", self.tune_id):
             tune = await self.client.tune(self.tune_id)  # (first: a tune that is not there has no pages to walk)
             return tune, await self.client.prompts(self.tune_id)
-        except NotFound:
-            raise SourceUnavailable(f"{self.label}: Astria has no tune {self.tune_id} the key can see") from None
-        except AuthError:
-            raise
-        except TransientError as exc:  # a rate limit, an outage, a trickle: this mapping's error, tried again
-            raise TransientError(f"{self.label}: cannot read the Astria tune now ({exc}); nothing is deleted, "
-                                 "and it is read again later", method=exc.method, route=exc.route,
-                                 status=exc.status) from None
-        except ApiError as exc:
-            raise SourceUnavailable(f"{self.label}: cannot read the Astria tune ({exc})") from None
 
     async def scan(self, previous: Mapping[str, CachedFile], busy: Collection[str] = (),
                    on_item: Callable[[int], None] | None = None) -> Scan:

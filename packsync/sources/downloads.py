@@ -6,7 +6,7 @@ downloaded once (without the key), sniffed and hashed as it comes, and held unti
 written to a private spool folder as it arrives (a small image stays in memory, up to ``HELD_AT_MOST``
 bytes in all), never held whole when large; its upload streams from there. A download that fails is a
 problem of that image, tried again next run. How a source lists its URLs is its own; this module only
-fetches, holds and opens them.
+fetches, holds and opens them, and says what a failed listing means (``listing_failures``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,19 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from packsync.errors import ItemChanged, PermanentError, TransientError
+from packsync.errors import (
+    ApiError,
+    AuthError,
+    ItemChanged,
+    NotFound,
+    PermanentError,
+    SourceUnavailable,
+    TransientError,
+)
 from packsync.logs import untrusted
 from packsync.model import CachedFile, ContentItem
 from packsync.sources.body import UploadBody
@@ -32,6 +40,25 @@ from packsync.sources.media import Digest, Digester
 HELD_AT_MOST = 32 * 1024 * 1024
 #: A download larger than this goes to its spool file as it comes, never held whole.
 SPILL_AT = 1024 * 1024
+
+
+@contextlib.contextmanager
+def listing_failures(label: str, noun: str, ident: int) -> Iterator[None]:
+    """What reading an Astria source's listing (``noun`` ``ident``: "pack", 260) failing means: nothing is
+    deleted because of it. Not there for the key (404): the source is unavailable; a refused key: raised as
+    it is (the API's alert); a rate limit, an outage, a trickle: this mapping's error, tried again later;
+    any other bad answer: unavailable."""
+    try:
+        yield
+    except NotFound:
+        raise SourceUnavailable(f"{label}: Astria has no {noun} {ident} the key can see") from None
+    except AuthError:
+        raise
+    except TransientError as exc:
+        raise TransientError(f"{label}: cannot read the Astria {noun} now ({exc}); nothing is deleted, and it is "
+                             "read again later", method=exc.method, route=exc.route, status=exc.status) from None
+    except ApiError as exc:
+        raise SourceUnavailable(f"{label}: cannot read the Astria {noun} ({exc})") from None
 
 
 class Download:
