@@ -47,7 +47,7 @@ class AstriaPackSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 
     @property
     def label(self) -> str:
-        return f"{self.name}:{self.astria_pack}"
+        return pack_label(self.astria_pack)
 
     @property
     def poll_s(self) -> float | None:
@@ -58,6 +58,11 @@ class AstriaPackSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 
     async def listed(self, client: Any) -> Listed:
         return await pack_listed(client, self.astria_pack, self.classes)
+
+
+def pack_label(pack_id: int) -> str:
+    """How an Astria pack is named as a source (in messages, the state, the views and pull's argument)."""
+    return f"{AstriaPackSettings.name}:{pack_id}"
 
 
 def _known(cached: CachedFile | None, url: str) -> bool:
@@ -87,7 +92,7 @@ class AstriaSource:
         self.client = client
         self.pack_id = pack_id
         self.classes = set(classes) if classes is not None else None
-        self.label = f"{AstriaPackSettings.name}:{pack_id}"
+        self.label = pack_label(pack_id)
         self.name: str | None = None
         self.downloads = HeldDownloads(client, max_bytes, spool)
 
@@ -149,7 +154,7 @@ async def pack_listed(client: AstriaReader, pack_id: int, classes: Collection[st
     entry it cannot read is a problem, and withholds every removal."""
     pack = await client.pack(pack_id)
     _check_classes(pack, classes)
-    label = f"{AstriaPackSettings.name}:{pack_id}"
+    label = pack_label(pack_id)
     problems = tuple(Problem(where, why) for cls, where, why in pack.problems if classes is None or cls in classes)
     return Listed(label, pack.title,
                   tuple(ListedImage(url, (image.cls, f"{image.prompt_id}-{image.index}"))
@@ -166,6 +171,6 @@ def _check_classes(pack: AstriaPack, classes: Collection[str] | None) -> None:
             continue
         near = [c for c in pack.classes if c.casefold() == wanted.casefold()]
         hint = f" (class names are exact: did you mean {near[0]!r}?)" if near else ""
-        raise ConfigError(f"--classes: {AstriaPackSettings.name}:{pack.pack_id} has no class "
+        raise ConfigError(f"--classes: {pack_label(pack.pack_id)} has no class "
                           f"{untrusted(wanted, 60)!r}{hint}; "
                           f"its classes are {', '.join(repr(c) for c in pack.classes) or 'none'}")

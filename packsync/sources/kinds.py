@@ -72,11 +72,6 @@ KINDS: dict[str, type[RemoteSource]] = {kind.name: kind for kind in _members()}
 KEYS: dict[str, type[RemoteSource]] = {key: kind for kind in _members() for key in kind.__struct_fields__}
 
 
-def astria_label(pack_id: int | str) -> str:
-    """How an Astria pack is named as a source (in messages, the state and the views)."""
-    return f"{AstriaPackSettings.name}:{pack_id}"
-
-
 def kind_of(label: str) -> str:
     """The kind of source ``label`` names: the name of the kind its prefix names (``astria:260``: "astria"),
     else "folder": a folder's label is its path, and whatever else is given here is no source this packsync
