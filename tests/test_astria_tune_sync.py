@@ -289,6 +289,54 @@ def test_hostile_prompts_are_reported_one_by_one_and_nothing_is_deleted(env: Env
     assert env.sandbox.calls[DELETE] == 0 and pack_shas(env) == before
 
 
+def _text_set_to(prompt_id: int, text: object) -> Callable[[Reply], Reply]:
+    """A rewrite of a prompts page: one prompt's ``text`` replaced (``...``: removed)."""
+    def change(reply: Reply) -> Reply:
+        prompts = json.loads(reply.body)
+        for prompt in prompts:
+            if prompt["id"] == prompt_id:
+                if text is ...:
+                    del prompt["text"]
+                else:
+                    prompt["text"] = text
+        return Reply(reply.status, json.dumps(prompts).encode())
+
+    return change
+
+
+@pytest.mark.parametrize("text", [None, 42, ...], ids=["null", "a number", "missing"])
+def test_with_a_prompts_filter_a_prompt_whose_text_cannot_be_read_is_a_problem_and_nothing_is_deleted(
+        env: Env, text: object) -> None:
+    tune = Tune(env)
+    prompt_ids = [tune.prompt(f"headshot {letter}", image(seed=6000 + n)) for n, letter in enumerate("abcd")]
+    env.map_astria_tune(tune.id, pack="Headshots", prompts="headshot")
+    assert env.cli("run", "--no-wait").returncode == ExitCode.OK
+    before = pack_shas(env)
+    assert len(before) == 4
+    env.sandbox.rewrite(*PAGES, _text_set_to(prompt_ids[0], text))
+
+    result, document = run_json(env)
+
+    assert env.sandbox.calls[DELETE] == 0 and pack_shas(env) == before, "its images are not taken as filtered out"
+    assert result.returncode == ExitCode.SOME_FAILED, result.stdout + result.stderr
+    skipped = mapping_of(document, tune.label)["skipped"]
+    assert any(p["path"] == f"prompt {prompt_ids[0]}" and "prompts filter" in p["reason"] and not p["notice"]
+               for p in skipped), skipped
+
+
+def test_without_a_filter_a_prompt_whose_text_is_not_a_string_is_mirrored_with_a_notice(env: Env) -> None:
+    tune, prompt_ids = tune_of(env, 3)
+    env.map_astria_tune(tune.id, pack="Headshots")
+    env.sandbox.rewrite(*PAGES, _text_set_to(prompt_ids[0], {"en": "a portrait"}))
+
+    result, document = run_json(env)
+
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    assert pack_shas(env) == tune.distinct(), "the text only describes: its image is mirrored all the same"
+    skipped = mapping_of(document, tune.label)["skipped"]
+    assert [(p["path"], p["notice"]) for p in skipped] == [(f"prompt {prompt_ids[0]}", True)], skipped
+
+
 def test_a_server_that_ignores_offset_ends_the_walk_and_deletes_nothing(env: Env) -> None:
     tune, _ = tune_of(env, 45)
     env.map_astria_tune(tune.id, pack="Headshots")

@@ -120,7 +120,8 @@ def tune_of(data: Any, tune_id: int | None = None) -> AstriaTune | None:
 
 def prompt_of(raw: Any, where: str) -> TunePrompt | Problem:
     """One entry of a tune's prompts, checked: a prompt, or the problem of an entry that is not one
-    (``where`` names it). ``images`` absent, null or empty is a prompt not generated yet, no problem."""
+    (``where`` names it). ``images`` absent, null or empty is a prompt not generated yet, no problem; a
+    ``text`` that is not a string is read as none, with a notice."""
     prompt_id = _prompt_id(raw.get("id")) if isinstance(raw, dict) else None
     if prompt_id is None:
         return Problem(where, "not a prompt with an id")
@@ -128,6 +129,9 @@ def prompt_of(raw: Any, where: str) -> TunePrompt | Problem:
     urls = raw.get("images")
     images: list[str] = []
     problems: list[Problem] = []
+    if text is not None and not isinstance(text, str):  # (it only describes: the source judges what it is for)
+        problems.append(Problem(f"prompt {prompt_id}", "its text is not a string; it is shown without one",
+                                notice=True))
     if urls is not None and not isinstance(urls, list):
         problems.append(Problem(f"prompt {prompt_id}", "its images are not a list"))
     for index, url in enumerate(urls if isinstance(urls, list) else (), 1):
