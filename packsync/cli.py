@@ -353,11 +353,11 @@ def pull(source: str, folder: str, delete: bool, max_delete: str, force: bool, d
     if classes is not None and system == "genviral":
         raise ConfigError("--classes: applies to astria: packs only.")
     if system in KINDS:
-        options = {"classes": classes.split(",") if classes else None}
+        given = {"classes": classes.split(",") if classes else None}
         try:
-            settings_for(source, **options)
+            settings_for(source, **given)
         except ValueError as exc:  # (it names the option, "classes: …", or else the source: no "--" then)
-            raise ConfigError(f"{'--' if str(exc).startswith(tuple(options)) else ''}{exc}.") from None
+            raise ConfigError(f"{'--' if str(exc).startswith(tuple(given)) else ''}{exc}.") from None
     if not folder.strip():
         raise ConfigError("FOLDER: name the folder to pull into (it is created if missing).")
     if (limit := max_delete_of(max_delete)) is None:

@@ -13,12 +13,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from packsync.errors import NotFound, PermanentError, TransientError
 from packsync.logs import untrusted
-from packsync.model import AstriaImage, AstriaPack, AstriaPackSummary, AstriaTune, Problem, TunePrompt, TunePrompts
+from packsync.model import (
+    ASTRIA_TUNE_KEPT_S,
+    AstriaImage,
+    AstriaPack,
+    AstriaPackSummary,
+    AstriaTune,
+    Problem,
+    TunePrompt,
+    TunePrompts,
+)
 from packsync.remote.answers import url_problem
 from packsync.remote.transport import Transport
 from packsync.remote.wire import Answer, Headers, Route, S, path_segment, refusal, retry_after_of
@@ -97,15 +106,22 @@ def pack_of(data: Any, pack_id: int) -> AstriaPack:
     return AstriaPack(pack_id, _title(data, pack_id), tuple(classes), tuple(images), tuple(problems))
 
 
+#: The latest time Astria's answer may name: a tune's deletion date, ``ASTRIA_TUNE_KEPT_S`` on, is still a date.
+_LATEST = datetime.max.replace(tzinfo=UTC).timestamp() - ASTRIA_TUNE_KEPT_S
+
+
 def _instant(value: object) -> float | None:
-    """An ISO-8601 time from Astria (``2026-05-01T10:00:00.000Z``) in epoch seconds; None if it is not one."""
+    """An ISO-8601 time from Astria (``2026-05-01T10:00:00.000Z``) in epoch seconds; None if it is not one,
+    or one so late that a date 30 days on could not be written (the year 9999 ends): not known."""
     if not isinstance(value, str) or len(value) > 40:
         return None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return moment.timestamp() if moment.tzinfo is not None else None
+    if moment.tzinfo is None:
+        return None
+    return at if (at := moment.timestamp()) <= _LATEST else None
 
 
 def tune_of(data: Any, tune_id: int | None = None) -> AstriaTune | None:
