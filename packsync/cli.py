@@ -313,10 +313,11 @@ def allow_deletes(mapping: str, as_json: bool) -> None:
 
 @_command(main, epilog=_examples("packsync pull \"genviral:Brand Assets\" ~/restore/brand",
                                  "packsync pull genviral:Brand ~/Pictures/brand --delete --dry-run",
-                                 "packsync pull astria:260 ~/astria/headshots --classes woman,man"))
+                                 "packsync pull astria:260 ~/astria/headshots --classes woman,man",
+                                 "packsync pull astria-tune:690200 ~/astria/tune --sidecars xmp"))
 @click.argument("source", metavar="genviral:PACK|astria:ID|astria-tune:ID")
 @click.argument("folder")
-@click.option("--delete", is_flag=True, help="Also delete files pulled earlier whose images left the pack.")
+@click.option("--delete", is_flag=True, help="Also delete files pulled earlier whose images left the source.")
 @click.option("--max-delete", default="50%", show_default=True, metavar="N|P%",
               help="With --delete: at most this many files (or this share of those pulled) deleted at once.")
 @click.option("--force", is_flag=True, help="With --delete: delete even from an emptied pack or past --max-delete.")
@@ -328,13 +329,14 @@ def allow_deletes(mapping: str, as_json: bool) -> None:
                    "a source whose images carry a text of their own: that text).")
 def pull(source: str, folder: str, delete: bool, max_delete: str, force: bool, dry_run: bool, as_json: bool,
          classes: str | None, sidecars: str) -> None:
-    """Download a pack's images into FOLDER (created if missing).
+    """Download a pack's or a tune's images into FOLDER (created if missing).
 
     A Genviral PACK is an id or an exact name. An Astria pack (by its number) is written one sub-folder
-    per class: FOLDER/<class>/<prompt id>-<n>.<ext>. --delete stops as run does (exit 4) when the pack is
-    empty or past --max-delete, and deletes nothing while an entry cannot be read. No link below FOLDER
-    is followed. It runs beside a running daemon or run; a second pull into the same FOLDER meanwhile is
-    refused.
+    per class: FOLDER/<class>/<prompt id>-<n>.<ext>. An Astria tune (by its id) is written
+    FOLDER/<prompt id>-<n>.<ext>, its prompt's text as the sidecar's description. --delete stops as run
+    does (exit 4) when the source is empty or past --max-delete, and deletes nothing while an entry cannot
+    be read. No link below FOLDER is followed. It runs beside a running daemon or run; a second pull into
+    the same FOLDER meanwhile is refused.
     """
     import asyncio
 
@@ -353,10 +355,11 @@ def pull(source: str, folder: str, delete: bool, max_delete: str, force: bool, d
     if classes is not None and system == "genviral":
         raise ConfigError("--classes: applies to astria: packs only.")
     if system in KINDS:
+        given = {"classes": classes.split(",") if classes else None}
         try:
-            settings_for(source, classes=classes.split(",") if classes else None)
-        except ValueError as exc:
-            raise ConfigError(f"--{exc}.") from None
+            settings_for(source, **given)
+        except ValueError as exc:  # (it names the option, "classes: …", or else the source: no "--" then)
+            raise ConfigError(f"{'--' if str(exc).startswith(tuple(given)) else ''}{exc}.") from None
     if not folder.strip():
         raise ConfigError("FOLDER: name the folder to pull into (it is created if missing).")
     if (limit := max_delete_of(max_delete)) is None:

@@ -339,6 +339,22 @@ def test_a_pull_lists_each_image_once_as_prompt_id_and_number_with_its_text(sb: 
     assert "listed already" in (listed(sb, tune).unreadable or "")
 
 
+def test_with_a_filter_a_pull_of_a_prompt_whose_text_cannot_be_read_removes_nothing(sb: Sandbox) -> None:
+    tune = sb.astria.add_tune("Me")
+    garbled = sb.astria.add_prompt(tune, "headshot a", images=[image(seed=28)])
+    kept = sb.astria.add_prompt(tune, "headshot b", images=[image(seed=29)])
+    sb.rewrite(*PAGES, prompt_page(lambda p: {**p, "text": None} if p["id"] == garbled else p))
+
+    found = listed(sb, tune, prompts="headshot")
+    plain = listed(sb, tune)
+
+    assert [i.parts for i in found.images] == [(f"{kept}-1",)]
+    assert [(p.rel_path, "prompts filter" in p.reason, p.notice) for p in found.problems] == \
+        [(f"prompt {garbled}", True, False)]
+    assert found.unreadable, "its files pulled before are not removed as if the filter had left them"
+    assert (len(plain.images), plain.problems, plain.unreadable) == (2, (), None), "without a filter: no problem"
+
+
 def test_the_client_sends_the_workspace_only_when_one_is_given(sb: Sandbox) -> None:
     team = sb.astria.add_tune("Team's", workspace="ws_42")
     mine = sb.astria.add_tune("Mine")

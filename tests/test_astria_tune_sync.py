@@ -15,17 +15,21 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from conftest import ASTRIA_TOKEN, TOKEN, Env, image
 from helpers import StartDaemon, wait_until
 from photos import jpeg
 from test_astria import images_of
+from test_page import ui  # noqa: F401 - fixture
 
 from packsync.errors import ExitCode
 from packsync.sandbox.server import Reply
+from packsync.state.store import State
 
 PAGES = ("GET", "astria:/tunes/{id}/prompts")
 ONE_PROMPT = ("GET", "astria:/tunes/{id}/prompts/{prompt_id}")
@@ -289,6 +293,54 @@ def test_hostile_prompts_are_reported_one_by_one_and_nothing_is_deleted(env: Env
     assert env.sandbox.calls[DELETE] == 0 and pack_shas(env) == before
 
 
+def _text_set_to(prompt_id: int, text: object) -> Callable[[Reply], Reply]:
+    """A rewrite of a prompts page: one prompt's ``text`` replaced (``...``: removed)."""
+    def change(reply: Reply) -> Reply:
+        prompts = json.loads(reply.body)
+        for prompt in prompts:
+            if prompt["id"] == prompt_id:
+                if text is ...:
+                    del prompt["text"]
+                else:
+                    prompt["text"] = text
+        return Reply(reply.status, json.dumps(prompts).encode())
+
+    return change
+
+
+@pytest.mark.parametrize("text", [None, 42, ...], ids=["null", "a number", "missing"])
+def test_with_a_prompts_filter_a_prompt_whose_text_cannot_be_read_is_a_problem_and_nothing_is_deleted(
+        env: Env, text: object) -> None:
+    tune = Tune(env)
+    prompt_ids = [tune.prompt(f"headshot {letter}", image(seed=6000 + n)) for n, letter in enumerate("abcd")]
+    env.map_astria_tune(tune.id, pack="Headshots", prompts="headshot")
+    assert env.cli("run", "--no-wait").returncode == ExitCode.OK
+    before = pack_shas(env)
+    assert len(before) == 4
+    env.sandbox.rewrite(*PAGES, _text_set_to(prompt_ids[0], text))
+
+    result, document = run_json(env)
+
+    assert env.sandbox.calls[DELETE] == 0 and pack_shas(env) == before, "its images are not taken as filtered out"
+    assert result.returncode == ExitCode.SOME_FAILED, result.stdout + result.stderr
+    skipped = mapping_of(document, tune.label)["skipped"]
+    assert any(p["path"] == f"prompt {prompt_ids[0]}" and "prompts filter" in p["reason"] and not p["notice"]
+               for p in skipped), skipped
+
+
+def test_without_a_filter_a_prompt_whose_text_is_not_a_string_is_mirrored_with_a_notice(env: Env) -> None:
+    tune, prompt_ids = tune_of(env, 3)
+    env.map_astria_tune(tune.id, pack="Headshots")
+    env.sandbox.rewrite(*PAGES, _text_set_to(prompt_ids[0], {"en": "a portrait"}))
+
+    result, document = run_json(env)
+
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    assert pack_shas(env) == tune.distinct(), "the text only describes: its image is mirrored all the same"
+    skipped = mapping_of(document, tune.label)["skipped"]
+    assert [(p["path"], p["notice"]) for p in skipped] == [(f"prompt {prompt_ids[0]}", True)], skipped
+
+
 def test_a_server_that_ignores_offset_ends_the_walk_and_deletes_nothing(env: Env) -> None:
     tune, _ = tune_of(env, 45)
     env.map_astria_tune(tune.id, pack="Headshots")
@@ -452,6 +504,54 @@ def test_status_does_not_warn_far_from_the_tune_s_deletion(env: Env) -> None:
     assert mapping["failed"] + mapping["pending"] == 2, "the images are not mirrored"
     assert mapping["expires_at"], "the date is known: it is only far"
     assert not mapping.get("expiring"), mapping
+
+
+#: The last day a date can hold: a training date here puts its 30 days past the year 9999.
+LAST_DAY = datetime(9999, 12, 31, tzinfo=UTC).timestamp()
+
+
+def test_a_training_date_whose_deletion_date_no_date_can_hold_is_an_unknown_date(env: Env) -> None:
+    tune, _ = tune_of(env, 2, trained_at=LAST_DAY)
+    env.map_astria_tune(tune.id, pack="Headshots")
+
+    listed = env.cli("astria", "tunes", "--json")
+    text = env.cli("astria", "tunes")
+    result, _document = run_json(env)
+    mapping = status_of(env, tune.label)
+    shown = env.cli("status", token=None)
+
+    assert listed.returncode == ExitCode.OK, listed.stderr
+    assert json.loads(listed.stdout)["tunes"][0]["expires_at"] is None
+    assert text.returncode == ExitCode.OK, text.stderr
+    (line,) = [line for line in text.stdout.splitlines() if line.split()[0] == str(tune.id)]
+    assert line.endswith("?"), "a date not known"
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    assert pack_shas(env) == tune.distinct()
+    assert mapping["expires_at"] is None, mapping
+    assert shown.returncode == ExitCode.OK and "Traceback" not in shown.stderr, shown.stderr
+
+
+@pytest.mark.parametrize("stored", [LAST_DAY + 30 * DAY, -1e18, 1e300], ids=["year 10000", "far past", "far on"])
+def test_a_deletion_date_stored_past_what_a_date_can_hold_breaks_no_view(env: Env, ui: Any,  # noqa: F811
+                                                                         stored: float) -> None:
+    """A state written before the client refused such dates: ``status`` and the page show it as unknown."""
+    tune, _ = tune_of(env, 2)
+    env.map_astria_tune(tune.id, pack="Headshots")
+    env.sandbox.inject("500", "PUT", "storage", count=1000)  # (images not mirrored: the warning is weighed)
+    assert env.cli("run", "--no-wait").returncode == ExitCode.SOME_FAILED
+    state = State.for_config(env.config())
+    try:
+        state.mappings.save(tune.label, expires_at=stored)
+    finally:
+        state.close()
+
+    mapping = status_of(env, tune.label)
+    shown = env.cli("status", token=None)
+    page = httpx2.get(ui())
+
+    assert mapping["expires_at"] is None and not mapping.get("expiring"), mapping
+    assert shown.returncode == ExitCode.OK and tune.label in shown.stdout, shown.stdout + shown.stderr
+    assert page.status_code == 200 and tune.label in page.text
 
 
 # -- 11. the workspace -------------------------------------------------------------------------------------------------

@@ -154,3 +154,18 @@ def test_a_terminal_s_log_lines_are_stamped_in_local_time_and_json_lines_in_utc(
     stamp = re.search(r"\d{4}-\d\d-\d\d (\d\d:\d\d):\d\d", console)
     assert stamp and stamp[1] in {now.strftime("%H:%M"), (now - timedelta(minutes=1)).strftime("%H:%M")}, console
     assert json.loads(line)["timestamp"].endswith("Z"), line
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["astria-tune:0"], "packsync: 'astria-tune:0': an Astria tune's id is a whole number from 1, not '0'."),
+    (["astria:0"], "packsync: 'astria:0': an Astria pack's id is a whole number from 1, not '0'."),
+    (["astria-tune:5", "--classes", "man"], "packsync: --classes: applies to an Astria pack only."),
+], ids=["a tune's id", "a pack's id", "an option"])
+def test_pull_s_argument_errors_are_one_sentence_with_dashes_only_before_an_option(
+        env: Env, tmp_path: Path, args: list[str], said: str) -> None:
+    result = packsync(env, "-c", str(env.config_path), "pull", args[0], str(tmp_path / "out"), *args[1:],
+                      GENVIRAL_TOKEN=TOKEN)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert said in result.stderr.splitlines(), result.stderr
+    assert not (tmp_path / "out").exists(), "refused before anything is read or made"

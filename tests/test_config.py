@@ -738,6 +738,18 @@ def test_the_example_config_s_commented_shared_state_is_valid() -> None:
         ("postgresql+psycopg://packsync@db.example.com:5432/packsync", "nas", 60.0)
 
 
+def test_the_example_config_s_commented_tune_mapping_is_valid() -> None:
+    """Its ``astria_tune`` mapping uncommented is a mapping of an Astria tune, read every ``astria_poll_s``."""
+    text = (Path(__file__).parent.parent / "config.example.toml").read_text(encoding="utf-8")
+    table = text.partition("\n# astria_tune = ")[2].partition("\n\n")[0]
+    lines = ["astria_tune = " + table.splitlines()[0], *(line.removeprefix("# ") for line in table.splitlines()[1:])]
+
+    config = parse_config(tomllib.loads("[[mappings]]\n" + "\n".join(lines)))
+
+    (mapping,) = config.mappings
+    assert (mapping.label, mapping.pack, config.poll_interval_s(mapping)) == ("astria-tune:690200", "Headshots", 600.0)
+
+
 def test_cli_with_a_password_in_the_state_url_exits_2_without_showing_it(env: Env) -> None:
     env.write_config()
     text = env.config_path.read_text(encoding="utf-8")

@@ -13,12 +13,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from packsync.errors import NotFound, PermanentError, TransientError
 from packsync.logs import untrusted
-from packsync.model import AstriaImage, AstriaPack, AstriaPackSummary, AstriaTune, Problem, TunePrompt, TunePrompts
+from packsync.model import (
+    ASTRIA_TUNE_KEPT_S,
+    AstriaImage,
+    AstriaPack,
+    AstriaPackSummary,
+    AstriaTune,
+    Problem,
+    TunePrompt,
+    TunePrompts,
+)
 from packsync.remote.answers import url_problem
 from packsync.remote.transport import Transport
 from packsync.remote.wire import Answer, Headers, Route, S, path_segment, refusal, retry_after_of
@@ -97,15 +106,22 @@ def pack_of(data: Any, pack_id: int) -> AstriaPack:
     return AstriaPack(pack_id, _title(data, pack_id), tuple(classes), tuple(images), tuple(problems))
 
 
+#: The latest time Astria's answer may name: a tune's deletion date, ``ASTRIA_TUNE_KEPT_S`` on, is still a date.
+_LATEST = datetime.max.replace(tzinfo=UTC).timestamp() - ASTRIA_TUNE_KEPT_S
+
+
 def _instant(value: object) -> float | None:
-    """An ISO-8601 time from Astria (``2026-05-01T10:00:00.000Z``) in epoch seconds; None if it is not one."""
+    """An ISO-8601 time from Astria (``2026-05-01T10:00:00.000Z``) in epoch seconds; None if it is not one,
+    or one so late that a date 30 days on could not be written (the year 9999 ends): not known."""
     if not isinstance(value, str) or len(value) > 40:
         return None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return moment.timestamp() if moment.tzinfo is not None else None
+    if moment.tzinfo is None:
+        return None
+    return at if (at := moment.timestamp()) <= _LATEST else None
 
 
 def tune_of(data: Any, tune_id: int | None = None) -> AstriaTune | None:
@@ -120,7 +136,8 @@ def tune_of(data: Any, tune_id: int | None = None) -> AstriaTune | None:
 
 def prompt_of(raw: Any, where: str) -> TunePrompt | Problem:
     """One entry of a tune's prompts, checked: a prompt, or the problem of an entry that is not one
-    (``where`` names it). ``images`` absent, null or empty is a prompt not generated yet, no problem."""
+    (``where`` names it). ``images`` absent, null or empty is a prompt not generated yet, no problem; a
+    ``text`` that is not a string is read as none, with a notice."""
     prompt_id = _prompt_id(raw.get("id")) if isinstance(raw, dict) else None
     if prompt_id is None:
         return Problem(where, "not a prompt with an id")
@@ -128,6 +145,9 @@ def prompt_of(raw: Any, where: str) -> TunePrompt | Problem:
     urls = raw.get("images")
     images: list[str] = []
     problems: list[Problem] = []
+    if text is not None and not isinstance(text, str):  # (it only describes: the source judges what it is for)
+        problems.append(Problem(f"prompt {prompt_id}", "its text is not a string; it is shown without one",
+                                notice=True))
     if urls is not None and not isinstance(urls, list):
         problems.append(Problem(f"prompt {prompt_id}", "its images are not a list"))
     for index, url in enumerate(urls if isinstance(urls, list) else (), 1):

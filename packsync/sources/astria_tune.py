@@ -5,7 +5,8 @@ mapping keys (``AstriaTuneSettings``), its source, and what ``pull astria-tune:<
 A tune's prompts come 20 a page (``remote/astria.py`` walks them). A listing decides deletes, so a miss
 never becomes one: a walk that ended early keeps every image synced before; a prompt on record that a
 complete walk did not show is asked for by its id, and only Astria's 404 lets its images go; a prompt
-whose images went empty, and a tune past the date Astria deletes its images, keep theirs. Downloads are
+whose images went empty, and a tune past the date Astria deletes its images, keep theirs. With a
+``prompts`` filter, a prompt whose text cannot be read is a problem, not one the filter left out. Downloads are
 held until uploaded by ``downloads.py``, as an Astria pack's are.
 """
 
@@ -131,11 +132,16 @@ def _chosen(walk: TunePrompts, wanted: str | None) -> dict[str, tuple[TunePrompt
 
 
 def _problems(walk: TunePrompts, wanted: str | None) -> Iterator[Problem]:
-    """The walk's entries that could not be read: those of no prompt, and those of the prompts taken."""
+    """The walk's entries that could not be read: those of no prompt, those of the prompts taken, and, with
+    a filter, the prompts whose text cannot be read (the filter cannot tell whether it takes them, so they
+    are not taken, and their images on record must not be deleted as if the user's choice had left them)."""
     yield from walk.problems
     for prompt in walk.prompts:
         if _matches(prompt, wanted):
             yield from prompt.problems
+        elif prompt.text is None:
+            yield Problem(f"prompt {prompt.prompt_id}", "its text cannot be read, so the prompts filter cannot "
+                          "tell whether it is taken; nothing synced from this tune is deleted")
 
 
 def _version(prompt_id: int, url: str) -> str:
@@ -238,7 +244,9 @@ class AstriaTuneSource:
             scan.problems.append(Problem(self.label, f"Astria deletes this tune's images after {_day(expires_at)}: "
                                          "no image synced from it is deleted since", notice=True))
             return gone.keys()
-        if scan.problems:  # an entry it could not read may be one it listed before: nothing synced from it goes
+        # An entry it could not read may be one it listed before: nothing synced from it goes. (A notice is
+        # no such entry: a text that only describes, read as none.)
+        if any(not problem.notice for problem in scan.problems):
             return gone.keys()
         listed = {prompt.prompt_id: prompt for prompt in walk.prompts}
         by_prompt: dict[int, list[str]] = {}

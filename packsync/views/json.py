@@ -6,10 +6,10 @@ New keys may be added; existing ones keep their meaning.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 from packsync.model import AstriaPack, AstriaPackSummary, AstriaTune, Metadata, PackSummary, TunePrompts
+from packsync.views.clock import utc
 from packsync.views.closing import exit_reason, failed_deletes, failures, mapping_counts, run_counts
 from packsync.views.status import DaemonStatus, FileStatus, MappingStatus, SiteMappingStatus, SiteStatus, Status
 
@@ -22,10 +22,9 @@ STATUS_VERSION = 2
 
 
 def when(timestamp: float | None) -> str | None:
-    """A timestamp as ISO 8601 UTC, to the second."""
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    """A timestamp as ISO 8601 UTC, to the second; None if none, or past what a date can hold."""
+    moment = utc(timestamp)
+    return None if moment is None else moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def status_document(status: Status) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from packsync.mappings import concrete, recorded_pack_id
 from packsync.model import METADATA_SETTLED, ManagedImage, Metadata, Problem
 from packsync.sources.kinds import kind_of
 from packsync.state.records import DaemonRecord, MappingRecord
-from packsync.views.clock import ago
+from packsync.views.clock import ago, local_day
 
 if TYPE_CHECKING:  # a type only: the state is opened by whoever runs these
     from packsync.state.store import State
@@ -228,7 +228,8 @@ def expiring(record: MappingRecord | None, counts: dict[str, int], now: float) -
     missing = counts["pending"] + counts["failed"]
     if expires_at is None or not missing or now < expires_at - EXPIRY_WARNING_S:
         return None
-    day = time.strftime("%Y-%m-%d", time.localtime(expires_at))
+    if (day := local_day(expires_at)) is None:
+        return None  # (a date past what one can hold, from a state written before it was checked: not known)
     if now < expires_at:
         return (f"its source deletes these images on {day} unless its storage is extended; {missing} "
                 f"{'is' if missing == 1 else 'are'} not mirrored yet")

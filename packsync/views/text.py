@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TextIO
 
 from packsync.model import AstriaPack, AstriaPackSummary, AstriaTune, PackSummary, Problem, TunePrompts
 from packsync.recipe import describe
-from packsync.views.clock import local_time
+from packsync.views.clock import local_time, utc
 from packsync.views.closing import (
     closing_line,
     counts_line,
@@ -357,8 +356,8 @@ def print_astria_tunes(tunes: list[AstriaTune], walks: list[TunePrompts | None],
     for tune, title, walk in zip(tunes, titles, walks, strict=True):
         more = "" if walk is None or walk.complete else "+"
         prompts, images = (f"{len(walk.prompts)}{more}", f"{walk.images}{more}") if walk else ("?", "?")
-        expires = tune.expires_at
-        day = datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%d") if expires is not None else "?"
+        expires = utc(tune.expires_at)
+        day = expires.strftime("%Y-%m-%d") if expires is not None else "?"
         out.write(f"{tune.tune_id:>8}  {title:<{width}}  {printable(tune.name):<10}  {prompts:>7}  {images:>6}  "
                   f"{day}\n")
 
