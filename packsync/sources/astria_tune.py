@@ -98,8 +98,9 @@ class AstriaTuneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
         problems = list(_problems(walk, self.prompts))
         if not walk.complete:
             problems.append(Problem(self.label, f"{walk.why}; nothing is removed"))
-        withheld = [walk.why if not walk.complete and walk.why else f"{len(problems)} of its entries could not be "
-                    "read"] if problems else []
+        unread = [problem for problem in problems if not problem.notice]
+        withheld = [walk.why if not walk.complete and walk.why else f"{len(unread)} of its entries could not be "
+                    "read"] if unread else []
         if empty := sum(1 for prompt in walk.prompts if _matches(prompt, self.prompts) and not prompt.images):
             withheld.append(f"{empty} of its prompts list no images (not generated yet, or cleaned up by Astria)")
         if tune.expires_at is not None and time.time() >= tune.expires_at:
