@@ -357,9 +357,11 @@ def pull(source: str, folder: str, delete: bool, max_delete: str, force: bool, d
     if system in KINDS:
         given = {"classes": classes.split(",") if classes else None}
         try:
-            settings_for(source, **given)
+            remote = settings_for(source, **given)
         except ValueError as exc:  # (it names the option, "classes: …", or else the source: no "--" then)
             raise ConfigError(f"{'--' if str(exc).startswith(tuple(given)) else ''}{exc}.") from None
+        if sidecars != "none" and not remote.described:
+            raise ConfigError(f"--sidecars: {source}'s images carry no text of their own to write beside them.")
     if not folder.strip():
         raise ConfigError("FOLDER: name the folder to pull into (it is created if missing).")
     if (limit := max_delete_of(max_delete)) is None:

@@ -56,7 +56,6 @@ from packsync.engine.sidecars import SidecarReport, fields_of, remove_if_ours, s
 from packsync.errors import (
     ApiError,
     AuthError,
-    ConfigError,
     ExitCode,
     LinkInTheWay,
     NotFound,
@@ -271,8 +270,6 @@ class Puller:
         """Pull a remote source's images, as its ``listed`` says (``RemoteSettings.listed``), each named by
         its parts; ``sidecars = "xmp"``: with each image's ``detail`` as the description of an XMP sidecar
         beside it. An entry the listing could not read is reported, and withholds every removal."""
-        if sidecars == "xmp" and listed.images and not any(image.detail is not None for image in listed.images):
-            raise ConfigError(f"--sidecars: {listed.label}'s images carry no text of their own to write beside them.")
         folder = resolved_folder(folder)
         images: dict[str, ListedImage] = {}
         for image in listed.images:  # an image listed twice is one file, named after its first listing
