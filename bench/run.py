@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 
 import adoption  # noqa: E402
 import astria_mirror  # noqa: E402
+import astria_tune  # noqa: E402
 import bad_input  # noqa: E402
 import daemon_idle  # noqa: E402
 import daemon_scenarios  # noqa: E402
@@ -65,6 +66,7 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "adoption": adoption.run,
     "pull": pull.run,
     "astria": astria_mirror.run,
+    "astria-tune": astria_tune.run,
     "prepare": prepared_sync.run,
     "startup": startup.run,
     "first-sync-pg": shared_state.run_first_sync,

@@ -156,6 +156,12 @@ class RecordingSandbox(Sandbox):
     def astria_add_image(self, pack_id: int, cls: str, data: bytes) -> str:
         return self.astria.add_image(pack_id, cls, data)
 
+    def astria_add_tune(self, title: str) -> int:
+        return self.astria.add_tune(title)
+
+    def astria_add_prompt(self, tune_id: int, text: str, images: list[bytes]) -> int:
+        return self.astria.add_prompt(tune_id, text, images)
+
     def save_snapshot(self, path: Path) -> None:
         """Write the whole store to ``path``.
 
@@ -188,7 +194,8 @@ REMOTE = frozenset({
     "calls", "reset_calls", "set_latency", "forget_arrivals", "arrivals_of", "last_arrival", "first_arrival",
     "wait_for_arrival",
     "new_pack", "settle", "image_count", "pending_metadata", "image_urls", "pack", "packs", "add_uploaded",
-    "astria_set_users", "astria_add_pack", "astria_add_image", "save_snapshot", "load_snapshot", "cpu_now",
+    "astria_set_users", "astria_add_pack", "astria_add_image", "astria_add_tune", "astria_add_prompt",
+    "save_snapshot", "load_snapshot", "cpu_now",
     "seed_settled", "set_link_rate", "link_moved",
 })
 
@@ -407,6 +414,13 @@ class RemoteAstria:
     def add_image(self, pack_id: int, cls: str, data: bytes) -> str:
         """Store ``data`` and list it under ``cls`` in a new prompt of the pack; returns its URL."""
         return str(self._sandbox._call("astria_add_image", pack_id, cls, data))
+
+    def add_tune(self, title: str) -> int:
+        return int(self._sandbox._call("astria_add_tune", title))
+
+    def add_prompt(self, tune_id: int, text: str, images: list[bytes]) -> int:
+        """A generated prompt of the tune, its images stored each at its own URL; returns its id."""
+        return int(self._sandbox._call("astria_add_prompt", tune_id, text, images))
 
 
 def main() -> None:
