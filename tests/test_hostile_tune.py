@@ -8,16 +8,20 @@ behaviour that held under attack and must keep holding.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ASTRIA_TOKEN, Env, image
+from conftest import ASTRIA_TOKEN, TOKEN, Env, image, site
 from test_astria_tune_sync import DELETE, DOWNLOAD, PAGES, UPLOAD, Tune, pack_shas, run_json, status_of, tune_of
 
 from packsync.errors import ExitCode
+from packsync.sandbox import Sandbox
 from packsync.sandbox.server import Reply
 
 TUNE = ("GET", "astria:/tunes/{id}")
@@ -251,3 +255,50 @@ def test_a_prompt_with_control_characters_or_markup_gives_a_valid_sidecar(env: E
                           text=True, timeout=60)
     assert read.returncode == 0 and "headshot" in read.stdout, read.stdout + read.stderr
     assert "\x1b" not in result.stdout + result.stderr
+
+
+# -- two sites of a shared PostgreSQL state, mirroring one tune ---------------------------------------------------
+
+
+def _start_run(env: Env) -> subprocess.Popen[str]:
+    environment = {**os.environ, "GENVIRAL_TOKEN": TOKEN}
+    return subprocess.Popen([sys.executable, "-m", "packsync", "-c", str(env.config_path), "run", "--no-wait"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+
+
+def test_two_sites_mirroring_one_tune_at_once_add_each_image_once(tmp_path: Path, sandbox: Sandbox,
+                                                                   url: str) -> None:
+    sandbox.faults.latency_s = 0.04  # (both runs mid-sync together)
+    a, b = site(tmp_path, sandbox, url, "laptop"), site(tmp_path, sandbox, url, "nas")
+    tune, _ = tune_of(a, 8)
+    a.map_astria_tune(tune.id, pack="Headshots")
+    b.map_astria_tune(tune.id, pack="Headshots")
+
+    runs = [_start_run(a), _start_run(b)]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert "Traceback" not in "".join(outputs) and ASTRIA_TOKEN not in "".join(outputs)
+    assert len(a.pack_named("Headshots")["images"]) == 8 and pack_shas(a) == tune.distinct()
+    assert sandbox.calls[DELETE] == 0
+
+
+def test_a_prompt_one_site_filters_out_is_kept_while_the_other_site_mirrors_it(tmp_path: Path, sandbox: Sandbox,
+                                                                               url: str) -> None:
+    a, b = site(tmp_path, sandbox, url, "laptop"), site(tmp_path, sandbox, url, "nas")
+    tune = Tune(a)
+    head = [tune.prompt(f"headshot {i}", image(seed=700 + i)) for i in range(3)]
+    other = [tune.prompt(f"landscape {i}", image(seed=800 + i)) for i in range(3)]
+    a.map_astria_tune(tune.id, pack="Headshots", prompts="headshot")
+    b.map_astria_tune(tune.id, pack="Headshots")
+    for env in (a, b, a):
+        assert env.cli("run", "--no-wait").returncode == ExitCode.OK
+    assert pack_shas(a) == tune.distinct() and sandbox.calls[DELETE] == 0, "one site's filter deletes nothing"
+
+    tune.remove(other[0])
+    tune.remove(head[0])
+    for env in (a, b):
+        result = env.cli("run", "--no-wait")
+        assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+
+    assert pack_shas(a) == tune.distinct() and sandbox.calls[DELETE] == 2, "each deleted prompt's image goes once"
