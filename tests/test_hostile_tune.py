@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import ASTRIA_TOKEN, TOKEN, Env, image, site
+from helpers import StartDaemon, wait_until
+from test_astria import images_of
 from test_astria_tune_sync import DELETE, DOWNLOAD, PAGES, UPLOAD, Tune, pack_shas, run_json, status_of, tune_of
 
 from packsync.errors import ExitCode
@@ -302,3 +306,47 @@ def test_a_prompt_one_site_filters_out_is_kept_while_the_other_site_mirrors_it(t
         assert result.returncode == ExitCode.OK, result.stdout + result.stderr
 
     assert pack_shas(a) == tune.distinct() and sandbox.calls[DELETE] == 2, "each deleted prompt's image goes once"
+
+
+# -- the daemon ------------------------------------------------------------------------------------------------
+
+
+def test_sighup_removing_then_adding_a_tune_mapping_stops_and_resumes_its_polling(daemon_env: Env,
+                                                                                   start: StartDaemon) -> None:
+    tune, _ = tune_of(daemon_env, 2)
+    daemon_env.map_astria_tune(tune.id, pack="Headshots", astria_poll_s=10)
+    daemon = start()
+    wait_until(lambda: images_of(daemon_env, "Headshots") == 2, timeout=30, what="the tune's two images")
+    mapping = daemon_env.mappings.pop()
+    daemon_env.write_config()
+    daemon.proc.send_signal(signal.SIGHUP)
+    time.sleep(3)  # (the reload is read; what is asserted below is that nothing happens for a poll and more)
+    reads = daemon_env.sandbox.calls[TUNE]
+
+    new = tune.prompt("made while unmapped", image(seed=4321))
+    time.sleep(13)
+
+    assert daemon_env.sandbox.calls[TUNE] == reads, "an unmapped tune is not read"
+    assert images_of(daemon_env, "Headshots") == 2 and daemon_env.sandbox.calls[DELETE] == 0, \
+        "removing a mapping deletes nothing"
+    daemon_env.mappings.append(mapping)
+    daemon_env.write_config()
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: images_of(daemon_env, "Headshots") == 3, timeout=30, what=f"prompt {new}'s image")
+    assert daemon.proc.poll() is None
+
+
+def test_the_daemon_rides_out_a_tune_that_404s_then_returns(daemon_env: Env, start: StartDaemon) -> None:
+    tune, _ = tune_of(daemon_env, 2)
+    daemon_env.map_astria_tune(tune.id, pack="Headshots", astria_poll_s=10)
+    daemon = start()
+    wait_until(lambda: images_of(daemon_env, "Headshots") == 2, timeout=30, what="the tune's two images")
+    reads = daemon_env.sandbox.calls[TUNE]
+    daemon_env.sandbox.rewrite(*TUNE, lambda reply: Reply(404, b'{"error": "not found"}'), count=2)
+
+    wait_until(lambda: daemon_env.sandbox.calls[TUNE] >= reads + 2, timeout=40, what="two polls answered 404")
+    new = tune.prompt("after it came back", image(seed=999))
+
+    wait_until(lambda: images_of(daemon_env, "Headshots") == 3, timeout=40, what=f"prompt {new}'s image")
+    assert daemon_env.sandbox.calls[DELETE] == 0 and daemon.proc.poll() is None
+    assert daemon_env.sandbox.calls[TUNE] <= reads + 8, "a 404 is not hammered"
