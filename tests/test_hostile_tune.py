@@ -453,3 +453,31 @@ def test_an_expired_tune_that_astria_deleted_is_explained_as_its_30_day_deletion
     assert env.sandbox.calls[DELETE] == 0 and len(env.pack_named("Headshots")["images"]) == 2
     said = said_about(mapping_of(document, tune.label))
     assert "30 days" in said or "expire" in said or "deletes" in said, said
+
+
+def _listed_twice(prompt_id: int) -> Callable[[Reply], Reply]:
+    """A rewrite of a prompts page that lists ``prompt_id`` twice: first with only its first image, then whole."""
+    def rewrite(reply: Reply) -> Reply:
+        prompts = json.loads(reply.body)
+        whole = next(p for p in prompts if p["id"] == prompt_id)
+        return Reply(reply.status, json.dumps([{**whole, "images": whole["images"][:1]}, *prompts]).encode())
+
+    return rewrite
+
+
+@pytest.mark.xfail(strict=True, reason="H4: a walk that lists one prompt id twice with different images keeps the "
+                   "first copy (remote/astria.py prompts(): 'each prompt once (by id)') and deletes the images only "
+                   "the other copy lists, with no 404 and no problem: a contradictory answer becomes a delete")
+def test_a_prompt_listed_twice_with_different_images_deletes_nothing(env: Env) -> None:
+    tune = Tune(env)
+    two = tune.prompt("two takes", image(seed=31), image(seed=32))
+    tune.prompt("one take", image(seed=33))
+    env.map_astria_tune(tune.id, pack="Headshots")
+    assert env.cli("run", "--no-wait").returncode == ExitCode.OK
+    env.sandbox.rewrite(*PAGES, _listed_twice(two))
+
+    result, _ = run_json(env)
+
+    _clean(result)
+    assert env.sandbox.calls[DELETE] == 0 and pack_shas(env) == tune.distinct(), \
+        "a contradictory listing of a prompt withholds its removals"
