@@ -481,3 +481,29 @@ def test_a_prompt_listed_twice_with_different_images_deletes_nothing(env: Env) -
     _clean(result)
     assert env.sandbox.calls[DELETE] == 0 and pack_shas(env) == tune.distinct(), \
         "a contradictory listing of a prompt withholds its removals"
+
+
+def _a_page_of(count: int) -> Callable[[Reply], Reply]:
+    """A rewrite of a prompts page into ``count`` prompts (ids 9000000…), each with its first prompt's image."""
+    def rewrite(reply: Reply) -> Reply:
+        first = json.loads(reply.body)[0]
+        return Reply(reply.status, json.dumps([{**first, "id": 9_000_000 + n, "text": f"copy {n}"}
+                                               for n in range(count)]).encode())
+
+    return rewrite
+
+
+def test_a_page_of_1000_prompts_is_read_whole_and_bounded(env: Env) -> None:
+    tune, _ = tune_of(env, 3)
+    env.map_astria_tune(tune.id, pack="Headshots")
+    assert env.cli("run", "--no-wait").returncode == ExitCode.OK
+    env.sandbox.rewrite(*PAGES, _a_page_of(1000), count=1)
+    env.sandbox.reset_calls()
+
+    result, _ = run_json(env)
+
+    _clean(result)
+    assert result.returncode == ExitCode.SOME_FAILED, result.stdout[-2000:] + result.stderr[-2000:]
+    assert env.sandbox.calls[PAGES] == 2, "the next page is read at offset 1000, and is empty"
+    assert env.sandbox.calls[ONE_PROMPT] == 2, "the two prompts the page left out are asked for, and kept"
+    assert env.sandbox.calls[DELETE] == 0 and pack_shas(env) == tune.distinct()
