@@ -192,13 +192,15 @@ def test_a_redirect_of_the_api_is_not_followed_and_the_key_is_not_sent_on(env: E
     tune, _ = tune_of(env, 2)
     env.map_astria_tune(tune.id, pack="Headshots")
     assert env.cli("run", "--no-wait").returncode == ExitCode.OK
-    elsewhere = f"{env.sandbox.origin}/astria-img/nothing-here"
+    elsewhere = f"{env.sandbox.origin}/astria-img/nothing-here?key={ASTRIA_TOKEN}"  # (and the key, echoed)
     env.sandbox.rewrite(*TUNE, lambda reply: Reply(302, b"", None, {"Location": elsewhere}))
     env.sandbox.reset_calls()
 
     result, _ = run_json(env)
+    verbose = env.cli("-v", "run", "--no-wait")
 
     _clean(result)
+    _clean(verbose)
     assert result.returncode != ExitCode.OK
     assert env.sandbox.calls[DOWNLOAD] == 0, "the API's redirect is not followed"
     assert env.sandbox.calls[DELETE] == 0
