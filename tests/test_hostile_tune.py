@@ -509,3 +509,16 @@ def test_a_page_of_1000_prompts_is_read_whole_and_bounded(env: Env) -> None:
     assert env.sandbox.calls[PAGES] == 2, "the next page is read at offset 1000, and is empty"
     assert env.sandbox.calls[ONE_PROMPT] == 2, "the two prompts the page left out are asked for, and kept"
     assert env.sandbox.calls[DELETE] == 0 and pack_shas(env) == tune.distinct()
+
+
+def test_the_daemon_does_not_hammer_a_tune_answered_429(daemon_env: Env, start: StartDaemon) -> None:
+    tune, _ = tune_of(daemon_env, 1)
+    daemon_env.map_astria_tune(tune.id, pack="Headshots", astria_poll_s=10)
+    daemon_env.sandbox.rewrite(*TUNE, lambda reply: Reply(429, b"{}", headers={"Retry-After": "1"}))
+    daemon = start()
+    wait_until(lambda: daemon_env.sandbox.calls[TUNE] >= 1, timeout=30, what="the tune read once")
+
+    time.sleep(20)  # (two polls and more: what is asserted is how few calls they made)
+
+    assert daemon_env.sandbox.calls[TUNE] <= 20, f"{daemon_env.sandbox.calls[TUNE]} reads of a rate-limited tune"
+    assert daemon.proc.poll() is None and daemon_env.sandbox.calls[DELETE] == 0
