@@ -522,3 +522,19 @@ def test_the_daemon_does_not_hammer_a_tune_answered_429(daemon_env: Env, start: 
 
     assert daemon_env.sandbox.calls[TUNE] <= 20, f"{daemon_env.sandbox.calls[TUNE]} reads of a rate-limited tune"
     assert daemon.proc.poll() is None and daemon_env.sandbox.calls[DELETE] == 0
+
+
+def test_pull_does_not_write_through_a_symlink_named_like_an_image(env: Env) -> None:
+    tune, prompt_ids = tune_of(env, 2)
+    env.map_astria_tune(tune.id, pack="unused")
+    out, outside = env.root / "out", env.root / "outside.png"
+    out.mkdir()
+    outside.write_bytes(b"mine")
+    for ext in ("png", "jpg"):
+        (out / f"{prompt_ids[0]}-1.{ext}").symlink_to(outside)
+
+    result = env.cli("pull", tune.label, str(out), "--sidecars", "xmp")
+
+    _clean(result)
+    assert outside.read_bytes() == b"mine", "nothing is written outside the pull's folder"
+    assert not (env.root / "outside.png.xmp").exists()
