@@ -139,7 +139,7 @@ def prompt_of(raw: Any, where: str) -> TunePrompt | Problem:
     (``where`` names it). ``images`` absent, null or empty is a prompt not generated yet, no problem; a
     ``text`` that is not a string is read as none, with a notice."""
     prompt_id = _prompt_id(raw.get("id")) if isinstance(raw, dict) else None
-    if prompt_id is None:
+    if prompt_id is None or prompt_id < 1:  # (Astria's ids are positive: an image is named after its prompt's)
         return Problem(where, "not a prompt with an id")
     text = raw.get("text")
     urls = raw.get("images")
@@ -226,7 +226,8 @@ class AstriaClient:
         The walk is complete when a page is short or empty. A server that ignores ``offset``, or pages for
         ever, cannot make it loop: a full page that brings no new prompt, or ``MAX_PROMPT_PAGES`` pages,
         end it incomplete, and say why (a prompt it did not see may still exist). Prompts are listed newest
-        first, so one added during the walk shows a prompt twice: ids are de-duplicated.
+        first, so one added during the walk shows a prompt twice: ids are de-duplicated. Two copies of a
+        prompt that differ are a problem (which to believe cannot be told, so nothing is deleted).
         """
         found: dict[int, TunePrompt] = {}
         problems: list[Problem] = []
@@ -241,9 +242,12 @@ class AstriaClient:
                 entry = prompt_of(raw, f"prompt #{number} of page {page_number}")
                 if isinstance(entry, Problem):  # (not counted as new: a server repeating it cannot loop the walk)
                     problems.append(entry)
-                elif entry.prompt_id not in found:
+                elif (seen := found.get(entry.prompt_id)) is None:
                     found[entry.prompt_id] = entry
                     new += 1
+                elif seen != entry:  # (a page shifted by a new prompt repeats one as it was: not this)
+                    problems.append(Problem(f"prompt {entry.prompt_id}", "listed twice, with different images or "
+                                            "text; which is right cannot be told"))
             if len(page) < PROMPTS_PER_PAGE:
                 return TunePrompts(tuple(found.values()), tuple(problems))
             if not new:

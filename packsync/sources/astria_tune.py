@@ -111,6 +111,11 @@ class AstriaTuneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
                       unreadable=f"{self.label}: {'; '.join(withheld)}" if withheld else None)
 
 
+#: What a tune Astria no longer shows may be: its storage policy at work (the images mirrored stay).
+_GONE = (" (Astria deletes a tune with its images 30 days after its training unless its storage is extended; the "
+         "images mirrored stay in the pack)")
+
+
 def tune_label(tune_id: int) -> str:
     """How an Astria tune is named as a source (in messages, the state, the views and pull's argument)."""
     return f"{AstriaTuneSettings.name}:{tune_id}"
@@ -197,7 +202,7 @@ class AstriaTuneSource:
 
     async def _read(self) -> tuple[AstriaTune, TunePrompts]:
         """The tune and its prompts; what cannot be read makes the source unavailable (nothing deleted)."""
-        with listing_failures(self.label, "tune", self.tune_id):
+        with listing_failures(self.label, "tune", self.tune_id, _GONE):
             tune = await self.client.tune(self.tune_id)  # (first: a tune that is not there has no pages to walk)
             return tune, await self.client.prompts(self.tune_id)
 

@@ -43,15 +43,16 @@ SPILL_AT = 1024 * 1024
 
 
 @contextlib.contextmanager
-def listing_failures(label: str, noun: str, ident: int) -> Iterator[None]:
+def listing_failures(label: str, noun: str, ident: int, gone: str = "") -> Iterator[None]:
     """What reading an Astria source's listing (``noun`` ``ident``: "pack", 260) failing means: nothing is
-    deleted because of it. Not there for the key (404): the source is unavailable; a refused key: raised as
+    deleted because of it. Not there for the key (404): the source is unavailable (``gone``: what that may
+    mean, said after it); a refused key: raised as
     it is (the API's alert); a rate limit, an outage, a trickle: this mapping's error, tried again later;
     any other bad answer: unavailable."""
     try:
         yield
     except NotFound:
-        raise SourceUnavailable(f"{label}: Astria has no {noun} {ident} the key can see") from None
+        raise SourceUnavailable(f"{label}: Astria has no {noun} {ident} the key can see{gone}") from None
     except AuthError:
         raise
     except TransientError as exc:
