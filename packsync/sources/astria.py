@@ -9,7 +9,6 @@ unavailable: nothing is deleted because of it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Protocol
@@ -21,9 +20,9 @@ from packsync.errors import (
     ConfigError,
 )
 from packsync.logs import untrusted
-from packsync.model import EXTENSIONS, AstriaPack, CachedFile, ContentItem, Listed, ListedImage, Problem, Scan
+from packsync.model import AstriaPack, CachedFile, ContentItem, Listed, ListedImage, Problem, Scan
 from packsync.sources.body import UploadBody
-from packsync.sources.downloads import Download, Downloader, HeldDownloads, listing_failures
+from packsync.sources.downloads import Download, Downloader, HeldDownloads, Wanted, listing_failures
 
 
 class AstriaPackSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag_field="kind",
@@ -119,23 +118,8 @@ class AstriaSource:
         if scan.problems:  # an entry it could not read may be one it listed before: nothing synced from it goes
             scan.keep |= {cached.sha256 for url, cached in previous.items() if cached.sha256 and url not in firsts}
         self.close()
-        new = [image for url, image in firsts.items() if not _known(previous.get(url), url)]
-        fetched = dict(zip((image.url for image in new),
-                           await asyncio.gather(*(self.downloads.fetch(image.url, image.url) for image in new)),
-                           strict=True))
-        for url, image in firsts.items():
-            got = fetched.get(url)
-            if isinstance(got, str):
-                scan.problems.append(Problem(url, f"{image.stem}: {got}"))
-                continue
-            cached = got or previous[url]
-            assert cached.sha256 is not None and cached.content_type is not None
-            scan.cache[url] = cached
-            scan.items.append(ContentItem(url, cached.sha256, cached.size, cached.content_type,
-                                          f"{image.stem}.{EXTENSIONS[cached.content_type]}"))
-            if got is not None and on_item:
-                on_item(cached.size)
-        scan.hashed_files = sum(1 for got in fetched.values() if isinstance(got, CachedFile))
+        await self.downloads.gather(scan, [Wanted(url, url, image.stem, None, _known(previous.get(url), url))
+                                           for url, image in firsts.items()], previous, on_item)
         return scan
 
     async def open(self, item: ContentItem) -> UploadBody:

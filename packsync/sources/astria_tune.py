@@ -25,7 +25,6 @@ from msgspec import Meta
 from packsync.errors import ApiError, AuthError, NotFound
 from packsync.logs import untrusted
 from packsync.model import (
-    EXTENSIONS,
     AstriaTune,
     CachedFile,
     ContentItem,
@@ -37,7 +36,7 @@ from packsync.model import (
     TunePrompts,
 )
 from packsync.sources.body import UploadBody
-from packsync.sources.downloads import Download, Downloader, HeldDownloads, listing_failures
+from packsync.sources.downloads import Download, Downloader, HeldDownloads, Wanted, listing_failures
 
 
 class TuneReader(Downloader, Protocol):
@@ -222,24 +221,9 @@ class AstriaTuneSource:
                 scan.keep.add(cached.sha256)
                 scan.cache[url] = cached  # (its record, and so its prompt, stays known)
         self.close()
-        new = [(url, prompt, n) for url, (prompt, n) in chosen.items() if not _known(previous.get(url), url)]
-        got = await asyncio.gather(*(self.downloads.fetch(url, _version(prompt.prompt_id, url), prompt.text)
-                                     for url, prompt, _n in new))
-        fetched = {url: found for (url, _prompt, _n), found in zip(new, got, strict=True)}
-        for url, (prompt, n) in chosen.items():
-            found = fetched.get(url)
-            if isinstance(found, str):
-                scan.problems.append(Problem(url, f"{prompt.prompt_id}-{n}: {found}"))
-                continue
-            cached = found or msgspec.structs.replace(previous[url], version=_version(prompt.prompt_id, url),
-                                                       detail=prompt.text)
-            assert cached.sha256 is not None and cached.content_type is not None
-            scan.cache[url] = cached
-            scan.items.append(ContentItem(url, cached.sha256, cached.size, cached.content_type,
-                                          f"{prompt.prompt_id}-{n}.{EXTENSIONS[cached.content_type]}"))
-            if found is not None and on_item:
-                on_item(cached.size)
-        scan.hashed_files = sum(1 for found in fetched.values() if isinstance(found, CachedFile))
+        await self.downloads.gather(scan, [
+            Wanted(url, _version(prompt.prompt_id, url), f"{prompt.prompt_id}-{n}", prompt.text,
+                   _known(previous.get(url), url)) for url, (prompt, n) in chosen.items()], previous, on_item)
         return scan
 
     async def _kept(self, walk: TunePrompts, gone: Mapping[str, CachedFile], scan: Scan) -> Collection[str]:

@@ -16,9 +16,11 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
+
+import msgspec
 
 from packsync.errors import (
     ApiError,
@@ -30,7 +32,7 @@ from packsync.errors import (
     TransientError,
 )
 from packsync.logs import untrusted
-from packsync.model import CachedFile, ContentItem
+from packsync.model import EXTENSIONS, CachedFile, ContentItem, Problem, Scan
 from packsync.sources.body import UploadBody
 from packsync.sources.media import Digest, Digester
 
@@ -124,6 +126,17 @@ class Downloader(Protocol):
     async def download(self, url: str, max_bytes: int, sink: Callable[[], Download]) -> Download: ...
 
 
+class Wanted(msgspec.Struct, frozen=True):
+    """An image a source lists: its URL, the version token its record gets, its name before the extension
+    its bytes give, its source's words about it, and whether its record says it was downloaded already."""
+
+    url: str
+    version: str
+    stem: str
+    detail: str | None
+    known: bool
+
+
 class HeldDownloads:
     """A source's new images, downloaded and held until they are uploaded (see the module's docstring)."""
 
@@ -134,6 +147,27 @@ class HeldDownloads:
         self._held: dict[str, bytes] = {}  # by SHA-256: the small downloads held in memory
         self._held_bytes = 0
         self._spool_made = False
+
+    async def gather(self, scan: Scan, wanted: Sequence[Wanted], previous: Mapping[str, CachedFile],
+                     on_item: Callable[[int], None] | None) -> None:
+        """Each ``wanted`` image into ``scan``: downloaded when it is new, else its record as it was (under its
+        version and detail now); one that cannot be downloaded is a problem of that image, tried next run."""
+        new = [image for image in wanted if not image.known]
+        got = await asyncio.gather(*(self.fetch(image.url, image.version, image.detail) for image in new))
+        fetched = {image.url: found for image, found in zip(new, got, strict=True)}
+        for image in wanted:
+            found = fetched.get(image.url)
+            if isinstance(found, str):
+                scan.problems.append(Problem(image.url, f"{image.stem}: {found}"))
+                continue
+            cached = found or msgspec.structs.replace(previous[image.url], version=image.version, detail=image.detail)
+            assert cached.sha256 is not None and cached.content_type is not None
+            scan.cache[image.url] = cached
+            scan.items.append(ContentItem(image.url, cached.sha256, cached.size, cached.content_type,
+                                          f"{image.stem}.{EXTENSIONS[cached.content_type]}"))
+            if found is not None and on_item:
+                on_item(cached.size)
+        scan.hashed_files = sum(1 for found in fetched.values() if isinstance(found, CachedFile))
 
     async def fetch(self, url: str, version: str, detail: str | None = None) -> CachedFile | str:
         """Download a new image into the spool: what it is (its record, of ``version``), or why it cannot be
