@@ -9,8 +9,6 @@ read of the Astria pack's listing).
 
 from __future__ import annotations
 
-import json
-
 from harness import (
     ADD_IMAGE,
     CREATE_UPLOAD,
@@ -19,6 +17,7 @@ from harness import (
     Row,
     Setup,
     Throughput,
+    add_astria_mapping,
     bare_mirror,
     calls_dict,
     image_bytes,
@@ -43,12 +42,7 @@ def run(ctx: Context) -> list[Row]:
                 for index in range(images)]
         pack_id = sandbox.new_pack("mirror")
         config = Setup(work, sandbox.base_url, concurrency=CONCURRENCY).write()
-        key = work / "astria.key"
-        key.write_text(KEY, encoding="utf-8")
-        key.chmod(0o600)
-        with config.open("a", encoding="utf-8") as handle:
-            handle.write(f"[astria]\nbase_url = {json.dumps(sandbox.astria_url)}\ntoken_file = {json.dumps(str(key))}\n"
-                         f"[[mappings]]\nastria_pack = {astria_pack}\npack_id = {json.dumps(pack_id)}\n")
+        add_astria_mapping(config, sandbox.astria_url, KEY, f"astria_pack = {astria_pack}", pack_id)
         sandbox.set_latency(LATENCY_S)
         sandbox.reset_calls()
         ctx.log(f"astria: mirroring {images} images, {LATENCY_S * 1000:.0f} ms per call, concurrency {CONCURRENCY}")

@@ -12,7 +12,6 @@ pack every run makes, no download, no upload.
 
 from __future__ import annotations
 
-import json
 import math
 
 from harness import (
@@ -23,6 +22,7 @@ from harness import (
     Row,
     Setup,
     Throughput,
+    add_astria_mapping,
     bare_mirror,
     calls_dict,
     image_bytes,
@@ -50,12 +50,7 @@ def run(ctx: Context) -> list[Row]:
             sandbox.astria.add_prompt(tune, f"portrait {index}, studio light", [data])
         pack_id = sandbox.new_pack("tune-mirror")
         config = Setup(work, sandbox.base_url, concurrency=CONCURRENCY).write()
-        key = work / "astria.key"
-        key.write_text(KEY, encoding="utf-8")
-        key.chmod(0o600)
-        with config.open("a", encoding="utf-8") as handle:
-            handle.write(f"[astria]\nbase_url = {json.dumps(sandbox.astria_url)}\ntoken_file = {json.dumps(str(key))}\n"
-                         f"[[mappings]]\nastria_tune = {tune}\npack_id = {json.dumps(pack_id)}\n")
+        add_astria_mapping(config, sandbox.astria_url, KEY, f"astria_tune = {tune}", pack_id)
         sandbox.set_latency(LATENCY_S)
         sandbox.reset_calls()
         ctx.log(f"astria-tune: mirroring {images} images of {images} prompts, {LATENCY_S * 1000:.0f} ms per call, "

@@ -269,6 +269,17 @@ class Setup:
         return self.config_path
 
 
+def add_astria_mapping(config: Path, astria_url: str, key: str, source: str, pack_id: str) -> None:
+    """Append to ``config`` the sandbox's Astria (its key in a file of its own beside it, chmod 600) and a
+    mapping of ``source`` (``astria_pack = 12``, ``astria_tune = 690200``) into ``pack_id``."""
+    key_file = config.parent / "astria.key"
+    key_file.write_text(key, encoding="utf-8")
+    key_file.chmod(0o600)
+    with config.open("a", encoding="utf-8") as handle:
+        handle.write(f"[astria]\nbase_url = {json.dumps(astria_url)}\ntoken_file = {json.dumps(str(key_file))}\n"
+                     f"[[mappings]]\n{source}\npack_id = {json.dumps(pack_id)}\n")
+
+
 def image_bytes(index: int, side: int = 8) -> bytes:
     """A small valid PNG whose colour (and so content) is unique to ``index`` (< 2**24)."""
     return solid_png(side, side, (index & 255, (index >> 8) & 255, (index >> 16) & 255))

@@ -143,26 +143,15 @@ def test_a_500_on_page_2_deletes_nothing_and_makes_bounded_calls(env: Env) -> No
     assert env.sandbox.calls[PAGES] <= 20, f"retries are bounded: {env.sandbox.calls[PAGES]} page reads"
 
 
-@pytest.mark.parametrize("body", [b'{"prompts": []}', b'"prompts"', b"null", b"[1, 2, 3]", b"{not json"])
-def test_a_prompts_page_that_is_not_a_list_of_objects_deletes_nothing(env: Env, body: bytes) -> None:
+@pytest.mark.parametrize(("route", "body"), [
+    *((PAGES, body) for body in (b'{"prompts": []}', b'"prompts"', b"null", b"[1, 2, 3]", b"{not json")),
+    *((TUNE, body) for body in (b"[]", b'"tune"', b'{"id": "x"}', b'{"id": 1}', b"{}"))])
+def test_a_prompts_page_or_tune_answer_that_is_not_one_deletes_nothing(env: Env, route: tuple[str, str],
+                                                                       body: bytes) -> None:
     tune, _ = tune_of(env, 3)
     env.map_astria_tune(tune.id, pack="Headshots")
     assert env.cli("run", "--no-wait").returncode == ExitCode.OK
-    env.sandbox.rewrite(*PAGES, lambda reply: Reply(200, body))
-
-    result, _ = run_json(env)
-
-    _clean(result)
-    assert result.returncode != ExitCode.OK
-    assert env.sandbox.calls[DELETE] == 0 and pack_shas(env) == tune.distinct()
-
-
-@pytest.mark.parametrize("body", [b"[]", b'"tune"', b'{"id": "x"}', b'{"id": 1}', b"{}"])
-def test_a_tune_answer_that_is_not_the_tune_deletes_nothing(env: Env, body: bytes) -> None:
-    tune, _ = tune_of(env, 3)
-    env.map_astria_tune(tune.id, pack="Headshots")
-    assert env.cli("run", "--no-wait").returncode == ExitCode.OK
-    env.sandbox.rewrite(*TUNE, lambda reply: Reply(200, body))
+    env.sandbox.rewrite(*route, lambda reply: Reply(200, body))
 
     result, _ = run_json(env)
 
