@@ -3,7 +3,8 @@
 It makes sample images in a temporary folder, starts the sandbox in-process, writes a real
 config file, syncs, changes the folder (a rename, a delete, a new photo carrying its location, stripped before
 upload) and syncs again, mirrors
-the sandbox's demo Astria pack into a Genviral pack and follows an image removed from it, then
+the sandbox's demo Astria pack into a Genviral pack and follows an image removed from it, mirrors the demo
+Astria tune's generated images (each with its prompt's text) and follows a generation that finishes, then
 shows the status table with the AI descriptions the sandbox generated.
 """
 
@@ -19,7 +20,7 @@ from packsync.app import sync_once
 from packsync.config import load_config
 from packsync.engine.sync import SyncOptions
 from packsync.errors import ExitCode
-from packsync.sandbox import ASTRIA_DEMO_TOKEN, Sandbox, seed_astria_demo
+from packsync.sandbox import ASTRIA_DEMO_TOKEN, Sandbox, seed_astria_demo, seed_astria_tune_demo
 from packsync.sandbox.imaging import solid_png
 from packsync.state.store import State
 from packsync.views.progress import Progress
@@ -63,6 +64,12 @@ token_file = "astria.key"
 [[mappings]]
 astria_pack = {astria_pack}
 pack = "Headshots"
+"""
+
+TUNE_CONFIG = """
+[[mappings]]
+astria_tune = {astria_tune}
+pack = "My generations"
 """
 
 
@@ -139,6 +146,21 @@ def _demo(folder: Path) -> ExitCode:
         assert first is not None
         sandbox.astria.remove_image(astria_pack, first["prompts_per_class"]["man"][0]["images"][0])
         _say("An image removed from the Astria pack: the mirror follows")
+        report = asyncio.run(sync_once(config, DEMO_TOKEN, options, Progress()))
+        print_run(report, sys.stdout)
+
+        astria_tune = seed_astria_tune_demo(sandbox)
+        with config_path.open("a", encoding="utf-8") as handle:
+            handle.write(TUNE_CONFIG.format(astria_tune=astria_tune))
+        config = load_config(config_path)
+        _say(f"Your own Astria generations: astria-tune:{astria_tune} mirrored into 'My generations', each image "
+             "with its prompt's text (Astria deletes them 30 days after training)")
+        report = asyncio.run(sync_once(config, DEMO_TOKEN, options, Progress()))
+        print_run(report, sys.stdout)
+        prompts = sandbox.astria.tune_prompts(1, None, astria_tune, 0) or []
+        pending = next(prompt["id"] for prompt in prompts if not prompt.get("images"))
+        sandbox.astria.generate(astria_tune, pending, solid_png(64, 64, (120, 130, 140)))
+        _say("A generation finished: the mirror follows")
         report = asyncio.run(sync_once(config, DEMO_TOKEN, options, Progress()))
         print_run(report, sys.stdout)
 

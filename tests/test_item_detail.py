@@ -76,15 +76,15 @@ def test_an_item_s_words_are_kept_and_shown_by_status_files(env: Env) -> None:
     assert cached[key].detail == WORDS, "the cache reads back what was written"
     assert [item.detail for other, item in cached.items() if other != key] == [None]
     shown = env.cli("status", "--files", token=None).stdout
-    assert f"\n      its source's words: {WORDS}\n" in shown
-    assert shown.count("its source's words") == 1, "only the item with words shows any"
+    assert f"\n      from its source: {WORDS}\n" in shown
+    assert shown.count("from its source:") == 1, "only the item with words shows any"
     files = json.loads(env.cli("status", "--json", "--files", token=None).stdout)["mappings"][0]["file_list"]
     assert sorted(f["detail"] or "" for f in files) == ["", WORDS]
 
     described(env, label, {key: hostile})
 
     shown = env.cli("status", "--files", token=None).stdout
-    line = next(line for line in shown.splitlines() if "its source's words" in line)
+    line = next(line for line in shown.splitlines() if "from its source:" in line)
     assert "\x1b" not in shown and "forged.png" in line, "the words stay on their own line, escapes gone"
     assert len(line) < 600, "long words are cut"
 
@@ -97,7 +97,7 @@ def test_search_finds_an_image_by_a_word_of_its_source_s_words_alone(env: Env) -
     described(env, label, {key: WORDS})
 
     found = env.cli("search", "zeppel", token=None).stdout
-    assert "1 match" in found and f"  its source's words: {WORDS}" in found
+    assert "1 match" in found and f"  from its source: {WORDS}" in found
     (hit,) = json.loads(env.cli("search", "--json", "harbour", "dawn", token=None).stdout)["results"]
     assert hit["detail"] == WORDS and hit["mapping"] == label
     assert json.loads(env.cli("search", "--json", "zeppelin", "nowhere", token=None).stdout)["total"] == 0

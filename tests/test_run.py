@@ -353,6 +353,9 @@ def test_demo_runs_with_zero_set_up(tmp_path: Path) -> None:
     assert result.stdout.count("metadata 3 completed, 0 pending") == 2
     assert "A 64×64 red PNG image." in result.stdout
     assert "astria:260 (Corporate Headshots) → Headshots" in result.stdout
+    assert "astria-tune:690200 (Me, studio portraits) → My generations" in result.stdout
+    assert "files 4 · synced 4" in result.stdout.split("astria-tune:690200 (Me")[-1], "a generation followed"
+    assert "from its source: ohwx woman, on a beach at golden hour" in result.stdout
     assert "files 4 · synced 4" in result.stdout and "woman-18154000-1.png  [synced" in result.stdout
     assert "prepared   location stripped: cap.jpg" in result.stdout
     assert "cap.jpg  [synced" in result.stdout and "uploaded with location stripped" in result.stdout

@@ -289,7 +289,7 @@ def _file_line(item: FileStatus) -> str:
     if item.problem:
         line += f"  {printable(item.problem)}"
     if item.detail:
-        line += f"\n      its source's words: {printable(item.detail)}"
+        line += f"\n      from its source: {printable(item.detail)}"
     if item.prepared:
         line += f"\n      uploaded with {describe(item.prepared)}"
     if file_meta and file_meta.description:
@@ -372,7 +372,7 @@ def print_search(hits: list[SearchHit], total: int, out: TextIO) -> None:
         for path in hit.paths:
             out.write(f"{printable(path)}\n")
         if hit.detail:
-            out.write(f"  its source's words: {printable(hit.detail)}\n")
+            out.write(f"  from its source: {printable(hit.detail)}\n")
         if meta.description:
             out.write(f"  {printable(meta.description)}\n")
         if meta.keywords:
