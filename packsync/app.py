@@ -174,8 +174,9 @@ async def pull_once(config: Config, token: str, pack: str, folder: Path, options
         async with _opened(config, token, options.dry_run, progress, holds_lock=False) as (state, api):
             puller = Puller(api, state, progress or QUIET)
             if remote is not None:
-                listed = await remote.listed(api_client(config, remote.api, api.transport))
-                return await puller.pull_listed(listed, folder, options, sidecars)
+                client = api_client(config, remote.api, api.transport)
+                return await puller.pull_listed(await remote.listed(client), folder, options, sidecars,
+                                                lambda names: remote.kept(client, names))
             return await puller.pull(wanted, folder, options, sidecars=sidecars)
 
 

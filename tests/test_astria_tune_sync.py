@@ -420,13 +420,12 @@ def test_pull_delete_removes_the_files_of_a_prompt_astria_no_longer_lists(env: E
     assert {name.split("-")[0] for name in _pulled(out)} == {str(p) for p in prompt_ids[1:]}
 
 
-@pytest.mark.parametrize("why", ["emptied", "expired"])
-def test_pull_delete_removes_nothing_while_a_prompt_lists_no_images_or_the_tune_is_past_its_date(
-        env: Env, why: str) -> None:
-    """A pull keeps no record of its files' prompts, so it cannot ask Astria as a mirror does: an emptied prompt
-    (Astria's clean-up) and a tune past its 30 days keep every file pulled, even with --force (the review's
-    D2: the emptied prompt's file was removed)."""
-    tune, prompt_ids = tune_of(env, 4, trained_at=time.time() - (31 * DAY if why == "expired" else 0))
+@pytest.mark.parametrize("why", ["emptied", "missed"])
+def test_pull_delete_keeps_the_file_of_a_prompt_astria_still_has(env: Env, why: str) -> None:
+    """A prompt whose images went empty (Astria's clean-up), or that the walk missed (a page shifted by a prompt
+    deleted meanwhile), is still Astria's: its GET answers 200, so its files stay (the review's D2 and R2: the
+    file was removed, "1 deleted")."""
+    tune, prompt_ids = tune_of(env, 4)
     env.map_astria_tune(tune.id, pack="unused")
     out = env.root / "out"
     assert env.cli("pull", tune.label, str(out)).returncode == ExitCode.OK
@@ -434,14 +433,31 @@ def test_pull_delete_removes_nothing_while_a_prompt_lists_no_images_or_the_tune_
     if why == "emptied":
         env.sandbox.rewrite("GET", "astria:/tunes/{id}/prompts", _emptied(prompt_ids[0]))
     else:
-        tune.remove(prompt_ids[0])
+        env.sandbox.rewrite("GET", "astria:/tunes/{id}/prompts", lambda reply: Reply(200, json.dumps(
+            [p for p in json.loads(reply.body) if p["id"] != prompt_ids[0]]).encode()))
+    env.sandbox.reset_calls()
+
+    result = env.cli("pull", tune.label, str(out), "--delete")
+
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    assert _pulled(out) == before, result.stdout
+    assert env.sandbox.calls[ONE_PROMPT] == 1, "the prompt the listing left out is asked for, once"
+
+
+def test_pull_delete_removes_nothing_once_the_tune_is_past_its_date(env: Env) -> None:
+    """Past its 30 days, Astria deletes the prompts too: their 404s must not empty the folder that keeps them."""
+    tune, prompt_ids = tune_of(env, 4, trained_at=time.time() - 31 * DAY)
+    env.map_astria_tune(tune.id, pack="unused")
+    out = env.root / "out"
+    assert env.cli("pull", tune.label, str(out)).returncode == ExitCode.OK
+    before = _pulled(out)
+    tune.remove(prompt_ids[0])
 
     result = env.cli("pull", tune.label, str(out), "--delete", "--force")
 
     assert _pulled(out) == before, result.stdout + result.stderr
-    said = result.stdout + result.stderr
-    assert ("list no images" if why == "emptied" else "Astria deletes its images after") in said, said
-    assert result.returncode == ExitCode.SAFETY, said
+    assert "Astria deletes its images after" in result.stdout + result.stderr
+    assert result.returncode == ExitCode.SAFETY, result.stdout + result.stderr
 
 
 # -- 9. the key --------------------------------------------------------------------------------------------------------

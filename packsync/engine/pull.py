@@ -27,7 +27,7 @@ import contextlib
 import os
 import re
 import stat
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -265,20 +265,27 @@ class Puller:
                                    f"name: {NAMES_SHIFTED}", notice=True)]
         return given, []
 
-    async def pull_listed(self, listed: Listed, folder: Path, options: PullOptions,
-                          sidecars: str = "none") -> PullReport:
+    async def pull_listed(self, listed: Listed, folder: Path, options: PullOptions, sidecars: str = "none",
+                          kept: Callable[[Collection[str]], Awaitable[set[str]]] | None = None) -> PullReport:
         """Pull a remote source's images, as its ``listed`` says (``RemoteSettings.listed``), each named by
         its parts; ``sidecars = "xmp"``: with each image's ``detail`` as the description of an XMP sidecar
-        beside it. An entry the listing could not read is reported, and withholds every removal."""
+        beside it. An entry the listing could not read is reported, and withholds every removal. ``kept``
+        (``RemoteSettings.kept``): of the files pulled before that the listing no longer shows, those the
+        source still has, which ``--delete`` leaves alone."""
         folder = resolved_folder(folder)
         images: dict[str, ListedImage] = {}
         for image in listed.images:  # an image listed twice is one file, named after its first listing
             images.setdefault(image.url, image)
         pack = RemotePack(listed.label, listed.title, tuple(RemoteImage(url, url) for url in images))
         scope = None if listed.scope is None else {safe_part(part) for part in listed.scope}
+        still: set[str] = set()
+        if options.delete and kept is not None and listed.unreadable is None:
+            missing = {r.name: r.image_id for r in self.state.uploads.pulled(str(folder), listed.label)
+                       if r.image_id not in images}
+            still = {missing[name] for name in await kept(list(missing))} if missing else set()
         report = await self._pull(pack, [listed_download(str(folder), listed.label, i) for i in images.values()],
                                   folder, options, PullSafety(listed.label, SourceFacts(unreadable=listed.unreadable),
-                                                              _limits(options)), scope)
+                                                              _limits(options)), scope, still)
         report.label = listed.label
         report.problems[:0] = listed.problems
         if sidecars == "xmp" and not options.dry_run:
@@ -289,12 +296,15 @@ class Puller:
         return report
 
     async def _pull(self, pack: RemotePack, images: Sequence[Download], folder: Path, options: PullOptions,
-                    safety: PullSafety, scope: Collection[str] | None = None) -> PullReport:
+                    safety: PullSafety, scope: Collection[str] | None = None,
+                    still: Collection[str] = ()) -> PullReport:
         """Observe the folder, plan, and (unless a dry run) run the plan. ``scope``: the top sub-folders whose
         files this pull mirrors (an Astria pack's ``--classes``; None: all): a file pulled into another
-        class's sub-folder is not this pull's to remove, its image being left out, not gone."""
+        class's sub-folder is not this pull's to remove, its image being left out, not gone. ``still``: the
+        images the source still has though it did not list them, whose files are not this pull's either."""
         records = self.state.uploads.pulled(str(folder), pack.pack_id)
-        mine = [r for r in records if scope is None or "/" in r.name and r.name.partition("/")[0] in scope]
+        mine = [r for r in records if (scope is None or "/" in r.name and r.name.partition("/")[0] in scope)
+                and r.image_id not in still]
         in_pack = {image.image_id for image in images}
         present, unchanged, links = await asyncio.to_thread(
             _observe, folder, records, [r for r in mine if r.image_id not in in_pack] if options.delete else [],

@@ -58,6 +58,9 @@ class AstriaPackSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     async def listed(self, client: Any) -> Listed:
         return await pack_listed(client, self.astria_pack, self.classes)
 
+    async def kept(self, client: Any, names: Collection[str]) -> set[str]:
+        return set()  # a pack is read whole: an image it no longer lists is gone from it
+
 
 def pack_label(pack_id: int) -> str:
     """How an Astria pack is named as a source (in messages, the state, the views and pull's argument)."""

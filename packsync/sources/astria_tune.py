@@ -84,12 +84,9 @@ class AstriaTuneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 
     async def listed(self, client: Any) -> Listed:
         """What ``packsync pull astria-tune:<id>`` downloads: ``<prompt id>-<n>`` per image, its prompt's
-        text as its description. Raises what reading the tune raises (``NotFound``: no such tune).
-
-        A pull keeps no record of the prompts its files came from, so it cannot ask Astria about one as a
-        mirror does: ``--delete`` removes nothing (``unreadable``) while the walk ended early, an entry
-        cannot be read, a prompt taken lists no images (not generated yet, or Astria's clean-up), or the
-        tune is past the date Astria deletes its images."""
+        text as its description. Raises what reading the tune raises (``NotFound``: no such tune). A pull's
+        ``--delete`` removes nothing (``unreadable``) while the walk ended early or an entry cannot be read,
+        nor once the tune is past the date Astria deletes its images; else ``kept`` says which files stay."""
         reader: TuneReader = client
         tune = await reader.tune(self.astria_tune)  # (first: a tune that is not there has no pages to walk)
         walk = await reader.prompts(self.astria_tune)
@@ -97,17 +94,48 @@ class AstriaTuneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
         problems = list(_problems(walk, self.prompts))
         if not walk.complete:
             problems.append(Problem(self.label, f"{walk.why}; nothing is removed"))
-        unread = [problem for problem in problems if not problem.notice]
-        withheld = [walk.why if not walk.complete and walk.why else f"{len(unread)} of its entries could not be "
-                    "read"] if unread else []
-        if empty := sum(1 for prompt in walk.prompts if _matches(prompt, self.prompts) and not prompt.images):
-            withheld.append(f"{empty} of its prompts list no images (not generated yet, or cleaned up by Astria)")
+        withheld = []
+        if not walk.complete:
+            withheld.append(walk.why or "its prompts were not all read")
+        elif unread := [problem for problem in problems if not problem.notice]:
+            withheld.append(f"{len(unread)} of its entries could not be read")
         if tune.expires_at is not None and time.time() >= tune.expires_at:
             withheld.append(f"Astria deletes its images after {_day(tune.expires_at)}")
         images = tuple(ListedImage(url, (f"{prompt.prompt_id}-{n}",), prompt.text)
                        for url, (prompt, n) in chosen.items())
         return Listed(self.label, tune.title, images, tuple(problems),
                       unreadable=f"{self.label}: {'; '.join(withheld)}" if withheld else None)
+
+    async def kept(self, client: Any, names: Collection[str]) -> set[str]:
+        """Of the files a pull made from the tune that its listing no longer shows (``<prompt id>-<n>.<ext>``),
+        those whose prompt Astria still has: a miss of the walk (a page shifted by a prompt deleted meanwhile)
+        or an emptied prompt is never a removal. Only Astria's 404 for its prompt lets a file go."""
+        reader: TuneReader = client
+        by_prompt: dict[int, list[str]] = {}
+        kept = set()
+        for name in names:
+            head = name.rpartition("/")[2].partition("-")[0]
+            if head.isascii() and head.isdigit():
+                by_prompt.setdefault(int(head), []).append(name)
+            else:
+                kept.add(name)  # (not a name this kind gives: nothing to ask Astria by)
+
+        async def gone(prompt_id: int) -> bool:
+            try:
+                await reader.prompt(self.astria_tune, prompt_id)
+            except NotFound:
+                return True
+            except ApiError as exc:
+                if isinstance(exc, AuthError):
+                    raise
+                return False
+            return False
+
+        answers = await asyncio.gather(*map(gone, by_prompt))
+        for prompt_names, answer in zip(by_prompt.values(), answers, strict=True):
+            if not answer:
+                kept.update(prompt_names)
+        return kept
 
 
 #: What a tune Astria no longer shows may be: its storage policy at work (the images mirrored stay).

@@ -13,6 +13,7 @@ reads a label's spelling.
 from __future__ import annotations
 
 import typing
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -60,6 +61,10 @@ class RemoteSettings(Protocol):
 
     async def listed(self, client: Any) -> Listed:
         """What ``packsync pull <label>`` downloads."""
+
+    async def kept(self, client: Any, names: Collection[str]) -> set[str]:
+        """Of the files (by name) a pull made from the source that ``listed`` no longer shows, those the source
+        still has all the same, which ``pull --delete`` must not remove."""
 
 
 def _members() -> tuple[type[RemoteSource], ...]:
