@@ -275,3 +275,35 @@ def test_a_schema_10_shared_state_is_read_as_it_is_then_upgraded_in_place(tmp_pa
     (hit,) = json.loads(env.cli("search", "--json", "zeppelin", token=None).stdout)["results"]
     assert hit["detail"] == WORDS
     assert json.loads(env.cli("search", "--json", "zeppelin", "nowhere", token=None).stdout)["total"] == 0
+
+
+@pytest.mark.skipif(postgres.missing() is not None, reason=f"no PostgreSQL here: {postgres.missing()}")
+def test_a_reader_of_a_schema_10_shared_state_reads_on_after_another_site_upgraded_it(
+        tmp_path: Path, sandbox: Sandbox, url: str, database: Any) -> None:
+    """A reader (``packsync ui``) opened the shared state at schema 10, through views adding the columns it lacks.
+    Another site then upgrades it; when the reader's connection is lost and made again, its views must not name
+    columns the tables have now ("column "detail" specified more than once": every read failed after)."""
+    env = site(tmp_path, sandbox, url, "nas")
+    astria_pack(env)
+    schema_10(database)
+    env.write_config()
+    reader = State.for_config(env.config(), readonly=True)
+    try:
+        files = reader.unit.rows(text("SELECT count(*) FROM files"))[0][0]
+        assert env.cli("run", "--no-wait").returncode == 0, "the run upgrades the state to schema 11"
+        with database.connect() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                                    "current_database() AND pid <> pg_backend_pid()"))
+            connection.commit()
+
+        def read() -> Any:
+            try:
+                return reader.unit.rows(text("SELECT count(*), count(detail) FROM files"))[0]
+            except Exception as exc:  # noqa: BLE001 - the first read after the cut may fail: the next reconnects
+                return exc
+
+        answers = [read() for _ in range(3)]
+        assert not isinstance(answers[-1], Exception), answers
+        assert answers[-1][0] == files
+    finally:
+        reader.close()

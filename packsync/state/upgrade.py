@@ -218,14 +218,19 @@ def read_shared_as_current(unit: UnitOfWork) -> None:
     schema = str(rows[0][0]) if rows else str(SCHEMA_VERSION)
     if not (schema.isascii() and schema.isdigit()) or int(schema) >= 11:
         return
-    views = [f"CREATE TEMP VIEW {name} AS SELECT *, "
-             + ", ".join(f"NULL::{_on_postgres(column).split(maxsplit=1)[1]} AS {column.split()[0]}"
-                         for column in columns) + f" FROM public.{name}"
-             for name, columns in _SHARED_COLUMNS_11.items()]
 
     def made(connection: Connection) -> None:
-        for view in views:
-            connection.exec_driver_sql(view)
+        # (asked on each connection: another site may have upgraded the state since, and a view naming a
+        # column the table now has would be refused, and with it every read of this reader's)
+        for name, columns in _SHARED_COLUMNS_11.items():
+            have = {row[0] for row in connection.exec_driver_sql(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
+                "AND table_name = %s", (name,))}
+            if missing := [column for column in columns if column.split()[0] not in have]:
+                connection.exec_driver_sql(
+                    f"CREATE TEMP VIEW {name} AS SELECT *, " + ", ".join(
+                        f"NULL::{_on_postgres(column).split(maxsplit=1)[1]} AS {column.split()[0]}"
+                        for column in missing) + f" FROM public.{name}")
 
     with unit.guarded():
         made(unit.connection)
