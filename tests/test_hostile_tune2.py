@@ -1,0 +1,99 @@
+"""Second hostile pass on an Astria tune as a source (issue 29): the config of a tune mapping, a hostile prompt
+text in ``status --files`` and ``search``. A test marked xfail(strict) is a finding that fails today; the others
+pin behaviour that held under attack and must keep holding.
+"""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+from conftest import Env, image
+from test_astria_tune_sync import Tune, run_json
+
+from packsync.config import parse_config
+from packsync.errors import ConfigError, ExitCode
+
+BASE = '[astria]\ntoken_file = "/nonexistent/astria.key"\n'
+
+
+def _config(text: str) -> object:
+    return parse_config(tomllib.loads(BASE + text))
+
+
+@pytest.mark.parametrize(("mapping", "named"), [
+    ('astria_tune = 5\nprompts = ""\npack = "A"', "mappings[0].prompts"),
+    ('astria_tune = 5\nastria_poll_s = 9\npack = "A"', "mappings[0].astria_poll_s"),
+    ('astria_tune = 5\nastria_poll_s = nan\npack = "A"', "mappings[0].astria_poll_s"),
+    ('astria_tune = 5\nastria_poll_s = "600"\npack = "A"', "mappings[0].astria_poll_s"),
+    ('astria_tune = 5.0\npack = "A"', "mappings[0].astria_tune"),
+    ('astria_tune = true\npack = "A"', "mappings[0].astria_tune"),
+    ('astria_tune = 0\npack = "A"', "mappings[0].astria_tune"),
+    ('astria_tune = 5\nastria_pack = 6\npack = "A"', "mappings[0].astria_pack"),
+    ('astria_tune = 5\nclasses = ["man"]\npack = "A"', "mappings[0].classes"),
+    ('astria_tune = 5\npath = "/tmp"\npack = "A"', "mappings[0].astria_tune"),
+    ('astria_tune = 5\nsidecars = "xmp"\npack = "A"', "mappings[0].sidecars"),
+    ('astria_tune = 5\npacks_from = "subfolders"', "mappings[0].packs_from"),
+    ('astria_poll_s = 60\npath = "/tmp"\npack = "A"', "mappings[0].astria_poll_s"),
+    ('prompts = "x"\npath = "/tmp"\npack = "A"', "mappings[0].prompts"),
+    ('astria_tune = 5\nprompts = ["a"]\npack = "A"', "mappings[0].prompts"),
+    ('astria_tune = 5\npack = "A"\n[[mappings]]\nastria_tune = 5\npack = "B"', "mappings[1].astria_tune"),
+    ('astria_tune = 5\nprompts = "a"\npack = "A"\n[[mappings]]\nastria_tune = 5\nprompts = "b"\npack = "A"',
+     "mappings[1].astria_tune"),
+    ('astria_tune = 5\npack = "A"\n[[mappings]]\npath = "/tmp"\npack = "A"', "mappings[1].pack"),
+    ('astria_tune = 5\npack_id = "p1"\n[[mappings]]\npath = "/tmp"\npack_id = "p1"', "mappings[1].pack_id"),
+])
+def test_a_wrong_tune_mapping_is_refused_naming_its_key(mapping: str, named: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        _config("[[mappings]]\n" + mapping)
+    assert named in str(refused.value)
+
+
+@pytest.mark.parametrize("workspace", ['"a b"', '"a\\nb"', '"wé"', '""', "42"])
+def test_a_workspace_that_cannot_be_a_header_is_refused(workspace: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        _config(f'workspace = {workspace}\n[[mappings]]\nastria_tune = 5\npack = "A"')
+    assert "workspace" in str(refused.value)
+
+
+@pytest.mark.xfail(strict=True, reason="astria_poll_s = inf (or 1e30) is taken: after its first read the daemon "
+                   "never reads the tune again, silently; Meta(ge=10) lets infinity through")
+@pytest.mark.parametrize("value", ["inf", "1e30"])
+def test_an_infinite_tune_poll_interval_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError):
+        _config(f'[[mappings]]\nastria_tune = 5\nastria_poll_s = {value}\npack = "A"')
+
+
+@pytest.mark.xfail(strict=True, reason="a 10 KB [astria] workspace is taken and sent as X-Workspace-Id on every "
+                   "API call; HTTP servers refuse header fields over 8 KB, so every read fails far from its cause")
+def test_a_10_kb_workspace_is_refused() -> None:
+    with pytest.raises(ConfigError):
+        _config(f'workspace = "{"w" * 10240}"\n[[mappings]]\nastria_tune = 5\npack = "A"')
+
+
+@pytest.mark.xfail(strict=True, reason='prompts = " " (only spaces) is taken: a filter that takes every prompt '
+                   'with a space in it; a pack name of only spaces is refused, a prompts filter is not')
+def test_a_prompts_filter_of_only_spaces_is_refused() -> None:
+    with pytest.raises(ConfigError):
+        _config('[[mappings]]\nastria_tune = 5\nprompts = " "\npack = "A"')
+
+
+HOSTILE = ('<script>alert(1)</script><img src=x onerror=alert(2)> \u202eevil\u202c \x00nul \x1b[31mred '
+           + "x" * 2000)
+
+
+def test_a_hostile_prompt_text_is_shown_clean_by_status_files_and_search(env: Env) -> None:
+    tune = Tune(env)
+    tune.prompt(HOSTILE, image(seed=7101))
+    tune.prompt("plain headshot", image(seed=7102))
+    env.map_astria_tune(tune.id, pack="Headshots")
+    result, _ = run_json(env)
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+
+    for args in (("status", "--files"), ("search", "script"), ("search", "alert")):
+        shown = env.cli(*args, token=None)
+        out = shown.stdout + shown.stderr
+        assert "Traceback" not in out, out
+        assert shown.returncode == ExitCode.OK, (args, out)
+        assert "\x00" not in out and "\x1b" not in out and "\u202e" not in out, (args, out[:500])
+        assert "x" * 600 not in out, "capped"
