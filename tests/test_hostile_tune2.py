@@ -5,14 +5,17 @@ pin behaviour that held under attack and must keep holding.
 
 from __future__ import annotations
 
+import json
+import time
 import tomllib
 
 import pytest
 from conftest import Env, image
-from test_astria_tune_sync import Tune, run_json
+from test_astria_tune_sync import PAGES, Tune, run_json
 
 from packsync.config import parse_config
 from packsync.errors import ConfigError, ExitCode
+from packsync.sandbox.server import Reply
 
 BASE = '[astria]\ntoken_file = "/nonexistent/astria.key"\n'
 
@@ -97,3 +100,41 @@ def test_a_hostile_prompt_text_is_shown_clean_by_status_files_and_search(env: En
         assert shown.returncode == ExitCode.OK, (args, out)
         assert "\x00" not in out and "\x1b" not in out and "\u202e" not in out, (args, out[:500])
         assert "x" * 600 not in out, "capped"
+
+
+# -- packsync astria tunes -------------------------------------------------------------------------------------
+
+
+def test_astria_tunes_with_no_tunes_says_so_and_exits_0(env: Env) -> None:
+    env.map_astria(1, pack="Unused")  # (the key, in its token file)
+
+    as_text = env.cli("astria", "tunes", token=None)
+    as_json = env.cli("astria", "tunes", "--json", token=None)
+
+    assert (as_text.returncode, as_json.returncode) == (ExitCode.OK, ExitCode.OK), as_text.stderr + as_json.stderr
+    assert json.loads(as_json.stdout) == {"tunes": []}
+    assert "Traceback" not in as_text.stderr and as_text.stdout.strip(), "an empty list is said, not silent"
+
+
+def test_astria_tunes_lists_100_tunes_and_one_whose_prompts_answer_500_is_unknown_not_fatal(env: Env) -> None:
+    ids = [env.sandbox.astria.add_tune(f"tune {i}") for i in range(100)]
+    for tune_id in ids[:3]:
+        env.sandbox.astria.add_prompt(tune_id, "one", images=[image(seed=7200 + tune_id)])
+    bad = ids[50]
+    env.sandbox.astria.add_prompt(bad, "BOOM", images=[image(seed=7199)])  # (its page, and each retry, fail)
+    env.map_astria(1, pack="Unused")
+
+    def fails(reply: Reply) -> Reply:
+        return Reply(500, b'{"error": "boom"}') if b"BOOM" in reply.body else reply
+
+    env.sandbox.rewrite(*PAGES, fails)
+    started = time.monotonic()
+    as_json = env.cli("astria", "tunes", "--json", token=None)
+    took = time.monotonic() - started
+
+    assert "Traceback" not in as_json.stderr, as_json.stderr
+    assert as_json.returncode == ExitCode.OK, as_json.stdout + as_json.stderr
+    tunes = {t["id"]: t for t in json.loads(as_json.stdout)["tunes"]}
+    assert set(tunes) == set(ids)
+    assert tunes[bad]["prompts"] is None and tunes[ids[0]]["images"] == 1 and tunes[ids[99]]["prompts"] == 0
+    assert took < 60, f"{took:.0f} s"
