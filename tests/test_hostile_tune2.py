@@ -6,12 +6,15 @@ pin behaviour that held under attack and must keep holding.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import tomllib
+from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Env, image
-from test_astria_tune_sync import PAGES, Tune, run_json
+from test_astria_tune_sync import DAY, PAGES, Tune, _emptied, run_json, tune_of
 
 from packsync.config import parse_config
 from packsync.errors import ConfigError, ExitCode
@@ -138,3 +141,40 @@ def test_astria_tunes_lists_100_tunes_and_one_whose_prompts_answer_500_is_unknow
     assert set(tunes) == set(ids)
     assert tunes[bad]["prompts"] is None and tunes[ids[0]]["images"] == 1 and tunes[ids[99]]["prompts"] == 0
     assert took < 60, f"{took:.0f} s"
+
+
+# -- pull astria-tune:ID --delete, --dry-run --json ------------------------------------------------------------
+
+
+def _pulled(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.is_file()}
+
+
+def _pull_json(env: Env, label: str, out: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Any]:
+    result = env.cli("pull", label, str(out), "--json", *args)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result, json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("why", ["removed", "emptied", "expired"])
+def test_pull_delete_dry_run_json_removes_nothing_and_says_what_a_real_run_would(env: Env, why: str) -> None:
+    tune, prompt_ids = tune_of(env, 4, trained_at=time.time() - (31 * DAY if why == "expired" else 0))
+    env.map_astria_tune(tune.id, pack="unused")
+    out = env.root / "out"
+    assert env.cli("pull", tune.label, str(out)).returncode == ExitCode.OK
+    before = _pulled(out)
+    if why == "emptied":
+        env.sandbox.rewrite(*PAGES, _emptied(prompt_ids[0]))
+    else:
+        tune.remove(prompt_ids[0])
+
+    dry, planned = _pull_json(env, tune.label, out, "--delete", "--dry-run")
+    assert _pulled(out) == before, "a dry run removes nothing"
+    real, done = _pull_json(env, tune.label, out, "--delete")
+
+    assert dry.returncode == real.returncode, (dry.stdout, real.stdout)
+    assert json.dumps(planned).count(str(prompt_ids[0])) >= 1 or why != "removed", planned
+    if why == "removed":
+        assert {name.split("-")[0] for name in _pulled(out)} == {str(p) for p in prompt_ids[1:]}
+    else:
+        assert _pulled(out) == before, done
