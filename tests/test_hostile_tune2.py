@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Env, image
+from conftest import Env, image, write
 from test_astria_tune_sync import (
     DAY,
     DELETE,
     PAGES,
+    UPLOAD,
     Tune,
     _emptied,
     pack_shas,
     run_json,
+    sha,
     status_of,
     tune_of,
 )
@@ -271,3 +273,38 @@ def test_the_warning_at_exactly_3_days_and_past_the_date(env: Env) -> None:
     assert "deletes these images" in (status_of(env, soon.label)["expiring"] or "")
     assert "deleted these images" in status_of(env, gone.label)["expiring"]
     assert not status_of(env, far.label).get("expiring"), "more than 3 days left"
+
+
+# -- a tune and a folder into one pack, one after the other: adoption and ownership ------------------------------
+
+
+def test_a_pack_a_folder_filled_then_mapped_to_a_tune_keeps_the_folder_s_images(env: Env) -> None:
+    folder = env.map("photos", pack="Headshots")
+    photos = [write(folder / f"p{i}.png", image(seed=7300 + i)) for i in range(3)]
+    assert env.cli("run", "--no-wait").returncode == ExitCode.OK
+    tune, _ = tune_of(env, 2)
+    env.mappings.clear()
+    env.map_astria_tune(tune.id, pack="Headshots")
+
+    result, document = run_json(env)
+
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    assert env.sandbox.calls[DELETE] == 0, "the folder's images are not the tune's to delete"
+    assert pack_shas(env) == tune.distinct() | {sha(p.read_bytes()) for p in photos}
+
+
+def test_a_pack_a_tune_filled_then_mapped_to_a_folder_with_one_of_its_images_adopts_it_and_deletes_none(
+        env: Env) -> None:
+    tune, prompt_ids = tune_of(env, 2)
+    env.map_astria_tune(tune.id, pack="Headshots")
+    assert env.cli("run", "--no-wait").returncode == ExitCode.OK
+    env.mappings.clear()
+    folder = env.map("photos", pack="Headshots")
+    write(folder / "same.png", tune.images[prompt_ids[0]][0])  # (the tune's bytes, saved by hand)
+    env.sandbox.reset_calls()
+
+    result, _ = run_json(env)
+
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    assert env.sandbox.calls[DELETE] == 0 and env.sandbox.calls[UPLOAD] == 0, "adopted, not uploaded again"
+    assert pack_shas(env) == tune.distinct()
