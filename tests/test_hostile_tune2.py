@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from conftest import Env, image, write
 from test_astria_tune_sync import (
@@ -28,6 +29,8 @@ from test_astria_tune_sync import (
     status_of,
     tune_of,
 )
+from test_browser import browser, page  # noqa: F401 - fixtures
+from test_page import needs_chromium, ui  # noqa: F401 - fixture
 
 from packsync.config import parse_config
 from packsync.errors import ConfigError, ExitCode
@@ -308,3 +311,34 @@ def test_a_pack_a_tune_filled_then_mapped_to_a_folder_with_one_of_its_images_ado
     assert result.returncode == ExitCode.OK, result.stdout + result.stderr
     assert env.sandbox.calls[DELETE] == 0 and env.sandbox.calls[UPLOAD] == 0, "adopted, not uploaded again"
     assert pack_shas(env) == tune.distinct()
+
+
+# -- the page --------------------------------------------------------------------------------------------------
+
+PAGE_HOSTILE = ('pwn <script>window.pwned=1</script><img src=x onerror="window.pwned=2"> '
+                '"><svg onload="window.pwned=3"> \u202eelif\u202c \x00 ' + "y" * (1 << 20))
+
+
+@needs_chromium
+def test_the_page_shows_a_hostile_1_mb_prompt_text_as_capped_inert_text(env: Env, ui: Any,  # noqa: F811
+                                                                       page: Any) -> None:  # noqa: F811
+    tune = Tune(env)
+    tune.prompt(PAGE_HOSTILE, image(seed=7401))
+    env.map_astria_tune(tune.id, pack="Headshots")
+    result, _ = run_json(env)
+    assert result.returncode == ExitCode.OK, result.stdout + result.stderr
+    base = ui()
+
+    html = httpx2.get(base, params={"q": "pwn"}).text
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    for address in (base, base + "?q=pwn", base + "?show=synced"):
+        page.goto(address)
+        page.wait_for_load_state("load")
+        assert page.evaluate("() => window.pwned === undefined"), address
+
+    assert not dialogs
+    assert "<script>window.pwned" not in html and "onerror=\"window" not in html
+    assert "\x00" not in html and "\u202e" not in html
+    assert len(html) < 200_000, "the 1 MB text is capped"
+    assert "pwn" in html, "the match is shown"
