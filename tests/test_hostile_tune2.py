@@ -19,6 +19,7 @@ from conftest import Env, image, write
 from test_astria_tune_sync import (
     DAY,
     DELETE,
+    DOWNLOAD,
     PAGES,
     UPLOAD,
     Tune,
@@ -30,6 +31,7 @@ from test_astria_tune_sync import (
     tune_of,
 )
 from test_browser import browser, page  # noqa: F401 - fixtures
+from test_hostile_tune import _ids_changed
 from test_page import needs_chromium, ui  # noqa: F401 - fixture
 
 from packsync.config import parse_config
@@ -342,3 +344,24 @@ def test_the_page_shows_a_hostile_1_mb_prompt_text_as_capped_inert_text(env: Env
     assert "\x00" not in html and "\u202e" not in html
     assert len(html) < 200_000, "the 1 MB text is capped"
     assert "pwn" in html, "the match is shown"
+
+
+@pytest.mark.xfail(strict=True, reason="an image Astria would not serve, or whose prompt could not be read, counts "
+                   "as 'skipped', and views/status.expiring weighs only pending + failed: two days before Astria "
+                   "deletes the tune, images never mirrored get no warning")
+@pytest.mark.parametrize("failing", ["download", "prompt"])
+def test_the_warning_counts_images_not_mirrored_because_astria_s_side_failed(env: Env, failing: str) -> None:
+    """Two days before the deletion date, images that could not be downloaded from Astria, or whose prompt
+    could not be read, are as unmirrored as those Genviral refused: the warning is given."""
+    tune, prompt_ids = tune_of(env, 2, trained_at=time.time() - 28 * DAY)
+    env.map_astria_tune(tune.id, pack="Headshots")
+    if failing == "download":
+        env.sandbox.inject("500", *DOWNLOAD, count=1000)
+    else:
+        env.sandbox.rewrite(*PAGES, _ids_changed({prompt_ids[0]: True}))
+
+    result, _ = run_json(env)
+
+    assert result.returncode == ExitCode.SOME_FAILED, result.stdout + result.stderr
+    shown = status_of(env, tune.label)
+    assert shown.get("expiring"), {key: shown.get(key) for key in ("synced", "pending", "skipped", "failed")}
