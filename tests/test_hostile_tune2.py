@@ -365,3 +365,18 @@ def test_the_warning_counts_images_not_mirrored_because_astria_s_side_failed(env
     assert result.returncode == ExitCode.SOME_FAILED, result.stdout + result.stderr
     shown = status_of(env, tune.label)
     assert shown.get("expiring"), {key: shown.get(key) for key in ("synced", "pending", "skipped", "failed")}
+
+
+@pytest.mark.parametrize("words", [['"'], ["NEAR(a b)"], ["a*", "OR", "b"], ["'; DROP TABLE files; --"], ["\u202e"],
+                                   ["x" * 10_000], ["detail:portrait"], ["^portrait"]])
+def test_search_of_a_tune_s_prompt_texts_takes_any_words_without_a_traceback(env: Env, words: list[str]) -> None:
+    tune, _ = tune_of(env, 2)
+    env.map_astria_tune(tune.id, pack="Headshots")
+    assert env.cli("run", "--no-wait").returncode == ExitCode.OK
+
+    found = env.cli("search", *words, token=None)
+    as_json = env.cli("search", "--json", *words, token=None)
+
+    assert "Traceback" not in found.stderr + as_json.stderr, found.stderr + as_json.stderr
+    assert found.returncode == ExitCode.OK and as_json.returncode == ExitCode.OK, found.stderr + as_json.stderr
+    assert "studio" in env.cli("search", "studio", token=None).stdout, "the state still answers"
