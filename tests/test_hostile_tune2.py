@@ -31,7 +31,7 @@ from test_astria_tune_sync import (
     tune_of,
 )
 from test_browser import browser, page  # noqa: F401 - fixtures
-from test_hostile_tune import _ids_changed
+from test_hostile_tune import _ids_changed, _listed_twice
 from test_page import needs_chromium, ui  # noqa: F401 - fixture
 
 from packsync.config import parse_config
@@ -380,3 +380,23 @@ def test_search_of_a_tune_s_prompt_texts_takes_any_words_without_a_traceback(env
     assert "Traceback" not in found.stderr + as_json.stderr, found.stderr + as_json.stderr
     assert found.returncode == ExitCode.OK and as_json.returncode == ExitCode.OK, found.stderr + as_json.stderr
     assert "studio" in env.cli("search", "studio", token=None).stdout, "the state still answers"
+
+
+@pytest.mark.parametrize("odd", ["listed twice", "negative id"])
+def test_pull_delete_of_a_contradictory_or_odd_listing_removes_nothing(env: Env, odd: str) -> None:
+    """The walk's H2 and H4 rules hold for pull as for the mirror: a prompt listed twice with different images,
+    or with an id Astria never gives, withholds pull's removals."""
+    tune = Tune(env)
+    two = tune.prompt("two takes", image(seed=7501), image(seed=7502))
+    tune.prompt("one take", image(seed=7503))
+    env.map_astria_tune(tune.id, pack="unused")
+    out = env.root / "out"
+    assert env.cli("pull", tune.label, str(out)).returncode == ExitCode.OK
+    before = _pulled(out)
+    env.sandbox.rewrite(*PAGES, _listed_twice(two) if odd == "listed twice" else _ids_changed({two: -7}))
+
+    result = env.cli("pull", tune.label, str(out), "--delete", "--force")
+
+    assert "Traceback" not in result.stderr, result.stderr
+    assert before <= _pulled(out), result.stdout + result.stderr
+    assert result.returncode != ExitCode.OK, "what could not be read is said"
