@@ -333,7 +333,12 @@ def test_the_page_shows_a_hostile_1_mb_prompt_text_as_capped_inert_text(env: Env
 
     html = httpx2.get(base, params={"q": "pwn"}).text
     dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def dismissed(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", dismissed)
     for address in (base, base + "?q=pwn", base + "?show=synced"):
         page.goto(address)
         page.wait_for_load_state("load")
