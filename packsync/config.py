@@ -28,6 +28,7 @@ from packsync.errors import ConfigError
 from packsync.files import read_regular
 from packsync.recipe import Recipe
 from packsync.remote.bandwidth import BandwidthLimit
+from packsync.sources.base import MAX_POLL_S
 from packsync.sources.kinds import KEYS, KINDS, RemoteSource
 from packsync.sources.patterns import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE  # (said here, with the other defaults)
 from packsync.sources.patterns import check as check_patterns
@@ -123,7 +124,7 @@ def with_bandwidth_limit(config: Config, text: str | None) -> Config:
 
 
 #: What a header's value given in the config may be: printable ASCII, no whitespace, not empty.
-_HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]{1,200}")
 
 
 class AstriaConfig(_ApiConfig, frozen=True):
@@ -131,7 +132,7 @@ class AstriaConfig(_ApiConfig, frozen=True):
     #: None: $ASTRIA_API_KEY.
     token_env: str | None = None
     #: How often the daemon reads an Astria pack (a kind of source with no interval of its own).
-    poll_interval_s: Annotated[float, Meta(ge=10)] = 3600.0
+    poll_interval_s: Annotated[float, Meta(ge=10, le=MAX_POLL_S)] = 3600.0
     #: Sent as ``X-Workspace-Id`` with every Astria API call: the key's workspace whose tunes and packs are
     #: read (None: the key's own, outside any workspace).
     workspace: str | None = None
@@ -139,7 +140,8 @@ class AstriaConfig(_ApiConfig, frozen=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.workspace is not None and not _HEADER_TOKEN.fullmatch(self.workspace):
-            raise ValueError("workspace: a workspace's id is printable ASCII without spaces, sent as a header")
+            raise ValueError("workspace: a workspace's id is 1 to 200 printable ASCII characters without spaces, "
+                             "sent as a header")
 
 
 class StateConfig(_Strict, frozen=True):

@@ -1,6 +1,6 @@
 """Second hostile pass on an Astria tune as a source (issue 29): the config of a tune mapping, a hostile prompt
-text in ``status --files`` and ``search``. A test marked xfail(strict) is a finding that fails today; the others
-pin behaviour that held under attack and must keep holding.
+text in ``status --files`` and ``search``. A test whose comment names a finding (F1-F5) failed before its fix;
+the others pin behaviour that held under attack and must keep holding.
 """
 
 from __future__ import annotations
@@ -80,23 +80,20 @@ def test_a_workspace_that_cannot_be_a_header_is_refused(workspace: str) -> None:
     assert "workspace" in str(refused.value)
 
 
-@pytest.mark.xfail(strict=True, reason="astria_poll_s = inf (or 1e30) is taken: after its first read the daemon "
-                   "never reads the tune again, silently; Meta(ge=10) lets infinity through")
+# (F3, failed before its fix: astria_poll_s = inf was taken, and the daemon never read the tune again)
 @pytest.mark.parametrize("value", ["inf", "1e30"])
 def test_an_infinite_tune_poll_interval_is_refused(value: str) -> None:
     with pytest.raises(ConfigError):
         _config(f'[[mappings]]\nastria_tune = 5\nastria_poll_s = {value}\npack = "A"')
 
 
-@pytest.mark.xfail(strict=True, reason="a 10 KB [astria] workspace is taken and sent as X-Workspace-Id on every "
-                   "API call; HTTP servers refuse header fields over 8 KB, so every read fails far from its cause")
+# (F4, failed before its fix: a 10 KB workspace was taken, and sent as a header on every call)
 def test_a_10_kb_workspace_is_refused() -> None:
     with pytest.raises(ConfigError):
         _config(f'workspace = "{"w" * 10240}"\n[[mappings]]\nastria_tune = 5\npack = "A"')
 
 
-@pytest.mark.xfail(strict=True, reason='prompts = " " (only spaces) is taken: a filter that takes every prompt '
-                   'with a space in it; a pack name of only spaces is refused, a prompts filter is not')
+# (F5, failed before its fix: a filter of only spaces was taken, and took nearly every prompt)
 def test_a_prompts_filter_of_only_spaces_is_refused() -> None:
     with pytest.raises(ConfigError):
         _config('[[mappings]]\nastria_tune = 5\nprompts = " "\npack = "A"')
@@ -249,20 +246,19 @@ def test_a_later_answer_without_trained_at_does_not_erase_the_known_deletion_dat
     assert warned["expires_at"] and warned["expiring"], warned
 
 
-@pytest.mark.xfail(strict=True, reason="past a tune's 30 days, an answer without trained_at drops the expiry keep: "
-                   "a removed prompt is confirmed by its 404 and its images are deleted from the pack, though "
-                   "the state knows the date passed and Astria's clean-up is the likely cause")
+# (F2, failed before its fix: an answer without trained_at lifted the keep past the tune's date: 1 deleted)
 def test_past_the_known_date_an_answer_without_trained_at_still_keeps_removed_prompts(env: Env) -> None:
     tune, prompt_ids = tune_of(env, 4, trained_at=time.time() - 31 * DAY)
     env.map_astria_tune(tune.id, pack="Headshots")
     assert env.cli("run", "--no-wait").returncode == ExitCode.OK
     assert status_of(env, tune.label)["expires_at"], "the date is on record"
+    before = pack_shas(env)
     tune.remove(prompt_ids[0])
     env.sandbox.rewrite(*TUNE, _trained_at(None))
 
     result, _ = run_json(env)
 
-    assert env.sandbox.calls[DELETE] == 0 and pack_shas(env) == tune.distinct(), result.stdout
+    assert env.sandbox.calls[DELETE] == 0 and pack_shas(env) == before, result.stdout
 
 
 def test_the_warning_at_exactly_3_days_and_past_the_date(env: Env) -> None:
@@ -351,9 +347,7 @@ def test_the_page_shows_a_hostile_1_mb_prompt_text_as_capped_inert_text(env: Env
     assert "pwn" in html, "the match is shown"
 
 
-@pytest.mark.xfail(strict=True, reason="an image Astria would not serve, or whose prompt could not be read, counts "
-                   "as 'skipped', and views/status.expiring weighs only pending + failed: two days before Astria "
-                   "deletes the tune, images never mirrored get no warning")
+# (F1, failed before its fix: images Astria would not serve counted as skipped, and no warning was given)
 @pytest.mark.parametrize("failing", ["download", "prompt"])
 def test_the_warning_counts_images_not_mirrored_because_astria_s_side_failed(env: Env, failing: str) -> None:
     """Two days before the deletion date, images that could not be downloaded from Astria, or whose prompt

@@ -122,22 +122,24 @@ def test_a_folder_s_subfolders_are_still_searched_by_name(env: Env) -> None:
 
 # -- expiry ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("expires_in", "pending", "failed", "warned"), [
-    (None, 3, 0, None),
-    (EXPIRY_WARNING_S + 60, 3, 0, None),  # not yet within the warning's reach
-    (EXPIRY_WARNING_S - 60, 0, 0, None),  # everything is mirrored
-    (EXPIRY_WARNING_S - 60, 1, 0, "deletes these images on {day} unless its storage is extended; 1 is not mirrored"),
-    (DAY, 0, 2, "deletes these images on {day} unless its storage is extended; 2 are not mirrored yet"),
-    (-DAY, 2, 1, "deleted these images on {day} unless their storage was extended; 3 were not mirrored"),
+@pytest.mark.parametrize(("expires_in", "pending", "failed", "skipped", "warned"), [
+    (None, 3, 0, 0, None),
+    (EXPIRY_WARNING_S + 60, 3, 0, 0, None),  # not yet within the warning's reach
+    (EXPIRY_WARNING_S - 60, 0, 0, 0, None),  # everything is mirrored
+    (EXPIRY_WARNING_S - 60, 1, 0, 0, "deletes these images on {day} unless its storage is extended; 1 is not mirrored"),
+    (DAY, 0, 2, 0, "deletes these images on {day} unless its storage is extended; 2 are not mirrored yet"),
+    (DAY, 0, 0, 2, "deletes these images on {day} unless its storage is extended; 2 are not mirrored yet"),
+    (-DAY, 2, 1, 0, "deleted these images on {day} unless their storage was extended; 3 were not mirrored"),
 ])
 def test_the_expiry_warning_is_given_inside_three_days_with_images_not_mirrored(
-        expires_in: float | None, pending: int, failed: int, warned: str | None) -> None:
+        expires_in: float | None, pending: int, failed: int, skipped: int, warned: str | None) -> None:
+    """Not mirrored: pending, failed, or skipped (an image its source would not serve: the hostile pass's F1)."""
     from packsync.state.records import MappingRecord
 
     now = 1_800_000_000.0
     at = None if expires_in is None else now + expires_in
     record = MappingRecord("astria-tune:1", expires_at=at)
-    said = expiring(record, {"synced": 5, "pending": pending, "skipped": 4, "failed": failed}, now)
+    said = expiring(record, {"synced": 5, "pending": pending, "skipped": skipped, "failed": failed}, now)
 
     if warned is None:
         assert said is None

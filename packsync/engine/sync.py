@@ -575,9 +575,13 @@ class Syncer:
             return None  # the scan that follows says why
 
     async def _scan(self, report: MappingReport, previous: dict[str, CachedFile], busy: Collection[str]) -> Scan | None:
-        """Scan one source (it touches no state, only the given cache)."""
+        """Scan one source (it touches no state, only the given cache). A source that deletes its items learns
+        the date it said last (an answer that omits it must not lift what the date keeps)."""
+        source = self.sources[report.label]
+        if source.expires_at is None and (record := self.state.mappings.get(report.label)) is not None:
+            source.expires_at = record.expires_at
         try:
-            return await self.sources[report.label].scan(previous, busy, lambda _n: self.progress.advance("hashed"))
+            return await source.scan(previous, busy, lambda _n: self.progress.advance("hashed"))
         except SourceUnavailable as exc:
             report.safety = safety_stop(SourceFacts(unreadable=str(exc)))
         except AuthError as exc:  # the source's own key (Genviral's goes up from the pack read)

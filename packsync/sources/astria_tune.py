@@ -35,6 +35,7 @@ from packsync.model import (
     TunePrompt,
     TunePrompts,
 )
+from packsync.sources.base import MAX_POLL_S
 from packsync.sources.body import UploadBody
 from packsync.sources.downloads import Download, Downloader, HeldDownloads, Wanted, listing_failures
 
@@ -65,7 +66,11 @@ class AstriaTuneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     #: Only the prompts whose text holds this (case-insensitive); None: every prompt.
     prompts: Annotated[str, Meta(min_length=1)] | None = None
     #: How often the daemon reads the tune, in seconds: generations finish within minutes.
-    astria_poll_s: Annotated[float, Meta(ge=10)] = 600.0
+    astria_poll_s: Annotated[float, Meta(ge=10, le=MAX_POLL_S)] = 600.0
+
+    def __post_init__(self) -> None:
+        if self.prompts is not None and not self.prompts.strip():
+            raise ValueError("prompts: a filter of only spaces would take nearly every prompt; remove it to take all")
 
     @property
     def id(self) -> int:
@@ -237,7 +242,8 @@ class AstriaTuneSource:
                    on_item: Callable[[int], None] | None = None) -> Scan:
         tune, walk = await self._read()
         self.name = tune.title
-        self.expires_at = tune.expires_at
+        if tune.expires_at is not None:  # (an answer without the date keeps the one known: ``Source.expires_at``)
+            self.expires_at = tune.expires_at
         chosen = _chosen(walk, self.wanted)
         scan = Scan(self.label, problems=list(_problems(walk, self.wanted)))
         if not walk.complete:

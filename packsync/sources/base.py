@@ -18,6 +18,10 @@ from typing import Protocol
 from packsync.model import CachedFile, ContentItem, PathsScan, Scan
 from packsync.sources.body import UploadBody
 
+#: The longest a source read through an API may wait between two reads, in seconds (30 days): a longer
+#: interval ("inf") would read it once and never again, silently.
+MAX_POLL_S = 30 * 86400.0
+
 
 class Source(Protocol):
     label: str

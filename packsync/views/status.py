@@ -223,9 +223,10 @@ def shown_detail(detail: str | None) -> str | None:
 
 def expiring(record: MappingRecord | None, counts: dict[str, int], now: float) -> str | None:
     """The warning a mapping's status carries when its source deletes its items within ``EXPIRY_WARNING_S``
-    (or did, unless its storage was extended) and some are not mirrored: pending, or failed."""
+    (or did, unless its storage was extended) and some are not mirrored: pending, failed, or skipped (an image
+    its source could not serve, an entry it could not read)."""
     expires_at = record.expires_at if record else None
-    missing = counts["pending"] + counts["failed"]
+    missing = counts["pending"] + counts["failed"] + counts["skipped"]
     if expires_at is None or not missing or now < expires_at - EXPIRY_WARNING_S:
         return None
     if (day := local_day(expires_at)) is None:
