@@ -351,7 +351,7 @@ def pull(source: str, folder: str, delete: bool, max_delete: str, force: bool, d
     system, _, pack = source.partition(":")
     forms = " or ".join(["genviral:PACK (an id or an exact name)", *(f"{name}:ID" for name in KINDS)])
     if not (system == "genviral" and pack or system in KINDS and pack.isascii() and pack.isdigit()):
-        raise ConfigError(f"{source}: give the pack as {forms}.")
+        raise ConfigError(f"{source}: give the source as {forms}.")
     if classes is not None and system == "genviral":
         raise ConfigError("--classes: applies to astria: packs only.")
     if system in KINDS:

@@ -443,12 +443,12 @@ def test_an_expired_tune_that_astria_deleted_is_explained_as_its_30_day_deletion
     assert "30 days" in said or "expire" in said or "deletes" in said, said
 
 
-def _listed_twice(prompt_id: int) -> Callable[[Reply], Reply]:
-    """A rewrite of a prompts page that lists ``prompt_id`` twice: first with only its first image, then whole."""
+def _listed_twice(prompt_id: int, part: slice = slice(0, 1)) -> Callable[[Reply], Reply]:
+    """A rewrite of a prompts page that lists ``prompt_id`` twice: first with ``part`` of its images, then whole."""
     def rewrite(reply: Reply) -> Reply:
         prompts = json.loads(reply.body)
         whole = next(p for p in prompts if p["id"] == prompt_id)
-        return Reply(reply.status, json.dumps([{**whole, "images": whole["images"][:1]}, *prompts]).encode())
+        return Reply(reply.status, json.dumps([{**whole, "images": whole["images"][part]}, *prompts]).encode())
 
     return rewrite
 
@@ -468,6 +468,24 @@ def test_a_prompt_listed_twice_with_different_images_deletes_nothing(env: Env) -
     _clean(result)
     assert env.sandbox.calls[DELETE] == 0 and pack_shas(env) == tune.distinct(), \
         "a contradictory listing of a prompt withholds its removals"
+
+
+@pytest.mark.parametrize(("part", "contradicts"), [(slice(0, 1), False), (slice(1, 2), True)])
+def test_a_prompt_listed_twice_is_a_problem_only_when_its_copies_contradict_each_other(
+        env: Env, part: slice, contradicts: bool) -> None:
+    """A copy listing the first of the other's images is a generation that finished between two pages: the whole
+    copy is taken, no problem. A copy listing other images contradicts it: a problem, nothing deleted."""
+    tune = Tune(env)
+    two = tune.prompt("two takes", image(seed=34), image(seed=35))
+    env.map_astria_tune(tune.id, pack="Headshots")
+    assert env.cli("run", "--no-wait").returncode == ExitCode.OK
+    env.sandbox.rewrite(*PAGES, _listed_twice(two, part))
+
+    result, document = run_json(env)
+
+    assert result.returncode == (ExitCode.SOME_FAILED if contradicts else ExitCode.OK), result.stdout
+    assert ("listed twice" in said_about(mapping_of(document, tune.label))) == contradicts
+    assert env.sandbox.calls[DELETE] == 0 and pack_shas(env) == tune.distinct()
 
 
 def _a_page_of(count: int) -> Callable[[Reply], Reply]:

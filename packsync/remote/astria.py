@@ -158,6 +158,13 @@ def prompt_of(raw: Any, where: str) -> TunePrompt | Problem:
     return TunePrompt(prompt_id, text if isinstance(text, str) else None, tuple(images), tuple(problems))
 
 
+def _grown(one: TunePrompt, other: TunePrompt) -> bool:
+    """Whether two copies of a prompt differ only in that one lists more of its images, in the same order:
+    a generation that finished while the pages were read."""
+    shorter, longer = sorted((one.images, other.images), key=len)
+    return one.text == other.text and len(shorter) < len(longer) and longer[:len(shorter)] == shorter
+
+
 class AstriaClient:
     """Astria's packs and tunes, read with its own key through the process's ``transport``."""
 
@@ -226,8 +233,10 @@ class AstriaClient:
         The walk is complete when a page is short or empty. A server that ignores ``offset``, or pages for
         ever, cannot make it loop: a full page that brings no new prompt, or ``MAX_PROMPT_PAGES`` pages,
         end it incomplete, and say why (a prompt it did not see may still exist). Prompts are listed newest
-        first, so one added during the walk shows a prompt twice: ids are de-duplicated. Two copies of a
-        prompt that differ are a problem (which to believe cannot be told, so nothing is deleted).
+        first, so one added during the walk shows a prompt twice: ids are de-duplicated. Of two copies of a
+        prompt, the one that lists more images is taken when the other's are its first (a generation that
+        finished meanwhile); copies that differ otherwise are a problem (which to believe cannot be told, so
+        nothing is deleted).
         """
         found: dict[int, TunePrompt] = {}
         problems: list[Problem] = []
@@ -245,7 +254,9 @@ class AstriaClient:
                 elif (seen := found.get(entry.prompt_id)) is None:
                     found[entry.prompt_id] = entry
                     new += 1
-                elif seen != entry:  # (a page shifted by a new prompt repeats one as it was: not this)
+                elif _grown(seen, entry):  # (a generation finished between two pages: the later copy is whole)
+                    found[entry.prompt_id] = max(seen, entry, key=lambda prompt: len(prompt.images))
+                elif seen != entry:
                     problems.append(Problem(f"prompt {entry.prompt_id}", "listed twice, with different images or "
                                             "text; which is right cannot be told"))
             if len(page) < PROMPTS_PER_PAGE:

@@ -3,11 +3,12 @@
 mapping keys (``AstriaTuneSettings``), its source, and what ``pull astria-tune:<id>`` downloads.
 
 A tune's prompts come 20 a page (``remote/astria.py`` walks them). A listing decides deletes, so a miss
-never becomes one: a walk that ended early keeps every image synced before; a prompt on record that a
-complete walk did not show is asked for by its id, and only Astria's 404 lets its images go; a prompt
-whose images went empty, and a tune past the date Astria deletes its images, keep theirs. With a
-``prompts`` filter, a prompt whose text cannot be read is a problem, not one the filter left out. Downloads are
-held until uploaded by ``downloads.py``, as an Astria pack's are.
+never becomes one: a walk that ended early, or an entry it could not read, keeps every image synced before;
+a prompt on record that a complete walk did not show is asked for by its id, and only Astria's 404 lets its
+images go; a prompt whose images went empty, and a tune past the date Astria deletes its images, keep
+theirs. (An image also goes when the ``prompts`` filter no longer takes its prompt, or its prompt no longer
+lists it: the source says so.) With a filter, a prompt whose text cannot be read is a problem, not one the
+filter left out. Downloads are held until uploaded by ``downloads.py``, as an Astria pack's are.
 """
 
 from __future__ import annotations
@@ -144,8 +145,8 @@ class AstriaTuneSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 
 
 #: What a tune Astria no longer shows may be: its storage policy at work (the images mirrored stay).
-_GONE = (" (Astria deletes a tune with its images 30 days after its training unless its storage is extended; the "
-         "images mirrored stay in the pack)")
+_GONE = (" (a tune trained over 30 days ago may have been deleted by Astria with its images, unless its storage "
+         "was extended; what was mirrored stays in the pack)")
 
 
 def tune_label(tune_id: int) -> str:
