@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+from astria_mirror import CALLS_PER_IMAGE, CONCURRENCY, KEY, LATENCY_S, TARGET
 from harness import (
     ADD_IMAGE,
     CREATE_UPLOAD,
@@ -30,12 +31,7 @@ from harness import (
     run_child,
 )
 
-LATENCY_S = 0.040
-CONCURRENCY = 8
-CALLS_PER_IMAGE = 4
 PAGE = 20
-TARGET = 0.85
-KEY = "sd_bench_key.not-a-real-secret"
 
 
 def run(ctx: Context) -> list[Row]:
